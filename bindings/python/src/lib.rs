@@ -1,0 +1,1 @@
+//! Python bindings for codexpool (filled by the bindings issue).

@@ -1,0 +1,1 @@
+//! uniffi bindings for codexpool (filled by the bindings issue).

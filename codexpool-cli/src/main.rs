@@ -1,0 +1,2 @@
+//! The `codexpool` command.
+fn main() {}

@@ -1,0 +1,1063 @@
+//! `Config`: every setting of codexpool, where each value came from, and the rules for reading
+//! them from the environment (DESIGN.md "Configuration").
+//!
+//! One table, [`SETTINGS`], names each setting once with its default, its help text and its
+//! parser; `from_env`, `set` (flags, builder values, Python keyword arguments) and the
+//! `codexpool config` listing all go through it, so they cannot disagree.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::secret::Secret;
+
+/// The prefix of every environment variable.
+pub const ENV_PREFIX: &str = "CODEXPOOL_";
+/// The seed product's prefix, accepted as an alias.
+pub const LEGACY_ENV_PREFIX: &str = "GPTTOOLS_";
+/// Env file names tried in order, first in the current directory, then beside the executable.
+pub const ENV_FILE_NAMES: [&str; 4] = ["codexpool.env", "gpttools.env", "CodexManager.env", ".env"];
+/// The smallest usage poll interval; smaller values are raised to it with a warning.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How the pool picks an account for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteStrategy {
+    /// Lowest `sort` first (then label): drain one account before touching the next.
+    #[default]
+    Ordered,
+    /// Take turns across usable accounts.
+    RoundRobin,
+    /// Most quota left first; ties go to the window that resets earliest.
+    Headroom,
+}
+
+impl RouteStrategy {
+    /// The setting's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ordered => "ordered",
+            Self::RoundRobin => "round-robin",
+            Self::Headroom => "headroom",
+        }
+    }
+}
+
+impl std::str::FromStr for RouteStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "ordered" => Ok(Self::Ordered),
+            "round-robin" | "roundrobin" => Ok(Self::RoundRobin),
+            "headroom" => Ok(Self::Headroom),
+            other => Err(format!(
+                "unknown strategy {other:?} (expected ordered, round-robin or headroom)"
+            )),
+        }
+    }
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The built-in default.
+    Default,
+    /// The process environment, under this variable name.
+    Env(String),
+    /// An env file, under this variable name.
+    EnvFile {
+        /// The file.
+        path: PathBuf,
+        /// The variable name inside it.
+        var: String,
+    },
+    /// Set by the program: a command-line flag, a builder call, a Python keyword argument.
+    Explicit,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("default"),
+            Self::Env(var) => write!(f, "env {var}"),
+            Self::EnvFile { path, var } => write!(f, "{} ({var})", path.display()),
+            Self::Explicit => f.write_str("flag"),
+        }
+    }
+}
+
+/// An invalid setting. The message names the variable.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid {var}={value:?}: {message}")]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The variable, with its prefix as the user wrote it (or the bare name for `set`).
+    pub var: String,
+    /// The offending value (secrets are shown as `*****`).
+    pub value: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// All settings. Build with [`Config::default`], [`Config::from_env`] or [`Config::set`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// `SERVICE_ADDR`: listen address of `serve`.
+    pub service_addr: SocketAddr,
+    /// `DB_PATH`: the SQLite file.
+    pub db_path: PathBuf,
+    /// `RPC_TOKEN`: admin token; `None` = a random one per start.
+    pub rpc_token: Option<Secret>,
+    /// `ISSUER`: the OAuth issuer.
+    pub issuer: String,
+    /// `CLIENT_ID`: the OAuth client id.
+    pub client_id: String,
+    /// `ORIGINATOR`: sent as `originator` to OpenAI.
+    pub originator: String,
+    /// `REDIRECT_URI`: the OAuth redirect URI.
+    pub redirect_uri: String,
+    /// `LOGIN_ADDR`: where the sign-in callback listener binds (`host:port`).
+    pub login_addr: String,
+    /// `ALLOW_NON_LOOPBACK_LOGIN_ADDR`: allow a non-loopback callback listener.
+    pub allow_non_loopback_login_addr: bool,
+    /// `USAGE_BASE_URL`: origin of the usage endpoint.
+    pub usage_base_url: String,
+    /// `USAGE_POLL_INTERVAL_SECS`: background usage poll interval (at least 30 s).
+    pub usage_poll_interval: Duration,
+    /// `DISABLE_POLLING`: no background usage polling.
+    pub disable_polling: bool,
+    /// `UPSTREAM_BASE_URL`: the Codex backend base.
+    pub upstream_base_url: String,
+    /// `UPSTREAM_FALLBACK_BASE_URL`: an OpenAI-compatible upstream used when no account can serve.
+    pub upstream_fallback_base_url: Option<String>,
+    /// `UPSTREAM_FALLBACK_API_KEY`: the fallback upstream's key.
+    pub upstream_fallback_api_key: Option<Secret>,
+    /// `UPSTREAM_COOKIE`: a cookie header sent upstream.
+    pub upstream_cookie: Option<Secret>,
+    /// `UPSTREAM_CONNECT_TIMEOUT_SECS`.
+    pub upstream_connect_timeout: Duration,
+    /// `UPSTREAM_STREAM_IDLE_TIMEOUT_SECS`: longest silence inside an upstream stream.
+    pub upstream_stream_idle_timeout: Duration,
+    /// `REQUEST_GATE_WAIT_TIMEOUT_MS`: how long a request may wait for a free account.
+    pub request_gate_wait_timeout: Duration,
+    /// `ACCOUNT_MAX_INFLIGHT`: per-account concurrent requests (0 = no cap).
+    pub account_max_inflight: u32,
+    /// `FRONT_PROXY_MAX_BODY_BYTES`: largest accepted request body.
+    pub front_proxy_max_body_bytes: usize,
+    /// `TRACE_BODY_PREVIEW_MAX_BYTES`: request-log body preview size (0 = none).
+    pub trace_body_preview_max_bytes: usize,
+    /// `GATEWAY_KEEPALIVE_INTERVAL_SECS`: HTTP keep-alive of client connections.
+    pub gateway_keepalive_interval: Duration,
+    /// `HTTP_WORKER_FACTOR`: tokio worker threads per CPU.
+    pub http_worker_factor: u32,
+    /// `HTTP_WORKER_MIN`: at least this many worker threads.
+    pub http_worker_min: u32,
+    /// `HTTP_QUEUE_FACTOR`: concurrent requests per worker before shedding load.
+    pub http_queue_factor: u32,
+    /// `HTTP_QUEUE_MIN`: at least this many concurrent requests before shedding load.
+    pub http_queue_min: u32,
+    /// `ROUTE_STRATEGY`.
+    pub route_strategy: RouteStrategy,
+    /// Warnings raised while reading settings (e.g. a clamped value).
+    pub warnings: Vec<String>,
+    sources: HashMap<&'static str, Source>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Config");
+        for s in SETTINGS {
+            d.field(s.name, &(s.show)(self));
+        }
+        d.finish()
+    }
+}
+
+/// The default database path: `<data dir>/codexpool/codexpool.db`.
+pub fn default_db_path() -> PathBuf {
+    directories::BaseDirs::new()
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("codexpool")
+        .join("codexpool.db")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut c = Self {
+            service_addr: SocketAddr::from(([127, 0, 0, 1], 48760)),
+            db_path: default_db_path(),
+            rpc_token: None,
+            issuer: String::new(),
+            client_id: String::new(),
+            originator: String::new(),
+            redirect_uri: String::new(),
+            login_addr: String::new(),
+            allow_non_loopback_login_addr: false,
+            usage_base_url: String::new(),
+            usage_poll_interval: Duration::from_secs(600),
+            disable_polling: false,
+            upstream_base_url: String::new(),
+            upstream_fallback_base_url: None,
+            upstream_fallback_api_key: None,
+            upstream_cookie: None,
+            upstream_connect_timeout: Duration::from_secs(15),
+            upstream_stream_idle_timeout: Duration::from_secs(300),
+            request_gate_wait_timeout: Duration::from_millis(300),
+            account_max_inflight: 0,
+            front_proxy_max_body_bytes: 16 * 1024 * 1024,
+            trace_body_preview_max_bytes: 0,
+            gateway_keepalive_interval: Duration::from_secs(180),
+            http_worker_factor: 1,
+            http_worker_min: 1,
+            http_queue_factor: 1024,
+            http_queue_min: 1024,
+            route_strategy: RouteStrategy::Ordered,
+            warnings: Vec::new(),
+            sources: HashMap::new(),
+        };
+        // Defaults that are plain text are applied through the table, so the documented default
+        // and the effective one are the same string.
+        for s in SETTINGS {
+            if let Some(default) = s.default_value {
+                // The defaults are constants checked by a test; a failure here is a bug in
+                // this table, and the value keeps its in-code default.
+                let _ = (s.apply)(&mut c, default);
+            }
+        }
+        c.warnings.clear();
+        c
+    }
+}
+
+/// One setting: its name (without prefix), default, help, and how to parse and show it.
+pub struct Setting {
+    /// The name without prefix, e.g. `SERVICE_ADDR`.
+    pub name: &'static str,
+    /// The default as text (`None` when it is computed or absent).
+    pub default_value: Option<&'static str>,
+    /// How the default reads in docs when it is computed.
+    pub default_doc: &'static str,
+    /// Whether the value is a secret (shown as `*****`).
+    pub secret: bool,
+    /// One line on what it does.
+    pub help: &'static str,
+    apply: fn(&mut Config, &str) -> Result<(), String>,
+    show: fn(&Config) -> String,
+}
+
+impl fmt::Debug for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Setting")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected 1/true/yes/on or 0/false/no/off".into()),
+    }
+}
+
+fn parse_u64(v: &str) -> Result<u64, String> {
+    v.trim()
+        .parse::<u64>()
+        .map_err(|_| "expected a whole non-negative number".into())
+}
+
+fn parse_u32(v: &str) -> Result<u32, String> {
+    v.trim()
+        .parse::<u32>()
+        .map_err(|_| "expected a whole non-negative number".into())
+}
+
+fn parse_url(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    let u = url::Url::parse(v).map_err(|e| format!("not a URL ({e})"))?;
+    if u.scheme() != "http" && u.scheme() != "https" {
+        return Err("expected an http:// or https:// URL".into());
+    }
+    Ok(v.trim_end_matches('/').to_string())
+}
+
+fn opt(v: &str) -> Option<&str> {
+    let v = v.trim();
+    (!v.is_empty()).then_some(v)
+}
+
+/// `https://chatgpt.com` or `https://chat.openai.com` alone mean the Codex backend under them.
+fn normalize_upstream(v: &str) -> Result<String, String> {
+    let v = parse_url(v)?;
+    let u = url::Url::parse(&v).map_err(|e| e.to_string())?;
+    let host = u.host_str().unwrap_or_default();
+    if (host == "chatgpt.com" || host == "chat.openai.com") && u.path().trim_matches('/').is_empty()
+    {
+        return Ok(format!("{v}/backend-api/codex"));
+    }
+    Ok(v)
+}
+
+fn secs(d: Duration) -> String {
+    d.as_secs().to_string()
+}
+
+fn show_opt(v: &Option<String>) -> String {
+    v.clone().unwrap_or_default()
+}
+
+fn show_secret(v: &Option<Secret>) -> String {
+    if v.is_some() {
+        "*****".into()
+    } else {
+        String::new()
+    }
+}
+
+/// Every setting, in the order the docs list them.
+pub static SETTINGS: &[Setting] = &[
+    Setting {
+        name: "SERVICE_ADDR",
+        default_value: Some("127.0.0.1:48760"),
+        default_doc: "127.0.0.1:48760",
+        secret: false,
+        help: "listen address of `serve`",
+        apply: |c, v| {
+            c.service_addr = v
+                .trim()
+                .parse()
+                .map_err(|_| "expected host:port, e.g. 127.0.0.1:48760")?;
+            Ok(())
+        },
+        show: |c| c.service_addr.to_string(),
+    },
+    Setting {
+        name: "DB_PATH",
+        default_value: None,
+        default_doc: "<data dir>/codexpool/codexpool.db",
+        secret: false,
+        help: "the SQLite database file (created on first use)",
+        apply: |c, v| {
+            c.db_path = PathBuf::from(opt(v).ok_or("expected a file path")?);
+            Ok(())
+        },
+        show: |c| c.db_path.display().to_string(),
+    },
+    Setting {
+        name: "RPC_TOKEN",
+        default_value: None,
+        default_doc: "random per start, written to <db dir>/rpc-token",
+        secret: true,
+        help: "token for the admin /rpc endpoint",
+        apply: |c, v| {
+            c.rpc_token = opt(v).map(Secret::from);
+            Ok(())
+        },
+        show: |c| show_secret(&c.rpc_token),
+    },
+    Setting {
+        name: "ISSUER",
+        default_value: Some("https://auth.openai.com"),
+        default_doc: "https://auth.openai.com",
+        secret: false,
+        help: "OAuth issuer for sign-in and token refresh",
+        apply: |c, v| {
+            c.issuer = parse_url(v)?;
+            Ok(())
+        },
+        show: |c| c.issuer.clone(),
+    },
+    Setting {
+        name: "CLIENT_ID",
+        default_value: Some("app_EMoamEEZ73f0CkXaXp7hrann"),
+        default_doc: "app_EMoamEEZ73f0CkXaXp7hrann",
+        secret: false,
+        help: "OAuth client id",
+        apply: |c, v| {
+            c.client_id = opt(v).ok_or("must not be empty")?.to_string();
+            Ok(())
+        },
+        show: |c| c.client_id.clone(),
+    },
+    Setting {
+        name: "ORIGINATOR",
+        default_value: Some("codex_cli_rs"),
+        default_doc: "codex_cli_rs",
+        secret: false,
+        help: "the `originator` sent to OpenAI",
+        apply: |c, v| {
+            c.originator = opt(v).ok_or("must not be empty")?.to_string();
+            Ok(())
+        },
+        show: |c| c.originator.clone(),
+    },
+    Setting {
+        name: "REDIRECT_URI",
+        default_value: Some("http://localhost:1455/auth/callback"),
+        default_doc: "http://localhost:1455/auth/callback",
+        secret: false,
+        help: "OAuth redirect URI of the browser sign-in",
+        apply: |c, v| {
+            c.redirect_uri = parse_url(v)?;
+            Ok(())
+        },
+        show: |c| c.redirect_uri.clone(),
+    },
+    Setting {
+        name: "LOGIN_ADDR",
+        default_value: Some("localhost:1455"),
+        default_doc: "localhost:1455",
+        secret: false,
+        help: "where the sign-in callback listener binds",
+        apply: |c, v| {
+            let v = v.trim();
+            let (host, port) = v
+                .rsplit_once(':')
+                .ok_or("expected host:port, e.g. localhost:1455")?;
+            if host.is_empty() {
+                return Err("expected host:port, e.g. localhost:1455".into());
+            }
+            port.parse::<u16>()
+                .map_err(|_| "the port must be a number from 0 to 65535")?;
+            c.login_addr = v.to_string();
+            Ok(())
+        },
+        show: |c| c.login_addr.clone(),
+    },
+    Setting {
+        name: "ALLOW_NON_LOOPBACK_LOGIN_ADDR",
+        default_value: Some("false"),
+        default_doc: "false",
+        secret: false,
+        help: "let the callback listener bind a non-loopback address",
+        apply: |c, v| {
+            c.allow_non_loopback_login_addr = parse_bool(v)?;
+            Ok(())
+        },
+        show: |c| c.allow_non_loopback_login_addr.to_string(),
+    },
+    Setting {
+        name: "USAGE_BASE_URL",
+        default_value: Some("https://chatgpt.com"),
+        default_doc: "https://chatgpt.com",
+        secret: false,
+        help: "origin of /backend-api/wham/usage",
+        apply: |c, v| {
+            c.usage_base_url = parse_url(v)?;
+            Ok(())
+        },
+        show: |c| c.usage_base_url.clone(),
+    },
+    Setting {
+        name: "USAGE_POLL_INTERVAL_SECS",
+        default_value: Some("600"),
+        default_doc: "600",
+        secret: false,
+        help: "background usage poll interval in seconds (min 30)",
+        apply: |c, v| {
+            let n = parse_u64(v)?;
+            let d = Duration::from_secs(n);
+            if d < MIN_POLL_INTERVAL {
+                c.warnings.push(format!(
+                    "USAGE_POLL_INTERVAL_SECS={n} is below the minimum; using {}",
+                    MIN_POLL_INTERVAL.as_secs()
+                ));
+                c.usage_poll_interval = MIN_POLL_INTERVAL;
+            } else {
+                c.usage_poll_interval = d;
+            }
+            Ok(())
+        },
+        show: |c| secs(c.usage_poll_interval),
+    },
+    Setting {
+        name: "DISABLE_POLLING",
+        default_value: Some("false"),
+        default_doc: "false (set = off)",
+        secret: false,
+        help: "turn off background usage polling",
+        apply: |c, v| {
+            c.disable_polling = parse_bool(v)?;
+            Ok(())
+        },
+        show: |c| c.disable_polling.to_string(),
+    },
+    Setting {
+        name: "UPSTREAM_BASE_URL",
+        default_value: Some("https://chatgpt.com/backend-api/codex"),
+        default_doc: "https://chatgpt.com/backend-api/codex",
+        secret: false,
+        help: "the Codex backend",
+        apply: |c, v| {
+            c.upstream_base_url = normalize_upstream(v)?;
+            Ok(())
+        },
+        show: |c| c.upstream_base_url.clone(),
+    },
+    Setting {
+        name: "UPSTREAM_FALLBACK_BASE_URL",
+        default_value: None,
+        default_doc: "(none)",
+        secret: false,
+        help: "OpenAI-compatible upstream used when no account can serve",
+        apply: |c, v| {
+            c.upstream_fallback_base_url = opt(v).map(parse_url).transpose()?;
+            Ok(())
+        },
+        show: |c| show_opt(&c.upstream_fallback_base_url),
+    },
+    Setting {
+        name: "UPSTREAM_FALLBACK_API_KEY",
+        default_value: None,
+        default_doc: "(none)",
+        secret: true,
+        help: "API key of the fallback upstream",
+        apply: |c, v| {
+            c.upstream_fallback_api_key = opt(v).map(Secret::from);
+            Ok(())
+        },
+        show: |c| show_secret(&c.upstream_fallback_api_key),
+    },
+    Setting {
+        name: "UPSTREAM_COOKIE",
+        default_value: None,
+        default_doc: "(none)",
+        secret: true,
+        help: "Cookie header sent to the Codex backend",
+        apply: |c, v| {
+            c.upstream_cookie = opt(v).map(Secret::from);
+            Ok(())
+        },
+        show: |c| show_secret(&c.upstream_cookie),
+    },
+    Setting {
+        name: "UPSTREAM_CONNECT_TIMEOUT_SECS",
+        default_value: Some("15"),
+        default_doc: "15",
+        secret: false,
+        help: "upstream connect timeout in seconds",
+        apply: |c, v| {
+            c.upstream_connect_timeout = Duration::from_secs(parse_u64(v)?.max(1));
+            Ok(())
+        },
+        show: |c| secs(c.upstream_connect_timeout),
+    },
+    Setting {
+        name: "UPSTREAM_STREAM_IDLE_TIMEOUT_SECS",
+        default_value: Some("300"),
+        default_doc: "300",
+        secret: false,
+        help: "longest silence allowed inside an upstream stream, in seconds",
+        apply: |c, v| {
+            c.upstream_stream_idle_timeout = Duration::from_secs(parse_u64(v)?.max(1));
+            Ok(())
+        },
+        show: |c| secs(c.upstream_stream_idle_timeout),
+    },
+    Setting {
+        name: "REQUEST_GATE_WAIT_TIMEOUT_MS",
+        default_value: Some("300"),
+        default_doc: "300",
+        secret: false,
+        help: "how long a request may wait for a free account, in ms",
+        apply: |c, v| {
+            c.request_gate_wait_timeout = Duration::from_millis(parse_u64(v)?);
+            Ok(())
+        },
+        show: |c| c.request_gate_wait_timeout.as_millis().to_string(),
+    },
+    Setting {
+        name: "ACCOUNT_MAX_INFLIGHT",
+        default_value: Some("0"),
+        default_doc: "0 (no cap)",
+        secret: false,
+        help: "concurrent requests per account",
+        apply: |c, v| {
+            c.account_max_inflight = parse_u32(v)?;
+            Ok(())
+        },
+        show: |c| c.account_max_inflight.to_string(),
+    },
+    Setting {
+        name: "FRONT_PROXY_MAX_BODY_BYTES",
+        default_value: Some("16777216"),
+        default_doc: "16777216 (16 MiB)",
+        secret: false,
+        help: "largest accepted request body",
+        apply: |c, v| {
+            let n = parse_u64(v)?;
+            if n == 0 {
+                return Err("must be at least 1".into());
+            }
+            c.front_proxy_max_body_bytes = usize::try_from(n).map_err(|_| "too large")?;
+            Ok(())
+        },
+        show: |c| c.front_proxy_max_body_bytes.to_string(),
+    },
+    Setting {
+        name: "TRACE_BODY_PREVIEW_MAX_BYTES",
+        default_value: Some("0"),
+        default_doc: "0 (off)",
+        secret: false,
+        help: "request-log body preview size (redacted)",
+        apply: |c, v| {
+            c.trace_body_preview_max_bytes =
+                usize::try_from(parse_u64(v)?).map_err(|_| "too large")?;
+            Ok(())
+        },
+        show: |c| c.trace_body_preview_max_bytes.to_string(),
+    },
+    Setting {
+        name: "GATEWAY_KEEPALIVE_INTERVAL_SECS",
+        default_value: Some("180"),
+        default_doc: "180",
+        secret: false,
+        help: "keep-alive of idle client connections, in seconds",
+        apply: |c, v| {
+            c.gateway_keepalive_interval = Duration::from_secs(parse_u64(v)?);
+            Ok(())
+        },
+        show: |c| secs(c.gateway_keepalive_interval),
+    },
+    Setting {
+        name: "HTTP_WORKER_FACTOR",
+        default_value: Some("1"),
+        default_doc: "1",
+        secret: false,
+        help: "tokio worker threads per CPU",
+        apply: |c, v| {
+            c.http_worker_factor = parse_u32(v)?;
+            Ok(())
+        },
+        show: |c| c.http_worker_factor.to_string(),
+    },
+    Setting {
+        name: "HTTP_WORKER_MIN",
+        default_value: Some("1"),
+        default_doc: "1",
+        secret: false,
+        help: "at least this many worker threads",
+        apply: |c, v| {
+            c.http_worker_min = parse_u32(v)?.max(1);
+            Ok(())
+        },
+        show: |c| c.http_worker_min.to_string(),
+    },
+    Setting {
+        name: "HTTP_QUEUE_FACTOR",
+        default_value: Some("1024"),
+        default_doc: "1024",
+        secret: false,
+        help: "concurrent requests per worker before load shedding (503)",
+        apply: |c, v| {
+            c.http_queue_factor = parse_u32(v)?;
+            Ok(())
+        },
+        show: |c| c.http_queue_factor.to_string(),
+    },
+    Setting {
+        name: "HTTP_QUEUE_MIN",
+        default_value: Some("1024"),
+        default_doc: "1024",
+        secret: false,
+        help: "at least this many concurrent requests before load shedding",
+        apply: |c, v| {
+            c.http_queue_min = parse_u32(v)?.max(1);
+            Ok(())
+        },
+        show: |c| c.http_queue_min.to_string(),
+    },
+    Setting {
+        name: "ROUTE_STRATEGY",
+        default_value: Some("ordered"),
+        default_doc: "ordered",
+        secret: false,
+        help: "ordered | round-robin | headroom",
+        apply: |c, v| {
+            c.route_strategy = v.parse()?;
+            Ok(())
+        },
+        show: |c| c.route_strategy.as_str().to_string(),
+    },
+];
+
+/// One line of `codexpool config`: the effective value and where it came from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SettingView {
+    /// The name without prefix.
+    pub name: &'static str,
+    /// The effective value (`*****` for secrets that are set).
+    pub value: String,
+    /// Where it came from, e.g. `default`, `env CODEXPOOL_DB_PATH`.
+    pub source: String,
+    /// The documented default.
+    pub default: &'static str,
+    /// One line on what it does.
+    pub help: &'static str,
+}
+
+/// Values read from an env file.
+#[derive(Debug, Clone, Default)]
+pub struct EnvFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its variables.
+    pub vars: HashMap<String, String>,
+}
+
+impl EnvFile {
+    /// Reads an env file (dotenv syntax).
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let iter = dotenvy::from_path_iter(path).map_err(|e| ConfigError {
+            var: "env file".into(),
+            value: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let mut vars = HashMap::new();
+        for item in iter {
+            let (k, v) = item.map_err(|e| ConfigError {
+                var: "env file".into(),
+                value: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            vars.insert(k, v);
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            vars,
+        })
+    }
+
+    /// The first env file among [`ENV_FILE_NAMES`] in `dirs`, in order.
+    pub fn discover(dirs: &[PathBuf]) -> Result<Option<Self>, ConfigError> {
+        for dir in dirs {
+            for name in ENV_FILE_NAMES {
+                let p = dir.join(name);
+                if p.is_file() {
+                    return Self::read(&p).map(Some);
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Config {
+    /// Settings from the process environment, then the first env file found in the current
+    /// directory or beside the executable, then the defaults.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut dirs = Vec::new();
+        if let Ok(cwd) = std::env::current_dir() {
+            dirs.push(cwd);
+        }
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
+            dirs.push(dir);
+        }
+        let file = EnvFile::discover(&dirs)?;
+        Self::from_lookup(|k| std::env::var(k).ok(), file.as_ref())
+    }
+
+    /// Settings from a variable lookup (the process environment in production, a map in tests)
+    /// and an optional env file that fills only what the lookup lacks.
+    pub fn from_lookup(
+        env: impl Fn(&str) -> Option<String>,
+        file: Option<&EnvFile>,
+    ) -> Result<Self, ConfigError> {
+        let mut c = Self::default();
+        for s in SETTINGS {
+            let names = [
+                format!("{ENV_PREFIX}{}", s.name),
+                format!("{LEGACY_ENV_PREFIX}{}", s.name),
+            ];
+            let found = names
+                .iter()
+                .find_map(|n| env(n).map(|v| (v, Source::Env(n.clone()))))
+                .or_else(|| {
+                    let f = file?;
+                    names.iter().find_map(|n| {
+                        f.vars.get(n).map(|v| {
+                            (
+                                v.clone(),
+                                Source::EnvFile {
+                                    path: f.path.clone(),
+                                    var: n.clone(),
+                                },
+                            )
+                        })
+                    })
+                });
+            if let Some((value, source)) = found {
+                let var = match &source {
+                    Source::Env(v) | Source::EnvFile { var: v, .. } => v.clone(),
+                    _ => s.name.to_string(),
+                };
+                c.apply(s, &value, source, var)?;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Sets one setting by name (with or without prefix, any case), as a flag would.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+        let upper = name.trim().to_ascii_uppercase().replace('-', "_");
+        let bare = upper
+            .strip_prefix(ENV_PREFIX)
+            .or_else(|| upper.strip_prefix(LEGACY_ENV_PREFIX))
+            .unwrap_or(&upper);
+        let setting = SETTINGS
+            .iter()
+            .find(|s| s.name == bare)
+            .ok_or_else(|| ConfigError {
+                var: name.to_string(),
+                value: value.to_string(),
+                message: "unknown setting".into(),
+            })?;
+        self.apply(setting, value, Source::Explicit, setting.name.to_string())
+    }
+
+    /// Builder-style [`Config::set`].
+    pub fn with(mut self, name: &str, value: &str) -> Result<Self, ConfigError> {
+        self.set(name, value)?;
+        Ok(self)
+    }
+
+    fn apply(
+        &mut self,
+        s: &Setting,
+        value: &str,
+        source: Source,
+        var: String,
+    ) -> Result<(), ConfigError> {
+        (s.apply)(self, value).map_err(|message| ConfigError {
+            var,
+            value: if s.secret {
+                "*****".into()
+            } else {
+                value.to_string()
+            },
+            message,
+        })?;
+        self.sources.insert(s.name, source);
+        Ok(())
+    }
+
+    /// Where a setting's value came from.
+    pub fn source_of(&self, name: &str) -> Source {
+        self.sources.get(name).cloned().unwrap_or(Source::Default)
+    }
+
+    /// Every setting with its effective value and source; secrets hidden.
+    pub fn describe(&self) -> Vec<SettingView> {
+        SETTINGS
+            .iter()
+            .map(|s| SettingView {
+                name: s.name,
+                value: (s.show)(self),
+                source: self.source_of(s.name).to_string(),
+                default: s.default_doc,
+                help: s.help,
+            })
+            .collect()
+    }
+
+    /// The directory holding the database (and the RPC token file).
+    pub fn db_dir(&self) -> PathBuf {
+        self.db_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned(), None)
+    }
+
+    #[test]
+    fn defaults_match_the_docs() {
+        let c = Config::default();
+        assert_eq!(c.service_addr.to_string(), "127.0.0.1:48760");
+        assert_eq!(c.issuer, "https://auth.openai.com");
+        assert_eq!(c.client_id, "app_EMoamEEZ73f0CkXaXp7hrann");
+        assert_eq!(c.originator, "codex_cli_rs");
+        assert_eq!(c.redirect_uri, "http://localhost:1455/auth/callback");
+        assert_eq!(c.login_addr, "localhost:1455");
+        assert_eq!(c.upstream_base_url, "https://chatgpt.com/backend-api/codex");
+        assert_eq!(c.usage_poll_interval, Duration::from_secs(600));
+        assert_eq!(c.request_gate_wait_timeout, Duration::from_millis(300));
+        assert_eq!(c.front_proxy_max_body_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.route_strategy, RouteStrategy::Ordered);
+        assert!(c.db_path.ends_with("codexpool/codexpool.db"));
+        assert!(c.warnings.is_empty());
+        // Every textual default parses.
+        for s in SETTINGS {
+            if let Some(d) = s.default_value {
+                let mut c = Config::default();
+                assert!((s.apply)(&mut c, d).is_ok(), "{}", s.name);
+            }
+        }
+    }
+
+    #[test]
+    fn reads_prefixed_names_and_legacy_aliases() {
+        let c = from(&[
+            ("CODEXPOOL_SERVICE_ADDR", "127.0.0.1:9000"),
+            ("GPTTOOLS_ACCOUNT_MAX_INFLIGHT", "3"),
+            ("GPTTOOLS_SERVICE_ADDR", "127.0.0.1:1"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.service_addr.port(),
+            9000,
+            "CODEXPOOL_ wins over GPTTOOLS_"
+        );
+        assert_eq!(c.account_max_inflight, 3);
+        assert_eq!(
+            c.source_of("ACCOUNT_MAX_INFLIGHT"),
+            Source::Env("GPTTOOLS_ACCOUNT_MAX_INFLIGHT".into())
+        );
+        assert_eq!(c.source_of("ISSUER"), Source::Default);
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        let e = from(&[("CODEXPOOL_ACCOUNT_MAX_INFLIGHT", "lots")]).unwrap_err();
+        assert_eq!(e.var, "CODEXPOOL_ACCOUNT_MAX_INFLIGHT");
+        assert!(
+            e.to_string().contains("CODEXPOOL_ACCOUNT_MAX_INFLIGHT"),
+            "{e}"
+        );
+        let e = from(&[("GPTTOOLS_ROUTE_STRATEGY", "random")]).unwrap_err();
+        assert!(e.to_string().contains("GPTTOOLS_ROUTE_STRATEGY"), "{e}");
+        for (k, v) in [
+            ("CODEXPOOL_SERVICE_ADDR", "nowhere"),
+            ("CODEXPOOL_ISSUER", "ftp://x"),
+            ("CODEXPOOL_USAGE_BASE_URL", "not a url"),
+            ("CODEXPOOL_DISABLE_POLLING", "maybe"),
+            ("CODEXPOOL_LOGIN_ADDR", "localhost"),
+            ("CODEXPOOL_LOGIN_ADDR", "localhost:99999"),
+            ("CODEXPOOL_FRONT_PROXY_MAX_BODY_BYTES", "0"),
+            ("CODEXPOOL_USAGE_POLL_INTERVAL_SECS", "-5"),
+        ] {
+            let e = from(&[(k, v)]).unwrap_err();
+            assert_eq!(e.var, k, "{v}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_hidden_in_errors_listings_and_debug() {
+        let c = from(&[
+            ("CODEXPOOL_RPC_TOKEN", "tok-123"),
+            ("CODEXPOOL_UPSTREAM_COOKIE", "c=1"),
+        ])
+        .unwrap();
+        assert_eq!(c.rpc_token.as_ref().map(Secret::expose), Some("tok-123"));
+        let listing = format!("{:?}", c.describe());
+        assert!(
+            !listing.contains("tok-123") && !listing.contains("c=1"),
+            "{listing}"
+        );
+        assert!(!format!("{c:?}").contains("tok-123"));
+    }
+
+    #[test]
+    fn poll_interval_is_clamped_with_a_warning() {
+        let c = from(&[("CODEXPOOL_USAGE_POLL_INTERVAL_SECS", "5")]).unwrap();
+        assert_eq!(c.usage_poll_interval, MIN_POLL_INTERVAL);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("USAGE_POLL_INTERVAL_SECS"));
+    }
+
+    #[test]
+    fn chatgpt_origin_normalises_to_the_codex_backend() {
+        let c = from(&[("CODEXPOOL_UPSTREAM_BASE_URL", "https://chat.openai.com/")]).unwrap();
+        assert_eq!(
+            c.upstream_base_url,
+            "https://chat.openai.com/backend-api/codex"
+        );
+        let c = from(&[(
+            "CODEXPOOL_UPSTREAM_BASE_URL",
+            "http://127.0.0.1:9/backend-api/codex/",
+        )])
+        .unwrap();
+        assert_eq!(c.upstream_base_url, "http://127.0.0.1:9/backend-api/codex");
+    }
+
+    #[test]
+    fn env_file_fills_only_what_the_environment_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(".env"),
+            "CODEXPOOL_ACCOUNT_MAX_INFLIGHT=9\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("gpttools.env"),
+            "GPTTOOLS_ACCOUNT_MAX_INFLIGHT=4\nCODEXPOOL_SERVICE_ADDR=127.0.0.1:7000\n# comment\n",
+        )
+        .unwrap();
+        let file = EnvFile::discover(&[dir.path().to_path_buf()])
+            .unwrap()
+            .unwrap();
+        assert!(
+            file.path.ends_with("gpttools.env"),
+            "gpttools.env comes before .env"
+        );
+        let env: HashMap<String, String> = [(
+            "CODEXPOOL_SERVICE_ADDR".to_string(),
+            "127.0.0.1:8000".to_string(),
+        )]
+        .into();
+        let c = Config::from_lookup(|k| env.get(k).cloned(), Some(&file)).unwrap();
+        assert_eq!(c.service_addr.port(), 8000, "the environment wins");
+        assert_eq!(c.account_max_inflight, 4);
+        assert!(matches!(
+            c.source_of("ACCOUNT_MAX_INFLIGHT"),
+            Source::EnvFile { .. }
+        ));
+        let described = c.describe();
+        let row = described
+            .iter()
+            .find(|r| r.name == "ACCOUNT_MAX_INFLIGHT")
+            .unwrap();
+        assert!(row.source.contains("gpttools.env"), "{}", row.source);
+    }
+
+    #[test]
+    fn malformed_env_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("codexpool.env"),
+            "CODEXPOOL_X='unterminated\n",
+        )
+        .unwrap();
+        assert!(EnvFile::discover(&[dir.path().to_path_buf()]).is_err());
+    }
+
+    #[test]
+    fn set_accepts_any_spelling_and_rejects_unknown_names() {
+        let mut c = Config::default();
+        c.set("route-strategy", "round_robin").unwrap();
+        assert_eq!(c.route_strategy, RouteStrategy::RoundRobin);
+        c.set("CODEXPOOL_DB_PATH", "/tmp/x.db").unwrap();
+        assert_eq!(c.source_of("DB_PATH"), Source::Explicit);
+        assert!(c.set("NOPE", "1").is_err());
+    }
+}

@@ -1,0 +1,89 @@
+//! The crate's error type. Subsystems with errors of their own ([`StoreError`],
+//! [`PoolError`], [`KeyError`], [`ConfigError`]) convert into [`Error`] so that a front-end
+//! handles one type, and can still match the subsystem's facts.
+
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
+use crate::keys::KeyError;
+use crate::pool::PoolError;
+use crate::store::StoreError;
+
+/// Anything that can go wrong in codexpool-core.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No record with that id (or id prefix).
+    #[error("no {what} matches {id:?}")]
+    NotFound {
+        /// `account`, `key`, `login session`, …
+        what: &'static str,
+        /// The id or prefix asked for.
+        id: String,
+    },
+    /// An id prefix matches more than one record.
+    #[error("{what} id {prefix:?} is ambiguous: it matches {}", candidates.join(", "))]
+    Ambiguous {
+        /// `account` or `key`.
+        what: &'static str,
+        /// The prefix asked for.
+        prefix: String,
+        /// The matching ids.
+        candidates: Vec<String>,
+    },
+    /// A value supplied by the caller is not acceptable.
+    #[error("invalid {field}: {message}")]
+    InvalidInput {
+        /// The field (or parameter) at fault.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The record already exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No account can serve.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// A platform key was refused.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Sign-in or token refresh failed.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+}
+
+impl Error {
+    /// An [`Error::InvalidInput`].
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidInput {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,579 @@
+//! Import and export of accounts (PROTOCOL.md §2): Codex CLI `auth.json` files, codexpool's own
+//! export document, a folder of such files, or bytes from stdin.
+//!
+//! Every input gets its own result (imported, updated, or skipped with the reason). A malformed
+//! file never stops the others, and an account is written in one step or not at all. A re-import
+//! of the same sign-in (same `chatgpt_account_id` and user) replaces its tokens and keeps what a
+//! person set (label, group, tags, note, sort).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::account::{Account, AccountPatch, AccountStatus, Tokens, normalize_tags};
+use crate::auth::{Claims, decode_claims};
+use crate::error::{Error, Result};
+use crate::pool::AccountPool;
+use crate::secret::Secret;
+use crate::store::StoreError;
+use crate::time::Timestamp;
+
+/// The export format version.
+pub const EXPORT_VERSION: u64 = 1;
+/// Largest file accepted for import.
+pub const MAX_IMPORT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What happened to one imported account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status", content = "reason")]
+pub enum ImportOutcome {
+    /// A new account was added.
+    Imported,
+    /// An existing account got new tokens.
+    Updated,
+    /// Nothing was written.
+    Skipped(String),
+}
+
+/// One input's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ImportResult {
+    /// Where it came from: a path, `stdin`, with `#N` for the N-th account of a document.
+    pub source: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub outcome: ImportOutcome,
+    /// The account, when one was written.
+    pub account_id: Option<String>,
+    /// Its label.
+    pub label: Option<String>,
+    /// Something the user should know (e.g. a refresh token shared with the Codex CLI).
+    pub warning: Option<String>,
+}
+
+/// Results of an import, one per account found (or per unreadable file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// The results in input order.
+    pub results: Vec<ImportResult>,
+}
+
+impl ImportReport {
+    /// How many were added.
+    pub fn imported(&self) -> usize {
+        self.count(|o| matches!(o, ImportOutcome::Imported))
+    }
+    /// How many were updated.
+    pub fn updated(&self) -> usize {
+        self.count(|o| matches!(o, ImportOutcome::Updated))
+    }
+    /// How many were skipped.
+    pub fn skipped(&self) -> usize {
+        self.count(|o| matches!(o, ImportOutcome::Skipped(_)))
+    }
+    fn count(&self, f: impl Fn(&ImportOutcome) -> bool) -> usize {
+        self.results.iter().filter(|r| f(&r.outcome)).count()
+    }
+}
+
+/// The export document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportDocument {
+    /// Always [`EXPORT_VERSION`].
+    pub version: u64,
+    /// When it was written.
+    pub exported_at: Timestamp,
+    /// The accounts, tokens included.
+    pub accounts: Vec<ExportedAccount>,
+}
+
+/// One account in an export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportedAccount {
+    /// Label.
+    pub label: String,
+    /// Email.
+    pub email: Option<String>,
+    /// OpenAI account id.
+    pub chatgpt_account_id: Option<String>,
+    /// OpenAI user id.
+    pub chatgpt_user_id: Option<String>,
+    /// Plan.
+    pub plan_type: Option<String>,
+    /// Group.
+    pub group: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Note.
+    pub note: Option<String>,
+    /// Sort priority.
+    pub sort: i64,
+    /// Status.
+    pub status: AccountStatus,
+    /// Tokens, in the Codex CLI's shape.
+    pub tokens: ExportedTokens,
+    /// When the tokens were last refreshed.
+    pub last_refresh: Option<Timestamp>,
+}
+
+/// Tokens in an export (plain text: the file is written 0600).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportedTokens {
+    /// Id token.
+    pub id_token: String,
+    /// Access token.
+    pub access_token: String,
+    /// Refresh token.
+    pub refresh_token: String,
+    /// OpenAI account id.
+    pub account_id: Option<String>,
+}
+
+/// One account read from an input, before it is written.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub tokens: Tokens,
+    pub claims: Claims,
+    pub chatgpt_account_id: String,
+    pub label: Option<String>,
+    pub group: Option<String>,
+    pub tags: Vec<String>,
+    pub note: Option<String>,
+    pub sort: Option<i64>,
+    pub status: Option<AccountStatus>,
+    /// From a Codex CLI `auth.json` (its refresh token is shared with the CLI).
+    pub from_codex_cli: bool,
+}
+
+/// `snake_case` or `camelCase`.
+fn field<'a>(o: &'a Map<String, Value>, snake: &str) -> Option<&'a Value> {
+    if let Some(v) = o.get(snake).filter(|v| !v.is_null()) {
+        return Some(v);
+    }
+    let mut camel = String::with_capacity(snake.len());
+    let mut up = false;
+    for c in snake.chars() {
+        if c == '_' {
+            up = true;
+        } else if up {
+            camel.extend(c.to_uppercase());
+            up = false;
+        } else {
+            camel.push(c);
+        }
+    }
+    o.get(&camel).filter(|v| !v.is_null())
+}
+
+fn text(o: &Map<String, Value>, name: &str) -> std::result::Result<Option<String>, String> {
+    match field(o, name) {
+        None => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+        Some(_) => Err(format!("{name} is not a string")),
+    }
+}
+
+fn parse_candidate(
+    o: &Map<String, Value>,
+    from_codex_cli: bool,
+) -> std::result::Result<Candidate, String> {
+    let tok = match field(o, "tokens") {
+        Some(Value::Object(t)) => t,
+        Some(_) => return Err("tokens is not an object".into()),
+        None => o,
+    };
+    let access = text(tok, "access_token")?.ok_or("access_token is missing")?;
+    let refresh = text(tok, "refresh_token")?.ok_or("refresh_token is missing")?;
+    let id_token = text(tok, "id_token")?;
+    // Identity from the id token, else the access token; an explicit account id wins.
+    let claims = match &id_token {
+        Some(t) => decode_claims(t).map_err(|e| format!("id_token: {e}"))?,
+        None => decode_claims(&access).unwrap_or_default(),
+    };
+    let access_claims = decode_claims(&access).ok();
+    let explicit = text(tok, "account_id")?.or(text(o, "chatgpt_account_id")?);
+    let chatgpt_account_id = explicit
+        .or_else(|| claims.chatgpt_account_id.clone())
+        .or_else(|| {
+            access_claims
+                .as_ref()
+                .and_then(|c| c.chatgpt_account_id.clone())
+        })
+        .ok_or("no ChatGPT account id in the tokens or the file")?;
+    let tags = match field(o, "tags") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|t| t.as_str().map(str::to_string).ok_or("tags must be strings"))
+            .collect::<std::result::Result<Vec<_>, _>>()?,
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(str::to_string)
+            .filter(|t| !t.trim().is_empty())
+            .collect(),
+        Some(_) => return Err("tags is not a list".into()),
+    };
+    let tags = normalize_tags(tags).map_err(|e| e.to_string())?;
+    let sort = match field(o, "sort") {
+        None => None,
+        Some(v) => Some(v.as_i64().ok_or("sort is not a whole number")?),
+    };
+    let status = match text(o, "status")? {
+        None => None,
+        Some(s) => Some(s.parse::<AccountStatus>().map_err(|e| e.to_string())?),
+    };
+    let last_refresh = match field(o, "last_refresh") {
+        Some(Value::String(s)) => Timestamp::parse_rfc3339(s),
+        _ => None,
+    };
+    let mut claims = claims;
+    if claims.chatgpt_user_id.is_none()
+        && claims.sub.is_none()
+        && let Some(ac) = &access_claims
+    {
+        claims.chatgpt_user_id = ac.user_id().map(str::to_string);
+    }
+    if let Some(uid) = text(o, "chatgpt_user_id")? {
+        claims.chatgpt_user_id = Some(uid);
+    }
+    let expires_at = access_claims.as_ref().and_then(|c| c.expires_at);
+    Ok(Candidate {
+        tokens: Tokens {
+            id_token: Secret::new(id_token.unwrap_or_default()),
+            access_token: Secret::new(access),
+            refresh_token: Secret::new(refresh),
+            expires_at,
+            last_refresh,
+        },
+        chatgpt_account_id,
+        label: text(o, "label")?,
+        group: text(o, "group")?,
+        tags,
+        note: text(o, "note")?,
+        sort,
+        status,
+        claims,
+        from_codex_cli,
+    })
+}
+
+/// Reads every account in a document: `(source suffix, candidate or reason)`.
+/// One account found in a document: the source suffix (`#N`) and the candidate or why not.
+type Found = (String, std::result::Result<Candidate, String>);
+
+pub(crate) fn parse_document(bytes: &[u8]) -> std::result::Result<Vec<Found>, String> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let (items, codex): (Vec<&Value>, bool) = match &v {
+        Value::Object(o) if field(o, "accounts").is_some() => {
+            if let Some(ver) = field(o, "version")
+                && ver.as_u64() != Some(EXPORT_VERSION)
+            {
+                return Err(format!(
+                    "unsupported export version {ver} (this codexpool reads version {EXPORT_VERSION})"
+                ));
+            }
+            match field(o, "accounts") {
+                Some(Value::Array(a)) => (a.iter().collect(), false),
+                _ => return Err("accounts is not a list".into()),
+            }
+        }
+        // A Codex CLI auth.json: tokens nested, OPENAI_API_KEY beside them.
+        Value::Object(o)
+            if o.contains_key("OPENAI_API_KEY")
+                || (o.contains_key("tokens") && o.contains_key("last_refresh")) =>
+        {
+            (vec![&v], true)
+        }
+        Value::Object(_) => (vec![&v], false),
+        Value::Array(a) => (a.iter().collect(), false),
+        _ => return Err("expected a JSON object or list".into()),
+    };
+    if items.is_empty() {
+        return Err("no accounts in the document".into());
+    }
+    let many = items.len() > 1
+        || matches!(v, Value::Array(_))
+        || !codex && matches!(&v, Value::Object(o) if o.contains_key("accounts"));
+    Ok(items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let suffix = if many {
+                format!("#{}", i + 1)
+            } else {
+                String::new()
+            };
+            let parsed = match item {
+                Value::Object(o) => parse_candidate(o, codex),
+                _ => Err("an account entry is not a JSON object".into()),
+            };
+            (suffix, parsed)
+        })
+        .collect())
+}
+
+fn skipped(source: String, reason: impl Into<String>) -> ImportResult {
+    ImportResult {
+        source,
+        outcome: ImportOutcome::Skipped(reason.into()),
+        account_id: None,
+        label: None,
+        warning: None,
+    }
+}
+
+impl AccountPool {
+    /// Imports a file, or every `*.json` file in a directory (sorted by name).
+    pub async fn import_path(&self, path: impl AsRef<Path>) -> Result<ImportReport> {
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let mut report = ImportReport::default();
+        if meta.is_dir() {
+            let mut files: Vec<_> = std::fs::read_dir(path)
+                .map_err(|e| Error::io(path, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension()
+                            .is_some_and(|x| x.eq_ignore_ascii_case("json"))
+                })
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(Error::invalid(
+                    "path",
+                    format!("{} holds no .json files", path.display()),
+                ));
+            }
+            for f in files {
+                report.results.extend(self.import_one_file(&f).await);
+            }
+        } else {
+            report.results.extend(self.import_one_file(path).await);
+        }
+        Ok(report)
+    }
+
+    async fn import_one_file(&self, path: &Path) -> Vec<ImportResult> {
+        let source = path.display().to_string();
+        let bytes = match std::fs::metadata(path) {
+            Ok(m) if m.len() > MAX_IMPORT_BYTES => {
+                return vec![skipped(
+                    source,
+                    format!("larger than {} MiB", MAX_IMPORT_BYTES >> 20),
+                )];
+            }
+            _ => match std::fs::read(path) {
+                Ok(b) => b,
+                Err(e) => return vec![skipped(source, format!("cannot read: {e}"))],
+            },
+        };
+        self.import_bytes(&source, &bytes).await.results
+    }
+
+    /// Imports a document held in memory (e.g. read from stdin); `source` names it in results.
+    pub async fn import_bytes(&self, source: &str, bytes: &[u8]) -> ImportReport {
+        let mut report = ImportReport::default();
+        let items = match parse_document(bytes) {
+            Ok(items) => items,
+            Err(reason) => {
+                report.results.push(skipped(source.to_string(), reason));
+                return report;
+            }
+        };
+        for (suffix, parsed) in items {
+            let src = format!("{source}{suffix}");
+            let result = match parsed {
+                Err(reason) => skipped(src, reason),
+                Ok(c) => {
+                    let warning = c.from_codex_cli.then(|| {
+                        format!(
+                            "{source} belongs to a Codex CLI sign-in: both now hold the same single-use refresh \
+                             token, and whichever refreshes first signs the other out. Let codexpool own it \
+                             (sign the Codex CLI in again) or stop using it for this account."
+                        )
+                    });
+                    match self.upsert_signin(c, false).await {
+                        Ok((a, created)) => ImportResult {
+                            source: src,
+                            outcome: if created {
+                                ImportOutcome::Imported
+                            } else {
+                                ImportOutcome::Updated
+                            },
+                            account_id: Some(a.id),
+                            label: Some(a.label),
+                            warning,
+                        },
+                        Err(e) => skipped(src, e.to_string()),
+                    }
+                }
+            };
+            report.results.push(result);
+        }
+        report
+    }
+
+    /// Creates the account of a sign-in, or gives an existing one (same identity) the new
+    /// tokens. With `overwrite_meta`, given label/group/tags/note replace the stored ones (a
+    /// fresh login); without, they are used only for a new account (a re-import). Returns the
+    /// account and whether it was created.
+    pub(crate) async fn upsert_signin(
+        &self,
+        c: Candidate,
+        overwrite_meta: bool,
+    ) -> Result<(Account, bool)> {
+        let user_id = c.claims.user_id().unwrap_or_default().to_string();
+        for attempt in 0..2 {
+            if let Some(existing) = self.find_identity(&c.chatgpt_account_id, &user_id) {
+                let mut p = AccountPatch {
+                    tokens: Some(c.tokens.clone()),
+                    ..Default::default()
+                };
+                if let Some(e) = &c.claims.email {
+                    p.email = Some(Some(e.clone()));
+                }
+                if let Some(plan) = &c.claims.chatgpt_plan_type {
+                    p.plan_type = Some(Some(plan.clone()));
+                }
+                // Fresh tokens cure a dead sign-in; a person's `disabled` and a ban stay.
+                if existing.status == AccountStatus::NeedsLogin {
+                    p.status = Some(AccountStatus::Active);
+                    p.status_reason = Some(None);
+                }
+                if overwrite_meta {
+                    p.label = c.label.clone();
+                    p.group = c.group.clone().map(Some);
+                    if !c.tags.is_empty() {
+                        p.tags = Some(c.tags.clone());
+                    }
+                    p.note = c.note.clone().map(Some);
+                }
+                let p = p.validate()?;
+                return Ok((self.apply_patch(&existing.id, p).await?, false));
+            }
+            let now = self.pool.now();
+            let account = Account {
+                id: crate::id::new_id(),
+                label: c
+                    .label
+                    .clone()
+                    .or_else(|| c.claims.email.clone())
+                    .unwrap_or_else(|| c.chatgpt_account_id.clone()),
+                email: c.claims.email.clone(),
+                chatgpt_account_id: Some(c.chatgpt_account_id.clone()),
+                chatgpt_user_id: Some(user_id.clone()),
+                plan_type: c.claims.chatgpt_plan_type.clone(),
+                group: c.group.clone(),
+                tags: c.tags.clone(),
+                sort: c.sort.unwrap_or(0),
+                note: c.note.clone(),
+                status: match c.status {
+                    Some(AccountStatus::Disabled) => AccountStatus::Disabled,
+                    _ => AccountStatus::Active,
+                },
+                status_reason: None,
+                tokens: c.tokens.clone(),
+                created_at: now,
+                updated_at: now,
+                last_used_at: None,
+            };
+            match self.insert(account).await {
+                Ok(a) => return Ok((a, true)),
+                // Another process added the same sign-in meanwhile: take its row and update it.
+                Err(Error::Store(StoreError::Conflict { .. })) if attempt == 0 => {
+                    self.pool.reload().await?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(format!(
+            "account {} keeps colliding; try again",
+            c.chatgpt_account_id
+        )))
+    }
+
+    /// The export document for the accounts matching `filter` (tokens included).
+    pub fn export(&self, filter: &crate::account::AccountFilter) -> ExportDocument {
+        let accounts = self
+            .list(filter)
+            .into_iter()
+            .map(|a| ExportedAccount {
+                tokens: ExportedTokens {
+                    id_token: a.tokens.id_token.expose().to_string(),
+                    access_token: a.tokens.access_token.expose().to_string(),
+                    refresh_token: a.tokens.refresh_token.expose().to_string(),
+                    account_id: a.chatgpt_account_id.clone(),
+                },
+                last_refresh: a.tokens.last_refresh,
+                label: a.label,
+                email: a.email,
+                chatgpt_account_id: a.chatgpt_account_id,
+                chatgpt_user_id: a.chatgpt_user_id,
+                plan_type: a.plan_type,
+                group: a.group,
+                tags: a.tags,
+                note: a.note,
+                sort: a.sort,
+                status: a.status,
+            })
+            .collect();
+        ExportDocument {
+            version: EXPORT_VERSION,
+            exported_at: self.pool.now(),
+            accounts,
+        }
+    }
+
+    /// Writes the export document to a file with mode 0600 (replacing it atomically). Returns
+    /// how many accounts were written.
+    pub async fn export_to_file(
+        &self,
+        path: impl AsRef<Path>,
+        filter: &crate::account::AccountFilter,
+    ) -> Result<usize> {
+        let doc = self.export(filter);
+        let bytes =
+            serde_json::to_vec_pretty(&doc).map_err(|e| Error::invalid("export", e.to_string()))?;
+        write_private(path.as_ref(), &bytes)?;
+        Ok(doc.accounts.len())
+    }
+}
+
+/// Writes a file readable by its owner only, via a temporary file and a rename.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid("path", format!("{} is not a file path", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let result = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! codexpool-core: pool many ChatGPT (Codex) sign-ins behind one set of local API keys.
+//!
+//! The domain of codexpool, with no HTTP server in it:
+//!
+//! - [`AccountPool`]: accounts (label, group, tags, sort, note, status, tokens), import and
+//!   export, and selection — [`AccountPool::acquire`] leases the best account that still has
+//!   quota for a request.
+//! - [`KeyStore`]: platform keys (`sk-cp-…`), stored hashed, verified in O(1) from memory.
+//! - [`UsageTracker`]: each account's 5-hour and weekly windows with provenance, and the token
+//!   ledger.
+//! - [`RequestLog`]: one row per gateway request.
+//! - [`auth`]: sign-in (browser with PKCE, device code), token refresh (single-flight across
+//!   processes) and the background refresher; [`Pool::auth`] is the handle.
+//! - [`poll`]: usage polling on demand ([`UsageTracker::refresh`]) and in the background.
+//! - [`store`]: the [`Store`](store::Store) trait with the SQLite (default) and in-memory
+//!   implementations.
+//!
+//! A [`Pool`] ties them together over one store. Handles are cheap to clone and share.
+//!
+//! ```
+//! use codexpool_core::{Pool, keys::NewKey, pool::Demand};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> codexpool_core::Result<()> {
+//! let pool = Pool::in_memory().await?;
+//! let key = pool.keys().create(NewKey::named("ci").model("gpt-5-codex")).await?;
+//! println!("give this to the client once: {}", key.secret.expose());
+//! assert_eq!(pool.keys().verify(key.secret.expose())?.name, "ci");
+//! // No account yet, so no lease:
+//! assert!(pool.accounts().acquire(&Demand::any()).await.is_err());
+//! # Ok(()) }
+//! ```
+
+pub mod account;
+pub mod auth;
+pub mod config;
+mod error;
+pub mod id;
+pub mod import;
+pub mod keys;
+pub mod poll;
+pub mod pool;
+pub mod request_log;
+mod secret;
+mod stamp;
+pub mod store;
+mod sync;
+mod time;
+pub mod usage;
+mod writer;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+pub use account::{Account, AccountFilter, AccountPatch, AccountStatus, Tokens};
+pub use auth::{Auth, spawn_refresher};
+pub use config::{Config, RouteStrategy};
+pub use error::{Error, Result};
+pub use keys::{KeyStore, PlatformKey};
+pub use poll::{BackgroundTask, RefreshProgress, RefreshScope, spawn_poller};
+pub use pool::{AccountPool, Demand, Lease, Outcome, PoolError};
+pub use request_log::RequestLog;
+pub use secret::Secret;
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use usage::UsageTracker;
+
+use crate::keys::KeyTable;
+use crate::pool::{Affinity, Gate, Table};
+use crate::store::{MemoryStore, SqliteStore, Store};
+use crate::writer::Writer;
+
+/// How often an open pool checks the store for other processes' changes.
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// Every this many watch ticks, last-used times are written.
+const STAMP_FLUSH_TICKS: u32 = 10;
+
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<Config>,
+    pub accounts: RwLock<Table>,
+    pub keys: RwLock<KeyTable>,
+    /// Serialises write-through changes with reloads, so a reload never installs a snapshot
+    /// older than a change made meanwhile.
+    pub admin: tokio::sync::Mutex<()>,
+    pub writer: Writer,
+    pub gate: Gate,
+    pub rr_cursor: AtomicUsize,
+    pub affinity: Mutex<Affinity>,
+    /// Sign-in state: the HTTP client, the refresh-lease holder id, refreshes in flight.
+    pub auth: auth::AuthState,
+    watcher: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(h) = sync::lock(&self.watcher).take() {
+            h.abort();
+        }
+    }
+}
+
+/// A pool of accounts, keys and usage over one store. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct Pool {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("db_path", &self.shared.config.db_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Pool`] with non-default parts.
+pub struct PoolBuilder {
+    config: Config,
+    store: Option<Arc<dyn Store>>,
+    clock: Arc<dyn Clock>,
+    watch_interval: Option<Duration>,
+}
+
+impl PoolBuilder {
+    /// Uses this store (default: [`SqliteStore`] at `config.db_path`).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Uses this clock (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How often to look for other processes' changes (default 500 ms; `Duration::ZERO` turns
+    /// the watcher off).
+    pub fn watch_interval(mut self, d: Duration) -> Self {
+        self.watch_interval = Some(d);
+        self
+    }
+
+    /// Opens the store (creating the database if needed), loads the pool into memory and starts
+    /// the background writer and change watcher on the current tokio runtime.
+    pub async fn open(self) -> Result<Pool> {
+        let store = match self.store {
+            Some(s) => s,
+            None => Arc::new(SqliteStore::open(&self.config.db_path).await?),
+        };
+        let writer = Writer::spawn(store.clone());
+        let shared = Arc::new(Shared {
+            store,
+            clock: self.clock,
+            config: Arc::new(self.config),
+            accounts: RwLock::new(Table::default()),
+            keys: RwLock::new(KeyTable::default()),
+            admin: tokio::sync::Mutex::new(()),
+            writer,
+            gate: Gate::default(),
+            rr_cursor: AtomicUsize::new(0),
+            affinity: Mutex::new(Affinity::default()),
+            auth: auth::AuthState::new(),
+            watcher: Mutex::new(None),
+        });
+        let pool = Pool { shared };
+        let version = pool.shared.store.data_version().await?;
+        pool.reload().await?;
+        let interval = self.watch_interval.unwrap_or(DEFAULT_WATCH_INTERVAL);
+        if !interval.is_zero() {
+            let task = tokio::spawn(watch(Arc::downgrade(&pool.shared), interval, version));
+            *sync::lock(&pool.shared.watcher) = Some(task.abort_handle());
+        }
+        Ok(pool)
+    }
+}
+
+/// Polls the store's data version; reloads on change; writes last-used times now and then.
+async fn watch(weak: Weak<Shared>, interval: Duration, mut version: u64) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u32 = 0;
+    loop {
+        tick.tick().await;
+        let Some(shared) = weak.upgrade() else { return };
+        let pool = Pool { shared };
+        n = n.wrapping_add(1);
+        match pool.shared.store.data_version().await {
+            Ok(v) if v != version => {
+                version = v;
+                if let Err(e) = pool.reload().await {
+                    tracing::warn!(error = %e, "could not reload after another process changed the pool");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not check the database for changes"),
+        }
+        if n.is_multiple_of(STAMP_FLUSH_TICKS) {
+            if let Err(e) = pool.flush_stamps().await {
+                tracing::warn!(error = %e, "could not write last-used times");
+            }
+            let now = pool.shared.clock.now().as_millis();
+            sync::lock(&pool.shared.affinity).purge(now);
+        }
+    }
+}
+
+impl Pool {
+    /// A builder over `config`.
+    pub fn builder(config: Config) -> PoolBuilder {
+        PoolBuilder {
+            config,
+            store: None,
+            clock: Arc::new(SystemClock),
+            watch_interval: None,
+        }
+    }
+
+    /// Opens the pool at `config.db_path` (SQLite, created on first use).
+    pub async fn open(config: Config) -> Result<Pool> {
+        Self::builder(config).open().await
+    }
+
+    /// An empty pool in memory, with default settings.
+    pub async fn in_memory() -> Result<Pool> {
+        Self::builder(Config::default())
+            .store(Arc::new(MemoryStore::new()))
+            .open()
+            .await
+    }
+
+    /// The accounts.
+    pub fn accounts(&self) -> AccountPool {
+        AccountPool { pool: self.clone() }
+    }
+
+    /// The platform keys.
+    pub fn keys(&self) -> KeyStore {
+        KeyStore { pool: self.clone() }
+    }
+
+    /// Usage windows and the token ledger.
+    pub fn usage(&self) -> UsageTracker {
+        UsageTracker { pool: self.clone() }
+    }
+
+    /// Sign-in and token refresh.
+    pub fn auth(&self) -> auth::Auth {
+        auth::Auth { pool: self.clone() }
+    }
+
+    /// The request log.
+    pub fn request_log(&self) -> RequestLog {
+        RequestLog { pool: self.clone() }
+    }
+
+    /// The settings the pool was opened with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The pool's clock.
+    pub fn now(&self) -> Timestamp {
+        self.shared.clock.now()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// Re-reads accounts, keys and usage from the store, keeping runtime state (inflight,
+    /// cooldowns) and newer in-memory readings. The change watcher calls this when another
+    /// process writes; call it yourself to be sure.
+    pub async fn reload(&self) -> Result<()> {
+        let shared = &self.shared;
+        let _guard = shared.admin.lock().await;
+        let accounts = shared.store.list_accounts().await?;
+        let keys = shared.store.list_keys().await?;
+        let windows = shared.store.list_windows().await?;
+        let credits = shared.store.list_credits().await?;
+        {
+            let mut t = sync::write(&shared.accounts);
+            let new = Table::rebuild(accounts, &t);
+            *t = new;
+            for (id, r) in windows {
+                if let Some(s) = t.get(&id) {
+                    let mut u = sync::lock(&s.state.usage);
+                    u.merge(r);
+                    s.state.sync_cells(&u);
+                }
+            }
+            for (id, c) in credits {
+                if let Some(s) = t.get(&id) {
+                    sync::lock(&s.state.usage).credits.get_or_insert(c);
+                }
+            }
+        }
+        let mut kt = sync::write(&shared.keys);
+        let new = KeyTable::rebuild(keys, &kt);
+        *kt = new;
+        Ok(())
+    }
+
+    async fn flush_stamps(&self) -> Result<()> {
+        let accounts = sync::read(&self.shared.accounts).dirty_stamps();
+        if !accounts.is_empty() {
+            self.shared.store.touch_accounts(&accounts).await?;
+        }
+        let keys = sync::read(&self.shared.keys).dirty_stamps();
+        if !keys.is_empty() {
+            self.shared.store.touch_keys(&keys).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued (usage readings, ledger, request log, last-used times). Call it
+    /// before shutting down.
+    pub async fn flush(&self) -> Result<()> {
+        self.shared.writer.flush().await;
+        self.flush_stamps().await
+    }
+}

@@ -1,0 +1,152 @@
+//! `Lease`: one request's hold on an account. Holding it counts as inflight; dropping it (on
+//! success, error, panic or cancellation alike) gives the slot back. `report` tells the pool how
+//! the upstream answered, which drives cooldowns, exhaustion and status.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::Slot;
+use crate::Pool;
+use crate::account::{Account, AccountStatus};
+use crate::secret::Secret;
+use crate::time::Timestamp;
+use crate::usage::UsageLimit;
+
+/// Cooldowns after repeated short rate limits (429 other than usage_limit_reached).
+pub const RATE_LIMIT_COOLDOWNS: [Duration; 4] = [
+    Duration::from_secs(45),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+];
+/// Cooldown after a 5xx or a connection failure.
+pub const UPSTREAM_ERROR_COOLDOWN: Duration = Duration::from_secs(30);
+/// Cooldown after a Cloudflare challenge.
+pub const CHALLENGE_COOLDOWN: Duration = Duration::from_secs(6);
+/// Cooldown after a 401 that a token refresh did not cure.
+pub const UNAUTHORIZED_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// How the upstream answered a request made under a lease.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// It worked: clears cooldown strikes.
+    Success,
+    /// A short rate limit: cooldown growing on repeats (45 s → 5 min → 30 min → 2 h), or the
+    /// upstream's `Retry-After` when longer.
+    RateLimited {
+        /// The upstream's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// The usage limit is reached: the account is exhausted until the reset.
+    UsageLimit {
+        /// When it resets, if known.
+        resets_at: Option<Timestamp>,
+    },
+    /// A 401 that a refresh did not cure.
+    Unauthorized,
+    /// The sign-in is dead; status becomes `needs_login`.
+    NeedsLogin {
+        /// Why.
+        reason: String,
+    },
+    /// The account or workspace is deactivated; status becomes `banned`.
+    Banned {
+        /// Why.
+        reason: String,
+    },
+    /// 5xx or connection failure: ~30 s cooldown.
+    UpstreamError,
+    /// A Cloudflare challenge: ~6 s cooldown.
+    Challenge,
+}
+
+/// A hold on one account for one request. See the module docs.
+pub struct Lease {
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) pool: Pool,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("account", &self.slot.account.id)
+            .finish()
+    }
+}
+
+impl Lease {
+    /// The account, as it was when the lease was taken.
+    pub fn account(&self) -> &Account {
+        &self.slot.account
+    }
+
+    /// The account's id.
+    pub fn account_id(&self) -> &str {
+        &self.slot.account.id
+    }
+
+    /// The account's current access token (a refresh since the lease was taken is seen).
+    pub fn access_token(&self) -> Secret {
+        let t = crate::sync::read(&self.pool.shared.accounts);
+        t.get(&self.slot.account.id)
+            .map(|s| s.account.tokens.access_token.clone())
+            .unwrap_or_else(|| self.slot.account.tokens.access_token.clone())
+    }
+
+    /// Records how the upstream answered.
+    pub async fn report(&self, outcome: Outcome) {
+        let shared = &self.pool.shared;
+        let st = &self.slot.state;
+        let now = shared.clock.now();
+        match outcome {
+            Outcome::Success => {
+                st.strikes.store(0, Ordering::Relaxed);
+                st.cooldown_until.store(0, Ordering::Relaxed);
+                st.used.touch(now);
+            }
+            Outcome::RateLimited { retry_after } => {
+                let n = st.strikes.fetch_add(1, Ordering::Relaxed) as usize;
+                let base = RATE_LIMIT_COOLDOWNS[n.min(RATE_LIMIT_COOLDOWNS.len() - 1)];
+                st.cool_until(now.plus(retry_after.map_or(base, |r| r.max(base))));
+            }
+            Outcome::UsageLimit { resets_at } => {
+                let reading = UsageLimit {
+                    resets_at,
+                    plan_type: None,
+                }
+                .to_reading(now);
+                self.pool
+                    .usage()
+                    .record_readings(&self.slot.account.id, vec![reading], None);
+            }
+            Outcome::Unauthorized => st.cool_until(now.plus(UNAUTHORIZED_COOLDOWN)),
+            Outcome::UpstreamError => st.cool_until(now.plus(UPSTREAM_ERROR_COOLDOWN)),
+            Outcome::Challenge => st.cool_until(now.plus(CHALLENGE_COOLDOWN)),
+            Outcome::NeedsLogin { reason } => {
+                self.set_status(AccountStatus::NeedsLogin, reason).await
+            }
+            Outcome::Banned { reason } => self.set_status(AccountStatus::Banned, reason).await,
+        }
+    }
+
+    async fn set_status(&self, status: AccountStatus, reason: String) {
+        let id = &self.slot.account.id;
+        if let Err(e) = self
+            .pool
+            .accounts()
+            .set_automatic_status(id, status, reason)
+            .await
+        {
+            tracing::warn!(account = %id, error = %e, "could not store account status");
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.slot.state.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.pool.shared.gate.release();
+    }
+}

@@ -1,0 +1,704 @@
+//! `AccountPool`: the pooled accounts in memory (organisation, status, runtime state) and the
+//! management API over them; selection lives in [`select`](self::select), the per-request hold
+//! in [`Lease`].
+//!
+//! The table is read on every request and written only by admin actions, sign-ins, refreshes and
+//! cross-process reloads. Runtime state that changes per request (inflight, cooldowns, the
+//! usage summary) sits in atomics beside each account, so selection takes one read lock and no
+//! other lock.
+
+mod lease;
+mod select;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub use lease::{
+    CHALLENGE_COOLDOWN, Lease, Outcome, RATE_LIMIT_COOLDOWNS, UNAUTHORIZED_COOLDOWN,
+    UPSTREAM_ERROR_COOLDOWN,
+};
+
+use crate::Pool;
+use crate::account::{Account, AccountFilter, AccountPatch, AccountStatus};
+use crate::error::{Error, Result};
+use crate::stamp::Stamp;
+use crate::sync;
+use crate::time::Timestamp;
+use crate::usage::{AccountUsage, WindowKind, WindowReading};
+
+/// How long a conversation stays on its account after its last request.
+pub const AFFINITY_TTL: Duration = Duration::from_secs(3600);
+
+/// Why no account could be leased.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The pool is empty.
+    #[error("no accounts in the pool: sign in with `codexpool account login` or import one")]
+    NoAccounts,
+    /// No account belongs to the key's groups.
+    #[error("no account belongs to the group(s) this key may use: {}", groups.join(", "))]
+    NoneInGroups {
+        /// The allowed groups.
+        groups: Vec<String>,
+    },
+    /// No account is active.
+    #[error(
+        "no active account ({disabled} disabled, {needs_login} need a new sign-in, {banned} deactivated)"
+    )]
+    NoneActive {
+        /// Accounts disabled by a person.
+        disabled: usize,
+        /// Accounts whose sign-in died.
+        needs_login: usize,
+        /// Accounts deactivated by OpenAI.
+        banned: usize,
+    },
+    /// Every account has reached a usage limit.
+    #[error("every account has reached its usage limit; the first resets at {resets_at}")]
+    Exhausted {
+        /// The earliest reset.
+        resets_at: Timestamp,
+    },
+    /// Every account is cooling down after upstream errors (or exhausted).
+    #[error("every account is cooling down after upstream errors; the first is back at {until}")]
+    CoolingDown {
+        /// When the first one is usable again.
+        until: Timestamp,
+    },
+    /// Every account is at its inflight cap and none freed up in time.
+    #[error("every account is busy (ACCOUNT_MAX_INFLIGHT={cap}); waited {} ms", waited.as_millis())]
+    Busy {
+        /// The per-account cap.
+        cap: u32,
+        /// How long the request waited.
+        waited: Duration,
+    },
+    /// Every usable account was already tried for this request.
+    #[error("all {tried} usable account(s) were already tried for this request")]
+    AllTried {
+        /// How many.
+        tried: usize,
+    },
+}
+
+impl PoolError {
+    /// When trying again makes sense, if known.
+    pub fn retry_at(&self) -> Option<Timestamp> {
+        match self {
+            Self::Exhausted { resets_at } => Some(*resets_at),
+            Self::CoolingDown { until } => Some(*until),
+            _ => None,
+        }
+    }
+}
+
+/// What a request needs from an account.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Demand<'a> {
+    /// The model (every plan serves every Codex model today; kept for routing by plan).
+    pub model: Option<&'a str>,
+    /// When set and non-empty, only accounts in these groups (the key's policy).
+    pub groups: Option<&'a [String]>,
+    /// A conversation id: the conversation stays on its account while that account is usable.
+    pub affinity: Option<&'a str>,
+    /// Accounts already tried for this request.
+    pub tried: &'a [String],
+}
+
+impl<'a> Demand<'a> {
+    /// Any account.
+    pub fn any() -> Self {
+        Self::default()
+    }
+    /// Sets the model.
+    pub fn model(mut self, m: &'a str) -> Self {
+        self.model = Some(m);
+        self
+    }
+    /// Restricts to groups.
+    pub fn groups(mut self, g: &'a [String]) -> Self {
+        self.groups = Some(g);
+        self
+    }
+    /// Sets the conversation id.
+    pub fn affinity(mut self, key: &'a str) -> Self {
+        self.affinity = Some(key);
+        self
+    }
+    /// Excludes accounts already tried.
+    pub fn tried(mut self, t: &'a [String]) -> Self {
+        self.tried = t;
+        self
+    }
+}
+
+/// A window's figures in atomics, for selection without locks.
+pub(crate) struct WindowCell {
+    /// Used share × 1000; `u32::MAX` = unknown.
+    used_milli: AtomicU32,
+    /// When the reading stops being valid (its reset), in ms.
+    valid_until: AtomicI64,
+}
+
+impl WindowCell {
+    fn new() -> Self {
+        Self {
+            used_milli: AtomicU32::new(u32::MAX),
+            valid_until: AtomicI64::new(0),
+        }
+    }
+
+    fn set(&self, r: Option<&WindowReading>) {
+        match r {
+            None => self.used_milli.store(u32::MAX, Ordering::Relaxed),
+            Some(r) => {
+                let end = r.resets_at.unwrap_or_else(|| {
+                    r.observed_at
+                        .plus(Duration::from_secs(u64::from(r.window_minutes) * 60))
+                });
+                self.valid_until.store(end.as_millis(), Ordering::Relaxed);
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let milli = (r.used_percent.clamp(0.0, 100.0) * 1000.0).round() as u32;
+                self.used_milli.store(milli, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// (used %, valid until) when known and not stale.
+    fn fresh(&self, now: i64) -> Option<(f64, i64)> {
+        let used = self.used_milli.load(Ordering::Relaxed);
+        let until = self.valid_until.load(Ordering::Relaxed);
+        (used != u32::MAX && now < until).then(|| (f64::from(used) / 1000.0, until))
+    }
+}
+
+/// Per-account runtime state, kept across table rebuilds.
+pub(crate) struct SlotState {
+    pub inflight: AtomicU32,
+    pub cooldown_until: AtomicI64,
+    pub strikes: AtomicU32,
+    five_hour: WindowCell,
+    weekly: WindowCell,
+    /// Detailed readings (with provenance), for reports.
+    pub usage: std::sync::Mutex<AccountUsage>,
+    pub used: Stamp,
+}
+
+impl SlotState {
+    fn new(account: &Account) -> Self {
+        Self {
+            inflight: AtomicU32::new(0),
+            cooldown_until: AtomicI64::new(0),
+            strikes: AtomicU32::new(0),
+            five_hour: WindowCell::new(),
+            weekly: WindowCell::new(),
+            usage: std::sync::Mutex::new(AccountUsage {
+                account_id: account.id.clone(),
+                ..Default::default()
+            }),
+            used: Stamp::new(account.last_used_at),
+        }
+    }
+
+    /// Takes an inflight unit unless at the cap (0 = no cap).
+    pub fn try_take(&self, cap: u32) -> bool {
+        if cap == 0 {
+            self.inflight.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+        self.inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn cool_until(&self, t: Timestamp) {
+        self.cooldown_until
+            .fetch_max(t.as_millis(), Ordering::Relaxed);
+    }
+
+    pub fn exhausted_until(&self, now: i64) -> Option<i64> {
+        [&self.five_hour, &self.weekly]
+            .into_iter()
+            .filter_map(|w| {
+                w.fresh(now)
+                    .filter(|(used, _)| *used >= 100.0)
+                    .map(|(_, until)| until)
+            })
+            .max()
+    }
+
+    /// (below the guard, share left, earliest reset) over the fresh windows.
+    pub fn headroom(&self, now: i64) -> (bool, f64, i64) {
+        let mut guarded = false;
+        let mut left = 100.0f64;
+        let mut reset = i64::MAX;
+        for (cell, kind) in [
+            (&self.five_hour, WindowKind::FiveHour),
+            (&self.weekly, WindowKind::Weekly),
+        ] {
+            if let Some((used, until)) = cell.fresh(now) {
+                let l = (100.0 - used).max(0.0);
+                guarded |= l < kind.guard_percent_left();
+                left = left.min(l);
+                reset = reset.min(until);
+            }
+        }
+        (guarded, left, reset)
+    }
+
+    /// Refreshes the atomics from the detailed readings.
+    pub fn sync_cells(&self, usage: &AccountUsage) {
+        self.five_hour.set(usage.five_hour.as_ref());
+        self.weekly.set(usage.weekly.as_ref());
+    }
+}
+
+/// An account snapshot and its runtime state.
+pub(crate) struct Slot {
+    pub account: Account,
+    pub state: Arc<SlotState>,
+}
+
+/// The in-memory account table, ordered by (sort, label, id).
+#[derive(Default)]
+pub(crate) struct Table {
+    pub order: Vec<Arc<Slot>>,
+    by_id: HashMap<String, Arc<Slot>>,
+    /// (chatgpt_account_id, chatgpt_user_id) → local id.
+    by_identity: HashMap<(String, String), String>,
+}
+
+fn order_key(a: &Account) -> (i64, String, &str) {
+    (a.sort, a.label.to_lowercase(), a.id.as_str())
+}
+
+fn identity_key(a: &Account) -> Option<(String, String)> {
+    a.identity()
+        .map(|(acc, user)| (acc.to_string(), user.to_string()))
+}
+
+impl Table {
+    pub fn get(&self, id: &str) -> Option<&Arc<Slot>> {
+        self.by_id.get(id)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &String> {
+        self.by_id.keys()
+    }
+
+    pub fn find_identity(&self, account_id: &str, user_id: &str) -> Option<&Arc<Slot>> {
+        let id = self
+            .by_identity
+            .get(&(account_id.to_string(), user_id.to_string()))?;
+        self.by_id.get(id)
+    }
+
+    fn index(&mut self, slot: &Arc<Slot>) {
+        self.by_id.insert(slot.account.id.clone(), slot.clone());
+        if let Some(k) = identity_key(&slot.account) {
+            self.by_identity.insert(k, slot.account.id.clone());
+        }
+    }
+
+    fn unindex(&mut self, a: &Account) {
+        self.by_id.remove(&a.id);
+        if let Some(k) = identity_key(a)
+            && self.by_identity.get(&k) == Some(&a.id)
+        {
+            self.by_identity.remove(&k);
+        }
+    }
+
+    /// Inserts or replaces an account, keeping its runtime state and the order.
+    pub fn upsert(&mut self, account: Account) -> Arc<Slot> {
+        let old = self.by_id.get(&account.id).cloned();
+        let state = old
+            .as_ref()
+            .map_or_else(|| Arc::new(SlotState::new(&account)), |o| o.state.clone());
+        let slot = Arc::new(Slot { account, state });
+        if let Some(old) = &old {
+            self.unindex(&old.account);
+        }
+        self.index(&slot);
+        let old_pos = old
+            .as_ref()
+            .and_then(|o| self.order.iter().position(|s| Arc::ptr_eq(s, o)));
+        match old_pos {
+            Some(i) if order_key(&self.order[i].account) == order_key(&slot.account) => {
+                self.order[i] = slot.clone()
+            }
+            other => {
+                if let Some(i) = other {
+                    self.order.remove(i);
+                }
+                let key = order_key(&slot.account);
+                let at = self.order.partition_point(|s| order_key(&s.account) < key);
+                self.order.insert(at, slot.clone());
+            }
+        }
+        slot
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Arc<Slot>> {
+        let slot = self.by_id.get(id).cloned()?;
+        self.unindex(&slot.account);
+        self.order.retain(|s| !Arc::ptr_eq(s, &slot));
+        Some(slot)
+    }
+
+    /// A new table from stored accounts, keeping the runtime state of known ids.
+    pub fn rebuild(accounts: Vec<Account>, old: &Table) -> Table {
+        let mut t = Table::default();
+        for a in accounts {
+            let state = old
+                .by_id
+                .get(&a.id)
+                .map(|s| s.state.clone())
+                .unwrap_or_else(|| Arc::new(SlotState::new(&a)));
+            let slot = Arc::new(Slot { account: a, state });
+            t.index(&slot);
+            t.order.push(slot);
+        }
+        t.order
+            .sort_by(|a, b| order_key(&a.account).cmp(&order_key(&b.account)));
+        t
+    }
+
+    pub fn dirty_stamps(&self) -> Vec<(String, Timestamp)> {
+        self.order
+            .iter()
+            .filter_map(|s| s.state.used.take_dirty().map(|t| (s.account.id.clone(), t)))
+            .collect()
+    }
+}
+
+/// Wakes requests waiting for an inflight slot. Cheap when nobody waits.
+#[derive(Default)]
+pub(crate) struct Gate {
+    notify: tokio::sync::Notify,
+    waiting: AtomicUsize,
+}
+
+impl Gate {
+    pub fn release(&self) {
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// Conversation → account, for `AFFINITY_TTL` after the last use.
+#[derive(Default)]
+pub(crate) struct Affinity {
+    map: HashMap<String, (String, i64)>,
+}
+
+impl Affinity {
+    fn get(&self, key: &str, now: i64) -> Option<&str> {
+        self.map
+            .get(key)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(id, _)| id.as_str())
+    }
+
+    fn set(&mut self, key: &str, account: &str, now: i64) {
+        let exp = now + i64::try_from(AFFINITY_TTL.as_millis()).unwrap_or(i64::MAX);
+        if self.map.len() >= 100_000 {
+            self.map.retain(|_, (_, e)| *e > now);
+        }
+        match self.map.get_mut(key) {
+            Some(v) => {
+                v.0.clear();
+                v.0.push_str(account);
+                v.1 = exp;
+            }
+            None => {
+                self.map.insert(key.to_string(), (account.to_string(), exp));
+            }
+        }
+    }
+
+    pub fn purge(&mut self, now: i64) {
+        self.map.retain(|_, (_, e)| *e > now);
+    }
+}
+
+/// The runtime view of one account, for reports and tests.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct AccountRuntime {
+    /// Requests in flight.
+    pub inflight: u32,
+    /// Cooling down until, if so.
+    pub cooldown_until: Option<Timestamp>,
+    /// Exhausted until, if so.
+    pub exhausted_until: Option<Timestamp>,
+    /// Whether it could take a request now (ignoring groups).
+    pub usable: bool,
+}
+
+/// Handle to the accounts of a [`Pool`]. Cheap to clone.
+#[derive(Clone)]
+pub struct AccountPool {
+    pub(crate) pool: Pool,
+}
+
+impl AccountPool {
+    /// Accounts matching a filter, ordered by sort then label.
+    pub fn list(&self, filter: &AccountFilter) -> Vec<Account> {
+        let t = sync::read(&self.pool.shared.accounts);
+        t.order
+            .iter()
+            .filter(|s| s.account.matches(filter))
+            .map(|s| Self::snapshot(s))
+            .collect()
+    }
+
+    fn snapshot(s: &Slot) -> Account {
+        let mut a = s.account.clone();
+        a.last_used_at = s.state.used.get().or(a.last_used_at);
+        a
+    }
+
+    /// One account by id or unique id prefix.
+    pub fn get(&self, id: &str) -> Result<Account> {
+        let t = sync::read(&self.pool.shared.accounts);
+        let id = crate::id::resolve_prefix("account", id, t.ids())?;
+        t.get(&id)
+            .map(|s| Self::snapshot(s))
+            .ok_or(Error::NotFound {
+                what: "account",
+                id,
+            })
+    }
+
+    /// The number of accounts.
+    pub fn len(&self) -> usize {
+        sync::read(&self.pool.shared.accounts).order.len()
+    }
+
+    /// Whether the pool has no accounts.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Changes an account (label, group, tags, sort, note, status…).
+    pub async fn update(&self, id: &str, patch: AccountPatch) -> Result<Account> {
+        let patch = patch.validate()?;
+        let id = self.get(id)?.id;
+        self.apply_patch(&id, patch).await
+    }
+
+    /// Writes a validated patch through to the store, then to memory.
+    pub(crate) async fn apply_patch(&self, id: &str, patch: AccountPatch) -> Result<Account> {
+        let shared = &self.pool.shared;
+        let _guard = shared.admin.lock().await;
+        let a = shared
+            .store
+            .patch_account(id, &patch, shared.clock.now())
+            .await
+            .map_err(|e| crate::keys::not_found(e, "account", id))?;
+        sync::write(&shared.accounts).upsert(a.clone());
+        Ok(a)
+    }
+
+    /// Sets a status decided by the pool itself (a dead sign-in, a deactivation). An account a
+    /// person disabled stays disabled.
+    pub(crate) async fn set_automatic_status(
+        &self,
+        id: &str,
+        status: AccountStatus,
+        reason: String,
+    ) -> Result<()> {
+        if self.get(id)?.status == AccountStatus::Disabled {
+            return Ok(());
+        }
+        self.apply_patch(id, AccountPatch::default().status(status, Some(reason)))
+            .await
+            .map(|_| ())
+    }
+
+    /// Turns an account on (clearing the status reason).
+    pub async fn enable(&self, id: &str) -> Result<Account> {
+        self.update(
+            id,
+            AccountPatch::default().status(AccountStatus::Active, None),
+        )
+        .await
+    }
+
+    /// Turns an account off. It stays off until a person enables it.
+    pub async fn disable(&self, id: &str) -> Result<Account> {
+        self.update(
+            id,
+            AccountPatch::default()
+                .status(AccountStatus::Disabled, Some("disabled by a person".into())),
+        )
+        .await
+    }
+
+    /// Deletes an account and its usage readings. Requests in flight on it finish.
+    pub async fn remove(&self, id: &str) -> Result<Account> {
+        let a = self.get(id)?;
+        let shared = &self.pool.shared;
+        let _guard = shared.admin.lock().await;
+        if !shared.store.delete_account(&a.id).await? {
+            return Err(Error::NotFound {
+                what: "account",
+                id: a.id,
+            });
+        }
+        sync::write(&shared.accounts).remove(&a.id);
+        Ok(a)
+    }
+
+    /// Sets many sort priorities at once (ids or unique prefixes); all or nothing.
+    pub async fn set_sort_orders(&self, orders: &[(String, i64)]) -> Result<Vec<Account>> {
+        let resolved: Vec<(String, i64)> = orders
+            .iter()
+            .map(|(id, s)| Ok((self.get(id)?.id, *s)))
+            .collect::<Result<_>>()?;
+        let shared = &self.pool.shared;
+        let _guard = shared.admin.lock().await;
+        let now = shared.clock.now();
+        shared.store.set_sort_orders(&resolved, now).await?;
+        let mut t = sync::write(&shared.accounts);
+        let mut out = Vec::with_capacity(resolved.len());
+        for (id, sort) in &resolved {
+            if let Some(slot) = t.get(id) {
+                let mut a = slot.account.clone();
+                a.sort = *sort;
+                a.updated_at = now;
+                out.push(t.upsert(a).account.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Inserts a new account (write-through). Fails with a conflict when the identity exists.
+    pub(crate) async fn insert(&self, account: Account) -> Result<Account> {
+        let shared = &self.pool.shared;
+        let _guard = shared.admin.lock().await;
+        shared.store.insert_account(&account).await?;
+        sync::write(&shared.accounts).upsert(account.clone());
+        Ok(account)
+    }
+
+    /// The account with this OpenAI identity, if any.
+    pub fn find_identity(
+        &self,
+        chatgpt_account_id: &str,
+        chatgpt_user_id: &str,
+    ) -> Option<Account> {
+        let t = sync::read(&self.pool.shared.accounts);
+        t.find_identity(chatgpt_account_id, chatgpt_user_id)
+            .map(|s| Self::snapshot(s))
+    }
+
+    /// The runtime view of an account.
+    pub fn runtime(&self, id: &str) -> Result<AccountRuntime> {
+        let shared = &self.pool.shared;
+        let now = shared.clock.now().as_millis();
+        let t = sync::read(&shared.accounts);
+        let id = crate::id::resolve_prefix("account", id, t.ids())?;
+        let s = t.get(&id).ok_or(Error::NotFound {
+            what: "account",
+            id: id.clone(),
+        })?;
+        let cool = s.state.cooldown_until.load(Ordering::Relaxed);
+        let usable = matches!(
+            select::evaluate(s, &Demand::any(), now, shared.config.account_max_inflight),
+            select::Verdict::Usable { .. }
+        );
+        Ok(AccountRuntime {
+            inflight: s.state.inflight.load(Ordering::Relaxed),
+            cooldown_until: (cool > now).then(|| Timestamp::from_millis(cool)),
+            exhausted_until: s.state.exhausted_until(now).map(Timestamp::from_millis),
+            usable,
+        })
+    }
+
+    /// Requests in flight over all accounts.
+    pub fn total_inflight(&self) -> u32 {
+        let t = sync::read(&self.pool.shared.accounts);
+        t.order
+            .iter()
+            .map(|s| s.state.inflight.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Leases the best account for a request (see the crate docs for the rules). When every
+    /// candidate is at its inflight cap, waits up to `REQUEST_GATE_WAIT_TIMEOUT_MS` for one to
+    /// free up.
+    pub async fn acquire(&self, demand: &Demand<'_>) -> Result<Lease, PoolError> {
+        let shared = &self.pool.shared;
+        let started = tokio::time::Instant::now();
+        let timeout = shared.config.request_gate_wait_timeout;
+        loop {
+            // Registered before trying, so a release between the try and the wait is not missed.
+            let notified = shared.gate.notify.notified();
+            match self.try_acquire(demand) {
+                Ok(lease) => return Ok(lease),
+                Err(select::Failure::Final(e)) => return Err(e),
+                Err(select::Failure::Busy) => {
+                    let waited = started.elapsed();
+                    let Some(left) = timeout.checked_sub(waited).filter(|d| !d.is_zero()) else {
+                        return Err(PoolError::Busy {
+                            cap: shared.config.account_max_inflight,
+                            waited,
+                        });
+                    };
+                    shared.gate.waiting.fetch_add(1, Ordering::AcqRel);
+                    let _ = tokio::time::timeout(left, notified).await;
+                    shared.gate.waiting.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
+    /// One selection attempt, without waiting.
+    fn try_acquire(&self, demand: &Demand<'_>) -> Result<Lease, select::Failure> {
+        let shared = &self.pool.shared;
+        let now = shared.clock.now();
+        let cap = shared.config.account_max_inflight;
+        let t = sync::read(&shared.accounts);
+        if let Some(key) = demand.affinity {
+            let pinned = sync::lock(&shared.affinity)
+                .get(key, now.as_millis())
+                .map(str::to_string);
+            if let Some(slot) = pinned.and_then(|id| t.get(&id))
+                && matches!(
+                    select::evaluate(slot, demand, now.as_millis(), cap),
+                    select::Verdict::Usable { .. }
+                )
+                && slot.state.try_take(cap)
+            {
+                sync::lock(&shared.affinity).set(key, &slot.account.id, now.as_millis());
+                return Ok(Lease {
+                    slot: slot.clone(),
+                    pool: self.pool.clone(),
+                });
+            }
+        }
+        let slot = select::pick(
+            &t,
+            demand,
+            shared.config.route_strategy,
+            &shared.rr_cursor,
+            now,
+            cap,
+        )?;
+        if let Some(key) = demand.affinity {
+            sync::lock(&shared.affinity).set(key, &slot.account.id, now.as_millis());
+        }
+        Ok(Lease {
+            slot,
+            pool: self.pool.clone(),
+        })
+    }
+}

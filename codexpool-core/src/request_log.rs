@@ -1,0 +1,146 @@
+//! The request log: one row per client request (who, through which accounts, how it went, how
+//! long it took), written through the batched writer and read back for `logs` and the RPC.
+//! Never holds secrets or bodies (an optional, redacted preview only).
+
+use serde::{Deserialize, Serialize};
+
+use crate::Pool;
+use crate::error::Result;
+use crate::time::Timestamp;
+use crate::usage::TokenCounts;
+
+/// One client request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RequestLogEntry {
+    /// Row id, assigned by the store (0 before it is written).
+    pub id: i64,
+    /// The request id (also the `x-request-id` response header).
+    pub request_id: String,
+    /// When the request arrived.
+    pub at: Timestamp,
+    /// The platform key.
+    pub key_id: Option<String>,
+    /// Every account tried, in order.
+    pub accounts_tried: Vec<String>,
+    /// The account that served (the last one tried, when it succeeded).
+    pub account_id: Option<String>,
+    /// The route, e.g. `/v1/chat/completions`.
+    pub route: String,
+    /// The model asked for.
+    pub model: Option<String>,
+    /// The HTTP status the client got.
+    pub status: u16,
+    /// Whether the response streamed.
+    pub stream: bool,
+    /// Time to the end of the response, in ms.
+    pub latency_ms: u64,
+    /// Time to the first byte sent to the client, in ms.
+    pub ttfb_ms: Option<u64>,
+    /// Token counts, when the upstream reported them.
+    pub tokens: Option<TokenCounts>,
+    /// The class of failure (`usage_limit`, `upstream_cut`, `client_closed`, …).
+    pub error_class: Option<String>,
+    /// Whether the fallback upstream served it.
+    pub fallback: bool,
+    /// A redacted preview of the request body (when enabled).
+    pub body_preview: Option<String>,
+}
+
+impl RequestLogEntry {
+    /// A new entry for a request that arrived at `at` on `route`.
+    pub fn new(request_id: impl Into<String>, at: Timestamp, route: impl Into<String>) -> Self {
+        Self {
+            id: 0,
+            request_id: request_id.into(),
+            at,
+            key_id: None,
+            accounts_tried: Vec::new(),
+            account_id: None,
+            route: route.into(),
+            model: None,
+            status: 0,
+            stream: false,
+            latency_ms: 0,
+            ttfb_ms: None,
+            tokens: None,
+            error_class: None,
+            fallback: false,
+            body_preview: None,
+        }
+    }
+}
+
+/// Which rows to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RequestLogQuery {
+    /// At most this many rows (newest first); 0 = 100.
+    pub limit: usize,
+    /// Only this key.
+    pub key_id: Option<String>,
+    /// Only rows where this account was tried.
+    pub account_id: Option<String>,
+    /// Only rows with an id above this (for following the log).
+    pub after_id: Option<i64>,
+}
+
+impl RequestLogQuery {
+    /// The newest `limit` rows.
+    pub fn latest(limit: usize) -> Self {
+        Self {
+            limit,
+            ..Default::default()
+        }
+    }
+    /// Only this key.
+    pub fn key(mut self, id: impl Into<String>) -> Self {
+        self.key_id = Some(id.into());
+        self
+    }
+    /// Only this account.
+    pub fn account(mut self, id: impl Into<String>) -> Self {
+        self.account_id = Some(id.into());
+        self
+    }
+    /// Only rows after this id.
+    pub fn after(mut self, id: i64) -> Self {
+        self.after_id = Some(id);
+        self
+    }
+    /// The effective limit.
+    pub fn effective_limit(&self) -> usize {
+        if self.limit == 0 { 100 } else { self.limit }
+    }
+    /// Whether a row passes the filters (shared by the stores).
+    pub fn matches(&self, e: &RequestLogEntry) -> bool {
+        self.key_id
+            .as_ref()
+            .is_none_or(|k| e.key_id.as_ref() == Some(k))
+            && self
+                .account_id
+                .as_ref()
+                .is_none_or(|a| e.accounts_tried.contains(a))
+            && self.after_id.is_none_or(|after| e.id > after)
+    }
+}
+
+/// Handle to the request log of a [`Pool`].
+#[derive(Clone)]
+pub struct RequestLog {
+    pub(crate) pool: Pool,
+}
+
+impl RequestLog {
+    /// Queues a row; written by the background writer within a fraction of a second. Never
+    /// blocks.
+    pub fn record(&self, entry: RequestLogEntry) {
+        self.pool.shared.writer.request_log(entry);
+    }
+
+    /// Reads rows, newest first, after writing what is queued.
+    pub async fn list(&self, q: &RequestLogQuery) -> Result<Vec<RequestLogEntry>> {
+        self.pool.flush().await?;
+        Ok(self.pool.shared.store.list_request_log(q).await?)
+    }
+}

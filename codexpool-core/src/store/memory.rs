@@ -1,0 +1,392 @@
+//! `MemoryStore`: everything in one mutex-guarded struct. For tests and throwaway pools; it
+//! behaves like the SQLite store (the conformance suite checks), but nothing survives the
+//! process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{LoginSession, LoginStatus, Store, StoreError};
+use crate::account::{Account, AccountPatch};
+use crate::keys::{KeyPatch, PlatformKey};
+use crate::request_log::{RequestLogEntry, RequestLogQuery};
+use crate::sync::lock;
+use crate::time::Timestamp;
+use crate::usage::{
+    Credits, LedgerEntry, LedgerQuery, LedgerRow, TokenCounts, WindowKind, WindowReading,
+    group_value,
+};
+
+#[derive(Default)]
+struct State {
+    accounts: BTreeMap<String, Account>,
+    keys: BTreeMap<String, PlatformKey>,
+    windows: HashMap<(String, WindowKind), WindowReading>,
+    credits: HashMap<String, Credits>,
+    ledger: Vec<LedgerEntry>,
+    log: Vec<RequestLogEntry>,
+    sessions: HashMap<String, LoginSession>,
+    leases: HashMap<String, (String, Timestamp)>,
+    version: u64,
+}
+
+impl State {
+    fn identity_taken(&self, a: &Account) -> bool {
+        a.identity().is_some()
+            && self
+                .accounts
+                .values()
+                .any(|o| o.id != a.id && o.identity() == a.identity())
+    }
+
+    fn changed(&mut self) {
+        self.version += 1;
+    }
+}
+
+/// The in-memory store.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
+        Ok(lock(&self.state).accounts.values().cloned().collect())
+    }
+
+    async fn get_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        Ok(lock(&self.state).accounts.get(id).cloned())
+    }
+
+    async fn insert_account(&self, account: &Account) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        if s.accounts.contains_key(&account.id) || s.identity_taken(account) {
+            return Err(StoreError::Conflict {
+                what: "a record with the same id or identity".into(),
+            });
+        }
+        s.accounts.insert(account.id.clone(), account.clone());
+        s.changed();
+        Ok(())
+    }
+
+    async fn patch_account(
+        &self,
+        id: &str,
+        patch: &AccountPatch,
+        now: Timestamp,
+    ) -> Result<Account, StoreError> {
+        let mut s = lock(&self.state);
+        let mut a = s
+            .accounts
+            .get(id)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound {
+                what: "account",
+                id: id.into(),
+            })?;
+        patch.apply_to(&mut a, now);
+        if s.identity_taken(&a) {
+            return Err(StoreError::Conflict {
+                what: "a record with the same id or identity".into(),
+            });
+        }
+        s.accounts.insert(a.id.clone(), a.clone());
+        s.changed();
+        Ok(a)
+    }
+
+    async fn delete_account(&self, id: &str) -> Result<bool, StoreError> {
+        let mut s = lock(&self.state);
+        let found = s.accounts.remove(id).is_some();
+        s.windows.retain(|(a, _), _| a != id);
+        s.credits.remove(id);
+        s.leases.remove(id);
+        s.changed();
+        Ok(found)
+    }
+
+    async fn set_sort_orders(
+        &self,
+        orders: &[(String, i64)],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        if let Some((id, _)) = orders.iter().find(|(id, _)| !s.accounts.contains_key(id)) {
+            return Err(StoreError::NotFound {
+                what: "account",
+                id: id.clone(),
+            });
+        }
+        for (id, sort) in orders {
+            if let Some(a) = s.accounts.get_mut(id) {
+                a.sort = *sort;
+                a.updated_at = now;
+            }
+        }
+        s.changed();
+        Ok(())
+    }
+
+    async fn touch_accounts(&self, used: &[(String, Timestamp)]) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        for (id, t) in used {
+            if let Some(a) = s.accounts.get_mut(id) {
+                a.last_used_at = Some(a.last_used_at.map_or(*t, |o| o.max(*t)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_keys(&self) -> Result<Vec<PlatformKey>, StoreError> {
+        Ok(lock(&self.state).keys.values().cloned().collect())
+    }
+
+    async fn insert_key(&self, key: &PlatformKey) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        if s.keys.contains_key(&key.id) || s.keys.values().any(|k| k.secret_hash == key.secret_hash)
+        {
+            return Err(StoreError::Conflict {
+                what: "a key with the same id or secret".into(),
+            });
+        }
+        s.keys.insert(key.id.clone(), key.clone());
+        s.changed();
+        Ok(())
+    }
+
+    async fn patch_key(
+        &self,
+        id: &str,
+        patch: &KeyPatch,
+        now: Timestamp,
+    ) -> Result<PlatformKey, StoreError> {
+        let mut s = lock(&self.state);
+        let k = s.keys.get_mut(id).ok_or_else(|| StoreError::NotFound {
+            what: "key",
+            id: id.into(),
+        })?;
+        patch.apply_to(k, now);
+        let k = k.clone();
+        s.changed();
+        Ok(k)
+    }
+
+    async fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
+        let mut s = lock(&self.state);
+        let found = s.keys.remove(id).is_some();
+        s.changed();
+        Ok(found)
+    }
+
+    async fn touch_keys(&self, used: &[(String, Timestamp)]) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        for (id, t) in used {
+            if let Some(k) = s.keys.get_mut(id) {
+                k.last_used_at = Some(k.last_used_at.map_or(*t, |o| o.max(*t)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_windows(&self) -> Result<Vec<(String, WindowReading)>, StoreError> {
+        Ok(lock(&self.state)
+            .windows
+            .iter()
+            .map(|((a, _), r)| (a.clone(), r.clone()))
+            .collect())
+    }
+
+    async fn save_windows(&self, readings: &[(String, WindowReading)]) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        for (id, r) in readings {
+            if !s.accounts.contains_key(id) {
+                continue;
+            }
+            let k = (id.clone(), r.kind);
+            if s.windows
+                .get(&k)
+                .is_none_or(|old| old.observed_at <= r.observed_at)
+            {
+                s.windows.insert(k, r.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_credits(&self) -> Result<Vec<(String, Credits)>, StoreError> {
+        Ok(lock(&self.state)
+            .credits
+            .iter()
+            .map(|(a, c)| (a.clone(), c.clone()))
+            .collect())
+    }
+
+    async fn save_credits(&self, credits: &[(String, Credits)]) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        for (id, c) in credits {
+            if s.accounts.contains_key(id) {
+                s.credits.insert(id.clone(), c.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn append_ledger(&self, entries: &[LedgerEntry]) -> Result<(), StoreError> {
+        lock(&self.state).ledger.extend_from_slice(entries);
+        Ok(())
+    }
+
+    async fn ledger_summary(&self, q: &LedgerQuery) -> Result<Vec<LedgerRow>, StoreError> {
+        let s = lock(&self.state);
+        let mut groups: BTreeMap<String, (u64, TokenCounts)> = BTreeMap::new();
+        for e in s
+            .ledger
+            .iter()
+            .filter(|e| q.since.is_none_or(|t| e.at >= t))
+        {
+            let g = groups.entry(group_value(e, q.group_by)).or_default();
+            g.0 += 1;
+            g.1.input_tokens += e.tokens.input_tokens;
+            g.1.cached_tokens += e.tokens.cached_tokens;
+            g.1.output_tokens += e.tokens.output_tokens;
+            g.1.reasoning_tokens += e.tokens.reasoning_tokens;
+        }
+        let mut rows: Vec<LedgerRow> = groups
+            .into_iter()
+            .map(|(group, (requests, tokens))| LedgerRow {
+                group,
+                requests,
+                total_tokens: tokens.total(),
+                tokens,
+            })
+            .collect();
+        super::sort_ledger(&mut rows);
+        Ok(rows)
+    }
+
+    async fn append_request_log(&self, entries: &[RequestLogEntry]) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        for e in entries {
+            let mut e = e.clone();
+            e.id = i64::try_from(s.log.len()).unwrap_or(i64::MAX) + 1;
+            s.log.push(e);
+        }
+        Ok(())
+    }
+
+    async fn list_request_log(
+        &self,
+        q: &RequestLogQuery,
+    ) -> Result<Vec<RequestLogEntry>, StoreError> {
+        let s = lock(&self.state);
+        Ok(s.log
+            .iter()
+            .rev()
+            .filter(|e| q.matches(e))
+            .take(q.effective_limit())
+            .cloned()
+            .collect())
+    }
+
+    async fn insert_login_session(&self, session: &LoginSession) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        if s.sessions.contains_key(&session.state) {
+            return Err(StoreError::Conflict {
+                what: "a login session with the same state".into(),
+            });
+        }
+        s.sessions.insert(session.state.clone(), session.clone());
+        Ok(())
+    }
+
+    async fn get_login_session(&self, state: &str) -> Result<Option<LoginSession>, StoreError> {
+        Ok(lock(&self.state).sessions.get(state).cloned())
+    }
+
+    async fn claim_login_session(
+        &self,
+        state: &str,
+        now: Timestamp,
+    ) -> Result<Option<LoginSession>, StoreError> {
+        let mut s = lock(&self.state);
+        match s.sessions.get_mut(state) {
+            Some(sess) if sess.status == LoginStatus::Pending && sess.expires_at > now => {
+                sess.status = LoginStatus::Claimed;
+                Ok(Some(sess.clone()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn set_login_status(&self, state: &str, status: &LoginStatus) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        let sess = s
+            .sessions
+            .get_mut(state)
+            .ok_or_else(|| StoreError::NotFound {
+                what: "login session",
+                id: state.into(),
+            })?;
+        sess.status = status.clone();
+        Ok(())
+    }
+
+    async fn purge_login_sessions(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut s = lock(&self.state);
+        let n = s.sessions.len();
+        s.sessions.retain(|_, v| v.expires_at >= before);
+        Ok((n - s.sessions.len()) as u64)
+    }
+
+    async fn acquire_refresh_lease(
+        &self,
+        account_id: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut s = lock(&self.state);
+        match s.leases.get(account_id) {
+            Some((h, exp)) if h != holder && *exp > now => Ok(false),
+            _ => {
+                s.leases
+                    .insert(account_id.to_string(), (holder.to_string(), now.plus(ttl)));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn release_refresh_lease(
+        &self,
+        account_id: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        if s.leases.get(account_id).is_some_and(|(h, _)| h == holder) {
+            s.leases.remove(account_id);
+        }
+        Ok(())
+    }
+
+    async fn data_version(&self) -> Result<u64, StoreError> {
+        Ok(lock(&self.state).version)
+    }
+}

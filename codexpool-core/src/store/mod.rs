@@ -1,0 +1,257 @@
+//! Persistence: the object-safe async [`Store`] trait, its records, and two implementations,
+//! [`SqliteStore`] (the embedded default) and [`MemoryStore`] (tests, ephemeral pools). Both pass
+//! the one conformance suite in [`conformance`]; a PostgreSQL store would go here too.
+//!
+//! The pool keeps its working state in memory; the store is written through on admin actions
+//! and in batches for high-rate data (usage readings, ledger, request log, last-used times).
+
+mod memory;
+mod sqlite;
+
+pub mod conformance;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+use crate::account::{Account, AccountPatch};
+use crate::keys::{KeyPatch, PlatformKey};
+use crate::request_log::{RequestLogEntry, RequestLogQuery};
+use crate::secret::Secret;
+use crate::time::Timestamp;
+use crate::usage::{Credits, LedgerEntry, LedgerQuery, LedgerRow, WindowReading};
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database refused or failed an operation.
+    #[error("database error: {message}")]
+    Backend {
+        /// What failed.
+        message: String,
+        /// The cause.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The database could not be opened or created.
+    #[error("cannot open database {path}: {message}")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// The database was written by a newer codexpool; it is left untouched.
+    #[error(
+        "database {path} has schema version {found}, newer than this codexpool understands ({supported}); \
+         upgrade codexpool or point DB_PATH at another file"
+    )]
+    NewerSchema {
+        /// The file.
+        path: String,
+        /// Its schema version.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
+    },
+    /// A unique value (an identity, a key hash) already exists.
+    #[error("{what} already exists")]
+    Conflict {
+        /// What collided.
+        what: String,
+    },
+    /// No such record.
+    #[error("no {what} {id:?}")]
+    NotFound {
+        /// `account`, `key`, …
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// A stored value could not be decoded.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The store's worker has stopped.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// How a sign-in was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginKind {
+    /// Browser redirect to a callback URL.
+    Browser,
+    /// Device code.
+    Device,
+}
+
+/// Where a sign-in stands.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum LoginStatus {
+    /// Waiting for the user.
+    Pending,
+    /// Claimed by a process that is exchanging the code.
+    Claimed,
+    /// Done: the account was created or updated.
+    Completed {
+        /// The account.
+        account_id: String,
+    },
+    /// Failed; nothing was stored.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// Cancelled by the user.
+    Cancelled,
+}
+
+/// A sign-in in progress, kept in the store so another process can finish it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoginSession {
+    /// The OAuth `state` (also the session's id).
+    pub state: String,
+    /// Browser or device.
+    pub kind: LoginKind,
+    /// The PKCE verifier.
+    pub code_verifier: Secret,
+    /// The redirect URI sent in the authorize URL.
+    pub redirect_uri: String,
+    /// Label to give the account.
+    pub label: Option<String>,
+    /// Group to put the account in.
+    pub group: Option<String>,
+    /// Tags to give the account.
+    pub tags: Vec<String>,
+    /// Note to give the account.
+    pub note: Option<String>,
+    /// When it started.
+    pub created_at: Timestamp,
+    /// When it expires.
+    pub expires_at: Timestamp,
+    /// Where it stands.
+    pub status: LoginStatus,
+}
+
+/// Persistence for a pool. Object-safe (`Arc<dyn Store>`); every method is one atomic step.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // ---- accounts
+    /// Every account.
+    async fn list_accounts(&self) -> Result<Vec<Account>, StoreError>;
+    /// One account.
+    async fn get_account(&self, id: &str) -> Result<Option<Account>, StoreError>;
+    /// Inserts an account; [`StoreError::Conflict`] when its id or identity
+    /// (`chatgpt_account_id`, `chatgpt_user_id`) exists.
+    async fn insert_account(&self, account: &Account) -> Result<(), StoreError>;
+    /// Applies a patch in one transaction and returns the result; [`StoreError::NotFound`]
+    /// when absent, [`StoreError::Conflict`] when the identity collides.
+    async fn patch_account(
+        &self,
+        id: &str,
+        patch: &AccountPatch,
+        now: Timestamp,
+    ) -> Result<Account, StoreError>;
+    /// Deletes an account (and its usage readings); `false` when absent.
+    async fn delete_account(&self, id: &str) -> Result<bool, StoreError>;
+    /// Sets many sort priorities in one transaction; unknown ids are [`StoreError::NotFound`]
+    /// and nothing changes.
+    async fn set_sort_orders(
+        &self,
+        orders: &[(String, i64)],
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Records last-used times (only moving them forward).
+    async fn touch_accounts(&self, used: &[(String, Timestamp)]) -> Result<(), StoreError>;
+
+    // ---- platform keys
+    /// Every key.
+    async fn list_keys(&self) -> Result<Vec<PlatformKey>, StoreError>;
+    /// Inserts a key; [`StoreError::Conflict`] when its id or hash exists.
+    async fn insert_key(&self, key: &PlatformKey) -> Result<(), StoreError>;
+    /// Applies a patch and returns the result.
+    async fn patch_key(
+        &self,
+        id: &str,
+        patch: &KeyPatch,
+        now: Timestamp,
+    ) -> Result<PlatformKey, StoreError>;
+    /// Deletes a key; `false` when absent.
+    async fn delete_key(&self, id: &str) -> Result<bool, StoreError>;
+    /// Records last-used times (only moving them forward).
+    async fn touch_keys(&self, used: &[(String, Timestamp)]) -> Result<(), StoreError>;
+
+    // ---- usage
+    /// Every stored window reading with the account it belongs to.
+    async fn list_windows(&self) -> Result<Vec<(String, WindowReading)>, StoreError>;
+    /// Upserts readings, keeping the newer one per (account, kind). Readings of unknown
+    /// accounts are ignored.
+    async fn save_windows(&self, readings: &[(String, WindowReading)]) -> Result<(), StoreError>;
+    /// Every account's stored credits.
+    async fn list_credits(&self) -> Result<Vec<(String, Credits)>, StoreError>;
+    /// Upserts credits.
+    async fn save_credits(&self, credits: &[(String, Credits)]) -> Result<(), StoreError>;
+
+    // ---- ledger and request log
+    /// Appends ledger entries.
+    async fn append_ledger(&self, entries: &[LedgerEntry]) -> Result<(), StoreError>;
+    /// Sums the ledger, largest total first.
+    async fn ledger_summary(&self, q: &LedgerQuery) -> Result<Vec<LedgerRow>, StoreError>;
+    /// Appends request-log rows.
+    async fn append_request_log(&self, entries: &[RequestLogEntry]) -> Result<(), StoreError>;
+    /// Reads request-log rows, newest first.
+    async fn list_request_log(
+        &self,
+        q: &RequestLogQuery,
+    ) -> Result<Vec<RequestLogEntry>, StoreError>;
+
+    // ---- sign-in
+    /// Stores a new login session.
+    async fn insert_login_session(&self, s: &LoginSession) -> Result<(), StoreError>;
+    /// Reads a login session.
+    async fn get_login_session(&self, state: &str) -> Result<Option<LoginSession>, StoreError>;
+    /// Atomically moves a pending, unexpired session to `Claimed` and returns it; `None` when it
+    /// is unknown, expired or not pending (completed at most once, across processes).
+    async fn claim_login_session(
+        &self,
+        state: &str,
+        now: Timestamp,
+    ) -> Result<Option<LoginSession>, StoreError>;
+    /// Sets a session's status.
+    async fn set_login_status(&self, state: &str, status: &LoginStatus) -> Result<(), StoreError>;
+    /// Deletes sessions that expired before `before`.
+    async fn purge_login_sessions(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// Takes the refresh lease of an account for `holder` until `until`, when it is free,
+    /// expired or already `holder`'s. `true` when taken. Single-flight across processes.
+    async fn acquire_refresh_lease(
+        &self,
+        account_id: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+    /// Gives the lease back (only if `holder` holds it).
+    async fn release_refresh_lease(&self, account_id: &str, holder: &str)
+    -> Result<(), StoreError>;
+
+    // ---- change detection
+    /// A number that changes when another process (or another handle on the same database)
+    /// commits. Compared between calls only; the value itself means nothing.
+    async fn data_version(&self) -> Result<u64, StoreError>;
+}
+
+/// The ledger order every store returns: largest total first, then by group name.
+pub(crate) fn sort_ledger(rows: &mut [LedgerRow]) {
+    rows.sort_by(|a, b| {
+        b.total_tokens
+            .cmp(&a.total_tokens)
+            .then_with(|| a.group.cmp(&b.group))
+    });
+}

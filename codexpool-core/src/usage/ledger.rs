@@ -1,0 +1,122 @@
+//! The token ledger: one entry per served request (who asked, which account served, how many
+//! tokens), and the per-key / per-account / per-model / per-day sums built from it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// Token counts of one response (`response.completed.usage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCounts {
+    /// Input tokens, cached ones included.
+    pub input_tokens: u64,
+    /// Input tokens served from the prompt cache.
+    pub cached_tokens: u64,
+    /// Output tokens, reasoning included.
+    pub output_tokens: u64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: u64,
+}
+
+impl TokenCounts {
+    /// Input plus output.
+    pub fn total(&self) -> u64 {
+        self.input_tokens.saturating_add(self.output_tokens)
+    }
+}
+
+/// One request in the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// When the request finished.
+    pub at: Timestamp,
+    /// The platform key that made it.
+    pub key_id: Option<String>,
+    /// The account that served it.
+    pub account_id: Option<String>,
+    /// The model.
+    pub model: String,
+    /// Token counts.
+    #[serde(flatten)]
+    pub tokens: TokenCounts,
+    /// HTTP status the client got.
+    pub status: u16,
+}
+
+/// What to group ledger sums by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerGroup {
+    /// Per platform key.
+    Key,
+    /// Per account.
+    Account,
+    /// Per model.
+    Model,
+    /// Per UTC day (`YYYY-MM-DD`).
+    Day,
+}
+
+impl std::str::FromStr for LedgerGroup {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self, crate::Error> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "key" => Ok(Self::Key),
+            "account" => Ok(Self::Account),
+            "model" => Ok(Self::Model),
+            "day" => Ok(Self::Day),
+            _ => Err(crate::Error::invalid(
+                "group_by",
+                format!("{s:?} is not one of key, account, model, day"),
+            )),
+        }
+    }
+}
+
+/// A ledger query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerQuery {
+    /// The grouping.
+    pub group_by: LedgerGroup,
+    /// Only entries at or after this time.
+    pub since: Option<Timestamp>,
+}
+
+impl LedgerQuery {
+    /// All entries, grouped.
+    pub fn by(group_by: LedgerGroup) -> Self {
+        Self {
+            group_by,
+            since: None,
+        }
+    }
+    /// Only entries at or after `t`.
+    pub fn since(mut self, t: Timestamp) -> Self {
+        self.since = Some(t);
+        self
+    }
+}
+
+/// One group's sums.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerRow {
+    /// The group's value (key id, account id, model or day); `-` when absent.
+    pub group: String,
+    /// Requests counted.
+    pub requests: u64,
+    /// Summed token counts.
+    #[serde(flatten)]
+    pub tokens: TokenCounts,
+    /// Summed totals.
+    pub total_tokens: u64,
+}
+
+/// The group value of an entry (shared by every store so they agree).
+pub fn group_value(e: &LedgerEntry, g: LedgerGroup) -> String {
+    match g {
+        LedgerGroup::Key => e.key_id.clone().unwrap_or_else(|| "-".into()),
+        LedgerGroup::Account => e.account_id.clone().unwrap_or_else(|| "-".into()),
+        LedgerGroup::Model => e.model.clone(),
+        LedgerGroup::Day => e.at.to_rfc3339().get(..10).unwrap_or("-").to_string(),
+    }
+}

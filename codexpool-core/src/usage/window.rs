@@ -1,0 +1,314 @@
+//! Usage readings: one window (5-hour or weekly) as last seen, where the figure came from and
+//! when; and what an account's usage looks like as a whole.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// Windows longer than this many minutes are weekly (PROTOCOL.md §3: classify by length,
+/// never by slot).
+pub const WEEKLY_THRESHOLD_MINUTES: u32 = 1443;
+
+/// Which quota window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    /// The rolling 5-hour window.
+    FiveHour,
+    /// The 7-day window.
+    Weekly,
+}
+
+impl WindowKind {
+    /// Classifies a window by its length.
+    pub fn from_minutes(minutes: u32) -> Self {
+        if minutes > WEEKLY_THRESHOLD_MINUTES {
+            Self::Weekly
+        } else {
+            Self::FiveHour
+        }
+    }
+
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FiveHour => "five_hour",
+            Self::Weekly => "weekly",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "five_hour" => Some(Self::FiveHour),
+            "weekly" => Some(Self::Weekly),
+            _ => None,
+        }
+    }
+
+    /// The quota guard: below this share left, the window is used only when nothing else is
+    /// left (PROTOCOL.md §3).
+    pub fn guard_percent_left(self) -> f64 {
+        match self {
+            Self::FiveHour => 5.0,
+            Self::Weekly => 10.0,
+        }
+    }
+}
+
+/// Where a reading came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadingSource {
+    /// The `wham/usage` endpoint.
+    Poll,
+    /// `x-codex-*` headers on a backend response.
+    Headers,
+    /// A 429 `usage_limit_reached`.
+    RateLimit,
+}
+
+impl ReadingSource {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Poll => "poll",
+            Self::Headers => "headers",
+            Self::RateLimit => "rate-limit",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "poll" => Some(Self::Poll),
+            "headers" => Some(Self::Headers),
+            "rate-limit" => Some(Self::RateLimit),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ReadingSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The latest known state of one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowReading {
+    /// 5-hour or weekly.
+    pub kind: WindowKind,
+    /// Share of the window used, 0–100.
+    pub used_percent: f64,
+    /// The window's length in minutes.
+    pub window_minutes: u32,
+    /// When the window resets, if known.
+    pub resets_at: Option<Timestamp>,
+    /// Where the figure came from.
+    pub source: ReadingSource,
+    /// When it was observed.
+    pub observed_at: Timestamp,
+}
+
+impl WindowReading {
+    /// Past its reset time: the figure no longer describes the window (treat it as unknown,
+    /// probably fresh; never as still exhausted).
+    pub fn is_stale(&self, now: Timestamp) -> bool {
+        match self.resets_at {
+            Some(r) => now >= r,
+            // Without a reset time, a reading lasts one window length.
+            None => {
+                now >= self.observed_at.plus(std::time::Duration::from_secs(
+                    u64::from(self.window_minutes) * 60,
+                ))
+            }
+        }
+    }
+
+    /// Share left, 0–100, or `None` when stale.
+    pub fn percent_left(&self, now: Timestamp) -> Option<f64> {
+        (!self.is_stale(now)).then(|| (100.0 - self.used_percent).clamp(0.0, 100.0))
+    }
+
+    /// Used up and not yet reset.
+    pub fn is_exhausted(&self, now: Timestamp) -> bool {
+        self.used_percent >= 100.0 && !self.is_stale(now)
+    }
+
+    /// When the exhaustion ends (the reset time, or the end of the reading's life).
+    pub fn exhausted_until(&self, now: Timestamp) -> Option<Timestamp> {
+        self.is_exhausted(now).then(|| {
+            self.resets_at.unwrap_or_else(|| {
+                self.observed_at.plus(std::time::Duration::from_secs(
+                    u64::from(self.window_minutes) * 60,
+                ))
+            })
+        })
+    }
+
+    /// Below the quota guard (and not stale).
+    pub fn is_guarded(&self, now: Timestamp) -> bool {
+        self.percent_left(now)
+            .is_some_and(|left| left < self.kind.guard_percent_left())
+    }
+}
+
+/// Credit balance, as the backend reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Credits {
+    /// Remaining balance.
+    pub balance: Option<f64>,
+    /// Whether the account has credits.
+    pub has_credits: Option<bool>,
+    /// Whether credits are unlimited.
+    pub unlimited: Option<bool>,
+}
+
+/// One parse of a usage source: the windows found, plus credits and plan when present.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageSnapshot {
+    /// Classified windows (at most one per kind).
+    pub windows: Vec<WindowReading>,
+    /// Credits, when reported.
+    pub credits: Option<Credits>,
+    /// The plan, when reported.
+    pub plan_type: Option<String>,
+    /// Parts that were ignored, and why (missing fields, out-of-range values).
+    pub problems: Vec<String>,
+}
+
+/// What is known of an account's usage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccountUsage {
+    /// The account.
+    pub account_id: String,
+    /// The 5-hour window.
+    pub five_hour: Option<WindowReading>,
+    /// The weekly window.
+    pub weekly: Option<WindowReading>,
+    /// Credits.
+    pub credits: Option<Credits>,
+}
+
+impl AccountUsage {
+    /// The reading of a kind.
+    pub fn window(&self, kind: WindowKind) -> Option<&WindowReading> {
+        match kind {
+            WindowKind::FiveHour => self.five_hour.as_ref(),
+            WindowKind::Weekly => self.weekly.as_ref(),
+        }
+    }
+
+    /// Merges a newer reading (older ones are ignored).
+    pub fn merge(&mut self, r: WindowReading) -> bool {
+        let slot = match r.kind {
+            WindowKind::FiveHour => &mut self.five_hour,
+            WindowKind::Weekly => &mut self.weekly,
+        };
+        match slot {
+            Some(old) if old.observed_at > r.observed_at => false,
+            _ => {
+                *slot = Some(r);
+                true
+            }
+        }
+    }
+
+    /// The smallest share left over the fresh windows (`None`: nothing known).
+    pub fn percent_left(&self, now: Timestamp) -> Option<f64> {
+        [&self.five_hour, &self.weekly]
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w.percent_left(now))
+            .reduce(f64::min)
+    }
+
+    /// When the account can serve again, if a window is exhausted.
+    pub fn exhausted_until(&self, now: Timestamp) -> Option<Timestamp> {
+        [&self.five_hour, &self.weekly]
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w.exhausted_until(now))
+            .max()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn reading(
+        kind: WindowKind,
+        used: f64,
+        resets_in: Option<u64>,
+        now: Timestamp,
+    ) -> WindowReading {
+        WindowReading {
+            kind,
+            used_percent: used,
+            window_minutes: if kind == WindowKind::Weekly {
+                10080
+            } else {
+                300
+            },
+            resets_at: resets_in.map(|s| now.plus(Duration::from_secs(s))),
+            source: ReadingSource::Poll,
+            observed_at: now,
+        }
+    }
+
+    #[test]
+    fn classification_is_by_length() {
+        assert_eq!(WindowKind::from_minutes(300), WindowKind::FiveHour);
+        assert_eq!(WindowKind::from_minutes(1443), WindowKind::FiveHour);
+        assert_eq!(WindowKind::from_minutes(1444), WindowKind::Weekly);
+        assert_eq!(WindowKind::from_minutes(10080), WindowKind::Weekly);
+    }
+
+    #[test]
+    fn a_reading_past_its_reset_is_stale_not_exhausted() {
+        let now = Timestamp::from_secs(1_000_000);
+        let r = reading(WindowKind::FiveHour, 100.0, Some(60), now);
+        assert!(r.is_exhausted(now));
+        assert_eq!(r.exhausted_until(now), r.resets_at);
+        let later = now.plus(Duration::from_secs(61));
+        assert!(r.is_stale(later));
+        assert!(!r.is_exhausted(later));
+        assert_eq!(r.percent_left(later), None);
+    }
+
+    #[test]
+    fn guard_thresholds() {
+        let now = Timestamp::from_secs(1_000_000);
+        assert!(reading(WindowKind::FiveHour, 96.0, Some(60), now).is_guarded(now));
+        assert!(!reading(WindowKind::FiveHour, 94.0, Some(60), now).is_guarded(now));
+        assert!(reading(WindowKind::Weekly, 91.0, Some(60), now).is_guarded(now));
+        assert!(!reading(WindowKind::Weekly, 89.0, Some(60), now).is_guarded(now));
+    }
+
+    #[test]
+    fn merge_keeps_the_newest() {
+        let now = Timestamp::from_secs(1_000_000);
+        let mut u = AccountUsage::default();
+        assert!(u.merge(reading(WindowKind::FiveHour, 10.0, Some(60), now)));
+        let mut older = reading(WindowKind::FiveHour, 50.0, Some(60), now);
+        older.observed_at = now.minus(Duration::from_secs(1));
+        assert!(!u.merge(older));
+        assert_eq!(u.five_hour.as_ref().unwrap().used_percent, 10.0);
+        u.merge(reading(WindowKind::Weekly, 80.0, Some(600), now));
+        assert_eq!(u.percent_left(now), Some(20.0));
+    }
+
+    #[test]
+    fn without_reset_time_a_reading_lives_one_window() {
+        let now = Timestamp::from_secs(1_000_000);
+        let r = reading(WindowKind::FiveHour, 100.0, None, now);
+        assert!(r.is_exhausted(now.plus(Duration::from_secs(299 * 60))));
+        assert!(!r.is_exhausted(now.plus(Duration::from_secs(300 * 60))));
+    }
+}

@@ -1,0 +1,470 @@
+//! Token refresh against `FakeOpenAi` (which rotates refresh tokens and detects reuse): the
+//! request on the wire, rotation persisted in one step, single flight across tasks, across two
+//! pools on one database file and across a second OS process, error classification (dead sign-in
+//! → `needs_login`, transient → unchanged), the reuse race, and the background refresher.
+//!
+//! `child_refresh_process` is not a test: it is the entry point of the second process, which
+//! re-runs this test binary filtered to that function with `CODEXPOOL_TEST_CHILD_DB` set. Without
+//! that variable it returns at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use codexpool_core::auth::{AuthError, RefresherOptions, spawn_refresher_with};
+use codexpool_core::{AccountPatch, AccountStatus, Config, Pool};
+use codexpool_testkit::{FakeAccount, FakeRefreshFailure};
+use support::{fake, file_pool, import, memory_pool};
+
+#[tokio::test]
+async fn a_refresh_rotates_and_persists_every_token() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let pool = file_pool(&fake, &dir.path().join("pool.db")).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    let before = pool.accounts().get(&id).unwrap().tokens;
+
+    let after = pool.auth().refresh(&id).await.unwrap().tokens;
+    let current = fake.current_tokens("acct-1");
+    assert_ne!(after.access_token, before.access_token);
+    assert_ne!(after.refresh_token, before.refresh_token);
+    assert_eq!(after.access_token.expose(), current.access_token);
+    assert_eq!(after.refresh_token.expose(), current.refresh_token);
+    assert_eq!(after.id_token.expose(), current.id_token);
+    assert!(after.expires_at.is_some());
+    assert!(after.last_refresh.unwrap() >= before.last_refresh.unwrap());
+    let stored = pool.store().get_account(&id).await.unwrap().unwrap();
+    assert_eq!(stored.tokens, after, "memory and store agree");
+
+    let req = fake.last_request("/oauth/token").unwrap();
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    assert_eq!(
+        req.body_json().unwrap(),
+        serde_json::json!({
+            "client_id": "app_EMoamEEZ73f0CkXaXp7hrann",
+            "grant_type": "refresh_token",
+            "refresh_token": before.refresh_token.expose(),
+            "scope": "openid profile email",
+        })
+    );
+    assert!(
+        req.header("user-agent")
+            .unwrap()
+            .starts_with("codex_cli_rs/")
+    );
+
+    // The rotated token works (the old one would be a reuse).
+    pool.auth().refresh(&id).await.unwrap();
+    assert_eq!(fake.refresh_count("acct-1"), 2);
+}
+
+#[tokio::test]
+async fn a_401_with_a_stale_token_uses_the_new_one_without_refreshing() {
+    let fake = fake();
+    let (pool, _) = memory_pool(&fake, &[]).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    let old = pool.accounts().get(&id).unwrap().tokens.access_token;
+    let new = pool
+        .auth()
+        .refresh_after_unauthorized(&id, &old)
+        .await
+        .unwrap();
+    assert_ne!(new, old);
+    assert_eq!(fake.refresh_count("acct-1"), 1);
+    // Another request that was sent with the old token comes back 401 later.
+    let again = pool
+        .auth()
+        .refresh_after_unauthorized(&id, &old)
+        .await
+        .unwrap();
+    assert_eq!(again, new);
+    assert_eq!(fake.refresh_count("acct-1"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_401s_in_one_process_refresh_once() {
+    let fake = fake();
+    fake.refresh_delay(Duration::from_millis(200));
+    let (pool, _) = memory_pool(&fake, &[]).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    let seen = pool.accounts().get(&id).unwrap().tokens.access_token;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (pool, id, seen) = (pool.clone(), id.clone(), seen.clone());
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                pool.auth()
+                    .refresh_after_unauthorized(&id, &seen)
+                    .await
+                    .unwrap()
+            } else {
+                pool.auth().refresh(&id).await.unwrap().tokens.access_token
+            }
+        }));
+    }
+    let mut tokens = Vec::new();
+    for t in tasks {
+        tokens.push(t.await.unwrap());
+    }
+    assert_eq!(fake.refresh_count("acct-1"), 1);
+    let current = fake.current_tokens("acct-1").access_token;
+    assert!(tokens.iter().all(|t| t.expose() == current));
+}
+
+/// Child-process entry of `two_pools_and_a_second_process_refresh_once` (not a test; see the
+/// module docs). Opens the database, says `@@child ready`, waits for a line on stdin, refreshes,
+/// prints `@@child token <access token>` or `@@child error <message>`.
+#[test]
+fn child_refresh_process() {
+    let Ok(db) = std::env::var("CODEXPOOL_TEST_CHILD_DB") else {
+        return;
+    };
+    let issuer = std::env::var("CODEXPOOL_TEST_CHILD_ISSUER").unwrap();
+    let account = std::env::var("CODEXPOOL_TEST_CHILD_ACCOUNT").unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let config = Config::default()
+            .with("DB_PATH", &db)
+            .unwrap()
+            .with("ISSUER", &issuer)
+            .unwrap();
+        let pool = Pool::builder(config)
+            .watch_interval(Duration::ZERO)
+            .open()
+            .await
+            .unwrap();
+        assert!(pool.accounts().get(&account).is_ok());
+        println!("@@child ready");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).unwrap();
+        match pool.auth().refresh(&account).await {
+            Ok(a) => println!("@@child token {}", a.tokens.access_token.expose()),
+            Err(e) => println!("@@child error {e}"),
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pools_and_a_second_process_refresh_once() {
+    let fake = fake();
+    fake.refresh_delay(Duration::from_millis(400));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let a = file_pool(&fake, &path).await;
+    let b = file_pool(&fake, &path).await;
+    let id = import(&a, &fake, "acct-1").await;
+    b.reload().await.unwrap();
+    let seen = b.accounts().get(&id).unwrap().tokens.access_token;
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_refresh_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CODEXPOOL_TEST_CHILD_DB", &path)
+        .env("CODEXPOOL_TEST_CHILD_ISSUER", fake.issuer())
+        .env("CODEXPOOL_TEST_CHILD_ACCOUNT", &id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The child's own lines (libtest may print around them).
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let line = lines_rx
+                    .recv()
+                    .await
+                    .expect("the child process ended early");
+                if let Some((_, said)) = line.split_once("@@child ") {
+                    return said.to_string();
+                }
+            }
+        })
+        .await
+        .expect("the child process did not answer")
+    };
+    assert_eq!(next_line().await, "ready");
+
+    // Go: the child, pool A (explicitly) and pool B (after a 401) refresh at the same moment.
+    writeln!(stdin, "go").unwrap();
+    let (auth_a, auth_b) = (a.auth(), b.auth());
+    let (ra, rb) = tokio::join!(
+        auth_a.refresh(&id),
+        auth_b.refresh_after_unauthorized(&id, &seen)
+    );
+    let child_line = next_line().await;
+    assert!(child.wait().unwrap().success());
+
+    let current = fake.current_tokens("acct-1");
+    assert_eq!(
+        fake.refresh_count("acct-1"),
+        1,
+        "exactly one refresh request"
+    );
+    assert_eq!(
+        ra.unwrap().tokens.access_token.expose(),
+        current.access_token
+    );
+    assert_eq!(rb.unwrap().expose(), current.access_token);
+    assert_eq!(child_line, format!("token {}", current.access_token));
+    for pool in [&a, &b] {
+        let t = pool.accounts().get(&id).unwrap().tokens;
+        assert_eq!(t.access_token.expose(), current.access_token);
+        assert_eq!(t.refresh_token.expose(), current.refresh_token);
+    }
+    let stored = a.store().get_account(&id).await.unwrap().unwrap();
+    assert_eq!(stored.tokens.refresh_token.expose(), current.refresh_token);
+    assert_eq!(stored.status, AccountStatus::Active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_stale_memory_adopts_tokens_refreshed_elsewhere() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let a = file_pool(&fake, &path).await;
+    let b = file_pool(&fake, &path).await;
+    let id = import(&a, &fake, "acct-1").await;
+    b.reload().await.unwrap();
+    a.auth().refresh(&id).await.unwrap();
+    // B has not reloaded: its memory holds the spent refresh token. Refreshing must not spend it.
+    let t = b.auth().refresh(&id).await.unwrap().tokens;
+    assert_eq!(fake.refresh_count("acct-1"), 1);
+    assert_eq!(
+        t.access_token.expose(),
+        fake.current_tokens("acct-1").access_token
+    );
+}
+
+#[tokio::test]
+async fn dead_refresh_tokens_mean_a_new_sign_in() {
+    let fake = fake();
+    let (pool, _) = memory_pool(&fake, &[]).await;
+    let cases = [
+        (FakeRefreshFailure::Expired, "refresh_token_expired"),
+        (FakeRefreshFailure::Reused, "refresh_token_reused"),
+        (FakeRefreshFailure::Invalidated, "refresh_token_invalidated"),
+        (FakeRefreshFailure::InvalidGrant, "invalid_grant"),
+        (
+            FakeRefreshFailure::SessionTerminated,
+            "app_session_terminated",
+        ),
+    ];
+    for (i, (failure, code)) in cases.into_iter().enumerate() {
+        let name = format!("acct-dead-{i}");
+        fake.add_account(FakeAccount::new(&name));
+        let id = import(&pool, &fake, &name).await;
+        let before = pool.accounts().get(&id).unwrap().tokens;
+        fake.fail_next_refresh(&name, failure);
+        let e = pool.auth().refresh(&id).await.unwrap_err();
+        assert_eq!(
+            e,
+            AuthError::RefreshDead {
+                account_id: id.clone(),
+                code: code.into()
+            }
+        );
+        assert!(e.to_string().contains("sign in again"), "{e}");
+        let a = pool.accounts().get(&id).unwrap();
+        assert_eq!(a.status, AccountStatus::NeedsLogin, "{code}");
+        assert!(a.status_reason.unwrap().contains(code));
+        assert_eq!(a.tokens, before, "tokens unchanged");
+        let stored = pool.store().get_account(&id).await.unwrap().unwrap();
+        assert_eq!(stored.status, AccountStatus::NeedsLogin);
+    }
+
+    // A refresh that works again (the scripted failure did not consume the token) revives it.
+    let id = pool.accounts().list(&Default::default())[0].id.clone();
+    pool.auth().refresh(&id).await.unwrap();
+    let a = pool.accounts().get(&id).unwrap();
+    assert_eq!(a.status, AccountStatus::Active);
+    assert_eq!(a.status_reason, None);
+}
+
+#[tokio::test]
+async fn a_disabled_account_stays_disabled_when_its_sign_in_dies() {
+    let fake = fake();
+    let (pool, _) = memory_pool(&fake, &[]).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    pool.accounts().disable(&id).await.unwrap();
+    fake.fail_next_refresh("acct-1", FakeRefreshFailure::Expired);
+    let e = pool.auth().refresh(&id).await.unwrap_err();
+    assert!(matches!(e, AuthError::RefreshDead { .. }));
+    let a = pool.accounts().get(&id).unwrap();
+    assert_eq!(a.status, AccountStatus::Disabled);
+    assert_eq!(a.status_reason.as_deref(), Some("disabled by a person"));
+}
+
+#[tokio::test]
+async fn transient_failures_leave_the_account_alone() {
+    let fake = fake();
+    let (pool, _) = memory_pool(&fake, &[]).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    let before = pool.accounts().get(&id).unwrap().tokens;
+    for failure in [
+        FakeRefreshFailure::ServerError(503),
+        FakeRefreshFailure::ServerError(500),
+        FakeRefreshFailure::Custom {
+            status: 400,
+            code: "slow_down".into(),
+        },
+        FakeRefreshFailure::Custom {
+            status: 429,
+            code: "refresh_token_expired".into(),
+        },
+    ] {
+        fake.fail_next_refresh("acct-1", failure.clone());
+        let e = pool.auth().refresh(&id).await.unwrap_err();
+        assert!(e.is_transient(), "{failure:?}: {e:?}");
+        let a = pool.accounts().get(&id).unwrap();
+        assert_eq!(a.status, AccountStatus::Active);
+        assert_eq!(a.tokens, before);
+    }
+    // The issuer unreachable.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let (down, _) = memory_pool(&fake, &[("ISSUER", &format!("http://127.0.0.1:{port}"))]).await;
+    let did = import(&down, &fake, "acct-1").await;
+    let e = down.auth().refresh(&did).await.unwrap_err();
+    assert!(e.is_transient(), "{e:?}");
+    assert_eq!(
+        down.accounts().get(&did).unwrap().status,
+        AccountStatus::Active
+    );
+    // And then it works.
+    pool.auth().refresh(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reuse_error_after_another_holder_rotated_adopts_their_tokens() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let a = file_pool(&fake, &path).await;
+    let b = file_pool(&fake, &path).await;
+    let id = import(&a, &fake, "acct-1").await;
+    fake.refresh_delay(Duration::from_millis(300));
+    fake.fail_next_refresh("acct-1", FakeRefreshFailure::Reused);
+    let refreshing = {
+        let a = a.clone();
+        let id = id.clone();
+        tokio::spawn(async move { a.auth().refresh(&id).await })
+    };
+    // While A's refresh is on the wire, another holder (ignoring the lease, like a Codex CLI
+    // sharing the sign-in) stores the tokens it rotated.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut doc = fake.auth_json("acct-1");
+    doc["tokens"]["access_token"] = "at_theirs".into();
+    doc["tokens"]["refresh_token"] = "rt_theirs".into();
+    b.accounts()
+        .import_bytes("other holder", &serde_json::to_vec(&doc).unwrap())
+        .await;
+    let account = refreshing.await.unwrap().unwrap();
+    assert_eq!(account.tokens.access_token.expose(), "at_theirs");
+    assert_eq!(account.tokens.refresh_token.expose(), "rt_theirs");
+    assert_eq!(account.status, AccountStatus::Active);
+}
+
+#[tokio::test]
+async fn refresh_due_refreshes_what_is_due_and_backs_off_from_failures() {
+    let fake = fake();
+    let (pool, clock) = memory_pool(&fake, &[]).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    let exp = pool.accounts().get(&id).unwrap().tokens.expires_at.unwrap();
+
+    assert!(pool.auth().refresh_due().await.is_empty(), "not due yet");
+    assert_eq!(fake.refresh_count("acct-1"), 0);
+
+    // Within the hour before expiry: refreshed.
+    clock.set(exp.minus(Duration::from_secs(30 * 60)));
+    let done = pool.auth().refresh_due().await;
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].result, Ok(()));
+    assert_eq!(fake.refresh_count("acct-1"), 1);
+    assert!(pool.auth().refresh_due().await.is_empty(), "fresh again");
+
+    // A transient failure: not retried until the backoff has passed.
+    let exp = pool.accounts().get(&id).unwrap().tokens.expires_at.unwrap();
+    clock.set(exp.minus(Duration::from_secs(60)));
+    fake.fail_next_refresh("acct-1", FakeRefreshFailure::ServerError(502));
+    let done = pool.auth().refresh_due().await;
+    assert!(done[0].result.as_ref().unwrap_err().is_transient());
+    assert!(pool.auth().refresh_due().await.is_empty(), "backing off");
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(pool.auth().refresh_due().await[0].result, Ok(()));
+    assert_eq!(fake.refresh_count("acct-1"), 3);
+
+    // Accounts that are not active are left alone.
+    pool.accounts()
+        .update(
+            &id,
+            AccountPatch::default().status(AccountStatus::NeedsLogin, None),
+        )
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(30 * 24 * 3600));
+    assert!(pool.auth().refresh_due().await.is_empty());
+}
+
+#[tokio::test]
+async fn the_background_refresher_refreshes_and_stops_when_dropped() {
+    let fake = fake();
+    let (pool, clock) = memory_pool(&fake, &[]).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    let exp = pool.accounts().get(&id).unwrap().tokens.expires_at.unwrap();
+    clock.set(exp.minus(Duration::from_secs(10)));
+    let task = spawn_refresher_with(
+        &pool,
+        RefresherOptions::default().check_interval(Duration::from_millis(20)),
+    );
+    assert!(task.is_running());
+    assert!(
+        fake.wait_until_async(Duration::from_secs(5), |f| f.refresh_count("acct-1") == 1)
+            .await
+    );
+    // The fake counts the request on arrival; the new tokens land a moment later.
+    let started = std::time::Instant::now();
+    while pool
+        .accounts()
+        .get(&id)
+        .unwrap()
+        .tokens
+        .access_token
+        .expose()
+        != fake.current_tokens("acct-1").access_token
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "tokens not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task.stop();
+    // Due again, but nobody is refreshing any more.
+    clock.advance(Duration::from_secs(30 * 24 * 3600));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fake.refresh_count("acct-1"), 1);
+}

@@ -1,0 +1,237 @@
+//! Platform keys through the public API: create (secret once, hashed at rest), verify (every
+//! refusal distinct), bindings, update, enable/disable/delete, expiry, last-used batching.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use codexpool_core::keys::{KeyError, KeyPatch, NewKey};
+use codexpool_core::store::SqliteStore;
+use codexpool_core::{Clock, Config, Error, ManualClock, Pool};
+use common::{START, pool_with};
+
+#[tokio::test]
+async fn create_shows_the_secret_once_and_stores_only_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let pool = Pool::builder(Config::default())
+        .store(Arc::new(SqliteStore::open(&path).await.unwrap()))
+        .open()
+        .await
+        .unwrap();
+    let created = pool
+        .keys()
+        .create(
+            NewKey::named("ci")
+                .model("gpt-5-codex")
+                .reasoning_effort("high"),
+        )
+        .await
+        .unwrap();
+    let secret = created.secret.expose().to_string();
+    assert!(secret.starts_with("sk-cp-") && secret.len() >= 46);
+    assert_eq!(
+        created.key.hint,
+        format!("sk-cp-…{}", &secret[secret.len() - 4..])
+    );
+    assert_eq!(format!("{:?}", created.secret), "*****");
+    assert!(!format!("{created:?}").contains(&secret));
+    let key = pool.keys().verify(&secret).unwrap();
+    assert_eq!(
+        (
+            key.name.as_str(),
+            key.model.as_deref(),
+            key.reasoning_effort.as_deref()
+        ),
+        ("ci", Some("gpt-5-codex"), Some("high"))
+    );
+    drop(pool);
+    // Nothing in the file contains the secret.
+    let raw = std::fs::read(&path).unwrap();
+    let wal = std::fs::read(dir.path().join("p.db-wal")).unwrap_or_default();
+    for bytes in [raw, wal] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the secret reached the database"
+        );
+    }
+}
+
+#[tokio::test]
+async fn verify_distinguishes_every_refusal() {
+    let (pool, clock) = pool_with(&[]).await;
+    let keys = pool.keys();
+    assert_eq!(keys.verify("").unwrap_err(), KeyError::Missing);
+    assert_eq!(keys.verify("   ").unwrap_err(), KeyError::Missing);
+    assert_eq!(keys.verify("sk-cp-unknown").unwrap_err(), KeyError::Unknown);
+    let k = keys
+        .create(NewKey::named("a").expires_at(START.plus(Duration::from_secs(60))))
+        .await
+        .unwrap();
+    let s = k.secret.expose();
+    assert!(keys.verify(s).is_ok());
+    assert!(
+        keys.verify(&format!(" {s}\n")).is_ok(),
+        "whitespace around a pasted key is forgiven"
+    );
+    keys.disable(&k.key.id).await.unwrap();
+    assert_eq!(
+        keys.verify(s).unwrap_err(),
+        KeyError::Disabled {
+            key_id: k.key.id.clone()
+        }
+    );
+    keys.enable(&k.key.id).await.unwrap();
+    clock.advance(Duration::from_secs(60));
+    let err = keys.verify(s).unwrap_err();
+    assert!(matches!(err, KeyError::Expired { .. }), "{err:?}");
+    assert!(err.to_string().contains("expired"));
+    keys.delete(&k.key.id).await.unwrap();
+    assert_eq!(keys.verify(s).unwrap_err(), KeyError::Unknown);
+}
+
+#[tokio::test]
+async fn bindings_decide_the_model() {
+    let (pool, _) = pool_with(&[]).await;
+    let keys = pool.keys();
+    let bound = keys
+        .create(NewKey::named("bound").model("gpt-5-codex"))
+        .await
+        .unwrap();
+    let k = keys.verify(bound.secret.expose()).unwrap();
+    assert_eq!(
+        k.resolve_model(Some("gpt-4o")).unwrap(),
+        Some("gpt-5-codex")
+    );
+    let allow = keys
+        .create(NewKey::named("allow").allow_model("a").allow_model("b"))
+        .await
+        .unwrap();
+    let k = keys.verify(allow.secret.expose()).unwrap();
+    assert_eq!(k.resolve_model(Some("b")).unwrap(), Some("b"));
+    let err = k.resolve_model(Some("c")).unwrap_err();
+    assert!(
+        err.to_string().contains("\"c\"") && err.to_string().contains("a, b"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_stores_nothing() {
+    let (pool, clock) = pool_with(&[]).await;
+    let keys = pool.keys();
+    let cases = [
+        NewKey::named(""),
+        NewKey::named("x").model("has space"),
+        NewKey::named("x").reasoning_effort("extreme"),
+        NewKey::named("x").model("m").allow_model("other"),
+        NewKey::named("x").expires_at(clock.now()),
+        NewKey::named("x".repeat(201)),
+    ];
+    for c in cases {
+        let e = keys.create(c.clone()).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidInput { .. }), "{c:?} → {e}");
+    }
+    assert!(keys.list().is_empty());
+    let k = keys.create(NewKey::named("ok")).await.unwrap();
+    assert!(matches!(
+        keys.update(&k.key.id, KeyPatch::default().name(" ")).await,
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        keys.update(
+            &k.key.id,
+            KeyPatch::default().reasoning_effort(Some("max".into()))
+        )
+        .await,
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        keys.update("nope", KeyPatch::default().name("x")).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        keys.delete("nope").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(keys.get(&k.key.id).unwrap().name, "ok");
+}
+
+#[tokio::test]
+async fn update_list_and_prefixes() {
+    let (pool, clock) = pool_with(&[]).await;
+    let keys = pool.keys();
+    let a = keys.create(NewKey::named("a")).await.unwrap();
+    clock.advance(Duration::from_secs(1));
+    let b = keys.create(NewKey::named("b")).await.unwrap();
+    let k = keys
+        .update(
+            &a.key.id[..6],
+            KeyPatch::default()
+                .name("renamed")
+                .allowed_models(vec!["m1".into(), "m1".into()])
+                .allowed_groups(vec!["g".into()]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            k.name.as_str(),
+            k.allowed_models.as_slice(),
+            k.allowed_groups.as_slice()
+        ),
+        ("renamed", &["m1".to_string()][..], &["g".to_string()][..])
+    );
+    assert_eq!(
+        keys.verify(a.secret.expose()).unwrap().allowed_groups,
+        ["g"],
+        "verify sees the update"
+    );
+    let names: Vec<_> = keys.list().into_iter().map(|k| k.name).collect();
+    assert_eq!(names, ["renamed", "b"]);
+    let json = serde_json::to_string(&keys.list()).unwrap();
+    assert!(!json.contains(a.secret.expose()) && !json.contains(b.secret.expose()));
+    assert!(!json.contains("secret_hash"));
+}
+
+#[tokio::test]
+async fn last_used_is_recorded_without_a_write_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let clock = ManualClock::new(START);
+    let pool = Pool::builder(
+        Config::default()
+            .with("DB_PATH", path.to_str().unwrap())
+            .unwrap(),
+    )
+    .clock(Arc::new(clock.clone()))
+    .watch_interval(Duration::ZERO)
+    .open()
+    .await
+    .unwrap();
+    let k = pool.keys().create(NewKey::named("a")).await.unwrap();
+    clock.advance(Duration::from_secs(5));
+    for _ in 0..100 {
+        pool.keys().verify(k.secret.expose()).unwrap();
+    }
+    assert_eq!(
+        pool.keys().get(&k.key.id).unwrap().last_used_at,
+        Some(clock.now()),
+        "seen in memory at once"
+    );
+    let other = SqliteStore::open(&path).await.unwrap();
+    use codexpool_core::store::Store;
+    assert_eq!(
+        other.list_keys().await.unwrap()[0].last_used_at,
+        None,
+        "not written per request"
+    );
+    pool.flush().await.unwrap();
+    assert_eq!(
+        other.list_keys().await.unwrap()[0].last_used_at,
+        Some(clock.now()),
+        "written by the flush"
+    );
+}

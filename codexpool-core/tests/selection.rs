@@ -1,0 +1,580 @@
+//! Selection and leases through the public API: strategies, the quota guard, exhaustion and
+//! staleness, cooldowns, inflight caps and waiting, affinity, groups, failover exclusion, and
+//! the error that says why nothing could be leased.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use codexpool_core::usage::{ReadingSource, UsageSnapshot, WindowKind, WindowReading};
+use codexpool_core::{AccountPatch, AccountStatus, Demand, Outcome, Pool, PoolError, Timestamp};
+use common::{add_accounts, pool_with};
+
+fn reading(kind: WindowKind, used: f64, now: Timestamp, resets_in: Duration) -> WindowReading {
+    WindowReading {
+        kind,
+        used_percent: used,
+        window_minutes: if kind == WindowKind::Weekly {
+            10080
+        } else {
+            300
+        },
+        resets_at: Some(now.plus(resets_in)),
+        source: ReadingSource::Poll,
+        observed_at: now,
+    }
+}
+
+fn set_usage(pool: &Pool, id: &str, windows: Vec<WindowReading>) {
+    pool.usage().record(
+        id,
+        &UsageSnapshot {
+            windows,
+            ..Default::default()
+        },
+    );
+}
+
+async fn pick(pool: &Pool) -> String {
+    pool.accounts()
+        .acquire(&Demand::any())
+        .await
+        .unwrap()
+        .account_id()
+        .to_string()
+}
+
+#[tokio::test]
+async fn ordered_takes_the_lowest_sort_first() {
+    let (pool, _) = pool_with(&[]).await;
+    let ids = add_accounts(&pool, 3).await;
+    pool.accounts()
+        .update(&ids[2], AccountPatch::default().sort(-1))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(pick(&pool).await, ids[2]);
+    }
+}
+
+#[tokio::test]
+async fn round_robin_visits_every_usable_account() {
+    let (pool, _) = pool_with(&[("ROUTE_STRATEGY", "round-robin")]).await;
+    let ids = add_accounts(&pool, 4).await;
+    pool.accounts().disable(&ids[1]).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(pick(&pool).await);
+    }
+    assert_eq!(
+        seen,
+        [&ids[0], &ids[2], &ids[3], &ids[0], &ids[2], &ids[3]].map(|s| s.to_string())
+    );
+}
+
+#[tokio::test]
+async fn headroom_prefers_most_left_then_earliest_reset() {
+    let (pool, clock) = pool_with(&[("ROUTE_STRATEGY", "headroom")]).await;
+    let ids = add_accounts(&pool, 3).await;
+    let now = clock.now_ts();
+    set_usage(
+        &pool,
+        &ids[0],
+        vec![reading(
+            WindowKind::FiveHour,
+            50.0,
+            now,
+            Duration::from_secs(3600),
+        )],
+    );
+    set_usage(
+        &pool,
+        &ids[1],
+        vec![reading(
+            WindowKind::FiveHour,
+            20.0,
+            now,
+            Duration::from_secs(7200),
+        )],
+    );
+    set_usage(
+        &pool,
+        &ids[2],
+        vec![reading(
+            WindowKind::FiveHour,
+            20.0,
+            now,
+            Duration::from_secs(600),
+        )],
+    );
+    assert_eq!(
+        pick(&pool).await,
+        ids[2],
+        "same headroom, earlier reset wins"
+    );
+    set_usage(
+        &pool,
+        &ids[2],
+        vec![reading(
+            WindowKind::FiveHour,
+            60.0,
+            now.plus(Duration::from_secs(1)),
+            Duration::from_secs(600),
+        )],
+    );
+    assert_eq!(pick(&pool).await, ids[1]);
+}
+
+trait NowTs {
+    fn now_ts(&self) -> Timestamp;
+}
+impl NowTs for codexpool_core::ManualClock {
+    fn now_ts(&self) -> Timestamp {
+        codexpool_core::Clock::now(self)
+    }
+}
+
+#[tokio::test]
+async fn the_quota_guard_keeps_low_accounts_for_last() {
+    let (pool, clock) = pool_with(&[]).await;
+    let ids = add_accounts(&pool, 2).await;
+    let now = clock.now_ts();
+    // First account: 96 % of the 5-hour window used (below the 5 % guard).
+    set_usage(
+        &pool,
+        &ids[0],
+        vec![reading(
+            WindowKind::FiveHour,
+            96.0,
+            now,
+            Duration::from_secs(3600),
+        )],
+    );
+    assert_eq!(
+        pick(&pool).await,
+        ids[1],
+        "the guarded account is passed over"
+    );
+    // Weekly guard is 10 %.
+    set_usage(
+        &pool,
+        &ids[1],
+        vec![reading(
+            WindowKind::Weekly,
+            91.0,
+            now,
+            Duration::from_secs(86400),
+        )],
+    );
+    assert_eq!(
+        pick(&pool).await,
+        ids[1],
+        "when all are guarded, the one with most left is used"
+    );
+    pool.accounts().disable(&ids[1]).await.unwrap();
+    assert_eq!(
+        pick(&pool).await,
+        ids[0],
+        "a guarded account is used when nothing else is left"
+    );
+}
+
+#[tokio::test]
+async fn exhausted_accounts_are_skipped_until_their_reset() {
+    let (pool, clock) = pool_with(&[]).await;
+    let ids = add_accounts(&pool, 2).await;
+    let now = clock.now_ts();
+    set_usage(
+        &pool,
+        &ids[0],
+        vec![reading(
+            WindowKind::FiveHour,
+            100.0,
+            now,
+            Duration::from_secs(600),
+        )],
+    );
+    set_usage(
+        &pool,
+        &ids[1],
+        vec![reading(
+            WindowKind::Weekly,
+            100.0,
+            now,
+            Duration::from_secs(900),
+        )],
+    );
+    let err = pool.accounts().acquire(&Demand::any()).await.unwrap_err();
+    assert_eq!(
+        err,
+        PoolError::Exhausted {
+            resets_at: now.plus(Duration::from_secs(600))
+        },
+        "earliest reset"
+    );
+    assert_eq!(err.retry_at(), Some(now.plus(Duration::from_secs(600))));
+    assert_eq!(
+        pool.usage().exhausted_until(&ids[0]).unwrap(),
+        Some(now.plus(Duration::from_secs(600)))
+    );
+    clock.advance(Duration::from_secs(601));
+    assert_eq!(
+        pick(&pool).await,
+        ids[0],
+        "a reading past its reset is stale and does not block"
+    );
+    assert_eq!(pool.usage().exhausted_until(&ids[0]).unwrap(), None);
+    assert_eq!(
+        pool.usage().headroom(&ids[0]).unwrap(),
+        None,
+        "stale = unknown"
+    );
+}
+
+#[tokio::test]
+async fn a_usage_limit_report_exhausts_until_the_reset() {
+    let (pool, clock) = pool_with(&[]).await;
+    let ids = add_accounts(&pool, 2).await;
+    let now = clock.now_ts();
+    let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    assert_eq!(lease.account_id(), ids[0]);
+    lease
+        .report(Outcome::UsageLimit {
+            resets_at: Some(now.plus(Duration::from_secs(3600))),
+        })
+        .await;
+    drop(lease);
+    assert_eq!(pick(&pool).await, ids[1]);
+    let u = pool.usage().get(&ids[0]).unwrap();
+    let w = u.five_hour.unwrap();
+    assert_eq!(
+        (w.used_percent, w.source),
+        (100.0, ReadingSource::RateLimit)
+    );
+    // A reset more than five hours away belongs to the weekly window.
+    let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    lease
+        .report(Outcome::UsageLimit {
+            resets_at: Some(now.plus(Duration::from_secs(3 * 86400))),
+        })
+        .await;
+    drop(lease);
+    assert!(pool.usage().get(&ids[1]).unwrap().weekly.is_some());
+    let err = pool.accounts().acquire(&Demand::any()).await.unwrap_err();
+    assert!(matches!(err, PoolError::Exhausted { .. }), "{err}");
+    assert!(err.to_string().contains("usage limit"), "{err}");
+}
+
+#[tokio::test]
+async fn cooldowns_grow_on_repeated_rate_limits_and_success_clears_them() {
+    let (pool, clock) = pool_with(&[]).await;
+    let id = add_accounts(&pool, 1).await.remove(0);
+    let expect = [45, 300, 1800, 7200, 7200];
+    for secs in expect {
+        let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+        lease
+            .report(Outcome::RateLimited { retry_after: None })
+            .await;
+        drop(lease);
+        let err = pool.accounts().acquire(&Demand::any()).await.unwrap_err();
+        let now = clock.now_ts();
+        assert_eq!(
+            err,
+            PoolError::CoolingDown {
+                until: now.plus(Duration::from_secs(secs))
+            }
+        );
+        assert_eq!(
+            pool.accounts().runtime(&id).unwrap().cooldown_until,
+            Some(now.plus(Duration::from_secs(secs)))
+        );
+        clock.advance(Duration::from_secs(secs));
+    }
+    let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    lease.report(Outcome::Success).await;
+    lease
+        .report(Outcome::RateLimited {
+            retry_after: Some(Duration::from_secs(100)),
+        })
+        .await;
+    drop(lease);
+    let until = pool
+        .accounts()
+        .runtime(&id)
+        .unwrap()
+        .cooldown_until
+        .unwrap();
+    assert_eq!(
+        until,
+        clock.now_ts().plus(Duration::from_secs(100)),
+        "strikes reset; Retry-After beats 45 s"
+    );
+}
+
+#[tokio::test]
+async fn short_cooldowns_for_5xx_and_challenges() {
+    let (pool, clock) = pool_with(&[]).await;
+    let id = add_accounts(&pool, 1).await.remove(0);
+    for (outcome, secs) in [
+        (Outcome::UpstreamError, 30),
+        (Outcome::Challenge, 6),
+        (Outcome::Unauthorized, 30),
+    ] {
+        let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+        lease.report(outcome).await;
+        drop(lease);
+        assert_eq!(
+            pool.accounts().runtime(&id).unwrap().cooldown_until,
+            Some(clock.now_ts().plus(Duration::from_secs(secs)))
+        );
+        clock.advance(Duration::from_secs(secs));
+    }
+}
+
+#[tokio::test]
+async fn banned_and_needs_login_change_status_but_never_override_disabled() {
+    let (pool, _) = pool_with(&[]).await;
+    let ids = add_accounts(&pool, 2).await;
+    let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    lease
+        .report(Outcome::Banned {
+            reason: "account_deactivated".into(),
+        })
+        .await;
+    drop(lease);
+    let a = pool.accounts().get(&ids[0]).unwrap();
+    assert_eq!(
+        (a.status, a.status_reason.as_deref()),
+        (AccountStatus::Banned, Some("account_deactivated"))
+    );
+    let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    assert_eq!(lease.account_id(), ids[1]);
+    pool.accounts().disable(&ids[1]).await.unwrap();
+    lease
+        .report(Outcome::NeedsLogin {
+            reason: "refresh_token_reused".into(),
+        })
+        .await;
+    drop(lease);
+    assert_eq!(
+        pool.accounts().get(&ids[1]).unwrap().status,
+        AccountStatus::Disabled,
+        "a person's choice stands"
+    );
+    let err = pool.accounts().acquire(&Demand::any()).await.unwrap_err();
+    assert_eq!(
+        err,
+        PoolError::NoneActive {
+            disabled: 1,
+            needs_login: 0,
+            banned: 1
+        }
+    );
+}
+
+#[tokio::test]
+async fn inflight_cap_and_waiting_for_a_slot() {
+    let (pool, _) = pool_with(&[
+        ("ACCOUNT_MAX_INFLIGHT", "1"),
+        ("REQUEST_GATE_WAIT_TIMEOUT_MS", "200"),
+    ])
+    .await;
+    let ids = add_accounts(&pool, 2).await;
+    let a = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    let b = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    assert_eq!(
+        (a.account_id(), b.account_id()),
+        (ids[0].as_str(), ids[1].as_str())
+    );
+    // Both busy: a third waits and gets the first slot that frees up.
+    let p2 = pool.clone();
+    let waiter = tokio::spawn(async move {
+        p2.accounts()
+            .acquire(&Demand::any())
+            .await
+            .map(|l| l.account_id().to_string())
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(b);
+    assert_eq!(waiter.await.unwrap().unwrap(), ids[1]);
+    // Nobody frees up: a clear error after the wait.
+    let c = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = pool.accounts().acquire(&Demand::any()).await.unwrap_err();
+    assert!(matches!(err, PoolError::Busy { cap: 1, .. }), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    drop((a, c));
+    assert_eq!(pool.accounts().total_inflight(), 0);
+}
+
+#[tokio::test]
+async fn affinity_keeps_a_conversation_on_its_account_while_usable() {
+    let (pool, clock) = pool_with(&[("ROUTE_STRATEGY", "round-robin")]).await;
+    let ids = add_accounts(&pool, 3).await;
+    let first = pool
+        .accounts()
+        .acquire(&Demand::any().affinity("conv-1"))
+        .await
+        .unwrap()
+        .account_id()
+        .to_string();
+    for _ in 0..4 {
+        let l = pool
+            .accounts()
+            .acquire(&Demand::any().affinity("conv-1"))
+            .await
+            .unwrap();
+        assert_eq!(l.account_id(), first);
+    }
+    // Unusable → moves, and stays on the new account.
+    pool.accounts().disable(&first).await.unwrap();
+    let moved = pool
+        .accounts()
+        .acquire(&Demand::any().affinity("conv-1"))
+        .await
+        .unwrap()
+        .account_id()
+        .to_string();
+    assert_ne!(moved, first);
+    pool.accounts().enable(&first).await.unwrap();
+    assert_eq!(
+        pool.accounts()
+            .acquire(&Demand::any().affinity("conv-1"))
+            .await
+            .unwrap()
+            .account_id(),
+        moved
+    );
+    // Expires after an hour of silence.
+    clock.advance(Duration::from_secs(3601));
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..3 {
+        seen.insert(
+            pool.accounts()
+                .acquire(&Demand::any().affinity("conv-1"))
+                .await
+                .unwrap()
+                .account_id()
+                .to_string(),
+        );
+    }
+    assert!(seen.len() == 1 && ids.len() == 3);
+}
+
+#[tokio::test]
+async fn groups_restrict_and_name_themselves_in_errors() {
+    let (pool, _) = pool_with(&[]).await;
+    let ids = add_accounts(&pool, 2).await;
+    pool.accounts()
+        .update(&ids[1], AccountPatch::default().group(Some("team".into())))
+        .await
+        .unwrap();
+    let team = vec!["team".to_string()];
+    assert_eq!(
+        pool.accounts()
+            .acquire(&Demand::any().groups(&team))
+            .await
+            .unwrap()
+            .account_id(),
+        ids[1]
+    );
+    let other = vec!["ops".to_string()];
+    let err = pool
+        .accounts()
+        .acquire(&Demand::any().groups(&other))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        PoolError::NoneInGroups {
+            groups: other.clone()
+        }
+    );
+    assert!(err.to_string().contains("ops"));
+}
+
+#[tokio::test]
+async fn failover_excludes_tried_accounts() {
+    let (pool, _) = pool_with(&[]).await;
+    let ids = add_accounts(&pool, 2).await;
+    let tried = vec![ids[0].clone()];
+    assert_eq!(
+        pool.accounts()
+            .acquire(&Demand::any().tried(&tried))
+            .await
+            .unwrap()
+            .account_id(),
+        ids[1]
+    );
+    let both = ids.clone();
+    assert_eq!(
+        pool.accounts()
+            .acquire(&Demand::any().tried(&both))
+            .await
+            .unwrap_err(),
+        PoolError::AllTried { tried: 2 }
+    );
+}
+
+#[tokio::test]
+async fn an_empty_pool_says_how_to_fix_it() {
+    let (pool, _) = pool_with(&[]).await;
+    let err = pool.accounts().acquire(&Demand::any()).await.unwrap_err();
+    assert_eq!(err, PoolError::NoAccounts);
+    assert!(err.to_string().contains("codexpool account login"));
+}
+
+#[tokio::test]
+async fn dropping_leases_releases_even_on_cancel_and_panic() {
+    let (pool, _) = pool_with(&[]).await;
+    let id = add_accounts(&pool, 1).await.remove(0);
+    let p = pool.clone();
+    let task = tokio::spawn(async move {
+        let _lease = p.accounts().acquire(&Demand::any()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(pool.accounts().runtime(&id).unwrap().inflight, 1);
+    task.abort();
+    let _ = task.await;
+    assert_eq!(
+        pool.accounts().runtime(&id).unwrap().inflight,
+        0,
+        "cancellation released the lease"
+    );
+    let p = pool.clone();
+    let task = tokio::spawn(async move {
+        let _lease = p.accounts().acquire(&Demand::any()).await.unwrap();
+        panic!("boom");
+    });
+    assert!(task.await.is_err());
+    assert_eq!(
+        pool.accounts().runtime(&id).unwrap().inflight,
+        0,
+        "a panic released the lease"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_sees_a_refreshed_token() {
+    let (pool, _) = pool_with(&[]).await;
+    add_accounts(&pool, 1).await;
+    let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    let before = lease.access_token();
+    let fresh = common::jwt(
+        "acct-0",
+        "user-acct-0",
+        "acct-0@example.com",
+        "plus",
+        2_100_000_000,
+    );
+    let doc = serde_json::json!({"tokens": {"access_token": fresh, "refresh_token": "rt-2"}});
+    let r = pool
+        .accounts()
+        .import_bytes("again", &serde_json::to_vec(&doc).unwrap())
+        .await;
+    assert_eq!(r.updated(), 1, "{r:?}");
+    assert_ne!(lease.access_token(), before);
+    assert_eq!(lease.access_token().expose(), fresh);
+}

@@ -1,0 +1,169 @@
+//! The store conformance suite on both stores, and what only SQLite has to prove: file mode,
+//! directories, schema versions, WAL, and many writers from many handles at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use codexpool_core::store::{MemoryStore, SqliteStore, Store, StoreError, conformance};
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    conformance::check_all(&MemoryStore::new()).await.unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("pool.db")).await.unwrap();
+    conformance::check_all(&store).await.unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_data_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    {
+        let s = SqliteStore::open(&path).await.unwrap();
+        s.insert_account(&conformance::sample_account("a1", "c1"))
+            .await
+            .unwrap();
+    }
+    let s = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(s.list_accounts().await.unwrap().len(), 1);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sqlite_creates_parent_dirs_and_a_private_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deep/er/pool.db");
+    let _s = SqliteStore::open(&path).await.unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "database file mode {mode:o}");
+}
+
+#[tokio::test]
+async fn sqlite_refuses_a_newer_schema_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 99;")
+            .unwrap();
+    }
+    let err = SqliteStore::open(&path).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::NewerSchema { found: 99, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade codexpool"), "{err}");
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 99, "the file was altered");
+    let tables: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'accounts'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0, "migrations ran on a newer database");
+}
+
+#[tokio::test]
+async fn sqlite_open_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let err = SqliteStore::open(file.join("pool.db")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
+    let err = SqliteStore::open(&garbage).await.unwrap_err();
+    assert!(err.to_string().contains("garbage.db"), "{err}");
+}
+
+#[tokio::test]
+async fn sqlite_uses_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let _s = SqliteStore::open(&path).await.unwrap();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn data_version_moves_only_for_other_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let a = SqliteStore::open(&path).await.unwrap();
+    let b = SqliteStore::open(&path).await.unwrap();
+    let v0 = a.data_version().await.unwrap();
+    a.insert_account(&conformance::sample_account("a1", "c1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.data_version().await.unwrap(),
+        v0,
+        "own writes do not count"
+    );
+    b.insert_account(&conformance::sample_account("a2", "c2"))
+        .await
+        .unwrap();
+    assert_ne!(
+        a.data_version().await.unwrap(),
+        v0,
+        "another handle's write is seen"
+    );
+}
+
+/// Many handles (as many processes would) writing the same file at once: every write lands and
+/// none reports `database is locked`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_never_see_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let stores: Vec<Arc<SqliteStore>> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(Arc::new(SqliteStore::open(&path).await.unwrap()));
+        }
+        v
+    };
+    let mut tasks = Vec::new();
+    for (n, s) in stores.iter().enumerate() {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                let id = format!("s{n}-{i}");
+                s.insert_account(&conformance::sample_account(&id, &id))
+                    .await?;
+                let mut e = codexpool_core::request_log::RequestLogEntry::new(
+                    id,
+                    codexpool_core::Timestamp::now(),
+                    "/x",
+                );
+                e.status = 200;
+                s.append_request_log(&[e]).await?;
+            }
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(stores[0].list_accounts().await.unwrap().len(), 200);
+    let rows = stores[1]
+        .list_request_log(&codexpool_core::request_log::RequestLogQuery::latest(1000))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 200);
+}

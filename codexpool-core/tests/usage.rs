@@ -1,0 +1,213 @@
+//! Usage and the ledger through the public API: readings from polls, headers and 429s with
+//! provenance, staleness, persistence, and ledger sums; the request log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use codexpool_core::request_log::{RequestLogEntry, RequestLogQuery};
+use codexpool_core::usage::{
+    LedgerEntry, LedgerGroup, LedgerQuery, ReadingSource, TokenCounts, WindowKind, parse_usage_json,
+};
+use codexpool_core::{Clock, Config, ManualClock, Pool};
+use common::{START, add_accounts, pool_with};
+
+#[tokio::test]
+async fn headers_and_polls_land_with_their_source() {
+    let (pool, clock) = pool_with(&[]).await;
+    let id = add_accounts(&pool, 1).await.remove(0);
+    let body = br#"{"rate_limit":{"primary_window":{"used_percent":25,"limit_window_seconds":18000,"reset_after_seconds":600},
+        "secondary_window":{"used_percent":50,"limit_window_seconds":604800,"reset_after_seconds":86400}},"credits":{"balance":"7.5"}}"#;
+    pool.usage()
+        .record(&id, &parse_usage_json(body, clock.now()).unwrap());
+    let u = pool.usage().get(&id).unwrap();
+    assert_eq!(u.five_hour.as_ref().unwrap().source, ReadingSource::Poll);
+    assert_eq!(u.weekly.as_ref().unwrap().used_percent, 50.0);
+    assert_eq!(u.credits.as_ref().unwrap().balance, Some(7.5));
+    assert_eq!(pool.usage().headroom(&id).unwrap(), Some(50.0));
+
+    clock.advance(Duration::from_secs(1));
+    let headers: Vec<(&str, &[u8])> = vec![
+        ("x-codex-primary-used-percent", b"30"),
+        ("x-codex-primary-window-minutes", b"300"),
+        ("x-codex-primary-reset-after-seconds", b"500"),
+    ];
+    assert!(pool.usage().record_headers(&id, headers));
+    let u = pool.usage().get(&id).unwrap();
+    let five = u.five_hour.unwrap();
+    assert_eq!(
+        (five.used_percent, five.source, five.observed_at),
+        (30.0, ReadingSource::Headers, clock.now())
+    );
+    assert_eq!(
+        u.weekly.unwrap().source,
+        ReadingSource::Poll,
+        "a window the headers did not mention is kept"
+    );
+    assert!(
+        !pool
+            .usage()
+            .record_headers(&id, vec![("content-type", b"x".as_slice())])
+    );
+
+    let limit = pool
+        .usage()
+        .record_usage_limit(
+            &id,
+            br#"{"error":{"type":"usage_limit_reached","resets_in_seconds":120}}"#,
+        )
+        .unwrap();
+    assert_eq!(
+        limit.resets_at,
+        Some(clock.now().plus(Duration::from_secs(120)))
+    );
+    assert_eq!(pool.usage().exhausted_until(&id).unwrap(), limit.resets_at);
+    assert!(
+        pool.usage()
+            .record_usage_limit(&id, br#"{"error":{"type":"rate_limit_exceeded"}}"#)
+            .is_none()
+    );
+    assert!(pool.usage().record_usage_limit(&id, b"<html>").is_none());
+    // Unknown accounts are ignored without fuss.
+    pool.usage()
+        .record("missing", &parse_usage_json(body, clock.now()).unwrap());
+}
+
+#[tokio::test]
+async fn readings_persist_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::default()
+        .with("DB_PATH", dir.path().join("p.db").to_str().unwrap())
+        .unwrap();
+    let clock = ManualClock::new(START);
+    let id;
+    {
+        let pool = Pool::builder(config.clone())
+            .clock(Arc::new(clock.clone()))
+            .open()
+            .await
+            .unwrap();
+        id = add_accounts(&pool, 1).await.remove(0);
+        let h: Vec<(&str, &[u8])> = vec![
+            ("x-codex-secondary-used-percent", b"100"),
+            ("x-codex-secondary-window-minutes", b"10080"),
+            ("x-codex-secondary-reset-after-seconds", b"3600"),
+        ];
+        pool.usage().record_headers(&id, h);
+        pool.flush().await.unwrap();
+    }
+    let pool = Pool::builder(config)
+        .clock(Arc::new(clock.clone()))
+        .open()
+        .await
+        .unwrap();
+    let w = pool.usage().get(&id).unwrap().weekly.unwrap();
+    assert_eq!(
+        (w.kind, w.used_percent, w.source),
+        (WindowKind::Weekly, 100.0, ReadingSource::Headers)
+    );
+    assert!(
+        pool.accounts()
+            .acquire(&codexpool_core::Demand::any())
+            .await
+            .is_err(),
+        "still exhausted after a restart"
+    );
+}
+
+#[tokio::test]
+async fn the_ledger_sums_per_key_account_model_and_day() {
+    let (pool, clock) = pool_with(&[]).await;
+    for (key, acc, model, input) in [
+        ("k1", "a1", "m1", 10u64),
+        ("k1", "a2", "m1", 20),
+        ("k2", "a1", "m2", 5),
+    ] {
+        pool.usage().record_tokens(LedgerEntry {
+            at: clock.now(),
+            key_id: Some(key.into()),
+            account_id: Some(acc.into()),
+            model: model.into(),
+            tokens: TokenCounts {
+                input_tokens: input,
+                cached_tokens: 1,
+                output_tokens: 2,
+                reasoning_tokens: 1,
+            },
+            status: 200,
+        });
+    }
+    let by_key = pool
+        .usage()
+        .ledger(&LedgerQuery::by(LedgerGroup::Key))
+        .await
+        .unwrap();
+    assert_eq!(by_key.len(), 2);
+    assert_eq!(
+        (
+            by_key[0].group.as_str(),
+            by_key[0].requests,
+            by_key[0].tokens.input_tokens,
+            by_key[0].total_tokens
+        ),
+        ("k1", 2, 30, 34)
+    );
+    let by_model = pool
+        .usage()
+        .ledger(&LedgerQuery::by(LedgerGroup::Model))
+        .await
+        .unwrap();
+    assert_eq!(
+        by_model.iter().find(|r| r.group == "m2").unwrap().requests,
+        1
+    );
+    let by_day = pool
+        .usage()
+        .ledger(&LedgerQuery::by(LedgerGroup::Day))
+        .await
+        .unwrap();
+    assert_eq!(by_day.len(), 1);
+    assert_eq!(by_day[0].group, clock.now().to_rfc3339()[..10]);
+    let later = pool
+        .usage()
+        .ledger(
+            &LedgerQuery::by(LedgerGroup::Account).since(clock.now().plus(Duration::from_secs(1))),
+        )
+        .await
+        .unwrap();
+    assert!(later.is_empty());
+    assert!("week".parse::<LedgerGroup>().is_err());
+}
+
+#[tokio::test]
+async fn the_request_log_is_batched_and_filterable() {
+    let (pool, clock) = pool_with(&[]).await;
+    for i in 0..3 {
+        let mut e = RequestLogEntry::new(format!("r{i}"), clock.now(), "/v1/responses");
+        e.key_id = Some(format!("k{}", i % 2));
+        e.accounts_tried = vec!["a".into()];
+        e.status = 200;
+        pool.request_log().record(e);
+    }
+    let rows = pool
+        .request_log()
+        .list(&RequestLogQuery::latest(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.request_id.as_str())
+            .collect::<Vec<_>>(),
+        ["r2", "r1", "r0"]
+    );
+    assert_eq!(
+        pool.request_log()
+            .list(&RequestLogQuery::latest(10).key("k1"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -1,0 +1,1994 @@
+//! OpenAI Chat Completions on top of the Codex Responses backend (PROTOCOL.md §5).
+//!
+//! [`chat_to_responses`] maps a chat request to a Responses body that already satisfies the body
+//! rules (messages to input items, tools flattened, `response_format` to `text.format`, unsupported
+//! sampling parameters dropped and named). On the way back, one state machine turns Responses
+//! events into chat output and feeds one of two sinks: [`ChatStream`] writes
+//! `chat.completion.chunk` SSE frames straight into a [`BytesMut`] (the constant head of every chunk
+//! is serialized once per stream, only the delta text is escaped per event), and
+//! [`ChatAssembler`] accumulates one `chat.completion` for `stream: false` clients. Sharing the
+//! state machine keeps both answers identical: same tool-call indices, same `finish_reason`, same
+//! handling of streams that only announce text in `output_item.done`.
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::event::{
+    EventError, EventKind, FailureKind, ResponseRef, ResponsesEvent, TokenUsage, UpstreamFailure,
+};
+use super::responses::include_list;
+use super::{
+    AssembleError, DEFAULT_INSTRUCTIONS, ObjectWriter, Overrides, RequestError, Shallow,
+    UpstreamRequest, bool_field, parse_object, raw_str, write_json,
+};
+use crate::sse::{DONE_FRAME, SseEvent};
+
+/// What the route needs to answer a chat client, decided from its request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatOptions {
+    /// The model asked for (after [`Overrides::model`]); reported when the upstream names none.
+    pub model: String,
+    /// `stream`: answer with chunks (else one `chat.completion`).
+    pub stream: bool,
+    /// `stream_options.include_usage`: send a last chunk with `usage` before `[DONE]`.
+    pub include_usage: bool,
+}
+
+/// Top-level chat fields that are translated; anything else is dropped and reported.
+const CHAT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "reasoning_effort",
+    "verbosity",
+    "stream",
+    "stream_options",
+    "n",
+    "prompt_cache_key",
+    "service_tier",
+];
+
+/// Maps a Chat Completions request body to a Responses body (already following the body rules).
+///
+/// Leading `system`/`developer` messages become `instructions` (else [`DEFAULT_INSTRUCTIONS`]),
+/// later ones `developer` messages; user text and `image_url` parts become `input_text` and
+/// `input_image`; assistant text becomes an `output_text` message and its `tool_calls`
+/// `function_call` items; `tool` messages become `function_call_output` items. `tools`,
+/// `tool_choice`, `parallel_tool_calls`, `response_format`, `reasoning_effort` (with
+/// `summary: "auto"`, so reasoning reaches the client as `reasoning_content`) and `verbosity` are
+/// translated; `temperature`, `top_p`, `max_tokens`, `stop`, penalties, `logprobs`, `seed`, `user`,
+/// `metadata` and unknown keys are dropped and listed in [`UpstreamRequest::dropped`]. `n` other than
+/// 1 is an error. Errors name the field (`messages[2].role: unknown role "foo"`).
+pub fn chat_to_responses(
+    body: &[u8],
+    overrides: &Overrides<'_>,
+) -> Result<(UpstreamRequest, ChatOptions), RequestError> {
+    let obj = parse_object(body)?;
+    let mut dropped: Vec<String> = Vec::new();
+    for (key, value) in &obj.0 {
+        if !CHAT_FIELDS.contains(&key.as_ref())
+            && !super::is_null(value)
+            && !dropped.iter().any(|d| d == key)
+        {
+            dropped.push(key.to_string());
+        }
+    }
+
+    let client_model = super::str_field(&obj, "model", || "model".to_owned())?;
+    let model: Cow<'_, str> = match (overrides.model, client_model) {
+        (Some(forced), _) => Cow::Borrowed(forced),
+        (None, Some(model)) if !model.trim().is_empty() => model,
+        (None, Some(_)) => return Err(RequestError::field("model", "must not be empty")),
+        (None, None) => return Err(RequestError::field("model", "required")),
+    };
+    if let Some(n) = obj.get("n")
+        && n.get() != "1"
+    {
+        return Err(RequestError::field("n", "only n=1 is supported"));
+    }
+    let stream = bool_field(&obj, "stream")?.unwrap_or(false);
+    let include_usage = match obj.get("stream_options") {
+        None => false,
+        Some(raw) => {
+            let options: Shallow<'_> = serde_json::from_str(raw.get())
+                .map_err(|_| RequestError::field("stream_options", "must be an object"))?;
+            bool_field(&options, "include_usage")
+                .map_err(|_| {
+                    RequestError::field("stream_options.include_usage", "must be a boolean")
+                })?
+                .unwrap_or(false)
+        }
+    };
+
+    let messages = obj
+        .get("messages")
+        .ok_or_else(|| RequestError::field("messages", "required"))?;
+    let messages: Vec<&RawValue> = serde_json::from_str(messages.get())
+        .map_err(|_| RequestError::field("messages", "must be an array"))?;
+    if messages.is_empty() {
+        return Err(RequestError::field("messages", "must not be empty"));
+    }
+    let mut instructions = String::new();
+    let mut input: Vec<Item<'_>> = Vec::with_capacity(messages.len());
+    let mut leading = true;
+    for (i, message) in messages.iter().enumerate() {
+        convert_message(i, message, &mut leading, &mut instructions, &mut input)?;
+    }
+    if instructions.trim().is_empty() {
+        DEFAULT_INSTRUCTIONS.clone_into(&mut instructions);
+    }
+
+    let tools = match obj.get("tools") {
+        None => None,
+        Some(raw) => Some(convert_tools(raw)?),
+    };
+    let tool_choice = obj
+        .get("tool_choice")
+        .map(convert_tool_choice)
+        .transpose()?;
+    let parallel_tool_calls = bool_field(&obj, "parallel_tool_calls")?;
+    let format = obj
+        .get("response_format")
+        .map(convert_response_format)
+        .transpose()?;
+    let verbosity = super::str_field(&obj, "verbosity", || "verbosity".to_owned())?;
+    let effort = match overrides.reasoning_effort {
+        Some(effort) => Some(Cow::Borrowed(effort)),
+        None => super::str_field(&obj, "reasoning_effort", || "reasoning_effort".to_owned())?,
+    };
+    let prompt_cache_key =
+        super::str_field(&obj, "prompt_cache_key", || "prompt_cache_key".to_owned())?;
+    let include = include_list(None, effort.is_some())?;
+
+    let mut out = Vec::with_capacity(body.len() + 256);
+    let mut w = ObjectWriter::new(&mut out);
+    w.value("model", &*model);
+    w.value("instructions", &instructions);
+    w.value("input", &input);
+    if let Some(tools) = &tools {
+        w.value("tools", tools);
+    }
+    if let Some(choice) = &tool_choice {
+        w.value("tool_choice", choice);
+    }
+    if let Some(parallel) = parallel_tool_calls {
+        w.value("parallel_tool_calls", &parallel);
+    }
+    if let Some(effort) = &effort {
+        w.value(
+            "reasoning",
+            &Reasoning {
+                effort,
+                summary: "auto",
+            },
+        );
+    }
+    w.raw("store", "false");
+    w.raw("stream", "true");
+    if !include.is_empty() {
+        w.value("include", &include);
+    }
+    if let Some(key) = &prompt_cache_key {
+        w.value("prompt_cache_key", key);
+    }
+    if format.is_some() || verbosity.is_some() {
+        w.value(
+            "text",
+            &TextConfig {
+                format,
+                verbosity: verbosity.as_deref(),
+            },
+        );
+    }
+    if let Some(tier) = obj.get("service_tier") {
+        w.raw("service_tier", tier.get());
+    }
+    w.end();
+
+    let model = model.into_owned();
+    Ok((
+        UpstreamRequest {
+            body: Bytes::from(out),
+            model: model.clone(),
+            stream,
+            dropped,
+            prompt_cache_key: prompt_cache_key.map(Cow::into_owned),
+        },
+        ChatOptions {
+            model,
+            stream,
+            include_usage,
+        },
+    ))
+}
+
+/// A Responses input item.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Item<'a> {
+    Message {
+        role: &'static str,
+        content: Vec<Part<'a>>,
+    },
+    FunctionCall {
+        call_id: Cow<'a, str>,
+        name: Cow<'a, str>,
+        arguments: Cow<'a, str>,
+    },
+    FunctionCallOutput {
+        call_id: Cow<'a, str>,
+        output: Cow<'a, str>,
+    },
+}
+
+/// A content part of a Responses message.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Part<'a> {
+    InputText {
+        text: Cow<'a, str>,
+    },
+    OutputText {
+        text: Cow<'a, str>,
+    },
+    InputImage {
+        image_url: Cow<'a, str>,
+        detail: Cow<'a, str>,
+    },
+}
+
+#[derive(Serialize)]
+struct Reasoning<'a> {
+    effort: &'a str,
+    summary: &'static str,
+}
+
+#[derive(Serialize)]
+struct TextConfig<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<Format<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verbosity: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Format<'a> {
+    Text,
+    JsonObject,
+    JsonSchema {
+        name: Cow<'a, str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        description: Option<&'a RawValue>,
+        schema: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        strict: Option<&'a RawValue>,
+    },
+}
+
+#[derive(Serialize)]
+struct FlatTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    name: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a RawValue>,
+    parameters: &'a RawValue,
+    strict: StrictFlag<'a>,
+}
+
+/// The client's `strict`, else `false`: chat tools default to non-strict, Responses tools to
+/// strict, and strict mode rejects most hand-written schemas.
+enum StrictFlag<'a> {
+    Client(&'a RawValue),
+    Default,
+}
+
+impl Serialize for StrictFlag<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Client(raw) => raw.serialize(s),
+            Self::Default => s.serialize_bool(false),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ToolChoice<'a> {
+    Mode(Cow<'a, str>),
+    Function {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        name: Cow<'a, str>,
+    },
+}
+
+/// Fields of a chat message, read leniently and checked one by one for precise errors.
+#[derive(Deserialize)]
+struct MessageFields<'a> {
+    #[serde(borrow)]
+    role: Option<&'a RawValue>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_calls: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_call_id: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PartFields<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow)]
+    refusal: Option<&'a RawValue>,
+    #[serde(borrow)]
+    image_url: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ImageUrlFields<'a> {
+    #[serde(borrow)]
+    url: Option<&'a RawValue>,
+    #[serde(borrow)]
+    detail: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallFields<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    function: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct FunctionFields<'a> {
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    description: Option<&'a RawValue>,
+    #[serde(borrow)]
+    parameters: Option<&'a RawValue>,
+    #[serde(borrow)]
+    strict: Option<&'a RawValue>,
+    #[serde(borrow)]
+    arguments: Option<&'a RawValue>,
+}
+
+fn not_null(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.filter(|r| !super::is_null(r))
+}
+
+/// `raw` parsed as `T`, or an error naming `path`.
+fn fields<'a, T: Deserialize<'a>>(
+    raw: &'a RawValue,
+    path: &dyn Fn() -> String,
+) -> Result<T, RequestError> {
+    serde_json::from_str(raw.get()).map_err(|_| RequestError::field(path(), "must be an object"))
+}
+
+/// A required string field.
+fn required_str<'a>(
+    raw: Option<&'a RawValue>,
+    path: &dyn Fn() -> String,
+) -> Result<Cow<'a, str>, RequestError> {
+    match not_null(raw) {
+        None => Err(RequestError::field(path(), "required")),
+        Some(raw) => raw_str(raw).ok_or_else(|| RequestError::field(path(), "must be a string")),
+    }
+}
+
+/// An array field as raw elements.
+fn array<'a>(
+    raw: &'a RawValue,
+    path: &dyn Fn() -> String,
+) -> Result<Vec<&'a RawValue>, RequestError> {
+    serde_json::from_str(raw.get()).map_err(|_| RequestError::field(path(), "must be an array"))
+}
+
+fn convert_message<'a>(
+    i: usize,
+    message: &'a RawValue,
+    leading: &mut bool,
+    instructions: &mut String,
+    input: &mut Vec<Item<'a>>,
+) -> Result<(), RequestError> {
+    let path = |field: &str| format!("messages[{i}]{field}");
+    let m: MessageFields<'a> = fields(message, &|| path(""))?;
+    let role = required_str(m.role, &|| path(".role"))?;
+    let content = not_null(m.content);
+    let content_path = || path(".content");
+    match role.as_ref() {
+        "system" | "developer" => {
+            let text = text_content(content, &content_path, false)?;
+            if *leading {
+                if !instructions.is_empty() && !text.is_empty() {
+                    instructions.push_str("\n\n");
+                }
+                instructions.push_str(&text);
+            } else {
+                input.push(Item::Message {
+                    role: "developer",
+                    content: vec![Part::InputText { text }],
+                });
+            }
+            return Ok(());
+        }
+        "user" => input.push(Item::Message {
+            role: "user",
+            content: user_content(content, &content_path)?,
+        }),
+        "assistant" => {
+            let text = text_content(content, &content_path, true)?;
+            if !text.is_empty() {
+                input.push(Item::Message {
+                    role: "assistant",
+                    content: vec![Part::OutputText { text }],
+                });
+            }
+            if let Some(calls) = not_null(m.tool_calls) {
+                let calls_path = || path(".tool_calls");
+                for (k, call) in array(calls, &calls_path)?.into_iter().enumerate() {
+                    let call_path = |field: &str| format!("messages[{i}].tool_calls[{k}]{field}");
+                    input.push(convert_tool_call(call, &call_path)?);
+                }
+            }
+        }
+        "tool" => {
+            let call_id = required_str(m.tool_call_id, &|| path(".tool_call_id"))?;
+            let output = text_content(content, &content_path, false)?;
+            input.push(Item::FunctionCallOutput { call_id, output });
+        }
+        other => {
+            return Err(RequestError::field(
+                path(".role"),
+                format!("unknown role {}", quoted(other)),
+            ));
+        }
+    }
+    *leading = false;
+    Ok(())
+}
+
+fn convert_tool_call<'a>(
+    call: &'a RawValue,
+    path: &dyn Fn(&str) -> String,
+) -> Result<Item<'a>, RequestError> {
+    let c: ToolCallFields<'a> = fields(call, &|| path(""))?;
+    if let Some(kind) = not_null(c.kind) {
+        let kind =
+            raw_str(kind).ok_or_else(|| RequestError::field(path(".type"), "must be a string"))?;
+        if kind != "function" {
+            return Err(RequestError::field(
+                path(".type"),
+                format!("unsupported tool call type {}", quoted(&kind)),
+            ));
+        }
+    }
+    let call_id = required_str(c.id, &|| path(".id"))?;
+    let function =
+        not_null(c.function).ok_or_else(|| RequestError::field(path(".function"), "required"))?;
+    let f: FunctionFields<'a> = fields(function, &|| path(".function"))?;
+    let name = required_str(f.name, &|| path(".function.name"))?;
+    let arguments = match not_null(f.arguments) {
+        None => Cow::Borrowed("{}"),
+        // Arguments are JSON text; some clients send the object itself.
+        Some(raw) => raw_str(raw).unwrap_or(Cow::Borrowed(raw.get())),
+    };
+    Ok(Item::FunctionCall {
+        call_id,
+        name,
+        arguments,
+    })
+}
+
+/// Text of a system/assistant/tool message: a string, or `text` (and for assistants `refusal`)
+/// parts joined by newlines.
+fn text_content<'a>(
+    content: Option<&'a RawValue>,
+    path: &dyn Fn() -> String,
+    assistant: bool,
+) -> Result<Cow<'a, str>, RequestError> {
+    let Some(content) = content else {
+        return Ok(Cow::Borrowed(""));
+    };
+    if let Some(text) = raw_str(content) {
+        return Ok(text);
+    }
+    let parts = serde_json::from_str::<Vec<&RawValue>>(content.get())
+        .map_err(|_| RequestError::field(path(), "must be a string or an array of parts"))?;
+    let mut texts: Vec<Cow<'a, str>> = Vec::with_capacity(parts.len());
+    for (j, part) in parts.into_iter().enumerate() {
+        let part_path = |field: &str| format!("{}[{j}]{field}", path());
+        let p: PartFields<'a> = fields(part, &|| part_path(""))?;
+        let kind = required_str(p.kind, &|| part_path(".type"))?;
+        let text = match kind.as_ref() {
+            "text" => required_str(p.text, &|| part_path(".text"))?,
+            "refusal" if assistant => required_str(p.refusal, &|| part_path(".refusal"))?,
+            other => {
+                return Err(RequestError::field(
+                    part_path(".type"),
+                    format!("unsupported content part {}", quoted(other)),
+                ));
+            }
+        };
+        texts.push(text);
+    }
+    Ok(match texts.len() {
+        0 => Cow::Borrowed(""),
+        1 => texts.swap_remove(0),
+        _ => Cow::Owned(texts.join("\n")),
+    })
+}
+
+fn user_content<'a>(
+    content: Option<&'a RawValue>,
+    path: &dyn Fn() -> String,
+) -> Result<Vec<Part<'a>>, RequestError> {
+    let Some(content) = content else {
+        return Err(RequestError::field(path(), "required"));
+    };
+    if let Some(text) = raw_str(content) {
+        return Ok(vec![Part::InputText { text }]);
+    }
+    let parts = serde_json::from_str::<Vec<&RawValue>>(content.get())
+        .map_err(|_| RequestError::field(path(), "must be a string or an array of parts"))?;
+    let mut out = Vec::with_capacity(parts.len());
+    for (j, part) in parts.into_iter().enumerate() {
+        let part_path = |field: &str| format!("{}[{j}]{field}", path());
+        let p: PartFields<'a> = fields(part, &|| part_path(""))?;
+        let kind = required_str(p.kind, &|| part_path(".type"))?;
+        out.push(match kind.as_ref() {
+            "text" => Part::InputText {
+                text: required_str(p.text, &|| part_path(".text"))?,
+            },
+            "image_url" => {
+                let image = not_null(p.image_url)
+                    .ok_or_else(|| RequestError::field(part_path(".image_url"), "required"))?;
+                let (url, detail) = match raw_str(image) {
+                    Some(url) => (url, None),
+                    None => {
+                        let f: ImageUrlFields<'a> = fields(image, &|| part_path(".image_url"))?;
+                        let url = required_str(f.url, &|| part_path(".image_url.url"))?;
+                        (url, not_null(f.detail).and_then(raw_str))
+                    }
+                };
+                Part::InputImage {
+                    image_url: url,
+                    detail: detail.unwrap_or(Cow::Borrowed("auto")),
+                }
+            }
+            other => {
+                return Err(RequestError::field(
+                    part_path(".type"),
+                    format!("unsupported content part {}", quoted(other)),
+                ));
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// The JSON schema used when a function declares no parameters.
+fn empty_parameters() -> &'static RawValue {
+    static EMPTY: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| {
+        RawValue::from_string(r#"{"type":"object","properties":{}}"#.to_owned())
+            .unwrap_or_else(|_| RawValue::NULL.to_owned())
+    })
+}
+
+fn convert_tools(raw: &RawValue) -> Result<Vec<FlatTool<'_>>, RequestError> {
+    let tools = array(raw, &|| "tools".to_owned())?;
+    let mut out = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.into_iter().enumerate() {
+        let path = |field: &str| format!("tools[{i}]{field}");
+        let t: ToolCallFields<'_> = fields(tool, &|| path(""))?;
+        let kind = required_str(t.kind, &|| path(".type"))?;
+        if kind != "function" {
+            return Err(RequestError::field(
+                path(".type"),
+                format!("unsupported tool type {}", quoted(&kind)),
+            ));
+        }
+        let function = not_null(t.function)
+            .ok_or_else(|| RequestError::field(path(".function"), "required"))?;
+        let f: FunctionFields<'_> = fields(function, &|| path(".function"))?;
+        out.push(FlatTool {
+            kind: "function",
+            name: required_str(f.name, &|| path(".function.name"))?,
+            description: not_null(f.description),
+            parameters: not_null(f.parameters).unwrap_or(empty_parameters()),
+            strict: not_null(f.strict).map_or(StrictFlag::Default, StrictFlag::Client),
+        });
+    }
+    Ok(out)
+}
+
+fn convert_tool_choice(raw: &RawValue) -> Result<ToolChoice<'_>, RequestError> {
+    if let Some(mode) = raw_str(raw) {
+        return match mode.as_ref() {
+            "none" | "auto" | "required" => Ok(ToolChoice::Mode(mode)),
+            other => Err(RequestError::field(
+                "tool_choice",
+                format!("unsupported value {}", quoted(other)),
+            )),
+        };
+    }
+    let c: ToolCallFields<'_> = fields(raw, &|| "tool_choice".to_owned())?;
+    let kind = required_str(c.kind, &|| "tool_choice.type".to_owned())?;
+    if kind != "function" {
+        return Err(RequestError::field(
+            "tool_choice.type",
+            format!("unsupported tool choice {}", quoted(&kind)),
+        ));
+    }
+    let function = not_null(c.function)
+        .ok_or_else(|| RequestError::field("tool_choice.function", "required"))?;
+    let f: FunctionFields<'_> = fields(function, &|| "tool_choice.function".to_owned())?;
+    Ok(ToolChoice::Function {
+        kind: "function",
+        name: required_str(f.name, &|| "tool_choice.function.name".to_owned())?,
+    })
+}
+
+#[derive(Deserialize)]
+struct ResponseFormatFields<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    json_schema: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct JsonSchemaFields<'a> {
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    description: Option<&'a RawValue>,
+    #[serde(borrow)]
+    schema: Option<&'a RawValue>,
+    #[serde(borrow)]
+    strict: Option<&'a RawValue>,
+}
+
+fn convert_response_format(raw: &RawValue) -> Result<Format<'_>, RequestError> {
+    let f: ResponseFormatFields<'_> = fields(raw, &|| "response_format".to_owned())?;
+    let kind = required_str(f.kind, &|| "response_format.type".to_owned())?;
+    match kind.as_ref() {
+        "text" => Ok(Format::Text),
+        "json_object" => Ok(Format::JsonObject),
+        "json_schema" => {
+            let schema = not_null(f.json_schema)
+                .ok_or_else(|| RequestError::field("response_format.json_schema", "required"))?;
+            let s: JsonSchemaFields<'_> =
+                fields(schema, &|| "response_format.json_schema".to_owned())?;
+            let name = match not_null(s.name) {
+                None => Cow::Borrowed("response"),
+                Some(_) => required_str(s.name, &|| "response_format.json_schema.name".to_owned())?,
+            };
+            Ok(Format::JsonSchema {
+                name,
+                description: not_null(s.description),
+                schema: not_null(s.schema).unwrap_or(empty_parameters()),
+                strict: not_null(s.strict),
+            })
+        }
+        other => Err(RequestError::field(
+            "response_format.type",
+            format!("unsupported format {}", quoted(other)),
+        )),
+    }
+}
+
+/// `"value"` with JSON escaping, for error messages (client strings may hold anything).
+fn quoted(value: &str) -> String {
+    let mut out = Vec::with_capacity(value.len() + 2);
+    write_json(&mut out, value);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses events → chat output
+// ---------------------------------------------------------------------------------------------
+
+/// One piece of chat output, produced by [`Translator`] and rendered by a sink.
+enum Op<'x> {
+    Role,
+    Content(&'x str),
+    Reasoning(&'x str),
+    ToolStart {
+        index: usize,
+        id: &'x str,
+        name: &'x str,
+    },
+    ToolArgs {
+        index: usize,
+        args: &'x str,
+    },
+    Finish {
+        reason: &'static str,
+    },
+    Fail(&'x UpstreamFailure),
+}
+
+/// Identity of the chat answer; fixed once the first piece of output is produced.
+#[derive(Debug, Clone)]
+struct Meta {
+    id: String,
+    model: String,
+    created: i64,
+}
+
+#[derive(Debug)]
+struct ToolState {
+    output_index: Option<u64>,
+    item_id: Option<String>,
+    args_sent: bool,
+}
+
+/// The state machine shared by [`ChatStream`] and [`ChatAssembler`].
+#[derive(Debug)]
+struct Translator {
+    meta: Meta,
+    started: bool,
+    done: bool,
+    tools: Vec<ToolState>,
+    /// Output indices of message items whose text arrived as deltas.
+    texted: Vec<Option<u64>>,
+    /// Output indices of reasoning items whose text arrived as deltas.
+    reasoned: Vec<Option<u64>>,
+    /// (output index, summary index) of the last reasoning text, to separate summary parts.
+    last_reasoning: Option<(Option<u64>, Option<u64>)>,
+    usage: Option<TokenUsage>,
+}
+
+/// Used when the upstream never names its response (it always does in practice).
+const FALLBACK_ID: &str = "chatcmpl-codexpool";
+
+impl Translator {
+    fn new(options: &ChatOptions, created: i64) -> Self {
+        Self {
+            meta: Meta {
+                id: FALLBACK_ID.to_owned(),
+                model: options.model.clone(),
+                created,
+            },
+            started: false,
+            done: false,
+            tools: Vec::new(),
+            texted: Vec::new(),
+            reasoned: Vec::new(),
+            last_reasoning: None,
+            usage: None,
+        }
+    }
+
+    fn adopt(&mut self, response: &ResponseRef<'_>) {
+        if self.started {
+            return;
+        }
+        if let Some(id) = response.id.as_deref().filter(|id| !id.is_empty()) {
+            self.meta.id = format!("chatcmpl-{}", id.strip_prefix("resp_").unwrap_or(id));
+        }
+        if let Some(model) = response.model.as_deref().filter(|m| !m.is_empty()) {
+            model.clone_into(&mut self.meta.model);
+        }
+        if let Some(created) = response.created_at {
+            self.meta.created = created;
+        }
+    }
+
+    fn start(&mut self, sink: &mut impl Sink) {
+        if !self.started {
+            self.started = true;
+            sink.op(&self.meta, Op::Role);
+        }
+    }
+
+    fn find_tool(&self, output_index: Option<u64>, item_id: Option<&str>) -> Option<usize> {
+        self.tools.iter().position(|t| {
+            (output_index.is_some() && t.output_index == output_index)
+                || (item_id.is_some() && t.item_id.as_deref() == item_id)
+        })
+    }
+
+    fn reasoning(&mut self, key: (Option<u64>, Option<u64>), text: &str, sink: &mut impl Sink) {
+        if text.is_empty() {
+            return;
+        }
+        let separate = self.last_reasoning.is_some_and(|last| last != key);
+        self.last_reasoning = Some(key);
+        if !self.reasoned.contains(&key.0) {
+            self.reasoned.push(key.0);
+        }
+        self.start(sink);
+        if separate {
+            sink.op(&self.meta, Op::Reasoning(&format!("\n\n{text}")));
+        } else {
+            sink.op(&self.meta, Op::Reasoning(text));
+        }
+    }
+
+    fn finish(&mut self, reason: &'static str, response: &ResponseRef<'_>, sink: &mut impl Sink) {
+        self.adopt(response);
+        self.usage = response.usage;
+        self.start(sink);
+        self.done = true;
+        sink.op(&self.meta, Op::Finish { reason });
+    }
+
+    fn fail(&mut self, failure: &UpstreamFailure, sink: &mut impl Sink) {
+        if !self.done {
+            self.done = true;
+            sink.op(&self.meta, Op::Fail(failure));
+        }
+    }
+
+    fn handle(&mut self, event: &ResponsesEvent<'_>, sink: &mut impl Sink) {
+        use ResponsesEvent as E;
+        if self.done {
+            return;
+        }
+        match event {
+            E::Created(response) | E::InProgress(response) => self.adopt(response),
+            E::OutputItemAdded { output_index, item } if item.is_function_call() => {
+                let index = self.tools.len();
+                self.tools.push(ToolState {
+                    output_index: *output_index,
+                    item_id: item.id.as_deref().map(str::to_owned),
+                    args_sent: false,
+                });
+                self.start(sink);
+                let id = item.call_id.as_deref().or(item.id.as_deref()).unwrap_or("");
+                let name = item.name.as_deref().unwrap_or("");
+                sink.op(&self.meta, Op::ToolStart { index, id, name });
+            }
+            E::OutputTextDelta(d) if !d.delta.is_empty() => {
+                if !self.texted.contains(&d.output_index) {
+                    self.texted.push(d.output_index);
+                }
+                self.start(sink);
+                sink.op(&self.meta, Op::Content(&d.delta));
+            }
+            E::ReasoningSummaryTextDelta(d) | E::ReasoningTextDelta(d) => {
+                self.reasoning((d.output_index, d.summary_index), &d.delta, sink);
+            }
+            E::FunctionCallArgumentsDelta(d) if !d.delta.is_empty() => {
+                if let Some(index) = self.find_tool(d.output_index, d.item_id.as_deref()) {
+                    self.tools[index].args_sent = true;
+                    sink.op(
+                        &self.meta,
+                        Op::ToolArgs {
+                            index,
+                            args: &d.delta,
+                        },
+                    );
+                }
+            }
+            E::OutputItemDone { output_index, item } => match item.kind.as_deref() {
+                Some("function_call") => {
+                    let args = item.arguments.as_deref().unwrap_or("");
+                    let index = match self.find_tool(*output_index, item.id.as_deref()) {
+                        Some(index) => index,
+                        None => {
+                            // Never announced: announce it now, whole.
+                            let index = self.tools.len();
+                            self.tools.push(ToolState {
+                                output_index: *output_index,
+                                item_id: item.id.as_deref().map(str::to_owned),
+                                args_sent: false,
+                            });
+                            self.start(sink);
+                            let id = item.call_id.as_deref().or(item.id.as_deref()).unwrap_or("");
+                            let name = item.name.as_deref().unwrap_or("");
+                            sink.op(&self.meta, Op::ToolStart { index, id, name });
+                            index
+                        }
+                    };
+                    if !self.tools[index].args_sent && !args.is_empty() {
+                        self.tools[index].args_sent = true;
+                        sink.op(&self.meta, Op::ToolArgs { index, args });
+                    }
+                }
+                Some("message") if !self.texted.contains(output_index) => {
+                    let text = item.text();
+                    if !text.is_empty() {
+                        self.texted.push(*output_index);
+                        self.start(sink);
+                        sink.op(&self.meta, Op::Content(&text));
+                    }
+                }
+                Some("reasoning") if !self.reasoned.contains(output_index) => {
+                    let summary = item.summary_text();
+                    self.reasoning((*output_index, None), &summary, sink);
+                }
+                _ => {}
+            },
+            E::Completed(response) => {
+                let reason = if self.tools.is_empty() {
+                    "stop"
+                } else {
+                    "tool_calls"
+                };
+                self.finish(reason, response, sink);
+            }
+            E::Incomplete(response) => {
+                let reason = match response.incomplete_reason.as_deref() {
+                    Some("content_filter") => "content_filter",
+                    _ => "length",
+                };
+                self.finish(reason, response, sink);
+            }
+            E::Failed(response) => self.fail(&response.failure(), sink),
+            E::Error(error) => self.fail(&error.to_failure(None), sink),
+            _ => {}
+        }
+    }
+}
+
+/// Where [`Translator`] output goes.
+trait Sink {
+    fn op(&mut self, meta: &Meta, op: Op<'_>);
+}
+
+/// Parses the events translators care about; others (and untyped payloads) are `None`.
+fn parse_relevant(event: &SseEvent) -> Result<Option<ResponsesEvent<'_>>, EventError> {
+    let Some(kind) = event.event_type() else {
+        return Ok(None);
+    };
+    match EventKind::from_type(&kind) {
+        EventKind::ContentPartAdded
+        | EventKind::OutputTextDone
+        | EventKind::FunctionCallArgumentsDone
+        | EventKind::Other => Ok(None),
+        _ => ResponsesEvent::parse_as(kind, event.data()).map(Some),
+    }
+}
+
+/// The failure reported when the upstream stream ends without a final event.
+fn truncated_failure() -> UpstreamFailure {
+    UpstreamFailure {
+        kind: FailureKind::Server,
+        status: None,
+        code: Some("stream_truncated".to_owned()),
+        message: "upstream stream ended before the response completed".to_owned(),
+    }
+}
+
+/// Translates a Responses event stream into `chat.completion.chunk` SSE frames.
+///
+/// Feed every upstream event (after the failover loop committed) to [`push`](Self::push), then
+/// call [`finish`](Self::finish) at end of input; send whatever they append to `out`. The output is
+/// a `role` chunk, `content` / `reasoning_content` / `tool_calls` chunks, a chunk with
+/// `finish_reason`, the `usage` chunk when asked, and `data: [DONE]`; a failure becomes an
+/// `{"error":{…}}` frame followed by `[DONE]`.
+#[derive(Debug)]
+pub struct ChatStream {
+    translator: Translator,
+    /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…` — the same for every chunk.
+    head: Vec<u8>,
+    include_usage: bool,
+}
+
+impl ChatStream {
+    /// A translator for one response; `created` (epoch seconds) is used if the upstream does not
+    /// say when the response was created.
+    pub fn new(options: &ChatOptions, created: i64) -> Self {
+        Self {
+            translator: Translator::new(options, created),
+            head: Vec::new(),
+            include_usage: options.include_usage,
+        }
+    }
+
+    /// Translates one upstream event, appending frames to `out`. Unknown event types are ignored;
+    /// an event of a known type that cannot be parsed is an error (and nothing is written: call
+    /// [`fail`](Self::fail) to end the stream with an error frame).
+    pub fn push(&mut self, event: &SseEvent, out: &mut BytesMut) -> Result<(), EventError> {
+        if self.translator.done {
+            return Ok(());
+        }
+        if let Some(parsed) = parse_relevant(event)? {
+            self.push_event(&parsed, out);
+        }
+        Ok(())
+    }
+
+    /// Translates one already-parsed event.
+    pub fn push_event(&mut self, event: &ResponsesEvent<'_>, out: &mut BytesMut) {
+        let mut sink = ChunkSink {
+            head: &mut self.head,
+            out,
+            include_usage: self.include_usage,
+            usage: None,
+        };
+        if let ResponsesEvent::Completed(r) | ResponsesEvent::Incomplete(r) = event {
+            sink.usage = r.usage;
+        }
+        self.translator.handle(event, &mut sink);
+    }
+
+    /// Ends the stream with an error frame and `[DONE]` (no-op once the stream has ended).
+    pub fn fail(&mut self, failure: &UpstreamFailure, out: &mut BytesMut) {
+        let mut sink = ChunkSink {
+            head: &mut self.head,
+            out,
+            include_usage: self.include_usage,
+            usage: None,
+        };
+        self.translator.fail(failure, &mut sink);
+    }
+
+    /// End of the upstream body: if no final event arrived, ends the stream with an error frame
+    /// (`stream_truncated`) and `[DONE]`, never silently.
+    pub fn finish(&mut self, out: &mut BytesMut) {
+        self.fail(&truncated_failure(), out);
+    }
+
+    /// Whether the chat stream has ended (`[DONE]` written).
+    pub fn is_done(&self) -> bool {
+        self.translator.done
+    }
+
+    /// The usage reported by the final event, once seen.
+    pub fn usage(&self) -> Option<TokenUsage> {
+        self.translator.usage
+    }
+}
+
+/// Renders translator output as chunk frames.
+struct ChunkSink<'s> {
+    head: &'s mut Vec<u8>,
+    out: &'s mut BytesMut,
+    include_usage: bool,
+    usage: Option<TokenUsage>,
+}
+
+impl ChunkSink<'_> {
+    fn json<T: Serialize + ?Sized>(&mut self, value: &T) {
+        if serde_json::to_writer((&mut *self.out).writer(), value).is_err() {
+            debug_assert!(false, "serializing into memory cannot fail");
+        }
+    }
+
+    fn begin(&mut self, meta: &Meta) {
+        if self.head.is_empty() {
+            let mut w = ObjectWriter::new(self.head);
+            w.value("id", &meta.id);
+            w.raw("object", r#""chat.completion.chunk""#);
+            w.value("created", &meta.created);
+            w.value("model", &meta.model);
+            // Left open (no `end`): each chunk appends its own fields and the closing brace.
+        }
+        self.out.extend_from_slice(b"data: ");
+        self.out.extend_from_slice(self.head);
+    }
+
+    /// A chunk whose only choice has `delta` (written by `delta`) and `finish_reason`.
+    fn chunk(&mut self, meta: &Meta, finish: Option<&str>, delta: impl FnOnce(&mut Self)) {
+        self.begin(meta);
+        self.out
+            .extend_from_slice(br#","choices":[{"index":0,"delta":"#);
+        delta(self);
+        self.out.extend_from_slice(br#","finish_reason":"#);
+        match finish {
+            Some(reason) => self.json(reason),
+            None => self.out.extend_from_slice(b"null"),
+        }
+        self.out.extend_from_slice(b"}]}\n\n");
+    }
+}
+
+impl Sink for ChunkSink<'_> {
+    fn op(&mut self, meta: &Meta, op: Op<'_>) {
+        match op {
+            Op::Role => self.chunk(meta, None, |s| {
+                s.out
+                    .extend_from_slice(br#"{"role":"assistant","content":""}"#);
+            }),
+            Op::Content(text) => self.chunk(meta, None, |s| {
+                s.out.extend_from_slice(br#"{"content":"#);
+                s.json(text);
+                s.out.put_u8(b'}');
+            }),
+            Op::Reasoning(text) => self.chunk(meta, None, |s| {
+                s.out.extend_from_slice(br#"{"reasoning_content":"#);
+                s.json(text);
+                s.out.put_u8(b'}');
+            }),
+            Op::ToolStart { index, id, name } => self.chunk(meta, None, |s| {
+                s.out.extend_from_slice(br#"{"tool_calls":[{"index":"#);
+                s.json(&index);
+                s.out.extend_from_slice(br#","id":"#);
+                s.json(id);
+                s.out
+                    .extend_from_slice(br#","type":"function","function":{"name":"#);
+                s.json(name);
+                s.out.extend_from_slice(br#","arguments":""}}]}"#);
+            }),
+            Op::ToolArgs { index, args } => self.chunk(meta, None, |s| {
+                s.out.extend_from_slice(br#"{"tool_calls":[{"index":"#);
+                s.json(&index);
+                s.out.extend_from_slice(br#","function":{"arguments":"#);
+                s.json(args);
+                s.out.extend_from_slice(b"}}]}");
+            }),
+            Op::Finish { reason } => {
+                self.chunk(meta, Some(reason), |s| s.out.extend_from_slice(b"{}"));
+                if self.include_usage {
+                    self.begin(meta);
+                    self.out.extend_from_slice(br#","choices":[],"usage":"#);
+                    let usage = ChatUsage::from(self.usage.unwrap_or_default());
+                    self.json(&usage);
+                    self.out.extend_from_slice(b"}\n\n");
+                }
+                self.out.extend_from_slice(DONE_FRAME);
+            }
+            Op::Fail(failure) => {
+                self.out.extend_from_slice(b"data: ");
+                self.json(&ErrorBody::from(failure));
+                self.out.extend_from_slice(b"\n\n");
+                self.out.extend_from_slice(DONE_FRAME);
+            }
+        }
+    }
+}
+
+/// `{"error":{"message","type","code"}}`, the OpenAI error shape.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: &'a str,
+}
+
+impl<'a> From<&'a UpstreamFailure> for ErrorBody<'a> {
+    fn from(failure: &'a UpstreamFailure) -> Self {
+        Self {
+            error: ErrorDetail {
+                message: &failure.message,
+                kind: failure.error_type(),
+                code: failure.error_code(),
+            },
+        }
+    }
+}
+
+/// Chat `usage`.
+#[derive(Serialize)]
+struct ChatUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: CachedTokens,
+    completion_tokens_details: ReasoningTokens,
+}
+
+#[derive(Serialize)]
+struct CachedTokens {
+    cached_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct ReasoningTokens {
+    reasoning_tokens: u64,
+}
+
+impl From<TokenUsage> for ChatUsage {
+    fn from(u: TokenUsage) -> Self {
+        Self {
+            prompt_tokens: u.input_tokens,
+            completion_tokens: u.output_tokens,
+            total_tokens: u.total_tokens,
+            prompt_tokens_details: CachedTokens {
+                cached_tokens: u.cached_tokens,
+            },
+            completion_tokens_details: ReasoningTokens {
+                reasoning_tokens: u.reasoning_tokens,
+            },
+        }
+    }
+}
+
+/// Assembles one `chat.completion` from a Responses event stream, for `stream: false` clients.
+#[derive(Debug)]
+pub struct ChatAssembler {
+    translator: Translator,
+    acc: Accumulated,
+}
+
+#[derive(Debug, Default)]
+struct Accumulated {
+    content: String,
+    reasoning: String,
+    tool_calls: Vec<AssembledCall>,
+    finish_reason: Option<&'static str>,
+    failure: Option<UpstreamFailure>,
+}
+
+#[derive(Debug, Serialize)]
+struct AssembledCall {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: AssembledFunction,
+}
+
+#[derive(Debug, Serialize)]
+struct AssembledFunction {
+    name: String,
+    arguments: String,
+}
+
+impl Sink for Accumulated {
+    fn op(&mut self, _meta: &Meta, op: Op<'_>) {
+        match op {
+            Op::Role => {}
+            Op::Content(text) => self.content.push_str(text),
+            Op::Reasoning(text) => self.reasoning.push_str(text),
+            Op::ToolStart { id, name, .. } => self.tool_calls.push(AssembledCall {
+                id: id.to_owned(),
+                kind: "function",
+                function: AssembledFunction {
+                    name: name.to_owned(),
+                    arguments: String::new(),
+                },
+            }),
+            Op::ToolArgs { index, args } => {
+                if let Some(call) = self.tool_calls.get_mut(index) {
+                    call.function.arguments.push_str(args);
+                }
+            }
+            Op::Finish { reason } => self.finish_reason = Some(reason),
+            Op::Fail(failure) => self.failure = Some(failure.clone()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    model: &'a str,
+    choices: [Choice<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<ChatUsage>,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: AssembledMessage<'a>,
+    finish_reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct AssembledMessage<'a> {
+    role: &'static str,
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "no_calls")]
+    tool_calls: &'a [AssembledCall],
+}
+
+fn no_calls(calls: &&[AssembledCall]) -> bool {
+    calls.is_empty()
+}
+
+impl ChatAssembler {
+    /// An assembler for one response; `created` (epoch seconds) is used if the upstream does not
+    /// say when the response was created.
+    pub fn new(options: &ChatOptions, created: i64) -> Self {
+        Self {
+            translator: Translator::new(options, created),
+            acc: Accumulated::default(),
+        }
+    }
+
+    /// Feeds one upstream event. `Ok(true)` once the response is complete;
+    /// `Err(AssembleError::Failed)` when the upstream reported a failure.
+    pub fn push(&mut self, event: &SseEvent) -> Result<bool, AssembleError> {
+        if !self.translator.done
+            && let Some(parsed) = parse_relevant(event)?
+        {
+            self.translator.handle(&parsed, &mut self.acc);
+        }
+        match &self.acc.failure {
+            Some(failure) => Err(AssembleError::Failed(failure.clone())),
+            None => Ok(self.translator.done),
+        }
+    }
+
+    /// The usage reported by the final event, once seen.
+    pub fn usage(&self) -> Option<TokenUsage> {
+        self.translator.usage
+    }
+
+    /// The `chat.completion` object (JSON). Fails if the upstream failed or the stream ended
+    /// before the final event.
+    pub fn finish(self) -> Result<Bytes, AssembleError> {
+        let acc = self.acc;
+        if let Some(failure) = acc.failure {
+            return Err(AssembleError::Failed(failure));
+        }
+        let Some(finish_reason) = acc.finish_reason else {
+            return Err(AssembleError::Truncated);
+        };
+        let meta = &self.translator.meta;
+        let content = if acc.content.is_empty() && !acc.tool_calls.is_empty() {
+            None
+        } else {
+            Some(acc.content.as_str())
+        };
+        let completion = Completion {
+            id: &meta.id,
+            object: "chat.completion",
+            created: meta.created,
+            model: &meta.model,
+            choices: [Choice {
+                index: 0,
+                message: AssembledMessage {
+                    role: "assistant",
+                    content,
+                    reasoning_content: Some(acc.reasoning.as_str()).filter(|r| !r.is_empty()),
+                    tool_calls: &acc.tool_calls,
+                },
+                finish_reason,
+            }],
+            usage: self.translator.usage.map(ChatUsage::from),
+        };
+        let mut out = Vec::with_capacity(256 + acc.content.len() + acc.reasoning.len());
+        write_json(&mut out, &completion);
+        Ok(Bytes::from(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::{SseItem, SseParser};
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn convert(body: Value) -> (Value, UpstreamRequest, ChatOptions) {
+        let (req, options) =
+            chat_to_responses(&serde_json::to_vec(&body).unwrap(), &Overrides::default()).unwrap();
+        (serde_json::from_slice(&req.body).unwrap(), req, options)
+    }
+
+    fn convert_err(body: Value) -> String {
+        chat_to_responses(&serde_json::to_vec(&body).unwrap(), &Overrides::default())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn maps_a_full_chat_request() {
+        let (body, req, options) = convert(json!({
+            "model": "gpt-5",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "developer", "content": [{"type": "text", "text": "Use tools."}]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is in this image?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+                    {"type": "image_url", "image_url": "https://x/y.png"},
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "look", "arguments": "{\"q\":1}"}},
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "a cat"}]},
+                {"role": "assistant", "content": "A cat."},
+                {"role": "system", "content": "Later rule."},
+                {"role": "user", "content": "Thanks"},
+            ],
+            "tools": [{"type": "function", "function": {
+                "name": "look", "description": "Look", "parameters": {"type": "object"}}},
+                {"type": "function", "function": {"name": "noop", "strict": true}}],
+            "tool_choice": {"type": "function", "function": {"name": "look"}},
+            "parallel_tool_calls": false,
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "answer", "schema": {"type": "object"}, "strict": true}},
+            "reasoning_effort": "high",
+            "verbosity": "low",
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "temperature": 0.5,
+            "max_tokens": 10,
+            "max_completion_tokens": 10,
+            "stop": ["x"],
+            "presence_penalty": 0,
+            "frequency_penalty": 0,
+            "logprobs": false,
+            "user": "u",
+            "seed": 1,
+            "metadata": {},
+            "n": 1,
+            "top_p": null,
+        }));
+        assert_eq!(
+            body,
+            json!({
+                "model": "gpt-5",
+                "instructions": "Be brief.\n\nUse tools.",
+                "input": [
+                    {"type": "message", "role": "user", "content": [
+                        {"type": "input_text", "text": "What is in this image?"},
+                        {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"},
+                        {"type": "input_image", "image_url": "https://x/y.png", "detail": "auto"},
+                    ]},
+                    {"type": "function_call", "call_id": "call_1", "name": "look", "arguments": "{\"q\":1}"},
+                    {"type": "function_call_output", "call_id": "call_1", "output": "a cat"},
+                    {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "A cat."}]},
+                    {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Later rule."}]},
+                    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Thanks"}]},
+                ],
+                "tools": [
+                    {"type": "function", "name": "look", "description": "Look",
+                     "parameters": {"type": "object"}, "strict": false},
+                    {"type": "function", "name": "noop",
+                     "parameters": {"type": "object", "properties": {}}, "strict": true},
+                ],
+                "tool_choice": {"type": "function", "name": "look"},
+                "parallel_tool_calls": false,
+                "reasoning": {"effort": "high", "summary": "auto"},
+                "store": false,
+                "stream": true,
+                "include": ["reasoning.encrypted_content"],
+                "text": {"format": {"type": "json_schema", "name": "answer",
+                                    "schema": {"type": "object"}, "strict": true},
+                         "verbosity": "low"},
+            })
+        );
+        // (`json!` sorts keys, so the body arrived in alphabetical order.)
+        assert_eq!(
+            req.dropped,
+            [
+                "frequency_penalty",
+                "logprobs",
+                "max_completion_tokens",
+                "max_tokens",
+                "metadata",
+                "presence_penalty",
+                "seed",
+                "stop",
+                "temperature",
+                "user"
+            ]
+        );
+        assert_eq!(
+            options,
+            ChatOptions {
+                model: "gpt-5".into(),
+                stream: true,
+                include_usage: true
+            }
+        );
+    }
+
+    #[test]
+    fn minimal_request_and_overrides() {
+        let (body, req, options) = convert(json!({
+            "model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_object"}, "tool_choice": "auto"}));
+        assert_eq!(body["instructions"], DEFAULT_INSTRUCTIONS);
+        assert_eq!(body["text"], json!({"format": {"type": "json_object"}}));
+        assert_eq!(body["tool_choice"], "auto");
+        assert!(body.get("reasoning").is_none() && body.get("include").is_none());
+        assert!(req.dropped.is_empty() && !options.stream && !options.include_usage);
+
+        let overrides = Overrides {
+            model: Some("forced"),
+            reasoning_effort: Some("low"),
+        };
+        let (req, options) = chat_to_responses(
+            br#"{"messages":[{"role":"user","content":"hi"}],"reasoning_effort":"high"}"#,
+            &overrides,
+        )
+        .unwrap();
+        let body: Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(body["model"], "forced");
+        assert_eq!(options.model, "forced");
+        assert_eq!(body["reasoning"]["effort"], "low");
+    }
+
+    #[test]
+    fn request_errors_name_the_field() {
+        let user = json!({"role": "user", "content": "hi"});
+        let cases = [
+            (json!({"messages": [user]}), "model: required"),
+            (json!({"model": "m"}), "messages: required"),
+            (
+                json!({"model": "m", "messages": {}}),
+                "messages: must be an array",
+            ),
+            (
+                json!({"model": "m", "messages": []}),
+                "messages: must not be empty",
+            ),
+            (
+                json!({"model": "m", "messages": [user, user, {"role": "foo"}]}),
+                "messages[2].role: unknown role \"foo\"",
+            ),
+            (
+                json!({"model": "m", "messages": [{"content": "x"}]}),
+                "messages[0].role: required",
+            ),
+            (
+                json!({"model": "m", "messages": [5]}),
+                "messages[0]: must be an object",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user"}]}),
+                "messages[0].content: required",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+                "messages[0].content[0].type: unsupported content part \"input_audio\"",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}),
+                "messages[0].content[0].image_url.url: required",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}),
+                "messages[0].tool_call_id: required",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {}}]}]}),
+                "messages[0].tool_calls[0].function.name: required",
+            ),
+            (
+                json!({"model": "m", "messages": [user], "n": 2}),
+                "n: only n=1 is supported",
+            ),
+            (
+                json!({"model": "m", "messages": [user], "tools": [{"type": "custom"}]}),
+                "tools[0].type: unsupported tool type \"custom\"",
+            ),
+            (
+                json!({"model": "m", "messages": [user], "tools": [{"type": "function", "function": {}}]}),
+                "tools[0].function.name: required",
+            ),
+            (
+                json!({"model": "m", "messages": [user], "tool_choice": "sometimes"}),
+                "tool_choice: unsupported value \"sometimes\"",
+            ),
+            (
+                json!({"model": "m", "messages": [user], "response_format": {"type": "yaml"}}),
+                "response_format.type: unsupported format \"yaml\"",
+            ),
+            (
+                json!({"model": "m", "messages": [user], "stream": "yes"}),
+                "stream: must be a boolean",
+            ),
+            (
+                json!({"model": "m", "messages": [user], "stream_options": {"include_usage": 1}}),
+                "stream_options.include_usage: must be a boolean",
+            ),
+            (
+                json!({"model": "m", "messages": [user], "reasoning_effort": 3}),
+                "reasoning_effort: must be a string",
+            ),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(convert_err(body.clone()), expected, "{body}");
+        }
+    }
+
+    /// Runs events through a [`ChatStream`] and returns the frames' payloads as JSON
+    /// (`"[DONE]"` as a string).
+    fn stream_frames(options: &ChatOptions, events: &[Value], finish: bool) -> Vec<Value> {
+        let mut chat = ChatStream::new(options, 42);
+        let mut out = BytesMut::new();
+        for event in events {
+            let sse = SseEvent::new(serde_json::to_vec(event).unwrap());
+            chat.push(&sse, &mut out).unwrap();
+        }
+        if finish {
+            chat.finish(&mut out);
+        }
+        let mut parser = SseParser::new();
+        parser.push(out.freeze());
+        let mut frames = Vec::new();
+        while let Some(item) = parser.next_item().unwrap() {
+            let SseItem::Event(event) = item else {
+                panic!("comment")
+            };
+            frames.push(if event.is_done_marker() {
+                json!("[DONE]")
+            } else {
+                serde_json::from_slice(event.data()).unwrap()
+            });
+        }
+        parser.finish().unwrap();
+        frames
+    }
+
+    /// A realistic Codex stream: reasoning summary, text, a tool call with streamed arguments.
+    fn codex_stream() -> Vec<Value> {
+        let response = |status: &str, output: Value, usage: Value| {
+            json!({"id": "resp_abc", "object": "response", "created_at": 1_700_000_000,
+                   "status": status, "model": "gpt-5-codex", "output": output, "usage": usage})
+        };
+        let message = json!({"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "annotations": [], "text": "Hello, world"}]});
+        let call = json!({"id": "fc_1", "type": "function_call", "status": "completed",
+            "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"});
+        let reasoning = json!({"id": "rs_1", "type": "reasoning", "encrypted_content": "gAAAA",
+            "summary": [{"type": "summary_text", "text": "Thinking about it"}]});
+        vec![
+            json!({"type": "response.created", "sequence_number": 0,
+                   "response": response("in_progress", json!([]), Value::Null)}),
+            json!({"type": "response.in_progress", "sequence_number": 1,
+                   "response": response("in_progress", json!([]), Value::Null)}),
+            json!({"type": "response.output_item.added", "sequence_number": 2, "output_index": 0,
+                   "item": {"id": "rs_1", "type": "reasoning", "summary": []}}),
+            json!({"type": "response.reasoning_summary_part.added", "sequence_number": 3,
+                   "item_id": "rs_1", "output_index": 0, "summary_index": 0,
+                   "part": {"type": "summary_text", "text": ""}}),
+            json!({"type": "response.reasoning_summary_text.delta", "sequence_number": 4,
+                   "item_id": "rs_1", "output_index": 0, "summary_index": 0, "delta": "Thinking"}),
+            json!({"type": "response.reasoning_summary_text.delta", "sequence_number": 5,
+                   "item_id": "rs_1", "output_index": 0, "summary_index": 0, "delta": " about it"}),
+            json!({"type": "response.reasoning_summary_text.done", "sequence_number": 6,
+                   "item_id": "rs_1", "output_index": 0, "summary_index": 0, "text": "Thinking about it"}),
+            json!({"type": "response.output_item.done", "sequence_number": 7, "output_index": 0,
+                   "item": reasoning}),
+            json!({"type": "response.output_item.added", "sequence_number": 8, "output_index": 1,
+                   "item": {"id": "msg_1", "type": "message", "status": "in_progress",
+                            "role": "assistant", "content": []}}),
+            json!({"type": "response.content_part.added", "sequence_number": 9, "item_id": "msg_1",
+                   "output_index": 1, "content_index": 0,
+                   "part": {"type": "output_text", "annotations": [], "text": ""}}),
+            json!({"type": "response.output_text.delta", "sequence_number": 10, "item_id": "msg_1",
+                   "output_index": 1, "content_index": 0, "delta": "Hello", "logprobs": []}),
+            json!({"type": "response.output_text.delta", "sequence_number": 11, "item_id": "msg_1",
+                   "output_index": 1, "content_index": 0, "delta": ", world", "logprobs": []}),
+            json!({"type": "response.output_text.done", "sequence_number": 12, "item_id": "msg_1",
+                   "output_index": 1, "content_index": 0, "text": "Hello, world"}),
+            json!({"type": "response.content_part.done", "sequence_number": 13, "item_id": "msg_1",
+                   "output_index": 1, "content_index": 0,
+                   "part": {"type": "output_text", "annotations": [], "text": "Hello, world"}}),
+            json!({"type": "response.output_item.done", "sequence_number": 14, "output_index": 1,
+                   "item": message}),
+            json!({"type": "response.output_item.added", "sequence_number": 15, "output_index": 2,
+                   "item": {"id": "fc_1", "type": "function_call", "status": "in_progress",
+                            "call_id": "call_1", "name": "get_weather", "arguments": ""}}),
+            json!({"type": "response.function_call_arguments.delta", "sequence_number": 16,
+                   "item_id": "fc_1", "output_index": 2, "delta": "{\"city\":"}),
+            json!({"type": "response.function_call_arguments.delta", "sequence_number": 17,
+                   "item_id": "fc_1", "output_index": 2, "delta": "\"Paris\"}"}),
+            json!({"type": "response.function_call_arguments.done", "sequence_number": 18,
+                   "item_id": "fc_1", "output_index": 2, "arguments": "{\"city\":\"Paris\"}"}),
+            json!({"type": "response.output_item.done", "sequence_number": 19, "output_index": 2,
+                   "item": call}),
+            json!({"type": "response.some_future_event", "sequence_number": 20, "payload": [1, 2]}),
+            json!({"type": "response.completed", "sequence_number": 21,
+                   "response": response("completed", json!([reasoning, message, call]),
+                       json!({"input_tokens": 100, "input_tokens_details": {"cached_tokens": 64},
+                              "output_tokens": 40, "output_tokens_details": {"reasoning_tokens": 16},
+                              "total_tokens": 140}))}),
+        ]
+    }
+
+    fn chunk(delta: Value, finish: Value) -> Value {
+        json!({"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1_700_000_000,
+               "model": "gpt-5-codex",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    }
+
+    #[test]
+    fn full_codex_stream_becomes_the_exact_chunk_sequence() {
+        let options = ChatOptions {
+            model: "client-model".into(),
+            stream: true,
+            include_usage: true,
+        };
+        let frames = stream_frames(&options, &codex_stream(), false);
+        let expected = vec![
+            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+            chunk(json!({"reasoning_content": "Thinking"}), Value::Null),
+            chunk(json!({"reasoning_content": " about it"}), Value::Null),
+            chunk(json!({"content": "Hello"}), Value::Null),
+            chunk(json!({"content": ", world"}), Value::Null),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                       "function": {"name": "get_weather", "arguments": ""}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+                Value::Null,
+            ),
+            chunk(json!({}), json!("tool_calls")),
+            json!({"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                   "model": "gpt-5-codex", "choices": [],
+                   "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140,
+                             "prompt_tokens_details": {"cached_tokens": 64},
+                             "completion_tokens_details": {"reasoning_tokens": 16}}}),
+            json!("[DONE]"),
+        ];
+        assert_eq!(frames, expected);
+        // Without include_usage: no usage chunk; finish() after the end adds nothing.
+        let options = ChatOptions {
+            include_usage: false,
+            ..options
+        };
+        let frames = stream_frames(&options, &codex_stream(), true);
+        assert_eq!(frames.len(), expected.len() - 1);
+        assert_eq!(frames.last(), Some(&json!("[DONE]")));
+    }
+
+    #[test]
+    fn non_streaming_assembly_matches() {
+        let options = ChatOptions {
+            model: "m".into(),
+            stream: false,
+            include_usage: false,
+        };
+        let mut assembler = ChatAssembler::new(&options, 42);
+        let mut done = false;
+        for event in codex_stream() {
+            done = assembler
+                .push(&SseEvent::new(serde_json::to_vec(&event).unwrap()))
+                .unwrap();
+        }
+        assert!(done);
+        assert_eq!(assembler.usage().map(|u| u.total_tokens), Some(140));
+        let out: Value = serde_json::from_slice(&assembler.finish().unwrap()).unwrap();
+        assert_eq!(
+            out,
+            json!({
+                "id": "chatcmpl-abc", "object": "chat.completion", "created": 1_700_000_000,
+                "model": "gpt-5-codex",
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                    "role": "assistant", "content": "Hello, world",
+                    "reasoning_content": "Thinking about it",
+                    "tool_calls": [{"id": "call_1", "type": "function",
+                                    "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]}}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140,
+                          "prompt_tokens_details": {"cached_tokens": 64},
+                          "completion_tokens_details": {"reasoning_tokens": 16}}
+            })
+        );
+    }
+
+    fn assemble(events: &[Value]) -> Result<Value, AssembleError> {
+        let options = ChatOptions {
+            model: "m".into(),
+            stream: false,
+            include_usage: false,
+        };
+        let mut assembler = ChatAssembler::new(&options, 42);
+        for event in events {
+            assembler.push(&SseEvent::new(serde_json::to_vec(event).unwrap()))?;
+        }
+        assembler
+            .finish()
+            .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    #[test]
+    fn tool_only_answer_has_null_content_and_items_without_deltas_count() {
+        // No deltas at all: text and tool call only in output_item.done.
+        let out = assemble(&[
+            json!({"type": "response.output_item.done", "output_index": 0, "item": {
+                "type": "function_call", "id": "fc", "call_id": "c1", "name": "f", "arguments": "{}"}}),
+            json!({"type": "response.completed", "response": {"output": []}}),
+        ])
+        .unwrap();
+        let message = &out["choices"][0]["message"];
+        assert_eq!(message["content"], Value::Null);
+        assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{}");
+        assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(out["id"], "chatcmpl-codexpool");
+        assert_eq!(out["created"], 42);
+        assert_eq!(out["model"], "m");
+        assert!(out.get("usage").is_none());
+
+        let out = assemble(&[
+            json!({"type": "response.output_item.done", "output_index": 0, "item": {
+                "type": "message", "content": [{"type": "output_text", "text": "only done"}]}}),
+            json!({"type": "response.incomplete", "response": {
+                "incomplete_details": {"reason": "max_output_tokens"}}}),
+        ])
+        .unwrap();
+        assert_eq!(out["choices"][0]["message"]["content"], "only done");
+        assert_eq!(out["choices"][0]["finish_reason"], "length");
+        let out = assemble(&[json!({"type": "response.incomplete", "response": {
+            "incomplete_details": {"reason": "content_filter"}}})])
+        .unwrap();
+        assert_eq!(out["choices"][0]["finish_reason"], "content_filter");
+        assert_eq!(out["choices"][0]["message"]["content"], "");
+    }
+
+    #[test]
+    fn failures_after_output_become_an_error_chunk() {
+        let options = ChatOptions {
+            model: "m".into(),
+            stream: true,
+            include_usage: true,
+        };
+        let events = [
+            json!({"type": "response.output_text.delta", "output_index": 0, "delta": "Hi"}),
+            json!({"type": "response.failed", "response": {"error": {
+                "code": "server_is_overloaded", "message": "Our servers are busy"}}}),
+            json!({"type": "response.output_text.delta", "delta": "ignored after the end"}),
+        ];
+        let frames = stream_frames(&options, &events, true);
+        assert_eq!(frames.len(), 4, "{frames:?}");
+        assert_eq!(frames[1]["choices"][0]["delta"]["content"], "Hi");
+        assert_eq!(
+            frames[2],
+            json!({"error": {"message": "Our servers are busy", "type": "server_error",
+                             "code": "server_is_overloaded"}})
+        );
+        assert_eq!(frames[3], json!("[DONE]"));
+
+        // A stream that just stops is not a silent end either.
+        let frames = stream_frames(&options, &events[..1], true);
+        assert_eq!(frames[2]["error"]["code"], "stream_truncated");
+        assert_eq!(frames[3], json!("[DONE]"));
+
+        // The `error` event, and the assembler's view of failures.
+        let error = json!({"type": "error", "code": "rate_limit_exceeded", "message": "slow"});
+        let frames = stream_frames(&options, std::slice::from_ref(&error), false);
+        assert_eq!(frames[0]["error"]["type"], "rate_limit_error");
+        assert!(matches!(
+            assemble(&[events[0].clone(), error]),
+            Err(AssembleError::Failed(f)) if f.code.as_deref() == Some("rate_limit_exceeded")
+        ));
+        assert!(matches!(
+            assemble(&events[..1]),
+            Err(AssembleError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn reasoning_parts_are_separated_and_escapes_survive() {
+        let options = ChatOptions {
+            model: "m".into(),
+            stream: true,
+            include_usage: false,
+        };
+        let events = [
+            json!({"type": "response.reasoning_summary_text.delta", "output_index": 0, "summary_index": 0, "delta": "A"}),
+            json!({"type": "response.reasoning_summary_text.delta", "output_index": 0, "summary_index": 1, "delta": "B"}),
+            json!({"type": "response.output_text.delta", "output_index": 1, "delta": "quote \" nl \n uni \u{e9} \u{1F600}"}),
+            json!({"type": "response.completed", "response": {"id": "resp_\"x"}}),
+        ];
+        let frames = stream_frames(&options, &events, true);
+        assert_eq!(frames[1]["choices"][0]["delta"]["reasoning_content"], "A");
+        assert_eq!(
+            frames[2]["choices"][0]["delta"]["reasoning_content"],
+            "\n\nB"
+        );
+        assert_eq!(
+            frames[3]["choices"][0]["delta"]["content"],
+            "quote \" nl \n uni \u{e9} \u{1F600}"
+        );
+        assert_eq!(frames[4]["choices"][0]["finish_reason"], "stop");
+        // The id was fixed by the first chunk (no response.created came before).
+        assert_eq!(frames[4]["id"], "chatcmpl-codexpool");
+    }
+
+    #[test]
+    fn malformed_known_events_are_errors_unknown_ones_are_ignored() {
+        let options = ChatOptions {
+            model: "m".into(),
+            stream: true,
+            include_usage: false,
+        };
+        let mut chat = ChatStream::new(&options, 1);
+        let mut out = BytesMut::new();
+        chat.push(&SseEvent::new(&b"not json at all"[..]), &mut out)
+            .unwrap();
+        chat.push(
+            &SseEvent::new(&br#"{"type":"response.new","x":"#[..]),
+            &mut out,
+        )
+        .unwrap();
+        assert!(out.is_empty());
+        assert!(
+            chat.push(
+                &SseEvent::new(&br#"{"type":"response.output_text.delta"}"#[..]),
+                &mut out
+            )
+            .is_err()
+        );
+        chat.fail(&truncated_failure(), &mut out);
+        assert!(chat.is_done());
+        assert!(out.ends_with(DONE_FRAME));
+    }
+
+    proptest! {
+        #[test]
+        fn chat_request_adapter_never_panics(value in crate::adapt::testing::arb_json(),
+                                             message in crate::adapt::testing::arb_json()) {
+            let bodies = [
+                value.clone(),
+                json!({"model": "m", "messages": value.clone()}),
+                json!({"model": "m", "messages": [message.clone(), value.clone()], "tools": value.clone(),
+                       "tool_choice": message.clone(), "response_format": value.clone()}),
+                json!({"model": "m", "messages": [{"role": "user", "content": value.clone()},
+                                                 {"role": "assistant", "tool_calls": value.clone(), "content": message.clone()},
+                                                 {"role": "tool", "tool_call_id": "x", "content": value.clone()}]}),
+            ];
+            for body in bodies {
+                let bytes = serde_json::to_vec(&body).unwrap();
+                if let Ok((req, _)) = chat_to_responses(&bytes, &Overrides::default()) {
+                    let out: Value = serde_json::from_slice(&req.body).unwrap();
+                    prop_assert_eq!(&out["stream"], &json!(true));
+                }
+            }
+        }
+
+        #[test]
+        fn translator_never_panics(values in proptest::collection::vec(crate::adapt::testing::arb_json(), 0..12),
+                                   kinds in proptest::collection::vec(prop::sample::select(vec![
+                                       "response.created", "response.output_item.added",
+                                       "response.output_text.delta", "response.reasoning_summary_text.delta",
+                                       "response.function_call_arguments.delta", "response.output_item.done",
+                                       "response.completed", "response.failed", "response.incomplete", "error",
+                                   ]), 12),
+                                   garbage in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let options = ChatOptions { model: "m".into(), stream: true, include_usage: true };
+            let mut chat = ChatStream::new(&options, 0);
+            let mut assembler = ChatAssembler::new(&options, 0);
+            let mut out = BytesMut::new();
+            for (value, kind) in values.iter().zip(&kinds) {
+                let mut object = serde_json::Map::new();
+                object.insert("type".into(), (*kind).into());
+                for key in ["response", "item", "delta", "output_index", "summary_index", "item_id", "code"] {
+                    object.insert(key.into(), value.clone());
+                }
+                let event = SseEvent::new(serde_json::to_vec(&object).unwrap());
+                let _ = chat.push(&event, &mut out);
+                let _ = assembler.push(&event);
+                let junk = SseEvent::new(garbage.clone()).with_event(*kind);
+                let _ = chat.push(&junk, &mut out);
+                let _ = assembler.push(&junk);
+            }
+            chat.finish(&mut out);
+            let _ = assembler.finish();
+            // Whatever came in, the output is well-formed SSE ending in [DONE].
+            prop_assert!(out.ends_with(DONE_FRAME));
+            let mut parser = SseParser::new();
+            parser.push(out.freeze());
+            while let Some(item) = parser.next_item().unwrap() {
+                if let SseItem::Event(e) = item
+                    && !e.is_done_marker()
+                {
+                    let _: Value = serde_json::from_slice(e.data()).unwrap();
+                }
+            }
+            prop_assert!(parser.finish().is_ok());
+        }
+    }
+}

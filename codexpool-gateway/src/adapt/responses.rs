@@ -1,0 +1,1002 @@
+//! OpenAI Responses requests and answers: the body rules, the Codex-client pass-through, and the
+//! non-streaming assembler.
+//!
+//! A Responses request from an ordinary client goes through [`apply_body_rules`] (PROTOCOL.md §4):
+//! the backend insists on `stream: true`, `store: false` and non-empty `instructions`, and refuses
+//! parameters it does not know, so those are dropped and named for the `x-codexpool-dropped-params`
+//! header. A request from the Codex CLI ([`is_codex_client`]) already speaks the backend's dialect
+//! and goes through [`codex_passthrough`], which leaves the body byte-for-byte alone unless a
+//! platform key forces the model or the reasoning effort. Both only split the body at the top level:
+//! `input`, `tools` and the other large values are copied as raw JSON text, never re-encoded. For
+//! clients that asked for `stream: false`, [`ResponseAssembler`] turns the event stream back into
+//! the final `response` object (a zero-copy slice of the `response.completed` frame in the common
+//! case).
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::event::{
+    EventError, EventKind, ResponseRef, ResponsesEvent, TokenUsage, UpstreamFailure,
+};
+use super::{
+    AssembleError, DEFAULT_INSTRUCTIONS, JStr, ObjectWriter, Overrides, RequestError, Shallow,
+    UpstreamRequest, bool_field, is_null, parse_object, raw_str, str_field, sub_bytes, write_json,
+};
+use crate::sse::SseEvent;
+
+/// What `include` must ask for when `reasoning` is set: with `store: false` the reasoning items
+/// are only reusable in the next turn if they carry their encrypted content.
+pub const ENCRYPTED_REASONING: &str = "reasoning.encrypted_content";
+
+/// Whether a request comes from the Codex CLI (or another client speaking the backend's dialect):
+/// an `originator` header starting with `codex_`, or any `x-codex-*` header. Takes header
+/// (name, value) pairs; names are compared case-insensitively.
+///
+/// ```
+/// use codexpool_gateway::adapt::is_codex_client;
+///
+/// assert!(is_codex_client([("Originator", "codex_exec")]));
+/// assert!(is_codex_client([("x-codex-window-id", "abc:0")]));
+/// assert!(!is_codex_client([("user-agent", "OpenAI/Python 1.0")]));
+/// ```
+pub fn is_codex_client<'h>(headers: impl IntoIterator<Item = (&'h str, &'h str)>) -> bool {
+    headers.into_iter().any(|(name, value)| {
+        let codex_originator = name.eq_ignore_ascii_case("originator")
+            && value
+                .trim()
+                .get(..6)
+                .is_some_and(|p| p.eq_ignore_ascii_case("codex_"));
+        let codex_header = name
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-codex-"));
+        codex_originator || codex_header
+    })
+}
+
+/// The top-level fields the backend accepts; everything else is dropped.
+#[derive(Default)]
+struct Kept<'a> {
+    model: Option<&'a RawValue>,
+    instructions: Option<&'a RawValue>,
+    input: Option<&'a RawValue>,
+    tools: Option<&'a RawValue>,
+    tool_choice: Option<&'a RawValue>,
+    parallel_tool_calls: Option<&'a RawValue>,
+    reasoning: Option<&'a RawValue>,
+    stream: Option<&'a RawValue>,
+    include: Option<&'a RawValue>,
+    prompt_cache_key: Option<&'a RawValue>,
+    text: Option<&'a RawValue>,
+    service_tier: Option<&'a RawValue>,
+    client_metadata: Option<&'a RawValue>,
+}
+
+impl<'a> Kept<'a> {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<&'a RawValue>> {
+        Some(match key {
+            "model" => &mut self.model,
+            "instructions" => &mut self.instructions,
+            "input" => &mut self.input,
+            "tools" => &mut self.tools,
+            "tool_choice" => &mut self.tool_choice,
+            "parallel_tool_calls" => &mut self.parallel_tool_calls,
+            "reasoning" => &mut self.reasoning,
+            "stream" => &mut self.stream,
+            "include" => &mut self.include,
+            "prompt_cache_key" => &mut self.prompt_cache_key,
+            "text" => &mut self.text,
+            "service_tier" => &mut self.service_tier,
+            "client_metadata" => &mut self.client_metadata,
+            _ => return None,
+        })
+    }
+}
+
+/// Applies the Responses body rules (PROTOCOL.md §4) to a client's JSON body.
+///
+/// Forces `stream: true` and `store: false`; makes `instructions` non-empty by lifting leading
+/// `system`/`developer` input messages into it (else [`DEFAULT_INSTRUCTIONS`]); turns a string
+/// `input` into one user message; adds [`ENCRYPTED_REASONING`] to `include` when `reasoning` is set;
+/// keeps only the fields the backend accepts and reports the others (`null` values are dropped
+/// silently: the client did not really ask for them). `overrides` are applied on top; with a forced
+/// model the client's `model` may be missing.
+///
+/// Errors name the field: `model` missing or not a string, `input` missing or neither a string nor
+/// an array, `instructions`/`stream`/`reasoning`/`include` of the wrong type.
+pub fn apply_body_rules(
+    body: &[u8],
+    overrides: &Overrides<'_>,
+) -> Result<UpstreamRequest, RequestError> {
+    let obj = parse_object(body)?;
+    let mut kept = Kept::default();
+    let mut dropped: Vec<String> = Vec::new();
+    for (key, value) in &obj.0 {
+        match kept.slot(key) {
+            // The last occurrence wins, as with `serde_json::Value`; `null` means "not given".
+            Some(slot) => *slot = Some(*value).filter(|v| !is_null(v)),
+            // `store` is always forced: accepted silently.
+            None if key == "store" => {}
+            None if !is_null(value) && !dropped.iter().any(|d| d == key) => {
+                dropped.push(key.to_string());
+            }
+            None => {}
+        }
+    }
+
+    let model = resolve_model(kept.model, overrides)?;
+    let stream = match kept.stream.map(RawValue::get) {
+        None => false,
+        Some("true") => true,
+        Some("false") => false,
+        Some(_) => return Err(RequestError::field("stream", "must be a boolean")),
+    };
+
+    let mut instructions = match kept.instructions {
+        None => String::new(),
+        Some(raw) => raw_str(raw)
+            .ok_or_else(|| RequestError::field("instructions", "must be a string"))?
+            .into_owned(),
+    };
+    let input = kept
+        .input
+        .ok_or_else(|| RequestError::field("input", "required"))?;
+    if instructions.trim().is_empty() {
+        instructions.clear();
+    }
+    let mut input_json = Vec::with_capacity(input.get().len() + 64);
+    match input.get().as_bytes().first() {
+        // A string is one user message; the JSON string literal is reused as is.
+        Some(b'"') => {
+            input_json.extend_from_slice(
+                br#"[{"type":"message","role":"user","content":[{"type":"input_text","text":"#,
+            );
+            input_json.extend_from_slice(input.get().as_bytes());
+            input_json.extend_from_slice(b"}]}]");
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(input.get())
+                .map_err(|e| RequestError::field("input", e.to_string()))?;
+            let mut lifted = 0;
+            for item in &items {
+                let Some(text) = system_message_text(item) else {
+                    break;
+                };
+                if !instructions.is_empty() && !text.is_empty() {
+                    instructions.push_str("\n\n");
+                }
+                instructions.push_str(&text);
+                lifted += 1;
+            }
+            input_json.push(b'[');
+            for (i, item) in items[lifted..].iter().enumerate() {
+                if i > 0 {
+                    input_json.push(b',');
+                }
+                input_json.extend_from_slice(item.get().as_bytes());
+            }
+            input_json.push(b']');
+        }
+        _ => {
+            return Err(RequestError::field(
+                "input",
+                "must be a string or an array of items",
+            ));
+        }
+    }
+    if instructions.trim().is_empty() {
+        DEFAULT_INSTRUCTIONS.clone_into(&mut instructions);
+    }
+
+    let reasoning = reasoning_json(kept.reasoning, overrides.reasoning_effort)?;
+    let include = include_list(kept.include, reasoning.is_some())?;
+
+    let mut out = Vec::with_capacity(body.len() + instructions.len() + 128);
+    let mut w = ObjectWriter::new(&mut out);
+    w.value("model", &*model);
+    w.value("instructions", &instructions);
+    w.raw("input", as_str(&input_json));
+    let passthrough = [
+        ("tools", kept.tools),
+        ("tool_choice", kept.tool_choice),
+        ("parallel_tool_calls", kept.parallel_tool_calls),
+    ];
+    for (key, value) in passthrough {
+        if let Some(value) = value {
+            w.raw(key, value.get());
+        }
+    }
+    if let Some(reasoning) = &reasoning {
+        w.raw("reasoning", reasoning);
+    }
+    w.raw("store", "false");
+    w.raw("stream", "true");
+    if !include.is_empty() {
+        w.value("include", &include);
+    }
+    let passthrough = [
+        ("prompt_cache_key", kept.prompt_cache_key),
+        ("text", kept.text),
+        ("service_tier", kept.service_tier),
+        ("client_metadata", kept.client_metadata),
+    ];
+    for (key, value) in passthrough {
+        if let Some(value) = value {
+            w.raw(key, value.get());
+        }
+    }
+    w.end();
+
+    Ok(UpstreamRequest {
+        body: Bytes::from(out),
+        model: model.into_owned(),
+        stream,
+        dropped,
+        prompt_cache_key: kept.prompt_cache_key.and_then(raw_str).map(Cow::into_owned),
+    })
+}
+
+/// Forwards a Codex CLI body as sent, except for a forced model or reasoning effort.
+///
+/// Without overrides (or when they match what was sent) the returned body is `body` itself, not
+/// a copy. With them, only the top-level `model` / `reasoning` values are rewritten; every other
+/// value is copied as raw JSON text, in the original order. Errors: the body is not a JSON object,
+/// or `model` is missing (without an override) or not a string.
+pub fn codex_passthrough(
+    body: Bytes,
+    overrides: &Overrides<'_>,
+) -> Result<UpstreamRequest, RequestError> {
+    let obj = parse_object(&body)?;
+    let client_model = str_field(&obj, "model", || "model".to_owned())?;
+    let stream = bool_field(&obj, "stream")?.unwrap_or(false);
+    let prompt_cache_key = obj
+        .get("prompt_cache_key")
+        .and_then(raw_str)
+        .map(Cow::into_owned);
+    let model = match (overrides.model, &client_model) {
+        (Some(forced), _) => forced.to_owned(),
+        (None, Some(model)) => model.to_string(),
+        (None, None) => return Err(RequestError::field("model", "required")),
+    };
+    let rewrite_model = client_model.as_deref() != Some(model.as_str());
+    let reasoning = obj.get("reasoning");
+    let rewrite_effort = match overrides.reasoning_effort {
+        None => false,
+        Some(effort) => current_effort(reasoning).as_deref() != Some(effort),
+    };
+    let new_body = if rewrite_model || rewrite_effort {
+        let new_reasoning = if rewrite_effort {
+            reasoning_json(reasoning, overrides.reasoning_effort)?
+        } else {
+            None
+        };
+        rewrite_top_level(&obj, &model, new_reasoning.as_deref(), body.len())
+    } else {
+        body.clone()
+    };
+    Ok(UpstreamRequest {
+        body: new_body,
+        model,
+        stream,
+        dropped: Vec::new(),
+        prompt_cache_key,
+    })
+}
+
+/// `obj` with every `model` replaced by `model` and (when given) every `reasoning` by `reasoning`;
+/// missing keys are appended.
+fn rewrite_top_level(
+    obj: &Shallow<'_>,
+    model: &str,
+    reasoning: Option<&str>,
+    size: usize,
+) -> Bytes {
+    let mut out = Vec::with_capacity(size + 64);
+    let mut w = ObjectWriter::new(&mut out);
+    let (mut saw_model, mut saw_reasoning) = (false, false);
+    for (key, value) in &obj.0 {
+        match (key.as_ref(), reasoning) {
+            ("model", _) => {
+                saw_model = true;
+                w.value(key, model);
+            }
+            ("reasoning", Some(reasoning)) => {
+                saw_reasoning = true;
+                w.raw(key, reasoning);
+            }
+            _ => w.raw(key, value.get()),
+        }
+    }
+    if !saw_model {
+        w.value("model", model);
+    }
+    if let (false, Some(reasoning)) = (saw_reasoning, reasoning) {
+        w.raw("reasoning", reasoning);
+    }
+    w.end();
+    Bytes::from(out)
+}
+
+fn resolve_model<'a>(
+    raw: Option<&'a RawValue>,
+    overrides: &Overrides<'a>,
+) -> Result<Cow<'a, str>, RequestError> {
+    let client = match raw {
+        None => None,
+        Some(raw) => {
+            Some(raw_str(raw).ok_or_else(|| RequestError::field("model", "must be a string"))?)
+        }
+    };
+    match (overrides.model, client) {
+        (Some(forced), _) => Ok(Cow::Borrowed(forced)),
+        (None, Some(model)) if !model.trim().is_empty() => Ok(model),
+        (None, Some(_)) => Err(RequestError::field("model", "must not be empty")),
+        (None, None) => Err(RequestError::field("model", "required")),
+    }
+}
+
+#[derive(Deserialize)]
+struct EffortOnly<'a> {
+    #[serde(borrow)]
+    effort: Option<JStr<'a>>,
+}
+
+fn current_effort(reasoning: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let reasoning = reasoning?;
+    serde_json::from_str::<EffortOnly<'_>>(reasoning.get())
+        .ok()?
+        .effort
+        .map(|e| e.0)
+}
+
+/// The `reasoning` value to send: the client's (raw) or, with an effort override, the client's
+/// object with `effort` set. `None` when neither exists.
+pub(crate) fn reasoning_json<'a>(
+    reasoning: Option<&'a RawValue>,
+    effort: Option<&str>,
+) -> Result<Option<Cow<'a, str>>, RequestError> {
+    let not_object = || RequestError::field("reasoning", "must be an object");
+    match (reasoning, effort) {
+        (None, None) => Ok(None),
+        (Some(raw), None) => {
+            if raw.get().starts_with('{') {
+                Ok(Some(Cow::Borrowed(raw.get())))
+            } else {
+                Err(not_object())
+            }
+        }
+        (raw, Some(effort)) => {
+            let mut map: serde_json::Map<String, serde_json::Value> = match raw {
+                Some(raw) => serde_json::from_str(raw.get()).map_err(|_| not_object())?,
+                None => serde_json::Map::new(),
+            };
+            map.insert("effort".to_owned(), effort.into());
+            let mut out = Vec::new();
+            write_json(&mut out, &map);
+            Ok(Some(Cow::Owned(String::from_utf8_lossy(&out).into_owned())))
+        }
+    }
+}
+
+/// The `include` list to send: the client's entries (deduplicated, in order) plus
+/// [`ENCRYPTED_REASONING`] when reasoning is on.
+pub(crate) fn include_list(
+    include: Option<&RawValue>,
+    reasoning: bool,
+) -> Result<Vec<Cow<'_, str>>, RequestError> {
+    let mut list: Vec<Cow<'_, str>> = Vec::new();
+    if let Some(raw) = include {
+        let entries: Vec<JStr<'_>> = serde_json::from_str(raw.get())
+            .map_err(|_| RequestError::field("include", "must be an array of strings"))?;
+        for entry in entries {
+            if !list.contains(&entry.0) {
+                list.push(entry.0);
+            }
+        }
+    }
+    if reasoning && !list.iter().any(|e| e == ENCRYPTED_REASONING) {
+        list.push(Cow::Borrowed(ENCRYPTED_REASONING));
+    }
+    Ok(list)
+}
+
+#[derive(Deserialize)]
+struct MessageHead<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    role: Option<&'a RawValue>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct TextPart<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: JStr<'a>,
+    #[serde(borrow)]
+    text: JStr<'a>,
+}
+
+/// The text of a `system`/`developer` message item made only of text, else `None` (the item stays
+/// in `input`).
+fn system_message_text(item: &RawValue) -> Option<Cow<'_, str>> {
+    let head: MessageHead<'_> = serde_json::from_str(item.get()).ok()?;
+    if head
+        .kind
+        .is_some_and(|k| raw_str(k).as_deref() != Some("message"))
+    {
+        return None;
+    }
+    let role = raw_str(head.role?)?;
+    if role != "system" && role != "developer" {
+        return None;
+    }
+    let content = head.content?;
+    if let Some(text) = raw_str(content) {
+        return Some(text);
+    }
+    let parts: Vec<TextPart<'_>> = serde_json::from_str(content.get()).ok()?;
+    let mut texts = Vec::with_capacity(parts.len());
+    for part in parts {
+        if part.kind.0 != "input_text" && part.kind.0 != "text" {
+            return None;
+        }
+        texts.push(part.text.0);
+    }
+    Some(match texts.len() {
+        1 => texts.swap_remove(0),
+        _ => Cow::Owned(texts.join("\n")),
+    })
+}
+
+fn as_str(json: &[u8]) -> &str {
+    // Built from valid UTF-8 pieces only; the fallback is never taken.
+    std::str::from_utf8(json).unwrap_or("null")
+}
+
+/// The parts of an item/response event the assembler keeps verbatim.
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    output_index: Option<u64>,
+    #[serde(borrow)]
+    item: Option<&'a RawValue>,
+    #[serde(borrow)]
+    response: Option<&'a RawValue>,
+}
+
+fn missing(field: &'static str) -> serde_json::Error {
+    <serde_json::Error as serde::de::Error>::missing_field(field)
+}
+
+/// Rebuilds the final `response` object from a Responses event stream, for `stream: false`
+/// clients.
+///
+/// The answer is the `response` of `response.completed` (or `response.incomplete`) as the
+/// upstream sent it, sliced out of the frame without copying; when that object has `output: []`
+/// (the backend sometimes sends the items only as `response.output_item.done` events) the items
+/// seen are put back in, in `output_index` order.
+#[derive(Debug, Default)]
+pub struct ResponseAssembler {
+    items: Vec<(u64, Bytes)>,
+    response: Option<Bytes>,
+    failure: Option<UpstreamFailure>,
+    usage: Option<TokenUsage>,
+}
+
+impl ResponseAssembler {
+    /// An empty assembler.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds one event. `Ok(true)` once the response is complete (later events are ignored);
+    /// `Err(AssembleError::Failed)` when the upstream reported a failure.
+    pub fn push(&mut self, event: &SseEvent) -> Result<bool, AssembleError> {
+        if let Some(failure) = &self.failure {
+            return Err(AssembleError::Failed(failure.clone()));
+        }
+        if self.response.is_some() {
+            return Ok(true);
+        }
+        let kind = EventKind::of(event);
+        match kind {
+            EventKind::OutputItemDone
+            | EventKind::Completed
+            | EventKind::Incomplete
+            | EventKind::Failed
+            | EventKind::Error => {}
+            // Nothing else contributes to the final object: not even parsed.
+            _ => return Ok(false),
+        }
+        if matches!(kind, EventKind::Failed | EventKind::Error) {
+            return match ResponsesEvent::from_sse(event)? {
+                ResponsesEvent::Failed(response) => Err(self.fail(response.failure())),
+                ResponsesEvent::Error(error) => Err(self.fail(error.to_failure(None))),
+                _ => Ok(false),
+            };
+        }
+        // Items and the final response are kept as the upstream's bytes: capture them raw.
+        let malformed = |source| EventError::Malformed {
+            event_type: event.event_type().unwrap_or_default().into_owned(),
+            source,
+        };
+        let envelope: RawEnvelope<'_> =
+            serde_json::from_slice(event.data()).map_err(|e| AssembleError::Event(malformed(e)))?;
+        if kind == EventKind::OutputItemDone {
+            let item = envelope
+                .item
+                .ok_or_else(|| AssembleError::Event(malformed(missing("item"))))?;
+            let index = envelope.output_index.unwrap_or(self.items.len() as u64);
+            self.items
+                .push((index, sub_bytes(event.data(), item.get().as_bytes())));
+            return Ok(false);
+        }
+        let raw = envelope
+            .response
+            .ok_or_else(|| AssembleError::Event(malformed(missing("response"))))?;
+        let response = ResponseRef::parse(raw).map_err(|e| AssembleError::Event(malformed(e)))?;
+        self.usage = response.usage;
+        self.response = Some(if response.output_is_empty() && !self.items.is_empty() {
+            self.with_items(raw)
+        } else {
+            sub_bytes(event.data(), raw.get().as_bytes())
+        });
+        Ok(true)
+    }
+
+    fn fail(&mut self, failure: UpstreamFailure) -> AssembleError {
+        self.failure = Some(failure.clone());
+        AssembleError::Failed(failure)
+    }
+
+    /// The usage reported by the final event, once seen.
+    pub fn usage(&self) -> Option<TokenUsage> {
+        self.usage
+    }
+
+    /// The final `response` object (JSON). Fails if the upstream failed or the stream ended first.
+    pub fn finish(self) -> Result<Bytes, AssembleError> {
+        if let Some(failure) = self.failure {
+            return Err(AssembleError::Failed(failure));
+        }
+        self.response.ok_or(AssembleError::Truncated)
+    }
+
+    /// `response` with its `output` replaced by the items seen.
+    fn with_items(&mut self, response: &RawValue) -> Bytes {
+        self.items.sort_by_key(|(index, _)| *index);
+        let mut output = Vec::with_capacity(self.items.iter().map(|(_, i)| i.len() + 1).sum());
+        output.push(b'[');
+        for (i, (_, item)) in self.items.iter().enumerate() {
+            if i > 0 {
+                output.push(b',');
+            }
+            output.extend_from_slice(item);
+        }
+        output.push(b']');
+        let output = as_str(&output);
+        let fields: Shallow<'_> = serde_json::from_str(response.get()).unwrap_or_default();
+        let mut out = Vec::with_capacity(response.get().len() + output.len());
+        let mut w = ObjectWriter::new(&mut out);
+        let mut saw_output = false;
+        for (key, value) in &fields.0 {
+            if key == "output" {
+                saw_output = true;
+                w.raw(key, output);
+            } else {
+                w.raw(key, value.get());
+            }
+        }
+        if !saw_output {
+            w.raw("output", output);
+        }
+        w.end();
+        Bytes::from(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapt::FailureKind;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    const FIXTURE: &str = include_str!("testdata/codex-cli-0.171-request.json");
+
+    fn rules(body: Value) -> (Value, UpstreamRequest) {
+        let req =
+            apply_body_rules(&serde_json::to_vec(&body).unwrap(), &Overrides::default()).unwrap();
+        (serde_json::from_slice(&req.body).unwrap(), req)
+    }
+
+    fn rules_err(body: &str) -> String {
+        apply_body_rules(body.as_bytes(), &Overrides::default())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn body_rules_shape() {
+        let (body, req) = rules(json!({
+            "model": "gpt-5",
+            "input": "Say hi",
+            "temperature": 0.2,
+            "top_p": null,
+            "max_output_tokens": 100,
+            "store": true,
+            "stream": false,
+            "metadata": {"a": "b"},
+            "previous_response_id": "resp_1",
+            "frobnicate": 1,
+            "tools": [{"type": "function", "name": "f", "parameters": {}}],
+            "text": {"format": {"type": "text"}},
+        }));
+        assert_eq!(
+            body,
+            json!({
+                "model": "gpt-5",
+                "instructions": DEFAULT_INSTRUCTIONS,
+                "input": [{"type": "message", "role": "user",
+                           "content": [{"type": "input_text", "text": "Say hi"}]}],
+                "tools": [{"type": "function", "name": "f", "parameters": {}}],
+                "store": false,
+                "stream": true,
+                "text": {"format": {"type": "text"}},
+            })
+        );
+        // (`json!` sorts keys, so the body arrived in alphabetical order.)
+        assert_eq!(
+            req.dropped,
+            [
+                "frobnicate",
+                "max_output_tokens",
+                "metadata",
+                "previous_response_id",
+                "temperature"
+            ]
+        );
+        // Dropped names keep the client's order, once each.
+        let ordered = apply_body_rules(
+            br#"{"user":"u","model":"m","input":"x","temperature":1,"user":"v","seed":null}"#,
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(ordered.dropped, ["user", "temperature"]);
+        assert_eq!(
+            ordered.dropped_params_header().as_deref(),
+            Some("user, temperature")
+        );
+        assert!(!req.stream);
+        assert_eq!(req.model, "gpt-5");
+        // Key order is the canonical one.
+        let text = std::str::from_utf8(&req.body).unwrap();
+        assert!(
+            text.starts_with(r#"{"model":"gpt-5","instructions":"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn lifts_leading_system_messages() {
+        let (body, req) = rules(json!({
+            "model": "m",
+            "instructions": "Base.",
+            "stream": true,
+            "prompt_cache_key": "conv-1",
+            "input": [
+                {"role": "system", "content": "Be brief."},
+                {"type": "message", "role": "developer",
+                 "content": [{"type": "input_text", "text": "One"}, {"type": "input_text", "text": "Two"}]},
+                {"role": "user", "content": "Q"},
+                {"role": "system", "content": "later system stays"},
+            ],
+        }));
+        assert_eq!(body["instructions"], "Base.\n\nBe brief.\n\nOne\nTwo");
+        assert_eq!(
+            body["input"],
+            json!([{"role": "user", "content": "Q"}, {"role": "system", "content": "later system stays"}])
+        );
+        assert!(req.stream);
+        assert_eq!(req.prompt_cache_key.as_deref(), Some("conv-1"));
+        // A system message with an image is not lifted (and stops the lifting).
+        let (body, _) = rules(json!({
+            "model": "m",
+            "input": [
+                {"role": "system", "content": [{"type": "input_image", "image_url": "x"}]},
+                {"role": "system", "content": "s"},
+            ],
+        }));
+        assert_eq!(body["instructions"], DEFAULT_INSTRUCTIONS);
+        assert_eq!(body["input"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn reasoning_include_and_overrides() {
+        let (body, _) = rules(json!({
+            "model": "m", "input": [],
+            "reasoning": {"effort": "low", "summary": "auto"},
+            "include": ["message.output_text.logprobs", "message.output_text.logprobs"],
+        }));
+        assert_eq!(
+            body["include"],
+            json!(["message.output_text.logprobs", ENCRYPTED_REASONING])
+        );
+        let (body, _) = rules(json!({"model": "m", "input": [], "reasoning": {},
+                                     "include": [ENCRYPTED_REASONING]}));
+        assert_eq!(body["include"], json!([ENCRYPTED_REASONING]));
+        let (body, _) = rules(json!({"model": "m", "input": [], "reasoning": null}));
+        assert!(body.get("include").is_none() && body.get("reasoning").is_none());
+
+        let overrides = Overrides {
+            model: Some("forced"),
+            reasoning_effort: Some("high"),
+        };
+        let req = apply_body_rules(
+            br#"{"input":"x","reasoning":{"summary":"auto","effort":"low"}}"#,
+            &overrides,
+        )
+        .unwrap();
+        let body: Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(req.model, "forced");
+        assert_eq!(body["model"], "forced");
+        assert_eq!(
+            body["reasoning"],
+            json!({"summary": "auto", "effort": "high"})
+        );
+        assert_eq!(body["include"], json!([ENCRYPTED_REASONING]));
+    }
+
+    #[test]
+    fn body_rule_errors_name_the_field() {
+        assert_eq!(rules_err("[]"), "request body must be a JSON object");
+        assert!(rules_err("{").starts_with("request body is not valid JSON"));
+        assert_eq!(rules_err(r#"{"input":"x"}"#), "model: required");
+        assert_eq!(
+            rules_err(r#"{"model":5,"input":"x"}"#),
+            "model: must be a string"
+        );
+        assert_eq!(rules_err(r#"{"model":"m"}"#), "input: required");
+        assert_eq!(
+            rules_err(r#"{"model":"m","input":{"a":1}}"#),
+            "input: must be a string or an array of items"
+        );
+        assert_eq!(
+            rules_err(r#"{"model":"m","input":"x","instructions":[1]}"#),
+            "instructions: must be a string"
+        );
+        assert_eq!(
+            rules_err(r#"{"model":"m","input":"x","stream":"yes"}"#),
+            "stream: must be a boolean"
+        );
+        assert_eq!(
+            rules_err(r#"{"model":"m","input":"x","reasoning":"high"}"#),
+            "reasoning: must be an object"
+        );
+        assert_eq!(
+            rules_err(r#"{"model":"m","input":"x","include":"x"}"#),
+            "include: must be an array of strings"
+        );
+        let err =
+            apply_body_rules(br#"{"model":1,"input":"x"}"#, &Overrides::default()).unwrap_err();
+        assert_eq!(err.param(), Some("model"));
+    }
+
+    #[test]
+    fn fixture_is_a_codex_client_and_passes_through_untouched() {
+        let fixture: Value = serde_json::from_str(FIXTURE).unwrap();
+        let headers: Vec<(&str, &str)> = fixture["headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+            .collect();
+        assert!(is_codex_client(headers.iter().copied()));
+        // Each signal alone is enough.
+        assert!(is_codex_client(
+            headers.iter().copied().filter(|(k, _)| *k == "originator")
+        ));
+        assert!(is_codex_client(
+            headers
+                .iter()
+                .copied()
+                .filter(|(k, _)| k.starts_with("x-codex-"))
+        ));
+        let others = headers
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "originator" && !k.starts_with("x-codex-"));
+        assert!(!is_codex_client(others));
+        assert!(!is_codex_client([
+            ("originator", "codexpool"),
+            ("x-codexy", "1")
+        ]));
+
+        // The body exactly as captured (key order included).
+        #[derive(Deserialize)]
+        struct Capture<'a> {
+            #[serde(borrow)]
+            body: &'a RawValue,
+        }
+        let capture: Capture<'_> = serde_json::from_str(FIXTURE).unwrap();
+        let body = Bytes::copy_from_slice(capture.body.get().as_bytes());
+        let req = codex_passthrough(body.clone(), &Overrides::default()).unwrap();
+        assert_eq!(
+            req.body.as_ptr(),
+            body.as_ptr(),
+            "no override: the same buffer"
+        );
+        assert_eq!(req.model, "fake-model");
+        assert!(req.stream);
+        assert!(req.dropped.is_empty());
+        assert_eq!(
+            req.prompt_cache_key.as_deref(),
+            Some("01a217a1-6072-7ea0-a145-90dfa33c3126")
+        );
+        // Same model forced: still untouched.
+        let same = Overrides {
+            model: Some("fake-model"),
+            reasoning_effort: None,
+        };
+        assert_eq!(
+            codex_passthrough(body.clone(), &same)
+                .unwrap()
+                .body
+                .as_ptr(),
+            body.as_ptr()
+        );
+
+        let forced = Overrides {
+            model: Some("gpt-5-codex"),
+            reasoning_effort: Some("high"),
+        };
+        let req = codex_passthrough(body.clone(), &forced).unwrap();
+        let mut expected = fixture["body"].clone();
+        expected["model"] = json!("gpt-5-codex");
+        expected["reasoning"] = json!({"summary": "auto", "effort": "high"});
+        let got: Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(got, expected);
+        assert_eq!(req.model, "gpt-5-codex");
+        // Key order is kept: the same keys in the same order as captured.
+        let keys = |b: &[u8]| -> Vec<String> {
+            let obj: Shallow<'_> = serde_json::from_slice(b).unwrap();
+            obj.0.iter().map(|(k, _)| k.to_string()).collect()
+        };
+        assert_eq!(keys(&req.body), keys(&body));
+        assert!(
+            std::str::from_utf8(&req.body)
+                .unwrap()
+                .starts_with(r#"{"model":"gpt-5-codex","#)
+        );
+    }
+
+    #[test]
+    fn passthrough_appends_missing_fields_and_validates() {
+        let forced = Overrides {
+            model: Some("m2"),
+            reasoning_effort: Some("low"),
+        };
+        let req = codex_passthrough(Bytes::from_static(br#"{"input":[]}"#), &forced).unwrap();
+        let body: Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"input": [], "model": "m2", "reasoning": {"effort": "low"}})
+        );
+        let err = |b: &'static [u8]| {
+            codex_passthrough(Bytes::from_static(b), &Overrides::default())
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(err(br#"{"input":[]}"#), "model: required");
+        assert_eq!(err(br#"{"model":[]}"#), "model: must be a string");
+        assert_eq!(err(b"\"x\""), "request body must be a JSON object");
+    }
+
+    fn frame(json: &str) -> SseEvent {
+        SseEvent::new(json.to_owned())
+    }
+
+    #[test]
+    fn assembler_returns_the_completed_response_zero_copy() {
+        let mut a = ResponseAssembler::new();
+        let completed = frame(
+            r#"{"type":"response.completed","response":{"id":"resp_1","output":[{"type":"message"}],"usage":{"input_tokens":2,"output_tokens":3,"total_tokens":5}}}"#,
+        );
+        assert!(
+            !a.push(&frame(r#"{"type":"response.created","response":{}}"#))
+                .unwrap()
+        );
+        assert!(a.push(&completed).unwrap());
+        assert!(a.push(&frame("garbage after the end")).unwrap());
+        assert_eq!(a.usage().map(|u| u.total_tokens), Some(5));
+        let out = a.finish().unwrap();
+        assert_eq!(
+            out.as_ref(),
+            br#"{"id":"resp_1","output":[{"type":"message"}],"usage":{"input_tokens":2,"output_tokens":3,"total_tokens":5}}"#
+        );
+        let start = completed.data().as_ptr() as usize;
+        assert!((start..start + completed.data().len()).contains(&(out.as_ptr() as usize)));
+    }
+
+    #[test]
+    fn assembler_rebuilds_empty_output_from_items() {
+        let mut a = ResponseAssembler::new();
+        a.push(&frame(
+            r#"{"type":"response.output_item.done","output_index":1,"item":{"type":"message","id":"m"}}"#,
+        ))
+        .unwrap();
+        a.push(&frame(
+            r#"{"type":"response.output_item.done","output_index":0,"item":{"type":"reasoning","id":"r"}}"#,
+        ))
+        .unwrap();
+        a.push(&frame(
+            r#"{"type":"response.incomplete","response":{"id":"x","output":[],"status":"incomplete"}}"#,
+        ))
+        .unwrap();
+        let out: Value = serde_json::from_slice(&a.finish().unwrap()).unwrap();
+        assert_eq!(
+            out,
+            json!({"id": "x", "status": "incomplete",
+                   "output": [{"type": "reasoning", "id": "r"}, {"type": "message", "id": "m"}]})
+        );
+    }
+
+    #[test]
+    fn assembler_reports_failures_and_truncation() {
+        let mut a = ResponseAssembler::new();
+        let err = a
+            .push(&frame(
+                r#"{"type":"response.failed","response":{"error":{"code":"server_is_overloaded","message":"busy"}}}"#,
+            ))
+            .unwrap_err();
+        assert!(matches!(&err, AssembleError::Failed(f) if f.kind == FailureKind::Overloaded));
+        assert!(matches!(a.finish(), Err(AssembleError::Failed(_))));
+        let mut a = ResponseAssembler::new();
+        a.push(&frame(
+            r#"{"type":"response.output_text.delta","delta":"x"}"#,
+        ))
+        .unwrap();
+        assert!(matches!(a.finish(), Err(AssembleError::Truncated)));
+        let mut a = ResponseAssembler::new();
+        assert!(matches!(
+            a.push(&frame(r#"{"type":"response.completed","response":[]}"#)),
+            Err(AssembleError::Event(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn request_adapters_never_panic(value in crate::adapt::testing::arb_json(),
+                                        extra in crate::adapt::testing::arb_json()) {
+            let mut object = serde_json::Map::new();
+            for key in ["model", "input", "instructions", "reasoning", "include", "stream"] {
+                object.insert(key.into(), value.clone());
+            }
+            object.insert("input".into(), extra.clone());
+            for body in [Value::Object(object), value.clone(), extra.clone(),
+                         json!({"model": "m", "input": extra.clone(), "reasoning": value.clone()})] {
+                let bytes = serde_json::to_vec(&body).unwrap();
+                for overrides in [Overrides::default(), Overrides { model: Some("f"), reasoning_effort: Some("high") }] {
+                    if let Ok(req) = apply_body_rules(&bytes, &overrides) {
+                        let out: Value = serde_json::from_slice(&req.body).unwrap();
+                        prop_assert_eq!(&out["stream"], &json!(true));
+                        prop_assert_eq!(&out["store"], &json!(false));
+                        prop_assert!(out["instructions"].as_str().is_some_and(|i| !i.trim().is_empty()));
+                    }
+                    if let Ok(req) = codex_passthrough(Bytes::from(bytes.clone()), &overrides) {
+                        let _: Value = serde_json::from_slice(&req.body).unwrap();
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn request_adapters_survive_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = apply_body_rules(&data, &Overrides::default());
+            let _ = codex_passthrough(Bytes::from(data), &Overrides::default());
+        }
+    }
+}

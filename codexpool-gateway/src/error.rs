@@ -1,0 +1,312 @@
+//! `ApiError`: every error a client can get from the gateway, and the one place where an error
+//! becomes an HTTP response — the OpenAI shape `{"error":{"message","type","code","param"}}` with
+//! the right status, and `Retry-After` on 429 and 503. Internals are logged, not sent.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use codexpool_core::keys::KeyError;
+use codexpool_core::{PoolError, Timestamp};
+use serde::Serialize;
+
+use crate::adapt::{FailureKind, RequestError, UpstreamFailure};
+
+/// A gateway error, rendered as an OpenAI error body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+#[non_exhaustive]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// OpenAI `error.type`.
+    pub kind: &'static str,
+    /// OpenAI `error.code`.
+    pub code: String,
+    /// The sentence a person reads.
+    pub message: String,
+    /// The offending parameter, when there is one.
+    pub param: Option<String>,
+    /// Seconds to put in `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: &'a str,
+    param: Option<&'a str>,
+}
+
+impl ApiError {
+    /// An error with a status, type, code and message.
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            kind,
+            code: code.into(),
+            message: message.into(),
+            param: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400 `invalid_request_error`.
+    pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            code,
+            message,
+        )
+    }
+
+    /// 404 for an unknown route.
+    pub fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_url",
+            format!("Unknown request URL: {path}"),
+        )
+    }
+
+    /// 405 for a known route with another method.
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        )
+    }
+
+    /// 413 for a body over `FRONT_PROXY_MAX_BODY_BYTES`.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!("request body is larger than {limit} bytes (FRONT_PROXY_MAX_BODY_BYTES)"),
+        )
+    }
+
+    /// 415 for a body that is not JSON.
+    pub fn unsupported_media_type(got: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            format!("expected Content-Type: application/json, got {got:?}"),
+        )
+    }
+
+    /// 502: the upstream broke (garbage, a cut before any output).
+    pub fn bad_gateway(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "server_error", code, message)
+    }
+
+    /// 504: the upstream went silent for longer than the idle timeout.
+    pub fn timeout(after: Duration) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "upstream_timeout",
+            format!(
+                "the upstream sent nothing for {} s (UPSTREAM_STREAM_IDLE_TIMEOUT_SECS)",
+                after.as_secs()
+            ),
+        )
+    }
+
+    /// Adds `Retry-After`.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        let body = Body {
+            error: Inner {
+                message: &self.message,
+                kind: self.kind,
+                code: &self.code,
+                param: self.param.as_deref(),
+            },
+        };
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// The error as one SSE `data:` frame, for a stream that already started.
+    pub fn sse_frame(&self) -> bytes::Bytes {
+        let mut out = bytes::BytesMut::new();
+        crate::sse::write_data(&mut out, &self.body());
+        out.freeze()
+    }
+
+    /// From a refused platform key.
+    pub fn from_key(e: &KeyError) -> Self {
+        let (status, code) = match e {
+            KeyError::Missing => (StatusCode::UNAUTHORIZED, "missing_api_key"),
+            KeyError::Unknown => (StatusCode::UNAUTHORIZED, "invalid_api_key"),
+            KeyError::Disabled { .. } => (StatusCode::FORBIDDEN, "api_key_disabled"),
+            KeyError::Expired { .. } => (StatusCode::FORBIDDEN, "api_key_expired"),
+            KeyError::ModelNotAllowed { .. } => (StatusCode::FORBIDDEN, "model_not_allowed"),
+            _ => (StatusCode::FORBIDDEN, "forbidden"),
+        };
+        let mut err = Self::new(status, "invalid_request_error", code, e.to_string());
+        if matches!(e, KeyError::ModelNotAllowed { .. }) {
+            err.param = Some("model".into());
+        }
+        err
+    }
+
+    /// From a pool that could not lease an account; `now` turns reset times into `Retry-After`.
+    pub fn from_pool(e: &PoolError, now: Timestamp) -> Self {
+        let secs_until = |t: Timestamp| t.since(now).as_secs().max(1);
+        match e {
+            PoolError::Exhausted { resets_at } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "usage_limit_reached",
+                e.to_string(),
+            )
+            .retry_after(secs_until(*resets_at)),
+            PoolError::CoolingDown { until } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "accounts_cooling_down",
+                e.to_string(),
+            )
+            .retry_after(secs_until(*until)),
+            PoolError::Busy { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "accounts_busy",
+                e.to_string(),
+            )
+            .retry_after(1),
+            _ => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "no_account_available",
+                e.to_string(),
+            ),
+        }
+    }
+
+    /// From a client body the adapters refused.
+    pub fn from_request(e: &RequestError) -> Self {
+        let mut err = Self::bad_request("invalid_request", e.to_string());
+        err.param = e.param().map(str::to_string);
+        err
+    }
+
+    /// From the last upstream failure, when no other account can help.
+    pub fn from_upstream(f: &UpstreamFailure) -> Self {
+        let status = match f.kind {
+            FailureKind::BadRequest => f
+                .status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST),
+            FailureKind::UsageLimit { .. } | FailureKind::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            _ if f.code.as_deref() == Some("upstream_timeout") => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        Self::new(
+            status,
+            f.error_type(),
+            f.error_code(),
+            format!("upstream: {}", f.message),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.status, self.body()).into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_openai_shape_with_retry_after() {
+        let now = Timestamp::from_secs(1000);
+        let e = ApiError::from_pool(
+            &PoolError::Exhausted {
+                resets_at: Timestamp::from_secs(1090),
+            },
+            now,
+        );
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.retry_after, Some(90));
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(v["error"]["code"], "usage_limit_reached");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("usage limit")
+        );
+        let res = e.into_response();
+        assert_eq!(res.headers()[header::RETRY_AFTER], "90");
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn key_errors_are_distinct() {
+        let codes: Vec<(StatusCode, String)> = [
+            KeyError::Missing,
+            KeyError::Unknown,
+            KeyError::Disabled { key_id: "k".into() },
+            KeyError::Expired {
+                key_id: "k".into(),
+                at: Timestamp::from_secs(1),
+            },
+        ]
+        .iter()
+        .map(|e| {
+            let a = ApiError::from_key(e);
+            (a.status, a.code)
+        })
+        .collect();
+        assert_eq!(
+            codes
+                .iter()
+                .map(|c| c.1.as_str())
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            4
+        );
+        assert_eq!(codes[0].0, StatusCode::UNAUTHORIZED);
+        assert_eq!(codes[2].0, StatusCode::FORBIDDEN);
+    }
+}

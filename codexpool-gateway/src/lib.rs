@@ -1,0 +1,196 @@
+//! codexpool-gateway: one OpenAI-compatible endpoint in front of a pool of ChatGPT (Codex)
+//! accounts.
+//!
+//! [`Gateway`] is a tower `Service` (an axum `Router` inside) serving `POST /v1/responses`,
+//! `POST /v1/chat/completions`, `GET /v1/models`, `GET /health` and `GET /metrics`. Every model
+//! request is authenticated with a platform key, adapted to the Codex backend's dialect, and sent
+//! through the best account that still has quota; failures before the first byte of output fail
+//! over to the next account, so the client never sees them.
+//!
+//! Mount it in your own axum app:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = codexpool_core::Pool::open(codexpool_core::Config::from_env()?).await?;
+//! let gateway = codexpool_gateway::Gateway::new(pool)?;
+//! let app = axum::Router::new().nest_service("/llm", gateway.router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod adapt;
+mod auth;
+mod error;
+mod limit;
+mod metrics;
+mod record;
+mod relay;
+mod routes;
+mod rpc;
+mod server;
+pub mod sse;
+mod stack;
+mod upstream;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response};
+use axum::routing::{get, post};
+use codexpool_core::Pool;
+
+pub use auth::{KeyAuth, KeyAuthLayer, presented_key};
+pub use error::ApiError;
+pub use limit::{Shed, ShedLayer};
+pub use metrics::{Attempt, Metrics, MetricsLayer, Protocol};
+pub use routes::KEEPALIVE_INTERVAL;
+pub use routes::models::BUILTIN_MODELS;
+pub use rpc::{RpcError, codes as rpc_codes};
+pub use server::{
+    DEFAULT_SHUTDOWN_GRACE, RunningServer, Server, ServerError, max_in_flight, worker_threads,
+};
+pub use upstream::CODEX_VERSION;
+
+/// The gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The upstream HTTP client could not be created.
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// State shared by every handler of one gateway.
+pub(crate) struct Shared {
+    pub pool: Pool,
+    pub upstream: upstream::Upstream,
+    pub metrics: Arc<Metrics>,
+    pub models: routes::models::ModelsCache,
+    pub max_body: usize,
+    pub preview_max: usize,
+    /// How often a streaming client waiting on a slow upstream gets an SSE comment.
+    pub keepalive: std::time::Duration,
+}
+
+/// The OpenAI-compatible gateway over a [`Pool`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+    router: Router,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Gateway`] with non-default parts.
+#[derive(Debug)]
+pub struct GatewayBuilder {
+    pool: Pool,
+    keepalive: std::time::Duration,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl GatewayBuilder {
+    /// How often a streaming client waiting on a slow upstream gets an SSE comment
+    /// (default [`KEEPALIVE_INTERVAL`], 15 s).
+    pub fn keepalive_interval(mut self, d: std::time::Duration) -> Self {
+        self.keepalive = d;
+        self
+    }
+
+    /// Records into these metrics (default: a new set).
+    pub fn metrics(mut self, m: Arc<Metrics>) -> Self {
+        self.metrics = Some(m);
+        self
+    }
+
+    /// Builds the gateway, configured by the pool's settings (upstream URLs, timeouts, body
+    /// limit).
+    pub fn build(self) -> Result<Gateway, GatewayError> {
+        let config = self.pool.config();
+        let shared = Arc::new(Shared {
+            upstream: upstream::Upstream::new(config).map_err(GatewayError::Client)?,
+            metrics: self.metrics.unwrap_or_default(),
+            models: routes::models::ModelsCache::default(),
+            max_body: config.front_proxy_max_body_bytes,
+            preview_max: config.trace_body_preview_max_bytes,
+            keepalive: self.keepalive,
+            pool: self.pool,
+        });
+        let router = Gateway::routes(shared.clone());
+        Ok(Gateway { shared, router })
+    }
+}
+
+impl Gateway {
+    /// A gateway over `pool` with default options.
+    pub fn new(pool: Pool) -> Result<Self, GatewayError> {
+        Self::builder(pool).build()
+    }
+
+    /// A builder over `pool`.
+    pub fn builder(pool: Pool) -> GatewayBuilder {
+        GatewayBuilder {
+            pool,
+            keepalive: KEEPALIVE_INTERVAL,
+            metrics: None,
+        }
+    }
+
+    fn routes(shared: Arc<Shared>) -> Router {
+        let model_routes = Router::new()
+            .route("/v1/responses", post(routes::responses::handle))
+            .route("/v1/chat/completions", post(routes::chat::handle))
+            .route("/v1/models", get(routes::models::handle))
+            .route_layer(KeyAuthLayer::new(shared.pool.keys()));
+        let open_routes = Router::new()
+            .route("/health", get(routes::health))
+            .route("/metrics", get(routes::metrics));
+        let routes = model_routes
+            .merge(open_routes)
+            .fallback(routes::not_found)
+            .method_not_allowed_fallback(routes::method_not_allowed)
+            .with_state(shared.clone());
+        stack::stack(routes, shared.metrics.clone())
+    }
+
+    /// The gateway as an axum `Router` (with its layers), to serve or to nest in an app.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The pool it serves from.
+    pub fn pool(&self) -> &Pool {
+        &self.shared.pool
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Gateway
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = <Router as tower::Service<Request<B>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        <Router as tower::Service<Request<B>>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.router.call(req)
+    }
+}

@@ -1,0 +1,94 @@
+//! `Record`: the request-log row of one client request, filled in as the request goes and
+//! written exactly once — when the response ends, or when the client goes away (then with
+//! `client_closed`). Also writes the token-ledger entry when the upstream reported usage.
+
+use std::time::Instant;
+
+use codexpool_core::Pool;
+use codexpool_core::request_log::RequestLogEntry;
+use codexpool_core::usage::{LedgerEntry, TokenCounts};
+
+use crate::adapt::TokenUsage;
+
+pub(crate) struct Record {
+    pool: Pool,
+    pub entry: RequestLogEntry,
+    started: Instant,
+    written: bool,
+}
+
+/// Converts the adapters' usage to the ledger's.
+pub(crate) fn counts(u: TokenUsage) -> TokenCounts {
+    TokenCounts {
+        input_tokens: u.input_tokens,
+        cached_tokens: u.cached_tokens,
+        output_tokens: u.output_tokens,
+        reasoning_tokens: u.reasoning_tokens,
+    }
+}
+
+impl Record {
+    pub fn new(pool: Pool, request_id: String, route: &str, key_id: Option<String>) -> Self {
+        let mut entry = RequestLogEntry::new(request_id, pool.now(), route);
+        entry.key_id = key_id;
+        Self {
+            pool,
+            entry,
+            started: Instant::now(),
+            written: false,
+        }
+    }
+
+    /// Milliseconds since the request arrived.
+    pub fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Notes the first byte sent to the client (once).
+    pub fn first_byte(&mut self) {
+        if self.entry.ttfb_ms.is_none() {
+            self.entry.ttfb_ms = Some(self.elapsed_ms());
+        }
+    }
+
+    /// Writes the row (and the ledger entry) now.
+    pub fn finish(&mut self, status: u16, error_class: Option<&str>, usage: Option<TokenUsage>) {
+        if self.written {
+            return;
+        }
+        self.written = true;
+        let e = &mut self.entry;
+        e.status = status;
+        e.latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // The first failure noted (e.g. by the attempt loop) is the most specific one.
+        if e.error_class.is_none() {
+            e.error_class = error_class.map(str::to_string);
+        }
+        if let Some(u) = usage {
+            e.tokens = Some(counts(u));
+            self.pool.usage().record_tokens(LedgerEntry {
+                at: self.pool.now(),
+                key_id: e.key_id.clone(),
+                account_id: e.account_id.clone(),
+                model: e.model.clone().unwrap_or_default(),
+                tokens: counts(u),
+                status,
+            });
+        }
+        self.pool.request_log().record(e.clone());
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if !self.written {
+            // The response was dropped before it ended: the client went away.
+            let status = if self.entry.status == 0 {
+                499
+            } else {
+                self.entry.status
+            };
+            self.finish(status, Some("client_closed"), None);
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! After commit: the upstream stream relayed to the client, as it comes (no whole-stream
+//! buffering, one output chunk per upstream chunk), either as the upstream's own events
+//! (Responses clients) or translated into `chat.completion.chunk`s; or, for clients that did not
+//! ask for a stream, assembled into one final object.
+//!
+//! The relay owns the lease and the request-log record: when it ends — the response completed,
+//! the upstream broke, or the client went away and the body was dropped — the lease is released,
+//! the upstream connection is closed, and the record is written once with what happened.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use codexpool_core::{Lease, Outcome};
+use futures_util::StreamExt;
+
+use crate::adapt::{
+    AssembleError, ChatAssembler, ChatStream, EventKind, FailureKind, ResponseAssembler,
+    ResponsesEvent, TokenUsage, UpstreamFailure,
+};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::record::Record;
+use crate::sse::{SseEvent, SseItem, SseParser, write_event};
+use crate::upstream::{ByteStream, Committed, without_url};
+
+/// What the client gets.
+pub(crate) enum Mode {
+    /// The upstream's events, re-framed byte for byte.
+    Passthrough,
+    /// Chat Completions chunks.
+    Chat(Box<ChatStream>),
+}
+
+/// A committed upstream stream on its way to a streaming client.
+pub(crate) struct Relay {
+    lease: Option<Lease>,
+    body: ByteStream,
+    parser: SseParser,
+    pending: VecDeque<SseItem>,
+    mode: Mode,
+    record: Record,
+    idle: Duration,
+    metrics: Arc<Metrics>,
+    first_event: Instant,
+    pre_send: Duration,
+    sent_any: bool,
+    done: bool,
+    usage: Option<TokenUsage>,
+    error_class: Option<String>,
+}
+
+/// The lease outcome for a failure reported after commit (the request is not retried, but the
+/// account's state still learns from it).
+fn late_outcome(f: &UpstreamFailure) -> Option<Outcome> {
+    match &f.kind {
+        FailureKind::UsageLimit { resets_at, .. } => Some(Outcome::UsageLimit {
+            resets_at: resets_at.map(codexpool_core::Timestamp::from_secs),
+        }),
+        FailureKind::Deactivated => Some(Outcome::Banned {
+            reason: f.error_code().to_string(),
+        }),
+        FailureKind::BadRequest => None,
+        _ => Some(Outcome::UpstreamError),
+    }
+}
+
+/// Looks at an event for what the gateway itself needs: usage at the end, failures.
+fn inspect(event: &SseEvent) -> (bool, Option<TokenUsage>, Option<UpstreamFailure>) {
+    let kind = EventKind::of(event);
+    if !kind.is_terminal() {
+        return (false, None, None);
+    }
+    match ResponsesEvent::from_sse(event) {
+        Ok(ResponsesEvent::Completed(r) | ResponsesEvent::Incomplete(r)) => (true, r.usage, None),
+        Ok(ResponsesEvent::Failed(r)) => (true, r.usage, Some(r.failure())),
+        Ok(ResponsesEvent::Error(e)) => (true, None, Some(e.to_failure(None))),
+        Ok(_) => (true, None, None),
+        Err(e) => (true, None, Some(UpstreamFailure::malformed(&e))),
+    }
+}
+
+impl Relay {
+    pub fn new(
+        c: Committed,
+        mode: Mode,
+        idle: Duration,
+        metrics: Arc<Metrics>,
+        pre_send: Duration,
+    ) -> Self {
+        let Committed {
+            lease,
+            stream,
+            mut record,
+        } = c;
+        record.entry.status = 200;
+        Self {
+            lease: Some(lease),
+            body: stream.body,
+            parser: stream.parser,
+            pending: stream.buffered,
+            mode,
+            record,
+            idle,
+            metrics,
+            first_event: stream.first_event,
+            pre_send,
+            sent_any: false,
+            done: false,
+            usage: None,
+            error_class: None,
+        }
+    }
+
+    fn next_item(&mut self) -> Result<Option<SseItem>, String> {
+        if let Some(item) = self.pending.pop_front() {
+            return Ok(Some(item));
+        }
+        self.parser.next_item().map_err(|e| e.to_string())
+    }
+
+    /// Writes one item for the client; `true` when it ended the response.
+    async fn emit(&mut self, item: SseItem, out: &mut BytesMut) -> bool {
+        let SseItem::Event(event) = item else {
+            // Comments prove liveness upstream; Responses clients may use them the same way.
+            if matches!(self.mode, Mode::Passthrough) {
+                out.extend_from_slice(b": keep-alive\n\n");
+            }
+            return false;
+        };
+        let (terminal, usage, failure) = inspect(&event);
+        match &mut self.mode {
+            Mode::Passthrough => event.encode(out),
+            Mode::Chat(chat) => {
+                if let Err(e) = chat.push(&event, out) {
+                    let f = UpstreamFailure::malformed(&e);
+                    chat.fail(&f, out);
+                    self.error_class = Some("malformed_event".into());
+                    return true;
+                }
+            }
+        }
+        if usage.is_some() {
+            self.usage = usage;
+        }
+        if let Some(f) = failure {
+            self.error_class = Some(f.error_code().to_string());
+            if let (Some(o), Some(lease)) = (late_outcome(&f), &self.lease) {
+                lease.report(o).await;
+            }
+        }
+        terminal
+    }
+
+    /// Ends a stream the upstream broke off: the client learns it from the stream itself.
+    fn broken(&mut self, code: &str, message: String, out: &mut BytesMut) {
+        let f = UpstreamFailure {
+            kind: FailureKind::Server,
+            status: None,
+            code: Some(code.into()),
+            message,
+        };
+        match &mut self.mode {
+            Mode::Chat(chat) => chat.fail(&f, out),
+            Mode::Passthrough => {
+                let body = serde_json::json!({"type": "error", "code": code, "message": f.message, "param": null});
+                write_event(out, "error", body.to_string().as_bytes());
+            }
+        }
+        self.error_class = Some(code.to_string());
+    }
+
+    /// The next piece of the response, `None` at the end.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        loop {
+            loop {
+                match self.next_item() {
+                    Ok(Some(item)) => {
+                        if self.emit(item, &mut out).await {
+                            self.complete().await;
+                            return self.hand_out(out);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.broken("malformed_stream", e, &mut out);
+                        self.complete().await;
+                        return self.hand_out(out);
+                    }
+                }
+            }
+            if !out.is_empty() {
+                return self.hand_out(out);
+            }
+            match tokio::time::timeout(self.idle, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self.parser.push(chunk),
+                Ok(Some(Err(e))) => {
+                    self.broken(
+                        "upstream_cut",
+                        format!("the upstream stream broke: {}", without_url(&e)),
+                        &mut out,
+                    );
+                    self.cut().await;
+                    return self.hand_out(out);
+                }
+                Ok(None) => {
+                    match &mut self.mode {
+                        Mode::Chat(chat) => {
+                            chat.finish(&mut out);
+                            self.error_class = Some("upstream_cut".into());
+                        }
+                        Mode::Passthrough => self.broken(
+                            "upstream_cut",
+                            "the upstream stream ended before the response completed".into(),
+                            &mut out,
+                        ),
+                    }
+                    self.cut().await;
+                    return self.hand_out(out);
+                }
+                Err(_) => {
+                    let msg = format!("the upstream sent nothing for {} s", self.idle.as_secs());
+                    self.broken("upstream_timeout", msg, &mut out);
+                    self.cut().await;
+                    return self.hand_out(out);
+                }
+            }
+        }
+    }
+
+    fn hand_out(&mut self, out: BytesMut) -> Option<Bytes> {
+        if !self.sent_any {
+            self.sent_any = true;
+            self.record.first_byte();
+            self.metrics
+                .overhead(self.pre_send + self.first_event.elapsed());
+        }
+        Some(out.freeze())
+    }
+
+    async fn cut(&mut self) {
+        if let Some(lease) = &self.lease {
+            lease.report(Outcome::UpstreamError).await;
+        }
+        self.finish_record();
+    }
+
+    async fn complete(&mut self) {
+        if let Some(lease) = &self.lease
+            && self.error_class.is_none()
+        {
+            lease.report(Outcome::Success).await;
+        }
+        if let Mode::Chat(chat) = &self.mode {
+            self.usage = self.usage.or(chat.usage());
+        }
+        self.finish_record();
+    }
+
+    fn finish_record(&mut self) {
+        self.done = true;
+        // Release the account at once; the client may still be reading the last bytes.
+        self.lease = None;
+        self.record
+            .finish(200, self.error_class.as_deref(), self.usage);
+    }
+}
+
+/// The two non-streaming assemblers, driven the same way.
+pub(crate) trait Assemble {
+    fn push(&mut self, event: &SseEvent) -> Result<bool, AssembleError>;
+    fn usage(&self) -> Option<TokenUsage>;
+    fn finish(self) -> Result<Bytes, AssembleError>;
+}
+
+impl Assemble for ChatAssembler {
+    fn push(&mut self, event: &SseEvent) -> Result<bool, AssembleError> {
+        ChatAssembler::push(self, event)
+    }
+    fn usage(&self) -> Option<TokenUsage> {
+        ChatAssembler::usage(self)
+    }
+    fn finish(self) -> Result<Bytes, AssembleError> {
+        ChatAssembler::finish(self)
+    }
+}
+
+impl Assemble for ResponseAssembler {
+    fn push(&mut self, event: &SseEvent) -> Result<bool, AssembleError> {
+        ResponseAssembler::push(self, event)
+    }
+    fn usage(&self) -> Option<TokenUsage> {
+        ResponseAssembler::usage(self)
+    }
+    fn finish(self) -> Result<Bytes, AssembleError> {
+        ResponseAssembler::finish(self)
+    }
+}
+
+/// Reads a committed stream to its end into one JSON answer.
+pub(crate) async fn collect<A: Assemble>(
+    c: Committed,
+    mut asm: A,
+    idle: Duration,
+) -> Result<Bytes, ApiError> {
+    let Committed {
+        lease,
+        stream,
+        mut record,
+    } = c;
+    let (mut body, mut parser, mut pending) = (stream.body, stream.parser, stream.buffered);
+    let result: Result<(), (ApiError, String, Option<Outcome>)> = async {
+        loop {
+            let item = match pending.pop_front() {
+                Some(i) => Some(i),
+                None => parser.next_item().map_err(|e| {
+                    (
+                        ApiError::bad_gateway("malformed_stream", e.to_string()),
+                        "malformed_stream".into(),
+                        Some(Outcome::UpstreamError),
+                    )
+                })?,
+            };
+            if let Some(item) = item {
+                if let SseItem::Event(ev) = item {
+                    match asm.push(&ev) {
+                        Ok(true) => return Ok(()),
+                        Ok(false) => {}
+                        Err(AssembleError::Failed(f)) => {
+                            return Err((
+                                ApiError::from_upstream(&f),
+                                f.error_code().to_string(),
+                                late_outcome(&f),
+                            ));
+                        }
+                        Err(e) => {
+                            return Err((
+                                ApiError::bad_gateway("malformed_event", e.to_string()),
+                                "malformed_event".into(),
+                                Some(Outcome::UpstreamError),
+                            ));
+                        }
+                    }
+                }
+                continue;
+            }
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(Ok(chunk))) => parser.push(chunk),
+                Ok(Some(Err(e))) => {
+                    let msg = format!("the upstream stream broke: {}", without_url(&e));
+                    return Err((
+                        ApiError::bad_gateway("upstream_cut", msg),
+                        "upstream_cut".into(),
+                        Some(Outcome::UpstreamError),
+                    ));
+                }
+                Ok(None) => {
+                    let msg = "the upstream stream ended before the response completed";
+                    return Err((
+                        ApiError::bad_gateway("upstream_cut", msg),
+                        "upstream_cut".into(),
+                        Some(Outcome::UpstreamError),
+                    ));
+                }
+                Err(_) => {
+                    return Err((
+                        ApiError::timeout(idle),
+                        "upstream_timeout".into(),
+                        Some(Outcome::UpstreamError),
+                    ));
+                }
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            lease.report(Outcome::Success).await;
+            drop(lease);
+            let usage = asm.usage();
+            match asm.finish() {
+                Ok(json) => {
+                    record.first_byte();
+                    record.finish(200, None, usage);
+                    Ok(json)
+                }
+                Err(e) => {
+                    let err = ApiError::bad_gateway("malformed_event", e.to_string());
+                    record.finish(err.status.as_u16(), Some("malformed_event"), usage);
+                    Err(err)
+                }
+            }
+        }
+        Err((err, class, outcome)) => {
+            if let Some(o) = outcome {
+                lease.report(o).await;
+            }
+            drop(lease);
+            record.finish(err.status.as_u16(), Some(&class), asm.usage());
+            Err(err)
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! Route handlers. Each model route turns the client's body into an upstream call (through the
+//! adapters), hands it to the attempt loop, and answers with a stream, one assembled object, or
+//! an error; [`dispatch`] is the part they share.
+
+pub(crate) mod chat;
+pub(crate) mod models;
+pub(crate) mod responses;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
+
+use crate::Shared;
+use crate::adapt::{ChatAssembler, ChatOptions, ChatStream, ResponseAssembler};
+use crate::error::ApiError;
+use crate::metrics::Protocol;
+use crate::record::Record;
+use crate::relay::{Mode, Relay, collect};
+use crate::upstream::{self, Call, Committed, Failed};
+
+/// While a streaming client waits on a slow upstream, it gets an SSE comment this often.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The request id the request-id layer set.
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Reads a JSON request body, refusing other content types (415) and bodies over the limit
+/// (413) before they are buffered.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let text = ct.to_str().unwrap_or("");
+        let mime = text
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if mime != "application/json" && !mime.ends_with("+json") {
+            return Err(ApiError::unsupported_media_type(text));
+        }
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large(limit))
+        }
+        Err(e) => Err(ApiError::bad_request(
+            "unreadable_body",
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+/// Keys whose values never reach a body preview.
+const SECRET_WORDS: [&str; 6] = [
+    "key",
+    "token",
+    "secret",
+    "password",
+    "authorization",
+    "cookie",
+];
+
+/// A redacted preview of a JSON body for the request log: values under keys that look like
+/// credentials become `*****`, then the text is cut to `max` bytes.
+pub(crate) fn preview(body: &[u8], max: usize) -> Option<String> {
+    if max == 0 {
+        return None;
+    }
+    fn redact(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m.iter_mut() {
+                    let k = k.to_ascii_lowercase();
+                    if SECRET_WORDS.iter().any(|w| k.contains(w))
+                        && !k.ends_with("_tokens")
+                        && k != "max_tokens"
+                    {
+                        *v = serde_json::Value::String("*****".into());
+                    } else {
+                        redact(v);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(redact),
+            _ => {}
+        }
+    }
+    let mut text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut v) => {
+            redact(&mut v);
+            v.to_string()
+        }
+        Err(_) => String::from("<not JSON>"),
+    };
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    Some(text)
+}
+
+/// A refusal before any upstream call: logged, then answered.
+pub(crate) fn reject(mut record: Record, error: ApiError, protocol: Protocol) -> Response {
+    record.finish(error.status.as_u16(), Some(&error.code), None);
+    with_protocol(error.into_response(), protocol)
+}
+
+fn with_protocol(mut res: Response, protocol: Protocol) -> Response {
+    res.extensions_mut().insert(protocol);
+    res
+}
+
+/// How the client wants its answer.
+pub(crate) enum Answer {
+    /// Upstream events as they come.
+    ResponsesStream,
+    /// The final `response` object.
+    ResponsesJson,
+    /// `chat.completion.chunk`s.
+    ChatStream(ChatOptions),
+    /// One `chat.completion`.
+    ChatJson(ChatOptions),
+}
+
+impl Answer {
+    fn streams(&self) -> bool {
+        matches!(self, Self::ResponsesStream | Self::ChatStream(_))
+    }
+
+    fn mode(&self, created: i64) -> Mode {
+        match self {
+            Self::ChatStream(o) => Mode::Chat(Box::new(ChatStream::new(o, created))),
+            _ => Mode::Passthrough,
+        }
+    }
+}
+
+/// What the fallback upstream needs: the client's own body and the path in its dialect.
+pub(crate) struct FallbackRequest {
+    pub body: Bytes,
+    pub path: &'static str,
+}
+
+fn sse_response(body: Body, extra: &[(&'static str, HeaderValue)]) -> Response {
+    let mut res = Response::new(body);
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    for (k, v) in extra {
+        h.insert(*k, v.clone());
+    }
+    res
+}
+
+fn json_response(body: Bytes, extra: &[(&'static str, HeaderValue)]) -> Response {
+    let mut res = Response::new(Body::from(body));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for (k, v) in extra {
+        res.headers_mut().insert(*k, v.clone());
+    }
+    res
+}
+
+type Run = BoxFuture<'static, Result<Committed, Failed>>;
+
+enum BodyState {
+    /// Headers went out early (a slow upstream): keep-alives until the attempt loop is done.
+    Waiting {
+        run: Run,
+        mode: Mode,
+        shared: Arc<Shared>,
+        pre_send: Duration,
+        done_frame: bool,
+    },
+    Relaying(Box<Relay>),
+    Done,
+}
+
+fn relay_body(state: BodyState) -> Body {
+    let stream = futures_util::stream::unfold(state, |state| async move {
+        match state {
+            BodyState::Done => None,
+            BodyState::Relaying(mut relay) => {
+                let chunk = relay.next_chunk().await?;
+                Some((Ok::<Bytes, Infallible>(chunk), BodyState::Relaying(relay)))
+            }
+            BodyState::Waiting {
+                mut run,
+                mode,
+                shared,
+                pre_send,
+                done_frame,
+            } => {
+                tokio::select! {
+                    result = &mut run => match result {
+                        Ok(c) => {
+                            let idle = shared.upstream.idle_timeout;
+                            let mut relay = Box::new(Relay::new(c, mode, idle, shared.metrics.clone(), pre_send));
+                            let chunk = relay.next_chunk().await.unwrap_or_default();
+                            Some((Ok(chunk), BodyState::Relaying(relay)))
+                        }
+                        Err(Failed { error, mut record, .. }) => {
+                            record.finish(200, Some(&error.code), None);
+                            let mut frame = error.sse_frame().to_vec();
+                            if done_frame {
+                                frame.extend_from_slice(crate::sse::DONE_FRAME);
+                            }
+                            Some((Ok(Bytes::from(frame)), BodyState::Done))
+                        }
+                    },
+                    () = tokio::time::sleep(shared.keepalive) => {
+                        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), BodyState::Waiting { run, mode, shared, pre_send, done_frame }))
+                    }
+                }
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// Runs the attempt loop for a call and answers the client.
+pub(crate) async fn dispatch(
+    shared: Arc<Shared>,
+    call: Call,
+    answer: Answer,
+    extra: Vec<(&'static str, HeaderValue)>,
+    protocol: Protocol,
+    fallback: FallbackRequest,
+) -> Response {
+    let pre_send = call.arrived.elapsed();
+    let s = shared.clone();
+    let mut run: Run =
+        Box::pin(async move { upstream::run(&s.pool, &s.upstream, &s.metrics, call).await });
+    let created = shared.pool.now().as_secs();
+    let result = if answer.streams() {
+        match tokio::time::timeout(shared.keepalive, &mut run).await {
+            Ok(r) => r,
+            Err(_) => {
+                // The upstream is slow: send the headers now and keep the connection alive.
+                let done_frame = matches!(answer, Answer::ChatStream(_));
+                let state = BodyState::Waiting {
+                    run,
+                    mode: answer.mode(created),
+                    shared,
+                    pre_send,
+                    done_frame,
+                };
+                return with_protocol(sse_response(relay_body(state), &extra), protocol);
+            }
+        }
+    } else {
+        run.await
+    };
+    let committed = match result {
+        Ok(c) => c,
+        Err(failed) => {
+            if failed.no_account && shared.upstream.fallback.is_some() {
+                return with_protocol(
+                    fallback_call(&shared, failed.record, fallback, answer.streams()).await,
+                    protocol,
+                );
+            }
+            return reject(failed.record, failed.error, protocol);
+        }
+    };
+    let mut extra = extra;
+    if let Ok(v) = HeaderValue::from_str(committed.lease.account_id()) {
+        extra.push(("x-codexpool-account", v));
+    }
+    let idle = shared.upstream.idle_timeout;
+    if !answer.streams() {
+        // For an assembled answer, the gateway's own share is the work before the upstream call.
+        shared.metrics.overhead(pre_send);
+    }
+    let res = match answer {
+        Answer::ResponsesStream | Answer::ChatStream(_) => {
+            let relay = Relay::new(
+                committed,
+                answer.mode(created),
+                idle,
+                shared.metrics.clone(),
+                pre_send,
+            );
+            sse_response(relay_body(BodyState::Relaying(Box::new(relay))), &extra)
+        }
+        Answer::ResponsesJson => match collect(committed, ResponseAssembler::new(), idle).await {
+            Ok(json) => json_response(json, &extra),
+            Err(e) => e.into_response(),
+        },
+        Answer::ChatJson(opts) => {
+            match collect(committed, ChatAssembler::new(&opts, created), idle).await {
+                Ok(json) => json_response(json, &extra),
+                Err(e) => e.into_response(),
+            }
+        }
+    };
+    with_protocol(res, protocol)
+}
+
+/// Sends the client's own body to the OpenAI-compatible fallback upstream and relays its answer
+/// as is (status, type, body).
+async fn fallback_call(
+    shared: &Shared,
+    mut record: Record,
+    req: FallbackRequest,
+    stream: bool,
+) -> Response {
+    let Some(fb) = &shared.upstream.fallback else {
+        return reject(
+            record,
+            ApiError::bad_gateway("no_fallback", "no fallback upstream"),
+            Protocol::None,
+        );
+    };
+    record.entry.fallback = true;
+    shared.metrics.fallback();
+    let mut rb = shared
+        .upstream
+        .client()
+        .post(format!("{}{}", fb.base, req.path))
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(k) = &fb.key {
+        rb = rb.bearer_auth(k.expose());
+    }
+    if stream {
+        rb = rb.header(header::ACCEPT, "text/event-stream");
+    }
+    let resp = match rb.body(req.body).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let err = ApiError::bad_gateway(
+                "fallback_unreachable",
+                format!("fallback upstream: {}", upstream::without_url(&e)),
+            );
+            return reject(record, err, Protocol::None);
+        }
+    };
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    record.entry.status = status.as_u16();
+    record.first_byte();
+    let guard = FallbackGuard {
+        record: Some(record),
+        status: status.as_u16(),
+    };
+    let body = futures_util::stream::unfold(
+        (resp.bytes_stream(), guard),
+        |(mut s, mut guard)| async move {
+            use futures_util::StreamExt;
+            match s.next().await {
+                Some(Ok(chunk)) => Some((Ok::<Bytes, std::io::Error>(chunk), (s, guard))),
+                Some(Err(e)) => {
+                    guard.end(Some("upstream_cut"));
+                    Some((
+                        Err(std::io::Error::other(upstream::without_url(&e))),
+                        (s, guard),
+                    ))
+                }
+                None => {
+                    guard.end(None);
+                    None
+                }
+            }
+        },
+    );
+    let mut res = Response::new(Body::from_stream(body));
+    *res.status_mut() = status;
+    if let Some(ct) = content_type {
+        res.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    res.headers_mut()
+        .insert("x-codexpool-fallback", HeaderValue::from_static("1"));
+    res
+}
+
+struct FallbackGuard {
+    record: Option<Record>,
+    status: u16,
+}
+
+impl FallbackGuard {
+    fn end(&mut self, class: Option<&str>) {
+        if let Some(mut r) = self.record.take() {
+            r.finish(self.status, class, None);
+        }
+    }
+}
+
+/// Builds the call-independent parts of a model request.
+pub(crate) fn start_record(
+    shared: &Shared,
+    headers: &HeaderMap,
+    route: &str,
+    key_id: &str,
+) -> (Record, Instant) {
+    (
+        Record::new(
+            shared.pool.clone(),
+            request_id(headers),
+            route,
+            Some(key_id.to_string()),
+        ),
+        Instant::now(),
+    )
+}
+
+/// The `x-codexpool-dropped-params` header, when the adapters dropped anything.
+pub(crate) fn dropped_header(value: Option<String>) -> Vec<(&'static str, HeaderValue)> {
+    value
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+        .map(|v| vec![("x-codexpool-dropped-params", v)])
+        .unwrap_or_default()
+}
+
+/// A 404 in the OpenAI shape for unknown routes.
+pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
+    ApiError::not_found(uri.path()).into_response()
+}
+
+/// A 405 in the OpenAI shape.
+pub(crate) async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    ApiError::method_not_allowed(method.as_str(), uri.path()).into_response()
+}
+
+/// `GET /health`.
+pub(crate) async fn health(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> Response {
+    let accounts = shared.pool.accounts();
+    let all = accounts.list(&Default::default());
+    let usable = all
+        .iter()
+        .filter(|a| accounts.runtime(&a.id).is_ok_and(|r| r.usable))
+        .count();
+    axum::Json(
+        serde_json::json!({"status": "ok", "accounts": all.len(), "usable_accounts": usable}),
+    )
+    .into_response()
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> Response {
+    let text = shared.metrics.render(&shared.pool);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

@@ -1,0 +1,112 @@
+//! `GET /v1/models`: the models the presented key may use, from the upstream catalogue when it
+//! can be reached (cached for ten minutes), else from a built-in list.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Extension, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use codexpool_core::{Demand, PlatformKey};
+use serde::Deserialize;
+
+use crate::Shared;
+use crate::metrics::Protocol;
+use crate::upstream::CODEX_VERSION;
+
+/// Models offered when the upstream catalogue cannot be read.
+pub const BUILTIN_MODELS: &[&str] = &[
+    "gpt-5-codex",
+    "gpt-5",
+    "gpt-5.1-codex",
+    "gpt-5.1-codex-mini",
+    "gpt-5.1",
+];
+const FRESH: Duration = Duration::from_secs(600);
+/// A failed fetch is retried after this long.
+const RETRY: Duration = Duration::from_secs(60);
+
+/// A fetched list: when, for how long it holds, the ids.
+type Cached = (Instant, Duration, Arc<Vec<String>>);
+
+/// The cached catalogue.
+#[derive(Default)]
+pub(crate) struct ModelsCache {
+    entry: tokio::sync::Mutex<Option<Cached>>,
+}
+
+#[derive(Deserialize)]
+struct Catalogue {
+    models: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    slug: String,
+}
+
+impl ModelsCache {
+    async fn get(&self, shared: &Shared) -> Arc<Vec<String>> {
+        let mut entry = self.entry.lock().await;
+        if let Some((at, ttl, list)) = entry.as_ref()
+            && at.elapsed() < *ttl
+        {
+            return list.clone();
+        }
+        let (list, ttl) = match fetch(shared).await {
+            Some(l) if !l.is_empty() => (l, FRESH),
+            _ => (
+                BUILTIN_MODELS.iter().map(|s| s.to_string()).collect(),
+                RETRY,
+            ),
+        };
+        let list = Arc::new(list);
+        *entry = Some((Instant::now(), ttl, list.clone()));
+        list
+    }
+}
+
+async fn fetch(shared: &Shared) -> Option<Vec<String>> {
+    let lease = shared.pool.accounts().acquire(&Demand::any()).await.ok()?;
+    let mut req = shared
+        .upstream
+        .client()
+        .get(
+            shared
+                .upstream
+                .url(&format!("/models?client_version={CODEX_VERSION}")),
+        )
+        .bearer_auth(lease.access_token().expose())
+        .timeout(Duration::from_secs(10));
+    if let Some(id) = &lease.account().chatgpt_account_id {
+        req = req.header("chatgpt-account-id", id);
+    }
+    let resp = req.send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let cat: Catalogue = resp.json().await.ok()?;
+    Some(cat.models.into_iter().map(|m| m.slug).collect())
+}
+
+pub(crate) async fn handle(
+    State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Arc<PlatformKey>>,
+) -> Response {
+    let ids: Vec<String> = if let Some(bound) = &key.model {
+        vec![bound.clone()]
+    } else if !key.allowed_models.is_empty() {
+        key.allowed_models.clone()
+    } else {
+        shared.models.get(&shared).await.to_vec()
+    };
+    let data: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "openai"}))
+        .collect();
+    let mut res = axum::Json(serde_json::json!({"object": "list", "data": data})).into_response();
+    res.extensions_mut().insert(Protocol::None);
+    res.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    res
+}

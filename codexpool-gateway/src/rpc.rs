@@ -1,0 +1,451 @@
+//! `POST /rpc`: the admin API, JSON-RPC 2.0. Always behind a token (`Authorization: Bearer …`,
+//! compared in constant time) and refused to browsers on other origins (a page on any site could
+//! otherwise post to 127.0.0.1). Methods mirror the library: `account/*`, `account/login/*`,
+//! `account/usage/*`, `apikey/*`, `requestlog/list`, `stats/summary`. Invalid params answer
+//! `-32602` with a message naming the field.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use codexpool_core::keys::{KeyPatch, NewKey};
+use codexpool_core::request_log::RequestLogQuery;
+use codexpool_core::usage::{LedgerGroup, LedgerQuery};
+use codexpool_core::{AccountFilter, AccountPatch, AccountStatus, Error, Pool, Secret, Timestamp};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+/// Largest RPC request body.
+const MAX_RPC_BODY: usize = 8 * 1024 * 1024;
+
+/// JSON-RPC error codes.
+pub mod codes {
+    /// Not JSON.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Not a JSON-RPC request.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// No such method.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// Params missing, of the wrong type, or refused.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// Something failed inside.
+    pub const INTERNAL: i64 = -32603;
+    /// No record with that id.
+    pub const NOT_FOUND: i64 = -32001;
+    /// Already exists, or an id prefix matches several records.
+    pub const CONFLICT: i64 = -32002;
+    /// No account can serve / sign-in failed.
+    pub const UNAVAILABLE: i64 = -32003;
+}
+
+/// A JSON-RPC error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcError {
+    /// The code.
+    pub code: i64,
+    /// The message.
+    pub message: String,
+}
+
+impl RpcError {
+    pub(crate) fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for RpcError {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::NotFound { .. } => codes::NOT_FOUND,
+            Error::Ambiguous { .. } | Error::Conflict(_) => codes::CONFLICT,
+            Error::InvalidInput { .. } | Error::Config(_) | Error::Io { .. } => {
+                codes::INVALID_PARAMS
+            }
+            Error::Pool(_) | Error::Auth(_) | Error::Key(_) => codes::UNAVAILABLE,
+            _ => codes::INTERNAL,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+/// The RPC endpoint's state.
+pub(crate) struct Rpc {
+    pub pool: Pool,
+    pub token: Secret,
+}
+
+fn loopback_origin(origin: &str) -> bool {
+    let Ok(u) = url::Url::parse(origin) else {
+        return false;
+    };
+    matches!(u.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+        || matches!(u.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+        || matches!(u.host(), Some(url::Host::Domain("localhost")))
+}
+
+fn http_error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"error": {"message": message}}).to_string(),
+    )
+        .into_response()
+}
+
+/// `POST /rpc`.
+pub(crate) async fn handle(
+    State(rpc): State<Arc<Rpc>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let presented = crate::auth::presented_key(&headers);
+    let ok: bool = presented
+        .as_bytes()
+        .ct_eq(rpc.token.expose().as_bytes())
+        .into();
+    if !ok || presented.is_empty() {
+        return http_error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong RPC token (Authorization: Bearer <token>)",
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+        && !loopback_origin(origin)
+    {
+        return http_error(
+            StatusCode::FORBIDDEN,
+            "requests from other origins are refused",
+        );
+    }
+    let bytes =
+        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_RPC_BODY))
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(_) => return http_error(StatusCode::PAYLOAD_TOO_LARGE, "RPC body too large"),
+        };
+    let answer = match serde_json::from_slice::<Value>(&bytes) {
+        Err(e) => Some(error_reply(
+            Value::Null,
+            RpcError::new(codes::PARSE_ERROR, format!("not JSON: {e}")),
+        )),
+        Ok(Value::Array(batch)) if batch.is_empty() => Some(error_reply(
+            Value::Null,
+            RpcError::new(codes::INVALID_REQUEST, "empty batch"),
+        )),
+        Ok(Value::Array(batch)) => {
+            let mut out = Vec::new();
+            for req in batch {
+                if let Some(r) = one(&rpc.pool, req).await {
+                    out.push(r);
+                }
+            }
+            (!out.is_empty()).then_some(Value::Array(out))
+        }
+        Ok(req) => one(&rpc.pool, req).await,
+    };
+    match answer {
+        Some(v) => ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+fn error_reply(id: Value, e: RpcError) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": e.code, "message": e.message}})
+}
+
+/// One request; `None` for a notification.
+async fn one(pool: &Pool, req: Value) -> Option<Value> {
+    let Value::Object(mut obj) = req else {
+        return Some(error_reply(
+            Value::Null,
+            RpcError::new(codes::INVALID_REQUEST, "a request must be a JSON object"),
+        ));
+    };
+    let id = obj.remove("id");
+    let notification = id.is_none();
+    let id = id.unwrap_or(Value::Null);
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Some(error_reply(
+            id,
+            RpcError::new(codes::INVALID_REQUEST, "jsonrpc must be \"2.0\""),
+        ));
+    }
+    let Some(method) = obj
+        .get("method")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
+        return Some(error_reply(
+            id,
+            RpcError::new(codes::INVALID_REQUEST, "method must be a string"),
+        ));
+    };
+    let params = obj.remove("params").unwrap_or(Value::Null);
+    let result = call(pool, &method, params).await;
+    if notification {
+        return None;
+    }
+    Some(match result {
+        Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+        Err(e) => error_reply(id, e),
+    })
+}
+
+/// Typed params: `null`/absent reads as `{}`; serde's message names the offending field.
+fn params<T: DeserializeOwned>(v: Value) -> Result<T, RpcError> {
+    let v = if v.is_null() { json!({}) } else { v };
+    serde_json::from_value(v)
+        .map_err(|e| RpcError::new(codes::INVALID_PARAMS, format!("invalid params: {e}")))
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Result<Value, RpcError> {
+    serde_json::to_value(v).map_err(|e| RpcError::new(codes::INTERNAL, e.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Id {
+    id: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ListAccounts {
+    group: Option<String>,
+    tag: Option<String>,
+    status: Option<AccountStatus>,
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateAccount {
+    id: String,
+    label: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    group: Option<Option<String>>,
+    tags: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    note: Option<Option<String>>,
+    sort: Option<i64>,
+    enabled: Option<bool>,
+}
+
+/// Tells "absent" (`None`) from "null" (`Some(None)`).
+fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Import {
+    /// A file or folder on the server's machine.
+    path: Option<String>,
+    /// A document's text.
+    content: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Export {
+    path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    model: Option<String>,
+    #[serde(default)]
+    allowed_models: Vec<String>,
+    #[serde(default)]
+    allowed_groups: Vec<String>,
+    reasoning_effort: Option<String>,
+    expires_at: Option<Timestamp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateKey {
+    id: String,
+    name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    model: Option<Option<String>>,
+    allowed_models: Option<Vec<String>>,
+    allowed_groups: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    reasoning_effort: Option<Option<String>>,
+    enabled: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    expires_at: Option<Option<Timestamp>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ListLog {
+    limit: Option<usize>,
+    key_id: Option<String>,
+    account_id: Option<String>,
+    after_id: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Summary {
+    group_by: Option<LedgerGroup>,
+    since: Option<Timestamp>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct OptionalId {
+    id: Option<String>,
+}
+
+/// An account with its usage and runtime state, as listings show it.
+fn account_view(pool: &Pool, id: &str) -> Result<Value, RpcError> {
+    let a = pool.accounts().get(id)?;
+    let usage = pool.usage().get(&a.id)?;
+    let runtime = pool.accounts().runtime(&a.id)?;
+    let mut v = to_value(&a)?;
+    v["usage"] = to_value(&usage)?;
+    v["runtime"] = to_value(&runtime)?;
+    Ok(v)
+}
+
+async fn call(pool: &Pool, method: &str, p: Value) -> Result<Value, RpcError> {
+    let accounts = pool.accounts();
+    let keys = pool.keys();
+    match method {
+        "account/list" => {
+            let q: ListAccounts = params(p)?;
+            let mut f = AccountFilter::default();
+            f.group = q.group;
+            f.tag = q.tag;
+            f.status = q.status;
+            f.text = q.text;
+            let list = accounts
+                .list(&f)
+                .iter()
+                .map(|a| account_view(pool, &a.id))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Value::Array(list))
+        }
+        "account/get" => account_view(pool, &params::<Id>(p)?.id),
+        "account/update" => {
+            let q: UpdateAccount = params(p)?;
+            let mut patch = AccountPatch::default();
+            patch.label = q.label;
+            patch.group = q.group;
+            patch.tags = q.tags;
+            patch.note = q.note;
+            patch.sort = q.sort;
+            let a = accounts.update(&q.id, patch).await?;
+            match q.enabled {
+                Some(true) => accounts.enable(&a.id).await?,
+                Some(false) => accounts.disable(&a.id).await?,
+                None => a.clone(),
+            };
+            account_view(pool, &a.id)
+        }
+        "account/delete" => to_value(accounts.remove(&params::<Id>(p)?.id).await?),
+        "account/import" => {
+            let q: Import = params(p)?;
+            let report = match (q.path, q.content) {
+                (Some(path), None) => accounts.import_path(&path).await?,
+                (None, Some(content)) => accounts.import_bytes("rpc", content.as_bytes()).await,
+                _ => {
+                    return Err(RpcError::new(
+                        codes::INVALID_PARAMS,
+                        "invalid params: give exactly one of `path` or `content`",
+                    ));
+                }
+            };
+            to_value(report)
+        }
+        "account/export" => {
+            let q: Export = params(p)?;
+            match q.path {
+                Some(path) => Ok(
+                    json!({"written": accounts.export_to_file(&path, &AccountFilter::default()).await?, "path": path}),
+                ),
+                None => to_value(accounts.export(&AccountFilter::default())),
+            }
+        }
+        "account/usage/list" => to_value(pool.usage().list()),
+        "account/usage/refresh" => {
+            let q: OptionalId = params(p)?;
+            crate::server::refresh_usage(pool, q.id.as_deref()).await
+        }
+        m if m.starts_with("account/login/") => crate::server::login_rpc(pool, m, p).await,
+        "apikey/create" => {
+            let q: CreateKey = params(p)?;
+            let mut new = NewKey::named(q.name);
+            new.model = q.model;
+            new.allowed_models = q.allowed_models;
+            new.allowed_groups = q.allowed_groups;
+            new.reasoning_effort = q.reasoning_effort;
+            new.expires_at = q.expires_at;
+            let created = keys.create(new).await?;
+            let mut v = to_value(&created.key)?;
+            v["secret"] = Value::String(created.secret.expose().to_string());
+            Ok(v)
+        }
+        "apikey/list" => to_value(keys.list()),
+        "apikey/update" => {
+            let q: UpdateKey = params(p)?;
+            let mut patch = KeyPatch::default();
+            patch.name = q.name;
+            patch.model = q.model;
+            patch.allowed_models = q.allowed_models;
+            patch.allowed_groups = q.allowed_groups;
+            patch.reasoning_effort = q.reasoning_effort;
+            patch.enabled = q.enabled;
+            patch.expires_at = q.expires_at;
+            to_value(keys.update(&q.id, patch).await?)
+        }
+        "apikey/enable" => to_value(keys.enable(&params::<Id>(p)?.id).await?),
+        "apikey/disable" => to_value(keys.disable(&params::<Id>(p)?.id).await?),
+        "apikey/delete" => to_value(keys.delete(&params::<Id>(p)?.id).await?),
+        "requestlog/list" => {
+            let q: ListLog = params(p)?;
+            let mut query = RequestLogQuery::latest(q.limit.unwrap_or(100).min(10_000));
+            query.key_id = q.key_id;
+            query.account_id = q.account_id;
+            query.after_id = q.after_id;
+            to_value(pool.request_log().list(&query).await?)
+        }
+        "stats/summary" => {
+            let q: Summary = params(p)?;
+            let mut query = LedgerQuery::by(q.group_by.unwrap_or(LedgerGroup::Account));
+            query.since = q.since;
+            let rows = pool.usage().ledger(&query).await?;
+            let all = accounts.list(&AccountFilter::default());
+            let usable = all
+                .iter()
+                .filter(|a| accounts.runtime(&a.id).is_ok_and(|r| r.usable))
+                .count();
+            Ok(json!({
+                "accounts": all.len(),
+                "usable_accounts": usable,
+                "keys": keys.list().len(),
+                "inflight": accounts.total_inflight(),
+                "ledger": to_value(rows)?,
+            }))
+        }
+        other => Err(RpcError::new(
+            codes::METHOD_NOT_FOUND,
+            format!("no method {other:?}"),
+        )),
+    }
+}

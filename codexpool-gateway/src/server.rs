@@ -1,0 +1,457 @@
+//! `Server`: the whole service on one listener — the gateway, `GET /health`, `GET /metrics`,
+//! `GET /auth/callback` (sign-in through the service port) and the admin `POST /rpc` — plus the
+//! background tasks (usage poller, token refresher; the pool itself runs its batched writer and
+//! cross-process change watcher), and a graceful stop: stop accepting, let open streams finish
+//! (bounded), write what is queued.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use codexpool_core::RefreshScope;
+use codexpool_core::auth::{AuthError, LoginOptions};
+use codexpool_core::{Config, Pool, Secret};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::Gateway;
+use crate::limit::ShedLayer;
+use crate::rpc::{Rpc, RpcError, codes};
+
+/// How long open streams may run on after a stop was asked for.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr} (SERVICE_ADDR): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gateway could not be built.
+    #[error(transparent)]
+    Gateway(#[from] crate::GatewayError),
+    /// The RPC token file could not be written.
+    #[error("cannot write the RPC token to {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: codexpool_core::Error,
+    },
+    /// Writing queued records at shutdown failed.
+    #[error("could not write queued records at shutdown: {0}")]
+    Flush(#[source] codexpool_core::Error),
+}
+
+/// Worker threads for a runtime serving `config`: `HTTP_WORKER_FACTOR` × CPUs, at least
+/// `HTTP_WORKER_MIN`.
+pub fn worker_threads(config: &Config) -> usize {
+    let cpus = std::thread::available_parallelism()
+        .map(std::num::NonZeroUsize::get)
+        .unwrap_or(1);
+    (config.http_worker_factor as usize * cpus)
+        .max(config.http_worker_min as usize)
+        .max(1)
+}
+
+/// Requests in flight before load shedding: `HTTP_QUEUE_FACTOR` × workers, at least
+/// `HTTP_QUEUE_MIN`.
+pub fn max_in_flight(config: &Config) -> usize {
+    (config.http_queue_factor as usize * worker_threads(config)).max(config.http_queue_min as usize)
+}
+
+/// Builds and starts the service. See the module docs.
+pub struct Server {
+    pool: Pool,
+    addr: SocketAddr,
+    rpc_token: Option<Secret>,
+    background: bool,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server over `pool`, on `SERVICE_ADDR`, with the token from `RPC_TOKEN` (else a random
+    /// one per start).
+    pub fn new(pool: Pool) -> Self {
+        let addr = pool.config().service_addr;
+        let rpc_token = pool.config().rpc_token.clone();
+        Self {
+            pool,
+            addr,
+            rpc_token,
+            background: true,
+            grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+
+    /// Listens here instead (port 0 picks a free port).
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Uses this RPC token (default: `RPC_TOKEN`, else random per start).
+    pub fn rpc_token(mut self, token: Secret) -> Self {
+        self.rpc_token = Some(token);
+        self
+    }
+
+    /// Runs the usage poller and token refresher (default: on; the poller still honours
+    /// `DISABLE_POLLING`).
+    pub fn background_tasks(mut self, on: bool) -> Self {
+        self.background = on;
+        self
+    }
+
+    /// How long open streams may run on after a stop (default 30 s).
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.grace = d;
+        self
+    }
+
+    /// Binds, starts the background tasks, and serves until [`RunningServer::stop`].
+    pub async fn start(self) -> Result<RunningServer, ServerError> {
+        let config = self.pool.config().clone();
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: self.addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: self.addr,
+            source,
+        })?;
+        let (token, token_file) = match self.rpc_token {
+            Some(t) => (t, None),
+            None => {
+                let t = Secret::new(random_token());
+                let path = config.db_dir().join("rpc-token");
+                codexpool_core::import::write_private(&path, t.expose().as_bytes()).map_err(
+                    |source| ServerError::TokenFile {
+                        path: path.clone(),
+                        source,
+                    },
+                )?;
+                (t, Some(path))
+            }
+        };
+        let gateway = Gateway::new(self.pool.clone())?;
+        let rpc = Arc::new(Rpc {
+            pool: self.pool.clone(),
+            token: token.clone(),
+        });
+        let service_routes = Router::new()
+            .route("/rpc", post(crate::rpc::handle))
+            .with_state(rpc)
+            .merge(
+                Router::new()
+                    .route("/auth/callback", get(callback))
+                    .with_state(self.pool.clone()),
+            );
+        let app = service_routes
+            .merge(gateway.router())
+            .layer(ShedLayer::new(max_in_flight(&config)));
+        let mut background = Vec::new();
+        if self.background {
+            background.push(codexpool_core::poll::spawn_poller(&self.pool));
+            background.push(codexpool_core::auth::spawn_refresher(&self.pool));
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(
+            listener,
+            app,
+            stop_rx,
+            self.grace,
+            config.gateway_keepalive_interval,
+        ));
+        Ok(RunningServer {
+            addr,
+            token,
+            token_file,
+            pool: self.pool,
+            gateway,
+            stop_tx,
+            task: Some(task),
+            _background: background,
+        })
+    }
+
+    /// Starts, serves until `shutdown` resolves, then stops gracefully.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let running = self.start().await?;
+        shutdown.await;
+        running.stop().await
+    }
+}
+
+fn random_token() -> String {
+    (0..4)
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect()
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    keepalive: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .header_read_timeout(Duration::from_secs(30))
+        .timer(hyper_util::rt::TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    if !keepalive.is_zero() {
+                        let ka = socket2::TcpKeepalive::new().with_time(keepalive);
+                        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka);
+                    }
+                    let service = TowerToHyperService::new(app.clone());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "open streams outlived the shutdown grace; closing them"
+        );
+    }
+}
+
+/// A started server. Dropping it without [`RunningServer::stop`] stops accepting at once.
+pub struct RunningServer {
+    addr: SocketAddr,
+    token: Secret,
+    token_file: Option<PathBuf>,
+    pool: Pool,
+    gateway: Gateway,
+    stop_tx: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    _background: Vec<codexpool_core::BackgroundTask>,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningServer {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The `base_url` to give an OpenAI client: `http://<addr>/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The admin RPC token.
+    pub fn rpc_token(&self) -> &Secret {
+        &self.token
+    }
+
+    /// Where the generated token was written (none when it came from `RPC_TOKEN`).
+    pub fn rpc_token_file(&self) -> Option<&Path> {
+        self.token_file.as_deref()
+    }
+
+    /// The gateway (for its metrics).
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Stops accepting, lets open streams finish (within the grace), writes what is queued.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        let _ = self.stop_tx.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.pool.flush().await.map_err(ServerError::Flush)
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        let _ = self.stop_tx.send(true);
+    }
+}
+
+/// `GET /auth/callback`: completes a browser sign-in started anywhere on this database, with the
+/// same page the CLI's own listener shows.
+async fn callback(State(pool): State<Pool>, uri: Uri) -> Response {
+    let result = pool.auth().login_complete(&uri.to_string()).await;
+    let page = codexpool_core::auth::render_callback_page(&result);
+    let status = StatusCode::from_u16(page.status).unwrap_or(StatusCode::BAD_REQUEST);
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        Html(page.html),
+    )
+        .into_response()
+}
+
+/// `account/usage/refresh`: polls one account (or all) now and returns each result.
+pub(crate) async fn refresh_usage(pool: &Pool, id: Option<&str>) -> Result<Value, RpcError> {
+    let scope = match id {
+        Some(id) => RefreshScope::Account(id.to_string()),
+        None => RefreshScope::All,
+    };
+    let results = pool.usage().refresh(scope, |_| {}).await?;
+    serde_json::to_value(results).map_err(|e| RpcError::new(codes::INTERNAL, e.to_string()))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LoginStartParams {
+    label: Option<String>,
+    group: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    note: Option<String>,
+    workspace_id: Option<String>,
+    /// Device-code sign-in instead of a browser redirect.
+    #[serde(default)]
+    device: bool,
+    /// Start the callback listener on `LOGIN_ADDR` (default true).
+    listen: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateParams {
+    state: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteParams {
+    redirect_url: String,
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, RpcError> {
+    let v = if v.is_null() { json!({}) } else { v };
+    serde_json::from_value(v)
+        .map_err(|e| RpcError::new(codes::INVALID_PARAMS, format!("invalid params: {e}")))
+}
+
+fn value<T: serde::Serialize>(v: T) -> Result<Value, RpcError> {
+    serde_json::to_value(v).map_err(|e| RpcError::new(codes::INTERNAL, e.to_string()))
+}
+
+/// `account/login/start|status|complete|cancel`.
+pub(crate) async fn login_rpc(pool: &Pool, method: &str, params: Value) -> Result<Value, RpcError> {
+    let auth = pool.auth();
+    let from_auth = |e: AuthError| RpcError::from(codexpool_core::Error::from(e));
+    match method {
+        "account/login/start" => {
+            let p: LoginStartParams = typed(params)?;
+            let mut opts = LoginOptions::default();
+            opts.label = p.label;
+            opts.group = p.group;
+            opts.tags = p.tags;
+            opts.note = p.note;
+            opts.allowed_workspace_id = p.workspace_id;
+            opts.listen = p.listen.unwrap_or(true);
+            if p.device {
+                let login = auth.device_start(opts).await.map_err(from_auth)?;
+                let v = value(&login)?;
+                // The device flow finishes in the background; `account/login/status` follows it.
+                tokio::spawn(async move {
+                    if let Err(e) = login.wait().await {
+                        tracing::info!(error = %e, "device sign-in ended without an account");
+                    }
+                });
+                Ok(v)
+            } else {
+                let handle = auth.login_start(opts).await.map_err(from_auth)?;
+                value(handle.info())
+            }
+        }
+        "account/login/status" => value(
+            auth.login_status(&typed::<StateParams>(params)?.state)
+                .await
+                .map_err(from_auth)?,
+        ),
+        "account/login/complete" => {
+            let done = auth
+                .login_complete(&typed::<CompleteParams>(params)?.redirect_url)
+                .await
+                .map_err(from_auth)?;
+            Ok(json!({"account": value(&done.account)?, "created": done.created}))
+        }
+        "account/login/cancel" => {
+            let cancelled = auth
+                .login_cancel(&typed::<StateParams>(params)?.state)
+                .await
+                .map_err(from_auth)?;
+            Ok(json!({"cancelled": cancelled}))
+        }
+        other => Err(RpcError::new(
+            codes::METHOD_NOT_FOUND,
+            format!("no method {other:?}"),
+        )),
+    }
+}

@@ -1,0 +1,602 @@
+//! The way to the Codex backend: the shared HTTP client, how an upstream request is built
+//! (PROTOCOL.md §4 headers, the conversation's stable `session_id`), and the attempt loop that
+//! tries accounts until one produces its first semantic event — the point after which the
+//! request is committed and never retried.
+//!
+//! Before that point every failure (connect error, 429, 5xx, a challenge page, `response.failed`,
+//! a usage-limit notice, a silent or garbled stream) is reported to the account's lease, which
+//! sets its cooldown or exhaustion, and the next account is tried; a 401 refreshes the token once
+//! and resends. Nothing has reached the client yet, so the client never sees a failed attempt.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use bytes::Bytes;
+use codexpool_core::{
+    Config, Demand, Lease, Outcome, PlatformKey, Pool, PoolError, Secret, Timestamp,
+};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use sha2::{Digest, Sha256};
+
+use crate::adapt::{FailureKind, Preflight, UpstreamFailure, classify_error_body, preflight_item};
+use crate::error::ApiError;
+use crate::metrics::{Attempt, Metrics};
+use crate::record::Record;
+use crate::sse::{SseItem, SseParser};
+
+pub use codexpool_core::auth::CODEX_VERSION;
+/// Most bytes of a non-200 upstream body read to classify it.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// The upstream's answer body as a stream of chunks.
+pub(crate) type ByteStream = BoxStream<'static, Result<Bytes, reqwest::Error>>;
+
+/// Client headers never forwarded to the backend (credentials, hop-by-hop, framing, encodings
+/// we would have to decode).
+const NOT_FORWARDED: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "proxy-connection",
+    "accept-encoding",
+    "cookie",
+    "chatgpt-account-id",
+];
+
+/// The HTTP client and fixed request parts, built once per gateway.
+pub(crate) struct Upstream {
+    client: reqwest::Client,
+    base: String,
+    pub idle_timeout: Duration,
+    originator: HeaderValue,
+    user_agent: HeaderValue,
+    cookie: Option<HeaderValue>,
+    pub fallback: Option<Fallback>,
+}
+
+/// The OpenAI-compatible upstream used when no account can serve.
+pub(crate) struct Fallback {
+    pub base: String,
+    pub key: Option<Secret>,
+}
+
+fn header_value(v: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(v).ok()
+}
+
+impl Upstream {
+    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.upstream_connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Self {
+            client,
+            base: config.upstream_base_url.trim_end_matches('/').to_string(),
+            idle_timeout: config.upstream_stream_idle_timeout,
+            originator: header_value(&config.originator)
+                .unwrap_or(HeaderValue::from_static("codex_cli_rs")),
+            user_agent: header_value(codexpool_core::auth::codex_user_agent())
+                .unwrap_or(HeaderValue::from_static("codex_cli_rs")),
+            cookie: config
+                .upstream_cookie
+                .as_ref()
+                .and_then(|c| header_value(c.expose())),
+            fallback: config
+                .upstream_fallback_base_url
+                .as_ref()
+                .map(|b| Fallback {
+                    base: b.trim_end_matches('/').to_string(),
+                    key: config.upstream_fallback_api_key.clone(),
+                }),
+        })
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn url(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.base)
+    }
+
+    /// Sends one attempt: the body to `{base}{path}` as the leased account.
+    async fn send(
+        &self,
+        call: &Call,
+        lease: &Lease,
+        token: &Secret,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let mut headers = HeaderMap::with_capacity(16);
+        match &call.forward_headers {
+            // The Codex CLI already speaks the backend's dialect: its headers go as sent.
+            Some(h) => headers.clone_from(h),
+            None => {
+                headers.insert("originator", self.originator.clone());
+                headers.insert(header::USER_AGENT, self.user_agent.clone());
+                headers.insert("version", HeaderValue::from_static(CODEX_VERSION));
+                headers.insert(
+                    "openai-beta",
+                    HeaderValue::from_static("responses=experimental"),
+                );
+                if let Some(v) = header_value(&call.session_id) {
+                    headers.insert("session_id", v);
+                }
+            }
+        }
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(v) = header_value(&format!("Bearer {}", token.expose())) {
+            headers.insert(header::AUTHORIZATION, v);
+        }
+        if let Some(id) = lease
+            .account()
+            .chatgpt_account_id
+            .as_deref()
+            .and_then(header_value)
+        {
+            headers.insert("chatgpt-account-id", id);
+        }
+        if let Some(c) = &self.cookie {
+            headers.insert(header::COOKIE, c.clone());
+        }
+        self.client
+            .post(self.url(call.path))
+            .headers(headers)
+            .body(call.body.clone())
+            .send()
+            .await
+    }
+}
+
+/// The headers of a Codex CLI request that go upstream as sent.
+pub(crate) fn forwardable(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !NOT_FORWARDED.contains(&name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// The conversation a request belongs to: the client's session header, else its
+/// `prompt_cache_key`, else a fingerprint of how the conversation starts (instructions and first
+/// input item, which stay the same turn after turn). Mixed with the key id so two keys never
+/// share a session, and hashed into a UUID-shaped `session_id` (stable ids are what give
+/// prompt-cache hits upstream; the same id pins the conversation to its account).
+pub(crate) fn session_id(
+    headers: &HeaderMap,
+    key: &PlatformKey,
+    prompt_cache_key: Option<&str>,
+    body: &[u8],
+) -> String {
+    for name in [
+        "session_id",
+        "session-id",
+        "x-session-id",
+        "conversation_id",
+        "conversation-id",
+    ] {
+        if let Some(v) = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+        {
+            return v.to_string();
+        }
+    }
+    let mut h = Sha256::new();
+    h.update(b"codexpool-session\0");
+    h.update(key.id.as_bytes());
+    h.update(b"\0");
+    match prompt_cache_key {
+        Some(k) => h.update(k.as_bytes()),
+        None => h.update(conversation_fingerprint(body)),
+    }
+    let d = h.finalize();
+    let x: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
+}
+
+/// One client request on its way upstream.
+pub(crate) struct Call {
+    pub key: Arc<PlatformKey>,
+    pub body: Bytes,
+    pub model: String,
+    /// `/responses` or `/responses/compact`.
+    pub path: &'static str,
+    /// Set for Codex CLI clients: their headers, forwarded as sent.
+    pub forward_headers: Option<HeaderMap>,
+    pub session_id: String,
+    pub record: Record,
+    pub arrived: Instant,
+}
+
+/// An upstream answer read up to its first semantic event.
+pub(crate) struct Opened {
+    pub body: ByteStream,
+    pub parser: SseParser,
+    /// Everything read so far, the semantic event last.
+    pub buffered: VecDeque<SseItem>,
+    /// When the first semantic event arrived (for the gateway-overhead metric).
+    pub first_event: Instant,
+}
+
+/// An attempt that produced its first semantic event: the client gets this one.
+pub(crate) struct Committed {
+    pub lease: Lease,
+    pub stream: Opened,
+    pub record: Record,
+}
+
+/// Why no attempt committed.
+pub(crate) struct Failed {
+    pub error: ApiError,
+    pub record: Record,
+    /// No account could take the request at all (the fallback upstream may).
+    pub no_account: bool,
+}
+
+fn outcome_of(f: &UpstreamFailure, now: Timestamp) -> (Option<Outcome>, Attempt) {
+    match &f.kind {
+        FailureKind::UsageLimit {
+            resets_at,
+            resets_in,
+        } => {
+            let resets_at = resets_at
+                .map(Timestamp::from_secs)
+                .or_else(|| resets_in.map(|s| now.plus(Duration::from_secs(s))));
+            (Some(Outcome::UsageLimit { resets_at }), Attempt::UsageLimit)
+        }
+        FailureKind::RateLimited { retry_after } => (
+            Some(Outcome::RateLimited {
+                retry_after: retry_after.map(Duration::from_secs),
+            }),
+            Attempt::RateLimited,
+        ),
+        FailureKind::Challenge => (Some(Outcome::Challenge), Attempt::Challenge),
+        FailureKind::Deactivated => (
+            Some(Outcome::Banned {
+                reason: f
+                    .code
+                    .clone()
+                    .unwrap_or_else(|| "account_deactivated".into()),
+            }),
+            Attempt::Deactivated,
+        ),
+        FailureKind::Unauthorized => (Some(Outcome::Unauthorized), Attempt::Unauthorized),
+        FailureKind::BadRequest => (None, Attempt::BadRequest),
+        _ => (Some(Outcome::UpstreamError), Attempt::ServerError),
+    }
+}
+
+fn failure(kind: FailureKind, code: &str, message: String) -> UpstreamFailure {
+    UpstreamFailure {
+        kind,
+        status: None,
+        code: Some(code.into()),
+        message,
+    }
+}
+
+/// How one attempt on one account ended.
+enum Step {
+    Committed(Opened),
+    /// Try the next account.
+    Next(UpstreamFailure),
+    /// Stop: answer the client with this.
+    Stop(UpstreamFailure),
+}
+
+/// Tries accounts until one commits. `record` travels with the call and comes back either way.
+pub(crate) async fn run(
+    pool: &Pool,
+    upstream: &Upstream,
+    metrics: &Metrics,
+    mut call: Call,
+) -> Result<Committed, Failed> {
+    let mut tried: Vec<String> = Vec::new();
+    let mut last: Option<UpstreamFailure> = None;
+    let groups = call.key.allowed_groups.clone();
+    loop {
+        let demand = Demand {
+            model: Some(&call.model),
+            groups: (!groups.is_empty()).then_some(groups.as_slice()),
+            affinity: Some(&call.session_id),
+            tried: &tried,
+        };
+        let lease = match pool.accounts().acquire(&demand).await {
+            Ok(l) => l,
+            Err(e) => {
+                let now = pool.now();
+                let error = match (&e, &last) {
+                    // The accounts tried here failed (and now cool down because of it): the last
+                    // failure says why; exhaustion stays a 429 with its reset time.
+                    (PoolError::AllTried { .. } | PoolError::CoolingDown { .. }, Some(f)) => {
+                        let mut err = ApiError::from_upstream(f);
+                        if let Some(at) = e.retry_at() {
+                            err = err.retry_after(at.since(now).as_secs());
+                        }
+                        err
+                    }
+                    _ => ApiError::from_pool(&e, now),
+                };
+                call.record.entry.error_class = Some(match &last {
+                    Some(f) => f.error_code().to_string(),
+                    None => error.code.clone(),
+                });
+                return Err(Failed {
+                    error,
+                    record: call.record,
+                    no_account: true,
+                });
+            }
+        };
+        if !tried.is_empty() {
+            metrics.failover();
+        }
+        tried.push(lease.account_id().to_string());
+        call.record.entry.accounts_tried.clone_from(&tried);
+        match attempt(pool, upstream, metrics, &call, &lease).await {
+            Step::Committed(stream) => {
+                metrics.attempt(Attempt::Ok);
+                call.record.entry.account_id = Some(lease.account_id().to_string());
+                return Ok(Committed {
+                    lease,
+                    stream,
+                    record: call.record,
+                });
+            }
+            Step::Next(f) => {
+                let (outcome, kind) = outcome_of(&f, pool.now());
+                metrics.attempt(kind);
+                if let Some(o) = outcome {
+                    lease.report(o).await;
+                }
+                tracing::debug!(account = %lease.account_id(), failure = %f, "attempt failed; trying the next account");
+                last = Some(f);
+            }
+            Step::Stop(f) => {
+                metrics.attempt(Attempt::BadRequest);
+                call.record.entry.account_id = Some(lease.account_id().to_string());
+                call.record.entry.error_class = Some(f.error_code().to_string());
+                return Err(Failed {
+                    error: ApiError::from_upstream(&f),
+                    record: call.record,
+                    no_account: false,
+                });
+            }
+        }
+    }
+}
+
+/// One account: send (and once more after a 401 refresh), then read until the first semantic
+/// event.
+async fn attempt(
+    pool: &Pool,
+    upstream: &Upstream,
+    metrics: &Metrics,
+    call: &Call,
+    lease: &Lease,
+) -> Step {
+    let mut token = lease.access_token();
+    let mut refreshed = false;
+    let response = loop {
+        let sent =
+            tokio::time::timeout(upstream.idle_timeout, upstream.send(call, lease, &token)).await;
+        let response = match sent {
+            Err(_) => {
+                metrics.attempt(Attempt::Timeout);
+                return Step::Next(failure(
+                    FailureKind::Server,
+                    "upstream_timeout",
+                    "no response headers before the idle timeout".into(),
+                ));
+            }
+            Ok(Err(e)) => {
+                metrics.attempt(Attempt::Connect);
+                let what = if e.is_connect() {
+                    "cannot connect"
+                } else {
+                    "request failed"
+                };
+                return Step::Next(failure(
+                    FailureKind::Server,
+                    "upstream_unreachable",
+                    format!("{what}: {}", without_url(&e)),
+                ));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let account = lease.account_id();
+        if pool.usage().record_headers(
+            account,
+            response
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_bytes())),
+        ) {
+            metrics.header_reading();
+        }
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED && !refreshed {
+            refreshed = true;
+            metrics.refresh_after_401();
+            match pool
+                .auth()
+                .refresh_after_unauthorized(account, &token)
+                .await
+            {
+                Ok(t) => {
+                    token = t;
+                    continue;
+                }
+                Err(e) => {
+                    return Step::Next(failure(
+                        FailureKind::Unauthorized,
+                        "token_refresh_failed",
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+        break response;
+    };
+    let status = response.status();
+    if status != reqwest::StatusCode::OK {
+        let headers = response.headers().clone();
+        let body = read_limited(response, ERROR_BODY_LIMIT, upstream.idle_timeout).await;
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let cf = headers
+            .get("cf-mitigated")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("challenge"));
+        let mut f = classify_error_body(status.as_u16(), content_type, &body, cf);
+        if let FailureKind::RateLimited { retry_after: None } = f.kind {
+            let ra = headers
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
+            f.kind = FailureKind::RateLimited { retry_after: ra };
+        }
+        return if f.retry_elsewhere() {
+            Step::Next(f)
+        } else {
+            Step::Stop(f)
+        };
+    }
+    preflight(upstream, response.bytes_stream().boxed()).await
+}
+
+/// Reads until the first semantic event.
+async fn preflight(upstream: &Upstream, mut body: ByteStream) -> Step {
+    let mut parser = SseParser::new();
+    let mut buffered = VecDeque::new();
+    loop {
+        loop {
+            match parser.next_item() {
+                Ok(Some(item)) => {
+                    let verdict = preflight_item(&item);
+                    buffered.push_back(item);
+                    match verdict {
+                        Preflight::Pending => {}
+                        Preflight::Semantic => {
+                            return Step::Committed(Opened {
+                                body,
+                                parser,
+                                buffered,
+                                first_event: Instant::now(),
+                            });
+                        }
+                        Preflight::Failure(f) => return Step::Next(f),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Step::Next(failure(
+                        FailureKind::Server,
+                        "malformed_stream",
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+        match tokio::time::timeout(upstream.idle_timeout, body.next()).await {
+            Ok(Some(Ok(chunk))) => parser.push(chunk),
+            Ok(Some(Err(e))) => {
+                return Step::Next(failure(
+                    FailureKind::Server,
+                    "upstream_cut",
+                    format!("stream broke before any output: {}", without_url(&e)),
+                ));
+            }
+            Ok(None) => {
+                let detail = match parser.finish() {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "the stream ended before any output".into(),
+                };
+                return Step::Next(failure(FailureKind::Server, "upstream_cut", detail));
+            }
+            Err(_) => {
+                return Step::Next(failure(
+                    FailureKind::Server,
+                    "upstream_timeout",
+                    format!("no output for {} s", upstream.idle_timeout.as_secs()),
+                ));
+            }
+        }
+    }
+}
+
+/// Reads at most `limit` bytes of a body (the rest is dropped with the connection).
+async fn read_limited(response: reqwest::Response, limit: usize, idle: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stream = response.bytes_stream();
+    while out.len() < limit {
+        match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                out.extend_from_slice(&chunk[..chunk.len().min(limit - out.len())])
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// A reqwest error's text without the URL (it may carry query parameters).
+pub(crate) fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(url) = e.url() {
+        s = s.replace(url.as_str(), "<upstream>");
+    }
+    s
+}
+
+/// How a conversation starts: its instructions and first input item (or, for a body without
+/// those, its first 1 KiB). Turn after turn, these bytes stay the same.
+fn conversation_fingerprint(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Ok(obj) = crate::adapt::parse_object(body) {
+        if let Some(i) = obj.get("instructions") {
+            out.extend_from_slice(i.get().as_bytes());
+        }
+        if let Some(first) = obj
+            .get("input")
+            .and_then(|raw| {
+                serde_json::from_str::<Vec<&serde_json::value::RawValue>>(raw.get()).ok()
+            })
+            .and_then(|items| items.first().map(|i| i.get().to_string()))
+        {
+            out.extend_from_slice(first.as_bytes());
+        }
+    }
+    if out.is_empty() {
+        out.extend_from_slice(&body[..body.len().min(1024)]);
+    }
+    out
+}

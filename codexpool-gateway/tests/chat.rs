@@ -1,0 +1,247 @@
+//! `/v1/chat/completions` through the gateway service against the fake Codex backend.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use axum::http::StatusCode;
+use codexpool_core::usage::{LedgerGroup, LedgerQuery};
+use codexpool_testkit::Reply;
+use common::{chat, harness, json_frames};
+use serde_json::json;
+
+#[tokio::test]
+async fn non_streaming_text() {
+    let h = harness(1, &[]).await;
+    let (status, headers, body) = h.call(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers["x-codexpool-account"], h.ids[0].as_str());
+    assert!(headers.contains_key("x-request-id"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-0.");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    // What the backend got: the body rules applied, the Codex headers set, no platform key.
+    let sent = h.fake.last_request("/backend-api/codex/responses").unwrap();
+    let b = sent.body_json().unwrap();
+    assert_eq!(
+        (b["stream"].as_bool(), b["store"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert!(!b["instructions"].as_str().unwrap().is_empty());
+    assert_eq!(sent.header("chatgpt-account-id"), Some("acct-0"));
+    assert_eq!(sent.header("originator"), Some("codex_cli_rs"));
+    assert_eq!(sent.header("openai-beta"), Some("responses=experimental"));
+    assert!(
+        sent.header("user-agent")
+            .unwrap()
+            .starts_with("codex_cli_rs/")
+    );
+    assert!(sent.header("session_id").is_some());
+    assert!(
+        !sent.header("authorization").unwrap().contains(&h.key),
+        "the platform key never goes upstream"
+    );
+    // Logged, with tokens in the ledger.
+    let log = h.log().await;
+    assert_eq!(log.len(), 1);
+    let row = &log[0];
+    assert_eq!(
+        (row.status, row.route.as_str(), row.stream),
+        (200, "/v1/chat/completions", false)
+    );
+    assert_eq!(row.account_id.as_deref(), Some(h.ids[0].as_str()));
+    assert_eq!(row.model.as_deref(), Some("gpt-5-codex"));
+    assert!(row.tokens.unwrap().output_tokens > 0);
+    assert!(row.error_class.is_none());
+    let ledger = h
+        .pool
+        .usage()
+        .ledger(&LedgerQuery::by(LedgerGroup::Account))
+        .await
+        .unwrap();
+    assert_eq!(ledger[0].group, h.ids[0]);
+    assert_eq!(h.total_inflight(), 0);
+}
+
+#[tokio::test]
+async fn streaming_text_with_usage() {
+    let h = harness(1, &[]).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::reasoning_then_text("Thinking hard", "Hello there friend"),
+    );
+    let mut req = chat(true);
+    req["stream_options"] = json!({"include_usage": true});
+    let (status, headers, body) = h.call(h.post("/v1/chat/completions", req)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    let frames = json_frames(&body);
+    assert_eq!(frames[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = frames
+        .iter()
+        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Hello there friend");
+    let reasoning: String = frames
+        .iter()
+        .filter_map(|f| f["choices"][0]["delta"]["reasoning_content"].as_str())
+        .collect();
+    assert_eq!(reasoning, "Thinking hard");
+    let finish: Vec<_> = frames
+        .iter()
+        .filter_map(|f| f["choices"][0]["finish_reason"].as_str())
+        .collect();
+    assert_eq!(finish, ["stop"]);
+    let usage = frames.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(
+        frames
+            .iter()
+            .all(|f| f["object"] == "chat.completion.chunk")
+    );
+    let row = &h.log().await[0];
+    assert!(row.stream && row.ttfb_ms.is_some() && row.tokens.is_some());
+}
+
+#[tokio::test]
+async fn tool_calls_both_ways() {
+    let h = harness(1, &[]).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::tool_call("call_1", "get_weather", r#"{"city":"Paris"}"#),
+    );
+    h.fake.push_reply(
+        "acct-0",
+        Reply::tool_call("call_2", "get_weather", r#"{"city":"Rome"}"#),
+    );
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let mut req = chat(true);
+    req["tools"] = tools.clone();
+    let (_, _, body) = h.call(h.post("/v1/chat/completions", req)).await;
+    let frames = json_frames(&body);
+    let first = frames
+        .iter()
+        .find(|f| f["choices"][0]["delta"]["tool_calls"].is_array())
+        .unwrap();
+    let call = &first["choices"][0]["delta"]["tool_calls"][0];
+    assert_eq!(
+        (call["id"].as_str(), call["function"]["name"].as_str()),
+        (Some("call_1"), Some("get_weather"))
+    );
+    let args: String = frames
+        .iter()
+        .filter_map(|f| f["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(args, r#"{"city":"Paris"}"#);
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["choices"][0]["finish_reason"] == "tool_calls")
+    );
+    // Non-streaming: the message carries the tool calls.
+    let mut req = chat(false);
+    req["tools"] = tools;
+    let (status, v) = h.json(h.post("/v1/chat/completions", req)).await;
+    assert_eq!(status, StatusCode::OK);
+    let msg = &v["choices"][0]["message"];
+    assert_eq!(
+        msg["tool_calls"][0]["function"]["arguments"],
+        r#"{"city":"Rome"}"#
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    // The tool's answer goes back as function_call_output.
+    let follow = json!({"model": "gpt-5-codex", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_2", "content": "sunny"}
+    ]});
+    let (status, v) = h.json(h.post("/v1/chat/completions", follow)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "The tool returned: sunny"
+    );
+    let sent = h
+        .fake
+        .last_request("/backend-api/codex/responses")
+        .unwrap()
+        .body_json()
+        .unwrap();
+    let items = sent["input"].as_array().unwrap();
+    assert!(
+        items
+            .iter()
+            .any(|i| i["type"] == "function_call_output" && i["call_id"] == "call_2")
+    );
+}
+
+#[tokio::test]
+async fn dropped_params_are_reported() {
+    let h = harness(1, &[]).await;
+    let mut req = chat(false);
+    req["temperature"] = json!(0.2);
+    req["max_tokens"] = json!(10);
+    let (status, headers, _) = h.call(h.post("/v1/chat/completions", req)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers["x-codexpool-dropped-params"],
+        "max_tokens, temperature"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_after_output_becomes_an_error_chunk() {
+    let h = harness(2, &[]).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::FailedAfterText {
+            deltas: vec!["Half".into()],
+            code: "server_error".into(),
+            message: "boom".into(),
+        },
+    );
+    let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(status, StatusCode::OK);
+    let frames = json_frames(&body);
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["choices"][0]["delta"]["content"] == "Half")
+    );
+    assert!(
+        frames.iter().any(|f| f["error"]["code"].is_string()),
+        "{body}"
+    );
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    assert_eq!(
+        h.fake.count("/backend-api/codex/responses"),
+        1,
+        "never retried after output"
+    );
+    assert_eq!(
+        h.log().await[0].error_class.as_deref(),
+        Some("server_error")
+    );
+}
+
+#[tokio::test]
+async fn a_cut_mid_stream_is_reported_in_the_stream_and_the_log() {
+    let h = harness(1, &[]).await;
+    h.fake
+        .push_reply("acct-0", Reply::CutMidStream { after_deltas: 2 });
+    let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        json_frames(&body).iter().any(|f| f["error"].is_object()),
+        "{body}"
+    );
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    let row = &h.log().await[0];
+    assert_eq!(row.error_class.as_deref(), Some("upstream_cut"));
+    assert_eq!(h.total_inflight(), 0);
+}

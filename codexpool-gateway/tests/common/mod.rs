@@ -1,0 +1,159 @@
+//! The test harness: a FakeOpenAi upstream, a pool with its accounts imported, a platform key,
+//! and the gateway as a tower service (no socket on our side).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
+use codexpool_core::keys::NewKey;
+use codexpool_core::store::MemoryStore;
+use codexpool_core::{Config, Pool};
+use codexpool_gateway::Gateway;
+use codexpool_testkit::{FakeAccount, FakeOpenAi};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub struct Harness {
+    pub fake: FakeOpenAi,
+    pub pool: Pool,
+    pub gateway: Gateway,
+    pub key: String,
+    /// Local ids, in the order of the fake accounts acct-0, acct-1, …
+    pub ids: Vec<String>,
+}
+
+pub fn config_for(fake: &FakeOpenAi, settings: &[(&str, &str)]) -> Config {
+    let mut c = Config::default()
+        .with("UPSTREAM_BASE_URL", &fake.codex_base_url())
+        .unwrap()
+        .with("ISSUER", &fake.issuer())
+        .unwrap()
+        .with("USAGE_BASE_URL", &fake.usage_base_url())
+        .unwrap()
+        .with("REQUEST_GATE_WAIT_TIMEOUT_MS", "0")
+        .unwrap();
+    for (k, v) in settings {
+        c.set(k, v).unwrap();
+    }
+    c
+}
+
+pub async fn harness(accounts: usize, settings: &[(&str, &str)]) -> Harness {
+    harness_with(accounts, settings, |b| b).await
+}
+
+pub async fn harness_with(
+    accounts: usize,
+    settings: &[(&str, &str)],
+    build: impl FnOnce(codexpool_gateway::GatewayBuilder) -> codexpool_gateway::GatewayBuilder,
+) -> Harness {
+    let fake = FakeOpenAi::start().unwrap();
+    let pool = Pool::builder(config_for(&fake, settings))
+        .store(Arc::new(MemoryStore::new()))
+        .watch_interval(Duration::ZERO)
+        .open()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..accounts {
+        let name = format!("acct-{i}");
+        fake.add_account(FakeAccount::new(&name).email(format!("{name}@example.com")));
+        let doc = serde_json::to_vec(&fake.auth_json(&name)).unwrap();
+        let r = pool.accounts().import_bytes(&name, &doc).await;
+        let id = r.results[0].account_id.clone().unwrap();
+        pool.accounts()
+            .update(&id, codexpool_core::AccountPatch::default().sort(i as i64))
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let key = pool
+        .keys()
+        .create(NewKey::named("test"))
+        .await
+        .unwrap()
+        .secret
+        .expose()
+        .to_string();
+    let gateway = build(Gateway::builder(pool.clone())).build().unwrap();
+    Harness {
+        fake,
+        pool,
+        gateway,
+        key,
+        ids,
+    }
+}
+
+impl Harness {
+    pub fn post(&self, path: &str, body: Value) -> Request<Body> {
+        Request::post(path)
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Response<Body> {
+        self.gateway.router().oneshot(req).await.unwrap()
+    }
+
+    /// Sends and reads the whole answer.
+    pub async fn call(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+        let res = self.send(req).await;
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    pub async fn json(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let (status, _, body) = self.call(req).await;
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}")),
+        )
+    }
+
+    /// The request log, newest first, after the writer flushed.
+    pub async fn log(&self) -> Vec<codexpool_core::request_log::RequestLogEntry> {
+        self.pool
+            .request_log()
+            .list(&codexpool_core::request_log::RequestLogQuery::latest(100))
+            .await
+            .unwrap()
+    }
+
+    pub fn total_inflight(&self) -> u32 {
+        self.pool.accounts().total_inflight()
+    }
+}
+
+/// `data:` payloads of an SSE body (comments and `event:` lines skipped).
+pub fn data_frames(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|frame| {
+            let data: Vec<&str> = frame
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
+
+/// The JSON frames of an SSE body (`[DONE]` excluded).
+pub fn json_frames(body: &str) -> Vec<Value> {
+    data_frames(body)
+        .into_iter()
+        .filter(|d| d != "[DONE]")
+        .map(|d| serde_json::from_str(&d).unwrap())
+        .collect()
+}
+
+pub fn chat(stream: bool) -> Value {
+    serde_json::json!({"model": "gpt-5-codex", "stream": stream, "messages": [{"role": "user", "content": "Hi"}]})
+}

@@ -1,0 +1,276 @@
+//! Bad input at the gateway's door: keys, bodies, routes. Each gets a clear OpenAI-shaped error
+//! and nothing reaches the upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use codexpool_core::keys::NewKey;
+use common::{chat, harness};
+use serde_json::json;
+
+fn raw(path: &str, key: Option<&str>, ct: Option<&str>, body: impl Into<Body>) -> Request<Body> {
+    let mut r = Request::post(path);
+    if let Some(k) = key {
+        r = r.header("authorization", format!("Bearer {k}"));
+    }
+    if let Some(c) = ct {
+        r = r.header("content-type", c);
+    }
+    r.body(body.into()).unwrap()
+}
+
+#[tokio::test]
+async fn keys_are_checked_with_distinct_answers() {
+    let h = harness(1, &[]).await;
+    let disabled = h.pool.keys().create(NewKey::named("off")).await.unwrap();
+    h.pool.keys().disable(&disabled.key.id).await.unwrap();
+    let bound = h
+        .pool
+        .keys()
+        .create(NewKey::named("only-a").allow_model("model-a"))
+        .await
+        .unwrap();
+    let body = chat(false).to_string();
+    let cases = [
+        (None, StatusCode::UNAUTHORIZED, "missing_api_key"),
+        (
+            Some("sk-cp-nope"),
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+        ),
+        (
+            Some(disabled.secret.expose()),
+            StatusCode::FORBIDDEN,
+            "api_key_disabled",
+        ),
+        (
+            Some(bound.secret.expose()),
+            StatusCode::FORBIDDEN,
+            "model_not_allowed",
+        ),
+    ];
+    for (key, status, code) in cases {
+        let (s, v) = h
+            .json(raw(
+                "/v1/chat/completions",
+                key,
+                Some("application/json"),
+                body.clone(),
+            ))
+            .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{v}"
+        );
+        assert!(v["error"]["message"].is_string() && v["error"]["type"].is_string());
+    }
+    let (_, v) = h
+        .json(raw(
+            "/v1/chat/completions",
+            Some(bound.secret.expose()),
+            Some("application/json"),
+            body,
+        ))
+        .await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gpt-5-codex"),
+        "the refused model is named"
+    );
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 0);
+}
+
+#[tokio::test]
+async fn bodies_are_checked() {
+    let h = harness(1, &[("FRONT_PROXY_MAX_BODY_BYTES", "1000")]).await;
+    let k = Some(h.key.as_str());
+    let json_ct = Some("application/json");
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            raw("/v1/chat/completions", k, json_ct, "{not json"),
+            StatusCode::BAD_REQUEST,
+            "not valid JSON",
+        ),
+        (
+            raw("/v1/chat/completions", k, json_ct, "[1,2]"),
+            StatusCode::BAD_REQUEST,
+            "JSON object",
+        ),
+        (
+            raw(
+                "/v1/chat/completions",
+                k,
+                json_ct,
+                json!({"model": "m"}).to_string(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "messages",
+        ),
+        (
+            raw(
+                "/v1/chat/completions",
+                k,
+                json_ct,
+                json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}).to_string(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "messages[0].role",
+        ),
+        (
+            raw(
+                "/v1/chat/completions",
+                k,
+                json_ct,
+                json!({"model": 5, "messages": []}).to_string(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "model",
+        ),
+        (
+            raw(
+                "/v1/responses",
+                k,
+                json_ct,
+                json!({"model": "m", "input": 5}).to_string(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "input",
+        ),
+        (
+            raw("/v1/chat/completions", k, Some("text/plain"), "hi"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json",
+        ),
+        (
+            raw("/v1/chat/completions", k, json_ct, "x".repeat(5000)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "FRONT_PROXY_MAX_BODY_BYTES",
+        ),
+    ];
+    for (req, status, needle) in cases {
+        let (s, v) = h.json(req).await;
+        assert_eq!(s, status, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{needle}: {v}"
+        );
+    }
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 0);
+    // Refusals are logged too.
+    assert!(
+        h.log()
+            .await
+            .iter()
+            .all(|r| r.status >= 400 && r.error_class.is_some())
+    );
+    assert_eq!(h.total_inflight(), 0);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods() {
+    let h = harness(0, &[]).await;
+    let (s, v) = h
+        .json(Request::get("/v2/nothing").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v2/nothing")
+    );
+    let (s, v) = h
+        .json(
+            Request::get("/v1/chat/completions")
+                .header("authorization", format!("Bearer {}", h.key))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{v}");
+    assert_eq!(v["error"]["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn models_health_and_metrics() {
+    let h = harness(1, &[]).await;
+    let req = Request::get("/v1/models")
+        .header("authorization", format!("Bearer {}", h.key))
+        .body(Body::empty())
+        .unwrap();
+    let (s, v) = h.json(req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["object"], "list");
+    assert!(v["data"].as_array().unwrap().len() > 1);
+    assert_eq!(
+        h.fake.count("/backend-api/codex/models"),
+        1,
+        "from the upstream catalogue"
+    );
+    let bound = h
+        .pool
+        .keys()
+        .create(NewKey::named("b").model("gpt-5-codex"))
+        .await
+        .unwrap();
+    let req = Request::get("/v1/models")
+        .header("authorization", format!("Bearer {}", bound.secret.expose()))
+        .body(Body::empty())
+        .unwrap();
+    let (_, v) = h.json(req).await;
+    assert_eq!(
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["gpt-5-codex"]
+    );
+    let (s, v) = h
+        .json(Request::get("/health").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (v["accounts"].as_u64(), v["usable_accounts"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let (_, _, _) = h.call(h.post("/v1/chat/completions", chat(false))).await;
+    let (s, _, text) = h
+        .call(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(text.contains("codexpool_requests_total{route=\"chat_completions\",status=\"2xx\",protocol=\"openai_chat\"} 1"), "{text}");
+    assert!(text.contains("codexpool_upstream_attempts_total{outcome=\"ok\"} 1"));
+    assert!(text.contains(&format!(
+        "codexpool_account_inflight{{account=\"{}\"}} 0",
+        h.ids[0]
+    )));
+    assert!(text.contains("codexpool_gateway_overhead_seconds_count 1"));
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_request_log() {
+    let h = harness(1, &[("TRACE_BODY_PREVIEW_MAX_BYTES", "4096")]).await;
+    let mut body = chat(false);
+    body["metadata"] = json!({"api_key": "sk-live-123", "note": "visible"});
+    let (s, _) = h.json(h.post("/v1/chat/completions", body)).await;
+    assert_eq!(s, StatusCode::OK);
+    let row = &h.log().await[0];
+    let all = serde_json::to_string(row).unwrap();
+    assert!(!all.contains("sk-live-123") && !all.contains(&h.key));
+    assert!(row.body_preview.as_deref().unwrap().contains("visible"));
+    let token = h
+        .pool
+        .accounts()
+        .get(&h.ids[0])
+        .unwrap()
+        .tokens
+        .access_token;
+    assert!(!all.contains(token.expose()));
+}

@@ -1,0 +1,371 @@
+//! Failover before the first byte: every failure the backend can produce before output moves the
+//! request to the next account, the client sees only the answer, and the pool learns.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use codexpool_core::usage::ReadingSource;
+use codexpool_core::{AccountStatus, Demand};
+use codexpool_testkit::{FakeUsage, Reply};
+use common::{chat, harness, harness_with, json_frames};
+
+async fn served_by_second(h: &common::Harness) -> serde_json::Value {
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-1.");
+    let row = &h.log().await[0];
+    assert_eq!(row.accounts_tried, [h.ids[0].clone(), h.ids[1].clone()]);
+    assert_eq!(row.account_id.as_deref(), Some(h.ids[1].as_str()));
+    assert_eq!(h.total_inflight(), 0);
+    v
+}
+
+#[tokio::test]
+async fn usage_limit_429_exhausts_the_account_and_moves_on() {
+    let h = harness(2, &[]).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::UsageLimit429 {
+            resets_in_secs: 3600,
+        },
+    );
+    served_by_second(&h).await;
+    let until = h.pool.usage().exhausted_until(&h.ids[0]).unwrap().unwrap();
+    assert!(until > h.pool.now().plus(Duration::from_secs(3500)));
+    // The next request goes straight to the second account.
+    let (status, _) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.fake.requests_to("/backend-api/codex/responses").len(), 3);
+}
+
+#[tokio::test]
+async fn failures_inside_a_200_stream_fail_over() {
+    for reply in [
+        Reply::failed("server_error", "boom"),
+        Reply::Overloaded,
+        Reply::UsageLimitText,
+        Reply::Garbage,
+        Reply::CutMidStream { after_deltas: 0 },
+    ] {
+        let h = harness(2, &[]).await;
+        h.fake.push_reply("acct-0", reply.clone());
+        served_by_second(&h).await;
+    }
+}
+
+#[tokio::test]
+async fn http_failures_fail_over_with_the_right_cooldown() {
+    for (reply, cooling) in [
+        (Reply::RateLimit429, true),
+        (Reply::ChallengeHtml, true),
+        (
+            Reply::Status {
+                status: 500,
+                body: "oops".into(),
+                content_type: "text/plain".into(),
+            },
+            true,
+        ),
+        (
+            Reply::Status {
+                status: 503,
+                body: "{}".into(),
+                content_type: "application/json".into(),
+            },
+            true,
+        ),
+    ] {
+        let h = harness(2, &[]).await;
+        h.fake.push_reply("acct-0", reply.clone());
+        served_by_second(&h).await;
+        assert_eq!(
+            h.pool
+                .accounts()
+                .runtime(&h.ids[0])
+                .unwrap()
+                .cooldown_until
+                .is_some(),
+            cooling,
+            "{reply:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_deactivated_account_is_banned() {
+    let h = harness(2, &[]).await;
+    h.fake.push_reply("acct-0", Reply::Deactivated);
+    served_by_second(&h).await;
+    let a = h.pool.accounts().get(&h.ids[0]).unwrap();
+    assert_eq!(a.status, AccountStatus::Banned);
+    assert!(a.status_reason.unwrap().contains("deactivated"));
+}
+
+#[tokio::test]
+async fn a_refused_request_is_not_retried() {
+    let h = harness(2, &[]).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::status_json(400, serde_json::json!({"error": {"message": "bad tool schema", "type": "invalid_request_error", "code": "invalid_value"}})),
+    );
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad tool schema")
+    );
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 1);
+    assert!(
+        h.pool.accounts().runtime(&h.ids[0]).unwrap().usable,
+        "the account did nothing wrong"
+    );
+}
+
+#[tokio::test]
+async fn every_account_exhausted_is_a_429_with_retry_after() {
+    let h = harness(2, &[]).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::UsageLimit429 {
+            resets_in_secs: 900,
+        },
+    );
+    h.fake.push_reply(
+        "acct-1",
+        Reply::UsageLimit429 {
+            resets_in_secs: 300,
+        },
+    );
+    let res = h.send(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (295..=300).contains(&retry),
+        "Retry-After is the earliest reset: {retry}"
+    );
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(v["error"]["code"], "usage_limit_reached");
+    assert_eq!(
+        h.fake.count("/backend-api/codex/responses"),
+        2,
+        "exhausted accounts are not asked again"
+    );
+    let row = &h.log().await[0];
+    assert_eq!(row.status, 429);
+}
+
+#[tokio::test]
+async fn an_empty_pool_is_a_503() {
+    let h = harness(0, &[]).await;
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["error"]["code"], "no_account_available");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("codexpool account login")
+    );
+}
+
+#[tokio::test]
+async fn headers_feed_the_usage_tracker() {
+    let h = harness(1, &[]).await;
+    h.fake.set_usage("acct-0", FakeUsage::new(37.0, 12.0));
+    let (status, _) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::OK);
+    let u = h.pool.usage().get(&h.ids[0]).unwrap();
+    let five = u.five_hour.unwrap();
+    assert_eq!(
+        (five.used_percent, five.source),
+        (37.0, ReadingSource::Headers)
+    );
+    assert_eq!(u.weekly.unwrap().used_percent, 12.0);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refreshed_once_and_the_request_succeeds() {
+    let h = harness(1, &[]).await;
+    h.fake.expire_access_token("acct-0");
+    let before = h
+        .pool
+        .accounts()
+        .get(&h.ids[0])
+        .unwrap()
+        .tokens
+        .access_token;
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(h.fake.refresh_count("acct-0"), 1);
+    assert_ne!(
+        h.pool
+            .accounts()
+            .get(&h.ids[0])
+            .unwrap()
+            .tokens
+            .access_token,
+        before
+    );
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 2);
+}
+
+#[tokio::test]
+async fn the_stream_idle_timeout_gives_504_and_moves_on() {
+    let h = harness(2, &[("UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "1")]).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::text("late").slow_after_headers(Duration::from_secs(3)),
+    );
+    served_by_second(&h).await;
+    let h = harness(1, &[("UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "1")]).await;
+    h.fake.push_reply("acct-0", Reply::HangForever);
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{v}");
+    assert_eq!(
+        h.log().await[0].error_class.as_deref(),
+        Some("upstream_timeout")
+    );
+}
+
+#[tokio::test]
+async fn connection_refused_moves_to_the_next_account_and_ends_in_an_error() {
+    let h = harness(
+        2,
+        &[("UPSTREAM_BASE_URL", "http://127.0.0.1:9/backend-api/codex")],
+    )
+    .await;
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_unreachable");
+    let row = &h.log().await[0];
+    assert_eq!(row.accounts_tried.len(), 2);
+    assert_eq!(row.error_class.as_deref(), Some("upstream_unreachable"));
+    assert!(
+        h.pool
+            .accounts()
+            .runtime(&h.ids[0])
+            .unwrap()
+            .cooldown_until
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn the_fallback_upstream_serves_when_no_account_can() {
+    let h0 = harness(0, &[]).await;
+    let fallback = h0.fake.openai_base_url();
+    let h = harness(
+        0,
+        &[
+            ("UPSTREAM_FALLBACK_BASE_URL", &fallback),
+            ("UPSTREAM_FALLBACK_API_KEY", "sk-fake"),
+        ],
+    )
+    .await;
+    let (status, headers, body) = h.call(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["x-codexpool-fallback"], "1");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(h0.fake.count("/v1/chat/completions"), 1);
+    let row = &h.log().await[0];
+    assert!(row.fallback);
+}
+
+#[tokio::test]
+async fn a_disconnecting_client_cancels_upstream_and_frees_the_account() {
+    let h = harness(1, &[]).await;
+    h.fake
+        .push_reply("acct-0", Reply::StallMidStream { after_deltas: 2 });
+    let res = h.send(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    use http_body_util::BodyExt;
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some());
+    assert_eq!(h.pool.accounts().runtime(&h.ids[0]).unwrap().inflight, 1);
+    drop(body);
+    assert_eq!(
+        h.pool.accounts().runtime(&h.ids[0]).unwrap().inflight,
+        0,
+        "released at once"
+    );
+    assert!(
+        h.fake
+            .wait_until_async(Duration::from_secs(1), |f| f.cancelled_streams() == 1)
+            .await,
+        "upstream cancelled within 1 s"
+    );
+    let row = &h.log().await[0];
+    assert_eq!(row.error_class.as_deref(), Some("client_closed"));
+}
+
+#[tokio::test]
+async fn a_conversation_stays_on_its_account() {
+    let h = harness(3, &[("ROUTE_STRATEGY", "round-robin")]).await;
+    let mut seen = Vec::new();
+    for turn in 0..3 {
+        let mut messages = vec![serde_json::json!({"role": "user", "content": "Plan a trip"})];
+        for _ in 0..turn {
+            messages.push(serde_json::json!({"role": "assistant", "content": "ok"}));
+            messages.push(serde_json::json!({"role": "user", "content": "more"}));
+        }
+        let (status, _, headers_body) = {
+            let (s, h2, b) = h
+                .call(h.post(
+                    "/v1/chat/completions",
+                    serde_json::json!({"model": "m", "messages": messages}),
+                ))
+                .await;
+            (s, b, h2)
+        };
+        assert_eq!(status, StatusCode::OK);
+        seen.push(
+            headers_body["x-codexpool-account"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert!(seen.iter().all(|a| *a == seen[0]), "{seen:?}");
+    let sessions: Vec<_> = h
+        .fake
+        .requests_to("/backend-api/codex/responses")
+        .iter()
+        .map(|r| r.header("session_id").unwrap().to_string())
+        .collect();
+    assert!(
+        sessions.iter().all(|s| *s == sessions[0]),
+        "a stable session id: {sessions:?}"
+    );
+    // Another conversation may go elsewhere.
+    let _ = h.pool.accounts().acquire(&Demand::any()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_slow_upstream_gets_keepalives_for_streaming_clients() {
+    let h = harness_with(1, &[], |b| b.keepalive_interval(Duration::from_millis(100))).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::text("Finally").slow_first_byte(Duration::from_millis(350)),
+    );
+    let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with(": keep-alive\n\n"), "{body}");
+    let text: String = json_frames(&body)
+        .iter()
+        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Finally");
+    assert!(body.ends_with("data: [DONE]\n\n"));
+}

@@ -1,0 +1,141 @@
+//! `/v1/responses` through the gateway: ordinary clients (body rules) and the Codex CLI (as sent).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use codexpool_testkit::Reply;
+use common::{harness, json_frames};
+use serde_json::json;
+
+#[tokio::test]
+async fn streaming_passes_events_through() {
+    let h = harness(1, &[]).await;
+    let (status, headers, body) = h
+        .call(h.post(
+            "/v1/responses",
+            json!({"model": "gpt-5-codex", "input": "Hi", "stream": true}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    let types: Vec<String> = json_frames(&body)
+        .iter()
+        .map(|f| f["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(types.first().map(String::as_str), Some("response.created"));
+    assert_eq!(types.last().map(String::as_str), Some("response.completed"));
+    assert!(types.iter().any(|t| t == "response.output_text.delta"));
+    assert!(
+        body.contains("event: response.completed\n"),
+        "event lines are kept"
+    );
+    let sent = h
+        .fake
+        .last_request("/backend-api/codex/responses")
+        .unwrap()
+        .body_json()
+        .unwrap();
+    assert_eq!(
+        sent["input"][0]["content"][0]["type"], "input_text",
+        "a string input becomes a message"
+    );
+    assert!(h.log().await[0].tokens.is_some());
+}
+
+#[tokio::test]
+async fn non_streaming_gets_the_final_object() {
+    let h = harness(1, &[]).await;
+    h.fake.push_reply("acct-0", Reply::text("All done"));
+    let (status, v) = h
+        .json(h.post(
+            "/v1/responses",
+            json!({"model": "gpt-5-codex", "input": "Hi"}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["status"], "completed");
+    let text = &v["output"][0]["content"][0]["text"];
+    assert_eq!(text, "All done");
+    assert!(v["usage"]["output_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn codex_cli_requests_go_as_sent() {
+    let h = harness(1, &[]).await;
+    let fixture: serde_json::Value = serde_json::from_str(include_str!(
+        "../src/adapt/testdata/codex-cli-0.171-request.json"
+    ))
+    .unwrap();
+    let mut req = Request::post("/v1/responses");
+    for (k, v) in fixture["headers"].as_object().unwrap() {
+        if k == "authorization" || k == "accept-encoding" {
+            continue;
+        }
+        req = req.header(k.as_str(), v.as_str().unwrap());
+    }
+    let body = fixture["body"].to_string();
+    let req = req
+        .header("authorization", format!("Bearer {}", h.key))
+        .body(Body::from(body.clone()))
+        .unwrap();
+    let (status, _, text) = h.call(req).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let sent = h.fake.last_request("/backend-api/codex/responses").unwrap();
+    assert_eq!(
+        sent.body.as_ref(),
+        body.as_bytes(),
+        "the body is forwarded byte for byte"
+    );
+    assert_eq!(sent.header("originator"), Some("codex_exec"));
+    assert_eq!(
+        sent.header("session-id"),
+        fixture["headers"]["session-id"].as_str()
+    );
+    assert_eq!(
+        sent.header("x-codex-window-id"),
+        fixture["headers"]["x-codex-window-id"].as_str()
+    );
+    assert_eq!(sent.header("chatgpt-account-id"), Some("acct-0"));
+    assert!(
+        sent.header("authorization")
+            .unwrap()
+            .starts_with("Bearer ey"),
+        "the account's token"
+    );
+    assert!(sent.header("accept-encoding").is_none());
+}
+
+#[tokio::test]
+async fn a_bound_key_forces_model_and_effort() {
+    let h = harness(1, &[]).await;
+    let k = h
+        .pool
+        .keys()
+        .create(
+            codexpool_core::keys::NewKey::named("bound")
+                .model("gpt-5.1-codex")
+                .reasoning_effort("high"),
+        )
+        .await
+        .unwrap();
+    let req = Request::post("/v1/responses")
+        .header("x-api-key", k.secret.expose())
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"model": "other", "input": "Hi", "stream": false}).to_string(),
+        ))
+        .unwrap();
+    let (status, _, body) = h.call(req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sent = h
+        .fake
+        .last_request("/backend-api/codex/responses")
+        .unwrap()
+        .body_json()
+        .unwrap();
+    assert_eq!(sent["model"], "gpt-5.1-codex");
+    assert_eq!(sent["reasoning"]["effort"], "high");
+}

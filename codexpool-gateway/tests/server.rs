@@ -1,0 +1,368 @@
+//! The whole service on a real socket: the admin RPC (token, origin, methods, bad params),
+//! sign-in through `/auth/callback`, load shedding, and a graceful stop that flushes the log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use codexpool_core::request_log::RequestLogQuery;
+use codexpool_core::{Config, Pool, Secret};
+use codexpool_gateway::{RunningServer, Server};
+use codexpool_testkit::{FakeAccount, FakeOpenAi, Reply};
+use serde_json::{Value, json};
+
+struct Env {
+    fake: FakeOpenAi,
+    dir: tempfile::TempDir,
+    pool: Pool,
+}
+
+async fn env(settings: &[(&str, &str)]) -> Env {
+    let fake = FakeOpenAi::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config_for(&fake, settings);
+    config
+        .set("DB_PATH", dir.path().join("pool.db").to_str().unwrap())
+        .unwrap();
+    let pool = Pool::open(config).await.unwrap();
+    Env { fake, dir, pool }
+}
+
+async fn start(e: &Env) -> RunningServer {
+    Server::new(e.pool.clone())
+        .addr("127.0.0.1:0".parse().unwrap())
+        .background_tasks(false)
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn rpc(srv: &RunningServer, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/rpc", srv.url()))
+        .json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn call(srv: &RunningServer, method: &str, params: Value) -> Value {
+    let (status, v) = rpc(
+        srv,
+        Some(srv.rpc_token().expose()),
+        json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_requires_the_token_and_a_local_origin() {
+    let e = env(&[]).await;
+    let srv = start(&e).await;
+    let file = srv.rpc_token_file().unwrap().to_path_buf();
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        srv.rpc_token().expose()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "apikey/list"});
+    assert_eq!(rpc(&srv, None, list.clone()).await.0, 401);
+    assert_eq!(rpc(&srv, Some("wrong"), list.clone()).await.0, 401);
+    let (s, v) = rpc(&srv, Some(srv.rpc_token().expose()), list.clone()).await;
+    assert_eq!((s, v["result"].clone()), (200, json!([])));
+    let evil = reqwest::Client::new()
+        .post(format!("{}/rpc", srv.url()))
+        .bearer_auth(srv.rpc_token().expose())
+        .header("origin", "https://evil.example")
+        .json(&list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(evil.status().as_u16(), 403);
+    let local = reqwest::Client::new()
+        .post(format!("{}/rpc", srv.url()))
+        .bearer_auth(srv.rpc_token().expose())
+        .header("origin", "http://localhost:3000")
+        .json(&list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(local.status().as_u16(), 200);
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_methods_and_bad_params() {
+    let e = env(&[]).await;
+    let srv = Server::new(e.pool.clone())
+        .addr("127.0.0.1:0".parse().unwrap())
+        .rpc_token(Secret::from("tok"))
+        .background_tasks(false)
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        srv.rpc_token_file().is_none(),
+        "a given token is not written anywhere"
+    );
+    e.fake.add_account(FakeAccount::new("acct-0"));
+    let doc = e.fake.auth_json("acct-0").to_string();
+    let v = call(&srv, "account/import", json!({"content": doc})).await;
+    assert_eq!(v["result"]["results"][0]["status"], "imported", "{v}");
+    let id = v["result"]["results"][0]["account_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v = call(
+        &srv,
+        "account/update",
+        json!({"id": &id[..6], "label": "Work", "group": "team", "tags": ["a"]}),
+    )
+    .await;
+    assert_eq!(
+        (v["result"]["label"].as_str(), v["result"]["group"].as_str()),
+        (Some("Work"), Some("team"))
+    );
+    assert!(v["result"]["usage"].is_object() && v["result"]["runtime"]["usable"] == true);
+    let v = call(
+        &srv,
+        "account/update",
+        json!({"id": id, "group": null, "enabled": false}),
+    )
+    .await;
+    assert_eq!(
+        (v["result"]["group"].clone(), v["result"]["status"].as_str()),
+        (Value::Null, Some("disabled"))
+    );
+    let v = call(&srv, "account/list", json!({"status": "disabled"})).await;
+    assert_eq!(v["result"].as_array().unwrap().len(), 1);
+    let v = call(
+        &srv,
+        "apikey/create",
+        json!({"name": "ci", "model": "gpt-5-codex"}),
+    )
+    .await;
+    let secret = v["result"]["secret"].as_str().unwrap();
+    assert!(secret.starts_with("sk-cp-"));
+    let key_id = v["result"]["id"].as_str().unwrap().to_string();
+    let v = call(&srv, "apikey/list", json!(null)).await;
+    assert!(!v.to_string().contains(secret), "list never shows secrets");
+    call(&srv, "apikey/disable", json!({"id": key_id})).await;
+    let v = call(&srv, "apikey/get", json!({"id": key_id})).await;
+    assert_eq!(v["error"]["code"], -32601);
+    let v = call(&srv, "stats/summary", json!({"group_by": "model"})).await;
+    assert_eq!(
+        (
+            v["result"]["accounts"].as_u64(),
+            v["result"]["keys"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    // Bad params name the field.
+    for (method, params, needle) in [
+        ("apikey/create", json!({}), "name"),
+        ("apikey/create", json!({"name": 5}), "invalid type"),
+        (
+            "apikey/create",
+            json!({"name": "x", "colour": "red"}),
+            "colour",
+        ),
+        ("account/get", json!({"id": "zzzz"}), "no account"),
+        ("account/list", json!({"status": "gone"}), "gone"),
+        ("account/import", json!({}), "path"),
+        (
+            "apikey/create",
+            json!({"name": "x", "reasoning_effort": "max"}),
+            "reasoning_effort",
+        ),
+        ("requestlog/list", json!({"limit": "ten"}), "invalid type"),
+    ] {
+        let v = call(&srv, method, params).await;
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{method}: {v}"
+        );
+        assert!(v["error"]["code"].as_i64().unwrap() < 0);
+    }
+    // Protocol errors.
+    let t = Some("tok");
+    let (_, v) = rpc(
+        &srv,
+        t,
+        json!({"jsonrpc": "1.0", "id": 1, "method": "apikey/list"}),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], -32600);
+    let raw = reqwest::Client::new()
+        .post(format!("{}/rpc", srv.url()))
+        .bearer_auth("tok")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.json::<Value>().await.unwrap()["error"]["code"], -32700);
+    let (_, v) = rpc(&srv, t, json!([{"jsonrpc": "2.0", "id": 1, "method": "apikey/list"}, {"jsonrpc": "2.0", "method": "apikey/list"}])).await;
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        1,
+        "a notification gets no answer"
+    );
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_through_the_service_port() {
+    let e = env(&[]).await;
+    let srv = start(&e).await;
+    e.fake
+        .add_account(FakeAccount::new("acct-new").email("new@example.com"));
+    e.fake.set_next_login("acct-new");
+    let v = call(
+        &srv,
+        "account/login/start",
+        json!({"listen": false, "group": "g"}),
+    )
+    .await;
+    let url = v["result"]["url"].as_str().unwrap().to_string();
+    let state = v["result"]["state"].as_str().unwrap().to_string();
+    // The "browser": the issuer redirects; the redirect's query is delivered to our callback route.
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = no_redirect.get(&url).send().await.unwrap();
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    let query = location.split_once('?').unwrap().1;
+    let page = reqwest::get(format!("{}/auth/callback?{query}", srv.url()))
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().await.unwrap().to_lowercase().contains("close"));
+    let v = call(&srv, "account/login/status", json!({"state": state})).await;
+    assert_eq!(v["result"]["status"]["state"], "completed", "{v}");
+    let accounts = e.pool.accounts().list(&Default::default());
+    assert_eq!(accounts.len(), 1);
+    assert_eq!(accounts[0].group.as_deref(), Some("g"));
+    // A replayed callback stores nothing and says why.
+    let again = reqwest::get(format!("{}/auth/callback?{query}", srv.url()))
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 400);
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_requests_and_flushes_the_log_on_stop() {
+    let e = env(&[]).await;
+    e.fake.add_account(FakeAccount::new("acct-0"));
+    e.pool
+        .accounts()
+        .import_bytes("a", e.fake.auth_json("acct-0").to_string().as_bytes())
+        .await;
+    let key = e
+        .pool
+        .keys()
+        .create(codexpool_core::keys::NewKey::named("k"))
+        .await
+        .unwrap();
+    let srv = start(&e).await;
+    let res = reqwest::Client::new()
+        .post(format!("{}/chat/completions", srv.base_url()))
+        .bearer_auth(key.secret.expose())
+        .json(&common::chat(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(res.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    let health: Value = reqwest::get(format!("{}/health", srv.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["usable_accounts"], 1);
+    srv.stop().await.unwrap();
+    // Another process would see the row: read it through a second pool on the same file.
+    let other = Pool::open(
+        Config::default()
+            .with("DB_PATH", e.dir.path().join("pool.db").to_str().unwrap())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let rows = other
+        .request_log()
+        .list(&RequestLogQuery::latest(10))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_beyond_the_limit_is_shed_with_503() {
+    let e = env(&[("HTTP_QUEUE_FACTOR", "0"), ("HTTP_QUEUE_MIN", "1")]).await;
+    e.fake.add_account(FakeAccount::new("acct-0"));
+    e.fake
+        .push_reply("acct-0", Reply::StallMidStream { after_deltas: 1 });
+    e.pool
+        .accounts()
+        .import_bytes("a", e.fake.auth_json("acct-0").to_string().as_bytes())
+        .await;
+    let key = e
+        .pool
+        .keys()
+        .create(codexpool_core::keys::NewKey::named("k"))
+        .await
+        .unwrap();
+    let srv = start(&e).await;
+    let client = reqwest::Client::new();
+    let held = client
+        .post(format!("{}/chat/completions", srv.base_url()))
+        .bearer_auth(key.secret.expose())
+        .json(&common::chat(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status().as_u16(), 200);
+    let shed = client
+        .get(format!("{}/health", srv.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shed.status().as_u16(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    drop(held);
+    let mut ok = false;
+    for _ in 0..50 {
+        if client
+            .get(format!("{}/health", srv.url()))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+            == 200
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "the slot comes back when the stream ends");
+    srv.stop().await.unwrap();
+}

@@ -1,0 +1,510 @@
+//! The Codex backend part of the fake (PROTOCOL.md §4): `POST /backend-api/codex/responses` with
+//! its authentication, request checks, reply selection (per-account queue, shared queue,
+//! per-account default, global default, built-in default) and Codex-dialect rendering of every
+//! [`Reply`] with the `x-codex-*` headers; `POST …/responses/compact`; and
+//! `GET /backend-api/codex/models` with the model list ([`FakeModel`]).
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::auth::{AccessDenied, bearer, header_str};
+use crate::record::Seq;
+use crate::reply::{Core, FakeTokenUsage, Flat, GARBAGE, Reply, Script, flatten, split_words};
+use crate::responses::{Ctx, render_stream};
+use crate::state::{Inner, Shared, now_secs};
+use crate::stream::{Outcome, OutcomeBody, Step, StreamGuard, deliver, with_timing};
+use crate::usage::CHALLENGE_HTML;
+
+/// One entry of the model list (`GET /backend-api/codex/models`, `GET /v1/models`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct FakeModel {
+    /// `slug` (the `model` value clients send).
+    pub slug: String,
+    /// `display_name`. Default: the slug.
+    pub display_name: String,
+    /// `description`.
+    pub description: String,
+    /// `context_window` in tokens. Default 272 000.
+    pub context_window: u64,
+    /// `default_reasoning_level`. Default `medium`.
+    pub default_reasoning_level: String,
+}
+
+impl FakeModel {
+    /// A model with defaults for everything but the slug.
+    pub fn new(slug: impl Into<String>) -> Self {
+        let slug = slug.into();
+        Self {
+            display_name: slug.clone(),
+            description: format!("{slug} (FakeOpenAi)"),
+            context_window: 272_000,
+            default_reasoning_level: "medium".to_owned(),
+            slug,
+        }
+    }
+
+    /// Sets `display_name`.
+    pub fn display_name(mut self, name: impl Into<String>) -> Self {
+        self.display_name = name.into();
+        self
+    }
+
+    /// Sets `context_window`.
+    pub fn context_window(mut self, tokens: u64) -> Self {
+        self.context_window = tokens;
+        self
+    }
+
+    /// The default list: `gpt-5.1-codex`, `gpt-5.1-codex-mini`, `gpt-5-codex`, `gpt-5`.
+    pub fn defaults() -> Vec<FakeModel> {
+        vec![
+            FakeModel::new("gpt-5.1-codex").display_name("GPT-5.1 Codex"),
+            FakeModel::new("gpt-5.1-codex-mini").display_name("GPT-5.1 Codex Mini"),
+            FakeModel::new("gpt-5-codex").display_name("GPT-5 Codex"),
+            FakeModel::new("gpt-5").display_name("GPT-5"),
+        ]
+    }
+
+    fn to_codex_json(&self, priority: usize) -> Value {
+        let level =
+            |effort: &str, description: &str| json!({"effort": effort, "description": description});
+        json!({
+            "slug": self.slug,
+            "display_name": self.display_name,
+            "description": self.description,
+            "context_window": self.context_window,
+            "default_reasoning_level": self.default_reasoning_level,
+            "supported_reasoning_levels": [
+                level("low", "Fast responses with lighter reasoning"),
+                level("medium", "Balances speed and reasoning depth"),
+                level("high", "Greater reasoning depth for complex problems"),
+            ],
+            "shell_type": "shell_command",
+            "visibility": "list",
+            "supported_in_api": true,
+            "priority": priority,
+        })
+    }
+
+    pub(crate) fn to_openai_json(&self) -> Value {
+        json!({"id": self.slug, "object": "model", "created": 1_700_000_000, "owned_by": "openai"})
+    }
+}
+
+/// What the fake needs to know about a model request.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestFacts {
+    pub(crate) model: String,
+    pub(crate) encrypted_reasoning: bool,
+    pub(crate) input_tokens: u64,
+    pub(crate) cache_key: Option<String>,
+    /// The output of the last input item when that item is a tool result.
+    pub(crate) last_tool_output: Option<String>,
+}
+
+impl RequestFacts {
+    /// Reads a Responses-API request body.
+    pub(crate) fn from_responses(body: &Value, body_len: usize, headers: &HeaderMap) -> Self {
+        let last_tool_output = body
+            .get("input")
+            .and_then(Value::as_array)
+            .and_then(|items| items.last())
+            .filter(|item| item.get("type").and_then(Value::as_str) == Some("function_call_output"))
+            .map(|item| output_text(item.get("output").unwrap_or(&Value::Null)));
+        let cache_key = body
+            .get("prompt_cache_key")
+            .and_then(Value::as_str)
+            .or_else(|| header_str(headers, "session_id"))
+            .or_else(|| header_str(headers, "session-id"))
+            .map(str::to_owned);
+        let encrypted_reasoning = body
+            .get("include")
+            .and_then(Value::as_array)
+            .is_some_and(|inc| inc.iter().any(|v| v == "reasoning.encrypted_content"));
+        RequestFacts {
+            model: body
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or("gpt-5-codex")
+                .to_owned(),
+            encrypted_reasoning,
+            input_tokens: input_tokens(body_len),
+            cache_key,
+            last_tool_output,
+        }
+    }
+
+    /// The token counts of an answer with these output-side counts.
+    pub(crate) fn usage(&self, cached: u64, output: (u64, u64)) -> FakeTokenUsage {
+        FakeTokenUsage {
+            input_tokens: self.input_tokens,
+            cached_tokens: cached,
+            output_tokens: output.0,
+            reasoning_tokens: output.1,
+        }
+    }
+}
+
+/// Request body bytes / 4, at least 1.
+pub(crate) fn input_tokens(body_len: usize) -> u64 {
+    (body_len as u64 / 4).max(1)
+}
+
+/// A tool output as text: a string as is, content parts joined, anything else as JSON.
+pub(crate) fn output_text(output: &Value) -> String {
+    match output {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .concat(),
+        other => other.to_string(),
+    }
+}
+
+/// The built-in default answer: a greeting, or a quote of a tool result so tool round trips end.
+pub(crate) fn builtin_reply(greeting_name: &str, last_tool_output: Option<&str>) -> Reply {
+    match last_tool_output {
+        Some(output) => Reply::Text {
+            deltas: vec!["The tool returned: ".to_owned(), output.to_owned()],
+        },
+        None => Reply::Text {
+            deltas: split_words(&format!("Hello from {greeting_name}.")),
+        },
+    }
+}
+
+impl Inner {
+    /// Cached tokens for this request, and remembers its input for the next one.
+    pub(crate) fn cached_tokens(&mut self, scope: &str, facts: &RequestFacts) -> u64 {
+        let Some(key) = &facts.cache_key else {
+            return 0;
+        };
+        let previous = self
+            .prompt_cache
+            .insert((scope.to_owned(), key.clone()), facts.input_tokens);
+        previous.map_or(0, |p| p.min(facts.input_tokens))
+    }
+
+    /// The next Codex reply for an account.
+    fn next_codex_reply(&mut self, idx: usize, facts: &RequestFacts) -> Reply {
+        if let Some(r) = self.accounts[idx].replies.pop_front() {
+            return r;
+        }
+        if let Some(r) = self.any_replies.pop_front() {
+            return r;
+        }
+        if let Some(r) = &self.accounts[idx].default_reply {
+            return r.clone();
+        }
+        if let Some(r) = &self.global_default {
+            return r.clone();
+        }
+        builtin_reply(
+            &self.accounts[idx].account.id,
+            facts.last_tool_output.as_deref(),
+        )
+    }
+}
+
+/// `{"detail": …}`, how chatgpt.com rejects a malformed request.
+fn detail(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "detail": message }))).into_response()
+}
+
+/// The checks the real backend applies to a request body (PROTOCOL.md §4 body rules).
+fn check_body(body: &Value) -> Result<(), &'static str> {
+    if !body.is_object() {
+        return Err("Request body must be a JSON object");
+    }
+    if !body.get("model").is_some_and(Value::is_string) {
+        return Err("Model is required");
+    }
+    if body.get("stream") != Some(&Value::Bool(true)) {
+        return Err("Stream must be set to true");
+    }
+    if body.get("store").is_some_and(|s| s != &Value::Bool(false)) {
+        return Err("Store must be set to false");
+    }
+    if body.get("instructions").is_some_and(|i| !i.is_string()) {
+        return Err("Instructions must be a string");
+    }
+    if !body.get("input").is_some_and(Value::is_array) {
+        return Err("Input must be a list");
+    }
+    Ok(())
+}
+
+fn json_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h
+}
+
+pub(crate) fn sse_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h
+}
+
+fn json_outcome(status: StatusCode, body: &Value) -> Outcome {
+    Outcome {
+        status,
+        headers: json_headers(),
+        body: OutcomeBody::Full(Bytes::from(body.to_string())),
+    }
+}
+
+/// How one API renders the replies whose bodies differ between the Codex backend and the plain
+/// OpenAI API; [`render`] does the rest, which is the same for both.
+pub(crate) trait Dialect {
+    /// A stream (or, for non-streaming clients, the assembled object) of output items.
+    fn script(&self, script: &Script, usage: Option<FakeTokenUsage>) -> Outcome;
+    /// The quota is used up.
+    fn usage_limit(&self, resets_in_secs: u64) -> Outcome;
+    /// A short, transient rate limit.
+    fn rate_limit(&self) -> Outcome;
+    /// The credentials were refused.
+    fn unauthorized(&self) -> Outcome;
+}
+
+/// Renders a flattened reply: the dialect's bodies, the shared transport-level scripts, and the
+/// timing wrappers.
+pub(crate) fn render(flat: &Flat, dialect: &impl Dialect) -> Outcome {
+    let sse = |steps: Vec<Step>| Outcome {
+        status: StatusCode::OK,
+        headers: sse_headers(),
+        body: OutcomeBody::Steps(steps),
+    };
+    let outcome = match &flat.core {
+        Core::Script(script) => dialect.script(script, flat.usage),
+        Core::UsageLimit { resets_in_secs } => dialect.usage_limit(*resets_in_secs),
+        Core::RateLimit => dialect.rate_limit(),
+        Core::Unauthorized => dialect.unauthorized(),
+        Core::Status {
+            status,
+            body,
+            content_type,
+        } => {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(content_type) {
+                headers.insert(header::CONTENT_TYPE, v);
+            }
+            Outcome {
+                status: StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                headers,
+                body: OutcomeBody::Full(Bytes::from(body.clone())),
+            }
+        }
+        Core::Challenge => {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=UTF-8"),
+            );
+            headers.insert(
+                HeaderName::from_static("cf-mitigated"),
+                HeaderValue::from_static("challenge"),
+            );
+            Outcome {
+                status: StatusCode::FORBIDDEN,
+                headers,
+                body: OutcomeBody::Full(Bytes::from_static(CHALLENGE_HTML.as_bytes())),
+            }
+        }
+        Core::Garbage => sse(vec![Step::Bytes(Bytes::from_static(GARBAGE))]),
+        Core::Raw(body) => sse(vec![Step::text(body.clone())]),
+        Core::Hang => sse(vec![Step::Hang]),
+        Core::Deactivated => json_outcome(
+            StatusCode::FORBIDDEN,
+            &json!({"error": {
+                "message": "Your OpenAI account has been deactivated, please check your email for more information.",
+                "type": "invalid_request_error", "param": null, "code": "account_deactivated"
+            }}),
+        ),
+    };
+    with_timing(outcome, flat.after_headers, flat.pace)
+}
+
+/// The Codex backend's dialect.
+struct Codex<'a> {
+    facts: &'a RequestFacts,
+    cached: u64,
+    plan: &'a str,
+}
+
+impl Dialect for Codex<'_> {
+    fn script(&self, script: &Script, usage: Option<FakeTokenUsage>) -> Outcome {
+        let usage = usage.unwrap_or_else(|| self.facts.usage(self.cached, script.output_tokens()));
+        let ctx = Ctx::new(&self.facts.model, self.facts.encrypted_reasoning, usage);
+        Outcome {
+            status: StatusCode::OK,
+            headers: sse_headers(),
+            body: OutcomeBody::Steps(render_stream(script, &ctx)),
+        }
+    }
+
+    fn usage_limit(&self, resets_in_secs: u64) -> Outcome {
+        json_outcome(
+            StatusCode::TOO_MANY_REQUESTS,
+            &json!({"error": {
+                "type": "usage_limit_reached",
+                "message": "The usage limit has been reached",
+                "plan_type": self.plan,
+                "resets_at": now_secs().saturating_add(i64::try_from(resets_in_secs).unwrap_or(0)),
+                "resets_in_seconds": resets_in_secs,
+            }}),
+        )
+    }
+
+    fn rate_limit(&self) -> Outcome {
+        let mut o = json_outcome(
+            StatusCode::TOO_MANY_REQUESTS,
+            &json!({"error": {
+                "type": "rate_limit_exceeded", "code": "rate_limit_exceeded",
+                "message": "Rate limit reached. Please try again in 1s.",
+            }}),
+        );
+        o.headers
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        o
+    }
+
+    fn unauthorized(&self) -> Outcome {
+        json_outcome(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": {
+                "message": "Provided authentication token is expired. Please try signing in again.",
+                "type": "invalid_request_error", "param": null, "code": "token_expired"
+            }}),
+        )
+    }
+}
+
+/// Authenticates a secondary backend request (any bearer is fine in instant mode).
+fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<(), AccessDenied> {
+    let inner = shared.inner();
+    match inner.check_access(bearer(headers), header_str(headers, "chatgpt-account-id")) {
+        Ok(_) => Ok(()),
+        Err(_) if shared.config.instant => Ok(()),
+        Err(denied) => Err(denied),
+    }
+}
+
+/// `POST /backend-api/codex/responses`.
+pub(crate) async fn responses(
+    State(shared): State<Arc<Shared>>,
+    Extension(seq): Extension<Seq>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let checked = shared
+        .inner()
+        .check_access(bearer(&headers), header_str(&headers, "chatgpt-account-id"));
+    let idx = match checked {
+        Ok(idx) => idx,
+        Err(denied) => return denied.into_response(),
+    };
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => {
+            return detail(
+                StatusCode::BAD_REQUEST,
+                "Could not parse the request body as JSON",
+            );
+        }
+    };
+    if shared.config.strict
+        && let Err(why) = check_body(&value)
+    {
+        return detail(StatusCode::BAD_REQUEST, why);
+    }
+    let facts = RequestFacts::from_responses(&value, body.len(), &headers);
+    let (flat, cached, plan, usage_headers) = {
+        let mut inner = shared.inner();
+        let flat = flatten(inner.next_codex_reply(idx, &facts));
+        let account_id = inner.accounts[idx].account.id.clone();
+        let cached = inner.cached_tokens(&account_id, &facts);
+        let state = &mut inner.accounts[idx];
+        if let Core::UsageLimit { resets_in_secs } = flat.core {
+            state.usage.exhaust(resets_in_secs);
+        }
+        let plan = state.usage.plan_or(&state.account.plan).to_owned();
+        (flat, cached, plan, state.usage.headers())
+    };
+    let dialect = Codex {
+        facts: &facts,
+        cached,
+        plan: &plan,
+    };
+    let mut outcome = render(&flat, &dialect);
+    outcome.headers.extend(usage_headers);
+    deliver(
+        outcome,
+        flat.head_delay,
+        StreamGuard::new(&shared, Some(seq.0)),
+    )
+    .await
+}
+
+/// `POST /backend-api/codex/responses/compact`: the history, compacted to one summary message.
+pub(crate) async fn compact(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(denied) = authenticate(&shared, &headers) {
+        return denied.into_response();
+    }
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => {
+            return detail(
+                StatusCode::BAD_REQUEST,
+                "Could not parse the request body as JSON",
+            );
+        }
+    };
+    let items = value
+        .get("input")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    (
+        StatusCode::OK,
+        axum::Json(json!({"output": [{
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": format!("Summary of {items} earlier items.")}],
+        }]})),
+    )
+        .into_response()
+}
+
+/// `GET /backend-api/codex/models`.
+pub(crate) async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authenticate(&shared, &headers) {
+        return denied.into_response();
+    }
+    let models: Vec<Value> = shared
+        .inner()
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| m.to_codex_json(i))
+        .collect();
+    (StatusCode::OK, axum::Json(json!({ "models": models }))).into_response()
+}

@@ -1,0 +1,101 @@
+//! The `codexpool-fake` binary: its JSON line, the auth.json files, and stopping on stdin EOF.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+#[test]
+fn prints_urls_writes_auth_files_and_stops_on_stdin_eof() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_codexpool-fake"))
+        .args(["--accounts", "2", "--auth-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let info: Value = serde_json::from_str(&line).unwrap();
+    let url = info["url"].as_str().unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"));
+    assert_eq!(info["codex_base_url"], format!("{url}/backend-api/codex"));
+    assert_eq!(info["openai_base_url"], format!("{url}/v1"));
+    assert_eq!(info["issuer"], url);
+    assert_eq!(info["accounts"], serde_json::json!(["acct-1", "acct-2"]));
+
+    let auth: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("acct-2").join("auth.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(auth["tokens"]["account_id"], "acct-2");
+
+    // The token in the file works against the running fake.
+    let addr = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /backend-api/wham/usage HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\nChatGPT-Account-ID: acct-2\r\n\r\n",
+        auth["tokens"]["access_token"].as_str().unwrap()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    drop(child.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fake did not stop on stdin EOF"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn ignores_a_null_stdin_and_stops_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_codexpool-fake"))
+        .args(["--instant", "--accounts", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let info: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(info["accounts"], serde_json::json!([]));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "EOF of /dev/null is no reason to stop"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the fake ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

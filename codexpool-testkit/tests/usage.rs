@@ -1,0 +1,204 @@
+//! The usage endpoint over real HTTP: shapes, free-plan weekly-only, challenge, forced status,
+//! account checks, and agreement with the `x-codex-*` headers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use codexpool_testkit::{FakeAccount, FakeOpenAi, FakeUsage, FakeWindow, Reply};
+use common::{client, codex_frames};
+use serde_json::Value;
+
+async fn get_usage(fake: &FakeOpenAi, account: &str) -> reqwest::Response {
+    client()
+        .get(format!("{}/backend-api/wham/usage", fake.usage_base_url()))
+        .bearer_auth(fake.current_tokens(account).access_token)
+        .header("ChatGPT-Account-ID", account)
+        .header("originator", "codex_cli_rs")
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn usage_has_the_protocol_shape() {
+    let fake = FakeOpenAi::start().unwrap();
+    fake.add_account(FakeAccount::new("acct-1").plan("plus"));
+    fake.set_usage(
+        "acct-1",
+        FakeUsage::new(25.0, 80.0)
+            .credits(12.5)
+            .primary(FakeWindow::five_hour(25.0).reset_at(1_730_947_200))
+            .secondary(FakeWindow::weekly(80.0).reset_at(1_731_552_000)),
+    );
+    let resp = get_usage(&fake, "acct-1").await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["plan_type"], "plus");
+    assert_eq!(v["rate_limit"]["allowed"], true);
+    assert_eq!(v["rate_limit"]["limit_reached"], false);
+    let p = &v["rate_limit"]["primary_window"];
+    assert_eq!(p["used_percent"], 25.0);
+    assert_eq!(p["limit_window_seconds"], 18000);
+    assert_eq!(p["reset_at"], 1_730_947_200);
+    let s = &v["rate_limit"]["secondary_window"];
+    assert_eq!(s["used_percent"], 80.0);
+    assert_eq!(s["limit_window_seconds"], 604_800);
+    assert_eq!(s["reset_at"], 1_731_552_000);
+    assert_eq!(v["credits"]["balance"], 12.5);
+    assert!(v["additional_rate_limits"].is_array());
+    let req = fake.last_request("/backend-api/wham/usage").unwrap();
+    assert_eq!(req.account_id.as_deref(), Some("acct-1"));
+    assert_eq!(req.header("originator"), Some("codex_cli_rs"));
+}
+
+#[tokio::test]
+async fn free_plan_sends_one_weekly_window_in_the_primary_slot() {
+    let fake = FakeOpenAi::start().unwrap();
+    fake.add_account(FakeAccount::new("acct-f").plan("free"));
+    fake.set_usage("acct-f", FakeUsage::weekly_only(40.0));
+    let v: Value = get_usage(&fake, "acct-f").await.json().await.unwrap();
+    assert_eq!(v["plan_type"], "free");
+    assert_eq!(
+        v["rate_limit"]["primary_window"]["limit_window_seconds"],
+        604_800
+    );
+    assert_eq!(v["rate_limit"]["secondary_window"], Value::Null);
+
+    let (_, headers, _) = codex_frames(&fake, "acct-f").await;
+    assert_eq!(headers["x-codex-primary-window-minutes"], "10080");
+    assert!(headers.get("x-codex-secondary-window-minutes").is_none());
+}
+
+#[tokio::test]
+async fn challenge_and_forced_status() {
+    let fake = FakeOpenAi::start().unwrap();
+    fake.add_account(FakeAccount::new("acct-1"));
+    fake.usage_challenge("acct-1", true);
+    let resp = get_usage(&fake, "acct-1").await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(resp.text().await.unwrap().contains("Just a moment"));
+    fake.usage_challenge("acct-1", false);
+
+    fake.usage_status("acct-1", Some(503));
+    assert_eq!(get_usage(&fake, "acct-1").await.status(), 503);
+    fake.usage_status("acct-1", None);
+    assert_eq!(get_usage(&fake, "acct-1").await.status(), 200);
+}
+
+#[tokio::test]
+async fn wrong_account_header_or_token_is_401() {
+    let fake = FakeOpenAi::start().unwrap();
+    let t1 = fake.add_account(FakeAccount::new("acct-1"));
+    fake.add_account(FakeAccount::new("acct-2"));
+    let http = client();
+    let url = format!("{}/backend-api/wham/usage", fake.usage_base_url());
+    let mismatch = http
+        .get(&url)
+        .bearer_auth(&t1.access_token)
+        .header("ChatGPT-Account-ID", "acct-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mismatch.status(), 401);
+    let body: Value = mismatch.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "account_mismatch");
+    let no_header = http
+        .get(&url)
+        .bearer_auth(&t1.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_header.status(), 401);
+    let no_token = http
+        .get(&url)
+        .header("ChatGPT-Account-ID", "acct-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), 401);
+    let garbage = http
+        .get(&url)
+        .bearer_auth("not-a-token")
+        .header("ChatGPT-Account-ID", "acct-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 401);
+}
+
+#[tokio::test]
+async fn codex_headers_agree_with_usage() {
+    let fake = FakeOpenAi::start().unwrap();
+    fake.add_account(FakeAccount::new("acct-1"));
+    fake.set_usage(
+        "acct-1",
+        FakeUsage::new(12.5, 60.0)
+            .credits(3.0)
+            .primary(FakeWindow::five_hour(12.5).resets_in(Duration::from_secs(3600))),
+    );
+    let (status, h, _) = codex_frames(&fake, "acct-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(h["x-codex-primary-used-percent"], "12.5");
+    assert_eq!(h["x-codex-primary-window-minutes"], "300");
+    let after: i64 = h["x-codex-primary-reset-after-seconds"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3590..=3600).contains(&after), "{after}");
+    let at: i64 = h["x-codex-primary-reset-at"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(at, fake.usage("acct-1").primary.unwrap().reset_at);
+    assert_eq!(h["x-codex-secondary-used-percent"], "60.0");
+    assert_eq!(h["x-codex-secondary-window-minutes"], "10080");
+    assert!(h.contains_key("x-codex-secondary-reset-after-seconds"));
+    assert!(h.contains_key("x-codex-secondary-reset-at"));
+    assert_eq!(h["x-codex-credits-balance"], "3.0");
+    assert_eq!(h["x-codex-credits-has-credits"], "true");
+}
+
+#[tokio::test]
+async fn usage_limit_429_exhausts_the_window_everywhere() {
+    let fake = FakeOpenAi::start().unwrap();
+    fake.add_account(FakeAccount::new("acct-1"));
+    fake.set_usage("acct-1", FakeUsage::new(90.0, 50.0));
+    fake.push_reply(
+        "acct-1",
+        Reply::UsageLimit429 {
+            resets_in_secs: 1200,
+        },
+    );
+    let resp = common::codex_post(&fake, "acct-1", &common::codex_body("hi")).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["x-codex-primary-used-percent"], "100.0");
+    let body: Value = resp.json().await.unwrap();
+    let e = &body["error"];
+    assert_eq!(e["type"], "usage_limit_reached");
+    assert_eq!(e["resets_in_seconds"], 1200);
+    assert_eq!(e["plan_type"], "plus");
+    let resets_at = e["resets_at"].as_i64().unwrap();
+
+    let v: Value = get_usage(&fake, "acct-1").await.json().await.unwrap();
+    assert_eq!(v["rate_limit"]["limit_reached"], true);
+    assert_eq!(v["rate_limit"]["allowed"], false);
+    assert_eq!(v["rate_limit"]["primary_window"]["used_percent"], 100.0);
+    assert_eq!(v["rate_limit"]["primary_window"]["reset_at"], resets_at);
+    assert_eq!(v["rate_limit"]["secondary_window"]["used_percent"], 50.0);
+}

@@ -1,0 +1,2 @@
+//! Example: embed the gateway in an axum app.
+fn main() {}

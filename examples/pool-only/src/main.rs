@@ -1,0 +1,2 @@
+//! Example: use the pool without HTTP.
+fn main() {}
