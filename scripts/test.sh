@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The one test command: formatting, lints, and every test suite (Rust now; the Python suites
-# join as the bindings land). CI (.ci/run) runs exactly this on a fresh clone.
+# The one test command: formatting, lints, and every test suite — Rust (including the real
+# Codex CLI against a running gateway), Python (pyo3) and the uniffi-generated Python — plus the
+# runnable examples. CI (.ci/run) runs exactly this on a fresh clone; it installs what it needs
+# (the Codex CLI from npm, a Python venv with maturin/pytest/openai) under .cache/ and .venv/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-always}
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -11,6 +15,16 @@ cargo fmt --all -- --check
 
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# The real Codex CLI, for the gateway's end-to-end test (pinned; ~10 s from the npm registry).
+codex_version=0.171.0
+codex_dir="$root/.cache/codex-cli-$codex_version"
+if [ ! -x "$codex_dir/node_modules/.bin/codex" ]; then
+  step "installing @openai/codex@$codex_version"
+  mkdir -p "$codex_dir"
+  npm install --prefix "$codex_dir" --no-audit --no-fund --loglevel=error "@openai/codex@$codex_version"
+fi
+export CODEXPOOL_CODEX_BIN="$codex_dir/node_modules/.bin/codex"
 
 step "cargo test"
 cargo test --workspace --locked

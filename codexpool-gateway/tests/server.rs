@@ -366,3 +366,85 @@ async fn load_beyond_the_limit_is_shed_with_503() {
     assert!(ok, "the slot comes back when the stream ends");
     srv.stop().await.unwrap();
 }
+
+/// Arbitrary params for every RPC method: each call answers with a result or a JSON-RPC error,
+/// never an HTTP failure, and nothing half-written stays behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arbitrary_rpc_params_get_clear_answers() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::TestRunner;
+    let e = env(&[]).await;
+    let srv = start(&e).await;
+    let methods = [
+        "account/list",
+        "account/get",
+        "account/update",
+        "account/delete",
+        "account/import",
+        "account/usage/list",
+        "account/login/status",
+        "account/login/cancel",
+        "account/login/complete",
+        "apikey/create",
+        "apikey/list",
+        "apikey/update",
+        "apikey/enable",
+        "apikey/disable",
+        "apikey/delete",
+        "requestlog/list",
+        "stats/summary",
+    ];
+    let leaf = proptest::prop_oneof![
+        proptest::strategy::Just(Value::Null),
+        proptest::arbitrary::any::<bool>().prop_map(Value::Bool),
+        proptest::arbitrary::any::<i32>().prop_map(|n| json!(n)),
+        "[a-z0-9 :/?=&]{0,12}".prop_map(Value::String),
+    ];
+    let params = leaf.prop_recursive(2, 12, 4, |inner| {
+        proptest::prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+            proptest::collection::btree_map(
+                proptest::sample::select(vec![
+                    "id",
+                    "name",
+                    "label",
+                    "tags",
+                    "path",
+                    "content",
+                    "state",
+                    "limit",
+                    "model",
+                    "group_by",
+                    "redirect_url",
+                    "enabled"
+                ]),
+                inner,
+                0..4
+            )
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+        ]
+    });
+    let mut runner = TestRunner::deterministic();
+    for i in 0..300 {
+        let method = methods[i % methods.len()];
+        let p = params.new_tree(&mut runner).unwrap().current();
+        let (status, v) = rpc(
+            &srv,
+            Some(srv.rpc_token().expose()),
+            json!({"jsonrpc": "2.0", "id": i, "method": method, "params": p}),
+        )
+        .await;
+        assert_eq!(status, 200, "{method} {p}: {v}");
+        assert!(
+            v.get("result").is_some() ^ v.get("error").is_some(),
+            "{method}: {v}"
+        );
+        if let Some(err) = v.get("error") {
+            assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+    }
+    for k in e.pool.keys().list() {
+        assert!(!k.name.trim().is_empty());
+    }
+    srv.stop().await.unwrap();
+}
