@@ -147,6 +147,7 @@ impl Gateway {
     fn routes(shared: Arc<Shared>) -> Router {
         let model_routes = Router::new()
             .route("/v1/responses", post(routes::responses::handle))
+            .route("/v1/responses/compact", post(routes::responses::compact))
             .route("/v1/chat/completions", post(routes::chat::handle))
             .route("/v1/models", get(routes::models::handle))
             .route_layer(KeyAuthLayer::new(shared.pool.keys()));

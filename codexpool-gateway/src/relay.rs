@@ -406,3 +406,53 @@ pub(crate) async fn collect<A: Assemble>(
         }
     }
 }
+
+/// A committed JSON answer relayed byte for byte; the lease is held and the record written when
+/// the body ends (or the client leaves).
+pub(crate) fn raw_body(c: Committed, idle: Duration) -> axum::body::Body {
+    let Committed {
+        lease,
+        stream,
+        mut record,
+    } = c;
+    record.entry.status = 200;
+    let state = (stream.body, Some(lease), record);
+    let s =
+        futures_util::stream::unfold(state, move |(mut body, mut lease, mut record)| async move {
+            lease.as_ref()?;
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    record.first_byte();
+                    Some((Ok::<Bytes, std::io::Error>(chunk), (body, lease, record)))
+                }
+                Ok(None) => {
+                    if let Some(l) = lease.take() {
+                        l.report(Outcome::Success).await;
+                    }
+                    record.finish(200, None, None);
+                    None
+                }
+                Ok(Some(Err(e))) => {
+                    if let Some(l) = lease.take() {
+                        l.report(Outcome::UpstreamError).await;
+                    }
+                    record.finish(200, Some("upstream_cut"), None);
+                    Some((
+                        Err(std::io::Error::other(without_url(&e))),
+                        (body, None, record),
+                    ))
+                }
+                Err(_) => {
+                    if let Some(l) = lease.take() {
+                        l.report(Outcome::UpstreamError).await;
+                    }
+                    record.finish(200, Some("upstream_timeout"), None);
+                    Some((
+                        Err(std::io::Error::other("the upstream went silent")),
+                        (body, None, record),
+                    ))
+                }
+            }
+        });
+    axum::body::Body::from_stream(s)
+}

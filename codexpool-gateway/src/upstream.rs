@@ -229,6 +229,9 @@ pub(crate) struct Call {
     pub model: String,
     /// `/responses` or `/responses/compact`.
     pub path: &'static str,
+    /// Whether the answer is an SSE stream (read up to its first semantic event before
+    /// committing); `false` for JSON answers, committed on a 200.
+    pub sse: bool,
     /// Set for Codex CLI clients: their headers, forwarded as sent.
     pub forward_headers: Option<HeaderMap>,
     pub session_id: String,
@@ -489,6 +492,14 @@ async fn attempt(
         } else {
             Step::Stop(f)
         };
+    }
+    if !call.sse {
+        return Step::Committed(Opened {
+            body: response.bytes_stream().boxed(),
+            parser: SseParser::new(),
+            buffered: VecDeque::new(),
+            first_event: Instant::now(),
+        });
     }
     preflight(upstream, response.bytes_stream().boxed()).await
 }

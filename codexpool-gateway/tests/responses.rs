@@ -139,3 +139,34 @@ async fn a_bound_key_forces_model_and_effort() {
     assert_eq!(sent["model"], "gpt-5.1-codex");
     assert_eq!(sent["reasoning"]["effort"], "high");
 }
+
+#[tokio::test]
+async fn compaction_is_forwarded_on_the_conversations_account() {
+    let h = harness(2, &[]).await;
+    let body = json!({"model": "gpt-5-codex", "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a"}]}, {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "b"}]}]});
+    let (status, headers, text) = h.call(h.post("/v1/responses/compact", body)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(headers["content-type"], "application/json");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["output"][0]["content"][0]["text"],
+        "Summary of 2 earlier items."
+    );
+    assert_eq!(h.fake.count("/backend-api/codex/responses/compact"), 1);
+    let row = &h.log().await[0];
+    assert_eq!(
+        (row.route.as_str(), row.status),
+        ("/v1/responses/compact", 200)
+    );
+    assert_eq!(h.total_inflight(), 0);
+    // A failing account is skipped here too.
+    h.fake
+        .push_reply("acct-0", Reply::UsageLimit429 { resets_in_secs: 60 });
+    let (status, _) = h
+        .json(h.post(
+            "/v1/responses",
+            json!({"model": "m", "input": "x", "stream": false}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -55,6 +55,7 @@ pub(crate) async fn handle(
         body: up.body,
         model: up.model,
         path: "/responses",
+        sse: true,
         forward_headers: None,
         session_id,
         record,

@@ -336,6 +336,38 @@ pub(crate) async fn dispatch(
     with_protocol(res, protocol)
 }
 
+/// Runs the attempt loop for a call whose answer is JSON and relays that answer as is.
+pub(crate) async fn dispatch_json(shared: Arc<Shared>, call: Call, protocol: Protocol) -> Response {
+    match upstream::run(&shared.pool, &shared.upstream, &shared.metrics, call).await {
+        Ok(c) => {
+            let mut extra = Vec::new();
+            if let Ok(v) = HeaderValue::from_str(c.lease.account_id()) {
+                extra.push(("x-codexpool-account", v));
+            }
+            with_protocol(
+                json_response_stream(
+                    crate::relay::raw_body(c, shared.upstream.idle_timeout),
+                    &extra,
+                ),
+                protocol,
+            )
+        }
+        Err(failed) => reject(failed.record, failed.error, protocol),
+    }
+}
+
+fn json_response_stream(body: Body, extra: &[(&'static str, HeaderValue)]) -> Response {
+    let mut res = Response::new(body);
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for (k, v) in extra {
+        res.headers_mut().insert(*k, v.clone());
+    }
+    res
+}
+
 /// Sends the client's own body to the OpenAI-compatible fallback upstream and relays its answer
 /// as is (status, type, body).
 async fn fallback_call(
