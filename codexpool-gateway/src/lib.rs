@@ -21,6 +21,7 @@
 
 pub mod adapt;
 mod auth;
+mod body;
 mod error;
 mod limit;
 mod metrics;

@@ -3,7 +3,6 @@
 //! once with 503 and `Retry-After: 1` — shedding load early beats queueing it until every
 //! client times out.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -11,10 +10,10 @@ use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
 use axum::response::IntoResponse;
 use futures_util::future::{BoxFuture, FutureExt};
-use http_body::Frame;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
+use crate::body::Guarded;
 use crate::error::ApiError;
 
 /// Refuses requests beyond a number in flight.
@@ -83,38 +82,8 @@ where
         let fut = self.inner.call(req);
         async move {
             let res = fut.await?;
-            Ok(res.map(|body| {
-                Body::new(PermitBody {
-                    inner: Body::new(body),
-                    _permit: permit,
-                })
-            }))
+            Ok(res.map(|body| Guarded::wrap(body, permit)))
         }
         .boxed()
-    }
-}
-
-struct PermitBody {
-    inner: Body,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl http_body::Body for PermitBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }

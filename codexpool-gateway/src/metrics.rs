@@ -3,7 +3,6 @@
 //! and times it until its body ends, and the text exposition for `GET /metrics`.
 
 use std::fmt::Write as _;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -13,8 +12,9 @@ use axum::body::Body;
 use axum::http::{Request, Response};
 use codexpool_core::Pool;
 use futures_util::future::BoxFuture;
-use http_body::Frame;
 use tower::{Layer, Service};
+
+use crate::body::Guarded;
 
 /// The routes metrics are kept for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,12 +429,7 @@ where
                 .get::<Protocol>()
                 .copied()
                 .unwrap_or_default();
-            Ok(res.map(|body| {
-                Body::new(TimedBody {
-                    inner: Body::new(body),
-                    _guard: guard,
-                })
-            }))
+            Ok(res.map(|body| Guarded::wrap(body, guard)))
         })
     }
 }
@@ -463,30 +458,5 @@ impl Drop for Finish {
             .unwrap_or(3);
         m.requests[r][class][p].fetch_add(1, Ordering::Relaxed);
         m.latency[r].observe(self.started.elapsed());
-    }
-}
-
-struct TimedBody {
-    inner: Body,
-    _guard: Finish,
-}
-
-impl http_body::Body for TimedBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }

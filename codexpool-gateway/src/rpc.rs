@@ -10,10 +10,13 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use codexpool_core::auth::{AuthError, LoginOptions};
 use codexpool_core::keys::{KeyPatch, NewKey};
 use codexpool_core::request_log::RequestLogQuery;
 use codexpool_core::usage::{LedgerGroup, LedgerQuery};
-use codexpool_core::{AccountFilter, AccountPatch, AccountStatus, Error, Pool, Secret, Timestamp};
+use codexpool_core::{
+    AccountFilter, AccountPatch, AccountStatus, Error, Pool, RefreshScope, Secret, Timestamp,
+};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -385,9 +388,9 @@ async fn call(pool: &Pool, method: &str, p: Value) -> Result<Value, RpcError> {
         "account/usage/list" => to_value(pool.usage().list()),
         "account/usage/refresh" => {
             let q: OptionalId = params(p)?;
-            crate::server::refresh_usage(pool, q.id.as_deref()).await
+            refresh_usage(pool, q.id.as_deref()).await
         }
-        m if m.starts_with("account/login/") => crate::server::login_rpc(pool, m, p).await,
+        m if m.starts_with("account/login/") => login_rpc(pool, m, p).await,
         "apikey/create" => {
             let q: CreateKey = params(p)?;
             let mut new = NewKey::named(q.name);
@@ -442,6 +445,99 @@ async fn call(pool: &Pool, method: &str, p: Value) -> Result<Value, RpcError> {
                 "inflight": accounts.total_inflight(),
                 "ledger": to_value(rows)?,
             }))
+        }
+        other => Err(RpcError::new(
+            codes::METHOD_NOT_FOUND,
+            format!("no method {other:?}"),
+        )),
+    }
+}
+
+/// `account/usage/refresh`: polls one account (or all) now and returns each result.
+async fn refresh_usage(pool: &Pool, id: Option<&str>) -> Result<Value, RpcError> {
+    let scope = match id {
+        Some(id) => RefreshScope::Account(id.to_string()),
+        None => RefreshScope::All,
+    };
+    let results = pool.usage().refresh(scope, |_| {}).await?;
+    to_value(results)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LoginStartParams {
+    label: Option<String>,
+    group: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    note: Option<String>,
+    workspace_id: Option<String>,
+    /// Device-code sign-in instead of a browser redirect.
+    #[serde(default)]
+    device: bool,
+    /// Start the callback listener on `LOGIN_ADDR` (default true).
+    listen: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateParams {
+    state: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteParams {
+    redirect_url: String,
+}
+
+/// `account/login/start|status|complete|cancel`.
+async fn login_rpc(pool: &Pool, method: &str, p: Value) -> Result<Value, RpcError> {
+    let auth = pool.auth();
+    let from_auth = |e: AuthError| RpcError::from(codexpool_core::Error::from(e));
+    match method {
+        "account/login/start" => {
+            let p: LoginStartParams = params(p)?;
+            let mut opts = LoginOptions::default();
+            opts.label = p.label;
+            opts.group = p.group;
+            opts.tags = p.tags;
+            opts.note = p.note;
+            opts.allowed_workspace_id = p.workspace_id;
+            opts.listen = p.listen.unwrap_or(true);
+            if p.device {
+                let login = auth.device_start(opts).await.map_err(from_auth)?;
+                let v = to_value(&login)?;
+                // The device flow finishes in the background; `account/login/status` follows it.
+                tokio::spawn(async move {
+                    if let Err(e) = login.wait().await {
+                        tracing::info!(error = %e, "device sign-in ended without an account");
+                    }
+                });
+                Ok(v)
+            } else {
+                let handle = auth.login_start(opts).await.map_err(from_auth)?;
+                to_value(handle.info())
+            }
+        }
+        "account/login/status" => to_value(
+            auth.login_status(&params::<StateParams>(p)?.state)
+                .await
+                .map_err(from_auth)?,
+        ),
+        "account/login/complete" => {
+            let done = auth
+                .login_complete(&params::<CompleteParams>(p)?.redirect_url)
+                .await
+                .map_err(from_auth)?;
+            Ok(json!({"account": to_value(&done.account)?, "created": done.created}))
+        }
+        "account/login/cancel" => {
+            let cancelled = auth
+                .login_cancel(&params::<StateParams>(p)?.state)
+                .await
+                .map_err(from_auth)?;
+            Ok(json!({"cancelled": cancelled}))
         }
         other => Err(RpcError::new(
             codes::METHOD_NOT_FOUND,

@@ -15,22 +15,18 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use codexpool_core::RefreshScope;
-use codexpool_core::auth::{AuthError, LoginOptions};
 use codexpool_core::{Config, Pool, Secret};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Gateway;
 use crate::limit::ShedLayer;
-use crate::rpc::{Rpc, RpcError, codes};
+use crate::rpc::Rpc;
 
 /// How long open streams may run on after a stop was asked for.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -351,107 +347,4 @@ async fn callback(State(pool): State<Pool>, uri: Uri) -> Response {
         Html(page.html),
     )
         .into_response()
-}
-
-/// `account/usage/refresh`: polls one account (or all) now and returns each result.
-pub(crate) async fn refresh_usage(pool: &Pool, id: Option<&str>) -> Result<Value, RpcError> {
-    let scope = match id {
-        Some(id) => RefreshScope::Account(id.to_string()),
-        None => RefreshScope::All,
-    };
-    let results = pool.usage().refresh(scope, |_| {}).await?;
-    serde_json::to_value(results).map_err(|e| RpcError::new(codes::INTERNAL, e.to_string()))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct LoginStartParams {
-    label: Option<String>,
-    group: Option<String>,
-    #[serde(default)]
-    tags: Vec<String>,
-    note: Option<String>,
-    workspace_id: Option<String>,
-    /// Device-code sign-in instead of a browser redirect.
-    #[serde(default)]
-    device: bool,
-    /// Start the callback listener on `LOGIN_ADDR` (default true).
-    listen: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StateParams {
-    state: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompleteParams {
-    redirect_url: String,
-}
-
-fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, RpcError> {
-    let v = if v.is_null() { json!({}) } else { v };
-    serde_json::from_value(v)
-        .map_err(|e| RpcError::new(codes::INVALID_PARAMS, format!("invalid params: {e}")))
-}
-
-fn value<T: serde::Serialize>(v: T) -> Result<Value, RpcError> {
-    serde_json::to_value(v).map_err(|e| RpcError::new(codes::INTERNAL, e.to_string()))
-}
-
-/// `account/login/start|status|complete|cancel`.
-pub(crate) async fn login_rpc(pool: &Pool, method: &str, params: Value) -> Result<Value, RpcError> {
-    let auth = pool.auth();
-    let from_auth = |e: AuthError| RpcError::from(codexpool_core::Error::from(e));
-    match method {
-        "account/login/start" => {
-            let p: LoginStartParams = typed(params)?;
-            let mut opts = LoginOptions::default();
-            opts.label = p.label;
-            opts.group = p.group;
-            opts.tags = p.tags;
-            opts.note = p.note;
-            opts.allowed_workspace_id = p.workspace_id;
-            opts.listen = p.listen.unwrap_or(true);
-            if p.device {
-                let login = auth.device_start(opts).await.map_err(from_auth)?;
-                let v = value(&login)?;
-                // The device flow finishes in the background; `account/login/status` follows it.
-                tokio::spawn(async move {
-                    if let Err(e) = login.wait().await {
-                        tracing::info!(error = %e, "device sign-in ended without an account");
-                    }
-                });
-                Ok(v)
-            } else {
-                let handle = auth.login_start(opts).await.map_err(from_auth)?;
-                value(handle.info())
-            }
-        }
-        "account/login/status" => value(
-            auth.login_status(&typed::<StateParams>(params)?.state)
-                .await
-                .map_err(from_auth)?,
-        ),
-        "account/login/complete" => {
-            let done = auth
-                .login_complete(&typed::<CompleteParams>(params)?.redirect_url)
-                .await
-                .map_err(from_auth)?;
-            Ok(json!({"account": value(&done.account)?, "created": done.created}))
-        }
-        "account/login/cancel" => {
-            let cancelled = auth
-                .login_cancel(&typed::<StateParams>(params)?.state)
-                .await
-                .map_err(from_auth)?;
-            Ok(json!({"cancelled": cancelled}))
-        }
-        other => Err(RpcError::new(
-            codes::METHOD_NOT_FOUND,
-            format!("no method {other:?}"),
-        )),
-    }
 }

@@ -18,7 +18,9 @@ use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 
 use crate::Shared;
-use crate::adapt::{ChatAssembler, ChatOptions, ChatStream, ResponseAssembler};
+use crate::adapt::{
+    ChatAssembler, ChatOptions, ChatStream, Overrides, ResponseAssembler, UpstreamRequest,
+};
 use crate::error::ApiError;
 use crate::metrics::Protocol;
 use crate::record::Record;
@@ -173,29 +175,21 @@ pub(crate) struct FallbackRequest {
     pub path: &'static str,
 }
 
-fn sse_response(body: Body, extra: &[(&'static str, HeaderValue)]) -> Response {
+/// A 200 with this body and type, plus our headers.
+fn respond(
+    body: Body,
+    content_type: &'static str,
+    extra: &[(&'static str, HeaderValue)],
+) -> Response {
     let mut res = Response::new(body);
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if content_type == "text/event-stream" {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    }
     for (k, v) in extra {
         h.insert(*k, v.clone());
-    }
-    res
-}
-
-fn json_response(body: Bytes, extra: &[(&'static str, HeaderValue)]) -> Response {
-    let mut res = Response::new(Body::from(body));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    for (k, v) in extra {
-        res.headers_mut().insert(*k, v.clone());
     }
     res
 }
@@ -284,7 +278,10 @@ pub(crate) async fn dispatch(
                     pre_send,
                     done_frame,
                 };
-                return with_protocol(sse_response(relay_body(state), &extra), protocol);
+                return with_protocol(
+                    respond(relay_body(state), "text/event-stream", &extra),
+                    protocol,
+                );
             }
         }
     } else {
@@ -320,52 +317,24 @@ pub(crate) async fn dispatch(
                 shared.metrics.clone(),
                 pre_send,
             );
-            sse_response(relay_body(BodyState::Relaying(Box::new(relay))), &extra)
+            respond(
+                relay_body(BodyState::Relaying(Box::new(relay))),
+                "text/event-stream",
+                &extra,
+            )
         }
         Answer::ResponsesJson => match collect(committed, ResponseAssembler::new(), idle).await {
-            Ok(json) => json_response(json, &extra),
+            Ok(json) => respond(Body::from(json), "application/json", &extra),
             Err(e) => e.into_response(),
         },
         Answer::ChatJson(opts) => {
             match collect(committed, ChatAssembler::new(&opts, created), idle).await {
-                Ok(json) => json_response(json, &extra),
+                Ok(json) => respond(Body::from(json), "application/json", &extra),
                 Err(e) => e.into_response(),
             }
         }
     };
     with_protocol(res, protocol)
-}
-
-/// Runs the attempt loop for a call whose answer is JSON and relays that answer as is.
-pub(crate) async fn dispatch_json(shared: Arc<Shared>, call: Call, protocol: Protocol) -> Response {
-    match upstream::run(&shared.pool, &shared.upstream, &shared.metrics, call).await {
-        Ok(c) => {
-            let mut extra = Vec::new();
-            if let Ok(v) = HeaderValue::from_str(c.lease.account_id()) {
-                extra.push(("x-codexpool-account", v));
-            }
-            with_protocol(
-                json_response_stream(
-                    crate::relay::raw_body(c, shared.upstream.idle_timeout),
-                    &extra,
-                ),
-                protocol,
-            )
-        }
-        Err(failed) => reject(failed.record, failed.error, protocol),
-    }
-}
-
-fn json_response_stream(body: Body, extra: &[(&'static str, HeaderValue)]) -> Response {
-    let mut res = Response::new(body);
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    for (k, v) in extra {
-        res.headers_mut().insert(*k, v.clone());
-    }
-    res
 }
 
 /// Sends the client's own body to the OpenAI-compatible fallback upstream and relays its answer
@@ -457,30 +426,159 @@ impl FallbackGuard {
     }
 }
 
-/// Builds the call-independent parts of a model request.
-pub(crate) fn start_record(
-    shared: &Shared,
-    headers: &HeaderMap,
-    route: &str,
-    key_id: &str,
-) -> (Record, Instant) {
-    (
-        Record::new(
-            shared.pool.clone(),
-            request_id(headers),
-            route,
-            Some(key_id.to_string()),
-        ),
-        Instant::now(),
-    )
+/// A model request read and checked up to its adapter: the key, the record, the body.
+pub(crate) struct Intake {
+    shared: Arc<Shared>,
+    key: Arc<codexpool_core::PlatformKey>,
+    headers: HeaderMap,
+    record: Record,
+    arrived: Instant,
+    /// The client's body.
+    pub bytes: Bytes,
+    protocol: Protocol,
+    /// The Codex CLI is the client: its body and headers go upstream as sent.
+    codex: bool,
 }
 
-/// The `x-codexpool-dropped-params` header, when the adapters dropped anything.
-pub(crate) fn dropped_header(value: Option<String>) -> Vec<(&'static str, HeaderValue)> {
-    value
-        .and_then(|v| HeaderValue::from_str(&v).ok())
-        .map(|v| vec![("x-codexpool-dropped-params", v)])
-        .unwrap_or_default()
+impl Intake {
+    /// Starts the record and reads the body (415/413/400 answered here).
+    pub async fn read(
+        shared: Arc<Shared>,
+        key: Arc<codexpool_core::PlatformKey>,
+        headers: HeaderMap,
+        body: Body,
+        route: &str,
+        protocol: Protocol,
+    ) -> Result<Self, Response> {
+        let mut record = Record::new(
+            shared.pool.clone(),
+            request_id(&headers),
+            route,
+            Some(key.id.clone()),
+        );
+        let arrived = Instant::now();
+        let bytes = match read_body(&headers, body, shared.max_body).await {
+            Ok(b) => b,
+            Err(e) => return Err(reject(record, e, protocol)),
+        };
+        record.entry.body_preview = preview(&bytes, shared.preview_max);
+        let codex = protocol == Protocol::Codex;
+        Ok(Self {
+            shared,
+            key,
+            headers,
+            record,
+            arrived,
+            bytes,
+            protocol,
+            codex,
+        })
+    }
+
+    /// What the key binds (model, reasoning effort), for the adapters.
+    pub fn overrides(&self) -> Overrides<'_> {
+        Overrides {
+            model: self.key.model.as_deref(),
+            reasoning_effort: self.key.reasoning_effort.as_deref(),
+        }
+    }
+
+    /// Refuses the request before any upstream call.
+    pub fn reject(self, error: ApiError) -> Response {
+        reject(self.record, error, self.protocol)
+    }
+
+    /// Notes the adapted request, checks the key may use its model, and builds the call.
+    fn into_call(
+        mut self,
+        up: UpstreamRequest,
+        path: &'static str,
+        sse: bool,
+    ) -> Result<(Call, Parts), Box<Response>> {
+        self.record.entry.model = Some(up.model.clone());
+        self.record.entry.stream = up.stream;
+        if let Err(e) = self.key.resolve_model(Some(&up.model)) {
+            return Err(Box::new(self.reject(ApiError::from_key(&e))));
+        }
+        let extra = up
+            .dropped_params_header()
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+            .map(|v| vec![("x-codexpool-dropped-params", v)])
+            .unwrap_or_default();
+        let session_id = upstream::session_id(
+            &self.headers,
+            &self.key,
+            up.prompt_cache_key.as_deref(),
+            &up.body,
+        );
+        let call = Call {
+            forward_headers: self.codex.then(|| upstream::forwardable(&self.headers)),
+            key: self.key,
+            body: up.body,
+            model: up.model,
+            path,
+            sse,
+            session_id,
+            record: self.record,
+            arrived: self.arrived,
+        };
+        Ok((
+            call,
+            Parts {
+                shared: self.shared,
+                extra,
+                protocol: self.protocol,
+                client_body: self.bytes,
+            },
+        ))
+    }
+
+    /// Sends a streamed (`sse`) call and answers as `answer` asks; `fallback_path` is where the
+    /// fallback upstream takes the client's own body.
+    pub async fn dispatch(
+        self,
+        up: UpstreamRequest,
+        answer: Answer,
+        fallback_path: &'static str,
+    ) -> Response {
+        match self.into_call(up, "/responses", true) {
+            Ok((call, p)) => {
+                let fallback = FallbackRequest {
+                    body: p.client_body,
+                    path: fallback_path,
+                };
+                dispatch(p.shared, call, answer, p.extra, p.protocol, fallback).await
+            }
+            Err(res) => *res,
+        }
+    }
+
+    /// Sends a call whose answer is JSON, relayed as is.
+    pub async fn dispatch_json(self, up: UpstreamRequest, path: &'static str) -> Response {
+        let (call, p) = match self.into_call(up, path, false) {
+            Ok(x) => x,
+            Err(res) => return *res,
+        };
+        match upstream::run(&p.shared.pool, &p.shared.upstream, &p.shared.metrics, call).await {
+            Ok(c) => {
+                let mut extra = p.extra;
+                if let Ok(v) = HeaderValue::from_str(c.lease.account_id()) {
+                    extra.push(("x-codexpool-account", v));
+                }
+                let body = crate::relay::raw_body(c, p.shared.upstream.idle_timeout);
+                with_protocol(respond(body, "application/json", &extra), p.protocol)
+            }
+            Err(failed) => reject(failed.record, failed.error, p.protocol),
+        }
+    }
+}
+
+/// What a call leaves behind for the answer.
+struct Parts {
+    shared: Arc<Shared>,
+    extra: Vec<(&'static str, HeaderValue)>,
+    protocol: Protocol,
+    client_body: Bytes,
 }
 
 /// A 404 in the OpenAI shape for unknown routes.
