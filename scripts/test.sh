@@ -15,6 +15,8 @@ cargo fmt --all -- --check
 
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The uniffi crate's test-only exports sit behind a feature the workspace build leaves off.
+cargo clippy -p codexpool-ffi --all-targets --features testing --locked -- -D warnings
 
 # The real Codex CLI, for the gateway's end-to-end test (pinned; ~10 s from the npm registry).
 codex_version=0.171.0
@@ -28,5 +30,12 @@ export CODEXPOOL_CODEX_BIN="$codex_dir/node_modules/.bin/codex"
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "examples"
+cargo run --locked -q -p pool-only
+cargo run --locked -q -p embed-in-axum
+
+step "uniffi-generated Python"
+PYTHON="${PYTHON:-python3}" bindings/uniffi/test.sh
 
 step "all tests passed"

@@ -274,3 +274,27 @@ async fn secrets_never_reach_the_request_log() {
         .access_token;
     assert!(!all.contains(token.expose()));
 }
+
+#[tokio::test]
+async fn nested_under_a_prefix_errors_name_the_full_path() {
+    let h = harness(0, &[]).await;
+    let app = axum::Router::new().nest_service("/llm", h.gateway.router());
+    use tower::ServiceExt;
+    let res = app
+        .oneshot(Request::get("/llm/nope").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("/llm/nope"),
+        "{v}"
+    );
+}

@@ -581,15 +581,16 @@ struct Parts {
     client_body: Bytes,
 }
 
-/// A 404 in the OpenAI shape for unknown routes.
-pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
+/// A 404 in the OpenAI shape for unknown routes (naming the path the client sent, also when the
+/// gateway is nested under a prefix).
+pub(crate) async fn not_found(uri: axum::extract::OriginalUri) -> Response {
     ApiError::not_found(uri.path()).into_response()
 }
 
 /// A 405 in the OpenAI shape.
 pub(crate) async fn method_not_allowed(
     method: axum::http::Method,
-    uri: axum::http::Uri,
+    uri: axum::extract::OriginalUri,
 ) -> Response {
     ApiError::method_not_allowed(method.as_str(), uri.path()).into_response()
 }

@@ -1,0 +1,492 @@
+//! `AccountPool`: the pooled ChatGPT sign-ins — list, change, remove, import, export, and the
+//! browser sign-in — over core's [`codexpool_core::AccountPool`] and [`codexpool_core::Auth`].
+
+use codexpool_core::auth::{
+    LoginCompleted as CoreLoginCompleted, LoginOptions as CoreLoginOptions,
+};
+use codexpool_core::import::{ImportOutcome, ImportResult as CoreImportResult};
+use codexpool_core::store::{LoginKind, LoginStatus};
+use codexpool_core::{
+    Account as CoreAccount, AccountFilter as CoreFilter, AccountPatch as CorePatch,
+    AccountStatus as CoreStatus,
+};
+
+use crate::runtime::run;
+use crate::{CodexPoolError, ms};
+
+/// Whether an account may serve requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum AccountStatus {
+    /// Usable (quota and cooldowns permitting).
+    Active,
+    /// Turned off by a person.
+    Disabled,
+    /// The sign-in is dead: sign in again.
+    NeedsLogin,
+    /// OpenAI deactivated the account or workspace.
+    Banned,
+}
+
+impl From<CoreStatus> for AccountStatus {
+    fn from(s: CoreStatus) -> Self {
+        match s {
+            CoreStatus::Active => Self::Active,
+            CoreStatus::Disabled => Self::Disabled,
+            CoreStatus::NeedsLogin => Self::NeedsLogin,
+            CoreStatus::Banned => Self::Banned,
+        }
+    }
+}
+
+impl From<AccountStatus> for CoreStatus {
+    fn from(s: AccountStatus) -> Self {
+        match s {
+            AccountStatus::Active => Self::Active,
+            AccountStatus::Disabled => Self::Disabled,
+            AccountStatus::NeedsLogin => Self::NeedsLogin,
+            AccountStatus::Banned => Self::Banned,
+        }
+    }
+}
+
+/// A pooled ChatGPT sign-in (its tokens never cross the FFI). Times are milliseconds since the
+/// Unix epoch (UTC).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Account {
+    /// Local id (12 hex characters); every call taking an id also takes a unique prefix.
+    pub id: String,
+    /// A person's name for it (defaults to the email).
+    pub label: String,
+    /// The sign-in's email.
+    pub email: Option<String>,
+    /// OpenAI's account (workspace) id.
+    pub chatgpt_account_id: Option<String>,
+    /// OpenAI's user id within that account.
+    pub chatgpt_user_id: Option<String>,
+    /// `free`, `plus`, `pro`, `team`, …
+    pub plan_type: Option<String>,
+    /// At most one group.
+    pub group: Option<String>,
+    /// Free-form tags.
+    pub tags: Vec<String>,
+    /// Priority: lower first under the `ordered` strategy.
+    pub sort: i64,
+    /// A person's note.
+    pub note: Option<String>,
+    /// Whether it may serve.
+    pub status: AccountStatus,
+    /// Why it has that status.
+    pub status_reason: Option<String>,
+    /// When its access token expires, if known (ms).
+    pub token_expires_at: Option<i64>,
+    /// When it was added (ms).
+    pub created_at: i64,
+    /// When it was last changed (ms).
+    pub updated_at: i64,
+    /// When it last served a request (ms).
+    pub last_used_at: Option<i64>,
+}
+
+impl From<CoreAccount> for Account {
+    fn from(a: CoreAccount) -> Self {
+        Self {
+            token_expires_at: a.tokens.expires_at.map(ms),
+            id: a.id,
+            label: a.label,
+            email: a.email,
+            chatgpt_account_id: a.chatgpt_account_id,
+            chatgpt_user_id: a.chatgpt_user_id,
+            plan_type: a.plan_type,
+            group: a.group,
+            tags: a.tags,
+            sort: a.sort,
+            note: a.note,
+            status: a.status.into(),
+            status_reason: a.status_reason,
+            created_at: ms(a.created_at),
+            updated_at: ms(a.updated_at),
+            last_used_at: a.last_used_at.map(ms),
+        }
+    }
+}
+
+/// Which accounts to list or export. Every field left empty matches all.
+#[derive(Debug, Clone, Default, uniffi::Record)]
+pub struct AccountFilter {
+    /// Only this group.
+    #[uniffi(default = None)]
+    pub group: Option<String>,
+    /// Only accounts with this tag.
+    #[uniffi(default = None)]
+    pub tag: Option<String>,
+    /// Only this status.
+    #[uniffi(default = None)]
+    pub status: Option<AccountStatus>,
+    /// Case-insensitive text in id, label, email, note, group, tags or account id.
+    #[uniffi(default = None)]
+    pub text: Option<String>,
+}
+
+impl From<AccountFilter> for CoreFilter {
+    fn from(f: AccountFilter) -> Self {
+        let mut out = CoreFilter::default();
+        out.group = f.group;
+        out.tag = f.tag;
+        out.status = f.status.map(Into::into);
+        out.text = f.text;
+        out
+    }
+}
+
+/// A change to an account. A field left `None` is kept; an empty `group` or `note` clears it.
+#[derive(Debug, Clone, Default, uniffi::Record)]
+pub struct AccountPatch {
+    /// New label.
+    #[uniffi(default = None)]
+    pub label: Option<String>,
+    /// New group (empty: none).
+    #[uniffi(default = None)]
+    pub group: Option<String>,
+    /// New tags, replacing all.
+    #[uniffi(default = None)]
+    pub tags: Option<Vec<String>>,
+    /// New sort priority.
+    #[uniffi(default = None)]
+    pub sort: Option<i64>,
+    /// New note (empty: none).
+    #[uniffi(default = None)]
+    pub note: Option<String>,
+}
+
+impl From<AccountPatch> for CorePatch {
+    fn from(p: AccountPatch) -> Self {
+        // Core's validation turns a blank group or note into "cleared".
+        let mut out = CorePatch::default();
+        out.label = p.label;
+        out.group = p.group.map(Some);
+        out.tags = p.tags;
+        out.sort = p.sort;
+        out.note = p.note.map(Some);
+        out
+    }
+}
+
+/// What happened to an imported account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ImportStatus {
+    /// A new account was added.
+    Imported,
+    /// An existing account (same sign-in) got new tokens.
+    Updated,
+    /// Nothing was written; `reason` says why.
+    Skipped,
+}
+
+/// One input's import result.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct ImportResult {
+    /// Where it came from: a path or the given source name, `#N` for the N-th account of a
+    /// document.
+    pub source: String,
+    /// What happened.
+    pub status: ImportStatus,
+    /// Why it was skipped.
+    pub reason: Option<String>,
+    /// The account, when one was written.
+    pub account_id: Option<String>,
+    /// Its label.
+    pub label: Option<String>,
+    /// Something to know (e.g. a refresh token shared with the Codex CLI).
+    pub warning: Option<String>,
+}
+
+impl From<CoreImportResult> for ImportResult {
+    fn from(r: CoreImportResult) -> Self {
+        let (status, reason) = match r.outcome {
+            ImportOutcome::Imported => (ImportStatus::Imported, None),
+            ImportOutcome::Updated => (ImportStatus::Updated, None),
+            ImportOutcome::Skipped(why) => (ImportStatus::Skipped, Some(why)),
+        };
+        Self {
+            source: r.source,
+            status,
+            reason,
+            account_id: r.account_id,
+            label: r.label,
+            warning: r.warning,
+        }
+    }
+}
+
+/// How to run a browser sign-in, and what to set on the account it signs in.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct LoginOptions {
+    /// Label (default: kept, or the email for a new account).
+    #[uniffi(default = None)]
+    pub label: Option<String>,
+    /// Group (default: kept / none).
+    #[uniffi(default = None)]
+    pub group: Option<String>,
+    /// Tags (default: kept / none).
+    #[uniffi(default = [])]
+    pub tags: Vec<String>,
+    /// Note (default: kept / none).
+    #[uniffi(default = None)]
+    pub note: Option<String>,
+    /// Pins the sign-in to this workspace.
+    #[uniffi(default = None)]
+    pub allowed_workspace_id: Option<String>,
+    /// Try to open the URL in a browser.
+    #[uniffi(default = false)]
+    pub open_browser: bool,
+    /// Start the callback listener on `LOGIN_ADDR`; turn off when the redirect URL will be
+    /// passed to `login_complete` or reaches a served gateway's `/auth/callback`.
+    #[uniffi(default = true)]
+    pub listen: bool,
+}
+
+impl From<LoginOptions> for CoreLoginOptions {
+    fn from(o: LoginOptions) -> Self {
+        let mut out = CoreLoginOptions::default()
+            .tags(o.tags)
+            .open_browser(o.open_browser)
+            .listen(o.listen);
+        if let Some(v) = o.label {
+            out = out.label(v);
+        }
+        if let Some(v) = o.group {
+            out = out.group(v);
+        }
+        if let Some(v) = o.note {
+            out = out.note(v);
+        }
+        if let Some(v) = o.allowed_workspace_id {
+            out = out.allowed_workspace_id(v);
+        }
+        out
+    }
+}
+
+/// A started browser sign-in.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct LoginStart {
+    /// The authorize URL to open in a browser.
+    pub url: String,
+    /// The OAuth `state`; names the sign-in in `login_status`, `login_wait`, `login_cancel`.
+    pub state: String,
+    /// Where the issuer will send the browser.
+    pub redirect_uri: String,
+    /// When the sign-in expires (ms).
+    pub expires_at: i64,
+    /// `host:port` of the callback listener, when one was started.
+    pub listen_addr: Option<String>,
+    /// Whether a browser was launched.
+    pub browser_opened: bool,
+}
+
+/// A finished sign-in.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct LoginCompleted {
+    /// The account created or updated.
+    pub account: Account,
+    /// Whether the account is new.
+    pub created: bool,
+}
+
+impl From<CoreLoginCompleted> for LoginCompleted {
+    fn from(c: CoreLoginCompleted) -> Self {
+        Self {
+            account: c.account.into(),
+            created: c.created,
+        }
+    }
+}
+
+/// Where a sign-in stands.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct LoginInfo {
+    /// Its state.
+    pub state: String,
+    /// `browser` or `device`.
+    pub kind: String,
+    /// `pending`, `claimed`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// The account, once completed.
+    pub account_id: Option<String>,
+    /// Why it failed, once failed.
+    pub error: Option<String>,
+    /// When it started (ms).
+    pub created_at: i64,
+    /// When it expires (ms).
+    pub expires_at: i64,
+    /// Still pending but past its expiry.
+    pub expired: bool,
+}
+
+impl From<codexpool_core::auth::LoginInfo> for LoginInfo {
+    fn from(i: codexpool_core::auth::LoginInfo) -> Self {
+        let (status, account_id, error) = match i.status {
+            LoginStatus::Pending => ("pending", None, None),
+            LoginStatus::Claimed => ("claimed", None, None),
+            LoginStatus::Completed { account_id } => ("completed", Some(account_id), None),
+            LoginStatus::Failed { error } => ("failed", None, Some(error)),
+            LoginStatus::Cancelled => ("cancelled", None, None),
+        };
+        Self {
+            state: i.state,
+            kind: match i.kind {
+                LoginKind::Browser => "browser",
+                LoginKind::Device => "device",
+            }
+            .into(),
+            status: status.into(),
+            account_id,
+            error,
+            created_at: ms(i.created_at),
+            expires_at: ms(i.expires_at),
+            expired: i.expired,
+        }
+    }
+}
+
+/// The accounts of a pool. Get it with `Pool.accounts()`.
+#[derive(uniffi::Object)]
+pub struct AccountPool {
+    pub(crate) inner: codexpool_core::Pool,
+}
+
+#[uniffi::export]
+impl AccountPool {
+    /// Accounts matching `filter` (all when `None`), by sort then label.
+    #[uniffi::method(default(filter = None))]
+    pub fn list(&self, filter: Option<AccountFilter>) -> Vec<Account> {
+        let filter = filter.map(CoreFilter::from).unwrap_or_default();
+        self.inner
+            .accounts()
+            .list(&filter)
+            .into_iter()
+            .map(Into::into)
+            .collect()
+    }
+
+    /// One account by id or unique id prefix.
+    pub fn get(&self, id: String) -> Result<Account, CodexPoolError> {
+        Ok(self.inner.accounts().get(&id)?.into())
+    }
+
+    /// Changes label, group, tags, sort or note.
+    pub async fn update(&self, id: String, patch: AccountPatch) -> Result<Account, CodexPoolError> {
+        let accounts = self.inner.accounts();
+        run(async move { Ok(accounts.update(&id, patch.into()).await?.into()) }).await
+    }
+
+    /// Turns an account on (clearing its status reason).
+    pub async fn enable(&self, id: String) -> Result<Account, CodexPoolError> {
+        let accounts = self.inner.accounts();
+        run(async move { Ok(accounts.enable(&id).await?.into()) }).await
+    }
+
+    /// Turns an account off until a person enables it.
+    pub async fn disable(&self, id: String) -> Result<Account, CodexPoolError> {
+        let accounts = self.inner.accounts();
+        run(async move { Ok(accounts.disable(&id).await?.into()) }).await
+    }
+
+    /// Deletes an account and its usage readings; returns it as it was.
+    pub async fn remove(&self, id: String) -> Result<Account, CodexPoolError> {
+        let accounts = self.inner.accounts();
+        run(async move { Ok(accounts.remove(&id).await?.into()) }).await
+    }
+
+    /// Imports a Codex CLI `auth.json`, a codexpool export, or every `*.json` file of a folder;
+    /// one result per account found. Fails only when the path cannot be read.
+    pub async fn import_path(&self, path: String) -> Result<Vec<ImportResult>, CodexPoolError> {
+        let accounts = self.inner.accounts();
+        run(async move {
+            let report = accounts.import_path(&path).await?;
+            Ok(report.results.into_iter().map(Into::into).collect())
+        })
+        .await
+    }
+
+    /// Imports a document held in memory (`source` names it in the results).
+    pub async fn import_text(
+        &self,
+        source: String,
+        text: String,
+    ) -> Result<Vec<ImportResult>, CodexPoolError> {
+        let accounts = self.inner.accounts();
+        run(async move {
+            let report = accounts.import_bytes(&source, text.as_bytes()).await;
+            Ok(report.results.into_iter().map(Into::into).collect())
+        })
+        .await
+    }
+
+    /// Writes the accounts matching `filter` (all when `None`), tokens included, to a file
+    /// readable by its owner only; returns how many were written.
+    #[uniffi::method(default(filter = None))]
+    pub async fn export_to_file(
+        &self,
+        path: String,
+        filter: Option<AccountFilter>,
+    ) -> Result<u64, CodexPoolError> {
+        let accounts = self.inner.accounts();
+        let filter = filter.map(CoreFilter::from).unwrap_or_default();
+        run(async move { Ok(accounts.export_to_file(&path, &filter).await? as u64) }).await
+    }
+
+    /// Starts a browser sign-in and returns the URL to open. With `listen` (the default) a
+    /// callback listener on `LOGIN_ADDR` completes it; otherwise pass the redirect URL to
+    /// `login_complete`.
+    #[uniffi::method(default(options = None))]
+    pub async fn login_start(
+        &self,
+        options: Option<LoginOptions>,
+    ) -> Result<LoginStart, CodexPoolError> {
+        let auth = self.inner.auth();
+        let options = options.map(CoreLoginOptions::from).unwrap_or_default();
+        run(async move {
+            let handle = auth.login_start(options).await?;
+            let i = handle.info();
+            Ok(LoginStart {
+                url: i.url.clone(),
+                state: i.state.clone(),
+                redirect_uri: i.redirect_uri.clone(),
+                expires_at: ms(i.expires_at),
+                listen_addr: i.listen_addr.map(|a| a.to_string()),
+                browser_opened: i.browser_opened,
+            })
+        })
+        .await
+    }
+
+    /// Completes a browser sign-in from the redirect URL (full, without scheme, path only, or
+    /// the bare query), creating or updating the account.
+    pub async fn login_complete(
+        &self,
+        redirect_url: String,
+    ) -> Result<LoginCompleted, CodexPoolError> {
+        let auth = self.inner.auth();
+        run(async move { Ok(auth.login_complete(&redirect_url).await?.into()) }).await
+    }
+
+    /// Where a sign-in stands.
+    pub async fn login_status(&self, state: String) -> Result<LoginInfo, CodexPoolError> {
+        let auth = self.inner.auth();
+        run(async move { Ok(auth.login_status(&state).await?.into()) }).await
+    }
+
+    /// Waits until a sign-in (started here or in another process) completes, fails, is
+    /// cancelled or expires.
+    pub async fn login_wait(&self, state: String) -> Result<LoginCompleted, CodexPoolError> {
+        let auth = self.inner.auth();
+        run(async move { Ok(auth.login_wait(&state).await?.into()) }).await
+    }
+
+    /// Cancels a pending sign-in; `false` when it had already ended.
+    pub async fn login_cancel(&self, state: String) -> Result<bool, CodexPoolError> {
+        let auth = self.inner.auth();
+        run(async move { Ok(auth.login_cancel(&state).await?) }).await
+    }
+}

@@ -1,0 +1,84 @@
+//! `serve` and `Server`: the whole gateway service (OpenAI-compatible `/v1`, `/health`,
+//! `/metrics`, `/auth/callback`, the admin `/rpc`, background usage polling and token refresh)
+//! on a local address, over codexpool-gateway's [`codexpool_gateway::Server`].
+
+use std::sync::{Arc, Mutex};
+
+use codexpool_gateway::RunningServer;
+
+use crate::CodexPoolError;
+use crate::pool::Pool;
+use crate::runtime::run;
+
+/// Starts serving `pool` on `addr` (`host:port`; port 0 picks a free port) in the background
+/// and returns once it accepts connections. The admin token is `RPC_TOKEN` when set, else a
+/// random one written to `<db dir>/rpc-token`.
+#[uniffi::export(default(addr = "127.0.0.1:0"))]
+pub async fn serve(pool: Arc<Pool>, addr: String) -> Result<Arc<Server>, CodexPoolError> {
+    let addr = addr.trim().parse().map_err(|e| {
+        CodexPoolError::InvalidInput(format!(
+            "invalid address {addr:?}: {e} (expected host:port)"
+        ))
+    })?;
+    let pool = pool.inner.clone();
+    run(async move {
+        let running = codexpool_gateway::Server::new(pool)
+            .addr(addr)
+            .start()
+            .await?;
+        Ok(Arc::new(Server {
+            url: running.url(),
+            base_url: running.base_url(),
+            rpc_token: running.rpc_token().expose().to_string(),
+            running: Mutex::new(Some(running)),
+        }))
+    })
+    .await
+}
+
+/// A running gateway. Dropping it stops accepting at once; `stop` also lets open streams finish
+/// and writes what is queued.
+#[derive(uniffi::Object)]
+pub struct Server {
+    url: String,
+    base_url: String,
+    rpc_token: String,
+    running: Mutex<Option<RunningServer>>,
+}
+
+#[uniffi::export]
+impl Server {
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// `http://<addr>/v1`: the `base_url` to give an OpenAI client.
+    pub fn base_url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// The admin RPC token (`Authorization: Bearer …` on `POST /rpc`).
+    pub fn rpc_token(&self) -> String {
+        self.rpc_token.clone()
+    }
+
+    /// Whether it still serves (false once `stop` was called).
+    pub fn is_running(&self) -> bool {
+        self.running.lock().is_ok_and(|r| r.is_some())
+    }
+
+    /// Stops accepting, lets open streams finish (within 30 s), writes what is queued. Calling
+    /// it again does nothing.
+    pub async fn stop(&self) -> Result<(), CodexPoolError> {
+        let running = self
+            .running
+            .lock()
+            .map_err(|_| CodexPoolError::Internal("the server lock is poisoned".into()))?
+            .take();
+        match running {
+            Some(r) => run(async move { Ok(r.stop().await?) }).await,
+            None => Ok(()),
+        }
+    }
+}

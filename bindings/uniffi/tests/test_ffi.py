@@ -1,0 +1,255 @@
+"""End-to-end test of the generated uniffi Python module `codexpool_ffi`.
+
+Runs against `FakeOpenAi` (exported by codexpool-ffi's `testing` feature), so no network and no
+real account are needed. Plain asserts: run it with `python3 tests/test_ffi.py` or collect it
+with pytest. `bindings/uniffi/test.sh` builds the library, generates the module and runs this.
+
+The module is imported from `$CODEXPOOL_FFI_DIR` (default: `../generated` beside this file).
+"""
+
+import asyncio
+import json
+import os
+import stat
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.environ.get("CODEXPOOL_FFI_DIR", os.path.join(HERE, "..", "generated")))
+
+import codexpool_ffi as cp  # noqa: E402
+from codexpool_ffi import CodexPoolError  # noqa: E402
+
+
+def step(what):
+    print(f"  - {what}", flush=True)
+
+
+def expect_sync(kind, fn, *args):
+    """Calls `fn(*args)`, asserts it raises `CodexPoolError.<kind>`, returns the message."""
+    try:
+        fn(*args)
+    except CodexPoolError as e:
+        assert isinstance(e, getattr(CodexPoolError, kind)), f"expected {kind}, got {e!r}"
+        assert str(e), "errors carry the Rust message"
+        return str(e)
+    raise AssertionError(f"expected CodexPoolError.{kind}")
+
+
+async def expect(kind, coro):
+    """Awaits `coro`, asserts it raises `CodexPoolError.<kind>`, returns the message."""
+    try:
+        await coro
+    except CodexPoolError as e:
+        assert isinstance(e, getattr(CodexPoolError, kind)), f"expected {kind}, got {e!r}"
+        assert str(e), "errors carry the Rust message"
+        return str(e)
+    raise AssertionError(f"expected CodexPoolError.{kind}")
+
+
+def http(method, url, body=None, headers=None):
+    """(status, headers, parsed-or-raw body) without following redirects."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(req, timeout=10) as r:
+            status, hdrs, raw = r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        status, hdrs, raw = e.code, e.headers, e.read()
+    try:
+        return status, hdrs, json.loads(raw)
+    except ValueError:
+        return status, hdrs, raw
+
+
+async def run(tmp, fake):
+    fake.add_account("acct-1", "pro")
+    fake.set_usage("acct-1", 25.0, 40.0)
+    auth_path = os.path.join(tmp, "auth.json")
+    with open(auth_path, "w") as f:
+        f.write(fake.auth_json("acct-1"))
+    db = os.path.join(tmp, "pool.db")
+    settings = dict(fake.settings(), DISABLE_POLLING="true")
+
+    step("open a pool with settings")
+    pool = await cp.Pool.open(db, settings)
+    assert pool.db_path() == db
+    by_name = {s.name: s for s in pool.settings()}
+    assert by_name["DB_PATH"].source == "flag", by_name["DB_PATH"]
+    assert by_name["UPSTREAM_BASE_URL"].value == fake.settings()["UPSTREAM_BASE_URL"]
+
+    step("a bad setting raises InvalidInput naming it")
+    msg = await expect("InvalidInput", cp.Pool.open(db, {"ROUTE_STRATEGY": "sideways"}))
+    assert "ROUTE_STRATEGY" in msg, msg
+    msg = await expect("InvalidInput", cp.Pool.open(db, {"NO_SUCH_SETTING": "1"}))
+    assert "unknown setting" in msg, msg
+
+    keys, accounts, usage = pool.keys(), pool.accounts(), pool.usage()
+
+    step("keys: create, list, get, verify, update, disable, enable, delete")
+    ci = await keys.create(cp.NewKey(name="ci"))
+    assert ci.secret.startswith("sk-cp-") and ci.key.name == "ci" and ci.key.enabled
+    assert ci.secret not in repr(ci.key)
+    tmp_key = await keys.create(
+        cp.NewKey(name="temp", model="gpt-5-codex", reasoning_effort="low", expires_at=None)
+    )
+    # Oldest first; two keys made in the same millisecond are ordered by id.
+    assert sorted(k.name for k in keys.list()) == ["ci", "temp"]
+    assert keys.get(tmp_key.key.id[:6]).id == tmp_key.key.id, "ids accept a unique prefix"
+    assert keys.verify(tmp_key.secret).id == tmp_key.key.id
+    k = await keys.update(tmp_key.key.id, cp.KeyPatch(name="renamed", model=""))
+    assert k.name == "renamed" and k.model is None, "an empty model clears it"
+    await keys.disable(tmp_key.key.id)
+    assert "disabled" in expect_sync("Auth", keys.verify, tmp_key.secret)
+    await keys.enable(tmp_key.key.id)
+    keys.verify(tmp_key.secret)
+    await keys.delete(tmp_key.key.id)
+    expect_sync("Auth", keys.verify, tmp_key.secret)
+    expect_sync("NotFound", keys.get, tmp_key.key.id)
+    await expect("NotFound", keys.delete(tmp_key.key.id))
+    await expect("InvalidInput", keys.create(cp.NewKey(name="  ")))
+    assert [k.name for k in keys.list()] == ["ci"]
+
+    step("accounts: import an auth.json, list, get, update, disable, enable, export")
+    results = await accounts.import_path(auth_path)
+    assert [r.status for r in results] == [cp.ImportStatus.IMPORTED], results
+    account_id = results[0].account_id
+    again = await accounts.import_text("stdin", fake.auth_json("acct-1"))
+    assert again[0].status == cp.ImportStatus.UPDATED and again[0].account_id == account_id
+    bad = await accounts.import_text("stdin", "{not json")
+    assert bad[0].status == cp.ImportStatus.SKIPPED and bad[0].reason, bad
+    await expect("Io", accounts.import_path(os.path.join(tmp, "missing.json")))
+    listed = accounts.list()
+    assert [a.id for a in listed] == [account_id]
+    a = listed[0]
+    assert a.chatgpt_account_id == "acct-1" and a.plan_type == "pro"
+    assert a.status == cp.AccountStatus.ACTIVE
+    assert a.created_at > 1_600_000_000_000, "times are epoch milliseconds"
+    assert accounts.get(account_id[:5]).id == account_id
+    a = await accounts.update(
+        account_id, cp.AccountPatch(label="work", group="team", tags=["a", "b", "a"], sort=3)
+    )
+    assert (a.label, a.group, a.tags, a.sort) == ("work", "team", ["a", "b"], 3)
+    assert [x.id for x in accounts.list(cp.AccountFilter(group="team"))] == [account_id]
+    assert accounts.list(cp.AccountFilter(tag="nope")) == []
+    a = await accounts.update(account_id, cp.AccountPatch(group=""))
+    assert a.group is None, "an empty group clears it"
+    a = await accounts.disable(account_id)
+    assert a.status == cp.AccountStatus.DISABLED and a.status_reason
+    a = await accounts.enable(account_id)
+    assert a.status == cp.AccountStatus.ACTIVE
+    export = os.path.join(tmp, "export.json")
+    assert await accounts.export_to_file(export) == 1
+    assert stat.S_IMODE(os.stat(export).st_mode) == 0o600
+    with open(export) as f:
+        assert json.load(f)["accounts"][0]["chatgpt_account_id"] == "acct-1"
+
+    step("unknown ids raise NotFound")
+    expect_sync("NotFound", accounts.get, "zzzzzz")
+    expect_sync("NotFound", usage.get, "zzzzzz")
+    await expect("NotFound", accounts.update("zzzzzz", cp.AccountPatch(label="x")))
+    await expect("NotFound", accounts.login_status("no-such-state"))
+    await expect("InvalidInput", accounts.update(account_id, cp.AccountPatch(label=" ")))
+
+    step("usage: list, refresh (polls the fake), get")
+    u = usage.list()
+    assert [x.account_id for x in u] == [account_id]
+    polled = await usage.refresh()
+    assert len(polled) == 1 and polled[0].ok, polled
+    assert {w.kind for w in polled[0].windows} == {cp.WindowKind.FIVE_HOUR, cp.WindowKind.WEEKLY}
+    got = usage.get(account_id)
+    assert got.five_hour.used_percent == 25.0 and got.weekly.used_percent == 40.0
+    assert got.five_hour.source == cp.ReadingSource.POLL and got.five_hour.resets_at
+    await expect("NotFound", usage.refresh("zzzzzz"))
+
+    step("sign-in: login_start, follow the fake's authorize redirect, login_complete")
+    start = await accounts.login_start(cp.LoginOptions(listen=False, label="relogged"))
+    assert start.url.startswith(fake.url() + "/oauth/authorize?"), start.url
+    assert start.listen_addr is None
+    assert (await accounts.login_status(start.state)).status == "pending"
+    status, headers, _ = http("GET", start.url)
+    assert status == 302, status
+    done = await accounts.login_complete(headers["Location"])
+    assert done.account.id == account_id and not done.created, "same sign-in, same account"
+    assert done.account.label == "relogged"
+    info = await accounts.login_status(start.state)
+    assert info.status == "completed" and info.account_id == account_id, info
+    await expect("Auth", accounts.login_complete(headers["Location"]))
+    await expect("InvalidInput", accounts.login_complete("https://example.com/nothing"))
+
+    step("serve: GET /health, one chat request through the gateway, stop")
+    server = await cp.serve(pool, "127.0.0.1:0")
+    assert server.is_running() and server.url().startswith("http://127.0.0.1:")
+    assert server.base_url() == server.url() + "/v1" and len(server.rpc_token()) >= 32
+    status, _, _ = http("GET", server.url() + "/health")
+    assert status == 200, status
+    status, _, body = http(
+        "POST",
+        server.base_url() + "/chat/completions",
+        {"model": "gpt-5-codex", "messages": [{"role": "user", "content": "hi"}]},
+        {"authorization": "Bearer " + ci.secret},
+    )
+    assert status == 200, (status, body)
+    assert body["choices"][0]["message"]["content"] == "Hello from acct-1.", body
+    status, _, body = http(
+        "POST",
+        server.base_url() + "/chat/completions",
+        {"model": "gpt-5-codex", "messages": [{"role": "user", "content": "hi"}]},
+        {"authorization": "Bearer sk-cp-unknown"},
+    )
+    assert status == 401, (status, body)
+    await expect("InvalidInput", cp.serve(pool, "not an address"))
+    await server.stop()
+    await server.stop()  # a second stop does nothing
+    assert not server.is_running()
+    try:
+        http("GET", server.url() + "/health")
+        raise AssertionError("the server still answers after stop()")
+    except urllib.error.URLError:
+        pass
+
+    step("ledger and request log show the request")
+    rows = []
+    for _ in range(50):  # the gateway records right after the response; allow a moment
+        rows = await usage.ledger(cp.LedgerGroup.KEY)
+        if rows:
+            break
+        time.sleep(0.05)
+    assert [(r.group, r.requests) for r in rows] == [(ci.key.id, 1)], rows
+    assert rows[0].total_tokens == rows[0].tokens.input_tokens + rows[0].tokens.output_tokens > 0
+    assert await usage.ledger(cp.LedgerGroup.MODEL, int(time.time() * 1000) + 60_000) == []
+    log = await pool.request_log().list()
+    chat = [e for e in log if e.route == "/v1/chat/completions" and e.status == 200]
+    assert chat and chat[0].key_id == ci.key.id and chat[0].account_id == account_id, log
+    assert (await pool.request_log().list(cp.RequestLogQuery(limit=1))) == log[:1]
+
+    step("remove the account")
+    removed = await accounts.remove(account_id)
+    assert removed.id == account_id and accounts.list() == []
+    await pool.flush()
+
+
+def test_ffi():
+    fake = cp.FakeOpenAi.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            asyncio.run(run(tmp, fake))
+    finally:
+        fake.shutdown()
+
+
+if __name__ == "__main__":
+    t0 = time.monotonic()
+    test_ffi()
+    print(f"codexpool_ffi: all checks passed in {time.monotonic() - t0:.1f}s")
