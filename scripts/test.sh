@@ -35,7 +35,10 @@ step "examples"
 cargo run --locked -q -p pool-only
 cargo run --locked -q -p embed-in-axum
 
+step "Python bindings (pyo3): venv, wheel, pytest with the openai client, stubs, quick start"
+bindings/python/test.sh
+
 step "uniffi-generated Python"
-PYTHON="${PYTHON:-python3}" bindings/uniffi/test.sh
+PYTHON="$root/.venv/bin/python" bindings/uniffi/test.sh
 
 step "all tests passed"

@@ -326,26 +326,35 @@ fn skipped(source: String, reason: impl Into<String>) -> ImportResult {
 }
 
 impl AccountPool {
-    /// Imports a file, or every `*.json` file in a directory (sorted by name).
+    /// Imports a file, or a folder: every `*.json` file in it and every `<sub>/auth.json` (a
+    /// folder of `CODEX_HOME` directories), sorted by path.
     pub async fn import_path(&self, path: impl AsRef<Path>) -> Result<ImportReport> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let mut report = ImportReport::default();
         if meta.is_dir() {
-            let mut files: Vec<_> = std::fs::read_dir(path)
-                .map_err(|e| Error::io(path, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.is_file()
-                        && p.extension()
-                            .is_some_and(|x| x.eq_ignore_ascii_case("json"))
-                })
-                .collect();
+            let is_json = |p: &Path| {
+                p.is_file()
+                    && p.extension()
+                        .is_some_and(|x| x.eq_ignore_ascii_case("json"))
+            };
+            let mut files = Vec::new();
+            for entry in std::fs::read_dir(path).map_err(|e| Error::io(path, e))? {
+                let p = entry.map_err(|e| Error::io(path, e))?.path();
+                if is_json(&p) {
+                    files.push(p);
+                } else if p.is_dir() && p.join("auth.json").is_file() {
+                    files.push(p.join("auth.json"));
+                }
+            }
             files.sort();
             if files.is_empty() {
                 return Err(Error::invalid(
                     "path",
-                    format!("{} holds no .json files", path.display()),
+                    format!(
+                        "{} holds no .json files (nor sub-folders with an auth.json)",
+                        path.display()
+                    ),
                 ));
             }
             for f in files {

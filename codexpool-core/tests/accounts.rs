@@ -240,9 +240,20 @@ async fn imports_a_folder_file_by_file() {
     std::fs::write(dir.path().join("b.json"), b"{ broken").unwrap();
     std::fs::write(dir.path().join("c.JSON"), auth_json("acct-c", "r3")).unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
+    std::fs::create_dir(dir.path().join("home-d")).unwrap();
+    std::fs::write(
+        dir.path().join("home-d/auth.json"),
+        auth_json("acct-d", "r4"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("empty-home")).unwrap();
     let r = pool.accounts().import_path(dir.path()).await.unwrap();
-    assert_eq!(r.results.len(), 3, "{r:?}");
-    assert_eq!((r.imported(), r.skipped()), (2, 1));
+    assert_eq!(r.results.len(), 4, "{r:?}");
+    assert_eq!(
+        (r.imported(), r.skipped()),
+        (3, 1),
+        "CODEX_HOME folders count too"
+    );
     assert!(r.results[1].source.ends_with("b.json"));
     let empty = tempfile::tempdir().unwrap();
     assert!(matches!(

@@ -2,7 +2,7 @@
 //! `Authorization: Bearer …` or `x-api-key`; a verified key (its policy: bound model, allowed
 //! models and groups, reasoning effort) goes into the request extensions as
 //! `Arc<PlatformKey>`. Verification is O(1) from memory; a refusal is answered here with the
-//! OpenAI error shape and never reaches a handler.
+//! OpenAI error shape and never reaches a handler; it still gets its request-log row.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,11 +10,12 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, Response, header};
 use axum::response::IntoResponse;
-use codexpool_core::{KeyStore, PlatformKey};
+use codexpool_core::{PlatformKey, Pool};
 use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
 use crate::error::ApiError;
+use crate::record::Record;
 
 /// The presented key, if any: `Authorization: Bearer <key>` first, then `x-api-key`.
 pub fn presented_key(headers: &HeaderMap) -> &str {
@@ -37,13 +38,13 @@ pub fn presented_key(headers: &HeaderMap) -> &str {
 /// Requires a valid platform key.
 #[derive(Clone)]
 pub struct KeyAuthLayer {
-    keys: KeyStore,
+    pool: Pool,
 }
 
 impl KeyAuthLayer {
-    /// Verifies against `keys`.
-    pub fn new(keys: KeyStore) -> Self {
-        Self { keys }
+    /// Verifies against the pool's keys (and logs refusals in its request log).
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
     }
 }
 
@@ -52,7 +53,7 @@ impl<S> Layer<S> for KeyAuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         KeyAuth {
             inner,
-            keys: self.keys.clone(),
+            pool: self.pool.clone(),
         }
     }
 }
@@ -61,7 +62,7 @@ impl<S> Layer<S> for KeyAuthLayer {
 #[derive(Clone)]
 pub struct KeyAuth<S> {
     inner: S,
-    keys: KeyStore,
+    pool: Pool,
 }
 
 impl<S, B> Service<Request<B>> for KeyAuth<S>
@@ -77,12 +78,18 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        match self.keys.verify(presented_key(req.headers())) {
+        match self.pool.keys().verify(presented_key(req.headers())) {
             Ok(key) => {
                 req.extensions_mut().insert::<Arc<PlatformKey>>(key);
                 Either::Left(self.inner.call(req))
             }
-            Err(e) => Either::Right(ready(Ok(ApiError::from_key(&e).into_response()))),
+            Err(e) => {
+                let error = ApiError::from_key(&e);
+                let id = crate::routes::request_id(req.headers());
+                let mut record = Record::new(self.pool.clone(), id, req.uri().path(), None);
+                record.finish(error.status.as_u16(), Some(&error.code), None);
+                Either::Right(ready(Ok(error.into_response())))
+            }
         }
     }
 }

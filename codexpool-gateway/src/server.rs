@@ -150,7 +150,9 @@ impl Server {
         })?;
         let (token, token_file) = match self.rpc_token {
             Some(t) => (t, None),
-            None => {
+            // Written beside the database, for the CLI and scripts; a pool without a database
+            // file (in memory) leaves no file anywhere.
+            None if config.db_path.is_file() => {
                 let t = Secret::new(random_token());
                 let path = config.db_dir().join("rpc-token");
                 codexpool_core::import::write_private(&path, t.expose().as_bytes()).map_err(
@@ -161,6 +163,7 @@ impl Server {
                 )?;
                 (t, Some(path))
             }
+            None => (Secret::new(random_token()), None),
         };
         let gateway = Gateway::new(self.pool.clone())?;
         let rpc = Arc::new(Rpc {

@@ -83,6 +83,28 @@ async fn keys_are_checked_with_distinct_answers() {
         "the refused model is named"
     );
     assert_eq!(h.fake.count("/backend-api/codex/responses"), 0);
+    // Every refusal has its log row, the secret nowhere in it.
+    let log = h.log().await;
+    let codes: Vec<_> = log
+        .iter()
+        .rev()
+        .map(|r| r.error_class.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "missing_api_key",
+            "invalid_api_key",
+            "api_key_disabled",
+            "model_not_allowed",
+            "model_not_allowed"
+        ]
+    );
+    assert!(
+        log.iter()
+            .all(|r| r.status >= 401 && r.route == "/v1/chat/completions")
+    );
+    assert!(!serde_json::to_string(&log).unwrap().contains("sk-cp-"));
 }
 
 #[tokio::test]

@@ -1,0 +1,207 @@
+//! The exception hierarchy under `codexpool.CodexPoolError`, and the one mapping from the core's
+//! and the gateway's errors to it. The message is always the Rust error's own text; a few facts
+//! ride along as attributes (`NotFound.what/id`, `InvalidInput.field`, `Ambiguous.candidates`,
+//! `NoAccountAvailable.retry_at`, `FileError.path`).
+
+use codexpool_core::Error;
+use codexpool_core::auth::AuthError as CoreAuthError;
+use codexpool_core::store::StoreError as CoreStoreError;
+use pyo3::PyTypeInfo;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use crate::time::to_datetime;
+
+pyo3::create_exception!(
+    codexpool,
+    CodexPoolError,
+    PyException,
+    "Base class of every codexpool error."
+);
+pyo3::create_exception!(
+    codexpool,
+    NotFound,
+    CodexPoolError,
+    "No account, key or sign-in matches the id (or id prefix)."
+);
+pyo3::create_exception!(
+    codexpool,
+    InvalidInput,
+    CodexPoolError,
+    "A value (an argument or a setting) is not acceptable; `field` names it."
+);
+pyo3::create_exception!(
+    codexpool,
+    Ambiguous,
+    InvalidInput,
+    "An id prefix matches more than one record; `candidates` lists them."
+);
+pyo3::create_exception!(
+    codexpool,
+    Conflict,
+    CodexPoolError,
+    "The record already exists."
+);
+pyo3::create_exception!(
+    codexpool,
+    NoAccountAvailable,
+    CodexPoolError,
+    "No account can serve (none, none active, all exhausted, cooling down or busy)."
+);
+pyo3::create_exception!(
+    codexpool,
+    KeyRefused,
+    CodexPoolError,
+    "A platform key was refused (missing, unknown, disabled, expired, model not allowed)."
+);
+pyo3::create_exception!(
+    codexpool,
+    AuthError,
+    CodexPoolError,
+    "Sign-in or token refresh failed."
+);
+pyo3::create_exception!(
+    codexpool,
+    StoreError,
+    CodexPoolError,
+    "The database failed."
+);
+pyo3::create_exception!(
+    codexpool,
+    FileError,
+    CodexPoolError,
+    "A file could not be read or written; `path` names it."
+);
+pyo3::create_exception!(
+    codexpool,
+    ServerError,
+    CodexPoolError,
+    "The server could not start or stop cleanly (e.g. the address is in use)."
+);
+pyo3::create_exception!(
+    codexpool,
+    Timeout,
+    CodexPoolError,
+    "A wait with a timeout ran out."
+);
+
+/// Adds the exceptions to the module, with `None` class defaults for their attributes.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    let none = py.None();
+    let defaults: [(Bound<'_, PyType>, &[&str]); 12] = [
+        (py.get_type::<CodexPoolError>(), &[]),
+        (py.get_type::<NotFound>(), &["what", "id"]),
+        (py.get_type::<InvalidInput>(), &["field"]),
+        (py.get_type::<Ambiguous>(), &["candidates"]),
+        (py.get_type::<Conflict>(), &[]),
+        (py.get_type::<NoAccountAvailable>(), &["retry_at"]),
+        (py.get_type::<KeyRefused>(), &[]),
+        (py.get_type::<AuthError>(), &[]),
+        (py.get_type::<StoreError>(), &[]),
+        (py.get_type::<FileError>(), &["path"]),
+        (py.get_type::<ServerError>(), &[]),
+        (py.get_type::<Timeout>(), &[]),
+    ];
+    for (ty, attrs) in defaults {
+        for a in attrs {
+            ty.setattr(*a, &none)?;
+        }
+        m.add(ty.name()?, ty)?;
+    }
+    Ok(())
+}
+
+/// A new exception of type `T` with `message` and attributes.
+fn raise<T: PyTypeInfo>(py: Python<'_>, message: String, attrs: &[(&str, Py<PyAny>)]) -> PyErr {
+    let err = PyErr::new::<T, _>(message);
+    let value = err.value(py);
+    for (name, v) in attrs {
+        // Setting an attribute on a fresh exception instance cannot fail in practice; the
+        // message is what matters if it did.
+        let _ = value.setattr(*name, v);
+    }
+    err
+}
+
+fn text(py: Python<'_>, s: &str) -> Py<PyAny> {
+    pyo3::types::PyString::new(py, s).into_any().unbind()
+}
+
+/// The Python exception for a core error.
+pub(crate) fn core_error(py: Python<'_>, e: Error) -> PyErr {
+    let message = e.to_string();
+    match e {
+        Error::NotFound { what, id } => raise::<NotFound>(
+            py,
+            message,
+            &[("what", text(py, what)), ("id", text(py, &id))],
+        ),
+        Error::Ambiguous { candidates, .. } => {
+            let list = pyo3::types::PyList::new(py, candidates)
+                .map(|l| l.into_any().unbind())
+                .unwrap_or_else(|_| py.None());
+            raise::<Ambiguous>(py, message, &[("candidates", list)])
+        }
+        Error::InvalidInput { field, .. } => {
+            raise::<InvalidInput>(py, message, &[("field", text(py, &field))])
+        }
+        Error::Config(c) => raise::<InvalidInput>(py, message, &[("field", text(py, &c.var))]),
+        Error::Conflict(_) => raise::<Conflict>(py, message, &[]),
+        Error::Io { path, .. } => {
+            raise::<FileError>(py, message, &[("path", text(py, &path.to_string_lossy()))])
+        }
+        Error::Store(CoreStoreError::NotFound { what, id }) => raise::<NotFound>(
+            py,
+            message,
+            &[("what", text(py, what)), ("id", text(py, &id))],
+        ),
+        Error::Store(CoreStoreError::Conflict { .. }) => raise::<Conflict>(py, message, &[]),
+        Error::Store(_) => raise::<StoreError>(py, message, &[]),
+        Error::Pool(p) => {
+            let at = p
+                .retry_at()
+                .and_then(|t| to_datetime(py, t).ok())
+                .map_or_else(|| py.None(), |d| d.into_any().unbind());
+            raise::<NoAccountAvailable>(py, message, &[("retry_at", at)])
+        }
+        Error::Key(_) => raise::<KeyRefused>(py, message, &[]),
+        Error::Auth(a) => auth_error(py, a),
+        _ => raise::<CodexPoolError>(py, message, &[]),
+    }
+}
+
+/// The Python exception for a sign-in error.
+pub(crate) fn auth_error(py: Python<'_>, e: CoreAuthError) -> PyErr {
+    let message = e.to_string();
+    match e {
+        CoreAuthError::UnknownAccount { id } => raise::<NotFound>(
+            py,
+            message,
+            &[("what", text(py, "account")), ("id", text(py, &id))],
+        ),
+        CoreAuthError::Invalid { field, .. } => {
+            raise::<InvalidInput>(py, message, &[("field", text(py, &field))])
+        }
+        CoreAuthError::Store { .. } => raise::<StoreError>(py, message, &[]),
+        _ => raise::<AuthError>(py, message, &[]),
+    }
+}
+
+/// `Result` → `PyResult` with the mapping above.
+pub(crate) trait OrRaise<T> {
+    /// The value, or the matching Python exception.
+    fn or_raise(self, py: Python<'_>) -> PyResult<T>;
+}
+
+impl<T, E: Into<Error>> OrRaise<T> for Result<T, E> {
+    fn or_raise(self, py: Python<'_>) -> PyResult<T> {
+        self.map_err(|e| core_error(py, e.into()))
+    }
+}
+
+/// An [`InvalidInput`] for a bad argument.
+pub(crate) fn invalid(py: Python<'_>, field: &str, message: impl std::fmt::Display) -> PyErr {
+    core_error(py, Error::invalid(field, message.to_string()))
+}

@@ -1,0 +1,174 @@
+//! `codexpool.Pool`: accounts, keys, usage and the request log over one store, opened with
+//! settings; a thin handle on core's `Pool` (an `Arc` inside, shared with servers).
+//!
+//! A pool lives until the last Python reference (and every server started on it) is gone; its
+//! background writer and change watcher run on the module's runtime until then. `flush()` (or
+//! leaving a `with` block) writes what is queued.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use codexpool_core::store::MemoryStore;
+use codexpool_core::{Config, Pool as CorePool};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
+
+use crate::accounts::AccountPool;
+use crate::errors::{OrRaise, invalid};
+use crate::keys::KeyStore;
+use crate::record::quote;
+use crate::request_log::RequestLog;
+use crate::runtime::run;
+use crate::usage::UsageTracker;
+
+/// A pool of ChatGPT (Codex) sign-ins, platform keys and usage over one database.
+#[pyclass(frozen, module = "codexpool")]
+pub struct Pool {
+    pub(crate) inner: CorePool,
+}
+
+/// The settings from the environment (and env file), then `db_path`, then `settings`.
+fn config(
+    py: Python<'_>,
+    db_path: Option<PathBuf>,
+    settings: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Config> {
+    let mut c = Config::from_env().or_raise(py)?;
+    if let Some(p) = db_path {
+        c.db_path = p;
+    }
+    for (k, v) in settings.into_iter().flat_map(|d| d.iter()) {
+        let name: String = k.extract()?;
+        if v.is_none() {
+            continue;
+        }
+        let value: String = if v.is_instance_of::<PyBool>() {
+            if v.extract::<bool>()? {
+                "true"
+            } else {
+                "false"
+            }
+            .to_string()
+        } else if v.is_instance_of::<PyString>()
+            || v.is_instance_of::<PyInt>()
+            || v.is_instance_of::<PyFloat>()
+        {
+            v.str()?.to_string()
+        } else if let Ok(p) = v.extract::<PathBuf>() {
+            p.to_string_lossy().into_owned()
+        } else {
+            return Err(invalid(
+                py,
+                &name,
+                format!(
+                    "expected a str, int, float, bool or path, not {}",
+                    v.get_type().name()?
+                ),
+            ));
+        };
+        c.set(&name, &value).or_raise(py)?;
+    }
+    Ok(c)
+}
+
+#[pymethods]
+impl Pool {
+    /// Opens (creating on first use) the SQLite pool at `db_path` (default: `DB_PATH`, else the
+    /// platform data dir). Settings come from the environment and env file, overridden by
+    /// `settings` given as keywords named like the variables (`route_strategy="headroom"`,
+    /// `usage_base_url=…`); a bad value raises `InvalidInput` naming the variable.
+    #[staticmethod]
+    #[pyo3(signature = (db_path=None, **settings))]
+    fn open(
+        py: Python<'_>,
+        db_path: Option<PathBuf>,
+        settings: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Pool> {
+        let c = config(py, db_path, settings)?;
+        let inner = run(py, CorePool::open(c))?.or_raise(py)?;
+        Ok(Pool { inner })
+    }
+
+    /// An empty pool kept in memory only (settings as for `open`; `db_path` is used only for
+    /// the directory of a server's generated `rpc-token` file).
+    #[staticmethod]
+    #[pyo3(signature = (**settings))]
+    fn in_memory(py: Python<'_>, settings: Option<&Bound<'_, PyDict>>) -> PyResult<Pool> {
+        let c = config(py, None, settings)?;
+        let open = CorePool::builder(c)
+            .store(Arc::new(MemoryStore::new()))
+            .open();
+        let inner = run(py, open)?.or_raise(py)?;
+        Ok(Pool { inner })
+    }
+
+    /// The accounts.
+    #[getter]
+    fn accounts(&self) -> AccountPool {
+        AccountPool::new(&self.inner)
+    }
+
+    /// The platform keys.
+    #[getter]
+    fn keys(&self) -> KeyStore {
+        KeyStore::new(&self.inner)
+    }
+
+    /// Usage windows and the token ledger.
+    #[getter]
+    fn usage(&self) -> UsageTracker {
+        UsageTracker::new(&self.inner)
+    }
+
+    /// The request log.
+    #[getter]
+    fn request_log(&self) -> RequestLog {
+        RequestLog::new(&self.inner)
+    }
+
+    /// The database file.
+    #[getter]
+    fn db_path(&self) -> PathBuf {
+        self.inner.config().db_path.clone()
+    }
+
+    /// Every setting's effective value (secrets shown as `*****`), by variable name.
+    fn settings<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for s in self.inner.config().describe() {
+            d.set_item(s.name, s.value)?;
+        }
+        Ok(d)
+    }
+
+    /// Re-reads accounts, keys and usage from the database (the pool also notices other
+    /// processes' changes by itself within about a second).
+    fn reload(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = self.inner.clone();
+        run(py, async move { inner.reload().await })?.or_raise(py)
+    }
+
+    /// Writes everything queued (usage readings, ledger, request log, last-used times).
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = self.inner.clone();
+        run(py, async move { inner.flush().await })?.or_raise(py)
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.flush(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Pool(db_path={}, accounts={})",
+            quote(&self.inner.config().db_path.to_string_lossy()),
+            self.inner.accounts().len()
+        )
+    }
+}

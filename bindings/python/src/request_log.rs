@@ -1,0 +1,97 @@
+//! `pool.request_log`: one row per gateway request (who, through which accounts, how it went),
+//! over core's `RequestLog`.
+
+use codexpool_core::request_log::{RequestLogEntry as CoreEntry, RequestLogQuery};
+use pyo3::prelude::*;
+
+use crate::errors::OrRaise;
+use crate::record::record;
+use crate::runtime::run;
+use crate::time::Time;
+use crate::usage::TokenCounts;
+
+record! {
+    /// One client request.
+    RequestLogEntry as "RequestLogEntry" {
+        id: i64,
+        request_id: String,
+        at: Time,
+        key_id: Option<String>,
+        accounts_tried: Vec<String>,
+        account_id: Option<String>,
+        route: String,
+        model: Option<String>,
+        status: u16,
+        stream: bool,
+        latency_ms: u64,
+        ttfb_ms: Option<u64>,
+        tokens: Option<TokenCounts>,
+        error_class: Option<String>,
+        fallback: bool,
+        body_preview: Option<String>,
+    }
+}
+
+impl From<CoreEntry> for RequestLogEntry {
+    fn from(e: CoreEntry) -> Self {
+        Self {
+            id: e.id,
+            request_id: e.request_id,
+            at: Time(e.at),
+            key_id: e.key_id,
+            accounts_tried: e.accounts_tried,
+            account_id: e.account_id,
+            route: e.route,
+            model: e.model,
+            status: e.status,
+            stream: e.stream,
+            latency_ms: e.latency_ms,
+            ttfb_ms: e.ttfb_ms,
+            tokens: e.tokens.map(Into::into),
+            error_class: e.error_class,
+            fallback: e.fallback,
+            body_preview: e.body_preview,
+        }
+    }
+}
+
+/// The request log of a pool (`pool.request_log`).
+#[pyclass(frozen, module = "codexpool")]
+pub struct RequestLog {
+    inner: codexpool_core::RequestLog,
+}
+
+impl RequestLog {
+    pub(crate) fn new(pool: &codexpool_core::Pool) -> Self {
+        Self {
+            inner: pool.request_log(),
+        }
+    }
+}
+
+#[pymethods]
+impl RequestLog {
+    /// The newest `limit` rows (newest first), optionally only one key's, only those where an
+    /// account was tried, or only rows after an id (for following the log).
+    #[pyo3(signature = (limit=100, *, key_id=None, account_id=None, after_id=None))]
+    fn list(
+        &self,
+        py: Python<'_>,
+        limit: usize,
+        key_id: Option<String>,
+        account_id: Option<String>,
+        after_id: Option<i64>,
+    ) -> PyResult<Vec<RequestLogEntry>> {
+        let mut q = RequestLogQuery::latest(limit);
+        q.key_id = key_id;
+        q.account_id = account_id;
+        q.after_id = after_id;
+        let inner = self.inner.clone();
+        let rows = run(py, async move { inner.list(&q).await })?.or_raise(py)?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    fn __repr__(&self) -> String {
+        "RequestLog()".into()
+    }
+}

@@ -1,0 +1,88 @@
+//! Time across the boundary: core [`Timestamp`]s become timezone-aware UTC `datetime.datetime`
+//! objects (millisecond precision); arguments accept an aware or naive `datetime` (naive means
+//! local time, as `datetime.timestamp()` has it), an RFC 3339 string, or seconds since the epoch.
+
+use codexpool_core::Timestamp;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDateTime, PyDelta, PyFloat, PyInt, PyString, PyTzInfo};
+
+use crate::errors::invalid;
+
+static EPOCH: PyOnceLock<Py<PyDateTime>> = PyOnceLock::new();
+
+/// `1970-01-01T00:00:00Z` + the timestamp, as an aware `datetime`.
+pub(crate) fn to_datetime(py: Python<'_>, t: Timestamp) -> PyResult<Bound<'_, PyDateTime>> {
+    let epoch = EPOCH.get_or_try_init(py, || {
+        let utc = PyTzInfo::utc(py)?;
+        PyDateTime::new(py, 1970, 1, 1, 0, 0, 0, 0, Some(&utc)).map(Bound::unbind)
+    })?;
+    let ms = t.as_millis();
+    let days = ms.div_euclid(86_400_000);
+    let rest = ms.rem_euclid(86_400_000);
+    let delta = PyDelta::new(
+        py,
+        i32::try_from(days).map_err(|_| invalid(py, "timestamp", "out of range"))?,
+        i32::try_from(rest / 1000).unwrap_or(0),
+        i32::try_from((rest % 1000) * 1000).unwrap_or(0),
+        false,
+    )?;
+    Ok(epoch.bind(py).add(delta)?.cast_into::<PyDateTime>()?)
+}
+
+/// A timestamp that converts to an aware UTC `datetime`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Time(pub Timestamp);
+
+impl<'py> IntoPyObject<'py> for Time {
+    type Target = PyDateTime;
+    type Output = Bound<'py, PyDateTime>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        to_datetime(py, self.0)
+    }
+}
+
+impl std::fmt::Display for Time {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.to_rfc3339())
+    }
+}
+
+/// `Some(Time)` from an optional timestamp.
+pub(crate) fn opt(t: Option<Timestamp>) -> Option<Time> {
+    t.map(Time)
+}
+
+/// Reads a time argument (`datetime`, RFC 3339 string, or epoch seconds) named `field`.
+pub(crate) fn from_arg(v: &Bound<'_, PyAny>, field: &str) -> PyResult<Timestamp> {
+    let py = v.py();
+    if v.is_instance_of::<PyDateTime>() {
+        let secs: f64 = v.call_method0("timestamp")?.extract()?;
+        return Ok(from_secs(secs));
+    }
+    if v.is_instance_of::<PyString>() {
+        let s: String = v.extract()?;
+        return Timestamp::parse_rfc3339(&s)
+            .ok_or_else(|| invalid(py, field, format!("{s:?} is not an RFC 3339 time")));
+    }
+    if !v.is_instance_of::<PyBool>()
+        && (v.is_instance_of::<PyInt>() || v.is_instance_of::<PyFloat>())
+    {
+        let secs: f64 = v.extract()?;
+        if secs.is_finite() {
+            return Ok(from_secs(secs));
+        }
+    }
+    Err(invalid(
+        py,
+        field,
+        "expected a datetime, an RFC 3339 string or seconds since the epoch",
+    ))
+}
+
+#[allow(clippy::cast_possible_truncation)]
+fn from_secs(secs: f64) -> Timestamp {
+    Timestamp::from_millis((secs * 1000.0).round() as i64)
+}

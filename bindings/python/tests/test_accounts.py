@@ -1,0 +1,264 @@
+"""pool.accounts: listing, organising, status, removal, import/export, and the sign-ins (browser
+with and without the callback listener, device code) against the fake issuer."""
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import codexpool
+from codexpool.testing import FakeOpenAi
+
+from conftest import add_account
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def authorize(url: str) -> str:
+    """Plays the browser at the fake issuer: returns where it redirects to."""
+    opener = urllib.request.build_opener(_NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        opener.open(url, timeout=10)
+    assert e.value.code == 302
+    location = e.value.headers["Location"]
+    assert location
+    return str(location)
+
+
+def test_list_get_and_filters(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
+    a = add_account(pool, fake, "acct-1", plan="pro")
+    b = add_account(pool, fake, "acct-2", email="second@example.com")
+    assert [x.id for x in pool.accounts.list()] == sorted([a.id, b.id], key=lambda i: pool.accounts.get(i).label)
+    assert len(pool.accounts) == 2
+    assert pool.accounts.get(a.id) == a
+    assert pool.accounts.get(a.id[:6]).id == a.id, "a unique prefix is enough"
+    assert a.plan_type == "pro"
+    assert a.chatgpt_account_id == "acct-1"
+    assert a.status == "active"
+    assert pool.accounts.list(text="second")[0].id == b.id
+    assert pool.accounts.list(status="active") == pool.accounts.list()
+    assert pool.accounts.list(status="disabled") == []
+    pool.accounts.update(a.id, group="team", tags=["x", "y"])
+    assert [x.id for x in pool.accounts.list(group="team")] == [a.id]
+    assert [x.id for x in pool.accounts.list(tag="y")] == [a.id]
+    assert pool.accounts.list(tag="z") == []
+    with pytest.raises(codexpool.InvalidInput) as e:
+        pool.accounts.list(status="sleeping")
+    assert e.value.field == "status"
+
+
+def test_unknown_and_ambiguous_ids(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
+    with pytest.raises(codexpool.NotFound) as e:
+        pool.accounts.get("ffffffffffff")
+    assert (e.value.what, e.value.id) == ("account", "ffffffffffff")
+    for call in (
+        pool.accounts.remove,
+        pool.accounts.enable,
+        pool.accounts.disable,
+        pool.accounts.runtime,
+        lambda i: pool.accounts.update(i, label="x"),
+    ):
+        with pytest.raises(codexpool.NotFound):
+            call("ffffffffffff")
+    # Add accounts until two ids share a first character, then ask for that character.
+    ids: list[str] = []
+    n = 0
+    while True:
+        n += 1
+        ids.append(add_account(pool, fake, f"acct-{n}").id)
+        firsts = [i[0] for i in ids]
+        dup = next((c for c in firsts if firsts.count(c) > 1), None)
+        if dup:
+            break
+    with pytest.raises(codexpool.Ambiguous) as amb:
+        pool.accounts.get(dup)
+    assert isinstance(amb.value, codexpool.InvalidInput)
+    assert amb.value.candidates is not None and len(amb.value.candidates) >= 2
+
+
+def test_update_sets_and_clears_fields(pool: codexpool.Pool, account: codexpool.Account) -> None:
+    a = pool.accounts.update(
+        account.id, label="  Work  ", group="team", tags=["a", "b", "a"], note="hi", sort=5
+    )
+    assert (a.label, a.group, a.tags, a.note, a.sort) == ("Work", "team", ["a", "b"], "hi", 5)
+    assert a.updated_at >= account.updated_at
+    # Omitted keywords stay; None clears the optional ones.
+    a = pool.accounts.update(account.id, note=None)
+    assert (a.label, a.group, a.note) == ("Work", "team", None)
+    a = pool.accounts.update(account.id, group=None, tags=None)
+    assert (a.group, a.tags) == (None, [])
+    assert pool.accounts.update(account.id) == pool.accounts.get(account.id)
+    with pytest.raises(codexpool.InvalidInput, match="label"):
+        pool.accounts.update(account.id, label=" ")
+    with pytest.raises(codexpool.InvalidInput, match="label"):
+        pool.accounts.update(account.id, label=None)  # type: ignore[arg-type]
+    with pytest.raises(codexpool.InvalidInput, match="tags"):
+        pool.accounts.update(account.id, tags=["a,b"])
+    with pytest.raises(TypeError, match="colour"):
+        pool.accounts.update(account.id, colour="red")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        pool.accounts.update(account.id, sort="first")  # type: ignore[arg-type]
+
+
+def test_sort_orders(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
+    a = add_account(pool, fake, "acct-1")
+    b = add_account(pool, fake, "acct-2")
+    out = pool.accounts.set_sort_orders({a.id: 10, b.id: 1})
+    assert {x.id: x.sort for x in out} == {a.id: 10, b.id: 1}
+    assert [x.id for x in pool.accounts.list()] == [b.id, a.id]
+    with pytest.raises(codexpool.NotFound):
+        pool.accounts.set_sort_orders({"ffffffffffff": 1})
+
+
+def test_enable_disable_remove_and_runtime(pool: codexpool.Pool, account: codexpool.Account) -> None:
+    rt = pool.accounts.runtime(account.id)
+    assert (rt.inflight, rt.cooldown_until, rt.exhausted_until, rt.usable) == (0, None, None, True)
+    d = pool.accounts.disable(account.id)
+    assert d.status == "disabled" and d.status_reason
+    assert not pool.accounts.runtime(account.id).usable
+    assert pool.accounts.list(status="disabled") == [pool.accounts.get(account.id)]
+    e = pool.accounts.enable(account.id)
+    assert (e.status, e.status_reason) == ("active", None)
+    removed = pool.accounts.remove(account.id)
+    assert removed.id == account.id
+    assert pool.accounts.list() == []
+    with pytest.raises(codexpool.NotFound):
+        pool.accounts.remove(account.id)
+
+
+def test_import_file_folder_bytes_text_and_reimport(
+    pool: codexpool.Pool, fake: FakeOpenAi, tmp_path: Path
+) -> None:
+    fake.add_account("acct-1")
+    fake.add_account("acct-2")
+    home = tmp_path / "exports"
+    home.mkdir()
+    (home / "one.json").write_text(json.dumps(fake.auth_json("acct-1")))
+    (home / "two.json").write_text(json.dumps(fake.auth_json("acct-2")))
+    r = pool.accounts.import_file(home / "one.json")
+    assert (r.imported, r.updated, r.skipped) == (1, 0, 0)
+    assert r.results[0].status == "imported"
+    assert str(home / "one.json") in r.results[0].source
+    assert r.results[0].warning, "an auth.json shares its refresh token with the Codex CLI"
+    # A folder: acct-1 again (updated) and acct-2 (new).
+    r = pool.accounts.import_file(str(home))
+    assert (r.imported, r.updated) == (1, 1)
+    # Bytes and text of the same document update again.
+    r = pool.accounts.import_bytes(json.dumps(fake.auth_json("acct-2")).encode(), source="b")
+    assert (r.updated, r.results[0].source) == (1, "b")
+    r = pool.accounts.import_text("{ not json", source="broken")
+    assert (r.skipped, r.results[0].status) == (1, "skipped")
+    assert r.results[0].reason
+    assert len(pool.accounts) == 2
+    with pytest.raises(codexpool.FileError) as e:
+        pool.accounts.import_file(tmp_path / "missing.json")
+    assert e.value.path and "missing.json" in e.value.path
+    assert r.to_dict()["results"][0]["status"] == "skipped"
+
+
+def test_export_dict_and_file_round_trip(
+    pool: codexpool.Pool, fake: FakeOpenAi, tmp_path: Path
+) -> None:
+    a = add_account(pool, fake, "acct-1")
+    add_account(pool, fake, "acct-2")
+    pool.accounts.update(a.id, group="team", note="keep me")
+    doc = pool.accounts.export()
+    assert doc["version"] == 1
+    assert len(doc["accounts"]) == 2
+    assert pool.accounts.export(group="team")["accounts"][0]["note"] == "keep me"
+    path = tmp_path / "export.json"
+    assert pool.accounts.export(path, group="team") == 1
+    assert (path.stat().st_mode & 0o777) == 0o600
+    other = codexpool.Pool.open(tmp_path / "other.db", **fake.settings())
+    r = other.accounts.import_file(path)
+    assert r.imported == 1
+    copied = other.accounts.list()[0]
+    assert (copied.group, copied.note, copied.chatgpt_account_id) == ("team", "keep me", "acct-1")
+    with pytest.raises(codexpool.InvalidInput):
+        pool.accounts.export(status="nope")
+
+
+def test_browser_sign_in_completed_with_the_redirect_url(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
+    fake.add_account("acct-9", email="nine@example.com", plan="team")
+    login = pool.accounts.login_start(label="Nine", group="g", tags=["t"], note="n", listen=False)
+    assert login.url.startswith(fake.issuer + "/oauth/authorize?")
+    assert login.listen_addr is None and not login.browser_opened
+    assert login.state in repr(login)
+    info = pool.accounts.login_status(login.state)
+    assert (info.kind, info.status, info.expired) == ("browser", "pending", False)
+    location = authorize(login.url)
+    done = pool.accounts.login_complete(location)
+    assert done.created
+    a = done.account
+    assert (a.label, a.group, a.tags, a.note, a.plan_type) == ("Nine", "g", ["t"], "n", "team")
+    info = pool.accounts.login_status(login.state)
+    assert (info.status, info.account_id) == ("completed", a.id)
+    # Once only.
+    with pytest.raises(codexpool.AuthError, match="already completed"):
+        pool.accounts.login_complete(location)
+    assert login.wait(timeout=5).account.id == a.id
+
+
+def test_browser_sign_in_through_the_callback_listener(fake: FakeOpenAi, tmp_path: Path) -> None:
+    fake.add_account("acct-1")
+    pool = codexpool.Pool.open(tmp_path / "p.db", login_addr="127.0.0.1:0", **fake.settings())
+    login = pool.accounts.login_start()
+    assert login.listen_addr and login.listen_addr.startswith("127.0.0.1:")
+    port = login.listen_addr.rsplit(":", 1)[1]
+    assert f":{port}/auth/callback" in login.redirect_uri
+    result: dict[str, object] = {}
+
+    def wait() -> None:
+        result["done"] = pool.accounts.login_wait(login.state, timeout=20)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    # The browser follows the redirect to the listener, which completes the sign-in.
+    with urllib.request.urlopen(login.url, timeout=10) as page:
+        assert page.status == 200
+    t.join(30)
+    done = result["done"]
+    assert isinstance(done, codexpool.LoginCompleted)
+    assert done.account.chatgpt_account_id == "acct-1"
+
+
+def test_sign_in_failures_cancel_and_timeout(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
+    fake.add_account("acct-1")
+    with pytest.raises(codexpool.AuthError, match="unknown state"):
+        pool.accounts.login_complete("http://localhost:1455/auth/callback?code=x&state=nope")
+    with pytest.raises(codexpool.AuthError):
+        pool.accounts.login_status("nope")
+    login = pool.accounts.login_start(listen=False)
+    with pytest.raises(codexpool.Timeout):
+        login.wait(timeout=0.3)
+    assert login.cancel() is True
+    assert pool.accounts.login_cancel(login.state) is False
+    assert pool.accounts.login_status(login.state).status == "cancelled"
+    with pytest.raises(codexpool.AuthError, match="cancelled"):
+        login.wait(timeout=5)
+    fake.fail_next_authorize("access_denied", "nope")
+    login = pool.accounts.login_start(listen=False)
+    with pytest.raises(codexpool.AuthError, match="refused"):
+        pool.accounts.login_complete(authorize(login.url))
+    assert pool.accounts.login_status(login.state).status == "failed"
+    assert pool.accounts.login_status(login.state).error
+    with pytest.raises(codexpool.InvalidInput):
+        login.wait(timeout=-1)
+
+
+def test_device_sign_in(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
+    fake.add_account("acct-1")
+    fake.auto_approve_device(1, "acct-1")
+    d = pool.accounts.device_start(label="dev")
+    assert d.user_code and d.verification_url.startswith(fake.issuer)
+    assert d.interval_secs >= 1
+    assert d.user_code in repr(d)
+    done = d.wait(timeout=20)
+    assert done.account.label == "dev" and done.created
+    assert pool.accounts.login_status(d.state).kind == "device"

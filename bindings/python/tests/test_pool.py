@@ -1,0 +1,109 @@
+"""Pool.open / in_memory, settings given as keywords, and the exceptions for bad settings."""
+
+import datetime
+import os
+from pathlib import Path
+
+import pytest
+
+import codexpool
+from codexpool.testing import FakeOpenAi
+
+
+def test_open_creates_the_database_and_applies_settings(fake: FakeOpenAi, tmp_path: Path) -> None:
+    db = tmp_path / "sub" / "pool.db"
+    pool = codexpool.Pool.open(
+        db,
+        route_strategy="headroom",
+        usage_poll_interval_secs=120,
+        disable_polling=True,
+        CODEXPOOL_ACCOUNT_MAX_INFLIGHT=3,
+        **fake.settings(),
+    )
+    assert db.exists()
+    assert pool.db_path == db
+    s = pool.settings()
+    assert s["ROUTE_STRATEGY"] == "headroom"
+    assert s["USAGE_POLL_INTERVAL_SECS"] == "120"
+    assert s["DISABLE_POLLING"] == "true"
+    assert s["ACCOUNT_MAX_INFLIGHT"] == "3"
+    assert s["ISSUER"] == fake.issuer
+    assert "Pool(db_path=" in repr(pool)
+
+
+def test_settings_come_from_the_environment_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CODEXPOOL_ROUTE_STRATEGY", "round-robin")
+    monkeypatch.setenv("CODEXPOOL_DB_PATH", str(tmp_path / "env.db"))
+    pool = codexpool.Pool.open()
+    assert pool.settings()["ROUTE_STRATEGY"] == "round-robin"
+    assert pool.db_path == tmp_path / "env.db"
+    # Keywords win over the environment.
+    pool = codexpool.Pool.open(tmp_path / "kw.db", route_strategy="ordered")
+    assert pool.settings()["ROUTE_STRATEGY"] == "ordered"
+
+
+def test_a_bad_setting_value_raises_invalid_input_naming_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(codexpool.InvalidInput, match="ROUTE_STRATEGY") as e:
+        codexpool.Pool.open(tmp_path / "p.db", route_strategy="fastest")
+    assert e.value.field == "ROUTE_STRATEGY"
+    assert isinstance(e.value, codexpool.CodexPoolError)
+    with pytest.raises(codexpool.InvalidInput, match="USAGE_BASE_URL"):
+        codexpool.Pool.open(tmp_path / "p.db", usage_base_url="not a url")
+    with pytest.raises(codexpool.InvalidInput, match="unknown setting"):
+        codexpool.Pool.open(tmp_path / "p.db", no_such_setting="1")
+    with pytest.raises(codexpool.InvalidInput, match="expected a str"):
+        codexpool.Pool.open(tmp_path / "p.db", route_strategy=["ordered"])  # type: ignore[arg-type]
+
+
+def test_a_bad_environment_variable_raises_invalid_input(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CODEXPOOL_ACCOUNT_MAX_INFLIGHT", "many")
+    with pytest.raises(codexpool.InvalidInput, match="CODEXPOOL_ACCOUNT_MAX_INFLIGHT"):
+        codexpool.Pool.open(tmp_path / "p.db")
+
+
+def test_an_unopenable_database_raises_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(codexpool.StoreError):
+        codexpool.Pool.open(tmp_path / "file" / "pool.db")
+
+
+def test_in_memory_pool_and_context_manager(fake: FakeOpenAi) -> None:
+    with codexpool.Pool.in_memory(route_strategy="headroom", **fake.settings()) as pool:
+        assert pool.settings()["ROUTE_STRATEGY"] == "headroom"
+        assert pool.accounts.list() == []
+        key = pool.keys.create("k")
+        assert pool.keys.get(key.key.id) == key.key
+    with pytest.raises(codexpool.InvalidInput):
+        codexpool.Pool.in_memory(route_strategy="nope")
+
+
+def test_two_pools_on_one_database_see_each_others_changes(tmp_path: Path) -> None:
+    a = codexpool.Pool.open(tmp_path / "shared.db")
+    b = codexpool.Pool.open(tmp_path / "shared.db")
+    key = a.keys.create("shared")
+    b.reload()
+    assert b.keys.get(key.key.id).name == "shared"
+    a.flush()
+
+
+def test_secret_settings_are_hidden(tmp_path: Path) -> None:
+    pool = codexpool.Pool.open(tmp_path / "p.db", rpc_token="super-secret-token")
+    assert pool.settings()["RPC_TOKEN"] == "*****"
+    assert "super-secret" not in repr(pool)
+
+
+def test_times_are_aware_utc_datetimes(tmp_path: Path) -> None:
+    pool = codexpool.Pool.open(tmp_path / "p.db")
+    before = datetime.datetime.now(datetime.timezone.utc)
+    k = pool.keys.create("t").key
+    assert k.created_at.tzinfo is datetime.timezone.utc
+    assert abs((k.created_at - before).total_seconds()) < 5
+
+
+def test_version_is_exposed() -> None:
+    assert codexpool.__version__
+    assert os.path.basename(codexpool._native.__file__).startswith("_native")

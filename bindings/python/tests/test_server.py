@@ -1,0 +1,107 @@
+"""codexpool.serve: the server's handle, the admin RPC token, a stop that is idempotent and
+frees the port, and the exceptions for bad addresses."""
+
+import gc
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import codexpool
+
+
+def rpc(srv: codexpool.Server, token: str, method: str) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        srv.url + "/rpc",
+        data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": {}}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+
+
+def refused(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex((host, port)) != 0
+
+
+def test_serve_stop_and_context_manager(pool: codexpool.Pool) -> None:
+    srv = codexpool.serve(pool)
+    assert srv.running
+    assert srv.host == "127.0.0.1" and srv.port > 0
+    assert srv.url == f"http://127.0.0.1:{srv.port}"
+    assert srv.base_url == srv.url + "/v1"
+    with urllib.request.urlopen(srv.url + "/health", timeout=10) as r:
+        assert r.status == 200
+    # The generated RPC token is written beside the database, and never shown in repr().
+    assert srv.rpc_token_file == Path(pool.db_path).parent / "rpc-token"
+    assert srv.rpc_token_file.read_text() == srv.rpc_token
+    assert srv.rpc_token not in repr(srv)
+    status, _ = rpc(srv, srv.rpc_token, "key/list")
+    assert status == 200
+    assert rpc(srv, "wrong", "key/list")[0] == 401
+    srv.stop()
+    assert not srv.running
+    assert refused(srv.host, srv.port), "the port is free after stop()"
+    srv.stop()  # idempotent
+    assert "running=False" in repr(srv)
+
+    with codexpool.serve(pool, "127.0.0.1:0", rpc_token="given-token", background_tasks=False) as s2:
+        assert s2.rpc_token == "given-token"
+        assert s2.rpc_token_file is None
+        assert rpc(s2, "given-token", "key/list")[0] == 200
+    assert not s2.running and refused(s2.host, s2.port)
+
+
+def test_bad_addresses(pool: codexpool.Pool) -> None:
+    with pytest.raises(codexpool.InvalidInput) as e:
+        codexpool.serve(pool, "localhost")
+    assert e.value.field == "addr"
+    with pytest.raises(codexpool.InvalidInput, match="shutdown_grace"):
+        codexpool.serve(pool, shutdown_grace=-1)
+    with codexpool.serve(pool) as srv:
+        with pytest.raises(codexpool.ServerError, match="in use|cannot listen"):
+            codexpool.serve(pool, f"127.0.0.1:{srv.port}")
+
+
+def test_no_socket_or_thread_is_left_after_stop(pool: codexpool.Pool, tmp_path: Path) -> None:
+    if not Path("/proc/self/fd").exists():
+        pytest.skip("needs /proc")
+
+    def sockets() -> int:
+        n = 0
+        for fd in Path("/proc/self/fd").iterdir():
+            try:
+                n += fd.readlink().as_posix().startswith("socket:")
+            except OSError:
+                pass
+        return n
+
+    def threads() -> int:
+        return len(list(Path("/proc/self/task").iterdir()))
+
+    # Warm up the runtime (its worker threads stay for the process) and the pool's connections.
+    with codexpool.serve(pool):
+        pass
+    before = (sockets(), threads())
+    for i in range(5):
+        other = codexpool.Pool.open(tmp_path / f"other-{i}.db")
+        for p in (pool, other):
+            with codexpool.serve(p) as srv:
+                with urllib.request.urlopen(srv.url + "/health", timeout=10):
+                    pass
+        del other, p
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while (sockets() > before[0] or threads() > before[1]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sockets() <= before[0]
+    assert threads() <= before[1], "a dropped pool or stopped server left a thread"
