@@ -1,2 +1,214 @@
-//! The `codexpool` command.
-fn main() {}
+//! `codexpool`: run the gateway and manage the pool (accounts, keys, usage, request log,
+//! settings) from the command line.
+//!
+//! This binary is thin: clap types in [`args`], one function per command in [`commands`], all
+//! printing in [`output`]. The work happens in `codexpool-core` and `codexpool-gateway`.
+//!
+//! Exit codes: 0 success (also when stdout was closed early, as by `| head`), 1 error (one line
+//! plus a hint on stderr), 2 usage error.
+
+mod args;
+mod commands;
+mod output;
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use codexpool_core::Config;
+
+use crate::args::{Cli, Command};
+use crate::output::{Output, Paint};
+
+/// An error with a hint for the person, raised by the commands themselves.
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong (one line).
+    pub message: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    /// An error with a hint.
+    pub fn new(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse().and_then(|c| c.check().map(|()| c)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version exit 0, usage errors 2; clap prints either.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    let out = Output::new(cli.json, cli.quiet);
+    init_tracing(&cli, &out);
+    match run(cli, out.clone()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&out, &e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli, out: Output) -> anyhow::Result<()> {
+    let mut config = Config::from_env()?;
+    if let Some(db) = &cli.db {
+        config.set("DB_PATH", &db.to_string_lossy())?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(codexpool_gateway::worker_threads(&config))
+        .thread_name("codexpool")
+        .enable_all()
+        .build()?;
+    let ctx = commands::Ctx { config, out };
+    let result = runtime.block_on(commands::run(cli.command, ctx));
+    // Blocking work still running (a read of stdin) must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Logs go to stderr: warnings by default (info from the service for `serve`), `-v` debug,
+/// `-vv` trace, `-q` errors only; `RUST_LOG` overrides.
+fn init_tracing(cli: &Cli, out: &Output) {
+    use tracing_subscriber::EnvFilter;
+    let ours = "codexpool=LEVEL,codexpool_core=LEVEL,codexpool_gateway=LEVEL";
+    let filter = if cli.quiet {
+        "error".to_string()
+    } else {
+        match cli.verbose {
+            0 if matches!(cli.command, Command::Serve(_)) => {
+                format!("warn,{}", ours.replace("LEVEL", "info"))
+            }
+            0 => "warn".into(),
+            1 => format!("info,{}", ours.replace("LEVEL", "debug")),
+            _ => format!("debug,{}", ours.replace("LEVEL", "trace")),
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(out.stderr_color())
+        .with_target(cli.verbose > 0)
+        .try_init();
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `error: <one line>` and, when there is one, `hint: <what to do>`.
+fn report(out: &Output, e: &anyhow::Error) {
+    let message = one_line(e);
+    let mut err = io::stderr().lock();
+    let _ = writeln!(err, "{} {message}", out.paint_err("error:", Paint::Red));
+    if let Some(h) = hint(e) {
+        let _ = writeln!(err, "{} {h}", out.paint_err("hint:", Paint::Cyan));
+    }
+}
+
+/// The error and its causes on one line. Causes whose text the message already holds are
+/// left out (several error types print their source in their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(part.as_str()) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text.replace(['\n', '\r'], " ")
+}
+
+/// What to do about an error, when we know.
+fn hint(e: &anyhow::Error) -> Option<String> {
+    use codexpool_core::Error as E;
+    use codexpool_core::store::StoreError;
+    for cause in e.chain() {
+        if let Some(f) = cause.downcast_ref::<Failure>() {
+            return f.hint.clone();
+        }
+        if let Some(c) = cause.downcast_ref::<codexpool_core::config::ConfigError>() {
+            return Some(if c.var.contains("env file") {
+                "fix the syntax of that env file (NAME=value lines) or remove it".into()
+            } else {
+                format!(
+                    "fix or unset {}; `codexpool config` lists every setting with its default",
+                    c.var
+                )
+            });
+        }
+        if let Some(s) = cause.downcast_ref::<StoreError>() {
+            return store_hint(s);
+        }
+        if let Some(s) = cause.downcast_ref::<codexpool_gateway::ServerError>() {
+            return match s {
+                codexpool_gateway::ServerError::Bind { source, .. }
+                    if source.kind() == io::ErrorKind::AddrInUse =>
+                {
+                    Some(
+                        "is another codexpool running? Pick another address with --addr or \
+                         SERVICE_ADDR"
+                            .into(),
+                    )
+                }
+                codexpool_gateway::ServerError::Bind { .. } => {
+                    Some("listen on an address of this machine, e.g. --addr 127.0.0.1:48760".into())
+                }
+                _ => None,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<E>() {
+            return match e {
+                E::NotFound {
+                    what: "account", ..
+                } => Some("`codexpool account list` shows the accounts and their ids".into()),
+                E::NotFound { what: "key", .. } => {
+                    Some("`codexpool key list` shows the keys and their ids".into())
+                }
+                E::Ambiguous { .. } => Some("type more characters of the id".into()),
+                E::Store(s) => store_hint(s),
+                E::Io { .. } => Some("check the path and its permissions".into()),
+                _ => None,
+            };
+        }
+    }
+    None
+}
+
+fn store_hint(s: &codexpool_core::store::StoreError) -> Option<String> {
+    use codexpool_core::store::StoreError;
+    match s {
+        StoreError::Open { .. } => Some(
+            "pass --db PATH or set CODEXPOOL_DB_PATH to a file in a directory you can write".into(),
+        ),
+        StoreError::NewerSchema { .. } => None,
+        _ => Some("run again with -v for details".into()),
+    }
+}

@@ -527,6 +527,11 @@ impl KeyStore {
         let patch = patch.validate()?;
         let id = self.get(id)?.id;
         let shared = &self.pool.shared;
+        if let Some(Some(at)) = patch.expires_at
+            && at <= shared.clock.now()
+        {
+            return Err(Error::invalid("expires_at", "must be in the future"));
+        }
         let _guard = shared.admin.lock().await;
         let k = shared
             .store

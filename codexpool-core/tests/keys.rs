@@ -156,6 +156,11 @@ async fn bad_input_is_refused_and_stores_nothing() {
         keys.delete("nope").await,
         Err(Error::NotFound { .. })
     ));
+    assert!(matches!(
+        keys.update(&k.key.id, KeyPatch::default().expires_at(Some(clock.now())))
+            .await,
+        Err(Error::InvalidInput { .. })
+    ));
     assert_eq!(keys.get(&k.key.id).unwrap().name, "ok");
 }
 

@@ -297,14 +297,21 @@ impl RunningServer {
         self.addr
     }
 
-    /// `http://<addr>`.
+    /// `http://<addr>`; a server on all interfaces (`0.0.0.0`, `::`) is reached on loopback.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{addr}")
     }
 
-    /// The `base_url` to give an OpenAI client: `http://<addr>/v1`.
+    /// The `base_url` to give an OpenAI client: [`RunningServer::url`] + `/v1`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("{}/v1", self.url())
     }
 
     /// The admin RPC token.

@@ -144,9 +144,20 @@ pub(crate) async fn bind(config: &Config) -> Result<(TcpListener, SocketAddr), A
     Ok((listener, local))
 }
 
-/// Serves callbacks until the login named `state` has ended.
-pub(crate) fn spawn(auth: Auth, listener: TcpListener, state: String, path: String) {
-    tokio::spawn(serve(auth, listener, state, path));
+/// Serves callbacks until the login named `state` has ended; the receiver turns `true` once the
+/// listener has stopped and its last page is sent.
+pub(crate) fn spawn(
+    auth: Auth,
+    listener: TcpListener,
+    state: String,
+    path: String,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        serve(auth, listener, state, path).await;
+        let _ = tx.send(true);
+    });
+    rx
 }
 
 async fn serve(auth: Auth, listener: TcpListener, state: String, path: String) {

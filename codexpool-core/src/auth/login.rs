@@ -160,6 +160,8 @@ pub struct LoginStart {
 pub struct LoginHandle {
     info: LoginStart,
     auth: Auth,
+    /// Turns `true` when the callback listener has stopped (its last page sent).
+    listener_done: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl LoginHandle {
@@ -197,8 +199,18 @@ impl LoginHandle {
     }
     /// Waits until the sign-in completes (here, through the listener, or in another process),
     /// fails, is cancelled or expires.
+    ///
+    /// With a callback listener, returns only once the listener has finished sending the
+    /// browser its page, so a program may exit right after without cutting the page off.
     pub async fn wait(&self) -> Result<LoginCompleted, AuthError> {
-        self.auth.login_wait(&self.info.state).await
+        let result = self.auth.login_wait(&self.info.state).await;
+        if let Some(rx) = &self.listener_done {
+            let mut rx = rx.clone();
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(|done| *done))
+                    .await;
+        }
+        result
     }
     /// Cancels the sign-in; `false` when it had already ended.
     pub async fn cancel(&self) -> Result<bool, AuthError> {
@@ -431,11 +443,12 @@ impl Auth {
             url.push_str("&allowed_workspace_id=");
             url.push_str(&encode(ws));
         }
+        let mut listener_done = None;
         let listen_addr = listener.map(|(listener, addr)| {
             let path = url::Url::parse(&redirect_uri)
                 .map(|u| u.path().to_string())
                 .unwrap_or_else(|_| "/auth/callback".into());
-            callback::spawn(self.clone(), listener, state.clone(), path);
+            listener_done = Some(callback::spawn(self.clone(), listener, state.clone(), path));
             addr
         });
         let browser_opened = opts.open_browser && open_browser(&url);
@@ -449,6 +462,7 @@ impl Auth {
                 browser_opened,
             },
             auth: self.clone(),
+            listener_done,
         })
     }
 

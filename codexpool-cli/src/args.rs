@@ -1,0 +1,536 @@
+//! The command line, as clap types: every command, flag and value parser of `codexpool`.
+//! Values that can be checked without the database (durations, efforts, statuses) are checked
+//! here, so a bad one is a usage error (exit 2) before anything runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use codexpool_core::{AccountStatus, Timestamp};
+
+/// Pool several ChatGPT (Codex) sign-ins behind one local OpenAI-compatible gateway.
+#[derive(Debug, Parser)]
+#[command(
+    name = "codexpool",
+    version,
+    propagate_version = true,
+    args_override_self = true,
+    max_term_width = 100,
+    after_help = "Settings come from CODEXPOOL_<NAME> variables, an env file (codexpool.env or .env) \
+                  and defaults; `codexpool config` lists them.\nNew here? Run `codexpool demo`."
+)]
+pub struct Cli {
+    /// The SQLite database [default: DB_PATH from the environment or env file, else
+    /// <data dir>/codexpool/codexpool.db].
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
+    pub db: Option<PathBuf>,
+
+    /// Print JSON instead of tables and messages (stable shapes, for scripts).
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub json: bool,
+
+    /// Print only errors.
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
+    pub quiet: bool,
+
+    /// Show debug logs on stderr (-vv: trace).
+    #[arg(short, long, global = true, action = ArgAction::Count, help_heading = "Global options")]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// Checks what clap cannot express: an `update` must change something. The error is a
+    /// usage error (exit 2) in clap's format.
+    pub fn check(&self) -> Result<(), clap::Error> {
+        let (path, flags) = match &self.command {
+            Command::Account(AccountCommand::Update(a))
+                if a.label.is_none()
+                    && a.group.is_none()
+                    && a.tags.is_empty()
+                    && !a.clear_tags
+                    && a.note.is_none()
+                    && a.sort.is_none() =>
+            {
+                (
+                    ["account", "update"],
+                    "--label, --group, --tag, --clear-tags, --note or --sort",
+                )
+            }
+            Command::Key(KeyCommand::Update(k))
+                if k.name.is_none()
+                    && k.model.is_none()
+                    && k.allow_models.is_empty()
+                    && !k.clear_allowed_models
+                    && k.allow_groups.is_empty()
+                    && !k.clear_allowed_groups
+                    && k.effort.is_none()
+                    && !k.clear_effort
+                    && k.expires.is_none() =>
+            {
+                (
+                    ["key", "update"],
+                    "--name, --model, --allow-model, --clear-allowed-models, --allow-group, \
+                     --clear-allowed-groups, --effort, --clear-effort or --expires",
+                )
+            }
+            _ => return Ok(()),
+        };
+        let mut cmd = <Self as clap::CommandFactory>::command();
+        cmd.build();
+        let Some(sub) = cmd
+            .find_subcommand_mut(path[0])
+            .and_then(|c| c.find_subcommand_mut(path[1]))
+        else {
+            return Ok(());
+        };
+        Err(sub.error(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            format!("nothing to change: give at least one of {flags}"),
+        ))
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: OpenAI-compatible API, admin /rpc, usage poller, token refresher.
+    Serve(ServeArgs),
+    /// See the whole product work against a built-in fake OpenAI (temporary database, no account
+    /// needed).
+    Demo,
+    /// Sign in, import, export, list and organise ChatGPT accounts.
+    #[command(subcommand, visible_alias = "accounts")]
+    Account(AccountCommand),
+    /// Create and manage the API keys clients use ("platform keys").
+    #[command(subcommand, visible_alias = "keys")]
+    Key(KeyCommand),
+    /// Each account's 5-hour and weekly usage.
+    Usage(UsageArgs),
+    /// The request log.
+    #[command(visible_alias = "log")]
+    Logs(LogsArgs),
+    /// Every setting with its effective value and where it came from (secrets hidden).
+    Config,
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen address [default: SERVICE_ADDR, else 127.0.0.1:48760]; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<SocketAddr>,
+}
+
+/// `account …`.
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Sign a ChatGPT account in (browser, or --device for a code to type elsewhere).
+    Login(LoginArgs),
+    /// Finish a sign-in by pasting the URL the browser was redirected to.
+    Complete {
+        /// The full redirect URL (`http://localhost:1455/auth/callback?code=…&state=…`).
+        #[arg(value_name = "REDIRECT_URL")]
+        redirect_url: Sensitive,
+    },
+    /// Import Codex CLI auth.json files or a codexpool export (a file, a folder, or - for stdin).
+    Import {
+        /// A file, a folder of *.json files, or `-` to read stdin.
+        #[arg(value_name = "FILE|DIR|-")]
+        source: String,
+    },
+    /// Export accounts with their tokens (JSON; to stdout unless -o).
+    Export {
+        /// Write to this file (mode 0600) instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        filter: AccountFilterArgs,
+    },
+    /// List accounts with their usage.
+    #[command(visible_alias = "ls")]
+    List(AccountFilterArgs),
+    /// Change an account's label, group, tags, note or sort priority.
+    Update(AccountUpdateArgs),
+    /// Let an account serve requests again.
+    Enable(IdArg),
+    /// Stop an account from serving requests (until enabled).
+    Disable(IdArg),
+    /// Delete an account and its usage readings.
+    #[command(visible_alias = "rm")]
+    Remove(IdArg),
+}
+
+/// A value that `Debug` must not print: a redirect URL carries a one-time sign-in code.
+#[derive(Clone)]
+pub struct Sensitive(pub String);
+
+impl std::fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("*****")
+    }
+}
+
+impl std::str::FromStr for Sensitive {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// An account or key id, or a unique prefix of one.
+#[derive(Debug, Args)]
+pub struct IdArg {
+    /// The id, or a unique prefix of it.
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+/// `account login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Sign in with a device code (for machines without a browser).
+    #[arg(long)]
+    pub device: bool,
+    /// Do not try to open a browser; just print the URL.
+    #[arg(long)]
+    pub no_browser: bool,
+    /// Label of the account [default: its email].
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<String>,
+    /// Put the account in this group.
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Give the account this tag (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// A note on the account.
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+    /// Pin the sign-in to this ChatGPT workspace id.
+    #[arg(long, value_name = "ID")]
+    pub workspace: Option<String>,
+}
+
+/// Account list filters.
+#[derive(Debug, Args, Default)]
+pub struct AccountFilterArgs {
+    /// Only accounts in this group.
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Only accounts with this tag.
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// Only accounts with this status.
+    #[arg(long, value_name = "STATUS")]
+    pub status: Option<StatusArg>,
+}
+
+/// An account status on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StatusArg {
+    /// Usable.
+    Active,
+    /// Turned off by a person.
+    Disabled,
+    /// Needs a new sign-in.
+    #[value(name = "needs_login", alias = "needs-login")]
+    NeedsLogin,
+    /// Deactivated by OpenAI.
+    Banned,
+}
+
+impl From<StatusArg> for AccountStatus {
+    fn from(s: StatusArg) -> Self {
+        match s {
+            StatusArg::Active => Self::Active,
+            StatusArg::Disabled => Self::Disabled,
+            StatusArg::NeedsLogin => Self::NeedsLogin,
+            StatusArg::Banned => Self::Banned,
+        }
+    }
+}
+
+/// `account update`.
+#[derive(Debug, Args)]
+pub struct AccountUpdateArgs {
+    /// The account id, or a unique prefix of it.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// New label.
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<String>,
+    /// New group (`""` removes it from its group).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// New tags, replacing the old ones (repeatable).
+    #[arg(long = "tag", value_name = "TAG", conflicts_with = "clear_tags")]
+    pub tags: Vec<String>,
+    /// Remove every tag.
+    #[arg(long)]
+    pub clear_tags: bool,
+    /// New note (`""` removes it).
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+    /// New sort priority (lower serves first under the `ordered` strategy).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub sort: Option<i64>,
+}
+
+/// `key …`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key; its secret is printed once.
+    Create(KeyCreateArgs),
+    /// List keys (never their secrets).
+    #[command(visible_alias = "ls")]
+    List,
+    /// Change a key's name, model binding, allowed models or groups, effort or expiry.
+    Update(KeyUpdateArgs),
+    /// Accept a key again.
+    Enable(IdArg),
+    /// Refuse a key (403) until enabled.
+    Disable(IdArg),
+    /// Delete a key (401 from then on).
+    #[command(visible_alias = "rm")]
+    Delete(IdArg),
+}
+
+/// `key create`.
+#[derive(Debug, Args)]
+pub struct KeyCreateArgs {
+    /// A name for the key (who or what uses it).
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// Every request with this key uses this model, whatever the client asks.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Only these models may be asked for (repeatable) [default: any].
+    #[arg(long = "allow-model", value_name = "MODEL")]
+    pub allow_models: Vec<String>,
+    /// Only accounts in these groups serve this key (repeatable) [default: any].
+    #[arg(long = "allow-group", value_name = "GROUP")]
+    pub allow_groups: Vec<String>,
+    /// Reasoning effort applied to every request [default: the client's].
+    #[arg(long, value_name = "EFFORT", value_parser = effort_parser())]
+    pub effort: Option<String>,
+    /// When the key stops working: a duration (30d, 12h, 90m, 2w) or a time (RFC 3339 or
+    /// YYYY-MM-DD, UTC) [default: never].
+    #[arg(long, value_name = "WHEN", value_parser = parse_expiry)]
+    pub expires: Option<Expiry>,
+}
+
+/// `key update`.
+#[derive(Debug, Args)]
+pub struct KeyUpdateArgs {
+    /// The key id, or a unique prefix of it.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// New name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Bind this model (`""` unbinds).
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Allowed models, replacing the old list (repeatable).
+    #[arg(
+        long = "allow-model",
+        value_name = "MODEL",
+        conflicts_with = "clear_allowed_models"
+    )]
+    pub allow_models: Vec<String>,
+    /// Allow every model.
+    #[arg(long)]
+    pub clear_allowed_models: bool,
+    /// Allowed account groups, replacing the old list (repeatable).
+    #[arg(
+        long = "allow-group",
+        value_name = "GROUP",
+        conflicts_with = "clear_allowed_groups"
+    )]
+    pub allow_groups: Vec<String>,
+    /// Let accounts of every group serve the key.
+    #[arg(long)]
+    pub clear_allowed_groups: bool,
+    /// New reasoning effort.
+    #[arg(long, value_name = "EFFORT", value_parser = effort_parser(), conflicts_with = "clear_effort")]
+    pub effort: Option<String>,
+    /// Use the client's reasoning effort.
+    #[arg(long)]
+    pub clear_effort: bool,
+    /// New expiry: a duration (30d, 12h), a time (RFC 3339 or YYYY-MM-DD), or `never`.
+    #[arg(long, value_name = "WHEN", value_parser = parse_expiry)]
+    pub expires: Option<Expiry>,
+}
+
+/// `usage`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Poll every active account's usage first.
+    #[arg(long)]
+    pub refresh: bool,
+}
+
+/// `logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// How many of the newest requests to show.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub limit: u64,
+    /// Only requests made with this key (id or unique prefix).
+    #[arg(long, value_name = "ID")]
+    pub key: Option<String>,
+    /// Only requests that tried this account (id or unique prefix).
+    #[arg(long, value_name = "ID")]
+    pub account: Option<String>,
+    /// Keep printing new requests as they arrive (Ctrl-C to stop).
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+/// A key's expiry as typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// This long from now.
+    In(Duration),
+    /// At this time.
+    At(Timestamp),
+    /// Never.
+    Never,
+}
+
+impl Expiry {
+    /// The time it names, relative to `now`; `None` for never.
+    pub fn resolve(self, now: Timestamp) -> Option<Timestamp> {
+        match self {
+            Self::In(d) => Some(now.plus(d)),
+            Self::At(t) => Some(t),
+            Self::Never => None,
+        }
+    }
+}
+
+fn effort_parser() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(codexpool_core::keys::REASONING_EFFORTS)
+}
+
+/// `30d`, `12h`, `90m`, `45s`, `2w`; an RFC 3339 time; a `YYYY-MM-DD` date (midnight UTC);
+/// `never`.
+pub fn parse_expiry(s: &str) -> Result<Expiry, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("never") {
+        return Ok(Expiry::Never);
+    }
+    if let Some(unit) = t.chars().last().filter(char::is_ascii_alphabetic)
+        && let Ok(n) = t[..t.len() - 1].trim().parse::<u64>()
+    {
+        let secs = match unit.to_ascii_lowercase() {
+            's' => Some(1),
+            'm' => Some(60),
+            'h' => Some(3600),
+            'd' => Some(86_400),
+            'w' => Some(7 * 86_400),
+            _ => None,
+        };
+        if let Some(secs) = secs {
+            if n == 0 {
+                return Err("the duration must be more than zero".into());
+            }
+            return n
+                .checked_mul(secs)
+                .filter(|s| *s <= 100 * 365 * 86_400)
+                .map(|s| Expiry::In(Duration::from_secs(s)))
+                .ok_or_else(|| "the duration is too long (at most 100 years)".into());
+        }
+    }
+    if let Some(at) = Timestamp::parse_rfc3339(t) {
+        return Ok(Expiry::At(at));
+    }
+    if t.len() == 10
+        && let Some(at) = Timestamp::parse_rfc3339(&format!("{t}T00:00:00Z"))
+    {
+        return Ok(Expiry::At(at));
+    }
+    Err(
+        "expected a duration like 30d, 12h or 90m, a time like 2026-12-31T23:59:00Z, \
+         a date like 2026-12-31, or `never`"
+            .into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn debug_never_prints_a_redirect_code() {
+        let cli = Cli::parse_from([
+            "codexpool",
+            "account",
+            "complete",
+            "http://localhost:1455/auth/callback?code=ac_secret&state=s",
+        ]);
+        assert!(!format!("{cli:?}").contains("ac_secret"));
+    }
+
+    #[test]
+    fn expiries() {
+        assert_eq!(
+            parse_expiry("30d"),
+            Ok(Expiry::In(Duration::from_secs(30 * 86_400)))
+        );
+        assert_eq!(
+            parse_expiry("12H"),
+            Ok(Expiry::In(Duration::from_secs(43_200)))
+        );
+        assert_eq!(
+            parse_expiry("2w"),
+            Ok(Expiry::In(Duration::from_secs(14 * 86_400)))
+        );
+        assert_eq!(parse_expiry("never"), Ok(Expiry::Never));
+        assert_eq!(
+            parse_expiry("2030-01-02"),
+            Ok(Expiry::At(
+                Timestamp::parse_rfc3339("2030-01-02T00:00:00Z").unwrap()
+            ))
+        );
+        assert!(matches!(
+            parse_expiry("2030-01-02T03:04:05+01:00"),
+            Ok(Expiry::At(_))
+        ));
+        for bad in [
+            "",
+            "soon",
+            "0d",
+            "12y",
+            "d",
+            "-3d",
+            "99999999999999w",
+            "2030-13-40",
+        ] {
+            assert!(parse_expiry(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! `codexpool account …`: sign-in (browser or device code, and completing a sign-in from a
+//! pasted URL), import and export, listing and organising accounts.
+//!
+//! JSON shapes (`Account` is `{"id", "label", "email", "chatgpt_account_id", "chatgpt_user_id",
+//! "plan_type", "group", "tags", "sort", "note", "status", "status_reason", "created_at",
+//! "updated_at", "last_used_at"}`; tokens are never included except in `export`):
+//! - `account login`: JSON Lines — first the started sign-in (`{"url", "state", "redirect_uri",
+//!   "expires_at", "listen_addr", "browser_opened"}`, or with `--device` `{"verification_url",
+//!   "user_code", "interval_secs", "state", "expires_at"}`), then `{"account": Account,
+//!   "created": bool}`;
+//! - `account complete`: `{"account": Account, "created": bool}`;
+//! - `account import`: `{"imported", "updated", "skipped", "results": [{"source", "status"
+//!   (imported|updated|skipped), "reason" (when skipped), "account_id", "label", "warning"}]}`;
+//! - `account export`: the export document `{"version": 1, "exported_at", "accounts": […]}`
+//!   (always JSON); with `-o FILE` and `--json`: `{"path", "accounts": N}`;
+//! - `account list`: `[Account + {"usage": {"five_hour": Window|null, "weekly": Window|null},
+//!   "runtime": {"inflight", "cooldown_until", "exhausted_until", "usable"}}]`, where `Window` is
+//!   `{"kind", "used_percent", "window_minutes", "resets_at", "source", "observed_at"}`;
+//! - `account update|enable|disable|remove`: `Account`.
+
+use std::io::{IsTerminal, Read};
+use std::path::Path;
+
+use codexpool_core::auth::{LoginCompleted, LoginOptions};
+use codexpool_core::import::{ImportOutcome, ImportReport};
+use codexpool_core::{Account, AccountFilter, AccountPatch, Pool};
+use serde::Serialize;
+
+use super::{Ctx, usage};
+use crate::Failure;
+use crate::args::{AccountFilterArgs, AccountUpdateArgs, LoginArgs};
+use crate::output::{NONE, Paint, ago, cell};
+
+fn filter_of(f: &AccountFilterArgs) -> AccountFilter {
+    let mut filter = AccountFilter::default();
+    if let Some(g) = &f.group {
+        filter = filter.group(g);
+    }
+    if let Some(t) = &f.tag {
+        filter = filter.tag(t);
+    }
+    if let Some(s) = f.status {
+        filter = filter.status(s.into());
+    }
+    filter
+}
+
+fn login_options(a: &LoginArgs) -> LoginOptions {
+    let mut opts = LoginOptions::default()
+        .open_browser(!a.no_browser)
+        .tags(a.tags.clone());
+    opts.label = a.label.clone();
+    opts.group = a.group.clone();
+    opts.note = a.note.clone();
+    opts.allowed_workspace_id = a.workspace.clone();
+    opts
+}
+
+fn cancelled() -> anyhow::Error {
+    Failure::new(
+        "sign-in cancelled",
+        "run `codexpool account login` again when you are ready",
+    )
+    .into()
+}
+
+/// `account login`.
+pub async fn login(ctx: &Ctx, pool: &Pool, a: LoginArgs) -> anyhow::Result<()> {
+    let out = &ctx.out;
+    let auth = pool.auth();
+    let opts = login_options(&a);
+    let mut signals = super::Signals::new()?;
+    let done = if a.device {
+        let d = auth.device_start(opts).await?;
+        if out.json {
+            out.json_line(&d)?;
+        } else {
+            out.line(format!(
+                "To sign in, open {} on any device and enter this code:",
+                out.paint(&d.verification_url, Paint::Cyan)
+            ))?;
+            out.line("")?;
+            out.line(format!("    {}", out.paint(&d.user_code, Paint::Bold)))?;
+            out.line("")?;
+            out.note("Waiting for approval (the code works for 15 minutes). Ctrl-C cancels.");
+        }
+        tokio::select! {
+            r = d.wait() => r?,
+            _ = signals.recv() => {
+                let _ = auth.login_cancel(&d.state).await;
+                return Err(cancelled());
+            }
+        }
+    } else {
+        let h = auth.login_start(opts).await?;
+        if out.json {
+            out.json_line(h.info())?;
+        } else {
+            out.line("Open this URL in a browser to sign in:")?;
+            out.line("")?;
+            out.line(format!("  {}", out.paint(h.url(), Paint::Cyan)))?;
+            out.line("")?;
+            if h.browser_opened() {
+                out.note("(Your browser should have opened it.)");
+            }
+            if let Some(addr) = h.listen_addr() {
+                out.line(format!(
+                    "Waiting for the sign-in callback on http://{addr}{} (Ctrl-C cancels).",
+                    path_of(h.redirect_uri())
+                ))?;
+            }
+            out.note(format!(
+                "If the browser cannot reach this machine, copy the address it ends on \
+                 ({}?code=…) and run: codexpool account complete '<URL>'",
+                h.redirect_uri()
+            ));
+        }
+        let done = tokio::select! {
+            r = h.wait() => r?,
+            _ = signals.recv() => {
+                let _ = h.cancel().await;
+                return Err(cancelled());
+            }
+        };
+        if let Some(addr) = h.listen_addr() {
+            listener_stopped(addr).await;
+        }
+        done
+    };
+    signed_in(ctx, &done)
+}
+
+/// Waits (at most 3 s) until the callback listener has stopped accepting. It stops right after
+/// it has sent the browser the page of a sign-in it completed (or, when the sign-in completed
+/// elsewhere, at its next check): exiting before that would cut the success page off.
+async fn listener_stopped(addr: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The path of a URL (`/auth/callback` of `http://localhost:1455/auth/callback`).
+fn path_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.find('/').map_or("/", |i| &rest[i..])
+}
+
+/// `account complete`.
+pub async fn complete(ctx: &Ctx, pool: &Pool, redirect_url: &str) -> anyhow::Result<()> {
+    let done = pool.auth().login_complete(redirect_url).await?;
+    signed_in(ctx, &done)
+}
+
+fn signed_in(ctx: &Ctx, done: &LoginCompleted) -> anyhow::Result<()> {
+    let out = &ctx.out;
+    if out.json {
+        out.json_line(done)?;
+        return Ok(());
+    }
+    let a = &done.account;
+    out.line(format!(
+        "{} {} as account {}{}",
+        out.paint("Signed in", Paint::Green),
+        out.paint(who(a), Paint::Bold),
+        a.id,
+        if done.created {
+            String::new()
+        } else {
+            " (already in the pool: its tokens were replaced)".into()
+        }
+    ))?;
+    out.note("See its usage with `codexpool usage --refresh`.");
+    Ok(())
+}
+
+/// `label (email, plan)` or what of it is known.
+fn who(a: &Account) -> String {
+    let mut extra = Vec::new();
+    if let Some(e) = &a.email
+        && *e != a.label
+    {
+        extra.push(e.clone());
+    }
+    if let Some(p) = &a.plan_type {
+        extra.push(p.clone());
+    }
+    if extra.is_empty() {
+        a.label.clone()
+    } else {
+        format!("{} ({})", a.label, extra.join(", "))
+    }
+}
+
+/// `account import`.
+pub async fn import(ctx: &Ctx, pool: &Pool, source: &str) -> anyhow::Result<()> {
+    let report = if source == "-" {
+        if std::io::stdin().is_terminal() {
+            ctx.out
+                .note("Reading an account file from stdin (paste it, then Ctrl-D)…");
+        }
+        let bytes = tokio::task::spawn_blocking(|| {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .take(codexpool_core::import::MAX_IMPORT_BYTES + 1)
+                .read_to_end(&mut buf)
+                .map(|_| buf)
+        })
+        .await??;
+        if bytes.len() as u64 > codexpool_core::import::MAX_IMPORT_BYTES {
+            anyhow::bail!(
+                "stdin holds more than {} MiB; that is not an account file",
+                codexpool_core::import::MAX_IMPORT_BYTES >> 20
+            );
+        }
+        pool.accounts().import_bytes("stdin", &bytes).await
+    } else {
+        pool.accounts().import_path(source).await?
+    };
+    print_import(ctx, &report)?;
+    if report.imported() + report.updated() == 0 && report.skipped() > 0 {
+        return Err(Failure::new(
+            format!(
+                "nothing imported: {} skipped",
+                plural(report.skipped(), "account file", "account files")
+            ),
+            "import a Codex CLI auth.json (~/.codex/auth.json) or a `codexpool account export` file",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn print_import(ctx: &Ctx, report: &ImportReport) -> anyhow::Result<()> {
+    let out = &ctx.out;
+    if out.json {
+        #[derive(Serialize)]
+        struct View<'a> {
+            imported: usize,
+            updated: usize,
+            skipped: usize,
+            results: &'a [codexpool_core::import::ImportResult],
+        }
+        out.json(&View {
+            imported: report.imported(),
+            updated: report.updated(),
+            skipped: report.skipped(),
+            results: &report.results,
+        })?;
+        return Ok(());
+    }
+    let mut t = out.table(&["SOURCE", "RESULT", "ACCOUNT", "LABEL", "DETAIL"]);
+    for r in &report.results {
+        let (result, detail) = match &r.outcome {
+            ImportOutcome::Imported => (cell("imported", Some(Paint::Green)), String::new()),
+            ImportOutcome::Updated => (
+                cell("updated", Some(Paint::Cyan)),
+                "same sign-in: tokens replaced".into(),
+            ),
+            ImportOutcome::Skipped(why) => (cell("skipped", Some(Paint::Red)), why.clone()),
+        };
+        t.add_row(vec![
+            cell(&r.source, None),
+            result,
+            cell(r.account_id.as_deref().unwrap_or(NONE), None),
+            cell(r.label.as_deref().unwrap_or(NONE), None),
+            cell(detail, None),
+        ]);
+    }
+    out.print_table(&t)?;
+    out.line(format!(
+        "\n{} imported, {} updated, {} skipped",
+        report.imported(),
+        report.updated(),
+        report.skipped()
+    ))?;
+    let mut seen = Vec::new();
+    for w in report.results.iter().filter_map(|r| r.warning.as_deref()) {
+        if !seen.contains(&w) {
+            seen.push(w);
+            out.warn(w);
+        }
+    }
+    Ok(())
+}
+
+/// `account export`.
+pub async fn export(
+    ctx: &Ctx,
+    pool: &Pool,
+    output: Option<&Path>,
+    filter: &AccountFilterArgs,
+) -> anyhow::Result<()> {
+    let out = &ctx.out;
+    let filter = filter_of(filter);
+    match output {
+        Some(path) => {
+            let n = pool.accounts().export_to_file(path, &filter).await?;
+            if out.json {
+                out.json(&serde_json::json!({"path": path, "accounts": n}))?;
+            } else {
+                out.line(format!(
+                    "Exported {} to {} (readable by you only: it holds their tokens)",
+                    plural(n, "account", "accounts"),
+                    path.display()
+                ))?;
+            }
+        }
+        None => {
+            if std::io::stdout().is_terminal() {
+                out.warn(
+                    "this prints the accounts' tokens; use -o FILE to write them to a private file",
+                );
+            }
+            out.json(&pool.accounts().export(&filter))?;
+        }
+    }
+    Ok(())
+}
+
+/// One account with its usage and runtime state, as `account list --json` prints it.
+#[derive(Serialize)]
+struct AccountView<'a> {
+    #[serde(flatten)]
+    account: &'a Account,
+    usage: UsageView,
+    runtime: Option<codexpool_core::pool::AccountRuntime>,
+}
+
+#[derive(Serialize)]
+struct UsageView {
+    five_hour: Option<codexpool_core::usage::WindowReading>,
+    weekly: Option<codexpool_core::usage::WindowReading>,
+}
+
+/// `account list`.
+pub fn list(ctx: &Ctx, pool: &Pool, f: &AccountFilterArgs) -> anyhow::Result<()> {
+    let out = &ctx.out;
+    let accounts = pool.accounts().list(&filter_of(f));
+    let now = pool.now();
+    if out.json {
+        let views: Vec<AccountView<'_>> = accounts
+            .iter()
+            .map(|a| {
+                let u = pool.usage().get(&a.id).unwrap_or_default();
+                AccountView {
+                    account: a,
+                    usage: UsageView {
+                        five_hour: u.five_hour,
+                        weekly: u.weekly,
+                    },
+                    runtime: pool.accounts().runtime(&a.id).ok(),
+                }
+            })
+            .collect();
+        out.json(&views)?;
+        return Ok(());
+    }
+    if accounts.is_empty() {
+        if pool.accounts().is_empty() {
+            out.note(
+                "No accounts yet. Sign in with `codexpool account login`, or import a Codex CLI \
+                 sign-in with `codexpool account import ~/.codex/auth.json`.",
+            );
+        } else {
+            out.note("No account matches these filters.");
+        }
+        return Ok(());
+    }
+    let mut t = out.table(&[
+        "ID",
+        "LABEL",
+        "PLAN",
+        "GROUP",
+        "TAGS",
+        "SORT",
+        "STATUS",
+        "5H",
+        "WEEK",
+        "LAST USED",
+    ]);
+    for a in &accounts {
+        let u = pool.usage().get(&a.id).unwrap_or_default();
+        let rt = pool.accounts().runtime(&a.id).ok();
+        let (status, paint) = usage::status_text(a, rt.as_ref(), now);
+        let window = |w: Option<&codexpool_core::usage::WindowReading>| {
+            let (text, paint) = usage::window_short(w, now);
+            cell(text, paint)
+        };
+        t.add_row(vec![
+            cell(&a.id, None),
+            cell(&a.label, Some(Paint::Bold)),
+            cell(a.plan_type.as_deref().unwrap_or(NONE), None),
+            cell(a.group.as_deref().unwrap_or(NONE), None),
+            cell(
+                if a.tags.is_empty() {
+                    NONE.to_string()
+                } else {
+                    a.tags.join(", ")
+                },
+                None,
+            ),
+            cell(a.sort, None),
+            cell(status, Some(paint)),
+            window(u.five_hour.as_ref()),
+            window(u.weekly.as_ref()),
+            cell(
+                a.last_used_at
+                    .map_or_else(|| "never".into(), |t| ago(now, t)),
+                None,
+            ),
+        ]);
+    }
+    out.print_table(&t)?;
+    Ok(())
+}
+
+/// `account update`.
+pub async fn update(ctx: &Ctx, pool: &Pool, a: AccountUpdateArgs) -> anyhow::Result<()> {
+    let mut p = AccountPatch::default();
+    if let Some(l) = a.label {
+        p = p.label(l);
+    }
+    if let Some(g) = a.group {
+        p = p.group((!g.trim().is_empty()).then_some(g));
+    }
+    if !a.tags.is_empty() || a.clear_tags {
+        p = p.tags(a.tags);
+    }
+    if let Some(n) = a.note {
+        p = p.note((!n.trim().is_empty()).then_some(n));
+    }
+    if let Some(s) = a.sort {
+        p = p.sort(s);
+    }
+    let account = pool.accounts().update(&a.id, p).await?;
+    done(ctx, &account, "Updated")
+}
+
+/// `account enable`.
+pub async fn enable(ctx: &Ctx, pool: &Pool, id: &str) -> anyhow::Result<()> {
+    let a = pool.accounts().enable(id).await?;
+    done(ctx, &a, "Enabled")
+}
+
+/// `account disable`.
+pub async fn disable(ctx: &Ctx, pool: &Pool, id: &str) -> anyhow::Result<()> {
+    let a = pool.accounts().disable(id).await?;
+    done(ctx, &a, "Disabled")
+}
+
+/// `account remove`.
+pub async fn remove(ctx: &Ctx, pool: &Pool, id: &str) -> anyhow::Result<()> {
+    let a = pool.accounts().remove(id).await?;
+    done(ctx, &a, "Removed")
+}
+
+fn done(ctx: &Ctx, a: &Account, verb: &str) -> anyhow::Result<()> {
+    let out = &ctx.out;
+    if out.json {
+        out.json(a)?;
+        return Ok(());
+    }
+    out.line(format!("{verb} account {} {}", a.id, who(a)))?;
+    if verb == "Updated" {
+        let mut facts = vec![format!("sort {}", a.sort)];
+        if let Some(g) = &a.group {
+            facts.push(format!("group {g}"));
+        }
+        if !a.tags.is_empty() {
+            facts.push(format!("tags {}", a.tags.join(", ")));
+        }
+        if let Some(n) = &a.note {
+            facts.push(format!("note {n:?}"));
+        }
+        out.line(format!("  {}", facts.join(" · ")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn path_of_a_redirect_uri() {
+        assert_eq!(
+            super::path_of("http://localhost:1455/auth/callback"),
+            "/auth/callback"
+        );
+        assert_eq!(super::path_of("http://localhost:1455"), "/");
+    }
+}

@@ -1,0 +1,221 @@
+//! `codexpool key …`: platform keys, the API keys clients present to the gateway.
+//!
+//! JSON shapes:
+//! - `key create`: `{"key": Key, "secret": "sk-cp-…", "base_url": "http://…/v1"}` — the only
+//!   place a secret is ever printed;
+//! - `key list`: `[Key]`, oldest first;
+//! - `key update|enable|disable|delete`: `Key`.
+//!
+//! where `Key` is `{"id", "name", "hint", "model", "allowed_models", "allowed_groups",
+//! "reasoning_effort", "enabled", "expires_at", "created_at", "updated_at", "last_used_at"}`
+//! (times RFC 3339, absent ones `null`).
+
+use codexpool_core::Pool;
+use codexpool_core::keys::{KeyPatch, NewKey, PlatformKey};
+
+use super::{Ctx, client_base_url};
+use crate::args::{KeyCreateArgs, KeyUpdateArgs};
+use crate::output::{NONE, Paint, ago, cell, datetime, duration};
+
+/// `key create`.
+pub async fn create(ctx: &Ctx, pool: &Pool, a: KeyCreateArgs) -> anyhow::Result<()> {
+    let mut new = NewKey::named(a.name);
+    new.model = a.model;
+    new.allowed_models = a.allow_models;
+    new.allowed_groups = a.allow_groups;
+    new.reasoning_effort = a.effort;
+    new.expires_at = a.expires.and_then(|e| e.resolve(pool.now()));
+    let created = pool.keys().create(new).await?;
+    let base_url = client_base_url(&ctx.config);
+    let out = &ctx.out;
+    if out.json {
+        #[derive(serde::Serialize)]
+        struct Created<'a> {
+            key: &'a PlatformKey,
+            secret: &'a str,
+            base_url: &'a str,
+        }
+        out.json(&Created {
+            key: &created.key,
+            secret: created.secret.expose(),
+            base_url: &base_url,
+        })?;
+        return Ok(());
+    }
+    let k = &created.key;
+    out.line(format!(
+        "Created key {} {}",
+        out.paint(&k.id, Paint::Bold),
+        out.paint(format!("({})", k.name), Paint::Dim)
+    ))?;
+    let limits = limits(k);
+    if !limits.is_empty() {
+        out.line(format!("  {}", limits.join(" · ")))?;
+    }
+    out.line("")?;
+    out.line("Give these to your OpenAI client (the secret is shown only this once):")?;
+    out.line("")?;
+    out.line(format!("  export OPENAI_BASE_URL={base_url}"))?;
+    out.line(format!(
+        "  export OPENAI_API_KEY={}",
+        out.paint(created.secret.expose(), Paint::Green)
+    ))?;
+    out.line("")?;
+    out.note("It is stored hashed: if you lose it, delete the key and create another.");
+    Ok(())
+}
+
+/// What a key is limited to, for people.
+fn limits(k: &PlatformKey) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(m) = &k.model {
+        v.push(format!("model {m}"));
+    }
+    if !k.allowed_models.is_empty() {
+        v.push(format!("models {}", k.allowed_models.join(", ")));
+    }
+    if !k.allowed_groups.is_empty() {
+        v.push(format!("groups {}", k.allowed_groups.join(", ")));
+    }
+    if let Some(e) = &k.reasoning_effort {
+        v.push(format!("effort {e}"));
+    }
+    if let Some(t) = k.expires_at {
+        v.push(format!("expires {} UTC", datetime(t)));
+    }
+    v
+}
+
+/// `key list`.
+pub fn list(ctx: &Ctx, pool: &Pool) -> anyhow::Result<()> {
+    let keys = pool.keys().list();
+    let out = &ctx.out;
+    if out.json {
+        out.json(&keys)?;
+        return Ok(());
+    }
+    if keys.is_empty() {
+        out.note("No keys yet. Create one with `codexpool key create --name NAME`.");
+        return Ok(());
+    }
+    let now = pool.now();
+    let mut t = out.table(&[
+        "ID",
+        "NAME",
+        "KEY",
+        "MODELS",
+        "GROUPS",
+        "EFFORT",
+        "STATUS",
+        "EXPIRES",
+        "LAST USED",
+    ]);
+    for k in &keys {
+        let models = match (&k.model, k.allowed_models.is_empty()) {
+            (Some(m), _) => format!("{m} (bound)"),
+            (None, false) => k.allowed_models.join(", "),
+            (None, true) => "any".into(),
+        };
+        let groups = if k.allowed_groups.is_empty() {
+            "any".into()
+        } else {
+            k.allowed_groups.join(", ")
+        };
+        let expired = k.expires_at.is_some_and(|t| t <= now);
+        let status = match (k.enabled, expired) {
+            (false, _) => cell("disabled", Some(Paint::Yellow)),
+            (true, true) => cell("expired", Some(Paint::Red)),
+            (true, false) => cell("enabled", Some(Paint::Green)),
+        };
+        let expires = match k.expires_at {
+            None => cell("never", Some(Paint::Dim)),
+            Some(t) if t <= now => cell(datetime(t), Some(Paint::Red)),
+            Some(t) => cell(format!("in {}", duration(t.since(now))), None),
+        };
+        t.add_row(vec![
+            cell(&k.id, None),
+            cell(&k.name, Some(Paint::Bold)),
+            cell(&k.hint, Some(Paint::Dim)),
+            cell(models, None),
+            cell(groups, None),
+            cell(k.reasoning_effort.as_deref().unwrap_or(NONE), None),
+            status,
+            expires,
+            cell(
+                k.last_used_at
+                    .map_or_else(|| "never".into(), |t| ago(now, t)),
+                None,
+            ),
+        ]);
+    }
+    out.print_table(&t)?;
+    Ok(())
+}
+
+/// `key update`.
+pub async fn update(ctx: &Ctx, pool: &Pool, a: KeyUpdateArgs) -> anyhow::Result<()> {
+    let mut p = KeyPatch::default();
+    if let Some(n) = a.name {
+        p = p.name(n);
+    }
+    if let Some(m) = a.model {
+        let m = m.trim().to_string();
+        p = p.model((!m.is_empty()).then_some(m));
+    }
+    if !a.allow_models.is_empty() || a.clear_allowed_models {
+        p = p.allowed_models(a.allow_models);
+    }
+    if !a.allow_groups.is_empty() || a.clear_allowed_groups {
+        p = p.allowed_groups(a.allow_groups);
+    }
+    if let Some(e) = a.effort {
+        p = p.reasoning_effort(Some(e));
+    }
+    if a.clear_effort {
+        p = p.reasoning_effort(None);
+    }
+    if let Some(e) = a.expires {
+        let at = e.resolve(pool.now());
+        if let Some(t) = at
+            && t <= pool.now()
+        {
+            anyhow::bail!("invalid expires_at: must be in the future");
+        }
+        p = p.expires_at(at);
+    }
+    let k = pool.keys().update(&a.id, p).await?;
+    done(ctx, &k, "Updated")
+}
+
+/// `key enable`.
+pub async fn enable(ctx: &Ctx, pool: &Pool, id: &str) -> anyhow::Result<()> {
+    let k = pool.keys().enable(id).await?;
+    done(ctx, &k, "Enabled")
+}
+
+/// `key disable`.
+pub async fn disable(ctx: &Ctx, pool: &Pool, id: &str) -> anyhow::Result<()> {
+    let k = pool.keys().disable(id).await?;
+    done(ctx, &k, "Disabled")
+}
+
+/// `key delete`.
+pub async fn delete(ctx: &Ctx, pool: &Pool, id: &str) -> anyhow::Result<()> {
+    let k = pool.keys().delete(id).await?;
+    done(ctx, &k, "Deleted")
+}
+
+fn done(ctx: &Ctx, k: &PlatformKey, verb: &str) -> anyhow::Result<()> {
+    let out = &ctx.out;
+    if out.json {
+        out.json(k)?;
+    } else {
+        let mut line = format!("{verb} key {} ({}, {})", k.id, k.name, k.hint);
+        let limits = limits(k);
+        if verb == "Updated" && !limits.is_empty() {
+            line.push_str(&format!(": {}", limits.join(" · ")));
+        }
+        out.line(line)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! `codexpool serve`: runs the gateway with its admin API and background tasks until SIGINT or
+//! SIGTERM, then stops gracefully (open streams get up to 30 s, queued records are written).
+//!
+//! With `--json`, the banner is one JSON line: `{"url", "base_url", "addr", "db_path",
+//! "rpc_token_file" (null when RPC_TOKEN is set), "accounts": {"usable", "total"}, "keys",
+//! "warnings": [..]}`.
+
+use codexpool_core::{AccountFilter, Pool};
+use codexpool_gateway::{DEFAULT_SHUTDOWN_GRACE, RunningServer, Server};
+
+use super::{Ctx, reachable};
+use crate::Failure;
+use crate::args::ServeArgs;
+use crate::output::Paint;
+
+/// `serve`.
+pub async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
+    let out = &ctx.out;
+    let mut config = ctx.config.clone();
+    if let Some(addr) = a.addr {
+        config.set("SERVICE_ADDR", &addr.to_string())?;
+    }
+    // The default watcher stays on: the server follows changes other processes make.
+    let pool = Pool::open(config.clone()).await?;
+    let running = Server::new(pool.clone())
+        .addr(config.service_addr)
+        .start()
+        .await?;
+    let mut signals = super::Signals::new()?;
+    banner(ctx, &pool, &running)?;
+    let signal = signals.recv().await;
+    out.note(format!(
+        "{signal}: stopping; open requests have up to {} s to finish (Ctrl-C again to quit now).",
+        DEFAULT_SHUTDOWN_GRACE.as_secs()
+    ));
+    tokio::select! {
+        r = running.stop() => r?,
+        _ = signals.recv() => {
+            return Err(Failure::new(
+                "stopped before open requests finished",
+                "queued request-log rows may be lost; let the graceful stop finish next time",
+            )
+            .into());
+        }
+    }
+    out.note("Stopped.");
+    Ok(())
+}
+
+fn banner(ctx: &Ctx, pool: &Pool, running: &RunningServer) -> anyhow::Result<()> {
+    let out = &ctx.out;
+    let accounts = pool.accounts().list(&AccountFilter::default());
+    let usable = accounts
+        .iter()
+        .filter(|a| pool.accounts().runtime(&a.id).is_ok_and(|r| r.usable))
+        .count();
+    let keys = pool.keys().list().len();
+    let url = format!("http://{}", reachable(running.local_addr()));
+    let base_url = format!("{url}/v1");
+    let db = pool.config().db_path.display().to_string();
+    let mut warnings = pool.config().warnings.clone();
+    if accounts.is_empty() {
+        warnings.push(
+            "no accounts yet: sign in with `codexpool account login` (in another terminal; the \
+             server picks it up)"
+                .into(),
+        );
+    } else if usable == 0 {
+        warnings.push("no account can serve right now: see `codexpool usage`".into());
+    }
+    if keys == 0 {
+        warnings.push("no API keys yet: create one with `codexpool key create --name NAME`".into());
+    }
+    if out.json {
+        out.json_line(&serde_json::json!({
+            "url": url,
+            "base_url": base_url,
+            "addr": running.local_addr(),
+            "db_path": db,
+            "rpc_token_file": running.rpc_token_file(),
+            "accounts": {"usable": usable, "total": accounts.len()},
+            "keys": keys,
+            "warnings": warnings,
+        }))?;
+        return Ok(());
+    }
+    let rpc = match running.rpc_token_file() {
+        Some(p) => format!("POST {url}/rpc, token in {}", p.display()),
+        None => format!(
+            "POST {url}/rpc, token from {}",
+            pool.config().source_of("RPC_TOKEN")
+        ),
+    };
+    out.line(format!(
+        "{} {} listening on {}",
+        out.paint("codexpool", Paint::Bold),
+        env!("CARGO_PKG_VERSION"),
+        out.paint(&url, Paint::Cyan)
+    ))?;
+    out.line("")?;
+    let rows = [
+        ("database", db),
+        ("accounts", format!("{usable} usable of {}", accounts.len())),
+        ("keys", keys.to_string()),
+        ("admin", rpc),
+        (
+            "base_url",
+            format!(
+                "{}   (give this to OpenAI clients)",
+                out.paint(&base_url, Paint::Green)
+            ),
+        ),
+    ];
+    for (k, v) in rows {
+        out.line(format!("  {k:<9} {v}"))?;
+    }
+    out.line("")?;
+    out.line(format!(
+        "  try: curl {base_url}/chat/completions -H \"Authorization: Bearer $OPENAI_API_KEY\" \
+         -H 'Content-Type: application/json' -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'",
+        codexpool_gateway::BUILTIN_MODELS.first().copied().unwrap_or("gpt-5-codex")
+    ))?;
+    out.line("")?;
+    for w in &warnings {
+        out.warn(w);
+    }
+    out.note("Ctrl-C stops the server.");
+    Ok(())
+}

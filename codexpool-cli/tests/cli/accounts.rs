@@ -1,0 +1,236 @@
+//! `account import|export|list|update|enable|disable|remove`.
+
+use std::os::unix::fs::PermissionsExt;
+
+use codexpool_testkit::{FakeAccount, FakeUsage};
+use serde_json::Value;
+
+use crate::support::{Env, texts};
+
+#[test]
+fn import_a_folder_then_list_and_organise() {
+    let env = Env::new();
+    let dir = env.path().join("homes");
+    std::fs::create_dir_all(&dir).unwrap();
+    for n in ["acct-a", "acct-b"] {
+        env.fake
+            .add_account(FakeAccount::new(n).email(format!("{n}@example.com")));
+        std::fs::write(
+            dir.join(format!("{n}.json")),
+            serde_json::to_vec(&env.fake.auth_json(n)).unwrap(),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("zz-broken.json"), "{not json").unwrap();
+    let o = env
+        .cmd()
+        .args(["account", "import", "homes"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert!(o.status.success(), "{stderr}");
+    // The Codex CLI shares the refresh token of an auth.json: say so, once per file.
+    assert!(stderr.contains("single-use refresh token"), "{stderr}");
+    env.settings()
+        .bind(|| insta::assert_snapshot!("account_import_folder", stdout));
+
+    let ids: Vec<String> = env
+        .json(&["account", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2);
+
+    let out = env.ok(&[
+        "account",
+        "update",
+        &ids[1][..6],
+        "--label",
+        "Work",
+        "--group",
+        "team",
+        "--tag",
+        "ci",
+        "--tag",
+        "fast",
+        "--note",
+        "the fast one",
+        "--sort",
+        "-1",
+    ]);
+    assert!(
+        out.starts_with(&format!("Updated account {} Work", ids[1])),
+        "{out}"
+    );
+    env.ok(&["account", "disable", &ids[0]]);
+    env.fake.set_usage("acct-b", FakeUsage::new(12.0, 91.0));
+    env.ok(&["usage", "--refresh"]);
+    let list = env.ok(&["account", "list"]);
+    env.settings()
+        .bind(|| insta::assert_snapshot!("account_list", list));
+
+    // Filters.
+    let only = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["account", "list"];
+        all.extend_from_slice(args);
+        env.json(&all)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["label"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(only(&["--group", "team"]), ["Work"]);
+    assert_eq!(only(&["--tag", "fast"]), ["Work"]);
+    assert_eq!(only(&["--status", "disabled"]), ["acct-a@example.com"]);
+    assert_eq!(only(&["--status", "needs-login"]), Vec::<String>::new());
+
+    // The JSON shape: the account, its usage and runtime; never a token.
+    let v = env.json(&["account", "list", "--group", "team"]);
+    let a = &v[0];
+    assert_eq!(a["id"], ids[1].as_str());
+    assert_eq!(a["tags"], serde_json::json!(["ci", "fast"]));
+    assert_eq!(
+        (a["sort"].as_i64(), a["status"].as_str()),
+        (Some(-1), Some("active"))
+    );
+    assert!(a["usage"].as_object().unwrap().contains_key("five_hour"));
+    assert_eq!(a["runtime"]["usable"], true);
+    let text = v.to_string();
+    let tokens = env.fake.current_tokens("acct-b");
+    assert!(!text.contains(&tokens.refresh_token) && !text.contains(&tokens.access_token));
+
+    // Clearing.
+    let cleared = env.json(&[
+        "account",
+        "update",
+        &ids[1],
+        "--group",
+        "",
+        "--note",
+        "",
+        "--clear-tags",
+    ]);
+    assert_eq!(
+        (cleared["group"].clone(), cleared["note"].clone()),
+        (Value::Null, Value::Null)
+    );
+    assert_eq!(cleared["tags"], serde_json::json!([]));
+
+    let enabled = env.json(&["account", "enable", &ids[0][..5]]);
+    assert_eq!(enabled["status"], "active");
+
+    // remove asks nothing and says what it removed.
+    let out = env.ok(&["account", "remove", &ids[0]]);
+    assert_eq!(
+        out.trim(),
+        format!("Removed account {} acct-a@example.com (plus)", ids[0])
+    );
+    let removed = env.json(&["account", "rm", &ids[1]]);
+    assert_eq!(removed["label"], "Work");
+    assert_eq!(env.json(&["account", "list"]), serde_json::json!([]));
+    let o = env.cmd().args(["account", "list"]).output().unwrap();
+    assert!(texts(&o).1.contains("No accounts yet"));
+}
+
+#[test]
+fn import_from_stdin_and_reimport_updates() {
+    let env = Env::new();
+    env.fake.add_account(FakeAccount::new("acct-s"));
+    let doc = serde_json::to_vec(&env.fake.auth_json("acct-s")).unwrap();
+    let v = env
+        .cmd()
+        .args(["account", "import", "-", "--json"])
+        .write_stdin(doc.clone())
+        .output()
+        .unwrap();
+    assert!(v.status.success());
+    let v: Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(
+        (
+            v["imported"].as_u64(),
+            v["updated"].as_u64(),
+            v["skipped"].as_u64()
+        ),
+        (Some(1), Some(0), Some(0))
+    );
+    let r = &v["results"][0];
+    assert_eq!(
+        (r["source"].as_str(), r["status"].as_str()),
+        (Some("stdin"), Some("imported"))
+    );
+    assert!(r["warning"].as_str().unwrap().contains("Codex CLI"));
+    // The same sign-in again: updated, not duplicated.
+    let v = env
+        .cmd()
+        .args(["account", "import", "-", "--json"])
+        .write_stdin(doc)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(v["results"][0]["status"], "updated");
+    assert_eq!(env.json(&["account", "list"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn export_to_stdout_and_to_a_private_file_round_trips() {
+    let env = Env::new();
+    let ids = env.add_accounts(&["acct-x", "acct-y"]);
+    env.ok(&["account", "update", &ids[0], "--group", "g1", "--tag", "t"]);
+
+    let doc = env.json(&["account", "export"]);
+    assert_eq!(doc["version"], 1);
+    assert_eq!(doc["accounts"].as_array().unwrap().len(), 2);
+    let tokens = env.fake.current_tokens("acct-x");
+    assert!(
+        doc.to_string().contains(&tokens.refresh_token),
+        "export carries the tokens"
+    );
+    // Without --json too (the export is JSON either way), filtered.
+    let only_g1: Value =
+        serde_json::from_str(&env.ok(&["account", "export", "--group", "g1"])).unwrap();
+    assert_eq!(only_g1["accounts"].as_array().unwrap().len(), 1);
+
+    let file = env.path().join("backup.json");
+    let out = env.ok(&["account", "export", "-o", file.to_str().unwrap()]);
+    assert!(out.contains("Exported 2 accounts to"), "{out}");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let v = env.json(&["account", "export", "-o", file.to_str().unwrap()]);
+    assert_eq!(v["accounts"], 2);
+
+    // Into a fresh database: both come back with what a person set.
+    let other = env.path().join("other.db");
+    let o = env
+        .cmd()
+        .args([
+            "--db",
+            other.to_str().unwrap(),
+            "account",
+            "import",
+            file.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", texts(&o).1);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["imported"], 2);
+    let o = env
+        .cmd()
+        .args([
+            "--db",
+            other.to_str().unwrap(),
+            "account",
+            "list",
+            "--json",
+            "--group",
+            "g1",
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["tags"], serde_json::json!(["t"]));
+}

@@ -1,0 +1,51 @@
+//! `demo`: the whole product against the in-process fake, on a temporary database.
+
+use serde_json::Value;
+
+use crate::support::{Env, texts};
+
+#[test]
+fn demo_runs_to_completion_without_touching_the_users_database() {
+    let env = Env::new();
+    let o = env.cmd().arg("demo").output().unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("assistant: Hello, and welcome!"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("one complete answer"), "{stdout}");
+    assert!(
+        stdout.contains("had hit its usage limit, so the gateway moved the request"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("5-hour  ██████████ 100%"), "{stdout}");
+    assert!(
+        stdout.contains("ada@example.com → grace@example.com"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("codexpool serve"), "{stdout}");
+    assert!(
+        !env.db().exists(),
+        "the demo never opens the configured database"
+    );
+
+    let o = env.cmd().args(["demo", "--json"]).output().unwrap();
+    assert!(o.status.success());
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["answers"]["streaming"]
+            .as_str()
+            .unwrap()
+            .starts_with("Hello, and welcome!")
+    );
+    assert!(
+        v["answers"]["non_streaming"]
+            .as_str()
+            .unwrap()
+            .starts_with("Here you are")
+    );
+    assert_eq!(v["failover"], true);
+    assert_eq!(v["requests"].as_array().unwrap().len(), 2);
+    assert_eq!(v["usage"].as_array().unwrap().len(), 2);
+}

@@ -1,0 +1,236 @@
+//! Bad input: one clear line plus a hint, exit 1 for errors and 2 for usage errors, never a
+//! panic; a closed stdout is not an error.
+
+use std::process::Stdio;
+
+use codexpool_core::keys::NewKey;
+
+use crate::support::{BIN, Env, texts};
+
+/// Runs and returns (exit code, stdout, stderr).
+fn run(env: &Env, args: &[&str]) -> (i32, String, String) {
+    let o = env.cmd().args(args).output().unwrap();
+    let (out, err) = texts(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    (o.status.code().unwrap_or(-1), out, err)
+}
+
+#[test]
+fn unknown_ids_name_what_was_asked_for() {
+    let env = Env::new();
+    let mut errors = Vec::new();
+    for args in [
+        &["account", "disable", "zzzz"][..],
+        &["account", "update", "zzzz", "--label", "x"],
+        &["key", "delete", "abc123"],
+        &["logs", "--key", "abc"],
+    ] {
+        let (code, out, err) = run(&env, args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert_eq!(out, "");
+        assert_eq!(err.lines().count(), 2, "one line and a hint: {err}");
+        errors.push(format!("$ codexpool {}\n{err}", args.join(" ")));
+    }
+    let errors = errors.join("\n");
+    env.settings()
+        .bind(|| insta::assert_snapshot!("unknown_ids", errors));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_prefix_lists_the_candidates() {
+    let env = Env::new();
+    // 17 random ids: two of them share a first hex digit.
+    let pool = env.pool().await;
+    for i in 0..17 {
+        pool.keys()
+            .create(NewKey::named(format!("k{i}")))
+            .await
+            .unwrap();
+    }
+    let ids: Vec<String> = pool.keys().list().into_iter().map(|k| k.id).collect();
+    let shared = (0..16u32)
+        .map(|d| char::from_digit(d, 16).unwrap())
+        .find(|c| ids.iter().filter(|id| id.starts_with(*c)).count() >= 2)
+        .unwrap();
+    let (code, _, err) = run(&env, &["key", "disable", &shared.to_string()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(&format!(
+            "error: key id \"{shared}\" is ambiguous: it matches "
+        )),
+        "{err}"
+    );
+    let matching = ids.iter().filter(|id| id.starts_with(shared));
+    for id in matching {
+        assert!(err.contains(id.as_str()), "{err}");
+    }
+    assert!(
+        err.contains("hint: type more characters of the id"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_import_files_are_reported_and_fail() {
+    let env = Env::new();
+    std::fs::write(env.path().join("bad.json"), "{not json").unwrap();
+    std::fs::write(
+        env.path().join("empty.json"),
+        r#"{"tokens": {"access_token": "x"}}"#,
+    )
+    .unwrap();
+    let (code, out, err) = run(&env, &["account", "import", "bad.json"]);
+    assert_eq!(code, 1);
+    let shown = format!("{out}---\n{err}");
+    env.settings()
+        .bind(|| insta::assert_snapshot!("import_malformed", shown));
+    let (code, _, err) = run(&env, &["account", "import", "empty.json"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nothing imported"), "{err}");
+    let (code, _, err) = run(&env, &["account", "import", "missing.json"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("error: missing.json: No such file"),
+        "{err}"
+    );
+    std::fs::create_dir(env.path().join("nothing")).unwrap();
+    let (code, _, err) = run(&env, &["account", "import", "nothing"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("holds no .json files"), "{err}");
+}
+
+#[test]
+fn invalid_flag_values_are_usage_errors() {
+    let env = Env::new();
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &["key", "create", "--name", "x", "--expires", "soon"],
+            "--expires <WHEN>",
+        ),
+        (
+            &["key", "create", "--name", "x", "--effort", "extreme"],
+            "--effort <EFFORT>",
+        ),
+        (
+            &["account", "list", "--status", "gone"],
+            "--status <STATUS>",
+        ),
+        (&["logs", "--limit", "0"], "--limit <N>"),
+        (&["serve", "--addr", "nowhere"], "--addr <ADDR>"),
+        (
+            &["account", "update", "abc"],
+            "nothing to change: give at least one of --label",
+        ),
+        (
+            &["key", "update", "abc"],
+            "nothing to change: give at least one of --name",
+        ),
+        (&["key", "create"], "--name <NAME>"),
+    ];
+    let mut shown = Vec::new();
+    for (args, expect) in cases {
+        let (code, out, err) = run(&env, args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(out, "");
+        assert!(err.contains(expect), "{args:?}: {err}");
+        shown.push(format!("$ codexpool {}\n{err}", args.join(" ")));
+    }
+    let shown = shown.join("\n");
+    env.settings()
+        .bind(|| insta::assert_snapshot!("usage_errors", shown));
+    // Help and version are not errors.
+    assert_eq!(run(&env, &["--help"]).0, 0);
+    assert_eq!(run(&env, &["--version"]).0, 0);
+    assert!(!env.db().exists(), "usage errors open nothing");
+}
+
+#[test]
+fn invalid_settings_name_the_variable() {
+    let env = Env::new();
+    let o = env
+        .cmd()
+        .env("CODEXPOOL_ACCOUNT_MAX_INFLIGHT", "lots")
+        .args(["key", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = texts(&o).1;
+    env.settings()
+        .bind(|| insta::assert_snapshot!("invalid_env", err));
+    // A broken env file in the current directory.
+    std::fs::write(
+        env.path().join("codexpool.env"),
+        "CODEXPOOL_X='unterminated\n",
+    )
+    .unwrap();
+    let o = env.cmd().args(["config"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = texts(&o).1;
+    assert!(err.starts_with("error: invalid env file="), "{err}");
+    assert!(
+        err.contains("hint: fix the syntax of that env file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_database_directory_that_cannot_be_created() {
+    let env = Env::new();
+    // A regular file where a directory should be: fails for root too.
+    std::fs::write(env.path().join("file"), "").unwrap();
+    let db = env.path().join("file").join("sub").join("codexpool.db");
+    let o = env
+        .cmd()
+        .args(["--db", db.to_str().unwrap(), "account", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = texts(&o).1;
+    env.settings()
+        .bind(|| insta::assert_snapshot!("db_dir_not_creatable", err));
+
+    // A directory without write permission (root ignores permissions, so check that first).
+    use std::os::unix::fs::PermissionsExt;
+    let ro = env.path().join("read-only");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let privileged = std::fs::create_dir(ro.join("probe")).is_ok();
+    let denied = if privileged {
+        // As root, /sys refuses new directories on Linux; elsewhere there is nothing to try.
+        std::path::PathBuf::from("/sys/codexpool-test/codexpool.db")
+    } else {
+        ro.join("sub").join("codexpool.db")
+    };
+    if !privileged || std::path::Path::new("/sys/kernel").exists() {
+        let o = env
+            .cmd()
+            .args(["--db", denied.to_str().unwrap(), "key", "list"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        let err = texts(&o).1;
+        assert!(err.starts_with("error: cannot open database"), "{err}");
+        assert!(err.contains("ermi"), "a permission error: {err}");
+        assert!(err.contains("hint: pass --db PATH"), "{err}");
+    }
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let env = Env::new();
+    env.json(&["key", "create", "--name", "k"]);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = std::process::Command::new(BIN)
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .current_dir(env.path())
+        .args(["--db", env.db().to_str().unwrap(), "config"])
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", o.status);
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "");
+}

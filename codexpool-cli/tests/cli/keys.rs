@@ -1,0 +1,179 @@
+//! `key create|list|update|enable|disable|delete`.
+
+use serde_json::Value;
+
+use crate::support::{Env, texts};
+
+#[test]
+fn create_shows_the_secret_once_with_a_ready_snippet() {
+    let env = Env::new();
+    let o = env
+        .cmd()
+        .args([
+            "key",
+            "create",
+            "--name",
+            "laptop",
+            "--model",
+            "gpt-5-codex",
+            "--effort",
+            "high",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let (stdout, stderr) = texts(&o);
+    assert_eq!(
+        stdout.matches("sk-cp-").count(),
+        1,
+        "the secret appears once: {stdout}"
+    );
+    assert!(stderr.contains("stored hashed"), "{stderr}");
+    env.settings()
+        .bind(|| insta::assert_snapshot!("key_create", stdout));
+
+    // The service address follows SERVICE_ADDR.
+    let o = env
+        .cmd()
+        .env("CODEXPOOL_SERVICE_ADDR", "0.0.0.0:9999")
+        .args(["key", "create", "--name", "lan"])
+        .output()
+        .unwrap();
+    assert!(
+        texts(&o)
+            .0
+            .contains("export OPENAI_BASE_URL=http://127.0.0.1:9999/v1")
+    );
+
+    // Listing never shows a secret.
+    let list = env.ok(&["key", "list"]);
+    assert!(!regex_like_secret(&list), "{list}");
+    env.settings()
+        .bind(|| insta::assert_snapshot!("key_list", list));
+}
+
+fn regex_like_secret(text: &str) -> bool {
+    text.split_whitespace()
+        .any(|w| w.starts_with("sk-cp-") && w.len() >= 6 + 48)
+}
+
+#[test]
+fn json_shapes_and_the_lifecycle() {
+    let env = Env::new();
+    let v = env.json(&[
+        "key",
+        "create",
+        "--name",
+        "ci",
+        "--allow-model",
+        "gpt-5",
+        "--allow-model",
+        "gpt-5-codex",
+        "--allow-group",
+        "team",
+        "--expires",
+        "30d",
+    ]);
+    let secret = v["secret"].as_str().unwrap();
+    assert!(secret.starts_with("sk-cp-") && secret.len() == 54);
+    assert_eq!(v["base_url"], "http://127.0.0.1:48760/v1");
+    let key = &v["key"];
+    let id = key["id"].as_str().unwrap().to_string();
+    assert_eq!(key["name"], "ci");
+    assert_eq!(
+        key["allowed_models"],
+        serde_json::json!(["gpt-5", "gpt-5-codex"])
+    );
+    assert_eq!(key["allowed_groups"], serde_json::json!(["team"]));
+    assert_eq!(key["enabled"], true);
+    assert!(key["expires_at"].is_string());
+    assert!(
+        key["hint"]
+            .as_str()
+            .unwrap()
+            .ends_with(&secret[secret.len() - 4..])
+    );
+    assert!(!key.as_object().unwrap().contains_key("secret_hash"));
+
+    let list = env.json(&["key", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(
+        !list.to_string().contains(secret),
+        "list never shows the secret"
+    );
+
+    // update: prefix ids, replace and clear.
+    let u = env.json(&[
+        "key",
+        "update",
+        &id[..4],
+        "--name",
+        "ci-2",
+        "--model",
+        "gpt-5",
+        "--clear-allowed-models",
+        "--effort",
+        "low",
+        "--expires",
+        "never",
+    ]);
+    assert_eq!(u["name"], "ci-2");
+    assert_eq!(u["model"], "gpt-5");
+    assert_eq!(u["allowed_models"], serde_json::json!([]));
+    assert_eq!(u["reasoning_effort"], "low");
+    assert_eq!(u["expires_at"], Value::Null);
+    let u = env.json(&[
+        "key",
+        "update",
+        &id,
+        "--model",
+        "",
+        "--clear-effort",
+        "--clear-allowed-groups",
+    ]);
+    assert_eq!(
+        (u["model"].clone(), u["reasoning_effort"].clone()),
+        (Value::Null, Value::Null)
+    );
+    assert_eq!(u["allowed_groups"], serde_json::json!([]));
+
+    assert_eq!(env.json(&["key", "disable", &id])["enabled"], false);
+    let list = env.ok(&["key", "list"]);
+    assert!(list.contains("disabled"), "{list}");
+    assert_eq!(env.json(&["key", "enable", &id])["enabled"], true);
+    let out = env.ok(&["key", "delete", &id]);
+    assert!(
+        out.starts_with(&format!("Deleted key {id} (ci-2, sk-cp-…")),
+        "{out}"
+    );
+    assert_eq!(env.json(&["key", "list"]), serde_json::json!([]));
+    let o = env.cmd().args(["key", "list"]).output().unwrap();
+    assert!(texts(&o).1.contains("No keys yet"));
+}
+
+#[test]
+fn expiry_in_the_past_is_refused() {
+    let env = Env::new();
+    let o = env
+        .cmd()
+        .args(["key", "create", "--name", "old", "--expires", "2001-01-01"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let (_, stderr) = texts(&o);
+    assert!(
+        stderr.starts_with("error: invalid expires_at: must be in the future"),
+        "{stderr}"
+    );
+    let id = env.json(&["key", "create", "--name", "k"])["key"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = env
+        .cmd()
+        .args(["key", "update", &id, "--expires", "2001-01-01T00:00:00Z"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(texts(&o).1.contains("must be in the future"));
+}

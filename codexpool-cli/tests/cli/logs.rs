@@ -1,0 +1,161 @@
+//! `logs [--limit] [--key] [--account] [--follow]`.
+
+use codexpool_core::keys::NewKey;
+use codexpool_core::request_log::{RequestLogEntry, RequestLogQuery};
+use codexpool_core::usage::TokenCounts;
+use codexpool_core::{Pool, Timestamp};
+
+use crate::support::{Env, Lines, finish, signal};
+
+fn row(n: i64, key: &str, accounts: &[&str], status: u16) -> RequestLogEntry {
+    let mut e = RequestLogEntry::new(
+        format!("req-{n}"),
+        Timestamp::from_secs(1_790_000_000 + n),
+        "/v1/chat/completions",
+    );
+    e.key_id = Some(key.to_string());
+    e.accounts_tried = accounts.iter().map(|a| a.to_string()).collect();
+    e.account_id = (status < 400).then(|| accounts.last().unwrap().to_string());
+    e.model = Some("gpt-5-codex".into());
+    e.status = status;
+    e.stream = n % 2 == 0;
+    e.latency_ms = 1200 + n as u64;
+    e.ttfb_ms = Some(300);
+    e.tokens = (status < 400).then_some(TokenCounts {
+        input_tokens: 120,
+        cached_tokens: 0,
+        output_tokens: 45,
+        reasoning_tokens: 0,
+    });
+    e.error_class = (status >= 400).then(|| "usage_limit".to_string());
+    e
+}
+
+async fn record(pool: &Pool, rows: Vec<RequestLogEntry>) {
+    for r in rows {
+        pool.request_log().record(r);
+    }
+    pool.flush().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_table_filters_and_json() {
+    let env = Env::new();
+    let ids = env.add_accounts(&["acct-1", "acct-2"]);
+    let pool = env.pool().await;
+    let k1 = pool
+        .keys()
+        .create(NewKey::named("laptop"))
+        .await
+        .unwrap()
+        .key
+        .id;
+    let k2 = pool
+        .keys()
+        .create(NewKey::named("ci"))
+        .await
+        .unwrap()
+        .key
+        .id;
+    record(
+        &pool,
+        vec![
+            row(1, &k1, &[&ids[0]], 200),
+            row(2, &k2, &[&ids[0], &ids[1]], 200),
+            row(3, &k1, &[&ids[0], &ids[1]], 429),
+        ],
+    )
+    .await;
+
+    let table = env.ok(&["logs"]);
+    env.settings()
+        .bind(|| insta::assert_snapshot!("logs", table));
+
+    let v = env.json(&["logs"]);
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["request_id"], "req-1", "oldest first");
+    assert_eq!(rows[2]["status"], 429);
+    assert_eq!(
+        rows[1]["accounts_tried"],
+        serde_json::json!([ids[0], ids[1]])
+    );
+    assert_eq!(rows[0]["tokens"]["output_tokens"], 45);
+
+    let only = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["logs"];
+        all.extend_from_slice(args);
+        env.json(&all)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["request_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(only(&["--limit", "1"]), ["req-3"]);
+    assert_eq!(only(&["--key", &k2[..5]]), ["req-2"]);
+    assert_eq!(only(&["--account", &ids[1][..5]]), ["req-2", "req-3"]);
+    assert_eq!(only(&["--account", &ids[0], "-n", "2"]), ["req-2", "req-3"]);
+
+    // A deleted key's rows can still be found by its full id.
+    env.ok(&["key", "delete", &k2]);
+    assert_eq!(only(&["--key", &k2]), ["req-2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_prints_new_rows_until_ctrl_c() {
+    let env = Env::new();
+    let ids = env.add_accounts(&["acct-1"]);
+    let pool = env.pool().await;
+    let k = pool
+        .keys()
+        .create(NewKey::named("laptop"))
+        .await
+        .unwrap()
+        .key
+        .id;
+    record(&pool, vec![row(1, &k, &[&ids[0]], 200)]).await;
+
+    let mut child = env.spawn(&["logs", "--follow"], &[]);
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    lines.find(|l| l.starts_with("TIME (UTC)").then_some(()));
+    lines.find(|l| l.contains("laptop").then_some(()));
+    // A key made by another process after `logs` started is named too.
+    let k2 = pool
+        .keys()
+        .create(NewKey::named("late-key"))
+        .await
+        .unwrap()
+        .key
+        .id;
+    record(&pool, vec![row(2, &k2, &[&ids[0]], 429)]).await;
+    let line = lines.find(|l| l.contains("429").then(|| l.to_string()));
+    assert!(
+        line.contains("late-key") && line.contains("usage_limit"),
+        "{line}"
+    );
+    signal(&child, "INT");
+    let (status, err) = finish(child, 10);
+    assert!(status.success(), "{status:?}: {err}");
+
+    // JSON Lines with --follow.
+    let mut child = env.spawn(&["logs", "--follow", "--json", "-n", "1"], &[]);
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    let first: serde_json::Value = lines.find(|l| serde_json::from_str(l).ok());
+    assert_eq!(first["request_id"], "req-2");
+    record(&pool, vec![row(3, &k, &[&ids[0]], 200)]).await;
+    let next: serde_json::Value = lines.find(|l| serde_json::from_str(l).ok());
+    assert_eq!(next["request_id"], "req-3");
+    signal(&child, "TERM");
+    let (status, err) = finish(child, 10);
+    assert!(
+        status.success(),
+        "SIGTERM stops following as Ctrl-C does: {err}"
+    );
+    let all = pool
+        .request_log()
+        .list(&RequestLogQuery::latest(10))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+}

@@ -1,0 +1,135 @@
+//! `serve` as a child process: the banner, `/rpc` with and without the token, a chat request
+//! through the gateway, other commands on the same database while it runs, and a graceful stop
+//! on SIGTERM that writes the request log.
+
+use std::time::Duration;
+
+use codexpool_core::request_log::RequestLogQuery;
+use serde_json::{Value, json};
+
+use crate::support::{Env, Lines, finish, signal};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_rpc_and_chat_then_stops_gracefully_on_sigterm() {
+    let env = Env::new();
+    let ids = env.add_accounts(&["acct-1"]);
+    let secret = env.json(&["key", "create", "--name", "ci"])["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut child = env.spawn(&["serve", "--addr", "127.0.0.1:0"], &[]);
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    let url = lines.find(|l| {
+        l.split_once("listening on ")
+            .map(|(_, u)| u.trim().to_string())
+    });
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let banner = lines.find(|l| l.contains("base_url").then(|| l.to_string()));
+    assert!(banner.contains(&format!("{url}/v1")), "{banner}");
+    let seen = lines.seen.join("\n");
+    assert!(seen.contains("accounts  1 usable of 1"), "{seen}");
+    assert!(seen.contains(&env.db().display().to_string()), "{seen}");
+    let token_file = env.db().parent().unwrap().join("rpc-token");
+    assert!(seen.contains(&token_file.display().to_string()), "{seen}");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+
+    let client = reqwest::Client::new();
+    let rpc = |auth: Option<String>, method: &'static str| {
+        let mut req = client
+            .post(format!("{url}/rpc"))
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": {}}));
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let res = rpc(None, "apikey/list").await.unwrap();
+    assert_eq!(res.status(), 401);
+    let res = rpc(Some("wrong".into()), "apikey/list").await.unwrap();
+    assert_eq!(res.status(), 401);
+    let res = rpc(Some(token.trim().to_string()), "apikey/list")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["result"][0]["name"], "ci", "{v}");
+
+    // A chat request through the gateway, as any OpenAI client sends it.
+    let chat = |key: String| {
+        client
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "Hi"}]}))
+            .send()
+    };
+    let res = chat(secret.clone()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-1.");
+
+    // Other commands on the same database while it runs; the server sees their changes.
+    let live = env.json(&["key", "create", "--name", "live"])["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut status = 0;
+    for _ in 0..60 {
+        status = chat(live.clone()).await.unwrap().status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status, 200,
+        "a key created by another process works within seconds"
+    );
+    assert_eq!(env.json(&["account", "list"])[0]["id"], ids[0].as_str());
+    env.ok(&["usage"]);
+    env.ok(&["logs"]);
+
+    // One more request, and the stop right after it: its row is written by the graceful stop.
+    let res = chat(secret.clone()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    signal(&child, "TERM");
+    let (status, stderr) = finish(child, 40);
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(stderr.contains("SIGTERM: stopping"), "{stderr}");
+    assert!(stderr.contains("Stopped."), "{stderr}");
+
+    // The request log reached the database.
+    let pool = env.pool().await;
+    let rows = pool
+        .request_log()
+        .list(&RequestLogQuery::latest(10))
+        .await
+        .unwrap();
+    // Three answered requests; any others are the new key's tries before the server saw it.
+    let ok: Vec<_> = rows.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(ok.len(), 3, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.status == 200 || r.status == 401),
+        "{rows:?}"
+    );
+    assert!(ok.iter().all(|r| r.route == "/v1/chat/completions"));
+    assert!(
+        ok.iter()
+            .all(|r| r.account_id.as_deref() == Some(ids[0].as_str()))
+    );
+}
+
+#[test]
+fn serve_says_when_the_address_is_taken() {
+    let env = Env::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let o = env.cmd().args(["serve", "--addr", &addr]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("error: cannot listen on {addr} (SERVICE_ADDR)")),
+        "{err}"
+    );
+    assert!(err.contains("hint: is another codexpool running?"), "{err}");
+}

@@ -1,0 +1,75 @@
+//! `usage [--refresh]`.
+
+use std::time::Duration;
+
+use codexpool_testkit::{FakeUsage, FakeWindow};
+
+use crate::support::{Env, texts};
+
+fn window(used: f64, weekly: bool, secs: u64) -> FakeWindow {
+    let w = if weekly {
+        FakeWindow::weekly(used)
+    } else {
+        FakeWindow::five_hour(used)
+    };
+    w.resets_in(Duration::from_secs(secs))
+}
+
+#[test]
+fn refresh_polls_and_shows_bars_resets_and_provenance() {
+    let env = Env::new();
+    let ids = env.add_accounts(&["acct-1", "acct-2", "acct-3"]);
+    // 30 s of slack in each reset time keeps the minutes shown stable.
+    env.fake.set_usage(
+        "acct-1",
+        FakeUsage::new(48.0, 81.0)
+            .primary(window(48.0, false, 2 * 3600 + 13 * 60 + 30))
+            .secondary(window(81.0, true, 3 * 86_400 + 4 * 3600 + 30 * 60)),
+    );
+    env.fake.usage_status("acct-2", Some(500));
+    env.ok(&["account", "disable", &ids[2]]);
+
+    let before = env.ok(&["usage"]);
+    env.settings()
+        .bind(|| insta::assert_snapshot!("usage_before_refresh", before));
+
+    let o = env.cmd().args(["usage", "--refresh"]).output().unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert!(o.status.success(), "{stderr}");
+    // No terminal: no progress bar on stderr.
+    assert!(!stderr.contains("polling"), "{stderr}");
+    env.settings()
+        .bind(|| insta::assert_snapshot!("usage_refresh", stdout));
+
+    // The readings were stored: a later `usage` (another process) shows them.
+    let after = env.ok(&["usage"]);
+    assert!(after.contains("█████░░░░░  48%"), "{after}");
+
+    let v = env.json(&["usage", "--refresh"]);
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let a = &rows[0];
+    assert_eq!(a["id"], ids[0].as_str());
+    assert_eq!(a["five_hour"]["used_percent"], 48.0);
+    assert_eq!(a["five_hour"]["source"], "poll");
+    assert_eq!(a["five_hour"]["stale"], false);
+    assert_eq!(a["weekly"]["window_minutes"], 10080);
+    assert_eq!(a["refresh"]["ok"], true);
+    assert_eq!(rows[1]["refresh"]["ok"], false);
+    assert_eq!(rows[1]["refresh"]["error_kind"], "status");
+    assert_eq!(rows[2]["refresh"]["error_kind"], "skipped");
+    assert_eq!(rows[2]["status"], "disabled");
+    // Without --refresh, `refresh` is null.
+    assert!(env.json(&["usage"])[0]["refresh"].is_null());
+}
+
+#[test]
+fn an_empty_pool_says_what_to_do() {
+    let env = Env::new();
+    let o = env.cmd().args(["usage"]).output().unwrap();
+    assert!(o.status.success());
+    let (stdout, stderr) = texts(&o);
+    assert_eq!(stdout, "");
+    assert!(stderr.contains("codexpool account login"), "{stderr}");
+    assert_eq!(env.json(&["usage", "--refresh"]), serde_json::json!([]));
+}
