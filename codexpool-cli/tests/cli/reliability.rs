@@ -1,0 +1,234 @@
+//! Faults around a running `codexpool serve` (issue 7's reliability suite): killed with SIGKILL
+//! in the middle of load, and changed by the CLI while under load.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{Env, Lines, finish, signal};
+
+/// Starts `serve` on a free port; its URL and the child.
+fn serve(env: &Env) -> (String, std::process::Child) {
+    let mut child = env.spawn(&["serve", "--addr", "127.0.0.1:0"], &[]);
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    let url = lines.find(|l| {
+        l.split_once("listening on ")
+            .map(|(_, u)| u.trim().to_string())
+    });
+    (url, child)
+}
+
+/// Clients sending chat requests in a loop until `stop`; counts the answers by status.
+fn load(
+    url: &str,
+    key: &str,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> (Vec<tokio::task::JoinHandle<()>>, Arc<AtomicUsize>) {
+    let ok = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    let tasks = (0..clients)
+        .map(|i| {
+            let (client, url, key, stop, ok) = (client.clone(), url.to_string(), key.to_string(), stop.clone(), ok.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let body = json!({"model": "gpt-5-codex", "stream": n % 2 == 0,
+                        "messages": [{"role": "user", "content": format!("client {i} request {n}")}]});
+                    match client.post(format!("{url}/v1/chat/completions")).bearer_auth(&key).json(&body).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            if r.bytes().await.is_ok() {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(_) => {}
+                        // The server is gone (the SIGKILL test).
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+    (tasks, ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
+    let env = Env::new();
+    let ids = env.add_accounts(&["acct-1", "acct-2"]);
+    let key = env.json(&["key", "create", "--name", "load"])["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (url, child) = serve(&env);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tasks, ok) = load(&url, &key, 8, stop.clone());
+    // Acknowledged admin writes made while the server is busy.
+    let mut created = Vec::new();
+    for i in 0..5 {
+        created.push(
+            env.json(&["key", "create", "--name", &format!("k{i}")])["key"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let added = env.add_accounts(&["acct-3"]);
+    while ok.load(Ordering::Relaxed) < 50 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Long enough under load for the batched writer to have written a few batches.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    signal(&child, "KILL");
+    let (status, _) = finish(child, 10);
+    assert!(!status.success(), "killed");
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(conn);
+    let pool = env.pool().await;
+    for id in ids.iter().chain(&added) {
+        assert!(pool.accounts().get(id).is_ok(), "account {id} lost");
+    }
+    for id in &created {
+        assert!(pool.keys().get(id).is_ok(), "key {id} lost");
+    }
+    assert_eq!(pool.keys().list().len(), 6);
+    // The log rows that were written are whole; at most the last batch died with the process.
+    let rows = pool
+        .request_log()
+        .list(&codexpool_core::request_log::RequestLogQuery::latest(
+            10_000,
+        ))
+        .await
+        .unwrap();
+    let answered = ok.load(Ordering::Relaxed);
+    assert!(
+        !rows.is_empty() && rows.len() <= answered + 8,
+        "{} rows for {answered} answers",
+        rows.len()
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.status == 200 && r.account_id.is_some() && !r.accounts_tried.is_empty())
+    );
+    // And the CLI keeps working on it.
+    env.ok(&["account", "list"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_changes_reach_a_busy_server_within_a_second() {
+    let env = Env::new();
+    env.add_accounts(&["acct-1"]);
+    let load_key = env.json(&["key", "create", "--name", "load"])["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let victim = env.json(&["key", "create", "--name", "victim"]);
+    let (victim_id, victim_secret) = (
+        victim["key"]["id"].as_str().unwrap().to_string(),
+        victim["secret"].as_str().unwrap().to_string(),
+    );
+    let (url, child) = serve(&env);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tasks, ok) = load(&url, &load_key, 6, stop.clone());
+    while ok.load(Ordering::Relaxed) < 20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let client = reqwest::Client::new();
+    let status_of = |secret: String| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(secret)
+                .json(&json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "ping"}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status_of(victim_secret.clone()).await, 200);
+
+    // A key disabled by the CLI is refused by the server.
+    let out = env
+        .cmd()
+        .args(["key", "disable", &victim_id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("locked"));
+    let t = Instant::now();
+    while status_of(victim_secret.clone()).await != 403 {
+        assert!(t.elapsed() < Duration::from_secs(5), "never refused");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "the disable took {took:?} to take effect"
+    );
+
+    // An account added by the CLI serves requests: disable the first one, import a second.
+    let first = env.json(&["account", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let added = env.add_accounts(&["acct-2"]);
+    env.ok(&["account", "disable", &first]);
+    let t = Instant::now();
+    loop {
+        let res = client
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(&load_key)
+            .json(
+                &json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "who?"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        if res
+            .headers()
+            .get("x-codexpool-account")
+            .and_then(|v| v.to_str().ok())
+            == Some(added[0].as_str())
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the new account never served"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "the new account took {took:?} to serve"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    signal(&child, "TERM");
+    let (status, stderr) = finish(child, 40);
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("locked"), "{stderr}");
+}
