@@ -73,11 +73,21 @@ fn inspect(event: &SseEvent) -> (bool, Option<TokenUsage>, Option<UpstreamFailur
         return (false, None, None);
     }
     match ResponsesEvent::from_sse(event) {
-        Ok(ResponsesEvent::Completed(r) | ResponsesEvent::Incomplete(r)) => (true, r.usage, None),
-        Ok(ResponsesEvent::Failed(r)) => (true, r.usage, Some(r.failure())),
-        Ok(ResponsesEvent::Error(e)) => (true, None, Some(e.to_failure(None))),
-        Ok(_) => (true, None, None),
+        Ok(parsed) => {
+            let (_, usage, failure) = facts(&parsed);
+            (true, usage, failure)
+        }
         Err(e) => (true, None, Some(UpstreamFailure::malformed(&e))),
+    }
+}
+
+/// What the relay needs from a parsed event: whether it ends the response, its usage, a failure.
+fn facts(event: &ResponsesEvent<'_>) -> (bool, Option<TokenUsage>, Option<UpstreamFailure>) {
+    match event {
+        ResponsesEvent::Completed(r) | ResponsesEvent::Incomplete(r) => (true, r.usage, None),
+        ResponsesEvent::Failed(r) => (true, r.usage, Some(r.failure())),
+        ResponsesEvent::Error(e) => (true, None, Some(e.to_failure(None))),
+        other => (other.kind().is_terminal(), None, None),
     }
 }
 
@@ -129,18 +139,24 @@ impl Relay {
             }
             return false;
         };
-        let (terminal, usage, failure) = inspect(&event);
-        match &mut self.mode {
-            Mode::Passthrough => event.encode(out),
+        let (terminal, usage, failure) = match &mut self.mode {
+            Mode::Passthrough => {
+                event.encode(out);
+                inspect(&event)
+            }
+            // One parse serves the translator and the relay's own bookkeeping.
             Mode::Chat(chat) => {
-                if let Err(e) = chat.push(&event, out) {
-                    let f = UpstreamFailure::malformed(&e);
-                    chat.fail(&f, out);
-                    self.error_class = Some("malformed_event".into());
-                    return true;
+                match chat.push_with(&event, out, |p| p.map_or((false, None, None), facts)) {
+                    Ok(facts) => facts,
+                    Err(e) => {
+                        let f = UpstreamFailure::malformed(&e);
+                        chat.fail(&f, out);
+                        self.error_class = Some("malformed_event".into());
+                        return true;
+                    }
                 }
             }
-        }
+        };
         if usage.is_some() {
             self.usage = usage;
         }

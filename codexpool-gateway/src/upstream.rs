@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use bytes::Bytes;
 use codexpool_core::{
     Config, Demand, Lease, Outcome, PlatformKey, Pool, PoolError, Secret, Timestamp,
@@ -52,10 +52,20 @@ const NOT_FORWARDED: &[&str] = &[
     "chatgpt-account-id",
 ];
 
+// Header names as constants: a `&str` name is parsed (and, for non-standard names, allocated)
+// on every insert.
+const ORIGINATOR: HeaderName = HeaderName::from_static("originator");
+const VERSION: HeaderName = HeaderName::from_static("version");
+const OPENAI_BETA: HeaderName = HeaderName::from_static("openai-beta");
+const SESSION_ID: HeaderName = HeaderName::from_static("session_id");
+const CHATGPT_ACCOUNT_ID: HeaderName = HeaderName::from_static("chatgpt-account-id");
+
 /// The HTTP client and fixed request parts, built once per gateway.
 pub(crate) struct Upstream {
     client: reqwest::Client,
     base: String,
+    /// `{base}/responses`, parsed once (reqwest parses a `&str` URL on every request).
+    responses_url: Option<reqwest::Url>,
     pub idle_timeout: Duration,
     originator: HeaderValue,
     user_agent: HeaderValue,
@@ -80,9 +90,11 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .build()?;
+        let base = config.upstream_base_url.trim_end_matches('/').to_string();
         Ok(Self {
             client,
-            base: config.upstream_base_url.trim_end_matches('/').to_string(),
+            responses_url: reqwest::Url::parse(&format!("{base}/responses")).ok(),
+            base,
             idle_timeout: config.upstream_stream_idle_timeout,
             originator: header_value(&config.originator)
                 .unwrap_or(HeaderValue::from_static("codex_cli_rs")),
@@ -110,6 +122,14 @@ impl Upstream {
         format!("{}{suffix}", self.base)
     }
 
+    /// The URL of an upstream path, pre-parsed for the hot one.
+    fn request_url(&self, suffix: &str) -> Result<reqwest::Url, String> {
+        match &self.responses_url {
+            Some(u) if suffix == "/responses" => Ok(u.clone()),
+            _ => Err(self.url(suffix)),
+        }
+    }
+
     /// Sends one attempt: the body to `{base}{path}` as the leased account.
     async fn send(
         &self,
@@ -122,15 +142,15 @@ impl Upstream {
             // The Codex CLI already speaks the backend's dialect: its headers go as sent.
             Some(h) => headers.clone_from(h),
             None => {
-                headers.insert("originator", self.originator.clone());
+                headers.insert(ORIGINATOR, self.originator.clone());
                 headers.insert(header::USER_AGENT, self.user_agent.clone());
-                headers.insert("version", HeaderValue::from_static(CODEX_VERSION));
+                headers.insert(VERSION, HeaderValue::from_static(CODEX_VERSION));
                 headers.insert(
-                    "openai-beta",
+                    OPENAI_BETA,
                     HeaderValue::from_static("responses=experimental"),
                 );
                 if let Some(v) = header_value(&call.session_id) {
-                    headers.insert("session_id", v);
+                    headers.insert(SESSION_ID, v);
                 }
             }
         }
@@ -151,17 +171,16 @@ impl Upstream {
             .as_deref()
             .and_then(header_value)
         {
-            headers.insert("chatgpt-account-id", id);
+            headers.insert(CHATGPT_ACCOUNT_ID, id);
         }
         if let Some(c) = &self.cookie {
             headers.insert(header::COOKIE, c.clone());
         }
-        self.client
-            .post(self.url(call.path))
-            .headers(headers)
-            .body(call.body.clone())
-            .send()
-            .await
+        let rb = match self.request_url(call.path) {
+            Ok(url) => self.client.post(url),
+            Err(text) => self.client.post(text),
+        };
+        rb.headers(headers).body(call.body.clone()).send().await
     }
 }
 
@@ -211,15 +230,17 @@ pub(crate) fn session_id(
         None => h.update(conversation_fingerprint(body)),
     }
     let d = h.finalize();
-    let x: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &x[..8],
-        &x[8..12],
-        &x[12..16],
-        &x[16..20],
-        &x[20..32]
-    )
+    // 8-4-4-4-12 hex digits of the first 16 bytes, written in place (one allocation).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(36);
+    for (i, b) in d[..16].iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            id.push('-');
+        }
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    id
 }
 
 /// One client request on its way upstream.

@@ -1,9 +1,14 @@
 //! Bench ("instant") mode: the hot endpoints answer with bytes rendered once at start, accept any
 //! bearer token and only bump a counter, so a benchmark measures the gateway in front of the fake
 //! and not the fake. The answer is a ~1 KB text in 20 deltas.
+//!
+//! A request whose `model` is `instant-hold-<SECS>` ([`INSTANT_HOLD_PREFIX`]) gets the same
+//! answer in two pieces: the first half of its events at once, the rest after `SECS` seconds
+//! (at most [`INSTANT_MAX_HOLD_SECS`]). Benchmarks use it to keep many streams open at a time.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -16,7 +21,7 @@ use crate::openai::{ChatCtx, chat_completion, chat_stream};
 use crate::reply::{FakeTokenUsage, OutputItem, Script};
 use crate::responses::{Ctx, render_stream};
 use crate::state::Shared;
-use crate::stream::concat;
+use crate::stream::{Step, StreamGuard, concat, timed_body};
 use crate::usage::FakeUsage;
 
 /// Model name the pre-rendered answers carry.
@@ -25,12 +30,37 @@ pub const INSTANT_MODEL: &str = "gpt-5-codex";
 /// Number of text deltas of the pre-rendered answer.
 pub const INSTANT_DELTAS: usize = 20;
 
+/// Prefix of the model names that hold an instant stream open: `instant-hold-30` sends the
+/// first half of the events, waits 30 s, then sends the rest.
+pub const INSTANT_HOLD_PREFIX: &str = "instant-hold-";
+
+/// The longest hold an `instant-hold-<SECS>` model may ask for; larger values are cut to it.
+pub const INSTANT_MAX_HOLD_SECS: u64 = 3600;
+
+/// A pre-rendered SSE answer, whole and split in two halves (for held streams).
+struct Split {
+    whole: Bytes,
+    head: Bytes,
+    tail: Bytes,
+}
+
+impl Split {
+    fn new(steps: &[Step]) -> Self {
+        let mid = steps.len() / 2;
+        Split {
+            whole: concat(steps),
+            head: concat(&steps[..mid]),
+            tail: concat(&steps[mid..]),
+        }
+    }
+}
+
 /// The pre-rendered answers.
 pub(crate) struct InstantBodies {
-    codex_sse: Bytes,
+    codex_sse: Split,
     codex_headers: HeaderMap,
-    chat_stream: Bytes,
-    chat_stream_usage: Bytes,
+    chat_stream: Split,
+    chat_stream_usage: Split,
     chat_json: Bytes,
 }
 
@@ -50,13 +80,55 @@ impl InstantBodies {
         let mut codex_headers = sse_headers();
         codex_headers.extend(FakeUsage::default().headers());
         InstantBodies {
-            codex_sse: concat(&render_stream(&script, &ctx)),
+            codex_sse: Split::new(&backend_key_order(render_stream(&script, &ctx))),
             codex_headers,
-            chat_stream: concat(&chat_stream(&script, &chat, false)),
-            chat_stream_usage: concat(&chat_stream(&script, &chat, true)),
+            chat_stream: Split::new(&chat_stream(&script, &chat, false)),
+            chat_stream_usage: Split::new(&chat_stream(&script, &chat, true)),
             chat_json: Bytes::from(chat_completion(&script, &chat).to_string()),
         }
     }
+}
+
+/// Lays the events' keys out as the Codex backend does: `type` first, then `sequence_number`,
+/// then the rest (the scripted renderer's `json!` sorts keys, which puts `type` last). Gateways
+/// read the type from the front of the payload, so this matters for what a benchmark measures.
+fn backend_key_order(steps: Vec<Step>) -> Vec<Step> {
+    steps
+        .into_iter()
+        .map(|step| match step {
+            Step::Bytes(b) => Step::Bytes(type_first(&b).unwrap_or(b)),
+            other => other,
+        })
+        .collect()
+}
+
+/// One SSE frame with its `data:` object re-laid out; `None` leaves the frame as it was.
+fn type_first(frame: &[u8]) -> Option<Bytes> {
+    let text = std::str::from_utf8(frame).ok()?;
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let Some(data) = line.strip_prefix("data: ") else {
+            out.push_str(line);
+            continue;
+        };
+        let mut map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(data.trim_end()).ok()?;
+        let kind = map.remove("type")?;
+        out.push_str("data: {\"type\":");
+        out.push_str(&kind.to_string());
+        if let Some(seq) = map.remove("sequence_number") {
+            out.push_str(",\"sequence_number\":");
+            out.push_str(&seq.to_string());
+        }
+        for (k, v) in &map {
+            out.push(',');
+            out.push_str(&serde_json::Value::String(k.clone()).to_string());
+            out.push(':');
+            out.push_str(&v.to_string());
+        }
+        out.push_str("}\n");
+    }
+    Some(Bytes::from(out))
 }
 
 /// The `i`-th delta: 52 bytes.
@@ -69,6 +141,43 @@ fn respond(headers: HeaderMap, body: Bytes) -> Response {
     *response.status_mut() = StatusCode::OK;
     *response.headers_mut() = headers;
     response
+}
+
+/// A streamed answer: whole, or split around a hold when the request asked for one.
+fn respond_sse(
+    shared: &Arc<Shared>,
+    headers: HeaderMap,
+    body: &Split,
+    hold: Option<Duration>,
+) -> Response {
+    let Some(hold) = hold else {
+        return respond(headers, body.whole.clone());
+    };
+    let steps = vec![
+        Step::Bytes(body.head.clone()),
+        Step::Sleep(hold),
+        Step::Bytes(body.tail.clone()),
+    ];
+    let mut response = Response::new(timed_body(steps, StreamGuard::new(shared, None)));
+    *response.headers_mut() = headers;
+    response
+}
+
+/// The hold a request asks for with an `instant-hold-<SECS>` model (the body is parsed only when
+/// the prefix occurs in it, so ordinary requests cost one byte scan).
+fn hold_of(body: &[u8]) -> Option<Duration> {
+    let prefix = INSTANT_HOLD_PREFIX.as_bytes();
+    if !body.windows(prefix.len()).any(|w| w == prefix) {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Model<'a> {
+        #[serde(borrow)]
+        model: Option<std::borrow::Cow<'a, str>>,
+    }
+    let m: Model<'_> = serde_json::from_slice(body).ok()?;
+    let secs: u64 = m.model?.strip_prefix(INSTANT_HOLD_PREFIX)?.parse().ok()?;
+    Some(Duration::from_secs(secs.min(INSTANT_MAX_HOLD_SECS)))
 }
 
 fn bodies(shared: &Shared) -> Option<&InstantBodies> {
@@ -100,19 +209,24 @@ fn has_true(body: &[u8], key: &str) -> bool {
 }
 
 /// Instant `POST /backend-api/codex/responses` (and `/v1/responses`).
-pub(crate) async fn codex(State(shared): State<Arc<Shared>>, _body: Bytes) -> Response {
+pub(crate) async fn codex(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     shared.instant_codex.fetch_add(1, Ordering::Relaxed);
     match bodies(&shared) {
-        Some(b) => respond(b.codex_headers.clone(), b.codex_sse.clone()),
+        Some(b) => respond_sse(
+            &shared,
+            b.codex_headers.clone(),
+            &b.codex_sse,
+            hold_of(&body),
+        ),
         None => unavailable(),
     }
 }
 
 /// Instant `POST /v1/responses`.
-pub(crate) async fn responses(State(shared): State<Arc<Shared>>, _body: Bytes) -> Response {
+pub(crate) async fn responses(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     shared.instant_responses.fetch_add(1, Ordering::Relaxed);
     match bodies(&shared) {
-        Some(b) => respond(sse_headers(), b.codex_sse.clone()),
+        Some(b) => respond_sse(&shared, sse_headers(), &b.codex_sse, hold_of(&body)),
         None => unavailable(),
     }
 }
@@ -124,12 +238,12 @@ pub(crate) async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Resp
         return unavailable();
     };
     if has_true(&body, "stream") {
-        let bytes = if has_true(&body, "include_usage") {
-            b.chat_stream_usage.clone()
+        let split = if has_true(&body, "include_usage") {
+            &b.chat_stream_usage
         } else {
-            b.chat_stream.clone()
+            &b.chat_stream
         };
-        respond(sse_headers(), bytes)
+        respond_sse(&shared, sse_headers(), split, hold_of(&body))
     } else {
         let mut h = HeaderMap::new();
         h.insert(
@@ -157,9 +271,53 @@ mod tests {
     }
 
     #[test]
+    fn hold_comes_from_the_model_name() {
+        assert_eq!(hold_of(br#"{"model":"gpt-5","stream":true}"#), None);
+        assert_eq!(
+            hold_of(br#"{"stream":true,"model": "instant-hold-30"}"#),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            hold_of(br#"{"model":"instant-hold-999999"}"#),
+            Some(Duration::from_secs(INSTANT_MAX_HOLD_SECS))
+        );
+        assert_eq!(hold_of(br#"{"model":"instant-hold-x"}"#), None);
+        // The prefix elsewhere in the body is not a model name.
+        assert_eq!(hold_of(br#"{"model":"m","input":"instant-hold-5"}"#), None);
+    }
+
+    #[test]
+    fn halves_make_the_whole() {
+        let b = InstantBodies::render();
+        for s in [&b.codex_sse, &b.chat_stream, &b.chat_stream_usage] {
+            assert_eq!([&s.head[..], &s.tail[..]].concat(), &s.whole[..]);
+            let head = std::str::from_utf8(&s.head).unwrap_or_default();
+            assert!(
+                head.matches("Delta ").count() >= INSTANT_DELTAS / 2 - 1,
+                "{head}"
+            );
+        }
+    }
+
+    #[test]
+    fn codex_events_put_type_first_like_the_backend() {
+        let b = InstantBodies::render();
+        let text = std::str::from_utf8(&b.codex_sse.whole).unwrap();
+        let mut frames = 0;
+        for line in text.lines().filter(|l| l.starts_with("data: ")) {
+            frames += 1;
+            assert!(line.starts_with("data: {\"type\":\"response."), "{line}");
+            assert!(line.contains(",\"sequence_number\":"), "{line}");
+            let v: serde_json::Value = serde_json::from_str(&line[6..]).unwrap();
+            assert!(v.get("type").is_some() && v.get("sequence_number").is_some());
+        }
+        assert!(frames > INSTANT_DELTAS);
+    }
+
+    #[test]
     fn answer_is_about_one_kilobyte() {
         let b = InstantBodies::render();
-        assert!(b.codex_sse.len() > 1024);
+        assert!(b.codex_sse.whole.len() > 1024);
         let text: usize = (0..INSTANT_DELTAS).map(|i| delta(i).len()).sum();
         assert_eq!(text, 1040);
     }

@@ -70,7 +70,7 @@ pub use auth::{
     DEFAULT_CLIENT_ID, DeviceInterval, FakeAccount, FakeRefreshFailure, FakeTokens, pkce_challenge,
 };
 pub use codex::FakeModel;
-pub use instant::{INSTANT_DELTAS, INSTANT_MODEL};
+pub use instant::{INSTANT_DELTAS, INSTANT_HOLD_PREFIX, INSTANT_MAX_HOLD_SECS, INSTANT_MODEL};
 pub use jwt::{AUTH_CLAIM, PROFILE_CLAIM, decode_claims};
 pub use record::{RecordedRequest, StreamStatus};
 pub use reply::{FakeTokenUsage, OutputItem, Reply};
@@ -127,7 +127,9 @@ impl FakeOpenAiBuilder {
 
     /// Bench mode: the Codex `/responses`, `/v1/chat/completions` and `/v1/responses` endpoints
     /// answer pre-rendered bytes (a ~1 KB text in 20 deltas), accept any bearer token, ignore
-    /// scripts and record nothing but counters. Default off.
+    /// scripts and record nothing but counters. A model named `instant-hold-<SECS>`
+    /// ([`INSTANT_HOLD_PREFIX`]) holds a streamed answer open for `SECS` seconds halfway through.
+    /// Default off.
     pub fn instant(mut self, on: bool) -> Self {
         self.instant = on;
         self

@@ -111,7 +111,7 @@ impl Drop for StreamGuard {
 }
 
 /// A body that plays `steps` back; the guard settles how it ended.
-fn timed_body(steps: Vec<Step>, mut guard: StreamGuard) -> Body {
+pub(crate) fn timed_body(steps: Vec<Step>, mut guard: StreamGuard) -> Body {
     guard.start_streaming();
     let stream = futures_util::stream::unfold(
         (steps.into_iter(), guard),

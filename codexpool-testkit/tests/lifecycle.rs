@@ -8,7 +8,7 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use codexpool_testkit::{FakeAccount, FakeOpenAi, INSTANT_DELTAS, Reply};
+use codexpool_testkit::{FakeAccount, FakeOpenAi, INSTANT_DELTAS, INSTANT_HOLD_PREFIX, Reply};
 use common::{client, codex_body, parse_sse, text_of};
 use serde_json::{Value, json};
 
@@ -174,4 +174,81 @@ async fn instant_mode_answers_anyone_from_bytes() {
     assert!(fake.requests().is_empty(), "hot paths record nothing");
     fake.clear_requests();
     assert_eq!(fake.count("/v1/chat/completions"), 0);
+}
+
+#[tokio::test]
+async fn instant_hold_models_keep_streams_open_then_finish() {
+    let fake = FakeOpenAi::builder().instant(true).start().unwrap();
+    let http = client();
+    let started = std::time::Instant::now();
+    let mut body = codex_body("hi");
+    body["model"] = json!(format!("{INSTANT_HOLD_PREFIX}1"));
+    let mut held = http
+        .post(format!("{}/responses", fake.codex_base_url()))
+        .bearer_auth("whatever")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 200);
+    // The first half comes at once: enough events for a gateway to commit.
+    let first = held.chunk().await.unwrap().unwrap();
+    let first = String::from_utf8(first.to_vec()).unwrap();
+    assert!(first.contains("response.output_text.delta"), "{first}");
+    assert!(!first.contains("response.completed"), "{first}");
+    assert_eq!(fake.open_streams(), 1);
+
+    // A chat stream on hold counts too; dropping it mid-hold cancels it.
+    let chat = http
+        .post(format!("{}/chat/completions", fake.openai_base_url()))
+        .bearer_auth("anything")
+        .json(
+            &json!({"model": format!("{INSTANT_HOLD_PREFIX}60"), "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut chat = chat;
+    let head = chat.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&head).contains("chat.completion.chunk"));
+    assert!(
+        fake.wait_until_async(Duration::from_secs(5), |f| f.open_streams() == 2)
+            .await
+    );
+    drop(chat);
+    assert!(
+        fake.wait_until_async(Duration::from_secs(5), |f| f.cancelled_streams() == 1)
+            .await
+    );
+
+    // The held Codex stream ends after its hold with the whole answer.
+    let mut rest = first;
+    while let Some(c) = held.chunk().await.unwrap() {
+        rest.push_str(std::str::from_utf8(&c).unwrap());
+    }
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let frames = parse_sse(&rest);
+    assert_eq!(frames.last().unwrap().ty(), "response.completed");
+    assert_eq!(text_of(&frames).len(), 1040);
+    assert!(
+        fake.wait_until_async(Duration::from_secs(5), |f| f.open_streams() == 0)
+            .await
+    );
+    assert_eq!(
+        fake.cancelled_streams(),
+        1,
+        "the finished one is no cancellation"
+    );
+
+    // Ordinary instant answers are not counted as open streams.
+    let r = http
+        .post(format!("{}/responses", fake.codex_base_url()))
+        .bearer_auth("whatever")
+        .json(&codex_body("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("response.completed"));
+    assert_eq!(fake.open_streams(), 0);
 }

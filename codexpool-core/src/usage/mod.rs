@@ -20,6 +20,23 @@ use crate::error::{Error, Result};
 use crate::sync;
 use crate::time::Timestamp;
 
+/// How long a stored reading may lag the in-memory one when nothing moved.
+const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `new` says something the stored `old` does not: another figure, another reset time
+/// (beyond the jitter of `reset-after-seconds`), another source, or `old` is a minute old.
+fn materially_different(old: &WindowReading, new: &WindowReading) -> bool {
+    let reset_moved = match (old.resets_at, new.resets_at) {
+        (Some(a), Some(b)) => a.since(b).max(b.since(a)) > std::time::Duration::from_secs(2),
+        (a, b) => a.is_some() != b.is_some(),
+    };
+    old.used_percent != new.used_percent
+        || old.window_minutes != new.window_minutes
+        || old.source != new.source
+        || reset_moved
+        || new.observed_at.since(old.observed_at) >= PERSIST_EVERY
+}
+
 /// Handle to the usage figures of a [`Pool`]. Cheap to clone.
 #[derive(Clone)]
 pub struct UsageTracker {
@@ -76,23 +93,32 @@ impl UsageTracker {
                 None => return,
             }
         };
-        let mut changed = Vec::new();
+        // Every backend answer carries the same figures again: memory always takes the newest
+        // reading, but the store is written only when a figure moved or the stored one is old.
+        let mut persist = Vec::new();
+        let mut persist_credits = None;
         {
             let mut u = sync::lock(&state.usage);
             for r in readings {
-                if u.merge(r.clone()) {
-                    changed.push(r);
+                let worth_writing = u
+                    .window(r.kind)
+                    .is_none_or(|old| materially_different(old, &r));
+                if u.merge(r.clone()) && worth_writing {
+                    persist.push(r);
                 }
             }
-            if let Some(c) = &credits {
-                u.credits = Some(c.clone());
+            if let Some(c) = credits {
+                if u.credits.as_ref() != Some(&c) {
+                    persist_credits = Some(c.clone());
+                }
+                u.credits = Some(c);
             }
             state.sync_cells(&u);
         }
-        for r in changed {
+        for r in persist {
             shared.writer.window(account_id.to_string(), r);
         }
-        if let Some(c) = credits {
+        if let Some(c) = persist_credits {
             shared.writer.credits(account_id.to_string(), c);
         }
     }
@@ -140,5 +166,47 @@ impl UsageTracker {
     pub async fn ledger(&self, q: &LedgerQuery) -> Result<Vec<LedgerRow>> {
         self.pool.flush().await?;
         Ok(self.pool.shared.store.ledger_summary(q).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn reading(used: f64, resets_in: u64, observed: Timestamp) -> WindowReading {
+        WindowReading {
+            kind: WindowKind::FiveHour,
+            used_percent: used,
+            window_minutes: 300,
+            resets_at: Some(observed.plus(Duration::from_secs(resets_in))),
+            source: ReadingSource::Headers,
+            observed_at: observed,
+        }
+    }
+
+    #[test]
+    fn only_moved_figures_are_worth_writing() {
+        let t = Timestamp::from_secs(1_000_000);
+        let old = reading(10.0, 600, t);
+        // One second later the headers say the same (the reset moved by the elapsed second).
+        let same = reading(10.0, 599, t.plus(Duration::from_secs(1)));
+        assert!(!materially_different(&old, &same));
+        assert!(materially_different(
+            &old,
+            &reading(11.0, 599, t.plus(Duration::from_secs(1)))
+        ));
+        assert!(materially_different(
+            &old,
+            &reading(10.0, 3600, t.plus(Duration::from_secs(1)))
+        ));
+        assert!(materially_different(
+            &old,
+            &reading(10.0, 540, t.plus(Duration::from_secs(60)))
+        ));
+        let mut polled = same.clone();
+        polled.source = ReadingSource::Poll;
+        assert!(materially_different(&old, &polled));
     }
 }

@@ -1007,6 +1007,26 @@ impl ChatStream {
         Ok(())
     }
 
+    /// Like [`push`](Self::push), and shows the parsed event (`None` when it was not parsed:
+    /// a type the translator ignores, or the stream already ended) to `seen` first, so a caller
+    /// that needs facts from the same event (usage, failures) does not parse it again.
+    pub fn push_with<R>(
+        &mut self,
+        event: &SseEvent,
+        out: &mut BytesMut,
+        seen: impl FnOnce(Option<&ResponsesEvent<'_>>) -> R,
+    ) -> Result<R, EventError> {
+        if self.translator.done {
+            return Ok(seen(None));
+        }
+        let parsed = parse_relevant(event)?;
+        let r = seen(parsed.as_ref());
+        if let Some(parsed) = &parsed {
+            self.push_event(parsed, out);
+        }
+        Ok(r)
+    }
+
     /// Translates one already-parsed event.
     pub fn push_event(&mut self, event: &ResponsesEvent<'_>, out: &mut BytesMut) {
         let mut sink = ChunkSink {
