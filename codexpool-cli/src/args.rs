@@ -22,7 +22,7 @@ use codexpool_core::{AccountStatus, Timestamp};
 )]
 pub struct Cli {
     /// The SQLite database [default: DB_PATH from the environment or env file, else
-    /// <data dir>/codexpool/codexpool.db].
+    /// DATA_DIR/codexpool/codexpool.db].
     #[arg(
         long,
         global = true,

@@ -12,7 +12,7 @@
 //! - [`auth`]: sign-in (browser with PKCE, device code), token refresh (single-flight across
 //!   processes) and the background refresher; [`Pool::auth`] is the handle.
 //! - [`poll`]: usage polling on demand ([`UsageTracker::refresh`]) and in the background.
-//! - [`store`]: the [`Store`](store::Store) trait with the SQLite (default) and in-memory
+//! - [`store`]: the [`Store`] trait with the SQLite (default) and in-memory
 //!   implementations.
 //!
 //! A [`Pool`] ties them together over one store. Handles are cheap to clone and share.

@@ -1,5 +1,5 @@
 //! `AccountPool`: the pooled accounts in memory (organisation, status, runtime state) and the
-//! management API over them; selection lives in [`select`](self::select), the per-request hold
+//! management API over them; selection lives in `select`, the per-request hold
 //! in [`Lease`].
 //!
 //! The table is read on every request and written only by admin actions, sign-ins, refreshes and
