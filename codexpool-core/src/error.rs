@@ -77,6 +77,17 @@ impl Error {
         }
     }
 
+    /// A store failure on one record, its `NotFound` named the way the caller asked for it.
+    pub(crate) fn from_store(e: StoreError, what: &'static str, id: &str) -> Self {
+        match e {
+            StoreError::NotFound { .. } => Self::NotFound {
+                what,
+                id: id.to_string(),
+            },
+            other => other.into(),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),

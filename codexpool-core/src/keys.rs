@@ -514,11 +514,22 @@ impl KeyStore {
     /// One key by id or unique id prefix.
     pub fn get(&self, id: &str) -> Result<PlatformKey> {
         let t = crate::sync::read(&self.pool.shared.keys);
-        let id = crate::id::resolve_prefix("key", id, t.by_id.keys())?;
-        let e = t.by_id.get(&id).ok_or_else(|| Error::NotFound {
-            what: "key",
-            id: id.clone(),
-        })?;
+        let e = match t.by_id.get(id) {
+            Some(e) => e,
+            None => {
+                // Ids sort, so the keys starting with a prefix are one range of the map.
+                let wanted = id.trim();
+                let candidates = t
+                    .by_id
+                    .range(wanted.to_string()..)
+                    .map(|(k, _)| k)
+                    .take_while(|k| k.starts_with(wanted));
+                let id = crate::id::resolve_prefix("key", wanted, candidates)?;
+                t.by_id
+                    .get(&id)
+                    .ok_or(Error::NotFound { what: "key", id })?
+            }
+        };
         Ok(self.with_stamp(e))
     }
 
@@ -537,7 +548,7 @@ impl KeyStore {
             .store
             .patch_key(&id, &patch, shared.clock.now())
             .await
-            .map_err(|e| not_found(e, "key", &id))?;
+            .map_err(|e| Error::from_store(e, "key", &id))?;
         crate::sync::write(&shared.keys).upsert(k.clone());
         Ok(k)
     }
@@ -596,16 +607,6 @@ impl KeyStore {
         }
         e.used.touch(now);
         Ok(e.key.clone())
-    }
-}
-
-pub(crate) fn not_found(e: crate::store::StoreError, what: &'static str, id: &str) -> Error {
-    match e {
-        crate::store::StoreError::NotFound { .. } => Error::NotFound {
-            what,
-            id: id.to_string(),
-        },
-        other => other.into(),
     }
 }
 

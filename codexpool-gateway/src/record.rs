@@ -75,7 +75,9 @@ impl Record {
                 status,
             });
         }
-        self.pool.request_log().record(e.clone());
+        // Written once: the entry moves to the writer instead of being copied.
+        let entry = std::mem::replace(e, RequestLogEntry::new(String::new(), e.at, String::new()));
+        self.pool.request_log().record(entry);
     }
 }
 

@@ -343,15 +343,16 @@ pub(crate) async fn run(
     metrics: &Metrics,
     mut call: Call,
 ) -> Result<Committed, Failed> {
-    let mut tried: Vec<String> = Vec::new();
     let mut last: Option<UpstreamFailure> = None;
-    let groups = call.key.allowed_groups.clone();
+    let key = call.key.clone();
+    let groups = (!key.allowed_groups.is_empty()).then_some(key.allowed_groups.as_slice());
     loop {
+        // The log row's list of accounts tried is also the list the pool must skip.
         let demand = Demand {
             model: Some(&call.model),
-            groups: (!groups.is_empty()).then_some(groups.as_slice()),
+            groups,
             affinity: Some(&call.session_id),
-            tried: &tried,
+            tried: &call.record.entry.accounts_tried,
         };
         let lease = match pool.accounts().acquire(&demand).await {
             Ok(l) => l,
@@ -380,11 +381,13 @@ pub(crate) async fn run(
                 });
             }
         };
-        if !tried.is_empty() {
+        if !call.record.entry.accounts_tried.is_empty() {
             metrics.failover();
         }
-        tried.push(lease.account_id().to_string());
-        call.record.entry.accounts_tried.clone_from(&tried);
+        call.record
+            .entry
+            .accounts_tried
+            .push(lease.account_id().to_string());
         match attempt(pool, upstream, metrics, &call, &lease).await {
             Step::Committed(stream) => {
                 metrics.attempt(Attempt::Ok);

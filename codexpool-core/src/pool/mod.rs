@@ -287,8 +287,16 @@ impl Table {
         self.by_id.get(id)
     }
 
-    pub fn ids(&self) -> impl Iterator<Item = &String> {
-        self.by_id.keys()
+    /// The slot of an id, or of a unique id prefix (an exact id is a hash lookup).
+    pub fn resolve(&self, id: &str) -> Result<&Arc<Slot>> {
+        if let Some(s) = self.by_id.get(id) {
+            return Ok(s);
+        }
+        let id = crate::id::resolve_prefix("account", id, self.by_id.keys())?;
+        self.by_id.get(&id).ok_or(Error::NotFound {
+            what: "account",
+            id,
+        })
     }
 
     pub fn find_identity(&self, account_id: &str, user_id: &str) -> Option<&Arc<Slot>> {
@@ -468,13 +476,7 @@ impl AccountPool {
     /// One account by id or unique id prefix.
     pub fn get(&self, id: &str) -> Result<Account> {
         let t = sync::read(&self.pool.shared.accounts);
-        let id = crate::id::resolve_prefix("account", id, t.ids())?;
-        t.get(&id)
-            .map(|s| Self::snapshot(s))
-            .ok_or(Error::NotFound {
-                what: "account",
-                id,
-            })
+        t.resolve(id).map(|s| Self::snapshot(s))
     }
 
     /// The number of accounts.
@@ -502,7 +504,7 @@ impl AccountPool {
             .store
             .patch_account(id, &patch, shared.clock.now())
             .await
-            .map_err(|e| crate::keys::not_found(e, "account", id))?;
+            .map_err(|e| Error::from_store(e, "account", id))?;
         sync::write(&shared.accounts).upsert(a.clone());
         Ok(a)
     }
@@ -605,11 +607,7 @@ impl AccountPool {
         let shared = &self.pool.shared;
         let now = shared.clock.now().as_millis();
         let t = sync::read(&shared.accounts);
-        let id = crate::id::resolve_prefix("account", id, t.ids())?;
-        let s = t.get(&id).ok_or(Error::NotFound {
-            what: "account",
-            id: id.clone(),
-        })?;
+        let s = t.resolve(id)?;
         let cool = s.state.cooldown_until.load(Ordering::Relaxed);
         let usable = matches!(
             select::evaluate(s, &Demand::any(), now, shared.config.account_max_inflight),

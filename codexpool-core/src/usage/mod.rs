@@ -16,7 +16,7 @@ pub use window::{
 };
 
 use crate::Pool;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::sync;
 use crate::time::Timestamp;
 
@@ -126,11 +126,7 @@ impl UsageTracker {
     /// What is known of one account's usage.
     pub fn get(&self, account_id: &str) -> Result<AccountUsage> {
         let t = sync::read(&self.pool.shared.accounts);
-        let id = crate::id::resolve_prefix("account", account_id, t.ids())?;
-        let s = t.get(&id).ok_or(Error::NotFound {
-            what: "account",
-            id: id.clone(),
-        })?;
+        let s = t.resolve(account_id)?;
         Ok(sync::lock(&s.state.usage).clone())
     }
 
