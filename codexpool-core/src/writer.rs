@@ -2,12 +2,15 @@
 //! request-log rows) are queued without blocking and written in one transaction per batch, a
 //! few times a second. Readings are coalesced: only the newest per account and window is
 //! written.
+//!
+//! While a batch gathers, the task sleeps on a timer rather than on the queue: senders push
+//! without waking it (one wake-up per batch, not per record), and a flush wakes it early.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::request_log::RequestLogEntry;
 use crate::store::{Store, StoreError};
@@ -31,13 +34,16 @@ enum Op {
 /// The sending half; the task ends when every `Writer` is dropped, after writing what is left.
 pub(crate) struct Writer {
     tx: mpsc::UnboundedSender<Op>,
+    /// Cuts the gathering of a batch short (a flush is waiting).
+    hurry: Arc<Notify>,
 }
 
 impl Writer {
     pub fn spawn(store: Arc<dyn Store>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, rx));
-        Self { tx }
+        let hurry = Arc::new(Notify::new());
+        tokio::spawn(run(store, rx, hurry.clone()));
+        Self { tx, hurry }
     }
 
     fn send(&self, op: Op) {
@@ -65,6 +71,7 @@ impl Writer {
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         self.send(Op::Flush(tx));
+        self.hurry.notify_one();
         let _ = rx.await;
     }
 }
@@ -129,21 +136,18 @@ impl Batch {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Op>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = Batch::default();
-        let urgent = matches!(first, Op::Flush(_));
-        batch.add(first);
-        if !urgent {
-            let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
-            while batch.len < BATCH_MAX && batch.flushes.is_empty() {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(op)) => batch.add(op),
-                    Ok(None) | Err(_) => break,
-                }
-            }
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Op>, hurry: Arc<Notify>) {
+    let mut ops = Vec::new();
+    while rx.recv_many(&mut ops, BATCH_MAX).await > 0 {
+        if !ops.iter().any(|op| matches!(op, Op::Flush(_))) {
+            // Gather: records queued meanwhile wait in the channel without waking this task.
+            let _ = tokio::time::timeout(BATCH_WINDOW, hurry.notified()).await;
         }
-        // Whatever else is already queued goes into the same transaction.
+        let mut batch = Batch::default();
+        for op in ops.drain(..) {
+            batch.add(op);
+        }
+        // Whatever is queued by now goes into the same transaction.
         while batch.len < BATCH_MAX {
             match rx.try_recv() {
                 Ok(op) => batch.add(op),
@@ -174,5 +178,67 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Op>) {
         for f in batch.flushes {
             let _ = f.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request_log::RequestLogQuery;
+    use crate::store::MemoryStore;
+    use crate::time::Timestamp;
+
+    async fn rows(store: &MemoryStore) -> Vec<String> {
+        let mut ids: Vec<String> = store
+            .list_request_log(&RequestLogQuery::latest(100))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.request_id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn entry(id: &str) -> RequestLogEntry {
+        RequestLogEntry::new(id, Timestamp::from_secs(1_700_000_000), "/v1/responses")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_gather_for_one_window_and_a_flush_cuts_it_short() {
+        let store = Arc::new(MemoryStore::new());
+        let writer = Writer::spawn(store.clone());
+        writer.request_log(entry("a"));
+        writer.request_log(entry("b"));
+        tokio::time::sleep(BATCH_WINDOW / 2).await;
+        writer.request_log(entry("c"));
+        assert!(
+            rows(&store).await.is_empty(),
+            "nothing before the window ends"
+        );
+        tokio::time::sleep(BATCH_WINDOW).await;
+        assert_eq!(
+            rows(&store).await,
+            ["a", "b", "c"],
+            "one batch at the window's end"
+        );
+
+        // A flush does not wait for the window (the clock is paused: no time passes).
+        writer.request_log(entry("d"));
+        tokio::task::yield_now().await;
+        let before = tokio::time::Instant::now();
+        writer.flush().await;
+        assert_eq!(before, tokio::time::Instant::now());
+        assert_eq!(rows(&store).await, ["a", "b", "c", "d"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_writer_writes_what_is_queued() {
+        let store = Arc::new(MemoryStore::new());
+        let writer = Writer::spawn(store.clone());
+        writer.request_log(entry("a"));
+        drop(writer);
+        tokio::time::sleep(BATCH_WINDOW * 2).await;
+        assert_eq!(rows(&store).await, ["a"]);
     }
 }
