@@ -62,7 +62,7 @@ pub use upstream::CODEX_VERSION;
 pub enum GatewayError {
     /// The upstream HTTP client could not be created.
     #[error("cannot build the upstream HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
+    Client(String),
 }
 
 /// State shared by every handler of one gateway.

@@ -23,7 +23,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::record::Record;
 use crate::sse::{SseEvent, SseItem, SseParser, write_event};
-use crate::upstream::{ByteStream, Committed, without_url};
+use crate::upstream::{ByteStream, Committed};
 
 /// What the client gets.
 pub(crate) enum Mode {
@@ -218,7 +218,7 @@ impl Relay {
                 Ok(Some(Err(e))) => {
                     self.broken(
                         "upstream_cut",
-                        format!("the upstream stream broke: {}", without_url(&e)),
+                        format!("the upstream stream broke: {e}"),
                         &mut out,
                     );
                     self.cut().await;
@@ -368,7 +368,7 @@ pub(crate) async fn collect<A: Assemble>(
             match tokio::time::timeout(idle, body.next()).await {
                 Ok(Some(Ok(chunk))) => parser.push(chunk),
                 Ok(Some(Err(e))) => {
-                    let msg = format!("the upstream stream broke: {}", without_url(&e));
+                    let msg = format!("the upstream stream broke: {e}");
                     return Err((
                         ApiError::bad_gateway("upstream_cut", msg),
                         "upstream_cut".into(),
@@ -454,7 +454,7 @@ pub(crate) fn raw_body(c: Committed, idle: Duration) -> axum::body::Body {
                     }
                     record.finish(200, Some("upstream_cut"), None);
                     Some((
-                        Err(std::io::Error::other(without_url(&e))),
+                        Err(std::io::Error::other(e.to_string())),
                         (body, None, record),
                     ))
                 }

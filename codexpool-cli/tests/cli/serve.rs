@@ -133,3 +133,54 @@ fn serve_says_when_the_address_is_taken() {
     );
     assert!(err.contains("hint: is another codexpool running?"), "{err}");
 }
+
+/// With `HTTP_PROXY` (or `HTTPS_PROXY`, `ALL_PROXY`) naming a proxy for the upstream, requests go
+/// through it. The fake serves proxy-style (absolute-form) requests as its own, so it plays the
+/// proxy here, in front of an upstream host name that does not resolve: only a request sent
+/// through the proxy can be answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reaches_the_upstream_through_the_proxy_the_environment_names() {
+    let env = Env::new();
+    env.add_accounts(&["acct-1"]);
+    let secret = env.json(&["key", "create", "--name", "ci"])["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let behind_proxy = "http://codex-upstream.invalid/backend-api/codex";
+    let chat = |url: String| {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .json(&json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "Hi"}]}))
+            .send()
+    };
+    let start = |extra: &[(&str, &str)]| {
+        let mut child = env.spawn(&["serve", "--addr", "127.0.0.1:0"], extra);
+        let mut lines = Lines::new(child.stdout.take().unwrap());
+        let url = lines.find(|l| {
+            l.split_once("listening on ")
+                .map(|(_, u)| u.trim().to_string())
+        });
+        (url, child)
+    };
+
+    // Without the proxy the host cannot be reached: the test can tell the two apart.
+    let (url, child) = start(&[("CODEXPOOL_UPSTREAM_BASE_URL", behind_proxy)]);
+    let res = chat(url).await.unwrap();
+    assert_eq!(res.status(), 502, "{:?}", res.text().await);
+    signal(&child, "TERM");
+    finish(child, 40);
+
+    let proxy = env.fake.url();
+    let (url, child) = start(&[
+        ("CODEXPOOL_UPSTREAM_BASE_URL", behind_proxy),
+        ("HTTP_PROXY", proxy.as_str()),
+    ]);
+    let res = chat(url).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-1.");
+    signal(&child, "TERM");
+    let (status, stderr) = finish(child, 40);
+    assert!(status.success(), "{status:?}\n{stderr}");
+}
