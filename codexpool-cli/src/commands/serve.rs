@@ -27,7 +27,11 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
         .start()
         .await?;
     let mut signals = super::Signals::new()?;
-    banner(ctx, &pool, &running)?;
+    // The banner is for whoever watches; a closed stdout (a pager that quit, a supervisor that
+    // drops output) must not stop the server.
+    if let Err(e) = banner(ctx, &pool, &running) {
+        tracing::debug!(error = %e, "the banner could not be printed");
+    }
     let signal = signals.recv().await;
     out.note(format!(
         "{signal}: stopping; open requests have up to {} s to finish (Ctrl-C again to quit now).",

@@ -7,18 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{Env, Lines, finish, signal};
-
-/// Starts `serve` on a free port; its URL and the child.
-fn serve(env: &Env) -> (String, std::process::Child) {
-    let mut child = env.spawn(&["serve", "--addr", "127.0.0.1:0"], &[]);
-    let mut lines = Lines::new(child.stdout.take().unwrap());
-    let url = lines.find(|l| {
-        l.split_once("listening on ")
-            .map(|(_, u)| u.trim().to_string())
-    });
-    (url, child)
-}
+use crate::support::{Env, finish, signal};
 
 /// Clients sending chat requests in a loop until `stop`; counts the answers by status.
 fn load(
@@ -55,6 +44,19 @@ fn load(
     (tasks, ok)
 }
 
+/// Waits until the load has `n` answers (a server that stopped answering fails the test).
+async fn until_answered(ok: &AtomicUsize, n: usize) {
+    let t = Instant::now();
+    while ok.load(Ordering::Relaxed) < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "only {} answers in 60 s",
+            ok.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
     let env = Env::new();
@@ -63,7 +65,7 @@ async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
         .as_str()
         .unwrap()
         .to_string();
-    let (url, child) = serve(&env);
+    let (url, child) = env.serve(&[]);
     let stop = Arc::new(AtomicBool::new(false));
     let (tasks, ok) = load(&url, &key, 8, stop.clone());
     // Acknowledged admin writes made while the server is busy.
@@ -77,9 +79,7 @@ async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
         );
     }
     let added = env.add_accounts(&["acct-3"]);
-    while ok.load(Ordering::Relaxed) < 50 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_answered(&ok, 50).await;
     // Long enough under load for the batched writer to have written a few batches.
     tokio::time::sleep(Duration::from_millis(600)).await;
     signal(&child, "KILL");
@@ -139,12 +139,10 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
         victim["key"]["id"].as_str().unwrap().to_string(),
         victim["secret"].as_str().unwrap().to_string(),
     );
-    let (url, child) = serve(&env);
+    let (url, child) = env.serve(&[]);
     let stop = Arc::new(AtomicBool::new(false));
     let (tasks, ok) = load(&url, &load_key, 6, stop.clone());
-    while ok.load(Ordering::Relaxed) < 20 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_answered(&ok, 20).await;
     let client = reqwest::Client::new();
     let status_of = |secret: String| {
         let (client, url) = (client.clone(), url.clone());

@@ -154,25 +154,15 @@ async fn serve_reaches_the_upstream_through_the_proxy_the_environment_names() {
             .json(&json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "Hi"}]}))
             .send()
     };
-    let start = |extra: &[(&str, &str)]| {
-        let mut child = env.spawn(&["serve", "--addr", "127.0.0.1:0"], extra);
-        let mut lines = Lines::new(child.stdout.take().unwrap());
-        let url = lines.find(|l| {
-            l.split_once("listening on ")
-                .map(|(_, u)| u.trim().to_string())
-        });
-        (url, child)
-    };
-
     // Without the proxy the host cannot be reached: the test can tell the two apart.
-    let (url, child) = start(&[("CODEXPOOL_UPSTREAM_BASE_URL", behind_proxy)]);
+    let (url, child) = env.serve(&[("CODEXPOOL_UPSTREAM_BASE_URL", behind_proxy)]);
     let res = chat(url).await.unwrap();
     assert_eq!(res.status(), 502, "{:?}", res.text().await);
     signal(&child, "TERM");
     finish(child, 40);
 
     let proxy = env.fake.url();
-    let (url, child) = start(&[
+    let (url, child) = env.serve(&[
         ("CODEXPOOL_UPSTREAM_BASE_URL", behind_proxy),
         ("HTTP_PROXY", proxy.as_str()),
     ]);
@@ -183,4 +173,49 @@ async fn serve_reaches_the_upstream_through_the_proxy_the_environment_names() {
     signal(&child, "TERM");
     let (status, stderr) = finish(child, 40);
     assert!(status.success(), "{status:?}\n{stderr}");
+}
+
+/// The banner cannot be printed (stdout is closed from the start): the server still serves, and
+/// still stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_serving_when_its_stdout_is_closed() {
+    let env = Env::new();
+    env.add_accounts(&["acct-1"]);
+    let secret = env.json(&["key", "create", "--name", "ci"])["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut child = env.spawn(&["serve", "--addr", &addr], &[]);
+    drop(child.stdout.take());
+
+    let client = reqwest::Client::new();
+    let t = std::time::Instant::now();
+    loop {
+        if let Ok(r) = client.get(format!("http://{addr}/health")).send().await {
+            assert_eq!(r.status(), 200);
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the server never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let res = client
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .json(&json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    signal(&child, "TERM");
+    let (status, stderr) = finish(child, 40);
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(stderr.contains("Stopped."), "{stderr}");
 }

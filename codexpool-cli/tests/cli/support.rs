@@ -91,6 +91,18 @@ impl Env {
             .unwrap()
     }
 
+    /// Starts `serve` on a free port, with these variables on top of the usual ones; its URL
+    /// and the child.
+    pub fn serve(&self, extra_env: &[(&str, &str)]) -> (String, Child) {
+        let mut child = self.spawn(&["serve", "--addr", "127.0.0.1:0"], extra_env);
+        let mut lines = Lines::new(child.stdout.take().unwrap());
+        let url = lines.find(|l| {
+            l.split_once("listening on ")
+                .map(|(_, u)| u.trim().to_string())
+        });
+        (url, child)
+    }
+
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cmd().args(args).output().unwrap();
@@ -204,9 +216,9 @@ impl Lines {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
+                // Read to the end even once nobody listens: closing the pipe early would make
+                // the child's next line fail with EPIPE, and end it.
+                let _ = tx.send(line);
             }
         });
         Self {
