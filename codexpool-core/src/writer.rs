@@ -139,8 +139,10 @@ impl Batch {
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Op>, hurry: Arc<Notify>) {
     let mut ops = Vec::new();
     while rx.recv_many(&mut ops, BATCH_MAX).await > 0 {
-        if !ops.iter().any(|op| matches!(op, Op::Flush(_))) {
-            // Gather: records queued meanwhile wait in the channel without waking this task.
+        // Gather, unless a flush waits or a full batch is already there (under sustained load
+        // batches then go back to back, as fast as the store takes them). Records queued
+        // meanwhile wait in the channel without waking this task.
+        if ops.len() < BATCH_MAX && !ops.iter().any(|op| matches!(op, Op::Flush(_))) {
             let _ = tokio::time::timeout(BATCH_WINDOW, hurry.notified()).await;
         }
         let mut batch = Batch::default();
@@ -190,7 +192,7 @@ mod tests {
 
     async fn rows(store: &MemoryStore) -> Vec<String> {
         let mut ids: Vec<String> = store
-            .list_request_log(&RequestLogQuery::latest(100))
+            .list_request_log(&RequestLogQuery::latest(100_000))
             .await
             .unwrap()
             .into_iter()
@@ -230,6 +232,19 @@ mod tests {
         writer.flush().await;
         assert_eq!(before, tokio::time::Instant::now());
         assert_eq!(rows(&store).await, ["a", "b", "c", "d"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_is_written_in_full_batches_without_waiting_between_them() {
+        let store = Arc::new(MemoryStore::new());
+        let writer = Writer::spawn(store.clone());
+        let n = 2 * BATCH_MAX + 1;
+        for i in 0..n {
+            writer.request_log(entry(&format!("r{i:05}")));
+        }
+        // Two full batches at once, then the last record after one window: not three windows.
+        tokio::time::sleep(BATCH_WINDOW + Duration::from_millis(1)).await;
+        assert_eq!(rows(&store).await.len(), n);
     }
 
     #[tokio::test(start_paused = true)]

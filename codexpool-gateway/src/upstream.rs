@@ -71,7 +71,7 @@ struct Answer {
 }
 
 /// An error and its causes on one line ("a: b: c"), each said once.
-pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -86,12 +86,6 @@ pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 type Direct = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// Whether the environment's proxy settings (as curl and reqwest read them) route requests to
-/// `uri` through a proxy.
-fn proxied(matcher: &Matcher, uri: &Uri) -> bool {
-    matcher.intercept(uri).is_some()
-}
 
 fn direct_client(config: &Config) -> Result<Direct, String> {
     let provider = rustls::crypto::CryptoProvider::get_default()
@@ -185,9 +179,10 @@ impl Upstream {
             .map_err(|e| describe(&e))?;
         let base = config.upstream_base_url.trim_end_matches('/').to_string();
         let responses_uri = format!("{base}/responses").parse::<Uri>().ok();
+        // The proxy variables as curl and reqwest read them (`HTTPS_PROXY`, `NO_PROXY`, …).
         let behind_proxy = responses_uri
             .as_ref()
-            .is_some_and(|u| proxied(&Matcher::from_system(), u));
+            .is_some_and(|u| Matcher::from_system().intercept(u).is_some());
         let direct = if behind_proxy {
             tracing::info!("the upstream is reached through the proxy the environment names");
             None
