@@ -15,4 +15,5 @@ mod logs;
 mod reliability;
 mod serve;
 mod support;
+mod upstream_tls;
 mod usage;

@@ -1,0 +1,156 @@
+//! HTTPS to the upstream, as with the real backend: `serve` (a child) reaches the fake through
+//! a TLS front that offers HTTP/2 and HTTP/1.1, trusts it only when the environment names its
+//! CA (`SSL_CERT_FILE`, read by the platform verifier on Linux), and refuses it otherwise.
+//!
+//! `tls/` holds a test CA and a certificate for 127.0.0.1 it signed (valid until 2126), made with:
+//! ```sh
+//! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
+//!   -out ca.pem -days 36500 -subj "/CN=codexpool test CA" \
+//!   -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign"
+//! openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout upstream.key \
+//!   -out upstream.csr -subj "/CN=127.0.0.1"
+//! openssl x509 -req -in upstream.csr -CA ca.pem -CAkey ca.key -out upstream.pem -days 36500 \
+//!   -extfile <(printf 'basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n')
+//! ```
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::support::{Env, finish, signal};
+
+fn tls_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/cli/tls")
+        .join(name)
+}
+
+/// What the front saw of each connection: the protocol the client chose, or why the handshake
+/// failed.
+type Handshakes = Arc<Mutex<Vec<Result<String, String>>>>;
+
+/// A TLS front for `backend` (host:port): terminates TLS with the test certificate and relays
+/// the bytes. Runs on the test's runtime, so it stops with the test. Returns its origin.
+async fn tls_front(backend: String) -> (String, Handshakes) {
+    let certs = CertificateDer::pem_file_iter(tls_file("upstream.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(tls_file("upstream.key")).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("https://{}", listener.local_addr().unwrap());
+    let seen = Handshakes::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, backend, log) = (acceptor.clone(), backend.clone(), log.clone());
+            tokio::spawn(async move {
+                let mut tls = match acceptor.accept(tcp).await {
+                    Ok(tls) => tls,
+                    Err(e) => return log.lock().unwrap().push(Err(e.to_string())),
+                };
+                let alpn = tls.get_ref().1.alpn_protocol().unwrap_or_default();
+                log.lock()
+                    .unwrap()
+                    .push(Ok(String::from_utf8_lossy(alpn).into_owned()));
+                let mut plain = TcpStream::connect(&backend).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (origin, seen)
+}
+
+/// The fake's Codex base URL with its origin swapped for the TLS front's.
+async fn upstream_over_tls(env: &Env) -> (String, Handshakes) {
+    let plain = env.fake.codex_base_url();
+    let rest = plain.strip_prefix("http://").unwrap();
+    let (backend, path) = rest.split_once('/').unwrap();
+    let (origin, seen) = tls_front(backend.to_string()).await;
+    (format!("{origin}/{path}"), seen)
+}
+
+fn chat(url: &str, secret: &str, stream: bool) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(secret)
+        .json(&json!({
+            "model": "gpt-5-codex",
+            "stream": stream,
+            "messages": [{"role": "user", "content": "Hi"}],
+        }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_speaks_http2_over_tls_to_an_upstream_whose_ca_the_environment_trusts() {
+    let env = Env::new();
+    env.add_accounts(&["acct-1"]);
+    let secret = env.json(&["key", "create", "--name", "ci"])["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (upstream, handshakes) = upstream_over_tls(&env).await;
+    let ca = tls_file("ca.pem").display().to_string();
+    let (url, child) = env.serve(&[
+        ("CODEXPOOL_UPSTREAM_BASE_URL", upstream.as_str()),
+        ("SSL_CERT_FILE", ca.as_str()),
+    ]);
+
+    let res = chat(&url, &secret, false).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-1.");
+
+    let res = chat(&url, &secret, true).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    assert!(text.contains(r#"{"content":"Hello"}"#), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // Both requests went over one pooled HTTP/2 connection.
+    assert_eq!(*handshakes.lock().unwrap(), [Ok("h2".to_string())]);
+    signal(&child, "TERM");
+    let (status, stderr) = finish(child, 40);
+    assert!(status.success(), "{status:?}\n{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_an_upstream_certificate_nobody_vouches_for() {
+    let env = Env::new();
+    env.add_accounts(&["acct-1"]);
+    let secret = env.json(&["key", "create", "--name", "ci"])["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (upstream, handshakes) = upstream_over_tls(&env).await;
+    let (url, child) = env.serve(&[("CODEXPOOL_UPSTREAM_BASE_URL", upstream.as_str())]);
+
+    let res = chat(&url, &secret, false).send().await.unwrap();
+    assert_eq!(res.status(), 502);
+    let v: Value = res.json().await.unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("certificate"), "{message}");
+    let seen = handshakes.lock().unwrap().clone();
+    assert!(
+        !seen.is_empty() && seen.iter().all(Result::is_err),
+        "{seen:?}"
+    );
+    signal(&child, "TERM");
+    let (status, stderr) = finish(child, 40);
+    assert!(status.success(), "{status:?}\n{stderr}");
+}
