@@ -61,10 +61,7 @@ async fn until_answered(ok: &AtomicUsize, n: usize) {
 async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
     let env = Env::new();
     let ids = env.add_accounts(&["acct-1", "acct-2"]);
-    let key = env.json(&["key", "create", "--name", "load"])["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = env.key_secret("load");
     let (url, child) = env.serve(&[]);
     let stop = Arc::new(AtomicBool::new(false));
     let (tasks, ok) = load(&url, &key, 8, stop.clone());
@@ -130,10 +127,7 @@ async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
 async fn cli_changes_reach_a_busy_server_within_a_second() {
     let env = Env::new();
     env.add_accounts(&["acct-1"]);
-    let load_key = env.json(&["key", "create", "--name", "load"])["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let load_key = env.key_secret("load");
     let victim = env.json(&["key", "create", "--name", "victim"]);
     let (victim_id, victim_secret) = (
         victim["key"]["id"].as_str().unwrap().to_string(),
@@ -225,8 +219,6 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
     for t in tasks {
         t.await.unwrap();
     }
-    signal(&child, "TERM");
-    let (status, stderr) = finish(child, 40);
-    assert!(status.success(), "{stderr}");
+    let stderr = crate::support::stop(child);
     assert!(!stderr.contains("locked"), "{stderr}");
 }

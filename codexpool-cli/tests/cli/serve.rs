@@ -7,16 +7,13 @@ use std::time::Duration;
 use codexpool_core::request_log::RequestLogQuery;
 use serde_json::{Value, json};
 
-use crate::support::{Env, Lines, finish, signal};
+use crate::support::{Env, Lines, finish, signal, stop};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_rpc_and_chat_then_stops_gracefully_on_sigterm() {
     let env = Env::new();
     let ids = env.add_accounts(&["acct-1"]);
-    let secret = env.json(&["key", "create", "--name", "ci"])["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = env.key_secret("ci");
 
     let mut child = env.spawn(&["serve", "--addr", "127.0.0.1:0"], &[]);
     let mut lines = Lines::new(child.stdout.take().unwrap());
@@ -69,10 +66,7 @@ async fn serve_answers_rpc_and_chat_then_stops_gracefully_on_sigterm() {
     assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-1.");
 
     // Other commands on the same database while it runs; the server sees their changes.
-    let live = env.json(&["key", "create", "--name", "live"])["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let live = env.key_secret("live");
     let mut status = 0;
     for _ in 0..60 {
         status = chat(live.clone()).await.unwrap().status().as_u16();
@@ -92,9 +86,7 @@ async fn serve_answers_rpc_and_chat_then_stops_gracefully_on_sigterm() {
     // One more request, and the stop right after it: its row is written by the graceful stop.
     let res = chat(secret.clone()).await.unwrap();
     assert_eq!(res.status(), 200);
-    signal(&child, "TERM");
-    let (status, stderr) = finish(child, 40);
-    assert!(status.success(), "{status:?}\n{stderr}");
+    let stderr = stop(child);
     assert!(stderr.contains("SIGTERM: stopping"), "{stderr}");
     assert!(stderr.contains("Stopped."), "{stderr}");
 
@@ -142,10 +134,7 @@ fn serve_says_when_the_address_is_taken() {
 async fn serve_reaches_the_upstream_through_the_proxy_the_environment_names() {
     let env = Env::new();
     env.add_accounts(&["acct-1"]);
-    let secret = env.json(&["key", "create", "--name", "ci"])["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = env.key_secret("ci");
     let behind_proxy = "http://codex-upstream.invalid/backend-api/codex";
     let chat = |url: String| {
         reqwest::Client::new()
@@ -170,9 +159,7 @@ async fn serve_reaches_the_upstream_through_the_proxy_the_environment_names() {
     assert_eq!(res.status(), 200);
     let v: Value = res.json().await.unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-1.");
-    signal(&child, "TERM");
-    let (status, stderr) = finish(child, 40);
-    assert!(status.success(), "{status:?}\n{stderr}");
+    stop(child);
 }
 
 /// The banner cannot be printed (stdout is closed from the start): the server still serves, and
@@ -181,10 +168,7 @@ async fn serve_reaches_the_upstream_through_the_proxy_the_environment_names() {
 async fn serve_keeps_serving_when_its_stdout_is_closed() {
     let env = Env::new();
     env.add_accounts(&["acct-1"]);
-    let secret = env.json(&["key", "create", "--name", "ci"])["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = env.key_secret("ci");
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -214,8 +198,6 @@ async fn serve_keeps_serving_when_its_stdout_is_closed() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    signal(&child, "TERM");
-    let (status, stderr) = finish(child, 40);
-    assert!(status.success(), "{status:?}\n{stderr}");
+    let stderr = stop(child);
     assert!(stderr.contains("Stopped."), "{stderr}");
 }

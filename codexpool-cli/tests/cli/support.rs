@@ -124,6 +124,14 @@ impl Env {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
     }
 
+    /// Creates a platform key through the CLI; returns its secret.
+    pub fn key_secret(&self, name: &str) -> String {
+        self.json(&["key", "create", "--name", name])["secret"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// Adds fake accounts and imports their auth.json files through the CLI (one folder, in
     /// name order); returns their local ids in that order.
     pub fn add_accounts(&self, names: &[&str]) -> Vec<String> {
@@ -265,6 +273,14 @@ pub fn signal(child: &Child, name: &str) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Stops a server child with SIGTERM and checks it exits cleanly; returns its stderr.
+pub fn stop(child: Child) -> String {
+    signal(&child, "TERM");
+    let (status, stderr) = finish(child, 40);
+    assert!(status.success(), "{status:?}\n{stderr}");
+    stderr
 }
 
 /// Waits for a child to exit (at most `secs`); returns its status and stderr.

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::support::{Env, finish, signal};
+use crate::support::{Env, stop};
 
 fn tls_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -100,10 +100,7 @@ fn chat(url: &str, secret: &str, stream: bool) -> reqwest::RequestBuilder {
 async fn serve_speaks_http2_over_tls_to_an_upstream_whose_ca_the_environment_trusts() {
     let env = Env::new();
     env.add_accounts(&["acct-1"]);
-    let secret = env.json(&["key", "create", "--name", "ci"])["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = env.key_secret("ci");
     let (upstream, handshakes) = upstream_over_tls(&env).await;
     let ca = tls_file("ca.pem").display().to_string();
     let (url, child) = env.serve(&[
@@ -124,19 +121,14 @@ async fn serve_speaks_http2_over_tls_to_an_upstream_whose_ca_the_environment_tru
 
     // Both requests went over one pooled HTTP/2 connection.
     assert_eq!(*handshakes.lock().unwrap(), [Ok("h2".to_string())]);
-    signal(&child, "TERM");
-    let (status, stderr) = finish(child, 40);
-    assert!(status.success(), "{status:?}\n{stderr}");
+    stop(child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_refuses_an_upstream_certificate_nobody_vouches_for() {
     let env = Env::new();
     env.add_accounts(&["acct-1"]);
-    let secret = env.json(&["key", "create", "--name", "ci"])["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = env.key_secret("ci");
     let (upstream, handshakes) = upstream_over_tls(&env).await;
     let (url, child) = env.serve(&[("CODEXPOOL_UPSTREAM_BASE_URL", upstream.as_str())]);
 
@@ -150,7 +142,5 @@ async fn serve_refuses_an_upstream_certificate_nobody_vouches_for() {
         !seen.is_empty() && seen.iter().all(Result::is_err),
         "{seen:?}"
     );
-    signal(&child, "TERM");
-    let (status, stderr) = finish(child, 40);
-    assert!(status.success(), "{status:?}\n{stderr}");
+    stop(child);
 }
