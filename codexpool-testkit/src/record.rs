@@ -1,6 +1,7 @@
 //! The request log: [`RecordedRequest`] and the middleware that buffers each request's body,
 //! attributes it to an account and appends it to the log before the handler runs. In instant mode
-//! the hot endpoints skip it and are only counted.
+//! the endpoints a load test hammers skip it: the model endpoints are only counted, the model
+//! listings not even that (an unbounded log would grow by gigabytes under load).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -94,11 +95,16 @@ impl RecordedRequest {
     }
 }
 
-/// Whether a path is served by pre-rendered bytes in instant mode.
-pub(crate) fn is_hot(path: &str) -> bool {
+/// Whether instant mode leaves requests to a path out of the log: the model endpoints (served
+/// by pre-rendered bytes) and the model listings.
+fn unrecorded_in_instant_mode(path: &str) -> bool {
     matches!(
         path,
-        "/backend-api/codex/responses" | "/v1/chat/completions" | "/v1/responses"
+        "/backend-api/codex/responses"
+            | "/v1/chat/completions"
+            | "/v1/responses"
+            | "/backend-api/codex/models"
+            | "/v1/models"
     )
 }
 
@@ -108,7 +114,7 @@ pub(crate) async fn record(
     req: Request,
     next: Next,
 ) -> Response {
-    if shared.config.instant && is_hot(req.uri().path()) {
+    if shared.config.instant && unrecorded_in_instant_mode(req.uri().path()) {
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();

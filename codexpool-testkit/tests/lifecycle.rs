@@ -171,7 +171,23 @@ async fn instant_mode_answers_anyone_from_bytes() {
 
     assert_eq!(fake.count("/backend-api/codex/responses"), 1);
     assert_eq!(fake.count("/v1/chat/completions"), 3);
-    assert!(fake.requests().is_empty(), "hot paths record nothing");
+    // The model listings answer as usual and stay out of the log too.
+    for listing in [
+        format!("{}/models", fake.openai_base_url()),
+        format!("{}/models?client_version=1.0.0", fake.codex_base_url()),
+    ] {
+        let r = http
+            .get(listing)
+            .bearer_auth("anything")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(
+        fake.requests().is_empty(),
+        "hot paths and listings record nothing"
+    );
     fake.clear_requests();
     assert_eq!(fake.count("/v1/chat/completions"), 0);
 }
