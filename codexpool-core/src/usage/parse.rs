@@ -31,10 +31,14 @@ fn boolean(v: Option<&Value>) -> Option<bool> {
 }
 
 fn parse_bool_text(s: &str) -> Option<bool> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" => Some(true),
-        "false" | "0" | "no" => Some(false),
-        _ => None,
+    let s = s.trim();
+    let is = |words: [&str; 3]| words.iter().any(|w| s.eq_ignore_ascii_case(w));
+    if is(["true", "1", "yes"]) {
+        Some(true)
+    } else if is(["false", "0", "no"]) {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -178,26 +182,33 @@ pub fn parse_usage_headers<'a>(
         let number = text
             .and_then(|t| t.parse::<f64>().ok())
             .filter(|x| x.is_finite());
-        let rest = rest.to_ascii_lowercase();
-        let (slot, field) = if let Some(f) = rest.strip_prefix("primary-") {
+        // Matched without allocating: this runs for every header of every upstream answer.
+        let (slot, field) = if let Some(f) = strip_prefix_ci(rest, "primary-") {
             (Some(0), f)
-        } else if let Some(f) = rest.strip_prefix("secondary-") {
+        } else if let Some(f) = strip_prefix_ci(rest, "secondary-") {
             (Some(1), f)
         } else {
-            (None, rest.as_str())
+            (None, rest)
         };
-        match (slot, field) {
-            (Some(i), "used-percent") => slots[i].used = number,
-            (Some(i), "window-minutes") => slots[i].minutes = number,
-            (Some(i), "reset-after-seconds") => slots[i].reset_after = number,
-            (Some(i), "reset-at") => slots[i].reset_at = number,
-            (None, "credits-balance") => credits.balance = number,
-            (None, "credits-has-credits") => credits.has_credits = text.and_then(parse_bool_text),
-            (None, "credits-unlimited") => credits.unlimited = text.and_then(parse_bool_text),
+        let is = |name: &str| field.eq_ignore_ascii_case(name);
+        let is_flag = is("credits-has-credits") || is("credits-unlimited");
+        match slot {
+            Some(i) if is("used-percent") => slots[i].used = number,
+            Some(i) if is("window-minutes") => slots[i].minutes = number,
+            Some(i) if is("reset-after-seconds") => slots[i].reset_after = number,
+            Some(i) if is("reset-at") => slots[i].reset_at = number,
+            None if is("credits-balance") => credits.balance = number,
+            None if is("credits-has-credits") => {
+                credits.has_credits = text.and_then(parse_bool_text);
+            }
+            None if is("credits-unlimited") => credits.unlimited = text.and_then(parse_bool_text),
             _ => continue,
         }
-        if number.is_none() && field != "credits-has-credits" && field != "credits-unlimited" {
-            problems.push(format!("header x-codex-{rest} is not a number"));
+        if number.is_none() && !is_flag {
+            problems.push(format!(
+                "header x-codex-{} is not a number",
+                rest.to_ascii_lowercase()
+            ));
         }
     }
     if !any {
@@ -392,6 +403,7 @@ mod tests {
             ("x-codex-secondary-reset-at", b"1731552000"),
             ("x-codex-credits-has-credits", b"False"),
             ("x-codex-credits-balance", b"3.5"),
+            ("X-CODEX-CREDITS-UNLIMITED", b" Yes "),
             ("content-type", b"text/event-stream"),
         ];
         let s = parse_usage_headers(h, NOW).unwrap();
@@ -411,7 +423,10 @@ mod tests {
             .unwrap();
         assert_eq!(week.resets_at, Some(Timestamp::from_secs(1_731_552_000)));
         let c = s.credits.unwrap();
-        assert_eq!((c.balance, c.has_credits), (Some(3.5), Some(false)));
+        assert_eq!(
+            (c.balance, c.has_credits, c.unlimited),
+            (Some(3.5), Some(false), Some(true))
+        );
     }
 
     #[test]
