@@ -29,6 +29,9 @@ impl AccountStatus {
     pub const ALL: [AccountStatus; 4] =
         [Self::Active, Self::Disabled, Self::NeedsLogin, Self::Banned];
 
+    /// The statuses the pool may change on its own: all but [`Disabled`](Self::Disabled).
+    pub const AUTOMATIC: [AccountStatus; 3] = [Self::Active, Self::NeedsLogin, Self::Banned];
+
     /// The stored and displayed spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -226,6 +229,10 @@ pub struct AccountPatch {
     pub status: Option<AccountStatus>,
     /// New status reason.
     pub status_reason: Option<Option<String>>,
+    /// Apply `status` and `status_reason` only when the stored status is one of these (checked
+    /// in the store's transaction, so a decision the pool made on an old view of the account
+    /// cannot overwrite what a person or another process set meanwhile). `None`: always.
+    pub status_only_from: Option<Vec<AccountStatus>>,
     /// New tokens.
     pub tokens: Option<Tokens>,
     /// New OpenAI account id.
@@ -264,6 +271,12 @@ impl AccountPatch {
     pub fn status(mut self, s: AccountStatus, reason: Option<String>) -> Self {
         self.status = Some(s);
         self.status_reason = Some(reason);
+        self
+    }
+    /// Makes the status change conditional on the stored status: see
+    /// [`status_only_from`](Self::status_only_from).
+    pub fn only_from(mut self, from: &[AccountStatus]) -> Self {
+        self.status_only_from = Some(from.to_vec());
         self
     }
     /// Replaces the tokens.
@@ -320,11 +333,15 @@ impl AccountPatch {
         if let Some(v) = p.note {
             a.note = v;
         }
-        if let Some(v) = p.status {
-            a.status = v;
-        }
-        if let Some(v) = p.status_reason {
-            a.status_reason = v;
+        if p.status_only_from
+            .is_none_or(|from| from.contains(&a.status))
+        {
+            if let Some(v) = p.status {
+                a.status = v;
+            }
+            if let Some(v) = p.status_reason {
+                a.status_reason = v;
+            }
         }
         if let Some(v) = p.tokens {
             a.tokens = v;

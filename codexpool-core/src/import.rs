@@ -450,8 +450,9 @@ impl AccountPool {
                 }
                 // Fresh tokens cure a dead sign-in; a person's `disabled` and a ban stay.
                 if existing.status == AccountStatus::NeedsLogin {
-                    p.status = Some(AccountStatus::Active);
-                    p.status_reason = Some(None);
+                    p = p
+                        .status(AccountStatus::Active, None)
+                        .only_from(&[AccountStatus::NeedsLogin]);
                 }
                 if overwrite_meta {
                     p.label = c.label.clone();

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use codexpool_core::keys::{KeyError, NewKey};
-use codexpool_core::{AccountStatus, Config, Demand, Pool};
+use codexpool_core::{AccountStatus, Config, Demand, Outcome, Pool};
 
 async fn open(path: &std::path::Path) -> Pool {
     Pool::open(
@@ -125,4 +125,42 @@ async fn concurrent_admin_writes_from_two_pools_all_land() {
     a.reload().await.unwrap();
     assert_eq!(a.keys().list().len(), 50);
     assert_eq!(a.accounts().len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_disabling_an_account_wins_over_the_servers_stale_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let server = open(&path).await;
+    let cli = open(&path).await;
+    let r = server
+        .accounts()
+        .import_bytes("auth.json", &common::auth_json("acct-x", "rt"))
+        .await;
+    let id = r.results[0].account_id.clone().unwrap();
+    eventually("the account in the cli", || cli.accounts().get(&id).is_ok()).await;
+
+    // The server holds a lease from before; the person disables the account elsewhere, and the
+    // upstream's verdict on that lease arrives before the server has seen the change.
+    let lease = server.accounts().acquire(&Demand::any()).await.unwrap();
+    cli.accounts().disable(&id).await.unwrap();
+    assert_eq!(
+        server.accounts().get(&id).unwrap().status,
+        AccountStatus::Active,
+        "the server must still hold the old view for this test to mean anything"
+    );
+    lease
+        .report(Outcome::Banned {
+            reason: "account_deactivated".into(),
+        })
+        .await;
+    drop(lease);
+
+    // Disabled it stays, in the database and in both views.
+    for pool in [&server, &cli] {
+        pool.reload().await.unwrap();
+        let a = pool.accounts().get(&id).unwrap();
+        assert_eq!(a.status, AccountStatus::Disabled, "{a:?}");
+        assert_eq!(a.status_reason.as_deref(), Some("disabled by a person"));
+    }
 }

@@ -351,7 +351,10 @@ impl Auth {
                 };
                 let mut patch = AccountPatch::default().tokens(tokens.clone());
                 if current.status == AccountStatus::NeedsLogin {
-                    patch = patch.status(AccountStatus::Active, None);
+                    // Fresh tokens cure a dead sign-in, but not one a person disabled since.
+                    patch = patch
+                        .status(AccountStatus::Active, None)
+                        .only_from(&[AccountStatus::NeedsLogin]);
                 }
                 if let Some(c) = &id_claims {
                     if c.chatgpt_plan_type.is_some() && c.chatgpt_plan_type != current.plan_type {
@@ -377,15 +380,13 @@ impl Auth {
                 }
                 let reason = dead_reason(&code, message.as_deref());
                 tracing::warn!(account = %id, code = %code, "the sign-in is dead; the account needs a new login");
-                if matches!(
-                    current.status,
-                    AccountStatus::Active | AccountStatus::NeedsLogin
-                ) {
-                    let patch =
-                        AccountPatch::default().status(AccountStatus::NeedsLogin, Some(reason));
-                    if let Err(e) = self.pool.accounts().apply_patch(id, patch).await {
-                        tracing::warn!(account = %id, error = %e, "could not store the needs_login status");
-                    }
+                // Checked against the stored status, not `current`: a person may have
+                // disabled the account while the refresh was on the wire.
+                let patch = AccountPatch::default()
+                    .status(AccountStatus::NeedsLogin, Some(reason))
+                    .only_from(&[AccountStatus::Active, AccountStatus::NeedsLogin]);
+                if let Err(e) = self.pool.accounts().apply_patch(id, patch).await {
+                    tracing::warn!(account = %id, error = %e, "could not store the needs_login status");
                 }
                 Err(AuthError::RefreshDead {
                     account_id: id.to_string(),

@@ -510,19 +510,17 @@ impl AccountPool {
     }
 
     /// Sets a status decided by the pool itself (a dead sign-in, a deactivation). An account a
-    /// person disabled stays disabled.
+    /// person disabled stays disabled, also when that happened in another process a moment ago.
     pub(crate) async fn set_automatic_status(
         &self,
         id: &str,
         status: AccountStatus,
         reason: String,
     ) -> Result<()> {
-        if self.get(id)?.status == AccountStatus::Disabled {
-            return Ok(());
-        }
-        self.apply_patch(id, AccountPatch::default().status(status, Some(reason)))
-            .await
-            .map(|_| ())
+        let patch = AccountPatch::default()
+            .status(status, Some(reason))
+            .only_from(&AccountStatus::AUTOMATIC);
+        self.apply_patch(id, patch).await.map(|_| ())
     }
 
     /// Turns an account on (clearing the status reason).

@@ -183,6 +183,31 @@ async fn accounts(s: &dyn Store) -> Result<(), Failure> {
         .map_err(e)?
         .ok_or("patched account vanished")?;
     ensure!(same_account(&again, &patched), "patch not persisted");
+    // A conditional status change applies only from the named statuses; the rest of the patch
+    // applies either way.
+    let only_active = AccountPatch::default()
+        .sort(-2)
+        .status(AccountStatus::Banned, Some("deactivated".into()))
+        .only_from(&[AccountStatus::Active]);
+    let kept = s
+        .patch_account("acc1", &only_active, t(11))
+        .await
+        .map_err(e)?;
+    ensure!(
+        kept.status == AccountStatus::NeedsLogin
+            && kept.status_reason.as_deref() == Some("refresh_token_reused")
+            && kept.sort == -2,
+        "a status change conditional on `active` applied to a needs_login account: {kept:?}"
+    );
+    let from_needs_login = only_active.only_from(&[AccountStatus::NeedsLogin]);
+    let moved = s
+        .patch_account("acc1", &from_needs_login, t(12))
+        .await
+        .map_err(e)?;
+    ensure!(
+        moved.status == AccountStatus::Banned,
+        "a status change conditional on `needs_login` did not apply: {moved:?}"
+    );
     ensure!(
         matches!(
             s.patch_account("nope", &patch, t(10)).await,
