@@ -15,6 +15,7 @@
 //! which it understands fully) and those to the fallback upstream.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -331,14 +332,16 @@ pub(crate) fn forwardable(headers: &HeaderMap) -> HeaderMap {
 
 /// The conversation a request belongs to: the client's session header, else its
 /// `prompt_cache_key`, else a fingerprint of how the conversation starts (instructions and first
-/// input item, which stay the same turn after turn). Mixed with the key id so two keys never
-/// share a session, and hashed into a UUID-shaped `session_id` (stable ids are what give
-/// prompt-cache hits upstream; the same id pins the conversation to its account).
+/// input item, which stay the same turn after turn: the `opening` spans of `body` when the
+/// adapter knows them, else found by parsing). Mixed with the key id so two keys never share a
+/// session, and hashed into a UUID-shaped `session_id` (stable ids are what give prompt-cache
+/// hits upstream; the same id pins the conversation to its account).
 pub(crate) fn session_id(
     headers: &HeaderMap,
     key: &PlatformKey,
     prompt_cache_key: Option<&str>,
     body: &[u8],
+    opening: &[Range<usize>],
 ) -> String {
     for name in [
         "session_id",
@@ -361,6 +364,11 @@ pub(crate) fn session_id(
     h.update(b"\0");
     match prompt_cache_key {
         Some(k) => h.update(k.as_bytes()),
+        None if !opening.is_empty() => {
+            for span in opening {
+                h.update(&body[span.clone()]);
+            }
+        }
         None => h.update(conversation_fingerprint(body)),
     }
     let d = h.finalize();
@@ -770,4 +778,34 @@ fn conversation_fingerprint(body: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&body[..body.len().min(1024)]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapt::{Overrides, chat_to_responses};
+
+    /// The spans the chat adapter reports hold exactly the bytes the parsing fingerprint finds,
+    /// so a conversation keeps its session id whichever way it is computed.
+    #[test]
+    fn the_chat_adapters_opening_is_the_parsed_fingerprint() {
+        for body in [
+            r#"{"model":"m","messages":[{"role":"system","content":"Be \"brief\"."},
+                {"role":"user","content":"hi \u00e9"},{"role":"assistant","content":"yo"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"system","content":"only rules"}]}"#,
+        ] {
+            let (up, _) = chat_to_responses(body.as_bytes(), &Overrides::default()).unwrap();
+            let spans: Vec<u8> = up
+                .opening
+                .iter()
+                .flat_map(|span| up.body[span.clone()].iter().copied())
+                .collect();
+            assert_eq!(
+                String::from_utf8_lossy(&spans),
+                String::from_utf8_lossy(&conversation_fingerprint(&up.body)),
+                "{body}"
+            );
+        }
+    }
 }

@@ -149,8 +149,8 @@ pub fn chat_to_responses(
     let mut out = Vec::with_capacity(body.len() + 256);
     let mut w = ObjectWriter::new(&mut out);
     w.value("model", &*model);
-    w.value("instructions", &instructions);
-    w.value("input", &input);
+    let mut opening = vec![w.value_span("instructions", &instructions)];
+    opening.extend(w.items("input", &input));
     if let Some(tools) = &tools {
         w.value("tools", tools);
     }
@@ -199,6 +199,7 @@ pub fn chat_to_responses(
             stream,
             dropped,
             prompt_cache_key: prompt_cache_key.map(Cow::into_owned),
+            opening,
         },
         ChatOptions {
             model,
@@ -223,7 +224,7 @@ enum Item<'a> {
     },
     FunctionCallOutput {
         call_id: Cow<'a, str>,
-        output: Cow<'a, str>,
+        output: Text<'a>,
     },
 }
 
@@ -232,15 +233,57 @@ enum Item<'a> {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Part<'a> {
     InputText {
-        text: Cow<'a, str>,
+        text: Text<'a>,
     },
     OutputText {
-        text: Cow<'a, str>,
+        text: Text<'a>,
     },
     InputImage {
         image_url: Cow<'a, str>,
         detail: Cow<'a, str>,
     },
+}
+
+/// A text on its way upstream: the client's JSON string literal, written back verbatim (message
+/// texts are most of a long conversation's bytes; unescaping and re-escaping them cost more than
+/// the rest of the translation), or text the gateway put together.
+#[derive(Debug, Clone)]
+enum Text<'a> {
+    /// A JSON string token from the client's body, quotes and escapes included.
+    Literal(&'a RawValue),
+    /// Text made here (several parts joined).
+    Made(Cow<'a, str>),
+}
+
+impl<'a> Text<'a> {
+    /// `raw` when it is a string literal (a valid JSON value that starts with a quote).
+    fn literal(raw: &'a RawValue) -> Option<Self> {
+        raw.get().starts_with('"').then_some(Self::Literal(raw))
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Literal(raw) => raw.get() == "\"\"",
+            Self::Made(text) => text.is_empty(),
+        }
+    }
+
+    /// The text itself (unescaped).
+    fn into_str(self) -> Cow<'a, str> {
+        match self {
+            Self::Literal(raw) => raw_str(raw).unwrap_or_default(),
+            Self::Made(text) => text,
+        }
+    }
+}
+
+impl Serialize for Text<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Literal(raw) => raw.serialize(serializer),
+            Self::Made(text) => text.serialize(serializer),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -390,6 +433,19 @@ fn required_str<'a>(
     }
 }
 
+/// A required string field as a [`Text`] (its literal, kept as it arrived).
+fn required_text<'a>(
+    raw: Option<&'a RawValue>,
+    path: &dyn Fn() -> String,
+) -> Result<Text<'a>, RequestError> {
+    match not_null(raw) {
+        None => Err(RequestError::field(path(), "required")),
+        Some(raw) => {
+            Text::literal(raw).ok_or_else(|| RequestError::field(path(), "must be a string"))
+        }
+    }
+}
+
 /// An array field as raw elements.
 fn array<'a>(
     raw: &'a RawValue,
@@ -417,7 +473,7 @@ fn convert_message<'a>(
                 if !instructions.is_empty() && !text.is_empty() {
                     instructions.push_str("\n\n");
                 }
-                instructions.push_str(&text);
+                instructions.push_str(&text.into_str());
             } else {
                 input.push(Item::Message {
                     role: "developer",
@@ -500,23 +556,23 @@ fn text_content<'a>(
     content: Option<&'a RawValue>,
     path: &dyn Fn() -> String,
     assistant: bool,
-) -> Result<Cow<'a, str>, RequestError> {
+) -> Result<Text<'a>, RequestError> {
     let Some(content) = content else {
-        return Ok(Cow::Borrowed(""));
+        return Ok(Text::Made(Cow::Borrowed("")));
     };
-    if let Some(text) = raw_str(content) {
+    if let Some(text) = Text::literal(content) {
         return Ok(text);
     }
     let parts = serde_json::from_str::<Vec<&RawValue>>(content.get())
         .map_err(|_| RequestError::field(path(), "must be a string or an array of parts"))?;
-    let mut texts: Vec<Cow<'a, str>> = Vec::with_capacity(parts.len());
+    let mut texts: Vec<Text<'a>> = Vec::with_capacity(parts.len());
     for (j, part) in parts.into_iter().enumerate() {
         let part_path = |field: &str| format!("{}[{j}]{field}", path());
         let p: PartFields<'a> = fields(part, &|| part_path(""))?;
         let kind = required_str(p.kind, &|| part_path(".type"))?;
         let text = match kind.as_ref() {
-            "text" => required_str(p.text, &|| part_path(".text"))?,
-            "refusal" if assistant => required_str(p.refusal, &|| part_path(".refusal"))?,
+            "text" => required_text(p.text, &|| part_path(".text"))?,
+            "refusal" if assistant => required_text(p.refusal, &|| part_path(".refusal"))?,
             other => {
                 return Err(RequestError::field(
                     part_path(".type"),
@@ -527,9 +583,12 @@ fn text_content<'a>(
         texts.push(text);
     }
     Ok(match texts.len() {
-        0 => Cow::Borrowed(""),
+        0 => Text::Made(Cow::Borrowed("")),
         1 => texts.swap_remove(0),
-        _ => Cow::Owned(texts.join("\n")),
+        _ => {
+            let texts: Vec<Cow<'_, str>> = texts.into_iter().map(Text::into_str).collect();
+            Text::Made(Cow::Owned(texts.join("\n")))
+        }
     })
 }
 
@@ -540,7 +599,7 @@ fn user_content<'a>(
     let Some(content) = content else {
         return Err(RequestError::field(path(), "required"));
     };
-    if let Some(text) = raw_str(content) {
+    if let Some(text) = Text::literal(content) {
         return Ok(vec![Part::InputText { text }]);
     }
     let parts = serde_json::from_str::<Vec<&RawValue>>(content.get())
@@ -552,7 +611,7 @@ fn user_content<'a>(
         let kind = required_str(p.kind, &|| part_path(".type"))?;
         out.push(match kind.as_ref() {
             "text" => Part::InputText {
-                text: required_str(p.text, &|| part_path(".text"))?,
+                text: required_text(p.text, &|| part_path(".text"))?,
             },
             "image_url" => {
                 let image = not_null(p.image_url)
@@ -1504,6 +1563,45 @@ mod tests {
                 stream: true,
                 include_usage: true
             }
+        );
+    }
+
+    #[test]
+    fn message_texts_go_upstream_as_their_client_literals() {
+        // Escapes as a client may write them; serde_json would write `é` and `😀` unescaped.
+        let body = br#"{"model":"m","messages":[
+            {"role":"system","content":"Rule: say \"hi\"\u00e9"},
+            {"role":"user","content":"line\none \u00e9 \ud83d\ude00 \"q\" \\"},
+            {"role":"assistant","content":[{"type":"text","text":"A\tB"}]},
+            {"role":"assistant","content":[{"type":"text","text":"x\u00e9"},{"type":"text","text":"y"}]},
+            {"role":"tool","tool_call_id":"c","content":"out\/put"}]}"#;
+        let (req, _) = chat_to_responses(body, &Overrides::default()).unwrap();
+        let text = std::str::from_utf8(&req.body).unwrap();
+        // Single texts are copied byte for byte ...
+        for literal in [
+            r#""line\none \u00e9 \ud83d\ude00 \"q\" \\""#,
+            r#""A\tB""#,
+            r#""out\/put""#,
+        ] {
+            assert!(text.contains(literal), "{literal} not verbatim in {text}");
+        }
+        // ... and mean what they meant; joined and instruction texts are decoded and re-encoded.
+        let v: Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(v["instructions"], "Rule: say \"hi\"é");
+        assert_eq!(
+            v["input"][0]["content"][0]["text"],
+            "line\none é 😀 \"q\" \\"
+        );
+        assert_eq!(v["input"][1]["content"][0]["text"], "A\tB");
+        assert_eq!(v["input"][2]["content"][0]["text"], "xé\ny");
+        assert_eq!(v["input"][3]["output"], "out/put");
+        // A text that is not a string is still refused, naming the field.
+        let bad =
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":5}]}]}"#;
+        let err = chat_to_responses(bad, &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("messages[0].content[0].text"),
+            "{err}"
         );
     }
 

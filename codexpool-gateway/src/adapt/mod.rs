@@ -51,6 +51,7 @@ pub mod responses;
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use bytes::Bytes;
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -145,6 +146,10 @@ pub struct UpstreamRequest {
     pub dropped: Vec<String>,
     /// The client's `prompt_cache_key`, if any (a conversation key for account affinity).
     pub prompt_cache_key: Option<String>,
+    /// Where the conversation's opening (the `instructions` value, then the first `input` item)
+    /// sits in `body`, when the adapter wrote it; empty when not known. The session fingerprint
+    /// hashes these bytes instead of parsing the body a second time.
+    pub opening: Vec<Range<usize>>,
 }
 
 impl UpstreamRequest {
@@ -314,6 +319,35 @@ impl<'o> ObjectWriter<'o> {
         write_json(self.out, value);
     }
 
+    /// A field serialized with serde; where its value went in the output.
+    pub(crate) fn value_span<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Range<usize> {
+        self.key(key);
+        let start = self.out.len();
+        write_json(self.out, value);
+        start..self.out.len()
+    }
+
+    /// An array field, item by item; where its first item went in the output.
+    pub(crate) fn items<T: Serialize>(&mut self, key: &str, items: &[T]) -> Option<Range<usize>> {
+        self.key(key);
+        self.out.push(b'[');
+        let mut first = None;
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            let start = self.out.len();
+            write_json(self.out, item);
+            first.get_or_insert(start..self.out.len());
+        }
+        self.out.push(b']');
+        first
+    }
+
     pub(crate) fn end(self) {
         self.out.push(b'}');
     }
@@ -429,6 +463,7 @@ mod tests {
             stream: true,
             dropped: vec!["temperature".into(), "wéird key,\n".into()],
             prompt_cache_key: None,
+            opening: Vec::new(),
         };
         assert_eq!(
             req.dropped_params_header().as_deref(),

@@ -235,6 +235,7 @@ pub fn apply_body_rules(
         stream,
         dropped,
         prompt_cache_key: kept.prompt_cache_key.and_then(raw_str).map(Cow::into_owned),
+        opening: Vec::new(),
     })
 }
 
@@ -282,6 +283,7 @@ pub fn codex_passthrough(
         stream,
         dropped: Vec::new(),
         prompt_cache_key,
+        opening: Vec::new(),
     })
 }
 

@@ -510,6 +510,7 @@ impl Intake {
             &self.key,
             up.prompt_cache_key.as_deref(),
             &up.body,
+            &up.opening,
         );
         let call = Call {
             forward_headers: self.codex.then(|| upstream::forwardable(&self.headers)),
