@@ -109,15 +109,14 @@ pub fn chat_to_responses(
     let messages = obj
         .get("messages")
         .ok_or_else(|| RequestError::field("messages", "required"))?;
-    let messages: Vec<&RawValue> = serde_json::from_str(messages.get())
-        .map_err(|_| RequestError::field("messages", "must be an array"))?;
+    let messages = message_fields(messages)?;
     if messages.is_empty() {
         return Err(RequestError::field("messages", "must not be empty"));
     }
     let mut instructions = String::new();
     let mut input: Vec<Item<'_>> = Vec::with_capacity(messages.len());
     let mut leading = true;
-    for (i, message) in messages.iter().enumerate() {
+    for (i, message) in messages.into_iter().enumerate() {
         convert_message(i, message, &mut leading, &mut instructions, &mut input)?;
     }
     if instructions.trim().is_empty() {
@@ -454,15 +453,28 @@ fn array<'a>(
     serde_json::from_str(raw.get()).map_err(|_| RequestError::field(path(), "must be an array"))
 }
 
+/// The messages' fields, in one pass over what is most of a long request; when that fails, a
+/// second pass finds the message at fault and names it.
+fn message_fields(messages: &RawValue) -> Result<Vec<MessageFields<'_>>, RequestError> {
+    if let Ok(all) = serde_json::from_str(messages.get()) {
+        return Ok(all);
+    }
+    let raws: Vec<&RawValue> = serde_json::from_str(messages.get())
+        .map_err(|_| RequestError::field("messages", "must be an array"))?;
+    raws.into_iter()
+        .enumerate()
+        .map(|(i, m)| fields(m, &|| format!("messages[{i}]")))
+        .collect()
+}
+
 fn convert_message<'a>(
     i: usize,
-    message: &'a RawValue,
+    m: MessageFields<'a>,
     leading: &mut bool,
     instructions: &mut String,
     input: &mut Vec<Item<'a>>,
 ) -> Result<(), RequestError> {
     let path = |field: &str| format!("messages[{i}]{field}");
-    let m: MessageFields<'a> = fields(message, &|| path(""))?;
     let role = required_str(m.role, &|| path(".role"))?;
     let content = not_null(m.content);
     let content_path = || path(".content");
@@ -1656,6 +1668,10 @@ mod tests {
             (
                 json!({"model": "m", "messages": [5]}),
                 "messages[0]: must be an object",
+            ),
+            (
+                json!({"model": "m", "messages": [user, user, "hello"]}),
+                "messages[2]: must be an object",
             ),
             (
                 json!({"model": "m", "messages": [{"role": "user"}]}),
