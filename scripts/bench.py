@@ -8,6 +8,8 @@ In ONE run, against one `codexpool-fake --instant` upstream:
       chat          POST /v1/chat/completions, stream=false  (direct: the fake's /v1)
       chat-stream   POST /v1/chat/completions, stream=true   (~1 KB answer in 20 chunks)
       responses     POST /v1/responses, stream=true          (direct: /backend-api/codex/responses)
+      chat-long     chat, stream=false, a ~230 KB conversation of 300 messages
+      models        GET /v1/models (no upstream call: the floor under every request)
     at each concurrency (default 1 and 32), `--warmup` then `--duration` each, with oha;
   * CPU seconds per 10k requests from /proc/<pid>/stat (utime+stime) around each measurement,
     for the gateway, the fake and the peer; the CPU the rest of the machine used meanwhile is
@@ -76,6 +78,20 @@ def chat_body(stream: bool, model: str = MODEL) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def long_chat_body() -> bytes:
+    """A long conversation as a chat client resends it every turn: a system prompt and 150
+    user/assistant exchanges, ~230 KB (with quotes and newlines to escape)."""
+    messages = [{"role": "system", "content": INSTRUCTIONS}]
+    for i in range(150):
+        messages.append({"role": "user", "content": f"Question {i}: "
+                         + "explain the \"borrow checker\" in detail, please.\n" * 15})
+        messages.append({"role": "assistant", "content": f"Answer {i}: "
+                         + "It enforces aliasing XOR mutability; see `&mut T`.\n" * 15})
+    messages.append({"role": "user", "content": PROMPT})
+    body = {"model": MODEL, "messages": messages, "stream": False}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def responses_body(model: str = MODEL) -> bytes:
     body = {
         "model": model,
@@ -101,6 +117,9 @@ WORKLOADS = [
      chat_body(True), True, True),
     ("responses", "/v1/responses, streaming", "/backend-api/codex/responses", "/v1/responses",
      responses_body(), True, False),
+    # What a chat client with a long history sends every turn: the translation scales with it.
+    ("chat-long", "chat, non-streaming, 230 KB conversation", "/v1/chat/completions",
+     "/v1/chat/completions", long_chat_body(), False, False),
     # No upstream call: what one authenticated HTTP exchange costs the gateway (the floor under
     # every model request; the rest is the upstream exchange and the translation).
     ("models", "GET /v1/models (no upstream call)", "/v1/models", "/v1/models", None, False,
@@ -302,8 +321,13 @@ class Oha:
             timeout: float) -> dict:
         cmd = [self.path, "-z", fmt_secs(duration), "-c", str(conc), "--no-tui", *self.json_flags,
                "-t", fmt_secs(timeout)]
+        body_file = None
         if body is not None:
-            cmd += ["-m", "POST", "-T", "application/json", "-d", body.decode()]
+            # A long body goes in a file: one argument may hold at most 128 KiB on Linux.
+            body_file = tempfile.NamedTemporaryFile(prefix="bench-body-", suffix=".json")
+            body_file.write(body)
+            body_file.flush()
+            cmd += ["-m", "POST", "-T", "application/json", "-D", body_file.name]
         if self.wait_flag:
             cmd.append(self.wait_flag)
         for h in headers:
@@ -311,6 +335,8 @@ class Oha:
         cmd.append(url)
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = p.communicate(timeout=duration + timeout + 60)
+        if body_file is not None:
+            body_file.close()
         if p.returncode != 0:
             raise SystemExit(f"bench: oha failed ({p.returncode}): {err.decode()[-2000:]}")
         return json.loads(out)

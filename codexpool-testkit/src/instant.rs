@@ -167,9 +167,7 @@ fn respond_sse(
 /// the prefix occurs in it, so ordinary requests cost one byte scan).
 fn hold_of(body: &[u8]) -> Option<Duration> {
     let prefix = INSTANT_HOLD_PREFIX.as_bytes();
-    if !body.windows(prefix.len()).any(|w| w == prefix) {
-        return None;
-    }
+    memchr::memmem::find(body, prefix)?;
     #[derive(serde::Deserialize)]
     struct Model<'a> {
         #[serde(borrow)]
@@ -195,7 +193,7 @@ fn has_true(body: &[u8], key: &str) -> bool {
     let needle = format!("\"{key}\"");
     let needle = needle.as_bytes();
     let mut at = 0;
-    while let Some(pos) = body[at..].windows(needle.len()).position(|w| w == needle) {
+    while let Some(pos) = memchr::memmem::find(&body[at..], needle) {
         let rest = &body[at + pos + needle.len()..];
         let rest = rest.trim_ascii_start();
         if let Some(rest) = rest.strip_prefix(b":")
