@@ -1,7 +1,7 @@
-//! Throughput of the per-byte hot path: SSE parsing, and SSE → chat chunk translation.
-//!
-//! The input is a realistic Codex answer of ~1 KB of text streamed in ~20 events (plus the
-//! created/added/done/completed envelope), fed in network-sized chunks.
+//! Throughput of the per-byte hot paths: SSE parsing and SSE → chat chunk translation of a
+//! realistic Codex answer (~1 KB of text streamed in ~20 events, plus the created/added/done/
+//! completed envelope, fed in network-sized chunks), and the translation of a long chat request
+//! (a ~230 KB conversation of 300 messages) into the upstream body.
 
 // `criterion_group!` generates an undocumented public function.
 #![allow(missing_docs)]
@@ -9,7 +9,7 @@
 use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
-use codexpool_gateway::adapt::{ChatOptions, ChatStream, EventKind};
+use codexpool_gateway::adapt::{ChatOptions, ChatStream, EventKind, Overrides, chat_to_responses};
 use codexpool_gateway::sse::{SseItem, SseParser};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -151,6 +151,34 @@ fn bench(c: &mut Criterion) {
         });
     });
     group.finish();
+
+    let request = long_chat_request();
+    eprintln!("request: {} bytes, 302 messages", request.len());
+    let mut group = c.benchmark_group("request");
+    group.throughput(Throughput::Bytes(request.len() as u64));
+    group.bench_function("chat_to_responses_long", |b| {
+        b.iter(|| {
+            let (up, _) = chat_to_responses(black_box(&request), &Overrides::default())
+                .unwrap_or_else(|e| panic!("the bench request is valid: {e}"));
+            black_box(up.body.len())
+        });
+    });
+    group.finish();
+}
+
+/// A chat request as a client with a long history sends it every turn: a system prompt and 150
+/// user/assistant exchanges with quotes and newlines to escape.
+fn long_chat_request() -> Vec<u8> {
+    let mut messages = vec![serde_json::json!({"role": "system", "content": "You are terse."})];
+    for i in 0..150 {
+        messages.push(serde_json::json!({"role": "user", "content":
+            format!("Question {i}: {}", "explain the \"borrow checker\" in detail.\n".repeat(15))}));
+        messages.push(serde_json::json!({"role": "assistant", "content":
+            format!("Answer {i}: {}", "It enforces aliasing XOR mutability: `&mut T`.\n".repeat(15))}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": "Thanks."}));
+    serde_json::to_vec(&serde_json::json!({"model": "gpt-5", "messages": messages}))
+        .unwrap_or_default()
 }
 
 criterion_group!(benches, bench);
