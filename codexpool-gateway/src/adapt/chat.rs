@@ -267,11 +267,14 @@ impl<'a> Text<'a> {
         }
     }
 
-    /// The text itself (unescaped).
-    fn into_str(self) -> Cow<'a, str> {
+    /// The text itself (unescaped); an error naming `path` when the literal does not decode (a
+    /// lone surrogate escape).
+    fn into_str(self, path: &dyn Fn() -> String) -> Result<Cow<'a, str>, RequestError> {
         match self {
-            Self::Literal(raw) => raw_str(raw).unwrap_or_default(),
-            Self::Made(text) => text,
+            Self::Literal(raw) => {
+                raw_str(raw).ok_or_else(|| RequestError::field(path(), "is not valid text"))
+            }
+            Self::Made(text) => Ok(text),
         }
     }
 }
@@ -485,7 +488,7 @@ fn convert_message<'a>(
                 if !instructions.is_empty() && !text.is_empty() {
                     instructions.push_str("\n\n");
                 }
-                instructions.push_str(&text.into_str());
+                instructions.push_str(&text.into_str(&content_path)?);
             } else {
                 input.push(Item::Message {
                     role: "developer",
@@ -598,7 +601,10 @@ fn text_content<'a>(
         0 => Text::Made(Cow::Borrowed("")),
         1 => texts.swap_remove(0),
         _ => {
-            let texts: Vec<Cow<'_, str>> = texts.into_iter().map(Text::into_str).collect();
+            let texts = texts
+                .into_iter()
+                .map(|t| t.into_str(path))
+                .collect::<Result<Vec<_>, _>>()?;
             Text::Made(Cow::Owned(texts.join("\n")))
         }
     })
@@ -1607,6 +1613,10 @@ mod tests {
         assert_eq!(v["input"][1]["content"][0]["text"], "A\tB");
         assert_eq!(v["input"][2]["content"][0]["text"], "xé\ny");
         assert_eq!(v["input"][3]["output"], "out/put");
+        // Text that must be decoded and does not decode is refused, naming the field.
+        let lone = br#"{"model":"m","messages":[{"role":"system","content":"\ud800"},{"role":"user","content":"x"}]}"#;
+        let err = chat_to_responses(lone, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("messages[0].content"), "{err}");
         // A text that is not a string is still refused, naming the field.
         let bad =
             br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":5}]}]}"#;
