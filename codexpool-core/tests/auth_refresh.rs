@@ -315,6 +315,34 @@ async fn a_disabled_account_stays_disabled_when_its_sign_in_dies() {
     let a = pool.accounts().get(&id).unwrap();
     assert_eq!(a.status, AccountStatus::Disabled);
     assert_eq!(a.status_reason.as_deref(), Some("disabled by a person"));
+
+    // Also when the person disables it while the refresh that finds the sign-in dead is on
+    // the wire (the refresh read the account as active before it went out).
+    fake.add_account(FakeAccount::new("acct-2"));
+    let id = import(&pool, &fake, "acct-2").await;
+    fake.fail_next_refresh("acct-2", FakeRefreshFailure::Expired);
+    fake.refresh_delay(Duration::from_millis(500));
+    let sent = fake.count("/oauth/token");
+    let refreshing = tokio::spawn({
+        let pool = pool.clone();
+        let id = id.clone();
+        async move { pool.auth().refresh(&id).await }
+    });
+    // The fake logs the request as it arrives, then holds it for the delay.
+    assert!(
+        fake.wait_until_async(Duration::from_secs(5), |f| f.count("/oauth/token") > sent)
+            .await
+    );
+    pool.accounts().disable(&id).await.unwrap();
+    let e = refreshing.await.unwrap().unwrap_err();
+    assert!(matches!(e, AuthError::RefreshDead { .. }), "{e}");
+    for a in [
+        pool.accounts().get(&id).unwrap(),
+        pool.store().get_account(&id).await.unwrap().unwrap(),
+    ] {
+        assert_eq!(a.status, AccountStatus::Disabled, "{a:?}");
+        assert_eq!(a.status_reason.as_deref(), Some("disabled by a person"));
+    }
 }
 
 #[tokio::test]
