@@ -20,6 +20,23 @@ async fn open(path: &std::path::Path) -> Pool {
     .unwrap()
 }
 
+/// Two pools on one new database file (keep the directory alive while they are used).
+async fn two_pools() -> (tempfile::TempDir, Pool, Pool) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let (a, b) = (open(&path).await, open(&path).await);
+    (dir, a, b)
+}
+
+/// Imports one account through `pool`; its id.
+async fn import_one(pool: &Pool) -> String {
+    let r = pool
+        .accounts()
+        .import_bytes("auth.json", &common::auth_json("acct-x", "rt"))
+        .await;
+    r.results[0].account_id.clone().unwrap()
+}
+
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
     while !check() {
@@ -34,17 +51,10 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_sees_the_cli_changes_without_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pool.db");
-    let server = open(&path).await;
-    let cli = open(&path).await;
+    let (_dir, server, cli) = two_pools().await;
 
     // An account added elsewhere becomes usable.
-    let r = cli
-        .accounts()
-        .import_bytes("auth.json", &common::auth_json("acct-x", "rt"))
-        .await;
-    let id = r.results[0].account_id.clone().unwrap();
+    let id = import_one(&cli).await;
     let took = eventually("the new account", || server.accounts().get(&id).is_ok()).await;
     assert!(took < Duration::from_millis(1500), "took {took:?}");
     assert_eq!(
@@ -101,10 +111,7 @@ async fn a_server_sees_the_cli_changes_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_admin_writes_from_two_pools_all_land() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pool.db");
-    let a = open(&path).await;
-    let b = open(&path).await;
+    let (_dir, a, b) = two_pools().await;
     let mut tasks = Vec::new();
     for (n, pool) in [a.clone(), b.clone()].into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
@@ -129,15 +136,8 @@ async fn concurrent_admin_writes_from_two_pools_all_land() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_disabling_an_account_wins_over_the_servers_stale_view() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pool.db");
-    let server = open(&path).await;
-    let cli = open(&path).await;
-    let r = server
-        .accounts()
-        .import_bytes("auth.json", &common::auth_json("acct-x", "rt"))
-        .await;
-    let id = r.results[0].account_id.clone().unwrap();
+    let (_dir, server, cli) = two_pools().await;
+    let id = import_one(&server).await;
     eventually("the account in the cli", || cli.accounts().get(&id).is_ok()).await;
 
     // The server holds a lease from before; the person disables the account elsewhere, and the
