@@ -783,12 +783,26 @@ fn conversation_fingerprint(body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapt::{Overrides, chat_to_responses};
+    use crate::adapt::{Overrides, UpstreamRequest, apply_body_rules, chat_to_responses};
 
-    /// The spans the chat adapter reports hold exactly the bytes the parsing fingerprint finds,
-    /// so a conversation keeps its session id whichever way it is computed.
+    fn assert_opening_is_the_parsed_fingerprint(up: &UpstreamRequest, body: &str) {
+        assert!(!up.opening.is_empty(), "{body}");
+        let spans: Vec<u8> = up
+            .opening
+            .iter()
+            .flat_map(|span| up.body[span.clone()].iter().copied())
+            .collect();
+        assert_eq!(
+            String::from_utf8_lossy(&spans),
+            String::from_utf8_lossy(&conversation_fingerprint(&up.body)),
+            "{body}"
+        );
+    }
+
+    /// The spans the adapters report hold exactly the bytes the parsing fingerprint finds, so a
+    /// conversation keeps its session id whichever way it is computed.
     #[test]
-    fn the_chat_adapters_opening_is_the_parsed_fingerprint() {
+    fn the_adapters_opening_is_the_parsed_fingerprint() {
         for body in [
             r#"{"model":"m","messages":[{"role":"system","content":"Be \"brief\"."},
                 {"role":"user","content":"hi \u00e9"},{"role":"assistant","content":"yo"}]}"#,
@@ -796,16 +810,18 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"system","content":"only rules"}]}"#,
         ] {
             let (up, _) = chat_to_responses(body.as_bytes(), &Overrides::default()).unwrap();
-            let spans: Vec<u8> = up
-                .opening
-                .iter()
-                .flat_map(|span| up.body[span.clone()].iter().copied())
-                .collect();
-            assert_eq!(
-                String::from_utf8_lossy(&spans),
-                String::from_utf8_lossy(&conversation_fingerprint(&up.body)),
-                "{body}"
-            );
+            assert_opening_is_the_parsed_fingerprint(&up, body);
+        }
+        for body in [
+            r#"{"model":"m","input":"hi \u00e9"}"#,
+            r#"{"model":"m","instructions":"Rules.","input":[
+                {"role":"system","content":"lifted"},
+                {"type":"message","role":"user","content":[{"type":"input_text","text":"a"}]},
+                {"type":"message","role":"assistant","content":[{"type":"output_text","text":"b"}]}]}"#,
+            r#"{"model":"m","input":[]}"#,
+        ] {
+            let up = apply_body_rules(body.as_bytes(), &Overrides::default()).unwrap();
+            assert_opening_is_the_parsed_fingerprint(&up, body);
         }
     }
 }

@@ -309,8 +309,15 @@ impl<'o> ObjectWriter<'o> {
 
     /// A field whose value is already JSON text.
     pub(crate) fn raw(&mut self, key: &str, json: &str) {
+        self.raw_span(key, json);
+    }
+
+    /// A field whose value is already JSON text; where it went in the output.
+    pub(crate) fn raw_span(&mut self, key: &str, json: &str) -> Range<usize> {
         self.key(key);
+        let start = self.out.len();
         self.out.extend_from_slice(json.as_bytes());
+        start..self.out.len()
     }
 
     /// A field serialized with serde.

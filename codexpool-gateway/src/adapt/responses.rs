@@ -147,6 +147,8 @@ pub fn apply_body_rules(
         instructions.clear();
     }
     let mut input_json = Vec::with_capacity(input.get().len() + 64);
+    // Where the first input item lands in `input_json` (for the session fingerprint).
+    let mut first_item = None;
     match input.get().as_bytes().first() {
         // A string is one user message; the JSON string literal is reused as is.
         Some(b'"') => {
@@ -155,6 +157,7 @@ pub fn apply_body_rules(
             );
             input_json.extend_from_slice(input.get().as_bytes());
             input_json.extend_from_slice(b"}]}]");
+            first_item = Some(1..input_json.len() - 1);
         }
         Some(b'[') => {
             let items: Vec<&RawValue> = serde_json::from_str(input.get())
@@ -175,7 +178,9 @@ pub fn apply_body_rules(
                 if i > 0 {
                     input_json.push(b',');
                 }
+                let start = input_json.len();
                 input_json.extend_from_slice(item.get().as_bytes());
+                first_item.get_or_insert(start..input_json.len());
             }
             input_json.push(b']');
         }
@@ -196,8 +201,9 @@ pub fn apply_body_rules(
     let mut out = Vec::with_capacity(body.len() + instructions.len() + 128);
     let mut w = ObjectWriter::new(&mut out);
     w.value("model", &*model);
-    w.value("instructions", &instructions);
-    w.raw("input", as_str(&input_json));
+    let mut opening = vec![w.value_span("instructions", &instructions)];
+    let input_at = w.raw_span("input", as_str(&input_json)).start;
+    opening.extend(first_item.map(|r| r.start + input_at..r.end + input_at));
     let passthrough = [
         ("tools", kept.tools),
         ("tool_choice", kept.tool_choice),
@@ -235,7 +241,7 @@ pub fn apply_body_rules(
         stream,
         dropped,
         prompt_cache_key: kept.prompt_cache_key.and_then(raw_str).map(Cow::into_owned),
-        opening: Vec::new(),
+        opening,
     })
 }
 
