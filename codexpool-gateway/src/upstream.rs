@@ -341,7 +341,7 @@ pub(crate) fn session_id(
     key: &PlatformKey,
     prompt_cache_key: Option<&str>,
     body: &[u8],
-    opening: &[Range<usize>],
+    opening: Option<&[Range<usize>; 2]>,
 ) -> String {
     for name in [
         "session_id",
@@ -364,12 +364,14 @@ pub(crate) fn session_id(
     h.update(b"\0");
     match prompt_cache_key {
         Some(k) => h.update(k.as_bytes()),
-        None if !opening.is_empty() => {
-            for span in opening {
-                h.update(&body[span.clone()]);
+        None => match opening {
+            Some(spans) => {
+                for span in spans {
+                    h.update(&body[span.clone()]);
+                }
             }
-        }
-        None => h.update(conversation_fingerprint(body)),
+            None => h.update(conversation_fingerprint(body)),
+        },
     }
     let d = h.finalize();
     // 8-4-4-4-12 hex digits of the first 16 bytes, written in place (one allocation).
@@ -786,9 +788,11 @@ mod tests {
     use crate::adapt::{Overrides, UpstreamRequest, apply_body_rules, chat_to_responses};
 
     fn assert_opening_is_the_parsed_fingerprint(up: &UpstreamRequest, body: &str) {
-        assert!(!up.opening.is_empty(), "{body}");
-        let spans: Vec<u8> = up
+        let opening = up
             .opening
+            .as_ref()
+            .unwrap_or_else(|| panic!("no opening: {body}"));
+        let spans: Vec<u8> = opening
             .iter()
             .flat_map(|span| up.body[span.clone()].iter().copied())
             .collect();

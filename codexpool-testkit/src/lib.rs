@@ -128,8 +128,8 @@ impl FakeOpenAiBuilder {
     /// Bench mode: the Codex `/responses`, `/v1/chat/completions` and `/v1/responses` endpoints
     /// answer pre-rendered bytes (a ~1 KB text in 20 deltas), accept any bearer token, ignore
     /// scripts and record nothing but counters; the model listings are not recorded either. A
-    /// model named `instant-hold-<SECS>` ([`INSTANT_HOLD_PREFIX`]) holds a streamed answer open for `SECS` seconds halfway through.
-    /// Default off.
+    /// model named `instant-hold-<SECS>` ([`INSTANT_HOLD_PREFIX`]) holds a streamed answer open
+    /// for `SECS` seconds halfway through. Default off.
     pub fn instant(mut self, on: bool) -> Self {
         self.instant = on;
         self

@@ -148,8 +148,8 @@ pub fn chat_to_responses(
     let mut out = Vec::with_capacity(body.len() + 256);
     let mut w = ObjectWriter::new(&mut out);
     w.value("model", &*model);
-    let mut opening = vec![w.value_span("instructions", &instructions)];
-    opening.extend(w.items("input", &input));
+    let instructions_span = w.value_span("instructions", &instructions);
+    let first_item = w.items("input", &input).unwrap_or_default();
     if let Some(tools) = &tools {
         w.value("tools", tools);
     }
@@ -198,7 +198,7 @@ pub fn chat_to_responses(
             stream,
             dropped,
             prompt_cache_key: prompt_cache_key.map(Cow::into_owned),
-            opening,
+            opening: Some([instructions_span, first_item]),
         },
         ChatOptions {
             model,

@@ -146,10 +146,11 @@ pub struct UpstreamRequest {
     pub dropped: Vec<String>,
     /// The client's `prompt_cache_key`, if any (a conversation key for account affinity).
     pub prompt_cache_key: Option<String>,
-    /// Where the conversation's opening (the `instructions` value, then the first `input` item)
-    /// sits in `body`, when the adapter wrote it; empty when not known. The session fingerprint
-    /// hashes these bytes instead of parsing the body a second time.
-    pub opening: Vec<Range<usize>>,
+    /// Where the conversation's opening sits in `body` — the `instructions` value, then the
+    /// first `input` item (an empty range when there is none) — when the adapter wrote it; `None`
+    /// when not known. The session fingerprint hashes these bytes instead of parsing the body a
+    /// second time.
+    pub opening: Option<[Range<usize>; 2]>,
 }
 
 impl UpstreamRequest {
@@ -322,8 +323,7 @@ impl<'o> ObjectWriter<'o> {
 
     /// A field serialized with serde.
     pub(crate) fn value<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
-        self.key(key);
-        write_json(self.out, value);
+        self.value_span(key, value);
     }
 
     /// A field serialized with serde; where its value went in the output.
@@ -470,7 +470,7 @@ mod tests {
             stream: true,
             dropped: vec!["temperature".into(), "wéird key,\n".into()],
             prompt_cache_key: None,
-            opening: Vec::new(),
+            opening: None,
         };
         assert_eq!(
             req.dropped_params_header().as_deref(),

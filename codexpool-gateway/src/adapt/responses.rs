@@ -201,9 +201,9 @@ pub fn apply_body_rules(
     let mut out = Vec::with_capacity(body.len() + instructions.len() + 128);
     let mut w = ObjectWriter::new(&mut out);
     w.value("model", &*model);
-    let mut opening = vec![w.value_span("instructions", &instructions)];
+    let instructions_span = w.value_span("instructions", &instructions);
     let input_at = w.raw_span("input", as_str(&input_json)).start;
-    opening.extend(first_item.map(|r| r.start + input_at..r.end + input_at));
+    let first_item = first_item.map_or(0..0, |r| r.start + input_at..r.end + input_at);
     let passthrough = [
         ("tools", kept.tools),
         ("tool_choice", kept.tool_choice),
@@ -241,7 +241,7 @@ pub fn apply_body_rules(
         stream,
         dropped,
         prompt_cache_key: kept.prompt_cache_key.and_then(raw_str).map(Cow::into_owned),
-        opening,
+        opening: Some([instructions_span, first_item]),
     })
 }
 
@@ -289,7 +289,7 @@ pub fn codex_passthrough(
         stream,
         dropped: Vec::new(),
         prompt_cache_key,
-        opening: Vec::new(),
+        opening: None,
     })
 }
 

@@ -510,7 +510,7 @@ impl Intake {
             &self.key,
             up.prompt_cache_key.as_deref(),
             &up.body,
-            &up.opening,
+            up.opening.as_ref(),
         );
         let call = Call {
             forward_headers: self.codex.then(|| upstream::forwardable(&self.headers)),
