@@ -681,6 +681,12 @@ def memory(args, stack: Stack) -> dict:
 
 # ----- report ----------------------------------------------------------------------------------
 
+def direct_over_peer(c: dict, name: str, k: int) -> str | None:
+    """The fake alone against the peer ("12×"): the most any gateway in front of it could show."""
+    d, p = c.get(("direct", name, k)), c.get(("peer", name, k))
+    return f"{d['rps'] / p['rps']:,.0f}×" if d and p and p["rps"] else None
+
+
 def machine() -> dict:
     model = "?"
     try:
@@ -849,9 +855,8 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
                     continue
                 if pair["ratio"] is not None:
                     x = pair["ratio"]
-                    # What the fake alone does against LiteLLM: no gateway can show more.
-                    d = c.get(("direct", name, k))
-                    ceiling = f" (direct: {d['rps'] / p['rps']:.0f}×)" if d and p["rps"] else ""
+                    ceiling = direct_over_peer(c, name, k)
+                    ceiling = f" (direct: {ceiling})" if ceiling else ""
                     checks.append((f"vs LiteLLM, {label}, c={k} (≥ {TARGET_VS_LITELLM:.0f}×)",
                                    f"{x:.0f}×{ceiling}", x >= TARGET_VS_LITELLM))
                 else:
@@ -941,8 +946,7 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
                 kinds = ", ".join(f"{v}× {k2}" for k2, v in list(p["error_kinds"].items())[:2])
                 codes = ", ".join(f"{v}× {k2}" for k2, v in p["status_codes"].items() if k2 != "200")
                 why = "; ".join(x2 for x2 in (codes, kinds) if x2)
-                d = c.get(("direct", name, k))
-                dx = f"{d['rps'] / p['rps']:,.0f}×" if d and p["rps"] else "–"
+                dx = direct_over_peer(c, name, k) or "–"
                 w(f"| {label} | {k} | {g['rps']:,.0f} | {p['rps']:,.1f} | {x} | {dx} "
                   f"| {f(g['p50'], 3)} / {f(g['p99'], 3)} | {f(p['p50'], 1)} / {f(p['p99'], 1)} "
                   f"| {f(g['cpu_per_10k'].get('gateway'))} / {f(p['cpu_per_10k'].get('peer'), 1)} "
