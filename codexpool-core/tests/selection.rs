@@ -313,6 +313,42 @@ async fn cooldowns_grow_on_repeated_rate_limits_and_success_clears_them() {
 }
 
 #[tokio::test]
+async fn a_success_does_not_lift_a_cooldown_set_while_it_ran() {
+    let (pool, clock) = pool_with(&[]).await;
+    let id = add_accounts(&pool, 1).await.remove(0);
+    // A long stream holds the account while a second request on it is rate limited.
+    let stream = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    let other = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    other
+        .report(Outcome::RateLimited { retry_after: None })
+        .await;
+    drop(other);
+    clock.advance(Duration::from_secs(5));
+    stream.report(Outcome::Success).await;
+    drop(stream);
+    let cooling = clock.now_ts().plus(Duration::from_secs(40));
+    assert_eq!(
+        pool.accounts().runtime(&id).unwrap().cooldown_until,
+        Some(cooling),
+        "the newer failure's cooldown stands"
+    );
+    assert_eq!(
+        pool.accounts().acquire(&Demand::any()).await.unwrap_err(),
+        PoolError::CoolingDown { until: cooling }
+    );
+    // The strike was kept too: the next rate limit escalates (45 s → 5 min).
+    clock.advance(Duration::from_secs(40));
+    let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    lease
+        .report(Outcome::RateLimited { retry_after: None })
+        .await;
+    assert_eq!(
+        pool.accounts().runtime(&id).unwrap().cooldown_until,
+        Some(clock.now_ts().plus(Duration::from_secs(300)))
+    );
+}
+
+#[tokio::test]
 async fn short_cooldowns_for_5xx_and_challenges() {
     let (pool, clock) = pool_with(&[]).await;
     let id = add_accounts(&pool, 1).await.remove(0);
@@ -577,4 +613,33 @@ async fn a_lease_sees_a_refreshed_token() {
     assert_eq!(r.updated(), 1, "{r:?}");
     assert_ne!(lease.access_token(), before);
     assert_eq!(lease.access_token().expose(), fresh);
+}
+
+/// A slot freed just as a request finds every account busy must still wake it: a lost wake-up
+/// left it asleep until the gate timeout (here a minute), although the slot was free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_freed_just_as_a_request_starts_waiting_wakes_it() {
+    let (pool, _) = pool_with(&[
+        ("ACCOUNT_MAX_INFLIGHT", "1"),
+        ("REQUEST_GATE_WAIT_TIMEOUT_MS", "60000"),
+    ])
+    .await;
+    add_accounts(&pool, 1).await;
+    for round in 0..20_000u32 {
+        let held = pool.accounts().acquire(&Demand::any()).await.unwrap();
+        let p = pool.clone();
+        let waiter =
+            tokio::spawn(async move { p.accounts().acquire(&Demand::any()).await.map(drop) });
+        // Free the slot at moments spread around the waiter's first try (on the other worker).
+        for _ in 0..round % 200 {
+            std::hint::spin_loop();
+        }
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the waiter slept through the release"))
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(pool.accounts().total_inflight(), 0);
 }

@@ -31,7 +31,8 @@ pub const UNAUTHORIZED_COOLDOWN: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Outcome {
-    /// It worked: clears cooldown strikes.
+    /// It worked: the strike count starts over (unless a request that failed meanwhile set a
+    /// cooldown that is still running).
     Success,
     /// A short rate limit: cooldown growing on repeats (45 s → 5 min → 30 min → 2 h), or the
     /// upstream's `Retry-After` when longer.
@@ -102,8 +103,12 @@ impl Lease {
         let now = shared.clock.now();
         match outcome {
             Outcome::Success => {
-                st.strikes.store(0, Ordering::Relaxed);
-                st.cooldown_until.store(0, Ordering::Relaxed);
+                // Leases are not handed out while an account cools down, so a cooldown still
+                // running now was set by a request that failed after this one started: its verdict
+                // is newer than this success, and it keeps the cooldown and the strike count.
+                if st.cooldown_until.load(Ordering::Relaxed) <= now.as_millis() {
+                    st.strikes.store(0, Ordering::Relaxed);
+                }
                 st.used.touch(now);
             }
             Outcome::RateLimited { retry_after } => {
@@ -146,7 +151,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.slot.state.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.slot.state.inflight.fetch_sub(1, Ordering::SeqCst);
         self.pool.shared.gate.release();
     }
 }

@@ -209,8 +209,9 @@ impl SlotState {
             self.inflight.fetch_add(1, Ordering::AcqRel);
             return true;
         }
+        // SeqCst pairs with the gate (see `Gate`): free on x86, where these are locked anyway.
         self.inflight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < cap).then_some(n + 1)
             })
             .is_ok()
@@ -386,6 +387,10 @@ impl Table {
 }
 
 /// Wakes requests waiting for an inflight slot. Cheap when nobody waits.
+///
+/// A release frees its slot, then reads `waiting`; a waiter counts itself in `waiting`, then tries
+/// for a slot. Both sides use SeqCst so at least one of them sees the other: the release notifies
+/// or the waiter's try finds the slot free.
 #[derive(Default)]
 pub(crate) struct Gate {
     notify: tokio::sync::Notify,
@@ -394,9 +399,25 @@ pub(crate) struct Gate {
 
 impl Gate {
     pub fn release(&self) {
-        if self.waiting.load(Ordering::Acquire) > 0 {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
             self.notify.notify_waiters();
         }
+    }
+}
+
+/// One request counted among the gate's waiters until dropped.
+struct Waiting<'a>(&'a Gate);
+
+impl<'a> Waiting<'a> {
+    fn new(gate: &'a Gate) -> Self {
+        gate.waiting.fetch_add(1, Ordering::SeqCst);
+        Self(gate)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -635,13 +656,20 @@ impl AccountPool {
         let shared = &self.pool.shared;
         let started = tokio::time::Instant::now();
         let timeout = shared.config.request_gate_wait_timeout;
+        let mut waiting: Option<Waiting<'_>> = None;
         loop {
-            // Registered before trying, so a release between the try and the wait is not missed.
+            // Created before trying: it receives any release from here on.
             let notified = shared.gate.notify.notified();
             match self.try_acquire(demand) {
                 Ok(lease) => return Ok(lease),
                 Err(select::Failure::Final(e)) => return Err(e),
                 Err(select::Failure::Busy) => {
+                    if waiting.is_none() {
+                        // Releases notify only while someone waits: count this request, then try
+                        // once more, so a slot freed before the count was seen is not missed.
+                        waiting = Some(Waiting::new(&shared.gate));
+                        continue;
+                    }
                     let waited = started.elapsed();
                     let Some(left) = timeout.checked_sub(waited).filter(|d| !d.is_zero()) else {
                         return Err(PoolError::Busy {
@@ -649,9 +677,7 @@ impl AccountPool {
                             waited,
                         });
                     };
-                    shared.gate.waiting.fetch_add(1, Ordering::AcqRel);
                     let _ = tokio::time::timeout(left, notified).await;
-                    shared.gate.waiting.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         }
