@@ -258,10 +258,12 @@ impl fmt::Debug for Setting {
     }
 }
 
+/// An empty value is `false`: a blank `NAME=` line in an env template must not switch a safety
+/// check off. (`DISABLE_POLLING` alone means "set = off" and reads empty as true.)
 fn parse_bool(v: &str) -> Result<bool, String> {
     match v.trim().to_ascii_lowercase().as_str() {
-        "" | "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
         _ => Err("expected 1/true/yes/on or 0/false/no/off".into()),
     }
 }
@@ -270,6 +272,24 @@ fn parse_u64(v: &str) -> Result<u64, String> {
     v.trim()
         .parse::<u64>()
         .map_err(|_| "expected a whole non-negative number".into())
+}
+
+/// A whole number in `range`; the error says which.
+fn parse_in<T>(v: &str, range: std::ops::RangeInclusive<T>) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display,
+{
+    v.trim()
+        .parse::<T>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            format!(
+                "expected a whole number from {} to {}",
+                range.start(),
+                range.end()
+            )
+        })
 }
 
 fn parse_u32(v: &str) -> Result<u32, String> {
@@ -483,7 +503,7 @@ pub static SETTINGS: &[Setting] = &[
         secret: false,
         help: "turn off background usage polling",
         apply: |c, v| {
-            c.disable_polling = parse_bool(v)?;
+            c.disable_polling = v.trim().is_empty() || parse_bool(v)?;
             Ok(())
         },
         show: |c| c.disable_polling.to_string(),
@@ -543,7 +563,7 @@ pub static SETTINGS: &[Setting] = &[
         secret: false,
         help: "upstream connect timeout in seconds",
         apply: |c, v| {
-            c.upstream_connect_timeout = Duration::from_secs(parse_u64(v)?.max(1));
+            c.upstream_connect_timeout = Duration::from_secs(parse_in(v, 1..=3600)?);
             Ok(())
         },
         show: |c| secs(c.upstream_connect_timeout),
@@ -555,7 +575,7 @@ pub static SETTINGS: &[Setting] = &[
         secret: false,
         help: "longest silence allowed inside an upstream stream, in seconds",
         apply: |c, v| {
-            c.upstream_stream_idle_timeout = Duration::from_secs(parse_u64(v)?.max(1));
+            c.upstream_stream_idle_timeout = Duration::from_secs(parse_in(v, 1..=86_400)?);
             Ok(())
         },
         show: |c| secs(c.upstream_stream_idle_timeout),
@@ -632,7 +652,7 @@ pub static SETTINGS: &[Setting] = &[
         secret: false,
         help: "tokio worker threads per CPU",
         apply: |c, v| {
-            c.http_worker_factor = parse_u32(v)?;
+            c.http_worker_factor = parse_in(v, 0..=64)?;
             Ok(())
         },
         show: |c| c.http_worker_factor.to_string(),
@@ -644,7 +664,7 @@ pub static SETTINGS: &[Setting] = &[
         secret: false,
         help: "at least this many worker threads",
         apply: |c, v| {
-            c.http_worker_min = parse_u32(v)?.max(1);
+            c.http_worker_min = parse_in(v, 1..=1024)?;
             Ok(())
         },
         show: |c| c.http_worker_min.to_string(),
@@ -668,7 +688,7 @@ pub static SETTINGS: &[Setting] = &[
         secret: false,
         help: "at least this many concurrent requests before load shedding",
         apply: |c, v| {
-            c.http_queue_min = parse_u32(v)?.max(1);
+            c.http_queue_min = parse_in(v, 1..=u32::MAX)?;
             Ok(())
         },
         show: |c| c.http_queue_min.to_string(),
@@ -714,18 +734,14 @@ pub struct EnvFile {
 impl EnvFile {
     /// Reads an env file (dotenv syntax).
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let iter = dotenvy::from_path_iter(path).map_err(|e| ConfigError {
+        let error = |e: dotenvy::Error| ConfigError {
             var: "env file".into(),
             value: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+            message: env_file_message(path, &e),
+        };
         let mut vars = HashMap::new();
-        for item in iter {
-            let (k, v) = item.map_err(|e| ConfigError {
-                var: "env file".into(),
-                value: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+        for item in dotenvy::from_path_iter(path).map_err(error)? {
+            let (k, v) = item.map_err(error)?;
             vars.insert(k, v);
         }
         Ok(Self {
@@ -734,18 +750,50 @@ impl EnvFile {
         })
     }
 
-    /// The first env file among [`ENV_FILE_NAMES`] in `dirs`, in order.
+    /// The first env file among [`ENV_FILE_NAMES`] in `dirs`, in order. A `.env` that names
+    /// none of our variables belongs to another tool and is passed over (it neither hides a
+    /// `codexpool.env` further on nor breaks us with syntax we do not need).
     pub fn discover(dirs: &[PathBuf]) -> Result<Option<Self>, ConfigError> {
         for dir in dirs {
             for name in ENV_FILE_NAMES {
                 let p = dir.join(name);
-                if p.is_file() {
-                    return Self::read(&p).map(Some);
+                if !p.is_file() || (name == ".env" && !mentions_our_variables(&p)) {
+                    continue;
                 }
+                return Self::read(&p).map(Some);
             }
         }
         Ok(None)
     }
+}
+
+fn mentions_our_variables(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .is_ok_and(|text| text.contains(ENV_PREFIX) || text.contains(LEGACY_ENV_PREFIX))
+}
+
+/// dotenvy's own message quotes the bad line, and everything after it when a quote is left
+/// open: it may hold secrets. Ours names the line number and the variable only.
+fn env_file_message(path: &Path, e: &dotenvy::Error) -> String {
+    let dotenvy::Error::LineParse(text, _) = e else {
+        return e.to_string();
+    };
+    let first = text.lines().next().unwrap_or_default();
+    let line = std::fs::read_to_string(path).ok().and_then(|all| {
+        all.find(first)
+            .map(|at| all[..at].matches('\n').count() + 1)
+    });
+    let name = first
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_start_matches("export ").trim())
+        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let at = match (line, name) {
+        (Some(n), Some(k)) => format!("line {n} ({k})"),
+        (Some(n), None) => format!("line {n}"),
+        (None, Some(k)) => format!("the line of {k}"),
+        (None, None) => "a line".into(),
+    };
+    format!("cannot parse {at} (an unclosed quote?); the value is not shown")
 }
 
 impl Config {
@@ -955,10 +1003,31 @@ mod tests {
             ("CODEXPOOL_LOGIN_ADDR", "localhost:99999"),
             ("CODEXPOOL_FRONT_PROXY_MAX_BODY_BYTES", "0"),
             ("CODEXPOOL_USAGE_POLL_INTERVAL_SECS", "-5"),
+            // 0 is not "no limit" here: a zero timeout would cut every stream.
+            ("CODEXPOOL_UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "0"),
+            ("CODEXPOOL_UPSTREAM_CONNECT_TIMEOUT_SECS", "0"),
+            ("CODEXPOOL_HTTP_WORKER_FACTOR", "4000000000"),
+            ("CODEXPOOL_HTTP_WORKER_MIN", "0"),
+            ("CODEXPOOL_HTTP_QUEUE_MIN", "0"),
         ] {
             let e = from(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k, "{v}");
         }
+    }
+
+    #[test]
+    fn an_empty_flag_is_off_except_disable_polling() {
+        let c = from(&[
+            ("CODEXPOOL_ALLOW_NON_LOOPBACK_LOGIN_ADDR", ""),
+            ("CODEXPOOL_DISABLE_POLLING", ""),
+        ])
+        .unwrap();
+        assert!(!c.allow_non_loopback_login_addr, "blank keeps the check on");
+        assert!(c.disable_polling, "DISABLE_POLLING: set = off");
+        let c = from(&[("CODEXPOOL_ALLOW_NON_LOOPBACK_LOGIN_ADDR", "yes")]).unwrap();
+        assert!(c.allow_non_loopback_login_addr);
+        let e = from(&[("CODEXPOOL_HTTP_WORKER_FACTOR", "65")]).unwrap_err();
+        assert!(e.to_string().contains("from 0 to 64"), "{e}");
     }
 
     #[test]
@@ -1041,14 +1110,50 @@ mod tests {
     }
 
     #[test]
-    fn malformed_env_file_is_an_error() {
+    fn malformed_env_file_is_an_error_that_shows_no_value() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("codexpool.env"),
-            "CODEXPOOL_X='unterminated\n",
+            "# settings\nCODEXPOOL_ROUTE_STRATEGY='ordered\nCODEXPOOL_RPC_TOKEN=tok-secret-1\n",
         )
         .unwrap();
-        assert!(EnvFile::discover(&[dir.path().to_path_buf()]).is_err());
+        let e = EnvFile::discover(&[dir.path().to_path_buf()]).unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.contains("line 2 (CODEXPOOL_ROUTE_STRATEGY)") && shown.contains("codexpool.env"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("tok-secret-1") && !shown.contains("ordered"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn another_tools_dot_env_is_passed_over() {
+        let cwd = tempfile::tempdir().unwrap();
+        let beside_exe = tempfile::tempdir().unwrap();
+        // Not ours, and not even valid dotenv syntax.
+        std::fs::write(
+            cwd.path().join(".env"),
+            "NODE_ENV=development\nJSON={\"a\": 1}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            beside_exe.path().join("codexpool.env"),
+            "CODEXPOOL_ACCOUNT_MAX_INFLIGHT=2\n",
+        )
+        .unwrap();
+        let dirs = [cwd.path().to_path_buf(), beside_exe.path().to_path_buf()];
+        let file = EnvFile::discover(&dirs).unwrap().unwrap();
+        assert!(file.path.ends_with("codexpool.env"), "{:?}", file.path);
+        // A `.env` that does set our variables is read (and its errors are reported).
+        std::fs::write(
+            cwd.path().join(".env"),
+            "CODEXPOOL_ACCOUNT_MAX_INFLIGHT=\"3\n",
+        )
+        .unwrap();
+        assert!(EnvFile::discover(&dirs).is_err());
     }
 
     #[test]
