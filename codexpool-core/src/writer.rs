@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::request_log::RequestLogEntry;
-use crate::store::{Store, StoreError};
+use crate::store::{RecordBatch, Store};
 use crate::usage::{Credits, LedgerEntry, WindowKind, WindowReading};
 
 /// How long a batch may gather before it is written.
@@ -109,30 +109,19 @@ impl Batch {
         }
     }
 
-    async fn write(&self, store: &dyn Store) -> Result<(), StoreError> {
-        if !self.windows.is_empty() {
-            let w: Vec<(String, WindowReading)> = self
+    /// The records to write (coalesced readings last-wins), and the flushes to answer after.
+    fn finish(self) -> (Arc<RecordBatch>, Vec<oneshot::Sender<()>>) {
+        let records = RecordBatch {
+            windows: self
                 .windows
-                .iter()
-                .map(|((a, _), r)| (a.clone(), r.clone()))
-                .collect();
-            store.save_windows(&w).await?;
-        }
-        if !self.credits.is_empty() {
-            let c: Vec<(String, Credits)> = self
-                .credits
-                .iter()
-                .map(|(a, c)| (a.clone(), c.clone()))
-                .collect();
-            store.save_credits(&c).await?;
-        }
-        if !self.ledger.is_empty() {
-            store.append_ledger(&self.ledger).await?;
-        }
-        if !self.log.is_empty() {
-            store.append_request_log(&self.log).await?;
-        }
-        Ok(())
+                .into_iter()
+                .map(|((account, _), r)| (account, r))
+                .collect(),
+            credits: self.credits.into_iter().collect(),
+            ledger: self.ledger,
+            request_log: self.log,
+        };
+        (Arc::new(records), self.flushes)
     }
 }
 
@@ -156,10 +145,11 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Op>, hurry: 
                 Err(_) => break,
             }
         }
+        let (records, flushes) = batch.finish();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match batch.write(store.as_ref()).await {
+            match store.write_records(records.clone()).await {
                 Ok(()) => break,
                 Err(e) if attempt < ATTEMPTS => {
                     tracing::warn!(error = %e, attempt, "background write failed; retrying");
@@ -169,15 +159,15 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Op>, hurry: 
                 Err(e) => {
                     tracing::error!(
                         error = %e,
-                        ledger = batch.ledger.len(),
-                        request_log = batch.log.len(),
+                        ledger = records.ledger.len(),
+                        request_log = records.request_log.len(),
                         "background write failed; records dropped"
                     );
                     break;
                 }
             }
         }
-        for f in batch.flushes {
+        for f in flushes {
             let _ = f.send(());
         }
     }

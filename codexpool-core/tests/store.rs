@@ -167,3 +167,65 @@ async fn concurrent_writers_never_see_locked() {
         .unwrap();
     assert_eq!(rows.len(), 200);
 }
+
+/// The background writer retries a failed batch whole, so SQLite must write it all or nothing:
+/// a ledger entry written before the request log failed would be counted twice on the retry.
+#[tokio::test]
+async fn sqlite_writes_a_record_batch_all_or_nothing() {
+    use codexpool_core::Timestamp;
+    use codexpool_core::request_log::{RequestLogEntry, RequestLogQuery};
+    use codexpool_core::store::RecordBatch;
+    use codexpool_core::usage::{LedgerEntry, TokenCounts};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let at = Timestamp::from_secs(1_800_000_000);
+    let batch = Arc::new(RecordBatch {
+        ledger: vec![LedgerEntry {
+            at,
+            key_id: None,
+            account_id: None,
+            model: "m".into(),
+            tokens: TokenCounts::default(),
+            status: 200,
+        }],
+        request_log: vec![RequestLogEntry::new("r1", at, "/v1/responses")],
+        ..RecordBatch::default()
+    });
+    // The request-log insert fails after the ledger insert (as a full disk would).
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER full BEFORE INSERT ON request_log BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+        )
+        .unwrap();
+    assert!(store.write_records(batch.clone()).await.is_err());
+    assert_eq!(
+        ledger_requests(&store).await,
+        0,
+        "nothing of the failed batch"
+    );
+    other.execute_batch("DROP TRIGGER full;").unwrap();
+    store.write_records(batch).await.unwrap();
+    assert_eq!(
+        ledger_requests(&store).await,
+        1,
+        "the retry writes the entry once"
+    );
+    let log = store
+        .list_request_log(&RequestLogQuery::latest(10))
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 1);
+}
+
+async fn ledger_requests(s: &SqliteStore) -> u64 {
+    use codexpool_core::usage::{LedgerGroup, LedgerQuery};
+    s.ledger_summary(&LedgerQuery::by(LedgerGroup::Model))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.requests)
+        .sum()
+}

@@ -2,9 +2,10 @@
 //! empty store; the SQLite and memory stores run it in this crate's tests, and an outside
 //! implementation (e.g. PostgreSQL) should run it in its own.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{LoginKind, LoginSession, LoginStatus, Store, StoreError};
+use super::{LoginKind, LoginSession, LoginStatus, RecordBatch, Store, StoreError};
 use crate::account::{Account, AccountPatch, AccountStatus, Tokens};
 use crate::keys::{KeyPatch, PlatformKey};
 use crate::request_log::{RequestLogEntry, RequestLogQuery};
@@ -107,6 +108,7 @@ pub async fn check_all(store: &dyn Store) -> Result<(), Failure> {
     usage(store).await?;
     ledger(store).await?;
     request_log(store).await?;
+    records(store).await?;
     login_sessions(store).await?;
     refresh_leases(store).await?;
     Ok(())
@@ -511,6 +513,42 @@ async fn ledger(s: &dyn Store) -> Result<(), Failure> {
     ensure!(
         since.len() == 1 && since[0].group == "a1" && since[0].requests == 2,
         "since filter: {since:?}"
+    );
+    Ok(())
+}
+
+/// The background writer's batch: every part lands (atomicity is SQLite's own test).
+async fn records(s: &dyn Store) -> Result<(), Failure> {
+    let batch = RecordBatch {
+        ledger: vec![LedgerEntry {
+            at: t(500),
+            key_id: None,
+            account_id: None,
+            model: "batch-model".into(),
+            tokens: TokenCounts::default(),
+            status: 200,
+        }],
+        request_log: vec![RequestLogEntry::new("batch-1", t(500), "/v1/responses")],
+        ..RecordBatch::default()
+    };
+    s.write_records(Arc::new(batch)).await.map_err(e)?;
+    let models = s
+        .ledger_summary(&LedgerQuery::by(LedgerGroup::Model))
+        .await
+        .map_err(e)?;
+    ensure!(
+        models
+            .iter()
+            .any(|r| r.group == "batch-model" && r.requests == 1),
+        "the batch's ledger entry: {models:?}"
+    );
+    let log = s
+        .list_request_log(&RequestLogQuery::latest(1))
+        .await
+        .map_err(e)?;
+    ensure!(
+        log.first().is_some_and(|r| r.request_id == "batch-1"),
+        "the batch's log row: {log:?}"
     );
     Ok(())
 }

@@ -3,12 +3,12 @@
 //! process.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{LoginSession, LoginStatus, Store, StoreError};
+use super::{LoginSession, LoginStatus, RecordBatch, Store, StoreError};
 use crate::account::{Account, AccountPatch};
 use crate::keys::{KeyPatch, PlatformKey};
 use crate::request_log::{RequestLogEntry, RequestLogQuery};
@@ -290,6 +290,14 @@ impl Store for MemoryStore {
             s.log.push(e);
         }
         Ok(())
+    }
+
+    async fn write_records(&self, batch: Arc<RecordBatch>) -> Result<(), StoreError> {
+        // Nothing here can fail halfway.
+        self.save_windows(&batch.windows).await?;
+        self.save_credits(&batch.credits).await?;
+        self.append_ledger(&batch.ledger).await?;
+        self.append_request_log(&batch.request_log).await
     }
 
     async fn list_request_log(

@@ -10,6 +10,7 @@ mod sqlite;
 
 pub mod conformance;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -139,6 +140,19 @@ pub struct LoginSession {
     pub status: LoginStatus,
 }
 
+/// Records the background writer stores together ([`Store::write_records`]).
+#[derive(Debug, Default)]
+pub struct RecordBatch {
+    /// Usage readings, newest per (account, kind); readings of unknown accounts are ignored.
+    pub windows: Vec<(String, WindowReading)>,
+    /// Credits per account.
+    pub credits: Vec<(String, Credits)>,
+    /// Token-ledger entries.
+    pub ledger: Vec<LedgerEntry>,
+    /// Request-log rows.
+    pub request_log: Vec<RequestLogEntry>,
+}
+
 /// Persistence for a pool. Object-safe (`Arc<dyn Store>`); every method is one atomic step.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -205,6 +219,9 @@ pub trait Store: Send + Sync + 'static {
     async fn ledger_summary(&self, q: &LedgerQuery) -> Result<Vec<LedgerRow>, StoreError>;
     /// Appends request-log rows.
     async fn append_request_log(&self, entries: &[RequestLogEntry]) -> Result<(), StoreError>;
+    /// Writes what the background writer gathered in ONE transaction: all of it or nothing.
+    /// A failed batch is retried whole, so a partial write would store its rows twice.
+    async fn write_records(&self, batch: Arc<RecordBatch>) -> Result<(), StoreError>;
     /// Reads request-log rows, newest first.
     async fn list_request_log(
         &self,

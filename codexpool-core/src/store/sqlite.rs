@@ -4,14 +4,14 @@
 //! `database is locked` never reaches a user, and numbered migrations tracked by `user_version`.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{LoginKind, LoginSession, LoginStatus, Store, StoreError};
+use super::{LoginKind, LoginSession, LoginStatus, RecordBatch, Store, StoreError};
 use crate::account::{Account, AccountPatch, AccountStatus, Tokens};
 use crate::keys::{KeyPatch, PlatformKey};
 use crate::request_log::{RequestLogEntry, RequestLogQuery};
@@ -435,6 +435,113 @@ fn session_from_row(r: &Row<'_>) -> rusqlite::Result<LoginSession> {
 
 const SESSION_COLUMNS: &str = "state, kind, code_verifier, redirect_uri, label, group_name, tags, note, created_at, expires_at, status";
 
+fn insert_windows(
+    tx: &rusqlite::Transaction<'_>,
+    readings: &[(String, WindowReading)],
+) -> Result<(), StoreError> {
+    let mut st = tx
+            .prepare_cached(
+                "INSERT INTO usage_windows (account_id, kind, used_percent, window_minutes, resets_at, source, observed_at)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?1)
+                 ON CONFLICT (account_id, kind) DO UPDATE SET used_percent = excluded.used_percent,
+                   window_minutes = excluded.window_minutes, resets_at = excluded.resets_at,
+                   source = excluded.source, observed_at = excluded.observed_at
+                 WHERE excluded.observed_at >= usage_windows.observed_at",
+            )
+            .map_err(db_err)?;
+    for (id, r) in readings {
+        st.execute(params![
+            id,
+            r.kind.as_str(),
+            r.used_percent,
+            r.window_minutes,
+            r.resets_at.map(Timestamp::as_millis),
+            r.source.as_str(),
+            r.observed_at.as_millis()
+        ])
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn insert_credits(
+    tx: &rusqlite::Transaction<'_>,
+    credits: &[(String, Credits)],
+) -> Result<(), StoreError> {
+    let mut st = tx
+        .prepare_cached(
+            "INSERT OR REPLACE INTO usage_credits (account_id, balance, has_credits, unlimited)
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?1)",
+        )
+        .map_err(db_err)?;
+    for (id, cr) in credits {
+        st.execute(params![id, cr.balance, cr.has_credits, cr.unlimited])
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn insert_ledger(
+    tx: &rusqlite::Transaction<'_>,
+    entries: &[LedgerEntry],
+) -> Result<(), StoreError> {
+    let mut st = tx
+            .prepare_cached(
+                "INSERT INTO token_ledger (at, key_id, account_id, model, input_tokens, cached_tokens, output_tokens, reasoning_tokens, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(db_err)?;
+    for e in entries {
+        st.execute(params![
+            e.at.as_millis(),
+            e.key_id,
+            e.account_id,
+            e.model,
+            to_i64(e.tokens.input_tokens),
+            to_i64(e.tokens.cached_tokens),
+            to_i64(e.tokens.output_tokens),
+            to_i64(e.tokens.reasoning_tokens),
+            e.status
+        ])
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn insert_request_log(
+    tx: &rusqlite::Transaction<'_>,
+    entries: &[RequestLogEntry],
+) -> Result<(), StoreError> {
+    let mut st = tx
+            .prepare_cached(
+                "INSERT INTO request_log (request_id, at, key_id, accounts_tried, account_id, route, model, status, stream,
+                   latency_ms, ttfb_ms, tokens, error_class, fallback, body_preview)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            )
+            .map_err(db_err)?;
+    for e in entries {
+        st.execute(params![
+            e.request_id,
+            e.at.as_millis(),
+            e.key_id,
+            to_json(&e.accounts_tried),
+            e.account_id,
+            e.route,
+            e.model,
+            e.status,
+            e.stream,
+            to_i64(e.latency_ms),
+            e.ttfb_ms.map(to_i64),
+            e.tokens.as_ref().map(to_json),
+            e.error_class,
+            e.fallback,
+            e.body_preview
+        ])
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
@@ -657,34 +764,8 @@ impl Store for SqliteStore {
 
     async fn save_windows(&self, readings: &[(String, WindowReading)]) -> Result<(), StoreError> {
         let readings = readings.to_vec();
-        self.call(move |c| {
-            write(c, |tx| {
-                let mut st = tx
-                    .prepare_cached(
-                        "INSERT INTO usage_windows (account_id, kind, used_percent, window_minutes, resets_at, source, observed_at)
-                         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?1)
-                         ON CONFLICT (account_id, kind) DO UPDATE SET used_percent = excluded.used_percent,
-                           window_minutes = excluded.window_minutes, resets_at = excluded.resets_at,
-                           source = excluded.source, observed_at = excluded.observed_at
-                         WHERE excluded.observed_at >= usage_windows.observed_at",
-                    )
-                    .map_err(db_err)?;
-                for (id, r) in &readings {
-                    st.execute(params![
-                        id,
-                        r.kind.as_str(),
-                        r.used_percent,
-                        r.window_minutes,
-                        r.resets_at.map(Timestamp::as_millis),
-                        r.source.as_str(),
-                        r.observed_at.as_millis()
-                    ])
-                    .map_err(db_err)?;
-                }
-                Ok(())
-            })
-        })
-        .await
+        self.call(move |c| write(c, |tx| insert_windows(tx, &readings)))
+            .await
     }
 
     async fn list_credits(&self) -> Result<Vec<(String, Credits)>, StoreError> {
@@ -713,51 +794,14 @@ impl Store for SqliteStore {
 
     async fn save_credits(&self, credits: &[(String, Credits)]) -> Result<(), StoreError> {
         let credits = credits.to_vec();
-        self.call(move |c| {
-            write(c, |tx| {
-                let mut st = tx
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO usage_credits (account_id, balance, has_credits, unlimited)
-                         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?1)",
-                    )
-                    .map_err(db_err)?;
-                for (id, cr) in &credits {
-                    st.execute(params![id, cr.balance, cr.has_credits, cr.unlimited]).map_err(db_err)?;
-                }
-                Ok(())
-            })
-        })
-        .await
+        self.call(move |c| write(c, |tx| insert_credits(tx, &credits)))
+            .await
     }
 
     async fn append_ledger(&self, entries: &[LedgerEntry]) -> Result<(), StoreError> {
         let entries = entries.to_vec();
-        self.call(move |c| {
-            write(c, |tx| {
-                let mut st = tx
-                    .prepare_cached(
-                        "INSERT INTO token_ledger (at, key_id, account_id, model, input_tokens, cached_tokens, output_tokens, reasoning_tokens, status)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    )
-                    .map_err(db_err)?;
-                for e in &entries {
-                    st.execute(params![
-                        e.at.as_millis(),
-                        e.key_id,
-                        e.account_id,
-                        e.model,
-                        to_i64(e.tokens.input_tokens),
-                        to_i64(e.tokens.cached_tokens),
-                        to_i64(e.tokens.output_tokens),
-                        to_i64(e.tokens.reasoning_tokens),
-                        e.status
-                    ])
-                    .map_err(db_err)?;
-                }
-                Ok(())
-            })
-        })
-        .await
+        self.call(move |c| write(c, |tx| insert_ledger(tx, &entries)))
+            .await
     }
 
     async fn ledger_summary(&self, q: &LedgerQuery) -> Result<Vec<LedgerRow>, StoreError> {
@@ -795,36 +839,17 @@ impl Store for SqliteStore {
 
     async fn append_request_log(&self, entries: &[RequestLogEntry]) -> Result<(), StoreError> {
         let entries = entries.to_vec();
+        self.call(move |c| write(c, |tx| insert_request_log(tx, &entries)))
+            .await
+    }
+
+    async fn write_records(&self, batch: Arc<RecordBatch>) -> Result<(), StoreError> {
         self.call(move |c| {
             write(c, |tx| {
-                let mut st = tx
-                    .prepare_cached(
-                        "INSERT INTO request_log (request_id, at, key_id, accounts_tried, account_id, route, model, status, stream,
-                           latency_ms, ttfb_ms, tokens, error_class, fallback, body_preview)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                    )
-                    .map_err(db_err)?;
-                for e in &entries {
-                    st.execute(params![
-                        e.request_id,
-                        e.at.as_millis(),
-                        e.key_id,
-                        to_json(&e.accounts_tried),
-                        e.account_id,
-                        e.route,
-                        e.model,
-                        e.status,
-                        e.stream,
-                        to_i64(e.latency_ms),
-                        e.ttfb_ms.map(to_i64),
-                        e.tokens.as_ref().map(to_json),
-                        e.error_class,
-                        e.fallback,
-                        e.body_preview
-                    ])
-                    .map_err(db_err)?;
-                }
-                Ok(())
+                insert_windows(tx, &batch.windows)?;
+                insert_credits(tx, &batch.credits)?;
+                insert_ledger(tx, &batch.ledger)?;
+                insert_request_log(tx, &batch.request_log)
             })
         })
         .await
