@@ -405,6 +405,10 @@ impl AccountPool {
                              (sign the Codex CLI in again) or stop using it for this account."
                         )
                     });
+                    if let Some(reason) = self.stale_tokens(&c) {
+                        report.results.push(skipped(src, reason));
+                        continue;
+                    }
                     match self.upsert_signin(c, false).await {
                         Ok((a, created)) => ImportResult {
                             source: src,
@@ -424,6 +428,26 @@ impl AccountPool {
             report.results.push(result);
         }
         report
+    }
+
+    /// Why a file's tokens must not replace the stored ones of the same sign-in, if so: they
+    /// are older (an earlier access-token expiry, or without expiries an earlier refresh). A
+    /// re-import of `~/.codex/auth.json` after codexpool refreshed the account would otherwise
+    /// put back a refresh token that is already spent, and the next refresh would sign it out.
+    fn stale_tokens(&self, c: &Candidate) -> Option<String> {
+        let user_id = c.claims.user_id().unwrap_or_default();
+        let stored = self.find_identity(&c.chatgpt_account_id, user_id)?.tokens;
+        let file = &c.tokens;
+        if file.refresh_token == stored.refresh_token {
+            return None;
+        }
+        let older = match (file.expires_at, stored.expires_at) {
+            (Some(f), Some(s)) if f != s => f < s,
+            _ => matches!((file.last_refresh, stored.last_refresh), (Some(f), Some(s)) if f < s),
+        };
+        older.then(|| {
+            "the stored sign-in is newer than this file (refreshed since); nothing changed".into()
+        })
     }
 
     /// Creates the account of a sign-in, or gives an existing one (same identity) the new

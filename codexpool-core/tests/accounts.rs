@@ -87,6 +87,48 @@ async fn reimport_updates_tokens_and_keeps_what_a_person_set() {
     assert_eq!(pool.accounts().len(), 1);
 }
 
+/// A Codex CLI auth.json whose access token expires at `exp`.
+fn auth_json_expiring(account_id: &str, refresh: &str, exp: i64) -> Vec<u8> {
+    let id = jwt(
+        account_id,
+        &format!("user-{account_id}"),
+        "a@example.com",
+        "plus",
+        exp,
+    );
+    serde_json::to_vec(&json!({
+        "tokens": {"id_token": id, "access_token": id, "refresh_token": refresh, "account_id": account_id},
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn reimport_never_puts_older_tokens_back() {
+    let (pool, _) = pool_with(&[]).await;
+    let old = auth_json_expiring("acct-5", "rt-old", 2_000_000_000);
+    let newer = auth_json_expiring("acct-5", "rt-newer", 2_000_086_400);
+    let id = pool.accounts().import_bytes("old", &old).await.results[0]
+        .account_id
+        .clone()
+        .unwrap();
+    assert_eq!(
+        pool.accounts()
+            .import_bytes("newer", &newer)
+            .await
+            .updated(),
+        1
+    );
+    let r = pool.accounts().import_bytes("old", &old).await;
+    assert_eq!((r.updated(), r.skipped()), (0, 1), "{r:?}");
+    assert!(
+        matches!(&r.results[0].outcome, ImportOutcome::Skipped(why) if why.contains("newer")),
+        "{r:?}"
+    );
+    let a = pool.accounts().get(&id).unwrap();
+    assert_eq!(a.tokens.refresh_token.expose(), "rt-newer");
+    assert_eq!(pool.accounts().len(), 1);
+}
+
 #[tokio::test]
 async fn reimport_revives_a_dead_sign_in_but_not_a_disabled_account() {
     let (pool, _) = pool_with(&[]).await;

@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use codexpool_core::auth::{AuthError, RefresherOptions, spawn_refresher_with};
+use codexpool_core::import::ImportOutcome;
 use codexpool_core::{AccountPatch, AccountStatus, Config, Pool};
 use codexpool_testkit::{FakeAccount, FakeRefreshFailure};
 use support::{fake, file_pool, import, memory_pool};
@@ -495,4 +496,35 @@ async fn the_background_refresher_refreshes_and_stops_when_dropped() {
     clock.advance(Duration::from_secs(30 * 24 * 3600));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(fake.refresh_count("acct-1"), 1);
+}
+
+#[tokio::test]
+async fn reimporting_the_file_after_a_refresh_keeps_the_newer_sign_in() {
+    let fake = fake();
+    let (pool, clock) = memory_pool(&fake, &[]).await;
+    // `~/.codex/auth.json` as it was when first imported.
+    let file = serde_json::to_vec(&fake.auth_json("acct-1")).unwrap();
+    let id = pool
+        .accounts()
+        .import_bytes("auth.json", &file)
+        .await
+        .results[0]
+        .account_id
+        .clone()
+        .unwrap();
+    clock.advance(Duration::from_secs(3600));
+    let refreshed = pool.auth().refresh(&id).await.unwrap().tokens;
+
+    // A startup script imports the same file again: its refresh token is spent by now.
+    let r = pool.accounts().import_bytes("auth.json", &file).await;
+    assert_eq!((r.updated(), r.skipped()), (0, 1), "{r:?}");
+    let ImportOutcome::Skipped(why) = &r.results[0].outcome else {
+        unreachable!()
+    };
+    assert!(why.contains("newer"), "{why}");
+    assert_eq!(pool.accounts().get(&id).unwrap().tokens, refreshed);
+    pool.auth()
+        .refresh(&id)
+        .await
+        .expect("the sign-in still works");
 }
