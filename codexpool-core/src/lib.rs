@@ -287,6 +287,7 @@ impl Pool {
             for (id, r) in windows {
                 if let Some(s) = t.get(&id) {
                     let mut u = sync::lock(&s.state.usage);
+                    s.state.mark_stored(r.kind, r.observed_at);
                     u.merge(r);
                     s.state.sync_cells(&u);
                 }

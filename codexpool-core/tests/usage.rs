@@ -118,6 +118,36 @@ async fn readings_persist_and_survive_a_restart() {
 }
 
 #[tokio::test]
+async fn steady_readings_still_refresh_the_stored_one_every_minute() {
+    let (pool, clock) = pool_with(&[]).await;
+    let id = add_accounts(&pool, 1).await.remove(0);
+    let stored_at = |pool: &Pool| {
+        let pool = pool.clone();
+        async move {
+            pool.flush().await.unwrap();
+            pool.store().list_windows().await.unwrap()[0].1.observed_at
+        }
+    };
+    // Steady traffic: the same figures every 10 s for two minutes.
+    for _ in 0..13 {
+        let h: Vec<(&str, &[u8])> = vec![
+            ("x-codex-primary-used-percent", b"40"),
+            ("x-codex-primary-window-minutes", b"300"),
+        ];
+        pool.usage().record_headers(&id, h);
+        clock.advance(Duration::from_secs(10));
+    }
+    let last = clock.now().minus(Duration::from_secs(10));
+    let stored = stored_at(&pool).await;
+    assert!(
+        last.since(stored) < Duration::from_secs(60),
+        "the stored reading is {:?} older than the newest",
+        last.since(stored)
+    );
+    assert!(stored > START, "it moved on from the first reading");
+}
+
+#[tokio::test]
 async fn the_ledger_sums_per_key_account_model_and_day() {
     let (pool, clock) = pool_with(&[]).await;
     for (key, acc, model, input) in [

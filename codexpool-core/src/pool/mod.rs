@@ -184,6 +184,8 @@ pub(crate) struct SlotState {
     weekly: WindowCell,
     /// Detailed readings (with provenance), for reports.
     pub usage: std::sync::Mutex<AccountUsage>,
+    /// `observed_at` (ms) of the newest reading of each window handed to the store.
+    stored_at: [AtomicI64; 2],
     pub used: Stamp,
 }
 
@@ -199,6 +201,7 @@ impl SlotState {
                 account_id: account.id.clone(),
                 ..Default::default()
             }),
+            stored_at: [AtomicI64::new(i64::MIN), AtomicI64::new(i64::MIN)],
             used: Stamp::new(account.last_used_at),
         }
     }
@@ -253,6 +256,17 @@ impl SlotState {
     }
 
     /// Refreshes the atomics from the detailed readings.
+    /// How long before `at` the stored reading of `kind` was observed.
+    pub fn stored_age(&self, kind: WindowKind, at: Timestamp) -> Duration {
+        let stored = self.stored_at[kind as usize].load(Ordering::Relaxed);
+        Duration::from_millis(u64::try_from(at.as_millis().saturating_sub(stored)).unwrap_or(0))
+    }
+
+    /// Notes that a reading of `kind` observed at `at` is (or is about to be) stored.
+    pub fn mark_stored(&self, kind: WindowKind, at: Timestamp) {
+        self.stored_at[kind as usize].fetch_max(at.as_millis(), Ordering::Relaxed);
+    }
+
     pub fn sync_cells(&self, usage: &AccountUsage) {
         self.five_hour.set(usage.five_hour.as_ref());
         self.weekly.set(usage.weekly.as_ref());

@@ -23,8 +23,9 @@ use crate::time::Timestamp;
 /// How long a stored reading may lag the in-memory one when nothing moved.
 const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Whether `new` says something the stored `old` does not: another figure, another reset time
-/// (beyond the jitter of `reset-after-seconds`), another source, or `old` is a minute old.
+/// Whether `new` says something the current `old` does not: another figure, another reset time
+/// (beyond the jitter of `reset-after-seconds`) or another source. (Every such change is stored,
+/// so the stored reading differs from the current one only in its age.)
 fn materially_different(old: &WindowReading, new: &WindowReading) -> bool {
     let reset_moved = match (old.resets_at, new.resets_at) {
         (Some(a), Some(b)) => a.since(b).max(b.since(a)) > std::time::Duration::from_secs(2),
@@ -34,7 +35,6 @@ fn materially_different(old: &WindowReading, new: &WindowReading) -> bool {
         || old.window_minutes != new.window_minutes
         || old.source != new.source
         || reset_moved
-        || new.observed_at.since(old.observed_at) >= PERSIST_EVERY
 }
 
 /// Handle to the usage figures of a [`Pool`]. Cheap to clone.
@@ -102,8 +102,10 @@ impl UsageTracker {
             for r in readings {
                 let worth_writing = u
                     .window(r.kind)
-                    .is_none_or(|old| materially_different(old, &r));
+                    .is_none_or(|old| materially_different(old, &r))
+                    || state.stored_age(r.kind, r.observed_at) >= PERSIST_EVERY;
                 if u.merge(r.clone()) && worth_writing {
+                    state.mark_stored(r.kind, r.observed_at);
                     persist.push(r);
                 }
             }
@@ -196,10 +198,6 @@ mod tests {
         assert!(materially_different(
             &old,
             &reading(10.0, 3600, t.plus(Duration::from_secs(1)))
-        ));
-        assert!(materially_different(
-            &old,
-            &reading(10.0, 540, t.plus(Duration::from_secs(60)))
         ));
         let mut polled = same.clone();
         polled.source = ReadingSource::Poll;
