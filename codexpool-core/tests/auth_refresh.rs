@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use codexpool_core::auth::{AuthError, RefresherOptions, spawn_refresher_with};
 use codexpool_core::import::ImportOutcome;
+use codexpool_core::store::{SqliteStore, Store};
 use codexpool_core::{AccountPatch, AccountStatus, Config, Pool};
 use codexpool_testkit::{FakeAccount, FakeRefreshFailure};
 use support::{fake, file_pool, import, memory_pool};
@@ -527,4 +528,41 @@ async fn reimporting_the_file_after_a_refresh_keeps_the_newer_sign_in() {
         .refresh(&id)
         .await
         .expect("the sign-in still works");
+}
+
+#[tokio::test]
+async fn rotated_tokens_wait_out_a_store_that_fails_for_a_few_seconds() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let pool = file_pool(&fake, &path).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    // The store refuses account updates for a while (as a briefly full disk would).
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER full BEFORE UPDATE ON accounts BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+        )
+        .unwrap();
+    let refreshing = tokio::spawn({
+        let pool = pool.clone();
+        let id = id.clone();
+        async move { pool.auth().refresh(&id).await }
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!refreshing.is_finished(), "still offering the tokens");
+    other.execute_batch("DROP TRIGGER full;").unwrap();
+    let after = refreshing.await.unwrap().unwrap().tokens;
+    let live = fake.current_tokens("acct-1");
+    assert_eq!(after.refresh_token.expose(), live.refresh_token);
+    let stored = SqliteStore::open(&path)
+        .await
+        .unwrap()
+        .get_account(&id)
+        .await
+        .unwrap()
+        .unwrap()
+        .tokens;
+    assert_eq!(stored, after, "the rotated tokens reached the store");
+    pool.auth().refresh(&id).await.expect("and they work");
 }

@@ -45,8 +45,10 @@ const LEASE_POLL: Duration = Duration::from_millis(50);
 /// First backoff after a transient refresh failure (doubling up to [`BACKOFF_MAX`]).
 const BACKOFF_BASE: Duration = Duration::from_secs(60);
 const BACKOFF_MAX: Duration = Duration::from_secs(30 * 60);
-/// How often the new tokens are offered to the store before giving up.
-const PERSIST_ATTEMPTS: u32 = 5;
+/// How long the new tokens are offered to the store before giving up: the old refresh token
+/// is spent, so losing them loses the sign-in. Well inside [`REFRESH_LEASE_TTL`], so no other
+/// process takes the lease (and spends the old token) meanwhile.
+const PERSIST_FOR: Duration = Duration::from_secs(40);
 
 /// Issuer error codes that mean the refresh token is dead.
 const DEAD_CODES: [&str; 5] = [
@@ -398,20 +400,24 @@ impl Auth {
 
     /// Writes rotated tokens, retrying: losing them would lose the sign-in.
     async fn persist(&self, id: &str, patch: AccountPatch) -> Result<(), AuthError> {
-        let mut last = None;
-        for attempt in 0..PERSIST_ATTEMPTS {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(100);
+        let mut attempt = 0u32;
+        let last = loop {
+            attempt += 1;
             match self.pool.accounts().apply_patch(id, patch.clone()).await {
                 Ok(_) => return Ok(()),
                 Err(crate::Error::NotFound { .. }) => {
                     return Err(AuthError::UnknownAccount { id: id.to_string() });
                 }
-                Err(e) => {
+                Err(e) if started.elapsed() + pause < PERSIST_FOR => {
                     tracing::warn!(account = %id, error = %e, attempt, "could not save refreshed tokens; retrying");
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt + 1))).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
                 }
+                Err(e) => break Some(e),
             }
-        }
+        };
         tracing::error!(account = %id, "refreshed tokens could not be saved; the account will need a new sign-in");
         Err(AuthError::Store {
             message: format!(
