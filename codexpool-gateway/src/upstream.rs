@@ -458,7 +458,14 @@ fn outcome_of(f: &UpstreamFailure, now: Timestamp) -> (Option<Outcome>, Attempt)
         ),
         FailureKind::Unauthorized => (Some(Outcome::Unauthorized), Attempt::Unauthorized),
         FailureKind::BadRequest => (None, Attempt::BadRequest),
-        _ => (Some(Outcome::UpstreamError), Attempt::ServerError),
+        _ => (
+            Some(Outcome::UpstreamError),
+            match f.code.as_deref() {
+                Some("upstream_timeout") => Attempt::Timeout,
+                Some("upstream_unreachable") => Attempt::Connect,
+                _ => Attempt::ServerError,
+            },
+        ),
     }
 }
 
@@ -478,6 +485,18 @@ enum Step {
     Next(UpstreamFailure),
     /// Stop: answer the client with this.
     Stop(UpstreamFailure),
+}
+
+impl Step {
+    /// After a failure: the next account, unless the request itself is at fault (another
+    /// account would refuse it too), whether it came as an HTTP error or inside a 200 stream.
+    fn after(f: UpstreamFailure) -> Self {
+        if f.retry_elsewhere() {
+            Step::Next(f)
+        } else {
+            Step::Stop(f)
+        }
+    }
 }
 
 /// Tries accounts until one commits. `record` travels with the call and comes back either way.
@@ -581,7 +600,6 @@ async fn attempt(
             tokio::time::timeout(upstream.idle_timeout, upstream.send(call, lease, &token)).await;
         let response = match sent {
             Err(_) => {
-                metrics.attempt(Attempt::Timeout);
                 return Step::Next(failure(
                     FailureKind::Server,
                     "upstream_timeout",
@@ -589,7 +607,6 @@ async fn attempt(
                 ));
             }
             Ok(Err(e)) => {
-                metrics.attempt(Attempt::Connect);
                 let what = if e.connect {
                     "cannot connect"
                 } else {
@@ -658,11 +675,7 @@ async fn attempt(
                 .and_then(|v| v.trim().parse().ok());
             f.kind = FailureKind::RateLimited { retry_after: ra };
         }
-        return if f.retry_elsewhere() {
-            Step::Next(f)
-        } else {
-            Step::Stop(f)
-        };
+        return Step::after(f);
     }
     if !call.sse {
         return Step::Committed(Opened {
@@ -695,7 +708,7 @@ async fn preflight(upstream: &Upstream, mut body: ByteStream) -> Step {
                                 first_event: Instant::now(),
                             });
                         }
-                        Preflight::Failure(f) => return Step::Next(f),
+                        Preflight::Failure(f) => return Step::after(f),
                     }
                 }
                 Ok(None) => break,

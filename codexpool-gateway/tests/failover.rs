@@ -127,6 +127,30 @@ async fn a_refused_request_is_not_retried() {
 }
 
 #[tokio::test]
+async fn a_request_refused_inside_a_200_stream_is_not_retried() {
+    let h = harness(2, &[]).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::failed("context_length_exceeded", "the input is too long"),
+    );
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("too long"),
+        "{v}"
+    );
+    assert_eq!(
+        h.fake.count("/backend-api/codex/responses"),
+        1,
+        "another account would refuse it too"
+    );
+    assert!(h.pool.accounts().runtime(&h.ids[0]).unwrap().usable);
+    assert_eq!(h.log().await[0].accounts_tried, [h.ids[0].clone()]);
+    assert_eq!(h.total_inflight(), 0);
+}
+
+#[tokio::test]
 async fn every_account_exhausted_is_a_429_with_retry_after() {
     let h = harness(2, &[]).await;
     h.fake.push_reply(
@@ -235,6 +259,14 @@ async fn the_stream_idle_timeout_gives_504_and_moves_on() {
         h.log().await[0].error_class.as_deref(),
         Some("upstream_timeout")
     );
+    assert_eq!(
+        (
+            h.attempts("timeout").await,
+            h.attempts("server_error").await
+        ),
+        (1, 0),
+        "one attempt, counted once"
+    );
 }
 
 #[tokio::test]
@@ -250,6 +282,13 @@ async fn connection_refused_moves_to_the_next_account_and_ends_in_an_error() {
     let row = &h.log().await[0];
     assert_eq!(row.accounts_tried.len(), 2);
     assert_eq!(row.error_class.as_deref(), Some("upstream_unreachable"));
+    assert_eq!(
+        (
+            h.attempts("connect_error").await,
+            h.attempts("server_error").await
+        ),
+        (2, 0)
+    );
     assert!(
         h.pool
             .accounts()

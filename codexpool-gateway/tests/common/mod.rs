@@ -127,6 +127,17 @@ impl Harness {
             .unwrap()
     }
 
+    /// The `codexpool_upstream_attempts_total` counter of one outcome, from `/metrics`.
+    pub async fn attempts(&self, outcome: &str) -> u64 {
+        let (_, _, text) = self
+            .call(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await;
+        let series = format!("codexpool_upstream_attempts_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
     pub fn total_inflight(&self) -> u32 {
         self.pool.accounts().total_inflight()
     }
