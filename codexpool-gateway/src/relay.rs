@@ -33,6 +33,13 @@ pub(crate) enum Mode {
     Chat(Box<ChatStream>),
 }
 
+/// An `error` event as the backend sends it, ending a Responses stream.
+pub(crate) fn error_event(out: &mut BytesMut, code: &str, message: &str) {
+    let body =
+        serde_json::json!({"type": "error", "code": code, "message": message, "param": null});
+    write_event(out, "error", body.to_string().as_bytes());
+}
+
 /// A committed upstream stream on its way to a streaming client.
 pub(crate) struct Relay {
     lease: Option<Lease>,
@@ -179,10 +186,7 @@ impl Relay {
         };
         match &mut self.mode {
             Mode::Chat(chat) => chat.fail(&f, out),
-            Mode::Passthrough => {
-                let body = serde_json::json!({"type": "error", "code": code, "message": f.message, "param": null});
-                write_event(out, "error", body.to_string().as_bytes());
-            }
+            Mode::Passthrough => error_event(out, code, &f.message),
         }
         self.error_class = Some(code.to_string());
     }

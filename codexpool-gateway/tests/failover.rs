@@ -322,6 +322,102 @@ async fn the_fallback_upstream_serves_when_no_account_can() {
 }
 
 #[tokio::test]
+async fn a_silent_fallback_upstream_times_out() {
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let h = harness(
+        0,
+        &[
+            ("UPSTREAM_FALLBACK_BASE_URL", &format!("http://{addr}/v1")),
+            ("UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "1"),
+        ],
+    )
+    .await;
+    let (status, v) = tokio::time::timeout(
+        Duration::from_secs(10),
+        h.json(h.post("/v1/chat/completions", chat(false))),
+    )
+    .await
+    .expect("the gateway gave up on the fallback");
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_timeout");
+    let row = &h.log().await[0];
+    assert!(row.fallback);
+    assert_eq!(row.status, 504);
+    held.abort();
+}
+
+#[tokio::test]
+async fn a_failure_after_early_headers_ends_a_responses_stream_with_an_error_event() {
+    let h = harness_with(1, &[], |b| b.keepalive_interval(Duration::from_millis(100))).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::UsageLimit429 {
+            resets_in_secs: 600,
+        }
+        .slow_first_byte(Duration::from_millis(350)),
+    );
+    let body = serde_json::json!({"model": "gpt-5", "input": "hi", "stream": true});
+    let (status, _, text) = h.call(h.post("/v1/responses", body)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "headers went out before the failure"
+    );
+    assert!(text.starts_with(": keep-alive\n\n"), "{text}");
+    let last = json_frames(&text).pop().unwrap();
+    assert_eq!(last["type"], "error", "{text}");
+    assert_eq!(last["code"], "usage_limit_reached", "{text}");
+    assert!(text.contains("event: error\n"), "{text}");
+    assert_eq!(h.total_inflight(), 0);
+}
+
+#[tokio::test]
+async fn the_fallback_also_serves_after_early_headers() {
+    let h0 = harness(0, &[]).await;
+    let fallback = h0.fake.openai_base_url();
+    let h = harness_with(
+        1,
+        &[
+            ("UPSTREAM_FALLBACK_BASE_URL", &fallback),
+            ("UPSTREAM_FALLBACK_API_KEY", "sk-fake"),
+        ],
+        |b| b.keepalive_interval(Duration::from_millis(100)),
+    )
+    .await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::UsageLimit429 {
+            resets_in_secs: 600,
+        }
+        .slow_first_byte(Duration::from_millis(350)),
+    );
+    let (status, _, text) = h.call(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.starts_with(": keep-alive\n\n"), "{text}");
+    let frames = json_frames(&text);
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["object"] == "chat.completion.chunk"),
+        "the fallback's chunks: {text}"
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(text.matches("[DONE]").count(), 1, "{text}");
+    assert_eq!(h0.fake.count("/v1/chat/completions"), 1);
+    let row = &h.log().await[0];
+    assert!(row.fallback);
+    assert_eq!(row.status, 200);
+}
+
+#[tokio::test]
 async fn a_disconnecting_client_cancels_upstream_and_frees_the_account() {
     let h = harness(1, &[]).await;
     h.fake

@@ -204,8 +204,11 @@ enum BodyState {
         shared: Arc<Shared>,
         pre_send: Duration,
         done_frame: bool,
+        fallback: FallbackRequest,
     },
     Relaying(Box<Relay>),
+    /// No account could serve and the fallback upstream answered 200: its body, as is.
+    Forwarding(axum::body::BodyDataStream),
     Done,
 }
 
@@ -217,12 +220,20 @@ fn relay_body(state: BodyState) -> Body {
                 let chunk = relay.next_chunk().await?;
                 Some((Ok::<Bytes, Infallible>(chunk), BodyState::Relaying(relay)))
             }
+            BodyState::Forwarding(mut body) => {
+                use futures_util::StreamExt;
+                match body.next().await {
+                    Some(Ok(chunk)) => Some((Ok(chunk), BodyState::Forwarding(body))),
+                    _ => None,
+                }
+            }
             BodyState::Waiting {
                 mut run,
                 mode,
                 shared,
                 pre_send,
                 done_frame,
+                fallback,
             } => {
                 tokio::select! {
                     result = &mut run => match result {
@@ -232,23 +243,88 @@ fn relay_body(state: BodyState) -> Body {
                             let chunk = relay.next_chunk().await.unwrap_or_default();
                             Some((Ok(chunk), BodyState::Relaying(relay)))
                         }
-                        Err(Failed { error, mut record, .. }) => {
-                            record.finish(200, Some(&error.code), None);
-                            let mut frame = error.sse_frame().to_vec();
-                            if done_frame {
+                        Err(Failed { error, record, no_account }) => {
+                            let (frame, next) = if no_account && shared.upstream.fallback.is_some() {
+                                late_fallback(&shared, record, fallback, &mode).await
+                            } else {
+                                late_failure(record, &error, &mode)
+                            };
+                            let mut frame = frame.to_vec();
+                            if done_frame && matches!(next, BodyState::Done) {
                                 frame.extend_from_slice(crate::sse::DONE_FRAME);
                             }
-                            Some((Ok(Bytes::from(frame)), BodyState::Done))
+                            Some((Ok(Bytes::from(frame)), next))
                         }
                     },
                     () = tokio::time::sleep(shared.keepalive) => {
-                        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), BodyState::Waiting { run, mode, shared, pre_send, done_frame }))
+                        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), BodyState::Waiting { run, mode, shared, pre_send, done_frame, fallback }))
                     }
                 }
             }
         }
     });
     Body::from_stream(stream)
+}
+
+/// The attempt loop failed after the headers went out: the error as the last event, in the
+/// client's protocol (an OpenAI error chunk for chat, an `error` event for Responses clients).
+fn late_failure(mut record: Record, error: &ApiError, mode: &Mode) -> (Bytes, BodyState) {
+    record.finish(200, Some(&error.code), None);
+    let frame = match mode {
+        Mode::Chat(_) => error.sse_frame(),
+        Mode::Passthrough => {
+            let mut out = bytes::BytesMut::new();
+            crate::relay::error_event(&mut out, &error.code, &error.message);
+            out.freeze()
+        }
+    };
+    (frame, BodyState::Done)
+}
+
+/// No account could serve after the headers went out: the fallback upstream's answer continues
+/// the stream when it is a 200, else the client gets why it is not.
+async fn late_fallback(
+    shared: &Shared,
+    record: Record,
+    req: FallbackRequest,
+    mode: &Mode,
+) -> (Bytes, BodyState) {
+    let res = fallback_call(shared, record, req, true).await;
+    let status = res.status();
+    let mut body = res.into_body().into_data_stream();
+    if status == StatusCode::OK {
+        use futures_util::StreamExt;
+        return match body.next().await {
+            Some(Ok(first)) => (first, BodyState::Forwarding(body)),
+            _ => (Bytes::new(), BodyState::Done),
+        };
+    }
+    // The fallback's own error body (its record is finished as that body ends).
+    let detail = collect_text(body, 4096).await;
+    let error = ApiError::bad_gateway(
+        "fallback_failed",
+        format!("the fallback upstream answered {status}: {detail}"),
+    );
+    let frame = match mode {
+        Mode::Chat(_) => error.sse_frame(),
+        Mode::Passthrough => {
+            let mut out = bytes::BytesMut::new();
+            crate::relay::error_event(&mut out, &error.code, &error.message);
+            out.freeze()
+        }
+    };
+    (frame, BodyState::Done)
+}
+
+/// Up to `limit` bytes of a body as text (the rest is read and dropped).
+async fn collect_text(mut body: axum::body::BodyDataStream, limit: usize) -> String {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    while let Some(Ok(chunk)) = body.next().await {
+        let room = limit.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    String::from_utf8_lossy(&out).trim().to_string()
 }
 
 /// Runs the attempt loop for a call and answers the client.
@@ -277,6 +353,7 @@ pub(crate) async fn dispatch(
                     shared,
                     pre_send,
                     done_frame,
+                    fallback,
                 };
                 return with_protocol(
                     respond(relay_body(state), "text/event-stream", &extra),
@@ -365,15 +442,17 @@ async fn fallback_call(
     if stream {
         rb = rb.header(header::ACCEPT, "text/event-stream");
     }
-    let resp = match rb.body(req.body).send().await {
-        Ok(r) => r,
-        Err(e) => {
+    let idle = shared.upstream.idle_timeout;
+    let resp = match tokio::time::timeout(idle, rb.body(req.body).send()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
             let err = ApiError::bad_gateway(
                 "fallback_unreachable",
                 format!("fallback upstream: {}", upstream::without_url(&e)),
             );
             return reject(record, err, Protocol::None);
         }
+        Err(_) => return reject(record, ApiError::timeout(idle), Protocol::None),
     };
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
@@ -385,20 +464,27 @@ async fn fallback_call(
     };
     let body = futures_util::stream::unfold(
         (resp.bytes_stream(), guard),
-        |(mut s, mut guard)| async move {
+        move |(mut s, mut guard)| async move {
             use futures_util::StreamExt;
-            match s.next().await {
-                Some(Ok(chunk)) => Some((Ok::<Bytes, std::io::Error>(chunk), (s, guard))),
-                Some(Err(e)) => {
+            match tokio::time::timeout(idle, s.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok::<Bytes, std::io::Error>(chunk), (s, guard))),
+                Ok(Some(Err(e))) => {
                     guard.end(Some("upstream_cut"));
                     Some((
                         Err(std::io::Error::other(upstream::without_url(&e))),
                         (s, guard),
                     ))
                 }
-                None => {
+                Ok(None) => {
                     guard.end(None);
                     None
+                }
+                Err(_) => {
+                    guard.end(Some("upstream_timeout"));
+                    Some((
+                        Err(std::io::Error::other("the fallback upstream went silent")),
+                        (s, guard),
+                    ))
                 }
             }
         },
