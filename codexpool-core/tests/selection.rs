@@ -462,26 +462,28 @@ async fn affinity_keeps_a_conversation_on_its_account_while_usable() {
             .await
             .unwrap();
         assert_eq!(l.account_id(), first);
+        assert!(!l.moved());
     }
-    // Unusable → moves, and stays on the new account.
+    // Unusable → moves (and the lease says so), and stays on the new account.
     pool.accounts().disable(&first).await.unwrap();
-    let moved = pool
+    let lease = pool
         .accounts()
         .acquire(&Demand::any().affinity("conv-1"))
         .await
-        .unwrap()
-        .account_id()
-        .to_string();
+        .unwrap();
+    assert!(lease.moved(), "the conversation left its account");
+    let moved = lease.account_id().to_string();
+    drop(lease);
     assert_ne!(moved, first);
     pool.accounts().enable(&first).await.unwrap();
-    assert_eq!(
-        pool.accounts()
-            .acquire(&Demand::any().affinity("conv-1"))
-            .await
-            .unwrap()
-            .account_id(),
-        moved
-    );
+    let lease = pool
+        .accounts()
+        .acquire(&Demand::any().affinity("conv-1"))
+        .await
+        .unwrap();
+    assert_eq!(lease.account_id(), moved);
+    assert!(!lease.moved(), "settled on the new account");
+    drop(lease);
     // Expires after an hour of silence.
     clock.advance(Duration::from_secs(3601));
     let mut seen = std::collections::HashSet::new();

@@ -234,7 +234,13 @@ impl Upstream {
     }
 
     /// Sends one attempt: the body to `{base}{path}` as the leased account.
-    async fn send(&self, call: &Call, lease: &Lease, token: &Secret) -> Result<Answer, SendError> {
+    async fn send(
+        &self,
+        call: &Call,
+        body: Bytes,
+        lease: &Lease,
+        token: &Secret,
+    ) -> Result<Answer, SendError> {
         let mut headers = HeaderMap::with_capacity(16);
         match &call.forward_headers {
             // The Codex CLI already speaks the backend's dialect: its headers go as sent.
@@ -276,7 +282,7 @@ impl Upstream {
         }
         match &self.direct {
             Some(client) => {
-                let mut req = Request::new(Full::new(call.body.clone()));
+                let mut req = Request::new(Full::new(body));
                 *req.method_mut() = Method::POST;
                 *req.uri_mut() = self.request_uri(call.path)?;
                 *req.headers_mut() = headers;
@@ -299,7 +305,7 @@ impl Upstream {
                     .client
                     .post(self.url(call.path))
                     .headers(headers)
-                    .body(call.body.clone())
+                    .body(body)
                     .send()
                     .await
                     .map_err(|e| SendError {
@@ -507,6 +513,7 @@ pub(crate) async fn run(
     mut call: Call,
 ) -> Result<Committed, Failed> {
     let mut last: Option<UpstreamFailure> = None;
+    let portable = std::sync::OnceLock::new();
     let key = call.key.clone();
     let groups = (!key.allowed_groups.is_empty()).then_some(key.allowed_groups.as_slice());
     loop {
@@ -551,7 +558,11 @@ pub(crate) async fn run(
             .entry
             .accounts_tried
             .push(lease.account_id().to_string());
-        match attempt(pool, upstream, metrics, &call, &lease).await {
+        let bodies = Bodies {
+            call: &call,
+            portable: &portable,
+        };
+        match attempt(pool, upstream, metrics, bodies, &lease).await {
             Step::Committed(stream) => {
                 metrics.attempt(Attempt::Ok);
                 call.record.entry.account_id = Some(lease.account_id().to_string());
@@ -590,14 +601,24 @@ async fn attempt(
     pool: &Pool,
     upstream: &Upstream,
     metrics: &Metrics,
-    call: &Call,
+    bodies: Bodies<'_>,
     lease: &Lease,
 ) -> Step {
+    let call = bodies.call;
     let mut token = lease.access_token();
     let mut refreshed = false;
+    // A conversation that left its account goes without what that account made for it.
+    let mut body = match bodies.portable() {
+        Some(p) if lease.moved() => p.clone(),
+        _ => call.body.clone(),
+    };
+    let mut made_portable = lease.moved();
     let response = loop {
-        let sent =
-            tokio::time::timeout(upstream.idle_timeout, upstream.send(call, lease, &token)).await;
+        let sent = tokio::time::timeout(
+            upstream.idle_timeout,
+            upstream.send(call, body.clone(), lease, &token),
+        )
+        .await;
         let response = match sent {
             Err(_) => {
                 return Step::Next(failure(
@@ -651,41 +672,78 @@ async fn attempt(
                 }
             }
         }
-        break response;
-    };
-    let Answer {
-        status,
-        headers,
-        body,
-    } = response;
-    if status != StatusCode::OK {
-        let body = read_limited(body, ERROR_BODY_LIMIT, upstream.idle_timeout).await;
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        let cf = headers
-            .get("cf-mitigated")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("challenge"));
-        let mut f = classify_error_body(status.as_u16(), content_type, &body, cf);
-        if let FailureKind::RateLimited { retry_after: None } = f.kind {
-            let ra = headers
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok());
-            f.kind = FailureKind::RateLimited { retry_after: ra };
+        if response.status != StatusCode::OK {
+            let f = read_failure(upstream, response).await;
+            // Reasoning another account encrypted (the conversation's pin was lost, e.g. by a
+            // restart): once more without it, on the same account.
+            if f.code.as_deref() == Some(FOREIGN_REASONING)
+                && !made_portable
+                && let Some(p) = bodies.portable()
+            {
+                tracing::debug!(account = %account, "resending without another account's reasoning");
+                made_portable = true;
+                body = p.clone();
+                continue;
+            }
+            return Step::after(f);
         }
-        return Step::after(f);
-    }
+        break response.body;
+    };
     if !call.sse {
         return Step::Committed(Opened {
-            body,
+            body: response,
             parser: SseParser::new(),
             buffered: VecDeque::new(),
             first_event: Instant::now(),
         });
     }
-    preflight(upstream, body).await
+    preflight(upstream, response).await
+}
+
+/// The backend's code for encrypted reasoning it cannot read (another account made it).
+const FOREIGN_REASONING: &str = "invalid_encrypted_content";
+
+/// A call's body, and the same without what belongs to the account that served the conversation
+/// so far, made the first time it is needed and shared by the call's attempts.
+#[derive(Clone, Copy)]
+struct Bodies<'a> {
+    call: &'a Call,
+    portable: &'a std::sync::OnceLock<Option<Bytes>>,
+}
+
+impl Bodies<'_> {
+    /// `None` when the body holds nothing account-bound.
+    fn portable(&self) -> Option<&Bytes> {
+        self.portable
+            .get_or_init(|| crate::adapt::without_account_state(&self.call.body))
+            .as_ref()
+    }
+}
+
+/// What a non-200 answer says.
+async fn read_failure(upstream: &Upstream, response: Answer) -> UpstreamFailure {
+    let Answer {
+        status,
+        headers,
+        body,
+    } = response;
+    let body = read_limited(body, ERROR_BODY_LIMIT, upstream.idle_timeout).await;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let cf = headers
+        .get("cf-mitigated")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("challenge"));
+    let mut f = classify_error_body(status.as_u16(), content_type, &body, cf);
+    if let FailureKind::RateLimited { retry_after: None } = f.kind {
+        let ra = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        f.kind = FailureKind::RateLimited { retry_after: ra };
+    }
+    f
 }
 
 /// Reads until the first semantic event.

@@ -170,3 +170,91 @@ async fn compaction_is_forwarded_on_the_conversations_account() {
         .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// Turn 1 of a reasoning conversation on acct-0; returns the next turn's input (the history
+/// with acct-0's encrypted reasoning, plus `next` from the user).
+async fn first_turn(h: &common::Harness, opening: &str, next: &str) -> serde_json::Value {
+    h.fake.push_reply(
+        "acct-0",
+        Reply::reasoning_then_text("Thinking it over", "First answer"),
+    );
+    let user = |text: &str| json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]});
+    let body = json!({"model": "gpt-5", "input": [user(opening)], "reasoning": {"effort": "low"}, "stream": false});
+    let (status, v) = h.json(h.post("/v1/responses", body)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let output = v["output"].as_array().unwrap();
+    assert!(
+        output
+            .iter()
+            .any(|i| i["type"] == "reasoning" && i["encrypted_content"].is_string()),
+        "{v}"
+    );
+    let mut input = vec![user(opening)];
+    input.extend(output.iter().cloned());
+    input.push(user(next));
+    json!({"model": "gpt-5", "input": input, "reasoning": {"effort": "low"}, "stream": false})
+}
+
+fn reasoning_items(req: &codexpool_testkit::RecordedRequest) -> usize {
+    req.body_json().unwrap()["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "reasoning")
+        .count()
+}
+
+#[tokio::test]
+async fn a_conversation_that_moves_leaves_its_old_accounts_reasoning_behind() {
+    let h = harness(2, &[]).await;
+    let turn2 = first_turn(&h, "Plan a trip", "And the budget?").await;
+    // Its account runs out: the conversation moves to acct-1, which cannot read acct-0's
+    // encrypted reasoning (the fake, like the backend, answers 400 to it).
+    h.fake.push_reply(
+        "acct-0",
+        Reply::UsageLimit429 {
+            resets_in_secs: 3600,
+        },
+    );
+    let (status, v) = h.json(h.post("/v1/responses", turn2.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let sent = h.fake.requests_to("/backend-api/codex/responses");
+    assert_eq!(sent.len(), 3, "turn 1, the 429, then acct-1 at once");
+    assert_eq!(sent[1].header("chatgpt-account-id"), Some("acct-0"));
+    assert_eq!(reasoning_items(&sent[1]), 1, "its own account gets it all");
+    assert_eq!(sent[2].header("chatgpt-account-id"), Some("acct-1"));
+    assert_eq!(reasoning_items(&sent[2]), 0);
+    let input = sent[2].body_json().unwrap()["input"].clone();
+    assert_eq!(
+        input.as_array().unwrap().len(),
+        3,
+        "the messages stay: {input}"
+    );
+}
+
+#[tokio::test]
+async fn foreign_reasoning_without_a_pin_is_dropped_after_the_backends_400() {
+    let h = harness(2, &[]).await;
+    // Turn 2 opens differently, so no pin leads it to acct-0 (as after a restart).
+    let mut turn2 = first_turn(&h, "Plan a trip", "And the budget?").await;
+    turn2["input"][0]["content"][0]["text"] = json!("Another opening");
+    h.pool.accounts().disable(&h.ids[0]).await.unwrap();
+    let (status, v) = h.json(h.post("/v1/responses", turn2)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let sent = h.fake.requests_to("/backend-api/codex/responses");
+    assert_eq!(sent.len(), 3, "turn 1, the refused try, the resend");
+    assert_eq!(
+        (reasoning_items(&sent[1]), reasoning_items(&sent[2])),
+        (1, 0)
+    );
+    assert!(
+        sent[1..]
+            .iter()
+            .all(|r| r.header("chatgpt-account-id") == Some("acct-1"))
+    );
+    assert!(
+        h.pool.accounts().runtime(&h.ids[1]).unwrap().usable,
+        "acct-1 did nothing wrong"
+    );
+    assert_eq!(h.total_inflight(), 0);
+}

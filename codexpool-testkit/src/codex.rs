@@ -220,6 +220,23 @@ fn detail(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "detail": message }))).into_response()
 }
 
+/// The id of the first reasoning item in `input` whose encrypted content another account made
+/// (the backend cannot decrypt it: 400 `invalid_encrypted_content`).
+fn foreign_reasoning(body: &Value, account: &str) -> Option<String> {
+    body.get("input")?.as_array()?.iter().find_map(|item| {
+        let owner = item
+            .get("encrypted_content")
+            .and_then(Value::as_str)
+            .and_then(crate::responses::encrypted_owner)?;
+        (item.get("type")? == "reasoning" && owner != account).then(|| {
+            item.get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("(no id)")
+                .to_owned()
+        })
+    })
+}
+
 /// The checks the real backend applies to a request body (PROTOCOL.md §4 body rules).
 fn check_body(body: &Value) -> Result<(), &'static str> {
     if !body.is_object() {
@@ -346,12 +363,15 @@ struct Codex<'a> {
     facts: &'a RequestFacts,
     cached: u64,
     plan: &'a str,
+    /// The account answering.
+    account: &'a str,
 }
 
 impl Dialect for Codex<'_> {
     fn script(&self, script: &Script, usage: Option<FakeTokenUsage>) -> Outcome {
         let usage = usage.unwrap_or_else(|| self.facts.usage(self.cached, script.output_tokens()));
-        let ctx = Ctx::new(&self.facts.model, self.facts.encrypted_reasoning, usage);
+        let ctx = Ctx::new(&self.facts.model, self.facts.encrypted_reasoning, usage)
+            .owned_by(self.account);
         Outcome {
             status: StatusCode::OK,
             headers: sse_headers(),
@@ -434,6 +454,19 @@ pub(crate) async fn responses(
     {
         return detail(StatusCode::BAD_REQUEST, why);
     }
+    let account = shared.inner().accounts[idx].account.id.clone();
+    if let Some(item) = foreign_reasoning(&value, &account) {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {
+                "message": format!("The encrypted content for item {item} could not be verified."),
+                "type": "invalid_request_error",
+                "param": null,
+                "code": "invalid_encrypted_content",
+            }})),
+        )
+            .into_response();
+    }
     let facts = RequestFacts::from_responses(&value, body.len(), &headers);
     let (flat, cached, plan, usage_headers) = {
         let mut inner = shared.inner();
@@ -451,6 +484,7 @@ pub(crate) async fn responses(
         facts: &facts,
         cached,
         plan: &plan,
+        account: &account,
     };
     let mut outcome = render(&flat, &dialect);
     outcome.headers.extend(usage_headers);

@@ -37,7 +37,7 @@
 //! | `POST /oauth/token` | code exchange (form) and refresh (JSON) |
 //! | `POST /api/accounts/deviceauth/usercode`, `…/token` | device-code sign-in |
 //! | `GET /backend-api/wham/usage` | usage windows |
-//! | `POST /backend-api/codex/responses` | the Codex backend (SSE) |
+//! | `POST /backend-api/codex/responses` | the Codex backend (SSE); encrypted reasoning is bound to the account that made it (another account answers `400 invalid_encrypted_content`) |
 //! | `POST /backend-api/codex/responses/compact` | history compaction |
 //! | `GET /backend-api/codex/models` | the model list |
 //! | `POST /v1/chat/completions`, `POST /v1/responses`, `GET /v1/models` | a plain OpenAI API |

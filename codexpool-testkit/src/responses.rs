@@ -17,6 +17,8 @@ pub(crate) struct Ctx {
     pub(crate) created_at: i64,
     /// Whether the request asked for `reasoning.encrypted_content`.
     pub(crate) encrypted_reasoning: bool,
+    /// The account whose key encrypts reasoning (only it can read it back).
+    pub(crate) owner: String,
     pub(crate) usage: FakeTokenUsage,
 }
 
@@ -27,9 +29,34 @@ impl Ctx {
             response_id: format!("resp_{}", random_hex::<16>()),
             created_at: now_secs(),
             encrypted_reasoning,
+            owner: String::new(),
             usage,
         }
     }
+
+    /// Reasoning is encrypted for `account`.
+    pub(crate) fn owned_by(mut self, account: &str) -> Self {
+        self.owner = account.to_owned();
+        self
+    }
+}
+
+/// Encrypted reasoning as the fake mints it: opaque to clients, readable only by the account
+/// that made it (PROTOCOL.md: it belongs to that account).
+pub(crate) fn mint_encrypted(owner: &str) -> String {
+    let owner_hex: String = owner.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("gAAAAB{owner_hex}.{}", random_hex::<32>())
+}
+
+/// The account a piece of encrypted reasoning minted by [`mint_encrypted`] belongs to; `None`
+/// for content in another shape (then the fake cannot tell, and accepts it).
+pub(crate) fn encrypted_owner(content: &str) -> Option<String> {
+    let (owner_hex, _) = content.strip_prefix("gAAAAB")?.split_once('.')?;
+    let bytes = (0..owner_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(owner_hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// The `usage` object of `response.completed`.
@@ -88,7 +115,7 @@ fn item_done(item: &OutputItem, id: &str, ctx: &Ctx) -> Value {
                 "summary": [{"type": "summary_text", "text": deltas.concat()}],
             });
             if ctx.encrypted_reasoning {
-                item["encrypted_content"] = json!(format!("gAAAAB{}", random_hex::<32>()));
+                item["encrypted_content"] = json!(mint_encrypted(&ctx.owner));
             }
             item
         }

@@ -67,6 +67,8 @@ pub enum Outcome {
 pub struct Lease {
     pub(crate) slot: Arc<Slot>,
     pub(crate) pool: Pool,
+    /// The conversation was last served by another account.
+    pub(crate) moved: bool,
 }
 
 impl std::fmt::Debug for Lease {
@@ -86,6 +88,13 @@ impl Lease {
     /// The account's id.
     pub fn account_id(&self) -> &str {
         &self.slot.account.id
+    }
+
+    /// Whether the conversation ([`Demand::affinity`](crate::Demand)) was last served by another
+    /// account, which is now unusable or busy: what that account made for it (encrypted
+    /// reasoning, `previous_response_id`) must not be sent to this one.
+    pub fn moved(&self) -> bool {
+        self.moved
     }
 
     /// The account's current access token (a refresh since the lease was taken is seen).

@@ -703,23 +703,25 @@ impl AccountPool {
         let now = shared.clock.now();
         let cap = shared.config.account_max_inflight;
         let t = sync::read(&shared.accounts);
-        if let Some(key) = demand.affinity {
-            let pinned = sync::lock(&shared.affinity)
+        let pinned = demand.affinity.and_then(|key| {
+            sync::lock(&shared.affinity)
                 .get(key, now.as_millis())
-                .map(str::to_string);
-            if let Some(slot) = pinned.and_then(|id| t.get(&id))
-                && matches!(
-                    select::evaluate(slot, demand, now.as_millis(), cap),
-                    select::Verdict::Usable { .. }
-                )
-                && slot.state.try_take(cap)
-            {
-                sync::lock(&shared.affinity).set(key, &slot.account.id, now.as_millis());
-                return Ok(Lease {
-                    slot: slot.clone(),
-                    pool: self.pool.clone(),
-                });
-            }
+                .map(str::to_string)
+        });
+        if let (Some(key), Some(id)) = (demand.affinity, &pinned)
+            && let Some(slot) = t.get(id)
+            && matches!(
+                select::evaluate(slot, demand, now.as_millis(), cap),
+                select::Verdict::Usable { .. }
+            )
+            && slot.state.try_take(cap)
+        {
+            sync::lock(&shared.affinity).set(key, &slot.account.id, now.as_millis());
+            return Ok(Lease {
+                slot: slot.clone(),
+                pool: self.pool.clone(),
+                moved: false,
+            });
         }
         let slot = select::pick(
             &t,
@@ -732,9 +734,11 @@ impl AccountPool {
         if let Some(key) = demand.affinity {
             sync::lock(&shared.affinity).set(key, &slot.account.id, now.as_millis());
         }
+        let moved = pinned.is_some_and(|id| id != slot.account.id);
         Ok(Lease {
             slot,
             pool: self.pool.clone(),
+            moved,
         })
     }
 }

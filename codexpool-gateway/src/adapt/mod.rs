@@ -63,7 +63,9 @@ pub use event::{
     EventError, EventKind, FailureKind, Preflight, ResponsesEvent, TokenUsage, UpstreamFailure,
     classify_error_body, preflight, preflight_item, preflight_sse,
 };
-pub use responses::{ResponseAssembler, apply_body_rules, codex_passthrough, is_codex_client};
+pub use responses::{
+    ResponseAssembler, apply_body_rules, codex_passthrough, is_codex_client, without_account_state,
+};
 
 /// The instructions sent when a non-Codex client gives none: the backend refuses an empty string.
 pub const DEFAULT_INSTRUCTIONS: &str = "You are a helpful assistant.";

@@ -31,6 +31,34 @@ use crate::sse::SseEvent;
 /// are only reusable in the next turn if they carry their encrypted content.
 pub const ENCRYPTED_REASONING: &str = "reasoning.encrypted_content";
 
+/// A Responses request without what belongs to the account that served its conversation so
+/// far (PROTOCOL.md §4): `reasoning` input items (their encrypted content only that account can
+/// read, and with `store: false` they cannot be looked up by id either) and
+/// `previous_response_id`. `None` when there is nothing to drop or the body is not an object.
+///
+/// ```
+/// use codexpool_gateway::adapt::without_account_state;
+/// let body = br#"{"model":"gpt-5","input":[{"type":"reasoning","encrypted_content":"gAAA"},{"type":"message","role":"user","content":"hi"}]}"#;
+/// let out: serde_json::Value = serde_json::from_slice(&without_account_state(body).unwrap()).unwrap();
+/// assert_eq!(out["input"].as_array().unwrap().len(), 1);
+/// assert!(without_account_state(br#"{"model":"gpt-5","input":[]}"#).is_none());
+/// ```
+pub fn without_account_state(body: &[u8]) -> Option<Bytes> {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    let mut changed = v.remove("previous_response_id").is_some();
+    if let Some(serde_json::Value::Array(items)) = v.get_mut("input") {
+        let before = items.len();
+        items.retain(|item| {
+            item.get("type").and_then(serde_json::Value::as_str) != Some("reasoning")
+        });
+        changed |= items.len() != before;
+    }
+    if !changed {
+        return None;
+    }
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
 /// Whether a request comes from the Codex CLI (or another client speaking the backend's dialect):
 /// an `originator` header starting with `codex_`, or any `x-codex-*` header. Takes header
 /// (name, value) pairs; names are compared case-insensitively.
