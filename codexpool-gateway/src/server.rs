@@ -234,8 +234,11 @@ async fn accept_loop(
         .header_read_timeout(Duration::from_secs(30))
         .timer(hyper_util::rt::TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    // Owned, so connections still open after the grace can be ended before the final flush.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
@@ -246,7 +249,7 @@ async fn accept_loop(
                     let service = TowerToHyperService::new(app.clone());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
+                    connections.spawn(async move {
                         let _ = conn.await;
                     });
                 }
@@ -266,8 +269,11 @@ async fn accept_loop(
     {
         tracing::warn!(
             grace_secs = grace.as_secs(),
+            open = connections.len(),
             "open streams outlived the shutdown grace; closing them"
         );
+        // Dropping a connection drops its requests: leases go back, log rows are queued.
+        connections.shutdown().await;
     }
 }
 

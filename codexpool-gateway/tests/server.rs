@@ -448,3 +448,58 @@ async fn arbitrary_rpc_params_get_clear_answers() {
     }
     srv.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_open_past_the_shutdown_grace_is_closed_and_logged() {
+    let e = env(&[]).await;
+    e.fake.add_account(FakeAccount::new("acct-0"));
+    e.pool
+        .accounts()
+        .import_bytes("a", e.fake.auth_json("acct-0").to_string().as_bytes())
+        .await;
+    let key = e
+        .pool
+        .keys()
+        .create(codexpool_core::keys::NewKey::named("k"))
+        .await
+        .unwrap();
+    e.fake
+        .push_reply("acct-0", Reply::StallMidStream { after_deltas: 2 });
+    let srv = Server::new(e.pool.clone())
+        .addr("127.0.0.1:0".parse().unwrap())
+        .background_tasks(false)
+        .shutdown_grace(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    let mut res = reqwest::Client::new()
+        .post(format!("{}/chat/completions", srv.base_url()))
+        .bearer_auth(key.secret.expose())
+        .json(&common::chat(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(res.chunk().await.unwrap().is_some(), "the stream started");
+    assert_eq!(e.pool.accounts().total_inflight(), 1);
+
+    tokio::time::timeout(Duration::from_secs(10), srv.stop())
+        .await
+        .expect("stop returns after the grace")
+        .unwrap();
+    // The client's stream ends (it does not outlive the server).
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = res.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the stream was closed");
+    assert_eq!(e.pool.accounts().total_inflight(), 0, "the lease went back");
+    let rows = e
+        .pool
+        .request_log()
+        .list(&RequestLogQuery::latest(10))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "the row was written before the final flush");
+    assert!(rows[0].error_class.is_some(), "{:?}", rows[0]);
+}
