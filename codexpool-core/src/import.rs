@@ -118,8 +118,8 @@ pub struct ExportedAccount {
     pub last_refresh: Option<Timestamp>,
 }
 
-/// Tokens in an export (plain text: the file is written 0600).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Tokens in an export (plain text: the file is written 0600). `Debug` hides them.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct ExportedTokens {
     /// Id token.
     pub id_token: String,
@@ -129,6 +129,14 @@ pub struct ExportedTokens {
     pub refresh_token: String,
     /// OpenAI account id.
     pub account_id: Option<String>,
+}
+
+impl std::fmt::Debug for ExportedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportedTokens")
+            .field("account_id", &self.account_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One account read from an input, before it is written.

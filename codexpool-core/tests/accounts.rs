@@ -485,4 +485,13 @@ async fn tokens_never_appear_in_debug_or_json() {
         assert!(!debug.contains(secret), "Debug leaks a token");
         assert!(!json.contains(secret), "JSON leaks a token");
     }
+    // The export carries them (that is its job), but not in its Debug output.
+    let export = pool.accounts().export(&AccountFilter::default());
+    let debug = format!("{export:?}");
+    assert!(!debug.contains(a.tokens.refresh_token.expose()), "{debug}");
+    assert!(!debug.contains(a.tokens.access_token.expose()), "{debug}");
+    assert_eq!(
+        export.accounts[0].tokens.refresh_token,
+        a.tokens.refresh_token.expose()
+    );
 }
