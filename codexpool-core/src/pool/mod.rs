@@ -255,7 +255,6 @@ impl SlotState {
         (guarded, left, reset)
     }
 
-    /// Refreshes the atomics from the detailed readings.
     /// How long before `at` the stored reading of `kind` was observed.
     pub fn stored_age(&self, kind: WindowKind, at: Timestamp) -> Duration {
         let stored = self.stored_at[kind as usize].load(Ordering::Relaxed);
@@ -267,6 +266,7 @@ impl SlotState {
         self.stored_at[kind as usize].fetch_max(at.as_millis(), Ordering::Relaxed);
     }
 
+    /// Refreshes the atomics from the detailed readings.
     pub fn sync_cells(&self, usage: &AccountUsage) {
         self.five_hour.set(usage.five_hour.as_ref());
         self.weekly.set(usage.weekly.as_ref());

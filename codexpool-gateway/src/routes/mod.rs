@@ -270,15 +270,19 @@ fn relay_body(state: BodyState) -> Body {
 /// client's protocol (an OpenAI error chunk for chat, an `error` event for Responses clients).
 fn late_failure(mut record: Record, error: &ApiError, mode: &Mode) -> (Bytes, BodyState) {
     record.finish(200, Some(&error.code), None);
-    let frame = match mode {
+    (stream_error(error, mode), BodyState::Done)
+}
+
+/// An error as the last event of a stream already under way, in the client's protocol.
+fn stream_error(error: &ApiError, mode: &Mode) -> Bytes {
+    match mode {
         Mode::Chat(_) => error.sse_frame(),
         Mode::Passthrough => {
             let mut out = bytes::BytesMut::new();
             crate::relay::error_event(&mut out, &error.code, &error.message);
             out.freeze()
         }
-    };
-    (frame, BodyState::Done)
+    }
 }
 
 /// No account could serve after the headers went out: the fallback upstream's answer continues
@@ -305,15 +309,7 @@ async fn late_fallback(
         "fallback_failed",
         format!("the fallback upstream answered {status}: {detail}"),
     );
-    let frame = match mode {
-        Mode::Chat(_) => error.sse_frame(),
-        Mode::Passthrough => {
-            let mut out = bytes::BytesMut::new();
-            crate::relay::error_event(&mut out, &error.code, &error.message);
-            out.freeze()
-        }
-    };
-    (frame, BodyState::Done)
+    (stream_error(&error, mode), BodyState::Done)
 }
 
 /// Up to `limit` bytes of a body as text (the rest is read and dropped).
