@@ -298,6 +298,36 @@ fn parse_u32(v: &str) -> Result<u32, String> {
         .map_err(|_| "expected a whole non-negative number".into())
 }
 
+/// A path with a leading `~` replaced by the home directory, as a shell does: the paths people
+/// copy from docs (`~/.codex/auth.json`) would otherwise name a folder called `~`. `~user` and
+/// every other path are kept as given. (The bindings use it for path arguments.)
+pub fn expand_home(path: impl Into<PathBuf>) -> PathBuf {
+    let path = path.into();
+    let mut parts = path.components();
+    if parts.next() != Some(std::path::Component::Normal("~".as_ref())) {
+        return path;
+    }
+    match std::env::home_dir() {
+        Some(home) => home.join(parts.as_path()),
+        None => path,
+    }
+}
+
+/// Whether a URL's host is on loopback (`localhost`, `127.0.0.0/8`, `::1`). Such addresses
+/// never go through a proxy from the environment: a proxy elsewhere could not reach them.
+pub fn is_loopback_url(url: &str) -> bool {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            Some(match u.host()? {
+                url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+                url::Host::Ipv4(ip) => ip.is_loopback(),
+                url::Host::Ipv6(ip) => ip.is_loopback(),
+            })
+        })
+        .unwrap_or(false)
+}
+
 fn parse_url(v: &str) -> Result<String, String> {
     let v = v.trim();
     let u = url::Url::parse(v).map_err(|e| format!("not a URL ({e})"))?;
@@ -1012,6 +1042,39 @@ mod tests {
         ] {
             let e = from(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k, "{v}");
+        }
+    }
+
+    #[test]
+    fn a_leading_tilde_is_the_home_directory() {
+        let home = std::env::home_dir().unwrap();
+        assert_eq!(
+            expand_home("~/.codex/auth.json"),
+            home.join(".codex/auth.json")
+        );
+        assert_eq!(expand_home("~"), home);
+        for kept in ["~bob/x", "/tmp/~/x", "rel/~", "x.json"] {
+            assert_eq!(expand_home(kept), PathBuf::from(kept));
+        }
+    }
+
+    #[test]
+    fn loopback_urls() {
+        for url in [
+            "http://127.0.0.1:9/x",
+            "http://127.8.0.1",
+            "http://localhost:1455/cb",
+            "http://[::1]:80/",
+        ] {
+            assert!(is_loopback_url(url), "{url}");
+        }
+        for url in [
+            "https://chatgpt.com",
+            "http://10.0.0.1",
+            "not a url",
+            "http://localhost.example.com",
+        ] {
+            assert!(!is_loopback_url(url), "{url}");
         }
     }
 

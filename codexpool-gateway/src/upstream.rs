@@ -164,6 +164,21 @@ pub(crate) struct Upstream {
 pub(crate) struct Fallback {
     pub base: String,
     pub key: Option<Secret>,
+    /// Its own client: it may be on loopback (a local model server) while the upstream is not.
+    pub client: reqwest::Client,
+}
+
+/// A reqwest client for `base`: proxies from the environment, except for a loopback address
+/// (a proxy elsewhere could not reach it).
+fn reqwest_client(config: &Config, base: &str) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(config.upstream_connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true);
+    if codexpool_core::config::is_loopback_url(base) {
+        builder = builder.no_proxy();
+    }
+    builder.build().map_err(|e| describe(&e))
 }
 
 fn header_value(v: &str) -> Option<HeaderValue> {
@@ -172,18 +187,15 @@ fn header_value(v: &str) -> Option<HeaderValue> {
 
 impl Upstream {
     pub fn new(config: &Config) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.upstream_connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| describe(&e))?;
         let base = config.upstream_base_url.trim_end_matches('/').to_string();
+        let client = reqwest_client(config, &base)?;
         let responses_uri = format!("{base}/responses").parse::<Uri>().ok();
-        // The proxy variables as curl and reqwest read them (`HTTPS_PROXY`, `NO_PROXY`, …).
-        let behind_proxy = responses_uri
-            .as_ref()
-            .is_some_and(|u| Matcher::from_system().intercept(u).is_some());
+        // The proxy variables as curl and reqwest read them (`HTTPS_PROXY`, `NO_PROXY`, …),
+        // never for a loopback upstream.
+        let behind_proxy = !codexpool_core::config::is_loopback_url(&base)
+            && responses_uri
+                .as_ref()
+                .is_some_and(|u| Matcher::from_system().intercept(u).is_some());
         let direct = if behind_proxy {
             tracing::info!("the upstream is reached through the proxy the environment names");
             None
@@ -207,10 +219,14 @@ impl Upstream {
             fallback: config
                 .upstream_fallback_base_url
                 .as_ref()
-                .map(|b| Fallback {
-                    base: b.trim_end_matches('/').to_string(),
-                    key: config.upstream_fallback_api_key.clone(),
-                }),
+                .map(|b| {
+                    Ok::<_, String>(Fallback {
+                        base: b.trim_end_matches('/').to_string(),
+                        key: config.upstream_fallback_api_key.clone(),
+                        client: reqwest_client(config, b)?,
+                    })
+                })
+                .transpose()?,
         })
     }
 

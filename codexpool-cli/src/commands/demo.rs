@@ -149,8 +149,10 @@ async fn run(out: &Output, fake: &FakeOpenAi, dir: &std::path::Path) -> anyhow::
         out.paint(&base_url, Paint::Cyan)
     ))?;
 
+    // The gateway is on loopback: a proxy from the environment must not carry this client.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .no_proxy()
         .build()?;
     let secret = key.secret.expose().to_string();
     let exchange = async {

@@ -49,3 +49,28 @@ fn demo_runs_to_completion_without_touching_the_users_database() {
     assert_eq!(v["requests"].as_array().unwrap().len(), 2);
     assert_eq!(v["usage"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn demo_stays_off_a_proxy_named_by_the_environment() {
+    let env = Env::new();
+    // A proxy that refuses every connection: anything sent through it fails.
+    let o = env
+        .cmd()
+        .args(["demo", "--json"])
+        .env("HTTP_PROXY", "http://127.0.0.1:1")
+        .env("http_proxy", "http://127.0.0.1:1")
+        .env("ALL_PROXY", "http://127.0.0.1:1")
+        .env("NO_PROXY", "example.com")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["failover"], true);
+    assert_eq!(v["requests"].as_array().unwrap().len(), 2);
+    let usage = v["usage"].as_array().unwrap();
+    assert!(
+        usage.len() == 2 && usage.iter().all(|u| u["five_hour"].is_object()),
+        "{usage:?}"
+    );
+}

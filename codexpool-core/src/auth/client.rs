@@ -64,11 +64,18 @@ fn linux_release() -> Option<String> {
 
 /// Builds the client.
 pub(crate) fn build(config: &Config) -> Result<reqwest::Client, AuthError> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(codex_user_agent())
         .connect_timeout(config.upstream_connect_timeout)
         .timeout(REQUEST_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
+        .redirect(reqwest::redirect::Policy::none());
+    // A proxy elsewhere could not reach an issuer and usage endpoint on this machine.
+    if crate::config::is_loopback_url(&config.issuer)
+        && crate::config::is_loopback_url(&config.usage_base_url)
+    {
+        builder = builder.no_proxy();
+    }
+    builder
         .build()
         .map_err(|e| AuthError::transient(format!("cannot build the HTTP client: {e}")))
 }
@@ -84,7 +91,8 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
     out
 }
 
-/// Describes a transport failure without the URL's query (which may carry a code).
+/// Describes a transport failure, naming where it went as `scheme://host:port/path`: never the
+/// URL's query (which may carry a code) nor its user info.
 pub(crate) fn describe(e: &reqwest::Error) -> String {
     let what = if e.is_timeout() {
         "timed out"
@@ -93,10 +101,7 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let host = e
-        .url()
-        .map(|u| format!("{}{}", u.host_str().unwrap_or(""), u.path()))
-        .unwrap_or_default();
+    let host = e.url().map(endpoint).unwrap_or_default();
     let mut source = std::error::Error::source(e);
     let mut cause = String::new();
     while let Some(s) = source {
@@ -110,9 +115,64 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
     }
 }
 
+/// `scheme://host:port/path` of a URL: the port always shown (a connection failure is often the
+/// wrong one), the query, fragment and user info never.
+fn endpoint(u: &reqwest::Url) -> String {
+    let host = u.host_str().unwrap_or("");
+    match u.port_or_known_default() {
+        Some(port) => format!("{}://{host}:{port}{}", u.scheme(), u.path()),
+        None => format!("{}://{host}{}", u.scheme(), u.path()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_show_scheme_host_and_port_but_no_secret() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert_eq!(
+            endpoint(&u(
+                "https://auth.openai.com/oauth/token?code=ac_secret#frag"
+            )),
+            "https://auth.openai.com:443/oauth/token"
+        );
+        assert_eq!(
+            endpoint(&u(
+                "http://user:pw@127.0.0.1:8080/backend-api/wham/usage?x=1"
+            )),
+            "http://127.0.0.1:8080/backend-api/wham/usage"
+        );
+        assert_eq!(
+            endpoint(&u("http://[::1]/backend-api")),
+            "http://[::1]:80/backend-api"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_names_the_port_and_not_the_query() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let client = build(&Config::default()).unwrap();
+        let e = client
+            .get(format!(
+                "http://127.0.0.1:{port}/backend-api/wham/usage?code=ac_secret"
+            ))
+            .send()
+            .await
+            .unwrap_err();
+        let text = describe(&e);
+        assert!(
+            text.starts_with(&format!(
+                "could not connect (http://127.0.0.1:{port}/backend-api/wham/usage)"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("ac_secret"), "{text}");
+    }
 
     #[test]
     fn user_agent_looks_like_codex() {

@@ -427,9 +427,8 @@ async fn fallback_call(
     };
     record.entry.fallback = true;
     shared.metrics.fallback();
-    let mut rb = shared
-        .upstream
-        .client()
+    let mut rb = fb
+        .client
         .post(format!("{}{}", fb.base, req.path))
         .header(header::CONTENT_TYPE, "application/json");
     if let Some(k) = &fb.key {
