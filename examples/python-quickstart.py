@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """codexpool quick start: a pool, an account, a key, a local OpenAI-compatible endpoint, usage.
 
-It runs as is, against codexpool's built-in fake OpenAI (no real account, no network):
+It runs as is, against codexpool's built-in fake OpenAI (no real account, no network).
+codexpool is not on PyPI: build it from this repository into a virtualenv with maturin (see
+bindings/python/README.md), from the repository root:
 
-    pip install codexpool openai        # or, in this repo: bindings/python/test.sh
+    python3 -m venv .venv && . .venv/bin/activate
+    pip install maturin==1.16.0 openai
+    (cd bindings/python && maturin develop)
     python examples/python-quickstart.py
+
+(bindings/python/test.sh does the same in .venv and runs this script after the tests.)
 
 For real use, drop the fake: open the pool without settings (`codexpool.Pool.open()` keeps it in
 your data dir), import `~/.codex/auth.json` or sign in with `pool.accounts.login_start(

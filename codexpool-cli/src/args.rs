@@ -1,12 +1,13 @@
 //! The command line, as clap types: every command, flag and value parser of `codexpool`.
-//! Values that can be checked without the database (durations, efforts, statuses) are checked
-//! here, so a bad one is a usage error (exit 2) before anything runs.
+//! Values that can be checked without the database (durations, expiry times, efforts, statuses)
+//! are checked here, so a bad one is a usage error (exit 2) before anything runs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use codexpool_core::keys::MAX_EXPIRY_AHEAD;
 use codexpool_core::{AccountStatus, Timestamp};
 
 /// Pool several ChatGPT (Codex) sign-ins behind one local OpenAI-compatible gateway.
@@ -431,7 +432,7 @@ fn effort_parser() -> clap::builder::PossibleValuesParser {
 }
 
 /// `30d`, `12h`, `90m`, `45s`, `2w`; an RFC 3339 time; a `YYYY-MM-DD` date (midnight UTC);
-/// `never`.
+/// `never`. A time must lie in the future, and like a duration at most 100 years ahead.
 pub fn parse_expiry(s: &str) -> Result<Expiry, String> {
     let t = s.trim();
     if t.eq_ignore_ascii_case("never") {
@@ -454,17 +455,26 @@ pub fn parse_expiry(s: &str) -> Result<Expiry, String> {
             }
             return n
                 .checked_mul(secs)
-                .filter(|s| *s <= 100 * 365 * 86_400)
+                .filter(|s| *s <= MAX_EXPIRY_AHEAD.as_secs())
                 .map(|s| Expiry::In(Duration::from_secs(s)))
                 .ok_or_else(|| "the duration is too long (at most 100 years)".into());
         }
     }
-    if let Some(at) = Timestamp::parse_rfc3339(t) {
-        return Ok(Expiry::At(at));
-    }
-    if t.len() == 10
-        && let Some(at) = Timestamp::parse_rfc3339(&format!("{t}T00:00:00Z"))
-    {
+    let at = Timestamp::parse_rfc3339(t).or_else(|| {
+        (t.len() == 10)
+            .then(|| Timestamp::parse_rfc3339(&format!("{t}T00:00:00Z")))
+            .flatten()
+    });
+    if let Some(at) = at {
+        // The same limits the key store applies, checked here so that a bad time is a usage
+        // error like a bad duration.
+        let now = Timestamp::now();
+        if at <= now {
+            return Err("the time must be in the future".into());
+        }
+        if at > now.plus(MAX_EXPIRY_AHEAD) {
+            return Err("the time is too far ahead (at most 100 years from now)".into());
+        }
         return Ok(Expiry::At(at));
     }
     Err(
@@ -529,6 +539,9 @@ mod tests {
             "-3d",
             "99999999999999w",
             "2030-13-40",
+            "2020-01-01",
+            "2001-01-01T00:00:00Z",
+            "9999-12-31",
         ] {
             assert!(parse_expiry(bad).is_err(), "{bad}");
         }

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::TryRngCore;
 use rand::distr::{Alphanumeric, Distribution};
@@ -25,6 +26,10 @@ pub const KEY_PREFIX: &str = "sk-cp-";
 pub const KEY_RANDOM_LEN: usize = 48;
 /// Accepted reasoning efforts.
 pub const REASONING_EFFORTS: [&str; 6] = ["none", "minimal", "low", "medium", "high", "xhigh"];
+/// How far ahead a key's expiry may lie: 100 years (of 365 days). A later time is nearly always
+/// a unit mistake (milliseconds passed as seconds lands in the year ~58000) and would not print
+/// as a date anywhere.
+pub const MAX_EXPIRY_AHEAD: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// A platform key as stored: everything but the secret.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -296,6 +301,20 @@ impl KeyPatch {
     }
 }
 
+/// An expiry must lie after `now` and at most [`MAX_EXPIRY_AHEAD`] later.
+fn check_expiry(at: Timestamp, now: Timestamp) -> Result<()> {
+    if at <= now {
+        return Err(Error::invalid("expires_at", "must be in the future"));
+    }
+    if at > now.plus(MAX_EXPIRY_AHEAD) {
+        return Err(Error::invalid(
+            "expires_at",
+            "must be at most 100 years ahead (was a time in milliseconds given as seconds?)",
+        ));
+    }
+    Ok(())
+}
+
 fn clean_name(n: &str) -> Result<String> {
     let n = n.trim();
     if n.is_empty() {
@@ -463,10 +482,8 @@ impl KeyStore {
         }
         let shared = &self.pool.shared;
         let now = shared.clock.now();
-        if let Some(exp) = new.expires_at
-            && exp <= now
-        {
-            return Err(Error::invalid("expires_at", "must be in the future"));
+        if let Some(at) = new.expires_at {
+            check_expiry(at, now)?;
         }
         let secret = generate_secret()?;
         let key = PlatformKey {
@@ -538,10 +555,8 @@ impl KeyStore {
         let patch = patch.validate()?;
         let id = self.get(id)?.id;
         let shared = &self.pool.shared;
-        if let Some(Some(at)) = patch.expires_at
-            && at <= shared.clock.now()
-        {
-            return Err(Error::invalid("expires_at", "must be in the future"));
+        if let Some(Some(at)) = patch.expires_at {
+            check_expiry(at, shared.clock.now())?;
         }
         let _guard = shared.admin.lock().await;
         let k = shared

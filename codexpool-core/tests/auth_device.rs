@@ -154,3 +154,26 @@ async fn a_refused_device_start_says_why() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn an_unreachable_issuer_is_named_with_scheme_host_and_port() {
+    let fake = fake();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let issuer = format!("http://127.0.0.1:{port}");
+    let (pool, _) = memory_pool(&fake, &[("ISSUER", &issuer)]).await;
+    let e = pool
+        .auth()
+        .device_start(LoginOptions::default())
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!(
+            "could not connect ({issuer}/api/accounts/deviceauth/usercode)"
+        )),
+        "{text}"
+    );
+}

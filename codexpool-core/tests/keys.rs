@@ -7,9 +7,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use codexpool_core::keys::{KeyError, KeyPatch, NewKey};
+use codexpool_core::keys::{KeyError, KeyPatch, MAX_EXPIRY_AHEAD, NewKey};
 use codexpool_core::store::SqliteStore;
-use codexpool_core::{Clock, Config, Error, ManualClock, Pool};
+use codexpool_core::{Clock, Config, Error, ManualClock, Pool, Timestamp};
 use common::{START, pool_with};
 
 #[tokio::test]
@@ -162,6 +162,45 @@ async fn bad_input_is_refused_and_stores_nothing() {
         Err(Error::InvalidInput { .. })
     ));
     assert_eq!(keys.get(&k.key.id).unwrap().name, "ok");
+}
+
+#[tokio::test]
+async fn an_expiry_more_than_100_years_ahead_is_refused() {
+    let (pool, clock) = pool_with(&[]).await;
+    let keys = pool.keys();
+    // Epoch milliseconds read as seconds: the year ~58000, which no date type can show.
+    let ms_as_secs = Timestamp::from_secs(clock.now().as_millis());
+    let too_far = clock.now().plus(MAX_EXPIRY_AHEAD + Duration::from_secs(1));
+    for at in [ms_as_secs, too_far] {
+        let e = keys
+            .create(NewKey::named("x").expires_at(at))
+            .await
+            .unwrap_err();
+        match &e {
+            Error::InvalidInput { field, message } => {
+                assert_eq!(field, "expires_at");
+                assert!(message.contains("100 years"), "{message}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert!(keys.list().is_empty());
+
+    let edge = clock.now().plus(MAX_EXPIRY_AHEAD);
+    let k = keys
+        .create(NewKey::named("edge").expires_at(edge))
+        .await
+        .unwrap();
+    assert_eq!(k.key.expires_at, Some(edge));
+    let e = keys
+        .update(&k.key.id, KeyPatch::default().expires_at(Some(ms_as_secs)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidInput { field, .. } if field == "expires_at"),
+        "{e}"
+    );
+    assert_eq!(keys.get(&k.key.id).unwrap().expires_at, Some(edge));
 }
 
 #[tokio::test]

@@ -470,9 +470,13 @@ impl AccountPool {
         })
     }
 
-    /// Imports a Codex CLI `auth.json`, a codexpool export, or every such file in a folder.
+    /// Imports a Codex CLI `auth.json`, a codexpool export, or every such file in a folder
+    /// (a leading `~` is the home directory).
     fn import_file(&self, py: Python<'_>, path: PathBuf) -> PyResult<ImportReport> {
-        let inner = self.inner.clone();
+        let (inner, path) = (
+            self.inner.clone(),
+            codexpool_core::config::expand_home(path),
+        );
         run(py, async move { inner.import_path(&path).await })?
             .map(Into::into)
             .or_raise(py)
@@ -491,7 +495,8 @@ impl AccountPool {
     }
 
     /// The accounts with their tokens, as codexpool's export document: a dict, or written to
-    /// `path` (readable by the owner only) and the number of accounts returned.
+    /// `path` (readable by the owner only; a leading `~` is the home directory) and the number
+    /// of accounts returned.
     #[pyo3(signature = (path=None, *, group=None, tag=None, status=None, text=None))]
     fn export<'py>(
         &self,
@@ -505,7 +510,10 @@ impl AccountPool {
         let f = filter(py, group, tag, status, text)?;
         match path {
             Some(path) => {
-                let inner = self.inner.clone();
+                let (inner, path) = (
+                    self.inner.clone(),
+                    codexpool_core::config::expand_home(path),
+                );
                 let n =
                     run(py, async move { inner.export_to_file(&path, &f).await })?.or_raise(py)?;
                 Ok(n.into_pyobject(py)?.into_any())

@@ -181,6 +181,10 @@ pub(crate) fn auth_error(py: Python<'_>, e: CoreAuthError) -> PyErr {
             message,
             &[("what", text(py, "account")), ("id", text(py, &id))],
         ),
+        // No sign-in of this database has that `state`; the error does not carry it.
+        CoreAuthError::UnknownState => {
+            raise::<NotFound>(py, message, &[("what", text(py, "sign-in"))])
+        }
         CoreAuthError::Invalid { field, .. } => {
             raise::<InvalidInput>(py, message, &[("field", text(py, &field))])
         }

@@ -35,7 +35,7 @@ fn config(
 ) -> PyResult<Config> {
     let mut c = Config::from_env().or_raise(py)?;
     if let Some(p) = db_path {
-        c.db_path = p;
+        c.db_path = codexpool_core::config::expand_home(p);
     }
     for (k, v) in settings.into_iter().flat_map(|d| d.iter()) {
         let name: String = k.extract()?;
@@ -74,7 +74,7 @@ fn config(
 #[pymethods]
 impl Pool {
     /// Opens (creating on first use) the SQLite pool at `db_path` (default: `DB_PATH`, else the
-    /// platform data dir). Settings come from the environment and env file, overridden by
+    /// platform data dir; a leading `~` is the home directory). Settings come from the environment and env file, overridden by
     /// `settings` given as keywords named like the variables (`route_strategy="headroom"`,
     /// `usage_base_url=…`); a bad value raises `InvalidInput` naming the variable.
     #[staticmethod]

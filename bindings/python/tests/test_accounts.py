@@ -162,6 +162,28 @@ def test_import_file_folder_bytes_text_and_reimport(
     assert r.to_dict()["results"][0]["status"] == "skipped"
 
 
+def test_paths_may_start_with_a_tilde_for_the_home_directory(
+    fake: FakeOpenAi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    (home / ".codex").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    fake.add_account("acct-1")
+    (home / ".codex" / "auth.json").write_text(json.dumps(fake.auth_json("acct-1")))
+    pool = codexpool.Pool.open("~/pool.db", **fake.settings())
+    assert pool.db_path == home / "pool.db"
+    assert (home / "pool.db").exists()
+    r = pool.accounts.import_file("~/.codex/auth.json")
+    assert (r.imported, r.skipped) == (1, 0), r
+    assert pool.accounts.import_file(Path("~") / ".codex").updated == 1
+    assert pool.accounts.export("~/export.json") == 1
+    assert json.loads((home / "export.json").read_text())["accounts"][0]["chatgpt_account_id"] == "acct-1"
+    # Only a leading `~` component is the home directory.
+    with pytest.raises(codexpool.FileError) as e:
+        pool.accounts.import_file("~nobody-here/auth.json")
+    assert e.value.path == "~nobody-here/auth.json"
+
+
 def test_export_dict_and_file_round_trip(
     pool: codexpool.Pool, fake: FakeOpenAi, tmp_path: Path
 ) -> None:
@@ -230,10 +252,13 @@ def test_browser_sign_in_through_the_callback_listener(fake: FakeOpenAi, tmp_pat
 
 def test_sign_in_failures_cancel_and_timeout(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
     fake.add_account("acct-1")
-    with pytest.raises(codexpool.AuthError, match="unknown state"):
+    with pytest.raises(codexpool.NotFound, match="unknown state") as nf:
         pool.accounts.login_complete("http://localhost:1455/auth/callback?code=x&state=nope")
-    with pytest.raises(codexpool.AuthError):
-        pool.accounts.login_status("nope")
+    assert (nf.value.what, nf.value.id) == ("sign-in", None)
+    for call in (pool.accounts.login_status, pool.accounts.login_cancel, pool.accounts.login_wait):
+        with pytest.raises(codexpool.NotFound) as nf:
+            call("nope")
+        assert nf.value.what == "sign-in"
     login = pool.accounts.login_start(listen=False)
     with pytest.raises(codexpool.Timeout):
         login.wait(timeout=0.3)

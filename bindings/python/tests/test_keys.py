@@ -1,6 +1,7 @@
 """pool.keys: create (the secret once), list, get, update, enable/disable, delete, verify."""
 
 import datetime
+import time
 
 import pytest
 
@@ -62,6 +63,19 @@ def test_expiry_accepts_datetime_text_and_epoch_seconds(pool: codexpool.Pool) ->
     naive_local = when.astimezone().replace(tzinfo=None)
     d = pool.keys.create("d", expires_at=naive_local).key
     assert a.expires_at == b.expires_at == c.expires_at == d.expires_at == when
+
+
+def test_expiry_more_than_100_years_ahead_is_refused(pool: codexpool.Pool) -> None:
+    # Milliseconds passed as seconds: the year ~58000, beyond what a datetime can hold.
+    with pytest.raises(codexpool.InvalidInput, match="100 years") as e:
+        pool.keys.create("k", expires_at=time.time() * 1000)
+    assert e.value.field == "expires_at"
+    assert pool.keys.list() == []
+    k = pool.keys.create("k", expires_at="2099-01-01T00:00:00Z").key
+    with pytest.raises(codexpool.InvalidInput) as e:
+        pool.keys.update(k.id, expires_at="9999-12-31T00:00:00Z")
+    assert e.value.field == "expires_at"
+    assert pool.keys.get(k.id).expires_at == datetime.datetime(2099, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 def test_update_enable_disable_delete(pool: codexpool.Pool) -> None:

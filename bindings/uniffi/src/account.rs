@@ -398,10 +398,14 @@ impl AccountPool {
         run(async move { Ok(accounts.remove(&id).await?.into()) }).await
     }
 
-    /// Imports a Codex CLI `auth.json`, a codexpool export, or every `*.json` file of a folder;
-    /// one result per account found. Fails only when the path cannot be read.
+    /// Imports a Codex CLI `auth.json`, a codexpool export, or every `*.json` file of a folder
+    /// (a leading `~` is the home directory); one result per account found. Fails only when the
+    /// path cannot be read.
     pub async fn import_path(&self, path: String) -> Result<Vec<ImportResult>, CodexPoolError> {
-        let accounts = self.inner.accounts();
+        let (accounts, path) = (
+            self.inner.accounts(),
+            codexpool_core::config::expand_home(path),
+        );
         run(async move {
             let report = accounts.import_path(&path).await?;
             Ok(report.results.into_iter().map(Into::into).collect())
@@ -424,14 +428,18 @@ impl AccountPool {
     }
 
     /// Writes the accounts matching `filter` (all when `None`), tokens included, to a file
-    /// readable by its owner only; returns how many were written.
+    /// readable by its owner only (a leading `~` is the home directory); returns how many were
+    /// written.
     #[uniffi::method(default(filter = None))]
     pub async fn export_to_file(
         &self,
         path: String,
         filter: Option<AccountFilter>,
     ) -> Result<u64, CodexPoolError> {
-        let accounts = self.inner.accounts();
+        let (accounts, path) = (
+            self.inner.accounts(),
+            codexpool_core::config::expand_home(path),
+        );
         let filter = filter.map(CoreFilter::from).unwrap_or_default();
         run(async move { Ok(accounts.export_to_file(&path, &filter).await? as u64) }).await
     }

@@ -19,6 +19,8 @@
 //!   only read memory (`list`, `get`, `verify`) are plain calls.
 //! - **Times are `i64` milliseconds since the Unix epoch (UTC)**, as core stores them.
 //! - **Ids** accept any unique prefix, as on the command line.
+//! - **Paths** (`Pool.open`'s `db_path`, `import_path`, `export_to_file`) may start with `~`
+//!   for the home directory, as in a shell.
 //! - **Secrets** cross only where they are meant to: `CreatedKey.secret` once, and
 //!   `Server.rpc_token`. Account tokens never do.
 //!

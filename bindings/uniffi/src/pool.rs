@@ -38,7 +38,8 @@ pub struct Pool {
 
 #[uniffi::export]
 impl Pool {
-    /// Opens (creating if needed) the database at `db_path` (default: the `DB_PATH` setting).
+    /// Opens (creating if needed) the database at `db_path` (default: the `DB_PATH` setting; a
+    /// leading `~` is the home directory).
     ///
     /// Settings are read as `codexpool` reads them — the process environment
     /// (`CODEXPOOL_<NAME>`), then an env file in the current directory, then the defaults — and
@@ -57,7 +58,10 @@ impl Pool {
             config.set(name, value)?;
         }
         if let Some(path) = db_path {
-            config.set("DB_PATH", &path)?;
+            config.set(
+                "DB_PATH",
+                &codexpool_core::config::expand_home(path).to_string_lossy(),
+            )?;
         }
         run(async move {
             let inner = codexpool_core::Pool::open(config).await?;

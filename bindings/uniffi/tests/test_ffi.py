@@ -155,6 +155,26 @@ async def run(tmp, fake):
     with open(export) as f:
         assert json.load(f)["accounts"][0]["chatgpt_account_id"] == "acct-1"
 
+    step("paths may start with ~ for the home directory")
+    home = os.path.join(tmp, "home")
+    os.makedirs(os.path.join(home, ".codex"))
+    with open(os.path.join(home, ".codex", "auth.json"), "w") as f:
+        f.write(fake.auth_json("acct-1"))
+    old_home = os.environ.get("HOME")
+    os.environ["HOME"] = home
+    try:
+        results = await accounts.import_path("~/.codex/auth.json")
+        assert [r.status for r in results] == [cp.ImportStatus.UPDATED], results
+        assert await accounts.export_to_file("~/export.json") == 1
+        assert os.path.exists(os.path.join(home, "export.json"))
+        other = await cp.Pool.open("~/other.db", settings)
+        assert other.db_path() == os.path.join(home, "other.db")
+    finally:
+        if old_home is None:
+            del os.environ["HOME"]
+        else:
+            os.environ["HOME"] = old_home
+
     step("unknown ids raise NotFound")
     expect_sync("NotFound", accounts.get, "zzzzzz")
     expect_sync("NotFound", usage.get, "zzzzzz")

@@ -175,13 +175,7 @@ pub async fn update(ctx: &Ctx, pool: &Pool, a: KeyUpdateArgs) -> anyhow::Result<
         p = p.reasoning_effort(None);
     }
     if let Some(e) = a.expires {
-        let at = e.resolve(pool.now());
-        if let Some(t) = at
-            && t <= pool.now()
-        {
-            anyhow::bail!("invalid expires_at: must be in the future");
-        }
-        p = p.expires_at(at);
+        p = p.expires_at(e.resolve(pool.now()));
     }
     let k = pool.keys().update(&a.id, p).await?;
     done(ctx, &k, "Updated")

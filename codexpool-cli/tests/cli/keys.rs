@@ -152,19 +152,34 @@ fn json_shapes_and_the_lifecycle() {
 }
 
 #[test]
-fn expiry_in_the_past_is_refused() {
+fn expiry_in_the_past_or_too_far_ahead_is_a_usage_error() {
     let env = Env::new();
     let o = env
         .cmd()
         .args(["key", "create", "--name", "old", "--expires", "2001-01-01"])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     let (_, stderr) = texts(&o);
     assert!(
-        stderr.starts_with("error: invalid expires_at: must be in the future"),
+        stderr.starts_with(
+            "error: invalid value '2001-01-01' for '--expires <WHEN>': the time must be in the \
+             future"
+        ),
         "{stderr}"
     );
+    let o = env
+        .cmd()
+        .args(["key", "create", "--name", "far", "--expires", "9999-12-31"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let (_, stderr) = texts(&o);
+    assert!(
+        stderr.contains("'--expires <WHEN>'") && stderr.contains("at most 100 years"),
+        "{stderr}"
+    );
+    assert!(!env.db().exists(), "a usage error runs nothing");
     let id = env.json(&["key", "create", "--name", "k"])["key"]["id"]
         .as_str()
         .unwrap()
@@ -174,6 +189,10 @@ fn expiry_in_the_past_is_refused() {
         .args(["key", "update", &id, "--expires", "2001-01-01T00:00:00Z"])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(texts(&o).1.contains("must be in the future"));
+    assert_eq!(o.status.code(), Some(2));
+    let (_, stderr) = texts(&o);
+    assert!(
+        stderr.contains("'--expires <WHEN>'") && stderr.contains("must be in the future"),
+        "{stderr}"
+    );
 }
