@@ -313,6 +313,49 @@ async fn cooldowns_grow_on_repeated_rate_limits_and_success_clears_them() {
 }
 
 #[tokio::test]
+async fn a_burst_of_rate_limits_is_one_strike() {
+    let (pool, clock) = pool_with(&[]).await;
+    let id = add_accounts(&pool, 1).await.remove(0);
+    let cooldown = |pool: &Pool| pool.accounts().runtime(&id).unwrap().cooldown_until;
+    // Five requests in flight together, all refused with a short 429.
+    let mut leases = Vec::new();
+    for _ in 0..5 {
+        leases.push(pool.accounts().acquire(&Demand::any()).await.unwrap());
+    }
+    for lease in &leases[..4] {
+        lease
+            .report(Outcome::RateLimited { retry_after: None })
+            .await;
+    }
+    assert_eq!(
+        cooldown(&pool),
+        Some(clock.now_ts().plus(Duration::from_secs(45))),
+        "one strike: 45 s, not 2 h"
+    );
+    // A longer Retry-After from the same burst still counts, without a strike.
+    leases[4]
+        .report(Outcome::RateLimited {
+            retry_after: Some(Duration::from_secs(120)),
+        })
+        .await;
+    drop(leases);
+    assert_eq!(
+        cooldown(&pool),
+        Some(clock.now_ts().plus(Duration::from_secs(120)))
+    );
+    // The next refusal after the cooldown is the second strike.
+    clock.advance(Duration::from_secs(120));
+    let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    lease
+        .report(Outcome::RateLimited { retry_after: None })
+        .await;
+    assert_eq!(
+        cooldown(&pool),
+        Some(clock.now_ts().plus(Duration::from_secs(300)))
+    );
+}
+
+#[tokio::test]
 async fn a_success_does_not_lift_a_cooldown_set_while_it_ran() {
     let (pool, clock) = pool_with(&[]).await;
     let id = add_accounts(&pool, 1).await.remove(0);

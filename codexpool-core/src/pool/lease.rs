@@ -121,6 +121,15 @@ impl Lease {
                 st.used.touch(now);
             }
             Outcome::RateLimited { retry_after } => {
+                // Requests in flight together are refused together: while the cooldown of the
+                // first refusal runs, the others of the burst add no strike (a longer
+                // `Retry-After` still counts), or one burst would bench the account for hours.
+                if st.cooldown_until.load(Ordering::Relaxed) > now.as_millis() {
+                    if let Some(r) = retry_after {
+                        st.cool_until(now.plus(r));
+                    }
+                    return;
+                }
                 let n = st.strikes.fetch_add(1, Ordering::Relaxed) as usize;
                 let base = RATE_LIMIT_COOLDOWNS[n.min(RATE_LIMIT_COOLDOWNS.len() - 1)];
                 st.cool_until(now.plus(retry_after.map_or(base, |r| r.max(base))));
