@@ -147,9 +147,7 @@ pub fn apply_body_rules(
             Some(slot) => *slot = Some(*value).filter(|v| !is_null(v)),
             // `store` is always forced: accepted silently.
             None if key == "store" => {}
-            None if !is_null(value) && !dropped.iter().any(|d| d == key) => {
-                dropped.push(key.to_string());
-            }
+            None if !is_null(value) => note(&mut dropped, key),
             None => {}
         }
     }
@@ -202,12 +200,28 @@ pub fn apply_body_rules(
                 lifted += 1;
             }
             input_json.push(b'[');
-            for (i, item) in items[lifted..].iter().enumerate() {
-                if i > 0 {
+            let mut written = 0;
+            for item in &items[lifted..] {
+                let item = match stored_item(item) {
+                    StoredItem::None => Cow::Borrowed(item.get()),
+                    StoredItem::Id => match without_id(item) {
+                        Some(json) => {
+                            note(&mut dropped, "input[].id");
+                            Cow::Owned(json)
+                        }
+                        None => Cow::Borrowed(item.get()),
+                    },
+                    StoredItem::Only(what) => {
+                        note(&mut dropped, what);
+                        continue;
+                    }
+                };
+                if written > 0 {
                     input_json.push(b',');
                 }
+                written += 1;
                 let start = input_json.len();
-                input_json.extend_from_slice(item.get().as_bytes());
+                input_json.extend_from_slice(item.as_bytes());
                 first_item.get_or_insert(start..input_json.len());
             }
             input_json.push(b']');
@@ -438,6 +452,68 @@ pub(crate) fn include_list(
     Ok(list)
 }
 
+/// What of an input item refers to a stored item (the backend keeps nothing: `store: false`).
+enum StoredItem {
+    /// Nothing: it goes as is.
+    None,
+    /// An `id` the backend would look up: sent without it.
+    Id,
+    /// Only a reference (an `item_reference`, or reasoning without its encrypted content): left
+    /// out, named in the dropped list.
+    Only(&'static str),
+}
+
+#[derive(Deserialize)]
+struct ItemHead<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<JStr<'a>>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    encrypted_content: Option<&'a RawValue>,
+}
+
+/// Items replayed from an earlier answer carry ids (`msg_…`, `rs_…`, `fc_…`) that the backend
+/// tries to look up and, with `store: false`, answers 404 "Item with id … not found". Clients
+/// replay them as they got them (openai-agents, the Vercel AI SDK, `input += response.output`).
+fn stored_item(item: &RawValue) -> StoredItem {
+    let text = item.get().as_bytes();
+    let has = |needle: &[u8]| memchr::memmem::find(text, needle).is_some();
+    // Most items (messages typed by a person) mention none of these: no parse.
+    if !has(br#""id""#) && !has(b"item_reference") {
+        return StoredItem::None;
+    }
+    let Ok(head) = serde_json::from_str::<ItemHead<'_>>(item.get()) else {
+        return StoredItem::None;
+    };
+    match head.kind.as_ref().map(|k| &*k.0) {
+        Some("item_reference") => StoredItem::Only("input[].item_reference"),
+        Some("reasoning") if head.encrypted_content.is_none_or(|c| c.get() == "null") => {
+            StoredItem::Only("input[].reasoning")
+        }
+        _ if head.id.is_some() => StoredItem::Id,
+        _ => StoredItem::None,
+    }
+}
+
+/// An item without its top-level `id`, fields otherwise in order (`None` if not an object).
+fn without_id(item: &RawValue) -> Option<String> {
+    let fields: Shallow<'_> = serde_json::from_str(item.get()).ok()?;
+    let mut out = Vec::with_capacity(item.get().len());
+    let mut w = ObjectWriter::new(&mut out);
+    for (key, value) in fields.0.iter().filter(|(k, _)| k != "id") {
+        w.raw(key, value.get());
+    }
+    w.end();
+    String::from_utf8(out).ok()
+}
+
+fn note(dropped: &mut Vec<String>, what: &str) {
+    if !dropped.iter().any(|d| d == what) {
+        dropped.push(what.to_owned());
+    }
+}
+
 #[derive(Deserialize)]
 struct MessageHead<'a> {
     #[serde(rename = "type", borrow)]
@@ -653,6 +729,40 @@ mod tests {
         apply_body_rules(body.as_bytes(), &Overrides::default())
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn replayed_items_lose_what_points_at_stored_items() {
+        let (body, req) = rules(json!({
+            "model": "gpt-5",
+            "input": [
+                {"type": "message", "role": "user", "content": "Plan a trip"},
+                {"type": "reasoning", "id": "rs_1", "summary": []},
+                {"type": "reasoning", "id": "rs_2", "summary": [], "encrypted_content": "gAAA"},
+                {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+                 "content": [{"type": "output_text", "text": "Where to?", "annotations": []}]},
+                {"type": "item_reference", "id": "fc_1"},
+                {"type": "message", "role": "user", "content": "Mention \"id\" here"},
+            ],
+        }));
+        assert_eq!(
+            body["input"],
+            json!([
+                {"type": "message", "role": "user", "content": "Plan a trip"},
+                {"type": "reasoning", "summary": [], "encrypted_content": "gAAA"},
+                {"type": "message", "role": "assistant", "status": "completed",
+                 "content": [{"type": "output_text", "text": "Where to?", "annotations": []}]},
+                {"type": "message", "role": "user", "content": "Mention \"id\" here"},
+            ])
+        );
+        assert_eq!(
+            req.dropped,
+            ["input[].reasoning", "input[].id", "input[].item_reference"]
+        );
+        // Items without ids go byte for byte.
+        let (_, plain) = rules(json!({"model": "m", "input": [
+            {"type": "message", "role": "user", "content": "hi"}]}));
+        assert!(plain.dropped.is_empty());
     }
 
     #[test]
