@@ -152,15 +152,22 @@ impl Server {
             Some(t) => (t, None),
             // Written beside the database, for the CLI and scripts; a pool without a database
             // file (in memory) leaves no file anywhere.
+            // Kept across starts and shared by every server on the database: a second server
+            // writing a new one would lock the first one's clients out.
             None if config.db_path.is_file() => {
-                let t = Secret::new(random_token());
                 let path = config.db_dir().join("rpc-token");
-                codexpool_core::import::write_private(&path, t.expose().as_bytes()).map_err(
-                    |source| ServerError::TokenFile {
-                        path: path.clone(),
-                        source,
-                    },
-                )?;
+                let t = match read_token(&path) {
+                    Some(t) => t,
+                    None => {
+                        let t = Secret::new(random_token());
+                        codexpool_core::import::write_private(&path, t.expose().as_bytes())
+                            .map_err(|source| ServerError::TokenFile {
+                                path: path.clone(),
+                                source,
+                            })?;
+                        t
+                    }
+                };
                 (t, Some(path))
             }
             None => (Secret::new(random_token()), None),
@@ -212,6 +219,21 @@ impl Server {
         shutdown.await;
         running.stop().await
     }
+}
+
+/// The token an earlier start wrote, if the file holds one that is private to its owner.
+fn read_token(path: &Path) -> Option<Secret> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(path).ok()?.permissions().mode() & 0o077 != 0 {
+            return None;
+        }
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let token = text.trim();
+    (token.len() >= 32 && token.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| Secret::new(token.to_owned()))
 }
 
 fn random_token() -> String {

@@ -101,7 +101,33 @@ async fn rpc_requires_the_token_and_a_local_origin() {
         .await
         .unwrap();
     assert_eq!(local.status().as_u16(), 200);
+    // A second server on the same database shares the token: the first one's clients (and
+    // the file they read it from) keep working.
+    let second = start(&e).await;
+    assert_eq!(second.rpc_token().expose(), srv.rpc_token().expose());
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        srv.rpc_token().expose()
+    );
+    let (s, _) = rpc(&srv, Some(srv.rpc_token().expose()), list.clone()).await;
+    assert_eq!(s, 200);
+    let first = srv.rpc_token().expose().to_string();
+    second.stop().await.unwrap();
     srv.stop().await.unwrap();
+    // A token file others could read is not trusted: a new token replaces it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let third = start(&e).await;
+        assert_ne!(third.rpc_token().expose(), first);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "rewritten private"
+        );
+        third.stop().await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
