@@ -338,26 +338,33 @@ impl Metrics {
         out.push_str("# TYPE codexpool_gateway_overhead_seconds histogram\n");
         self.overhead
             .render(&mut out, "codexpool_gateway_overhead_seconds", "");
+        // Each metric's samples form one group after its HELP and TYPE lines (the text format
+        // requires it).
+        let accounts: Vec<_> = pool
+            .accounts()
+            .list(&Default::default())
+            .into_iter()
+            .filter_map(|a| Some((pool.accounts().runtime(&a.id).ok()?, a.id)))
+            .collect();
         out.push_str("# HELP codexpool_account_inflight Requests in flight per account.\n");
         out.push_str("# TYPE codexpool_account_inflight gauge\n");
+        for (rt, id) in &accounts {
+            let _ = writeln!(
+                out,
+                "codexpool_account_inflight{{account=\"{id}\"}} {}",
+                rt.inflight
+            );
+        }
         out.push_str(
             "# HELP codexpool_account_usable Whether the account could take a request now.\n",
         );
         out.push_str("# TYPE codexpool_account_usable gauge\n");
-        for a in pool.accounts().list(&Default::default()) {
-            if let Ok(rt) = pool.accounts().runtime(&a.id) {
-                let _ = writeln!(
-                    out,
-                    "codexpool_account_inflight{{account=\"{}\"}} {}",
-                    a.id, rt.inflight
-                );
-                let _ = writeln!(
-                    out,
-                    "codexpool_account_usable{{account=\"{}\"}} {}",
-                    a.id,
-                    u8::from(rt.usable)
-                );
-            }
+        for (rt, id) in &accounts {
+            let _ = writeln!(
+                out,
+                "codexpool_account_usable{{account=\"{id}\"}} {}",
+                u8::from(rt.usable)
+            );
         }
         out
     }

@@ -320,3 +320,31 @@ async fn nested_under_a_prefix_errors_name_the_full_path() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn metrics_follow_the_prometheus_text_format() {
+    let h = harness(2, &[]).await;
+    let (_, _, _) = h.call(h.post("/v1/chat/completions", chat(false))).await;
+    let (s, _, text) = h
+        .call(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // Every sample belongs to the family of the last TYPE line, and a family is declared once.
+    let mut declared = std::collections::HashSet::new();
+    let mut family = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            family = rest.split(' ').next().unwrap().to_string();
+            assert!(declared.insert(family.clone()), "{family} declared twice");
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|b| *b == family)
+                .unwrap_or(name);
+            assert_eq!(base, family, "sample out of its group: {line}");
+        }
+    }
+    assert!(declared.contains("codexpool_account_usable"));
+}
