@@ -134,6 +134,19 @@ pub enum KeyError {
     },
 }
 
+impl KeyError {
+    /// The key the request presented, when it is one of ours (disabled, expired, refused a
+    /// model): who is still using a revoked key is what the request log must answer.
+    pub fn key_id(&self) -> Option<&str> {
+        match self {
+            Self::Disabled { key_id }
+            | Self::Expired { key_id, .. }
+            | Self::ModelNotAllowed { key_id, .. } => Some(key_id),
+            Self::Missing | Self::Unknown => None,
+        }
+    }
+}
+
 fn allowed_list(allowed: &[String]) -> String {
     if allowed.is_empty() {
         String::new()

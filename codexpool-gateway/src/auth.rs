@@ -86,7 +86,8 @@ where
             Err(e) => {
                 let error = ApiError::from_key(&e);
                 let id = crate::routes::request_id(req.headers());
-                let mut record = Record::new(self.pool.clone(), id, req.uri().path(), None);
+                let key_id = e.key_id().map(str::to_owned);
+                let mut record = Record::new(self.pool.clone(), id, req.uri().path(), key_id);
                 record.finish(error.status.as_u16(), Some(&error.code), None);
                 Either::Right(ready(Ok(error.into_response())))
             }

@@ -105,6 +105,18 @@ async fn keys_are_checked_with_distinct_answers() {
             .all(|r| r.status >= 401 && r.route == "/v1/chat/completions")
     );
     assert!(!serde_json::to_string(&log).unwrap().contains("sk-cp-"));
+    // A known key is named in its refusal's row (who still uses a revoked key?).
+    let keys: Vec<_> = log.iter().rev().map(|r| r.key_id.as_deref()).collect();
+    assert_eq!(
+        keys,
+        [
+            None,
+            None,
+            Some(disabled.key.id.as_str()),
+            Some(bound.key.id.as_str()),
+            Some(bound.key.id.as_str())
+        ]
+    );
 }
 
 #[tokio::test]
