@@ -157,7 +157,7 @@ pub enum AccountCommand {
     },
     /// Export accounts with their tokens (JSON; to stdout unless -o).
     Export {
-        /// Write to this file (mode 0600) instead of stdout.
+        /// Write to this file (mode 0600) instead of stdout (`-` is stdout).
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
         #[command(flatten)]

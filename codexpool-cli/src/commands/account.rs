@@ -300,7 +300,8 @@ pub async fn export(
 ) -> anyhow::Result<()> {
     let out = &ctx.out;
     let filter = filter_of(filter);
-    match output {
+    // `-o -` is stdout, as `import -` is stdin.
+    match output.filter(|p| *p != Path::new("-")) {
         Some(path) => {
             let n = pool.accounts().export_to_file(path, &filter).await?;
             if out.json {

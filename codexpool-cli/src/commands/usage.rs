@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use codexpool_core::poll::PollResult;
+use codexpool_core::poll::{PollError, PollResult};
 use codexpool_core::pool::AccountRuntime;
 use codexpool_core::usage::{AccountUsage, Credits, WindowKind, WindowReading};
 use codexpool_core::{Account, AccountFilter, AccountStatus, Pool, RefreshProgress, RefreshScope};
@@ -32,7 +32,7 @@ pub async fn usage(ctx: &Ctx, pool: &Pool, a: UsageArgs) -> anyhow::Result<()> {
     };
     if out.json {
         out.json(&views(pool, refreshed.as_ref()))?;
-        return Ok(());
+        return failed_polls(refreshed.as_ref());
     }
     if pool.accounts().is_empty() {
         out.note(
@@ -45,7 +45,28 @@ pub async fn usage(ctx: &Ctx, pool: &Pool, a: UsageArgs) -> anyhow::Result<()> {
     if !a.refresh {
         out.note("Figures come from responses and polls; `codexpool usage --refresh` polls now.");
     }
-    Ok(())
+    failed_polls(refreshed.as_ref())
+}
+
+/// After the figures are shown: an error (exit 1) when a poll failed, so scripts notice.
+fn failed_polls(refreshed: Option<&HashMap<String, PollResult>>) -> anyhow::Result<()> {
+    let Some(results) = refreshed else {
+        return Ok(());
+    };
+    let polled = results
+        .values()
+        .filter(|r| !matches!(r.outcome, Err(PollError::Skipped { .. })));
+    let (polled, failed) = polled.fold((0, 0), |(n, f), r| {
+        (n + 1, f + usize::from(r.outcome.is_err()))
+    });
+    if failed == 0 {
+        return Ok(());
+    }
+    Err(crate::Failure::new(
+        format!("{failed} of {polled} usage polls failed"),
+        "each account's line says why; the figures shown for them are the last known",
+    )
+    .into())
 }
 
 /// Polls every active account, with a progress bar on a terminal; returns the results by

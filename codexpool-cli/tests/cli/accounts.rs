@@ -192,6 +192,10 @@ fn export_to_stdout_and_to_a_private_file_round_trips() {
     let only_g1: Value =
         serde_json::from_str(&env.ok(&["account", "export", "--group", "g1"])).unwrap();
     assert_eq!(only_g1["accounts"].as_array().unwrap().len(), 1);
+    // `-o -` is stdout (as `import -` is stdin), not a file named `-`.
+    let dash: Value = serde_json::from_str(&env.ok(&["account", "export", "-o", "-"])).unwrap();
+    assert_eq!(dash["accounts"].as_array().unwrap().len(), 2);
+    assert!(!env.path().join("-").exists());
 
     let file = env.path().join("backup.json");
     let out = env.ok(&["account", "export", "-o", file.to_str().unwrap()]);

@@ -35,7 +35,10 @@ fn refresh_polls_and_shows_bars_resets_and_provenance() {
 
     let o = env.cmd().args(["usage", "--refresh"]).output().unwrap();
     let (stdout, stderr) = texts(&o);
-    assert!(o.status.success(), "{stderr}");
+    // acct-2's poll failed: the figures are shown, and the exit code says so (acct-3 is
+    // disabled: not polled, not a failure).
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("1 of 2 usage polls failed"), "{stderr}");
     // No terminal: no progress bar on stderr.
     assert!(!stderr.contains("polling"), "{stderr}");
     env.settings()
@@ -45,7 +48,13 @@ fn refresh_polls_and_shows_bars_resets_and_provenance() {
     let after = env.ok(&["usage"]);
     assert!(after.contains("█████░░░░░  48%"), "{after}");
 
-    let v = env.json(&["usage", "--refresh"]);
+    let o = env
+        .cmd()
+        .args(["usage", "--refresh", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rows = v.as_array().unwrap();
     assert_eq!(rows.len(), 3);
     let a = &rows[0];
