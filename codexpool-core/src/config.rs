@@ -359,7 +359,25 @@ fn secs(d: Duration) -> String {
 }
 
 fn show_opt(v: &Option<String>) -> String {
-    v.clone().unwrap_or_default()
+    v.as_deref().map(without_password).unwrap_or_default()
+}
+
+/// A value as shown to people (listings, errors): a password in a URL
+/// (`https://user:pw@host/…`) becomes `*****`.
+fn without_password(v: &str) -> String {
+    let masked = || {
+        let start = v.find("://")? + 3;
+        let rest = &v[start..];
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        let at = authority.rfind('@')?;
+        let colon = authority[..at].find(':')?;
+        Some(format!(
+            "{}*****{}",
+            &v[..start + colon + 1],
+            &v[start + at..]
+        ))
+    };
+    masked().unwrap_or_else(|| v.to_string())
 }
 
 fn show_secret(v: &Option<Secret>) -> String {
@@ -421,7 +439,7 @@ pub static SETTINGS: &[Setting] = &[
             c.issuer = parse_url(v)?;
             Ok(())
         },
-        show: |c| c.issuer.clone(),
+        show: |c| without_password(&c.issuer),
     },
     Setting {
         name: "CLIENT_ID",
@@ -457,7 +475,7 @@ pub static SETTINGS: &[Setting] = &[
             c.redirect_uri = parse_url(v)?;
             Ok(())
         },
-        show: |c| c.redirect_uri.clone(),
+        show: |c| without_password(&c.redirect_uri),
     },
     Setting {
         name: "LOGIN_ADDR",
@@ -502,7 +520,7 @@ pub static SETTINGS: &[Setting] = &[
             c.usage_base_url = parse_url(v)?;
             Ok(())
         },
-        show: |c| c.usage_base_url.clone(),
+        show: |c| without_password(&c.usage_base_url),
     },
     Setting {
         name: "USAGE_POLL_INTERVAL_SECS",
@@ -548,7 +566,7 @@ pub static SETTINGS: &[Setting] = &[
             c.upstream_base_url = normalize_upstream(v)?;
             Ok(())
         },
-        show: |c| c.upstream_base_url.clone(),
+        show: |c| without_password(&c.upstream_base_url),
     },
     Setting {
         name: "UPSTREAM_FALLBACK_BASE_URL",
@@ -920,7 +938,7 @@ impl Config {
             value: if s.secret {
                 "*****".into()
             } else {
-                value.to_string()
+                without_password(value)
             },
             message,
         })?;
@@ -1056,6 +1074,28 @@ mod tests {
         for kept in ["~bob/x", "/tmp/~/x", "rel/~", "x.json"] {
             assert_eq!(expand_home(kept), PathBuf::from(kept));
         }
+    }
+
+    #[test]
+    fn passwords_in_urls_are_hidden_in_listings_and_errors() {
+        let c = from(&[(
+            "CODEXPOOL_UPSTREAM_FALLBACK_BASE_URL",
+            "https://user:p4ssw0rd@example.com/v1",
+        )])
+        .unwrap();
+        let listing = format!("{:?}", c.describe());
+        assert!(!listing.contains("p4ssw0rd"), "{listing}");
+        assert!(
+            listing.contains("https://user:*****@example.com/v1"),
+            "{listing}"
+        );
+        let e = from(&[("CODEXPOOL_ISSUER", "ftp://user:p4ssw0rd@example.com")]).unwrap_err();
+        assert!(!e.to_string().contains("p4ssw0rd"), "{e}");
+        assert_eq!(
+            without_password("https://example.com/a@b:c"),
+            "https://example.com/a@b:c"
+        );
+        assert_eq!(without_password("http://user@host"), "http://user@host");
     }
 
     #[test]
