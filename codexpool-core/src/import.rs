@@ -32,6 +32,9 @@ pub enum ImportOutcome {
     Imported,
     /// An existing account got new tokens.
     Updated,
+    /// The account exists and its stored sign-in is newer than the input's: nothing was
+    /// written, nothing is wrong (a re-import after codexpool refreshed the tokens).
+    Unchanged(String),
     /// Nothing was written.
     Skipped(String),
 }
@@ -45,7 +48,7 @@ pub struct ImportResult {
     /// What happened.
     #[serde(flatten)]
     pub outcome: ImportOutcome,
-    /// The account, when one was written.
+    /// The account, when one was written or found up to date.
     pub account_id: Option<String>,
     /// Its label.
     pub label: Option<String>,
@@ -68,6 +71,10 @@ impl ImportReport {
     /// How many were updated.
     pub fn updated(&self) -> usize {
         self.count(|o| matches!(o, ImportOutcome::Updated))
+    }
+    /// How many were already up to date.
+    pub fn unchanged(&self) -> usize {
+        self.count(|o| matches!(o, ImportOutcome::Unchanged(_)))
     }
     /// How many were skipped.
     pub fn skipped(&self) -> usize {
@@ -413,8 +420,14 @@ impl AccountPool {
                              (sign the Codex CLI in again) or stop using it for this account."
                         )
                     });
-                    if let Some(reason) = self.stale_tokens(&c) {
-                        report.results.push(skipped(src, reason));
+                    if let Some((account, reason)) = self.stale_tokens(&c) {
+                        report.results.push(ImportResult {
+                            source: src,
+                            outcome: ImportOutcome::Unchanged(reason),
+                            account_id: Some(account.id),
+                            label: Some(account.label),
+                            warning: None,
+                        });
                         continue;
                     }
                     match self.upsert_signin(c, false).await {
@@ -442,10 +455,10 @@ impl AccountPool {
     /// are older (an earlier access-token expiry, or without expiries an earlier refresh). A
     /// re-import of `~/.codex/auth.json` after codexpool refreshed the account would otherwise
     /// put back a refresh token that is already spent, and the next refresh would sign it out.
-    fn stale_tokens(&self, c: &Candidate) -> Option<String> {
+    fn stale_tokens(&self, c: &Candidate) -> Option<(Account, String)> {
         let user_id = c.claims.user_id().unwrap_or_default();
-        let stored = self.find_identity(&c.chatgpt_account_id, user_id)?.tokens;
-        let file = &c.tokens;
+        let account = self.find_identity(&c.chatgpt_account_id, user_id)?;
+        let (file, stored) = (&c.tokens, &account.tokens);
         if file.refresh_token == stored.refresh_token {
             return None;
         }
@@ -454,7 +467,8 @@ impl AccountPool {
             _ => matches!((file.last_refresh, stored.last_refresh), (Some(f), Some(s)) if f < s),
         };
         older.then(|| {
-            "the stored sign-in is newer than this file (refreshed since); nothing changed".into()
+            let why = "the stored sign-in is newer than this file (refreshed since)".into();
+            (account.clone(), why)
         })
     }
 

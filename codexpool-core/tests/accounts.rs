@@ -119,11 +119,16 @@ async fn reimport_never_puts_older_tokens_back() {
         1
     );
     let r = pool.accounts().import_bytes("old", &old).await;
-    assert_eq!((r.updated(), r.skipped()), (0, 1), "{r:?}");
-    assert!(
-        matches!(&r.results[0].outcome, ImportOutcome::Skipped(why) if why.contains("newer")),
+    assert_eq!(
+        (r.updated(), r.unchanged(), r.skipped()),
+        (0, 1, 0),
         "{r:?}"
     );
+    assert!(
+        matches!(&r.results[0].outcome, ImportOutcome::Unchanged(why) if why.contains("newer")),
+        "{r:?}"
+    );
+    assert_eq!(r.results[0].account_id.as_deref(), Some(id.as_str()));
     let a = pool.accounts().get(&id).unwrap();
     assert_eq!(a.tokens.refresh_token.expose(), "rt-newer");
     assert_eq!(pool.accounts().len(), 1);

@@ -518,8 +518,8 @@ async fn reimporting_the_file_after_a_refresh_keeps_the_newer_sign_in() {
 
     // A startup script imports the same file again: its refresh token is spent by now.
     let r = pool.accounts().import_bytes("auth.json", &file).await;
-    assert_eq!((r.updated(), r.skipped()), (0, 1), "{r:?}");
-    let ImportOutcome::Skipped(why) = &r.results[0].outcome else {
+    assert_eq!((r.updated(), r.unchanged()), (0, 1), "{r:?}");
+    let ImportOutcome::Unchanged(why) = &r.results[0].outcome else {
         unreachable!()
     };
     assert!(why.contains("newer"), "{why}");

@@ -75,8 +75,8 @@ record! {
 }
 
 record! {
-    /// What happened to one imported account: `status` is `imported`, `updated` or `skipped`
-    /// (with `reason`).
+    /// What happened to one imported account: `status` is `imported`, `updated`, `unchanged`
+    /// (the stored sign-in is newer) or `skipped` (with `reason` for the last two).
     ImportResult as "ImportResult" {
         source: String,
         status: String,
@@ -93,6 +93,7 @@ record! {
         results: Vec<ImportResult>,
         imported: usize,
         updated: usize,
+        unchanged: usize,
         skipped: usize,
     }
 }
@@ -102,6 +103,7 @@ impl From<CoreImportReport> for ImportReport {
         Self {
             imported: r.imported(),
             updated: r.updated(),
+            unchanged: r.unchanged(),
             skipped: r.skipped(),
             results: r
                 .results
@@ -110,6 +112,7 @@ impl From<CoreImportReport> for ImportReport {
                     let (status, reason) = match x.outcome {
                         ImportOutcome::Imported => ("imported", None),
                         ImportOutcome::Updated => ("updated", None),
+                        ImportOutcome::Unchanged(why) => ("unchanged", Some(why)),
                         ImportOutcome::Skipped(why) => ("skipped", Some(why)),
                     };
                     ImportResult {

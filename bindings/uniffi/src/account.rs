@@ -178,6 +178,8 @@ pub enum ImportStatus {
     Imported,
     /// An existing account (same sign-in) got new tokens.
     Updated,
+    /// The account exists with a newer sign-in than the input's: nothing was written.
+    Unchanged,
     /// Nothing was written; `reason` says why.
     Skipped,
 }
@@ -190,7 +192,7 @@ pub struct ImportResult {
     pub source: String,
     /// What happened.
     pub status: ImportStatus,
-    /// Why it was skipped.
+    /// Why it was skipped or left unchanged.
     pub reason: Option<String>,
     /// The account, when one was written.
     pub account_id: Option<String>,
@@ -205,6 +207,7 @@ impl From<CoreImportResult> for ImportResult {
         let (status, reason) = match r.outcome {
             ImportOutcome::Imported => (ImportStatus::Imported, None),
             ImportOutcome::Updated => (ImportStatus::Updated, None),
+            ImportOutcome::Unchanged(why) => (ImportStatus::Unchanged, Some(why)),
             ImportOutcome::Skipped(why) => (ImportStatus::Skipped, Some(why)),
         };
         Self {

@@ -9,8 +9,9 @@
 //!   "user_code", "interval_secs", "state", "expires_at"}`), then `{"account": Account,
 //!   "created": bool}`;
 //! - `account complete`: `{"account": Account, "created": bool}`;
-//! - `account import`: `{"imported", "updated", "skipped", "results": [{"source", "status"
-//!   (imported|updated|skipped), "reason" (when skipped), "account_id", "label", "warning"}]}`;
+//! - `account import`: `{"imported", "updated", "unchanged", "skipped", "results": [{"source",
+//!   "status" (imported|updated|unchanged|skipped), "reason" (when unchanged or skipped),
+//!   "account_id", "label", "warning"}]}`;
 //! - `account export`: the export document `{"version": 1, "exported_at", "accounts": […]}`
 //!   (always JSON); with `-o FILE` and `--json`: `{"path", "accounts": N}`;
 //! - `account list`: `[Account + {"usage": {"five_hour": Window|null, "weekly": Window|null},
@@ -221,12 +222,9 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str) -> anyhow::Result<()> 
         pool.accounts().import_path(source).await?
     };
     print_import(ctx, &report)?;
-    if report.imported() + report.updated() == 0 && report.skipped() > 0 {
+    if report.imported() + report.updated() + report.unchanged() == 0 && report.skipped() > 0 {
         return Err(Failure::new(
-            format!(
-                "nothing imported: {} skipped",
-                plural(report.skipped(), "account file", "account files")
-            ),
+            format!("nothing imported: {} skipped", report.skipped()),
             "import a Codex CLI auth.json (~/.codex/auth.json) or a `codexpool account export` file",
         )
         .into());
@@ -245,12 +243,14 @@ fn print_import(ctx: &Ctx, report: &ImportReport) -> anyhow::Result<()> {
         struct View<'a> {
             imported: usize,
             updated: usize,
+            unchanged: usize,
             skipped: usize,
             results: &'a [codexpool_core::import::ImportResult],
         }
         out.json(&View {
             imported: report.imported(),
             updated: report.updated(),
+            unchanged: report.unchanged(),
             skipped: report.skipped(),
             results: &report.results,
         })?;
@@ -264,6 +264,7 @@ fn print_import(ctx: &Ctx, report: &ImportReport) -> anyhow::Result<()> {
                 cell("updated", Some(Paint::Cyan)),
                 "same sign-in: tokens replaced".into(),
             ),
+            ImportOutcome::Unchanged(why) => (cell("unchanged", Some(Paint::Dim)), why.clone()),
             ImportOutcome::Skipped(why) => (cell("skipped", Some(Paint::Red)), why.clone()),
         };
         t.add_row(vec![
@@ -275,11 +276,24 @@ fn print_import(ctx: &Ctx, report: &ImportReport) -> anyhow::Result<()> {
         ]);
     }
     out.print_table(&t)?;
+    let counts = [
+        (report.imported(), "imported"),
+        (report.updated(), "updated"),
+        (report.unchanged(), "unchanged"),
+        (report.skipped(), "skipped"),
+    ];
+    let summary: Vec<String> = counts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
     out.line(format!(
-        "\n{} imported, {} updated, {} skipped",
-        report.imported(),
-        report.updated(),
-        report.skipped()
+        "\n{}",
+        if summary.is_empty() {
+            "no accounts found".to_string()
+        } else {
+            summary.join(", ")
+        }
     ))?;
     let mut seen = Vec::new();
     for w in report.results.iter().filter_map(|r| r.warning.as_deref()) {

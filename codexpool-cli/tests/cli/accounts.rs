@@ -238,3 +238,31 @@ fn export_to_stdout_and_to_a_private_file_round_trips() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[0]["tags"], serde_json::json!(["t"]));
 }
+
+#[test]
+fn importing_a_file_again_after_a_refresh_is_not_an_error() {
+    let env = Env::new();
+    let file = env.path().join("auth.json");
+    env.fake
+        .add_account(codexpool_testkit::FakeAccount::new("acct-r"));
+    std::fs::write(&file, env.fake.auth_json("acct-r").to_string()).unwrap();
+    env.ok(&["account", "import", file.to_str().unwrap()]);
+    // The server-side token expires; a usage poll refreshes it (new tokens in the database).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.fake.expire_access_token("acct-r");
+    env.ok(&["usage", "--refresh"]);
+    assert_eq!(env.fake.refresh_count("acct-r"), 1);
+
+    // An "import on boot" script runs again with the old file: nothing to do, exit 0.
+    let out = env.ok(&["account", "import", file.to_str().unwrap()]);
+    assert!(out.contains("unchanged"), "{out}");
+    assert!(out.trim_end().ends_with("\n1 unchanged"), "{out}");
+    let v = env.json(&["account", "import", file.to_str().unwrap()]);
+    assert_eq!(v["unchanged"], 1);
+    assert_eq!(v["results"][0]["status"], "unchanged");
+    assert!(v["results"][0]["account_id"].is_string());
+    // And the stored sign-in still works.
+    env.fake.expire_access_token("acct-r");
+    env.ok(&["usage", "--refresh"]);
+    assert_eq!(env.fake.refresh_count("acct-r"), 2);
+}
