@@ -151,6 +151,7 @@ impl Gateway {
             .route("/v1/responses/compact", post(routes::responses::compact))
             .route("/v1/chat/completions", post(routes::chat::handle))
             .route("/v1/models", get(routes::models::handle))
+            .route("/v1/models/{id}", get(routes::models::retrieve))
             .route_layer(KeyAuthLayer::new(shared.pool.clone()));
         let open_routes = Router::new()
             .route("/health", get(routes::health))

@@ -360,3 +360,47 @@ async fn metrics_follow_the_prometheus_text_format() {
     }
     assert!(declared.contains("codexpool_account_usable"));
 }
+
+#[tokio::test]
+async fn a_model_can_be_retrieved_by_id() {
+    let h = harness(1, &[]).await;
+    let get = |key: &str, path: &str| {
+        Request::get(path)
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (s, v) = h.json(get(&h.key, "/v1/models")).await;
+    assert_eq!(s, StatusCode::OK);
+    let first = v["data"][0]["id"].as_str().unwrap().to_string();
+    let (s, v) = h.json(get(&h.key, &format!("/v1/models/{first}"))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v,
+        json!({"id": first, "object": "model", "created": 0, "owned_by": "openai"})
+    );
+    let (s, v) = h.json(get(&h.key, "/v1/models/no-such-model")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"]["code"], "model_not_found");
+    // A key bound to other models does not see this one.
+    let bound = h
+        .pool
+        .keys()
+        .create(NewKey::named("only-a").allow_model("model-a"))
+        .await
+        .unwrap();
+    let secret = bound.secret.expose();
+    assert_eq!(
+        h.json(get(secret, "/v1/models/model-a")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.json(get(secret, &format!("/v1/models/{first}"))).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // And the route is behind the key check like the others.
+    assert_eq!(
+        h.json(get("sk-cp-nope", "/v1/models/model-a")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}

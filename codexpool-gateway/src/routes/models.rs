@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Extension, State};
-use axum::http::HeaderValue;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use codexpool_core::{Demand, PlatformKey};
 use serde::Deserialize;
 
 use crate::Shared;
+use crate::error::ApiError;
 use crate::metrics::Protocol;
 use crate::upstream::CODEX_VERSION;
 
@@ -89,24 +90,58 @@ async fn fetch(shared: &Shared) -> Option<Vec<String>> {
     Some(cat.models.into_iter().map(|m| m.slug).collect())
 }
 
-pub(crate) async fn handle(
-    State(shared): State<Arc<Shared>>,
-    Extension(key): Extension<Arc<PlatformKey>>,
-) -> Response {
-    let ids: Vec<String> = if let Some(bound) = &key.model {
+/// The ids the presented key may use.
+async fn offered(shared: &Shared, key: &PlatformKey) -> Vec<String> {
+    if let Some(bound) = &key.model {
         vec![bound.clone()]
     } else if !key.allowed_models.is_empty() {
         key.allowed_models.clone()
     } else {
-        shared.models.get(&shared).await.to_vec()
-    };
-    let data: Vec<serde_json::Value> = ids
-        .iter()
-        .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "openai"}))
-        .collect();
-    let mut res = axum::Json(serde_json::json!({"object": "list", "data": data})).into_response();
+        shared.models.get(shared).await.to_vec()
+    }
+}
+
+fn model_object(id: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "openai"})
+}
+
+fn answer(body: serde_json::Value) -> Response {
+    let mut res = axum::Json(body).into_response();
     res.extensions_mut().insert(Protocol::None);
     res.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-store"));
+    res
+}
+
+/// `GET /v1/models`.
+pub(crate) async fn handle(
+    State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Arc<PlatformKey>>,
+) -> Response {
+    let data: Vec<serde_json::Value> = offered(&shared, &key)
+        .await
+        .iter()
+        .map(|id| model_object(id))
+        .collect();
+    answer(serde_json::json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{id}` (the SDKs' `models.retrieve`): the model when the key may use it.
+pub(crate) async fn retrieve(
+    State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Arc<PlatformKey>>,
+    Path(id): Path<String>,
+) -> Response {
+    if offered(&shared, &key).await.contains(&id) {
+        return answer(model_object(&id));
+    }
+    let mut res = ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "model_not_found",
+        format!("The model `{id}` does not exist or this key may not use it"),
+    )
+    .into_response();
+    res.extensions_mut().insert(Protocol::None);
     res
 }
