@@ -43,6 +43,11 @@ struct Inner<'a> {
     kind: &'a str,
     code: &'a str,
     param: Option<&'a str>,
+    /// For `usage_limit_reached` (the Codex CLI reads them to say when to come back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resets_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resets_in_seconds: Option<u64>,
 }
 
 impl ApiError {
@@ -131,6 +136,16 @@ impl ApiError {
         )
     }
 
+    /// In the Codex backend's own words, for the Codex CLI: it recognises a spent quota by
+    /// `error.type == "usage_limit_reached"` (with `resets_at`, `resets_in_seconds`) and then
+    /// tells its user when to come back instead of retrying.
+    pub fn for_codex(mut self) -> Self {
+        if self.code == "usage_limit_reached" {
+            self.kind = "usage_limit_reached";
+        }
+        self
+    }
+
     /// Adds `Retry-After`.
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs.max(1));
@@ -139,12 +154,17 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> Vec<u8> {
+        let resets_in = self
+            .retry_after
+            .filter(|_| self.kind == "usage_limit_reached");
         let body = Body {
             error: Inner {
                 message: &self.message,
                 kind: self.kind,
                 code: &self.code,
                 param: self.param.as_deref(),
+                resets_at: resets_in.map(|s| Timestamp::now().as_secs().unsigned_abs() + s),
+                resets_in_seconds: resets_in,
             },
         };
         serde_json::to_vec(&body).unwrap_or_default()

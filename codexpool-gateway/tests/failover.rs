@@ -504,3 +504,41 @@ async fn a_slow_upstream_gets_keepalives_for_streaming_clients() {
     assert_eq!(text, "Finally");
     assert!(body.ends_with("data: [DONE]\n\n"));
 }
+
+#[tokio::test]
+async fn the_codex_cli_gets_its_own_usage_limit_answer() {
+    let h = harness(1, &[]).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::UsageLimit429 {
+            resets_in_secs: 900,
+        },
+    );
+    // A Codex CLI request (its originator header): the body goes as sent.
+    let codex = |body: serde_json::Value| {
+        axum::http::Request::post("/v1/responses")
+            .header("authorization", format!("Bearer {}", h.key))
+            .header("content-type", "application/json")
+            .header("originator", "codex_cli_rs")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap()
+    };
+    let body = serde_json::json!({"model": "gpt-5-codex", "instructions": "x", "input": [],
+        "stream": true, "store": false});
+    let (status, v) = h.json(codex(body.clone())).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    // What the Codex CLI looks for to say "usage limit reached, try again at …".
+    assert_eq!(v["error"]["type"], "usage_limit_reached", "{v}");
+    let resets_in = v["error"]["resets_in_seconds"].as_u64().unwrap();
+    assert!((890..=900).contains(&resets_in), "{v}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let at = v["error"]["resets_at"].as_u64().unwrap();
+    assert!(at.abs_diff(now + resets_in) <= 2, "{v}");
+    // Other clients keep OpenAI's type.
+    let (_, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert!(v["error"].get("resets_at").is_none());
+}

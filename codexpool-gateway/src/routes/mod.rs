@@ -136,6 +136,10 @@ pub(crate) fn preview(body: &[u8], max: usize) -> Option<String> {
 /// A refusal before any upstream call: logged, then answered.
 pub(crate) fn reject(mut record: Record, error: ApiError, protocol: Protocol) -> Response {
     record.finish(error.status.as_u16(), Some(&error.code), None);
+    let error = match protocol {
+        Protocol::Codex => error.for_codex(),
+        _ => error,
+    };
     with_protocol(error.into_response(), protocol)
 }
 
