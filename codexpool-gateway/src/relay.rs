@@ -3,6 +3,13 @@
 //! (Responses clients) or translated into `chat.completion.chunk`s; or, for clients that did not
 //! ask for a stream, assembled into one final object.
 //!
+//! One Responses event may be rewritten: the backend sometimes ends with `response.completed` (or
+//! `response.incomplete`) carrying `output: []`, the items having come only as
+//! `response.output_item.done` events, and clients that take the final response from that event
+//! (openai-python's `responses.stream()`, openai-agents) would see no output. For them the relay
+//! keeps the items and puts them back into that one event ([`OutputRefill`]); the Codex CLI reads
+//! the items themselves and gets every byte as sent.
+//!
 //! The relay owns the lease and the request-log record: when it ends — the response completed,
 //! the upstream broke, or the client went away and the body was dropped — the lease is released,
 //! the upstream connection is closed, and the record is written once with what happened.
@@ -15,19 +22,20 @@ use bytes::{Bytes, BytesMut};
 use codexpool_core::{Lease, Outcome};
 use futures_util::StreamExt;
 
+use crate::adapt::event::ResponseRef;
 use crate::adapt::{
     AssembleError, ChatAssembler, ChatStream, EventKind, FailureKind, ResponseAssembler,
-    ResponsesEvent, TokenUsage, UpstreamFailure,
+    ResponsesEvent, TokenUsage, UpstreamFailure, sub_bytes, with_field,
 };
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::record::Record;
-use crate::sse::{SseEvent, SseItem, SseParser, write_event};
+use crate::sse::{SseEvent, SseItem, SseParser, write_data, write_event};
 use crate::upstream::{ByteStream, Committed};
 
 /// What the client gets.
 pub(crate) enum Mode {
-    /// The upstream's events, re-framed byte for byte.
+    /// The upstream's events, re-framed byte for byte (but see [`Relay::refill_output`]).
     Passthrough,
     /// Chat Completions chunks.
     Chat(Box<ChatStream>),
@@ -56,6 +64,93 @@ pub(crate) struct Relay {
     done: bool,
     usage: Option<TokenUsage>,
     error_class: Option<String>,
+    refill: Option<OutputRefill>,
+}
+
+/// Puts the streamed items back into a final event whose `output` is empty.
+///
+/// It keeps each `response.output_item.done`'s `item` as the upstream's bytes (a slice of the
+/// frame, not a copy) until the final event, then lets go of them: at most one event per stream
+/// is rewritten, and only when its `output` is missing or `[]` and items were seen. The items go
+/// in `output_index` order (arrival order for items without one).
+#[derive(Debug, Default)]
+pub(crate) struct OutputRefill {
+    items: Vec<(u64, Bytes)>,
+    ended: bool,
+}
+
+/// The parts of `response.output_item.done` the refill keeps.
+#[derive(serde::Deserialize)]
+struct ItemEnvelope<'a> {
+    output_index: Option<u64>,
+    #[serde(borrow)]
+    item: Option<&'a serde_json::value::RawValue>,
+}
+
+impl OutputRefill {
+    /// Sees an event on its way to the client: `Some(payload)` when it must go out with this
+    /// payload instead of its own.
+    pub(crate) fn see(&mut self, event: &SseEvent) -> Option<Vec<u8>> {
+        if self.ended {
+            return None;
+        }
+        match EventKind::of(event) {
+            EventKind::OutputItemDone => {
+                // An item that cannot be read is left out here; the client still gets its event.
+                if let Ok(ItemEnvelope {
+                    output_index,
+                    item: Some(item),
+                }) = serde_json::from_slice(event.data())
+                {
+                    let index = output_index.unwrap_or(self.items.len() as u64);
+                    let item = sub_bytes(event.data(), item.get().as_bytes());
+                    self.items.push((index, item));
+                }
+                None
+            }
+            EventKind::Completed | EventKind::Incomplete => {
+                self.ended = true;
+                let items = std::mem::take(&mut self.items);
+                if items.is_empty() {
+                    return None;
+                }
+                refilled(event.data(), items)
+            }
+            EventKind::Failed | EventKind::Error => {
+                self.ended = true;
+                self.items = Vec::new();
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The payload of a final event with `response.output` set to `items`, when it was empty.
+fn refilled(data: &[u8], mut items: Vec<(u64, Bytes)>) -> Option<Vec<u8>> {
+    let data = std::str::from_utf8(data).ok()?;
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        response: &'a serde_json::value::RawValue,
+    }
+    let response = serde_json::from_str::<Envelope<'_>>(data).ok()?.response;
+    if !ResponseRef::parse(response).ok()?.output_is_empty() {
+        return None;
+    }
+    items.sort_by_key(|(index, _)| *index);
+    let mut output = Vec::with_capacity(items.iter().map(|(_, i)| i.len() + 1).sum::<usize>() + 2);
+    output.push(b'[');
+    for (i, (_, item)) in items.iter().enumerate() {
+        if i > 0 {
+            output.push(b',');
+        }
+        output.extend_from_slice(item);
+    }
+    output.push(b']');
+    let output = std::str::from_utf8(&output).ok()?;
+    let response = with_field(response.get(), "output", output)?;
+    with_field(data, "response", std::str::from_utf8(&response).ok()?)
 }
 
 /// The lease outcome for a failure reported after commit (the request is not retried, but the
@@ -127,7 +222,18 @@ impl Relay {
             done: false,
             usage: None,
             error_class: None,
+            refill: None,
         }
+    }
+
+    /// For Responses clients other than the Codex CLI (`on`): a final `response.completed` /
+    /// `response.incomplete` with an empty `output` goes out with the items streamed before it
+    /// (see [`OutputRefill`]); every other event stays byte for byte. Default: off, every event
+    /// as sent (what the Codex CLI must get). Only matters for [`Mode::Passthrough`].
+    #[must_use]
+    pub(crate) fn refill_output(mut self, on: bool) -> Self {
+        self.refill = on.then(OutputRefill::default);
+        self
     }
 
     fn next_item(&mut self) -> Result<Option<SseItem>, String> {
@@ -148,7 +254,15 @@ impl Relay {
         };
         let (terminal, usage, failure) = match &mut self.mode {
             Mode::Passthrough => {
-                event.encode(out);
+                match self.refill.as_mut().and_then(|r| r.see(&event)) {
+                    // The rewritten final event keeps its `event:` name (the backend sends no
+                    // `id:` or `retry:`).
+                    Some(data) => match event.event() {
+                        Some(name) => write_event(out, name, &data),
+                        None => write_data(out, &data),
+                    },
+                    None => event.encode(out),
+                }
                 inspect(&event)
             }
             // One parse serves the translator and the relay's own bookkeeping.
@@ -475,4 +589,76 @@ pub(crate) fn raw_body(c: Committed, idle: Duration) -> axum::body::Body {
             }
         });
     axum::body::Body::from_stream(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(json: &str) -> SseEvent {
+        SseEvent::new(json.to_owned())
+    }
+
+    #[test]
+    fn refill_rewrites_one_empty_final_event() {
+        let mut refill = OutputRefill::default();
+        let items = [
+            r#"{"type":"response.output_item.done","output_index":1,"item":{"id":"b"}}"#,
+            r#"{"type":"response.output_item.done","item":{"id":"c","x":"\u00e9"}}"#,
+            r#"{"type":"response.output_item.done","output_index":0,"item":{"id":"a"}}"#,
+            r#"{"type":"response.output_item.done","output_index":"bad","item":{}}"#,
+            r#"{"type":"response.output_text.delta","delta":"x"}"#,
+        ];
+        for json in items {
+            assert_eq!(refill.see(&ev(json)), None, "{json}");
+        }
+        let out = refill.see(&ev(
+            r#"{"type":"response.completed","response":{"id":"r","output":[],"usage":{}},"sequence_number":9}"#,
+        ));
+        assert_eq!(
+            String::from_utf8(out.unwrap()).unwrap(),
+            r#"{"type":"response.completed","response":{"id":"r","output":[{"id":"a"},{"id":"b"},{"id":"c","x":"\u00e9"}],"usage":{}},"sequence_number":9}"#
+        );
+        // Once per stream: the items are gone.
+        assert!(refill.items.is_empty());
+        assert_eq!(
+            refill.see(&ev(
+                r#"{"type":"response.completed","response":{"output":[]}}"#
+            )),
+            None
+        );
+
+        // A missing `output` is empty too; an output that is there, or no items, is left alone.
+        let item = r#"{"type":"response.output_item.done","output_index":0,"item":{"id":"a"}}"#;
+        let mut refill = OutputRefill::default();
+        refill.see(&ev(item));
+        let out = refill.see(&ev(
+            r#"{"type":"response.incomplete","response":{"id":"r"}}"#,
+        ));
+        assert_eq!(
+            out.as_deref(),
+            Some(
+                &br#"{"type":"response.incomplete","response":{"id":"r","output":[{"id":"a"}]}}"#[..]
+            )
+        );
+        let mut refill = OutputRefill::default();
+        refill.see(&ev(item));
+        let full = r#"{"type":"response.completed","response":{"output":[{"id":"a"}]}}"#;
+        assert_eq!(refill.see(&ev(full)), None);
+        let mut refill = OutputRefill::default();
+        assert_eq!(
+            refill.see(&ev(
+                r#"{"type":"response.completed","response":{"output":[]}}"#
+            )),
+            None
+        );
+        // A failure ends it without a rewrite.
+        let mut refill = OutputRefill::default();
+        refill.see(&ev(item));
+        assert_eq!(
+            refill.see(&ev(r#"{"type":"response.failed","response":{}}"#)),
+            None
+        );
+        assert!(refill.items.is_empty());
+    }
 }

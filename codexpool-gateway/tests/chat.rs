@@ -245,3 +245,79 @@ async fn a_cut_mid_stream_is_reported_in_the_stream_and_the_log() {
     assert_eq!(row.error_class.as_deref(), Some("upstream_cut"));
     assert_eq!(h.total_inflight(), 0);
 }
+
+#[tokio::test]
+async fn a_streamed_refusal_is_delta_refusal() {
+    let h = harness(1, &[]).await;
+    h.fake
+        .push_reply("acct-0", Reply::refusal("I can't help with that."));
+    let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let frames = json_frames(&body);
+    let deltas: Vec<&serde_json::Value> =
+        frames.iter().map(|f| &f["choices"][0]["delta"]).collect();
+    let refusal: String = deltas
+        .iter()
+        .filter_map(|d| d["refusal"].as_str())
+        .collect();
+    assert_eq!(refusal, "I can't help with that.", "{body}");
+    assert!(
+        deltas
+            .iter()
+            .all(|d| d["content"].is_null() || d["content"] == ""),
+        "a refusal is never content: {body}"
+    );
+    let last = frames.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    assert!(body.ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn a_refusal_is_message_refusal_with_null_content() {
+    let h = harness(1, &[]).await;
+    h.fake
+        .push_reply("acct-0", Reply::refusal("I can't help with that."));
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let choice = &v["choices"][0];
+    assert_eq!(
+        choice["message"],
+        json!({"role": "assistant", "content": null, "refusal": "I can't help with that."})
+    );
+    assert_eq!(choice["finish_reason"], "stop");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn a_refusal_commits_the_attempt() {
+    // Refusal deltas, then the stream stops: the client already has output, so no other account
+    // is tried and the break is reported in the stream.
+    let h = harness(2, &[]).await;
+    let raw = concat!(
+        r#"data: {"type":"response.created","response":{"id":"resp_1","status":"in_progress"}}"#,
+        "\n\n",
+        r#"data: {"type":"response.output_item.added","output_index":0,"item":{"id":"msg_1","type":"message","role":"assistant","content":[]}}"#,
+        "\n\n",
+        r#"data: {"type":"response.content_part.added","item_id":"msg_1","output_index":0,"content_index":0,"part":{"type":"refusal","refusal":""}}"#,
+        "\n\n",
+        r#"data: {"type":"response.refusal.delta","item_id":"msg_1","output_index":0,"content_index":0,"delta":"I can't"}"#,
+        "\n\n",
+    );
+    h.fake
+        .push_reply("acct-0", Reply::RawSse { body: raw.into() });
+    let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(status, StatusCode::OK);
+    let frames = json_frames(&body);
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["choices"][0]["delta"]["refusal"] == "I can't"),
+        "{body}"
+    );
+    assert!(frames.iter().any(|f| f["error"].is_object()), "{body}");
+    assert_eq!(
+        h.fake.count("/backend-api/codex/responses"),
+        1,
+        "committed at the refusal: never retried"
+    );
+}

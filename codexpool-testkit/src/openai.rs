@@ -329,6 +329,11 @@ pub(crate) fn chat_stream(script: &Script, ctx: &ChatCtx, include_usage: bool) -
                     chunk(json!({ "content": d }), Value::Null);
                 }
             }
+            OutputItem::Refusal { deltas } => {
+                for d in deltas {
+                    chunk(json!({ "refusal": d }), Value::Null);
+                }
+            }
             OutputItem::ToolCall {
                 call_id,
                 name,
@@ -382,12 +387,14 @@ pub(crate) fn chat_stream(script: &Script, ctx: &ChatCtx, include_usage: bool) -
 /// The non-streamed `chat.completion` object of a script.
 pub(crate) fn chat_completion(script: &Script, ctx: &ChatCtx) -> Value {
     let mut text = String::new();
+    let mut refusal = String::new();
     let mut reasoning = String::new();
     let mut tool_calls = Vec::new();
     for item in &script.items {
         match item {
             OutputItem::Reasoning { deltas } => reasoning.push_str(&deltas.concat()),
             OutputItem::Text { deltas } => text.push_str(&deltas.concat()),
+            OutputItem::Refusal { deltas } => refusal.push_str(&deltas.concat()),
             OutputItem::ToolCall {
                 call_id,
                 name,
@@ -405,7 +412,7 @@ pub(crate) fn chat_completion(script: &Script, ctx: &ChatCtx) -> Value {
     let mut message = json!({
         "role": "assistant",
         "content": if has_text { json!(text) } else { Value::Null },
-        "refusal": null,
+        "refusal": if refusal.is_empty() { Value::Null } else { json!(refusal) },
     });
     if !tool_calls.is_empty() {
         message["tool_calls"] = json!(tool_calls);

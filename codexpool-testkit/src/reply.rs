@@ -19,6 +19,14 @@ pub enum OutputItem {
         /// `response.output_text.delta` deltas.
         deltas: Vec<String>,
     },
+    /// An assistant `message` in which the model declines: one `refusal` content part
+    /// (`{"type":"refusal","refusal":…}`) streamed as `response.refusal.delta` events and closed
+    /// by `response.refusal.done` (on `/v1/chat/completions`: `delta.refusal` /
+    /// `message.refusal` with `content: null`).
+    Refusal {
+        /// `response.refusal.delta` deltas.
+        deltas: Vec<String>,
+    },
     /// A `function_call` item.
     ToolCall {
         /// `call_id`.
@@ -35,6 +43,13 @@ impl OutputItem {
     pub fn text(text: &str) -> Self {
         OutputItem::Text {
             deltas: split_words(text),
+        }
+    }
+
+    /// A refusal message with `refusal` split into word deltas.
+    pub fn refusal(refusal: &str) -> Self {
+        OutputItem::Refusal {
+            deltas: split_words(refusal),
         }
     }
 
@@ -56,7 +71,9 @@ impl OutputItem {
 
     pub(crate) fn delta_count(&self) -> usize {
         match self {
-            OutputItem::Reasoning { deltas } | OutputItem::Text { deltas } => deltas.len(),
+            OutputItem::Reasoning { deltas }
+            | OutputItem::Text { deltas }
+            | OutputItem::Refusal { deltas } => deltas.len(),
             OutputItem::ToolCall {
                 arguments_chunks, ..
             } => arguments_chunks.len(),
@@ -70,7 +87,7 @@ impl OutputItem {
 /// `input_tokens` = request body bytes / 4 (at least 1); `cached_tokens` = the `input_tokens` of
 /// the previous request of the same account with the same `prompt_cache_key` (else `session_id`
 /// header), capped at the current `input_tokens`, 0 for a first request; `output_tokens` = the
-/// number of delta events (text, reasoning and argument deltas; one delta is one token);
+/// number of delta events (text, refusal, reasoning and argument deltas; one delta is one token);
 /// `reasoning_tokens` = the number of reasoning deltas; `total_tokens` = input + output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FakeTokenUsage {
@@ -94,8 +111,9 @@ impl FakeTokenUsage {
 /// What the fake answers to one model call. Queue them with [`crate::FakeOpenAi::push_reply`]
 /// (Codex backend) or [`crate::FakeOpenAi::push_openai_reply`] (plain OpenAI API).
 ///
-/// The wrappers (`SlowFirstByte`, `SlowAfterHeaders`, `Paced`, `WithUsage`) nest around any
-/// other reply; the builder-style methods ([`Reply::slow_first_byte`], …) build them.
+/// The wrappers (`SlowFirstByte`, `SlowAfterHeaders`, `Paced`, `WithUsage`,
+/// `EmptyFinalOutput`) nest around any other reply; the builder-style methods
+/// ([`Reply::slow_first_byte`], …) build them.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Reply {
@@ -225,6 +243,14 @@ pub enum Reply {
         /// The reply.
         then: Box<Reply>,
     },
+    /// The stream of `then`, but its final `response.completed` / `response.incomplete` carries
+    /// `output: []`: the items come only as `response.output_item.done` events, as the backend
+    /// sometimes sends them. Only the streamed Responses dialect changes (a non-streamed
+    /// `/v1/responses` answer and chat answers are whole).
+    EmptyFinalOutput {
+        /// The reply.
+        then: Box<Reply>,
+    },
 }
 
 impl Reply {
@@ -260,6 +286,14 @@ impl Reply {
             call_id: call_id.into(),
             name: name.into(),
             arguments_chunks: split_chunks(arguments, 3),
+        }
+    }
+
+    /// A refusal (the model declines), split into word deltas: one message item with a
+    /// `refusal` part; see [`OutputItem::Refusal`].
+    pub fn refusal(refusal: &str) -> Self {
+        Reply::Items {
+            items: vec![OutputItem::refusal(refusal)],
         }
     }
 
@@ -318,6 +352,14 @@ impl Reply {
             then: Box::new(self),
         }
     }
+
+    /// Ends the stream with `output: []` in `response.completed` / `response.incomplete` (the
+    /// items only as `response.output_item.done` events); see [`Reply::EmptyFinalOutput`].
+    pub fn empty_final_output(self) -> Self {
+        Reply::EmptyFinalOutput {
+            then: Box::new(self),
+        }
+    }
 }
 
 /// `"Hello there world"` → `["Hello", " there", " world"]` (they concatenate back).
@@ -368,13 +410,20 @@ pub(crate) enum Ending {
 pub(crate) struct Script {
     pub(crate) items: Vec<OutputItem>,
     pub(crate) ending: Ending,
+    /// The streamed final event has `output: []` ([`Reply::EmptyFinalOutput`]).
+    pub(crate) empty_final_output: bool,
 }
 
 impl Script {
     pub(crate) fn completed(items: Vec<OutputItem>) -> Self {
+        Script::ending(items, Ending::Completed)
+    }
+
+    pub(crate) fn ending(items: Vec<OutputItem>, ending: Ending) -> Self {
         Script {
             items,
-            ending: Ending::Completed,
+            ending,
+            empty_final_output: false,
         }
     }
 
@@ -439,6 +488,7 @@ pub(crate) fn flatten(reply: Reply) -> Flat {
         usage: None,
         core: Core::Hang,
     };
+    let mut empty_final_output = false;
     let mut reply = reply;
     loop {
         let core = match reply {
@@ -462,6 +512,11 @@ pub(crate) fn flatten(reply: Reply) -> Flat {
                 reply = *then;
                 continue;
             }
+            Reply::EmptyFinalOutput { then } => {
+                empty_final_output = true;
+                reply = *then;
+                continue;
+            }
             Reply::Text { deltas } => {
                 Core::Script(Script::completed(vec![OutputItem::Text { deltas }]))
             }
@@ -481,30 +536,29 @@ pub(crate) fn flatten(reply: Reply) -> Flat {
             Reply::Items { items } => Core::Script(Script::completed(items)),
             Reply::UsageLimit429 { resets_in_secs } => Core::UsageLimit { resets_in_secs },
             Reply::RateLimit429 => Core::RateLimit,
-            Reply::FailedInStream { code, message } => Core::Script(Script {
-                items: Vec::new(),
-                ending: Ending::Failed { code, message },
-            }),
+            Reply::FailedInStream { code, message } => {
+                Core::Script(Script::ending(Vec::new(), Ending::Failed { code, message }))
+            }
             Reply::FailedAfterText {
                 deltas,
                 code,
                 message,
-            } => Core::Script(Script {
-                items: vec![OutputItem::Text { deltas }],
-                ending: Ending::Failed { code, message },
-            }),
-            Reply::Incomplete { deltas, reason } => Core::Script(Script {
-                items: vec![OutputItem::Text { deltas }],
-                ending: Ending::Incomplete { reason },
-            }),
-            Reply::Overloaded => Core::Script(Script {
-                items: Vec::new(),
-                ending: Ending::Failed {
+            } => Core::Script(Script::ending(
+                vec![OutputItem::Text { deltas }],
+                Ending::Failed { code, message },
+            )),
+            Reply::Incomplete { deltas, reason } => Core::Script(Script::ending(
+                vec![OutputItem::Text { deltas }],
+                Ending::Incomplete { reason },
+            )),
+            Reply::Overloaded => Core::Script(Script::ending(
+                Vec::new(),
+                Ending::Failed {
                     code: "server_is_overloaded".to_owned(),
                     message: "Our servers are currently overloaded. Please try again later."
                         .to_owned(),
                 },
-            }),
+            )),
             Reply::UsageLimitText => Core::Script(Script::completed(vec![OutputItem::Text {
                 deltas: vec![
                     "You've hit your usage limit. ".to_owned(),
@@ -524,23 +578,29 @@ pub(crate) fn flatten(reply: Reply) -> Flat {
             Reply::ChallengeHtml => Core::Challenge,
             Reply::Unauthorized => Core::Unauthorized,
             Reply::Deactivated => Core::Deactivated,
-            Reply::CutMidStream { after_deltas } => Core::Script(Script {
-                items: vec![OutputItem::Text {
+            Reply::CutMidStream { after_deltas } => Core::Script(Script::ending(
+                vec![OutputItem::Text {
                     deltas: numbered_deltas(after_deltas),
                 }],
-                ending: Ending::Cut,
-            }),
-            Reply::StallMidStream { after_deltas } => Core::Script(Script {
-                items: vec![OutputItem::Text {
+                Ending::Cut,
+            )),
+            Reply::StallMidStream { after_deltas } => Core::Script(Script::ending(
+                vec![OutputItem::Text {
                     deltas: numbered_deltas(after_deltas),
                 }],
-                ending: Ending::Stall,
-            }),
+                Ending::Stall,
+            )),
             Reply::Garbage => Core::Garbage,
             Reply::HangForever => Core::Hang,
             Reply::RawSse { body } => Core::Raw(body),
         };
-        flat.core = core;
+        flat.core = match core {
+            Core::Script(script) => Core::Script(Script {
+                empty_final_output,
+                ..script
+            }),
+            other => other,
+        };
         return flat;
     }
 }
@@ -581,5 +641,13 @@ mod tests {
         assert_eq!(flat.after_headers, Some(Duration::from_millis(9)));
         assert_eq!(flat.pace, Some(Duration::from_millis(5)));
         assert!(matches!(flat.core, Core::Script(_)));
+        let flat = flatten(Reply::refusal("No.").with_usage(FakeTokenUsage::default()));
+        let Core::Script(script) = flat.core else {
+            panic!()
+        };
+        assert!(!script.empty_final_output);
+        assert_eq!(script.output_tokens(), (1, 0), "a refusal delta is a token");
+        let flat = flatten(Reply::text("hi").empty_final_output().paced(Duration::ZERO));
+        assert!(matches!(flat.core, Core::Script(s) if s.empty_final_output));
     }
 }

@@ -93,7 +93,7 @@ fn item_ids(items: &[OutputItem]) -> Vec<String> {
         .iter()
         .map(|item| {
             let prefix = match item {
-                OutputItem::Text { .. } => "msg",
+                OutputItem::Text { .. } | OutputItem::Refusal { .. } => "msg",
                 OutputItem::Reasoning { .. } => "rs",
                 OutputItem::ToolCall { .. } => "fc",
             };
@@ -108,6 +108,10 @@ fn item_done(item: &OutputItem, id: &str, ctx: &Ctx) -> Value {
         OutputItem::Text { deltas } => json!({
             "id": id, "type": "message", "status": "completed", "role": "assistant",
             "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": deltas.concat()}],
+        }),
+        OutputItem::Refusal { deltas } => json!({
+            "id": id, "type": "message", "status": "completed", "role": "assistant",
+            "content": [{"type": "refusal", "refusal": deltas.concat()}],
         }),
         OutputItem::Reasoning { deltas } => {
             let mut item = json!({
@@ -200,6 +204,11 @@ pub(crate) fn render_stream(script: &Script, ctx: &Ctx) -> Vec<Step> {
         Ending::Cut => w.steps.extend(cut_steps()),
         Ending::Stall => w.steps.push(Step::Hang),
         Ending::Completed => {
+            let output = if script.empty_final_output {
+                Vec::new()
+            } else {
+                output
+            };
             let r = finish_object(&script.ending, ctx, output);
             w.event("response.completed", json!({ "response": r }));
         }
@@ -208,6 +217,11 @@ pub(crate) fn render_stream(script: &Script, ctx: &Ctx) -> Vec<Step> {
             w.event("response.failed", json!({ "response": r }));
         }
         Ending::Incomplete { .. } => {
+            let output = if script.empty_final_output {
+                Vec::new()
+            } else {
+                output
+            };
             let r = finish_object(&script.ending, ctx, output);
             w.event("response.incomplete", json!({ "response": r }));
         }
@@ -254,6 +268,37 @@ fn render_item(
             w.event(
                 "response.content_part.done",
                 json!({"item_id": id, "output_index": index, "content_index": 0, "part": part(&text)}),
+            );
+        }
+        OutputItem::Refusal { deltas } => {
+            w.event(
+                "response.output_item.added",
+                json!({"output_index": index, "item": {
+                    "id": id, "type": "message", "status": "in_progress", "role": "assistant", "content": []
+                }}),
+            );
+            let part = |refusal: &str| json!({"type": "refusal", "refusal": refusal});
+            w.event(
+                "response.content_part.added",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "part": part("")}),
+            );
+            for delta in deltas {
+                w.event(
+                    "response.refusal.delta",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta}),
+                );
+            }
+            if stop_after_deltas {
+                return false;
+            }
+            let refusal = deltas.concat();
+            w.event(
+                "response.refusal.done",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "refusal": refusal}),
+            );
+            w.event(
+                "response.content_part.done",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "part": part(&refusal)}),
             );
         }
         OutputItem::Reasoning { deltas } => {

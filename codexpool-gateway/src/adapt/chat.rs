@@ -8,7 +8,10 @@
 //! is serialized once per stream, only the delta text is escaped per event), and
 //! [`ChatAssembler`] accumulates one `chat.completion` for `stream: false` clients. Sharing the
 //! state machine keeps both answers identical: same tool-call indices, same `finish_reason`, same
-//! handling of streams that only announce text in `output_item.done`.
+//! handling of streams that only announce text in `output_item.done`. A refusal (a `refusal`
+//! content part, streamed as `response.refusal.delta`) becomes `refusal`, never `content`:
+//! openai-python's `chat.completions.parse` reads `message.refusal` to tell a declined request
+//! from an answer.
 
 use std::borrow::Cow;
 
@@ -785,6 +788,7 @@ fn quoted(value: &str) -> String {
 enum Op<'x> {
     Role,
     Content(&'x str),
+    Refusal(&'x str),
     Reasoning(&'x str),
     ToolStart {
         index: usize,
@@ -825,6 +829,8 @@ struct Translator {
     tools: Vec<ToolState>,
     /// Output indices of message items whose text arrived as deltas.
     texted: Vec<Option<u64>>,
+    /// Output indices of message items whose refusal arrived as deltas.
+    refused: Vec<Option<u64>>,
     /// Output indices of reasoning items whose text arrived as deltas.
     reasoned: Vec<Option<u64>>,
     /// (output index, summary index) of the last reasoning text, to separate summary parts.
@@ -847,6 +853,7 @@ impl Translator {
             done: false,
             tools: Vec::new(),
             texted: Vec::new(),
+            refused: Vec::new(),
             reasoned: Vec::new(),
             last_reasoning: None,
             usage: None,
@@ -940,6 +947,13 @@ impl Translator {
                 self.start(sink);
                 sink.op(&self.meta, Op::Content(&d.delta));
             }
+            E::RefusalDelta(d) if !d.delta.is_empty() => {
+                if !self.refused.contains(&d.output_index) {
+                    self.refused.push(d.output_index);
+                }
+                self.start(sink);
+                sink.op(&self.meta, Op::Refusal(&d.delta));
+            }
             E::ReasoningSummaryTextDelta(d) | E::ReasoningTextDelta(d) => {
                 self.reasoning((d.output_index, d.summary_index), &d.delta, sink);
             }
@@ -980,12 +994,23 @@ impl Translator {
                         sink.op(&self.meta, Op::ToolArgs { index, args });
                     }
                 }
-                Some("message") if !self.texted.contains(output_index) => {
-                    let text = item.text();
-                    if !text.is_empty() {
-                        self.texted.push(*output_index);
-                        self.start(sink);
-                        sink.op(&self.meta, Op::Content(&text));
+                // Whatever of the message did not arrive as deltas arrives now, whole.
+                Some("message") => {
+                    if !self.texted.contains(output_index) {
+                        let text = item.text();
+                        if !text.is_empty() {
+                            self.texted.push(*output_index);
+                            self.start(sink);
+                            sink.op(&self.meta, Op::Content(&text));
+                        }
+                    }
+                    if !self.refused.contains(output_index) {
+                        let refusal = item.refusal();
+                        if !refusal.is_empty() {
+                            self.refused.push(*output_index);
+                            self.start(sink);
+                            sink.op(&self.meta, Op::Refusal(&refusal));
+                        }
                     }
                 }
                 Some("reasoning") if !self.reasoned.contains(output_index) => {
@@ -1029,6 +1054,7 @@ fn parse_relevant(event: &SseEvent) -> Result<Option<ResponsesEvent<'_>>, EventE
     match EventKind::from_type(&kind) {
         EventKind::ContentPartAdded
         | EventKind::OutputTextDone
+        | EventKind::RefusalDone
         | EventKind::FunctionCallArgumentsDone
         | EventKind::Other => Ok(None),
         _ => ResponsesEvent::parse_as(kind, event.data()).map(Some),
@@ -1049,7 +1075,7 @@ fn truncated_failure() -> UpstreamFailure {
 ///
 /// Feed every upstream event (after the failover loop committed) to [`push`](Self::push), then
 /// call [`finish`](Self::finish) at end of input; send whatever they append to `out`. The output is
-/// a `role` chunk, `content` / `reasoning_content` / `tool_calls` chunks, a chunk with
+/// a `role` chunk, `content` / `refusal` / `reasoning_content` / `tool_calls` chunks, a chunk with
 /// `finish_reason`, the `usage` chunk when asked, and `data: [DONE]`; a failure becomes an
 /// `{"error":{…}}` frame followed by `[DONE]`.
 #[derive(Debug)]
@@ -1201,6 +1227,11 @@ impl Sink for ChunkSink<'_> {
                 s.json(text);
                 s.out.put_u8(b'}');
             }),
+            Op::Refusal(text) => self.chunk(meta, None, |s| {
+                s.out.extend_from_slice(br#"{"refusal":"#);
+                s.json(text);
+                s.out.put_u8(b'}');
+            }),
             Op::Reasoning(text) => self.chunk(meta, None, |s| {
                 s.out.extend_from_slice(br#"{"reasoning_content":"#);
                 s.json(text);
@@ -1316,6 +1347,7 @@ pub struct ChatAssembler {
 #[derive(Debug, Default)]
 struct Accumulated {
     content: String,
+    refusal: String,
     reasoning: String,
     tool_calls: Vec<AssembledCall>,
     finish_reason: Option<&'static str>,
@@ -1341,6 +1373,7 @@ impl Sink for Accumulated {
         match op {
             Op::Role => {}
             Op::Content(text) => self.content.push_str(text),
+            Op::Refusal(text) => self.refusal.push_str(text),
             Op::Reasoning(text) => self.reasoning.push_str(text),
             Op::ToolStart { id, name, .. } => self.tool_calls.push(AssembledCall {
                 id: id.to_owned(),
@@ -1383,6 +1416,8 @@ struct Choice<'a> {
 struct AssembledMessage<'a> {
     role: &'static str,
     content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reasoning_content: Option<&'a str>,
     #[serde(skip_serializing_if = "no_calls")]
@@ -1433,11 +1468,13 @@ impl ChatAssembler {
             return Err(AssembleError::Truncated);
         };
         let meta = &self.translator.meta;
-        let content = if acc.content.is_empty() && !acc.tool_calls.is_empty() {
-            None
-        } else {
-            Some(acc.content.as_str())
-        };
+        // No text next to tool calls or a refusal: `content: null`, as OpenAI answers.
+        let content =
+            if acc.content.is_empty() && (!acc.tool_calls.is_empty() || !acc.refusal.is_empty()) {
+                None
+            } else {
+                Some(acc.content.as_str())
+            };
         let completion = Completion {
             id: &meta.id,
             object: "chat.completion",
@@ -1448,6 +1485,7 @@ impl ChatAssembler {
                 message: AssembledMessage {
                     role: "assistant",
                     content,
+                    refusal: Some(acc.refusal.as_str()).filter(|r| !r.is_empty()),
                     reasoning_content: Some(acc.reasoning.as_str()).filter(|r| !r.is_empty()),
                     tool_calls: &acc.tool_calls,
                 },
@@ -2069,6 +2107,70 @@ mod tests {
         chat.fail(&truncated_failure(), &mut out);
         assert!(chat.is_done());
         assert!(out.ends_with(DONE_FRAME));
+    }
+
+    #[test]
+    fn refusals_become_refusal_not_content() {
+        let options = ChatOptions {
+            model: "m".into(),
+            stream: true,
+            include_usage: false,
+        };
+        let item = json!({"type": "message", "role": "assistant",
+            "content": [{"type": "refusal", "refusal": "I can't help with that."}]});
+        let streamed = [
+            json!({"type": "response.output_item.added", "output_index": 0, "item": {"type": "message", "content": []}}),
+            json!({"type": "response.content_part.added", "output_index": 0, "content_index": 0, "part": {"type": "refusal", "refusal": ""}}),
+            json!({"type": "response.refusal.delta", "output_index": 0, "content_index": 0, "delta": "I can't"}),
+            json!({"type": "response.refusal.delta", "output_index": 0, "content_index": 0, "delta": " help with that."}),
+            json!({"type": "response.refusal.done", "output_index": 0, "content_index": 0, "refusal": "I can't help with that."}),
+            json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+            json!({"type": "response.completed", "response": {"output": [item]}}),
+        ];
+        let frames = stream_frames(&options, &streamed, true);
+        let deltas: Vec<&Value> = frames[1..frames.len() - 1]
+            .iter()
+            .map(|f| &f["choices"][0]["delta"])
+            .collect();
+        assert_eq!(
+            deltas,
+            [
+                &json!({"refusal": "I can't"}),
+                &json!({"refusal": " help with that."}),
+                &json!({})
+            ],
+            "the deltas once, not again from output_item.done: {frames:?}"
+        );
+        assert_eq!(
+            frames[frames.len() - 2]["choices"][0]["finish_reason"],
+            "stop"
+        );
+
+        for events in [&streamed[..], &streamed[5..]] {
+            let out = assemble(events).unwrap();
+            assert_eq!(
+                out["choices"][0],
+                json!({"index": 0, "finish_reason": "stop", "message": {
+                    "role": "assistant", "content": null, "refusal": "I can't help with that."}}),
+                "{events:?}"
+            );
+        }
+        // Only in output_item.done (no deltas): streamed whole, once.
+        let frames = stream_frames(&options, &streamed[5..], true);
+        assert_eq!(
+            frames[1]["choices"][0]["delta"],
+            json!({"refusal": "I can't help with that."})
+        );
+        // Text next to a refusal stays content.
+        let mixed = json!({"type": "message", "content": [
+            {"type": "output_text", "text": "Partly: "}, {"type": "refusal", "refusal": "no."}]});
+        let out = assemble(&[
+            json!({"type": "response.output_item.done", "output_index": 0, "item": mixed}),
+            json!({"type": "response.completed", "response": {}}),
+        ])
+        .unwrap();
+        assert_eq!(out["choices"][0]["message"]["content"], "Partly: ");
+        assert_eq!(out["choices"][0]["message"]["refusal"], "no.");
     }
 
     proptest! {

@@ -45,6 +45,10 @@ pub enum EventKind {
     FunctionCallArgumentsDelta,
     /// `response.function_call_arguments.done`
     FunctionCallArgumentsDone,
+    /// `response.refusal.delta`
+    RefusalDelta,
+    /// `response.refusal.done`
+    RefusalDone,
     /// `response.output_item.done`
     OutputItemDone,
     /// `response.completed`
@@ -73,6 +77,8 @@ impl EventKind {
             "response.reasoning_text.delta" => Self::ReasoningTextDelta,
             "response.function_call_arguments.delta" => Self::FunctionCallArgumentsDelta,
             "response.function_call_arguments.done" => Self::FunctionCallArgumentsDone,
+            "response.refusal.delta" => Self::RefusalDelta,
+            "response.refusal.done" => Self::RefusalDone,
             "response.output_item.done" => Self::OutputItemDone,
             "response.completed" => Self::Completed,
             "response.failed" => Self::Failed,
@@ -116,7 +122,7 @@ pub enum EventError {
     },
 }
 
-/// A text delta (`output_text`, reasoning summary or text, function-call arguments).
+/// A text delta (`output_text`, refusal, reasoning summary or text, function-call arguments).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delta<'a> {
     /// Position of the output item the delta belongs to.
@@ -172,6 +178,15 @@ pub enum ResponsesEvent<'a> {
         item_id: Option<Cow<'a, str>>,
         /// The complete arguments.
         arguments: Option<Cow<'a, str>>,
+    },
+    /// `response.refusal.delta`: the model declines, streamed like text.
+    RefusalDelta(Delta<'a>),
+    /// `response.refusal.done`
+    RefusalDone {
+        /// Position of the item in the output.
+        output_index: Option<u64>,
+        /// The whole refusal text of the part.
+        refusal: Option<Cow<'a, str>>,
     },
     /// `response.output_item.done`
     OutputItemDone {
@@ -254,6 +269,7 @@ impl<'a> ResponsesEvent<'a> {
                 }
             }
             k @ (EventKind::OutputTextDelta
+            | EventKind::RefusalDelta
             | EventKind::ReasoningSummaryTextDelta
             | EventKind::ReasoningTextDelta
             | EventKind::FunctionCallArgumentsDelta) => {
@@ -266,6 +282,7 @@ impl<'a> ResponsesEvent<'a> {
                 };
                 match k {
                     EventKind::OutputTextDelta => Self::OutputTextDelta(delta),
+                    EventKind::RefusalDelta => Self::RefusalDelta(delta),
                     EventKind::ReasoningSummaryTextDelta => Self::ReasoningSummaryTextDelta(delta),
                     EventKind::ReasoningTextDelta => Self::ReasoningTextDelta(delta),
                     _ => Self::FunctionCallArgumentsDelta(delta),
@@ -276,6 +293,13 @@ impl<'a> ResponsesEvent<'a> {
                 Self::OutputTextDone {
                     output_index: fields.output_index,
                     text: fields.text.map(|s| s.0),
+                }
+            }
+            EventKind::RefusalDone => {
+                let fields: DoneFields<'a> = serde_json::from_str(data).map_err(malformed)?;
+                Self::RefusalDone {
+                    output_index: fields.output_index,
+                    refusal: fields.refusal.map(|s| s.0),
                 }
             }
             EventKind::FunctionCallArgumentsDone => {
@@ -307,6 +331,8 @@ impl<'a> ResponsesEvent<'a> {
             Self::ReasoningTextDelta(_) => EventKind::ReasoningTextDelta,
             Self::FunctionCallArgumentsDelta(_) => EventKind::FunctionCallArgumentsDelta,
             Self::FunctionCallArgumentsDone { .. } => EventKind::FunctionCallArgumentsDone,
+            Self::RefusalDelta(_) => EventKind::RefusalDelta,
+            Self::RefusalDone { .. } => EventKind::RefusalDone,
             Self::OutputItemDone { .. } => EventKind::OutputItemDone,
             Self::Completed(_) => EventKind::Completed,
             Self::Failed(_) => EventKind::Failed,
@@ -351,6 +377,8 @@ struct DoneFields<'a> {
     text: Option<JStr<'a>>,
     #[serde(borrow)]
     arguments: Option<JStr<'a>>,
+    #[serde(borrow)]
+    refusal: Option<JStr<'a>>,
 }
 
 /// Error-ish fields, every one optional and of any type (read leniently afterwards).
@@ -445,22 +473,37 @@ impl<'a> ItemRef<'a> {
         self.kind.as_deref() == Some("function_call")
     }
 
-    /// The text of a message item: its `output_text` (and `refusal`) parts concatenated. Empty for
-    /// other items or unexpected shapes.
+    /// The text of a message item: its `output_text` parts concatenated (a string `content` as
+    /// is). `refusal` parts are not text: see [`refusal`](Self::refusal). Empty for other items or
+    /// unexpected shapes.
     pub fn text(&self) -> Cow<'a, str> {
+        if let Some(text) = self.content.and_then(lenient_str) {
+            return text;
+        }
+        self.parts(|p| {
+            let refusal = p.kind.and_then(lenient_str).as_deref() == Some("refusal");
+            if refusal { None } else { p.text }
+        })
+    }
+
+    /// The refusal of a message item: its `refusal` parts (`{"type":"refusal","refusal":…}`)
+    /// concatenated. Empty when the model did not decline.
+    pub fn refusal(&self) -> Cow<'a, str> {
+        self.parts(|p| {
+            let refusal = p.kind.and_then(lenient_str).as_deref() == Some("refusal");
+            if refusal { p.refusal } else { None }
+        })
+    }
+
+    /// The strings `pick` chooses from the content parts, concatenated.
+    fn parts(&self, pick: impl Fn(PartFields<'a>) -> Option<&'a RawValue>) -> Cow<'a, str> {
         let Some(content) = self.content else {
             return Cow::Borrowed("");
         };
-        if let Some(text) = lenient_str(content) {
-            return text;
-        }
         let parts: Vec<&'a RawValue> = serde_json::from_str(content.get()).unwrap_or_default();
         let texts = parts.into_iter().filter_map(|part| {
             let p: PartFields<'a> = serde_json::from_str(part.get()).ok()?;
-            match p.kind.and_then(lenient_str).as_deref() {
-                Some("refusal") => p.refusal.and_then(lenient_str),
-                _ => p.text.and_then(lenient_str),
-            }
+            pick(p).and_then(lenient_str)
         });
         concat(texts, "")
     }
@@ -774,8 +817,8 @@ impl TokenUsage {
 pub enum Preflight {
     /// Nothing the client would see yet (created, in progress, item added, …): keep buffering.
     Pending,
-    /// The first semantic output (text, reasoning or tool-call delta, a finished item with content,
-    /// or the end of the response): commit, flush the buffer, never retry this request.
+    /// The first semantic output (text, refusal, reasoning or tool-call delta, a finished item with
+    /// content, or the end of the response): commit, flush the buffer, never retry this request.
     Semantic,
     /// The attempt failed before any output: report it and try the next account.
     Failure(UpstreamFailure),
@@ -791,8 +834,17 @@ pub fn preflight(event: &ResponsesEvent<'_>) -> Preflight {
         }
         E::ReasoningSummaryTextDelta(d)
         | E::ReasoningTextDelta(d)
+        | E::RefusalDelta(d)
         | E::FunctionCallArgumentsDelta(d) => {
             if d.delta.is_empty() {
+                Preflight::Pending
+            } else {
+                Preflight::Semantic
+            }
+        }
+        // A refusal is an answer the client sees (`message.refusal`), never the usage notice.
+        E::RefusalDone { refusal, .. } => {
+            if refusal.as_deref().is_none_or(str::is_empty) {
                 Preflight::Pending
             } else {
                 Preflight::Semantic
@@ -802,7 +854,10 @@ pub fn preflight(event: &ResponsesEvent<'_>) -> Preflight {
             Preflight::Semantic
         }
         E::OutputItemDone { item, .. } => match item.kind.as_deref() {
-            Some("message") => text_preflight(&item.text()),
+            Some("message") => match text_preflight(&item.text()) {
+                Preflight::Pending if !item.refusal().is_empty() => Preflight::Semantic,
+                verdict => verdict,
+            },
             // Reasoning that only carries encrypted content is not output the client can see.
             Some("reasoning") if item.summary_text().is_empty() => Preflight::Pending,
             _ => Preflight::Semantic,
@@ -1239,6 +1294,23 @@ mod tests {
             EventKind::OutputTextDelta
         );
         assert_eq!(EventKind::from_type("error"), EventKind::Error);
+        assert_eq!(
+            EventKind::from_type("response.refusal.delta"),
+            EventKind::RefusalDelta
+        );
+        let ResponsesEvent::RefusalDelta(d) = ResponsesEvent::parse(
+            br#"{"type":"response.refusal.delta","item_id":"msg_1","output_index":2,"content_index":0,"delta":"No"}"#,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!((d.output_index, d.delta.as_ref()), (Some(2), "No"));
+        let done = ResponsesEvent::parse(
+            br#"{"type":"response.refusal.done","output_index":2,"refusal":"No."}"#,
+        )
+        .unwrap();
+        assert_eq!(done.kind(), EventKind::RefusalDone);
+        assert!(matches!(done, ResponsesEvent::RefusalDone { refusal: Some(r), .. } if r == "No."));
         assert_eq!(EventKind::from_type("response.new_thing"), EventKind::Other);
         assert!(EventKind::Completed.is_terminal());
         assert!(!EventKind::OutputItemDone.is_terminal());
@@ -1304,7 +1376,8 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(item.text(), "Hi no");
+        assert_eq!(item.text(), "Hi ");
+        assert_eq!(item.refusal(), "no");
         assert_eq!(item.role.as_deref(), Some("assistant"));
 
         let data = br#"{"type":"response.output_item.done","item":{"type":"reasoning","summary":[{"type":"summary_text","text":"a"},{"type":"summary_text","text":"b"}],"content":7}}"#;
@@ -1376,6 +1449,8 @@ mod tests {
             r#"{"type":"response.content_part.added","output_index":0}"#,
             r#"{"type":"response.reasoning_summary_part.added"}"#,
             r#"{"type":"response.output_text.delta","delta":""}"#,
+            r#"{"type":"response.refusal.delta","delta":""}"#,
+            r#"{"type":"response.refusal.done","refusal":""}"#,
             r#"{"type":"response.output_item.done","item":{"type":"reasoning","summary":[],"encrypted_content":"gAAA"}}"#,
         ];
         for json in pending {
@@ -1391,6 +1466,12 @@ mod tests {
             r#"{"type":"response.output_item.done","item":{"type":"function_call","name":"f","arguments":"{}"}}"#,
             r#"{"type":"response.output_item.done","item":{"type":"message","content":[{"type":"output_text","text":"ok"}]}}"#,
             r#"{"type":"response.completed","response":{"output":[]}}"#,
+            // A refusal is output too: the failover commits on it.
+            r#"{"type":"response.refusal.delta","item_id":"msg_1","output_index":0,"content_index":0,"delta":"I can't"}"#,
+            r#"{"type":"response.refusal.done","output_index":0,"refusal":"I can't help with that."}"#,
+            r#"{"type":"response.output_item.done","item":{"type":"message","content":[{"type":"refusal","refusal":"No."}]}}"#,
+            // Even when it reads like the usage notice: only text deltas carry that.
+            r#"{"type":"response.refusal.delta","delta":"You've hit your usage limit."}"#,
         ];
         for json in semantic {
             assert_eq!(preflight_sse(&ev(json)), Preflight::Semantic, "{json}");
@@ -1597,6 +1678,7 @@ mod tests {
                 "response.created", "response.output_item.added", "response.output_text.delta",
                 "response.output_item.done", "response.completed", "response.failed", "error",
                 "response.function_call_arguments.done", "response.content_part.added",
+                "response.refusal.delta", "response.refusal.done",
             ]),
         ) {
             let _ = classify_error_body(status, Some("application/json"), &data, cf);
@@ -1629,6 +1711,7 @@ mod tests {
             let _ = preflight_sse(&event);
             if let Ok(ResponsesEvent::OutputItemDone { item, .. }) = ResponsesEvent::from_sse(&event) {
                 let _ = item.text();
+                let _ = item.refusal();
                 let _ = item.summary_text();
             }
             let _ = classify_error_body(429, None, event.data(), false);

@@ -362,6 +362,29 @@ impl<'o> ObjectWriter<'o> {
     }
 }
 
+/// `object` (the text of a JSON object) with the value of `key` replaced by `value` (JSON text),
+/// or added at the end when absent; the other fields are kept verbatim and in order. `None` when
+/// `object` is not a JSON object.
+pub(crate) fn with_field(object: &str, key: &str, value: &str) -> Option<Vec<u8>> {
+    let fields: Shallow<'_> = serde_json::from_str(object).ok()?;
+    let mut out = Vec::with_capacity(object.len() + key.len() + value.len() + 4);
+    let mut w = ObjectWriter::new(&mut out);
+    let mut seen = false;
+    for (k, v) in &fields.0 {
+        if k == key {
+            seen = true;
+            w.raw(k, value);
+        } else {
+            w.raw(k, v.get());
+        }
+    }
+    if !seen {
+        w.raw(key, value);
+    }
+    w.end();
+    Some(out)
+}
+
 /// Helpers shared by the adapters' property tests.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -478,6 +501,19 @@ mod tests {
             req.dropped_params_header().as_deref(),
             Some("temperature, w?ird?key??")
         );
+    }
+
+    #[test]
+    fn with_field_replaces_or_appends() {
+        let out = with_field(
+            r#"{"a":1, "output" : [], "b":{"c":"\u00e9"}}"#,
+            "output",
+            "[2]",
+        );
+        assert_eq!(out.unwrap(), br#"{"a":1,"output":[2],"b":{"c":"\u00e9"}}"#);
+        let out = with_field(r#"{"a":1}"#, "output", "[]");
+        assert_eq!(out.unwrap(), br#"{"a":1,"output":[]}"#);
+        assert!(with_field("[1]", "output", "[]").is_none());
     }
 
     #[test]

@@ -205,6 +205,7 @@ enum BodyState {
     Waiting {
         run: Run,
         mode: Mode,
+        refill: bool,
         shared: Arc<Shared>,
         pre_send: Duration,
         done_frame: bool,
@@ -234,6 +235,7 @@ fn relay_body(state: BodyState) -> Body {
             BodyState::Waiting {
                 mut run,
                 mode,
+                refill,
                 shared,
                 pre_send,
                 done_frame,
@@ -243,7 +245,7 @@ fn relay_body(state: BodyState) -> Body {
                     result = &mut run => match result {
                         Ok(c) => {
                             let idle = shared.upstream.idle_timeout;
-                            let mut relay = Box::new(Relay::new(c, mode, idle, shared.metrics.clone(), pre_send));
+                            let mut relay = Box::new(Relay::new(c, mode, idle, shared.metrics.clone(), pre_send).refill_output(refill));
                             let chunk = relay.next_chunk().await.unwrap_or_default();
                             Some((Ok(chunk), BodyState::Relaying(relay)))
                         }
@@ -261,7 +263,7 @@ fn relay_body(state: BodyState) -> Body {
                         }
                     },
                     () = tokio::time::sleep(shared.keepalive) => {
-                        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), BodyState::Waiting { run, mode, shared, pre_send, done_frame, fallback }))
+                        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), BodyState::Waiting { run, mode, refill, shared, pre_send, done_frame, fallback }))
                     }
                 }
             }
@@ -341,6 +343,9 @@ pub(crate) async fn dispatch(
     let mut run: Run =
         Box::pin(async move { upstream::run(&s.pool, &s.upstream, &s.metrics, call).await });
     let created = shared.pool.now().as_secs();
+    // Ordinary Responses clients get the streamed items in an empty final `output`; the Codex CLI
+    // reads the items themselves and gets every byte as sent.
+    let refill = protocol == Protocol::Responses;
     let result = if answer.streams() {
         match tokio::time::timeout(shared.keepalive, &mut run).await {
             Ok(r) => r,
@@ -350,6 +355,7 @@ pub(crate) async fn dispatch(
                 let state = BodyState::Waiting {
                     run,
                     mode: answer.mode(created),
+                    refill,
                     shared,
                     pre_send,
                     done_frame,
@@ -393,7 +399,8 @@ pub(crate) async fn dispatch(
                 idle,
                 shared.metrics.clone(),
                 pre_send,
-            );
+            )
+            .refill_output(refill);
             respond(
                 relay_body(BodyState::Relaying(Box::new(relay))),
                 "text/event-stream",
