@@ -688,7 +688,7 @@ async fn attempt(
                 }
             }
         }
-        if response.status != StatusCode::OK {
+        if response.status != StatusCode::OK || is_a_challenge(&response.headers) {
             let f = read_failure(upstream, response).await;
             // Reasoning another account encrypted (the conversation's pin was lost, e.g. by a
             // restart): once more without it, on the same account.
@@ -736,7 +736,20 @@ impl Bodies<'_> {
     }
 }
 
-/// What a non-200 answer says.
+/// A Cloudflare page can come with a 200: `cf-mitigated: challenge` or an HTML body where an
+/// event stream (or JSON) belongs.
+fn is_a_challenge(headers: &HeaderMap) -> bool {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    header("cf-mitigated").is_some_and(|v| v.eq_ignore_ascii_case("challenge"))
+        || header(header::CONTENT_TYPE.as_str())
+            .is_some_and(|ct| ct.to_ascii_lowercase().contains("text/html"))
+}
+
+/// What a refused answer (non-200, or a challenge page) says.
 async fn read_failure(upstream: &Upstream, response: Answer) -> UpstreamFailure {
     let Answer {
         status,
