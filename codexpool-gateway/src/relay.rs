@@ -205,6 +205,7 @@ impl Relay {
             lease,
             stream,
             mut record,
+            ..
         } = c;
         record.entry.status = 200;
         Self {
@@ -446,6 +447,7 @@ pub(crate) async fn collect<A: Assemble>(
         lease,
         stream,
         mut record,
+        ..
     } = c;
     let (mut body, mut parser, mut pending) = (stream.body, stream.parser, stream.buffered);
     let result: Result<(), (ApiError, String, Option<Outcome>)> = async {
@@ -548,6 +550,7 @@ pub(crate) fn raw_body(c: Committed, idle: Duration) -> axum::body::Body {
         lease,
         stream,
         mut record,
+        ..
     } = c;
     record.entry.status = 200;
     let state = (stream.body, Some(lease), record);

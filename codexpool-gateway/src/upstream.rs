@@ -249,6 +249,31 @@ impl Upstream {
         }
     }
 
+    /// Who we are, as the Codex CLI says it: `originator`, `User-Agent`, `version`.
+    pub(crate) fn client_headers(&self, headers: &mut HeaderMap) {
+        headers.insert(ORIGINATOR, self.originator.clone());
+        headers.insert(header::USER_AGENT, self.user_agent.clone());
+        headers.insert(VERSION, HeaderValue::from_static(CODEX_VERSION));
+    }
+
+    /// Whose request it is: the account's token and id (and the configured cookie).
+    pub(crate) fn account_headers(&self, headers: &mut HeaderMap, lease: &Lease, token: &Secret) {
+        if let Some(v) = header_value(&format!("Bearer {}", token.expose())) {
+            headers.insert(header::AUTHORIZATION, v);
+        }
+        if let Some(id) = lease
+            .account()
+            .chatgpt_account_id
+            .as_deref()
+            .and_then(header_value)
+        {
+            headers.insert(CHATGPT_ACCOUNT_ID, id);
+        }
+        if let Some(c) = &self.cookie {
+            headers.insert(header::COOKIE, c.clone());
+        }
+    }
+
     /// Sends one attempt: the body to `{base}{path}` as the leased account.
     async fn send(
         &self,
@@ -260,11 +285,15 @@ impl Upstream {
         let mut headers = HeaderMap::with_capacity(16);
         match &call.forward_headers {
             // The Codex CLI already speaks the backend's dialect: its headers go as sent.
-            Some(h) => headers.clone_from(h),
+            Some(h) => {
+                headers.clone_from(h);
+                // The turn state routes the turn within the account that issued it.
+                if lease.moved() {
+                    headers.remove(TURN_STATE);
+                }
+            }
             None => {
-                headers.insert(ORIGINATOR, self.originator.clone());
-                headers.insert(header::USER_AGENT, self.user_agent.clone());
-                headers.insert(VERSION, HeaderValue::from_static(CODEX_VERSION));
+                self.client_headers(&mut headers);
                 headers.insert(
                     OPENAI_BETA,
                     HeaderValue::from_static("responses=experimental"),
@@ -282,20 +311,7 @@ impl Upstream {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Some(v) = header_value(&format!("Bearer {}", token.expose())) {
-            headers.insert(header::AUTHORIZATION, v);
-        }
-        if let Some(id) = lease
-            .account()
-            .chatgpt_account_id
-            .as_deref()
-            .and_then(header_value)
-        {
-            headers.insert(CHATGPT_ACCOUNT_ID, id);
-        }
-        if let Some(c) = &self.cookie {
-            headers.insert(header::COOKIE, c.clone());
-        }
+        self.account_headers(&mut headers, lease, token);
         match &self.direct {
             Some(client) => {
                 let mut req = Request::new(Full::new(body));
@@ -441,7 +457,22 @@ pub(crate) struct Committed {
     pub lease: Lease,
     pub stream: Opened,
     pub record: Record,
+    /// Upstream headers the client needs too (Codex CLI clients only, see [`CODEX_ANSWER_HEADERS`]).
+    pub headers: Vec<(&'static str, HeaderValue)>,
 }
+
+/// Answer headers the Codex CLI acts on: the turn's sticky-routing token (replayed on every
+/// request of the turn), the model catalogue's ETag, and whether reasoning was included. The
+/// `x-codex-*` usage headers stay here: they describe one account of the pool, and the CLI would
+/// stop at that account's limit although others have quota.
+pub(crate) const CODEX_ANSWER_HEADERS: [&str; 3] = [
+    "x-codex-turn-state",
+    "x-models-etag",
+    "x-reasoning-included",
+];
+
+/// The request header a client replays its turn state in.
+const TURN_STATE: &str = "x-codex-turn-state";
 
 /// Why no attempt committed.
 pub(crate) struct Failed {
@@ -502,7 +533,8 @@ fn failure(kind: FailureKind, code: &str, message: String) -> UpstreamFailure {
 
 /// How one attempt on one account ended.
 enum Step {
-    Committed(Opened),
+    /// With the answer headers the client gets too.
+    Committed(Opened, Vec<(&'static str, HeaderValue)>),
     /// Try the next account.
     Next(UpstreamFailure),
     /// Stop: answer the client with this.
@@ -579,13 +611,14 @@ pub(crate) async fn run(
             portable: &portable,
         };
         match attempt(pool, upstream, metrics, bodies, &lease).await {
-            Step::Committed(stream) => {
+            Step::Committed(stream, headers) => {
                 metrics.attempt(Attempt::Ok);
                 call.record.entry.account_id = Some(lease.account_id().to_string());
                 return Ok(Committed {
                     lease,
                     stream,
                     record: call.record,
+                    headers,
                 });
             }
             Step::Next(f) => {
@@ -703,17 +736,28 @@ async fn attempt(
             }
             return Step::after(f);
         }
-        break response.body;
+        break response;
+    };
+    let headers = match call.forward_headers {
+        Some(_) => CODEX_ANSWER_HEADERS
+            .into_iter()
+            .filter_map(|name| Some((name, response.headers.get(name)?.clone())))
+            .collect(),
+        None => Vec::new(),
     };
     if !call.sse {
-        return Step::Committed(Opened {
-            body: response,
+        let opened = Opened {
+            body: response.body,
             parser: SseParser::new(),
             buffered: VecDeque::new(),
             first_event: Instant::now(),
-        });
+        };
+        return Step::Committed(opened, headers);
     }
-    preflight(upstream, response).await
+    match preflight(upstream, response.body).await {
+        Ok(opened) => Step::Committed(opened, headers),
+        Err(step) => step,
+    }
 }
 
 /// The backend's code for encrypted reasoning it cannot read (another account made it).
@@ -775,8 +819,8 @@ async fn read_failure(upstream: &Upstream, response: Answer) -> UpstreamFailure 
     f
 }
 
-/// Reads until the first semantic event.
-async fn preflight(upstream: &Upstream, mut body: ByteStream) -> Step {
+/// Reads until the first semantic event; `Err` is the step to take instead.
+async fn preflight(upstream: &Upstream, mut body: ByteStream) -> Result<Opened, Step> {
     let mut parser = SseParser::new();
     let mut buffered = VecDeque::new();
     loop {
@@ -788,48 +832,52 @@ async fn preflight(upstream: &Upstream, mut body: ByteStream) -> Step {
                     match verdict {
                         Preflight::Pending => {}
                         Preflight::Semantic => {
-                            return Step::Committed(Opened {
+                            return Ok(Opened {
                                 body,
                                 parser,
                                 buffered,
                                 first_event: Instant::now(),
                             });
                         }
-                        Preflight::Failure(f) => return Step::after(f),
+                        Preflight::Failure(f) => return Err(Step::after(f)),
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    return Step::Next(failure(
+                    return Err(Step::Next(failure(
                         FailureKind::Server,
                         "malformed_stream",
                         e.to_string(),
-                    ));
+                    )));
                 }
             }
         }
         match tokio::time::timeout(upstream.idle_timeout, body.next()).await {
             Ok(Some(Ok(chunk))) => parser.push(chunk),
             Ok(Some(Err(e))) => {
-                return Step::Next(failure(
+                return Err(Step::Next(failure(
                     FailureKind::Server,
                     "upstream_cut",
                     format!("stream broke before any output: {e}"),
-                ));
+                )));
             }
             Ok(None) => {
                 let detail = match parser.finish() {
                     Err(e) => e.to_string(),
                     Ok(()) => "the stream ended before any output".into(),
                 };
-                return Step::Next(failure(FailureKind::Server, "upstream_cut", detail));
+                return Err(Step::Next(failure(
+                    FailureKind::Server,
+                    "upstream_cut",
+                    detail,
+                )));
             }
             Err(_) => {
-                return Step::Next(failure(
+                return Err(Step::Next(failure(
                     FailureKind::Server,
                     "upstream_timeout",
                     format!("no output for {} s", upstream.idle_timeout.as_secs()),
-                ));
+                )));
             }
         }
     }

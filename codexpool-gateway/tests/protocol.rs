@@ -39,3 +39,33 @@ async fn a_challenge_page_with_status_200_is_a_challenge() {
     );
     assert_eq!(h.attempts("challenge").await, 1);
 }
+
+#[tokio::test]
+async fn the_model_catalogue_is_asked_as_the_codex_cli_asks() {
+    let h = harness(1, &[]).await;
+    // The token has expired: one refresh, then the catalogue (not the built-in list).
+    h.fake.expire_access_token("acct-0");
+    h.fake
+        .set_models(vec![codexpool_testkit::FakeModel::new("gpt-from-upstream")]);
+    let req = axum::http::Request::get("/v1/models")
+        .header("authorization", format!("Bearer {}", h.key))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let (status, v) = h.json(req).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["data"][0]["id"], "gpt-from-upstream", "{v}");
+    assert_eq!(h.fake.refresh_count("acct-0"), 1);
+    let asked = h.fake.requests_to("/backend-api/codex/models");
+    let last = asked.last().unwrap();
+    assert!(
+        last.header("originator")
+            .is_some_and(|o| o.starts_with("codex_"))
+    );
+    assert!(
+        last.header("user-agent")
+            .unwrap()
+            .starts_with("codex_cli_rs/")
+    );
+    assert!(last.header("version").is_some());
+    assert_eq!(last.header("chatgpt-account-id"), Some("acct-0"));
+}

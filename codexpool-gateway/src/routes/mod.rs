@@ -329,6 +329,15 @@ async fn collect_text(mut body: axum::body::BodyDataStream, limit: usize) -> Str
     String::from_utf8_lossy(&out).trim().to_string()
 }
 
+/// Our own answer headers for a committed attempt (the account that serves), and the upstream's
+/// that the client needs (see [`upstream::CODEX_ANSWER_HEADERS`]).
+fn answer_headers(extra: &mut Vec<(&'static str, HeaderValue)>, committed: &Committed) {
+    if let Ok(v) = HeaderValue::from_str(committed.lease.account_id()) {
+        extra.push(("x-codexpool-account", v));
+    }
+    extra.extend(committed.headers.iter().cloned());
+}
+
 /// Runs the attempt loop for a call and answers the client.
 pub(crate) async fn dispatch(
     shared: Arc<Shared>,
@@ -383,9 +392,7 @@ pub(crate) async fn dispatch(
         }
     };
     let mut extra = extra;
-    if let Ok(v) = HeaderValue::from_str(committed.lease.account_id()) {
-        extra.push(("x-codexpool-account", v));
-    }
+    answer_headers(&mut extra, &committed);
     let idle = shared.upstream.idle_timeout;
     if !answer.streams() {
         // For an assembled answer, the gateway's own share is the work before the upstream call.
@@ -655,9 +662,7 @@ impl Intake {
         match upstream::run(&p.shared.pool, &p.shared.upstream, &p.shared.metrics, call).await {
             Ok(c) => {
                 let mut extra = p.extra;
-                if let Ok(v) = HeaderValue::from_str(c.lease.account_id()) {
-                    extra.push(("x-codexpool-account", v));
-                }
+                answer_headers(&mut extra, &c);
                 let body = crate::relay::raw_body(c, p.shared.upstream.idle_timeout);
                 with_protocol(respond(body, "application/json", &extra), p.protocol)
             }

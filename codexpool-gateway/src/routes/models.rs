@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use codexpool_core::{Demand, PlatformKey};
 use serde::Deserialize;
@@ -67,27 +67,45 @@ impl ModelsCache {
     }
 }
 
+/// The upstream catalogue, asked as the Codex CLI asks (its headers, one token refresh on a
+/// 401); `None` when it cannot be read.
 async fn fetch(shared: &Shared) -> Option<Vec<String>> {
     let lease = shared.pool.accounts().acquire(&Demand::any()).await.ok()?;
-    let mut req = shared
+    let url = shared
         .upstream
-        .client()
-        .get(
-            shared
-                .upstream
-                .url(&format!("/models?client_version={CODEX_VERSION}")),
-        )
-        .bearer_auth(lease.access_token().expose())
-        .timeout(Duration::from_secs(10));
-    if let Some(id) = &lease.account().chatgpt_account_id {
-        req = req.header("chatgpt-account-id", id);
+        .url(&format!("/models?client_version={CODEX_VERSION}"));
+    let mut token = lease.access_token();
+    for refreshed in [false, true] {
+        let mut headers = HeaderMap::new();
+        shared.upstream.client_headers(&mut headers);
+        shared
+            .upstream
+            .account_headers(&mut headers, &lease, &token);
+        let resp = shared
+            .upstream
+            .client()
+            .get(&url)
+            .headers(headers)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?;
+        if resp.status() == StatusCode::UNAUTHORIZED && !refreshed {
+            token = shared
+                .pool
+                .auth()
+                .refresh_after_unauthorized(lease.account_id(), &token)
+                .await
+                .ok()?;
+            continue;
+        }
+        if !resp.status().is_success() {
+            return None;
+        }
+        let cat: Catalogue = resp.json().await.ok()?;
+        return Some(cat.models.into_iter().map(|m| m.slug).collect());
     }
-    let resp = req.send().await.ok()?;
-    if !resp.status().is_success() {
-        return None;
-    }
-    let cat: Catalogue = resp.json().await.ok()?;
-    Some(cat.models.into_iter().map(|m| m.slug).collect())
+    None
 }
 
 /// The ids the presented key may use.
