@@ -241,3 +241,49 @@ async fn the_request_log_is_batched_and_filterable() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_poll_that_says_limit_reached_exhausts_the_account_before_100_percent() {
+    let (pool, clock) = pool_with(&[]).await;
+    let id = add_accounts(&pool, 1).await.remove(0);
+    for flag in [r#""limit_reached":true"#, r#""allowed":false"#] {
+        let body = format!(
+            r#"{{"rate_limit":{{{flag},
+            "primary_window":{{"used_percent":97,"limit_window_seconds":18000,"reset_after_seconds":600}},
+            "secondary_window":{{"used_percent":40,"limit_window_seconds":604800,"reset_after_seconds":86400}}}}}}"#
+        );
+        let snap = parse_usage_json(body.as_bytes(), clock.now()).unwrap();
+        pool.usage().record(&id, &snap);
+        let until = pool.usage().exhausted_until(&id).unwrap();
+        assert_eq!(
+            until,
+            Some(clock.now().plus(Duration::from_secs(600))),
+            "{flag}: the 5-hour window binds"
+        );
+        assert!(
+            pool.accounts()
+                .acquire(&codexpool_core::Demand::any())
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            pool.usage().get(&id).unwrap().weekly.unwrap().used_percent,
+            40.0,
+            "the other window is as reported"
+        );
+        // The window resets: the account is back.
+        clock.advance(Duration::from_secs(601));
+        assert!(
+            pool.accounts()
+                .acquire(&codexpool_core::Demand::any())
+                .await
+                .is_ok()
+        );
+    }
+    // Neither flag: 97 % is not exhaustion (the headroom guard handles it).
+    let body = br#"{"rate_limit":{"allowed":true,"limit_reached":false,
+        "primary_window":{"used_percent":97,"limit_window_seconds":18000,"reset_after_seconds":600}}}"#;
+    pool.usage()
+        .record(&id, &parse_usage_json(body, clock.now()).unwrap());
+    assert_eq!(pool.usage().exhausted_until(&id).unwrap(), None);
+}

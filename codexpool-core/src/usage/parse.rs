@@ -138,6 +138,18 @@ pub fn parse_usage_json(body: &[u8], now: Timestamp) -> Result<UsageSnapshot, St
                     Some(_) => snap.problems.push(format!("{slot} is not an object")),
                 }
             }
+            // The backend refuses before 100 % on some plans and says so: the window closest
+            // to its limit is the one that binds, exhausted until its reset.
+            let refused = boolean(rl.get("limit_reached")) == Some(true)
+                || boolean(rl.get("allowed")) == Some(false);
+            if refused
+                && let Some(binding) = snap
+                    .windows
+                    .iter_mut()
+                    .max_by(|a, b| a.used_percent.total_cmp(&b.used_percent))
+            {
+                binding.used_percent = 100.0;
+            }
         }
         None | Some(Value::Null) => snap
             .problems
