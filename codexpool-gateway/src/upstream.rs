@@ -34,7 +34,10 @@ use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sha2::{Digest, Sha256};
 
-use crate::adapt::{FailureKind, Preflight, UpstreamFailure, classify_error_body, preflight_item};
+use crate::adapt::{
+    EventKind, FailureKind, Preflight, UpstreamFailure, classify_error_body, message_text,
+    preflight_item, usage_limit_notice,
+};
 use crate::error::ApiError;
 use crate::metrics::{Attempt, Metrics};
 use crate::record::Record;
@@ -763,6 +766,44 @@ async fn attempt(
     }
 }
 
+/// How long the rest of a usage-limit notice is waited for.
+const NOTICE_READ: Duration = Duration::from_secs(2);
+
+/// A usage-limit notice that began with `text`, read on to the end of its text (briefly: the
+/// stream is refused either way) so that the wait it names is known; `None` if it is not a
+/// notice after all (too long).
+async fn read_notice(
+    upstream: &Upstream,
+    parser: &mut SseParser,
+    body: &mut ByteStream,
+    mut text: String,
+) -> Option<UpstreamFailure> {
+    let until = tokio::time::Instant::now() + NOTICE_READ.min(upstream.idle_timeout);
+    'events: while text.len() <= MAX_NOTICE_TEXT {
+        let item = loop {
+            match parser.next_item() {
+                Ok(Some(item)) => break item,
+                Ok(None) => {}
+                Err(_) => break 'events,
+            }
+            match tokio::time::timeout_at(until, body.next()).await {
+                Ok(Some(Ok(chunk))) => parser.push(chunk),
+                _ => break 'events,
+            }
+        };
+        match message_text(&item) {
+            Some((more, false)) => text.push_str(&more),
+            Some((whole, true)) => return usage_limit_notice(&whole),
+            None if matches!(&item, SseItem::Event(e) if EventKind::of(e).is_terminal()) => break,
+            None => {}
+        }
+    }
+    usage_limit_notice(&text)
+}
+
+/// Longer than any notice: past this the text is an answer (see [`usage_limit_notice`]).
+const MAX_NOTICE_TEXT: usize = 2048;
+
 /// The backend's code for encrypted reasoning it cannot read (another account made it).
 const FOREIGN_REASONING: &str = "invalid_encrypted_content";
 
@@ -842,7 +883,19 @@ async fn preflight(upstream: &Upstream, mut body: ByteStream) -> Result<Opened, 
                                 first_event: Instant::now(),
                             });
                         }
-                        Preflight::Failure(f) => return Err(Step::after(f)),
+                        Preflight::Failure(f) => {
+                            let f = match buffered.back().and_then(message_text) {
+                                // A usage-limit notice in the text: the wait it names may come
+                                // in the deltas after the phrase.
+                                Some((start, false)) => {
+                                    read_notice(upstream, &mut parser, &mut body, start)
+                                        .await
+                                        .unwrap_or(f)
+                                }
+                                _ => f,
+                            };
+                            return Err(Step::after(f));
+                        }
                     }
                 }
                 Ok(None) => break,

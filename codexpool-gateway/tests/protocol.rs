@@ -69,3 +69,20 @@ async fn the_model_catalogue_is_asked_as_the_codex_cli_asks() {
     assert!(last.header("version").is_some());
     assert_eq!(last.header("chatgpt-account-id"), Some("acct-0"));
 }
+
+#[tokio::test]
+async fn a_usage_limit_notice_in_the_text_is_read_to_the_wait_it_names() {
+    let h = harness(2, &[]).await;
+    // "You've hit your usage limit. " … "or try again in 4 hours 59 minutes." in three deltas.
+    h.fake.push_reply("acct-0", Reply::UsageLimitText);
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-1.");
+    let until = h.pool.usage().exhausted_until(&h.ids[0]).unwrap().unwrap();
+    let named = h.pool.now().plus(Duration::from_secs(4 * 3600 + 59 * 60));
+    let off = until.since(named).max(named.since(until));
+    assert!(
+        off < Duration::from_secs(30),
+        "exhausted until {until:?}, named {named:?}"
+    );
+}

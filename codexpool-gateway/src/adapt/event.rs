@@ -908,6 +908,26 @@ fn text_preflight(text: &str) -> Preflight {
     }
 }
 
+/// The message text an event carries: a delta's piece (`false`), or a finished text part's or
+/// message item's whole text (`true`). For reading a usage-limit notice to its end.
+pub fn message_text(item: &SseItem) -> Option<(String, bool)> {
+    let SseItem::Event(event) = item else {
+        return None;
+    };
+    match EventKind::of(event) {
+        EventKind::OutputTextDelta | EventKind::OutputTextDone | EventKind::OutputItemDone => {}
+        _ => return None,
+    }
+    match ResponsesEvent::from_sse(event).ok()? {
+        ResponsesEvent::OutputTextDelta(d) => Some((d.delta.into_owned(), false)),
+        ResponsesEvent::OutputTextDone { text, .. } => Some((text?.into_owned(), true)),
+        ResponsesEvent::OutputItemDone { item, .. } if item.kind.as_deref() == Some("message") => {
+            Some((item.text().into_owned(), true))
+        }
+        _ => None,
+    }
+}
+
 /// Phrasings of the backend's "usage limit" notice, sent as model text inside a 200 stream.
 const USAGE_LIMIT_PHRASES: &[&str] = &[
     "hit your usage limit",

@@ -61,7 +61,8 @@ use serde_json::value::RawValue;
 pub use chat::{ChatAssembler, ChatOptions, ChatStream, chat_to_responses};
 pub use event::{
     EventError, EventKind, FailureKind, Preflight, ResponsesEvent, TokenUsage, UpstreamFailure,
-    classify_error_body, preflight, preflight_item, preflight_sse,
+    classify_error_body, message_text, preflight, preflight_item, preflight_sse,
+    usage_limit_notice,
 };
 pub use responses::{
     ResponseAssembler, apply_body_rules, codex_passthrough, is_codex_client, without_account_state,
