@@ -1,5 +1,5 @@
 //! Usage polling against `FakeOpenAi`: the request on the wire, readings recorded with source
-//! `poll` and progress per account, 401 → one refresh and a retry, a dead sign-in, the HTML
+//! `poll` and progress per account, 401/403 → one refresh and a retry, a dead sign-in, the HTML
 //! challenge, server errors, skipped accounts, and the background poller (backoff, stop, off).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -293,4 +293,36 @@ async fn disable_polling_turns_the_poller_off() {
         "the first round runs at once"
     );
     drop(task);
+}
+
+#[tokio::test]
+async fn a_403_refreshes_once_and_retries() {
+    let fake = fake();
+    fake.set_usage("acct-1", FakeUsage::new(30.0, 40.0));
+    let (pool, _) = memory_pool(&fake, &[]).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    let before = pool.accounts().get(&id).unwrap().tokens.access_token;
+    fake.usage_status_once("acct-1", 403);
+    let snap = pool.usage().poll_account(&id).await.unwrap();
+    assert_eq!(snap.windows.len(), 2);
+    assert_eq!(fake.refresh_count("acct-1"), 1, "exactly one refresh");
+    let reqs = fake.requests_to("/backend-api/wham/usage");
+    assert_eq!(reqs.len(), 2, "the refused poll and its retry");
+    assert_eq!(
+        reqs[0].header("authorization"),
+        Some(format!("Bearer {}", before.expose()).as_str())
+    );
+    let after = pool.accounts().get(&id).unwrap().tokens.access_token;
+    assert_ne!(after.expose(), before.expose(), "the refresh was stored");
+    assert_eq!(
+        reqs[1].header("authorization"),
+        Some(format!("Bearer {}", after.expose()).as_str()),
+        "retried with the new token"
+    );
+    let u = pool.usage().get(&id).unwrap();
+    assert_eq!(u.five_hour.unwrap().used_percent, 30.0);
+    assert_eq!(u.weekly.unwrap().used_percent, 40.0);
+    // The next poll needs no refresh.
+    pool.usage().poll_account(&id).await.unwrap();
+    assert_eq!(fake.refresh_count("acct-1"), 1);
 }

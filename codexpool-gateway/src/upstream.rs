@@ -294,6 +294,13 @@ impl Upstream {
                 if lease.moved() {
                     headers.remove(TURN_STATE);
                 }
+                // The backend wants a session; a client that sent none gets the derived one.
+                if !headers.contains_key(SESSION_ID)
+                    && !headers.contains_key("session-id")
+                    && let Some(v) = header_value(&call.session_id)
+                {
+                    headers.insert(SESSION_ID, v);
+                }
             }
             None => {
                 self.client_headers(&mut headers);

@@ -514,12 +514,15 @@ async fn the_codex_cli_gets_its_own_usage_limit_answer() {
             resets_in_secs: 900,
         },
     );
-    // A Codex CLI request (its originator header): the body goes as sent.
+    // A Codex CLI request (its originator, session and `x-codex-*` headers, as the CLI sends
+    // them): the body goes as sent.
     let codex = |body: serde_json::Value| {
         axum::http::Request::post("/v1/responses")
             .header("authorization", format!("Bearer {}", h.key))
             .header("content-type", "application/json")
             .header("originator", "codex_cli_rs")
+            .header("session-id", "s-1")
+            .header("x-codex-window-id", "s-1:0")
             .body(axum::body::Body::from(body.to_string()))
             .unwrap()
     };
@@ -541,4 +544,68 @@ async fn the_codex_cli_gets_its_own_usage_limit_answer() {
     let (_, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
     assert_eq!(v["error"]["type"], "rate_limit_error");
     assert!(v["error"].get("resets_at").is_none());
+}
+
+/// acct-0's 5-hour window resets in 30 minutes; it answers a `response.failed`
+/// `usage_limit_reached` (which names no reset) and the request is served by acct-1. Returns the
+/// window's reset (Unix seconds).
+async fn in_stream_limit_with_a_known_reset(h: &common::Harness) -> i64 {
+    let five = codexpool_testkit::FakeWindow::five_hour(70.0).resets_in(Duration::from_secs(1800));
+    let reset_at = five.reset_at;
+    h.fake
+        .set_usage("acct-0", FakeUsage::new(0.0, 10.0).primary(five));
+    h.fake.push_reply(
+        "acct-0",
+        Reply::failed("usage_limit_reached", "The usage limit has been reached"),
+    );
+    served_by_second(h).await;
+    reset_at
+}
+
+#[tokio::test]
+async fn an_in_stream_usage_limit_exhausts_the_account() {
+    let h = harness(2, &[]).await;
+    let reset_at = in_stream_limit_with_a_known_reset(&h).await;
+    let until = h.pool.usage().exhausted_until(&h.ids[0]).unwrap().unwrap();
+    assert!(
+        until.as_secs() >= reset_at - 2,
+        "{} vs {reset_at}",
+        until.as_secs()
+    );
+    // The next request goes straight to the second account.
+    let (status, _) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.fake.requests_to("/backend-api/codex/responses").len(), 3);
+
+    // The usage-limit text names its wait (4 hours 59 minutes); the headers of the same answer
+    // say the same.
+    let h = harness(2, &[]).await;
+    h.fake.push_reply("acct-0", Reply::UsageLimitText);
+    served_by_second(&h).await;
+    let until = h.pool.usage().exhausted_until(&h.ids[0]).unwrap().unwrap();
+    let expected = h.pool.now().plus(Duration::from_secs(4 * 3600 + 59 * 60));
+    assert!(
+        (until.as_secs() - expected.as_secs()).abs() <= 5,
+        "{} vs {}",
+        until.as_secs(),
+        expected.as_secs()
+    );
+}
+
+/// The answer's `x-codex-*` headers say the 5-hour window is used up until its reset in 30
+/// minutes; the `response.failed` names no reset. The account should be back then, not 5 hours
+/// from now: today the limit's reading without a reset (`Outcome::UsageLimit { resets_at: None }`
+/// from `outcome_of` in codexpool-gateway/src/upstream.rs, turned into a 5-hour reading by
+/// `UsageLimit::to_reading` in `Lease` (codexpool-core/src/pool/lease.rs)) is recorded after the
+/// header reading and replaces it, so the account is benched until now + 5 h.
+#[tokio::test]
+async fn an_in_stream_usage_limit_keeps_the_reset_the_headers_name() {
+    let h = harness(2, &[]).await;
+    let reset_at = in_stream_limit_with_a_known_reset(&h).await;
+    let until = h.pool.usage().exhausted_until(&h.ids[0]).unwrap().unwrap();
+    assert!(
+        (until.as_secs() - reset_at).abs() <= 2,
+        "exhausted until the window's reset: {} vs {reset_at}",
+        until.as_secs()
+    );
 }

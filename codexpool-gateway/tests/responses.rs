@@ -258,3 +258,26 @@ async fn foreign_reasoning_without_a_pin_is_dropped_after_the_backends_400() {
     );
     assert_eq!(h.total_inflight(), 0);
 }
+
+/// PROTOCOL.md §4: every backend request carries a `session_id` ("the client's, else derived
+/// stably from the platform key + conversation"). A client speaking the backend's dialect
+/// (here only an `originator: codex_…` header) that sends no session header gets none
+/// upstream: `Upstream::send` inserts the derived `call.session_id` only for ordinary clients,
+/// and the strict fake refuses the request (400 "Missing required header: session_id").
+#[tokio::test]
+async fn a_codex_dialect_request_without_a_session_header_gets_the_derived_one() {
+    let h = harness(1, &[]).await;
+    let body = json!({"model": "gpt-5-codex", "instructions": "x", "stream": true, "store": false,
+        "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}]});
+    let req = Request::post("/v1/responses")
+        .header("authorization", format!("Bearer {}", h.key))
+        .header("content-type", "application/json")
+        .header("originator", "codex_exec")
+        .header("x-codex-window-id", "w:0")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let (status, _, text) = h.call(req).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let sent = h.fake.last_request("/backend-api/codex/responses").unwrap();
+    assert!(sent.header("session_id").is_some());
+}

@@ -19,7 +19,8 @@ fn stream_request(h: &Harness) -> Request<Body> {
     )
 }
 
-/// A streamed request as the Codex CLI sends it (its `originator` and `x-codex-*` headers).
+/// A streamed request as the Codex CLI sends it (its `originator`, `session-id` and `x-codex-*`
+/// headers).
 fn codex_request(h: &Harness) -> Request<Body> {
     let body = json!({
         "model": "gpt-5-codex", "instructions": "You are Codex.", "stream": true, "store": false,
@@ -29,6 +30,7 @@ fn codex_request(h: &Harness) -> Request<Body> {
         .header("authorization", format!("Bearer {}", h.key))
         .header("content-type", "application/json")
         .header("originator", "codex_exec")
+        .header("session-id", "w")
         .header("x-codex-window-id", "w:0")
         .body(Body::from(body.to_string()))
         .unwrap()

@@ -297,6 +297,7 @@ impl Inner {
             usage: FakeUsage::default(),
             usage_challenge: false,
             usage_status: None,
+            usage_status_once: Default::default(),
             replies: Default::default(),
             default_reply: None,
             refresh_failures: Default::default(),

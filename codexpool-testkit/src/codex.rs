@@ -237,25 +237,122 @@ fn foreign_reasoning(body: &Value, account: &str) -> Option<String> {
     })
 }
 
+/// The id of the first input item that refers to a stored item: an `item_reference`, or a
+/// `reasoning` item with an `id` but no `encrypted_content`. Nothing is stored under
+/// `store: false`, so the backend cannot resolve them (404).
+fn stored_reference(body: &Value) -> Option<String> {
+    body.get("input")?.as_array()?.iter().find_map(|item| {
+        let id = || {
+            item.get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("(no id)")
+                .to_owned()
+        };
+        match item.get("type").and_then(Value::as_str)? {
+            "item_reference" => Some(id()),
+            "reasoning"
+                if item.get("id").is_some_and(|i| !i.is_null())
+                    && item.get("encrypted_content").is_none_or(Value::is_null) =>
+            {
+                Some(id())
+            }
+            _ => None,
+        }
+    })
+}
+
+/// The backend's 404 for an input item that refers to a stored item (see [`stored_reference`]).
+fn item_not_found(id: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({"error": {
+            "message": format!(
+                "Item with id '{id}' not found. Items are not persisted when `store` is set to \
+                 false. Try again with `store` set to true, or remove this item from your input."
+            ),
+            "type": "invalid_request_error",
+            "param": "input",
+            "code": null,
+        }})),
+    )
+        .into_response()
+}
+
+/// The top-level body fields the backend accepts (PROTOCOL.md §4 body rules); any other one is
+/// refused as an unsupported parameter.
+const ACCEPTED_FIELDS: &[&str] = &[
+    "model",
+    "instructions",
+    "input",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "reasoning",
+    "store",
+    "stream",
+    "include",
+    "prompt_cache_key",
+    "text",
+    "service_tier",
+    "client_metadata",
+];
+
 /// The checks the real backend applies to a request body (PROTOCOL.md §4 body rules).
-fn check_body(body: &Value) -> Result<(), &'static str> {
-    if !body.is_object() {
-        return Err("Request body must be a JSON object");
-    }
+fn check_body(body: &Value) -> Result<(), String> {
+    let Some(fields) = body.as_object() else {
+        return Err("Request body must be a JSON object".to_owned());
+    };
     if !body.get("model").is_some_and(Value::is_string) {
-        return Err("Model is required");
+        return Err("Model is required".to_owned());
     }
     if body.get("stream") != Some(&Value::Bool(true)) {
-        return Err("Stream must be set to true");
+        return Err("Stream must be set to true".to_owned());
     }
-    if body.get("store").is_some_and(|s| s != &Value::Bool(false)) {
-        return Err("Store must be set to false");
+    // A missing `store` means `true` to the backend.
+    if body.get("store") != Some(&Value::Bool(false)) {
+        return Err("Store must be set to false".to_owned());
     }
     if body.get("instructions").is_some_and(|i| !i.is_string()) {
-        return Err("Instructions must be a string");
+        return Err("Instructions must be a string".to_owned());
     }
     if !body.get("input").is_some_and(Value::is_array) {
-        return Err("Input must be a list");
+        return Err("Input must be a list".to_owned());
+    }
+    if let Some(field) = fields
+        .keys()
+        .find(|k| !ACCEPTED_FIELDS.contains(&k.as_str()))
+    {
+        return Err(format!("Unsupported parameter: {field}"));
+    }
+    Ok(())
+}
+
+/// The request headers a client of the backend sends (PROTOCOL.md §4), checked in strict mode:
+/// `Accept: text/event-stream`, `originator`, `ChatGPT-Account-ID`, a session id (`session_id`,
+/// or `session-id` as the Codex CLI spells it) and `version`. The Codex CLI's own requests (any
+/// `x-codex-*` header), which a gateway forwards as sent, carry no `version`: the CLI adds it only
+/// for its built-in provider, not for a custom `base_url` like a gateway's.
+fn check_headers(headers: &HeaderMap) -> Result<(), String> {
+    let present = |name: &str| header_str(headers, name).is_some_and(|v| !v.trim().is_empty());
+    let accept = header_str(headers, "accept").unwrap_or_default();
+    if !accept.contains("text/event-stream") {
+        return Err(format!(
+            "Accept must include text/event-stream (got {accept:?})"
+        ));
+    }
+    for name in ["originator", "chatgpt-account-id"] {
+        if !present(name) {
+            return Err(format!("Missing required header: {name}"));
+        }
+    }
+    if !present("session_id") && !present("session-id") {
+        return Err("Missing required header: session_id".to_owned());
+    }
+    let codex_cli = headers
+        .keys()
+        .any(|name| name.as_str().starts_with("x-codex-"));
+    if !codex_cli && !present("version") {
+        return Err("Missing required header: version".to_owned());
     }
     Ok(())
 }
@@ -433,6 +530,13 @@ pub(crate) async fn responses(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Before authentication, so that a missing `ChatGPT-Account-ID` is named as such rather
+    // than reported as a token that does not match it.
+    if shared.config.strict
+        && let Err(why) = check_headers(&headers)
+    {
+        return detail(StatusCode::BAD_REQUEST, &why);
+    }
     let checked = shared
         .inner()
         .check_access(bearer(&headers), header_str(&headers, "chatgpt-account-id"));
@@ -452,7 +556,10 @@ pub(crate) async fn responses(
     if shared.config.strict
         && let Err(why) = check_body(&value)
     {
-        return detail(StatusCode::BAD_REQUEST, why);
+        return detail(StatusCode::BAD_REQUEST, &why);
+    }
+    if let Some(id) = stored_reference(&value) {
+        return item_not_found(&id);
     }
     let account = shared.inner().accounts[idx].account.id.clone();
     if let Some(item) = foreign_reasoning(&value, &account) {
@@ -474,8 +581,10 @@ pub(crate) async fn responses(
         let account_id = inner.accounts[idx].account.id.clone();
         let cached = inner.cached_tokens(&account_id, &facts);
         let state = &mut inner.accounts[idx];
-        if let Core::UsageLimit { resets_in_secs } = flat.core {
-            state.usage.exhaust(resets_in_secs);
+        // Whatever way the answer says "usage limit reached", the usage endpoint and the
+        // `x-codex-*` headers of this very answer say the same.
+        if let Some(hit) = flat.usage_limit() {
+            state.usage.hit(hit);
         }
         let plan = state.usage.plan_or(&state.account.plan).to_owned();
         (flat, cached, plan, state.usage.headers())

@@ -37,7 +37,7 @@
 //! | `POST /oauth/token` | code exchange (form) and refresh (JSON) |
 //! | `POST /api/accounts/deviceauth/usercode`, `…/token` | device-code sign-in |
 //! | `GET /backend-api/wham/usage` | usage windows |
-//! | `POST /backend-api/codex/responses` | the Codex backend (SSE); encrypted reasoning is bound to the account that made it (another account answers `400 invalid_encrypted_content`) |
+//! | `POST /backend-api/codex/responses` | the Codex backend (SSE); encrypted reasoning is bound to the account that made it (another account answers `400 invalid_encrypted_content`); nothing is stored (`store: false`), so an `item_reference` or a `reasoning` item with an `id` but no `encrypted_content` answers `404 Item with id '…' not found` |
 //! | `POST /backend-api/codex/responses/compact` | history compaction |
 //! | `GET /backend-api/codex/models` | the model list |
 //! | `POST /v1/chat/completions`, `POST /v1/responses`, `GET /v1/models` | a plain OpenAI API |
@@ -147,9 +147,14 @@ impl FakeOpenAiBuilder {
         self
     }
 
-    /// Whether the Codex backend rejects bodies the real one rejects (400 `{"detail":…}` when
-    /// `stream` is not `true`, `store` is not `false`, `model` is missing, `input` is not a list
-    /// or `instructions` is not a string). Default on.
+    /// Whether the Codex backend rejects requests the real one rejects, with 400
+    /// `{"detail":…}`: bodies whose `stream` is not `true`, whose `store` is not `false` (a
+    /// missing `store` means `true`), without a string `model`, whose `input` is not a list or
+    /// `instructions` not a string, or with a top-level field outside PROTOCOL.md §4's list
+    /// (`Unsupported parameter: temperature`); and requests without the headers of §4
+    /// (`Accept: text/event-stream`, `originator`, `ChatGPT-Account-ID`, `session_id` or
+    /// `session-id`, and `version` unless a `x-codex-*` header marks the Codex CLI's own
+    /// request), e.g. `Missing required header: version`. Default on.
     pub fn strict_requests(mut self, on: bool) -> Self {
         self.strict_requests = on;
         self
@@ -481,6 +486,18 @@ impl FakeOpenAi {
     #[track_caller]
     pub fn usage_status(&self, account_id: &str, status: Option<u16>) {
         self.shared.inner().account_mut(account_id).usage_status = status;
+    }
+
+    /// The account's next usage request (after authentication) answers `status` with a JSON
+    /// `{"detail": …}` body, once; calls queue, one status per request, and take precedence
+    /// over [`FakeOpenAi::usage_status`]. For "refresh once and retry" paths (401/403).
+    #[track_caller]
+    pub fn usage_status_once(&self, account_id: &str, status: u16) {
+        self.shared
+            .inner()
+            .account_mut(account_id)
+            .usage_status_once
+            .push_back(status);
     }
 
     // ----- Codex backend ---------------------------------------------------------------------

@@ -152,7 +152,10 @@ pub enum Reply {
     /// HTTP 429 `rate_limit_exceeded` with `retry-after: 1` (short and transient).
     RateLimit429,
     /// 200 stream: `response.created`, `response.in_progress`, then `response.failed` with
-    /// `response.error {code, message}` and no output.
+    /// `response.error {code, message}` and no output. With code `usage_limit_reached` the Codex
+    /// backend also sets the account's 5-hour window (the only window on a weekly-only plan) to
+    /// 100 % until its scripted reset (5 hours from now when that has passed), as for
+    /// [`Reply::UsageLimit429`]; the same holds for [`Reply::FailedAfterText`].
     FailedInStream {
         /// `error.code`.
         code: String,
@@ -177,7 +180,9 @@ pub enum Reply {
     },
     /// 200 stream whose `response.failed` has code `server_is_overloaded`.
     Overloaded,
-    /// 200 stream whose first text delta is "You've hit your usage limit. …".
+    /// 200 stream whose first text delta is "You've hit your usage limit. …" (naming a wait of
+    /// 4 hours 59 minutes). On the Codex backend the account's 5-hour window is also set to
+    /// 100 % until then, so usage polls and the `x-codex-*` headers of this very answer agree.
     UsageLimitText,
     /// Any status and body.
     Status {
@@ -388,6 +393,26 @@ pub(crate) fn split_chunks(s: &str, n: usize) -> Vec<String> {
     chars.chunks(size).map(|c| c.iter().collect()).collect()
 }
 
+/// How the backend words a usage limit inside a 200 stream (PROTOCOL.md §4).
+pub(crate) const USAGE_LIMIT_TEXT: &str = "You've hit your usage limit";
+
+/// The wait [`Reply::UsageLimitText`] names: "try again in 4 hours 59 minutes".
+pub(crate) const USAGE_LIMIT_TEXT_RESETS_IN_SECS: u64 = 4 * 3600 + 59 * 60;
+
+/// The `response.failed` code of a usage limit reached inside a 200 stream.
+pub(crate) const USAGE_LIMIT_CODE: &str = "usage_limit_reached";
+
+/// How an answer says the account is out of quota (see [`Flat::usage_limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LimitHit {
+    /// The answer names the wait, in seconds (a 429's `resets_in_seconds`, the text's "try again
+    /// in …").
+    ResetsIn(u64),
+    /// A `response.failed` with `usage_limit_reached`: no wait named; the window that runs out
+    /// first (the 5-hour one, else the only one) is used up until its reset.
+    CurrentWindow,
+}
+
 /// How a scripted stream ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Ending {
@@ -472,6 +497,31 @@ pub(crate) struct Flat {
     pub(crate) pace: Option<Duration>,
     pub(crate) usage: Option<FakeTokenUsage>,
     pub(crate) core: Core,
+}
+
+impl Flat {
+    /// Whether this answer tells the client that the account is out of quota: a 429
+    /// `usage_limit_reached`, a `response.failed` with that code, or a stream whose first text
+    /// says "You've hit your usage limit" (the fake takes its own words at face value).
+    pub(crate) fn usage_limit(&self) -> Option<LimitHit> {
+        match &self.core {
+            Core::UsageLimit { resets_in_secs } => Some(LimitHit::ResetsIn(*resets_in_secs)),
+            Core::Script(script) => {
+                if matches!(&script.ending, Ending::Failed { code, .. } if code == USAGE_LIMIT_CODE)
+                {
+                    return Some(LimitHit::CurrentWindow);
+                }
+                let first_text = script.items.iter().find_map(|item| match item {
+                    OutputItem::Text { deltas } => Some(deltas.concat()),
+                    _ => None,
+                })?;
+                first_text
+                    .starts_with(USAGE_LIMIT_TEXT)
+                    .then_some(LimitHit::ResetsIn(USAGE_LIMIT_TEXT_RESETS_IN_SECS))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The deltas "Part 0. ", "Part 1. ", … of cut and stalled streams.
@@ -561,7 +611,7 @@ pub(crate) fn flatten(reply: Reply) -> Flat {
             )),
             Reply::UsageLimitText => Core::Script(Script::completed(vec![OutputItem::Text {
                 deltas: vec![
-                    "You've hit your usage limit. ".to_owned(),
+                    format!("{USAGE_LIMIT_TEXT}. "),
                     "Upgrade to Pro (https://chatgpt.com/explore/pro), ".to_owned(),
                     "or try again in 4 hours 59 minutes.".to_owned(),
                 ],
@@ -649,5 +699,33 @@ mod tests {
         assert_eq!(script.output_tokens(), (1, 0), "a refusal delta is a token");
         let flat = flatten(Reply::text("hi").empty_final_output().paced(Duration::ZERO));
         assert!(matches!(flat.core, Core::Script(s) if s.empty_final_output));
+    }
+
+    #[test]
+    fn usage_limit_answers_are_recognised() {
+        let hit = |r: Reply| flatten(r).usage_limit();
+        assert_eq!(
+            hit(Reply::UsageLimit429 { resets_in_secs: 60 }),
+            Some(LimitHit::ResetsIn(60))
+        );
+        assert_eq!(
+            hit(Reply::UsageLimitText.paced(Duration::ZERO)),
+            Some(LimitHit::ResetsIn(USAGE_LIMIT_TEXT_RESETS_IN_SECS))
+        );
+        assert_eq!(
+            hit(Reply::failed(USAGE_LIMIT_CODE, "limit")),
+            Some(LimitHit::CurrentWindow)
+        );
+        assert_eq!(
+            hit(Reply::FailedAfterText {
+                deltas: vec!["a".into()],
+                code: USAGE_LIMIT_CODE.into(),
+                message: "limit".into(),
+            }),
+            Some(LimitHit::CurrentWindow)
+        );
+        assert_eq!(hit(Reply::Overloaded), None);
+        assert_eq!(hit(Reply::RateLimit429), None);
+        assert_eq!(hit(Reply::text("Hello there")), None);
     }
 }

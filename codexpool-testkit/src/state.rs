@@ -74,6 +74,8 @@ pub(crate) struct AccountState {
     pub(crate) usage: FakeUsage,
     pub(crate) usage_challenge: bool,
     pub(crate) usage_status: Option<u16>,
+    /// One-shot statuses for the next usage requests, taken before `usage_status`.
+    pub(crate) usage_status_once: VecDeque<u16>,
     pub(crate) replies: VecDeque<Reply>,
     pub(crate) default_reply: Option<Reply>,
     pub(crate) refresh_failures: VecDeque<FakeRefreshFailure>,

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::auth::{bearer, header_str};
+use crate::reply::LimitHit;
 use crate::state::{Shared, now_secs};
 
 /// Window length that PROTOCOL.md §3 calls "5 hours", in minutes.
@@ -205,6 +206,30 @@ impl FakeUsage {
         self.limit_reached = true;
     }
 
+    /// What an answer saying "usage limit reached" implies (see [`LimitHit`]): the window it
+    /// names is at 100 % until its reset.
+    pub(crate) fn hit(&mut self, hit: LimitHit) {
+        let resets_in_secs = match hit {
+            LimitHit::ResetsIn(secs) => secs,
+            LimitHit::CurrentWindow => self.current_resets_in(),
+        };
+        self.exhaust(resets_in_secs);
+    }
+
+    /// Seconds until the window that runs out first resets: the 5-hour one, else the primary
+    /// slot; 5 hours when there is none or its reset has passed.
+    fn current_resets_in(&self) -> u64 {
+        [&self.primary, &self.secondary]
+            .into_iter()
+            .flatten()
+            .find(|w| !w.is_weekly())
+            .or(self.primary.as_ref())
+            .map(FakeWindow::reset_after_seconds)
+            .and_then(|secs| u64::try_from(secs).ok())
+            .filter(|secs| *secs > 0)
+            .unwrap_or(FIVE_HOURS_MINUTES * 60)
+    }
+
     /// The usage endpoint's JSON (PROTOCOL.md §3).
     pub(crate) fn to_json(&self, account_plan: &str, account_id: &str, email: &str) -> Value {
         let reached = self.is_limit_reached();
@@ -288,14 +313,15 @@ fn format_percent(v: f64) -> String {
 
 /// `GET /backend-api/wham/usage`.
 pub(crate) async fn usage(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let inner = shared.inner();
+    let mut inner = shared.inner();
     let idx = match inner.check_access(bearer(&headers), header_str(&headers, "chatgpt-account-id"))
     {
         Ok(idx) => idx,
         Err(denied) => return denied.into_response(),
     };
-    let state = &inner.accounts[idx];
-    if let Some(status) = state.usage_status {
+    let state = &mut inner.accounts[idx];
+    let forced = state.usage_status_once.pop_front().or(state.usage_status);
+    if let Some(status) = forced {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return (
             status,
@@ -335,6 +361,36 @@ mod tests {
         u.exhaust(600);
         assert_eq!(u.primary.as_ref().unwrap().used_percent, 100.0);
         assert!(u.is_limit_reached());
+    }
+
+    #[test]
+    fn an_unnamed_limit_uses_up_the_window_that_runs_out_first() {
+        let five = FakeWindow::five_hour(40.0).resets_in(Duration::from_secs(1000));
+        let reset_at = five.reset_at;
+        let mut u = FakeUsage::new(0.0, 30.0).primary(five);
+        u.hit(LimitHit::CurrentWindow);
+        let p = u.primary.as_ref().unwrap();
+        assert_eq!(p.used_percent, 100.0);
+        assert!((reset_at - 1..=reset_at + 1).contains(&p.reset_at));
+        assert_eq!(u.secondary.as_ref().unwrap().used_percent, 30.0);
+        assert!(u.is_limit_reached());
+
+        let mut u = FakeUsage::weekly_only(50.0);
+        let weekly_reset = u.primary.as_ref().unwrap().reset_at;
+        u.hit(LimitHit::CurrentWindow);
+        let p = u.primary.as_ref().unwrap();
+        assert_eq!(p.used_percent, 100.0);
+        assert!((weekly_reset - 1..=weekly_reset + 1).contains(&p.reset_at));
+
+        // A reset in the past: the window starts over, used up for 5 hours.
+        let mut u = FakeUsage::new(0.0, 0.0).primary(FakeWindow::five_hour(1.0).reset_at(0));
+        u.hit(LimitHit::CurrentWindow);
+        let after = u.primary.as_ref().unwrap().reset_after_seconds();
+        assert!((17_990..=18_000).contains(&after), "{after}");
+
+        let mut u = FakeUsage::new(0.0, 0.0);
+        u.hit(LimitHit::ResetsIn(120));
+        assert!(u.primary.as_ref().unwrap().reset_after_seconds() <= 120);
     }
 
     #[test]

@@ -265,10 +265,7 @@ async fn refresh_rotates_and_detects_reuse() {
         401
     );
     assert_eq!(usage_status(&fake, "acct-1", new_access).await, 200);
-    let codex = client()
-        .post(format!("{}/responses", fake.codex_base_url()))
-        .bearer_auth(&first.access_token)
-        .header("ChatGPT-Account-ID", "acct-1")
+    let codex = common::codex_request(&fake, "acct-1", &first.access_token)
         .json(&codex_body("hi"))
         .send()
         .await

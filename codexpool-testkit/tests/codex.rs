@@ -644,11 +644,7 @@ async fn leaving_during_a_slow_first_byte_is_a_cancellation() {
         Reply::text("never").slow_first_byte(Duration::from_secs(30)),
     );
     let token = fake.current_tokens("acct-1").access_token;
-    let url = format!("{}/responses", fake.codex_base_url());
-    let request = client()
-        .post(url)
-        .bearer_auth(token)
-        .header("ChatGPT-Account-ID", "acct-1")
+    let request = common::codex_request(&fake, "acct-1", &token)
         .json(&codex_body("hi"))
         .send();
     let timed_out = tokio::time::timeout(Duration::from_millis(200), request).await;
@@ -728,4 +724,212 @@ async fn unknown_routes_are_404_and_recorded() {
     fake.clear_requests();
     assert_eq!(fake.count("/nope"), 0);
     assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn references_to_stored_items_are_not_found() {
+    let fake = fake_with(&["acct-1"]);
+    let not_found = |id: &str| {
+        json!({"error": {
+            "message": format!("Item with id '{id}' not found. Items are not persisted when `store` is set to false. Try again with `store` set to true, or remove this item from your input."),
+            "type": "invalid_request_error",
+            "param": "input",
+            "code": null,
+        }})
+    };
+    let with_item = |item: Value| {
+        let mut body = codex_body("next");
+        body["input"].as_array_mut().unwrap().insert(0, item);
+        body
+    };
+    let refused = [
+        json!({"type": "item_reference", "id": "msg_abc"}),
+        json!({"type": "reasoning", "id": "rs_abc", "summary": []}),
+        json!({"type": "reasoning", "id": "rs_abc", "summary": [], "encrypted_content": null}),
+    ];
+    for item in refused {
+        let id = item["id"].as_str().unwrap().to_owned();
+        let r = codex_post(&fake, "acct-1", &with_item(item)).await;
+        assert_eq!(r.status(), 404, "{id}");
+        assert_eq!(r.json::<Value>().await.unwrap(), not_found(&id));
+    }
+    assert_eq!(fake.pending_replies("acct-1"), 0);
+
+    // What an earlier answer of this account carried can be replayed: its reasoning with the
+    // encrypted content, a message or a function call with their ids (the Codex CLI sends them).
+    let mut body = codex_body("hi");
+    body["include"] = json!(["reasoning.encrypted_content"]);
+    body["reasoning"] = json!({"effort": "low"});
+    fake.push_reply(
+        "acct-1",
+        Reply::items([
+            OutputItem::reasoning("Plan"),
+            OutputItem::text("Calling"),
+            OutputItem::tool_call("call_1", "f", "{}"),
+        ]),
+    );
+    let frames = parse_sse(
+        &codex_post(&fake, "acct-1", &body)
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    let output = last(&frames, "response.completed")["response"]["output"].clone();
+    assert!(output[0]["id"].as_str().unwrap().starts_with("rs_"));
+    assert!(output[0]["encrypted_content"].is_string());
+    let input = body["input"].as_array_mut().unwrap();
+    input.extend(output.as_array().unwrap().iter().cloned());
+    input.push(json!({"type": "function_call_output", "call_id": "call_1", "output": "ok"}));
+    let r = codex_post(&fake, "acct-1", &body).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        text_of(&parse_sse(&r.text().await.unwrap())),
+        "The tool returned: ok"
+    );
+
+    // Not a strictness option: the lax fake stores nothing either.
+    let lax = FakeOpenAi::builder()
+        .strict_requests(false)
+        .start()
+        .unwrap();
+    lax.add_account(FakeAccount::new("acct-1"));
+    let item = json!({"type": "item_reference", "id": "fc_1"});
+    assert_eq!(
+        codex_post(&lax, "acct-1", &with_item(item)).await.status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn strict_checks_want_store_false_and_only_known_fields() {
+    let fake = fake_with(&["acct-1"]);
+    let detail = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 400);
+        r.json::<Value>().await.unwrap()["detail"].clone()
+    };
+    // A missing `store` is `true` to the backend.
+    let mut body = codex_body("hi");
+    body.as_object_mut().unwrap().remove("store");
+    let r = codex_post(&fake, "acct-1", &body).await;
+    assert_eq!(detail(r).await, "Store must be set to false");
+    for field in [
+        "temperature",
+        "max_output_tokens",
+        "previous_response_id",
+        "metadata",
+    ] {
+        let mut body = codex_body("hi");
+        body[field] = json!(1);
+        let r = codex_post(&fake, "acct-1", &body).await;
+        assert_eq!(
+            detail(r).await,
+            format!("Unsupported parameter: {field}"),
+            "{field}"
+        );
+    }
+    // Every field of PROTOCOL.md §4's list is accepted.
+    let mut body = codex_body("hi");
+    for (field, value) in [
+        ("tools", json!([])),
+        ("tool_choice", json!("auto")),
+        ("parallel_tool_calls", json!(false)),
+        ("reasoning", json!({"effort": "low"})),
+        ("include", json!(["reasoning.encrypted_content"])),
+        ("prompt_cache_key", json!("k")),
+        ("text", json!({"verbosity": "low"})),
+        ("service_tier", json!("auto")),
+        ("client_metadata", json!({"a": "b"})),
+    ] {
+        body[field] = value;
+    }
+    assert_eq!(codex_post(&fake, "acct-1", &body).await.status(), 200);
+    assert_eq!(fake.count("/backend-api/codex/responses"), 6);
+}
+
+#[tokio::test]
+async fn strict_checks_want_the_protocol_headers() {
+    let fake = fake_with(&["acct-1"]);
+    let token = fake.current_tokens("acct-1").access_token;
+    let url = format!("{}/responses", fake.codex_base_url());
+    // Every required header but `skip`, plus `extra`.
+    let send = |skip: &'static str, extra: &'static [(&'static str, &'static str)]| {
+        let mut req = client().post(&url).bearer_auth(&token);
+        if skip != "chatgpt-account-id" {
+            req = req.header("ChatGPT-Account-ID", "acct-1");
+        }
+        for (name, value) in common::CODEX_HEADERS {
+            if name != skip {
+                req = req.header(name, value);
+            }
+        }
+        for (name, value) in extra {
+            req = req.header(*name, *value);
+        }
+        req.json(&codex_body("hi")).send()
+    };
+    // (Without our `accept`, reqwest sends `*/*`.)
+    for (skip, why) in [
+        (
+            "accept",
+            r#"Accept must include text/event-stream (got "*/*")"#,
+        ),
+        ("originator", "Missing required header: originator"),
+        (
+            "chatgpt-account-id",
+            "Missing required header: chatgpt-account-id",
+        ),
+        ("session_id", "Missing required header: session_id"),
+        ("version", "Missing required header: version"),
+    ] {
+        let r = send(skip, &[]).await.unwrap();
+        assert_eq!(r.status(), 400, "{skip}");
+        assert_eq!(r.json::<Value>().await.unwrap()["detail"], why, "{skip}");
+    }
+    let r = send("accept", &[("accept", "application/json")])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // `OpenAI-Beta` is sent by clients but not enforced.
+    assert_eq!(send("openai-beta", &[]).await.unwrap().status(), 200);
+    // The Codex CLI spells it `session-id` and, as a custom provider's client, sends no
+    // `version`: its own requests (`x-codex-*` headers) are accepted without.
+    let cli = [("session-id", "s-1"), ("x-codex-window-id", "s-1:0")];
+    let r = client()
+        .post(&url)
+        .bearer_auth(&token)
+        .header("ChatGPT-Account-ID", "acct-1")
+        .header("accept", "text/event-stream")
+        .header("originator", "codex_exec")
+        .header(cli[0].0, cli[0].1)
+        .header(cli[1].0, cli[1].1)
+        .json(&codex_body("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = send("session_id", &[("session-id", "s-1")]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // A bad token with every header is still a 401.
+    let r = common::codex_request(&fake, "acct-1", "not-a-token")
+        .json(&codex_body("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let lax = FakeOpenAi::builder()
+        .strict_requests(false)
+        .start()
+        .unwrap();
+    lax.add_account(FakeAccount::new("acct-1"));
+    let r = client()
+        .post(format!("{}/responses", lax.codex_base_url()))
+        .bearer_auth(lax.current_tokens("acct-1").access_token)
+        .header("ChatGPT-Account-ID", "acct-1")
+        .json(&codex_body("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

@@ -62,8 +62,12 @@ fn works_from_sync_code_and_drop_joins_everything() {
     let body = codex_body("hi").to_string();
     write!(
         hanging,
-        "POST /backend-api/codex/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nChatGPT-Account-ID: acct-1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        "POST /backend-api/codex/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nChatGPT-Account-ID: acct-1\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
         t.access_token,
+        common::CODEX_HEADERS
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect::<String>(),
         body.len(),
         body
     )

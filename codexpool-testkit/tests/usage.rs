@@ -202,3 +202,116 @@ async fn usage_limit_429_exhausts_the_window_everywhere() {
     assert_eq!(v["rate_limit"]["primary_window"]["reset_at"], resets_at);
     assert_eq!(v["rate_limit"]["secondary_window"]["used_percent"], 50.0);
 }
+
+#[tokio::test]
+async fn in_stream_usage_limits_exhaust_the_window_everywhere() {
+    let fake = FakeOpenAi::start().unwrap();
+    fake.add_account(FakeAccount::new("acct-1"));
+    fake.add_account(FakeAccount::new("acct-2"));
+    // The text names its wait: 4 hours 59 minutes.
+    fake.set_usage("acct-1", FakeUsage::new(90.0, 50.0));
+    fake.push_reply("acct-1", Reply::UsageLimitText);
+    let (status, h, frames) = codex_frames(&fake, "acct-1").await;
+    assert_eq!(status, 200);
+    assert!(common::text_of(&frames).starts_with("You've hit your usage limit."));
+    assert_eq!(h["x-codex-primary-used-percent"], "100.0");
+    assert_eq!(h["x-codex-secondary-used-percent"], "50.0");
+    let after: i64 = h["x-codex-primary-reset-after-seconds"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((17_930..=17_940).contains(&after), "{after}");
+    let v: Value = get_usage(&fake, "acct-1").await.json().await.unwrap();
+    assert_eq!(v["rate_limit"]["limit_reached"], true);
+    assert_eq!(v["rate_limit"]["allowed"], false);
+    assert_eq!(v["rate_limit"]["primary_window"]["used_percent"], 100.0);
+    assert_eq!(
+        v["rate_limit"]["primary_window"]["reset_at"],
+        h["x-codex-primary-reset-at"]
+            .to_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+    );
+
+    // `response.failed` names no wait: the 5-hour window is used up until its own reset.
+    let five = FakeWindow::five_hour(70.0).resets_in(Duration::from_secs(1800));
+    let reset_at = five.reset_at;
+    fake.set_usage("acct-2", FakeUsage::new(0.0, 20.0).primary(five));
+    fake.push_reply(
+        "acct-2",
+        Reply::failed("usage_limit_reached", "The usage limit has been reached"),
+    );
+    let (status, h, frames) = codex_frames(&fake, "acct-2").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        frames.last().unwrap().data["response"]["error"]["code"],
+        "usage_limit_reached"
+    );
+    assert_eq!(h["x-codex-primary-used-percent"], "100.0");
+    let v: Value = get_usage(&fake, "acct-2").await.json().await.unwrap();
+    assert_eq!(v["rate_limit"]["limit_reached"], true);
+    assert_eq!(v["rate_limit"]["primary_window"]["used_percent"], 100.0);
+    let at = v["rate_limit"]["primary_window"]["reset_at"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        (reset_at - 1..=reset_at + 1).contains(&at),
+        "{at} vs {reset_at}"
+    );
+    assert_eq!(v["rate_limit"]["secondary_window"]["used_percent"], 20.0);
+
+    // After output, too; other failures leave the usage alone.
+    fake.set_usage("acct-2", FakeUsage::new(10.0, 20.0));
+    fake.push_reply("acct-2", Reply::Overloaded);
+    fake.push_reply("acct-2", Reply::failed("server_error", "boom"));
+    for _ in 0..2 {
+        let (_, h, _) = codex_frames(&fake, "acct-2").await;
+        assert_eq!(h["x-codex-primary-used-percent"], "10.0");
+    }
+    assert!(!fake.usage("acct-2").is_limit_reached());
+    fake.push_reply(
+        "acct-2",
+        Reply::FailedAfterText {
+            deltas: vec!["Part".into()],
+            code: "usage_limit_reached".into(),
+            message: "The usage limit has been reached".into(),
+        },
+    );
+    let (_, h, _) = codex_frames(&fake, "acct-2").await;
+    assert_eq!(h["x-codex-primary-used-percent"], "100.0");
+    assert!(fake.usage("acct-2").is_limit_reached());
+}
+
+#[tokio::test]
+async fn a_one_shot_status_answers_once_before_the_sticky_one() {
+    let fake = FakeOpenAi::start().unwrap();
+    fake.add_account(FakeAccount::new("acct-1"));
+    fake.usage_status_once("acct-1", 403);
+    fake.usage_status_once("acct-1", 401);
+    let r = get_usage(&fake, "acct-1").await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["detail"],
+        "Scripted status 403"
+    );
+    assert_eq!(get_usage(&fake, "acct-1").await.status(), 401);
+    assert_eq!(get_usage(&fake, "acct-1").await.status(), 200);
+    fake.usage_status("acct-1", Some(503));
+    fake.usage_status_once("acct-1", 403);
+    assert_eq!(get_usage(&fake, "acct-1").await.status(), 403);
+    assert_eq!(get_usage(&fake, "acct-1").await.status(), 503);
+    // A request that fails authentication does not use up the scripted status.
+    fake.usage_status("acct-1", None);
+    fake.usage_status_once("acct-1", 403);
+    let bad = client()
+        .get(format!("{}/backend-api/wham/usage", fake.usage_base_url()))
+        .bearer_auth("not-a-token")
+        .header("ChatGPT-Account-ID", "acct-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    assert_eq!(get_usage(&fake, "acct-1").await.status(), 403);
+}

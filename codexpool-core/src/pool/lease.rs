@@ -135,6 +135,12 @@ impl Lease {
                 st.cool_until(now.plus(retry_after.map_or(base, |r| r.max(base))));
             }
             Outcome::UsageLimit { resets_at } => {
+                // A limit that names no reset says less than an exhaustion already known with
+                // its reset (e.g. from the same answer's `x-codex-*` headers): keep that one.
+                if resets_at.is_none() && self.slot.state.exhausted_until(now.as_millis()).is_some()
+                {
+                    return;
+                }
                 let reading = UsageLimit {
                     resets_at,
                     plan_type: None,

@@ -70,14 +70,32 @@ pub fn codex_body(text: &str) -> Value {
     })
 }
 
+/// The request headers of PROTOCOL.md §4 that the strict backend requires, without
+/// `Authorization` and `ChatGPT-Account-ID`.
+pub const CODEX_HEADERS: [(&str, &str); 5] = [
+    ("accept", "text/event-stream"),
+    ("originator", "codex_cli_rs"),
+    ("version", "0.0.0"),
+    ("openai-beta", "responses=experimental"),
+    ("session_id", "00000000-0000-4000-8000-000000000000"),
+];
+
+/// A POST to the Codex backend as `account` with `token` and every required header.
+pub fn codex_request(fake: &FakeOpenAi, account: &str, token: &str) -> reqwest::RequestBuilder {
+    let mut req = client()
+        .post(format!("{}/responses", fake.codex_base_url()))
+        .bearer_auth(token)
+        .header("ChatGPT-Account-ID", account);
+    for (name, value) in CODEX_HEADERS {
+        req = req.header(name, value);
+    }
+    req
+}
+
 /// POSTs a body to the Codex backend as `account` with its current access token.
 pub async fn codex_post(fake: &FakeOpenAi, account: &str, body: &Value) -> reqwest::Response {
     let token = fake.current_tokens(account).access_token;
-    client()
-        .post(format!("{}/responses", fake.codex_base_url()))
-        .bearer_auth(token)
-        .header("ChatGPT-Account-ID", account)
-        .header("originator", "codex_cli_rs")
+    codex_request(fake, account, &token)
         .json(body)
         .send()
         .await
