@@ -86,3 +86,45 @@ async fn a_usage_limit_notice_in_the_text_is_read_to_the_wait_it_names() {
         "exhausted until {until:?}, named {named:?}"
     );
 }
+
+#[tokio::test]
+async fn the_codex_cli_gets_its_turn_state_and_it_stays_with_its_account() {
+    let h = harness(2, &[]).await;
+    let codex = |turn_state: Option<&str>| {
+        let mut req = axum::http::Request::post("/v1/responses")
+            .header("authorization", format!("Bearer {}", h.key))
+            .header("content-type", "application/json")
+            .header("originator", "codex_cli_rs")
+            .header("version", "0.171.0")
+            .header("session_id", "session-1");
+        if let Some(t) = turn_state {
+            req = req.header("x-codex-turn-state", t);
+        }
+        let body = serde_json::json!({"model": "gpt-5-codex", "instructions": "x",
+            "input": [], "stream": true, "store": false});
+        req.body(axum::body::Body::from(body.to_string())).unwrap()
+    };
+    let (status, headers, _) = h.call(codex(None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-codex-turn-state"], "turn-acct-0");
+    // Its usage headers are one account's, not the pool's: they stay here.
+    assert!(headers.get("x-codex-primary-used-percent").is_none());
+    // The turn goes on; its account runs out, so the request moves: the turn state (acct-0's)
+    // goes to acct-0 but not to acct-1.
+    h.fake.push_reply(
+        "acct-0",
+        Reply::UsageLimit429 {
+            resets_in_secs: 600,
+        },
+    );
+    let (status, headers, _) = h.call(codex(Some("turn-acct-0"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-codex-turn-state"], "turn-acct-1");
+    let sent = h.fake.requests_to("/backend-api/codex/responses");
+    assert_eq!(sent[1].header("x-codex-turn-state"), Some("turn-acct-0"));
+    assert_eq!(sent[2].header("chatgpt-account-id"), Some("acct-1"));
+    assert_eq!(sent[2].header("x-codex-turn-state"), None);
+    // Other clients get no backend headers.
+    let (_, headers, _) = h.call(h.post("/v1/chat/completions", chat(false))).await;
+    assert!(headers.get("x-codex-turn-state").is_none());
+}

@@ -597,6 +597,11 @@ pub(crate) async fn responses(
     };
     let mut outcome = render(&flat, &dialect);
     outcome.headers.extend(usage_headers);
+    // The turn's sticky-routing token the Codex CLI replays on the turn's next requests; it
+    // names the account that issued it.
+    if let Ok(v) = HeaderValue::from_str(&format!("turn-{account}")) {
+        outcome.headers.insert("x-codex-turn-state", v);
+    }
     deliver(
         outcome,
         flat.head_delay,
