@@ -1,6 +1,7 @@
 //! The command line, as clap types: every command, flag and value parser of `codexpool`.
-//! Values that can be checked without the database (durations, expiry times, efforts, statuses)
-//! are checked here, so a bad one is a usage error (exit 2) before anything runs.
+//! Values that can be checked without the database (durations, expiry times, efforts, statuses,
+//! blank names, labels, tags, model and group names) are checked here, so a bad one is a usage
+//! error (exit 2) naming the flag before anything runs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,7 +37,9 @@ pub struct Cli {
     #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
 
-    /// Print only errors.
+    /// Print only errors and what a command exists to output (listings, --json documents, a
+    /// new key's secret alone, the URL or code of a sign-in): no confirmations, progress, notes
+    /// or warnings.
     #[arg(
         short,
         long,
@@ -212,19 +215,19 @@ pub struct LoginArgs {
     #[arg(long)]
     pub no_browser: bool,
     /// Label of the account [default: its email].
-    #[arg(long, value_name = "LABEL")]
+    #[arg(long, value_name = "LABEL", value_parser = not_blank)]
     pub label: Option<String>,
     /// Put the account in this group.
     #[arg(long, value_name = "GROUP")]
     pub group: Option<String>,
     /// Give the account this tag (repeatable).
-    #[arg(long = "tag", value_name = "TAG")]
+    #[arg(long = "tag", value_name = "TAG", value_parser = tag)]
     pub tags: Vec<String>,
     /// A note on the account.
     #[arg(long, value_name = "TEXT")]
     pub note: Option<String>,
     /// Pin the sign-in to this ChatGPT workspace id.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = not_blank)]
     pub workspace: Option<String>,
 }
 
@@ -274,13 +277,13 @@ pub struct AccountUpdateArgs {
     #[arg(value_name = "ID")]
     pub id: String,
     /// New label.
-    #[arg(long, value_name = "LABEL")]
+    #[arg(long, value_name = "LABEL", value_parser = not_blank)]
     pub label: Option<String>,
     /// New group (`""` removes it from its group).
     #[arg(long, value_name = "GROUP")]
     pub group: Option<String>,
     /// New tags, replacing the old ones (repeatable).
-    #[arg(long = "tag", value_name = "TAG", conflicts_with = "clear_tags")]
+    #[arg(long = "tag", value_name = "TAG", value_parser = tag, conflicts_with = "clear_tags")]
     pub tags: Vec<String>,
     /// Remove every tag.
     #[arg(long)]
@@ -316,16 +319,16 @@ pub enum KeyCommand {
 #[derive(Debug, Args)]
 pub struct KeyCreateArgs {
     /// A name for the key (who or what uses it).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = key_name)]
     pub name: String,
     /// Every request with this key uses this model, whatever the client asks.
-    #[arg(long, value_name = "MODEL")]
+    #[arg(long, value_name = "MODEL", value_parser = one_word)]
     pub model: Option<String>,
     /// Only these models may be asked for (repeatable) [default: any].
-    #[arg(long = "allow-model", value_name = "MODEL")]
+    #[arg(long = "allow-model", value_name = "MODEL", value_parser = one_word)]
     pub allow_models: Vec<String>,
     /// Only accounts in these groups serve this key (repeatable) [default: any].
-    #[arg(long = "allow-group", value_name = "GROUP")]
+    #[arg(long = "allow-group", value_name = "GROUP", value_parser = one_word)]
     pub allow_groups: Vec<String>,
     /// Reasoning effort applied to every request [default: the client's].
     #[arg(long, value_name = "EFFORT", value_parser = effort_parser())]
@@ -343,15 +346,16 @@ pub struct KeyUpdateArgs {
     #[arg(value_name = "ID")]
     pub id: String,
     /// New name.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = key_name)]
     pub name: Option<String>,
     /// Bind this model (`""` unbinds).
-    #[arg(long, value_name = "MODEL")]
+    #[arg(long, value_name = "MODEL", value_parser = one_word_or_empty)]
     pub model: Option<String>,
     /// Allowed models, replacing the old list (repeatable).
     #[arg(
         long = "allow-model",
         value_name = "MODEL",
+        value_parser = one_word,
         conflicts_with = "clear_allowed_models"
     )]
     pub allow_models: Vec<String>,
@@ -362,6 +366,7 @@ pub struct KeyUpdateArgs {
     #[arg(
         long = "allow-group",
         value_name = "GROUP",
+        value_parser = one_word,
         conflicts_with = "clear_allowed_groups"
     )]
     pub allow_groups: Vec<String>,
@@ -425,6 +430,50 @@ impl Expiry {
             Self::Never => None,
         }
     }
+}
+
+/// A label or an id: anything but blank (trimmed, as the pool stores it).
+fn not_blank(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(t.to_string())
+}
+
+/// A key's name: not blank, at most 200 characters (the key store's limits).
+fn key_name(s: &str) -> Result<String, String> {
+    let t = not_blank(s)?;
+    if t.len() > 200 {
+        return Err("must be at most 200 characters".into());
+    }
+    Ok(t)
+}
+
+/// A tag: not blank, no comma (commas separate tags in listings).
+fn tag(s: &str) -> Result<String, String> {
+    let t = not_blank(s)?;
+    if t.contains(',') {
+        return Err("must not contain a comma".into());
+    }
+    Ok(t)
+}
+
+/// A model or group name of a key: one word, as the key store requires.
+fn one_word(s: &str) -> Result<String, String> {
+    let t = not_blank(s)?;
+    if t.chars().any(char::is_whitespace) {
+        return Err("must be one word (no spaces)".into());
+    }
+    Ok(t)
+}
+
+/// [`one_word`], or `""` to clear.
+fn one_word_or_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Ok(String::new());
+    }
+    one_word(s)
 }
 
 fn effort_parser() -> clap::builder::PossibleValuesParser {
@@ -503,6 +552,18 @@ mod tests {
             "http://localhost:1455/auth/callback?code=ac_secret&state=s",
         ]);
         assert!(!format!("{cli:?}").contains("ac_secret"));
+    }
+
+    #[test]
+    fn blank_and_malformed_names_are_refused() {
+        assert_eq!(not_blank("  ada "), Ok("ada".into()));
+        assert!(not_blank(" \t").is_err());
+        assert!(key_name(&"k".repeat(201)).is_err());
+        assert!(tag("a,b").is_err());
+        assert!(one_word("gpt 5").is_err());
+        assert!(one_word("").is_err());
+        assert_eq!(one_word_or_empty(" "), Ok(String::new()));
+        assert!(one_word_or_empty("gpt 5").is_err());
     }
 
     #[test]

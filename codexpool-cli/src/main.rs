@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use codexpool_core::Config;
+use codexpool_core::config::Loaded;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, ServeArgs};
 use crate::output::{Output, Paint};
 
 /// An error with a hint for the person, raised by the commands themselves.
@@ -70,16 +71,47 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, out: Output) -> anyhow::Result<()> {
-    let mut config = Config::from_env()?;
+    let Loaded {
+        mut config,
+        mut invalid,
+        ..
+    } = Config::load_env()?;
     if let Some(db) = &cli.db {
         config.set("DB_PATH", &db.to_string_lossy())?;
+        invalid.retain(|e| e.setting != Some("DB_PATH"));
+    }
+    if let Command::Serve(ServeArgs { addr: Some(_) }) = &cli.command {
+        invalid.retain(|e| e.setting != Some("SERVICE_ADDR"));
+    }
+    // `config` and a starting `serve` show the settings' warnings with their own output; the
+    // demo runs on settings of its own.
+    let warned_elsewhere = match cli.command {
+        Command::Config | Command::Demo => true,
+        Command::Serve(_) => invalid.is_empty(),
+        _ => false,
+    };
+    if !warned_elsewhere {
+        for w in &config.warnings {
+            out.warn(w);
+        }
+    }
+    // `config` lists invalid settings among the others, the demo does not read them; every
+    // other command stops here.
+    if !matches!(cli.command, Command::Config | Command::Demo)
+        && let Some(e) = invalid.first()
+    {
+        return Err(e.clone().into());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(codexpool_gateway::worker_threads(&config))
         .thread_name("codexpool")
         .enable_all()
         .build()?;
-    let ctx = commands::Ctx { config, out };
+    let ctx = commands::Ctx {
+        config,
+        invalid,
+        out,
+    };
     let result = runtime.block_on(commands::run(cli.command, ctx));
     // Blocking work still running (a read of stdin) must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -155,12 +187,12 @@ fn hint(e: &anyhow::Error) -> Option<String> {
             return f.hint.clone();
         }
         if let Some(c) = cause.downcast_ref::<codexpool_core::config::ConfigError>() {
-            return Some(if c.var.contains("env file") {
+            return Some(if c.var == "env file" {
                 "fix the syntax of that env file (NAME=value lines) or remove it".into()
             } else {
                 format!(
-                    "fix or unset {}; `codexpool config` lists every setting with its default",
-                    c.var
+                    "{}; `codexpool config` lists every setting with its default",
+                    config_fix(c)
                 )
             });
         }
@@ -169,17 +201,8 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         }
         if let Some(s) = cause.downcast_ref::<codexpool_gateway::ServerError>() {
             return match s {
-                codexpool_gateway::ServerError::Bind { source, .. }
-                    if source.kind() == io::ErrorKind::AddrInUse =>
-                {
-                    Some(
-                        "is another codexpool running? Pick another address with --addr or \
-                         SERVICE_ADDR"
-                            .into(),
-                    )
-                }
-                codexpool_gateway::ServerError::Bind { .. } => {
-                    Some("listen on an address of this machine, e.g. --addr 127.0.0.1:48760".into())
+                codexpool_gateway::ServerError::Bind { source, .. } => {
+                    Some(commands::serve::bind_hint(source))
                 }
                 _ => None,
             };
@@ -200,6 +223,14 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         }
     }
     None
+}
+
+/// What to do about an invalid setting: where to fix it.
+pub fn config_fix(c: &codexpool_core::config::ConfigError) -> String {
+    match &c.file {
+        Some(path) => format!("fix or remove {} in {}", c.var, path.display()),
+        None => format!("fix or unset {}", c.var),
+    }
 }
 
 fn store_hint(s: &codexpool_core::store::StoreError) -> Option<String> {

@@ -1,6 +1,11 @@
 //! What the user sees: human output on stdout (tables, usage bars), JSON with `--json`, notes,
 //! warnings and progress on stderr. Colours only on a terminal, and never with `NO_COLOR`.
 //!
+//! `-q` keeps what a command exists to output and drops the rest. Data — tables, `--json`
+//! documents, [`Output::data`] lines (a usage listing, a followed log, a new key's secret, the
+//! URL or code a sign-in needs) — always prints; [`Output::line`] (confirmations such as
+//! "Disabled account …", progress, the demo's narration), notes and warnings do not.
+//!
 //! Every write returns `io::Result`, so a closed stdout (`codexpool logs | head`) surfaces as a
 //! `BrokenPipe` error that `main` treats as success, instead of a panic from `println!`.
 
@@ -18,7 +23,7 @@ use codexpool_core::Timestamp;
 pub struct Output {
     /// `--json`: machine-readable stdout, nothing decorative.
     pub json: bool,
-    /// `-q`: no notes or warnings on stderr.
+    /// `-q`: data only; no confirmations on stdout, no notes or warnings on stderr.
     pub quiet: bool,
     color: bool,
     err_color: bool,
@@ -105,29 +110,40 @@ impl Output {
         paint(self.err_color, text, p)
     }
 
-    /// One line on stdout.
-    pub fn line(&self, text: impl Display) -> io::Result<()> {
+    /// A line of what the command exists to output, on stdout (printed even with `-q`).
+    pub fn data(&self, text: impl Display) -> io::Result<()> {
         let mut out = io::stdout().lock();
         writeln!(out, "{text}")
     }
 
-    /// Text on stdout as is, flushed (for answers streamed word by word).
+    /// A confirmation, progress or narration line on stdout (hidden by `-q`).
+    pub fn line(&self, text: impl Display) -> io::Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
+        self.data(text)
+    }
+
+    /// Narration on stdout as is, flushed (for answers streamed word by word; hidden by `-q`).
     pub fn raw(&self, text: &str) -> io::Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
         let mut out = io::stdout().lock();
         out.write_all(text.as_bytes())?;
         out.flush()
     }
 
-    /// A value as pretty JSON on stdout.
+    /// A value as pretty JSON on stdout (data: printed even with `-q`).
     pub fn json<T: Serialize + ?Sized>(&self, value: &T) -> io::Result<()> {
         let text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
-        self.line(text)
+        self.data(text)
     }
 
-    /// A value as one line of JSON on stdout (JSON Lines, for streams of records).
+    /// A value as one line of JSON on stdout (JSON Lines, for streams of records; data).
     pub fn json_line<T: Serialize + ?Sized>(&self, value: &T) -> io::Result<()> {
         let text = serde_json::to_string(value).map_err(io::Error::other)?;
-        self.line(text)
+        self.data(text)
     }
 
     /// A note for the person on stderr (hidden by `-q` and `--json`).
@@ -170,7 +186,7 @@ impl Output {
         t
     }
 
-    /// Prints a table on stdout (without trailing spaces).
+    /// Prints a table on stdout (without trailing spaces; data: printed even with `-q`).
     pub fn print_table(&self, table: &Table) -> io::Result<()> {
         let mut out = io::stdout().lock();
         for line in table.lines() {

@@ -89,9 +89,10 @@ impl fmt::Display for Source {
     }
 }
 
-/// An invalid setting. The message names the variable.
+/// An invalid setting. The message names the variable and, when the value came from an env
+/// file, that file.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("invalid {var}={value:?}: {message}")]
+#[error("invalid {var}={value:?}{}: {message}", in_file(.file.as_deref()))]
 #[non_exhaustive]
 pub struct ConfigError {
     /// The variable, with its prefix as the user wrote it (or the bare name for `set`).
@@ -100,6 +101,33 @@ pub struct ConfigError {
     pub value: String,
     /// What is wrong with it.
     pub message: String,
+    /// The setting (its name without prefix), when the error is about one: not for an env
+    /// file that cannot be parsed, nor for an unknown name given to [`Config::set`].
+    pub setting: Option<&'static str>,
+    /// The env file the value came from, when it came from one.
+    pub file: Option<PathBuf>,
+}
+
+impl ConfigError {
+    /// Where the value came from, when the error is about a setting.
+    pub fn origin(&self) -> Option<Source> {
+        let setting = self.setting?;
+        Some(match &self.file {
+            Some(path) => Source::EnvFile {
+                path: path.clone(),
+                var: self.var.clone(),
+            },
+            // `set` names the setting itself; the environment names a prefixed variable.
+            None if self.var == setting => Source::Explicit,
+            None => Source::Env(self.var.clone()),
+        })
+    }
+}
+
+/// ` in <file>` when a value came from an env file.
+fn in_file(file: Option<&Path>) -> String {
+    file.map(|p| format!(" in {}", p.display()))
+        .unwrap_or_default()
 }
 
 /// All settings. Build with [`Config::default`], [`Config::from_env`] or [`Config::set`].
@@ -768,6 +796,9 @@ pub struct SettingView {
     pub default: &'static str,
     /// One line on what it does.
     pub help: &'static str,
+    /// Why the value as given is invalid (absent when it is valid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Values read from an env file.
@@ -786,6 +817,8 @@ impl EnvFile {
             var: "env file".into(),
             value: path.display().to_string(),
             message: env_file_message(path, &e),
+            setting: None,
+            file: None,
         };
         let mut vars = HashMap::new();
         for item in dotenvy::from_path_iter(path).map_err(error)? {
@@ -844,10 +877,158 @@ fn env_file_message(path: &Path, e: &dotenvy::Error) -> String {
     format!("cannot parse {at} (an unclosed quote?); the value is not shown")
 }
 
+/// Settings read as far as they go: [`Config::load_env`] and [`Config::load`] apply every
+/// valid value and collect the invalid ones (their settings keep the default), so that a
+/// listing can show them all; [`Loaded::into_config`] turns any of them into an error.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Loaded {
+    /// The settings, with the defaults where a value was invalid.
+    pub config: Config,
+    /// Every invalid value, in the order of [`SETTINGS`].
+    pub invalid: Vec<ConfigError>,
+}
+
+impl Loaded {
+    /// The settings, or the first invalid value.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        match self.invalid.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(self.config),
+        }
+    }
+}
+
+/// Variables with our prefix that are not settings: the key the README's Codex CLI setup reads
+/// (`env_key = "CODEXPOOL_KEY"`) and the test scripts' own. They draw no "unknown" warning.
+const OTHER_VARIABLES: [&str; 4] = [
+    "CODEXPOOL_KEY",
+    "CODEXPOOL_CODEX_BIN",
+    "CODEXPOOL_FFI_DIR",
+    "CODEXPOOL_TEST_CHILD_DB",
+];
+
+/// The number of one-character edits between two names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// The setting a mistyped bare name most likely meant: the nearest within two edits (one for
+/// short names), compared without regard to case.
+fn nearest_setting(bare: &str) -> Option<&'static str> {
+    let bare = bare.to_ascii_uppercase();
+    let most = if bare.len() < 6 { 1 } else { 2 };
+    SETTINGS
+        .iter()
+        .map(|s| (edit_distance(&bare, s.name), s.name))
+        .filter(|(d, _)| *d <= most)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, name)| name)
+}
+
+/// The warning for a variable that looks meant for us but is no setting, or `None`. `ours`
+/// says the variable sits in one of our own env files (not the process environment, not a
+/// generic `.env`): there a bare setting name, or a near miss of a prefixed one, is ours too.
+fn unknown_variable(name: &str, place: &str, ours: bool) -> Option<String> {
+    if OTHER_VARIABLES.contains(&name) {
+        return None;
+    }
+    let upper = name.to_ascii_uppercase();
+    let prefixed = [ENV_PREFIX, LEGACY_ENV_PREFIX]
+        .into_iter()
+        .find_map(|p| upper.strip_prefix(p).map(|bare| (p, bare)));
+    if let Some((prefix, bare)) = prefixed {
+        if name.starts_with(prefix) && SETTINGS.iter().any(|s| s.name == bare) {
+            return None;
+        }
+        let hint = nearest_setting(bare)
+            .map(|s| format!(" (did you mean {prefix}{s}?)"))
+            .unwrap_or_default();
+        return Some(format!(
+            "unknown variable {name} in {place} is ignored{hint}"
+        ));
+    }
+    if !ours {
+        return None;
+    }
+    if let Some(s) = SETTINGS.iter().find(|s| s.name == upper) {
+        return Some(format!(
+            "{name} in {place} is ignored: settings need the {ENV_PREFIX} prefix \
+             ({ENV_PREFIX}{})",
+            s.name
+        ));
+    }
+    // A misspelt prefix: `CODEXPOL_ROUTE_STRATEGY`.
+    SETTINGS
+        .iter()
+        .map(|s| format!("{ENV_PREFIX}{}", s.name))
+        .find(|full| edit_distance(&upper, full) <= 2)
+        .map(|full| format!("unknown variable {name} in {place} is ignored (did you mean {full}?)"))
+}
+
+/// Warnings for the variables in the process environment that carry our prefix but name no
+/// setting (sorted, so the order does not depend on the environment's).
+fn unknown_in_environment(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    // Windows looks variables up without regard to case: `codexpool_db_path` is read there.
+    let mut names: Vec<String> = names
+        .into_iter()
+        .map(|n| {
+            if cfg!(windows) {
+                n.to_ascii_uppercase()
+            } else {
+                n
+            }
+        })
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .filter_map(|n| unknown_variable(n, "the environment", false))
+        .collect()
+}
+
+impl EnvFile {
+    /// Warnings for this file's variables that look meant for us but name no setting. A
+    /// generic `.env` may hold other tools' variables: only prefixed names are checked there.
+    fn unknown_variables(&self) -> Vec<String> {
+        let ours = self
+            .path
+            .file_name()
+            .is_some_and(|n| n != std::ffi::OsStr::new(".env"));
+        let place = self.path.display().to_string();
+        let mut names: Vec<&String> = self.vars.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|n| unknown_variable(n, &place, ours))
+            .collect()
+    }
+}
+
 impl Config {
     /// Settings from the process environment, then the first env file found in the current
     /// directory or beside the executable, then the defaults.
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::load_env()?.into_config()
+    }
+
+    /// [`Config::from_env`] that goes on past invalid values and collects them. Fails only
+    /// when an env file cannot be parsed. Variables with our prefix that name no setting (and
+    /// bare setting names in our own env files) become [`Config::warnings`].
+    pub fn load_env() -> Result<Loaded, ConfigError> {
         let mut dirs = Vec::new();
         if let Ok(cwd) = std::env::current_dir() {
             dirs.push(cwd);
@@ -859,7 +1040,10 @@ impl Config {
             dirs.push(dir);
         }
         let file = EnvFile::discover(&dirs)?;
-        Self::from_lookup(|k| std::env::var(k).ok(), file.as_ref())
+        let mut loaded = Self::load(|k| std::env::var(k).ok(), file.as_ref());
+        let names = std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned());
+        loaded.config.warnings.extend(unknown_in_environment(names));
+        Ok(loaded)
     }
 
     /// Settings from a variable lookup (the process environment in production, a map in tests)
@@ -868,7 +1052,14 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
         file: Option<&EnvFile>,
     ) -> Result<Self, ConfigError> {
+        Self::load(env, file).into_config()
+    }
+
+    /// [`Config::from_lookup`] that goes on past invalid values and collects them; the env
+    /// file's unknown variables become warnings.
+    pub fn load(env: impl Fn(&str) -> Option<String>, file: Option<&EnvFile>) -> Loaded {
         let mut c = Self::default();
+        let mut invalid = Vec::new();
         for s in SETTINGS {
             let names = [
                 format!("{ENV_PREFIX}{}", s.name),
@@ -896,10 +1087,15 @@ impl Config {
                     Source::Env(v) | Source::EnvFile { var: v, .. } => v.clone(),
                     _ => s.name.to_string(),
                 };
-                c.apply(s, &value, source, var)?;
+                if let Err(e) = c.apply(s, &value, source, var) {
+                    invalid.push(e);
+                }
             }
         }
-        Ok(c)
+        if let Some(f) = file {
+            c.warnings.extend(f.unknown_variables());
+        }
+        Loaded { config: c, invalid }
     }
 
     /// Sets one setting by name (with or without prefix, any case), as a flag would.
@@ -916,6 +1112,8 @@ impl Config {
                 var: name.to_string(),
                 value: value.to_string(),
                 message: "unknown setting".into(),
+                setting: None,
+                file: None,
             })?;
         self.apply(setting, value, Source::Explicit, setting.name.to_string())
     }
@@ -933,15 +1131,23 @@ impl Config {
         source: Source,
         var: String,
     ) -> Result<(), ConfigError> {
-        (s.apply)(self, value).map_err(|message| ConfigError {
-            var,
-            value: if s.secret {
-                "*****".into()
-            } else {
-                without_password(value)
-            },
-            message,
-        })?;
+        if let Err(message) = (s.apply)(self, value) {
+            let file = match source {
+                Source::EnvFile { path, .. } => Some(path),
+                _ => None,
+            };
+            return Err(ConfigError {
+                var,
+                value: if s.secret {
+                    "*****".into()
+                } else {
+                    without_password(value)
+                },
+                message,
+                setting: Some(s.name),
+                file,
+            });
+        }
         self.sources.insert(s.name, source);
         Ok(())
     }
@@ -953,14 +1159,27 @@ impl Config {
 
     /// Every setting with its effective value and source; secrets hidden.
     pub fn describe(&self) -> Vec<SettingView> {
+        self.describe_with_errors(&[])
+    }
+
+    /// [`Config::describe`], where each setting that has an error in `invalid` shows the value
+    /// as given (secrets and passwords hidden), where it came from, and the error.
+    pub fn describe_with_errors(&self, invalid: &[ConfigError]) -> Vec<SettingView> {
         SETTINGS
             .iter()
-            .map(|s| SettingView {
-                name: s.name,
-                value: (s.show)(self),
-                source: self.source_of(s.name).to_string(),
-                default: s.default_doc,
-                help: s.help,
+            .map(|s| {
+                let bad = invalid.iter().find(|e| e.setting == Some(s.name));
+                SettingView {
+                    name: s.name,
+                    value: bad.map_or_else(|| (s.show)(self), |e| e.value.clone()),
+                    source: bad
+                        .and_then(ConfigError::origin)
+                        .unwrap_or_else(|| self.source_of(s.name))
+                        .to_string(),
+                    default: s.default_doc,
+                    help: s.help,
+                    error: bad.map(|e| e.message.clone()),
+                }
             })
             .collect()
     }
@@ -1257,6 +1476,137 @@ mod tests {
         )
         .unwrap();
         assert!(EnvFile::discover(&dirs).is_err());
+    }
+
+    #[test]
+    fn invalid_values_are_collected_and_listed_as_given() {
+        let map: HashMap<String, String> = [
+            ("CODEXPOOL_ROUTE_STRATEGY", "bogus"),
+            ("CODEXPOOL_ACCOUNT_MAX_INFLIGHT", "2"),
+            ("CODEXPOOL_ISSUER", "ftp://user:p4ssw0rd@example.com"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let loaded = Config::load(|k| map.get(k).cloned(), None);
+        assert_eq!(loaded.invalid.len(), 2);
+        assert_eq!(loaded.config.account_max_inflight, 2, "valid values apply");
+        assert_eq!(loaded.config.route_strategy, RouteStrategy::Ordered);
+        let rows = loaded.config.describe_with_errors(&loaded.invalid);
+        let row = |name: &str| rows.iter().find(|r| r.name == name).unwrap().clone();
+        let strategy = row("ROUTE_STRATEGY");
+        assert_eq!(strategy.value, "bogus");
+        assert_eq!(strategy.source, "env CODEXPOOL_ROUTE_STRATEGY");
+        assert!(strategy.error.unwrap().contains("unknown strategy"));
+        let issuer = row("ISSUER");
+        assert_eq!(issuer.value, "ftp://user:*****@example.com");
+        assert!(issuer.error.is_some());
+        assert_eq!(row("ACCOUNT_MAX_INFLIGHT").error, None);
+        let first = loaded.into_config().unwrap_err();
+        assert_eq!(
+            first.var, "CODEXPOOL_ISSUER",
+            "the first in the table's order"
+        );
+        assert_eq!(first.setting, Some("ISSUER"));
+    }
+
+    #[test]
+    fn an_invalid_value_from_an_env_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("codexpool.env");
+        std::fs::write(&path, "CODEXPOOL_ROUTE_STRATEGY=bogus\n").unwrap();
+        let file = EnvFile::read(&path).unwrap();
+        let loaded = Config::load(|_| None, Some(&file));
+        let rows = loaded.config.describe_with_errors(&loaded.invalid);
+        let row = rows.iter().find(|r| r.name == "ROUTE_STRATEGY").unwrap();
+        assert_eq!(
+            row.source,
+            format!("{} (CODEXPOOL_ROUTE_STRATEGY)", path.display())
+        );
+        let e = loaded.into_config().unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(&format!(
+                "invalid CODEXPOOL_ROUTE_STRATEGY=\"bogus\" in {}: ",
+                path.display()
+            )),
+            "{shown}"
+        );
+        // From the environment, no file is named.
+        let e = from(&[("CODEXPOOL_ROUTE_STRATEGY", "bogus")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid CODEXPOOL_ROUTE_STRATEGY=\"bogus\": "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_variables_are_warned_about_with_a_suggestion() {
+        let env = unknown_in_environment(
+            [
+                "CODEXPOOL_ROUTE_STRATEGI",
+                "CODEXPOOL_ROUTE_STRATEGY",
+                "GPTTOOLS_DB_PATHS",
+                "CODEXPOOL_WHATEVER",
+                "CODEXPOOL_KEY",
+                "ROUTE_STRATEGY",
+                "PATH",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(
+            env,
+            [
+                "unknown variable CODEXPOOL_ROUTE_STRATEGI in the environment is ignored (did \
+                 you mean CODEXPOOL_ROUTE_STRATEGY?)",
+                "unknown variable CODEXPOOL_WHATEVER in the environment is ignored",
+                "unknown variable GPTTOOLS_DB_PATHS in the environment is ignored (did you \
+                 mean GPTTOOLS_DB_PATH?)",
+            ]
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join("codexpool.env");
+        std::fs::write(
+            &ours,
+            "ROUTE_STRATEGY=headroom\nCODEXPOOL_ACOUNT_MAX_INFLIGHT=2\nCODEXPOL_DB_PATH=x\n\
+             RUST_LOG=debug\nCODEXPOOL_ISSUER=https://example.com\n",
+        )
+        .unwrap();
+        let file = EnvFile::read(&ours).unwrap();
+        let c = Config::from_lookup(|_| None, Some(&file)).unwrap();
+        let at = ours.display();
+        assert_eq!(
+            c.warnings,
+            [
+                format!(
+                    "unknown variable CODEXPOL_DB_PATH in {at} is ignored (did you mean \
+                     CODEXPOOL_DB_PATH?)"
+                ),
+                format!(
+                    "unknown variable CODEXPOOL_ACOUNT_MAX_INFLIGHT in {at} is ignored (did \
+                     you mean CODEXPOOL_ACCOUNT_MAX_INFLIGHT?)"
+                ),
+                format!(
+                    "ROUTE_STRATEGY in {at} is ignored: settings need the CODEXPOOL_ prefix \
+                     (CODEXPOOL_ROUTE_STRATEGY)"
+                ),
+            ]
+        );
+        assert_eq!(c.route_strategy, RouteStrategy::Ordered);
+
+        // A generic `.env` may hold anything of other tools: only our prefix is checked.
+        let generic = dir.path().join(".env");
+        std::fs::write(
+            &generic,
+            "ROUTE_STRATEGY=x\nCODEXPOL_DB_PATH=x\nCODEXPOOL_ROUTE_STRATEGI=headroom\n",
+        )
+        .unwrap();
+        let file = EnvFile::read(&generic).unwrap();
+        let c = Config::from_lookup(|_| None, Some(&file)).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("CODEXPOOL_ROUTE_STRATEGI"));
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! sits.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderName, Request, header};
 use axum::response::IntoResponse;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -38,6 +40,18 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response:
     .into_response()
 }
 
+/// A 5xx the gateway answers on purpose — 502 (the upstream failed), 503 (load shed, no account
+/// can serve), 504 (the upstream timed out) — is an ordinary outcome, in the request log with its
+/// error class: a debug line. Anything else (a 500: a caught panic) is an error.
+fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _: &tracing::Span) {
+    match class {
+        ServerErrorsFailureClass::StatusCode(status) if (502..=504).contains(&status.as_u16()) => {
+            tracing::debug!(%status, ?latency, "request answered with an upstream or capacity error");
+        }
+        other => tracing::error!(classification = %other, ?latency, "response failed"),
+    }
+}
+
 /// Wraps the routes in the gateway's layers.
 pub(crate) fn stack(routes: Router, metrics: Arc<Metrics>) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
@@ -54,7 +68,7 @@ pub(crate) fn stack(routes: Router, metrics: Arc<Metrics>) -> Router {
                 HeaderName::from_static("x-api-key"),
             ]))
             // 3. One span per request, inside the id so the span can show it.
-            .layer(TraceLayer::new_for_http())
+            .layer(TraceLayer::new_for_http().on_failure(log_failure))
             // 4. Metrics outside the panic guard, so a panic still counts as a 500.
             .layer(MetricsLayer::new(metrics))
             // 5. A panicking handler becomes an OpenAI-shaped 500, not a dropped connection.

@@ -76,13 +76,14 @@ pub async fn login(ctx: &Ctx, pool: &Pool, a: LoginArgs) -> anyhow::Result<()> {
         if out.json {
             out.json_line(&d)?;
         } else {
-            out.line(format!(
+            // What the person must act on is data: `-q` keeps it.
+            out.data(format!(
                 "To sign in, open {} on any device and enter this code:",
                 out.paint(&d.verification_url, Paint::Cyan)
             ))?;
-            out.line("")?;
-            out.line(format!("    {}", out.paint(&d.user_code, Paint::Bold)))?;
-            out.line("")?;
+            out.data("")?;
+            out.data(format!("    {}", out.paint(&d.user_code, Paint::Bold)))?;
+            out.data("")?;
             out.note("Waiting for approval (the code works for 15 minutes). Ctrl-C cancels.");
         }
         tokio::select! {
@@ -97,10 +98,10 @@ pub async fn login(ctx: &Ctx, pool: &Pool, a: LoginArgs) -> anyhow::Result<()> {
         if out.json {
             out.json_line(h.info())?;
         } else {
-            out.line("Open this URL in a browser to sign in:")?;
-            out.line("")?;
-            out.line(format!("  {}", out.paint(h.url(), Paint::Cyan)))?;
-            out.line("")?;
+            out.data("Open this URL in a browser to sign in:")?;
+            out.data("")?;
+            out.data(format!("  {}", out.paint(h.url(), Paint::Cyan)))?;
+            out.data("")?;
             if h.browser_opened() {
                 out.note("(Your browser should have opened it.)");
             }
@@ -254,6 +255,10 @@ fn print_import(ctx: &Ctx, report: &ImportReport) -> anyhow::Result<()> {
             skipped: report.skipped(),
             results: &report.results,
         })?;
+        return Ok(());
+    }
+    if out.quiet {
+        // The report confirms what happened; a failed import is an error either way.
         return Ok(());
     }
     let mut t = out.table(&["SOURCE", "RESULT", "ACCOUNT", "LABEL", "DETAIL"]);

@@ -203,6 +203,10 @@ async fn run(out: &Output, fake: &FakeOpenAi, dir: &std::path::Path) -> anyhow::
         }))?;
         return Ok(());
     }
+    if out.quiet {
+        // Everything below narrates the run; `-q demo` is a silent check that it works.
+        return Ok(());
+    }
     if let Some(r) = rows.iter().find(|r| r.accounts_tried.len() > 1) {
         let label = |id: &String| {
             pool.accounts()

@@ -7,15 +7,44 @@
 //! - `key update|enable|disable|delete`: `Key`.
 //!
 //! where `Key` is `{"id", "name", "hint", "model", "allowed_models", "allowed_groups",
-//! "reasoning_effort", "enabled", "expires_at", "created_at", "updated_at", "last_used_at"}`
-//! (times RFC 3339, absent ones `null`).
+//! "reasoning_effort", "enabled", "expires_at", "created_at", "updated_at", "last_used_at",
+//! "status"}` (times RFC 3339, absent ones `null`; `status` is `active`, `disabled` or
+//! `expired`, as the table's STATUS column: whether the gateway accepts the key now).
 
-use codexpool_core::Pool;
 use codexpool_core::keys::{KeyPatch, NewKey, PlatformKey};
+use codexpool_core::{Pool, Timestamp};
 
 use super::{Ctx, client_base_url};
 use crate::args::{KeyCreateArgs, KeyUpdateArgs};
 use crate::output::{NONE, Paint, ago, cell, datetime, duration};
+
+/// A key as JSON shows it: the stored fields and its status now.
+#[derive(serde::Serialize)]
+struct KeyView<'a> {
+    #[serde(flatten)]
+    key: &'a PlatformKey,
+    status: &'static str,
+}
+
+impl<'a> KeyView<'a> {
+    fn new(key: &'a PlatformKey, now: Timestamp) -> Self {
+        Self {
+            key,
+            status: status(key, now),
+        }
+    }
+}
+
+/// `disabled` (by a person), `expired`, or `active`.
+fn status(k: &PlatformKey, now: Timestamp) -> &'static str {
+    if !k.enabled {
+        "disabled"
+    } else if k.expires_at.is_some_and(|t| t <= now) {
+        "expired"
+    } else {
+        "active"
+    }
+}
 
 /// `key create`.
 pub async fn create(ctx: &Ctx, pool: &Pool, a: KeyCreateArgs) -> anyhow::Result<()> {
@@ -31,15 +60,20 @@ pub async fn create(ctx: &Ctx, pool: &Pool, a: KeyCreateArgs) -> anyhow::Result<
     if out.json {
         #[derive(serde::Serialize)]
         struct Created<'a> {
-            key: &'a PlatformKey,
+            key: KeyView<'a>,
             secret: &'a str,
             base_url: &'a str,
         }
         out.json(&Created {
-            key: &created.key,
+            key: KeyView::new(&created.key, pool.now()),
             secret: created.secret.expose(),
             base_url: &base_url,
         })?;
+        return Ok(());
+    }
+    if out.quiet {
+        // The secret is what `key create` exists to output: alone, for `$(codexpool -q …)`.
+        out.data(created.secret.expose())?;
         return Ok(());
     }
     let k = &created.key;
@@ -90,15 +124,16 @@ fn limits(k: &PlatformKey) -> Vec<String> {
 pub fn list(ctx: &Ctx, pool: &Pool) -> anyhow::Result<()> {
     let keys = pool.keys().list();
     let out = &ctx.out;
+    let now = pool.now();
     if out.json {
-        out.json(&keys)?;
+        let views: Vec<KeyView<'_>> = keys.iter().map(|k| KeyView::new(k, now)).collect();
+        out.json(&views)?;
         return Ok(());
     }
     if keys.is_empty() {
         out.note("No keys yet. Create one with `codexpool key create --name NAME`.");
         return Ok(());
     }
-    let now = pool.now();
     let mut t = out.table(&[
         "ID",
         "NAME",
@@ -121,11 +156,10 @@ pub fn list(ctx: &Ctx, pool: &Pool) -> anyhow::Result<()> {
         } else {
             k.allowed_groups.join(", ")
         };
-        let expired = k.expires_at.is_some_and(|t| t <= now);
-        let status = match (k.enabled, expired) {
-            (false, _) => cell("disabled", Some(Paint::Yellow)),
-            (true, true) => cell("expired", Some(Paint::Red)),
-            (true, false) => cell("enabled", Some(Paint::Green)),
+        let status = match status(k, now) {
+            "disabled" => cell("disabled", Some(Paint::Yellow)),
+            "expired" => cell("expired", Some(Paint::Red)),
+            s => cell(s, Some(Paint::Green)),
         };
         let expires = match k.expires_at {
             None => cell("never", Some(Paint::Dim)),
@@ -178,31 +212,31 @@ pub async fn update(ctx: &Ctx, pool: &Pool, a: KeyUpdateArgs) -> anyhow::Result<
         p = p.expires_at(e.resolve(pool.now()));
     }
     let k = pool.keys().update(&a.id, p).await?;
-    done(ctx, &k, "Updated")
+    done(ctx, pool, &k, "Updated")
 }
 
 /// `key enable`.
 pub async fn enable(ctx: &Ctx, pool: &Pool, id: &str) -> anyhow::Result<()> {
     let k = pool.keys().enable(id).await?;
-    done(ctx, &k, "Enabled")
+    done(ctx, pool, &k, "Enabled")
 }
 
 /// `key disable`.
 pub async fn disable(ctx: &Ctx, pool: &Pool, id: &str) -> anyhow::Result<()> {
     let k = pool.keys().disable(id).await?;
-    done(ctx, &k, "Disabled")
+    done(ctx, pool, &k, "Disabled")
 }
 
 /// `key delete`.
 pub async fn delete(ctx: &Ctx, pool: &Pool, id: &str) -> anyhow::Result<()> {
     let k = pool.keys().delete(id).await?;
-    done(ctx, &k, "Deleted")
+    done(ctx, pool, &k, "Deleted")
 }
 
-fn done(ctx: &Ctx, k: &PlatformKey, verb: &str) -> anyhow::Result<()> {
+fn done(ctx: &Ctx, pool: &Pool, k: &PlatformKey, verb: &str) -> anyhow::Result<()> {
     let out = &ctx.out;
     if out.json {
-        out.json(k)?;
+        out.json(&KeyView::new(k, pool.now()))?;
     } else {
         let mut line = format!("{verb} key {} ({}, {})", k.id, k.name, k.hint);
         let limits = limits(k);

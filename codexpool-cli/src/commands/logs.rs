@@ -37,6 +37,18 @@ pub async fn logs(ctx: &Ctx, pool: &Pool, a: LogsArgs) -> anyhow::Result<()> {
     if !a.follow {
         if out.json {
             out.json(&rows)?;
+        } else if rows.is_empty() && (a.key.is_some() || a.account.is_some()) {
+            let mut filters = Vec::new();
+            if let Some(k) = &a.key {
+                filters.push(format!("--key {k}"));
+            }
+            if let Some(acc) = &a.account {
+                filters.push(format!("--account {acc}"));
+            }
+            out.note(format!(
+                "No request matches {}; `codexpool logs` shows them all.",
+                filters.join(" ")
+            ));
         } else if rows.is_empty() {
             out.note(
                 "No requests yet. Point a client at `codexpool serve`, or try `codexpool demo`.",
@@ -72,7 +84,7 @@ async fn follow(
 ) -> anyhow::Result<()> {
     let mut signals = super::Signals::new()?;
     if !out.json {
-        out.line(out.paint(follow_line(&Header), Paint::Bold))?;
+        out.data(out.paint(follow_line(&Header), Paint::Bold))?;
     }
     let mut last = rows.last().map_or(0, |r| r.id);
     emit(out, names, &rows)?;
@@ -110,7 +122,7 @@ fn emit(out: &Output, names: &Names, rows: &[RequestLogEntry]) -> anyhow::Result
             } else {
                 None
             };
-            out.line(match paint {
+            out.data(match paint {
                 Some(p) => out.paint(line, p),
                 None => line,
             })?;

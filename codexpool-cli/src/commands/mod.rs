@@ -9,11 +9,12 @@ mod config;
 mod demo;
 mod key;
 mod logs;
-mod serve;
+pub mod serve;
 mod usage;
 
 use std::time::Duration;
 
+use codexpool_core::config::ConfigError;
 use codexpool_core::{Config, Pool};
 
 use crate::args::{AccountCommand, Command, KeyCommand};
@@ -23,6 +24,9 @@ use crate::output::Output;
 pub struct Ctx {
     /// Effective settings (environment, env file, flags).
     pub config: Config,
+    /// Invalid settings (their defaults are in `config`): only `config` runs with any, to list
+    /// them.
+    pub invalid: Vec<ConfigError>,
     /// Where output goes.
     pub out: Output,
 }

@@ -6,7 +6,7 @@
 //! "warnings": [..]}`.
 
 use codexpool_core::{AccountFilter, Pool};
-use codexpool_gateway::{DEFAULT_SHUTDOWN_GRACE, RunningServer, Server};
+use codexpool_gateway::{DEFAULT_SHUTDOWN_GRACE, RunningServer, Server, ServerError};
 
 use super::{Ctx, reachable};
 use crate::Failure;
@@ -22,10 +22,22 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
     }
     // The default watcher stays on: the server follows changes other processes make.
     let pool = Pool::open(config.clone()).await?;
-    let running = Server::new(pool.clone())
+    let running = match Server::new(pool.clone())
         .addr(config.service_addr)
         .start()
-        .await?;
+        .await
+    {
+        Ok(r) => r,
+        // The gateway names the setting; the address came from the flag.
+        Err(ServerError::Bind { addr, source, .. }) if a.addr.is_some() => {
+            return Err(Failure::new(
+                format!("cannot listen on {addr} (--addr): {source}"),
+                bind_hint(&source),
+            )
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut signals = super::Signals::new()?;
     // The banner is for whoever watches; a closed stdout (a pager that quit, a supervisor that
     // drops output) must not stop the server.
@@ -49,6 +61,15 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
     }
     out.note("Stopped.");
     Ok(())
+}
+
+/// What to do when the listen address cannot be bound.
+pub fn bind_hint(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        "is another codexpool running? Pick another address with --addr or SERVICE_ADDR".into()
+    } else {
+        "listen on an address of this machine, e.g. --addr 127.0.0.1:48760".into()
+    }
 }
 
 fn banner(ctx: &Ctx, pool: &Pool, running: &RunningServer) -> anyhow::Result<()> {

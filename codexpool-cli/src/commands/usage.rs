@@ -208,7 +208,7 @@ pub(super) fn print(
         .unwrap_or(0);
     for (i, (a, u, lines)) in blocks.iter().enumerate() {
         if i > 0 {
-            out.line("")?;
+            out.data("")?;
         }
         let rt = pool.accounts().runtime(&a.id).ok();
         let (status, paint) = status_text(a, rt.as_ref(), now);
@@ -223,7 +223,7 @@ pub(super) fn print(
         if let Some(c) = credits(u.credits.as_ref()) {
             head.push(c);
         }
-        out.line(head.join("  "))?;
+        out.data(head.join("  "))?;
         for l in lines {
             let gauge = match l.paint {
                 Some(p) => out.paint(&l.gauge, p),
@@ -235,18 +235,18 @@ pub(super) fn print(
                 l.reset,
                 out.paint(&l.seen, Paint::Dim)
             );
-            out.line(text.trim_end())?;
+            out.data(text.trim_end())?;
         }
         if let Some(r) = a
             .status_reason
             .as_deref()
             .filter(|_| a.status != AccountStatus::Active)
         {
-            out.line(format!("  {}", out.paint(r, Paint::Dim)))?;
+            out.data(format!("  {}", out.paint(r, Paint::Dim)))?;
         }
         if let Some(Err(e)) = refreshed.and_then(|m| m.get(&a.id)).map(|r| &r.outcome) {
             let text = format!("  refresh failed: {e}");
-            out.line(out.paint(text, Paint::Red))?;
+            out.data(out.paint(text, Paint::Red))?;
         }
     }
     Ok(())

@@ -66,3 +66,160 @@ fn every_setting_with_value_and_source_and_secrets_hidden() {
         }
     }
 }
+
+#[test]
+fn an_invalid_setting_is_listed_marked_and_exits_1() {
+    let env = Env::new();
+    let o = env
+        .cmd()
+        .env("CODEXPOOL_ROUTE_STRATEGY", "bogus")
+        .env("CODEXPOOL_ISSUER", "ftp://user:p4ssw0rd@example.com")
+        .env("CODEXPOOL_RPC_TOKEN", "tok-very-secret")
+        .args(["--db", "data/codexpool.db", "config"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert_eq!(stdout.lines().count(), 1 + 28, "every setting: {stdout}");
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap()
+            .to_string()
+    };
+    let strategy = row("ROUTE_STRATEGY");
+    assert!(
+        strategy.contains("\"bogus\"")
+            && strategy.contains("env CODEXPOOL_ROUTE_STRATEGY")
+            && strategy.contains("invalid: unknown strategy"),
+        "{strategy}"
+    );
+    assert!(
+        row("ISSUER").contains("\"ftp://user:*****@example.com\""),
+        "{stdout}"
+    );
+    assert!(row("RPC_TOKEN").contains("*****"), "{stdout}");
+    assert!(row("ACCOUNT_MAX_INFLIGHT").ends_with("default"), "{stdout}");
+    for shown in [&stdout, &stderr] {
+        assert!(
+            !shown.contains("p4ssw0rd") && !shown.contains("tok-very-secret"),
+            "{shown}"
+        );
+    }
+    assert!(
+        stderr
+            .contains("error: 2 settings are invalid: CODEXPOOL_ISSUER, CODEXPOOL_ROUTE_STRATEGY"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .contains("hint: fix or unset CODEXPOOL_ISSUER; fix or unset CODEXPOOL_ROUTE_STRATEGY"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("`codexpool config`"), "{stderr}");
+
+    // JSON: the same rows, the invalid one with its error.
+    let o = env
+        .cmd()
+        .env("CODEXPOOL_ROUTE_STRATEGY", "bogus")
+        .args(["config", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 28);
+    let strategy = rows.iter().find(|r| r["name"] == "ROUTE_STRATEGY").unwrap();
+    assert_eq!(strategy["value"], "bogus");
+    assert!(
+        strategy["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown strategy")
+    );
+    assert!(rows.iter().filter(|r| r.get("error").is_some()).count() == 1);
+
+    // Other commands fail early, naming the variable and the env file it came from.
+    std::fs::write(
+        env.path().join("codexpool.env"),
+        "CODEXPOOL_ROUTE_STRATEGY=bogus\n",
+    )
+    .unwrap();
+    let o = env.cmd().args(["key", "list"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let file = env.path().join("codexpool.env");
+    let err = texts(&o).1;
+    assert!(
+        err.starts_with(&format!(
+            "error: invalid CODEXPOOL_ROUTE_STRATEGY=\"bogus\" in {}: unknown strategy",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "hint: fix or remove CODEXPOOL_ROUTE_STRATEGY in {}; `codexpool config` lists",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(!env.db().exists(), "nothing was opened");
+}
+
+#[test]
+fn unknown_variables_are_warned_about() {
+    let env = Env::new();
+    std::fs::write(
+        env.path().join("codexpool.env"),
+        "ROUTE_STRATEGY=headroom\nCODEXPOOL_ACOUNT_MAX_INFLIGHT=2\n",
+    )
+    .unwrap();
+    let file = env.path().join("codexpool.env");
+    let o = env
+        .cmd()
+        .env("CODEXPOOL_ROUTE_STRATEGI", "headroom")
+        .env("ROUTE_STRATEGY_OF_ANOTHER_TOOL", "x")
+        .env("CODEXPOOL_KEY", "sk-cp-for-the-codex-cli")
+        .args(["key", "list"])
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&o);
+    assert!(o.status.success(), "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            format!(
+                "warning: unknown variable CODEXPOOL_ACOUNT_MAX_INFLIGHT in {} is ignored (did \
+                 you mean CODEXPOOL_ACCOUNT_MAX_INFLIGHT?)",
+                file.display()
+            ),
+            format!(
+                "warning: ROUTE_STRATEGY in {} is ignored: settings need the CODEXPOOL_ prefix \
+                 (CODEXPOOL_ROUTE_STRATEGY)",
+                file.display()
+            ),
+            "warning: unknown variable CODEXPOOL_ROUTE_STRATEGI in the environment is ignored \
+             (did you mean CODEXPOOL_ROUTE_STRATEGY?)"
+                .to_string(),
+        ],
+        "{stderr}"
+    );
+    // `config` shows them once, after its listing.
+    let o = env
+        .cmd()
+        .env("CODEXPOOL_ROUTE_STRATEGI", "headroom")
+        .arg("config")
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&o);
+    assert_eq!(
+        stderr.matches("CODEXPOOL_ROUTE_STRATEGI ").count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -4,6 +4,7 @@
 use std::process::Stdio;
 
 use codexpool_core::keys::NewKey;
+use serde_json::Value;
 
 use crate::support::{BIN, Env, texts};
 
@@ -233,4 +234,61 @@ fn a_closed_stdout_is_not_an_error() {
         .unwrap();
     assert!(o.status.success(), "{:?}", o.status);
     assert_eq!(String::from_utf8_lossy(&o.stderr), "");
+}
+
+#[test]
+fn blank_names_and_malformed_model_names_are_usage_errors() {
+    let env = Env::new();
+    let cases: [(&[&str], &str); 9] = [
+        (
+            &["key", "create", "--name", "x", "--allow-model", ""],
+            "invalid value '' for '--allow-model <MODEL>': must not be empty",
+        ),
+        (
+            &["key", "create", "--name", "x", "--model", "gpt 5"],
+            "for '--model <MODEL>': must be one word",
+        ),
+        (
+            &["key", "create", "--name", " "],
+            "for '--name <NAME>': must not be empty",
+        ),
+        (
+            &["key", "update", "abc", "--allow-group", ""],
+            "for '--allow-group <GROUP>': must not be empty",
+        ),
+        (
+            &["key", "update", "abc", "--name", ""],
+            "for '--name <NAME>': must not be empty",
+        ),
+        (
+            &["account", "update", "abc", "--label", ""],
+            "invalid value '' for '--label <LABEL>': must not be empty",
+        ),
+        (
+            &["account", "update", "abc", "--tag", "a,b"],
+            "for '--tag <TAG>': must not contain a comma",
+        ),
+        (
+            &["account", "login", "--label", "  "],
+            "for '--label <LABEL>': must not be empty",
+        ),
+        (
+            &["account", "login", "--tag", ""],
+            "for '--tag <TAG>': must not be empty",
+        ),
+    ];
+    for (args, expect) in cases {
+        let (code, out, err) = run(&env, args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(out, "");
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+    assert!(!env.db().exists(), "usage errors open nothing");
+    // Clearing stays possible where the flag documents it.
+    let id = env.json(&["key", "create", "--name", "k", "--model", "gpt-5"])["key"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let k = env.json(&["key", "update", &id, "--model", ""]);
+    assert_eq!(k["model"], Value::Null);
 }

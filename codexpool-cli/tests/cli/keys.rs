@@ -196,3 +196,60 @@ fn expiry_in_the_past_or_too_far_ahead_is_a_usage_error() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_says_whether_a_key_is_active_disabled_or_expired() {
+    use std::sync::Arc;
+
+    use codexpool_core::keys::NewKey;
+    use codexpool_core::{Config, ManualClock, Pool, Timestamp};
+
+    let env = Env::new();
+    // A key that expired an hour ago: made by a pool whose clock stands two hours back.
+    let past = Timestamp::now().minus(std::time::Duration::from_secs(7200));
+    let config = Config::default()
+        .with("DB_PATH", env.db().to_str().unwrap())
+        .unwrap();
+    let pool = Pool::builder(config)
+        .clock(Arc::new(ManualClock::new(past)))
+        .open()
+        .await
+        .unwrap();
+    let mut old = NewKey::named("old");
+    old.expires_at = Some(past.plus(std::time::Duration::from_secs(3600)));
+    pool.keys().create(old).await.unwrap();
+    pool.flush().await.unwrap();
+    drop(pool);
+    env.json(&["key", "create", "--name", "live"]);
+    let off = env.json(&["key", "create", "--name", "off"])["key"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let disabled = env.json(&["key", "disable", &off]);
+    assert_eq!(disabled["status"], "disabled");
+
+    let list = env.json(&["key", "list"]);
+    let status = |name: &str| {
+        let k = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .unwrap();
+        (k["enabled"].clone(), k["status"].clone())
+    };
+    assert_eq!(status("old"), (Value::Bool(true), "expired".into()));
+    assert_eq!(status("live"), (Value::Bool(true), "active".into()));
+    assert_eq!(status("off"), (Value::Bool(false), "disabled".into()));
+    let table = env.ok(&["key", "list"]);
+    let line = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(&format!(" {name} ")))
+            .unwrap()
+            .to_string()
+    };
+    assert!(line("old").contains(" expired "), "{table}");
+    assert!(line("live").contains(" active "), "{table}");
+    assert!(line("off").contains(" disabled "), "{table}");
+}

@@ -159,3 +159,37 @@ async fn follow_prints_new_rows_until_ctrl_c() {
         .unwrap();
     assert_eq!(all.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_that_matches_nothing_says_so() {
+    let env = Env::new();
+    let pool = env.pool().await;
+    let used = pool
+        .keys()
+        .create(NewKey::named("used"))
+        .await
+        .unwrap()
+        .key
+        .id;
+    let unused = pool
+        .keys()
+        .create(NewKey::named("unused"))
+        .await
+        .unwrap()
+        .key
+        .id;
+    record(&pool, vec![row(1, &used, &["acct"], 200)]).await;
+
+    let o = env.cmd().args(["logs", "--key", &unused]).output().unwrap();
+    assert!(o.status.success());
+    let (out, err) = crate::support::texts(&o);
+    assert_eq!(out, "");
+    assert_eq!(
+        err.trim_end(),
+        format!("No request matches --key {unused}; `codexpool logs` shows them all.")
+    );
+    // Without a filter, an empty log still says how to fill it.
+    let empty = Env::new();
+    let o = empty.cmd().arg("logs").output().unwrap();
+    assert!(crate::support::texts(&o).1.starts_with("No requests yet."));
+}

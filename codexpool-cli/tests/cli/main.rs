@@ -12,6 +12,7 @@ mod errors;
 mod keys;
 mod login;
 mod logs;
+mod quiet;
 mod reliability;
 mod serve;
 mod support;

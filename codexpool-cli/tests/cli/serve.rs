@@ -116,14 +116,51 @@ fn serve_says_when_the_address_is_taken() {
     let env = Env::new();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
+    // The flag named the address: the error names the flag.
     let o = env.cmd().args(["serve", "--addr", &addr]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with(&format!("error: cannot listen on {addr} (--addr): ")),
+        "{err}"
+    );
+    assert!(!err.contains("SERVICE_ADDR)"), "{err}");
+    assert!(err.contains("hint: is another codexpool running?"), "{err}");
+    // The setting named it: the error names the setting.
+    let o = env
+        .cmd()
+        .env("CODEXPOOL_SERVICE_ADDR", &addr)
+        .arg("serve")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains(&format!("error: cannot listen on {addr} (SERVICE_ADDR)")),
         "{err}"
     );
-    assert!(err.contains("hint: is another codexpool running?"), "{err}");
+}
+
+/// A 503 the gateway gives on purpose (no account can serve) is an ordinary answer, in the
+/// request log: it is no ERROR line in the server's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliberate_503s_are_not_logged_as_errors() {
+    let env = Env::new();
+    let secret = env.key_secret("ci");
+    let (url, child) = env.serve(&[]);
+    let res = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .json(&json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let stderr = stop(child);
+    assert!(
+        !stderr.contains("response failed") && !stderr.contains("ERROR"),
+        "{stderr}"
+    );
 }
 
 /// With `HTTP_PROXY` (or `HTTPS_PROXY`, `ALL_PROXY`) naming a proxy for the upstream, requests go
