@@ -157,6 +157,10 @@ pub enum AccountCommand {
         /// A file, a folder of *.json files, or `-` to read stdin.
         #[arg(value_name = "FILE|DIR|-")]
         source: String,
+        /// For Codex CLI sign-ins: refresh the tokens now, so codexpool alone holds the live
+        /// refresh token (that Codex CLI must then sign in again).
+        #[arg(long)]
+        take_over: bool,
     },
     /// Export accounts with their tokens (JSON; to stdout unless -o).
     Export {

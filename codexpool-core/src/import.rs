@@ -54,6 +54,9 @@ pub struct ImportResult {
     pub label: Option<String>,
     /// Something the user should know (e.g. a refresh token shared with the Codex CLI).
     pub warning: Option<String>,
+    /// The input was a Codex CLI sign-in (`auth.json`): that CLI holds the same single-use
+    /// refresh token until one side refreshes.
+    pub codex_cli: bool,
 }
 
 /// Results of an import, one per account found (or per unreadable file).
@@ -337,6 +340,7 @@ fn skipped(source: String, reason: impl Into<String>) -> ImportResult {
         account_id: None,
         label: None,
         warning: None,
+        codex_cli: false,
     }
 }
 
@@ -417,7 +421,8 @@ impl AccountPool {
                         format!(
                             "{source} belongs to a Codex CLI sign-in: both now hold the same single-use refresh \
                              token, and whichever refreshes first signs the other out. Let codexpool own it \
-                             (sign the Codex CLI in again) or stop using it for this account."
+                             (import with --take-over, then sign the Codex CLI in again) or stop using it \
+                             for this account."
                         )
                     });
                     if let Some((account, reason)) = self.stale_tokens(&c) {
@@ -427,9 +432,11 @@ impl AccountPool {
                             account_id: Some(account.id),
                             label: Some(account.label),
                             warning: None,
+                            codex_cli: c.from_codex_cli,
                         });
                         continue;
                     }
+                    let codex_cli = c.from_codex_cli;
                     match self.upsert_signin(c, false).await {
                         Ok((a, created)) => ImportResult {
                             source: src,
@@ -441,6 +448,7 @@ impl AccountPool {
                             account_id: Some(a.id),
                             label: Some(a.label),
                             warning,
+                            codex_cli,
                         },
                         Err(e) => skipped(src, e.to_string()),
                     }

@@ -11,7 +11,7 @@
 //! - `account complete`: `{"account": Account, "created": bool}`;
 //! - `account import`: `{"imported", "updated", "unchanged", "skipped", "results": [{"source",
 //!   "status" (imported|updated|unchanged|skipped), "reason" (when unchanged or skipped),
-//!   "account_id", "label", "warning"}]}`;
+//!   "account_id", "label", "warning", "codex_cli"}]}`;
 //! - `account export`: the export document `{"version": 1, "exported_at", "accounts": […]}`
 //!   (always JSON); with `-o FILE` and `--json`: `{"path", "accounts": N}`;
 //! - `account list`: `[Account + {"usage": {"five_hour": Window|null, "weekly": Window|null},
@@ -198,8 +198,8 @@ fn who(a: &Account) -> String {
 }
 
 /// `account import`.
-pub async fn import(ctx: &Ctx, pool: &Pool, source: &str) -> anyhow::Result<()> {
-    let report = if source == "-" {
+pub async fn import(ctx: &Ctx, pool: &Pool, source: &str, take_over: bool) -> anyhow::Result<()> {
+    let mut report = if source == "-" {
         if std::io::stdin().is_terminal() {
             ctx.out
                 .note("Reading an account file from stdin (paste it, then Ctrl-D)…");
@@ -222,6 +222,9 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str) -> anyhow::Result<()> 
     } else {
         pool.accounts().import_path(source).await?
     };
+    if take_over {
+        take_over_codex_cli_sign_ins(pool, &mut report).await?;
+    }
     print_import(ctx, &report)?;
     if report.imported() + report.updated() + report.unchanged() == 0 && report.skipped() > 0 {
         return Err(Failure::new(
@@ -229,6 +232,34 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str) -> anyhow::Result<()> 
             "import a Codex CLI auth.json (~/.codex/auth.json) or a `codexpool account export` file",
         )
         .into());
+    }
+    Ok(())
+}
+
+/// `--take-over`: one refresh per Codex CLI sign-in just written rotates its refresh token, so
+/// the CLI's copy is spent and codexpool's is the only live one. (An `unchanged` one was
+/// refreshed since its file was written: already taken over.)
+async fn take_over_codex_cli_sign_ins(
+    pool: &Pool,
+    report: &mut ImportReport,
+) -> anyhow::Result<()> {
+    for r in &mut report.results {
+        let fresh = matches!(r.outcome, ImportOutcome::Imported | ImportOutcome::Updated);
+        let (Some(id), true, true) = (r.account_id.as_deref(), r.codex_cli, fresh) else {
+            continue;
+        };
+        pool.auth().refresh(id).await.map_err(|e| {
+            Failure::new(
+                format!("could not take over {}: {e}", r.source),
+                "the account was imported and still shares its sign-in with the Codex CLI; \
+                 run the import with --take-over again later",
+            )
+        })?;
+        r.warning = Some(format!(
+            "took over {}: codexpool now holds the only live refresh token; that Codex CLI must \
+             sign in again (`codex login`)",
+            r.source
+        ));
     }
     Ok(())
 }

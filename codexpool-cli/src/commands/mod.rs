@@ -67,7 +67,9 @@ async fn run_on_pool(command: Command, ctx: &Ctx, pool: &Pool) -> anyhow::Result
             AccountCommand::Complete { redirect_url } => {
                 account::complete(ctx, pool, &redirect_url.0).await
             }
-            AccountCommand::Import { source } => account::import(ctx, pool, &source).await,
+            AccountCommand::Import { source, take_over } => {
+                account::import(ctx, pool, &source, take_over).await
+            }
             AccountCommand::Export { output, filter } => {
                 account::export(ctx, pool, output.as_deref(), &filter).await
             }

@@ -266,3 +266,53 @@ fn importing_a_file_again_after_a_refresh_is_not_an_error() {
     env.ok(&["usage", "--refresh"]);
     assert_eq!(env.fake.refresh_count("acct-r"), 2);
 }
+
+#[test]
+fn take_over_leaves_codexpool_the_only_live_refresh_token() {
+    let env = Env::new();
+    env.fake
+        .add_account(codexpool_testkit::FakeAccount::new("acct-t"));
+    let file = env.path().join("auth.json");
+    std::fs::write(&file, env.fake.auth_json("acct-t").to_string()).unwrap();
+    let cli_copy = env.fake.current_tokens("acct-t").refresh_token;
+
+    // Without --take-over: shared, and the warning says how to take over.
+    let o = env
+        .cmd()
+        .args(["account", "import", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("--take-over"), "{stderr}");
+    assert_eq!(env.fake.refresh_count("acct-t"), 0);
+
+    let o = env
+        .cmd()
+        .args([
+            "account",
+            "import",
+            "--take-over",
+            file.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert!(o.status.success(), "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["results"][0]["codex_cli"], true);
+    assert!(
+        v["results"][0]["warning"]
+            .as_str()
+            .unwrap()
+            .contains("codex login"),
+        "{v}"
+    );
+    // One refresh rotated the token: the Codex CLI's copy is spent, codexpool's is live.
+    assert_eq!(env.fake.refresh_count("acct-t"), 1);
+    assert_ne!(env.fake.current_tokens("acct-t").refresh_token, cli_copy);
+    env.fake.expire_access_token("acct-t");
+    env.ok(&["usage", "--refresh"]);
+    assert_eq!(env.fake.refresh_count("acct-t"), 2);
+}
