@@ -669,10 +669,11 @@ async fn attempt(
     let call = bodies.call;
     let mut token = lease.access_token();
     let mut refreshed = false;
-    // A conversation that left its account goes without what that account made for it.
-    let mut body = match bodies.portable() {
-        Some(p) if lease.moved() => p.clone(),
-        _ => call.body.clone(),
+    // A conversation that left its account goes without what that account made for it. (Only
+    // then is the body looked into: a long conversation costs a full parse.)
+    let mut body = match lease.moved().then(|| bodies.portable()).flatten() {
+        Some(p) => p.clone(),
+        None => call.body.clone(),
     };
     let mut made_portable = lease.moved();
     let response = loop {
