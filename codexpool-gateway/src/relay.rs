@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 use crate::adapt::event::ResponseRef;
 use crate::adapt::{
     AssembleError, ChatAssembler, ChatStream, EventKind, FailureKind, ResponseAssembler,
-    ResponsesEvent, TokenUsage, UpstreamFailure, sub_bytes, with_field,
+    ResponsesEvent, TokenUsage, UpstreamFailure, items_array, sub_bytes, with_field,
 };
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -138,18 +138,8 @@ fn refilled(data: &[u8], mut items: Vec<(u64, Bytes)>) -> Option<Vec<u8>> {
     if !ResponseRef::parse(response).ok()?.output_is_empty() {
         return None;
     }
-    items.sort_by_key(|(index, _)| *index);
-    let mut output = Vec::with_capacity(items.iter().map(|(_, i)| i.len() + 1).sum::<usize>() + 2);
-    output.push(b'[');
-    for (i, (_, item)) in items.iter().enumerate() {
-        if i > 0 {
-            output.push(b',');
-        }
-        output.extend_from_slice(item);
-    }
-    output.push(b']');
-    let output = std::str::from_utf8(&output).ok()?;
-    let response = with_field(response.get(), "output", output)?;
+    let output = items_array(&mut items);
+    let response = with_field(response.get(), "output", &output)?;
     with_field(data, "response", std::str::from_utf8(&response).ok()?)
 }
 

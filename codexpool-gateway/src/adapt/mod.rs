@@ -366,6 +366,23 @@ impl<'o> ObjectWriter<'o> {
 /// `object` (the text of a JSON object) with the value of `key` replaced by `value` (JSON text),
 /// or added at the end when absent; the other fields are kept verbatim and in order. `None` when
 /// `object` is not a JSON object.
+/// A JSON array of raw items, in their `output_index` order (the final `output` a stream's
+/// `response.output_item.done` events add up to).
+pub(crate) fn items_array(items: &mut [(u64, Bytes)]) -> String {
+    items.sort_by_key(|(index, _)| *index);
+    let mut out = Vec::with_capacity(items.iter().map(|(_, i)| i.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, (_, item)) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.push(b']');
+    // Items are slices of UTF-8 event payloads.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 pub(crate) fn with_field(object: &str, key: &str, value: &str) -> Option<Vec<u8>> {
     let fields: Shallow<'_> = serde_json::from_str(object).ok()?;
     let mut out = Vec::with_capacity(object.len() + key.len() + value.len() + 4);

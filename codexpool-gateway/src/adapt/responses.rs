@@ -23,7 +23,8 @@ use super::event::{
 };
 use super::{
     AssembleError, DEFAULT_INSTRUCTIONS, JStr, ObjectWriter, Overrides, RequestError, Shallow,
-    UpstreamRequest, bool_field, is_null, parse_object, raw_str, str_field, sub_bytes, write_json,
+    UpstreamRequest, bool_field, is_null, items_array, parse_object, raw_str, str_field, sub_bytes,
+    with_field, write_json,
 };
 use crate::sse::SseEvent;
 
@@ -679,34 +680,11 @@ impl ResponseAssembler {
 
     /// `response` with its `output` replaced by the items seen.
     fn with_items(&mut self, response: &RawValue) -> Bytes {
-        self.items.sort_by_key(|(index, _)| *index);
-        let mut output = Vec::with_capacity(self.items.iter().map(|(_, i)| i.len() + 1).sum());
-        output.push(b'[');
-        for (i, (_, item)) in self.items.iter().enumerate() {
-            if i > 0 {
-                output.push(b',');
-            }
-            output.extend_from_slice(item);
-        }
-        output.push(b']');
-        let output = as_str(&output);
-        let fields: Shallow<'_> = serde_json::from_str(response.get()).unwrap_or_default();
-        let mut out = Vec::with_capacity(response.get().len() + output.len());
-        let mut w = ObjectWriter::new(&mut out);
-        let mut saw_output = false;
-        for (key, value) in &fields.0 {
-            if key == "output" {
-                saw_output = true;
-                w.raw(key, output);
-            } else {
-                w.raw(key, value.get());
-            }
-        }
-        if !saw_output {
-            w.raw("output", output);
-        }
-        w.end();
-        Bytes::from(out)
+        let output = items_array(&mut self.items);
+        with_field(response.get(), "output", &output).map_or_else(
+            || Bytes::copy_from_slice(response.get().as_bytes()),
+            Bytes::from,
+        )
     }
 }
 
