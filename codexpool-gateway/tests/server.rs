@@ -29,6 +29,23 @@ async fn env(settings: &[(&str, &str)]) -> Env {
     Env { fake, dir, pool }
 }
 
+/// An environment with one account (`acct-0`) and a platform key.
+async fn env_with_an_account() -> (Env, codexpool_core::keys::CreatedKey) {
+    let e = env(&[]).await;
+    e.fake.add_account(FakeAccount::new("acct-0"));
+    e.pool
+        .accounts()
+        .import_bytes("a", e.fake.auth_json("acct-0").to_string().as_bytes())
+        .await;
+    let key = e
+        .pool
+        .keys()
+        .create(codexpool_core::keys::NewKey::named("k"))
+        .await
+        .unwrap();
+    (e, key)
+}
+
 async fn start(e: &Env) -> RunningServer {
     Server::new(e.pool.clone())
         .addr("127.0.0.1:0".parse().unwrap())
@@ -292,18 +309,7 @@ async fn sign_in_through_the_service_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_requests_and_flushes_the_log_on_stop() {
-    let e = env(&[]).await;
-    e.fake.add_account(FakeAccount::new("acct-0"));
-    e.pool
-        .accounts()
-        .import_bytes("a", e.fake.auth_json("acct-0").to_string().as_bytes())
-        .await;
-    let key = e
-        .pool
-        .keys()
-        .create(codexpool_core::keys::NewKey::named("k"))
-        .await
-        .unwrap();
+    let (e, key) = env_with_an_account().await;
     let srv = start(&e).await;
     let res = reqwest::Client::new()
         .post(format!("{}/chat/completions", srv.base_url()))
@@ -477,18 +483,7 @@ async fn arbitrary_rpc_params_get_clear_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_open_past_the_shutdown_grace_is_closed_and_logged() {
-    let e = env(&[]).await;
-    e.fake.add_account(FakeAccount::new("acct-0"));
-    e.pool
-        .accounts()
-        .import_bytes("a", e.fake.auth_json("acct-0").to_string().as_bytes())
-        .await;
-    let key = e
-        .pool
-        .keys()
-        .create(codexpool_core::keys::NewKey::named("k"))
-        .await
-        .unwrap();
+    let (e, key) = env_with_an_account().await;
     e.fake
         .push_reply("acct-0", Reply::StallMidStream { after_deltas: 2 });
     let srv = Server::new(e.pool.clone())
