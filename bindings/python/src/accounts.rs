@@ -84,6 +84,7 @@ record! {
         account_id: Option<String>,
         label: Option<String>,
         warning: Option<String>,
+        codex_cli: bool,
     }
 }
 
@@ -122,6 +123,7 @@ impl From<CoreImportReport> for ImportReport {
                         account_id: x.account_id,
                         label: x.label,
                         warning: x.warning,
+                        codex_cli: x.codex_cli,
                     }
                 })
                 .collect(),

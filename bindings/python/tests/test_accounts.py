@@ -146,6 +146,7 @@ def test_import_file_folder_bytes_text_and_reimport(
     assert r.results[0].status == "imported"
     assert str(home / "one.json") in r.results[0].source
     assert r.results[0].warning, "an auth.json shares its refresh token with the Codex CLI"
+    assert r.results[0].codex_cli
     # A folder: acct-1 again (updated) and acct-2 (new).
     r = pool.accounts.import_file(str(home))
     assert (r.imported, r.updated) == (1, 1)

@@ -200,6 +200,8 @@ pub struct ImportResult {
     pub label: Option<String>,
     /// Something to know (e.g. a refresh token shared with the Codex CLI).
     pub warning: Option<String>,
+    /// The input was a Codex CLI sign-in, whose refresh token that CLI still holds.
+    pub codex_cli: bool,
 }
 
 impl From<CoreImportResult> for ImportResult {
@@ -217,6 +219,7 @@ impl From<CoreImportResult> for ImportResult {
             account_id: r.account_id,
             label: r.label,
             warning: r.warning,
+            codex_cli: r.codex_cli,
         }
     }
 }

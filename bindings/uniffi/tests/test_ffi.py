@@ -124,6 +124,7 @@ async def run(tmp, fake):
     step("accounts: import an auth.json, list, get, update, disable, enable, export")
     results = await accounts.import_path(auth_path)
     assert [r.status for r in results] == [cp.ImportStatus.IMPORTED], results
+    assert results[0].codex_cli, "an auth.json is a Codex CLI sign-in"
     account_id = results[0].account_id
     again = await accounts.import_text("stdin", fake.auth_json("acct-1"))
     assert again[0].status == cp.ImportStatus.UPDATED and again[0].account_id == account_id

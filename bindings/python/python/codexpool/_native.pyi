@@ -178,6 +178,9 @@ class ImportResult:
     def label(self) -> str | None: ...
     @property
     def warning(self) -> str | None: ...
+    @property
+    def codex_cli(self) -> bool:
+        """The input was a Codex CLI sign-in, whose refresh token that CLI still holds."""
     def to_dict(self) -> dict[str, Any]: ...
 
 @final
