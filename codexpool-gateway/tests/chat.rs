@@ -166,12 +166,7 @@ async fn tool_calls_both_ways() {
         v["choices"][0]["message"]["content"],
         "The tool returned: sunny"
     );
-    let sent = h
-        .fake
-        .last_request("/backend-api/codex/responses")
-        .unwrap()
-        .body_json()
-        .unwrap();
+    let sent = h.last_sent();
     let items = sent["input"].as_array().unwrap();
     assert!(
         items

@@ -47,12 +47,7 @@ fn second_turn(output: &[Value]) -> Value {
 
 /// The input items of the last request the backend received.
 fn sent_input(h: &Harness) -> Vec<Value> {
-    let sent = h
-        .fake
-        .last_request("/backend-api/codex/responses")
-        .unwrap()
-        .body_json()
-        .unwrap();
+    let sent = h.last_sent();
     sent["input"].as_array().unwrap().clone()
 }
 
@@ -144,12 +139,7 @@ async fn the_codex_cli_replays_go_as_sent_and_the_backend_has_the_last_word() {
     let (status, _, text) = h.call(req).await;
     assert!(status.is_client_error(), "{status}: {text}");
     assert!(text.contains("not found"), "{text}");
-    let sent = h
-        .fake
-        .last_request("/backend-api/codex/responses")
-        .unwrap()
-        .body_json()
-        .unwrap();
+    let sent = h.last_sent();
     assert!(
         sent["input"]
             .as_array()

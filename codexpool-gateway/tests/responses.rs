@@ -31,12 +31,7 @@ async fn streaming_passes_events_through() {
         body.contains("event: response.completed\n"),
         "event lines are kept"
     );
-    let sent = h
-        .fake
-        .last_request("/backend-api/codex/responses")
-        .unwrap()
-        .body_json()
-        .unwrap();
+    let sent = h.last_sent();
     assert_eq!(
         sent["input"][0]["content"][0]["type"], "input_text",
         "a string input becomes a message"
@@ -130,12 +125,7 @@ async fn a_bound_key_forces_model_and_effort() {
         .unwrap();
     let (status, _, body) = h.call(req).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let sent = h
-        .fake
-        .last_request("/backend-api/codex/responses")
-        .unwrap()
-        .body_json()
-        .unwrap();
+    let sent = h.last_sent();
     assert_eq!(sent["model"], "gpt-5.1-codex");
     assert_eq!(sent["reasoning"]["effort"], "high");
 }

@@ -30,8 +30,8 @@ async fn env(settings: &[(&str, &str)]) -> Env {
 }
 
 /// An environment with one account (`acct-0`) and a platform key.
-async fn env_with_an_account() -> (Env, codexpool_core::keys::CreatedKey) {
-    let e = env(&[]).await;
+async fn env_with_an_account(settings: &[(&str, &str)]) -> (Env, codexpool_core::keys::CreatedKey) {
+    let e = env(settings).await;
     e.fake.add_account(FakeAccount::new("acct-0"));
     e.pool
         .accounts()
@@ -309,7 +309,7 @@ async fn sign_in_through_the_service_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_requests_and_flushes_the_log_on_stop() {
-    let (e, key) = env_with_an_account().await;
+    let (e, key) = env_with_an_account(&[]).await;
     let srv = start(&e).await;
     let res = reqwest::Client::new()
         .post(format!("{}/chat/completions", srv.base_url()))
@@ -347,20 +347,10 @@ async fn serves_requests_and_flushes_the_log_on_stop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_beyond_the_limit_is_shed_with_503() {
-    let e = env(&[("HTTP_QUEUE_FACTOR", "0"), ("HTTP_QUEUE_MIN", "1")]).await;
-    e.fake.add_account(FakeAccount::new("acct-0"));
+    let (e, key) =
+        env_with_an_account(&[("HTTP_QUEUE_FACTOR", "0"), ("HTTP_QUEUE_MIN", "1")]).await;
     e.fake
         .push_reply("acct-0", Reply::StallMidStream { after_deltas: 1 });
-    e.pool
-        .accounts()
-        .import_bytes("a", e.fake.auth_json("acct-0").to_string().as_bytes())
-        .await;
-    let key = e
-        .pool
-        .keys()
-        .create(codexpool_core::keys::NewKey::named("k"))
-        .await
-        .unwrap();
     let srv = start(&e).await;
     let client = reqwest::Client::new();
     let held = client
@@ -483,7 +473,7 @@ async fn arbitrary_rpc_params_get_clear_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_open_past_the_shutdown_grace_is_closed_and_logged() {
-    let (e, key) = env_with_an_account().await;
+    let (e, key) = env_with_an_account(&[]).await;
     e.fake
         .push_reply("acct-0", Reply::StallMidStream { after_deltas: 2 });
     let srv = Server::new(e.pool.clone())

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use codexpool_testkit::{
     FakeAccount, FakeModel, FakeOpenAi, FakeTokenUsage, OutputItem, Reply, StreamStatus,
 };
-use common::{Frame, client, codex_body, codex_frames, codex_post, parse_sse, text_of, types};
+use common::{
+    Frame, client, codex_body, codex_frames, codex_post, codex_post_frames, parse_sse, text_of,
+    types,
+};
 use serde_json::{Value, json};
 
 fn fake_with(accounts: &[&str]) -> FakeOpenAi {
@@ -101,13 +104,7 @@ async fn reasoning_then_text() {
     let mut body = codex_body("hi");
     body["include"] = json!(["reasoning.encrypted_content"]);
     body["reasoning"] = json!({"effort": "medium", "summary": "auto"});
-    let frames = parse_sse(
-        &codex_post(&fake, "acct-1", &body)
-            .await
-            .text()
-            .await
-            .unwrap(),
-    );
+    let frames = codex_post_frames(&fake, "acct-1", &body).await;
     assert_eq!(
         types(&frames),
         [
@@ -181,13 +178,7 @@ async fn tool_call_and_round_trip() {
     input.push(
         json!({"type": "function_call_output", "call_id": "call_1", "output": "file-a file-b"}),
     );
-    let frames = parse_sse(
-        &codex_post(&fake, "acct-1", &body)
-            .await
-            .text()
-            .await
-            .unwrap(),
-    );
+    let frames = codex_post_frames(&fake, "acct-1", &body).await;
     assert_eq!(text_of(&frames), "The tool returned: file-a file-b");
     assert_eq!(frames.last().unwrap().ty(), "response.completed");
 }
@@ -379,31 +370,13 @@ async fn usage_numbers_cache_and_override() {
     let input = serde_json::to_vec(&body).unwrap().len() as u64 / 4;
     let usage = |frames: &[Frame]| last(frames, "response.completed")["response"]["usage"].clone();
 
-    let f1 = parse_sse(
-        &codex_post(&fake, "acct-1", &body)
-            .await
-            .text()
-            .await
-            .unwrap(),
-    );
+    let f1 = codex_post_frames(&fake, "acct-1", &body).await;
     assert_eq!(usage(&f1)["input_tokens_details"]["cached_tokens"], 0);
-    let f2 = parse_sse(
-        &codex_post(&fake, "acct-1", &body)
-            .await
-            .text()
-            .await
-            .unwrap(),
-    );
+    let f2 = codex_post_frames(&fake, "acct-1", &body).await;
     assert_eq!(usage(&f2)["input_tokens"], input);
     assert_eq!(usage(&f2)["input_tokens_details"]["cached_tokens"], input);
     // The cache belongs to the account.
-    let f3 = parse_sse(
-        &codex_post(&fake, "acct-2", &body)
-            .await
-            .text()
-            .await
-            .unwrap(),
-    );
+    let f3 = codex_post_frames(&fake, "acct-2", &body).await;
     assert_eq!(usage(&f3)["input_tokens_details"]["cached_tokens"], 0);
 
     let fixed = FakeTokenUsage {
@@ -413,13 +386,7 @@ async fn usage_numbers_cache_and_override() {
         reasoning_tokens: 10,
     };
     fake.push_reply("acct-1", Reply::text("x").with_usage(fixed));
-    let f4 = parse_sse(
-        &codex_post(&fake, "acct-1", &body)
-            .await
-            .text()
-            .await
-            .unwrap(),
-    );
+    let f4 = codex_post_frames(&fake, "acct-1", &body).await;
     let u = usage(&f4);
     assert_eq!(u["input_tokens"], 1000);
     assert_eq!(u["input_tokens_details"]["cached_tokens"], 900);
@@ -768,13 +735,7 @@ async fn references_to_stored_items_are_not_found() {
             OutputItem::tool_call("call_1", "f", "{}"),
         ]),
     );
-    let frames = parse_sse(
-        &codex_post(&fake, "acct-1", &body)
-            .await
-            .text()
-            .await
-            .unwrap(),
-    );
+    let frames = codex_post_frames(&fake, "acct-1", &body).await;
     let output = last(&frames, "response.completed")["response"]["output"].clone();
     assert!(output[0]["id"].as_str().unwrap().starts_with("rs_"));
     assert!(output[0]["encrypted_content"].is_string());

@@ -138,6 +138,15 @@ impl Harness {
             .map_or(0, |n| n.parse().unwrap())
     }
 
+    /// The JSON body of the last request the backend received.
+    pub fn last_sent(&self) -> Value {
+        self.fake
+            .last_request("/backend-api/codex/responses")
+            .unwrap()
+            .body_json()
+            .unwrap()
+    }
+
     pub fn total_inflight(&self) -> u32 {
         self.pool.accounts().total_inflight()
     }

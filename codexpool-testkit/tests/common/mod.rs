@@ -102,6 +102,11 @@ pub async fn codex_post(fake: &FakeOpenAi, account: &str, body: &Value) -> reqwe
         .unwrap()
 }
 
+/// POSTs a body as `account` and parses the SSE answer.
+pub async fn codex_post_frames(fake: &FakeOpenAi, account: &str, body: &Value) -> Vec<Frame> {
+    parse_sse(&codex_post(fake, account, body).await.text().await.unwrap())
+}
+
 /// Sends a default body and returns the status, headers and parsed frames.
 pub async fn codex_frames(
     fake: &FakeOpenAi,
