@@ -489,6 +489,13 @@ impl<'a> ItemRef<'a> {
     /// The refusal of a message item: its `refusal` parts (`{"type":"refusal","refusal":…}`)
     /// concatenated. Empty when the model did not decline.
     pub fn refusal(&self) -> Cow<'a, str> {
+        // Every answer's message item comes by here: no parse unless a refusal part is there.
+        if self
+            .content
+            .is_none_or(|c| memchr::memmem::find(c.get().as_bytes(), b"\"refusal\"").is_none())
+        {
+            return Cow::Borrowed("");
+        }
         self.parts(|p| {
             let refusal = p.kind.and_then(lenient_str).as_deref() == Some("refusal");
             if refusal { p.refusal } else { None }
