@@ -199,7 +199,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Config");
         for s in SETTINGS {
-            d.field(s.name, &(s.show)(self));
+            d.field(s.name, &s.shown(self));
         }
         d.finish()
     }
@@ -276,6 +276,14 @@ pub struct Setting {
     pub help: &'static str,
     apply: fn(&mut Config, &str) -> Result<(), String>,
     show: fn(&Config) -> String,
+}
+
+impl Setting {
+    /// The effective value for people (listings, `Debug`): secrets as `*****`, and a password
+    /// in any URL hidden, in this one place.
+    fn shown(&self, c: &Config) -> String {
+        without_password(&(self.show)(c))
+    }
 }
 
 impl fmt::Debug for Setting {
@@ -387,7 +395,7 @@ fn secs(d: Duration) -> String {
 }
 
 fn show_opt(v: &Option<String>) -> String {
-    v.as_deref().map(without_password).unwrap_or_default()
+    v.clone().unwrap_or_default()
 }
 
 /// A value as shown to people (listings, errors): a password in a URL
@@ -467,7 +475,7 @@ pub static SETTINGS: &[Setting] = &[
             c.issuer = parse_url(v)?;
             Ok(())
         },
-        show: |c| without_password(&c.issuer),
+        show: |c| c.issuer.clone(),
     },
     Setting {
         name: "CLIENT_ID",
@@ -503,7 +511,7 @@ pub static SETTINGS: &[Setting] = &[
             c.redirect_uri = parse_url(v)?;
             Ok(())
         },
-        show: |c| without_password(&c.redirect_uri),
+        show: |c| c.redirect_uri.clone(),
     },
     Setting {
         name: "LOGIN_ADDR",
@@ -548,7 +556,7 @@ pub static SETTINGS: &[Setting] = &[
             c.usage_base_url = parse_url(v)?;
             Ok(())
         },
-        show: |c| without_password(&c.usage_base_url),
+        show: |c| c.usage_base_url.clone(),
     },
     Setting {
         name: "USAGE_POLL_INTERVAL_SECS",
@@ -594,7 +602,7 @@ pub static SETTINGS: &[Setting] = &[
             c.upstream_base_url = normalize_upstream(v)?;
             Ok(())
         },
-        show: |c| without_password(&c.upstream_base_url),
+        show: |c| c.upstream_base_url.clone(),
     },
     Setting {
         name: "UPSTREAM_FALLBACK_BASE_URL",
@@ -1171,7 +1179,7 @@ impl Config {
                 let bad = invalid.iter().find(|e| e.setting == Some(s.name));
                 SettingView {
                     name: s.name,
-                    value: bad.map_or_else(|| (s.show)(self), |e| e.value.clone()),
+                    value: bad.map_or_else(|| s.shown(self), |e| e.value.clone()),
                     source: bad
                         .and_then(ConfigError::origin)
                         .unwrap_or_else(|| self.source_of(s.name))
@@ -1304,6 +1312,7 @@ mod tests {
         .unwrap();
         let listing = format!("{:?}", c.describe());
         assert!(!listing.contains("p4ssw0rd"), "{listing}");
+        assert!(!format!("{c:?}").contains("p4ssw0rd"));
         assert!(
             listing.contains("https://user:*****@example.com/v1"),
             "{listing}"
