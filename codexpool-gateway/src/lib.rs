@@ -20,6 +20,7 @@
 //! ```
 
 pub mod adapt;
+pub mod admin;
 mod auth;
 mod body;
 mod error;

@@ -3,6 +3,10 @@
 //! background tasks (usage poller, token refresher; the pool itself runs its batched writer and
 //! cross-process change watcher), and a graceful stop: stop accepting, let open streams finish
 //! (bounded), write what is queued.
+//!
+//! A server on a database file writes `server.json` beside it (its URL and process id) and the
+//! admin token to `rpc-token`, so other processes on the database can ask it for what only it
+//! knows (requests in flight, cooldowns): see [`crate::admin`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Gateway;
+use crate::admin::ServerFile;
 use crate::limit::ShedLayer;
 use crate::rpc::Rpc;
 
@@ -193,6 +198,16 @@ impl Server {
             background.push(codexpool_core::poll::spawn_poller(&self.pool));
             background.push(codexpool_core::auth::spawn_refresher(&self.pool));
         }
+        let server_file = config.db_path.is_file().then(|| ServerFile {
+            url: url_of(addr),
+            pid: std::process::id(),
+        });
+        if let Some(f) = &server_file
+            && let Err(e) = f.write(&config)
+        {
+            // Only other processes' view of the runtime state depends on it.
+            tracing::warn!(error = %e, "cannot say where this server listens");
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(
             listener,
@@ -207,6 +222,7 @@ impl Server {
             token_file,
             pool: self.pool,
             gateway,
+            server_file,
             stop_tx,
             task: Some(task),
             _background: background,
@@ -222,7 +238,7 @@ impl Server {
 }
 
 /// The token an earlier start wrote, if the file holds one that is private to its owner.
-fn read_token(path: &Path) -> Option<Secret> {
+pub(crate) fn read_token(path: &Path) -> Option<Secret> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -306,6 +322,8 @@ pub struct RunningServer {
     token_file: Option<PathBuf>,
     pool: Pool,
     gateway: Gateway,
+    /// Where this server said it listens (a database on disk only).
+    server_file: Option<ServerFile>,
     stop_tx: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     _background: Vec<codexpool_core::BackgroundTask>,
@@ -327,14 +345,7 @@ impl RunningServer {
 
     /// `http://<addr>`; a server on all interfaces (`0.0.0.0`, `::`) is reached on loopback.
     pub fn url(&self) -> String {
-        let mut addr = self.addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(match addr.ip() {
-                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        format!("http://{addr}")
+        url_of(self.addr)
     }
 
     /// The `base_url` to give an OpenAI client: [`RunningServer::url`] + `/v1`.
@@ -370,7 +381,21 @@ impl RunningServer {
 impl Drop for RunningServer {
     fn drop(&mut self) {
         let _ = self.stop_tx.send(true);
+        if let Some(f) = &self.server_file {
+            f.remove(self.pool.config());
+        }
     }
+}
+
+/// `http://<addr>`; a server on all interfaces (`0.0.0.0`, `::`) is reached on loopback.
+fn url_of(mut addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}")
 }
 
 /// `GET /auth/callback`: completes a browser sign-in started anywhere on this database, with the

@@ -75,7 +75,7 @@ struct Answer {
 }
 
 /// An error and its causes on one line ("a: b: c"), each said once.
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

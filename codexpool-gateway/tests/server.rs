@@ -514,3 +514,38 @@ async fn a_stream_open_past_the_shutdown_grace_is_closed_and_logged() {
     assert_eq!(rows.len(), 1, "the row was written before the final flush");
     assert!(rows[0].error_class.is_some(), "{:?}", rows[0]);
 }
+
+/// Another process finds the server on a database through `server.json` and asks it; a stop
+/// takes the file back only while it is still this server's (the last one started names itself).
+#[tokio::test]
+async fn another_process_finds_the_server_on_the_database() {
+    use codexpool_gateway::admin::{AdminClient, AdminError, ServerFile};
+    let (e, _key) = env_with_an_account(&[]).await;
+    let config = e.pool.config().clone();
+    assert!(AdminClient::find(&config).is_none(), "nothing runs yet");
+
+    let first = start(&e).await;
+    let second = start(&e).await;
+    let file = ServerFile::read(&config).unwrap();
+    assert_eq!((file.url, file.pid), (second.url(), std::process::id()));
+    first.stop().await.unwrap();
+    let client = AdminClient::find(&config).expect("the second server still runs");
+    assert_eq!(client.url(), second.url());
+    let list = client.call("account/list", json!({})).await.unwrap();
+    assert_eq!(list[0]["runtime"]["inflight"], 0, "{list}");
+    let refused = client.call("nope", json!({})).await.unwrap_err();
+    assert!(
+        matches!(&refused, AdminError::Failed { message, .. } if message.contains("nope")),
+        "{refused}"
+    );
+
+    // A client holding a stale address (the server is gone) is told nobody answers there.
+    let url = second.url();
+    second.stop().await.unwrap();
+    assert!(ServerFile::read(&config).is_none());
+    let gone = AdminClient::new(url, Secret::from("t".repeat(64)))
+        .call("account/list", json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(gone, AdminError::NotRunning { .. }), "{gone}");
+}

@@ -15,8 +15,10 @@
 //! - `account export`: the export document `{"version": 1, "exported_at", "accounts": […]}`
 //!   (always JSON); with `-o FILE` and `--json`: `{"path", "accounts": N}`;
 //! - `account list`: `[Account + {"usage": {"five_hour": Window|null, "weekly": Window|null},
-//!   "runtime": {"inflight", "cooldown_until", "exhausted_until", "usable"}}]`, where `Window` is
-//!   `{"kind", "used_percent", "window_minutes", "resets_at", "source", "observed_at"}`;
+//!   "runtime": {"inflight", "cooldown_until", "exhausted_until", "usable", "source"}}]`, where
+//!   `Window` is `{"kind", "used_percent", "window_minutes", "resets_at", "source",
+//!   "observed_at"}` and the runtime's `source` is `server` (the server running on this database
+//!   answered) or `local` (none runs: nothing is in flight, nothing cools down);
 //! - `account update|enable|disable|remove`: `Account`.
 
 use std::io::{IsTerminal, Read};
@@ -27,6 +29,7 @@ use codexpool_core::import::{ImportOutcome, ImportReport};
 use codexpool_core::{Account, AccountFilter, AccountPatch, Pool};
 use serde::Serialize;
 
+use super::runtime::{Runtimes, Source};
 use super::{Ctx, usage};
 use crate::Failure;
 use crate::args::{AccountFilterArgs, AccountUpdateArgs, LoginArgs};
@@ -382,7 +385,14 @@ struct AccountView<'a> {
     #[serde(flatten)]
     account: &'a Account,
     usage: UsageView,
-    runtime: Option<codexpool_core::pool::AccountRuntime>,
+    runtime: Option<RuntimeView>,
+}
+
+#[derive(Serialize)]
+struct RuntimeView {
+    #[serde(flatten)]
+    runtime: codexpool_core::pool::AccountRuntime,
+    source: Source,
 }
 
 #[derive(Serialize)]
@@ -392,9 +402,10 @@ struct UsageView {
 }
 
 /// `account list`.
-pub fn list(ctx: &Ctx, pool: &Pool, f: &AccountFilterArgs) -> anyhow::Result<()> {
+pub async fn list(ctx: &Ctx, pool: &Pool, f: &AccountFilterArgs) -> anyhow::Result<()> {
     let out = &ctx.out;
     let accounts = pool.accounts().list(&filter_of(f));
+    let runtimes = Runtimes::load(ctx).await;
     let now = pool.now();
     if out.json {
         let views: Vec<AccountView<'_>> = accounts
@@ -407,7 +418,9 @@ pub fn list(ctx: &Ctx, pool: &Pool, f: &AccountFilterArgs) -> anyhow::Result<()>
                         five_hour: u.five_hour,
                         weekly: u.weekly,
                     },
-                    runtime: pool.accounts().runtime(&a.id).ok(),
+                    runtime: runtimes
+                        .get(pool, &a.id)
+                        .map(|(runtime, source)| RuntimeView { runtime, source }),
                 }
             })
             .collect();
@@ -439,7 +452,7 @@ pub fn list(ctx: &Ctx, pool: &Pool, f: &AccountFilterArgs) -> anyhow::Result<()>
     ]);
     for a in &accounts {
         let u = pool.usage().get(&a.id).unwrap_or_default();
-        let rt = pool.accounts().runtime(&a.id).ok();
+        let rt = runtimes.get(pool, &a.id).map(|(rt, _)| rt);
         let (status, paint) = usage::status_text(a, rt.as_ref(), now);
         let window = |w: Option<&codexpool_core::usage::WindowReading>| {
             let (text, paint) = usage::window_short(w, now);

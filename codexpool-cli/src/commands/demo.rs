@@ -18,6 +18,7 @@ use codexpool_gateway::Server;
 use codexpool_testkit::{FakeAccount, FakeOpenAi, FakeUsage, FakeWindow, Reply};
 use serde_json::{Value, json};
 
+use super::runtime::Runtimes;
 use super::{Ctx, logs, usage};
 use crate::output::{Output, Paint};
 
@@ -198,7 +199,7 @@ async fn run(out: &Output, fake: &FakeOpenAi, dir: &std::path::Path) -> anyhow::
             "base_url": base_url,
             "answers": {"streaming": streamed, "non_streaming": answer},
             "failover": failover,
-            "usage": serde_json::to_value(usage::views(&pool, None))?,
+            "usage": serde_json::to_value(usage::views(&pool, &Runtimes::local(), None))?,
             "requests": requests,
         }))?;
         return Ok(());
@@ -228,7 +229,7 @@ async fn run(out: &Output, fake: &FakeOpenAi, dir: &std::path::Path) -> anyhow::
         "\n{}",
         out.paint("Usage (codexpool usage):", Paint::Bold)
     ))?;
-    usage::print(out, &pool, None)?;
+    usage::print(out, &pool, &Runtimes::local(), None)?;
     out.line(format!(
         "\n{}",
         out.paint("Request log (codexpool logs):", Paint::Bold)

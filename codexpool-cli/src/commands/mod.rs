@@ -9,6 +9,7 @@ mod config;
 mod demo;
 mod key;
 mod logs;
+mod runtime;
 pub mod serve;
 mod usage;
 
@@ -73,7 +74,7 @@ async fn run_on_pool(command: Command, ctx: &Ctx, pool: &Pool) -> anyhow::Result
             AccountCommand::Export { output, filter } => {
                 account::export(ctx, pool, output.as_deref(), &filter).await
             }
-            AccountCommand::List(f) => account::list(ctx, pool, &f),
+            AccountCommand::List(f) => account::list(ctx, pool, &f).await,
             AccountCommand::Update(a) => account::update(ctx, pool, a).await,
             AccountCommand::Enable(a) => account::enable(ctx, pool, &a.id).await,
             AccountCommand::Disable(a) => account::disable(ctx, pool, &a.id).await,

@@ -3,11 +3,12 @@
 //! progress bar on a terminal.
 //!
 //! JSON: `[{"id", "label", "email", "plan_type", "status", "status_reason", "usable",
-//! "inflight", "cooldown_until", "exhausted_until", "five_hour": Window|null, "weekly":
-//! Window|null, "credits": {"balance", "has_credits", "unlimited"}|null, "refresh": null |
-//! {"ok", "error", "error_kind"}}]` where `Window` is `{"kind", "used_percent",
+//! "inflight", "cooldown_until", "exhausted_until", "runtime_source", "five_hour": Window|null,
+//! "weekly": Window|null, "credits": {"balance", "has_credits", "unlimited"}|null, "refresh":
+//! null | {"ok", "error", "error_kind"}}]` where `Window` is `{"kind", "used_percent",
 //! "window_minutes", "resets_at", "source" (poll|headers|rate-limit), "observed_at", "stale"}`.
-//! `refresh` is `null` without `--refresh`.
+//! `refresh` is `null` without `--refresh`. `usable`, `inflight` and the cooldown are the running
+//! server's (`runtime_source: "server"`) when one runs on this database, else `"local"`.
 
 use std::collections::HashMap;
 
@@ -19,6 +20,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use super::Ctx;
+use super::runtime::{Runtimes, Source};
 use crate::args::UsageArgs;
 use crate::output::{Output, Paint, ago, bar, duration, level, percent};
 
@@ -30,8 +32,9 @@ pub async fn usage(ctx: &Ctx, pool: &Pool, a: UsageArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let runtimes = Runtimes::load(ctx).await;
     if out.json {
-        out.json(&views(pool, refreshed.as_ref()))?;
+        out.json(&views(pool, &runtimes, refreshed.as_ref()))?;
         return failed_polls(refreshed.as_ref());
     }
     if pool.accounts().is_empty() {
@@ -41,7 +44,7 @@ pub async fn usage(ctx: &Ctx, pool: &Pool, a: UsageArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    print(out, pool, refreshed.as_ref())?;
+    print(out, pool, &runtimes, refreshed.as_ref())?;
     if !a.refresh {
         out.note("Figures come from responses and polls; `codexpool usage --refresh` polls now.");
     }
@@ -151,6 +154,7 @@ pub(super) fn window_short(
 pub(super) fn print(
     out: &Output,
     pool: &Pool,
+    runtimes: &Runtimes,
     refreshed: Option<&HashMap<String, PollResult>>,
 ) -> anyhow::Result<()> {
     let now = pool.now();
@@ -210,7 +214,7 @@ pub(super) fn print(
         if i > 0 {
             out.data("")?;
         }
-        let rt = pool.accounts().runtime(&a.id).ok();
+        let rt = runtimes.get(pool, &a.id).map(|(rt, _)| rt);
         let (status, paint) = status_text(a, rt.as_ref(), now);
         let mut head = vec![
             out.paint(&a.label, Paint::Bold),
@@ -280,6 +284,8 @@ pub(super) struct View {
     inflight: u32,
     cooldown_until: Option<codexpool_core::Timestamp>,
     exhausted_until: Option<codexpool_core::Timestamp>,
+    /// Where `usable`, `inflight` and the cooldown come from.
+    runtime_source: Source,
     five_hour: Option<WindowView>,
     weekly: Option<WindowView>,
     credits: Option<Credits>,
@@ -309,14 +315,21 @@ fn window_view(w: Option<WindowReading>, now: codexpool_core::Timestamp) -> Opti
 }
 
 /// Every account's usage as `usage --json` prints it.
-pub(super) fn views(pool: &Pool, refreshed: Option<&HashMap<String, PollResult>>) -> Vec<View> {
+pub(super) fn views(
+    pool: &Pool,
+    runtimes: &Runtimes,
+    refreshed: Option<&HashMap<String, PollResult>>,
+) -> Vec<View> {
     let now = pool.now();
     pool.accounts()
         .list(&AccountFilter::default())
         .into_iter()
         .map(|a| {
             let u: AccountUsage = pool.usage().get(&a.id).unwrap_or_default();
-            let rt = pool.accounts().runtime(&a.id).ok();
+            let (rt, runtime_source) = match runtimes.get(pool, &a.id) {
+                Some((rt, source)) => (Some(rt), source),
+                None => (None, Source::Local),
+            };
             let refresh = refreshed.map(|m| match m.get(&a.id).map(|r| &r.outcome) {
                 Some(Ok(_)) => RefreshView {
                     ok: true,
@@ -339,6 +352,7 @@ pub(super) fn views(pool: &Pool, refreshed: Option<&HashMap<String, PollResult>>
                 inflight: rt.as_ref().map_or(0, |r| r.inflight),
                 cooldown_until: rt.as_ref().and_then(|r| r.cooldown_until),
                 exhausted_until: rt.as_ref().and_then(|r| r.exhausted_until),
+                runtime_source,
                 five_hour: window_view(u.five_hour, now),
                 weekly: window_view(u.weekly, now),
                 credits: u.credits,

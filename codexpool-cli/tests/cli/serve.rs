@@ -1,13 +1,14 @@
 //! `serve` as a child process: the banner, `/rpc` with and without the token, a chat request
 //! through the gateway, other commands on the same database while it runs, and a graceful stop
-//! on SIGTERM that writes the request log.
+//! on SIGTERM that writes the request log; listings showing the running server's runtime state.
 
 use std::time::Duration;
 
 use codexpool_core::request_log::RequestLogQuery;
+use codexpool_testkit::Reply;
 use serde_json::{Value, json};
 
-use crate::support::{Env, Lines, finish, signal, stop};
+use crate::support::{Env, Lines, finish, signal, stop, texts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_rpc_and_chat_then_stops_gracefully_on_sigterm() {
@@ -237,4 +238,134 @@ async fn serve_keeps_serving_when_its_stdout_is_closed() {
     assert_eq!(res.status(), 200);
     let stderr = stop(child);
     assert!(stderr.contains("Stopped."), "{stderr}");
+}
+
+/// Requests in flight and cooldowns live in the server's memory: `account list` and `usage`
+/// ask the server running on the database for them, and fall back to their own view (nothing
+/// in flight, nothing cooling down) once it stopped — or crashed and left its address behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_show_the_running_servers_cooldowns_and_requests_in_flight() {
+    let env = Env::new();
+    let ids = env.add_accounts(&["acct-1", "acct-2"]);
+    let secret = env.key_secret("ci");
+    let runtime_of = |id: &str| {
+        let list = env.json(&["account", "list"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap()["runtime"]
+            .clone()
+    };
+    assert_eq!(runtime_of(&ids[0])["source"], "local");
+
+    let (url, child) = env.serve(&[]);
+    let server_file = env.db().parent().unwrap().join("server.json");
+    let said: Value = serde_json::from_slice(&std::fs::read(&server_file).unwrap()).unwrap();
+    assert_eq!(said["url"], url.as_str());
+    assert_eq!(said["pid"], child.id());
+
+    // The first account answers 429 (it cools down, the second serves); the second holds its
+    // next answer back, so that request is in flight while the CLI looks.
+    env.fake.push_reply("acct-1", Reply::RateLimit429);
+    env.fake.push_reply(
+        "acct-2",
+        Reply::text("Later.").slow_first_byte(Duration::from_secs(4)),
+    );
+    let client = reqwest::Client::new();
+    let chat = || {
+        client
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .json(&json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "Hi"}]}))
+            .send()
+    };
+    let slow = tokio::spawn(chat());
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        seen = runtime_of(&ids[1]);
+        if seen["inflight"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen["inflight"], 1, "{seen}");
+    assert_eq!(seen["source"], "server");
+    let cooling = runtime_of(&ids[0]);
+    assert!(cooling["cooldown_until"].is_string(), "{cooling}");
+    assert_eq!(cooling["usable"], false, "{cooling}");
+    let usage = env.json(&["usage"]);
+    assert_eq!(usage[0]["runtime_source"], "server", "{usage}");
+    assert!(usage[0]["cooldown_until"].is_string(), "{usage}");
+    assert!(env.ok(&["usage"]).contains("cooling down, back in"));
+    assert!(env.ok(&["account", "list"]).contains("cooling down"));
+    assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+
+    // A clean stop takes its address back: the listings are this process's again.
+    stop(child);
+    assert!(!server_file.exists());
+    let rt = runtime_of(&ids[0]);
+    assert_eq!(
+        (&rt["source"], &rt["cooldown_until"], &rt["usable"]),
+        (&json!("local"), &Value::Null, &json!(true)),
+        "{rt}"
+    );
+
+    // A crash leaves it behind; nobody answers there, and nothing is said about it.
+    let (_, child) = env.serve(&[]);
+    assert!(server_file.exists());
+    signal(&child, "KILL");
+    let (_, _) = finish(child, 20);
+    assert!(server_file.exists());
+    let out = env
+        .cmd()
+        .args(["account", "list", "--json"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success() && stderr.is_empty(), "{stderr}");
+    let list: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(list[0]["runtime"]["source"], "local", "{stdout}");
+}
+
+/// A server file naming something that is not our server (another token, another program):
+/// the listing says so on stderr and shows its own view.
+#[test]
+fn listings_say_when_the_server_on_the_database_cannot_be_asked() {
+    let env = Env::new();
+    env.add_accounts(&["acct-1"]);
+    let dir = env.db().parent().unwrap().to_path_buf();
+    // The fake's HTTP server answers `/rpc` with a 404 page: not JSON-RPC.
+    std::fs::write(
+        dir.join("server.json"),
+        json!({"url": env.fake.issuer(), "pid": 1}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("rpc-token"), "a".repeat(64)).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("rpc-token"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    let out = env
+        .cmd()
+        .args(["account", "list", "--json"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stderr}");
+    let list: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(list[0]["runtime"]["source"], "local", "{stdout}");
+    assert!(
+        stderr.contains("answered account/list") && stderr.contains("this process's view"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&"a".repeat(64)),
+        "the token stays secret: {stderr}"
+    );
 }

@@ -472,7 +472,7 @@ impl Affinity {
 }
 
 /// The runtime view of one account, for reports and tests.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct AccountRuntime {
     /// Requests in flight.
