@@ -86,6 +86,7 @@ fn bench(c: &mut Criterion) {
         model: "gpt-5-codex".to_owned(),
         stream: true,
         include_usage: true,
+        stop: Vec::new(),
     };
 
     let events = body.windows(2).filter(|w| w == b"\n\n").count();

@@ -316,3 +316,95 @@ async fn a_refusal_commits_the_attempt() {
         "committed at the refusal: never retried"
     );
 }
+
+/// A ReAct-style answer in four deltas (the fake counts one output token per delta), with the
+/// stop sequence split across two of them.
+fn react_reply() -> Reply {
+    Reply::deltas([
+        "Thought: look it up",
+        "\nObs",
+        "ervation: 42",
+        "\nThought: done",
+    ])
+}
+
+#[tokio::test]
+async fn stop_cuts_a_non_streamed_answer() {
+    let h = harness(1, &[]).await;
+    h.fake.push_reply("acct-0", react_reply());
+    let mut req = chat(false);
+    req["stop"] = json!(["\nObservation:", "never there"]);
+    let (status, headers, body) = h.call(h.post("/v1/chat/completions", req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        !headers.contains_key("x-codexpool-dropped-params"),
+        "stop is emulated, not dropped"
+    );
+    assert!(h.last_sent().get("stop").is_none());
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Thought: look it up");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // The generation ran to its end upstream: the usage is all of it.
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+    let row = &h.log().await[0];
+    assert_eq!(row.tokens.unwrap().output_tokens, 4);
+    assert!(row.error_class.is_none());
+    assert_eq!(h.total_inflight(), 0);
+}
+
+#[tokio::test]
+async fn stop_cuts_a_streamed_answer() {
+    let h = harness(1, &[]).await;
+    h.fake.push_reply("acct-0", react_reply());
+    let mut req = chat(true);
+    req["stop"] = json!("\nObservation:");
+    req["stream_options"] = json!({"include_usage": true});
+    let (status, headers, body) = h.call(h.post("/v1/chat/completions", req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!headers.contains_key("x-codexpool-dropped-params"));
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    let frames = json_frames(&body);
+    let text: String = frames
+        .iter()
+        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Thought: look it up", "{body}");
+    let finish: Vec<_> = frames
+        .iter()
+        .filter_map(|f| f["choices"][0]["finish_reason"].as_str())
+        .collect();
+    assert_eq!(finish, ["stop"]);
+    let usage = frames.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 4);
+    let row = &h.log().await[0];
+    assert!(row.stream && row.error_class.is_none());
+    assert_eq!(row.tokens.unwrap().output_tokens, 4);
+    assert_eq!(h.total_inflight(), 0);
+}
+
+#[tokio::test]
+async fn a_bad_stop_is_refused() {
+    let h = harness(1, &[]).await;
+    for stop in [
+        json!(5),
+        json!({"x": 1}),
+        json!(["ok", 1]),
+        json!(["1", "2", "3", "4", "5"]),
+    ] {
+        let mut req = chat(false);
+        req["stop"] = stop.clone();
+        let (status, v) = h.json(h.post("/v1/chat/completions", req)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{stop}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "stop");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("stop: "),
+            "{v}"
+        );
+    }
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 0);
+}

@@ -12,6 +12,16 @@
 //! content part, streamed as `response.refusal.delta`) becomes `refusal`, never `content`:
 //! openai-python's `chat.completions.parse` reads `message.refusal` to tell a declined request
 //! from an answer.
+//!
+//! The backend has no `stop`, so the client's stop sequences ([`ChatOptions::stop`], which ReAct
+//! agents rely on) are applied here, in the shared state machine, on the way back. The answer text
+//! is cut before the earliest sequence, wherever the deltas split it: a streamed answer holds back
+//! only a tail that could still be the start of one, and lets it go as soon as the next text (or
+//! a tool call, or the end) shows it is not. After the cut nothing more is sent (text, refusal,
+//! reasoning, tool calls) and the finish reason is `stop`. The generation itself still runs to
+//! its end upstream: the stream is read to `response.completed`, so the usage the client gets and
+//! the request log records is everything generated, not only what was kept. Reasoning text is
+//! not searched for stop sequences. Without `stop` nothing is held back or searched.
 
 use std::borrow::Cow;
 
@@ -38,7 +48,14 @@ pub struct ChatOptions {
     pub stream: bool,
     /// `stream_options.include_usage`: send a last chunk with `usage` before `[DONE]`.
     pub include_usage: bool,
+    /// `stop`: the answer ends before the first of these sequences (at most [`MAX_STOPS`], none
+    /// empty). The backend has no such field, so the gateway cuts the text on the way back;
+    /// empty means no cutting at all.
+    pub stop: Vec<String>,
 }
+
+/// The most `stop` sequences a request may give (OpenAI's limit).
+pub const MAX_STOPS: usize = 4;
 
 /// Top-level chat fields that are translated; anything else is dropped and reported.
 const CHAT_FIELDS: &[&str] = &[
@@ -52,6 +69,7 @@ const CHAT_FIELDS: &[&str] = &[
     "verbosity",
     "stream",
     "stream_options",
+    "stop",
     "n",
     "prompt_cache_key",
     "service_tier",
@@ -65,9 +83,10 @@ const CHAT_FIELDS: &[&str] = &[
 /// `function_call` items; `tool` messages become `function_call_output` items. `tools`,
 /// `tool_choice`, `parallel_tool_calls`, `response_format`, `reasoning_effort` (with
 /// `summary: "auto"`, so reasoning reaches the client as `reasoning_content`) and `verbosity` are
-/// translated; `temperature`, `top_p`, `max_tokens`, `stop`, penalties, `logprobs`, `seed`, `user`,
-/// `metadata` and unknown keys are dropped and listed in [`UpstreamRequest::dropped`]. `n` other than
-/// 1 is an error. Errors name the field (`messages[2].role: unknown role "foo"`).
+/// translated; `stop` stays here, in [`ChatOptions::stop`], for the answer to be cut on the way
+/// back; `temperature`, `top_p`, `max_tokens`, penalties, `logprobs`, `seed`, `user`, `metadata`
+/// and unknown keys are dropped and listed in [`UpstreamRequest::dropped`]. `n` other than 1 is an
+/// error. Errors name the field (`messages[2].role: unknown role "foo"`).
 pub fn chat_to_responses(
     body: &[u8],
     overrides: &Overrides<'_>,
@@ -107,6 +126,11 @@ pub fn chat_to_responses(
                 })?
                 .unwrap_or(false)
         }
+    };
+
+    let stop = match obj.get("stop") {
+        None => Vec::new(),
+        Some(raw) => stop_sequences(raw)?,
     };
 
     let messages = obj
@@ -207,8 +231,40 @@ pub fn chat_to_responses(
             model,
             stream,
             include_usage,
+            stop,
         },
     ))
+}
+
+/// `stop`: a string or an array of at most [`MAX_STOPS`] strings; empty strings are left out
+/// (they would match everywhere).
+fn stop_sequences(raw: &RawValue) -> Result<Vec<String>, RequestError> {
+    const SHAPE: &str = "must be a string or an array of strings";
+    let sequences = match raw_str(raw) {
+        Some(one) => vec![one],
+        None => {
+            let items: Vec<&RawValue> =
+                serde_json::from_str(raw.get()).map_err(|_| RequestError::field("stop", SHAPE))?;
+            if items.len() > MAX_STOPS {
+                return Err(RequestError::field(
+                    "stop",
+                    format!(
+                        "at most {MAX_STOPS} sequences are allowed, got {}",
+                        items.len()
+                    ),
+                ));
+            }
+            items
+                .into_iter()
+                .map(|item| raw_str(item).ok_or_else(|| RequestError::field("stop", SHAPE)))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    Ok(sequences
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .map(Cow::into_owned)
+        .collect())
 }
 
 /// A Responses input item.
@@ -836,6 +892,8 @@ struct Translator {
     /// (output index, summary index) of the last reasoning text, to separate summary parts.
     last_reasoning: Option<(Option<u64>, Option<u64>)>,
     usage: Option<TokenUsage>,
+    /// The client's `stop` sequences at work; `None` (nothing held, nothing scanned) without.
+    stop: Option<StopMatcher>,
 }
 
 /// Used when the upstream never names its response (it always does in practice).
@@ -857,6 +915,7 @@ impl Translator {
             reasoned: Vec::new(),
             last_reasoning: None,
             usage: None,
+            stop: StopMatcher::new(&options.stop),
         }
     }
 
@@ -880,6 +939,30 @@ impl Translator {
             self.started = true;
             sink.op(&self.meta, Op::Role);
         }
+    }
+
+    /// Answer text: to the sink as it comes, or through the stop matcher when there is one.
+    fn content(&mut self, text: &str, sink: &mut impl Sink) {
+        self.start(sink);
+        let meta = &self.meta;
+        match &mut self.stop {
+            None => sink.op(meta, Op::Content(text)),
+            Some(stop) => stop.push(text, |t| sink.op(meta, Op::Content(t))),
+        }
+    }
+
+    /// The answer text is interrupted (by a tool call, a refusal or the end): what the stop
+    /// matcher held back is settled now, passed on or cut.
+    fn settle(&mut self, sink: &mut impl Sink) {
+        if let Some(stop) = &mut self.stop {
+            let meta = &self.meta;
+            stop.flush(|t| sink.op(meta, Op::Content(t)));
+        }
+    }
+
+    /// A stop sequence matched: the answer ended there, nothing after it goes out.
+    fn stopped(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.matched)
     }
 
     fn find_tool(&self, output_index: Option<u64>, item_id: Option<&str>) -> Option<usize> {
@@ -909,13 +992,17 @@ impl Translator {
     fn finish(&mut self, reason: &'static str, response: &ResponseRef<'_>, sink: &mut impl Sink) {
         self.adopt(response);
         self.usage = response.usage;
+        self.settle(sink);
         self.start(sink);
         self.done = true;
+        // Cut at a stop sequence, the answer ended there whatever the generation did after it.
+        let reason = if self.stopped() { "stop" } else { reason };
         sink.op(&self.meta, Op::Finish { reason });
     }
 
     fn fail(&mut self, failure: &UpstreamFailure, sink: &mut impl Sink) {
         if !self.done {
+            self.settle(sink);
             self.done = true;
             sink.op(&self.meta, Op::Fail(failure));
         }
@@ -926,9 +1013,18 @@ impl Translator {
         if self.done {
             return;
         }
+        // After a stop sequence only the end of the response matters (its usage, its outcome):
+        // the generation runs on upstream, but none of it is part of the answer.
+        if self.stopped() && !event.kind().is_terminal() {
+            return;
+        }
         match event {
             E::Created(response) | E::InProgress(response) => self.adopt(response),
             E::OutputItemAdded { output_index, item } if item.is_function_call() => {
+                self.settle(sink);
+                if self.stopped() {
+                    return;
+                }
                 let index = self.tools.len();
                 self.tools.push(ToolState {
                     output_index: *output_index,
@@ -944,10 +1040,13 @@ impl Translator {
                 if !self.texted.contains(&d.output_index) {
                     self.texted.push(d.output_index);
                 }
-                self.start(sink);
-                sink.op(&self.meta, Op::Content(&d.delta));
+                self.content(&d.delta, sink);
             }
             E::RefusalDelta(d) if !d.delta.is_empty() => {
+                self.settle(sink);
+                if self.stopped() {
+                    return;
+                }
                 if !self.refused.contains(&d.output_index) {
                     self.refused.push(d.output_index);
                 }
@@ -976,6 +1075,10 @@ impl Translator {
                         Some(index) => index,
                         None => {
                             // Never announced: announce it now, whole.
+                            self.settle(sink);
+                            if self.stopped() {
+                                return;
+                            }
                             let index = self.tools.len();
                             self.tools.push(ToolState {
                                 output_index: *output_index,
@@ -1000,13 +1103,16 @@ impl Translator {
                         let text = item.text();
                         if !text.is_empty() {
                             self.texted.push(*output_index);
-                            self.start(sink);
-                            sink.op(&self.meta, Op::Content(&text));
+                            self.content(&text, sink);
                         }
                     }
                     if !self.refused.contains(output_index) {
                         let refusal = item.refusal();
                         if !refusal.is_empty() {
+                            self.settle(sink);
+                            if self.stopped() {
+                                return;
+                            }
                             self.refused.push(*output_index);
                             self.start(sink);
                             sink.op(&self.meta, Op::Refusal(&refusal));
@@ -1038,6 +1144,136 @@ impl Translator {
             E::Error(error) => self.fail(&error.to_failure(None), sink),
             _ => {}
         }
+    }
+}
+
+/// Emulates the client's `stop` sequences on the answer text (the backend has none).
+///
+/// Text is passed on as it comes except for a tail that could still be the start of a stop
+/// sequence (never longer than the longest sequence less one byte, and always whole characters:
+/// it starts where a sequence would start). That tail waits for the next text, or for
+/// [`flush`](Self::flush) when the text is interrupted or ends. The cut is where the earliest
+/// sequence starts in the whole text, however the text was split into deltas: a match is only
+/// taken once no sequence starting before it can still complete.
+#[derive(Debug)]
+struct StopMatcher {
+    /// The sequences, none empty.
+    stops: Vec<String>,
+    /// Text not passed on yet: from where a sequence might start to the end of what arrived.
+    held: String,
+    /// A sequence matched; the text ended before it.
+    matched: bool,
+}
+
+/// What [`StopMatcher`] makes of the text it has.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// A sequence starts at this byte and none can start before it: the text ends here.
+    Stop(usize),
+    /// Pass the text on up to this byte and hold the rest (the length: hold nothing).
+    Hold(usize),
+}
+
+impl StopMatcher {
+    /// `None` when no sequence is left after dropping empty ones.
+    fn new(stops: &[String]) -> Option<Self> {
+        let stops: Vec<String> = stops.iter().filter(|s| !s.is_empty()).cloned().collect();
+        (!stops.is_empty()).then(|| Self {
+            stops,
+            held: String::new(),
+            matched: false,
+        })
+    }
+
+    /// Takes the next piece of text; `emit` gets what can go out now (nothing empty).
+    fn push(&mut self, text: &str, mut emit: impl FnMut(&str)) {
+        if self.matched {
+            return;
+        }
+        let mut out = |t: &str| {
+            if !t.is_empty() {
+                emit(t);
+            }
+        };
+        if self.held.is_empty() {
+            // Most deltas: scanned where they are, only a possible tail is copied.
+            match scan(text, &self.stops) {
+                Scan::Stop(at) => {
+                    out(&text[..at]);
+                    self.matched = true;
+                }
+                Scan::Hold(at) => {
+                    out(&text[..at]);
+                    self.held.push_str(&text[at..]);
+                }
+            }
+            return;
+        }
+        self.held.push_str(text);
+        match scan(&self.held, &self.stops) {
+            Scan::Stop(at) => {
+                out(&self.held[..at]);
+                self.held = String::new();
+                self.matched = true;
+            }
+            Scan::Hold(at) => {
+                out(&self.held[..at]);
+                self.held.drain(..at);
+            }
+        }
+    }
+
+    /// No more text follows what arrived (for now): the held tail goes out, up to a sequence
+    /// complete in it.
+    fn flush(&mut self, mut emit: impl FnMut(&str)) {
+        if self.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        let end = match earliest_stop(&held, &self.stops) {
+            Some(at) => {
+                self.matched = true;
+                at
+            }
+            None => held.len(),
+        };
+        if end > 0 {
+            emit(&held[..end]);
+        }
+    }
+}
+
+/// Where the first complete sequence starts in `text`.
+fn earliest_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops.iter().filter_map(|s| text.find(s.as_str())).min()
+}
+
+/// Decides how much of `text` can go out: up to the first complete sequence, unless a sequence
+/// may still start earlier (the end of `text` is the beginning of one), in which case the text
+/// from there is held.
+fn scan(text: &str, stops: &[String]) -> Scan {
+    let complete = earliest_stop(text, stops);
+    let longest = stops.iter().map(String::len).max().unwrap_or(0);
+    // A sequence that does not fit in the rest of `text` starts less than `longest` bytes from
+    // its end.
+    let from = text.len().saturating_sub(longest.saturating_sub(1));
+    let until = complete.unwrap_or(text.len());
+    let bytes = text.as_bytes();
+    for at in from..until {
+        if !text.is_char_boundary(at) {
+            continue;
+        }
+        let rest = &bytes[at..];
+        if stops
+            .iter()
+            .any(|s| s.len() > rest.len() && s.as_bytes().starts_with(rest))
+        {
+            return Scan::Hold(at);
+        }
+    }
+    match complete {
+        Some(at) => Scan::Stop(at),
+        None => Scan::Hold(text.len()),
     }
 }
 
@@ -1607,7 +1843,6 @@ mod tests {
                 "metadata",
                 "presence_penalty",
                 "seed",
-                "stop",
                 "temperature",
                 "user"
             ]
@@ -1617,7 +1852,8 @@ mod tests {
             ChatOptions {
                 model: "gpt-5".into(),
                 stream: true,
-                include_usage: true
+                include_usage: true,
+                stop: vec!["x".to_owned()],
             }
         );
     }
@@ -1887,6 +2123,7 @@ mod tests {
             model: "client-model".into(),
             stream: true,
             include_usage: true,
+            stop: Vec::new(),
         };
         let frames = stream_frames(&options, &codex_stream(), false);
         let expected = vec![
@@ -1933,6 +2170,7 @@ mod tests {
             model: "m".into(),
             stream: false,
             include_usage: false,
+            stop: Vec::new(),
         };
         let mut assembler = ChatAssembler::new(&options, 42);
         let mut done = false;
@@ -1966,6 +2204,7 @@ mod tests {
             model: "m".into(),
             stream: false,
             include_usage: false,
+            stop: Vec::new(),
         };
         let mut assembler = ChatAssembler::new(&options, 42);
         for event in events {
@@ -2016,6 +2255,7 @@ mod tests {
             model: "m".into(),
             stream: true,
             include_usage: true,
+            stop: Vec::new(),
         };
         let events = [
             json!({"type": "response.output_text.delta", "output_index": 0, "delta": "Hi"}),
@@ -2058,6 +2298,7 @@ mod tests {
             model: "m".into(),
             stream: true,
             include_usage: false,
+            stop: Vec::new(),
         };
         let events = [
             json!({"type": "response.reasoning_summary_text.delta", "output_index": 0, "summary_index": 0, "delta": "A"}),
@@ -2086,6 +2327,7 @@ mod tests {
             model: "m".into(),
             stream: true,
             include_usage: false,
+            stop: Vec::new(),
         };
         let mut chat = ChatStream::new(&options, 1);
         let mut out = BytesMut::new();
@@ -2115,6 +2357,7 @@ mod tests {
             model: "m".into(),
             stream: true,
             include_usage: false,
+            stop: Vec::new(),
         };
         let item = json!({"type": "message", "role": "assistant",
             "content": [{"type": "refusal", "refusal": "I can't help with that."}]});
@@ -2173,6 +2416,438 @@ mod tests {
         assert_eq!(out["choices"][0]["message"]["refusal"], "no.");
     }
 
+    #[test]
+    fn stop_is_read_and_no_longer_dropped() {
+        let user = json!({"role": "user", "content": "hi"});
+        let cases = [
+            (json!("\nObservation:"), vec!["\nObservation:"]),
+            (json!(["a", "", "b\u{e9}"]), vec!["a", "b\u{e9}"]),
+            (json!(["", ""]), vec![]),
+            (json!([]), vec![]),
+            (json!(""), vec![]),
+            (Value::Null, vec![]),
+            (json!(["1", "2", "3", "4"]), vec!["1", "2", "3", "4"]),
+        ];
+        for (stop, expected) in cases {
+            let (body, req, options) =
+                convert(json!({"model": "m", "messages": [user], "stop": stop}));
+            assert_eq!(options.stop, expected, "{stop}");
+            assert!(req.dropped.is_empty(), "{stop}: {:?}", req.dropped);
+            assert!(body.get("stop").is_none(), "the backend has no `stop`");
+        }
+    }
+
+    #[test]
+    fn bad_stop_values_are_refused_naming_stop() {
+        let user = json!({"role": "user", "content": "hi"});
+        let shape = "stop: must be a string or an array of strings";
+        let cases = [
+            (json!(5), shape),
+            (json!({"seq": "x"}), shape),
+            (json!(true), shape),
+            (json!(["ok", 5]), shape),
+            (json!(["ok", null]), shape),
+            (json!([["nested"]]), shape),
+            (
+                json!(["1", "2", "3", "4", "5"]),
+                "stop: at most 4 sequences are allowed, got 5",
+            ),
+        ];
+        for (stop, expected) in cases {
+            let body = json!({"model": "m", "messages": [user], "stop": stop});
+            let err = chat_to_responses(&serde_json::to_vec(&body).unwrap(), &Overrides::default())
+                .unwrap_err();
+            assert_eq!(err.to_string(), expected, "{stop}");
+            assert_eq!(err.param(), Some("stop"), "{stop}");
+        }
+    }
+
+    fn stop_options(stream: bool, stop: &[&str]) -> ChatOptions {
+        ChatOptions {
+            model: "m".into(),
+            stream,
+            include_usage: stream,
+            stop: stop.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    /// The backend's final event, with its usage (the whole generation's).
+    fn completed() -> Value {
+        json!({"type": "response.completed", "response": {"id": "resp_s", "usage":
+            {"input_tokens": 10, "output_tokens": 7, "total_tokens": 17}}})
+    }
+
+    /// A text answer in these deltas, then [`completed`].
+    fn text_events(deltas: &[&str]) -> Vec<Value> {
+        let mut events = vec![json!({"type": "response.created", "response": {"id": "resp_s"}})];
+        events.extend(
+            deltas.iter().map(
+                |d| json!({"type": "response.output_text.delta", "output_index": 0, "delta": d}),
+            ),
+        );
+        events.push(completed());
+        events
+    }
+
+    /// The `delta.content` of each streamed chunk that has one (the role chunk's `""` left out),
+    /// and the finish reasons.
+    fn streamed_content(stop: &[&str], events: &[Value]) -> (Vec<String>, Vec<String>) {
+        let frames = stream_frames(&stop_options(true, stop), events, true);
+        assert_eq!(frames.last(), Some(&json!("[DONE]")), "{frames:?}");
+        let content = frames
+            .iter()
+            .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let finish = frames
+            .iter()
+            .filter_map(|f| f["choices"][0]["finish_reason"].as_str())
+            .map(str::to_owned)
+            .collect();
+        (content, finish)
+    }
+
+    fn assembled_with_stop(stop: &[&str], events: &[Value]) -> Value {
+        let mut assembler = ChatAssembler::new(&stop_options(false, stop), 42);
+        for event in events {
+            assembler
+                .push(&SseEvent::new(serde_json::to_vec(event).unwrap()))
+                .unwrap();
+        }
+        serde_json::from_slice(&assembler.finish().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_stop_split_across_deltas_is_caught() {
+        let stop = ["\nObservation:"];
+        let events = text_events(&["Thought: look", " it up\nObs", "ervation: 42", "\nmore"]);
+        let frames = stream_frames(&stop_options(true, &stop), &events, true);
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 42,
+                   "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        assert_eq!(
+            frames,
+            [
+                chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+                chunk(json!({"content": "Thought: look"}), Value::Null),
+                // "\nObs" held back: it could be (and is) the start of the stop sequence.
+                chunk(json!({"content": " it up"}), Value::Null),
+                chunk(json!({}), json!("stop")),
+                // The usage of the whole generation, which ran to its end upstream.
+                json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 42,
+                       "model": "m", "choices": [], "usage": {
+                           "prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17,
+                           "prompt_tokens_details": {"cached_tokens": 0},
+                           "completion_tokens_details": {"reasoning_tokens": 0}}}),
+                json!("[DONE]"),
+            ]
+        );
+        let out = assembled_with_stop(&stop, &events);
+        assert_eq!(
+            out["choices"][0]["message"]["content"],
+            "Thought: look it up"
+        );
+        assert_eq!(out["choices"][0]["finish_reason"], "stop");
+        assert_eq!(out["usage"]["completion_tokens"], 7);
+        // The same text without `stop` goes out whole, delta by delta.
+        let (content, _) = streamed_content(&[], &events);
+        assert_eq!(
+            content.concat(),
+            "Thought: look it up\nObservation: 42\nmore"
+        );
+        assert_eq!(content.len(), 4);
+    }
+
+    #[test]
+    fn the_earliest_stop_wins() {
+        let cases: [(&[&str], &[&str], &str); 6] = [
+            (&["world", "o"], &["Hello world"], "Hell"),
+            (&["o", "world"], &["Hello", " world"], "Hell"),
+            // A tie: the cut is at the position, whichever sequence matched there.
+            (&["ab", "abc"], &["zabc"], "z"),
+            (&["abc", "ab"], &["za", "bc"], "z"),
+            // "tion" is complete first, but "\nObservation:" starts earlier and completes later
+            // (or does not, and "tion" was the earliest after all).
+            (&["tion", "\nObservation:"], &["x\nObservation", ": y"], "x"),
+            (
+                &["tion", "\nObservation:"],
+                &["x\nObservation", "; y"],
+                "x\nObserva",
+            ),
+        ];
+        for (stop, deltas, expected) in cases {
+            let events = text_events(deltas);
+            let (content, finish) = streamed_content(stop, &events);
+            assert_eq!(content.concat(), expected, "{stop:?} {deltas:?}");
+            assert_eq!(finish, ["stop"]);
+            let out = assembled_with_stop(stop, &events);
+            assert_eq!(
+                out["choices"][0]["message"]["content"], expected,
+                "{stop:?} {deltas:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stop_at_the_very_start_leaves_empty_content() {
+        let events = text_events(&["STOP", " and the rest"]);
+        let frames = stream_frames(&stop_options(true, &["STOP"]), &events, true);
+        let deltas: Vec<&Value> = frames[..frames.len() - 2]
+            .iter()
+            .map(|f| &f["choices"][0]["delta"])
+            .collect();
+        assert_eq!(
+            deltas,
+            [&json!({"role": "assistant", "content": ""}), &json!({})],
+            "{frames:?}"
+        );
+        assert_eq!(frames[1]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(frames[2]["usage"]["completion_tokens"], 7);
+        let out = assembled_with_stop(&["STOP"], &events);
+        assert_eq!(out["choices"][0]["message"]["content"], "");
+        assert_eq!(out["choices"][0]["finish_reason"], "stop");
+    }
+
+    #[test]
+    fn without_a_match_the_held_text_is_flushed_once() {
+        let stop = ["\nObservation:"];
+        // Held and then let go when the next delta shows it is no stop sequence ...
+        let (content, finish) =
+            streamed_content(&stop, &text_events(&["Hello\nObs", "erv", "ing"]));
+        assert_eq!(content, ["Hello", "\nObserving"]);
+        assert_eq!(finish, ["stop"]);
+        // ... or held to the end, and sent before the final chunk.
+        let events = text_events(&["Hello", " \nObs"]);
+        let frames = stream_frames(&stop_options(true, &stop), &events, true);
+        let tail: Vec<&Value> = frames[frames.len() - 4..frames.len() - 2]
+            .iter()
+            .map(|f| &f["choices"][0])
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                &json!({"index": 0, "delta": {"content": "\nObs"}, "finish_reason": null}),
+                &json!({"index": 0, "delta": {}, "finish_reason": "stop"}),
+            ]
+        );
+        let (content, _) = streamed_content(&stop, &events);
+        assert_eq!(content.concat(), "Hello \nObs");
+        let out = assembled_with_stop(&stop, &events);
+        assert_eq!(out["choices"][0]["message"]["content"], "Hello \nObs");
+        // An answer cut short keeps its finish reason.
+        let incomplete = [
+            json!({"type": "response.output_text.delta", "delta": "Hello \nObs"}),
+            json!({"type": "response.incomplete", "response": {
+                "incomplete_details": {"reason": "max_output_tokens"}}}),
+        ];
+        let (content, finish) = streamed_content(&stop, &incomplete);
+        assert_eq!(
+            (content.concat().as_str(), finish.as_slice()),
+            ("Hello \nObs", &["length".to_owned()][..])
+        );
+        // A failure: the held text goes out before the error, nothing is lost.
+        let failed = [
+            json!({"type": "response.output_text.delta", "delta": "Half \nObs"}),
+            json!({"type": "response.failed", "response": {"error": {
+                "code": "server_is_overloaded", "message": "busy"}}}),
+        ];
+        let frames = stream_frames(&stop_options(true, &stop), &failed, true);
+        assert_eq!(frames[2]["choices"][0]["delta"]["content"], "\nObs");
+        assert_eq!(frames[3]["error"]["code"], "server_is_overloaded");
+    }
+
+    /// Feeds `pieces` to a matcher for `stop`; what went out, piece by piece, and whether a
+    /// sequence matched.
+    fn match_pieces(stop: &[&str], pieces: &[&str]) -> (Vec<String>, bool) {
+        let stops: Vec<String> = stop.iter().map(|s| (*s).to_owned()).collect();
+        let mut matcher = StopMatcher::new(&stops).unwrap();
+        let mut out = Vec::new();
+        for piece in pieces {
+            matcher.push(piece, |t| out.push(t.to_owned()));
+        }
+        matcher.flush(|t| out.push(t.to_owned()));
+        (out, matcher.matched)
+    }
+
+    #[test]
+    fn multi_byte_characters_around_the_hold_back() {
+        /// Stop sequences, the text's pieces, what goes out piece by piece, whether it matched.
+        type Case = (
+            &'static [&'static str],
+            &'static [&'static str],
+            &'static [&'static str],
+            bool,
+        );
+        let cases: [Case; 6] = [
+            // The held tail is a whole emoji (4 bytes), let go with the next text.
+            (
+                &["\u{1F600}\u{1F600}"],
+                &["a\u{1F600}", "b"],
+                &["a", "\u{1F600}b"],
+                false,
+            ),
+            (
+                &["\u{1F600}\u{1F600}"],
+                &["a\u{1F600}", "\u{1F600}b"],
+                &["a"],
+                true,
+            ),
+            (&["日本語"], &["これは日本", "語です"], &["これは"], true),
+            (
+                &["日本語"],
+                &["これは日本", "人です"],
+                &["これは", "日本人です"],
+                false,
+            ),
+            // A one-character sequence of two bytes holds nothing back.
+            (&["é"], &["caf", "fé!"], &["caf", "f"], true),
+            // Around multi-byte text the tail starts on a character boundary.
+            (&["ab"], &["éa", "éb"], &["é", "aéb"], false),
+        ];
+        for (stop, pieces, expected, matched) in cases {
+            let (out, m) = match_pieces(stop, pieces);
+            assert_eq!(out, expected, "{stop:?} {pieces:?}");
+            assert_eq!(m, matched, "{stop:?} {pieces:?}");
+        }
+        assert_eq!(
+            scan(
+                "xé\u{1F600}",
+                &["\u{1F600}!".to_owned(), "é\u{1F600}?".to_owned()]
+            ),
+            Scan::Hold(1)
+        );
+        assert_eq!(scan("xé", &["éa".to_owned()]), Scan::Hold(1));
+        assert_eq!(scan("xéa", &["éa".to_owned()]), Scan::Stop(1));
+    }
+
+    #[test]
+    fn output_after_the_stop_is_not_returned() {
+        let stop = ["\nObservation:"];
+        let call_added = json!({"type": "response.output_item.added", "output_index": 1,
+            "item": {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f"}});
+        let call_args = json!({"type": "response.function_call_arguments.delta", "output_index": 1, "delta": "{}"});
+        let call_done = json!({"type": "response.output_item.done", "output_index": 1, "item": {
+            "type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f", "arguments": "{}"}});
+        let reasoning = json!({"type": "response.reasoning_summary_text.delta", "output_index": 0,
+            "summary_index": 0, "delta": "plan: say \nObservation: then stop"});
+        let text = |index: u64, delta: &str| json!({"type": "response.output_text.delta", "output_index": index, "delta": delta});
+        // Reasoning first (never searched for stops), then text with the stop, then a tool call
+        // and more text: the answer is the text before the stop, nothing else.
+        let after = [
+            reasoning.clone(),
+            text(0, "Answer: 4\nObservation: late"),
+            call_added.clone(),
+            call_args.clone(),
+            call_done.clone(),
+            text(2, " and more"),
+            json!({"type": "response.output_item.done", "output_index": 2, "item": {
+                "type": "message", "content": [{"type": "output_text", "text": "never sent"}]}}),
+            json!({"type": "response.refusal.delta", "output_index": 3, "delta": "no"}),
+            completed(),
+        ];
+        let frames = stream_frames(&stop_options(true, &stop), &after, true);
+        assert_eq!(
+            frames[1]["choices"][0]["delta"]["reasoning_content"],
+            "plan: say \nObservation: then stop"
+        );
+        assert_eq!(frames[2]["choices"][0]["delta"]["content"], "Answer: 4");
+        assert_eq!(
+            frames[3]["choices"][0]["finish_reason"], "stop",
+            "{frames:?}"
+        );
+        assert_eq!(frames[4]["usage"]["total_tokens"], 17);
+        assert_eq!(frames.len(), 6, "{frames:?}");
+        let out = assembled_with_stop(&stop, &after);
+        assert_eq!(
+            out["choices"][0],
+            json!({"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+                "content": "Answer: 4", "reasoning_content": "plan: say \nObservation: then stop"}})
+        );
+        assert_eq!(out["usage"]["total_tokens"], 17);
+
+        // A tool call before the cut text is part of the answer; the finish reason is the stop.
+        let before = [
+            call_added,
+            call_args,
+            call_done,
+            text(2, "Calling.\nObs"),
+            text(2, "ervation: x"),
+            completed(),
+        ];
+        let out = assembled_with_stop(&stop, &before);
+        let message = &out["choices"][0]["message"];
+        assert_eq!(message["content"], "Calling.");
+        assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{}");
+        assert_eq!(out["choices"][0]["finish_reason"], "stop");
+        let (content, finish) = streamed_content(&stop, &before);
+        assert_eq!(
+            (content, finish),
+            (vec!["Calling.".to_owned()], vec!["stop".to_owned()])
+        );
+
+        // A tool call interrupts the text: what was held goes out before the call, and a
+        // sequence cannot span the call.
+        let settled = [
+            text(0, "See \nObs"),
+            json!({"type": "response.output_item.added", "output_index": 1,
+                "item": {"type": "function_call", "id": "fc_2", "call_id": "call_2", "name": "g"}}),
+            text(2, "ervation:"),
+            completed(),
+        ];
+        let out = assembled_with_stop(&stop, &settled);
+        assert_eq!(
+            out["choices"][0]["message"]["content"],
+            "See \nObservation:"
+        );
+        assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+        let only_done = [
+            json!({"type": "response.output_item.done", "output_index": 0, "item": {
+                "type": "message", "content": [{"type": "output_text", "text": "Done.\nObservation: x"}]}}),
+            completed(),
+        ];
+        let out = assembled_with_stop(&stop, &only_done);
+        assert_eq!(out["choices"][0]["message"]["content"], "Done.");
+    }
+
+    proptest! {
+        /// The cut is where the earliest sequence starts in the whole text, whatever the deltas;
+        /// what goes out is a prefix of the text, in non-empty pieces.
+        #[test]
+        fn the_cut_does_not_depend_on_the_deltas(
+            chars in proptest::collection::vec(prop::sample::select(vec!['a', 'b', 'é', '\u{1F600}', '\n']), 0..24),
+            stops in proptest::collection::vec(
+                proptest::collection::vec(prop::sample::select(vec!['a', 'b', 'é', '\u{1F600}', '\n']), 0..5), 1..5),
+            cuts in proptest::collection::vec(0usize..24, 0..6),
+        ) {
+            let text: String = chars.iter().collect();
+            let stops: Vec<String> = stops.iter().map(|s| s.iter().collect()).collect();
+            let mut bounds: Vec<usize> = cuts.iter().filter_map(|&c| text.char_indices().nth(c).map(|(i, _)| i)).collect();
+            bounds.sort_unstable();
+            bounds.dedup();
+            let mut pieces = Vec::new();
+            let mut last = 0;
+            for b in bounds.into_iter().chain([text.len()]) {
+                pieces.push(&text[last..b]);
+                last = b;
+            }
+            let expected_end = stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min();
+            let Some(mut matcher) = StopMatcher::new(&stops) else {
+                prop_assert!(stops.iter().all(String::is_empty));
+                return Ok(());
+            };
+            let mut out = Vec::new();
+            for piece in &pieces {
+                matcher.push(piece, |t| out.push(t.to_owned()));
+            }
+            matcher.flush(|t| out.push(t.to_owned()));
+            prop_assert!(out.iter().all(|p| !p.is_empty()));
+            prop_assert_eq!(out.concat(), &text[..expected_end.unwrap_or(text.len())]);
+            prop_assert_eq!(matcher.matched, expected_end.is_some());
+        }
+    }
+
     proptest! {
         #[test]
         fn chat_request_adapter_never_panics(value in crate::adapt::testing::arb_json(),
@@ -2204,10 +2879,13 @@ mod tests {
                                        "response.completed", "response.failed", "response.incomplete", "error",
                                    ]), 12),
                                    garbage in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let options = ChatOptions { model: "m".into(), stream: true, include_usage: true };
+            let options = ChatOptions { model: "m".into(), stream: true, include_usage: true, stop: Vec::new() };
             let mut chat = ChatStream::new(&options, 0);
             let mut assembler = ChatAssembler::new(&options, 0);
+            let with_stop = ChatOptions { stop: vec!["a".into(), "\n\u{e9}".into()], ..options.clone() };
+            let mut stopping = ChatStream::new(&with_stop, 0);
             let mut out = BytesMut::new();
+            let mut stopped_out = BytesMut::new();
             for (value, kind) in values.iter().zip(&kinds) {
                 let mut object = serde_json::Map::new();
                 object.insert("type".into(), (*kind).into());
@@ -2216,25 +2894,30 @@ mod tests {
                 }
                 let event = SseEvent::new(serde_json::to_vec(&object).unwrap());
                 let _ = chat.push(&event, &mut out);
+                let _ = stopping.push(&event, &mut stopped_out);
                 let _ = assembler.push(&event);
                 let junk = SseEvent::new(garbage.clone()).with_event(*kind);
                 let _ = chat.push(&junk, &mut out);
+                let _ = stopping.push(&junk, &mut stopped_out);
                 let _ = assembler.push(&junk);
             }
             chat.finish(&mut out);
+            stopping.finish(&mut stopped_out);
             let _ = assembler.finish();
             // Whatever came in, the output is well-formed SSE ending in [DONE].
-            prop_assert!(out.ends_with(DONE_FRAME));
-            let mut parser = SseParser::new();
-            parser.push(out.freeze());
-            while let Some(item) = parser.next_item().unwrap() {
-                if let SseItem::Event(e) = item
-                    && !e.is_done_marker()
-                {
-                    let _: Value = serde_json::from_slice(e.data()).unwrap();
+            for out in [out, stopped_out] {
+                prop_assert!(out.ends_with(DONE_FRAME));
+                let mut parser = SseParser::new();
+                parser.push(out.freeze());
+                while let Some(item) = parser.next_item().unwrap() {
+                    if let SseItem::Event(e) = item
+                        && !e.is_done_marker()
+                    {
+                        let _: Value = serde_json::from_slice(e.data()).unwrap();
+                    }
                 }
+                prop_assert!(parser.finish().is_ok());
             }
-            prop_assert!(parser.finish().is_ok());
         }
     }
 }
