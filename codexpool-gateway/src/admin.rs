@@ -1,13 +1,15 @@
-//! Finding and calling the server that runs on a database, from another process.
+//! Finding and calling the servers that run on a database, from another process.
 //!
 //! Requests in flight and cooldowns live in the serving process's memory, so a CLI (or any tool)
 //! opening the same database sees none of them. A [`Server`](crate::Server) on a database file
-//! says where it listens in `server.json` beside the database (written at start, removed at
-//! stop); [`AdminClient::find`] reads it and the RPC token (`RPC_TOKEN`, else the `rpc-token`
-//! file), and [`AdminClient::call`] asks the server's admin RPC. A server that crashed leaves
-//! its file behind: nobody answers there ([`AdminError::NotRunning`]), and callers fall back to
-//! their own view.
+//! says where it listens in `servers/<pid>-<port>.json` beside the database (written at start,
+//! removed at stop; one file per server, as several may share a database);
+//! [`AdminClient::find_all`] reads them and the RPC token (`RPC_TOKEN`, else the `rpc-token`
+//! file), and [`AdminClient::call`] asks a server's admin RPC. A server that crashed leaves its
+//! file behind: nobody answers there ([`AdminError::NotRunning`]); callers pass over it, and may
+//! [`forget`](AdminClient::forget) it.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,38 +20,82 @@ use serde_json::{Value, json};
 /// How long a call may take; the admin methods answer from memory.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// What `server.json` holds.
+/// `http://<addr>`; a server on all interfaces (`0.0.0.0`, `::`) is reached on loopback.
+pub fn local_url(mut addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}")
+}
+
+/// What a server's file says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerFile {
     /// `http://<addr>`, reachable from this machine (loopback for a server on all interfaces).
     pub url: String,
     /// The serving process.
     pub pid: u32,
+    /// The port it listens on (with the process, the file's name).
+    pub port: u16,
 }
 
 impl ServerFile {
-    /// `server.json` beside the database of `config`.
-    pub fn path(config: &Config) -> PathBuf {
-        config.db_dir().join("server.json")
+    /// The file for a server of this process listening on `addr`.
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        Self {
+            url: local_url(addr),
+            pid: std::process::id(),
+            port: addr.port(),
+        }
     }
 
-    /// The file a server on this database wrote, if there is one and it parses.
-    pub fn read(config: &Config) -> Option<Self> {
-        let bytes = std::fs::read(Self::path(config)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+    /// The folder beside the database of `config` where servers say where they listen.
+    pub fn dir(config: &Config) -> PathBuf {
+        config.db_dir().join("servers")
+    }
+
+    fn path(&self, config: &Config) -> PathBuf {
+        Self::dir(config).join(format!("{}-{}.json", self.pid, self.port))
+    }
+
+    /// Every server file on this database that parses, oldest first (those a crash left behind
+    /// too).
+    pub fn list(config: &Config) -> Vec<Self> {
+        let Ok(entries) = std::fs::read_dir(Self::dir(config)) else {
+            return Vec::new();
+        };
+        let mut files: Vec<(std::time::SystemTime, Self)> = entries
+            .filter_map(|e| {
+                let e = e.ok()?;
+                if e.path().extension()? != "json" {
+                    return None;
+                }
+                let modified = e.metadata().ok()?.modified().ok()?;
+                let file = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+                Some((modified, file))
+            })
+            .collect();
+        files.sort_by_key(|(t, _)| *t);
+        files.into_iter().map(|(_, f)| f).collect()
     }
 
     /// Writes it (via a temporary file and a rename: readers never see half a file).
     pub(crate) fn write(&self, config: &Config) -> codexpool_core::Result<()> {
-        let text = json!({"url": self.url, "pid": self.pid}).to_string();
-        codexpool_core::import::write_private(&Self::path(config), text.as_bytes())
+        let dir = Self::dir(config);
+        std::fs::create_dir_all(&dir).map_err(|source| codexpool_core::Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let text = json!({"url": self.url, "pid": self.pid, "port": self.port}).to_string();
+        codexpool_core::import::write_private(&self.path(config), text.as_bytes())
     }
 
-    /// Removes it if it is still this one (a later server on the database may have replaced it).
-    pub(crate) fn remove(&self, config: &Config) {
-        if Self::read(config).as_ref() == Some(self) {
-            let _ = std::fs::remove_file(Self::path(config));
-        }
+    /// Removes it.
+    pub fn remove(&self, config: &Config) {
+        let _ = std::fs::remove_file(self.path(config));
     }
 }
 
@@ -81,6 +127,8 @@ pub struct AdminClient {
     url: String,
     token: Secret,
     http: reqwest::Client,
+    /// The file it was found through.
+    file: Option<ServerFile>,
 }
 
 impl std::fmt::Debug for AdminClient {
@@ -92,16 +140,36 @@ impl std::fmt::Debug for AdminClient {
 }
 
 impl AdminClient {
-    /// The server running on `config`'s database, as its `server.json` names it, with the RPC
-    /// token from `RPC_TOKEN` or the `rpc-token` file; `None` when either is missing (no server
-    /// has run here, or it stopped cleanly).
-    pub fn find(config: &Config) -> Option<Self> {
-        let file = ServerFile::read(config)?;
+    /// The servers on `config`'s database, as their files name them (oldest first), with the
+    /// RPC token from `RPC_TOKEN` or the `rpc-token` file; none when no server runs (or the
+    /// token is missing).
+    pub fn find_all(config: &Config) -> Vec<Self> {
+        let files = ServerFile::list(config);
+        if files.is_empty() {
+            return Vec::new();
+        }
         let token = match &config.rpc_token {
             Some(t) => t.clone(),
-            None => crate::server::read_token(&config.db_dir().join("rpc-token"))?,
+            None => match crate::server::read_token(&config.db_dir().join("rpc-token")) {
+                Some(t) => t,
+                None => return Vec::new(),
+            },
         };
-        Some(Self::new(file.url, token))
+        files
+            .into_iter()
+            .map(|f| {
+                let mut c = Self::new(f.url.clone(), token.clone());
+                c.file = Some(f);
+                c
+            })
+            .collect()
+    }
+
+    /// Removes the file this client was found through: for a server that no longer answers.
+    pub fn forget(&self, config: &Config) {
+        if let Some(f) = &self.file {
+            f.remove(config);
+        }
     }
 
     /// A client for the server at `url` (`http://host:port`) with this token.
@@ -118,6 +186,7 @@ impl AdminClient {
             url: url.into(),
             token,
             http,
+            file: None,
         }
     }
 

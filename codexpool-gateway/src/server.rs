@@ -4,7 +4,7 @@
 //! cross-process change watcher), and a graceful stop: stop accepting, let open streams finish
 //! (bounded), write what is queued.
 //!
-//! A server on a database file writes `server.json` beside it (its URL and process id) and the
+//! A server on a database file writes `servers/<pid>-<port>.json` beside it (its URL) and the
 //! admin token to `rpc-token`, so other processes on the database can ask it for what only it
 //! knows (requests in flight, cooldowns): see [`crate::admin`].
 
@@ -198,10 +198,7 @@ impl Server {
             background.push(codexpool_core::poll::spawn_poller(&self.pool));
             background.push(codexpool_core::auth::spawn_refresher(&self.pool));
         }
-        let server_file = config.db_path.is_file().then(|| ServerFile {
-            url: url_of(addr),
-            pid: std::process::id(),
-        });
+        let server_file = config.db_path.is_file().then(|| ServerFile::new(addr));
         if let Some(f) = &server_file
             && let Err(e) = f.write(&config)
         {
@@ -322,7 +319,7 @@ pub struct RunningServer {
     token_file: Option<PathBuf>,
     pool: Pool,
     gateway: Gateway,
-    /// Where this server said it listens (a database on disk only).
+    /// Where this server said it listens (a database on disk only), removed when it stops.
     server_file: Option<ServerFile>,
     stop_tx: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
@@ -345,7 +342,7 @@ impl RunningServer {
 
     /// `http://<addr>`; a server on all interfaces (`0.0.0.0`, `::`) is reached on loopback.
     pub fn url(&self) -> String {
-        url_of(self.addr)
+        crate::admin::local_url(self.addr)
     }
 
     /// The `base_url` to give an OpenAI client: [`RunningServer::url`] + `/v1`.
@@ -385,17 +382,6 @@ impl Drop for RunningServer {
             f.remove(self.pool.config());
         }
     }
-}
-
-/// `http://<addr>`; a server on all interfaces (`0.0.0.0`, `::`) is reached on loopback.
-fn url_of(mut addr: SocketAddr) -> String {
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr.ip() {
-            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    format!("http://{addr}")
 }
 
 /// `GET /auth/callback`: completes a browser sign-in started anywhere on this database, with the

@@ -515,21 +515,32 @@ async fn a_stream_open_past_the_shutdown_grace_is_closed_and_logged() {
     assert!(rows[0].error_class.is_some(), "{:?}", rows[0]);
 }
 
-/// Another process finds the server on a database through `server.json` and asks it; a stop
-/// takes the file back only while it is still this server's (the last one started names itself).
+/// Another process finds the servers on a database through their files in `servers/` and
+/// asks them; each server removes its own file when it stops.
 #[tokio::test]
-async fn another_process_finds_the_server_on_the_database() {
+async fn another_process_finds_the_servers_on_the_database() {
     use codexpool_gateway::admin::{AdminClient, AdminError, ServerFile};
     let (e, _key) = env_with_an_account(&[]).await;
     let config = e.pool.config().clone();
-    assert!(AdminClient::find(&config).is_none(), "nothing runs yet");
+    assert!(
+        AdminClient::find_all(&config).is_empty(),
+        "nothing runs yet"
+    );
 
     let first = start(&e).await;
     let second = start(&e).await;
-    let file = ServerFile::read(&config).unwrap();
-    assert_eq!((file.url, file.pid), (second.url(), std::process::id()));
+    let files = ServerFile::list(&config);
+    let urls: Vec<_> = files.iter().map(|f| f.url.clone()).collect();
+    assert_eq!(urls.len(), 2, "{files:?}");
+    assert!(
+        urls.contains(&first.url()) && urls.contains(&second.url()),
+        "{files:?}"
+    );
+    assert!(files.iter().all(|f| f.pid == std::process::id()));
     first.stop().await.unwrap();
-    let client = AdminClient::find(&config).expect("the second server still runs");
+    let clients = AdminClient::find_all(&config);
+    assert_eq!(clients.len(), 1, "the second server still runs");
+    let client = &clients[0];
     assert_eq!(client.url(), second.url());
     let list = client.call("account/list", json!({})).await.unwrap();
     assert_eq!(list[0]["runtime"]["inflight"], 0, "{list}");
@@ -542,7 +553,7 @@ async fn another_process_finds_the_server_on_the_database() {
     // A client holding a stale address (the server is gone) is told nobody answers there.
     let url = second.url();
     second.stop().await.unwrap();
-    assert!(ServerFile::read(&config).is_none());
+    assert!(ServerFile::list(&config).is_empty());
     let gone = AdminClient::new(url, Secret::from("t".repeat(64)))
         .call("account/list", json!({}))
         .await

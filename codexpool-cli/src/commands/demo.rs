@@ -235,13 +235,13 @@ async fn run(out: &Output, fake: &FakeOpenAi, dir: &std::path::Path) -> anyhow::
         out.paint("Request log (codexpool logs):", Paint::Bold)
     ))?;
     logs::print_recent(out, &pool, 10).await?;
+    let serve_at = codexpool_gateway::admin::local_url(Config::default().service_addr);
     out.line(format!(
         "\n{}\n\
          \n  codexpool account login             sign in a ChatGPT account (or: account import ~/.codex/auth.json)\
          \n  codexpool key create --name laptop  an API key for your clients\
-         \n  codexpool serve                     run the gateway at {}",
+         \n  codexpool serve                     run the gateway at {serve_at}/v1",
         out.paint("That is the whole loop. To do it for real:", Paint::Bold),
-        super::client_base_url(&Config::default())
     ))?;
     drop(pool);
     Ok(())

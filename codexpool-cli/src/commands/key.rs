@@ -14,7 +14,8 @@
 use codexpool_core::keys::{KeyPatch, NewKey, PlatformKey};
 use codexpool_core::{Pool, Timestamp};
 
-use super::{Ctx, client_base_url};
+use super::Ctx;
+use super::runtime::client_base_url;
 use crate::args::{KeyCreateArgs, KeyUpdateArgs};
 use crate::output::{NONE, Paint, ago, cell, datetime, duration};
 
@@ -55,7 +56,7 @@ pub async fn create(ctx: &Ctx, pool: &Pool, a: KeyCreateArgs) -> anyhow::Result<
     new.reasoning_effort = a.effort;
     new.expires_at = a.expires.and_then(|e| e.resolve(pool.now()));
     let created = pool.keys().create(new).await?;
-    let base_url = client_base_url(&ctx.config);
+    let base_url = client_base_url(ctx).await;
     let out = &ctx.out;
     if out.json {
         #[derive(serde::Serialize)]

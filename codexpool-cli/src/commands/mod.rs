@@ -94,24 +94,6 @@ async fn run_on_pool(command: Command, ctx: &Ctx, pool: &Pool) -> anyhow::Result
     }
 }
 
-/// The `base_url` an OpenAI client on this machine should use for `SERVICE_ADDR`.
-pub fn client_base_url(config: &Config) -> String {
-    format!("http://{}/v1", reachable(config.service_addr))
-}
-
-/// Where a local client reaches a listen address (a wildcard address through loopback).
-pub fn reachable(addr: std::net::SocketAddr) -> std::net::SocketAddr {
-    let mut a = addr;
-    if a.ip().is_unspecified() {
-        a.set_ip(if a.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    a
-}
-
 /// Ctrl-C and (on Unix) SIGTERM, listened for from creation on: make one before printing
 /// anything that invites a signal, so that none arrives before the handlers are in place.
 pub struct Signals {

@@ -1,9 +1,11 @@
-//! The accounts' runtime state (requests in flight, cooldowns) for listings. Only the serving
-//! process knows it: `account list` and `usage` ask the server running on this database (found
-//! through `server.json` beside it) and fall back to this process's own view — no requests, no
-//! cooldowns — when none answers.
+//! What only running servers know. The accounts' runtime state (requests in flight, cooldowns)
+//! lives in the serving processes' memory: `account list` and `usage` ask every server running
+//! on this database (found through the files in `servers/` beside it) and fall back to this
+//! process's own view — no requests, no cooldowns — when none answers. `key create` tells the
+//! address a running server really listens on.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use codexpool_core::Pool;
 use codexpool_core::pool::AccountRuntime;
@@ -16,7 +18,7 @@ use super::Ctx;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum Source {
-    /// The server running on this database.
+    /// The servers running on this database.
     Server,
     /// This process: no requests in flight, no cooldowns.
     Local,
@@ -24,7 +26,7 @@ pub(super) enum Source {
 
 /// Runtime state by account id.
 pub(super) struct Runtimes {
-    /// From the server; `None` when no server answered.
+    /// From the servers; `None` when none answered.
     live: Option<HashMap<String, AccountRuntime>>,
 }
 
@@ -34,42 +36,70 @@ struct Listed {
     runtime: AccountRuntime,
 }
 
+const FALLBACK: &str = "showing this process's view (no requests in flight, no cooldowns)";
+
 impl Runtimes {
     /// This process's own view (it serves, or nothing does).
     pub fn local() -> Self {
         Self { live: None }
     }
 
-    /// Asks the server on this database, if one runs; says so when one should but fails.
+    /// Asks every server on this database, at once. Several servers (each with its own
+    /// requests and cooldowns) add up: requests in flight are summed, the latest cooldown and
+    /// exhaustion shown, and an account is usable when every server could use it. A server
+    /// that answers wrongly is named in a warning; the file of one that no longer listens (a
+    /// crash) is removed.
     pub async fn load(ctx: &Ctx) -> Self {
-        let Some(client) = AdminClient::find(&ctx.config) else {
-            return Self::local();
-        };
-        let live = match client.call("account/list", serde_json::json!({})).await {
-            Ok(v) => match serde_json::from_value::<Vec<Listed>>(v) {
-                Ok(list) => Some(list.into_iter().map(|a| (a.id, a.runtime)).collect()),
-                Err(e) => {
-                    ctx.out.warn(format!(
-                        "the server at {} answered account/list in an unknown shape ({e}); \
-                         showing this process's view (no requests in flight, no cooldowns)",
-                        client.url()
-                    ));
-                    None
+        let mut asked = tokio::task::JoinSet::new();
+        for client in AdminClient::find_all(&ctx.config) {
+            asked.spawn(async move {
+                let answer = client.call("account/list", serde_json::json!({})).await;
+                (client, answer)
+            });
+        }
+        let mut live: Option<HashMap<String, AccountRuntime>> = None;
+        while let Some(Ok((client, answer))) = asked.join_next().await {
+            let list = match answer {
+                Ok(v) => match serde_json::from_value::<Vec<Listed>>(v) {
+                    Ok(list) => list,
+                    Err(e) => {
+                        ctx.out.warn(format!(
+                            "the server at {} answered account/list in an unknown shape ({e}); \
+                             {FALLBACK}",
+                            client.url()
+                        ));
+                        continue;
+                    }
+                },
+                Err(AdminError::NotRunning { .. }) => {
+                    client.forget(&ctx.config);
+                    continue;
                 }
-            },
-            // It stopped without saying so (a crash): nothing is in flight anywhere.
-            Err(AdminError::NotRunning { .. }) => None,
-            Err(e) => {
-                ctx.out.warn(format!(
-                    "{e}; showing this process's view (no requests in flight, no cooldowns)"
-                ));
-                None
+                Err(e) => {
+                    ctx.out.warn(format!("{e}; {FALLBACK}"));
+                    continue;
+                }
+            };
+            let map = live.get_or_insert_with(HashMap::new);
+            for a in list {
+                match map.entry(a.id) {
+                    Entry::Vacant(v) => {
+                        v.insert(a.runtime);
+                    }
+                    Entry::Occupied(mut o) => {
+                        let seen = o.get_mut();
+                        seen.inflight += a.runtime.inflight;
+                        seen.cooldown_until = seen.cooldown_until.max(a.runtime.cooldown_until);
+                        seen.exhausted_until = seen.exhausted_until.max(a.runtime.exhausted_until);
+                        seen.usable &= a.runtime.usable;
+                    }
+                }
             }
-        };
+        }
         Self { live }
     }
 
-    /// An account's runtime state and where it comes from (an account the server has not
+    /// An account's runtime state and where it comes from (an account the servers have not
     /// seen yet, added a moment ago, is this process's view).
     pub fn get(&self, pool: &Pool, id: &str) -> Option<(AccountRuntime, Source)> {
         if let Some(rt) = self.live.as_ref().and_then(|m| m.get(id)) {
@@ -77,4 +107,20 @@ impl Runtimes {
         }
         Some((pool.accounts().runtime(id).ok()?, Source::Local))
     }
+}
+
+/// The `base_url` an OpenAI client on this machine should use: the oldest server running on
+/// this database that answers, else `SERVICE_ADDR`.
+pub(super) async fn client_base_url(ctx: &Ctx) -> String {
+    for client in AdminClient::find_all(&ctx.config) {
+        match client.call("stats/summary", serde_json::json!({})).await {
+            Ok(_) => return format!("{}/v1", client.url()),
+            Err(AdminError::NotRunning { .. }) => client.forget(&ctx.config),
+            Err(_) => {}
+        }
+    }
+    format!(
+        "{}/v1",
+        codexpool_gateway::admin::local_url(ctx.config.service_addr)
+    )
 }

@@ -8,7 +8,7 @@
 use codexpool_core::{AccountFilter, Pool};
 use codexpool_gateway::{DEFAULT_SHUTDOWN_GRACE, RunningServer, Server, ServerError};
 
-use super::{Ctx, reachable};
+use super::Ctx;
 use crate::Failure;
 use crate::args::ServeArgs;
 use crate::output::Paint;
@@ -80,7 +80,7 @@ fn banner(ctx: &Ctx, pool: &Pool, running: &RunningServer) -> anyhow::Result<()>
         .filter(|a| pool.accounts().runtime(&a.id).is_ok_and(|r| r.usable))
         .count();
     let keys = pool.keys().list().len();
-    let url = format!("http://{}", reachable(running.local_addr()));
+    let url = running.url();
     let base_url = format!("{url}/v1");
     let db = pool.config().db_path.display().to_string();
     let mut warnings = pool.config().warnings.clone();

@@ -240,9 +240,10 @@ async fn serve_keeps_serving_when_its_stdout_is_closed() {
     assert!(stderr.contains("Stopped."), "{stderr}");
 }
 
-/// Requests in flight and cooldowns live in the server's memory: `account list` and `usage`
-/// ask the server running on the database for them, and fall back to their own view (nothing
-/// in flight, nothing cooling down) once it stopped — or crashed and left its address behind.
+/// Requests in flight and cooldowns live in the servers' memory: `account list` and `usage`
+/// ask the servers running on the database for them (several add up), and fall back to their
+/// own view (nothing in flight, nothing cooling down) once they stopped — or crashed and left
+/// their address behind. `key create` names the address a running server listens on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_show_the_running_servers_cooldowns_and_requests_in_flight() {
     let env = Env::new();
@@ -258,19 +259,33 @@ async fn listings_show_the_running_servers_cooldowns_and_requests_in_flight() {
             .clone()
     };
     assert_eq!(runtime_of(&ids[0])["source"], "local");
+    let servers = env.db().parent().unwrap().join("servers");
+    let files = || -> Vec<Value> {
+        let Ok(dir) = std::fs::read_dir(&servers) else {
+            return Vec::new();
+        };
+        dir.map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+            .collect()
+    };
 
     let (url, child) = env.serve(&[]);
-    let server_file = env.db().parent().unwrap().join("server.json");
-    let said: Value = serde_json::from_slice(&std::fs::read(&server_file).unwrap()).unwrap();
-    assert_eq!(said["url"], url.as_str());
-    assert_eq!(said["pid"], child.id());
+    let said = files();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert_eq!(said[0]["url"], url.as_str());
+    assert_eq!(said[0]["pid"], child.id());
+    let created = env.json(&["key", "create", "--name", "other"]);
+    assert_eq!(
+        created["base_url"],
+        format!("{url}/v1"),
+        "the server's real address"
+    );
 
     // The first account answers 429 (it cools down, the second serves); the second holds its
     // next answer back, so that request is in flight while the CLI looks.
     env.fake.push_reply("acct-1", Reply::RateLimit429);
     env.fake.push_reply(
         "acct-2",
-        Reply::text("Later.").slow_first_byte(Duration::from_secs(4)),
+        Reply::text("Later.").slow_first_byte(Duration::from_secs(6)),
     );
     let client = reqwest::Client::new();
     let chat = || {
@@ -299,11 +314,21 @@ async fn listings_show_the_running_servers_cooldowns_and_requests_in_flight() {
     assert!(usage[0]["cooldown_until"].is_string(), "{usage}");
     assert!(env.ok(&["usage"]).contains("cooling down, back in"));
     assert!(env.ok(&["account", "list"]).contains("cooling down"));
+
+    // A second server on the database: its own (empty) runtime adds to the first's, and its
+    // stop leaves the first one's file alone.
+    let (_, second) = env.serve(&[]);
+    assert_eq!(files().len(), 2);
+    assert_eq!(runtime_of(&ids[1])["inflight"], 1);
+    assert!(runtime_of(&ids[0])["cooldown_until"].is_string());
+    stop(second);
+    assert_eq!(files().len(), 1);
+    assert!(runtime_of(&ids[0])["cooldown_until"].is_string());
     assert_eq!(slow.await.unwrap().unwrap().status(), 200);
 
     // A clean stop takes its address back: the listings are this process's again.
     stop(child);
-    assert!(!server_file.exists());
+    assert!(files().is_empty());
     let rt = runtime_of(&ids[0]);
     assert_eq!(
         (&rt["source"], &rt["cooldown_until"], &rt["usable"]),
@@ -311,12 +336,11 @@ async fn listings_show_the_running_servers_cooldowns_and_requests_in_flight() {
         "{rt}"
     );
 
-    // A crash leaves it behind; nobody answers there, and nothing is said about it.
+    // A crash leaves it behind; nobody answers there: nothing is said, the file is cleared.
     let (_, child) = env.serve(&[]);
-    assert!(server_file.exists());
     signal(&child, "KILL");
     let (_, _) = finish(child, 20);
-    assert!(server_file.exists());
+    assert_eq!(files().len(), 1);
     let out = env
         .cmd()
         .args(["account", "list", "--json"])
@@ -326,6 +350,7 @@ async fn listings_show_the_running_servers_cooldowns_and_requests_in_flight() {
     assert!(out.status.success() && stderr.is_empty(), "{stderr}");
     let list: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(list[0]["runtime"]["source"], "local", "{stdout}");
+    assert!(files().is_empty());
 }
 
 /// A server file naming something that is not our server (another token, another program):
@@ -336,9 +361,10 @@ fn listings_say_when_the_server_on_the_database_cannot_be_asked() {
     env.add_accounts(&["acct-1"]);
     let dir = env.db().parent().unwrap().to_path_buf();
     // The fake's HTTP server answers `/rpc` with a 404 page: not JSON-RPC.
+    std::fs::create_dir_all(dir.join("servers")).unwrap();
     std::fs::write(
-        dir.join("server.json"),
-        json!({"url": env.fake.issuer(), "pid": 1}).to_string(),
+        dir.join("servers").join("1-1.json"),
+        json!({"url": env.fake.issuer(), "pid": 1, "port": 1}).to_string(),
     )
     .unwrap();
     std::fs::write(dir.join("rpc-token"), "a".repeat(64)).unwrap();
