@@ -19,16 +19,20 @@ use codexpool_core::{AccountStatus, Timestamp};
     propagate_version = true,
     args_override_self = true,
     max_term_width = 100,
-    after_help = "Settings come from CODEXPOOL_<NAME> variables, an env file (codexpool.env or .env) \
-                  and defaults; `codexpool config` lists them.\nNew here? Run `codexpool demo`."
+    after_help = "Settings come from CODEXPOOL_<NAME> variables, the first env file found among \
+                  codexpool.env, gpttools.env, CodexManager.env and .env (in the current directory, \
+                  then beside the executable), and defaults; `codexpool config` lists them.\n\
+                  New here? Run `codexpool demo`."
 )]
 pub struct Cli {
-    /// The SQLite database [default: DB_PATH from the environment or env file, else
-    /// DATA_DIR/codexpool/codexpool.db].
+    /// The SQLite database [default: CODEXPOOL_DB_PATH, else codexpool/codexpool.db in the user
+    /// data directory: ~/.local/share on Linux, ~/Library/Application Support on macOS,
+    /// %APPDATA% on Windows].
     #[arg(
         long,
         global = true,
         value_name = "PATH",
+        value_parser = path,
         help_heading = "Global options"
     )]
     pub db: Option<PathBuf>,
@@ -59,10 +63,11 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Checks what clap cannot express: an `update` must change something. The error is a
-    /// usage error (exit 2) in clap's format.
+    /// Checks what clap cannot express: an `update` must change something; `logs -n 0` needs
+    /// `--follow`. The error is a usage error (exit 2) in clap's format.
     pub fn check(&self) -> Result<(), clap::Error> {
-        let (path, flags) = match &self.command {
+        use clap::error::ErrorKind;
+        let (path, kind, message) = match &self.command {
             Command::Account(AccountCommand::Update(a))
                 if a.label.is_none()
                     && a.group.is_none()
@@ -72,8 +77,9 @@ impl Cli {
                     && a.sort.is_none() =>
             {
                 (
-                    ["account", "update"],
-                    "--label, --group, --tag, --clear-tags, --note or --sort",
+                    &["account", "update"][..],
+                    ErrorKind::MissingRequiredArgument,
+                    nothing_to_change("--label, --group, --tag, --clear-tags, --note or --sort"),
                 )
             }
             Command::Key(KeyCommand::Update(k))
@@ -88,26 +94,38 @@ impl Cli {
                     && k.expires.is_none() =>
             {
                 (
-                    ["key", "update"],
-                    "--name, --model, --allow-model, --clear-allowed-models, --allow-group, \
-                     --clear-allowed-groups, --effort, --clear-effort or --expires",
+                    &["key", "update"][..],
+                    ErrorKind::MissingRequiredArgument,
+                    nothing_to_change(
+                        "--name, --model, --allow-model, --clear-allowed-models, --allow-group, \
+                         --clear-allowed-groups, --effort, --clear-effort or --expires",
+                    ),
                 )
             }
+            Command::Logs(l) if l.limit == 0 && !l.follow => (
+                &["logs"][..],
+                ErrorKind::ValueValidation,
+                "invalid value '0' for '--limit <N>': 0 shows no request; it is for --follow, \
+                 to print only new ones"
+                    .to_string(),
+            ),
             _ => return Ok(()),
         };
         let mut cmd = <Self as clap::CommandFactory>::command();
         cmd.build();
-        let Some(sub) = cmd
-            .find_subcommand_mut(path[0])
-            .and_then(|c| c.find_subcommand_mut(path[1]))
-        else {
-            return Ok(());
-        };
-        Err(sub.error(
-            clap::error::ErrorKind::MissingRequiredArgument,
-            format!("nothing to change: give at least one of {flags}"),
-        ))
+        let mut sub = &mut cmd;
+        for name in path {
+            match sub.find_subcommand_mut(name) {
+                Some(s) => sub = s,
+                None => return Ok(()),
+            }
+        }
+        Err(sub.error(kind, message))
     }
+}
+
+fn nothing_to_change(flags: &str) -> String {
+    format!("nothing to change: give at least one of {flags}")
 }
 
 /// The commands.
@@ -136,8 +154,9 @@ pub enum Command {
 /// `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Listen address [default: SERVICE_ADDR, else 127.0.0.1:48760]; port 0 picks a free port.
-    #[arg(long, value_name = "ADDR")]
+    /// Listen address, host:port [default: CODEXPOOL_SERVICE_ADDR, else 127.0.0.1:48760];
+    /// localhost is 127.0.0.1; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", value_parser = codexpool_core::config::parse_listen_addr)]
     pub addr: Option<SocketAddr>,
 }
 
@@ -176,12 +195,12 @@ pub enum AccountCommand {
     /// Change an account's label, group, tags, note or sort priority.
     Update(AccountUpdateArgs),
     /// Let an account serve requests again.
-    Enable(IdArg),
+    Enable(AccountIdArg),
     /// Stop an account from serving requests (until enabled).
-    Disable(IdArg),
+    Disable(AccountIdArg),
     /// Delete an account and its usage readings.
     #[command(visible_alias = "rm")]
-    Remove(IdArg),
+    Remove(AccountIdArg),
 }
 
 /// A value that `Debug` must not print: a redirect URL carries a one-time sign-in code.
@@ -201,11 +220,19 @@ impl std::str::FromStr for Sensitive {
     }
 }
 
-/// An account or key id, or a unique prefix of one.
+/// An account: its id, a unique prefix of it, or its exact label or email.
 #[derive(Debug, Args)]
-pub struct IdArg {
-    /// The id, or a unique prefix of it.
-    #[arg(value_name = "ID")]
+pub struct AccountIdArg {
+    /// The account id or a unique prefix of it (else its exact label or email).
+    #[arg(value_name = "ID", value_parser = not_blank)]
+    pub id: String,
+}
+
+/// A key: its id, a unique prefix of it, or its exact name.
+#[derive(Debug, Args)]
+pub struct KeyIdArg {
+    /// The key id or a unique prefix of it (else its exact name).
+    #[arg(value_name = "ID", value_parser = not_blank)]
     pub id: String,
 }
 
@@ -277,8 +304,8 @@ impl From<StatusArg> for AccountStatus {
 /// `account update`.
 #[derive(Debug, Args)]
 pub struct AccountUpdateArgs {
-    /// The account id, or a unique prefix of it.
-    #[arg(value_name = "ID")]
+    /// The account id or a unique prefix of it (else its exact label or email).
+    #[arg(value_name = "ID", value_parser = not_blank)]
     pub id: String,
     /// New label.
     #[arg(long, value_name = "LABEL", value_parser = not_blank)]
@@ -311,12 +338,12 @@ pub enum KeyCommand {
     /// Change a key's name, model binding, allowed models or groups, effort or expiry.
     Update(KeyUpdateArgs),
     /// Accept a key again.
-    Enable(IdArg),
+    Enable(KeyIdArg),
     /// Refuse a key (403) until enabled.
-    Disable(IdArg),
+    Disable(KeyIdArg),
     /// Delete a key (401 from then on).
     #[command(visible_alias = "rm")]
-    Delete(IdArg),
+    Delete(KeyIdArg),
 }
 
 /// `key create`.
@@ -346,8 +373,8 @@ pub struct KeyCreateArgs {
 /// `key update`.
 #[derive(Debug, Args)]
 pub struct KeyUpdateArgs {
-    /// The key id, or a unique prefix of it.
-    #[arg(value_name = "ID")]
+    /// The key id or a unique prefix of it (else its exact name).
+    #[arg(value_name = "ID", value_parser = not_blank)]
     pub id: String,
     /// New name.
     #[arg(long, value_name = "NAME", value_parser = key_name)]
@@ -399,15 +426,15 @@ pub struct UsageArgs {
 /// `logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// How many of the newest requests to show.
+    /// How many of the newest requests to show (with --follow, 0 shows only new ones).
     #[arg(short = 'n', long, value_name = "N", default_value_t = 20,
-          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub limit: u64,
-    /// Only requests made with this key (id or unique prefix).
-    #[arg(long, value_name = "ID")]
+    /// Only requests made with this key (id, unique prefix or name).
+    #[arg(long, value_name = "ID", value_parser = not_blank)]
     pub key: Option<String>,
-    /// Only requests that tried this account (id or unique prefix).
-    #[arg(long, value_name = "ID")]
+    /// Only requests that tried this account (id, unique prefix, label or email).
+    #[arg(long, value_name = "ID", value_parser = not_blank)]
     pub account: Option<String>,
     /// Keep printing new requests as they arrive (Ctrl-C to stop).
     #[arg(short, long)]
@@ -443,6 +470,12 @@ fn not_blank(s: &str) -> Result<String, String> {
         return Err("must not be empty".into());
     }
     Ok(t.to_string())
+}
+
+/// A path that is not blank (kept as given: spaces may belong to a file name).
+fn path(s: &str) -> Result<PathBuf, String> {
+    not_blank(s)?;
+    Ok(PathBuf::from(s))
 }
 
 /// A key's name: not blank, at most 200 characters (the key store's limits).

@@ -187,7 +187,7 @@ fn hint(e: &anyhow::Error) -> Option<String> {
             return f.hint.clone();
         }
         if let Some(c) = cause.downcast_ref::<codexpool_core::config::ConfigError>() {
-            return Some(if c.var == "env file" {
+            return Some(if c.var == codexpool_core::config::ENV_FILE {
                 "fix the syntax of that env file (NAME=value lines) or remove it".into()
             } else {
                 format!(
@@ -215,7 +215,10 @@ fn hint(e: &anyhow::Error) -> Option<String> {
                 E::NotFound { what: "key", .. } => {
                     Some("`codexpool key list` shows the keys and their ids".into())
                 }
-                E::Ambiguous { .. } => Some("type more characters of the id".into()),
+                E::Ambiguous { by: "id", .. } => Some("type more characters of the id".into()),
+                E::Ambiguous { what, .. } => Some(format!(
+                    "use one of the ids instead; `codexpool {what} list` shows them"
+                )),
                 E::Store(s) => store_hint(s),
                 E::Io { .. } => Some("check the path and its permissions".into()),
                 _ => None,

@@ -19,6 +19,8 @@ pub const ENV_PREFIX: &str = "CODEXPOOL_";
 pub const LEGACY_ENV_PREFIX: &str = "GPTTOOLS_";
 /// Env file names tried in order, first in the current directory, then beside the executable.
 pub const ENV_FILE_NAMES: [&str; 4] = ["codexpool.env", "gpttools.env", "CodexManager.env", ".env"];
+/// [`ConfigError::var`] of an env file that cannot be read.
+pub const ENV_FILE: &str = "env file";
 /// The smallest usage poll interval; smaller values are raised to it with a warning.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -90,12 +92,14 @@ impl fmt::Display for Source {
 }
 
 /// An invalid setting. The message names the variable and, when the value came from an env
-/// file, that file.
+/// file, that file. An env file that cannot be read is one too (`var` is `env file`, `value`
+/// its path).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("invalid {var}={value:?}{}: {message}", in_file(.file.as_deref()))]
+#[error("{}", describe(self))]
 #[non_exhaustive]
 pub struct ConfigError {
-    /// The variable, with its prefix as the user wrote it (or the bare name for `set`).
+    /// The variable, with its prefix as the user wrote it (or the bare name for `set`); `env
+    /// file` for an env file that cannot be read.
     pub var: String,
     /// The offending value (secrets are shown as `*****`).
     pub value: String,
@@ -124,10 +128,17 @@ impl ConfigError {
     }
 }
 
-/// ` in <file>` when a value came from an env file.
-fn in_file(file: Option<&Path>) -> String {
-    file.map(|p| format!(" in {}", p.display()))
-        .unwrap_or_default()
+/// `invalid NAME="value" in <file>: why`, or `cannot read <file>: why` for an env file.
+fn describe(e: &ConfigError) -> String {
+    if e.setting.is_none() && e.var == ENV_FILE {
+        return format!("cannot read {}: {}", e.value, e.message);
+    }
+    let in_file = e
+        .file
+        .as_ref()
+        .map(|p| format!(" in {}", p.display()))
+        .unwrap_or_default();
+    format!("invalid {}={:?}{in_file}: {}", e.var, e.value, e.message)
 }
 
 /// All settings. Build with [`Config::default`], [`Config::from_env`] or [`Config::set`].
@@ -138,7 +149,8 @@ pub struct Config {
     pub service_addr: SocketAddr,
     /// `DB_PATH`: the SQLite file.
     pub db_path: PathBuf,
-    /// `RPC_TOKEN`: admin token; `None` = a random one per start.
+    /// `RPC_TOKEN`: admin token; `None` = the one `serve` makes on its first start and keeps in
+    /// `<db dir>/rpc-token`.
     pub rpc_token: Option<Secret>,
     /// `ISSUER`: the OAuth issuer.
     pub issuer: String,
@@ -364,6 +376,38 @@ pub fn is_loopback_url(url: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A listen address: `IP:port`, or `host:port` with the host resolved now (`localhost` is
+/// 127.0.0.1, as for `LOGIN_ADDR`; another name takes its first address). A bare port is
+/// refused with the address it most likely meant. (`SERVICE_ADDR` and `serve --addr` use it.)
+pub fn parse_listen_addr(v: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let v = v.trim();
+    if let Ok(addr) = v.parse() {
+        return Ok(addr);
+    }
+    if let Ok(port) = v.parse::<u16>() {
+        return Err(format!(
+            "expected host:port; did you mean 127.0.0.1:{port}?"
+        ));
+    }
+    let (host, port) = v
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .ok_or("expected host:port, e.g. 127.0.0.1:48760")?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| "the port must be a number from 0 to 65535")?;
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host:?} resolves to no address"))
+}
+
 fn parse_url(v: &str) -> Result<String, String> {
     let v = v.trim();
     let u = url::Url::parse(v).map_err(|e| format!("not a URL ({e})"))?;
@@ -433,10 +477,7 @@ pub static SETTINGS: &[Setting] = &[
         secret: false,
         help: "listen address of `serve`",
         apply: |c, v| {
-            c.service_addr = v
-                .trim()
-                .parse()
-                .map_err(|_| "expected host:port, e.g. 127.0.0.1:48760")?;
+            c.service_addr = parse_listen_addr(v)?;
             Ok(())
         },
         show: |c| c.service_addr.to_string(),
@@ -456,7 +497,8 @@ pub static SETTINGS: &[Setting] = &[
     Setting {
         name: "RPC_TOKEN",
         default_value: None,
-        default_doc: "random per start, written to <db dir>/rpc-token",
+        default_doc: "random, made on the first start and kept in <db dir>/rpc-token (shared by \
+                      every server on the database)",
         secret: true,
         help: "token for the admin /rpc endpoint",
         apply: |c, v| {
@@ -569,7 +611,7 @@ pub static SETTINGS: &[Setting] = &[
             let d = Duration::from_secs(n);
             if d < MIN_POLL_INTERVAL {
                 c.warnings.push(format!(
-                    "USAGE_POLL_INTERVAL_SECS={n} is below the minimum; using {}",
+                    "{ENV_PREFIX}USAGE_POLL_INTERVAL_SECS={n} is below the minimum; using {}",
                     MIN_POLL_INTERVAL.as_secs()
                 ));
                 c.usage_poll_interval = MIN_POLL_INTERVAL;
@@ -822,7 +864,7 @@ impl EnvFile {
     /// Reads an env file (dotenv syntax).
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let error = |e: dotenvy::Error| ConfigError {
-            var: "env file".into(),
+            var: ENV_FILE.into(),
             value: path.display().to_string(),
             message: env_file_message(path, &e),
             setting: None,
@@ -882,7 +924,7 @@ fn env_file_message(path: &Path, e: &dotenvy::Error) -> String {
         (None, Some(k)) => format!("the line of {k}"),
         (None, None) => "a line".into(),
     };
-    format!("cannot parse {at} (an unclosed quote?); the value is not shown")
+    format!("{at} cannot be parsed (an unclosed quote?); the value is not shown")
 }
 
 /// Settings read as far as they go: [`Config::load_env`] and [`Config::load`] apply every
@@ -1291,6 +1333,33 @@ mod tests {
     }
 
     #[test]
+    fn listen_addresses_take_host_names_and_hint_at_a_bare_port() {
+        let addr = |v: &str| parse_listen_addr(v).map(|a| a.to_string());
+        assert_eq!(addr("127.0.0.1:48760").unwrap(), "127.0.0.1:48760");
+        assert_eq!(addr(" [::1]:80 ").unwrap(), "[::1]:80");
+        // `localhost` is IPv4 loopback, as for LOGIN_ADDR, whatever the resolver puts first.
+        assert_eq!(addr("localhost:0").unwrap(), "127.0.0.1:0");
+        assert_eq!(addr("LocalHost:9").unwrap(), "127.0.0.1:9");
+        assert_eq!(
+            addr("48761").unwrap_err(),
+            "expected host:port; did you mean 127.0.0.1:48761?"
+        );
+        assert_eq!(
+            addr("nowhere").unwrap_err(),
+            "expected host:port, e.g. 127.0.0.1:48760"
+        );
+        assert_eq!(
+            addr("localhost:99999").unwrap_err(),
+            "the port must be a number from 0 to 65535"
+        );
+        assert!(addr("no-such-host.invalid:80").is_err());
+        let c = Config::default()
+            .with("SERVICE_ADDR", "localhost:7000")
+            .unwrap();
+        assert_eq!(c.service_addr.to_string(), "127.0.0.1:7000");
+    }
+
+    #[test]
     fn a_leading_tilde_is_the_home_directory() {
         let home = std::env::home_dir().unwrap();
         assert_eq!(
@@ -1450,9 +1519,13 @@ mod tests {
         .unwrap();
         let e = EnvFile::discover(&[dir.path().to_path_buf()]).unwrap_err();
         let shown = e.to_string();
-        assert!(
-            shown.contains("line 2 (CODEXPOOL_ROUTE_STRATEGY)") && shown.contains("codexpool.env"),
-            "{shown}"
+        assert_eq!(
+            shown,
+            format!(
+                "cannot read {}: line 2 (CODEXPOOL_ROUTE_STRATEGY) cannot be parsed (an \
+                 unclosed quote?); the value is not shown",
+                dir.path().join("codexpool.env").display()
+            )
         );
         assert!(
             !shown.contains("tok-secret-1") && !shown.contains("ordered"),

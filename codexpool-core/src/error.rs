@@ -13,7 +13,7 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// No record with that id (or id prefix).
+    /// No record with that id, id prefix or name.
     #[error("no {what} matches {id:?}")]
     NotFound {
         /// `account`, `key`, `login session`, …
@@ -21,12 +21,14 @@ pub enum Error {
         /// The id or prefix asked for.
         id: String,
     },
-    /// An id prefix matches more than one record.
-    #[error("{what} id {prefix:?} is ambiguous: it matches {}", candidates.join(", "))]
+    /// An id prefix, or a name, matches more than one record.
+    #[error("{what} {by} {prefix:?} is ambiguous: it matches {}", candidates.join(", "))]
     Ambiguous {
         /// `account` or `key`.
         what: &'static str,
-        /// The prefix asked for.
+        /// What was matched: `id` (a prefix), `name` (a key's), `label or email` (an account's).
+        by: &'static str,
+        /// The prefix or name asked for.
         prefix: String,
         /// The matching ids.
         candidates: Vec<String>,
@@ -66,6 +68,19 @@ pub enum Error {
     /// Sign-in or token refresh failed.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// [`AccountPool::take_over`](crate::AccountPool::take_over) could not refresh an imported
+    /// Codex CLI sign-in: the account stays imported, its refresh token still shared with that
+    /// CLI.
+    #[error("could not take over {input}: {cause}")]
+    TakeOver {
+        /// The import result's source (a path, `stdin`, with `#N` for the N-th account).
+        input: String,
+        /// The account it was imported as.
+        account_id: String,
+        /// Why the refresh failed.
+        #[source]
+        cause: crate::auth::AuthError,
+    },
 }
 
 impl Error {

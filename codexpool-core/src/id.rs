@@ -1,5 +1,6 @@
 //! Local ids of accounts and keys: random, short, and addressable by any unique prefix (as in
-//! `codexpool account disable 3f2a`).
+//! `codexpool account disable 3f2a`) or, when no id matches, by the record's exact name (a
+//! key's name, an account's label or email).
 
 use crate::error::{Error, Result};
 
@@ -40,10 +41,39 @@ pub fn resolve_prefix<'a>(
             matches.sort();
             Err(Error::Ambiguous {
                 what,
+                by: "id",
                 prefix: wanted.to_string(),
                 candidates: matches,
             })
         }
+    }
+}
+
+/// [`resolve_prefix`]'s answer, or, when no id or id prefix matched, the one record whose name
+/// is `wanted`: `named` gives the ids of the records whose name (`by`: `name`, `label or
+/// email`) it is. Ids come first, so a name can never hide an id. Several records of that name
+/// are [`Error::Ambiguous`], listing their ids.
+pub fn or_by_name(
+    found: Result<String>,
+    by: &'static str,
+    wanted: &str,
+    named: impl FnOnce(&str) -> Vec<String>,
+) -> Result<String> {
+    let Err(Error::NotFound { what, id }) = found else {
+        return found;
+    };
+    let mut ids = named(wanted.trim());
+    ids.sort();
+    ids.dedup();
+    match ids.len() {
+        0 => Err(Error::NotFound { what, id }),
+        1 => Ok(ids.remove(0)),
+        _ => Err(Error::Ambiguous {
+            what,
+            by,
+            prefix: wanted.trim().to_string(),
+            candidates: ids,
+        }),
     }
 }
 
@@ -80,5 +110,33 @@ mod tests {
             resolve_prefix("key", " ", &ids),
             Err(Error::InvalidInput { .. })
         ));
+    }
+
+    #[test]
+    fn names_when_no_id_matches() {
+        let ids: Vec<String> = vec!["abc123".into(), "abd456".into(), "ff0000".into()];
+        let names = [("abc123", "laptop"), ("abd456", "ci"), ("ff0000", "ci")];
+        let find = |wanted: &str| {
+            or_by_name(resolve_prefix("key", wanted, &ids), "name", wanted, |n| {
+                names
+                    .iter()
+                    .filter(|(_, name)| *name == n)
+                    .map(|(id, _)| id.to_string())
+                    .collect()
+            })
+        };
+        assert_eq!(find("laptop").unwrap(), "abc123");
+        assert_eq!(find(" laptop ").unwrap(), "abc123");
+        assert_eq!(find("abd").unwrap(), "abd456", "an id prefix comes first");
+        match find("ci") {
+            Err(e @ Error::Ambiguous { .. }) => assert_eq!(
+                e.to_string(),
+                "key name \"ci\" is ambiguous: it matches abd456, ff0000"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(find("LAPTOP"), Err(Error::NotFound { .. })));
+        assert!(matches!(find("a"), Err(Error::Ambiguous { by: "id", .. })));
+        assert!(matches!(find(""), Err(Error::InvalidInput { .. })));
     }
 }

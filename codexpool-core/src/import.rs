@@ -4,7 +4,8 @@
 //! Every input gets its own result (imported, updated, or skipped with the reason). A malformed
 //! file never stops the others, and an account is written in one step or not at all. A re-import
 //! of the same sign-in (same `chatgpt_account_id` and user) replaces its tokens and keeps what a
-//! person set (label, group, tags, note, sort).
+//! person set (label, group, tags, note, sort). [`AccountPool::take_over`] then makes codexpool
+//! the only live holder of the Codex CLI sign-ins an import wrote.
 
 use std::path::Path;
 
@@ -32,8 +33,9 @@ pub enum ImportOutcome {
     Imported,
     /// An existing account got new tokens.
     Updated,
-    /// The account exists and its stored sign-in is newer than the input's: nothing was
-    /// written, nothing is wrong (a re-import after codexpool refreshed the tokens).
+    /// The account exists and already holds the input's tokens, or a newer sign-in than the
+    /// input's: nothing was written, nothing is wrong (a re-import of the same file, or one
+    /// after codexpool refreshed the tokens).
     Unchanged(String),
     /// Nothing was written.
     Skipped(String),
@@ -57,6 +59,10 @@ pub struct ImportResult {
     /// The input was a Codex CLI sign-in (`auth.json`): that CLI holds the same single-use
     /// refresh token until one side refreshes.
     pub codex_cli: bool,
+    /// The account holds the input's tokens now (imported, updated, or already up to date);
+    /// not when the stored sign-in is newer.
+    #[serde(skip)]
+    pub(crate) holds_input_tokens: bool,
 }
 
 /// Results of an import, one per account found (or per unreadable file).
@@ -341,6 +347,25 @@ fn skipped(source: String, reason: impl Into<String>) -> ImportResult {
         label: None,
         warning: None,
         codex_cli: false,
+        holds_input_tokens: false,
+    }
+}
+
+/// Why a re-imported sign-in keeps its stored tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// They are the input's already.
+    Same,
+    /// They are newer than the input's.
+    Newer,
+}
+
+impl Kept {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Same => "already up to date (the stored tokens are this file's)",
+            Self::Newer => "the stored sign-in is newer than this file (refreshed since)",
+        }
     }
 }
 
@@ -421,18 +446,21 @@ impl AccountPool {
                         format!(
                             "{source} belongs to a Codex CLI sign-in: both now hold the same single-use refresh \
                              token, and whichever refreshes first signs the other out. Let codexpool own it \
-                             (import with --take-over, then sign the Codex CLI in again) or stop using it \
-                             for this account."
+                             (import with take-over: `codexpool account import --take-over`, `take_over=True` \
+                             in Python; then sign the Codex CLI in again) or stop using it for this account."
                         )
                     });
-                    if let Some((account, reason)) = self.stale_tokens(&c) {
+                    if let Some((account, kept)) = self.kept_tokens(&c) {
+                        let same = kept == Kept::Same;
                         report.results.push(ImportResult {
                             source: src,
-                            outcome: ImportOutcome::Unchanged(reason),
+                            outcome: ImportOutcome::Unchanged(kept.reason().into()),
                             account_id: Some(account.id),
                             label: Some(account.label),
-                            warning: None,
+                            // The same tokens are still shared with a Codex CLI.
+                            warning: warning.filter(|_| same),
                             codex_cli: c.from_codex_cli,
+                            holds_input_tokens: same,
                         });
                         continue;
                     }
@@ -449,6 +477,7 @@ impl AccountPool {
                             label: Some(a.label),
                             warning,
                             codex_cli,
+                            holds_input_tokens: true,
                         },
                         Err(e) => skipped(src, e.to_string()),
                     }
@@ -459,25 +488,61 @@ impl AccountPool {
         report
     }
 
-    /// Why a file's tokens must not replace the stored ones of the same sign-in, if so: they
-    /// are older (an earlier access-token expiry, or without expiries an earlier refresh). A
-    /// re-import of `~/.codex/auth.json` after codexpool refreshed the account would otherwise
-    /// put back a refresh token that is already spent, and the next refresh would sign it out.
-    fn stale_tokens(&self, c: &Candidate) -> Option<(Account, String)> {
+    /// Makes codexpool the only live holder of the Codex CLI sign-ins that an import just wrote
+    /// (its `imported` and `updated` results with `codex_cli`): one token refresh each rotates
+    /// the single-use refresh token, so the CLI's copy is spent and that CLI must sign in again.
+    /// An `unchanged` one is taken over when it was already up to date (its tokens are still
+    /// the file's); when the stored sign-in was newer, it was refreshed since: already taken
+    /// over.
+    ///
+    /// Each result taken over gets a warning saying so (replacing the "shared" one); returns
+    /// how many accounts were refreshed. Stops at the first refresh that fails, with
+    /// [`Error::TakeOver`] naming that result's source: its account stays imported and shared,
+    /// and the results before it are taken over.
+    pub async fn take_over(&self, report: &mut ImportReport) -> Result<usize> {
+        let auth = self.pool.auth();
+        let mut refreshed: Vec<String> = Vec::new();
+        for r in &mut report.results {
+            let fresh = r.holds_input_tokens;
+            let (Some(id), true, true) = (r.account_id.as_deref(), r.codex_cli, fresh) else {
+                continue;
+            };
+            // The same sign-in twice (two copies of one auth.json): one refresh is enough.
+            if !refreshed.iter().any(|done| done == id) {
+                auth.refresh(id).await.map_err(|cause| Error::TakeOver {
+                    input: r.source.clone(),
+                    account_id: id.to_string(),
+                    cause,
+                })?;
+                refreshed.push(id.to_string());
+            }
+            r.warning = Some(format!(
+                "took over {}: codexpool now holds the only live refresh token; that Codex CLI \
+                 must sign in again (`codex login`)",
+                r.source
+            ));
+        }
+        Ok(refreshed.len())
+    }
+
+    /// Why a file's tokens are not written over the stored ones of the same sign-in, if so:
+    /// they are the stored ones already, or they are older (an earlier access-token expiry, or
+    /// without expiries an earlier refresh). A re-import of `~/.codex/auth.json` after
+    /// codexpool refreshed the account would otherwise put back a refresh token that is already
+    /// spent, and the next refresh would sign it out.
+    fn kept_tokens(&self, c: &Candidate) -> Option<(Account, Kept)> {
         let user_id = c.claims.user_id().unwrap_or_default();
         let account = self.find_identity(&c.chatgpt_account_id, user_id)?;
         let (file, stored) = (&c.tokens, &account.tokens);
         if file.refresh_token == stored.refresh_token {
-            return None;
+            let same = file.access_token == stored.access_token && file.id_token == stored.id_token;
+            return same.then_some((account, Kept::Same));
         }
         let older = match (file.expires_at, stored.expires_at) {
             (Some(f), Some(s)) if f != s => f < s,
             _ => matches!((file.last_refresh, stored.last_refresh), (Some(f), Some(s)) if f < s),
         };
-        older.then(|| {
-            let why = "the stored sign-in is newer than this file (refreshed since)".into();
-            (account.clone(), why)
-        })
+        older.then_some((account, Kept::Newer))
     }
 
     /// Creates the account of a sign-in, or gives an existing one (same identity) the new

@@ -541,7 +541,7 @@ impl KeyStore {
         k
     }
 
-    /// One key by id or unique id prefix.
+    /// One key by id, unique id prefix, or else exact name.
     pub fn get(&self, id: &str) -> Result<PlatformKey> {
         let t = crate::sync::read(&self.pool.shared.keys);
         let e = match t.by_id.get(id) {
@@ -554,7 +554,14 @@ impl KeyStore {
                     .range(wanted.to_string()..)
                     .map(|(k, _)| k)
                     .take_while(|k| k.starts_with(wanted));
-                let id = crate::id::resolve_prefix("key", wanted, candidates)?;
+                let found = crate::id::resolve_prefix("key", wanted, candidates);
+                let id = crate::id::or_by_name(found, "name", wanted, |name| {
+                    t.by_id
+                        .values()
+                        .filter(|e| e.key.name == name)
+                        .map(|e| e.key.id.clone())
+                        .collect()
+                })?;
                 t.by_id
                     .get(&id)
                     .ok_or(Error::NotFound { what: "key", id })?

@@ -135,6 +135,37 @@ async fn reimport_never_puts_older_tokens_back() {
 }
 
 #[tokio::test]
+async fn reimport_of_the_same_tokens_is_unchanged() {
+    let (pool, _) = pool_with(&[]).await;
+    // A Codex CLI auth.json (`OPENAI_API_KEY` beside the tokens).
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&auth_json_expiring("acct-6", "rt-same", 2_000_000_000)).unwrap();
+    doc["OPENAI_API_KEY"] = serde_json::Value::Null;
+    let file = serde_json::to_vec(&doc).unwrap();
+    let first = pool.accounts().import_bytes("auth.json", &file).await;
+    assert_eq!(first.imported(), 1, "{first:?}");
+    let before = pool.accounts().list(&Default::default())[0].clone();
+    let r = pool.accounts().import_bytes("auth.json", &file).await;
+    assert_eq!(
+        (r.imported(), r.updated(), r.unchanged(), r.skipped()),
+        (0, 0, 1, 0),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.results[0].outcome,
+        ImportOutcome::Unchanged("already up to date (the stored tokens are this file's)".into())
+    );
+    assert_eq!(r.results[0].account_id.as_deref(), Some(before.id.as_str()));
+    // Still shared with the Codex CLI that wrote the file: the warning stays.
+    assert!(
+        r.results[0].codex_cli && r.results[0].warning.is_some(),
+        "{r:?}"
+    );
+    let after = pool.accounts().get(&before.id).unwrap();
+    assert_eq!(after.updated_at, before.updated_at, "nothing was written");
+}
+
+#[tokio::test]
 async fn reimport_revives_a_dead_sign_in_but_not_a_disabled_account() {
     let (pool, _) = pool_with(&[]).await;
     let ids = add_accounts(&pool, 2).await;

@@ -521,6 +521,30 @@ async fn login_addr_must_be_loopback_and_free() {
     );
     assert!(e.to_string().contains("LOGIN_ADDR"), "{e}");
     assert!(e.to_string().contains(&addr), "{e}");
+    // The way out is named for every front-end: the CLI and the bindings.
+    assert!(e.to_string().contains("codexpool account complete"), "{e}");
+    assert!(e.to_string().contains("login_complete(url)"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_returns_once_the_listener_has_freed_its_address() {
+    let fake = fake();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let (pool, _) = memory_pool(&fake, &[("LOGIN_ADDR", &addr)]).await;
+    // A program that gives up on a sign-in and starts another one right away (a retry, a
+    // Python `wait` that timed out) finds the address free.
+    for _ in 0..3 {
+        let login = pool
+            .auth()
+            .login_start(LoginOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(login.listen_addr().unwrap().to_string(), addr);
+        assert!(login.cancel().await.unwrap());
+    }
+    std::net::TcpListener::bind(&addr).unwrap();
 }
 
 fn raw_request(addr: std::net::SocketAddr, bytes: &[u8]) -> String {

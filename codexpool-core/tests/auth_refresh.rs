@@ -500,6 +500,75 @@ async fn the_background_refresher_refreshes_and_stops_when_dropped() {
 }
 
 #[tokio::test]
+async fn take_over_refreshes_each_codex_cli_sign_in_an_import_wrote() {
+    let fake = fake();
+    fake.add_account(FakeAccount::new("acct-2"));
+    fake.add_account(FakeAccount::new("acct-3"));
+    let (pool, _) = memory_pool(&fake, &[]).await;
+    let cli_copy = fake.current_tokens("acct-1").refresh_token;
+    let auth_json = serde_json::to_vec(&fake.auth_json("acct-1")).unwrap();
+    let mut report = pool.accounts().import_bytes("auth.json", &auth_json).await;
+    assert!(report.results[0].codex_cli);
+    assert!(
+        report.results[0]
+            .warning
+            .as_deref()
+            .unwrap()
+            .contains("take-over")
+    );
+    // Not a Codex CLI sign-in (an export-shaped document): nothing to take over.
+    let mut plain = fake.auth_json("acct-2");
+    plain.as_object_mut().unwrap().remove("OPENAI_API_KEY");
+    plain.as_object_mut().unwrap().remove("last_refresh");
+    let mut other = pool
+        .accounts()
+        .import_bytes("plain.json", &serde_json::to_vec(&plain).unwrap())
+        .await;
+    assert!(!other.results[0].codex_cli, "{other:?}");
+    report.results.append(&mut other.results);
+
+    assert_eq!(pool.accounts().take_over(&mut report).await.unwrap(), 1);
+    assert_eq!(fake.refresh_count("acct-1"), 1);
+    assert_eq!(fake.refresh_count("acct-2"), 0);
+    // The Codex CLI's copy is spent; codexpool's is the live one.
+    let live = fake.current_tokens("acct-1").refresh_token;
+    assert_ne!(live, cli_copy);
+    let id = report.results[0].account_id.clone().unwrap();
+    let stored = pool.accounts().get(&id).unwrap().tokens;
+    assert_eq!(stored.refresh_token.expose(), live);
+    let warning = report.results[0].warning.as_deref().unwrap();
+    assert!(warning.starts_with("took over auth.json"), "{warning}");
+    assert!(warning.contains("codex login"), "{warning}");
+    assert_eq!(report.results[1].warning, None);
+
+    // A refresh that fails names the source and leaves the account imported.
+    fake.fail_next_refresh("acct-3", FakeRefreshFailure::Expired);
+    let auth_json = serde_json::to_vec(&fake.auth_json("acct-3")).unwrap();
+    let mut report = pool
+        .accounts()
+        .import_bytes("other/auth.json", &auth_json)
+        .await;
+    let e = pool.accounts().take_over(&mut report).await.unwrap_err();
+    let codexpool_core::Error::TakeOver {
+        input,
+        account_id,
+        cause,
+    } = &e
+    else {
+        panic!("{e:?}")
+    };
+    assert_eq!(input, "other/auth.json");
+    assert_eq!(Some(account_id), report.results[0].account_id.as_ref());
+    assert!(matches!(cause, AuthError::RefreshDead { .. }), "{cause:?}");
+    assert!(
+        e.to_string()
+            .starts_with("could not take over other/auth.json: "),
+        "{e}"
+    );
+    assert!(pool.accounts().get(account_id).is_ok());
+}
+
+#[tokio::test]
 async fn reimporting_the_file_after_a_refresh_keeps_the_newer_sign_in() {
     let fake = fake();
     let (pool, clock) = memory_pool(&fake, &[]).await;

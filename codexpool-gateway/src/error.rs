@@ -104,7 +104,9 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
             "request_too_large",
-            format!("request body is larger than {limit} bytes (FRONT_PROXY_MAX_BODY_BYTES)"),
+            format!(
+                "request body is larger than {limit} bytes (CODEXPOOL_FRONT_PROXY_MAX_BODY_BYTES)"
+            ),
         )
     }
 
@@ -130,7 +132,7 @@ impl ApiError {
             "server_error",
             "upstream_timeout",
             format!(
-                "the upstream sent nothing for {} s (UPSTREAM_STREAM_IDLE_TIMEOUT_SECS)",
+                "the upstream sent nothing for {} s (CODEXPOOL_UPSTREAM_STREAM_IDLE_TIMEOUT_SECS)",
                 after.as_secs()
             ),
         )

@@ -41,7 +41,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 #[non_exhaustive]
 pub enum ServerError {
     /// The address could not be bound.
-    #[error("cannot listen on {addr} (SERVICE_ADDR): {source}")]
+    #[error("cannot listen on {addr} (CODEXPOOL_SERVICE_ADDR): {source}")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -101,8 +101,8 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// A server over `pool`, on `SERVICE_ADDR`, with the token from `RPC_TOKEN` (else a random
-    /// one per start).
+    /// A server over `pool`, on `SERVICE_ADDR`, with the token from `RPC_TOKEN` (else the one
+    /// kept in `<db dir>/rpc-token`; see [`Server::rpc_token`]).
     pub fn new(pool: Pool) -> Self {
         let addr = pool.config().service_addr;
         let rpc_token = pool.config().rpc_token.clone();
@@ -121,7 +121,9 @@ impl Server {
         self
     }
 
-    /// Uses this RPC token (default: `RPC_TOKEN`, else random per start).
+    /// Uses this RPC token (default: `RPC_TOKEN`, else the one in `<db dir>/rpc-token`, made on
+    /// the first start and kept, shared by every server on the database; random per start for
+    /// a pool without a database file).
     pub fn rpc_token(mut self, token: Secret) -> Self {
         self.rpc_token = Some(token);
         self

@@ -179,8 +179,11 @@ impl FakeOpenAiBuilder {
     }
 
     /// Binds the listener and starts the server thread; returns once it accepts connections.
+    /// A bind error names the address.
     pub fn start(self) -> io::Result<FakeOpenAi> {
-        let listener = TcpListener::bind(self.addr)?;
+        let listener = TcpListener::bind(self.addr).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", self.addr))
+        })?;
         let addr = listener.local_addr()?;
         let config = Config {
             origin: format!("http://{addr}"),

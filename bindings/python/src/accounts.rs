@@ -1,20 +1,25 @@
 //! `pool.accounts`: the pooled sign-ins (list, organise, enable, remove, import, export) and the
 //! sign-in flows (browser with PKCE, device code), over core's `AccountPool` and `Auth`.
+//!
+//! A browser sign-in's callback listener holds its port (1455 by default) until the sign-in
+//! ends, so a `LoginStart` whose caller gave up cancels it: when `wait` ends by timeout or
+//! Ctrl-C, when a `with` block ends, and when a handle with a listener is garbage-collected.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use codexpool_core::auth::{self, LoginOptions};
 use codexpool_core::import::{ImportOutcome, ImportReport as CoreImportReport};
 use codexpool_core::{AccountFilter, AccountPatch, AccountStatus};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
 
 use crate::args::{keyword_changes, seconds};
-use crate::errors::{OrRaise, Timeout, invalid};
+use crate::errors::{CodexPoolError, OrRaise, Timeout, invalid, warn_all};
 use crate::json;
 use crate::record::{quote, record};
-use crate::runtime::run;
+use crate::runtime::{run, runtime};
 use crate::time::{Time, opt};
 
 record! {
@@ -183,28 +188,95 @@ impl From<auth::LoginInfo> for LoginInfo {
     }
 }
 
+/// The import report for Python, its warnings issued as `CodexPoolWarning`s.
+fn reported(py: Python<'_>, report: CoreImportReport) -> PyResult<ImportReport> {
+    warn_all(
+        py,
+        report.results.iter().filter_map(|r| r.warning.as_deref()),
+    )?;
+    Ok(report.into())
+}
+
+/// The `timeout` argument of a wait, checked.
+fn limit(py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    timeout.map(|secs| seconds(py, "timeout", secs)).transpose()
+}
+
+/// Waits for a sign-in to end, at most `limit` when given. The outer error is the wait ending
+/// first (`Timeout`, or `KeyboardInterrupt` from Ctrl-C); the inner result is how the sign-in
+/// ended.
+fn wait_for<F>(
+    py: Python<'_>,
+    fut: F,
+    limit: Option<Duration>,
+) -> PyResult<Result<auth::LoginCompleted, auth::AuthError>>
+where
+    F: std::future::Future<Output = Result<auth::LoginCompleted, auth::AuthError>> + Send,
+{
+    match limit {
+        None => run(py, fut),
+        Some(limit) => {
+            run(py, async move { tokio::time::timeout(limit, fut).await })?.map_err(|_| {
+                Timeout::new_err(format!(
+                    "the sign-in did not finish within {} s",
+                    limit.as_secs_f64()
+                ))
+            })
+        }
+    }
+}
+
 /// Waits for a sign-in, at most `timeout` seconds when given.
 fn wait_login<F>(py: Python<'_>, fut: F, timeout: Option<f64>) -> PyResult<LoginCompleted>
 where
     F: std::future::Future<Output = Result<auth::LoginCompleted, auth::AuthError>> + Send,
 {
-    let done = match timeout {
-        None => run(py, fut)?,
-        Some(secs) => {
-            let limit = seconds(py, "timeout", secs)?;
-            run(py, async move { tokio::time::timeout(limit, fut).await })?.map_err(|_| {
-                Timeout::new_err(format!("the sign-in did not finish within {secs} s"))
-            })?
-        }
-    };
-    done.map(Into::into).or_raise(py)
+    let limit = limit(py, timeout)?;
+    wait_for(py, fut, limit)?.map(Into::into).or_raise(py)
 }
 
 /// A started browser sign-in: open `url`; the sign-in finishes through the callback listener
 /// (when `listen`), `accounts.login_complete(redirect_url)`, or another process.
+///
+/// A context manager: leaving `with accounts.login_start() as ls:` cancels the sign-in unless
+/// it ended. A `wait` that ends by timeout or Ctrl-C cancels it too, and so does garbage
+/// collection of a handle with a listener, so the listener's port is free for the next one.
 #[pyclass(frozen, module = "codexpool")]
 pub struct LoginStart {
     inner: auth::LoginHandle,
+}
+
+impl LoginStart {
+    /// Cancels the sign-in in a task of its own on the runtime, which runs to its end whoever
+    /// waits for it.
+    fn cancel_task(&self) -> PyResult<tokio::task::JoinHandle<Result<bool, auth::AuthError>>> {
+        let h = self.inner.clone();
+        Ok(runtime()?.spawn(async move { h.cancel().await }))
+    }
+
+    /// After a wait gave up: cancels the sign-in and waits for its listener to stop, without
+    /// looking for Ctrl-C (that takes a store write and a moment). Errors are dropped: the
+    /// caller sees why the wait ended.
+    fn cancel_after_wait(&self, py: Python<'_>) {
+        // Inside a codexpool callback the wait was refused before it began: nothing to undo.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return;
+        }
+        if let (Ok(task), Ok(rt)) = (self.cancel_task(), runtime()) {
+            let _ = py.detach(|| rt.block_on(task));
+        }
+    }
+}
+
+impl Drop for LoginStart {
+    fn drop(&mut self) {
+        // Nobody can wait for this sign-in any more, but its listener would hold the port
+        // until it expires. Without a listener the sign-in stays open, for `login_complete`
+        // from anywhere (a web app keeps only the state between two requests).
+        if self.inner.listen_addr().is_some() {
+            let _ = self.cancel_task();
+        }
+    }
 }
 
 #[pymethods]
@@ -239,17 +311,40 @@ impl LoginStart {
     fn browser_opened(&self) -> bool {
         self.inner.browser_opened()
     }
-    /// Waits until the sign-in completes (raises `AuthError` when it fails or is cancelled,
-    /// `Timeout` after `timeout` seconds).
+    /// Waits until the sign-in completes (raises `AuthError` when it fails or is cancelled).
+    /// When the wait itself ends first, by `Timeout` after `timeout` seconds or by Ctrl-C
+    /// (`KeyboardInterrupt`), the sign-in is cancelled and its listener's port freed.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<LoginCompleted> {
+        let limit = limit(py, timeout)?;
         let h = self.inner.clone();
-        wait_login(py, async move { h.wait().await }, timeout)
+        match wait_for(py, async move { h.wait().await }, limit) {
+            Ok(ended) => ended.map(Into::into).or_raise(py),
+            Err(gave_up) => {
+                self.cancel_after_wait(py);
+                Err(gave_up)
+            }
+        }
     }
-    /// Cancels the sign-in; `False` when it had already ended.
+    /// Cancels the sign-in; `False` when it had already ended. Returns once the callback
+    /// listener has stopped (its port is free); a `wait` blocked in another thread raises
+    /// `AuthError` at once.
     fn cancel(&self, py: Python<'_>) -> PyResult<bool> {
         let h = self.inner.clone();
-        run(py, async move { h.cancel().await })?.or_raise(py)
+        // Spawned, so that Ctrl-C (which only drops the waiting) cannot cut the cancel short.
+        let cancel = async move { tokio::spawn(async move { h.cancel().await }).await };
+        run(py, cancel)?
+            .map_err(|e| CodexPoolError::new_err(format!("the cancel task failed: {e}")))?
+            .or_raise(py)
+    }
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+    /// Cancels the sign-in unless it ended.
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        self.cancel(py)?;
+        Ok(false)
     }
     fn __repr__(&self) -> String {
         format!(
@@ -476,27 +571,56 @@ impl AccountPool {
     }
 
     /// Imports a Codex CLI `auth.json`, a codexpool export, or every such file in a folder
-    /// (a leading `~` is the home directory).
-    fn import_file(&self, py: Python<'_>, path: PathBuf) -> PyResult<ImportReport> {
+    /// (a leading `~` is the home directory). Results with a warning (a sign-in still shared
+    /// with the Codex CLI) are also issued as `CodexPoolWarning`s. With `take_over`, each
+    /// Codex CLI sign-in written is refreshed once, so codexpool holds the only live refresh
+    /// token (that CLI must sign in again); a failed refresh raises `AuthError` naming the file.
+    #[pyo3(signature = (path, *, take_over=false))]
+    fn import_file(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        take_over: bool,
+    ) -> PyResult<ImportReport> {
         let (inner, path) = (
             self.inner.clone(),
             codexpool_core::config::expand_home(path),
         );
-        run(py, async move { inner.import_path(&path).await })?
-            .map(Into::into)
-            .or_raise(py)
+        let report = run(py, async move {
+            let mut report = inner.import_path(&path).await?;
+            if take_over {
+                inner.take_over(&mut report).await?;
+            }
+            Ok::<_, codexpool_core::Error>(report)
+        })?
+        .or_raise(py)?;
+        reported(py, report)
     }
 
-    /// Imports the accounts in a document (`auth.json` or export) given as bytes.
-    #[pyo3(signature = (data, source="bytes"))]
-    fn import_bytes(&self, py: Python<'_>, data: &[u8], source: &str) -> PyResult<ImportReport> {
-        self.import(py, data.to_vec(), source)
+    /// Imports the accounts in a document (`auth.json` or export) given as bytes (warnings
+    /// and `take_over` as for `import_file`).
+    #[pyo3(signature = (data, source="bytes", *, take_over=false))]
+    fn import_bytes(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        source: &str,
+        take_over: bool,
+    ) -> PyResult<ImportReport> {
+        self.import(py, data.to_vec(), source, take_over)
     }
 
-    /// Imports the accounts in a document given as text.
-    #[pyo3(signature = (text, source="text"))]
-    fn import_text(&self, py: Python<'_>, text: &str, source: &str) -> PyResult<ImportReport> {
-        self.import(py, text.as_bytes().to_vec(), source)
+    /// Imports the accounts in a document given as text (warnings and `take_over` as for
+    /// `import_file`).
+    #[pyo3(signature = (text, source="text", *, take_over=false))]
+    fn import_text(
+        &self,
+        py: Python<'_>,
+        text: &str,
+        source: &str,
+        take_over: bool,
+    ) -> PyResult<ImportReport> {
+        self.import(py, text.as_bytes().to_vec(), source, take_over)
     }
 
     /// The accounts with their tokens, as codexpool's export document: a dict, or written to
@@ -609,8 +733,22 @@ impl AccountPool {
 }
 
 impl AccountPool {
-    fn import(&self, py: Python<'_>, data: Vec<u8>, source: &str) -> PyResult<ImportReport> {
+    fn import(
+        &self,
+        py: Python<'_>,
+        data: Vec<u8>,
+        source: &str,
+        take_over: bool,
+    ) -> PyResult<ImportReport> {
         let (inner, source) = (self.inner.clone(), source.to_string());
-        Ok(run(py, async move { inner.import_bytes(&source, &data).await })?.into())
+        let report = run(py, async move {
+            let mut report = inner.import_bytes(&source, &data).await;
+            if take_over {
+                inner.take_over(&mut report).await?;
+            }
+            Ok::<_, codexpool_core::Error>(report)
+        })?
+        .or_raise(py)?;
+        reported(py, report)
     }
 }

@@ -1,13 +1,15 @@
 //! The exception hierarchy under `codexpool.CodexPoolError`, and the one mapping from the core's
 //! and the gateway's errors to it. The message is always the Rust error's own text; a few facts
 //! ride along as attributes (`NotFound.what/id`, `InvalidInput.field`, `Ambiguous.candidates`,
-//! `NoAccountAvailable.retry_at`, `FileError.path`).
+//! `NoAccountAvailable.retry_at`, `FileError.path`). Warnings (an import that shares a sign-in
+//! with the Codex CLI, a setting that was adjusted) go through Python's `warnings` module as
+//! `codexpool.CodexPoolWarning`.
 
 use codexpool_core::Error;
 use codexpool_core::auth::AuthError as CoreAuthError;
 use codexpool_core::store::StoreError as CoreStoreError;
 use pyo3::PyTypeInfo;
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyException, PyUserWarning};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
@@ -85,6 +87,13 @@ pyo3::create_exception!(
     CodexPoolError,
     "A wait with a timeout ran out."
 );
+pyo3::create_exception!(
+    codexpool,
+    CodexPoolWarning,
+    PyUserWarning,
+    "Something to know that is not an error: an imported sign-in still shared with the Codex \
+     CLI, a setting that was adjusted."
+);
 
 /// Adds the exceptions to the module, with `None` class defaults for their attributes.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -109,6 +118,27 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
             ty.setattr(*a, &none)?;
         }
         m.add(ty.name()?, ty)?;
+    }
+    m.add("CodexPoolWarning", py.get_type::<CodexPoolWarning>())?;
+    Ok(())
+}
+
+/// Issues each message once as a `CodexPoolWarning` (`warnings.warn`, attributed to the
+/// caller's line); raises when the warnings filter turns them into errors.
+pub(crate) fn warn_all<'a>(
+    py: Python<'_>,
+    messages: impl IntoIterator<Item = &'a str>,
+) -> PyResult<()> {
+    let category = py.get_type::<CodexPoolWarning>();
+    let mut seen: Vec<&str> = Vec::new();
+    for m in messages {
+        if seen.contains(&m) {
+            continue;
+        }
+        seen.push(m);
+        // A NUL cannot cross into C; none is expected in a message.
+        let text = std::ffi::CString::new(m.replace('\0', "")).unwrap_or_default();
+        PyErr::warn(py, category.as_any(), &text, 1)?;
     }
     Ok(())
 }
@@ -168,6 +198,8 @@ pub(crate) fn core_error(py: Python<'_>, e: Error) -> PyErr {
         }
         Error::Key(_) => raise::<KeyRefused>(py, message, &[]),
         Error::Auth(a) => auth_error(py, a),
+        // A refresh failed; the message names the import source it was for.
+        Error::TakeOver { .. } => raise::<AuthError>(py, message, &[]),
         _ => raise::<CodexPoolError>(py, message, &[]),
     }
 }
@@ -187,6 +219,10 @@ pub(crate) fn auth_error(py: Python<'_>, e: CoreAuthError) -> PyErr {
         }
         CoreAuthError::Invalid { field, .. } => {
             raise::<InvalidInput>(py, message, &[("field", text(py, &field))])
+        }
+        // A string that is not a sign-in redirect: the caller's argument, as in codexpool_ffi.
+        CoreAuthError::InvalidRedirect { .. } => {
+            raise::<InvalidInput>(py, message, &[("field", text(py, "redirect_url"))])
         }
         CoreAuthError::Store { .. } => raise::<StoreError>(py, message, &[]),
         _ => raise::<AuthError>(py, message, &[]),

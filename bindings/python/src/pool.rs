@@ -3,7 +3,8 @@
 //!
 //! A pool lives until the last Python reference (and every server started on it) is gone; its
 //! background writer and change watcher run on the module's runtime until then. `flush()` (or
-//! leaving a `with` block) writes what is queued.
+//! leaving a `with` block) writes what is queued. Warnings about the settings are issued as
+//! `CodexPoolWarning`s when a pool opens.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
 use crate::accounts::AccountPool;
-use crate::errors::{OrRaise, invalid};
+use crate::errors::{OrRaise, invalid, warn_all};
 use crate::keys::KeyStore;
 use crate::record::quote;
 use crate::request_log::RequestLog;
@@ -27,16 +28,14 @@ pub struct Pool {
     pub(crate) inner: CorePool,
 }
 
-/// The settings from the environment (and env file), then `db_path`, then `settings`.
+/// The settings from the environment (and env file), then `settings`, then `db_path`: a path
+/// given as the argument wins over a `DB_PATH` keyword (as in codexpool_ffi).
 fn config(
     py: Python<'_>,
     db_path: Option<PathBuf>,
     settings: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Config> {
     let mut c = Config::from_env().or_raise(py)?;
-    if let Some(p) = db_path {
-        c.db_path = codexpool_core::config::expand_home(p);
-    }
     for (k, v) in settings.into_iter().flat_map(|d| d.iter()) {
         let name: String = k.extract()?;
         if v.is_none() {
@@ -68,7 +67,16 @@ fn config(
         };
         c.set(&name, &value).or_raise(py)?;
     }
+    if let Some(p) = db_path {
+        c.db_path = codexpool_core::config::expand_home(p);
+    }
     Ok(c)
+}
+
+/// The opened pool, after issuing its settings' warnings.
+fn opened(py: Python<'_>, inner: CorePool) -> PyResult<Pool> {
+    warn_all(py, inner.config().warnings.iter().map(String::as_str))?;
+    Ok(Pool { inner })
 }
 
 #[pymethods]
@@ -76,7 +84,9 @@ impl Pool {
     /// Opens (creating on first use) the SQLite pool at `db_path` (default: `DB_PATH`, else the
     /// platform data dir; a leading `~` is the home directory). Settings come from the environment and env file, overridden by
     /// `settings` given as keywords named like the variables (`route_strategy="headroom"`,
-    /// `usage_base_url=…`); a bad value raises `InvalidInput` naming the variable.
+    /// `usage_base_url=…`); a bad value raises `InvalidInput` naming the variable, and a
+    /// `db_path` argument wins over a `DB_PATH` keyword. Warnings about the settings (e.g. a
+    /// poll interval raised to its minimum) are issued as `CodexPoolWarning`s.
     #[staticmethod]
     #[pyo3(signature = (db_path=None, **settings))]
     fn open(
@@ -86,7 +96,7 @@ impl Pool {
     ) -> PyResult<Pool> {
         let c = config(py, db_path, settings)?;
         let inner = run(py, CorePool::open(c))?.or_raise(py)?;
-        Ok(Pool { inner })
+        opened(py, inner)
     }
 
     /// An empty pool kept in memory only (settings as for `open`; `db_path` is used only for
@@ -99,7 +109,7 @@ impl Pool {
             .store(Arc::new(MemoryStore::new()))
             .open();
         let inner = run(py, open)?.or_raise(py)?;
-        Ok(Pool { inner })
+        opened(py, inner)
     }
 
     /// The accounts.

@@ -529,26 +529,37 @@ impl FakeOpenAi {
         self.inner.read().map(|g| g.is_some()).unwrap_or(false)
     }
 
-    /// Stops the server and joins its thread. Safe to call more than once.
+    /// Stops the server and joins its thread. Safe to call more than once, from any thread.
     fn stop(&self, py: Python<'_>) {
-        let fake = match self.inner.write() {
-            Ok(mut g) => g.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(f) = fake {
-            py.detach(|| f.shutdown());
-        }
+        // Without the GIL: the lock may be held by a call that needs the GIL to finish.
+        py.detach(|| {
+            let fake = match self.inner.write() {
+                Ok(mut g) => g.take(),
+                Err(poisoned) => poisoned.into_inner().take(),
+            };
+            if let Some(f) = fake {
+                f.shutdown();
+            }
+        });
     }
 
     /// Waits up to `timeout` seconds until no Codex stream is open; whether that happened.
+    /// Raises when the fake is (or gets) stopped.
     #[pyo3(signature = (timeout=5.0))]
     fn wait_streams_closed(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
         let d: Duration = seconds(py, "timeout", timeout)?;
-        let g = self.fake()?;
-        let Some(fake) = g.as_ref() else {
-            return Err(CodexPoolError::new_err("the fake is stopped"));
-        };
-        Ok(py.detach(|| fake.wait_until(d, |f| f.open_streams() == 0)))
+        let deadline = std::time::Instant::now() + d;
+        // The lock is held for each look only, never while the GIL is released: a `stop`
+        // waiting for it would otherwise stall every other call that takes it with the GIL.
+        loop {
+            if self.with(Fake::open_streams)? == 0 {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            py.detach(|| std::thread::sleep(Duration::from_millis(2)));
+        }
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

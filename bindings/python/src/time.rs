@@ -1,6 +1,8 @@
 //! Time across the boundary: core [`Timestamp`]s become timezone-aware UTC `datetime.datetime`
 //! objects (millisecond precision); arguments accept an aware or naive `datetime` (naive means
 //! local time, as `datetime.timestamp()` has it), an RFC 3339 string, or seconds since the epoch.
+//! Times beyond what `datetime` holds (a garbage reset time from upstream) become
+//! `datetime.max` / `datetime.min` in UTC rather than an `OverflowError`.
 
 use codexpool_core::Timestamp;
 use pyo3::prelude::*;
@@ -11,13 +13,27 @@ use crate::errors::invalid;
 
 static EPOCH: PyOnceLock<Py<PyDateTime>> = PyOnceLock::new();
 
-/// `1970-01-01T00:00:00Z` + the timestamp, as an aware `datetime`.
+/// `datetime.max` in milliseconds since the epoch (9999-12-31T23:59:59.999Z).
+const MAX_MILLIS: i64 = 253_402_300_799_999;
+/// `datetime.min` in milliseconds since the epoch (0001-01-01T00:00:00Z).
+const MIN_MILLIS: i64 = -62_135_596_800_000;
+
+/// `1970-01-01T00:00:00Z` + the timestamp, as an aware `datetime`; clamped to `datetime.max`
+/// and `datetime.min` (in UTC).
 pub(crate) fn to_datetime(py: Python<'_>, t: Timestamp) -> PyResult<Bound<'_, PyDateTime>> {
+    let ms = t.as_millis();
+    if ms > MAX_MILLIS {
+        let utc = PyTzInfo::utc(py)?;
+        return PyDateTime::new(py, 9999, 12, 31, 23, 59, 59, 999_999, Some(&utc));
+    }
+    if ms < MIN_MILLIS {
+        let utc = PyTzInfo::utc(py)?;
+        return PyDateTime::new(py, 1, 1, 1, 0, 0, 0, 0, Some(&utc));
+    }
     let epoch = EPOCH.get_or_try_init(py, || {
         let utc = PyTzInfo::utc(py)?;
         PyDateTime::new(py, 1970, 1, 1, 0, 0, 0, 0, Some(&utc)).map(Bound::unbind)
     })?;
-    let ms = t.as_millis();
     let days = ms.div_euclid(86_400_000);
     let rest = ms.rem_euclid(86_400_000);
     let delta = PyDelta::new(
@@ -46,7 +62,12 @@ impl<'py> IntoPyObject<'py> for Time {
 
 impl std::fmt::Display for Time {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.to_rfc3339())
+        // A `repr()` shows what the attribute holds, clamped the same way.
+        match self.0.as_millis() {
+            ms if ms > MAX_MILLIS => f.write_str("9999-12-31T23:59:59.999999Z"),
+            ms if ms < MIN_MILLIS => f.write_str("0001-01-01T00:00:00Z"),
+            _ => f.write_str(&self.0.to_rfc3339()),
+        }
     }
 }
 

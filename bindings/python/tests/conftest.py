@@ -1,8 +1,10 @@
-"""Shared fixtures: a FakeOpenAi per test, a SQLite pool in a temp dir pointed at it, and a
-helper that imports one of the fake's accounts the way a user would (its auth.json)."""
+"""Shared fixtures: a FakeOpenAi per test, a SQLite pool in a temp dir pointed at it, a helper
+that imports one of the fake's accounts the way a user would (its auth.json), and a free
+loopback address for sign-in listeners."""
 
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,9 +37,11 @@ def pool(fake: FakeOpenAi, tmp_path: Path) -> codexpool.Pool:
 def add_account(
     pool: codexpool.Pool, fake: FakeOpenAi, fake_id: str = "acct-1", **fake_opts: str
 ) -> codexpool.Account:
-    """Adds an account to the fake and imports its auth.json into the pool."""
+    """Adds an account to the fake and imports its auth.json into the pool (which warns that
+    the sign-in is shared with the Codex CLI)."""
     fake.add_account(fake_id, **fake_opts)
-    report = pool.accounts.import_text(json.dumps(fake.auth_json(fake_id)), source=fake_id)
+    with pytest.warns(codexpool.CodexPoolWarning, match="Codex CLI"):
+        report = pool.accounts.import_text(json.dumps(fake.auth_json(fake_id)), source=fake_id)
     assert report.imported == 1, report
     account_id = report.results[0].account_id
     assert account_id is not None
@@ -47,3 +51,10 @@ def add_account(
 @pytest.fixture
 def account(pool: codexpool.Pool, fake: FakeOpenAi) -> codexpool.Account:
     return add_account(pool, fake)
+
+
+def free_addr() -> str:
+    """A loopback `host:port` that nothing listens on (a fixed LOGIN_ADDR, like 1455)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"

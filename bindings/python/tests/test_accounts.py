@@ -1,10 +1,16 @@
-"""pool.accounts: listing, organising, status, removal, import/export, and the sign-ins (browser
-with and without the callback listener, device code) against the fake issuer."""
+"""pool.accounts: listing, organising, status, removal, import/export (warnings, take-over), and
+the sign-ins (browser with and without the callback listener, device code) against the fake
+issuer, including what frees a listener's port when the caller gives up."""
 
+import _thread
+import asyncio
+import gc
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,7 +18,7 @@ import pytest
 import codexpool
 from codexpool.testing import FakeOpenAi
 
-from conftest import add_account
+from conftest import add_account, free_addr
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -141,18 +147,22 @@ def test_import_file_folder_bytes_text_and_reimport(
     home.mkdir()
     (home / "one.json").write_text(json.dumps(fake.auth_json("acct-1")))
     (home / "two.json").write_text(json.dumps(fake.auth_json("acct-2")))
-    r = pool.accounts.import_file(home / "one.json")
+    with pytest.warns(codexpool.CodexPoolWarning, match="single-use refresh token"):
+        r = pool.accounts.import_file(home / "one.json")
     assert (r.imported, r.updated, r.skipped) == (1, 0, 0)
     assert r.results[0].status == "imported"
     assert str(home / "one.json") in r.results[0].source
     assert r.results[0].warning, "an auth.json shares its refresh token with the Codex CLI"
     assert r.results[0].codex_cli
-    # A folder: acct-1 again (updated) and acct-2 (new).
-    r = pool.accounts.import_file(str(home))
-    assert (r.imported, r.updated) == (1, 1)
-    # Bytes and text of the same document update again.
-    r = pool.accounts.import_bytes(json.dumps(fake.auth_json("acct-2")).encode(), source="b")
-    assert (r.updated, r.results[0].source) == (1, "b")
+    # A folder: acct-1 again (unchanged: the stored tokens are the file's) and acct-2 (new).
+    with pytest.warns(codexpool.CodexPoolWarning):
+        r = pool.accounts.import_file(str(home))
+    assert (r.imported, r.updated, r.unchanged) == (1, 0, 1)
+    # Bytes of the same document: nothing to update.
+    with pytest.warns(codexpool.CodexPoolWarning):
+        r = pool.accounts.import_bytes(json.dumps(fake.auth_json("acct-2")).encode(), source="b")
+    assert (r.unchanged, r.results[0].source) == (1, "b")
+    assert "already up to date" in (r.results[0].reason or ""), r
     r = pool.accounts.import_text("{ not json", source="broken")
     assert (r.skipped, r.results[0].status) == (1, "skipped")
     assert r.results[0].reason
@@ -174,9 +184,11 @@ def test_paths_may_start_with_a_tilde_for_the_home_directory(
     pool = codexpool.Pool.open("~/pool.db", **fake.settings())
     assert pool.db_path == home / "pool.db"
     assert (home / "pool.db").exists()
-    r = pool.accounts.import_file("~/.codex/auth.json")
+    with pytest.warns(codexpool.CodexPoolWarning):
+        r = pool.accounts.import_file("~/.codex/auth.json")
     assert (r.imported, r.skipped) == (1, 0), r
-    assert pool.accounts.import_file(Path("~") / ".codex").updated == 1
+    with pytest.warns(codexpool.CodexPoolWarning):
+        assert pool.accounts.import_file(Path("~") / ".codex").unchanged == 1
     assert pool.accounts.export("~/export.json") == 1
     assert json.loads((home / "export.json").read_text())["accounts"][0]["chatgpt_account_id"] == "acct-1"
     # Only a leading `~` component is the home directory.
@@ -261,9 +273,8 @@ def test_sign_in_failures_cancel_and_timeout(pool: codexpool.Pool, fake: FakeOpe
             call("nope")
         assert nf.value.what == "sign-in"
     login = pool.accounts.login_start(listen=False)
-    with pytest.raises(codexpool.Timeout):
-        login.wait(timeout=0.3)
     assert login.cancel() is True
+    assert login.cancel() is False
     assert pool.accounts.login_cancel(login.state) is False
     assert pool.accounts.login_status(login.state).status == "cancelled"
     with pytest.raises(codexpool.AuthError, match="cancelled"):
@@ -288,3 +299,172 @@ def test_device_sign_in(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
     done = d.wait(timeout=20)
     assert done.account.label == "dev" and done.created
     assert pool.accounts.login_status(d.state).kind == "device"
+
+
+def test_import_warnings_are_codexpool_warnings(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
+    assert issubclass(codexpool.CodexPoolWarning, UserWarning)
+    fake.add_account("acct-1")
+    with pytest.warns(codexpool.CodexPoolWarning, match="single-use refresh token") as w:
+        r = pool.accounts.import_text(json.dumps(fake.auth_json("acct-1")), source="auth.json")
+    assert [str(x.message) for x in w] == [r.results[0].warning]
+    assert "take_over=True" in str(w[0].message)
+    assert w[0].filename == __file__, "attributed to the caller's line"
+    # An export is no Codex CLI sign-in: nothing to warn about.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = pool.accounts.import_text(json.dumps(pool.accounts.export()), source="export")
+    assert r.results[0].warning is None
+
+
+def test_import_with_take_over(pool: codexpool.Pool, fake: FakeOpenAi, tmp_path: Path) -> None:
+    fake.add_account("acct-1")
+    cli_copy = fake.current_tokens("acct-1")["refresh_token"]
+    path = tmp_path / "auth.json"
+    path.write_text(json.dumps(fake.auth_json("acct-1")))
+    with pytest.warns(codexpool.CodexPoolWarning, match="took over") as w:
+        r = pool.accounts.import_file(path, take_over=True)
+    assert len(w) == 1, "the shared-sign-in warning is replaced"
+    assert r.imported == 1 and r.results[0].codex_cli
+    assert r.results[0].warning and r.results[0].warning.startswith(f"took over {path}")
+    # One refresh: the Codex CLI's copy of the refresh token is spent, codexpool's is live.
+    assert fake.refresh_count("acct-1") == 1
+    assert fake.current_tokens("acct-1")["refresh_token"] != cli_copy
+    fake.add_account("acct-2")
+    with pytest.warns(codexpool.CodexPoolWarning, match="took over b"):
+        r = pool.accounts.import_bytes(json.dumps(fake.auth_json("acct-2")).encode(), "b", take_over=True)
+    assert fake.refresh_count("acct-2") == 1
+    # Without take_over nothing is refreshed.
+    fake.add_account("acct-3")
+    with pytest.warns(codexpool.CodexPoolWarning, match="single-use"):
+        pool.accounts.import_text(json.dumps(fake.auth_json("acct-3")), "t")
+    assert fake.refresh_count("acct-3") == 0
+    # A refresh that fails names the source; the account stays imported.
+    fake.add_account("acct-4")
+    fake.revoke_sessions("acct-4")
+    with pytest.raises(codexpool.AuthError, match="could not take over other/auth.json"):
+        pool.accounts.import_text(json.dumps(fake.auth_json("acct-4")), "other/auth.json", take_over=True)
+    assert [a.chatgpt_account_id for a in pool.accounts.list(text="acct-4")] == ["acct-4"]
+
+
+def test_login_complete_with_something_else_than_a_redirect_is_invalid_input(pool: codexpool.Pool) -> None:
+    for garbage in ("garbage", "https://example.com/nothing", "http://localhost:1455/auth/callback?code=x"):
+        with pytest.raises(codexpool.InvalidInput, match="not a sign-in redirect URL") as e:
+            pool.accounts.login_complete(garbage)
+        assert e.value.field == "redirect_url"
+
+
+def test_a_wait_that_times_out_cancels_the_sign_in_and_frees_the_port(
+    fake: FakeOpenAi, tmp_path: Path
+) -> None:
+    addr = free_addr()
+    pool = codexpool.Pool.open(tmp_path / "p.db", login_addr=addr, **fake.settings())
+    login = pool.accounts.login_start()
+    assert login.listen_addr == addr
+    # While it listens, the port is taken; the message says how to finish from Python.
+    with pytest.raises(codexpool.AuthError, match=r"in use.*login_complete\(url\)"):
+        pool.accounts.login_start()
+    with pytest.raises(codexpool.Timeout, match="0.2 s"):
+        login.wait(timeout=0.2)
+    assert pool.accounts.login_status(login.state).status == "cancelled"
+    assert login.cancel() is False
+    # The next sign-in gets the same port at once.
+    again = pool.accounts.login_start()
+    assert again.listen_addr == addr
+    assert again.cancel() is True
+
+
+def test_ctrl_c_in_wait_cancels_the_sign_in_and_frees_the_port(fake: FakeOpenAi, tmp_path: Path) -> None:
+    addr = free_addr()
+    pool = codexpool.Pool.open(tmp_path / "p.db", login_addr=addr, **fake.settings())
+    login = pool.accounts.login_start()
+    ctrl_c = threading.Timer(0.3, _thread.interrupt_main)
+    ctrl_c.start()
+    with pytest.raises(KeyboardInterrupt):
+        login.wait()
+    ctrl_c.join()
+    assert pool.accounts.login_status(login.state).status == "cancelled"
+    assert pool.accounts.login_start().cancel() is True
+
+
+def test_a_forgotten_sign_in_with_a_listener_is_cancelled_when_collected(
+    fake: FakeOpenAi, tmp_path: Path
+) -> None:
+    addr = free_addr()
+    pool = codexpool.Pool.open(tmp_path / "p.db", login_addr=addr, **fake.settings())
+    state = pool.accounts.login_start().state  # the handle is gone at once
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            again = pool.accounts.login_start()
+            break
+        except codexpool.AuthError:
+            assert time.monotonic() < deadline, "the listener still holds the port"
+            time.sleep(0.05)
+    assert pool.accounts.login_status(state).status == "cancelled"
+    assert again.cancel() is True
+    # Without a listener nothing is held: the sign-in stays open for login_complete.
+    state = pool.accounts.login_start(listen=False).state
+    gc.collect()
+    time.sleep(0.2)
+    assert pool.accounts.login_status(state).status == "pending"
+
+
+def test_login_start_is_a_context_manager(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
+    fake.add_account("acct-1")
+    with pytest.raises(RuntimeError):
+        with pool.accounts.login_start(listen=False) as login:
+            state = login.state
+            raise RuntimeError("the caller gave up")
+    assert pool.accounts.login_status(state).status == "cancelled"
+    # Leaving after the sign-in ended changes nothing.
+    with pool.accounts.login_start(listen=False) as login:
+        done = pool.accounts.login_complete(authorize(login.url))
+        assert login.wait(timeout=5).account.id == done.account.id
+    assert pool.accounts.login_status(login.state).status == "completed"
+
+
+def test_cancel_from_another_thread_wakes_a_blocked_wait(fake: FakeOpenAi, tmp_path: Path) -> None:
+    pool = codexpool.Pool.open(tmp_path / "p.db", login_addr="127.0.0.1:0", **fake.settings())
+    login = pool.accounts.login_start()
+    ended: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            login.wait()
+        except codexpool.AuthError as e:
+            ended.append(e)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.2)
+    assert t.is_alive()
+    started = time.monotonic()
+    assert login.cancel() is True
+    t.join(5)
+    assert not t.is_alive() and time.monotonic() - started < 1.0
+    assert "cancelled" in str(ended[0])
+
+
+def test_asyncio_a_cancelled_task_cancels_its_sign_in(fake: FakeOpenAi, tmp_path: Path) -> None:
+    """The README's pattern: the `with` block cancels the sign-in, which ends the `wait` that
+    `asyncio.to_thread` runs, so the worker thread (and `asyncio.run`) does not hang."""
+    pool = codexpool.Pool.open(tmp_path / "p.db", login_addr="127.0.0.1:0", **fake.settings())
+    states: list[str] = []
+
+    async def sign_in() -> codexpool.LoginCompleted:
+        with pool.accounts.login_start() as login:
+            states.append(login.state)
+            return await asyncio.to_thread(login.wait)
+
+    async def main() -> None:
+        task = asyncio.create_task(sign_in())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    started = time.monotonic()
+    asyncio.run(main())  # waits for the worker thread too
+    assert time.monotonic() - started < 5
+    assert pool.accounts.login_status(states[0]).status == "cancelled"

@@ -44,6 +44,27 @@ def test_settings_come_from_the_environment_too(
     assert pool.settings()["ROUTE_STRATEGY"] == "ordered"
 
 
+def test_the_db_path_argument_wins_over_a_db_path_keyword(tmp_path: Path) -> None:
+    pool = codexpool.Pool.open(tmp_path / "a.db", DB_PATH=str(tmp_path / "b.db"))
+    assert pool.db_path == tmp_path / "a.db"
+    assert (tmp_path / "a.db").exists() and not (tmp_path / "b.db").exists()
+    # Without the argument, the keyword is the path.
+    assert codexpool.Pool.open(db_path=None, DB_PATH=str(tmp_path / "c.db")).db_path == tmp_path / "c.db"
+
+
+def test_settings_warnings_are_issued_when_a_pool_opens(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with pytest.warns(codexpool.CodexPoolWarning, match="USAGE_POLL_INTERVAL_SECS=5") as w:
+        codexpool.Pool.open(tmp_path / "p.db", usage_poll_interval_secs=5)
+    assert w[0].filename == __file__, "attributed to the caller's line"
+    with pytest.warns(codexpool.CodexPoolWarning, match="USAGE_POLL_INTERVAL_SECS=5"):
+        codexpool.Pool.in_memory(usage_poll_interval_secs=5)
+    monkeypatch.setenv("CODEXPOOL_ROUTE_STRATEGI", "ordered")
+    with pytest.warns(codexpool.CodexPoolWarning, match="CODEXPOOL_ROUTE_STRATEGI"):
+        codexpool.Pool.open(tmp_path / "p.db")
+
+
 def test_a_bad_setting_value_raises_invalid_input_naming_the_variable(tmp_path: Path) -> None:
     with pytest.raises(codexpool.InvalidInput, match="ROUTE_STRATEGY") as e:
         codexpool.Pool.open(tmp_path / "p.db", route_strategy="fastest")

@@ -1,6 +1,9 @@
 """codexpool.testing.FakeOpenAi and Reply: what Python users script their tests with."""
 
 import json
+import subprocess
+import sys
+import textwrap
 import urllib.request
 
 import pytest
@@ -119,3 +122,52 @@ def test_reply_kinds_build_and_show() -> None:
 def test_fake_instant_mode_and_workers() -> None:
     with FakeOpenAi(instant=True, workers=2, strict_requests=False) as fake:
         assert fake.running
+
+
+def test_stop_while_another_thread_waits_for_streams_to_close() -> None:
+    """`stop()` used to wait for the fake's lock holding the GIL, while `wait_streams_closed`
+    held the lock and needed the GIL back: both hung. Run in a child process, so a hang is a
+    failure and not a stuck suite."""
+    script = textwrap.dedent(
+        """
+        import http.client, threading, time, urllib.parse
+        from codexpool.testing import FakeOpenAi, Reply
+
+        fake = FakeOpenAi(strict_requests=False)
+        tokens = fake.add_account("acct-1")
+        fake.push_reply("acct-1", Reply.hang_forever())
+        u = urllib.parse.urlsplit(fake.codex_base_url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        conn.request("POST", u.path + "/responses", body="{}", headers={
+            "Authorization": "Bearer " + tokens["access_token"],
+            "ChatGPT-Account-ID": "acct-1",
+            "Content-Type": "application/json",
+        })
+        conn.getresponse()  # the head; the body never ends
+        deadline = time.monotonic() + 5
+        while fake.open_streams() != 1:
+            assert time.monotonic() < deadline, "no open stream"
+            time.sleep(0.01)
+        outcome = []
+
+        def wait():
+            try:
+                outcome.append(fake.wait_streams_closed(2.0))
+            except Exception as e:
+                outcome.append(e)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.3)  # the waiter is inside wait_streams_closed
+        fake.stop()
+        waiter.join(10)
+        assert not waiter.is_alive()
+        assert not fake.running
+        print("stopped:", outcome)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert "stopped: [CodexPoolError('the fake is stopped')]" in done.stdout, done.stdout

@@ -1,7 +1,9 @@
 """pool.usage: readings, refresh with a progress callback, headroom, the ledger."""
 
 import datetime
+import json
 
+import openai
 import pytest
 
 import codexpool
@@ -99,3 +101,23 @@ def test_ledger_groups_and_since(pool: codexpool.Pool, fake: FakeOpenAi) -> None
     with pytest.raises(codexpool.InvalidInput) as e:
         pool.usage.ledger("colour")
     assert e.value.field == "group_by"
+
+
+def test_reset_times_beyond_datetime_max_are_clamped(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
+    """A garbage upstream reset time (10^13 s away) reads as datetime.max, not OverflowError."""
+    a = add_account(pool, fake, "acct-1")
+    key = pool.keys.create("k")
+    body = {"error": {"type": "usage_limit_reached", "message": "x", "resets_at": 9_999_999_999_999}}
+    fake.push_reply("acct-1", Reply.status(429, json.dumps(body)))
+    with codexpool.serve(pool, background_tasks=False) as srv:
+        client = openai.OpenAI(base_url=srv.base_url, api_key=key.secret, max_retries=0)
+        with pytest.raises(openai.RateLimitError):
+            client.responses.create(model="gpt-5-codex", input="hi")
+    utc_max = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
+    assert pool.usage.exhausted_until(a.id) == utc_max
+    # The 429's reading of the window it hit carries the same reset time.
+    u = pool.usage.get(a.id)
+    hit = [w for w in (u.five_hour, u.weekly) if w is not None and w.source == "rate-limit"]
+    assert [w.resets_at for w in hit] == [utc_max], u
+    assert utc_max in [w["resets_at"] for w in u.to_dict().values() if isinstance(w, dict) and "kind" in w]
+    assert "resets_at=9999-12-31T23:59:59.999999Z" in repr(u)

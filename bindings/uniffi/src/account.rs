@@ -1,8 +1,14 @@
 //! `AccountPool`: the pooled ChatGPT sign-ins — list, change, remove, import, export, and the
 //! browser sign-in — over core's [`codexpool_core::AccountPool`] and [`codexpool_core::Auth`].
+//!
+//! A browser sign-in's callback listener holds its port (1455 by default) until the sign-in
+//! ends, so a [`LoginStart`] whose caller gave up cancels it: when the caller stops awaiting
+//! `wait()`, and when a handle with a listener is freed.
+
+use std::sync::Arc;
 
 use codexpool_core::auth::{
-    LoginCompleted as CoreLoginCompleted, LoginOptions as CoreLoginOptions,
+    LoginCompleted as CoreLoginCompleted, LoginHandle, LoginOptions as CoreLoginOptions,
 };
 use codexpool_core::import::{ImportOutcome, ImportResult as CoreImportResult};
 use codexpool_core::store::{LoginKind, LoginStatus};
@@ -11,7 +17,7 @@ use codexpool_core::{
     AccountStatus as CoreStatus,
 };
 
-use crate::runtime::run;
+use crate::runtime::{run, runtime};
 use crate::{CodexPoolError, ms};
 
 /// Whether an account may serve requests.
@@ -273,21 +279,97 @@ impl From<LoginOptions> for CoreLoginOptions {
     }
 }
 
-/// A started browser sign-in.
-#[derive(Debug, Clone, uniffi::Record)]
+/// A started browser sign-in: open `url()`, then `wait()`.
+///
+/// Its callback listener (when `LoginOptions.listen`) holds `LOGIN_ADDR` until the sign-in
+/// ends, so the sign-in is cancelled when the caller gives up: when it stops awaiting `wait()`
+/// (an asyncio task cancelled or timed out, a Kotlin coroutine cancelled, a Swift task
+/// cancelled), and when a handle with a listener is freed before the sign-in ended (garbage
+/// collection, Kotlin `close()`/`destroy()`, the last Swift reference). Without a listener a
+/// freed handle leaves the sign-in open for `login_complete` from anywhere.
+#[derive(uniffi::Object)]
 pub struct LoginStart {
+    inner: LoginHandle,
+}
+
+/// Cancels a sign-in when dropped while armed: the future of a `wait()` whose caller went away.
+struct CancelOnDrop(Option<LoginHandle>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            cancel_in_background(h);
+        }
+    }
+}
+
+/// Cancels a sign-in on the runtime, freeing its listener's port; nobody waits for it.
+fn cancel_in_background(h: LoginHandle) {
+    if let Ok(rt) = runtime() {
+        // Nobody is left to tell when it fails; the sign-in then expires in 15 minutes.
+        rt.spawn(async move {
+            let _ = h.cancel().await;
+        });
+    }
+}
+
+impl Drop for LoginStart {
+    fn drop(&mut self) {
+        if self.inner.listen_addr().is_some() {
+            cancel_in_background(self.inner.clone());
+        }
+    }
+}
+
+#[uniffi::export]
+impl LoginStart {
     /// The authorize URL to open in a browser.
-    pub url: String,
+    pub fn url(&self) -> String {
+        self.inner.url().to_string()
+    }
+
     /// The OAuth `state`; names the sign-in in `login_status`, `login_wait`, `login_cancel`.
-    pub state: String,
+    pub fn state(&self) -> String {
+        self.inner.state().to_string()
+    }
+
     /// Where the issuer will send the browser.
-    pub redirect_uri: String,
+    pub fn redirect_uri(&self) -> String {
+        self.inner.redirect_uri().to_string()
+    }
+
     /// When the sign-in expires (ms).
-    pub expires_at: i64,
+    pub fn expires_at(&self) -> i64 {
+        ms(self.inner.expires_at())
+    }
+
     /// `host:port` of the callback listener, when one was started.
-    pub listen_addr: Option<String>,
+    pub fn listen_addr(&self) -> Option<String> {
+        self.inner.listen_addr().map(|a| a.to_string())
+    }
+
     /// Whether a browser was launched.
-    pub browser_opened: bool,
+    pub fn browser_opened(&self) -> bool {
+        self.inner.browser_opened()
+    }
+
+    /// Waits until the sign-in completes (through the listener, `login_complete`, or another
+    /// process); raises `Auth` when it fails, is cancelled or expires. A caller that stops
+    /// awaiting (cancelled, timed out) cancels the sign-in.
+    pub async fn wait(&self) -> Result<LoginCompleted, CodexPoolError> {
+        let h = self.inner.clone();
+        let mut abandoned = CancelOnDrop(Some(self.inner.clone()));
+        let ended = run(async move { Ok(h.wait().await?.into()) }).await;
+        abandoned.0 = None;
+        ended
+    }
+
+    /// Cancels the sign-in; `false` when it had already ended. Returns once the callback
+    /// listener has stopped (its address is free); a pending `wait()` raises `Auth` at once.
+    pub async fn cancel(&self) -> Result<bool, CodexPoolError> {
+        let h = self.inner.clone();
+        run(async move { Ok(h.cancel().await?) }).await
+    }
 }
 
 /// A finished sign-in.
@@ -406,28 +488,46 @@ impl AccountPool {
 
     /// Imports a Codex CLI `auth.json`, a codexpool export, or every `*.json` file of a folder
     /// (a leading `~` is the home directory); one result per account found. Fails only when the
-    /// path cannot be read.
-    pub async fn import_path(&self, path: String) -> Result<Vec<ImportResult>, CodexPoolError> {
+    /// path cannot be read, or when `take_over` fails.
+    ///
+    /// With `take_over`, each Codex CLI sign-in written is refreshed once, so codexpool holds
+    /// the only live refresh token (that CLI must sign in again; the result's `warning` says
+    /// so). A refresh that fails raises `Auth` naming the source; the account stays imported.
+    #[uniffi::method(default(take_over = false))]
+    pub async fn import_path(
+        &self,
+        path: String,
+        take_over: bool,
+    ) -> Result<Vec<ImportResult>, CodexPoolError> {
         let (accounts, path) = (
             self.inner.accounts(),
             codexpool_core::config::expand_home(path),
         );
         run(async move {
-            let report = accounts.import_path(&path).await?;
+            let mut report = accounts.import_path(&path).await?;
+            if take_over {
+                accounts.take_over(&mut report).await?;
+            }
             Ok(report.results.into_iter().map(Into::into).collect())
         })
         .await
     }
 
-    /// Imports a document held in memory (`source` names it in the results).
+    /// Imports a document held in memory (`source` names it in the results; `take_over` as
+    /// for `import_path`).
+    #[uniffi::method(default(take_over = false))]
     pub async fn import_text(
         &self,
         source: String,
         text: String,
+        take_over: bool,
     ) -> Result<Vec<ImportResult>, CodexPoolError> {
         let accounts = self.inner.accounts();
         run(async move {
-            let report = accounts.import_bytes(&source, text.as_bytes()).await;
+            let mut report = accounts.import_bytes(&source, text.as_bytes()).await;
+            if take_over {
+                accounts.take_over(&mut report).await?;
+            }
             Ok(report.results.into_iter().map(Into::into).collect())
         })
         .await
@@ -450,27 +550,19 @@ impl AccountPool {
         run(async move { Ok(accounts.export_to_file(&path, &filter).await? as u64) }).await
     }
 
-    /// Starts a browser sign-in and returns the URL to open. With `listen` (the default) a
+    /// Starts a browser sign-in: open the handle's `url()`. With `listen` (the default) a
     /// callback listener on `LOGIN_ADDR` completes it; otherwise pass the redirect URL to
-    /// `login_complete`.
+    /// `login_complete`. See [`LoginStart`] for when the sign-in is cancelled.
     #[uniffi::method(default(options = None))]
     pub async fn login_start(
         &self,
         options: Option<LoginOptions>,
-    ) -> Result<LoginStart, CodexPoolError> {
+    ) -> Result<Arc<LoginStart>, CodexPoolError> {
         let auth = self.inner.auth();
         let options = options.map(CoreLoginOptions::from).unwrap_or_default();
         run(async move {
-            let handle = auth.login_start(options).await?;
-            let i = handle.info();
-            Ok(LoginStart {
-                url: i.url.clone(),
-                state: i.state.clone(),
-                redirect_uri: i.redirect_uri.clone(),
-                expires_at: ms(i.expires_at),
-                listen_addr: i.listen_addr.map(|a| a.to_string()),
-                browser_opened: i.browser_opened,
-            })
+            let inner = auth.login_start(options).await?;
+            Ok(Arc::new(LoginStart { inner }))
         })
         .await
     }
@@ -492,7 +584,8 @@ impl AccountPool {
     }
 
     /// Waits until a sign-in (started here or in another process) completes, fails, is
-    /// cancelled or expires.
+    /// cancelled or expires. Cancels nothing when the caller stops awaiting (see
+    /// `LoginStart.wait` for that).
     pub async fn login_wait(&self, state: String) -> Result<LoginCompleted, CodexPoolError> {
         let auth = self.inner.auth();
         run(async move { Ok(auth.login_wait(&state).await?.into()) }).await

@@ -50,6 +50,8 @@ impl From<codexpool_core::Error> for CodexPoolError {
             E::Pool(_) => Self::NoAccountAvailable(message),
             E::Key(_) => Self::Auth(message),
             E::Auth(a) => a.into(),
+            // An import's take-over refresh failed; the message names the source.
+            E::TakeOver { .. } => Self::Auth(message),
             _ => Self::Internal(message),
         }
     }

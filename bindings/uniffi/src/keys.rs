@@ -1,8 +1,11 @@
 //! `KeyStore`: the platform keys (`sk-cp-…`) clients present to the gateway, over core's
-//! [`codexpool_core::KeyStore`]. A key's secret is returned once, by `create`.
+//! [`codexpool_core::KeyStore`]. A key's secret is returned once, by `create`, in a
+//! [`CreatedKey`] object whose printed forms hide it.
+
+use std::sync::Arc;
 
 use codexpool_core::keys::{KeyPatch as CorePatch, NewKey as CoreNewKey};
-use codexpool_core::{PlatformKey as CoreKey, Timestamp};
+use codexpool_core::{PlatformKey as CoreKey, Secret, Timestamp};
 
 use crate::runtime::run;
 use crate::{CodexPoolError, ms};
@@ -57,12 +60,38 @@ impl From<CoreKey> for PlatformKey {
 }
 
 /// A new key and its secret. The secret is not stored: hand it out now or lose it.
-#[derive(Debug, Clone, uniffi::Record)]
+///
+/// An object rather than a record: a record's generated `toString`/`__str__`/`description`
+/// would print every field, the secret included. This one prints the key with `secret=*****`;
+/// `secret()` is the only way to the secret.
+#[derive(Debug, uniffi::Object)]
+#[uniffi::export(Debug, Display)]
 pub struct CreatedKey {
+    key: PlatformKey,
+    secret: Secret,
+}
+
+#[uniffi::export]
+impl CreatedKey {
     /// The stored key.
-    pub key: PlatformKey,
+    pub fn key(&self) -> PlatformKey {
+        self.key.clone()
+    }
+
     /// The secret (`sk-cp-…`) to give the client.
-    pub secret: String,
+    pub fn secret(&self) -> String {
+        self.secret.expose().to_string()
+    }
+}
+
+impl std::fmt::Display for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CreatedKey(id={}, name={}, hint={}, secret={})",
+            self.key.id, self.key.name, self.key.hint, self.secret
+        )
+    }
 }
 
 /// What to create. Only `name` is required.
@@ -155,15 +184,15 @@ pub struct KeyStore {
 
 #[uniffi::export]
 impl KeyStore {
-    /// Creates a key; the returned secret is shown this once.
-    pub async fn create(&self, new_key: NewKey) -> Result<CreatedKey, CodexPoolError> {
+    /// Creates a key; the returned secret is shown this once (`secret()`).
+    pub async fn create(&self, new_key: NewKey) -> Result<Arc<CreatedKey>, CodexPoolError> {
         let keys = self.inner.keys();
         run(async move {
             let created = keys.create(new_key.into()).await?;
-            Ok(CreatedKey {
+            Ok(Arc::new(CreatedKey {
                 key: created.key.into(),
-                secret: created.secret.expose().to_string(),
-            })
+                secret: created.secret,
+            }))
         })
         .await
     }

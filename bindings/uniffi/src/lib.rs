@@ -21,8 +21,8 @@
 //! - **Ids** accept any unique prefix, as on the command line.
 //! - **Paths** (`Pool.open`'s `db_path`, `import_path`, `export_to_file`) may start with `~`
 //!   for the home directory, as in a shell.
-//! - **Secrets** cross only where they are meant to: `CreatedKey.secret` once, and
-//!   `Server.rpc_token`. Account tokens never do.
+//! - **Secrets** cross only where they are meant to: `CreatedKey.secret()` once (an object, so
+//!   printing it shows `*****`), and `Server.rpc_token`. Account tokens never do.
 //!
 //! The bindings are generated from the built library; see the crate README:
 //!

@@ -8,8 +8,10 @@ The module is imported from `$CODEXPOOL_FFI_DIR` (default: `../generated` beside
 """
 
 import asyncio
+import gc
 import json
 import os
+import socket
 import stat
 import sys
 import tempfile
@@ -98,26 +100,34 @@ async def run(tmp, fake):
     keys, accounts, usage = pool.keys(), pool.accounts(), pool.usage()
 
     step("keys: create, list, get, verify, update, disable, enable, delete")
-    ci = await keys.create(cp.NewKey(name="ci"))
-    assert ci.secret.startswith("sk-cp-") and ci.key.name == "ci" and ci.key.enabled
-    assert ci.secret not in repr(ci.key)
-    tmp_key = await keys.create(
+    created = await keys.create(cp.NewKey(name="ci"))
+    ci, ci_secret = created.key(), created.secret()
+    assert ci_secret.startswith("sk-cp-") and ci.name == "ci" and ci.enabled
+    assert ci_secret not in repr(ci)
+
+    step("a created key prints without its secret")
+    for shown in (str(created), repr(created), f"{created}", str([created])):
+        assert ci_secret not in shown, shown
+    assert str(created) == f"CreatedKey(id={ci.id}, name=ci, hint={ci.hint}, secret=*****)"
+    assert "*****" in repr(created)
+    tmp_created = await keys.create(
         cp.NewKey(name="temp", model="gpt-5-codex", reasoning_effort="low", expires_at=None)
     )
+    tmp_key, tmp_secret = tmp_created.key(), tmp_created.secret()
     # Oldest first; two keys made in the same millisecond are ordered by id.
     assert sorted(k.name for k in keys.list()) == ["ci", "temp"]
-    assert keys.get(tmp_key.key.id[:6]).id == tmp_key.key.id, "ids accept a unique prefix"
-    assert keys.verify(tmp_key.secret).id == tmp_key.key.id
-    k = await keys.update(tmp_key.key.id, cp.KeyPatch(name="renamed", model=""))
+    assert keys.get(tmp_key.id[:6]).id == tmp_key.id, "ids accept a unique prefix"
+    assert keys.verify(tmp_secret).id == tmp_key.id
+    k = await keys.update(tmp_key.id, cp.KeyPatch(name="renamed", model=""))
     assert k.name == "renamed" and k.model is None, "an empty model clears it"
-    await keys.disable(tmp_key.key.id)
-    assert "disabled" in expect_sync("Auth", keys.verify, tmp_key.secret)
-    await keys.enable(tmp_key.key.id)
-    keys.verify(tmp_key.secret)
-    await keys.delete(tmp_key.key.id)
-    expect_sync("Auth", keys.verify, tmp_key.secret)
-    expect_sync("NotFound", keys.get, tmp_key.key.id)
-    await expect("NotFound", keys.delete(tmp_key.key.id))
+    await keys.disable(tmp_key.id)
+    assert "disabled" in expect_sync("Auth", keys.verify, tmp_secret)
+    await keys.enable(tmp_key.id)
+    keys.verify(tmp_secret)
+    await keys.delete(tmp_key.id)
+    expect_sync("Auth", keys.verify, tmp_secret)
+    expect_sync("NotFound", keys.get, tmp_key.id)
+    await expect("NotFound", keys.delete(tmp_key.id))
     await expect("InvalidInput", keys.create(cp.NewKey(name="  ")))
     assert [k.name for k in keys.list()] == ["ci"]
 
@@ -127,7 +137,8 @@ async def run(tmp, fake):
     assert results[0].codex_cli, "an auth.json is a Codex CLI sign-in"
     account_id = results[0].account_id
     again = await accounts.import_text("stdin", fake.auth_json("acct-1"))
-    assert again[0].status == cp.ImportStatus.UPDATED and again[0].account_id == account_id
+    # The same tokens again: nothing to update.
+    assert again[0].status == cp.ImportStatus.UNCHANGED and again[0].account_id == account_id
     bad = await accounts.import_text("stdin", "{not json")
     assert bad[0].status == cp.ImportStatus.SKIPPED and bad[0].reason, bad
     await expect("Io", accounts.import_path(os.path.join(tmp, "missing.json")))
@@ -165,7 +176,7 @@ async def run(tmp, fake):
     os.environ["HOME"] = home
     try:
         results = await accounts.import_path("~/.codex/auth.json")
-        assert [r.status for r in results] == [cp.ImportStatus.UPDATED], results
+        assert [r.status for r in results] == [cp.ImportStatus.UNCHANGED], results
         assert await accounts.export_to_file("~/export.json") == 1
         assert os.path.exists(os.path.join(home, "export.json"))
         other = await cp.Pool.open("~/other.db", settings)
@@ -196,15 +207,17 @@ async def run(tmp, fake):
 
     step("sign-in: login_start, follow the fake's authorize redirect, login_complete")
     start = await accounts.login_start(cp.LoginOptions(listen=False, label="relogged"))
-    assert start.url.startswith(fake.url() + "/oauth/authorize?"), start.url
-    assert start.listen_addr is None
-    assert (await accounts.login_status(start.state)).status == "pending"
-    status, headers, _ = http("GET", start.url)
+    assert start.url().startswith(fake.url() + "/oauth/authorize?"), start.url()
+    assert start.listen_addr() is None and not start.browser_opened()
+    assert start.expires_at() > int(time.time() * 1000)
+    assert (await accounts.login_status(start.state())).status == "pending"
+    status, headers, _ = http("GET", start.url())
     assert status == 302, status
     done = await accounts.login_complete(headers["Location"])
     assert done.account.id == account_id and not done.created, "same sign-in, same account"
     assert done.account.label == "relogged"
-    info = await accounts.login_status(start.state)
+    assert (await start.wait()).account.id == account_id
+    info = await accounts.login_status(start.state())
     assert info.status == "completed" and info.account_id == account_id, info
     await expect("Auth", accounts.login_complete(headers["Location"]))
     await expect("InvalidInput", accounts.login_complete("https://example.com/nothing"))
@@ -219,7 +232,7 @@ async def run(tmp, fake):
         "POST",
         server.base_url() + "/chat/completions",
         {"model": "gpt-5-codex", "messages": [{"role": "user", "content": "hi"}]},
-        {"authorization": "Bearer " + ci.secret},
+        {"authorization": "Bearer " + ci_secret},
     )
     assert status == 200, (status, body)
     assert body["choices"][0]["message"]["content"] == "Hello from acct-1.", body
@@ -247,18 +260,99 @@ async def run(tmp, fake):
         if rows:
             break
         time.sleep(0.05)
-    assert [(r.group, r.requests) for r in rows] == [(ci.key.id, 1)], rows
+    assert [(r.group, r.requests) for r in rows] == [(ci.id, 1)], rows
     assert rows[0].total_tokens == rows[0].tokens.input_tokens + rows[0].tokens.output_tokens > 0
     assert await usage.ledger(cp.LedgerGroup.MODEL, int(time.time() * 1000) + 60_000) == []
     log = await pool.request_log().list()
     chat = [e for e in log if e.route == "/v1/chat/completions" and e.status == 200]
-    assert chat and chat[0].key_id == ci.key.id and chat[0].account_id == account_id, log
+    assert chat and chat[0].key_id == ci.id and chat[0].account_id == account_id, log
     assert (await pool.request_log().list(cp.RequestLogQuery(limit=1))) == log[:1]
 
     step("remove the account")
     removed = await accounts.remove(account_id)
     assert removed.id == account_id and accounts.list() == []
     await pool.flush()
+
+
+def free_addr():
+    """A loopback `host:port` nothing listens on (a fixed LOGIN_ADDR, like 1455)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+async def until_cancelled(accounts, state):
+    """Waits (at most 5 s) until the sign-in is cancelled (abandoned ones are cancelled in the
+    background)."""
+    deadline = time.monotonic() + 5
+    while (await accounts.login_status(state)).status != "cancelled":
+        assert time.monotonic() < deadline, "the abandoned sign-in was not cancelled"
+        await asyncio.sleep(0.02)
+
+
+async def abandoned_sign_ins(tmp, fake):
+    addr = free_addr()
+    settings = dict(fake.settings(), DISABLE_POLLING="true", LOGIN_ADDR=addr)
+    pool = await cp.Pool.open(os.path.join(tmp, "login.db"), settings)
+    accounts = pool.accounts()
+
+    step("a taken LOGIN_ADDR names the way out for the CLI and the bindings")
+    start = await accounts.login_start()
+    assert start.listen_addr() == addr
+    msg = await expect("Auth", accounts.login_start())
+    assert "in use" in msg and "codexpool account complete" in msg and "login_complete(url)" in msg, msg
+
+    step("a wait that times out cancels the sign-in and frees the port")
+    try:
+        await asyncio.wait_for(start.wait(), 0.3)
+        raise AssertionError("the wait ended")
+    except asyncio.TimeoutError:
+        pass
+    await until_cancelled(accounts, start.state())
+    assert await start.cancel() is False
+    again = await accounts.login_start()  # the port is free at once
+    assert again.listen_addr() == addr
+
+    step("cancel() wakes a pending wait() and frees the port")
+    waiting = asyncio.ensure_future(again.wait())
+    await asyncio.sleep(0.2)
+    assert await again.cancel() is True
+    assert "cancelled" in await expect("Auth", waiting)
+
+    step("a freed handle with a listener cancels its sign-in; without one it stays open")
+    start = await accounts.login_start()
+    state = start.state()
+    del start
+    gc.collect()
+    await until_cancelled(accounts, state)
+    last = await accounts.login_start()
+    assert await last.cancel() is True
+    start = await accounts.login_start(cp.LoginOptions(listen=False))
+    state = start.state()
+    del start
+    gc.collect()
+    await asyncio.sleep(0.2)
+    assert (await accounts.login_status(state)).status == "pending"
+
+
+async def take_over(tmp, fake):
+    fake.add_account("acct-t")
+    pool = await cp.Pool.open(os.path.join(tmp, "take-over.db"), dict(fake.settings(), DISABLE_POLLING="true"))
+    accounts = pool.accounts()
+
+    step("import without take-over: shared with the Codex CLI, nothing refreshed")
+    refreshes = fake.count("/oauth/token")
+    results = await accounts.import_text("auth.json", fake.auth_json("acct-t"))
+    assert results[0].codex_cli and "single-use refresh token" in results[0].warning, results
+    assert fake.count("/oauth/token") == refreshes
+
+    step("import with take_over: one refresh, and the warning says so")
+    path = os.path.join(tmp, "auth.json")
+    with open(path, "w") as f:
+        f.write(fake.auth_json("acct-t"))
+    results = await accounts.import_path(path, take_over=True)
+    assert results[0].warning.startswith(f"took over {path}"), results
+    assert fake.count("/oauth/token") == refreshes + 1
 
 
 def test_ffi():
@@ -270,7 +364,27 @@ def test_ffi():
         fake.shutdown()
 
 
+def test_abandoned_sign_ins_free_the_listener_port():
+    fake = cp.FakeOpenAi.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            asyncio.run(abandoned_sign_ins(tmp, fake))
+    finally:
+        fake.shutdown()
+
+
+def test_import_take_over():
+    fake = cp.FakeOpenAi.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            asyncio.run(take_over(tmp, fake))
+    finally:
+        fake.shutdown()
+
+
 if __name__ == "__main__":
     t0 = time.monotonic()
     test_ffi()
+    test_abandoned_sign_ins_free_the_listener_port()
+    test_import_take_over()
     print(f"codexpool_ffi: all checks passed in {time.monotonic() - t0:.1f}s")

@@ -78,8 +78,11 @@ pub async fn login(ctx: &Ctx, pool: &Pool, a: LoginArgs) -> anyhow::Result<()> {
         let d = auth.device_start(opts).await?;
         if out.json {
             out.json_line(&d)?;
+        } else if out.quiet {
+            // What the person must act on is data, and with `-q` nothing else: one per line.
+            out.data(&d.verification_url)?;
+            out.data(&d.user_code)?;
         } else {
-            // What the person must act on is data: `-q` keeps it.
             out.data(format!(
                 "To sign in, open {} on any device and enter this code:",
                 out.paint(&d.verification_url, Paint::Cyan)
@@ -100,6 +103,8 @@ pub async fn login(ctx: &Ctx, pool: &Pool, a: LoginArgs) -> anyhow::Result<()> {
         let h = auth.login_start(opts).await?;
         if out.json {
             out.json_line(h.info())?;
+        } else if out.quiet {
+            out.data(h.url())?;
         } else {
             out.data("Open this URL in a browser to sign in:")?;
             out.data("")?;
@@ -239,32 +244,22 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str, take_over: bool) -> an
     Ok(())
 }
 
-/// `--take-over`: one refresh per Codex CLI sign-in just written rotates its refresh token, so
-/// the CLI's copy is spent and codexpool's is the only live one. (An `unchanged` one was
-/// refreshed since its file was written: already taken over.)
+/// `--take-over`: core's [`AccountPool::take_over`](codexpool_core::AccountPool::take_over)
+/// (one refresh per Codex CLI sign-in of the import), with the CLI's hint when one fails.
 async fn take_over_codex_cli_sign_ins(
     pool: &Pool,
     report: &mut ImportReport,
 ) -> anyhow::Result<()> {
-    for r in &mut report.results {
-        let fresh = matches!(r.outcome, ImportOutcome::Imported | ImportOutcome::Updated);
-        let (Some(id), true, true) = (r.account_id.as_deref(), r.codex_cli, fresh) else {
-            continue;
-        };
-        pool.auth().refresh(id).await.map_err(|e| {
-            Failure::new(
-                format!("could not take over {}: {e}", r.source),
-                "the account was imported and still shares its sign-in with the Codex CLI; \
-                 run the import with --take-over again later",
-            )
-        })?;
-        r.warning = Some(format!(
-            "took over {}: codexpool now holds the only live refresh token; that Codex CLI must \
-             sign in again (`codex login`)",
-            r.source
-        ));
+    match pool.accounts().take_over(report).await {
+        Ok(_) => Ok(()),
+        Err(e @ codexpool_core::Error::TakeOver { .. }) => Err(Failure::new(
+            e.to_string(),
+            "the account was imported and still shares its sign-in with the Codex CLI; \
+             run the import with --take-over again later",
+        )
+        .into()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {

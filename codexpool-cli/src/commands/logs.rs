@@ -24,7 +24,9 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 /// `logs`.
 pub async fn logs(ctx: &Ctx, pool: &Pool, a: LogsArgs) -> anyhow::Result<()> {
     let out = &ctx.out;
-    let mut q = RequestLogQuery::latest(usize::try_from(a.limit).unwrap_or(usize::MAX));
+    // `-n 0` (only with --follow) still reads the newest row: new rows are the ones after it.
+    let limit = usize::try_from(a.limit.max(1)).unwrap_or(usize::MAX);
+    let mut q = RequestLogQuery::latest(limit);
     if let Some(k) = &a.key {
         q = q.key(resolve(pool.keys().get(k).map(|k| k.id), k)?);
     }
@@ -33,6 +35,10 @@ pub async fn logs(ctx: &Ctx, pool: &Pool, a: LogsArgs) -> anyhow::Result<()> {
     }
     let mut rows = pool.request_log().list(&q).await?;
     rows.reverse();
+    let last = rows.last().map_or(0, |r| r.id);
+    if a.limit == 0 {
+        rows.clear();
+    }
     let mut names = Names::load(pool);
     if !a.follow {
         if out.json {
@@ -58,7 +64,7 @@ pub async fn logs(ctx: &Ctx, pool: &Pool, a: LogsArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    follow(out, pool, &mut names, q, rows).await
+    follow(out, pool, &mut names, q, rows, last).await
 }
 
 /// An id the pool knows (or a unique prefix of one); a full id of a deleted key or account is
@@ -81,12 +87,12 @@ async fn follow(
     names: &mut Names,
     mut q: RequestLogQuery,
     rows: Vec<RequestLogEntry>,
+    mut last: i64,
 ) -> anyhow::Result<()> {
     let mut signals = super::Signals::new()?;
     if !out.json {
         out.data(out.paint(follow_line(&Header), Paint::Bold))?;
     }
-    let mut last = rows.last().map_or(0, |r| r.id);
     emit(out, names, &rows)?;
     out.note("Following new requests; Ctrl-C stops.");
     q.limit = 1000;

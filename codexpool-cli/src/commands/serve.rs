@@ -2,10 +2,13 @@
 //! SIGTERM, then stops gracefully (open streams get up to 30 s, queued records are written).
 //!
 //! With `--json`, the banner is one JSON line: `{"url", "base_url", "addr", "db_path",
-//! "rpc_token_file" (null when RPC_TOKEN is set), "accounts": {"usable", "total"}, "keys",
-//! "warnings": [..]}`.
+//! "rpc_token_file" (null when CODEXPOOL_RPC_TOKEN is set), "accounts": {"usable", "total"},
+//! "keys", "warnings": [..]}`.
 
-use codexpool_core::{AccountFilter, Pool};
+use std::net::SocketAddr;
+
+use codexpool_core::config::Source;
+use codexpool_core::{AccountFilter, Config, Pool};
 use codexpool_gateway::{DEFAULT_SHUTDOWN_GRACE, RunningServer, Server, ServerError};
 
 use super::Ctx;
@@ -20,6 +23,13 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
     if let Some(addr) = a.addr {
         config.set("SERVICE_ADDR", &addr.to_string())?;
     }
+    let origin = addr_origin(&config, a.addr.is_some());
+    // The server binds once it has a pool; a taken address must fail before the pool creates
+    // the database file, so it is tried here first. (Port 0 is never taken.)
+    if config.service_addr.port() != 0 {
+        std::net::TcpListener::bind(config.service_addr)
+            .map_err(|e| bind_failure(config.service_addr, &e, &origin))?;
+    }
     // The default watcher stays on: the server follows changes other processes make.
     let pool = Pool::open(config.clone()).await?;
     let running = match Server::new(pool.clone())
@@ -28,13 +38,9 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
         .await
     {
         Ok(r) => r,
-        // The gateway names the setting; the address came from the flag.
-        Err(ServerError::Bind { addr, source, .. }) if a.addr.is_some() => {
-            return Err(Failure::new(
-                format!("cannot listen on {addr} (--addr): {source}"),
-                bind_hint(&source),
-            )
-            .into());
+        // The gateway names the setting; this says where the address came from.
+        Err(ServerError::Bind { addr, source, .. }) => {
+            return Err(bind_failure(addr, &source, &origin).into());
         }
         Err(e) => return Err(e.into()),
     };
@@ -63,10 +69,32 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the listen address came from: the flag, the variable (and env file) that set it, or
+/// the default.
+fn addr_origin(config: &Config, flag: bool) -> String {
+    if flag {
+        return "--addr".into();
+    }
+    match config.source_of("SERVICE_ADDR") {
+        Source::Env(var) => var,
+        Source::EnvFile { path, var } => format!("{var} in {}", path.display()),
+        _ => "the default address".into(),
+    }
+}
+
+fn bind_failure(addr: SocketAddr, e: &std::io::Error, origin: &str) -> Failure {
+    Failure::new(
+        format!("cannot listen on {addr} ({origin}): {e}"),
+        bind_hint(e),
+    )
+}
+
 /// What to do when the listen address cannot be bound.
 pub fn bind_hint(e: &std::io::Error) -> String {
     if e.kind() == std::io::ErrorKind::AddrInUse {
-        "is another codexpool running? Pick another address with --addr or SERVICE_ADDR".into()
+        "is another codexpool running? Pick another address with --addr or \
+         CODEXPOOL_SERVICE_ADDR"
+            .into()
     } else {
         "listen on an address of this machine, e.g. --addr 127.0.0.1:48760".into()
     }

@@ -136,7 +136,7 @@ fn import_a_folder_then_list_and_organise() {
 }
 
 #[test]
-fn import_from_stdin_and_reimport_updates() {
+fn import_from_stdin_and_reimport_is_unchanged() {
     let env = Env::new();
     env.fake.add_account(FakeAccount::new("acct-s"));
     let doc = serde_json::to_vec(&env.fake.auth_json("acct-s")).unwrap();
@@ -162,15 +162,39 @@ fn import_from_stdin_and_reimport_updates() {
         (Some("stdin"), Some("imported"))
     );
     assert!(r["warning"].as_str().unwrap().contains("Codex CLI"));
-    // The same sign-in again: updated, not duplicated.
-    let v = env
+    // The same file again: nothing to write, not duplicated, and no error.
+    let o = env
         .cmd()
         .args(["account", "import", "-", "--json"])
+        .write_stdin(doc.clone())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["updated"].as_u64(), v["unchanged"].as_u64()),
+        (Some(0), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["results"][0]["status"], "unchanged");
+    assert_eq!(
+        v["results"][0]["reason"],
+        "already up to date (the stored tokens are this file's)"
+    );
+    let o = env
+        .cmd()
+        .args(["account", "import", "-"])
         .write_stdin(doc)
         .output()
         .unwrap();
-    let v: Value = serde_json::from_slice(&v.stdout).unwrap();
-    assert_eq!(v["results"][0]["status"], "updated");
+    let (stdout, stderr) = texts(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("unchanged") && stdout.contains("already up to date"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("tokens replaced"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("\n1 unchanged"), "{stdout}");
     assert_eq!(env.json(&["account", "list"]).as_array().unwrap().len(), 1);
 }
 

@@ -60,6 +60,12 @@ fn every_setting_with_value_and_source_and_secrets_hidden() {
             .ends_with("codexpool.env (CODEXPOOL_ROUTE_STRATEGY)")
     );
     assert_eq!(row("SERVICE_ADDR")["default"], "127.0.0.1:48760");
+    // The token is made once and kept, not made anew per start (what `serve` does).
+    assert_eq!(
+        row("RPC_TOKEN")["default"],
+        "random, made on the first start and kept in <db dir>/rpc-token (shared by every \
+         server on the database)"
+    );
     for r in v.as_array().unwrap() {
         for field in ["name", "value", "source", "default", "help"] {
             assert!(r[field].is_string(), "{field} in {r}");
@@ -222,4 +228,22 @@ fn unknown_variables_are_warned_about() {
         1,
         "{stderr}"
     );
+}
+
+/// The help names every env file that is read, as the README does.
+#[test]
+fn the_help_names_every_env_file() {
+    let env = Env::new();
+    let help = texts(&env.cmd().arg("--help").output().unwrap()).0;
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains(
+            "the first env file found among codexpool.env, gpttools.env, CodexManager.env and \
+             .env (in the current directory, then beside the executable)"
+        ),
+        "{help}"
+    );
+    for name in codexpool_core::config::ENV_FILE_NAMES {
+        assert!(help.contains(name), "{name}: {help}");
+    }
 }

@@ -167,7 +167,14 @@ fn invalid_settings_name_the_variable() {
     let o = env.cmd().args(["config"]).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = texts(&o).1;
-    assert!(err.starts_with("error: invalid env file="), "{err}");
+    let file = env.path().join("codexpool.env");
+    assert!(
+        err.starts_with(&format!(
+            "error: cannot read {}: line 1 (CODEXPOOL_X) cannot be parsed",
+            file.display()
+        )),
+        "{err}"
+    );
     assert!(
         err.contains("hint: fix the syntax of that env file"),
         "{err}"
@@ -239,7 +246,7 @@ fn a_closed_stdout_is_not_an_error() {
 #[test]
 fn blank_names_and_malformed_model_names_are_usage_errors() {
     let env = Env::new();
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 14] = [
         (
             &["key", "create", "--name", "x", "--allow-model", ""],
             "invalid value '' for '--allow-model <MODEL>': must not be empty",
@@ -276,12 +283,31 @@ fn blank_names_and_malformed_model_names_are_usage_errors() {
             &["account", "login", "--tag", ""],
             "for '--tag <TAG>': must not be empty",
         ),
+        // An empty id is a usage error too, with clap's pointer to --help.
+        (
+            &["account", "disable", ""],
+            "invalid value '' for '<ID>': must not be empty",
+        ),
+        (&["key", "delete", " "], "for '<ID>': must not be empty"),
+        (
+            &["account", "update", "", "--note", "x"],
+            "for '<ID>': must not be empty",
+        ),
+        (
+            &["logs", "--key", ""],
+            "for '--key <ID>': must not be empty",
+        ),
+        (
+            &["--db", " ", "key", "list"],
+            "invalid value ' ' for '--db <PATH>': must not be empty",
+        ),
     ];
     for (args, expect) in cases {
         let (code, out, err) = run(&env, args);
         assert_eq!(code, 2, "{args:?}: {err}");
         assert_eq!(out, "");
         assert!(err.contains(expect), "{args:?}: {err}");
+        assert!(err.contains("try '--help'"), "{args:?}: {err}");
     }
     assert!(!env.db().exists(), "usage errors open nothing");
     // Clearing stays possible where the flag documents it.
@@ -291,4 +317,131 @@ fn blank_names_and_malformed_model_names_are_usage_errors() {
         .to_string();
     let k = env.json(&["key", "update", &id, "--model", ""]);
     assert_eq!(k["model"], Value::Null);
+}
+
+/// Where an id goes, a key's exact name or an account's exact label or email does too, when no
+/// id or id prefix matches; a name that several records share lists their ids.
+#[test]
+fn keys_and_accounts_are_found_by_name_too() {
+    let env = Env::new();
+    let key = env.json(&["key", "create", "--name", "viaflag"])["key"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.ok(&["-q", "key", "disable", "viaflag"]);
+    let listed = env.json(&["key", "list"]);
+    assert_eq!(listed[0]["enabled"], false, "{listed}");
+    let ids = env.add_accounts(&["acct-1", "acct-2"]);
+    env.ok(&["-q", "account", "disable", "acct-2@example.com"]);
+    env.ok(&["-q", "account", "update", &ids[0], "--label", "work"]);
+    env.ok(&["-q", "account", "update", "work", "--note", "by label"]);
+    let list = env.json(&["account", "list"]);
+    let by_id = |id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_id(&ids[0])["note"], "by label", "{list}");
+    assert_eq!(by_id(&ids[1])["status"], "disabled", "{list}");
+
+    // Two keys of one name: the error lists both ids, and the hint says to use one.
+    let other = env.json(&["key", "create", "--name", "viaflag"])["key"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, _, err) = run(&env, &["key", "delete", "viaflag"]);
+    assert_eq!(code, 1, "{err}");
+    let mut both = [key.clone(), other];
+    both.sort();
+    assert_eq!(
+        err,
+        format!(
+            "error: key name \"viaflag\" is ambiguous: it matches {}, {}\n\
+             hint: use one of the ids instead; `codexpool key list` shows them\n",
+            both[0], both[1]
+        )
+    );
+    env.ok(&["-q", "account", "update", &ids[1], "--label", "work"]);
+    let (code, _, err) = run(&env, &["account", "enable", "work"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("error: account label or email \"work\" is ambiguous: it matches "),
+        "{err}"
+    );
+    // Once the name is unique again, it finds the key left.
+    env.ok(&["-q", "key", "delete", &key]);
+    env.ok(&["-q", "key", "delete", "viaflag"]);
+    assert_eq!(env.json(&["key", "list"]), serde_json::json!([]));
+}
+
+/// The setting names in `text` written without their `CODEXPOOL_` prefix: a person who sets
+/// such a bare name is ignored.
+fn bare_settings(text: &str) -> Vec<&'static str> {
+    codexpool_core::config::SETTINGS
+        .iter()
+        .map(|s| s.name)
+        .filter(|name| {
+            text.match_indices(name).any(|(at, _)| {
+                let before = text[..at].chars().next_back();
+                !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn messages_and_help_name_settings_with_their_prefix() {
+    let env = Env::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let login = |addr: &str| {
+        let o = env
+            .cmd()
+            .env("CODEXPOOL_LOGIN_ADDR", addr)
+            .args(["account", "login", "--no-browser"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        texts(&o).1
+    };
+    let in_use = login(&taken);
+    assert!(
+        in_use.contains(
+            "Set CODEXPOOL_LOGIN_ADDR to a free host:port (and CODEXPOOL_REDIRECT_URI to match)"
+        ),
+        "{in_use}"
+    );
+    let open = login("0.0.0.0:0");
+    assert!(
+        open.starts_with("error: CODEXPOOL_LOGIN_ADDR=0.0.0.0:0 is not a loopback address")
+            && open.contains("set CODEXPOOL_ALLOW_NON_LOOPBACK_LOGIN_ADDR=1"),
+        "{open}"
+    );
+    let serve = texts(
+        &env.cmd()
+            .args(["serve", "--addr", &taken])
+            .output()
+            .unwrap(),
+    )
+    .1;
+    assert!(
+        serve.contains("--addr or CODEXPOOL_SERVICE_ADDR"),
+        "{serve}"
+    );
+    let help = texts(&env.cmd().args(["serve", "--help"]).output().unwrap()).0;
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("[default: CODEXPOOL_DB_PATH, else codexpool/codexpool.db in the user data directory: ~/.local/share on Linux"),
+        "{help}"
+    );
+    assert!(
+        help.contains("[default: CODEXPOOL_SERVICE_ADDR, else 127.0.0.1:48760]"),
+        "{help}"
+    );
+    for text in [&in_use, &open, &serve, &help] {
+        assert_eq!(bare_settings(text), Vec::<&str>::new(), "{text}");
+    }
 }

@@ -160,6 +160,53 @@ async fn follow_prints_new_rows_until_ctrl_c() {
     assert_eq!(all.len(), 3);
 }
 
+/// `-n 0 --follow` prints only rows that arrive after it started; `-n 0` alone would print
+/// nothing at all, so it is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_with_n_0_prints_only_new_rows() {
+    let env = Env::new();
+    let ids = env.add_accounts(&["acct-1"]);
+    let pool = env.pool().await;
+    let k = pool
+        .keys()
+        .create(NewKey::named("laptop"))
+        .await
+        .unwrap()
+        .key
+        .id;
+    record(
+        &pool,
+        vec![row(1, &k, &[&ids[0]], 200), row(2, &k, &[&ids[0]], 200)],
+    )
+    .await;
+
+    let mut child = env.spawn(&["logs", "-n", "0", "--follow"], &[]);
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    // The header is printed once the newest row is known: rows from here on are new.
+    lines.find(|l| l.starts_with("TIME (UTC)").then_some(()));
+    record(&pool, vec![row(3, &k, &[&ids[0]], 429)]).await;
+    lines.find(|l| l.contains("429").then_some(()));
+    signal(&child, "INT");
+    let (status, err) = finish(child, 10);
+    assert!(status.success(), "{status:?}: {err}");
+    let seen = lines.rest();
+    assert_eq!(
+        seen.lines().filter(|l| l.contains("laptop")).count(),
+        1,
+        "only the new row: {seen}"
+    );
+
+    let o = env.cmd().args(["logs", "-n", "0"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with(
+            "error: invalid value '0' for '--limit <N>': 0 shows no request; it is for --follow"
+        ),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_that_matches_nothing_says_so() {
     let env = Env::new();

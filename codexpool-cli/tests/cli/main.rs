@@ -13,6 +13,7 @@ mod keys;
 mod login;
 mod logs;
 mod quiet;
+mod readme;
 mod reliability;
 mod serve;
 mod support;

@@ -1,7 +1,7 @@
 //! `-q`: errors and the data a command exists to output (listings, JSON, a new key's secret)
 //! still print; confirmations, progress, narration, notes and warnings do not.
 
-use crate::support::{Env, texts};
+use crate::support::{Env, Lines, finish, texts};
 
 /// Runs a command that must succeed; returns (stdout, stderr).
 fn quiet(env: &Env, args: &[&str]) -> (String, String) {
@@ -87,4 +87,48 @@ fn the_help_says_what_quiet_keeps() {
         ),
         "{help}"
     );
+}
+
+/// A sign-in under `-q` prints what the person must act on and nothing else: the URL alone
+/// (browser), or the verification URL and the code, one per line (device).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_sign_ins_print_only_the_url_or_the_code() {
+    use codexpool_testkit::FakeAccount;
+    let env = Env::new();
+    env.fake.add_account(FakeAccount::new("acct-q"));
+    let mut child = env.spawn(
+        &["-q", "account", "login", "--no-browser"],
+        &[("CODEXPOOL_LOGIN_ADDR", "127.0.0.1:0")],
+    );
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    let url = lines.find(|l| Some(l.to_string()));
+    assert!(
+        url.starts_with(&env.fake.issuer()) && url.contains("/oauth/authorize?"),
+        "{url}"
+    );
+    // Finish it from another process, as a person pasting the redirect would.
+    let res = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    quiet(&env, &["account", "complete", &location]);
+    let (status, err) = finish(child, 20);
+    assert!(status.success(), "{err}");
+    assert_eq!(err, "");
+    assert_eq!(lines.rest(), url, "the URL alone");
+
+    env.fake.add_account(FakeAccount::new("acct-d"));
+    env.fake.auto_approve_device(1, "acct-d");
+    let (out, err) = quiet(&env, &["account", "login", "--device", "--no-browser"]);
+    let code = env.fake.latest_user_code().unwrap();
+    assert_eq!(
+        out,
+        format!("{}\n{code}\n", env.fake.device_verification_url())
+    );
+    assert_eq!(err, "");
 }

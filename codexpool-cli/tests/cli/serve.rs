@@ -126,19 +126,74 @@ fn serve_says_when_the_address_is_taken() {
         "{err}"
     );
     assert!(!err.contains("SERVICE_ADDR)"), "{err}");
-    assert!(err.contains("hint: is another codexpool running?"), "{err}");
-    // The setting named it: the error names the setting.
+    assert!(
+        err.contains(
+            "hint: is another codexpool running? Pick another address with --addr or \
+             CODEXPOOL_SERVICE_ADDR"
+        ),
+        "{err}"
+    );
+    // The variable named it: the error names the variable as it was set.
+    for var in ["CODEXPOOL_SERVICE_ADDR", "GPTTOOLS_SERVICE_ADDR"] {
+        let o = env.cmd().env(var, &addr).arg("serve").output().unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.starts_with(&format!("error: cannot listen on {addr} ({var}): ")),
+            "{err}"
+        );
+    }
+    // Nothing was created on the way: the address is tried before the database.
+    assert!(!env.db().exists(), "{}", env.db().display());
+    assert!(!env.db().parent().unwrap().exists());
+}
+
+/// `--addr` and `SERVICE_ADDR` take host names (`localhost` is 127.0.0.1, as for
+/// `LOGIN_ADDR`); a bare port is refused with the address it most likely meant.
+#[test]
+fn serve_takes_a_host_name_and_hints_at_a_bare_port() {
+    let env = Env::new();
+    for (args, extra) in [
+        (&["serve", "--addr", "localhost:0"][..], &[][..]),
+        (&["serve"], &[("CODEXPOOL_SERVICE_ADDR", "localhost:0")]),
+    ] {
+        let mut child = env.spawn(args, extra);
+        let mut lines = Lines::new(child.stdout.take().unwrap());
+        let url = lines.find(|l| {
+            l.split_once("listening on ")
+                .map(|(_, u)| u.trim().to_string())
+        });
+        assert!(url.starts_with("http://127.0.0.1:"), "{args:?}: {url}");
+        stop(child);
+    }
     let o = env
         .cmd()
-        .env("CODEXPOOL_SERVICE_ADDR", &addr)
+        .args(["serve", "--addr", "48761"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = texts(&o).1;
+    assert!(
+        err.starts_with(
+            "error: invalid value '48761' for '--addr <ADDR>': expected host:port; did you \
+             mean 127.0.0.1:48761?"
+        ),
+        "{err}"
+    );
+    let o = env
+        .cmd()
+        .env("CODEXPOOL_SERVICE_ADDR", "48761")
         .arg("serve")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains(&format!("error: cannot listen on {addr} (SERVICE_ADDR)")),
-        "{err}"
+        texts(&o).1.starts_with(
+            "error: invalid CODEXPOOL_SERVICE_ADDR=\"48761\": expected host:port; did you mean \
+             127.0.0.1:48761?"
+        ),
+        "{}",
+        texts(&o).1
     );
 }
 

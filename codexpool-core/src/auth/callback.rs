@@ -3,7 +3,8 @@
 //! what happened. It reads only the request line (and skips the headers), answers every
 //! connection with one HTML page and closes it, gives a client 10 seconds to send its request
 //! and 10 to take the page, serves at most 32 connections at once, and stops once
-//! its login has ended (completed, failed, cancelled or expired, here or in another process).
+//! its login has ended (completed, failed, cancelled or expired, here or in another process):
+//! at once for a change made in this process, within half a second otherwise.
 //!
 //! Deliberately not a general HTTP server (core never depends on hyper or axum): browsers send
 //! one small GET, and anything else gets a 400/404/405 page.
@@ -166,6 +167,9 @@ async fn serve(auth: Auth, listener: TcpListener, state: String, path: String) {
     let mut check = tokio::time::interval(CHECK_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // A sign-in changed in this process (a cancel, a pasted URL) wakes the loop at once;
+        // other processes' changes, and any missed between two turns, wait for the check.
+        let changed = auth.pool.shared.auth.login_changed.notified();
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
@@ -185,6 +189,7 @@ async fn serve(auth: Auth, listener: TcpListener, state: String, path: String) {
                 }
             },
             _ = ours_done.notified() => break,
+            _ = changed => if login_ended(&auth, &state).await { break },
             _ = check.tick() => if login_ended(&auth, &state).await { break },
         }
     }

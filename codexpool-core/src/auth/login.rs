@@ -204,17 +204,22 @@ impl LoginHandle {
     /// browser its page, so a program may exit right after without cutting the page off.
     pub async fn wait(&self) -> Result<LoginCompleted, AuthError> {
         let result = self.auth.login_wait(&self.info.state).await;
-        if let Some(rx) = &self.listener_done {
-            let mut rx = rx.clone();
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(|done| *done))
-                    .await;
-        }
+        self.listener_stopped().await;
         result
     }
-    /// Cancels the sign-in; `false` when it had already ended.
+    /// Cancels the sign-in; `false` when it had already ended. Returns once the callback
+    /// listener, if any, has stopped, so its address is free for the next sign-in.
     pub async fn cancel(&self) -> Result<bool, AuthError> {
-        self.auth.login_cancel(&self.info.state).await
+        let cancelled = self.auth.login_cancel(&self.info.state).await?;
+        self.listener_stopped().await;
+        Ok(cancelled)
+    }
+    /// Waits (at most 5 s) until the callback listener has stopped, once the sign-in ended.
+    async fn listener_stopped(&self) {
+        if let Some(rx) = &self.listener_done {
+            let mut rx = rx.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|done| *done)).await;
+        }
     }
 }
 

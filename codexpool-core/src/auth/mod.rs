@@ -128,27 +128,29 @@ pub enum AuthError {
     },
     /// The callback listener's address is taken.
     #[error(
-        "cannot listen for the sign-in callback on {addr}: the address is in use. Set {setting} to a \
-         free host:port (and REDIRECT_URI to match), or finish the sign-in by pasting the redirect URL \
-         into `codexpool account complete`"
+        "cannot listen for the sign-in callback on {addr}: the address is in use. Set \
+         CODEXPOOL_{setting} to a free host:port (and CODEXPOOL_REDIRECT_URI to match), or finish \
+         the sign-in with the URL the browser lands on: `codexpool account complete <URL>`, or in \
+         the Python bindings `login_start(listen=False)` then `accounts.login_complete(url)`"
     )]
     AddrInUse {
         /// The address.
         addr: String,
-        /// The setting that names it: `LOGIN_ADDR`.
+        /// The setting that names it, without its `CODEXPOOL_` prefix: `LOGIN_ADDR`.
         setting: &'static str,
     },
     /// The callback listener would be reachable from other machines.
     #[error(
-        "LOGIN_ADDR={addr} is not a loopback address; the sign-in callback would be reachable from \
-         other machines. Use 127.0.0.1 or localhost, or set ALLOW_NON_LOOPBACK_LOGIN_ADDR=1"
+        "CODEXPOOL_LOGIN_ADDR={addr} is not a loopback address; the sign-in callback would be \
+         reachable from other machines. Use 127.0.0.1 or localhost, or set \
+         CODEXPOOL_ALLOW_NON_LOOPBACK_LOGIN_ADDR=1"
     )]
     NonLoopback {
         /// The address.
         addr: String,
     },
     /// The callback listener could not start for another reason.
-    #[error("cannot listen for the sign-in callback on {addr} (LOGIN_ADDR): {message}")]
+    #[error("cannot listen for the sign-in callback on {addr} (CODEXPOOL_LOGIN_ADDR): {message}")]
     Listen {
         /// The address.
         addr: String,

@@ -69,7 +69,10 @@ pub enum PoolError {
         until: Timestamp,
     },
     /// Every account is at its inflight cap and none freed up in time.
-    #[error("every account is busy (ACCOUNT_MAX_INFLIGHT={cap}); waited {} ms", waited.as_millis())]
+    #[error(
+        "every account is busy (CODEXPOOL_ACCOUNT_MAX_INFLIGHT={cap}); waited {} ms",
+        waited.as_millis()
+    )]
     Busy {
         /// The per-account cap.
         cap: u32,
@@ -302,12 +305,26 @@ impl Table {
         self.by_id.get(id)
     }
 
-    /// The slot of an id, or of a unique id prefix (an exact id is a hash lookup).
+    /// The slot of an id, of a unique id prefix (an exact id is a hash lookup), else of the
+    /// one account with that exact label or email (emails compared without regard to case).
     pub fn resolve(&self, id: &str) -> Result<&Arc<Slot>> {
         if let Some(s) = self.by_id.get(id) {
             return Ok(s);
         }
-        let id = crate::id::resolve_prefix("account", id, self.by_id.keys())?;
+        let found = crate::id::resolve_prefix("account", id, self.by_id.keys());
+        let id = crate::id::or_by_name(found, "label or email", id, |name| {
+            self.order
+                .iter()
+                .filter(|s| {
+                    s.account.label == name
+                        || s.account
+                            .email
+                            .as_deref()
+                            .is_some_and(|e| e.eq_ignore_ascii_case(name))
+                })
+                .map(|s| s.account.id.clone())
+                .collect()
+        })?;
         self.by_id.get(&id).ok_or(Error::NotFound {
             what: "account",
             id,

@@ -48,8 +48,8 @@ pub enum StoreError {
     },
     /// The database was written by a newer codexpool; it is left untouched.
     #[error(
-        "database {path} has schema version {found}, newer than this codexpool understands ({supported}); \
-         upgrade codexpool or point DB_PATH at another file"
+        "database {path} has schema version {found}, newer than this codexpool understands \
+         ({supported}); upgrade codexpool or use another database file (CODEXPOOL_DB_PATH)"
     )]
     NewerSchema {
         /// The file.

@@ -9,7 +9,9 @@
 
 Everything is implemented in Rust (codexpool-core and codexpool-gateway); this package is a thin
 layer over them. Blocking calls release the GIL; objects may be shared between threads. Times are
-timezone-aware UTC ``datetime.datetime`` objects. Errors derive from :class:`CodexPoolError`.
+timezone-aware UTC ``datetime.datetime`` objects. Errors derive from :class:`CodexPoolError`;
+warnings (e.g. an imported sign-in still shared with the Codex CLI) are issued through
+:mod:`warnings` as :class:`CodexPoolWarning`.
 See :mod:`codexpool.testing` for a fake OpenAI to test against.
 """
 
@@ -21,6 +23,7 @@ from ._native import (
     Ambiguous as Ambiguous,
     AuthError as AuthError,
     CodexPoolError as CodexPoolError,
+    CodexPoolWarning as CodexPoolWarning,
     Conflict as Conflict,
     CreatedKey as CreatedKey,
     Credits as Credits,
@@ -61,6 +64,7 @@ __all__ = [
     "Ambiguous",
     "AuthError",
     "CodexPoolError",
+    "CodexPoolWarning",
     "Conflict",
     "CreatedKey",
     "Credits",

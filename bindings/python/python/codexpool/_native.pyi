@@ -5,7 +5,7 @@ import datetime
 import os
 import pathlib
 from collections.abc import Callable
-from typing import Any, final, overload
+from typing import Any, Literal, final, overload
 
 __version__: str
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "FileError",
     "ServerError",
     "Timeout",
+    "CodexPoolWarning",
     "Pool",
     "AccountPool",
     "Account",
@@ -103,6 +104,10 @@ class ServerError(CodexPoolError):
 class Timeout(CodexPoolError):
     """A wait with a timeout ran out."""
 
+class CodexPoolWarning(UserWarning):
+    """Something to know that is not an error: an imported sign-in still shared with the Codex
+    CLI, a setting that was adjusted."""
+
 # ----- records (frozen; attributes are read-only) ------------------------------------------
 
 @final
@@ -168,7 +173,7 @@ class ImportResult:
     def source(self) -> str: ...
     @property
     def status(self) -> str:
-        """``imported``, ``updated``, ``unchanged`` (the stored sign-in is newer) or ``skipped``
+        """``imported``, ``updated``, ``unchanged`` (the stored sign-in is the same or newer) or ``skipped``
         (see ``reason``)."""
     @property
     def reason(self) -> str | None: ...
@@ -417,7 +422,11 @@ class RequestLogEntry:
 
 @final
 class LoginStart:
-    """A started browser sign-in."""
+    """A started browser sign-in; a context manager that cancels it on exit unless it ended.
+
+    A ``wait`` that ends by ``Timeout`` or ``KeyboardInterrupt`` cancels the sign-in, and so
+    does garbage collection of a handle with a callback listener (freeing the listener's port).
+    """
 
     @property
     def url(self) -> str: ...
@@ -433,6 +442,8 @@ class LoginStart:
     def browser_opened(self) -> bool: ...
     def wait(self, timeout: float | None = None) -> LoginCompleted: ...
     def cancel(self) -> bool: ...
+    def __enter__(self) -> LoginStart: ...
+    def __exit__(self, *_exc: object) -> Literal[False]: ...
 
 @final
 class DeviceLogin:
@@ -481,9 +492,9 @@ class AccountPool:
     def enable(self, id: str) -> Account: ...
     def disable(self, id: str) -> Account: ...
     def runtime(self, id: str) -> AccountRuntime: ...
-    def import_file(self, path: _StrPath) -> ImportReport: ...
-    def import_bytes(self, data: bytes, source: str = "bytes") -> ImportReport: ...
-    def import_text(self, text: str, source: str = "text") -> ImportReport: ...
+    def import_file(self, path: _StrPath, *, take_over: bool = False) -> ImportReport: ...
+    def import_bytes(self, data: bytes, source: str = "bytes", *, take_over: bool = False) -> ImportReport: ...
+    def import_text(self, text: str, source: str = "text", *, take_over: bool = False) -> ImportReport: ...
     @overload
     def export(
         self,
