@@ -38,25 +38,23 @@ async fn record(pool: &Pool, rows: Vec<RequestLogEntry>) {
     pool.flush().await.unwrap();
 }
 
+/// A key made in the test process (as another process would); its id.
+async fn key_id(pool: &Pool, name: &str) -> String {
+    pool.keys()
+        .create(NewKey::named(name))
+        .await
+        .unwrap()
+        .key
+        .id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_table_filters_and_json() {
     let env = Env::new();
     let ids = env.add_accounts(&["acct-1", "acct-2"]);
     let pool = env.pool().await;
-    let k1 = pool
-        .keys()
-        .create(NewKey::named("laptop"))
-        .await
-        .unwrap()
-        .key
-        .id;
-    let k2 = pool
-        .keys()
-        .create(NewKey::named("ci"))
-        .await
-        .unwrap()
-        .key
-        .id;
+    let k1 = key_id(&pool, "laptop").await;
+    let k2 = key_id(&pool, "ci").await;
     record(
         &pool,
         vec![
@@ -107,13 +105,7 @@ async fn follow_prints_new_rows_until_ctrl_c() {
     let env = Env::new();
     let ids = env.add_accounts(&["acct-1"]);
     let pool = env.pool().await;
-    let k = pool
-        .keys()
-        .create(NewKey::named("laptop"))
-        .await
-        .unwrap()
-        .key
-        .id;
+    let k = key_id(&pool, "laptop").await;
     record(&pool, vec![row(1, &k, &[&ids[0]], 200)]).await;
 
     let mut child = env.spawn(&["logs", "--follow"], &[]);
@@ -121,13 +113,7 @@ async fn follow_prints_new_rows_until_ctrl_c() {
     lines.find(|l| l.starts_with("TIME (UTC)").then_some(()));
     lines.find(|l| l.contains("laptop").then_some(()));
     // A key made by another process after `logs` started is named too.
-    let k2 = pool
-        .keys()
-        .create(NewKey::named("late-key"))
-        .await
-        .unwrap()
-        .key
-        .id;
+    let k2 = key_id(&pool, "late-key").await;
     record(&pool, vec![row(2, &k2, &[&ids[0]], 429)]).await;
     let line = lines.find(|l| l.contains("429").then(|| l.to_string()));
     assert!(
@@ -167,13 +153,7 @@ async fn follow_with_n_0_prints_only_new_rows() {
     let env = Env::new();
     let ids = env.add_accounts(&["acct-1"]);
     let pool = env.pool().await;
-    let k = pool
-        .keys()
-        .create(NewKey::named("laptop"))
-        .await
-        .unwrap()
-        .key
-        .id;
+    let k = key_id(&pool, "laptop").await;
     record(
         &pool,
         vec![row(1, &k, &[&ids[0]], 200), row(2, &k, &[&ids[0]], 200)],
@@ -211,20 +191,8 @@ async fn follow_with_n_0_prints_only_new_rows() {
 async fn a_filter_that_matches_nothing_says_so() {
     let env = Env::new();
     let pool = env.pool().await;
-    let used = pool
-        .keys()
-        .create(NewKey::named("used"))
-        .await
-        .unwrap()
-        .key
-        .id;
-    let unused = pool
-        .keys()
-        .create(NewKey::named("unused"))
-        .await
-        .unwrap()
-        .key
-        .id;
+    let used = key_id(&pool, "used").await;
+    let unused = key_id(&pool, "unused").await;
     record(&pool, vec![row(1, &used, &["acct"], 200)]).await;
 
     let o = env.cmd().args(["logs", "--key", &unused]).output().unwrap();
