@@ -586,15 +586,7 @@ impl AccountPool {
             self.inner.clone(),
             codexpool_core::config::expand_home(path),
         );
-        let report = run(py, async move {
-            let mut report = inner.import_path(&path).await?;
-            if take_over {
-                inner.take_over(&mut report).await?;
-            }
-            Ok::<_, codexpool_core::Error>(report)
-        })?
-        .or_raise(py)?;
-        reported(py, report)
+        self.import(py, take_over, async move { inner.import_path(&path).await })
     }
 
     /// Imports the accounts in a document (`auth.json` or export) given as bytes (warnings
@@ -607,7 +599,7 @@ impl AccountPool {
         source: &str,
         take_over: bool,
     ) -> PyResult<ImportReport> {
-        self.import(py, data.to_vec(), source, take_over)
+        self.import_document(py, data.to_vec(), source, take_over)
     }
 
     /// Imports the accounts in a document given as text (warnings and `take_over` as for
@@ -620,7 +612,7 @@ impl AccountPool {
         source: &str,
         take_over: bool,
     ) -> PyResult<ImportReport> {
-        self.import(py, text.as_bytes().to_vec(), source, take_over)
+        self.import_document(py, text.as_bytes().to_vec(), source, take_over)
     }
 
     /// The accounts with their tokens, as codexpool's export document: a dict, or written to
@@ -733,7 +725,7 @@ impl AccountPool {
 }
 
 impl AccountPool {
-    fn import(
+    fn import_document(
         &self,
         py: Python<'_>,
         data: Vec<u8>,
@@ -741,8 +733,23 @@ impl AccountPool {
         take_over: bool,
     ) -> PyResult<ImportReport> {
         let (inner, source) = (self.inner.clone(), source.to_string());
+        self.import(py, take_over, async move {
+            Ok(inner.import_bytes(&source, &data).await)
+        })
+    }
+
+    /// Runs an import, then the take-over when asked; the report (its warnings issued).
+    fn import(
+        &self,
+        py: Python<'_>,
+        take_over: bool,
+        import: impl Future<Output = codexpool_core::Result<codexpool_core::import::ImportReport>>
+        + Send
+        + 'static,
+    ) -> PyResult<ImportReport> {
+        let inner = self.inner.clone();
         let report = run(py, async move {
-            let mut report = inner.import_bytes(&source, &data).await;
+            let mut report = import.await?;
             if take_over {
                 inner.take_over(&mut report).await?;
             }
