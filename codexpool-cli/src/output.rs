@@ -204,9 +204,28 @@ fn paint(on: bool, text: impl Display, p: Paint) -> String {
     }
 }
 
-/// A table cell in a colour (applied only when the table is styled).
+/// Text with its control characters written out (`\u{1b}`, `\n`): what others sent (a model
+/// name in the request log, an upstream error) can neither steer the terminal nor break a row.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// A table cell in a colour (applied only when the table is styled), control characters
+/// written out.
 pub fn cell(text: impl Display, p: Option<Paint>) -> Cell {
-    let c = Cell::new(text);
+    let c = Cell::new(visible(&text.to_string()));
     match p {
         Some(Paint::Bold) => c.add_attribute(Attribute::Bold),
         Some(p) => match p.table_color() {

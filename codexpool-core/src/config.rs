@@ -24,6 +24,9 @@ pub const ENV_FILE: &str = "env file";
 /// The smallest usage poll interval; smaller values are raised to it with a warning.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Shorter `RPC_TOKEN`s draw a warning (a generated one has 64).
+pub const MIN_RPC_TOKEN_CHARS: usize = 32;
+
 /// How the pool picks an account for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -147,6 +150,8 @@ fn describe(e: &ConfigError) -> String {
 pub struct Config {
     /// `SERVICE_ADDR`: listen address of `serve`.
     pub service_addr: SocketAddr,
+    /// `ALLOW_NON_LOOPBACK_SERVICE_ADDR`: let `serve` listen beyond this machine.
+    pub allow_non_loopback_service_addr: bool,
     /// `DB_PATH`: the SQLite file.
     pub db_path: PathBuf,
     /// `RPC_TOKEN`: admin token; `None` = the one `serve` makes on its first start and keeps in
@@ -230,6 +235,7 @@ impl Default for Config {
     fn default() -> Self {
         let mut c = Self {
             service_addr: SocketAddr::from(([127, 0, 0, 1], 48760)),
+            allow_non_loopback_service_addr: false,
             db_path: default_db_path(),
             rpc_token: None,
             issuer: String::new(),
@@ -483,6 +489,19 @@ pub static SETTINGS: &[Setting] = &[
         show: |c| c.service_addr.to_string(),
     },
     Setting {
+        name: "ALLOW_NON_LOOPBACK_SERVICE_ADDR",
+        default_value: Some("false"),
+        default_doc: "false",
+        secret: false,
+        help: "let `serve` listen on a non-loopback address (other machines reach the gateway; \
+               the admin API still answers this machine only)",
+        apply: |c, v| {
+            c.allow_non_loopback_service_addr = parse_bool(v)?;
+            Ok(())
+        },
+        show: |c| c.allow_non_loopback_service_addr.to_string(),
+    },
+    Setting {
         name: "DB_PATH",
         default_value: None,
         default_doc: "<data dir>/codexpool/codexpool.db",
@@ -503,6 +522,17 @@ pub static SETTINGS: &[Setting] = &[
         help: "token for the admin /rpc endpoint",
         apply: |c, v| {
             c.rpc_token = opt(v).map(Secret::from);
+            let len = c
+                .rpc_token
+                .as_ref()
+                .map_or(usize::MAX, |t| t.expose().chars().count());
+            if len < MIN_RPC_TOKEN_CHARS {
+                c.warnings.push(format!(
+                    "{ENV_PREFIX}RPC_TOKEN is short ({len} characters): it opens every account's \
+                     tokens to whoever guesses it; use {MIN_RPC_TOKEN_CHARS} or more random \
+                     characters, or unset it to get a generated one"
+                ));
+            }
             Ok(())
         },
         show: |c| show_secret(&c.rpc_token),
@@ -1444,6 +1474,16 @@ mod tests {
             "{listing}"
         );
         assert!(!format!("{c:?}").contains("tok-123"));
+    }
+
+    #[test]
+    fn a_short_rpc_token_draws_a_warning_without_its_value() {
+        let c = from(&[("CODEXPOOL_RPC_TOKEN", "hunter2")]).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("RPC_TOKEN is short (7 characters)"));
+        assert!(!c.warnings[0].contains("hunter2"));
+        let c = from(&[("CODEXPOOL_RPC_TOKEN", &"x".repeat(32))]).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]

@@ -43,6 +43,13 @@ async fn sqlite_creates_parent_dirs_and_a_private_file() {
     let _s = SqliteStore::open(&path).await.unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "database file mode {mode:o}");
+    // The database's own folder is the owner's only (the RPC token and the servers' files go
+    // there too).
+    let mode = std::fs::metadata(dir.path().join("deep/er"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "folder mode {mode:o}");
 }
 
 #[tokio::test]

@@ -8,6 +8,12 @@
 //! file), and [`AdminClient::call`] asks a server's admin RPC. A server that crashed leaves its
 //! file behind: nobody answers there ([`AdminError::NotRunning`]); callers pass over it, and may
 //! [`forget`](AdminClient::forget) it.
+//!
+//! The token goes only to the server that wrote the file: each file holds a secret of that
+//! server's start (the folder is the owner's only, the file 0600), and before a call the client
+//! asks `GET /rpc/proof?nonce=N` for `sha256(secret, N)` with a fresh nonce. Whatever took the
+//! port of a crashed server (another user's program) cannot answer it and never sees the token
+//! ([`AdminError::NotOurs`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,7 +38,7 @@ pub fn local_url(mut addr: SocketAddr) -> String {
 }
 
 /// What a server's file says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerFile {
     /// `http://<addr>`, reachable from this machine (loopback for a server on all interfaces).
     pub url: String,
@@ -40,6 +46,35 @@ pub struct ServerFile {
     pub pid: u32,
     /// The port it listens on (with the process, the file's name).
     pub port: u16,
+    /// The server's proof secret (random per start).
+    secret: String,
+}
+
+impl std::fmt::Debug for ServerFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerFile")
+            .field("url", &self.url)
+            .field("pid", &self.pid)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to a proof request: `sha256("codexpool server proof", secret, nonce)`, hex.
+pub(crate) fn proof(secret: &str, nonce: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in ["codexpool server proof", secret, nonce] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_hex() -> String {
+    (0..4)
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect()
 }
 
 impl ServerFile {
@@ -49,7 +84,13 @@ impl ServerFile {
             url: local_url(addr),
             pid: std::process::id(),
             port: addr.port(),
+            secret: random_hex(),
         }
+    }
+
+    /// The secret `GET /rpc/proof` answers with.
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
     }
 
     /// The folder beside the database of `config` where servers say where they listen.
@@ -85,11 +126,20 @@ impl ServerFile {
     /// Writes it (via a temporary file and a rename: readers never see half a file).
     pub(crate) fn write(&self, config: &Config) -> codexpool_core::Result<()> {
         let dir = Self::dir(config);
-        std::fs::create_dir_all(&dir).map_err(|source| codexpool_core::Error::Io {
-            path: dir.clone(),
-            source,
+        // The owner's only: the files hold the servers' proof secrets.
+        codexpool_core::import::create_private_dir(&dir).map_err(|source| {
+            codexpool_core::Error::Io {
+                path: dir.clone(),
+                source,
+            }
         })?;
-        let text = json!({"url": self.url, "pid": self.pid, "port": self.port}).to_string();
+        let text = json!({
+            "url": self.url,
+            "pid": self.pid,
+            "port": self.port,
+            "secret": self.secret,
+        })
+        .to_string();
         codexpool_core::import::write_private(&self.path(config), text.as_bytes())
     }
 
@@ -106,6 +156,15 @@ pub enum AdminError {
     /// Nobody answers at the address the server file names (the server stopped or crashed).
     #[error("no server answers at {url}")]
     NotRunning {
+        /// The address.
+        url: String,
+    },
+    /// Something answers at the address the server file names, but not the server that wrote
+    /// it (its port was taken after a crash): the token was not sent.
+    #[error(
+        "something else answers at {url} (not the server that wrote its file): the token was not sent"
+    )]
+    NotOurs {
         /// The address.
         url: String,
     },
@@ -195,8 +254,47 @@ impl AdminClient {
         &self.url
     }
 
-    /// Calls `method` with `params`; the `result`.
+    /// Whether the server at the file's address is the one that wrote it (nothing to check
+    /// for a client made with [`AdminClient::new`]).
+    async fn verify(&self) -> Result<(), AdminError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let nonce = random_hex();
+        let res = self
+            .http
+            .get(format!("{}/rpc/proof?nonce={nonce}", self.url))
+            .send()
+            .await
+            .map_err(|e| self.transport(e, "proof"))?;
+        let answer = res.text().await.unwrap_or_default();
+        if answer.trim() == proof(&file.secret, &nonce) {
+            Ok(())
+        } else {
+            Err(AdminError::NotOurs {
+                url: self.url.clone(),
+            })
+        }
+    }
+
+    fn transport(&self, e: reqwest::Error, method: &str) -> AdminError {
+        if e.is_connect() {
+            AdminError::NotRunning {
+                url: self.url.clone(),
+            }
+        } else {
+            AdminError::Failed {
+                url: self.url.clone(),
+                method: method.to_owned(),
+                message: crate::upstream::describe(&e),
+            }
+        }
+    }
+
+    /// Calls `method` with `params`; the `result`. A client found through a server file checks
+    /// first that the server there is the one that wrote it.
     pub async fn call(&self, method: &str, params: Value) -> Result<Value, AdminError> {
+        self.verify().await?;
         let failed = |message: String| AdminError::Failed {
             url: self.url.clone(),
             method: method.to_owned(),
@@ -209,15 +307,7 @@ impl AdminClient {
             .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
             .send()
             .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    AdminError::NotRunning {
-                        url: self.url.clone(),
-                    }
-                } else {
-                    failed(crate::upstream::describe(&e))
-                }
-            })?;
+            .map_err(|e| self.transport(e, method))?;
         let status = res.status();
         let body: Value = res
             .json()

@@ -82,6 +82,29 @@ impl From<Error> for RpcError {
 pub(crate) struct Rpc {
     pub pool: Pool,
     pub token: Secret,
+    /// The secret of this server's file (`servers/*.json`), for [`proof`].
+    pub proof_secret: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ProofQuery {
+    nonce: String,
+}
+
+/// `GET /rpc/proof?nonce=N`: proves to a client that found this server through its file that
+/// it is the server that wrote it, without either side sending a secret (see
+/// [`crate::admin`]).
+pub(crate) async fn proof(
+    State(rpc): State<Arc<Rpc>>,
+    axum::extract::Query(q): axum::extract::Query<ProofQuery>,
+) -> Response {
+    match &rpc.proof_secret {
+        Some(secret) if (1..=128).contains(&q.nonce.len()) => {
+            crate::admin::proof(secret, &q.nonce).into_response()
+        }
+        Some(_) => http_error(StatusCode::BAD_REQUEST, "nonce: 1 to 128 characters"),
+        None => http_error(StatusCode::NOT_FOUND, "this server has no server file"),
+    }
 }
 
 fn loopback_origin(origin: &str) -> bool {
@@ -93,7 +116,7 @@ fn loopback_origin(origin: &str) -> bool {
         || matches!(u.host(), Some(url::Host::Domain("localhost")))
 }
 
-fn http_error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn http_error(status: StatusCode, message: &str) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],

@@ -18,7 +18,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use codexpool_core::{Config, Pool, Secret};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -48,6 +48,16 @@ pub enum ServerError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The address is reachable from other machines and that was not allowed.
+    #[error(
+        "refusing to listen on {addr}: other machines could reach it; set \
+         CODEXPOOL_ALLOW_NON_LOOPBACK_SERVICE_ADDR=1 to serve them (the admin API still answers \
+         this machine only)"
+    )]
+    NonLoopback {
+        /// The address.
+        addr: SocketAddr,
     },
     /// The gateway could not be built.
     #[error(transparent)]
@@ -145,6 +155,9 @@ impl Server {
     /// Binds, starts the background tasks, and serves until [`RunningServer::stop`].
     pub async fn start(self) -> Result<RunningServer, ServerError> {
         let config = self.pool.config().clone();
+        if !self.addr.ip().is_loopback() && !config.allow_non_loopback_service_addr {
+            return Err(ServerError::NonLoopback { addr: self.addr });
+        }
         let listener = TcpListener::bind(self.addr)
             .await
             .map_err(|source| ServerError::Bind {
@@ -180,37 +193,52 @@ impl Server {
             None => (Secret::new(random_token()), None),
         };
         let gateway = Gateway::new(self.pool.clone())?;
+        let server_file = config.db_path.is_file().then(|| ServerFile::new(addr));
         let rpc = Arc::new(Rpc {
             pool: self.pool.clone(),
             token: token.clone(),
+            proof_secret: server_file.as_ref().map(|f| f.secret().to_owned()),
         });
-        let service_routes = Router::new()
-            .route("/rpc", post(crate::rpc::handle))
-            .with_state(rpc)
-            .merge(
-                Router::new()
-                    .route("/auth/callback", get(callback))
-                    .with_state(self.pool.clone()),
-            );
-        let app = service_routes
-            .merge(gateway.router())
-            .layer(ShedLayer::new(max_in_flight(&config)));
-        let mut background = Vec::new();
-        if self.background {
-            background.push(codexpool_core::poll::spawn_poller(&self.pool));
-            background.push(codexpool_core::auth::spawn_refresher(&self.pool));
-        }
-        let server_file = config.db_path.is_file().then(|| ServerFile::new(addr));
+        let shed = ShedLayer::new(max_in_flight(&config));
+        let service = |admin: Router| {
+            admin
+                .merge(
+                    Router::new()
+                        .route("/auth/callback", get(callback))
+                        .with_state(self.pool.clone()),
+                )
+                .merge(gateway.router())
+                .layer(shed.clone())
+        };
+        let local = service(
+            Router::new()
+                .route("/rpc", post(crate::rpc::handle))
+                .route("/rpc/proof", get(crate::rpc::proof))
+                .with_state(rpc),
+        );
+        // Connections from other machines (only with ALLOW_NON_LOOPBACK_SERVICE_ADDR) get the
+        // same service but for the admin API.
+        let remote = service(
+            Router::new()
+                .route("/rpc", any(admin_is_local))
+                .route("/rpc/proof", any(admin_is_local)),
+        );
+        // Said once the routes are ready: a client that reads the file finds a server.
         if let Some(f) = &server_file
             && let Err(e) = f.write(&config)
         {
             // Only other processes' view of the runtime state depends on it.
             tracing::warn!(error = %e, "cannot say where this server listens");
         }
+        let mut background = Vec::new();
+        if self.background {
+            background.push(codexpool_core::poll::spawn_poller(&self.pool));
+            background.push(codexpool_core::auth::spawn_refresher(&self.pool));
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(
             listener,
-            app,
+            Apps { local, remote },
             stop_rx,
             self.grace,
             config.gateway_keepalive_interval,
@@ -257,9 +285,23 @@ fn random_token() -> String {
         .collect()
 }
 
+/// The service for connections from this machine, and the one for others.
+struct Apps {
+    local: Router,
+    remote: Router,
+}
+
+/// `/rpc` from another machine.
+async fn admin_is_local() -> Response {
+    crate::rpc::http_error(
+        StatusCode::FORBIDDEN,
+        "the admin API answers this machine only",
+    )
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    app: Router,
+    apps: Apps,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
     keepalive: Duration,
@@ -277,12 +319,13 @@ async fn accept_loop(
         tokio::select! {
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     if !keepalive.is_zero() {
                         let ka = socket2::TcpKeepalive::new().with_time(keepalive);
                         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka);
                     }
+                    let app = if peer.ip().to_canonical().is_loopback() { &apps.local } else { &apps.remote };
                     let service = TowerToHyperService::new(app.clone());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     let conn = graceful.watch(conn);

@@ -560,3 +560,58 @@ async fn another_process_finds_the_servers_on_the_database() {
         .unwrap_err();
     assert!(matches!(gone, AdminError::NotRunning { .. }), "{gone}");
 }
+
+/// Listening beyond this machine takes an explicit setting (the sign-in listener's rule).
+#[tokio::test]
+async fn a_non_loopback_address_needs_to_be_allowed() {
+    let (e, _key) = env_with_an_account(&[]).await;
+    let err = Server::new(e.pool.clone())
+        .addr("0.0.0.0:0".parse().unwrap())
+        .background_tasks(false)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, codexpool_gateway::ServerError::NonLoopback { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("CODEXPOOL_ALLOW_NON_LOOPBACK_SERVICE_ADDR=1"),
+        "{err}"
+    );
+
+    let (allowed, _key) = env_with_an_account(&[("ALLOW_NON_LOOPBACK_SERVICE_ADDR", "1")]).await;
+    let srv = Server::new(allowed.pool.clone())
+        .addr("0.0.0.0:0".parse().unwrap())
+        .background_tasks(false)
+        .start()
+        .await
+        .unwrap();
+    // This machine still reaches everything, the admin API included.
+    assert!(srv.url().starts_with("http://127.0.0.1:"), "{}", srv.url());
+    let v = call(&srv, "apikey/list", json!({})).await;
+    assert_eq!(v["result"][0]["name"], "k", "{v}");
+    srv.stop().await.unwrap();
+}
+
+/// `GET /rpc/proof` answers only a sane nonce, and only a server with a file.
+#[tokio::test]
+async fn the_proof_endpoint_checks_its_nonce() {
+    let (e, _key) = env_with_an_account(&[]).await;
+    let srv = start(&e).await;
+    let get = |q: &str| reqwest::get(format!("{}/rpc/proof{q}", srv.url()));
+    let ok = get("?nonce=abc").await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap().len(), 64);
+    assert_eq!(get("?nonce=").await.unwrap().status(), 400);
+    assert_eq!(
+        get(&format!("?nonce={}", "a".repeat(129)))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(get("").await.unwrap().status(), 400);
+    srv.stop().await.unwrap();
+}

@@ -112,9 +112,14 @@ def test_two_pools_on_one_database_see_each_others_changes(tmp_path: Path) -> No
 
 
 def test_secret_settings_are_hidden(tmp_path: Path) -> None:
-    pool = codexpool.Pool.open(tmp_path / "p.db", rpc_token="super-secret-token")
+    secret = "super-secret-token-" + "x" * 20
+    pool = codexpool.Pool.open(tmp_path / "p.db", rpc_token=secret)
     assert pool.settings()["RPC_TOKEN"] == "*****"
     assert "super-secret" not in repr(pool)
+    # A short one is taken, with a warning that never shows it.
+    with pytest.warns(codexpool.CodexPoolWarning, match="RPC_TOKEN is short") as seen:
+        codexpool.Pool.open(tmp_path / "q.db", rpc_token="hunter2")
+    assert all("hunter2" not in str(w.message) for w in seen)
 
 
 def test_times_are_aware_utc_datetimes(tmp_path: Path) -> None:

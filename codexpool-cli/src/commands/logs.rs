@@ -16,7 +16,7 @@ use comfy_table::Cell;
 
 use super::Ctx;
 use crate::args::LogsArgs;
-use crate::output::{NONE, Output, Paint, cell, datetime, millis};
+use crate::output::{NONE, Output, Paint, cell, datetime, millis, visible};
 
 /// How often `--follow` looks for new rows.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
@@ -305,9 +305,10 @@ fn follow_line(row: &dyn FollowColumns) -> String {
     let cols = row.columns();
     let mut line = String::new();
     for (i, c) in cols.iter().enumerate() {
+        let c = visible(c);
         match WIDTHS.get(i) {
             Some(w) => line.push_str(&format!("{c:<w$}  ")),
-            None => line.push_str(c),
+            None => line.push_str(&c),
         }
     }
     line.trim_end().to_string()

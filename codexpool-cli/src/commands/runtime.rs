@@ -48,7 +48,7 @@ impl Runtimes {
     /// requests and cooldowns) add up: requests in flight are summed, the latest cooldown and
     /// exhaustion shown, and an account is usable when every server could use it. A server
     /// that answers wrongly is named in a warning; the file of one that no longer listens (a
-    /// crash) is removed.
+    /// crash) is removed, with a warning when something else took its port.
     pub async fn load(ctx: &Ctx) -> Self {
         let mut asked = tokio::task::JoinSet::new();
         for client in AdminClient::find_all(&ctx.config) {
@@ -73,6 +73,11 @@ impl Runtimes {
                 },
                 Err(AdminError::NotRunning { .. }) => {
                     client.forget(&ctx.config);
+                    continue;
+                }
+                Err(e @ AdminError::NotOurs { .. }) => {
+                    client.forget(&ctx.config);
+                    ctx.out.warn(format!("{e}; its file was removed"));
                     continue;
                 }
                 Err(e) => {
@@ -115,7 +120,9 @@ pub(super) async fn client_base_url(ctx: &Ctx) -> String {
     for client in AdminClient::find_all(&ctx.config) {
         match client.call("stats/summary", serde_json::json!({})).await {
             Ok(_) => return format!("{}/v1", client.url()),
-            Err(AdminError::NotRunning { .. }) => client.forget(&ctx.config),
+            Err(AdminError::NotRunning { .. } | AdminError::NotOurs { .. }) => {
+                client.forget(&ctx.config)
+            }
             Err(_) => {}
         }
     }

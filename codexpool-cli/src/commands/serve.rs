@@ -24,8 +24,13 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
         config.set("SERVICE_ADDR", &addr.to_string())?;
     }
     let origin = addr_origin(&config, a.addr.is_some());
-    // The server binds once it has a pool; a taken address must fail before the pool creates
-    // the database file, so it is tried here first. (Port 0 is never taken.)
+    // The server checks and binds once it has a pool; a refused or taken address must fail
+    // before the pool creates the database file, so both are tried here first. (Port 0 is
+    // never taken.)
+    let addr = config.service_addr;
+    if !addr.ip().is_loopback() && !config.allow_non_loopback_service_addr {
+        return Err(ServerError::NonLoopback { addr }.into());
+    }
     if config.service_addr.port() != 0 {
         std::net::TcpListener::bind(config.service_addr)
             .map_err(|e| bind_failure(config.service_addr, &e, &origin))?;
@@ -123,6 +128,14 @@ fn banner(ctx: &Ctx, pool: &Pool, running: &RunningServer) -> anyhow::Result<()>
     }
     if keys == 0 {
         warnings.push("no API keys yet: create one with `codexpool key create --name NAME`".into());
+    }
+    let bound = running.local_addr();
+    if !bound.ip().is_loopback() {
+        warnings.push(format!(
+            "listening on {bound}: other machines can reach the gateway (over plain HTTP; keys \
+             travel in the clear unless a TLS proxy is in front); the admin API answers this \
+             machine only"
+        ));
     }
     if out.json {
         out.json_line(&serde_json::json!({

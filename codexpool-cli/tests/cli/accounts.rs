@@ -221,7 +221,10 @@ fn export_to_stdout_and_to_a_private_file_round_trips() {
     assert_eq!(dash["accounts"].as_array().unwrap().len(), 2);
     assert!(!env.path().join("-").exists());
 
+    // Over a file others may read, the export is still the owner's only from its first byte.
     let file = env.path().join("backup.json");
+    std::fs::write(&file, "old").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = env.ok(&["account", "export", "-o", file.to_str().unwrap()]);
     assert!(out.contains("Exported 2 accounts to"), "{out}");
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;

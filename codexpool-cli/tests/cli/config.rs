@@ -1,5 +1,6 @@
 //! `config`.
 
+use codexpool_core::config::SETTINGS;
 use serde_json::Value;
 
 use crate::support::{Env, texts};
@@ -86,7 +87,11 @@ fn an_invalid_setting_is_listed_marked_and_exits_1() {
         .unwrap();
     let (stdout, stderr) = texts(&o);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
-    assert_eq!(stdout.lines().count(), 1 + 28, "every setting: {stdout}");
+    assert_eq!(
+        stdout.lines().count(),
+        1 + SETTINGS.len(),
+        "every setting: {stdout}"
+    );
     let row = |name: &str| {
         stdout
             .lines()
@@ -135,7 +140,7 @@ fn an_invalid_setting_is_listed_marked_and_exits_1() {
     assert_eq!(o.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let rows = v.as_array().unwrap();
-    assert_eq!(rows.len(), 28);
+    assert_eq!(rows.len(), SETTINGS.len());
     let strategy = rows.iter().find(|r| r["name"] == "ROUTE_STRATEGY").unwrap();
     assert_eq!(strategy["value"], "bogus");
     assert!(

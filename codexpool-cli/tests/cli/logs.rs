@@ -208,3 +208,40 @@ async fn a_filter_that_matches_nothing_says_so() {
     let o = empty.cmd().arg("logs").output().unwrap();
     assert!(crate::support::texts(&o).1.starts_with("No requests yet."));
 }
+
+/// A model name is whatever a key holder sent: its control characters are written out in the
+/// table and in `--follow`, so they can neither steer the terminal nor forge a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_from_requests_are_written_out() {
+    let env = Env::new();
+    let pool = env.pool().await;
+    let k = key_id(&pool, "laptop").await;
+    let mut r = row(1, &k, &["acct"], 200);
+    r.model = Some("gpt\u{1b}]0;pwned\u{7}\r\nforged row".into());
+    record(&pool, vec![r]).await;
+
+    let table = env.ok(&["logs"]);
+    assert!(
+        !table.contains('\u{1b}') && !table.contains('\u{7}'),
+        "{table:?}"
+    );
+    assert!(
+        table.contains(r"gpt\u{1b}]0;pwned\u{7}\r\nforged row"),
+        "{table}"
+    );
+    assert_eq!(
+        table.lines().filter(|l| l.contains("forged")).count(),
+        1,
+        "{table}"
+    );
+
+    let mut child = env.spawn(&["logs", "--follow"], &[]);
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    let line = lines.find(|l| l.contains("laptop").then(|| l.to_string()));
+    signal(&child, "INT");
+    finish(child, 10);
+    assert!(
+        line.contains(r"\u{1b}]0;pwned\u{7}\r\nforged row"),
+        "{line:?}"
+    );
+}

@@ -408,45 +408,107 @@ async fn listings_show_the_running_servers_cooldowns_and_requests_in_flight() {
     assert!(files().is_empty());
 }
 
-/// A server file naming something that is not our server (another token, another program):
-/// the listing says so on stderr and shows its own view.
+/// A server file whose port something else took after a crash (another user's program): the
+/// CLI asks it to prove it wrote the file, and never sends it the RPC token.
 #[test]
-fn listings_say_when_the_server_on_the_database_cannot_be_asked() {
+fn listings_never_send_the_token_to_whatever_took_a_crashed_servers_port() {
+    use std::io::{Read, Write};
     let env = Env::new();
     env.add_accounts(&["acct-1"]);
-    let dir = env.db().parent().unwrap().to_path_buf();
-    // The fake's HTTP server answers `/rpc` with a 404 page: not JSON-RPC.
-    std::fs::create_dir_all(dir.join("servers")).unwrap();
-    std::fs::write(
-        dir.join("servers").join("1-1.json"),
-        json!({"url": env.fake.issuer(), "pid": 1, "port": 1}).to_string(),
-    )
-    .unwrap();
-    std::fs::write(dir.join("rpc-token"), "a".repeat(64)).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            dir.join("rpc-token"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
-    }
+    let (_, child) = env.serve(&[]);
+    signal(&child, "KILL");
+    finish(child, 20);
+    let servers = env.db().parent().unwrap().join("servers");
+    let file = std::fs::read_dir(&servers)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let said: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let port = said["port"].as_u64().unwrap();
+
+    // The impostor: answers every request with a made-up proof, keeps what it was sent.
+    let impostor = std::net::TcpListener::bind(("127.0.0.1", port as u16)).unwrap();
+    impostor.set_nonblocking(true).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = {
+        let (seen, stop) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((mut s, _)) = impostor.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbeef",
+                );
+            }
+        })
+    };
+
     let out = env
         .cmd()
         .args(["account", "list", "--json"])
         .output()
         .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    listener.join().unwrap();
     let (stdout, stderr) = texts(&out);
     assert!(out.status.success(), "{stderr}");
     let list: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(list[0]["runtime"]["source"], "local", "{stdout}");
     assert!(
-        stderr.contains("answered account/list") && stderr.contains("this process's view"),
+        stderr.contains("something else answers at") && stderr.contains("its file was removed"),
         "{stderr}"
     );
+    let token = std::fs::read_to_string(env.db().parent().unwrap().join("rpc-token")).unwrap();
+    let seen = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+    assert!(seen.contains("GET /rpc/proof?nonce="), "{seen}");
     assert!(
-        !stderr.contains(&"a".repeat(64)),
-        "the token stays secret: {stderr}"
+        !seen.contains(token.trim()) && !seen.contains("authorization"),
+        "{seen}"
     );
+    assert!(!file.exists(), "the stale file is gone");
+}
+
+/// Listening beyond this machine needs the setting, and then the banner says so.
+#[test]
+fn serve_listens_beyond_loopback_only_when_allowed() {
+    let env = Env::new();
+    let out = env
+        .cmd()
+        .args(["serve", "--addr", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0")
+            && stderr.contains("CODEXPOOL_ALLOW_NON_LOOPBACK_SERVICE_ADDR=1"),
+        "{stderr}"
+    );
+    assert!(!env.db().exists(), "nothing was created");
+
+    let mut child = env.spawn(
+        &["--json", "serve", "--addr", "0.0.0.0:0"],
+        &[("CODEXPOOL_ALLOW_NON_LOOPBACK_SERVICE_ADDR", "1")],
+    );
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    let banner: Value = lines.find(|l| serde_json::from_str(l).ok());
+    assert!(
+        banner["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("other machines can reach the gateway")),
+        "{banner}"
+    );
+    stop(child);
 }

@@ -151,7 +151,8 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         message,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
+        // The owner's only: beside the database go the RPC token and the servers' files.
+        crate::import::create_private_dir(dir)
             .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
     }
     if !path.exists() {
