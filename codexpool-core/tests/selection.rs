@@ -688,3 +688,45 @@ async fn a_slot_freed_just_as_a_request_starts_waiting_wakes_it() {
     }
     assert_eq!(pool.accounts().total_inflight(), 0);
 }
+
+/// The upstream's `Retry-After` is believed the first time: a 1 s rate limit rests the account
+/// 1 s, not 45. Repeats without a success in between climb the ladder one step behind.
+#[tokio::test]
+async fn a_short_retry_after_is_believed_then_repeats_climb() {
+    let (pool, clock) = pool_with(&[]).await;
+    let id = add_accounts(&pool, 1).await.remove(0);
+    let cooldown = |pool: &Pool| pool.accounts().runtime(&id).unwrap().cooldown_until;
+    let refuse = |secs: u64| {
+        let pool = pool.clone();
+        async move {
+            let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+            lease
+                .report(Outcome::RateLimited {
+                    retry_after: Some(Duration::from_secs(secs)),
+                })
+                .await;
+        }
+    };
+    refuse(1).await;
+    assert_eq!(
+        cooldown(&pool),
+        Some(clock.now_ts().plus(Duration::from_secs(1)))
+    );
+    clock.advance(Duration::from_secs(1));
+    refuse(1).await;
+    assert_eq!(
+        cooldown(&pool),
+        Some(clock.now_ts().plus(Duration::from_secs(45))),
+        "the second strike in a row rests at least the first step"
+    );
+    // A success clears the strikes: the next short limit is believed again.
+    clock.advance(Duration::from_secs(45));
+    let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    lease.report(Outcome::Success).await;
+    drop(lease);
+    refuse(2).await;
+    assert_eq!(
+        cooldown(&pool),
+        Some(clock.now_ts().plus(Duration::from_secs(2)))
+    );
+}

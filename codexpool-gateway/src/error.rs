@@ -50,6 +50,14 @@ struct Inner<'a> {
     resets_in_seconds: Option<u64>,
 }
 
+/// `Retry-After` for a time: whole seconds rounded up, at least 1 (a client that comes back on
+/// the rounded-down second finds the account still resting and spends a retry).
+pub(crate) fn retry_after_secs(at: Timestamp, now: Timestamp) -> u64 {
+    u64::try_from(at.since(now).as_millis().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 impl ApiError {
     /// An error with a status, type, code and message.
     pub fn new(
@@ -198,7 +206,7 @@ impl ApiError {
 
     /// From a pool that could not lease an account; `now` turns reset times into `Retry-After`.
     pub fn from_pool(e: &PoolError, now: Timestamp) -> Self {
-        let secs_until = |t: Timestamp| t.since(now).as_secs().max(1);
+        let secs_until = |t: Timestamp| retry_after_secs(t, now);
         match e {
             PoolError::Exhausted { resets_at } => Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -277,6 +285,16 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_rounds_up() {
+        let now = Timestamp::from_millis(1_000_000);
+        let at = |ms: i64| Timestamp::from_millis(1_000_000 + ms);
+        assert_eq!(retry_after_secs(at(44_000), now), 44);
+        assert_eq!(retry_after_secs(at(44_001), now), 45);
+        assert_eq!(retry_after_secs(at(200), now), 1);
+        assert_eq!(retry_after_secs(at(-5_000), now), 1, "past: at least 1");
+    }
 
     #[test]
     fn renders_the_openai_shape_with_retry_after() {

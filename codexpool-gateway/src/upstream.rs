@@ -595,7 +595,7 @@ pub(crate) async fn run(
                     (PoolError::AllTried { .. } | PoolError::CoolingDown { .. }, Some(f)) => {
                         let mut err = ApiError::from_upstream(f);
                         if let Some(at) = e.retry_at() {
-                            err = err.retry_after(at.since(now).as_secs());
+                            err = err.retry_after(crate::error::retry_after_secs(at, now));
                         }
                         err
                     }

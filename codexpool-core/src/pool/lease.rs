@@ -13,7 +13,8 @@ use crate::secret::Secret;
 use crate::time::Timestamp;
 use crate::usage::UsageLimit;
 
-/// Cooldowns after repeated short rate limits (429 other than usage_limit_reached).
+/// Cooldowns after repeated short rate limits (429 other than usage_limit_reached) that name no
+/// `Retry-After`; with one, the first is the upstream's and repeats climb from the first step.
 pub const RATE_LIMIT_COOLDOWNS: [Duration; 4] = [
     Duration::from_secs(45),
     Duration::from_secs(5 * 60),
@@ -131,8 +132,15 @@ impl Lease {
                     return;
                 }
                 let n = st.strikes.fetch_add(1, Ordering::Relaxed) as usize;
-                let base = RATE_LIMIT_COOLDOWNS[n.min(RATE_LIMIT_COOLDOWNS.len() - 1)];
-                st.cool_until(now.plus(retry_after.map_or(base, |r| r.max(base))));
+                let ladder = |n: usize| RATE_LIMIT_COOLDOWNS[n.min(RATE_LIMIT_COOLDOWNS.len() - 1)];
+                // The upstream's `Retry-After` is believed the first time (a 1 s limit must not
+                // bench the account for 45 s); repeats climb the ladder one step behind.
+                let cooldown = match (retry_after, n) {
+                    (None, n) => ladder(n),
+                    (Some(r), 0) => r,
+                    (Some(r), n) => r.max(ladder(n - 1)),
+                };
+                st.cool_until(now.plus(cooldown));
             }
             Outcome::UsageLimit { resets_at } => {
                 // A limit that names no reset says less than an exhaustion already known with
