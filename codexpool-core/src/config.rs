@@ -195,6 +195,9 @@ pub struct Config {
     pub front_proxy_max_body_bytes: usize,
     /// `TRACE_BODY_PREVIEW_MAX_BYTES`: request-log body preview size (0 = none).
     pub trace_body_preview_max_bytes: usize,
+    /// `RESPONSES_STORE_MB`: memory for the responses the gateway keeps for
+    /// `previous_response_id` and `item_reference`, in MiB (0 = keep none).
+    pub responses_store_mb: u32,
     /// `GATEWAY_KEEPALIVE_INTERVAL_SECS`: HTTP keep-alive of client connections.
     pub gateway_keepalive_interval: Duration,
     /// `HTTP_WORKER_FACTOR`: tokio worker threads per CPU.
@@ -257,6 +260,7 @@ impl Default for Config {
             account_max_inflight: 0,
             front_proxy_max_body_bytes: 16 * 1024 * 1024,
             trace_body_preview_max_bytes: 0,
+            responses_store_mb: 64,
             gateway_keepalive_interval: Duration::from_secs(180),
             http_worker_factor: 1,
             http_worker_min: 1,
@@ -788,6 +792,18 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| c.trace_body_preview_max_bytes.to_string(),
+    },
+    Setting {
+        name: "RESPONSES_STORE_MB",
+        default_value: Some("64"),
+        default_doc: "64 (0 = off)",
+        secret: false,
+        help: "memory (MiB) for responses kept for previous_response_id / item_reference",
+        apply: |c, v| {
+            c.responses_store_mb = parse_in(v, 0..=1_048_576)?;
+            Ok(())
+        },
+        show: |c| c.responses_store_mb.to_string(),
     },
     Setting {
         name: "GATEWAY_KEEPALIVE_INTERVAL_SECS",

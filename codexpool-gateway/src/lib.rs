@@ -1,11 +1,12 @@
 //! codexpool-gateway: one OpenAI-compatible endpoint in front of a pool of ChatGPT (Codex)
 //! accounts.
 //!
-//! [`Gateway`] is a tower `Service` (an axum `Router` inside) serving `POST /v1/responses`,
-//! `POST /v1/chat/completions`, `GET /v1/models`, `GET /health` and `GET /metrics`. Every model
-//! request is authenticated with a platform key, adapted to the Codex backend's dialect, and sent
-//! through the best account that still has quota; failures before the first byte of output fail
-//! over to the next account, so the client never sees them.
+//! [`Gateway`] is a tower `Service` (an axum `Router` inside) serving `POST /v1/responses`
+//! (with `GET`/`DELETE /v1/responses/{id}` for the responses it keeps), `POST
+//! /v1/chat/completions`, `GET /v1/models`, `GET /health` and `GET /metrics`. Every model request
+//! is authenticated with a platform key, adapted to the Codex backend's dialect, and sent through
+//! the best account that still has quota; failures before the first byte of output fail over to
+//! the next account, so the client never sees them.
 //!
 //! Mount it in your own axum app:
 //!
@@ -33,6 +34,7 @@ mod rpc;
 mod server;
 pub mod sse;
 mod stack;
+mod stored;
 mod upstream;
 
 use std::convert::Infallible;
@@ -76,6 +78,8 @@ pub(crate) struct Shared {
     pub preview_max: usize,
     /// How often a streaming client waiting on a slow upstream gets an SSE comment.
     pub keepalive: std::time::Duration,
+    /// The responses kept for `previous_response_id` and `item_reference` (`None`: keep none).
+    pub responses: Option<Arc<stored::ResponseStore>>,
 }
 
 /// The OpenAI-compatible gateway over a [`Pool`]. Cheap to clone.
@@ -124,6 +128,7 @@ impl GatewayBuilder {
             max_body: config.front_proxy_max_body_bytes,
             preview_max: config.trace_body_preview_max_bytes,
             keepalive: self.keepalive,
+            responses: stored::ResponseStore::for_pool(&self.pool),
             pool: self.pool,
         });
         let router = Gateway::routes(shared.clone());
@@ -150,6 +155,10 @@ impl Gateway {
         let model_routes = Router::new()
             .route("/v1/responses", post(routes::responses::handle))
             .route("/v1/responses/compact", post(routes::responses::compact))
+            .route(
+                "/v1/responses/{id}",
+                get(routes::responses::retrieve).delete(routes::responses::delete),
+            )
             .route("/v1/chat/completions", post(routes::chat::handle))
             .route("/v1/models", get(routes::models::handle))
             .route("/v1/models/{id}", get(routes::models::retrieve))

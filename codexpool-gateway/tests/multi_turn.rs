@@ -1,7 +1,9 @@
-//! Conversations over several turns through `/v1/responses`: a client replays an earlier answer's
-//! `output` items as they came (ids and all, as `input += response.output` does) plus item
-//! references, and the backend, which stores nothing under `store: false`, must never be asked to
-//! look any of them up.
+//! Conversations over several turns through `/v1/responses`. A client replays an earlier answer's
+//! `output` items as they came (ids and all, as `input += response.output` does), refers to them
+//! with `item_reference`s (the Vercel AI SDK) or names the earlier response with
+//! `previous_response_id` (openai-python, LangChain). The backend stores nothing under
+//! `store: false` and must never be asked to look anything up: the gateway keeps the answers
+//! itself and sends the backend the full items.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -9,11 +11,16 @@ mod common;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use codexpool_testkit::{OutputItem, Reply};
-use common::{Harness, harness};
+use common::{Harness, harness, harness_with, json_frames};
 use serde_json::{Value, json};
 
 /// Turn 1: a question answered with reasoning, a message and a tool call; its `output`.
 async fn first_turn(h: &Harness, reasoning: bool) -> Vec<Value> {
+    first_turn_with(h, reasoning, json!({})).await
+}
+
+/// [`first_turn`] with `extra` fields in the body.
+async fn first_turn_with(h: &Harness, reasoning: bool, extra: Value) -> Vec<Value> {
     h.fake.push_reply(
         "acct-0",
         Reply::items([
@@ -26,6 +33,9 @@ async fn first_turn(h: &Harness, reasoning: bool) -> Vec<Value> {
         {"type": "message", "role": "user", "content": "Weather in Oslo?"}]});
     if reasoning {
         body["reasoning"] = json!({"effort": "low"});
+    }
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
     }
     let (status, v) = h.json(h.post("/v1/responses", body)).await;
     assert_eq!(status, StatusCode::OK, "{v}");
@@ -65,11 +75,11 @@ async fn replayed_output_items_with_ids_and_references_are_accepted() {
         "{v}"
     );
     let dropped = headers["x-codexpool-dropped-params"].to_str().unwrap();
-    assert!(dropped.contains("input[].id"), "{dropped}");
-    assert!(dropped.contains("input[].item_reference"), "{dropped}");
+    assert_eq!(dropped, "input[].id");
 
     let input = sent_input(&h);
     let kinds: Vec<&str> = input.iter().map(|i| i["type"].as_str().unwrap()).collect();
+    // The reference is replaced by the message it names (which this client also sent in full).
     assert_eq!(
         kinds,
         [
@@ -77,9 +87,11 @@ async fn replayed_output_items_with_ids_and_references_are_accepted() {
             "reasoning",
             "message",
             "function_call",
+            "message",
             "function_call_output"
         ]
     );
+    assert_eq!(input[4], input[2]);
     assert!(input.iter().all(|i| i.get("id").is_none()), "{input:?}");
     // The encrypted reasoning goes back to the account that made it.
     assert_eq!(
@@ -92,11 +104,15 @@ async fn replayed_output_items_with_ids_and_references_are_accepted() {
 #[tokio::test]
 async fn replayed_reasoning_without_its_encrypted_content_is_left_out() {
     let h = harness(1, &[]).await;
-    // Without `reasoning` no encrypted content was asked for: the item is only an id.
-    let output = first_turn(&h, false).await;
+    // Without `reasoning`, and with `store: false`, no encrypted content was asked for and
+    // nothing was kept: the item is only an id.
+    let output = first_turn_with(&h, false, json!({"store": false})).await;
     assert!(output[0].get("encrypted_content").is_none());
 
-    let (status, headers, text) = h.call(h.post("/v1/responses", second_turn(&output))).await;
+    let mut turn2 = second_turn(&output);
+    let input = turn2["input"].as_array_mut().unwrap();
+    input.retain(|i| i["type"] != "item_reference");
+    let (status, headers, text) = h.call(h.post("/v1/responses", turn2)).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let dropped = headers["x-codexpool-dropped-params"].to_str().unwrap();
     assert!(dropped.contains("input[].reasoning"), "{dropped}");
@@ -153,4 +169,412 @@ async fn the_codex_cli_replays_go_as_sent_and_the_backend_has_the_last_word() {
         2,
         "not retried"
     );
+}
+
+// --- The responses the gateway keeps (`store` left at its default) ---
+
+fn user(text: &str) -> Value {
+    json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+}
+
+/// A body of `key` to `/v1/responses`.
+fn post_as(key: &str, body: &Value) -> Request<Body> {
+    Request::post("/v1/responses")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// One turn, streamed or not; the final response object.
+async fn turn(h: &Harness, body: Value) -> Value {
+    let stream = body["stream"] == json!(true);
+    let (status, _, text) = h.call(h.post("/v1/responses", body)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    if !stream {
+        return serde_json::from_str(&text).unwrap();
+    }
+    let last = json_frames(&text).pop().unwrap();
+    assert_eq!(last["type"], "response.completed", "{text}");
+    last["response"].clone()
+}
+
+/// The texts of the input items the backend last received (user and assistant messages).
+fn sent_texts(h: &Harness) -> Vec<String> {
+    sent_input(h)
+        .iter()
+        .filter(|i| i["type"] == "message")
+        .map(|i| i["content"][0]["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// An OpenAI error: (status, type, code, param, message).
+async fn error_of(h: &Harness, req: Request<Body>) -> (StatusCode, Value) {
+    let (status, v) = h.json(req).await;
+    (status, v["error"].clone())
+}
+
+#[tokio::test]
+async fn ai_sdk_item_references_bring_back_the_earlier_turn() {
+    // The Vercel AI SDK's default provider (`store` left at true) sends the earlier assistant
+    // turn as references to its reasoning and message items.
+    let h = harness(1, &[]).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::reasoning_then_text("Thinking about Oslo", "It is sunny in Oslo."),
+    );
+    let body = json!({"model": "gpt-5-codex", "input": [user("Weather in Oslo?")]});
+    let (status, headers, text) = h.call(h.post("/v1/responses", body)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(headers.get("x-codexpool-dropped-params").is_none());
+    // The answer is kept, so its reasoning must be replayable: the encrypted content is asked
+    // for although the client set no `reasoning`.
+    assert_eq!(
+        h.last_sent()["include"],
+        json!(["reasoning.encrypted_content"])
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let (rs, msg) = (&v["output"][0], &v["output"][1]);
+    assert_eq!(
+        (rs["type"].as_str(), msg["type"].as_str()),
+        (Some("reasoning"), Some("message"))
+    );
+
+    let body = json!({"model": "gpt-5-codex", "input": [
+        user("Weather in Oslo?"),
+        {"type": "item_reference", "id": rs["id"]},
+        {"type": "item_reference", "id": msg["id"]},
+        user("And tomorrow?"),
+    ]});
+    let (status, headers, text) = h.call(h.post("/v1/responses", body)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(headers.get("x-codexpool-dropped-params").is_none());
+    let input = sent_input(&h);
+    let kinds: Vec<&str> = input.iter().map(|i| i["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["message", "reasoning", "message", "message"]);
+    assert_eq!(input[1]["encrypted_content"], rs["encrypted_content"]);
+    assert!(input[1]["encrypted_content"].is_string());
+    assert_eq!(input[2]["content"], msg["content"]);
+    assert_eq!(input[2]["role"], "assistant");
+    assert!(input.iter().all(|i| i.get("id").is_none()), "{input:?}");
+    assert_eq!(
+        sent_texts(&h),
+        ["Weather in Oslo?", "It is sunny in Oslo.", "And tomorrow?"]
+    );
+}
+
+#[tokio::test]
+async fn previous_response_id_chains_every_turn_streamed_or_not() {
+    let h = harness(1, &[]).await;
+    h.fake
+        .push_reply("acct-0", Reply::reasoning_then_text("Hmm", "A1"));
+    // Items only in `output_item.done` events: the relay puts them back, and they are kept.
+    h.fake
+        .push_reply("acct-0", Reply::text("A2").empty_final_output());
+    h.fake.push_reply("acct-0", Reply::text("A3"));
+    let r1 = turn(
+        &h,
+        json!({"model": "gpt-5-codex", "instructions": "Be brief.",
+               "input": [{"role": "system", "content": "Answer in English."}, user("Q1")]}),
+    )
+    .await;
+    let first = h.last_sent();
+    let r2 = turn(
+        &h,
+        json!({"model": "gpt-5-codex", "stream": true, "input": "Q2",
+               "previous_response_id": r1["id"]}),
+    )
+    .await;
+    assert_eq!(r2["output"][0]["content"][0]["text"], "A2");
+    let second = h.last_sent();
+    assert!(second.get("previous_response_id").is_none());
+    let r3 = turn(
+        &h,
+        json!({"model": "gpt-5-codex", "input": [user("Q3")], "previous_response_id": r2["id"]}),
+    )
+    .await;
+    assert_eq!(r3["output"][0]["content"][0]["text"], "A3");
+    assert_eq!(sent_texts(&h), ["Q1", "A1", "Q2", "A2", "Q3"]);
+    let input = sent_input(&h);
+    assert_eq!(input[1]["type"], "reasoning");
+    assert!(input[1]["encrypted_content"].is_string());
+    // The system message is lifted again (instructions themselves do not carry over, as with
+    // OpenAI), and the conversation keeps its session.
+    let third = h.last_sent();
+    assert_eq!(first["instructions"], "Be brief.\n\nAnswer in English.");
+    assert_eq!(third["instructions"], "Answer in English.");
+    let requests = h.fake.requests_to("/backend-api/codex/responses");
+    assert_eq!(
+        requests[1].header("session_id"),
+        requests[2].header("session_id")
+    );
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 3);
+}
+
+#[tokio::test]
+async fn a_slow_upstream_streamed_answer_is_kept_too() {
+    // Headers go out before the upstream answers (keep-alives): the answer is still kept.
+    let h = harness_with(1, &[], |b| {
+        b.keepalive_interval(std::time::Duration::from_millis(20))
+    })
+    .await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::text("Late").slow_first_byte(std::time::Duration::from_millis(150)),
+    );
+    let r1 = turn(
+        &h,
+        json!({"model": "gpt-5-codex", "stream": true, "input": "Q1"}),
+    )
+    .await;
+    turn(
+        &h,
+        json!({"model": "gpt-5-codex", "input": "Q2", "previous_response_id": r1["id"]}),
+    )
+    .await;
+    assert_eq!(sent_texts(&h), ["Q1", "Late", "Q2"]);
+}
+
+#[tokio::test]
+async fn unknown_ids_are_refused_in_openais_words() {
+    let h = harness(1, &[]).await;
+    let body = json!({"model": "gpt-5-codex", "input": "Hi", "previous_response_id": "resp_nope"});
+    let (status, e) = error_of(&h, h.post("/v1/responses", body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        e,
+        json!({"message": "Previous response with id 'resp_nope' not found.",
+               "type": "invalid_request_error", "code": "previous_response_not_found",
+               "param": "previous_response_id"})
+    );
+    let body = json!({"model": "gpt-5-codex", "input": [
+        user("Hi"), {"type": "item_reference", "id": "msg_nope"}]});
+    let (status, e) = error_of(&h, h.post("/v1/responses", body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(e["param"], "input[1]");
+    assert_eq!(e["code"], "item_not_found");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Item with id 'msg_nope' not found."),
+        "{message}"
+    );
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 0);
+    let row = &h.log().await[0];
+    assert_eq!(row.status, 400);
+}
+
+#[tokio::test]
+async fn a_key_never_sees_another_keys_responses() {
+    let h = harness(1, &[]).await;
+    let r1 = turn(&h, json!({"model": "gpt-5-codex", "input": "Secret plans"})).await;
+    let other = h
+        .pool
+        .keys()
+        .create(codexpool_core::keys::NewKey::named("other"))
+        .await
+        .unwrap()
+        .secret
+        .expose()
+        .to_string();
+    let body = json!({"model": "gpt-5-codex", "input": "What did I say?",
+                      "previous_response_id": r1["id"]});
+    let (status, e) = error_of(&h, post_as(&other, &body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(e["param"], "previous_response_id");
+    let body = json!({"model": "gpt-5-codex", "input": [
+        {"type": "item_reference", "id": r1["output"][0]["id"]}, user("Go on")]});
+    let (status, e) = error_of(&h, post_as(&other, &body)).await;
+    assert_eq!(
+        (status, e["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("input[0]"))
+    );
+    let get = |key: &str| {
+        Request::get(format!("/v1/responses/{}", r1["id"].as_str().unwrap()))
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(h.call(get(&other)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(h.call(get(&h.key)).await.0, StatusCode::OK);
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 1);
+}
+
+#[tokio::test]
+async fn store_false_answers_are_not_kept() {
+    let h = harness(1, &[]).await;
+    let r1 = turn(
+        &h,
+        json!({"model": "gpt-5-codex", "input": "Hi", "store": false}),
+    )
+    .await;
+    // Nothing is asked for that the client did not ask for.
+    assert!(h.last_sent().get("include").is_none());
+    let body = json!({"model": "gpt-5-codex", "input": "Again", "previous_response_id": r1["id"]});
+    let (status, e) = error_of(&h, h.post("/v1/responses", body)).await;
+    assert_eq!(
+        (status, e["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("previous_response_id"))
+    );
+    let body = json!({"model": "gpt-5-codex", "store": false, "input": [
+        user("Hi"), {"type": "item_reference", "id": r1["output"][0]["id"]}]});
+    let (status, e) = error_of(&h, h.post("/v1/responses", body)).await;
+    assert_eq!(
+        (status, e["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("input[1]"))
+    );
+
+    // Nor are the Codex CLI's (it goes as sent, and always says `store: false`).
+    let body = json!({"model": "gpt-5-codex", "instructions": "x", "stream": true,
+                      "store": false, "input": [user("Hi")]});
+    let req = Request::post("/v1/responses")
+        .header("authorization", format!("Bearer {}", h.key))
+        .header("content-type", "application/json")
+        .header("originator", "codex_exec")
+        .header("session-id", "s-1")
+        .header("x-codex-window-id", "s-1:0")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let (status, _, text) = h.call(req).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let id = json_frames(&text).pop().unwrap()["response"]["id"].clone();
+    let body = json!({"model": "gpt-5-codex", "input": "Again", "previous_response_id": id});
+    assert_eq!(
+        h.call(h.post("/v1/responses", body)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn the_least_recently_used_answers_go_past_the_size_limit() {
+    let h = harness(1, &[("RESPONSES_STORE_MB", "1")]).await;
+    let big = "x".repeat(400 * 1024);
+    for _ in 0..3 {
+        h.fake.push_reply("acct-0", Reply::text(&big));
+    }
+    let r1 = turn(&h, json!({"model": "gpt-5-codex", "input": "One"})).await;
+    let r2 = turn(
+        &h,
+        json!({"model": "gpt-5-codex", "input": "Two", "stream": true}),
+    )
+    .await;
+    // 1 MiB holds two of these answers, not three: the first goes.
+    let r3 = turn(&h, json!({"model": "gpt-5-codex", "input": "Three"})).await;
+    let follow = |r: &Value| json!({"model": "gpt-5-codex", "input": "More", "previous_response_id": r["id"]});
+    let (status, e) = error_of(&h, h.post("/v1/responses", follow(&r1))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    let (status, _, _) = h.call(h.post("/v1/responses", follow(&r3))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sent_texts(&h).len(), 3, "Three, its answer, More");
+    let (status, _, _) = h.call(h.post("/v1/responses", follow(&r2))).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn with_the_store_off_references_are_dropped_as_before() {
+    let h = harness(1, &[("RESPONSES_STORE_MB", "0")]).await;
+    let r1 = turn(&h, json!({"model": "gpt-5-codex", "input": "One"})).await;
+    assert!(h.last_sent().get("include").is_none());
+    let body = json!({"model": "gpt-5-codex", "previous_response_id": r1["id"], "input": [
+        {"type": "item_reference", "id": r1["output"][0]["id"]}, user("Two")]});
+    let (status, headers, text) = h.call(h.post("/v1/responses", body)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        headers["x-codexpool-dropped-params"],
+        "previous_response_id, input[].item_reference"
+    );
+    assert_eq!(sent_texts(&h), ["Two"]);
+}
+
+#[tokio::test]
+async fn a_kept_response_can_be_read_and_deleted() {
+    let h = harness(1, &[]).await;
+    h.fake
+        .push_reply("acct-0", Reply::reasoning_then_text("Hmm", "Kept"));
+    let r1 = turn(&h, json!({"model": "gpt-5-codex", "input": "Hi"})).await;
+    let path = format!("/v1/responses/{}", r1["id"].as_str().unwrap());
+    let req = |method: &str| {
+        Request::builder()
+            .method(method)
+            .uri(&path)
+            .header("authorization", format!("Bearer {}", h.key))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, got) = h.json(req("GET")).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got, r1, "the object as the client got it");
+    let (status, v) = h.json(req("DELETE")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        v,
+        json!({"id": r1["id"], "object": "response", "deleted": true})
+    );
+    let (status, e) = error_of(&h, req("GET")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        e["message"],
+        format!(
+            "Response with id '{}' not found.",
+            r1["id"].as_str().unwrap()
+        )
+    );
+    assert_eq!(h.call(req("DELETE")).await.0, StatusCode::NOT_FOUND);
+    let body = json!({"model": "gpt-5-codex", "input": "More", "previous_response_id": r1["id"]});
+    assert_eq!(
+        h.call(h.post("/v1/responses", body)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    // Without a key: 401, as every model route.
+    let anonymous = Request::get(&path).body(Body::empty()).unwrap();
+    assert_eq!(h.call(anonymous).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_chain_that_moves_account_leaves_the_old_accounts_reasoning_behind() {
+    let h = harness(2, &[]).await;
+    h.fake
+        .push_reply("acct-0", Reply::reasoning_then_text("acct-0 thinks", "A1"));
+    let r1 = turn(&h, json!({"model": "gpt-5", "input": "Q1"})).await;
+    // acct-0 runs out: turn 2 moves to acct-1, without acct-0's reasoning.
+    h.fake.push_reply(
+        "acct-0",
+        Reply::UsageLimit429 {
+            resets_in_secs: 3600,
+        },
+    );
+    h.fake
+        .push_reply("acct-1", Reply::reasoning_then_text("acct-1 thinks", "A2"));
+    let r2 = turn(
+        &h,
+        json!({"model": "gpt-5", "input": "Q2", "previous_response_id": r1["id"]}),
+    )
+    .await;
+    let sent = h.last_sent();
+    assert_eq!(
+        h.fake
+            .last_request("/backend-api/codex/responses")
+            .unwrap()
+            .header("chatgpt-account-id"),
+        Some("acct-1")
+    );
+    assert!(
+        sent["input"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["type"] != "reasoning")
+    );
+    // Turn 3 on acct-1 carries acct-1's reasoning only, and goes through at once (no refusal
+    // of acct-0's encrypted content, no resend).
+    let before = h.fake.count("/backend-api/codex/responses");
+    turn(
+        &h,
+        json!({"model": "gpt-5", "input": "Q3", "previous_response_id": r2["id"]}),
+    )
+    .await;
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), before + 1);
+    let input = sent_input(&h);
+    let reasoning: Vec<&Value> = input.iter().filter(|i| i["type"] == "reasoning").collect();
+    assert_eq!(reasoning.len(), 1, "{input:?}");
+    assert_eq!(sent_texts(&h), ["Q1", "A1", "Q2", "A2", "Q3"]);
 }

@@ -92,6 +92,17 @@ pub enum RequestError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A `previous_response_id` or an `item_reference` names a response or an item the gateway
+    /// does not keep (never kept, kept for another key, or gone); the message is OpenAI's.
+    #[error("{message}")]
+    NotFound {
+        /// The field that names it: `previous_response_id` or `input[N]`.
+        param: String,
+        /// OpenAI's error code: `previous_response_not_found` or `item_not_found`.
+        code: &'static str,
+        /// OpenAI's sentence.
+        message: String,
+    },
 }
 
 impl RequestError {
@@ -102,10 +113,39 @@ impl RequestError {
         }
     }
 
+    pub(crate) fn previous_not_found(id: &str) -> Self {
+        Self::NotFound {
+            param: "previous_response_id".into(),
+            code: "previous_response_not_found",
+            message: format!("Previous response with id '{id}' not found."),
+        }
+    }
+
+    pub(crate) fn item_not_found(index: usize, id: &str) -> Self {
+        Self::NotFound {
+            param: format!("input[{index}]"),
+            code: "item_not_found",
+            message: format!(
+                "Item with id '{id}' not found. Items are not persisted when `store` is set to \
+                 false. Try again with `store` set to true, or remove this item from your input."
+            ),
+        }
+    }
+
     /// The offending field's path, when the error is about one field (OpenAI's `error.param`).
     pub fn param(&self) -> Option<&str> {
         match self {
             Self::Field { field, .. } => Some(field),
+            Self::NotFound { param, .. } => Some(param),
+            _ => None,
+        }
+    }
+
+    /// OpenAI's `error.code` when it has a specific one (`previous_response_not_found`,
+    /// `item_not_found`).
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::NotFound { code, .. } => Some(code),
             _ => None,
         }
     }

@@ -11,8 +11,16 @@
 //! clients that asked for `stream: false`, [`ResponseAssembler`] turns the event stream back into
 //! the final `response` object (a zero-copy slice of the `response.completed` frame in the common
 //! case).
+//!
+//! The backend keeps nothing, so the gateway keeps the answers itself (`crate::stored`) and the
+//! routes apply the body rules with them (the crate-internal `apply_body_rules_with`): a
+//! `previous_response_id` or an `item_reference` is expanded into the items it stands for before
+//! the body goes upstream, and the input is handed back to be kept with the answer. Requests that
+//! refer to nothing pay nothing for it: the items are scanned for ids and references as they
+//! always were, and the store is only locked when one is found.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -27,6 +35,7 @@ use super::{
     with_field, write_json,
 };
 use crate::sse::SseEvent;
+use crate::stored::Item;
 
 /// What `include` must ask for when `reasoning` is set: with `store: false` the reasoning items
 /// are only reusable in the next turn if they carry their encrypted content.
@@ -133,25 +142,119 @@ impl<'a> Kept<'a> {
 /// silently: the client did not really ask for them). `overrides` are applied on top; with a forced
 /// model the client's `model` may be missing.
 ///
+/// Without the gateway's response store (which the routes use) nothing refers to earlier answers:
+/// `previous_response_id` and `item_reference`s are dropped and reported.
+///
 /// Errors name the field: `model` missing or not a string, `input` missing or neither a string nor
 /// an array, `instructions`/`stream`/`reasoning`/`include` of the wrong type.
 pub fn apply_body_rules(
     body: &[u8],
     overrides: &Overrides<'_>,
 ) -> Result<UpstreamRequest, RequestError> {
+    apply_body_rules_with(body, overrides, None).map(|(req, _)| req)
+}
+
+/// Where the earlier responses a request refers to are looked up: the gateway's response store,
+/// seen by one platform key ([`crate::stored`]).
+pub(crate) trait Recall {
+    /// The input and then the output items of a kept response; `None` when it is not kept.
+    fn response(&mut self, id: &str) -> Option<Vec<Arc<Item>>>;
+    /// A kept item by its own id (`rs_…`, `msg_…`, `fc_…`).
+    fn item(&mut self, id: &str) -> Option<Arc<Item>>;
+}
+
+/// A request's input as the response store keeps it with the answer.
+pub(crate) type KeptInput = Vec<Arc<Item>>;
+
+/// One input item on its way upstream.
+enum Piece<'a> {
+    /// The client's, as it came.
+    Raw(&'a RawValue),
+    /// The client's, without its `id`.
+    Owned(String),
+    /// A kept one: an earlier turn's, or what an `item_reference` names.
+    Recalled(Arc<Item>),
+    /// A string `input`: one user message around this JSON string.
+    Text(&'a RawValue),
+}
+
+const TEXT_OPEN: &[u8] =
+    br#"{"type":"message","role":"user","content":[{"type":"input_text","text":"#;
+const TEXT_CLOSE: &[u8] = b"}]}";
+
+impl Piece<'_> {
+    /// The text of a leading `system`/`developer` message that can move into `instructions`.
+    fn system_text(&self) -> Option<Cow<'_, str>> {
+        match self {
+            Self::Raw(item) => system_message_text(item.get()),
+            Self::Owned(json) => system_message_text(json),
+            Self::Recalled(item) => system_message_text(item.json()),
+            Self::Text(_) => None,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Raw(item) => out.extend_from_slice(item.get().as_bytes()),
+            Self::Owned(json) => out.extend_from_slice(json.as_bytes()),
+            Self::Recalled(item) => out.extend_from_slice(item.json().as_bytes()),
+            Self::Text(text) => {
+                out.extend_from_slice(TEXT_OPEN);
+                out.extend_from_slice(text.get().as_bytes());
+                out.extend_from_slice(TEXT_CLOSE);
+            }
+        }
+    }
+
+    /// The item as the store keeps it: exactly what went upstream (one copy of the client's).
+    fn into_item(self) -> Arc<Item> {
+        match self {
+            Self::Recalled(item) => item,
+            Self::Owned(json) => Item::input(json),
+            Self::Raw(item) => Item::input(item.get()),
+            Self::Text(_) => {
+                let mut out = Vec::new();
+                self.write(&mut out);
+                Item::input(as_str(&out))
+            }
+        }
+    }
+}
+
+/// [`apply_body_rules`] with the gateway's response store (`recall`), as OpenAI would answer
+/// with `store: true`: a `previous_response_id` puts that response's input and output items
+/// before the new input; an `item_reference` is replaced by the item it names, and so is a
+/// `reasoning` item that is only an id. An id the store does not know (never kept, kept for
+/// another key, or gone) is a [`RequestError::NotFound`], never a silent drop.
+///
+/// Unless the client said `store: false`, the answer is to be kept too: [`ENCRYPTED_REASONING`]
+/// is asked for (a reasoning item can only go back to the backend with it), and the second value
+/// is the input to keep with the answer — every item as it went upstream, the lifted `system`
+/// messages included (instructions do not carry over to the next turn, input items do).
+pub(crate) fn apply_body_rules_with(
+    body: &[u8],
+    overrides: &Overrides<'_>,
+    mut recall: Option<&mut dyn Recall>,
+) -> Result<(UpstreamRequest, Option<KeptInput>), RequestError> {
     let obj = parse_object(body)?;
     let mut kept = Kept::default();
     let mut dropped: Vec<String> = Vec::new();
+    let mut store = true;
+    let mut previous = None;
     for (key, value) in &obj.0 {
         match kept.slot(key) {
             // The last occurrence wins, as with `serde_json::Value`; `null` means "not given".
             Some(slot) => *slot = Some(*value).filter(|v| !is_null(v)),
-            // `store` is always forced: accepted silently.
-            None if key == "store" => {}
+            // `store` is always forced upstream; the client's says whether the gateway keeps it.
+            None if key == "store" => store = value.get() != "false",
+            None if key == "previous_response_id" && recall.is_some() => {
+                previous = Some(*value).filter(|v| !is_null(v));
+            }
             None if !is_null(value) => note(&mut dropped, key),
             None => {}
         }
     }
+    let keep = store && recall.is_some();
 
     let model = resolve_model(kept.model, overrides)?;
     let stream = match kept.stream.map(RawValue::get) {
@@ -173,59 +276,59 @@ pub fn apply_body_rules(
     if instructions.trim().is_empty() {
         instructions.clear();
     }
-    let mut input_json = Vec::with_capacity(input.get().len() + 64);
-    // Where the first input item lands in `input_json` (for the session fingerprint).
-    let mut first_item = None;
+
+    let mut pieces: Vec<Piece<'_>> = Vec::new();
+    if let (Some(previous), Some(recall)) = (previous, recall.as_deref_mut()) {
+        let id = raw_str(previous)
+            .ok_or_else(|| RequestError::field("previous_response_id", "must be a string"))?;
+        let items = recall
+            .response(&id)
+            .ok_or_else(|| RequestError::previous_not_found(&id))?;
+        pieces.extend(items.into_iter().map(Piece::Recalled));
+    }
     match input.get().as_bytes().first() {
         // A string is one user message; the JSON string literal is reused as is.
-        Some(b'"') => {
-            input_json.extend_from_slice(
-                br#"[{"type":"message","role":"user","content":[{"type":"input_text","text":"#,
-            );
-            input_json.extend_from_slice(input.get().as_bytes());
-            input_json.extend_from_slice(b"}]}]");
-            first_item = Some(1..input_json.len() - 1);
-        }
+        Some(b'"') => pieces.push(Piece::Text(input)),
         Some(b'[') => {
             let items: Vec<&RawValue> = serde_json::from_str(input.get())
                 .map_err(|e| RequestError::field("input", e.to_string()))?;
-            let mut lifted = 0;
-            for item in &items {
-                let Some(text) = system_message_text(item) else {
-                    break;
-                };
-                if !instructions.is_empty() && !text.is_empty() {
-                    instructions.push_str("\n\n");
-                }
-                instructions.push_str(&text);
-                lifted += 1;
-            }
-            input_json.push(b'[');
-            let mut written = 0;
-            for item in &items[lifted..] {
-                let item = match stored_item(item) {
-                    StoredItem::None => Cow::Borrowed(item.get()),
+            pieces.reserve(items.len());
+            for (n, item) in items.into_iter().enumerate() {
+                match stored_item(item) {
+                    StoredItem::None => pieces.push(Piece::Raw(item)),
                     StoredItem::Id => match without_id(item) {
                         Some(json) => {
                             note(&mut dropped, "input[].id");
-                            Cow::Owned(json)
+                            pieces.push(Piece::Owned(json));
                         }
-                        None => Cow::Borrowed(item.get()),
+                        None => pieces.push(Piece::Raw(item)),
                     },
-                    StoredItem::Only(what) => {
-                        note(&mut dropped, what);
-                        continue;
+                    StoredItem::Reference(id) => match recall.as_deref_mut() {
+                        Some(recall) => {
+                            let id = id.ok_or_else(|| {
+                                RequestError::field(format!("input[{n}].id"), "required")
+                            })?;
+                            let item = recall
+                                .item(&id)
+                                .ok_or_else(|| RequestError::item_not_found(n, &id))?;
+                            pieces.push(Piece::Recalled(item));
+                        }
+                        None => note(&mut dropped, "input[].item_reference"),
+                    },
+                    // Reasoning that is only an id: the kept item when there is one.
+                    StoredItem::BareReasoning(id) => {
+                        let item = recall
+                            .as_deref_mut()
+                            .zip(id)
+                            .and_then(|(recall, id)| recall.item(&id))
+                            .filter(|i| i.replay());
+                        match item {
+                            Some(item) => pieces.push(Piece::Recalled(item)),
+                            None => note(&mut dropped, "input[].reasoning"),
+                        }
                     }
-                };
-                if written > 0 {
-                    input_json.push(b',');
                 }
-                written += 1;
-                let start = input_json.len();
-                input_json.extend_from_slice(item.as_bytes());
-                first_item.get_or_insert(start..input_json.len());
             }
-            input_json.push(b']');
         }
         _ => {
             return Err(RequestError::field(
@@ -234,14 +337,54 @@ pub fn apply_body_rules(
             ));
         }
     }
+
+    let mut lifted = 0;
+    for piece in &pieces {
+        let Some(text) = piece.system_text() else {
+            break;
+        };
+        if !instructions.is_empty() && !text.is_empty() {
+            instructions.push_str("\n\n");
+        }
+        instructions.push_str(&text);
+        lifted += 1;
+    }
     if instructions.trim().is_empty() {
         DEFAULT_INSTRUCTIONS.clone_into(&mut instructions);
     }
+    let size = pieces.iter().map(|p| match p {
+        Piece::Raw(item) => item.get().len(),
+        Piece::Text(text) => text.get().len() + TEXT_OPEN.len() + TEXT_CLOSE.len(),
+        Piece::Owned(json) => json.len(),
+        Piece::Recalled(item) => item.json().len(),
+    });
+    let mut input_json = Vec::with_capacity(size.sum::<usize>() + pieces.len() + 2);
+    // Where the first input item lands in `input_json` (for the session fingerprint).
+    let mut first_item = None;
+    input_json.push(b'[');
+    let mut written = 0;
+    for piece in &pieces[lifted..] {
+        // A kept reasoning item without its encrypted content is only an id to the backend.
+        if let Piece::Recalled(item) = piece
+            && !item.replay()
+        {
+            note(&mut dropped, "input[].reasoning");
+            continue;
+        }
+        if written > 0 {
+            input_json.push(b',');
+        }
+        written += 1;
+        let start = input_json.len();
+        piece.write(&mut input_json);
+        first_item.get_or_insert(start..input_json.len());
+    }
+    input_json.push(b']');
 
     let reasoning = reasoning_json(kept.reasoning, overrides.reasoning_effort)?;
-    let include = include_list(kept.include, reasoning.is_some())?;
+    let include = include_list(kept.include, reasoning.is_some() || keep)?;
 
-    let mut out = Vec::with_capacity(body.len() + instructions.len() + 128);
+    let mut out = Vec::with_capacity(body.len() + input_json.len() + instructions.len() + 128);
     let mut w = ObjectWriter::new(&mut out);
     w.value("model", &*model);
     let instructions_span = w.value_span("instructions", &instructions);
@@ -278,14 +421,16 @@ pub fn apply_body_rules(
     }
     w.end();
 
-    Ok(UpstreamRequest {
+    let request = UpstreamRequest {
         body: Bytes::from(out),
         model: model.into_owned(),
         stream,
         dropped,
         prompt_cache_key: kept.prompt_cache_key.and_then(raw_str).map(Cow::into_owned),
         opening: Some([instructions_span, first_item]),
-    })
+    };
+    let input = keep.then(|| pieces.into_iter().map(Piece::into_item).collect());
+    Ok((request, input))
 }
 
 /// Forwards a Codex CLI body as sent, except for a forced model or reasoning effort.
@@ -454,14 +599,15 @@ pub(crate) fn include_list(
 }
 
 /// What of an input item refers to a stored item (the backend keeps nothing: `store: false`).
-enum StoredItem {
+enum StoredItem<'a> {
     /// Nothing: it goes as is.
     None,
     /// An `id` the backend would look up: sent without it.
     Id,
-    /// Only a reference (an `item_reference`, or reasoning without its encrypted content): left
-    /// out, named in the dropped list.
-    Only(&'static str),
+    /// An `item_reference` (to this id).
+    Reference(Option<Cow<'a, str>>),
+    /// A `reasoning` item without its encrypted content: only a reference (to this id).
+    BareReasoning(Option<Cow<'a, str>>),
 }
 
 #[derive(Deserialize)]
@@ -477,7 +623,7 @@ struct ItemHead<'a> {
 /// Items replayed from an earlier answer carry ids (`msg_…`, `rs_…`, `fc_…`) that the backend
 /// tries to look up and, with `store: false`, answers 404 "Item with id … not found". Clients
 /// replay them as they got them (openai-agents, the Vercel AI SDK, `input += response.output`).
-fn stored_item(item: &RawValue) -> StoredItem {
+fn stored_item(item: &RawValue) -> StoredItem<'_> {
     let text = item.get().as_bytes();
     let has = |needle: &[u8]| memchr::memmem::find(text, needle).is_some();
     // Most items (messages typed by a person) mention none of these: no parse.
@@ -487,10 +633,11 @@ fn stored_item(item: &RawValue) -> StoredItem {
     let Ok(head) = serde_json::from_str::<ItemHead<'_>>(item.get()) else {
         return StoredItem::None;
     };
+    let id = || head.id.and_then(raw_str);
     match head.kind.as_ref().map(|k| &*k.0) {
-        Some("item_reference") => StoredItem::Only("input[].item_reference"),
+        Some("item_reference") => StoredItem::Reference(id()),
         Some("reasoning") if head.encrypted_content.is_none_or(|c| c.get() == "null") => {
-            StoredItem::Only("input[].reasoning")
+            StoredItem::BareReasoning(id())
         }
         _ if head.id.is_some() => StoredItem::Id,
         _ => StoredItem::None,
@@ -507,6 +654,96 @@ fn without_id(item: &RawValue) -> Option<String> {
     }
     w.end();
     String::from_utf8(out).ok()
+}
+
+/// What the response store keeps of a final `response` object ([`stored_parts`]).
+#[derive(Debug)]
+pub(crate) struct StoredParts {
+    /// `id` (`resp_…`).
+    pub id: String,
+    /// The object without `output` (JSON).
+    pub shell: String,
+    /// The output items.
+    pub output: Vec<OutputPart>,
+}
+
+/// One output item as the response store keeps it.
+#[derive(Debug)]
+pub(crate) struct OutputPart {
+    /// Its own id (`rs_…`, `msg_…`, `fc_…`).
+    pub id: Option<String>,
+    /// Its JSON without `id`, as it can go back upstream.
+    pub json: String,
+    /// Not a reasoning item without its encrypted content.
+    pub replay: bool,
+    /// A reasoning item with encrypted content (only the account that made it can read it).
+    pub encrypted_reasoning: bool,
+}
+
+/// Splits a final `response` object into what the response store keeps; `None` when it is not
+/// an object with a string `id`. One pass over the object and one over each item: this is the
+/// copy a kept answer costs.
+pub(crate) fn stored_parts(response: &[u8]) -> Option<StoredParts> {
+    let fields: Shallow<'_> = serde_json::from_slice(response).ok()?;
+    let id = fields.get("id").and_then(raw_str)?.into_owned();
+    let mut shell = Vec::with_capacity(512);
+    let mut w = ObjectWriter::new(&mut shell);
+    let mut output = Vec::new();
+    for (key, value) in &fields.0 {
+        if key == "output" {
+            let items: Vec<&RawValue> = serde_json::from_str(value.get()).unwrap_or_default();
+            output = items.into_iter().map(output_part).collect();
+        } else {
+            w.raw(key, value.get());
+        }
+    }
+    w.end();
+    Some(StoredParts {
+        id,
+        shell: as_str(&shell).to_owned(),
+        output,
+    })
+}
+
+fn output_part(item: &RawValue) -> OutputPart {
+    let Ok(fields) = serde_json::from_str::<Shallow<'_>>(item.get()) else {
+        return OutputPart {
+            id: None,
+            json: item.get().to_owned(),
+            replay: true,
+            encrypted_reasoning: false,
+        };
+    };
+    let mut json = Vec::with_capacity(item.get().len());
+    let mut w = ObjectWriter::new(&mut json);
+    let mut id = None;
+    for (key, value) in &fields.0 {
+        if key == "id" {
+            id = raw_str(value).map(Cow::into_owned);
+        } else {
+            w.raw(key, value.get());
+        }
+    }
+    w.end();
+    let reasoning = fields.get("type").and_then(raw_str).as_deref() == Some("reasoning");
+    let encrypted = fields.get("encrypted_content").is_some();
+    OutputPart {
+        id,
+        json: as_str(&json).to_owned(),
+        replay: !reasoning || encrypted,
+        encrypted_reasoning: reasoning && encrypted,
+    }
+}
+
+/// The `response` object of a `response.*` event's payload (JSON text, borrowed).
+pub(crate) fn event_response(data: &[u8]) -> Option<&str> {
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        response: Option<&'a RawValue>,
+    }
+    let envelope: Envelope<'_> = serde_json::from_slice(data).ok()?;
+    envelope.response.map(RawValue::get)
 }
 
 fn note(dropped: &mut Vec<String>, what: &str) {
@@ -535,8 +772,8 @@ struct TextPart<'a> {
 
 /// The text of a `system`/`developer` message item made only of text, else `None` (the item stays
 /// in `input`).
-fn system_message_text(item: &RawValue) -> Option<Cow<'_, str>> {
-    let head: MessageHead<'_> = serde_json::from_str(item.get()).ok()?;
+fn system_message_text(item: &str) -> Option<Cow<'_, str>> {
+    let head: MessageHead<'_> = serde_json::from_str(item).ok()?;
     if head
         .kind
         .is_some_and(|k| raw_str(k).as_deref() != Some("message"))
@@ -707,6 +944,169 @@ mod tests {
         apply_body_rules(body.as_bytes(), &Overrides::default())
             .unwrap_err()
             .to_string()
+    }
+
+    /// A response store in a map.
+    #[derive(Default)]
+    struct FakeRecall {
+        responses: std::collections::HashMap<&'static str, Vec<Arc<Item>>>,
+        items: std::collections::HashMap<&'static str, Arc<Item>>,
+    }
+
+    impl Recall for FakeRecall {
+        fn response(&mut self, id: &str) -> Option<Vec<Arc<Item>>> {
+            self.responses.get(id).cloned()
+        }
+        fn item(&mut self, id: &str) -> Option<Arc<Item>> {
+            self.items.get(id).cloned()
+        }
+    }
+
+    fn with_recall(
+        body: Value,
+        recall: &mut FakeRecall,
+    ) -> Result<(Value, UpstreamRequest, Option<KeptInput>), RequestError> {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let (req, kept) = apply_body_rules_with(&bytes, &Overrides::default(), Some(recall))?;
+        Ok((serde_json::from_slice(&req.body).unwrap(), req, kept))
+    }
+
+    #[test]
+    fn previous_responses_and_references_are_expanded() {
+        let sys = Item::input(r#"{"role":"system","content":"Be brief."}"#);
+        let q1 = Item::input(r#"{"role":"user","content":"Q1"}"#);
+        let bare = Item::kept("rs_0", r#"{"type":"reasoning","summary":[]}"#, false);
+        let rs = Item::kept(
+            "rs_1",
+            r#"{"type":"reasoning","summary":[],"encrypted_content":"gAAA"}"#,
+            true,
+        );
+        let msg = Item::kept(
+            "msg_1",
+            r#"{"type":"message","role":"assistant","content":[{"type":"output_text","text":"A1"}]}"#,
+            true,
+        );
+        let mut recall = FakeRecall::default();
+        recall.responses.insert(
+            "resp_1",
+            vec![
+                sys.clone(),
+                q1.clone(),
+                bare.clone(),
+                rs.clone(),
+                msg.clone(),
+            ],
+        );
+        for (id, item) in [("rs_0", &bare), ("rs_1", &rs), ("msg_1", &msg)] {
+            recall.items.insert(id, item.clone());
+        }
+        let (body, req, kept) = with_recall(
+            json!({"model": "m", "previous_response_id": "resp_1", "input": [
+                {"type": "item_reference", "id": "msg_1"},
+                {"type": "reasoning", "id": "rs_1", "summary": []},
+                {"type": "reasoning", "id": "rs_0", "summary": []},
+                {"role": "user", "content": "Q2"},
+            ]}),
+            &mut recall,
+        )
+        .unwrap();
+        // The earlier system message is lifted again; the kept items go as they were kept;
+        // reasoning without its encrypted content is left out (named in the header).
+        assert_eq!(body["instructions"], "Be brief.");
+        let item = |json: &str| serde_json::from_str::<Value>(json).unwrap();
+        assert_eq!(
+            body["input"],
+            json!([item(q1.json()), item(rs.json()), item(msg.json()), item(msg.json()),
+                   item(rs.json()), {"role": "user", "content": "Q2"}])
+        );
+        assert_eq!(req.dropped, ["input[].reasoning"]);
+        assert!(body.get("previous_response_id").is_none());
+        assert_eq!(body["include"], json!([ENCRYPTED_REASONING]));
+        // The opening is turn 1's, so the conversation keeps its session.
+        let [_, first] = req.opening.clone().unwrap();
+        assert_eq!(&req.body[first], q1.json().as_bytes());
+        // Kept: the same items (shared, not copied), the lifted one too, and the new one.
+        let kept = kept.unwrap();
+        assert_eq!(kept.len(), 8);
+        assert!(Arc::ptr_eq(&kept[0], &sys) && Arc::ptr_eq(&kept[5], &msg));
+        assert_eq!(
+            item(kept[7].json()),
+            json!({"role": "user", "content": "Q2"})
+        );
+    }
+
+    #[test]
+    fn unknown_references_are_errors_naming_the_field() {
+        let mut recall = FakeRecall::default();
+        let err = |body: Value, recall: &mut FakeRecall| with_recall(body, recall).unwrap_err();
+        let e = err(
+            json!({"model": "m", "input": "x", "previous_response_id": "resp_x"}),
+            &mut recall,
+        );
+        assert_eq!(
+            e.to_string(),
+            "Previous response with id 'resp_x' not found."
+        );
+        assert_eq!(
+            (e.param(), e.code()),
+            (
+                Some("previous_response_id"),
+                Some("previous_response_not_found")
+            )
+        );
+        let e = err(
+            json!({"model": "m", "input": ["a", "b", {"type": "item_reference", "id": "fc_9"}]}),
+            &mut recall,
+        );
+        assert!(
+            e.to_string().starts_with("Item with id 'fc_9' not found."),
+            "{e}"
+        );
+        assert_eq!(
+            (e.param(), e.code()),
+            (Some("input[2]"), Some("item_not_found"))
+        );
+        let e = err(
+            json!({"model": "m", "input": [{"type": "item_reference"}]}),
+            &mut recall,
+        );
+        assert_eq!(e.to_string(), "input[0].id: required");
+        let e = err(
+            json!({"model": "m", "input": "x", "previous_response_id": 5}),
+            &mut recall,
+        );
+        assert_eq!(e.to_string(), "previous_response_id: must be a string");
+        // `null` is "not given".
+        assert!(
+            with_recall(
+                json!({"model": "m", "input": "x", "previous_response_id": null}),
+                &mut recall
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn store_false_keeps_nothing_and_asks_for_nothing_more() {
+        let mut recall = FakeRecall::default();
+        let (body, _, kept) = with_recall(
+            json!({"model": "m", "input": "Hi", "store": false}),
+            &mut recall,
+        )
+        .unwrap();
+        assert!(kept.is_none());
+        assert!(body.get("include").is_none());
+        let (body, req, kept) =
+            with_recall(json!({"model": "m", "input": "Hi"}), &mut recall).unwrap();
+        assert_eq!(body["include"], json!([ENCRYPTED_REASONING]));
+        assert!(req.dropped.is_empty());
+        // A string input is kept as the message it became.
+        let kept = kept.unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            serde_json::from_str::<Value>(kept[0].json()).unwrap(),
+            body["input"][0]
+        );
     }
 
     #[test]
@@ -1111,6 +1511,11 @@ mod tests {
                         prop_assert!(out["instructions"].as_str().is_some_and(|i| !i.trim().is_empty()));
                     }
                     if let Ok(req) = codex_passthrough(Bytes::from(bytes.clone()), &overrides) {
+                        let _: Value = serde_json::from_slice(&req.body).unwrap();
+                    }
+                    let mut recall = FakeRecall::default();
+                    recall.items.insert("rs_1", Item::kept("rs_1", "{\"type\":\"reasoning\"}", false));
+                    if let Ok((req, _)) = apply_body_rules_with(&bytes, &overrides, Some(&mut recall)) {
                         let _: Value = serde_json::from_slice(&req.body).unwrap();
                     }
                 }

@@ -43,5 +43,5 @@ pub(crate) async fn handle(
     } else {
         Answer::ChatJson(options)
     };
-    intake.dispatch(up, answer, "/chat/completions").await
+    intake.dispatch(up, answer, "/chat/completions", None).await
 }

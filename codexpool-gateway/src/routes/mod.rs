@@ -25,6 +25,7 @@ use crate::error::ApiError;
 use crate::metrics::Protocol;
 use crate::record::Record;
 use crate::relay::{Mode, Relay, collect};
+use crate::stored::Pending;
 use crate::upstream::{self, Call, Committed, Failed};
 
 /// While a streaming client waits on a slow upstream, it gets an SSE comment this often.
@@ -210,8 +211,10 @@ enum BodyState {
         pre_send: Duration,
         done_frame: bool,
         fallback: FallbackRequest,
+        pending: Option<Box<Pending>>,
     },
-    Relaying(Box<Relay>),
+    /// The committed stream, and the answer to keep once its final event has gone out.
+    Relaying(Box<Relay>, Option<Box<Pending>>),
     /// No account could serve and the fallback upstream answered 200: its body, as is.
     Forwarding(axum::body::BodyDataStream),
     Done,
@@ -221,9 +224,13 @@ fn relay_body(state: BodyState) -> Body {
     let stream = futures_util::stream::unfold(state, |state| async move {
         match state {
             BodyState::Done => None,
-            BodyState::Relaying(mut relay) => {
+            BodyState::Relaying(mut relay, pending) => {
                 let chunk = relay.next_chunk().await?;
-                Some((Ok::<Bytes, Infallible>(chunk), BodyState::Relaying(relay)))
+                let pending = pending.and_then(|p| p.watch(&chunk));
+                Some((
+                    Ok::<Bytes, Infallible>(chunk),
+                    BodyState::Relaying(relay, pending),
+                ))
             }
             BodyState::Forwarding(mut body) => {
                 use futures_util::StreamExt;
@@ -240,14 +247,19 @@ fn relay_body(state: BodyState) -> Body {
                 pre_send,
                 done_frame,
                 fallback,
+                mut pending,
             } => {
                 tokio::select! {
                     result = &mut run => match result {
                         Ok(c) => {
+                            if let Some(p) = &mut pending {
+                                p.served_by(c.lease.account_id());
+                            }
                             let idle = shared.upstream.idle_timeout;
                             let mut relay = Box::new(Relay::new(c, mode, idle, shared.metrics.clone(), pre_send).refill_output(refill));
                             let chunk = relay.next_chunk().await.unwrap_or_default();
-                            Some((Ok(chunk), BodyState::Relaying(relay)))
+                            let pending = pending.and_then(|p| p.watch(&chunk));
+                            Some((Ok(chunk), BodyState::Relaying(relay, pending)))
                         }
                         Err(Failed { error, record, no_account }) => {
                             let (frame, next) = if no_account && shared.upstream.fallback.is_some() {
@@ -263,7 +275,7 @@ fn relay_body(state: BodyState) -> Body {
                         }
                     },
                     () = tokio::time::sleep(shared.keepalive) => {
-                        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), BodyState::Waiting { run, mode, refill, shared, pre_send, done_frame, fallback }))
+                        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), BodyState::Waiting { run, mode, refill, shared, pre_send, done_frame, fallback, pending }))
                     }
                 }
             }
@@ -338,7 +350,8 @@ fn answer_headers(extra: &mut Vec<(&'static str, HeaderValue)>, committed: &Comm
     extra.extend(committed.headers.iter().cloned());
 }
 
-/// Runs the attempt loop for a call and answers the client.
+/// Runs the attempt loop for a call and answers the client; `pending` is the answer to keep
+/// (Responses clients that did not say `store: false`), kept once it is complete.
 pub(crate) async fn dispatch(
     shared: Arc<Shared>,
     call: Call,
@@ -346,6 +359,7 @@ pub(crate) async fn dispatch(
     extra: Vec<(&'static str, HeaderValue)>,
     protocol: Protocol,
     fallback: FallbackRequest,
+    mut pending: Option<Box<Pending>>,
 ) -> Response {
     let pre_send = call.arrived.elapsed();
     let s = shared.clone();
@@ -369,6 +383,7 @@ pub(crate) async fn dispatch(
                     pre_send,
                     done_frame,
                     fallback,
+                    pending,
                 };
                 return with_protocol(
                     respond(relay_body(state), "text/event-stream", &extra),
@@ -393,6 +408,9 @@ pub(crate) async fn dispatch(
     };
     let mut extra = extra;
     answer_headers(&mut extra, &committed);
+    if let Some(p) = &mut pending {
+        p.served_by(committed.lease.account_id());
+    }
     let idle = shared.upstream.idle_timeout;
     if !answer.streams() {
         // For an assembled answer, the gateway's own share is the work before the upstream call.
@@ -409,13 +427,18 @@ pub(crate) async fn dispatch(
             )
             .refill_output(refill);
             respond(
-                relay_body(BodyState::Relaying(Box::new(relay))),
+                relay_body(BodyState::Relaying(Box::new(relay), pending)),
                 "text/event-stream",
                 &extra,
             )
         }
         Answer::ResponsesJson => match collect(committed, ResponseAssembler::new(), idle).await {
-            Ok(json) => respond(Body::from(json), "application/json", &extra),
+            Ok(json) => {
+                if let Some(p) = pending {
+                    p.finish(&json);
+                }
+                respond(Body::from(json), "application/json", &extra)
+            }
             Err(e) => e.into_response(),
         },
         Answer::ChatJson(opts) => {
@@ -634,12 +657,13 @@ impl Intake {
     }
 
     /// Sends a streamed (`sse`) call and answers as `answer` asks; `fallback_path` is where the
-    /// fallback upstream takes the client's own body.
+    /// fallback upstream takes the client's own body; `pending` is the answer to keep.
     pub async fn dispatch(
         self,
         up: UpstreamRequest,
         answer: Answer,
         fallback_path: &'static str,
+        pending: Option<Box<Pending>>,
     ) -> Response {
         match self.into_call(up, "/responses", true) {
             Ok((call, p)) => {
@@ -647,7 +671,10 @@ impl Intake {
                     body: p.client_body,
                     path: fallback_path,
                 };
-                dispatch(p.shared, call, answer, p.extra, p.protocol, fallback).await
+                dispatch(
+                    p.shared, call, answer, p.extra, p.protocol, fallback, pending,
+                )
+                .await
             }
             Err(res) => *res,
         }

@@ -1,21 +1,26 @@
 //! `POST /v1/responses`: Responses in, Responses upstream. Bodies from ordinary clients follow
-//! the body rules (PROTOCOL.md §4); the Codex CLI's are forwarded as sent, with its headers.
-//! `stream: false` clients get the final `response` object. And `POST /v1/responses/compact`,
-//! the Codex CLI's history compaction, whose JSON answer is relayed as is.
+//! the body rules (PROTOCOL.md §4), expanded from the responses the gateway keeps
+//! (`previous_response_id`, `item_reference`; see [`crate::stored`]), and their answers are kept
+//! unless they said `store: false`; the Codex CLI's are forwarded as sent, with its headers, and
+//! never kept. `stream: false` clients get the final `response` object. `GET` and `DELETE
+//! /v1/responses/{id}` read and forget a kept response. And `POST /v1/responses/compact`, the
+//! Codex CLI's history compaction, whose JSON answer is relayed as is.
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Extension, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use codexpool_core::PlatformKey;
 
 use super::{Answer, Intake};
 use crate::Shared;
-use crate::adapt::{apply_body_rules, codex_passthrough, is_codex_client};
+use crate::adapt::responses::apply_body_rules_with;
+use crate::adapt::{RequestError, UpstreamRequest, codex_passthrough, is_codex_client};
 use crate::error::ApiError;
 use crate::metrics::Protocol;
+use crate::stored::Pending;
 
 fn protocol_of(headers: &HeaderMap) -> Protocol {
     let codex = is_codex_client(
@@ -42,20 +47,93 @@ pub(crate) async fn handle(
         Err(res) => return res,
     };
     let adapted = if protocol == Protocol::Codex {
-        codex_passthrough(intake.bytes.clone(), &intake.overrides())
+        codex_passthrough(intake.bytes.clone(), &intake.overrides()).map(|up| (up, None))
     } else {
-        apply_body_rules(&intake.bytes, &intake.overrides())
+        adapt(&intake)
     };
-    let up = match adapted {
+    let (up, pending) = match adapted {
         Ok(x) => x,
-        Err(e) => return intake.reject(ApiError::from_request(&e)),
+        Err(e) => return intake.reject(request_error(&e)),
     };
     let answer = if up.stream {
         Answer::ResponsesStream
     } else {
         Answer::ResponsesJson
     };
-    intake.dispatch(up, answer, "/responses").await
+    intake.dispatch(up, answer, "/responses", pending).await
+}
+
+/// The body rules, with the key's kept responses; and the answer to keep, if it is to be kept.
+fn adapt(intake: &Intake) -> Result<(UpstreamRequest, Option<Box<Pending>>), RequestError> {
+    let overrides = intake.overrides();
+    let Some(store) = &intake.shared.responses else {
+        return apply_body_rules_with(&intake.bytes, &overrides, None).map(|(up, _)| (up, None));
+    };
+    let key = intake.key.id.as_str();
+    let mut recall = store.recall(key);
+    let (up, input) = apply_body_rules_with(&intake.bytes, &overrides, Some(&mut recall))?;
+    Ok((
+        up,
+        input.map(|input| Pending::new(store.clone(), key, input)),
+    ))
+}
+
+/// A refused body as the client hears it, with OpenAI's code when it has one.
+fn request_error(e: &RequestError) -> ApiError {
+    let mut error = ApiError::from_request(e);
+    if let Some(code) = e.code() {
+        code.clone_into(&mut error.code);
+    }
+    error
+}
+
+/// OpenAI's 404 for a response that is not kept (for this key).
+fn response_not_found(id: &str) -> Response {
+    let mut error = ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "response_not_found",
+        format!("Response with id '{id}' not found."),
+    );
+    error.param = Some("response_id".into());
+    error.into_response()
+}
+
+/// `GET /v1/responses/{id}`: a kept response of this key, with its output.
+pub(crate) async fn retrieve(
+    State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Arc<PlatformKey>>,
+    Path(id): Path<String>,
+) -> Response {
+    match shared.responses.as_ref().and_then(|s| s.get(&key.id, &id)) {
+        Some(json) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            json,
+        )
+            .into_response(),
+        None => response_not_found(&id),
+    }
+}
+
+/// `DELETE /v1/responses/{id}`: forgets a kept response of this key (OpenAI's answer shape).
+pub(crate) async fn delete(
+    State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Arc<PlatformKey>>,
+    Path(id): Path<String>,
+) -> Response {
+    if shared
+        .responses
+        .as_ref()
+        .is_some_and(|s| s.delete(&key.id, &id))
+    {
+        axum::Json(serde_json::json!({"id": id, "object": "response", "deleted": true}))
+            .into_response()
+    } else {
+        response_not_found(&id)
+    }
 }
 
 /// `POST /v1/responses/compact`: forwarded as sent to `{base}/responses/compact` on the
@@ -82,7 +160,7 @@ pub(crate) async fn compact(
     };
     let up = match codex_passthrough(intake.bytes.clone(), &intake.overrides()) {
         Ok(x) => x,
-        Err(e) => return intake.reject(ApiError::from_request(&e)),
+        Err(e) => return intake.reject(request_error(&e)),
     };
     intake.dispatch_json(up, "/responses/compact").await
 }

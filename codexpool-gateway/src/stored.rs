@@ -1,0 +1,779 @@
+//! The responses the gateway keeps for its clients, because the Codex backend keeps none.
+//!
+//! The backend runs every request with `store: false`, so it cannot resolve a
+//! `previous_response_id` or an `item_reference` — yet that is how OpenAI's SDKs carry a
+//! conversation forward when `store` is left at its default (`true`): the Vercel AI SDK sends
+//! earlier turns as `item_reference`s, openai-python and LangChain send `previous_response_id`.
+//! So for each `/v1/responses` answer relayed to a client that did not ask for `store: false`,
+//! the gateway keeps what OpenAI would have stored — the input items as they went upstream, the
+//! output items and the response object — under the platform key that asked (a key never sees
+//! another key's responses), and expands later requests of that key from it before they go
+//! upstream ([`crate::adapt::responses`]).
+//!
+//! Each response keeps its whole input, already expanded, so a `previous_response_id` costs one
+//! lookup however long the chain behind it, and an entry never depends on another one (evicting
+//! turn 3 leaves turn 4 whole). Copying every earlier turn into every entry would cost the square
+//! of a conversation's length, so items are shared instead: turn n's input holds the very items
+//! of turn n-1's input and output (an [`Arc`] each) plus the new ones, and each item's bytes are
+//! counted once however many entries hold it. A conversation of n turns costs its items' bytes
+//! plus one pointer per item per turn.
+//!
+//! Bounded by bytes (`RESPONSES_STORE_MB`): past the limit, the least recently used responses go
+//! first; and each goes [`RESPONSES_TTL`] after its last use. Everything is in memory, per
+//! process: a restart forgets it all.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use codexpool_core::{Clock, Pool, Timestamp};
+
+use crate::adapt::responses::{Recall, StoredParts, stored_parts};
+use crate::adapt::{EventKind, write_json};
+use crate::sse::{SseItem, SseParser};
+
+/// How long a response is kept after its last use (OpenAI keeps stored responses for 30 days; a
+/// gateway that keeps them in memory keeps them for a working session).
+pub(crate) const RESPONSES_TTL: Duration = Duration::from_secs(6 * 60 * 60);
+
+/// What an item costs beyond its text: the `Arc` and the item itself, its slot in the id index.
+const ITEM_OVERHEAD: usize = 128;
+/// What a response costs beyond its items: the entry, its map and LRU slots.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// One input or output item of a kept response, as the backend takes it back: its JSON without
+/// the top-level `id` (the backend would try to look that id up, and fail).
+#[derive(Debug)]
+pub(crate) struct Item {
+    /// The item's own id (`rs_…`, `msg_…`, `fc_…`), for output items.
+    id: Option<Box<str>>,
+    json: Box<str>,
+    /// Whether it can go upstream again: not a reasoning item without its encrypted content.
+    replay: bool,
+    /// The account whose encrypted reasoning it carries.
+    account: Option<Arc<str>>,
+    /// The response it came out of, marked as used when the item is referred to.
+    origin: Option<Arc<str>>,
+    /// How many kept responses hold it; changed under the store's lock only.
+    holders: AtomicUsize,
+}
+
+impl Item {
+    /// An input item: its JSON exactly as it went upstream.
+    pub(crate) fn input(json: impl Into<Box<str>>) -> Arc<Self> {
+        Arc::new(Self {
+            id: None,
+            json: json.into(),
+            replay: true,
+            account: None,
+            origin: None,
+            holders: AtomicUsize::new(0),
+        })
+    }
+
+    /// An output item of an earlier response, for tests.
+    #[cfg(test)]
+    pub(crate) fn kept(id: &str, json: &str, replay: bool) -> Arc<Self> {
+        Arc::new(Self {
+            id: Some(id.into()),
+            json: json.into(),
+            replay,
+            account: None,
+            origin: None,
+            holders: AtomicUsize::new(0),
+        })
+    }
+
+    /// The JSON that goes upstream.
+    pub(crate) fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// Whether the backend can take it back (a reasoning item without its encrypted content is
+    /// only a reference the backend cannot resolve).
+    pub(crate) fn replay(&self) -> bool {
+        self.replay
+    }
+
+    fn size(&self) -> usize {
+        // An id is kept twice: in the item and as the index key.
+        ITEM_OVERHEAD + self.json.len() + self.id.as_ref().map_or(0, |id| 2 * id.len())
+    }
+
+    /// The item as clients see it: its id back in front.
+    fn write_for_client(&self, out: &mut Vec<u8>) {
+        let (Some(id), Some(rest)) = (&self.id, self.json.strip_prefix('{')) else {
+            out.extend_from_slice(self.json.as_bytes());
+            return;
+        };
+        out.extend_from_slice(b"{\"id\":");
+        write_json(out, &**id);
+        if !rest.trim_start().starts_with('}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(rest.trim_start().as_bytes());
+    }
+}
+
+/// One kept response.
+struct Entry {
+    /// Its place in the LRU order.
+    seq: u64,
+    used: Timestamp,
+    input: Box<[Arc<Item>]>,
+    output: Box<[Arc<Item>]>,
+    /// The response object without its `output`, for `GET /v1/responses/{id}`.
+    shell: Box<str>,
+    /// What it costs beyond its items.
+    size: usize,
+}
+
+/// One platform key's responses, and their items by id.
+#[derive(Default)]
+struct Space {
+    responses: HashMap<Arc<str>, Entry>,
+    items: HashMap<Box<str>, Arc<Item>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    spaces: HashMap<Arc<str>, Space>,
+    /// Least recently used first: (key id, response id).
+    lru: BTreeMap<u64, (Arc<str>, Arc<str>)>,
+    next_seq: u64,
+    bytes: usize,
+}
+
+impl Inner {
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// Drops the responses unused for `ttl`: a prefix of the LRU order.
+    fn purge(&mut self, now: Timestamp, ttl: Duration) {
+        while let Some((seq, (key, id))) = self.lru.first_key_value() {
+            let expired = self
+                .spaces
+                .get(key)
+                .and_then(|s| s.responses.get(id))
+                .is_none_or(|e| e.used.plus(ttl) <= now);
+            if !expired {
+                break;
+            }
+            let (seq, key, id) = (*seq, key.clone(), id.clone());
+            if !self.remove(&key, &id) {
+                self.lru.remove(&seq);
+            }
+        }
+    }
+
+    /// Drops the least recently used responses until the bytes fit.
+    fn evict_to(&mut self, limit: usize) {
+        while self.bytes > limit {
+            let Some((_, (key, id))) = self.lru.pop_first() else {
+                break;
+            };
+            self.remove(&key, &id);
+        }
+    }
+
+    /// Marks a response as used now; `None` when it is not kept.
+    fn touch(&mut self, key: &str, id: &str, now: Timestamp) -> Option<&Entry> {
+        let seq = self.seq();
+        let entry = self.spaces.get_mut(key)?.responses.get_mut(id)?;
+        if let Some(pair) = self.lru.remove(&entry.seq) {
+            self.lru.insert(seq, pair);
+        }
+        entry.seq = seq;
+        entry.used = now;
+        Some(entry)
+    }
+
+    fn lru_key(&self, key: &str) -> Arc<str> {
+        self.spaces
+            .get_key_value(key)
+            .map_or_else(|| Arc::from(key), |(k, _)| k.clone())
+    }
+
+    /// Takes a response out, letting go of the items no other response holds.
+    fn remove(&mut self, key: &str, id: &str) -> bool {
+        let Some(space) = self.spaces.get_mut(key) else {
+            return false;
+        };
+        let Some(entry) = space.responses.remove(id) else {
+            return false;
+        };
+        self.lru.remove(&entry.seq);
+        self.bytes = self.bytes.saturating_sub(entry.size);
+        for item in entry.input.iter().chain(entry.output.iter()) {
+            if item.holders.fetch_sub(1, Ordering::Relaxed) == 1 {
+                self.bytes = self.bytes.saturating_sub(item.size());
+                if let Some(item_id) = &item.id
+                    && space
+                        .items
+                        .get(item_id)
+                        .is_some_and(|i| Arc::ptr_eq(i, item))
+                {
+                    space.items.remove(item_id);
+                }
+            }
+        }
+        if space.responses.is_empty() {
+            self.spaces.remove(key);
+        }
+        true
+    }
+}
+
+/// The kept responses of every key, bounded by bytes and age. Cheap to share (`Arc`).
+pub(crate) struct ResponseStore {
+    inner: Mutex<Inner>,
+    limit: usize,
+    ttl: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for ResponseStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseStore")
+            .field("limit", &self.limit)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The pool's clock, for the store's ages.
+struct PoolClock(Pool);
+
+impl Clock for PoolClock {
+    fn now(&self) -> Timestamp {
+        self.0.now()
+    }
+}
+
+impl ResponseStore {
+    /// A store of at most `limit` bytes whose responses go `ttl` after their last use.
+    pub(crate) fn new(limit: usize, ttl: Duration, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            limit,
+            ttl,
+            clock,
+        }
+    }
+
+    /// The store a pool's settings ask for (`RESPONSES_STORE_MB`; `None` when 0), on its clock.
+    pub(crate) fn for_pool(pool: &Pool) -> Option<Arc<Self>> {
+        let mb = pool.config().responses_store_mb;
+        (mb > 0).then(|| {
+            let limit = usize::try_from(mb)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(1024 * 1024);
+            Arc::new(Self::new(
+                limit,
+                RESPONSES_TTL,
+                Arc::new(PoolClock(pool.clone())),
+            ))
+        })
+    }
+
+    /// Locked, with the expired responses gone.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the maps consistent enough to go on with.
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.purge(self.clock.now(), self.ttl);
+        inner
+    }
+
+    /// What the request of `key` may refer to: its own responses and items. Locks on the first
+    /// lookup only, and holds the lock until dropped (one lock for all of a request's references).
+    pub(crate) fn recall<'s>(&'s self, key: &'s str) -> Recaller<'s> {
+        Recaller {
+            store: self,
+            key,
+            inner: None,
+        }
+    }
+
+    /// Keeps a response of `key`, then drops the least recently used ones past the limit. One
+    /// larger than the whole store is not kept (rather than pushing every other one out first).
+    fn insert(
+        &self,
+        key: &str,
+        id: &str,
+        input: Vec<Arc<Item>>,
+        output: Vec<Arc<Item>>,
+        shell: Box<str>,
+    ) {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        inner.remove(key, id);
+        let key: Arc<str> = inner.lru_key(key);
+        let id: Arc<str> = Arc::from(id);
+        let seq = inner.seq();
+        let size = ENTRY_OVERHEAD
+            + id.len()
+            + shell.len()
+            + std::mem::size_of::<Arc<Item>>() * (input.len() + output.len());
+        let new_items = input
+            .iter()
+            .chain(output.iter())
+            .filter(|i| i.holders.load(Ordering::Relaxed) == 0)
+            .map(|i| i.size());
+        if size + new_items.sum::<usize>() > self.limit {
+            return;
+        }
+        let mut added = size;
+        let space = inner.spaces.entry(key.clone()).or_default();
+        for item in &input {
+            if item.holders.fetch_add(1, Ordering::Relaxed) == 0 {
+                added += item.size();
+            }
+            // An earlier response's item this one holds too: findable as long as one does.
+            if let Some(item_id) = &item.id {
+                space
+                    .items
+                    .entry(item_id.clone())
+                    .or_insert_with(|| item.clone());
+            }
+        }
+        for item in &output {
+            if item.holders.fetch_add(1, Ordering::Relaxed) == 0 {
+                added += item.size();
+            }
+            if let Some(item_id) = &item.id {
+                space.items.insert(item_id.clone(), item.clone());
+            }
+        }
+        space.responses.insert(
+            id.clone(),
+            Entry {
+                seq,
+                used: now,
+                input: input.into(),
+                output: output.into(),
+                shell,
+                size,
+            },
+        );
+        inner.lru.insert(seq, (key, id));
+        inner.bytes += added;
+        inner.evict_to(self.limit);
+    }
+
+    /// A kept response of `key` as `GET /v1/responses/{id}` answers it (the object with its
+    /// output items).
+    pub(crate) fn get(&self, key: &str, id: &str) -> Option<Vec<u8>> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let entry = inner.touch(key, id, now)?;
+        let shell = entry.shell.trim_end();
+        let shell = shell.strip_suffix('}').unwrap_or(shell);
+        let size = entry
+            .output
+            .iter()
+            .map(|i| i.json.len() + 32)
+            .sum::<usize>();
+        let mut out = Vec::with_capacity(shell.len() + size + 16);
+        out.extend_from_slice(shell.as_bytes());
+        if shell.trim_end() != "{" {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"output\":[");
+        for (i, item) in entry.output.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            item.write_for_client(&mut out);
+        }
+        out.extend_from_slice(b"]}");
+        Some(out)
+    }
+
+    /// Forgets a response of `key`; `false` when it was not kept.
+    pub(crate) fn delete(&self, key: &str, id: &str) -> bool {
+        self.lock().remove(key, id)
+    }
+
+    /// The bytes the kept responses take, as counted against the limit.
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+/// A request's view of its key's kept responses (see [`ResponseStore::recall`]).
+pub(crate) struct Recaller<'s> {
+    store: &'s ResponseStore,
+    key: &'s str,
+    inner: Option<MutexGuard<'s, Inner>>,
+}
+
+impl Recaller<'_> {
+    fn inner(&mut self) -> &mut Inner {
+        self.inner.get_or_insert_with(|| self.store.lock())
+    }
+}
+
+impl Recall for Recaller<'_> {
+    fn response(&mut self, id: &str) -> Option<Vec<Arc<Item>>> {
+        let now = self.store.clock.now();
+        let key = self.key;
+        let entry = self.inner().touch(key, id, now)?;
+        Some(
+            entry
+                .input
+                .iter()
+                .chain(entry.output.iter())
+                .cloned()
+                .collect(),
+        )
+    }
+
+    fn item(&mut self, id: &str) -> Option<Arc<Item>> {
+        let now = self.store.clock.now();
+        let key = self.key;
+        let inner = self.inner();
+        let item = inner.spaces.get(key)?.items.get(id)?.clone();
+        // Referring to an item is using the response it came from.
+        if let Some(origin) = &item.origin {
+            inner.touch(key, origin, now);
+        }
+        Some(item)
+    }
+}
+
+/// A request whose answer is to be kept: its input, until the output is known.
+pub(crate) struct Pending {
+    store: Arc<ResponseStore>,
+    key: Arc<str>,
+    input: Vec<Arc<Item>>,
+    account: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("input", &self.input.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Finds the final events of a response in a chunk of a stream relayed to a client.
+static FINAL_EVENTS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+    std::sync::LazyLock::new(|| {
+        [
+            memchr::memmem::Finder::new("response.completed"),
+            memchr::memmem::Finder::new("response.incomplete"),
+        ]
+    });
+
+impl Pending {
+    /// The request of `key` with this input (as [`crate::adapt::responses`] built it).
+    pub(crate) fn new(store: Arc<ResponseStore>, key: &str, input: Vec<Arc<Item>>) -> Box<Self> {
+        Box::new(Self {
+            store,
+            key: Arc::from(key),
+            input,
+            account: None,
+        })
+    }
+
+    /// The account that answers. Reasoning another account encrypted did not go to it (the
+    /// attempt loop left it out, or the backend refused it and it was left out on the resend),
+    /// so it is not kept in this response's input either.
+    pub(crate) fn served_by(&mut self, account: &str) {
+        self.input
+            .retain(|i| i.account.as_deref().is_none_or(|a| a == account));
+        self.account = Some(Arc::from(account));
+    }
+
+    /// Keeps the answer, given the final `response` object (JSON). A response without an `id`
+    /// is not kept.
+    pub(crate) fn finish(self, response: &[u8]) {
+        let Some(StoredParts { id, shell, output }) = stored_parts(response) else {
+            return;
+        };
+        let origin: Arc<str> = Arc::from(id.as_str());
+        let output = output
+            .into_iter()
+            .map(|part| {
+                Arc::new(Item {
+                    id: part.id.map(String::into_boxed_str),
+                    json: part.json.into_boxed_str(),
+                    replay: part.replay,
+                    account: part
+                        .encrypted_reasoning
+                        .then(|| self.account.clone())
+                        .flatten(),
+                    origin: Some(origin.clone()),
+                    holders: AtomicUsize::new(0),
+                })
+            })
+            .collect();
+        let Self {
+            store, key, input, ..
+        } = self;
+        store.insert(&key, &id, input, output, shell.into_boxed_str());
+    }
+
+    /// Looks at a chunk of the stream on its way to the client: when it holds the response's
+    /// final event (`response.completed` or `response.incomplete`, with the output put back by
+    /// the relay), keeps the answer and is done (`None`); else waits for the next chunk. Only a
+    /// chunk that mentions a final event is parsed.
+    pub(crate) fn watch(self: Box<Self>, chunk: &Bytes) -> Option<Box<Self>> {
+        if !FINAL_EVENTS.iter().any(|f| f.find(chunk).is_some()) {
+            return Some(self);
+        }
+        let mut parser = SseParser::new();
+        parser.push(chunk.clone());
+        while let Ok(Some(item)) = parser.next_item() {
+            let SseItem::Event(event) = item else {
+                continue;
+            };
+            if matches!(
+                EventKind::of(&event),
+                EventKind::Completed | EventKind::Incomplete
+            ) {
+                if let Some(response) = crate::adapt::responses::event_response(event.data()) {
+                    self.finish(response.as_bytes());
+                }
+                return None;
+            }
+        }
+        Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codexpool_core::ManualClock;
+    use serde_json::{Value, json};
+
+    fn store(limit: usize) -> (Arc<ResponseStore>, ManualClock) {
+        let clock = ManualClock::new(Timestamp::from_secs(1_700_000_000));
+        let store = ResponseStore::new(limit, RESPONSES_TTL, Arc::new(clock.clone()));
+        (Arc::new(store), clock)
+    }
+
+    /// A final response with one reasoning item and one message of `text`.
+    fn response(id: &str, text: &str) -> Vec<u8> {
+        json!({"id": id, "object": "response", "status": "completed", "output": [
+            {"id": format!("rs_{id}"), "type": "reasoning", "summary": [], "encrypted_content": "gAAA"},
+            {"id": format!("msg_{id}"), "type": "message", "role": "assistant",
+             "content": [{"type": "output_text", "text": text}]},
+        ], "usage": {"total_tokens": 3}})
+        .to_string()
+        .into_bytes()
+    }
+
+    fn keep(store: &Arc<ResponseStore>, key: &str, input: Vec<Arc<Item>>, id: &str, text: &str) {
+        let mut p = Pending::new(store.clone(), key, input);
+        p.served_by("acct-0");
+        p.finish(&response(id, text));
+    }
+
+    fn values(items: &[Arc<Item>]) -> Vec<Value> {
+        items
+            .iter()
+            .map(|i| serde_json::from_str(i.json()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn keeps_input_and_output_and_finds_items_by_id() {
+        let (s, _) = store(1 << 20);
+        keep(
+            &s,
+            "k1",
+            vec![Item::input(r#"{"role":"user","content":"hi"}"#)],
+            "resp_1",
+            "hello",
+        );
+        let mut r = s.recall("k1");
+        let all = r.response("resp_1").unwrap();
+        assert_eq!(
+            values(&all),
+            [
+                json!({"role": "user", "content": "hi"}),
+                json!({"type": "reasoning", "summary": [], "encrypted_content": "gAAA"}),
+                json!({"type": "message", "role": "assistant",
+                       "content": [{"type": "output_text", "text": "hello"}]}),
+            ],
+            "ids are kept apart"
+        );
+        let msg = r.item("msg_resp_1").unwrap();
+        assert!(Arc::ptr_eq(&msg, &all[2]));
+        assert_eq!(all[1].account.as_deref(), Some("acct-0"));
+        assert!(r.item("resp_1").is_none() && r.response("msg_resp_1").is_none());
+        drop(r);
+        // GET puts the ids back.
+        let v: Value = serde_json::from_slice(&s.get("k1", "resp_1").unwrap()).unwrap();
+        assert_eq!(v["id"], "resp_1");
+        assert_eq!(v["usage"]["total_tokens"], 3);
+        assert_eq!(v["output"][0]["id"], "rs_resp_1");
+        assert_eq!(v["output"][1]["id"], "msg_resp_1");
+        assert_eq!(v["output"][1]["content"][0]["text"], "hello");
+    }
+
+    #[test]
+    fn a_key_sees_only_its_own_responses() {
+        let (s, _) = store(1 << 20);
+        keep(&s, "k1", vec![], "resp_1", "a");
+        let mut other = s.recall("k2");
+        assert!(other.response("resp_1").is_none());
+        assert!(other.item("msg_resp_1").is_none());
+        drop(other);
+        assert!(s.get("k2", "resp_1").is_none());
+        assert!(!s.delete("k2", "resp_1"));
+        assert!(s.get("k1", "resp_1").is_some());
+    }
+
+    #[test]
+    fn shared_items_are_counted_once_and_freed_with_their_last_holder() {
+        let (s, _) = store(1 << 20);
+        let empty = s.bytes();
+        keep(&s, "k", vec![Item::input("{\"n\":1}")], "resp_1", "one");
+        let one = s.bytes();
+        // Turn 2 holds turn 1's items, and adds one input item and its output.
+        let mut history = s.recall("k").response("resp_1").unwrap();
+        history.push(Item::input("{\"n\":2}"));
+        keep(&s, "k", history, "resp_2", "two");
+        let two = s.bytes();
+        let pointers = 3 * std::mem::size_of::<Arc<Item>>();
+        assert_eq!(
+            two - one,
+            one - empty + pointers,
+            "turn 1 is not counted twice"
+        );
+        // Turn 1 goes: its items stay with turn 2, findable.
+        assert!(s.delete("k", "resp_1"));
+        assert!(s.recall("k").item("msg_resp_1").is_some());
+        assert_eq!(
+            s.bytes(),
+            two - (ENTRY_OVERHEAD + "resp_1".len() + shell_len("resp_1") + 3 * 8)
+        );
+        assert!(s.delete("k", "resp_2"));
+        assert_eq!(s.bytes(), empty);
+        assert!(s.recall("k").item("msg_resp_1").is_none());
+    }
+
+    fn shell_len(id: &str) -> usize {
+        stored_parts(&response(id, "")).unwrap().shell.len()
+    }
+
+    #[test]
+    fn least_recently_used_goes_first_past_the_limit() {
+        let (probe, _) = store(usize::MAX);
+        keep(&probe, "k", vec![], "resp_x", &"x".repeat(1000));
+        let one = probe.bytes();
+        // Room for two responses of that size, not three.
+        let (s, _) = store(2 * one + one / 2);
+        keep(&s, "k", vec![], "resp_a", &"a".repeat(1000));
+        keep(&s, "k", vec![], "resp_b", &"b".repeat(1000));
+        // Using a makes b the least recently used one.
+        assert!(s.recall("k").response("resp_a").is_some());
+        keep(&s, "k", vec![], "resp_c", &"c".repeat(1000));
+        let mut r = s.recall("k");
+        assert!(r.response("resp_b").is_none(), "evicted");
+        assert!(r.item("msg_resp_b").is_none(), "with its items");
+        assert!(r.response("resp_a").is_some() && r.response("resp_c").is_some());
+        drop(r);
+        assert!(s.bytes() <= 2 * one + one / 2);
+        // Referring to an item uses its response too.
+        assert!(s.recall("k").item("rs_resp_a").is_some());
+        keep(&s, "k", vec![], "resp_d", &"d".repeat(1000));
+        assert!(s.get("k", "resp_c").is_none());
+        assert!(s.get("k", "resp_a").is_some());
+        // One response larger than the whole store is not kept, and pushes none out.
+        let before = s.bytes();
+        keep(&s, "k", vec![], "resp_big", &"e".repeat(10 * one));
+        assert!(s.get("k", "resp_big").is_none());
+        assert_eq!(s.bytes(), before);
+        assert!(s.get("k", "resp_a").is_some() && s.get("k", "resp_d").is_some());
+    }
+
+    #[test]
+    fn responses_go_a_ttl_after_their_last_use() {
+        let (s, clock) = store(1 << 20);
+        keep(&s, "k", vec![], "resp_1", "a");
+        keep(&s, "k", vec![], "resp_2", "b");
+        clock.advance(RESPONSES_TTL - Duration::from_secs(60));
+        assert!(s.get("k", "resp_2").is_some(), "used: its age starts again");
+        clock.advance(Duration::from_secs(120));
+        assert!(s.get("k", "resp_1").is_none());
+        assert!(s.recall("k").item("msg_resp_1").is_none());
+        assert!(s.get("k", "resp_2").is_some());
+        clock.advance(RESPONSES_TTL);
+        assert!(s.get("k", "resp_2").is_none());
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn reasoning_of_another_account_is_not_kept_as_input() {
+        let (s, _) = store(1 << 20);
+        keep(&s, "k", vec![], "resp_1", "a");
+        let history = s.recall("k").response("resp_1").unwrap();
+        let mut p = Pending::new(s.clone(), "k", history);
+        p.served_by("acct-1");
+        p.finish(&response("resp_2", "b"));
+        let all = s.recall("k").response("resp_2").unwrap();
+        let kinds: Vec<Value> = values(&all).iter().map(|v| v["type"].clone()).collect();
+        assert_eq!(
+            kinds,
+            ["message", "reasoning", "message"],
+            "acct-0's reasoning left out"
+        );
+        assert_eq!(all[1].account.as_deref(), Some("acct-1"));
+    }
+
+    #[test]
+    fn watch_keeps_the_final_event_of_a_stream() {
+        let (s, _) = store(1 << 20);
+        let p = Pending::new(s.clone(), "k", vec![Item::input("{}")]);
+        let delta = Bytes::from_static(
+            b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"x\"}\n\n",
+        );
+        let p = p.watch(&delta).unwrap();
+        // A delta that mentions the event's name is looked at, and not taken for it.
+        let p = p
+            .watch(&Bytes::from_static(
+                b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"response.completed\"}\n\n",
+            ))
+            .unwrap();
+        let mut chunk =
+            b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":"
+                .to_vec();
+        chunk.extend_from_slice(&response("resp_9", "done"));
+        chunk.extend_from_slice(b"}\n\n");
+        assert!(p.watch(&Bytes::from(chunk)).is_none());
+        let v: Value = serde_json::from_slice(&s.get("k", "resp_9").unwrap()).unwrap();
+        assert_eq!(v["output"][1]["content"][0]["text"], "done");
+    }
+
+    #[test]
+    fn items_are_shown_with_their_id_first() {
+        let item = Item {
+            id: Some("msg_\"1".into()),
+            json: "{ }".into(),
+            replay: true,
+            account: None,
+            origin: None,
+            holders: AtomicUsize::new(0),
+        };
+        let mut out = Vec::new();
+        item.write_for_client(&mut out);
+        assert_eq!(out, br#"{"id":"msg_\"1"}"#);
+        let item = Item {
+            json: r#"{"type":"x"}"#.into(),
+            ..item
+        };
+        let mut out = Vec::new();
+        item.write_for_client(&mut out);
+        assert_eq!(out, br#"{"id":"msg_\"1","type":"x"}"#);
+    }
+}
