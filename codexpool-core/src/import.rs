@@ -37,8 +37,11 @@ pub enum ImportOutcome {
     /// input's: nothing was written, nothing is wrong (a re-import of the same file, or one
     /// after codexpool refreshed the tokens).
     Unchanged(String),
-    /// Nothing was written.
+    /// Nothing was written: the input was not a usable sign-in.
     Skipped(String),
+    /// Nothing was written: the input was fine, the database refused it (full disk, read-only
+    /// file, locked too long). Worth retrying once the database is fixed.
+    Failed(String),
 }
 
 /// One input's result.
@@ -88,6 +91,10 @@ impl ImportReport {
     /// How many were skipped.
     pub fn skipped(&self) -> usize {
         self.count(|o| matches!(o, ImportOutcome::Skipped(_)))
+    }
+    /// How many the database refused.
+    pub fn failed(&self) -> usize {
+        self.count(|o| matches!(o, ImportOutcome::Failed(_)))
     }
     fn count(&self, f: impl Fn(&ImportOutcome) -> bool) -> usize {
         self.results.iter().filter(|r| f(&r.outcome)).count()
@@ -478,6 +485,10 @@ impl AccountPool {
                             warning,
                             codex_cli,
                             holds_input_tokens: true,
+                        },
+                        Err(e @ Error::Store(StoreError::Backend { .. })) => ImportResult {
+                            outcome: ImportOutcome::Failed(e.to_string()),
+                            ..skipped(src, String::new())
                         },
                         Err(e) => skipped(src, e.to_string()),
                     }

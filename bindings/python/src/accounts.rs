@@ -81,7 +81,8 @@ record! {
 
 record! {
     /// What happened to one imported account: `status` is `imported`, `updated`, `unchanged`
-    /// (the stored sign-in is newer) or `skipped` (with `reason` for the last two).
+    /// (the stored sign-in is the same or newer), `skipped` (not a usable sign-in) or `failed`
+    /// (the database refused it), with `reason` for the last three.
     ImportResult as "ImportResult" {
         source: String,
         status: String,
@@ -101,6 +102,7 @@ record! {
         updated: usize,
         unchanged: usize,
         skipped: usize,
+        failed: usize,
     }
 }
 
@@ -111,6 +113,7 @@ impl From<CoreImportReport> for ImportReport {
             updated: r.updated(),
             unchanged: r.unchanged(),
             skipped: r.skipped(),
+            failed: r.failed(),
             results: r
                 .results
                 .into_iter()
@@ -120,6 +123,7 @@ impl From<CoreImportReport> for ImportReport {
                         ImportOutcome::Updated => ("updated", None),
                         ImportOutcome::Unchanged(why) => ("unchanged", Some(why)),
                         ImportOutcome::Skipped(why) => ("skipped", Some(why)),
+                        ImportOutcome::Failed(why) => ("failed", Some(why)),
                     };
                     ImportResult {
                         source: x.source,

@@ -184,10 +184,12 @@ pub enum ImportStatus {
     Imported,
     /// An existing account (same sign-in) got new tokens.
     Updated,
-    /// The account exists with a newer sign-in than the input's: nothing was written.
+    /// The account exists with the input's tokens or a newer sign-in: nothing was written.
     Unchanged,
-    /// Nothing was written; `reason` says why.
+    /// Nothing was written: the input is not a usable sign-in; `reason` says why.
     Skipped,
+    /// Nothing was written: the database refused it (full disk, read-only); `reason` says why.
+    Failed,
 }
 
 /// One input's import result.
@@ -217,6 +219,7 @@ impl From<CoreImportResult> for ImportResult {
             ImportOutcome::Updated => (ImportStatus::Updated, None),
             ImportOutcome::Unchanged(why) => (ImportStatus::Unchanged, Some(why)),
             ImportOutcome::Skipped(why) => (ImportStatus::Skipped, Some(why)),
+            ImportOutcome::Failed(why) => (ImportStatus::Failed, Some(why)),
         };
         Self {
             source: r.source,

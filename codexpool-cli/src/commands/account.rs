@@ -9,8 +9,9 @@
 //!   "user_code", "interval_secs", "state", "expires_at"}`), then `{"account": Account,
 //!   "created": bool}`;
 //! - `account complete`: `{"account": Account, "created": bool}`;
-//! - `account import`: `{"imported", "updated", "unchanged", "skipped", "results": [{"source",
-//!   "status" (imported|updated|unchanged|skipped), "reason" (when unchanged or skipped),
+//! - `account import`: `{"imported", "updated", "unchanged", "skipped", "failed", "results":
+//!   [{"source", "status" (imported|updated|unchanged|skipped|failed: the database refused it,
+//!   exit 1), "reason" (when unchanged, skipped or failed),
 //!   "account_id", "label", "warning", "codex_cli"}]}`;
 //! - `account export`: the export document `{"version": 1, "exported_at", "accounts": […]}`
 //!   (always JSON); with `-o FILE` and `--json`: `{"path", "accounts": N}`;
@@ -234,6 +235,19 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str, take_over: bool) -> an
         take_over_codex_cli_sign_ins(pool, &mut report).await?;
     }
     print_import(ctx, &report)?;
+    if let Some(why) = report.results.iter().find_map(|r| match &r.outcome {
+        ImportOutcome::Failed(why) => Some(why),
+        _ => None,
+    }) {
+        return Err(Failure::new(
+            format!(
+                "the database refused {} of the accounts: {why}",
+                report.failed()
+            ),
+            "nothing of those was written; fix the database (space, permissions) and import again",
+        )
+        .into());
+    }
     if report.imported() + report.updated() + report.unchanged() == 0 && report.skipped() > 0 {
         return Err(Failure::new(
             format!("nothing imported: {} skipped", report.skipped()),
@@ -275,6 +289,7 @@ fn print_import(ctx: &Ctx, report: &ImportReport) -> anyhow::Result<()> {
             updated: usize,
             unchanged: usize,
             skipped: usize,
+            failed: usize,
             results: &'a [codexpool_core::import::ImportResult],
         }
         out.json(&View {
@@ -282,6 +297,7 @@ fn print_import(ctx: &Ctx, report: &ImportReport) -> anyhow::Result<()> {
             updated: report.updated(),
             unchanged: report.unchanged(),
             skipped: report.skipped(),
+            failed: report.failed(),
             results: &report.results,
         })?;
         return Ok(());
@@ -300,6 +316,7 @@ fn print_import(ctx: &Ctx, report: &ImportReport) -> anyhow::Result<()> {
             ),
             ImportOutcome::Unchanged(why) => (cell("unchanged", Some(Paint::Dim)), why.clone()),
             ImportOutcome::Skipped(why) => (cell("skipped", Some(Paint::Red)), why.clone()),
+            ImportOutcome::Failed(why) => (cell("failed", Some(Paint::Red)), why.clone()),
         };
         t.add_row(vec![
             cell(&r.source, None),
@@ -315,6 +332,7 @@ fn print_import(ctx: &Ctx, report: &ImportReport) -> anyhow::Result<()> {
         (report.updated(), "updated"),
         (report.unchanged(), "unchanged"),
         (report.skipped(), "skipped"),
+        (report.failed(), "failed"),
     ];
     let summary: Vec<String> = counts
         .iter()

@@ -343,3 +343,65 @@ fn take_over_leaves_codexpool_the_only_live_refresh_token() {
     env.ok(&["usage", "--refresh"]);
     assert_eq!(env.fake.refresh_count("acct-t"), 2);
 }
+
+/// The database refusing the accounts (a full disk) is not "skipped" and not a success: each
+/// such result says `failed` with the database's reason, and the command exits 1.
+#[test]
+fn an_import_the_database_refuses_fails() {
+    let env = Env::new();
+    env.ok(&["key", "list"]); // makes the database
+    let db = rusqlite::Connection::open(env.db()).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER full BEFORE INSERT ON accounts BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+    )
+    .unwrap();
+    env.fake.add_account(FakeAccount::new("acct-f"));
+    let doc = serde_json::to_vec(&env.fake.auth_json("acct-f")).unwrap();
+    let out = env
+        .cmd()
+        .args(["account", "import", "-", "--json"])
+        .write_stdin(doc.clone())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (v["failed"].as_u64(), v["skipped"].as_u64()),
+        (Some(1), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["results"][0]["status"], "failed");
+    assert!(
+        v["results"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("disk is full"),
+        "{v}"
+    );
+    assert!(
+        stderr.contains("the database refused 1 of the accounts"),
+        "{stderr}"
+    );
+
+    // Quiet, the error still says so; once the database is fixed the same import works.
+    let out = env
+        .cmd()
+        .args(["-q", "account", "import", "-"])
+        .write_stdin(doc.clone())
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("disk is full"), "{stderr}");
+    db.execute_batch("DROP TRIGGER full;").unwrap();
+    let v = env
+        .cmd()
+        .args(["account", "import", "-", "--json"])
+        .write_stdin(doc)
+        .output()
+        .unwrap();
+    assert!(v.status.success());
+    let v: Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(v["imported"], 1, "{v}");
+}

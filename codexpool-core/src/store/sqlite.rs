@@ -45,9 +45,13 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// `SQLITE_CONSTRAINT_TRIGGER`: a trigger's `RAISE`, not a duplicate.
+const CONSTRAINT_TRIGGER: std::ffi::c_int = 1811;
+
 fn db_err(e: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(f, _) = &e
         && f.code == rusqlite::ErrorCode::ConstraintViolation
+        && f.extended_code != CONSTRAINT_TRIGGER
     {
         return StoreError::Conflict {
             what: "a record with the same id or identity".into(),

@@ -173,8 +173,9 @@ class ImportResult:
     def source(self) -> str: ...
     @property
     def status(self) -> str:
-        """``imported``, ``updated``, ``unchanged`` (the stored sign-in is the same or newer) or ``skipped``
-        (see ``reason``)."""
+        """``imported``, ``updated``, ``unchanged`` (the stored sign-in is the same or newer),
+        ``skipped`` (not a usable sign-in) or ``failed`` (the database refused it); see
+        ``reason``."""
     @property
     def reason(self) -> str | None: ...
     @property
@@ -202,6 +203,8 @@ class ImportReport:
     def unchanged(self) -> int: ...
     @property
     def skipped(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 @final
