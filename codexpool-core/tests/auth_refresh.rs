@@ -635,3 +635,291 @@ async fn rotated_tokens_wait_out_a_store_that_fails_for_a_few_seconds() {
     assert_eq!(stored, after, "the rotated tokens reached the store");
     pool.auth().refresh(&id).await.expect("and they work");
 }
+
+/// The files in the rescue folder beside the database at `path`.
+fn rescue_files(path: &std::path::Path) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(path.parent().unwrap().join("rescued-tokens")) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_tokens_survive_a_database_that_stays_locked() {
+    let fake = fake();
+    fake.refresh_delay(Duration::from_millis(1500));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let a = file_pool(&fake, &path).await;
+    let id = import(&a, &fake, "acct-1").await;
+    let spent = a.accounts().get(&id).unwrap().tokens.refresh_token;
+
+    let sent = fake.count("/oauth/token");
+    let refreshing = tokio::spawn({
+        let (a, id) = (a.clone(), id.clone());
+        async move { a.auth().refresh(&id).await }
+    });
+    assert!(
+        fake.wait_until_async(Duration::from_secs(5), |f| f.count("/oauth/token") > sent)
+            .await
+    );
+    // While the refresh is on the wire (the fake holds it 1.5 s), another process takes the
+    // write lock and keeps it (for longer than the refresh lease, as far as this test is
+    // concerned).
+    let locker = rusqlite::Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    // The refresh does not hang on the lock, and does not drop what the issuer rotated.
+    let after = tokio::time::timeout(Duration::from_secs(20), refreshing)
+        .await
+        .expect("the refresh waited on the locked database")
+        .unwrap()
+        .unwrap()
+        .tokens;
+    let live = fake.current_tokens("acct-1");
+    assert_eq!(after.refresh_token.expose(), live.refresh_token);
+    let stored: String = locker
+        .query_row(
+            "SELECT refresh_token FROM accounts WHERE id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, spent.expose(), "the database never took them");
+    let files = rescue_files(&path);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains(&live.refresh_token));
+    assert!(!text.contains(spent.expose()), "no spent token in the file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files[0]).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // The store is the cross-process truth: a reload does not take this process back to the
+    // spent token, and another process opening the pool meanwhile gets the live one.
+    a.reload().await.unwrap();
+    assert_eq!(a.accounts().get(&id).unwrap().tokens, after);
+    let b = file_pool(&fake, &path).await;
+    assert_eq!(b.accounts().get(&id).unwrap().tokens, after);
+
+    // The lock goes; the other process refreshes with the live token (no reuse), and the
+    // rescue is folded into the database and removed.
+    drop(locker);
+    let t = b
+        .auth()
+        .refresh(&id)
+        .await
+        .expect("the sign-in survived")
+        .tokens;
+    assert_eq!(fake.refresh_count("acct-1"), 2);
+    assert_eq!(
+        t.refresh_token.expose(),
+        fake.current_tokens("acct-1").refresh_token
+    );
+    assert!(rescue_files(&path).is_empty(), "{:?}", rescue_files(&path));
+    let stored = SqliteStore::open(&path)
+        .await
+        .unwrap()
+        .get_account(&id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.tokens, t);
+    assert_eq!(stored.status, AccountStatus::Active);
+    a.reload().await.unwrap();
+    assert_eq!(a.accounts().get(&id).unwrap().tokens, t);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rescued_by_a_process_that_died_are_stored_when_the_pool_opens() {
+    let fake = fake();
+    fake.refresh_delay(Duration::from_millis(1500));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let id = {
+        let seed = file_pool(&fake, &path).await;
+        import(&seed, &fake, "acct-1").await
+    };
+    // The refreshing process runs on its own runtime, which is shut down ("killed") once its
+    // tokens are rescued.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sent = fake.count("/oauth/token");
+    let refreshing = rt.spawn({
+        let (fake, path, id) = (fake.clone(), path.clone(), id.clone());
+        async move {
+            let pool = file_pool(&fake, &path).await;
+            pool.auth().refresh(&id).await.map(|a| a.tokens)
+        }
+    });
+    assert!(
+        fake.wait_until_async(Duration::from_secs(5), |f| f.count("/oauth/token") > sent)
+            .await
+    );
+    let locker = rusqlite::Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let rescued = tokio::time::timeout(Duration::from_secs(20), refreshing)
+        .await
+        .expect("no rescue")
+        .unwrap()
+        .unwrap();
+    rt.shutdown_background();
+    assert_eq!(rescue_files(&path).len(), 1);
+    drop(locker);
+
+    // Opening the pool stores them (they are newer than the stored ones) and removes the file.
+    let pool = file_pool(&fake, &path).await;
+    assert!(rescue_files(&path).is_empty());
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let stored: String = raw
+        .query_row(
+            "SELECT refresh_token FROM accounts WHERE id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, rescued.refresh_token.expose());
+    assert_eq!(
+        stored,
+        fake.current_tokens("acct-1").refresh_token,
+        "the live one"
+    );
+    assert_eq!(pool.accounts().get(&id).unwrap().tokens, rescued);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reuse_after_a_lost_answer_says_so() {
+    let fake = fake();
+    fake.add_account(FakeAccount::new("acct-2"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    // An issuer that takes the refresh and hangs up without an answer (what a timeout or a
+    // crash mid-refresh leaves behind: the issuer may have rotated the token meanwhile).
+    let hangup = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let issuer = format!("http://{}", hangup.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::Read;
+        for conn in hangup.incoming() {
+            let Ok(mut conn) = conn else { return };
+            conn.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    let cut_off = Pool::builder(support::config(
+        &fake,
+        &[("DB_PATH", path.to_str().unwrap()), ("ISSUER", &issuer)],
+    ))
+    .watch_interval(Duration::ZERO)
+    .open()
+    .await
+    .unwrap();
+    let pool = file_pool(&fake, &path).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    let other = import(&pool, &fake, "acct-2").await;
+    cut_off.reload().await.unwrap();
+
+    let e = cut_off.auth().refresh(&id).await.unwrap_err();
+    assert!(e.is_transient(), "{e:?}");
+    // The issuer had rotated the token: the next refresh is refused as a reuse.
+    fake.fail_next_refresh("acct-1", FakeRefreshFailure::Reused);
+    let e = pool.auth().refresh(&id).await.unwrap_err();
+    assert!(matches!(e, AuthError::RefreshDead { .. }), "{e:?}");
+    let reason = pool.accounts().get(&id).unwrap().status_reason.unwrap();
+    assert!(reason.contains("answer was lost"), "{reason}");
+    assert!(!reason.contains("another holder"), "{reason}");
+
+    // Without a lost answer of ours, a reuse is still blamed on another holder.
+    fake.fail_next_refresh("acct-2", FakeRefreshFailure::Reused);
+    pool.auth().refresh(&other).await.unwrap_err();
+    let reason = pool.accounts().get(&other).unwrap().status_reason.unwrap();
+    assert!(reason.contains("another holder"), "{reason}");
+}
+
+/// Child-process entry of `a_refresh_killed_mid_flight_does_not_hold_the_account` (not a
+/// test): opens the database, takes the refresh lease by starting a refresh (which the fake
+/// holds on the wire) and waits to be killed.
+#[test]
+fn child_killed_mid_refresh() {
+    let Ok(db) = std::env::var("CODEXPOOL_TEST_KILLED_DB") else {
+        return;
+    };
+    let issuer = std::env::var("CODEXPOOL_TEST_CHILD_ISSUER").unwrap();
+    let account = std::env::var("CODEXPOOL_TEST_CHILD_ACCOUNT").unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let config = Config::default()
+            .with("DB_PATH", &db)
+            .unwrap()
+            .with("ISSUER", &issuer)
+            .unwrap();
+        let pool = Pool::builder(config)
+            .watch_interval(Duration::ZERO)
+            .open()
+            .await
+            .unwrap();
+        let _ = pool.auth().refresh(&account).await;
+        println!("@@child the refresh ended before the kill");
+    });
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_killed_mid_flight_does_not_hold_the_account() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let pool = file_pool(&fake, &path).await;
+    let id = import(&pool, &fake, "acct-1").await;
+
+    fake.refresh_delay(Duration::from_secs(30));
+    let sent = fake.count("/oauth/token");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_killed_mid_refresh",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CODEXPOOL_TEST_KILLED_DB", &path)
+        .env("CODEXPOOL_TEST_CHILD_ISSUER", fake.issuer())
+        .env("CODEXPOOL_TEST_CHILD_ACCOUNT", &id)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its refresh is on the wire (so it holds the lease): kill it there.
+    assert!(
+        fake.wait_until_async(Duration::from_secs(20), |f| f.count("/oauth/token") > sent)
+            .await
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    fake.refresh_delay(Duration::ZERO);
+
+    // The issuer may have rotated the token before the process died.
+    fake.fail_next_refresh("acct-1", FakeRefreshFailure::Reused);
+    let started = std::time::Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(20), pool.auth().refresh(&id))
+        .await
+        .expect("waited for the dead process's lease")
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(e, AuthError::RefreshDead { .. }), "{e:?}");
+    let reason = pool.accounts().get(&id).unwrap().status_reason.unwrap();
+    assert!(reason.contains("answer was lost"), "{reason}");
+}

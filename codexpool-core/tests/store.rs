@@ -6,7 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use codexpool_core::store::{MemoryStore, SqliteStore, Store, StoreError, conformance};
+use codexpool_core::store::{
+    MemoryStore, RefreshedTokens, SqliteStore, Store, StoreError, conformance,
+};
 
 #[tokio::test]
 async fn memory_store_conforms() {
@@ -235,4 +237,81 @@ async fn ledger_requests(s: &SqliteStore) -> u64 {
         .iter()
         .map(|r| r.requests)
         .sum()
+}
+
+#[tokio::test]
+async fn rescued_tokens_are_read_at_once_and_stored_at_the_next_opening_when_newer() {
+    use codexpool_core::account::Tokens;
+    use codexpool_core::{AccountPatch, Secret, Timestamp};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let rescue_dir = dir.path().join("rescued-tokens");
+    let s = SqliteStore::open(&path).await.unwrap();
+    let a1 = conformance::sample_account("a1", "c1");
+    let a2 = conformance::sample_account("a2", "c2");
+    s.insert_account(&a1).await.unwrap();
+    s.insert_account(&a2).await.unwrap();
+    let tokens = |rt: &str, exp: Option<Timestamp>| Tokens {
+        id_token: Secret::from("id-rescued"),
+        access_token: Secret::from(format!("access-{rt}")),
+        refresh_token: Secret::from(rt),
+        expires_at: exp,
+        last_refresh: a1.tokens.last_refresh,
+    };
+    let exp = a1.tokens.expires_at.unwrap();
+    // a1: the successor of the stored token. a2: tokens older than the stored ones.
+    let newer = tokens(
+        "rt-a1-new",
+        Some(exp.plus(std::time::Duration::from_secs(60))),
+    );
+    let older = tokens(
+        "rt-a2-old",
+        Some(exp.minus(std::time::Duration::from_secs(60))),
+    );
+    for (id, spent, t) in [
+        ("a1", a1.tokens.refresh_token.clone(), &newer),
+        ("a2", Secret::from("rt-unrelated"), &older),
+    ] {
+        let r = RefreshedTokens::new(spent, t.clone(), AccountPatch::default());
+        assert!(s.rescue_refreshed_tokens(id, &r).await.unwrap());
+    }
+    assert_eq!(std::fs::read_dir(&rescue_dir).unwrap().count(), 2);
+
+    // Read at once, from either read.
+    assert_eq!(s.get_account("a1").await.unwrap().unwrap().tokens, newer);
+    let all = s.list_accounts().await.unwrap();
+    let find = |id: &str| all.iter().find(|a| a.id == id).unwrap().tokens.clone();
+    assert_eq!(find("a1"), newer);
+    assert_eq!(find("a2"), a2.tokens, "older tokens are not taken");
+    drop(s);
+
+    // Stored when the database is opened next; both files are done with.
+    let s = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(std::fs::read_dir(&rescue_dir).unwrap().count(), 0);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let stored = |id: &str| -> String {
+        raw.query_row(
+            "SELECT refresh_token FROM accounts WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(stored("a1"), "rt-a1-new");
+    assert_eq!(stored("a2"), a2.tokens.refresh_token.expose());
+    assert_eq!(s.get_account("a1").await.unwrap().unwrap().tokens, newer);
+}
+
+#[tokio::test]
+async fn the_memory_store_has_nowhere_to_rescue_to() {
+    use codexpool_core::AccountPatch;
+    let s = MemoryStore::new();
+    let a = conformance::sample_account("a1", "c1");
+    let r = RefreshedTokens::new(
+        a.tokens.refresh_token.clone(),
+        a.tokens.clone(),
+        AccountPatch::default(),
+    );
+    assert!(!s.rescue_refreshed_tokens("a1", &r).await.unwrap());
 }

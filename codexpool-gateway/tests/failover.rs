@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use codexpool_core::store::LeaseTake;
 use codexpool_core::usage::ReadingSource;
 use codexpool_core::{AccountStatus, Demand};
 use codexpool_testkit::{FakeUsage, Reply};
@@ -241,6 +242,43 @@ async fn an_expired_token_is_refreshed_once_and_the_request_succeeds() {
         before
     );
     assert_eq!(h.fake.count("/backend-api/codex/responses"), 2);
+}
+
+#[tokio::test]
+async fn a_401_while_another_process_refreshes_fails_over_without_waiting() {
+    let h = harness(2, &[]).await;
+    // Another (live) process holds acct-0's refresh lease and takes its time.
+    let took = h
+        .pool
+        .store()
+        .acquire_refresh_lease(
+            &h.ids[0],
+            "another process",
+            h.pool.now(),
+            Duration::from_secs(60),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(took, LeaseTake::Taken { .. }), "{took:?}");
+    h.fake.expire_access_token("acct-0");
+
+    let started = std::time::Instant::now();
+    let sent = h.post("/v1/chat/completions", chat(false));
+    let (status, v) = tokio::time::timeout(Duration::from_secs(20), h.json(sent))
+        .await
+        .expect("the request waited for the other process's refresh");
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-1.");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let row = &h.log().await[0];
+    assert_eq!(row.accounts_tried, [h.ids[0].clone(), h.ids[1].clone()]);
+    assert_eq!(h.fake.refresh_count("acct-0"), 0, "the lease was respected");
+    assert_eq!(h.total_inflight(), 0);
 }
 
 #[tokio::test]

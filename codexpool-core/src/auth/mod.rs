@@ -8,7 +8,8 @@
 //! Login sessions live in the store, so a sign-in started by one process can be finished by
 //! another (a redirect URL pasted into `codexpool account complete`). Refresh tokens are single
 //! use: a refresh runs under a lease row in the store and re-reads the stored tokens after taking
-//! it, so two processes never spend the same refresh token.
+//! it, so two processes never spend the same refresh token; rotated tokens the database will not
+//! take are rescued beside it rather than dropped (see the `refresh` module's docs).
 //!
 //! ```no_run
 //! use codexpool_core::{Pool, auth::LoginOptions};
@@ -24,6 +25,7 @@
 mod callback;
 mod client;
 mod device;
+mod holder;
 pub mod jwt;
 mod login;
 mod pkce;
@@ -42,8 +44,8 @@ pub use login::{
 };
 pub use pkce::{Pkce, pkce_challenge};
 pub use refresh::{
-    REFRESH_AHEAD, REFRESH_LEASE_TTL, REFRESH_WITHOUT_EXP, RefreshAttempt, RefresherOptions,
-    refresh_due_at, spawn_refresher, spawn_refresher_with,
+    OTHER_HOLDER_WAIT, REFRESH_AHEAD, REFRESH_LEASE_TTL, REFRESH_POST_TIMEOUT, REFRESH_WITHOUT_EXP,
+    RefreshAttempt, RefresherOptions, refresh_due_at, spawn_refresher, spawn_refresher_with,
 };
 
 use crate::Pool;
@@ -238,8 +240,14 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// What one refresh (possibly shared by several callers) ended with.
-type FlightResult = Option<Result<Secret, AuthError>>;
+/// Where one refresh (possibly shared by several callers) stands.
+#[derive(Clone, Default)]
+pub(crate) struct Flight {
+    /// Since when it has been waiting for another holder's lease, if it is.
+    pub(crate) waiting_since: Option<tokio::time::Instant>,
+    /// How it ended.
+    pub(crate) result: Option<Result<Secret, AuthError>>,
+}
 
 /// Per-pool sign-in state: the HTTP client, the lease-holder id, refreshes in flight and the
 /// backoff of accounts whose refresh failed transiently.
@@ -248,7 +256,9 @@ pub(crate) struct AuthState {
     /// Names this pool in refresh leases (unique per process and pool).
     pub(crate) holder: String,
     /// Account id → the refresh in flight in this process.
-    pub(crate) flights: Mutex<HashMap<String, tokio::sync::watch::Receiver<FlightResult>>>,
+    pub(crate) flights: Mutex<HashMap<String, tokio::sync::watch::Receiver<Flight>>>,
+    /// The refresh's time limits (fixed outside tests).
+    pub(crate) timing: Mutex<refresh::Timing>,
     /// Account id → (consecutive transient failures, do not retry before).
     pub(crate) backoff: Mutex<HashMap<String, (u32, crate::Timestamp)>>,
     /// Woken whenever this process changes a login session.
@@ -261,8 +271,9 @@ impl AuthState {
     pub(crate) fn new() -> Self {
         Self {
             http: OnceLock::new(),
-            holder: format!("{}-{}", std::process::id(), crate::id::new_id()),
+            holder: holder::this_process(),
             flights: Mutex::new(HashMap::new()),
+            timing: Mutex::new(refresh::Timing::default()),
             backoff: Mutex::new(HashMap::new()),
             login_changed: tokio::sync::Notify::new(),
             created: Mutex::new(HashMap::new()),

@@ -7,30 +7,51 @@
 //! - in this process, the first caller starts one refresh task and every other caller awaits
 //!   the same result (the task runs to the end even when its callers go away, so a rotated
 //!   refresh token is never lost half-way);
-//! - across processes, the task takes the account's refresh lease in the store (an immediate
-//!   transaction with an expiry), re-reads the stored tokens — when they changed since the
+//! - across processes, the task takes the account's refresh lease in the store (a row with an
+//!   expiry, [`REFRESH_LEASE_TTL`]), re-reads the stored tokens — when they changed since the
 //!   caller looked, another process already refreshed and they are adopted as they are — and
 //!   only then posts the refresh and writes the new access, id and refresh tokens in one step.
-//!   A process that cannot take the lease polls the store until the holder's tokens appear.
+//!   A process that cannot take the lease polls the store until the holder's tokens appear. A
+//!   lease whose holder process no longer exists (it crashed or was killed mid-refresh; on
+//!   Linux, judged by `/proc`) is taken over at once instead of after its TTL.
+//!
+//! A request that met a 401 waits at most [`OTHER_HOLDER_WAIT`] for another holder's refresh:
+//! then it gets a transient error and tries another account, while the refresh goes on in the
+//! background for later requests.
+//!
+//! Everything after the answer happens inside the lease: the POST waits at most
+//! [`REFRESH_POST_TIMEOUT`] and never so long that less than ten seconds of the lease are left
+//! to store its answer. The new tokens are offered to the store in attempts of at most five
+//! seconds, each of which is certain to have written nothing when it gives up. When the store
+//! still refuses them after five seconds (another process holding the database's write lock, a
+//! full disk) they are not dropped: the store rescues them (the SQLite store into a private file
+//! beside the database, `rescued-tokens/`), every read of the account sees them from then on — a
+//! reload cannot revert a process to the spent token — and the next write of the account, refresh
+//! lease on it or opening of the database folds them in (when still newer than what is stored).
+//! Only a store that can neither take nor rescue them for [`PERSIST_FOR`] loses them, and says so.
 //!
 //! Errors are classified: `refresh_token_expired|reused|invalidated`, `invalid_grant` and
 //! `app_session_terminated` mean the sign-in is dead (status `needs_login`, except that an
 //! account a person disabled stays disabled); after `refresh_token_reused` the store is read once
-//! more first, in case another holder rotated the token meanwhile. Anything else (network, 5xx,
-//! an unreadable answer) is transient: the status is unchanged and the background refresher
-//! backs off.
+//! more first, in case another holder rotated the token meanwhile. A reuse right after a refresh
+//! of this database whose answer never arrived (the POST timed out, or the process died
+//! mid-refresh: its lease row was left behind) is reported as that, not as another holder's
+//! doing. Anything else (network, 5xx, an unreadable answer) is transient: the status is
+//! unchanged and the background refresher backs off.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use super::client::describe;
 use super::login::error_fields;
-use super::{Auth, AuthError, decode_claims};
+use super::{Auth, AuthError, Flight, decode_claims, holder};
 use crate::Pool;
 use crate::account::{Account, AccountFilter, AccountPatch, AccountStatus, Tokens};
 use crate::poll::BackgroundTask;
 use crate::secret::Secret;
+use crate::store::{LeaseTake, RefreshedTokens, TokenSave};
 use crate::sync;
 use crate::time::Timestamp;
 
@@ -38,17 +59,61 @@ use crate::time::Timestamp;
 pub const REFRESH_AHEAD: Duration = Duration::from_secs(3600);
 /// Without an expiry, refresh this long after the last refresh.
 pub const REFRESH_WITHOUT_EXP: Duration = Duration::from_secs(45 * 60);
-/// How long a refresh lease holds when its holder dies without giving it back.
+/// How long a refresh lease holds when its holder stops without giving it back (and cannot be
+/// seen to be gone).
 pub const REFRESH_LEASE_TTL: Duration = Duration::from_secs(60);
+/// Longest wait for the issuer's answer to a refresh: well inside [`REFRESH_LEASE_TTL`], so that
+/// the answer is stored (or rescued) while the lease still holds.
+pub const REFRESH_POST_TIMEOUT: Duration = Duration::from_secs(45);
+/// Longest a request that met a 401 waits for another holder's refresh of the account before
+/// it tries another account.
+pub const OTHER_HOLDER_WAIT: Duration = Duration::from_secs(3);
+/// How long the new tokens are offered to a store that can neither take nor rescue them.
+const PERSIST_FOR: Duration = Duration::from_secs(40);
 /// How often a process waiting for another's refresh re-reads the store.
 const LEASE_POLL: Duration = Duration::from_millis(50);
 /// First backoff after a transient refresh failure (doubling up to [`BACKOFF_MAX`]).
 const BACKOFF_BASE: Duration = Duration::from_secs(60);
 const BACKOFF_MAX: Duration = Duration::from_secs(30 * 60);
-/// How long the new tokens are offered to the store before giving up: the old refresh token
-/// is spent, so losing them loses the sign-in. Well inside [`REFRESH_LEASE_TTL`], so no other
-/// process takes the lease (and spends the old token) meanwhile.
-const PERSIST_FOR: Duration = Duration::from_secs(40);
+/// The rescue is written at least this long before the lease runs out.
+const RESCUE_MARGIN: Duration = Duration::from_secs(2);
+/// A refresh is not posted when less than this would be left for the POST.
+const MIN_POST: Duration = Duration::from_secs(2);
+/// Longest wait for a lease renewal or give-back while the database is busy.
+const LEASE_WRITE_WAIT: Duration = Duration::from_secs(1);
+
+/// The time limits of a refresh (fixed, but a unit test may shorten them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// [`REFRESH_LEASE_TTL`].
+    pub lease_ttl: Duration,
+    /// [`REFRESH_POST_TIMEOUT`].
+    pub post_timeout: Duration,
+    /// Lease time kept free after the POST: a first store attempt and the rescue.
+    pub after_post: Duration,
+    /// Longest single attempt to store the new tokens.
+    pub save_attempt: Duration,
+    /// How long the store may refuse the new tokens before they are rescued.
+    pub rescue_after: Duration,
+    /// [`PERSIST_FOR`].
+    pub persist_for: Duration,
+    /// [`OTHER_HOLDER_WAIT`].
+    pub other_holder_wait: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            lease_ttl: REFRESH_LEASE_TTL,
+            post_timeout: REFRESH_POST_TIMEOUT,
+            after_post: Duration::from_secs(10),
+            save_attempt: Duration::from_secs(5),
+            rescue_after: Duration::from_secs(5),
+            persist_for: PERSIST_FOR,
+            other_holder_wait: OTHER_HOLDER_WAIT,
+        }
+    }
+}
 
 /// Issuer error codes that mean the refresh token is dead.
 const DEAD_CODES: [&str; 5] = [
@@ -143,15 +208,44 @@ enum Refreshed {
         code: String,
         message: Option<String>,
     },
+    /// The request may have reached the issuer, but no answer came (a timeout, a connection
+    /// lost mid-answer): the refresh token may be spent.
+    Unanswered(AuthError),
+}
+
+/// The refresh lease as this process holds it.
+struct HeldLease {
+    /// When it runs out, counted from before it was asked for.
+    until: Instant,
+    /// A lease row was there when it was taken: an earlier refresh never finished.
+    left_behind: bool,
+    /// The POST got no answer: leave the row behind (expired) as the mark of it.
+    answer_lost: bool,
+    timing: Timing,
+}
+
+impl HeldLease {
+    /// Time left until `margin` before the lease runs out.
+    fn left(&self, margin: Duration) -> Duration {
+        self.until
+            .checked_sub(margin)
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or_default()
+    }
 }
 
 fn tokens_changed(a: &Tokens, b: &Tokens) -> bool {
     a.access_token != b.access_token || a.refresh_token != b.refresh_token
 }
 
-fn dead_reason(code: &str, message: Option<&str>) -> String {
+fn dead_reason(code: &str, message: Option<&str>, earlier_answer_lost: bool) -> String {
     let why = match code {
         "refresh_token_expired" => "the refresh token expired",
+        "refresh_token_reused" if earlier_answer_lost => {
+            "the refresh token was already spent by an earlier refresh of this account by \
+             codexpool whose answer was lost (it timed out, or the process was stopped \
+             mid-refresh), so the new token never reached the database"
+        }
         "refresh_token_reused" => {
             "the refresh token was already used by another holder of this sign-in (a Codex CLI \
              or another codexpool sharing it)"
@@ -176,7 +270,7 @@ impl Auth {
             .accounts()
             .get(account_id)
             .map_err(AuthError::from_crate)?;
-        self.single_flight(&a.id, a.tokens.clone()).await?;
+        self.single_flight(&a.id, a.tokens.clone(), None).await?;
         self.pool
             .accounts()
             .get(&a.id)
@@ -188,7 +282,9 @@ impl Auth {
     /// refresh; otherwise refreshes once (single-flight, see the module docs).
     ///
     /// [`AuthError::RefreshDead`] means the account now needs a new sign-in (its status says
-    /// so); [`AuthError::Transient`] means try another account and come back later.
+    /// so); [`AuthError::Transient`] means try another account and come back later — also when
+    /// another process has been refreshing the account for [`OTHER_HOLDER_WAIT`] (that refresh
+    /// goes on; later requests get its tokens).
     pub async fn refresh_after_unauthorized(
         &self,
         account_id: &str,
@@ -205,7 +301,8 @@ impl Auth {
         if a.tokens.access_token != *token_seen {
             return Ok(a.tokens.access_token);
         }
-        self.single_flight(&a.id, a.tokens).await
+        let patience = self.timing().other_holder_wait;
+        self.single_flight(&a.id, a.tokens, Some(patience)).await
     }
 
     /// Refreshes every active account that is due ([`refresh_due_at`]) and not backing off from
@@ -224,7 +321,10 @@ impl Auth {
         };
         let mut out = Vec::with_capacity(due.len());
         for a in due {
-            let result = self.single_flight(&a.id, a.tokens.clone()).await.map(drop);
+            let result = self
+                .single_flight(&a.id, a.tokens.clone(), None)
+                .await
+                .map(drop);
             let mut backoff = sync::lock(&self.pool.shared.auth.backoff);
             match &result {
                 Err(e) if e.is_transient() => {
@@ -246,30 +346,60 @@ impl Auth {
         out
     }
 
-    /// One refresh per account in this process: joins the one in flight or starts it.
-    async fn single_flight(&self, id: &str, baseline: Tokens) -> Result<Secret, AuthError> {
+    pub(crate) fn timing(&self) -> Timing {
+        *sync::lock(&self.pool.shared.auth.timing)
+    }
+
+    /// One refresh per account in this process: joins the one in flight or starts it. With
+    /// `patience`, gives up (transient) once the refresh has waited that long for another
+    /// holder's lease; the refresh itself goes on.
+    async fn single_flight(
+        &self,
+        id: &str,
+        baseline: Tokens,
+        patience: Option<Duration>,
+    ) -> Result<Secret, AuthError> {
         let mut rx = {
             let mut flights = sync::lock(&self.pool.shared.auth.flights);
             match flights.get(id) {
                 Some(rx) => rx.clone(),
                 None => {
-                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    let (tx, rx) = tokio::sync::watch::channel(Flight::default());
                     flights.insert(id.to_string(), rx.clone());
                     let (auth, id) = (self.clone(), id.to_string());
                     tokio::spawn(async move {
-                        let result = auth.refresh_across_processes(&id, &baseline).await;
+                        let result = auth.refresh_across_processes(&id, &baseline, &tx).await;
                         sync::lock(&auth.pool.shared.auth.flights).remove(&id);
-                        let _ = tx.send(Some(result));
+                        tx.send_modify(|f| f.result = Some(result));
                     });
                     rx
                 }
             }
         };
-        match rx.wait_for(Option::is_some).await {
-            Ok(r) => r
-                .clone()
-                .unwrap_or_else(|| Err(AuthError::transient("the refresh ended without a result"))),
-            Err(_) => Err(AuthError::transient("the refresh task stopped")),
+        loop {
+            let give_up_at = {
+                let f = rx.borrow_and_update();
+                if let Some(r) = &f.result {
+                    return r.clone();
+                }
+                patience.zip(f.waiting_since).map(|(p, since)| since + p)
+            };
+            let changed = match give_up_at {
+                Some(at) if Instant::now() >= at => {
+                    return Err(AuthError::transient(format!(
+                        "another process is refreshing the tokens of account {id}; not waiting \
+                         for it"
+                    )));
+                }
+                Some(at) => tokio::select! {
+                    changed = rx.changed() => changed,
+                    () = tokio::time::sleep_until(at) => Ok(()),
+                },
+                None => rx.changed().await,
+            };
+            if changed.is_err() {
+                return Err(AuthError::transient("the refresh task stopped"));
+            }
         }
     }
 
@@ -279,10 +409,13 @@ impl Auth {
         &self,
         id: &str,
         baseline: &Tokens,
+        flight: &tokio::sync::watch::Sender<Flight>,
     ) -> Result<Secret, AuthError> {
         let shared = &self.pool.shared;
         let holder = shared.auth.holder.clone();
-        let started = tokio::time::Instant::now();
+        let timing = self.timing();
+        let started = Instant::now();
+        let mut replace: Option<String> = None;
         loop {
             let stored = shared
                 .store
@@ -294,18 +427,47 @@ impl Auth {
                 self.adopt(stored).await;
                 return Ok(token);
             }
-            if shared
+            let asked = Instant::now();
+            let take = shared
                 .store
-                .acquire_refresh_lease(id, &holder, self.now(), REFRESH_LEASE_TTL)
-                .await?
-            {
-                let result = self.refresh_holding_lease(id, baseline).await;
-                if let Err(e) = shared.store.release_refresh_lease(id, &holder).await {
-                    tracing::warn!(account = %id, error = %e, "could not release the refresh lease");
+                .acquire_refresh_lease(
+                    id,
+                    &holder,
+                    self.now(),
+                    timing.lease_ttl,
+                    replace.as_deref(),
+                )
+                .await?;
+            match take {
+                LeaseTake::Taken { left_behind } => {
+                    if left_behind.is_some() && left_behind == replace {
+                        tracing::warn!(account = %id, "took over the refresh lease of a process that no longer exists");
+                    }
+                    flight.send_modify(|f| f.waiting_since = None);
+                    let mut lease = HeldLease {
+                        until: asked + timing.lease_ttl,
+                        left_behind: left_behind.is_some(),
+                        answer_lost: false,
+                        timing,
+                    };
+                    let result = self.refresh_holding_lease(id, baseline, &mut lease).await;
+                    // The callers go on now; giving the lease back may wait on a busy database.
+                    flight.send_modify(|f| f.result = Some(result.clone()));
+                    self.give_back(id, &holder, &lease).await;
+                    return result;
                 }
-                return result;
+                LeaseTake::Held { holder: other, .. } => {
+                    if replace.as_deref() != Some(other.as_str()) && holder::is_gone(&other) {
+                        replace = Some(other);
+                        continue;
+                    }
+                    replace = None;
+                    if flight.borrow().waiting_since.is_none() {
+                        flight.send_modify(|f| f.waiting_since = Some(Instant::now()));
+                    }
+                }
             }
-            if started.elapsed() > REFRESH_LEASE_TTL + Duration::from_secs(5) {
+            if started.elapsed() > timing.lease_ttl + Duration::from_secs(5) {
                 return Err(AuthError::transient(format!(
                     "another process has been refreshing account {id} for over a minute"
                 )));
@@ -314,11 +476,41 @@ impl Auth {
         }
     }
 
+    /// Gives the lease back; after a lost answer, leaves its row behind (expired, so nobody
+    /// waits for it) as the mark that the refresh token may be spent. Tries again while the
+    /// database is busy, as long as the lease would otherwise still hold (the callers have their
+    /// result already).
+    async fn give_back(&self, id: &str, holder: &str, lease: &HeldLease) {
+        let store = &self.pool.shared.store;
+        loop {
+            let done = if lease.answer_lost {
+                store
+                    .renew_refresh_lease(id, holder, self.now(), Duration::ZERO, LEASE_WRITE_WAIT)
+                    .await
+                    .map(drop)
+            } else {
+                store.release_refresh_lease(id, holder).await
+            };
+            match done {
+                Ok(()) => return,
+                Err(e) if lease.left(Duration::ZERO) > LEASE_WRITE_WAIT => {
+                    tracing::debug!(account = %id, error = %e, "could not give the refresh lease back yet");
+                    tokio::time::sleep(LEASE_WRITE_WAIT).await;
+                }
+                Err(e) => {
+                    tracing::warn!(account = %id, error = %e, "could not give the refresh lease back");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Under the lease: re-read, refresh, persist.
     async fn refresh_holding_lease(
         &self,
         id: &str,
         baseline: &Tokens,
+        lease: &mut HeldLease,
     ) -> Result<Secret, AuthError> {
         let store = &self.pool.shared.store;
         let current = store
@@ -330,8 +522,17 @@ impl Auth {
             self.adopt(current).await;
             return Ok(token);
         }
+        // The answer must arrive with enough of the lease left to store (or rescue) it.
+        let post_for = lease
+            .left(lease.timing.after_post)
+            .min(lease.timing.post_timeout);
+        if post_for < MIN_POST.min(lease.timing.post_timeout) {
+            return Err(AuthError::transient(format!(
+                "the database was too slow to refresh account {id} safely; try again later"
+            )));
+        }
         let sent = current.tokens.refresh_token.clone();
-        match self.post_refresh(&sent).await? {
+        match self.post_refresh(&sent, post_for).await? {
             Refreshed::Ok {
                 access_token,
                 refresh_token,
@@ -348,27 +549,38 @@ impl Auth {
                         .map(Secret::new)
                         .unwrap_or_else(|| current.tokens.id_token.clone()),
                     access_token: Secret::new(access_token),
-                    refresh_token: refresh_token.map(Secret::new).unwrap_or(sent),
+                    refresh_token: refresh_token.map(Secret::new).unwrap_or(sent.clone()),
                     last_refresh: Some(self.now()),
                 };
-                let mut patch = AccountPatch::default().tokens(tokens.clone());
+                let mut extra = AccountPatch::default();
                 if current.status == AccountStatus::NeedsLogin {
                     // Fresh tokens cure a dead sign-in, but not one a person disabled since.
-                    patch = patch
+                    extra = extra
                         .status(AccountStatus::Active, None)
                         .only_from(&[AccountStatus::NeedsLogin]);
                 }
                 if let Some(c) = &id_claims {
                     if c.chatgpt_plan_type.is_some() && c.chatgpt_plan_type != current.plan_type {
-                        patch.plan_type = Some(c.chatgpt_plan_type.clone());
+                        extra.plan_type = Some(c.chatgpt_plan_type.clone());
                     }
                     if c.email.is_some() && c.email != current.email {
-                        patch.email = Some(c.email.clone());
+                        extra.email = Some(c.email.clone());
                     }
                 }
-                self.persist(id, patch).await?;
+                let token = self
+                    .persist(
+                        id,
+                        RefreshedTokens::new(sent, tokens, extra),
+                        current,
+                        lease,
+                    )
+                    .await?;
                 tracing::info!(account = %id, "refreshed the tokens");
-                Ok(tokens.access_token)
+                Ok(token)
+            }
+            Refreshed::Unanswered(e) => {
+                lease.answer_lost = true;
+                Err(e)
             }
             Refreshed::Dead { code, message } => {
                 if code == "refresh_token_reused"
@@ -380,8 +592,13 @@ impl Auth {
                     self.adopt(again).await;
                     return Ok(token);
                 }
-                let reason = dead_reason(&code, message.as_deref());
-                tracing::warn!(account = %id, code = %code, "the sign-in is dead; the account needs a new login");
+                let reason = dead_reason(&code, message.as_deref(), lease.left_behind);
+                tracing::warn!(
+                    account = %id,
+                    code = %code,
+                    earlier_refresh_lost = lease.left_behind,
+                    "the sign-in is dead; the account needs a new login"
+                );
                 // Checked against the stored status, not `current`: a person may have
                 // disabled the account while the refresh was on the wire.
                 let patch = AccountPatch::default()
@@ -398,32 +615,126 @@ impl Auth {
         }
     }
 
-    /// Writes rotated tokens, retrying: losing them would lose the sign-in.
-    async fn persist(&self, id: &str, patch: AccountPatch) -> Result<(), AuthError> {
-        let started = tokio::time::Instant::now();
+    /// Stores rotated tokens: losing them would lose the sign-in (the issuer spent the old
+    /// refresh token). Tries the store in bounded attempts; when it still refuses after
+    /// `rescue_after`, has it rescue them (see the module docs); a store that can do neither is
+    /// tried for [`PERSIST_FOR`], renewing the lease meanwhile. The access token to use.
+    async fn persist(
+        &self,
+        id: &str,
+        refreshed: RefreshedTokens,
+        current: Account,
+        lease: &mut HeldLease,
+    ) -> Result<Secret, AuthError> {
+        let shared = &self.pool.shared;
+        let timing = lease.timing;
+        let answered = Instant::now();
+        let rescue_at = answered + timing.rescue_after.min(lease.left(RESCUE_MARGIN));
+        let give_up = answered + timing.persist_for;
+        let mut rescue_tried = false;
         let mut pause = Duration::from_millis(100);
         let mut attempt = 0u32;
         let last = loop {
             attempt += 1;
-            match self.pool.accounts().apply_patch(id, patch.clone()).await {
-                Ok(_) => return Ok(()),
-                Err(crate::Error::NotFound { .. }) => {
-                    return Err(AuthError::UnknownAccount { id: id.to_string() });
+            let wait = if rescue_tried {
+                timing.save_attempt
+            } else {
+                rescue_at
+                    .saturating_duration_since(Instant::now())
+                    .clamp(Duration::from_millis(100), timing.save_attempt)
+            };
+            let error = {
+                // Held across the write and the update of memory, so that a reload running
+                // meanwhile cannot install what it read before the write.
+                let _guard = shared.admin.lock().await;
+                // The store gives up by itself after `wait`; this also covers time spent
+                // queued behind its other work.
+                let saved = tokio::time::timeout(
+                    wait + Duration::from_secs(1),
+                    shared
+                        .store
+                        .save_refreshed_tokens(id, &refreshed, self.now(), wait),
+                )
+                .await;
+                match saved {
+                    Ok(Ok(TokenSave::Saved(a))) => {
+                        let token = a.tokens.access_token.clone();
+                        sync::write(&shared.accounts).upsert(a);
+                        return Ok(token);
+                    }
+                    Ok(Ok(TokenSave::Superseded(a))) => {
+                        tracing::warn!(account = %id, "newer tokens were stored while the refresh was under way; keeping those");
+                        let token = a.tokens.access_token.clone();
+                        sync::write(&shared.accounts).upsert(a);
+                        return Ok(token);
+                    }
+                    Ok(Err(crate::store::StoreError::NotFound { .. })) => {
+                        return Err(AuthError::UnknownAccount { id: id.to_string() });
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("the database did not answer within {wait:?}"),
                 }
-                Err(e) if started.elapsed() + pause < PERSIST_FOR => {
-                    tracing::warn!(account = %id, error = %e, attempt, "could not save refreshed tokens; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
+            };
+            let now = Instant::now();
+            if !rescue_tried && now >= rescue_at {
+                match shared.store.rescue_refreshed_tokens(id, &refreshed).await {
+                    Ok(true) => {
+                        tracing::error!(
+                            account = %id,
+                            error = %error,
+                            waited_ms = u64::try_from(now.duration_since(answered).as_millis()).unwrap_or(u64::MAX),
+                            "the database would not take the refreshed tokens; they are kept in a private \
+                             file beside it (rescued-tokens/) and go into the database with its next write"
+                        );
+                        let mut a = current;
+                        refreshed.apply_to(&mut a, self.now());
+                        let token = a.tokens.access_token.clone();
+                        let _guard = shared.admin.lock().await;
+                        sync::write(&shared.accounts).upsert(a);
+                        return Ok(token);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(account = %id, error = %e, "could not rescue the refreshed tokens either; still trying the database");
+                    }
                 }
-                Err(e) => break Some(e),
+                rescue_tried = true;
             }
+            if now + pause >= give_up {
+                break error;
+            }
+            tracing::warn!(account = %id, error = %error, attempt, "could not save refreshed tokens; retrying");
+            if rescue_tried && lease.left(Duration::ZERO) < timing.lease_ttl / 2 {
+                let asked = Instant::now();
+                match shared
+                    .store
+                    .renew_refresh_lease(
+                        id,
+                        &shared.auth.holder,
+                        self.now(),
+                        timing.lease_ttl,
+                        LEASE_WRITE_WAIT,
+                    )
+                    .await
+                {
+                    Ok(true) => lease.until = asked + timing.lease_ttl,
+                    Ok(false) => {
+                        tracing::warn!(account = %id, "lost the refresh lease while saving the refreshed tokens");
+                    }
+                    Err(_) => {}
+                }
+            }
+            let pause_for = if rescue_tried {
+                pause
+            } else {
+                pause.min(rescue_at.saturating_duration_since(Instant::now()))
+            };
+            tokio::time::sleep(pause_for).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
         };
         tracing::error!(account = %id, "refreshed tokens could not be saved; the account will need a new sign-in");
         Err(AuthError::Store {
-            message: format!(
-                "the refreshed tokens could not be saved: {}",
-                last.map(|e| e.to_string()).unwrap_or_default()
-            ),
+            message: format!("the refreshed tokens could not be saved: {last}"),
         })
     }
 
@@ -435,13 +746,18 @@ impl Auth {
         sync::write(&shared.accounts).upsert(account);
     }
 
-    /// `POST {issuer}/oauth/token` with the refresh grant (JSON).
-    async fn post_refresh(&self, refresh_token: &Secret) -> Result<Refreshed, AuthError> {
+    /// `POST {issuer}/oauth/token` with the refresh grant (JSON), waiting at most `timeout`.
+    async fn post_refresh(
+        &self,
+        refresh_token: &Secret,
+        timeout: Duration,
+    ) -> Result<Refreshed, AuthError> {
         let config = self.config();
-        let resp = self
+        let sent = self
             .http()?
             .post(format!("{}/oauth/token", config.issuer))
             .header(reqwest::header::ACCEPT, "application/json")
+            .timeout(timeout)
             .json(&json!({
                 "client_id": config.client_id,
                 "grant_type": "refresh_token",
@@ -449,13 +765,31 @@ impl Auth {
                 "scope": "openid profile email",
             }))
             .send()
-            .await
-            .map_err(|e| AuthError::transient(format!("token refresh: {}", describe(&e))))?;
+            .await;
+        let unanswered = |e: &reqwest::Error| {
+            let error = AuthError::transient(format!("token refresh: {}", describe(e)));
+            // Not connected: the token did not leave. Anything later: it may have been spent.
+            if e.is_connect() {
+                Err(error)
+            } else {
+                Ok(Refreshed::Unanswered(error))
+            }
+        };
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => return unanswered(&e),
+        };
         let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| AuthError::transient(format!("token refresh: {}", describe(&e))))?;
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) if (200..300).contains(&status) => return unanswered(&e),
+            Err(e) => {
+                return Err(AuthError::transient(format!(
+                    "token refresh: {}",
+                    describe(&e)
+                )));
+            }
+        };
         if (200..300).contains(&status) {
             let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
                 AuthError::transient(format!(
@@ -556,10 +890,77 @@ mod tests {
     }
 
     #[test]
+    fn the_post_and_what_follows_fit_in_the_lease() {
+        let t = Timing::default();
+        // The answer arrives with ten seconds of the lease left: a first attempt to store it,
+        // then the rescue, still well before another process may take the lease.
+        assert!(t.post_timeout + t.after_post <= t.lease_ttl);
+        assert!(t.rescue_after + RESCUE_MARGIN <= t.after_post);
+        assert!(t.save_attempt <= t.after_post);
+        assert!(t.other_holder_wait * 10 <= t.lease_ttl);
+        // The HTTP client's own limit does not cut the refresh short.
+        assert!(t.post_timeout >= super::super::client::REQUEST_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn the_refresh_post_times_out_inside_the_lease_and_leaves_its_mark() {
+        use std::sync::Arc;
+
+        let fake = codexpool_testkit::FakeOpenAi::start().unwrap();
+        fake.add_account(codexpool_testkit::FakeAccount::new("acct-1"));
+        // An issuer that takes the connection and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let issuer = format!("http://{}", silent.local_addr().unwrap());
+        let config = crate::Config::default()
+            .with("ISSUER", &issuer)
+            .unwrap()
+            .with("USAGE_BASE_URL", &issuer)
+            .unwrap();
+        let pool = Pool::builder(config)
+            .store(Arc::new(crate::store::MemoryStore::new()))
+            .watch_interval(Duration::ZERO)
+            .open()
+            .await
+            .unwrap();
+        let doc = serde_json::to_vec(&fake.auth_json("acct-1")).unwrap();
+        let id = pool
+            .accounts()
+            .import_bytes("auth.json", &doc)
+            .await
+            .results[0]
+            .account_id
+            .clone()
+            .unwrap();
+        sync::lock(&pool.shared.auth.timing).post_timeout = Duration::from_millis(300);
+
+        let started = std::time::Instant::now();
+        let e = pool.auth().refresh(&id).await.unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        assert!(e.to_string().contains("timed out"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The lease is free, but its row stays as the mark of a refresh whose answer was lost.
+        let took = pool
+            .store()
+            .acquire_refresh_lease(&id, "next", pool.now(), REFRESH_LEASE_TTL, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            took,
+            LeaseTake::Taken {
+                left_behind: Some(pool.shared.auth.holder.clone())
+            }
+        );
+        drop(silent);
+    }
+
+    #[test]
     fn dead_reasons_are_sentences() {
-        assert!(dead_reason("refresh_token_reused", None).contains("another holder"));
+        assert!(dead_reason("refresh_token_reused", None, false).contains("another holder"));
+        let lost = dead_reason("refresh_token_reused", None, true);
+        assert!(lost.contains("answer was lost"), "{lost}");
+        assert!(!lost.contains("another holder"), "{lost}");
         assert!(
-            dead_reason("invalid_grant", Some("bad"))
+            dead_reason("invalid_grant", Some("bad"), true)
                 .ends_with("(invalid_grant: bad); sign in again")
         );
     }

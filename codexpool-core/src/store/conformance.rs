@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{LoginKind, LoginSession, LoginStatus, RecordBatch, Store, StoreError};
+use super::{
+    LeaseTake, LoginKind, LoginSession, LoginStatus, RecordBatch, RefreshedTokens, Store,
+    StoreError, TokenSave,
+};
 use crate::account::{Account, AccountPatch, AccountStatus, Tokens};
 use crate::keys::{KeyPatch, PlatformKey};
 use crate::request_log::{RequestLogEntry, RequestLogQuery};
@@ -111,6 +114,7 @@ pub async fn check_all(store: &dyn Store) -> Result<(), Failure> {
     records(store).await?;
     login_sessions(store).await?;
     refresh_leases(store).await?;
+    refreshed_tokens(store).await?;
     Ok(())
 }
 
@@ -713,49 +717,200 @@ async fn login_sessions(s: &dyn Store) -> Result<(), Failure> {
 
 async fn refresh_leases(s: &dyn Store) -> Result<(), Failure> {
     let ttl = Duration::from_secs(30);
+    let wait = Duration::from_secs(5);
+    let taken = |left: Option<&str>| LeaseTake::Taken {
+        left_behind: left.map(str::to_string),
+    };
+    let held = |h: &str, until: Timestamp| LeaseTake::Held {
+        holder: h.into(),
+        until,
+    };
+    let got = s
+        .acquire_refresh_lease("a", "p1", t(0), ttl, None)
+        .await
+        .map_err(e)?;
+    ensure!(got == taken(None), "free lease: {got:?}");
+    let got = s
+        .acquire_refresh_lease("a", "p2", t(1), ttl, None)
+        .await
+        .map_err(e)?;
+    ensure!(got == held("p1", t(30)), "held lease: {got:?}");
+    let got = s
+        .acquire_refresh_lease("a", "p2", t(1), ttl, Some("p9"))
+        .await
+        .map_err(e)?;
     ensure!(
-        s.acquire_refresh_lease("a", "p1", t(0), ttl)
-            .await
-            .map_err(e)?,
-        "free lease"
+        got == held("p1", t(30)),
+        "replacing names the holder: {got:?}"
     );
+    let got = s
+        .acquire_refresh_lease("a", "p1", t(2), ttl, None)
+        .await
+        .map_err(e)?;
     ensure!(
-        !s.acquire_refresh_lease("a", "p2", t(1), ttl)
-            .await
-            .map_err(e)?,
-        "held lease"
+        got == taken(Some("p1")),
+        "re-entrant for the holder: {got:?}"
     );
+    let got = s
+        .acquire_refresh_lease("b", "p2", t(2), ttl, None)
+        .await
+        .map_err(e)?;
+    ensure!(got == taken(None), "leases are per account: {got:?}");
+    let got = s
+        .acquire_refresh_lease("a", "p2", t(40), ttl, None)
+        .await
+        .map_err(e)?;
     ensure!(
-        s.acquire_refresh_lease("a", "p1", t(2), ttl)
-            .await
-            .map_err(e)?,
-        "re-entrant for the holder"
-    );
-    ensure!(
-        s.acquire_refresh_lease("b", "p2", t(2), ttl)
-            .await
-            .map_err(e)?,
-        "leases are per account"
-    );
-    ensure!(
-        s.acquire_refresh_lease("a", "p2", t(40), ttl)
-            .await
-            .map_err(e)?,
-        "an expired lease can be taken over"
+        got == taken(Some("p1")),
+        "an expired lease can be taken over, and says it was left behind: {got:?}"
     );
     s.release_refresh_lease("a", "p1").await.map_err(e)?;
+    let got = s
+        .acquire_refresh_lease("a", "p3", t(41), ttl, None)
+        .await
+        .map_err(e)?;
     ensure!(
-        !s.acquire_refresh_lease("a", "p3", t(41), ttl)
-            .await
-            .map_err(e)?,
-        "only the holder releases"
+        got == held("p2", t(70)),
+        "only the holder releases: {got:?}"
     );
-    s.release_refresh_lease("a", "p2").await.map_err(e)?;
+    let got = s
+        .acquire_refresh_lease("a", "p3", t(41), ttl, Some("p2"))
+        .await
+        .map_err(e)?;
     ensure!(
-        s.acquire_refresh_lease("a", "p3", t(41), ttl)
+        got == taken(Some("p2")),
+        "a holder known to be gone is replaced: {got:?}"
+    );
+    s.release_refresh_lease("a", "p3").await.map_err(e)?;
+    let got = s
+        .acquire_refresh_lease("a", "p4", t(42), ttl, None)
+        .await
+        .map_err(e)?;
+    ensure!(got == taken(None), "released lease is free: {got:?}");
+
+    // Renewing: only the holder; a zero TTL frees the lease but leaves its mark.
+    ensure!(
+        s.renew_refresh_lease("a", "p4", t(60), ttl, wait)
             .await
             .map_err(e)?,
-        "released lease is free"
+        "the holder renews"
+    );
+    ensure!(
+        !s.renew_refresh_lease("a", "p1", t(60), ttl, wait)
+            .await
+            .map_err(e)?,
+        "others do not"
+    );
+    let got = s
+        .acquire_refresh_lease("a", "p5", t(80), ttl, None)
+        .await
+        .map_err(e)?;
+    ensure!(got == held("p4", t(90)), "renewed until 60 + 30: {got:?}");
+    ensure!(
+        s.renew_refresh_lease("a", "p4", t(81), Duration::ZERO, wait)
+            .await
+            .map_err(e)?,
+        "expire now"
+    );
+    let got = s
+        .acquire_refresh_lease("a", "p5", t(81), ttl, None)
+        .await
+        .map_err(e)?;
+    ensure!(
+        got == taken(Some("p4")),
+        "an expired mark is free and reported: {got:?}"
+    );
+    Ok(())
+}
+
+async fn refreshed_tokens(s: &dyn Store) -> Result<(), Failure> {
+    let wait = Duration::from_secs(5);
+    let a = sample_account("rt1", "chatgpt-rt");
+    s.insert_account(&a).await.map_err(e)?;
+    let tokens = |rt: &str, exp: i64| Tokens {
+        id_token: Secret::from("id-new"),
+        access_token: Secret::from(format!("access-{rt}")),
+        refresh_token: Secret::from(rt),
+        expires_at: Some(t(exp)),
+        last_refresh: Some(t(10)),
+    };
+    let missing = s
+        .save_refreshed_tokens(
+            "nope",
+            &RefreshedTokens::new(
+                a.tokens.refresh_token.clone(),
+                tokens("x", 1),
+                AccountPatch::default(),
+            ),
+            t(10),
+            wait,
+        )
+        .await;
+    ensure!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "unknown account: {missing:?}"
+    );
+
+    // The successor of the stored refresh token, with a status change.
+    let first = RefreshedTokens::new(
+        a.tokens.refresh_token.clone(),
+        tokens("rt-2", 7200),
+        AccountPatch {
+            email: Some(Some("new@example.com".into())),
+            ..Default::default()
+        },
+    );
+    let saved = s
+        .save_refreshed_tokens("rt1", &first, t(10), wait)
+        .await
+        .map_err(e)?;
+    let TokenSave::Saved(got) = saved else {
+        return Err(format!("not saved: {saved:?}"));
+    };
+    ensure!(got.tokens == first.tokens, "tokens written");
+    ensure!(
+        got.email.as_deref() == Some("new@example.com"),
+        "extra changes written"
+    );
+    let stored = s.get_account("rt1").await.map_err(e)?.ok_or("gone")?;
+    ensure!(stored.tokens == first.tokens, "and stored");
+    // Again: already there, still fine.
+    let again = s
+        .save_refreshed_tokens("rt1", &first, t(11), wait)
+        .await
+        .map_err(e)?;
+    ensure!(
+        matches!(again, TokenSave::Saved(_)),
+        "idempotent: {again:?}"
+    );
+
+    // A late write of older tokens (their refresh token is not the stored one): refused.
+    let late = RefreshedTokens::new(
+        Secret::from("rt-0"),
+        tokens("rt-1", 3600),
+        AccountPatch::default(),
+    );
+    let got = s
+        .save_refreshed_tokens("rt1", &late, t(12), wait)
+        .await
+        .map_err(e)?;
+    let TokenSave::Superseded(kept) = got else {
+        return Err(format!("older tokens written: {got:?}"));
+    };
+    ensure!(kept.tokens == first.tokens, "the newer ones stay");
+    // Newer tokens from someone else's refresh: written.
+    let newer = RefreshedTokens::new(
+        Secret::from("rt-other"),
+        tokens("rt-3", 9000),
+        AccountPatch::default(),
+    );
+    let got = s
+        .save_refreshed_tokens("rt1", &newer, t(13), wait)
+        .await
+        .map_err(e)?;
+    ensure!(
+        matches!(&got, TokenSave::Saved(a) if a.tokens == newer.tokens),
+        "newer tokens written: {got:?}"
     );
     Ok(())
 }

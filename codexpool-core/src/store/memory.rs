@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{LoginSession, LoginStatus, RecordBatch, Store, StoreError};
+use super::{
+    LeaseTake, LoginSession, LoginStatus, RecordBatch, RefreshedTokens, Store, StoreError,
+    TokenSave,
+};
 use crate::account::{Account, AccountPatch};
 use crate::keys::{KeyPatch, PlatformKey};
 use crate::request_log::{RequestLogEntry, RequestLogQuery};
@@ -370,15 +373,39 @@ impl Store for MemoryStore {
         holder: &str,
         now: Timestamp,
         ttl: Duration,
+        replace: Option<&str>,
+    ) -> Result<LeaseTake, StoreError> {
+        let mut s = lock(&self.state);
+        let left_behind = match s.leases.get(account_id) {
+            Some((h, exp)) if h != holder && *exp > now && Some(h.as_str()) != replace => {
+                return Ok(LeaseTake::Held {
+                    holder: h.clone(),
+                    until: *exp,
+                });
+            }
+            Some((h, _)) => Some(h.clone()),
+            None => None,
+        };
+        s.leases
+            .insert(account_id.to_string(), (holder.to_string(), now.plus(ttl)));
+        Ok(LeaseTake::Taken { left_behind })
+    }
+
+    async fn renew_refresh_lease(
+        &self,
+        account_id: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+        _wait: Duration,
     ) -> Result<bool, StoreError> {
         let mut s = lock(&self.state);
-        match s.leases.get(account_id) {
-            Some((h, exp)) if h != holder && *exp > now => Ok(false),
-            _ => {
-                s.leases
-                    .insert(account_id.to_string(), (holder.to_string(), now.plus(ttl)));
+        match s.leases.get_mut(account_id) {
+            Some((h, exp)) if h == holder => {
+                *exp = now.plus(ttl);
                 Ok(true)
             }
+            _ => Ok(false),
         }
     }
 
@@ -392,6 +419,39 @@ impl Store for MemoryStore {
             s.leases.remove(account_id);
         }
         Ok(())
+    }
+
+    async fn save_refreshed_tokens(
+        &self,
+        account_id: &str,
+        refreshed: &RefreshedTokens,
+        now: Timestamp,
+        _wait: Duration,
+    ) -> Result<TokenSave, StoreError> {
+        let mut s = lock(&self.state);
+        let mut a = s
+            .accounts
+            .get(account_id)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound {
+                what: "account",
+                id: account_id.into(),
+            })?;
+        if !refreshed.writes_over(&a.tokens) {
+            return Ok(TokenSave::Superseded(a));
+        }
+        refreshed.apply_to(&mut a, now);
+        s.accounts.insert(a.id.clone(), a.clone());
+        s.changed();
+        Ok(TokenSave::Saved(a))
+    }
+
+    async fn rescue_refreshed_tokens(
+        &self,
+        _account_id: &str,
+        _refreshed: &RefreshedTokens,
+    ) -> Result<bool, StoreError> {
+        Ok(false)
     }
 
     async fn data_version(&self) -> Result<u64, StoreError> {

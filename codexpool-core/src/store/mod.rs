@@ -4,8 +4,12 @@
 //!
 //! The pool keeps its working state in memory; the store is written through on admin actions
 //! and in batches for high-rate data (usage readings, ledger, request log, last-used times).
+//! Refreshed tokens are the one write that must not be lost (the issuer has spent the old refresh
+//! token): [`Store::save_refreshed_tokens`] gives up in bounded time and
+//! [`Store::rescue_refreshed_tokens`] keeps them outside the database until it takes them.
 
 mod memory;
+mod rescue;
 mod sqlite;
 
 pub mod conformance;
@@ -18,7 +22,7 @@ use async_trait::async_trait;
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
-use crate::account::{Account, AccountPatch};
+use crate::account::{Account, AccountPatch, Tokens};
 use crate::keys::{KeyPatch, PlatformKey};
 use crate::request_log::{RequestLogEntry, RequestLogQuery};
 use crate::secret::Secret;
@@ -245,23 +249,127 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes sessions that expired before `before`.
     async fn purge_login_sessions(&self, before: Timestamp) -> Result<u64, StoreError>;
 
-    /// Takes the refresh lease of an account for `holder` until `until`, when it is free,
-    /// expired or already `holder`'s. `true` when taken. Single-flight across processes.
+    /// Takes the refresh lease of an account for `holder` until `now + ttl`, when it is free,
+    /// expired, already `holder`'s, or held by `replace` (a holder the caller knows is gone).
+    /// Single-flight across processes. A lease row that was never given back (its holder died
+    /// mid-refresh, or left it as the mark of a lost answer) is reported as `left_behind`.
     async fn acquire_refresh_lease(
         &self,
         account_id: &str,
         holder: &str,
         now: Timestamp,
         ttl: Duration,
+        replace: Option<&str>,
+    ) -> Result<LeaseTake, StoreError>;
+    /// Moves the expiry of `holder`'s lease to `now + ttl` (a zero `ttl` frees it for others
+    /// but leaves the row as a mark that a refresh was under way); `false` when `holder` does
+    /// not hold it. Gives up after `wait` when the database is busy.
+    async fn renew_refresh_lease(
+        &self,
+        account_id: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+        wait: Duration,
     ) -> Result<bool, StoreError>;
     /// Gives the lease back (only if `holder` holds it).
     async fn release_refresh_lease(&self, account_id: &str, holder: &str)
     -> Result<(), StoreError>;
+    /// Writes the tokens a refresh obtained, with the rest of [`RefreshedTokens::extra`], in one
+    /// step — unless the stored tokens are newer (someone wrote others since the refresh read
+    /// them; see [`RefreshedTokens`]). Gives up with an error after `wait` when the database is
+    /// busy, and then never writes later: the caller can rescue the tokens instead.
+    async fn save_refreshed_tokens(
+        &self,
+        account_id: &str,
+        refreshed: &RefreshedTokens,
+        now: Timestamp,
+        wait: Duration,
+    ) -> Result<TokenSave, StoreError>;
+    /// Keeps refreshed tokens that [`Store::save_refreshed_tokens`] could not write somewhere
+    /// outside the database (the SQLite store: a private file beside it), from where every read
+    /// sees them and the next write of the account folds them in. `false` when this store has
+    /// no such place.
+    async fn rescue_refreshed_tokens(
+        &self,
+        account_id: &str,
+        refreshed: &RefreshedTokens,
+    ) -> Result<bool, StoreError>;
 
     // ---- change detection
     /// A number that changes when another process (or another handle on the same database)
     /// commits. Compared between calls only; the value itself means nothing.
     async fn data_version(&self) -> Result<u64, StoreError>;
+}
+
+/// What [`Store::acquire_refresh_lease`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseTake {
+    /// The caller holds the lease now.
+    Taken {
+        /// The holder of a lease row that was there and never given back: a refresh by that
+        /// holder was under way when it died or lost its answer, so the refresh token it sent
+        /// may be spent.
+        left_behind: Option<String>,
+    },
+    /// Another holder has it.
+    Held {
+        /// Who (as it named itself).
+        holder: String,
+        /// Until when, unless given back or renewed.
+        until: Timestamp,
+    },
+}
+
+/// What a refresh obtained, for [`Store::save_refreshed_tokens`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RefreshedTokens {
+    /// The refresh token the issuer took for them: stored tokens holding it are replaced
+    /// whatever their times say; other stored tokens only when older (by the access token's
+    /// expiry, else the last refresh), as an import keeps the newer sign-in.
+    pub spent: Secret,
+    /// The new tokens.
+    pub tokens: Tokens,
+    /// What else to change with them (status, plan, email); its `tokens` are ignored.
+    pub extra: AccountPatch,
+}
+
+impl RefreshedTokens {
+    /// Tokens obtained by spending `spent`, with `extra` changes.
+    pub fn new(spent: Secret, tokens: Tokens, extra: AccountPatch) -> Self {
+        Self {
+            spent,
+            tokens,
+            extra,
+        }
+    }
+
+    /// Whether they are written over `stored`: when they are the same tokens (nothing is lost
+    /// by writing them again) or replace them.
+    pub(crate) fn writes_over(&self, stored: &Tokens) -> bool {
+        let same = self.tokens.access_token == stored.access_token
+            && self.tokens.refresh_token == stored.refresh_token;
+        same || rescue::replaces(&self.tokens, stored, stored.refresh_token == self.spent)
+    }
+
+    /// `a` with the tokens and the extra changes.
+    pub(crate) fn apply_to(&self, a: &mut Account, now: Timestamp) {
+        let mut patch = self.extra.clone();
+        patch.tokens = Some(self.tokens.clone());
+        patch.apply_to(a, now);
+    }
+}
+
+/// How [`Store::save_refreshed_tokens`] ended.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum TokenSave {
+    /// Written (or they were stored already); the account as stored now.
+    Saved(Account),
+    /// Not written: the stored tokens are newer. The account as stored.
+    Superseded(Account),
 }
 
 /// The ledger order every store returns: largest total first, then by group name.

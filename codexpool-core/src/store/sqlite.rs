@@ -2,6 +2,9 @@
 //! block the tokio workers), WAL so readers in other processes never wait, `BEGIN IMMEDIATE` for
 //! every write so two processes never deadlock on a lock upgrade, a busy timeout plus a retry so
 //! `database is locked` never reaches a user, and numbered migrations tracked by `user_version`.
+//! Refreshed tokens the database would not take wait beside it (`rescued-tokens/`, see
+//! [`rescue`](super::rescue)): reads see them, and the next write of their account or the next
+//! opening folds them in.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
@@ -11,7 +14,11 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{LoginKind, LoginSession, LoginStatus, RecordBatch, Store, StoreError};
+use super::rescue::{self, Rescue};
+use super::{
+    LeaseTake, LoginKind, LoginSession, LoginStatus, RecordBatch, RefreshedTokens, Store,
+    StoreError, TokenSave,
+};
 use crate::account::{Account, AccountPatch, AccountStatus, Tokens};
 use crate::keys::{KeyPatch, PlatformKey};
 use crate::request_log::{RequestLogEntry, RequestLogQuery};
@@ -28,6 +35,10 @@ const MIGRATIONS: &[&str] = &[include_str!("../../migrations/001_init.sql")];
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retries of a busy write after the busy timeout (rare: a long writer elsewhere).
 const BUSY_RETRIES: u32 = 5;
+/// How long opening the database tries to fold rescued tokens in before leaving them for later.
+const FOLD_AT_OPEN: Duration = Duration::from_secs(2);
+/// How long giving a refresh lease back waits for a busy database.
+const LEASE_RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -35,6 +46,8 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 pub struct SqliteStore {
     tx: mpsc::Sender<Job>,
     path: PathBuf,
+    /// Where refreshed tokens the database refused wait (see the module docs).
+    rescue_dir: Arc<Path>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -92,6 +105,64 @@ fn write<R>(
             other => return other,
         }
     }
+}
+
+/// Runs a write transaction, trying while the database is locked by another process until
+/// `deadline` and never beginning one after it (a transaction that got the lock commits at
+/// once): a caller that waits a little past the deadline sees whatever was written, and one
+/// whose call was still queued at the deadline can rely on nothing having been written.
+fn write_before<R>(
+    conn: &mut Connection,
+    deadline: std::time::Instant,
+    f: impl Fn(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    let result = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break Err(StoreError::Backend {
+                message: "database is locked (gave up waiting for another process to finish \
+                          writing)"
+                    .into(),
+                source: None,
+            });
+        }
+        if let Err(e) = conn.busy_timeout(left.max(Duration::from_millis(1))) {
+            break Err(db_err(e));
+        }
+        let result = (|| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let r = f(&tx)?;
+            tx.commit().map_err(db_err)?;
+            Ok(r)
+        })();
+        match result {
+            Err(e) if is_busy(&e) => std::thread::sleep(Duration::from_millis(10)),
+            other => break other,
+        }
+    };
+    if let Err(e) = conn.busy_timeout(BUSY_TIMEOUT) {
+        tracing::warn!(error = %e, "could not restore the database busy timeout");
+    }
+    result
+}
+
+/// Folds rescued tokens into the accounts they belong to (when newer than what is stored), in
+/// the transaction `tx`; the rescues the caller may remove once `tx` commits (all it was given:
+/// folded, out of date, or of an account that is gone).
+fn fold_rescues(tx: &Connection, rescues: &[Rescue], now: Timestamp) -> Result<(), StoreError> {
+    let mut ids: Vec<&str> = rescues.iter().map(|r| r.account_id.as_str()).collect();
+    ids.dedup();
+    for id in ids {
+        if let Some(mut a) = get_account(tx, id)?
+            && rescue::apply_all(&mut a, rescues)
+        {
+            a.updated_at = now;
+            write_account(tx, &a, false)?;
+        }
+    }
+    Ok(())
 }
 
 fn create_private_file(path: &Path) -> std::io::Result<()> {
@@ -187,11 +258,26 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel();
         let p = path.clone();
+        let rescue_dir: Arc<Path> = rescue::dir_for(&path).into();
+        let dir = rescue_dir.clone();
         std::thread::Builder::new()
             .name("codexpool-sqlite".into())
             .spawn(move || {
                 let mut conn = match open_connection(&p) {
-                    Ok(c) => {
+                    Ok(mut c) => {
+                        // Tokens a refresh could not store last time: in now, if newer.
+                        let rescues = rescue::read(&dir, None);
+                        if !rescues.is_empty() {
+                            let deadline = std::time::Instant::now() + FOLD_AT_OPEN;
+                            match write_before(&mut c, deadline, |tx| {
+                                fold_rescues(tx, &rescues, Timestamp::now())
+                            }) {
+                                Ok(()) => rescue::remove(&rescues),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "could not store rescued tokens yet; they stay beside the database");
+                                }
+                            }
+                        }
                         let _ = ready_tx.send(Ok(()));
                         c
                     }
@@ -209,7 +295,11 @@ impl SqliteStore {
                 message: e.to_string(),
             })?;
         ready_rx.await.map_err(|_| StoreError::Closed)??;
-        Ok(Self { tx, path })
+        Ok(Self {
+            tx,
+            path,
+            rescue_dir,
+        })
     }
 
     /// The database file.
@@ -550,21 +640,38 @@ fn insert_request_log(
 #[async_trait]
 impl Store for SqliteStore {
     async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
-        self.call(|c| {
+        let dir = self.rescue_dir.clone();
+        self.call(move |c| {
             let mut st = c
                 .prepare_cached(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts"))
                 .map_err(db_err)?;
-            st.query_map([], account_from_row)
+            let mut all: Vec<Account> = st
+                .query_map([], account_from_row)
                 .map_err(db_err)?
                 .collect::<rusqlite::Result<_>>()
-                .map_err(db_err)
+                .map_err(db_err)?;
+            // Rescued tokens are the live ones until the database takes them.
+            let rescues = rescue::read(&dir, None);
+            if !rescues.is_empty() {
+                for a in &mut all {
+                    rescue::apply_all(a, &rescues);
+                }
+            }
+            Ok(all)
         })
         .await
     }
 
     async fn get_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
-        let id = id.to_string();
-        self.call(move |c| get_account(c, &id)).await
+        let (id, dir) = (id.to_string(), self.rescue_dir.clone());
+        self.call(move |c| {
+            let mut a = get_account(c, &id)?;
+            if let Some(a) = &mut a {
+                rescue::apply_all(a, &rescue::read(&dir, Some(&id)));
+            }
+            Ok(a)
+        })
+        .await
     }
 
     async fn insert_account(&self, account: &Account) -> Result<(), StoreError> {
@@ -579,32 +686,41 @@ impl Store for SqliteStore {
         patch: &AccountPatch,
         now: Timestamp,
     ) -> Result<Account, StoreError> {
-        let (id, patch) = (id.to_string(), patch.clone());
+        let (id, patch, dir) = (id.to_string(), patch.clone(), self.rescue_dir.clone());
         self.call(move |c| {
-            write(c, |tx| {
+            let rescues = rescue::read(&dir, Some(&id));
+            let a = write(c, |tx| {
                 let mut a = get_account(tx, &id)?.ok_or_else(|| StoreError::NotFound {
                     what: "account",
                     id: id.clone(),
                 })?;
+                // Rescued tokens go in with any write of their account; tokens the patch
+                // brings (a sign-in, an import that found them newer) win over them.
+                rescue::apply_all(&mut a, &rescues);
                 patch.apply_to(&mut a, now);
                 write_account(tx, &a, false)?;
                 Ok(a)
-            })
+            })?;
+            rescue::remove(&rescues);
+            Ok(a)
         })
         .await
     }
 
     async fn delete_account(&self, id: &str) -> Result<bool, StoreError> {
-        let id = id.to_string();
+        let (id, dir) = (id.to_string(), self.rescue_dir.clone());
         self.call(move |c| {
-            write(c, |tx| {
+            let rescues = rescue::read(&dir, Some(&id));
+            let found = write(c, |tx| {
                 tx.execute("DELETE FROM refresh_leases WHERE account_id = ?1", [&id])
                     .map_err(db_err)?;
                 Ok(tx
                     .execute("DELETE FROM accounts WHERE id = ?1", [&id])
                     .map_err(db_err)?
                     > 0)
-            })
+            })?;
+            rescue::remove(&rescues);
+            Ok(found)
         })
         .await
     }
@@ -1009,17 +1125,73 @@ impl Store for SqliteStore {
         holder: &str,
         now: Timestamp,
         ttl: Duration,
+        replace: Option<&str>,
+    ) -> Result<LeaseTake, StoreError> {
+        let (id, holder, dir) = (
+            account_id.to_string(),
+            holder.to_string(),
+            self.rescue_dir.clone(),
+        );
+        let replace = replace.map(str::to_string);
+        let until = now.plus(ttl).as_millis();
+        self.call(move |c| {
+            // A refresh is about to read the account: rescued tokens go in first.
+            let rescues = rescue::read(&dir, Some(&id));
+            let took = write(c, |tx| {
+                let current: Option<(String, i64)> = tx
+                    .query_row(
+                        "SELECT holder, expires_at FROM refresh_leases WHERE account_id = ?1",
+                        [&id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                if let Some((h, exp)) = &current
+                    && *h != holder
+                    && *exp > now.as_millis()
+                    && Some(h) != replace.as_ref()
+                {
+                    return Ok(LeaseTake::Held {
+                        holder: h.clone(),
+                        until: Timestamp::from_millis(*exp),
+                    });
+                }
+                tx.execute(
+                    "INSERT INTO refresh_leases (account_id, holder, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (account_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+                    params![id, holder, until],
+                )
+                .map_err(db_err)?;
+                fold_rescues(tx, &rescues, now)?;
+                Ok(LeaseTake::Taken {
+                    left_behind: current.map(|(h, _)| h),
+                })
+            })?;
+            if matches!(took, LeaseTake::Taken { .. }) {
+                rescue::remove(&rescues);
+            }
+            Ok(took)
+        })
+        .await
+    }
+
+    async fn renew_refresh_lease(
+        &self,
+        account_id: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+        wait: Duration,
     ) -> Result<bool, StoreError> {
         let (id, holder) = (account_id.to_string(), holder.to_string());
         let until = now.plus(ttl).as_millis();
+        let deadline = std::time::Instant::now() + wait;
         self.call(move |c| {
-            write(c, |tx| {
+            write_before(c, deadline, |tx| {
                 let n = tx
                     .execute(
-                        "INSERT INTO refresh_leases (account_id, holder, expires_at) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (account_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-                         WHERE refresh_leases.expires_at <= ?4 OR refresh_leases.holder = excluded.holder",
-                        params![id, holder, until, now.as_millis()],
+                        "UPDATE refresh_leases SET expires_at = ?3 WHERE account_id = ?1 AND holder = ?2",
+                        params![id, holder, until],
                     )
                     .map_err(db_err)?;
                 Ok(n > 0)
@@ -1034,8 +1206,10 @@ impl Store for SqliteStore {
         holder: &str,
     ) -> Result<(), StoreError> {
         let (id, holder) = (account_id.to_string(), holder.to_string());
+        // Not worth blocking this connection long: an unreleased lease runs out by itself.
+        let deadline = std::time::Instant::now() + LEASE_RELEASE_WAIT;
         self.call(move |c| {
-            write(c, |tx| {
+            write_before(c, deadline, |tx| {
                 tx.execute(
                     "DELETE FROM refresh_leases WHERE account_id = ?1 AND holder = ?2",
                     params![id, holder],
@@ -1045,6 +1219,66 @@ impl Store for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn save_refreshed_tokens(
+        &self,
+        account_id: &str,
+        refreshed: &RefreshedTokens,
+        now: Timestamp,
+        wait: Duration,
+    ) -> Result<TokenSave, StoreError> {
+        let (id, refreshed, dir) = (
+            account_id.to_string(),
+            refreshed.clone(),
+            self.rescue_dir.clone(),
+        );
+        // Counted from the call, not from when the connection gets to it.
+        let deadline = std::time::Instant::now() + wait;
+        self.call(move |c| {
+            let rescues = rescue::read(&dir, Some(&id));
+            let saved = write_before(c, deadline, |tx| {
+                let mut a = get_account(tx, &id)?.ok_or_else(|| StoreError::NotFound {
+                    what: "account",
+                    id: id.clone(),
+                })?;
+                let folded = rescue::apply_all(&mut a, &rescues);
+                if !refreshed.writes_over(&a.tokens) {
+                    if folded {
+                        a.updated_at = now;
+                        write_account(tx, &a, false)?;
+                    }
+                    return Ok(TokenSave::Superseded(a));
+                }
+                refreshed.apply_to(&mut a, now);
+                write_account(tx, &a, false)?;
+                Ok(TokenSave::Saved(a))
+            })?;
+            rescue::remove(&rescues);
+            Ok(saved)
+        })
+        .await
+    }
+
+    async fn rescue_refreshed_tokens(
+        &self,
+        account_id: &str,
+        refreshed: &RefreshedTokens,
+    ) -> Result<bool, StoreError> {
+        // Not through the connection: it may be stuck behind the very lock this works around.
+        let (id, refreshed, dir) = (
+            account_id.to_string(),
+            refreshed.clone(),
+            self.rescue_dir.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            rescue::write(&dir, &id, &refreshed.spent, &refreshed.tokens).map(|_| true)
+        })
+        .await
+        .map_err(|e| StoreError::Backend {
+            message: format!("the rescue task failed: {e}"),
+            source: None,
+        })?
     }
 
     async fn data_version(&self) -> Result<u64, StoreError> {
