@@ -116,12 +116,14 @@ async fn concurrent_401s_in_one_process_refresh_once() {
     assert!(tokens.iter().all(|t| t.expose() == current));
 }
 
-/// Child-process entry of `two_pools_and_a_second_process_refresh_once` (not a test; see the
-/// module docs). Opens the database, says `@@child ready`, waits for a line on stdin, refreshes,
-/// prints `@@child token <access token>` or `@@child error <message>`.
-#[test]
-fn child_refresh_process() {
-    let Ok(db) = std::env::var("CODEXPOOL_TEST_CHILD_DB") else {
+/// Runs `body` in a child test process (when `db_var` names its database; otherwise this is the
+/// parent's test run and nothing happens) with a pool on that database and the account id.
+fn in_child<F, Fut>(db_var: &str, body: F)
+where
+    F: FnOnce(Pool, String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let Ok(db) = std::env::var(db_var) else {
         return;
     };
     let issuer = std::env::var("CODEXPOOL_TEST_CHILD_ISSUER").unwrap();
@@ -142,6 +144,16 @@ fn child_refresh_process() {
             .open()
             .await
             .unwrap();
+        body(pool, account).await;
+    });
+}
+
+/// Child-process entry of `two_pools_and_a_second_process_refresh_once` (not a test; see the
+/// module docs). Opens the database, says `@@child ready`, waits for a line on stdin, refreshes,
+/// prints `@@child token <access token>` or `@@child error <message>`.
+#[test]
+fn child_refresh_process() {
+    in_child("CODEXPOOL_TEST_CHILD_DB", |pool, account| async move {
         assert!(pool.accounts().get(&account).is_ok());
         println!("@@child ready");
         let mut line = String::new();
@@ -848,27 +860,7 @@ async fn a_reuse_after_a_lost_answer_says_so() {
 /// holds on the wire) and waits to be killed.
 #[test]
 fn child_killed_mid_refresh() {
-    let Ok(db) = std::env::var("CODEXPOOL_TEST_KILLED_DB") else {
-        return;
-    };
-    let issuer = std::env::var("CODEXPOOL_TEST_CHILD_ISSUER").unwrap();
-    let account = std::env::var("CODEXPOOL_TEST_CHILD_ACCOUNT").unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let config = Config::default()
-            .with("DB_PATH", &db)
-            .unwrap()
-            .with("ISSUER", &issuer)
-            .unwrap();
-        let pool = Pool::builder(config)
-            .watch_interval(Duration::ZERO)
-            .open()
-            .await
-            .unwrap();
+    in_child("CODEXPOOL_TEST_KILLED_DB", |pool, account| async move {
         let _ = pool.auth().refresh(&account).await;
         println!("@@child the refresh ended before the kill");
     });
