@@ -31,7 +31,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::record::Record;
 use crate::sse::{SseEvent, SseItem, SseParser, write_data, write_event};
-use crate::upstream::{ByteStream, Committed};
+use crate::upstream::{ByteStream, Call, Committed};
 
 /// What the client gets.
 pub(crate) enum Mode {
@@ -194,7 +194,7 @@ impl Relay {
         let Committed {
             lease,
             stream,
-            mut record,
+            call: Call { mut record, .. },
             ..
         } = c;
         record.entry.status = 200;
@@ -432,15 +432,16 @@ pub(crate) async fn collect<A: Assemble>(
     c: Committed,
     mut asm: A,
     idle: Duration,
-) -> Result<Bytes, ApiError> {
+) -> Result<Bytes, Missed> {
     let Committed {
         lease,
         stream,
-        mut record,
+        mut call,
         ..
     } = c;
     let (mut body, mut parser, mut pending) = (stream.body, stream.parser, stream.buffered);
-    let result: Result<(), (ApiError, String, Option<Outcome>)> = async {
+    // (the error, its class, what the account learns, whether another account may do better)
+    let result: Result<(), (ApiError, String, Option<Outcome>, bool)> = async {
         loop {
             let item = match pending.pop_front() {
                 Some(i) => Some(i),
@@ -449,6 +450,7 @@ pub(crate) async fn collect<A: Assemble>(
                         ApiError::bad_gateway("malformed_stream", e.to_string()),
                         "malformed_stream".into(),
                         Some(Outcome::UpstreamError),
+                        true,
                     )
                 })?,
             };
@@ -462,6 +464,7 @@ pub(crate) async fn collect<A: Assemble>(
                                 ApiError::from_upstream(&f),
                                 f.error_code().to_string(),
                                 late_outcome(&f),
+                                f.retry_elsewhere(),
                             ));
                         }
                         Err(e) => {
@@ -469,6 +472,7 @@ pub(crate) async fn collect<A: Assemble>(
                                 ApiError::bad_gateway("malformed_event", e.to_string()),
                                 "malformed_event".into(),
                                 Some(Outcome::UpstreamError),
+                                true,
                             ));
                         }
                     }
@@ -483,6 +487,7 @@ pub(crate) async fn collect<A: Assemble>(
                         ApiError::bad_gateway("upstream_cut", msg),
                         "upstream_cut".into(),
                         Some(Outcome::UpstreamError),
+                        true,
                     ));
                 }
                 Ok(None) => {
@@ -491,19 +496,23 @@ pub(crate) async fn collect<A: Assemble>(
                         ApiError::bad_gateway("upstream_cut", msg),
                         "upstream_cut".into(),
                         Some(Outcome::UpstreamError),
+                        true,
                     ));
                 }
+                // The client has waited the whole idle timeout already: not once more.
                 Err(_) => {
                     return Err((
                         ApiError::timeout(idle),
                         "upstream_timeout".into(),
                         Some(Outcome::UpstreamError),
+                        false,
                     ));
                 }
             }
         }
     }
     .await;
+    let record = &mut call.record;
     match result {
         Ok(()) => {
             lease.report(Outcome::Success).await;
@@ -518,19 +527,36 @@ pub(crate) async fn collect<A: Assemble>(
                 Err(e) => {
                     let err = ApiError::bad_gateway("malformed_event", e.to_string());
                     record.finish(err.status.as_u16(), Some("malformed_event"), usage);
-                    Err(err)
+                    Err(Missed::Final(err))
                 }
             }
         }
-        Err((err, class, outcome)) => {
+        Err((error, class, outcome, elsewhere)) => {
             if let Some(o) = outcome {
                 lease.report(o).await;
             }
             drop(lease);
-            record.finish(err.status.as_u16(), Some(&class), asm.usage());
-            Err(err)
+            if elsewhere {
+                tracing::debug!(failure = %class, "an assembled answer failed part-way; trying the next account");
+                return Err(Missed::Retry {
+                    call: Box::new(call),
+                    error,
+                });
+            }
+            record.finish(error.status.as_u16(), Some(&class), asm.usage());
+            Err(Missed::Final(error))
         }
     }
+}
+
+/// Why [`collect`] has no answer.
+pub(crate) enum Missed {
+    /// The answer: an error (the record is written).
+    Final(ApiError),
+    /// The upstream failed part-way in a way another account may not: nothing reached the
+    /// client, so the call (its record still open, the account in its tried list) can go to the
+    /// attempt loop again; `error` is what the client hears if no account is left.
+    Retry { call: Box<Call>, error: ApiError },
 }
 
 /// A committed JSON answer relayed byte for byte; the lease is held and the record written when
@@ -539,7 +565,7 @@ pub(crate) fn raw_body(c: Committed, idle: Duration) -> axum::body::Body {
     let Committed {
         lease,
         stream,
-        mut record,
+        call: Call { mut record, .. },
         ..
     } = c;
     record.entry.status = 200;

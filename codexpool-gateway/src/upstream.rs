@@ -466,7 +466,9 @@ pub(crate) struct Opened {
 pub(crate) struct Committed {
     pub lease: Lease,
     pub stream: Opened,
-    pub record: Record,
+    /// The call, its record included: an assembled answer that fails part-way goes to the
+    /// attempt loop again (see `routes::assembled`).
+    pub call: Call,
     /// Upstream headers the client needs too (Codex CLI clients only, see [`CODEX_ANSWER_HEADERS`]).
     pub headers: Vec<(&'static str, HeaderValue)>,
 }
@@ -630,7 +632,7 @@ pub(crate) async fn run(
                 return Ok(Committed {
                     lease,
                     stream,
-                    record: call.record,
+                    call,
                     headers,
                 });
             }

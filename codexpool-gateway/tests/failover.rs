@@ -12,6 +12,7 @@ use codexpool_core::usage::ReadingSource;
 use codexpool_core::{AccountStatus, Demand};
 use codexpool_testkit::{FakeUsage, Reply};
 use common::{chat, harness, harness_with, json_frames};
+use serde_json::json;
 
 async fn served_by_second(h: &common::Harness) -> serde_json::Value {
     let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
@@ -646,4 +647,65 @@ async fn an_in_stream_usage_limit_keeps_the_reset_the_headers_name() {
         "exhausted until the window's reset: {} vs {reset_at}",
         until.as_secs()
     );
+}
+
+/// A non-streaming answer reaches the client only whole: an upstream that fails part-way (cut
+/// off, or a retryable failure event after some text) goes to the next account, and the client
+/// never sees the failed attempt.
+#[tokio::test]
+async fn an_assembled_answer_that_fails_part_way_moves_to_the_next_account() {
+    for (first, class) in [
+        (Reply::CutMidStream { after_deltas: 2 }, "upstream_cut"),
+        (
+            Reply::FailedAfterText {
+                deltas: vec!["Half".into()],
+                code: "server_error".into(),
+                message: "boom".into(),
+            },
+            "server_error",
+        ),
+    ] {
+        let h = harness(2, &[]).await;
+        h.fake.push_reply("acct-0", first);
+        let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+        assert_eq!(status, StatusCode::OK, "{class}: {v}");
+        assert_eq!(
+            v["choices"][0]["message"]["content"], "Hello from acct-1.",
+            "{class}"
+        );
+        let row = &h.log().await[0];
+        assert_eq!(row.accounts_tried, h.ids, "{class}");
+        assert_eq!(row.account_id.as_deref(), Some(h.ids[1].as_str()));
+        assert!(row.error_class.is_none(), "{class}: {row:?}");
+        assert_eq!(h.total_inflight(), 0);
+        assert!(
+            h.pool
+                .accounts()
+                .runtime(&h.ids[0])
+                .unwrap()
+                .cooldown_until
+                .is_some(),
+            "{class}: the account that failed rests"
+        );
+    }
+}
+
+/// With no account left, the client hears what went wrong on the last one (not "no account").
+#[tokio::test]
+async fn an_assembled_answer_failing_on_every_account_says_why() {
+    let h = harness(1, &[]).await;
+    h.fake
+        .push_reply("acct-0", Reply::CutMidStream { after_deltas: 2 });
+    let (status, v) = h
+        .json(h.post(
+            "/v1/responses",
+            json!({"model": "gpt-5-codex", "input": "Hi", "stream": false}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_cut", "{v}");
+    let row = &h.log().await[0];
+    assert_eq!(row.error_class.as_deref(), Some("upstream_cut"));
+    assert_eq!(row.status, 502);
+    assert_eq!(h.total_inflight(), 0);
 }

@@ -24,7 +24,7 @@ use crate::adapt::{
 use crate::error::ApiError;
 use crate::metrics::Protocol;
 use crate::record::Record;
-use crate::relay::{Mode, Relay, collect};
+use crate::relay::{Missed, Mode, Relay, collect};
 use crate::stored::Pending;
 use crate::upstream::{self, Call, Committed, Failed};
 
@@ -406,18 +406,14 @@ pub(crate) async fn dispatch(
             return reject(failed.record, failed.error, protocol);
         }
     };
-    let mut extra = extra;
-    answer_headers(&mut extra, &committed);
-    if let Some(p) = &mut pending {
-        p.served_by(committed.lease.account_id());
-    }
     let idle = shared.upstream.idle_timeout;
-    if !answer.streams() {
-        // For an assembled answer, the gateway's own share is the work before the upstream call.
-        shared.metrics.overhead(pre_send);
-    }
     let res = match answer {
         Answer::ResponsesStream | Answer::ChatStream(_) => {
+            let mut extra = extra;
+            answer_headers(&mut extra, &committed);
+            if let Some(p) = &mut pending {
+                p.served_by(committed.lease.account_id());
+            }
             let relay = Relay::new(
                 committed,
                 answer.mode(created),
@@ -432,23 +428,74 @@ pub(crate) async fn dispatch(
                 &extra,
             )
         }
-        Answer::ResponsesJson => match collect(committed, ResponseAssembler::new(), idle).await {
+        Answer::ResponsesJson | Answer::ChatJson(_) => {
+            // For an assembled answer, the gateway's own share is the work before the upstream
+            // call.
+            shared.metrics.overhead(pre_send);
+            let assembly = Assembly {
+                answer: &answer,
+                created,
+                protocol,
+            };
+            assembled(&shared, committed, assembly, extra, pending).await
+        }
+    };
+    with_protocol(res, protocol)
+}
+
+/// What an assembled answer is assembled into.
+struct Assembly<'a> {
+    answer: &'a Answer,
+    created: i64,
+    protocol: Protocol,
+}
+
+/// An assembled (non-streaming) answer. The client sees nothing until it is complete, so an
+/// upstream that fails part-way (cut off, garbled, a failure event another account may not
+/// have) goes to the attempt loop again, the next account, as a failure before the first event
+/// does: "fails over before the client sees a byte" holds for the whole answer.
+async fn assembled(
+    shared: &Shared,
+    mut committed: Committed,
+    how: Assembly<'_>,
+    mut extra: Vec<(&'static str, HeaderValue)>,
+    mut pending: Option<Box<Pending>>,
+) -> Response {
+    let idle = shared.upstream.idle_timeout;
+    let ours = extra.len();
+    loop {
+        extra.truncate(ours);
+        answer_headers(&mut extra, &committed);
+        if let Some(p) = &mut pending {
+            p.served_by(committed.lease.account_id());
+        }
+        let collected = match how.answer {
+            Answer::ChatJson(opts) => {
+                collect(committed, ChatAssembler::new(opts, how.created), idle).await
+            }
+            _ => collect(committed, ResponseAssembler::new(), idle).await,
+        };
+        let (call, error) = match collected {
             Ok(json) => {
                 if let Some(p) = pending {
                     p.finish(&json);
                 }
-                respond(Body::from(json), "application/json", &extra)
+                return respond(Body::from(json), "application/json", &extra);
             }
-            Err(e) => e.into_response(),
-        },
-        Answer::ChatJson(opts) => {
-            match collect(committed, ChatAssembler::new(&opts, created), idle).await {
-                Ok(json) => respond(Body::from(json), "application/json", &extra),
-                Err(e) => e.into_response(),
-            }
-        }
-    };
-    with_protocol(res, protocol)
+            Err(Missed::Final(e)) => return e.into_response(),
+            Err(Missed::Retry { call, error }) => (call, error),
+        };
+        committed =
+            match upstream::run(&shared.pool, &shared.upstream, &shared.metrics, *call).await {
+                Ok(c) => c,
+                // No account left: the client (and the log) hear what went wrong on the last one.
+                Err(mut failed) if failed.no_account => {
+                    failed.record.entry.error_class = Some(error.code.clone());
+                    return reject(failed.record, error, how.protocol);
+                }
+                Err(failed) => return reject(failed.record, failed.error, how.protocol),
+            };
+    }
 }
 
 /// Sends the client's own body to the OpenAI-compatible fallback upstream and relays its answer
