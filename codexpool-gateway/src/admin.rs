@@ -71,7 +71,8 @@ pub(crate) fn proof(secret: &str, nonce: &str) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn random_hex() -> String {
+/// 256 random bits as 64 hex digits (tokens, secrets, nonces).
+pub(crate) fn random_hex() -> String {
     (0..4)
         .map(|_| format!("{:016x}", rand::random::<u64>()))
         .collect()
@@ -255,8 +256,8 @@ impl AdminClient {
     }
 
     /// Whether the server at the file's address is the one that wrote it (nothing to check
-    /// for a client made with [`AdminClient::new`]).
-    async fn verify(&self) -> Result<(), AdminError> {
+    /// for a client made with [`AdminClient::new`]). [`AdminClient::call`] checks first.
+    pub async fn verify(&self) -> Result<(), AdminError> {
         let Some(file) = &self.file else {
             return Ok(());
         };

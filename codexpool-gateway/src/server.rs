@@ -179,7 +179,7 @@ impl Server {
                 let t = match read_token(&path) {
                     Some(t) => t,
                     None => {
-                        let t = Secret::new(random_token());
+                        let t = Secret::new(crate::admin::random_hex());
                         codexpool_core::import::write_private(&path, t.expose().as_bytes())
                             .map_err(|source| ServerError::TokenFile {
                                 path: path.clone(),
@@ -190,7 +190,7 @@ impl Server {
                 };
                 (t, Some(path))
             }
-            None => (Secret::new(random_token()), None),
+            None => (Secret::new(crate::admin::random_hex()), None),
         };
         let gateway = Gateway::new(self.pool.clone())?;
         let server_file = config.db_path.is_file().then(|| ServerFile::new(addr));
@@ -277,12 +277,6 @@ pub(crate) fn read_token(path: &Path) -> Option<Secret> {
     let token = text.trim();
     (token.len() >= 32 && token.bytes().all(|b| b.is_ascii_alphanumeric()))
         .then(|| Secret::new(token.to_owned()))
-}
-
-fn random_token() -> String {
-    (0..4)
-        .map(|_| format!("{:016x}", rand::random::<u64>()))
-        .collect()
 }
 
 /// The service for connections from this machine, and the one for others.

@@ -118,8 +118,8 @@ impl Runtimes {
 /// this database that answers, else `SERVICE_ADDR`.
 pub(super) async fn client_base_url(ctx: &Ctx) -> String {
     for client in AdminClient::find_all(&ctx.config) {
-        match client.call("stats/summary", serde_json::json!({})).await {
-            Ok(_) => return format!("{}/v1", client.url()),
+        match client.verify().await {
+            Ok(()) => return format!("{}/v1", client.url()),
             Err(AdminError::NotRunning { .. } | AdminError::NotOurs { .. }) => {
                 client.forget(&ctx.config)
             }
