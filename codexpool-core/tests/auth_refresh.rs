@@ -58,9 +58,16 @@ async fn a_refresh_rotates_and_persists_every_token() {
             .starts_with("codex_cli_rs/")
     );
 
-    // The rotated token works (the old one would be a reuse).
-    pool.auth().refresh(&id).await.unwrap();
-    assert_eq!(fake.refresh_count("acct-1"), 2);
+    // The rotated token works (the old one would be a reuse), and each call is a refresh of
+    // its own, also while the one before is still giving its lease back.
+    for n in 2..=20 {
+        let again = pool.auth().refresh(&id).await.unwrap().tokens;
+        assert_eq!(fake.refresh_count("acct-1"), n);
+        assert_eq!(
+            again.access_token.expose(),
+            fake.current_tokens("acct-1").access_token
+        );
+    }
 }
 
 #[tokio::test]

@@ -359,22 +359,29 @@ impl Auth {
         baseline: Tokens,
         patience: Option<Duration>,
     ) -> Result<Secret, AuthError> {
-        let mut rx = {
-            let mut flights = sync::lock(&self.pool.shared.auth.flights);
-            match flights.get(id) {
-                Some(rx) => rx.clone(),
-                None => {
-                    let (tx, rx) = tokio::sync::watch::channel(Flight::default());
-                    flights.insert(id.to_string(), rx.clone());
-                    let (auth, id) = (self.clone(), id.to_string());
-                    tokio::spawn(async move {
-                        let result = auth.refresh_across_processes(&id, &baseline, &tx).await;
-                        sync::lock(&auth.pool.shared.auth.flights).remove(&id);
-                        tx.send_modify(|f| f.result = Some(result));
-                    });
-                    rx
+        let mut rx = loop {
+            let mut finishing = {
+                let mut flights = sync::lock(&self.pool.shared.auth.flights);
+                match flights.get(id) {
+                    // A flight that has its result is giving its lease back: a caller arriving
+                    // now asks for a refresh after that one, started once the lease is back.
+                    Some(rx) if rx.borrow().result.is_some() => rx.clone(),
+                    Some(rx) => break rx.clone(),
+                    None => {
+                        let (tx, rx) = tokio::sync::watch::channel(Flight::default());
+                        flights.insert(id.to_string(), rx.clone());
+                        let (auth, id) = (self.clone(), id.to_string());
+                        tokio::spawn(async move {
+                            let result = auth.refresh_across_processes(&id, &baseline, &tx).await;
+                            sync::lock(&auth.pool.shared.auth.flights).remove(&id);
+                            tx.send_modify(|f| f.result = Some(result));
+                        });
+                        break rx;
+                    }
                 }
-            }
+            };
+            // Ends when the flight's task drops its sender, after it left `flights`.
+            while finishing.changed().await.is_ok() {}
         };
         loop {
             let give_up_at = {
