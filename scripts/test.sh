@@ -31,7 +31,7 @@ fi
 export CODEXPOOL_CODEX_BIN="$codex_dir/node_modules/.bin/codex"
 
 step "cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 step "examples"
 cargo run --locked -q -p pool-only

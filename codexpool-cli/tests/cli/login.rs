@@ -59,7 +59,13 @@ async fn browser_sign_in_through_the_callback_listener() {
     let page = reqwest::get(format!("http://{callback}/auth/callback{path}"))
         .await
         .unwrap();
+    // The whole page, though the CLI exits as soon as the listener has stopped.
     assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("Signed in") && html.ends_with("</html>"),
+        "{html}"
+    );
     let (status, err) = finish(child, 20);
     assert!(status.success(), "{err}");
     let out = lines.rest();

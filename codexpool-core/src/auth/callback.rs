@@ -164,6 +164,10 @@ pub(crate) fn spawn(
 async fn serve(auth: Auth, listener: TcpListener, state: String, path: String) {
     let ours_done = Arc::new(tokio::sync::Notify::new());
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // Held (shared) by each connection from its request to its page being written, so that the
+    // listener reports itself stopped only once the browser that completed the login has its
+    // page (a CLI exits then).
+    let answering = Arc::new(tokio::sync::RwLock::new(()));
     let mut check = tokio::time::interval(CHECK_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -174,11 +178,17 @@ async fn serve(auth: Auth, listener: TcpListener, state: String, path: String) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
-                    let (auth, state, path, done) =
-                        (auth.clone(), state.clone(), path.clone(), ours_done.clone());
+                    let (auth, state, path, done, answering) = (
+                        auth.clone(),
+                        state.clone(),
+                        path.clone(),
+                        ours_done.clone(),
+                        answering.clone(),
+                    );
                     tokio::spawn(async move {
                         let _permit = permit;
-                        if handle(stream, &auth, &path).await.is_some_and(|s| s == state) {
+                        let served = handle(stream, &auth, &path, &answering).await;
+                        if served.is_some_and(|s| s == state) {
                             done.notify_one();
                         }
                     });
@@ -193,6 +203,9 @@ async fn serve(auth: Auth, listener: TcpListener, state: String, path: String) {
             _ = check.tick() => if login_ended(&auth, &state).await { break },
         }
     }
+    drop(listener);
+    // Connections still reading their request asked nothing yet; the others get their page.
+    let _ = answering.write().await;
     tracing::debug!("sign-in listener stopped");
 }
 
@@ -209,11 +222,19 @@ async fn login_ended(auth: &Auth, state: &str) -> bool {
 
 /// Serves one connection; the state of the login it completed (or tried to), if any. Reading
 /// the request and writing the page each get [`CONNECTION_TIMEOUT`]; the completion in between
-/// runs to its end regardless (see [`Auth::complete_params`]).
-async fn handle(mut stream: TcpStream, auth: &Auth, path: &str) -> Option<String> {
+/// runs to its end regardless (see [`Auth::complete_params`]). Holds `answering` from the
+/// request on.
+async fn handle(
+    mut stream: TcpStream,
+    auth: &Auth,
+    path: &str,
+    answering: &tokio::sync::RwLock<()>,
+) -> Option<String> {
     let head = tokio::time::timeout(CONNECTION_TIMEOUT, read_head(&mut stream))
         .await
         .ok()?;
+    // Refused once the listener is stopping (it waits for the write lock).
+    let _answering = answering.try_read().ok()?;
     let text = String::from_utf8_lossy(&head);
     let line = text.lines().next().unwrap_or_default();
     let mut parts = line.split_whitespace();
