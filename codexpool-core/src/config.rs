@@ -195,6 +195,9 @@ pub struct Config {
     pub front_proxy_max_body_bytes: usize,
     /// `TRACE_BODY_PREVIEW_MAX_BYTES`: request-log body preview size (0 = none).
     pub trace_body_preview_max_bytes: usize,
+    /// `REQUEST_LOG_DAYS`: request-log rows older than this many days are deleted by a serving
+    /// process (0 = keep every row).
+    pub request_log_days: u32,
     /// `RESPONSES_STORE_MB`: memory for the responses the gateway keeps for
     /// `previous_response_id` and `item_reference`, in MiB (0 = keep none).
     pub responses_store_mb: u32,
@@ -260,6 +263,7 @@ impl Default for Config {
             account_max_inflight: 0,
             front_proxy_max_body_bytes: 16 * 1024 * 1024,
             trace_body_preview_max_bytes: 0,
+            request_log_days: 30,
             responses_store_mb: 64,
             gateway_keepalive_interval: Duration::from_secs(180),
             http_worker_factor: 1,
@@ -792,6 +796,18 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| c.trace_body_preview_max_bytes.to_string(),
+    },
+    Setting {
+        name: "REQUEST_LOG_DAYS",
+        default_value: Some("30"),
+        default_doc: "30 (0 = keep every row)",
+        secret: false,
+        help: "days a serving process keeps request-log rows",
+        apply: |c, v| {
+            c.request_log_days = parse_in(v, 0..=36_500)?;
+            Ok(())
+        },
+        show: |c| c.request_log_days.to_string(),
     },
     Setting {
         name: "RESPONSES_STORE_MB",

@@ -1,13 +1,23 @@
 //! The request log: one row per client request (who, through which accounts, how it went, how
 //! long it took), written through the batched writer and read back for `logs` and the RPC.
-//! Never holds secrets or bodies (an optional, redacted preview only).
+//! Never holds secrets or bodies (an optional, redacted preview only). A serving process deletes
+//! rows older than `REQUEST_LOG_DAYS` ([`spawn_request_log_pruner`]).
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::Pool;
 use crate::error::Result;
+use crate::poll::BackgroundTask;
 use crate::time::Timestamp;
 use crate::usage::TokenCounts;
+
+/// Rows deleted per transaction when pruning: short enough that other writers of the database
+/// (the request log's own batches, a CLI) do not wait long for it.
+const PRUNE_CHUNK: usize = 5_000;
+/// How often the pruner runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// One client request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,4 +153,49 @@ impl RequestLog {
         self.pool.flush().await?;
         Ok(self.pool.shared.store.list_request_log(q).await?)
     }
+
+    /// Deletes the rows of requests that arrived before `before`, oldest first, a few thousand
+    /// per transaction; how many went. The newest row always stays (row ids never repeat), and
+    /// a request that ran long may outlive the cutoff by its duration: rows go in the order
+    /// they were written.
+    pub async fn prune(&self, before: Timestamp) -> Result<u64> {
+        let store = &self.pool.shared.store;
+        let mut total = 0;
+        loop {
+            let n = store.prune_request_log(before, PRUNE_CHUNK).await?;
+            total += n;
+            if n < PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Starts the request-log pruner: at once and then hourly, deletes the rows older than the
+/// pool's `REQUEST_LOG_DAYS` ([`RequestLog::prune`]); inert when that is 0. Stops when the
+/// returned task is dropped or the pool is gone.
+pub fn spawn_request_log_pruner(pool: &Pool) -> BackgroundTask {
+    const NAME: &str = "request-log pruner";
+    let days = pool.config().request_log_days;
+    if days == 0 {
+        return BackgroundTask::inert(NAME);
+    }
+    let keep = Duration::from_secs(u64::from(days) * 86_400);
+    let weak = std::sync::Arc::downgrade(&pool.shared);
+    BackgroundTask::spawn(NAME, async move {
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(shared) = weak.upgrade() else { return };
+            let pool = Pool { shared };
+            let before = pool.now().minus(keep);
+            match pool.request_log().prune(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, days, "deleted old request-log rows"),
+                Err(e) => tracing::warn!(error = %e, "could not delete old request-log rows"),
+            }
+        }
+    })
 }

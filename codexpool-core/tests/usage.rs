@@ -287,3 +287,93 @@ async fn a_poll_that_says_limit_reached_exhausts_the_account_before_100_percent(
         .record(&id, &parse_usage_json(body, clock.now()).unwrap());
     assert_eq!(pool.usage().exhausted_until(&id).unwrap(), None);
 }
+
+/// A pool on a database file with `REQUEST_LOG_DAYS` = `days` and `old` rows from 31 days ago,
+/// one from 29 days ago and one from now.
+async fn old_request_log(dir: &std::path::Path, days: &str, old: usize) -> (Pool, ManualClock) {
+    let mut config = Config::default();
+    config
+        .set("DB_PATH", dir.join("pool.db").to_str().unwrap())
+        .unwrap();
+    config.set("REQUEST_LOG_DAYS", days).unwrap();
+    let clock = ManualClock::new(common::START);
+    let pool = Pool::builder(config)
+        .clock(Arc::new(clock.clone()))
+        .open()
+        .await
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    let now = clock.now();
+    let mut at = vec![now.minus(day * 31); old];
+    at.extend([now.minus(day * 29), now]);
+    for (i, at) in at.into_iter().enumerate() {
+        pool.request_log()
+            .record(RequestLogEntry::new(format!("r{i}"), at, "/v1/responses"));
+    }
+    pool.flush().await.unwrap();
+    (pool, clock)
+}
+
+async fn log_ids(pool: &Pool) -> Vec<String> {
+    let rows = pool
+        .request_log()
+        .list(&RequestLogQuery::latest(100_000))
+        .await
+        .unwrap();
+    rows.into_iter().map(|r| r.request_id).collect()
+}
+
+#[tokio::test]
+async fn the_pruner_deletes_request_log_rows_older_than_request_log_days() {
+    let dir = tempfile::tempdir().unwrap();
+    // More old rows than one prune transaction takes.
+    let (pool, _clock) = old_request_log(dir.path(), "30", 12_000).await;
+    let pruner = codexpool_core::spawn_request_log_pruner(&pool);
+    assert!(pruner.is_running());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while log_ids(&pool).await.len() > 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pruner did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(log_ids(&pool).await, ["r12001", "r12000"]);
+
+    // New rows get new ids: a follower of the log misses nothing.
+    let last = pool
+        .request_log()
+        .list(&RequestLogQuery::latest(1))
+        .await
+        .unwrap()[0]
+        .id;
+    pool.request_log()
+        .record(RequestLogEntry::new("next", common::START, "/v1/models"));
+    let after = pool
+        .request_log()
+        .list(&RequestLogQuery::latest(10).after(last))
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].request_id, "next");
+}
+
+#[tokio::test]
+async fn request_log_days_0_keeps_every_row_and_bad_values_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pool, _clock) = old_request_log(dir.path(), "0", 3).await;
+    let pruner = codexpool_core::spawn_request_log_pruner(&pool);
+    assert!(!pruner.is_running(), "inert when turned off");
+    assert_eq!(log_ids(&pool).await.len(), 5);
+    // The API prunes on demand all the same.
+    let cutoff = common::START.minus(Duration::from_secs(30 * 86_400));
+    assert_eq!(pool.request_log().prune(cutoff).await.unwrap(), 3);
+    assert_eq!(log_ids(&pool).await, ["r4", "r3"]);
+
+    let mut config = Config::default();
+    for bad in ["-1", "36501", "a week", ""] {
+        let err = config.set("REQUEST_LOG_DAYS", bad).unwrap_err().to_string();
+        assert!(err.contains("REQUEST_LOG_DAYS"), "{bad:?}: {err}");
+    }
+    assert_eq!(config.request_log_days, 30);
+}

@@ -91,6 +91,15 @@ impl RequestLog {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
+    /// Deletes the rows of requests that arrived before `before` (a `datetime`, an RFC 3339
+    /// string or epoch seconds), oldest first; how many went. The newest row always stays. A
+    /// server does this by itself for rows older than `REQUEST_LOG_DAYS`.
+    fn prune(&self, py: Python<'_>, before: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let before = crate::time::from_arg(before, "before")?;
+        let inner = self.inner.clone();
+        run(py, async move { inner.prune(before).await })?.or_raise(py)
+    }
+
     fn __repr__(&self) -> String {
         "RequestLog()".into()
     }

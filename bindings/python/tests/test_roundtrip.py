@@ -2,6 +2,7 @@
 auth.json → a platform key → codexpool.serve → the official `openai` client (chat completions and
 responses, streaming and not) → the ledger and request log; and errors as `openai` exceptions."""
 
+import time
 from collections.abc import Iterator
 
 import openai
@@ -105,6 +106,12 @@ def test_openai_client_round_trip_and_ledger(
     assert len(pool.request_log.list(2, key_id=key_id)) == 2
     assert pool.request_log.list(key_id="nope") == []
     assert len(pool.request_log.list(account_id=acct.id, after_id=log[-1].id)) == 4
+    # Pruning: nothing arrived before 2000; all but the newest row arrived before tomorrow.
+    assert pool.request_log.prune("2000-01-01T00:00:00Z") == 0
+    assert pool.request_log.prune(time.time() + 86_400) == 4
+    assert [e.id for e in pool.request_log.list()] == [log[0].id]
+    with pytest.raises(codexpool.InvalidInput, match="before"):
+        pool.request_log.prune("yesterday")
     assert pool.keys.list()[0].last_used_at is not None
     assert c.models.list().data, "the model list is served too"
 

@@ -119,4 +119,17 @@ impl RequestLog {
         let q = CoreQuery::from(query.unwrap_or_default());
         run(async move { Ok(log.list(&q).await?.into_iter().map(Into::into).collect()) }).await
     }
+
+    /// Deletes the rows of requests that arrived before `before` (ms since the epoch), oldest
+    /// first; how many went. The newest row always stays. A server does this by itself for rows
+    /// older than `REQUEST_LOG_DAYS`.
+    pub async fn prune(&self, before: i64) -> Result<u64, CodexPoolError> {
+        let log = self.inner.request_log();
+        run(async move {
+            Ok(log
+                .prune(codexpool_core::Timestamp::from_millis(before))
+                .await?)
+        })
+        .await
+    }
 }

@@ -630,6 +630,47 @@ async fn request_log(s: &dyn Store) -> Result<(), Failure> {
         .await
         .map_err(e)?;
     ensure!(after.len() == 2, "after filter: {after:?}");
+
+    // Pruning: the oldest rows before the cutoff, at most `max_rows` per call, never the newest
+    // row; ids go on from where they were.
+    ensure!(
+        s.prune_request_log(t(2), 1).await.map_err(e)? == 1,
+        "one row per call"
+    );
+    ensure!(
+        s.prune_request_log(t(2), 10).await.map_err(e)? == 1,
+        "req-1 next, req-2 is not older than the cutoff"
+    );
+    ensure!(
+        s.prune_request_log(t(2), 10).await.map_err(e)? == 0,
+        "nothing left before the cutoff"
+    );
+    let left = s
+        .list_request_log(&RequestLogQuery::latest(10))
+        .await
+        .map_err(e)?;
+    ensure!(
+        left.iter()
+            .map(|r| r.request_id.as_str())
+            .collect::<Vec<_>>()
+            == ["req-4", "req-3", "req-2"],
+        "the oldest went: {left:?}"
+    );
+    ensure!(
+        s.prune_request_log(t(1000), 10).await.map_err(e)? == 2,
+        "all but the newest row"
+    );
+    s.append_request_log(&[RequestLogEntry::new("req-5", t(1001), "/v1/models")])
+        .await
+        .map_err(e)?;
+    let newest = s
+        .list_request_log(&RequestLogQuery::latest(10))
+        .await
+        .map_err(e)?;
+    ensure!(
+        newest.len() == 2 && newest[0].request_id == "req-5" && newest[0].id > all[0].id,
+        "ids keep growing after a prune: {newest:?}"
+    );
     Ok(())
 }
 

@@ -289,7 +289,7 @@ impl Store for MemoryStore {
         let mut s = lock(&self.state);
         for e in entries {
             let mut e = e.clone();
-            e.id = i64::try_from(s.log.len()).unwrap_or(i64::MAX) + 1;
+            e.id = s.log.last().map_or(0, |l| l.id) + 1;
             s.log.push(e);
         }
         Ok(())
@@ -315,6 +315,22 @@ impl Store for MemoryStore {
             .take(q.effective_limit())
             .cloned()
             .collect())
+    }
+
+    async fn prune_request_log(
+        &self,
+        before: Timestamp,
+        max_rows: usize,
+    ) -> Result<u64, StoreError> {
+        let mut s = lock(&self.state);
+        let oldest = s.log.len().saturating_sub(1).min(max_rows);
+        let gone = s.log[..oldest].iter().filter(|e| e.at < before).count();
+        let mut i = 0;
+        s.log.retain(|e| {
+            i += 1;
+            i > oldest || e.at >= before
+        });
+        Ok(gone as u64)
     }
 
     async fn insert_login_session(&self, session: &LoginSession) -> Result<(), StoreError> {

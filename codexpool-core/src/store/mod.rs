@@ -231,6 +231,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         q: &RequestLogQuery,
     ) -> Result<Vec<RequestLogEntry>, StoreError>;
+    /// Deletes up to `max_rows` of the oldest request-log rows (by id) that arrived before
+    /// `before`; never the newest row, so ids keep growing. How many went.
+    async fn prune_request_log(
+        &self,
+        before: Timestamp,
+        max_rows: usize,
+    ) -> Result<u64, StoreError>;
 
     // ---- sign-in
     /// Stores a new login session.

@@ -1005,6 +1005,31 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn prune_request_log(
+        &self,
+        before: Timestamp,
+        max_rows: usize,
+    ) -> Result<u64, StoreError> {
+        let max_rows = to_i64(max_rows as u64);
+        self.call(move |c| {
+            write(c, |tx| {
+                // The oldest rows by id (the primary key: no scan past them, no index on `at`);
+                // of those, the ones that arrived before the cutoff.
+                let n = tx
+                    .execute(
+                        "DELETE FROM request_log WHERE at < ?1 AND id IN (
+                           SELECT id FROM request_log
+                           WHERE id < (SELECT max(id) FROM request_log)
+                           ORDER BY id LIMIT ?2)",
+                        params![before.as_millis(), max_rows],
+                    )
+                    .map_err(db_err)?;
+                Ok(n as u64)
+            })
+        })
+        .await
+    }
+
     async fn insert_login_session(&self, s: &LoginSession) -> Result<(), StoreError> {
         let s = s.clone();
         self.call(move |c| {

@@ -606,6 +606,10 @@ class RequestLog:
         account_id: str | None = None,
         after_id: int | None = None,
     ) -> builtins.list[RequestLogEntry]: ...
+    def prune(self, before: _TimeArg) -> int:
+        """Deletes the rows of requests that arrived before ``before``, oldest first; how many
+        went (the newest row always stays). A server does this by itself for rows older than
+        ``REQUEST_LOG_DAYS``."""
 
 @final
 class Pool:
