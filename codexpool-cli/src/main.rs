@@ -204,6 +204,8 @@ fn hint(e: &anyhow::Error) -> Option<String> {
                 codexpool_gateway::ServerError::Bind { source, .. } => {
                     Some(commands::serve::bind_hint(source))
                 }
+                // Its source says why.
+                codexpool_gateway::ServerError::ReadOnly { .. } => continue,
                 _ => None,
             };
         }
@@ -243,6 +245,11 @@ fn store_hint(s: &codexpool_core::store::StoreError) -> Option<String> {
             "pass --db PATH or set CODEXPOOL_DB_PATH to a file in a directory you can write".into(),
         ),
         StoreError::NewerSchema { .. } => None,
+        _ if s.to_string().contains("readonly database") => Some(
+            "run as the user who owns the database and its folder, or give this user write \
+             access to both (SQLite writes files beside the database too)"
+                .into(),
+        ),
         _ => Some("run again with -v for details".into()),
     }
 }

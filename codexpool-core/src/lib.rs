@@ -316,6 +316,13 @@ impl Pool {
         Ok(())
     }
 
+    /// `Err` when the store does not take writes (a database file or folder this process may
+    /// only read): a process that serves needs them for usage, the request log and refreshed
+    /// sign-ins. Writes nothing.
+    pub async fn check_writable(&self) -> Result<()> {
+        Ok(self.shared.store.check_writable().await?)
+    }
+
     /// Writes everything queued (usage readings, ledger, request log, last-used times). Call it
     /// before shutting down.
     pub async fn flush(&self) -> Result<()> {

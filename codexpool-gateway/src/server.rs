@@ -71,6 +71,18 @@ pub enum ServerError {
         #[source]
         source: codexpool_core::Error,
     },
+    /// The database does not take writes.
+    #[error(
+        "cannot serve from {path}: the database does not take writes ({source}); a server \
+         stores usage, the request log and refreshed sign-ins there"
+    )]
+    ReadOnly {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: codexpool_core::Error,
+    },
     /// Writing queued records at shutdown failed.
     #[error("could not write queued records at shutdown: {0}")]
     Flush(#[source] codexpool_core::Error),
@@ -158,6 +170,13 @@ impl Server {
         if !self.addr.ip().is_loopback() && !config.allow_non_loopback_service_addr {
             return Err(ServerError::NonLoopback { addr: self.addr });
         }
+        self.pool
+            .check_writable()
+            .await
+            .map_err(|source| ServerError::ReadOnly {
+                path: config.db_path.clone(),
+                source,
+            })?;
         let listener = TcpListener::bind(self.addr)
             .await
             .map_err(|source| ServerError::Bind {

@@ -512,3 +512,62 @@ fn serve_listens_beyond_loopback_only_when_allowed() {
     );
     stop(child);
 }
+
+/// Makes a file read-only for this process until dropped: `chattr +i` for root (which ignores
+/// permissions), mode 0444 otherwise. `None` when the file stays writable (no `chattr`, or a
+/// filesystem without the flag).
+struct ReadOnly(std::path::PathBuf);
+
+impl ReadOnly {
+    fn make(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let ro = Self(path.to_path_buf());
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let _ = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status();
+        let writable = std::fs::OpenOptions::new().append(true).open(path).is_ok();
+        (!writable).then_some(ro)
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o644));
+    }
+}
+
+/// A database this process may only read: `serve` refuses to start (it would drop every usage
+/// reading, request-log row and refreshed sign-in) and says what to do; reading still works.
+#[test]
+fn serve_refuses_a_database_it_cannot_write() {
+    let env = Env::new();
+    env.ok(&["key", "create", "--name", "k1"]);
+    let Some(_ro) = ReadOnly::make(&env.db()) else {
+        eprintln!("skipped: cannot make a file read-only for this user here");
+        return;
+    };
+    let child = env.spawn(&["serve", "--addr", "127.0.0.1:0"], &[]);
+    let (status, err) = finish(child, 20);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "error: cannot serve from {}: the database does not take writes (",
+            env.db().display()
+        )) && err.contains("readonly database"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: run as the user who owns the database and its folder"),
+        "{err}"
+    );
+    assert!(env.ok(&["key", "list"]).contains("k1"));
+}

@@ -558,6 +558,7 @@ async fn records(s: &dyn Store) -> Result<(), Failure> {
 }
 
 async fn request_log(s: &dyn Store) -> Result<(), Failure> {
+    s.check_writable().await.map_err(e)?;
     let mut rows = Vec::new();
     for i in 0..5 {
         let mut r = RequestLogEntry::new(format!("req-{i}"), t(i), "/v1/chat/completions");

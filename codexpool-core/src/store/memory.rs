@@ -317,6 +317,10 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn prune_request_log(
         &self,
         before: Timestamp,

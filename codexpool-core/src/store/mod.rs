@@ -231,6 +231,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         q: &RequestLogQuery,
     ) -> Result<Vec<RequestLogEntry>, StoreError>;
+    /// Whether the store takes writes: `Err` when it is read-only (a database file or folder
+    /// this process may not write). Writes nothing.
+    async fn check_writable(&self) -> Result<(), StoreError>;
     /// Deletes up to `max_rows` of the oldest request-log rows (by id) that arrived before
     /// `before`; never the newest row, so ids keep growing. How many went.
     async fn prune_request_log(

@@ -1005,6 +1005,19 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        self.call(|c| {
+            // Starting a write on a table is refused at once by a read-only database; matching
+            // no row, it changes nothing.
+            write(c, |tx| {
+                tx.execute("UPDATE refresh_leases SET holder = holder WHERE 0", [])
+                    .map(drop)
+                    .map_err(db_err)
+            })
+        })
+        .await
+    }
+
     async fn prune_request_log(
         &self,
         before: Timestamp,
