@@ -87,6 +87,7 @@ fn bench(c: &mut Criterion) {
         stream: true,
         include_usage: true,
         stop: Vec::new(),
+        legacy_functions: false,
     };
 
     let events = body.windows(2).filter(|w| w == b"\n\n").count();

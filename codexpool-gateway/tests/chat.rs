@@ -5,7 +5,7 @@ mod common;
 
 use axum::http::StatusCode;
 use codexpool_core::usage::{LedgerGroup, LedgerQuery};
-use codexpool_testkit::Reply;
+use codexpool_testkit::{OutputItem, Reply};
 use common::{chat, harness, json_frames};
 use serde_json::json;
 
@@ -173,6 +173,169 @@ async fn tool_calls_both_ways() {
             .iter()
             .any(|i| i["type"] == "function_call_output" && i["call_id"] == "call_2")
     );
+}
+
+/// A client of the 2023 API (LangChain's `create_openai_functions_agent`, older AutoGen):
+/// `functions` / `function_call` in, `message.function_call` and `finish_reason:
+/// "function_call"` out, and its history of `function_call` / `function` messages back in.
+#[tokio::test]
+async fn legacy_functions_both_ways() {
+    let h = harness(1, &[]).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::tool_call("call_1", "get_weather", r#"{"city":"Paris"}"#),
+    );
+    let functions = json!([{"name": "get_weather", "parameters": {"type": "object"}}]);
+    let mut req = chat(false);
+    req["functions"] = functions.clone();
+    req["function_call"] = json!({"name": "get_weather"});
+    let (status, headers, body) = h.call(h.post("/v1/chat/completions", req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        !headers.contains_key("x-codexpool-dropped-params"),
+        "translated, not dropped: {headers:?}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"],
+        json!({"role": "assistant", "content": null,
+               "function_call": {"name": "get_weather", "arguments": r#"{"city":"Paris"}"#}})
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "function_call");
+    let sent = h.last_sent();
+    assert_eq!(
+        sent["tools"],
+        json!([{"type": "function", "name": "get_weather",
+                "parameters": {"type": "object"}, "strict": false}])
+    );
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "function", "name": "get_weather"})
+    );
+
+    // The function's result goes back as a `function` message, paired with the call by name.
+    let follow = json!({"model": "gpt-5-codex", "functions": functions, "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null,
+         "function_call": {"name": "get_weather", "arguments": r#"{"city":"Paris"}"#}},
+        {"role": "function", "name": "get_weather", "content": "sunny"}
+    ]});
+    let (status, v) = h.json(h.post("/v1/chat/completions", follow)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["choices"][0]["message"],
+        json!({"role": "assistant", "content": "The tool returned: sunny"})
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let sent = h.last_sent();
+    assert_eq!(
+        sent["input"].as_array().unwrap()[1..],
+        [
+            json!({"type": "function_call", "call_id": "call_fn_1", "name": "get_weather",
+                   "arguments": r#"{"city":"Paris"}"#}),
+            json!({"type": "function_call_output", "call_id": "call_fn_1", "output": "sunny"}),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn legacy_functions_streamed() {
+    let h = harness(1, &[]).await;
+    // The legacy API returns one function call: the model's second one is not passed on.
+    h.fake.push_reply(
+        "acct-0",
+        Reply::items([
+            OutputItem::text("Let me check."),
+            OutputItem::tool_call("call_1", "get_weather", r#"{"city":"Paris"}"#),
+            OutputItem::tool_call("call_2", "get_time", r#"{"tz":"CET"}"#),
+        ]),
+    );
+    let mut req = chat(true);
+    req["functions"] = json!([{"name": "get_weather"}, {"name": "get_time"}]);
+    req["stream_options"] = json!({"include_usage": true});
+    let (status, headers, body) = h.call(h.post("/v1/chat/completions", req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!headers.contains_key("x-codexpool-dropped-params"));
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    assert!(
+        !body.contains("tool_calls") && !body.contains("get_time"),
+        "{body}"
+    );
+    let frames = json_frames(&body);
+    let calls: Vec<&serde_json::Value> = frames
+        .iter()
+        .map(|f| &f["choices"][0]["delta"]["function_call"])
+        .filter(|c| c.is_object())
+        .collect();
+    assert_eq!(
+        calls[0],
+        &json!({"name": "get_weather", "arguments": ""}),
+        "{body}"
+    );
+    assert!(calls[1..].iter().all(|c| c.get("name").is_none()));
+    let args: String = calls
+        .iter()
+        .filter_map(|c| c["arguments"].as_str())
+        .collect();
+    assert_eq!(args, r#"{"city":"Paris"}"#);
+    let text: String = frames
+        .iter()
+        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Let me check.");
+    let finish: Vec<_> = frames
+        .iter()
+        .filter_map(|f| f["choices"][0]["finish_reason"].as_str())
+        .collect();
+    assert_eq!(finish, ["function_call"]);
+    let usage = frames.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    // Only one call at a time was asked for.
+    assert_eq!(h.last_sent()["parallel_tool_calls"], false);
+}
+
+#[tokio::test]
+async fn bad_legacy_functions_are_refused() {
+    let h = harness(1, &[]).await;
+    let functions = json!([{"name": "f"}]);
+    let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+    let cases = [
+        (json!({"functions": functions, "tools": tools}), "functions"),
+        (
+            json!({"function_call": "auto", "tool_choice": "auto"}),
+            "function_call",
+        ),
+        (json!({"functions": "x"}), "functions"),
+        (
+            json!({"functions": [{"description": "d"}]}),
+            "functions[0].name",
+        ),
+        (json!({"function_call": 5}), "function_call"),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"},
+                                {"role": "function", "name": "f", "content": "x"}]}),
+            "messages[1]",
+        ),
+    ];
+    for (fields, param) in cases {
+        let mut req = chat(false);
+        for (key, value) in fields.as_object().unwrap() {
+            req[key] = value.clone();
+        }
+        let (status, v) = h.json(h.post("/v1/chat/completions", req)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{fields}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], param, "{fields}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{param}: ")),
+            "{v}"
+        );
+    }
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 0);
 }
 
 #[tokio::test]

@@ -13,6 +13,18 @@
 //! openai-python's `chat.completions.parse` reads `message.refusal` to tell a declined request
 //! from an answer.
 //!
+//! The legacy function API (2023, deprecated but still accepted by OpenAI and still sent by
+//! older clients such as LangChain's `create_openai_functions_agent`) is translated too:
+//! `functions` become the same tools as `tools`, `function_call` the same tool choice as
+//! `tool_choice`, and its messages (an assistant `function_call`, a `function` message with the
+//! result) become `function_call` / `function_call_output` items. Those messages carry no call
+//! ids, so the gateway makes them from the assistant message's position (`call_fn_<index>`) and
+//! gives a `function` message the id of the latest unanswered call of its name. A request that
+//! used the legacy form ([`ChatOptions::legacy_functions`]) is answered in it: the state machine
+//! announces a call as `function_call` (`delta.function_call`, `message.function_call`) instead
+//! of `tool_calls`, ends with `finish_reason: "function_call"`, and passes on only the model's
+//! first call, as that API returns one.
+//!
 //! The backend has no `stop`, so the client's stop sequences ([`ChatOptions::stop`], which ReAct
 //! agents rely on) are applied here, in the shared state machine, on the way back. The answer text
 //! is cut before the earliest sequence, wherever the deltas split it: a streamed answer holds back
@@ -30,7 +42,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::event::{
-    EventError, EventKind, FailureKind, ResponseRef, ResponsesEvent, TokenUsage, UpstreamFailure,
+    EventError, EventKind, FailureKind, ItemRef, ResponseRef, ResponsesEvent, TokenUsage,
+    UpstreamFailure,
 };
 use super::responses::include_list;
 use super::{
@@ -52,6 +65,10 @@ pub struct ChatOptions {
     /// empty). The backend has no such field, so the gateway cuts the text on the way back;
     /// empty means no cutting at all.
     pub stop: Vec<String>,
+    /// The request used the legacy `functions` / `function_call` API: a function call is
+    /// answered in that form (`message.function_call`, `delta.function_call`, `finish_reason:
+    /// "function_call"`), and only the first one the model makes, as that API returns one.
+    pub legacy_functions: bool,
 }
 
 /// The most `stop` sequences a request may give (OpenAI's limit).
@@ -63,6 +80,8 @@ const CHAT_FIELDS: &[&str] = &[
     "messages",
     "tools",
     "tool_choice",
+    "functions",
+    "function_call",
     "parallel_tool_calls",
     "response_format",
     "reasoning_effort",
@@ -83,7 +102,17 @@ const CHAT_FIELDS: &[&str] = &[
 /// `function_call` items; `tool` messages become `function_call_output` items. `tools`,
 /// `tool_choice`, `parallel_tool_calls`, `response_format`, `reasoning_effort` (with
 /// `summary: "auto"`, so reasoning reaches the client as `reasoning_content`) and `verbosity` are
-/// translated; `stop` stays here, in [`ChatOptions::stop`], for the answer to be cut on the way
+/// translated.
+///
+/// The legacy function API is translated as well: `functions` as the same tools as `tools`
+/// (and `parallel_tool_calls: false` unless the client sets it, since a legacy answer holds one
+/// call), `function_call` (`"auto"`, `"none"`, `{"name"}`) as the same `tool_choice`, an
+/// assistant's `function_call` as a `function_call` item with the call id `call_fn_<index of the
+/// assistant message>`, and a `function` message as the `function_call_output` of the latest
+/// unanswered call of its `name` (none: an error naming the message). Using it sets
+/// [`ChatOptions::legacy_functions`]; mixing it with `tools` / `tool_choice` is an error.
+///
+/// `stop` stays here, in [`ChatOptions::stop`], for the answer to be cut on the way
 /// back; `temperature`, `top_p`, `max_tokens`, penalties, `logprobs`, `seed`, `user`, `metadata`
 /// and unknown keys are dropped and listed in [`UpstreamRequest::dropped`]. `n` other than 1 is an
 /// error. Errors name the field (`messages[2].role: unknown role "foo"`).
@@ -114,6 +143,21 @@ pub fn chat_to_responses(
     {
         return Err(RequestError::field("n", "only n=1 is supported"));
     }
+    // The legacy function API or the tools API, not both:
+    // which one the request used decides the form of the answer.
+    let functions = not_null(obj.get("functions"));
+    let function_call = not_null(obj.get("function_call"));
+    for (legacy, given) in [("functions", functions), ("function_call", function_call)] {
+        for modern in ["tools", "tool_choice"] {
+            if given.is_some() && not_null(obj.get(modern)).is_some() {
+                return Err(RequestError::field(
+                    legacy,
+                    format!("cannot be used together with {modern}"),
+                ));
+            }
+        }
+    }
+    let legacy_functions = functions.is_some() || function_call.is_some();
     let stream = bool_field(&obj, "stream")?.unwrap_or(false);
     let include_usage = match obj.get("stream_options") {
         None => false,
@@ -143,22 +187,36 @@ pub fn chat_to_responses(
     let mut instructions = String::new();
     let mut input: Vec<Item<'_>> = Vec::with_capacity(messages.len());
     let mut leading = true;
+    let mut pending = PendingCalls::new();
     for (i, message) in messages.into_iter().enumerate() {
-        convert_message(i, message, &mut leading, &mut instructions, &mut input)?;
+        convert_message(
+            i,
+            message,
+            &mut leading,
+            &mut instructions,
+            &mut input,
+            &mut pending,
+        )?;
     }
     if instructions.trim().is_empty() {
         DEFAULT_INSTRUCTIONS.clone_into(&mut instructions);
     }
 
-    let tools = match obj.get("tools") {
-        None => None,
-        Some(raw) => Some(convert_tools(raw)?),
+    // `null` is as good as absent for these too (some clients send every field).
+    let tools = match (not_null(obj.get("tools")), functions) {
+        (Some(raw), _) => Some(convert_tools(raw)?),
+        (None, Some(raw)) => Some(convert_functions(raw)?),
+        (None, None) => None,
     };
-    let tool_choice = obj
-        .get("tool_choice")
-        .map(convert_tool_choice)
-        .transpose()?;
-    let parallel_tool_calls = bool_field(&obj, "parallel_tool_calls")?;
+    let tool_choice = match (not_null(obj.get("tool_choice")), function_call) {
+        (Some(raw), _) => Some(convert_tool_choice(raw)?),
+        (None, Some(raw)) => Some(convert_function_call(raw)?),
+        (None, None) => None,
+    };
+    // The legacy answer holds one function call: unless the client says otherwise, the model is
+    // asked for one at a time rather than making several of which the client would see one.
+    let parallel_tool_calls =
+        bool_field(&obj, "parallel_tool_calls")?.or_else(|| functions.is_some().then_some(false));
     let format = obj
         .get("response_format")
         .map(convert_response_format)
@@ -232,6 +290,7 @@ pub fn chat_to_responses(
             stream,
             include_usage,
             stop,
+            legacy_functions,
         },
     ))
 }
@@ -425,6 +484,12 @@ struct MessageFields<'a> {
     tool_calls: Option<&'a RawValue>,
     #[serde(borrow)]
     tool_call_id: Option<&'a RawValue>,
+    /// Legacy: the function a `function` message answers.
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    /// Legacy: an assistant message's one call, `{name, arguments}`.
+    #[serde(borrow)]
+    function_call: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -529,12 +594,24 @@ fn message_fields(messages: &RawValue) -> Result<Vec<MessageFields<'_>>, Request
         .collect()
 }
 
+/// Legacy assistant `function_call`s not answered yet by a `function` message: the function's
+/// name and the index of the assistant message, which the call id is made from.
+type PendingCalls<'a> = Vec<(Cow<'a, str>, usize)>;
+
+/// The call id of the legacy `function_call` of the assistant message at `index`. Legacy
+/// messages carry no ids, but Responses input pairs a call and its output by id; made from the
+/// position, the same history gets the same ids on every turn (what prompt caching needs).
+fn legacy_call_id(index: usize) -> String {
+    format!("call_fn_{index}")
+}
+
 fn convert_message<'a>(
     i: usize,
     m: MessageFields<'a>,
     leading: &mut bool,
     instructions: &mut String,
     input: &mut Vec<Item<'a>>,
+    pending: &mut PendingCalls<'a>,
 ) -> Result<(), RequestError> {
     let path = |field: &str| format!("messages[{i}]{field}");
     let role = required_str(m.role, &|| path(".role"))?;
@@ -568,6 +645,17 @@ fn convert_message<'a>(
                     content: vec![Part::OutputText { text }],
                 });
             }
+            if let Some(call) = not_null(m.function_call) {
+                let call_path = |field: &str| format!("messages[{i}].function_call{field}");
+                let f: FunctionFields<'a> = fields(call, &|| call_path(""))?;
+                let name = required_str(f.name, &|| call_path(".name"))?;
+                pending.push((name.clone(), i));
+                input.push(Item::FunctionCall {
+                    call_id: Cow::Owned(legacy_call_id(i)),
+                    name,
+                    arguments: call_arguments(f.arguments),
+                });
+            }
             if let Some(calls) = not_null(m.tool_calls) {
                 let calls_path = || path(".tool_calls");
                 for (k, call) in array(calls, &calls_path)?.into_iter().enumerate() {
@@ -580,6 +668,25 @@ fn convert_message<'a>(
             let call_id = required_str(m.tool_call_id, &|| path(".tool_call_id"))?;
             let output = text_content(content, &content_path, false)?;
             input.push(Item::FunctionCallOutput { call_id, output });
+        }
+        // Legacy: the result of the latest unanswered assistant `function_call` of that name.
+        "function" => {
+            let name = required_str(m.name, &|| path(".name"))?;
+            let Some(at) = pending.iter().rposition(|(called, _)| *called == name) else {
+                return Err(RequestError::field(
+                    path(""),
+                    format!(
+                        "no earlier assistant function_call of {} is waiting for this result",
+                        quoted(&name)
+                    ),
+                ));
+            };
+            let (_, index) = pending.remove(at);
+            let output = text_content(content, &content_path, false)?;
+            input.push(Item::FunctionCallOutput {
+                call_id: Cow::Owned(legacy_call_id(index)),
+                output,
+            });
         }
         other => {
             return Err(RequestError::field(
@@ -612,16 +719,20 @@ fn convert_tool_call<'a>(
         not_null(c.function).ok_or_else(|| RequestError::field(path(".function"), "required"))?;
     let f: FunctionFields<'a> = fields(function, &|| path(".function"))?;
     let name = required_str(f.name, &|| path(".function.name"))?;
-    let arguments = match not_null(f.arguments) {
-        None => Cow::Borrowed("{}"),
-        // Arguments are JSON text; some clients send the object itself.
-        Some(raw) => raw_str(raw).unwrap_or(Cow::Borrowed(raw.get())),
-    };
     Ok(Item::FunctionCall {
         call_id,
         name,
-        arguments,
+        arguments: call_arguments(f.arguments),
     })
+}
+
+/// A call's `arguments` as JSON text (`{}` when missing).
+fn call_arguments(arguments: Option<&RawValue>) -> Cow<'_, str> {
+    match not_null(arguments) {
+        None => Cow::Borrowed("{}"),
+        // Arguments are JSON text; some clients send the object itself.
+        Some(raw) => raw_str(raw).unwrap_or(Cow::Borrowed(raw.get())),
+    }
 }
 
 /// Text of a system/assistant/tool message: a string, or `text` (and for assistants `refusal`)
@@ -741,16 +852,37 @@ fn convert_tools(raw: &RawValue) -> Result<Vec<FlatTool<'_>>, RequestError> {
         }
         let function = not_null(t.function)
             .ok_or_else(|| RequestError::field(path(".function"), "required"))?;
-        let f: FunctionFields<'_> = fields(function, &|| path(".function"))?;
-        out.push(FlatTool {
-            kind: "function",
-            name: required_str(f.name, &|| path(".function.name"))?,
-            description: not_null(f.description),
-            parameters: not_null(f.parameters).unwrap_or(empty_parameters()),
-            strict: not_null(f.strict).map_or(StrictFlag::Default, StrictFlag::Client),
-        });
+        out.push(function_tool(function, &|field| {
+            format!("tools[{i}].function{field}")
+        })?);
     }
     Ok(out)
+}
+
+/// Legacy `functions`: each one what a tool's `function` holds.
+fn convert_functions(raw: &RawValue) -> Result<Vec<FlatTool<'_>>, RequestError> {
+    let functions = array(raw, &|| "functions".to_owned())?;
+    functions
+        .into_iter()
+        .enumerate()
+        .map(|(i, function)| function_tool(function, &|field| format!("functions[{i}]{field}")))
+        .collect()
+}
+
+/// A function declaration `{name, description?, parameters?, strict?}` as a Responses tool;
+/// `path("")` names the declaration in errors.
+fn function_tool<'a>(
+    function: &'a RawValue,
+    path: &dyn Fn(&str) -> String,
+) -> Result<FlatTool<'a>, RequestError> {
+    let f: FunctionFields<'a> = fields(function, &|| path(""))?;
+    Ok(FlatTool {
+        kind: "function",
+        name: required_str(f.name, &|| path(".name"))?,
+        description: not_null(f.description),
+        parameters: not_null(f.parameters).unwrap_or(empty_parameters()),
+        strict: not_null(f.strict).map_or(StrictFlag::Default, StrictFlag::Client),
+    })
 }
 
 fn convert_tool_choice(raw: &RawValue) -> Result<ToolChoice<'_>, RequestError> {
@@ -777,6 +909,29 @@ fn convert_tool_choice(raw: &RawValue) -> Result<ToolChoice<'_>, RequestError> {
     Ok(ToolChoice::Function {
         kind: "function",
         name: required_str(f.name, &|| "tool_choice.function.name".to_owned())?,
+    })
+}
+
+/// Legacy `function_call`: `"auto"`, `"none"` or `{"name": …}`, as `tool_choice` would say it.
+fn convert_function_call(raw: &RawValue) -> Result<ToolChoice<'_>, RequestError> {
+    if let Some(mode) = raw_str(raw) {
+        return match mode.as_ref() {
+            "none" | "auto" => Ok(ToolChoice::Mode(mode)),
+            other => Err(RequestError::field(
+                "function_call",
+                format!("unsupported value {}", quoted(other)),
+            )),
+        };
+    }
+    let f: FunctionFields<'_> = serde_json::from_str(raw.get()).map_err(|_| {
+        RequestError::field(
+            "function_call",
+            r#"must be "auto", "none" or an object with a name"#,
+        )
+    })?;
+    Ok(ToolChoice::Function {
+        kind: "function",
+        name: required_str(f.name, &|| "function_call.name".to_owned())?,
     })
 }
 
@@ -855,6 +1010,13 @@ enum Op<'x> {
         index: usize,
         args: &'x str,
     },
+    /// The legacy answer's function call (instead of `ToolStart`, with
+    /// [`ChatOptions::legacy_functions`]).
+    FunctionStart {
+        name: &'x str,
+    },
+    /// More of its arguments (instead of `ToolArgs`).
+    FunctionArgs(&'x str),
     Finish {
         reason: &'static str,
     },
@@ -894,6 +1056,8 @@ struct Translator {
     usage: Option<TokenUsage>,
     /// The client's `stop` sequences at work; `None` (nothing held, nothing scanned) without.
     stop: Option<StopMatcher>,
+    /// [`ChatOptions::legacy_functions`]: one function call, announced as `function_call`.
+    legacy: bool,
 }
 
 /// Used when the upstream never names its response (it always does in practice).
@@ -916,6 +1080,7 @@ impl Translator {
             last_reasoning: None,
             usage: None,
             stop: StopMatcher::new(&options.stop),
+            legacy: options.legacy_functions,
         }
     }
 
@@ -963,6 +1128,49 @@ impl Translator {
     /// A stop sequence matched: the answer ended there, nothing after it goes out.
     fn stopped(&self) -> bool {
         self.stop.as_ref().is_some_and(|s| s.matched)
+    }
+
+    /// A function call from the model begins: the text so far is settled and the call is
+    /// announced. `None` when it is not part of the answer: after a stop sequence, or a legacy
+    /// answer's second call (the legacy API returns one function call; the model's later ones
+    /// are dropped, and their arguments find no call here and are dropped too).
+    fn announce_call(
+        &mut self,
+        output_index: Option<u64>,
+        item: &ItemRef<'_>,
+        sink: &mut impl Sink,
+    ) -> Option<usize> {
+        self.settle(sink);
+        if self.stopped() || (self.legacy && !self.tools.is_empty()) {
+            return None;
+        }
+        let index = self.tools.len();
+        self.tools.push(ToolState {
+            output_index,
+            item_id: item.id.as_deref().map(str::to_owned),
+            args_sent: false,
+        });
+        self.start(sink);
+        let name = item.name.as_deref().unwrap_or("");
+        let op = if self.legacy {
+            Op::FunctionStart { name }
+        } else {
+            let id = item.call_id.as_deref().or(item.id.as_deref()).unwrap_or("");
+            Op::ToolStart { index, id, name }
+        };
+        sink.op(&self.meta, op);
+        Some(index)
+    }
+
+    /// Arguments of the announced call at `index`.
+    fn call_args(&mut self, index: usize, args: &str, sink: &mut impl Sink) {
+        self.tools[index].args_sent = true;
+        let op = if self.legacy {
+            Op::FunctionArgs(args)
+        } else {
+            Op::ToolArgs { index, args }
+        };
+        sink.op(&self.meta, op);
     }
 
     fn find_tool(&self, output_index: Option<u64>, item_id: Option<&str>) -> Option<usize> {
@@ -1021,20 +1229,7 @@ impl Translator {
         match event {
             E::Created(response) | E::InProgress(response) => self.adopt(response),
             E::OutputItemAdded { output_index, item } if item.is_function_call() => {
-                self.settle(sink);
-                if self.stopped() {
-                    return;
-                }
-                let index = self.tools.len();
-                self.tools.push(ToolState {
-                    output_index: *output_index,
-                    item_id: item.id.as_deref().map(str::to_owned),
-                    args_sent: false,
-                });
-                self.start(sink);
-                let id = item.call_id.as_deref().or(item.id.as_deref()).unwrap_or("");
-                let name = item.name.as_deref().unwrap_or("");
-                sink.op(&self.meta, Op::ToolStart { index, id, name });
+                self.announce_call(*output_index, item, sink);
             }
             E::OutputTextDelta(d) if !d.delta.is_empty() => {
                 if !self.texted.contains(&d.output_index) {
@@ -1058,43 +1253,21 @@ impl Translator {
             }
             E::FunctionCallArgumentsDelta(d) if !d.delta.is_empty() => {
                 if let Some(index) = self.find_tool(d.output_index, d.item_id.as_deref()) {
-                    self.tools[index].args_sent = true;
-                    sink.op(
-                        &self.meta,
-                        Op::ToolArgs {
-                            index,
-                            args: &d.delta,
-                        },
-                    );
+                    self.call_args(index, &d.delta, sink);
                 }
             }
             E::OutputItemDone { output_index, item } => match item.kind.as_deref() {
                 Some("function_call") => {
                     let args = item.arguments.as_deref().unwrap_or("");
-                    let index = match self.find_tool(*output_index, item.id.as_deref()) {
-                        Some(index) => index,
-                        None => {
-                            // Never announced: announce it now, whole.
-                            self.settle(sink);
-                            if self.stopped() {
-                                return;
-                            }
-                            let index = self.tools.len();
-                            self.tools.push(ToolState {
-                                output_index: *output_index,
-                                item_id: item.id.as_deref().map(str::to_owned),
-                                args_sent: false,
-                            });
-                            self.start(sink);
-                            let id = item.call_id.as_deref().or(item.id.as_deref()).unwrap_or("");
-                            let name = item.name.as_deref().unwrap_or("");
-                            sink.op(&self.meta, Op::ToolStart { index, id, name });
-                            index
-                        }
+                    let found = self.find_tool(*output_index, item.id.as_deref());
+                    // Never announced: announce it now, whole.
+                    let Some(index) =
+                        found.or_else(|| self.announce_call(*output_index, item, sink))
+                    else {
+                        return;
                     };
                     if !self.tools[index].args_sent && !args.is_empty() {
-                        self.tools[index].args_sent = true;
-                        sink.op(&self.meta, Op::ToolArgs { index, args });
+                        self.call_args(index, args, sink);
                     }
                 }
                 // Whatever of the message did not arrive as deltas arrives now, whole.
@@ -1126,10 +1299,10 @@ impl Translator {
                 _ => {}
             },
             E::Completed(response) => {
-                let reason = if self.tools.is_empty() {
-                    "stop"
-                } else {
-                    "tool_calls"
+                let reason = match (self.tools.is_empty(), self.legacy) {
+                    (true, _) => "stop",
+                    (false, false) => "tool_calls",
+                    (false, true) => "function_call",
                 };
                 self.finish(reason, response, sink);
             }
@@ -1311,9 +1484,10 @@ fn truncated_failure() -> UpstreamFailure {
 ///
 /// Feed every upstream event (after the failover loop committed) to [`push`](Self::push), then
 /// call [`finish`](Self::finish) at end of input; send whatever they append to `out`. The output is
-/// a `role` chunk, `content` / `refusal` / `reasoning_content` / `tool_calls` chunks, a chunk with
-/// `finish_reason`, the `usage` chunk when asked, and `data: [DONE]`; a failure becomes an
-/// `{"error":{…}}` frame followed by `[DONE]`.
+/// a `role` chunk, `content` / `refusal` / `reasoning_content` / `tool_calls` (or, with
+/// [`ChatOptions::legacy_functions`], `function_call`) chunks, a chunk with `finish_reason`, the
+/// `usage` chunk when asked, and `data: [DONE]`; a failure becomes an `{"error":{…}}` frame
+/// followed by `[DONE]`.
 #[derive(Debug)]
 pub struct ChatStream {
     translator: Translator,
@@ -1490,6 +1664,17 @@ impl Sink for ChunkSink<'_> {
                 s.json(args);
                 s.out.extend_from_slice(b"}}]}");
             }),
+            Op::FunctionStart { name } => self.chunk(meta, None, |s| {
+                s.out.extend_from_slice(br#"{"function_call":{"name":"#);
+                s.json(name);
+                s.out.extend_from_slice(br#","arguments":""}}"#);
+            }),
+            Op::FunctionArgs(args) => self.chunk(meta, None, |s| {
+                s.out
+                    .extend_from_slice(br#"{"function_call":{"arguments":"#);
+                s.json(args);
+                s.out.extend_from_slice(b"}}");
+            }),
             Op::Finish { reason } => {
                 self.chunk(meta, Some(reason), |s| s.out.extend_from_slice(b"{}"));
                 if self.include_usage {
@@ -1586,6 +1771,8 @@ struct Accumulated {
     refusal: String,
     reasoning: String,
     tool_calls: Vec<AssembledCall>,
+    /// The legacy answer's one function call.
+    function_call: Option<AssembledFunction>,
     finish_reason: Option<&'static str>,
     failure: Option<UpstreamFailure>,
 }
@@ -1624,6 +1811,17 @@ impl Sink for Accumulated {
                     call.function.arguments.push_str(args);
                 }
             }
+            Op::FunctionStart { name } => {
+                self.function_call = Some(AssembledFunction {
+                    name: name.to_owned(),
+                    arguments: String::new(),
+                });
+            }
+            Op::FunctionArgs(args) => {
+                if let Some(call) = &mut self.function_call {
+                    call.arguments.push_str(args);
+                }
+            }
             Op::Finish { reason } => self.finish_reason = Some(reason),
             Op::Fail(failure) => self.failure = Some(failure.clone()),
         }
@@ -1658,6 +1856,8 @@ struct AssembledMessage<'a> {
     reasoning_content: Option<&'a str>,
     #[serde(skip_serializing_if = "no_calls")]
     tool_calls: &'a [AssembledCall],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_call: Option<&'a AssembledFunction>,
 }
 
 fn no_calls(calls: &&[AssembledCall]) -> bool {
@@ -1704,13 +1904,14 @@ impl ChatAssembler {
             return Err(AssembleError::Truncated);
         };
         let meta = &self.translator.meta;
-        // No text next to tool calls or a refusal: `content: null`, as OpenAI answers.
-        let content =
-            if acc.content.is_empty() && (!acc.tool_calls.is_empty() || !acc.refusal.is_empty()) {
-                None
-            } else {
-                Some(acc.content.as_str())
-            };
+        // No text next to tool calls, a function call or a refusal: `content: null`, as OpenAI
+        // answers.
+        let called = !acc.tool_calls.is_empty() || acc.function_call.is_some();
+        let content = if acc.content.is_empty() && (called || !acc.refusal.is_empty()) {
+            None
+        } else {
+            Some(acc.content.as_str())
+        };
         let completion = Completion {
             id: &meta.id,
             object: "chat.completion",
@@ -1724,6 +1925,7 @@ impl ChatAssembler {
                     refusal: Some(acc.refusal.as_str()).filter(|r| !r.is_empty()),
                     reasoning_content: Some(acc.reasoning.as_str()).filter(|r| !r.is_empty()),
                     tool_calls: &acc.tool_calls,
+                    function_call: acc.function_call.as_ref(),
                 },
                 finish_reason,
             }],
@@ -1854,6 +2056,7 @@ mod tests {
                 stream: true,
                 include_usage: true,
                 stop: vec!["x".to_owned()],
+                legacy_functions: false,
             }
         );
     }
@@ -2124,6 +2327,7 @@ mod tests {
             stream: true,
             include_usage: true,
             stop: Vec::new(),
+            legacy_functions: false,
         };
         let frames = stream_frames(&options, &codex_stream(), false);
         let expected = vec![
@@ -2171,6 +2375,7 @@ mod tests {
             stream: false,
             include_usage: false,
             stop: Vec::new(),
+            legacy_functions: false,
         };
         let mut assembler = ChatAssembler::new(&options, 42);
         let mut done = false;
@@ -2205,6 +2410,7 @@ mod tests {
             stream: false,
             include_usage: false,
             stop: Vec::new(),
+            legacy_functions: false,
         };
         let mut assembler = ChatAssembler::new(&options, 42);
         for event in events {
@@ -2256,6 +2462,7 @@ mod tests {
             stream: true,
             include_usage: true,
             stop: Vec::new(),
+            legacy_functions: false,
         };
         let events = [
             json!({"type": "response.output_text.delta", "output_index": 0, "delta": "Hi"}),
@@ -2299,6 +2506,7 @@ mod tests {
             stream: true,
             include_usage: false,
             stop: Vec::new(),
+            legacy_functions: false,
         };
         let events = [
             json!({"type": "response.reasoning_summary_text.delta", "output_index": 0, "summary_index": 0, "delta": "A"}),
@@ -2328,6 +2536,7 @@ mod tests {
             stream: true,
             include_usage: false,
             stop: Vec::new(),
+            legacy_functions: false,
         };
         let mut chat = ChatStream::new(&options, 1);
         let mut out = BytesMut::new();
@@ -2358,6 +2567,7 @@ mod tests {
             stream: true,
             include_usage: false,
             stop: Vec::new(),
+            legacy_functions: false,
         };
         let item = json!({"type": "message", "role": "assistant",
             "content": [{"type": "refusal", "refusal": "I can't help with that."}]});
@@ -2468,6 +2678,7 @@ mod tests {
             stream,
             include_usage: stream,
             stop: stop.iter().map(|s| (*s).to_owned()).collect(),
+            legacy_functions: false,
         }
     }
 
@@ -2811,6 +3022,481 @@ mod tests {
         assert_eq!(out["choices"][0]["message"]["content"], "Done.");
     }
 
+    #[test]
+    fn legacy_functions_translate_like_tools() {
+        let user = json!({"role": "user", "content": "hi"});
+        let declared = json!([
+            {"name": "look", "description": "Look", "parameters": {"type": "object"}},
+            {"name": "noop", "strict": true},
+        ]);
+        let tools: Vec<Value> = declared
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| json!({"type": "function", "function": f}))
+            .collect();
+        let choices = [
+            (json!("auto"), json!("auto")),
+            (json!("none"), json!("none")),
+            (
+                json!({"name": "look"}),
+                json!({"type": "function", "function": {"name": "look"}}),
+            ),
+        ];
+        for (legacy, modern) in choices {
+            let (body, req, options) = convert(json!({"model": "m", "messages": [user],
+                "functions": declared, "function_call": legacy}));
+            let (expected, _, modern_options) = convert(json!({"model": "m", "messages": [user],
+                "tools": tools, "tool_choice": modern}));
+            assert_eq!(body["tools"], expected["tools"], "{legacy}");
+            assert_eq!(body["tool_choice"], expected["tool_choice"], "{legacy}");
+            assert!(req.dropped.is_empty(), "{legacy}: {:?}", req.dropped);
+            assert!(options.legacy_functions && !modern_options.legacy_functions);
+            // The legacy answer holds one call: the model is asked for one at a time.
+            assert_eq!(body["parallel_tool_calls"], false);
+            assert!(expected.get("parallel_tool_calls").is_none());
+        }
+        let (body, _, _) =
+            convert(json!({"model": "m", "messages": [user], "functions": declared}));
+        assert_eq!(
+            body["tools"],
+            json!([
+                {"type": "function", "name": "look", "description": "Look",
+                 "parameters": {"type": "object"}, "strict": false},
+                {"type": "function", "name": "noop",
+                 "parameters": {"type": "object", "properties": {}}, "strict": true},
+            ])
+        );
+        assert!(body.get("tool_choice").is_none());
+        // The client's own parallel_tool_calls stands.
+        let (body, _, _) = convert(json!({"model": "m", "messages": [user],
+            "functions": declared, "parallel_tool_calls": true}));
+        assert_eq!(body["parallel_tool_calls"], true);
+        // `function_call` alone is the legacy form too (and asks for nothing in parallel).
+        let (body, req, options) =
+            convert(json!({"model": "m", "messages": [user], "function_call": "none"}));
+        assert_eq!(body["tool_choice"], "none");
+        assert!(body.get("tools").is_none() && body.get("parallel_tool_calls").is_none());
+        assert!(req.dropped.is_empty() && options.legacy_functions);
+        // Null is absent: no legacy form, nothing dropped, and no conflict with the tools.
+        let (body, req, options) = convert(json!({"model": "m", "messages": [user],
+            "functions": null, "function_call": null, "tools": tools, "tool_choice": "auto"}));
+        assert_eq!(body["tools"].as_array().map(Vec::len), Some(2));
+        assert!(req.dropped.is_empty() && !options.legacy_functions);
+        // And the other way round.
+        let (body, req, options) = convert(json!({"model": "m", "messages": [user],
+            "tools": null, "tool_choice": null, "functions": declared}));
+        assert_eq!(body["tools"].as_array().map(Vec::len), Some(2));
+        assert!(req.dropped.is_empty() && options.legacy_functions);
+    }
+
+    #[test]
+    fn legacy_function_messages_become_paired_items() {
+        let call = |name: &str, arguments: Value| {
+            json!({"role": "assistant", "content": null,
+                   "function_call": {"name": name, "arguments": arguments}})
+        };
+        let result = |name: &str, content: Value| json!({"role": "function", "name": name, "content": content});
+        let (body, req, options) = convert(json!({"model": "m", "messages": [
+            {"role": "user", "content": "Weather in Paris and Rome, and the time?"},
+            call("weather", json!("{\"city\":\"Paris\"}")),
+            result("weather", json!("sunny")),
+            {"role": "assistant", "content": "Now Rome.",
+             "function_call": {"name": "weather", "arguments": "{\"city\":\"Rome\"}"}},
+            call("time", json!({"tz": "CET"})),
+            result("time", json!("noon")),
+            result("weather", json!([{"type": "text", "text": "rainy"}])),
+            {"role": "assistant", "content": null, "function_call": {"name": "weather"}},
+            {"role": "assistant", "content": null, "function_call": {"name": "weather"}},
+            result("weather", json!("cloudy")),
+            result("weather", json!(null)),
+            {"role": "user", "content": "Thanks"},
+        ]}));
+        let call_item = |id: &str, name: &str, arguments: &str| json!({"type": "function_call", "call_id": id, "name": name, "arguments": arguments});
+        let output = |id: &str, output: &str| json!({"type": "function_call_output", "call_id": id, "output": output});
+        assert_eq!(
+            body["input"],
+            json!([
+                {"type": "message", "role": "user", "content": [
+                    {"type": "input_text", "text": "Weather in Paris and Rome, and the time?"}]},
+                // Ids made from the assistant message's position: `call_fn_<index>`.
+                call_item("call_fn_1", "weather", "{\"city\":\"Paris\"}"),
+                output("call_fn_1", "sunny"),
+                {"type": "message", "role": "assistant", "content": [
+                    {"type": "output_text", "text": "Now Rome."}]},
+                call_item("call_fn_3", "weather", "{\"city\":\"Rome\"}"),
+                call_item("call_fn_4", "time", "{\"tz\":\"CET\"}"),
+                // A result answers the latest unanswered call of its name.
+                output("call_fn_4", "noon"),
+                output("call_fn_3", "rainy"),
+                call_item("call_fn_7", "weather", "{}"),
+                call_item("call_fn_8", "weather", "{}"),
+                output("call_fn_8", "cloudy"),
+                output("call_fn_7", ""),
+                {"type": "message", "role": "user", "content": [
+                    {"type": "input_text", "text": "Thanks"}]},
+            ])
+        );
+        // Legacy messages alone do not make the answer legacy (the tools decide that).
+        assert!(req.dropped.is_empty() && !options.legacy_functions);
+        // A history with both forms keeps both.
+        let (body, _, _) = convert(json!({"model": "m", "messages": [
+            {"role": "user", "content": "hi"},
+            call("f", json!("{}")),
+            result("f", json!("a")),
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_x", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_x", "content": "b"},
+        ], "tools": [{"type": "function", "function": {"name": "f"}}]}));
+        let ids: Vec<&Value> = body["input"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i.get("call_id"))
+            .collect();
+        assert_eq!(ids, ["call_fn_1", "call_fn_1", "call_x", "call_x"]);
+    }
+
+    #[test]
+    fn legacy_function_errors_name_the_field() {
+        let user = json!({"role": "user", "content": "hi"});
+        let functions = json!([{"name": "f"}]);
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        let call = |name: &str| {
+            json!({"role": "assistant", "content": null,
+                   "function_call": {"name": name, "arguments": "{}"}})
+        };
+        let result = |name: &str| json!({"role": "function", "name": name, "content": "x"});
+        let with = |extra: Value| {
+            let mut body = json!({"model": "m", "messages": [user]});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            body
+        };
+        let messages = |messages: Value| json!({"model": "m", "messages": messages});
+        let cases = [
+            (
+                with(json!({"functions": functions, "tools": tools})),
+                "functions: cannot be used together with tools",
+            ),
+            (
+                with(json!({"function_call": "auto", "tool_choice": "auto"})),
+                "function_call: cannot be used together with tool_choice",
+            ),
+            (
+                with(json!({"functions": functions, "tool_choice": "none"})),
+                "functions: cannot be used together with tool_choice",
+            ),
+            (
+                with(json!({"function_call": {"name": "f"}, "tools": tools})),
+                "function_call: cannot be used together with tools",
+            ),
+            (
+                with(json!({"functions": "x"})),
+                "functions: must be an array",
+            ),
+            (
+                with(json!({"functions": [{"description": "no name"}]})),
+                "functions[0].name: required",
+            ),
+            (
+                with(json!({"functions": [{"name": "f"}, 5]})),
+                "functions[1]: must be an object",
+            ),
+            (
+                with(json!({"functions": [{"name": 5}]})),
+                "functions[0].name: must be a string",
+            ),
+            (
+                with(json!({"function_call": 5})),
+                "function_call: must be \"auto\", \"none\" or an object with a name",
+            ),
+            (
+                with(json!({"function_call": "required"})),
+                "function_call: unsupported value \"required\"",
+            ),
+            (
+                with(json!({"function_call": {}})),
+                "function_call.name: required",
+            ),
+            (
+                messages(json!([user, result("f")])),
+                "messages[1]: no earlier assistant function_call of \"f\" is waiting for this result",
+            ),
+            (
+                messages(json!([user, result("f"), call("f")])),
+                "messages[1]: no earlier assistant function_call of \"f\" is waiting for this result",
+            ),
+            (
+                messages(json!([user, call("f"), result("g")])),
+                "messages[2]: no earlier assistant function_call of \"g\" is waiting for this result",
+            ),
+            (
+                messages(json!([user, call("f"), result("f"), result("f")])),
+                "messages[3]: no earlier assistant function_call of \"f\" is waiting for this result",
+            ),
+            (
+                messages(json!([user, call("f"), {"role": "function", "content": "x"}])),
+                "messages[2].name: required",
+            ),
+            (
+                messages(
+                    json!([user, {"role": "assistant", "function_call": {"arguments": "{}"}}]),
+                ),
+                "messages[1].function_call.name: required",
+            ),
+            (
+                messages(json!([user, {"role": "assistant", "function_call": "f"}])),
+                "messages[1].function_call: must be an object",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = chat_to_responses(&serde_json::to_vec(&body).unwrap(), &Overrides::default())
+                .unwrap_err();
+            assert_eq!(err.to_string(), expected, "{body}");
+            let param = expected.split(": ").next();
+            assert_eq!(err.param(), param, "{body}");
+        }
+    }
+
+    fn legacy_options(stream: bool) -> ChatOptions {
+        ChatOptions {
+            model: "m".into(),
+            stream,
+            include_usage: stream,
+            stop: Vec::new(),
+            legacy_functions: true,
+        }
+    }
+
+    fn assemble_with(options: &ChatOptions, events: &[Value]) -> Value {
+        let mut assembler = ChatAssembler::new(options, 42);
+        for event in events {
+            assembler
+                .push(&SseEvent::new(serde_json::to_vec(event).unwrap()))
+                .unwrap();
+        }
+        serde_json::from_slice(&assembler.finish().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_legacy_answer_has_one_function_call() {
+        let frames = stream_frames(&legacy_options(true), &codex_stream(), false);
+        let expected = vec![
+            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+            chunk(json!({"reasoning_content": "Thinking"}), Value::Null),
+            chunk(json!({"reasoning_content": " about it"}), Value::Null),
+            chunk(json!({"content": "Hello"}), Value::Null),
+            chunk(json!({"content": ", world"}), Value::Null),
+            chunk(
+                json!({"function_call": {"name": "get_weather", "arguments": ""}}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"function_call": {"arguments": "{\"city\":"}}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"function_call": {"arguments": "\"Paris\"}"}}),
+                Value::Null,
+            ),
+            chunk(json!({}), json!("function_call")),
+            json!({"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                   "model": "gpt-5-codex", "choices": [],
+                   "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140,
+                             "prompt_tokens_details": {"cached_tokens": 64},
+                             "completion_tokens_details": {"reasoning_tokens": 16}}}),
+            json!("[DONE]"),
+        ];
+        assert_eq!(frames, expected);
+
+        let out = assemble_with(&legacy_options(false), &codex_stream());
+        assert_eq!(
+            out["choices"],
+            json!([{"index": 0, "finish_reason": "function_call", "message": {
+                "role": "assistant", "content": "Hello, world",
+                "reasoning_content": "Thinking about it",
+                "function_call": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}}])
+        );
+        assert_eq!(out["usage"]["total_tokens"], 140);
+
+        // A call that only arrives whole, in output_item.done; no text: `content: null`.
+        let done_only = [
+            json!({"type": "response.output_item.done", "output_index": 0, "item": {
+                "type": "function_call", "id": "fc", "call_id": "c1", "name": "f", "arguments": "{}"}}),
+            json!({"type": "response.completed", "response": {"id": "resp_abc"}}),
+        ];
+        let out = assemble_with(&legacy_options(false), &done_only);
+        assert_eq!(
+            out["choices"][0],
+            json!({"index": 0, "finish_reason": "function_call", "message": {
+                "role": "assistant", "content": null,
+                "function_call": {"name": "f", "arguments": "{}"}}})
+        );
+        let frames = stream_frames(&legacy_options(true), &done_only, false);
+        let deltas: Vec<&Value> = frames[..3].iter().map(|f| &f["choices"][0]).collect();
+        assert_eq!(
+            deltas,
+            [
+                &json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}),
+                &json!({"index": 0, "delta": {"function_call": {"name": "f", "arguments": ""}}, "finish_reason": null}),
+                &json!({"index": 0, "delta": {"function_call": {"arguments": "{}"}}, "finish_reason": null}),
+            ]
+        );
+        assert_eq!(frames[3]["choices"][0]["finish_reason"], "function_call");
+    }
+
+    #[test]
+    fn a_legacy_answer_keeps_the_first_of_several_calls() {
+        let added = |index: u64, name: &str| {
+            json!({"type": "response.output_item.added", "output_index": index, "item": {
+                "type": "function_call", "id": format!("fc_{index}"), "call_id": format!("call_{index}"),
+                "name": name, "arguments": ""}})
+        };
+        let args = |index: u64, delta: &str| {
+            json!({"type": "response.function_call_arguments.delta", "output_index": index,
+                   "item_id": format!("fc_{index}"), "delta": delta})
+        };
+        let done = |index: u64, name: &str, arguments: &str| {
+            json!({"type": "response.output_item.done", "output_index": index, "item": {
+                "type": "function_call", "id": format!("fc_{index}"), "call_id": format!("call_{index}"),
+                "name": name, "arguments": arguments}})
+        };
+        let events = [
+            added(0, "first"),
+            args(0, "{\"a\":"),
+            added(1, "second"),
+            args(1, "{\"b\":2}"),
+            args(0, "1}"),
+            done(0, "first", "{\"a\":1}"),
+            done(1, "second", "{\"b\":2}"),
+            // One that never was announced, only done: dropped as well.
+            done(2, "third", "{\"c\":3}"),
+            completed(),
+        ];
+        let out = assemble_with(&legacy_options(false), &events);
+        assert_eq!(
+            out["choices"][0],
+            json!({"index": 0, "finish_reason": "function_call", "message": {
+                "role": "assistant", "content": null,
+                "function_call": {"name": "first", "arguments": "{\"a\":1}"}}})
+        );
+        let frames = stream_frames(&legacy_options(true), &events, false);
+        let deltas: Vec<&Value> = frames
+            .iter()
+            .filter(|f| f.get("choices").is_some_and(|c| c[0].is_object()))
+            .map(|f| &f["choices"][0]["delta"])
+            .collect();
+        assert_eq!(
+            deltas,
+            [
+                &json!({"role": "assistant", "content": ""}),
+                &json!({"function_call": {"name": "first", "arguments": ""}}),
+                &json!({"function_call": {"arguments": "{\"a\":"}}),
+                &json!({"function_call": {"arguments": "1}"}}),
+                &json!({}),
+            ],
+            "{frames:?}"
+        );
+        // The modern form returns all three.
+        let modern = ChatOptions {
+            legacy_functions: false,
+            ..legacy_options(false)
+        };
+        let out = assemble_with(&modern, &events);
+        assert_eq!(
+            out["choices"][0]["message"]["tool_calls"]
+                .as_array()
+                .map(Vec::len),
+            Some(3)
+        );
+        assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+    }
+
+    #[test]
+    fn the_legacy_flag_keeps_stop_refusals_reasoning_and_usage() {
+        // Answers without a function call are the same in both forms.
+        let refusal =
+            json!({"type": "message", "content": [{"type": "refusal", "refusal": "No."}]});
+        let answers = [
+            text_events(&["Thought: x", "\nObservation: y"]),
+            vec![
+                json!({"type": "response.reasoning_summary_text.delta", "output_index": 0,
+                       "summary_index": 0, "delta": "hmm"}),
+                json!({"type": "response.refusal.delta", "output_index": 1, "delta": "No."}),
+                json!({"type": "response.output_item.done", "output_index": 1, "item": refusal}),
+                completed(),
+            ],
+        ];
+        for stop in [&[][..], &["\nObservation:"][..]] {
+            for events in &answers {
+                for stream in [true, false] {
+                    let modern = stop_options(stream, stop);
+                    let legacy = ChatOptions {
+                        legacy_functions: true,
+                        ..modern.clone()
+                    };
+                    if stream {
+                        assert_eq!(
+                            stream_frames(&legacy, events, true),
+                            stream_frames(&modern, events, true),
+                            "{stop:?} {events:?}"
+                        );
+                    } else {
+                        assert_eq!(
+                            assemble_with(&legacy, events),
+                            assemble_with(&modern, events),
+                            "{stop:?} {events:?}"
+                        );
+                    }
+                }
+            }
+        }
+        // A stop sequence before the call: the call is not part of the answer.
+        let stop = ["\nObservation:"];
+        let legacy = |stream| ChatOptions {
+            legacy_functions: true,
+            ..stop_options(stream, &stop)
+        };
+        let call_done = json!({"type": "response.output_item.done", "output_index": 1, "item": {
+            "type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f", "arguments": "{}"}});
+        let text = |index: u64, delta: &str| json!({"type": "response.output_text.delta", "output_index": index, "delta": delta});
+        let cut_first = [
+            text(0, "Go\nObservation: x"),
+            call_done.clone(),
+            completed(),
+        ];
+        let out = assemble_with(&legacy(false), &cut_first);
+        assert_eq!(
+            out["choices"][0],
+            json!({"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Go"}})
+        );
+        // A call before the cut text stays; the finish reason is the stop.
+        let call_first = [call_done, text(2, "Done\nObservation: x"), completed()];
+        let out = assemble_with(&legacy(false), &call_first);
+        assert_eq!(
+            out["choices"][0],
+            json!({"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+                "content": "Done", "function_call": {"name": "f", "arguments": "{}"}}})
+        );
+        let frames = stream_frames(&legacy(true), &call_first, false);
+        let deltas: Vec<&Value> = frames[1..4]
+            .iter()
+            .map(|f| &f["choices"][0]["delta"])
+            .collect();
+        assert_eq!(
+            deltas,
+            [
+                &json!({"function_call": {"name": "f", "arguments": ""}}),
+                &json!({"function_call": {"arguments": "{}"}}),
+                &json!({"content": "Done"}),
+            ]
+        );
+        assert_eq!(frames[4]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(frames[5]["usage"]["total_tokens"], 17);
+    }
+
     proptest! {
         /// The cut is where the earliest sequence starts in the whole text, whatever the deltas;
         /// what goes out is a prefix of the text, in non-empty pieces.
@@ -2860,6 +3546,11 @@ mod tests {
                 json!({"model": "m", "messages": [{"role": "user", "content": value.clone()},
                                                  {"role": "assistant", "tool_calls": value.clone(), "content": message.clone()},
                                                  {"role": "tool", "tool_call_id": "x", "content": value.clone()}]}),
+                json!({"model": "m", "functions": value.clone(), "function_call": message.clone(),
+                       "messages": [{"role": "assistant", "function_call": value.clone(), "content": message.clone()},
+                                    {"role": "function", "name": message.clone(), "content": value.clone()},
+                                    {"role": "assistant", "function_call": {"name": "f", "arguments": value.clone()}},
+                                    {"role": "function", "name": "f", "content": message.clone()}]}),
             ];
             for body in bodies {
                 let bytes = serde_json::to_vec(&body).unwrap();
@@ -2879,13 +3570,17 @@ mod tests {
                                        "response.completed", "response.failed", "response.incomplete", "error",
                                    ]), 12),
                                    garbage in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let options = ChatOptions { model: "m".into(), stream: true, include_usage: true, stop: Vec::new() };
+            let options = ChatOptions { model: "m".into(), stream: true, include_usage: true, stop: Vec::new(), legacy_functions: false };
             let mut chat = ChatStream::new(&options, 0);
             let mut assembler = ChatAssembler::new(&options, 0);
             let with_stop = ChatOptions { stop: vec!["a".into(), "\n\u{e9}".into()], ..options.clone() };
             let mut stopping = ChatStream::new(&with_stop, 0);
+            let legacy = ChatOptions { legacy_functions: true, ..with_stop.clone() };
+            let mut legacy_chat = ChatStream::new(&legacy, 0);
+            let mut legacy_assembler = ChatAssembler::new(&legacy, 0);
             let mut out = BytesMut::new();
             let mut stopped_out = BytesMut::new();
+            let mut legacy_out = BytesMut::new();
             for (value, kind) in values.iter().zip(&kinds) {
                 let mut object = serde_json::Map::new();
                 object.insert("type".into(), (*kind).into());
@@ -2895,17 +3590,23 @@ mod tests {
                 let event = SseEvent::new(serde_json::to_vec(&object).unwrap());
                 let _ = chat.push(&event, &mut out);
                 let _ = stopping.push(&event, &mut stopped_out);
+                let _ = legacy_chat.push(&event, &mut legacy_out);
                 let _ = assembler.push(&event);
+                let _ = legacy_assembler.push(&event);
                 let junk = SseEvent::new(garbage.clone()).with_event(*kind);
                 let _ = chat.push(&junk, &mut out);
                 let _ = stopping.push(&junk, &mut stopped_out);
+                let _ = legacy_chat.push(&junk, &mut legacy_out);
                 let _ = assembler.push(&junk);
+                let _ = legacy_assembler.push(&junk);
             }
             chat.finish(&mut out);
             stopping.finish(&mut stopped_out);
+            legacy_chat.finish(&mut legacy_out);
             let _ = assembler.finish();
+            let _ = legacy_assembler.finish();
             // Whatever came in, the output is well-formed SSE ending in [DONE].
-            for out in [out, stopped_out] {
+            for out in [out, stopped_out, legacy_out] {
                 prop_assert!(out.ends_with(DONE_FRAME));
                 let mut parser = SseParser::new();
                 parser.push(out.freeze());
