@@ -126,6 +126,8 @@ struct Entry {
     output: Box<[Arc<Item>]>,
     /// The response object without its `output`, for `GET /v1/responses/{id}`.
     shell: Box<str>,
+    /// The conversation (`session_id`) it was answered in, for the turns that continue it.
+    session: Option<Arc<str>>,
     /// What it costs beyond its items.
     size: usize,
 }
@@ -295,6 +297,7 @@ impl ResponseStore {
             store: self,
             key,
             inner: None,
+            session: None,
         }
     }
 
@@ -307,6 +310,7 @@ impl ResponseStore {
         input: Vec<Arc<Item>>,
         output: Vec<Arc<Item>>,
         shell: Box<str>,
+        session: Option<Arc<str>>,
     ) {
         let now = self.clock.now();
         let mut inner = self.lock();
@@ -317,6 +321,7 @@ impl ResponseStore {
         let size = ENTRY_OVERHEAD
             + id.len()
             + shell.len()
+            + session.as_ref().map_or(0, |s| s.len())
             + std::mem::size_of::<Arc<Item>>() * (input.len() + output.len());
         let new_items = input
             .iter()
@@ -356,6 +361,7 @@ impl ResponseStore {
                 input: input.into(),
                 output: output.into(),
                 shell,
+                session,
                 size,
             },
         );
@@ -410,11 +416,20 @@ pub(crate) struct Recaller<'s> {
     store: &'s ResponseStore,
     key: &'s str,
     inner: Option<MutexGuard<'s, Inner>>,
+    /// The conversation of the response recalled whole (`previous_response_id`).
+    session: Option<Arc<str>>,
 }
 
 impl Recaller<'_> {
     fn inner(&mut self) -> &mut Inner {
         self.inner.get_or_insert_with(|| self.store.lock())
+    }
+
+    /// The `session_id` the response the request continues was answered in: the request
+    /// belongs to that conversation (and its account) even when its own opening differs — a
+    /// client sends `instructions` on the first turn only, OpenAI does not carry them over.
+    pub(crate) fn continued_session(&self) -> Option<Arc<str>> {
+        self.session.clone()
     }
 }
 
@@ -423,14 +438,14 @@ impl Recall for Recaller<'_> {
         let now = self.store.clock.now();
         let key = self.key;
         let entry = self.inner().touch(key, id, now)?;
-        Some(
-            entry
-                .input
-                .iter()
-                .chain(entry.output.iter())
-                .cloned()
-                .collect(),
-        )
+        let items = entry
+            .input
+            .iter()
+            .chain(entry.output.iter())
+            .cloned()
+            .collect();
+        self.session = entry.session.clone();
+        Some(items)
     }
 
     fn item(&mut self, id: &str) -> Option<Arc<Item>> {
@@ -452,6 +467,7 @@ pub(crate) struct Pending {
     key: Arc<str>,
     input: Vec<Arc<Item>>,
     account: Option<Arc<str>>,
+    session: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -479,7 +495,13 @@ impl Pending {
             key: Arc::from(key),
             input,
             account: None,
+            session: None,
         })
+    }
+
+    /// The conversation (`session_id`) the request is sent in; the next turns inherit it.
+    pub(crate) fn in_session(&mut self, session: &str) {
+        self.session = Some(Arc::from(session));
     }
 
     /// The account that answers. Reasoning another account encrypted did not go to it (the
@@ -515,9 +537,13 @@ impl Pending {
             })
             .collect();
         let Self {
-            store, key, input, ..
+            store,
+            key,
+            input,
+            session,
+            ..
         } = self;
-        store.insert(&key, &id, input, output, shell.into_boxed_str());
+        store.insert(&key, &id, input, output, shell.into_boxed_str(), session);
     }
 
     /// Looks at a chunk of the stream on its way to the client: when it holds the response's

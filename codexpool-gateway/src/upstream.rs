@@ -379,8 +379,9 @@ pub(crate) fn forwardable(headers: &HeaderMap) -> HeaderMap {
 }
 
 /// The conversation a request belongs to: the client's session header, else its
-/// `prompt_cache_key`, else a fingerprint of how the conversation starts (instructions and first
-/// input item, which stay the same turn after turn: the `opening` spans of `body` when the
+/// `prompt_cache_key`, else the session of the kept response it continues (`continued`: its
+/// `previous_response_id`), else a fingerprint of how the conversation starts (instructions and
+/// first input item, which stay the same turn after turn: the `opening` spans of `body` when the
 /// adapter knows them, else found by parsing). Mixed with the key id so two keys never share a
 /// session, and hashed into a UUID-shaped `session_id` (stable ids are what give prompt-cache
 /// hits upstream; the same id pins the conversation to its account).
@@ -388,6 +389,7 @@ pub(crate) fn session_id(
     headers: &HeaderMap,
     key: &PlatformKey,
     prompt_cache_key: Option<&str>,
+    continued: Option<&str>,
     body: &[u8],
     opening: Option<&[Range<usize>; 2]>,
 ) -> String {
@@ -405,6 +407,9 @@ pub(crate) fn session_id(
         {
             return v.to_string();
         }
+    }
+    if let (None, Some(session)) = (prompt_cache_key, continued) {
+        return session.to_owned();
     }
     let mut h = Sha256::new();
     h.update(b"codexpool-session\0");

@@ -578,3 +578,38 @@ async fn a_chain_that_moves_account_leaves_the_old_accounts_reasoning_behind() {
     assert_eq!(reasoning.len(), 1, "{input:?}");
     assert_eq!(sent_texts(&h), ["Q1", "A1", "Q2", "A2", "Q3"]);
 }
+
+#[tokio::test]
+async fn a_chain_stays_in_its_session_and_on_its_account_without_the_first_turns_instructions() {
+    // Round robin sends every new conversation to the next account: only the session keeps a
+    // conversation where it started.
+    let h = harness(3, &[("ROUTE_STRATEGY", "round-robin")]).await;
+    let mut previous = turn(
+        &h,
+        json!({"model": "gpt-5", "instructions": "Be brief.", "input": "Q1"}),
+    )
+    .await;
+    // openai-python and LangChain send the instructions with the first turn only.
+    for q in ["Q2", "Q3", "Q4"] {
+        previous = turn(
+            &h,
+            json!({"model": "gpt-5", "input": q, "previous_response_id": previous["id"]}),
+        )
+        .await;
+    }
+    let requests = h.fake.requests_to("/backend-api/codex/responses");
+    assert_eq!(requests.len(), 4, "one request per turn");
+    for r in &requests[1..] {
+        assert_eq!(r.header("session_id"), requests[0].header("session_id"));
+        assert_eq!(
+            r.header("chatgpt-account-id"),
+            requests[0].header("chatgpt-account-id")
+        );
+    }
+    let answer = sent_texts(&h)[1].clone();
+    assert!(answer.starts_with("Hello from acct-"), "{answer}");
+    assert_eq!(
+        sent_texts(&h),
+        ["Q1", &answer, "Q2", &answer, "Q3", &answer, "Q4"]
+    );
+}

@@ -607,6 +607,8 @@ pub(crate) struct Intake {
     protocol: Protocol,
     /// The Codex CLI is the client: its body and headers go upstream as sent.
     codex: bool,
+    /// The session of the kept response this request continues (see [`upstream::session_id`]).
+    pub continued_session: Option<Arc<str>>,
 }
 
 impl Intake {
@@ -641,6 +643,7 @@ impl Intake {
             bytes,
             protocol,
             codex,
+            continued_session: None,
         })
     }
 
@@ -678,6 +681,7 @@ impl Intake {
             &self.headers,
             &self.key,
             up.prompt_cache_key.as_deref(),
+            self.continued_session.as_deref(),
             &up.body,
             up.opening.as_ref(),
         );
@@ -710,10 +714,13 @@ impl Intake {
         up: UpstreamRequest,
         answer: Answer,
         fallback_path: &'static str,
-        pending: Option<Box<Pending>>,
+        mut pending: Option<Box<Pending>>,
     ) -> Response {
         match self.into_call(up, "/responses", true) {
             Ok((call, p)) => {
+                if let Some(pending) = &mut pending {
+                    pending.in_session(&call.session_id);
+                }
                 let fallback = FallbackRequest {
                     body: p.client_body,
                     path: fallback_path,

@@ -42,19 +42,21 @@ pub(crate) async fn handle(
     body: Body,
 ) -> Response {
     let protocol = protocol_of(&headers);
-    let intake = match Intake::read(shared, key, headers, body, "/v1/responses", protocol).await {
+    let mut intake = match Intake::read(shared, key, headers, body, "/v1/responses", protocol).await
+    {
         Ok(i) => i,
         Err(res) => return res,
     };
     let adapted = if protocol == Protocol::Codex {
-        codex_passthrough(intake.bytes.clone(), &intake.overrides()).map(|up| (up, None))
+        codex_passthrough(intake.bytes.clone(), &intake.overrides()).map(|up| (up, None, None))
     } else {
         adapt(&intake)
     };
-    let (up, pending) = match adapted {
+    let (up, pending, continued) = match adapted {
         Ok(x) => x,
         Err(e) => return intake.reject(request_error(&e)),
     };
+    intake.continued_session = continued;
     let answer = if up.stream {
         Answer::ResponsesStream
     } else {
@@ -63,11 +65,16 @@ pub(crate) async fn handle(
     intake.dispatch(up, answer, "/responses", pending).await
 }
 
-/// The body rules, with the key's kept responses; and the answer to keep, if it is to be kept.
-fn adapt(intake: &Intake) -> Result<(UpstreamRequest, Option<Box<Pending>>), RequestError> {
+/// What [`adapt`] makes of a request: the body, the answer to keep (if it is to be kept), and
+/// the session of the kept response it continues.
+type Adapted = (UpstreamRequest, Option<Box<Pending>>, Option<Arc<str>>);
+
+/// The body rules, with the key's kept responses.
+fn adapt(intake: &Intake) -> Result<Adapted, RequestError> {
     let overrides = intake.overrides();
     let Some(store) = &intake.shared.responses else {
-        return apply_body_rules_with(&intake.bytes, &overrides, None).map(|(up, _)| (up, None));
+        return apply_body_rules_with(&intake.bytes, &overrides, None)
+            .map(|(up, _)| (up, None, None));
     };
     let key = intake.key.id.as_str();
     let mut recall = store.recall(key);
@@ -75,6 +82,7 @@ fn adapt(intake: &Intake) -> Result<(UpstreamRequest, Option<Box<Pending>>), Req
     Ok((
         up,
         input.map(|input| Pending::new(store.clone(), key, input)),
+        recall.continued_session(),
     ))
 }
 
