@@ -144,6 +144,8 @@ pub enum Command {
     Key(KeyCommand),
     /// Each account's 5-hour and weekly usage.
     Usage(UsageArgs),
+    /// Tokens used through the gateway, per key, account, model or day.
+    Tokens(TokensArgs),
     /// The request log.
     #[command(visible_alias = "log")]
     Logs(LogsArgs),
@@ -423,6 +425,18 @@ pub struct UsageArgs {
     pub refresh: bool,
 }
 
+/// `tokens`.
+#[derive(Debug, Args)]
+pub struct TokensArgs {
+    /// Sum per key, account, model or day (UTC).
+    #[arg(long, value_name = "GROUP", default_value = "key",
+          value_parser = ["key", "account", "model", "day"])]
+    pub by: String,
+    /// Only requests since then: 7d, 12h, 2w (that long ago), an RFC 3339 time or a date.
+    #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+    pub since: Option<Timestamp>,
+}
+
 /// `logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
@@ -517,6 +531,38 @@ fn effort_parser() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(codexpool_core::keys::REASONING_EFFORTS)
 }
 
+/// `30d`, `12h`, `90m`, `45s`, `2w` as a duration: `None` when `t` is not a number and a unit;
+/// an error when it is zero or more than `max`.
+fn parse_span(t: &str, max: Duration) -> Option<Result<Duration, String>> {
+    let unit = t.chars().last().filter(char::is_ascii_alphabetic)?;
+    let n = t[..t.len() - 1].trim().parse::<u64>().ok()?;
+    let secs = match unit.to_ascii_lowercase() {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        _ => return None,
+    };
+    Some(if n == 0 {
+        Err("the duration must be more than zero".into())
+    } else {
+        n.checked_mul(secs)
+            .filter(|s| *s <= max.as_secs())
+            .map(Duration::from_secs)
+            .ok_or_else(|| "the duration is too long (at most 100 years)".into())
+    })
+}
+
+/// An RFC 3339 time, or a `YYYY-MM-DD` date (midnight UTC).
+fn parse_time(t: &str) -> Option<Timestamp> {
+    Timestamp::parse_rfc3339(t).or_else(|| {
+        (t.len() == 10)
+            .then(|| Timestamp::parse_rfc3339(&format!("{t}T00:00:00Z")))
+            .flatten()
+    })
+}
+
 /// `30d`, `12h`, `90m`, `45s`, `2w`; an RFC 3339 time; a `YYYY-MM-DD` date (midnight UTC);
 /// `never`. A time must lie in the future, and like a duration at most 100 years ahead.
 pub fn parse_expiry(s: &str) -> Result<Expiry, String> {
@@ -524,34 +570,10 @@ pub fn parse_expiry(s: &str) -> Result<Expiry, String> {
     if t.eq_ignore_ascii_case("never") {
         return Ok(Expiry::Never);
     }
-    if let Some(unit) = t.chars().last().filter(char::is_ascii_alphabetic)
-        && let Ok(n) = t[..t.len() - 1].trim().parse::<u64>()
-    {
-        let secs = match unit.to_ascii_lowercase() {
-            's' => Some(1),
-            'm' => Some(60),
-            'h' => Some(3600),
-            'd' => Some(86_400),
-            'w' => Some(7 * 86_400),
-            _ => None,
-        };
-        if let Some(secs) = secs {
-            if n == 0 {
-                return Err("the duration must be more than zero".into());
-            }
-            return n
-                .checked_mul(secs)
-                .filter(|s| *s <= MAX_EXPIRY_AHEAD.as_secs())
-                .map(|s| Expiry::In(Duration::from_secs(s)))
-                .ok_or_else(|| "the duration is too long (at most 100 years)".into());
-        }
+    if let Some(span) = parse_span(t, MAX_EXPIRY_AHEAD) {
+        return span.map(Expiry::In);
     }
-    let at = Timestamp::parse_rfc3339(t).or_else(|| {
-        (t.len() == 10)
-            .then(|| Timestamp::parse_rfc3339(&format!("{t}T00:00:00Z")))
-            .flatten()
-    });
-    if let Some(at) = at {
+    if let Some(at) = parse_time(t) {
         // The same limits the key store applies, checked here so that a bad time is a usage
         // error like a bad duration.
         let now = Timestamp::now();
@@ -568,6 +590,25 @@ pub fn parse_expiry(s: &str) -> Result<Expiry, String> {
          a date like 2026-12-31, or `never`"
             .into(),
     )
+}
+
+/// A time in the past: `7d`, `12h`, `2w` (that long ago), an RFC 3339 time or a `YYYY-MM-DD`
+/// date (midnight UTC).
+pub fn parse_since(s: &str) -> Result<Timestamp, String> {
+    let t = s.trim();
+    let now = Timestamp::now();
+    if let Some(span) = parse_span(t, MAX_EXPIRY_AHEAD) {
+        return span.map(|d| now.minus(d));
+    }
+    match parse_time(t) {
+        Some(at) if at > now => Err("the time must not be in the future".into()),
+        Some(at) => Ok(at),
+        None => Err(
+            "expected a duration like 7d, 12h or 2w (that long ago), a time like \
+             2026-11-01T09:00:00Z or a date like 2026-11-01"
+                .into(),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -642,6 +683,23 @@ mod tests {
             "9999-12-31",
         ] {
             assert!(parse_expiry(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn since_is_a_time_in_the_past() {
+        let before = Timestamp::now();
+        let since = parse_since("2d").unwrap();
+        let two_days = Duration::from_secs(2 * 86_400);
+        assert!(since <= before.minus(two_days).plus(Duration::from_secs(5)));
+        assert!(since >= before.minus(two_days));
+        assert_eq!(
+            parse_since("2020-01-02"),
+            Ok(Timestamp::parse_rfc3339("2020-01-02T00:00:00Z").unwrap())
+        );
+        assert!(parse_since("2020-01-02T03:04:05+01:00").is_ok());
+        for bad in ["", "soon", "0d", "12y", "-3d", "2999-01-01", "never"] {
+            assert!(parse_since(bad).is_err(), "{bad}");
         }
     }
 }

@@ -11,6 +11,7 @@ mod key;
 mod logs;
 mod runtime;
 pub mod serve;
+mod tokens;
 mod usage;
 
 use std::time::Duration;
@@ -90,6 +91,7 @@ async fn run_on_pool(command: Command, ctx: &Ctx, pool: &Pool) -> anyhow::Result
         },
         Command::Usage(a) => usage::usage(ctx, pool, a).await,
         Command::Logs(a) => logs::logs(ctx, pool, a).await,
+        Command::Tokens(a) => tokens::tokens(ctx, pool, a).await,
         Command::Serve(_) | Command::Demo | Command::Config => Ok(()),
     }
 }

@@ -17,5 +17,6 @@ mod readme;
 mod reliability;
 mod serve;
 mod support;
+mod tokens;
 mod upstream_tls;
 mod usage;

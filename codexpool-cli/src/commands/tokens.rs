@@ -1,0 +1,170 @@
+//! `codexpool tokens`: the token ledger summed per key, account, model or day (UTC), largest
+//! total first (days oldest first), with a total row; `--since` counts only later requests.
+//!
+//! JSON: an array of `{"group", "name", "requests", "input_tokens", "cached_tokens",
+//! "output_tokens", "reasoning_tokens", "total_tokens"}`, where `group` is the key or account id,
+//! the model or the day (`-` for requests without one) and `name` the key's name or the
+//! account's label (`null` for the other groupings and for keys or accounts since deleted).
+
+use std::collections::HashMap;
+
+use codexpool_core::usage::{LedgerGroup, LedgerQuery, LedgerRow};
+use codexpool_core::{AccountFilter, Pool};
+use comfy_table::{Cell, CellAlignment};
+use serde::Serialize;
+
+use super::Ctx;
+use crate::args::TokensArgs;
+use crate::output::{NONE, Paint, cell, datetime};
+
+/// One row of `--json`.
+#[derive(Serialize)]
+struct RowView<'a> {
+    group: &'a str,
+    name: Option<&'a str>,
+    #[serde(flatten)]
+    row: &'a LedgerRow,
+}
+
+/// `tokens`.
+pub async fn tokens(ctx: &Ctx, pool: &Pool, a: TokensArgs) -> anyhow::Result<()> {
+    let out = &ctx.out;
+    let group: LedgerGroup = a.by.parse()?;
+    let mut query = LedgerQuery::by(group);
+    query.since = a.since;
+    let mut rows = pool.usage().ledger(&query).await?;
+    if group == LedgerGroup::Day {
+        rows.sort_by(|x, y| x.group.cmp(&y.group));
+    }
+    let names: HashMap<String, String> = match group {
+        LedgerGroup::Key => pool
+            .keys()
+            .list()
+            .into_iter()
+            .map(|k| (k.id, k.name))
+            .collect(),
+        LedgerGroup::Account => pool
+            .accounts()
+            .list(&AccountFilter::default())
+            .into_iter()
+            .map(|a| (a.id, a.label))
+            .collect(),
+        _ => HashMap::new(),
+    };
+    let name = |r: &LedgerRow| names.get(&r.group).map(String::as_str);
+    if out.json {
+        let views: Vec<RowView<'_>> = rows
+            .iter()
+            .map(|row| RowView {
+                group: &row.group,
+                name: name(row),
+                row,
+            })
+            .collect();
+        out.json(&views)?;
+        return Ok(());
+    }
+    if rows.is_empty() {
+        out.note(match a.since {
+            Some(t) => format!(
+                "No requests counted since {}; `codexpool tokens` counts them all.",
+                datetime(t)
+            ),
+            None => "No requests counted yet. Point a client at `codexpool serve`, or try \
+                     `codexpool demo`."
+                .to_owned(),
+        });
+        return Ok(());
+    }
+    let first = match group {
+        LedgerGroup::Key => "KEY",
+        LedgerGroup::Account => "ACCOUNT",
+        LedgerGroup::Model => "MODEL",
+        LedgerGroup::Day => "DAY (UTC)",
+    };
+    let mut t = out.table(&[
+        first,
+        "REQUESTS",
+        "INPUT",
+        "CACHED",
+        "OUTPUT",
+        "REASONING",
+        "TOTAL",
+    ]);
+    for i in 1..7 {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    let mut total = [0u64; 6];
+    for r in &rows {
+        let label = match (name(r), r.group.as_str()) {
+            (Some(n), id) => format!("{n} ({id})"),
+            (None, "-") => NONE.to_owned(),
+            (None, g) => g.to_owned(),
+        };
+        let n = counts(r);
+        for (sum, x) in total.iter_mut().zip(n) {
+            *sum = sum.saturating_add(x);
+        }
+        t.add_row(cells(cell(label, Some(Paint::Bold)), n));
+    }
+    if rows.len() > 1 {
+        t.add_row(cells(cell("total", Some(Paint::Dim)), total));
+    }
+    out.print_table(&t)?;
+    if let Some(since) = a.since {
+        out.note(format!("Requests since {}.", datetime(since)));
+    }
+    Ok(())
+}
+
+/// A row's numbers, in the order of the columns.
+fn counts(r: &LedgerRow) -> [u64; 6] {
+    let n = &r.tokens;
+    [
+        r.requests,
+        n.input_tokens,
+        n.cached_tokens,
+        n.output_tokens,
+        n.reasoning_tokens,
+        r.total_tokens,
+    ]
+}
+
+/// A row: its first cell, then its numbers.
+fn cells(first: Cell, counts: [u64; 6]) -> Vec<Cell> {
+    std::iter::once(first)
+        .chain(counts.map(|x| cell(grouped(x), None)))
+        .collect()
+}
+
+/// `1234567` as `1,234,567`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grouped;
+
+    #[test]
+    fn thousands_are_grouped() {
+        for (n, s) in [
+            (0, "0"),
+            (999, "999"),
+            (1000, "1,000"),
+            (1_234_567, "1,234,567"),
+        ] {
+            assert_eq!(grouped(n), s);
+        }
+    }
+}
