@@ -611,7 +611,13 @@ pub(crate) async fn token(
     match params.get("grant_type").map(String::as_str) {
         Some("authorization_code") => exchange(&shared, seq, &params),
         Some("refresh_token") => {
-            let delay = shared.inner().refresh_delay;
+            let delay = {
+                let mut inner = shared.inner();
+                if !inner.refresh_delay.is_zero() {
+                    inner.refreshes_held += 1;
+                }
+                inner.refresh_delay
+            };
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }

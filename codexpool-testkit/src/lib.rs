@@ -403,8 +403,15 @@ impl FakeOpenAi {
     }
 
     /// Every refresh waits this long before it is processed (to widen race windows). Default 0.
+    /// A request takes the delay in force when its handling begins, a moment after it is
+    /// recorded: wait for [`FakeOpenAi::refreshes_held`] before changing the delay under it.
     pub fn refresh_delay(&self, delay: Duration) {
         self.shared.inner().refresh_delay = delay;
+    }
+
+    /// How many refresh requests have begun waiting out a [`FakeOpenAi::refresh_delay`].
+    pub fn refreshes_held(&self) -> usize {
+        self.shared.inner().refreshes_held
     }
 
     /// Whether refreshes rotate the refresh token (default `true`). When `false` a refresh

@@ -138,6 +138,8 @@ pub(crate) struct Inner {
     pub(crate) device_interval: DeviceInterval,
     pub(crate) device_auto_approve: Option<(u32, String)>,
     pub(crate) refresh_delay: Duration,
+    /// Refresh requests that began waiting out `refresh_delay`.
+    pub(crate) refreshes_held: usize,
     pub(crate) refresh_rotates: bool,
     pub(crate) any_replies: VecDeque<Reply>,
     pub(crate) global_default: Option<Reply>,
@@ -163,6 +165,7 @@ impl Inner {
             device_interval,
             device_auto_approve: None,
             refresh_delay: Duration::ZERO,
+            refreshes_held: 0,
             refresh_rotates: true,
             any_replies: VecDeque::new(),
             global_default: None,

@@ -392,6 +392,15 @@ async fn concurrent_refreshes_race_and_one_loses() {
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 401]);
     assert_eq!(fake.refresh_count("acct-1"), 2);
+    assert_eq!(fake.refreshes_held(), 2, "both waited out the delay");
+    fake.refresh_delay(Duration::ZERO);
+    let other = fake.add_account(FakeAccount::new("acct-2"));
+    assert_eq!(refresh(&fake, &other.refresh_token).await.status(), 200);
+    assert_eq!(
+        fake.refreshes_held(),
+        2,
+        "a refresh without a delay is not held"
+    );
 }
 
 #[tokio::test]
