@@ -167,7 +167,12 @@ fn one_line(e: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in e.chain() {
         let part = cause.to_string();
-        if text.contains(part.as_str()) {
+        // SQLite's errors say again, after their code, what the message above them said.
+        let said = part
+            .split_once(": ")
+            .filter(|(code, _)| code.starts_with("Error code "))
+            .map_or(part.as_str(), |(_, rest)| rest);
+        if text.contains(said) {
             continue;
         }
         if !text.is_empty() {

@@ -565,6 +565,11 @@ fn serve_refuses_a_database_it_cannot_write() {
         )) && err.contains("readonly database"),
         "{err}"
     );
+    assert_eq!(
+        err.matches("readonly database").count(),
+        1,
+        "said once: {err}"
+    );
     assert!(
         err.contains("hint: run as the user who owns the database and its folder"),
         "{err}"
