@@ -1,8 +1,9 @@
 //! `Server`: the whole service on one listener — the gateway, `GET /health`, `GET /metrics`,
 //! `GET /auth/callback` (sign-in through the service port) and the admin `POST /rpc` — plus the
-//! background tasks (usage poller, token refresher, request-log pruner; the pool itself runs its batched writer and
-//! cross-process change watcher), and a graceful stop: stop accepting, let open streams finish
-//! (bounded), write what is queued.
+//! background tasks (usage poller, token refresher, request-log pruner; the pool itself runs its
+//! batched writer and cross-process change watcher), and a graceful stop: stop accepting, let
+//! open streams finish (bounded), write what is queued. It refuses to start on a database that
+//! does not take writes.
 //!
 //! A server on a database file writes `servers/<pid>-<port>.json` beside it (its URL) and the
 //! admin token to `rpc-token`, so other processes on the database can ask it for what only it

@@ -3096,7 +3096,9 @@ mod tests {
             json!({"role": "assistant", "content": null,
                    "function_call": {"name": name, "arguments": arguments}})
         };
-        let result = |name: &str, content: Value| json!({"role": "function", "name": name, "content": content});
+        let result = |name: &str, content: Value| -> Value {
+            json!({"role": "function", "name": name, "content": content})
+        };
         let (body, req, options) = convert(json!({"model": "m", "messages": [
             {"role": "user", "content": "Weather in Paris and Rome, and the time?"},
             call("weather", json!("{\"city\":\"Paris\"}")),
@@ -3112,8 +3114,12 @@ mod tests {
             result("weather", json!(null)),
             {"role": "user", "content": "Thanks"},
         ]}));
-        let call_item = |id: &str, name: &str, arguments: &str| json!({"type": "function_call", "call_id": id, "name": name, "arguments": arguments});
-        let output = |id: &str, output: &str| json!({"type": "function_call_output", "call_id": id, "output": output});
+        let call_item = |id: &str, name: &str, arguments: &str| -> Value {
+            json!({"type": "function_call", "call_id": id, "name": name, "arguments": arguments})
+        };
+        let output = |id: &str, output: &str| -> Value {
+            json!({"type": "function_call_output", "call_id": id, "output": output})
+        };
         assert_eq!(
             body["input"],
             json!([
