@@ -388,6 +388,9 @@ impl Relay {
     }
 
     fn finish_record(&mut self) {
+        // The bytes handed out next may be the first ones (a whole answer in one read): noted
+        // before the row is written.
+        self.record.first_byte();
         self.done = true;
         // Release the account at once; the client may still be reading the last bytes.
         self.lease = None;

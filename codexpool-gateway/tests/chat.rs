@@ -5,7 +5,7 @@ mod common;
 
 use axum::http::StatusCode;
 use codexpool_core::usage::{LedgerGroup, LedgerQuery};
-use codexpool_testkit::{OutputItem, Reply};
+use codexpool_testkit::{FakeOpenAi, OutputItem, Reply};
 use common::{chat, harness, json_frames};
 use serde_json::json;
 
@@ -312,11 +312,8 @@ async fn bad_legacy_functions_are_refused() {
             "functions[0].name",
         ),
         (json!({"function_call": 5}), "function_call"),
-        (
-            json!({"messages": [{"role": "user", "content": "hi"},
-                                {"role": "function", "name": "f", "content": "x"}]}),
-            "messages[1]",
-        ),
+        (json!({"function_call": "auto"}), "function_call"),
+        (json!({"functions": []}), "functions"),
     ];
     for (fields, param) in cases {
         let mut req = chat(false);
@@ -570,4 +567,27 @@ async fn a_bad_stop_is_refused() {
         );
     }
     assert_eq!(h.fake.count("/backend-api/codex/responses"), 0);
+}
+
+/// A streamed answer that arrives from upstream in one piece (the instant fake writes each
+/// answer at once) still has its time to first byte in the log: the row used to be written
+/// before the first bytes were noted.
+#[tokio::test]
+async fn a_stream_answered_in_one_piece_logs_its_time_to_first_byte() {
+    let fake = FakeOpenAi::builder().instant(true).start().unwrap();
+    let h = common::harness_on(fake, 1, &[], |b| b).await;
+    let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = h
+        .call(h.post(
+            "/v1/responses",
+            json!({"model": "gpt-5", "input": "hi", "stream": true}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rows = h.log().await;
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert!(row.stream && row.ttfb_ms.is_some(), "{row:?}");
+    }
 }

@@ -17,13 +17,12 @@ use super::Ctx;
 use crate::args::TokensArgs;
 use crate::output::{NONE, Paint, cell, datetime};
 
-/// One row of `--json`.
+/// One row of `--json`: the ledger row (`group` and the sums) and a name.
 #[derive(Serialize)]
 struct RowView<'a> {
-    group: &'a str,
-    name: Option<&'a str>,
     #[serde(flatten)]
     row: &'a LedgerRow,
+    name: Option<&'a str>,
 }
 
 /// `tokens`.
@@ -56,9 +55,8 @@ pub async fn tokens(ctx: &Ctx, pool: &Pool, a: TokensArgs) -> anyhow::Result<()>
         let views: Vec<RowView<'_>> = rows
             .iter()
             .map(|row| RowView {
-                group: &row.group,
-                name: name(row),
                 row,
+                name: name(row),
             })
             .collect();
         out.json(&views)?;

@@ -128,6 +128,10 @@ async fn tokens_per_key_account_model_and_day_with_totals() {
                "total_tokens": 1_004_020})
     );
 
+    // Each key once (a parser that keeps the last of two would hide a repeat).
+    let raw = env.ok(&["tokens", "--by", "model", "--json"]);
+    assert_eq!(raw.matches("\"group\"").count(), 2, "{raw}");
+    assert_eq!(raw.matches("\"name\"").count(), 2, "{raw}");
     let models = env.json(&["tokens", "--by", "model"]);
     assert_eq!(models[0]["group"], "gpt-5-codex");
     assert_eq!(models[0]["name"], json!(null));

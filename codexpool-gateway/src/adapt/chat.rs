@@ -19,7 +19,8 @@
 //! `tool_choice`, and its messages (an assistant `function_call`, a `function` message with the
 //! result) become `function_call` / `function_call_output` items. Those messages carry no call
 //! ids, so the gateway makes them from the assistant message's position (`call_fn_<index>`) and
-//! gives a `function` message the id of the latest unanswered call of its name. A request that
+//! gives a `function` message the id of the latest unanswered call of its name (a result with
+//! no call, e.g. retrieved text put in as one, gets a call of its own). A request that
 //! used the legacy form ([`ChatOptions::legacy_functions`]) is answered in it: the state machine
 //! announces a call as `function_call` (`delta.function_call`, `message.function_call`) instead
 //! of `tool_calls`, ends with `finish_reason: "function_call"`, and passes on only the model's
@@ -109,8 +110,10 @@ const CHAT_FIELDS: &[&str] = &[
 /// call), `function_call` (`"auto"`, `"none"`, `{"name"}`) as the same `tool_choice`, an
 /// assistant's `function_call` as a `function_call` item with the call id `call_fn_<index of the
 /// assistant message>`, and a `function` message as the `function_call_output` of the latest
-/// unanswered call of its `name` (none: an error naming the message). Using it sets
-/// [`ChatOptions::legacy_functions`]; mixing it with `tools` / `tool_choice` is an error.
+/// unanswered call of its `name` (none: after a `function_call` item of its own, with no
+/// arguments and the id made from its index). Using it sets [`ChatOptions::legacy_functions`];
+/// mixing it with `tools` / `tool_choice`, empty `functions` and `function_call` without
+/// `functions` are errors, as with OpenAI.
 ///
 /// `stop` stays here, in [`ChatOptions::stop`], for the answer to be cut on the way
 /// back; `temperature`, `top_p`, `max_tokens`, penalties, `logprobs`, `seed`, `user`, `metadata`
@@ -210,7 +213,17 @@ pub fn chat_to_responses(
     };
     let tool_choice = match (not_null(obj.get("tool_choice")), function_call) {
         (Some(raw), _) => Some(convert_tool_choice(raw)?),
-        (None, Some(raw)) => Some(convert_function_call(raw)?),
+        (None, Some(raw)) => {
+            let choice = convert_function_call(raw)?;
+            // As OpenAI answers.
+            if functions.is_none() {
+                return Err(RequestError::field(
+                    "function_call",
+                    "only allowed when functions are given",
+                ));
+            }
+            Some(choice)
+        }
         (None, None) => None,
     };
     // The legacy answer holds one function call: unless the client says otherwise, the model is
@@ -670,21 +683,25 @@ fn convert_message<'a>(
             input.push(Item::FunctionCallOutput { call_id, output });
         }
         // Legacy: the result of the latest unanswered assistant `function_call` of that name.
+        // The legacy API never required the call (apps put retrieved text in as a function
+        // result); the backend pairs every output with a call, so a result without one gets a
+        // call of its own, with no arguments, made from this message's index.
         "function" => {
             let name = required_str(m.name, &|| path(".name"))?;
-            let Some(at) = pending.iter().rposition(|(called, _)| *called == name) else {
-                return Err(RequestError::field(
-                    path(""),
-                    format!(
-                        "no earlier assistant function_call of {} is waiting for this result",
-                        quoted(&name)
-                    ),
-                ));
-            };
-            let (_, index) = pending.remove(at);
             let output = text_content(content, &content_path, false)?;
+            let call_id = match pending.iter().rposition(|(called, _)| *called == name) {
+                Some(at) => legacy_call_id(pending.remove(at).1),
+                None => {
+                    input.push(Item::FunctionCall {
+                        call_id: Cow::Owned(legacy_call_id(i)),
+                        name,
+                        arguments: Cow::Borrowed("{}"),
+                    });
+                    legacy_call_id(i)
+                }
+            };
             input.push(Item::FunctionCallOutput {
-                call_id: Cow::Owned(legacy_call_id(index)),
+                call_id: Cow::Owned(call_id),
                 output,
             });
         }
@@ -859,9 +876,12 @@ fn convert_tools(raw: &RawValue) -> Result<Vec<FlatTool<'_>>, RequestError> {
     Ok(out)
 }
 
-/// Legacy `functions`: each one what a tool's `function` holds.
+/// Legacy `functions`: each one what a tool's `function` holds; at least one, as OpenAI asks.
 fn convert_functions(raw: &RawValue) -> Result<Vec<FlatTool<'_>>, RequestError> {
     let functions = array(raw, &|| "functions".to_owned())?;
+    if functions.is_empty() {
+        return Err(RequestError::field("functions", "must not be empty"));
+    }
     functions
         .into_iter()
         .enumerate()
@@ -3072,12 +3092,6 @@ mod tests {
         let (body, _, _) = convert(json!({"model": "m", "messages": [user],
             "functions": declared, "parallel_tool_calls": true}));
         assert_eq!(body["parallel_tool_calls"], true);
-        // `function_call` alone is the legacy form too (and asks for nothing in parallel).
-        let (body, req, options) =
-            convert(json!({"model": "m", "messages": [user], "function_call": "none"}));
-        assert_eq!(body["tool_choice"], "none");
-        assert!(body.get("tools").is_none() && body.get("parallel_tool_calls").is_none());
-        assert!(req.dropped.is_empty() && options.legacy_functions);
         // Null is absent: no legacy form, nothing dropped, and no conflict with the tools.
         let (body, req, options) = convert(json!({"model": "m", "messages": [user],
             "functions": null, "function_call": null, "tools": tools, "tool_choice": "auto"}));
@@ -3172,7 +3186,6 @@ mod tests {
             json!({"role": "assistant", "content": null,
                    "function_call": {"name": name, "arguments": "{}"}})
         };
-        let result = |name: &str| json!({"role": "function", "name": name, "content": "x"});
         let with = |extra: Value| {
             let mut body = json!({"model": "m", "messages": [user]});
             body.as_object_mut()
@@ -3227,20 +3240,12 @@ mod tests {
                 "function_call.name: required",
             ),
             (
-                messages(json!([user, result("f")])),
-                "messages[1]: no earlier assistant function_call of \"f\" is waiting for this result",
+                with(json!({"function_call": "auto"})),
+                "function_call: only allowed when functions are given",
             ),
             (
-                messages(json!([user, result("f"), call("f")])),
-                "messages[1]: no earlier assistant function_call of \"f\" is waiting for this result",
-            ),
-            (
-                messages(json!([user, call("f"), result("g")])),
-                "messages[2]: no earlier assistant function_call of \"g\" is waiting for this result",
-            ),
-            (
-                messages(json!([user, call("f"), result("f"), result("f")])),
-                "messages[3]: no earlier assistant function_call of \"f\" is waiting for this result",
+                with(json!({"functions": []})),
+                "functions: must not be empty",
             ),
             (
                 messages(json!([user, call("f"), {"role": "function", "content": "x"}])),
@@ -3264,6 +3269,38 @@ mod tests {
             let param = expected.split(": ").next();
             assert_eq!(err.param(), param, "{body}");
         }
+    }
+
+    #[test]
+    fn a_legacy_function_result_without_a_call_gets_one() {
+        // Retrieved text put in as a function result, with no function declared or called.
+        let (body, _, options) = convert(json!({"model": "m", "messages": [
+            {"role": "user", "content": "Where does Bob live?"},
+            {"role": "function", "name": "get_context", "content": "Bob lives in Paris"},
+            {"role": "assistant", "content": null,
+             "function_call": {"name": "get_context", "arguments": "{}"}},
+            {"role": "function", "name": "get_context", "content": "He moved to Rome"},
+            {"role": "function", "name": "get_context", "content": "In 2024"},
+        ]}));
+        assert!(!options.legacy_functions, "no functions declared");
+        let call = |id: &str| -> Value {
+            json!({"type": "function_call", "call_id": id, "name": "get_context",
+                   "arguments": "{}"})
+        };
+        let output = |id: &str, text: &str| -> Value {
+            json!({"type": "function_call_output", "call_id": id, "output": text})
+        };
+        assert_eq!(
+            body["input"].as_array().unwrap()[1..],
+            [
+                call("call_fn_1"),
+                output("call_fn_1", "Bob lives in Paris"),
+                call("call_fn_2"),
+                output("call_fn_2", "He moved to Rome"),
+                call("call_fn_4"),
+                output("call_fn_4", "In 2024"),
+            ]
+        );
     }
 
     fn legacy_options(stream: bool) -> ChatOptions {

@@ -50,7 +50,16 @@ pub async fn harness_with(
     settings: &[(&str, &str)],
     build: impl FnOnce(codexpool_gateway::GatewayBuilder) -> codexpool_gateway::GatewayBuilder,
 ) -> Harness {
-    let fake = FakeOpenAi::start().unwrap();
+    harness_on(FakeOpenAi::start().unwrap(), accounts, settings, build).await
+}
+
+/// [`harness_with`] in front of a fake started by the test.
+pub async fn harness_on(
+    fake: FakeOpenAi,
+    accounts: usize,
+    settings: &[(&str, &str)],
+    build: impl FnOnce(codexpool_gateway::GatewayBuilder) -> codexpool_gateway::GatewayBuilder,
+) -> Harness {
     let pool = Pool::builder(config_for(&fake, settings))
         .store(Arc::new(MemoryStore::new()))
         .watch_interval(Duration::ZERO)
