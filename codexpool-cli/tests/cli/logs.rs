@@ -1,11 +1,10 @@
 //! `logs [--limit] [--key] [--account] [--follow]`.
 
-use codexpool_core::keys::NewKey;
 use codexpool_core::request_log::{RequestLogEntry, RequestLogQuery};
 use codexpool_core::usage::TokenCounts;
 use codexpool_core::{Pool, Timestamp};
 
-use crate::support::{Env, Lines, finish, signal};
+use crate::support::{Env, Lines, finish, key_id, signal};
 
 fn row(n: i64, key: &str, accounts: &[&str], status: u16) -> RequestLogEntry {
     let mut e = RequestLogEntry::new(
@@ -36,16 +35,6 @@ async fn record(pool: &Pool, rows: Vec<RequestLogEntry>) {
         pool.request_log().record(r);
     }
     pool.flush().await.unwrap();
-}
-
-/// A key made in the test process (as another process would); its id.
-async fn key_id(pool: &Pool, name: &str) -> String {
-    pool.keys()
-        .create(NewKey::named(name))
-        .await
-        .unwrap()
-        .key
-        .id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

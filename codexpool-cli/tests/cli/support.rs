@@ -306,3 +306,13 @@ pub fn finish(mut child: Child, secs: u64) -> (std::process::ExitStatus, String)
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A key made in the test process (as another process would); its id.
+pub async fn key_id(pool: &Pool, name: &str) -> String {
+    pool.keys()
+        .create(codexpool_core::keys::NewKey::named(name))
+        .await
+        .unwrap()
+        .key
+        .id
+}

@@ -1,11 +1,10 @@
 //! `tokens [--by] [--since]`: the token ledger as people and scripts read it.
 
-use codexpool_core::keys::NewKey;
 use codexpool_core::usage::{LedgerEntry, TokenCounts};
 use codexpool_core::{Pool, Timestamp};
 use serde_json::json;
 
-use crate::support::Env;
+use crate::support::{Env, key_id};
 
 const DAY: i64 = 86_400;
 
@@ -30,15 +29,7 @@ fn entry(at: Timestamp, key: &str, account: &str, model: &str, input: u64) -> Le
 async fn ledger(env: &Env, pool: &Pool) -> (String, String, Vec<String>) {
     let ids = env.add_accounts(&["acct-1", "acct-2"]);
     pool.reload().await.unwrap();
-    let key = |name: &'static str| async move {
-        pool.keys()
-            .create(NewKey::named(name))
-            .await
-            .unwrap()
-            .key
-            .id
-    };
-    let (laptop, ci) = (key("laptop").await, key("ci").await);
+    let (laptop, ci) = (key_id(pool, "laptop").await, key_id(pool, "ci").await);
     let now = Timestamp::now();
     let old = Timestamp::from_secs(now.as_secs() - 10 * DAY);
     for e in [

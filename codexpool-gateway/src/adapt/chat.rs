@@ -2370,11 +2370,7 @@ mod tests {
                 Value::Null,
             ),
             chunk(json!({}), json!("tool_calls")),
-            json!({"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1_700_000_000,
-                   "model": "gpt-5-codex", "choices": [],
-                   "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140,
-                             "prompt_tokens_details": {"cached_tokens": 64},
-                             "completion_tokens_details": {"reasoning_tokens": 16}}}),
+            usage_frame(),
             json!("[DONE]"),
         ];
         assert_eq!(frames, expected);
@@ -3303,6 +3299,15 @@ mod tests {
         );
     }
 
+    /// The usage chunk [`codex_stream`] ends with.
+    fn usage_frame() -> Value {
+        json!({"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1_700_000_000,
+               "model": "gpt-5-codex", "choices": [],
+               "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140,
+                         "prompt_tokens_details": {"cached_tokens": 64},
+                         "completion_tokens_details": {"reasoning_tokens": 16}}})
+    }
+
     fn legacy_options(stream: bool) -> ChatOptions {
         ChatOptions {
             model: "m".into(),
@@ -3345,11 +3350,7 @@ mod tests {
                 Value::Null,
             ),
             chunk(json!({}), json!("function_call")),
-            json!({"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1_700_000_000,
-                   "model": "gpt-5-codex", "choices": [],
-                   "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140,
-                             "prompt_tokens_details": {"cached_tokens": 64},
-                             "completion_tokens_details": {"reasoning_tokens": 16}}}),
+            usage_frame(),
             json!("[DONE]"),
         ];
         assert_eq!(frames, expected);
