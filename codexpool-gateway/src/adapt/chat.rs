@@ -2736,13 +2736,7 @@ mod tests {
     }
 
     fn assembled_with_stop(stop: &[&str], events: &[Value]) -> Value {
-        let mut assembler = ChatAssembler::new(&stop_options(false, stop), 42);
-        for event in events {
-            assembler
-                .push(&SseEvent::new(serde_json::to_vec(event).unwrap()))
-                .unwrap();
-        }
-        serde_json::from_slice(&assembler.finish().unwrap()).unwrap()
+        assemble_with(&stop_options(false, stop), events)
     }
 
     #[test]
