@@ -1,5 +1,7 @@
 //! `codexpool tokens`: the token ledger summed per key, account, model or day (UTC), largest
-//! total first (days oldest first), with a total row; `--since` counts only later requests.
+//! total first (days oldest first), with a total row when there are several; `--since` counts
+//! only later requests. The ledger holds the requests whose token usage the upstream reported
+//! (the request log also has the refused and the broken ones).
 //!
 //! JSON: an array of `{"group", "name", "requests", "input_tokens", "cached_tokens",
 //! "output_tokens", "reasoning_tokens", "total_tokens"}`, where `group` is the key or account id,
