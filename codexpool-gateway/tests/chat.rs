@@ -124,6 +124,12 @@ async fn tool_calls_both_ways() {
     req["tools"] = tools.clone();
     let (_, _, body) = h.call(h.post("/v1/chat/completions", req)).await;
     let frames = json_frames(&body);
+    // An answer that opens with a call: `content` null, as OpenAI streams it (and as the
+    // assembled message below has it).
+    assert_eq!(
+        frames[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": null})
+    );
     let first = frames
         .iter()
         .find(|f| f["choices"][0]["delta"]["tool_calls"].is_array())

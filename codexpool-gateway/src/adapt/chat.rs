@@ -1017,7 +1017,11 @@ fn quoted(value: &str) -> String {
 
 /// One piece of chat output, produced by [`Translator`] and rendered by a sink.
 enum Op<'x> {
-    Role,
+    /// The first chunk: `content` is `""`, or `null` when the answer opens with a call (as
+    /// OpenAI streams it, so that a streamed and an assembled message agree).
+    Role {
+        call_first: bool,
+    },
     Content(&'x str),
     Refusal(&'x str),
     Reasoning(&'x str),
@@ -1120,9 +1124,13 @@ impl Translator {
     }
 
     fn start(&mut self, sink: &mut impl Sink) {
+        self.start_with(false, sink);
+    }
+
+    fn start_with(&mut self, call_first: bool, sink: &mut impl Sink) {
         if !self.started {
             self.started = true;
-            sink.op(&self.meta, Op::Role);
+            sink.op(&self.meta, Op::Role { call_first });
         }
     }
 
@@ -1170,7 +1178,7 @@ impl Translator {
             item_id: item.id.as_deref().map(str::to_owned),
             args_sent: false,
         });
-        self.start(sink);
+        self.start_with(true, sink);
         let name = item.name.as_deref().unwrap_or("");
         let op = if self.legacy {
             Op::FunctionStart { name }
@@ -1648,9 +1656,13 @@ impl ChunkSink<'_> {
 impl Sink for ChunkSink<'_> {
     fn op(&mut self, meta: &Meta, op: Op<'_>) {
         match op {
-            Op::Role => self.chunk(meta, None, |s| {
-                s.out
-                    .extend_from_slice(br#"{"role":"assistant","content":""}"#);
+            Op::Role { call_first } => self.chunk(meta, None, |s| {
+                let delta: &[u8] = if call_first {
+                    br#"{"role":"assistant","content":null}"#
+                } else {
+                    br#"{"role":"assistant","content":""}"#
+                };
+                s.out.extend_from_slice(delta);
             }),
             Op::Content(text) => self.chunk(meta, None, |s| {
                 s.out.extend_from_slice(br#"{"content":"#);
@@ -1814,7 +1826,7 @@ struct AssembledFunction {
 impl Sink for Accumulated {
     fn op(&mut self, _meta: &Meta, op: Op<'_>) {
         match op {
-            Op::Role => {}
+            Op::Role { .. } => {}
             Op::Content(text) => self.content.push_str(text),
             Op::Refusal(text) => self.refusal.push_str(text),
             Op::Reasoning(text) => self.reasoning.push_str(text),
@@ -3377,7 +3389,8 @@ mod tests {
         assert_eq!(
             deltas,
             [
-                &json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}),
+                // A call first: `content` null, as in the assembled message.
+                &json!({"index": 0, "delta": {"role": "assistant", "content": null}, "finish_reason": null}),
                 &json!({"index": 0, "delta": {"function_call": {"name": "f", "arguments": ""}}, "finish_reason": null}),
                 &json!({"index": 0, "delta": {"function_call": {"arguments": "{}"}}, "finish_reason": null}),
             ]
@@ -3429,7 +3442,7 @@ mod tests {
         assert_eq!(
             deltas,
             [
-                &json!({"role": "assistant", "content": ""}),
+                &json!({"role": "assistant", "content": null}),
                 &json!({"function_call": {"name": "first", "arguments": ""}}),
                 &json!({"function_call": {"arguments": "{\"a\":"}}),
                 &json!({"function_call": {"arguments": "1}"}}),
