@@ -19,7 +19,7 @@ use codexpool_testkit::{FakeAccount, FakeOpenAi, FakeUsage, FakeWindow, Reply};
 use serde_json::{Value, json};
 
 use super::runtime::Runtimes;
-use super::{Ctx, logs, usage};
+use super::{Ctx, logs, tokens, usage};
 use crate::output::{Output, Paint};
 
 const MODEL: &str = "gpt-5-codex";
@@ -235,6 +235,11 @@ async fn run(out: &Output, fake: &FakeOpenAi, dir: &std::path::Path) -> anyhow::
         out.paint("Request log (codexpool logs):", Paint::Bold)
     ))?;
     logs::print_recent(out, &pool, 10).await?;
+    out.line(format!(
+        "\n{}",
+        out.paint("Tokens per key (codexpool tokens):", Paint::Bold)
+    ))?;
+    tokens::print_per_key(out, &pool).await?;
     let serve_at = codexpool_gateway::admin::local_url(Config::default().service_addr);
     out.line(format!(
         "\n{}\n\

@@ -11,13 +11,13 @@
 use std::collections::HashMap;
 
 use codexpool_core::usage::{LedgerGroup, LedgerQuery, LedgerRow};
-use codexpool_core::{AccountFilter, Pool};
+use codexpool_core::{AccountFilter, Pool, Timestamp};
 use comfy_table::{Cell, CellAlignment};
 use serde::Serialize;
 
 use super::Ctx;
 use crate::args::TokensArgs;
-use crate::output::{NONE, Paint, cell, datetime};
+use crate::output::{NONE, Output, Paint, cell, datetime};
 
 /// One row of `--json`: the ledger row (`group` and the sums) and a name.
 #[derive(Serialize)]
@@ -31,34 +31,13 @@ struct RowView<'a> {
 pub async fn tokens(ctx: &Ctx, pool: &Pool, a: TokensArgs) -> anyhow::Result<()> {
     let out = &ctx.out;
     let group: LedgerGroup = a.by.parse()?;
-    let mut query = LedgerQuery::by(group);
-    query.since = a.since;
-    let mut rows = pool.usage().ledger(&query).await?;
-    if group == LedgerGroup::Day {
-        rows.sort_by(|x, y| x.group.cmp(&y.group));
-    }
-    let names: HashMap<String, String> = match group {
-        LedgerGroup::Key => pool
-            .keys()
-            .list()
-            .into_iter()
-            .map(|k| (k.id, k.name))
-            .collect(),
-        LedgerGroup::Account => pool
-            .accounts()
-            .list(&AccountFilter::default())
-            .into_iter()
-            .map(|a| (a.id, a.label))
-            .collect(),
-        _ => HashMap::new(),
-    };
-    let name = |r: &LedgerRow| names.get(&r.group).map(String::as_str);
+    let (rows, names) = summed(pool, group, a.since).await?;
     if out.json {
         let views: Vec<RowView<'_>> = rows
             .iter()
             .map(|row| RowView {
                 row,
-                name: name(row),
+                name: names.get(&row.group).map(String::as_str),
             })
             .collect();
         out.json(&views)?;
@@ -76,6 +55,57 @@ pub async fn tokens(ctx: &Ctx, pool: &Pool, a: TokensArgs) -> anyhow::Result<()>
         });
         return Ok(());
     }
+    print_table(out, group, &rows, &names)?;
+    if let Some(since) = a.since {
+        out.note(format!("Requests since {}.", datetime(since)));
+    }
+    Ok(())
+}
+
+/// The table of `codexpool tokens` for all requests, per key (the demo shows it).
+pub async fn print_per_key(out: &Output, pool: &Pool) -> anyhow::Result<()> {
+    let (rows, names) = summed(pool, LedgerGroup::Key, None).await?;
+    print_table(out, LedgerGroup::Key, &rows, &names)?;
+    Ok(())
+}
+
+/// The ledger's sums (days oldest first, else largest total first) and, for keys and
+/// accounts, their names by id.
+async fn summed(
+    pool: &Pool,
+    group: LedgerGroup,
+    since: Option<Timestamp>,
+) -> anyhow::Result<(Vec<LedgerRow>, HashMap<String, String>)> {
+    let mut query = LedgerQuery::by(group);
+    query.since = since;
+    let mut rows = pool.usage().ledger(&query).await?;
+    if group == LedgerGroup::Day {
+        rows.sort_by(|x, y| x.group.cmp(&y.group));
+    }
+    let names = match group {
+        LedgerGroup::Key => pool
+            .keys()
+            .list()
+            .into_iter()
+            .map(|k| (k.id, k.name))
+            .collect(),
+        LedgerGroup::Account => pool
+            .accounts()
+            .list(&AccountFilter::default())
+            .into_iter()
+            .map(|a| (a.id, a.label))
+            .collect(),
+        _ => HashMap::new(),
+    };
+    Ok((rows, names))
+}
+
+fn print_table(
+    out: &Output,
+    group: LedgerGroup,
+    rows: &[LedgerRow],
+    names: &HashMap<String, String>,
+) -> std::io::Result<()> {
     let first = match group {
         LedgerGroup::Key => "KEY",
         LedgerGroup::Account => "ACCOUNT",
@@ -97,8 +127,8 @@ pub async fn tokens(ctx: &Ctx, pool: &Pool, a: TokensArgs) -> anyhow::Result<()>
         }
     }
     let mut total = [0u64; 6];
-    for r in &rows {
-        let label = match (name(r), r.group.as_str()) {
+    for r in rows {
+        let label = match (names.get(&r.group), r.group.as_str()) {
             (Some(n), id) => format!("{n} ({id})"),
             (None, "-") => NONE.to_owned(),
             (None, g) => g.to_owned(),
@@ -112,11 +142,7 @@ pub async fn tokens(ctx: &Ctx, pool: &Pool, a: TokensArgs) -> anyhow::Result<()>
     if rows.len() > 1 {
         t.add_row(cells(cell("total", Some(Paint::Dim)), total));
     }
-    out.print_table(&t)?;
-    if let Some(since) = a.since {
-        out.note(format!("Requests since {}.", datetime(since)));
-    }
-    Ok(())
+    out.print_table(&t)
 }
 
 /// A row's numbers, in the order of the columns.

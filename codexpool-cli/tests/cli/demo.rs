@@ -24,6 +24,14 @@ fn demo_runs_to_completion_without_touching_the_users_database() {
         stdout.contains("ada@example.com → grace@example.com"),
         "{stdout}"
     );
+    // The ledger: both answers on the demo key, summed.
+    let tokens = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Tokens per key (codexpool tokens):"))
+        .nth(2)
+        .unwrap_or_default();
+    assert!(tokens.starts_with("demo ("), "{stdout}");
+    assert_eq!(tokens.split_whitespace().nth(2), Some("2"), "{stdout}");
     assert!(stdout.contains("codexpool serve"), "{stdout}");
     assert!(
         !env.db().exists(),
