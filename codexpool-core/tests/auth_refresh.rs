@@ -19,7 +19,7 @@ use codexpool_core::import::ImportOutcome;
 use codexpool_core::store::{SqliteStore, Store};
 use codexpool_core::{AccountPatch, AccountStatus, Config, Pool};
 use codexpool_testkit::{FakeAccount, FakeRefreshFailure};
-use support::{fake, file_pool, import, memory_pool};
+use support::{fake, file_pool, import, memory_pool, refresh_held};
 
 #[tokio::test]
 async fn a_refresh_rotates_and_persists_every_token() {
@@ -343,17 +343,14 @@ async fn a_disabled_account_stays_disabled_when_its_sign_in_dies() {
     let id = import(&pool, &fake, "acct-2").await;
     fake.fail_next_refresh("acct-2", FakeRefreshFailure::Expired);
     fake.refresh_delay(Duration::from_millis(500));
-    let sent = fake.count("/oauth/token");
+    let held = fake.refreshes_held();
     let refreshing = tokio::spawn({
         let pool = pool.clone();
         let id = id.clone();
         async move { pool.auth().refresh(&id).await }
     });
-    // The fake logs the request as it arrives, then holds it for the delay.
-    assert!(
-        fake.wait_until_async(Duration::from_secs(5), |f| f.count("/oauth/token") > sent)
-            .await
-    );
+    // The fake holds the request on the wire for the delay.
+    refresh_held(&fake, held, 5).await;
     pool.accounts().disable(&id).await.unwrap();
     let e = refreshing.await.unwrap().unwrap_err();
     assert!(matches!(e, AuthError::RefreshDead { .. }), "{e}");
@@ -673,15 +670,12 @@ async fn rotated_tokens_survive_a_database_that_stays_locked() {
     let id = import(&a, &fake, "acct-1").await;
     let spent = a.accounts().get(&id).unwrap().tokens.refresh_token;
 
-    let sent = fake.count("/oauth/token");
+    let held = fake.refreshes_held();
     let refreshing = tokio::spawn({
         let (a, id) = (a.clone(), id.clone());
         async move { a.auth().refresh(&id).await }
     });
-    assert!(
-        fake.wait_until_async(Duration::from_secs(5), |f| f.count("/oauth/token") > sent)
-            .await
-    );
+    refresh_held(&fake, held, 5).await;
     // While the refresh is on the wire (the fake holds it 1.5 s), another process takes the
     // write lock and keeps it (for longer than the refresh lease, as far as this test is
     // concerned).
@@ -769,7 +763,7 @@ async fn tokens_rescued_by_a_process_that_died_are_stored_when_the_pool_opens() 
         .enable_all()
         .build()
         .unwrap();
-    let sent = fake.count("/oauth/token");
+    let held = fake.refreshes_held();
     let refreshing = rt.spawn({
         let (fake, path, id) = (fake.clone(), path.clone(), id.clone());
         async move {
@@ -777,10 +771,7 @@ async fn tokens_rescued_by_a_process_that_died_are_stored_when_the_pool_opens() 
             pool.auth().refresh(&id).await.map(|a| a.tokens)
         }
     });
-    assert!(
-        fake.wait_until_async(Duration::from_secs(5), |f| f.count("/oauth/token") > sent)
-            .await
-    );
+    refresh_held(&fake, held, 5).await;
     let locker = rusqlite::Connection::open(&path).unwrap();
     locker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let rescued = tokio::time::timeout(Duration::from_secs(20), refreshing)
@@ -899,10 +890,7 @@ async fn a_refresh_killed_mid_flight_does_not_hold_the_account() {
     // Its refresh is on the wire and held there (so it holds the lease): kill it there. (A
     // request only recorded might still take the delay set below, and the failure meant for
     // the next one.)
-    assert!(
-        fake.wait_until_async(Duration::from_secs(20), |f| f.refreshes_held() > 0)
-            .await
-    );
+    refresh_held(&fake, 0, 20).await;
     child.kill().unwrap();
     child.wait().unwrap();
     fake.refresh_delay(Duration::ZERO);

@@ -93,3 +93,14 @@ pub async fn get(url: &str) -> (u16, String) {
     let resp = browser().get(url).send().await.unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
+
+/// Waits (at most `secs`) until a refresh after the `before`-th is held on the wire by the fake's
+/// `refresh_delay` — inside its handler, not only recorded — and returns how many are held.
+pub async fn refresh_held(fake: &FakeOpenAi, before: usize, secs: u64) -> usize {
+    assert!(
+        fake.wait_until_async(Duration::from_secs(secs), |f| f.refreshes_held() > before)
+            .await,
+        "no refresh reached the issuer"
+    );
+    fake.refreshes_held()
+}
