@@ -144,14 +144,7 @@ async fn the_codex_cli_replays_go_as_sent_and_the_backend_has_the_last_word() {
     body["stream"] = json!(true);
     body["store"] = json!(false);
     body["instructions"] = json!("You are Codex.");
-    let req = Request::post("/v1/responses")
-        .header("authorization", format!("Bearer {}", h.key))
-        .header("content-type", "application/json")
-        .header("originator", "codex_exec")
-        .header("session-id", "s-1")
-        .header("x-codex-window-id", "s-1:0")
-        .body(Body::from(body.to_string()))
-        .unwrap();
+    let req = h.codex_post(&body, Some("s-1"));
     let (status, _, text) = h.call(req).await;
     assert!(status.is_client_error(), "{status}: {text}");
     assert!(text.contains("not found"), "{text}");
@@ -426,14 +419,7 @@ async fn store_false_answers_are_not_kept() {
     // Nor are the Codex CLI's (it goes as sent, and always says `store: false`).
     let body = json!({"model": "gpt-5-codex", "instructions": "x", "stream": true,
                       "store": false, "input": [user("Hi")]});
-    let req = Request::post("/v1/responses")
-        .header("authorization", format!("Bearer {}", h.key))
-        .header("content-type", "application/json")
-        .header("originator", "codex_exec")
-        .header("session-id", "s-1")
-        .header("x-codex-window-id", "s-1:0")
-        .body(Body::from(body.to_string()))
-        .unwrap();
+    let req = h.codex_post(&body, Some("s-1"));
     let (status, _, text) = h.call(req).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let id = json_frames(&text).pop().unwrap()["response"]["id"].clone();

@@ -259,14 +259,7 @@ async fn a_codex_dialect_request_without_a_session_header_gets_the_derived_one()
     let h = harness(1, &[]).await;
     let body = json!({"model": "gpt-5-codex", "instructions": "x", "stream": true, "store": false,
         "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}]});
-    let req = Request::post("/v1/responses")
-        .header("authorization", format!("Bearer {}", h.key))
-        .header("content-type", "application/json")
-        .header("originator", "codex_exec")
-        .header("x-codex-window-id", "w:0")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let (status, _, text) = h.call(req).await;
+    let (status, _, text) = h.call(h.codex_post(&body, None)).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let sent = h.fake.last_request("/backend-api/codex/responses").unwrap();
     assert!(sent.header("session_id").is_some());

@@ -26,14 +26,7 @@ fn codex_request(h: &Harness) -> Request<Body> {
         "model": "gpt-5-codex", "instructions": "You are Codex.", "stream": true, "store": false,
         "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}],
     });
-    Request::post("/v1/responses")
-        .header("authorization", format!("Bearer {}", h.key))
-        .header("content-type", "application/json")
-        .header("originator", "codex_exec")
-        .header("session-id", "w")
-        .header("x-codex-window-id", "w:0")
-        .body(Body::from(body.to_string()))
-        .unwrap()
+    h.codex_post(&body, Some("w"))
 }
 
 fn of_type<'f>(frames: &'f [Value], kind: &str) -> Vec<&'f Value> {

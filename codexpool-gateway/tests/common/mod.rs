@@ -106,6 +106,20 @@ impl Harness {
             .unwrap()
     }
 
+    /// A `/v1/responses` request as the Codex CLI sends it: its `originator`, its window id and,
+    /// when given, its session header.
+    pub fn codex_post(&self, body: &Value, session: Option<&str>) -> Request<Body> {
+        let mut req = Request::post("/v1/responses")
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("content-type", "application/json")
+            .header("originator", "codex_exec")
+            .header("x-codex-window-id", format!("{}:0", session.unwrap_or("w")));
+        if let Some(s) = session {
+            req = req.header("session-id", s);
+        }
+        req.body(Body::from(body.to_string())).unwrap()
+    }
+
     pub async fn send(&self, req: Request<Body>) -> Response<Body> {
         self.gateway.router().oneshot(req).await.unwrap()
     }
