@@ -22,6 +22,11 @@ use codexpool_core::config::Loaded;
 use crate::args::{Cli, Command, ServeArgs};
 use crate::output::{Output, Paint};
 
+/// mimalloc frees a buffer on another thread without taking a lock; glibc's malloc does not
+/// (see Cargo.toml). Only the binary chooses: the libraries leave the allocator to their users.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An error with a hint for the person, raised by the commands themselves.
 #[derive(Debug)]
 pub struct Failure {
