@@ -11,9 +11,14 @@ In ONE run, against one `codexpool-fake --instant` upstream:
       chat-long     chat, stream=false, a ~230 KB conversation of 300 messages
       models        GET /v1/models (no upstream call: the floor under every request)
     at each concurrency (default 1 and 32), `--warmup` then `--duration` each, with oha;
+  * the control: the targeted workloads also go through `codexpool-bare-relay`, a proxy that
+    only forwards (hyper in, hyper out, as the gateway; no key check, parsing, translation or
+    log) to the fake's Codex endpoint, so it moves the bytes the gateway moves and shows what
+    two loopback HTTP exchanges cost on this machine by themselves; with a peer, a second relay
+    forwards the chat workloads to the fake's /v1 as LiteLLM does (`--no-control` skips both);
   * CPU seconds per 10k requests from /proc/<pid>/stat (utime+stime) around each measurement,
-    for the gateway, the fake and the peer; the CPU the rest of the machine used meanwhile is
-    recorded as a noise figure;
+    for the gateway, the fake, the relays and the peer; the CPU the rest of the machine used
+    meanwhile is recorded as a noise figure;
   * the gateway's RSS at idle (after start, before any load) and with `--streams` concurrent open
     streams held by the fake (`instant-hold-<SECS>` models), opened by an asyncio client.
 
@@ -109,13 +114,16 @@ def responses_body(model: str = MODEL) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+# The fake's Codex endpoint: what the gateway calls upstream.
+CODEX_PATH = "/backend-api/codex/responses"
+
 # name, label, direct path (on the fake), gateway path, body, stream?, peer-capable?
 WORKLOADS = [
     ("chat", "chat, non-streaming", "/v1/chat/completions", "/v1/chat/completions",
      chat_body(False), False, True),
     ("chat-stream", "chat, streaming", "/v1/chat/completions", "/v1/chat/completions",
      chat_body(True), True, True),
-    ("responses", "/v1/responses, streaming", "/backend-api/codex/responses", "/v1/responses",
+    ("responses", "/v1/responses, streaming", CODEX_PATH, "/v1/responses",
      responses_body(), True, False),
     # What a chat client with a long history sends every turn: the translation scales with it.
     ("chat-long", "chat, non-streaming, 230 KB conversation", "/v1/chat/completions",
@@ -381,13 +389,16 @@ class Stack:
         bins = Path(args.bin_dir).resolve()
         self.fake_bin = bins / "codexpool-fake"
         self.cli_bin = bins / "codexpool"
-        for b in (self.fake_bin, self.cli_bin):
+        self.relay_bin = bins / "codexpool-bare-relay"
+        for b in (self.fake_bin, self.cli_bin, self.relay_bin):
             if not b.exists():
                 raise SystemExit(f"bench: {b} is missing (cargo build --release -p codexpool-cli "
                                  "-p codexpool-testkit)")
         self.fake: Proc | None = None
         self.gateway: Proc | None = None
         self.peer: Proc | None = None
+        # The controls: name ("relay", "relay-openai") -> (process, URL).
+        self.relays: dict[str, tuple[Proc, str]] = {}
         self.fake_info: dict = {}
         self.gateway_url = ""
         self.peer_url = ""
@@ -465,6 +476,18 @@ class Stack:
         wait_http(self.gateway_url + "/health", 30, self.gateway)
         log(f"gateway: {self.gateway_url} (pid {self.gateway.pid})")
 
+    def start_relay(self, name: str, path: str | None) -> None:
+        """A `codexpool-bare-relay` in front of the fake: every request to `path` (the
+        client's own path when None)."""
+        cmd = [str(self.relay_bin), "--upstream", self.fake_info["url"]]
+        if path:
+            cmd += ["--path", path]
+        proc = Proc(name, cmd, self.work)
+        url = json.loads(proc.readline(30))["url"]
+        proc.drain()
+        self.relays[name] = (proc, url)
+        log(f"{name}: {url} (pid {proc.pid}) -> fake{path or ''}")
+
     def start_litellm(self) -> None:
         venv = ensure_litellm(self.args.litellm_version)
         port = free_port()
@@ -534,6 +557,12 @@ class Runner:
             key = (s.fake_info["openai_api_key"] if direct_path.startswith("/v1/")
                    else "bench-any-token")
             return s.fake_info["url"] + direct_path, [f"Authorization: Bearer {key}"], []
+        if where == "relay":
+            # Forwards every request to the fake's Codex endpoint (instant mode takes any token).
+            return s.relays[where][1] + gw_path, ["Authorization: Bearer bench-any-token"], []
+        if where == "relay-openai":
+            key = s.fake_info["openai_api_key"]
+            return s.relays[where][1] + direct_path, [f"Authorization: Bearer {key}"], []
         if where == "gateway":
             return s.gateway_url + gw_path, [f"Authorization: Bearer {s.key}"], []
         return s.peer_url + gw_path, [f"Authorization: Bearer {s.peer_key}"], []
@@ -541,6 +570,7 @@ class Runner:
     def watched(self) -> dict[str, int]:
         s = self.stack
         out = {"fake": s.fake.pid, "gateway": s.gateway.pid}
+        out.update({name: proc.pid for name, (proc, _url) in s.relays.items()})
         if s.peer:
             out["peer"] = s.peer.pid
         return out
@@ -587,8 +617,12 @@ class Runner:
             for wl in WORKLOADS:
                 for conc in self.args.concurrency:
                     wheres = ["direct", "gateway"]
+                    if "relay" in self.stack.relays and wl[0] in TARGETED:
+                        wheres.append("relay")
                     if self.stack.peer and wl[6]:
                         wheres.append("peer")
+                        if "relay-openai" in self.stack.relays:
+                            wheres.append("relay-openai")
                     if rnd % 2 == 1:
                         wheres = wheres[::-1]  # alternate who goes first across rounds
                     for where in wheres:
@@ -747,7 +781,8 @@ def combine(results: list[dict]) -> dict:
         }
     by_round = {(r["where"], r["workload"], r["concurrency"], r.get("round", 0)): r
                 for r in results}
-    for base, other in (("direct", "gateway"), ("peer", "gateway")):
+    for base, other in (("direct", "gateway"), ("peer", "gateway"), ("direct", "relay"),
+                        ("relay", "gateway"), ("peer", "relay-openai")):
         for (where, wl, conc), rs in groups.items():
             if where != base:
                 continue
@@ -814,21 +849,34 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
         w(f"| peer | LiteLLM {args.litellm_version} (`litellm[proxy]`, one worker, master key, "
           f"cooldowns off, upstream model `openai/{PEER_UPSTREAM_MODEL}` so it speaks Chat "
           f"Completions to the fake's `/v1`); oha timeout {fmt_secs(args.peer_timeout)} |")
+    if any(k[0] == "relay" for k in c):
+        w("| control | `codexpool-bare-relay`: forwards to the fake's Codex endpoint and does "
+          "nothing else (see [the control](#the-control-a-bare-relay)); with a peer, a second "
+          "one forwards to the fake's `/v1` |")
     w(f"| total time | {total_secs / 60:.1f} min |")
     w("")
 
     # Targets.
-    checks: list[tuple[str, str, object]] = []
+    # (target, codexpool's figure, pass?, the bare relay's figure for the same target)
+    checks: list[tuple[str, str, object, str]] = []
+    control = any(k[0] == "relay" for k in c)
+
+    def relay_vs(base: str, name: str, k: int) -> dict:
+        return c.get(("vs", base, "relay" if base == "direct" else "relay-openai", name, k)) or {}
+
     for name, label, *_ in WORKLOADS:
         if name not in TARGETED:
             continue
         pair = c.get(("vs", "direct", "gateway", name, 1))
         if pair and None not in (pair["a50"], pair["a99"]):
             a50, a99 = pair["a50"], pair["a99"]
+            r = relay_vs("direct", name, 1)
             checks.append((f"added p50 at c=1, {label} (≤ {TARGET_ADDED_P50_MS} ms)",
-                           f"{a50:+.3f} ms", a50 <= TARGET_ADDED_P50_MS))
+                           f"{a50:+.3f} ms", a50 <= TARGET_ADDED_P50_MS,
+                           f"{r['a50']:+.3f} ms" if r.get("a50") is not None else "–"))
             checks.append((f"added p99 at c=1, {label} (≤ {TARGET_ADDED_P99_MS} ms)",
-                           f"{a99:+.3f} ms", a99 <= TARGET_ADDED_P99_MS))
+                           f"{a99:+.3f} ms", a99 <= TARGET_ADDED_P99_MS,
+                           f"{r['a99']:+.3f} ms" if r.get("a99") is not None else "–"))
     top = max(conc)
     for name, label, *_ in WORKLOADS:
         if name not in TARGETED:
@@ -836,15 +884,17 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
         pair = c.get(("vs", "direct", "gateway", name, top))
         if pair and pair["ratio"] is not None:
             ratio = pair["ratio"]
+            r = relay_vs("direct", name, top).get("ratio")
             checks.append((f"throughput at c={top}, {label} (≥ {TARGET_RATIO_C32:.0%} of direct)",
-                           f"{ratio:.0%}", ratio >= TARGET_RATIO_C32))
+                           f"{ratio:.0%}", ratio >= TARGET_RATIO_C32,
+                           f"{r:.0%}" if r is not None else "–"))
     idle_mb = idle["VmHWM"] / 1024
     checks.append((f"idle RSS, peak (≤ {TARGET_IDLE_RSS_MB:.0f} MB)", f"{idle_mb:.1f} MB",
-                   idle_mb <= TARGET_IDLE_RSS_MB))
+                   idle_mb <= TARGET_IDLE_RSS_MB, "–"))
     for name, m in mem.items():
         per = m["cold"]["per_stream_kb"]
         checks.append((f"memory per open stream, {name}, cold (≤ {TARGET_STREAM_KB:.0f} KB)",
-                       f"{f(per, 1)} KB", None if per is None else per <= TARGET_STREAM_KB))
+                       f"{f(per, 1)} KB", None if per is None else per <= TARGET_STREAM_KB, "–"))
     if has_peer:
         for name, label, *_rest, peer_ok in WORKLOADS:
             if not peer_ok:
@@ -853,21 +903,33 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
                 pair, p = c.get(("vs", "peer", "gateway", name, k)), c.get(("peer", name, k))
                 if not (pair and p):
                     continue
+                r = relay_vs("peer", name, k).get("ratio")
+                r = f"{r:,.0f}×" if r is not None else "–"
                 if pair["ratio"] is not None:
                     x = pair["ratio"]
                     ceiling = direct_over_peer(c, name, k)
                     ceiling = f" (direct: {ceiling})" if ceiling else ""
                     checks.append((f"vs LiteLLM, {label}, c={k} (≥ {TARGET_VS_LITELLM:.0f}×)",
-                                   f"{x:.0f}×{ceiling}", x >= TARGET_VS_LITELLM))
+                                   f"{x:,.0f}×{ceiling}", x >= TARGET_VS_LITELLM, r))
                 else:
                     checks.append((f"vs LiteLLM, {label}, c={k} (≥ {TARGET_VS_LITELLM:.0f}×)",
-                                   "LiteLLM served nothing", True))
+                                   "LiteLLM served nothing", True, r))
     w("## Targets")
     w("")
-    w("| target | measured | |")
-    w("|---|---:|---|")
-    for what, value, ok in checks:
-        w(f"| {what} | {value} | {mark(ok)} |")
+    if control:
+        w("The last column is the control measured in the same run: `codexpool-bare-relay`, a "
+          "proxy that only forwards bytes (see [the control](#the-control-a-bare-relay)). Where "
+          "it misses a target too, no proxy in front of this upstream meets it on this machine.")
+        w("")
+        w("| target | measured | | bare relay (control) |")
+        w("|---|---:|---|---:|")
+        for what, value, ok, ctl in checks:
+            w(f"| {what} | {value} | {mark(ok)} | {ctl} |")
+    else:
+        w("| target | measured | |")
+        w("|---|---:|---|")
+        for what, value, ok, _ctl in checks:
+            w(f"| {what} | {value} | {mark(ok)} |")
     w("")
 
     # Throughput and latency.
@@ -921,6 +983,39 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
       "c=32, and a busy machine shows less than a quiet one.")
     w("")
 
+    if control:
+        w("## The control: a bare relay")
+        w("")
+        w("`codexpool-bare-relay` (in `codexpool-testkit`) forwards every request to the fake's "
+          "Codex endpoint and streams the answer back, and does nothing else: no key check, no "
+          "parsing, no translation, no log, no account choice. It is built on what the gateway "
+          "uses for its two HTTP exchanges (hyper's server, hyper-util's pooled client, a tokio "
+          "runtime with one worker per CPU, `TCP_NODELAY`, mimalloc), and the fake sends it the same "
+          "12 KB Codex event stream it sends the gateway, which the relay passes on whole (the "
+          "gateway sends a chat client 1.3 KB). So it is the floor under any proxy in front of "
+          "this upstream on this machine: what two loopback HTTP exchanges, the extra process "
+          "and its wake-ups cost by themselves. Gateway ÷ relay is the share of that floor the "
+          "gateway keeps while doing its work.")
+        w("")
+        w("| workload | c | direct req/s | relay req/s | relay ÷ direct | gateway ÷ direct | "
+          "gateway ÷ relay | relay added p50 / p99 ms | CPU s/10k relay / gateway | CPU s/10k "
+          "fake via relay / via gateway |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name, label, *_ in WORKLOADS:
+            for k in conc:
+                d, r, g = (c.get((where, name, k)) for where in ("direct", "relay", "gateway"))
+                if not (d and r and g):
+                    continue
+                dr = c[("vs", "direct", "relay", name, k)]
+                dg = c[("vs", "direct", "gateway", name, k)]["ratio"]
+                rg = c[("vs", "relay", "gateway", name, k)]["ratio"]
+                w(f"| {label} | {k} | {d['rps']:,.0f} | {r['rps']:,.0f} "
+                  f"| {f(dr['ratio'] and dr['ratio'] * 100, 0)} % | {f(dg and dg * 100, 0)} % "
+                  f"| {f(rg and rg * 100, 0)} % | {f(dr['a50'], 3)} / {f(dr['a99'], 3)} "
+                  f"| {f(r['cpu_per_10k'].get('relay'))} / {f(g['cpu_per_10k']['gateway'])} "
+                  f"| {f(r['cpu_per_10k']['fake'])} / {f(g['cpu_per_10k']['fake'])} |")
+        w("")
+
     if has_peer:
         w("## Side by side with LiteLLM")
         w("")
@@ -930,10 +1025,15 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
           f"({fmt_secs(args.peer_timeout)}) seen by oha. Direct ÷ LiteLLM is the fake alone "
           "against LiteLLM: the most any gateway in front of the fake could show.")
         w("")
-        w("| workload | c | codexpool req/s | LiteLLM req/s | codexpool ÷ LiteLLM | direct ÷ "
-          "LiteLLM | codexpool p50 / p99 ms | LiteLLM p50 / p99 ms | CPU s/10k codexpool / "
-          "LiteLLM | LiteLLM failed |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        if control:
+            w("Bare relay ÷ LiteLLM is the control (a second `codexpool-bare-relay`, forwarding "
+              "to the fake's `/v1` as LiteLLM does): what a proxy that does nothing at all shows "
+              "against LiteLLM here.")
+            w("")
+        w("| workload | c | codexpool req/s | LiteLLM req/s | codexpool ÷ LiteLLM | bare relay ÷ "
+          "LiteLLM | direct ÷ LiteLLM | codexpool p50 / p99 ms | LiteLLM p50 / p99 ms | CPU "
+          "s/10k codexpool / LiteLLM | LiteLLM failed |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, label, *_rest, peer_ok in WORKLOADS:
             if not peer_ok:
                 continue
@@ -947,7 +1047,9 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
                 codes = ", ".join(f"{v}× {k2}" for k2, v in p["status_codes"].items() if k2 != "200")
                 why = "; ".join(x2 for x2 in (codes, kinds) if x2)
                 dx = direct_over_peer(c, name, k) or "–"
-                w(f"| {label} | {k} | {g['rps']:,.0f} | {p['rps']:,.1f} | {x} | {dx} "
+                rx = (c.get(("vs", "peer", "relay-openai", name, k)) or {}).get("ratio")
+                rx = f"{rx:,.0f}×" if rx is not None else "–"
+                w(f"| {label} | {k} | {g['rps']:,.0f} | {p['rps']:,.1f} | {x} | {rx} | {dx} "
                   f"| {f(g['p50'], 3)} / {f(g['p99'], 3)} | {f(p['p50'], 1)} / {f(p['p99'], 1)} "
                   f"| {f(g['cpu_per_10k'].get('gateway'))} / {f(p['cpu_per_10k'].get('peer'), 1)} "
                   f"| {p['failed']}{f' ({why})' if why else ''} |")
@@ -1042,6 +1144,8 @@ def main() -> None:
     ap.add_argument("--from-json", metavar="PATH",
                     help="only re-render the report from an earlier run's raw figures "
                          "(.cache/bench/last.json) into --out (default: that run's --out)")
+    ap.add_argument("--no-control", action="store_true",
+                    help="skip the bare-relay control measurements")
     ap.add_argument("--skip-memory", action="store_true", help="no open-streams measurement")
     ap.add_argument("--skip-throughput", action="store_true", help="only the memory figures")
     ap.add_argument("--oha", default=os.environ.get("OHA") or shutil.which("oha") or "oha",
@@ -1103,6 +1207,10 @@ def main() -> None:
         log(f"gateway idle: RSS {idle['VmRSS'] / 1024:.1f} MB, peak {idle['VmHWM'] / 1024:.1f} MB")
         if "litellm" in args.peer:
             stack.start_litellm()
+        if not args.no_control and not args.skip_throughput:
+            stack.start_relay("relay", CODEX_PATH)
+            if stack.peer is not None:
+                stack.start_relay("relay-openai", None)
         results = [] if args.skip_throughput else Runner(args, stack, oha).throughput()
         mem = {} if args.skip_memory else memory(args, stack)
         total = time.monotonic() - started

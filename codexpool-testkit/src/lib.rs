@@ -664,3 +664,31 @@ impl FakeOpenAi {
         }
     }
 }
+
+/// Whether stdin is something a parent holds open for us (a pipe or socket), as opposed to a
+/// terminal or `/dev/null`, whose EOF means nothing. The bench and test binaries stop when such a
+/// stdin reaches EOF, so a parent that dies takes them with it.
+pub fn stdin_is_a_lifeline() -> bool {
+    use std::io::IsTerminal as _;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return false;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd as _;
+        use std::os::unix::fs::FileTypeExt as _;
+        let Ok(fd) = stdin.as_fd().try_clone_to_owned() else {
+            return false;
+        };
+        let file = std::fs::File::from(fd);
+        match file.metadata() {
+            Ok(m) => m.file_type().is_fifo() || m.file_type().is_socket(),
+            Err(_) => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}

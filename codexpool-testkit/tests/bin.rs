@@ -117,3 +117,95 @@ fn a_taken_address_is_named() {
     );
     assert_eq!(out.stdout, b"");
 }
+
+/// Starts `codexpool-bare-relay` with `args`; its stdin is a pipe, so dropping the child's
+/// stdin stops it.
+fn start_relay(args: &[&str]) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_codexpool-bare-relay"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let info: Value = serde_json::from_str(&line).unwrap();
+    (child, info["url"].as_str().unwrap().to_owned())
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: the status line and the body.
+fn post(url: &str, path: &str, key: &str, body: &str) -> (String, String) {
+    let mut s = TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+#[test]
+fn the_bare_relay_forwards_to_the_fake_and_stops_on_stdin_eof() {
+    let fake = codexpool_testkit::FakeOpenAi::builder()
+        .instant(true)
+        .start()
+        .unwrap();
+    let chat = r#"{"model":"gpt-5-codex","messages":[{"role":"user","content":"hi"}]}"#;
+
+    // The client's own path: the fake's plain OpenAI API answers; its refusals go back as is.
+    let (mut plain, url) = start_relay(&["--upstream", &fake.url()]);
+    let (status, body) = post(&url, "/v1/chat/completions", fake.openai_api_key(), chat);
+    assert!(status.ends_with("200 OK"), "{status}");
+    assert!(body.contains("chat.completion"), "{body}");
+    let (status, _) = post(&url, "/v1/no-such-endpoint", fake.openai_api_key(), chat);
+    assert!(status.contains(" 404 "), "{status}");
+
+    // `--path`: every request goes to the Codex endpoint and gets its event stream.
+    let (mut codex, url) = start_relay(&[
+        "--upstream",
+        &fake.url(),
+        "--path",
+        "/backend-api/codex/responses",
+    ]);
+    let (status, body) = post(&url, "/v1/chat/completions", "any", chat);
+    assert!(status.ends_with("200 OK"), "{status}");
+    assert!(body.contains("event: response.completed"), "{body}");
+
+    // No upstream: a 502 that says why.
+    fake.shutdown();
+    let (status, body) = post(&url, "/v1/chat/completions", "any", chat);
+    assert!(status.contains(" 502 "), "{status}");
+    assert!(!body.trim().is_empty());
+
+    for child in [&mut plain, &mut codex] {
+        drop(child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the relay did not stop on stdin EOF"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn the_bare_relay_refuses_an_upstream_that_is_not_an_http_origin() {
+    for bad in ["https://127.0.0.1:1", "127.0.0.1:1", "/just/a/path"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_codexpool-bare-relay"))
+            .args(["--upstream", bad])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--upstream"), "{bad}: {err}");
+    }
+}

@@ -3,7 +3,7 @@
 //! serves until SIGINT/SIGTERM, or until its stdin reaches EOF when stdin is a pipe (so a parent
 //! that dies takes the fake with it).
 
-use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -123,7 +123,7 @@ impl Stop {
     /// Registers the handlers (inside a runtime context).
     fn install(watch_stdin: bool) -> std::io::Result<Stop> {
         let (eof_tx, eof) = tokio::sync::mpsc::channel::<()>(1);
-        let no_eof = if watch_stdin && stdin_is_a_lifeline() {
+        let no_eof = if watch_stdin && codexpool_testkit::stdin_is_a_lifeline() {
             std::thread::spawn(move || {
                 let mut sink = [0u8; 1024];
                 let mut stdin = std::io::stdin().lock();
@@ -166,31 +166,5 @@ impl Stop {
             _ = tokio::signal::ctrl_c() => {}
             _ = self.eof.recv() => {}
         }
-    }
-}
-
-/// Whether stdin is something a parent holds open for us (a pipe or socket), as opposed to a
-/// terminal or `/dev/null`, whose EOF means nothing.
-fn stdin_is_a_lifeline() -> bool {
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        return false;
-    }
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsFd as _;
-        use std::os::unix::fs::FileTypeExt as _;
-        let Ok(fd) = stdin.as_fd().try_clone_to_owned() else {
-            return false;
-        };
-        let file = std::fs::File::from(fd);
-        match file.metadata() {
-            Ok(m) => m.file_type().is_fifo() || m.file_type().is_socket(),
-            Err(_) => false,
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        false
     }
 }
