@@ -23,6 +23,7 @@ use codexpool_core::{Lease, Outcome};
 use futures_util::StreamExt;
 
 use crate::adapt::event::ResponseRef;
+use crate::adapt::responses::event_response;
 use crate::adapt::{
     AssembleError, ChatAssembler, ChatStream, EventKind, FailureKind, ResponseAssembler,
     ResponsesEvent, TokenUsage, UpstreamFailure, items_array, sub_bytes, with_field,
@@ -31,6 +32,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::record::Record;
 use crate::sse::{SseEvent, SseItem, SseParser, write_data, write_event};
+use crate::stored::Pending;
 use crate::upstream::{ByteStream, Call, Committed};
 
 /// What the client gets.
@@ -65,6 +67,9 @@ pub(crate) struct Relay {
     usage: Option<TokenUsage>,
     error_class: Option<String>,
     refill: Option<OutputRefill>,
+    /// The answer to keep for `previous_response_id` (Responses clients with `store` on), kept
+    /// from the final event as it goes out.
+    keep: Option<Box<Pending>>,
 }
 
 /// Puts the streamed items back into a final event whose `output` is empty.
@@ -90,11 +95,11 @@ struct ItemEnvelope<'a> {
 impl OutputRefill {
     /// Sees an event on its way to the client: `Some(payload)` when it must go out with this
     /// payload instead of its own.
-    pub(crate) fn see(&mut self, event: &SseEvent) -> Option<Vec<u8>> {
+    pub(crate) fn see(&mut self, kind: EventKind, event: &SseEvent) -> Option<Vec<u8>> {
         if self.ended {
             return None;
         }
-        match EventKind::of(event) {
+        match kind {
             EventKind::OutputItemDone => {
                 // An item that cannot be read is left out here; the client still gets its event.
                 if let Ok(ItemEnvelope {
@@ -159,8 +164,10 @@ fn late_outcome(f: &UpstreamFailure) -> Option<Outcome> {
 }
 
 /// Looks at an event for what the gateway itself needs: usage at the end, failures.
-fn inspect(event: &SseEvent) -> (bool, Option<TokenUsage>, Option<UpstreamFailure>) {
-    let kind = EventKind::of(event);
+fn inspect(
+    kind: EventKind,
+    event: &SseEvent,
+) -> (bool, Option<TokenUsage>, Option<UpstreamFailure>) {
     if !kind.is_terminal() {
         return (false, None, None);
     }
@@ -214,7 +221,16 @@ impl Relay {
             usage: None,
             error_class: None,
             refill: None,
+            keep: None,
         }
+    }
+
+    /// Keeps the answer in the Responses store once its final event (`response.completed` or
+    /// `response.incomplete`, with the output the refill put back) goes out.
+    #[must_use]
+    pub(crate) fn keep(mut self, pending: Option<Box<Pending>>) -> Self {
+        self.keep = pending;
+        self
     }
 
     /// For Responses clients other than the Codex CLI (`on`): a final `response.completed` /
@@ -245,16 +261,26 @@ impl Relay {
         };
         let (terminal, usage, failure) = match &mut self.mode {
             Mode::Passthrough => {
-                match self.refill.as_mut().and_then(|r| r.see(&event)) {
+                let kind = EventKind::of(&event);
+                let rewritten = self.refill.as_mut().and_then(|r| r.see(kind, &event));
+                match &rewritten {
                     // The rewritten final event keeps its `event:` name (the backend sends no
                     // `id:` or `retry:`).
                     Some(data) => match event.event() {
-                        Some(name) => write_event(out, name, &data),
-                        None => write_data(out, &data),
+                        Some(name) => write_event(out, name, data),
+                        None => write_data(out, data),
                     },
                     None => event.encode(out),
                 }
-                inspect(&event)
+                if matches!(kind, EventKind::Completed | EventKind::Incomplete)
+                    && let Some(pending) = self.keep.take()
+                {
+                    let data = rewritten.as_deref().unwrap_or(event.data());
+                    if let Some(response) = event_response(data) {
+                        pending.finish(response.as_bytes());
+                    }
+                }
+                inspect(kind, &event)
             }
             // One parse serves the translator and the relay's own bookkeeping.
             Mode::Chat(chat) => {
@@ -621,6 +647,10 @@ mod tests {
         SseEvent::new(json.to_owned())
     }
 
+    fn see(refill: &mut OutputRefill, event: &SseEvent) -> Option<Vec<u8>> {
+        refill.see(EventKind::of(event), event)
+    }
+
     #[test]
     fn refill_rewrites_one_empty_final_event() {
         let mut refill = OutputRefill::default();
@@ -632,11 +662,14 @@ mod tests {
             r#"{"type":"response.output_text.delta","delta":"x"}"#,
         ];
         for json in items {
-            assert_eq!(refill.see(&ev(json)), None, "{json}");
+            assert_eq!(see(&mut refill, &ev(json)), None, "{json}");
         }
-        let out = refill.see(&ev(
-            r#"{"type":"response.completed","response":{"id":"r","output":[],"usage":{}},"sequence_number":9}"#,
-        ));
+        let out = see(
+            &mut refill,
+            &ev(
+                r#"{"type":"response.completed","response":{"id":"r","output":[],"usage":{}},"sequence_number":9}"#,
+            ),
+        );
         assert_eq!(
             String::from_utf8(out.unwrap()).unwrap(),
             r#"{"type":"response.completed","response":{"id":"r","output":[{"id":"a"},{"id":"b"},{"id":"c","x":"\u00e9"}],"usage":{}},"sequence_number":9}"#
@@ -644,19 +677,21 @@ mod tests {
         // Once per stream: the items are gone.
         assert!(refill.items.is_empty());
         assert_eq!(
-            refill.see(&ev(
-                r#"{"type":"response.completed","response":{"output":[]}}"#
-            )),
+            see(
+                &mut refill,
+                &ev(r#"{"type":"response.completed","response":{"output":[]}}"#)
+            ),
             None
         );
 
         // A missing `output` is empty too; an output that is there, or no items, is left alone.
         let item = r#"{"type":"response.output_item.done","output_index":0,"item":{"id":"a"}}"#;
         let mut refill = OutputRefill::default();
-        refill.see(&ev(item));
-        let out = refill.see(&ev(
-            r#"{"type":"response.incomplete","response":{"id":"r"}}"#,
-        ));
+        see(&mut refill, &ev(item));
+        let out = see(
+            &mut refill,
+            &ev(r#"{"type":"response.incomplete","response":{"id":"r"}}"#),
+        );
         assert_eq!(
             out.as_deref(),
             Some(
@@ -664,21 +699,25 @@ mod tests {
             )
         );
         let mut refill = OutputRefill::default();
-        refill.see(&ev(item));
+        see(&mut refill, &ev(item));
         let full = r#"{"type":"response.completed","response":{"output":[{"id":"a"}]}}"#;
-        assert_eq!(refill.see(&ev(full)), None);
+        assert_eq!(see(&mut refill, &ev(full)), None);
         let mut refill = OutputRefill::default();
         assert_eq!(
-            refill.see(&ev(
-                r#"{"type":"response.completed","response":{"output":[]}}"#
-            )),
+            see(
+                &mut refill,
+                &ev(r#"{"type":"response.completed","response":{"output":[]}}"#)
+            ),
             None
         );
         // A failure ends it without a rewrite.
         let mut refill = OutputRefill::default();
-        refill.see(&ev(item));
+        see(&mut refill, &ev(item));
         assert_eq!(
-            refill.see(&ev(r#"{"type":"response.failed","response":{}}"#)),
+            see(
+                &mut refill,
+                &ev(r#"{"type":"response.failed","response":{}}"#)
+            ),
             None
         );
         assert!(refill.items.is_empty());

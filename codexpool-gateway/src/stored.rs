@@ -27,12 +27,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
 use codexpool_core::{Clock, Pool, Timestamp};
 
 use crate::adapt::responses::{Recall, StoredParts, stored_parts};
-use crate::adapt::{EventKind, write_json};
-use crate::sse::{SseItem, SseParser};
+use crate::adapt::write_json;
 
 /// How long a response is kept after its last use (OpenAI keeps stored responses for 30 days; a
 /// gateway that keeps them in memory keeps them for a working session).
@@ -478,15 +476,6 @@ impl std::fmt::Debug for Pending {
     }
 }
 
-/// Finds the final events of a response in a chunk of a stream relayed to a client.
-static FINAL_EVENTS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
-    std::sync::LazyLock::new(|| {
-        [
-            memchr::memmem::Finder::new("response.completed"),
-            memchr::memmem::Finder::new("response.incomplete"),
-        ]
-    });
-
 impl Pending {
     /// The request of `key` with this input (as [`crate::adapt::responses`] built it).
     pub(crate) fn new(store: Arc<ResponseStore>, key: &str, input: Vec<Arc<Item>>) -> Box<Self> {
@@ -544,33 +533,6 @@ impl Pending {
             ..
         } = self;
         store.insert(&key, &id, input, output, shell.into_boxed_str(), session);
-    }
-
-    /// Looks at a chunk of the stream on its way to the client: when it holds the response's
-    /// final event (`response.completed` or `response.incomplete`, with the output put back by
-    /// the relay), keeps the answer and is done (`None`); else waits for the next chunk. Only a
-    /// chunk that mentions a final event is parsed.
-    pub(crate) fn watch(self: Box<Self>, chunk: &Bytes) -> Option<Box<Self>> {
-        if !FINAL_EVENTS.iter().any(|f| f.find(chunk).is_some()) {
-            return Some(self);
-        }
-        let mut parser = SseParser::new();
-        parser.push(chunk.clone());
-        while let Ok(Some(item)) = parser.next_item() {
-            let SseItem::Event(event) = item else {
-                continue;
-            };
-            if matches!(
-                EventKind::of(&event),
-                EventKind::Completed | EventKind::Incomplete
-            ) {
-                if let Some(response) = crate::adapt::responses::event_response(event.data()) {
-                    self.finish(response.as_bytes());
-                }
-                return None;
-            }
-        }
-        Some(self)
     }
 }
 
@@ -755,30 +717,6 @@ mod tests {
             "acct-0's reasoning left out"
         );
         assert_eq!(all[1].account.as_deref(), Some("acct-1"));
-    }
-
-    #[test]
-    fn watch_keeps_the_final_event_of_a_stream() {
-        let (s, _) = store(1 << 20);
-        let p = Pending::new(s.clone(), "k", vec![Item::input("{}")]);
-        let delta = Bytes::from_static(
-            b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"x\"}\n\n",
-        );
-        let p = p.watch(&delta).unwrap();
-        // A delta that mentions the event's name is looked at, and not taken for it.
-        let p = p
-            .watch(&Bytes::from_static(
-                b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"response.completed\"}\n\n",
-            ))
-            .unwrap();
-        let mut chunk =
-            b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":"
-                .to_vec();
-        chunk.extend_from_slice(&response("resp_9", "done"));
-        chunk.extend_from_slice(b"}\n\n");
-        assert!(p.watch(&Bytes::from(chunk)).is_none());
-        let v: Value = serde_json::from_slice(&s.get("k", "resp_9").unwrap()).unwrap();
-        assert_eq!(v["output"][1]["content"][0]["text"], "done");
     }
 
     #[test]

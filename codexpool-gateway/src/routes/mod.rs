@@ -213,8 +213,8 @@ enum BodyState {
         fallback: FallbackRequest,
         pending: Option<Box<Pending>>,
     },
-    /// The committed stream, and the answer to keep once its final event has gone out.
-    Relaying(Box<Relay>, Option<Box<Pending>>),
+    /// The committed stream (which keeps the answer once its final event has gone out).
+    Relaying(Box<Relay>),
     /// No account could serve and the fallback upstream answered 200: its body, as is.
     Forwarding(axum::body::BodyDataStream),
     Done,
@@ -224,13 +224,9 @@ fn relay_body(state: BodyState) -> Body {
     let stream = futures_util::stream::unfold(state, |state| async move {
         match state {
             BodyState::Done => None,
-            BodyState::Relaying(mut relay, pending) => {
+            BodyState::Relaying(mut relay) => {
                 let chunk = relay.next_chunk().await?;
-                let pending = pending.and_then(|p| p.watch(&chunk));
-                Some((
-                    Ok::<Bytes, Infallible>(chunk),
-                    BodyState::Relaying(relay, pending),
-                ))
+                Some((Ok::<Bytes, Infallible>(chunk), BodyState::Relaying(relay)))
             }
             BodyState::Forwarding(mut body) => {
                 use futures_util::StreamExt;
@@ -256,10 +252,9 @@ fn relay_body(state: BodyState) -> Body {
                                 p.served_by(c.lease.account_id());
                             }
                             let idle = shared.upstream.idle_timeout;
-                            let mut relay = Box::new(Relay::new(c, mode, idle, shared.metrics.clone(), pre_send).refill_output(refill));
+                            let mut relay = Box::new(Relay::new(c, mode, idle, shared.metrics.clone(), pre_send).refill_output(refill).keep(pending));
                             let chunk = relay.next_chunk().await.unwrap_or_default();
-                            let pending = pending.and_then(|p| p.watch(&chunk));
-                            Some((Ok(chunk), BodyState::Relaying(relay, pending)))
+                            Some((Ok(chunk), BodyState::Relaying(relay)))
                         }
                         Err(Failed { error, record, no_account }) => {
                             let (frame, next) = if no_account && shared.upstream.fallback.is_some() {
@@ -421,9 +416,10 @@ pub(crate) async fn dispatch(
                 shared.metrics.clone(),
                 pre_send,
             )
-            .refill_output(refill);
+            .refill_output(refill)
+            .keep(pending);
             respond(
-                relay_body(BodyState::Relaying(Box::new(relay), pending)),
+                relay_body(BodyState::Relaying(Box::new(relay))),
                 "text/event-stream",
                 &extra,
             )
