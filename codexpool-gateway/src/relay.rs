@@ -12,7 +12,8 @@
 //!
 //! The relay owns the lease and the request-log record: when it ends — the response completed,
 //! the upstream broke, or the client went away and the body was dropped — the lease is released,
-//! the upstream connection is closed, and the record is written once with what happened.
+//! the upstream connection is closed, and the record is written once with what happened. For
+//! Responses clients with `store` on it also keeps the answer, from the final event it writes.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -3,26 +3,48 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-#[test]
-fn prints_urls_writes_auth_files_and_stops_on_stdin_eof() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_codexpool-fake"))
-        .args(["--accounts", "2", "--auth-dir"])
-        .arg(dir.path())
-        .stdin(Stdio::piped())
+/// Starts one of the testkit's binaries and reads the JSON line it prints once it listens.
+fn start(bin: &str, args: &[&str], stdin: Stdio) -> (Child, Value) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let info: Value = serde_json::from_str(&line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, serde_json::from_str(&line).unwrap())
+}
+
+/// Waits up to 10 s for `child` to exit.
+fn exit_status(child: &mut Child, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn prints_urls_writes_auth_files_and_stops_on_stdin_eof() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth_dir = dir.path().to_str().unwrap();
+    let (mut child, info) = start(
+        env!("CARGO_BIN_EXE_codexpool-fake"),
+        &["--accounts", "2", "--auth-dir", auth_dir],
+        Stdio::piped(),
+    );
     let url = info["url"].as_str().unwrap();
     assert!(url.starts_with("http://127.0.0.1:"));
     assert_eq!(info["codex_base_url"], format!("{url}/backend-api/codex"));
@@ -50,34 +72,17 @@ fn prints_urls_writes_auth_files_and_stops_on_stdin_eof() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     drop(child.stdin.take());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success());
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the fake did not stop on stdin EOF"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(exit_status(&mut child, "the fake did not stop on stdin EOF").success());
 }
 
 #[cfg(unix)]
 #[test]
 fn ignores_a_null_stdin_and_stops_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_codexpool-fake"))
-        .args(["--instant", "--accounts", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let info: Value = serde_json::from_str(&line).unwrap();
+    let (mut child, info) = start(
+        env!("CARGO_BIN_EXE_codexpool-fake"),
+        &["--instant", "--accounts", "0"],
+        Stdio::null(),
+    );
     assert_eq!(info["accounts"], serde_json::json!([]));
     std::thread::sleep(Duration::from_millis(200));
     assert!(
@@ -89,15 +94,8 @@ fn ignores_a_null_stdin_and_stops_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the fake ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = exit_status(&mut child, "the fake ignored SIGTERM");
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]
@@ -120,18 +118,12 @@ fn a_taken_address_is_named() {
 
 /// Starts `codexpool-bare-relay` with `args`; its stdin is a pipe, so dropping the child's
 /// stdin stops it.
-fn start_relay(args: &[&str]) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_codexpool-bare-relay"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let info: Value = serde_json::from_str(&line).unwrap();
+fn start_relay(args: &[&str]) -> (Child, String) {
+    let (child, info) = start(
+        env!("CARGO_BIN_EXE_codexpool-bare-relay"),
+        args,
+        Stdio::piped(),
+    );
     (child, info["url"].as_str().unwrap().to_owned())
 }
 
@@ -185,14 +177,7 @@ fn the_bare_relay_forwards_to_the_fake_and_stops_on_stdin_eof() {
 
     for child in [&mut plain, &mut codex] {
         drop(child.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the relay did not stop on stdin EOF"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        exit_status(child, "the relay did not stop on stdin EOF");
     }
 }
 
