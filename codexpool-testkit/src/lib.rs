@@ -665,10 +665,23 @@ impl FakeOpenAi {
     }
 }
 
-/// Whether stdin is something a parent holds open for us (a pipe or socket), as opposed to a
-/// terminal or `/dev/null`, whose EOF means nothing. The bench and test binaries stop when such a
-/// stdin reaches EOF, so a parent that dies takes them with it.
-pub fn stdin_is_a_lifeline() -> bool {
+/// Runs `then` on a thread of its own once stdin reaches EOF, when stdin is something a parent
+/// holds open for us (a pipe or socket); a terminal or `/dev/null` is not watched, its EOF means
+/// nothing. The testkit's binaries stop this way, so a parent that dies takes them with it.
+pub fn on_stdin_eof(then: impl FnOnce() + Send + 'static) {
+    use std::io::Read as _;
+    if !stdin_is_a_lifeline() {
+        return;
+    }
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 1024];
+        let mut stdin = std::io::stdin().lock();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        then();
+    });
+}
+
+fn stdin_is_a_lifeline() -> bool {
     use std::io::IsTerminal as _;
     let stdin = std::io::stdin();
     if stdin.is_terminal() {

@@ -9,7 +9,7 @@
 //! until its stdin reaches EOF when stdin is a pipe (so a parent that dies takes it with it).
 
 use std::convert::Infallible;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -96,14 +96,7 @@ fn main() -> ExitCode {
     if let Some(n) = args.workers {
         runtime.worker_threads(n.max(1));
     }
-    if codexpool_testkit::stdin_is_a_lifeline() {
-        std::thread::spawn(|| {
-            let mut sink = [0u8; 1024];
-            let mut stdin = std::io::stdin().lock();
-            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-            std::process::exit(0);
-        });
-    }
+    codexpool_testkit::on_stdin_eof(|| std::process::exit(0));
     let runtime = match runtime.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

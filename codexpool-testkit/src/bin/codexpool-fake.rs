@@ -3,7 +3,7 @@
 //! serves until SIGINT/SIGTERM, or until its stdin reaches EOF when stdin is a pipe (so a parent
 //! that dies takes the fake with it).
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,25 +115,21 @@ struct Stop {
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
     eof: tokio::sync::mpsc::Receiver<()>,
-    /// Held when stdin is not watched, so `eof` never fires.
-    _no_eof: Option<tokio::sync::mpsc::Sender<()>>,
+    /// Held so that `eof` fires only when the stdin watcher sends (never when stdin is not
+    /// watched).
+    _eof_tx: tokio::sync::mpsc::Sender<()>,
 }
 
 impl Stop {
     /// Registers the handlers (inside a runtime context).
     fn install(watch_stdin: bool) -> std::io::Result<Stop> {
         let (eof_tx, eof) = tokio::sync::mpsc::channel::<()>(1);
-        let no_eof = if watch_stdin && codexpool_testkit::stdin_is_a_lifeline() {
-            std::thread::spawn(move || {
-                let mut sink = [0u8; 1024];
-                let mut stdin = std::io::stdin().lock();
-                while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-                let _ = eof_tx.blocking_send(());
+        if watch_stdin {
+            let tx = eof_tx.clone();
+            codexpool_testkit::on_stdin_eof(move || {
+                let _ = tx.blocking_send(());
             });
-            None
-        } else {
-            Some(eof_tx)
-        };
+        }
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -141,14 +137,14 @@ impl Stop {
                 interrupt: signal(SignalKind::interrupt())?,
                 terminate: signal(SignalKind::terminate())?,
                 eof,
-                _no_eof: no_eof,
+                _eof_tx: eof_tx,
             })
         }
         #[cfg(not(unix))]
         {
             Ok(Stop {
                 eof,
-                _no_eof: no_eof,
+                _eof_tx: eof_tx,
             })
         }
     }
