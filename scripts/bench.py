@@ -815,6 +815,7 @@ def mark(ok) -> str:
 def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, results: list[dict],
            mem: dict, total_secs: float) -> str:
     c = combine(results)
+    control = any(k[0] == "relay" for k in c)
     conc = args.concurrency
     lines: list[str] = []
     w = lines.append
@@ -849,7 +850,7 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
         w(f"| peer | LiteLLM {args.litellm_version} (`litellm[proxy]`, one worker, master key, "
           f"cooldowns off, upstream model `openai/{PEER_UPSTREAM_MODEL}` so it speaks Chat "
           f"Completions to the fake's `/v1`); oha timeout {fmt_secs(args.peer_timeout)} |")
-    if any(k[0] == "relay" for k in c):
+    if control:
         w("| control | `codexpool-bare-relay`: forwards to the fake's Codex endpoint and does "
           "nothing else (see [the control](#the-control-a-bare-relay)); with a peer, a second "
           "one forwards to the fake's `/v1` |")
@@ -859,7 +860,6 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
     # Targets.
     # (target, codexpool's figure, pass?, the bare relay's figure for the same target)
     checks: list[tuple[str, str, object, str]] = []
-    control = any(k[0] == "relay" for k in c)
 
     def relay_vs(base: str, name: str, k: int) -> dict:
         return c.get(("vs", base, "relay" if base == "direct" else "relay-openai", name, k)) or {}
@@ -916,20 +916,17 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
                                    "LiteLLM served nothing", True, r))
     w("## Targets")
     w("")
+    head, rule = "| target | measured | |", "|---|---:|---|"
     if control:
         w("The last column is the control measured in the same run: `codexpool-bare-relay`, a "
           "proxy that only forwards bytes (see [the control](#the-control-a-bare-relay)). Where "
           "it misses a target too, no proxy in front of this upstream meets it on this machine.")
         w("")
-        w("| target | measured | | bare relay (control) |")
-        w("|---|---:|---|---:|")
-        for what, value, ok, ctl in checks:
-            w(f"| {what} | {value} | {mark(ok)} | {ctl} |")
-    else:
-        w("| target | measured | |")
-        w("|---|---:|---|")
-        for what, value, ok, _ctl in checks:
-            w(f"| {what} | {value} | {mark(ok)} |")
+        head, rule = head + " bare relay (control) |", rule + "---:|"
+    w(head)
+    w(rule)
+    for what, value, ok, ctl in checks:
+        w(f"| {what} | {value} | {mark(ok)} |" + (f" {ctl} |" if control else ""))
     w("")
 
     # Throughput and latency.
