@@ -29,6 +29,7 @@ mod limit;
 mod metrics;
 mod record;
 mod relay;
+mod repoll;
 mod routes;
 mod rpc;
 mod server;

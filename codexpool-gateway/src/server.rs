@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use crate::Gateway;
 use crate::admin::ServerFile;
 use crate::limit::ShedLayer;
+use crate::repoll::Repoll;
 use crate::rpc::Rpc;
 
 /// How long open streams may run on after a stop was asked for.
@@ -344,9 +345,11 @@ async fn accept_loop(
                     let service = TowerToHyperService::new(app.clone());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     let conn = graceful.watch(conn);
-                    connections.spawn(async move {
+                    // Repoll: reading a request body wakes the connection's own task (see
+                    // `repoll`); polled again at once, it stays on its worker.
+                    connections.spawn(Repoll::new(async move {
                         let _ = conn.await;
-                    });
+                    }));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
