@@ -843,7 +843,7 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
       f"(medians), oha timeout {fmt_secs(args.timeout)} |")
     w(f"| stack | fake: `--instant`, {args.fake_workers} worker thread(s), Codex events with "
       f"`type` first as the backend sends them; gateway: defaults "
-      f"(workers = CPUs), {args.accounts} imported accounts, one key, "
+      f"(HTTP threads = CPUs), {args.accounts} imported accounts, one key, "
       f"`CODEXPOOL_DISABLE_POLLING=1`"
       + "".join(f", `{e}`" for e in args.gateway_env) + "; request log on |")
     if has_peer:
@@ -975,7 +975,7 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
           "column: the Codex answer is a 12 KB event stream, the direct chat answer 1.3 KB "
           "of JSON).")
         w("")
-    w("CPU per request depends on load too: with idle cores the runtime's worker threads park "
+    w("CPU per request depends on load too: with idle cores the serving threads park "
       "and wake around every request (futex wake-ups), so c=1 costs more CPU per request than "
       "c=32, and a busy machine shows less than a quiet one.")
     w("")
@@ -986,8 +986,9 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
         w("`codexpool-bare-relay` (in `codexpool-testkit`) forwards every request to the fake's "
           "Codex endpoint and streams the answer back, and does nothing else: no key check, no "
           "parsing, no translation, no log, no account choice. It is built on what the gateway "
-          "uses for its two HTTP exchanges (hyper's server, hyper-util's pooled client, a tokio "
-          "runtime with one worker per CPU, `TCP_NODELAY`, mimalloc), and the fake sends it the same "
+          "uses for its two HTTP exchanges, the way the gateway uses it (hyper's server, hyper-util's "
+          "pooled client, one thread per CPU with a single-threaded tokio runtime and its own "
+          "upstream pool, `TCP_NODELAY`, mimalloc), and the fake sends it the same "
           "12 KB Codex event stream it sends the gateway, which the relay passes on whole (the "
           "gateway sends a chat client 1.3 KB). So it is the floor under any proxy in front of "
           "this upstream on this machine: what two loopback HTTP exchanges, the extra process "

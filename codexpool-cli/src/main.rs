@@ -107,8 +107,11 @@ fn run(cli: Cli, out: Output) -> anyhow::Result<()> {
     {
         return Err(e.clone().into());
     }
+    // A server serves HTTP on threads of its own (`HTTP_WORKER_FACTOR`, `HTTP_WORKER_MIN`); this
+    // runtime runs the commands and a server's background work (accepting, the batched writer,
+    // polling), which one thread keeps up with.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(codexpool_gateway::worker_threads(&config))
+        .worker_threads(1)
         .thread_name("codexpool")
         .enable_all()
         .build()?;

@@ -203,9 +203,9 @@ pub struct Config {
     pub responses_store_mb: u32,
     /// `GATEWAY_KEEPALIVE_INTERVAL_SECS`: HTTP keep-alive of client connections.
     pub gateway_keepalive_interval: Duration,
-    /// `HTTP_WORKER_FACTOR`: tokio worker threads per CPU.
+    /// `HTTP_WORKER_FACTOR`: threads serving HTTP connections, per CPU.
     pub http_worker_factor: u32,
-    /// `HTTP_WORKER_MIN`: at least this many worker threads.
+    /// `HTTP_WORKER_MIN`: at least this many threads serving HTTP connections.
     pub http_worker_min: u32,
     /// `HTTP_QUEUE_FACTOR`: concurrent requests per worker before shedding load.
     pub http_queue_factor: u32,
@@ -838,7 +838,7 @@ pub static SETTINGS: &[Setting] = &[
         default_value: Some("1"),
         default_doc: "1",
         secret: false,
-        help: "tokio worker threads per CPU",
+        help: "threads serving HTTP connections, per CPU",
         apply: |c, v| {
             c.http_worker_factor = parse_in(v, 0..=64)?;
             Ok(())
@@ -850,7 +850,7 @@ pub static SETTINGS: &[Setting] = &[
         default_value: Some("1"),
         default_doc: "1",
         secret: false,
-        help: "at least this many worker threads",
+        help: "at least this many threads serving HTTP connections",
         apply: |c, v| {
             c.http_worker_min = parse_in(v, 1..=1024)?;
             Ok(())

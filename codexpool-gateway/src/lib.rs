@@ -29,7 +29,6 @@ mod limit;
 mod metrics;
 mod record;
 mod relay;
-mod repoll;
 mod routes;
 mod rpc;
 mod server;

