@@ -5,6 +5,10 @@
 //! open streams finish (bounded), write what is queued. It refuses to start on a database that
 //! does not take writes.
 //!
+//! Connections are served on threads of the server's own (`HTTP_WORKER_FACTOR` × CPUs), each a
+//! single-threaded runtime that keeps a connection, and the upstream connections its requests
+//! use, together; the background work runs on the runtime that started the server.
+//!
 //! A server on a database file writes `servers/<pid>-<port>.json` beside it (its URL) and the
 //! admin token to `rpc-token`, so other processes on the database can ask it for what only it
 //! knows (requests in flight, cooldowns): see [`crate::admin`].
@@ -217,6 +221,7 @@ impl Server {
             None => (Secret::new(crate::admin::random_hex()), None),
         };
         let gateway = Gateway::new(self.pool.clone())?;
+        let workers = Workers::start(worker_threads(&config)).map_err(ServerError::Workers)?;
         let server_file = config.db_path.is_file().then(|| ServerFile::new(addr));
         let rpc = Arc::new(Rpc {
             pool: self.pool.clone(),
@@ -260,7 +265,6 @@ impl Server {
             background.push(codexpool_core::auth::spawn_refresher(&self.pool));
             background.push(codexpool_core::spawn_request_log_pruner(&self.pool));
         }
-        let workers = Workers::start(worker_threads(&config)).map_err(ServerError::Workers)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(
             listener,

@@ -145,8 +145,10 @@ fn serve(args: Args) -> std::io::Result<()> {
     drop(out);
     for turn in (0..workers.len()).cycle() {
         let (stream, _) = listener.accept()?;
-        stream.set_nodelay(true)?;
-        stream.set_nonblocking(true)?;
+        let _ = stream.set_nodelay(true);
+        if stream.set_nonblocking(true).is_err() {
+            continue;
+        }
         // The least busy worker, ties taken in turn.
         let n = workers.len();
         let i = (0..n)
