@@ -1066,6 +1066,8 @@ struct ToolState {
 #[derive(Debug)]
 struct Translator {
     meta: Meta,
+    /// A `response.created` (or `response.in_progress`) named the response.
+    adopted: bool,
     started: bool,
     done: bool,
     tools: Vec<ToolState>,
@@ -1095,6 +1097,7 @@ impl Translator {
                 model: options.model.clone(),
                 created,
             },
+            adopted: false,
             started: false,
             done: false,
             tools: Vec::new(),
@@ -1108,7 +1111,26 @@ impl Translator {
         }
     }
 
+    /// Parses the events translators care about; others (and untyped payloads) are `None`. A
+    /// `response.in_progress` says again what `response.created` said: it is read only when no
+    /// `response.created` came before it.
+    fn parse<'e>(&self, event: &'e SseEvent) -> Result<Option<ResponsesEvent<'e>>, EventError> {
+        let Some(kind) = event.event_type() else {
+            return Ok(None);
+        };
+        match EventKind::from_type(&kind) {
+            EventKind::ContentPartAdded
+            | EventKind::OutputTextDone
+            | EventKind::RefusalDone
+            | EventKind::FunctionCallArgumentsDone
+            | EventKind::Other => Ok(None),
+            EventKind::InProgress if self.adopted => Ok(None),
+            _ => ResponsesEvent::parse_as(kind, event.data()).map(Some),
+        }
+    }
+
     fn adopt(&mut self, response: &ResponseRef<'_>) {
+        self.adopted = true;
         if self.started {
             return;
         }
@@ -1483,21 +1505,6 @@ trait Sink {
     fn op(&mut self, meta: &Meta, op: Op<'_>);
 }
 
-/// Parses the events translators care about; others (and untyped payloads) are `None`.
-fn parse_relevant(event: &SseEvent) -> Result<Option<ResponsesEvent<'_>>, EventError> {
-    let Some(kind) = event.event_type() else {
-        return Ok(None);
-    };
-    match EventKind::from_type(&kind) {
-        EventKind::ContentPartAdded
-        | EventKind::OutputTextDone
-        | EventKind::RefusalDone
-        | EventKind::FunctionCallArgumentsDone
-        | EventKind::Other => Ok(None),
-        _ => ResponsesEvent::parse_as(kind, event.data()).map(Some),
-    }
-}
-
 /// The failure reported when the upstream stream ends without a final event.
 fn truncated_failure() -> UpstreamFailure {
     UpstreamFailure {
@@ -1542,7 +1549,7 @@ impl ChatStream {
         if self.translator.done {
             return Ok(());
         }
-        if let Some(parsed) = parse_relevant(event)? {
+        if let Some(parsed) = self.translator.parse(event)? {
             self.push_event(&parsed, out);
         }
         Ok(())
@@ -1560,7 +1567,7 @@ impl ChatStream {
         if self.translator.done {
             return Ok(seen(None));
         }
-        let parsed = parse_relevant(event)?;
+        let parsed = self.translator.parse(event)?;
         let r = seen(parsed.as_ref());
         if let Some(parsed) = &parsed {
             self.push_event(parsed, out);
@@ -1910,7 +1917,7 @@ impl ChatAssembler {
     /// `Err(AssembleError::Failed)` when the upstream reported a failure.
     pub fn push(&mut self, event: &SseEvent) -> Result<bool, AssembleError> {
         if !self.translator.done
-            && let Some(parsed) = parse_relevant(event)?
+            && let Some(parsed) = self.translator.parse(event)?
         {
             self.translator.handle(&parsed, &mut self.acc);
         }
@@ -2447,6 +2454,32 @@ mod tests {
         assembler
             .finish()
             .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    /// `response.in_progress` repeats `response.created` and is skipped after it (even a
+    /// garbled one), but names the response when no `response.created` came.
+    #[test]
+    fn in_progress_names_the_response_only_without_created() {
+        let delta = json!({"type": "response.output_text.delta", "output_index": 0, "delta": "hi"});
+        let done = json!({"type": "response.completed", "response": {"output": []}});
+        let out = assemble(&[
+            json!({"type": "response.created", "response": {"id": "resp_a", "model": "m-a"}}),
+            json!({"type": "response.in_progress", "response": "not an object"}),
+            delta.clone(),
+            done.clone(),
+        ])
+        .unwrap();
+        assert_eq!(out["id"], "chatcmpl-a");
+        assert_eq!(out["model"], "m-a");
+        let out = assemble(&[
+            json!({"type": "response.in_progress", "response": {"id": "resp_b", "model": "m-b"}}),
+            delta,
+            done,
+        ])
+        .unwrap();
+        assert_eq!(out["id"], "chatcmpl-b");
+        assert_eq!(out["model"], "m-b");
+        assert_eq!(out["choices"][0]["message"]["content"], "hi");
     }
 
     #[test]
