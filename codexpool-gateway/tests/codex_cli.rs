@@ -12,7 +12,6 @@ use std::process::Stdio;
 use codexpool_core::keys::NewKey;
 use codexpool_core::request_log::RequestLogQuery;
 use codexpool_core::{Config, Pool};
-use codexpool_gateway::Server;
 use codexpool_testkit::{FakeAccount, FakeOpenAi, OutputItem, Reply};
 use serde_json::Value;
 
@@ -68,12 +67,7 @@ async fn codex_exec_completes_a_tool_turn_through_the_second_account() {
         ]),
     );
     let key = pool.keys().create(NewKey::named("codex")).await.unwrap();
-    let srv = Server::new(pool.clone())
-        .addr("127.0.0.1:0".parse().unwrap())
-        .background_tasks(false)
-        .start()
-        .await
-        .unwrap();
+    let srv = common::serve(&pool).await;
 
     let home = tempfile::tempdir().unwrap();
     std::fs::write(

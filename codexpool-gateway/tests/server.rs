@@ -47,12 +47,7 @@ async fn env_with_an_account(settings: &[(&str, &str)]) -> (Env, codexpool_core:
 }
 
 async fn start(e: &Env) -> RunningServer {
-    Server::new(e.pool.clone())
-        .addr("127.0.0.1:0".parse().unwrap())
-        .background_tasks(false)
-        .start()
-        .await
-        .unwrap()
+    common::serve(&e.pool).await
 }
 
 async fn rpc(srv: &RunningServer, token: Option<&str>, body: Value) -> (u16, Value) {

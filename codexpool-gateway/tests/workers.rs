@@ -7,7 +7,6 @@
 mod common;
 
 use codexpool_core::Pool;
-use codexpool_gateway::Server;
 use codexpool_testkit::{FakeAccount, FakeOpenAi};
 
 /// This process's HTTP threads: (thread id, nanoseconds it has run).
@@ -57,12 +56,7 @@ async fn connections_are_spread_over_the_http_threads_which_end_with_the_server(
         .await
         .unwrap();
     assert!(http_threads().is_empty());
-    let srv = Server::new(pool.clone())
-        .addr("127.0.0.1:0".parse().unwrap())
-        .background_tasks(false)
-        .start()
-        .await
-        .unwrap();
+    let srv = common::serve(&pool).await;
     // Each thread names itself once it runs.
     let mut before = http_threads();
     for _ in 0..100 {

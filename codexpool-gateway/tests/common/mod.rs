@@ -25,6 +25,16 @@ pub struct Harness {
     pub ids: Vec<String>,
 }
 
+/// The whole service over `pool` on a free loopback port, without the background tasks.
+pub async fn serve(pool: &Pool) -> codexpool_gateway::RunningServer {
+    codexpool_gateway::Server::new(pool.clone())
+        .addr("127.0.0.1:0".parse().unwrap())
+        .background_tasks(false)
+        .start()
+        .await
+        .unwrap()
+}
+
 pub fn config_for(fake: &FakeOpenAi, settings: &[(&str, &str)]) -> Config {
     let mut c = Config::default()
         .with("UPSTREAM_BASE_URL", &fake.codex_base_url())
