@@ -22,8 +22,9 @@ use codexpool_core::config::Loaded;
 use crate::args::{Cli, Command, ServeArgs};
 use crate::output::{Output, Paint};
 
-/// mimalloc frees a buffer on another thread without taking a lock; glibc's malloc does not
-/// (see Cargo.toml). Only the binary chooses: the libraries leave the allocator to their users.
+/// mimalloc: faster than glibc's malloc for the server, most of all where a buffer is freed on
+/// another thread (see Cargo.toml). Only the binary chooses: the libraries leave the allocator to
+/// their users.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
