@@ -359,10 +359,11 @@ impl Drop for Open {
 
 impl Workers {
     fn start(n: usize) -> std::io::Result<Self> {
+        let n = n.max(1);
         let (stop, stopped) = watch::channel(());
         let mut workers = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
-        for i in 0..n.max(1) {
+        for i in 0..n {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
