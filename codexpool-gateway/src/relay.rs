@@ -75,17 +75,17 @@ pub(crate) struct Relay {
 
 /// Puts the streamed items back into a final event whose `output` is empty.
 ///
-/// It keeps each `response.output_item.done`'s `item` as the upstream's bytes (a slice of the
-/// frame, not a copy) until the final event, then lets go of them: at most one event per stream
+/// It keeps each `response.output_item.done`'s payload (the upstream's bytes, not a copy) until
+/// the final event, and reads them only when that event needs them: at most one event per stream
 /// is rewritten, and only when its `output` is missing or `[]` and items were seen. The items go
 /// in `output_index` order (arrival order for items without one).
 #[derive(Debug, Default)]
 pub(crate) struct OutputRefill {
-    items: Vec<(u64, Bytes)>,
+    items: Vec<Bytes>,
     ended: bool,
 }
 
-/// The parts of `response.output_item.done` the refill keeps.
+/// The parts of `response.output_item.done` the refill puts back.
 #[derive(serde::Deserialize)]
 struct ItemEnvelope<'a> {
     output_index: Option<u64>,
@@ -95,32 +95,29 @@ struct ItemEnvelope<'a> {
 
 impl OutputRefill {
     /// Sees an event on its way to the client: `Some(payload)` when it must go out with this
-    /// payload instead of its own.
-    pub(crate) fn see(&mut self, kind: EventKind, event: &SseEvent) -> Option<Vec<u8>> {
+    /// payload instead of its own. `response` is what a final event's `response` says (`None`
+    /// when it could not be read: such an event is left alone).
+    pub(crate) fn see(
+        &mut self,
+        kind: EventKind,
+        event: &SseEvent,
+        response: Option<&ResponseRef<'_>>,
+    ) -> Option<Vec<u8>> {
         if self.ended {
             return None;
         }
         match kind {
             EventKind::OutputItemDone => {
-                // An item that cannot be read is left out here; the client still gets its event.
-                if let Ok(ItemEnvelope {
-                    output_index,
-                    item: Some(item),
-                }) = serde_json::from_slice(event.data())
-                {
-                    let index = output_index.unwrap_or(self.items.len() as u64);
-                    let item = sub_bytes(event.data(), item.get().as_bytes());
-                    self.items.push((index, item));
-                }
+                self.items.push(event.data().clone());
                 None
             }
             EventKind::Completed | EventKind::Incomplete => {
                 self.ended = true;
                 let items = std::mem::take(&mut self.items);
-                if items.is_empty() {
+                if items.is_empty() || !response?.output_is_empty() {
                     return None;
                 }
-                refilled(event.data(), items)
+                refilled(event.data(), &items)
             }
             EventKind::Failed | EventKind::Error => {
                 self.ended = true;
@@ -132,8 +129,24 @@ impl OutputRefill {
     }
 }
 
-/// The payload of a final event with `response.output` set to `items`, when it was empty.
-fn refilled(data: &[u8], mut items: Vec<(u64, Bytes)>) -> Option<Vec<u8>> {
+/// The payload of a final event with `response.output` set to the items of `payloads` (the
+/// `response.output_item.done` events seen); `None` when none of them holds a readable item.
+fn refilled(data: &[u8], payloads: &[Bytes]) -> Option<Vec<u8>> {
+    let mut items = Vec::with_capacity(payloads.len());
+    for payload in payloads {
+        // An item that cannot be read is left out here; the client still got its event.
+        if let Ok(ItemEnvelope {
+            output_index,
+            item: Some(item),
+        }) = serde_json::from_slice(payload)
+        {
+            let index = output_index.unwrap_or(items.len() as u64);
+            items.push((index, sub_bytes(payload, item.get().as_bytes())));
+        }
+    }
+    if items.is_empty() {
+        return None;
+    }
     let data = std::str::from_utf8(data).ok()?;
     #[derive(serde::Deserialize)]
     struct Envelope<'a> {
@@ -141,9 +154,6 @@ fn refilled(data: &[u8], mut items: Vec<(u64, Bytes)>) -> Option<Vec<u8>> {
         response: &'a serde_json::value::RawValue,
     }
     let response = serde_json::from_str::<Envelope<'_>>(data).ok()?.response;
-    if !ResponseRef::parse(response).ok()?.output_is_empty() {
-        return None;
-    }
     let output = items_array(&mut items);
     let response = with_field(response.get(), "output", &output)?;
     with_field(data, "response", std::str::from_utf8(&response).ok()?)
@@ -161,23 +171,6 @@ fn late_outcome(f: &UpstreamFailure) -> Option<Outcome> {
         }),
         FailureKind::BadRequest => None,
         _ => Some(Outcome::UpstreamError),
-    }
-}
-
-/// Looks at an event for what the gateway itself needs: usage at the end, failures.
-fn inspect(
-    kind: EventKind,
-    event: &SseEvent,
-) -> (bool, Option<TokenUsage>, Option<UpstreamFailure>) {
-    if !kind.is_terminal() {
-        return (false, None, None);
-    }
-    match ResponsesEvent::from_sse(event) {
-        Ok(parsed) => {
-            let (_, usage, failure) = facts(&parsed);
-            (true, usage, failure)
-        }
-        Err(e) => (true, None, Some(UpstreamFailure::malformed(&e))),
     }
 }
 
@@ -263,7 +256,18 @@ impl Relay {
         let (terminal, usage, failure) = match &mut self.mode {
             Mode::Passthrough => {
                 let kind = EventKind::of(&event);
-                let rewritten = self.refill.as_mut().and_then(|r| r.see(kind, &event));
+                // Only a final event is read (once, for the relay and the refill alike).
+                let parsed = kind.is_terminal().then(|| ResponsesEvent::from_sse(&event));
+                let response = match &parsed {
+                    Some(Ok(ResponsesEvent::Completed(r) | ResponsesEvent::Incomplete(r))) => {
+                        Some(r)
+                    }
+                    _ => None,
+                };
+                let rewritten = self
+                    .refill
+                    .as_mut()
+                    .and_then(|r| r.see(kind, &event, response));
                 match &rewritten {
                     // The rewritten final event keeps its `event:` name (the backend sends no
                     // `id:` or `retry:`).
@@ -281,7 +285,14 @@ impl Relay {
                         pending.finish(response.as_bytes());
                     }
                 }
-                inspect(kind, &event)
+                match parsed {
+                    None => (false, None, None),
+                    Some(Ok(parsed)) => {
+                        let (_, usage, failure) = facts(&parsed);
+                        (true, usage, failure)
+                    }
+                    Some(Err(e)) => (true, None, Some(UpstreamFailure::malformed(&e))),
+                }
             }
             // One parse serves the translator and the relay's own bookkeeping.
             Mode::Chat(chat) => {
@@ -649,7 +660,12 @@ mod tests {
     }
 
     fn see(refill: &mut OutputRefill, event: &SseEvent) -> Option<Vec<u8>> {
-        refill.see(EventKind::of(event), event)
+        let parsed = ResponsesEvent::from_sse(event).ok();
+        let response = match &parsed {
+            Some(ResponsesEvent::Completed(r) | ResponsesEvent::Incomplete(r)) => Some(r),
+            _ => None,
+        };
+        refill.see(EventKind::of(event), event, response)
     }
 
     #[test]

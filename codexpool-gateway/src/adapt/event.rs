@@ -622,8 +622,12 @@ impl<'a> ResponseRef<'a> {
     /// Whether `output` is missing or an empty array (the backend sometimes sends `output: []` in
     /// `response.completed` and only streams the items).
     pub fn output_is_empty(&self) -> bool {
+        // A raw value is valid JSON: an empty array is `[`, maybe whitespace, `]`.
         self.output.is_none_or(|o| {
-            serde_json::from_str::<Vec<&RawValue>>(o.get()).is_ok_and(|items| items.is_empty())
+            o.get()
+                .trim_start()
+                .strip_prefix('[')
+                .is_some_and(|rest| rest.trim_start().starts_with(']'))
         })
     }
 
@@ -1438,6 +1442,24 @@ mod tests {
         };
         assert_eq!(r.incomplete_reason.as_deref(), Some("max_output_tokens"));
         assert!(!r.output_is_empty());
+        // Empty: missing, `null`, or an array of nothing; not with items or of another type.
+        for (output, empty) in [
+            ("", true),
+            (r#","output":[ ]"#, true),
+            (",\"output\":\n[\n\t]", true),
+            (r#","output":[[]]"#, false),
+            (r#","output":[{}]"#, false),
+            (r#","output": null"#, true),
+            (r#","output":"[]""#, false),
+        ] {
+            let data =
+                format!(r#"{{"type":"response.completed","response":{{"id":"r"{output}}}}}"#);
+            let ResponsesEvent::Completed(r) = ResponsesEvent::parse(data.as_bytes()).unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(r.output_is_empty(), empty, "{data}");
+        }
         assert!(ResponsesEvent::parse(br#"{"type":"response.completed","response":5}"#).is_err());
         assert!(ResponsesEvent::parse(br#"{"type":"response.completed"}"#).is_err());
     }
