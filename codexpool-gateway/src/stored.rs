@@ -18,6 +18,10 @@
 //! counted once however many entries hold it. A conversation of n turns costs its items' bytes
 //! plus one pointer per item per turn.
 //!
+//! A response is kept as the upstream's final `response` object and read into its items only
+//! when something refers to it: clients that leave `store` at its default but never come back to
+//! an answer (most) pay for one copy of it, not for splitting it up.
+//!
 //! Bounded by bytes (`RESPONSES_STORE_MB`): past the limit, the least recently used responses go
 //! first; and each goes [`RESPONSES_TTL`] after its last use. Everything is in memory, per
 //! process: a restart forgets it all.
@@ -29,7 +33,7 @@ use std::time::Duration;
 
 use codexpool_core::{Clock, Pool, Timestamp};
 
-use crate::adapt::responses::{Recall, StoredParts, stored_parts};
+use crate::adapt::responses::{Recall, response_id, stored_parts};
 use crate::adapt::write_json;
 
 /// How long a response is kept after its last use (OpenAI keeps stored responses for 30 days; a
@@ -121,20 +125,53 @@ struct Entry {
     seq: u64,
     used: Timestamp,
     input: Box<[Arc<Item>]>,
-    output: Box<[Arc<Item>]>,
-    /// The response object without its `output`, for `GET /v1/responses/{id}`.
-    shell: Box<str>,
+    answer: Answer,
     /// The conversation (`session_id`) it was answered in, for the turns that continue it.
     session: Option<Arc<str>>,
     /// What it costs beyond its items.
     size: usize,
 }
 
-/// One platform key's responses, and their items by id.
+/// A kept response's own part.
+enum Answer {
+    /// The final `response` object as the upstream sent it, until something refers to it.
+    Unread {
+        json: Box<str>,
+        /// The account that answered (its encrypted reasoning is readable by that one only).
+        account: Option<Arc<str>>,
+    },
+    Read {
+        output: Box<[Arc<Item>]>,
+        /// The response object without its `output`, for `GET /v1/responses/{id}`.
+        shell: Box<str>,
+    },
+}
+
+impl Answer {
+    fn output(&self) -> &[Arc<Item>] {
+        match self {
+            Self::Unread { .. } => &[],
+            Self::Read { output, .. } => output,
+        }
+    }
+}
+
+/// What an entry costs beyond its items: `own` is its unread JSON or its shell.
+fn entry_size(id: &str, own: usize, session: Option<&Arc<str>>, items: usize) -> usize {
+    ENTRY_OVERHEAD
+        + id.len()
+        + own
+        + session.map_or(0, |s| s.len())
+        + std::mem::size_of::<Arc<Item>>() * items
+}
+
+/// One platform key's responses, and their items by id (those of read responses).
 #[derive(Default)]
 struct Space {
     responses: HashMap<Arc<str>, Entry>,
     items: HashMap<Box<str>, Arc<Item>>,
+    /// How many of `responses` are unread.
+    unread: usize,
 }
 
 #[derive(Default)]
@@ -192,6 +229,85 @@ impl Inner {
         Some(entry)
     }
 
+    /// Reads an unread response into its output items (findable by id from now on) and shell,
+    /// and counts its bytes again.
+    fn read(&mut self, key: &str, id: &str) {
+        let Some(space) = self.spaces.get_mut(key) else {
+            return;
+        };
+        let Some(entry) = space.responses.get_mut(id) else {
+            return;
+        };
+        let Answer::Unread { json, account } = &entry.answer else {
+            return;
+        };
+        let (output, shell): (Box<[Arc<Item>]>, Box<str>) = match stored_parts(json.as_bytes()) {
+            Some(parts) => {
+                let origin: Arc<str> = Arc::from(id);
+                let output = parts
+                    .output
+                    .into_iter()
+                    .map(|part| {
+                        Arc::new(Item {
+                            id: part.id.map(String::into_boxed_str),
+                            json: part.json.into_boxed_str(),
+                            replay: part.replay,
+                            account: part.encrypted_reasoning.then(|| account.clone()).flatten(),
+                            origin: Some(origin.clone()),
+                            holders: AtomicUsize::new(1),
+                        })
+                    })
+                    .collect();
+                (output, parts.shell.into_boxed_str())
+            }
+            // Kept only when it is an object with an id: not reached, but nothing is lost.
+            None => (Box::default(), json.clone()),
+        };
+        let old = entry.size;
+        entry.size = entry_size(
+            id,
+            shell.len(),
+            entry.session.as_ref(),
+            entry.input.len() + output.len(),
+        );
+        let items = output.iter().map(|i| i.size()).sum::<usize>();
+        self.bytes = (self.bytes + entry.size + items).saturating_sub(old);
+        for item in &output {
+            if let Some(item_id) = &item.id {
+                space.items.insert(item_id.clone(), item.clone());
+            }
+        }
+        entry.answer = Answer::Read { output, shell };
+        space.unread -= 1;
+    }
+
+    /// Reads every unread response of `key`, oldest first (a later response's item wins an id
+    /// they share).
+    fn read_all(&mut self, key: &str) {
+        let Some(space) = self.spaces.get(key) else {
+            return;
+        };
+        let mut unread: Vec<(u64, Arc<str>)> = space
+            .responses
+            .iter()
+            .filter(|(_, e)| matches!(e.answer, Answer::Unread { .. }))
+            .map(|(id, e)| (e.seq, id.clone()))
+            .collect();
+        unread.sort_unstable();
+        for (_, id) in unread {
+            self.read(key, &id);
+        }
+    }
+
+    /// A response marked as used now and read, `None` when it is not kept. Reading may have
+    /// made the store larger than `limit`: the least recently used others go.
+    fn open(&mut self, key: &str, id: &str, now: Timestamp, limit: usize) -> Option<&Entry> {
+        self.touch(key, id, now)?;
+        self.read(key, id);
+        self.evict_to(limit);
+        self.spaces.get(key)?.responses.get(id)
+    }
+
     fn lru_key(&self, key: &str) -> Arc<str> {
         self.spaces
             .get_key_value(key)
@@ -208,7 +324,10 @@ impl Inner {
         };
         self.lru.remove(&entry.seq);
         self.bytes = self.bytes.saturating_sub(entry.size);
-        for item in entry.input.iter().chain(entry.output.iter()) {
+        if matches!(entry.answer, Answer::Unread { .. }) {
+            space.unread -= 1;
+        }
+        for item in entry.input.iter().chain(entry.answer.output()) {
             if item.holders.fetch_sub(1, Ordering::Relaxed) == 1 {
                 self.bytes = self.bytes.saturating_sub(item.size());
                 if let Some(item_id) = &item.id
@@ -299,36 +418,34 @@ impl ResponseStore {
         }
     }
 
-    /// Keeps a response of `key`, then drops the least recently used ones past the limit. One
-    /// larger than the whole store is not kept (rather than pushing every other one out first).
+    /// Keeps a response of `key` (unread), then drops the least recently used ones past the
+    /// limit. One larger than the whole store is not kept (rather than pushing every other one
+    /// out first).
     fn insert(
         &self,
         key: &str,
         id: &str,
         input: Vec<Arc<Item>>,
-        output: Vec<Arc<Item>>,
-        shell: Box<str>,
+        answer: Answer,
         session: Option<Arc<str>>,
     ) {
+        let Answer::Unread { json, .. } = &answer else {
+            return;
+        };
         let now = self.clock.now();
         let mut inner = self.lock();
         inner.remove(key, id);
-        let key: Arc<str> = inner.lru_key(key);
-        let id: Arc<str> = Arc::from(id);
-        let seq = inner.seq();
-        let size = ENTRY_OVERHEAD
-            + id.len()
-            + shell.len()
-            + session.as_ref().map_or(0, |s| s.len())
-            + std::mem::size_of::<Arc<Item>>() * (input.len() + output.len());
+        let size = entry_size(id, json.len(), session.as_ref(), input.len());
         let new_items = input
             .iter()
-            .chain(output.iter())
             .filter(|i| i.holders.load(Ordering::Relaxed) == 0)
             .map(|i| i.size());
         if size + new_items.sum::<usize>() > self.limit {
             return;
         }
+        let key: Arc<str> = inner.lru_key(key);
+        let id: Arc<str> = Arc::from(id);
+        let seq = inner.seq();
         let mut added = size;
         let space = inner.spaces.entry(key.clone()).or_default();
         for item in &input {
@@ -343,22 +460,14 @@ impl ResponseStore {
                     .or_insert_with(|| item.clone());
             }
         }
-        for item in &output {
-            if item.holders.fetch_add(1, Ordering::Relaxed) == 0 {
-                added += item.size();
-            }
-            if let Some(item_id) = &item.id {
-                space.items.insert(item_id.clone(), item.clone());
-            }
-        }
+        space.unread += 1;
         space.responses.insert(
             id.clone(),
             Entry {
                 seq,
                 used: now,
                 input: input.into(),
-                output: output.into(),
-                shell,
+                answer,
                 session,
                 size,
             },
@@ -373,21 +482,20 @@ impl ResponseStore {
     pub(crate) fn get(&self, key: &str, id: &str) -> Option<Vec<u8>> {
         let now = self.clock.now();
         let mut inner = self.lock();
-        let entry = inner.touch(key, id, now)?;
-        let shell = entry.shell.trim_end();
+        let entry = inner.open(key, id, now, self.limit)?;
+        let Answer::Read { output, shell } = &entry.answer else {
+            return None;
+        };
+        let shell = shell.trim_end();
         let shell = shell.strip_suffix('}').unwrap_or(shell);
-        let size = entry
-            .output
-            .iter()
-            .map(|i| i.json.len() + 32)
-            .sum::<usize>();
+        let size = output.iter().map(|i| i.json.len() + 32).sum::<usize>();
         let mut out = Vec::with_capacity(shell.len() + size + 16);
         out.extend_from_slice(shell.as_bytes());
         if shell.trim_end() != "{" {
             out.push(b',');
         }
         out.extend_from_slice(b"\"output\":[");
-        for (i, item) in entry.output.iter().enumerate() {
+        for (i, item) in output.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -434,12 +542,12 @@ impl Recaller<'_> {
 impl Recall for Recaller<'_> {
     fn response(&mut self, id: &str) -> Option<Vec<Arc<Item>>> {
         let now = self.store.clock.now();
-        let key = self.key;
-        let entry = self.inner().touch(key, id, now)?;
+        let (key, limit) = (self.key, self.store.limit);
+        let entry = self.inner().open(key, id, now, limit)?;
         let items = entry
             .input
             .iter()
-            .chain(entry.output.iter())
+            .chain(entry.answer.output())
             .cloned()
             .collect();
         self.session = entry.session.clone();
@@ -448,8 +556,13 @@ impl Recall for Recaller<'_> {
 
     fn item(&mut self, id: &str) -> Option<Arc<Item>> {
         let now = self.store.clock.now();
-        let key = self.key;
+        let (key, limit) = (self.key, self.store.limit);
         let inner = self.inner();
+        let space = inner.spaces.get(key)?;
+        if !space.items.contains_key(id) && space.unread > 0 {
+            inner.read_all(key);
+            inner.evict_to(limit);
+        }
         let item = inner.spaces.get(key)?.items.get(id)?.clone();
         // Referring to an item is using the response it came from.
         if let Some(origin) = &item.origin {
@@ -505,34 +618,21 @@ impl Pending {
     /// Keeps the answer, given the final `response` object (JSON). A response without an `id`
     /// is not kept.
     pub(crate) fn finish(self, response: &[u8]) {
-        let Some(StoredParts { id, shell, output }) = stored_parts(response) else {
+        let (Some(id), Ok(json)) = (response_id(response), std::str::from_utf8(response)) else {
             return;
         };
-        let origin: Arc<str> = Arc::from(id.as_str());
-        let output = output
-            .into_iter()
-            .map(|part| {
-                Arc::new(Item {
-                    id: part.id.map(String::into_boxed_str),
-                    json: part.json.into_boxed_str(),
-                    replay: part.replay,
-                    account: part
-                        .encrypted_reasoning
-                        .then(|| self.account.clone())
-                        .flatten(),
-                    origin: Some(origin.clone()),
-                    holders: AtomicUsize::new(0),
-                })
-            })
-            .collect();
         let Self {
             store,
             key,
             input,
+            account,
             session,
-            ..
         } = self;
-        store.insert(&key, &id, input, output, shell.into_boxed_str(), session);
+        let answer = Answer::Unread {
+            json: json.into(),
+            account,
+        };
+        store.insert(&key, &id, input, answer, session);
     }
 }
 
@@ -622,15 +722,64 @@ mod tests {
     }
 
     #[test]
+    fn kept_unread_and_read_when_referred_to() {
+        let (s, _) = store(1 << 20);
+        let input = Item::input("{\"n\":1}");
+        keep(&s, "k", vec![input.clone()], "resp_1", "one");
+        keep(&s, "k", vec![], "resp_2", "two");
+        // Unread, a response costs its JSON as it came.
+        let json = response("resp_1", "one").len() + response("resp_2", "two").len();
+        let unread = 2 * (ENTRY_OVERHEAD + "resp_1".len()) + json + 8 + input.size();
+        assert_eq!(s.bytes(), unread);
+        // An item of an unread response is found by its id: every response of the key is read.
+        let mut r = s.recall("k");
+        let msg = r.item("msg_resp_2").unwrap();
+        assert_eq!(values(&[msg])[0]["content"][0]["text"], "two");
+        assert!(r.item("rs_resp_1").is_some() && r.item("msg_resp_3").is_none());
+        drop(r);
+        let read = s.bytes();
+        assert_eq!(
+            read,
+            2 * (ENTRY_OVERHEAD + "resp_1".len() + shell_len("resp_1") + 2 * 8)
+                + 8
+                + input.size()
+                + [("resp_1", "one"), ("resp_2", "two")]
+                    .iter()
+                    .map(|(id, text)| output_size(id, text))
+                    .sum::<usize>()
+        );
+        // Read once: referring to it again changes nothing.
+        assert!(s.recall("k").response("resp_1").is_some());
+        assert!(s.get("k", "resp_2").is_some());
+        assert_eq!(s.bytes(), read);
+        // A response that is not an object with an id is not kept.
+        for bad in [&b"[\"resp_3\"]"[..], br#"{"id":3}"#, b"{", b"\xff"] {
+            Pending::new(s.clone(), "k", vec![]).finish(bad);
+        }
+        assert_eq!(s.bytes(), read);
+    }
+
+    /// What the output items of [`response`] cost, read.
+    fn output_size(id: &str, text: &str) -> usize {
+        stored_parts(&response(id, text))
+            .unwrap()
+            .output
+            .iter()
+            .map(|p| Item::kept(p.id.as_deref().unwrap(), &p.json, p.replay).size())
+            .sum()
+    }
+
+    #[test]
     fn shared_items_are_counted_once_and_freed_with_their_last_holder() {
         let (s, _) = store(1 << 20);
         let empty = s.bytes();
         keep(&s, "k", vec![Item::input("{\"n\":1}")], "resp_1", "one");
-        let one = s.bytes();
         // Turn 2 holds turn 1's items, and adds one input item and its output.
         let mut history = s.recall("k").response("resp_1").unwrap();
+        let one = s.bytes();
         history.push(Item::input("{\"n\":2}"));
         keep(&s, "k", history, "resp_2", "two");
+        assert!(s.get("k", "resp_2").is_some());
         let two = s.bytes();
         let pointers = 3 * std::mem::size_of::<Arc<Item>>();
         assert_eq!(

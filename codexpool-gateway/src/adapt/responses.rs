@@ -659,8 +659,6 @@ fn without_id(item: &RawValue) -> Option<String> {
 /// What the response store keeps of a final `response` object ([`stored_parts`]).
 #[derive(Debug)]
 pub(crate) struct StoredParts {
-    /// `id` (`resp_…`).
-    pub id: String,
     /// The object without `output` (JSON).
     pub shell: String,
     /// The output items.
@@ -680,12 +678,26 @@ pub(crate) struct OutputPart {
     pub encrypted_reasoning: bool,
 }
 
-/// Splits a final `response` object into what the response store keeps; `None` when it is not
-/// an object with a string `id`. One pass over the object and one over each item: this is the
-/// copy a kept answer costs.
+/// The string `id` of a response object, the rest of it left unread; `None` when it is not an
+/// object with one.
+pub(crate) fn response_id(response: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+    }
+    // A struct may also be read from an array: only an object will do.
+    if !response.trim_ascii_start().starts_with(b"{") {
+        return None;
+    }
+    let head: Head<'_> = serde_json::from_slice(response).ok()?;
+    head.id.and_then(raw_str).map(Cow::into_owned)
+}
+
+/// Splits a final `response` object into what the response store keeps once something refers to
+/// it; `None` when it is not an object. One pass over the object and one over each item.
 pub(crate) fn stored_parts(response: &[u8]) -> Option<StoredParts> {
     let fields: Shallow<'_> = serde_json::from_slice(response).ok()?;
-    let id = fields.get("id").and_then(raw_str)?.into_owned();
     let mut shell = Vec::with_capacity(512);
     let mut w = ObjectWriter::new(&mut shell);
     let mut output = Vec::new();
@@ -699,7 +711,6 @@ pub(crate) fn stored_parts(response: &[u8]) -> Option<StoredParts> {
     }
     w.end();
     Some(StoredParts {
-        id,
         shell: as_str(&shell).to_owned(),
         output,
     })
