@@ -759,6 +759,39 @@ mod tests {
         assert_eq!(s.bytes(), read);
     }
 
+    #[test]
+    fn reading_a_response_keeps_the_store_within_its_limit() {
+        let (probe, _) = store(usize::MAX);
+        keep(&probe, "k", vec![], "resp_x", &"x".repeat(1000));
+        let unread = probe.bytes();
+        assert!(probe.get("k", "resp_x").is_some());
+        let read = probe.bytes();
+        assert!(
+            read > unread,
+            "read, a response costs its items' overhead too"
+        );
+        // Two unread responses fit; once one is read, the other (least recently used) goes.
+        let limit = 2 * unread + (read - unread) / 2;
+        let (s, _) = store(limit);
+        keep(&s, "k", vec![], "resp_a", &"a".repeat(1000));
+        keep(&s, "k", vec![], "resp_b", &"b".repeat(1000));
+        assert_eq!(s.bytes(), 2 * unread);
+        let items = s.recall("k").response("resp_b").unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(s.bytes(), read);
+        assert!(s.get("k", "resp_a").is_none());
+        // An item lookup that reads every response of the key makes room the same way.
+        let (s, _) = store(limit);
+        keep(&s, "k", vec![], "resp_a", &"a".repeat(1000));
+        keep(&s, "k", vec![], "resp_b", &"b".repeat(1000));
+        assert!(s.recall("k").item("msg_resp_b").is_some());
+        assert_eq!(s.bytes(), read);
+        assert!(
+            s.recall("k").item("msg_resp_a").is_none(),
+            "read, then evicted"
+        );
+    }
+
     /// What the output items of [`response`] cost, read.
     fn output_size(id: &str, text: &str) -> usize {
         stored_parts(&response(id, text))
