@@ -418,20 +418,18 @@ impl ResponseStore {
         }
     }
 
-    /// Keeps a response of `key` (unread), then drops the least recently used ones past the
-    /// limit. One larger than the whole store is not kept (rather than pushing every other one
-    /// out first).
+    /// Keeps a response of `key` (unread: `json` as it came, answered by `account`), then drops
+    /// the least recently used ones past the limit. One larger than the whole store is not kept
+    /// (rather than pushing every other one out first).
     fn insert(
         &self,
         key: &str,
         id: &str,
         input: Vec<Arc<Item>>,
-        answer: Answer,
+        json: Box<str>,
+        account: Option<Arc<str>>,
         session: Option<Arc<str>>,
     ) {
-        let Answer::Unread { json, .. } = &answer else {
-            return;
-        };
         let now = self.clock.now();
         let mut inner = self.lock();
         inner.remove(key, id);
@@ -467,7 +465,7 @@ impl ResponseStore {
                 seq,
                 used: now,
                 input: input.into(),
-                answer,
+                answer: Answer::Unread { json, account },
                 session,
                 size,
             },
@@ -628,11 +626,7 @@ impl Pending {
             account,
             session,
         } = self;
-        let answer = Answer::Unread {
-            json: json.into(),
-            account,
-        };
-        store.insert(&key, &id, input, answer, session);
+        store.insert(&key, &id, input, json.into(), account, session);
     }
 }
 
