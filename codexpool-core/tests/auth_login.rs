@@ -547,6 +547,30 @@ async fn cancel_returns_once_the_listener_has_freed_its_address() {
     std::net::TcpListener::bind(&addr).unwrap();
 }
 
+#[tokio::test]
+async fn a_sign_in_ended_elsewhere_does_not_hold_the_address_for_the_next_one() {
+    let fake = fake();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let (pool, _) = memory_pool(&fake, &[("LOGIN_ADDR", &addr)]).await;
+    let auth = pool.auth();
+    // Ended without waiting for its listener (what the bindings do in the background when a
+    // handle is freed): the next sign-in still gets the address, on a single-threaded runtime
+    // where the listener cannot have stopped before it asks.
+    for _ in 0..3 {
+        let login = auth.login_start(LoginOptions::default()).await.unwrap();
+        assert!(auth.login_cancel(&login.info().state).await.unwrap());
+        let next = auth.login_start(LoginOptions::default()).await.unwrap();
+        assert_eq!(next.listen_addr().unwrap().to_string(), addr);
+        assert!(next.cancel().await.unwrap());
+    }
+    // A sign-in still pending keeps it.
+    let _pending = auth.login_start(LoginOptions::default()).await.unwrap();
+    let e = auth.login_start(LoginOptions::default()).await.unwrap_err();
+    assert!(matches!(e, AuthError::AddrInUse { .. }), "{e:?}");
+}
+
 fn raw_request(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

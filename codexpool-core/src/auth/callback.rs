@@ -209,7 +209,7 @@ async fn serve(auth: Auth, listener: TcpListener, state: String, path: String) {
     tracing::debug!("sign-in listener stopped");
 }
 
-async fn login_ended(auth: &Auth, state: &str) -> bool {
+pub(crate) async fn login_ended(auth: &Auth, state: &str) -> bool {
     match auth.pool.shared.store.get_login_session(state).await {
         Ok(None) => true,
         Ok(Some(s)) => match s.status {

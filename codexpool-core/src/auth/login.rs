@@ -394,7 +394,14 @@ impl Auth {
         let config = self.config().clone();
         let mut redirect_uri = config.redirect_uri.clone();
         let listener = if opts.listen {
-            let (listener, addr) = callback::bind(&config).await?;
+            let (listener, addr) = match callback::bind(&config).await {
+                // Held by this process's listener of a sign-in that just ended (cancelled in the
+                // background when its handle or its `wait` was dropped): free once it stops.
+                Err(AuthError::AddrInUse { .. }) if self.ended_listeners_stopped().await => {
+                    callback::bind(&config).await?
+                }
+                other => other?,
+            };
             if config.login_addr.ends_with(":0")
                 && let Ok(mut u) = url::Url::parse(&redirect_uri)
                 && u.host_str().is_some_and(is_loopback_host)
@@ -453,7 +460,9 @@ impl Auth {
             let path = url::Url::parse(&redirect_uri)
                 .map(|u| u.path().to_string())
                 .unwrap_or_else(|_| "/auth/callback".into());
-            listener_done = Some(callback::spawn(self.clone(), listener, state.clone(), path));
+            let done = callback::spawn(self.clone(), listener, state.clone(), path);
+            crate::sync::lock(&self.pool.shared.auth.listeners).push((state.clone(), done.clone()));
+            listener_done = Some(done);
             addr
         });
         let browser_opened = opts.open_browser && open_browser(&url);
@@ -469,6 +478,24 @@ impl Auth {
             auth: self.clone(),
             listener_done,
         })
+    }
+
+    /// Waits (at most 5 s each) for this process's callback listeners whose sign-in has ended
+    /// but which have not stopped yet; `true` when there was one.
+    async fn ended_listeners_stopped(&self) -> bool {
+        let running = {
+            let mut listeners = crate::sync::lock(&self.pool.shared.auth.listeners);
+            listeners.retain(|(_, done)| !*done.borrow());
+            listeners.clone()
+        };
+        let mut waited = false;
+        for (state, mut done) in running {
+            if callback::login_ended(self, &state).await {
+                waited = true;
+                let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
+            }
+        }
+        waited
     }
 
     /// Completes a browser sign-in from the redirect URL (full, without scheme, path only, or

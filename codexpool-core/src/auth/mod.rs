@@ -265,6 +265,8 @@ pub(crate) struct AuthState {
     pub(crate) login_changed: tokio::sync::Notify,
     /// Login state → whether it created its account, for logins completed in this process.
     pub(crate) created: Mutex<HashMap<String, bool>>,
+    /// The callback listeners this process started: their login state, and `true` once stopped.
+    pub(crate) listeners: Mutex<Vec<(String, tokio::sync::watch::Receiver<bool>)>>,
 }
 
 impl AuthState {
@@ -277,6 +279,7 @@ impl AuthState {
             backoff: Mutex::new(HashMap::new()),
             login_changed: tokio::sync::Notify::new(),
             created: Mutex::new(HashMap::new()),
+            listeners: Mutex::new(Vec::new()),
         }
     }
 }
