@@ -277,12 +277,13 @@ impl Relay {
                     },
                     None => event.encode(out),
                 }
-                if matches!(kind, EventKind::Completed | EventKind::Incomplete)
+                // The final event, read: its answer is kept (an unreadable one is not).
+                if let Some(id) = response.and_then(|r| r.id.as_deref())
                     && let Some(pending) = self.keep.take()
                 {
                     let data = rewritten.as_deref().unwrap_or(event.data());
                     if let Some(response) = event_response(data) {
-                        pending.finish(response.as_bytes());
+                        pending.finish(id, response.as_bytes());
                     }
                 }
                 match parsed {

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use codexpool_core::{Clock, Pool, Timestamp};
 
-use crate::adapt::responses::{Recall, response_id, stored_parts};
+use crate::adapt::responses::{Recall, stored_parts};
 use crate::adapt::write_json;
 
 /// How long a response is kept after its last use (OpenAI keeps stored responses for 30 days; a
@@ -613,10 +613,10 @@ impl Pending {
         self.account = Some(Arc::from(account));
     }
 
-    /// Keeps the answer, given the final `response` object (JSON). A response without an `id`
-    /// is not kept.
-    pub(crate) fn finish(self, response: &[u8]) {
-        let (Some(id), Ok(json)) = (response_id(response), std::str::from_utf8(response)) else {
+    /// Keeps the answer, given the final `response` object (JSON) and its `id` (see
+    /// [`response_id`](crate::adapt::responses::response_id)).
+    pub(crate) fn finish(self, id: &str, response: &[u8]) {
+        let Ok(json) = std::str::from_utf8(response) else {
             return;
         };
         let Self {
@@ -626,13 +626,14 @@ impl Pending {
             account,
             session,
         } = self;
-        store.insert(&key, &id, input, json.into(), account, session);
+        store.insert(&key, id, input, json.into(), account, session);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapt::responses::response_id;
     use codexpool_core::ManualClock;
     use serde_json::{Value, json};
 
@@ -656,7 +657,7 @@ mod tests {
     fn keep(store: &Arc<ResponseStore>, key: &str, input: Vec<Arc<Item>>, id: &str, text: &str) {
         let mut p = Pending::new(store.clone(), key, input);
         p.served_by("acct-0");
-        p.finish(&response(id, text));
+        p.finish(id, &response(id, text));
     }
 
     fn values(items: &[Arc<Item>]) -> Vec<Value> {
@@ -748,7 +749,9 @@ mod tests {
         assert_eq!(s.bytes(), read);
         // A response that is not an object with an id is not kept.
         for bad in [&b"[\"resp_3\"]"[..], br#"{"id":3}"#, b"{", b"\xff"] {
-            Pending::new(s.clone(), "k", vec![]).finish(bad);
+            if let Some(id) = response_id(bad) {
+                Pending::new(s.clone(), "k", vec![]).finish(&id, bad);
+            }
         }
         assert_eq!(s.bytes(), read);
     }
@@ -884,7 +887,7 @@ mod tests {
         let history = s.recall("k").response("resp_1").unwrap();
         let mut p = Pending::new(s.clone(), "k", history);
         p.served_by("acct-1");
-        p.finish(&response("resp_2", "b"));
+        p.finish("resp_2", &response("resp_2", "b"));
         let all = s.recall("k").response("resp_2").unwrap();
         let kinds: Vec<Value> = values(&all).iter().map(|v| v["type"].clone()).collect();
         assert_eq!(

@@ -18,6 +18,7 @@ use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 
 use crate::Shared;
+use crate::adapt::responses::response_id;
 use crate::adapt::{
     ChatAssembler, ChatOptions, ChatStream, Overrides, ResponseAssembler, UpstreamRequest,
 };
@@ -473,8 +474,10 @@ async fn assembled(
         };
         let (call, error) = match collected {
             Ok(json) => {
-                if let Some(p) = pending {
-                    p.finish(&json);
+                if let Some(p) = pending
+                    && let Some(id) = response_id(&json)
+                {
+                    p.finish(&id, &json);
                 }
                 return respond(Body::from(json), "application/json", &extra);
             }
