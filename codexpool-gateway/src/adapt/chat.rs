@@ -123,7 +123,11 @@ pub fn chat_to_responses(
     body: &[u8],
     overrides: &Overrides<'_>,
 ) -> Result<(UpstreamRequest, ChatOptions), RequestError> {
-    let obj = parse_object(body)?;
+    // One pass over the body when it reads well; else the field-by-field reading names the error.
+    let (obj, read_messages) = match parse_chat_body(body) {
+        Some((obj, messages)) => (obj, Some(messages)),
+        None => (parse_object(body)?, None),
+    };
     let mut dropped: Vec<String> = Vec::new();
     for (key, value) in &obj.0 {
         if !CHAT_FIELDS.contains(&key.as_ref())
@@ -180,10 +184,13 @@ pub fn chat_to_responses(
         Some(raw) => stop_sequences(raw)?,
     };
 
-    let messages = obj
-        .get("messages")
-        .ok_or_else(|| RequestError::field("messages", "required"))?;
-    let messages = message_fields(messages)?;
+    let messages = match read_messages {
+        Some(messages) => messages,
+        None => message_fields(
+            obj.get("messages")
+                .ok_or_else(|| RequestError::field("messages", "required"))?,
+        )?,
+    };
     if messages.is_empty() {
         return Err(RequestError::field("messages", "must not be empty"));
     }
@@ -595,6 +602,42 @@ fn array<'a>(
 
 /// The messages' fields, in one pass over what is most of a long request; when that fails, a
 /// second pass finds the message at fault and names it.
+/// The body's top-level fields but `messages`, and `messages` read into their fields, in one pass
+/// (a long conversation is most of the body; splitting it off first and reading it again cost
+/// a second pass). `None` when the body does not read that way: not JSON, not an object, no
+/// `messages` array of objects; the caller then reads it field by field for a precise error.
+fn parse_chat_body(body: &[u8]) -> Option<(Shallow<'_>, Vec<MessageFields<'_>>)> {
+    struct BodyVisitor;
+    impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+        type Value = (Shallow<'de>, Option<Vec<MessageFields<'de>>>);
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a chat request object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut fields = Vec::with_capacity(16);
+            let mut messages = None;
+            while let Some(super::JStr(key)) = map.next_key()? {
+                // The last `messages` counts, as `Shallow::get` would have it.
+                if key == "messages" {
+                    messages = Some(map.next_value()?);
+                } else {
+                    fields.push((key, map.next_value::<&RawValue>()?));
+                }
+            }
+            Ok((Shallow(fields), messages))
+        }
+    }
+    // From text: one UTF-8 check for the whole body instead of one per captured value.
+    let body = std::str::from_utf8(body).ok()?;
+    let mut de = serde_json::Deserializer::from_str(body);
+    let (obj, messages) = serde::Deserializer::deserialize_map(&mut de, BodyVisitor).ok()?;
+    de.end().ok()?;
+    Some((obj, messages?))
+}
+
 fn message_fields(messages: &RawValue) -> Result<Vec<MessageFields<'_>>, RequestError> {
     if let Ok(all) = serde_json::from_str(messages.get()) {
         return Ok(all);
@@ -2098,6 +2141,51 @@ mod tests {
                 legacy_functions: false,
             }
         );
+    }
+
+    #[test]
+    fn one_pass_reading_and_field_by_field_reading_agree() {
+        // Read in one pass: the last `messages` counts, other fields are kept (and dropped).
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"first"}],
+            "temperature":1,"messages":[{"role":"user","content":"last \"q\""}]}"#;
+        let (obj, messages) = parse_chat_body(body).unwrap();
+        assert_eq!(messages.len(), 1);
+        assert!(obj.get("messages").is_none() && obj.get("temperature").is_some());
+        let (req, _) = chat_to_responses(body, &Overrides::default()).unwrap();
+        let v: Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(v["input"][0]["content"][0]["text"], "last \"q\"");
+        assert_eq!(v["input"].as_array().unwrap().len(), 1);
+        assert_eq!(req.dropped, ["temperature"]);
+        // What does not read in one pass is read field by field: the same errors, in the same
+        // order (the model is checked before the messages), as without the one-pass reading.
+        for (body, error) in [
+            (
+                &br#"{"model":"m","messages":[{"role":"user","content":"x"},5]}"#[..],
+                "messages[1]: ",
+            ),
+            (br#"{"messages":[5]}"#, "model: required"),
+            (br#"{"model":"m","messages":null}"#, "messages: required"),
+            (br#"{"model":"m"}"#, "messages: required"),
+            (
+                br#"{"model":"m","messages":{}}"#,
+                "messages: must be an array",
+            ),
+            (
+                br#"{"model":"m","messages":[]}"#,
+                "messages: must not be empty",
+            ),
+            (br#"[{"model":"m"}]"#, "must be a JSON object"),
+            (br#"{"model":"m","messages":[]} x"#, "not valid JSON"),
+            (b"{\"model\":\"m\xff\",\"messages\":[]}", "not valid JSON"),
+        ] {
+            assert!(parse_chat_body(body).is_none_or(|(_, m)| m.is_empty()));
+            let e = chat_to_responses(body, &Overrides::default()).unwrap_err();
+            assert!(
+                e.to_string().contains(error),
+                "{e} for {}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]
