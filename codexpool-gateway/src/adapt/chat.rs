@@ -49,7 +49,7 @@ use super::event::{
 use super::responses::include_list;
 use super::{
     AssembleError, DEFAULT_INSTRUCTIONS, ObjectWriter, Overrides, RequestError, Shallow,
-    UpstreamRequest, bool_field, parse_object, raw_str, write_json,
+    UpstreamRequest, bool_field, parse_object, parse_object_with, raw_str, write_json,
 };
 use crate::sse::{DONE_FRAME, SseEvent};
 
@@ -124,8 +124,8 @@ pub fn chat_to_responses(
     overrides: &Overrides<'_>,
 ) -> Result<(UpstreamRequest, ChatOptions), RequestError> {
     // One pass over the body when it reads well; else the field-by-field reading names the error.
-    let (obj, read_messages) = match parse_chat_body(body) {
-        Some((obj, messages)) => (obj, Some(messages)),
+    let (obj, read_messages) = match parse_object_with::<Vec<MessageFields<'_>>>(body, "messages") {
+        Some(split) => split,
         None => (parse_object(body)?, None),
     };
     let mut dropped: Vec<String> = Vec::new();
@@ -602,42 +602,6 @@ fn array<'a>(
 
 /// The messages' fields, in one pass over what is most of a long request; when that fails, a
 /// second pass finds the message at fault and names it.
-/// The body's top-level fields but `messages`, and `messages` read into their fields, in one pass
-/// (a long conversation is most of the body; splitting it off first and reading it again cost
-/// a second pass). `None` when the body does not read that way: not JSON, not an object, no
-/// `messages` array of objects; the caller then reads it field by field for a precise error.
-fn parse_chat_body(body: &[u8]) -> Option<(Shallow<'_>, Vec<MessageFields<'_>>)> {
-    struct BodyVisitor;
-    impl<'de> serde::de::Visitor<'de> for BodyVisitor {
-        type Value = (Shallow<'de>, Option<Vec<MessageFields<'de>>>);
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a chat request object")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut fields = Vec::with_capacity(16);
-            let mut messages = None;
-            while let Some(super::JStr(key)) = map.next_key()? {
-                // The last `messages` counts, as `Shallow::get` would have it.
-                if key == "messages" {
-                    messages = Some(map.next_value()?);
-                } else {
-                    fields.push((key, map.next_value::<&RawValue>()?));
-                }
-            }
-            Ok((Shallow(fields), messages))
-        }
-    }
-    // From text: one UTF-8 check for the whole body instead of one per captured value.
-    let body = std::str::from_utf8(body).ok()?;
-    let mut de = serde_json::Deserializer::from_str(body);
-    let (obj, messages) = serde::Deserializer::deserialize_map(&mut de, BodyVisitor).ok()?;
-    de.end().ok()?;
-    Some((obj, messages?))
-}
-
 fn message_fields(messages: &RawValue) -> Result<Vec<MessageFields<'_>>, RequestError> {
     if let Ok(all) = serde_json::from_str(messages.get()) {
         return Ok(all);
@@ -2148,8 +2112,9 @@ mod tests {
         // Read in one pass: the last `messages` counts, other fields are kept (and dropped).
         let body = br#"{"model":"m","messages":[{"role":"user","content":"first"}],
             "temperature":1,"messages":[{"role":"user","content":"last \"q\""}]}"#;
-        let (obj, messages) = parse_chat_body(body).unwrap();
-        assert_eq!(messages.len(), 1);
+        let (obj, messages) =
+            parse_object_with::<Vec<MessageFields<'_>>>(body, "messages").unwrap();
+        assert_eq!(messages.unwrap().len(), 1);
         assert!(obj.get("messages").is_none() && obj.get("temperature").is_some());
         let (req, _) = chat_to_responses(body, &Overrides::default()).unwrap();
         let v: Value = serde_json::from_slice(&req.body).unwrap();
@@ -2178,7 +2143,8 @@ mod tests {
             (br#"{"model":"m","messages":[]} x"#, "not valid JSON"),
             (b"{\"model\":\"m\xff\",\"messages\":[]}", "not valid JSON"),
         ] {
-            assert!(parse_chat_body(body).is_none_or(|(_, m)| m.is_empty()));
+            let split = parse_object_with::<Vec<MessageFields<'_>>>(body, "messages");
+            assert!(split.is_none_or(|(_, m)| m.is_none_or(|m| m.is_empty())));
             let e = chat_to_responses(body, &Overrides::default()).unwrap_err();
             assert!(
                 e.to_string().contains(error),

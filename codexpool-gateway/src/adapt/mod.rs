@@ -264,6 +264,44 @@ impl<'de> Deserialize<'de> for Shallow<'de> {
     }
 }
 
+/// Splits a client body into its top-level fields like [`parse_object`], but reads the value of
+/// `key` as a `T` in the same pass and leaves it out of the fields (the last occurrence counts,
+/// as with [`Shallow::get`]). A long conversation is most of a body: split off first and read
+/// again, it was read twice. `None` when the body does not read that way (not JSON, not an
+/// object, a `key` that is not a `T`): [`parse_object`] then names the error.
+pub(crate) fn parse_object_with<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    key: &str,
+) -> Option<(Shallow<'a>, Option<T>)> {
+    struct WithVisitor<'k, T>(&'k str, std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for WithVisitor<'_, T> {
+        type Value = (Shallow<'de>, Option<T>);
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(16).min(64));
+            let mut value = None;
+            while let Some(JStr(key)) = map.next_key()? {
+                if key == self.0 {
+                    value = Some(map.next_value()?);
+                } else {
+                    entries.push((key, map.next_value::<&'de RawValue>()?));
+                }
+            }
+            Ok((Shallow(entries), value))
+        }
+    }
+    // From text: one UTF-8 check for the whole body instead of one per captured value.
+    let body = std::str::from_utf8(body).ok()?;
+    let mut de = serde_json::Deserializer::from_str(body);
+    let split = de
+        .deserialize_map(WithVisitor(key, std::marker::PhantomData))
+        .ok()?;
+    de.end().ok()?;
+    Some(split)
+}
+
 /// Splits a client body into its top-level fields.
 pub(crate) fn parse_object(body: &[u8]) -> Result<Shallow<'_>, RequestError> {
     serde_json::from_slice(body).map_err(|e| match e.classify() {

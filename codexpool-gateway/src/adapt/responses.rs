@@ -31,8 +31,8 @@ use super::event::{
 };
 use super::{
     AssembleError, DEFAULT_INSTRUCTIONS, JStr, ObjectWriter, Overrides, RequestError, Shallow,
-    UpstreamRequest, bool_field, is_null, items_array, parse_object, raw_str, str_field, sub_bytes,
-    with_field, write_json,
+    UpstreamRequest, bool_field, is_null, items_array, parse_object, parse_object_with, raw_str,
+    str_field, sub_bytes, with_field, write_json,
 };
 use crate::sse::SseEvent;
 use crate::stored::Item;
@@ -236,7 +236,12 @@ pub(crate) fn apply_body_rules_with(
     overrides: &Overrides<'_>,
     mut recall: Option<&mut dyn Recall>,
 ) -> Result<(UpstreamRequest, Option<KeptInput>), RequestError> {
-    let obj = parse_object(body)?;
+    // One pass over the body when `input` is an array of items (a long conversation is most of
+    // it); otherwise the field-by-field reading.
+    let (obj, input_items) = match parse_object_with::<Vec<&RawValue>>(body, "input") {
+        Some(split) => split,
+        None => (parse_object(body)?, None),
+    };
     let mut kept = Kept::default();
     let mut dropped: Vec<String> = Vec::new();
     let mut store = true;
@@ -270,9 +275,9 @@ pub(crate) fn apply_body_rules_with(
             .ok_or_else(|| RequestError::field("instructions", "must be a string"))?
             .into_owned(),
     };
-    let input = kept
-        .input
-        .ok_or_else(|| RequestError::field("input", "required"))?;
+    if input_items.is_none() && kept.input.is_none() {
+        return Err(RequestError::field("input", "required"));
+    }
     if instructions.trim().is_empty() {
         instructions.clear();
     }
@@ -286,55 +291,64 @@ pub(crate) fn apply_body_rules_with(
             .ok_or_else(|| RequestError::previous_not_found(&id))?;
         pieces.extend(items.into_iter().map(Piece::Recalled));
     }
-    match input.get().as_bytes().first() {
-        // A string is one user message; the JSON string literal is reused as is.
-        Some(b'"') => pieces.push(Piece::Text(input)),
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(input.get())
-                .map_err(|e| RequestError::field("input", e.to_string()))?;
-            pieces.reserve(items.len());
-            for (n, item) in items.into_iter().enumerate() {
-                match stored_item(item) {
-                    StoredItem::None => pieces.push(Piece::Raw(item)),
-                    StoredItem::Id => match without_id(item) {
-                        Some(json) => {
-                            note(&mut dropped, "input[].id");
-                            pieces.push(Piece::Owned(json));
-                        }
-                        None => pieces.push(Piece::Raw(item)),
-                    },
-                    StoredItem::Reference(id) => match recall.as_deref_mut() {
-                        Some(recall) => {
-                            let id = id.ok_or_else(|| {
-                                RequestError::field(format!("input[{n}].id"), "required")
-                            })?;
-                            let item = recall
-                                .item(&id)
-                                .ok_or_else(|| RequestError::item_not_found(n, &id))?;
-                            pieces.push(Piece::Recalled(item));
-                        }
-                        None => note(&mut dropped, "input[].item_reference"),
-                    },
-                    // Reasoning that is only an id: the kept item when there is one.
-                    StoredItem::BareReasoning(id) => {
+    let items = match (input_items, kept.input) {
+        (Some(items), _) => Some(items),
+        (None, Some(input)) => match input.get().as_bytes().first() {
+            // A string is one user message; the JSON string literal is reused as is.
+            Some(b'"') => {
+                pieces.push(Piece::Text(input));
+                None
+            }
+            Some(b'[') => Some(
+                serde_json::from_str::<Vec<&RawValue>>(input.get())
+                    .map_err(|e| RequestError::field("input", e.to_string()))?,
+            ),
+            _ => {
+                return Err(RequestError::field(
+                    "input",
+                    "must be a string or an array of items",
+                ));
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some(items) = items {
+        pieces.reserve(items.len());
+        for (n, item) in items.into_iter().enumerate() {
+            match stored_item(item) {
+                StoredItem::None => pieces.push(Piece::Raw(item)),
+                StoredItem::Id => match without_id(item) {
+                    Some(json) => {
+                        note(&mut dropped, "input[].id");
+                        pieces.push(Piece::Owned(json));
+                    }
+                    None => pieces.push(Piece::Raw(item)),
+                },
+                StoredItem::Reference(id) => match recall.as_deref_mut() {
+                    Some(recall) => {
+                        let id = id.ok_or_else(|| {
+                            RequestError::field(format!("input[{n}].id"), "required")
+                        })?;
                         let item = recall
-                            .as_deref_mut()
-                            .zip(id)
-                            .and_then(|(recall, id)| recall.item(&id))
-                            .filter(|i| i.replay());
-                        match item {
-                            Some(item) => pieces.push(Piece::Recalled(item)),
-                            None => note(&mut dropped, "input[].reasoning"),
-                        }
+                            .item(&id)
+                            .ok_or_else(|| RequestError::item_not_found(n, &id))?;
+                        pieces.push(Piece::Recalled(item));
+                    }
+                    None => note(&mut dropped, "input[].item_reference"),
+                },
+                // Reasoning that is only an id: the kept item when there is one.
+                StoredItem::BareReasoning(id) => {
+                    let item = recall
+                        .as_deref_mut()
+                        .zip(id)
+                        .and_then(|(recall, id)| recall.item(&id))
+                        .filter(|i| i.replay());
+                    match item {
+                        Some(item) => pieces.push(Piece::Recalled(item)),
+                        None => note(&mut dropped, "input[].reasoning"),
                     }
                 }
             }
-        }
-        _ => {
-            return Err(RequestError::field(
-                "input",
-                "must be a string or an array of items",
-            ));
         }
     }
 
@@ -1283,6 +1297,37 @@ mod tests {
             json!({"summary": "auto", "effort": "high"})
         );
         assert_eq!(body["include"], json!([ENCRYPTED_REASONING]));
+    }
+
+    #[test]
+    fn input_items_read_in_one_pass_or_field_by_field_agree() {
+        let rules = |body: &str| apply_body_rules(body.as_bytes(), &Overrides::default());
+        let items = r#"[{"type":"message","role":"user","content":"a"}]"#;
+        let body = format!(r#"{{"model":"m","input":{items}}}"#);
+        assert!(parse_object_with::<Vec<&RawValue>>(body.as_bytes(), "input").is_some());
+        let one_pass = rules(&body).unwrap();
+        // The last `input` counts, whichever way the body is read.
+        let later_array = rules(&format!(r#"{{"model":"m","input":"b","input":{items}}}"#));
+        assert_eq!(later_array.unwrap().body, one_pass.body);
+        let later_text = rules(&format!(r#"{{"model":"m","input":{items},"input":"b"}}"#));
+        let v: Value = serde_json::from_slice(&later_text.unwrap().body).unwrap();
+        assert_eq!(v["input"][0]["content"][0]["text"], "b");
+        // Errors keep their order and their words.
+        for (body, error) in [
+            (r#"{"model":5,"input":[]}"#, "model: must be a string"),
+            (r#"{"model":"m","input":null}"#, "input: required"),
+            (
+                r#"{"model":"m","input":[1,]}"#,
+                "request body is not valid JSON",
+            ),
+            (
+                r#"{"model":"m","input":[]} ]"#,
+                "request body is not valid JSON",
+            ),
+        ] {
+            let e = rules(body).unwrap_err().to_string();
+            assert!(e.starts_with(error), "{e} for {body}");
+        }
     }
 
     #[test]
