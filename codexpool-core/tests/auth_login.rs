@@ -526,12 +526,16 @@ async fn login_addr_must_be_loopback_and_free() {
     assert!(e.to_string().contains("login_complete(url)"), "{e}");
 }
 
+/// A loopback `host:port` nothing listens on (a fixed `LOGIN_ADDR`, like the default 1455).
+fn free_addr() -> String {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    free.local_addr().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_returns_once_the_listener_has_freed_its_address() {
     let fake = fake();
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = free.local_addr().unwrap().to_string();
-    drop(free);
+    let addr = free_addr();
     let (pool, _) = memory_pool(&fake, &[("LOGIN_ADDR", &addr)]).await;
     // A program that gives up on a sign-in and starts another one right away (a retry, a
     // Python `wait` that timed out) finds the address free.
@@ -550,9 +554,7 @@ async fn cancel_returns_once_the_listener_has_freed_its_address() {
 #[tokio::test]
 async fn a_sign_in_ended_elsewhere_does_not_hold_the_address_for_the_next_one() {
     let fake = fake();
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = free.local_addr().unwrap().to_string();
-    drop(free);
+    let addr = free_addr();
     let (pool, _) = memory_pool(&fake, &[("LOGIN_ADDR", &addr)]).await;
     let auth = pool.auth();
     // Ended without waiting for its listener (what the bindings do in the background when a
