@@ -461,7 +461,7 @@ impl Auth {
                 .map(|u| u.path().to_string())
                 .unwrap_or_else(|_| "/auth/callback".into());
             let done = callback::spawn(self.clone(), listener, state.clone(), path);
-            crate::sync::lock(&self.pool.shared.auth.listeners).push((state.clone(), done.clone()));
+            self.running_listeners().push((state.clone(), done.clone()));
             listener_done = Some(done);
             addr
         });
@@ -480,14 +480,19 @@ impl Auth {
         })
     }
 
+    /// This process's callback listeners that have not stopped (the stopped ones are let go).
+    fn running_listeners(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(String, tokio::sync::watch::Receiver<bool>)>> {
+        let mut listeners = crate::sync::lock(&self.pool.shared.auth.listeners);
+        listeners.retain(|(_, done)| !*done.borrow());
+        listeners
+    }
+
     /// Waits (at most 5 s each) for this process's callback listeners whose sign-in has ended
     /// but which have not stopped yet; `true` when there was one.
     async fn ended_listeners_stopped(&self) -> bool {
-        let running = {
-            let mut listeners = crate::sync::lock(&self.pool.shared.auth.listeners);
-            listeners.retain(|(_, done)| !*done.borrow());
-            listeners.clone()
-        };
+        let running = self.running_listeners().clone();
         let mut waited = false;
         for (state, mut done) in running {
             if callback::login_ended(self, &state).await {
