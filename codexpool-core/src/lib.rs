@@ -59,7 +59,7 @@ pub use error::{Error, Result};
 pub use keys::{KeyStore, PlatformKey};
 pub use poll::{BackgroundTask, RefreshProgress, RefreshScope, spawn_poller};
 pub use pool::{AccountPool, Demand, Lease, Outcome, PoolError};
-pub use request_log::{RequestLog, spawn_request_log_pruner};
+pub use request_log::{RequestLog, spawn_pruner};
 pub use secret::Secret;
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use usage::UsageTracker;

@@ -1,7 +1,7 @@
 //! The request log: one row per client request (who, through which accounts, how it went, how
 //! long it took), written through the batched writer and read back for `logs` and the RPC.
 //! Never holds secrets or bodies (an optional, redacted preview only). A serving process deletes
-//! rows older than `REQUEST_LOG_DAYS` ([`spawn_request_log_pruner`]).
+//! rows older than `REQUEST_LOG_DAYS`, and folds the token ledger's days as old ([`spawn_pruner`]).
 
 use std::time::Duration;
 
@@ -13,9 +13,9 @@ use crate::poll::BackgroundTask;
 use crate::time::Timestamp;
 use crate::usage::TokenCounts;
 
-/// Rows deleted per transaction when pruning: short enough that other writers of the database
-/// (the request log's own batches, a CLI) do not wait long for it.
-const PRUNE_CHUNK: usize = 5_000;
+/// Rows deleted (or ledger entries folded) per transaction when pruning: short enough that other
+/// writers of the database (the request log's own batches, a CLI) do not wait long for it.
+pub(crate) const PRUNE_CHUNK: usize = 5_000;
 /// How often the pruner runs.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -172,11 +172,12 @@ impl RequestLog {
     }
 }
 
-/// Starts the request-log pruner: at once and then hourly, deletes the rows older than the
-/// pool's `REQUEST_LOG_DAYS` ([`RequestLog::prune`]); inert when that is 0. Stops when the
-/// returned task is dropped or the pool is gone.
-pub fn spawn_request_log_pruner(pool: &Pool) -> BackgroundTask {
-    const NAME: &str = "request-log pruner";
+/// Starts the pruner: at once and then hourly, deletes the request-log rows older than the
+/// pool's `REQUEST_LOG_DAYS` ([`RequestLog::prune`]) and folds the token ledger's entries from the
+/// days before them into day sums ([`crate::UsageTracker::fold_ledger`]); inert when that is 0
+/// (every row kept). Stops when the returned task is dropped or the pool is gone.
+pub fn spawn_pruner(pool: &Pool) -> BackgroundTask {
+    const NAME: &str = "pruner";
     let days = pool.config().request_log_days;
     if days == 0 {
         return BackgroundTask::inert(NAME);
@@ -195,6 +196,11 @@ pub fn spawn_request_log_pruner(pool: &Pool) -> BackgroundTask {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, days, "deleted old request-log rows"),
                 Err(e) => tracing::warn!(error = %e, "could not delete old request-log rows"),
+            }
+            match pool.usage().fold_ledger(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(entries = n, days, "folded old token-ledger days"),
+                Err(e) => tracing::warn!(error = %e, "could not fold old token-ledger days"),
             }
         }
     })

@@ -229,6 +229,72 @@ async fn sqlite_writes_a_record_batch_all_or_nothing() {
     assert_eq!(log.len(), 1);
 }
 
+/// A database from before the ledger could be folded (schema 1) opens with every entry counting
+/// one request; folding leaves one row per day and group, with the same sums.
+#[tokio::test]
+async fn sqlite_folds_old_ledger_days_into_a_row_per_group_even_for_rows_of_schema_1() {
+    use codexpool_core::Timestamp;
+    use codexpool_core::usage::{LedgerGroup, LedgerQuery};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    // 08:00 UTC on a day; three days of entries, two keys, 500 a day each.
+    let day0 = 1_800_000_000_i64 * 1000;
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(include_str!("../migrations/001_init.sql"))
+            .unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        let mut st = tx
+            .prepare(
+                "INSERT INTO token_ledger (at, key_id, account_id, model, input_tokens, cached_tokens, output_tokens, reasoning_tokens, status)
+                 VALUES (?1, ?2, 'a1', 'm1', 10, 4, 3, 1, 200)",
+            )
+            .unwrap();
+        for day in 0..3 {
+            for i in 0..1000 {
+                let key = if i % 2 == 0 { "k1" } else { "k2" };
+                st.execute(rusqlite::params![day0 + day * 86_400_000 + i * 1000, key])
+                    .unwrap();
+            }
+        }
+        drop(st);
+        tx.commit().unwrap();
+    }
+    let rows = |path: &std::path::Path| -> i64 {
+        let c = rusqlite::Connection::open(path).unwrap();
+        c.query_row("SELECT COUNT(*) FROM token_ledger", [], |r| r.get(0))
+            .unwrap()
+    };
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(
+        ledger_requests(&store).await,
+        3000,
+        "old rows count one each"
+    );
+    async fn sums(store: &SqliteStore) -> Vec<Vec<codexpool_core::usage::LedgerRow>> {
+        let mut all = Vec::new();
+        for g in [LedgerGroup::Key, LedgerGroup::Day] {
+            all.push(store.ledger_summary(&LedgerQuery::by(g)).await.unwrap());
+        }
+        all
+    }
+    let before = sums(&store).await;
+    let day2 = Timestamp::from_millis(day0 + 2 * 86_400_000);
+    assert_eq!(store.fold_ledger(day2, 1500).await.unwrap(), 1500);
+    assert_eq!(store.fold_ledger(day2, 1500).await.unwrap(), 500);
+    assert_eq!(store.fold_ledger(day2, 1500).await.unwrap(), 0);
+    assert_eq!(rows(&path), 2 * 2 + 1000, "a row per key on days 0 and 1");
+    assert_eq!(sums(&store).await, before, "the same sums");
+    let by_day = &before[1];
+    assert!(
+        by_day
+            .iter()
+            .all(|r| r.requests == 1000 && r.tokens.input_tokens == 10_000)
+    );
+}
+
 async fn ledger_requests(s: &SqliteStore) -> u64 {
     use codexpool_core::usage::{LedgerGroup, LedgerQuery};
     s.ledger_summary(&LedgerQuery::by(LedgerGroup::Model))

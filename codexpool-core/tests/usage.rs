@@ -289,7 +289,7 @@ async fn a_poll_that_says_limit_reached_exhausts_the_account_before_100_percent(
 }
 
 /// A pool on a database file with `REQUEST_LOG_DAYS` = `days` and `old` rows from 31 days ago,
-/// one from 29 days ago and one from now.
+/// one from 29 days ago and one from now; a token-ledger entry for each.
 async fn old_request_log(dir: &std::path::Path, days: &str, old: usize) -> (Pool, ManualClock) {
     let mut config = Config::default();
     config
@@ -309,9 +309,40 @@ async fn old_request_log(dir: &std::path::Path, days: &str, old: usize) -> (Pool
     for (i, at) in at.into_iter().enumerate() {
         pool.request_log()
             .record(RequestLogEntry::new(format!("r{i}"), at, "/v1/responses"));
+        pool.usage().record_tokens(LedgerEntry {
+            at,
+            key_id: Some("k1".into()),
+            account_id: Some("a1".into()),
+            model: "m1".into(),
+            tokens: TokenCounts {
+                input_tokens: 3,
+                cached_tokens: 1,
+                output_tokens: 2,
+                reasoning_tokens: 0,
+            },
+            status: 200,
+        });
     }
     pool.flush().await.unwrap();
     (pool, clock)
+}
+
+/// The token ledger's rows in the database and the requests they count, per UTC day.
+async fn ledger_days(pool: &Pool, dir: &std::path::Path) -> (i64, Vec<(String, u64)>) {
+    let c = rusqlite::Connection::open(dir.join("pool.db")).unwrap();
+    let rows = c
+        .query_row("SELECT COUNT(*) FROM token_ledger", [], |r| r.get(0))
+        .unwrap();
+    let mut days: Vec<(String, u64)> = pool
+        .usage()
+        .ledger(&LedgerQuery::by(LedgerGroup::Day))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.group, r.requests))
+        .collect();
+    days.sort();
+    (rows, days)
 }
 
 async fn log_ids(pool: &Pool) -> Vec<String> {
@@ -328,7 +359,9 @@ async fn the_pruner_deletes_request_log_rows_older_than_request_log_days() {
     let dir = tempfile::tempdir().unwrap();
     // More old rows than one prune transaction takes.
     let (pool, _clock) = old_request_log(dir.path(), "30", 12_000).await;
-    let pruner = codexpool_core::spawn_request_log_pruner(&pool);
+    let (rows, days) = ledger_days(&pool, dir.path()).await;
+    assert_eq!(rows, 12_002);
+    let pruner = codexpool_core::spawn_pruner(&pool);
     assert!(pruner.is_running());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while log_ids(&pool).await.len() > 2 {
@@ -339,6 +372,17 @@ async fn the_pruner_deletes_request_log_rows_older_than_request_log_days() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(log_ids(&pool).await, ["r12001", "r12000"]);
+    // The ledger's day from 31 days ago is one row now (the pruner folds after it deletes),
+    // counting what it counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ledger_days(&pool, dir.path()).await.0 > 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pruner did not fold the ledger"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ledger_days(&pool, dir.path()).await, (3, days));
 
     // New rows get new ids: a follower of the log misses nothing.
     let last = pool
@@ -362,13 +406,17 @@ async fn the_pruner_deletes_request_log_rows_older_than_request_log_days() {
 async fn request_log_days_0_keeps_every_row_and_bad_values_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (pool, _clock) = old_request_log(dir.path(), "0", 3).await;
-    let pruner = codexpool_core::spawn_request_log_pruner(&pool);
+    let pruner = codexpool_core::spawn_pruner(&pool);
     assert!(!pruner.is_running(), "inert when turned off");
     assert_eq!(log_ids(&pool).await.len(), 5);
     // The API prunes on demand all the same.
     let cutoff = common::START.minus(Duration::from_secs(30 * 86_400));
     assert_eq!(pool.request_log().prune(cutoff).await.unwrap(), 3);
     assert_eq!(log_ids(&pool).await, ["r4", "r3"]);
+    let (rows, days) = ledger_days(&pool, dir.path()).await;
+    assert_eq!(rows, 5, "the ledger is kept whole too");
+    assert_eq!(pool.usage().fold_ledger(cutoff).await.unwrap(), 3);
+    assert_eq!(ledger_days(&pool, dir.path()).await, (3, days));
 
     let mut config = Config::default();
     for bad in ["-1", "36501", "a week", ""] {

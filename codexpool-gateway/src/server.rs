@@ -1,6 +1,6 @@
 //! `Server`: the whole service on one listener — the gateway, `GET /health`, `GET /metrics`,
 //! `GET /auth/callback` (sign-in through the service port) and the admin `POST /rpc` — plus the
-//! background tasks (usage poller, token refresher, request-log pruner; the pool itself runs its
+//! background tasks (usage poller, token refresher, pruner; the pool itself runs its
 //! batched writer and cross-process change watcher), and a graceful stop: stop accepting, let
 //! open streams finish (bounded), write what is queued. It refuses to start on a database that
 //! does not take writes.
@@ -160,7 +160,7 @@ impl Server {
         self
     }
 
-    /// Runs the usage poller, token refresher and request-log pruner (default: on; the poller
+    /// Runs the usage poller, token refresher and pruner (default: on; the poller
     /// still honours `DISABLE_POLLING`, the pruner `REQUEST_LOG_DAYS`).
     pub fn background_tasks(mut self, on: bool) -> Self {
         self.background = on;
@@ -263,7 +263,7 @@ impl Server {
         if self.background {
             background.push(codexpool_core::poll::spawn_poller(&self.pool));
             background.push(codexpool_core::auth::spawn_refresher(&self.pool));
-            background.push(codexpool_core::spawn_request_log_pruner(&self.pool));
+            background.push(codexpool_core::spawn_pruner(&self.pool));
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(

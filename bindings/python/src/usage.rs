@@ -293,6 +293,16 @@ impl UsageTracker {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
+    /// Folds the ledger's entries from the UTC days before the one `before` (a `datetime`, an
+    /// RFC 3339 string or epoch seconds) falls in into one entry per day, key, account, model and
+    /// status: every sum stays the same. How many entries were folded. A server does this by
+    /// itself for the days `REQUEST_LOG_DAYS` no longer keeps.
+    fn fold_ledger(&self, py: Python<'_>, before: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let before = time::from_arg(before, "before")?;
+        let inner = self.inner.clone();
+        run(py, async move { inner.fold_ledger(before).await })?.or_raise(py)
+    }
+
     fn __repr__(&self) -> String {
         "UsageTracker()".into()
     }

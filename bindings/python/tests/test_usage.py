@@ -2,6 +2,7 @@
 
 import datetime
 import json
+import time
 
 import openai
 import pytest
@@ -101,6 +102,16 @@ def test_ledger_groups_and_since(pool: codexpool.Pool, fake: FakeOpenAi) -> None
     with pytest.raises(codexpool.InvalidInput) as e:
         pool.usage.ledger("colour")
     assert e.value.field == "group_by"
+
+    # Folding today's entry (a cutoff tomorrow) keeps the sums; there is nothing left to fold then.
+    assert pool.usage.fold_ledger(datetime.datetime.now(datetime.timezone.utc)) == 0
+    assert pool.usage.fold_ledger(time.time() + 86_400) == 1
+    assert pool.usage.ledger("key") == rows
+    assert pool.usage.ledger(group_by="day")[0].group == today
+    assert pool.usage.fold_ledger(time.time() + 86_400) == 0
+    with pytest.raises(codexpool.InvalidInput) as e:
+        pool.usage.fold_ledger("yesterday")
+    assert e.value.field == "before"
 
 
 def test_reset_times_beyond_datetime_max_are_clamped(pool: codexpool.Pool, fake: FakeOpenAi) -> None:

@@ -282,6 +282,15 @@ impl UsageTracker {
         .await
     }
 
+    /// Folds the ledger's entries from the UTC days before the one `before` (ms since the
+    /// epoch) falls in into one entry per day, key, account, model and status: every sum stays
+    /// the same. How many entries were folded. A server does this by itself for the days
+    /// `REQUEST_LOG_DAYS` no longer keeps.
+    pub async fn fold_ledger(&self, before: i64) -> Result<u64, CodexPoolError> {
+        let usage = self.inner.usage();
+        run(async move { Ok(usage.fold_ledger(Timestamp::from_millis(before)).await?) }).await
+    }
+
     /// Sums the token ledger by `group_by`, largest total first; only requests at or after
     /// `since` (ms since the epoch) when given.
     #[uniffi::method(default(since = None))]

@@ -263,6 +263,10 @@ async def run(tmp, fake):
     assert [(r.group, r.requests) for r in rows] == [(ci.id, 1)], rows
     assert rows[0].total_tokens == rows[0].tokens.input_tokens + rows[0].tokens.output_tokens > 0
     assert await usage.ledger(cp.LedgerGroup.MODEL, int(time.time() * 1000) + 60_000) == []
+    tomorrow = int(time.time() * 1000) + 86_400_000
+    assert await usage.fold_ledger(tomorrow) == 1
+    assert await usage.ledger(cp.LedgerGroup.KEY) == rows, "folding keeps the sums"
+    assert await usage.fold_ledger(tomorrow) == 0
     log = await pool.request_log().list()
     chat = [e for e in log if e.route == "/v1/chat/completions" and e.status == 200]
     assert chat and chat[0].key_id == ci.id and chat[0].account_id == account_id, log

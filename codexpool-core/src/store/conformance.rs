@@ -15,8 +15,8 @@ use crate::request_log::{RequestLogEntry, RequestLogQuery};
 use crate::secret::Secret;
 use crate::time::Timestamp;
 use crate::usage::{
-    Credits, LedgerEntry, LedgerGroup, LedgerQuery, ReadingSource, TokenCounts, WindowKind,
-    WindowReading,
+    Credits, LedgerEntry, LedgerGroup, LedgerQuery, LedgerRow, ReadingSource, TokenCounts,
+    WindowKind, WindowReading,
 };
 
 /// A failed check: which, and what was seen.
@@ -110,6 +110,7 @@ pub async fn check_all(store: &dyn Store) -> Result<(), Failure> {
     keys(store).await?;
     usage(store).await?;
     ledger(store).await?;
+    ledger_folding(store).await?;
     request_log(store).await?;
     records(store).await?;
     login_sessions(store).await?;
@@ -517,6 +518,110 @@ async fn ledger(s: &dyn Store) -> Result<(), Failure> {
     ensure!(
         since.len() == 1 && since[0].group == "a1" && since[0].requests == 2,
         "since filter: {since:?}"
+    );
+    Ok(())
+}
+
+/// Every grouping's sums, with and without a `since`.
+async fn ledger_sums(
+    s: &dyn Store,
+    since: Option<Timestamp>,
+) -> Result<Vec<Vec<LedgerRow>>, Failure> {
+    let mut all = Vec::new();
+    for g in [
+        LedgerGroup::Key,
+        LedgerGroup::Account,
+        LedgerGroup::Model,
+        LedgerGroup::Day,
+    ] {
+        let q = LedgerQuery { group_by: g, since };
+        all.push(s.ledger_summary(&q).await.map_err(e)?);
+    }
+    Ok(all)
+}
+
+/// Folding old days keeps every sum; a `since` inside a folded day leaves that day out. Runs on
+/// what [`ledger`] wrote: two entries on day 0 (from 08:00 UTC), two on day 1.
+async fn ledger_folding(s: &dyn Store) -> Result<(), Failure> {
+    let entry = |at: i64, key: Option<&str>, model: &str, status: u16| LedgerEntry {
+        at: t(at),
+        key_id: key.map(str::to_string),
+        account_id: Some("a1".into()),
+        model: model.into(),
+        tokens: TokenCounts {
+            input_tokens: 7,
+            cached_tokens: 3,
+            output_tokens: 5,
+            reasoning_tokens: 2,
+        },
+        status,
+    };
+    // Day 0 gets a second entry of a group it has and one with another status; day 2 stays.
+    s.append_ledger(&[
+        entry(10, Some("k1"), "m1", 200),
+        entry(11, Some("k1"), "m1", 502),
+        entry(2 * 86_400, Some("k3"), "m3", 200),
+    ])
+    .await
+    .map_err(e)?;
+    let before = ledger_sums(s, None).await?;
+    let day2 = t(2 * 86_400);
+    ensure!(
+        s.fold_ledger(day2, 100).await.map_err(e)? == 6,
+        "the six entries of days 0 and 1 are folded"
+    );
+    ensure!(
+        ledger_sums(s, None).await? == before,
+        "folding keeps every sum: {:?}",
+        ledger_sums(s, None).await?
+    );
+    ensure!(
+        s.fold_ledger(day2, 100).await.map_err(e)? == 0,
+        "a folded day is not folded again"
+    );
+    // `before` is taken to its day's start: day 2 is not touched.
+    ensure!(
+        s.fold_ledger(t(2 * 86_400 + 3_600), 100).await.map_err(e)? == 0,
+        "the day of the cutoff stays whole"
+    );
+    let day2_only = ledger_sums(s, Some(day2)).await?;
+    ensure!(
+        day2_only[0].len() == 1 && day2_only[0][0].group == "k3" && day2_only[0][0].requests == 1,
+        "day 2 as it was: {day2_only:?}"
+    );
+    let within_day1 = s
+        .ledger_summary(&LedgerQuery::by(LedgerGroup::Day).since(t(86_400)))
+        .await
+        .map_err(e)?;
+    ensure!(
+        within_day1.len() == 1 && within_day1[0].requests == 1,
+        "a since inside a folded day leaves that day out: {within_day1:?}"
+    );
+
+    // Entries that arrive later for a folded day join its sums, a few per call.
+    s.append_ledger(&[entry(20, Some("k1"), "m1", 200), entry(30, None, "m9", 200)])
+        .await
+        .map_err(e)?;
+    let before = ledger_sums(s, None).await?;
+    ensure!(
+        s.fold_ledger(day2, 1).await.map_err(e)? == 1,
+        "one per call"
+    );
+    ensure!(s.fold_ledger(day2, 1).await.map_err(e)? == 1, "the next");
+    ensure!(s.fold_ledger(day2, 1).await.map_err(e)? == 0, "none left");
+    ensure!(
+        ledger_sums(s, None).await? == before,
+        "folding in steps keeps every sum"
+    );
+    let by_model = s
+        .ledger_summary(&LedgerQuery::by(LedgerGroup::Model))
+        .await
+        .map_err(e)?;
+    ensure!(
+        by_model.iter().any(|r| r.group == "m1"
+            && r.requests == 6
+            && r.tokens.input_tokens == 100 + 1 + 1 + 7 * 3),
+        "m1: three entries from the first check, three from this one: {by_model:?}"
     );
     Ok(())
 }

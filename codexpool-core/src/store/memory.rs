@@ -2,7 +2,7 @@
 //! behaves like the SQLite store (the conformance suite checks), but nothing survives the
 //! process.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,8 +18,8 @@ use crate::request_log::{RequestLogEntry, RequestLogQuery};
 use crate::sync::lock;
 use crate::time::Timestamp;
 use crate::usage::{
-    Credits, LedgerEntry, LedgerQuery, LedgerRow, TokenCounts, WindowKind, WindowReading,
-    group_value,
+    Credits, DayFold, LedgerEntry, LedgerQuery, LedgerRow, TokenCounts, WindowKind, WindowReading,
+    at_day_start, day_start, group_value,
 };
 
 #[derive(Default)]
@@ -28,7 +28,8 @@ struct State {
     keys: BTreeMap<String, PlatformKey>,
     windows: HashMap<(String, WindowKind), WindowReading>,
     credits: HashMap<String, Credits>,
-    ledger: Vec<LedgerEntry>,
+    /// Entries with the requests each counts (more than one once a day is folded).
+    ledger: Vec<(LedgerEntry, u64)>,
     log: Vec<RequestLogEntry>,
     sessions: HashMap<String, LoginSession>,
     leases: HashMap<String, (String, Timestamp)>,
@@ -253,20 +254,22 @@ impl Store for MemoryStore {
     }
 
     async fn append_ledger(&self, entries: &[LedgerEntry]) -> Result<(), StoreError> {
-        lock(&self.state).ledger.extend_from_slice(entries);
+        lock(&self.state)
+            .ledger
+            .extend(entries.iter().map(|e| (e.clone(), 1)));
         Ok(())
     }
 
     async fn ledger_summary(&self, q: &LedgerQuery) -> Result<Vec<LedgerRow>, StoreError> {
         let s = lock(&self.state);
         let mut groups: BTreeMap<String, (u64, TokenCounts)> = BTreeMap::new();
-        for e in s
+        for (e, requests) in s
             .ledger
             .iter()
-            .filter(|e| q.since.is_none_or(|t| e.at >= t))
+            .filter(|(e, _)| q.since.is_none_or(|t| e.at >= t))
         {
             let g = groups.entry(group_value(e, q.group_by)).or_default();
-            g.0 += 1;
+            g.0 += requests;
             g.1.input_tokens += e.tokens.input_tokens;
             g.1.cached_tokens += e.tokens.cached_tokens;
             g.1.output_tokens += e.tokens.output_tokens;
@@ -283,6 +286,40 @@ impl Store for MemoryStore {
             .collect();
         super::sort_ledger(&mut rows);
         Ok(rows)
+    }
+
+    async fn fold_ledger(&self, before: Timestamp, max_rows: usize) -> Result<u64, StoreError> {
+        let before = day_start(before);
+        let mut s = lock(&self.state);
+        // The oldest unfolded entries, then what their days were folded into before.
+        let mut unfolded: Vec<usize> = (0..s.ledger.len())
+            .filter(|&i| s.ledger[i].0.at < before && !at_day_start(s.ledger[i].0.at))
+            .collect();
+        unfolded.sort_by_key(|&i| s.ledger[i].0.at);
+        unfolded.truncate(max_rows);
+        let days: BTreeSet<Timestamp> = unfolded
+            .iter()
+            .map(|&i| day_start(s.ledger[i].0.at))
+            .collect();
+        let mut take = vec![false; s.ledger.len()];
+        for &i in &unfolded {
+            take[i] = true;
+        }
+        for (i, (e, _)) in s.ledger.iter().enumerate() {
+            take[i] |= days.contains(&e.at);
+        }
+        let mut fold = DayFold::default();
+        let mut kept = Vec::with_capacity(s.ledger.len());
+        for ((e, requests), take) in std::mem::take(&mut s.ledger).into_iter().zip(take) {
+            if take {
+                fold.add(e, requests);
+            } else {
+                kept.push((e, requests));
+            }
+        }
+        kept.extend(fold.into_entries());
+        s.ledger = kept;
+        Ok(unfolded.len() as u64)
     }
 
     async fn append_request_log(&self, entries: &[RequestLogEntry]) -> Result<(), StoreError> {

@@ -221,6 +221,12 @@ pub trait Store: Send + Sync + 'static {
     async fn append_ledger(&self, entries: &[LedgerEntry]) -> Result<(), StoreError>;
     /// Sums the ledger, largest total first.
     async fn ledger_summary(&self, q: &LedgerQuery) -> Result<Vec<LedgerRow>, StoreError>;
+    /// Folds the ledger entries of the UTC days before `before` (a day's start) into one entry
+    /// per day, key, account, model and status, stamped with the day's start and counting the
+    /// requests it stands for, together with what those days were folded into before: every sum
+    /// by key, account, model or day stays the same. Takes up to `max_rows` unfolded entries per call, oldest first, in one
+    /// transaction; how many it took (fewer than `max_rows`: nothing is left to fold).
+    async fn fold_ledger(&self, before: Timestamp, max_rows: usize) -> Result<u64, StoreError>;
     /// Appends request-log rows.
     async fn append_request_log(&self, entries: &[RequestLogEntry]) -> Result<(), StoreError>;
     /// Writes what the background writer gathered in ONE transaction: all of it or nothing.

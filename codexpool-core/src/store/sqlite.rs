@@ -6,6 +6,7 @@
 //! [`rescue`](super::rescue)): reads see them, and the next write of their account or the next
 //! opening folds them in.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
@@ -25,12 +26,15 @@ use crate::request_log::{RequestLogEntry, RequestLogQuery};
 use crate::secret::Secret;
 use crate::time::Timestamp;
 use crate::usage::{
-    Credits, LedgerEntry, LedgerGroup, LedgerQuery, LedgerRow, ReadingSource, TokenCounts,
-    WindowKind, WindowReading,
+    Credits, DayFold, LedgerEntry, LedgerGroup, LedgerQuery, LedgerRow, ReadingSource, TokenCounts,
+    WindowKind, WindowReading, day_start,
 };
 
 /// The migrations, in order; migration N brings the schema to `user_version` N.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/001_init.sql"),
+    include_str!("../../migrations/002_ledger_requests.sql"),
+];
 /// How long SQLite waits on another process's lock before reporting busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retries of a busy write after the busy timeout (rare: a long writer elsewhere).
@@ -576,17 +580,18 @@ fn insert_credits(
     Ok(())
 }
 
-fn insert_ledger(
+/// Ledger entries, each with the requests it counts.
+fn insert_ledger<'a>(
     tx: &rusqlite::Transaction<'_>,
-    entries: &[LedgerEntry],
+    entries: impl IntoIterator<Item = (&'a LedgerEntry, u64)>,
 ) -> Result<(), StoreError> {
     let mut st = tx
-            .prepare_cached(
-                "INSERT INTO token_ledger (at, key_id, account_id, model, input_tokens, cached_tokens, output_tokens, reasoning_tokens, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .map_err(db_err)?;
-    for e in entries {
+        .prepare_cached(
+            "INSERT INTO token_ledger (at, key_id, account_id, model, input_tokens, cached_tokens, output_tokens, reasoning_tokens, status, requests)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(db_err)?;
+    for (e, requests) in entries {
         st.execute(params![
             e.at.as_millis(),
             e.key_id,
@@ -596,11 +601,33 @@ fn insert_ledger(
             to_i64(e.tokens.cached_tokens),
             to_i64(e.tokens.output_tokens),
             to_i64(e.tokens.reasoning_tokens),
-            e.status
+            e.status,
+            to_i64(requests)
         ])
         .map_err(db_err)?;
     }
     Ok(())
+}
+
+/// The columns [`ledger_from_row`] reads.
+const LEDGER_COLUMNS: &str = "id, at, key_id, account_id, model, input_tokens, cached_tokens, output_tokens, reasoning_tokens, status, requests";
+
+/// A ledger row: its id, the entry, the requests it counts.
+fn ledger_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, LedgerEntry, u64)> {
+    let entry = LedgerEntry {
+        at: Timestamp::from_millis(r.get(1)?),
+        key_id: r.get(2)?,
+        account_id: r.get(3)?,
+        model: r.get(4)?,
+        tokens: TokenCounts {
+            input_tokens: to_u64(r.get(5)?),
+            cached_tokens: to_u64(r.get(6)?),
+            output_tokens: to_u64(r.get(7)?),
+            reasoning_tokens: to_u64(r.get(8)?),
+        },
+        status: r.get(9)?,
+    };
+    Ok((r.get(0)?, entry, to_u64(r.get(10)?)))
 }
 
 fn insert_request_log(
@@ -921,7 +948,7 @@ impl Store for SqliteStore {
 
     async fn append_ledger(&self, entries: &[LedgerEntry]) -> Result<(), StoreError> {
         let entries = entries.to_vec();
-        self.call(move |c| write(c, |tx| insert_ledger(tx, &entries)))
+        self.call(move |c| write(c, |tx| insert_ledger(tx, entries.iter().map(|e| (e, 1)))))
             .await
     }
 
@@ -935,7 +962,7 @@ impl Store for SqliteStore {
                 LedgerGroup::Day => "strftime('%Y-%m-%d', at / 1000, 'unixepoch')",
             };
             let sql = format!(
-                "SELECT {group} AS g, COUNT(*), SUM(input_tokens), SUM(cached_tokens), SUM(output_tokens), SUM(reasoning_tokens)
+                "SELECT {group} AS g, SUM(requests), SUM(input_tokens), SUM(cached_tokens), SUM(output_tokens), SUM(reasoning_tokens)
                  FROM token_ledger WHERE at >= ?1 GROUP BY g"
             );
             let mut st = c.prepare_cached(&sql).map_err(db_err)?;
@@ -958,6 +985,61 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn fold_ledger(&self, before: Timestamp, max_rows: usize) -> Result<u64, StoreError> {
+        let before = day_start(before).as_millis();
+        let max_rows = to_i64(max_rows as u64);
+        self.call(move |c| {
+            write(c, |tx| {
+                let mut ids = Vec::new();
+                let mut days = BTreeSet::new();
+                let mut fold = DayFold::default();
+                // The oldest unfolded entries (the `at` index walks them in time order)...
+                let mut st = tx
+                    .prepare_cached(&format!(
+                        "SELECT {LEDGER_COLUMNS} FROM token_ledger
+                         WHERE at < ?1 AND at % 86400000 != 0 ORDER BY at LIMIT ?2"
+                    ))
+                    .map_err(db_err)?;
+                for row in st
+                    .query_map(params![before, max_rows], ledger_from_row)
+                    .map_err(db_err)?
+                {
+                    let (id, entry, requests) = row.map_err(db_err)?;
+                    ids.push(id);
+                    days.insert(day_start(entry.at));
+                    fold.add(entry, requests);
+                }
+                let taken = ids.len() as u64;
+                // ...and what their days were folded into before.
+                let mut st = tx
+                    .prepare_cached(&format!(
+                        "SELECT {LEDGER_COLUMNS} FROM token_ledger WHERE at = ?1"
+                    ))
+                    .map_err(db_err)?;
+                for day in days {
+                    for row in st
+                        .query_map([day.as_millis()], ledger_from_row)
+                        .map_err(db_err)?
+                    {
+                        let (id, entry, requests) = row.map_err(db_err)?;
+                        ids.push(id);
+                        fold.add(entry, requests);
+                    }
+                }
+                let mut st = tx
+                    .prepare_cached("DELETE FROM token_ledger WHERE id = ?1")
+                    .map_err(db_err)?;
+                for id in ids {
+                    st.execute([id]).map_err(db_err)?;
+                }
+                let folded: Vec<_> = fold.into_entries().collect();
+                insert_ledger(tx, folded.iter().map(|(e, n)| (e, *n)))?;
+                Ok(taken)
+            })
+        })
+        .await
+    }
+
     async fn append_request_log(&self, entries: &[RequestLogEntry]) -> Result<(), StoreError> {
         let entries = entries.to_vec();
         self.call(move |c| write(c, |tx| insert_request_log(tx, &entries)))
@@ -969,7 +1051,7 @@ impl Store for SqliteStore {
             write(c, |tx| {
                 insert_windows(tx, &batch.windows)?;
                 insert_credits(tx, &batch.credits)?;
-                insert_ledger(tx, &batch.ledger)?;
+                insert_ledger(tx, batch.ledger.iter().map(|e| (e, 1)))?;
                 insert_request_log(tx, &batch.request_log)
             })
         })

@@ -1,5 +1,9 @@
 //! The token ledger: one entry per served request (who asked, which account served, how many
-//! tokens), and the per-key / per-account / per-model / per-day sums built from it.
+//! tokens), and the per-key / per-account / per-model / per-day sums built from it. Days older
+//! than the request log keeps are folded into one entry per day, key, account, model and status
+//! ([`crate::UsageTracker::fold_ledger`]), so the ledger stops growing with the requests.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -118,5 +122,59 @@ pub fn group_value(e: &LedgerEntry, g: LedgerGroup) -> String {
         LedgerGroup::Account => e.account_id.clone().unwrap_or_else(|| "-".into()),
         LedgerGroup::Model => e.model.clone(),
         LedgerGroup::Day => e.at.to_rfc3339().get(..10).unwrap_or("-").to_string(),
+    }
+}
+
+/// Milliseconds in a day.
+const DAY_MS: i64 = 86_400_000;
+
+/// The start of the UTC day `t` falls in.
+pub(crate) fn day_start(t: Timestamp) -> Timestamp {
+    Timestamp::from_millis(t.as_millis().div_euclid(DAY_MS) * DAY_MS)
+}
+
+/// Whether a stored entry may stand for a folded day (stamped with the day's start). A request
+/// that happened to finish on the millisecond is taken for one: folding it again changes no sum.
+pub(crate) fn at_day_start(t: Timestamp) -> bool {
+    t.as_millis().rem_euclid(DAY_MS) == 0
+}
+
+/// The sums a store folds a UTC day's ledger entries into: one entry per day, key, account,
+/// model and status, stamped with the day's start, with how many requests it counts. Every sum
+/// by key, account, model or day stays what it was.
+#[derive(Debug, Default)]
+pub(crate) struct DayFold(BTreeMap<FoldKey, (u64, TokenCounts)>);
+
+type FoldKey = (Timestamp, Option<String>, Option<String>, String, u16);
+
+impl DayFold {
+    /// Adds an entry that counts `requests` requests.
+    pub fn add(&mut self, e: LedgerEntry, requests: u64) {
+        let key = (day_start(e.at), e.key_id, e.account_id, e.model, e.status);
+        let (n, sum) = self.0.entry(key).or_default();
+        *n = n.saturating_add(requests);
+        sum.input_tokens = sum.input_tokens.saturating_add(e.tokens.input_tokens);
+        sum.cached_tokens = sum.cached_tokens.saturating_add(e.tokens.cached_tokens);
+        sum.output_tokens = sum.output_tokens.saturating_add(e.tokens.output_tokens);
+        sum.reasoning_tokens = sum
+            .reasoning_tokens
+            .saturating_add(e.tokens.reasoning_tokens);
+    }
+
+    /// The folded entries, each with the requests it counts.
+    pub fn into_entries(self) -> impl Iterator<Item = (LedgerEntry, u64)> {
+        self.0.into_iter().map(
+            |((at, key_id, account_id, model, status), (requests, tokens))| {
+                let entry = LedgerEntry {
+                    at,
+                    key_id,
+                    account_id,
+                    model,
+                    tokens,
+                    status,
+                };
+                (entry, requests)
+            },
+        )
     }
 }

@@ -8,6 +8,7 @@ mod ledger;
 mod parse;
 mod window;
 
+pub(crate) use ledger::{DayFold, at_day_start, day_start};
 pub use ledger::{LedgerEntry, LedgerGroup, LedgerQuery, LedgerRow, TokenCounts, group_value};
 pub use parse::{UsageLimit, parse_usage_headers, parse_usage_json, parse_usage_limit};
 pub use window::{
@@ -17,6 +18,7 @@ pub use window::{
 
 use crate::Pool;
 use crate::error::Result;
+use crate::request_log::PRUNE_CHUNK;
 use crate::sync;
 use crate::time::Timestamp;
 
@@ -164,6 +166,24 @@ impl UsageTracker {
     pub async fn ledger(&self, q: &LedgerQuery) -> Result<Vec<LedgerRow>> {
         self.pool.flush().await?;
         Ok(self.pool.shared.store.ledger_summary(q).await?)
+    }
+
+    /// Folds the ledger's entries from the UTC days before the one `before` falls in into one
+    /// entry per day, key, account, model and status, stamped with the day's start: every sum by
+    /// key, account, model or day stays the same, and a `since` inside a folded day leaves that
+    /// day out. A few thousand entries per transaction; how many were folded. A serving process
+    /// does this hourly for the days the request log no longer keeps (`REQUEST_LOG_DAYS`).
+    pub async fn fold_ledger(&self, before: Timestamp) -> Result<u64> {
+        let store = &self.pool.shared.store;
+        let mut total = 0;
+        loop {
+            let n = store.fold_ledger(before, PRUNE_CHUNK).await?;
+            total += n;
+            if n < PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 }
 

@@ -593,6 +593,12 @@ class UsageTracker:
         progress: Callable[[int, int, PollResult | None], object] | None = None,
     ) -> builtins.list[PollResult]: ...
     def ledger(self, group_by: str = "account", since: _TimeArg | None = None) -> builtins.list[LedgerRow]: ...
+    def fold_ledger(self, before: _TimeArg) -> int:
+        """Folds the ledger's entries from the UTC days before the one ``before`` falls in into
+        one entry per day, key, account, model and status (stamped with the day's start): every
+        sum stays the same, a ``since`` inside a folded day leaves that day out. How many entries
+        were folded. A server does this by itself for the days ``REQUEST_LOG_DAYS`` no longer
+        keeps."""
 
 @final
 class RequestLog:
