@@ -340,7 +340,9 @@ impl Relay {
         if self.done {
             return None;
         }
-        let mut out = BytesMut::new();
+        // What goes out is about what came in (events pass as they are, or shrink to chat
+        // chunks): one allocation rather than a doubling every few events.
+        let mut out = BytesMut::with_capacity(self.parser.queued_bytes());
         loop {
             loop {
                 match self.next_item() {
@@ -362,7 +364,10 @@ impl Relay {
                 return self.hand_out(out);
             }
             match tokio::time::timeout(self.idle, self.body.next()).await {
-                Ok(Some(Ok(chunk))) => self.parser.push(chunk),
+                Ok(Some(Ok(chunk))) => {
+                    out.reserve(chunk.len());
+                    self.parser.push(chunk);
+                }
                 Ok(Some(Err(e))) => {
                     self.broken(
                         "upstream_cut",

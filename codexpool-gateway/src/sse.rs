@@ -295,6 +295,11 @@ impl SseParser {
         }
     }
 
+    /// Bytes pushed and not yet parsed into items.
+    pub fn queued_bytes(&self) -> usize {
+        self.partial.len() + self.queue.iter().map(Bytes::len).sum::<usize>()
+    }
+
     /// Queues a borrowed chunk (copied once; prefer [`push`](Self::push) with [`Bytes`]).
     pub fn push_slice(&mut self, chunk: &[u8]) {
         self.push(Bytes::copy_from_slice(chunk));
