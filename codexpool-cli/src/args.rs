@@ -432,7 +432,8 @@ pub struct TokensArgs {
     #[arg(long, value_name = "GROUP", default_value = "key",
           value_parser = ["key", "account", "model", "day"])]
     pub by: String,
-    /// Only requests since then: 7d, 12h, 2w (that long ago), an RFC 3339 time or a date.
+    /// Only requests since then: 7d, 12h, 2w (that long ago), an RFC 3339 time or a date. Days
+    /// older than REQUEST_LOG_DAYS are kept as day sums: a time inside one starts at the next day.
     #[arg(long, value_name = "WHEN", value_parser = parse_since)]
     pub since: Option<Timestamp>,
 }
