@@ -1044,7 +1044,9 @@ fn conversation_fingerprint(body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapt::{Overrides, UpstreamRequest, apply_body_rules, chat_to_responses};
+    use crate::adapt::{
+        Overrides, UpstreamRequest, apply_body_rules, chat_to_responses, codex_passthrough,
+    };
 
     /// Each thread builds its own client for each live upstream, and forgets the dead ones.
     #[test]
@@ -1121,5 +1123,29 @@ mod tests {
             let up = apply_body_rules(body.as_bytes(), &Overrides::default()).unwrap();
             assert_opening_is_the_parsed_fingerprint(&up, body);
         }
+        // A Codex CLI body, forwarded as sent: the spans come from the split it was read with.
+        let long = format!(r#"{{"model":"m","input":"{}"}}"#, "x".repeat(2000));
+        for body in [
+            r#"{"model":"m","instructions":"Rules.","input":[ {"type":"message","role":"user","content":"a"} ,{"b":1}]}"#,
+            r#"{"model":"m","instructions":null,"input":[7, 8]}"#,
+            r#"{"model":"m","input":[ "s" ],"instructions":{"x":[1]},"instructions":"last wins"}"#,
+            r#"{"model":"m","input":[],"instructions":""}"#,
+            r#"{"model":"m","input":"a string"}"#,
+            r#"{"model":"m","input":[]}"#,
+            r#"{"model":"m"}"#,
+            &long,
+        ] {
+            let up =
+                codex_passthrough(Bytes::from(body.to_owned()), &Overrides::default()).unwrap();
+            assert_opening_is_the_parsed_fingerprint(&up, body);
+        }
+        // A rewritten body (a forced model) leaves the fingerprint to the parse.
+        let forced = Overrides {
+            model: Some("other"),
+            ..Overrides::default()
+        };
+        let body = r#"{"model":"m","instructions":"Rules.","input":[{"a":1}]}"#;
+        let up = codex_passthrough(Bytes::from(body), &forced).unwrap();
+        assert!(up.opening.is_none());
     }
 }

@@ -475,15 +475,16 @@ pub fn codex_passthrough(
         None => false,
         Some(effort) => current_effort(reasoning).as_deref() != Some(effort),
     };
-    let new_body = if rewrite_model || rewrite_effort {
+    let (new_body, opening) = if rewrite_model || rewrite_effort {
         let new_reasoning = if rewrite_effort {
             reasoning_json(reasoning, overrides.reasoning_effort)?
         } else {
             None
         };
-        rewrite_top_level(&obj, &model, new_reasoning.as_deref(), body.len())
+        let new_body = rewrite_top_level(&obj, &model, new_reasoning.as_deref(), body.len());
+        (new_body, None)
     } else {
-        body.clone()
+        (body.clone(), Some(opening_spans(&body, &obj)))
     };
     Ok(UpstreamRequest {
         body: new_body,
@@ -491,8 +492,34 @@ pub fn codex_passthrough(
         stream,
         dropped: Vec::new(),
         prompt_cache_key,
-        opening: None,
+        opening,
     })
+}
+
+/// Where a body forwarded as sent starts its conversation, found in the split it was read with
+/// (the fingerprint would read the body, and its `input`, again): the `instructions` value and
+/// the first `input` item, or the first 1 KiB of the body when it has neither.
+fn opening_spans(body: &[u8], obj: &Shallow<'_>) -> [std::ops::Range<usize>; 2] {
+    let span = |raw: &str| {
+        let start = raw.as_ptr() as usize - body.as_ptr() as usize;
+        start..start + raw.len()
+    };
+    let instructions = obj.get("instructions").map_or(0..0, |raw| span(raw.get()));
+    // Only the first item is read: the rest of the array was checked with the body.
+    let first_item = obj
+        .get("input")
+        .and_then(|raw| raw.get().strip_prefix('['))
+        .and_then(|items| {
+            serde_json::Deserializer::from_str(items)
+                .into_iter::<&RawValue>()
+                .next()?
+                .ok()
+        })
+        .map_or(0..0, |item| span(item.get()));
+    if instructions.is_empty() && first_item.is_empty() {
+        return [0..body.len().min(1024), 0..0];
+    }
+    [instructions, first_item]
 }
 
 /// `obj` with every `model` replaced by `model` and (when given) every `reasoning` by `reasoning`;
