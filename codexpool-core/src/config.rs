@@ -196,7 +196,7 @@ pub struct Config {
     /// `TRACE_BODY_PREVIEW_MAX_BYTES`: request-log body preview size (0 = none).
     pub trace_body_preview_max_bytes: usize,
     /// `REQUEST_LOG_DAYS`: request-log rows older than this many days are deleted by a serving
-    /// process (0 = keep every row).
+    /// process, and the token ledger's days before them summed per day (0 = keep every row).
     pub request_log_days: u32,
     /// `RESPONSES_STORE_MB`: memory for the responses the gateway keeps for
     /// `previous_response_id` and `item_reference`, in MiB (0 = keep none).
@@ -802,7 +802,7 @@ pub static SETTINGS: &[Setting] = &[
         default_value: Some("30"),
         default_doc: "30 (0 = keep every row)",
         secret: false,
-        help: "days a serving process keeps request-log rows",
+        help: "days a serving process keeps request-log rows and per-request token-ledger rows (older ledger days are kept as day sums)",
         apply: |c, v| {
             c.request_log_days = parse_in(v, 0..=36_500)?;
             Ok(())
