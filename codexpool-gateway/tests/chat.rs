@@ -9,6 +9,47 @@ use codexpool_testkit::{FakeOpenAi, OutputItem, Reply};
 use common::{chat, harness, json_frames};
 use serde_json::json;
 
+/// Every response carries an `x-request-id`, the client's own when it sent one, and the request
+/// log row has the same; refusals carry one too.
+#[tokio::test]
+async fn request_ids_are_kept_or_made_and_logged() {
+    let h = harness(1, &[]).await;
+    let made = |headers: &axum::http::HeaderMap| {
+        let id = headers["x-request-id"].to_str().unwrap().to_owned();
+        let hex = id.strip_prefix("req_").unwrap_or_else(|| panic!("{id}"));
+        assert!(
+            hex.len() == 16
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{id}"
+        );
+        id
+    };
+    let (_, first, _) = h.call(h.post("/v1/chat/completions", chat(false))).await;
+    let (_, second, _) = h.call(h.post("/v1/chat/completions", chat(true))).await;
+    let (first, second) = (made(&first), made(&second));
+    assert_ne!(first, second);
+
+    let mut req = h.post("/v1/chat/completions", chat(false));
+    req.headers_mut()
+        .insert("x-request-id", "client-abc".parse().unwrap());
+    let (status, own, _) = h.call(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(own["x-request-id"], "client-abc");
+
+    let log: Vec<String> = h.log().await.into_iter().map(|r| r.request_id).collect();
+    assert_eq!(log, ["client-abc", second.as_str(), first.as_str()]);
+
+    let refused = axum::http::Request::post("/v1/chat/completions")
+        .header("authorization", "Bearer sk-cp-unknown")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let (status, headers, _) = h.call(refused).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    made(&headers);
+}
+
 #[tokio::test]
 async fn non_streaming_text() {
     let h = harness(1, &[]).await;
