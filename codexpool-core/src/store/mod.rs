@@ -224,8 +224,9 @@ pub trait Store: Send + Sync + 'static {
     /// Folds the ledger entries of the UTC days before `before` (a day's start) into one entry
     /// per day, key, account, model and status, stamped with the day's start and counting the
     /// requests it stands for, together with what those days were folded into before: every sum
-    /// by key, account, model or day stays the same. Takes up to `max_rows` unfolded entries per call, oldest first, in one
-    /// transaction; how many it took (fewer than `max_rows`: nothing is left to fold).
+    /// by key, account, model or day stays the same. Takes up to `max_rows` unfolded entries
+    /// per call, oldest first, in one transaction; how many it took (fewer than `max_rows`:
+    /// nothing is left to fold).
     async fn fold_ledger(&self, before: Timestamp, max_rows: usize) -> Result<u64, StoreError>;
     /// Appends request-log rows.
     async fn append_request_log(&self, entries: &[RequestLogEntry]) -> Result<(), StoreError>;

@@ -26,8 +26,8 @@ use crate::request_log::{RequestLogEntry, RequestLogQuery};
 use crate::secret::Secret;
 use crate::time::Timestamp;
 use crate::usage::{
-    Credits, DayFold, LedgerEntry, LedgerGroup, LedgerQuery, LedgerRow, ReadingSource, TokenCounts,
-    WindowKind, WindowReading, day_start,
+    Credits, DAY_MS, DayFold, LedgerEntry, LedgerGroup, LedgerQuery, LedgerRow, ReadingSource,
+    TokenCounts, WindowKind, WindowReading, day_start,
 };
 
 /// The migrations, in order; migration N brings the schema to `user_version` N.
@@ -997,7 +997,7 @@ impl Store for SqliteStore {
                 let mut st = tx
                     .prepare_cached(&format!(
                         "SELECT {LEDGER_COLUMNS} FROM token_ledger
-                         WHERE at < ?1 AND at % 86400000 != 0 ORDER BY at LIMIT ?2"
+                         WHERE at < ?1 AND at % {DAY_MS} != 0 ORDER BY at LIMIT ?2"
                     ))
                     .map_err(db_err)?;
                 for row in st

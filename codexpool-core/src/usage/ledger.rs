@@ -126,7 +126,7 @@ pub fn group_value(e: &LedgerEntry, g: LedgerGroup) -> String {
 }
 
 /// Milliseconds in a day.
-const DAY_MS: i64 = 86_400_000;
+pub(crate) const DAY_MS: i64 = 86_400_000;
 
 /// The start of the UTC day `t` falls in.
 pub(crate) fn day_start(t: Timestamp) -> Timestamp {

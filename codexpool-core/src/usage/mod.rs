@@ -8,7 +8,7 @@ mod ledger;
 mod parse;
 mod window;
 
-pub(crate) use ledger::{DayFold, at_day_start, day_start};
+pub(crate) use ledger::{DAY_MS, DayFold, at_day_start, day_start};
 pub use ledger::{LedgerEntry, LedgerGroup, LedgerQuery, LedgerRow, TokenCounts, group_value};
 pub use parse::{UsageLimit, parse_usage_headers, parse_usage_json, parse_usage_limit};
 pub use window::{

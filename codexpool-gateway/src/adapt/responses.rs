@@ -500,6 +500,7 @@ pub fn codex_passthrough(
 /// (the fingerprint would read the body, and its `input`, again): the `instructions` value and
 /// the first `input` item, or the first 1 KiB of the body when it has neither.
 fn opening_spans(body: &[u8], obj: &Shallow<'_>) -> [std::ops::Range<usize>; 2] {
+    // Every value of the split borrows from `body`.
     let span = |raw: &str| {
         let start = raw.as_ptr() as usize - body.as_ptr() as usize;
         start..start + raw.len()
