@@ -38,8 +38,34 @@ async fn request_ids_are_kept_or_made_and_logged() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(own["x-request-id"], "client-abc");
 
+    // One the log could not hold as sent (too long, spaces, not ASCII) is replaced.
+    let mut replaced = Vec::new();
+    for bad in [
+        "x".repeat(257).into_bytes(),
+        b"two words".to_vec(),
+        b"caf\xc3\xa9".to_vec(),
+    ] {
+        let mut req = h.post("/v1/chat/completions", chat(false));
+        req.headers_mut().insert(
+            "x-request-id",
+            axum::http::HeaderValue::from_bytes(&bad).unwrap(),
+        );
+        let (status, headers, _) = h.call(req).await;
+        assert_eq!(status, StatusCode::OK);
+        replaced.push(made(&headers));
+    }
+    let longest = "y".repeat(256);
+    let mut req = h.post("/v1/chat/completions", chat(false));
+    req.headers_mut()
+        .insert("x-request-id", longest.parse().unwrap());
+    let (_, kept, _) = h.call(req).await;
+    assert_eq!(kept["x-request-id"], longest.as_str());
+
     let log: Vec<String> = h.log().await.into_iter().map(|r| r.request_id).collect();
-    assert_eq!(log, ["client-abc", second.as_str(), first.as_str()]);
+    let mut expected = vec![longest.clone()];
+    expected.extend(replaced.into_iter().rev());
+    expected.extend(["client-abc".to_owned(), second, first]);
+    assert_eq!(log, expected);
 
     let refused = axum::http::Request::post("/v1/chat/completions")
         .header("authorization", "Bearer sk-cp-unknown")
