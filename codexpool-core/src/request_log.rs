@@ -15,7 +15,25 @@ use crate::usage::TokenCounts;
 
 /// Rows deleted (or ledger entries folded) per transaction when pruning: short enough that other
 /// writers of the database (the request log's own batches, a CLI) do not wait long for it.
-pub(crate) const PRUNE_CHUNK: usize = 5_000;
+const PRUNE_CHUNK: usize = 5_000;
+/// Runs `step` (one transaction of at most the rows it is given) until it does less than a
+/// whole chunk, yielding between chunks; the rows it did in all.
+pub(crate) async fn in_chunks<F, Fut>(mut step: F) -> Result<u64>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<u64, crate::store::StoreError>>,
+{
+    let mut total = 0;
+    loop {
+        let n = step(PRUNE_CHUNK).await?;
+        total += n;
+        if n < PRUNE_CHUNK as u64 {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 /// How often the pruner runs.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -160,15 +178,7 @@ impl RequestLog {
     /// they were written.
     pub async fn prune(&self, before: Timestamp) -> Result<u64> {
         let store = &self.pool.shared.store;
-        let mut total = 0;
-        loop {
-            let n = store.prune_request_log(before, PRUNE_CHUNK).await?;
-            total += n;
-            if n < PRUNE_CHUNK as u64 {
-                return Ok(total);
-            }
-            tokio::task::yield_now().await;
-        }
+        in_chunks(|n| store.prune_request_log(before, n)).await
     }
 }
 

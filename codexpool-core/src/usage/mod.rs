@@ -18,7 +18,7 @@ pub use window::{
 
 use crate::Pool;
 use crate::error::Result;
-use crate::request_log::PRUNE_CHUNK;
+use crate::request_log::in_chunks;
 use crate::sync;
 use crate::time::Timestamp;
 
@@ -175,15 +175,7 @@ impl UsageTracker {
     /// does this hourly for the days the request log no longer keeps (`REQUEST_LOG_DAYS`).
     pub async fn fold_ledger(&self, before: Timestamp) -> Result<u64> {
         let store = &self.pool.shared.store;
-        let mut total = 0;
-        loop {
-            let n = store.fold_ledger(before, PRUNE_CHUNK).await?;
-            total += n;
-            if n < PRUNE_CHUNK as u64 {
-                return Ok(total);
-            }
-            tokio::task::yield_now().await;
-        }
+        in_chunks(|n| store.fold_ledger(before, n)).await
     }
 }
 
