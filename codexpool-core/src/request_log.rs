@@ -16,6 +16,9 @@ use crate::usage::TokenCounts;
 /// Rows deleted (or ledger entries folded) per transaction when pruning: short enough that other
 /// writers of the database (the request log's own batches, a CLI) do not wait long for it.
 const PRUNE_CHUNK: usize = 5_000;
+/// How often the pruner runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// Runs `step` (one transaction of at most the rows it is given) until it does less than a
 /// whole chunk, yielding between chunks; the rows it did in all.
 pub(crate) async fn in_chunks<F, Fut>(mut step: F) -> Result<u64>
@@ -33,9 +36,6 @@ where
         tokio::task::yield_now().await;
     }
 }
-
-/// How often the pruner runs.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// One client request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
