@@ -250,11 +250,12 @@ pub fn chat_to_responses(
         super::str_field(&obj, "prompt_cache_key", || "prompt_cache_key".to_owned())?;
     let include = include_list(None, effort.is_some())?;
 
-    let mut out = Vec::with_capacity(body.len() + 256);
+    // A Responses item takes ~50 bytes more than the chat message it comes from.
+    let mut out = Vec::with_capacity(body.len() + 256 + 64 * input.len());
     let mut w = ObjectWriter::new(&mut out);
     w.value("model", &*model);
     let instructions_span = w.value_span("instructions", &instructions);
-    let first_item = w.items("input", &input).unwrap_or_default();
+    let first_item = w.items("input", &input, Item::write).unwrap_or_default();
     if let Some(tools) = &tools {
         w.value("tools", tools);
     }
@@ -363,6 +364,40 @@ enum Item<'a> {
         call_id: Cow<'a, str>,
         output: Text<'a>,
     },
+}
+
+impl Item<'_> {
+    /// Writes the item as its JSON: messages (most of a conversation) with their fixed keys and
+    /// tags as literals, which serde would escape one by one; the rest as serde writes it.
+    fn write(&self, out: &mut Vec<u8>) {
+        let Self::Message { role, content } = self else {
+            return write_json(out, self);
+        };
+        // Roles are fixed words with nothing to escape.
+        out.extend_from_slice(b"{\"type\":\"message\",\"role\":\"");
+        out.extend_from_slice(role.as_bytes());
+        out.extend_from_slice(b"\",\"content\":[");
+        for (i, part) in content.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let (tag, text): (&[u8], _) = match part {
+                Part::InputText { text } => (b"{\"type\":\"input_text\",\"text\":", text),
+                Part::OutputText { text } => (b"{\"type\":\"output_text\",\"text\":", text),
+                Part::InputImage { .. } => {
+                    write_json(out, part);
+                    continue;
+                }
+            };
+            out.extend_from_slice(tag);
+            match text {
+                Text::Literal(raw) => out.extend_from_slice(raw.get().as_bytes()),
+                Text::Made(text) => write_json(out, text),
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+    }
 }
 
 /// A content part of a Responses message.
@@ -2000,6 +2035,57 @@ mod tests {
         chat_to_responses(&serde_json::to_vec(&body).unwrap(), &Overrides::default())
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn items_are_written_as_serde_writes_them() {
+        let raw = |json: &'static str| -> &'static RawValue {
+            Box::leak(RawValue::from_string(json.to_owned()).unwrap())
+        };
+        let items = [
+            Item::Message {
+                role: "user",
+                content: vec![
+                    Part::InputText {
+                        text: Text::Literal(raw(r#""say \"hi\"\n\u00e9""#)),
+                    },
+                    Part::InputImage {
+                        image_url: "data:image/png;base64,AAAA".into(),
+                        detail: "auto".into(),
+                    },
+                    Part::InputText {
+                        text: Text::Made("two\nparts \"joined\" \u{1}".into()),
+                    },
+                ],
+            },
+            Item::Message {
+                role: "assistant",
+                content: vec![Part::OutputText {
+                    text: Text::Literal(raw(r#""""#)),
+                }],
+            },
+            Item::Message {
+                role: "developer",
+                content: Vec::new(),
+            },
+            Item::FunctionCall {
+                call_id: "call_1".into(),
+                name: "f".into(),
+                arguments: "{\"a\":1}".into(),
+            },
+            Item::FunctionCallOutput {
+                call_id: "call_1".into(),
+                output: Text::Literal(raw(r#""ok""#)),
+            },
+        ];
+        for item in &items {
+            let mut ours = Vec::new();
+            item.write(&mut ours);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(item).unwrap()
+            );
+        }
     }
 
     #[test]

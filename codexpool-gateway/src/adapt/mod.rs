@@ -419,8 +419,13 @@ impl<'o> ObjectWriter<'o> {
         start..self.out.len()
     }
 
-    /// An array field, item by item; where its first item went in the output.
-    pub(crate) fn items<T: Serialize>(&mut self, key: &str, items: &[T]) -> Option<Range<usize>> {
+    /// An array field, each item written by `write`; where its first item went in the output.
+    pub(crate) fn items<T>(
+        &mut self,
+        key: &str,
+        items: &[T],
+        write: impl Fn(&T, &mut Vec<u8>),
+    ) -> Option<Range<usize>> {
         self.key(key);
         self.out.push(b'[');
         let mut first = None;
@@ -429,7 +434,7 @@ impl<'o> ObjectWriter<'o> {
                 self.out.push(b',');
             }
             let start = self.out.len();
-            write_json(self.out, item);
+            write(item, self.out);
             first.get_or_insert(start..self.out.len());
         }
         self.out.push(b']');
@@ -441,9 +446,6 @@ impl<'o> ObjectWriter<'o> {
     }
 }
 
-/// `object` (the text of a JSON object) with the value of `key` replaced by `value` (JSON text),
-/// or added at the end when absent; the other fields are kept verbatim and in order. `None` when
-/// `object` is not a JSON object.
 /// A JSON array of raw items, in their `output_index` order (the final `output` a stream's
 /// `response.output_item.done` events add up to).
 pub(crate) fn items_array(items: &mut [(u64, Bytes)]) -> String {
@@ -461,6 +463,9 @@ pub(crate) fn items_array(items: &mut [(u64, Bytes)]) -> String {
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// `object` (the text of a JSON object) with the value of `key` replaced by `value` (JSON text),
+/// or added at the end when absent; the other fields are kept verbatim and in order. `None` when
+/// `object` is not a JSON object.
 pub(crate) fn with_field(object: &str, key: &str, value: &str) -> Option<Vec<u8>> {
     let fields: Shallow<'_> = serde_json::from_str(object).ok()?;
     let mut out = Vec::with_capacity(object.len() + key.len() + value.len() + 4);
