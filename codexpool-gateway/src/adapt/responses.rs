@@ -20,9 +20,10 @@
 //! always were, and the store is only locked when one is found.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -666,10 +667,12 @@ struct ItemHead<'a> {
 /// tries to look up and, with `store: false`, answers 404 "Item with id … not found". Clients
 /// replay them as they got them (openai-agents, the Vercel AI SDK, `input += response.output`).
 fn stored_item(item: &RawValue) -> StoredItem<'_> {
+    // Built once: building a searcher costs more than searching an item.
+    static ID: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""id""#));
+    static REFERENCE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"item_reference"));
     let text = item.get().as_bytes();
-    let has = |needle: &[u8]| memchr::memmem::find(text, needle).is_some();
     // Most items (messages typed by a person) mention none of these: no parse.
-    if !has(br#""id""#) && !has(b"item_reference") {
+    if ID.find(text).is_none() && REFERENCE.find(text).is_none() {
         return StoredItem::None;
     }
     let Ok(head) = serde_json::from_str::<ItemHead<'_>>(item.get()) else {
