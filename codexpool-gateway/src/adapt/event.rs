@@ -14,7 +14,9 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::LazyLock;
 
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -490,9 +492,10 @@ impl<'a> ItemRef<'a> {
     /// concatenated. Empty when the model did not decline.
     pub fn refusal(&self) -> Cow<'a, str> {
         // Every answer's message item comes by here: no parse unless a refusal part is there.
+        static REFUSAL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""refusal""#));
         if self
             .content
-            .is_none_or(|c| memchr::memmem::find(c.get().as_bytes(), b"\"refusal\"").is_none())
+            .is_none_or(|c| REFUSAL.find(c.get().as_bytes()).is_none())
         {
             return Cow::Borrowed("");
         }
