@@ -396,9 +396,14 @@ impl<'o> ObjectWriter<'o> {
 
     /// A field whose value is already JSON text; where it went in the output.
     pub(crate) fn raw_span(&mut self, key: &str, json: &str) -> Range<usize> {
+        self.raw_with(key, |out| out.extend_from_slice(json.as_bytes()))
+    }
+
+    /// A field whose value `write` puts out as JSON text; where it went in the output.
+    pub(crate) fn raw_with(&mut self, key: &str, write: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
         self.key(key);
         let start = self.out.len();
-        self.out.extend_from_slice(json.as_bytes());
+        write(self.out);
         start..self.out.len()
     }
 

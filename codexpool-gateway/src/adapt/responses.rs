@@ -367,44 +367,46 @@ pub(crate) fn apply_body_rules_with(
     if instructions.trim().is_empty() {
         DEFAULT_INSTRUCTIONS.clone_into(&mut instructions);
     }
+    let reasoning = reasoning_json(kept.reasoning, overrides.reasoning_effort)?;
+    let include = include_list(kept.include, reasoning.is_some() || keep)?;
+
     let size = pieces.iter().map(|p| match p {
         Piece::Raw(item) => item.get().len(),
         Piece::Text(text) => text.get().len() + TEXT_OPEN.len() + TEXT_CLOSE.len(),
         Piece::Owned(json) => json.len(),
         Piece::Recalled(item) => item.json().len(),
     });
-    let mut input_json = Vec::with_capacity(size.sum::<usize>() + pieces.len() + 2);
-    // Where the first input item lands in `input_json` (for the session fingerprint).
-    let mut first_item = None;
-    input_json.push(b'[');
-    let mut written = 0;
-    for piece in &pieces[lifted..] {
-        // A kept reasoning item without its encrypted content is only an id to the backend.
-        if let Piece::Recalled(item) = piece
-            && !item.replay()
-        {
-            note(&mut dropped, "input[].reasoning");
-            continue;
-        }
-        if written > 0 {
-            input_json.push(b',');
-        }
-        written += 1;
-        let start = input_json.len();
-        piece.write(&mut input_json);
-        first_item.get_or_insert(start..input_json.len());
-    }
-    input_json.push(b']');
-
-    let reasoning = reasoning_json(kept.reasoning, overrides.reasoning_effort)?;
-    let include = include_list(kept.include, reasoning.is_some() || keep)?;
-
-    let mut out = Vec::with_capacity(body.len() + input_json.len() + instructions.len() + 128);
+    let size = size.sum::<usize>() + pieces.len() + 2;
+    // The client's body bounds every other field.
+    let mut out = Vec::with_capacity(body.len() + size + instructions.len() + 128);
     let mut w = ObjectWriter::new(&mut out);
     w.value("model", &*model);
     let instructions_span = w.value_span("instructions", &instructions);
-    let input_at = w.raw_span("input", as_str(&input_json)).start;
-    let first_item = first_item.map_or(0..0, |r| r.start + input_at..r.end + input_at);
+    // Where the first input item lands (for the session fingerprint).
+    let mut first_item = 0..0;
+    w.raw_with("input", |out| {
+        out.push(b'[');
+        let mut written = 0;
+        for piece in &pieces[lifted..] {
+            // A kept reasoning item without its encrypted content is only an id to the backend.
+            if let Piece::Recalled(item) = piece
+                && !item.replay()
+            {
+                note(&mut dropped, "input[].reasoning");
+                continue;
+            }
+            if written > 0 {
+                out.push(b',');
+            }
+            written += 1;
+            let start = out.len();
+            piece.write(out);
+            if written == 1 {
+                first_item = start..out.len();
+            }
+        }
+        out.push(b']');
+    });
     let passthrough = [
         ("tools", kept.tools),
         ("tool_choice", kept.tool_choice),
