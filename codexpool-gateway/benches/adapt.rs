@@ -1,7 +1,7 @@
 //! Throughput of the per-byte hot paths: SSE parsing and SSE → chat chunk translation of a
 //! realistic Codex answer (~1 KB of text streamed in ~20 events, plus the created/added/done/
-//! completed envelope, fed in network-sized chunks), and the translation of a long chat request
-//! (a ~230 KB conversation of 300 messages) into the upstream body.
+//! completed envelope, fed in network-sized chunks), and the translation of a long conversation
+//! (~230 KB, 300 messages) into the upstream body, sent as a chat request and as Responses input.
 
 // `criterion_group!` generates an undocumented public function.
 #![allow(missing_docs)]
@@ -9,7 +9,9 @@
 use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
-use codexpool_gateway::adapt::{ChatOptions, ChatStream, EventKind, Overrides, chat_to_responses};
+use codexpool_gateway::adapt::{
+    ChatOptions, ChatStream, EventKind, Overrides, apply_body_rules, chat_to_responses,
+};
 use codexpool_gateway::sse::{SseItem, SseParser};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -165,6 +167,16 @@ fn bench(c: &mut Criterion) {
             black_box(up.body.len())
         });
     });
+    let responses = long_responses_request();
+    eprintln!("request: {} bytes, 301 input items", responses.len());
+    group.throughput(Throughput::Bytes(responses.len() as u64));
+    group.bench_function("responses_body_rules_long", |b| {
+        b.iter(|| {
+            let up = apply_body_rules(black_box(&responses), &Overrides::default())
+                .unwrap_or_else(|e| panic!("the bench request is valid: {e}"));
+            black_box(up.body.len())
+        });
+    });
     group.finish();
 }
 
@@ -181,6 +193,38 @@ fn long_chat_request() -> Vec<u8> {
     messages.push(serde_json::json!({"role": "user", "content": "Thanks."}));
     serde_json::to_vec(&serde_json::json!({"model": "gpt-5", "messages": messages}))
         .unwrap_or_default()
+}
+
+/// The same conversation as a Responses client sends it (`input` items, no `store`).
+fn long_responses_request() -> Vec<u8> {
+    let message = |role: &str, kind: &str, text: String| {
+        serde_json::json!({"type": "message", "role": role,
+            "content": [{"type": kind, "text": text}]})
+    };
+    let mut input = Vec::new();
+    for i in 0..150 {
+        input.push(message(
+            "user",
+            "input_text",
+            format!(
+                "Question {i}: {}",
+                "explain the \"borrow checker\" in detail.\n".repeat(15)
+            ),
+        ));
+        input.push(message(
+            "assistant",
+            "output_text",
+            format!(
+                "Answer {i}: {}",
+                "It enforces aliasing XOR mutability: `&mut T`.\n".repeat(15)
+            ),
+        ));
+    }
+    input.push(message("user", "input_text", "Thanks.".to_owned()));
+    serde_json::to_vec(&serde_json::json!({
+        "model": "gpt-5", "instructions": "You are terse.", "input": input, "stream": true
+    }))
+    .unwrap_or_default()
 }
 
 criterion_group!(benches, bench);
