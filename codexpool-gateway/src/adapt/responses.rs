@@ -370,15 +370,19 @@ pub(crate) fn apply_body_rules_with(
     let reasoning = reasoning_json(kept.reasoning, overrides.reasoning_effort)?;
     let include = include_list(kept.include, reasoning.is_some() || keep)?;
 
-    let size = pieces.iter().map(|p| match p {
-        Piece::Raw(item) => item.get().len(),
-        Piece::Text(text) => text.get().len() + TEXT_OPEN.len() + TEXT_CLOSE.len(),
-        Piece::Owned(json) => json.len(),
-        Piece::Recalled(item) => item.json().len(),
-    });
-    let size = size.sum::<usize>() + pieces.len() + 2;
+    let input_size: usize = pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Raw(item) => item.get().len(),
+            Piece::Text(text) => text.get().len() + TEXT_OPEN.len() + TEXT_CLOSE.len(),
+            Piece::Owned(json) => json.len(),
+            Piece::Recalled(item) => item.json().len(),
+        })
+        .sum::<usize>()
+        + pieces.len()
+        + 2;
     // The client's body bounds every other field.
-    let mut out = Vec::with_capacity(body.len() + size + instructions.len() + 128);
+    let mut out = Vec::with_capacity(body.len() + input_size + instructions.len() + 128);
     let mut w = ObjectWriter::new(&mut out);
     w.value("model", &*model);
     let instructions_span = w.value_span("instructions", &instructions);
