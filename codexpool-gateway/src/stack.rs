@@ -19,7 +19,8 @@ use tower_http::trace::TraceLayer;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, MetricsLayer};
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The request id header: set by [`RequestIdLayer`], read by the routes for the request log.
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Gives every request an `x-request-id` — the client's own (up to 256 visible ASCII
 /// characters), else `req_` and 16 random hex digits — and the response the same. One layer,

@@ -35,7 +35,7 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// The request id the request-id layer set.
 pub(crate) fn request_id(headers: &HeaderMap) -> String {
     headers
-        .get("x-request-id")
+        .get(crate::stack::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string()
