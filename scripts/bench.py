@@ -8,7 +8,9 @@ In ONE run, against one `codexpool-fake --instant` upstream:
       chat          POST /v1/chat/completions, stream=false  (direct: the fake's /v1)
       chat-stream   POST /v1/chat/completions, stream=true   (~1 KB answer in 20 chunks)
       responses     POST /v1/responses, stream=true          (direct: /backend-api/codex/responses)
-      chat-long     chat, stream=false, a ~230 KB conversation of 300 messages
+      chat-long     chat, stream=false, a ~240 KB conversation of 300 messages
+      codex-long    /v1/responses as the Codex CLI sends a turn: its headers and a ~250 KB
+                    agent history (reasoning, shell calls and their output), passed on as is
       models        GET /v1/models (no upstream call: the floor under every request)
     at each concurrency (default 1 and 32), `--warmup` then `--duration` each, with oha;
   * the control: the targeted workloads also go through `codexpool-bare-relay`, a proxy that
@@ -30,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -85,7 +89,7 @@ def chat_body(stream: bool, model: str = MODEL) -> bytes:
 
 def long_chat_body() -> bytes:
     """A long conversation as a chat client resends it every turn: a system prompt and 150
-    user/assistant exchanges, ~230 KB (with quotes and newlines to escape)."""
+    user/assistant exchanges, ~240 KB (with quotes and newlines to escape)."""
     messages = [{"role": "system", "content": INSTRUCTIONS}]
     for i in range(150):
         messages.append({"role": "user", "content": f"Question {i}: "
@@ -94,6 +98,49 @@ def long_chat_body() -> bytes:
                          + "It enforces aliasing XOR mutability; see `&mut T`.\n" * 15})
     messages.append({"role": "user", "content": PROMPT})
     body = {"model": MODEL, "messages": messages, "stream": False}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+# The Codex CLI's session id (its `session_id` header and `prompt_cache_key`).
+CODEX_SESSION = "5f0c3a51-2d7e-4b7a-9c1e-0b3e4c5d6e7f"
+
+
+def codex_turn_body() -> bytes:
+    """What the Codex CLI sends on every turn of an agent session: the whole history as Responses
+    items (reasoning with its encrypted content, shell calls, their output: source text full of
+    quotes and newlines, and now and then a message), ~250 KB, with the CLI's top-level fields."""
+    def opaque(i: int, n: int) -> str:  # stands in for encrypted reasoning: base64, no escapes
+        seed = hashlib.sha256(f"reasoning {i}".encode()).digest()
+        return "gAAAAAB" + base64.b64encode((seed * (n // len(seed) + 1))[:n]).decode()
+    source = "".join(f'    let line_{n} = format!("{{}} \\ {{:?}}", "value", Some({n}));\n'
+                     for n in range(24))
+    items = [{"type": "message", "role": "user",
+              "content": [{"type": "input_text", "text": "Fix the failing test in src/lib.rs."}]}]
+    for i in range(72):
+        items.append({"type": "reasoning", "summary": [{"type": "summary_text",
+                      "text": f"**Reading module {i}**\n\nChecking how it formats values."}],
+                      "content": None, "encrypted_content": opaque(i, 900)})
+        args = {"command": ["bash", "-lc", f"sed -n '1,80p' src/module_{i}.rs"], "workdir": "/w"}
+        items.append({"type": "function_call", "name": "shell", "call_id": f"call_{i:03}",
+                      "arguments": json.dumps(args)})
+        output = {"output": f"// module {i}\nfn render() {{\n{source}}}\n",
+                  "metadata": {"exit_code": 0, "duration_seconds": 0.01}}
+        items.append({"type": "function_call_output", "call_id": f"call_{i:03}",
+                      "output": json.dumps(output)})
+        if i % 6 == 5:
+            items.append({"type": "message", "role": "assistant", "content": [
+                {"type": "output_text", "text": f"Modules up to {i} read; the bug is not there."}]})
+    items.append({"type": "message", "role": "user",
+                  "content": [{"type": "input_text", "text": PROMPT}]})
+    shell = {"type": "function", "name": "shell", "description": "Runs a shell command.",
+             "strict": False, "parameters": {"type": "object", "properties": {
+                 "command": {"type": "array", "items": {"type": "string"}},
+                 "workdir": {"type": "string"}}, "required": ["command"]}}
+    body = {"model": MODEL, "instructions": INSTRUCTIONS, "input": items, "tools": [shell],
+            "tool_choice": "auto", "parallel_tool_calls": False,
+            "reasoning": {"effort": "medium", "summary": "auto"}, "store": False, "stream": True,
+            "include": ["reasoning.encrypted_content"],
+            "prompt_cache_key": CODEX_SESSION}
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -126,8 +173,11 @@ WORKLOADS = [
     ("responses", "/v1/responses, streaming", CODEX_PATH, "/v1/responses",
      responses_body(), True, False),
     # What a chat client with a long history sends every turn: the translation scales with it.
-    ("chat-long", "chat, non-streaming, 230 KB conversation", "/v1/chat/completions",
+    ("chat-long", "chat, non-streaming, 240 KB conversation", "/v1/chat/completions",
      "/v1/chat/completions", long_chat_body(), False, False),
+    # What the Codex CLI sends every turn: its own body, passed on as is (no translation).
+    ("codex-long", "/v1/responses from the Codex CLI, streaming, 250 KB history", CODEX_PATH,
+     "/v1/responses", codex_turn_body(), True, False),
     # No upstream call: what one authenticated HTTP exchange costs the gateway (the floor under
     # every model request; the rest is the upstream exchange and the translation).
     ("models", "GET /v1/models (no upstream call)", "/v1/models", "/v1/models", None, False,
@@ -135,6 +185,12 @@ WORKLOADS = [
 ]
 # The workloads the targets of issue 7 are about.
 TARGETED = ("chat", "chat-stream", "responses")
+
+# Headers a workload's client sends besides its key (to the gateway; the fake ignores them).
+CLIENT_HEADERS = {
+    "codex-long": ["originator: codex_cli_rs", "session_id: 5f0c3a51-2d7e-4b7a-9c1e-bench0session",
+                   "OpenAI-Beta: responses=experimental"],
+}
 
 
 # ----- small helpers ---------------------------------------------------------------------------
@@ -564,7 +620,8 @@ class Runner:
             key = s.fake_info["openai_api_key"]
             return s.relays[where][1] + direct_path, [f"Authorization: Bearer {key}"], []
         if where == "gateway":
-            return s.gateway_url + gw_path, [f"Authorization: Bearer {s.key}"], []
+            return (s.gateway_url + gw_path,
+                    [f"Authorization: Bearer {s.key}", *CLIENT_HEADERS.get(name, [])], [])
         return s.peer_url + gw_path, [f"Authorization: Bearer {s.peer_key}"], []
 
     def watched(self) -> dict[str, int]:
