@@ -1032,6 +1032,13 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
           "column: the Codex answer is a 12 KB event stream, the direct chat answer 1.3 KB "
           "of JSON).")
         w("")
+    w("The two long workloads are what real clients send on every turn, the whole history "
+      "again: a chat client's conversation, translated item by item, and the Codex CLI's own "
+      "body, passed on byte for byte. Both cost the gateway mostly what reading a long body "
+      "costs: the kernel copies it in and out, and serde_json checks every string of it once "
+      "(escapes are dense in code and shell output, and each one is a step); the upstream "
+      "answer is the same 12 KB stream as for a short request.")
+    w("")
     w("CPU per request depends on load too: with idle cores the serving threads park "
       "and wake around every request (futex wake-ups), so c=1 costs more CPU per request than "
       "c=32, and a busy machine shows less than a quiet one.")
