@@ -188,7 +188,7 @@ TARGETED = ("chat", "chat-stream", "responses")
 
 # Headers a workload's client sends besides its key (to the gateway; the fake ignores them).
 CLIENT_HEADERS = {
-    "codex-long": ["originator: codex_cli_rs", "session_id: 5f0c3a51-2d7e-4b7a-9c1e-bench0session",
+    "codex-long": ["originator: codex_cli_rs", f"session_id: {CODEX_SESSION}",
                    "OpenAI-Beta: responses=experimental"],
 }
 
