@@ -391,12 +391,7 @@ impl<'o> ObjectWriter<'o> {
 
     /// A field whose value is already JSON text.
     pub(crate) fn raw(&mut self, key: &str, json: &str) {
-        self.raw_span(key, json);
-    }
-
-    /// A field whose value is already JSON text; where it went in the output.
-    pub(crate) fn raw_span(&mut self, key: &str, json: &str) -> Range<usize> {
-        self.raw_with(key, |out| out.extend_from_slice(json.as_bytes()))
+        self.raw_with(key, |out| out.extend_from_slice(json.as_bytes()));
     }
 
     /// A field whose value `write` puts out as JSON text; where it went in the output.
