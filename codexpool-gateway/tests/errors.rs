@@ -131,6 +131,11 @@ async fn bodies_are_checked() {
             "not valid JSON",
         ),
         (
+            raw("/v1/responses", k, json_ct, ""),
+            StatusCode::BAD_REQUEST,
+            "request body is empty",
+        ),
+        (
             raw("/v1/chat/completions", k, json_ct, "[1,2]"),
             StatusCode::BAD_REQUEST,
             "JSON object",

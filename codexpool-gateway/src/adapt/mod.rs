@@ -81,6 +81,9 @@ pub enum RequestError {
         /// The parser's description of the problem.
         message: String,
     },
+    /// The body is empty (or only whitespace).
+    #[error("request body is empty: send a JSON object")]
+    Empty,
     /// The body is JSON but not an object.
     #[error("request body must be a JSON object")]
     NotAnObject,
@@ -306,6 +309,7 @@ pub(crate) fn parse_object_with<'a, T: Deserialize<'a>>(
 pub(crate) fn parse_object(body: &[u8]) -> Result<Shallow<'_>, RequestError> {
     serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => RequestError::NotAnObject,
+        _ if body.trim_ascii().is_empty() => RequestError::Empty,
         _ => RequestError::InvalidJson {
             message: e.to_string(),
         },
@@ -566,6 +570,8 @@ mod tests {
         assert!(obj.get("n").is_none());
         assert!(matches!(obj.0[1].0, Cow::Borrowed(_)));
         assert_eq!(parse_object(b"[1]").unwrap_err(), RequestError::NotAnObject);
+        assert_eq!(parse_object(b"").unwrap_err(), RequestError::Empty);
+        assert_eq!(parse_object(b" \r\n").unwrap_err(), RequestError::Empty);
         assert!(matches!(
             parse_object(b"{\"a\":").unwrap_err(),
             RequestError::InvalidJson { .. }
