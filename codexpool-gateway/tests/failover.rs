@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use codexpool_core::keys::NewKey;
 use codexpool_core::store::LeaseTake;
 use codexpool_core::usage::ReadingSource;
 use codexpool_core::{AccountStatus, Demand};
@@ -358,6 +360,73 @@ async fn the_fallback_upstream_serves_when_no_account_can() {
     assert_eq!(h0.fake.count("/v1/chat/completions"), 1);
     let row = &h.log().await[0];
     assert!(row.fallback);
+}
+
+#[tokio::test]
+async fn the_fallback_gets_the_model_and_effort_the_key_binds() {
+    let h0 = harness(0, &[]).await;
+    let fallback = h0.fake.openai_base_url();
+    let h = harness(
+        0,
+        &[
+            ("UPSTREAM_FALLBACK_BASE_URL", &fallback),
+            ("UPSTREAM_FALLBACK_API_KEY", "sk-fake"),
+        ],
+    )
+    .await;
+    let bound = h
+        .pool
+        .keys()
+        .create(
+            NewKey::named("bound")
+                .model("gpt-5-codex-mini")
+                .reasoning_effort("low"),
+        )
+        .await
+        .unwrap();
+    let send = |path: &str, body: serde_json::Value| {
+        Request::post(path)
+            .header("authorization", format!("Bearer {}", bound.secret.expose()))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let chat_body = json!({"model": "o3-pro", "reasoning_effort": "high", "stream": false,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, body) = h.call(send("/v1/chat/completions", chat_body)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let responses_body = json!({"model": "o3-pro", "input": "hi",
+        "reasoning": {"effort": "high", "summary": "auto"}});
+    let (status, _, body) = h.call(send("/v1/responses", responses_body)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let sent = |path: &str| -> serde_json::Value {
+        let req = h0.fake.requests_to(path).pop().expect(path);
+        serde_json::from_slice(&req.body).unwrap()
+    };
+    let chat_sent = sent("/v1/chat/completions");
+    assert_eq!(chat_sent["model"], "gpt-5-codex-mini");
+    assert_eq!(chat_sent["reasoning_effort"], "low");
+    assert_eq!(
+        chat_sent["messages"][0]["content"], "hi",
+        "the rest as sent"
+    );
+    let responses_sent = sent("/v1/responses");
+    assert_eq!(responses_sent["model"], "gpt-5-codex-mini");
+    assert_eq!(
+        responses_sent["reasoning"],
+        json!({"effort": "low", "summary": "auto"})
+    );
+    for row in h.log().await {
+        assert!(row.fallback);
+        assert_eq!(row.model.as_deref(), Some("gpt-5-codex-mini"));
+    }
+    // A key that binds nothing: the client's body goes as sent, byte for byte.
+    let plain = json!({"model": "o3-pro", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, _) = h.call(h.post("/v1/chat/completions", plain.clone())).await;
+    assert_eq!(status, StatusCode::OK);
+    let req = h0.fake.requests_to("/v1/chat/completions").pop().unwrap();
+    assert_eq!(req.body, plain.to_string());
 }
 
 #[tokio::test]

@@ -490,6 +490,59 @@ pub(crate) fn with_field(object: &str, key: &str, value: &str) -> Option<Vec<u8>
     Some(out)
 }
 
+/// The client's own body (`chat`: Chat Completions, else Responses) with what its key binds,
+/// for an upstream that takes the client's dialect (the fallback): every `model` replaced by the
+/// bound model, and the bound effort as `reasoning_effort` (chat) or `reasoning.effort`
+/// (Responses, the object's other fields kept). The body as sent when the key binds neither, or
+/// when it is not a JSON object (the adapters refuse those before any upstream is asked).
+pub(crate) fn bind_client_body(body: &Bytes, overrides: Overrides<'_>, chat: bool) -> Bytes {
+    if overrides == Overrides::default() {
+        return body.clone();
+    }
+    let Ok(obj) = parse_object(body) else {
+        return body.clone();
+    };
+    let effort_key = if chat {
+        "reasoning_effort"
+    } else {
+        "reasoning"
+    };
+    let effort = overrides.reasoning_effort.map(|effort| match chat {
+        true => serde_json::Value::from(effort).to_string(),
+        // A `reasoning` that is not an object was refused before: the bound effort alone then.
+        false => responses::reasoning_json(obj.get("reasoning"), Some(effort))
+            .or_else(|_| responses::reasoning_json(None, Some(effort)))
+            .ok()
+            .flatten()
+            .map(Cow::into_owned)
+            .unwrap_or_default(),
+    });
+    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut w = ObjectWriter::new(&mut out);
+    let (mut saw_model, mut saw_effort) = (false, false);
+    for (key, value) in &obj.0 {
+        match (key.as_ref(), overrides.model, &effort) {
+            ("model", Some(model), _) => {
+                saw_model = true;
+                w.value(key, model);
+            }
+            (k, _, Some(effort)) if k == effort_key => {
+                saw_effort = true;
+                w.raw(key, effort);
+            }
+            _ => w.raw(key, value.get()),
+        }
+    }
+    if let (false, Some(model)) = (saw_model, overrides.model) {
+        w.value("model", model);
+    }
+    if let (false, Some(effort)) = (saw_effort, &effort) {
+        w.raw(effort_key, effort);
+    }
+    w.end();
+    Bytes::from(out)
+}
+
 /// Helpers shared by the adapters' property tests.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -608,6 +661,39 @@ mod tests {
             req.dropped_params_header().as_deref(),
             Some("temperature, w?ird?key??")
         );
+    }
+
+    #[test]
+    fn bind_client_body_applies_the_key_once() {
+        let bind = |body: &str, model, effort, chat| {
+            let overrides = Overrides {
+                model,
+                reasoning_effort: effort,
+            };
+            let out = bind_client_body(&Bytes::copy_from_slice(body.as_bytes()), overrides, chat);
+            String::from_utf8(out.to_vec()).unwrap()
+        };
+        let body = r#"{"model":"a","reasoning_effort":null,"n":1,"model":"b"}"#;
+        assert_eq!(bind(body, None, None, true), body, "nothing bound: as sent");
+        assert_eq!(
+            bind(body, Some("m"), Some("low"), true),
+            r#"{"model":"m","reasoning_effort":"low","n":1,"model":"m"}"#
+        );
+        assert_eq!(
+            bind(r#"{"input":"x"}"#, Some("m"), Some("high"), false),
+            r#"{"input":"x","model":"m","reasoning":{"effort":"high"}}"#
+        );
+        assert_eq!(
+            bind(
+                r#"{"model":"a","reasoning":{"summary":"auto","effort":"low"}}"#,
+                None,
+                Some("high"),
+                false
+            ),
+            r#"{"model":"a","reasoning":{"effort":"high","summary":"auto"}}"#
+        );
+        // Not an object (refused before any upstream is asked): left alone.
+        assert_eq!(bind("[1]", Some("m"), None, true), "[1]");
     }
 
     #[test]

@@ -175,10 +175,20 @@ impl Answer {
     }
 }
 
-/// What the fallback upstream needs: the client's own body and the path in its dialect.
+/// What the fallback upstream needs: the client's own body, the path in its dialect, and the key
+/// (whose bound model and effort apply there too).
 pub(crate) struct FallbackRequest {
     pub body: Bytes,
     pub path: &'static str,
+    pub key: Arc<codexpool_core::PlatformKey>,
+}
+
+/// What `key` binds (model, reasoning effort), applied on top of the client's body.
+fn bound(key: &codexpool_core::PlatformKey) -> Overrides<'_> {
+    Overrides {
+        model: key.model.as_deref(),
+        reasoning_effort: key.reasoning_effort.as_deref(),
+    }
 }
 
 /// A 200 with this body and type, plus our headers.
@@ -514,6 +524,8 @@ async fn fallback_call(
     };
     record.entry.fallback = true;
     shared.metrics.fallback();
+    let chat = req.path == "/chat/completions";
+    let body = crate::adapt::bind_client_body(&req.body, bound(&req.key), chat);
     let mut rb = fb
         .client
         .post(format!("{}{}", fb.base, req.path))
@@ -525,7 +537,7 @@ async fn fallback_call(
         rb = rb.header(header::ACCEPT, "text/event-stream");
     }
     let idle = shared.upstream.idle_timeout;
-    let resp = match tokio::time::timeout(idle, rb.body(req.body).send()).await {
+    let resp = match tokio::time::timeout(idle, rb.body(body).send()).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             let err = ApiError::bad_gateway(
@@ -648,10 +660,7 @@ impl Intake {
 
     /// What the key binds (model, reasoning effort), for the adapters.
     pub fn overrides(&self) -> Overrides<'_> {
-        Overrides {
-            model: self.key.model.as_deref(),
-            reasoning_effort: self.key.reasoning_effort.as_deref(),
-        }
+        bound(&self.key)
     }
 
     /// Refuses the request before any upstream call.
@@ -684,6 +693,7 @@ impl Intake {
             &up.body,
             up.opening.as_ref(),
         );
+        let fallback_key = Arc::clone(&self.key);
         let call = Call {
             forward_headers: self.codex.then(|| upstream::forwardable(&self.headers)),
             key: self.key,
@@ -702,6 +712,7 @@ impl Intake {
                 extra,
                 protocol: self.protocol,
                 client_body: self.bytes,
+                key: fallback_key,
             },
         ))
     }
@@ -723,6 +734,7 @@ impl Intake {
                 let fallback = FallbackRequest {
                     body: p.client_body,
                     path: fallback_path,
+                    key: p.key,
                 };
                 dispatch(
                     p.shared, call, answer, p.extra, p.protocol, fallback, pending,
@@ -757,6 +769,7 @@ struct Parts {
     extra: Vec<(&'static str, HeaderValue)>,
     protocol: Protocol,
     client_body: Bytes,
+    key: Arc<codexpool_core::PlatformKey>,
 }
 
 /// A 404 in the OpenAI shape for unknown routes (naming the path the client sent, also when the
