@@ -526,6 +526,57 @@ async fn the_fallback_also_serves_after_early_headers() {
 }
 
 #[tokio::test]
+async fn a_fallback_stream_cut_after_early_headers_ends_with_an_error() {
+    for (path, body) in [
+        ("/v1/chat/completions", chat(true)),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-5", "input": "hi", "stream": true}),
+        ),
+    ] {
+        let h0 = harness(0, &[]).await;
+        let fallback = h0.fake.openai_base_url();
+        let h = harness_with(
+            1,
+            &[
+                ("UPSTREAM_FALLBACK_BASE_URL", &fallback),
+                ("UPSTREAM_FALLBACK_API_KEY", "sk-fake"),
+            ],
+            |b| b.keepalive_interval(Duration::from_millis(100)),
+        )
+        .await;
+        h.fake.push_reply(
+            "acct-0",
+            Reply::UsageLimit429 {
+                resets_in_secs: 600,
+            }
+            .slow_first_byte(Duration::from_millis(350)),
+        );
+        h0.fake
+            .push_openai_reply(Reply::CutMidStream { after_deltas: 2 });
+        let (status, _, text) = h.call(h.post(path, body)).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "headers went out before the failure"
+        );
+        let frames = json_frames(&text);
+        let last = frames.last().unwrap();
+        if path == "/v1/chat/completions" {
+            assert_eq!(last["error"]["code"], "upstream_cut", "{text}");
+            assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        } else {
+            assert_eq!(last["type"], "error", "{text}");
+            assert_eq!(last["code"], "upstream_cut", "{text}");
+            assert!(!text.contains("[DONE]"), "{text}");
+        }
+        let row = h.log().await.pop().unwrap();
+        assert!(row.fallback);
+        assert_eq!(h.total_inflight(), 0);
+    }
+}
+
+#[tokio::test]
 async fn a_disconnecting_client_cancels_upstream_and_frees_the_account() {
     let h = harness(1, &[]).await;
     h.fake

@@ -226,8 +226,13 @@ enum BodyState {
     },
     /// The committed stream (which keeps the answer once its final event has gone out).
     Relaying(Box<Relay>),
-    /// No account could serve and the fallback upstream answered 200: its body, as is.
-    Forwarding(axum::body::BodyDataStream),
+    /// No account could serve and the fallback upstream answered 200: its body, as is (a break
+    /// in it ends the stream with an error event, and `[DONE]` when `done_frame`).
+    Forwarding {
+        body: axum::body::BodyDataStream,
+        chat: bool,
+        done_frame: bool,
+    },
     Done,
 }
 
@@ -239,13 +244,13 @@ fn relay_body(state: BodyState) -> Body {
                 let chunk = relay.next_chunk().await?;
                 Some((Ok::<Bytes, Infallible>(chunk), BodyState::Relaying(relay)))
             }
-            BodyState::Forwarding(mut body) => {
-                use futures_util::StreamExt;
-                match body.next().await {
-                    Some(Ok(chunk)) => Some((Ok(chunk), BodyState::Forwarding(body))),
-                    _ => None,
-                }
-            }
+            BodyState::Forwarding {
+                body,
+                chat,
+                done_frame,
+            } => forward_next(body, chat, done_frame)
+                .await
+                .map(|(chunk, next)| (Ok(chunk), next)),
             BodyState::Waiting {
                 mut run,
                 mode,
@@ -269,7 +274,7 @@ fn relay_body(state: BodyState) -> Body {
                         }
                         Err(Failed { error, record, no_account }) => {
                             let (frame, next) = if no_account && shared.upstream.fallback.is_some() {
-                                late_fallback(&shared, record, fallback, &mode).await
+                                late_fallback(&shared, record, fallback, &mode, done_frame).await
                             } else {
                                 late_failure(record, &error, &mode)
                             };
@@ -294,19 +299,22 @@ fn relay_body(state: BodyState) -> Body {
 /// client's protocol (an OpenAI error chunk for chat, an `error` event for Responses clients).
 fn late_failure(mut record: Record, error: &ApiError, mode: &Mode) -> (Bytes, BodyState) {
     record.finish(200, Some(&error.code), None);
-    (stream_error(error, mode), BodyState::Done)
+    (stream_error(error, is_chat(mode)), BodyState::Done)
 }
 
-/// An error as the last event of a stream already under way, in the client's protocol.
-fn stream_error(error: &ApiError, mode: &Mode) -> Bytes {
-    match mode {
-        Mode::Chat(_) => error.sse_frame(),
-        Mode::Passthrough => {
-            let mut out = bytes::BytesMut::new();
-            crate::relay::error_event(&mut out, &error.code, &error.message);
-            out.freeze()
-        }
+fn is_chat(mode: &Mode) -> bool {
+    matches!(mode, Mode::Chat(_))
+}
+
+/// An error as the last event of a stream already under way, in the client's protocol (an
+/// OpenAI error chunk for `chat`, an `error` event for Responses clients).
+fn stream_error(error: &ApiError, chat: bool) -> Bytes {
+    if chat {
+        return error.sse_frame();
     }
+    let mut out = bytes::BytesMut::new();
+    crate::relay::error_event(&mut out, &error.code, &error.message);
+    out.freeze()
 }
 
 /// No account could serve after the headers went out: the fallback upstream's answer continues
@@ -316,16 +324,15 @@ async fn late_fallback(
     record: Record,
     req: FallbackRequest,
     mode: &Mode,
+    done_frame: bool,
 ) -> (Bytes, BodyState) {
     let res = fallback_call(shared, record, req, true).await;
     let status = res.status();
-    let mut body = res.into_body().into_data_stream();
+    let body = res.into_body().into_data_stream();
     if status == StatusCode::OK {
-        use futures_util::StreamExt;
-        return match body.next().await {
-            Some(Ok(first)) => (first, BodyState::Forwarding(body)),
-            _ => (Bytes::new(), BodyState::Done),
-        };
+        return forward_next(body, is_chat(mode), done_frame)
+            .await
+            .unwrap_or((Bytes::new(), BodyState::Done));
     }
     // The fallback's own error body (its record is finished as that body ends).
     let detail = collect_text(body, 4096).await;
@@ -333,7 +340,39 @@ async fn late_fallback(
         "fallback_failed",
         format!("the fallback upstream answered {status}: {detail}"),
     );
-    (stream_error(&error, mode), BodyState::Done)
+    (stream_error(&error, is_chat(mode)), BodyState::Done)
+}
+
+/// The fallback's next chunk; a break in its body ends the stream with an error event in the
+/// client's protocol (and `[DONE]` when `done_frame`), so the client never takes a cut answer
+/// for a whole one.
+async fn forward_next(
+    mut body: axum::body::BodyDataStream,
+    chat: bool,
+    done_frame: bool,
+) -> Option<(Bytes, BodyState)> {
+    use futures_util::StreamExt;
+    match body.next().await? {
+        Ok(chunk) => {
+            let next = BodyState::Forwarding {
+                body,
+                chat,
+                done_frame,
+            };
+            Some((chunk, next))
+        }
+        Err(e) => {
+            let error = ApiError::bad_gateway(
+                "upstream_cut",
+                format!("the fallback upstream's stream broke off: {e}"),
+            );
+            let mut frame = stream_error(&error, chat).to_vec();
+            if done_frame {
+                frame.extend_from_slice(crate::sse::DONE_FRAME);
+            }
+            Some((Bytes::from(frame), BodyState::Done))
+        }
+    }
 }
 
 /// Up to `limit` bytes of a body as text (the rest is read and dropped).
