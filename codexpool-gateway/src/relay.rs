@@ -160,18 +160,9 @@ fn refilled(data: &[u8], payloads: &[Bytes]) -> Option<Vec<u8>> {
 }
 
 /// The lease outcome for a failure reported after commit (the request is not retried, but the
-/// account's state still learns from it).
-fn late_outcome(f: &UpstreamFailure) -> Option<Outcome> {
-    match &f.kind {
-        FailureKind::UsageLimit { resets_at, .. } => Some(Outcome::UsageLimit {
-            resets_at: resets_at.map(codexpool_core::Timestamp::from_secs),
-        }),
-        FailureKind::Deactivated => Some(Outcome::Banned {
-            reason: f.error_code().to_string(),
-        }),
-        FailureKind::BadRequest => None,
-        _ => Some(Outcome::UpstreamError),
-    }
+/// account's state learns from it as from an earlier failure).
+fn late_outcome(f: &UpstreamFailure, lease: &Lease) -> Option<Outcome> {
+    crate::upstream::outcome_of(f, lease.now()).0
 }
 
 /// What the relay needs from a parsed event: whether it ends the response, its usage, a failure.
@@ -313,7 +304,9 @@ impl Relay {
         }
         if let Some(f) = failure {
             self.error_class = Some(f.error_code().to_string());
-            if let (Some(o), Some(lease)) = (late_outcome(&f), &self.lease) {
+            if let Some(lease) = &self.lease
+                && let Some(o) = late_outcome(&f, lease)
+            {
                 lease.report(o).await;
             }
         }
@@ -510,7 +503,7 @@ pub(crate) async fn collect<A: Assemble>(
                             return Err((
                                 ApiError::from_upstream(&f),
                                 f.error_code().to_string(),
-                                late_outcome(&f),
+                                late_outcome(&f, &lease),
                                 f.retry_elsewhere(),
                             ));
                         }

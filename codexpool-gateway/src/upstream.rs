@@ -539,7 +539,7 @@ pub(crate) struct Failed {
     pub no_account: bool,
 }
 
-fn outcome_of(f: &UpstreamFailure, now: Timestamp) -> (Option<Outcome>, Attempt) {
+pub(crate) fn outcome_of(f: &UpstreamFailure, now: Timestamp) -> (Option<Outcome>, Attempt) {
     match &f.kind {
         FailureKind::UsageLimit {
             resets_at,

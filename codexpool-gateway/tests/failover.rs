@@ -810,6 +810,31 @@ async fn an_assembled_answer_that_fails_part_way_moves_to_the_next_account() {
     }
 }
 
+/// A usage limit part-way through an assembled answer on the last account: a 429 with the
+/// `Retry-After` the limit names (its "try again in", counted from when it came).
+#[tokio::test]
+async fn an_assembled_answer_cut_by_a_usage_limit_says_when_to_come_back() {
+    let h = harness(1, &[]).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::FailedAfterText {
+            deltas: vec!["Half".into()],
+            code: "usage_limit_reached".into(),
+            message: "You've hit your usage limit. Try again in 2 hours 5 minutes.".into(),
+        },
+    );
+    let (status, headers, body) = h.call(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "usage_limit_reached", "{v}");
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((7490..=7500).contains(&retry_after), "{retry_after}");
+    let until = h.pool.usage().exhausted_until(&h.ids[0]).unwrap().unwrap();
+    let expected = h.pool.now().plus(Duration::from_secs(7500));
+    assert!(until.since(expected).as_secs() <= 10 && expected.since(until).as_secs() <= 10);
+    assert_eq!(h.total_inflight(), 0);
+}
+
 /// With no account left, the client hears what went wrong on the last one (not "no account").
 #[tokio::test]
 async fn an_assembled_answer_failing_on_every_account_says_why() {

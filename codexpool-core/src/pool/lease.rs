@@ -98,6 +98,11 @@ impl Lease {
         self.moved
     }
 
+    /// The pool's clock now: what a reset given as "in N seconds" is counted from.
+    pub fn now(&self) -> Timestamp {
+        self.pool.shared.clock.now()
+    }
+
     /// The account's current access token (a refresh since the lease was taken is seen).
     pub fn access_token(&self) -> Secret {
         let t = crate::sync::read(&self.pool.shared.accounts);

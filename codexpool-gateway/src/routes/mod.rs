@@ -536,9 +536,12 @@ async fn assembled(
         committed =
             match upstream::run(&shared.pool, &shared.upstream, &shared.metrics, *call).await {
                 Ok(c) => c,
-                // No account left: the client (and the log) hear what went wrong on the last one.
+                // No account left: the client (and the log) hear what went wrong on the last one,
+                // and when an account is back (the pool's `Retry-After`).
                 Err(mut failed) if failed.no_account => {
                     failed.record.entry.error_class = Some(error.code.clone());
+                    let mut error = error;
+                    error.retry_after = failed.error.retry_after.or(error.retry_after);
                     return reject(failed.record, error, how.protocol);
                 }
                 Err(failed) => return reject(failed.record, failed.error, how.protocol),
