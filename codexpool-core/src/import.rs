@@ -62,6 +62,9 @@ pub struct ImportResult {
     /// The input was a Codex CLI sign-in (`auth.json`): that CLI holds the same single-use
     /// refresh token until one side refreshes.
     pub codex_cli: bool,
+    /// [`AccountPool::take_over`] refreshed this Codex CLI sign-in: codexpool holds the only
+    /// live refresh token, and that CLI must sign in again.
+    pub taken_over: bool,
     /// The account holds the input's tokens now (imported, updated, or already up to date);
     /// not when the stored sign-in is newer.
     #[serde(skip)]
@@ -354,6 +357,7 @@ fn skipped(source: String, reason: impl Into<String>) -> ImportResult {
         label: None,
         warning: None,
         codex_cli: false,
+        taken_over: false,
         holds_input_tokens: false,
     }
 }
@@ -467,6 +471,7 @@ impl AccountPool {
                             // The same tokens are still shared with a Codex CLI.
                             warning: warning.filter(|_| same),
                             codex_cli: c.from_codex_cli,
+                            taken_over: false,
                             holds_input_tokens: same,
                         });
                         continue;
@@ -484,6 +489,7 @@ impl AccountPool {
                             label: Some(a.label),
                             warning,
                             codex_cli,
+                            taken_over: false,
                             holds_input_tokens: true,
                         },
                         Err(e @ Error::Store(StoreError::Backend { .. })) => ImportResult {
@@ -506,10 +512,11 @@ impl AccountPool {
     /// the file's); when the stored sign-in was newer, it was refreshed since: already taken
     /// over.
     ///
-    /// Each result taken over gets a warning saying so (replacing the "shared" one); returns
-    /// how many accounts were refreshed. Stops at the first refresh that fails, with
-    /// [`Error::TakeOver`] naming that result's source: its account stays imported and shared,
-    /// and the results before it are taken over.
+    /// Each result taken over gets `taken_over` and a warning saying so (replacing the
+    /// "shared" one); returns how many accounts were refreshed. Stops at the first refresh that
+    /// fails, with [`Error::TakeOver`] naming that result's source: its account stays imported
+    /// and shared, as do the ones after it, and the results before it are taken over; the
+    /// report says which, so show it before the error.
     pub async fn take_over(&self, report: &mut ImportReport) -> Result<usize> {
         let auth = self.pool.auth();
         let mut refreshed: Vec<String> = Vec::new();
@@ -527,6 +534,7 @@ impl AccountPool {
                 })?;
                 refreshed.push(id.to_string());
             }
+            r.taken_over = true;
             r.warning = Some(format!(
                 "took over {}: codexpool now holds the only live refresh token; that Codex CLI \
                  must sign in again (`codex login`)",

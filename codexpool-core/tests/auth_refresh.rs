@@ -556,6 +556,8 @@ async fn take_over_refreshes_each_codex_cli_sign_in_an_import_wrote() {
     assert!(warning.starts_with("took over auth.json"), "{warning}");
     assert!(warning.contains("codex login"), "{warning}");
     assert_eq!(report.results[1].warning, None);
+    let taken: Vec<bool> = report.results.iter().map(|r| r.taken_over).collect();
+    assert_eq!(taken, [true, false]);
 
     // A refresh that fails names the source and leaves the account imported.
     fake.fail_next_refresh("acct-3", FakeRefreshFailure::Expired);
@@ -576,6 +578,7 @@ async fn take_over_refreshes_each_codex_cli_sign_in_an_import_wrote() {
     assert_eq!(input, "other/auth.json");
     assert_eq!(Some(account_id), report.results[0].account_id.as_ref());
     assert!(matches!(cause, AuthError::RefreshDead { .. }), "{cause:?}");
+    assert!(!report.results[0].taken_over);
     assert!(
         e.to_string()
             .starts_with("could not take over other/auth.json: "),

@@ -12,7 +12,9 @@
 //! - `account import`: `{"imported", "updated", "unchanged", "skipped", "failed", "results":
 //!   [{"source", "status" (imported|updated|unchanged|skipped|failed: the database refused it,
 //!   exit 1), "reason" (when unchanged, skipped or failed),
-//!   "account_id", "label", "warning", "codex_cli"}]}`;
+//!   "account_id", "label", "warning", "codex_cli", "taken_over"}]}`; with `--take-over`, a
+//!   refresh that failed adds `"take_over_error": {"source", "account_id", "message"}` (the
+//!   results before it were taken over, it and the ones after not; exit 1);
 //! - `account export`: the export document `{"version": 1, "exported_at", "accounts": […]}`
 //!   (always JSON); with `-o FILE` and `--json`: `{"path", "accounts": N}`;
 //! - `account list`: `[Account + {"usage": {"five_hour": Window|null, "weekly": Window|null},
@@ -231,10 +233,17 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str, take_over: bool) -> an
     } else {
         pool.accounts().import_path(source).await?
     };
-    if take_over {
-        take_over_codex_cli_sign_ins(pool, &mut report).await?;
+    // A take-over that fails leaves the import written and the sign-ins before it taken
+    // over: the report says which, so it is printed before the error.
+    let take_over_error = if take_over {
+        pool.accounts().take_over(&mut report).await.err()
+    } else {
+        None
+    };
+    print_import(ctx, &report, take_over_error.as_ref())?;
+    if let Some(e) = take_over_error {
+        return Err(take_over_failure(&report, e));
     }
-    print_import(ctx, &report)?;
     if let Some(why) = report.results.iter().find_map(|r| match &r.outcome {
         ImportOutcome::Failed(why) => Some(why),
         _ => None,
@@ -258,29 +267,36 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str, take_over: bool) -> an
     Ok(())
 }
 
-/// `--take-over`: core's [`AccountPool::take_over`](codexpool_core::AccountPool::take_over)
-/// (one refresh per Codex CLI sign-in of the import), with the CLI's hint when one fails.
-async fn take_over_codex_cli_sign_ins(
-    pool: &Pool,
-    report: &mut ImportReport,
-) -> anyhow::Result<()> {
-    match pool.accounts().take_over(report).await {
-        Ok(_) => Ok(()),
-        Err(e @ codexpool_core::Error::TakeOver { .. }) => Err(Failure::new(
-            e.to_string(),
-            "the account was imported and still shares its sign-in with the Codex CLI; \
-             run the import with --take-over again later",
-        )
-        .into()),
-        Err(e) => Err(e.into()),
-    }
+/// The error of a failed `--take-over` (core's
+/// [`AccountPool::take_over`](codexpool_core::AccountPool::take_over) stops at the first refresh
+/// that fails), with a hint saying what stands: every account was written, and the sign-ins
+/// before the failed one were taken over.
+fn take_over_failure(report: &ImportReport, e: codexpool_core::Error) -> anyhow::Error {
+    let codexpool_core::Error::TakeOver { .. } = &e else {
+        return e.into();
+    };
+    let taken = report.results.iter().filter(|r| r.taken_over).count();
+    Failure::new(
+        e.to_string(),
+        format!(
+            "the import itself stands, and {} taken over before it; it and the ones after it \
+             still share their sign-in with the Codex CLI: run the import with --take-over \
+             again later",
+            plural(taken, "sign-in was", "sign-ins were"),
+        ),
+    )
+    .into()
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-fn print_import(ctx: &Ctx, report: &ImportReport) -> anyhow::Result<()> {
+fn print_import(
+    ctx: &Ctx,
+    report: &ImportReport,
+    take_over_error: Option<&codexpool_core::Error>,
+) -> anyhow::Result<()> {
     let out = &ctx.out;
     if out.json {
         #[derive(Serialize)]
@@ -291,7 +307,29 @@ fn print_import(ctx: &Ctx, report: &ImportReport) -> anyhow::Result<()> {
             skipped: usize,
             failed: usize,
             results: &'a [codexpool_core::import::ImportResult],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            take_over_error: Option<TakeOverError<'a>>,
         }
+        #[derive(Serialize)]
+        struct TakeOverError<'a> {
+            source: Option<&'a str>,
+            account_id: Option<&'a str>,
+            message: String,
+        }
+        let take_over_error = take_over_error.map(|e| match e {
+            codexpool_core::Error::TakeOver {
+                input, account_id, ..
+            } => TakeOverError {
+                source: Some(input),
+                account_id: Some(account_id),
+                message: e.to_string(),
+            },
+            _ => TakeOverError {
+                source: None,
+                account_id: None,
+                message: e.to_string(),
+            },
+        });
         out.json(&View {
             imported: report.imported(),
             updated: report.updated(),
@@ -299,6 +337,7 @@ fn print_import(ctx: &Ctx, report: &ImportReport) -> anyhow::Result<()> {
             skipped: report.skipped(),
             failed: report.failed(),
             results: &report.results,
+            take_over_error,
         })?;
         return Ok(());
     }

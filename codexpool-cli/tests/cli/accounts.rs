@@ -344,6 +344,79 @@ fn take_over_leaves_codexpool_the_only_live_refresh_token() {
     assert_eq!(env.fake.refresh_count("acct-t"), 2);
 }
 
+/// A take-over whose refresh fails still shows the whole report: every account was imported,
+/// the ones before the failure were taken over (their warnings say so), it and the ones after
+/// were not; then the command exits 1 naming the failed one.
+#[test]
+fn a_failed_take_over_still_prints_the_report() {
+    let env = Env::new();
+    let dir = env.path().join("homes");
+    std::fs::create_dir_all(&dir).unwrap();
+    for n in ["acct-a", "acct-b", "acct-c"] {
+        env.fake.add_account(FakeAccount::new(n));
+        std::fs::write(
+            dir.join(format!("{n}.json")),
+            env.fake.auth_json(n).to_string(),
+        )
+        .unwrap();
+    }
+    env.fake.revoke_sessions("acct-b");
+    let o = env
+        .cmd()
+        .args(["--json", "account", "import", "--take-over"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(v["imported"], 3, "{v}");
+    let taken: Vec<&Value> = (0..3).map(|i| &v["results"][i]["taken_over"]).collect();
+    assert_eq!(taken, [true, false, false], "{v}");
+    assert!(
+        v["results"][0]["warning"]
+            .as_str()
+            .unwrap()
+            .starts_with("took over"),
+        "{v}"
+    );
+    let failed = &v["take_over_error"];
+    assert!(
+        failed["source"].as_str().unwrap().ends_with("acct-b.json"),
+        "{v}"
+    );
+    assert_eq!(failed["account_id"], v["results"][1]["account_id"], "{v}");
+    assert!(stderr.contains("could not take over"), "{stderr}");
+    assert!(
+        stderr.contains("1 sign-in was taken over before it"),
+        "{stderr}"
+    );
+    assert_eq!(env.fake.refresh_count("acct-a"), 1);
+    assert_eq!(
+        env.fake.refresh_count("acct-c"),
+        0,
+        "not tried after the failure"
+    );
+    assert_eq!(env.json(&["account", "list"]).as_array().unwrap().len(), 3);
+
+    // The table says the same; acct-a's file is older than its stored sign-in now (left
+    // alone), acct-b fails again.
+    let o = env
+        .cmd()
+        .args(["account", "import", "--take-over"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("3 unchanged"), "{stdout}");
+    assert!(stderr.contains("could not take over"), "{stderr}");
+    assert!(
+        stderr.contains("0 sign-ins were taken over before it"),
+        "{stderr}"
+    );
+}
+
 /// The database refusing the accounts (a full disk) is not "skipped" and not a success: each
 /// such result says `failed` with the database's reason, and the command exits 1.
 #[test]
