@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::args::{keyword_changes, seconds};
-use crate::errors::{CodexPoolError, OrRaise, Timeout, invalid, warn_all};
+use crate::errors::{CodexPoolError, OrRaise, Timeout, core_error, invalid, warn_all};
 use crate::json;
 use crate::record::{quote, record};
 use crate::runtime::{run, runtime};
@@ -82,7 +82,8 @@ record! {
 record! {
     /// What happened to one imported account: `status` is `imported`, `updated`, `unchanged`
     /// (the stored sign-in is the same or newer), `skipped` (not a usable sign-in) or `failed`
-    /// (the database refused it), with `reason` for the last three.
+    /// (the database refused it), with `reason` for the last three; `taken_over` when an
+    /// import with `take_over` refreshed this Codex CLI sign-in.
     ImportResult as "ImportResult" {
         source: String,
         status: String,
@@ -91,6 +92,7 @@ record! {
         label: Option<String>,
         warning: Option<String>,
         codex_cli: bool,
+        taken_over: bool,
     }
 }
 
@@ -133,6 +135,7 @@ impl From<CoreImportReport> for ImportReport {
                         label: x.label,
                         warning: x.warning,
                         codex_cli: x.codex_cli,
+                        taken_over: x.taken_over,
                     }
                 })
                 .collect(),
@@ -742,7 +745,9 @@ impl AccountPool {
         })
     }
 
-    /// Runs an import, then the take-over when asked; the report (its warnings issued).
+    /// Runs an import, then the take-over when asked; the report (its warnings issued). A
+    /// take-over that fails raises its error with the report as `report`: the import stands,
+    /// and the results before the failed one were taken over.
     fn import(
         &self,
         py: Python<'_>,
@@ -752,14 +757,24 @@ impl AccountPool {
         + 'static,
     ) -> PyResult<ImportReport> {
         let inner = self.inner.clone();
-        let report = run(py, async move {
+        let (report, failed) = run(py, async move {
             let mut report = import.await?;
-            if take_over {
-                inner.take_over(&mut report).await?;
-            }
-            Ok::<_, codexpool_core::Error>(report)
+            let failed = if take_over {
+                inner.take_over(&mut report).await.err()
+            } else {
+                None
+            };
+            Ok::<_, codexpool_core::Error>((report, failed))
         })?
         .or_raise(py)?;
-        reported(py, report)
+        let report = reported(py, report)?;
+        match failed {
+            None => Ok(report),
+            Some(e) => {
+                let err = core_error(py, e);
+                err.value(py).setattr("report", Py::new(py, report)?)?;
+                Err(err)
+            }
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! The exception hierarchy under `codexpool.CodexPoolError`, and the one mapping from the core's
 //! and the gateway's errors to it. The message is always the Rust error's own text; a few facts
 //! ride along as attributes (`NotFound.what/id`, `InvalidInput.field`, `Ambiguous.candidates`,
-//! `NoAccountAvailable.retry_at`, `FileError.path`). Warnings (an import that shares a sign-in
-//! with the Codex CLI, a setting that was adjusted) go through Python's `warnings` module as
-//! `codexpool.CodexPoolWarning`.
+//! `NoAccountAvailable.retry_at`, `FileError.path`, `AuthError.report` of a failed take-over).
+//! Warnings (an import that shares a sign-in with the Codex CLI, a setting that was adjusted) go
+//! through Python's `warnings` module as `codexpool.CodexPoolWarning`.
 
 use codexpool_core::Error;
 use codexpool_core::auth::AuthError as CoreAuthError;
@@ -61,7 +61,8 @@ pyo3::create_exception!(
     codexpool,
     AuthError,
     CodexPoolError,
-    "Sign-in or token refresh failed."
+    "Sign-in or token refresh failed; from an import's `take_over`, `report` is the import's \
+     report."
 );
 pyo3::create_exception!(
     codexpool,
@@ -107,7 +108,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         (py.get_type::<Conflict>(), &[]),
         (py.get_type::<NoAccountAvailable>(), &["retry_at"]),
         (py.get_type::<KeyRefused>(), &[]),
-        (py.get_type::<AuthError>(), &[]),
+        (py.get_type::<AuthError>(), &["report"]),
         (py.get_type::<StoreError>(), &[]),
         (py.get_type::<FileError>(), &["path"]),
         (py.get_type::<ServerError>(), &[]),

@@ -324,7 +324,7 @@ def test_import_with_take_over(pool: codexpool.Pool, fake: FakeOpenAi, tmp_path:
     with pytest.warns(codexpool.CodexPoolWarning, match="took over") as w:
         r = pool.accounts.import_file(path, take_over=True)
     assert len(w) == 1, "the shared-sign-in warning is replaced"
-    assert r.imported == 1 and r.results[0].codex_cli
+    assert r.imported == 1 and r.results[0].codex_cli and r.results[0].taken_over
     assert r.results[0].warning and r.results[0].warning.startswith(f"took over {path}")
     # One refresh: the Codex CLI's copy of the refresh token is spent, codexpool's is live.
     assert fake.refresh_count("acct-1") == 1
@@ -341,9 +341,30 @@ def test_import_with_take_over(pool: codexpool.Pool, fake: FakeOpenAi, tmp_path:
     # A refresh that fails names the source; the account stays imported.
     fake.add_account("acct-4")
     fake.revoke_sessions("acct-4")
-    with pytest.raises(codexpool.AuthError, match="could not take over other/auth.json"):
-        pool.accounts.import_text(json.dumps(fake.auth_json("acct-4")), "other/auth.json", take_over=True)
+    # Its warnings are issued all the same: this one still shares its sign-in.
+    with pytest.warns(codexpool.CodexPoolWarning, match="single-use"):
+        with pytest.raises(codexpool.AuthError, match="could not take over other/auth.json") as e:
+            pool.accounts.import_text(json.dumps(fake.auth_json("acct-4")), "other/auth.json", take_over=True)
     assert [a.chatgpt_account_id for a in pool.accounts.list(text="acct-4")] == ["acct-4"]
+    assert e.value.report is not None and e.value.report.imported == 1
+    assert not e.value.report.results[0].taken_over
+    assert codexpool.AuthError.report is None, "other auth errors carry no report"
+
+
+def test_a_failed_take_over_keeps_the_report(pool: codexpool.Pool, fake: FakeOpenAi, tmp_path: Path) -> None:
+    for n in ("acct-a", "acct-b", "acct-c"):
+        fake.add_account(n)
+        (tmp_path / f"{n}.json").write_text(json.dumps(fake.auth_json(n)))
+    fake.revoke_sessions("acct-b")
+    with pytest.warns(codexpool.CodexPoolWarning) as w:
+        with pytest.raises(codexpool.AuthError, match="could not take over .*acct-b.json") as e:
+            pool.accounts.import_file(tmp_path, take_over=True)
+    report = e.value.report
+    assert report is not None and report.imported == 3
+    assert [r.taken_over for r in report.results] == [True, False, False]
+    assert any(str(x.message).startswith("took over") for x in w), "the take-over warnings are issued"
+    assert fake.refresh_count("acct-a") == 1 and fake.refresh_count("acct-c") == 0
+    assert len(pool.accounts.list()) == 3
 
 
 def test_login_complete_with_something_else_than_a_redirect_is_invalid_input(pool: codexpool.Pool) -> None:

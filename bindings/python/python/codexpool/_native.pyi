@@ -88,7 +88,10 @@ class KeyRefused(CodexPoolError):
     """A platform key was refused (missing, unknown, disabled, expired, model not allowed)."""
 
 class AuthError(CodexPoolError):
-    """Sign-in or token refresh failed."""
+    """Sign-in or token refresh failed; from an import's ``take_over``, ``report`` is the
+    import's report (the import stands; the results before the failed one were taken over)."""
+
+    report: ImportReport | None
 
 class StoreError(CodexPoolError):
     """The database failed."""
@@ -187,6 +190,10 @@ class ImportResult:
     @property
     def codex_cli(self) -> bool:
         """The input was a Codex CLI sign-in, whose refresh token that CLI still holds."""
+    @property
+    def taken_over(self) -> bool:
+        """An import with ``take_over`` refreshed this Codex CLI sign-in: codexpool holds the
+        only live refresh token, and that CLI must sign in again."""
     def to_dict(self) -> dict[str, Any]: ...
 
 @final
