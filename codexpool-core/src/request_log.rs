@@ -103,14 +103,19 @@ impl RequestLogEntry {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct RequestLogQuery {
-    /// At most this many rows (newest first); 0 = 100.
+    /// At most this many rows (the newest ones, or with `oldest_first` the oldest); 0 = 100.
     pub limit: usize,
     /// Only this key.
     pub key_id: Option<String>,
     /// Only rows where this account was tried.
     pub account_id: Option<String>,
-    /// Only rows with an id above this (for following the log).
+    /// Only rows with an id above this. To follow the log, ask with `oldest_first` and the
+    /// last id seen until fewer than `limit` rows come back: newest first, more than `limit`
+    /// new rows would leave a gap.
     pub after_id: Option<i64>,
+    /// The oldest matching rows, oldest first (default: the newest, newest first).
+    #[serde(default)]
+    pub oldest_first: bool,
 }
 
 impl RequestLogQuery {
@@ -134,6 +139,12 @@ impl RequestLogQuery {
     /// Only rows after this id.
     pub fn after(mut self, id: i64) -> Self {
         self.after_id = Some(id);
+        self
+    }
+    /// The oldest rows, oldest first: with [`after`](Self::after), the next page of a log
+    /// being followed.
+    pub fn oldest_first(mut self) -> Self {
+        self.oldest_first = true;
         self
     }
     /// The effective limit.
@@ -166,7 +177,8 @@ impl RequestLog {
         self.pool.shared.writer.request_log(entry);
     }
 
-    /// Reads rows, newest first, after writing what is queued.
+    /// Reads rows, newest first (oldest first with [`RequestLogQuery::oldest_first`]), after
+    /// writing what is queued.
     pub async fn list(&self, q: &RequestLogQuery) -> Result<Vec<RequestLogEntry>> {
         self.pool.flush().await?;
         Ok(self.pool.shared.store.list_request_log(q).await?)

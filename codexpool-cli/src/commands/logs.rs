@@ -20,6 +20,8 @@ use crate::output::{NONE, Output, Paint, cell, datetime, millis, visible};
 
 /// How often `--follow` looks for new rows.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+/// How many rows `--follow` reads at a time.
+const FOLLOW_PAGE: usize = 1000;
 
 /// `logs`.
 pub async fn logs(ctx: &Ctx, pool: &Pool, a: LogsArgs) -> anyhow::Result<()> {
@@ -95,25 +97,30 @@ async fn follow(
     }
     emit(out, names, &rows)?;
     out.note("Following new requests; Ctrl-C stops.");
-    q.limit = 1000;
+    // The rows after the last one printed, oldest first, a page at a time until caught up:
+    // asking for the newest page would skip what came before it when more arrived at once.
+    q.limit = FOLLOW_PAGE;
+    q.oldest_first = true;
     loop {
         tokio::select! {
             _ = signals.recv() => return Ok(()),
             _ = tokio::time::sleep(FOLLOW_EVERY) => {}
         }
-        q.after_id = Some(last);
-        let mut new = pool.request_log().list(&q).await?;
-        if new.is_empty() {
-            continue;
+        loop {
+            q.after_id = Some(last);
+            let new = pool.request_log().list(&q).await?;
+            let Some(newest) = new.last() else { break };
+            last = newest.id;
+            if new.iter().any(|r| !names.knows(r)) {
+                // A key or account added by another process since we started.
+                pool.reload().await?;
+                *names = Names::load(pool);
+            }
+            emit(out, names, &new)?;
+            if new.len() < FOLLOW_PAGE {
+                break;
+            }
         }
-        new.reverse();
-        if new.iter().any(|r| !names.knows(r)) {
-            // A key or account added by another process since we started.
-            pool.reload().await?;
-            *names = Names::load(pool);
-        }
-        last = new.last().map_or(last, |r| r.id);
-        emit(out, names, &new)?;
     }
 }
 

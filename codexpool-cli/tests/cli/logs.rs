@@ -135,6 +135,43 @@ async fn follow_prints_new_rows_until_ctrl_c() {
     assert_eq!(all.len(), 3);
 }
 
+/// More rows than `--follow` reads at a time arriving between two looks are all printed, in
+/// order (it used to read only the newest 1000 and skip the rest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_prints_every_row_of_a_burst_in_order() {
+    let env = Env::new();
+    let ids = env.add_accounts(&["acct-1"]);
+    let pool = env.pool().await;
+    let k = key_id(&pool, "laptop").await;
+    record(&pool, vec![row(0, &k, &[&ids[0]], 200)]).await;
+
+    let mut child = env.spawn(&["logs", "--follow", "--json", "-n", "1"], &[]);
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    let first: serde_json::Value = lines.find(|l| serde_json::from_str(l).ok());
+    assert_eq!(first["request_id"], "req-0");
+    const BURST: i64 = 2500;
+    record(
+        &pool,
+        (1..=BURST).map(|n| row(n, &k, &[&ids[0]], 200)).collect(),
+    )
+    .await;
+    let mut seen = Vec::new();
+    while seen.last() != Some(&format!("req-{BURST}")) {
+        let v: serde_json::Value = lines.find(|l| serde_json::from_str(l).ok());
+        seen.push(v["request_id"].as_str().unwrap().to_string());
+    }
+    let want: Vec<String> = (1..=BURST).map(|n| format!("req-{n}")).collect();
+    assert!(
+        seen == want,
+        "{} rows: {:?}…",
+        seen.len(),
+        &seen[..5.min(seen.len())]
+    );
+    signal(&child, "INT");
+    let (status, err) = finish(child, 10);
+    assert!(status.success(), "{status:?}: {err}");
+}
+
 /// `-n 0 --follow` prints only rows that arrive after it started; `-n 0` alone would print
 /// nothing at all, so it is a usage error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

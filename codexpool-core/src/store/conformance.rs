@@ -736,6 +736,17 @@ async fn request_log(s: &dyn Store) -> Result<(), Failure> {
         .await
         .map_err(e)?;
     ensure!(after.len() == 2, "after filter: {after:?}");
+    // Following the log: the oldest rows after an id first, a page at a time.
+    let page = s
+        .list_request_log(&RequestLogQuery::latest(2).after(all[4].id).oldest_first())
+        .await
+        .map_err(e)?;
+    let ids: Vec<i64> = page.iter().map(|r| r.id).collect();
+    let want: Vec<i64> = all.iter().rev().skip(1).take(2).map(|r| r.id).collect();
+    ensure!(
+        ids == want,
+        "oldest first after an id: {ids:?}, not {want:?}"
+    );
 
     // Pruning: the oldest rows before the cutoff, at most `max_rows` per call, never the newest
     // row; ids go on from where they were.

@@ -345,9 +345,12 @@ impl Store for MemoryStore {
         q: &RequestLogQuery,
     ) -> Result<Vec<RequestLogEntry>, StoreError> {
         let s = lock(&self.state);
-        Ok(s.log
-            .iter()
-            .rev()
+        let rows: Box<dyn Iterator<Item = &RequestLogEntry>> = if q.oldest_first {
+            Box::new(s.log.iter())
+        } else {
+            Box::new(s.log.iter().rev())
+        };
+        Ok(rows
             .filter(|e| q.matches(e))
             .take(q.effective_limit())
             .cloned()

@@ -233,7 +233,7 @@ pub trait Store: Send + Sync + 'static {
     /// Writes what the background writer gathered in ONE transaction: all of it or nothing.
     /// A failed batch is retried whole, so a partial write would store its rows twice.
     async fn write_records(&self, batch: Arc<RecordBatch>) -> Result<(), StoreError>;
-    /// Reads request-log rows, newest first.
+    /// Reads request-log rows, newest first (oldest first with `q.oldest_first`).
     async fn list_request_log(
         &self,
         q: &RequestLogQuery,

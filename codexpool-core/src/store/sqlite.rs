@@ -1065,17 +1065,27 @@ impl Store for SqliteStore {
         let q = q.clone();
         self.call(move |c| {
             // Filters in SQL for the indexed columns; the account filter looks inside the JSON list.
-            let mut st = c
-                .prepare_cached(
-                    "SELECT id, request_id, at, key_id, accounts_tried, account_id, route, model, status, stream, latency_ms,
-                       ttfb_ms, tokens, error_class, fallback, body_preview
-                     FROM request_log
-                     WHERE (?1 IS NULL OR key_id = ?1)
-                       AND (?2 IS NULL OR EXISTS (SELECT 1 FROM json_each(request_log.accounts_tried) WHERE value = ?2))
-                       AND id > ?3
-                     ORDER BY id DESC LIMIT ?4",
-                )
-                .map_err(db_err)?;
+            macro_rules! select {
+                ($order:literal) => {
+                    concat!(
+                        "SELECT id, request_id, at, key_id, accounts_tried, account_id, route, model, status, stream, latency_ms,
+                           ttfb_ms, tokens, error_class, fallback, body_preview
+                         FROM request_log
+                         WHERE (?1 IS NULL OR key_id = ?1)
+                           AND (?2 IS NULL OR EXISTS (SELECT 1 FROM json_each(request_log.accounts_tried) WHERE value = ?2))
+                           AND id > ?3
+                         ORDER BY id ",
+                        $order,
+                        " LIMIT ?4"
+                    )
+                };
+            }
+            let sql = if q.oldest_first {
+                select!("ASC")
+            } else {
+                select!("DESC")
+            };
+            let mut st = c.prepare_cached(sql).map_err(db_err)?;
             st.query_map(
                 params![q.key_id, q.account_id, q.after_id.unwrap_or(0), to_i64(q.effective_limit() as u64)],
                 log_from_row,
