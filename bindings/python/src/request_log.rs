@@ -72,8 +72,11 @@ impl RequestLog {
 #[pymethods]
 impl RequestLog {
     /// The newest `limit` rows (newest first), optionally only one key's, only those where an
-    /// account was tried, or only rows after an id (for following the log).
-    #[pyo3(signature = (limit=100, *, key_id=None, account_id=None, after_id=None))]
+    /// account was tried, or only rows after an id. With `oldest_first`, the oldest `limit`
+    /// rows, oldest first: to follow the log, pass the last id seen as `after_id` with
+    /// `oldest_first=True` and repeat until fewer than `limit` rows come back (newest first,
+    /// more than `limit` new rows would leave a gap).
+    #[pyo3(signature = (limit=100, *, key_id=None, account_id=None, after_id=None, oldest_first=false))]
     fn list(
         &self,
         py: Python<'_>,
@@ -81,11 +84,13 @@ impl RequestLog {
         key_id: Option<String>,
         account_id: Option<String>,
         after_id: Option<i64>,
+        oldest_first: bool,
     ) -> PyResult<Vec<RequestLogEntry>> {
         let mut q = RequestLogQuery::latest(limit);
         q.key_id = key_id;
         q.account_id = account_id;
         q.after_id = after_id;
+        q.oldest_first = oldest_first;
         let inner = self.inner.clone();
         let rows = run(py, async move { inner.list(&q).await })?.or_raise(py)?;
         Ok(rows.into_iter().map(Into::into).collect())

@@ -106,6 +106,12 @@ def test_openai_client_round_trip_and_ledger(
     assert len(pool.request_log.list(2, key_id=key_id)) == 2
     assert pool.request_log.list(key_id="nope") == []
     assert len(pool.request_log.list(account_id=acct.id, after_id=log[-1].id)) == 4
+    # Following the log a page at a time: the oldest rows after an id first, no gap.
+    pages, last = [], log[-1].id
+    while page := pool.request_log.list(2, after_id=last, oldest_first=True):
+        pages.append([e.id for e in page])
+        last = page[-1].id
+    assert pages == [[log[3].id, log[2].id], [log[1].id, log[0].id]]
     # Pruning: nothing arrived before 2000; all but the newest row arrived before tomorrow.
     assert pool.request_log.prune("2000-01-01T00:00:00Z") == 0
     assert pool.request_log.prune(time.time() + 86_400) == 4
