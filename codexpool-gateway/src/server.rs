@@ -196,13 +196,17 @@ impl Server {
             addr: self.addr,
             source,
         })?;
+        // Only a server whose store is the configured database file shares its token and
+        // says where it listens: a pool in memory still has a `DB_PATH` (the default or the
+        // environment's), and must not pass for the server of whatever database is there.
+        let on_db_file = self.pool.store().database_file() == Some(config.db_path.as_path());
         let (token, token_file) = match self.rpc_token {
             Some(t) => (t, None),
             // Written beside the database, for the CLI and scripts; a pool without a database
             // file (in memory) leaves no file anywhere.
             // Kept across starts and shared by every server on the database: a second server
             // writing a new one would lock the first one's clients out.
-            None if config.db_path.is_file() => {
+            None if on_db_file => {
                 let path = config.db_dir().join("rpc-token");
                 let t = match read_token(&path) {
                     Some(t) => t,
@@ -222,7 +226,7 @@ impl Server {
         };
         let gateway = Gateway::new(self.pool.clone())?;
         let workers = Workers::start(worker_threads(&config)).map_err(ServerError::Workers)?;
-        let server_file = config.db_path.is_file().then(|| ServerFile::new(addr));
+        let server_file = on_db_file.then(|| ServerFile::new(addr));
         let rpc = Arc::new(Rpc {
             pool: self.pool.clone(),
             token: token.clone(),

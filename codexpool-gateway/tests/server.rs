@@ -556,6 +556,41 @@ async fn another_process_finds_the_servers_on_the_database() {
     assert!(matches!(gone, AdminError::NotRunning { .. }), "{gone}");
 }
 
+/// A pool in memory whose settings name an existing database file (the default `DB_PATH`, or
+/// the environment's) is not that database's server: it neither reads nor writes the token
+/// file there, nor says where it listens.
+#[tokio::test]
+async fn a_pool_in_memory_is_no_server_of_the_database_its_settings_name() {
+    use codexpool_gateway::admin::{AdminClient, ServerFile};
+    let e = env(&[]).await;
+    let config = e.pool.config().clone();
+    assert!(config.db_path.is_file());
+    let real = start(&e).await;
+    let token_file = real.rpc_token_file().unwrap().to_path_buf();
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    real.stop().await.unwrap();
+
+    let memory = Pool::builder(config.clone())
+        .store(std::sync::Arc::new(
+            codexpool_core::store::MemoryStore::new(),
+        ))
+        .open()
+        .await
+        .unwrap();
+    let srv = Server::new(memory)
+        .addr("127.0.0.1:0".parse().unwrap())
+        .background_tasks(false)
+        .start()
+        .await
+        .unwrap();
+    assert!(srv.rpc_token_file().is_none());
+    assert_ne!(srv.rpc_token().expose(), token.trim(), "its own token");
+    assert!(ServerFile::list(&config).is_empty(), "no file in servers/");
+    assert!(AdminClient::find_all(&config).is_empty());
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), token);
+    srv.stop().await.unwrap();
+}
+
 /// Listening beyond this machine takes an explicit setting (the sign-in listener's rule).
 #[tokio::test]
 async fn a_non_loopback_address_needs_to_be_allowed() {

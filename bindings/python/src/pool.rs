@@ -99,8 +99,8 @@ impl Pool {
         opened(py, inner)
     }
 
-    /// An empty pool kept in memory only (settings as for `open`; `db_path` is used only for
-    /// the directory of a server's generated `rpc-token` file).
+    /// An empty pool kept in memory only (settings as for `open`; a server of it writes no
+    /// file: its RPC token is random, and the database at `DB_PATH`, if any, is not its).
     #[staticmethod]
     #[pyo3(signature = (**settings))]
     fn in_memory(py: Python<'_>, settings: Option<&Bound<'_, PyDict>>) -> PyResult<Pool> {

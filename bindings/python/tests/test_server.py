@@ -61,6 +61,19 @@ def test_serve_stop_and_context_manager(pool: codexpool.Pool) -> None:
     assert not s2.running and refused(s2.host, s2.port)
 
 
+def test_a_pool_in_memory_is_no_server_of_the_database_at_db_path(
+    pool: codexpool.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DB_PATH names a database that exists: an in-memory pool's server must not take its
+    # token nor say in servers/ that it is that database's server.
+    monkeypatch.setenv("CODEXPOOL_DB_PATH", str(pool.db_path))
+    db_dir = Path(pool.db_path).parent
+    with codexpool.Pool.in_memory() as mem, codexpool.serve(mem, background_tasks=False) as srv:
+        assert srv.rpc_token_file is None
+        assert not (db_dir / "rpc-token").exists()
+        assert not list(db_dir.glob("servers/*.json"))
+
+
 def test_bad_addresses(pool: codexpool.Pool) -> None:
     with pytest.raises(codexpool.InvalidInput) as e:
         codexpool.serve(pool, "localhost")

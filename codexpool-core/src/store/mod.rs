@@ -317,6 +317,13 @@ pub trait Store: Send + Sync + 'static {
     /// A number that changes when another process (or another handle on the same database)
     /// commits. Compared between calls only; the value itself means nothing.
     async fn data_version(&self) -> Result<u64, StoreError>;
+
+    /// The database file this store keeps the pool in, if any (`None`: in memory). A server
+    /// registers beside it only when it is the configured `DB_PATH`: other processes on that
+    /// file then find it.
+    fn database_file(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// What [`Store::acquire_refresh_lease`] found.

@@ -666,6 +666,10 @@ fn insert_request_log(
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn database_file(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
     async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
         let dir = self.rescue_dir.clone();
         self.call(move |c| {
