@@ -26,7 +26,11 @@ timed() {
 
 step "python venv at $venv"
 if [ ! -x "$py" ]; then
-    timed python3 -m venv "$venv"
+    # The pinned test tools (pytest, mypy, openai) need 3.10; the wheel itself is abi3-py39.
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
+        { echo "the tests need Python 3.10+ (python3 is $(python3 -V 2>&1))" >&2; exit 1; }
+    timed python3 -m venv "$venv" ||
+        { echo "python3 -m venv failed (on Debian/Ubuntu: apt install python3-venv)" >&2; exit 1; }
 fi
 timed "$py" -m pip install --quiet --disable-pip-version-check -r "$here/requirements-dev.txt"
 
