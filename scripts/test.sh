@@ -9,6 +9,9 @@ root=$(pwd)
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-always}
 # A whole-suite run gains little from incremental artifacts, and they were a third of its disk.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+# Loopback never goes through a proxy: the fake OpenAI and the gateways under test listen on
+# 127.0.0.1, and an HTTP(S)_PROXY from the environment (kept for the registries) would get them.
+for v in NO_PROXY no_proxy; do export "$v=${!v:+${!v},}127.0.0.1,localhost,::1"; done
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 

@@ -16,6 +16,9 @@ root="$(cd "$here/../.." && pwd)"
 venv="${VENV:-$root/.venv}"
 py="$venv/bin/python"
 target="${CARGO_TARGET_DIR:-$root/target}"
+# Loopback never goes through a proxy: the fake OpenAI and the gateways under test listen on
+# 127.0.0.1, and an HTTP(S)_PROXY from the environment (kept for the registries) would get them.
+for v in NO_PROXY no_proxy; do export "$v=${!v:+${!v},}127.0.0.1,localhost,::1"; done
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 timed() {

@@ -12,6 +12,9 @@ root="$(cd "$here/../.." && pwd)"
 cd "$root"
 PYTHON="${PYTHON:-python3}"
 out="$here/generated"
+# Loopback never goes through a proxy: the fake OpenAI and the gateways under test listen on
+# 127.0.0.1, and an HTTP(S)_PROXY from the environment (kept for the registries) would get them.
+for v in NO_PROXY no_proxy; do export "$v=${!v:+${!v},}127.0.0.1,localhost,::1"; done
 
 case "$(uname -s)" in
     Darwin) lib=libcodexpool_ffi.dylib ;;

@@ -104,7 +104,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
 /// One request to the app's own route and one chat request through the nested gateway.
 async fn demo(base: &str, secret: &str) -> Result<(), Box<dyn Error>> {
-    let http = reqwest::Client::new();
+    // The app is on loopback: an HTTP(S)_PROXY from the environment must not carry these.
+    let http = reqwest::Client::builder().no_proxy().build()?;
 
     let hello = http.get(format!("{base}/")).send().await?.text().await?;
     print!("\nGET /  -> {hello}");
