@@ -4,6 +4,9 @@
 //! Every blocking call of the module goes through [`run`], so many Python threads can wait on
 //! the pool at once, and the pool's background tasks (writer, change watcher, a server's
 //! connections and pollers) run on the runtime's worker threads between calls.
+//!
+//! A process forked after the runtime started has none of its threads: [`runtime`] refuses to
+//! run there (an error naming the fork) rather than wait forever.
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -17,18 +20,29 @@ use crate::errors::CodexPoolError;
 /// How often a waiting call takes the GIL back to look for Ctrl-C.
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
-static RUNTIME: OnceLock<std::io::Result<Runtime>> = OnceLock::new();
+/// The runtime, and the process that built it.
+static RUNTIME: OnceLock<(u32, std::io::Result<Runtime>)> = OnceLock::new();
 
-/// The process-wide runtime, built on first use.
+/// The process-wide runtime, built on first use. In a child forked after that, an error: fork
+/// copies none of the runtime's threads (nor a pool's database thread), so any wait there
+/// would never end.
 pub(crate) fn runtime() -> PyResult<&'static Runtime> {
-    RUNTIME
-        .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("codexpool")
-                .build()
-        })
-        .as_ref()
+    let (built_by, rt) = RUNTIME.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("codexpool")
+            .build();
+        (std::process::id(), rt)
+    });
+    if *built_by != std::process::id() {
+        return Err(CodexPoolError::new_err(format!(
+            "codexpool cannot run in a process forked after it was used (in process {built_by}): \
+             fork copies none of its threads. Open the pool in the child process, and use \
+             codexpool in the parent only after forking, or start the children with \
+             multiprocessing's 'spawn' or 'forkserver' method"
+        )));
+    }
+    rt.as_ref()
         .map_err(|e| CodexPoolError::new_err(format!("cannot start the tokio runtime: {e}")))
 }
 

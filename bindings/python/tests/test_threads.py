@@ -1,15 +1,18 @@
 """Thread safety: one pool (and one server) shared by many Python threads calling at once, and
 the GIL released while a call blocks."""
 
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
+import pytest
 
 import codexpool
 from codexpool.testing import FakeOpenAi
@@ -88,3 +91,30 @@ def test_ctrl_c_interrupts_a_blocking_call(tmp_path: Path) -> None:
     p.send_signal(signal.SIGINT)
     assert p.wait(timeout=10) == 3
     assert p.stdout.read().strip() == "interrupted"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_a_child_forked_after_use_gets_an_error_not_a_hang(pool: codexpool.Pool) -> None:
+    pool.flush()  # the runtime runs in this process now
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that forking a multi-threaded process may deadlock: the point here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit code only
+        code = 3
+        try:
+            pool.flush()
+            code = 2
+        except codexpool.CodexPoolError as e:
+            code = 0 if "forked" in str(e) and "in the child process" in str(e) else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in a codexpool call")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(done[1]) == 0, "the child got the fork error"
+    pool.flush()  # the parent goes on as before
