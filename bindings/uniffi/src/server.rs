@@ -10,16 +10,14 @@ use crate::CodexPoolError;
 use crate::pool::Pool;
 use crate::runtime::run;
 
-/// Starts serving `pool` on `addr` (`host:port`; port 0 picks a free port) in the background
-/// and returns once it accepts connections. The admin token is `RPC_TOKEN` when set, else a
-/// random one written to `<db dir>/rpc-token`.
+/// Starts serving `pool` on `addr` (`IP:port`, or `host:port` as the CLI's `serve --addr`:
+/// `localhost` is 127.0.0.1; port 0 picks a free port) in the background and returns once it
+/// accepts connections. The admin token is `RPC_TOKEN` when set, else a random one written to
+/// `<db dir>/rpc-token`.
 #[uniffi::export(default(addr = "127.0.0.1:0"))]
 pub async fn serve(pool: Arc<Pool>, addr: String) -> Result<Arc<Server>, CodexPoolError> {
-    let addr = addr.trim().parse().map_err(|e| {
-        CodexPoolError::InvalidInput(format!(
-            "invalid address {addr:?}: {e} (expected host:port)"
-        ))
-    })?;
+    let addr = codexpool_core::config::parse_listen_addr(&addr)
+        .map_err(|e| CodexPoolError::InvalidInput(format!("invalid address {addr:?}: {e}")))?;
     let pool = pool.inner.clone();
     run(async move {
         let running = codexpool_gateway::Server::new(pool)

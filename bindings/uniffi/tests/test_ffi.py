@@ -243,7 +243,12 @@ async def run(tmp, fake):
         {"authorization": "Bearer sk-cp-unknown"},
     )
     assert status == 401, (status, body)
-    await expect("InvalidInput", cp.serve(pool, "not an address"))
+    msg = await expect("InvalidInput", cp.serve(pool, "not an address"))
+    assert "expected host:port" in msg, msg
+    # `localhost` is 127.0.0.1, as for the CLI's `serve --addr`.
+    local = await cp.serve(pool, "localhost:0")
+    assert local.url().startswith("http://127.0.0.1:"), local.url()
+    await local.stop()
     await server.stop()
     await server.stop()  # a second stop does nothing
     assert not server.is_running()
