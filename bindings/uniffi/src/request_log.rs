@@ -70,7 +70,8 @@ impl From<CoreEntry> for RequestLogEntry {
 /// Which rows to read.
 #[derive(Debug, Clone, Default, uniffi::Record)]
 pub struct RequestLogQuery {
-    /// At most this many rows, newest first (0: 100).
+    /// At most this many rows (0: 100): the newest, newest first, or with `oldest_first` the
+    /// oldest, oldest first.
     #[uniffi(default = 0)]
     pub limit: u32,
     /// Only this key.
@@ -79,9 +80,14 @@ pub struct RequestLogQuery {
     /// Only rows where this account was tried.
     #[uniffi(default = None)]
     pub account_id: Option<String>,
-    /// Only rows with an id above this (to follow the log).
+    /// Only rows with an id above this. To follow the log, pass the last id seen with
+    /// `oldest_first` and repeat until fewer than `limit` rows come back (newest first, more
+    /// than `limit` new rows would leave a gap).
     #[uniffi(default = None)]
     pub after_id: Option<i64>,
+    /// The oldest matching rows, oldest first.
+    #[uniffi(default = false)]
+    pub oldest_first: bool,
 }
 
 impl From<RequestLogQuery> for CoreQuery {
@@ -95,6 +101,9 @@ impl From<RequestLogQuery> for CoreQuery {
         }
         if let Some(id) = q.after_id {
             out = out.after(id);
+        }
+        if q.oldest_first {
+            out = out.oldest_first();
         }
         out
     }

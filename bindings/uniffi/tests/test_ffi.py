@@ -276,6 +276,9 @@ async def run(tmp, fake):
     chat = [e for e in log if e.route == "/v1/chat/completions" and e.status == 200]
     assert chat and chat[0].key_id == ci.id and chat[0].account_id == account_id, log
     assert (await pool.request_log().list(cp.RequestLogQuery(limit=1))) == log[:1]
+    oldest = await pool.request_log().list(cp.RequestLogQuery(limit=len(log), oldest_first=True))
+    assert oldest == log[::-1], "oldest first"
+    assert (await pool.request_log().list(cp.RequestLogQuery(after_id=log[-1].id, oldest_first=True))) == log[-2::-1]
     assert await pool.request_log().prune(0) == 0
     assert await pool.request_log().prune(int(time.time() * 1000) + 60_000) == len(log) - 1
     assert [e.id for e in await pool.request_log().list()] == [log[0].id]
