@@ -514,9 +514,16 @@ impl KeyStore {
             updated_at: now,
             last_used_at: None,
         };
-        let _guard = shared.admin.lock().await;
-        shared.store.insert_key(&key).await?;
-        crate::sync::write(&shared.keys).upsert(key.clone());
+        let key = self
+            .pool
+            .write_through(|pool| async move {
+                let shared = &pool.shared;
+                let _guard = shared.admin.lock().await;
+                shared.store.insert_key(&key).await?;
+                crate::sync::write(&shared.keys).upsert(key.clone());
+                Ok(key)
+            })
+            .await?;
         Ok(CreatedKey {
             key,
             secret: Secret::new(secret),
@@ -578,14 +585,19 @@ impl KeyStore {
         if let Some(Some(at)) = patch.expires_at {
             check_expiry(at, shared.clock.now())?;
         }
-        let _guard = shared.admin.lock().await;
-        let k = shared
-            .store
-            .patch_key(&id, &patch, shared.clock.now())
+        self.pool
+            .write_through(|pool| async move {
+                let shared = &pool.shared;
+                let _guard = shared.admin.lock().await;
+                let k = shared
+                    .store
+                    .patch_key(&id, &patch, shared.clock.now())
+                    .await
+                    .map_err(|e| Error::from_store(e, "key", &id))?;
+                crate::sync::write(&shared.keys).upsert(k.clone());
+                Ok(k)
+            })
             .await
-            .map_err(|e| Error::from_store(e, "key", &id))?;
-        crate::sync::write(&shared.keys).upsert(k.clone());
-        Ok(k)
     }
 
     /// Turns a key on.
@@ -601,16 +613,20 @@ impl KeyStore {
     /// Deletes a key; requests with it get 401 from then on.
     pub async fn delete(&self, id: &str) -> Result<PlatformKey> {
         let k = self.get(id)?;
-        let shared = &self.pool.shared;
-        let _guard = shared.admin.lock().await;
-        if !shared.store.delete_key(&k.id).await? {
-            return Err(Error::NotFound {
-                what: "key",
-                id: k.id,
-            });
-        }
-        crate::sync::write(&shared.keys).remove(&k.id);
-        Ok(k)
+        self.pool
+            .write_through(|pool| async move {
+                let shared = &pool.shared;
+                let _guard = shared.admin.lock().await;
+                if !shared.store.delete_key(&k.id).await? {
+                    return Err(Error::NotFound {
+                        what: "key",
+                        id: k.id,
+                    });
+                }
+                crate::sync::write(&shared.keys).remove(&k.id);
+                Ok(k)
+            })
+            .await
     }
 
     /// Checks a presented secret: O(1), from memory. Distinguishes a missing, unknown,

@@ -304,6 +304,23 @@ impl Pool {
         Ok(())
     }
 
+    /// Runs a write-through change (the store, then memory) as a task of its own and waits for
+    /// it. A caller that stops waiting (an HTTP client that disconnects drops its future) then
+    /// cannot leave the store changed and memory not: nothing else brings them back together,
+    /// since the change watcher does not see this process's own commits. Take `admin` inside `f`.
+    pub(crate) async fn write_through<T, F>(&self, f: impl FnOnce(Pool) -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match tokio::spawn(f(self.clone())).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: only when the runtime shuts down.
+            Err(_) => Err(store::StoreError::Closed.into()),
+        }
+    }
+
     async fn flush_stamps(&self) -> Result<()> {
         let accounts = sync::read(&self.shared.accounts).dirty_stamps();
         if !accounts.is_empty() {

@@ -548,17 +548,23 @@ impl AccountPool {
         self.apply_patch(&id, patch).await
     }
 
-    /// Writes a validated patch through to the store, then to memory.
+    /// Writes a validated patch through to the store, then to memory (both, also when the
+    /// caller stops waiting).
     pub(crate) async fn apply_patch(&self, id: &str, patch: AccountPatch) -> Result<Account> {
-        let shared = &self.pool.shared;
-        let _guard = shared.admin.lock().await;
-        let a = shared
-            .store
-            .patch_account(id, &patch, shared.clock.now())
+        let id = id.to_string();
+        self.pool
+            .write_through(|pool| async move {
+                let shared = &pool.shared;
+                let _guard = shared.admin.lock().await;
+                let a = shared
+                    .store
+                    .patch_account(&id, &patch, shared.clock.now())
+                    .await
+                    .map_err(|e| Error::from_store(e, "account", &id))?;
+                sync::write(&shared.accounts).upsert(a.clone());
+                Ok(a)
+            })
             .await
-            .map_err(|e| Error::from_store(e, "account", id))?;
-        sync::write(&shared.accounts).upsert(a.clone());
-        Ok(a)
     }
 
     /// Sets a status decided by the pool itself (a dead sign-in, a deactivation). An account a
@@ -597,16 +603,20 @@ impl AccountPool {
     /// Deletes an account and its usage readings. Requests in flight on it finish.
     pub async fn remove(&self, id: &str) -> Result<Account> {
         let a = self.get(id)?;
-        let shared = &self.pool.shared;
-        let _guard = shared.admin.lock().await;
-        if !shared.store.delete_account(&a.id).await? {
-            return Err(Error::NotFound {
-                what: "account",
-                id: a.id,
-            });
-        }
-        sync::write(&shared.accounts).remove(&a.id);
-        Ok(a)
+        self.pool
+            .write_through(|pool| async move {
+                let shared = &pool.shared;
+                let _guard = shared.admin.lock().await;
+                if !shared.store.delete_account(&a.id).await? {
+                    return Err(Error::NotFound {
+                        what: "account",
+                        id: a.id,
+                    });
+                }
+                sync::write(&shared.accounts).remove(&a.id);
+                Ok(a)
+            })
+            .await
     }
 
     /// Sets many sort priorities at once (ids or unique prefixes); all or nothing.
@@ -615,30 +625,38 @@ impl AccountPool {
             .iter()
             .map(|(id, s)| Ok((self.get(id)?.id, *s)))
             .collect::<Result<_>>()?;
-        let shared = &self.pool.shared;
-        let _guard = shared.admin.lock().await;
-        let now = shared.clock.now();
-        shared.store.set_sort_orders(&resolved, now).await?;
-        let mut t = sync::write(&shared.accounts);
-        let mut out = Vec::with_capacity(resolved.len());
-        for (id, sort) in &resolved {
-            if let Some(slot) = t.get(id) {
-                let mut a = slot.account.clone();
-                a.sort = *sort;
-                a.updated_at = now;
-                out.push(t.upsert(a).account.clone());
-            }
-        }
-        Ok(out)
+        self.pool
+            .write_through(|pool| async move {
+                let shared = &pool.shared;
+                let _guard = shared.admin.lock().await;
+                let now = shared.clock.now();
+                shared.store.set_sort_orders(&resolved, now).await?;
+                let mut t = sync::write(&shared.accounts);
+                let mut out = Vec::with_capacity(resolved.len());
+                for (id, sort) in &resolved {
+                    if let Some(slot) = t.get(id) {
+                        let mut a = slot.account.clone();
+                        a.sort = *sort;
+                        a.updated_at = now;
+                        out.push(t.upsert(a).account.clone());
+                    }
+                }
+                Ok(out)
+            })
+            .await
     }
 
     /// Inserts a new account (write-through). Fails with a conflict when the identity exists.
     pub(crate) async fn insert(&self, account: Account) -> Result<Account> {
-        let shared = &self.pool.shared;
-        let _guard = shared.admin.lock().await;
-        shared.store.insert_account(&account).await?;
-        sync::write(&shared.accounts).upsert(account.clone());
-        Ok(account)
+        self.pool
+            .write_through(|pool| async move {
+                let shared = &pool.shared;
+                let _guard = shared.admin.lock().await;
+                shared.store.insert_account(&account).await?;
+                sync::write(&shared.accounts).upsert(account.clone());
+                Ok(account)
+            })
+            .await
     }
 
     /// The account with this OpenAI identity, if any.
