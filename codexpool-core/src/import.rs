@@ -726,6 +726,18 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e));
     }
+    // The rename is durable only once the folder is: until then a power loss may bring back the
+    // old file, or none (a rescued refresh token would be gone).
+    sync_dir(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Flushes a folder's entries (new names, renames) to disk. Unix only: elsewhere a folder cannot
+/// be opened as a file, and NTFS journals renames itself.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
 }
 

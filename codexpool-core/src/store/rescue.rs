@@ -99,6 +99,11 @@ pub(crate) fn write(
     });
     let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| backend(e.to_string()))?;
     crate::import::write_private(&path, &bytes).map_err(|e| backend(e.to_string()))?;
+    // The folder may be new this time: its own entry must be on disk too (rescues are rare).
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::import::sync_dir(parent)
+            .map_err(|e| backend(format!("cannot sync {}: {e}", parent.display())))?;
+    }
     Ok(path)
 }
 
