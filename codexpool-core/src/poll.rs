@@ -471,7 +471,9 @@ impl UsageTracker {
         }
         let snap = parse_usage_json(&body, self.pool.now())
             .map_err(|message| PollError::Invalid { message })?;
-        self.record(&a.id, &snap);
+        self.record(&a.id, &snap).map_err(|e| PollError::Invalid {
+            message: e.to_string(),
+        })?;
         if let Some(plan) = &snap.plan_type
             && a.plan_type.as_deref() != Some(plan.as_str())
         {

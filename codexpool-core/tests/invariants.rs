@@ -77,7 +77,7 @@ proptest! {
                             resets_at: Some(if stale { now.minus(Duration::from_secs(1)) } else { now.plus(Duration::from_secs(60)) }),
                             source: ReadingSource::Poll, observed_at: now.minus(Duration::from_secs(10)),
                         };
-                        pool.usage().record(id, &UsageSnapshot { windows: vec![r], ..Default::default() });
+                        pool.usage().record(id, &UsageSnapshot { windows: vec![r], ..Default::default() }).unwrap();
                         if stale { usable.insert(id.clone()); }
                     }
                     State::Cooling => {

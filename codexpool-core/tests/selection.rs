@@ -27,13 +27,15 @@ fn reading(kind: WindowKind, used: f64, now: Timestamp, resets_in: Duration) -> 
 }
 
 fn set_usage(pool: &Pool, id: &str, windows: Vec<WindowReading>) {
-    pool.usage().record(
-        id,
-        &UsageSnapshot {
-            windows,
-            ..Default::default()
-        },
-    );
+    pool.usage()
+        .record(
+            id,
+            &UsageSnapshot {
+                windows,
+                ..Default::default()
+            },
+        )
+        .unwrap();
 }
 
 async fn pick(pool: &Pool) -> String {

@@ -381,3 +381,38 @@ async fn the_memory_store_has_nowhere_to_rescue_to() {
     );
     assert!(!s.rescue_refreshed_tokens("a1", &r).await.unwrap());
 }
+
+#[tokio::test]
+async fn sqlite_names_a_refused_value_as_such_not_as_a_duplicate() {
+    use codexpool_core::usage::{ReadingSource, WindowKind, WindowReading};
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path().join("pool.db")).await.unwrap();
+    s.insert_account(&conformance::sample_account("a1", "c1"))
+        .await
+        .unwrap();
+    // SQLite stores NaN as NULL, which `used_percent REAL NOT NULL` refuses.
+    let reading = WindowReading {
+        kind: WindowKind::FiveHour,
+        used_percent: f64::NAN,
+        window_minutes: 300,
+        resets_at: None,
+        source: ReadingSource::Poll,
+        observed_at: codexpool_core::Timestamp::from_secs(1_800_000_000),
+    };
+    let batch = codexpool_core::store::RecordBatch {
+        windows: vec![("a1".into(), reading)],
+        ..Default::default()
+    };
+    let err = s.write_records(Arc::new(batch)).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Backend { message, .. } if message.contains("NOT NULL")),
+        "{err:?}"
+    );
+
+    // A real duplicate still is a conflict.
+    let err = s
+        .insert_account(&conformance::sample_account("a1", "c2"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+}

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use codexpool_core::request_log::{RequestLogEntry, RequestLogQuery};
 use codexpool_core::usage::{
-    LedgerEntry, LedgerGroup, LedgerQuery, ReadingSource, TokenCounts, WindowKind, parse_usage_json,
+    Credits, LedgerEntry, LedgerGroup, LedgerQuery, ReadingSource, TokenCounts, UsageSnapshot,
+    WindowKind, WindowReading, parse_usage_json,
 };
-use codexpool_core::{Clock, Config, ManualClock, Pool};
+use codexpool_core::{Clock, Config, Error, ManualClock, Pool};
 use common::{START, add_accounts, pool_with};
 
 #[tokio::test]
@@ -21,7 +22,8 @@ async fn headers_and_polls_land_with_their_source() {
     let body = br#"{"rate_limit":{"primary_window":{"used_percent":25,"limit_window_seconds":18000,"reset_after_seconds":600},
         "secondary_window":{"used_percent":50,"limit_window_seconds":604800,"reset_after_seconds":86400}},"credits":{"balance":"7.5"}}"#;
     pool.usage()
-        .record(&id, &parse_usage_json(body, clock.now()).unwrap());
+        .record(&id, &parse_usage_json(body, clock.now()).unwrap())
+        .unwrap();
     let u = pool.usage().get(&id).unwrap();
     assert_eq!(u.five_hour.as_ref().unwrap().source, ReadingSource::Poll);
     assert_eq!(u.weekly.as_ref().unwrap().used_percent, 50.0);
@@ -72,7 +74,8 @@ async fn headers_and_polls_land_with_their_source() {
     assert!(pool.usage().record_usage_limit(&id, b"<html>").is_none());
     // Unknown accounts are ignored without fuss.
     pool.usage()
-        .record("missing", &parse_usage_json(body, clock.now()).unwrap());
+        .record("missing", &parse_usage_json(body, clock.now()).unwrap())
+        .unwrap();
 }
 
 #[tokio::test]
@@ -253,7 +256,7 @@ async fn a_poll_that_says_limit_reached_exhausts_the_account_before_100_percent(
             "secondary_window":{{"used_percent":40,"limit_window_seconds":604800,"reset_after_seconds":86400}}}}}}"#
         );
         let snap = parse_usage_json(body.as_bytes(), clock.now()).unwrap();
-        pool.usage().record(&id, &snap);
+        pool.usage().record(&id, &snap).unwrap();
         let until = pool.usage().exhausted_until(&id).unwrap();
         assert_eq!(
             until,
@@ -284,7 +287,8 @@ async fn a_poll_that_says_limit_reached_exhausts_the_account_before_100_percent(
     let body = br#"{"rate_limit":{"allowed":true,"limit_reached":false,
         "primary_window":{"used_percent":97,"limit_window_seconds":18000,"reset_after_seconds":600}}}"#;
     pool.usage()
-        .record(&id, &parse_usage_json(body, clock.now()).unwrap());
+        .record(&id, &parse_usage_json(body, clock.now()).unwrap())
+        .unwrap();
     assert_eq!(pool.usage().exhausted_until(&id).unwrap(), None);
 }
 
@@ -424,4 +428,77 @@ async fn request_log_days_0_keeps_every_row_and_bad_values_are_refused() {
         assert!(err.contains("REQUEST_LOG_DAYS"), "{bad:?}: {err}");
     }
     assert_eq!(config.request_log_days, 30);
+}
+
+#[tokio::test]
+async fn a_reading_that_is_not_a_share_is_refused_and_later_records_still_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = Pool::builder(
+        Config::default()
+            .with("DB_PATH", dir.path().join("p.db").to_str().unwrap())
+            .unwrap(),
+    )
+    .watch_interval(Duration::ZERO)
+    .open()
+    .await
+    .unwrap();
+    let id = add_accounts(&pool, 1).await.remove(0);
+    let now = pool.now();
+    let snap = |used: f64, balance: Option<f64>| UsageSnapshot {
+        windows: vec![WindowReading {
+            kind: WindowKind::FiveHour,
+            used_percent: used,
+            window_minutes: 300,
+            resets_at: Some(now.plus(Duration::from_secs(600))),
+            source: ReadingSource::Poll,
+            observed_at: now,
+        }],
+        credits: balance.map(|b| Credits {
+            balance: Some(b),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    for (used, balance) in [
+        (f64::NAN, None),
+        (f64::INFINITY, None),
+        (-1.0, None),
+        (10.0, Some(f64::NAN)),
+    ] {
+        let err = pool.usage().record(&id, &snap(used, balance)).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidInput { .. }),
+            "{used} / {balance:?}: {err:?}"
+        );
+        assert_eq!(
+            pool.usage().get(&id).unwrap().five_hour,
+            None,
+            "nothing recorded"
+        );
+    }
+    // Over 100 % means used up, as the parsers read it.
+    pool.usage().record(&id, &snap(150.0, None)).unwrap();
+    assert_eq!(
+        pool.usage()
+            .get(&id)
+            .unwrap()
+            .five_hour
+            .unwrap()
+            .used_percent,
+        100.0
+    );
+
+    // What is queued after a refused reading is written (a bad batch would be dropped whole).
+    pool.request_log()
+        .record(RequestLogEntry::new("after", now, "/v1/responses"));
+    pool.flush().await.unwrap();
+    let rows = pool
+        .request_log()
+        .list(&RequestLogQuery::latest(10))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let stored = pool.store().list_windows().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].1.used_percent, 100.0);
 }

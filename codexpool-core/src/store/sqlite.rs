@@ -62,13 +62,14 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// `SQLITE_CONSTRAINT_TRIGGER`: a trigger's `RAISE`, not a duplicate.
-const CONSTRAINT_TRIGGER: std::ffi::c_int = 1811;
-
 fn db_err(e: rusqlite::Error) -> StoreError {
+    // Only a duplicate is a conflict; another constraint (NOT NULL, CHECK, a foreign key, a
+    // trigger's `RAISE`) refused a value, and SQLite's own message says which.
     if let rusqlite::Error::SqliteFailure(f, _) = &e
-        && f.code == rusqlite::ErrorCode::ConstraintViolation
-        && f.extended_code != CONSTRAINT_TRIGGER
+        && matches!(
+            f.extended_code,
+            rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+        )
     {
         return StoreError::Conflict {
             what: "a record with the same id or identity".into(),

@@ -46,14 +46,38 @@ pub struct UsageTracker {
 }
 
 impl UsageTracker {
-    /// Records a parsed snapshot (windows and credits) for an account. Unknown accounts are
-    /// ignored (it may have been removed meanwhile).
-    pub fn record(&self, account_id: &str, snapshot: &UsageSnapshot) {
-        self.record_readings(
-            account_id,
-            snapshot.windows.clone(),
-            snapshot.credits.clone(),
-        );
+    /// Records a snapshot (windows and credits) for an account. Unknown accounts are ignored
+    /// (it may have been removed meanwhile).
+    ///
+    /// Taken as the parsers take a backend's figures: a used share over 100 % is recorded as
+    /// 100 % (used up). A snapshot with a used share that is negative or not a number, or a
+    /// credit balance that is not a finite number, is refused whole with
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) and nothing is recorded.
+    pub fn record(&self, account_id: &str, snapshot: &UsageSnapshot) -> Result<()> {
+        let mut windows = snapshot.windows.clone();
+        for w in &mut windows {
+            let used = w.used_percent;
+            if !used.is_finite() || used < 0.0 {
+                return Err(crate::Error::invalid(
+                    "used_percent",
+                    format!(
+                        "{} window: {used} is not a share from 0 to 100",
+                        w.kind.as_str()
+                    ),
+                ));
+            }
+            w.used_percent = used.min(100.0);
+        }
+        if let Some(b) = snapshot.credits.as_ref().and_then(|c| c.balance)
+            && !b.is_finite()
+        {
+            return Err(crate::Error::invalid(
+                "credits.balance",
+                format!("{b} is not a number"),
+            ));
+        }
+        self.record_readings(account_id, windows, snapshot.credits.clone());
+        Ok(())
     }
 
     /// Parses the `x-codex-*` headers of a backend response and records them (source
@@ -65,7 +89,8 @@ impl UsageTracker {
     ) -> bool {
         match parse_usage_headers(headers, self.pool.shared.clock.now()) {
             Some(snap) => {
-                self.record(account_id, &snap);
+                // The parser keeps only finite figures, used shares from 0 to 100.
+                self.record_readings(account_id, snap.windows, snap.credits);
                 true
             }
             None => false,
