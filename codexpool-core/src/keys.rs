@@ -455,11 +455,20 @@ impl KeyTable {
     }
 
     /// Stamps to persist: `(id, time)` for keys used since the last flush.
+    /// Last-used times not yet in the store; [`KeyTable::mark_flushed`] once they are.
     pub fn dirty_stamps(&self) -> Vec<(String, Timestamp)> {
         self.by_id
             .values()
-            .filter_map(|e| e.used.take_dirty().map(|t| (e.key.id.clone(), t)))
+            .filter_map(|e| e.used.dirty().map(|t| (e.key.id.clone(), t)))
             .collect()
+    }
+
+    pub fn mark_flushed(&self, written: &[(String, Timestamp)]) {
+        for (id, t) in written {
+            if let Some(e) = self.by_id.get(id) {
+                e.used.mark_flushed(*t);
+            }
+        }
     }
 }
 

@@ -321,16 +321,25 @@ impl Pool {
         }
     }
 
+    /// Writes the last-used times that moved; a time counts as written only once its write
+    /// succeeded, so one that failed is tried again by the next flush.
     async fn flush_stamps(&self) -> Result<()> {
         let accounts = sync::read(&self.shared.accounts).dirty_stamps();
-        if !accounts.is_empty() {
-            self.shared.store.touch_accounts(&accounts).await?;
-        }
         let keys = sync::read(&self.shared.keys).dirty_stamps();
-        if !keys.is_empty() {
-            self.shared.store.touch_keys(&keys).await?;
+        let mut result = Ok(());
+        if !accounts.is_empty() {
+            match self.shared.store.touch_accounts(&accounts).await {
+                Ok(()) => sync::read(&self.shared.accounts).mark_flushed(&accounts),
+                Err(e) => result = Err(e.into()),
+            }
         }
-        Ok(())
+        if !keys.is_empty() {
+            match self.shared.store.touch_keys(&keys).await {
+                Ok(()) => sync::read(&self.shared.keys).mark_flushed(&keys),
+                Err(e) => result = result.and(Err(e.into())),
+            }
+        }
+        result
     }
 
     /// `Err` when the store does not take writes (a database file or folder this process may

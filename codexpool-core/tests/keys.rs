@@ -279,3 +279,60 @@ async fn last_used_is_recorded_without_a_write_per_request() {
         "written by the flush"
     );
 }
+
+#[tokio::test]
+async fn a_last_used_time_that_could_not_be_written_is_written_by_the_next_flush() {
+    use codexpool_core::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let clock = ManualClock::new(START);
+    let pool = Pool::builder(
+        Config::default()
+            .with("DB_PATH", path.to_str().unwrap())
+            .unwrap(),
+    )
+    .clock(Arc::new(clock.clone()))
+    .watch_interval(Duration::ZERO)
+    .open()
+    .await
+    .unwrap();
+    let k = pool.keys().create(NewKey::named("a")).await.unwrap();
+    let id = common::add_accounts(&pool, 1).await.remove(0);
+    clock.advance(Duration::from_secs(5));
+    pool.keys().verify(k.secret.expose()).unwrap();
+    let lease = pool
+        .accounts()
+        .acquire(&codexpool_core::Demand::any())
+        .await
+        .unwrap();
+    lease.report(codexpool_core::Outcome::Success).await;
+    drop(lease);
+
+    // Another connection makes the database refuse last-used writes for a while.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER no_key_touch BEFORE UPDATE OF last_used_at ON platform_keys
+               BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;
+             CREATE TRIGGER no_account_touch BEFORE UPDATE OF last_used_at ON accounts
+               BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;",
+        )
+        .unwrap();
+    assert!(pool.flush().await.is_err());
+    other
+        .execute_batch("DROP TRIGGER no_key_touch; DROP TRIGGER no_account_touch;")
+        .unwrap();
+
+    pool.flush().await.unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(
+        store.list_keys().await.unwrap()[0].last_used_at,
+        Some(clock.now()),
+        "the key's time, refused once, is written by the next flush"
+    );
+    assert_eq!(
+        store.get_account(&id).await.unwrap().unwrap().last_used_at,
+        Some(clock.now()),
+        "so is the account's"
+    );
+}

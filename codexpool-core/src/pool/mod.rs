@@ -409,11 +409,20 @@ impl Table {
         t
     }
 
+    /// Last-used times not yet in the store; [`Table::mark_flushed`] once they are.
     pub fn dirty_stamps(&self) -> Vec<(String, Timestamp)> {
         self.order
             .iter()
-            .filter_map(|s| s.state.used.take_dirty().map(|t| (s.account.id.clone(), t)))
+            .filter_map(|s| s.state.used.dirty().map(|t| (s.account.id.clone(), t)))
             .collect()
+    }
+
+    pub fn mark_flushed(&self, written: &[(String, Timestamp)]) {
+        for (id, t) in written {
+            if let Some(s) = self.by_id.get(id) {
+                s.state.used.mark_flushed(*t);
+            }
+        }
     }
 }
 
