@@ -428,9 +428,11 @@ impl Table {
 
 /// Wakes requests waiting for an inflight slot. Cheap when nobody waits.
 ///
-/// A release frees its slot, then reads `waiting`; a waiter counts itself in `waiting`, then tries
-/// for a slot. Both sides use SeqCst so at least one of them sees the other: the release notifies
-/// or the waiter's try finds the slot free.
+/// A release frees its slot (`inflight` decrement), then reads `waiting`; a waiter counts itself
+/// in `waiting`, then tries for a slot, reading `inflight` (`select::evaluate`, then
+/// `SlotState::try_take`). Every one of these four accesses is SeqCst, so at least one side sees
+/// the other: the release notifies, or the waiter's try finds the slot free. (A weaker read on
+/// either side would let both miss, and the waiter sleep until its timeout.)
 #[derive(Default)]
 pub(crate) struct Gate {
     notify: tokio::sync::Notify,

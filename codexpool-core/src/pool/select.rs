@@ -57,7 +57,9 @@ pub(crate) fn evaluate(slot: &Slot, demand: &Demand<'_>, now: i64, cap: u32) -> 
     if demand.tried.contains(&a.id) {
         return Verdict::Blocked(Block::Tried);
     }
-    if cap > 0 && st.inflight.load(Ordering::Relaxed) >= cap {
+    // SeqCst: a waiter's first look at a full slot is its half of the `Gate` handshake; a
+    // Relaxed load could read a count from before a release that saw no waiter.
+    if cap > 0 && st.inflight.load(Ordering::SeqCst) >= cap {
         return Verdict::Blocked(Block::Busy);
     }
     let (guarded, left, reset) = st.headroom(now);
