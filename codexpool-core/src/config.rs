@@ -23,6 +23,8 @@ pub const ENV_FILE_NAMES: [&str; 4] = ["codexpool.env", "gpttools.env", "CodexMa
 pub const ENV_FILE: &str = "env file";
 /// The smallest usage poll interval; smaller values are raised to it with a warning.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(30);
+/// The largest usage poll interval (one day); larger values are refused.
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(86_400);
 
 /// Shorter `RPC_TOKEN`s draw a warning (a generated one has 64).
 pub const MIN_RPC_TOKEN_CHARS: usize = 32;
@@ -643,9 +645,9 @@ pub static SETTINGS: &[Setting] = &[
         default_value: Some("600"),
         default_doc: "600",
         secret: false,
-        help: "background usage poll interval in seconds (min 30)",
+        help: "background usage poll interval in seconds (30–86400; less is raised to 30)",
         apply: |c, v| {
-            let n = parse_u64(v)?;
+            let n = parse_in(v, 0..=MAX_POLL_INTERVAL.as_secs())?;
             let d = Duration::from_secs(n);
             if d < MIN_POLL_INTERVAL {
                 c.warnings.push(format!(
@@ -1382,6 +1384,10 @@ mod tests {
             ("CODEXPOOL_LOGIN_ADDR", "localhost:99999"),
             ("CODEXPOOL_FRONT_PROXY_MAX_BODY_BYTES", "0"),
             ("CODEXPOOL_USAGE_POLL_INTERVAL_SECS", "-5"),
+            // Beyond a day: a bound, as for the other durations (the poller's jitter once
+            // overflowed on such values and stopped polling).
+            ("CODEXPOOL_USAGE_POLL_INTERVAL_SECS", "86401"),
+            ("CODEXPOOL_USAGE_POLL_INTERVAL_SECS", "18446744073709551615"),
             // 0 is not "no limit" here: a zero timeout would cut every stream.
             ("CODEXPOOL_UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "0"),
             ("CODEXPOOL_UPSTREAM_CONNECT_TIMEOUT_SECS", "0"),
@@ -1524,6 +1530,10 @@ mod tests {
         assert_eq!(c.usage_poll_interval, MIN_POLL_INTERVAL);
         assert_eq!(c.warnings.len(), 1);
         assert!(c.warnings[0].contains("USAGE_POLL_INTERVAL_SECS"));
+        let c = from(&[("CODEXPOOL_USAGE_POLL_INTERVAL_SECS", "86400")]).unwrap();
+        assert_eq!(c.usage_poll_interval, MAX_POLL_INTERVAL);
+        let e = from(&[("CODEXPOOL_USAGE_POLL_INTERVAL_SECS", "86401")]).unwrap_err();
+        assert!(e.to_string().contains("from 0 to 86400"), "{e}");
     }
 
     #[test]

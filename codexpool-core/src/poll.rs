@@ -315,13 +315,15 @@ pub fn spawn_poller_with(pool: &Pool, opts: PollerOptions) -> BackgroundTask {
     })
 }
 
+/// `d` ± up to `fraction` of it, at random; `d` itself when that does not fit a `Duration`
+/// (`mul_f64` would panic, and a panic ends the poller without a word).
 fn jittered(d: Duration, fraction: f64) -> Duration {
-    if fraction <= 0.0 {
+    if fraction.is_nan() || fraction <= 0.0 {
         return d;
     }
     use rand::Rng;
     let f: f64 = rand::rng().random_range(-fraction..=fraction);
-    d.mul_f64(1.0 + f)
+    Duration::try_from_secs_f64(d.as_secs_f64() * (1.0 + f)).unwrap_or(d)
 }
 
 /// Runs `f` over `items` with at most `limit` at once, calling `done` as each one finishes;
@@ -575,5 +577,15 @@ mod tests {
             );
         }
         assert_eq!(jittered(d, 0.0), d);
+        assert_eq!(jittered(d, f64::NAN), d);
+    }
+
+    #[test]
+    fn jitter_never_overflows() {
+        // Any interval a caller may hand `PollerOptions::interval`: no panic, which would end
+        // the poller without a word.
+        for _ in 0..100 {
+            assert!(jittered(Duration::MAX, 0.5) >= Duration::MAX / 2);
+        }
     }
 }
