@@ -565,6 +565,15 @@ async fn ledger_folding(s: &dyn Store) -> Result<(), Failure> {
     .await
     .map_err(e)?;
     let before = ledger_sums(s, None).await?;
+    // Cutoffs at the ends of time: nothing precedes the first; the last's day has begun.
+    ensure!(
+        s.fold_ledger(Timestamp::from_millis(i64::MIN), 100)
+            .await
+            .map_err(e)?
+            == 0,
+        "a cutoff at the earliest time folds nothing"
+    );
+    ensure!(ledger_sums(s, None).await? == before, "nothing folded");
     let day2 = t(2 * 86_400);
     ensure!(
         s.fold_ledger(day2, 100).await.map_err(e)? == 6,

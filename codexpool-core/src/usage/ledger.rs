@@ -128,9 +128,13 @@ pub fn group_value(e: &LedgerEntry, g: LedgerGroup) -> String {
 /// Milliseconds in a day.
 pub(crate) const DAY_MS: i64 = 86_400_000;
 
-/// The start of the UTC day `t` falls in.
+/// The start of the UTC day `t` falls in; the earliest time there is (`i64::MIN` ms, some 292
+/// million years ago) for a time in the first, partial day, whose start is out of range. So a
+/// `fold_ledger` cutoff that early folds nothing; it used to overflow (a panic in debug builds,
+/// and in release a cutoff far in the future that folded every day).
 pub(crate) fn day_start(t: Timestamp) -> Timestamp {
-    Timestamp::from_millis(t.as_millis().div_euclid(DAY_MS) * DAY_MS)
+    let ms = t.as_millis();
+    Timestamp::from_millis(ms.checked_sub(ms.rem_euclid(DAY_MS)).unwrap_or(i64::MIN))
 }
 
 /// Whether a stored entry may stand for a folded day (stamped with the day's start). A request
@@ -176,5 +180,23 @@ impl DayFold {
                 (entry, requests)
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_start_holds_at_the_ends_of_time() {
+        let day = |ms: i64| day_start(Timestamp::from_millis(ms)).as_millis();
+        assert_eq!(day(DAY_MS + 5), DAY_MS);
+        assert_eq!(day(-1), -DAY_MS);
+        assert_eq!(
+            day(i64::MIN),
+            i64::MIN,
+            "the first day's start is out of range"
+        );
+        assert_eq!(day(i64::MAX), i64::MAX - i64::MAX % DAY_MS);
     }
 }

@@ -198,6 +198,8 @@ impl UsageTracker {
     /// key, account, model or day stays the same, and a `since` inside a folded day leaves that
     /// day out. A few thousand entries per transaction; how many were folded. A serving process
     /// does this hourly for the days the request log no longer keeps (`REQUEST_LOG_DAYS`).
+    /// Any `before` is taken: one in the first day of the `i64` range (whose start cannot be
+    /// represented) folds nothing, one in the last folds every earlier day.
     pub async fn fold_ledger(&self, before: Timestamp) -> Result<u64> {
         let store = &self.pool.shared.store;
         in_chunks(|n| store.fold_ledger(before, n)).await
