@@ -2,7 +2,8 @@
 //! objects (millisecond precision); arguments accept an aware or naive `datetime` (naive means
 //! local time, as `datetime.timestamp()` has it), an RFC 3339 string, or seconds since the epoch.
 //! Times beyond what `datetime` holds (a garbage reset time from upstream) become
-//! `datetime.max` / `datetime.min` in UTC rather than an `OverflowError`.
+//! `datetime.max` / `datetime.min` in UTC rather than an `OverflowError`; as arguments, epoch
+//! seconds beyond it are refused (`InvalidInput`).
 
 use codexpool_core::Timestamp;
 use pyo3::prelude::*;
@@ -80,6 +81,7 @@ pub(crate) fn opt(t: Option<Timestamp>) -> Option<Time> {
 pub(crate) fn from_arg(v: &Bound<'_, PyAny>, field: &str) -> PyResult<Timestamp> {
     let py = v.py();
     if v.is_instance_of::<PyDateTime>() {
+        // Within a day of `datetime`'s range (a time zone's offset): far from i64's ends.
         let secs: f64 = v.call_method0("timestamp")?.extract()?;
         return Ok(from_secs(secs));
     }
@@ -93,6 +95,26 @@ pub(crate) fn from_arg(v: &Bound<'_, PyAny>, field: &str) -> PyResult<Timestamp>
     {
         let secs: f64 = v.extract()?;
         if secs.is_finite() {
+            // Refused rather than clamped: a clamped time would reach core as one of i64's
+            // ends, where day arithmetic (a ledger cutoff's day) has no room.
+            #[allow(clippy::cast_precision_loss)] // both ends are below 2^53
+            let range = MIN_MILLIS as f64..=MAX_MILLIS as f64;
+            let ms = (secs * 1000.0).round();
+            if !range.contains(&ms) {
+                let hint = if ms > 0.0 {
+                    "; was a time in milliseconds given as seconds?"
+                } else {
+                    ""
+                };
+                return Err(invalid(
+                    py,
+                    field,
+                    format!(
+                        "{secs} seconds since the epoch is outside the years 1 to 9999 (what \
+                         datetime holds{hint})"
+                    ),
+                ));
+            }
             return Ok(from_secs(secs));
         }
     }

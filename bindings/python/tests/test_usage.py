@@ -114,6 +114,18 @@ def test_ledger_groups_and_since(pool: codexpool.Pool, fake: FakeOpenAi) -> None
     assert e.value.field == "before"
 
 
+def test_times_outside_datetime_are_refused(pool: codexpool.Pool) -> None:
+    """Epoch seconds beyond the years 1 to 9999 are an InvalidInput, not a PanicException (or,
+    in a release build, a cutoff that folds every ledger day)."""
+    for t in (-1e300, 1e300, -62_135_596_801, 253_402_300_800):
+        with pytest.raises(codexpool.InvalidInput, match="years 1 to 9999") as e:
+            pool.usage.fold_ledger(t)
+        assert e.value.field == "before"
+    # The ends themselves are times like any other.
+    assert pool.usage.fold_ledger(-62_135_596_800) == 0
+    assert pool.usage.fold_ledger(253_402_300_799) == 0
+
+
 def test_reset_times_beyond_datetime_max_are_clamped(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
     """A garbage upstream reset time (10^13 s away) reads as datetime.max, not OverflowError."""
     a = add_account(pool, fake, "acct-1")

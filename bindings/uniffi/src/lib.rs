@@ -17,7 +17,8 @@
 //!   (Python coroutines, Kotlin `suspend`, Swift `async`); they run on one module-wide
 //!   multi-thread tokio runtime (see `runtime`), never on the caller's executor. Methods that
 //!   only read memory (`list`, `get`, `verify`) are plain calls.
-//! - **Times are `i64` milliseconds since the Unix epoch (UTC)**, as core stores them.
+//! - **Times are `i64` milliseconds since the Unix epoch (UTC)**, as core stores them; time
+//!   arguments outside the years 1 to 9999 are refused (`InvalidInput`).
 //! - **Ids** accept any unique prefix, as on the command line.
 //! - **Paths** (`Pool.open`'s `db_path`, `import_path`, `export_to_file`) may start with `~`
 //!   for the home directory, as in a shell.
@@ -41,6 +42,7 @@ mod runtime;
 mod server;
 #[cfg(feature = "testing")]
 mod testing;
+mod time;
 mod usage;
 
 pub use account::{

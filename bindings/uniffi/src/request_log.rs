@@ -134,11 +134,7 @@ impl RequestLog {
     /// older than `REQUEST_LOG_DAYS`.
     pub async fn prune(&self, before: i64) -> Result<u64, CodexPoolError> {
         let log = self.inner.request_log();
-        run(async move {
-            Ok(log
-                .prune(codexpool_core::Timestamp::from_millis(before))
-                .await?)
-        })
-        .await
+        let before = crate::time::arg("before", before)?;
+        run(async move { Ok(log.prune(before).await?) }).await
     }
 }

@@ -2,7 +2,6 @@
 //! polling them on demand, and the token ledger, over core's [`codexpool_core::UsageTracker`].
 
 use codexpool_core::RefreshScope;
-use codexpool_core::Timestamp;
 use codexpool_core::poll::PollResult as CorePollResult;
 use codexpool_core::usage::{
     AccountUsage as CoreUsage, Credits as CoreCredits, LedgerGroup as CoreGroup, LedgerQuery,
@@ -288,7 +287,8 @@ impl UsageTracker {
     /// `REQUEST_LOG_DAYS` no longer keeps.
     pub async fn fold_ledger(&self, before: i64) -> Result<u64, CodexPoolError> {
         let usage = self.inner.usage();
-        run(async move { Ok(usage.fold_ledger(Timestamp::from_millis(before)).await?) }).await
+        let before = crate::time::arg("before", before)?;
+        run(async move { Ok(usage.fold_ledger(before).await?) }).await
     }
 
     /// Sums the token ledger by `group_by`, largest total first; only requests at or after
@@ -302,7 +302,7 @@ impl UsageTracker {
         let usage = self.inner.usage();
         let mut q = LedgerQuery::by(group_by.into());
         if let Some(t) = since {
-            q = q.since(Timestamp::from_millis(t));
+            q = q.since(crate::time::arg("since", t)?);
         }
         run(async move {
             Ok(usage

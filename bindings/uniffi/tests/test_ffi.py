@@ -272,6 +272,9 @@ async def run(tmp, fake):
     assert await usage.fold_ledger(tomorrow) == 1
     assert await usage.ledger(cp.LedgerGroup.KEY) == rows, "folding keeps the sums"
     assert await usage.fold_ledger(tomorrow) == 0
+    for t in (-(2**63), 2**63 - 1, 253_402_300_800_000):
+        msg = await expect("InvalidInput", usage.fold_ledger(t))
+        assert "years 1 to 9999" in msg, msg
     log = await pool.request_log().list()
     chat = [e for e in log if e.route == "/v1/chat/completions" and e.status == 200]
     assert chat and chat[0].key_id == ci.id and chat[0].account_id == account_id, log
