@@ -273,8 +273,12 @@ impl Pool {
     /// Re-reads accounts, keys and usage from the store, keeping runtime state (inflight,
     /// cooldowns) and newer in-memory readings. The change watcher calls this when another
     /// process writes; call it yourself to be sure.
+    ///
+    /// Credits carry no time of their own: this pool's queued records are written first, so the
+    /// stored credits are the last any process stored, and they replace what memory has.
     pub async fn reload(&self) -> Result<()> {
         let shared = &self.shared;
+        shared.writer.flush().await;
         let _guard = shared.admin.lock().await;
         let accounts = shared.store.list_accounts().await?;
         let keys = shared.store.list_keys().await?;
@@ -294,7 +298,7 @@ impl Pool {
             }
             for (id, c) in credits {
                 if let Some(s) = t.get(&id) {
-                    sync::lock(&s.state.usage).credits.get_or_insert(c);
+                    sync::lock(&s.state.usage).credits = Some(c);
                 }
             }
         }

@@ -146,29 +146,40 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Op>, hurry: 
             }
         }
         let (records, flushes) = batch.finish();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match store.write_records(records.clone()).await {
-                Ok(()) => break,
-                Err(e) if attempt < ATTEMPTS => {
-                    tracing::warn!(error = %e, attempt, "background write failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt * attempt)))
-                        .await;
-                }
-                Err(e) => {
-                    tracing::error!(
-                        error = %e,
-                        ledger = records.ledger.len(),
-                        request_log = records.request_log.len(),
-                        "background write failed; records dropped"
-                    );
-                    break;
-                }
-            }
+        // Only flushes (a reload's, say): nothing to write, no transaction to open.
+        let empty = records.windows.is_empty()
+            && records.credits.is_empty()
+            && records.ledger.is_empty()
+            && records.request_log.is_empty();
+        if !empty {
+            write_with_retries(store.as_ref(), records).await;
         }
         for f in flushes {
             let _ = f.send(());
+        }
+    }
+}
+
+/// Writes a batch, trying [`ATTEMPTS`] times before dropping it with an error in the log.
+async fn write_with_retries(store: &dyn Store, records: Arc<RecordBatch>) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match store.write_records(records.clone()).await {
+            Ok(()) => return,
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "background write failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt * attempt))).await;
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    ledger = records.ledger.len(),
+                    request_log = records.request_log.len(),
+                    "background write failed; records dropped"
+                );
+                return;
+            }
         }
     }
 }

@@ -164,3 +164,34 @@ async fn a_person_disabling_an_account_wins_over_the_servers_stale_view() {
         assert_eq!(a.status_reason.as_deref(), Some("disabled by a person"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_stored_elsewhere_replace_older_ones_and_queued_ones_stay() {
+    use codexpool_core::usage::{Credits, UsageSnapshot};
+    let (_dir, server, cli) = two_pools().await;
+    let id = import_one(&cli).await;
+    server.reload().await.unwrap();
+    let credits = |balance: f64| UsageSnapshot {
+        credits: Some(Credits {
+            balance: Some(balance),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let balance = |pool: &Pool| pool.usage().get(&id).unwrap().credits.unwrap().balance;
+
+    // The server knows 3; `codexpool usage --refresh` elsewhere stores 5.
+    server.usage().record(&id, &credits(3.0)).unwrap();
+    server.flush().await.unwrap();
+    cli.usage().record(&id, &credits(5.0)).unwrap();
+    cli.flush().await.unwrap();
+    server.reload().await.unwrap();
+    assert_eq!(balance(&server), Some(5.0), "the newer stored credits win");
+
+    // A reading the server has not written yet is newer than what is stored: it stays.
+    server.usage().record(&id, &credits(7.0)).unwrap();
+    server.reload().await.unwrap();
+    assert_eq!(balance(&server), Some(7.0));
+    cli.reload().await.unwrap();
+    assert_eq!(balance(&cli), Some(7.0), "and it was written");
+}
