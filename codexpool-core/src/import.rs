@@ -553,10 +553,14 @@ impl AccountPool {
         let user_id = c.claims.user_id().unwrap_or_default();
         let account = self.find_identity(&c.chatgpt_account_id, user_id)?;
         let (file, stored) = (&c.tokens, &account.tokens);
-        if file.refresh_token == stored.refresh_token {
-            let same = file.access_token == stored.access_token && file.id_token == stored.id_token;
-            return same.then_some((account, Kept::Same));
+        if file.refresh_token == stored.refresh_token
+            && file.access_token == stored.access_token
+            && file.id_token == stored.id_token
+        {
+            return Some((account, Kept::Same));
         }
+        // Also with the same refresh token (an issuer need not rotate it): a file with an older
+        // access token would put back one that may have expired already.
         let older = match (file.expires_at, stored.expires_at) {
             (Some(f), Some(s)) if f != s => f < s,
             _ => matches!((file.last_refresh, stored.last_refresh), (Some(f), Some(s)) if f < s),

@@ -135,6 +135,41 @@ async fn reimport_never_puts_older_tokens_back() {
 }
 
 #[tokio::test]
+async fn reimport_keeps_a_newer_access_token_under_the_same_refresh_token() {
+    let (pool, _) = pool_with(&[]).await;
+    let old = auth_json_expiring("acct-7", "rt-kept", 2_000_000_000);
+    let newer = auth_json_expiring("acct-7", "rt-kept", 2_000_086_400);
+    let id = pool.accounts().import_bytes("newer", &newer).await.results[0]
+        .account_id
+        .clone()
+        .unwrap();
+    let stored = pool.accounts().get(&id).unwrap().tokens;
+    let r = pool.accounts().import_bytes("old", &old).await;
+    assert_eq!(
+        (r.updated(), r.unchanged(), r.skipped()),
+        (0, 1, 0),
+        "{r:?}"
+    );
+    assert!(
+        matches!(&r.results[0].outcome, ImportOutcome::Unchanged(why) if why.contains("newer")),
+        "{r:?}"
+    );
+    let after = pool.accounts().get(&id).unwrap().tokens;
+    assert_eq!(after.access_token.expose(), stored.access_token.expose());
+    assert_eq!(after.expires_at, stored.expires_at);
+
+    // A newer access token under the same refresh token is taken.
+    let newest = auth_json_expiring("acct-7", "rt-kept", 2_000_172_800);
+    assert_eq!(
+        pool.accounts()
+            .import_bytes("newest", &newest)
+            .await
+            .updated(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn reimport_of_the_same_tokens_is_unchanged() {
     let (pool, _) = pool_with(&[]).await;
     // A Codex CLI auth.json (`OPENAI_API_KEY` beside the tokens).
