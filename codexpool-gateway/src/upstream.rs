@@ -613,6 +613,9 @@ impl Step {
     }
 }
 
+/// Idle timeouts before commit after which a request tries no further account.
+const MAX_SILENCES: u32 = 2;
+
 /// Tries accounts until one commits. `record` travels with the call and comes back either way.
 pub(crate) async fn run(
     pool: &Pool,
@@ -621,6 +624,9 @@ pub(crate) async fn run(
     mut call: Call,
 ) -> Result<Committed, Failed> {
     let mut last: Option<UpstreamFailure> = None;
+    // Upstreams that stayed silent for the whole idle timeout: the first moves the request on,
+    // the second ends it (a client kept waiting a timeout per account could wait for hours).
+    let mut silences = 0u32;
     let portable = std::sync::OnceLock::new();
     let key = call.key.clone();
     let groups = (!key.allowed_groups.is_empty()).then_some(key.allowed_groups.as_slice());
@@ -686,6 +692,18 @@ pub(crate) async fn run(
                 metrics.attempt(kind);
                 if let Some(o) = outcome {
                     lease.report(o).await;
+                }
+                if kind == Attempt::Timeout {
+                    silences += 1;
+                    if silences == MAX_SILENCES {
+                        call.record.entry.error_class = Some(f.error_code().to_string());
+                        return Err(Failed {
+                            error: ApiError::from_upstream(&f),
+                            record: call.record,
+                            // As when no account is left: the fallback upstream may still answer.
+                            no_account: true,
+                        });
+                    }
                 }
                 tracing::debug!(account = %lease.account_id(), failure = %f, "attempt failed; trying the next account");
                 last = Some(f);

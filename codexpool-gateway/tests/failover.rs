@@ -310,6 +310,25 @@ async fn the_stream_idle_timeout_gives_504_and_moves_on() {
     );
 }
 
+/// A silent upstream moves the request on once; a second silence ends it with 504, whatever
+/// accounts are left (else a client would wait an idle timeout per account).
+#[tokio::test]
+async fn a_second_silent_upstream_ends_the_request() {
+    let h = harness(3, &[("UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "1")]).await;
+    h.fake.push_reply("acct-0", Reply::HangForever);
+    h.fake.push_reply("acct-1", Reply::HangForever);
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_timeout", "{v}");
+    let row = &h.log().await[0];
+    assert_eq!(row.accounts_tried, h.ids[..2]);
+    assert_eq!(row.error_class.as_deref(), Some("upstream_timeout"));
+    assert_eq!(row.status, 504);
+    assert_eq!(h.attempts("timeout").await, 2);
+    assert_eq!(h.total_inflight(), 0);
+    assert_eq!(h.fake.requests_to("/backend-api/codex/responses").len(), 2);
+}
+
 #[tokio::test]
 async fn connection_refused_moves_to_the_next_account_and_ends_in_an_error() {
     let h = harness(
