@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use codexpool_testkit::Reply;
-use common::{chat, harness};
+use common::{chat, harness, harness_with};
 
 #[tokio::test]
 async fn a_challenge_page_with_status_200_is_a_challenge() {
@@ -85,6 +85,50 @@ async fn a_usage_limit_notice_in_the_text_is_read_to_the_wait_it_names() {
         off < Duration::from_secs(30),
         "exhausted until {until:?}, named {named:?}"
     );
+}
+
+/// A slow first event does not send the Codex CLI's headers early: it gets its turn state from
+/// the account that answers, and a failure as the HTTP error it reads.
+#[tokio::test]
+async fn the_codex_cli_waits_for_a_slow_upstream_without_early_headers() {
+    let h = harness_with(2, &[], |b| b.keepalive_interval(Duration::from_millis(100))).await;
+    let codex = || {
+        let body = serde_json::json!({"model": "gpt-5-codex", "instructions": "x",
+            "input": [], "stream": true, "store": false});
+        axum::http::Request::post("/v1/responses")
+            .header("authorization", format!("Bearer {}", h.key))
+            .header("content-type", "application/json")
+            .header("originator", "codex_cli_rs")
+            .header("version", "0.171.0")
+            .header("session_id", "session-1")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap()
+    };
+    h.fake.push_reply(
+        "acct-0",
+        Reply::UsageLimit429 {
+            resets_in_secs: 600,
+        }
+        .slow_first_byte(Duration::from_millis(350)),
+    );
+    let (status, headers, text) = h.call(codex()).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(headers["x-codex-turn-state"], "turn-acct-1");
+    assert!(!text.contains(": keep-alive"), "{text}");
+    // Every account out: the CLI's own 429, not an error event in a 200 stream.
+    h.fake.push_reply(
+        "acct-1",
+        Reply::UsageLimit429 {
+            resets_in_secs: 600,
+        }
+        .slow_first_byte(Duration::from_millis(350)),
+    );
+    let (status, headers, text) = h.call(codex()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{text}");
+    assert!(headers.get("retry-after").is_some());
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["type"], "usage_limit_reached", "{v}");
+    assert_eq!(h.total_inflight(), 0);
 }
 
 #[tokio::test]

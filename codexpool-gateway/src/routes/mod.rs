@@ -414,7 +414,10 @@ pub(crate) async fn dispatch(
     // Ordinary Responses clients get the streamed items in an empty final `output`; the Codex CLI
     // reads the items themselves and gets every byte as sent.
     let refill = protocol == Protocol::Responses;
-    let result = if answer.streams() {
+    // The Codex CLI gets no early headers: the answer headers it acts on (its turn state) come
+    // with the attempt that commits, and a failure must reach it as the HTTP error it reads
+    // (keep-alive comments would not reset its stream timer anyway: it times events).
+    let result = if answer.streams() && protocol != Protocol::Codex {
         match tokio::time::timeout(shared.keepalive, &mut run).await {
             Ok(r) => r,
             Err(_) => {
