@@ -854,6 +854,32 @@ async fn an_assembled_answer_cut_by_a_usage_limit_says_when_to_come_back() {
     assert_eq!(h.total_inflight(), 0);
 }
 
+/// An assembled answer that fails part-way on the last account goes to the fallback upstream,
+/// as one that failed before its first event does.
+#[tokio::test]
+async fn an_assembled_answer_failing_on_the_last_account_goes_to_the_fallback() {
+    let h0 = harness(0, &[]).await;
+    let fallback = h0.fake.openai_base_url();
+    let h = harness(
+        1,
+        &[
+            ("UPSTREAM_FALLBACK_BASE_URL", &fallback),
+            ("UPSTREAM_FALLBACK_API_KEY", "sk-fake"),
+        ],
+    )
+    .await;
+    h.fake
+        .push_reply("acct-0", Reply::CutMidStream { after_deltas: 2 });
+    let (status, headers, body) = h.call(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["x-codexpool-fallback"], "1");
+    assert_eq!(h0.fake.count("/v1/chat/completions"), 1);
+    let row = &h.log().await[0];
+    assert!(row.fallback);
+    assert_eq!(row.accounts_tried, h.ids);
+    assert_eq!(h.total_inflight(), 0);
+}
+
 /// With no account left, the client hears what went wrong on the last one (not "no account").
 #[tokio::test]
 async fn an_assembled_answer_failing_on_every_account_says_why() {

@@ -485,6 +485,7 @@ pub(crate) async fn dispatch(
                 answer: &answer,
                 created,
                 protocol,
+                fallback,
             };
             assembled(&shared, committed, assembly, extra, pending).await
         }
@@ -497,6 +498,8 @@ struct Assembly<'a> {
     answer: &'a Answer,
     created: i64,
     protocol: Protocol,
+    /// Where the client's request goes when no account is left to try again.
+    fallback: FallbackRequest,
 }
 
 /// An assembled (non-streaming) answer. The client sees nothing until it is complete, so an
@@ -539,8 +542,12 @@ async fn assembled(
         committed =
             match upstream::run(&shared.pool, &shared.upstream, &shared.metrics, *call).await {
                 Ok(c) => c,
-                // No account left: the client (and the log) hear what went wrong on the last one,
-                // and when an account is back (the pool's `Retry-After`).
+                // No account left: the fallback upstream when there is one, else the client (and
+                // the log) hear what went wrong on the last account, and when an account is back
+                // (the pool's `Retry-After`).
+                Err(failed) if failed.no_account && shared.upstream.fallback.is_some() => {
+                    return fallback_call(shared, failed.record, how.fallback, false).await;
+                }
                 Err(mut failed) if failed.no_account => {
                     failed.record.entry.error_class = Some(error.code.clone());
                     let mut error = error;
