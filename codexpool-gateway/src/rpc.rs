@@ -323,6 +323,9 @@ struct ListLog {
     key_id: Option<String>,
     account_id: Option<String>,
     after_id: Option<i64>,
+    /// The oldest rows after `after_id` first: following the log leaves no gap.
+    #[serde(default)]
+    oldest_first: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -449,6 +452,7 @@ async fn call(pool: &Pool, method: &str, p: Value) -> Result<Value, RpcError> {
             query.key_id = q.key_id;
             query.account_id = q.account_id;
             query.after_id = q.after_id;
+            query.oldest_first = q.oldest_first;
             to_value(pool.request_log().list(&query).await?)
         }
         "stats/summary" => {

@@ -209,6 +209,39 @@ async fn rpc_methods_and_bad_params() {
         ),
         (Some(1), Some(1))
     );
+    // The request log, newest first, or oldest first after an id (how a follower pages).
+    for n in 0..5 {
+        let entry = codexpool_core::request_log::RequestLogEntry::new(
+            format!("req-{n}"),
+            e.pool.now(),
+            "chat/completions",
+        );
+        e.pool.request_log().record(entry);
+    }
+    let ids = |v: &Value| -> Vec<String> {
+        v["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["request_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let v = call(&srv, "requestlog/list", json!({"limit": 2})).await;
+    assert_eq!(ids(&v), ["req-4", "req-3"]);
+    let first = call(
+        &srv,
+        "requestlog/list",
+        json!({"limit": 1, "oldest_first": true}),
+    )
+    .await;
+    let after = first["result"][0]["id"].as_i64().unwrap();
+    let v = call(
+        &srv,
+        "requestlog/list",
+        json!({"limit": 2, "after_id": after, "oldest_first": true}),
+    )
+    .await;
+    assert_eq!(ids(&v), ["req-1", "req-2"]);
     // Bad params name the field.
     for (method, params, needle) in [
         ("apikey/create", json!({}), "name"),
