@@ -10,7 +10,7 @@ use std::sync::Arc;
 use codexpool_core::auth::{
     LoginCompleted as CoreLoginCompleted, LoginHandle, LoginOptions as CoreLoginOptions,
 };
-use codexpool_core::import::{ImportOutcome, ImportResult as CoreImportResult};
+use codexpool_core::import::{ImportOutcome, ImportReport, ImportResult as CoreImportResult};
 use codexpool_core::store::{LoginKind, LoginStatus};
 use codexpool_core::{
     Account as CoreAccount, AccountFilter as CoreFilter, AccountPatch as CorePatch,
@@ -210,6 +210,12 @@ pub struct ImportResult {
     pub warning: Option<String>,
     /// The input was a Codex CLI sign-in, whose refresh token that CLI still holds.
     pub codex_cli: bool,
+    /// An import with `take_over` refreshed this Codex CLI sign-in: codexpool holds the only
+    /// live refresh token, and that CLI must sign in again.
+    pub taken_over: bool,
+    /// An import with `take_over` could not refresh this sign-in (core's message, naming the
+    /// source): it stays imported and shared, and the results after it were not tried.
+    pub take_over_error: Option<String>,
 }
 
 impl From<CoreImportResult> for ImportResult {
@@ -229,8 +235,42 @@ impl From<CoreImportResult> for ImportResult {
             label: r.label,
             warning: r.warning,
             codex_cli: r.codex_cli,
+            taken_over: r.taken_over,
+            take_over_error: None,
         }
     }
+}
+
+/// An import's results, after core's take-over when asked. Core stops at the first refresh
+/// that fails, with the import written and the results before it taken over; that failure is
+/// put on its result (`take_over_error`) instead of raised, so the caller keeps the results
+/// (`CodexPoolError` is a flat uniffi error: it carries only a message).
+async fn import_results(
+    accounts: &codexpool_core::AccountPool,
+    mut report: ImportReport,
+    take_over: bool,
+) -> Result<Vec<ImportResult>, CodexPoolError> {
+    let failed = if take_over {
+        accounts.take_over(&mut report).await.err()
+    } else {
+        None
+    };
+    let mut results: Vec<ImportResult> = report.results.into_iter().map(Into::into).collect();
+    if let Some(e) = failed {
+        let codexpool_core::Error::TakeOver {
+            input, account_id, ..
+        } = &e
+        else {
+            return Err(e.into());
+        };
+        let Some(r) = results.iter_mut().find(|r| {
+            !r.taken_over && r.source == *input && r.account_id.as_ref() == Some(account_id)
+        }) else {
+            return Err(e.into());
+        };
+        r.take_over_error = Some(e.to_string());
+    }
+    Ok(results)
 }
 
 /// How to run a browser sign-in, and what to set on the account it signs in.
@@ -491,11 +531,13 @@ impl AccountPool {
 
     /// Imports a Codex CLI `auth.json`, a codexpool export, or every `*.json` file of a folder
     /// (a leading `~` is the home directory); one result per account found. Fails only when the
-    /// path cannot be read, or when `take_over` fails.
+    /// path cannot be read.
     ///
     /// With `take_over`, each Codex CLI sign-in written is refreshed once, so codexpool holds
-    /// the only live refresh token (that CLI must sign in again; the result's `warning` says
-    /// so). A refresh that fails raises `Auth` naming the source; the account stays imported.
+    /// the only live refresh token (that CLI must sign in again; the result's `taken_over` and
+    /// `warning` say so). The take-over stops at the first refresh that fails, which is not
+    /// raised: that result's `take_over_error` says why, it and the ones after it stay imported
+    /// and shared with the Codex CLI, the ones before it were taken over.
     #[uniffi::method(default(take_over = false))]
     pub async fn import_path(
         &self,
@@ -507,11 +549,8 @@ impl AccountPool {
             codexpool_core::config::expand_home(path),
         );
         run(async move {
-            let mut report = accounts.import_path(&path).await?;
-            if take_over {
-                accounts.take_over(&mut report).await?;
-            }
-            Ok(report.results.into_iter().map(Into::into).collect())
+            let report = accounts.import_path(&path).await?;
+            import_results(&accounts, report, take_over).await
         })
         .await
     }
@@ -527,11 +566,8 @@ impl AccountPool {
     ) -> Result<Vec<ImportResult>, CodexPoolError> {
         let accounts = self.inner.accounts();
         run(async move {
-            let mut report = accounts.import_bytes(&source, text.as_bytes()).await;
-            if take_over {
-                accounts.take_over(&mut report).await?;
-            }
-            Ok(report.results.into_iter().map(Into::into).collect())
+            let report = accounts.import_bytes(&source, text.as_bytes()).await;
+            import_results(&accounts, report, take_over).await
         })
         .await
     }

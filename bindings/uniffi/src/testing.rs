@@ -118,6 +118,17 @@ impl FakeOpenAi {
         })
     }
 
+    /// Revokes every sign-in of the account: access tokens answer 401, refreshes fail
+    /// (`refresh_token_invalidated`) until a new sign-in.
+    pub fn revoke_sessions(&self, account_id: String) -> Result<(), CodexPoolError> {
+        self.with_account(&account_id, |f| f.revoke_sessions(&account_id))
+    }
+
+    /// How many refreshes were attempted for the account (failed ones included).
+    pub fn refresh_count(&self, account_id: String) -> Result<u64, CodexPoolError> {
+        self.with_account(&account_id, |f| f.refresh_count(&account_id) as u64)
+    }
+
     /// How many requests reached `path` (e.g. `/backend-api/codex/responses`).
     pub fn count(&self, path: String) -> Result<u64, CodexPoolError> {
         self.with(|f| f.count(&path) as u64)

@@ -362,6 +362,7 @@ async def take_over(tmp, fake):
     refreshes = fake.count("/oauth/token")
     results = await accounts.import_text("auth.json", fake.auth_json("acct-t"))
     assert results[0].codex_cli and "single-use refresh token" in results[0].warning, results
+    assert not results[0].taken_over and results[0].take_over_error is None, results
     assert fake.count("/oauth/token") == refreshes
 
     step("import with take_over: one refresh, and the warning says so")
@@ -370,7 +371,26 @@ async def take_over(tmp, fake):
         f.write(fake.auth_json("acct-t"))
     results = await accounts.import_path(path, take_over=True)
     assert results[0].warning.startswith(f"took over {path}"), results
+    assert results[0].taken_over and results[0].take_over_error is None, results
     assert fake.count("/oauth/token") == refreshes + 1
+
+    step("a failed take-over is put on its result, not raised: the results stay")
+    homes = os.path.join(tmp, "homes")
+    os.makedirs(homes)
+    for n in ("acct-a", "acct-b", "acct-c"):
+        fake.add_account(n)
+        with open(os.path.join(homes, f"{n}.json"), "w") as f:
+            f.write(fake.auth_json(n))
+    fake.revoke_sessions("acct-b")
+    results = await accounts.import_path(homes, take_over=True)
+    assert [r.status for r in results] == [cp.ImportStatus.IMPORTED] * 3, results
+    assert [r.taken_over for r in results] == [True, False, False], results
+    assert results[0].warning.startswith("took over"), results
+    failed = results[1].take_over_error
+    assert failed and failed.startswith("could not take over") and "acct-b.json" in failed, results
+    assert results[0].take_over_error is None and results[2].take_over_error is None, results
+    assert fake.refresh_count("acct-a") == 1 and fake.refresh_count("acct-c") == 0, "stops at the failure"
+    assert len(accounts.list()) == 4, "the import stands"
 
 
 def test_ffi():
