@@ -30,7 +30,8 @@ pub enum CodexPoolError {
     /// A file or socket could not be read, written or bound.
     #[error("{0}")]
     Io(String),
-    /// A bug or an unexpected state (a panicked task, a runtime that would not start).
+    /// A bug or an unexpected state (a panicked task, a runtime that would not start, a process
+    /// forked after the library was used).
     #[error("{0}")]
     Internal(String),
 }

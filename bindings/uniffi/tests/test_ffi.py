@@ -11,6 +11,7 @@ import asyncio
 import gc
 import json
 import os
+import signal
 import socket
 import stat
 import sys
@@ -18,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.environ.get("CODEXPOOL_FFI_DIR", os.path.join(HERE, "..", "generated")))
@@ -393,6 +395,37 @@ async def take_over(tmp, fake):
     assert len(accounts.list()) == 4, "the import stands"
 
 
+def forked_child_gets_an_error(tmp, fake):
+    """Forks after the runtime ran; the child's call must raise, not hang. 0 when it did."""
+    pool = asyncio.run(cp.Pool.open(os.path.join(tmp, "fork.db"), dict(fake.settings(), DISABLE_POLLING="true")))
+    asyncio.run(pool.flush())  # the runtime runs in this process now
+    step("a child forked after use gets an error, not a hang")
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that forking a multi-threaded process may deadlock: the point here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit code only
+        code = 3
+        try:
+            asyncio.run(pool.flush())
+            code = 2
+        except CodexPoolError.Internal as e:
+            code = 0 if "forked" in str(e) else 1
+        except BaseException:
+            code = 4
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hung in a codexpool call")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(done[1]) == 0, "the child got the fork error"
+    asyncio.run(pool.flush())  # the parent goes on as before
+
+
 def test_ffi():
     fake = cp.FakeOpenAi.start()
     try:
@@ -420,9 +453,21 @@ def test_import_take_over():
         fake.shutdown()
 
 
+def test_a_child_forked_after_use_gets_an_error_not_a_hang():
+    if not hasattr(os, "fork"):
+        return  # no fork() here
+    fake = cp.FakeOpenAi.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            forked_child_gets_an_error(tmp, fake)
+    finally:
+        fake.shutdown()
+
+
 if __name__ == "__main__":
     t0 = time.monotonic()
     test_ffi()
     test_abandoned_sign_ins_free_the_listener_port()
     test_import_take_over()
+    test_a_child_forked_after_use_gets_an_error_not_a_hang()
     print(f"codexpool_ffi: all checks passed in {time.monotonic() - t0:.1f}s")
