@@ -1,6 +1,6 @@
 //! Argument conventions shared by the wrappers: keyword changes for `update` methods (an
 //! omitted keyword leaves a field as it is, `None` clears an optional one), durations in seconds,
-//! and socket addresses.
+//! and listen addresses.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -45,13 +45,10 @@ pub(crate) fn seconds(py: Python<'_>, field: &str, secs: f64) -> PyResult<Durati
     })
 }
 
-/// `host:port` with a literal IP (port 0 picks a free port).
-pub(crate) fn socket_addr(py: Python<'_>, field: &str, addr: &str) -> PyResult<SocketAddr> {
-    addr.trim().parse().map_err(|_| {
-        invalid(
-            py,
-            field,
-            format!("{addr:?} is not an IP address with a port, e.g. \"127.0.0.1:0\""),
-        )
-    })
+/// A listen address as the CLI's `serve --addr` takes it (core's `parse_listen_addr`):
+/// `IP:port`, or `host:port` with `localhost` as 127.0.0.1 and another name resolved now (with
+/// the GIL released); port 0 picks a free port.
+pub(crate) fn listen_addr(py: Python<'_>, field: &str, addr: &str) -> PyResult<SocketAddr> {
+    py.detach(|| codexpool_core::config::parse_listen_addr(addr))
+        .map_err(|e| invalid(py, field, format!("{addr:?}: {e}")))
 }

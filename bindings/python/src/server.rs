@@ -10,7 +10,7 @@ use codexpool_gateway::{RunningServer, Server as CoreServer};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::args::{seconds, socket_addr};
+use crate::args::{listen_addr, seconds};
 use crate::errors::ServerError;
 use crate::pool::Pool;
 use crate::record::{py_bool, quote};
@@ -34,9 +34,10 @@ fn server_error(e: codexpool_gateway::ServerError) -> PyErr {
     ServerError::new_err(e.to_string())
 }
 
-/// Starts the service over `pool` on `addr` (`host:port`, port 0 picks a free one) and returns
-/// once it accepts connections. The admin RPC token is `rpc_token`, else `RPC_TOKEN`, else a
-/// random one written to `<db dir>/rpc-token`. `background_tasks` runs the usage poller (which
+/// Starts the service over `pool` on `addr` (`IP:port`, or `host:port` as for the CLI's
+/// `serve --addr`: `localhost` is 127.0.0.1; port 0 picks a free one) and returns once it
+/// accepts connections. The admin RPC token is `rpc_token`, else `RPC_TOKEN`, else a random
+/// one written to `<db dir>/rpc-token`. `background_tasks` runs the usage poller (which
 /// still honours `DISABLE_POLLING`) and the token refresher.
 #[pyfunction]
 #[pyo3(signature = (pool, addr="127.0.0.1:0", *, rpc_token=None, background_tasks=true, shutdown_grace=30.0))]
@@ -49,7 +50,7 @@ pub(crate) fn serve(
     shutdown_grace: f64,
 ) -> PyResult<Server> {
     let mut server = CoreServer::new(pool.inner.clone())
-        .addr(socket_addr(py, "addr", addr)?)
+        .addr(listen_addr(py, "addr", addr)?)
         .background_tasks(background_tasks)
         .shutdown_grace(seconds(py, "shutdown_grace", shutdown_grace)?);
     if let Some(t) = rpc_token {

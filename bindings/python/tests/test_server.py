@@ -74,9 +74,20 @@ def test_a_pool_in_memory_is_no_server_of_the_database_at_db_path(
         assert not list(db_dir.glob("servers/*.json"))
 
 
+def test_addresses_as_for_the_cli(pool: codexpool.Pool) -> None:
+    # `host:port` as the CLI's `serve --addr` takes it: `localhost` is 127.0.0.1.
+    with codexpool.serve(pool, "localhost:0", background_tasks=False) as srv:
+        assert srv.host == "127.0.0.1" and srv.url.startswith("http://127.0.0.1:")
+    with codexpool.serve(pool, " 127.0.0.1:0 ", background_tasks=False) as srv:
+        assert srv.host == "127.0.0.1"
+
+
 def test_bad_addresses(pool: codexpool.Pool) -> None:
-    with pytest.raises(codexpool.InvalidInput) as e:
+    with pytest.raises(codexpool.InvalidInput, match="expected host:port") as e:
         codexpool.serve(pool, "localhost")
+    assert e.value.field == "addr"
+    with pytest.raises(codexpool.InvalidInput, match="did you mean 127.0.0.1:8080") as e:
+        codexpool.serve(pool, "8080")
     assert e.value.field == "addr"
     with pytest.raises(codexpool.InvalidInput, match="shutdown_grace"):
         codexpool.serve(pool, shutdown_grace=-1)
