@@ -750,6 +750,51 @@ async fn rotated_tokens_survive_a_database_that_stays_locked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescued_tokens_do_not_undo_a_disable_made_while_the_refresh_was_on_the_wire() {
+    let fake = fake();
+    fake.refresh_delay(Duration::from_millis(1500));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let a = file_pool(&fake, &path).await;
+    let id = import(&a, &fake, "acct-1").await;
+
+    let held = fake.refreshes_held();
+    let refreshing = tokio::spawn({
+        let (a, id) = (a.clone(), id.clone());
+        async move { a.auth().refresh(&id).await }
+    });
+    refresh_held(&fake, held, 5).await;
+    // The refresh read the account as active before it went out; a person disables it now,
+    // then another process keeps the write lock, so the new tokens are rescued.
+    a.accounts().disable(&id).await.unwrap();
+    let locker = rusqlite::Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let after = tokio::time::timeout(Duration::from_secs(20), refreshing)
+        .await
+        .expect("the refresh waited on the locked database")
+        .unwrap()
+        .unwrap();
+    assert_eq!(rescue_files(&path).len(), 1, "the tokens were rescued");
+    assert_eq!(
+        after.tokens.refresh_token.expose(),
+        fake.current_tokens("acct-1").refresh_token
+    );
+    assert_eq!(after.status, AccountStatus::Disabled, "{after:?}");
+    assert_eq!(after.status_reason.as_deref(), Some("disabled by a person"));
+    let status: String = locker
+        .query_row("SELECT status FROM accounts WHERE id = ?1", [&id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(status, "disabled");
+    drop(locker);
+    a.reload().await.unwrap();
+    let reloaded = a.accounts().get(&id).unwrap();
+    assert_eq!(reloaded.status, AccountStatus::Disabled);
+    assert_eq!(reloaded.tokens, after.tokens);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_rescued_by_a_process_that_died_are_stored_when_the_pool_opens() {
     let fake = fake();
     fake.refresh_delay(Duration::from_millis(1500));

@@ -430,9 +430,7 @@ impl Auth {
                 .await?
                 .ok_or_else(|| AuthError::UnknownAccount { id: id.to_string() })?;
             if tokens_changed(&stored.tokens, baseline) {
-                let token = stored.tokens.access_token.clone();
-                self.adopt(stored).await;
-                return Ok(token);
+                return Ok(self.adopt(stored).await);
             }
             let asked = Instant::now();
             let take = shared
@@ -525,9 +523,7 @@ impl Auth {
             .await?
             .ok_or_else(|| AuthError::UnknownAccount { id: id.to_string() })?;
         if tokens_changed(&current.tokens, baseline) {
-            let token = current.tokens.access_token.clone();
-            self.adopt(current).await;
-            return Ok(token);
+            return Ok(self.adopt(current).await);
         }
         // The answer must arrive with enough of the lease left to store (or rescue) it.
         let post_for = lease
@@ -575,12 +571,7 @@ impl Auth {
                     }
                 }
                 let token = self
-                    .persist(
-                        id,
-                        RefreshedTokens::new(sent, tokens, extra),
-                        current,
-                        lease,
-                    )
+                    .persist(id, RefreshedTokens::new(sent, tokens, extra), lease)
                     .await?;
                 tracing::info!(account = %id, "refreshed the tokens");
                 Ok(token)
@@ -595,9 +586,7 @@ impl Auth {
                     && again.tokens.refresh_token != sent
                 {
                     // Another holder rotated it meanwhile: theirs is the live token.
-                    let token = again.tokens.access_token.clone();
-                    self.adopt(again).await;
-                    return Ok(token);
+                    return Ok(self.adopt(again).await);
                 }
                 let reason = dead_reason(&code, message.as_deref(), lease.left_behind);
                 tracing::warn!(
@@ -630,7 +619,6 @@ impl Auth {
         &self,
         id: &str,
         refreshed: RefreshedTokens,
-        current: Account,
         lease: &mut HeldLease,
     ) -> Result<Secret, AuthError> {
         let shared = &self.pool.shared;
@@ -693,12 +681,7 @@ impl Auth {
                             "the database would not take the refreshed tokens; they are kept in a private \
                              file beside it (rescued-tokens/) and go into the database with its next write"
                         );
-                        let mut a = current;
-                        refreshed.apply_to(&mut a, self.now());
-                        let token = a.tokens.access_token.clone();
-                        let _guard = shared.admin.lock().await;
-                        sync::write(&shared.accounts).upsert(a);
-                        return Ok(token);
+                        return Ok(self.install_rescued(id, &refreshed).await);
                     }
                     Ok(false) => {}
                     Err(e) => {
@@ -745,12 +728,54 @@ impl Auth {
         })
     }
 
-    /// Installs tokens another process stored into memory.
-    async fn adopt(&self, account: Account) {
+    /// Installs tokens another process stored into memory; the access token to use. `seen` was
+    /// read before `admin` was taken, so a reload (or a change of this process) may have put
+    /// something newer in memory since: the account is read again under `admin`, as a reload
+    /// reads it. When that read fails, only `seen`'s tokens go into memory (unless older).
+    async fn adopt(&self, seen: Account) -> Secret {
         let shared = &self.pool.shared;
         let _guard = shared.admin.lock().await;
-        tracing::debug!(account = %account.id, "adopting tokens refreshed elsewhere");
-        sync::write(&shared.accounts).upsert(account);
+        tracing::debug!(account = %seen.id, "adopting tokens refreshed elsewhere");
+        match shared.store.get_account(&seen.id).await {
+            Ok(Some(a)) => {
+                let token = a.tokens.access_token.clone();
+                sync::write(&shared.accounts).upsert(a);
+                token
+            }
+            // Removed meanwhile: the next reload drops it from memory.
+            Ok(None) => seen.tokens.access_token,
+            Err(e) => {
+                tracing::debug!(account = %seen.id, error = %e, "could not re-read the account to adopt its tokens; taking only the tokens");
+                let mut t = sync::write(&shared.accounts);
+                let Some(mut a) = t.get(&seen.id).map(|s| s.account.clone()) else {
+                    return seen.tokens.access_token;
+                };
+                if crate::store::rescue::replaces(&seen.tokens, &a.tokens, false) {
+                    a.tokens = seen.tokens;
+                }
+                let token = a.tokens.access_token.clone();
+                t.upsert(a);
+                token
+            }
+        }
+    }
+
+    /// Puts rescued tokens into the account as memory has it now (not as it was read before the
+    /// POST: a person may have disabled or relabelled it meanwhile); the access token to use.
+    /// Tokens newer than the rescued ones, installed meanwhile, stay.
+    async fn install_rescued(&self, id: &str, refreshed: &RefreshedTokens) -> Secret {
+        let shared = &self.pool.shared;
+        let _guard = shared.admin.lock().await;
+        let mut t = sync::write(&shared.accounts);
+        let Some(mut a) = t.get(id).map(|s| s.account.clone()) else {
+            return refreshed.tokens.access_token.clone();
+        };
+        if refreshed.writes_over(&a.tokens) {
+            refreshed.apply_to(&mut a, self.now());
+        }
+        let token = a.tokens.access_token.clone();
+        t.upsert(a);
+        token
     }
 
     /// `POST {issuer}/oauth/token` with the refresh grant (JSON), waiting at most `timeout`.
@@ -958,6 +983,47 @@ mod tests {
             }
         );
         drop(silent);
+    }
+
+    #[tokio::test]
+    async fn adopting_tokens_keeps_a_change_installed_after_they_were_read() {
+        use std::sync::Arc;
+
+        let fake = codexpool_testkit::FakeOpenAi::start().unwrap();
+        fake.add_account(codexpool_testkit::FakeAccount::new("acct-1"));
+        let pool = Pool::builder(crate::Config::default())
+            .store(Arc::new(crate::store::MemoryStore::new()))
+            .watch_interval(Duration::ZERO)
+            .open()
+            .await
+            .unwrap();
+        let doc = serde_json::to_vec(&fake.auth_json("acct-1")).unwrap();
+        let id = pool
+            .accounts()
+            .import_bytes("auth.json", &doc)
+            .await
+            .results[0]
+            .account_id
+            .clone()
+            .unwrap();
+        // Another process stores new tokens; a refresh here reads them (`seen`)...
+        let mut tokens = pool.accounts().get(&id).unwrap().tokens;
+        tokens.access_token = Secret::new("access-from-elsewhere");
+        tokens.refresh_token = Secret::new("refresh-from-elsewhere");
+        let store = pool.store();
+        let now = pool.now();
+        let seen = store
+            .patch_account(&id, &AccountPatch::default().tokens(tokens.clone()), now)
+            .await
+            .unwrap();
+        // ...and before it takes `admin`, a person disables the account (store and memory).
+        pool.accounts().disable(&id).await.unwrap();
+
+        let token = pool.auth().adopt(seen).await;
+        assert_eq!(token, tokens.access_token);
+        let a = pool.accounts().get(&id).unwrap();
+        assert_eq!(a.status, AccountStatus::Disabled, "{a:?}");
+        assert_eq!(a.tokens, tokens);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! [`Store::rescue_refreshed_tokens`] keeps them outside the database until it takes them.
 
 mod memory;
-mod rescue;
+pub(crate) mod rescue;
 mod sqlite;
 
 pub mod conformance;
