@@ -69,8 +69,8 @@ pub enum Error {
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
     /// [`AccountPool::take_over`](crate::AccountPool::take_over) could not refresh an imported
-    /// Codex CLI sign-in: the account stays imported, its refresh token still shared with that
-    /// CLI.
+    /// Codex CLI sign-in (the first that failed; each failed result has `take_over_error`): the
+    /// account stays imported, its refresh token still shared with that CLI.
     #[error("could not take over {input}: {cause}")]
     TakeOver {
         /// The import result's source (a path, `stdin`, with `#N` for the N-th account).

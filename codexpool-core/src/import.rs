@@ -65,6 +65,10 @@ pub struct ImportResult {
     /// [`AccountPool::take_over`] refreshed this Codex CLI sign-in: codexpool holds the only
     /// live refresh token, and that CLI must sign in again.
     pub taken_over: bool,
+    /// [`AccountPool::take_over`] could not refresh this Codex CLI sign-in: why. The account
+    /// stays imported, its refresh token still shared with that CLI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub take_over_error: Option<String>,
     /// The account holds the input's tokens now (imported, updated, or already up to date);
     /// not when the stored sign-in is newer.
     #[serde(skip)]
@@ -358,6 +362,7 @@ fn skipped(source: String, reason: impl Into<String>) -> ImportResult {
         warning: None,
         codex_cli: false,
         taken_over: false,
+        take_over_error: None,
         holds_input_tokens: false,
     }
 }
@@ -472,6 +477,7 @@ impl AccountPool {
                             warning: warning.filter(|_| same),
                             codex_cli: c.from_codex_cli,
                             taken_over: false,
+                            take_over_error: None,
                             holds_input_tokens: same,
                         });
                         continue;
@@ -490,6 +496,7 @@ impl AccountPool {
                             warning,
                             codex_cli,
                             taken_over: false,
+                            take_over_error: None,
                             holds_input_tokens: true,
                         },
                         Err(e @ Error::Store(StoreError::Backend { .. })) => ImportResult {
@@ -513,25 +520,39 @@ impl AccountPool {
     /// over.
     ///
     /// Each result taken over gets `taken_over` and a warning saying so (replacing the
-    /// "shared" one); returns how many accounts were refreshed. Stops at the first refresh that
-    /// fails, with [`Error::TakeOver`] naming that result's source: its account stays imported
-    /// and shared, as do the ones after it, and the results before it are taken over; the
-    /// report says which, so show it before the error.
+    /// "shared" one); returns how many accounts were refreshed. A refresh that fails does not
+    /// stop the others (one dead sign-in would otherwise block every file after it on every
+    /// rerun): its result gets `take_over_error` and its account stays imported and shared.
+    /// When any failed, the error is [`Error::TakeOver`] for the first of them; the report says
+    /// which were taken over and which failed, so show it with the error.
     pub async fn take_over(&self, report: &mut ImportReport) -> Result<usize> {
         let auth = self.pool.auth();
         let mut refreshed: Vec<String> = Vec::new();
+        // Per account: why its refresh failed, so a second copy of it is not tried again.
+        let mut failed: Vec<(String, String)> = Vec::new();
+        let mut first_error: Option<Error> = None;
         for r in &mut report.results {
             let fresh = r.holds_input_tokens;
             let (Some(id), true, true) = (r.account_id.as_deref(), r.codex_cli, fresh) else {
                 continue;
             };
+            if let Some((_, why)) = failed.iter().find(|(done, _)| done == id) {
+                r.take_over_error = Some(why.clone());
+                continue;
+            }
             // The same sign-in twice (two copies of one auth.json): one refresh is enough.
             if !refreshed.iter().any(|done| done == id) {
-                auth.refresh(id).await.map_err(|cause| Error::TakeOver {
-                    input: r.source.clone(),
-                    account_id: id.to_string(),
-                    cause,
-                })?;
+                if let Err(cause) = auth.refresh(id).await {
+                    tracing::warn!(input = %r.source, account = %id, error = %cause, "could not take over a Codex CLI sign-in");
+                    r.take_over_error = Some(cause.to_string());
+                    failed.push((id.to_string(), cause.to_string()));
+                    first_error.get_or_insert(Error::TakeOver {
+                        input: r.source.clone(),
+                        account_id: id.to_string(),
+                        cause,
+                    });
+                    continue;
+                }
                 refreshed.push(id.to_string());
             }
             r.taken_over = true;
@@ -541,7 +562,10 @@ impl AccountPool {
                 r.source
             ));
         }
-        Ok(refreshed.len())
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(refreshed.len()),
+        }
     }
 
     /// Why a file's tokens are not written over the stored ones of the same sign-in, if so:

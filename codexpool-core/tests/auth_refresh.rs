@@ -516,6 +516,50 @@ async fn the_background_refresher_refreshes_and_stops_when_dropped() {
 }
 
 #[tokio::test]
+async fn take_over_goes_on_past_dead_sign_ins_and_reports_each() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    for n in ["acct-a", "acct-b", "acct-c", "acct-d"] {
+        fake.add_account(FakeAccount::new(n));
+        std::fs::write(
+            dir.path().join(format!("{n}.json")),
+            fake.auth_json(n).to_string(),
+        )
+        .unwrap();
+    }
+    fake.revoke_sessions("acct-b");
+    fake.revoke_sessions("acct-c");
+    let (pool, _) = memory_pool(&fake, &[]).await;
+    let mut report = pool.accounts().import_path(dir.path()).await.unwrap();
+    assert_eq!(report.imported(), 4);
+
+    let e = pool.accounts().take_over(&mut report).await.unwrap_err();
+    let codexpool_core::Error::TakeOver { input, .. } = &e else {
+        panic!("{e:?}")
+    };
+    assert!(input.ends_with("acct-b.json"), "the first failure: {input}");
+    let taken: Vec<bool> = report.results.iter().map(|r| r.taken_over).collect();
+    assert_eq!(taken, [true, false, false, true], "{report:?}");
+    let failed: Vec<bool> = report
+        .results
+        .iter()
+        .map(|r| r.take_over_error.is_some())
+        .collect();
+    assert_eq!(failed, [false, true, true, false], "{report:?}");
+    assert!(
+        report.results[2]
+            .take_over_error
+            .as_deref()
+            .unwrap()
+            .contains("sign in again"),
+        "{report:?}"
+    );
+    assert_eq!(fake.refresh_count("acct-a"), 1);
+    assert_eq!(fake.refresh_count("acct-d"), 1, "tried after the failures");
+    assert_eq!(pool.accounts().list(&Default::default()).len(), 4);
+}
+
+#[tokio::test]
 async fn take_over_refreshes_each_codex_cli_sign_in_an_import_wrote() {
     let fake = fake();
     fake.add_account(FakeAccount::new("acct-2"));
@@ -579,6 +623,7 @@ async fn take_over_refreshes_each_codex_cli_sign_in_an_import_wrote() {
     assert_eq!(Some(account_id), report.results[0].account_id.as_ref());
     assert!(matches!(cause, AuthError::RefreshDead { .. }), "{cause:?}");
     assert!(!report.results[0].taken_over);
+    assert!(report.results[0].take_over_error.is_some());
     assert!(
         e.to_string()
             .starts_with("could not take over other/auth.json: "),

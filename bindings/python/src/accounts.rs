@@ -83,7 +83,8 @@ record! {
     /// What happened to one imported account: `status` is `imported`, `updated`, `unchanged`
     /// (the stored sign-in is the same or newer), `skipped` (not a usable sign-in) or `failed`
     /// (the database refused it), with `reason` for the last three; `taken_over` when an
-    /// import with `take_over` refreshed this Codex CLI sign-in.
+    /// import with `take_over` refreshed this Codex CLI sign-in, `take_over_error` (why) when
+    /// that refresh failed.
     ImportResult as "ImportResult" {
         source: String,
         status: String,
@@ -93,6 +94,7 @@ record! {
         warning: Option<String>,
         codex_cli: bool,
         taken_over: bool,
+        take_over_error: Option<String>,
     }
 }
 
@@ -136,6 +138,7 @@ impl From<CoreImportReport> for ImportReport {
                         warning: x.warning,
                         codex_cli: x.codex_cli,
                         taken_over: x.taken_over,
+                        take_over_error: x.take_over_error,
                     }
                 })
                 .collect(),
@@ -581,7 +584,8 @@ impl AccountPool {
     /// (a leading `~` is the home directory). Results with a warning (a sign-in still shared
     /// with the Codex CLI) are also issued as `CodexPoolWarning`s. With `take_over`, each
     /// Codex CLI sign-in written is refreshed once, so codexpool holds the only live refresh
-    /// token (that CLI must sign in again); a failed refresh raises `AuthError` naming the file.
+    /// token (that CLI must sign in again); a failed refresh does not stop the others: each
+    /// such result has `take_over_error`, and then `AuthError` is raised naming the first.
     #[pyo3(signature = (path, *, take_over=false))]
     fn import_file(
         &self,

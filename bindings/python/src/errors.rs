@@ -62,7 +62,7 @@ pyo3::create_exception!(
     AuthError,
     CodexPoolError,
     "Sign-in or token refresh failed; from an import's `take_over`, `report` is the import's \
-     report."
+     report (the failed results have `take_over_error`)."
 );
 pyo3::create_exception!(
     codexpool,

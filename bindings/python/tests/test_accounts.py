@@ -348,23 +348,28 @@ def test_import_with_take_over(pool: codexpool.Pool, fake: FakeOpenAi, tmp_path:
     assert [a.chatgpt_account_id for a in pool.accounts.list(text="acct-4")] == ["acct-4"]
     assert e.value.report is not None and e.value.report.imported == 1
     assert not e.value.report.results[0].taken_over
+    assert "sign in again" in (e.value.report.results[0].take_over_error or "")
     assert codexpool.AuthError.report is None, "other auth errors carry no report"
 
 
 def test_a_failed_take_over_keeps_the_report(pool: codexpool.Pool, fake: FakeOpenAi, tmp_path: Path) -> None:
-    for n in ("acct-a", "acct-b", "acct-c"):
+    for n in ("acct-a", "acct-b", "acct-c", "acct-d"):
         fake.add_account(n)
         (tmp_path / f"{n}.json").write_text(json.dumps(fake.auth_json(n)))
     fake.revoke_sessions("acct-b")
+    fake.revoke_sessions("acct-c")
     with pytest.warns(codexpool.CodexPoolWarning) as w:
         with pytest.raises(codexpool.AuthError, match="could not take over .*acct-b.json") as e:
             pool.accounts.import_file(tmp_path, take_over=True)
     report = e.value.report
-    assert report is not None and report.imported == 3
-    assert [r.taken_over for r in report.results] == [True, False, False]
+    assert report is not None and report.imported == 4
+    # The dead sign-ins do not stop the others; each says why it failed.
+    assert [r.taken_over for r in report.results] == [True, False, False, True]
+    assert [r.take_over_error is not None for r in report.results] == [False, True, True, False]
+    assert report.results[1].to_dict()["take_over_error"] == report.results[1].take_over_error
     assert any(str(x.message).startswith("took over") for x in w), "the take-over warnings are issued"
-    assert fake.refresh_count("acct-a") == 1 and fake.refresh_count("acct-c") == 0
-    assert len(pool.accounts.list()) == 3
+    assert fake.refresh_count("acct-a") == 1 and fake.refresh_count("acct-d") == 1
+    assert len(pool.accounts.list()) == 4
 
 
 def test_login_complete_with_something_else_than_a_redirect_is_invalid_input(pool: codexpool.Pool) -> None:

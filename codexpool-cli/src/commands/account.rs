@@ -12,9 +12,10 @@
 //! - `account import`: `{"imported", "updated", "unchanged", "skipped", "failed", "results":
 //!   [{"source", "status" (imported|updated|unchanged|skipped|failed: the database refused it,
 //!   exit 1), "reason" (when unchanged, skipped or failed),
-//!   "account_id", "label", "warning", "codex_cli", "taken_over"}]}`; with `--take-over`, a
-//!   refresh that failed adds `"take_over_error": {"source", "account_id", "message"}` (the
-//!   results before it were taken over, it and the ones after not; exit 1);
+//!   "account_id", "label", "warning", "codex_cli", "taken_over"}]}`; with `--take-over`, each
+//!   result whose refresh failed has `"take_over_error": "why"` (the others are still taken
+//!   over) and the first such failure adds `"take_over_error": {"source", "account_id",
+//!   "message"}` to the document (exit 1);
 //! - `account export`: the export document `{"version": 1, "exported_at", "accounts": […]}`
 //!   (always JSON); with `-o FILE` and `--json`: `{"path", "accounts": N}`;
 //! - `account list`: `[Account + {"usage": {"five_hour": Window|null, "weekly": Window|null},
@@ -233,8 +234,8 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str, take_over: bool) -> an
     } else {
         pool.accounts().import_path(source).await?
     };
-    // A take-over that fails leaves the import written and the sign-ins before it taken
-    // over: the report says which, so it is printed before the error.
+    // A take-over that fails leaves the import written and the other sign-ins taken over: the
+    // report says which, so it is printed before the error.
     let take_over_error = if take_over {
         pool.accounts().take_over(&mut report).await.err()
     } else {
@@ -268,20 +269,33 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str, take_over: bool) -> an
 }
 
 /// The error of a failed `--take-over` (core's
-/// [`AccountPool::take_over`](codexpool_core::AccountPool::take_over) stops at the first refresh
-/// that fails), with a hint saying what stands: every account was written, and the sign-ins
-/// before the failed one were taken over.
+/// [`AccountPool::take_over`](codexpool_core::AccountPool::take_over) names the first refresh
+/// that failed; the report has every one), naming each failed sign-in, with a hint saying what
+/// stands: every account was written, and the other sign-ins were taken over.
 fn take_over_failure(report: &ImportReport, e: codexpool_core::Error) -> anyhow::Error {
     let codexpool_core::Error::TakeOver { .. } = &e else {
         return e.into();
     };
+    let failed: Vec<String> = report
+        .results
+        .iter()
+        .filter_map(|r| Some(format!("{}: {}", r.source, r.take_over_error.as_ref()?)))
+        .collect();
+    let message = if failed.len() > 1 {
+        format!(
+            "could not take over {} sign-ins: {}",
+            failed.len(),
+            failed.join("; ")
+        )
+    } else {
+        e.to_string()
+    };
     let taken = report.results.iter().filter(|r| r.taken_over).count();
     Failure::new(
-        e.to_string(),
+        message,
         format!(
-            "the import itself stands, and {} taken over before it; it and the ones after it \
-             still share their sign-in with the Codex CLI: run the import with --take-over \
-             again later",
+            "the import itself stands, and {} taken over; the failed ones still share their \
+             sign-in with the Codex CLI: run the import with --take-over again later",
             plural(taken, "sign-in was", "sign-ins were"),
         ),
     )

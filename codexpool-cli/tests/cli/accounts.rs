@@ -344,15 +344,15 @@ fn take_over_leaves_codexpool_the_only_live_refresh_token() {
     assert_eq!(env.fake.refresh_count("acct-t"), 2);
 }
 
-/// A take-over whose refresh fails still shows the whole report: every account was imported,
-/// the ones before the failure were taken over (their warnings say so), it and the ones after
-/// were not; then the command exits 1 naming the failed one.
+/// A take-over whose refreshes fail still shows the whole report: every account was imported,
+/// the others were taken over (their warnings say so), also the ones after a failure; each
+/// failed result says why; then the command exits 1 naming every failed one.
 #[test]
 fn a_failed_take_over_still_prints_the_report() {
     let env = Env::new();
     let dir = env.path().join("homes");
     std::fs::create_dir_all(&dir).unwrap();
-    for n in ["acct-a", "acct-b", "acct-c"] {
+    for n in ["acct-a", "acct-b", "acct-c", "acct-d"] {
         env.fake.add_account(FakeAccount::new(n));
         std::fs::write(
             dir.join(format!("{n}.json")),
@@ -361,6 +361,7 @@ fn a_failed_take_over_still_prints_the_report() {
         .unwrap();
     }
     env.fake.revoke_sessions("acct-b");
+    env.fake.revoke_sessions("acct-c");
     let o = env
         .cmd()
         .args(["--json", "account", "import", "--take-over"])
@@ -370,9 +371,13 @@ fn a_failed_take_over_still_prints_the_report() {
     let (stdout, stderr) = texts(&o);
     assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
     let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
-    assert_eq!(v["imported"], 3, "{v}");
-    let taken: Vec<&Value> = (0..3).map(|i| &v["results"][i]["taken_over"]).collect();
-    assert_eq!(taken, [true, false, false], "{v}");
+    assert_eq!(v["imported"], 4, "{v}");
+    let taken: Vec<&Value> = (0..4).map(|i| &v["results"][i]["taken_over"]).collect();
+    assert_eq!(taken, [true, false, false, true], "{v}");
+    let failed: Vec<bool> = (0..4)
+        .map(|i| v["results"][i]["take_over_error"].is_string())
+        .collect();
+    assert_eq!(failed, [false, true, true, false], "{v}");
     assert!(
         v["results"][0]["warning"]
             .as_str()
@@ -386,21 +391,23 @@ fn a_failed_take_over_still_prints_the_report() {
         "{v}"
     );
     assert_eq!(failed["account_id"], v["results"][1]["account_id"], "{v}");
-    assert!(stderr.contains("could not take over"), "{stderr}");
     assert!(
-        stderr.contains("1 sign-in was taken over before it"),
+        stderr.contains("could not take over 2 sign-ins"),
         "{stderr}"
     );
+    assert!(stderr.contains("acct-b.json: "), "{stderr}");
+    assert!(stderr.contains("acct-c.json: "), "{stderr}");
+    assert!(stderr.contains("2 sign-ins were taken over"), "{stderr}");
     assert_eq!(env.fake.refresh_count("acct-a"), 1);
     assert_eq!(
-        env.fake.refresh_count("acct-c"),
-        0,
-        "not tried after the failure"
+        env.fake.refresh_count("acct-d"),
+        1,
+        "tried after the failures"
     );
-    assert_eq!(env.json(&["account", "list"]).as_array().unwrap().len(), 3);
+    assert_eq!(env.json(&["account", "list"]).as_array().unwrap().len(), 4);
 
-    // The table says the same; acct-a's file is older than its stored sign-in now (left
-    // alone), acct-b fails again.
+    // The table says the same; the files of acct-a and acct-d are older than their stored
+    // sign-ins now (left alone), acct-b and acct-c fail again.
     let o = env
         .cmd()
         .args(["account", "import", "--take-over"])
@@ -409,12 +416,26 @@ fn a_failed_take_over_still_prints_the_report() {
         .unwrap();
     let (stdout, stderr) = texts(&o);
     assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
-    assert!(stdout.contains("3 unchanged"), "{stdout}");
-    assert!(stderr.contains("could not take over"), "{stderr}");
+    assert!(stdout.contains("4 unchanged"), "{stdout}");
     assert!(
-        stderr.contains("0 sign-ins were taken over before it"),
+        stderr.contains("could not take over 2 sign-ins"),
         "{stderr}"
     );
+    assert!(stderr.contains("0 sign-ins were taken over"), "{stderr}");
+
+    // One failure alone is named as it is.
+    std::fs::remove_file(dir.join("acct-c.json")).unwrap();
+    let o = env
+        .cmd()
+        .args(["account", "import", "--take-over"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("could not take over "), "{stderr}");
+    assert!(stderr.contains("acct-b.json: "), "{stderr}");
+    assert!(!stderr.contains("acct-c.json"), "{stderr}");
 }
 
 /// The database refusing the accounts (a full disk) is not "skipped" and not a success: each

@@ -89,7 +89,8 @@ class KeyRefused(CodexPoolError):
 
 class AuthError(CodexPoolError):
     """Sign-in or token refresh failed; from an import's ``take_over``, ``report`` is the
-    import's report (the import stands; the results before the failed one were taken over)."""
+    import's report (the import stands; the failed results have ``take_over_error``, the
+    others were taken over)."""
 
     report: ImportReport | None
 
@@ -194,6 +195,10 @@ class ImportResult:
     def taken_over(self) -> bool:
         """An import with ``take_over`` refreshed this Codex CLI sign-in: codexpool holds the
         only live refresh token, and that CLI must sign in again."""
+    @property
+    def take_over_error(self) -> str | None:
+        """An import with ``take_over`` could not refresh this Codex CLI sign-in: why. It stays
+        imported, its refresh token still shared with that CLI."""
     def to_dict(self) -> dict[str, Any]: ...
 
 @final
