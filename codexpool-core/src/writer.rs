@@ -5,6 +5,13 @@
 //!
 //! While a batch gathers, the task sleeps on a timer rather than on the queue: senders push
 //! without waking it (one wake-up per batch, not per record), and a flush wakes it early.
+//!
+//! A batch the store refuses [`ATTEMPTS`] times is not dropped whole: its kinds of record are
+//! written each on their own, and a kind that still fails is halved, and a half that fails again
+//! while its other half went in is halved again, down to single records; only what fails in
+//! the end is dropped. One record the store refuses (or one kind of them) then cannot take the
+//! others with it. Each write is still one transaction, all or nothing, so nothing is written
+//! twice. A store that takes none of the pieces is down: they are dropped without more tries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +27,7 @@ use crate::usage::{Credits, LedgerEntry, WindowKind, WindowReading};
 const BATCH_WINDOW: Duration = Duration::from_millis(200);
 /// Largest batch.
 const BATCH_MAX: usize = 2000;
-/// Attempts per batch before it is dropped (with an error in the log).
+/// Attempts per batch before it is written in pieces (see the module docs).
 const ATTEMPTS: u32 = 4;
 
 enum Op {
@@ -160,7 +167,7 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Op>, hurry: 
     }
 }
 
-/// Writes a batch, trying [`ATTEMPTS`] times before dropping it with an error in the log.
+/// Writes a batch, trying [`ATTEMPTS`] times before writing it in pieces.
 async fn write_with_retries(store: &dyn Store, records: Arc<RecordBatch>) {
     let mut attempt = 0;
     loop {
@@ -172,16 +179,113 @@ async fn write_with_retries(store: &dyn Store, records: Arc<RecordBatch>) {
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt * attempt))).await;
             }
             Err(e) => {
-                tracing::error!(
-                    error = %e,
-                    ledger = records.ledger.len(),
-                    request_log = records.request_log.len(),
-                    "background write failed; records dropped"
-                );
-                return;
+                tracing::warn!(error = %e, "background write failed; writing its records in pieces");
+                break;
             }
         }
     }
+    write_in_pieces(store, &records).await;
+}
+
+/// After the whole batch failed: each kind of record on its own, then halves of what fails
+/// (see the module docs); drops, with an error in the log, only what fails in the end.
+async fn write_in_pieces(store: &dyn Store, records: &RecordBatch) {
+    let kinds = by_kind(records);
+    let several = kinds.len() > 1;
+    let mut failed = Vec::new();
+    let mut wrote_any = false;
+    for kind in kinds {
+        match store.write_records(kind.clone()).await {
+            Ok(()) => wrote_any = true,
+            Err(e) => failed.push((kind, e)),
+        }
+    }
+    if several && !wrote_any {
+        // Not one kind went in: the store is down, smaller pieces would fail as well.
+        for (piece, e) in failed {
+            dropped(&piece, &e);
+        }
+        return;
+    }
+    // A failed piece is halved; a half that fails is halved again only when its other half
+    // went in (the failure is in it); when both fail, neither is tried further.
+    let mut stack = failed;
+    while let Some((piece, e)) = stack.pop() {
+        let Some((a, b)) = halves(&piece) else {
+            dropped(&piece, &e);
+            continue;
+        };
+        let ea = store.write_records(a.clone()).await.err();
+        let eb = store.write_records(b.clone()).await.err();
+        match (ea, eb) {
+            (None, None) => {}
+            (Some(e), None) => stack.push((a, e)),
+            (None, Some(e)) => stack.push((b, e)),
+            (Some(ea), Some(eb)) => {
+                dropped(&a, &ea);
+                dropped(&b, &eb);
+            }
+        }
+    }
+}
+
+/// The batch's records, one batch per kind that has any.
+fn by_kind(r: &RecordBatch) -> Vec<Arc<RecordBatch>> {
+    let parts = [
+        RecordBatch {
+            windows: r.windows.clone(),
+            ..RecordBatch::default()
+        },
+        RecordBatch {
+            credits: r.credits.clone(),
+            ..RecordBatch::default()
+        },
+        RecordBatch {
+            ledger: r.ledger.clone(),
+            ..RecordBatch::default()
+        },
+        RecordBatch {
+            request_log: r.request_log.clone(),
+            ..RecordBatch::default()
+        },
+    ];
+    parts
+        .into_iter()
+        .filter(|p| len(p) > 0)
+        .map(Arc::new)
+        .collect()
+}
+
+fn len(r: &RecordBatch) -> usize {
+    r.windows.len() + r.credits.len() + r.ledger.len() + r.request_log.len()
+}
+
+/// A batch of one kind of record ([`by_kind`]) split in two, unless it holds only one record.
+fn halves(r: &RecordBatch) -> Option<(Arc<RecordBatch>, Arc<RecordBatch>)> {
+    fn split<T: Clone>(v: &[T]) -> (Vec<T>, Vec<T>) {
+        let (a, b) = v.split_at(v.len() / 2);
+        (a.to_vec(), b.to_vec())
+    }
+    if len(r) < 2 {
+        return None;
+    }
+    let (mut a, mut b) = (RecordBatch::default(), RecordBatch::default());
+    (a.windows, b.windows) = split(&r.windows);
+    (a.credits, b.credits) = split(&r.credits);
+    (a.ledger, b.ledger) = split(&r.ledger);
+    (a.request_log, b.request_log) = split(&r.request_log);
+    Some((Arc::new(a), Arc::new(b)))
+}
+
+fn dropped(r: &RecordBatch, e: &crate::store::StoreError) {
+    tracing::error!(
+        error = %e,
+        windows = r.windows.len(),
+        credits = r.credits.len(),
+        ledger = r.ledger.len(),
+        request_log = r.request_log.len(),
+        "background write failed; records dropped"
+    );
 }
 
 #[cfg(test)]
@@ -192,6 +296,10 @@ mod tests {
     use crate::time::Timestamp;
 
     async fn rows(store: &MemoryStore) -> Vec<String> {
+        log_ids(store).await
+    }
+
+    async fn log_ids(store: &dyn Store) -> Vec<String> {
         let mut ids: Vec<String> = store
             .list_request_log(&RequestLogQuery::latest(100_000))
             .await
@@ -246,6 +354,69 @@ mod tests {
         // Two full batches at once, then the last record after one window: not three windows.
         tokio::time::sleep(BATCH_WINDOW + Duration::from_millis(1)).await;
         assert_eq!(rows(&store).await.len(), n);
+    }
+
+    /// The real store, refusing records with SQLite triggers (a constraint a row breaks, a
+    /// table it cannot grow).
+    #[tokio::test]
+    async fn a_record_the_store_refuses_does_not_take_the_others_with_it() {
+        use crate::usage::{LedgerGroup, LedgerQuery, TokenCounts};
+
+        async fn ledger_requests(store: &dyn Store) -> u64 {
+            let q = LedgerQuery::by(LedgerGroup::Model);
+            let rows = store.ledger_summary(&q).await.unwrap();
+            rows.iter().map(|r| r.requests).sum()
+        }
+        let ledger = || LedgerEntry {
+            at: Timestamp::from_secs(1_700_000_000),
+            key_id: None,
+            account_id: None,
+            model: "m".into(),
+            tokens: TokenCounts::default(),
+            status: 200,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.db");
+        let store = Arc::new(crate::store::SqliteStore::open(&path).await.unwrap());
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER bad BEFORE INSERT ON request_log WHEN NEW.request_id = 'bad'
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        let writer = Writer::spawn(store.clone());
+        writer.ledger(ledger());
+        for id in ["a", "b", "bad", "c", "d", "e"] {
+            writer.request_log(entry(id));
+        }
+        writer.flush().await;
+        assert_eq!(log_ids(store.as_ref()).await, ["a", "b", "c", "d", "e"]);
+        assert_eq!(ledger_requests(store.as_ref()).await, 1);
+
+        // A kind the store refuses altogether does not take the other kinds with it.
+        other
+            .execute_batch(
+                "DROP TRIGGER bad;
+                 CREATE TRIGGER full BEFORE INSERT ON request_log
+                 BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+            )
+            .unwrap();
+        writer.ledger(ledger());
+        writer.request_log(entry("f"));
+        writer.request_log(entry("g"));
+        writer.flush().await;
+        assert_eq!(ledger_requests(store.as_ref()).await, 2);
+        assert_eq!(log_ids(store.as_ref()).await, ["a", "b", "c", "d", "e"]);
+
+        // The normal path is one transaction again.
+        other.execute_batch("DROP TRIGGER full;").unwrap();
+        writer.request_log(entry("h"));
+        writer.flush().await;
+        assert_eq!(
+            log_ids(store.as_ref()).await,
+            ["a", "b", "c", "d", "e", "h"]
+        );
     }
 
     #[tokio::test(start_paused = true)]
