@@ -213,8 +213,8 @@ pub struct ImportResult {
     /// An import with `take_over` refreshed this Codex CLI sign-in: codexpool holds the only
     /// live refresh token, and that CLI must sign in again.
     pub taken_over: bool,
-    /// An import with `take_over` could not refresh this sign-in (core's message, naming the
-    /// source): it stays imported and shared, and the results after it were not tried.
+    /// An import with `take_over` could not refresh this sign-in (why): it stays imported and
+    /// shared with the Codex CLI. The other results were tried all the same.
     pub take_over_error: Option<String>,
 }
 
@@ -236,41 +236,26 @@ impl From<CoreImportResult> for ImportResult {
             warning: r.warning,
             codex_cli: r.codex_cli,
             taken_over: r.taken_over,
-            take_over_error: None,
+            take_over_error: r.take_over_error,
         }
     }
 }
 
-/// An import's results, after core's take-over when asked. Core stops at the first refresh
-/// that fails, with the import written and the results before it taken over; that failure is
-/// put on its result (`take_over_error`) instead of raised, so the caller keeps the results
-/// (`CodexPoolError` is a flat uniffi error: it carries only a message).
+/// An import's results, after core's take-over when asked. A refresh that fails stops no other
+/// and is put on its result (`take_over_error`) instead of raised, so the caller keeps the
+/// results (`CodexPoolError` is a flat uniffi error: it carries only a message).
 async fn import_results(
     accounts: &codexpool_core::AccountPool,
     mut report: ImportReport,
     take_over: bool,
 ) -> Result<Vec<ImportResult>, CodexPoolError> {
-    let failed = if take_over {
-        accounts.take_over(&mut report).await.err()
-    } else {
-        None
-    };
-    let mut results: Vec<ImportResult> = report.results.into_iter().map(Into::into).collect();
-    if let Some(e) = failed {
-        let codexpool_core::Error::TakeOver {
-            input, account_id, ..
-        } = &e
-        else {
-            return Err(e.into());
-        };
-        let Some(r) = results.iter_mut().find(|r| {
-            !r.taken_over && r.source == *input && r.account_id.as_ref() == Some(account_id)
-        }) else {
-            return Err(e.into());
-        };
-        r.take_over_error = Some(e.to_string());
+    if take_over {
+        match accounts.take_over(&mut report).await {
+            Ok(_) | Err(codexpool_core::Error::TakeOver { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok(results)
+    Ok(report.results.into_iter().map(Into::into).collect())
 }
 
 /// How to run a browser sign-in, and what to set on the account it signs in.
@@ -535,9 +520,8 @@ impl AccountPool {
     ///
     /// With `take_over`, each Codex CLI sign-in written is refreshed once, so codexpool holds
     /// the only live refresh token (that CLI must sign in again; the result's `taken_over` and
-    /// `warning` say so). The take-over stops at the first refresh that fails, which is not
-    /// raised: that result's `take_over_error` says why, it and the ones after it stay imported
-    /// and shared with the Codex CLI, the ones before it were taken over.
+    /// `warning` say so). A refresh that fails is not raised and stops no other: that result's
+    /// `take_over_error` says why, and its account stays imported and shared with the Codex CLI.
     #[uniffi::method(default(take_over = false))]
     pub async fn import_path(
         &self,

@@ -386,12 +386,11 @@ async def take_over(tmp, fake):
     fake.revoke_sessions("acct-b")
     results = await accounts.import_path(homes, take_over=True)
     assert [r.status for r in results] == [cp.ImportStatus.IMPORTED] * 3, results
-    assert [r.taken_over for r in results] == [True, False, False], results
+    assert [r.taken_over for r in results] == [True, False, True], results
     assert results[0].warning.startswith("took over"), results
-    failed = results[1].take_over_error
-    assert failed and failed.startswith("could not take over") and "acct-b.json" in failed, results
+    assert results[1].take_over_error, results
     assert results[0].take_over_error is None and results[2].take_over_error is None, results
-    assert fake.refresh_count("acct-a") == 1 and fake.refresh_count("acct-c") == 0, "stops at the failure"
+    assert fake.refresh_count("acct-a") == 1 and fake.refresh_count("acct-c") == 1, "goes on past the failure"
     assert len(accounts.list()) == 4, "the import stands"
 
 
