@@ -295,10 +295,6 @@ mod tests {
     use crate::store::MemoryStore;
     use crate::time::Timestamp;
 
-    async fn rows(store: &MemoryStore) -> Vec<String> {
-        log_ids(store).await
-    }
-
     async fn log_ids(store: &dyn Store) -> Vec<String> {
         let mut ids: Vec<String> = store
             .list_request_log(&RequestLogQuery::latest(100_000))
@@ -324,12 +320,12 @@ mod tests {
         tokio::time::sleep(BATCH_WINDOW / 2).await;
         writer.request_log(entry("c"));
         assert!(
-            rows(&store).await.is_empty(),
+            log_ids(store.as_ref()).await.is_empty(),
             "nothing before the window ends"
         );
         tokio::time::sleep(BATCH_WINDOW).await;
         assert_eq!(
-            rows(&store).await,
+            log_ids(store.as_ref()).await,
             ["a", "b", "c"],
             "one batch at the window's end"
         );
@@ -340,7 +336,7 @@ mod tests {
         let before = tokio::time::Instant::now();
         writer.flush().await;
         assert_eq!(before, tokio::time::Instant::now());
-        assert_eq!(rows(&store).await, ["a", "b", "c", "d"]);
+        assert_eq!(log_ids(store.as_ref()).await, ["a", "b", "c", "d"]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -353,7 +349,7 @@ mod tests {
         }
         // Two full batches at once, then the last record after one window: not three windows.
         tokio::time::sleep(BATCH_WINDOW + Duration::from_millis(1)).await;
-        assert_eq!(rows(&store).await.len(), n);
+        assert_eq!(log_ids(store.as_ref()).await.len(), n);
     }
 
     /// The real store, refusing records with SQLite triggers (a constraint a row breaks, a
@@ -426,6 +422,6 @@ mod tests {
         writer.request_log(entry("a"));
         drop(writer);
         tokio::time::sleep(BATCH_WINDOW * 2).await;
-        assert_eq!(rows(&store).await, ["a"]);
+        assert_eq!(log_ids(store.as_ref()).await, ["a"]);
     }
 }
