@@ -27,6 +27,27 @@ async fn served_by_second(h: &common::Harness) -> serde_json::Value {
     v
 }
 
+/// A second fake, whose plain OpenAI API is the fallback upstream of a gateway over `accounts`
+/// accounts of the first; `keepalive` is how soon a slow stream sends its headers (default 15 s).
+/// Returns (the fallback's fake, the gateway's harness).
+async fn with_fallback(
+    accounts: usize,
+    keepalive: Option<Duration>,
+) -> (common::Harness, common::Harness) {
+    let h0 = harness(0, &[]).await;
+    let fallback = h0.fake.openai_base_url();
+    let settings = [
+        ("UPSTREAM_FALLBACK_BASE_URL", fallback.as_str()),
+        ("UPSTREAM_FALLBACK_API_KEY", "sk-fake"),
+    ];
+    let h = harness_with(accounts, &settings, |b| match keepalive {
+        Some(every) => b.keepalive_interval(every),
+        None => b,
+    })
+    .await;
+    (h0, h)
+}
+
 #[tokio::test]
 async fn usage_limit_429_exhausts_the_account_and_moves_on() {
     let h = harness(2, &[]).await;
@@ -361,16 +382,7 @@ async fn connection_refused_moves_to_the_next_account_and_ends_in_an_error() {
 
 #[tokio::test]
 async fn the_fallback_upstream_serves_when_no_account_can() {
-    let h0 = harness(0, &[]).await;
-    let fallback = h0.fake.openai_base_url();
-    let h = harness(
-        0,
-        &[
-            ("UPSTREAM_FALLBACK_BASE_URL", &fallback),
-            ("UPSTREAM_FALLBACK_API_KEY", "sk-fake"),
-        ],
-    )
-    .await;
+    let (h0, h) = with_fallback(0, None).await;
     let (status, headers, body) = h.call(h.post("/v1/chat/completions", chat(false))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(headers["x-codexpool-fallback"], "1");
@@ -383,16 +395,7 @@ async fn the_fallback_upstream_serves_when_no_account_can() {
 
 #[tokio::test]
 async fn the_fallback_gets_the_model_and_effort_the_key_binds() {
-    let h0 = harness(0, &[]).await;
-    let fallback = h0.fake.openai_base_url();
-    let h = harness(
-        0,
-        &[
-            ("UPSTREAM_FALLBACK_BASE_URL", &fallback),
-            ("UPSTREAM_FALLBACK_API_KEY", "sk-fake"),
-        ],
-    )
-    .await;
+    let (h0, h) = with_fallback(0, None).await;
     let bound = h
         .pool
         .keys()
@@ -508,17 +511,7 @@ async fn a_failure_after_early_headers_ends_a_responses_stream_with_an_error_eve
 
 #[tokio::test]
 async fn the_fallback_also_serves_after_early_headers() {
-    let h0 = harness(0, &[]).await;
-    let fallback = h0.fake.openai_base_url();
-    let h = harness_with(
-        1,
-        &[
-            ("UPSTREAM_FALLBACK_BASE_URL", &fallback),
-            ("UPSTREAM_FALLBACK_API_KEY", "sk-fake"),
-        ],
-        |b| b.keepalive_interval(Duration::from_millis(100)),
-    )
-    .await;
+    let (h0, h) = with_fallback(1, Some(Duration::from_millis(100))).await;
     h.fake.push_reply(
         "acct-0",
         Reply::UsageLimit429 {
@@ -553,17 +546,7 @@ async fn a_fallback_stream_cut_after_early_headers_ends_with_an_error() {
             json!({"model": "gpt-5", "input": "hi", "stream": true}),
         ),
     ] {
-        let h0 = harness(0, &[]).await;
-        let fallback = h0.fake.openai_base_url();
-        let h = harness_with(
-            1,
-            &[
-                ("UPSTREAM_FALLBACK_BASE_URL", &fallback),
-                ("UPSTREAM_FALLBACK_API_KEY", "sk-fake"),
-            ],
-            |b| b.keepalive_interval(Duration::from_millis(100)),
-        )
-        .await;
+        let (h0, h) = with_fallback(1, Some(Duration::from_millis(100))).await;
         h.fake.push_reply(
             "acct-0",
             Reply::UsageLimit429 {
@@ -858,16 +841,7 @@ async fn an_assembled_answer_cut_by_a_usage_limit_says_when_to_come_back() {
 /// as one that failed before its first event does.
 #[tokio::test]
 async fn an_assembled_answer_failing_on_the_last_account_goes_to_the_fallback() {
-    let h0 = harness(0, &[]).await;
-    let fallback = h0.fake.openai_base_url();
-    let h = harness(
-        1,
-        &[
-            ("UPSTREAM_FALLBACK_BASE_URL", &fallback),
-            ("UPSTREAM_FALLBACK_API_KEY", "sk-fake"),
-        ],
-    )
-    .await;
+    let (h0, h) = with_fallback(1, None).await;
     h.fake
         .push_reply("acct-0", Reply::CutMidStream { after_deltas: 2 });
     let (status, headers, body) = h.call(h.post("/v1/chat/completions", chat(false))).await;
