@@ -45,7 +45,8 @@ pub use login::{
 pub use pkce::{Pkce, pkce_challenge};
 pub use refresh::{
     OTHER_HOLDER_WAIT, REFRESH_AHEAD, REFRESH_LEASE_TTL, REFRESH_POST_TIMEOUT, REFRESH_WITHOUT_EXP,
-    RefreshAttempt, RefresherOptions, refresh_due_at, spawn_refresher, spawn_refresher_with,
+    RefreshAttempt, RefresherOptions, UNAUTHORIZED_WAIT, refresh_due_at, spawn_refresher,
+    spawn_refresher_with,
 };
 
 use crate::Pool;

@@ -15,9 +15,10 @@
 //!   lease whose holder process no longer exists (it crashed or was killed mid-refresh; on
 //!   Linux, judged by `/proc`) is taken over at once instead of after its TTL.
 //!
-//! A request that met a 401 waits at most [`OTHER_HOLDER_WAIT`] for another holder's refresh:
-//! then it gets a transient error and tries another account, while the refresh goes on in the
-//! background for later requests.
+//! A request that met a 401 waits at most [`OTHER_HOLDER_WAIT`] for another holder's refresh,
+//! and at most [`UNAUTHORIZED_WAIT`] in all (a slow issuer, a database whose write lock another
+//! process holds): then it gets a transient error and tries another account, while the refresh
+//! goes on in the background for later requests.
 //!
 //! Everything after the answer happens inside the lease: the POST waits at most
 //! [`REFRESH_POST_TIMEOUT`] and never so long that less than ten seconds of the lease are left
@@ -68,6 +69,9 @@ pub const REFRESH_POST_TIMEOUT: Duration = Duration::from_secs(45);
 /// Longest a request that met a 401 waits for another holder's refresh of the account before
 /// it tries another account.
 pub const OTHER_HOLDER_WAIT: Duration = Duration::from_secs(3);
+/// Longest a request that met a 401 waits for its account's refresh, whoever runs it (the
+/// refresh goes on; the request tries another account).
+pub const UNAUTHORIZED_WAIT: Duration = Duration::from_secs(10);
 /// How long the new tokens are offered to a store that can neither take nor rescue them.
 const PERSIST_FOR: Duration = Duration::from_secs(40);
 /// How often a process waiting for another's refresh re-reads the store.
@@ -99,6 +103,8 @@ pub(crate) struct Timing {
     pub persist_for: Duration,
     /// [`OTHER_HOLDER_WAIT`].
     pub other_holder_wait: Duration,
+    /// [`UNAUTHORIZED_WAIT`].
+    pub unauthorized_wait: Duration,
 }
 
 impl Default for Timing {
@@ -111,6 +117,7 @@ impl Default for Timing {
             rescue_after: Duration::from_secs(5),
             persist_for: PERSIST_FOR,
             other_holder_wait: OTHER_HOLDER_WAIT,
+            unauthorized_wait: UNAUTHORIZED_WAIT,
         }
     }
 }
@@ -283,8 +290,8 @@ impl Auth {
     ///
     /// [`AuthError::RefreshDead`] means the account now needs a new sign-in (its status says
     /// so); [`AuthError::Transient`] means try another account and come back later — also when
-    /// another process has been refreshing the account for [`OTHER_HOLDER_WAIT`] (that refresh
-    /// goes on; later requests get its tokens).
+    /// another process has been refreshing the account for [`OTHER_HOLDER_WAIT`], or the
+    /// refresh has taken [`UNAUTHORIZED_WAIT`] (it goes on; later requests get its tokens).
     pub async fn refresh_after_unauthorized(
         &self,
         account_id: &str,
@@ -301,8 +308,18 @@ impl Auth {
         if a.tokens.access_token != *token_seen {
             return Ok(a.tokens.access_token);
         }
-        let patience = self.timing().other_holder_wait;
-        self.single_flight(&a.id, a.tokens, Some(patience)).await
+        let timing = self.timing();
+        // The flight runs in a task of its own: giving up on it here does not stop it.
+        let flight = self.single_flight(&a.id, a.tokens, Some(timing.other_holder_wait));
+        match tokio::time::timeout(timing.unauthorized_wait, flight).await {
+            Ok(result) => result,
+            Err(_) => Err(AuthError::transient(format!(
+                "the refresh of account {} is taking longer than {} s; it goes on in the \
+                 background",
+                a.id,
+                timing.unauthorized_wait.as_secs_f32()
+            ))),
+        }
     }
 
     /// Refreshes every active account that is due ([`refresh_due_at`]) and not backing off from
@@ -930,8 +947,69 @@ mod tests {
         assert!(t.rescue_after + RESCUE_MARGIN <= t.after_post);
         assert!(t.save_attempt <= t.after_post);
         assert!(t.other_holder_wait * 10 <= t.lease_ttl);
+        assert!(t.other_holder_wait < t.unauthorized_wait);
         // The HTTP client's own limit does not cut the refresh short.
         assert!(t.post_timeout >= super::super::client::REQUEST_TIMEOUT);
+    }
+
+    /// A request that met a 401 gives up on a slow refresh after `unauthorized_wait` (and tries
+    /// another account); the refresh goes on, and its tokens are there for the next request.
+    #[tokio::test]
+    async fn a_401_waits_for_a_slow_refresh_only_so_long() {
+        use std::sync::Arc;
+
+        let fake = codexpool_testkit::FakeOpenAi::start().unwrap();
+        fake.add_account(codexpool_testkit::FakeAccount::new("acct-1"));
+        fake.refresh_delay(Duration::from_millis(1500));
+        let config = crate::Config::default()
+            .with("ISSUER", &fake.issuer())
+            .unwrap();
+        let pool = Pool::builder(config)
+            .store(Arc::new(crate::store::MemoryStore::new()))
+            .watch_interval(Duration::ZERO)
+            .open()
+            .await
+            .unwrap();
+        let doc = serde_json::to_vec(&fake.auth_json("acct-1")).unwrap();
+        let id = pool
+            .accounts()
+            .import_bytes("auth.json", &doc)
+            .await
+            .results[0]
+            .account_id
+            .clone()
+            .unwrap();
+        sync::lock(&pool.shared.auth.timing).unauthorized_wait = Duration::from_millis(200);
+        let seen = pool.accounts().get(&id).unwrap().tokens.access_token;
+
+        let started = std::time::Instant::now();
+        let e = pool
+            .auth()
+            .refresh_after_unauthorized(&id, &seen)
+            .await
+            .unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        assert!(e.to_string().contains("goes on"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let refreshed = fake
+            .wait_until_async(Duration::from_secs(10), |_| {
+                pool.accounts().get(&id).unwrap().tokens.access_token != seen
+            })
+            .await;
+        assert!(refreshed, "the refresh went on without its caller");
+        assert_eq!(
+            pool.accounts()
+                .get(&id)
+                .unwrap()
+                .tokens
+                .access_token
+                .expose(),
+            fake.current_tokens("acct-1").access_token
+        );
     }
 
     #[tokio::test]
