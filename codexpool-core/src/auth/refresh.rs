@@ -952,33 +952,34 @@ mod tests {
         assert!(t.post_timeout >= super::super::client::REQUEST_TIMEOUT);
     }
 
+    /// An in-memory pool (`config`) holding `fake`'s `acct-1` sign-in; the pool and its id.
+    async fn pool_with_acct_1(
+        fake: &codexpool_testkit::FakeOpenAi,
+        config: crate::Config,
+    ) -> (Pool, String) {
+        let pool = Pool::builder(config)
+            .store(std::sync::Arc::new(crate::store::MemoryStore::new()))
+            .watch_interval(Duration::ZERO)
+            .open()
+            .await
+            .unwrap();
+        let doc = serde_json::to_vec(&fake.auth_json("acct-1")).unwrap();
+        let report = pool.accounts().import_bytes("auth.json", &doc).await;
+        let id = report.results[0].account_id.clone().unwrap();
+        (pool, id)
+    }
+
     /// A request that met a 401 gives up on a slow refresh after `unauthorized_wait` (and tries
     /// another account); the refresh goes on, and its tokens are there for the next request.
     #[tokio::test]
     async fn a_401_waits_for_a_slow_refresh_only_so_long() {
-        use std::sync::Arc;
-
         let fake = codexpool_testkit::FakeOpenAi::start().unwrap();
         fake.add_account(codexpool_testkit::FakeAccount::new("acct-1"));
         fake.refresh_delay(Duration::from_millis(1500));
         let config = crate::Config::default()
             .with("ISSUER", &fake.issuer())
             .unwrap();
-        let pool = Pool::builder(config)
-            .store(Arc::new(crate::store::MemoryStore::new()))
-            .watch_interval(Duration::ZERO)
-            .open()
-            .await
-            .unwrap();
-        let doc = serde_json::to_vec(&fake.auth_json("acct-1")).unwrap();
-        let id = pool
-            .accounts()
-            .import_bytes("auth.json", &doc)
-            .await
-            .results[0]
-            .account_id
-            .clone()
-            .unwrap();
+        let (pool, id) = pool_with_acct_1(&fake, config).await;
         sync::lock(&pool.shared.auth.timing).unauthorized_wait = Duration::from_millis(200);
         let seen = pool.accounts().get(&id).unwrap().tokens.access_token;
 
@@ -1014,8 +1015,6 @@ mod tests {
 
     #[tokio::test]
     async fn the_refresh_post_times_out_inside_the_lease_and_leaves_its_mark() {
-        use std::sync::Arc;
-
         let fake = codexpool_testkit::FakeOpenAi::start().unwrap();
         fake.add_account(codexpool_testkit::FakeAccount::new("acct-1"));
         // An issuer that takes the connection and never answers.
@@ -1026,21 +1025,7 @@ mod tests {
             .unwrap()
             .with("USAGE_BASE_URL", &issuer)
             .unwrap();
-        let pool = Pool::builder(config)
-            .store(Arc::new(crate::store::MemoryStore::new()))
-            .watch_interval(Duration::ZERO)
-            .open()
-            .await
-            .unwrap();
-        let doc = serde_json::to_vec(&fake.auth_json("acct-1")).unwrap();
-        let id = pool
-            .accounts()
-            .import_bytes("auth.json", &doc)
-            .await
-            .results[0]
-            .account_id
-            .clone()
-            .unwrap();
+        let (pool, id) = pool_with_acct_1(&fake, config).await;
         sync::lock(&pool.shared.auth.timing).post_timeout = Duration::from_millis(300);
 
         let started = std::time::Instant::now();
@@ -1065,25 +1050,9 @@ mod tests {
 
     #[tokio::test]
     async fn adopting_tokens_keeps_a_change_installed_after_they_were_read() {
-        use std::sync::Arc;
-
         let fake = codexpool_testkit::FakeOpenAi::start().unwrap();
         fake.add_account(codexpool_testkit::FakeAccount::new("acct-1"));
-        let pool = Pool::builder(crate::Config::default())
-            .store(Arc::new(crate::store::MemoryStore::new()))
-            .watch_interval(Duration::ZERO)
-            .open()
-            .await
-            .unwrap();
-        let doc = serde_json::to_vec(&fake.auth_json("acct-1")).unwrap();
-        let id = pool
-            .accounts()
-            .import_bytes("auth.json", &doc)
-            .await
-            .results[0]
-            .account_id
-            .clone()
-            .unwrap();
+        let (pool, id) = pool_with_acct_1(&fake, crate::Config::default()).await;
         // Another process stores new tokens; a refresh here reads them (`seen`)...
         let mut tokens = pool.accounts().get(&id).unwrap().tokens;
         tokens.access_token = Secret::new("access-from-elsewhere");
