@@ -7,11 +7,13 @@
 //! without waking it (one wake-up per batch, not per record), and a flush wakes it early.
 //!
 //! A batch the store refuses [`ATTEMPTS`] times is not dropped whole: its kinds of record are
-//! written each on their own, and a kind that still fails is halved, and a half that fails again
-//! while its other half went in is halved again, down to single records; only what fails in
-//! the end is dropped. One record the store refuses (or one kind of them) then cannot take the
-//! others with it. Each write is still one transaction, all or nothing, so nothing is written
-//! twice. A store that takes none of the pieces is down: they are dropped without more tries.
+//! written each on their own, and a kind that still fails is halved, and a half that fails is
+//! halved again, down to single records; only what fails in the end is dropped. One record the
+//! store refuses (or one kind of them) then cannot take the others with it. Each write is still
+//! one transaction, all or nothing, so nothing is written twice. When both halves fail, an empty
+//! transaction tells bad records in each half from a store that is down; a store that is down,
+//! or that takes none of the kinds, gets no more tries: what is left is dropped. At most
+//! [`PIECE_WRITES`] writes go to the pieces of one batch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +31,9 @@ const BATCH_WINDOW: Duration = Duration::from_millis(200);
 const BATCH_MAX: usize = 2000;
 /// Attempts per batch before it is written in pieces (see the module docs).
 const ATTEMPTS: u32 = 4;
+/// Writes of halves per refused batch: enough to single out a few bad records in a full batch
+/// (each costs about 2·log2([`BATCH_MAX`]) writes), not to write a refused kind one by one.
+const PIECE_WRITES: usize = 128;
 
 enum Op {
     Window(String, WindowReading),
@@ -207,14 +212,21 @@ async fn write_in_pieces(store: &dyn Store, records: &RecordBatch) {
         }
         return;
     }
-    // A failed piece is halved; a half that fails is halved again only when its other half
-    // went in (the failure is in it); when both fail, neither is tried further.
+    // A failed piece is halved and its failed halves again, within the budget of writes.
     let mut stack = failed;
+    let mut writes = 0;
+    let mut down = false;
     while let Some((piece, e)) = stack.pop() {
-        let Some((a, b)) = halves(&piece) else {
+        let halves = if down || writes >= PIECE_WRITES {
+            None
+        } else {
+            halves(&piece)
+        };
+        let Some((a, b)) = halves else {
             dropped(&piece, &e);
             continue;
         };
+        writes += 2;
         let ea = store.write_records(a.clone()).await.err();
         let eb = store.write_records(b.clone()).await.err();
         match (ea, eb) {
@@ -222,8 +234,14 @@ async fn write_in_pieces(store: &dyn Store, records: &RecordBatch) {
             (Some(e), None) => stack.push((a, e)),
             (None, Some(e)) => stack.push((b, e)),
             (Some(ea), Some(eb)) => {
-                dropped(&a, &ea);
-                dropped(&b, &eb);
+                // Bad records in each half, or a store that is down: only the first takes an
+                // empty transaction.
+                down = store
+                    .write_records(Arc::new(RecordBatch::default()))
+                    .await
+                    .is_err();
+                stack.push((a, ea));
+                stack.push((b, eb));
             }
         }
     }
@@ -377,13 +395,14 @@ mod tests {
         let other = rusqlite::Connection::open(&path).unwrap();
         other
             .execute_batch(
-                "CREATE TRIGGER bad BEFORE INSERT ON request_log WHEN NEW.request_id = 'bad'
+                "CREATE TRIGGER bad BEFORE INSERT ON request_log WHEN NEW.request_id LIKE 'bad%'
                  BEGIN SELECT RAISE(ABORT, 'refused'); END;",
             )
             .unwrap();
         let writer = Writer::spawn(store.clone());
         writer.ledger(ledger());
-        for id in ["a", "b", "bad", "c", "d", "e"] {
+        // A bad record in each half of the kind: both halves fail, and are halved again.
+        for id in ["a", "bad1", "b", "c", "bad2", "d", "e"] {
             writer.request_log(entry(id));
         }
         writer.flush().await;
