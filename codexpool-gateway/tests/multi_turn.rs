@@ -599,3 +599,83 @@ async fn a_chain_stays_in_its_session_and_on_its_account_without_the_first_turns
         ["Q1", &answer, "Q2", &answer, "Q3", &answer, "Q4"]
     );
 }
+
+/// With every account out, the fallback upstream (a plain OpenAI API, which holds nothing the
+/// gateway kept and cannot read the accounts' encrypted reasoning) gets the conversation
+/// expanded: the kept turn in place of `previous_response_id`, the item an `item_reference`
+/// names, items without their ids, and no reasoning.
+#[tokio::test]
+async fn the_fallback_upstream_gets_kept_turns_expanded() {
+    let fallback = harness(0, &[]).await;
+    let url = fallback.fake.openai_base_url();
+    let settings = [
+        ("UPSTREAM_FALLBACK_BASE_URL", url.as_str()),
+        ("UPSTREAM_FALLBACK_API_KEY", "sk-fake"),
+    ];
+    let h = harness_with(1, &settings, |b| b).await;
+    h.fake
+        .push_reply("acct-0", Reply::reasoning_then_text("Hmm", "A1"));
+    let r1 = turn(
+        &h,
+        json!({"model": "gpt-5-codex", "reasoning": {"effort": "low"}, "input": [user("Q1")]}),
+    )
+    .await;
+    assert_eq!(r1["output"][0]["type"], "reasoning", "{r1}");
+    let message_id = r1["output"][1]["id"].clone();
+    let out = || {
+        h.fake.push_reply(
+            "acct-0",
+            Reply::UsageLimit429 {
+                resets_in_secs: 3600,
+            },
+        );
+    };
+    let fallback_got = || -> Value {
+        let req = fallback.fake.requests_to("/v1/responses").pop().unwrap();
+        serde_json::from_slice(&req.body).unwrap()
+    };
+
+    out();
+    let r2 = turn(
+        &h,
+        json!({"model": "gpt-5-codex", "previous_response_id": r1["id"], "input": "Q2"}),
+    )
+    .await;
+    assert!(r2["id"].is_string());
+    let sent = fallback_got();
+    assert!(sent.get("previous_response_id").is_none(), "{sent}");
+    assert_eq!(sent["model"], "gpt-5-codex");
+    let input = sent["input"].as_array().unwrap();
+    assert_eq!(input.len(), 3, "Q1, A1 (no reasoning), Q2: {sent}");
+    assert_eq!(input[0], user("Q1"));
+    assert_eq!(input[1]["content"][0]["text"], "A1");
+    assert!(input[1].get("id").is_none(), "{sent}");
+    assert_eq!(input[2], user("Q2"));
+
+    // Replayed output (ids, reasoning) and a reference to the kept message.
+    out();
+    let mut replayed = vec![user("Q1")];
+    replayed.extend(r1["output"].as_array().unwrap().iter().cloned());
+    replayed.push(json!({"type": "item_reference", "id": message_id}));
+    replayed.push(user("Q3"));
+    turn(&h, json!({"model": "gpt-5-codex", "input": replayed})).await;
+    let sent = fallback_got();
+    let input = sent["input"].as_array().unwrap();
+    let kinds: Vec<_> = input
+        .iter()
+        .map(|i| i["content"][0]["text"].clone())
+        .collect();
+    assert_eq!(kinds, ["Q1", "A1", "A1", "Q3"], "{sent}");
+    assert!(input.iter().all(|i| i.get("id").is_none()), "{sent}");
+
+    // Nothing to expand: the body goes as sent, byte for byte.
+    out();
+    let plain = json!({"model": "gpt-5-codex", "input": [user("Q4")], "store": false});
+    turn(&h, plain.clone()).await;
+    let req = fallback.fake.requests_to("/v1/responses").pop().unwrap();
+    assert_eq!(req.body, plain.to_string());
+    for row in h.log().await.iter().filter(|r| r.fallback) {
+        assert_eq!(row.status, 200);
+    }
+    assert_eq!(h.log().await.iter().filter(|r| r.fallback).count(), 3);
+}

@@ -318,7 +318,7 @@ pub(crate) fn apply_body_rules_with(
         for (n, item) in items.into_iter().enumerate() {
             match stored_item(item) {
                 StoredItem::None => pieces.push(Piece::Raw(item)),
-                StoredItem::Id => match without_id(item) {
+                StoredItem::Id => match without_id(item.get()) {
                     Some(json) => {
                         note(&mut dropped, "input[].id");
                         pieces.push(Piece::Owned(json));
@@ -452,6 +452,115 @@ pub(crate) fn apply_body_rules_with(
     };
     let input = keep.then(|| pieces.into_iter().map(Piece::into_item).collect());
     Ok((request, input))
+}
+
+/// The client's Responses body as the fallback upstream can take it: that upstream holds none
+/// of what the gateway kept and cannot read the accounts' encrypted reasoning. So
+/// `previous_response_id` becomes the kept response's items in front of the input, an
+/// `item_reference` the item it names (both from `recall`, as for the accounts), items lose
+/// their `id`s, and reasoning items are left out. `None` when none of this applies: the body
+/// then goes as sent. A reference `recall` does not know stays as it is (the fallback says what
+/// it makes of it).
+pub(crate) fn for_fallback(body: &[u8], mut recall: Option<&mut dyn Recall>) -> Option<Bytes> {
+    let (obj, items) = match parse_object_with::<Vec<&RawValue>>(body, "input") {
+        Some(split) => split,
+        None => (parse_object(body).ok()?, None),
+    };
+    let mut changed = false;
+    let mut input: Vec<Cow<'_, str>> = Vec::new();
+    let previous = obj.get("previous_response_id").and_then(raw_str);
+    let mut recalled_previous = false;
+    if let (Some(id), Some(recall)) = (&previous, recall.as_deref_mut())
+        && let Some(kept) = recall.response(id)
+    {
+        (changed, recalled_previous) = (true, true);
+        input.extend(
+            kept.iter()
+                .filter_map(|item| fallback_item(item.json()))
+                .map(|item| Cow::Owned(item.into_owned())),
+        );
+    }
+    let string_input = obj.get("input").filter(|v| v.get().starts_with('"'));
+    if let Some(text) = string_input {
+        let mut item = Vec::with_capacity(text.get().len() + TEXT_OPEN.len() + TEXT_CLOSE.len());
+        Piece::Text(text).write(&mut item);
+        input.push(Cow::Owned(as_str(&item).to_owned()));
+    }
+    for item in items.iter().flatten() {
+        let reference = match serde_json::from_str::<ItemHead<'_>>(item.get()) {
+            Ok(head) if head.kind.as_ref().is_some_and(|k| k.0 == "item_reference") => {
+                head.id.and_then(raw_str)
+            }
+            _ => None,
+        };
+        let recalled = reference
+            .zip(recall.as_deref_mut())
+            .and_then(|(id, r)| r.item(&id));
+        match recalled {
+            Some(kept) => {
+                changed = true;
+                if let Some(json) = fallback_item(kept.json()) {
+                    input.push(Cow::Owned(json.into_owned()));
+                }
+            }
+            None => match fallback_item(item.get()) {
+                Some(json) => {
+                    changed |= matches!(json, Cow::Owned(_));
+                    input.push(json);
+                }
+                None => changed = true,
+            },
+        }
+    }
+    if !changed {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() + input.iter().map(|i| i.len() + 1).sum::<usize>());
+    let mut w = ObjectWriter::new(&mut out);
+    let mut wrote_input = false;
+    let write_input = |w: &mut ObjectWriter<'_>| {
+        w.raw_with("input", |out| {
+            out.push(b'[');
+            for (n, item) in input.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(item.as_bytes());
+            }
+            out.push(b']');
+        });
+    };
+    for (key, value) in &obj.0 {
+        match key.as_ref() {
+            "previous_response_id" if recalled_previous => {}
+            "input" if wrote_input => {}
+            "input" => {
+                write_input(&mut w);
+                wrote_input = true;
+            }
+            _ => w.raw(key, value.get()),
+        }
+    }
+    if !wrote_input {
+        write_input(&mut w);
+    }
+    w.end();
+    Some(Bytes::from(out))
+}
+
+/// One input item for the fallback upstream: without its `id` (borrowed when it has none or is
+/// an `item_reference`), `None` for reasoning. What does not read as an item goes as it is.
+fn fallback_item(json: &str) -> Option<Cow<'_, str>> {
+    let Ok(head) = serde_json::from_str::<ItemHead<'_>>(json) else {
+        return Some(Cow::Borrowed(json));
+    };
+    match head.kind.as_ref().map(|k| &*k.0) {
+        Some("reasoning") => None,
+        // One the gateway does not know: it is all the item there is.
+        Some("item_reference") => Some(Cow::Borrowed(json)),
+        _ if head.id.is_some() => Some(without_id(json).map_or(Cow::Borrowed(json), Cow::Owned)),
+        _ => Some(Cow::Borrowed(json)),
+    }
 }
 
 /// Forwards a Codex CLI body as sent, except for a forced model or reasoning effort.
@@ -696,9 +805,9 @@ fn stored_item(item: &RawValue) -> StoredItem<'_> {
 }
 
 /// An item without its top-level `id`, fields otherwise in order (`None` if not an object).
-fn without_id(item: &RawValue) -> Option<String> {
-    let fields: Shallow<'_> = serde_json::from_str(item.get()).ok()?;
-    let mut out = Vec::with_capacity(item.get().len());
+fn without_id(item: &str) -> Option<String> {
+    let fields: Shallow<'_> = serde_json::from_str(item).ok()?;
+    let mut out = Vec::with_capacity(item.len());
     let mut w = ObjectWriter::new(&mut out);
     for (key, value) in fields.0.iter().filter(|(k, _)| k != "id") {
         w.raw(key, value.get());
@@ -1620,5 +1729,50 @@ mod tests {
             let _ = apply_body_rules(&data, &Overrides::default());
             let _ = codex_passthrough(Bytes::from(data), &Overrides::default());
         }
+    }
+
+    #[test]
+    fn for_fallback_keeps_what_it_cannot_expand_and_drops_reasoning() {
+        let fb = |body: &str, recall: Option<&mut FakeRecall>| {
+            for_fallback(body.as_bytes(), recall.map(|r| r as &mut dyn Recall))
+                .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        };
+        let mut recall = FakeRecall::default();
+        // Nothing to do: sent as is (`None`), also with a string input or a body that is no object.
+        assert_eq!(
+            fb(
+                r#"{"model":"m","input":[{"role":"user","content":"x"}]}"#,
+                None
+            ),
+            None
+        );
+        assert_eq!(fb(r#"{"model":"m","input":"x"}"#, Some(&mut recall)), None);
+        assert_eq!(fb("[1]", None), None);
+        // An unknown reference stays for the fallback to refuse; the reasoning goes, ids go.
+        let body = r#"{"previous_response_id":"resp_x","input":[{"type":"reasoning","id":"rs_1","encrypted_content":"gA"},{"type":"item_reference","id":"msg_x"},{"id":"msg_2","type":"message","role":"assistant","content":"a"},7],"model":"m"}"#;
+        assert_eq!(
+            fb(body, Some(&mut recall)).unwrap(),
+            r#"{"previous_response_id":"resp_x","model":"m","input":[{"type":"item_reference","id":"msg_x"},{"type":"message","role":"assistant","content":"a"},7]}"#
+        );
+        // A known one: its kept items, without reasoning, where the id was.
+        recall.responses.insert(
+            "resp_x",
+            vec![
+                Item::input(r#"{"role":"user","content":"q"}"#),
+                Item::kept(
+                    "rs_1",
+                    r#"{"type":"reasoning","encrypted_content":"gA"}"#,
+                    true,
+                ),
+            ],
+        );
+        assert_eq!(
+            fb(
+                r#"{"model":"m","previous_response_id":"resp_x","input":"q2"}"#,
+                Some(&mut recall)
+            )
+            .unwrap(),
+            r#"{"model":"m","input":[{"role":"user","content":"q"},{"type":"message","role":"user","content":[{"type":"input_text","text":"q2"}]}]}"#
+        );
     }
 }

@@ -176,7 +176,8 @@ impl Answer {
 }
 
 /// What the fallback upstream needs: the client's own body, the path in its dialect, and the key
-/// (whose bound model and effort apply there too).
+/// (whose bound model and effort apply there too, and whose kept responses a Responses body may
+/// refer to).
 pub(crate) struct FallbackRequest {
     pub body: Bytes,
     pub path: &'static str,
@@ -560,7 +561,8 @@ async fn assembled(
 }
 
 /// Sends the client's own body to the OpenAI-compatible fallback upstream and relays its answer
-/// as is (status, type, body).
+/// as is (status, type, body). A Responses body goes without what only the gateway and its
+/// accounts can read (`for_fallback`: kept responses and items expanded, reasoning left out).
 async fn fallback_call(
     shared: &Shared,
     mut record: Record,
@@ -577,7 +579,17 @@ async fn fallback_call(
     record.entry.fallback = true;
     shared.metrics.fallback();
     let chat = req.path == "/chat/completions";
-    let body = crate::adapt::bind_client_body(&req.body, bound(&req.key), chat);
+    let mut body = req.body;
+    if req.path == "/responses" {
+        let mut recall = shared.responses.as_ref().map(|r| r.recall(&req.key.id));
+        let recall = recall
+            .as_mut()
+            .map(|r| r as &mut dyn crate::adapt::responses::Recall);
+        if let Some(expanded) = crate::adapt::responses::for_fallback(&body, recall) {
+            body = expanded;
+        }
+    }
+    let body = crate::adapt::bind_client_body(&body, bound(&req.key), chat);
     let mut rb = fb
         .client
         .post(format!("{}{}", fb.base, req.path))
