@@ -1721,12 +1721,25 @@ mod tests {
                         let _: Value = serde_json::from_slice(&req.body).unwrap();
                     }
                 }
+                // The fallback's body is JSON whenever the client's was.
+                let mut recall = FakeRecall::default();
+                recall.responses.insert("resp_1", vec![Item::kept("msg_1", "{\"type\":\"message\"}", true)]);
+                recall.items.insert("msg_1", Item::kept("msg_1", "{\"type\":\"message\"}", true));
+                let with_refs = json!({"previous_response_id": "resp_1", "input": [
+                    {"type": "item_reference", "id": "msg_1"}, extra.clone(), value.clone()]});
+                for body in [body, with_refs] {
+                    let bytes = serde_json::to_vec(&body).unwrap();
+                    if let Some(out) = for_fallback(&bytes, Some(&mut recall)) {
+                        let _: Value = serde_json::from_slice(&out).unwrap();
+                    }
+                }
             }
         }
 
         #[test]
         fn request_adapters_survive_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = apply_body_rules(&data, &Overrides::default());
+            let _ = for_fallback(&data, None);
             let _ = codex_passthrough(Bytes::from(data), &Overrides::default());
         }
     }
