@@ -19,7 +19,7 @@ use crate::args::{keyword_changes, seconds};
 use crate::errors::{CodexPoolError, OrRaise, Timeout, core_error, invalid, warn_all};
 use crate::json;
 use crate::record::{quote, record};
-use crate::runtime::{run, runtime};
+use crate::runtime::{Home, runtime};
 use crate::time::{Time, opt};
 
 record! {
@@ -217,6 +217,7 @@ fn limit(py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Duration>> {
 /// ended.
 fn wait_for<F>(
     py: Python<'_>,
+    home: Home,
     fut: F,
     limit: Option<Duration>,
 ) -> PyResult<Result<auth::LoginCompleted, auth::AuthError>>
@@ -224,25 +225,30 @@ where
     F: std::future::Future<Output = Result<auth::LoginCompleted, auth::AuthError>> + Send,
 {
     match limit {
-        None => run(py, fut),
-        Some(limit) => {
-            run(py, async move { tokio::time::timeout(limit, fut).await })?.map_err(|_| {
+        None => home.run(py, fut),
+        Some(limit) => home
+            .run(py, async move { tokio::time::timeout(limit, fut).await })?
+            .map_err(|_| {
                 Timeout::new_err(format!(
                     "the sign-in did not finish within {} s",
                     limit.as_secs_f64()
                 ))
-            })
-        }
+            }),
     }
 }
 
 /// Waits for a sign-in, at most `timeout` seconds when given.
-fn wait_login<F>(py: Python<'_>, fut: F, timeout: Option<f64>) -> PyResult<LoginCompleted>
+fn wait_login<F>(
+    py: Python<'_>,
+    home: Home,
+    fut: F,
+    timeout: Option<f64>,
+) -> PyResult<LoginCompleted>
 where
     F: std::future::Future<Output = Result<auth::LoginCompleted, auth::AuthError>> + Send,
 {
     let limit = limit(py, timeout)?;
-    wait_for(py, fut, limit)?.map(Into::into).or_raise(py)
+    wait_for(py, home, fut, limit)?.map(Into::into).or_raise(py)
 }
 
 /// A started browser sign-in: open `url`; the sign-in finishes through the callback listener
@@ -254,12 +260,14 @@ where
 #[pyclass(frozen, module = "codexpool")]
 pub struct LoginStart {
     inner: auth::LoginHandle,
+    home: Home,
 }
 
 impl LoginStart {
     /// Cancels the sign-in in a task of its own on the runtime, which runs to its end whoever
     /// waits for it.
     fn cancel_task(&self) -> PyResult<tokio::task::JoinHandle<Result<bool, auth::AuthError>>> {
+        self.home.check()?;
         let h = self.inner.clone();
         Ok(runtime()?.spawn(async move { h.cancel().await }))
     }
@@ -283,7 +291,8 @@ impl Drop for LoginStart {
         // Nobody can wait for this sign-in any more, but its listener would hold the port
         // until it expires. Without a listener the sign-in stays open, for `login_complete`
         // from anywhere (a web app keeps only the state between two requests).
-        if self.inner.listen_addr().is_some() {
+        // In a forked child the listener is the parent's.
+        if self.inner.listen_addr().is_some() && self.home.is_here() {
             let _ = self.cancel_task();
         }
     }
@@ -328,7 +337,7 @@ impl LoginStart {
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<LoginCompleted> {
         let limit = limit(py, timeout)?;
         let h = self.inner.clone();
-        match wait_for(py, async move { h.wait().await }, limit) {
+        match wait_for(py, self.home, async move { h.wait().await }, limit) {
             Ok(ended) => ended.map(Into::into).or_raise(py),
             Err(gave_up) => {
                 self.cancel_after_wait(py);
@@ -343,7 +352,8 @@ impl LoginStart {
         let h = self.inner.clone();
         // Spawned, so that Ctrl-C (which only drops the waiting) cannot cut the cancel short.
         let cancel = async move { tokio::spawn(async move { h.cancel().await }).await };
-        run(py, cancel)?
+        self.home
+            .run(py, cancel)?
             .map_err(|e| CodexPoolError::new_err(format!("the cancel task failed: {e}")))?
             .or_raise(py)
     }
@@ -372,6 +382,7 @@ impl LoginStart {
 #[pyclass(frozen, module = "codexpool")]
 pub struct DeviceLogin {
     inner: auth::DeviceLogin,
+    home: Home,
 }
 
 #[pymethods]
@@ -405,7 +416,7 @@ impl DeviceLogin {
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<LoginCompleted> {
         let d = self.inner.clone();
-        wait_login(py, async move { d.wait().await }, timeout)
+        wait_login(py, self.home, async move { d.wait().await }, timeout)
     }
     fn __repr__(&self) -> String {
         format!(
@@ -423,13 +434,15 @@ impl DeviceLogin {
 pub struct AccountPool {
     inner: codexpool_core::AccountPool,
     auth: codexpool_core::Auth,
+    home: Home,
 }
 
 impl AccountPool {
-    pub(crate) fn new(pool: &codexpool_core::Pool) -> Self {
+    pub(crate) fn new(pool: &codexpool_core::Pool, home: Home) -> Self {
         Self {
             inner: pool.accounts(),
             auth: pool.auth(),
+            home,
         }
     }
 }
@@ -528,7 +541,8 @@ impl AccountPool {
         }
         let inner = self.inner.clone();
         let id = id.to_string();
-        run(py, async move { inner.update(&id, p).await })?
+        self.home
+            .run(py, async move { inner.update(&id, p).await })?
             .map(Into::into)
             .or_raise(py)
     }
@@ -541,14 +555,18 @@ impl AccountPool {
     ) -> PyResult<Vec<Account>> {
         let inner = self.inner.clone();
         let orders: Vec<(String, i64)> = orders.into_iter().collect();
-        let out = run(py, async move { inner.set_sort_orders(&orders).await })?.or_raise(py)?;
+        let out = self
+            .home
+            .run(py, async move { inner.set_sort_orders(&orders).await })?
+            .or_raise(py)?;
         Ok(out.into_iter().map(Into::into).collect())
     }
 
     /// Deletes an account and its usage readings; returns it.
     fn remove(&self, py: Python<'_>, id: &str) -> PyResult<Account> {
         let (inner, id) = (self.inner.clone(), id.to_string());
-        run(py, async move { inner.remove(&id).await })?
+        self.home
+            .run(py, async move { inner.remove(&id).await })?
             .map(Into::into)
             .or_raise(py)
     }
@@ -556,7 +574,8 @@ impl AccountPool {
     /// Turns an account on (clearing the status reason).
     fn enable(&self, py: Python<'_>, id: &str) -> PyResult<Account> {
         let (inner, id) = (self.inner.clone(), id.to_string());
-        run(py, async move { inner.enable(&id).await })?
+        self.home
+            .run(py, async move { inner.enable(&id).await })?
             .map(Into::into)
             .or_raise(py)
     }
@@ -564,7 +583,8 @@ impl AccountPool {
     /// Turns an account off until a person enables it.
     fn disable(&self, py: Python<'_>, id: &str) -> PyResult<Account> {
         let (inner, id) = (self.inner.clone(), id.to_string());
-        run(py, async move { inner.disable(&id).await })?
+        self.home
+            .run(py, async move { inner.disable(&id).await })?
             .map(Into::into)
             .or_raise(py)
     }
@@ -646,8 +666,10 @@ impl AccountPool {
                     self.inner.clone(),
                     codexpool_core::config::expand_home(path),
                 );
-                let n =
-                    run(py, async move { inner.export_to_file(&path, &f).await })?.or_raise(py)?;
+                let n = self
+                    .home
+                    .run(py, async move { inner.export_to_file(&path, &f).await })?
+                    .or_raise(py)?;
                 Ok(n.into_pyobject(py)?.into_any())
             }
             None => {
@@ -675,14 +697,21 @@ impl AccountPool {
     ) -> PyResult<LoginStart> {
         let opts = login_options(label, group, tags, note, workspace_id, listen, open_browser);
         let auth = self.auth.clone();
-        let inner = run(py, async move { auth.login_start(opts).await })?.or_raise(py)?;
-        Ok(LoginStart { inner })
+        let inner = self
+            .home
+            .run(py, async move { auth.login_start(opts).await })?
+            .or_raise(py)?;
+        Ok(LoginStart {
+            inner,
+            home: self.home,
+        })
     }
 
     /// Finishes a browser sign-in from the URL the browser was redirected to.
     fn login_complete(&self, py: Python<'_>, redirect_url: &str) -> PyResult<LoginCompleted> {
         let (auth, url) = (self.auth.clone(), redirect_url.to_string());
-        run(py, async move { auth.login_complete(&url).await })?
+        self.home
+            .run(py, async move { auth.login_complete(&url).await })?
             .map(Into::into)
             .or_raise(py)
     }
@@ -690,7 +719,8 @@ impl AccountPool {
     /// Where a sign-in (started by any process on this database) stands.
     fn login_status(&self, py: Python<'_>, state: &str) -> PyResult<LoginInfo> {
         let (auth, state) = (self.auth.clone(), state.to_string());
-        run(py, async move { auth.login_status(&state).await })?
+        self.home
+            .run(py, async move { auth.login_status(&state).await })?
             .map(Into::into)
             .or_raise(py)
     }
@@ -698,7 +728,9 @@ impl AccountPool {
     /// Cancels a sign-in; `False` when it had already ended.
     fn login_cancel(&self, py: Python<'_>, state: &str) -> PyResult<bool> {
         let (auth, state) = (self.auth.clone(), state.to_string());
-        run(py, async move { auth.login_cancel(&state).await })?.or_raise(py)
+        self.home
+            .run(py, async move { auth.login_cancel(&state).await })?
+            .or_raise(py)
     }
 
     /// Waits for a sign-in started anywhere on this database.
@@ -710,7 +742,12 @@ impl AccountPool {
         timeout: Option<f64>,
     ) -> PyResult<LoginCompleted> {
         let (auth, state) = (self.auth.clone(), state.to_string());
-        wait_login(py, async move { auth.login_wait(&state).await }, timeout)
+        wait_login(
+            py,
+            self.home,
+            async move { auth.login_wait(&state).await },
+            timeout,
+        )
     }
 
     /// Starts a device-code sign-in.
@@ -726,8 +763,14 @@ impl AccountPool {
     ) -> PyResult<DeviceLogin> {
         let opts = login_options(label, group, tags, note, workspace_id, false, false);
         let auth = self.auth.clone();
-        let inner = run(py, async move { auth.device_start(opts).await })?.or_raise(py)?;
-        Ok(DeviceLogin { inner })
+        let inner = self
+            .home
+            .run(py, async move { auth.device_start(opts).await })?
+            .or_raise(py)?;
+        Ok(DeviceLogin {
+            inner,
+            home: self.home,
+        })
     }
 
     fn __repr__(&self) -> String {
@@ -761,16 +804,18 @@ impl AccountPool {
         + 'static,
     ) -> PyResult<ImportReport> {
         let inner = self.inner.clone();
-        let (report, failed) = run(py, async move {
-            let mut report = import.await?;
-            let failed = if take_over {
-                inner.take_over(&mut report).await.err()
-            } else {
-                None
-            };
-            Ok::<_, codexpool_core::Error>((report, failed))
-        })?
-        .or_raise(py)?;
+        let (report, failed) = self
+            .home
+            .run(py, async move {
+                let mut report = import.await?;
+                let failed = if take_over {
+                    inner.take_over(&mut report).await.err()
+                } else {
+                    None
+                };
+                Ok::<_, codexpool_core::Error>((report, failed))
+            })?
+            .or_raise(py)?;
         let report = reported(py, report)?;
         match failed {
             None => Ok(report),

@@ -9,7 +9,7 @@ use pyo3::types::PyDict;
 use crate::args::keyword_changes;
 use crate::errors::{OrRaise, invalid};
 use crate::record::{Field, record};
-use crate::runtime::run;
+use crate::runtime::Home;
 use crate::time::{self, Time, opt};
 
 record! {
@@ -96,11 +96,15 @@ impl From<CoreCreatedKey> for CreatedKey {
 #[pyclass(frozen, module = "codexpool")]
 pub struct KeyStore {
     inner: codexpool_core::KeyStore,
+    home: Home,
 }
 
 impl KeyStore {
-    pub(crate) fn new(pool: &codexpool_core::Pool) -> Self {
-        Self { inner: pool.keys() }
+    pub(crate) fn new(pool: &codexpool_core::Pool, home: Home) -> Self {
+        Self {
+            inner: pool.keys(),
+            home,
+        }
     }
 }
 
@@ -129,7 +133,8 @@ impl KeyStore {
             .map(|v| time::from_arg(v, "expires_at"))
             .transpose()?;
         let inner = self.inner.clone();
-        run(py, async move { inner.create(new).await })?
+        self.home
+            .run(py, async move { inner.create(new).await })?
             .map(Into::into)
             .or_raise(py)
     }
@@ -195,7 +200,8 @@ impl KeyStore {
             }
         }
         let (inner, id) = (self.inner.clone(), id.to_string());
-        run(py, async move { inner.update(&id, p).await })?
+        self.home
+            .run(py, async move { inner.update(&id, p).await })?
             .map(Into::into)
             .or_raise(py)
     }
@@ -203,7 +209,8 @@ impl KeyStore {
     /// Turns a key on.
     fn enable(&self, py: Python<'_>, id: &str) -> PyResult<Key> {
         let (inner, id) = (self.inner.clone(), id.to_string());
-        run(py, async move { inner.enable(&id).await })?
+        self.home
+            .run(py, async move { inner.enable(&id).await })?
             .map(Into::into)
             .or_raise(py)
     }
@@ -211,7 +218,8 @@ impl KeyStore {
     /// Turns a key off: requests with it get 403 from then on.
     fn disable(&self, py: Python<'_>, id: &str) -> PyResult<Key> {
         let (inner, id) = (self.inner.clone(), id.to_string());
-        run(py, async move { inner.disable(&id).await })?
+        self.home
+            .run(py, async move { inner.disable(&id).await })?
             .map(Into::into)
             .or_raise(py)
     }
@@ -219,7 +227,8 @@ impl KeyStore {
     /// Deletes a key (requests with it get 401 from then on); returns it.
     fn delete(&self, py: Python<'_>, id: &str) -> PyResult<Key> {
         let (inner, id) = (self.inner.clone(), id.to_string());
-        run(py, async move { inner.delete(&id).await })?
+        self.home
+            .run(py, async move { inner.delete(&id).await })?
             .map(Into::into)
             .or_raise(py)
     }

@@ -19,13 +19,15 @@ use crate::errors::{OrRaise, invalid, warn_all};
 use crate::keys::KeyStore;
 use crate::record::quote;
 use crate::request_log::RequestLog;
-use crate::runtime::run;
+use crate::runtime::Home;
 use crate::usage::UsageTracker;
 
 /// A pool of ChatGPT (Codex) sign-ins, platform keys and usage over one database.
 #[pyclass(frozen, module = "codexpool")]
 pub struct Pool {
     pub(crate) inner: CorePool,
+    /// The process it was opened in.
+    pub(crate) home: Home,
 }
 
 /// The settings from the environment (and env file), then `settings`, then `db_path`: a path
@@ -76,7 +78,10 @@ fn config(
 /// The opened pool, after issuing its settings' warnings.
 fn opened(py: Python<'_>, inner: CorePool) -> PyResult<Pool> {
     warn_all(py, inner.config().warnings.iter().map(String::as_str))?;
-    Ok(Pool { inner })
+    Ok(Pool {
+        inner,
+        home: Home::here(),
+    })
 }
 
 #[pymethods]
@@ -95,7 +100,7 @@ impl Pool {
         settings: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Pool> {
         let c = config(py, db_path, settings)?;
-        let inner = run(py, CorePool::open(c))?.or_raise(py)?;
+        let inner = Home::here().run(py, CorePool::open(c))?.or_raise(py)?;
         opened(py, inner)
     }
 
@@ -108,32 +113,32 @@ impl Pool {
         let open = CorePool::builder(c)
             .store(Arc::new(MemoryStore::new()))
             .open();
-        let inner = run(py, open)?.or_raise(py)?;
+        let inner = Home::here().run(py, open)?.or_raise(py)?;
         opened(py, inner)
     }
 
     /// The accounts.
     #[getter]
     fn accounts(&self) -> AccountPool {
-        AccountPool::new(&self.inner)
+        AccountPool::new(&self.inner, self.home)
     }
 
     /// The platform keys.
     #[getter]
     fn keys(&self) -> KeyStore {
-        KeyStore::new(&self.inner)
+        KeyStore::new(&self.inner, self.home)
     }
 
     /// Usage windows and the token ledger.
     #[getter]
     fn usage(&self) -> UsageTracker {
-        UsageTracker::new(&self.inner)
+        UsageTracker::new(&self.inner, self.home)
     }
 
     /// The request log.
     #[getter]
     fn request_log(&self) -> RequestLog {
-        RequestLog::new(&self.inner)
+        RequestLog::new(&self.inner, self.home)
     }
 
     /// The database file.
@@ -155,13 +160,17 @@ impl Pool {
     /// processes' changes by itself within about a second).
     fn reload(&self, py: Python<'_>) -> PyResult<()> {
         let inner = self.inner.clone();
-        run(py, async move { inner.reload().await })?.or_raise(py)
+        self.home
+            .run(py, async move { inner.reload().await })?
+            .or_raise(py)
     }
 
     /// Writes everything queued (usage readings, ledger, request log, last-used times).
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         let inner = self.inner.clone();
-        run(py, async move { inner.flush().await })?.or_raise(py)
+        self.home
+            .run(py, async move { inner.flush().await })?
+            .or_raise(py)
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

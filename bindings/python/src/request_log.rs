@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 
 use crate::errors::OrRaise;
 use crate::record::record;
-use crate::runtime::run;
+use crate::runtime::Home;
 use crate::time::Time;
 use crate::usage::TokenCounts;
 
@@ -59,12 +59,14 @@ impl From<CoreEntry> for RequestLogEntry {
 #[pyclass(frozen, module = "codexpool")]
 pub struct RequestLog {
     inner: codexpool_core::RequestLog,
+    home: Home,
 }
 
 impl RequestLog {
-    pub(crate) fn new(pool: &codexpool_core::Pool) -> Self {
+    pub(crate) fn new(pool: &codexpool_core::Pool, home: Home) -> Self {
         Self {
             inner: pool.request_log(),
+            home,
         }
     }
 }
@@ -92,7 +94,10 @@ impl RequestLog {
         q.after_id = after_id;
         q.oldest_first = oldest_first;
         let inner = self.inner.clone();
-        let rows = run(py, async move { inner.list(&q).await })?.or_raise(py)?;
+        let rows = self
+            .home
+            .run(py, async move { inner.list(&q).await })?
+            .or_raise(py)?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
@@ -102,7 +107,9 @@ impl RequestLog {
     fn prune(&self, py: Python<'_>, before: &Bound<'_, PyAny>) -> PyResult<u64> {
         let before = crate::time::from_arg(before, "before")?;
         let inner = self.inner.clone();
-        run(py, async move { inner.prune(before).await })?.or_raise(py)
+        self.home
+            .run(py, async move { inner.prune(before).await })?
+            .or_raise(py)
     }
 
     fn __repr__(&self) -> String {

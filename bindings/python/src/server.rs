@@ -14,7 +14,7 @@ use crate::args::{listen_addr, seconds};
 use crate::errors::ServerError;
 use crate::pool::Pool;
 use crate::record::{py_bool, quote};
-use crate::runtime::run;
+use crate::runtime::Home;
 
 /// A running server. `stop()` (or leaving a `with` block) stops accepting, lets open streams
 /// finish within the shutdown grace, writes what is queued and frees the port; stopping twice
@@ -22,6 +22,7 @@ use crate::runtime::run;
 #[pyclass(frozen, module = "codexpool")]
 pub struct Server {
     running: Mutex<Option<RunningServer>>,
+    home: Home,
     url: String,
     base_url: String,
     host: String,
@@ -56,7 +57,7 @@ pub(crate) fn serve(
     if let Some(t) = rpc_token {
         server = server.rpc_token(Secret::new(t));
     }
-    let running = run(py, server.start())?.map_err(server_error)?;
+    let running = pool.home.run(py, server.start())?.map_err(server_error)?;
     let local = running.local_addr();
     Ok(Server {
         url: running.url(),
@@ -66,6 +67,7 @@ pub(crate) fn serve(
         rpc_token: running.rpc_token().clone(),
         rpc_token_file: running.rpc_token_file().map(PathBuf::from),
         running: Mutex::new(Some(running)),
+        home: pool.home,
     })
 }
 
@@ -114,7 +116,7 @@ impl Server {
             Err(poisoned) => poisoned.into_inner().take(),
         };
         match running {
-            Some(r) => run(py, r.stop())?.map_err(server_error),
+            Some(r) => self.home.run(py, r.stop())?.map_err(server_error),
             None => Ok(()),
         }
     }

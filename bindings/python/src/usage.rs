@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 
 use crate::errors::OrRaise;
 use crate::record::record;
-use crate::runtime::run;
+use crate::runtime::Home;
 use crate::time::{self, Time, opt};
 
 record! {
@@ -182,12 +182,14 @@ impl From<usage::LedgerRow> for LedgerRow {
 #[pyclass(frozen, module = "codexpool")]
 pub struct UsageTracker {
     inner: codexpool_core::UsageTracker,
+    home: Home,
 }
 
 impl UsageTracker {
-    pub(crate) fn new(pool: &codexpool_core::Pool) -> Self {
+    pub(crate) fn new(pool: &codexpool_core::Pool, home: Home) -> Self {
         Self {
             inner: pool.usage(),
+            home,
         }
     }
 }
@@ -264,11 +266,13 @@ impl UsageTracker {
         };
         let inner = self.inner.clone();
         let p = &progress;
-        let results = run(
-            py,
-            async move { inner.refresh(scope, |e| p.report(e)).await },
-        )?
-        .or_raise(py)?;
+        let results = self
+            .home
+            .run(
+                py,
+                async move { inner.refresh(scope, |e| p.report(e)).await },
+            )?
+            .or_raise(py)?;
         if let Some(e) = progress.error.into_inner().ok().flatten() {
             return Err(e);
         }
@@ -289,7 +293,10 @@ impl UsageTracker {
             q = q.since(time::from_arg(s, "since")?);
         }
         let inner = self.inner.clone();
-        let rows = run(py, async move { inner.ledger(&q).await })?.or_raise(py)?;
+        let rows = self
+            .home
+            .run(py, async move { inner.ledger(&q).await })?
+            .or_raise(py)?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
@@ -300,7 +307,9 @@ impl UsageTracker {
     fn fold_ledger(&self, py: Python<'_>, before: &Bound<'_, PyAny>) -> PyResult<u64> {
         let before = time::from_arg(before, "before")?;
         let inner = self.inner.clone();
-        run(py, async move { inner.fold_ledger(before).await })?.or_raise(py)
+        self.home
+            .run(py, async move { inner.fold_ledger(before).await })?
+            .or_raise(py)
     }
 
     fn __repr__(&self) -> String {

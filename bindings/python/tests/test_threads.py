@@ -94,7 +94,9 @@ def test_ctrl_c_interrupts_a_blocking_call(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
-def test_a_child_forked_after_use_gets_an_error_not_a_hang(pool: codexpool.Pool) -> None:
+def test_a_child_forked_after_use_opens_its_own_pool(
+    pool: codexpool.Pool, fake: FakeOpenAi, tmp_path: Path
+) -> None:
     pool.flush()  # the runtime runs in this process now
     with warnings.catch_warnings():
         # Python 3.12+ warns that forking a multi-threaded process may deadlock: the point here.
@@ -103,10 +105,16 @@ def test_a_child_forked_after_use_gets_an_error_not_a_hang(pool: codexpool.Pool)
     if pid == 0:  # the child: report through the exit code only
         code = 3
         try:
-            pool.flush()
-            code = 2
-        except codexpool.CodexPoolError as e:
-            code = 0 if "forked" in str(e) and "in the child process" in str(e) else 1
+            try:
+                pool.flush()  # the parent's pool: its threads are not here
+                code = 2
+            except codexpool.CodexPoolError as e:
+                code = 0 if "forked" in str(e) and "Pool.open" in str(e) else 1
+            if code == 0:
+                code = 4
+                with codexpool.Pool.open(tmp_path / "pool.db", **fake.settings()) as own:
+                    own.keys.create("from-the-child")
+                    code = 0 if [k.name for k in own.keys.list()] == ["from-the-child"] else 5
         finally:
             os._exit(code)
     deadline = time.monotonic() + 20
@@ -116,5 +124,7 @@ def test_a_child_forked_after_use_gets_an_error_not_a_hang(pool: codexpool.Pool)
             os.waitpid(pid, 0)
             pytest.fail("the forked child hung in a codexpool call")
         time.sleep(0.05)
-    assert os.waitstatus_to_exitcode(done[1]) == 0, "the child got the fork error"
+    assert os.waitstatus_to_exitcode(done[1]) == 0, "the child got the fork error, then its own pool"
+    pool.reload()
+    assert [k.name for k in pool.keys.list()] == ["from-the-child"]
     pool.flush()  # the parent goes on as before
