@@ -17,7 +17,7 @@ use codexpool_core::{
     AccountStatus as CoreStatus,
 };
 
-use crate::runtime::{run, runtime};
+use crate::runtime::{Home, runtime};
 use crate::{CodexPoolError, ms};
 
 /// Whether an account may serve requests.
@@ -318,6 +318,7 @@ impl From<LoginOptions> for CoreLoginOptions {
 #[derive(uniffi::Object)]
 pub struct LoginStart {
     inner: LoginHandle,
+    home: Home,
 }
 
 /// Cancels a sign-in when dropped while armed: the future of a `wait()` whose caller went away.
@@ -343,7 +344,8 @@ fn cancel_in_background(h: LoginHandle) {
 
 impl Drop for LoginStart {
     fn drop(&mut self) {
-        if self.inner.listen_addr().is_some() {
+        // In a forked child the listener is the parent's.
+        if self.inner.listen_addr().is_some() && self.home.is_here() {
             cancel_in_background(self.inner.clone());
         }
     }
@@ -387,7 +389,10 @@ impl LoginStart {
     pub async fn wait(&self) -> Result<LoginCompleted, CodexPoolError> {
         let h = self.inner.clone();
         let mut abandoned = CancelOnDrop(Some(self.inner.clone()));
-        let ended = run(async move { Ok(h.wait().await?.into()) }).await;
+        let ended = self
+            .home
+            .run(async move { Ok(h.wait().await?.into()) })
+            .await;
         abandoned.0 = None;
         ended
     }
@@ -396,7 +401,7 @@ impl LoginStart {
     /// listener has stopped (its address is free); a pending `wait()` raises `Auth` at once.
     pub async fn cancel(&self) -> Result<bool, CodexPoolError> {
         let h = self.inner.clone();
-        run(async move { Ok(h.cancel().await?) }).await
+        self.home.run(async move { Ok(h.cancel().await?) }).await
     }
 }
 
@@ -469,6 +474,7 @@ impl From<codexpool_core::auth::LoginInfo> for LoginInfo {
 #[derive(uniffi::Object)]
 pub struct AccountPool {
     pub(crate) inner: codexpool_core::Pool,
+    pub(crate) home: Home,
 }
 
 #[uniffi::export]
@@ -493,25 +499,33 @@ impl AccountPool {
     /// Changes label, group, tags, sort or note.
     pub async fn update(&self, id: String, patch: AccountPatch) -> Result<Account, CodexPoolError> {
         let accounts = self.inner.accounts();
-        run(async move { Ok(accounts.update(&id, patch.into()).await?.into()) }).await
+        self.home
+            .run(async move { Ok(accounts.update(&id, patch.into()).await?.into()) })
+            .await
     }
 
     /// Turns an account on (clearing its status reason).
     pub async fn enable(&self, id: String) -> Result<Account, CodexPoolError> {
         let accounts = self.inner.accounts();
-        run(async move { Ok(accounts.enable(&id).await?.into()) }).await
+        self.home
+            .run(async move { Ok(accounts.enable(&id).await?.into()) })
+            .await
     }
 
     /// Turns an account off until a person enables it.
     pub async fn disable(&self, id: String) -> Result<Account, CodexPoolError> {
         let accounts = self.inner.accounts();
-        run(async move { Ok(accounts.disable(&id).await?.into()) }).await
+        self.home
+            .run(async move { Ok(accounts.disable(&id).await?.into()) })
+            .await
     }
 
     /// Deletes an account and its usage readings; returns it as it was.
     pub async fn remove(&self, id: String) -> Result<Account, CodexPoolError> {
         let accounts = self.inner.accounts();
-        run(async move { Ok(accounts.remove(&id).await?.into()) }).await
+        self.home
+            .run(async move { Ok(accounts.remove(&id).await?.into()) })
+            .await
     }
 
     /// Imports a Codex CLI `auth.json`, a codexpool export, or every `*.json` file of a folder
@@ -532,11 +546,12 @@ impl AccountPool {
             self.inner.accounts(),
             codexpool_core::config::expand_home(path),
         );
-        run(async move {
-            let report = accounts.import_path(&path).await?;
-            import_results(&accounts, report, take_over).await
-        })
-        .await
+        self.home
+            .run(async move {
+                let report = accounts.import_path(&path).await?;
+                import_results(&accounts, report, take_over).await
+            })
+            .await
     }
 
     /// Imports a document held in memory (`source` names it in the results; `take_over` as
@@ -549,11 +564,12 @@ impl AccountPool {
         take_over: bool,
     ) -> Result<Vec<ImportResult>, CodexPoolError> {
         let accounts = self.inner.accounts();
-        run(async move {
-            let report = accounts.import_bytes(&source, text.as_bytes()).await;
-            import_results(&accounts, report, take_over).await
-        })
-        .await
+        self.home
+            .run(async move {
+                let report = accounts.import_bytes(&source, text.as_bytes()).await;
+                import_results(&accounts, report, take_over).await
+            })
+            .await
     }
 
     /// Writes the accounts matching `filter` (all when `None`), tokens included, to a file
@@ -570,7 +586,9 @@ impl AccountPool {
             codexpool_core::config::expand_home(path),
         );
         let filter = filter.map(CoreFilter::from).unwrap_or_default();
-        run(async move { Ok(accounts.export_to_file(&path, &filter).await? as u64) }).await
+        self.home
+            .run(async move { Ok(accounts.export_to_file(&path, &filter).await? as u64) })
+            .await
     }
 
     /// Starts a browser sign-in: open the handle's `url()`. With `listen` (the default) a
@@ -583,9 +601,10 @@ impl AccountPool {
     ) -> Result<Arc<LoginStart>, CodexPoolError> {
         let auth = self.inner.auth();
         let options = options.map(CoreLoginOptions::from).unwrap_or_default();
-        run(async move {
+        let home = self.home;
+        home.run(async move {
             let inner = auth.login_start(options).await?;
-            Ok(Arc::new(LoginStart { inner }))
+            Ok(Arc::new(LoginStart { inner, home }))
         })
         .await
     }
@@ -597,13 +616,17 @@ impl AccountPool {
         redirect_url: String,
     ) -> Result<LoginCompleted, CodexPoolError> {
         let auth = self.inner.auth();
-        run(async move { Ok(auth.login_complete(&redirect_url).await?.into()) }).await
+        self.home
+            .run(async move { Ok(auth.login_complete(&redirect_url).await?.into()) })
+            .await
     }
 
     /// Where a sign-in stands.
     pub async fn login_status(&self, state: String) -> Result<LoginInfo, CodexPoolError> {
         let auth = self.inner.auth();
-        run(async move { Ok(auth.login_status(&state).await?.into()) }).await
+        self.home
+            .run(async move { Ok(auth.login_status(&state).await?.into()) })
+            .await
     }
 
     /// Waits until a sign-in (started here or in another process) completes, fails, is
@@ -611,12 +634,16 @@ impl AccountPool {
     /// `LoginStart.wait` for that).
     pub async fn login_wait(&self, state: String) -> Result<LoginCompleted, CodexPoolError> {
         let auth = self.inner.auth();
-        run(async move { Ok(auth.login_wait(&state).await?.into()) }).await
+        self.home
+            .run(async move { Ok(auth.login_wait(&state).await?.into()) })
+            .await
     }
 
     /// Cancels a pending sign-in; `false` when it had already ended.
     pub async fn login_cancel(&self, state: String) -> Result<bool, CodexPoolError> {
         let auth = self.inner.auth();
-        run(async move { Ok(auth.login_cancel(&state).await?) }).await
+        self.home
+            .run(async move { Ok(auth.login_cancel(&state).await?) })
+            .await
     }
 }

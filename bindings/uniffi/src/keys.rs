@@ -7,7 +7,7 @@ use std::sync::Arc;
 use codexpool_core::keys::{KeyPatch as CorePatch, NewKey as CoreNewKey};
 use codexpool_core::{PlatformKey as CoreKey, Secret, Timestamp};
 
-use crate::runtime::run;
+use crate::runtime::Home;
 use crate::{CodexPoolError, ms};
 
 /// A platform key as stored: everything but the secret. Times are milliseconds since the Unix
@@ -180,6 +180,7 @@ impl From<KeyPatch> for CorePatch {
 #[derive(uniffi::Object)]
 pub struct KeyStore {
     pub(crate) inner: codexpool_core::Pool,
+    pub(crate) home: Home,
 }
 
 #[uniffi::export]
@@ -187,14 +188,15 @@ impl KeyStore {
     /// Creates a key; the returned secret is shown this once (`secret()`).
     pub async fn create(&self, new_key: NewKey) -> Result<Arc<CreatedKey>, CodexPoolError> {
         let keys = self.inner.keys();
-        run(async move {
-            let created = keys.create(new_key.into()).await?;
-            Ok(Arc::new(CreatedKey {
-                key: created.key.into(),
-                secret: created.secret,
-            }))
-        })
-        .await
+        self.home
+            .run(async move {
+                let created = keys.create(new_key.into()).await?;
+                Ok(Arc::new(CreatedKey {
+                    key: created.key.into(),
+                    secret: created.secret,
+                }))
+            })
+            .await
     }
 
     /// Every key, oldest first.
@@ -215,25 +217,33 @@ impl KeyStore {
     /// Changes a key.
     pub async fn update(&self, id: String, patch: KeyPatch) -> Result<PlatformKey, CodexPoolError> {
         let keys = self.inner.keys();
-        run(async move { Ok(keys.update(&id, patch.into()).await?.into()) }).await
+        self.home
+            .run(async move { Ok(keys.update(&id, patch.into()).await?.into()) })
+            .await
     }
 
     /// Turns a key on.
     pub async fn enable(&self, id: String) -> Result<PlatformKey, CodexPoolError> {
         let keys = self.inner.keys();
-        run(async move { Ok(keys.enable(&id).await?.into()) }).await
+        self.home
+            .run(async move { Ok(keys.enable(&id).await?.into()) })
+            .await
     }
 
     /// Turns a key off: requests with it are refused (403) from then on.
     pub async fn disable(&self, id: String) -> Result<PlatformKey, CodexPoolError> {
         let keys = self.inner.keys();
-        run(async move { Ok(keys.disable(&id).await?.into()) }).await
+        self.home
+            .run(async move { Ok(keys.disable(&id).await?.into()) })
+            .await
     }
 
     /// Deletes a key; returns it as it was.
     pub async fn delete(&self, id: String) -> Result<PlatformKey, CodexPoolError> {
         let keys = self.inner.keys();
-        run(async move { Ok(keys.delete(&id).await?.into()) }).await
+        self.home
+            .run(async move { Ok(keys.delete(&id).await?.into()) })
+            .await
     }
 
     /// Checks a secret as the gateway does: the key, or `Auth` naming why it is refused

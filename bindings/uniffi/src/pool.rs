@@ -10,7 +10,7 @@ use crate::CodexPoolError;
 use crate::account::AccountPool;
 use crate::keys::KeyStore;
 use crate::request_log::RequestLog;
-use crate::runtime::run;
+use crate::runtime::Home;
 use crate::usage::UsageTracker;
 
 /// One setting's effective value.
@@ -34,6 +34,7 @@ pub struct Setting {
 #[derive(uniffi::Object)]
 pub struct Pool {
     pub(crate) inner: codexpool_core::Pool,
+    pub(crate) home: Home,
 }
 
 #[uniffi::export]
@@ -63,9 +64,10 @@ impl Pool {
                 &codexpool_core::config::expand_home(path).to_string_lossy(),
             )?;
         }
-        run(async move {
+        let home = Home::here();
+        home.run(async move {
             let inner = codexpool_core::Pool::open(config).await?;
-            Ok(Arc::new(Self { inner }))
+            Ok(Arc::new(Self { inner, home }))
         })
         .await
     }
@@ -74,6 +76,7 @@ impl Pool {
     pub fn accounts(&self) -> Arc<AccountPool> {
         Arc::new(AccountPool {
             inner: self.inner.clone(),
+            home: self.home,
         })
     }
 
@@ -81,6 +84,7 @@ impl Pool {
     pub fn keys(&self) -> Arc<KeyStore> {
         Arc::new(KeyStore {
             inner: self.inner.clone(),
+            home: self.home,
         })
     }
 
@@ -88,6 +92,7 @@ impl Pool {
     pub fn usage(&self) -> Arc<UsageTracker> {
         Arc::new(UsageTracker {
             inner: self.inner.clone(),
+            home: self.home,
         })
     }
 
@@ -95,6 +100,7 @@ impl Pool {
     pub fn request_log(&self) -> Arc<RequestLog> {
         Arc::new(RequestLog {
             inner: self.inner.clone(),
+            home: self.home,
         })
     }
 
@@ -128,12 +134,12 @@ impl Pool {
     /// itself when another process writes).
     pub async fn reload(&self) -> Result<(), CodexPoolError> {
         let pool = self.inner.clone();
-        run(async move { Ok(pool.reload().await?) }).await
+        self.home.run(async move { Ok(pool.reload().await?) }).await
     }
 
     /// Writes everything queued (usage readings, ledger, request log, last-used times).
     pub async fn flush(&self) -> Result<(), CodexPoolError> {
         let pool = self.inner.clone();
-        run(async move { Ok(pool.flush().await?) }).await
+        self.home.run(async move { Ok(pool.flush().await?) }).await
     }
 }

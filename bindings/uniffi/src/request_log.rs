@@ -3,7 +3,7 @@
 
 use codexpool_core::request_log::{RequestLogEntry as CoreEntry, RequestLogQuery as CoreQuery};
 
-use crate::runtime::run;
+use crate::runtime::Home;
 use crate::usage::TokenCounts;
 use crate::{CodexPoolError, ms};
 
@@ -113,6 +113,7 @@ impl From<RequestLogQuery> for CoreQuery {
 #[derive(uniffi::Object)]
 pub struct RequestLog {
     pub(crate) inner: codexpool_core::Pool,
+    pub(crate) home: Home,
 }
 
 #[uniffi::export]
@@ -126,7 +127,9 @@ impl RequestLog {
     ) -> Result<Vec<RequestLogEntry>, CodexPoolError> {
         let log = self.inner.request_log();
         let q = CoreQuery::from(query.unwrap_or_default());
-        run(async move { Ok(log.list(&q).await?.into_iter().map(Into::into).collect()) }).await
+        self.home
+            .run(async move { Ok(log.list(&q).await?.into_iter().map(Into::into).collect()) })
+            .await
     }
 
     /// Deletes the rows of requests that arrived before `before` (ms since the epoch), oldest
@@ -135,6 +138,8 @@ impl RequestLog {
     pub async fn prune(&self, before: i64) -> Result<u64, CodexPoolError> {
         let log = self.inner.request_log();
         let before = crate::time::arg("before", before)?;
-        run(async move { Ok(log.prune(before).await?) }).await
+        self.home
+            .run(async move { Ok(log.prune(before).await?) })
+            .await
     }
 }

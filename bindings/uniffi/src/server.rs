@@ -8,7 +8,7 @@ use codexpool_gateway::RunningServer;
 
 use crate::CodexPoolError;
 use crate::pool::Pool;
-use crate::runtime::run;
+use crate::runtime::Home;
 
 /// Starts serving `pool` on `addr` (`IP:port`, or `host:port` as the CLI's `serve --addr`:
 /// `localhost` is 127.0.0.1; port 0 picks a free port) in the background and returns once it
@@ -18,8 +18,8 @@ use crate::runtime::run;
 pub async fn serve(pool: Arc<Pool>, addr: String) -> Result<Arc<Server>, CodexPoolError> {
     let addr = codexpool_core::config::parse_listen_addr(&addr)
         .map_err(|e| CodexPoolError::InvalidInput(format!("invalid address {addr:?}: {e}")))?;
-    let pool = pool.inner.clone();
-    run(async move {
+    let (home, pool) = (pool.home, pool.inner.clone());
+    home.run(async move {
         let running = codexpool_gateway::Server::new(pool)
             .addr(addr)
             .start()
@@ -29,6 +29,7 @@ pub async fn serve(pool: Arc<Pool>, addr: String) -> Result<Arc<Server>, CodexPo
             base_url: running.base_url(),
             rpc_token: running.rpc_token().expose().to_string(),
             running: Mutex::new(Some(running)),
+            home,
         }))
     })
     .await
@@ -42,6 +43,7 @@ pub struct Server {
     base_url: String,
     rpc_token: String,
     running: Mutex<Option<RunningServer>>,
+    home: Home,
 }
 
 #[uniffi::export]
@@ -75,7 +77,7 @@ impl Server {
             .map_err(|_| CodexPoolError::Internal("the server lock is poisoned".into()))?
             .take();
         match running {
-            Some(r) => run(async move { Ok(r.stop().await?) }).await,
+            Some(r) => self.home.run(async move { Ok(r.stop().await?) }).await,
             None => Ok(()),
         }
     }

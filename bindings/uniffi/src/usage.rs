@@ -9,7 +9,7 @@ use codexpool_core::usage::{
     WindowKind as CoreKind, WindowReading as CoreReading,
 };
 
-use crate::runtime::run;
+use crate::runtime::Home;
 use crate::{CodexPoolError, ms};
 
 /// Which quota window.
@@ -245,6 +245,7 @@ impl From<CoreRow> for LedgerRow {
 #[derive(uniffi::Object)]
 pub struct UsageTracker {
     pub(crate) inner: codexpool_core::Pool,
+    pub(crate) home: Home,
 }
 
 #[uniffi::export]
@@ -274,11 +275,12 @@ impl UsageTracker {
     ) -> Result<Vec<PollResult>, CodexPoolError> {
         let usage = self.inner.usage();
         let scope = account_id.map_or(RefreshScope::All, RefreshScope::Account);
-        run(async move {
-            let results = usage.refresh(scope, |_| {}).await?;
-            Ok(results.into_iter().map(Into::into).collect())
-        })
-        .await
+        self.home
+            .run(async move {
+                let results = usage.refresh(scope, |_| {}).await?;
+                Ok(results.into_iter().map(Into::into).collect())
+            })
+            .await
     }
 
     /// Folds the ledger's entries from the UTC days before the one `before` (ms since the
@@ -288,7 +290,9 @@ impl UsageTracker {
     pub async fn fold_ledger(&self, before: i64) -> Result<u64, CodexPoolError> {
         let usage = self.inner.usage();
         let before = crate::time::arg("before", before)?;
-        run(async move { Ok(usage.fold_ledger(before).await?) }).await
+        self.home
+            .run(async move { Ok(usage.fold_ledger(before).await?) })
+            .await
     }
 
     /// Sums the token ledger by `group_by`, largest total first; only requests at or after
@@ -304,14 +308,15 @@ impl UsageTracker {
         if let Some(t) = since {
             q = q.since(crate::time::arg("since", t)?);
         }
-        run(async move {
-            Ok(usage
-                .ledger(&q)
-                .await?
-                .into_iter()
-                .map(Into::into)
-                .collect())
-        })
-        .await
+        self.home
+            .run(async move {
+                Ok(usage
+                    .ledger(&q)
+                    .await?
+                    .into_iter()
+                    .map(Into::into)
+                    .collect())
+            })
+            .await
     }
 }

@@ -394,11 +394,14 @@ async def take_over(tmp, fake):
     assert len(accounts.list()) == 4, "the import stands"
 
 
-def forked_child_gets_an_error(tmp, fake):
-    """Forks after the runtime ran; the child's call must raise, not hang. 0 when it did."""
-    pool = asyncio.run(cp.Pool.open(os.path.join(tmp, "fork.db"), dict(fake.settings(), DISABLE_POLLING="true")))
+def forked_child_opens_its_own_pool(tmp, fake):
+    """Forks after the runtime ran: in the child the parent's pool must raise, not hang, and a
+    pool the child opens must work. 0 when both did."""
+    db = os.path.join(tmp, "fork.db")
+    settings = dict(fake.settings(), DISABLE_POLLING="true")
+    pool = asyncio.run(cp.Pool.open(db, settings))
     asyncio.run(pool.flush())  # the runtime runs in this process now
-    step("a child forked after use gets an error, not a hang")
+    step("a child forked after use gets an error for the parent's pool, and opens its own")
     with warnings.catch_warnings():
         # Python 3.12+ warns that forking a multi-threaded process may deadlock: the point here.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -406,12 +409,19 @@ def forked_child_gets_an_error(tmp, fake):
     if pid == 0:  # the child: report through the exit code only
         code = 3
         try:
-            asyncio.run(pool.flush())
-            code = 2
-        except CodexPoolError.Internal as e:
-            code = 0 if "forked" in str(e) else 1
+            try:
+                asyncio.run(pool.flush())
+                code = 2
+            except CodexPoolError.Internal as e:
+                code = 0 if "forked" in str(e) and "Pool.open" in str(e) else 1
+            if code == 0:
+                code = 4
+                own = asyncio.run(cp.Pool.open(db, settings))
+                asyncio.run(own.keys().create(cp.NewKey(name="from-the-child")))
+                asyncio.run(own.flush())
+                code = 0 if [k.name for k in own.keys().list()] == ["from-the-child"] else 5
         except BaseException:
-            code = 4
+            code = 6
         finally:
             os._exit(code)
     deadline = time.monotonic() + 20
@@ -421,8 +431,10 @@ def forked_child_gets_an_error(tmp, fake):
             os.waitpid(pid, 0)
             raise AssertionError("the forked child hung in a codexpool call")
         time.sleep(0.05)
-    assert os.waitstatus_to_exitcode(done[1]) == 0, "the child got the fork error"
-    asyncio.run(pool.flush())  # the parent goes on as before
+    code = os.waitstatus_to_exitcode(done[1])
+    assert code == 0, f"the child got the fork error, then used its own pool (exit {code})"
+    asyncio.run(pool.reload())  # the parent goes on as before, and sees the child's key
+    assert [k.name for k in pool.keys().list()] == ["from-the-child"]
 
 
 def test_ffi():
@@ -458,7 +470,7 @@ def test_a_child_forked_after_use_gets_an_error_not_a_hang():
     fake = cp.FakeOpenAi.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            forked_child_gets_an_error(tmp, fake)
+            forked_child_opens_its_own_pool(tmp, fake)
     finally:
         fake.shutdown()
 
