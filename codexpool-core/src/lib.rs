@@ -39,6 +39,7 @@ pub mod import;
 pub mod keys;
 pub mod poll;
 pub mod pool;
+pub mod process;
 pub mod request_log;
 mod secret;
 mod stamp;

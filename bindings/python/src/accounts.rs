@@ -19,7 +19,7 @@ use crate::args::{keyword_changes, seconds};
 use crate::errors::{CodexPoolError, OrRaise, Timeout, core_error, invalid, warn_all};
 use crate::json;
 use crate::record::{quote, record};
-use crate::runtime::{Home, runtime};
+use crate::runtime::{Home, HomeExt, runtime};
 use crate::time::{Time, opt};
 
 record! {
@@ -267,7 +267,7 @@ impl LoginStart {
     /// Cancels the sign-in in a task of its own on the runtime, which runs to its end whoever
     /// waits for it.
     fn cancel_task(&self) -> PyResult<tokio::task::JoinHandle<Result<bool, auth::AuthError>>> {
-        self.home.check()?;
+        self.home.ensure()?;
         let h = self.inner.clone();
         Ok(runtime()?.spawn(async move { h.cancel().await }))
     }

@@ -9,7 +9,7 @@ use pyo3::types::PyDict;
 use crate::args::keyword_changes;
 use crate::errors::{OrRaise, invalid};
 use crate::record::{Field, record};
-use crate::runtime::Home;
+use crate::runtime::{Home, HomeExt};
 use crate::time::{self, Time, opt};
 
 record! {

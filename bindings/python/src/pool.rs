@@ -19,7 +19,7 @@ use crate::errors::{OrRaise, invalid, warn_all};
 use crate::keys::KeyStore;
 use crate::record::quote;
 use crate::request_log::RequestLog;
-use crate::runtime::Home;
+use crate::runtime::{Home, HomeExt};
 use crate::usage::UsageTracker;
 
 /// A pool of ChatGPT (Codex) sign-ins, platform keys and usage over one database.

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 
 use crate::errors::OrRaise;
 use crate::record::record;
-use crate::runtime::Home;
+use crate::runtime::{Home, HomeExt};
 use crate::time::Time;
 use crate::usage::TokenCounts;
 

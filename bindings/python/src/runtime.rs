@@ -5,16 +5,15 @@
 //! the pool at once, and the pool's background tasks (writer, change watcher, a server's
 //! connections and pollers) run on the runtime's worker threads between calls.
 //!
-//! A process forked after the runtime started has none of its threads, nor the database thread
-//! or background tasks of a pool opened before the fork. So the runtime is per process (a
-//! forked child that uses codexpool builds its own), and every object that leads to a pool
-//! carries its [`Home`]: used in another process it raises an error naming the fork rather
-//! than wait forever, while a pool opened in the child works there.
+//! The runtime is per process and every object that leads to a pool carries its [`Home`]
+//! (`codexpool_core::process`): a child forked after a pool was opened gets an error naming
+//! the fork from that pool rather than wait forever, and can open a pool of its own.
 
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+pub(crate) use codexpool_core::process::Home;
+use codexpool_core::process::ProcessRuntime;
 use pyo3::prelude::*;
 use tokio::runtime::Runtime;
 
@@ -23,66 +22,38 @@ use crate::errors::CodexPoolError;
 /// How often a waiting call takes the GIL back to look for Ctrl-C.
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
-/// The runtime, and the process that built it.
-static RUNTIME: Mutex<Option<(u32, &'static Runtime)>> = Mutex::new(None);
+static RUNTIME: ProcessRuntime = ProcessRuntime::new("codexpool");
 
-/// This process's runtime, built on first use, and again in a child forked after that: the
-/// parent's has no threads there, and is left alone (dropping it would wait for them).
+/// This process's runtime ([`ProcessRuntime::get`]).
 pub(crate) fn runtime() -> PyResult<&'static Runtime> {
-    let pid = std::process::id();
-    let mut slot = RUNTIME.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((built_by, rt)) = *slot
-        && built_by == pid
-    {
-        return Ok(rt);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("codexpool")
-        .build()
-        .map_err(|e| CodexPoolError::new_err(format!("cannot start the tokio runtime: {e}")))?;
-    let rt: &'static Runtime = Box::leak(Box::new(rt));
-    *slot = Some((pid, rt));
-    Ok(rt)
+    RUNTIME
+        .get()
+        .map_err(|e| CodexPoolError::new_err(format!("cannot start the tokio runtime: {e}")))
 }
 
-/// The process a pool was opened in, kept by every object that leads to it: its database
-/// thread and background tasks exist only there.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Home(u32);
+/// What the objects that lead to a pool do with their [`Home`].
+pub(crate) trait HomeExt {
+    /// `CodexPoolError` in any other process than home.
+    fn ensure(self) -> PyResult<()>;
+    /// [`run`] for an object of this home; the error of [`HomeExt::ensure`] elsewhere.
+    fn run<F>(self, py: Python<'_>, fut: F) -> PyResult<F::Output>
+    where
+        F: Future + Send,
+        F::Output: Send;
+}
 
-impl Home {
-    /// This process.
-    pub(crate) fn here() -> Self {
-        Self(std::process::id())
+impl HomeExt for Home {
+    fn ensure(self) -> PyResult<()> {
+        self.check()
+            .map_err(|e| CodexPoolError::new_err(e.to_string()))
     }
 
-    /// Whether this is the process.
-    pub(crate) fn is_here(self) -> bool {
-        self.0 == std::process::id()
-    }
-
-    /// An error in any other process (a child forked after the pool was opened).
-    pub(crate) fn check(self) -> PyResult<()> {
-        if self.is_here() {
-            return Ok(());
-        }
-        Err(CodexPoolError::new_err(format!(
-            "this pool was opened in process {} and cannot be used in process {}, forked from \
-             it: fork copies none of its threads. Open a pool in this process (Pool.open), or \
-             start child processes with multiprocessing's 'spawn' or 'forkserver' method",
-            self.0,
-            std::process::id()
-        )))
-    }
-
-    /// [`run`] for an object of this home; the error of [`Home::check`] elsewhere.
-    pub(crate) fn run<F>(self, py: Python<'_>, fut: F) -> PyResult<F::Output>
+    fn run<F>(self, py: Python<'_>, fut: F) -> PyResult<F::Output>
     where
         F: Future + Send,
         F::Output: Send,
     {
-        self.check()?;
+        self.ensure()?;
         run(py, fut)
     }
 }

@@ -14,7 +14,7 @@ use crate::args::{listen_addr, seconds};
 use crate::errors::ServerError;
 use crate::pool::Pool;
 use crate::record::{py_bool, quote};
-use crate::runtime::Home;
+use crate::runtime::{Home, HomeExt};
 
 /// A running server. `stop()` (or leaving a `with` block) stops accepting, lets open streams
 /// finish within the shutdown grace, writes what is queued and frees the port; stopping twice

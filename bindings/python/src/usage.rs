@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 
 use crate::errors::OrRaise;
 use crate::record::record;
-use crate::runtime::Home;
+use crate::runtime::{Home, HomeExt};
 use crate::time::{self, Time, opt};
 
 record! {

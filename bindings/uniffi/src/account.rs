@@ -17,7 +17,7 @@ use codexpool_core::{
     AccountStatus as CoreStatus,
 };
 
-use crate::runtime::{Home, runtime};
+use crate::runtime::{Home, HomeExt, runtime};
 use crate::{CodexPoolError, ms};
 
 /// Whether an account may serve requests.

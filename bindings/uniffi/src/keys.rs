@@ -7,7 +7,7 @@ use std::sync::Arc;
 use codexpool_core::keys::{KeyPatch as CorePatch, NewKey as CoreNewKey};
 use codexpool_core::{PlatformKey as CoreKey, Secret, Timestamp};
 
-use crate::runtime::Home;
+use crate::runtime::{Home, HomeExt};
 use crate::{CodexPoolError, ms};
 
 /// A platform key as stored: everything but the secret. Times are milliseconds since the Unix

@@ -10,7 +10,7 @@ use crate::CodexPoolError;
 use crate::account::AccountPool;
 use crate::keys::KeyStore;
 use crate::request_log::RequestLog;
-use crate::runtime::Home;
+use crate::runtime::{Home, HomeExt};
 use crate::usage::UsageTracker;
 
 /// One setting's effective value.

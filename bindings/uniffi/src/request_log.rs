@@ -3,7 +3,7 @@
 
 use codexpool_core::request_log::{RequestLogEntry as CoreEntry, RequestLogQuery as CoreQuery};
 
-use crate::runtime::Home;
+use crate::runtime::{Home, HomeExt};
 use crate::usage::TokenCounts;
 use crate::{CodexPoolError, ms};
 

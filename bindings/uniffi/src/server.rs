@@ -8,7 +8,7 @@ use codexpool_gateway::RunningServer;
 
 use crate::CodexPoolError;
 use crate::pool::Pool;
-use crate::runtime::Home;
+use crate::runtime::{Home, HomeExt};
 
 /// Starts serving `pool` on `addr` (`IP:port`, or `host:port` as the CLI's `serve --addr`:
 /// `localhost` is 127.0.0.1; port 0 picks a free port) in the background and returns once it

@@ -9,7 +9,7 @@ use codexpool_core::usage::{
     WindowKind as CoreKind, WindowReading as CoreReading,
 };
 
-use crate::runtime::Home;
+use crate::runtime::{Home, HomeExt};
 use crate::{CodexPoolError, ms};
 
 /// Which quota window.
