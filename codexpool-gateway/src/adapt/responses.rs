@@ -476,41 +476,23 @@ pub(crate) fn for_fallback(body: &[u8], mut recall: Option<&mut dyn Recall>) -> 
         (changed, recalled_previous) = (true, true);
         input.extend(
             kept.iter()
-                .filter_map(|item| fallback_item(item.json()))
+                .filter_map(|item| fallback_item(item.json(), None))
                 .map(|item| Cow::Owned(item.into_owned())),
         );
     }
-    let string_input = obj.get("input").filter(|v| v.get().starts_with('"'));
-    if let Some(text) = string_input {
+    if let Some(text) = obj.get("input").filter(|v| v.get().starts_with('"')) {
+        // A string is one message: nothing of it to change, only the kept turn to put before.
+        if !recalled_previous {
+            return None;
+        }
         let mut item = Vec::with_capacity(text.get().len() + TEXT_OPEN.len() + TEXT_CLOSE.len());
         Piece::Text(text).write(&mut item);
         input.push(Cow::Owned(as_str(&item).to_owned()));
     }
     for item in items.iter().flatten() {
-        let reference = match serde_json::from_str::<ItemHead<'_>>(item.get()) {
-            Ok(head) if head.kind.as_ref().is_some_and(|k| k.0 == "item_reference") => {
-                head.id.and_then(raw_str)
-            }
-            _ => None,
-        };
-        let recalled = reference
-            .zip(recall.as_deref_mut())
-            .and_then(|(id, r)| r.item(&id));
-        match recalled {
-            Some(kept) => {
-                changed = true;
-                if let Some(json) = fallback_item(kept.json()) {
-                    input.push(Cow::Owned(json.into_owned()));
-                }
-            }
-            None => match fallback_item(item.get()) {
-                Some(json) => {
-                    changed |= matches!(json, Cow::Owned(_));
-                    input.push(json);
-                }
-                None => changed = true,
-            },
-        }
+        let out = fallback_item(item.get(), recall.as_deref_mut());
+        changed |= !matches!(out, Some(Cow::Borrowed(_)));
+        input.extend(out);
     }
     if !changed {
         return None;
@@ -548,16 +530,26 @@ pub(crate) fn for_fallback(body: &[u8], mut recall: Option<&mut dyn Recall>) -> 
     Some(Bytes::from(out))
 }
 
-/// One input item for the fallback upstream: without its `id` (borrowed when it has none or is
-/// an `item_reference`), `None` for reasoning. What does not read as an item goes as it is.
-fn fallback_item(json: &str) -> Option<Cow<'_, str>> {
+/// One input item for the fallback upstream: without its `id` (borrowed when it has none), the
+/// kept item an `item_reference` names (from `recall`), `None` for reasoning. What does not
+/// read as an item goes as it is.
+fn fallback_item<'a>(
+    json: &'a str,
+    recall: Option<&mut (dyn Recall + '_)>,
+) -> Option<Cow<'a, str>> {
     let Ok(head) = serde_json::from_str::<ItemHead<'_>>(json) else {
         return Some(Cow::Borrowed(json));
     };
     match head.kind.as_ref().map(|k| &*k.0) {
         Some("reasoning") => None,
-        // One the gateway does not know: it is all the item there is.
-        Some("item_reference") => Some(Cow::Borrowed(json)),
+        Some("item_reference") => {
+            let kept = head.id.and_then(raw_str).zip(recall);
+            match kept.and_then(|(id, recall)| recall.item(&id)) {
+                Some(kept) => fallback_item(kept.json(), None).map(|i| Cow::Owned(i.into_owned())),
+                // One the gateway does not know: it is all the item there is.
+                None => Some(Cow::Borrowed(json)),
+            }
+        }
         _ if head.id.is_some() => Some(without_id(json).map_or(Cow::Borrowed(json), Cow::Owned)),
         _ => Some(Cow::Borrowed(json)),
     }
