@@ -551,6 +551,16 @@ impl KeyStore {
         v
     }
 
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        crate::sync::read(&self.pool.shared.keys).by_id.len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn with_stamp(&self, e: &KeyEntry) -> PlatformKey {
         let mut k = (*e.key).clone();
         k.last_used_at = e.used.get().or(k.last_used_at);

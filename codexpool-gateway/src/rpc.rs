@@ -468,7 +468,7 @@ async fn call(pool: &Pool, method: &str, p: Value) -> Result<Value, RpcError> {
             Ok(json!({
                 "accounts": all.len(),
                 "usable_accounts": usable,
-                "keys": keys.list().len(),
+                "keys": keys.len(),
                 "inflight": accounts.total_inflight(),
                 "ledger": to_value(rows)?,
             }))

@@ -497,17 +497,20 @@ impl AccountPool {
         status: Option<&str>,
         text: Option<String>,
     ) -> PyResult<Vec<Account>> {
+        self.home.ensure()?;
         let f = filter(py, group, tag, status, text)?;
         Ok(self.inner.list(&f).into_iter().map(Into::into).collect())
     }
 
     /// One account by id or unique id prefix.
     fn get(&self, py: Python<'_>, id: &str) -> PyResult<Account> {
+        self.home.ensure()?;
         self.inner.get(id).map(Into::into).or_raise(py)
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.len()
+    fn __len__(&self) -> PyResult<usize> {
+        self.home.ensure()?;
+        Ok(self.inner.len())
     }
 
     /// Changes an account. Keywords: `label`, `group`, `tags`, `note`, `sort`; an omitted one is
@@ -591,6 +594,7 @@ impl AccountPool {
 
     /// Requests in flight, cooldown and exhaustion of an account.
     fn runtime(&self, py: Python<'_>, id: &str) -> PyResult<AccountRuntime> {
+        self.home.ensure()?;
         let r = self.inner.runtime(id).or_raise(py)?;
         Ok(AccountRuntime {
             inflight: r.inflight,
@@ -774,7 +778,8 @@ impl AccountPool {
     }
 
     fn __repr__(&self) -> String {
-        format!("AccountPool(len={})", self.inner.len())
+        self.home
+            .repr("AccountPool", || format!("len={}", self.inner.len()))
     }
 }
 

@@ -140,12 +140,14 @@ impl KeyStore {
     }
 
     /// Every key, oldest first.
-    fn list(&self) -> Vec<Key> {
-        self.inner.list().into_iter().map(Into::into).collect()
+    fn list(&self) -> PyResult<Vec<Key>> {
+        self.home.ensure()?;
+        Ok(self.inner.list().into_iter().map(Into::into).collect())
     }
 
     /// One key by id or unique id prefix.
     fn get(&self, py: Python<'_>, id: &str) -> PyResult<Key> {
+        self.home.ensure()?;
         self.inner.get(id).map(Into::into).or_raise(py)
     }
 
@@ -235,17 +237,20 @@ impl KeyStore {
 
     /// The key a secret belongs to; raises `KeyRefused` when it is unknown, disabled or expired.
     fn verify(&self, py: Python<'_>, secret: &str) -> PyResult<Key> {
+        self.home.ensure()?;
         self.inner
             .verify(secret)
             .map(|k| (*k).clone().into())
             .or_raise(py)
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.list().len()
+    fn __len__(&self) -> PyResult<usize> {
+        self.home.ensure()?;
+        Ok(self.inner.len())
     }
 
     fn __repr__(&self) -> String {
-        format!("KeyStore(len={})", self.inner.list().len())
+        self.home
+            .repr("KeyStore", || format!("len={}", self.inner.len()))
     }
 }

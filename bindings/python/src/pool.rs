@@ -184,10 +184,12 @@ impl Pool {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "Pool(db_path={}, accounts={})",
-            quote(&self.inner.config().db_path.to_string_lossy()),
-            self.inner.accounts().len()
-        )
+        self.home.repr("Pool", || {
+            format!(
+                "db_path={}, accounts={}",
+                quote(&self.inner.config().db_path.to_string_lossy()),
+                self.inner.accounts().len()
+            )
+        })
     }
 }

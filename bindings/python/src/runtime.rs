@@ -40,6 +40,9 @@ pub(crate) trait HomeExt {
     where
         F: Future + Send,
         F::Output: Send;
+    /// `Name(fields())` at home; elsewhere `Name(<forked>)`, reading nothing of the pool (a lock
+    /// a parent thread held at the fork stays held in the child).
+    fn repr(self, name: &str, fields: impl FnOnce() -> String) -> String;
 }
 
 impl HomeExt for Home {
@@ -55,6 +58,13 @@ impl HomeExt for Home {
     {
         self.ensure()?;
         run(py, fut)
+    }
+
+    fn repr(self, name: &str, fields: impl FnOnce() -> String) -> String {
+        match self.is_here() {
+            true => format!("{name}({})", fields()),
+            false => format!("{name}(<opened in the process this one was forked from>)"),
+        }
     }
 }
 

@@ -230,22 +230,26 @@ impl Progress {
 #[pymethods]
 impl UsageTracker {
     /// Every account's usage, in account order.
-    fn list(&self) -> Vec<AccountUsage> {
-        self.inner.list().into_iter().map(Into::into).collect()
+    fn list(&self) -> PyResult<Vec<AccountUsage>> {
+        self.home.ensure()?;
+        Ok(self.inner.list().into_iter().map(Into::into).collect())
     }
 
     /// One account's usage.
     fn get(&self, py: Python<'_>, account_id: &str) -> PyResult<AccountUsage> {
+        self.home.ensure()?;
         self.inner.get(account_id).map(Into::into).or_raise(py)
     }
 
     /// The smallest share (0–100) left over the account's fresh windows; `None` when unknown.
     fn headroom(&self, py: Python<'_>, account_id: &str) -> PyResult<Option<f64>> {
+        self.home.ensure()?;
         self.inner.headroom(account_id).or_raise(py)
     }
 
     /// When the account can serve again, if a window is exhausted.
     fn exhausted_until(&self, py: Python<'_>, account_id: &str) -> PyResult<Option<Time>> {
+        self.home.ensure()?;
         Ok(opt(self.inner.exhausted_until(account_id).or_raise(py)?))
     }
 

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -105,11 +106,33 @@ def test_a_child_forked_after_use_opens_its_own_pool(
     if pid == 0:  # the child: report through the exit code only
         code = 3
         try:
-            try:
-                pool.flush()  # the parent's pool: its threads are not here
-                code = 2
-            except codexpool.CodexPoolError as e:
-                code = 0 if "forked" in str(e) and "Pool.open" in str(e) else 1
+            # The parent's pool: its threads are not here, and its memory is a copy nothing
+            # updates (a key disabled since would still verify), so even reads refuse.
+            calls: list[Callable[[], object]] = [
+                pool.flush,
+                pool.keys.list,
+                lambda: pool.keys.verify("sk-cp-anything"),
+                lambda: pool.keys.get("k"),
+                lambda: len(pool.keys),
+                pool.accounts.list,
+                lambda: pool.accounts.get("a"),
+                lambda: pool.accounts.runtime("a"),
+                lambda: len(pool.accounts),
+                pool.usage.list,
+                lambda: pool.usage.get("a"),
+                lambda: pool.usage.headroom("a"),
+                lambda: pool.usage.exhausted_until("a"),
+            ]
+            code = 0
+            for call in calls:
+                try:
+                    call()
+                    code = 2
+                except codexpool.CodexPoolError as e:
+                    if "forked" not in str(e) or "Pool.open" not in str(e):
+                        code = 1
+            if "forked" not in repr(pool) + repr(pool.keys) + repr(pool.accounts):
+                code = 7
             if code == 0:
                 code = 4
                 with codexpool.Pool.open(tmp_path / "pool.db", **fake.settings()) as own:

@@ -481,18 +481,16 @@ pub struct AccountPool {
 impl AccountPool {
     /// Accounts matching `filter` (all when `None`), by sort then label.
     #[uniffi::method(default(filter = None))]
-    pub fn list(&self, filter: Option<AccountFilter>) -> Vec<Account> {
+    pub fn list(&self, filter: Option<AccountFilter>) -> Result<Vec<Account>, CodexPoolError> {
+        self.home.ensure()?;
         let filter = filter.map(CoreFilter::from).unwrap_or_default();
-        self.inner
-            .accounts()
-            .list(&filter)
-            .into_iter()
-            .map(Into::into)
-            .collect()
+        let all = self.inner.accounts().list(&filter);
+        Ok(all.into_iter().map(Into::into).collect())
     }
 
     /// One account by id or unique id prefix.
     pub fn get(&self, id: String) -> Result<Account, CodexPoolError> {
+        self.home.ensure()?;
         Ok(self.inner.accounts().get(&id)?.into())
     }
 

@@ -200,17 +200,20 @@ impl KeyStore {
     }
 
     /// Every key, oldest first.
-    pub fn list(&self) -> Vec<PlatformKey> {
-        self.inner
+    pub fn list(&self) -> Result<Vec<PlatformKey>, CodexPoolError> {
+        self.home.ensure()?;
+        Ok(self
+            .inner
             .keys()
             .list()
             .into_iter()
             .map(Into::into)
-            .collect()
+            .collect())
     }
 
     /// One key by id or unique id prefix.
     pub fn get(&self, id: String) -> Result<PlatformKey, CodexPoolError> {
+        self.home.ensure()?;
         Ok(self.inner.keys().get(&id)?.into())
     }
 
@@ -249,6 +252,7 @@ impl KeyStore {
     /// Checks a secret as the gateway does: the key, or `Auth` naming why it is refused
     /// (missing, unknown, disabled, expired).
     pub fn verify(&self, secret: String) -> Result<PlatformKey, CodexPoolError> {
+        self.home.ensure()?;
         let key = self.inner.keys().verify(&secret)?;
         Ok(CoreKey::clone(&key).into())
     }

@@ -27,8 +27,12 @@ pub(crate) fn runtime() -> Result<&'static Runtime, CodexPoolError> {
 
 /// What the objects that lead to a pool do with their [`Home`].
 pub(crate) trait HomeExt {
-    /// Runs `fut` on the runtime and waits for it without blocking the caller's executor; in
-    /// any other process than home (a child forked after the pool was opened), `Internal`.
+    /// `Internal` in any other process than home (a child forked after the pool was opened):
+    /// the pool's memory there is a copy nothing updates, and a lock a parent thread held at
+    /// the fork stays held.
+    fn ensure(self) -> Result<(), CodexPoolError>;
+    /// Runs `fut` on the runtime and waits for it without blocking the caller's executor; the
+    /// error of [`HomeExt::ensure`] in any other process than home.
     async fn run<T, F>(self, fut: F) -> Result<T, CodexPoolError>
     where
         T: Send + 'static,
@@ -36,13 +40,17 @@ pub(crate) trait HomeExt {
 }
 
 impl HomeExt for Home {
+    fn ensure(self) -> Result<(), CodexPoolError> {
+        self.check()
+            .map_err(|e| CodexPoolError::Internal(e.to_string()))
+    }
+
     async fn run<T, F>(self, fut: F) -> Result<T, CodexPoolError>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, CodexPoolError>> + Send + 'static,
     {
-        self.check()
-            .map_err(|e| CodexPoolError::Internal(e.to_string()))?;
+        self.ensure()?;
         runtime()?
             .spawn(fut)
             .await

@@ -251,17 +251,20 @@ pub struct UsageTracker {
 #[uniffi::export]
 impl UsageTracker {
     /// Every account's usage, in account order.
-    pub fn list(&self) -> Vec<AccountUsage> {
-        self.inner
+    pub fn list(&self) -> Result<Vec<AccountUsage>, CodexPoolError> {
+        self.home.ensure()?;
+        Ok(self
+            .inner
             .usage()
             .list()
             .into_iter()
             .map(Into::into)
-            .collect()
+            .collect())
     }
 
     /// One account's usage (id or unique prefix).
     pub fn get(&self, account_id: String) -> Result<AccountUsage, CodexPoolError> {
+        self.home.ensure()?;
         Ok(self.inner.usage().get(&account_id)?.into())
     }
 

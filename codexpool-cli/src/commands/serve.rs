@@ -112,7 +112,7 @@ fn banner(ctx: &Ctx, pool: &Pool, running: &RunningServer) -> anyhow::Result<()>
         .iter()
         .filter(|a| pool.accounts().runtime(&a.id).is_ok_and(|r| r.usable))
         .count();
-    let keys = pool.keys().list().len();
+    let keys = pool.keys().len();
     let url = running.url();
     let base_url = format!("{url}/v1");
     let db = pool.config().db_path.display().to_string();
