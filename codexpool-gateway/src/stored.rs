@@ -244,6 +244,8 @@ impl Inner {
         let (output, shell): (Box<[Arc<Item>]>, Box<str>) = match stored_parts(json.as_bytes()) {
             Some(parts) => {
                 let origin: Arc<str> = Arc::from(id);
+                // No account can read what the fallback upstream encrypted: never sent back.
+                let fallback = account.as_deref() == Some(FALLBACK);
                 let output = parts
                     .output
                     .into_iter()
@@ -251,7 +253,7 @@ impl Inner {
                         Arc::new(Item {
                             id: part.id.map(String::into_boxed_str),
                             json: part.json.into_boxed_str(),
-                            replay: part.replay,
+                            replay: part.replay && !(fallback && part.encrypted_reasoning),
                             account: part.encrypted_reasoning.then(|| account.clone()).flatten(),
                             origin: Some(origin.clone()),
                             holders: AtomicUsize::new(1),
@@ -570,6 +572,10 @@ impl Recall for Recaller<'_> {
     }
 }
 
+/// Whom a response the fallback upstream answered is kept as answered by: not an account id
+/// (those are hex). Its encrypted reasoning is replayed to no account (none can read it).
+const FALLBACK: &str = "fallback";
+
 /// A request whose answer is to be kept: its input, until the output is known.
 pub(crate) struct Pending {
     store: Arc<ResponseStore>,
@@ -611,6 +617,13 @@ impl Pending {
         self.input
             .retain(|i| i.account.as_deref().is_none_or(|a| a == account));
         self.account = Some(Arc::from(account));
+    }
+
+    /// The fallback upstream answers (`UPSTREAM_FALLBACK_BASE_URL`): no account's encrypted
+    /// reasoning went to it, and the reasoning it encrypts is readable by no account (the
+    /// answer is kept as answered by [`FALLBACK`], which no account is).
+    pub(crate) fn served_by_fallback(&mut self) {
+        self.served_by(FALLBACK);
     }
 
     /// Keeps the answer, given the final `response` object (JSON) and its `id` (see

@@ -679,3 +679,84 @@ async fn the_fallback_upstream_gets_kept_turns_expanded() {
     }
     assert_eq!(h.log().await.iter().filter(|r| r.fallback).count(), 3);
 }
+
+/// A fallback answer is kept as the accounts' are: the client reads it back and continues from
+/// it (`previous_response_id`), through an account once one is back or through the fallback
+/// again, streamed or not; the fallback's encrypted reasoning goes to no account.
+#[tokio::test]
+async fn a_fallback_answer_is_kept_and_the_conversation_goes_on() {
+    let fallback = harness(0, &[]).await;
+    let url = fallback.fake.openai_base_url();
+    let settings = [
+        ("UPSTREAM_FALLBACK_BASE_URL", url.as_str()),
+        ("UPSTREAM_FALLBACK_API_KEY", "sk-fake"),
+    ];
+    let h = harness_with(1, &settings, |b| b).await;
+    let accounts = h.pool.accounts();
+    let id = accounts.list(&Default::default())[0].id.clone();
+
+    // Turn 1 through the fallback (not streamed), with its encrypted reasoning.
+    accounts.disable(&id).await.unwrap();
+    fallback
+        .fake
+        .push_openai_reply(Reply::reasoning_then_text("Fallback thinks", "FB1"));
+    let body = json!({"model": "gpt-5-codex", "input": [user("Q1")],
+        "include": ["reasoning.encrypted_content"]});
+    let r1 = turn(&h, body).await;
+    assert_eq!(r1["output"][0]["type"], "reasoning", "{r1}");
+    assert!(r1["output"][0]["encrypted_content"].is_string(), "{r1}");
+    let get = Request::get(format!("/v1/responses/{}", r1["id"].as_str().unwrap()))
+        .header("authorization", format!("Bearer {}", h.key))
+        .body(Body::empty())
+        .unwrap();
+    let (status, got) = h.json(get).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["output"], r1["output"]);
+
+    // Turn 2: the account is back and gets turn 1 expanded, without the fallback's reasoning
+    // (the account could not read it), in one request.
+    accounts.enable(&id).await.unwrap();
+    h.fake.push_reply("acct-0", Reply::text("A2"));
+    let r2 = turn(
+        &h,
+        json!({"model": "gpt-5-codex", "previous_response_id": r1["id"], "input": "Q2"}),
+    )
+    .await;
+    assert_eq!(r2["output"][0]["content"][0]["text"], "A2", "{r2}");
+    assert_eq!(sent_texts(&h), ["Q1", "FB1", "Q2"]);
+    assert!(sent_input(&h).iter().all(|i| i["type"] != "reasoning"));
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 1);
+
+    // Turn 3 through the fallback again, streamed: it gets the whole conversation and its
+    // answer is kept from the stream's final event.
+    accounts.disable(&id).await.unwrap();
+    fallback.fake.push_openai_reply(Reply::text("FB3"));
+    let r3 = turn(
+        &h,
+        json!({"model": "gpt-5-codex", "previous_response_id": r2["id"], "input": "Q3",
+            "stream": true}),
+    )
+    .await;
+    let sent = fallback.fake.requests_to("/v1/responses").pop().unwrap();
+    let sent: Value = serde_json::from_slice(&sent.body).unwrap();
+    let texts: Vec<_> = sent["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["content"][0]["text"].clone())
+        .collect();
+    assert_eq!(texts, ["Q1", "FB1", "Q2", "A2", "Q3"], "{sent}");
+
+    // Turn 4 on the account: all of it.
+    accounts.enable(&id).await.unwrap();
+    h.fake.push_reply("acct-0", Reply::text("A4"));
+    turn(
+        &h,
+        json!({"model": "gpt-5-codex", "previous_response_id": r3["id"], "input": "Q4"}),
+    )
+    .await;
+    assert_eq!(sent_texts(&h), ["Q1", "FB1", "Q2", "A2", "Q3", "FB3", "Q4"]);
+    let log = h.log().await;
+    assert_eq!(log.iter().filter(|r| r.fallback).count(), 2);
+    assert!(log.iter().all(|r| r.status == 200), "{log:?}");
+}

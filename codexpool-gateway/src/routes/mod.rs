@@ -3,6 +3,7 @@
 //! an error; [`dispatch`] is the part they share.
 
 pub(crate) mod chat;
+mod fallback;
 pub(crate) mod models;
 pub(crate) mod responses;
 
@@ -275,7 +276,7 @@ fn relay_body(state: BodyState) -> Body {
                         }
                         Err(Failed { error, record, no_account }) => {
                             let (frame, next) = if no_account && shared.upstream.fallback.is_some() {
-                                late_fallback(&shared, record, fallback, &mode, done_frame).await
+                                late_fallback(&shared, record, fallback, &mode, done_frame, pending).await
                             } else {
                                 late_failure(record, &error, &mode)
                             };
@@ -326,8 +327,9 @@ async fn late_fallback(
     req: FallbackRequest,
     mode: &Mode,
     done_frame: bool,
+    keep: Option<Box<Pending>>,
 ) -> (Bytes, BodyState) {
-    let res = fallback_call(shared, record, req, true).await;
+    let res = fallback::call(shared, record, req, true, keep).await;
     let status = res.status();
     let body = res.into_body().into_data_stream();
     if status == StatusCode::OK {
@@ -448,7 +450,8 @@ pub(crate) async fn dispatch(
         Err(failed) => {
             if failed.no_account && shared.upstream.fallback.is_some() {
                 return with_protocol(
-                    fallback_call(&shared, failed.record, fallback, answer.streams()).await,
+                    fallback::call(&shared, failed.record, fallback, answer.streams(), pending)
+                        .await,
                     protocol,
                 );
             }
@@ -547,7 +550,8 @@ async fn assembled(
                 // the log) hear what went wrong on the last account, and when an account is back
                 // (the pool's `Retry-After`).
                 Err(failed) if failed.no_account && shared.upstream.fallback.is_some() => {
-                    return fallback_call(shared, failed.record, how.fallback, false).await;
+                    let (record, req) = (failed.record, how.fallback);
+                    return fallback::call(shared, record, req, false, pending).await;
                 }
                 Err(mut failed) if failed.no_account => {
                     failed.record.entry.error_class = Some(error.code.clone());
@@ -557,116 +561,6 @@ async fn assembled(
                 }
                 Err(failed) => return reject(failed.record, failed.error, how.protocol),
             };
-    }
-}
-
-/// Sends the client's own body to the OpenAI-compatible fallback upstream and relays its answer
-/// as is (status, type, body). A Responses body goes without what only the gateway and its
-/// accounts can read (`for_fallback`: kept responses and items expanded, reasoning left out).
-async fn fallback_call(
-    shared: &Shared,
-    mut record: Record,
-    req: FallbackRequest,
-    stream: bool,
-) -> Response {
-    let Some(fb) = &shared.upstream.fallback else {
-        return reject(
-            record,
-            ApiError::bad_gateway("no_fallback", "no fallback upstream"),
-            Protocol::None,
-        );
-    };
-    record.entry.fallback = true;
-    shared.metrics.fallback();
-    let chat = req.path == "/chat/completions";
-    let mut body = req.body;
-    if req.path == "/responses" {
-        let mut recall = shared.responses.as_ref().map(|r| r.recall(&req.key.id));
-        let recall = recall
-            .as_mut()
-            .map(|r| r as &mut dyn crate::adapt::responses::Recall);
-        if let Some(expanded) = crate::adapt::responses::for_fallback(&body, recall) {
-            body = expanded;
-        }
-    }
-    let body = crate::adapt::bind_client_body(&body, bound(&req.key), chat);
-    let mut rb = fb
-        .client
-        .post(format!("{}{}", fb.base, req.path))
-        .header(header::CONTENT_TYPE, "application/json");
-    if let Some(k) = &fb.key {
-        rb = rb.bearer_auth(k.expose());
-    }
-    if stream {
-        rb = rb.header(header::ACCEPT, "text/event-stream");
-    }
-    let idle = shared.upstream.idle_timeout;
-    let resp = match tokio::time::timeout(idle, rb.body(body).send()).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            let err = ApiError::bad_gateway(
-                "fallback_unreachable",
-                format!("fallback upstream: {}", upstream::without_url(&e)),
-            );
-            return reject(record, err, Protocol::None);
-        }
-        Err(_) => return reject(record, ApiError::timeout(idle), Protocol::None),
-    };
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-    record.entry.status = status.as_u16();
-    record.first_byte();
-    let guard = FallbackGuard {
-        record: Some(record),
-        status: status.as_u16(),
-    };
-    let body = futures_util::stream::unfold(
-        (resp.bytes_stream(), guard),
-        move |(mut s, mut guard)| async move {
-            use futures_util::StreamExt;
-            match tokio::time::timeout(idle, s.next()).await {
-                Ok(Some(Ok(chunk))) => Some((Ok::<Bytes, std::io::Error>(chunk), (s, guard))),
-                Ok(Some(Err(e))) => {
-                    guard.end(Some("upstream_cut"));
-                    Some((
-                        Err(std::io::Error::other(upstream::without_url(&e))),
-                        (s, guard),
-                    ))
-                }
-                Ok(None) => {
-                    guard.end(None);
-                    None
-                }
-                Err(_) => {
-                    guard.end(Some("upstream_timeout"));
-                    Some((
-                        Err(std::io::Error::other("the fallback upstream went silent")),
-                        (s, guard),
-                    ))
-                }
-            }
-        },
-    );
-    let mut res = Response::new(Body::from_stream(body));
-    *res.status_mut() = status;
-    if let Some(ct) = content_type {
-        res.headers_mut().insert(header::CONTENT_TYPE, ct);
-    }
-    res.headers_mut()
-        .insert("x-codexpool-fallback", HeaderValue::from_static("1"));
-    res
-}
-
-struct FallbackGuard {
-    record: Option<Record>,
-    status: u16,
-}
-
-impl FallbackGuard {
-    fn end(&mut self, class: Option<&str>) {
-        if let Some(mut r) = self.record.take() {
-            r.finish(self.status, class, None);
-        }
     }
 }
 
