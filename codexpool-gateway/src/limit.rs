@@ -1,7 +1,8 @@
 //! `ShedLayer`: a global cap on requests in flight (`HTTP_QUEUE_FACTOR` × workers, at least
 //! `HTTP_QUEUE_MIN`), counted until each response body ends. Past the cap a request is refused at
 //! once with 503 and `Retry-After: 1` — shedding load early beats queueing it until every
-//! client times out.
+//! client times out. Paths named with [`ShedLayer::except`] (health checks, the admin API) are
+//! neither counted nor refused: a busy gateway still says it is alive and still takes orders.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,6 +22,7 @@ use crate::error::ApiError;
 pub struct ShedLayer {
     permits: Arc<Semaphore>,
     max: usize,
+    except: &'static [&'static str],
 }
 
 impl ShedLayer {
@@ -29,7 +31,14 @@ impl ShedLayer {
         Self {
             permits: Arc::new(Semaphore::new(max.max(1))),
             max: max.max(1),
+            except: &[],
         }
+    }
+
+    /// Requests to these paths (exactly) are let through, uncounted.
+    pub fn except(mut self, paths: &'static [&'static str]) -> Self {
+        self.except = paths;
+        self
     }
 }
 
@@ -40,6 +49,7 @@ impl<S> Layer<S> for ShedLayer {
             inner,
             permits: self.permits.clone(),
             max: self.max,
+            except: self.except,
         }
     }
 }
@@ -50,6 +60,7 @@ pub struct Shed<S> {
     inner: S,
     permits: Arc<Semaphore>,
     max: usize,
+    except: &'static [&'static str],
 }
 
 impl<S, B, R> Service<Request<B>> for Shed<S>
@@ -69,6 +80,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        if self.except.contains(&req.uri().path()) {
+            let fut = self.inner.call(req);
+            return async move { Ok(fut.await?.map(Body::new)) }.boxed();
+        }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             let err = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -108,6 +108,16 @@ pub fn worker_threads(config: &Config) -> usize {
         .max(1)
 }
 
+/// What load shedding lets through: health checks, metrics, the admin API and a sign-in, each
+/// cheap and none to be lost to a flood of model requests.
+const UNSHED: &[&str] = &[
+    "/health",
+    "/metrics",
+    "/rpc",
+    "/rpc/proof",
+    "/auth/callback",
+];
+
 /// Requests in flight before load shedding: `HTTP_QUEUE_FACTOR` × workers, at least
 /// `HTTP_QUEUE_MIN`.
 pub fn max_in_flight(config: &Config) -> usize {
@@ -232,7 +242,7 @@ impl Server {
             token: token.clone(),
             proof_secret: server_file.as_ref().map(|f| f.secret().to_owned()),
         });
-        let shed = ShedLayer::new(max_in_flight(&config));
+        let shed = ShedLayer::new(max_in_flight(&config)).except(UNSHED);
         let service = |admin: Router| {
             admin
                 .merge(

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use codexpool_core::keys::NewKey;
 use codexpool_core::request_log::RequestLogQuery;
 use codexpool_core::{Config, Pool, Secret};
 use codexpool_gateway::{RunningServer, Server};
@@ -373,6 +374,9 @@ async fn serves_requests_and_flushes_the_log_on_stop() {
     assert_eq!(rows[0].status, 200);
 }
 
+/// Past the cap, model requests get 503 at once; health checks, metrics and the admin API still
+/// answer (a busy gateway is alive and takes orders: a key disabled now is refused once a slot
+/// frees).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_beyond_the_limit_is_shed_with_503() {
     let (e, key) =
@@ -389,31 +393,48 @@ async fn load_beyond_the_limit_is_shed_with_503() {
         .await
         .unwrap();
     assert_eq!(held.status().as_u16(), 200);
-    let shed = client
-        .get(format!("{}/health", srv.url()))
-        .send()
-        .await
-        .unwrap();
+    let models = || {
+        client
+            .get(format!("{}/models", srv.base_url()))
+            .bearer_auth(key.secret.expose())
+            .send()
+    };
+    let shed = models().await.unwrap();
     assert_eq!(shed.status().as_u16(), 503);
     assert_eq!(shed.headers()["retry-after"], "1");
-    drop(held);
-    let mut ok = false;
-    for _ in 0..50 {
-        if client
-            .get(format!("{}/health", srv.url()))
+    let error: Value = shed.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "overloaded", "{error}");
+    for path in ["/health", "/metrics"] {
+        let res = client
+            .get(format!("{}{path}", srv.url()))
             .send()
             .await
-            .unwrap()
-            .status()
-            .as_u16()
-            == 200
-        {
-            ok = true;
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{path} is not shed");
+    }
+    let other = e.pool.keys().create(NewKey::named("other")).await.unwrap();
+    call(&srv, "apikey/disable", json!({"id": other.key.id})).await;
+    drop(held);
+    let mut status = 0;
+    for _ in 0..50 {
+        status = models().await.unwrap().status().as_u16();
+        if status == 200 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(ok, "the slot comes back when the stream ends");
+    assert_eq!(status, 200, "the slot comes back when the stream ends");
+    let refused = client
+        .get(format!("{}/models", srv.base_url()))
+        .bearer_auth(other.secret.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status().as_u16(),
+        403,
+        "disabled during the overload"
+    );
     srv.stop().await.unwrap();
 }
 
