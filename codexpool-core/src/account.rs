@@ -80,6 +80,19 @@ pub struct Tokens {
     pub last_refresh: Option<Timestamp>,
 }
 
+impl Tokens {
+    /// Whether these are older than `stored`, tokens of the same sign-in: an earlier
+    /// access-token expiry, or without two expiries an earlier refresh. (Also with the same
+    /// refresh token, since an issuer need not rotate it: an older access token may have expired
+    /// already.)
+    pub fn older_than(&self, stored: &Tokens) -> bool {
+        match (self.expires_at, stored.expires_at) {
+            (Some(f), Some(s)) if f != s => f < s,
+            _ => matches!((self.last_refresh, stored.last_refresh), (Some(f), Some(s)) if f < s),
+        }
+    }
+}
+
 /// A pooled ChatGPT sign-in.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
@@ -235,6 +248,10 @@ pub struct AccountPatch {
     pub status_only_from: Option<Vec<AccountStatus>>,
     /// New tokens.
     pub tokens: Option<Tokens>,
+    /// Leave the account as it is when `tokens` are older than the stored ones (checked in the
+    /// store's transaction, so tokens refreshed since the caller looked, maybe by another
+    /// process, are not written over by a copy taken before).
+    pub unless_older_tokens: bool,
     /// New OpenAI account id.
     pub chatgpt_account_id: Option<Option<String>>,
     /// New OpenAI user id.
@@ -284,6 +301,12 @@ impl AccountPatch {
         self.tokens = Some(t);
         self
     }
+    /// Makes the whole patch conditional on its tokens: see
+    /// [`unless_older_tokens`](Self::unless_older_tokens).
+    pub fn unless_older_tokens(mut self) -> Self {
+        self.unless_older_tokens = true;
+        self
+    }
 
     /// Checks and normalises the person-entered fields (trimmed, no empty names, tags
     /// de-duplicated).
@@ -311,6 +334,14 @@ impl AccountPatch {
 
     /// Applies the patch to an account (the store calls this inside its transaction).
     pub fn apply_to(&self, a: &mut Account, now: Timestamp) {
+        if self.unless_older_tokens
+            && self
+                .tokens
+                .as_ref()
+                .is_some_and(|t| t.older_than(&a.tokens))
+        {
+            return;
+        }
         let p = self.clone();
         if let Some(v) = p.label {
             a.label = v;

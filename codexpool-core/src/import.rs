@@ -376,6 +376,29 @@ enum Kept {
     Newer,
 }
 
+/// The result of an input whose tokens were not written: the stored ones are `kept`.
+fn unchanged(
+    source: String,
+    account: Account,
+    kept: Kept,
+    codex_cli: bool,
+    warning: Option<String>,
+) -> ImportResult {
+    let same = kept == Kept::Same;
+    ImportResult {
+        source,
+        outcome: ImportOutcome::Unchanged(kept.reason().into()),
+        account_id: Some(account.id),
+        label: Some(account.label),
+        // The same tokens are still shared with a Codex CLI.
+        warning: warning.filter(|_| same),
+        codex_cli,
+        taken_over: false,
+        take_over_error: None,
+        holds_input_tokens: same,
+    }
+}
+
 impl Kept {
     fn reason(self) -> &'static str {
         match self {
@@ -467,23 +490,23 @@ impl AccountPool {
                         )
                     });
                     if let Some((account, kept)) = self.kept_tokens(&c) {
-                        let same = kept == Kept::Same;
-                        report.results.push(ImportResult {
-                            source: src,
-                            outcome: ImportOutcome::Unchanged(kept.reason().into()),
-                            account_id: Some(account.id),
-                            label: Some(account.label),
-                            // The same tokens are still shared with a Codex CLI.
-                            warning: warning.filter(|_| same),
-                            codex_cli: c.from_codex_cli,
-                            taken_over: false,
-                            take_over_error: None,
-                            holds_input_tokens: same,
-                        });
+                        let codex_cli = c.from_codex_cli;
+                        report
+                            .results
+                            .push(unchanged(src, account, kept, codex_cli, warning));
                         continue;
                     }
                     let codex_cli = c.from_codex_cli;
+                    let tokens = c.tokens.clone();
                     match self.upsert_signin(c, false).await {
+                        // The stored tokens turned out newer (refreshed elsewhere since memory
+                        // last saw them): the store kept them.
+                        Ok((a, false))
+                            if a.tokens.access_token != tokens.access_token
+                                || a.tokens.refresh_token != tokens.refresh_token =>
+                        {
+                            unchanged(src, a, Kept::Newer, codex_cli, warning)
+                        }
                         Ok((a, created)) => ImportResult {
                             source: src,
                             outcome: if created {
@@ -583,13 +606,7 @@ impl AccountPool {
         {
             return Some((account, Kept::Same));
         }
-        // Also with the same refresh token (an issuer need not rotate it): a file with an older
-        // access token would put back one that may have expired already.
-        let older = match (file.expires_at, stored.expires_at) {
-            (Some(f), Some(s)) if f != s => f < s,
-            _ => matches!((file.last_refresh, stored.last_refresh), (Some(f), Some(s)) if f < s),
-        };
-        older.then_some((account, Kept::Newer))
+        file.older_than(stored).then_some((account, Kept::Newer))
     }
 
     /// Creates the account of a sign-in, or gives an existing one (same identity) the new
@@ -627,6 +644,10 @@ impl AccountPool {
                         p.tags = Some(c.tags.clone());
                     }
                     p.note = c.note.clone().map(Some);
+                } else {
+                    // A re-import: the store checks again, since memory may not hold a refresh
+                    // another process made a moment ago.
+                    p = p.unless_older_tokens();
                 }
                 let p = p.validate()?;
                 return Ok((self.apply_patch(&existing.id, p).await?, false));

@@ -6,7 +6,7 @@ mod common;
 
 use codexpool_core::import::ImportOutcome;
 use codexpool_core::{AccountFilter, AccountPatch, AccountStatus, Error};
-use common::{add_accounts, auth_json, jwt, pool_with};
+use common::{add_accounts, auth_json, auth_json_expiring, jwt, pool_with};
 use serde_json::json;
 
 #[tokio::test]
@@ -85,21 +85,6 @@ async fn reimport_updates_tokens_and_keeps_what_a_person_set() {
         )
     );
     assert_eq!(pool.accounts().len(), 1);
-}
-
-/// A Codex CLI auth.json whose access token expires at `exp`.
-fn auth_json_expiring(account_id: &str, refresh: &str, exp: i64) -> Vec<u8> {
-    let id = jwt(
-        account_id,
-        &format!("user-{account_id}"),
-        "a@example.com",
-        "plus",
-        exp,
-    );
-    serde_json::to_vec(&json!({
-        "tokens": {"id_token": id, "access_token": id, "refresh_token": refresh, "account_id": account_id},
-    }))
-    .unwrap()
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use codexpool_core::import::ImportOutcome;
 use codexpool_core::keys::{KeyError, NewKey};
 use codexpool_core::{AccountStatus, Config, Demand, Outcome, Pool};
 
@@ -194,4 +195,53 @@ async fn credits_stored_elsewhere_replace_older_ones_and_queued_ones_stay() {
     assert_eq!(balance(&server), Some(7.0));
     cli.reload().await.unwrap();
     assert_eq!(balance(&cli), Some(7.0), "and it was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reimport_never_writes_over_tokens_refreshed_in_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    // A pool that has not yet seen the other process's change (its watcher is off here; a
+    // real one is up to half a second behind).
+    let stale = Pool::builder(
+        Config::default()
+            .with("DB_PATH", path.to_str().unwrap())
+            .unwrap(),
+    )
+    .watch_interval(Duration::ZERO)
+    .open()
+    .await
+    .unwrap();
+    let other = open(&path).await;
+    let file = |refresh, exp| common::auth_json_expiring("acct-r", refresh, exp);
+
+    let r = stale
+        .accounts()
+        .import_bytes("first", &file("rt-1", 2_000_000_000))
+        .await;
+    let id = r.results[0].account_id.clone().unwrap();
+    // The other process stores newer tokens (a refresh, or a newer file).
+    let r = other
+        .accounts()
+        .import_bytes("newest", &file("rt-3", 2_000_172_800))
+        .await;
+    assert_eq!(r.updated(), 1, "{r:?}");
+
+    // A file newer than what the stale pool holds, older than what is stored.
+    let r = stale
+        .accounts()
+        .import_bytes("middle", &file("rt-2", 2_000_086_400))
+        .await;
+    assert_eq!((r.updated(), r.unchanged()), (0, 1), "{r:?}");
+    assert!(
+        matches!(&r.results[0].outcome, ImportOutcome::Unchanged(why) if why.contains("newer")),
+        "{r:?}"
+    );
+    let stored = |p: &Pool| p.accounts().get(&id).unwrap().tokens.refresh_token;
+    assert_eq!(
+        stored(&stale).expose(),
+        "rt-3",
+        "memory has what the store kept"
+    );
+    assert_eq!(stored(&open(&path).await).expose(), "rt-3");
 }

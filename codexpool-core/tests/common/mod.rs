@@ -43,6 +43,21 @@ pub fn auth_json(account_id: &str, refresh: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// A Codex CLI auth.json whose access token expires at `exp`.
+pub fn auth_json_expiring(account_id: &str, refresh: &str, exp: i64) -> Vec<u8> {
+    let id = jwt(
+        account_id,
+        &format!("user-{account_id}"),
+        "a@example.com",
+        "plus",
+        exp,
+    );
+    serde_json::to_vec(&json!({
+        "tokens": {"id_token": id, "access_token": id, "refresh_token": refresh, "account_id": account_id},
+    }))
+    .unwrap()
+}
+
 pub const START: Timestamp = Timestamp::from_secs(1_800_000_000);
 
 /// A memory pool on a manual clock, with settings applied.
