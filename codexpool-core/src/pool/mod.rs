@@ -12,7 +12,7 @@ mod select;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use lease::{
@@ -138,43 +138,44 @@ impl<'a> Demand<'a> {
     }
 }
 
-/// A window's figures in atomics, for selection without locks.
-pub(crate) struct WindowCell {
-    /// Used share × 1000; `u32::MAX` = unknown.
-    used_milli: AtomicU32,
-    /// When the reading stops being valid (its reset), in ms.
-    valid_until: AtomicI64,
-}
+/// A window's figures in one atomic, for selection without locks: read in one load, so a
+/// reader never pairs one reading's share with another's reset (an exhausted window's 100 %
+/// with the next window's reset would bench the account for hours).
+pub(crate) struct WindowCell(AtomicU64);
+
+/// The low bits hold the used share × 1000 (0..=100,000); all ones = unknown. The high bits
+/// hold when the reading stops being valid (its reset), in ms since the epoch.
+const USED_BITS: u32 = 17;
+const UNKNOWN: u64 = (1 << USED_BITS) - 1;
 
 impl WindowCell {
     fn new() -> Self {
-        Self {
-            used_milli: AtomicU32::new(u32::MAX),
-            valid_until: AtomicI64::new(0),
-        }
+        Self(AtomicU64::new(UNKNOWN))
     }
 
     fn set(&self, r: Option<&WindowReading>) {
-        match r {
-            None => self.used_milli.store(u32::MAX, Ordering::Relaxed),
-            Some(r) => {
-                let end = r.resets_at.unwrap_or_else(|| {
-                    r.observed_at
-                        .plus(Duration::from_secs(u64::from(r.window_minutes) * 60))
-                });
-                self.valid_until.store(end.as_millis(), Ordering::Relaxed);
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                let milli = (r.used_percent.clamp(0.0, 100.0) * 1000.0).round() as u32;
-                self.used_milli.store(milli, Ordering::Relaxed);
-            }
-        }
+        let packed = r.map_or(UNKNOWN, |r| {
+            let end = r.resets_at.unwrap_or_else(|| {
+                r.observed_at
+                    .plus(Duration::from_secs(u64::from(r.window_minutes) * 60))
+            });
+            #[allow(clippy::cast_sign_loss)]
+            let until = end.as_millis().clamp(0, i64::MAX >> USED_BITS) as u64;
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let milli = (r.used_percent.clamp(0.0, 100.0) * 1000.0).round() as u64;
+            until << USED_BITS | milli
+        });
+        self.0.store(packed, Ordering::Relaxed);
     }
 
     /// (used %, valid until) when known and not stale.
     fn fresh(&self, now: i64) -> Option<(f64, i64)> {
-        let used = self.used_milli.load(Ordering::Relaxed);
-        let until = self.valid_until.load(Ordering::Relaxed);
-        (used != u32::MAX && now < until).then(|| (f64::from(used) / 1000.0, until))
+        let packed = self.0.load(Ordering::Relaxed);
+        let used = packed & UNKNOWN;
+        #[allow(clippy::cast_possible_wrap)]
+        let until = (packed >> USED_BITS) as i64;
+        #[allow(clippy::cast_precision_loss)]
+        (used != UNKNOWN && now < until).then(|| (used as f64 / 1000.0, until))
     }
 }
 
@@ -786,5 +787,63 @@ impl AccountPool {
             pool: self.pool.clone(),
             moved,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::{ReadingSource, WindowKind};
+    use std::sync::atomic::AtomicBool;
+
+    fn reading(used_percent: f64, resets_at: i64) -> WindowReading {
+        WindowReading {
+            kind: WindowKind::FiveHour,
+            used_percent,
+            window_minutes: 300,
+            resets_at: Some(Timestamp::from_millis(resets_at)),
+            source: ReadingSource::Headers,
+            observed_at: Timestamp::from_millis(0),
+        }
+    }
+
+    #[test]
+    fn a_window_cell_gives_back_what_was_set() {
+        let cell = WindowCell::new();
+        assert_eq!(cell.fresh(0), None, "unknown at first");
+        cell.set(Some(&reading(42.5, 1_800_000_000_000)));
+        assert_eq!(cell.fresh(1_000), Some((42.5, 1_800_000_000_000)));
+        assert_eq!(cell.fresh(1_800_000_000_000), None, "stale at its reset");
+        cell.set(Some(&reading(250.0, 5)));
+        assert_eq!(cell.fresh(4), Some((100.0, 5)), "the share is clamped");
+        cell.set(None);
+        assert_eq!(cell.fresh(0), None);
+    }
+
+    /// A reader never pairs one reading's share with another's reset: an exhausted window
+    /// until soon, then a fresh one with a later reset, must never read as exhausted until the
+    /// later reset (that benches the account for hours).
+    #[test]
+    fn a_window_cell_is_never_read_half_written() {
+        let (soon, later) = (3_600_000, 18_000_000);
+        let (exhausted, fresh) = (reading(100.0, soon), reading(0.0, later));
+        let cell = WindowCell::new();
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..2_000_000 {
+                    cell.set(Some(if i % 2 == 0 { &exhausted } else { &fresh }));
+                }
+                done.store(true, Ordering::Relaxed);
+            });
+            while !done.load(Ordering::Relaxed) {
+                if let Some((used, until)) = cell.fresh(0) {
+                    assert!(
+                        (used, until) == (100.0, soon) || (used, until) == (0.0, later),
+                        "read {used}% until {until}"
+                    );
+                }
+            }
+        });
     }
 }
