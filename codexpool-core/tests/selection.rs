@@ -357,6 +357,38 @@ async fn a_burst_of_rate_limits_is_one_strike() {
     );
 }
 
+/// Refusals of one burst reported on several threads at once are still one strike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_rate_limits_on_many_threads_is_one_strike() {
+    let (pool, clock) = pool_with(&[]).await;
+    let id = add_accounts(&pool, 1).await.remove(0);
+    let rt = tokio::runtime::Handle::current();
+    for round in 0..500 {
+        let mut leases = Vec::new();
+        for _ in 0..4 {
+            leases.push(pool.accounts().acquire(&Demand::any()).await.unwrap());
+        }
+        let start = std::sync::Barrier::new(leases.len());
+        std::thread::scope(|s| {
+            for lease in &leases {
+                let (start, rt) = (&start, &rt);
+                s.spawn(move || {
+                    start.wait();
+                    rt.block_on(lease.report(Outcome::RateLimited { retry_after: None }));
+                });
+            }
+        });
+        assert_eq!(
+            pool.accounts().runtime(&id).unwrap().cooldown_until,
+            Some(clock.now_ts().plus(Duration::from_secs(45))),
+            "round {round}: one strike"
+        );
+        // The cooldown runs out and a success clears the strike.
+        clock.advance(Duration::from_secs(45));
+        leases[0].report(Outcome::Success).await;
+    }
+}
+
 #[tokio::test]
 async fn a_success_does_not_lift_a_cooldown_set_while_it_ran() {
     let (pool, clock) = pool_with(&[]).await;

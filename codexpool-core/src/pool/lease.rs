@@ -130,22 +130,40 @@ impl Lease {
                 // Requests in flight together are refused together: while the cooldown of the
                 // first refusal runs, the others of the burst add no strike (a longer
                 // `Retry-After` still counts), or one burst would bench the account for hours.
-                if st.cooldown_until.load(Ordering::Relaxed) > now.as_millis() {
-                    if let Some(r) = retry_after {
-                        st.cool_until(now.plus(r));
-                    }
-                    return;
-                }
-                let n = st.strikes.fetch_add(1, Ordering::Relaxed) as usize;
+                // The first refusal claims its strike by setting the cooldown, so refusals of
+                // one burst reported on several threads at once are still one strike.
                 let ladder = |n: usize| RATE_LIMIT_COOLDOWNS[n.min(RATE_LIMIT_COOLDOWNS.len() - 1)];
-                // The upstream's `Retry-After` is believed the first time (a 1 s limit must not
-                // bench the account for 45 s); repeats climb the ladder one step behind.
-                let cooldown = match (retry_after, n) {
-                    (None, n) => ladder(n),
-                    (Some(r), 0) => r,
-                    (Some(r), n) => r.max(ladder(n - 1)),
-                };
-                st.cool_until(now.plus(cooldown));
+                let mut current = st.cooldown_until.load(Ordering::Acquire);
+                loop {
+                    if current > now.as_millis() {
+                        if let Some(r) = retry_after {
+                            st.cool_until(now.plus(r));
+                        }
+                        return;
+                    }
+                    let n = st.strikes.load(Ordering::Acquire) as usize;
+                    // The upstream's `Retry-After` is believed the first time (a 1 s limit must
+                    // not bench the account for 45 s); repeats climb the ladder one step behind.
+                    let cooldown = match (retry_after, n) {
+                        (None, n) => ladder(n),
+                        (Some(r), 0) => r,
+                        (Some(r), n) => r.max(ladder(n - 1)),
+                    };
+                    // At least 1 ms, so that the claim is seen by the others of the burst.
+                    let until = now.plus(cooldown).as_millis().max(now.as_millis() + 1);
+                    match st.cooldown_until.compare_exchange(
+                        current,
+                        until,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => {
+                            st.strikes.fetch_add(1, Ordering::AcqRel);
+                            return;
+                        }
+                        Err(seen) => current = seen,
+                    }
+                }
             }
             Outcome::UsageLimit { resets_at } => {
                 // A limit that names no reset says less than an exhaustion already known with
