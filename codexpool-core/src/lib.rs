@@ -188,12 +188,14 @@ async fn watch(weak: Weak<Shared>, interval: Duration, mut version: u64) {
         let pool = Pool { shared };
         n = n.wrapping_add(1);
         match pool.shared.store.data_version().await {
-            Ok(v) if v != version => {
-                version = v;
-                if let Err(e) = pool.reload().await {
+            // The version counts as seen only once the reload worked: a failed one is tried
+            // again on the next tick, not only after a further change.
+            Ok(v) if v != version => match pool.reload().await {
+                Ok(()) => version = v,
+                Err(e) => {
                     tracing::warn!(error = %e, "could not reload after another process changed the pool");
                 }
-            }
+            },
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not check the database for changes"),
         }
@@ -359,5 +361,42 @@ impl Pool {
     pub async fn flush(&self) -> Result<()> {
         self.shared.writer.flush().await;
         self.flush_stamps().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::flaky::FlakyStore;
+
+    /// A change another process made is picked up even when the first reload after it fails:
+    /// the watcher tries again on its next tick, not only after a further change.
+    #[tokio::test]
+    async fn the_watcher_reloads_again_after_a_failed_reload() {
+        let store = FlakyStore::new();
+        let pool = Pool::builder(Config::default())
+            .store(store.clone())
+            .watch_interval(Duration::from_millis(10))
+            .open()
+            .await
+            .unwrap();
+        // "Another process" adds an account while the database fails for a moment.
+        store.set_down(true);
+        let account = store::conformance::sample_account("a1", "acct-elsewhere");
+        store.inner.insert_account(&account).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            pool.accounts().get(&account.id).is_err(),
+            "the reloads fail"
+        );
+        store.set_down(false);
+        let started = std::time::Instant::now();
+        while pool.accounts().get(&account.id).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the change was never picked up"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -8,6 +8,8 @@
 //! token): [`Store::save_refreshed_tokens`] gives up in bounded time and
 //! [`Store::rescue_refreshed_tokens`] keeps them outside the database until it takes them.
 
+#[cfg(test)]
+pub(crate) mod flaky;
 mod memory;
 pub(crate) mod rescue;
 mod sqlite;
