@@ -111,6 +111,7 @@ pub async fn check_all(store: &dyn Store) -> Result<(), Failure> {
     usage(store).await?;
     ledger(store).await?;
     ledger_folding(store).await?;
+    ledger_huge_counts(store).await?;
     request_log(store).await?;
     records(store).await?;
     login_sessions(store).await?;
@@ -632,6 +633,48 @@ async fn ledger_folding(s: &dyn Store) -> Result<(), Failure> {
             && r.tokens.input_tokens == 100 + 1 + 1 + 7 * 3),
         "m1: three entries from the first check, three from this one: {by_model:?}"
     );
+    Ok(())
+}
+
+/// Counts no request could have (garbage from an upstream) saturate the sums instead of
+/// failing every report and every fold after them.
+async fn ledger_huge_counts(s: &dyn Store) -> Result<(), Failure> {
+    let day = 10 * 86_400;
+    let huge = |at: i64| LedgerEntry {
+        at: t(at),
+        key_id: None,
+        account_id: None,
+        model: "m-huge".into(),
+        tokens: TokenCounts {
+            input_tokens: u64::MAX,
+            cached_tokens: u64::MAX,
+            output_tokens: u64::MAX,
+            reasoning_tokens: u64::MAX,
+        },
+        status: 200,
+    };
+    let m1 = |rows: &[LedgerRow]| rows.iter().find(|r| r.group == "m1").cloned();
+    let by_model = LedgerQuery::by(LedgerGroup::Model);
+    let m1_before = m1(&s.ledger_summary(&by_model).await.map_err(e)?);
+    s.append_ledger(&[huge(day), huge(day + 1), huge(day + 2)])
+        .await
+        .map_err(e)?;
+    for step in ["before folding", "after folding"] {
+        let rows = s.ledger_summary(&by_model).await.map_err(e)?;
+        let row = rows.iter().find(|r| r.group == "m-huge");
+        ensure!(
+            row.is_some_and(|r| r.requests == 3
+                && r.tokens.input_tokens >= i64::MAX as u64
+                && r.total_tokens == u64::MAX),
+            "{step}: the huge counts saturate: {rows:?}"
+        );
+        ensure!(
+            m1(&rows) == m1_before,
+            "{step}: the other sums stay: {rows:?}"
+        );
+        ledger_sums(s, None).await?;
+        s.fold_ledger(t(day + 86_400), 100).await.map_err(e)?;
+    }
     Ok(())
 }
 

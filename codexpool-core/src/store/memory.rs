@@ -269,11 +269,8 @@ impl Store for MemoryStore {
             .filter(|(e, _)| q.since.is_none_or(|t| e.at >= t))
         {
             let g = groups.entry(group_value(e, q.group_by)).or_default();
-            g.0 += requests;
-            g.1.input_tokens += e.tokens.input_tokens;
-            g.1.cached_tokens += e.tokens.cached_tokens;
-            g.1.output_tokens += e.tokens.output_tokens;
-            g.1.reasoning_tokens += e.tokens.reasoning_tokens;
+            g.0 = g.0.saturating_add(*requests);
+            g.1.add(&e.tokens);
         }
         let mut rows: Vec<LedgerRow> = groups
             .into_iter()

@@ -972,19 +972,23 @@ impl Store for SqliteStore {
                 LedgerGroup::Day => "strftime('%Y-%m-%d', at / 1000, 'unixepoch')",
             };
             let sql = format!(
-                "SELECT {group} AS g, SUM(requests), SUM(input_tokens), SUM(cached_tokens), SUM(output_tokens), SUM(reasoning_tokens)
+                "SELECT {group} AS g, TOTAL(requests), TOTAL(input_tokens), TOTAL(cached_tokens), TOTAL(output_tokens), TOTAL(reasoning_tokens)
                  FROM token_ledger WHERE at >= ?1 GROUP BY g"
             );
+            // TOTAL sums in floating point: exact up to 2^53 (far beyond any real use), and
+            // counts of garbage from an upstream saturate where SUM would fail the query.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let sum = |r: &Row<'_>, i| r.get::<_, f64>(i).map(|v| v as u64);
             let mut st = c.prepare_cached(&sql).map_err(db_err)?;
             let mut rows: Vec<LedgerRow> = st
                 .query_map([q.since.map_or(i64::MIN, Timestamp::as_millis)], |r| {
                     let tokens = TokenCounts {
-                        input_tokens: to_u64(r.get(2)?),
-                        cached_tokens: to_u64(r.get(3)?),
-                        output_tokens: to_u64(r.get(4)?),
-                        reasoning_tokens: to_u64(r.get(5)?),
+                        input_tokens: sum(r, 2)?,
+                        cached_tokens: sum(r, 3)?,
+                        output_tokens: sum(r, 4)?,
+                        reasoning_tokens: sum(r, 5)?,
                     };
-                    Ok(LedgerRow { group: r.get(0)?, requests: to_u64(r.get(1)?), total_tokens: tokens.total(), tokens })
+                    Ok(LedgerRow { group: r.get(0)?, requests: sum(r, 1)?, total_tokens: tokens.total(), tokens })
                 })
                 .map_err(db_err)?
                 .collect::<rusqlite::Result<_>>()

@@ -27,6 +27,15 @@ impl TokenCounts {
     pub fn total(&self) -> u64 {
         self.input_tokens.saturating_add(self.output_tokens)
     }
+
+    /// Adds `other` to these, saturating (counts come from the upstream; garbage must not
+    /// overflow a sum).
+    pub(crate) fn add(&mut self, other: &TokenCounts) {
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(other.reasoning_tokens);
+    }
 }
 
 /// One request in the ledger.
@@ -157,12 +166,7 @@ impl DayFold {
         let key = (day_start(e.at), e.key_id, e.account_id, e.model, e.status);
         let (n, sum) = self.0.entry(key).or_default();
         *n = n.saturating_add(requests);
-        sum.input_tokens = sum.input_tokens.saturating_add(e.tokens.input_tokens);
-        sum.cached_tokens = sum.cached_tokens.saturating_add(e.tokens.cached_tokens);
-        sum.output_tokens = sum.output_tokens.saturating_add(e.tokens.output_tokens);
-        sum.reasoning_tokens = sum
-            .reasoning_tokens
-            .saturating_add(e.tokens.reasoning_tokens);
+        sum.add(&e.tokens);
     }
 
     /// The folded entries, each with the requests it counts.
