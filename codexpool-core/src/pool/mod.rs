@@ -470,6 +470,12 @@ pub(crate) struct Affinity {
     map: HashMap<String, (String, i64)>,
 }
 
+/// Conversations remembered at most. Past it the expired ones go, then the least recently used
+/// down to half: each such sweep costs one pass over the map, and half the map's inserts pass
+/// before the next, so a busy gateway never sweeps on every request (a lost pin costs only a
+/// cache miss upstream).
+const AFFINITY_CAP: usize = 100_000;
+
 impl Affinity {
     fn get(&self, key: &str, now: i64) -> Option<&str> {
         self.map
@@ -480,18 +486,28 @@ impl Affinity {
 
     fn set(&mut self, key: &str, account: &str, now: i64) {
         let exp = now + i64::try_from(AFFINITY_TTL.as_millis()).unwrap_or(i64::MAX);
-        if self.map.len() >= 100_000 {
-            self.map.retain(|_, (_, e)| *e > now);
+        if let Some(v) = self.map.get_mut(key) {
+            v.0.clear();
+            v.0.push_str(account);
+            v.1 = exp;
+            return;
         }
-        match self.map.get_mut(key) {
-            Some(v) => {
-                v.0.clear();
-                v.0.push_str(account);
-                v.1 = exp;
-            }
-            None => {
-                self.map.insert(key.to_string(), (account.to_string(), exp));
-            }
+        if self.map.len() >= AFFINITY_CAP {
+            self.make_room(now);
+        }
+        self.map.insert(key.to_string(), (account.to_string(), exp));
+    }
+
+    /// Drops the expired entries, then the oldest until at most half the cap remain.
+    fn make_room(&mut self, now: i64) {
+        self.purge(now);
+        let keep = AFFINITY_CAP / 2;
+        if self.map.len() > keep {
+            let mut expiries: Vec<i64> = self.map.values().map(|(_, e)| *e).collect();
+            let drop = expiries.len() - keep;
+            let (_, cut, _) = expiries.select_nth_unstable(drop - 1);
+            let cut = *cut;
+            self.map.retain(|_, (_, e)| *e > cut);
         }
     }
 
@@ -805,6 +821,26 @@ mod tests {
             source: ReadingSource::Headers,
             observed_at: Timestamp::from_millis(0),
         }
+    }
+
+    #[test]
+    fn the_affinity_map_is_bounded_and_keeps_the_newest() {
+        let mut a = Affinity::default();
+        let n = AFFINITY_CAP + 10;
+        for i in 0..n {
+            a.set(&format!("conv-{i}"), "acc", i64::try_from(i).unwrap());
+            assert!(a.map.len() <= AFFINITY_CAP, "{} entries", a.map.len());
+        }
+        let now = i64::try_from(n).unwrap();
+        assert_eq!(a.get(&format!("conv-{}", n - 1), now), Some("acc"));
+        assert_eq!(
+            a.get(&format!("conv-{}", AFFINITY_CAP - 1), now),
+            Some("acc")
+        );
+        assert_eq!(a.get("conv-0", now), None, "the least recently used went");
+        // Using a conversation again makes it the newest.
+        a.set("conv-0", "other", now);
+        assert_eq!(a.get("conv-0", now), Some("other"));
     }
 
     #[test]
