@@ -337,7 +337,7 @@ impl Upstream {
                 // The backend wants a session; a client that sent none gets the derived one.
                 if !headers.contains_key(SESSION_ID)
                     && !headers.contains_key("session-id")
-                    && let Some(v) = header_value(&call.session_id)
+                    && let Some(v) = header_value(&call.session.id)
                 {
                     headers.insert(SESSION_ID, v);
                 }
@@ -348,7 +348,7 @@ impl Upstream {
                     OPENAI_BETA,
                     HeaderValue::from_static("responses=experimental"),
                 );
-                if let Some(v) = header_value(&call.session_id) {
+                if let Some(v) = header_value(&call.session.id) {
                     headers.insert(SESSION_ID, v);
                 }
             }
@@ -418,13 +418,16 @@ pub(crate) fn forwardable(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// The conversation a request belongs to: the client's session header, else its
-/// `prompt_cache_key`, else the session of the kept response it continues (`continued`: its
-/// `previous_response_id`), else a fingerprint of how the conversation starts (instructions and
-/// first input item, which stay the same turn after turn: the `opening` spans of `body` when the
-/// adapter knows them, else found by parsing). Mixed with the key id so two keys never share a
-/// session, and hashed into a UUID-shaped `session_id` (stable ids are what give prompt-cache
-/// hits upstream; the same id pins the conversation to its account).
+/// The conversation a request belongs to, as sent upstream in `session_id`, and the key it is
+/// pinned to its account under (see [`Session`]).
+///
+/// The conversation is the client's session header, else its `prompt_cache_key`, else the
+/// session of the kept response it continues (`continued`: its `previous_response_id`), else a
+/// fingerprint of how the conversation starts (instructions and first input item, which stay
+/// the same turn after turn: the `opening` spans of `body` when the adapter knows them, else
+/// found by parsing). A derived one is mixed with the key id, so two keys never share a
+/// session, and hashed into a UUID-shaped id (stable ids are what give prompt-cache hits
+/// upstream).
 pub(crate) fn session_id(
     headers: &HeaderMap,
     key: &PlatformKey,
@@ -432,45 +435,62 @@ pub(crate) fn session_id(
     continued: Option<&str>,
     body: &[u8],
     opening: Option<&[Range<usize>; 2]>,
-) -> String {
-    for name in [
+) -> Session {
+    let header = [
         "session_id",
         "session-id",
         "x-session-id",
         "conversation_id",
         "conversation-id",
-    ] {
-        if let Some(v) = headers
+    ]
+    .into_iter()
+    .find_map(|name| {
+        headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
-        {
-            return v.to_string();
+    });
+    let id = match header.or(continued.filter(|_| prompt_cache_key.is_none())) {
+        Some(id) => id.to_owned(),
+        None => {
+            let mut h = Sha256::new();
+            h.update(b"codexpool-session\0");
+            h.update(key.id.as_bytes());
+            h.update(b"\0");
+            match prompt_cache_key {
+                Some(k) => h.update(k.as_bytes()),
+                None => match opening {
+                    Some(spans) => {
+                        for span in spans {
+                            h.update(&body[span.clone()]);
+                        }
+                    }
+                    None => h.update(conversation_fingerprint(body)),
+                },
+            }
+            uuid_shaped(&h.finalize())
         }
-    }
-    if let (None, Some(session)) = (prompt_cache_key, continued) {
-        return session.to_owned();
-    }
+    };
+    // The pin is scoped to the key and of fixed size: two keys sending `x-session-id: default`
+    // must not move each other's conversations, and a long header is not kept per
+    // conversation. Made from the id alone, so a turn that continues a kept response (and
+    // inherits its id) keeps its pin.
     let mut h = Sha256::new();
-    h.update(b"codexpool-session\0");
+    h.update(b"codexpool-pin\0");
     h.update(key.id.as_bytes());
     h.update(b"\0");
-    match prompt_cache_key {
-        Some(k) => h.update(k.as_bytes()),
-        None => match opening {
-            Some(spans) => {
-                for span in spans {
-                    h.update(&body[span.clone()]);
-                }
-            }
-            None => h.update(conversation_fingerprint(body)),
-        },
+    h.update(id.as_bytes());
+    Session {
+        pin: uuid_shaped(&h.finalize()),
+        id,
     }
-    let d = h.finalize();
-    // 8-4-4-4-12 hex digits of the first 16 bytes, written in place (one allocation).
+}
+
+/// 8-4-4-4-12 hex digits of the first 16 bytes of a digest, written in place (one allocation).
+fn uuid_shaped(digest: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = String::with_capacity(36);
-    for (i, b) in d[..16].iter().enumerate() {
+    for (i, b) in digest[..16].iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
             id.push('-');
         }
@@ -478,6 +498,14 @@ pub(crate) fn session_id(
         id.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
     id
+}
+
+/// A request's conversation.
+pub(crate) struct Session {
+    /// The `session_id` sent upstream: the client's own id as it sent it, else a derived one.
+    pub id: String,
+    /// What the pool pins the conversation to its account under.
+    pub pin: String,
 }
 
 /// One client request on its way upstream.
@@ -492,7 +520,7 @@ pub(crate) struct Call {
     pub sse: bool,
     /// Set for Codex CLI clients: their headers, forwarded as sent.
     pub forward_headers: Option<HeaderMap>,
-    pub session_id: String,
+    pub session: Session,
     pub record: Record,
     pub arrived: Instant,
 }
@@ -635,7 +663,7 @@ pub(crate) async fn run(
         let demand = Demand {
             model: Some(&call.model),
             groups,
-            affinity: Some(&call.session_id),
+            affinity: Some(&call.session.pin),
             tried: &call.record.entry.accounts_tried,
         };
         let lease = match pool.accounts().acquire(&demand).await {

@@ -7,6 +7,8 @@ mod common;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use codexpool_core::AccountPatch;
+use codexpool_core::keys::NewKey;
 use codexpool_testkit::Reply;
 use common::{chat, harness, harness_with};
 
@@ -171,4 +173,58 @@ async fn the_codex_cli_gets_its_turn_state_and_it_stays_with_its_account() {
     // Other clients get no backend headers.
     let (_, headers, _) = h.call(h.post("/v1/chat/completions", chat(false))).await;
     assert!(headers.get("x-codex-turn-state").is_none());
+}
+
+/// Two keys whose clients happen to send the same session id (`session-1` here; `default` is
+/// common) have two conversations: one key's turn never counts as the other's conversation
+/// moving account, which would strip its turn state (and its reasoning) on every turn.
+#[tokio::test]
+async fn the_same_session_id_from_two_keys_is_two_conversations() {
+    let h = harness(2, &[]).await;
+    let mut secrets = Vec::new();
+    for (i, id) in h.ids.iter().enumerate() {
+        let group = format!("g{i}");
+        h.pool
+            .accounts()
+            .update(id, AccountPatch::default().group(Some(group.clone())))
+            .await
+            .unwrap();
+        let key = h
+            .pool
+            .keys()
+            .create(NewKey::named(&group).allow_group(&group))
+            .await;
+        secrets.push(key.unwrap().secret.expose().to_string());
+    }
+    let codex = |secret: &str, turn_state: Option<&str>| {
+        let mut req = axum::http::Request::post("/v1/responses")
+            .header("authorization", format!("Bearer {secret}"))
+            .header("content-type", "application/json")
+            .header("originator", "codex_cli_rs")
+            .header("version", "0.171.0")
+            .header("session_id", "session-1");
+        if let Some(t) = turn_state {
+            req = req.header("x-codex-turn-state", t);
+        }
+        let body = serde_json::json!({"model": "gpt-5-codex", "instructions": "x",
+            "input": [], "stream": true, "store": false});
+        req.body(axum::body::Body::from(body.to_string())).unwrap()
+    };
+    // Key 1's first turn (on acct-1, its only account), then key 0's (on acct-0).
+    let (status, headers, text) = h.call(codex(&secrets[1], None)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(headers["x-codex-turn-state"], "turn-acct-1");
+    let (_, headers, _) = h.call(codex(&secrets[0], None)).await;
+    assert_eq!(headers["x-codex-turn-state"], "turn-acct-0");
+    // Key 1's turn goes on where it was: its turn state reaches its account.
+    let (status, _, _) = h.call(codex(&secrets[1], Some("turn-acct-1"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let sent = h.fake.last_request("/backend-api/codex/responses").unwrap();
+    assert_eq!(sent.header("chatgpt-account-id"), Some("acct-1"));
+    assert_eq!(
+        sent.header("session_id"),
+        Some("session-1"),
+        "sent as the client sent it"
+    );
+    assert_eq!(sent.header("x-codex-turn-state"), Some("turn-acct-1"));
 }

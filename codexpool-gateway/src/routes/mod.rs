@@ -643,7 +643,7 @@ impl Intake {
             .and_then(|v| HeaderValue::from_str(&v).ok())
             .map(|v| vec![("x-codexpool-dropped-params", v)])
             .unwrap_or_default();
-        let session_id = upstream::session_id(
+        let session = upstream::session_id(
             &self.headers,
             &self.key,
             up.prompt_cache_key.as_deref(),
@@ -659,7 +659,7 @@ impl Intake {
             model: up.model,
             path,
             sse,
-            session_id,
+            session,
             record: self.record,
             arrived: self.arrived,
         };
@@ -687,7 +687,7 @@ impl Intake {
         match self.into_call(up, "/responses", true) {
             Ok((call, p)) => {
                 if let Some(pending) = &mut pending {
-                    pending.in_session(&call.session_id);
+                    pending.in_session(&call.session.id);
                 }
                 let fallback = FallbackRequest {
                     body: p.client_body,
