@@ -538,43 +538,46 @@ async fn the_fallback_also_serves_after_early_headers() {
 }
 
 #[tokio::test]
-async fn a_fallback_stream_cut_after_early_headers_ends_with_an_error() {
-    for (path, body) in [
-        ("/v1/chat/completions", chat(true)),
-        (
-            "/v1/responses",
-            json!({"model": "gpt-5", "input": "hi", "stream": true}),
-        ),
-    ] {
-        let (h0, h) = with_fallback(1, Some(Duration::from_millis(100))).await;
-        h.fake.push_reply(
-            "acct-0",
-            Reply::UsageLimit429 {
+async fn a_fallback_stream_cut_ends_with_an_error_with_or_without_early_headers() {
+    for early in [true, false] {
+        for (path, body) in [
+            ("/v1/chat/completions", chat(true)),
+            (
+                "/v1/responses",
+                json!({"model": "gpt-5", "input": "hi", "stream": true}),
+            ),
+        ] {
+            // Early headers: the account's refusal comes after the keep-alive interval.
+            let (h0, h) = with_fallback(1, early.then_some(Duration::from_millis(100))).await;
+            let refusal = Reply::UsageLimit429 {
                 resets_in_secs: 600,
+            };
+            h.fake.push_reply(
+                "acct-0",
+                if early {
+                    refusal.slow_first_byte(Duration::from_millis(350))
+                } else {
+                    refusal
+                },
+            );
+            h0.fake
+                .push_openai_reply(Reply::CutMidStream { after_deltas: 2 });
+            let (status, _, text) = h.call(h.post(path, body)).await;
+            assert_eq!(status, StatusCode::OK, "the fallback answered 200");
+            let frames = json_frames(&text);
+            let last = frames.last().unwrap();
+            if path == "/v1/chat/completions" {
+                assert_eq!(last["error"]["code"], "upstream_cut", "{text}");
+                assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+            } else {
+                assert_eq!(last["type"], "error", "{text}");
+                assert_eq!(last["code"], "upstream_cut", "{text}");
+                assert!(!text.contains("[DONE]"), "{text}");
             }
-            .slow_first_byte(Duration::from_millis(350)),
-        );
-        h0.fake
-            .push_openai_reply(Reply::CutMidStream { after_deltas: 2 });
-        let (status, _, text) = h.call(h.post(path, body)).await;
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "headers went out before the failure"
-        );
-        let frames = json_frames(&text);
-        let last = frames.last().unwrap();
-        if path == "/v1/chat/completions" {
-            assert_eq!(last["error"]["code"], "upstream_cut", "{text}");
-            assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-        } else {
-            assert_eq!(last["type"], "error", "{text}");
-            assert_eq!(last["code"], "upstream_cut", "{text}");
-            assert!(!text.contains("[DONE]"), "{text}");
+            let row = h.log().await.pop().unwrap();
+            assert!(row.fallback);
+            assert_eq!(h.total_inflight(), 0);
         }
-        let row = h.log().await.pop().unwrap();
-        assert!(row.fallback);
-        assert_eq!(h.total_inflight(), 0);
     }
 }
 

@@ -449,11 +449,21 @@ pub(crate) async fn dispatch(
         Ok(c) => c,
         Err(failed) => {
             if failed.no_account && shared.upstream.fallback.is_some() {
-                return with_protocol(
-                    fallback::call(&shared, failed.record, fallback, answer.streams(), pending)
-                        .await,
-                    protocol,
-                );
+                let stream = answer.streams();
+                let res = fallback::call(&shared, failed.record, fallback, stream, pending).await;
+                // A break in a streamed 200 ends with an error event, as after early headers
+                // (the Codex CLI reads a transport break as one and retries).
+                if stream && protocol != Protocol::Codex && res.status() == StatusCode::OK {
+                    let (parts, body) = res.into_parts();
+                    let chat = matches!(answer, Answer::ChatStream(_));
+                    let body = relay_body(BodyState::Forwarding {
+                        body: body.into_data_stream(),
+                        chat,
+                        done_frame: chat,
+                    });
+                    return with_protocol(Response::from_parts(parts, body), protocol);
+                }
+                return with_protocol(res, protocol);
             }
             return reject(failed.record, failed.error, protocol);
         }
