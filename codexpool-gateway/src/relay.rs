@@ -238,10 +238,10 @@ impl Relay {
     /// Writes one item for the client; `true` when it ended the response.
     async fn emit(&mut self, item: SseItem, out: &mut BytesMut) -> bool {
         let SseItem::Event(event) = item else {
-            // Comments prove liveness upstream; Responses clients may use them the same way.
-            if matches!(self.mode, Mode::Passthrough) {
-                out.extend_from_slice(b": keep-alive\n\n");
-            }
+            // Comments prove liveness upstream; clients may use them the same way (SSE clients
+            // skip them, and a chat client shown none of the reasoning would otherwise see
+            // nothing at all while it goes on).
+            out.extend_from_slice(b": keep-alive\n\n");
             return false;
         };
         let (terminal, usage, failure) = match &mut self.mode {

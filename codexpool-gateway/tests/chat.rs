@@ -664,3 +664,32 @@ async fn a_stream_answered_in_one_piece_logs_its_time_to_first_byte() {
         assert!(row.stream && row.ttfb_ms.is_some(), "{row:?}");
     }
 }
+
+/// The backend's keep-alive comments reach chat clients too (SSE clients skip comments): a long
+/// silence of the answer (reasoning a chat client is not shown) must not time the client out.
+#[tokio::test]
+async fn keep_alive_comments_reach_a_chat_stream() {
+    let h = harness(1, &[]).await;
+    let raw = concat!(
+        r#"data: {"type":"response.created","response":{"id":"resp_1","status":"in_progress"}}"#,
+        "\n\n",
+        r#"data: {"type":"response.output_item.added","output_index":0,"item":{"id":"msg_1","type":"message","role":"assistant","content":[]}}"#,
+        "\n\n",
+        r#"data: {"type":"response.output_text.delta","item_id":"msg_1","output_index":0,"content_index":0,"delta":"Hi"}"#,
+        "\n\n",
+        ": keep-alive\n\n",
+        r#"data: {"type":"response.output_text.delta","item_id":"msg_1","output_index":0,"content_index":0,"delta":" there"}"#,
+        "\n\n",
+        r#"data: {"type":"response.completed","response":{"id":"resp_1","status":"completed","output":[],"usage":{"input_tokens":3,"output_tokens":2,"total_tokens":5}}}"#,
+        "\n\n",
+    );
+    h.fake
+        .push_reply("acct-0", Reply::RawSse { body: raw.into() });
+    let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(status, StatusCode::OK);
+    let hi = body.find(r#""content":"Hi""#).expect(&body);
+    let alive = body.find(": keep-alive\n\n").expect(&body);
+    let there = body.find(r#""content":" there""#).expect(&body);
+    assert!(hi < alive && alive < there, "{body}");
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+}
