@@ -189,6 +189,9 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     /// `UPSTREAM_STREAM_IDLE_TIMEOUT_SECS`: longest silence inside an upstream stream.
     pub upstream_stream_idle_timeout: Duration,
+    /// `UPSTREAM_KEEPALIVE_SECS`: how often an upstream connection is checked for life (HTTP/2
+    /// pings, TCP keep-alive), and how long a ping may go unanswered.
+    pub upstream_keepalive: Duration,
     /// `REQUEST_GATE_WAIT_TIMEOUT_MS`: how long a request may wait for a free account.
     pub request_gate_wait_timeout: Duration,
     /// `ACCOUNT_MAX_INFLIGHT`: per-account concurrent requests (0 = no cap).
@@ -260,6 +263,7 @@ impl Default for Config {
             upstream_fallback_api_key: None,
             upstream_cookie: None,
             upstream_connect_timeout: Duration::from_secs(15),
+            upstream_keepalive: Duration::from_secs(30),
             upstream_stream_idle_timeout: Duration::from_secs(300),
             request_gate_wait_timeout: Duration::from_millis(300),
             account_max_inflight: 0,
@@ -745,6 +749,19 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| secs(c.upstream_stream_idle_timeout),
+    },
+    Setting {
+        name: "UPSTREAM_KEEPALIVE_SECS",
+        default_value: Some("30"),
+        default_doc: "30",
+        secret: false,
+        help: "how often an upstream connection is checked for life (HTTP/2 ping, TCP keep-alive), \
+               and how long a ping may go unanswered before it is dropped, in seconds",
+        apply: |c, v| {
+            c.upstream_keepalive = Duration::from_secs(parse_in(v, 1..=3600)?);
+            Ok(())
+        },
+        show: |c| secs(c.upstream_keepalive),
     },
     Setting {
         name: "REQUEST_GATE_WAIT_TIMEOUT_MS",

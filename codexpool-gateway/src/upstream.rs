@@ -100,6 +100,8 @@ type DirectClient = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
 struct Direct {
     /// Cloned into each thread's client (it shares the TLS configuration).
     connector: HttpsConnector<HttpConnector>,
+    /// `UPSTREAM_KEEPALIVE_SECS`, for the threads' clients.
+    keepalive: Duration,
     /// Names this upstream in the threads' client lists; dead entries are dropped lazily.
     key: Arc<()>,
 }
@@ -127,6 +129,9 @@ impl Direct {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.upstream_connect_timeout));
+        // A connection that died without a close (a network change, a sleeping laptop) is found
+        // by keep-alives, not by the requests sent on it (they would wait out the idle timeout).
+        http.set_keepalive(Some(config.upstream_keepalive));
         let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -135,6 +140,7 @@ impl Direct {
             .wrap_connector(http);
         Ok(Self {
             connector,
+            keepalive: config.upstream_keepalive,
             key: Arc::new(()),
         })
     }
@@ -148,7 +154,12 @@ impl Direct {
                 return client.request(req);
             }
             clients.retain(|(k, _)| k.strong_count() > 0);
+            // One HTTP/2 connection carries every request of the thread: pings find it dead
+            // (and the pool drops it) before requests wait on it.
             let client = HyperClient::builder(TokioExecutor::new())
+                .http2_keep_alive_interval(self.keepalive)
+                .http2_keep_alive_timeout(self.keepalive)
+                .http2_keep_alive_while_idle(true)
                 .pool_idle_timeout(Duration::from_secs(90))
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
@@ -217,7 +228,11 @@ fn reqwest_client(config: &Config, base: &str) -> Result<reqwest::Client, String
     let mut builder = reqwest::Client::builder()
         .connect_timeout(config.upstream_connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .tcp_keepalive(config.upstream_keepalive)
+        .http2_keep_alive_interval(config.upstream_keepalive)
+        .http2_keep_alive_timeout(config.upstream_keepalive)
+        .http2_keep_alive_while_idle(true);
     if codexpool_core::config::is_loopback_url(base) {
         builder = builder.no_proxy();
     }

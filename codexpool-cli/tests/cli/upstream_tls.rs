@@ -34,9 +34,24 @@ fn tls_file(name: &str) -> PathBuf {
 /// failed.
 type Handshakes = Arc<Mutex<Vec<Result<String, String>>>>;
 
+/// Freezes the connections a [`tls_front`] has open: they stay open but carry no more bytes
+/// either way, as a connection does whose network went away without a close.
+#[derive(Clone)]
+struct Freeze {
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    frozen: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Freeze {
+    fn open_connections(&self) {
+        let n = self.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        self.frozen.send_replace(n);
+    }
+}
+
 /// A TLS front for `backend` (host:port): terminates TLS with the test certificate and relays
 /// the bytes. Runs on the test's runtime, so it stops with the test. Returns its origin.
-async fn tls_front(backend: String) -> (String, Handshakes) {
+async fn tls_front(backend: String) -> (String, Handshakes, Freeze) {
     let certs = CertificateDer::pem_file_iter(tls_file("upstream.pem"))
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
@@ -56,8 +71,17 @@ async fn tls_front(backend: String) -> (String, Handshakes) {
     let origin = format!("https://{}", listener.local_addr().unwrap());
     let seen = Handshakes::default();
     let log = seen.clone();
+    let freeze = Freeze {
+        accepted: Arc::default(),
+        frozen: Arc::new(tokio::sync::watch::Sender::new(0)),
+    };
+    let front = freeze.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            let n = front
+                .accepted
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut frozen = front.frozen.subscribe();
             let (acceptor, backend, log) = (acceptor.clone(), backend.clone(), log.clone());
             tokio::spawn(async move {
                 let mut tls = match acceptor.accept(tcp).await {
@@ -69,20 +93,27 @@ async fn tls_front(backend: String) -> (String, Handshakes) {
                     .unwrap()
                     .push(Ok(String::from_utf8_lossy(alpn).into_owned()));
                 let mut plain = TcpStream::connect(&backend).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                let froze = tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut tls, &mut plain) => false,
+                    r = frozen.wait_for(|f| *f > n) => r.is_ok(),
+                };
+                if froze {
+                    // Open and silent until the test ends.
+                    std::future::pending::<()>().await;
+                }
             });
         }
     });
-    (origin, seen)
+    (origin, seen, freeze)
 }
 
 /// The fake's Codex base URL with its origin swapped for the TLS front's.
-async fn upstream_over_tls(env: &Env) -> (String, Handshakes) {
+async fn upstream_over_tls(env: &Env) -> (String, Handshakes, Freeze) {
     let plain = env.fake.codex_base_url();
     let rest = plain.strip_prefix("http://").unwrap();
     let (backend, path) = rest.split_once('/').unwrap();
-    let (origin, seen) = tls_front(backend.to_string()).await;
-    (format!("{origin}/{path}"), seen)
+    let (origin, seen, freeze) = tls_front(backend.to_string()).await;
+    (format!("{origin}/{path}"), seen, freeze)
 }
 
 /// A chat request. A test's requests go on one `client`, so they share a keep-alive connection
@@ -108,7 +139,7 @@ async fn serve_speaks_http2_over_tls_to_an_upstream_whose_ca_the_environment_tru
     let env = Env::new();
     env.add_accounts(&["acct-1"]);
     let secret = env.key_secret("ci");
-    let (upstream, handshakes) = upstream_over_tls(&env).await;
+    let (upstream, handshakes, _) = upstream_over_tls(&env).await;
     let ca = tls_file("ca.pem").display().to_string();
     let (url, child) = env.serve(&[
         ("CODEXPOOL_UPSTREAM_BASE_URL", upstream.as_str()),
@@ -137,7 +168,7 @@ async fn serve_refuses_an_upstream_certificate_nobody_vouches_for() {
     let env = Env::new();
     env.add_accounts(&["acct-1"]);
     let secret = env.key_secret("ci");
-    let (upstream, handshakes) = upstream_over_tls(&env).await;
+    let (upstream, handshakes, _) = upstream_over_tls(&env).await;
     let (url, child) = env.serve(&[("CODEXPOOL_UPSTREAM_BASE_URL", upstream.as_str())]);
 
     let res = chat(&reqwest::Client::new(), &url, &secret, false)
@@ -159,6 +190,46 @@ async fn serve_refuses_an_upstream_certificate_nobody_vouches_for() {
     assert!(
         !seen.is_empty() && seen.iter().all(Result::is_err),
         "{seen:?}"
+    );
+    stop(child);
+}
+
+/// A pooled HTTP/2 connection that dies without a close (the network went away) is found by
+/// keep-alive pings and dropped: the next request goes on a new connection at once, instead
+/// of waiting on the dead one for the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_upstream_connection_is_dropped_before_a_request_waits_on_it() {
+    let env = Env::new();
+    env.add_accounts(&["acct-1"]);
+    let secret = env.key_secret("ci");
+    let (upstream, handshakes, freeze) = upstream_over_tls(&env).await;
+    let ca = tls_file("ca.pem").display().to_string();
+    let (url, child) = env.serve(&[
+        ("CODEXPOOL_UPSTREAM_BASE_URL", upstream.as_str()),
+        ("SSL_CERT_FILE", ca.as_str()),
+        ("CODEXPOOL_UPSTREAM_KEEPALIVE_SECS", "1"),
+        ("CODEXPOOL_UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "120"),
+    ]);
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let res = chat(&client, &url, &secret, false).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+
+    freeze.open_connections();
+    // Two unanswered pings' worth of time: the pool has dropped the connection.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let res = chat(&client, &url, &secret, false)
+        .send()
+        .await
+        .expect("answered on a new connection, not after the 120 s idle timeout");
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-1.");
+    assert_eq!(
+        *handshakes.lock().unwrap(),
+        [Ok("h2".to_string()), Ok("h2".to_string())]
     );
     stop(child);
 }
