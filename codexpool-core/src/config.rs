@@ -520,9 +520,9 @@ pub static SETTINGS: &[Setting] = &[
         default_value: None,
         default_doc: "<data dir>/codexpool/codexpool.db",
         secret: false,
-        help: "the SQLite database file (created on first use)",
+        help: "the SQLite database file (created on first use; a leading `~` is the home directory)",
         apply: |c, v| {
-            c.db_path = PathBuf::from(opt(v).ok_or("expected a file path")?);
+            c.db_path = expand_home(opt(v).ok_or("expected a file path")?);
             Ok(())
         },
         show: |c| c.db_path.display().to_string(),

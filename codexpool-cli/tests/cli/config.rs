@@ -252,3 +252,24 @@ fn the_help_names_every_env_file() {
         assert!(help.contains(name), "{name}: {help}");
     }
 }
+
+/// A `~` in `DB_PATH` is the home directory wherever the value comes from (an env file gets no
+/// shell expansion): not a folder named `~`, where a new, empty pool would be made.
+#[test]
+fn a_db_path_may_start_with_a_tilde() {
+    let env = Env::new();
+    std::fs::write(
+        env.path().join("codexpool.env"),
+        "CODEXPOOL_DB_PATH=~/pools/home.db\n",
+    )
+    .unwrap();
+    let o = env
+        .cmd_without_db()
+        .args(["key", "create", "--name", "ci"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", texts(&o).1);
+    // HOME is the test's directory, which is also where the command runs.
+    assert!(env.path().join("pools/home.db").exists());
+    assert!(!env.path().join("~").exists());
+}

@@ -64,12 +64,17 @@ impl Env {
 
     /// `codexpool --db <tmp db> …`, in the temporary directory, with a clean environment.
     pub fn cmd(&self) -> Command {
+        let mut c = self.cmd_without_db();
+        c.arg("--db").arg(self.db());
+        c
+    }
+
+    /// [`cmd`](Self::cmd) without `--db`: the database is what the environment names.
+    pub fn cmd_without_db(&self) -> Command {
         let mut c = Command::new(BIN);
         c.env_clear()
             .envs(self.vars())
             .current_dir(self.path())
-            .arg("--db")
-            .arg(self.db())
             .timeout(Duration::from_secs(60));
         c
     }
