@@ -71,6 +71,15 @@ impl From<Error> for RpcError {
             Error::InvalidInput { .. } | Error::Config(_) | Error::Io { .. } => {
                 codes::INVALID_PARAMS
             }
+            // As the bindings map them: an unknown sign-in is not found, a bad argument a bad
+            // parameter.
+            Error::Auth(AuthError::UnknownAccount { .. } | AuthError::UnknownState) => {
+                codes::NOT_FOUND
+            }
+            Error::Auth(AuthError::Invalid { .. } | AuthError::InvalidRedirect { .. }) => {
+                codes::INVALID_PARAMS
+            }
+            Error::Auth(AuthError::Store { .. }) => codes::INTERNAL,
             Error::Pool(_) | Error::Auth(_) | Error::Key(_) => codes::UNAVAILABLE,
             _ => codes::INTERNAL,
         };

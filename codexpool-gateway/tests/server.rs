@@ -333,6 +333,25 @@ async fn sign_in_through_the_service_port() {
         .await
         .unwrap();
     assert_eq!(again.status().as_u16(), 400);
+
+    // Bad input gets the codes the README gives (as the bindings' NotFound and InvalidInput).
+    for (method, params, code) in [
+        ("account/login/status", json!({"state": "nope"}), -32001),
+        ("account/login/cancel", json!({"state": "nope"}), -32001),
+        (
+            "account/login/complete",
+            json!({"redirect_url": "garbage"}),
+            -32602,
+        ),
+        (
+            "account/login/start",
+            json!({"listen": false, "tags": ["a,b"]}),
+            -32602,
+        ),
+    ] {
+        let v = call(&srv, method, params).await;
+        assert_eq!(v["error"]["code"], code, "{method}: {v}");
+    }
     srv.stop().await.unwrap();
 }
 
