@@ -537,6 +537,12 @@ fn effort_parser() -> clap::builder::PossibleValuesParser {
 fn parse_span(t: &str, max: Duration) -> Option<Result<Duration, String>> {
     let unit = t.chars().last().filter(char::is_ascii_alphabetic)?;
     let n = t[..t.len() - 1].trim().parse::<u64>().ok()?;
+    // `6M` reads as six months to many, as six minutes to others: neither is guessed.
+    if unit == 'M' {
+        return Some(Err(
+            "`M` is ambiguous: write minutes as `m`, months in days (`30d`)".into(),
+        ));
+    }
     let secs = match unit.to_ascii_lowercase() {
         's' => 1,
         'm' => 60,
@@ -682,9 +688,15 @@ mod tests {
             "2020-01-01",
             "2001-01-01T00:00:00Z",
             "9999-12-31",
+            "6M",
         ] {
             assert!(parse_expiry(bad).is_err(), "{bad}");
         }
+        assert!(parse_expiry("6M").unwrap_err().contains("ambiguous"));
+        assert_eq!(
+            parse_expiry("90m"),
+            Ok(Expiry::In(Duration::from_secs(90 * 60)))
+        );
     }
 
     #[test]
@@ -699,7 +711,7 @@ mod tests {
             Ok(Timestamp::parse_rfc3339("2020-01-02T00:00:00Z").unwrap())
         );
         assert!(parse_since("2020-01-02T03:04:05+01:00").is_ok());
-        for bad in ["", "soon", "0d", "12y", "-3d", "2999-01-01", "never"] {
+        for bad in ["", "soon", "0d", "12y", "-3d", "2999-01-01", "never", "1M"] {
             assert!(parse_since(bad).is_err(), "{bad}");
         }
     }
