@@ -37,7 +37,7 @@ use super::runtime::{Runtimes, Source};
 use super::{Ctx, usage};
 use crate::Failure;
 use crate::args::{AccountFilterArgs, AccountUpdateArgs, LoginArgs};
-use crate::output::{NONE, Paint, ago, cell};
+use crate::output::{NONE, Paint, ago, cell, visible};
 
 fn filter_of(f: &AccountFilterArgs) -> AccountFilter {
     let mut filter = AccountFilter::default();
@@ -202,11 +202,13 @@ fn who(a: &Account) -> String {
     if let Some(p) = &a.plan_type {
         extra.push(p.clone());
     }
-    if extra.is_empty() {
+    let who = if extra.is_empty() {
         a.label.clone()
     } else {
         format!("{} ({})", a.label, extra.join(", "))
-    }
+    };
+    // From the sign-in's claims or an imported file: no control characters reach the terminal.
+    visible(&who).into_owned()
 }
 
 /// `account import`.
@@ -610,7 +612,7 @@ fn done(ctx: &Ctx, a: &Account, verb: &str) -> anyhow::Result<()> {
         if let Some(n) = &a.note {
             facts.push(format!("note {n:?}"));
         }
-        out.line(format!("  {}", facts.join(" · ")))?;
+        out.line(format!("  {}", visible(&facts.join(" · "))))?;
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use codexpool_core::{Pool, Timestamp};
 use super::Ctx;
 use super::runtime::client_base_url;
 use crate::args::{KeyCreateArgs, KeyUpdateArgs};
-use crate::output::{NONE, Paint, ago, cell, datetime, duration};
+use crate::output::{NONE, Paint, ago, cell, datetime, duration, visible};
 
 /// A key as JSON shows it: the stored fields and its status now.
 #[derive(serde::Serialize)]
@@ -81,7 +81,7 @@ pub async fn create(ctx: &Ctx, pool: &Pool, a: KeyCreateArgs) -> anyhow::Result<
     out.line(format!(
         "Created key {} {}",
         out.paint(&k.id, Paint::Bold),
-        out.paint(format!("({})", k.name), Paint::Dim)
+        out.paint(format!("({})", visible(&k.name)), Paint::Dim)
     ))?;
     let limits = limits(k);
     if !limits.is_empty() {
@@ -239,7 +239,7 @@ fn done(ctx: &Ctx, pool: &Pool, k: &PlatformKey, verb: &str) -> anyhow::Result<(
     if out.json {
         out.json(&KeyView::new(k, pool.now()))?;
     } else {
-        let mut line = format!("{verb} key {} ({}, {})", k.id, k.name, k.hint);
+        let mut line = format!("{verb} key {} ({}, {})", k.id, visible(&k.name), k.hint);
         let limits = limits(k);
         if verb == "Updated" && !limits.is_empty() {
             line.push_str(&format!(": {}", limits.join(" · ")));

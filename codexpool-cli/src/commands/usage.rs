@@ -22,7 +22,7 @@ use serde::Serialize;
 use super::Ctx;
 use super::runtime::{Runtimes, Source};
 use crate::args::UsageArgs;
-use crate::output::{Output, Paint, ago, bar, duration, level, percent};
+use crate::output::{Output, Paint, ago, bar, duration, level, percent, visible};
 
 /// `usage`.
 pub async fn usage(ctx: &Ctx, pool: &Pool, a: UsageArgs) -> anyhow::Result<()> {
@@ -216,12 +216,14 @@ pub(super) fn print(
         }
         let rt = runtimes.get(pool, &a.id).map(|(rt, _)| rt);
         let (status, paint) = status_text(a, rt.as_ref(), now);
+        // Labels, plans and reasons come from sign-ins, imported files and upstream answers:
+        // their control characters are written out, never sent to the terminal.
         let mut head = vec![
-            out.paint(&a.label, Paint::Bold),
+            out.paint(visible(&a.label), Paint::Bold),
             out.paint(&a.id, Paint::Dim),
         ];
         if let Some(p) = &a.plan_type {
-            head.push(p.clone());
+            head.push(visible(p).into_owned());
         }
         head.push(out.paint(status, paint));
         if let Some(c) = credits(u.credits.as_ref()) {
@@ -246,10 +248,10 @@ pub(super) fn print(
             .as_deref()
             .filter(|_| a.status != AccountStatus::Active)
         {
-            out.data(format!("  {}", out.paint(r, Paint::Dim)))?;
+            out.data(format!("  {}", out.paint(visible(r), Paint::Dim)))?;
         }
         if let Some(Err(e)) = refreshed.and_then(|m| m.get(&a.id)).map(|r| &r.outcome) {
-            let text = format!("  refresh failed: {e}");
+            let text = format!("  refresh failed: {}", visible(&e.to_string()));
             out.data(out.paint(text, Paint::Red))?;
         }
     }

@@ -82,3 +82,22 @@ fn an_empty_pool_says_what_to_do() {
     assert!(stderr.contains("codexpool account login"), "{stderr}");
     assert_eq!(env.json(&["usage", "--refresh"]), serde_json::json!([]));
 }
+
+/// A label (from an imported file, the RPC, a person) with terminal escapes and a newline is
+/// written out, never sent to the terminal, in every place it is printed.
+#[test]
+fn control_characters_in_a_label_never_reach_the_terminal() {
+    let env = Env::new();
+    let id = env.add_accounts(&["acct-1"]).remove(0);
+    let label = "evil\u{1b}]0;pwned\u{7}\u{1b}[2J\nfake-line";
+    let mut outputs = vec![env.ok(&["account", "update", &id, "--label", label])];
+    outputs.push(env.ok(&["usage"]));
+    outputs.push(env.ok(&["account", "list"]));
+    outputs.push(env.ok(&["key", "create", "--name", label]));
+    outputs.push(env.ok(&["key", "list"]));
+    for out in outputs {
+        assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+        assert!(!out.lines().any(|l| l.starts_with("fake-line")), "{out}");
+        assert!(out.contains(r"evil\u{1b}]0;pwned"), "{out}");
+    }
+}
