@@ -677,6 +677,8 @@ impl AccountPool {
                 Ok(n.into_pyobject(py)?.into_any())
             }
             None => {
+                // Memory in a forked child is a copy: its tokens may be spent since.
+                self.home.ensure()?;
                 let doc = serde_json::to_value(self.inner.export(&f))
                     .map_err(|e| invalid(py, "export", e))?;
                 json::to_py(py, &doc)

@@ -118,6 +118,7 @@ def test_a_child_forked_after_use_opens_its_own_pool(
                 lambda: pool.accounts.get("a"),
                 lambda: pool.accounts.runtime("a"),
                 lambda: len(pool.accounts),
+                pool.accounts.export,
                 pool.usage.list,
                 lambda: pool.usage.get("a"),
                 lambda: pool.usage.headroom("a"),
