@@ -290,6 +290,15 @@ impl AccountPatch {
         self.status_reason = Some(reason);
         self
     }
+    /// Turns the account on (clearing the status reason) or off by a person's choice: it stays
+    /// off until a person turns it on.
+    pub fn enabled(self, on: bool) -> Self {
+        if on {
+            self.status(AccountStatus::Active, None)
+        } else {
+            self.status(AccountStatus::Disabled, Some("disabled by a person".into()))
+        }
+    }
     /// Makes the status change conditional on the stored status: see
     /// [`status_only_from`](Self::status_only_from).
     pub fn only_from(mut self, from: &[AccountStatus]) -> Self {

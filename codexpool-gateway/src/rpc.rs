@@ -388,12 +388,11 @@ async fn call(pool: &Pool, method: &str, p: Value) -> Result<Value, RpcError> {
             patch.tags = q.tags;
             patch.note = q.note;
             patch.sort = q.sort;
+            // One write: a failure leaves the account as it was, not half changed.
+            if let Some(on) = q.enabled {
+                patch = patch.enabled(on);
+            }
             let a = accounts.update(&q.id, patch).await?;
-            match q.enabled {
-                Some(true) => accounts.enable(&a.id).await?,
-                Some(false) => accounts.disable(&a.id).await?,
-                None => a.clone(),
-            };
             account_view(pool, &a.id)
         }
         "account/delete" => to_value(accounts.remove(&params::<Id>(p)?.id).await?),

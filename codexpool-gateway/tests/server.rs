@@ -718,3 +718,39 @@ async fn the_proof_endpoint_checks_its_nonce() {
     assert_eq!(get("").await.unwrap().status(), 400);
     srv.stop().await.unwrap();
 }
+
+/// `account/update` with `enabled` is one write: when the store refuses it, nothing of it is
+/// kept (not the label without the status).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpc_account_update_is_all_or_nothing() {
+    let (e, _) = env_with_an_account(&[]).await;
+    let srv = start(&e).await;
+    let before = e.pool.accounts().list(&Default::default()).remove(0);
+    let db = rusqlite::Connection::open(e.dir.path().join("pool.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_disable BEFORE UPDATE ON accounts WHEN NEW.status = 'disabled'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .unwrap();
+    let update = json!({"id": before.id, "label": "new", "enabled": false});
+    let v = call(&srv, "account/update", update.clone()).await;
+    assert!(v["error"]["message"].is_string(), "{v}");
+    let stored: String = db
+        .query_row(
+            "SELECT label FROM accounts WHERE id = ?1",
+            [&before.id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, before.label);
+    assert_eq!(
+        e.pool.accounts().get(&before.id).unwrap().label,
+        before.label
+    );
+
+    db.execute_batch("DROP TRIGGER refuse_disable").unwrap();
+    let v = call(&srv, "account/update", update).await;
+    assert_eq!(v["result"]["label"], "new", "{v}");
+    assert_eq!(v["result"]["status"], "disabled", "{v}");
+    srv.stop().await.unwrap();
+}

@@ -611,21 +611,13 @@ impl AccountPool {
 
     /// Turns an account on (clearing the status reason).
     pub async fn enable(&self, id: &str) -> Result<Account> {
-        self.update(
-            id,
-            AccountPatch::default().status(AccountStatus::Active, None),
-        )
-        .await
+        self.update(id, AccountPatch::default().enabled(true)).await
     }
 
     /// Turns an account off. It stays off until a person enables it.
     pub async fn disable(&self, id: &str) -> Result<Account> {
-        self.update(
-            id,
-            AccountPatch::default()
-                .status(AccountStatus::Disabled, Some("disabled by a person".into())),
-        )
-        .await
+        self.update(id, AccountPatch::default().enabled(false))
+            .await
     }
 
     /// Deletes an account and its usage readings. Requests in flight on it finish.
