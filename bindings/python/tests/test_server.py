@@ -45,9 +45,11 @@ def test_serve_stop_and_context_manager(pool: codexpool.Pool) -> None:
     assert srv.rpc_token_file == Path(pool.db_path).parent / "rpc-token"
     assert srv.rpc_token_file.read_text() == srv.rpc_token
     assert srv.rpc_token not in repr(srv)
-    status, _ = rpc(srv, srv.rpc_token, "key/list")
+    pool.keys.create("ci")
+    status, answer = rpc(srv, srv.rpc_token, "apikey/list")
     assert status == 200
-    assert rpc(srv, "wrong", "key/list")[0] == 401
+    assert [k["name"] for k in answer["result"]] == ["ci"], answer
+    assert rpc(srv, "wrong", "apikey/list")[0] == 401
     srv.stop()
     assert not srv.running
     assert refused(srv.host, srv.port), "the port is free after stop()"
@@ -57,7 +59,8 @@ def test_serve_stop_and_context_manager(pool: codexpool.Pool) -> None:
     with codexpool.serve(pool, "127.0.0.1:0", rpc_token="given-token", background_tasks=False) as s2:
         assert s2.rpc_token == "given-token"
         assert s2.rpc_token_file is None
-        assert rpc(s2, "given-token", "key/list")[0] == 200
+        status, answer = rpc(s2, "given-token", "apikey/list")
+        assert status == 200 and len(answer["result"]) == 1, answer
     assert not s2.running and refused(s2.host, s2.port)
 
 
