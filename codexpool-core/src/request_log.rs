@@ -178,10 +178,26 @@ impl RequestLog {
     }
 
     /// Reads rows, newest first (oldest first with [`RequestLogQuery::oldest_first`]), after
-    /// writing what is queued.
+    /// writing what is queued. The key and account filters take a unique prefix of an id too
+    /// (see [`resolve`](Self::resolve)).
     pub async fn list(&self, q: &RequestLogQuery) -> Result<Vec<RequestLogEntry>> {
+        let q = self.resolve(q)?;
         self.pool.flush().await?;
-        Ok(self.pool.shared.store.list_request_log(q).await?)
+        Ok(self.pool.shared.store.list_request_log(&q).await?)
+    }
+
+    /// The query with its key and account filters as full ids: of a key or account the pool
+    /// knows (a unique prefix of its id will do), else as typed when a full id (of one deleted
+    /// since: its rows remain). Resolve once to follow the log across such a deletion.
+    pub fn resolve(&self, q: &RequestLogQuery) -> Result<RequestLogQuery> {
+        let mut q = q.clone();
+        if let Some(k) = &q.key_id {
+            q.key_id = Some(full_id(self.pool.keys().get(k).map(|k| k.id), k)?);
+        }
+        if let Some(a) = &q.account_id {
+            q.account_id = Some(full_id(self.pool.accounts().get(a).map(|a| a.id), a)?);
+        }
+        Ok(q)
     }
 
     /// Deletes the rows of requests that arrived before `before`, oldest first, a few thousand
@@ -191,6 +207,19 @@ impl RequestLog {
     pub async fn prune(&self, before: Timestamp) -> Result<u64> {
         let store = &self.pool.shared.store;
         in_chunks(|n| store.prune_request_log(before, n)).await
+    }
+}
+
+/// The id a filter names: one the pool knows (or a unique prefix of one), else a full id as
+/// typed (of a key or account deleted since: its rows remain).
+fn full_id(found: Result<String>, typed: &str) -> Result<String> {
+    match found {
+        Err(crate::Error::NotFound { .. })
+            if typed.len() == 12 && typed.chars().all(|c| c.is_ascii_hexdigit()) =>
+        {
+            Ok(typed.to_ascii_lowercase())
+        }
+        other => other,
     }
 }
 

@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use codexpool_core::keys::NewKey;
 use codexpool_core::request_log::{RequestLogEntry, RequestLogQuery};
 use codexpool_core::usage::{
     Credits, LedgerEntry, LedgerGroup, LedgerQuery, ReadingSource, TokenCounts, UsageSnapshot,
@@ -217,31 +218,57 @@ async fn the_ledger_sums_per_key_account_model_and_day() {
 #[tokio::test]
 async fn the_request_log_is_batched_and_filterable() {
     let (pool, clock) = pool_with(&[]).await;
+    let account = add_accounts(&pool, 1).await.remove(0);
+    let mut keys = Vec::new();
+    for name in ["k0", "k1"] {
+        keys.push(
+            pool.keys()
+                .create(NewKey::named(name))
+                .await
+                .unwrap()
+                .key
+                .id,
+        );
+    }
     for i in 0..3 {
         let mut e = RequestLogEntry::new(format!("r{i}"), clock.now(), "/v1/responses");
-        e.key_id = Some(format!("k{}", i % 2));
-        e.accounts_tried = vec!["a".into()];
+        e.key_id = Some(keys[i % 2].clone());
+        e.accounts_tried = vec![account.clone()];
         e.status = 200;
         pool.request_log().record(e);
     }
-    let rows = pool
-        .request_log()
-        .list(&RequestLogQuery::latest(10))
-        .await
-        .unwrap();
+    let log = pool.request_log();
+    let ids =
+        |rows: Vec<RequestLogEntry>| rows.into_iter().map(|r| r.request_id).collect::<Vec<_>>();
+    let all = RequestLogQuery::latest(10);
+    assert_eq!(ids(log.list(&all).await.unwrap()), ["r2", "r1", "r0"]);
     assert_eq!(
-        rows.iter()
-            .map(|r| r.request_id.as_str())
-            .collect::<Vec<_>>(),
-        ["r2", "r1", "r0"]
+        ids(log.list(&all.clone().key(keys[1].clone())).await.unwrap()),
+        ["r1"]
+    );
+    // A unique prefix names a key or an account, as everywhere else.
+    assert_eq!(
+        ids(log
+            .list(&all.clone().key(keys[1][..6].to_string()))
+            .await
+            .unwrap()),
+        ["r1"]
     );
     assert_eq!(
-        pool.request_log()
-            .list(&RequestLogQuery::latest(10).key("k1"))
+        log.list(&all.clone().account(account[..5].to_string()))
             .await
             .unwrap()
             .len(),
-        1
+        3
+    );
+    // An unknown one is an error, not an empty answer...
+    let err = log.list(&all.clone().key("zz")).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    // ...except the full id of a key deleted since: its rows remain.
+    pool.keys().delete(&keys[0]).await.unwrap();
+    assert_eq!(
+        ids(log.list(&all.clone().key(keys[0].clone())).await.unwrap()),
+        ["r2", "r0"]
     );
 }
 

@@ -104,7 +104,11 @@ def test_openai_client_round_trip_and_ledger(
     assert all(e.account_id == acct.id and e.tokens for e in log)
     key_id = pool.keys.list()[0].id
     assert len(pool.request_log.list(2, key_id=key_id)) == 2
-    assert pool.request_log.list(key_id="nope") == []
+    # A unique prefix names a key or an account, as on the command line; an unknown one is an error.
+    assert len(pool.request_log.list(2, key_id=key_id[:6])) == 2
+    assert len(pool.request_log.list(account_id=acct.id[:5])) == 5
+    with pytest.raises(codexpool.NotFound):
+        pool.request_log.list(key_id="nope")
     assert len(pool.request_log.list(account_id=acct.id, after_id=log[-1].id)) == 4
     # Following the log a page at a time: the oldest rows after an id first, no gap.
     pages, last = [], log[-1].id

@@ -74,10 +74,10 @@ pub struct RequestLogQuery {
     /// oldest, oldest first.
     #[uniffi(default = 0)]
     pub limit: u32,
-    /// Only this key.
+    /// Only this key (a unique prefix of its id will do; an unknown one is `NotFound`).
     #[uniffi(default = None)]
     pub key_id: Option<String>,
-    /// Only rows where this account was tried.
+    /// Only rows where this account was tried (a unique prefix of its id will do).
     #[uniffi(default = None)]
     pub account_id: Option<String>,
     /// Only rows with an id above this. To follow the log, pass the last id seen with

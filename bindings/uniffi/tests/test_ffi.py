@@ -284,6 +284,10 @@ async def run(tmp, fake):
     oldest = await pool.request_log().list(cp.RequestLogQuery(limit=len(log), oldest_first=True))
     assert oldest == log[::-1], "oldest first"
     assert (await pool.request_log().list(cp.RequestLogQuery(after_id=log[-1].id, oldest_first=True))) == log[-2::-1]
+    # A unique prefix names the key, as on the command line; an unknown one is an error.
+    by_key = await pool.request_log().list(cp.RequestLogQuery(key_id=ci.id))
+    assert by_key and (await pool.request_log().list(cp.RequestLogQuery(key_id=ci.id[:6]))) == by_key
+    await expect("NotFound", pool.request_log().list(cp.RequestLogQuery(key_id="nope")))
     assert await pool.request_log().prune(0) == 0
     assert await pool.request_log().prune(int(time.time() * 1000) + 60_000) == len(log) - 1
     assert [e.id for e in await pool.request_log().list()] == [log[0].id]

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use codexpool_core::request_log::{RequestLogEntry, RequestLogQuery};
-use codexpool_core::{AccountFilter, Error, Pool};
+use codexpool_core::{AccountFilter, Pool};
 use comfy_table::Cell;
 
 use super::Ctx;
@@ -30,11 +30,13 @@ pub async fn logs(ctx: &Ctx, pool: &Pool, a: LogsArgs) -> anyhow::Result<()> {
     let limit = usize::try_from(a.limit.max(1)).unwrap_or(usize::MAX);
     let mut q = RequestLogQuery::latest(limit);
     if let Some(k) = &a.key {
-        q = q.key(resolve(pool.keys().get(k).map(|k| k.id), k)?);
+        q = q.key(k.clone());
     }
     if let Some(acc) = &a.account {
-        q = q.account(resolve(pool.accounts().get(acc).map(|a| a.id), acc)?);
+        q = q.account(acc.clone());
     }
+    // Resolved once: following goes on if the key or account is deleted meanwhile.
+    let q = pool.request_log().resolve(&q)?;
     let mut rows = pool.request_log().list(&q).await?;
     rows.reverse();
     let last = rows.last().map_or(0, |r| r.id);
@@ -67,20 +69,6 @@ pub async fn logs(ctx: &Ctx, pool: &Pool, a: LogsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     follow(out, pool, &mut names, q, rows, last).await
-}
-
-/// An id the pool knows (or a unique prefix of one); a full id of a deleted key or account is
-/// still searched for, since its rows remain in the log.
-fn resolve(found: Result<String, Error>, typed: &str) -> anyhow::Result<String> {
-    match found {
-        Ok(id) => Ok(id),
-        Err(Error::NotFound { .. })
-            if typed.len() == 12 && typed.chars().all(|c| c.is_ascii_hexdigit()) =>
-        {
-            Ok(typed.to_ascii_lowercase())
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 async fn follow(
