@@ -987,6 +987,13 @@ async fn preflight(upstream: &Upstream, mut body: ByteStream) -> Result<Opened, 
         loop {
             match parser.next_item() {
                 Ok(Some(item)) => {
+                    // Comments in a row say one thing (the upstream is alive): one is kept, so
+                    // a long wait for the first output does not pile them up.
+                    if matches!(item, SseItem::Comment(_))
+                        && matches!(buffered.back(), Some(SseItem::Comment(_)))
+                    {
+                        continue;
+                    }
                     let verdict = preflight_item(&item);
                     buffered.push_back(item);
                     match verdict {

@@ -182,3 +182,32 @@ async fn the_codex_cli_gets_the_final_event_as_sent() {
     assert_eq!(of_type(&frames, "response.output_item.done").len(), 1);
     assert!(data_frames(&body).len() > 3);
 }
+
+/// Keep-alive comments while the backend has not yet answered anything are one signal, not a
+/// pile: the gateway holds what comes before the first output, and passes one comment on.
+#[tokio::test]
+async fn comments_before_the_first_output_are_not_piled_up() {
+    let h = harness(1, &[]).await;
+    let mut raw = String::from(concat!(
+        "event: response.created\n",
+        r#"data: {"type":"response.created","sequence_number":0,"response":{"id":"resp_1","status":"in_progress","output":[]}}"#,
+        "\n\n",
+    ));
+    raw.push_str(&": keep-alive\n\n".repeat(500));
+    raw.push_str(
+        RAW_EMPTY_OUTPUT
+            .split_inclusive("\n\n")
+            .skip(1)
+            .collect::<String>()
+            .as_str(),
+    );
+    h.fake
+        .push_reply("acct-0", Reply::RawSse { body: raw.clone() });
+    let (status, _, body) = h.call(stream_request(&h)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body.matches(": keep-alive").count(), 1, "{body}");
+    assert_eq!(
+        json_frames(&body).last().unwrap()["type"],
+        "response.completed"
+    );
+}
