@@ -1248,6 +1248,9 @@ fn classify_code(code: Option<&str>, kind: Option<&str>, status: Option<u16>) ->
         Some(401) => return FailureKind::Unauthorized,
         Some(403) => return FailureKind::Forbidden,
         Some(429) => return FailureKind::RateLimited { retry_after: None },
+        // The upstream (or a proxy before it) gave up waiting for the request: the next
+        // attempt is likely to go through.
+        Some(408) => return FailureKind::Server,
         _ => {}
     }
     if is("context_length_exceeded")
@@ -1698,6 +1701,13 @@ mod tests {
         let f = classify_error_body(500, None, b"", false);
         assert_eq!(f.kind, FailureKind::Server);
         assert_eq!(f.message, "upstream answered HTTP 500");
+        let f = classify_error_body(408, Some("text/plain"), b"Request Timeout", false);
+        assert_eq!(
+            f.kind,
+            FailureKind::Server,
+            "a timed-out request is tried elsewhere"
+        );
+        assert!(f.retry_elsewhere());
         let f = classify_error_body(
             503,
             Some("application/json"),
