@@ -876,3 +876,50 @@ async fn an_assembled_answer_failing_on_every_account_says_why() {
     assert_eq!(row.status, 502);
     assert_eq!(h.total_inflight(), 0);
 }
+
+/// The point of no return is the first reasoning, text or tool-call delta, whatever comes
+/// before it (an item announced, a part opened): a failure before it (`response.failed` or the
+/// backend's `error` event) moves the request to the next account; after it, the request is
+/// never sent again and the client gets the failure.
+#[tokio::test]
+async fn a_failure_fails_over_only_before_the_first_delta() {
+    let created = r#"{"type":"response.created","response":{"id":"resp_1","status":"in_progress"}}"#;
+    let reasoning_item = r#"{"type":"response.output_item.added","output_index":0,"item":{"id":"rs_1","type":"reasoning","summary":[]}}"#;
+    let call_item = r#"{"type":"response.output_item.added","output_index":0,"item":{"id":"fc_1","type":"function_call","call_id":"call_1","name":"f","arguments":""}}"#;
+    let reasoning_delta = r#"{"type":"response.reasoning_summary_text.delta","item_id":"rs_1","output_index":0,"summary_index":0,"delta":"Thinking"}"#;
+    let args_delta = r#"{"type":"response.function_call_arguments.delta","item_id":"fc_1","output_index":0,"delta":"{\"a\""}"#;
+    let failed = r#"{"type":"response.failed","response":{"id":"resp_1","status":"failed","error":{"code":"server_error","message":"boom"}}}"#;
+    let error = r#"{"type":"error","code":"server_error","message":"boom"}"#;
+    for (events, retried) in [
+        (vec![created, reasoning_item, failed], true),
+        (vec![created, call_item, error], true),
+        (vec![created, reasoning_item, reasoning_delta, failed], false),
+        (vec![created, call_item, args_delta, error], false),
+    ] {
+        let h = harness(2, &[]).await;
+        let body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+        h.fake.push_reply("acct-0", Reply::RawSse { body });
+        let req = h.post(
+            "/v1/responses",
+            json!({"model": "gpt-5", "input": "hi", "stream": true}),
+        );
+        let (status, _, text) = h.call(req).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let sent = h.fake.count("/backend-api/codex/responses");
+        let row = h.log().await.pop().unwrap();
+        if retried {
+            assert_eq!(sent, 2, "{events:?}");
+            assert_eq!(row.account_id.as_deref(), Some(h.ids[1].as_str()));
+            assert!(text.contains("Hello from acct-1."), "{text}");
+        } else {
+            assert_eq!(sent, 1, "never sent again after a delta: {events:?}");
+            let last = json_frames(&text).pop().unwrap();
+            assert!(
+                ["response.failed", "error"].contains(&last["type"].as_str().unwrap()),
+                "{text}"
+            );
+            assert_eq!(row.error_class.as_deref(), Some("server_error"), "{row:?}");
+        }
+        assert_eq!(h.total_inflight(), 0);
+    }
+}
