@@ -883,7 +883,8 @@ async fn an_assembled_answer_failing_on_every_account_says_why() {
 /// never sent again and the client gets the failure.
 #[tokio::test]
 async fn a_failure_fails_over_only_before_the_first_delta() {
-    let created = r#"{"type":"response.created","response":{"id":"resp_1","status":"in_progress"}}"#;
+    let created =
+        r#"{"type":"response.created","response":{"id":"resp_1","status":"in_progress"}}"#;
     let reasoning_item = r#"{"type":"response.output_item.added","output_index":0,"item":{"id":"rs_1","type":"reasoning","summary":[]}}"#;
     let call_item = r#"{"type":"response.output_item.added","output_index":0,"item":{"id":"fc_1","type":"function_call","call_id":"call_1","name":"f","arguments":""}}"#;
     let reasoning_delta = r#"{"type":"response.reasoning_summary_text.delta","item_id":"rs_1","output_index":0,"summary_index":0,"delta":"Thinking"}"#;
@@ -893,7 +894,10 @@ async fn a_failure_fails_over_only_before_the_first_delta() {
     for (events, retried) in [
         (vec![created, reasoning_item, failed], true),
         (vec![created, call_item, error], true),
-        (vec![created, reasoning_item, reasoning_delta, failed], false),
+        (
+            vec![created, reasoning_item, reasoning_delta, failed],
+            false,
+        ),
         (vec![created, call_item, args_delta, error], false),
     ] {
         let h = harness(2, &[]).await;

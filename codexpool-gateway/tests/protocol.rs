@@ -228,3 +228,25 @@ async fn the_same_session_id_from_two_keys_is_two_conversations() {
     );
     assert_eq!(sent.header("x-codex-turn-state"), Some("turn-acct-1"));
 }
+
+/// The Codex CLI's headers go upstream as sent, except its credentials: a key given as
+/// `x-api-key` (the strict fake refuses a request that carries one) or as `Authorization`.
+#[tokio::test]
+async fn the_codex_clis_own_credentials_stay_here() {
+    let h = harness(1, &[]).await;
+    let body = serde_json::json!({"model": "gpt-5-codex", "instructions": "x",
+        "input": [], "stream": true, "store": false});
+    let req = axum::http::Request::post("/v1/responses")
+        .header("x-api-key", &h.key)
+        .header("content-type", "application/json")
+        .header("originator", "codex_cli_rs")
+        .header("version", "0.171.0")
+        .header("session_id", "session-1")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    let (status, _, text) = h.call(req).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let sent = h.fake.last_request("/backend-api/codex/responses").unwrap();
+    assert_eq!(sent.header("x-api-key"), None);
+    assert!(!sent.header("authorization").unwrap().contains(&h.key));
+}

@@ -345,6 +345,16 @@ fn check_headers(headers: &HeaderMap) -> Result<(), String> {
             return Err(format!("Missing required header: {name}"));
         }
     }
+    let content_type = header_str(headers, "content-type").unwrap_or_default();
+    if !content_type.starts_with("application/json") {
+        return Err(format!(
+            "Content-Type must be application/json (got {content_type:?})"
+        ));
+    }
+    // PROTOCOL.md §4: a client's own credentials never reach the backend.
+    if headers.contains_key("x-api-key") {
+        return Err("a client's x-api-key was forwarded".to_owned());
+    }
     if !present("session_id") && !present("session-id") {
         return Err("Missing required header: session_id".to_owned());
     }
