@@ -70,6 +70,30 @@ async fn a_refresh_rotates_and_persists_every_token() {
     }
 }
 
+/// A refresh answer without an `id_token` (PROTOCOL.md §1: optional) keeps the stored one and
+/// takes the new access and refresh tokens.
+#[tokio::test]
+async fn a_refresh_without_an_id_token_keeps_the_stored_one() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let pool = file_pool(&fake, &dir.path().join("pool.db")).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    let before = pool.accounts().get(&id).unwrap().tokens;
+    fake.set_refresh_returns_id_token(false);
+    let after = pool.auth().refresh(&id).await.unwrap().tokens;
+    assert_eq!(after.id_token.expose(), before.id_token.expose());
+    assert!(!after.id_token.expose().is_empty());
+    let current = fake.current_tokens("acct-1");
+    assert_eq!(after.access_token.expose(), current.access_token);
+    assert_eq!(after.refresh_token.expose(), current.refresh_token);
+    let stored = pool.store().get_account(&id).await.unwrap().unwrap();
+    assert_eq!(stored.tokens, after, "memory and store agree");
+    assert_eq!(
+        pool.accounts().get(&id).unwrap().status,
+        AccountStatus::Active
+    );
+}
+
 #[tokio::test]
 async fn a_401_with_a_stale_token_uses_the_new_one_without_refreshing() {
     let fake = fake();

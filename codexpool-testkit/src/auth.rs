@@ -631,11 +631,12 @@ pub(crate) async fn token(
     }
 }
 
-fn tokens_body(tokens: &FakeTokens, with_refresh: bool) -> Response {
-    let mut body = json!({
-        "id_token": tokens.id_token,
-        "access_token": tokens.access_token,
-    });
+/// A token answer: `access_token`, with `refresh_token` and `id_token` when said.
+fn tokens_body(tokens: &FakeTokens, with_refresh: bool, with_id: bool) -> Response {
+    let mut body = json!({"access_token": tokens.access_token});
+    if with_id {
+        body["id_token"] = json!(tokens.id_token);
+    }
     if with_refresh {
         body["refresh_token"] = json!(tokens.refresh_token);
     }
@@ -678,7 +679,7 @@ fn exchange(shared: &Shared, seq: Seq, params: &BTreeMap<String, String>) -> Res
         return invalid_grant("PKCE verification failed");
     }
     let tokens = inner.new_session(shared, pending.account);
-    tokens_body(&tokens, true)
+    tokens_body(&tokens, true, true)
 }
 
 fn refresh_failure_response(failure: &FakeRefreshFailure) -> Response {
@@ -739,7 +740,7 @@ fn refresh(shared: &Shared, seq: Seq, params: &BTreeMap<String, String>) -> Resp
     let at = entry.at;
     let account_id = inner.accounts[at.account].account.id.clone();
     shared.update_record(seq.0, |r| r.account_id = Some(account_id));
-    let rotates = inner.refresh_rotates;
+    let (rotates, with_id_token) = (inner.refresh_rotates, inner.refresh_id_token);
     let state = &mut inner.accounts[at.account];
     state.refresh_count += 1;
     if let Some(failure) = state.refresh_failures.pop_front() {
@@ -758,7 +759,9 @@ fn refresh(shared: &Shared, seq: Seq, params: &BTreeMap<String, String>) -> Resp
     }
     let (id_token, access_token, access_exp) = mint_pair(shared, &state.account);
     let session = &mut state.sessions[at.session];
-    session.id_token = id_token.clone();
+    if with_id_token {
+        session.id_token = id_token.clone();
+    }
     session.access_token = access_token.clone();
     session.access_exp = access_exp;
     session.access_forced_expired = false;
@@ -784,7 +787,7 @@ fn refresh(shared: &Shared, seq: Seq, params: &BTreeMap<String, String>) -> Resp
         access_token,
         refresh_token,
     };
-    tokens_body(&tokens, rotates)
+    tokens_body(&tokens, rotates, with_id_token)
 }
 
 /// `POST /api/accounts/deviceauth/usercode`.

@@ -420,6 +420,12 @@ impl FakeOpenAi {
         self.shared.inner().refresh_rotates = rotates;
     }
 
+    /// Whether refresh answers carry an `id_token` (default `true`; PROTOCOL.md §1 makes it
+    /// optional). Without one, the sign-in's id token stays what it was.
+    pub fn set_refresh_returns_id_token(&self, returns: bool) {
+        self.shared.inner().refresh_id_token = returns;
+    }
+
     /// How many refreshes were attempted for the account (failed ones included).
     #[track_caller]
     pub fn refresh_count(&self, account_id: &str) -> usize {

@@ -141,6 +141,7 @@ pub(crate) struct Inner {
     /// Refresh requests that began waiting out `refresh_delay`.
     pub(crate) refreshes_held: usize,
     pub(crate) refresh_rotates: bool,
+    pub(crate) refresh_id_token: bool,
     pub(crate) any_replies: VecDeque<Reply>,
     pub(crate) global_default: Option<Reply>,
     pub(crate) openai_replies: VecDeque<Reply>,
@@ -167,6 +168,7 @@ impl Inner {
             refresh_delay: Duration::ZERO,
             refreshes_held: 0,
             refresh_rotates: true,
+            refresh_id_token: true,
             any_replies: VecDeque::new(),
             global_default: None,
             openai_replies: VecDeque::new(),
