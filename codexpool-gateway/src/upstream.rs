@@ -588,9 +588,10 @@ pub(crate) fn outcome_of(f: &UpstreamFailure, now: Timestamp) -> (Option<Outcome
             resets_at,
             resets_in,
         } => {
-            let resets_at = resets_at
-                .map(Timestamp::from_secs)
-                .or_else(|| resets_in.map(|s| now.plus(Duration::from_secs(s))));
+            // "In N seconds" first: counted from our clock, it holds when that clock is off.
+            let resets_at = resets_in
+                .map(|s| now.plus(Duration::from_secs(s)))
+                .or_else(|| resets_at.map(Timestamp::from_secs));
             (Some(Outcome::UsageLimit { resets_at }), Attempt::UsageLimit)
         }
         FailureKind::RateLimited { retry_after } => (

@@ -98,6 +98,15 @@ fn after(now: Timestamp, secs: f64) -> Option<Timestamp> {
         .then(|| now.plus(Duration::from_millis((secs * 1000.0) as u64)))
 }
 
+/// When a window resets, from an answer that may give it both ways: "in N seconds" first,
+/// counted from our own clock, so a clock that is off (a VM's drift) cannot make the reset lie
+/// in the past on arrival; else the absolute time.
+fn reset_time(now: Timestamp, at_secs: Option<f64>, in_secs: Option<f64>) -> Option<Timestamp> {
+    in_secs
+        .and_then(|s| after(now, s))
+        .or_else(|| at_secs.and_then(secs_to_ts))
+}
+
 /// Parses the JSON of `GET /backend-api/wham/usage`.
 ///
 /// Fails only when the document is not JSON or not an object; otherwise returns the windows it
@@ -118,9 +127,11 @@ pub fn parse_usage_json(body: &[u8], now: Timestamp) -> Result<UsageSnapshot, St
             for slot in ["primary_window", "secondary_window"] {
                 match rl.get(slot) {
                     Some(Value::Object(w)) => {
-                        let resets_at = num(w.get("reset_at")).and_then(secs_to_ts).or_else(|| {
-                            num(w.get("reset_after_seconds")).and_then(|s| after(now, s))
-                        });
+                        let resets_at = reset_time(
+                            now,
+                            num(w.get("reset_at")),
+                            num(w.get("reset_after_seconds")),
+                        );
                         let minutes = num(w.get("limit_window_seconds")).map(|s| s / 60.0);
                         push_window(
                             &mut snap,
@@ -235,10 +246,7 @@ pub fn parse_usage_headers<'a>(
             continue;
         }
         let name = if i == 0 { "primary" } else { "secondary" };
-        let resets_at = raw
-            .reset_at
-            .and_then(secs_to_ts)
-            .or_else(|| raw.reset_after.and_then(|s| after(now, s)));
+        let resets_at = reset_time(now, raw.reset_at, raw.reset_after);
         push_window(
             &mut snap,
             window(
@@ -311,9 +319,11 @@ pub fn parse_usage_limit(body: &[u8], now: Timestamp) -> Option<UsageLimit> {
     if ty != "usage_limit_reached" {
         return None;
     }
-    let resets_at = num(err.get("resets_at"))
-        .and_then(secs_to_ts)
-        .or_else(|| num(err.get("resets_in_seconds")).and_then(|s| after(now, s)));
+    let resets_at = reset_time(
+        now,
+        num(err.get("resets_at")),
+        num(err.get("resets_in_seconds")),
+    );
     Some(UsageLimit {
         resets_at,
         plan_type: err
@@ -470,6 +480,15 @@ mod tests {
         assert_eq!(l.resets_at, Some(NOW.plus(Duration::from_secs(86400))));
         assert_eq!(l.kind(NOW), WindowKind::Weekly);
         assert_eq!(l.to_reading(NOW).used_percent, 100.0);
+        // A clock ahead of the server's: the absolute reset lies in the past here, the relative
+        // one still says how long to wait.
+        let skewed = format!(
+            r#"{{"error":{{"type":"usage_limit_reached","resets_at":{},"resets_in_seconds":600}}}}"#,
+            NOW.as_secs() - 60
+        );
+        let l = parse_usage_limit(skewed.as_bytes(), NOW).unwrap();
+        assert_eq!(l.resets_at, Some(NOW.plus(Duration::from_secs(600))));
+        assert!(l.to_reading(NOW).is_exhausted(NOW));
         assert!(parse_usage_limit(br#"{"error":{"type":"rate_limit_exceeded"}}"#, NOW).is_none());
         assert!(parse_usage_limit(b"Too Many Requests", NOW).is_none());
         assert!(
