@@ -840,20 +840,24 @@ impl Auth {
             }
         };
         if (200..300).contains(&status) {
-            let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
-                AuthError::transient(format!(
+            // A success we cannot read still means the issuer took (and spent) the refresh
+            // token: as lost as an answer that never came.
+            let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+                return Ok(Refreshed::Unanswered(AuthError::transient(format!(
                     "token refresh: HTTP {status} with a body that is not JSON"
-                ))
-            })?;
+                ))));
+            };
             let text = |k: &str| {
                 v.get(k)
                     .and_then(Value::as_str)
                     .filter(|s| !s.is_empty())
                     .map(str::to_string)
             };
-            let access_token = text("access_token").ok_or_else(|| {
-                AuthError::transient("token refresh: the answer has no access_token")
-            })?;
+            let Some(access_token) = text("access_token") else {
+                return Ok(Refreshed::Unanswered(AuthError::transient(
+                    "token refresh: the answer has no access_token",
+                )));
+            };
             return Ok(Refreshed::Ok {
                 access_token,
                 refresh_token: text("refresh_token"),
@@ -1046,6 +1050,44 @@ mod tests {
             }
         );
         drop(silent);
+    }
+
+    /// A success whose body cannot be read: the issuer spent the refresh token all the same,
+    /// so the refresh leaves the same mark as one whose answer never came.
+    #[tokio::test]
+    async fn a_refresh_answered_200_with_garbage_leaves_its_mark() {
+        use std::io::{Read, Write};
+        let fake = codexpool_testkit::FakeOpenAi::start().unwrap();
+        fake.add_account(codexpool_testkit::FakeAccount::new("acct-1"));
+        let garbage = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let issuer = format!("http://{}", garbage.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = garbage.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nnot json!");
+        });
+        let config = crate::Config::default()
+            .with("ISSUER", &issuer)
+            .unwrap()
+            .with("USAGE_BASE_URL", &issuer)
+            .unwrap();
+        let (pool, id) = pool_with_acct_1(&fake, config).await;
+        let e = pool.auth().refresh(&id).await.unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        assert!(e.to_string().contains("not JSON"), "{e}");
+        let took = pool
+            .store()
+            .acquire_refresh_lease(&id, "next", pool.now(), REFRESH_LEASE_TTL, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            took,
+            LeaseTake::Taken {
+                left_behind: Some(pool.shared.auth.holder.clone())
+            }
+        );
+        server.join().unwrap();
     }
 
     #[tokio::test]
