@@ -4,8 +4,9 @@
 //!
 //! On Linux a name carries the process id, its start time, the boot id and the PID namespace:
 //! `<pid>-<random>/linux/<boot id>/<pid namespace>/<start time>`. A holder is gone when it was
-//! named on this boot and in this PID namespace and `/proc/<pid>` is missing or belongs to a
-//! process that started at another time (the id was reused). Anything else — another machine,
+//! named on this boot and in this PID namespace and `/proc/<pid>` is missing (on a `/proc` that
+//! shows every user's processes) or belongs to a process that started at another time (the id
+//! was reused). Anything else — another machine,
 //! another container, another system, a name written by an older codexpool — cannot be judged,
 //! and its lease runs out by its TTL as before.
 
@@ -50,7 +51,9 @@ mod linux {
     fn start_time(pid: u32) -> Result<u64, bool> {
         let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Ok(s) => s,
-            Err(e) => return Err(e.kind() == std::io::ErrorKind::NotFound),
+            Err(e) => {
+                return Err(e.kind() == std::io::ErrorKind::NotFound && !proc_hides_others());
+            }
         };
         // The command name (field 2) is in parentheses and may hold anything: count after it.
         let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or(false)?;
@@ -58,6 +61,29 @@ mod linux {
             .nth(19)
             .and_then(|f| f.parse().ok())
             .ok_or(false)
+    }
+
+    /// Whether this process's `/proc` leaves out other users' processes (`hidepid=2`, or
+    /// `invisible` as systemd's `ProtectProc=invisible` mounts it): a missing entry then proves
+    /// nothing (a holder run by another user, say under sudo, is alive and unseen). Read once.
+    fn proc_hides_others() -> bool {
+        static HIDES: OnceLock<bool> = OnceLock::new();
+        *HIDES.get_or_init(|| {
+            std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| hides_others(&m))
+        })
+    }
+
+    /// [`proc_hides_others`] from the text of a `mountinfo`: the mount on `/proc` (the fifth
+    /// field) with `hidepid=2` or `hidepid=invisible` among its options (after ` - `).
+    pub(super) fn hides_others(mountinfo: &str) -> bool {
+        mountinfo.lines().any(|line| {
+            line.split(' ').nth(4) == Some("/proc")
+                && line.split_once(" - ").is_some_and(|(_, options)| {
+                    options
+                        .split([' ', ','])
+                        .any(|o| o == "hidepid=2" || o == "hidepid=invisible")
+                })
+        })
     }
 
     /// `<boot id>/<pid namespace>/<start time>` of process `pid`.
@@ -142,5 +168,19 @@ mod tests {
         assert!(!is_gone(&other_boot));
         let gone_elsewhere = format!("{pid}-x/linux/other-boot/{}/1", parts[3]);
         assert!(!is_gone(&gone_elsewhere));
+    }
+
+    /// With `/proc` hiding other users' processes, a missing entry proves nothing.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_proc_that_hides_other_users_is_recognised() {
+        let hidden = "22 27 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw,hidepid=invisible\n";
+        assert!(linux::hides_others(hidden));
+        assert!(linux::hides_others(&hidden.replace("invisible", "2")));
+        // Entries that stay listed (only their contents are refused), or another mount.
+        assert!(!linux::hides_others(&hidden.replace("invisible", "1")));
+        assert!(!linux::hides_others(
+            "22 27 0:21 / /proc rw,nosuid - proc proc rw\n30 22 0:5 / /proc/sys/fs/binfmt_misc rw - binfmt_misc x rw,hidepid=2\n"
+        ));
     }
 }
