@@ -288,6 +288,7 @@ impl Pool {
         let windows = shared.store.list_windows().await?;
         let credits = shared.store.list_credits().await?;
         {
+            let now = shared.clock.now();
             let mut t = sync::write(&shared.accounts);
             let new = Table::rebuild(accounts, &t);
             *t = new;
@@ -295,7 +296,7 @@ impl Pool {
                 if let Some(s) = t.get(&id) {
                     let mut u = sync::lock(&s.state.usage);
                     s.state.mark_stored(r.kind, r.observed_at);
-                    u.merge(r);
+                    u.merge(r, now);
                     s.state.sync_cells(&u);
                 }
             }

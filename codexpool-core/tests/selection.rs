@@ -115,6 +115,7 @@ async fn headroom_prefers_most_left_then_earliest_reset() {
         ids[2],
         "same headroom, earlier reset wins"
     );
+    clock.advance(Duration::from_secs(1));
     set_usage(
         &pool,
         &ids[2],

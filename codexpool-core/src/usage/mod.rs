@@ -124,6 +124,7 @@ impl UsageTracker {
         // reading, but the store is written only when a figure moved or the stored one is old.
         let mut persist = Vec::new();
         let mut persist_credits = None;
+        let now = shared.clock.now();
         {
             let mut u = sync::lock(&state.usage);
             for r in readings {
@@ -131,7 +132,7 @@ impl UsageTracker {
                     .window(r.kind)
                     .is_none_or(|old| materially_different(old, &r))
                     || state.stored_age(r.kind, r.observed_at) >= PERSIST_EVERY;
-                if u.merge(r.clone()) && worth_writing {
+                if u.merge(r.clone(), now) && worth_writing {
                     state.mark_stored(r.kind, r.observed_at);
                     persist.push(r);
                 }

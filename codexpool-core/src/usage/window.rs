@@ -203,14 +203,20 @@ impl AccountUsage {
         }
     }
 
-    /// Merges a newer reading (older ones are ignored).
-    pub fn merge(&mut self, r: WindowReading) -> bool {
+    /// Merges a newer reading (older ones are ignored). A reading observed after `now` was
+    /// taken while the clock ran ahead (it was set back since): it is taken by no one, and one
+    /// already held gives way to what is seen now, or the figures would stay frozen until the
+    /// clock caught up (and a usage limit met meanwhile would go unrecorded).
+    pub fn merge(&mut self, r: WindowReading, now: Timestamp) -> bool {
+        if r.observed_at > now {
+            return false;
+        }
         let slot = match r.kind {
             WindowKind::FiveHour => &mut self.five_hour,
             WindowKind::Weekly => &mut self.weekly,
         };
         match slot {
-            Some(old) if old.observed_at > r.observed_at => false,
+            Some(old) if old.observed_at > r.observed_at && old.observed_at <= now => false,
             _ => {
                 *slot = Some(r);
                 true
@@ -295,13 +301,29 @@ mod tests {
     fn merge_keeps_the_newest() {
         let now = Timestamp::from_secs(1_000_000);
         let mut u = AccountUsage::default();
-        assert!(u.merge(reading(WindowKind::FiveHour, 10.0, Some(60), now)));
+        assert!(u.merge(reading(WindowKind::FiveHour, 10.0, Some(60), now), now));
         let mut older = reading(WindowKind::FiveHour, 50.0, Some(60), now);
         older.observed_at = now.minus(Duration::from_secs(1));
-        assert!(!u.merge(older));
+        assert!(!u.merge(older, now));
         assert_eq!(u.five_hour.as_ref().unwrap().used_percent, 10.0);
-        u.merge(reading(WindowKind::Weekly, 80.0, Some(600), now));
+        u.merge(reading(WindowKind::Weekly, 80.0, Some(600), now), now);
         assert_eq!(u.percent_left(now), Some(20.0));
+    }
+
+    /// The clock was 8 h ahead and was set back: what it saw then neither blocks what is seen
+    /// now nor comes back from the store.
+    #[test]
+    fn readings_from_a_clock_that_ran_ahead_give_way() {
+        let now = Timestamp::from_secs(1_000_000);
+        let ahead = now.plus(Duration::from_secs(8 * 3600));
+        let mut u = AccountUsage::default();
+        assert!(u.merge(reading(WindowKind::FiveHour, 40.0, Some(600), ahead), ahead));
+        // Set back: a usage limit met now is recorded.
+        assert!(u.merge(reading(WindowKind::FiveHour, 100.0, Some(600), now), now));
+        assert!(u.exhausted_until(now).is_some());
+        // The old reading, read again from the store, does not replace it.
+        assert!(!u.merge(reading(WindowKind::FiveHour, 40.0, Some(600), ahead), now));
+        assert_eq!(u.five_hour.as_ref().unwrap().used_percent, 100.0);
     }
 
     #[test]
