@@ -1017,6 +1017,22 @@ mod tests {
         );
     }
 
+    /// The account's refresh lease is free, but its row stays as the mark of this pool's
+    /// refresh whose answer was lost.
+    async fn assert_left_its_mark(pool: &Pool, id: &str) {
+        let took = pool
+            .store()
+            .acquire_refresh_lease(id, "next", pool.now(), REFRESH_LEASE_TTL, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            took,
+            LeaseTake::Taken {
+                left_behind: Some(pool.shared.auth.holder.clone())
+            }
+        );
+    }
+
     #[tokio::test]
     async fn the_refresh_post_times_out_inside_the_lease_and_leaves_its_mark() {
         let fake = codexpool_testkit::FakeOpenAi::start().unwrap();
@@ -1037,18 +1053,7 @@ mod tests {
         assert!(e.is_transient(), "{e:?}");
         assert!(e.to_string().contains("timed out"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(5));
-        // The lease is free, but its row stays as the mark of a refresh whose answer was lost.
-        let took = pool
-            .store()
-            .acquire_refresh_lease(&id, "next", pool.now(), REFRESH_LEASE_TTL, None)
-            .await
-            .unwrap();
-        assert_eq!(
-            took,
-            LeaseTake::Taken {
-                left_behind: Some(pool.shared.auth.holder.clone())
-            }
-        );
+        assert_left_its_mark(&pool, &id).await;
         drop(silent);
     }
 
@@ -1076,17 +1081,7 @@ mod tests {
         let e = pool.auth().refresh(&id).await.unwrap_err();
         assert!(e.is_transient(), "{e:?}");
         assert!(e.to_string().contains("not JSON"), "{e}");
-        let took = pool
-            .store()
-            .acquire_refresh_lease(&id, "next", pool.now(), REFRESH_LEASE_TTL, None)
-            .await
-            .unwrap();
-        assert_eq!(
-            took,
-            LeaseTake::Taken {
-                left_behind: Some(pool.shared.auth.holder.clone())
-            }
-        );
+        assert_left_its_mark(&pool, &id).await;
         server.join().unwrap();
     }
 
