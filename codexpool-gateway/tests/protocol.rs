@@ -12,6 +12,31 @@ use codexpool_core::keys::NewKey;
 use codexpool_testkit::Reply;
 use common::{chat, harness, harness_with};
 
+/// A streamed `/v1/responses` turn as the Codex CLI 0.171 sends it in session `session-1`:
+/// the key as `auth` (a header name and value) and its turn state, if any.
+fn codex_turn(
+    auth: (&str, String),
+    turn_state: Option<&str>,
+) -> axum::http::Request<axum::body::Body> {
+    let mut req = axum::http::Request::post("/v1/responses")
+        .header(auth.0, auth.1)
+        .header("content-type", "application/json")
+        .header("originator", "codex_cli_rs")
+        .header("version", "0.171.0")
+        .header("session_id", "session-1");
+    if let Some(t) = turn_state {
+        req = req.header("x-codex-turn-state", t);
+    }
+    let body = serde_json::json!({"model": "gpt-5-codex", "instructions": "x",
+        "input": [], "stream": true, "store": false});
+    req.body(axum::body::Body::from(body.to_string())).unwrap()
+}
+
+/// The `Authorization` header for a key's secret.
+fn bearer(secret: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {secret}"))
+}
+
 #[tokio::test]
 async fn a_challenge_page_with_status_200_is_a_challenge() {
     let h = harness(2, &[]).await;
@@ -94,18 +119,7 @@ async fn a_usage_limit_notice_in_the_text_is_read_to_the_wait_it_names() {
 #[tokio::test]
 async fn the_codex_cli_waits_for_a_slow_upstream_without_early_headers() {
     let h = harness_with(2, &[], |b| b.keepalive_interval(Duration::from_millis(100))).await;
-    let codex = || {
-        let body = serde_json::json!({"model": "gpt-5-codex", "instructions": "x",
-            "input": [], "stream": true, "store": false});
-        axum::http::Request::post("/v1/responses")
-            .header("authorization", format!("Bearer {}", h.key))
-            .header("content-type", "application/json")
-            .header("originator", "codex_cli_rs")
-            .header("version", "0.171.0")
-            .header("session_id", "session-1")
-            .body(axum::body::Body::from(body.to_string()))
-            .unwrap()
-    };
+    let codex = || codex_turn(bearer(&h.key), None);
     h.fake.push_reply(
         "acct-0",
         Reply::UsageLimit429 {
@@ -136,20 +150,7 @@ async fn the_codex_cli_waits_for_a_slow_upstream_without_early_headers() {
 #[tokio::test]
 async fn the_codex_cli_gets_its_turn_state_and_it_stays_with_its_account() {
     let h = harness(2, &[]).await;
-    let codex = |turn_state: Option<&str>| {
-        let mut req = axum::http::Request::post("/v1/responses")
-            .header("authorization", format!("Bearer {}", h.key))
-            .header("content-type", "application/json")
-            .header("originator", "codex_cli_rs")
-            .header("version", "0.171.0")
-            .header("session_id", "session-1");
-        if let Some(t) = turn_state {
-            req = req.header("x-codex-turn-state", t);
-        }
-        let body = serde_json::json!({"model": "gpt-5-codex", "instructions": "x",
-            "input": [], "stream": true, "store": false});
-        req.body(axum::body::Body::from(body.to_string())).unwrap()
-    };
+    let codex = |turn_state: Option<&str>| codex_turn(bearer(&h.key), turn_state);
     let (status, headers, _) = h.call(codex(None)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["x-codex-turn-state"], "turn-acct-0");
@@ -196,20 +197,7 @@ async fn the_same_session_id_from_two_keys_is_two_conversations() {
             .await;
         secrets.push(key.unwrap().secret.expose().to_string());
     }
-    let codex = |secret: &str, turn_state: Option<&str>| {
-        let mut req = axum::http::Request::post("/v1/responses")
-            .header("authorization", format!("Bearer {secret}"))
-            .header("content-type", "application/json")
-            .header("originator", "codex_cli_rs")
-            .header("version", "0.171.0")
-            .header("session_id", "session-1");
-        if let Some(t) = turn_state {
-            req = req.header("x-codex-turn-state", t);
-        }
-        let body = serde_json::json!({"model": "gpt-5-codex", "instructions": "x",
-            "input": [], "stream": true, "store": false});
-        req.body(axum::body::Body::from(body.to_string())).unwrap()
-    };
+    let codex = |secret: &str, turn_state: Option<&str>| codex_turn(bearer(secret), turn_state);
     // Key 1's first turn (on acct-1, its only account), then key 0's (on acct-0).
     let (status, headers, text) = h.call(codex(&secrets[1], None)).await;
     assert_eq!(status, StatusCode::OK, "{text}");
@@ -234,16 +222,7 @@ async fn the_same_session_id_from_two_keys_is_two_conversations() {
 #[tokio::test]
 async fn the_codex_clis_own_credentials_stay_here() {
     let h = harness(1, &[]).await;
-    let body = serde_json::json!({"model": "gpt-5-codex", "instructions": "x",
-        "input": [], "stream": true, "store": false});
-    let req = axum::http::Request::post("/v1/responses")
-        .header("x-api-key", &h.key)
-        .header("content-type", "application/json")
-        .header("originator", "codex_cli_rs")
-        .header("version", "0.171.0")
-        .header("session_id", "session-1")
-        .body(axum::body::Body::from(body.to_string()))
-        .unwrap();
+    let req = codex_turn(("x-api-key", h.key.clone()), None);
     let (status, _, text) = h.call(req).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let sent = h.fake.last_request("/backend-api/codex/responses").unwrap();
