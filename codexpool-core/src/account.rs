@@ -85,7 +85,7 @@ impl Tokens {
     /// access-token expiry, or without two expiries an earlier refresh. (Also with the same
     /// refresh token, since an issuer need not rotate it: an older access token may have expired
     /// already.)
-    pub fn older_than(&self, stored: &Tokens) -> bool {
+    pub(crate) fn older_than(&self, stored: &Tokens) -> bool {
         match (self.expires_at, stored.expires_at) {
             (Some(f), Some(s)) if f != s => f < s,
             _ => matches!((self.last_refresh, stored.last_refresh), (Some(f), Some(s)) if f < s),
