@@ -229,3 +229,64 @@ async fn the_codex_clis_own_credentials_stay_here() {
     assert_eq!(sent.header("x-api-key"), None);
     assert!(!sent.header("authorization").unwrap().contains(&h.key));
 }
+
+/// The backend may send its frames without `event:` lines (PROTOCOL.md §4: the type is the
+/// JSON's `type`): chat answers, Responses streams and their assembly, and the failover on a
+/// failure inside a 200 stream read the same.
+#[tokio::test]
+async fn frames_without_event_lines_read_the_same() {
+    let h = harness(2, &[]).await;
+    h.fake.set_event_lines(false);
+
+    // Whichever account is tried first fails inside its 200 stream; the other one answers.
+    h.fake
+        .push_reply_any(Reply::failed("usage_limit_reached", "limit"));
+    let (status, body) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let served = h.log().await[0].account_id.clone().unwrap();
+    let fake_id = if served == h.ids[0] {
+        "acct-0"
+    } else {
+        "acct-1"
+    };
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        format!("Hello from {fake_id}.")
+    );
+    assert_eq!(h.fake.requests().len(), 2, "tried twice");
+
+    h.fake
+        .push_reply_any(Reply::tool_call("call_1", "lookup", r#"{"q":"x"}"#));
+    let (_, _, body) = h.call(h.post("/v1/chat/completions", chat(true))).await;
+    let frames = common::json_frames(&body);
+    let call = frames
+        .iter()
+        .find_map(|f| f["choices"][0]["delta"]["tool_calls"][0].as_object())
+        .unwrap();
+    assert_eq!(call["function"]["name"], "lookup");
+    assert_eq!(
+        frames
+            .iter()
+            .filter_map(|f| f["choices"][0]["finish_reason"].as_str())
+            .collect::<Vec<_>>(),
+        ["tool_calls"]
+    );
+
+    let streamed = serde_json::json!({"model": "gpt-5-codex", "input": "hi", "stream": true});
+    let (status, _, body) = h.call(h.post("/v1/responses", streamed)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.contains("event:"), "passed on as sent: {body}");
+    let types: Vec<_> = common::json_frames(&body)
+        .iter()
+        .map(|f| f["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(types.first().map(String::as_str), Some("response.created"));
+    assert_eq!(types.last().map(String::as_str), Some("response.completed"));
+
+    let whole = serde_json::json!({"model": "gpt-5-codex", "input": "hi", "stream": false});
+    let (status, body) = h.json(h.post("/v1/responses", whole)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["output"][0]["content"][0]["type"], "output_text");
+    assert_eq!(h.total_inflight(), 0);
+}

@@ -472,13 +472,15 @@ struct Codex<'a> {
     plan: &'a str,
     /// The account answering.
     account: &'a str,
+    event_lines: bool,
 }
 
 impl Dialect for Codex<'_> {
     fn script(&self, script: &Script, usage: Option<FakeTokenUsage>) -> Outcome {
         let usage = usage.unwrap_or_else(|| self.facts.usage(self.cached, script.output_tokens()));
         let ctx = Ctx::new(&self.facts.model, self.facts.encrypted_reasoning, usage)
-            .owned_by(self.account);
+            .owned_by(self.account)
+            .event_lines(self.event_lines);
         Outcome {
             status: StatusCode::OK,
             headers: sse_headers(),
@@ -585,7 +587,7 @@ pub(crate) async fn responses(
             .into_response();
     }
     let facts = RequestFacts::from_responses(&value, body.len(), &headers);
-    let (flat, cached, plan, usage_headers) = {
+    let (flat, cached, plan, usage_headers, event_lines) = {
         let mut inner = shared.inner();
         let flat = flatten(inner.next_codex_reply(idx, &facts));
         let account_id = inner.accounts[idx].account.id.clone();
@@ -597,13 +599,15 @@ pub(crate) async fn responses(
             state.usage.hit(hit);
         }
         let plan = state.usage.plan_or(&state.account.plan).to_owned();
-        (flat, cached, plan, state.usage.headers())
+        let usage_headers = state.usage.headers();
+        (flat, cached, plan, usage_headers, inner.event_lines)
     };
     let dialect = Codex {
         facts: &facts,
         cached,
         plan: &plan,
         account: &account,
+        event_lines,
     };
     let mut outcome = render(&flat, &dialect);
     outcome.headers.extend(usage_headers);

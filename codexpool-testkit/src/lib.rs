@@ -426,6 +426,12 @@ impl FakeOpenAi {
         self.shared.inner().refresh_id_token = returns;
     }
 
+    /// Whether the Codex backend's event-stream frames carry an `event:` line before `data:`
+    /// (default `true`). PROTOCOL.md §4 makes the line optional: the type is the JSON's `type`.
+    pub fn set_event_lines(&self, on: bool) {
+        self.shared.inner().event_lines = on;
+    }
+
     /// How many refreshes were attempted for the account (failed ones included).
     #[track_caller]
     pub fn refresh_count(&self, account_id: &str) -> usize {

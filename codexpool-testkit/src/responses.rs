@@ -20,6 +20,8 @@ pub(crate) struct Ctx {
     /// The account whose key encrypts reasoning (only it can read it back).
     pub(crate) owner: String,
     pub(crate) usage: FakeTokenUsage,
+    /// Whether frames carry an `event:` line besides `data:` (PROTOCOL.md §4: optional).
+    pub(crate) event_lines: bool,
 }
 
 impl Ctx {
@@ -31,12 +33,19 @@ impl Ctx {
             encrypted_reasoning,
             owner: String::new(),
             usage,
+            event_lines: true,
         }
     }
 
     /// Reasoning is encrypted for `account`.
     pub(crate) fn owned_by(mut self, account: &str) -> Self {
         self.owner = account.to_owned();
+        self
+    }
+
+    /// Frames with (`true`) or without an `event:` line.
+    pub(crate) fn event_lines(mut self, on: bool) -> Self {
+        self.event_lines = on;
         self
     }
 }
@@ -168,6 +177,7 @@ fn finish_object(ending: &Ending, ctx: &Ctx, output: Vec<Value>) -> Value {
 struct Writer {
     seq: u64,
     steps: Vec<Step>,
+    event_lines: bool,
 }
 
 impl Writer {
@@ -175,8 +185,11 @@ impl Writer {
         data["type"] = json!(ty);
         data["sequence_number"] = json!(self.seq);
         self.seq += 1;
-        self.steps
-            .push(Step::text(format!("event: {ty}\ndata: {data}\n\n")));
+        self.steps.push(Step::text(if self.event_lines {
+            format!("event: {ty}\ndata: {data}\n\n")
+        } else {
+            format!("data: {data}\n\n")
+        }));
     }
 }
 
@@ -185,6 +198,7 @@ pub(crate) fn render_stream(script: &Script, ctx: &Ctx) -> Vec<Step> {
     let mut w = Writer {
         seq: 0,
         steps: Vec::new(),
+        event_lines: ctx.event_lines,
     };
     let start = response_object(ctx, "in_progress", Vec::new(), Value::Null);
     w.event("response.created", json!({ "response": start }));

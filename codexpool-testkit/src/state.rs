@@ -142,6 +142,8 @@ pub(crate) struct Inner {
     pub(crate) refreshes_held: usize,
     pub(crate) refresh_rotates: bool,
     pub(crate) refresh_id_token: bool,
+    /// Whether the Codex backend's SSE frames carry `event:` lines.
+    pub(crate) event_lines: bool,
     pub(crate) any_replies: VecDeque<Reply>,
     pub(crate) global_default: Option<Reply>,
     pub(crate) openai_replies: VecDeque<Reply>,
@@ -169,6 +171,7 @@ impl Inner {
             refreshes_held: 0,
             refresh_rotates: true,
             refresh_id_token: true,
+            event_lines: true,
             any_replies: VecDeque::new(),
             global_default: None,
             openai_replies: VecDeque::new(),
