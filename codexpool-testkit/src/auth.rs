@@ -564,11 +564,14 @@ fn found(location: &str) -> Response {
     (StatusCode::FOUND, [(header::LOCATION, location.to_owned())]).into_response()
 }
 
+/// Whether a token-endpoint request says its body is JSON.
+fn is_json(headers: &HeaderMap) -> bool {
+    header_str(headers, "content-type").is_some_and(|ct| ct.to_ascii_lowercase().contains("json"))
+}
+
 /// Reads a token-endpoint body: JSON when the content type says so, else a form.
 fn token_params(headers: &HeaderMap, body: &[u8]) -> Option<BTreeMap<String, String>> {
-    let is_json = header_str(headers, "content-type")
-        .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
-    if is_json {
+    if is_json(headers) {
         let value: Value = serde_json::from_slice(body).ok()?;
         let object = value.as_object()?;
         Some(
@@ -608,7 +611,21 @@ pub(crate) async fn token(
             "unknown or missing client_id",
         );
     }
-    match params.get("grant_type").map(String::as_str) {
+    let grant = params.get("grant_type").map(String::as_str);
+    // PROTOCOL.md §1: the code exchange is a form, the refresh a JSON body.
+    let json_expected = grant == Some("refresh_token");
+    if shared.config.strict && grant.is_some() && is_json(&headers) != json_expected {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            if json_expected {
+                "a refresh is sent as JSON"
+            } else {
+                "a code exchange is sent as application/x-www-form-urlencoded"
+            },
+        );
+    }
+    match grant {
         Some("authorization_code") => exchange(&shared, seq, &params),
         Some("refresh_token") => {
             let delay = {

@@ -154,7 +154,8 @@ impl FakeOpenAiBuilder {
     /// (`Unsupported parameter: temperature`); and requests without the headers of §4
     /// (`Accept: text/event-stream`, `originator`, `ChatGPT-Account-ID`, `session_id` or
     /// `session-id`, and `version` unless a `x-codex-*` header marks the Codex CLI's own
-    /// request), e.g. `Missing required header: version`. Default on.
+    /// request), e.g. `Missing required header: version`. The issuer likewise takes the code
+    /// exchange only as a form and a refresh only as JSON (§1). Default on.
     pub fn strict_requests(mut self, on: bool) -> Self {
         self.strict_requests = on;
         self

@@ -194,6 +194,40 @@ async fn exchange_failures_are_invalid_grant() {
         .await
         .unwrap();
     assert_eq!(wrong_client.status(), 401);
+
+    // Each grant in its own encoding (PROTOCOL.md §1): a JSON exchange and a form refresh are
+    // refused, and the code stays usable.
+    let code = authorize(&fake, &challenge, "s").await["code"].clone();
+    let as_json = client()
+        .post(format!("{}/oauth/token", fake.issuer()))
+        .json(
+            &json!({"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+            "client_id": DEFAULT_CLIENT_ID, "code_verifier": verifier}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_json.status(), 400);
+    let body: Value = as_json.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    let tokens: Value = exchange(&fake, &code, &verifier, REDIRECT)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap();
+    let as_form = client()
+        .post(format!("{}/oauth/token", fake.issuer()))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", DEFAULT_CLIENT_ID),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_form.status(), 400);
+    assert_eq!(refresh(&fake, refresh_token).await.status(), 200);
 }
 
 #[tokio::test]
