@@ -43,7 +43,8 @@ impl Pool {
     /// leading `~` is the home directory).
     ///
     /// Settings are read as `codexpool` reads them — the process environment
-    /// (`CODEXPOOL_<NAME>`), then an env file in the current directory, then the defaults — and
+    /// (`CODEXPOOL_<NAME>`), then an env file in the current directory or beside the executable
+    /// (for Python, the interpreter's), then the defaults — and
     /// `settings` (names with or without the `CODEXPOOL_` prefix, any case) override them. An
     /// unknown or invalid setting raises `InvalidInput` naming it.
     #[uniffi::constructor(default(db_path = None, settings))]
