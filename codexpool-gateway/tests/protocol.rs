@@ -290,3 +290,34 @@ async fn frames_without_event_lines_read_the_same() {
     assert_eq!(body["output"][0]["content"][0]["type"], "output_text");
     assert_eq!(h.total_inflight(), 0);
 }
+
+/// What the backend refuses in a body that OpenAI takes is rewritten, not passed on: JSON mode
+/// asked for only in the system prompt (chat and Responses), a system message in the middle of
+/// a Responses input.
+#[tokio::test]
+async fn bodies_openai_takes_are_not_refused_upstream() {
+    let h = harness(1, &[]).await;
+    let chat_json = serde_json::json!({"model": "gpt-5-codex",
+        "response_format": {"type": "json_object"},
+        "messages": [{"role": "system", "content": "Extract people. Answer in JSON."},
+                     {"role": "user", "content": "Alice met Bob."}]});
+    let responses_json = serde_json::json!({"model": "gpt-5-codex",
+        "text": {"format": {"type": "json_object"}},
+        "input": [{"role": "system", "content": "Answer in JSON."},
+                  {"role": "user", "content": "Alice met Bob."}]});
+    let mid_system = serde_json::json!({"model": "gpt-5-codex",
+        "input": [{"role": "user", "content": "Q"},
+                  {"role": "system", "content": "From now on, be brief."},
+                  {"role": "user", "content": "Q2"}]});
+    for (path, body) in [
+        ("/v1/chat/completions", chat_json),
+        ("/v1/responses", responses_json),
+        ("/v1/responses", mid_system),
+    ] {
+        let (status, answer) = h.json(h.post(path, body.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{path} {body}: {answer}");
+    }
+    let sent = h.last_sent();
+    assert_eq!(sent["input"][1]["role"], "developer");
+    assert_eq!(h.total_inflight(), 0);
+}

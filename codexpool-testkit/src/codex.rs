@@ -324,7 +324,42 @@ fn check_body(body: &Value) -> Result<(), String> {
     {
         return Err(format!("Unsupported parameter: {field}"));
     }
+    let messages = || {
+        body["input"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|item| item.get("role").is_some())
+    };
+    // The system prompt is `instructions`; input messages are user, assistant or developer.
+    if messages().any(|m| m["role"] == "system") {
+        return Err("System messages are not allowed".to_owned());
+    }
+    // As OpenAI's Responses API: JSON mode needs the word in an input message (the
+    // instructions do not count).
+    if body.pointer("/text/format/type") == Some(&json!("json_object"))
+        && !messages().any(|m| message_text(m).to_ascii_lowercase().contains("json"))
+    {
+        return Err(
+            "Response input messages must contain the word 'json' in some form to use \
+                    'text.format' of type 'json_object'."
+                .to_owned(),
+        );
+    }
     Ok(())
+}
+
+/// A message's text: its string content, or its parts' texts joined.
+fn message_text(message: &Value) -> String {
+    match &message["content"] {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
 }
 
 /// The request headers a client of the backend sends (PROTOCOL.md §4), checked in strict mode:

@@ -71,6 +71,18 @@ pub use responses::{
 /// The instructions sent when a non-Codex client gives none: the backend refuses an empty string.
 pub const DEFAULT_INSTRUCTIONS: &str = "You are a helpful assistant.";
 
+/// Said in the input when only the system prompt, lifted into `instructions`, asked for JSON:
+/// the backend takes `json_object` output only when an input message says "json" (OpenAI's
+/// chat and Responses APIs count the system messages, which are input there).
+const JSON_DIRECTIVE: &str = "Respond in JSON.";
+
+/// Whether `text` has the word "json" in any case, as the backend looks for it.
+fn mentions_json(text: &str) -> bool {
+    text.as_bytes()
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"json"))
+}
+
 /// A client request the adapters refuse (answered with HTTP 400); the message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

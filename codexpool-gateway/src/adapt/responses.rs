@@ -31,9 +31,9 @@ use super::event::{
     EventError, EventKind, ResponseRef, ResponsesEvent, TokenUsage, UpstreamFailure,
 };
 use super::{
-    AssembleError, DEFAULT_INSTRUCTIONS, JStr, ObjectWriter, Overrides, RequestError, Shallow,
-    UpstreamRequest, bool_field, is_null, items_array, parse_object, parse_object_with, raw_str,
-    str_field, sub_bytes, with_field, write_json,
+    AssembleError, DEFAULT_INSTRUCTIONS, JSON_DIRECTIVE, JStr, ObjectWriter, Overrides,
+    RequestError, Shallow, UpstreamRequest, bool_field, is_null, items_array, mentions_json,
+    parse_object, parse_object_with, raw_str, str_field, sub_bytes, with_field, write_json,
 };
 use crate::sse::SseEvent;
 use crate::stored::Item;
@@ -191,6 +191,29 @@ impl Piece<'_> {
             Self::Owned(json) => system_message_text(json),
             Self::Recalled(item) => system_message_text(item.json()),
             Self::Text(_) => None,
+        }
+    }
+
+    /// Whether this is a message whose text says "json".
+    fn mentions_json(&self) -> bool {
+        let json = match self {
+            Self::Raw(item) => item.get(),
+            Self::Owned(json) => json,
+            Self::Recalled(item) => item.json(),
+            Self::Text(text) => return mentions_json(text.get()),
+        };
+        serde_json::from_str::<MessageHead<'_>>(json).is_ok_and(|head| {
+            head.role.is_some() && head.content.is_some_and(|c| mentions_json(c.get()))
+        })
+    }
+
+    /// A client's `system` message as a `developer` one, when it is one.
+    fn as_developer(&self) -> Option<String> {
+        match self {
+            Self::Raw(item) => developer_message(item.get()),
+            Self::Owned(json) => developer_message(json),
+            // Kept items went upstream already (as developer), or are answers.
+            Self::Recalled(_) | Self::Text(_) => None,
         }
     }
 
@@ -354,6 +377,7 @@ pub(crate) fn apply_body_rules_with(
     }
 
     let mut lifted = 0;
+    let mut lifted_json = false;
     for piece in &pieces {
         let Some(text) = piece.system_text() else {
             break;
@@ -361,8 +385,25 @@ pub(crate) fn apply_body_rules_with(
         if !instructions.is_empty() && !text.is_empty() {
             instructions.push_str("\n\n");
         }
+        lifted_json |= mentions_json(&text);
         instructions.push_str(&text);
         lifted += 1;
+    }
+    // JSON mode asked for only in a system message that became `instructions`: said again in
+    // the input, where the backend looks, second (see `chat_to_responses`).
+    if lifted_json
+        && asks_json_object(kept.text)
+        && !pieces[lifted..].iter().any(Piece::mentions_json)
+    {
+        let at = (lifted + 1).min(pieces.len());
+        pieces.insert(at, Piece::Owned(json_directive()));
+    }
+    // A system message left in the input (not leading, or not only text): the backend refuses
+    // the role there ("System messages are not allowed"), so it goes as `developer`, as chat's.
+    for piece in &mut pieces[lifted..] {
+        if let Some(json) = piece.as_developer() {
+            *piece = Piece::Owned(json);
+        }
     }
     if instructions.trim().is_empty() {
         DEFAULT_INSTRUCTIONS.clone_into(&mut instructions);
@@ -965,6 +1006,53 @@ fn system_message_text(item: &str) -> Option<Cow<'_, str>> {
     })
 }
 
+/// Whether a Responses `text` setting asks for `json_object` output.
+fn asks_json_object(text: Option<&RawValue>) -> bool {
+    #[derive(Deserialize)]
+    struct TextSetting<'a> {
+        #[serde(borrow)]
+        format: Option<FormatHead<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct FormatHead<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<JStr<'a>>,
+    }
+    text.and_then(|t| serde_json::from_str::<TextSetting<'_>>(t.get()).ok())
+        .and_then(|t| t.format?.kind)
+        .is_some_and(|k| k.0 == "json_object")
+}
+
+/// [`JSON_DIRECTIVE`] as an input message.
+fn json_directive() -> String {
+    // Nothing in it to escape.
+    format!(
+        r#"{{"type":"message","role":"developer","content":[{{"type":"input_text","text":"{JSON_DIRECTIVE}"}}]}}"#
+    )
+}
+
+/// `item` with its role `developer` when it is a `system` message, else `None`.
+fn developer_message(item: &str) -> Option<String> {
+    static SYSTEM: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""system""#));
+    // Most items do not say it anywhere: no parse.
+    SYSTEM.find(item.as_bytes())?;
+    let head: MessageHead<'_> = serde_json::from_str(item).ok()?;
+    if head
+        .kind
+        .is_some_and(|k| raw_str(k).as_deref() != Some("message"))
+    {
+        return None;
+    }
+    let role = head.role?.get();
+    if role != r#""system""# {
+        return None;
+    }
+    // The role's literal is a slice of `item`: replaced where it stands, the rest as sent.
+    let at = (role.as_ptr() as usize).checked_sub(item.as_ptr() as usize)?;
+    let after = item.get(at + role.len()..)?;
+    Some(format!(r#"{}"developer"{after}"#, item.get(..at)?))
+}
+
 fn as_str(json: &[u8]) -> &str {
     // Built from valid UTF-8 pieces only; the fallback is never taken.
     std::str::from_utf8(json).unwrap_or("null")
@@ -1385,7 +1473,7 @@ mod tests {
         assert_eq!(body["instructions"], "Base.\n\nBe brief.\n\nOne\nTwo");
         assert_eq!(
             body["input"],
-            json!([{"role": "user", "content": "Q"}, {"role": "system", "content": "later system stays"}])
+            json!([{"role": "user", "content": "Q"}, {"role": "developer", "content": "later system stays"}])
         );
         assert!(req.stream);
         assert_eq!(req.prompt_cache_key.as_deref(), Some("conv-1"));
@@ -1398,7 +1486,71 @@ mod tests {
             ],
         }));
         assert_eq!(body["instructions"], DEFAULT_INSTRUCTIONS);
-        assert_eq!(body["input"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            body["input"],
+            json!([
+                {"role": "developer", "content": [{"type": "input_image", "image_url": "x"}]},
+                {"role": "developer", "content": "s"},
+            ]),
+            "the backend takes no system role in the input"
+        );
+        // Only the role changes, wherever it stands; other items mentioning "system" stay.
+        let (body, _) = rules(json!({
+            "model": "m",
+            "input": [
+                {"role": "user", "content": "\"system\" prompt?"},
+                {"content": [{"type": "input_text", "text": "x"}], "role": "system", "type": "message"},
+                {"type": "function_call_output", "call_id": "c", "output": "\"system\""},
+            ],
+        }));
+        assert_eq!(
+            body["input"],
+            json!([
+                {"role": "user", "content": "\"system\" prompt?"},
+                {"content": [{"type": "input_text", "text": "x"}], "role": "developer", "type": "message"},
+                {"type": "function_call_output", "call_id": "c", "output": "\"system\""},
+            ])
+        );
+    }
+
+    /// JSON mode asked for only in a lifted system message is said in the input too, second.
+    #[test]
+    fn json_mode_from_a_lifted_system_message_is_said_in_the_input() {
+        let directive = json!({"type": "message", "role": "developer",
+            "content": [{"type": "input_text", "text": JSON_DIRECTIVE}]});
+        let body = |input: Value| {
+            json!({"model": "m", "input": input,
+            "text": {"format": {"type": "json_object"}}})
+        };
+        let (out, _) = rules(body(json!([
+            {"role": "system", "content": "Answer in JSON."},
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "{}"},
+            {"role": "user", "content": "Q2"},
+        ])));
+        assert_eq!(out["instructions"], "Answer in JSON.");
+        assert_eq!(out["input"][1], directive);
+        assert_eq!(out["input"].as_array().unwrap().len(), 4);
+        let (out, _) = rules(body(json!([{"role": "system", "content": "JSON please"}])));
+        assert_eq!(out["input"], json!([directive]));
+        // Said in a message already, not asked in a system message, or another format: as sent.
+        for (input, text) in [
+            (
+                json!([{"role": "system", "content": "JSON"}, {"role": "user", "content": "a json"}]),
+                json!({"format": {"type": "json_object"}}),
+            ),
+            (
+                json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q"}]),
+                json!({"format": {"type": "json_object"}}),
+            ),
+            (
+                json!([{"role": "system", "content": "JSON"}, {"role": "user", "content": "Q"}]),
+                json!({"format": {"type": "text"}}),
+            ),
+        ] {
+            let (out, _) = rules(json!({"model": "m", "input": input, "text": text}));
+            assert_eq!(out["input"].as_array().unwrap().len(), 1, "{out}");
+        }
     }
 
     #[test]

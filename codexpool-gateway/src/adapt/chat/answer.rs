@@ -12,13 +12,22 @@ use crate::adapt::event::{
 use crate::adapt::{AssembleError, ObjectWriter, write_json};
 use crate::sse::{DONE_FRAME, SseEvent};
 
+/// What the first chunk says of `content`, so that a streamed and an assembled message agree.
+#[derive(Clone, Copy)]
+enum Opening {
+    /// `""`: text (or nothing at all) comes first.
+    Text,
+    /// `null`: a call or a refusal comes first (as OpenAI streams them; the assembled message
+    /// has no text then unless text follows).
+    Null,
+    /// No `content` key: reasoning comes first, which does not tell what follows.
+    Unsaid,
+}
+
 /// One piece of chat output, produced by [`Translator`] and rendered by a sink.
 enum Op<'x> {
-    /// The first chunk: `content` is `""`, or `null` when the answer opens with a call (as
-    /// OpenAI streams it, so that a streamed and an assembled message agree).
-    Role {
-        call_first: bool,
-    },
+    /// The first chunk, its `delta` as [`Opening`] says.
+    Role(Opening),
     Content(&'x str),
     Refusal(&'x str),
     Reasoning(&'x str),
@@ -143,13 +152,13 @@ impl Translator {
     }
 
     fn start(&mut self, sink: &mut impl Sink) {
-        self.start_with(false, sink);
+        self.start_with(Opening::Text, sink);
     }
 
-    fn start_with(&mut self, call_first: bool, sink: &mut impl Sink) {
+    fn start_with(&mut self, opening: Opening, sink: &mut impl Sink) {
         if !self.started {
             self.started = true;
-            sink.op(&self.meta, Op::Role { call_first });
+            sink.op(&self.meta, Op::Role(opening));
         }
     }
 
@@ -197,7 +206,7 @@ impl Translator {
             item_id: item.id.as_deref().map(str::to_owned),
             args_sent: false,
         });
-        self.start_with(true, sink);
+        self.start_with(Opening::Null, sink);
         let name = item.name.as_deref().unwrap_or("");
         let op = if self.legacy {
             Op::FunctionStart { name }
@@ -236,7 +245,7 @@ impl Translator {
         if !self.reasoned.contains(&key.0) {
             self.reasoned.push(key.0);
         }
-        self.start(sink);
+        self.start_with(Opening::Unsaid, sink);
         if separate {
             sink.op(&self.meta, Op::Reasoning(&format!("\n\n{text}")));
         } else {
@@ -292,7 +301,7 @@ impl Translator {
                 if !self.refused.contains(&d.output_index) {
                     self.refused.push(d.output_index);
                 }
-                self.start(sink);
+                self.start_with(Opening::Null, sink);
                 sink.op(&self.meta, Op::Refusal(&d.delta));
             }
             E::ReasoningSummaryTextDelta(d) | E::ReasoningTextDelta(d) => {
@@ -660,13 +669,12 @@ impl ChunkSink<'_> {
 impl Sink for ChunkSink<'_> {
     fn op(&mut self, meta: &Meta, op: Op<'_>) {
         match op {
-            Op::Role { call_first } => self.chunk(meta, None, |s| {
-                let delta: &[u8] = if call_first {
-                    br#"{"role":"assistant","content":null}"#
-                } else {
-                    br#"{"role":"assistant","content":""}"#
-                };
-                s.out.extend_from_slice(delta);
+            Op::Role(opening) => self.chunk(meta, None, |s| {
+                s.out.extend_from_slice(match opening {
+                    Opening::Text => br#"{"role":"assistant","content":""}"#,
+                    Opening::Null => br#"{"role":"assistant","content":null}"#,
+                    Opening::Unsaid => br#"{"role":"assistant"}"#,
+                });
             }),
             Op::Content(text) => self.chunk(meta, None, |s| {
                 s.out.extend_from_slice(br#"{"content":"#);
@@ -830,7 +838,7 @@ struct AssembledFunction {
 impl Sink for Accumulated {
     fn op(&mut self, _meta: &Meta, op: Op<'_>) {
         match op {
-            Op::Role { .. } => {}
+            Op::Role(_) => {}
             Op::Content(text) => self.content.push_str(text),
             Op::Refusal(text) => self.refusal.push_str(text),
             Op::Reasoning(text) => self.reasoning.push_str(text),

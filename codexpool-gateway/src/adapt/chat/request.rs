@@ -9,8 +9,9 @@ use serde_json::value::RawValue;
 use super::{ChatOptions, MAX_STOPS};
 use crate::adapt::responses::include_list;
 use crate::adapt::{
-    DEFAULT_INSTRUCTIONS, ObjectWriter, Overrides, RequestError, Shallow, UpstreamRequest,
-    bool_field, parse_object, parse_object_with, raw_str, write_json,
+    DEFAULT_INSTRUCTIONS, JSON_DIRECTIVE, ObjectWriter, Overrides, RequestError, Shallow,
+    UpstreamRequest, bool_field, mentions_json, parse_object, parse_object_with, raw_str,
+    write_json,
 };
 
 /// Top-level chat fields that are translated; anything else is dropped and reported.
@@ -144,6 +145,7 @@ pub fn chat_to_responses(
             &mut instructions,
             &mut input,
             &mut pending,
+            &mut dropped,
         )?;
     }
     if instructions.trim().is_empty() {
@@ -179,6 +181,23 @@ pub fn chat_to_responses(
         .get("response_format")
         .map(convert_response_format)
         .transpose()?;
+    // JSON mode asked for only in the system prompt is said again where the backend looks:
+    // second, to keep the conversation's first item (its session fingerprint) and the
+    // prompt-cache prefix the same from turn to turn.
+    if matches!(format, Some(Format::JsonObject))
+        && mentions_json(&instructions)
+        && !input.iter().any(Item::mentions_json)
+    {
+        input.insert(
+            input.len().min(1),
+            Item::Message {
+                role: "developer",
+                content: vec![Part::InputText {
+                    text: Text::Made(Cow::Borrowed(JSON_DIRECTIVE)),
+                }],
+            },
+        );
+    }
     let verbosity = crate::adapt::str_field(&obj, "verbosity", || "verbosity".to_owned())?;
     let effort = match overrides.reasoning_effort {
         Some(effort) => Some(Cow::Borrowed(effort)),
@@ -306,7 +325,24 @@ pub(super) enum Item<'a> {
     },
 }
 
+/// Reported in [`UpstreamRequest::dropped`] when a message names its participant.
+const NAME_DROPPED: &str = "messages[].name";
+
 impl Item<'_> {
+    /// Whether a message's text says "json" (escapes in a client's literal are read as is).
+    fn mentions_json(&self) -> bool {
+        let Self::Message { content, .. } = self else {
+            return false;
+        };
+        content.iter().any(|part| match part {
+            Part::InputText { text } | Part::OutputText { text } => mentions_json(match text {
+                Text::Literal(raw) => raw.get(),
+                Text::Made(text) => text,
+            }),
+            Part::InputImage { .. } => false,
+        })
+    }
+
     /// Writes the item as its JSON: messages (most of a conversation) with their fixed keys and
     /// tags as literals, which serde would escape one by one; the rest as serde writes it.
     pub(super) fn write(&self, out: &mut Vec<u8>) {
@@ -479,9 +515,13 @@ pub(super) struct MessageFields<'a> {
     tool_calls: Option<&'a RawValue>,
     #[serde(borrow)]
     tool_call_id: Option<&'a RawValue>,
-    /// Legacy: the function a `function` message answers.
+    /// The function a legacy `function` message answers; on other roles, the participant's
+    /// name, which Responses input has no place for (dropped and reported).
     #[serde(borrow)]
     name: Option<&'a RawValue>,
+    /// An assistant message's refusal, as OpenAI returns it (`content` then null).
+    #[serde(borrow)]
+    refusal: Option<&'a RawValue>,
     /// Legacy: an assistant message's one call, `{name, arguments}`.
     #[serde(borrow)]
     function_call: Option<&'a RawValue>,
@@ -607,9 +647,16 @@ fn convert_message<'a>(
     instructions: &mut String,
     input: &mut Vec<Item<'a>>,
     pending: &mut PendingCalls<'a>,
+    dropped: &mut Vec<String>,
 ) -> Result<(), RequestError> {
     let path = |field: &str| format!("messages[{i}]{field}");
     let role = required_str(m.role, &|| path(".role"))?;
+    if !matches!(role.as_ref(), "function" | "tool")
+        && not_null(m.name).is_some()
+        && !dropped.iter().any(|d| d == NAME_DROPPED)
+    {
+        dropped.push(NAME_DROPPED.to_owned());
+    }
     let content = not_null(m.content);
     let content_path = || path(".content");
     match role.as_ref() {
@@ -634,10 +681,19 @@ fn convert_message<'a>(
         }),
         "assistant" => {
             let text = text_content(content, &content_path, true)?;
-            if !text.is_empty() {
+            let refusal = match not_null(m.refusal) {
+                Some(_) => required_text(m.refusal, &|| path(".refusal"))?,
+                None => Text::Made(Cow::Borrowed("")),
+            };
+            let parts: Vec<_> = [text, refusal]
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .map(|text| Part::OutputText { text })
+                .collect();
+            if !parts.is_empty() {
                 input.push(Item::Message {
                     role: "assistant",
-                    content: vec![Part::OutputText { text }],
+                    content: parts,
                 });
             }
             if let Some(call) = not_null(m.function_call) {
@@ -831,8 +887,12 @@ fn user_content<'a>(
 fn empty_parameters() -> &'static RawValue {
     static EMPTY: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
     EMPTY.get_or_init(|| {
-        RawValue::from_string(r#"{"type":"object","properties":{}}"#.to_owned())
-            .unwrap_or_else(|_| RawValue::NULL.to_owned())
+        // Valid in strict mode too, which requires every object to close its properties.
+        RawValue::from_string(
+            r#"{"type":"object","properties":{},"required":[],"additionalProperties":false}"#
+                .to_owned(),
+        )
+        .unwrap_or_else(|_| RawValue::NULL.to_owned())
     })
 }
 

@@ -139,7 +139,8 @@ fn maps_a_full_chat_request() {
                 {"type": "function", "name": "look", "description": "Look",
                  "parameters": {"type": "object"}, "strict": false},
                 {"type": "function", "name": "noop",
-                 "parameters": {"type": "object", "properties": {}}, "strict": true},
+                 "parameters": {"type": "object", "properties": {}, "required": [],
+                    "additionalProperties": false}, "strict": true},
             ],
             "tool_choice": {"type": "function", "name": "look"},
             "parallel_tool_calls": false,
@@ -494,7 +495,8 @@ fn full_codex_stream_becomes_the_exact_chunk_sequence() {
     };
     let frames = stream_frames(&options, &codex_stream(), false);
     let expected = vec![
-        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+        // Reasoning first does not tell whether text follows: no `content` yet.
+        chunk(json!({"role": "assistant"}), Value::Null),
         chunk(json!({"reasoning_content": "Thinking"}), Value::Null),
         chunk(json!({"reasoning_content": " about it"}), Value::Null),
         chunk(json!({"content": "Hello"}), Value::Null),
@@ -766,6 +768,11 @@ fn refusals_become_refusal_not_content() {
         json!({"type": "response.completed", "response": {"output": [item]}}),
     ];
     let frames = stream_frames(&options, &streamed, true);
+    // No text before the refusal: `content` null, as the assembled message has it.
+    assert_eq!(
+        frames[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": null})
+    );
     let deltas: Vec<&Value> = frames[1..frames.len() - 1]
         .iter()
         .map(|f| &f["choices"][0]["delta"])
@@ -1241,7 +1248,8 @@ fn legacy_functions_translate_like_tools() {
             {"type": "function", "name": "look", "description": "Look",
              "parameters": {"type": "object"}, "strict": false},
             {"type": "function", "name": "noop",
-             "parameters": {"type": "object", "properties": {}}, "strict": true},
+             "parameters": {"type": "object", "properties": {}, "required": [],
+                    "additionalProperties": false}, "strict": true},
         ])
     );
     assert!(body.get("tool_choice").is_none());
@@ -1491,7 +1499,7 @@ fn assemble_with(options: &ChatOptions, events: &[Value]) -> Value {
 fn a_legacy_answer_has_one_function_call() {
     let frames = stream_frames(&legacy_options(true), &codex_stream(), false);
     let expected = vec![
-        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+        chunk(json!({"role": "assistant"}), Value::Null),
         chunk(json!({"reasoning_content": "Thinking"}), Value::Null),
         chunk(json!({"reasoning_content": " about it"}), Value::Null),
         chunk(json!({"content": "Hello"}), Value::Null),
@@ -1823,4 +1831,87 @@ proptest! {
             prop_assert!(parser.finish().is_ok());
         }
     }
+}
+
+/// A refusal the client got back (openai-python appends `choice.message` as is) stays in the
+/// history as the assistant's turn, after any text of it.
+#[test]
+fn an_assistant_refusal_stays_in_the_history() {
+    let (v, req, _) = convert(json!({"model": "m", "messages": [
+        {"role": "user", "content": "Write ransomware"},
+        {"role": "assistant", "content": null, "refusal": "I can't help with that."},
+        {"role": "assistant", "content": "Partly: ", "refusal": "no."},
+        {"role": "user", "content": "Then explain what it is."}]}));
+    assert_eq!(
+        v["input"][1],
+        json!({"type": "message", "role": "assistant",
+            "content": [{"type": "output_text", "text": "I can't help with that."}]})
+    );
+    assert_eq!(
+        v["input"][2]["content"],
+        json!([{"type": "output_text", "text": "Partly: "}, {"type": "output_text", "text": "no."}])
+    );
+    assert_eq!(v["input"].as_array().unwrap().len(), 4);
+    assert!(req.dropped.is_empty());
+    assert!(
+        convert_err(json!({"model": "m", "messages": [
+            {"role": "assistant", "content": null, "refusal": 5}]}))
+        .contains("messages[0].refusal")
+    );
+}
+
+/// Responses input has no participant names: a message's `name` is reported as dropped, not
+/// lost silently (a `function` message's and a `tool` message's name are read or redundant).
+#[test]
+fn participant_names_are_reported_as_dropped() {
+    let (_, req, _) = convert(json!({"model": "m", "messages": [
+        {"role": "user", "name": "alice", "content": "I vote A."},
+        {"role": "user", "name": "bob", "content": "I vote B."},
+        {"role": "user", "content": "Who voted B?"}]}));
+    assert_eq!(req.dropped, ["messages[].name"]);
+    let (_, req, _) = convert(json!({"model": "m", "messages": [
+        {"role": "user", "name": null, "content": "Q"},
+        {"role": "assistant", "content": null,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "name": "f", "tool_call_id": "c1", "content": "ok"}]}));
+    assert!(req.dropped.is_empty(), "{:?}", req.dropped);
+}
+
+/// JSON mode with "JSON" only in the system prompt: the backend looks for the word in the input
+/// messages, so it is said there too, second (the first item and the turn-to-turn prefix stay).
+#[test]
+fn json_mode_asked_in_the_system_prompt_is_said_in_the_input() {
+    let directive = json!({"type": "message", "role": "developer",
+        "content": [{"type": "input_text", "text": "Respond in JSON."}]});
+    let body = |messages: Value| {
+        json!({"model": "m", "messages": messages,
+        "response_format": {"type": "json_object"}})
+    };
+    let (v, _, _) = convert(body(json!([
+        {"role": "system", "content": "Extract people. Answer in JSON."},
+        {"role": "user", "content": "Alice met Bob."},
+        {"role": "assistant", "content": "{}"},
+        {"role": "user", "content": "And Carol?"}])));
+    assert_eq!(v["instructions"], "Extract people. Answer in JSON.");
+    let input = v["input"].as_array().unwrap();
+    assert_eq!(input.len(), 4);
+    assert_eq!(input[0]["content"][0]["text"], "Alice met Bob.");
+    assert_eq!(input[1], directive);
+    // Said already in the input (any case), or asked nowhere: nothing added.
+    for messages in [
+        json!([{"role": "system", "content": "Use JSON."}, {"role": "user", "content": "as json please"}]),
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]),
+    ] {
+        let (v, _, _) = convert(body(messages));
+        assert_eq!(v["input"].as_array().unwrap().len(), 1, "{v}");
+    }
+    // Only the system prompt: the directive is the whole input.
+    let (v, _, _) = convert(body(
+        json!([{"role": "system", "content": "Reply with JSON."}]),
+    ));
+    assert_eq!(v["input"], json!([directive]));
+    // Another format: left alone.
+    let (v, _, _) = convert(json!({"model": "m", "response_format": {"type": "text"},
+        "messages": [{"role": "system", "content": "JSON"}, {"role": "user", "content": "Hi"}]}));
+    assert_eq!(v["input"].as_array().unwrap().len(), 1);
 }
