@@ -466,7 +466,8 @@ fn show_opt(v: &Option<String>) -> String {
 /// (`https://user:pw@host/…`) becomes `*****`.
 fn without_password(v: &str) -> String {
     let masked = || {
-        let start = v.find("://")? + 3;
+        // Also a URL whose scheme was forgotten (`user:pw@host:8080`).
+        let start = v.find("://").map_or(0, |i| i + 3);
         let rest = &v[start..];
         let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
         let at = authority.rfind('@')?;
@@ -770,7 +771,8 @@ pub static SETTINGS: &[Setting] = &[
         secret: false,
         help: "how long a request may wait for a free account, in ms",
         apply: |c, v| {
-            c.request_gate_wait_timeout = Duration::from_millis(parse_u64(v)?);
+            // Ten minutes at most: a value in seconds ×1000 would hold requests for days.
+            c.request_gate_wait_timeout = Duration::from_millis(parse_in(v, 0..=600_000)?);
             Ok(())
         },
         show: |c| c.request_gate_wait_timeout.as_millis().to_string(),
@@ -845,9 +847,10 @@ pub static SETTINGS: &[Setting] = &[
         default_value: Some("180"),
         default_doc: "180",
         secret: false,
-        help: "keep-alive of idle client connections, in seconds",
+        help: "TCP keep-alive of idle client connections, in seconds (0 = off)",
         apply: |c, v| {
-            c.gateway_keepalive_interval = Duration::from_secs(parse_u64(v)?);
+            // Linux takes at most 32767 s (TCP_KEEPIDLE); more would silently be its 2 h default.
+            c.gateway_keepalive_interval = Duration::from_secs(parse_in(v, 0..=32_767)?);
             Ok(())
         },
         show: |c| secs(c.gateway_keepalive_interval),
@@ -933,12 +936,24 @@ pub struct SettingView {
 }
 
 /// Values read from an env file.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct EnvFile {
     /// The file.
     pub path: PathBuf,
     /// Its variables.
     pub vars: HashMap<String, String>,
+}
+
+/// The path and the variables' names: the values may be secrets.
+impl fmt::Debug for EnvFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&str> = self.vars.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("EnvFile")
+            .field("path", &self.path)
+            .field("vars", &names)
+            .finish()
+    }
 }
 
 impl EnvFile {
@@ -1241,8 +1256,12 @@ impl Config {
             .find(|s| s.name == bare)
             .ok_or_else(|| ConfigError {
                 var: name.to_string(),
-                value: value.to_string(),
-                message: "unknown setting".into(),
+                // A misspelt secret's name must not show its value.
+                value: "*****".into(),
+                message: match nearest_setting(bare) {
+                    Some(near) => format!("unknown setting (did you mean {near}?)"),
+                    None => "unknown setting".into(),
+                },
                 setting: None,
                 file: None,
             })?;
@@ -1262,7 +1281,21 @@ impl Config {
         source: Source,
         var: String,
     ) -> Result<(), ConfigError> {
-        if let Err(message) = (s.apply)(self, value) {
+        // Only an env file's reader takes quotes off; elsewhere (a shell's `export`, docker's
+        // --env-file, a manifest) they would be part of the value: a DB_PATH of `"/srv/x.db"`
+        // is a relative path and a new, empty pool.
+        let quoted = |v: &str| {
+            let v = v.trim();
+            v.len() >= 2
+                && ((v.starts_with('"') && v.ends_with('"'))
+                    || (v.starts_with('\'') && v.ends_with('\'')))
+        };
+        let checked = if matches!(source, Source::EnvFile { .. }) || !quoted(value) {
+            (s.apply)(self, value)
+        } else {
+            Err("the value is in quotes, which would be part of it here: remove them".to_owned())
+        };
+        if let Err(message) = checked {
             let file = match source {
                 Source::EnvFile { path, .. } => Some(path),
                 _ => None,
@@ -1411,6 +1444,16 @@ mod tests {
             ("CODEXPOOL_HTTP_WORKER_FACTOR", "4000000000"),
             ("CODEXPOOL_HTTP_WORKER_MIN", "0"),
             ("CODEXPOOL_HTTP_QUEUE_MIN", "0"),
+            ("CODEXPOOL_GATEWAY_KEEPALIVE_INTERVAL_SECS", "86400"),
+            // Seconds typed into a millisecond setting (×1000).
+            ("CODEXPOOL_REQUEST_GATE_WAIT_TIMEOUT_MS", "300000000"),
+            (
+                "CODEXPOOL_REQUEST_GATE_WAIT_TIMEOUT_MS",
+                "18446744073709551615",
+            ),
+            // Quotes outside an env file are part of the value.
+            ("CODEXPOOL_DB_PATH", "\"/tmp/x.db\""),
+            ("CODEXPOOL_RPC_TOKEN", "'tok-1234567890'"),
         ] {
             let e = from(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k, "{v}");
@@ -1529,6 +1572,60 @@ mod tests {
             "{listing}"
         );
         assert!(!format!("{c:?}").contains("tok-123"));
+    }
+
+    /// A misspelt name, a URL without its scheme, an env file in `Debug`: no value shown.
+    #[test]
+    fn errors_and_debug_output_show_no_values_that_may_be_secrets() {
+        let e = Config::default()
+            .set("RPC_TOKN", "hunter2-secret")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("did you mean RPC_TOKEN?"), "{e}");
+        let e = from(&[(
+            "CODEXPOOL_UPSTREAM_FALLBACK_BASE_URL",
+            "user:hunter2@host:8080",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            !e.contains("hunter2") && e.contains("user:*****@host"),
+            "{e}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(&path, "CODEXPOOL_RPC_TOKEN=tok-xyz-secret\n").unwrap();
+        let file = EnvFile::read(&path).unwrap();
+        let shown = format!("{file:?}");
+        assert!(
+            !shown.contains("tok-xyz") && shown.contains("CODEXPOOL_RPC_TOKEN"),
+            "{shown}"
+        );
+    }
+
+    /// Quotes are taken off only in an env file; elsewhere they make the value an error.
+    #[test]
+    fn quoted_values_outside_an_env_file_are_refused() {
+        let e = from(&[("CODEXPOOL_DB_PATH", "'/tmp/x.db'")]).unwrap_err();
+        assert!(e.to_string().contains("remove them"), "{e}");
+        let e = Config::default()
+            .set("upstream_cookie", "\"a=b\"")
+            .unwrap_err();
+        assert_eq!(e.setting, Some("UPSTREAM_COOKIE"));
+        assert!(!e.to_string().contains("a=b"), "secret: {e}");
+        // Inner quotes, or one alone, are values like any other.
+        let c = from(&[("CODEXPOOL_UPSTREAM_COOKIE", "a=\"b\"; c=d")]).unwrap();
+        assert!(c.upstream_cookie.is_some());
+        assert!(from(&[("CODEXPOOL_DB_PATH", "\"")]).is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(&path, "CODEXPOOL_DB_PATH=\"/tmp/y.db\"\n").unwrap();
+        let file = EnvFile::read(&path).unwrap();
+        let c = Config::load(|_| None, Some(&file)).into_config().unwrap();
+        assert_eq!(c.db_path, std::path::Path::new("/tmp/y.db"));
     }
 
     #[test]
