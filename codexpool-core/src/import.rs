@@ -25,6 +25,15 @@ pub const EXPORT_VERSION: u64 = 1;
 /// Largest file accepted for import.
 pub const MAX_IMPORT_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Reads an account file of at most [`MAX_IMPORT_BYTES`]; `None` when there is more. Bounded
+/// by reading, not by a size asked beforehand: a pipe or a device has none.
+pub fn read_import(r: impl std::io::Read) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    r.take(MAX_IMPORT_BYTES + 1).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= MAX_IMPORT_BYTES).then_some(buf))
+}
+
 /// What happened to one imported account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "status", content = "reason")]
@@ -451,17 +460,21 @@ impl AccountPool {
 
     async fn import_one_file(&self, path: &Path) -> Vec<ImportResult> {
         let source = path.display().to_string();
-        let bytes = match std::fs::metadata(path) {
-            Ok(m) if m.len() > MAX_IMPORT_BYTES => {
+        // Off the runtime's threads: a named pipe blocks until its writer comes.
+        let owned = path.to_owned();
+        let read =
+            tokio::task::spawn_blocking(move || std::fs::File::open(owned).and_then(read_import))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let bytes = match read {
+            Ok(Some(b)) => b,
+            Ok(None) => {
                 return vec![skipped(
                     source,
                     format!("larger than {} MiB", MAX_IMPORT_BYTES >> 20),
                 )];
             }
-            _ => match std::fs::read(path) {
-                Ok(b) => b,
-                Err(e) => return vec![skipped(source, format!("cannot read: {e}"))],
-            },
+            Err(e) => return vec![skipped(source, format!("cannot read: {e}"))],
         };
         self.import_bytes(&source, &bytes).await.results
     }
@@ -600,9 +613,11 @@ impl AccountPool {
         let user_id = c.claims.user_id().unwrap_or_default();
         let account = self.find_identity(&c.chatgpt_account_id, user_id)?;
         let (file, stored) = (&c.tokens, &account.tokens);
+        // A file without an id token (another tool's, holding only the other two) leaves the
+        // stored one as it is.
         if file.refresh_token == stored.refresh_token
             && file.access_token == stored.access_token
-            && file.id_token == stored.id_token
+            && (file.id_token.expose().is_empty() || file.id_token == stored.id_token)
         {
             return Some((account, Kept::Same));
         }
@@ -621,8 +636,13 @@ impl AccountPool {
         let user_id = c.claims.user_id().unwrap_or_default().to_string();
         for attempt in 0..2 {
             if let Some(existing) = self.find_identity(&c.chatgpt_account_id, &user_id) {
+                let mut tokens = c.tokens.clone();
+                // No id token in the file: the sign-in's stays (as after a refresh without one).
+                if tokens.id_token.expose().is_empty() {
+                    tokens.id_token = existing.tokens.id_token.clone();
+                }
                 let mut p = AccountPatch {
-                    tokens: Some(c.tokens.clone()),
+                    tokens: Some(tokens),
                     ..Default::default()
                 };
                 if let Some(e) = &c.claims.email {

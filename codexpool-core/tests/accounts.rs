@@ -185,6 +185,86 @@ async fn reimport_of_the_same_tokens_is_unchanged() {
     assert_eq!(after.updated_at, before.updated_at, "nothing was written");
 }
 
+/// A file with only the access and refresh tokens (another tool's) leaves the stored id token:
+/// the same two tokens are "unchanged", new ones are written beside it.
+#[tokio::test]
+async fn reimport_without_an_id_token_keeps_the_stored_one() {
+    let (pool, _) = pool_with(&[]).await;
+    let full: serde_json::Value =
+        serde_json::from_slice(&auth_json_expiring("acct-7", "rt-7", 2_000_000_000)).unwrap();
+    pool.accounts()
+        .import_bytes("auth.json", &serde_json::to_vec(&full).unwrap())
+        .await;
+    let before = pool.accounts().list(&Default::default())[0].clone();
+    let mut partial = full.clone();
+    partial["tokens"]
+        .as_object_mut()
+        .unwrap()
+        .remove("id_token");
+    let r = pool
+        .accounts()
+        .import_bytes("partial.json", &serde_json::to_vec(&partial).unwrap())
+        .await;
+    assert_eq!((r.unchanged(), r.updated()), (1, 0), "{r:?}");
+
+    partial["tokens"]["refresh_token"] = json!("rt-7-new");
+    partial["tokens"]["access_token"] = json!(jwt(
+        "acct-7",
+        "user-acct-7",
+        "a@example.com",
+        "plus",
+        2_000_000_100
+    ));
+    let r = pool
+        .accounts()
+        .import_bytes("partial.json", &serde_json::to_vec(&partial).unwrap())
+        .await;
+    assert_eq!(r.updated(), 1, "{r:?}");
+    let after = pool.accounts().get(&before.id).unwrap();
+    assert_eq!(after.tokens.refresh_token.expose(), "rt-7-new");
+    assert_eq!(
+        after.tokens.id_token.expose(),
+        full["tokens"]["id_token"].as_str().unwrap(),
+        "the id token stays"
+    );
+}
+
+/// The size limit holds for what has no size beforehand (a pipe), and the read does not hold
+/// the runtime.
+#[cfg(unix)]
+#[tokio::test]
+async fn an_oversize_file_from_a_pipe_is_skipped() {
+    let (pool, _) = pool_with(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("auth.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            // Valid JSON, padded past the limit; the reader stops early, so writes may fail.
+            let mut doc = auth_json("acct-8", "rt-8");
+            doc.truncate(doc.len() - 1);
+            let _ = f.write_all(&doc);
+            let _ = f.write_all(br#","pad":""#);
+            let _ = f.write_all(&vec![b'x'; 9 << 20]);
+            let _ = f.write_all(br#""}"#);
+        })
+    };
+    let r = pool.accounts().import_path(&fifo).await.unwrap();
+    writer.join().unwrap();
+    match &r.results[0].outcome {
+        ImportOutcome::Skipped(reason) => assert!(reason.contains("larger than 8 MiB"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(pool.accounts().is_empty());
+}
+
 #[tokio::test]
 async fn reimport_revives_a_dead_sign_in_but_not_a_disabled_account() {
     let (pool, _) = pool_with(&[]).await;

@@ -25,7 +25,7 @@
 //!   answered) or `local` (none runs: nothing is in flight, nothing cools down);
 //! - `account update|enable|disable|remove`: `Account`.
 
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::Path;
 
 use codexpool_core::auth::{LoginCompleted, LoginOptions};
@@ -218,20 +218,14 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str, take_over: bool) -> an
             ctx.out
                 .note("Reading an account file from stdin (paste it, then Ctrl-D)…");
         }
-        let bytes = tokio::task::spawn_blocking(|| {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .take(codexpool_core::import::MAX_IMPORT_BYTES + 1)
-                .read_to_end(&mut buf)
-                .map(|_| buf)
-        })
-        .await??;
-        if bytes.len() as u64 > codexpool_core::import::MAX_IMPORT_BYTES {
+        let read =
+            tokio::task::spawn_blocking(|| codexpool_core::import::read_import(std::io::stdin()));
+        let Some(bytes) = read.await?? else {
             anyhow::bail!(
                 "stdin holds more than {} MiB; that is not an account file",
                 codexpool_core::import::MAX_IMPORT_BYTES >> 20
             );
-        }
+        };
         pool.accounts().import_bytes("stdin", &bytes).await
     } else {
         pool.accounts().import_path(source).await?
