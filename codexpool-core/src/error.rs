@@ -99,6 +99,7 @@ impl Error {
                 what,
                 id: id.to_string(),
             },
+            StoreError::Refused { field, message } => Self::invalid(field, message),
             other => other.into(),
         }
     }

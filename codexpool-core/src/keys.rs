@@ -18,6 +18,7 @@ use crate::Pool;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::stamp::Stamp;
+use crate::store::StoreError;
 use crate::time::Timestamp;
 
 /// The prefix of every platform key.
@@ -286,8 +287,10 @@ impl KeyPatch {
         Ok(self)
     }
 
-    /// Applies the patch (the store calls this inside its transaction).
-    pub fn apply_to(&self, k: &mut PlatformKey, now: Timestamp) {
+    /// Applies the patch (the store calls this inside its transaction, on a copy it writes
+    /// only when this succeeds). Refused when it would leave the bound model outside the
+    /// allowed ones, as [`KeyStore::create`] refuses such a key.
+    pub fn apply_to(&self, k: &mut PlatformKey, now: Timestamp) -> Result<(), StoreError> {
         let p = self.clone();
         if let Some(v) = p.name {
             k.name = v;
@@ -311,6 +314,20 @@ impl KeyPatch {
             k.expires_at = v;
         }
         k.updated_at = now;
+        bound_model_allowed(k.model.as_deref(), &k.allowed_models)
+    }
+}
+
+/// A bound model must be among the allowed ones, when some are listed.
+fn bound_model_allowed(model: Option<&str>, allowed: &[String]) -> Result<(), StoreError> {
+    match model {
+        Some(m) if !allowed.is_empty() && !allowed.iter().any(|a| a == m) => {
+            Err(StoreError::Refused {
+                field: "allowed_models",
+                message: format!("the bound model {m:?} is not among them"),
+            })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -494,14 +511,8 @@ impl KeyStore {
             .as_deref()
             .map(clean_effort)
             .transpose()?;
-        if let (Some(m), false) = (&model, allowed_models.is_empty())
-            && !allowed_models.contains(m)
-        {
-            return Err(Error::invalid(
-                "allowed_models",
-                format!("the bound model {m:?} is not among them"),
-            ));
-        }
+        bound_model_allowed(model.as_deref(), &allowed_models)
+            .map_err(|e| Error::from_store(e, "key", ""))?;
         let shared = &self.pool.shared;
         let now = shared.clock.now();
         if let Some(at) = new.expires_at {

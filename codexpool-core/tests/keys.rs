@@ -162,6 +162,48 @@ async fn bad_input_is_refused_and_stores_nothing() {
         Err(Error::InvalidInput { .. })
     ));
     assert_eq!(keys.get(&k.key.id).unwrap().name, "ok");
+
+    // An update may not leave the bound model outside the allowed ones, whichever it changes
+    // (create refuses that state too); both together into agreement is fine.
+    let narrow = keys
+        .create(NewKey::named("narrow").allow_model("gpt-5"))
+        .await
+        .unwrap();
+    let bound = keys
+        .create(NewKey::named("bound").model("gpt-5"))
+        .await
+        .unwrap();
+    for (id, patch) in [
+        (&narrow.key.id, KeyPatch::default().model(Some("o3".into()))),
+        (
+            &bound.key.id,
+            KeyPatch::default().allowed_models(vec!["gpt-5-mini".into()]),
+        ),
+    ] {
+        let before = keys.get(id).unwrap();
+        let e = keys.update(id, patch).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidInput { field, .. } if field == "allowed_models"),
+            "{e}"
+        );
+        assert_eq!(keys.get(id).unwrap(), before, "nothing changed");
+    }
+    pool.reload().await.unwrap();
+    assert_eq!(
+        keys.get(&bound.key.id).unwrap().allowed_models,
+        Vec::<String>::new()
+    );
+    let both = KeyPatch::default()
+        .model(Some("o3".into()))
+        .allowed_models(vec!["o3".into(), "gpt-5".into()]);
+    assert_eq!(
+        keys.update(&bound.key.id, both)
+            .await
+            .unwrap()
+            .model
+            .as_deref(),
+        Some("o3")
+    );
 }
 
 #[tokio::test]

@@ -339,6 +339,24 @@ async fn keys(s: &dyn Store) -> Result<(), Failure> {
         ),
         "patch unknown key"
     );
+    // Allowed models that leave out the bound one: refused in the transaction, nothing written.
+    let bind = KeyPatch::default()
+        .model(Some("o3".into()))
+        .allowed_models(vec!["gpt-5".into()]);
+    ensure!(
+        matches!(
+            s.patch_key("key1", &bind, t(6)).await,
+            Err(StoreError::Refused {
+                field: "allowed_models",
+                ..
+            })
+        ),
+        "a bound model outside the allowed ones is refused"
+    );
+    ensure!(
+        s.list_keys().await.map_err(e)? == vec![got.clone()],
+        "a refused key patch wrote nothing"
+    );
     s.touch_keys(&[("key1".into(), t(9))]).await.map_err(e)?;
     ensure!(
         s.list_keys().await.map_err(e)?[0].last_used_at == Some(t(9)),

@@ -183,12 +183,13 @@ impl Store for MemoryStore {
         now: Timestamp,
     ) -> Result<PlatformKey, StoreError> {
         let mut s = lock(&self.state);
-        let k = s.keys.get_mut(id).ok_or_else(|| StoreError::NotFound {
+        let stored = s.keys.get_mut(id).ok_or_else(|| StoreError::NotFound {
             what: "key",
             id: id.into(),
         })?;
-        patch.apply_to(k, now);
-        let k = k.clone();
+        let mut k = stored.clone();
+        patch.apply_to(&mut k, now)?;
+        *stored = k.clone();
         s.changed();
         Ok(k)
     }

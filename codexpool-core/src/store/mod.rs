@@ -79,6 +79,15 @@ pub enum StoreError {
         /// Its id.
         id: String,
     },
+    /// A change would leave a record in a state its creation refuses (checked inside the
+    /// transaction, against the stored record).
+    #[error("invalid {field}: {message}")]
+    Refused {
+        /// The field at fault.
+        field: &'static str,
+        /// Why.
+        message: String,
+    },
     /// A stored value could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -846,7 +846,7 @@ impl Store for SqliteStore {
                         what: "key",
                         id: id.clone(),
                     })?;
-                patch.apply_to(&mut k, now);
+                patch.apply_to(&mut k, now)?;
                 write_key(tx, &k, false)?;
                 Ok(k)
             })
