@@ -172,10 +172,18 @@ impl Direct {
 }
 
 /// Client headers never forwarded to the backend (credentials, hop-by-hop, framing, encodings
-/// we would have to decode).
+/// we would have to decode, what proxies in front of the gateway add: the user's address, a
+/// CDN's access token). Also never: `x-forwarded-*`, `cf-*`, and what `Connection` names.
 const NOT_FORWARDED: &[&str] = &[
     "authorization",
+    "proxy-authorization",
     "x-api-key",
+    "forwarded",
+    "via",
+    "x-real-ip",
+    "true-client-ip",
+    "cdn-loop",
+    "expect",
     "host",
     "content-length",
     "connection",
@@ -424,9 +432,22 @@ impl Upstream {
 
 /// The headers of a Codex CLI request that go upstream as sent.
 pub(crate) fn forwardable(headers: &HeaderMap) -> HeaderMap {
+    let hop_by_hop = |name: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|listed| listed.trim().eq_ignore_ascii_case(name))
+    };
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        if !NOT_FORWARDED.contains(&name.as_str()) {
+        let name_str = name.as_str();
+        if !NOT_FORWARDED.contains(&name_str)
+            && !name_str.starts_with("x-forwarded-")
+            && !name_str.starts_with("cf-")
+            && !hop_by_hop(name_str)
+        {
             out.append(name.clone(), value.clone());
         }
     }

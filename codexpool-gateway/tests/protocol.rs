@@ -220,14 +220,38 @@ async fn the_same_session_id_from_two_keys_is_two_conversations() {
 /// The Codex CLI's headers go upstream as sent, except its credentials: a key given as
 /// `x-api-key` (the strict fake refuses a request that carries one) or as `Authorization`.
 #[tokio::test]
-async fn the_codex_clis_own_credentials_stay_here() {
+async fn the_codex_clis_own_credentials_and_proxy_headers_stay_here() {
     let h = harness(1, &[]).await;
-    let req = codex_turn(("x-api-key", h.key.clone()), None);
+    let mut req = codex_turn(("x-api-key", h.key.clone()), None);
+    // What proxies in front of the gateway add: the user's address, a CDN's access token,
+    // a hop-by-hop header named in `Connection`.
+    let added = [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("forwarded", "for=203.0.113.9"),
+        ("via", "1.1 edge"),
+        ("cf-access-jwt-assertion", "eyJ.secret.jwt"),
+        ("cf-connecting-ip", "203.0.113.9"),
+        ("proxy-authorization", "Basic c2VjcmV0"),
+        ("x-hop", "1"),
+        ("connection", "x-hop"),
+        ("x-codex-beta-features", "remote_compaction_v2"),
+    ];
+    for (name, value) in added {
+        req.headers_mut().insert(name, value.parse().unwrap());
+    }
     let (status, _, text) = h.call(req).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let sent = h.fake.last_request("/backend-api/codex/responses").unwrap();
     assert_eq!(sent.header("x-api-key"), None);
     assert!(!sent.header("authorization").unwrap().contains(&h.key));
+    for (name, _) in &added[..7] {
+        assert_eq!(sent.header(name), None, "{name} went upstream");
+    }
+    assert_eq!(
+        sent.header("x-codex-beta-features"),
+        Some("remote_compaction_v2")
+    );
+    assert_eq!(sent.header("session_id"), Some("session-1"));
 }
 
 /// The backend may send its frames without `event:` lines (PROTOCOL.md §4: the type is the
