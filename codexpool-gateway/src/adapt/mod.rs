@@ -83,6 +83,31 @@ fn mentions_json(text: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(b"json"))
 }
 
+/// At most this many dropped parameters are named (each in up to [`MAX_DROPPED_NAME`]
+/// characters); `...` after them says there were more. A body of a million unknown keys would
+/// otherwise cost a search per key over all before it and a header of megabytes.
+const MAX_DROPPED_NAMES: usize = 32;
+const MAX_DROPPED_NAME: usize = 64;
+
+/// Adds a dropped parameter's name to `dropped`, once.
+fn note_dropped(dropped: &mut Vec<String>, what: &str) {
+    if dropped.len() > MAX_DROPPED_NAMES {
+        return;
+    }
+    let what = match what.char_indices().nth(MAX_DROPPED_NAME) {
+        Some((end, _)) => &what[..end],
+        None => what,
+    };
+    if dropped.iter().any(|d| d == what) {
+        return;
+    }
+    dropped.push(if dropped.len() == MAX_DROPPED_NAMES {
+        "...".to_owned()
+    } else {
+        what.to_owned()
+    });
+}
+
 /// A client request the adapters refuse (answered with HTTP 400); the message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

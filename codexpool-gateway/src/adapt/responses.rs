@@ -951,9 +951,7 @@ pub(crate) fn event_response(data: &[u8]) -> Option<&str> {
 }
 
 fn note(dropped: &mut Vec<String>, what: &str) {
-    if !dropped.iter().any(|d| d == what) {
-        dropped.push(what.to_owned());
-    }
+    super::note_dropped(dropped, what);
 }
 
 #[derive(Deserialize)]

@@ -10,8 +10,8 @@ use super::{ChatOptions, MAX_STOPS};
 use crate::adapt::responses::include_list;
 use crate::adapt::{
     DEFAULT_INSTRUCTIONS, JSON_DIRECTIVE, ObjectWriter, Overrides, RequestError, Shallow,
-    UpstreamRequest, bool_field, mentions_json, parse_object, parse_object_with, raw_str,
-    write_json,
+    UpstreamRequest, bool_field, mentions_json, note_dropped, parse_object, parse_object_with,
+    raw_str, write_json,
 };
 
 /// Top-level chat fields that are translated; anything else is dropped and reported.
@@ -69,11 +69,8 @@ pub fn chat_to_responses(
     };
     let mut dropped: Vec<String> = Vec::new();
     for (key, value) in &obj.0 {
-        if !CHAT_FIELDS.contains(&key.as_ref())
-            && !crate::adapt::is_null(value)
-            && !dropped.iter().any(|d| d == key)
-        {
-            dropped.push(key.to_string());
+        if !CHAT_FIELDS.contains(&key.as_ref()) && !crate::adapt::is_null(value) {
+            note_dropped(&mut dropped, key);
         }
     }
 
@@ -651,11 +648,8 @@ fn convert_message<'a>(
 ) -> Result<(), RequestError> {
     let path = |field: &str| format!("messages[{i}]{field}");
     let role = required_str(m.role, &|| path(".role"))?;
-    if !matches!(role.as_ref(), "function" | "tool")
-        && not_null(m.name).is_some()
-        && !dropped.iter().any(|d| d == NAME_DROPPED)
-    {
-        dropped.push(NAME_DROPPED.to_owned());
+    if !matches!(role.as_ref(), "function" | "tool") && not_null(m.name).is_some() {
+        note_dropped(dropped, NAME_DROPPED);
     }
     let content = not_null(m.content);
     let content_path = || path(".content");

@@ -1915,3 +1915,33 @@ fn json_mode_asked_in_the_system_prompt_is_said_in_the_input() {
         "messages": [{"role": "system", "content": "JSON"}, {"role": "user", "content": "Hi"}]}));
     assert_eq!(v["input"].as_array().unwrap().len(), 1);
 }
+
+/// Dropped parameters are named up to a bound, each name cut short: a body of many unknown
+/// keys costs neither a search over all the earlier ones per key nor a header of megabytes.
+#[test]
+fn dropped_parameters_are_named_up_to_a_bound() {
+    let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]});
+    let long = "k".repeat(500);
+    body[&long] = json!(1);
+    for i in 0..10_000 {
+        body[format!("unknown_{i:05}")] = json!(i);
+    }
+    let (_, req, _) = convert(body.clone());
+    assert_eq!(req.dropped.len(), 33);
+    assert_eq!(req.dropped.last().map(String::as_str), Some("..."));
+    assert!(
+        req.dropped.iter().all(|d| d.len() <= 64),
+        "{:?}",
+        req.dropped
+    );
+    let header = req.dropped_params_header().unwrap();
+    assert!(header.len() < 33 * 66, "{}", header.len());
+
+    let responses = json!({"model": "m", "input": "Hi", "a": 1, "b": null, "c": 2});
+    let req = crate::adapt::apply_body_rules(
+        &serde_json::to_vec(&responses).unwrap(),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(req.dropped, ["a", "c"]);
+}
