@@ -55,19 +55,55 @@ pub const ENCRYPTED_REASONING: &str = "reasoning.encrypted_content";
 /// assert!(without_account_state(br#"{"model":"gpt-5","input":[]}"#).is_none());
 /// ```
 pub fn without_account_state(body: &[u8]) -> Option<Bytes> {
-    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
-    let mut changed = v.remove("previous_response_id").is_some();
-    if let Some(serde_json::Value::Array(items)) = v.get_mut("input") {
-        let before = items.len();
-        items.retain(|item| {
-            item.get("type").and_then(serde_json::Value::as_str) != Some("reasoning")
-        });
-        changed |= items.len() != before;
+    // Everything else as sent, byte for byte and in its order: a schema's key order is the
+    // order strict output is generated in.
+    let obj = parse_object(body).ok()?;
+    let is_reasoning = |item: &&RawValue| {
+        serde_json::from_str::<ItemHead<'_>>(item.get())
+            .ok()
+            .and_then(|head| head.kind)
+            .is_some_and(|kind| kind.0 == "reasoning")
+    };
+    let mut changed = false;
+    let mut fields = Vec::with_capacity(obj.0.len());
+    for (key, value) in &obj.0 {
+        match key.as_ref() {
+            "previous_response_id" => changed = true,
+            "input" => match serde_json::from_str::<Vec<&RawValue>>(value.get()) {
+                Ok(items) if items.iter().any(is_reasoning) => {
+                    changed = true;
+                    let kept: Vec<_> = items.into_iter().filter(|i| !is_reasoning(i)).collect();
+                    fields.push((key, Cow::Owned(items_json(&kept))));
+                }
+                _ => fields.push((key, Cow::Borrowed(value.get()))),
+            },
+            _ => fields.push((key, Cow::Borrowed(value.get()))),
+        }
     }
     if !changed {
         return None;
     }
-    serde_json::to_vec(&v).ok().map(Bytes::from)
+    let mut out = Vec::with_capacity(body.len());
+    let mut w = ObjectWriter::new(&mut out);
+    for (key, json) in fields {
+        w.raw(key, &json);
+    }
+    w.end();
+    Some(Bytes::from(out))
+}
+
+/// A JSON array of raw items.
+fn items_json(items: &[&RawValue]) -> String {
+    let mut out = String::with_capacity(items.iter().map(|i| i.get().len() + 1).sum::<usize>() + 2);
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(item.get());
+    }
+    out.push(']');
+    out
 }
 
 /// Whether a request comes from the Codex CLI (or another client speaking the backend's dialect):
@@ -1509,6 +1545,25 @@ mod tests {
                 {"type": "function_call_output", "call_id": "c", "output": "\"system\""},
             ])
         );
+    }
+
+    /// What belongs to the account goes; the rest stays as sent, key order included (a
+    /// schema's order is the order strict output is generated in).
+    #[test]
+    fn account_state_is_cut_out_of_the_body_as_sent() {
+        let body = br#"{"model":"m","previous_response_id":"resp_1","input":[{"type":"reasoning","encrypted_content":"gA"},{"role":"user","content":"hi"}],"text":{"format":{"type":"json_schema","schema":{"properties":{"z":{},"a":{}}}}},"store":false}"#;
+        let out = without_account_state(body).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"model":"m","input":[{"role":"user","content":"hi"}],"text":{"format":{"type":"json_schema","schema":{"properties":{"z":{},"a":{}}}}},"store":false}"#
+        );
+        // Only the id, or a string input: the id goes; nothing to cut: `None`.
+        let out = without_account_state(br#"{"input":"hi","previous_response_id":"r"}"#);
+        assert_eq!(out.as_deref(), Some(&br#"{"input":"hi"}"#[..]));
+        assert!(
+            without_account_state(br#"{"input":[{"type":"message"}],"b":{"y":1,"x":2}}"#).is_none()
+        );
+        assert!(without_account_state(b"[1]").is_none());
     }
 
     /// JSON mode asked for only in a lifted system message is said in the input too, second.
