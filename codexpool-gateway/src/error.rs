@@ -128,6 +128,16 @@ impl ApiError {
         )
     }
 
+    /// 415 for a compressed body.
+    pub fn unsupported_encoding(got: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            format!("request bodies are read uncompressed, got Content-Encoding {got:?}"),
+        )
+    }
+
     /// 502: the upstream broke (garbage, a cut before any output).
     pub fn bad_gateway(code: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_GATEWAY, "server_error", code, message)

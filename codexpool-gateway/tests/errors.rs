@@ -186,6 +186,16 @@ async fn bodies_are_checked() {
             "application/json",
         ),
         (
+            {
+                let mut r = raw("/v1/chat/completions", k, json_ct, &b"\x1f\x8b\x08\x00"[..]);
+                r.headers_mut()
+                    .insert("content-encoding", "gzip".parse().unwrap());
+                r
+            },
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Encoding \"gzip\"",
+        ),
+        (
             raw("/v1/chat/completions", k, json_ct, "x".repeat(5000)),
             StatusCode::PAYLOAD_TOO_LARGE,
             "FRONT_PROXY_MAX_BODY_BYTES",

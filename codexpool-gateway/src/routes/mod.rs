@@ -42,8 +42,8 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
         .to_string()
 }
 
-/// Reads a JSON request body, refusing other content types (415) and bodies over the limit
-/// (413) before they are buffered.
+/// Reads a JSON request body, refusing other content types and compressed bodies (415) and
+/// bodies over the limit (413) before they are buffered.
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
@@ -59,6 +59,13 @@ pub(crate) async fn read_body(
             .to_ascii_lowercase();
         if mime != "application/json" && !mime.ends_with("+json") {
             return Err(ApiError::unsupported_media_type(text));
+        }
+    }
+    // A compressed body would read as "not valid JSON": say what is wrong instead.
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        let text = encoding.to_str().unwrap_or("");
+        if !text.trim().eq_ignore_ascii_case("identity") {
+            return Err(ApiError::unsupported_encoding(text));
         }
     }
     let declared = headers
