@@ -23,7 +23,9 @@
 //! an answer (most) pay for one copy of it, not for splitting it up.
 //!
 //! Bounded by bytes (`RESPONSES_STORE_MB`): past the limit, the least recently used responses go
-//! first; and each goes [`RESPONSES_TTL`] after its last use. Everything is in memory, per
+//! first, except that a key holding more than half of the store while other keys keep responses
+//! too loses its own first (one key's agent loop cannot push out everyone's conversations); and
+//! each goes [`RESPONSES_TTL`] after its last use. Everything is in memory, per
 //! process: a restart forgets it all.
 
 use std::collections::{BTreeMap, HashMap};
@@ -172,6 +174,8 @@ struct Space {
     items: HashMap<Box<str>, Arc<Item>>,
     /// How many of `responses` are unread.
     unread: usize,
+    /// What its responses and items cost (the share of [`Inner::bytes`] that is this key's).
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -207,13 +211,35 @@ impl Inner {
         }
     }
 
-    /// Drops the least recently used responses until the bytes fit.
-    fn evict_to(&mut self, limit: usize) {
+    /// Drops responses until the bytes fit: the least recently used ones, unless `growing`,
+    /// the key that made the store grow, holds more than half of it while other keys keep
+    /// responses too: then its own least recently used go first (never `keep`, the response
+    /// it is using), so one key's traffic cannot push every other key's conversations out.
+    fn evict_to(&mut self, limit: usize, growing: &str, keep: Option<&str>) {
         while self.bytes > limit {
-            let Some((_, (key, id))) = self.lru.pop_first() else {
-                break;
+            let own = self
+                .spaces
+                .get_key_value(growing)
+                .filter(|(_, space)| space.bytes > limit / 2 && self.spaces.len() > 1)
+                .and_then(|(key, space)| {
+                    let oldest = space
+                        .responses
+                        .iter()
+                        .filter(|(id, _)| Some(&***id) != keep)
+                        .min_by_key(|(_, e)| e.seq)?;
+                    Some((key.clone(), oldest.0.clone()))
+                });
+            let (key, id) = match own {
+                Some(pair) => pair,
+                None => match self.lru.first_key_value() {
+                    Some((_, (key, id))) => (key.clone(), id.clone()),
+                    None => break,
+                },
             };
-            self.remove(&key, &id);
+            if !self.remove(&key, &id) {
+                // Not kept any more: only its LRU slot was left.
+                self.lru.pop_first();
+            }
         }
     }
 
@@ -274,6 +300,7 @@ impl Inner {
         );
         let items = output.iter().map(|i| i.size()).sum::<usize>();
         self.bytes = (self.bytes + entry.size + items).saturating_sub(old);
+        space.bytes = (space.bytes + entry.size + items).saturating_sub(old);
         for item in &output {
             if let Some(item_id) = &item.id {
                 space.items.insert(item_id.clone(), item.clone());
@@ -306,7 +333,7 @@ impl Inner {
     fn open(&mut self, key: &str, id: &str, now: Timestamp, limit: usize) -> Option<&Entry> {
         self.touch(key, id, now)?;
         self.read(key, id);
-        self.evict_to(limit);
+        self.evict_to(limit, key, Some(id));
         self.spaces.get(key)?.responses.get(id)
     }
 
@@ -326,12 +353,14 @@ impl Inner {
         };
         self.lru.remove(&entry.seq);
         self.bytes = self.bytes.saturating_sub(entry.size);
+        space.bytes = space.bytes.saturating_sub(entry.size);
         if matches!(entry.answer, Answer::Unread { .. }) {
             space.unread -= 1;
         }
         for item in entry.input.iter().chain(entry.answer.output()) {
             if item.holders.fetch_sub(1, Ordering::Relaxed) == 1 {
                 self.bytes = self.bytes.saturating_sub(item.size());
+                space.bytes = space.bytes.saturating_sub(item.size());
                 if let Some(item_id) = &item.id
                     && space
                         .items
@@ -472,9 +501,10 @@ impl ResponseStore {
                 size,
             },
         );
-        inner.lru.insert(seq, (key, id));
+        space.bytes += added;
+        inner.lru.insert(seq, (key.clone(), id.clone()));
         inner.bytes += added;
-        inner.evict_to(self.limit);
+        inner.evict_to(self.limit, &key, Some(&id));
     }
 
     /// A kept response of `key` as `GET /v1/responses/{id}` answers it (the object with its
@@ -513,7 +543,19 @@ impl ResponseStore {
     /// The bytes the kept responses take, as counted against the limit.
     #[cfg(test)]
     fn bytes(&self) -> usize {
-        self.lock().bytes
+        let inner = self.lock();
+        let spaces: usize = inner.spaces.values().map(|s| s.bytes).sum();
+        assert_eq!(spaces, inner.bytes, "each key's share adds up to the whole");
+        inner.bytes
+    }
+
+    /// Whether `key` still keeps response `id` (without reading or using it).
+    #[cfg(test)]
+    fn holds(&self, key: &str, id: &str) -> bool {
+        self.lock()
+            .spaces
+            .get(key)
+            .is_some_and(|s| s.responses.contains_key(id))
     }
 }
 
@@ -561,7 +603,7 @@ impl Recall for Recaller<'_> {
         let space = inner.spaces.get(key)?;
         if !space.items.contains_key(id) && space.unread > 0 {
             inner.read_all(key);
-            inner.evict_to(limit);
+            inner.evict_to(limit, key, None);
         }
         let item = inner.spaces.get(key)?.items.get(id)?.clone();
         // Referring to an item is using the response it came from.
@@ -875,6 +917,44 @@ mod tests {
         assert!(s.get("k", "resp_big").is_none());
         assert_eq!(s.bytes(), before);
         assert!(s.get("k", "resp_a").is_some() && s.get("k", "resp_d").is_some());
+    }
+
+    /// A key that holds more than half the store pays for its own growth: another key's
+    /// conversation, however old, is not pushed out by it.
+    #[test]
+    fn one_key_past_half_the_store_evicts_its_own_first() {
+        let (probe, _) = store(usize::MAX);
+        keep(&probe, "k", vec![], "resp_x", &"x".repeat(1000));
+        let one = probe.bytes();
+        let (s, _) = store(4 * one + one / 2);
+        keep(&s, "quiet", vec![], "resp_q", &"q".repeat(1000));
+        for n in 0..20 {
+            keep(
+                &s,
+                "noisy",
+                vec![],
+                &format!("resp_n{n:02}"),
+                &"n".repeat(1000),
+            );
+        }
+        assert!(s.holds("quiet", "resp_q"), "the other key's stays");
+        assert!((17..20).all(|n| s.holds("noisy", &format!("resp_n{n:02}"))));
+        assert!(!s.holds("noisy", "resp_n16"), "its own oldest went");
+        assert!(s.bytes() <= 4 * one + one / 2);
+        // Under half, the least recently used go whoever they belong to.
+        let (s, _) = store(4 * one + one / 2);
+        keep(&s, "a", vec![], "resp_a1", &"a".repeat(1000));
+        keep(&s, "a", vec![], "resp_a2", &"a".repeat(1000));
+        keep(&s, "a", vec![], "resp_a3", &"a".repeat(1000));
+        keep(&s, "b", vec![], "resp_b1", &"b".repeat(1000));
+        keep(&s, "b", vec![], "resp_b2", &"b".repeat(1000));
+        assert!(!s.holds("a", "resp_a1") && s.holds("a", "resp_a2") && s.holds("b", "resp_b1"));
+        // Alone in the store, a key has all of it.
+        let (s, _) = store(4 * one + one / 2);
+        for n in 0..4 {
+            keep(&s, "k", vec![], &format!("resp_{n}"), &"k".repeat(1000));
+        }
+        assert!((0..4).all(|n| s.holds("k", &format!("resp_{n}"))));
     }
 
     #[test]
