@@ -47,6 +47,9 @@ pub enum EventKind {
     FunctionCallArgumentsDelta,
     /// `response.function_call_arguments.done`
     FunctionCallArgumentsDone,
+    /// `response.custom_tool_call_input.delta` (a freeform tool's input, e.g. the Codex CLI's
+    /// `apply_patch`)
+    CustomToolCallInputDelta,
     /// `response.refusal.delta`
     RefusalDelta,
     /// `response.refusal.done`
@@ -79,6 +82,7 @@ impl EventKind {
             "response.reasoning_text.delta" => Self::ReasoningTextDelta,
             "response.function_call_arguments.delta" => Self::FunctionCallArgumentsDelta,
             "response.function_call_arguments.done" => Self::FunctionCallArgumentsDone,
+            "response.custom_tool_call_input.delta" => Self::CustomToolCallInputDelta,
             "response.refusal.delta" => Self::RefusalDelta,
             "response.refusal.done" => Self::RefusalDone,
             "response.output_item.done" => Self::OutputItemDone,
@@ -172,6 +176,8 @@ pub enum ResponsesEvent<'a> {
     ReasoningTextDelta(Delta<'a>),
     /// `response.function_call_arguments.delta`
     FunctionCallArgumentsDelta(Delta<'a>),
+    /// `response.custom_tool_call_input.delta`
+    CustomToolCallInputDelta(Delta<'a>),
     /// `response.function_call_arguments.done`
     FunctionCallArgumentsDone {
         /// Position of the item in the output.
@@ -274,7 +280,8 @@ impl<'a> ResponsesEvent<'a> {
             | EventKind::RefusalDelta
             | EventKind::ReasoningSummaryTextDelta
             | EventKind::ReasoningTextDelta
-            | EventKind::FunctionCallArgumentsDelta) => {
+            | EventKind::FunctionCallArgumentsDelta
+            | EventKind::CustomToolCallInputDelta) => {
                 let fields: DeltaFields<'a> = serde_json::from_str(data).map_err(malformed)?;
                 let delta = Delta {
                     output_index: fields.output_index,
@@ -287,6 +294,7 @@ impl<'a> ResponsesEvent<'a> {
                     EventKind::RefusalDelta => Self::RefusalDelta(delta),
                     EventKind::ReasoningSummaryTextDelta => Self::ReasoningSummaryTextDelta(delta),
                     EventKind::ReasoningTextDelta => Self::ReasoningTextDelta(delta),
+                    EventKind::CustomToolCallInputDelta => Self::CustomToolCallInputDelta(delta),
                     _ => Self::FunctionCallArgumentsDelta(delta),
                 }
             }
@@ -332,6 +340,7 @@ impl<'a> ResponsesEvent<'a> {
             Self::ReasoningSummaryTextDelta(_) => EventKind::ReasoningSummaryTextDelta,
             Self::ReasoningTextDelta(_) => EventKind::ReasoningTextDelta,
             Self::FunctionCallArgumentsDelta(_) => EventKind::FunctionCallArgumentsDelta,
+            Self::CustomToolCallInputDelta(_) => EventKind::CustomToolCallInputDelta,
             Self::FunctionCallArgumentsDone { .. } => EventKind::FunctionCallArgumentsDone,
             Self::RefusalDelta(_) => EventKind::RefusalDelta,
             Self::RefusalDone { .. } => EventKind::RefusalDone,
@@ -849,7 +858,8 @@ pub fn preflight(event: &ResponsesEvent<'_>) -> Preflight {
         E::ReasoningSummaryTextDelta(d)
         | E::ReasoningTextDelta(d)
         | E::RefusalDelta(d)
-        | E::FunctionCallArgumentsDelta(d) => {
+        | E::FunctionCallArgumentsDelta(d)
+        | E::CustomToolCallInputDelta(d) => {
             if d.delta.is_empty() {
                 Preflight::Pending
             } else {
@@ -1186,10 +1196,14 @@ pub fn classify_error_body(
         let challenge = ["challenge", "cf-chl", "just a moment", "captcha"]
             .into_iter()
             .any(|marker| contains_ignore_ascii_case(&text, marker));
-        let kind = if status >= 500 && !challenge {
-            FailureKind::Server
-        } else {
-            FailureKind::Challenge
+        // Only a page that says so, or a refusal of access, is a challenge: a proxy's "413
+        // Request Entity Too Large" page is about the request, not about the account.
+        let kind = match status {
+            _ if challenge => FailureKind::Challenge,
+            403 | 200..=399 => FailureKind::Challenge,
+            429 => FailureKind::RateLimited { retry_after: None },
+            500.. => FailureKind::Server,
+            _ => FailureKind::BadRequest,
         };
         return UpstreamFailure {
             kind,
@@ -1246,7 +1260,8 @@ fn classify_code(code: Option<&str>, kind: Option<&str>, status: Option<u16>) ->
     }
     match status {
         Some(401) => return FailureKind::Unauthorized,
-        Some(403) => return FailureKind::Forbidden,
+        // Payment required: about the account's plan or billing, not about the request.
+        Some(402 | 403) => return FailureKind::Forbidden,
         Some(429) => return FailureKind::RateLimited { retry_after: None },
         // The upstream (or a proxy before it) gave up waiting for the request: the next
         // attempt is likely to go through.
@@ -1507,6 +1522,7 @@ mod tests {
             r#"{"type":"response.refusal.delta","delta":""}"#,
             r#"{"type":"response.refusal.done","refusal":""}"#,
             r#"{"type":"response.output_item.done","item":{"type":"reasoning","summary":[],"encrypted_content":"gAAA"}}"#,
+            r#"{"type":"response.custom_tool_call_input.delta","item_id":"ctc_1","delta":""}"#,
         ];
         for json in pending {
             assert_eq!(preflight_sse(&ev(json)), Preflight::Pending, "{json}");
@@ -1518,6 +1534,8 @@ mod tests {
             r#"{"type":"response.reasoning_summary_text.delta","delta":"Thinking"}"#,
             r#"{"type":"response.reasoning_text.delta","delta":"x"}"#,
             r#"{"type":"response.function_call_arguments.delta","delta":"{"}"#,
+            // A freeform tool's input (the Codex CLI's apply_patch) as it is written.
+            r#"{"type":"response.custom_tool_call_input.delta","item_id":"ctc_1","output_index":0,"delta":"*** Begin Patch"}"#,
             r#"{"type":"response.output_item.done","item":{"type":"function_call","name":"f","arguments":"{}"}}"#,
             r#"{"type":"response.output_item.done","item":{"type":"message","content":[{"type":"output_text","text":"ok"}]}}"#,
             r#"{"type":"response.completed","response":{"output":[]}}"#,
@@ -1695,6 +1713,25 @@ mod tests {
         assert_eq!(f.kind, FailureKind::Challenge);
         let f = classify_error_body(502, None, b"  <html><body>Bad gateway</body></html>", false);
         assert_eq!(f.kind, FailureKind::Server);
+        // A proxy's page about the request is not a challenge: no account is cooled for it.
+        let page = b"<html><head><title>413 Request Entity Too Large</title></head>\
+                     <body><center>cloudflare</center></body></html>";
+        let f = classify_error_body(413, Some("text/html"), page, false);
+        assert_eq!(f.kind, FailureKind::BadRequest);
+        assert!(!f.retry_elsewhere());
+        let f = classify_error_body(429, Some("text/html"), b"<html>Error 1015</html>", false);
+        assert!(matches!(f.kind, FailureKind::RateLimited { .. }), "{f:?}");
+        let f = classify_error_body(403, Some("text/html"), b"<html>Access denied</html>", false);
+        assert_eq!(f.kind, FailureKind::Challenge);
+        // Payment required that is not a deactivation: the account's billing, tried elsewhere.
+        let f = classify_error_body(
+            402,
+            Some("application/json"),
+            br#"{"detail":{"code":"payment_required"}}"#,
+            false,
+        );
+        assert_eq!(f.kind, FailureKind::Forbidden);
+        assert!(f.retry_elsewhere());
         let f = classify_error_body(200, Some("application/json"), b"{}", true);
         assert_eq!(f.kind, FailureKind::Challenge);
 
