@@ -105,8 +105,12 @@ pub(crate) struct ProofQuery {
 /// [`crate::admin`]).
 pub(crate) async fn proof(
     State(rpc): State<Arc<Rpc>>,
+    headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<ProofQuery>,
 ) -> Response {
+    if proxied(&headers) {
+        return crate::server::admin_is_local().await;
+    }
     match &rpc.proof_secret {
         Some(secret) if (1..=128).contains(&q.nonce.len()) => {
             crate::admin::proof(secret, &q.nonce).into_response()
@@ -114,6 +118,15 @@ pub(crate) async fn proof(
         Some(_) => http_error(StatusCode::BAD_REQUEST, "nonce: 1 to 128 characters"),
         None => http_error(StatusCode::NOT_FOUND, "this server has no server file"),
     }
+}
+
+/// Whether a request came through a proxy: a reverse proxy on this machine (nginx, Caddy, a
+/// tunnel) connects from loopback, yet its requests come from elsewhere. It says so in one of
+/// these headers; the admin API answers none of them.
+fn proxied(headers: &HeaderMap) -> bool {
+    ["forwarded", "x-forwarded-for", "x-real-ip", "via"]
+        .iter()
+        .any(|name| headers.contains_key(*name))
 }
 
 fn loopback_origin(origin: &str) -> bool {
@@ -140,6 +153,9 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if proxied(&headers) {
+        return crate::server::admin_is_local().await;
+    }
     let presented = crate::auth::presented_key(&headers);
     let ok: bool = presented
         .as_bytes()

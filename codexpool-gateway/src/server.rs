@@ -331,7 +331,7 @@ struct Apps {
 }
 
 /// `/rpc` from another machine.
-async fn admin_is_local() -> Response {
+pub(crate) async fn admin_is_local() -> Response {
     crate::rpc::http_error(
         StatusCode::FORBIDDEN,
         "the admin API answers this machine only",
@@ -459,7 +459,12 @@ async fn accept_loop(
                     }
                     // Moved to its worker's reactor.
                     let Ok(stream) = stream.into_std() else { continue };
-                    let app = if peer.ip().to_canonical().is_loopback() { &apps.local } else { &apps.remote };
+                    // This machine: loopback, or one of its own addresses (a server on a LAN
+                    // address is reached from here with that address as the source).
+                    let peer_ip = peer.ip().to_canonical();
+                    let here = peer_ip.is_loopback()
+                        || stream.local_addr().is_ok_and(|l| l.ip().to_canonical() == peer_ip);
+                    let app = if here { &apps.local } else { &apps.remote };
                     let service = TowerToHyperService::new(app.clone());
                     let (builder, watcher) = (builder.clone(), graceful.watcher());
                     let (runtime, open) = workers.take();

@@ -696,6 +696,67 @@ async fn a_non_loopback_address_needs_to_be_allowed() {
     let v = call(&srv, "apikey/list", json!({})).await;
     assert_eq!(v["result"][0]["name"], "k", "{v}");
     srv.stop().await.unwrap();
+
+    // On one of this machine's own addresses (a LAN one), this machine connects from that very
+    // address: it is still this machine. Skipped where the host has no such address.
+    let own = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").and_then(|()| s.local_addr()))
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    if let Some(ip) = own {
+        let srv = Server::new(allowed.pool.clone())
+            .addr(std::net::SocketAddr::new(ip, 0))
+            .background_tasks(false)
+            .start()
+            .await
+            .unwrap();
+        assert!(srv.url().contains(&ip.to_string()), "{}", srv.url());
+        let v = call(&srv, "apikey/list", json!({})).await;
+        assert_eq!(v["result"][0]["name"], "k", "{v}");
+        srv.stop().await.unwrap();
+    }
+}
+
+/// A reverse proxy on this machine connects from loopback for clients elsewhere: requests that
+/// say they came through one are refused by the admin API (the gateway still serves them).
+#[tokio::test]
+async fn the_admin_api_refuses_what_came_through_a_proxy() {
+    let (e, key) = env_with_an_account(&[]).await;
+    let srv = start(&e).await;
+    let http = reqwest::Client::new();
+    for (name, value) in [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("forwarded", "for=203.0.113.9"),
+        ("x-real-ip", "203.0.113.9"),
+        ("via", "1.1 caddy"),
+    ] {
+        let rpc = http
+            .post(format!("{}/rpc", srv.url()))
+            .bearer_auth(srv.rpc_token().expose())
+            .header(name, value)
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "account/list"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rpc.status().as_u16(), 403, "{name}");
+        let proof = http
+            .get(format!("{}/rpc/proof?nonce=abc", srv.url()))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(proof.status().as_u16(), 403, "{name}");
+    }
+    let models = http
+        .get(format!("{}/v1/models", srv.url()))
+        .bearer_auth(key.secret.expose())
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status().as_u16(), 200);
+    srv.stop().await.unwrap();
 }
 
 /// `GET /rpc/proof` answers only a sane nonce, and only a server with a file.
