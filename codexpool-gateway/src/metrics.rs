@@ -150,8 +150,9 @@ const BUCKETS: [f64; 18] = [
 /// A fixed-bucket histogram of durations.
 #[derive(Default)]
 pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
+    /// Per bucket, then one for what lies beyond the last: `+Inf` and the count are their sum,
+    /// read once, so a snapshot taken while others observe still only grows bucket to bucket.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
 }
 
@@ -159,10 +160,11 @@ impl Histogram {
     /// Records one duration.
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add(
             u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -179,7 +181,7 @@ impl Histogram {
                 "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
             );
         }
-        let count = self.count.load(Ordering::Relaxed);
+        let count = cumulative + self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         #[allow(clippy::cast_precision_loss)]
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
@@ -454,7 +456,9 @@ impl Drop for Finish {
     fn drop(&mut self) {
         let m = &self.metrics;
         m.active.fetch_sub(1, Ordering::Relaxed);
-        let class = usize::from(self.status / 100).clamp(1, 5) - 1;
+        // Gone before the response began: 499, as the request log has it (not "1xx").
+        let status = if self.status == 0 { 499 } else { self.status };
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
         let r = Route::ALL
             .iter()
             .position(|x| *x == self.route)
@@ -465,5 +469,71 @@ impl Drop for Finish {
             .unwrap_or(3);
         m.requests[r][class][p].fetch_add(1, Ordering::Relaxed);
         m.latency[r].observe(self.started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Buckets only grow from one bound to the next and end at `+Inf` = `_count`, also in a
+    /// snapshot taken while other threads observe.
+    #[test]
+    fn histogram_snapshots_stay_cumulative_under_concurrent_observations() {
+        let h = Arc::new(Histogram::default());
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let h = h.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200_000_u64 {
+                        // Both within the buckets and past the last one.
+                        h.observe(Duration::from_millis(if i % 2 == 0 {
+                            1
+                        } else {
+                            1_000_000
+                        }));
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..2_000 {
+            let mut out = String::new();
+            h.render(&mut out, "t", "");
+            let counts: Vec<u64> = out
+                .lines()
+                .filter(|l| l.starts_with("t_bucket") || l.starts_with("t_count"))
+                .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+                .collect();
+            assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{out}");
+            let (inf, count) = (counts[counts.len() - 2], counts[counts.len() - 1]);
+            assert_eq!(inf, count, "{out}");
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        let mut out = String::new();
+        h.render(&mut out, "t", "");
+        assert!(out.contains("t_count 400000"), "{out}");
+    }
+
+    /// A client gone before the response began is a 4xx (499 in the request log), not a "1xx".
+    #[test]
+    fn a_request_left_before_its_answer_counts_as_4xx() {
+        let metrics = Arc::new(Metrics::default());
+        drop(Finish {
+            metrics: metrics.clone(),
+            route: Route::ALL[0],
+            started: Instant::now(),
+            status: 0,
+            protocol: Protocol::None,
+        });
+        let p = Protocol::ALL
+            .iter()
+            .position(|x| *x == Protocol::None)
+            .unwrap();
+        let by_class: Vec<u64> = (0..STATUS_CLASSES.len())
+            .map(|c| metrics.requests[0][c][p].load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(by_class, [0, 0, 0, 1, 0]);
     }
 }
