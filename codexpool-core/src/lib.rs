@@ -90,6 +90,9 @@ pub(crate) struct Shared {
     pub affinity: Mutex<Affinity>,
     /// Sign-in state: the HTTP client, the refresh-lease holder id, refreshes in flight.
     pub auth: auth::AuthState,
+    /// The runtime the pool was opened on, where its own tasks run: a refresh started from a
+    /// request served on a shorter-lived runtime (a server's HTTP thread) must not end with it.
+    pub runtime: tokio::runtime::Handle,
     watcher: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -163,6 +166,7 @@ impl PoolBuilder {
             rr_cursor: AtomicUsize::new(0),
             affinity: Mutex::new(Affinity::default()),
             auth: auth::AuthState::new(),
+            runtime: tokio::runtime::Handle::current(),
             watcher: Mutex::new(None),
         });
         let pool = Pool { shared };
@@ -357,9 +361,21 @@ impl Pool {
         Ok(self.shared.store.check_writable().await?)
     }
 
-    /// Writes everything queued (usage readings, ledger, request log, last-used times). Call it
-    /// before shutting down.
+    /// Waits for the token refreshes this process is making (a refresh token the issuer
+    /// rotated must be stored, or the sign-in is lost; one that waits for another holder's
+    /// lease has sent nothing and is not waited for), then writes everything queued (usage
+    /// readings, ledger, request log, last-used times). Call it before shutting down.
     pub async fn flush(&self) -> Result<()> {
+        let flights: Vec<_> = sync::lock(&self.shared.auth.flights)
+            .values()
+            .cloned()
+            .collect();
+        for mut flight in flights {
+            // Err: the flight already ended and dropped its sender.
+            let _ = flight
+                .wait_for(|f| f.result.is_some() || f.waiting_since.is_some())
+                .await;
+        }
         self.shared.writer.flush().await;
         self.flush_stamps().await
     }

@@ -815,3 +815,34 @@ async fn an_rpc_account_update_is_all_or_nothing() {
     assert_eq!(v["result"]["status"], "disabled", "{v}");
     srv.stop().await.unwrap();
 }
+
+/// A refresh a request started goes on when the request is gone and the server stops: `stop`
+/// waits for it, so the rotated refresh token is stored (its HTTP thread's runtime ending
+/// with the server took the refresh with it, and the sign-in was lost).
+#[tokio::test]
+async fn a_refresh_in_flight_at_stop_is_finished_and_stored() {
+    let (e, key) = env_with_an_account(&[]).await;
+    let srv = start(&e).await;
+    e.fake.expire_access_token("acct-0");
+    e.fake.refresh_delay(Duration::from_millis(1500));
+    let gone = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", srv.url()))
+        .bearer_auth(key.secret.expose())
+        .json(&common::chat(false))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client left before the refresh ended");
+    while e.fake.refreshes_held() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    srv.stop().await.unwrap();
+    let stored = e.pool.accounts().list(&Default::default()).remove(0).tokens;
+    let issued = e.fake.current_tokens("acct-0");
+    assert_eq!(stored.refresh_token.expose(), issued.refresh_token);
+    assert_eq!(e.fake.refresh_count("acct-0"), 1);
+    // And it is in the database, not only in memory.
+    let again = Pool::open(e.pool.config().clone()).await.unwrap();
+    let reread = again.accounts().list(&Default::default()).remove(0).tokens;
+    assert_eq!(reread.refresh_token.expose(), issued.refresh_token);
+}

@@ -5,8 +5,9 @@
 //! Refresh tokens are single use, so a refresh is single-flight per account twice over:
 //!
 //! - in this process, the first caller starts one refresh task and every other caller awaits
-//!   the same result (the task runs to the end even when its callers go away, so a rotated
-//!   refresh token is never lost half-way);
+//!   the same result (the task runs to the end even when its callers go away, on the runtime
+//!   the pool was opened on, and [`crate::Pool::flush`] waits for it unless it is only waiting
+//!   for another holder, so a rotated refresh token is never lost half-way);
 //! - across processes, the task takes the account's refresh lease in the store (a row with an
 //!   expiry, [`REFRESH_LEASE_TTL`]), re-reads the stored tokens — when they changed since the
 //!   caller looked, another process already refreshed and they are adopted as they are — and
@@ -388,7 +389,7 @@ impl Auth {
                         let (tx, rx) = tokio::sync::watch::channel(Flight::default());
                         flights.insert(id.to_string(), rx.clone());
                         let (auth, id) = (self.clone(), id.to_string());
-                        tokio::spawn(async move {
+                        self.pool.shared.runtime.spawn(async move {
                             let result = auth.refresh_across_processes(&id, &baseline, &tx).await;
                             sync::lock(&auth.pool.shared.auth.flights).remove(&id);
                             tx.send_modify(|f| f.result = Some(result));
