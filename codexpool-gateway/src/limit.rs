@@ -16,6 +16,7 @@ use tower::{Layer, Service};
 
 use crate::body::Guarded;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 /// Refuses requests beyond a number in flight.
 #[derive(Clone)]
@@ -23,6 +24,7 @@ pub struct ShedLayer {
     permits: Arc<Semaphore>,
     max: usize,
     except: &'static [&'static str],
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl ShedLayer {
@@ -32,7 +34,15 @@ impl ShedLayer {
             permits: Arc::new(Semaphore::new(max.max(1))),
             max: max.max(1),
             except: &[],
+            metrics: None,
         }
+    }
+
+    /// Refusals are counted in `metrics` (`codexpool_shed_requests_total`): outside the
+    /// gateway's own layers, they would show nowhere else.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Requests to these paths (exactly) are let through, uncounted.
@@ -50,6 +60,7 @@ impl<S> Layer<S> for ShedLayer {
             permits: self.permits.clone(),
             max: self.max,
             except: self.except,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -61,6 +72,7 @@ pub struct Shed<S> {
     permits: Arc<Semaphore>,
     max: usize,
     except: &'static [&'static str],
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<S, B, R> Service<Request<B>> for Shed<S>
@@ -85,6 +97,9 @@ where
             return async move { Ok(fut.await?.map(Body::new)) }.boxed();
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            if let Some(m) = &self.metrics {
+                m.shed();
+            }
             let err = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",

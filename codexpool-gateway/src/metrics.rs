@@ -203,6 +203,7 @@ pub struct Metrics {
     attempts: [AtomicU64; 10],
     failovers: AtomicU64,
     fallbacks: AtomicU64,
+    shed: AtomicU64,
     refreshes_after_401: AtomicU64,
     header_readings: AtomicU64,
     latency: [Histogram; 4],
@@ -226,6 +227,11 @@ impl Metrics {
     /// Counts a move to the next account.
     pub fn failover(&self) {
         self.failovers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request refused at once because the gateway was at its limit (`HTTP_QUEUE_*`).
+    pub fn shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request served by the fallback upstream.
@@ -294,6 +300,11 @@ impl Metrics {
                 "codexpool_failovers_total",
                 "Moves to the next account before any output.",
                 &self.failovers,
+            ),
+            (
+                "codexpool_shed_requests_total",
+                "Requests refused with 503 at once: the gateway was at its HTTP_QUEUE_* limit.",
+                &self.shed,
             ),
             (
                 "codexpool_fallback_requests_total",

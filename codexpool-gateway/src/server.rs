@@ -124,6 +124,42 @@ pub fn max_in_flight(config: &Config) -> usize {
     (config.http_queue_factor as usize * worker_threads(config)).max(config.http_queue_min as usize)
 }
 
+/// Raises the soft limit of open files to the hard one (as Go's runtime does at start) and warns
+/// when the files would still run out before `max` requests are in flight: each holds a client
+/// connection and an upstream one, and past the limit new connections, health checks and the
+/// admin API included, wait in the kernel's queue unanswered instead of being shed with a 503.
+/// The usual soft limit is 1024 (a systemd service's too), the hard one far more.
+fn warn_if_files_run_out_first(max: usize) {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut limit = getrlimit(Resource::Nofile);
+        // `None` is unlimited: nothing to raise, or no number to raise to.
+        if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
+            && soft < hard
+        {
+            limit.current = Some(hard);
+            // Refused on some systems (macOS above OPEN_MAX): the old limit stays.
+            let _ = setrlimit(Resource::Nofile, limit);
+        }
+        // Connections of both sides, plus the database, the listener and the like.
+        let needed = (max as u64).saturating_mul(2).saturating_add(64);
+        if let Some(files) = getrlimit(Resource::Nofile).current
+            && files < needed
+        {
+            tracing::warn!(
+                open_files = files,
+                in_flight = max,
+                "this process may open {files} files, fewer than {max} requests in flight \
+                 (HTTP_QUEUE_*) need: past that, new connections wait unanswered; raise the \
+                 limit (ulimit -n, systemd LimitNOFILE=) or lower HTTP_QUEUE_*"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max;
+}
+
 /// Builds and starts the service. See the module docs.
 pub struct Server {
     pool: Pool,
@@ -242,7 +278,11 @@ impl Server {
             token: token.clone(),
             proof_secret: server_file.as_ref().map(|f| f.secret().to_owned()),
         });
-        let shed = ShedLayer::new(max_in_flight(&config)).except(UNSHED);
+        let max = max_in_flight(&config);
+        warn_if_files_run_out_first(max);
+        let shed = ShedLayer::new(max)
+            .except(UNSHED)
+            .metrics(gateway.metrics().clone());
         let service = |admin: Router| {
             admin
                 .merge(

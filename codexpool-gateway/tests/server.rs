@@ -423,6 +423,18 @@ async fn load_beyond_the_limit_is_shed_with_503() {
     assert_eq!(shed.headers()["retry-after"], "1");
     let error: Value = shed.json().await.unwrap();
     assert_eq!(error["error"]["code"], "overloaded", "{error}");
+    let metrics = client
+        .get(format!("{}/metrics", srv.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\ncodexpool_shed_requests_total 1\n"),
+        "{metrics}"
+    );
     for path in ["/health", "/metrics"] {
         let res = client
             .get(format!("{}{path}", srv.url()))
