@@ -847,7 +847,7 @@ pub static SETTINGS: &[Setting] = &[
         default_value: Some("180"),
         default_doc: "180",
         secret: false,
-        help: "TCP keep-alive of idle client connections, in seconds (0 = off)",
+        help: "TCP keep-alive of client connections, in seconds (0 = off)",
         apply: |c, v| {
             // Linux takes at most 32767 s (TCP_KEEPIDLE); more would silently be its 2 h default.
             c.gateway_keepalive_interval = Duration::from_secs(parse_in(v, 0..=32_767)?);
