@@ -202,6 +202,14 @@ impl Inner {
         if let Some(r) = self.any_replies.pop_front() {
             return r;
         }
+        // Unscripted, an account whose quota is used up is refused as the backend refuses it.
+        let usage = &mut self.accounts[idx].usage;
+        usage.roll();
+        if usage.is_limit_reached() {
+            return Reply::UsageLimit429 {
+                resets_in_secs: usage.exhausted_resets_in(),
+            };
+        }
         if let Some(r) = &self.accounts[idx].default_reply {
             return r.clone();
         }

@@ -498,7 +498,10 @@ impl FakeOpenAi {
     /// The account's usage as the fake currently reports it.
     #[track_caller]
     pub fn usage(&self, account_id: &str) -> FakeUsage {
-        self.shared.inner().account_mut(account_id).usage.clone()
+        let mut inner = self.shared.inner();
+        let usage = &mut inner.account_mut(account_id).usage;
+        usage.roll();
+        usage.clone()
     }
 
     /// When `true`, the usage endpoint answers 200 with a Cloudflare HTML page for this account.

@@ -90,6 +90,20 @@ impl FakeWindow {
     fn is_weekly(&self) -> bool {
         self.window_minutes > 1443
     }
+
+    /// Past its reset a window starts again (PROTOCOL.md §3: a reading is stale then): nothing
+    /// used, resetting a whole window after the reset that passed.
+    fn roll(&mut self, now: i64) {
+        if self.reset_at > now {
+            return;
+        }
+        let len = i64::try_from(self.window_minutes.saturating_mul(60))
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let periods = (now - self.reset_at) / len + 1;
+        self.reset_at = self.reset_at.saturating_add(periods.saturating_mul(len));
+        self.used_percent = 0.0;
+    }
 }
 
 /// The usage of one account, as the usage endpoint and the `x-codex-*` headers report it.
@@ -171,6 +185,31 @@ impl FakeUsage {
         self
     }
 
+    /// Starts the windows whose reset has passed again (see [`FakeWindow`]); what the
+    /// endpoints do before they report.
+    pub(crate) fn roll(&mut self) {
+        let now = now_secs();
+        for w in [&mut self.primary, &mut self.secondary]
+            .into_iter()
+            .flatten()
+        {
+            w.roll(now);
+        }
+    }
+
+    /// Seconds until the account can be served again: the latest reset of its exhausted
+    /// windows, else (a forced `limit_reached`) the current window's.
+    pub(crate) fn exhausted_resets_in(&self) -> u64 {
+        [&self.primary, &self.secondary]
+            .into_iter()
+            .flatten()
+            .filter(|w| w.used_percent >= 100.0)
+            .map(FakeWindow::reset_after_seconds)
+            .max()
+            .and_then(|secs| u64::try_from(secs).ok())
+            .unwrap_or_else(|| self.current_resets_in())
+    }
+
     /// Whether the account is out of quota (forced, or a window at 100 %).
     pub fn is_limit_reached(&self) -> bool {
         self.limit_reached
@@ -203,7 +242,6 @@ impl FakeUsage {
         let window = slot.get_or_insert_with(|| FakeWindow::five_hour(0.0));
         window.used_percent = 100.0;
         window.reset_at = resets_at;
-        self.limit_reached = true;
     }
 
     /// What an answer saying "usage limit reached" implies (see [`LimitHit`]): the window it
@@ -313,6 +351,18 @@ fn format_percent(v: f64) -> String {
 
 /// `GET /backend-api/wham/usage`.
 pub(crate) async fn usage(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    // PROTOCOL.md §3: the Codex CLI's `originator` and `User-Agent` come with the token.
+    if shared.config.strict
+        && let Some(missing) = ["originator", "user-agent"]
+            .into_iter()
+            .find(|name| header_str(&headers, name).is_none_or(|v| v.trim().is_empty()))
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"detail": format!("Missing required header: {missing}")})),
+        )
+            .into_response();
+    }
     let mut inner = shared.inner();
     let idx = match inner.check_access(bearer(&headers), header_str(&headers, "chatgpt-account-id"))
     {
@@ -320,6 +370,7 @@ pub(crate) async fn usage(State(shared): State<Arc<Shared>>, headers: HeaderMap)
         Err(denied) => return denied.into_response(),
     };
     let state = &mut inner.accounts[idx];
+    state.usage.roll();
     let forced = state.usage_status_once.pop_front().or(state.usage_status);
     if let Some(status) = forced {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -88,6 +88,8 @@ async fn usage_status(fake: &FakeOpenAi, account: &str, token: &str) -> u16 {
         .get(format!("{}/backend-api/wham/usage", fake.usage_base_url()))
         .bearer_auth(token)
         .header("ChatGPT-Account-ID", account)
+        .header("originator", "codex_cli_rs")
+        .header("user-agent", "codex_cli_rs/0.171.0")
         .send()
         .await
         .unwrap()

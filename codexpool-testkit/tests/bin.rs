@@ -63,7 +63,7 @@ fn prints_urls_writes_auth_files_and_stops_on_stdin_eof() {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "GET /backend-api/wham/usage HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\nChatGPT-Account-ID: acct-2\r\n\r\n",
+        "GET /backend-api/wham/usage HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\nChatGPT-Account-ID: acct-2\r\noriginator: codex_cli_rs\r\nUser-Agent: codex_cli_rs/0.171.0\r\n\r\n",
         auth["tokens"]["access_token"].as_str().unwrap()
     )
     .unwrap();

@@ -45,7 +45,8 @@ fn works_from_sync_code_and_drop_joins_everything() {
         addr,
         "/backend-api/wham/usage",
         &format!(
-            "Authorization: Bearer {}\r\nChatGPT-Account-ID: acct-1\r\n",
+            "Authorization: Bearer {}\r\nChatGPT-Account-ID: acct-1\r\n\
+             originator: codex_cli_rs\r\nUser-Agent: codex_cli_rs/0.171.0\r\n",
             t.access_token
         ),
     );

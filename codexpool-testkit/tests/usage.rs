@@ -16,6 +16,7 @@ async fn get_usage(fake: &FakeOpenAi, account: &str) -> reqwest::Response {
         .bearer_auth(fake.current_tokens(account).access_token)
         .header("ChatGPT-Account-ID", account)
         .header("originator", "codex_cli_rs")
+        .header("user-agent", "codex_cli_rs/0.171.0")
         .send()
         .await
         .unwrap()
@@ -29,8 +30,8 @@ async fn usage_has_the_protocol_shape() {
         "acct-1",
         FakeUsage::new(25.0, 80.0)
             .credits(12.5)
-            .primary(FakeWindow::five_hour(25.0).reset_at(1_730_947_200))
-            .secondary(FakeWindow::weekly(80.0).reset_at(1_731_552_000)),
+            .primary(FakeWindow::five_hour(25.0).reset_at(4_102_444_800))
+            .secondary(FakeWindow::weekly(80.0).reset_at(4_103_049_600)),
     );
     let resp = get_usage(&fake, "acct-1").await;
     assert_eq!(resp.status(), 200);
@@ -47,11 +48,11 @@ async fn usage_has_the_protocol_shape() {
     let p = &v["rate_limit"]["primary_window"];
     assert_eq!(p["used_percent"], 25.0);
     assert_eq!(p["limit_window_seconds"], 18000);
-    assert_eq!(p["reset_at"], 1_730_947_200);
+    assert_eq!(p["reset_at"], 4_102_444_800_i64);
     let s = &v["rate_limit"]["secondary_window"];
     assert_eq!(s["used_percent"], 80.0);
     assert_eq!(s["limit_window_seconds"], 604_800);
-    assert_eq!(s["reset_at"], 1_731_552_000);
+    assert_eq!(s["reset_at"], 4_103_049_600_i64);
     assert_eq!(v["credits"]["balance"], 12.5);
     assert!(v["additional_rate_limits"].is_array());
     let req = fake.last_request("/backend-api/wham/usage").unwrap();
@@ -108,6 +109,8 @@ async fn wrong_account_header_or_token_is_401() {
     let url = format!("{}/backend-api/wham/usage", fake.usage_base_url());
     let mismatch = http
         .get(&url)
+        .header("originator", "codex_cli_rs")
+        .header("user-agent", "codex_cli_rs/0.171.0")
         .bearer_auth(&t1.access_token)
         .header("ChatGPT-Account-ID", "acct-2")
         .send()
@@ -118,6 +121,8 @@ async fn wrong_account_header_or_token_is_401() {
     assert_eq!(body["error"]["code"], "account_mismatch");
     let no_header = http
         .get(&url)
+        .header("originator", "codex_cli_rs")
+        .header("user-agent", "codex_cli_rs/0.171.0")
         .bearer_auth(&t1.access_token)
         .send()
         .await
@@ -125,6 +130,8 @@ async fn wrong_account_header_or_token_is_401() {
     assert_eq!(no_header.status(), 401);
     let no_token = http
         .get(&url)
+        .header("originator", "codex_cli_rs")
+        .header("user-agent", "codex_cli_rs/0.171.0")
         .header("ChatGPT-Account-ID", "acct-1")
         .send()
         .await
@@ -132,8 +139,12 @@ async fn wrong_account_header_or_token_is_401() {
     assert_eq!(no_token.status(), 401);
     let garbage = http
         .get(&url)
+        .header("originator", "codex_cli_rs")
+        .header("user-agent", "codex_cli_rs/0.171.0")
         .bearer_auth("not-a-token")
         .header("ChatGPT-Account-ID", "acct-1")
+        .header("originator", "codex_cli_rs")
+        .header("user-agent", "codex_cli_rs/0.171.0")
         .send()
         .await
         .unwrap();
@@ -201,6 +212,67 @@ async fn usage_limit_429_exhausts_the_window_everywhere() {
     assert_eq!(v["rate_limit"]["primary_window"]["used_percent"], 100.0);
     assert_eq!(v["rate_limit"]["primary_window"]["reset_at"], resets_at);
     assert_eq!(v["rate_limit"]["secondary_window"]["used_percent"], 50.0);
+
+    // Unscripted, the exhausted account is refused until the reset, as the backend does.
+    let again = common::codex_post(&fake, "acct-1", &common::codex_body("hi")).await;
+    assert_eq!(again.status(), 429);
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "usage_limit_reached");
+    assert!(
+        (1190..=1200).contains(&body["error"]["resets_in_seconds"].as_i64().unwrap()),
+        "{body}"
+    );
+}
+
+/// Past its reset a window starts again: the usage endpoint, the headers and the backend say
+/// the account is fresh (a reading of 100 % is stale then, PROTOCOL.md §3).
+#[tokio::test]
+async fn a_window_past_its_reset_starts_again() {
+    let fake = FakeOpenAi::start().unwrap();
+    fake.add_account(FakeAccount::new("acct-1"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // Exhausted, with a reset 10 s ago: the window after it runs 5 h from then.
+    fake.set_usage(
+        "acct-1",
+        FakeUsage::new(0.0, 40.0).primary(FakeWindow::five_hour(100.0).reset_at(now - 10)),
+    );
+    let v: Value = get_usage(&fake, "acct-1").await.json().await.unwrap();
+    assert_eq!(v["rate_limit"]["limit_reached"], false, "{v}");
+    let p = &v["rate_limit"]["primary_window"];
+    assert_eq!(p["used_percent"], 0.0);
+    assert_eq!(p["reset_at"], now - 10 + 5 * 3600);
+    assert_eq!(v["rate_limit"]["secondary_window"]["used_percent"], 40.0);
+    let resp = common::codex_post(&fake, "acct-1", &common::codex_body("hi")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-codex-primary-used-percent"], "0.0");
+}
+
+/// The usage endpoint wants the Codex CLI's `originator` and `User-Agent` (PROTOCOL.md §3).
+#[tokio::test]
+async fn the_usage_endpoint_wants_the_codex_headers() {
+    let fake = FakeOpenAi::start().unwrap();
+    let t = fake.add_account(FakeAccount::new("acct-1"));
+    for skip in ["originator", "user-agent"] {
+        let mut req = client()
+            .get(format!("{}/backend-api/wham/usage", fake.usage_base_url()))
+            .bearer_auth(&t.access_token)
+            .header("ChatGPT-Account-ID", "acct-1");
+        for (name, value) in [
+            ("originator", "codex_cli_rs"),
+            ("user-agent", "codex_cli_rs/1"),
+        ] {
+            if name != skip {
+                req = req.header(name, value);
+            }
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{skip}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["detail"], format!("Missing required header: {skip}"));
+    }
 }
 
 #[tokio::test]
@@ -309,6 +381,8 @@ async fn a_one_shot_status_answers_once_before_the_sticky_one() {
         .get(format!("{}/backend-api/wham/usage", fake.usage_base_url()))
         .bearer_auth("not-a-token")
         .header("ChatGPT-Account-ID", "acct-1")
+        .header("originator", "codex_cli_rs")
+        .header("user-agent", "codex_cli_rs/0.171.0")
         .send()
         .await
         .unwrap();
