@@ -22,7 +22,8 @@ fn codex_turn(
         .header(auth.0, auth.1)
         .header("content-type", "application/json")
         .header("originator", "codex_cli_rs")
-        .header("version", "0.171.0")
+        .header("user-agent", "codex_cli_rs/0.171.0 (Debian 12.0.0; x86_64)")
+        .header("x-codex-window-id", "session-1:0")
         .header("session_id", "session-1");
     if let Some(t) = turn_state {
         req = req.header("x-codex-turn-state", t);

@@ -323,6 +323,14 @@ fn check_body(body: &Value) -> Result<(), String> {
     if body.get("instructions").is_some_and(|i| !i.is_string()) {
         return Err("Instructions must be a string".to_owned());
     }
+    // None at all is how the Codex CLI sends it (its system prompt is a developer message);
+    // an empty string is refused (PROTOCOL.md §4).
+    if body["instructions"]
+        .as_str()
+        .is_some_and(|i| i.trim().is_empty())
+    {
+        return Err("Instructions must not be empty".to_owned());
+    }
     if !body.get("input").is_some_and(Value::is_array) {
         return Err("Input must be a list".to_owned());
     }
@@ -372,9 +380,10 @@ fn message_text(message: &Value) -> String {
 
 /// The request headers a client of the backend sends (PROTOCOL.md §4), checked in strict mode:
 /// `Accept: text/event-stream`, `originator`, `ChatGPT-Account-ID`, a session id (`session_id`,
-/// or `session-id` as the Codex CLI spells it) and `version`. The Codex CLI's own requests (any
-/// `x-codex-*` header), which a gateway forwards as sent, carry no `version`: the CLI adds it only
-/// for its built-in provider, not for a custom `base_url` like a gateway's.
+/// or `session-id` as the Codex CLI spells it), then a `User-Agent`, `version` and `OpenAI-Beta:
+/// responses=experimental` but from the Codex CLI's own requests (any `x-codex-*` header), which
+/// a gateway forwards as sent: the CLI adds the last two only for its built-in provider, not for
+/// a custom `base_url` like a gateway's (its user agent is its own business).
 fn check_headers(headers: &HeaderMap) -> Result<(), String> {
     let present = |name: &str| header_str(headers, name).is_some_and(|v| !v.trim().is_empty());
     let accept = header_str(headers, "accept").unwrap_or_default();
@@ -401,13 +410,29 @@ fn check_headers(headers: &HeaderMap) -> Result<(), String> {
     if !present("session_id") && !present("session-id") {
         return Err("Missing required header: session_id".to_owned());
     }
-    let codex_cli = headers
-        .keys()
-        .any(|name| name.as_str().starts_with("x-codex-"));
-    if !codex_cli && !present("version") {
-        return Err("Missing required header: version".to_owned());
+    if !codex_cli(headers) {
+        if !present("user-agent") {
+            return Err("Missing required header: user-agent".to_owned());
+        }
+        if !present("version") {
+            return Err("Missing required header: version".to_owned());
+        }
+        let beta = header_str(headers, "openai-beta").unwrap_or_default();
+        if !beta.contains("responses=experimental") {
+            return Err(format!(
+                "OpenAI-Beta must include responses=experimental (got {beta:?})"
+            ));
+        }
     }
     Ok(())
+}
+
+/// The Codex CLI's own request, forwarded as sent (any `x-codex-*` header): it has no
+/// `version`, `OpenAI-Beta` or top-level `instructions`.
+fn codex_cli(headers: &HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|name| name.as_str().starts_with("x-codex-"))
 }
 
 fn json_headers() -> HeaderMap {

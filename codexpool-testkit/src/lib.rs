@@ -150,13 +150,13 @@ impl FakeOpenAiBuilder {
     /// Whether the Codex backend rejects requests the real one rejects, with 400
     /// `{"detail":…}`: bodies whose `stream` is not `true`, whose `store` is not `false` (a
     /// missing `store` means `true`), without a string `model`, whose `input` is not a list or
-    /// `instructions` not a string, or with a top-level field outside PROTOCOL.md §4's list
+    /// `instructions` not a string or an empty one (the Codex CLI sends none at all), or with a top-level field outside PROTOCOL.md §4's list
     /// (`Unsupported parameter: temperature`), with a `system` input message (the system prompt
     /// is `instructions`), or asking for `json_object` output without the word "json" in an
     /// input message (as OpenAI's Responses API); and requests without the headers of §4
     /// (`Accept: text/event-stream`, `originator`, `ChatGPT-Account-ID`, `session_id` or
-    /// `session-id`, and `version` unless a `x-codex-*` header marks the Codex CLI's own
-    /// request), e.g. `Missing required header: version`. The issuer likewise takes the code
+    /// `session-id`, and `User-Agent`, `version` and `OpenAI-Beta: responses=experimental`
+    /// unless a `x-codex-*` header marks the Codex CLI's own request), e.g. `Missing required header: version`. The issuer likewise takes the code
     /// exchange only as a form and a refresh only as JSON (§1). Default on.
     pub fn strict_requests(mut self, on: bool) -> Self {
         self.strict_requests = on;

@@ -407,6 +407,7 @@ async fn strict_body_checks() {
             json!(["x"]),
             "Instructions must be a string",
         ),
+        ("instructions", json!(" "), "Instructions must not be empty"),
     ];
     for (key, value, detail) in cases {
         let mut body = codex_body("hi");
@@ -841,7 +842,12 @@ async fn strict_checks_want_the_protocol_headers() {
             "Missing required header: chatgpt-account-id",
         ),
         ("session_id", "Missing required header: session_id"),
+        ("user-agent", "Missing required header: user-agent"),
         ("version", "Missing required header: version"),
+        (
+            "openai-beta",
+            r#"OpenAI-Beta must include responses=experimental (got "")"#,
+        ),
     ] {
         let r = send(skip, &[]).await.unwrap();
         assert_eq!(r.status(), 400, "{skip}");
@@ -851,8 +857,6 @@ async fn strict_checks_want_the_protocol_headers() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    // `OpenAI-Beta` is sent by clients but not enforced.
-    assert_eq!(send("openai-beta", &[]).await.unwrap().status(), 200);
     // The Codex CLI spells it `session-id` and, as a custom provider's client, sends no
     // `version`: its own requests (`x-codex-*` headers) are accepted without.
     let cli = [("session-id", "s-1"), ("x-codex-window-id", "s-1:0")];

@@ -72,9 +72,10 @@ pub fn codex_body(text: &str) -> Value {
 
 /// The request headers of PROTOCOL.md §4 that the strict backend requires, without
 /// `Authorization` and `ChatGPT-Account-ID`.
-pub const CODEX_HEADERS: [(&str, &str); 5] = [
+pub const CODEX_HEADERS: [(&str, &str); 6] = [
     ("accept", "text/event-stream"),
     ("originator", "codex_cli_rs"),
+    ("user-agent", "codex_cli_rs/0.0.0 (Linux 6.1; x86_64)"),
     ("version", "0.0.0"),
     ("openai-beta", "responses=experimental"),
     ("session_id", "00000000-0000-4000-8000-000000000000"),
