@@ -84,6 +84,8 @@ async fn a_pending_code_is_polled_until_approved_with_a_numeric_interval() {
         .await
         .unwrap();
     assert_eq!(device.interval_secs, 1);
+    // Pending said with 404 this time (PROTOCOL.md §1: 403 or 404).
+    fake.set_device_pending_status(404);
     fake.auto_approve_device(2, "acct-1");
     let started = std::time::Instant::now();
     let done = pool.auth().device_wait(&device).await.unwrap();
@@ -94,7 +96,7 @@ async fn a_pending_code_is_polled_until_approved_with_a_numeric_interval() {
     assert_eq!(
         fake.count("/api/accounts/deviceauth/token"),
         2,
-        "403 once, then approved"
+        "pending once, then approved"
     );
     assert_eq!(done.account.email.as_deref(), Some("acct-1@example.com"));
 }

@@ -316,6 +316,21 @@ async fn dead_refresh_tokens_mean_a_new_sign_in() {
             FakeRefreshFailure::SessionTerminated,
             "app_session_terminated",
         ),
+        // The same codes in the OAuth shape, `{"error": <code>}`.
+        (
+            FakeRefreshFailure::OAuth {
+                status: 401,
+                error: "refresh_token_reused".into(),
+            },
+            "refresh_token_reused",
+        ),
+        (
+            FakeRefreshFailure::OAuth {
+                status: 400,
+                error: "refresh_token_expired".into(),
+            },
+            "refresh_token_expired",
+        ),
     ];
     for (i, (failure, code)) in cases.into_iter().enumerate() {
         let name = format!("acct-dead-{i}");

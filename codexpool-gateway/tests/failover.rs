@@ -121,12 +121,17 @@ async fn http_failures_fail_over_with_the_right_cooldown() {
 
 #[tokio::test]
 async fn a_deactivated_account_is_banned() {
-    let h = harness(2, &[]).await;
-    h.fake.push_reply("acct-0", Reply::Deactivated);
-    served_by_second(&h).await;
-    let a = h.pool.accounts().get(&h.ids[0]).unwrap();
-    assert_eq!(a.status, AccountStatus::Banned);
-    assert!(a.status_reason.unwrap().contains("deactivated"));
+    for (reply, code) in [
+        (Reply::Deactivated, "account_deactivated"),
+        (Reply::WorkspaceDeactivated, "workspace_deactivated"),
+    ] {
+        let h = harness(2, &[]).await;
+        h.fake.push_reply("acct-0", reply);
+        served_by_second(&h).await;
+        let a = h.pool.accounts().get(&h.ids[0]).unwrap();
+        assert_eq!(a.status, AccountStatus::Banned, "{code}");
+        assert!(a.status_reason.unwrap().contains(code), "{code}");
+    }
 }
 
 #[tokio::test]

@@ -163,6 +163,14 @@ pub enum FakeRefreshFailure {
         /// `error.code`.
         code: String,
     },
+    /// That status with the OAuth shape, `{"error":<code>,"error_description":…}` (PROTOCOL.md
+    /// §1: the code comes as `error` or `error.code`).
+    OAuth {
+        /// HTTP status.
+        status: u16,
+        /// `error`.
+        error: String,
+    },
 }
 
 /// How the device-code endpoint sends `interval` (PROTOCOL.md §1 allows both).
@@ -739,6 +747,11 @@ fn refresh_failure_response(failure: &FakeRefreshFailure) -> Response {
             code,
             "Scripted refresh failure.",
         ),
+        FakeRefreshFailure::OAuth { status, error } => oauth_error(
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
+            error,
+            "Scripted refresh failure.",
+        ),
     }
 }
 
@@ -911,7 +924,7 @@ pub(crate) async fn device_token(
                 .into_response()
         }
         None => oauth_error(
-            StatusCode::FORBIDDEN,
+            StatusCode::from_u16(inner.device_pending_status).unwrap_or(StatusCode::FORBIDDEN),
             "authorization_pending",
             "the user has not approved this device code yet",
         ),

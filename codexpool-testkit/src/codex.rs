@@ -522,11 +522,15 @@ pub(crate) fn render(flat: &Flat, dialect: &impl Dialect) -> Outcome {
         Core::Garbage => sse(vec![Step::Bytes(Bytes::from_static(GARBAGE))]),
         Core::Raw(body) => sse(vec![Step::text(body.clone())]),
         Core::Hang => sse(vec![Step::Hang]),
-        Core::Deactivated => json_outcome(
+        Core::Deactivated(code) => json_outcome(
             StatusCode::FORBIDDEN,
             &json!({"error": {
-                "message": "Your OpenAI account has been deactivated, please check your email for more information.",
-                "type": "invalid_request_error", "param": null, "code": "account_deactivated"
+                "message": if *code == "account_deactivated" {
+                    "Your OpenAI account has been deactivated, please check your email for more information."
+                } else {
+                    "This workspace has been deactivated."
+                },
+                "type": "invalid_request_error", "param": null, "code": code
             }}),
         ),
     };

@@ -435,6 +435,12 @@ impl FakeOpenAi {
         self.shared.inner().event_lines = on;
     }
 
+    /// The status a device code not yet approved is answered with: 403 (the default) or 404,
+    /// both "pending" (PROTOCOL.md §1).
+    pub fn set_device_pending_status(&self, status: u16) {
+        self.shared.inner().device_pending_status = status;
+    }
+
     /// How many refreshes were attempted for the account (failed ones included).
     #[track_caller]
     pub fn refresh_count(&self, account_id: &str) -> usize {

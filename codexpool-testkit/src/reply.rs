@@ -199,6 +199,9 @@ pub enum Reply {
     Unauthorized,
     /// 403 with `{"error":{"code":"account_deactivated",…}}`.
     Deactivated,
+    /// 403 with `{"error":{"code":"workspace_deactivated",…}}`: the ChatGPT workspace (team,
+    /// business) the account signed in to is gone.
+    WorkspaceDeactivated,
     /// Waits `delay` before sending anything (not even the status line).
     SlowFirstByte {
         /// The wait.
@@ -483,7 +486,8 @@ pub(crate) enum Core {
     },
     Challenge,
     Unauthorized,
-    Deactivated,
+    /// The `code` of the deactivation.
+    Deactivated(&'static str),
     Garbage,
     Raw(String),
     Hang,
@@ -627,7 +631,8 @@ pub(crate) fn flatten(reply: Reply) -> Flat {
             },
             Reply::ChallengeHtml => Core::Challenge,
             Reply::Unauthorized => Core::Unauthorized,
-            Reply::Deactivated => Core::Deactivated,
+            Reply::Deactivated => Core::Deactivated("account_deactivated"),
+            Reply::WorkspaceDeactivated => Core::Deactivated("workspace_deactivated"),
             Reply::CutMidStream { after_deltas } => Core::Script(Script::ending(
                 vec![OutputItem::Text {
                     deltas: numbered_deltas(after_deltas),

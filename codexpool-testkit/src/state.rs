@@ -137,6 +137,8 @@ pub(crate) struct Inner {
     pub(crate) last_authorize_query: Option<Vec<(String, String)>>,
     pub(crate) device_interval: DeviceInterval,
     pub(crate) device_auto_approve: Option<(u32, String)>,
+    /// How a code not yet approved is answered: 403 or 404 (PROTOCOL.md §1 names both).
+    pub(crate) device_pending_status: u16,
     pub(crate) refresh_delay: Duration,
     /// Refresh requests that began waiting out `refresh_delay`.
     pub(crate) refreshes_held: usize,
@@ -167,6 +169,7 @@ impl Inner {
             last_authorize_query: None,
             device_interval,
             device_auto_approve: None,
+            device_pending_status: 403,
             refresh_delay: Duration::ZERO,
             refreshes_held: 0,
             refresh_rotates: true,
