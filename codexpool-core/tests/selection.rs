@@ -522,43 +522,63 @@ async fn inflight_cap_and_waiting_for_a_slot() {
     assert_eq!(pool.accounts().total_inflight(), 0);
 }
 
+/// A lease for conversation `key` that serves (commits), as a request whose answer began.
+async fn serve(pool: &codexpool_core::Pool, key: &str) -> codexpool_core::Lease {
+    let lease = pool
+        .accounts()
+        .acquire(&Demand::any().affinity(key))
+        .await
+        .unwrap();
+    lease.commit();
+    lease
+}
+
+/// A conversation moves only with an attempt that served: a lease on another account that is
+/// dropped before it commits (it failed, or its client left) leaves the pin where it was.
+#[tokio::test]
+async fn a_conversation_moves_only_when_the_new_account_serves() {
+    let (pool, _) = pool_with(&[("ACCOUNT_MAX_INFLIGHT", "1")]).await;
+    add_accounts(&pool, 2).await;
+    let first = serve(&pool, "conv-1").await.account_id().to_string();
+    // Its account busy, the conversation gets the other one; that attempt never serves.
+    let busy = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    assert_eq!(busy.account_id(), first);
+    let elsewhere = pool
+        .accounts()
+        .acquire(&Demand::any().affinity("conv-1"))
+        .await
+        .unwrap();
+    assert!(elsewhere.moved());
+    drop(elsewhere);
+    drop(busy);
+    let back = pool
+        .accounts()
+        .acquire(&Demand::any().affinity("conv-1"))
+        .await
+        .unwrap();
+    assert_eq!(back.account_id(), first);
+    assert!(!back.moved(), "still its account's conversation");
+}
+
 #[tokio::test]
 async fn affinity_keeps_a_conversation_on_its_account_while_usable() {
     let (pool, clock) = pool_with(&[("ROUTE_STRATEGY", "round-robin")]).await;
     let ids = add_accounts(&pool, 3).await;
-    let first = pool
-        .accounts()
-        .acquire(&Demand::any().affinity("conv-1"))
-        .await
-        .unwrap()
-        .account_id()
-        .to_string();
+    let first = serve(&pool, "conv-1").await.account_id().to_string();
     for _ in 0..4 {
-        let l = pool
-            .accounts()
-            .acquire(&Demand::any().affinity("conv-1"))
-            .await
-            .unwrap();
+        let l = serve(&pool, "conv-1").await;
         assert_eq!(l.account_id(), first);
         assert!(!l.moved());
     }
     // Unusable → moves (and the lease says so), and stays on the new account.
     pool.accounts().disable(&first).await.unwrap();
-    let lease = pool
-        .accounts()
-        .acquire(&Demand::any().affinity("conv-1"))
-        .await
-        .unwrap();
+    let lease = serve(&pool, "conv-1").await;
     assert!(lease.moved(), "the conversation left its account");
     let moved = lease.account_id().to_string();
     drop(lease);
     assert_ne!(moved, first);
     pool.accounts().enable(&first).await.unwrap();
-    let lease = pool
-        .accounts()
-        .acquire(&Demand::any().affinity("conv-1"))
-        .await
-        .unwrap();
+    let lease = serve(&pool, "conv-1").await;
     assert_eq!(lease.account_id(), moved);
     assert!(!lease.moved(), "settled on the new account");
     drop(lease);
@@ -566,14 +586,7 @@ async fn affinity_keeps_a_conversation_on_its_account_while_usable() {
     clock.advance(Duration::from_secs(3601));
     let mut seen = std::collections::HashSet::new();
     for _ in 0..3 {
-        seen.insert(
-            pool.accounts()
-                .acquire(&Demand::any().affinity("conv-1"))
-                .await
-                .unwrap()
-                .account_id()
-                .to_string(),
-        );
+        seen.insert(serve(&pool, "conv-1").await.account_id().to_string());
     }
     assert!(seen.len() == 1 && ids.len() == 3);
 }

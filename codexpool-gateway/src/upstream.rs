@@ -744,6 +744,7 @@ pub(crate) async fn run(
         match attempt(pool, upstream, metrics, bodies, &lease).await {
             Step::Committed(stream, headers) => {
                 metrics.attempt(Attempt::Ok);
+                lease.commit();
                 call.record.entry.account_id = Some(lease.account_id().to_string());
                 return Ok(Committed {
                     lease,

@@ -70,6 +70,9 @@ pub struct Lease {
     pub(crate) pool: Pool,
     /// The conversation was last served by another account.
     pub(crate) moved: bool,
+    /// The conversation ([`Demand::affinity`](crate::Demand)), pinned to this account only
+    /// once it serves ([`Lease::commit`]).
+    pub(crate) conversation: Option<Box<str>>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -98,6 +101,22 @@ impl Lease {
         self.moved
     }
 
+    /// This account serves the request: its conversation is pinned to it from now on. Called
+    /// when the answer's first output goes to the client, and by a [`Outcome::Success`] report.
+    /// A lease dropped before leaves the pin where it was: an attempt that failed, or whose
+    /// client left, does not move the conversation (its next turn would be stripped of what
+    /// the account that really served it made).
+    pub fn commit(&self) {
+        if let Some(key) = &self.conversation {
+            let now = self.pool.shared.clock.now();
+            crate::sync::lock(&self.pool.shared.affinity).set(
+                key,
+                &self.slot.account.id,
+                now.as_millis(),
+            );
+        }
+    }
+
     /// The pool's clock now: what a reset given as "in N seconds" is counted from.
     pub fn now(&self) -> Timestamp {
         self.pool.shared.clock.now()
@@ -118,6 +137,7 @@ impl Lease {
         let now = shared.clock.now();
         match outcome {
             Outcome::Success => {
+                self.commit();
                 // Leases are not handed out while an account cools down, so a cooldown still
                 // running now was set by a request that failed after this one started: its verdict
                 // is newer than this success, and it keeps the cooldown and the strike count.

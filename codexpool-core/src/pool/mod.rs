@@ -771,11 +771,11 @@ impl AccountPool {
             )
             && slot.state.try_take(cap)
         {
-            sync::lock(&shared.affinity).set(key, &slot.account.id, now.as_millis());
             return Ok(Lease {
                 slot: slot.clone(),
                 pool: self.pool.clone(),
                 moved: false,
+                conversation: Some(key.into()),
             });
         }
         let slot = select::pick(
@@ -786,14 +786,12 @@ impl AccountPool {
             now,
             cap,
         )?;
-        if let Some(key) = demand.affinity {
-            sync::lock(&shared.affinity).set(key, &slot.account.id, now.as_millis());
-        }
         let moved = pinned.is_some_and(|id| id != slot.account.id);
         Ok(Lease {
             slot,
             pool: self.pool.clone(),
             moved,
+            conversation: demand.affinity.map(Into::into),
         })
     }
 }
