@@ -84,6 +84,11 @@ impl Record {
 impl Drop for Record {
     fn drop(&mut self) {
         if !self.written {
+            if std::thread::panicking() {
+                // The gateway failed, not the client: CatchPanicLayer answers 500.
+                self.finish(500, Some("internal_error"), None);
+                return;
+            }
             // The response was dropped before it ended: the client went away.
             let status = if self.entry.status == 0 {
                 499
@@ -92,5 +97,54 @@ impl Drop for Record {
             };
             self.finish(status, Some("client_closed"), None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use codexpool_core::request_log::RequestLogQuery;
+    use codexpool_core::store::MemoryStore;
+    use codexpool_core::{Config, Pool};
+
+    use super::Record;
+
+    /// A request whose handler panicked is the gateway's 500 in the log, not a client that left.
+    #[tokio::test]
+    async fn a_panic_is_logged_as_the_gateways_error() {
+        let pool = Pool::builder(Config::default())
+            .store(Arc::new(MemoryStore::new()))
+            .open()
+            .await
+            .unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _record = Record::new(pool.clone(), "req_1".into(), "/v1/chat/completions", None);
+            panic!("a bug");
+        }));
+        assert!(panicked.is_err());
+        drop(Record::new(
+            pool.clone(),
+            "req_2".into(),
+            "/v1/chat/completions",
+            None,
+        ));
+        pool.flush().await.unwrap();
+        let rows = pool
+            .request_log()
+            .list(&RequestLogQuery::default())
+            .await
+            .unwrap();
+        let seen: Vec<_> = rows
+            .iter()
+            .map(|r| (r.request_id.as_str(), r.status, r.error_class.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("req_2", 499, Some("client_closed")),
+                ("req_1", 500, Some("internal_error"))
+            ]
+        );
     }
 }

@@ -848,6 +848,8 @@ async fn attempt(
         if response.status == StatusCode::UNAUTHORIZED && !refreshed {
             refreshed = true;
             metrics.refresh_after_401();
+            // Its stream (or pooled connection) is not held through the refresh.
+            drop(response);
             match pool
                 .auth()
                 .refresh_after_unauthorized(account, &token)
