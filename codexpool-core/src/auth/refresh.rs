@@ -221,6 +221,48 @@ enum Refreshed {
     Unanswered(AuthError),
 }
 
+/// A flight's task's end, however it ends (a panic in a store included): the flight leaves
+/// `flights` and its callers hear a result, so the account's next refresh starts afresh rather
+/// than waiting on a flight that will never land.
+struct Landing {
+    auth: Auth,
+    id: String,
+    tx: tokio::sync::watch::Sender<Flight>,
+}
+
+impl Landing {
+    fn land(self, result: Result<Secret, AuthError>) {
+        self.leave();
+        self.tx.send_modify(|f| f.result = Some(result));
+    }
+
+    /// Takes the flight out of `flights`, if it is still this one.
+    fn leave(&self) {
+        let mut flights = sync::lock(&self.auth.pool.shared.auth.flights);
+        if flights
+            .get(&self.id)
+            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+        {
+            flights.remove(&self.id);
+        }
+    }
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        self.leave();
+        self.tx.send_if_modified(|f| {
+            let unanswered = f.result.is_none();
+            if unanswered {
+                f.result = Some(Err(AuthError::transient(
+                    "the refresh stopped before its end",
+                )));
+            }
+            unanswered
+        });
+    }
+}
+
 /// The refresh lease as this process holds it.
 struct HeldLease {
     /// When it runs out, counted from before it was asked for.
@@ -388,11 +430,17 @@ impl Auth {
                     None => {
                         let (tx, rx) = tokio::sync::watch::channel(Flight::default());
                         flights.insert(id.to_string(), rx.clone());
-                        let (auth, id) = (self.clone(), id.to_string());
+                        let landing = Landing {
+                            auth: self.clone(),
+                            id: id.to_string(),
+                            tx,
+                        };
                         self.pool.shared.runtime.spawn(async move {
-                            let result = auth.refresh_across_processes(&id, &baseline, &tx).await;
-                            sync::lock(&auth.pool.shared.auth.flights).remove(&id);
-                            tx.send_modify(|f| f.result = Some(result));
+                            let result = landing
+                                .auth
+                                .refresh_across_processes(&landing.id, &baseline, &landing.tx)
+                                .await;
+                            landing.land(result);
                         });
                         break rx;
                     }

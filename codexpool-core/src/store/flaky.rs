@@ -22,6 +22,8 @@ use crate::usage::{Credits, LedgerEntry, LedgerQuery, LedgerRow, WindowReading};
 pub(crate) struct FlakyStore {
     pub inner: MemoryStore,
     down: AtomicBool,
+    /// Panic (once) when a refresh lease is given back: a store with a bug.
+    pub panic_on_release: AtomicBool,
 }
 
 impl FlakyStore {
@@ -219,6 +221,9 @@ impl Store for FlakyStore {
         holder: &str,
     ) -> Result<(), StoreError> {
         self.up()?;
+        if self.panic_on_release.swap(false, Ordering::SeqCst) {
+            panic!("a store with a bug");
+        }
         self.inner.release_refresh_lease(account_id, holder).await
     }
     async fn save_refreshed_tokens(
