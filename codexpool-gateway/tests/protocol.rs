@@ -98,6 +98,40 @@ async fn the_model_catalogue_is_asked_as_the_codex_cli_asks() {
     assert_eq!(last.header("chatgpt-account-id"), Some("acct-0"));
 }
 
+/// With every account busy the built-in list answers for that moment only: the next call,
+/// once an account is free, asks the upstream (it was kept for a minute).
+#[tokio::test]
+async fn a_busy_pool_does_not_keep_the_built_in_model_list() {
+    let h = harness(
+        1,
+        &[
+            ("ACCOUNT_MAX_INFLIGHT", "1"),
+            ("REQUEST_GATE_WAIT_TIMEOUT_MS", "50"),
+        ],
+    )
+    .await;
+    h.fake
+        .set_models(vec![codexpool_testkit::FakeModel::new("gpt-from-upstream")]);
+    let models = || {
+        axum::http::Request::get("/v1/models")
+            .header("authorization", format!("Bearer {}", h.key))
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let held = h
+        .pool
+        .accounts()
+        .acquire(&codexpool_core::Demand::any())
+        .await
+        .unwrap();
+    let (status, v) = h.json(models()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["data"][0]["id"], "gpt-5-codex", "built in: {v}");
+    drop(held);
+    let (_, v) = h.json(models()).await;
+    assert_eq!(v["data"][0]["id"], "gpt-from-upstream", "{v}");
+}
+
 #[tokio::test]
 async fn a_usage_limit_notice_in_the_text_is_read_to_the_wait_it_names() {
     let h = harness(2, &[]).await;

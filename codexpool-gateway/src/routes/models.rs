@@ -54,12 +54,12 @@ impl ModelsCache {
         {
             return list.clone();
         }
+        let builtin = || BUILTIN_MODELS.iter().map(|s| s.to_string()).collect();
         let (list, ttl) = match fetch(shared).await {
-            Some(l) if !l.is_empty() => (l, FRESH),
-            _ => (
-                BUILTIN_MODELS.iter().map(|s| s.to_string()).collect(),
-                RETRY,
-            ),
+            Fetched::List(l) if !l.is_empty() => (l, FRESH),
+            // Every account busy (or none usable) for a moment: the next call asks again.
+            Fetched::NoAccount => return Arc::new(builtin()),
+            _ => (builtin(), RETRY),
         };
         let list = Arc::new(list);
         *entry = Some((Instant::now(), ttl, list.clone()));
@@ -67,10 +67,28 @@ impl ModelsCache {
     }
 }
 
+/// What asking for the catalogue gave.
+enum Fetched {
+    List(Vec<String>),
+    /// No account could ask.
+    NoAccount,
+    /// The upstream did not answer with one.
+    Failed,
+}
+
 /// The upstream catalogue, asked as the Codex CLI asks (its headers, one token refresh on a
-/// 401); `None` when it cannot be read.
-async fn fetch(shared: &Shared) -> Option<Vec<String>> {
-    let lease = shared.pool.accounts().acquire(&Demand::any()).await.ok()?;
+/// 401).
+async fn fetch(shared: &Shared) -> Fetched {
+    let Ok(lease) = shared.pool.accounts().acquire(&Demand::any()).await else {
+        return Fetched::NoAccount;
+    };
+    ask(shared, &lease)
+        .await
+        .map_or(Fetched::Failed, Fetched::List)
+}
+
+/// The catalogue asked on `lease`'s account; `None` when it cannot be read.
+async fn ask(shared: &Shared, lease: &codexpool_core::Lease) -> Option<Vec<String>> {
     let url = shared
         .upstream
         .url(&format!("/models?client_version={CODEX_VERSION}"));
@@ -78,9 +96,7 @@ async fn fetch(shared: &Shared) -> Option<Vec<String>> {
     for refreshed in [false, true] {
         let mut headers = HeaderMap::new();
         shared.upstream.client_headers(&mut headers);
-        shared
-            .upstream
-            .account_headers(&mut headers, &lease, &token);
+        shared.upstream.account_headers(&mut headers, lease, &token);
         let resp = shared
             .upstream
             .client()
