@@ -102,6 +102,16 @@ async fn http_failures_fail_over_with_the_right_cooldown() {
             },
             true,
         ),
+        // The Cloudflare header alone, on an ordinary-looking answer, is a challenge too.
+        (
+            Reply::status_json(403, serde_json::json!({"detail": "denied"}))
+                .with_header("cf-mitigated", "challenge"),
+            true,
+        ),
+        (
+            Reply::text("hi").with_header("cf-mitigated", "challenge"),
+            true,
+        ),
     ] {
         let h = harness(2, &[]).await;
         h.fake.push_reply("acct-0", reply.clone());

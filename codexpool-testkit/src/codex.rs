@@ -534,6 +534,15 @@ pub(crate) fn render(flat: &Flat, dialect: &impl Dialect) -> Outcome {
             }}),
         ),
     };
+    let mut outcome = outcome;
+    for (name, value) in &flat.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            outcome.headers.insert(name, value);
+        }
+    }
     with_timing(outcome, flat.after_headers, flat.pace)
 }
 

@@ -259,6 +259,16 @@ pub enum Reply {
         /// The reply.
         then: Box<Reply>,
     },
+    /// The reply with one more response header (e.g. `cf-mitigated: challenge` on an answer
+    /// that is otherwise ordinary: PROTOCOL.md §4 names the header as a sign by itself).
+    WithHeader {
+        /// Header name.
+        name: String,
+        /// Header value.
+        value: String,
+        /// The reply.
+        then: Box<Reply>,
+    },
 }
 
 impl Reply {
@@ -365,6 +375,15 @@ impl Reply {
     /// items only as `response.output_item.done` events); see [`Reply::EmptyFinalOutput`].
     pub fn empty_final_output(self) -> Self {
         Reply::EmptyFinalOutput {
+            then: Box::new(self),
+        }
+    }
+
+    /// Adds a response header; see [`Reply::WithHeader`].
+    pub fn with_header(self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        Reply::WithHeader {
+            name: name.into(),
+            value: value.into(),
             then: Box::new(self),
         }
     }
@@ -500,6 +519,8 @@ pub(crate) struct Flat {
     pub(crate) after_headers: Option<Duration>,
     pub(crate) pace: Option<Duration>,
     pub(crate) usage: Option<FakeTokenUsage>,
+    /// Added response headers.
+    pub(crate) headers: Vec<(String, String)>,
     pub(crate) core: Core,
 }
 
@@ -540,6 +561,7 @@ pub(crate) fn flatten(reply: Reply) -> Flat {
         after_headers: None,
         pace: None,
         usage: None,
+        headers: Vec::new(),
         core: Core::Hang,
     };
     let mut empty_final_output = false;
@@ -568,6 +590,11 @@ pub(crate) fn flatten(reply: Reply) -> Flat {
             }
             Reply::EmptyFinalOutput { then } => {
                 empty_final_output = true;
+                reply = *then;
+                continue;
+            }
+            Reply::WithHeader { name, value, then } => {
+                flat.headers.push((name, value));
                 reply = *then;
                 continue;
             }
