@@ -737,10 +737,25 @@ pub(crate) async fn compact(
         .into_response()
 }
 
-/// `GET /backend-api/codex/models`.
-pub(crate) async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+/// `GET /backend-api/codex/models?client_version=<ver>` (PROTOCOL.md §4: strict mode wants
+/// the version).
+pub(crate) async fn models(
+    State(shared): State<Arc<Shared>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     if let Err(denied) = authenticate(&shared, &headers) {
         return denied.into_response();
+    }
+    let versioned = uri.query().is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .any(|(k, v)| k == "client_version" && !v.is_empty())
+    });
+    if shared.config.strict && !versioned {
+        return detail(
+            StatusCode::BAD_REQUEST,
+            "Missing required query parameter: client_version",
+        );
     }
     let models: Vec<Value> = shared
         .inner()

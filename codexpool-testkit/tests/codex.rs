@@ -664,6 +664,19 @@ async fn models_and_compact() {
         .await
         .unwrap();
     assert_eq!(unauth.status(), 401);
+    let unversioned = client()
+        .get(format!("{}/models", fake.codex_base_url()))
+        .bearer_auth(&token)
+        .header("ChatGPT-Account-ID", "acct-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unversioned.status(), 400);
+    let v: Value = unversioned.json().await.unwrap();
+    assert_eq!(
+        v["detail"],
+        "Missing required query parameter: client_version"
+    );
 
     let compact: Value = client()
         .post(format!("{}/responses/compact", fake.codex_base_url()))
