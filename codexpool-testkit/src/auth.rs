@@ -505,6 +505,15 @@ pub(crate) async fn authorize(
             get("code_challenge").is_some(),
             "code_challenge is required",
         ),
+        // RFC 7636: base64url of a SHA-256, without padding.
+        (
+            get("code_challenge").is_none_or(|c| {
+                c.len() == 43
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }),
+            "code_challenge must be 43 base64url characters",
+        ),
         (
             get("code_challenge_method") == Some("S256"),
             "code_challenge_method must be `S256`",
@@ -700,6 +709,14 @@ fn exchange(shared: &Shared, seq: Seq, params: &BTreeMap<String, String>) -> Res
     let Some(verifier) = params.get("code_verifier") else {
         return invalid_grant("code_verifier is required");
     };
+    // RFC 7636: 43 to 128 unreserved characters.
+    if !(43..=128).contains(&verifier.len())
+        || !verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    {
+        return invalid_grant("code_verifier must be 43 to 128 unreserved characters");
+    }
     if pkce_challenge(verifier) != pending.challenge {
         return invalid_grant("PKCE verification failed");
     }

@@ -169,11 +169,43 @@ async fn exchange_failures_are_invalid_grant() {
     let (verifier, challenge) = pkce();
 
     let code = authorize(&fake, &challenge, "s").await["code"].clone();
-    let wrong_verifier = exchange(&fake, &code, "another-verifier", REDIRECT).await;
+    let wrong_verifier = exchange(&fake, &code, &"v".repeat(43), REDIRECT).await;
     assert_eq!(wrong_verifier.status(), 400);
     let body: Value = wrong_verifier.json().await.unwrap();
     assert_eq!(body["error"], "invalid_grant");
     assert!(body["error_description"].as_str().unwrap().contains("PKCE"));
+    // RFC 7636's shapes: a verifier too short or padded, a challenge that is no SHA-256.
+    for bad in ["short-verifier".to_owned(), format!("{verifier}=")] {
+        let code = authorize(&fake, &challenge, "s").await["code"].clone();
+        let r = exchange(&fake, &code, &bad, REDIRECT).await;
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("43 to 128 unreserved"),
+            "{bad}: {body}"
+        );
+    }
+    let refused = client()
+        .get(format!("{}/oauth/authorize", fake.issuer()))
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", DEFAULT_CLIENT_ID),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", "short"),
+            ("code_challenge_method", "S256"),
+            ("state", "s"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["error_description"],
+        "code_challenge must be 43 base64url characters"
+    );
 
     let code = authorize(&fake, &challenge, "s").await["code"].clone();
     let wrong_redirect = exchange(&fake, &code, &verifier, "http://localhost:1455/other").await;
