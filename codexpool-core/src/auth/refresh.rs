@@ -1010,8 +1010,31 @@ mod tests {
         fake: &codexpool_testkit::FakeOpenAi,
         config: crate::Config,
     ) -> (Pool, String) {
+        pool_on_with_acct_1(
+            std::sync::Arc::new(crate::store::MemoryStore::new()),
+            fake,
+            config,
+        )
+        .await
+    }
+
+    /// Settings whose issuer (and usage endpoint) is a stand-in at `issuer`.
+    fn issuer_at(issuer: &str) -> crate::Config {
+        crate::Config::default()
+            .with("ISSUER", issuer)
+            .unwrap()
+            .with("USAGE_BASE_URL", issuer)
+            .unwrap()
+    }
+
+    /// [`pool_with_acct_1`] on `store`.
+    async fn pool_on_with_acct_1(
+        store: std::sync::Arc<dyn crate::store::Store>,
+        fake: &codexpool_testkit::FakeOpenAi,
+        config: crate::Config,
+    ) -> (Pool, String) {
         let pool = Pool::builder(config)
-            .store(std::sync::Arc::new(crate::store::MemoryStore::new()))
+            .store(store)
             .watch_interval(Duration::ZERO)
             .open()
             .await
@@ -1089,12 +1112,7 @@ mod tests {
         // An issuer that takes the connection and never answers.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let issuer = format!("http://{}", silent.local_addr().unwrap());
-        let config = crate::Config::default()
-            .with("ISSUER", &issuer)
-            .unwrap()
-            .with("USAGE_BASE_URL", &issuer)
-            .unwrap();
-        let (pool, id) = pool_with_acct_1(&fake, config).await;
+        let (pool, id) = pool_with_acct_1(&fake, issuer_at(&issuer)).await;
         sync::lock(&pool.shared.auth.timing).post_timeout = Duration::from_millis(300);
 
         let started = std::time::Instant::now();
@@ -1121,12 +1139,7 @@ mod tests {
             let _ = conn.read(&mut buf);
             let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nnot json!");
         });
-        let config = crate::Config::default()
-            .with("ISSUER", &issuer)
-            .unwrap()
-            .with("USAGE_BASE_URL", &issuer)
-            .unwrap();
-        let (pool, id) = pool_with_acct_1(&fake, config).await;
+        let (pool, id) = pool_with_acct_1(&fake, issuer_at(&issuer)).await;
         let e = pool.auth().refresh(&id).await.unwrap_err();
         assert!(e.is_transient(), "{e:?}");
         assert!(e.to_string().contains("not JSON"), "{e}");
@@ -1169,5 +1182,31 @@ mod tests {
             dead_reason("invalid_grant", Some("bad"), true)
                 .ends_with("(invalid_grant: bad); sign in again")
         );
+    }
+
+    /// A refresh whose task died (here: a store that panics giving its lease back) does not
+    /// stay in flight: the account's next refresh runs, and nothing is left waiting.
+    #[tokio::test]
+    async fn a_refresh_task_that_panics_leaves_no_flight_behind() {
+        let fake = codexpool_testkit::FakeOpenAi::start().unwrap();
+        fake.add_account(codexpool_testkit::FakeAccount::new("acct-1"));
+        let store = crate::store::flaky::FlakyStore::new();
+        let config = crate::Config::default()
+            .with("ISSUER", &fake.issuer())
+            .unwrap();
+        let (pool, id) = pool_on_with_acct_1(store.clone(), &fake, config).await;
+        store
+            .panic_on_release
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Its outcome depends on where the panic struck; what matters is what comes after.
+        let _ = tokio::time::timeout(Duration::from_secs(5), pool.auth().refresh(&id))
+            .await
+            .expect("the callers of a dead flight are answered");
+        let again = tokio::time::timeout(Duration::from_secs(5), pool.auth().refresh(&id))
+            .await
+            .expect("a new refresh starts");
+        assert!(again.is_ok(), "{again:?}");
+        assert!(sync::lock(&pool.shared.auth.flights).is_empty());
+        assert_eq!(fake.refresh_count("acct-1"), 2);
     }
 }
