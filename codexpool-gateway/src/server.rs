@@ -47,10 +47,15 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 #[non_exhaustive]
 pub enum ServerError {
     /// The address could not be bound.
-    #[error("cannot listen on {addr} (CODEXPOOL_SERVICE_ADDR): {source}")]
+    #[error(
+        "cannot listen on {addr}{}: {source}",
+        if *from_setting { " (CODEXPOOL_SERVICE_ADDR)" } else { "" }
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,
+        /// The address is the configured `SERVICE_ADDR` (not one given to [`Server::addr`]).
+        from_setting: bool,
         /// The cause.
         #[source]
         source: std::io::Error,
@@ -232,16 +237,13 @@ impl Server {
                 path: config.db_path.clone(),
                 source,
             })?;
-        let listener = TcpListener::bind(self.addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: self.addr,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        let bind_error = |source| ServerError::Bind {
             addr: self.addr,
+            from_setting: self.addr == config.service_addr,
             source,
-        })?;
+        };
+        let listener = TcpListener::bind(self.addr).await.map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
         // Only a server whose store is the configured database file shares its token and
         // says where it listens: a pool in memory still has a `DB_PATH` (the default or the
         // environment's), and must not pass for the server of whatever database is there.

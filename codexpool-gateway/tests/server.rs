@@ -676,6 +676,50 @@ async fn a_pool_in_memory_is_no_server_of_the_database_its_settings_name() {
     srv.stop().await.unwrap();
 }
 
+/// A taken address is named, and the setting only when the address came from it.
+#[tokio::test]
+async fn a_taken_address_names_the_setting_only_when_it_came_from_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (given, _key) = env_with_an_account(&[]).await;
+    let err = Server::new(given.pool.clone())
+        .addr(addr)
+        .background_tasks(false)
+        .start()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("cannot listen on {addr}: ")),
+        "{text}"
+    );
+    assert!(!text.contains("SERVICE_ADDR"), "{text}");
+
+    let (set, _key) = env_with_an_account(&[("SERVICE_ADDR", &addr.to_string())]).await;
+    let err = Server::new(set.pool.clone())
+        .background_tasks(false)
+        .start()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "cannot listen on {addr} (CODEXPOOL_SERVICE_ADDR): "
+        )),
+        "{text}"
+    );
+    assert!(
+        matches!(
+            err,
+            codexpool_gateway::ServerError::Bind {
+                from_setting: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
 /// Listening beyond this machine takes an explicit setting (the sign-in listener's rule).
 #[tokio::test]
 async fn a_non_loopback_address_needs_to_be_allowed() {
