@@ -430,6 +430,9 @@ impl Auth {
                     None => {
                         let (tx, rx) = tokio::sync::watch::channel(Flight::default());
                         flights.insert(id.to_string(), rx.clone());
+                        drop(flights);
+                        // Spawned with `flights` unlocked: on a runtime that has shut down the
+                        // task is dropped at once, here, and its landing takes `flights`.
                         let landing = Landing {
                             auth: self.clone(),
                             id: id.to_string(),
@@ -1182,6 +1185,35 @@ mod tests {
             dead_reason("invalid_grant", Some("bad"), true)
                 .ends_with("(invalid_grant: bad); sign in again")
         );
+    }
+
+    /// A pool whose runtime has shut down (an embedder's temporary runtime) answers a refresh
+    /// asked from another runtime with an error: the refresh task is dropped as it is spawned.
+    #[test]
+    fn a_refresh_after_the_pools_runtime_ended_is_answered() {
+        let fake = codexpool_testkit::FakeOpenAi::start().unwrap();
+        fake.add_account(codexpool_testkit::FakeAccount::new("acct-1"));
+        let config = crate::Config::default()
+            .with("ISSUER", &fake.issuer())
+            .unwrap();
+        let opened = tokio::runtime::Runtime::new().unwrap();
+        let (pool, id) = opened.block_on(pool_with_acct_1(&fake, config));
+        drop(opened);
+        let (done, answer) = std::sync::mpsc::channel();
+        let asker = pool.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = done.send(rt.block_on(asker.auth().refresh(&id)).map(|_| ()));
+        });
+        let result = answer
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the refresh is answered, not stuck on its own lock");
+        let err = result.unwrap_err();
+        assert!(err.to_string().contains("stopped before its end"), "{err}");
+        assert!(sync::lock(&pool.shared.auth.flights).is_empty());
     }
 
     /// A refresh whose task died (here: a store that panics giving its lease back) does not
