@@ -288,33 +288,36 @@ impl KeyPatch {
     }
 
     /// Applies the patch (the store calls this inside its transaction, on a copy it writes
-    /// only when this succeeds). Refused when it would leave the bound model outside the
-    /// allowed ones, as [`KeyStore::create`] refuses such a key.
+    /// only when this succeeds). Refused when a change of the bound or allowed models would
+    /// leave the bound model outside the allowed ones, as [`KeyStore::create`] refuses such a
+    /// key; other changes (disabling, renaming) go through whatever the key holds.
     pub fn apply_to(&self, k: &mut PlatformKey, now: Timestamp) -> Result<(), StoreError> {
-        let p = self.clone();
-        if let Some(v) = p.name {
-            k.name = v;
+        if let Some(v) = &self.name {
+            k.name.clone_from(v);
         }
-        if let Some(v) = p.model {
-            k.model = v;
+        if let Some(v) = &self.model {
+            k.model.clone_from(v);
         }
-        if let Some(v) = p.allowed_models {
-            k.allowed_models = v;
+        if let Some(v) = &self.allowed_models {
+            k.allowed_models.clone_from(v);
         }
-        if let Some(v) = p.allowed_groups {
-            k.allowed_groups = v;
+        if let Some(v) = &self.allowed_groups {
+            k.allowed_groups.clone_from(v);
         }
-        if let Some(v) = p.reasoning_effort {
-            k.reasoning_effort = v;
+        if let Some(v) = &self.reasoning_effort {
+            k.reasoning_effort.clone_from(v);
         }
-        if let Some(v) = p.enabled {
+        if let Some(v) = self.enabled {
             k.enabled = v;
         }
-        if let Some(v) = p.expires_at {
+        if let Some(v) = self.expires_at {
             k.expires_at = v;
         }
         k.updated_at = now;
-        bound_model_allowed(k.model.as_deref(), &k.allowed_models)
+        if self.model.is_some() || self.allowed_models.is_some() {
+            bound_model_allowed(k.model.as_deref(), &k.allowed_models)?;
+        }
+        Ok(())
     }
 }
 
@@ -745,6 +748,40 @@ mod tests {
             Some("bound"),
             "a bound model wins"
         );
+    }
+
+    /// A key that binds a model outside its allowed ones (stored so by an older version) can
+    /// still be disabled and renamed; a change of its models must mend it.
+    #[test]
+    fn only_model_changes_are_checked_against_the_allowed_models() {
+        let mut k = PlatformKey {
+            id: "k".into(),
+            name: "n".into(),
+            hint: "h".into(),
+            secret_hash: [0; 32],
+            model: Some("o3".into()),
+            allowed_models: vec!["gpt-5".into()],
+            allowed_groups: vec![],
+            reasoning_effort: None,
+            enabled: true,
+            expires_at: None,
+            created_at: Timestamp::from_secs(0),
+            updated_at: Timestamp::from_secs(0),
+            last_used_at: None,
+        };
+        let now = Timestamp::from_secs(9);
+        let off = KeyPatch::default().enabled(false).name("leaked");
+        off.apply_to(&mut k, now).unwrap();
+        assert!(!k.enabled);
+        assert_eq!((k.name.as_str(), k.updated_at), ("leaked", now));
+        let refused = KeyPatch::default().allowed_models(vec!["gpt-5".into(), "o4".into()]);
+        assert!(matches!(
+            refused.apply_to(&mut k.clone(), now),
+            Err(StoreError::Refused { .. })
+        ));
+        let mended = KeyPatch::default().model(Some("gpt-5".into()));
+        mended.apply_to(&mut k, now).unwrap();
+        assert_eq!(k.model.as_deref(), Some("gpt-5"));
     }
 
     #[test]
