@@ -171,6 +171,8 @@ fn entry_size(id: &str, own: usize, session: Option<&Arc<str>>, items: usize) ->
 #[derive(Default)]
 struct Space {
     responses: HashMap<Arc<str>, Entry>,
+    /// Its responses, least recently used first (by [`Entry::seq`]).
+    order: BTreeMap<u64, Arc<str>>,
     items: HashMap<Box<str>, Arc<Item>>,
     /// How many of `responses` are unread.
     unread: usize,
@@ -222,12 +224,8 @@ impl Inner {
                 .get_key_value(growing)
                 .filter(|(_, space)| space.bytes > limit / 2 && self.spaces.len() > 1)
                 .and_then(|(key, space)| {
-                    let oldest = space
-                        .responses
-                        .iter()
-                        .filter(|(id, _)| Some(&***id) != keep)
-                        .min_by_key(|(_, e)| e.seq)?;
-                    Some((key.clone(), oldest.0.clone()))
+                    let oldest = space.order.values().find(|id| Some(&***id) != keep)?;
+                    Some((key.clone(), oldest.clone()))
                 });
             let (key, id) = match own {
                 Some(pair) => pair,
@@ -246,9 +244,13 @@ impl Inner {
     /// Marks a response as used now; `None` when it is not kept.
     fn touch(&mut self, key: &str, id: &str, now: Timestamp) -> Option<&Entry> {
         let seq = self.seq();
-        let entry = self.spaces.get_mut(key)?.responses.get_mut(id)?;
+        let space = self.spaces.get_mut(key)?;
+        let entry = space.responses.get_mut(id)?;
         if let Some(pair) = self.lru.remove(&entry.seq) {
             self.lru.insert(seq, pair);
+        }
+        if let Some(id) = space.order.remove(&entry.seq) {
+            space.order.insert(seq, id);
         }
         entry.seq = seq;
         entry.used = now;
@@ -316,14 +318,18 @@ impl Inner {
         let Some(space) = self.spaces.get(key) else {
             return;
         };
-        let mut unread: Vec<(u64, Arc<str>)> = space
-            .responses
-            .iter()
-            .filter(|(_, e)| matches!(e.answer, Answer::Unread { .. }))
-            .map(|(id, e)| (e.seq, id.clone()))
+        let unread: Vec<Arc<str>> = space
+            .order
+            .values()
+            .filter(|id| {
+                space
+                    .responses
+                    .get(*id)
+                    .is_some_and(|e| matches!(e.answer, Answer::Unread { .. }))
+            })
+            .cloned()
             .collect();
-        unread.sort_unstable();
-        for (_, id) in unread {
+        for id in unread {
             self.read(key, &id);
         }
     }
@@ -352,6 +358,7 @@ impl Inner {
             return false;
         };
         self.lru.remove(&entry.seq);
+        space.order.remove(&entry.seq);
         self.bytes = self.bytes.saturating_sub(entry.size);
         space.bytes = space.bytes.saturating_sub(entry.size);
         if matches!(entry.answer, Answer::Unread { .. }) {
@@ -490,6 +497,7 @@ impl ResponseStore {
             }
         }
         space.unread += 1;
+        space.order.insert(seq, id.clone());
         space.responses.insert(
             id.clone(),
             Entry {
@@ -546,6 +554,19 @@ impl ResponseStore {
         let inner = self.lock();
         let spaces: usize = inner.spaces.values().map(|s| s.bytes).sum();
         assert_eq!(spaces, inner.bytes, "each key's share adds up to the whole");
+        for space in inner.spaces.values() {
+            let order: Vec<(u64, &str)> = space.order.iter().map(|(q, id)| (*q, &**id)).collect();
+            let mut by_seq: Vec<(u64, &str)> = space
+                .responses
+                .iter()
+                .map(|(id, e)| (e.seq, &**id))
+                .collect();
+            by_seq.sort_unstable();
+            assert_eq!(
+                order, by_seq,
+                "each key's order is its responses by last use"
+            );
+        }
         inner.bytes
     }
 
