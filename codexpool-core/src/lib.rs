@@ -376,6 +376,12 @@ impl Pool {
                 .wait_for(|f| f.result.is_some() || f.waiting_since.is_some())
                 .await;
         }
+        self.write_queued().await
+    }
+
+    /// Writes what is queued (usage readings, ledger, request log, last-used times), without
+    /// waiting for refreshes: before a read that should see this process's own rows.
+    pub(crate) async fn write_queued(&self) -> Result<()> {
         self.shared.writer.flush().await;
         self.flush_stamps().await
     }

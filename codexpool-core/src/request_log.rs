@@ -182,7 +182,7 @@ impl RequestLog {
     /// (see [`resolve`](Self::resolve)).
     pub async fn list(&self, q: &RequestLogQuery) -> Result<Vec<RequestLogEntry>> {
         let q = self.resolve(q)?;
-        self.pool.flush().await?;
+        self.pool.write_queued().await?;
         Ok(self.pool.shared.store.list_request_log(&q).await?)
     }
 

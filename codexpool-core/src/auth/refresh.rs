@@ -1216,6 +1216,40 @@ mod tests {
         assert!(sync::lock(&pool.shared.auth.flights).is_empty());
     }
 
+    /// Reading the request log or the ledger writes what is queued and does not wait for a
+    /// refresh in flight (only [`Pool::flush`], before a stop, does).
+    #[tokio::test]
+    async fn reads_do_not_wait_for_a_refresh_in_flight() {
+        let fake = codexpool_testkit::FakeOpenAi::start().unwrap();
+        fake.add_account(codexpool_testkit::FakeAccount::new("acct-1"));
+        fake.refresh_delay(Duration::from_secs(5));
+        let config = crate::Config::default()
+            .with("ISSUER", &fake.issuer())
+            .unwrap();
+        let (pool, id) = pool_with_acct_1(&fake, config).await;
+        let refreshing = pool.clone();
+        let refresh = tokio::spawn(async move { refreshing.auth().refresh(&id).await });
+        while fake.refreshes_held() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let quick = Duration::from_secs(2);
+        let rows = tokio::time::timeout(quick, pool.request_log().list(&Default::default()))
+            .await
+            .expect("the log is read while the refresh waits for its answer");
+        assert!(rows.unwrap().is_empty());
+        tokio::time::timeout(
+            quick,
+            pool.usage().ledger(&crate::usage::LedgerQuery::by(
+                crate::usage::LedgerGroup::Key,
+            )),
+        )
+        .await
+        .expect("the ledger too")
+        .unwrap();
+        assert!(!refresh.is_finished());
+        refresh.abort();
+    }
+
     /// A refresh whose task died (here: a store that panics giving its lease back) does not
     /// stay in flight: the account's next refresh runs, and nothing is left waiting.
     #[tokio::test]

@@ -190,7 +190,7 @@ impl UsageTracker {
 
     /// Sums the ledger (after writing what is queued), largest total first.
     pub async fn ledger(&self, q: &LedgerQuery) -> Result<Vec<LedgerRow>> {
-        self.pool.flush().await?;
+        self.pool.write_queued().await?;
         Ok(self.pool.shared.store.ledger_summary(q).await?)
     }
 
