@@ -752,6 +752,19 @@ impl AccountPool {
         }
     }
 
+    /// Like [`acquire`](Self::acquire), without waiting: [`PoolError::Busy`] at once when every
+    /// candidate is at its inflight cap. For work that can do without an account (a catalogue
+    /// with a built-in stand-in) and should not queue before requests.
+    pub fn acquire_now(&self, demand: &Demand<'_>) -> Result<Lease, PoolError> {
+        self.try_acquire(demand).map_err(|f| match f {
+            select::Failure::Final(e) => e,
+            select::Failure::Busy => PoolError::Busy {
+                cap: self.pool.shared.config.account_max_inflight,
+                waited: Duration::ZERO,
+            },
+        })
+    }
+
     /// One selection attempt, without waiting.
     fn try_acquire(&self, demand: &Demand<'_>) -> Result<Lease, select::Failure> {
         let shared = &self.pool.shared;

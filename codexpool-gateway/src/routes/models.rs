@@ -77,9 +77,10 @@ enum Fetched {
 }
 
 /// The upstream catalogue, asked as the Codex CLI asks (its headers, one token refresh on a
-/// 401).
+/// 401), on an account free now: the cache is locked meanwhile, and other calls must not queue
+/// behind a wait for one (nor take slots requests wait for).
 async fn fetch(shared: &Shared) -> Fetched {
-    let Ok(lease) = shared.pool.accounts().acquire(&Demand::any()).await else {
+    let Ok(lease) = shared.pool.accounts().acquire_now(&Demand::any()) else {
         return Fetched::NoAccount;
     };
     ask(shared, &lease)
