@@ -1198,12 +1198,12 @@ pub fn classify_error_body(
             .any(|marker| contains_ignore_ascii_case(&text, marker));
         // Only a page that says so, or a refusal of access, is a challenge: a proxy's "413
         // Request Entity Too Large" page is about the request, not about the account.
+        // Any other page means what its status means (a proxy's 408 goes elsewhere, a 401
+        // refreshes), as for a body in JSON or plain text.
         let kind = match status {
             _ if challenge => FailureKind::Challenge,
             403 | 200..=399 => FailureKind::Challenge,
-            429 => FailureKind::RateLimited { retry_after: None },
-            500.. => FailureKind::Server,
-            _ => FailureKind::BadRequest,
+            _ => classify_code(None, None, Some(status)),
         };
         return UpstreamFailure {
             kind,
@@ -1723,6 +1723,15 @@ mod tests {
         assert!(matches!(f.kind, FailureKind::RateLimited { .. }), "{f:?}");
         let f = classify_error_body(403, Some("text/html"), b"<html>Access denied</html>", false);
         assert_eq!(f.kind, FailureKind::Challenge);
+        // Other pages mean what their status means, as in any other body.
+        let page = b"<html><head><title>408 Request Time-out</title></head></html>";
+        let f = classify_error_body(408, Some("text/html"), page, false);
+        assert_eq!(f.kind, FailureKind::Server);
+        assert!(f.retry_elsewhere());
+        let f = classify_error_body(401, Some("text/html"), b"<html>401</html>", false);
+        assert_eq!(f.kind, FailureKind::Unauthorized);
+        let f = classify_error_body(402, Some("text/html"), b"<html>402</html>", false);
+        assert_eq!(f.kind, FailureKind::Forbidden);
         // Payment required that is not a deactivation: the account's billing, tried elsewhere.
         let f = classify_error_body(
             402,
