@@ -239,7 +239,7 @@ impl Piece<'_> {
             Self::Text(text) => return mentions_json(text.get()),
         };
         serde_json::from_str::<MessageHead<'_>>(json).is_ok_and(|head| {
-            head.role.is_some() && head.content.is_some_and(|c| mentions_json(c.get()))
+            head.role.is_some() && head.content.is_some_and(content_mentions_json)
         })
     }
 
@@ -1008,6 +1008,28 @@ struct TextPart<'a> {
     text: JStr<'a>,
 }
 
+/// A part of a message's content, for its text if it has one (images and files have none).
+#[derive(Deserialize)]
+struct PartText<'a> {
+    #[serde(borrow)]
+    text: Option<&'a RawValue>,
+}
+
+/// Whether a message's `content` (a string or parts) says "json" in its text: the data of
+/// images and files is not looked into (a long base64 string says "json" somewhere by chance).
+fn content_mentions_json(content: &RawValue) -> bool {
+    let raw = content.get();
+    if raw.starts_with('"') {
+        return mentions_json(raw);
+    }
+    serde_json::from_str::<Vec<PartText<'_>>>(raw).is_ok_and(|parts| {
+        parts
+            .iter()
+            .filter_map(|p| p.text)
+            .any(|t| t.get().starts_with('"') && mentions_json(t.get()))
+    })
+}
+
 /// The text of a `system`/`developer` message item made only of text, else `None` (the item stays
 /// in `input`).
 fn system_message_text(item: &str) -> Option<Cow<'_, str>> {
@@ -1586,6 +1608,24 @@ mod tests {
         assert_eq!(out["input"].as_array().unwrap().len(), 4);
         let (out, _) = rules(body(json!([{"role": "system", "content": "JSON please"}])));
         assert_eq!(out["input"], json!([directive]));
+        // An image's data that says "json" by chance is no text that asks for it.
+        let (out, _) = rules(body(json!([
+            {"role": "system", "content": "Answer in JSON."},
+            {"role": "user", "content": [
+                {"type": "input_image", "image_url": "data:image/png;base64,AAjSoNAA"},
+                {"type": "input_text", "text": "What is it?"},
+            ]},
+        ])));
+        assert_eq!(out["input"][1], directive, "{out}");
+        let (out, _) = rules(body(json!([
+            {"role": "system", "content": "Answer in JSON."},
+            {"role": "user", "content": [{"type": "input_text", "text": "as json"}]},
+        ])));
+        assert_eq!(
+            out["input"].as_array().unwrap().len(),
+            1,
+            "said in a part: {out}"
+        );
         // Said in a message already, not asked in a system message, or another format: as sent.
         for (input, text) in [
             (
