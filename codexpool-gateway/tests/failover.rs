@@ -102,9 +102,10 @@ async fn http_failures_fail_over_with_the_right_cooldown() {
             },
             true,
         ),
-        // The Cloudflare header alone, on an ordinary-looking answer, is a challenge too.
+        // The Cloudflare header alone, on an ordinary-looking answer, is a challenge too (a
+        // 400 without it is the request's fault: no other account would be tried).
         (
-            Reply::status_json(403, serde_json::json!({"detail": "denied"}))
+            Reply::status_json(400, serde_json::json!({"detail": "denied"}))
                 .with_header("cf-mitigated", "challenge"),
             true,
         ),
