@@ -11,11 +11,12 @@
 //! "status"}` (times RFC 3339, absent ones `null`; `status` is `active`, `disabled` or
 //! `expired`, as the table's STATUS column: whether the gateway accepts the key now).
 
-use codexpool_core::keys::{KeyPatch, NewKey, PlatformKey};
+use codexpool_core::keys::{CreatedKey, KeyPatch, NewKey, PlatformKey};
 use codexpool_core::{Pool, Timestamp};
 
 use super::Ctx;
 use super::runtime::client_base_url;
+use crate::Failure;
 use crate::args::{KeyCreateArgs, KeyUpdateArgs};
 use crate::output::{NONE, Paint, ago, cell, datetime, duration, visible};
 
@@ -57,6 +58,35 @@ pub async fn create(ctx: &Ctx, pool: &Pool, a: KeyCreateArgs) -> anyhow::Result<
     new.expires_at = a.expires.and_then(|e| e.resolve(pool.now()));
     let created = pool.keys().create(new).await?;
     let base_url = client_base_url(ctx).await;
+    let Err(e) = show_created(ctx, pool, &created, &base_url) else {
+        return Ok(());
+    };
+    // The secret was in this process only: a key nobody can ever use is taken back (and the
+    // failure is one, even for a reader that went away: the key it wanted does not exist).
+    let id = &created.key.id;
+    Err(match pool.keys().delete(id).await {
+        Ok(_) => Failure::new(
+            format!("the new key's secret could not be written ({e}); the key was deleted again"),
+            "run `codexpool key create` where its output is read",
+        ),
+        Err(d) => Failure::new(
+            format!(
+                "the new key's secret could not be written ({e}), and key {id} could not be \
+                 deleted ({d})"
+            ),
+            format!("nobody has its secret: delete it with `codexpool key delete {id}`"),
+        ),
+    }
+    .into())
+}
+
+/// What `key create` outputs: the key, its secret (only here, only once) and where to use it.
+fn show_created(
+    ctx: &Ctx,
+    pool: &Pool,
+    created: &CreatedKey,
+    base_url: &str,
+) -> std::io::Result<()> {
     let out = &ctx.out;
     if out.json {
         #[derive(serde::Serialize)]
@@ -65,17 +95,15 @@ pub async fn create(ctx: &Ctx, pool: &Pool, a: KeyCreateArgs) -> anyhow::Result<
             secret: &'a str,
             base_url: &'a str,
         }
-        out.json(&Created {
+        return out.json(&Created {
             key: KeyView::new(&created.key, pool.now()),
             secret: created.secret.expose(),
-            base_url: &base_url,
-        })?;
-        return Ok(());
+            base_url,
+        });
     }
     if out.quiet {
         // The secret is what `key create` exists to output: alone, for `$(codexpool -q …)`.
-        out.data(created.secret.expose())?;
-        return Ok(());
+        return out.data(created.secret.expose());
     }
     let k = &created.key;
     out.line(format!(

@@ -253,3 +253,33 @@ async fn json_says_whether_a_key_is_active_disabled_or_expired() {
     assert!(line("live").contains(" active "), "{table}");
     assert!(line("off").contains(" disabled "), "{table}");
 }
+
+/// A secret nobody could read is a key nobody can use: with its output closed (`| true`),
+/// `key create` fails and takes the key back, in every output mode.
+#[test]
+fn a_secret_that_cannot_be_written_leaves_no_key() {
+    let env = Env::new();
+    for mode in [None, Some("--json"), Some("-q")] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut cmd = std::process::Command::new(crate::support::BIN);
+        cmd.env_clear()
+            .envs(env.vars())
+            .current_dir(env.path())
+            .arg("--db")
+            .arg(env.db())
+            .args(mode)
+            .args(["key", "create", "--name", "lost"])
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped());
+        let o = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{mode:?}: {stderr}");
+        assert!(
+            stderr.contains("could not be written") && stderr.contains("deleted again"),
+            "{mode:?}: {stderr}"
+        );
+        assert!(!stderr.contains("sk-cp-"), "{stderr}");
+    }
+    assert_eq!(env.json(&["key", "list"]), serde_json::json!([]));
+}

@@ -41,7 +41,7 @@ impl Env {
     }
 
     /// The environment every child gets: only what the test says, plus PATH.
-    fn vars(&self) -> Vec<(String, String)> {
+    pub fn vars(&self) -> Vec<(String, String)> {
         let mut v = vec![
             ("HOME".into(), self.path().display().to_string()),
             ("NO_COLOR".into(), "1".into()),
