@@ -51,27 +51,47 @@ pub fn resolve_prefix<'a>(
 
 /// [`resolve_prefix`]'s answer, or, when no id or id prefix matched, the one record whose name
 /// is `wanted`: `named` gives the ids of the records whose name (`by`: `name`, `label or
-/// email`) it is. Ids come first, so a name can never hide an id. Several records of that name
-/// are [`Error::Ambiguous`], listing their ids.
+/// email`) it is. A full id always wins; an id prefix that is also another record's name is
+/// [`Error::Ambiguous`] (`disable 0` must not reach key `01d8…` when a key is named `0`), as
+/// is a name several records share, listing their ids.
 pub fn or_by_name(
+    what: &'static str,
     found: Result<String>,
     by: &'static str,
     wanted: &str,
     named: impl FnOnce(&str) -> Vec<String>,
 ) -> Result<String> {
-    let Err(Error::NotFound { what, id }) = found else {
-        return found;
+    let wanted = wanted.trim();
+    let (mut ids, by) = match found {
+        Ok(id) if id == wanted => return Ok(id),
+        Ok(id) => {
+            let mut ids = named(wanted);
+            if ids.iter().all(|other| *other == id) {
+                return Ok(id);
+            }
+            ids.push(id);
+            let by = if by == "name" {
+                "id prefix or name"
+            } else {
+                "id prefix, label or email"
+            };
+            (ids, by)
+        }
+        Err(Error::NotFound { .. }) => (named(wanted), by),
+        Err(e) => return Err(e),
     };
-    let mut ids = named(wanted.trim());
     ids.sort();
     ids.dedup();
     match ids.len() {
-        0 => Err(Error::NotFound { what, id }),
+        0 => Err(Error::NotFound {
+            what,
+            id: wanted.to_string(),
+        }),
         1 => Ok(ids.remove(0)),
         _ => Err(Error::Ambiguous {
             what,
             by,
-            prefix: wanted.trim().to_string(),
+            prefix: wanted.to_string(),
             candidates: ids,
         }),
     }
@@ -117,17 +137,24 @@ mod tests {
         let ids: Vec<String> = vec!["abc123".into(), "abd456".into(), "ff0000".into()];
         let names = [("abc123", "laptop"), ("abd456", "ci"), ("ff0000", "ci")];
         let find = |wanted: &str| {
-            or_by_name(resolve_prefix("key", wanted, &ids), "name", wanted, |n| {
-                names
-                    .iter()
-                    .filter(|(_, name)| *name == n)
-                    .map(|(id, _)| id.to_string())
-                    .collect()
-            })
+            or_by_name(
+                "key",
+                resolve_prefix("key", wanted, &ids),
+                "name",
+                wanted,
+                |n| {
+                    names
+                        .iter()
+                        .filter(|(_, name)| *name == n)
+                        .map(|(id, _)| id.to_string())
+                        .collect()
+                },
+            )
         };
         assert_eq!(find("laptop").unwrap(), "abc123");
         assert_eq!(find(" laptop ").unwrap(), "abc123");
-        assert_eq!(find("abd").unwrap(), "abd456", "an id prefix comes first");
+        assert_eq!(find("abd").unwrap(), "abd456", "an id prefix");
+        assert_eq!(find("abc123").unwrap(), "abc123", "a full id");
         match find("ci") {
             Err(e @ Error::Ambiguous { .. }) => assert_eq!(
                 e.to_string(),
@@ -137,6 +164,33 @@ mod tests {
         }
         assert!(matches!(find("LAPTOP"), Err(Error::NotFound { .. })));
         assert!(matches!(find("a"), Err(Error::Ambiguous { by: "id", .. })));
+        // A prefix of one id that is another's name: either could be meant.
+        let names = [("01d880", "a"), ("f41910", "0")];
+        let ids: Vec<String> = names.iter().map(|(id, _)| id.to_string()).collect();
+        let find = |wanted: &str| {
+            or_by_name(
+                "key",
+                resolve_prefix("key", wanted, &ids),
+                "name",
+                wanted,
+                |n| {
+                    names
+                        .iter()
+                        .filter(|(_, name)| *name == n)
+                        .map(|(id, _)| id.to_string())
+                        .collect()
+                },
+            )
+        };
+        match find("0") {
+            Err(e @ Error::Ambiguous { .. }) => assert_eq!(
+                e.to_string(),
+                "key id prefix or name \"0\" is ambiguous: it matches 01d880, f41910"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(find("01d880").unwrap(), "01d880", "a full id still wins");
+        assert_eq!(find("a").unwrap(), "01d880", "a name no id starts with");
         assert!(matches!(find(""), Err(Error::InvalidInput { .. })));
     }
 }

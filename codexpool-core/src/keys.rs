@@ -595,7 +595,7 @@ impl KeyStore {
                     .map(|(k, _)| k)
                     .take_while(|k| k.starts_with(wanted));
                 let found = crate::id::resolve_prefix("key", wanted, candidates);
-                let id = crate::id::or_by_name(found, "name", wanted, |name| {
+                let id = crate::id::or_by_name("key", found, "name", wanted, |name| {
                     t.by_id
                         .values()
                         .filter(|e| e.key.name == name)

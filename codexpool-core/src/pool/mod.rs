@@ -313,7 +313,7 @@ impl Table {
             return Ok(s);
         }
         let found = crate::id::resolve_prefix("account", id, self.by_id.keys());
-        let id = crate::id::or_by_name(found, "label or email", id, |name| {
+        let id = crate::id::or_by_name("account", found, "label or email", id, |name| {
             self.order
                 .iter()
                 .filter(|s| {
