@@ -269,6 +269,56 @@ async fn a_usage_limit_report_exhausts_until_the_reset() {
     assert!(err.to_string().contains("usage limit"), "{err}");
 }
 
+/// A reset the upstream names that is already past by this clock (the upstream's is behind)
+/// neither undoes an exhaustion known from the same answer's headers nor frees the account at
+/// once; an absurd `Retry-After` is believed only up to the ladder's last step.
+#[tokio::test]
+async fn past_resets_and_absurd_retry_afters_are_not_taken_as_given() {
+    // One request per account: the three leases are on the three accounts.
+    let (pool, clock) = pool_with(&[("ACCOUNT_MAX_INFLIGHT", "1")]).await;
+    let ids = add_accounts(&pool, 3).await;
+    let now = clock.now_ts();
+    let past = Some(now.minus(Duration::from_secs(30)));
+    let leases = [
+        pool.accounts().acquire(&Demand::any()).await.unwrap(),
+        pool.accounts().acquire(&Demand::any()).await.unwrap(),
+        pool.accounts().acquire(&Demand::any()).await.unwrap(),
+    ];
+    let id = |i: usize| leases[i].account_id().to_string();
+    let exhausted = |i: usize| pool.usage().exhausted_until(&id(i)).unwrap();
+    // The answer's headers said: exhausted for two more minutes; its body, a past reset.
+    let mut headers = reading(WindowKind::FiveHour, 100.0, now, Duration::from_secs(120));
+    headers.source = ReadingSource::Headers;
+    set_usage(&pool, &id(0), vec![headers]);
+    leases[0]
+        .report(Outcome::UsageLimit { resets_at: past })
+        .await;
+    assert_eq!(exhausted(0), Some(now.plus(Duration::from_secs(120))));
+    // Nothing known: a minute, not at once.
+    leases[1]
+        .report(Outcome::UsageLimit { resets_at: past })
+        .await;
+    assert_eq!(exhausted(1), Some(now.plus(Duration::from_secs(60))));
+    leases[2]
+        .report(Outcome::RateLimited {
+            retry_after: Some(Duration::from_secs(999_999_999)),
+        })
+        .await;
+    assert_eq!(
+        pool.accounts().runtime(&id(2)).unwrap().cooldown_until,
+        Some(now.plus(codexpool_core::pool::MAX_RETRY_AFTER))
+    );
+    assert_eq!(
+        codexpool_core::pool::MAX_RETRY_AFTER,
+        Duration::from_secs(7200)
+    );
+    let mut sorted = ids.clone();
+    sorted.sort();
+    let mut leased: Vec<String> = (0..3).map(id).collect();
+    leased.sort();
+    assert_eq!(leased, sorted);
+}
+
 #[tokio::test]
 async fn cooldowns_grow_on_repeated_rate_limits_and_success_clears_them() {
     let (pool, clock) = pool_with(&[]).await;

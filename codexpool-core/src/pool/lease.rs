@@ -21,6 +21,11 @@ pub const RATE_LIMIT_COOLDOWNS: [Duration; 4] = [
     Duration::from_secs(30 * 60),
     Duration::from_secs(2 * 3600),
 ];
+/// The longest `Retry-After` believed: the ladder's last step (`Retry-After: 999999999` would
+/// bench the account for decades).
+pub const MAX_RETRY_AFTER: Duration = RATE_LIMIT_COOLDOWNS[RATE_LIMIT_COOLDOWNS.len() - 1];
+/// How long a usage limit whose reset is already past by this clock holds the account.
+const PAST_RESET_WAIT: Duration = Duration::from_secs(60);
 /// Cooldown after a 5xx or a connection failure.
 pub const UPSTREAM_ERROR_COOLDOWN: Duration = Duration::from_secs(30);
 /// Cooldown after a Cloudflare challenge.
@@ -36,12 +41,13 @@ pub enum Outcome {
     /// cooldown that is still running).
     Success,
     /// A short rate limit: cooldown growing on repeats (45 s → 5 min → 30 min → 2 h), or the
-    /// upstream's `Retry-After` when longer.
+    /// upstream's `Retry-After` when longer (believed up to [`MAX_RETRY_AFTER`]).
     RateLimited {
         /// The upstream's `Retry-After`.
         retry_after: Option<Duration>,
     },
-    /// The usage limit is reached: the account is exhausted until the reset.
+    /// The usage limit is reached: the account is exhausted until the reset (a minute when
+    /// that is already past by this clock; five hours when unknown).
     UsageLimit {
         /// When it resets, if known.
         resets_at: Option<Timestamp>,
@@ -147,6 +153,7 @@ impl Lease {
                 st.used.touch(now);
             }
             Outcome::RateLimited { retry_after } => {
+                let retry_after = retry_after.map(|r| r.min(MAX_RETRY_AFTER));
                 // Requests in flight together are refused together: while the cooldown of the
                 // first refusal runs, the others of the burst add no strike (a longer
                 // `Retry-After` still counts), or one burst would bench the account for hours.
@@ -186,12 +193,21 @@ impl Lease {
                 }
             }
             Outcome::UsageLimit { resets_at } => {
-                // A limit that names no reset says less than an exhaustion already known with
-                // its reset (e.g. from the same answer's `x-codex-*` headers): keep that one.
-                if resets_at.is_none() && self.slot.state.exhausted_until(now.as_millis()).is_some()
+                // A limit that names no reset, or one already past by this clock (the
+                // upstream's is behind), says less than an exhaustion already known with its
+                // reset (e.g. from the same answer's `x-codex-*` headers): keep that one. Else
+                // a past reset lies shortly ahead (not at once: the next request would fail).
+                let past = resets_at.is_some_and(|r| r <= now);
+                if (resets_at.is_none() || past)
+                    && self.slot.state.exhausted_until(now.as_millis()).is_some()
                 {
                     return;
                 }
+                let resets_at = if past {
+                    Some(now.plus(PAST_RESET_WAIT))
+                } else {
+                    resets_at
+                };
                 let reading = UsageLimit {
                     resets_at,
                     plan_type: None,

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use lease::{
-    CHALLENGE_COOLDOWN, Lease, Outcome, RATE_LIMIT_COOLDOWNS, UNAUTHORIZED_COOLDOWN,
-    UPSTREAM_ERROR_COOLDOWN,
+    CHALLENGE_COOLDOWN, Lease, MAX_RETRY_AFTER, Outcome, RATE_LIMIT_COOLDOWNS,
+    UNAUTHORIZED_COOLDOWN, UPSTREAM_ERROR_COOLDOWN,
 };
 
 use crate::Pool;
