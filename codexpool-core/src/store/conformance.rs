@@ -858,6 +858,39 @@ async fn request_log(s: &dyn Store) -> Result<(), Failure> {
         newest.len() == 2 && newest[0].request_id == "req-5" && newest[0].id > all[0].id,
         "ids keep growing after a prune: {newest:?}"
     );
+    // Rows dated ahead (a clock that ran fast) at the low ids do not stop the pruning of the
+    // rows after them: the earliest before the cutoff go, whatever their ids.
+    s.append_request_log(&[
+        RequestLogEntry::new("req-6", t(5000), "/v1/models"),
+        RequestLogEntry::new("req-7", t(1100), "/v1/models"),
+        RequestLogEntry::new("req-8", t(1002), "/v1/models"),
+        RequestLogEntry::new("req-9", t(1200), "/v1/models"),
+    ])
+    .await
+    .map_err(e)?;
+    ensure!(
+        s.prune_request_log(t(1150), 2).await.map_err(e)? == 2,
+        "the two earliest before the cutoff (req-4, req-5)"
+    );
+    ensure!(
+        s.prune_request_log(t(1150), 1).await.map_err(e)? == 1,
+        "req-8, though the dated-ahead req-6 has the lowest id left"
+    );
+    ensure!(
+        s.prune_request_log(t(1150), 10).await.map_err(e)? == 1,
+        "req-7, the last before the cutoff"
+    );
+    let left = s
+        .list_request_log(&RequestLogQuery::latest(10))
+        .await
+        .map_err(e)?;
+    ensure!(
+        left.iter()
+            .map(|r| r.request_id.as_str())
+            .collect::<Vec<_>>()
+            == ["req-9", "req-6"],
+        "the dated-ahead row and those after the cutoff stay: {left:?}"
+    );
     Ok(())
 }
 

@@ -365,14 +365,26 @@ impl Store for MemoryStore {
         max_rows: usize,
     ) -> Result<u64, StoreError> {
         let mut s = lock(&self.state);
-        let oldest = s.log.len().saturating_sub(1).min(max_rows);
-        let gone = s.log[..oldest].iter().filter(|e| e.at < before).count();
+        // Never the newest row; of the others, the oldest `max_rows` before the cutoff.
+        let last = s.log.len().saturating_sub(1);
+        let mut old: Vec<(Timestamp, usize)> = s.log[..last]
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.at < before)
+            .map(|(i, e)| (e.at, i))
+            .collect();
+        old.sort_unstable();
+        old.truncate(max_rows);
+        let mut gone = vec![false; s.log.len()];
+        for &(_, i) in &old {
+            gone[i] = true;
+        }
         let mut i = 0;
-        s.log.retain(|e| {
+        s.log.retain(|_| {
             i += 1;
-            i > oldest || e.at >= before
+            !gone[i - 1]
         });
-        Ok(gone as u64)
+        Ok(old.len() as u64)
     }
 
     async fn insert_login_session(&self, session: &LoginSession) -> Result<(), StoreError> {

@@ -252,8 +252,9 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store takes writes: `Err` when it is read-only (a database file or folder
     /// this process may not write). Writes nothing.
     async fn check_writable(&self) -> Result<(), StoreError>;
-    /// Deletes up to `max_rows` of the oldest request-log rows (by id) that arrived before
-    /// `before`; never the newest row, so ids keep growing. How many went.
+    /// Deletes up to `max_rows` of the request-log rows that arrived before `before`, the
+    /// earliest first, whatever their ids; never the newest row, so ids keep growing. How many
+    /// went.
     async fn prune_request_log(
         &self,
         before: Timestamp,

@@ -34,6 +34,7 @@ use crate::usage::{
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/001_init.sql"),
     include_str!("../../migrations/002_ledger_requests.sql"),
+    include_str!("../../migrations/003_request_log_at.sql"),
 ];
 /// How long SQLite waits on another process's lock before reporting busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1132,14 +1133,14 @@ impl Store for SqliteStore {
         let max_rows = to_i64(max_rows as u64);
         self.call(move |c| {
             write(c, |tx| {
-                // The oldest rows by id (the primary key: no scan past them, no index on `at`);
-                // of those, the ones that arrived before the cutoff.
+                // The oldest rows before the cutoff, by time (its index: no scan of the rows
+                // kept, and rows dated ahead at low ids do not block the rest).
                 let n = tx
                     .execute(
-                        "DELETE FROM request_log WHERE at < ?1 AND id IN (
+                        "DELETE FROM request_log WHERE id IN (
                            SELECT id FROM request_log
-                           WHERE id < (SELECT max(id) FROM request_log)
-                           ORDER BY id LIMIT ?2)",
+                           WHERE at < ?1 AND id < (SELECT max(id) FROM request_log)
+                           ORDER BY at LIMIT ?2)",
                         params![before.as_millis(), max_rows],
                     )
                     .map_err(db_err)?;
