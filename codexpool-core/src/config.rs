@@ -1187,6 +1187,24 @@ impl Config {
         }
         let file = EnvFile::discover(&dirs)?;
         let mut loaded = Self::load(|k| std::env::var(k).ok(), file.as_ref());
+        // A value that is not Unicode cannot be read: an error naming its variable, not the
+        // default in its place (a `DB_PATH` read so would be another database).
+        for s in SETTINGS {
+            for var in [
+                format!("{ENV_PREFIX}{}", s.name),
+                format!("{LEGACY_ENV_PREFIX}{}", s.name),
+            ] {
+                if std::env::var_os(&var).is_some_and(|v| v.to_str().is_none()) {
+                    loaded.invalid.push(ConfigError {
+                        var,
+                        value: "*****".into(),
+                        message: "not valid UTF-8 text".into(),
+                        setting: Some(s.name),
+                        file: None,
+                    });
+                }
+            }
+        }
         let names = std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned());
         loaded.config.warnings.extend(unknown_in_environment(names));
         Ok(loaded)

@@ -178,6 +178,29 @@ fn an_invalid_setting_is_listed_marked_and_exits_1() {
     assert!(!env.db().exists(), "nothing was opened");
 }
 
+/// A value that is not UTF-8 is an error naming its variable: read as absent, a `DB_PATH`
+/// would have put the command on the default database.
+#[test]
+#[cfg(unix)]
+fn a_value_that_is_not_utf8_is_an_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let path = env.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.db"));
+    let o = env
+        .cmd_without_db()
+        .env("CODEXPOOL_DB_PATH", &path)
+        .args(["key", "list"])
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("CODEXPOOL_DB_PATH") && stderr.contains("not valid UTF-8"),
+        "{stderr}"
+    );
+    assert!(!path.exists());
+}
+
 #[test]
 fn unknown_variables_are_warned_about() {
     let env = Env::new();
