@@ -361,7 +361,7 @@ pub struct KeyCreateArgs {
     #[arg(long = "allow-model", value_name = "MODEL", value_parser = one_word)]
     pub allow_models: Vec<String>,
     /// Only accounts in these groups serve this key (repeatable) [default: any].
-    #[arg(long = "allow-group", value_name = "GROUP", value_parser = one_word)]
+    #[arg(long = "allow-group", value_name = "GROUP", value_parser = not_blank)]
     pub allow_groups: Vec<String>,
     /// Reasoning effort applied to every request [default: the client's].
     #[arg(long, value_name = "EFFORT", value_parser = effort_parser())]
@@ -399,7 +399,7 @@ pub struct KeyUpdateArgs {
     #[arg(
         long = "allow-group",
         value_name = "GROUP",
-        value_parser = one_word,
+        value_parser = not_blank,
         conflicts_with = "clear_allowed_groups"
     )]
     pub allow_groups: Vec<String>,
@@ -511,7 +511,7 @@ fn tag(s: &str) -> Result<String, String> {
     Ok(t)
 }
 
-/// A model or group name of a key: one word, as the key store requires.
+/// A model name of a key: one word, as the key store requires.
 fn one_word(s: &str) -> Result<String, String> {
     let t = not_blank(s)?;
     if t.chars().any(char::is_whitespace) {

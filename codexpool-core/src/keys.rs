@@ -276,10 +276,10 @@ impl KeyPatch {
             self.model = Some(Some(clean_model("model", m)?));
         }
         if let Some(ms) = self.allowed_models.take() {
-            self.allowed_models = Some(clean_list("allowed_models", ms)?);
+            self.allowed_models = Some(clean_list("allowed_models", ms, clean_model)?);
         }
         if let Some(gs) = self.allowed_groups.take() {
-            self.allowed_groups = Some(clean_list("allowed_groups", gs)?);
+            self.allowed_groups = Some(clean_list("allowed_groups", gs, clean_group)?);
         }
         if let Some(Some(e)) = &self.reasoning_effort {
             self.reasoning_effort = Some(Some(clean_effort(e)?));
@@ -367,10 +367,23 @@ fn clean_model(field: &str, m: &str) -> Result<String> {
     Ok(m.to_string())
 }
 
-fn clean_list(field: &str, items: Vec<String>) -> Result<Vec<String>> {
+/// An account group's name as accounts take it: trimmed, not empty (spaces inside are fine).
+fn clean_group(field: &str, g: &str) -> Result<String> {
+    let g = g.trim();
+    if g.is_empty() {
+        return Err(Error::invalid(field, "a group name must not be empty"));
+    }
+    Ok(g.to_string())
+}
+
+fn clean_list(
+    field: &str,
+    items: Vec<String>,
+    clean: fn(&str, &str) -> Result<String>,
+) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for i in items {
-        let i = clean_model(field, &i)?;
+        let i = clean(field, &i)?;
         if !out.contains(&i) {
             out.push(i);
         }
@@ -507,8 +520,8 @@ impl KeyStore {
             .as_deref()
             .map(|m| clean_model("model", m))
             .transpose()?;
-        let allowed_models = clean_list("allowed_models", new.allowed_models)?;
-        let allowed_groups = clean_list("allowed_groups", new.allowed_groups)?;
+        let allowed_models = clean_list("allowed_models", new.allowed_models, clean_model)?;
+        let allowed_groups = clean_list("allowed_groups", new.allowed_groups, clean_group)?;
         let reasoning_effort = new
             .reasoning_effort
             .as_deref()

@@ -71,6 +71,9 @@ fn json_shapes_and_the_lifecycle() {
         "gpt-5-codex",
         "--allow-group",
         "team",
+        // A group name as accounts take it, spaces and all (trimmed).
+        "--allow-group",
+        " team a ",
         "--expires",
         "30d",
     ]);
@@ -84,7 +87,7 @@ fn json_shapes_and_the_lifecycle() {
         key["allowed_models"],
         serde_json::json!(["gpt-5", "gpt-5-codex"])
     );
-    assert_eq!(key["allowed_groups"], serde_json::json!(["team"]));
+    assert_eq!(key["allowed_groups"], serde_json::json!(["team", "team a"]));
     assert_eq!(key["enabled"], true);
     assert!(key["expires_at"].is_string());
     assert!(
