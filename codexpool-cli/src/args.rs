@@ -247,6 +247,10 @@ pub struct LoginArgs {
     /// Do not try to open a browser; just print the URL.
     #[arg(long)]
     pub no_browser: bool,
+    /// Do not listen for the browser's callback (its port is taken, or the browser is on
+    /// another machine): finish with `codexpool account complete <URL>` in another terminal.
+    #[arg(long, conflicts_with = "device")]
+    pub no_listen: bool,
     /// Label of the account [default: its email].
     #[arg(long, value_name = "LABEL", value_parser = not_blank)]
     pub label: Option<String>,

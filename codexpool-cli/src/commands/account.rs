@@ -61,6 +61,7 @@ fn login_options(a: &LoginArgs) -> LoginOptions {
     opts.group = a.group.clone();
     opts.note = a.note.clone();
     opts.allowed_workspace_id = a.workspace.clone();
+    opts.listen = !a.no_listen;
     opts
 }
 
@@ -117,17 +118,27 @@ pub async fn login(ctx: &Ctx, pool: &Pool, a: LoginArgs) -> anyhow::Result<()> {
             if h.browser_opened() {
                 out.note("(Your browser should have opened it.)");
             }
-            if let Some(addr) = h.listen_addr() {
-                out.line(format!(
-                    "Waiting for the sign-in callback on http://{addr}{} (Ctrl-C cancels).",
-                    path_of(h.redirect_uri())
-                ))?;
+            match h.listen_addr() {
+                Some(addr) => {
+                    out.line(format!(
+                        "Waiting for the sign-in callback on http://{addr}{} (Ctrl-C cancels).",
+                        path_of(h.redirect_uri())
+                    ))?;
+                    out.note(format!(
+                        "If the browser cannot reach this machine, copy the address it ends on \
+                         ({}?code=…) and run: codexpool account complete '<URL>'",
+                        h.redirect_uri()
+                    ));
+                }
+                None => {
+                    out.line("Waiting for `codexpool account complete` (Ctrl-C cancels).")?;
+                    out.note(format!(
+                        "The browser ends on an address that does not load ({}?code=…): copy \
+                         it and run in another terminal: codexpool account complete '<URL>'",
+                        h.redirect_uri()
+                    ));
+                }
             }
-            out.note(format!(
-                "If the browser cannot reach this machine, copy the address it ends on \
-                 ({}?code=…) and run: codexpool account complete '<URL>'",
-                h.redirect_uri()
-            ));
         }
         let done = tokio::select! {
             r = h.wait() => r?,

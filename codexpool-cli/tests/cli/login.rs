@@ -139,6 +139,51 @@ async fn complete_with_a_pasted_url_from_another_terminal() {
     );
 }
 
+/// With the callback port taken, the error says how to sign in anyway, and `--no-listen`
+/// does: no listener, the sign-in finished by `account complete` from another terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_without_the_listener_when_its_port_is_taken() {
+    let env = Env::new();
+    env.fake
+        .add_account(FakeAccount::new("acct-nl").email("nolisten@example.com"));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let o = env
+        .cmd()
+        .env("CODEXPOOL_LOGIN_ADDR", &port)
+        .args(["account", "login", "--no-browser"])
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("account login --no-listen"), "{stderr}");
+
+    let mut child = env.spawn(
+        &["account", "login", "--no-browser", "--no-listen"],
+        &[("CODEXPOOL_LOGIN_ADDR", &port)],
+    );
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    let url = lines.find(|l| {
+        let l = l.trim();
+        (l.starts_with("http") && l.contains("/oauth/authorize?")).then(|| l.to_string())
+    });
+    lines.find(|l| {
+        l.contains("Waiting for `codexpool account complete`")
+            .then_some(())
+    });
+    let location = authorize(&url).await;
+    let o = env
+        .cmd()
+        .args(["account", "complete", &location])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", texts(&o).1);
+    let (status, err) = finish(child, 20);
+    assert!(status.success(), "{err}");
+    assert!(lines.rest().contains("Signed in nolisten@example.com"));
+    drop(taken);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_cancels_the_sign_in() {
     let env = Env::new();

@@ -132,9 +132,10 @@ pub enum AuthError {
     /// The callback listener's address is taken.
     #[error(
         "cannot listen for the sign-in callback on {addr}: the address is in use. Set \
-         CODEXPOOL_{setting} to a free host:port (and CODEXPOOL_REDIRECT_URI to match), or finish \
-         the sign-in with the URL the browser lands on: `codexpool account complete <URL>`, or in \
-         the Python bindings `login_start(listen=False)` then `accounts.login_complete(url)`"
+         CODEXPOOL_{setting} to a free host:port (and CODEXPOOL_REDIRECT_URI to match), or sign \
+         in without the listener and finish with the URL the browser lands on: `codexpool \
+         account login --no-listen` then `codexpool account complete <URL>`, or in the Python \
+         bindings `login_start(listen=False)` then `accounts.login_complete(url)`"
     )]
     AddrInUse {
         /// The address.
