@@ -573,13 +573,17 @@ impl AccountPool {
                 continue;
             };
             if let Some((_, why)) = failed.iter().find(|(done, _)| done == id) {
+                r.warning = None;
                 r.take_over_error = Some(why.clone());
                 continue;
             }
             // The same sign-in twice (two copies of one auth.json): one refresh is enough.
             if !refreshed.iter().any(|done| done == id) {
                 if let Err(cause) = auth.refresh(id).await {
-                    tracing::warn!(input = %r.source, account = %id, error = %cause, "could not take over a Codex CLI sign-in");
+                    // Said by the error this returns, and by the result: no log line, and no
+                    // advice to import with take-over, which is what failed.
+                    tracing::debug!(input = %r.source, account = %id, error = %cause, "could not take over a Codex CLI sign-in");
+                    r.warning = None;
                     r.take_over_error = Some(cause.to_string());
                     failed.push((id.to_string(), cause.to_string()));
                     first_error.get_or_insert(Error::TakeOver {
