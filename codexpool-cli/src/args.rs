@@ -176,7 +176,7 @@ pub enum AccountCommand {
     /// Import Codex CLI auth.json files or a codexpool export (a file, a folder, or - for stdin).
     Import {
         /// A file, a folder of *.json files, or `-` to read stdin.
-        #[arg(value_name = "FILE|DIR|-")]
+        #[arg(value_name = "FILE|DIR|-", value_parser = not_blank_as_given)]
         source: String,
         /// For Codex CLI sign-ins: refresh the tokens now, so codexpool alone holds the live
         /// refresh token (that Codex CLI must then sign in again).
@@ -216,8 +216,9 @@ impl std::fmt::Debug for Sensitive {
 }
 
 impl std::str::FromStr for Sensitive {
-    type Err = std::convert::Infallible;
+    type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        not_blank(s)?;
         Ok(Self(s.to_string()))
     }
 }
@@ -491,6 +492,12 @@ fn not_blank(s: &str) -> Result<String, String> {
     Ok(t.to_string())
 }
 
+/// Text that is not blank, kept as given (spaces may belong to a file name).
+fn not_blank_as_given(s: &str) -> Result<String, String> {
+    not_blank(s)?;
+    Ok(s.to_string())
+}
+
 /// A path that is not blank (kept as given: spaces may belong to a file name).
 fn path(s: &str) -> Result<PathBuf, String> {
     not_blank(s)?;
@@ -500,8 +507,9 @@ fn path(s: &str) -> Result<PathBuf, String> {
 /// A key's name: not blank, at most 200 characters (the key store's limits).
 fn key_name(s: &str) -> Result<String, String> {
     let t = not_blank(s)?;
-    if t.len() > 200 {
-        return Err("must be at most 200 characters".into());
+    let max = codexpool_core::keys::MAX_KEY_NAME;
+    if t.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
     }
     Ok(t)
 }

@@ -348,13 +348,19 @@ fn check_expiry(at: Timestamp, now: Timestamp) -> Result<()> {
     Ok(())
 }
 
+/// The longest key name, in characters.
+pub const MAX_KEY_NAME: usize = 200;
+
 fn clean_name(n: &str) -> Result<String> {
     let n = n.trim();
     if n.is_empty() {
         return Err(Error::invalid("name", "must not be empty"));
     }
-    if n.len() > 200 {
-        return Err(Error::invalid("name", "must be at most 200 characters"));
+    if n.chars().count() > MAX_KEY_NAME {
+        return Err(Error::invalid(
+            "name",
+            format!("must be at most {MAX_KEY_NAME} characters"),
+        ));
     }
     Ok(n.to_string())
 }
@@ -795,6 +801,13 @@ mod tests {
         let mended = KeyPatch::default().model(Some("gpt-5".into()));
         mended.apply_to(&mut k, now).unwrap();
         assert_eq!(k.model.as_deref(), Some("gpt-5"));
+    }
+
+    #[test]
+    fn names_are_counted_in_characters() {
+        assert_eq!(clean_name(&"é".repeat(200)).unwrap().chars().count(), 200);
+        assert!(clean_name(&"é".repeat(201)).is_err());
+        assert!(clean_name("  ").is_err());
     }
 
     #[test]

@@ -143,6 +143,12 @@ fn invalid_flag_values_are_usage_errors() {
     assert_eq!(run(&env, &["--help"]).0, 0);
     assert_eq!(run(&env, &["--version"]).0, 0);
     assert!(!env.db().exists(), "usage errors open nothing");
+    // A name is counted in characters: 200 of two bytes each are fine.
+    let long = "é".repeat(200);
+    assert_eq!(
+        env.json(&["key", "create", "--name", &long])["key"]["name"],
+        long
+    );
 }
 
 #[test]
@@ -246,7 +252,7 @@ fn a_closed_stdout_is_not_an_error() {
 #[test]
 fn blank_names_and_malformed_model_names_are_usage_errors() {
     let env = Env::new();
-    let cases: [(&[&str], &str); 14] = [
+    let cases: [(&[&str], &str); 17] = [
         (
             &["key", "create", "--name", "x", "--allow-model", ""],
             "invalid value '' for '--allow-model <MODEL>': must not be empty",
@@ -301,6 +307,18 @@ fn blank_names_and_malformed_model_names_are_usage_errors() {
             &["--db", " ", "key", "list"],
             "invalid value ' ' for '--db <PATH>': must not be empty",
         ),
+        (
+            &["account", "import", ""],
+            "for '<FILE|DIR|->': must not be empty",
+        ),
+        (
+            &["account", "complete", " "],
+            "for '<REDIRECT_URL>': must not be empty",
+        ),
+        (
+            &["key", "create", "--name", &"é".repeat(201)],
+            "for '--name <NAME>': must be at most 200 characters",
+        ),
     ];
     for (args, expect) in cases {
         let (code, out, err) = run(&env, args);
@@ -310,6 +328,12 @@ fn blank_names_and_malformed_model_names_are_usage_errors() {
         assert!(err.contains("try '--help'"), "{args:?}: {err}");
     }
     assert!(!env.db().exists(), "usage errors open nothing");
+    // A name is counted in characters: 200 of two bytes each are fine.
+    let long = "é".repeat(200);
+    assert_eq!(
+        env.json(&["key", "create", "--name", &long])["key"]["name"],
+        long
+    );
     // Clearing stays possible where the flag documents it.
     let id = env.json(&["key", "create", "--name", "k", "--model", "gpt-5"])["key"]["id"]
         .as_str()
