@@ -573,17 +573,16 @@ impl AccountPool {
                 continue;
             };
             if let Some((_, why)) = failed.iter().find(|(done, _)| done == id) {
-                r.warning = None;
+                r.warning = Some(still_shared(&r.source));
                 r.take_over_error = Some(why.clone());
                 continue;
             }
             // The same sign-in twice (two copies of one auth.json): one refresh is enough.
             if !refreshed.iter().any(|done| done == id) {
                 if let Err(cause) = auth.refresh(id).await {
-                    // Said by the error this returns, and by the result: no log line, and no
-                    // advice to import with take-over, which is what failed.
+                    // Said by the error this returns, and by the result: no log line.
                     tracing::debug!(input = %r.source, account = %id, error = %cause, "could not take over a Codex CLI sign-in");
-                    r.warning = None;
+                    r.warning = Some(still_shared(&r.source));
                     r.take_over_error = Some(cause.to_string());
                     failed.push((id.to_string(), cause.to_string()));
                     first_error.get_or_insert(Error::TakeOver {
@@ -833,4 +832,14 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         }
         other => other,
     }
+}
+
+/// The warning of a sign-in whose take-over failed (not the advice to take it over, which is
+/// what failed).
+fn still_shared(source: &str) -> String {
+    format!(
+        "{source} still shares its sign-in with the Codex CLI (its take-over failed): whichever \
+         refreshes first signs the other out; take it over again later, or stop using it in the \
+         Codex CLI"
+    )
 }
