@@ -3,12 +3,14 @@
 //! the gateway's `Server` / `RunningServer`.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use codexpool_core::Secret;
+use codexpool_core::config::MIN_RPC_TOKEN_CHARS;
 use codexpool_gateway::{RunningServer, Server as CoreServer};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
+use tokio::sync::watch;
 
 use crate::args::{listen_addr, seconds};
 use crate::errors::ServerError;
@@ -21,7 +23,7 @@ use crate::runtime::{Home, HomeExt};
 /// does nothing.
 #[pyclass(frozen, module = "codexpool")]
 pub struct Server {
-    running: Mutex<Option<RunningServer>>,
+    state: Mutex<State>,
     home: Home,
     url: String,
     base_url: String,
@@ -29,6 +31,19 @@ pub struct Server {
     port: u16,
     rpc_token: Secret,
     rpc_token_file: Option<PathBuf>,
+}
+
+/// How a stop that ran ended (`Err`: its message), for whoever waits for it.
+type Stopped = watch::Receiver<Option<Result<(), String>>>;
+
+enum State {
+    Running(RunningServer),
+    /// The stop runs as a task of its own: a caller interrupted while waiting for it (Ctrl-C
+    /// in a `with` block's exit) does not cut it short, and a later or concurrent `stop()`
+    /// waits for the same one.
+    Stopping(Stopped),
+    /// Left behind in a forked child (see `Drop`).
+    Forked,
 }
 
 fn server_error(e: codexpool_gateway::ServerError) -> PyErr {
@@ -55,7 +70,7 @@ pub(crate) fn serve(
         .background_tasks(background_tasks)
         .shutdown_grace(seconds(py, "shutdown_grace", shutdown_grace)?);
     if let Some(t) = rpc_token {
-        server = server.rpc_token(Secret::new(t));
+        server = server.rpc_token(rpc_token_arg(py, &t)?);
     }
     let running = pool.home.run(py, server.start())?.map_err(server_error)?;
     let local = running.local_addr();
@@ -66,9 +81,45 @@ pub(crate) fn serve(
         port: local.port(),
         rpc_token: running.rpc_token().clone(),
         rpc_token_file: running.rpc_token_file().map(PathBuf::from),
-        running: Mutex::new(Some(running)),
+        state: Mutex::new(State::Running(running)),
         home: pool.home,
     })
+}
+
+/// `rpc_token=` as the `RPC_TOKEN` setting takes it: trimmed (clients' tokens are), not empty
+/// (no client could present it), and a warning when short.
+fn rpc_token_arg(py: Python<'_>, token: &str) -> PyResult<Secret> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(crate::errors::invalid(
+            py,
+            "rpc_token",
+            "must not be empty (leave it out for a generated one)",
+        ));
+    }
+    let len = token.chars().count();
+    if len < MIN_RPC_TOKEN_CHARS {
+        let warning = format!(
+            "rpc_token is short ({len} characters): it opens every account's tokens to whoever \
+             guesses it; use {MIN_RPC_TOKEN_CHARS} or more random characters, or leave it out \
+             for a generated one"
+        );
+        crate::errors::warn_all(py, [warning.as_str()])?;
+    }
+    Ok(Secret::new(token))
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // In a process forked from the one serving, the server is the parent's: dropping it
+        // here would remove the parent's server file (the CLI could no longer find it).
+        if !self.home.is_here() {
+            let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+            if let State::Running(parents) = std::mem::replace(state, State::Forked) {
+                std::mem::forget(parents);
+            }
+        }
+    }
 }
 
 #[pymethods]
@@ -106,19 +157,43 @@ impl Server {
     /// Whether it still serves.
     #[getter]
     fn running(&self) -> bool {
-        self.running.lock().map(|r| r.is_some()).unwrap_or(false)
+        matches!(*lock(&self.state), State::Running(_))
     }
 
-    /// Stops the server (see the class docs). Safe to call more than once.
+    /// Stops the server (see the class docs). Safe to call more than once, and from several
+    /// threads: each waits for the one stop.
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        let running = match self.running.lock() {
-            Ok(mut r) => r.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
+        // Before anything is taken: in a forked child this is an error, and the server stays
+        // the parent's.
+        self.home.ensure()?;
+        let runtime = crate::runtime::runtime()?;
+        let mut stopped = {
+            let mut state = lock(&self.state);
+            match &*state {
+                State::Stopping(rx) => rx.clone(),
+                State::Forked => return Ok(()),
+                State::Running(_) => {
+                    let (tx, rx) = watch::channel(None);
+                    let State::Running(running) =
+                        std::mem::replace(&mut *state, State::Stopping(rx.clone()))
+                    else {
+                        unreachable!("matched above")
+                    };
+                    runtime.spawn(async move {
+                        let result = running.stop().await.map_err(|e| e.to_string());
+                        tx.send_replace(Some(result));
+                    });
+                    rx
+                }
+            }
         };
-        match running {
-            Some(r) => self.home.run(py, r.stop())?.map_err(server_error),
-            None => Ok(()),
-        }
+        let result = self.home.run(py, async move {
+            match stopped.wait_for(Option::is_some).await {
+                Ok(done) => done.clone().unwrap_or(Ok(())),
+                Err(_) => Err("the stop task ended without an answer".to_string()),
+            }
+        })?;
+        result.map_err(ServerError::new_err)
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -138,4 +213,8 @@ impl Server {
             py_bool(self.running())
         )
     }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -3,8 +3,11 @@ frees the port, and the exceptions for bad addresses."""
 
 import gc
 import json
+import os
+import signal
 import socket
 import time
+import warnings
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -56,12 +59,19 @@ def test_serve_stop_and_context_manager(pool: codexpool.Pool) -> None:
     srv.stop()  # idempotent
     assert "running=False" in repr(srv)
 
-    with codexpool.serve(pool, "127.0.0.1:0", rpc_token="given-token", background_tasks=False) as s2:
-        assert s2.rpc_token == "given-token"
+    given = "given-token-of-32-characters-ok!"
+    with codexpool.serve(pool, "127.0.0.1:0", rpc_token=f" {given} ", background_tasks=False) as s2:
+        assert s2.rpc_token == given, "trimmed, as clients' tokens are"
         assert s2.rpc_token_file is None
-        status, answer = rpc(s2, "given-token", "apikey/list")
+        status, answer = rpc(s2, given, "apikey/list")
         assert status == 200 and len(answer["result"]) == 1, answer
     assert not s2.running and refused(s2.host, s2.port)
+    # A token no client could present, or one easy to guess, as for RPC_TOKEN.
+    with pytest.raises(codexpool.InvalidInput) as e:
+        codexpool.serve(pool, rpc_token=" ")
+    assert e.value.field == "rpc_token"
+    with pytest.warns(codexpool.CodexPoolWarning, match="rpc_token is short"):
+        codexpool.serve(pool, rpc_token="short", background_tasks=False).stop()
 
 
 def test_a_pool_in_memory_is_no_server_of_the_database_at_db_path(
@@ -132,3 +142,41 @@ def test_no_socket_or_thread_is_left_after_stop(pool: codexpool.Pool, tmp_path: 
         time.sleep(0.1)
     assert sockets() <= before[0]
     assert threads() <= before[1], "a dropped pool or stopped server left a thread"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_a_forked_child_leaves_the_parents_server_alone(pool: codexpool.Pool) -> None:
+    srv = codexpool.serve(pool, background_tasks=False)
+    files = list(Path(pool.db_path).parent.glob("servers/*.json"))
+    assert len(files) == 1, files
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit code only
+        code = 3
+        try:
+            try:
+                srv.stop()
+                code = 2
+            except codexpool.CodexPoolError as e:
+                code = 0 if "forked" in str(e) else 1
+            del srv  # the child's copy goes: the parent's server file must stay
+            gc.collect()
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(done[1]) == 0, "stop() in the child is the fork error"
+    assert all(f.exists() for f in files), "the parent's server file is still there"
+    assert srv.running
+    with urllib.request.urlopen(srv.url + "/health", timeout=10) as r:
+        assert r.status == 200
+    srv.stop()
+    assert not any(f.exists() for f in files)
+    assert refused(srv.host, srv.port)
+

@@ -16,10 +16,12 @@ use crate::runtime::{Home, HomeExt};
 /// `<db dir>/rpc-token`.
 #[uniffi::export(default(addr = "127.0.0.1:0"))]
 pub async fn serve(pool: Arc<Pool>, addr: String) -> Result<Arc<Server>, CodexPoolError> {
-    let addr = codexpool_core::config::parse_listen_addr(&addr)
-        .map_err(|e| CodexPoolError::InvalidInput(format!("invalid address {addr:?}: {e}")))?;
     let (home, pool) = (pool.home, pool.inner.clone());
     home.run(async move {
+        // Here, on the runtime: a host name is looked up (blocking), which must not stall the
+        // caller's event loop.
+        let addr = codexpool_core::config::parse_listen_addr(&addr)
+            .map_err(|e| CodexPoolError::InvalidInput(format!("invalid address {addr:?}: {e}")))?;
         let running = codexpool_gateway::Server::new(pool)
             .addr(addr)
             .start()
@@ -71,6 +73,8 @@ impl Server {
     /// Stops accepting, lets open streams finish (within 30 s), writes what is queued. Calling
     /// it again does nothing.
     pub async fn stop(&self) -> Result<(), CodexPoolError> {
+        // Before anything is taken: in a forked child the server stays the parent's.
+        self.home.ensure()?;
         let running = self
             .running
             .lock()
@@ -79,6 +83,18 @@ impl Server {
         match running {
             Some(r) => self.home.run(async move { Ok(r.stop().await?) }).await,
             None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // In a process forked from the one serving, the server is the parent's: dropping it
+        // here would remove the parent's server file (the CLI could no longer find it).
+        if !self.home.is_here()
+            && let Some(parents) = self.running.get_mut().ok().and_then(Option::take)
+        {
+            std::mem::forget(parents);
         }
     }
 }
