@@ -44,6 +44,6 @@ step "Python bindings (pyo3): venv, wheel, pytest with the openai client, stubs,
 bindings/python/test.sh
 
 step "uniffi-generated Python"
-PYTHON="$root/.venv/bin/python" bindings/uniffi/test.sh
+PYTHON="${VENV:-$root/.venv}/bin/python" bindings/uniffi/test.sh
 
 step "all tests passed"

@@ -41,7 +41,7 @@ step "maturin develop (debug, CARGO_TARGET_DIR=$target)"
 (
     cd "$here"
     export VIRTUAL_ENV="$venv" CARGO_TARGET_DIR="$target"
-    timed "$venv/bin/maturin" develop --quiet
+    timed "$venv/bin/maturin" develop --quiet --locked
 )
 
 step "pytest bindings/python/tests"
