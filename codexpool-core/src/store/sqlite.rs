@@ -680,6 +680,11 @@ impl Store for SqliteStore {
     async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
         let dir = self.rescue_dir.clone();
         self.call(move |c| {
+            // Rescued tokens are the live ones until the database takes them. Read first: a
+            // process that folds them in commits, then removes the file, so a file gone by now
+            // is in the rows read next (read after, a fold in between would leave the rows'
+            // spent tokens).
+            let rescues = rescue::read(&dir, None);
             let mut st = c
                 .prepare_cached(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts"))
                 .map_err(db_err)?;
@@ -688,8 +693,6 @@ impl Store for SqliteStore {
                 .map_err(db_err)?
                 .collect::<rusqlite::Result<_>>()
                 .map_err(db_err)?;
-            // Rescued tokens are the live ones until the database takes them.
-            let rescues = rescue::read(&dir, None);
             if !rescues.is_empty() {
                 for a in &mut all {
                     rescue::apply_all(a, &rescues);
@@ -703,9 +706,11 @@ impl Store for SqliteStore {
     async fn get_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
         let (id, dir) = (id.to_string(), self.rescue_dir.clone());
         self.call(move |c| {
+            // Rescued tokens before the row, as in `list_accounts`.
+            let rescues = rescue::read(&dir, Some(&id));
             let mut a = get_account(c, &id)?;
             if let Some(a) = &mut a {
-                rescue::apply_all(a, &rescue::read(&dir, Some(&id)));
+                rescue::apply_all(a, &rescues);
             }
             Ok(a)
         })
