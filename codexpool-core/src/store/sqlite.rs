@@ -260,12 +260,65 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// The database files this process's stores have open, with the process that opened them.
+/// SQLite keeps its lock bookkeeping per process and file: a child forked while its parent had
+/// a file open inherits that bookkeeping (but not the locks), believes it holds locks it does
+/// not, and so must not open that file again: its writes could be lost to the parent's
+/// checkpoint, or corrupt the file. The entries of a parent stay in the child, as that
+/// bookkeeping does.
+static OPEN_FILES: std::sync::Mutex<Vec<(PathBuf, u32)>> = std::sync::Mutex::new(Vec::new());
+
+/// The process this one was forked from, if it had `path` open then.
+fn opened_before_a_fork(path: &Path) -> Option<u32> {
+    let canonical = std::fs::canonicalize(path).ok()?;
+    let me = std::process::id();
+    crate::sync::lock(&OPEN_FILES)
+        .iter()
+        .find(|(p, pid)| *p == canonical && *pid != me)
+        .map(|(_, pid)| *pid)
+}
+
+/// This process has a database file open while it lives (see [`OPEN_FILES`]).
+struct OpenFile(Option<PathBuf>);
+
+impl OpenFile {
+    fn register(path: &Path) -> Self {
+        let canonical = std::fs::canonicalize(path).ok();
+        if let Some(p) = &canonical {
+            crate::sync::lock(&OPEN_FILES).push((p.clone(), std::process::id()));
+        }
+        Self(canonical)
+    }
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        let Some(path) = &self.0 else { return };
+        let me = std::process::id();
+        let mut files = crate::sync::lock(&OPEN_FILES);
+        if let Some(i) = files.iter().position(|(p, pid)| p == path && *pid == me) {
+            files.swap_remove(i);
+        }
+    }
+}
+
 impl SqliteStore {
     /// Opens (or creates, with mode 0600 and its parent directories) the database at `path`
     /// and brings its schema up to date. A database from a newer codexpool is refused and left
-    /// untouched.
+    /// untouched, as is one the process this one was forked from had open at the fork.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
+        if let Some(parent) = opened_before_a_fork(&path) {
+            return Err(StoreError::Open {
+                path: path.display().to_string(),
+                message: format!(
+                    "process {parent}, which this one was forked from, had it open: SQLite's \
+                     locks do not survive a fork, so this process must not open it again; open \
+                     it before forking only in the child, or start the child as a new program \
+                     (Python: multiprocessing's spawn or forkserver method)"
+                ),
+            });
+        }
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel();
         let p = path.clone();
@@ -274,8 +327,11 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("codexpool-sqlite".into())
             .spawn(move || {
-                let mut conn = match open_connection(&p) {
+                let (mut conn, _open) = match open_connection(&p) {
                     Ok(mut c) => {
+                        // Before the store is handed out (a fork may follow at once); held by
+                        // this thread, for as long as the connection is open.
+                        let open = OpenFile::register(&p);
                         // Tokens a refresh could not store last time: in now, if newer.
                         let rescues = rescue::read(&dir, None);
                         if !rescues.is_empty() {
@@ -290,7 +346,7 @@ impl SqliteStore {
                             }
                         }
                         let _ = ready_tx.send(Ok(()));
-                        c
+                        (c, open)
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -300,6 +356,8 @@ impl SqliteStore {
                 for job in rx {
                     job(&mut conn);
                 }
+                // Closed before the file counts as closed.
+                drop(conn);
             })
             .map_err(|e| StoreError::Open {
                 path: path.display().to_string(),
