@@ -269,6 +269,22 @@ async fn a_usage_limit_report_exhausts_until_the_reset() {
     assert!(err.to_string().contains("usage limit"), "{err}");
 }
 
+/// A rate limit during another failure's shorter cooldown (a challenge's 6 s) still holds the
+/// account as long as a first refusal does.
+#[tokio::test]
+async fn a_rate_limit_during_a_shorter_cooldown_is_not_lost() {
+    let (pool, clock) = pool_with(&[]).await;
+    let id = add_accounts(&pool, 1).await.remove(0);
+    let a = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    let b = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    a.report(Outcome::Challenge).await;
+    b.report(Outcome::RateLimited { retry_after: None }).await;
+    assert_eq!(
+        pool.accounts().runtime(&id).unwrap().cooldown_until,
+        Some(clock.now_ts().plus(Duration::from_secs(45)))
+    );
+}
+
 /// A reset the upstream names that is already past by this clock (the upstream's is behind)
 /// neither undoes an exhaustion known from the same answer's headers nor frees the account at
 /// once; an absurd `Retry-After` is believed only up to the ladder's last step.

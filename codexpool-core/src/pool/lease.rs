@@ -163,9 +163,9 @@ impl Lease {
                 let mut current = st.cooldown_until.load(Ordering::Acquire);
                 loop {
                     if current > now.as_millis() {
-                        if let Some(r) = retry_after {
-                            st.cool_until(now.plus(r));
-                        }
+                        // Still as long as a first refusal holds the account: the running
+                        // cooldown may be another failure's shorter one (a challenge's 6 s).
+                        st.cool_until(now.plus(retry_after.unwrap_or(ladder(0))));
                         return;
                     }
                     let n = st.strikes.load(Ordering::Acquire) as usize;
