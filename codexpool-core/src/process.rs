@@ -76,8 +76,9 @@ impl Home {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "this pool was opened in process {home} and cannot be used in process {here}, forked from \
-     it: fork copies none of its threads. Open a pool in this process (Pool.open), or start \
-     child processes without fork (Python multiprocessing's 'spawn' or 'forkserver' method)"
+     it: fork copies none of its threads. Open a pool in this process (Pool.open) on another \
+     database file (not on one process {home} had open), or start child processes without fork \
+     (Python multiprocessing's 'spawn' or 'forkserver' method)"
 )]
 pub struct Forked {
     home: u32,

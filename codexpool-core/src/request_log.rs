@@ -200,10 +200,9 @@ impl RequestLog {
         Ok(q)
     }
 
-    /// Deletes the rows of requests that arrived before `before`, oldest first, a few thousand
-    /// per transaction; how many went. The newest row always stays (row ids never repeat), and
-    /// a request that ran long may outlive the cutoff by its duration: rows go in the order
-    /// they were written.
+    /// Deletes the rows of requests that arrived before `before` (by their arrival time, the
+    /// earliest first, whatever order they were written in), a few thousand per transaction;
+    /// how many went. The newest row always stays (row ids never repeat).
     pub async fn prune(&self, before: Timestamp) -> Result<u64> {
         let store = &self.pool.shared.store;
         in_chunks(|n| store.prune_request_log(before, n)).await

@@ -169,6 +169,8 @@ fn warn_if_files_run_out_first(max: usize) {
 pub struct Server {
     pool: Pool,
     addr: SocketAddr,
+    /// `addr` was given ([`Server::addr`]), not read from `SERVICE_ADDR`.
+    addr_given: bool,
     rpc_token: Option<Secret>,
     background: bool,
     grace: Duration,
@@ -191,6 +193,7 @@ impl Server {
         Self {
             pool,
             addr,
+            addr_given: false,
             rpc_token,
             background: true,
             grace: DEFAULT_SHUTDOWN_GRACE,
@@ -200,6 +203,7 @@ impl Server {
     /// Listens here instead (port 0 picks a free port).
     pub fn addr(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
+        self.addr_given = true;
         self
     }
 
@@ -239,7 +243,7 @@ impl Server {
             })?;
         let bind_error = |source| ServerError::Bind {
             addr: self.addr,
-            from_setting: self.addr == config.service_addr,
+            from_setting: !self.addr_given,
             source,
         };
         let listener = TcpListener::bind(self.addr).await.map_err(bind_error)?;

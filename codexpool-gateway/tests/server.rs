@@ -681,8 +681,9 @@ async fn a_pool_in_memory_is_no_server_of_the_database_its_settings_name() {
 async fn a_taken_address_names_the_setting_only_when_it_came_from_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let (given, _key) = env_with_an_account(&[]).await;
-    let err = Server::new(given.pool.clone())
+    let (e, _key) = env_with_an_account(&[("SERVICE_ADDR", &addr.to_string())]).await;
+    // Given (as Python's `serve(pool, addr)` gives it), though the setting says the same.
+    let err = Server::new(e.pool.clone())
         .addr(addr)
         .background_tasks(false)
         .start()
@@ -695,8 +696,7 @@ async fn a_taken_address_names_the_setting_only_when_it_came_from_it() {
     );
     assert!(!text.contains("SERVICE_ADDR"), "{text}");
 
-    let (set, _key) = env_with_an_account(&[("SERVICE_ADDR", &addr.to_string())]).await;
-    let err = Server::new(set.pool.clone())
+    let err = Server::new(e.pool.clone())
         .background_tasks(false)
         .start()
         .await

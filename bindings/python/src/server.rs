@@ -42,8 +42,9 @@ enum State {
     /// in a `with` block's exit) does not cut it short, and a later or concurrent `stop()`
     /// waits for the same one.
     Stopping(Stopped),
-    /// Left behind in a forked child (see `Drop`).
-    Forked,
+    /// Stopped, and how it went told to whoever waited (a failed stop raises once); or left
+    /// behind in a forked child (see `Drop`).
+    Done,
 }
 
 fn server_error(e: codexpool_gateway::ServerError) -> PyErr {
@@ -115,7 +116,7 @@ impl Drop for Server {
         // here would remove the parent's server file (the CLI could no longer find it).
         if !self.home.is_here() {
             let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-            if let State::Running(parents) = std::mem::replace(state, State::Forked) {
+            if let State::Running(parents) = std::mem::replace(state, State::Done) {
                 std::mem::forget(parents);
             }
         }
@@ -161,7 +162,7 @@ impl Server {
     }
 
     /// Stops the server (see the class docs). Safe to call more than once, and from several
-    /// threads: each waits for the one stop.
+    /// threads: each waits for the one stop (whose error, if it failed, those waiting get).
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
         // Before anything is taken: in a forked child this is an error, and the server stays
         // the parent's.
@@ -171,7 +172,7 @@ impl Server {
             let mut state = lock(&self.state);
             match &*state {
                 State::Stopping(rx) => rx.clone(),
-                State::Forked => return Ok(()),
+                State::Done => return Ok(()),
                 State::Running(_) => {
                     let (tx, rx) = watch::channel(None);
                     let State::Running(running) =
@@ -193,6 +194,7 @@ impl Server {
                 Err(_) => Err("the stop task ended without an answer".to_string()),
             }
         })?;
+        *lock(&self.state) = State::Done;
         result.map_err(ServerError::new_err)
     }
 

@@ -80,7 +80,8 @@ pub async fn create(ctx: &Ctx, pool: &Pool, a: KeyCreateArgs) -> anyhow::Result<
     .into())
 }
 
-/// What `key create` outputs: the key, its secret (only here, only once) and where to use it.
+/// What `key create` outputs: the key, its secret (only here, only once) and where to use it;
+/// `Err` when the secret could not be written whole.
 fn show_created(
     ctx: &Ctx,
     pool: &Pool,
@@ -123,7 +124,8 @@ fn show_created(
         "  export OPENAI_API_KEY={}",
         out.paint(created.secret.expose(), Paint::Green)
     ))?;
-    out.line("")?;
+    // The secret is out: a reader that stopped there (`sed '/API_KEY/q'`) has what it needs.
+    let _ = out.line("");
     out.note("It is stored hashed: if you lose it, delete the key and create another.");
     Ok(())
 }

@@ -876,6 +876,17 @@ async fn request_log(s: &dyn Store) -> Result<(), Failure> {
         s.prune_request_log(t(1150), 1).await.map_err(e)? == 1,
         "req-8, though the dated-ahead req-6 has the lowest id left"
     );
+    let left = s
+        .list_request_log(&RequestLogQuery::latest(10))
+        .await
+        .map_err(e)?;
+    ensure!(
+        left.iter()
+            .map(|r| r.request_id.as_str())
+            .collect::<Vec<_>>()
+            == ["req-9", "req-7", "req-6"],
+        "the earliest by time went (req-8, not req-7): {left:?}"
+    );
     ensure!(
         s.prune_request_log(t(1150), 10).await.map_err(e)? == 1,
         "req-7, the last before the cutoff"

@@ -226,7 +226,14 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     })
 }
 
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+/// An open connection and its entry in [`OPEN_FILES`], dropped in that order (the file counts
+/// as open until the connection is closed, on a panic too).
+struct Opened {
+    conn: Connection,
+    _file: OpenFile,
+}
+
+fn open_connection(path: &Path) -> Result<Opened, StoreError> {
     let open_err = |message: String| StoreError::Open {
         path: path.display().to_string(),
         message,
@@ -239,6 +246,9 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     if !path.exists() {
         create_private_file(path).map_err(|e| open_err(e.to_string()))?;
     }
+    // Before SQLite opens it (its bookkeeping for the file starts there): a fork from now on
+    // finds the file open.
+    let file = OpenFile::register(path);
     let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
     let mode: String = conn
@@ -257,7 +267,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.execute_batch("PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL;")
         .map_err(db_err)?;
     migrate(&mut conn, path)?;
-    Ok(conn)
+    Ok(Opened { conn, _file: file })
 }
 
 /// The database files this process's stores have open, with the process that opened them.
@@ -313,9 +323,9 @@ impl SqliteStore {
                 path: path.display().to_string(),
                 message: format!(
                     "process {parent}, which this one was forked from, had it open: SQLite's \
-                     locks do not survive a fork, so this process must not open it again; open \
-                     it before forking only in the child, or start the child as a new program \
-                     (Python: multiprocessing's spawn or forkserver method)"
+                     locks do not survive a fork, so this process must not open it again; fork \
+                     before opening it, or start the child as a new program (Python: \
+                     multiprocessing's spawn or forkserver method)"
                 ),
             });
         }
@@ -327,16 +337,13 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("codexpool-sqlite".into())
             .spawn(move || {
-                let (mut conn, _open) = match open_connection(&p) {
-                    Ok(mut c) => {
-                        // Before the store is handed out (a fork may follow at once); held by
-                        // this thread, for as long as the connection is open.
-                        let open = OpenFile::register(&p);
+                let mut opened = match open_connection(&p) {
+                    Ok(mut o) => {
                         // Tokens a refresh could not store last time: in now, if newer.
                         let rescues = rescue::read(&dir, None);
                         if !rescues.is_empty() {
                             let deadline = std::time::Instant::now() + FOLD_AT_OPEN;
-                            match write_before(&mut c, deadline, |tx| {
+                            match write_before(&mut o.conn, deadline, |tx| {
                                 fold_rescues(tx, &rescues, Timestamp::now())
                             }) {
                                 Ok(()) => rescue::remove(&rescues),
@@ -346,7 +353,7 @@ impl SqliteStore {
                             }
                         }
                         let _ = ready_tx.send(Ok(()));
-                        (c, open)
+                        o
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -354,10 +361,8 @@ impl SqliteStore {
                     }
                 };
                 for job in rx {
-                    job(&mut conn);
+                    job(&mut opened.conn);
                 }
-                // Closed before the file counts as closed.
-                drop(conn);
             })
             .map_err(|e| StoreError::Open {
                 path: path.display().to_string(),
@@ -1508,7 +1513,7 @@ mod tests {
     #[test]
     fn commits_are_synced_before_they_count() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open_connection(&dir.path().join("p.db")).unwrap();
+        let conn = open_connection(&dir.path().join("p.db")).unwrap().conn;
         let level: i64 = conn
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();

@@ -78,7 +78,7 @@ enum Fetched {
 
 /// The upstream catalogue, asked as the Codex CLI asks (its headers, one token refresh on a
 /// 401), on an account free now: the cache is locked meanwhile, and other calls must not queue
-/// behind a wait for one (nor take slots requests wait for).
+/// behind a wait for one.
 async fn fetch(shared: &Shared) -> Fetched {
     let Ok(lease) = shared.pool.accounts().acquire_now(&Demand::any()) else {
         return Fetched::NoAccount;
