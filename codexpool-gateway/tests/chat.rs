@@ -474,6 +474,34 @@ async fn a_cut_mid_stream_is_reported_in_the_stream_and_the_log() {
     assert_eq!(h.total_inflight(), 0);
 }
 
+/// An upstream that falls silent part-way through a stream for longer than the idle timeout:
+/// the client gets what came, an error chunk and `[DONE]`; the log says `upstream_timeout`.
+#[tokio::test]
+async fn a_stream_that_falls_silent_ends_with_an_error_chunk() {
+    let h = harness(1, &[("UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "1")]).await;
+    h.fake
+        .push_reply("acct-0", Reply::StallMidStream { after_deltas: 2 });
+    let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(status, StatusCode::OK);
+    let frames = json_frames(&body);
+    let text: String = frames
+        .iter()
+        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(!text.is_empty(), "the deltas before the silence: {body}");
+    let error = frames.iter().find(|f| f["error"].is_object());
+    assert_eq!(
+        error.map(|f| f["error"]["code"].clone()),
+        Some(json!("upstream_timeout")),
+        "{body}"
+    );
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    let row = &h.log().await[0];
+    assert_eq!(row.error_class.as_deref(), Some("upstream_timeout"));
+    assert_eq!(row.status, 200, "the answer had begun");
+    assert_eq!(h.total_inflight(), 0);
+}
+
 #[tokio::test]
 async fn a_streamed_refusal_is_delta_refusal() {
     let h = harness(1, &[]).await;

@@ -206,27 +206,39 @@ async fn every_account_exhausted_is_a_429_with_retry_after() {
             resets_in_secs: 300,
         },
     );
-    let res = h.send(h.post("/v1/chat/completions", chat(true))).await;
-    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        (295..=300).contains(&retry),
-        "Retry-After is the earliest reset: {retry}"
-    );
-    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(v["error"]["code"], "usage_limit_reached");
+    // Streamed or not, and whether the accounts were just found exhausted or known to be.
+    for stream in [true, false] {
+        let (status, headers, body) = h.call(h.post("/v1/chat/completions", chat(stream))).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(
+            (295..=300).contains(&retry),
+            "Retry-After is the earliest reset: {retry}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "usage_limit_reached", "{v}");
+    }
     assert_eq!(
         h.fake.count("/backend-api/codex/responses"),
         2,
         "exhausted accounts are not asked again"
     );
-    let row = &h.log().await[0];
-    assert_eq!(row.status, 429);
+    let rows = h.log().await;
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert_eq!(row.status, 429, "{row:?}");
+        assert_eq!(
+            row.error_class.as_deref(),
+            Some("usage_limit_reached"),
+            "{row:?}"
+        );
+    }
+    assert_eq!(
+        rows[1].accounts_tried.len(),
+        2,
+        "the first tried both: {rows:?}"
+    );
+    assert_eq!(h.total_inflight(), 0);
 }
 
 #[tokio::test]
@@ -333,10 +345,10 @@ async fn the_stream_idle_timeout_gives_504_and_moves_on() {
     h.fake.push_reply("acct-0", Reply::HangForever);
     let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{v}");
-    assert_eq!(
-        h.log().await[0].error_class.as_deref(),
-        Some("upstream_timeout")
-    );
+    let row = &h.log().await[0];
+    assert_eq!(row.error_class.as_deref(), Some("upstream_timeout"));
+    assert_eq!(row.status, 504);
+    assert_eq!(h.total_inflight(), 0);
     assert_eq!(
         (
             h.attempts("timeout").await,
@@ -368,11 +380,13 @@ async fn a_second_silent_upstream_ends_the_request() {
 
 #[tokio::test]
 async fn connection_refused_moves_to_the_next_account_and_ends_in_an_error() {
-    let h = harness(
-        2,
-        &[("UPSTREAM_BASE_URL", "http://127.0.0.1:9/backend-api/codex")],
-    )
-    .await;
+    // A port nothing listens on: bound, then let go.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let base = format!("http://{free}/backend-api/codex");
+    let h = harness(2, &[("UPSTREAM_BASE_URL", &base)]).await;
     let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
     assert_eq!(v["error"]["code"], "upstream_unreachable");
@@ -394,6 +408,7 @@ async fn connection_refused_moves_to_the_next_account_and_ends_in_an_error() {
             .cooldown_until
             .is_some()
     );
+    assert_eq!(h.total_inflight(), 0);
 }
 
 #[tokio::test]

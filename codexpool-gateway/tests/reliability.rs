@@ -121,6 +121,14 @@ async fn every_token_expired_means_one_refresh_per_account() {
     for name in ["acct-0", "acct-1", "acct-2"] {
         assert_eq!(h.fake.refresh_count(name), 1, "{name}");
     }
+    // Each request served on the account it was given, after the refresh, without failing over.
+    let rows = h.log().await;
+    assert_eq!(rows.len(), 30);
+    for row in &rows {
+        assert_eq!(row.status, 200, "{row:?}");
+        assert!(row.error_class.is_none(), "{row:?}");
+        assert_eq!(row.accounts_tried.len(), 1, "{row:?}");
+    }
     assert_eq!(h.total_inflight(), 0);
 }
 

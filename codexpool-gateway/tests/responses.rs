@@ -39,6 +39,40 @@ async fn streaming_passes_events_through() {
     assert!(h.log().await[0].tokens.is_some());
 }
 
+/// A Responses stream cut part-way on an account: the events that came, then an `error` event
+/// naming the cut (no `response.completed`); the log says so; the lease is back.
+#[tokio::test]
+async fn a_stream_cut_part_way_ends_with_an_error_event() {
+    let h = harness(1, &[]).await;
+    h.fake
+        .push_reply("acct-0", Reply::CutMidStream { after_deltas: 2 });
+    let (status, _, body) = h
+        .call(h.post(
+            "/v1/responses",
+            json!({"model": "gpt-5-codex", "input": "Hi", "stream": true}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let frames = json_frames(&body);
+    let types: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| **t == "response.output_text.delta")
+            .count(),
+        2,
+        "{body}"
+    );
+    assert!(!types.contains(&"response.completed"), "{body}");
+    let last = frames.last().unwrap();
+    assert_eq!(last["type"], "error", "{body}");
+    assert_eq!(last["code"], "upstream_cut", "{body}");
+    let row = &h.log().await[0];
+    assert_eq!(row.error_class.as_deref(), Some("upstream_cut"));
+    assert_eq!(row.status, 200);
+    assert_eq!(h.total_inflight(), 0);
+}
+
 #[tokio::test]
 async fn non_streaming_gets_the_final_object() {
     let h = harness(1, &[]).await;

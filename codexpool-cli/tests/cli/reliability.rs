@@ -1,26 +1,41 @@
 //! Faults around a running `codexpool serve` (issue 7's reliability suite): killed with SIGKILL
 //! in the middle of load, and changed by the CLI while under load.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::support::{Env, finish, signal};
 
-/// Clients sending chat requests in a loop until `stop`; counts the answers by status.
+/// What the load saw: answers read whole with 200, and every other answer (status, body).
+#[derive(Default)]
+struct Seen {
+    ok: AtomicUsize,
+    other: Mutex<Vec<(u16, String)>>,
+}
+
+impl Seen {
+    /// Every answer the server gave was a 200 (a `database is locked` would be a 500).
+    fn all_ok(&self) {
+        let other = self.other.lock().unwrap();
+        assert!(other.is_empty(), "answers other than 200: {other:?}");
+    }
+}
+
+/// Clients sending chat requests in a loop until `stop`; what they saw.
 fn load(
     url: &str,
     key: &str,
     clients: usize,
     stop: Arc<AtomicBool>,
-) -> (Vec<tokio::task::JoinHandle<()>>, Arc<AtomicUsize>) {
-    let ok = Arc::new(AtomicUsize::new(0));
+) -> (Vec<tokio::task::JoinHandle<()>>, Arc<Seen>) {
+    let seen = Arc::new(Seen::default());
     let client = reqwest::Client::new();
     let tasks = (0..clients)
         .map(|i| {
-            let (client, url, key, stop, ok) = (client.clone(), url.to_string(), key.to_string(), stop.clone(), ok.clone());
+            let (client, url, key, stop, seen) = (client.clone(), url.to_string(), key.to_string(), stop.clone(), seen.clone());
             tokio::spawn(async move {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -29,11 +44,16 @@ fn load(
                         "messages": [{"role": "user", "content": format!("client {i} request {n}")}]});
                     match client.post(format!("{url}/v1/chat/completions")).bearer_auth(&key).json(&body).send().await {
                         Ok(r) if r.status() == 200 => {
+                            // A body cut short: the server died under it (the SIGKILL test).
                             if r.bytes().await.is_ok() {
-                                ok.fetch_add(1, Ordering::Relaxed);
+                                seen.ok.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        Ok(_) => {}
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let body = r.text().await.unwrap_or_default();
+                            seen.other.lock().unwrap().push((status, body));
+                        }
                         // The server is gone (the SIGKILL test).
                         Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                     }
@@ -41,7 +61,16 @@ fn load(
             })
         })
         .collect();
-    (tasks, ok)
+    (tasks, seen)
+}
+
+/// Runs a CLI command that must succeed without meeting a locked database; its stdout.
+fn cli(env: &Env, args: &[&str]) -> String {
+    let out = env.cmd().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "codexpool {args:?}: {stderr}");
+    assert!(!stderr.contains("locked"), "codexpool {args:?}: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Waits until the load has `n` answers (a server that stopped answering fails the test).
@@ -64,19 +93,19 @@ async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
     let key = env.key_secret("load");
     let (url, child) = env.serve(&[]);
     let stop = Arc::new(AtomicBool::new(false));
-    let (tasks, ok) = load(&url, &key, 8, stop.clone());
+    let (tasks, seen) = load(&url, &key, 8, stop.clone());
+    until_answered(&seen.ok, 50).await;
     // Acknowledged admin writes made while the server is busy.
     let mut created = Vec::new();
     for i in 0..5 {
-        created.push(
-            env.json(&["key", "create", "--name", &format!("k{i}")])["key"]["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        let v: serde_json::Value = serde_json::from_str(&cli(
+            &env,
+            &["--json", "key", "create", "--name", &format!("k{i}")],
+        ))
+        .unwrap();
+        created.push(v["key"]["id"].as_str().unwrap().to_string());
     }
     let added = env.add_accounts(&["acct-3"]);
-    until_answered(&ok, 50).await;
     // Long enough under load for the batched writer to have written a few batches.
     tokio::time::sleep(Duration::from_millis(600)).await;
     signal(&child, "KILL");
@@ -86,6 +115,7 @@ async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
     for t in tasks {
         t.await.unwrap();
     }
+    seen.all_ok();
 
     let conn = rusqlite::Connection::open(env.db()).unwrap();
     let check: String = conn
@@ -109,7 +139,7 @@ async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
         ))
         .await
         .unwrap();
-    let answered = ok.load(Ordering::Relaxed);
+    let answered = seen.ok.load(Ordering::Relaxed);
     assert!(
         !rows.is_empty() && rows.len() <= answered + 8,
         "{} rows for {answered} answers",
@@ -119,8 +149,26 @@ async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
         rows.iter()
             .all(|r| r.status == 200 && r.account_id.is_some() && !r.accounts_tried.is_empty())
     );
-    // And the CLI keeps working on it.
-    env.ok(&["account", "list"]);
+    drop(pool);
+    // And the CLI keeps working on it, and a new server serves from it, with nothing left in
+    // flight from the killed one.
+    cli(&env, &["account", "list"]);
+    let (url, child) = env.serve(&[]);
+    let res = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "after"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let accounts: serde_json::Value =
+        serde_json::from_str(&cli(&env, &["--json", "account", "list"])).unwrap();
+    for a in accounts.as_array().unwrap() {
+        assert_eq!(a["runtime"]["inflight"], 0, "{a}");
+        assert_eq!(a["runtime"]["source"], "server", "{a}");
+    }
+    crate::support::stop(child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,8 +183,8 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
     );
     let (url, child) = env.serve(&[]);
     let stop = Arc::new(AtomicBool::new(false));
-    let (tasks, ok) = load(&url, &load_key, 6, stop.clone());
-    until_answered(&ok, 20).await;
+    let (tasks, seen) = load(&url, &load_key, 6, stop.clone());
+    until_answered(&seen.ok, 20).await;
     let client = reqwest::Client::new();
     let status_of = |secret: String| {
         let (client, url) = (client.clone(), url.clone());
@@ -154,18 +202,9 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
     };
     assert_eq!(status_of(victim_secret.clone()).await, 200);
 
-    // A key disabled by the CLI is refused by the server.
-    let out = env
-        .cmd()
-        .args(["key", "disable", &victim_id])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("locked"));
+    // A key disabled by the CLI is refused by the server (counted from when the CLI is done:
+    // the change is made then; the server's watcher looks every 500 ms).
+    cli(&env, &["key", "disable", &victim_id]);
     let t = Instant::now();
     while status_of(victim_secret.clone()).await != 403 {
         assert!(t.elapsed() < Duration::from_secs(5), "never refused");
@@ -183,7 +222,7 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
         .unwrap()
         .to_string();
     let added = env.add_accounts(&["acct-2"]);
-    env.ok(&["account", "disable", &first]);
+    cli(&env, &["account", "disable", &first]);
     let t = Instant::now();
     loop {
         let res = client
@@ -218,6 +257,25 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
+    }
+    seen.all_ok();
+    // The refused key's requests are in the log as such; nothing is left in flight.
+    let log: serde_json::Value = serde_json::from_str(&cli(
+        &env,
+        &["--json", "logs", "--key", &victim_id, "--limit", "1000"],
+    ))
+    .unwrap();
+    let statuses: Vec<&serde_json::Value> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["status"])
+        .collect();
+    assert!(statuses.contains(&&json!(403)), "{log}");
+    let accounts: serde_json::Value =
+        serde_json::from_str(&cli(&env, &["--json", "account", "list"])).unwrap();
+    for a in accounts.as_array().unwrap() {
+        assert_eq!(a["runtime"]["inflight"], 0, "{a}");
     }
     let stderr = crate::support::stop(child);
     assert!(!stderr.contains("locked"), "{stderr}");
