@@ -44,11 +44,42 @@ pub(crate) enum Mode {
     Chat(Box<ChatStream>),
 }
 
-/// An `error` event as the backend sends it, ending a Responses stream.
-pub(crate) fn error_event(out: &mut BytesMut, code: &str, message: &str) {
-    let body =
-        serde_json::json!({"type": "error", "code": code, "message": message, "param": null});
+/// An `error` event as the backend sends it, ending a Responses stream; `sequence_number` is
+/// its place in the stream (the Vercel AI SDK reads an `error` event only with one).
+pub(crate) fn error_event(out: &mut BytesMut, sequence_number: u64, code: &str, message: &str) {
+    let body = serde_json::json!({"type": "error", "sequence_number": sequence_number,
+        "code": code, "message": message, "param": null});
     write_event(out, "error", body.to_string().as_bytes());
+}
+
+/// A Responses stream that fails before its first event: `response.created`, `response.failed`
+/// with the error, then the `error` event, numbered from 0, as a response that failed at once
+/// streams. Clients that build the response from the stream (openai-python's and
+/// openai-node's `responses.stream`) want `response.created` first, and report the error only
+/// after it.
+pub(crate) fn failed_before_any_event(
+    out: &mut BytesMut,
+    request_id: &str,
+    model: Option<&str>,
+    code: &str,
+    message: &str,
+) {
+    let created_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut response = serde_json::json!({"id": format!("resp_{request_id}"),
+        "object": "response", "created_at": created_at, "status": "in_progress",
+        "model": model.unwrap_or_default(), "output": [], "error": null,
+        "incomplete_details": null});
+    let created = serde_json::json!({"type": "response.created", "sequence_number": 0,
+        "response": &response});
+    write_event(out, "response.created", created.to_string().as_bytes());
+    response["status"] = "failed".into();
+    response["error"] = serde_json::json!({"code": code, "message": message});
+    let failed = serde_json::json!({"type": "response.failed", "sequence_number": 1,
+        "response": response});
+    write_event(out, "response.failed", failed.to_string().as_bytes());
+    error_event(out, 2, code, message);
 }
 
 /// A committed upstream stream on its way to a streaming client.
@@ -64,6 +95,9 @@ pub(crate) struct Relay {
     first_event: Instant,
     pre_send: Duration,
     sent_any: bool,
+    /// Events relayed to a Responses client (the next one's `sequence_number`, as the
+    /// backend numbers them from 0).
+    events: u64,
     done: bool,
     usage: Option<TokenUsage>,
     error_class: Option<String>,
@@ -202,6 +236,7 @@ impl Relay {
             first_event: stream.first_event,
             pre_send,
             sent_any: false,
+            events: 0,
             done: false,
             usage: None,
             error_class: None,
@@ -246,6 +281,7 @@ impl Relay {
         };
         let (terminal, usage, failure) = match &mut self.mode {
             Mode::Passthrough => {
+                self.events += 1;
                 let kind = EventKind::of(&event);
                 // Only a final event is read (once, for the relay and the refill alike).
                 let parsed = kind.is_terminal().then(|| ResponsesEvent::from_sse(&event));
@@ -323,7 +359,7 @@ impl Relay {
         };
         match &mut self.mode {
             Mode::Chat(chat) => chat.fail(&f, out),
-            Mode::Passthrough => error_event(out, code, &f.message),
+            Mode::Passthrough => error_event(out, self.events, code, &f.message),
         }
         self.error_class = Some(code.to_string());
     }

@@ -533,10 +533,37 @@ async fn a_failure_after_early_headers_ends_a_responses_stream_with_an_error_eve
         "headers went out before the failure"
     );
     assert!(text.starts_with(": keep-alive\n\n"), "{text}");
-    let last = json_frames(&text).pop().unwrap();
-    assert_eq!(last["type"], "error", "{text}");
-    assert_eq!(last["code"], "usage_limit_reached", "{text}");
+    // A response that failed at once, as clients that build the response from the stream
+    // (openai-python's `responses.stream`) need it: created first, then failed, then the error,
+    // numbered from 0.
+    let frames = json_frames(&text);
+    let types: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
+    assert_eq!(
+        types,
+        ["response.created", "response.failed", "error"],
+        "{text}"
+    );
+    let numbers: Vec<u64> = frames
+        .iter()
+        .map(|f| f["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [0, 1, 2]);
+    let (created, failed, error) = (&frames[0]["response"], &frames[1]["response"], &frames[2]);
+    assert_eq!(created["status"], "in_progress");
+    assert_eq!(created["id"], failed["id"]);
+    assert!(
+        created["id"].as_str().unwrap().starts_with("resp_"),
+        "{created}"
+    );
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["error"]["code"], "usage_limit_reached", "{failed}");
+    assert_eq!(error["code"], "usage_limit_reached", "{text}");
+    assert!(text.contains("event: response.created\n"), "{text}");
     assert!(text.contains("event: error\n"), "{text}");
+    assert_eq!(
+        h.log().await[0].error_class.as_deref(),
+        Some("usage_limit_reached")
+    );
     assert_eq!(h.total_inflight(), 0);
 }
 
@@ -604,6 +631,10 @@ async fn a_fallback_stream_cut_ends_with_an_error_with_or_without_early_headers(
                 assert_eq!(last["type"], "error", "{text}");
                 assert_eq!(last["code"], "upstream_cut", "{text}");
                 assert!(!text.contains("[DONE]"), "{text}");
+                // Numbered past what the fallback sent (its events and comments, counted).
+                let before = frames[frames.len() - 2]["sequence_number"].as_u64().unwrap();
+                let number = last["sequence_number"].as_u64().unwrap();
+                assert!(number > before, "{text}");
             }
             let row = h.log().await.pop().unwrap();
             assert!(row.fallback);

@@ -67,6 +67,11 @@ async fn a_stream_cut_part_way_ends_with_an_error_event() {
     let last = frames.last().unwrap();
     assert_eq!(last["type"], "error", "{body}");
     assert_eq!(last["code"], "upstream_cut", "{body}");
+    // Numbered after the events relayed, as clients such as the Vercel AI SDK require.
+    let before = frames[frames.len() - 2]["sequence_number"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(last["sequence_number"], before + 1, "{body}");
     let row = &h.log().await[0];
     assert_eq!(row.error_class.as_deref(), Some("upstream_cut"));
     assert_eq!(row.status, 200);

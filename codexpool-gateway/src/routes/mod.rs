@@ -241,6 +241,7 @@ enum BodyState {
         body: axum::body::BodyDataStream,
         chat: bool,
         done_frame: bool,
+        frames: u64,
     },
     Done,
 }
@@ -257,7 +258,8 @@ fn relay_body(state: BodyState) -> Body {
                 body,
                 chat,
                 done_frame,
-            } => forward_next(body, chat, done_frame)
+                frames,
+            } => forward_next(body, chat, done_frame, frames)
                 .await
                 .map(|(chunk, next)| (Ok(chunk), next)),
             BodyState::Waiting {
@@ -305,24 +307,45 @@ fn relay_body(state: BodyState) -> Body {
 }
 
 /// The attempt loop failed after the headers went out: the error as the last event, in the
-/// client's protocol (an OpenAI error chunk for chat, an `error` event for Responses clients).
+/// client's protocol (an OpenAI error chunk for chat; for Responses clients, a response that
+/// failed at once).
 fn late_failure(mut record: Record, error: &ApiError, mode: &Mode) -> (Bytes, BodyState) {
+    let entry = &record.entry;
+    let frame = failure_as_first_event(&entry.request_id, entry.model.as_deref(), error, mode);
     record.finish(200, Some(&error.code), None);
-    (stream_error(error, is_chat(mode)), BodyState::Done)
+    (frame, BodyState::Done)
 }
 
 fn is_chat(mode: &Mode) -> bool {
     matches!(mode, Mode::Chat(_))
 }
 
+/// An error before any event of a stream whose headers went out: an OpenAI error chunk for
+/// chat, a response that failed at once for Responses clients (see
+/// [`crate::relay::failed_before_any_event`]).
+fn failure_as_first_event(
+    request_id: &str,
+    model: Option<&str>,
+    error: &ApiError,
+    mode: &Mode,
+) -> Bytes {
+    if is_chat(mode) {
+        return error.sse_frame();
+    }
+    let mut out = bytes::BytesMut::new();
+    crate::relay::failed_before_any_event(&mut out, request_id, model, &error.code, &error.message);
+    out.freeze()
+}
+
 /// An error as the last event of a stream already under way, in the client's protocol (an
-/// OpenAI error chunk for `chat`, an `error` event for Responses clients).
-fn stream_error(error: &ApiError, chat: bool) -> Bytes {
+/// OpenAI error chunk for `chat`, an `error` event numbered `sequence_number` for Responses
+/// clients).
+fn stream_error(error: &ApiError, chat: bool, sequence_number: u64) -> Bytes {
     if chat {
         return error.sse_frame();
     }
     let mut out = bytes::BytesMut::new();
-    crate::relay::error_event(&mut out, &error.code, &error.message);
+    crate::relay::error_event(&mut out, sequence_number, &error.code, &error.message);
     out.freeze()
 }
 
@@ -336,11 +359,12 @@ async fn late_fallback(
     done_frame: bool,
     keep: Option<Box<Pending>>,
 ) -> (Bytes, BodyState) {
+    let (request_id, model) = (record.entry.request_id.clone(), record.entry.model.clone());
     let res = fallback::call(shared, record, req, true, keep).await;
     let status = res.status();
     let body = res.into_body().into_data_stream();
     if status == StatusCode::OK {
-        return forward_next(body, is_chat(mode), done_frame)
+        return forward_next(body, is_chat(mode), done_frame, 0)
             .await
             .unwrap_or((Bytes::new(), BodyState::Done));
     }
@@ -350,7 +374,8 @@ async fn late_fallback(
         "fallback_failed",
         format!("the fallback upstream answered {status}: {detail}"),
     );
-    (stream_error(&error, is_chat(mode)), BodyState::Done)
+    let frame = failure_as_first_event(&request_id, model.as_deref(), &error, mode);
+    (frame, BodyState::Done)
 }
 
 /// The fallback's next chunk; a break in its body ends the stream with an error event in the
@@ -360,6 +385,7 @@ async fn forward_next(
     mut body: axum::body::BodyDataStream,
     chat: bool,
     done_frame: bool,
+    frames: u64,
 ) -> Option<(Bytes, BodyState)> {
     use futures_util::StreamExt;
     match body.next().await? {
@@ -368,6 +394,8 @@ async fn forward_next(
                 body,
                 chat,
                 done_frame,
+                // Events (and comments) passed on: about the next event's `sequence_number`.
+                frames: frames + memchr::memmem::find_iter(&chunk, b"\n\n").count() as u64,
             };
             Some((chunk, next))
         }
@@ -376,7 +404,7 @@ async fn forward_next(
                 "upstream_cut",
                 format!("the fallback upstream's stream broke off: {e}"),
             );
-            let mut frame = stream_error(&error, chat).to_vec();
+            let mut frame = stream_error(&error, chat, frames).to_vec();
             if done_frame {
                 frame.extend_from_slice(crate::sse::DONE_FRAME);
             }
@@ -467,6 +495,7 @@ pub(crate) async fn dispatch(
                         body: body.into_data_stream(),
                         chat,
                         done_frame: chat,
+                        frames: 0,
                     });
                     return with_protocol(Response::from_parts(parts, body), protocol);
                 }
