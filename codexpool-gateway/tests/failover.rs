@@ -632,7 +632,9 @@ async fn a_fallback_stream_cut_ends_with_an_error_with_or_without_early_headers(
                 assert_eq!(last["code"], "upstream_cut", "{text}");
                 assert!(!text.contains("[DONE]"), "{text}");
                 // Numbered past what the fallback sent (its events and comments, counted).
-                let before = frames[frames.len() - 2]["sequence_number"].as_u64().unwrap();
+                let before = frames[frames.len() - 2]["sequence_number"]
+                    .as_u64()
+                    .unwrap();
                 let number = last["sequence_number"].as_u64().unwrap();
                 assert!(number > before, "{text}");
             }

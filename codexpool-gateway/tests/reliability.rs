@@ -60,8 +60,13 @@ async fn two_hundred_streams_over_three_capped_accounts() {
         tasks.push(tokio::spawn(async move {
             let res = h.send(h.post("/v1/chat/completions", chat(true))).await;
             let status = res.status();
+            let retry_after = res.headers().get("retry-after").cloned();
             let body = res.into_body().collect().await.unwrap().to_bytes();
-            (status, String::from_utf8_lossy(&body).to_string())
+            (
+                status,
+                retry_after,
+                String::from_utf8_lossy(&body).to_string(),
+            )
         }));
     }
     let outcomes = tokio::time::timeout(
@@ -74,13 +79,19 @@ async fn two_hundred_streams_over_three_capped_accounts() {
     let max = watcher.await.unwrap();
     let (mut ok, mut shed) = (0, 0);
     for o in outcomes {
-        let (status, body) = o.unwrap();
+        let (status, retry_after, body) = o.unwrap();
         match status {
             StatusCode::OK => {
                 assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
                 ok += 1;
             }
-            StatusCode::SERVICE_UNAVAILABLE => shed += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                // Said so, with when to come back.
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["error"]["code"], "accounts_busy", "{body}");
+                assert!(retry_after.is_some(), "{body}");
+                shed += 1;
+            }
             other => panic!("unexpected {other}: {body}"),
         }
     }
@@ -88,6 +99,14 @@ async fn two_hundred_streams_over_three_capped_accounts() {
     assert!(ok >= 12, "served {ok}");
     for (id, m) in &max {
         assert!(*m <= 4, "account {id} reached {m} in flight");
+    }
+    // And as the upstream saw it: never more than the cap open on one account.
+    for name in ["acct-0", "acct-1", "acct-2"] {
+        let peak = h.fake.peak_open_streams(name);
+        assert!(
+            (1..=4).contains(&peak),
+            "{name} had {peak} answers open at once"
+        );
     }
     assert_eq!(h.total_inflight(), 0);
     let log = h
@@ -98,6 +117,7 @@ async fn two_hundred_streams_over_three_capped_accounts() {
         .unwrap();
     assert_eq!(log.len(), 200, "one row per request");
     assert_eq!(log.iter().filter(|r| r.status == 200).count(), ok);
+    assert_eq!(log.iter().filter(|r| r.status == 503).count(), shed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

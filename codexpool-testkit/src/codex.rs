@@ -700,7 +700,7 @@ pub(crate) async fn responses(
     deliver(
         outcome,
         flat.head_delay,
-        StreamGuard::new(&shared, Some(seq.0)),
+        StreamGuard::new(&shared, Some(seq.0)).of_account(&account),
     )
     .await
 }

@@ -581,6 +581,18 @@ impl FakeOpenAi {
         self.shared.open_streams.load(Ordering::SeqCst)
     }
 
+    /// The most Codex answers `account_id` ever had open at once: each counted from its
+    /// handler's start until its last byte is handed over (so inside the client's request,
+    /// whatever the scheduling), or until it ended otherwise.
+    pub fn peak_open_streams(&self, account_id: &str) -> usize {
+        self.shared
+            .account_streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(account_id)
+            .map_or(0, |(_, peak)| *peak)
+    }
+
     /// Answers whose client went away before the end (the upstream was cancelled).
     pub fn cancelled_streams(&self) -> usize {
         self.shared.cancelled_streams.load(Ordering::SeqCst)

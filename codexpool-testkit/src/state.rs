@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     inner: Mutex<Inner>,
     records: Mutex<Records>,
     pub(crate) open_streams: AtomicUsize,
+    /// Per account: Codex answers open now, and the most ever open at once.
+    pub(crate) account_streams: Mutex<HashMap<String, (usize, usize)>>,
     pub(crate) cancelled_streams: AtomicUsize,
     pub(crate) instant_codex: AtomicUsize,
     pub(crate) instant_chat: AtomicUsize,
@@ -219,6 +221,7 @@ impl Shared {
             inner: Mutex::new(Inner::new(models, device_interval)),
             records: Mutex::new(Records::default()),
             open_streams: AtomicUsize::new(0),
+            account_streams: Mutex::new(HashMap::new()),
             cancelled_streams: AtomicUsize::new(0),
             instant_codex: AtomicUsize::new(0),
             instant_chat: AtomicUsize::new(0),

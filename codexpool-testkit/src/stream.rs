@@ -2,8 +2,8 @@
 //! hang) that a body stream plays back, and a [`StreamGuard`] that lives as long as the answer
 //! does, so the fake knows how many answers are open and which ones the client abandoned.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -66,6 +66,9 @@ pub(crate) struct StreamGuard {
     seq: Option<u64>,
     streaming: bool,
     done: bool,
+    /// The account whose open answers this one counts among, until its last byte is handed
+    /// over (see [`crate::FakeOpenAi::peak_open_streams`]).
+    account: Option<String>,
 }
 
 impl StreamGuard {
@@ -76,6 +79,27 @@ impl StreamGuard {
             seq,
             streaming: false,
             done: false,
+            account: None,
+        }
+    }
+
+    /// Counts the answer among `account`'s open ones.
+    pub(crate) fn of_account(mut self, account: &str) -> Self {
+        let mut all = lock(&self.shared.account_streams);
+        let (open, peak) = all.entry(account.to_owned()).or_default();
+        *open += 1;
+        *peak = (*peak).max(*open);
+        drop(all);
+        self.account = Some(account.to_owned());
+        self
+    }
+
+    /// The answer's last byte is handed over (or it ended): no longer open for its account.
+    fn leave_account(&mut self) {
+        if let Some(account) = self.account.take()
+            && let Some((open, _)) = lock(&self.shared.account_streams).get_mut(&account)
+        {
+            *open -= 1;
         }
     }
 
@@ -89,6 +113,7 @@ impl StreamGuard {
 
     fn finish(&mut self, status: StreamStatus) {
         self.done = true;
+        self.leave_account();
         if self.streaming
             && let Some(seq) = self.seq
         {
@@ -99,6 +124,7 @@ impl StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        self.leave_account();
         if !self.done {
             self.shared.cancelled_streams.fetch_add(1, Ordering::SeqCst);
             if let Some(seq) = self.seq {
@@ -114,7 +140,7 @@ impl Drop for StreamGuard {
 pub(crate) fn timed_body(steps: Vec<Step>, mut guard: StreamGuard) -> Body {
     guard.start_streaming();
     let stream = futures_util::stream::unfold(
-        (steps.into_iter(), guard),
+        (steps.into_iter().peekable(), guard),
         |(mut steps, mut guard)| async move {
             loop {
                 match steps.next() {
@@ -122,7 +148,14 @@ pub(crate) fn timed_body(steps: Vec<Step>, mut guard: StreamGuard) -> Body {
                         guard.finish(StreamStatus::Finished);
                         return None;
                     }
-                    Some(Step::Bytes(bytes)) => return Some((Ok(bytes), (steps, guard))),
+                    Some(Step::Bytes(bytes)) => {
+                        // The last bytes: the client may end its request as soon as they
+                        // arrive, before this body is asked for more.
+                        if steps.peek().is_none() {
+                            guard.leave_account();
+                        }
+                        return Some((Ok(bytes), (steps, guard)));
+                    }
                     Some(Step::Sleep(d)) => tokio::time::sleep(d).await,
                     Some(Step::Cut) => {
                         guard.finish(StreamStatus::Cut);
@@ -211,4 +244,9 @@ pub(crate) fn with_timing(
 /// Before a cut, give the connection a moment to flush what was already sent.
 pub(crate) fn cut_steps() -> [Step; 2] {
     [Step::Sleep(Duration::from_millis(20)), Step::Cut]
+}
+
+/// A lock that a panic in another holder does not poison.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
