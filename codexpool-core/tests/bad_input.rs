@@ -81,20 +81,91 @@ proptest! {
         })?;
     }
 
+    /// A few settings at a time, each with a value shaped like what people set (numbers of
+    /// every size and sign, booleans, URLs, addresses, durations) or anything at all (control
+    /// characters included): every invalid one is an error naming its own variable, a secret's
+    /// value never shown; the rest hold values in their ranges.
     #[test]
-    fn env_values_are_accepted_or_named(values in prop::collection::vec("\\PC{0,12}", SETTINGS.len()), legacy in any::<bool>()) {
+    fn env_values_are_accepted_or_named(
+        picked in prop::collection::vec((0..SETTINGS.len(), arb_setting_value()), 1..4),
+        legacy in any::<bool>(),
+    ) {
         let prefix = if legacy { "GPTTOOLS_" } else { "CODEXPOOL_" };
-        let env: HashMap<String, String> =
-            SETTINGS.iter().zip(&values).map(|(s, v)| (format!("{prefix}{}", s.name), v.clone())).collect();
-        match Config::from_lookup(|k| env.get(k).cloned(), None) {
-            Ok(c) => {
-                prop_assert!(c.usage_poll_interval.as_secs() >= 30);
-                prop_assert!(c.front_proxy_max_body_bytes >= 1);
+        let env: HashMap<String, String> = picked
+            .iter()
+            .map(|(i, v)| (format!("{prefix}{}", SETTINGS[*i].name), v.clone()))
+            .collect();
+        let loaded = Config::load(|k| env.get(k).cloned(), None);
+        for e in &loaded.invalid {
+            prop_assert!(env.contains_key(&e.var), "{} was not set", e.var);
+            prop_assert!(e.to_string().contains(&e.var));
+            let setting = SETTINGS.iter().find(|s| Some(s.name) == e.setting).unwrap();
+            prop_assert!(e.var.ends_with(setting.name));
+            let value = &env[&e.var];
+            if setting.secret && value.trim().len() > 3 {
+                prop_assert!(!e.to_string().contains(value.trim()), "{e}");
             }
-            Err(e) => {
-                prop_assert!(e.var.starts_with(prefix), "{}", e.var);
-                prop_assert!(e.to_string().contains(&e.var));
+        }
+        let c = &loaded.config;
+        prop_assert!(c.usage_poll_interval.as_secs() >= 30);
+        prop_assert!(c.front_proxy_max_body_bytes >= 1);
+        let _ = format!("{c:?}");
+    }
+
+    /// Whatever an env file holds: read or refused with an error naming the file, never a panic.
+    #[test]
+    fn env_files_are_read_or_refused(bytes in prop::collection::vec(any::<u8>(), 0..256), text in "\\PC{0,80}") {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, content) in [bytes, text.into_bytes()].into_iter().enumerate() {
+            let path = dir.path().join(format!("{i}.env"));
+            std::fs::write(&path, &content).unwrap();
+            match codexpool_core::config::EnvFile::read(&path) {
+                Ok(f) => {
+                    let _ = Config::load(|_| None, Some(&f));
+                }
+                Err(e) => prop_assert!(e.to_string().contains(&format!("{i}.env")), "{e}"),
             }
         }
     }
+}
+
+/// Values shaped like settings' values, and anything at all.
+fn arb_setting_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| format!("{n}0")),
+        (0u32..100_000).prop_map(|n| n.to_string()),
+        any::<f64>().prop_map(|f| f.to_string()),
+        prop::sample::select(vec![
+            "true",
+            "false",
+            "1",
+            "0",
+            "yes",
+            "no",
+            "on",
+            "off",
+            "",
+            " ",
+            "ordered",
+            "round-robin",
+            "headroom",
+            "localhost:0",
+            "127.0.0.1:8080",
+            "0.0.0.0:1",
+            "[::1]:9",
+            "http://127.0.0.1:1/x",
+            "https://user:pass@host/",
+            "ftp://x",
+            "~/codexpool.db",
+            "30",
+            "30s",
+            "1h",
+            "-1",
+            "99999999999999999999",
+        ])
+        .prop_map(str::to_string),
+        "\\PC{0,16}",
+        "[\\x00-\\x1f\\x7f ]{0,4}[a-z0-9:/.]{0,8}",
+    ]
 }
