@@ -205,19 +205,30 @@ proptest! {
         json in arb_json(),
         bytes in prop::collection::vec(any::<u8>(), 0..200),
         use_bytes in any::<bool>(),
-        route in prop::sample::select(vec!["/v1/chat/completions", "/v1/responses"]),
-        header in "[ -~]{0,40}",
+        route in prop::sample::select(vec!["/v1/chat/completions", "/v1/responses", "/v1/responses/compact"]),
+        headers in prop::collection::vec((
+            prop::sample::select(vec![
+                "authorization", "content-type", "originator", "session-id", "x-session-id",
+                "x-codex-window-id", "x-codex-turn-state", "openai-beta", "chatgpt-account-id",
+                "x-request-id", "content-encoding", "accept", "user-agent", "x-client-request-id",
+            ]),
+            // Any byte a header value may hold (visible ASCII, tab, and obs-text).
+            prop::collection::vec(prop_oneof![0x20u8..0x7f, 0x80u8..=0xff, Just(b'\t')], 0..60),
+        ), 0..4),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let h = harness(1, &[]).await;
             let body = if use_bytes { bytes.clone() } else { json.to_string().into_bytes() };
-            let req = Request::post(route)
+            let mut req = Request::post(route)
                 .header("authorization", format!("Bearer {}", h.key))
                 .header("content-type", "application/json")
-                .header("x-session-id", header.as_str())
                 .body(Body::from(body))
                 .unwrap();
+            for (name, value) in &headers {
+                let value = axum::http::HeaderValue::from_bytes(value).unwrap();
+                req.headers_mut().insert(*name, value);
+            }
             let res = h.gateway.router().oneshot(req).await.unwrap();
             let status = res.status();
             let text = res.into_body().collect().await.unwrap().to_bytes();
