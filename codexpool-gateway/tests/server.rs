@@ -475,7 +475,8 @@ async fn load_beyond_the_limit_is_shed_with_503() {
 async fn arbitrary_rpc_params_get_clear_answers() {
     use proptest::strategy::{Strategy, ValueTree};
     use proptest::test_runner::TestRunner;
-    let e = env(&[]).await;
+    let (e, key) = env_with_an_account(&[]).await;
+    let account = e.pool.accounts().list(&Default::default()).remove(0);
     let srv = start(&e).await;
     let methods = [
         "account/list",
@@ -483,7 +484,10 @@ async fn arbitrary_rpc_params_get_clear_answers() {
         "account/update",
         "account/delete",
         "account/import",
+        "account/export",
         "account/usage/list",
+        "account/usage/refresh",
+        "account/login/start",
         "account/login/status",
         "account/login/cancel",
         "account/login/complete",
@@ -496,11 +500,18 @@ async fn arbitrary_rpc_params_get_clear_answers() {
         "requestlog/list",
         "stats/summary",
     ];
+    // Real ids now and then: a call that fails on them must leave them whole.
+    let ids = vec![
+        Value::String(account.id.clone()),
+        Value::String(key.key.id.clone()),
+        Value::String(account.id[..4].to_string()),
+    ];
     let leaf = proptest::prop_oneof![
         proptest::strategy::Just(Value::Null),
         proptest::arbitrary::any::<bool>().prop_map(Value::Bool),
         proptest::arbitrary::any::<i32>().prop_map(|n| json!(n)),
         "[a-z0-9 :/?=&]{0,12}".prop_map(Value::String),
+        proptest::sample::select(ids),
     ];
     let params = leaf.prop_recursive(2, 12, 4, |inner| {
         proptest::prop_oneof![
@@ -545,8 +556,56 @@ async fn arbitrary_rpc_params_get_clear_answers() {
             assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
         }
     }
+    // The envelope itself: arbitrary bytes, or JSON that is no request, get a JSON-RPC error.
+    let bytes = proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..64);
+    for i in 0..40 {
+        let body = if i % 2 == 0 {
+            bytes.new_tree(&mut runner).unwrap().current()
+        } else {
+            params
+                .new_tree(&mut runner)
+                .unwrap()
+                .current()
+                .to_string()
+                .into_bytes()
+        };
+        let res = reqwest::Client::new()
+            .post(format!("{}/rpc", srv.url()))
+            .bearer_auth(srv.rpc_token().expose())
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let v: Value = res.json().await.unwrap_or(Value::Null);
+        assert!(status == 200 || status == 400, "{status} {v}");
+        // A batch (an array) is answered per element.
+        let answers = match &v {
+            Value::Array(all) => all.clone(),
+            one => vec![one.clone()],
+        };
+        assert!(
+            !answers.is_empty(),
+            "{}: {v}",
+            String::from_utf8_lossy(&body)
+        );
+        for a in answers {
+            let message = a["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                !message.is_empty(),
+                "{}: {v}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+    // Whatever went through: records whole, the ones not deleted still there as they were.
     for k in e.pool.keys().list() {
         assert!(!k.name.trim().is_empty());
+    }
+    for a in e.pool.accounts().list(&Default::default()) {
+        assert!(!a.label.trim().is_empty(), "{a:?}");
+        assert!(!a.tokens.refresh_token.expose().is_empty(), "{a:?}");
     }
     srv.stop().await.unwrap();
 }
