@@ -735,6 +735,56 @@ async fn a_pool_in_memory_is_no_server_of_the_database_its_settings_name() {
     srv.stop().await.unwrap();
 }
 
+/// A client that closes its TCP connection in the middle of a stream, against the real server:
+/// the upstream request is cancelled within a second, the account's lease is back, and the log
+/// row says the client left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_closing_its_connection_mid_stream_cancels_upstream() {
+    let (e, key) = env_with_an_account(&[]).await;
+    e.fake
+        .push_reply("acct-0", Reply::StallMidStream { after_deltas: 2 });
+    let srv = start(&e).await;
+    let mut res = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", srv.url()))
+        .bearer_auth(key.secret.expose())
+        .json(&json!({"model": "gpt-5-codex", "stream": true,
+            "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.chunk().await.unwrap().is_some(), "the first chunk");
+    let id = e.pool.accounts().list(&Default::default()).remove(0).id;
+    assert_eq!(e.pool.accounts().runtime(&id).unwrap().inflight, 1);
+    drop(res); // mid-body: the connection closes
+    assert!(
+        e.fake
+            .wait_until_async(Duration::from_secs(1), |f| f.cancelled_streams() == 1)
+            .await,
+        "upstream cancelled within 1 s"
+    );
+    let t = std::time::Instant::now();
+    while e.pool.accounts().runtime(&id).unwrap().inflight != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the lease is released"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    srv.stop().await.unwrap();
+    let rows = e
+        .pool
+        .request_log()
+        .list(&RequestLogQuery::latest(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows[0].error_class.as_deref(),
+        Some("client_closed"),
+        "{rows:?}"
+    );
+}
+
 /// A taken address is named, and the setting only when the address came from it.
 #[tokio::test]
 async fn a_taken_address_names_the_setting_only_when_it_came_from_it() {
