@@ -127,10 +127,37 @@ async fn data_version_moves_only_for_other_writers() {
     b.insert_account(&conformance::sample_account("a2", "c2"))
         .await
         .unwrap();
+    let v1 = a.data_version().await.unwrap();
+    assert_ne!(v1, v0, "another handle's write is seen");
+    // Another handle's request-log rows (most of a busy server's commits) move nothing.
+    b.append_request_log(&[codexpool_core::request_log::RequestLogEntry::new(
+        "req-1",
+        codexpool_core::Timestamp::from_secs(1),
+        "/v1/models",
+    )])
+    .await
+    .unwrap();
+    assert_eq!(
+        a.data_version().await.unwrap(),
+        v1,
+        "log rows cost no reload"
+    );
+    // Its key and usage changes do, even twice within one millisecond.
+    let k = conformance::sample_key("k1", 7);
+    b.insert_key(&k).await.unwrap();
+    let v2 = a.data_version().await.unwrap();
+    assert_ne!(v2, v1, "a key");
+    let patch = codexpool_core::keys::KeyPatch::default().enabled(false);
+    let at = codexpool_core::Timestamp::from_secs(5);
+    b.patch_key("k1", &patch, at).await.unwrap();
+    let v3 = a.data_version().await.unwrap();
+    assert_ne!(v3, v2, "a key change");
+    let patch = codexpool_core::keys::KeyPatch::default().enabled(true);
+    b.patch_key("k1", &patch, at).await.unwrap();
     assert_ne!(
         a.data_version().await.unwrap(),
-        v0,
-        "another handle's write is seen"
+        v3,
+        "another change at the same time"
     );
 }
 

@@ -581,8 +581,8 @@ impl FakeOpenAi {
         self.shared.open_streams.load(Ordering::SeqCst)
     }
 
-    /// The most Codex answers `account_id` ever had open at once: each counted from its
-    /// handler's start until its last byte is handed over (so inside the client's request,
+    /// The most Codex answers `account_id` ever had open at once: each counted from when its
+    /// handler answers until its last byte is handed over (so inside the client's request,
     /// whatever the scheduling), or until it ended otherwise.
     pub fn peak_open_streams(&self, account_id: &str) -> usize {
         self.shared

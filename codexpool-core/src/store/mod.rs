@@ -327,7 +327,9 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- change detection
     /// A number that changes when another process (or another handle on the same database)
-    /// commits. Compared between calls only; the value itself means nothing.
+    /// commits a change the pool holds in memory: accounts, keys, usage (the SQLite store
+    /// leaves out the request log and the ledger). It may also move after this handle's own
+    /// changes. Compared between calls only; the value itself means nothing.
     async fn data_version(&self) -> Result<u64, StoreError>;
 
     /// The database file this store keeps the pool in, if any (`None`: in memory). A server

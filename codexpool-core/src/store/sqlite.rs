@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/001_init.sql"),
     include_str!("../../migrations/002_ledger_requests.sql"),
     include_str!("../../migrations/003_request_log_at.sql"),
+    include_str!("../../migrations/004_pool_changes.sql"),
 ];
 /// How long SQLite waits on another process's lock before reporting busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,6 +52,8 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 pub struct SqliteStore {
     tx: mpsc::Sender<Job>,
     path: PathBuf,
+    /// `PRAGMA data_version` and the change counter when last read (see `data_version`).
+    seen: Arc<std::sync::Mutex<(Option<i64>, u64)>>,
     /// Where refreshed tokens the database refused wait (see the module docs).
     rescue_dir: Arc<Path>,
 }
@@ -372,6 +375,7 @@ impl SqliteStore {
         Ok(Self {
             tx,
             path,
+            seen: Arc::default(),
             rescue_dir,
         })
     }
@@ -1494,12 +1498,26 @@ impl Store for SqliteStore {
         })?
     }
 
+    /// The pool's change counter (moved by every change to accounts, keys and usage, see
+    /// migration 4), read only when another connection has committed since the last call
+    /// (`PRAGMA data_version`): the request-log and ledger batches of other processes, most
+    /// of their commits, leave it where it was and cost no reload. This connection's own
+    /// changes move the counter too, so the first look after another process's commit may
+    /// count them once.
     async fn data_version(&self) -> Result<u64, StoreError> {
-        self.call(|c| {
-            let v: i64 = c
+        let seen = self.seen.clone();
+        self.call(move |c| {
+            let commits: i64 = c
                 .query_row("PRAGMA data_version", [], |r| r.get(0))
                 .map_err(db_err)?;
-            Ok(to_u64(v))
+            let mut seen = crate::sync::lock(&seen);
+            if seen.0 != Some(commits) {
+                let changes: i64 = c
+                    .query_row("SELECT n FROM pool_changes", [], |r| r.get(0))
+                    .map_err(db_err)?;
+                *seen = (Some(commits), to_u64(changes));
+            }
+            Ok(seen.1)
         })
         .await
     }
