@@ -540,7 +540,22 @@ async fn arbitrary_rpc_params_get_clear_answers() {
     let mut runner = TestRunner::deterministic();
     for i in 0..300 {
         let method = methods[i % methods.len()];
-        let p = params.new_tree(&mut runner).unwrap().current();
+        let mut p = params.new_tree(&mut runner).unwrap().current();
+        match method {
+            // Not a file on this machine (the RPC writes where it is told).
+            "account/export" => {
+                if let Some(o) = p.as_object_mut() {
+                    o.remove("path");
+                }
+            }
+            // Not the sign-in listener's real port.
+            "account/login/start" => {
+                let mut o = p.as_object().cloned().unwrap_or_default();
+                o.insert("listen".into(), json!(false));
+                p = Value::Object(o);
+            }
+            _ => {}
+        }
         let (status, v) = rpc(
             &srv,
             Some(srv.rpc_token().expose()),
