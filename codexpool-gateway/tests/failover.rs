@@ -645,6 +645,31 @@ async fn a_fallback_stream_cut_ends_with_an_error_with_or_without_early_headers(
     }
 }
 
+/// A fallback stream that ends before any event reaches a Responses client as a response that
+/// failed at once (created, failed, error), with or without early headers: never as nothing.
+#[tokio::test]
+async fn an_empty_fallback_stream_is_a_failed_response() {
+    for early in [true, false] {
+        let (h0, h) = with_fallback(0, early.then_some(Duration::from_millis(100))).await;
+        h0.fake.push_openai_reply(Reply::RawSse {
+            body: String::new(),
+        });
+        let body = json!({"model": "gpt-5", "input": "hi", "stream": true});
+        let (status, _, text) = h.call(h.post("/v1/responses", body)).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let frames = json_frames(&text);
+        let types: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
+        assert_eq!(
+            types,
+            ["response.created", "response.failed", "error"],
+            "{text}"
+        );
+        assert_eq!(frames[2]["code"], "upstream_cut", "{text}");
+        assert_eq!(frames[2]["sequence_number"], 2, "{text}");
+        assert_eq!(h.total_inflight(), 0);
+    }
+}
+
 #[tokio::test]
 async fn a_disconnecting_client_cancels_upstream_and_frees_the_account() {
     let h = harness(1, &[]).await;

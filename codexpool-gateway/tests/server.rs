@@ -751,8 +751,9 @@ async fn a_pool_in_memory_is_no_server_of_the_database_its_settings_name() {
 }
 
 /// A client that closes its TCP connection in the middle of a stream, against the real server:
-/// the upstream request is cancelled within a second, the account's lease is back, and the log
-/// row says the client left.
+/// the upstream request is cancelled, the account's lease is back, and the log row says the
+/// client left. (The 1 s bound is asserted in-process by `failover.rs`; over real sockets on a
+/// shared, loaded machine this allows 3 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_closing_its_connection_mid_stream_cancels_upstream() {
     let (e, key) = env_with_an_account(&[]).await;
@@ -774,14 +775,14 @@ async fn a_client_closing_its_connection_mid_stream_cancels_upstream() {
     drop(res); // mid-body: the connection closes
     assert!(
         e.fake
-            .wait_until_async(Duration::from_secs(1), |f| f.cancelled_streams() == 1)
+            .wait_until_async(Duration::from_secs(3), |f| f.cancelled_streams() == 1)
             .await,
-        "upstream cancelled within 1 s"
+        "upstream cancelled"
     );
     let t = std::time::Instant::now();
     while e.pool.accounts().runtime(&id).unwrap().inflight != 0 {
         assert!(
-            t.elapsed() < Duration::from_secs(1),
+            t.elapsed() < Duration::from_secs(3),
             "the lease is released"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;

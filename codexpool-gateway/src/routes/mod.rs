@@ -237,12 +237,7 @@ enum BodyState {
     Relaying(Box<Relay>),
     /// No account could serve and the fallback upstream answered 200: its body, as is (a break
     /// in it ends the stream with an error event, and `[DONE]` when `done_frame`).
-    Forwarding {
-        body: axum::body::BodyDataStream,
-        chat: bool,
-        done_frame: bool,
-        frames: u64,
-    },
+    Forwarding(Box<Forwarding>),
     Done,
 }
 
@@ -254,14 +249,9 @@ fn relay_body(state: BodyState) -> Body {
                 let chunk = relay.next_chunk().await?;
                 Some((Ok::<Bytes, Infallible>(chunk), BodyState::Relaying(relay)))
             }
-            BodyState::Forwarding {
-                body,
-                chat,
-                done_frame,
-                frames,
-            } => forward_next(body, chat, done_frame, frames)
-                .await
-                .map(|(chunk, next)| (Ok(chunk), next)),
+            BodyState::Forwarding(f) => {
+                forward_next(f).await.map(|(chunk, next)| (Ok(chunk), next))
+            }
             BodyState::Waiting {
                 mut run,
                 mode,
@@ -364,7 +354,8 @@ async fn late_fallback(
     let status = res.status();
     let body = res.into_body().into_data_stream();
     if status == StatusCode::OK {
-        return forward_next(body, is_chat(mode), done_frame, 0)
+        let forwarding = Forwarding::new(body, is_chat(mode), done_frame, request_id, model);
+        return forward_next(Box::new(forwarding))
             .await
             .unwrap_or((Bytes::new(), BodyState::Done));
     }
@@ -378,38 +369,104 @@ async fn late_fallback(
     (frame, BodyState::Done)
 }
 
-/// The fallback's next chunk; a break in its body ends the stream with an error event in the
-/// client's protocol (and `[DONE]` when `done_frame`), so the client never takes a cut answer
-/// for a whole one.
-async fn forward_next(
-    mut body: axum::body::BodyDataStream,
+/// The fallback upstream's 200 stream on its way to the client.
+struct Forwarding {
+    body: axum::body::BodyDataStream,
     chat: bool,
     done_frame: bool,
-    frames: u64,
-) -> Option<(Bytes, BodyState)> {
-    use futures_util::StreamExt;
-    match body.next().await? {
-        Ok(chunk) => {
-            let next = BodyState::Forwarding {
-                body,
-                chat,
-                done_frame,
-                // Events (and comments) passed on: about the next event's `sequence_number`.
-                frames: frames + memchr::memmem::find_iter(&chunk, b"\n\n").count() as u64,
-            };
-            Some((chunk, next))
+    /// For a Responses client: the request's id and model (a failure before any event is a
+    /// response that failed at once, see [`failure_as_first_event`]), and the last
+    /// `sequence_number` passed on.
+    request_id: String,
+    model: Option<String>,
+    last_sequence: Option<u64>,
+}
+
+impl Forwarding {
+    fn new(
+        body: axum::body::BodyDataStream,
+        chat: bool,
+        done_frame: bool,
+        request_id: String,
+        model: Option<String>,
+    ) -> Self {
+        Self {
+            body,
+            chat,
+            done_frame,
+            request_id,
+            model,
+            last_sequence: None,
         }
-        Err(e) => {
+    }
+
+    /// Notes the last `sequence_number` in a chunk passed on (one split across two chunks is
+    /// missed; the next one is seen).
+    fn saw(&mut self, chunk: &[u8]) {
+        const KEY: &[u8] = b"\"sequence_number\":";
+        let Some(at) = memchr::memmem::rfind(chunk, KEY) else {
+            return;
+        };
+        let digits: Vec<u8> = chunk[at + KEY.len()..]
+            .iter()
+            .skip_while(|b| **b == b' ')
+            .take_while(|b| b.is_ascii_digit())
+            .copied()
+            .collect();
+        if let Some(n) = std::str::from_utf8(&digits)
+            .ok()
+            .and_then(|d| d.parse().ok())
+        {
+            self.last_sequence = Some(n);
+        }
+    }
+
+    /// The stream's end in the client's protocol, after `error`: for Responses, an `error`
+    /// event numbered after the last one passed on, or a response that failed at once when
+    /// none was.
+    fn failure(&self, error: &ApiError) -> Bytes {
+        let mut frame = match (self.chat, self.last_sequence) {
+            (false, None) => {
+                let mode = Mode::Passthrough;
+                failure_as_first_event(&self.request_id, self.model.as_deref(), error, &mode)
+                    .to_vec()
+            }
+            (chat, last) => stream_error(error, chat, last.map_or(0, |n| n + 1)).to_vec(),
+        };
+        if self.done_frame {
+            frame.extend_from_slice(crate::sse::DONE_FRAME);
+        }
+        Bytes::from(frame)
+    }
+}
+
+/// The fallback's next chunk; a break in its body ends the stream with an error event in the
+/// client's protocol (and `[DONE]` when `done_frame`), so the client never takes a cut answer
+/// for a whole one, as does a Responses stream that ends before any event.
+async fn forward_next(mut f: Box<Forwarding>) -> Option<(Bytes, BodyState)> {
+    use futures_util::StreamExt;
+    match f.body.next().await {
+        Some(Ok(chunk)) => {
+            if !f.chat {
+                f.saw(&chunk);
+            }
+            Some((chunk, BodyState::Forwarding(f)))
+        }
+        Some(Err(e)) => {
             let error = ApiError::bad_gateway(
                 "upstream_cut",
                 format!("the fallback upstream's stream broke off: {e}"),
             );
-            let mut frame = stream_error(&error, chat, frames).to_vec();
-            if done_frame {
-                frame.extend_from_slice(crate::sse::DONE_FRAME);
-            }
-            Some((Bytes::from(frame), BodyState::Done))
+            Some((f.failure(&error), BodyState::Done))
         }
+        None if !f.chat && f.last_sequence.is_none() => {
+            let error = ApiError::bad_gateway(
+                "upstream_cut",
+                "the fallback upstream's stream ended before any event",
+            );
+            Some((f.failure(&error), BodyState::Done))
+        }
+        None => None,
     }
 }
 
@@ -485,18 +542,17 @@ pub(crate) async fn dispatch(
         Err(failed) => {
             if failed.no_account && shared.upstream.fallback.is_some() {
                 let stream = answer.streams();
+                let entry = &failed.record.entry;
+                let (request_id, model) = (entry.request_id.clone(), entry.model.clone());
                 let res = fallback::call(&shared, failed.record, fallback, stream, pending).await;
                 // A break in a streamed 200 ends with an error event, as after early headers
                 // (the Codex CLI reads a transport break as one and retries).
                 if stream && protocol != Protocol::Codex && res.status() == StatusCode::OK {
                     let (parts, body) = res.into_parts();
                     let chat = matches!(answer, Answer::ChatStream(_));
-                    let body = relay_body(BodyState::Forwarding {
-                        body: body.into_data_stream(),
-                        chat,
-                        done_frame: chat,
-                        frames: 0,
-                    });
+                    let forwarding =
+                        Forwarding::new(body.into_data_stream(), chat, chat, request_id, model);
+                    let body = relay_body(BodyState::Forwarding(Box::new(forwarding)));
                     return with_protocol(Response::from_parts(parts, body), protocol);
                 }
                 return with_protocol(res, protocol);
