@@ -52,6 +52,25 @@ pub(crate) fn error_event(out: &mut BytesMut, sequence_number: u64, code: &str, 
     write_event(out, "error", body.to_string().as_bytes());
 }
 
+/// The `sequence_number` in a Responses event's JSON (the first one, or with `last` the last
+/// one of several events), if any.
+pub(crate) fn sequence_number(json: &[u8], last: bool) -> Option<u64> {
+    const KEY: &[u8] = b"\"sequence_number\":";
+    let at = if last {
+        memchr::memmem::rfind(json, KEY)?
+    } else {
+        memchr::memmem::find(json, KEY)?
+    } + KEY.len();
+    let rest = &json[at..];
+    let start = rest.iter().position(|b| *b != b' ')?;
+    let digits = &rest[start..];
+    let end = digits
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
 /// A Responses stream that fails before its first event: `response.created`, `response.failed`
 /// with the error, then the `error` event, numbered from 0, as a response that failed at once
 /// streams. Clients that build the response from the stream (openai-python's and
@@ -82,6 +101,10 @@ pub(crate) fn failed_before_any_event(
     error_event(out, 2, code, message);
 }
 
+/// How far into an event its `sequence_number` is looked for (the backend writes it second,
+/// after `type`).
+const SEQUENCE_SCAN: usize = 96;
+
 /// A committed upstream stream on its way to a streaming client.
 pub(crate) struct Relay {
     lease: Option<Lease>,
@@ -95,9 +118,9 @@ pub(crate) struct Relay {
     first_event: Instant,
     pre_send: Duration,
     sent_any: bool,
-    /// Events relayed to a Responses client (the next one's `sequence_number`, as the
-    /// backend numbers them from 0).
-    events: u64,
+    /// The `sequence_number` an event of ours would take in a Responses stream: one past the
+    /// last relayed (read near the start of each event, where the backend puts it).
+    next_sequence: u64,
     done: bool,
     usage: Option<TokenUsage>,
     error_class: Option<String>,
@@ -236,7 +259,7 @@ impl Relay {
             first_event: stream.first_event,
             pre_send,
             sent_any: false,
-            events: 0,
+            next_sequence: 0,
             done: false,
             usage: None,
             error_class: None,
@@ -281,7 +304,10 @@ impl Relay {
         };
         let (terminal, usage, failure) = match &mut self.mode {
             Mode::Passthrough => {
-                self.events += 1;
+                let data = event.data();
+                let head = &data[..data.len().min(SEQUENCE_SCAN)];
+                self.next_sequence =
+                    sequence_number(head, false).map_or(self.next_sequence + 1, |n| n + 1);
                 let kind = EventKind::of(&event);
                 // Only a final event is read (once, for the relay and the refill alike).
                 let parsed = kind.is_terminal().then(|| ResponsesEvent::from_sse(&event));
@@ -359,7 +385,7 @@ impl Relay {
         };
         match &mut self.mode {
             Mode::Chat(chat) => chat.fail(&f, out),
-            Mode::Passthrough => error_event(out, self.events, code, &f.message),
+            Mode::Passthrough => error_event(out, self.next_sequence, code, &f.message),
         }
         self.error_class = Some(code.to_string());
     }
@@ -689,6 +715,20 @@ pub(crate) fn raw_body(c: Committed, idle: Duration) -> axum::body::Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequence_numbers_are_read_first_or_last() {
+        let two = br#"{"type":"a","sequence_number": 7,"x":1}
+{"type":"b","sequence_number":12}"#;
+        assert_eq!(sequence_number(two, false), Some(7));
+        assert_eq!(sequence_number(two, true), Some(12));
+        assert_eq!(sequence_number(br#"{"type":"a"}"#, false), None);
+        assert_eq!(sequence_number(br#"{"sequence_number":"x"}"#, false), None);
+        assert_eq!(
+            sequence_number(br#"{"sequence_number":99999999999999999999999}"#, true),
+            None
+        );
+    }
 
     fn ev(json: &str) -> SseEvent {
         SseEvent::new(json.to_owned())

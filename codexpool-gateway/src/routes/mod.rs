@@ -403,20 +403,7 @@ impl Forwarding {
     /// Notes the last `sequence_number` in a chunk passed on (one split across two chunks is
     /// missed; the next one is seen).
     fn saw(&mut self, chunk: &[u8]) {
-        const KEY: &[u8] = b"\"sequence_number\":";
-        let Some(at) = memchr::memmem::rfind(chunk, KEY) else {
-            return;
-        };
-        let digits: Vec<u8> = chunk[at + KEY.len()..]
-            .iter()
-            .skip_while(|b| **b == b' ')
-            .take_while(|b| b.is_ascii_digit())
-            .copied()
-            .collect();
-        if let Some(n) = std::str::from_utf8(&digits)
-            .ok()
-            .and_then(|d| d.parse().ok())
-        {
+        if let Some(n) = crate::relay::sequence_number(chunk, true) {
             self.last_sequence = Some(n);
         }
     }
