@@ -732,9 +732,9 @@ mod tests {
         assert!(h.starts_with("sk-cp-…") && h.ends_with(&s[s.len() - 4..]));
     }
 
-    #[test]
-    fn model_resolution() {
-        let mut k = PlatformKey {
+    /// A key that binds nothing and allows everything.
+    fn key() -> PlatformKey {
+        PlatformKey {
             id: "k".into(),
             name: "n".into(),
             hint: "h".into(),
@@ -748,7 +748,12 @@ mod tests {
             created_at: Timestamp::from_secs(0),
             updated_at: Timestamp::from_secs(0),
             last_used_at: None,
-        };
+        }
+    }
+
+    #[test]
+    fn model_resolution() {
+        let mut k = key();
         assert_eq!(k.resolve_model(Some("a")).unwrap(), Some("a"));
         k.allowed_models = vec!["a".into()];
         assert!(matches!(
@@ -774,19 +779,9 @@ mod tests {
     #[test]
     fn only_model_changes_are_checked_against_the_allowed_models() {
         let mut k = PlatformKey {
-            id: "k".into(),
-            name: "n".into(),
-            hint: "h".into(),
-            secret_hash: [0; 32],
             model: Some("o3".into()),
             allowed_models: vec!["gpt-5".into()],
-            allowed_groups: vec![],
-            reasoning_effort: None,
-            enabled: true,
-            expires_at: None,
-            created_at: Timestamp::from_secs(0),
-            updated_at: Timestamp::from_secs(0),
-            last_used_at: None,
+            ..key()
         };
         let now = Timestamp::from_secs(9);
         let off = KeyPatch::default().enabled(false).name("leaked");

@@ -4,7 +4,9 @@ loopback address for sign-in listeners."""
 
 import json
 import os
+import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,3 +60,15 @@ def free_addr() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def child_exit_code(pid: int, timeout: float = 20) -> int:
+    """The exit code of forked child `pid`; fails the test (after killing it) if it hangs."""
+    deadline = time.monotonic() + timeout
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    return os.waitstatus_to_exitcode(done[1])

@@ -4,15 +4,15 @@ frees the port, and the exceptions for bad addresses."""
 import gc
 import json
 import os
-import signal
 import socket
 import time
-import warnings
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
+from conftest import child_exit_code
 
 import codexpool
 
@@ -164,14 +164,7 @@ def test_a_forked_child_leaves_the_parents_server_alone(pool: codexpool.Pool) ->
             gc.collect()
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 20
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung")
-        time.sleep(0.05)
-    assert os.waitstatus_to_exitcode(done[1]) == 0, "stop() in the child is the fork error"
+    assert child_exit_code(pid) == 0, "stop() in the child is the fork error"
     assert all(f.exists() for f in files), "the parent's server file is still there"
     assert srv.running
     with urllib.request.urlopen(srv.url + "/health", timeout=10) as r:

@@ -18,7 +18,7 @@ import pytest
 import codexpool
 from codexpool.testing import FakeOpenAi
 
-from conftest import add_account
+from conftest import add_account, child_exit_code
 
 
 def test_the_gil_is_released_while_a_call_blocks(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
@@ -148,14 +148,7 @@ def test_a_child_forked_after_use_opens_its_own_pool(
                     code = 0 if [k.name for k in own.keys.list()] == ["from-the-child"] else 5
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 20
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung in a codexpool call")
-        time.sleep(0.05)
-    assert os.waitstatus_to_exitcode(done[1]) == 0, "the child got the fork errors, then its own pool"
+    assert child_exit_code(pid) == 0, "the child got the fork errors, then its own pool"
     with codexpool.Pool.open(tmp_path / "child.db", **fake.settings()) as childs:
         assert [k.name for k in childs.keys.list()] == ["from-the-child"]
     pool.keys.create("parent")  # the parent goes on as before

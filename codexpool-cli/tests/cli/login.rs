@@ -19,15 +19,20 @@ fn start_login(env: &Env, extra: &[&str]) -> (std::process::Child, Lines, String
     args.extend_from_slice(extra);
     let mut child = env.spawn(&args, &[("CODEXPOOL_LOGIN_ADDR", "127.0.0.1:0")]);
     let mut lines = Lines::new(child.stdout.take().unwrap());
-    let url = lines.find(|l| {
-        let l = l.trim();
-        (l.starts_with("http") && l.contains("/oauth/authorize?")).then(|| l.to_string())
-    });
+    let url = authorize_url(&mut lines);
     let callback = lines.find(|l| {
         l.split_once("callback on http://")
             .map(|(_, rest)| rest.split(['/', ' ']).next().unwrap().to_string())
     });
     (child, lines, url, callback)
+}
+
+/// The authorize URL `account login` printed.
+fn authorize_url(lines: &mut Lines) -> String {
+    lines.find(|l| {
+        let l = l.trim();
+        (l.starts_with("http") && l.contains("/oauth/authorize?")).then(|| l.to_string())
+    })
 }
 
 /// What the browser would do: GET the authorize URL, and return where the issuer redirects.
@@ -163,10 +168,7 @@ async fn a_sign_in_without_the_listener_when_its_port_is_taken() {
         &[("CODEXPOOL_LOGIN_ADDR", &port)],
     );
     let mut lines = Lines::new(child.stdout.take().unwrap());
-    let url = lines.find(|l| {
-        let l = l.trim();
-        (l.starts_with("http") && l.contains("/oauth/authorize?")).then(|| l.to_string())
-    });
+    let url = authorize_url(&mut lines);
     lines.find(|l| {
         l.contains("Waiting for `codexpool account complete`")
             .then_some(())

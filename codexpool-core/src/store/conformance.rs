@@ -832,15 +832,9 @@ async fn request_log(s: &dyn Store) -> Result<(), Failure> {
         s.prune_request_log(t(2), 10).await.map_err(e)? == 0,
         "nothing left before the cutoff"
     );
-    let left = s
-        .list_request_log(&RequestLogQuery::latest(10))
-        .await
-        .map_err(e)?;
+    let left = log_ids(s).await?;
     ensure!(
-        left.iter()
-            .map(|r| r.request_id.as_str())
-            .collect::<Vec<_>>()
-            == ["req-4", "req-3", "req-2"],
+        left == ["req-4", "req-3", "req-2"],
         "the oldest went: {left:?}"
     );
     ensure!(
@@ -876,33 +870,31 @@ async fn request_log(s: &dyn Store) -> Result<(), Failure> {
         s.prune_request_log(t(1150), 1).await.map_err(e)? == 1,
         "req-8, though the dated-ahead req-6 has the lowest id left"
     );
-    let left = s
-        .list_request_log(&RequestLogQuery::latest(10))
-        .await
-        .map_err(e)?;
+    let left = log_ids(s).await?;
     ensure!(
-        left.iter()
-            .map(|r| r.request_id.as_str())
-            .collect::<Vec<_>>()
-            == ["req-9", "req-7", "req-6"],
+        left == ["req-9", "req-7", "req-6"],
         "the earliest by time went (req-8, not req-7): {left:?}"
     );
     ensure!(
         s.prune_request_log(t(1150), 10).await.map_err(e)? == 1,
         "req-7, the last before the cutoff"
     );
-    let left = s
-        .list_request_log(&RequestLogQuery::latest(10))
-        .await
-        .map_err(e)?;
+    let left = log_ids(s).await?;
     ensure!(
-        left.iter()
-            .map(|r| r.request_id.as_str())
-            .collect::<Vec<_>>()
-            == ["req-9", "req-6"],
+        left == ["req-9", "req-6"],
         "the dated-ahead row and those after the cutoff stay: {left:?}"
     );
     Ok(())
+}
+
+/// The request ids of the newest ten request-log rows, newest first.
+async fn log_ids(s: &dyn Store) -> Result<Vec<String>, Failure> {
+    Ok(s.list_request_log(&RequestLogQuery::latest(10))
+        .await
+        .map_err(e)?
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect())
 }
 
 async fn login_sessions(s: &dyn Store) -> Result<(), Failure> {
