@@ -301,7 +301,8 @@ fn relay_body(state: BodyState) -> Body {
 /// failed at once).
 fn late_failure(mut record: Record, error: &ApiError, mode: &Mode) -> (Bytes, BodyState) {
     let entry = &record.entry;
-    let frame = failure_as_first_event(&entry.request_id, entry.model.as_deref(), error, mode);
+    let chat = is_chat(mode);
+    let frame = failure_as_first_event(&entry.request_id, entry.model.as_deref(), error, chat);
     record.finish(200, Some(&error.code), None);
     (frame, BodyState::Done)
 }
@@ -317,9 +318,9 @@ fn failure_as_first_event(
     request_id: &str,
     model: Option<&str>,
     error: &ApiError,
-    mode: &Mode,
+    chat: bool,
 ) -> Bytes {
-    if is_chat(mode) {
+    if chat {
         return error.sse_frame();
     }
     let mut out = bytes::BytesMut::new();
@@ -365,7 +366,7 @@ async fn late_fallback(
         "fallback_failed",
         format!("the fallback upstream answered {status}: {detail}"),
     );
-    let frame = failure_as_first_event(&request_id, model.as_deref(), &error, mode);
+    let frame = failure_as_first_event(&request_id, model.as_deref(), &error, is_chat(mode));
     (frame, BodyState::Done)
 }
 
@@ -414,8 +415,7 @@ impl Forwarding {
     fn failure(&self, error: &ApiError) -> Bytes {
         let mut frame = match (self.chat, self.last_sequence) {
             (false, None) => {
-                let mode = Mode::Passthrough;
-                failure_as_first_event(&self.request_id, self.model.as_deref(), error, &mode)
+                failure_as_first_event(&self.request_id, self.model.as_deref(), error, false)
                     .to_vec()
             }
             (chat, last) => stream_error(error, chat, last.map_or(0, |n| n + 1)).to_vec(),
