@@ -132,25 +132,28 @@ mod tests {
         ));
     }
 
+    /// A key among `(id, name)` pairs, by id, id prefix or name.
+    fn find_key(keys: &[(&str, &str)], wanted: &str) -> Result<String> {
+        let ids: Vec<String> = keys.iter().map(|(id, _)| id.to_string()).collect();
+        let named = |n: &str| {
+            keys.iter()
+                .filter(|(_, name)| *name == n)
+                .map(|(id, _)| id.to_string())
+                .collect()
+        };
+        or_by_name(
+            "key",
+            resolve_prefix("key", wanted, &ids),
+            "name",
+            wanted,
+            named,
+        )
+    }
+
     #[test]
     fn names_when_no_id_matches() {
-        let ids: Vec<String> = vec!["abc123".into(), "abd456".into(), "ff0000".into()];
         let names = [("abc123", "laptop"), ("abd456", "ci"), ("ff0000", "ci")];
-        let find = |wanted: &str| {
-            or_by_name(
-                "key",
-                resolve_prefix("key", wanted, &ids),
-                "name",
-                wanted,
-                |n| {
-                    names
-                        .iter()
-                        .filter(|(_, name)| *name == n)
-                        .map(|(id, _)| id.to_string())
-                        .collect()
-                },
-            )
-        };
+        let find = |wanted: &str| find_key(&names, wanted);
         assert_eq!(find("laptop").unwrap(), "abc123");
         assert_eq!(find(" laptop ").unwrap(), "abc123");
         assert_eq!(find("abd").unwrap(), "abd456", "an id prefix");
@@ -166,22 +169,7 @@ mod tests {
         assert!(matches!(find("a"), Err(Error::Ambiguous { by: "id", .. })));
         // A prefix of one id that is another's name: either could be meant.
         let names = [("01d880", "a"), ("f41910", "0")];
-        let ids: Vec<String> = names.iter().map(|(id, _)| id.to_string()).collect();
-        let find = |wanted: &str| {
-            or_by_name(
-                "key",
-                resolve_prefix("key", wanted, &ids),
-                "name",
-                wanted,
-                |n| {
-                    names
-                        .iter()
-                        .filter(|(_, name)| *name == n)
-                        .map(|(id, _)| id.to_string())
-                        .collect()
-                },
-            )
-        };
+        let find = |wanted: &str| find_key(&names, wanted);
         match find("0") {
             Err(e @ Error::Ambiguous { .. }) => assert_eq!(
                 e.to_string(),
