@@ -170,23 +170,20 @@ impl Server {
         let runtime = crate::runtime::runtime()?;
         let mut stopped = {
             let mut state = lock(&self.state);
-            match &*state {
-                State::Stopping(rx) => rx.clone(),
+            let rx = match std::mem::replace(&mut *state, State::Done) {
                 State::Done => return Ok(()),
-                State::Running(_) => {
+                State::Stopping(rx) => rx,
+                State::Running(running) => {
                     let (tx, rx) = watch::channel(None);
-                    let State::Running(running) =
-                        std::mem::replace(&mut *state, State::Stopping(rx.clone()))
-                    else {
-                        unreachable!("matched above")
-                    };
                     runtime.spawn(async move {
                         let result = running.stop().await.map_err(|e| e.to_string());
                         tx.send_replace(Some(result));
                     });
                     rx
                 }
-            }
+            };
+            *state = State::Stopping(rx.clone());
+            rx
         };
         let result = self.home.run(py, async move {
             match stopped.wait_for(Option::is_some).await {
