@@ -542,11 +542,12 @@ async fn arbitrary_rpc_params_get_clear_answers() {
         let method = methods[i % methods.len()];
         let mut p = params.new_tree(&mut runner).unwrap().current();
         match method {
-            // Not a file on this machine (the RPC writes where it is told).
+            // Not a file on this machine (the RPC writes where it is told, and takes its
+            // parameters by name or by position).
             "account/export" => {
-                if let Some(o) = p.as_object_mut() {
-                    o.remove("path");
-                }
+                let mut o = p.as_object().cloned().unwrap_or_default();
+                o.remove("path");
+                p = Value::Object(o);
             }
             // Not the sign-in listener's real port.
             "account/login/start" => {
