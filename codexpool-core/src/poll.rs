@@ -453,9 +453,13 @@ impl UsageTracker {
             .get(&a.id)
             .map(|x| x.tokens.access_token)
             .unwrap_or_else(|_| a.tokens.access_token.clone());
+        // The answer describes the moment it was asked: a reading stamped on arrival would be
+        // newer than a usage limit a request met while it travelled, and undo it.
+        let mut asked = self.pool.now();
         let mut answer = self.get_usage(&token, &chatgpt_id).await?;
         if matches!(answer.0, 401 | 403) && !answer.2 {
             let fresh = auth.refresh_after_unauthorized(&a.id, &token).await?;
+            asked = self.pool.now();
             answer = self.get_usage(&fresh, &chatgpt_id).await?;
             if matches!(answer.0, 401 | 403) && !answer.2 {
                 return Err(PollError::Unauthorized { status: answer.0 });
@@ -471,8 +475,8 @@ impl UsageTracker {
                 message: crate::auth::excerpt(&body),
             });
         }
-        let snap = parse_usage_json(&body, self.pool.now())
-            .map_err(|message| PollError::Invalid { message })?;
+        let snap =
+            parse_usage_json(&body, asked).map_err(|message| PollError::Invalid { message })?;
         self.record(&a.id, &snap).map_err(|e| PollError::Invalid {
             message: e.to_string(),
         })?;

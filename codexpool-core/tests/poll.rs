@@ -105,6 +105,44 @@ async fn refreshing_all_records_readings_and_reports_progress() {
     );
 }
 
+/// A poll answered after a request met the usage limit does not undo it: its figures are of the
+/// moment it was asked, older than the limit.
+#[tokio::test]
+async fn a_poll_in_flight_does_not_undo_a_newer_usage_limit() {
+    let fake = fake();
+    fake.set_usage("acct-1", FakeUsage::new(40.0, 20.0));
+    let (pool, clock) = memory_pool(&fake, &[]).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    fake.usage_delay(Duration::from_millis(400));
+    let polling = pool.clone();
+    let poll = tokio::spawn(async move { polling.usage().poll_account(&id).await });
+    while fake.count("/backend-api/wham/usage") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // While the answer travels: a request meets the usage limit, and time goes on.
+    clock.advance(Duration::from_secs(10));
+    let lease = pool
+        .accounts()
+        .acquire(&codexpool_core::Demand::any())
+        .await
+        .unwrap();
+    let reset = pool.now().plus(Duration::from_secs(3600));
+    lease
+        .report(codexpool_core::Outcome::UsageLimit {
+            resets_at: Some(reset),
+        })
+        .await;
+    drop(lease);
+    clock.advance(Duration::from_secs(10));
+    poll.await.unwrap().unwrap();
+    let id = pool.accounts().list(&Default::default()).remove(0).id;
+    assert_eq!(
+        pool.usage().exhausted_until(&id).unwrap(),
+        Some(reset),
+        "the limit stands"
+    );
+}
+
 #[tokio::test]
 async fn a_401_refreshes_once_and_retries() {
     let fake = fake();

@@ -412,6 +412,12 @@ impl FakeOpenAi {
         self.shared.inner().refresh_delay = delay;
     }
 
+    /// Holds every usage answer back this long after its figures were read (they describe the
+    /// moment it was asked, as the backend's do).
+    pub fn usage_delay(&self, delay: Duration) {
+        self.shared.inner().usage_delay = delay;
+    }
+
     /// How many refresh requests have begun waiting out a [`FakeOpenAi::refresh_delay`].
     pub fn refreshes_held(&self) -> usize {
         self.shared.inner().refreshes_held

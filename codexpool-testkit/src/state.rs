@@ -142,6 +142,8 @@ pub(crate) struct Inner {
     /// How a code not yet approved is answered: 403 or 404 (PROTOCOL.md §1 names both).
     pub(crate) device_pending_status: u16,
     pub(crate) refresh_delay: Duration,
+    /// How long a usage answer takes to arrive, once its figures are read.
+    pub(crate) usage_delay: Duration,
     /// Refresh requests that began waiting out `refresh_delay`.
     pub(crate) refreshes_held: usize,
     pub(crate) refresh_rotates: bool,
@@ -173,6 +175,7 @@ impl Inner {
             device_auto_approve: None,
             device_pending_status: 403,
             refresh_delay: Duration::ZERO,
+            usage_delay: Duration::ZERO,
             refreshes_held: 0,
             refresh_rotates: true,
             refresh_id_token: true,

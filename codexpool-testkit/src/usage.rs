@@ -363,34 +363,44 @@ pub(crate) async fn usage(State(shared): State<Arc<Shared>>, headers: HeaderMap)
         )
             .into_response();
     }
-    let mut inner = shared.inner();
-    let idx = match inner.check_access(bearer(&headers), header_str(&headers, "chatgpt-account-id"))
-    {
-        Ok(idx) => idx,
-        Err(denied) => return denied.into_response(),
+    // Read under the lock, then (with it released) held back by `usage_delay`.
+    let (body, delay) = {
+        let mut inner = shared.inner();
+        let idx = match inner
+            .check_access(bearer(&headers), header_str(&headers, "chatgpt-account-id"))
+        {
+            Ok(idx) => idx,
+            Err(denied) => return denied.into_response(),
+        };
+        let delay = inner.usage_delay;
+        let state = &mut inner.accounts[idx];
+        state.usage.roll();
+        let forced = state.usage_status_once.pop_front().or(state.usage_status);
+        if let Some(status) = forced {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (
+                status,
+                axum::Json(json!({"detail": format!("Scripted status {}", status.as_u16())})),
+            )
+                .into_response();
+        }
+        if state.usage_challenge {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html; charset=UTF-8")],
+                CHALLENGE_HTML,
+            )
+                .into_response();
+        }
+        let body =
+            state
+                .usage
+                .to_json(&state.account.plan, &state.account.id, &state.account.email);
+        (body, delay)
     };
-    let state = &mut inner.accounts[idx];
-    state.usage.roll();
-    let forced = state.usage_status_once.pop_front().or(state.usage_status);
-    if let Some(status) = forced {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return (
-            status,
-            axum::Json(json!({"detail": format!("Scripted status {}", status.as_u16())})),
-        )
-            .into_response();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
-    if state.usage_challenge {
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/html; charset=UTF-8")],
-            CHALLENGE_HTML,
-        )
-            .into_response();
-    }
-    let body = state
-        .usage
-        .to_json(&state.account.plan, &state.account.id, &state.account.email);
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
