@@ -113,12 +113,15 @@ async fn a_poll_in_flight_does_not_undo_a_newer_usage_limit() {
     fake.set_usage("acct-1", FakeUsage::new(40.0, 20.0));
     let (pool, clock) = memory_pool(&fake, &[]).await;
     let id = import(&pool, &fake, "acct-1").await;
-    fake.usage_delay(Duration::from_millis(400));
+    fake.usage_delay(Duration::from_millis(800));
     let polling = pool.clone();
     let poll = tokio::spawn(async move { polling.usage().poll_account(&id).await });
-    while fake.count("/backend-api/wham/usage") == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let asked = fake
+        .wait_until_async(Duration::from_secs(10), |f| {
+            f.count("/backend-api/wham/usage") > 0
+        })
+        .await;
+    assert!(asked, "the poll asked");
     // While the answer travels: a request meets the usage limit, and time goes on.
     clock.advance(Duration::from_secs(10));
     let lease = pool

@@ -668,6 +668,17 @@ async fn an_empty_fallback_stream_is_a_failed_response() {
         assert_eq!(frames[2]["sequence_number"], 2, "{text}");
         assert_eq!(h.total_inflight(), 0);
     }
+    // A whole stream from a fallback that numbers nothing passes as it came.
+    let (h0, h) = with_fallback(0, None).await;
+    let whole = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\"}}\n\n\
+                 event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"output\":[]}}\n\n";
+    h0.fake.push_openai_reply(Reply::RawSse {
+        body: whole.to_string(),
+    });
+    let body = json!({"model": "gpt-5", "input": "hi", "stream": true});
+    let (status, _, text) = h.call(h.post("/v1/responses", body)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(text, whole);
 }
 
 #[tokio::test]

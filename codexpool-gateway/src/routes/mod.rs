@@ -375,12 +375,17 @@ struct Forwarding {
     body: axum::body::BodyDataStream,
     chat: bool,
     done_frame: bool,
-    /// For a Responses client: the request's id and model (a failure before any event is a
-    /// response that failed at once, see [`failure_as_first_event`]), and the last
-    /// `sequence_number` passed on.
+    /// For a Responses client: the request's id and model (a failure before anything was
+    /// passed on is a response that failed at once, see [`failure_as_first_event`]), and the
+    /// last `sequence_number` passed on (else the frames passed on number the error event).
     request_id: String,
     model: Option<String>,
     last_sequence: Option<u64>,
+    frames: u64,
+    /// Bytes were passed on, and the last of them ended a frame (a failure written after a
+    /// partial frame first ends it).
+    passed_any: bool,
+    at_frame_end: bool,
 }
 
 impl Forwarding {
@@ -398,12 +403,21 @@ impl Forwarding {
             request_id,
             model,
             last_sequence: None,
+            frames: 0,
+            passed_any: false,
+            at_frame_end: true,
         }
     }
 
-    /// Notes the last `sequence_number` in a chunk passed on (one split across two chunks is
-    /// missed; the next one is seen).
+    /// Notes a chunk passed on: its last `sequence_number` (one split across two chunks is
+    /// missed; the next one is seen), its frames, where it ended.
     fn saw(&mut self, chunk: &[u8]) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.passed_any = true;
+        self.at_frame_end = chunk.ends_with(b"\n\n");
+        self.frames += memchr::memmem::find_iter(chunk, b"\n\n").count() as u64;
         if let Some(n) = crate::relay::sequence_number(chunk, true) {
             self.last_sequence = Some(n);
         }
@@ -411,15 +425,20 @@ impl Forwarding {
 
     /// The stream's end in the client's protocol, after `error`: for Responses, an `error`
     /// event numbered after the last one passed on, or a response that failed at once when
-    /// none was.
+    /// nothing was.
     fn failure(&self, error: &ApiError) -> Bytes {
-        let mut frame = match (self.chat, self.last_sequence) {
-            (false, None) => {
-                failure_as_first_event(&self.request_id, self.model.as_deref(), error, false)
-                    .to_vec()
-            }
-            (chat, last) => stream_error(error, chat, last.map_or(0, |n| n + 1)).to_vec(),
-        };
+        let mut frame = Vec::new();
+        if !self.at_frame_end {
+            frame.extend_from_slice(b"\n\n");
+        }
+        if !self.chat && !self.passed_any {
+            let first =
+                failure_as_first_event(&self.request_id, self.model.as_deref(), error, false);
+            frame.extend_from_slice(&first);
+        } else {
+            let number = self.last_sequence.map_or(self.frames, |n| n + 1);
+            frame.extend_from_slice(&stream_error(error, self.chat, number));
+        }
         if self.done_frame {
             frame.extend_from_slice(crate::sse::DONE_FRAME);
         }
@@ -434,9 +453,7 @@ async fn forward_next(mut f: Box<Forwarding>) -> Option<(Bytes, BodyState)> {
     use futures_util::StreamExt;
     match f.body.next().await {
         Some(Ok(chunk)) => {
-            if !f.chat {
-                f.saw(&chunk);
-            }
+            f.saw(&chunk);
             Some((chunk, BodyState::Forwarding(f)))
         }
         Some(Err(e)) => {
@@ -446,7 +463,7 @@ async fn forward_next(mut f: Box<Forwarding>) -> Option<(Bytes, BodyState)> {
             );
             Some((f.failure(&error), BodyState::Done))
         }
-        None if !f.chat && f.last_sequence.is_none() => {
+        None if !f.chat && !f.passed_any => {
             let error = ApiError::bad_gateway(
                 "upstream_cut",
                 "the fallback upstream's stream ended before any event",
