@@ -537,7 +537,7 @@ async fn a_failure_after_early_headers_ends_a_responses_stream_with_an_error_eve
     // (openai-python's `responses.stream`) need it: created first, then failed, then the error,
     // numbered from 0.
     let frames = json_frames(&text);
-    let types: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
+    let types = common::event_types(&frames);
     assert_eq!(
         types,
         ["response.created", "response.failed", "error"],
@@ -658,7 +658,7 @@ async fn an_empty_fallback_stream_is_a_failed_response() {
         let (status, _, text) = h.call(h.post("/v1/responses", body)).await;
         assert_eq!(status, StatusCode::OK, "{text}");
         let frames = json_frames(&text);
-        let types: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
+        let types = common::event_types(&frames);
         assert_eq!(
             types,
             ["response.created", "response.failed", "error"],

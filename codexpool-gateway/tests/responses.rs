@@ -54,7 +54,7 @@ async fn a_stream_cut_part_way_ends_with_an_error_event() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let frames = json_frames(&body);
-    let types: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
+    let types = common::event_types(&frames);
     assert_eq!(
         types
             .iter()

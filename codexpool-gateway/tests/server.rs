@@ -47,6 +47,14 @@ async fn env_with_an_account(settings: &[(&str, &str)]) -> (Env, codexpool_core:
     (e, key)
 }
 
+/// The newest ten request-log rows of `pool`.
+async fn log_rows(pool: &Pool) -> Vec<codexpool_core::request_log::RequestLogEntry> {
+    pool.request_log()
+        .list(&RequestLogQuery::latest(10))
+        .await
+        .unwrap()
+}
+
 async fn start(e: &Env) -> RunningServer {
     common::serve(&e.pool).await
 }
@@ -384,11 +392,7 @@ async fn serves_requests_and_flushes_the_log_on_stop() {
     )
     .await
     .unwrap();
-    let rows = other
-        .request_log()
-        .list(&RequestLogQuery::latest(10))
-        .await
-        .unwrap();
+    let rows = log_rows(&other).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, 200);
 }
@@ -660,12 +664,7 @@ async fn a_stream_open_past_the_shutdown_grace_is_closed_and_logged() {
     .await;
     assert!(rest.is_ok(), "the stream was closed");
     assert_eq!(e.pool.accounts().total_inflight(), 0, "the lease went back");
-    let rows = e
-        .pool
-        .request_log()
-        .list(&RequestLogQuery::latest(10))
-        .await
-        .unwrap();
+    let rows = log_rows(&e.pool).await;
     assert_eq!(rows.len(), 1, "the row was written before the final flush");
     assert!(rows[0].error_class.is_some(), "{:?}", rows[0]);
 }
@@ -789,12 +788,7 @@ async fn a_client_closing_its_connection_mid_stream_cancels_upstream() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     srv.stop().await.unwrap();
-    let rows = e
-        .pool
-        .request_log()
-        .list(&RequestLogQuery::latest(10))
-        .await
-        .unwrap();
+    let rows = log_rows(&e.pool).await;
     assert_eq!(
         rows[0].error_class.as_deref(),
         Some("client_closed"),

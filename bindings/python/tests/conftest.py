@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,6 +61,14 @@ def free_addr() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def fork() -> int:
+    """`os.fork()`, without Python 3.12+'s warning that forking a multi-threaded process may
+    deadlock (what these tests check it does not)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
 
 
 def child_exit_code(pid: int, timeout: float = 20) -> int:

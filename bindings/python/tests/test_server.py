@@ -8,11 +8,10 @@ import socket
 import time
 import urllib.error
 import urllib.request
-import warnings
 from pathlib import Path
 
 import pytest
-from conftest import child_exit_code
+from conftest import child_exit_code, fork
 
 import codexpool
 
@@ -149,9 +148,7 @@ def test_a_forked_child_leaves_the_parents_server_alone(pool: codexpool.Pool) ->
     srv = codexpool.serve(pool, background_tasks=False)
     files = list(Path(pool.db_path).parent.glob("servers/*.json"))
     assert len(files) == 1, files
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child: report through the exit code only
         code = 3
         try:

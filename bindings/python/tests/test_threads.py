@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import codexpool
 from codexpool.testing import FakeOpenAi
 
-from conftest import add_account, child_exit_code
+from conftest import add_account, child_exit_code, fork
 
 
 def test_the_gil_is_released_while_a_call_blocks(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
@@ -99,10 +98,7 @@ def test_a_child_forked_after_use_opens_its_own_pool(
     pool: codexpool.Pool, fake: FakeOpenAi, tmp_path: Path
 ) -> None:
     pool.flush()  # the runtime runs in this process now
-    with warnings.catch_warnings():
-        # Python 3.12+ warns that forking a multi-threaded process may deadlock: the point here.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child: report through the exit code only
         code = 3
         try:

@@ -207,6 +207,11 @@ pub fn json_frames(body: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The `type` of each Responses event frame, in order.
+pub fn event_types(frames: &[Value]) -> Vec<&str> {
+    frames.iter().filter_map(|f| f["type"].as_str()).collect()
+}
+
 pub fn chat(stream: bool) -> Value {
     serde_json::json!({"model": "gpt-5-codex", "stream": stream, "messages": [{"role": "user", "content": "Hi"}]})
 }
