@@ -6,7 +6,7 @@ use codexpool_core::auth::AuthError;
 use codexpool_core::store::StoreError;
 
 /// Anything an exported call can fail with.
-#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[derive(Clone, Debug, thiserror::Error, uniffi::Error)]
 #[uniffi(flat_error)]
 pub enum CodexPoolError {
     /// No account, key or sign-in matches the id (or id prefix, or state).
@@ -100,8 +100,9 @@ impl From<codexpool_gateway::ServerError> for CodexPoolError {
         use codexpool_gateway::ServerError as E;
         let message = e.to_string();
         match e {
-            E::Bind { .. } | E::TokenFile { .. } => Self::Io(message),
-            E::Flush(_) => Self::Store(message),
+            E::Bind { .. } | E::TokenFile { .. } | E::Workers(_) => Self::Io(message),
+            E::NonLoopback { .. } => Self::InvalidInput(message),
+            E::Flush(_) | E::ReadOnly { .. } => Self::Store(message),
             _ => Self::Internal(message),
         }
     }

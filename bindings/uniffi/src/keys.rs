@@ -64,7 +64,7 @@ impl From<CoreKey> for PlatformKey {
 /// An object rather than a record: a record's generated `toString`/`__str__`/`description`
 /// would print every field, the secret included. This one prints the key with `secret=*****`;
 /// `secret()` is the only way to the secret.
-#[derive(Debug, uniffi::Object)]
+#[derive(uniffi::Object)]
 #[uniffi::export(Debug, Display)]
 pub struct CreatedKey {
     key: PlatformKey,
@@ -91,6 +91,13 @@ impl std::fmt::Display for CreatedKey {
             "CreatedKey(id={}, name={}, hint={}, secret={})",
             self.key.id, self.key.name, self.key.hint, self.secret
         )
+    }
+}
+
+/// The same as `Display` (Python's `repr` is `Debug`): one printed form, the secret hidden.
+impl std::fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 

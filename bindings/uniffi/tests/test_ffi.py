@@ -110,8 +110,8 @@ async def run(tmp, fake):
     step("a created key prints without its secret")
     for shown in (str(created), repr(created), f"{created}", str([created])):
         assert ci_secret not in shown, shown
-    assert str(created) == f"CreatedKey(id={ci.id}, name=ci, hint={ci.hint}, secret=*****)"
-    assert "*****" in repr(created)
+    shown = f"CreatedKey(id={ci.id}, name=ci, hint={ci.hint}, secret=*****)"
+    assert str(created) == repr(created) == shown
     tmp_created = await keys.create(
         cp.NewKey(name="temp", model="gpt-5-codex", reasoning_effort="low", expires_at=None)
     )
@@ -250,7 +250,14 @@ async def run(tmp, fake):
     # `localhost` is 127.0.0.1, as for the CLI's `serve --addr`.
     local = await cp.serve(pool, "localhost:0")
     assert local.url().startswith("http://127.0.0.1:"), local.url()
-    await local.stop()
+    # A stop while another runs waits for that one; both end with the server stopped.
+    first = asyncio.ensure_future(local.stop())
+    await asyncio.sleep(0)
+    await asyncio.gather(local.stop(), first)
+    assert not local.is_running()
+    # Other machines could reach it: refused as a bad argument, not as a bug.
+    msg = await expect("InvalidInput", cp.serve(pool, "0.0.0.0:0"))
+    assert "ALLOW_NON_LOOPBACK_SERVICE_ADDR" in msg, msg
     await server.stop()
     await server.stop()  # a second stop does nothing
     assert not server.is_running()
@@ -266,7 +273,7 @@ async def run(tmp, fake):
         rows = await usage.ledger(cp.LedgerGroup.KEY)
         if rows:
             break
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
     assert [(r.group, r.requests) for r in rows] == [(ci.id, 1)], rows
     assert rows[0].total_tokens == rows[0].tokens.input_tokens + rows[0].tokens.output_tokens > 0
     assert await usage.ledger(cp.LedgerGroup.MODEL, int(time.time() * 1000) + 60_000) == []
