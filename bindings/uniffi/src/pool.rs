@@ -52,21 +52,22 @@ impl Pool {
         db_path: Option<String>,
         settings: HashMap<String, String>,
     ) -> Result<Arc<Self>, CodexPoolError> {
-        let mut config = Config::from_env()?;
-        // Sorted, so that the first bad setting reported is the same on every run.
-        let mut settings: Vec<_> = settings.into_iter().collect();
-        settings.sort();
-        for (name, value) in &settings {
-            config.set(name, value)?;
-        }
-        if let Some(path) = db_path {
-            config.set(
-                "DB_PATH",
-                &codexpool_core::config::expand_home(path).to_string_lossy(),
-            )?;
-        }
         let home = Home::here();
         home.run(async move {
+            // Here, on the runtime: reading the env file is blocking I/O.
+            let mut config = Config::from_env()?;
+            // Sorted, so that the first bad setting reported is the same on every run.
+            let mut settings: Vec<_> = settings.into_iter().collect();
+            settings.sort();
+            for (name, value) in &settings {
+                config.set(name, value)?;
+            }
+            if let Some(path) = db_path {
+                config.set(
+                    "DB_PATH",
+                    &codexpool_core::config::expand_home(path).to_string_lossy(),
+                )?;
+            }
             let inner = codexpool_core::Pool::open(config).await?;
             Ok(Arc::new(Self { inner, home }))
         })
