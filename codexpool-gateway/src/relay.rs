@@ -52,22 +52,14 @@ pub(crate) fn error_event(out: &mut BytesMut, sequence_number: u64, code: &str, 
     write_event(out, "error", body.to_string().as_bytes());
 }
 
-/// The `sequence_number` in a Responses event's JSON (the first one, or with `last` the last
-/// one of several events), if any.
-pub(crate) fn sequence_number(json: &[u8], last: bool) -> Option<u64> {
+/// The first `sequence_number` in a Responses event's JSON (or in its head), if any: a number
+/// that runs to the end of `json` may be cut short, and is not taken.
+pub(crate) fn sequence_number(json: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"sequence_number\":";
-    let at = if last {
-        memchr::memmem::rfind(json, KEY)?
-    } else {
-        memchr::memmem::find(json, KEY)?
-    } + KEY.len();
-    let rest = &json[at..];
+    let rest = &json[memchr::memmem::find(json, KEY)? + KEY.len()..];
     let start = rest.iter().position(|b| *b != b' ')?;
     let digits = &rest[start..];
-    let end = digits
-        .iter()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(digits.len());
+    let end = digits.iter().position(|b| !b.is_ascii_digit())?;
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
@@ -307,7 +299,7 @@ impl Relay {
                 let data = event.data();
                 let head = &data[..data.len().min(SEQUENCE_SCAN)];
                 self.next_sequence =
-                    sequence_number(head, false).map_or(self.next_sequence + 1, |n| n + 1);
+                    sequence_number(head).map_or(self.next_sequence + 1, |n| n + 1);
                 let kind = EventKind::of(&event);
                 // Only a final event is read (once, for the relay and the refill alike).
                 let parsed = kind.is_terminal().then(|| ResponsesEvent::from_sse(&event));
@@ -717,17 +709,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sequence_numbers_are_read_first_or_last() {
-        let two = br#"{"type":"a","sequence_number": 7,"x":1}
-{"type":"b","sequence_number":12}"#;
-        assert_eq!(sequence_number(two, false), Some(7));
-        assert_eq!(sequence_number(two, true), Some(12));
-        assert_eq!(sequence_number(br#"{"type":"a"}"#, false), None);
-        assert_eq!(sequence_number(br#"{"sequence_number":"x"}"#, false), None);
+    fn sequence_numbers_are_read_whole() {
         assert_eq!(
-            sequence_number(br#"{"sequence_number":99999999999999999999999}"#, true),
+            sequence_number(br#"{"type":"a","sequence_number": 7,"x":1}"#),
+            Some(7)
+        );
+        assert_eq!(sequence_number(br#"{"type":"a"}"#), None);
+        assert_eq!(sequence_number(br#"{"sequence_number":"x"}"#), None);
+        assert_eq!(
+            sequence_number(br#"{"sequence_number":99999999999999999999999}"#),
             None
         );
+        // A head that ends inside the number: 123 is not 12.
+        assert_eq!(sequence_number(br#"{"sequence_number":12"#), None);
     }
 
     fn ev(json: &str) -> SseEvent {

@@ -34,12 +34,22 @@ async fn with_fallback(
     accounts: usize,
     keepalive: Option<Duration>,
 ) -> (common::Harness, common::Harness) {
+    with_fallback_and(accounts, keepalive, &[]).await
+}
+
+/// [`with_fallback`] with more settings for the gateway.
+async fn with_fallback_and(
+    accounts: usize,
+    keepalive: Option<Duration>,
+    more: &[(&str, &str)],
+) -> (common::Harness, common::Harness) {
     let h0 = harness(0, &[]).await;
     let fallback = h0.fake.openai_base_url();
-    let settings = [
+    let mut settings = vec![
         ("UPSTREAM_FALLBACK_BASE_URL", fallback.as_str()),
         ("UPSTREAM_FALLBACK_API_KEY", "sk-fake"),
     ];
+    settings.extend_from_slice(more);
     let h = harness_with(accounts, &settings, |b| match keepalive {
         Some(every) => b.keepalive_interval(every),
         None => b,
@@ -679,6 +689,117 @@ async fn an_empty_fallback_stream_is_a_failed_response() {
     let (status, _, text) = h.call(h.post("/v1/responses", body)).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     assert_eq!(text, whole);
+}
+
+/// A fallback stream that ends early, part-way through an event, or goes silent reaches the
+/// client as whole events and one error at the end in its protocol (one `[DONE]` for chat),
+/// with or without early headers, and its row says so; a whole chat stream without `[DONE]`
+/// gets one.
+#[tokio::test]
+async fn a_fallback_stream_that_fails_ends_with_whole_events_and_one_error() {
+    let created = "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"r\"}}\n\n";
+    let chunk = |finish: &str| {
+        format!(
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"Hi\"}},\"finish_reason\":{finish}}}]}}\n\n"
+        )
+    };
+    let responses = json!({"model": "gpt-5", "input": "hi", "stream": true});
+    // (path, body, the fallback's reply, the error code the client gets, or None)
+    let cases = [
+        (
+            "/v1/responses",
+            responses.clone(),
+            Reply::RawSse {
+                body: format!("{created}data: {{\"type\":\"response.output_te"),
+            },
+            Some("upstream_cut"),
+        ),
+        (
+            "/v1/responses",
+            responses.clone(),
+            Reply::RawSse {
+                body: ": ping\n\n".into(),
+            },
+            Some("upstream_cut"),
+        ),
+        (
+            "/v1/chat/completions",
+            chat(true),
+            Reply::RawSse {
+                body: chunk("null"),
+            },
+            Some("upstream_cut"),
+        ),
+        (
+            "/v1/chat/completions",
+            chat(true),
+            Reply::HangForever,
+            Some("upstream_timeout"),
+        ),
+        (
+            "/v1/chat/completions",
+            chat(true),
+            Reply::RawSse {
+                body: chunk("\"stop\""),
+            },
+            None,
+        ),
+    ];
+    for early in [true, false] {
+        for (path, body, reply, code) in cases.clone() {
+            let what = format!("{path} {reply:?} early={early}");
+            let idle = [("UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "1")];
+            let (h0, h) =
+                with_fallback_and(1, early.then_some(Duration::from_millis(100)), &idle).await;
+            let refusal = Reply::UsageLimit429 {
+                resets_in_secs: 600,
+            };
+            h.fake.push_reply(
+                "acct-0",
+                if early {
+                    refusal.slow_first_byte(Duration::from_millis(350))
+                } else {
+                    refusal
+                },
+            );
+            h0.fake.push_openai_reply(reply);
+            let (status, _, text) = h.call(h.post(path, body)).await;
+            assert_eq!(status, StatusCode::OK, "{what}");
+            // Every frame is whole JSON (a cut event is not passed on).
+            let frames = json_frames(&text);
+            let last = frames.last().unwrap();
+            let row = h.log().await.pop().unwrap();
+            assert!(row.fallback, "{what}");
+            // A failure of the fallback's answer, else why no account served.
+            let class = code.unwrap_or("usage_limit_reached");
+            assert_eq!(row.error_class.as_deref(), Some(class), "{what}: {text}");
+            if path == "/v1/chat/completions" {
+                assert_eq!(text.matches("data: [DONE]").count(), 1, "{what}: {text}");
+                assert!(text.ends_with("data: [DONE]\n\n"), "{what}: {text}");
+                match code {
+                    Some(code) => assert_eq!(last["error"]["code"], code, "{what}: {text}"),
+                    None => assert_eq!(last["choices"][0]["finish_reason"], "stop", "{text}"),
+                }
+            } else {
+                let types = common::event_types(&frames);
+                let numbers: Vec<_> = frames.iter().map(|f| &f["sequence_number"]).collect();
+                if text.contains("ping") {
+                    // Nothing but a comment went by: a response that failed at once.
+                    assert_eq!(
+                        types,
+                        ["response.created", "response.failed", "error"],
+                        "{text}"
+                    );
+                    assert_eq!(numbers, [0, 1, 2], "{text}");
+                } else {
+                    assert_eq!(types, ["response.created", "error"], "{what}: {text}");
+                    assert_eq!(numbers, [0, 1], "{text}");
+                }
+                assert_eq!(last["code"], code.unwrap(), "{text}");
+            }
+            assert_eq!(h.total_inflight(), 0);
+        }
+    }
 }
 
 #[tokio::test]

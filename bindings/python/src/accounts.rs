@@ -801,7 +801,7 @@ impl AccountPool {
 
     /// Runs an import, then the take-over when asked; the report (its warnings issued). A
     /// take-over that fails raises its error with the report as `report`: the import stands,
-    /// and the results before the failed one were taken over.
+    /// one failed refresh stops no other, and each result says whether it was taken over.
     fn import(
         &self,
         py: Python<'_>,

@@ -1,31 +1,51 @@
 //! The fallback upstream (`UPSTREAM_FALLBACK_BASE_URL`): where a request goes when no account can
 //! serve it. It gets the client's own body (a Responses body without what only the gateway and
-//! its accounts can read) and its answer goes back as is; a Responses answer is kept as the
-//! accounts' are ([`crate::stored`]), so the conversation can go on through either.
+//! its accounts can read) and its answer goes back with its status and type; a Responses answer
+//! is kept as the accounts' are ([`crate::stored`]), so the conversation can go on through
+//! either. A streamed 200 goes on event by event ([`Passing::Events`]): a break in it, or an end
+//! before its last event, ends the client's stream with an error in the client's protocol, and
+//! the log row says so.
+
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 
-use super::{FallbackRequest, bound, reject};
+use super::{FallbackRequest, bound, failure_as_first_event, reject, stream_error};
 use crate::Shared;
 use crate::adapt::responses::{Recall, event_response, for_fallback, response_id};
 use crate::error::ApiError;
 use crate::metrics::Protocol;
 use crate::record::Record;
-use crate::sse::{DEFAULT_MAX_EVENT_BYTES, SseItem, SseParser};
+use crate::sse::{DEFAULT_MAX_EVENT_BYTES, DONE_FRAME, SseEvent, SseItem, SseParser};
 use crate::stored::Pending;
 use crate::upstream;
 
-/// Sends the request to the fallback upstream and relays its answer as is (status, type, body);
-/// `keep` is the answer to keep (a Responses client that did not say `store: false`), kept
-/// once the answer is complete.
+/// How the fallback's answer reaches the client.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Passing {
+    /// Not streamed: the body as it came.
+    Whole,
+    /// A stream, byte for byte; a break is a break (the Codex CLI reads it as one and retries).
+    Raw,
+    /// A stream of whole events in the client's protocol (`chat`: Chat Completions chunks, else
+    /// Responses events). A break in it, or an end before its last event, ends it with an error
+    /// event (and `[DONE]` for chat).
+    Events { chat: bool },
+}
+
+/// Sends the request to the fallback upstream and answers with its answer (status, type, body,
+/// passed on as `passing` says); `keep` is the answer to keep (a Responses client that did not
+/// say `store: false`), kept once the answer is complete.
 pub(super) async fn call(
     shared: &Shared,
     mut record: Record,
     req: FallbackRequest,
-    stream: bool,
+    passing: Passing,
     keep: Option<Box<Pending>>,
 ) -> Response {
     let Some(fb) = &shared.upstream.fallback else {
@@ -54,7 +74,7 @@ pub(super) async fn call(
     if let Some(k) = &fb.key {
         rb = rb.bearer_auth(k.expose());
     }
-    if stream {
+    if passing != Passing::Whole {
         rb = rb.header(header::ACCEPT, "text/event-stream");
     }
     let idle = shared.upstream.idle_timeout;
@@ -73,46 +93,31 @@ pub(super) async fn call(
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
     record.entry.status = status.as_u16();
     record.first_byte();
-    let guard = Guard {
-        record: Some(record),
-        status: status.as_u16(),
+    let events = match passing {
+        Passing::Events { chat } if status == StatusCode::OK => {
+            let (id, model) = (&record.entry.request_id, &record.entry.model);
+            Some(Box::new(EventWise::new(chat, id.clone(), model.clone())))
+        }
+        _ => None,
     };
     let keeper = keep
         .filter(|_| status == StatusCode::OK && req.path == "/responses")
         .map(|pending| Keeper::new(pending, content_type.as_ref()));
-    let body = futures_util::stream::unfold(
-        (resp.bytes_stream(), guard, keeper),
-        move |(mut s, mut guard, mut keeper)| async move {
-            use futures_util::StreamExt;
-            match tokio::time::timeout(idle, s.next()).await {
-                Ok(Some(Ok(chunk))) => {
-                    keeper = keeper.and_then(|k| k.see(&chunk));
-                    Some((Ok::<Bytes, std::io::Error>(chunk), (s, guard, keeper)))
-                }
-                Ok(Some(Err(e))) => {
-                    guard.end(Some("upstream_cut"));
-                    Some((
-                        Err(std::io::Error::other(upstream::without_url(&e))),
-                        (s, guard, None),
-                    ))
-                }
-                Ok(None) => {
-                    guard.end(None);
-                    if let Some(k) = keeper {
-                        k.end();
-                    }
-                    None
-                }
-                Err(_) => {
-                    guard.end(Some("upstream_timeout"));
-                    Some((
-                        Err(std::io::Error::other("the fallback upstream went silent")),
-                        (s, guard, None),
-                    ))
-                }
-            }
+    let passed = Passed {
+        body: resp.bytes_stream().boxed(),
+        guard: Guard {
+            record: Some(record),
+            status: status.as_u16(),
         },
-    );
+        keeper,
+        events,
+        idle,
+        done: false,
+    };
+    let body = futures_util::stream::unfold(passed, |mut p| async move {
+        let item = p.next().await?;
+        Some((item, p))
+    });
     let mut res = Response::new(Body::from_stream(body));
     *res.status_mut() = status;
     if let Some(ct) = content_type {
@@ -123,6 +128,183 @@ pub(super) async fn call(
     res
 }
 
+/// The fallback's answer on its way to the client.
+struct Passed {
+    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    guard: Guard,
+    keeper: Option<Keeper>,
+    /// For [`Passing::Events`], when the answer is a 200.
+    events: Option<Box<EventWise>>,
+    idle: Duration,
+    done: bool,
+}
+
+impl Passed {
+    /// The next piece for the client; after a break or a silence, an error event (events) or
+    /// a break (else).
+    async fn next(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        if self.done {
+            return None;
+        }
+        // What went wrong, and the whole events that came before it in the same chunk.
+        let (error, before) = loop {
+            let chunk = match tokio::time::timeout(self.idle, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => chunk,
+                Ok(Some(Err(e))) => {
+                    let message = format!(
+                        "the fallback upstream's stream broke off: {}",
+                        upstream::without_url(&e)
+                    );
+                    break (ApiError::bad_gateway("upstream_cut", message), Bytes::new());
+                }
+                Err(_) => break (ApiError::timeout(self.idle), Bytes::new()),
+                Ok(None) => match &self.events {
+                    Some(events) if !events.ended => {
+                        let message = "the fallback upstream's stream ended before its last event";
+                        break (ApiError::bad_gateway("upstream_cut", message), Bytes::new());
+                    }
+                    _ => return self.end_well(),
+                },
+            };
+            self.keeper = self.keeper.take().and_then(|k| k.see(&chunk));
+            let Some(events) = &mut self.events else {
+                return Some(Ok(chunk));
+            };
+            match events.push(chunk) {
+                (out, Some(error)) => break (error, out),
+                (out, None) if out.is_empty() => {}
+                (out, None) => return Some(Ok(out)),
+            }
+        };
+        if self.events.as_ref().is_some_and(|e| e.ended) {
+            // Whatever comes after the last event is not the client's business.
+            let done = self.end_well().and_then(Result::ok).unwrap_or_default();
+            let rest = [before, done].concat();
+            return (!rest.is_empty()).then(|| Ok(rest.into()));
+        }
+        self.done = true;
+        self.keeper = None;
+        self.guard.end(Some(error.code.as_str()));
+        Some(match &self.events {
+            Some(events) => Ok([before, events.failure(&error)].concat().into()),
+            None => Err(std::io::Error::other(error.message)),
+        })
+    }
+
+    /// The answer ended well: its record says so, a whole JSON answer is kept, and a chat
+    /// stream without `[DONE]` gets one.
+    fn end_well(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        self.done = true;
+        self.guard.end(None);
+        if let Some(k) = self.keeper.take() {
+            k.end();
+        }
+        let events = self.events.as_ref()?;
+        (events.chat && !events.done_sent).then(|| Ok(Bytes::from_static(DONE_FRAME)))
+    }
+}
+
+/// A streamed 200 passed on event by event, so that a failure never lands inside an event.
+struct EventWise {
+    parser: SseParser,
+    chat: bool,
+    /// A failure before any Responses event is a response that failed at once, with this
+    /// request's id and model (see [`failure_as_first_event`]).
+    request_id: String,
+    model: Option<String>,
+    /// Events passed on, and the last `sequence_number` among them (an error event is numbered
+    /// after it, or after the events passed on when the fallback numbers none).
+    events: u64,
+    last_sequence: Option<u64>,
+    /// The answer's last event went by: for chat `[DONE]`, an error, or a chunk with a
+    /// `finish_reason`; for Responses its final event or an `error`.
+    ended: bool,
+    done_sent: bool,
+}
+
+impl EventWise {
+    fn new(chat: bool, request_id: String, model: Option<String>) -> Self {
+        Self {
+            parser: SseParser::new(),
+            chat,
+            request_id,
+            model,
+            events: 0,
+            last_sequence: None,
+            ended: false,
+            done_sent: false,
+        }
+    }
+
+    /// The whole events (and comments) `chunk` completes, framed; the error when the stream
+    /// is broken past reading (an event over the size limit).
+    fn push(&mut self, chunk: Bytes) -> (Bytes, Option<ApiError>) {
+        self.parser.push(chunk);
+        let mut out = BytesMut::new();
+        loop {
+            match self.parser.next_item() {
+                Ok(Some(SseItem::Event(event))) => {
+                    self.saw(&event);
+                    event.encode(&mut out);
+                }
+                Ok(Some(SseItem::Comment(text))) => {
+                    crate::sse::write_comment(&mut out, &String::from_utf8_lossy(&text));
+                }
+                Ok(None) => return (out.freeze(), None),
+                Err(e) => {
+                    let error = ApiError::bad_gateway("malformed_stream", e.to_string());
+                    return (out.freeze(), Some(error));
+                }
+            }
+        }
+    }
+
+    fn saw(&mut self, event: &SseEvent) {
+        self.events += 1;
+        let data = event.data();
+        if self.chat {
+            #[derive(serde::Deserialize)]
+            struct Chunk {
+                #[serde(default)]
+                choices: Vec<Choice>,
+                error: Option<serde::de::IgnoredAny>,
+            }
+            #[derive(serde::Deserialize)]
+            struct Choice {
+                finish_reason: Option<serde::de::IgnoredAny>,
+            }
+            self.done_sent |= event.is_done_marker();
+            self.ended |= event.is_done_marker()
+                || serde_json::from_slice::<Chunk>(data).is_ok_and(|c| {
+                    c.error.is_some() || c.choices.iter().any(|c| c.finish_reason.is_some())
+                });
+        } else {
+            if let Some(n) = crate::relay::sequence_number(data) {
+                self.last_sequence = Some(n);
+            }
+            self.ended |= matches!(
+                event.event_type().as_deref(),
+                Some("response.completed" | "response.failed" | "response.incomplete" | "error")
+            );
+        }
+    }
+
+    /// The stream's end after `error`, in the client's protocol: an error chunk and `[DONE]`
+    /// for chat; for Responses an `error` event numbered after the last one passed on, or a
+    /// response that failed at once when none was.
+    fn failure(&self, error: &ApiError) -> Bytes {
+        if !self.chat && self.events == 0 {
+            return failure_as_first_event(&self.request_id, self.model.as_deref(), error, false);
+        }
+        let number = self.last_sequence.map_or(self.events, |n| n + 1);
+        let mut out = BytesMut::from(&stream_error(error, self.chat, number)[..]);
+        if self.chat {
+            out.extend_from_slice(DONE_FRAME);
+        }
+        out.freeze()
+    }
+}
+
 /// Finishes the fallback's record once: when its body ends, breaks off or goes silent.
 struct Guard {
     record: Option<Record>,
@@ -130,9 +312,14 @@ struct Guard {
 }
 
 impl Guard {
-    fn end(&mut self, class: Option<&str>) {
+    /// `failure`: what went wrong with the fallback's answer, which the row says rather than
+    /// why no account served (what it says otherwise).
+    fn end(&mut self, failure: Option<&str>) {
         if let Some(mut r) = self.record.take() {
-            r.finish(self.status, class, None);
+            if let Some(class) = failure {
+                r.entry.error_class = Some(class.to_string());
+            }
+            r.finish(self.status, None, None);
         }
     }
 }

@@ -229,15 +229,14 @@ enum BodyState {
         refill: bool,
         shared: Arc<Shared>,
         pre_send: Duration,
-        done_frame: bool,
         fallback: FallbackRequest,
         pending: Option<Box<Pending>>,
     },
     /// The committed stream (which keeps the answer once its final event has gone out).
     Relaying(Box<Relay>),
-    /// No account could serve and the fallback upstream answered 200: its body, as is (a break
-    /// in it ends the stream with an error event, and `[DONE]` when `done_frame`).
-    Forwarding(Box<Forwarding>),
+    /// No account could serve and the fallback upstream answered 200: its events (see
+    /// [`fallback::Passing::Events`]).
+    Forwarding(axum::body::BodyDataStream),
     Done,
 }
 
@@ -249,8 +248,10 @@ fn relay_body(state: BodyState) -> Body {
                 let chunk = relay.next_chunk().await?;
                 Some((Ok::<Bytes, Infallible>(chunk), BodyState::Relaying(relay)))
             }
-            BodyState::Forwarding(f) => {
-                forward_next(f).await.map(|(chunk, next)| (Ok(chunk), next))
+            BodyState::Forwarding(mut body) => {
+                use futures_util::StreamExt;
+                let chunk = body.next().await?.ok()?;
+                Some((Ok(chunk), BodyState::Forwarding(body)))
             }
             BodyState::Waiting {
                 mut run,
@@ -258,7 +259,6 @@ fn relay_body(state: BodyState) -> Body {
                 refill,
                 shared,
                 pre_send,
-                done_frame,
                 fallback,
                 mut pending,
             } => {
@@ -275,19 +275,15 @@ fn relay_body(state: BodyState) -> Body {
                         }
                         Err(Failed { error, record, no_account }) => {
                             let (frame, next) = if no_account && shared.upstream.fallback.is_some() {
-                                late_fallback(&shared, record, fallback, &mode, done_frame, pending).await
+                                late_fallback(&shared, record, fallback, &mode, pending).await
                             } else {
                                 late_failure(record, &error, &mode)
                             };
-                            let mut frame = frame.to_vec();
-                            if done_frame && matches!(next, BodyState::Done) {
-                                frame.extend_from_slice(crate::sse::DONE_FRAME);
-                            }
-                            Some((Ok(Bytes::from(frame)), next))
+                            Some((Ok(frame), next))
                         }
                     },
                     () = tokio::time::sleep(shared.keepalive) => {
-                        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), BodyState::Waiting { run, mode, refill, shared, pre_send, done_frame, fallback, pending }))
+                        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), BodyState::Waiting { run, mode, refill, shared, pre_send, fallback, pending }))
                     }
                 }
             }
@@ -297,12 +293,16 @@ fn relay_body(state: BodyState) -> Body {
 }
 
 /// The attempt loop failed after the headers went out: the error as the last event, in the
-/// client's protocol (an OpenAI error chunk for chat; for Responses clients, a response that
-/// failed at once).
+/// client's protocol (an OpenAI error chunk and `[DONE]` for chat; for Responses clients, a
+/// response that failed at once).
 fn late_failure(mut record: Record, error: &ApiError, mode: &Mode) -> (Bytes, BodyState) {
     let entry = &record.entry;
-    let chat = is_chat(mode);
-    let frame = failure_as_first_event(&entry.request_id, entry.model.as_deref(), error, chat);
+    let frame = failure_as_first_event(
+        &entry.request_id,
+        entry.model.as_deref(),
+        error,
+        is_chat(mode),
+    );
     record.finish(200, Some(&error.code), None);
     (frame, BodyState::Done)
 }
@@ -311,8 +311,8 @@ fn is_chat(mode: &Mode) -> bool {
     matches!(mode, Mode::Chat(_))
 }
 
-/// An error before any event of a stream whose headers went out: an OpenAI error chunk for
-/// chat, a response that failed at once for Responses clients (see
+/// An error before any event of a stream whose headers went out: an OpenAI error chunk and
+/// `[DONE]` for chat, a response that failed at once for Responses clients (see
 /// [`crate::relay::failed_before_any_event`]).
 fn failure_as_first_event(
     request_id: &str,
@@ -321,7 +321,12 @@ fn failure_as_first_event(
     chat: bool,
 ) -> Bytes {
     if chat {
-        return error.sse_frame();
+        return [
+            error.sse_frame(),
+            Bytes::from_static(crate::sse::DONE_FRAME),
+        ]
+        .concat()
+        .into();
     }
     let mut out = bytes::BytesMut::new();
     crate::relay::failed_before_any_event(&mut out, request_id, model, &error.code, &error.message);
@@ -347,18 +352,21 @@ async fn late_fallback(
     record: Record,
     req: FallbackRequest,
     mode: &Mode,
-    done_frame: bool,
     keep: Option<Box<Pending>>,
 ) -> (Bytes, BodyState) {
+    use futures_util::StreamExt;
     let (request_id, model) = (record.entry.request_id.clone(), record.entry.model.clone());
-    let res = fallback::call(shared, record, req, true, keep).await;
+    let passing = fallback::Passing::Events {
+        chat: is_chat(mode),
+    };
+    let res = fallback::call(shared, record, req, passing, keep).await;
     let status = res.status();
-    let body = res.into_body().into_data_stream();
+    let mut body = res.into_body().into_data_stream();
     if status == StatusCode::OK {
-        let forwarding = Forwarding::new(body, is_chat(mode), done_frame, request_id, model);
-        return forward_next(Box::new(forwarding))
-            .await
-            .unwrap_or((Bytes::new(), BodyState::Done));
+        return match body.next().await {
+            Some(Ok(first)) => (first, BodyState::Forwarding(body)),
+            _ => (Bytes::new(), BodyState::Done),
+        };
     }
     // The fallback's own error body (its record is finished as that body ends).
     let detail = collect_text(body, 4096).await;
@@ -368,110 +376,6 @@ async fn late_fallback(
     );
     let frame = failure_as_first_event(&request_id, model.as_deref(), &error, is_chat(mode));
     (frame, BodyState::Done)
-}
-
-/// The fallback upstream's 200 stream on its way to the client.
-struct Forwarding {
-    body: axum::body::BodyDataStream,
-    chat: bool,
-    done_frame: bool,
-    /// For a Responses client: the request's id and model (a failure before anything was
-    /// passed on is a response that failed at once, see [`failure_as_first_event`]), and the
-    /// last `sequence_number` passed on (else the frames passed on number the error event).
-    request_id: String,
-    model: Option<String>,
-    last_sequence: Option<u64>,
-    frames: u64,
-    /// Bytes were passed on, and the last of them ended a frame (a failure written after a
-    /// partial frame first ends it).
-    passed_any: bool,
-    at_frame_end: bool,
-}
-
-impl Forwarding {
-    fn new(
-        body: axum::body::BodyDataStream,
-        chat: bool,
-        done_frame: bool,
-        request_id: String,
-        model: Option<String>,
-    ) -> Self {
-        Self {
-            body,
-            chat,
-            done_frame,
-            request_id,
-            model,
-            last_sequence: None,
-            frames: 0,
-            passed_any: false,
-            at_frame_end: true,
-        }
-    }
-
-    /// Notes a chunk passed on: its last `sequence_number` (one split across two chunks is
-    /// missed; the next one is seen), its frames, where it ended.
-    fn saw(&mut self, chunk: &[u8]) {
-        if chunk.is_empty() {
-            return;
-        }
-        self.passed_any = true;
-        self.at_frame_end = chunk.ends_with(b"\n\n");
-        self.frames += memchr::memmem::find_iter(chunk, b"\n\n").count() as u64;
-        if let Some(n) = crate::relay::sequence_number(chunk, true) {
-            self.last_sequence = Some(n);
-        }
-    }
-
-    /// The stream's end in the client's protocol, after `error`: for Responses, an `error`
-    /// event numbered after the last one passed on, or a response that failed at once when
-    /// nothing was.
-    fn failure(&self, error: &ApiError) -> Bytes {
-        let mut frame = Vec::new();
-        if !self.at_frame_end {
-            frame.extend_from_slice(b"\n\n");
-        }
-        if !self.chat && !self.passed_any {
-            let first =
-                failure_as_first_event(&self.request_id, self.model.as_deref(), error, false);
-            frame.extend_from_slice(&first);
-        } else {
-            let number = self.last_sequence.map_or(self.frames, |n| n + 1);
-            frame.extend_from_slice(&stream_error(error, self.chat, number));
-        }
-        if self.done_frame {
-            frame.extend_from_slice(crate::sse::DONE_FRAME);
-        }
-        Bytes::from(frame)
-    }
-}
-
-/// The fallback's next chunk; a break in its body ends the stream with an error event in the
-/// client's protocol (and `[DONE]` when `done_frame`), so the client never takes a cut answer
-/// for a whole one, as does a Responses stream that ends before any event.
-async fn forward_next(mut f: Box<Forwarding>) -> Option<(Bytes, BodyState)> {
-    use futures_util::StreamExt;
-    match f.body.next().await {
-        Some(Ok(chunk)) => {
-            f.saw(&chunk);
-            Some((chunk, BodyState::Forwarding(f)))
-        }
-        Some(Err(e)) => {
-            let error = ApiError::bad_gateway(
-                "upstream_cut",
-                format!("the fallback upstream's stream broke off: {e}"),
-            );
-            Some((f.failure(&error), BodyState::Done))
-        }
-        None if !f.chat && !f.passed_any => {
-            let error = ApiError::bad_gateway(
-                "upstream_cut",
-                "the fallback upstream's stream ended before any event",
-            );
-            Some((f.failure(&error), BodyState::Done))
-        }
-        None => None,
-    }
 }
 
 /// Up to `limit` bytes of a body as text (the rest is read and dropped).
@@ -521,14 +425,12 @@ pub(crate) async fn dispatch(
             Ok(r) => r,
             Err(_) => {
                 // The upstream is slow: send the headers now and keep the connection alive.
-                let done_frame = matches!(answer, Answer::ChatStream(_));
                 let state = BodyState::Waiting {
                     run,
                     mode: answer.mode(created),
                     refill,
                     shared,
                     pre_send,
-                    done_frame,
                     fallback,
                     pending,
                 };
@@ -545,20 +447,16 @@ pub(crate) async fn dispatch(
         Ok(c) => c,
         Err(failed) => {
             if failed.no_account && shared.upstream.fallback.is_some() {
-                let stream = answer.streams();
-                let entry = &failed.record.entry;
-                let (request_id, model) = (entry.request_id.clone(), entry.model.clone());
-                let res = fallback::call(&shared, failed.record, fallback, stream, pending).await;
-                // A break in a streamed 200 ends with an error event, as after early headers
-                // (the Codex CLI reads a transport break as one and retries).
-                if stream && protocol != Protocol::Codex && res.status() == StatusCode::OK {
-                    let (parts, body) = res.into_parts();
-                    let chat = matches!(answer, Answer::ChatStream(_));
-                    let forwarding =
-                        Forwarding::new(body.into_data_stream(), chat, chat, request_id, model);
-                    let body = relay_body(BodyState::Forwarding(Box::new(forwarding)));
-                    return with_protocol(Response::from_parts(parts, body), protocol);
-                }
+                // A streamed answer goes on event by event, as after early headers; the Codex
+                // CLI gets the bytes (it reads a transport break as one and retries).
+                let passing = match (answer.streams(), protocol) {
+                    (false, _) => fallback::Passing::Whole,
+                    (true, Protocol::Codex) => fallback::Passing::Raw,
+                    (true, _) => fallback::Passing::Events {
+                        chat: matches!(answer, Answer::ChatStream(_)),
+                    },
+                };
+                let res = fallback::call(&shared, failed.record, fallback, passing, pending).await;
                 return with_protocol(res, protocol);
             }
             return reject(failed.record, failed.error, protocol);
@@ -657,7 +555,8 @@ async fn assembled(
                 // (the pool's `Retry-After`).
                 Err(failed) if failed.no_account && shared.upstream.fallback.is_some() => {
                     let (record, req) = (failed.record, how.fallback);
-                    return fallback::call(shared, record, req, false, pending).await;
+                    let passing = fallback::Passing::Whole;
+                    return fallback::call(shared, record, req, passing, pending).await;
                 }
                 Err(mut failed) if failed.no_account => {
                     failed.record.entry.error_class = Some(error.code.clone());
