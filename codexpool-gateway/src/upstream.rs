@@ -324,8 +324,15 @@ impl Upstream {
 
     /// Whose request it is: the account's token and id (and the configured cookie).
     pub(crate) fn account_headers(&self, headers: &mut HeaderMap, lease: &Lease, token: &Secret) {
-        if let Some(v) = header_value(&format!("Bearer {}", token.expose())) {
-            headers.insert(header::AUTHORIZATION, v);
+        match header_value(&format!("Bearer {}", token.expose())) {
+            Some(mut v) => {
+                // Kept out of HTTP/2 header compression tables and `Debug` output.
+                v.set_sensitive(true);
+                headers.insert(header::AUTHORIZATION, v);
+            }
+            None => {
+                tracing::warn!(account = %lease.account_id(), "the account's access token cannot be sent in a header; sign it in again")
+            }
         }
         if let Some(id) = lease
             .account()
@@ -336,7 +343,9 @@ impl Upstream {
             headers.insert(CHATGPT_ACCOUNT_ID, id);
         }
         if let Some(c) = &self.cookie {
-            headers.insert(header::COOKIE, c.clone());
+            let mut c = c.clone();
+            c.set_sensitive(true);
+            headers.insert(header::COOKIE, c);
         }
     }
 
@@ -907,6 +916,11 @@ async fn attempt(
     }
 }
 
+/// Most event bytes held back before the first output (reasoning items, progress events): past
+/// this the attempt commits, so an upstream that never gets to its output cannot grow the
+/// gateway's memory without bound (the relay's idle timeout still watches it).
+const PREFLIGHT_HOLD: usize = 4 * 1024 * 1024;
+
 /// How long the rest of a usage-limit notice is waited for.
 const NOTICE_READ: Duration = Duration::from_secs(2);
 
@@ -1008,6 +1022,7 @@ async fn read_failure(upstream: &Upstream, response: Answer) -> UpstreamFailure 
 async fn preflight(upstream: &Upstream, mut body: ByteStream) -> Result<Opened, Step> {
     let mut parser = SseParser::new();
     let mut buffered = VecDeque::new();
+    let mut held = 0;
     loop {
         loop {
             match parser.next_item() {
@@ -1019,7 +1034,13 @@ async fn preflight(upstream: &Upstream, mut body: ByteStream) -> Result<Opened, 
                     {
                         continue;
                     }
-                    let verdict = preflight_item(&item);
+                    let mut verdict = preflight_item(&item);
+                    if let SseItem::Event(e) = &item {
+                        held += e.data().len();
+                    }
+                    if held > PREFLIGHT_HOLD && matches!(verdict, Preflight::Pending) {
+                        verdict = Preflight::Semantic;
+                    }
                     buffered.push_back(item);
                     match verdict {
                         Preflight::Pending => {}

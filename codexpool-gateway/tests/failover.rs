@@ -91,6 +91,33 @@ async fn failures_inside_a_200_stream_fail_over() {
     }
 }
 
+/// What an upstream sends before its first output is held back (to fail over if it fails), but
+/// not without bound: past 4 MiB the attempt commits and the client gets it as it comes.
+#[tokio::test]
+async fn a_long_preamble_commits_the_attempt() {
+    let h = harness(2, &[]).await;
+    let pad = "x".repeat(64 * 1024);
+    let mut raw = String::new();
+    for n in 0..70 {
+        raw += &format!(
+            "data: {{\"type\":\"response.in_progress\",\"sequence_number\":{n},\"response\":{{\"id\":\"r\",\"pad\":\"{pad}\"}}}}\n\n"
+        );
+    }
+    raw += "data: {\"type\":\"response.failed\",\"sequence_number\":70,\"response\":{\"id\":\"r\",\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"boom\"}}}\n\n";
+    h.fake.push_reply("acct-0", Reply::RawSse { body: raw });
+    let body = json!({"model": "gpt-5-codex", "input": "hi", "stream": true});
+    let (status, _, text) = h.call(h.post("/v1/responses", body)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !text.contains("Hello from acct-1."),
+        "no failover after 4 MiB"
+    );
+    assert!(text.contains("response.failed"), "the failure as it came");
+    let row = &h.log().await[0];
+    assert_eq!(row.accounts_tried, [h.ids[0].clone()]);
+    assert_eq!(h.total_inflight(), 0);
+}
+
 #[tokio::test]
 async fn http_failures_fail_over_with_the_right_cooldown() {
     for (reply, cooling) in [

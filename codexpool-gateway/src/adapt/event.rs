@@ -1193,9 +1193,18 @@ pub fn classify_error_body(
         };
     }
     if html {
-        let challenge = ["challenge", "cf-chl", "just a moment", "captcha"]
-            .into_iter()
-            .any(|marker| contains_ignore_ascii_case(&text, marker));
+        // What challenge pages say; not the bare word "challenge": Cloudflare puts its
+        // `/cdn-cgi/challenge-platform/` script into ordinary pages too (a 502, a 1015).
+        let challenge = [
+            "cf-chl",
+            "_cf_chl",
+            "just a moment",
+            "attention required",
+            "captcha",
+            "challenge-form",
+        ]
+        .into_iter()
+        .any(|marker| contains_ignore_ascii_case(&text, marker));
         // Only a page that says so, or a refusal of access, is a challenge: a proxy's "413
         // Request Entity Too Large" page is about the request, not about the account.
         // Any other page means what its status means (a proxy's 408 goes elsewhere, a 401
@@ -1721,6 +1730,17 @@ mod tests {
         assert!(!f.retry_elsewhere());
         let f = classify_error_body(429, Some("text/html"), b"<html>Error 1015</html>", false);
         assert!(matches!(f.kind, FailureKind::RateLimited { .. }), "{f:?}");
+        // Cloudflare's detection script on an ordinary error page makes no challenge of it.
+        let script = r#"<script src="/cdn-cgi/challenge-platform/scripts/jsd/main.js"></script>"#;
+        let page = format!("<html><title>Error 1015</title>{script}</html>");
+        let f = classify_error_body(429, Some("text/html"), page.as_bytes(), false);
+        assert!(matches!(f.kind, FailureKind::RateLimited { .. }), "{f:?}");
+        let page = format!("<html><title>502 Bad gateway</title>{script}</html>");
+        let f = classify_error_body(502, Some("text/html"), page.as_bytes(), false);
+        assert_eq!(f.kind, FailureKind::Server);
+        let page = r#"<html><title>Attention Required! | Cloudflare</title></html>"#;
+        let f = classify_error_body(503, Some("text/html"), page.as_bytes(), false);
+        assert_eq!(f.kind, FailureKind::Challenge);
         let f = classify_error_body(403, Some("text/html"), b"<html>Access denied</html>", false);
         assert_eq!(f.kind, FailureKind::Challenge);
         // Other pages mean what their status means, as in any other body.

@@ -378,12 +378,14 @@ async fn late_fallback(
     (frame, BodyState::Done)
 }
 
-/// Up to `limit` bytes of a body as text (the rest is read and dropped).
+/// Up to `limit` bytes of a body as text (the rest is not waited for).
 async fn collect_text(mut body: axum::body::BodyDataStream, limit: usize) -> String {
     use futures_util::StreamExt;
     let mut out = Vec::new();
-    while let Some(Ok(chunk)) = body.next().await {
-        let room = limit.saturating_sub(out.len());
+    while out.len() < limit
+        && let Some(Ok(chunk)) = body.next().await
+    {
+        let room = limit - out.len();
         out.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
     String::from_utf8_lossy(&out).trim().to_string()
