@@ -613,8 +613,10 @@ async fn the_listener_survives_garbage_and_slow_clients() {
     assert!(answers[3].contains("no state parameter"), "{}", answers[3]);
     assert!(answers.iter().all(|a| a.contains("text/html")));
 
-    // The real callback still works.
+    // The real callback still works, after a link checker's HEAD that spent nothing.
     let location = authorize(login.url()).await;
+    let head = reqwest::Client::new().head(&location).send().await.unwrap();
+    assert_eq!(head.status().as_u16(), 405);
     let (status, _) = get(&location).await;
     assert_eq!(status, 200);
     assert!(login.wait().await.is_ok());

@@ -839,6 +839,46 @@ async fn rotated_tokens_survive_a_database_that_stays_locked() {
     assert_eq!(a.accounts().get(&id).unwrap().tokens, t);
 }
 
+/// A change of another account that waits on the locked database (holding the pool's change
+/// lock meanwhile, its write retrying for half a minute) does not keep the refreshed tokens from
+/// their rescue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_stuck_on_a_locked_database_does_not_delay_the_rescue() {
+    let fake = fake();
+    fake.refresh_delay(Duration::from_millis(1500));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let a = file_pool(&fake, &path).await;
+    let id = import(&a, &fake, "acct-1").await;
+    fake.add_account(codexpool_testkit::FakeAccount::new("acct-2"));
+    let other = import(&a, &fake, "acct-2").await;
+
+    let held = fake.refreshes_held();
+    let refreshing = tokio::spawn({
+        let (a, id) = (a.clone(), id.clone());
+        async move { a.auth().refresh(&id).await }
+    });
+    refresh_held(&fake, held, 5).await;
+    let locker = rusqlite::Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let disabling = tokio::spawn({
+        let a = a.clone();
+        async move { a.accounts().disable(&other).await }
+    });
+    let after = tokio::time::timeout(Duration::from_secs(15), refreshing)
+        .await
+        .expect("the refresh waited for the stuck change")
+        .unwrap()
+        .unwrap();
+    assert_eq!(rescue_files(&path).len(), 1, "the tokens were rescued");
+    assert_eq!(
+        after.tokens.refresh_token.expose(),
+        fake.current_tokens("acct-1").refresh_token
+    );
+    drop(locker);
+    disabling.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rescued_tokens_do_not_undo_a_disable_made_while_the_refresh_was_on_the_wire() {
     let fake = fake();

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, get, post};
 use codexpool_core::{Config, Pool, Secret};
@@ -343,7 +343,7 @@ impl Server {
             server_file,
             stop_tx,
             task: Some(task),
-            _background: background,
+            background,
         })
     }
 
@@ -557,7 +557,7 @@ pub struct RunningServer {
     server_file: Option<ServerFile>,
     stop_tx: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
-    _background: Vec<codexpool_core::BackgroundTask>,
+    background: Vec<codexpool_core::BackgroundTask>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -605,6 +605,11 @@ impl RunningServer {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        // No poll or scheduled refresh starts a token refresh the flush would not wait for
+        // (one under way goes on; the flush waits for it).
+        for task in self.background.drain(..) {
+            task.stop();
+        }
         self.pool.flush().await.map_err(ServerError::Flush)
     }
 }
@@ -619,8 +624,12 @@ impl Drop for RunningServer {
 }
 
 /// `GET /auth/callback`: completes a browser sign-in started anywhere on this database, with the
-/// same page the CLI's own listener shows.
-async fn callback(State(pool): State<Pool>, uri: Uri) -> Response {
+/// same page the CLI's own listener shows. Not `HEAD` (which axum routes here too): a link
+/// checker's or a prefetcher's HEAD would spend the code.
+async fn callback(State(pool): State<Pool>, method: Method, uri: Uri) -> Response {
+    if method == Method::HEAD {
+        return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET")]).into_response();
+    }
     let result = pool.auth().login_complete(&uri.to_string()).await;
     let page = codexpool_core::auth::render_callback_page(&result);
     let status = StatusCode::from_u16(page.status).unwrap_or(StatusCode::BAD_REQUEST);

@@ -326,6 +326,13 @@ async fn sign_in_through_the_service_port() {
     let res = no_redirect.get(&url).send().await.unwrap();
     let location = res.headers()["location"].to_str().unwrap().to_string();
     let query = location.split_once('?').unwrap().1;
+    // A link checker's HEAD spends nothing.
+    let head = no_redirect
+        .head(format!("{}/auth/callback?{query}", srv.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 405);
     let page = reqwest::get(format!("{}/auth/callback?{query}", srv.url()))
         .await
         .unwrap();

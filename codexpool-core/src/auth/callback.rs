@@ -198,7 +198,9 @@ async fn serve(auth: Auth, listener: TcpListener, state: String, path: String) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = ours_done.notified() => break,
+            // A completion that failed before it claimed the sign-in (a database error) leaves
+            // it pending: the listener stays for the browser's reload.
+            _ = ours_done.notified() => if login_ended(&auth, &state).await { break },
             _ = changed => if login_ended(&auth, &state).await { break },
             _ = check.tick() => if login_ended(&auth, &state).await { break },
         }
@@ -242,7 +244,8 @@ async fn handle(
     let mut state = None;
     let page = match (method, target, version) {
         (Some(m), Some(t), Some(v)) if v.starts_with("HTTP/1.") => {
-            if m != "GET" && m != "HEAD" {
+            // Not HEAD either: a link checker's or a prefetcher's HEAD would spend the code.
+            if m != "GET" {
                 page(405, "Method not allowed", "<p>Only GET is served here.</p>")
             } else if t.split('?').next() != Some(path) {
                 page(

@@ -155,7 +155,7 @@ impl Auth {
     pub async fn device_wait(&self, login: &DeviceLogin) -> Result<LoginCompleted, AuthError> {
         let config = self.config().clone();
         let store = self.pool.shared.store.clone();
-        let interval = Duration::from_secs(login.interval_secs.max(1));
+        let mut interval = Duration::from_secs(login.interval_secs.max(1));
         let (code, verifier) = loop {
             // Woken early when this process cancels the login.
             let changed = self.pool.shared.auth.login_changed.notified();
@@ -207,6 +207,14 @@ impl Auth {
                             }
                         }
                         403 | 404 => {}
+                        // Polled too fast (RFC 8628's slow_down, said as HTTP): slower, not over.
+                        429 => {
+                            interval = (interval * 2).min(MAX_INTERVAL);
+                            tracing::debug!(
+                                ?interval,
+                                "device-code poll: rate limited; polling slower"
+                            );
+                        }
                         s if s >= 500 => {
                             tracing::debug!(status = s, "device-code poll: server error; retrying")
                         }

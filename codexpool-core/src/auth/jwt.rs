@@ -2,7 +2,6 @@
 //! came over TLS from the issuer, and we only read who the account is (PROTOCOL.md §1).
 
 use base64::Engine;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::AuthError;
@@ -38,40 +37,9 @@ impl Claims {
     }
 }
 
-#[derive(Deserialize)]
-struct Raw {
-    sub: Option<String>,
-    email: Option<String>,
-    exp: Option<Value>,
-    #[serde(rename = "https://api.openai.com/auth")]
-    auth: Option<RawAuth>,
-    #[serde(rename = "https://api.openai.com/profile")]
-    profile: Option<RawProfile>,
-}
-
-#[derive(Deserialize)]
-struct RawAuth {
-    chatgpt_account_id: Option<String>,
-    chatgpt_plan_type: Option<String>,
-    chatgpt_user_id: Option<String>,
-    user_id: Option<String>,
-    #[serde(default)]
-    organizations: Vec<RawOrg>,
-}
-
-#[derive(Deserialize)]
-struct RawOrg {
-    id: Option<String>,
-    #[serde(default)]
-    is_default: bool,
-}
-
-#[derive(Deserialize)]
-struct RawProfile {
-    email: Option<String>,
-}
-
-/// Decodes the claims of a JWT (`header.payload.signature`, base64url).
+/// Decodes the claims of a JWT (`header.payload.signature`, base64url). The payload must be a
+/// JSON object; a claim of an unexpected type (`organizations: null`, a numeric `sub`) is read
+/// as absent rather than making the whole token unreadable.
 pub fn decode_claims(jwt: &str) -> Result<Claims, AuthError> {
     let mut parts = jwt.trim().split('.');
     let (Some(_), Some(payload), Some(_), None) =
@@ -84,29 +52,48 @@ pub fn decode_claims(jwt: &str) -> Result<Claims, AuthError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .map_err(|e| AuthError::InvalidToken(format!("payload is not base64url: {e}")))?;
-    let raw: Raw = serde_json::from_slice(&bytes)
-        .map_err(|e| AuthError::InvalidToken(format!("payload is not the expected JSON: {e}")))?;
-    let expires_at = match raw.exp {
-        Some(Value::Number(n)) => n.as_i64().map(Timestamp::from_secs),
-        _ => None,
-    };
-    let auth = raw.auth;
+    let raw: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| AuthError::InvalidToken(format!("payload is not JSON: {e}")))?;
+    if !raw.is_object() {
+        return Err(AuthError::InvalidToken(
+            "payload is not a JSON object".into(),
+        ));
+    }
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+    let auth = raw.get(OPENAI_AUTH_CLAIM).filter(|a| a.is_object());
+    let auth_text = |key: &str| auth.and_then(|a| text(a, key));
+    // (id, is_default) of each organization that has an id.
+    let mut organizations = auth
+        .and_then(|a| a.get("organizations"))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|o| {
+            Some((
+                text(o, "id")?,
+                o.get("is_default") == Some(&Value::Bool(true)),
+            ))
+        });
+    let default_organization = organizations
+        .clone()
+        .find(|(_, default)| *default)
+        .or_else(|| organizations.next())
+        .map(|(id, _)| id);
     Ok(Claims {
-        sub: raw.sub,
-        email: raw.email.or(raw.profile.and_then(|p| p.email)),
-        expires_at,
-        chatgpt_account_id: auth.as_ref().and_then(|a| a.chatgpt_account_id.clone()),
-        chatgpt_plan_type: auth.as_ref().and_then(|a| a.chatgpt_plan_type.clone()),
-        chatgpt_user_id: auth
-            .as_ref()
-            .and_then(|a| a.chatgpt_user_id.clone().or(a.user_id.clone())),
-        default_organization: auth.as_ref().and_then(|a| {
-            a.organizations
-                .iter()
-                .find(|o| o.is_default)
-                .or(a.organizations.first())
-                .and_then(|o| o.id.clone())
+        sub: text(&raw, "sub"),
+        email: text(&raw, "email").or_else(|| {
+            raw.get("https://api.openai.com/profile")
+                .and_then(|p| text(p, "email"))
         }),
+        expires_at: raw
+            .get("exp")
+            .and_then(Value::as_i64)
+            .map(Timestamp::from_secs),
+        chatgpt_account_id: auth_text("chatgpt_account_id"),
+        chatgpt_plan_type: auth_text("chatgpt_plan_type"),
+        chatgpt_user_id: auth_text("chatgpt_user_id").or_else(|| auth_text("user_id")),
+        default_organization,
     })
 }
 
@@ -147,7 +134,34 @@ mod tests {
         assert!(decode_claims("a.b").is_err());
         assert!(decode_claims("a.!!!.c").is_err());
         assert!(decode_claims("a.bm90IGpzb24.c").is_err());
+        assert!(decode_claims(&jwt(&serde_json::json!(["sub"]))).is_err());
         let c = decode_claims(&jwt(&serde_json::json!({"sub": "x"}))).unwrap();
         assert_eq!(c.chatgpt_account_id, None);
+    }
+
+    #[test]
+    fn a_claim_of_another_type_is_absent_not_fatal() {
+        let t = jwt(&serde_json::json!({
+            "sub": 7, "email": null, "exp": "soon",
+            "https://api.openai.com/profile": {"email": "a@b.c"},
+            "https://api.openai.com/auth": {
+                "chatgpt_account_id": "acct-1", "chatgpt_plan_type": ["plus"],
+                "organizations": null
+            }
+        }));
+        let c = decode_claims(&t).unwrap();
+        assert_eq!(c.chatgpt_account_id.as_deref(), Some("acct-1"));
+        assert_eq!(
+            (c.sub, c.chatgpt_plan_type, c.expires_at),
+            (None, None, None)
+        );
+        assert_eq!(c.email.as_deref(), Some("a@b.c"));
+        assert_eq!(c.default_organization, None);
+        let t = jwt(&serde_json::json!({
+            "https://api.openai.com/auth": {"organizations": [7, {"id": "org-a"}]}
+        }));
+        // Without a default, the first one with an id.
+        let c = decode_claims(&t).unwrap();
+        assert_eq!(c.default_organization.as_deref(), Some("org-a"));
     }
 }

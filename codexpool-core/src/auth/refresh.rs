@@ -134,12 +134,14 @@ const DEAD_CODES: [&str; 5] = [
 
 /// When an account's tokens should be refreshed: its access token's `exp` minus an hour (or
 /// half the token's life when that is shorter), else 45 minutes after the last refresh, else now.
+/// A token that expired by this clock when it was issued (a clock far ahead of the issuer's)
+/// counts as one without `exp`: refreshing it at once would rotate it on every check.
 pub fn refresh_due_at(account: &Account) -> Timestamp {
     let t = &account.tokens;
     match (t.expires_at, t.last_refresh) {
         (Some(exp), Some(last)) if exp > last => exp.minus(REFRESH_AHEAD.min(exp.since(last) / 2)),
-        (Some(exp), _) => exp.minus(REFRESH_AHEAD),
-        (None, Some(last)) => last.plus(REFRESH_WITHOUT_EXP),
+        (_, Some(last)) => last.plus(REFRESH_WITHOUT_EXP),
+        (Some(exp), None) => exp.minus(REFRESH_AHEAD),
         (None, None) => Timestamp::from_millis(0),
     }
 }
@@ -707,36 +709,40 @@ impl Auth {
                     .saturating_duration_since(Instant::now())
                     .clamp(Duration::from_millis(100), timing.save_attempt)
             };
-            let error = {
-                // Held across the write and the update of memory, so that a reload running
-                // meanwhile cannot install what it read before the write.
-                let _guard = shared.admin.lock().await;
-                // The store gives up by itself after `wait`; this also covers time spent
-                // queued behind its other work.
-                let saved = tokio::time::timeout(
-                    wait + Duration::from_secs(1),
-                    shared
-                        .store
-                        .save_refreshed_tokens(id, &refreshed, self.now(), wait),
-                )
-                .await;
-                match saved {
-                    Ok(Ok(TokenSave::Saved(a))) => {
-                        let token = a.tokens.access_token.clone();
-                        sync::write(&shared.accounts).upsert(a);
-                        return Ok(token);
+            // Held across the write and the update of memory, so that a reload running
+            // meanwhile cannot install what it read before the write. Waited for no longer than
+            // the write: a change that holds it on a locked database must not keep these
+            // tokens from their rescue.
+            let error = match tokio::time::timeout(wait, shared.admin.lock()).await {
+                Err(_) => format!("waited {wait:?} for another change of the pool to finish"),
+                Ok(_guard) => {
+                    // The store gives up by itself after `wait`; this also covers time spent
+                    // queued behind its other work.
+                    let saved = tokio::time::timeout(
+                        wait + Duration::from_secs(1),
+                        shared
+                            .store
+                            .save_refreshed_tokens(id, &refreshed, self.now(), wait),
+                    )
+                    .await;
+                    match saved {
+                        Ok(Ok(TokenSave::Saved(a))) => {
+                            let token = a.tokens.access_token.clone();
+                            sync::write(&shared.accounts).upsert(a);
+                            return Ok(token);
+                        }
+                        Ok(Ok(TokenSave::Superseded(a))) => {
+                            tracing::warn!(account = %id, "newer tokens were stored while the refresh was under way; keeping those");
+                            let token = a.tokens.access_token.clone();
+                            sync::write(&shared.accounts).upsert(a);
+                            return Ok(token);
+                        }
+                        Ok(Err(crate::store::StoreError::NotFound { .. })) => {
+                            return Err(AuthError::UnknownAccount { id: id.to_string() });
+                        }
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("the database did not answer within {wait:?}"),
                     }
-                    Ok(Ok(TokenSave::Superseded(a))) => {
-                        tracing::warn!(account = %id, "newer tokens were stored while the refresh was under way; keeping those");
-                        let token = a.tokens.access_token.clone();
-                        sync::write(&shared.accounts).upsert(a);
-                        return Ok(token);
-                    }
-                    Ok(Err(crate::store::StoreError::NotFound { .. })) => {
-                        return Err(AuthError::UnknownAccount { id: id.to_string() });
-                    }
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("the database did not answer within {wait:?}"),
                 }
             };
             let now = Instant::now();
@@ -831,10 +837,12 @@ impl Auth {
 
     /// Puts rescued tokens into the account as memory has it now (not as it was read before the
     /// POST: a person may have disabled or relabelled it meanwhile); the access token to use.
-    /// Tokens newer than the rescued ones, installed meanwhile, stay.
+    /// Tokens newer than the rescued ones, installed meanwhile, stay. A change that keeps the
+    /// pool busy (one stuck on the locked database) is waited for briefly: the tokens are safe
+    /// on disk, and a reload that raced this one reads them from there.
     async fn install_rescued(&self, id: &str, refreshed: &RefreshedTokens) -> Secret {
         let shared = &self.pool.shared;
-        let _guard = shared.admin.lock().await;
+        let _guard = tokio::time::timeout(Duration::from_secs(1), shared.admin.lock()).await;
         let mut t = sync::write(&shared.accounts);
         let Some(mut a) = t.get(id).map(|s| s.account.clone()) else {
             return refreshed.tokens.access_token.clone();
@@ -985,6 +993,11 @@ mod tests {
         // No exp: 45 min after the last refresh.
         assert_eq!(
             refresh_due_at(&account(None, Some(1000))),
+            Timestamp::from_secs(1000 + 45 * 60)
+        );
+        // Expired when it came (this clock runs ahead): as without exp, not at every check.
+        assert_eq!(
+            refresh_due_at(&account(Some(500), Some(1000))),
             Timestamp::from_secs(1000 + 45 * 60)
         );
         // Nothing known: now.
