@@ -85,13 +85,16 @@ pub(crate) fn pick(
         return Err(Failure::Final(PoolError::NoAccounts));
     }
     // Candidates in strategy order; the first usable one not below the guard wins, else the
-    // first guarded one. `headroom` ranks every usable account instead.
+    // first guarded one. `headroom` ranks every usable account instead. Round-robin: each
+    // request starts one further (concurrent ones too), and one that skipped accounts moves the
+    // start past them.
     let start = match strategy {
-        RouteStrategy::RoundRobin => cursor.load(Ordering::Relaxed) % n,
+        RouteStrategy::RoundRobin => cursor.fetch_add(1, Ordering::Relaxed) % n,
         _ => 0,
     };
-    // Up to two passes: a slot may fill up between evaluation and the inflight increment.
-    for _ in 0..2 {
+    // Up to three passes: a slot may fill up between evaluation and the inflight increment.
+    const PASSES: usize = 3;
+    for pass in 0..PASSES {
         let mut guarded_fallback: Option<(usize, f64, i64)> = None;
         let mut best: Option<(usize, f64, i64)> = None;
         for step in 0..n {
@@ -113,8 +116,8 @@ pub(crate) fn pick(
             }
             if strategy != RouteStrategy::Headroom {
                 if slot.state.try_take(cap) {
-                    if strategy == RouteStrategy::RoundRobin {
-                        cursor.store(i + 1, Ordering::Relaxed);
+                    if strategy == RouteStrategy::RoundRobin && step > 0 {
+                        cursor.fetch_add(step, Ordering::Relaxed);
                     }
                     return Ok(slot.clone());
                 }
@@ -124,17 +127,22 @@ pub(crate) fn pick(
                 best = Some((i, left, reset));
             }
         }
-        for (i, _, _) in [best, guarded_fallback].into_iter().flatten() {
-            let slot = &table.order[i];
-            if slot.state.try_take(cap) {
-                if strategy == RouteStrategy::RoundRobin {
-                    cursor.store(i + 1, Ordering::Relaxed);
-                }
-                return Ok(slot.clone());
+        // The best one filled up meanwhile: another pass finds the next best, before an
+        // account below its guard is used (in a burst every request ranks the same one first).
+        if let Some((i, _, _)) = best {
+            if table.order[i].state.try_take(cap) {
+                return Ok(table.order[i].clone());
+            }
+            if pass + 1 < PASSES {
+                continue;
             }
         }
-        if best.is_none() && guarded_fallback.is_none() {
-            break;
+        match guarded_fallback {
+            Some((i, _, _)) if table.order[i].state.try_take(cap) => {
+                return Ok(table.order[i].clone());
+            }
+            None if best.is_none() => break,
+            _ => {}
         }
     }
     Err(classify(table, demand, now, cap))

@@ -69,7 +69,7 @@ fn window(
         // Over 100 % still means "used up": keep that signal, clamped.
         used_percent: used.min(100.0),
         window_minutes: minutes,
-        resets_at,
+        resets_at: resets_at.map(|r| within_window(r, now, minutes)),
         source,
         observed_at: now,
     })
@@ -84,6 +84,13 @@ fn push_window(snap: &mut UsageSnapshot, w: Result<WindowReading, String>) {
         Ok(w) => snap.windows.push(w),
         Err(p) => snap.problems.push(p),
     }
+}
+
+/// A window resets at most its length from now (plus a day for clocks that disagree): a
+/// reset named further out (a reset time in milliseconds read as seconds, a garbled number)
+/// would keep the account out of use for years, and be stored.
+fn within_window(resets_at: Timestamp, now: Timestamp, minutes: u32) -> Timestamp {
+    resets_at.min(now.plus(Duration::from_secs(u64::from(minutes) * 60 + 86_400)))
 }
 
 #[allow(clippy::cast_possible_truncation)]
@@ -177,7 +184,8 @@ pub fn parse_usage_json(body: &[u8], now: Timestamp) -> Result<UsageSnapshot, St
     Ok(snap)
 }
 
-/// Parses the `x-codex-*` headers of a backend response. `None` when there are none.
+/// Parses the `x-codex-*` headers of a backend response. `None` when none of them is about
+/// usage (`x-codex-turn-state` is not).
 ///
 /// Header names are matched case-insensitively; values that are not UTF-8 or not numbers are
 /// listed as problems.
@@ -200,7 +208,6 @@ pub fn parse_usage_headers<'a>(
         let Some(rest) = strip_prefix_ci(name, "x-codex-") else {
             continue;
         };
-        any = true;
         let text = std::str::from_utf8(value).ok().map(str::trim);
         let number = text
             .and_then(|t| t.parse::<f64>().ok())
@@ -227,6 +234,7 @@ pub fn parse_usage_headers<'a>(
             None if is("credits-unlimited") => credits.unlimited = text.and_then(parse_bool_text),
             _ => continue,
         }
+        any = true;
         if number.is_none() && !is_flag {
             problems.push(format!(
                 "header x-codex-{} is not a number",
@@ -290,17 +298,21 @@ impl UsageLimit {
         }
     }
 
-    /// The reading this limit amounts to: the window at 100 % until the reset.
+    /// The reading this limit amounts to: the window at 100 % until the reset (at most the
+    /// window's length away).
     pub fn to_reading(&self, now: Timestamp) -> WindowReading {
         let kind = self.kind(now);
+        let window_minutes = match kind {
+            WindowKind::FiveHour => 300,
+            WindowKind::Weekly => 10080,
+        };
         WindowReading {
             kind,
             used_percent: 100.0,
-            window_minutes: match kind {
-                WindowKind::FiveHour => 300,
-                WindowKind::Weekly => 10080,
-            },
-            resets_at: self.resets_at,
+            window_minutes,
+            resets_at: self
+                .resets_at
+                .map(|r| within_window(r, now, window_minutes)),
             source: ReadingSource::RateLimit,
             observed_at: now,
         }
@@ -454,6 +466,8 @@ mod tests {
     #[test]
     fn headers_absent_or_garbage() {
         assert!(parse_usage_headers(vec![("content-type", b"x".as_slice())], NOW).is_none());
+        let turn = vec![("x-codex-turn-state", b"abc".as_slice())];
+        assert!(parse_usage_headers(turn, NOW).is_none(), "no usage in it");
         let h: Vec<(&str, &[u8])> = vec![
             ("x-codex-primary-used-percent", b"lots"),
             ("x-codex-primary-window-minutes", &[0xff, 0xfe]),
@@ -489,6 +503,33 @@ mod tests {
         let l = parse_usage_limit(skewed.as_bytes(), NOW).unwrap();
         assert_eq!(l.resets_at, Some(NOW.plus(Duration::from_secs(600))));
         assert!(l.to_reading(NOW).is_exhausted(NOW));
+        // A reset beyond any window (milliseconds read as seconds, a garbled number) is held
+        // to the window's length (and a day): it would otherwise bench the account for years.
+        for body in [
+            r#"{"error":{"type":"usage_limit_reached","resets_in_seconds":99999999}}"#.to_string(),
+            format!(
+                r#"{{"error":{{"type":"usage_limit_reached","resets_at":{}}}}}"#,
+                NOW.as_millis()
+            ),
+        ] {
+            let r = parse_usage_limit(body.as_bytes(), NOW)
+                .unwrap()
+                .to_reading(NOW);
+            let week = NOW.plus(Duration::from_secs(8 * 86400));
+            assert_eq!(
+                (r.kind, r.resets_at),
+                (WindowKind::Weekly, Some(week)),
+                "{body}"
+            );
+        }
+        let h: Vec<(&str, &[u8])> = vec![
+            ("x-codex-primary-used-percent", b"100"),
+            ("x-codex-primary-window-minutes", b"300"),
+            ("x-codex-primary-reset-after-seconds", b"999999999"),
+        ];
+        let s = parse_usage_headers(h, NOW).unwrap();
+        let five = NOW.plus(Duration::from_secs(300 * 60 + 86400));
+        assert_eq!(s.windows[0].resets_at, Some(five));
         assert!(parse_usage_limit(br#"{"error":{"type":"rate_limit_exceeded"}}"#, NOW).is_none());
         assert!(parse_usage_limit(b"Too Many Requests", NOW).is_none());
         assert!(
