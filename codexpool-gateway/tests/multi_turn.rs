@@ -455,20 +455,61 @@ async fn the_least_recently_used_answers_go_past_the_size_limit() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// With the store off a reference is refused, not dropped: the answer would be to another
+/// question.
 #[tokio::test]
-async fn with_the_store_off_references_are_dropped_as_before() {
+async fn with_the_store_off_references_are_refused() {
     let h = harness(1, &[("RESPONSES_STORE_MB", "0")]).await;
     let r1 = turn(&h, json!({"model": "gpt-5-codex", "input": "One"})).await;
     assert!(h.last_sent().get("include").is_none());
-    let body = json!({"model": "gpt-5-codex", "previous_response_id": r1["id"], "input": [
-        {"type": "item_reference", "id": r1["output"][0]["id"]}, user("Two")]});
+    for (body, param) in [
+        (
+            json!({"model": "gpt-5-codex", "previous_response_id": r1["id"], "input": "Two"}),
+            "previous_response_id",
+        ),
+        (
+            json!({"model": "gpt-5-codex", "input": [
+                {"type": "item_reference", "id": r1["output"][0]["id"]}, user("Two")]}),
+            "input",
+        ),
+    ] {
+        let (status, e) = error_of(&h, h.post("/v1/responses", body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(e["param"], param, "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("RESPONSES_STORE_MB=0"),
+            "{e}"
+        );
+    }
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 1);
+}
+
+/// A reference to reasoning no longer kept (a restart, the TTL) is left out and named: the
+/// Vercel AI SDK refers to its reasoning on every turn, and the conversation goes on. What
+/// OpenAI keeps only (a conversation, a stored prompt) is refused.
+#[tokio::test]
+async fn lost_reasoning_is_left_out_and_openai_only_state_refused() {
+    let h = harness(1, &[]).await;
+    let body = json!({"model": "gpt-5-codex", "input": [
+        user("Hi"), {"type": "item_reference", "id": "rs_gone"}, user("Again")]});
     let (status, headers, text) = h.call(h.post("/v1/responses", body)).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     assert_eq!(
         headers["x-codexpool-dropped-params"],
-        "previous_response_id, input[].item_reference"
+        "input[].item_reference"
     );
-    assert_eq!(sent_texts(&h), ["Two"]);
+    assert_eq!(sent_texts(&h), ["Hi", "Again"]);
+    for field in ["conversation", "prompt"] {
+        let mut body = json!({"model": "gpt-5-codex", "input": "Hi"});
+        body[field] = json!({"id": "conv_1"});
+        let (status, e) = error_of(&h, h.post("/v1/responses", body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(e["param"], field, "{e}");
+    }
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 1);
 }
 
 #[tokio::test]

@@ -315,6 +315,15 @@ pub(crate) fn apply_body_rules_with(
             None if key == "previous_response_id" && recall.is_some() => {
                 previous = Some(*value).filter(|v| !is_null(v));
             }
+            // What only OpenAI keeps (a conversation object, a stored prompt): answering without
+            // it would be answering another question.
+            None if matches!(key.as_ref(), "conversation" | "prompt") && !is_null(value) => {
+                return Err(RequestError::field(
+                    key.as_ref(),
+                    "not supported here (the Codex backend keeps no conversations or prompts): \
+                     send the instructions and the conversation's items as input",
+                ));
+            }
             None if !is_null(value) => note(&mut dropped, key),
             None => {}
         }
@@ -389,10 +398,17 @@ pub(crate) fn apply_body_rules_with(
                         let id = id.ok_or_else(|| {
                             RequestError::field(format!("input[{n}].id"), "required")
                         })?;
-                        let item = recall
-                            .item(&id)
-                            .ok_or_else(|| RequestError::item_not_found(n, &id))?;
-                        pieces.push(Piece::Recalled(item));
+                        match recall.item(&id) {
+                            Some(item) => pieces.push(Piece::Recalled(item)),
+                            // Reasoning no longer kept (expired, evicted, a restart): the
+                            // conversation goes on without it, as OpenAI's does without
+                            // reasoning it cannot read (the Vercel AI SDK refers to its
+                            // reasoning on every turn).
+                            None if id.starts_with("rs_") => {
+                                note(&mut dropped, "input[].item_reference");
+                            }
+                            None => return Err(RequestError::item_not_found(n, &id)),
+                        }
                     }
                     None => note(&mut dropped, "input[].item_reference"),
                 },

@@ -325,9 +325,9 @@ impl Guard {
 }
 
 /// Keeps a Responses answer of the fallback as it goes by: the `response` of its
-/// `response.completed` event, or the whole body when it is not a stream. Only an answer that
-/// arrives whole is kept (a stream cut before its final event, or an answer larger than an SSE
-/// event may be, is not).
+/// `response.completed` (or `response.incomplete`) event, or the whole body when it is not a
+/// stream, as the accounts' answers are kept. Only an answer that arrives whole is kept (a
+/// stream cut before its final event, or an answer larger than an SSE event may be, is not).
 enum Keeper {
     Stream(Box<SseParser>, Box<Pending>),
     Json(Vec<u8>, Box<Pending>),
@@ -359,7 +359,11 @@ impl Keeper {
                 loop {
                     match parser.next_item() {
                         Ok(Some(SseItem::Event(event))) => {
-                            if event.event_type().as_deref() != Some("response.completed") {
+                            let kind = event.event_type();
+                            if !matches!(
+                                kind.as_deref(),
+                                Some("response.completed" | "response.incomplete")
+                            ) {
                                 continue;
                             }
                             if let Some(response) = event_response(event.data())
@@ -432,6 +436,13 @@ mod tests {
         );
         let (a, b) = stream.split_at(stream.len() - 20);
         feed(&s, "text/event-stream; charset=utf-8", &[a, b]);
+        assert_eq!(s.get("k", "resp_1").as_deref(), Some(ANSWER.as_bytes()));
+
+        // An incomplete answer is kept too, as the accounts' are.
+        let s = store();
+        let incomplete =
+            format!("data: {{\"type\":\"response.incomplete\",\"response\":{ANSWER}}}\n\n");
+        feed(&s, "text/event-stream", &[&incomplete]);
         assert_eq!(s.get("k", "resp_1").as_deref(), Some(ANSWER.as_bytes()));
 
         // Not kept: garbage, JSON without an id, a stream cut before its final event, a final

@@ -73,8 +73,23 @@ type Adapted = (UpstreamRequest, Option<Box<Pending>>, Option<Arc<str>>);
 fn adapt(intake: &Intake) -> Result<Adapted, RequestError> {
     let overrides = intake.overrides();
     let Some(store) = &intake.shared.responses else {
-        return apply_body_rules_with(&intake.bytes, &overrides, None)
-            .map(|(up, _)| (up, None, None));
+        let (up, _) = apply_body_rules_with(&intake.bytes, &overrides, None)?;
+        // Without the history they stand for, the answer would be to another question.
+        for (field, name) in [
+            ("previous_response_id", "previous_response_id"),
+            ("input", "input[].item_reference"),
+        ] {
+            if up.dropped.iter().any(|d| d == name) {
+                return Err(RequestError::field(
+                    field,
+                    format!(
+                        "{name} needs the responses this gateway keeps, and it keeps none \
+                         (CODEXPOOL_RESPONSES_STORE_MB=0): send the whole conversation as input"
+                    ),
+                ));
+            }
+        }
+        return Ok((up, None, None));
     };
     let key = intake.key.id.as_str();
     let mut recall = store.recall(key);
