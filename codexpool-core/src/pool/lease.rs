@@ -32,6 +32,9 @@ pub const UPSTREAM_ERROR_COOLDOWN: Duration = Duration::from_secs(30);
 pub const CHALLENGE_COOLDOWN: Duration = Duration::from_secs(6);
 /// Cooldown after a 401 that a token refresh did not cure.
 pub const UNAUTHORIZED_COOLDOWN: Duration = Duration::from_secs(30);
+/// How long an account whose new status (`needs_login`, `banned`) is on its way to the database
+/// is out of use meanwhile: the write may wait on a busy database, or fail.
+const STATUS_WRITE_COOLDOWN: Duration = Duration::from_secs(60);
 
 /// How the upstream answered a request made under a lease.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,16 +230,24 @@ impl Lease {
         }
     }
 
+    /// Out of use at once (requests meanwhile would try it again), then the status is written
+    /// in a task of its own: a caller that goes away (a client that hung up) does not cut the
+    /// write short.
     async fn set_status(&self, status: AccountStatus, reason: String) {
-        let id = &self.slot.account.id;
-        if let Err(e) = self
-            .pool
-            .accounts()
-            .set_automatic_status(id, status, reason)
-            .await
-        {
-            tracing::warn!(account = %id, error = %e, "could not store account status");
-        }
+        self.slot
+            .state
+            .cool_until(self.pool.now().plus(STATUS_WRITE_COOLDOWN));
+        let (pool, id) = (self.pool.clone(), self.slot.account.id.clone());
+        let write = self.pool.shared.runtime.spawn(async move {
+            if let Err(e) = pool
+                .accounts()
+                .set_automatic_status(&id, status, reason)
+                .await
+            {
+                tracing::warn!(account = %id, error = %e, "could not store account status");
+            }
+        });
+        let _ = write.await;
     }
 }
 
@@ -244,5 +255,43 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.slot.state.inflight.fetch_sub(1, Ordering::SeqCst);
         self.pool.shared.gate.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::flaky::FlakyStore;
+    use crate::{Config, Demand};
+
+    /// An account found banned is out of use at once, even while the database will not take
+    /// its new status.
+    #[tokio::test]
+    async fn a_ban_the_database_refused_still_takes_the_account_out() {
+        let store = FlakyStore::new();
+        for (id, chatgpt) in [("a1", "c1"), ("a2", "c2")] {
+            let account = crate::store::conformance::sample_account(id, chatgpt);
+            store.inner.insert_account(&account).await.unwrap();
+        }
+        let pool = Pool::builder(Config::default().with("ROUTE_STRATEGY", "ordered").unwrap())
+            .store(store.clone())
+            .open()
+            .await
+            .unwrap();
+        let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+        let banned = lease.account_id().to_string();
+        store.set_down(true);
+        lease
+            .report(Outcome::Banned {
+                reason: "account_deactivated".into(),
+            })
+            .await;
+        drop(lease);
+        store.set_down(false);
+        for _ in 0..3 {
+            let next = pool.accounts().acquire(&Demand::any()).await.unwrap();
+            assert_ne!(next.account_id(), banned);
+        }
     }
 }
