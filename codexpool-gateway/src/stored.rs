@@ -445,13 +445,11 @@ impl ResponseStore {
         inner
     }
 
-    /// What the request of `key` may refer to: its own responses and items. Locks on the first
-    /// lookup only, and holds the lock until dropped (one lock for all of a request's references).
+    /// What the request of `key` may refer to: its own responses and items.
     pub(crate) fn recall<'s>(&'s self, key: &'s str) -> Recaller<'s> {
         Recaller {
             store: self,
             key,
-            inner: None,
             session: None,
         }
     }
@@ -580,20 +578,17 @@ impl ResponseStore {
     }
 }
 
-/// A request's view of its key's kept responses (see [`ResponseStore::recall`]).
+/// A request's view of its key's kept responses (see [`ResponseStore::recall`]). Each lookup
+/// holds the store's lock for itself only: what it returns is shared (`Arc`), and the body
+/// built from it is built without the lock, so other keys' requests do not wait on a long one.
 pub(crate) struct Recaller<'s> {
     store: &'s ResponseStore,
     key: &'s str,
-    inner: Option<MutexGuard<'s, Inner>>,
     /// The conversation of the response recalled whole (`previous_response_id`).
     session: Option<Arc<str>>,
 }
 
 impl Recaller<'_> {
-    fn inner(&mut self) -> &mut Inner {
-        self.inner.get_or_insert_with(|| self.store.lock())
-    }
-
     /// The `session_id` the response the request continues was answered in: the request
     /// belongs to that conversation (and its account) even when its own opening differs — a
     /// client sends `instructions` on the first turn only, OpenAI does not carry them over.
@@ -606,7 +601,8 @@ impl Recall for Recaller<'_> {
     fn response(&mut self, id: &str) -> Option<Vec<Arc<Item>>> {
         let now = self.store.clock.now();
         let (key, limit) = (self.key, self.store.limit);
-        let entry = self.inner().open(key, id, now, limit)?;
+        let mut inner = self.store.lock();
+        let entry = inner.open(key, id, now, limit)?;
         let items = entry
             .input
             .iter()
@@ -620,7 +616,7 @@ impl Recall for Recaller<'_> {
     fn item(&mut self, id: &str) -> Option<Arc<Item>> {
         let now = self.store.clock.now();
         let (key, limit) = (self.key, self.store.limit);
-        let inner = self.inner();
+        let mut inner = self.store.lock();
         let space = inner.spaces.get(key)?;
         if !space.items.contains_key(id) && space.unread > 0 {
             inner.read_all(key);
@@ -1010,6 +1006,21 @@ mod tests {
             "acct-0's reasoning left out"
         );
         assert_eq!(all[1].account.as_deref(), Some("acct-1"));
+    }
+
+    /// A request building its body from what it recalled holds up no other request.
+    #[test]
+    fn a_recall_does_not_hold_the_store() {
+        let (s, _) = store(1 << 20);
+        let mut recall = s.recall("k");
+        assert!(recall.response("resp_x").is_none());
+        assert!(recall.item("msg_x").is_none());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = s.clone();
+        std::thread::spawn(move || tx.send(other.get("other", "resp_y")).unwrap());
+        let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(got, Ok(None), "another key's lookup waited for this recall");
+        drop(recall);
     }
 
     #[test]
