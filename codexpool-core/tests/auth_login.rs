@@ -609,6 +609,7 @@ async fn the_listener_survives_garbage_and_slow_clients() {
     assert!(answers[0].starts_with("HTTP/1.1 400 "), "{}", answers[0]);
     assert!(answers[1].starts_with("HTTP/1.1 404 "), "{}", answers[1]);
     assert!(answers[2].starts_with("HTTP/1.1 405 "), "{}", answers[2]);
+    assert!(answers[2].contains("\r\nAllow: GET\r\n"), "{}", answers[2]);
     assert!(answers[3].starts_with("HTTP/1.1 400 "), "{}", answers[3]);
     assert!(answers[3].contains("no state parameter"), "{}", answers[3]);
     assert!(answers.iter().all(|a| a.contains("text/html")));

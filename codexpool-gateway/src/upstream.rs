@@ -278,10 +278,15 @@ impl Upstream {
                 .unwrap_or(HeaderValue::from_static("codex_cli_rs")),
             user_agent: header_value(codexpool_core::auth::codex_user_agent())
                 .unwrap_or(HeaderValue::from_static("codex_cli_rs")),
+            // Sensitive: kept out of HTTP/2 header compression tables and `Debug` output.
             cookie: config
                 .upstream_cookie
                 .as_ref()
-                .and_then(|c| header_value(c.expose())),
+                .and_then(|c| header_value(c.expose()))
+                .map(|mut c| {
+                    c.set_sensitive(true);
+                    c
+                }),
             fallback: config
                 .upstream_fallback_base_url
                 .as_ref()
@@ -343,9 +348,7 @@ impl Upstream {
             headers.insert(CHATGPT_ACCOUNT_ID, id);
         }
         if let Some(c) = &self.cookie {
-            let mut c = c.clone();
-            c.set_sensitive(true);
-            headers.insert(header::COOKIE, c);
+            headers.insert(header::COOKIE, c.clone());
         }
     }
 
@@ -1035,9 +1038,12 @@ async fn preflight(upstream: &Upstream, mut body: ByteStream) -> Result<Opened, 
                         continue;
                     }
                     let mut verdict = preflight_item(&item);
-                    if let SseItem::Event(e) = &item {
-                        held += e.data().len();
-                    }
+                    // Counted with what holding an item costs besides its data.
+                    held += 64
+                        + match &item {
+                            SseItem::Event(e) => e.data().len(),
+                            SseItem::Comment(c) => c.len(),
+                        };
                     if held > PREFLIGHT_HOLD && matches!(verdict, Preflight::Pending) {
                         verdict = Preflight::Semantic;
                     }

@@ -829,6 +829,33 @@ async fn a_fallback_stream_that_fails_ends_with_whole_events_and_one_error() {
     }
 }
 
+/// A fallback that answers a stream request with JSON is passed on as it came; one that cannot
+/// be reached is what the row names.
+#[tokio::test]
+async fn a_fallback_json_answer_passes_and_an_unreachable_one_is_logged() {
+    let (h0, h) = with_fallback(0, None).await;
+    let json = r#"{"id":"c","object":"chat.completion","choices":[]}"#;
+    h0.fake.push_openai_reply(Reply::Status {
+        status: 200,
+        body: json.into(),
+        content_type: "application/json".into(),
+    });
+    let (status, headers, text) = h.call(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(text, json);
+
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", gone.local_addr().unwrap());
+    drop(gone);
+    let h = harness(0, &[("UPSTREAM_FALLBACK_BASE_URL", url.as_str())]).await;
+    let (status, _, _) = h.call(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let row = &h.log().await[0];
+    assert!(row.fallback);
+    assert_eq!(row.error_class.as_deref(), Some("fallback_unreachable"));
+}
+
 #[tokio::test]
 async fn a_disconnecting_client_cancels_upstream_and_frees_the_account() {
     let h = harness(1, &[]).await;

@@ -485,6 +485,12 @@ async fn with_the_store_off_references_are_refused() {
         );
     }
     assert_eq!(h.fake.count("/backend-api/codex/responses"), 1);
+    // Reasoning alone can be left out, as when the store no longer holds it.
+    let body = json!({"model": "gpt-5-codex", "input": [
+        user("Hi"), {"type": "item_reference", "id": "rs_1"}]});
+    let (status, headers, text) = h.call(h.post("/v1/responses", body)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(headers["x-codexpool-dropped-params"], "input[].reasoning");
 }
 
 /// A reference to reasoning no longer kept (a restart, the TTL) is left out and named: the

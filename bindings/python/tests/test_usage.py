@@ -2,6 +2,7 @@
 
 import datetime
 import json
+import sqlite3
 import time
 
 import openai
@@ -127,7 +128,9 @@ def test_times_outside_datetime_are_refused(pool: codexpool.Pool) -> None:
 
 
 def test_reset_times_beyond_datetime_max_are_clamped(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
-    """A garbage upstream reset time (10^13 s away) reads as datetime.max, not OverflowError."""
+    """A garbage upstream reset time (10^13 s away) is held to its window (a week, and a day);
+    one stored beyond the year 9999 (by a version that took such times as they came) reads as
+    datetime.max, not OverflowError."""
     a = add_account(pool, fake, "acct-1")
     key = pool.keys.create("k")
     body = {"error": {"type": "usage_limit_reached", "message": "x", "resets_at": 9_999_999_999_999}}
@@ -136,6 +139,14 @@ def test_reset_times_beyond_datetime_max_are_clamped(pool: codexpool.Pool, fake:
         client = openai.OpenAI(base_url=srv.base_url, api_key=key.secret, max_retries=0)
         with pytest.raises(openai.RateLimitError):
             client.responses.create(model="gpt-5-codex", input="hi")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    until = pool.usage.exhausted_until(a.id)
+    assert now + datetime.timedelta(days=7) < until <= now + datetime.timedelta(days=8), until
+
+    pool.flush()
+    with sqlite3.connect(pool.db_path) as db:
+        db.execute("UPDATE usage_windows SET resets_at = ?", (9_999_999_999_999_000,))
+    pool.reload()
     utc_max = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
     assert pool.usage.exhausted_until(a.id) == utc_max
     # The 429's reading of the window it hit carries the same reset time.

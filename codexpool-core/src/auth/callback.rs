@@ -265,17 +265,18 @@ async fn handle(
         }
         _ => page(400, "Bad request", "<p>That was not an HTTP request.</p>"),
     };
-    let reason = match page.status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        _ => "Bad Request",
+    let (reason, allow) = match page.status {
+        200 => ("OK", ""),
+        404 => ("Not Found", ""),
+        405 => ("Method Not Allowed", "Allow: GET\r\n"),
+        500 => ("Internal Server Error", ""),
+        502 => ("Bad Gateway", ""),
+        _ => ("Bad Request", ""),
     };
     let mut out = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {} {reason}\r\n{allow}Content-Type: text/html; charset=utf-8\r\n\
+         Content-Length: {}\r\nCache-Control: no-store\r\nReferrer-Policy: no-referrer\r\n\
+         Connection: close\r\n\r\n",
         page.status,
         page.html.len()
     )

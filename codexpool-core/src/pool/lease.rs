@@ -230,21 +230,29 @@ impl Lease {
         }
     }
 
-    /// Out of use at once (requests meanwhile would try it again), then the status is written
+    /// Out of use at once (requests meanwhile would try it again), until the status is written,
     /// in a task of its own: a caller that goes away (a client that hung up) does not cut the
-    /// write short.
+    /// write short. Once written, the status keeps the account out, and the cooldown goes (a
+    /// sign-in right after must not find the account still cooling down).
     async fn set_status(&self, status: AccountStatus, reason: String) {
-        self.slot
-            .state
-            .cool_until(self.pool.now().plus(STATUS_WRITE_COOLDOWN));
-        let (pool, id) = (self.pool.clone(), self.slot.account.id.clone());
+        let until = self.pool.now().plus(STATUS_WRITE_COOLDOWN).as_millis();
+        self.slot.state.cool_until(Timestamp::from_millis(until));
+        let (pool, slot) = (self.pool.clone(), self.slot.clone());
         let write = self.pool.shared.runtime.spawn(async move {
-            if let Err(e) = pool
+            let id = &slot.account.id;
+            match pool
                 .accounts()
-                .set_automatic_status(&id, status, reason)
+                .set_automatic_status(id, status, reason)
                 .await
             {
-                tracing::warn!(account = %id, error = %e, "could not store account status");
+                Ok(()) => {
+                    let cooldown = &slot.state.cooldown_until;
+                    let _ =
+                        cooldown.compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(account = %id, error = %e, "could not store account status");
+                }
             }
         });
         let _ = write.await;
@@ -293,5 +301,19 @@ mod tests {
             let next = pool.accounts().acquire(&Demand::any()).await.unwrap();
             assert_ne!(next.account_id(), banned);
         }
+        // Written, the status keeps it out, and no cooldown is left behind for a person who
+        // enables it again.
+        let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+        let id = lease.account_id().to_string();
+        lease
+            .report(Outcome::Banned {
+                reason: "account_deactivated".into(),
+            })
+            .await;
+        drop(lease);
+        assert_eq!(pool.accounts().runtime(&id).unwrap().cooldown_until, None);
+        pool.accounts().enable(&id).await.unwrap();
+        let next = pool.accounts().acquire(&Demand::any()).await.unwrap();
+        assert_eq!(next.account_id(), id);
     }
 }

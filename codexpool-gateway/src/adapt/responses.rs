@@ -410,7 +410,15 @@ pub(crate) fn apply_body_rules_with(
                             None => return Err(RequestError::item_not_found(n, &id)),
                         }
                     }
-                    None => note(&mut dropped, "input[].item_reference"),
+                    // Without the store (see the route): reasoning can be left out, as above; a
+                    // reference to anything else is refused there.
+                    None => note(
+                        &mut dropped,
+                        match id {
+                            Some(id) if id.starts_with("rs_") => "input[].reasoning",
+                            _ => "input[].item_reference",
+                        },
+                    ),
                 },
                 // Reasoning that is only an id: the kept item when there is one.
                 StoredItem::BareReasoning(id) => {

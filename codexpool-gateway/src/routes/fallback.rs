@@ -80,21 +80,28 @@ pub(super) async fn call(
     let idle = shared.upstream.idle_timeout;
     let resp = match tokio::time::timeout(idle, rb.body(body).send()).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            let err = ApiError::bad_gateway(
-                "fallback_unreachable",
-                format!("fallback upstream: {}", upstream::without_url(&e)),
-            );
+        failed => {
+            let err = match failed {
+                Ok(Err(e)) => ApiError::bad_gateway(
+                    "fallback_unreachable",
+                    format!("fallback upstream: {}", upstream::without_url(&e)),
+                ),
+                _ => ApiError::timeout(idle),
+            };
+            // The row says why the fallback failed, not why no account served.
+            record.entry.error_class = Some(err.code.clone());
             return reject(record, err, Protocol::None);
         }
-        Err(_) => return reject(record, ApiError::timeout(idle), Protocol::None),
     };
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
     record.entry.status = status.as_u16();
     record.first_byte();
+    let sse = is_event_stream(content_type.as_ref());
+    // A 200 in another type than an event stream (a fallback that streams nothing) goes as it
+    // came.
     let events = match passing {
-        Passing::Events { chat } if status == StatusCode::OK => {
+        Passing::Events { chat } if status == StatusCode::OK && sse => {
             let (id, model) = (&record.entry.request_id, &record.entry.model);
             Some(Box::new(EventWise::new(chat, id.clone(), model.clone())))
         }
@@ -102,7 +109,7 @@ pub(super) async fn call(
     };
     let keeper = keep
         .filter(|_| status == StatusCode::OK && req.path == "/responses")
-        .map(|pending| Keeper::new(pending, content_type.as_ref()));
+        .map(|pending| Keeper::new(pending, sse));
     let passed = Passed {
         body: resp.bytes_stream().boxed(),
         guard: Guard {
@@ -126,6 +133,12 @@ pub(super) async fn call(
     res.headers_mut()
         .insert("x-codexpool-fallback", HeaderValue::from_static("1"));
     res
+}
+
+fn is_event_stream(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim_start().starts_with("text/event-stream"))
 }
 
 /// The fallback's answer on its way to the client.
@@ -262,6 +275,11 @@ impl EventWise {
     fn saw(&mut self, event: &SseEvent) {
         self.events += 1;
         let data = event.data();
+        // Only a chunk that may end the answer is parsed.
+        let may_end = |data: &[u8]| {
+            memchr::memmem::find(data, b"finish_reason").is_some()
+                || memchr::memmem::find(data, b"\"error\"").is_some()
+        };
         if self.chat {
             #[derive(serde::Deserialize)]
             struct Chunk {
@@ -275,9 +293,10 @@ impl EventWise {
             }
             self.done_sent |= event.is_done_marker();
             self.ended |= event.is_done_marker()
-                || serde_json::from_slice::<Chunk>(data).is_ok_and(|c| {
-                    c.error.is_some() || c.choices.iter().any(|c| c.finish_reason.is_some())
-                });
+                || may_end(data)
+                    && serde_json::from_slice::<Chunk>(data).is_ok_and(|c| {
+                        c.error.is_some() || c.choices.iter().any(|c| c.finish_reason.is_some())
+                    });
         } else {
             if let Some(n) = crate::relay::sequence_number(data) {
                 self.last_sequence = Some(n);
@@ -334,11 +353,9 @@ enum Keeper {
 }
 
 impl Keeper {
-    fn new(mut pending: Box<Pending>, content_type: Option<&HeaderValue>) -> Self {
+    /// For an answer that is an event stream (`sse`) or not.
+    fn new(mut pending: Box<Pending>, sse: bool) -> Self {
         pending.served_by_fallback();
-        let sse = content_type
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
         match sse {
             true => Self::Stream(Box::default(), pending),
             false => Self::Json(Vec::new(), pending),
@@ -409,10 +426,8 @@ mod tests {
     /// Feeds `chunks` to a keeper for an answer of `content_type`, then ends it.
     fn feed(store: &Arc<ResponseStore>, content_type: &'static str, chunks: &[&str]) {
         let pending = Pending::new(store.clone(), "k", Vec::new());
-        let mut keeper = Some(Keeper::new(
-            pending,
-            Some(&HeaderValue::from_static(content_type)),
-        ));
+        let sse = is_event_stream(Some(&HeaderValue::from_static(content_type)));
+        let mut keeper = Some(Keeper::new(pending, sse));
         for chunk in chunks {
             keeper = keeper.and_then(|k| k.see(&Bytes::copy_from_slice(chunk.as_bytes())));
         }

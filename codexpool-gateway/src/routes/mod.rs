@@ -368,7 +368,8 @@ async fn late_fallback(
             _ => (Bytes::new(), BodyState::Done),
         };
     }
-    // The fallback's own error body (its record is finished as that body ends).
+    // The fallback's own error body, its first 4 KiB (its record, already holding the status,
+    // is finished when the body is dropped).
     let detail = collect_text(body, 4096).await;
     let error = ApiError::bad_gateway(
         "fallback_failed",
