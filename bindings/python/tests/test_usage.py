@@ -141,6 +141,7 @@ def test_reset_times_beyond_datetime_max_are_clamped(pool: codexpool.Pool, fake:
             client.responses.create(model="gpt-5-codex", input="hi")
     now = datetime.datetime.now(datetime.timezone.utc)
     until = pool.usage.exhausted_until(a.id)
+    assert until is not None
     assert now + datetime.timedelta(days=7) < until <= now + datetime.timedelta(days=8), until
 
     pool.flush()
