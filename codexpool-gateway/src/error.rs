@@ -12,6 +12,11 @@ use serde::Serialize;
 
 use crate::adapt::{FailureKind, RequestError, UpstreamFailure};
 
+/// The codes the gateway acts on as well as reports: a silent upstream answers 504 and counts
+/// as a timeout, an unreachable one counts as a connection failure.
+pub(crate) const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
+pub(crate) const UPSTREAM_UNREACHABLE: &str = "upstream_unreachable";
+
 /// A gateway error, rendered as an OpenAI error body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -148,7 +153,7 @@ impl ApiError {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,
             "server_error",
-            "upstream_timeout",
+            UPSTREAM_TIMEOUT,
             format!(
                 "the upstream sent nothing for {} s (CODEXPOOL_UPSTREAM_STREAM_IDLE_TIMEOUT_SECS)",
                 after.as_secs()
@@ -265,7 +270,7 @@ impl ApiError {
             FailureKind::UsageLimit { .. } | FailureKind::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            _ if f.code.as_deref() == Some("upstream_timeout") => StatusCode::GATEWAY_TIMEOUT,
+            _ if f.code.as_deref() == Some(UPSTREAM_TIMEOUT) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::BAD_GATEWAY,
         };
         Self::new(

@@ -29,7 +29,7 @@ use crate::adapt::{
     AssembleError, ChatAssembler, ChatStream, EventKind, FailureKind, ResponseAssembler,
     ResponsesEvent, TokenUsage, UpstreamFailure, items_array, sub_bytes, with_field,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, UPSTREAM_TIMEOUT};
 use crate::metrics::Metrics;
 use crate::record::Record;
 use crate::sse::{SseEvent, SseItem, SseParser, write_data, write_event};
@@ -72,12 +72,10 @@ pub(crate) fn failed_before_any_event(
     out: &mut BytesMut,
     request_id: &str,
     model: Option<&str>,
-    code: &str,
-    message: &str,
+    created_at: i64,
+    error: &ApiError,
 ) {
-    let created_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let (code, message) = (&error.code, &error.message);
     let mut response = serde_json::json!({"id": format!("resp_{request_id}"),
         "object": "response", "created_at": created_at, "status": "in_progress",
         "model": model.unwrap_or_default(), "output": [], "error": null,
@@ -441,7 +439,7 @@ impl Relay {
                 }
                 Err(_) => {
                     let msg = format!("the upstream sent nothing for {} s", self.idle.as_secs());
-                    self.broken("upstream_timeout", msg, &mut out);
+                    self.broken(UPSTREAM_TIMEOUT, msg, &mut out);
                     self.cut().await;
                     return self.hand_out(out);
                 }
@@ -597,7 +595,7 @@ pub(crate) async fn collect<A: Assemble>(
                 Err(_) => {
                     return Err((
                         ApiError::timeout(idle),
-                        "upstream_timeout".into(),
+                        UPSTREAM_TIMEOUT.into(),
                         Some(Outcome::UpstreamError),
                         false,
                     ));
@@ -693,7 +691,7 @@ pub(crate) fn raw_body(c: Committed, idle: Duration) -> axum::body::Body {
                     if let Some(l) = lease.take() {
                         l.report(Outcome::UpstreamError).await;
                     }
-                    record.finish(200, Some("upstream_timeout"), None);
+                    record.finish(200, Some(UPSTREAM_TIMEOUT), None);
                     Some((
                         Err(std::io::Error::other("the upstream went silent")),
                         (body, None, record),

@@ -129,15 +129,6 @@ fn proxied(headers: &HeaderMap) -> bool {
         .any(|name| headers.contains_key(*name))
 }
 
-fn loopback_origin(origin: &str) -> bool {
-    let Ok(u) = url::Url::parse(origin) else {
-        return false;
-    };
-    matches!(u.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
-        || matches!(u.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
-        || matches!(u.host(), Some(url::Host::Domain("localhost")))
-}
-
 pub(crate) fn http_error(status: StatusCode, message: &str) -> Response {
     (
         status,
@@ -168,7 +159,7 @@ pub(crate) async fn handle(
         );
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
-        && !loopback_origin(origin)
+        && !codexpool_core::config::is_loopback_url(origin)
     {
         return http_error(
             StatusCode::FORBIDDEN,

@@ -38,7 +38,7 @@ use crate::adapt::{
     EventKind, FailureKind, Preflight, UpstreamFailure, classify_error_body, message_text,
     preflight_item, usage_limit_notice,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, UPSTREAM_TIMEOUT, UPSTREAM_UNREACHABLE};
 use crate::metrics::{Attempt, Metrics};
 use crate::record::Record;
 use crate::sse::{SseItem, SseParser};
@@ -648,8 +648,8 @@ pub(crate) fn outcome_of(f: &UpstreamFailure, now: Timestamp) -> (Option<Outcome
         _ => (
             Some(Outcome::UpstreamError),
             match f.code.as_deref() {
-                Some("upstream_timeout") => Attempt::Timeout,
-                Some("upstream_unreachable") => Attempt::Connect,
+                Some(UPSTREAM_TIMEOUT) => Attempt::Timeout,
+                Some(UPSTREAM_UNREACHABLE) => Attempt::Connect,
                 _ => Attempt::ServerError,
             },
         ),
@@ -829,7 +829,7 @@ async fn attempt(
             Err(_) => {
                 return Step::Next(failure(
                     FailureKind::Server,
-                    "upstream_timeout",
+                    UPSTREAM_TIMEOUT,
                     "no response headers before the idle timeout".into(),
                 ));
             }
@@ -841,7 +841,7 @@ async fn attempt(
                 };
                 return Step::Next(failure(
                     FailureKind::Server,
-                    "upstream_unreachable",
+                    UPSTREAM_UNREACHABLE,
                     format!("{what}: {}", e.message),
                 ));
             }
@@ -1106,7 +1106,7 @@ async fn preflight(upstream: &Upstream, mut body: ByteStream) -> Result<Opened, 
             Err(_) => {
                 return Err(Step::Next(failure(
                     FailureKind::Server,
-                    "upstream_timeout",
+                    UPSTREAM_TIMEOUT,
                     format!("no output for {} s", upstream.idle_timeout.as_secs()),
                 )));
             }

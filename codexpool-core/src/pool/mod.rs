@@ -101,7 +101,8 @@ impl PoolError {
 /// What a request needs from an account.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Demand<'a> {
-    /// The model (every plan serves every Codex model today; kept for routing by plan).
+    /// The model. Selection does not read it yet: every plan serves every Codex model today; it
+    /// is kept for routing by plan.
     pub model: Option<&'a str>,
     /// When set and non-empty, only accounts in these groups (the key's policy).
     pub groups: Option<&'a [String]>,

@@ -397,6 +397,25 @@ impl SqliteStore {
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
+
+    /// Last-used times: `sql` sets `?2` on the row `?1` when it is later than the stored one.
+    async fn touch(
+        &self,
+        sql: &'static str,
+        used: &[(String, Timestamp)],
+    ) -> Result<(), StoreError> {
+        let used = used.to_vec();
+        self.call(move |c| {
+            write(c, |tx| {
+                let mut st = tx.prepare_cached(sql).map_err(db_err)?;
+                for (id, t) in &used {
+                    st.execute(params![id, t.as_millis()]).map_err(db_err)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
 }
 
 fn ts(v: Option<i64>) -> Option<Timestamp> {
@@ -864,18 +883,11 @@ impl Store for SqliteStore {
     }
 
     async fn touch_accounts(&self, used: &[(String, Timestamp)]) -> Result<(), StoreError> {
-        let used = used.to_vec();
-        self.call(move |c| {
-            write(c, |tx| {
-                let mut st = tx
-                    .prepare_cached("UPDATE accounts SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)")
-                    .map_err(db_err)?;
-                for (id, t) in &used {
-                    st.execute(params![id, t.as_millis()]).map_err(db_err)?;
-                }
-                Ok(())
-            })
-        })
+        self.touch(
+            "UPDATE accounts SET last_used_at = ?2 \
+             WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+            used,
+        )
         .await
     }
 
@@ -941,20 +953,11 @@ impl Store for SqliteStore {
     }
 
     async fn touch_keys(&self, used: &[(String, Timestamp)]) -> Result<(), StoreError> {
-        let used = used.to_vec();
-        self.call(move |c| {
-            write(c, |tx| {
-                let mut st = tx
-                    .prepare_cached(
-                        "UPDATE platform_keys SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
-                    )
-                    .map_err(db_err)?;
-                for (id, t) in &used {
-                    st.execute(params![id, t.as_millis()]).map_err(db_err)?;
-                }
-                Ok(())
-            })
-        })
+        self.touch(
+            "UPDATE platform_keys SET last_used_at = ?2 \
+             WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+            used,
+        )
         .await
     }
 

@@ -766,7 +766,8 @@ fn rewrite_top_level(
     Bytes::from(out)
 }
 
-fn resolve_model<'a>(
+/// The model asked for upstream: the key's, else the client's (a non-empty string).
+pub(crate) fn resolve_model<'a>(
     raw: Option<&'a RawValue>,
     overrides: &Overrides<'a>,
 ) -> Result<Cow<'a, str>, RequestError> {

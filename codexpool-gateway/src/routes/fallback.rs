@@ -15,8 +15,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
-use super::{FallbackRequest, bound, failure_as_first_event, reject, stream_error};
+use super::{Answering, FallbackRequest, bound, failure_as_first_event, reject, stream_error};
 use crate::Shared;
+use crate::adapt::EventKind;
 use crate::adapt::responses::{Recall, event_response, for_fallback, response_id};
 use crate::error::ApiError;
 use crate::metrics::Protocol;
@@ -102,8 +103,7 @@ pub(super) async fn call(
     // came.
     let events = match passing {
         Passing::Events { chat } if status == StatusCode::OK && sse => {
-            let (id, model) = (&record.entry.request_id, &record.entry.model);
-            Some(Box::new(EventWise::new(chat, id.clone(), model.clone())))
+            Some(Box::new(EventWise::new(chat, Answering::of(&record))))
         }
         _ => None,
     };
@@ -221,10 +221,9 @@ impl Passed {
 struct EventWise {
     parser: SseParser,
     chat: bool,
-    /// A failure before any Responses event is a response that failed at once, with this
-    /// request's id and model (see [`failure_as_first_event`]).
-    request_id: String,
-    model: Option<String>,
+    /// A failure before any Responses event is a response that failed at once, for this
+    /// request (see [`failure_as_first_event`]).
+    request: Answering,
     /// Events passed on, and the last `sequence_number` among them (an error event is numbered
     /// after it, or after the events passed on when the fallback numbers none).
     events: u64,
@@ -236,12 +235,11 @@ struct EventWise {
 }
 
 impl EventWise {
-    fn new(chat: bool, request_id: String, model: Option<String>) -> Self {
+    fn new(chat: bool, request: Answering) -> Self {
         Self {
             parser: SseParser::new(),
             chat,
-            request_id,
-            model,
+            request,
             events: 0,
             last_sequence: None,
             ended: false,
@@ -301,10 +299,7 @@ impl EventWise {
             if let Some(n) = crate::relay::sequence_number(data) {
                 self.last_sequence = Some(n);
             }
-            self.ended |= matches!(
-                event.event_type().as_deref(),
-                Some("response.completed" | "response.failed" | "response.incomplete" | "error")
-            );
+            self.ended |= EventKind::of(event).is_terminal();
         }
     }
 
@@ -313,7 +308,7 @@ impl EventWise {
     /// response that failed at once when none was.
     fn failure(&self, error: &ApiError) -> Bytes {
         if !self.chat && self.events == 0 {
-            return failure_as_first_event(&self.request_id, self.model.as_deref(), error, false);
+            return failure_as_first_event(&self.request, error, false);
         }
         let number = self.last_sequence.map_or(self.events, |n| n + 1);
         let mut out = BytesMut::from(&stream_error(error, self.chat, number)[..]);
@@ -376,10 +371,9 @@ impl Keeper {
                 loop {
                     match parser.next_item() {
                         Ok(Some(SseItem::Event(event))) => {
-                            let kind = event.event_type();
                             if !matches!(
-                                kind.as_deref(),
-                                Some("response.completed" | "response.incomplete")
+                                EventKind::of(&event),
+                                EventKind::Completed | EventKind::Incomplete
                             ) {
                                 continue;
                             }

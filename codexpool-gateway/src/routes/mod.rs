@@ -296,13 +296,7 @@ fn relay_body(state: BodyState) -> Body {
 /// client's protocol (an OpenAI error chunk and `[DONE]` for chat; for Responses clients, a
 /// response that failed at once).
 fn late_failure(mut record: Record, error: &ApiError, mode: &Mode) -> (Bytes, BodyState) {
-    let entry = &record.entry;
-    let frame = failure_as_first_event(
-        &entry.request_id,
-        entry.model.as_deref(),
-        error,
-        is_chat(mode),
-    );
+    let frame = failure_as_first_event(&Answering::of(&record), error, is_chat(mode));
     record.finish(200, Some(&error.code), None);
     (frame, BodyState::Done)
 }
@@ -311,15 +305,30 @@ fn is_chat(mode: &Mode) -> bool {
     matches!(mode, Mode::Chat(_))
 }
 
+/// The request a stream answers, as a response that failed at once names it.
+#[derive(Clone)]
+struct Answering {
+    request_id: String,
+    model: Option<String>,
+    /// When it arrived: the response's `created_at`.
+    at: codexpool_core::Timestamp,
+}
+
+impl Answering {
+    fn of(record: &Record) -> Self {
+        let e = &record.entry;
+        Self {
+            request_id: e.request_id.clone(),
+            model: e.model.clone(),
+            at: e.at,
+        }
+    }
+}
+
 /// An error before any event of a stream whose headers went out: an OpenAI error chunk and
 /// `[DONE]` for chat, a response that failed at once for Responses clients (see
 /// [`crate::relay::failed_before_any_event`]).
-fn failure_as_first_event(
-    request_id: &str,
-    model: Option<&str>,
-    error: &ApiError,
-    chat: bool,
-) -> Bytes {
+fn failure_as_first_event(request: &Answering, error: &ApiError, chat: bool) -> Bytes {
     if chat {
         return [
             error.sse_frame(),
@@ -329,7 +338,9 @@ fn failure_as_first_event(
         .into();
     }
     let mut out = bytes::BytesMut::new();
-    crate::relay::failed_before_any_event(&mut out, request_id, model, &error.code, &error.message);
+    let (id, model) = (&request.request_id, request.model.as_deref());
+    let created_at = request.at.as_secs();
+    crate::relay::failed_before_any_event(&mut out, id, model, created_at, error);
     out.freeze()
 }
 
@@ -355,7 +366,7 @@ async fn late_fallback(
     keep: Option<Box<Pending>>,
 ) -> (Bytes, BodyState) {
     use futures_util::StreamExt;
-    let (request_id, model) = (record.entry.request_id.clone(), record.entry.model.clone());
+    let request = Answering::of(&record);
     let passing = fallback::Passing::Events {
         chat: is_chat(mode),
     };
@@ -375,7 +386,7 @@ async fn late_fallback(
         "fallback_failed",
         format!("the fallback upstream answered {status}: {detail}"),
     );
-    let frame = failure_as_first_event(&request_id, model.as_deref(), &error, is_chat(mode));
+    let frame = failure_as_first_event(&request, &error, is_chat(mode));
     (frame, BodyState::Done)
 }
 

@@ -74,13 +74,7 @@ pub fn chat_to_responses(
         }
     }
 
-    let client_model = crate::adapt::str_field(&obj, "model", || "model".to_owned())?;
-    let model: Cow<'_, str> = match (overrides.model, client_model) {
-        (Some(forced), _) => Cow::Borrowed(forced),
-        (None, Some(model)) if !model.trim().is_empty() => model,
-        (None, Some(_)) => return Err(RequestError::field("model", "must not be empty")),
-        (None, None) => return Err(RequestError::field("model", "required")),
-    };
+    let model = crate::adapt::responses::resolve_model(obj.get("model"), overrides)?;
     if let Some(n) = obj.get("n")
         && n.get() != "1"
     {
