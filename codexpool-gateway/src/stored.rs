@@ -620,7 +620,13 @@ impl Recall for Recaller<'_> {
         let space = inner.spaces.get(key)?;
         if !space.items.contains_key(id) && space.unread > 0 {
             inner.read_all(key);
-            inner.evict_to(limit, key, None);
+            // Room is made for what reading cost, but not by evicting the response the item
+            // comes from (it is the one in use now).
+            let origin = (inner.spaces.get(key)?.items.get(id)).and_then(|i| i.origin.clone());
+            if let Some(origin) = &origin {
+                inner.touch(key, origin, now);
+            }
+            inner.evict_to(limit, key, origin.as_deref());
         }
         let item = inner.spaces.get(key)?.items.get(id)?.clone();
         // Referring to an item is using the response it came from.
@@ -859,6 +865,12 @@ mod tests {
             s.recall("k").item("msg_resp_a").is_none(),
             "read, then evicted"
         );
+        // The response the item comes from is not what makes room, though it is the oldest.
+        let (s, _) = store(limit);
+        keep(&s, "k", vec![], "resp_a", &"a".repeat(1000));
+        keep(&s, "k", vec![], "resp_b", &"b".repeat(1000));
+        assert!(s.recall("k").item("msg_resp_a").is_some());
+        assert!(s.get("k", "resp_b").is_none(), "the other one went");
     }
 
     /// What the output items of [`response`] cost, read.
