@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
-use super::{Answering, FallbackRequest, bound, failure_as_first_event, reject, stream_error};
+use super::{Answering, FallbackRequest, bound, failure_as_first_event, reject};
 use crate::Shared;
 use crate::adapt::EventKind;
 use crate::adapt::responses::{Recall, event_response, for_fallback, response_id};
@@ -273,12 +273,10 @@ impl EventWise {
     fn saw(&mut self, event: &SseEvent) {
         self.events += 1;
         let data = event.data();
-        // Only a chunk that may end the answer is parsed.
-        let may_end = |data: &[u8]| {
-            memchr::memmem::find(data, b"finish_reason").is_some()
-                || memchr::memmem::find(data, b"\"error\"").is_some()
-        };
         if self.chat {
+            // Only a chunk that may end the answer is parsed.
+            let may_end = memchr::memmem::find(data, b"finish_reason").is_some()
+                || memchr::memmem::find(data, b"\"error\"").is_some();
             #[derive(serde::Deserialize)]
             struct Chunk {
                 #[serde(default)]
@@ -291,7 +289,7 @@ impl EventWise {
             }
             self.done_sent |= event.is_done_marker();
             self.ended |= event.is_done_marker()
-                || may_end(data)
+                || may_end
                     && serde_json::from_slice::<Chunk>(data).is_ok_and(|c| {
                         c.error.is_some() || c.choices.iter().any(|c| c.finish_reason.is_some())
                     });
@@ -305,16 +303,14 @@ impl EventWise {
 
     /// The stream's end after `error`, in the client's protocol: an error chunk and `[DONE]`
     /// for chat; for Responses an `error` event numbered after the last one passed on, or a
-    /// response that failed at once when none was.
+    /// response that failed at once when none was (see [`failure_as_first_event`]).
     fn failure(&self, error: &ApiError) -> Bytes {
-        if !self.chat && self.events == 0 {
-            return failure_as_first_event(&self.request, error, false);
+        if self.chat || self.events == 0 {
+            return failure_as_first_event(&self.request, error, self.chat);
         }
         let number = self.last_sequence.map_or(self.events, |n| n + 1);
-        let mut out = BytesMut::from(&stream_error(error, self.chat, number)[..]);
-        if self.chat {
-            out.extend_from_slice(DONE_FRAME);
-        }
+        let mut out = BytesMut::new();
+        crate::relay::error_event(&mut out, number, &error.code, &error.message);
         out.freeze()
     }
 }

@@ -250,6 +250,8 @@ fn relay_body(state: BodyState) -> Body {
             }
             BodyState::Forwarding(mut body) => {
                 use futures_util::StreamExt;
+                // A fallback's event stream ends in an error event of its own, not in a body
+                // error; a break in anything else (a 200 that was no stream) just ends it.
                 let chunk = body.next().await?.ok()?;
                 Some((Ok(chunk), BodyState::Forwarding(body)))
             }
@@ -306,7 +308,6 @@ fn is_chat(mode: &Mode) -> bool {
 }
 
 /// The request a stream answers, as a response that failed at once names it.
-#[derive(Clone)]
 struct Answering {
     request_id: String,
     model: Option<String>,
@@ -341,18 +342,6 @@ fn failure_as_first_event(request: &Answering, error: &ApiError, chat: bool) -> 
     let (id, model) = (&request.request_id, request.model.as_deref());
     let created_at = request.at.as_secs();
     crate::relay::failed_before_any_event(&mut out, id, model, created_at, error);
-    out.freeze()
-}
-
-/// An error as the last event of a stream already under way, in the client's protocol (an
-/// OpenAI error chunk for `chat`, an `error` event numbered `sequence_number` for Responses
-/// clients).
-fn stream_error(error: &ApiError, chat: bool, sequence_number: u64) -> Bytes {
-    if chat {
-        return error.sse_frame();
-    }
-    let mut out = bytes::BytesMut::new();
-    crate::relay::error_event(&mut out, sequence_number, &error.code, &error.message);
     out.freeze()
 }
 

@@ -731,37 +731,11 @@ impl Sink for ChunkSink<'_> {
                 self.out.extend_from_slice(DONE_FRAME);
             }
             Op::Fail(failure) => {
-                self.out.extend_from_slice(b"data: ");
-                self.json(&ErrorBody::from(failure));
-                self.out.extend_from_slice(b"\n\n");
+                // As any failure reaches a chat client mid-stream.
+                let error = crate::error::ApiError::from_upstream(failure);
+                self.out.extend_from_slice(&error.sse_frame());
                 self.out.extend_from_slice(DONE_FRAME);
             }
-        }
-    }
-}
-
-/// `{"error":{"message","type","code"}}`, the OpenAI error shape.
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    message: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    code: &'a str,
-}
-
-impl<'a> From<&'a UpstreamFailure> for ErrorBody<'a> {
-    fn from(failure: &'a UpstreamFailure) -> Self {
-        Self {
-            error: ErrorDetail {
-                message: &failure.message,
-                kind: failure.error_type(),
-                code: failure.error_code(),
-            },
         }
     }
 }

@@ -660,10 +660,11 @@ fn failures_after_output_become_an_error_chunk() {
     let frames = stream_frames(&options, &events, true);
     assert_eq!(frames.len(), 4, "{frames:?}");
     assert_eq!(frames[1]["choices"][0]["delta"]["content"], "Hi");
+    // In the words and shape of every other error the gateway sends.
     assert_eq!(
         frames[2],
-        json!({"error": {"message": "Our servers are busy", "type": "server_error",
-                             "code": "server_is_overloaded"}})
+        json!({"error": {"message": "upstream: Our servers are busy", "type": "server_error",
+                             "code": "server_is_overloaded", "param": null}})
     );
     assert_eq!(frames[3], json!("[DONE]"));
 
