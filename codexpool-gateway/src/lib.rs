@@ -55,7 +55,8 @@ pub use routes::KEEPALIVE_INTERVAL;
 pub use routes::models::BUILTIN_MODELS;
 pub use rpc::{RpcError, codes as rpc_codes};
 pub use server::{
-    DEFAULT_SHUTDOWN_GRACE, RunningServer, Server, ServerError, max_in_flight, worker_threads,
+    DEFAULT_SHUTDOWN_GRACE, RunningServer, Server, ServerError, SharedServer, max_in_flight,
+    worker_threads,
 };
 pub use upstream::CODEX_VERSION;
 

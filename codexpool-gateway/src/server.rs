@@ -100,6 +100,9 @@ pub enum ServerError {
     /// Writing queued records at shutdown failed.
     #[error("could not write queued records at shutdown: {0}")]
     Flush(#[source] codexpool_core::Error),
+    /// A stop did not finish: the runtime it ran on shut down first.
+    #[error("the stop did not finish: its runtime shut down")]
+    Interrupted,
 }
 
 /// The threads a [`Server`] serves connections on: `HTTP_WORKER_FACTOR` × CPUs, at least
@@ -611,6 +614,89 @@ impl RunningServer {
             task.stop();
         }
         self.pool.flush().await.map_err(ServerError::Flush)
+    }
+}
+
+/// A [`RunningServer`] that several callers may stop (what the bindings hold). The first
+/// [`SharedServer::stop`] runs the stop as a task of its own, so a caller that stops waiting (a
+/// Ctrl-C, a cancelled task) does not cut it short; a concurrent or later one waits for the same
+/// stop and gets its error; once a caller got that, stopping again does nothing.
+pub struct SharedServer {
+    state: Arc<std::sync::Mutex<Stop>>,
+}
+
+enum Stop {
+    Running(RunningServer),
+    Stopping(watch::Receiver<Option<Result<(), Arc<ServerError>>>>),
+    Done,
+}
+
+impl SharedServer {
+    /// Takes a started server.
+    pub fn new(running: RunningServer) -> Self {
+        Self {
+            state: Arc::new(std::sync::Mutex::new(Stop::Running(running))),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stop> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether no stop was asked for yet.
+    pub fn is_running(&self) -> bool {
+        matches!(*self.lock(), Stop::Running(_))
+    }
+
+    /// Starts the stop on `runtime` unless one was started; the returned future waits for it
+    /// (and may be dropped without harm).
+    pub fn stop(
+        &self,
+        runtime: &tokio::runtime::Handle,
+    ) -> impl Future<Output = Result<(), Arc<ServerError>>> + Send + 'static {
+        let stopped = {
+            let mut state = self.lock();
+            match std::mem::replace(&mut *state, Stop::Done) {
+                Stop::Done => None,
+                Stop::Stopping(rx) => {
+                    *state = Stop::Stopping(rx.clone());
+                    Some(rx)
+                }
+                Stop::Running(running) => {
+                    let (tx, rx) = watch::channel(None);
+                    runtime.spawn(async move {
+                        tx.send_replace(Some(running.stop().await.map_err(Arc::new)));
+                    });
+                    *state = Stop::Stopping(rx.clone());
+                    Some(rx)
+                }
+            }
+        };
+        let state = self.state.clone();
+        async move {
+            let Some(mut stopped) = stopped else {
+                return Ok(());
+            };
+            let result = match stopped.wait_for(Option::is_some).await {
+                Ok(done) => done.clone().unwrap_or(Ok(())),
+                Err(_) => Err(Arc::new(ServerError::Interrupted)),
+            };
+            *state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Stop::Done;
+            result
+        }
+    }
+
+    /// Leaves the server alone without stopping it: in a process forked from the one that
+    /// serves, it is the parent's (stopping or dropping it here would remove the parent's
+    /// server file, and the CLI could no longer find it).
+    pub fn forget(&self) {
+        if let Stop::Running(parents) = std::mem::replace(&mut *self.lock(), Stop::Done) {
+            std::mem::forget(parents);
+        }
     }
 }
 

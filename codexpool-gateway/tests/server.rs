@@ -9,7 +9,7 @@ use std::time::Duration;
 use codexpool_core::keys::NewKey;
 use codexpool_core::request_log::RequestLogQuery;
 use codexpool_core::{Config, Pool, Secret};
-use codexpool_gateway::{RunningServer, Server};
+use codexpool_gateway::{RunningServer, Server, SharedServer};
 use codexpool_testkit::{FakeAccount, FakeOpenAi, Reply};
 use serde_json::{Value, json};
 
@@ -149,6 +149,33 @@ async fn rpc_requires_the_token_and_a_local_origin() {
         );
         third.stop().await.unwrap();
     }
+}
+
+/// Stops from several callers: one stop, which every caller waits for; a caller that gives up
+/// waiting does not cut it short; after it, stopping does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_server_stops_once_for_every_caller() {
+    let e = env(&[]).await;
+    let srv = Server::new(e.pool.clone())
+        .addr("127.0.0.1:0".parse().unwrap())
+        .background_tasks(false)
+        .start()
+        .await
+        .unwrap();
+    let url = srv.url();
+    let shared = SharedServer::new(srv);
+    assert!(shared.is_running());
+    let runtime = tokio::runtime::Handle::current();
+    // The first caller gives up at once: the stop goes on.
+    drop(shared.stop(&runtime));
+    assert!(!shared.is_running());
+    let (a, b) = tokio::join!(shared.stop(&runtime), shared.stop(&runtime));
+    assert!(a.is_ok() && b.is_ok());
+    assert!(
+        reqwest::get(format!("{url}/health")).await.is_err(),
+        "stopped when the callers got their answer"
+    );
+    shared.stop(&runtime).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,14 +3,12 @@
 //! the gateway's `Server` / `RunningServer`.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use codexpool_core::Secret;
 use codexpool_core::config::MIN_RPC_TOKEN_CHARS;
-use codexpool_gateway::{RunningServer, Server as CoreServer};
+use codexpool_gateway::{Server as CoreServer, SharedServer};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
-use tokio::sync::watch;
 
 use crate::args::{listen_addr, seconds};
 use crate::errors::ServerError;
@@ -23,7 +21,10 @@ use crate::runtime::{Home, HomeExt};
 /// does nothing.
 #[pyclass(frozen, module = "codexpool")]
 pub struct Server {
-    state: Mutex<State>,
+    /// Stopped as a task of its own: a caller interrupted while waiting (Ctrl-C in a `with`
+    /// block's exit) does not cut the stop short, and a later or concurrent `stop()` waits for
+    /// the same one (a failed stop raises once).
+    server: SharedServer,
     home: Home,
     url: String,
     base_url: String,
@@ -31,20 +32,6 @@ pub struct Server {
     port: u16,
     rpc_token: Secret,
     rpc_token_file: Option<PathBuf>,
-}
-
-/// How a stop that ran ended (`Err`: its message), for whoever waits for it.
-type Stopped = watch::Receiver<Option<Result<(), String>>>;
-
-enum State {
-    Running(RunningServer),
-    /// The stop runs as a task of its own: a caller interrupted while waiting for it (Ctrl-C
-    /// in a `with` block's exit) does not cut it short, and a later or concurrent `stop()`
-    /// waits for the same one.
-    Stopping(Stopped),
-    /// Stopped, and how it went told to whoever waited (a failed stop raises once); or left
-    /// behind in a forked child (see `Drop`).
-    Done,
 }
 
 fn server_error(e: codexpool_gateway::ServerError) -> PyErr {
@@ -82,7 +69,7 @@ pub(crate) fn serve(
         port: local.port(),
         rpc_token: running.rpc_token().clone(),
         rpc_token_file: running.rpc_token_file().map(PathBuf::from),
-        state: Mutex::new(State::Running(running)),
+        server: SharedServer::new(running),
         home: pool.home,
     })
 }
@@ -115,10 +102,7 @@ impl Drop for Server {
         // In a process forked from the one serving, the server is the parent's: dropping it
         // here would remove the parent's server file (the CLI could no longer find it).
         if !self.home.is_here() {
-            let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-            if let State::Running(parents) = std::mem::replace(state, State::Done) {
-                std::mem::forget(parents);
-            }
+            self.server.forget();
         }
     }
 }
@@ -158,7 +142,7 @@ impl Server {
     /// Whether it still serves.
     #[getter]
     fn running(&self) -> bool {
-        matches!(*lock(&self.state), State::Running(_))
+        self.server.is_running()
     }
 
     /// Stops the server (see the class docs). Safe to call more than once, and from several
@@ -167,32 +151,10 @@ impl Server {
         // Before anything is taken: in a forked child this is an error, and the server stays
         // the parent's.
         self.home.ensure()?;
-        let runtime = crate::runtime::runtime()?;
-        let mut stopped = {
-            let mut state = lock(&self.state);
-            let rx = match std::mem::replace(&mut *state, State::Done) {
-                State::Done => return Ok(()),
-                State::Stopping(rx) => rx,
-                State::Running(running) => {
-                    let (tx, rx) = watch::channel(None);
-                    runtime.spawn(async move {
-                        let result = running.stop().await.map_err(|e| e.to_string());
-                        tx.send_replace(Some(result));
-                    });
-                    rx
-                }
-            };
-            *state = State::Stopping(rx.clone());
-            rx
-        };
-        let result = self.home.run(py, async move {
-            match stopped.wait_for(Option::is_some).await {
-                Ok(done) => done.clone().unwrap_or(Ok(())),
-                Err(_) => Err("the stop task ended without an answer".to_string()),
-            }
-        })?;
-        *lock(&self.state) = State::Done;
-        result.map_err(ServerError::new_err)
+        let stopped = self.server.stop(crate::runtime::runtime()?.handle());
+        self.home
+            .run(py, stopped)?
+            .map_err(|e| ServerError::new_err(e.to_string()))
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -212,8 +174,4 @@ impl Server {
             py_bool(self.running())
         )
     }
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
 }

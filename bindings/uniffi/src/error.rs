@@ -6,7 +6,7 @@ use codexpool_core::auth::AuthError;
 use codexpool_core::store::StoreError;
 
 /// Anything an exported call can fail with.
-#[derive(Clone, Debug, thiserror::Error, uniffi::Error)]
+#[derive(Debug, thiserror::Error, uniffi::Error)]
 #[uniffi(flat_error)]
 pub enum CodexPoolError {
     /// No account, key or sign-in matches the id (or id prefix, or state).
@@ -97,13 +97,19 @@ impl From<codexpool_core::config::ConfigError> for CodexPoolError {
 
 impl From<codexpool_gateway::ServerError> for CodexPoolError {
     fn from(e: codexpool_gateway::ServerError) -> Self {
-        use codexpool_gateway::ServerError as E;
-        let message = e.to_string();
-        match e {
-            E::Bind { .. } | E::TokenFile { .. } | E::Workers(_) => Self::Io(message),
-            E::NonLoopback { .. } => Self::InvalidInput(message),
-            E::Flush(_) | E::ReadOnly { .. } => Self::Store(message),
-            _ => Self::Internal(message),
-        }
+        server_error(&e)
+    }
+}
+
+/// A server's failure to start or stop, by kind.
+pub(crate) fn server_error(e: &codexpool_gateway::ServerError) -> CodexPoolError {
+    use CodexPoolError as C;
+    use codexpool_gateway::ServerError as E;
+    let message = e.to_string();
+    match e {
+        E::Bind { .. } | E::TokenFile { .. } | E::Workers(_) => C::Io(message),
+        E::NonLoopback { .. } => C::InvalidInput(message),
+        E::Flush(_) | E::ReadOnly { .. } => C::Store(message),
+        _ => C::Internal(message),
     }
 }

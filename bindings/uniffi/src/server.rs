@@ -2,10 +2,9 @@
 //! `/metrics`, `/auth/callback`, the admin `/rpc`, background usage polling and token refresh)
 //! on a local address, over codexpool-gateway's [`codexpool_gateway::Server`].
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
-use codexpool_gateway::RunningServer;
-use tokio::sync::watch;
+use codexpool_gateway::SharedServer;
 
 use crate::CodexPoolError;
 use crate::pool::Pool;
@@ -37,7 +36,7 @@ pub async fn serve(pool: Arc<Pool>, addr: String) -> Result<Arc<Server>, CodexPo
             url: running.url(),
             base_url: running.base_url(),
             rpc_token: running.rpc_token().expose().to_string(),
-            state: Mutex::new(State::Running(running)),
+            server: SharedServer::new(running),
             home,
         }))
     })
@@ -51,19 +50,8 @@ pub struct Server {
     url: String,
     base_url: String,
     rpc_token: String,
-    state: Mutex<State>,
+    server: SharedServer,
     home: Home,
-}
-
-enum State {
-    Running(RunningServer),
-    /// A `stop` runs; says how it ended once it did.
-    Stopping(watch::Receiver<Option<Result<(), CodexPoolError>>>),
-    Done,
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[uniffi::export]
@@ -85,7 +73,7 @@ impl Server {
 
     /// Whether it still serves (false once `stop` was called).
     pub fn is_running(&self) -> bool {
-        matches!(*lock(&self.state), State::Running(_))
+        self.server.is_running()
     }
 
     /// Stops accepting, lets open streams finish (within 30 s), writes what is queued. A call
@@ -95,36 +83,10 @@ impl Server {
     pub async fn stop(&self) -> Result<(), CodexPoolError> {
         // Before anything is taken: in a forked child the server stays the parent's.
         self.home.ensure()?;
-        let runtime = crate::runtime::runtime()?;
-        let mut stopped = {
-            let mut state = lock(&self.state);
-            let rx = match std::mem::replace(&mut *state, State::Done) {
-                State::Done => return Ok(()),
-                State::Stopping(rx) => rx,
-                State::Running(running) => {
-                    let (tx, rx) = watch::channel(None);
-                    runtime.spawn(async move {
-                        tx.send_replace(Some(running.stop().await.map_err(Into::into)));
-                    });
-                    rx
-                }
-            };
-            *state = State::Stopping(rx.clone());
-            rx
-        };
-        let result = self
-            .home
-            .run(async move {
-                match stopped.wait_for(Option::is_some).await {
-                    Ok(done) => Ok(done.clone().unwrap_or(Ok(()))),
-                    Err(_) => Err(CodexPoolError::Internal(
-                        "the stop task ended without an answer".into(),
-                    )),
-                }
-            })
-            .await?;
-        *lock(&self.state) = State::Done;
-        result
+        let stopped = self.server.stop(crate::runtime::runtime()?.handle());
+        self.home
+            .run(async move { stopped.await.map_err(|e| crate::error::server_error(&e)) })
+            .await
     }
 }
 
@@ -133,10 +95,7 @@ impl Drop for Server {
         // In a process forked from the one serving, the server is the parent's: dropping it
         // here would remove the parent's server file (the CLI could no longer find it).
         if !self.home.is_here() {
-            let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-            if let State::Running(parents) = std::mem::replace(state, State::Done) {
-                std::mem::forget(parents);
-            }
+            self.server.forget();
         }
     }
 }
