@@ -69,63 +69,41 @@ async fn device_sign_in_end_to_end() {
     );
 }
 
+/// A pending code is polled until approved, every `interval` (a number here). Pending is said
+/// with 404 this time (PROTOCOL.md §1: 403 or 404); a 429 (polled too fast) is no refusal
+/// either: the next poll waits twice as long.
 #[tokio::test]
 async fn a_pending_code_is_polled_until_approved_with_a_numeric_interval() {
-    let fake = FakeOpenAi::builder()
-        .device_interval(DeviceInterval::Number(1))
-        .account(FakeAccount::new("acct-1"))
-        .start()
-        .unwrap();
-    let fake = Arc::new(fake);
-    let (pool, _) = memory_pool(&fake, &[]).await;
-    let device = pool
-        .auth()
-        .device_start(LoginOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(device.interval_secs, 1);
-    // Pending said with 404 this time (PROTOCOL.md §1: 403 or 404).
-    fake.set_device_pending_status(404);
-    fake.auto_approve_device(2, "acct-1");
-    let started = std::time::Instant::now();
-    let done = pool.auth().device_wait(&device).await.unwrap();
-    assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "waited one interval"
-    );
-    assert_eq!(
-        fake.count("/api/accounts/deviceauth/token"),
-        2,
-        "pending once, then approved"
-    );
-    assert_eq!(done.account.email.as_deref(), Some("acct-1@example.com"));
-}
-
-/// A poll answered 429 (too fast) is not a refusal: the next one waits twice as long.
-#[tokio::test]
-async fn a_rate_limited_poll_slows_down_and_goes_on() {
-    let fake = FakeOpenAi::builder()
-        .device_interval(DeviceInterval::Number(1))
-        .account(FakeAccount::new("acct-1"))
-        .start()
-        .unwrap();
-    let fake = Arc::new(fake);
-    let (pool, _) = memory_pool(&fake, &[]).await;
-    let device = pool
-        .auth()
-        .device_start(LoginOptions::default())
-        .await
-        .unwrap();
-    fake.set_device_pending_status(429);
-    fake.auto_approve_device(2, "acct-1");
-    let started = std::time::Instant::now();
-    let done = pool.auth().device_wait(&device).await.unwrap();
-    assert!(
-        started.elapsed() >= Duration::from_millis(1900),
-        "waited two intervals after the 429"
-    );
-    assert_eq!(fake.count("/api/accounts/deviceauth/token"), 2);
-    assert_eq!(done.account.email.as_deref(), Some("acct-1@example.com"));
+    for (pending, waited) in [(404, 900), (429, 1900)] {
+        let fake = FakeOpenAi::builder()
+            .device_interval(DeviceInterval::Number(1))
+            .account(FakeAccount::new("acct-1"))
+            .start()
+            .unwrap();
+        let fake = Arc::new(fake);
+        let (pool, _) = memory_pool(&fake, &[]).await;
+        let device = pool
+            .auth()
+            .device_start(LoginOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(device.interval_secs, 1);
+        fake.set_device_pending_status(pending);
+        fake.auto_approve_device(2, "acct-1");
+        let started = std::time::Instant::now();
+        let done = pool.auth().device_wait(&device).await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(waited),
+            "{pending}: waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            fake.count("/api/accounts/deviceauth/token"),
+            2,
+            "pending once, then approved"
+        );
+        assert_eq!(done.account.email.as_deref(), Some("acct-1@example.com"));
+    }
 }
 
 #[tokio::test]

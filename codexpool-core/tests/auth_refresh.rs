@@ -18,7 +18,7 @@ use codexpool_core::auth::{AuthError, RefresherOptions, spawn_refresher_with};
 use codexpool_core::import::ImportOutcome;
 use codexpool_core::store::{SqliteStore, Store};
 use codexpool_core::{AccountPatch, AccountStatus, Config, Pool};
-use codexpool_testkit::{FakeAccount, FakeRefreshFailure};
+use codexpool_testkit::{FakeAccount, FakeOpenAi, FakeRefreshFailure};
 use support::{fake, file_pool, import, memory_pool, refresh_held};
 
 #[tokio::test]
@@ -745,6 +745,22 @@ async fn rotated_tokens_wait_out_a_store_that_fails_for_a_few_seconds() {
     pool.auth().refresh(&id).await.expect("and they work");
 }
 
+/// A refresh of `id` started in a task of its own, once the fake holds its POST (the issuer
+/// answers when its refresh delay is over).
+async fn refresh_on_the_wire(
+    fake: &FakeOpenAi,
+    pool: &Pool,
+    id: &str,
+) -> tokio::task::JoinHandle<Result<codexpool_core::Account, AuthError>> {
+    let held = fake.refreshes_held();
+    let refreshing = tokio::spawn({
+        let (pool, id) = (pool.clone(), id.to_string());
+        async move { pool.auth().refresh(&id).await }
+    });
+    refresh_held(fake, held, 5).await;
+    refreshing
+}
+
 /// The files in the rescue folder beside the database at `path`.
 fn rescue_files(path: &std::path::Path) -> Vec<std::path::PathBuf> {
     match std::fs::read_dir(path.parent().unwrap().join("rescued-tokens")) {
@@ -763,12 +779,7 @@ async fn rotated_tokens_survive_a_database_that_stays_locked() {
     let id = import(&a, &fake, "acct-1").await;
     let spent = a.accounts().get(&id).unwrap().tokens.refresh_token;
 
-    let held = fake.refreshes_held();
-    let refreshing = tokio::spawn({
-        let (a, id) = (a.clone(), id.clone());
-        async move { a.auth().refresh(&id).await }
-    });
-    refresh_held(&fake, held, 5).await;
+    let refreshing = refresh_on_the_wire(&fake, &a, &id).await;
     // While the refresh is on the wire (the fake holds it 1.5 s), another process takes the
     // write lock and keeps it (for longer than the refresh lease, as far as this test is
     // concerned).
@@ -853,12 +864,7 @@ async fn a_change_stuck_on_a_locked_database_does_not_delay_the_rescue() {
     fake.add_account(codexpool_testkit::FakeAccount::new("acct-2"));
     let other = import(&a, &fake, "acct-2").await;
 
-    let held = fake.refreshes_held();
-    let refreshing = tokio::spawn({
-        let (a, id) = (a.clone(), id.clone());
-        async move { a.auth().refresh(&id).await }
-    });
-    refresh_held(&fake, held, 5).await;
+    let refreshing = refresh_on_the_wire(&fake, &a, &id).await;
     let locker = rusqlite::Connection::open(&path).unwrap();
     locker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let disabling = tokio::spawn({
@@ -888,12 +894,7 @@ async fn rescued_tokens_do_not_undo_a_disable_made_while_the_refresh_was_on_the_
     let a = file_pool(&fake, &path).await;
     let id = import(&a, &fake, "acct-1").await;
 
-    let held = fake.refreshes_held();
-    let refreshing = tokio::spawn({
-        let (a, id) = (a.clone(), id.clone());
-        async move { a.auth().refresh(&id).await }
-    });
-    refresh_held(&fake, held, 5).await;
+    let refreshing = refresh_on_the_wire(&fake, &a, &id).await;
     // The refresh read the account as active before it went out; a person disables it now,
     // then another process keeps the write lock, so the new tokens are rescued.
     a.accounts().disable(&id).await.unwrap();

@@ -58,6 +58,22 @@ async fn with_fallback_and(
     (h0, h)
 }
 
+/// The first account refuses with its usage limit; with `early`, after the keep-alive
+/// interval of [`with_fallback`] (100 ms), so the stream's headers went out first.
+fn refuse_with_usage_limit(h: &common::Harness, early: bool) {
+    let refusal = Reply::UsageLimit429 {
+        resets_in_secs: 600,
+    };
+    h.fake.push_reply(
+        "acct-0",
+        if early {
+            refusal.slow_first_byte(Duration::from_millis(350))
+        } else {
+            refusal
+        },
+    );
+}
+
 #[tokio::test]
 async fn usage_limit_429_exhausts_the_account_and_moves_on() {
     let h = harness(2, &[]).await;
@@ -644,17 +660,7 @@ async fn a_fallback_stream_cut_ends_with_an_error_with_or_without_early_headers(
         ] {
             // Early headers: the account's refusal comes after the keep-alive interval.
             let (h0, h) = with_fallback(1, early.then_some(Duration::from_millis(100))).await;
-            let refusal = Reply::UsageLimit429 {
-                resets_in_secs: 600,
-            };
-            h.fake.push_reply(
-                "acct-0",
-                if early {
-                    refusal.slow_first_byte(Duration::from_millis(350))
-                } else {
-                    refusal
-                },
-            );
+            refuse_with_usage_limit(&h, early);
             h0.fake
                 .push_openai_reply(Reply::CutMidStream { after_deltas: 2 });
             let (status, _, text) = h.call(h.post(path, body)).await;
@@ -778,17 +784,7 @@ async fn a_fallback_stream_that_fails_ends_with_whole_events_and_one_error() {
             let idle = [("UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "1")];
             let (h0, h) =
                 with_fallback_and(1, early.then_some(Duration::from_millis(100)), &idle).await;
-            let refusal = Reply::UsageLimit429 {
-                resets_in_secs: 600,
-            };
-            h.fake.push_reply(
-                "acct-0",
-                if early {
-                    refusal.slow_first_byte(Duration::from_millis(350))
-                } else {
-                    refusal
-                },
-            );
+            refuse_with_usage_limit(&h, early);
             h0.fake.push_openai_reply(reply);
             let (status, _, text) = h.call(h.post(path, body)).await;
             assert_eq!(status, StatusCode::OK, "{what}");
