@@ -761,6 +761,26 @@ async fn refresh_on_the_wire(
     refreshing
 }
 
+/// The account `refreshing` returns, within 20 s, with the live tokens it got, which went to
+/// the rescue folder beside the database at `path` (it was locked).
+async fn rescued(
+    refreshing: tokio::task::JoinHandle<Result<codexpool_core::Account, AuthError>>,
+    path: &std::path::Path,
+    fake: &FakeOpenAi,
+) -> codexpool_core::Account {
+    let after = tokio::time::timeout(Duration::from_secs(20), refreshing)
+        .await
+        .expect("the refresh waited on the locked database")
+        .unwrap()
+        .unwrap();
+    assert_eq!(rescue_files(path).len(), 1, "the tokens were rescued");
+    assert_eq!(
+        after.tokens.refresh_token.expose(),
+        fake.current_tokens("acct-1").refresh_token
+    );
+    after
+}
+
 /// The files in the rescue folder beside the database at `path`.
 fn rescue_files(path: &std::path::Path) -> Vec<std::path::PathBuf> {
     match std::fs::read_dir(path.parent().unwrap().join("rescued-tokens")) {
@@ -871,16 +891,7 @@ async fn a_change_stuck_on_a_locked_database_does_not_delay_the_rescue() {
         let a = a.clone();
         async move { a.accounts().disable(&other).await }
     });
-    let after = tokio::time::timeout(Duration::from_secs(15), refreshing)
-        .await
-        .expect("the refresh waited for the stuck change")
-        .unwrap()
-        .unwrap();
-    assert_eq!(rescue_files(&path).len(), 1, "the tokens were rescued");
-    assert_eq!(
-        after.tokens.refresh_token.expose(),
-        fake.current_tokens("acct-1").refresh_token
-    );
+    rescued(refreshing, &path, &fake).await;
     drop(locker);
     disabling.await.unwrap().unwrap();
 }
@@ -900,16 +911,7 @@ async fn rescued_tokens_do_not_undo_a_disable_made_while_the_refresh_was_on_the_
     a.accounts().disable(&id).await.unwrap();
     let locker = rusqlite::Connection::open(&path).unwrap();
     locker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let after = tokio::time::timeout(Duration::from_secs(20), refreshing)
-        .await
-        .expect("the refresh waited on the locked database")
-        .unwrap()
-        .unwrap();
-    assert_eq!(rescue_files(&path).len(), 1, "the tokens were rescued");
-    assert_eq!(
-        after.tokens.refresh_token.expose(),
-        fake.current_tokens("acct-1").refresh_token
-    );
+    let after = rescued(refreshing, &path, &fake).await;
     assert_eq!(after.status, AccountStatus::Disabled, "{after:?}");
     assert_eq!(after.status_reason.as_deref(), Some("disabled by a person"));
     let status: String = locker
