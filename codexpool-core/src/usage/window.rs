@@ -139,6 +139,14 @@ impl WindowReading {
         self.used_percent >= 100.0 && !self.is_stale(now)
     }
 
+    /// Whether this reading's window resets half a window or more after `other`'s: it is about
+    /// the window that followed. Unknown resets count as the end of the reading's life.
+    fn is_of_a_later_window_than(&self, other: &WindowReading) -> bool {
+        let window = std::time::Duration::from_secs(u64::from(other.window_minutes) * 60);
+        let end = |r: &WindowReading| r.resets_at.unwrap_or_else(|| r.observed_at.plus(window));
+        end(self) >= end(other).plus(window / 2)
+    }
+
     /// When the exhaustion ends (the reset time, or the end of the reading's life).
     pub fn exhausted_until(&self, now: Timestamp) -> Option<Timestamp> {
         self.is_exhausted(now).then(|| {
@@ -207,6 +215,10 @@ impl AccountUsage {
     /// taken while the clock ran ahead (it was set back since): it is taken by no one, and one
     /// already held gives way to what is seen now, or the figures would stay frozen until the
     /// clock caught up (and a usage limit met meanwhile would go unrecorded).
+    ///
+    /// A usage limit met in a window holds against the headers of answers that arrive later but
+    /// were counted before it (a request sent before the limit): only a poll, or headers about a
+    /// later window (their reset half a window or more further out), replace it.
     pub fn merge(&mut self, r: WindowReading, now: Timestamp) -> bool {
         if r.observed_at > now {
             return false;
@@ -217,6 +229,15 @@ impl AccountUsage {
         };
         match slot {
             Some(old) if old.observed_at > r.observed_at && old.observed_at <= now => false,
+            Some(old)
+                if r.source == ReadingSource::Headers
+                    && r.used_percent < 100.0
+                    && old.source == ReadingSource::RateLimit
+                    && old.is_exhausted(now)
+                    && !r.is_of_a_later_window_than(old) =>
+            {
+                false
+            }
             _ => {
                 *slot = Some(r);
                 true
@@ -324,6 +345,32 @@ mod tests {
         // The old reading, read again from the store, does not replace it.
         assert!(!u.merge(reading(WindowKind::FiveHour, 40.0, Some(600), ahead), now));
         assert_eq!(u.five_hour.as_ref().unwrap().used_percent, 100.0);
+    }
+
+    /// Headers counted before a usage limit (a request sent before it) arrive after it: they do
+    /// not undo it; a poll or the next window's headers do.
+    #[test]
+    fn a_usage_limit_holds_against_earlier_counted_headers() {
+        let now = Timestamp::from_secs(1_000_000);
+        let limit = WindowReading {
+            source: ReadingSource::RateLimit,
+            ..reading(WindowKind::FiveHour, 100.0, Some(3600), now)
+        };
+        let later = now.plus(Duration::from_secs(1));
+        let headers = |used, resets_in| WindowReading {
+            source: ReadingSource::Headers,
+            ..reading(WindowKind::FiveHour, used, Some(resets_in), later)
+        };
+        let mut u = AccountUsage::default();
+        assert!(u.merge(limit.clone(), now));
+        assert!(!u.merge(headers(98.0, 3650), later));
+        assert!(u.exhausted_until(later).is_some());
+        // The window that followed.
+        assert!(u.clone().merge(headers(3.0, 3600 + 5 * 3600), later));
+        // A poll says what is true now.
+        let poll = reading(WindowKind::FiveHour, 40.0, Some(3600), later);
+        assert!(u.merge(poll, later));
+        assert!(u.exhausted_until(later).is_none());
     }
 
     #[test]
