@@ -34,6 +34,7 @@ pub mod account;
 pub mod auth;
 pub mod config;
 mod error;
+pub mod http;
 pub mod id;
 pub mod import;
 pub mod keys;

@@ -364,11 +364,6 @@ where
     out.into_iter().flatten().collect()
 }
 
-fn is_html(content_type: Option<&str>, body: &[u8]) -> bool {
-    content_type.is_some_and(|c| c.to_ascii_lowercase().contains("html"))
-        || body.trim_ascii_start().first() == Some(&b'<')
-}
-
 impl UsageTracker {
     /// Polls the usage endpoint for `scope` (every active account, or one account), at most
     /// four at once, records the readings (source `poll`) and reports each account's result to
@@ -527,7 +522,7 @@ impl UsageTracker {
         let body = resp.bytes().await.map_err(|e| PollError::Network {
             message: crate::auth::describe(&e),
         })?;
-        let html = challenge_header || is_html(content_type.as_deref(), &body);
+        let html = challenge_header || crate::http::is_html_page(content_type.as_deref(), &body);
         Ok((status, body.to_vec(), html))
     }
 }
@@ -561,13 +556,6 @@ mod tests {
         assert_eq!(out, (0..12).map(|i| i * 2).collect::<Vec<_>>());
         assert_eq!(seen, 12);
         assert_eq!(max.load(Ordering::SeqCst), 4);
-    }
-
-    #[test]
-    fn html_detection() {
-        assert!(is_html(Some("text/html; charset=UTF-8"), b"{}"));
-        assert!(is_html(None, b"  <!DOCTYPE html>"));
-        assert!(!is_html(Some("application/json"), b"{\"a\":1}"));
     }
 
     #[test]

@@ -1175,8 +1175,7 @@ pub fn classify_error_body(
             message: "Cloudflare challenge (cf-mitigated)".to_owned(),
         };
     }
-    let html = content_type.is_some_and(|ct| contains_ignore_ascii_case(ct, "text/html"))
-        || looks_like_html(body);
+    let html = codexpool_core::http::is_html_page(content_type, body);
     if !html && let Ok(fields) = serde_json::from_slice::<ErrorFields<'_>>(body) {
         return ErrorRef::from_body(fields).to_failure(Some(status));
     }
@@ -1226,24 +1225,6 @@ pub fn classify_error_body(
         ..ErrorRef::default()
     }
     .to_failure(Some(status))
-}
-
-fn looks_like_html(body: &[u8]) -> bool {
-    let start = body
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .map_or(&[][..], |i| &body[i..]);
-    let head = &start[..start.len().min(15)];
-    head.first() == Some(&b'<')
-        && [
-            &b"<!doctype html"[..],
-            b"<html",
-            b"<head",
-            b"<body",
-            b"<!--",
-        ]
-        .iter()
-        .any(|tag| head.len() >= tag.len() && head[..tag.len()].eq_ignore_ascii_case(tag))
 }
 
 /// Maps an upstream error code/type and HTTP status to what the pool should do.
