@@ -117,6 +117,47 @@ async fn a_401_with_a_stale_token_uses_the_new_one_without_refreshing() {
     assert_eq!(fake.refresh_count("acct-1"), 1);
 }
 
+/// An account whose freshly refreshed token is refused too (the backend refuses the account,
+/// not the token) is not refreshed again at every request: each refresh would rotate its
+/// single-use refresh token for nothing.
+#[tokio::test]
+async fn a_401_right_after_a_401_refresh_does_not_refresh_again() {
+    let fake = fake();
+    let (pool, clock) = memory_pool(&fake, &[]).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    let old = pool.accounts().get(&id).unwrap().tokens.access_token;
+    let new = pool
+        .auth()
+        .refresh_after_unauthorized(&id, &old)
+        .await
+        .unwrap();
+    assert_eq!(fake.refresh_count("acct-1"), 1);
+    // The new token is refused as well.
+    let e = pool
+        .auth()
+        .refresh_after_unauthorized(&id, &new)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AuthError::Transient { .. }), "{e:?}");
+    clock.advance(Duration::from_secs(4 * 60));
+    assert!(
+        pool.auth()
+            .refresh_after_unauthorized(&id, &new)
+            .await
+            .is_err()
+    );
+    assert_eq!(fake.refresh_count("acct-1"), 1, "not rotated for nothing");
+    // Later, a 401 refreshes again (the token may have been revoked since).
+    clock.advance(Duration::from_secs(60));
+    let newer = pool
+        .auth()
+        .refresh_after_unauthorized(&id, &new)
+        .await
+        .unwrap();
+    assert_ne!(newer, new);
+    assert_eq!(fake.refresh_count("acct-1"), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_401s_in_one_process_refresh_once() {
     let fake = fake();

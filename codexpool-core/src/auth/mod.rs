@@ -263,6 +263,9 @@ pub(crate) struct AuthState {
     pub(crate) timing: Mutex<refresh::Timing>,
     /// Account id → (consecutive transient failures, do not retry before).
     pub(crate) backoff: Mutex<HashMap<String, (u32, crate::Timestamp)>>,
+    /// Account id → when a 401 last had its token refreshed (see
+    /// [`refresh::UNAUTHORIZED_REFRESH_GAP`]).
+    pub(crate) refreshed_for_401: Mutex<HashMap<String, crate::Timestamp>>,
     /// Woken whenever this process changes a login session.
     pub(crate) login_changed: tokio::sync::Notify,
     /// Login state → whether it created its account, for logins completed in this process.
@@ -279,6 +282,7 @@ impl AuthState {
             flights: Mutex::new(HashMap::new()),
             timing: Mutex::new(refresh::Timing::default()),
             backoff: Mutex::new(HashMap::new()),
+            refreshed_for_401: Mutex::new(HashMap::new()),
             login_changed: tokio::sync::Notify::new(),
             created: Mutex::new(HashMap::new()),
             listeners: Mutex::new(Vec::new()),

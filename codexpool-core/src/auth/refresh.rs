@@ -73,6 +73,10 @@ pub const OTHER_HOLDER_WAIT: Duration = Duration::from_secs(3);
 /// Longest a request that met a 401 waits for its account's refresh, whoever runs it (the
 /// refresh goes on; the request tries another account).
 pub const UNAUTHORIZED_WAIT: Duration = Duration::from_secs(10);
+/// After a refresh a 401 asked for, how long another 401 of the account's new token does not
+/// refresh it again: the token is not what the backend refuses then, and every refresh rotates
+/// the single-use refresh token for nothing.
+pub const UNAUTHORIZED_REFRESH_GAP: Duration = Duration::from_secs(5 * 60);
 /// How long the new tokens are offered to a store that can neither take nor rescue them.
 const PERSIST_FOR: Duration = Duration::from_secs(40);
 /// How often a process waiting for another's refresh re-reads the store.
@@ -353,10 +357,29 @@ impl Auth {
         if a.tokens.access_token != *token_seen {
             return Ok(a.tokens.access_token);
         }
+        let now = self.now();
+        let refreshed_for_401 = sync::lock(&self.pool.shared.auth.refreshed_for_401)
+            .get(&a.id)
+            .copied();
+        if let Some(at) = refreshed_for_401
+            && now < at.plus(UNAUTHORIZED_REFRESH_GAP)
+        {
+            return Err(AuthError::transient(format!(
+                "account {} refused the token a 401 refreshed {} s ago too; not refreshing it \
+                 again before {} s have passed",
+                a.id,
+                now.since(at).as_secs(),
+                UNAUTHORIZED_REFRESH_GAP.as_secs()
+            )));
+        }
         let timing = self.timing();
         // The flight runs in a task of its own: giving up on it here does not stop it.
         let flight = self.single_flight(&a.id, a.tokens, Some(timing.other_holder_wait));
         match tokio::time::timeout(timing.unauthorized_wait, flight).await {
+            Ok(Ok(token)) => {
+                sync::lock(&self.pool.shared.auth.refreshed_for_401).insert(a.id, now);
+                Ok(token)
+            }
             Ok(result) => result,
             Err(_) => Err(AuthError::transient(format!(
                 "the refresh of account {} is taking longer than {} s; it goes on in the \
