@@ -522,7 +522,11 @@ impl UsageTracker {
         let body = resp.bytes().await.map_err(|e| PollError::Network {
             message: crate::auth::describe(&e),
         })?;
-        let html = challenge_header || crate::http::is_html_page(content_type.as_deref(), &body);
+        // Any markup where JSON belongs is a page here (a firewall's XML too): not a sign-in
+        // problem to refresh for.
+        let html = challenge_header
+            || crate::http::is_html_page(content_type.as_deref(), &body)
+            || body.trim_ascii_start().first() == Some(&b'<');
         Ok((status, body.to_vec(), html))
     }
 }

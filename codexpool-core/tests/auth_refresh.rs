@@ -149,6 +149,8 @@ async fn a_401_right_after_a_401_refresh_does_not_refresh_again() {
     assert_eq!(fake.refresh_count("acct-1"), 1, "not rotated for nothing");
     // Later, a 401 refreshes again (the token may have been revoked since).
     clock.advance(Duration::from_secs(60));
+    let current = pool.accounts().get(&id).unwrap().tokens.access_token;
+    assert_eq!(current, new);
     let newer = pool
         .auth()
         .refresh_after_unauthorized(&id, &new)
@@ -156,6 +158,14 @@ async fn a_401_right_after_a_401_refresh_does_not_refresh_again() {
         .unwrap();
     assert_ne!(newer, new);
     assert_eq!(fake.refresh_count("acct-1"), 2);
+    // Tokens that came another way (a scheduled refresh, a sign-in) are not held to the gap.
+    let scheduled = pool.auth().refresh(&id).await.unwrap().tokens.access_token;
+    assert_eq!(fake.refresh_count("acct-1"), 3);
+    pool.auth()
+        .refresh_after_unauthorized(&id, &scheduled)
+        .await
+        .unwrap();
+    assert_eq!(fake.refresh_count("acct-1"), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

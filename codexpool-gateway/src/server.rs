@@ -100,8 +100,9 @@ pub enum ServerError {
     /// Writing queued records at shutdown failed.
     #[error("could not write queued records at shutdown: {0}")]
     Flush(#[source] codexpool_core::Error),
-    /// A stop did not finish: the runtime it ran on shut down first.
-    #[error("the stop did not finish: its runtime shut down")]
+    /// A stop did not finish: its task ended without an answer (its runtime shut down, or it
+    /// panicked).
+    #[error("the stop ended without an answer (its runtime shut down, or it failed)")]
     Interrupted,
 }
 
@@ -690,13 +691,12 @@ impl SharedServer {
         }
     }
 
-    /// Leaves the server alone without stopping it: in a process forked from the one that
-    /// serves, it is the parent's (stopping or dropping it here would remove the parent's
-    /// server file, and the CLI could no longer find it).
+    /// Leaves the server alone, never stopped nor dropped: in a process forked from the one
+    /// that serves, it is the parent's (stopping or dropping it here would remove the parent's
+    /// server file, and the CLI could no longer find it). Takes no lock: one a parent thread
+    /// held at the fork stays held in the child.
     pub fn forget(&self) {
-        if let Stop::Running(parents) = std::mem::replace(&mut *self.lock(), Stop::Done) {
-            std::mem::forget(parents);
-        }
+        std::mem::forget(Arc::clone(&self.state));
     }
 }
 

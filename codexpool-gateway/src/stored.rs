@@ -618,22 +618,21 @@ impl Recall for Recaller<'_> {
         let (key, limit) = (self.key, self.store.limit);
         let mut inner = self.store.lock();
         let space = inner.spaces.get(key)?;
-        if !space.items.contains_key(id) && space.unread > 0 {
+        let read = !space.items.contains_key(id) && space.unread > 0;
+        if read {
             inner.read_all(key);
-            // Room is made for what reading cost, but not by evicting the response the item
-            // comes from (it is the one in use now).
-            let origin = (inner.spaces.get(key)?.items.get(id)).and_then(|i| i.origin.clone());
-            if let Some(origin) = &origin {
-                inner.touch(key, origin, now);
-            }
-            inner.evict_to(limit, key, origin.as_deref());
         }
-        let item = inner.spaces.get(key)?.items.get(id)?.clone();
-        // Referring to an item is using the response it came from.
-        if let Some(origin) = &item.origin {
+        let item = inner.spaces.get(key).and_then(|s| s.items.get(id)).cloned();
+        // Referring to an item is using the response it came from; room made for what reading
+        // cost is not made by evicting that one.
+        let origin = item.as_ref().and_then(|i| i.origin.clone());
+        if let Some(origin) = &origin {
             inner.touch(key, origin, now);
         }
-        Some(item)
+        if read {
+            inner.evict_to(limit, key, origin.as_deref());
+        }
+        item
     }
 }
 

@@ -23,7 +23,7 @@ use crate::runtime::{Home, HomeExt};
 pub struct Server {
     /// Stopped as a task of its own: a caller interrupted while waiting (Ctrl-C in a `with`
     /// block's exit) does not cut the stop short, and a later or concurrent `stop()` waits for
-    /// the same one (a failed stop raises once).
+    /// the same one (a failed stop raises in every caller that waited for it, then no more).
     server: SharedServer,
     home: Home,
     url: String,

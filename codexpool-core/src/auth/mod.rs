@@ -263,9 +263,9 @@ pub(crate) struct AuthState {
     pub(crate) timing: Mutex<refresh::Timing>,
     /// Account id → (consecutive transient failures, do not retry before).
     pub(crate) backoff: Mutex<HashMap<String, (u32, crate::Timestamp)>>,
-    /// Account id → when a 401 last had its token refreshed (see
-    /// [`refresh::UNAUTHORIZED_REFRESH_GAP`]).
-    pub(crate) refreshed_for_401: Mutex<HashMap<String, crate::Timestamp>>,
+    /// Account id → when a 401 last had its token refreshed, and the access token that gave (see
+    /// [`refresh::UNAUTHORIZED_REFRESH_GAP`]); entries older than the gap go at the next insert.
+    pub(crate) refreshed_for_401: Mutex<HashMap<String, (crate::Timestamp, crate::Secret)>>,
     /// Woken whenever this process changes a login session.
     pub(crate) login_changed: tokio::sync::Notify,
     /// Login state → whether it created its account, for logins completed in this process.

@@ -335,12 +335,15 @@ impl Auth {
 
     /// For a backend 401: the access token to retry with. When the stored token already differs
     /// from `token_seen` (someone refreshed since the request was sent), returns it without a
-    /// refresh; otherwise refreshes once (single-flight, see the module docs).
+    /// refresh; otherwise refreshes once (single-flight, see the module docs), unless
+    /// `token_seen` is what a refresh for a 401 returned less than [`UNAUTHORIZED_REFRESH_GAP`]
+    /// ago in this process (the backend refuses the account then, not its token).
     ///
     /// [`AuthError::RefreshDead`] means the account now needs a new sign-in (its status says
     /// so); [`AuthError::Transient`] means try another account and come back later — also when
-    /// another process has been refreshing the account for [`OTHER_HOLDER_WAIT`], or the
-    /// refresh has taken [`UNAUTHORIZED_WAIT`] (it goes on; later requests get its tokens).
+    /// another process has been refreshing the account for [`OTHER_HOLDER_WAIT`], the refresh
+    /// has taken [`UNAUTHORIZED_WAIT`] (it goes on; later requests get its tokens), or within
+    /// the gap above.
     pub async fn refresh_after_unauthorized(
         &self,
         account_id: &str,
@@ -360,7 +363,8 @@ impl Auth {
         let now = self.now();
         let refreshed_for_401 = sync::lock(&self.pool.shared.auth.refreshed_for_401)
             .get(&a.id)
-            .copied();
+            .filter(|(_, token)| token == token_seen)
+            .map(|(at, _)| *at);
         if let Some(at) = refreshed_for_401
             && now < at.plus(UNAUTHORIZED_REFRESH_GAP)
         {
@@ -377,7 +381,9 @@ impl Auth {
         let flight = self.single_flight(&a.id, a.tokens, Some(timing.other_holder_wait));
         match tokio::time::timeout(timing.unauthorized_wait, flight).await {
             Ok(Ok(token)) => {
-                sync::lock(&self.pool.shared.auth.refreshed_for_401).insert(a.id, now);
+                let mut refreshed = sync::lock(&self.pool.shared.auth.refreshed_for_401);
+                refreshed.retain(|_, (at, _)| now < at.plus(UNAUTHORIZED_REFRESH_GAP));
+                refreshed.insert(a.id, (now, token.clone()));
                 Ok(token)
             }
             Ok(result) => result,

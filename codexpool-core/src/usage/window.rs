@@ -139,12 +139,16 @@ impl WindowReading {
         self.used_percent >= 100.0 && !self.is_stale(now)
     }
 
-    /// Whether this reading's window resets half a window or more after `other`'s: it is about
-    /// the window that followed. Unknown resets count as the end of the reading's life.
+    /// Whether this reading's window resets half a window or more after `other`'s (whose
+    /// unknown reset counts as the end of its life): it is about the window that followed. One
+    /// that names no reset says nothing of which window it is about.
     fn is_of_a_later_window_than(&self, other: &WindowReading) -> bool {
         let window = std::time::Duration::from_secs(u64::from(other.window_minutes) * 60);
-        let end = |r: &WindowReading| r.resets_at.unwrap_or_else(|| r.observed_at.plus(window));
-        end(self) >= end(other).plus(window / 2)
+        let other_end = other
+            .resets_at
+            .unwrap_or_else(|| other.observed_at.plus(window));
+        self.resets_at
+            .is_some_and(|end| end >= other_end.plus(window / 2))
     }
 
     /// When the exhaustion ends (the reset time, or the end of the reading's life).
@@ -216,9 +220,10 @@ impl AccountUsage {
     /// already held gives way to what is seen now, or the figures would stay frozen until the
     /// clock caught up (and a usage limit met meanwhile would go unrecorded).
     ///
-    /// A usage limit met in a window holds against the headers of answers that arrive later but
-    /// were counted before it (a request sent before the limit): only a poll, or headers about a
-    /// later window (their reset half a window or more further out), replace it.
+    /// A usage limit met in a window (a 429, or a poll that said so) holds against the headers of
+    /// answers that arrive later but were counted before it (a request sent before the limit):
+    /// only a poll, or headers about a later window (their reset half a window or more further
+    /// out), replace it.
     pub fn merge(&mut self, r: WindowReading, now: Timestamp) -> bool {
         if r.observed_at > now {
             return false;
@@ -232,7 +237,7 @@ impl AccountUsage {
             Some(old)
                 if r.source == ReadingSource::Headers
                     && r.used_percent < 100.0
-                    && old.source == ReadingSource::RateLimit
+                    && old.source != ReadingSource::Headers
                     && old.is_exhausted(now)
                     && !r.is_of_a_later_window_than(old) =>
             {
@@ -367,6 +372,14 @@ mod tests {
         assert!(u.exhausted_until(later).is_some());
         // The window that followed.
         assert!(u.clone().merge(headers(3.0, 3600 + 5 * 3600), later));
+        // Headers that name no reset say nothing of their window.
+        let mut no_reset = headers(3.0, 0);
+        no_reset.resets_at = None;
+        assert!(!u.clone().merge(no_reset, later));
+        // A poll that said the limit was reached holds the same way.
+        let mut polled = AccountUsage::default();
+        assert!(polled.merge(reading(WindowKind::FiveHour, 100.0, Some(3600), now), now));
+        assert!(!polled.merge(headers(97.0, 3650), later));
         // A poll says what is true now.
         let poll = reading(WindowKind::FiveHour, 40.0, Some(3600), later);
         assert!(u.merge(poll, later));

@@ -326,9 +326,9 @@ impl Answering {
     }
 }
 
-/// An error before any event of a stream whose headers went out: an OpenAI error chunk and
-/// `[DONE]` for chat, a response that failed at once for Responses clients (see
-/// [`crate::relay::failed_before_any_event`]).
+/// An error that ends a stream whose headers went out: an OpenAI error chunk and `[DONE]` for
+/// chat (before any event or after some), and before any event a response that failed at once
+/// for Responses clients (see [`crate::relay::failed_before_any_event`]).
 fn failure_as_first_event(request: &Answering, error: &ApiError, chat: bool) -> Bytes {
     if chat {
         return [
