@@ -13,6 +13,14 @@ use codexpool_core::store::{LoginKind, LoginStatus};
 use codexpool_testkit::{DeviceInterval, FakeAccount, FakeOpenAi};
 use support::{fake, memory_pool};
 
+/// A device-code sign-in started with the default options.
+async fn started(pool: &codexpool_core::Pool) -> codexpool_core::auth::DeviceLogin {
+    pool.auth()
+        .device_start(LoginOptions::default())
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn device_sign_in_end_to_end() {
     let fake = fake();
@@ -82,11 +90,7 @@ async fn a_pending_code_is_polled_until_approved_with_a_numeric_interval() {
             .unwrap();
         let fake = Arc::new(fake);
         let (pool, _) = memory_pool(&fake, &[]).await;
-        let device = pool
-            .auth()
-            .device_start(LoginOptions::default())
-            .await
-            .unwrap();
+        let device = started(&pool).await;
         assert_eq!(device.interval_secs, 1);
         fake.set_device_pending_status(pending);
         fake.auto_approve_device(2, "acct-1");
@@ -110,11 +114,7 @@ async fn a_pending_code_is_polled_until_approved_with_a_numeric_interval() {
 async fn the_device_code_expires_after_fifteen_minutes() {
     let fake = fake();
     let (pool, clock) = memory_pool(&fake, &[]).await;
-    let device = pool
-        .auth()
-        .device_start(LoginOptions::default())
-        .await
-        .unwrap();
+    let device = started(&pool).await;
     clock.advance(Duration::from_secs(15 * 60 + 1));
     assert_eq!(device.wait().await.unwrap_err(), AuthError::DeviceExpired);
     assert!(pool.accounts().is_empty());
@@ -125,11 +125,7 @@ async fn the_device_code_expires_after_fifteen_minutes() {
 async fn a_cancelled_device_login_stops_waiting() {
     let fake = fake();
     let (pool, _) = memory_pool(&fake, &[]).await;
-    let device = pool
-        .auth()
-        .device_start(LoginOptions::default())
-        .await
-        .unwrap();
+    let device = started(&pool).await;
     let waiter = {
         let device = device.clone();
         tokio::spawn(async move { device.wait().await })

@@ -17,7 +17,7 @@ use std::time::Duration;
 use codexpool_core::auth::{AuthError, RefresherOptions, spawn_refresher_with};
 use codexpool_core::import::ImportOutcome;
 use codexpool_core::store::{SqliteStore, Store};
-use codexpool_core::{AccountPatch, AccountStatus, Config, Pool};
+use codexpool_core::{AccountPatch, AccountStatus, Config, ManualClock, Pool, Secret};
 use codexpool_testkit::{FakeAccount, FakeOpenAi, FakeRefreshFailure};
 use support::{fake, file_pool, import, memory_pool, refresh_held};
 
@@ -94,11 +94,11 @@ async fn a_refresh_without_an_id_token_keeps_the_stored_one() {
     );
 }
 
-#[tokio::test]
-async fn a_401_with_a_stale_token_uses_the_new_one_without_refreshing() {
-    let fake = fake();
-    let (pool, _) = memory_pool(&fake, &[]).await;
-    let id = import(&pool, &fake, "acct-1").await;
+/// A pool (memory, manual clock) with account `acct-1` whose token a 401 has just had
+/// refreshed: the pool, its clock, the account id, the token refused and the new one.
+async fn refreshed_for_a_401(fake: &FakeOpenAi) -> (Pool, ManualClock, String, Secret, Secret) {
+    let (pool, clock) = memory_pool(fake, &[]).await;
+    let id = import(&pool, fake, "acct-1").await;
     let old = pool.accounts().get(&id).unwrap().tokens.access_token;
     let new = pool
         .auth()
@@ -107,6 +107,13 @@ async fn a_401_with_a_stale_token_uses_the_new_one_without_refreshing() {
         .unwrap();
     assert_ne!(new, old);
     assert_eq!(fake.refresh_count("acct-1"), 1);
+    (pool, clock, id, old, new)
+}
+
+#[tokio::test]
+async fn a_401_with_a_stale_token_uses_the_new_one_without_refreshing() {
+    let fake = fake();
+    let (pool, _, id, old, new) = refreshed_for_a_401(&fake).await;
     // Another request that was sent with the old token comes back 401 later.
     let again = pool
         .auth()
@@ -123,15 +130,7 @@ async fn a_401_with_a_stale_token_uses_the_new_one_without_refreshing() {
 #[tokio::test]
 async fn a_401_right_after_a_401_refresh_does_not_refresh_again() {
     let fake = fake();
-    let (pool, clock) = memory_pool(&fake, &[]).await;
-    let id = import(&pool, &fake, "acct-1").await;
-    let old = pool.accounts().get(&id).unwrap().tokens.access_token;
-    let new = pool
-        .auth()
-        .refresh_after_unauthorized(&id, &old)
-        .await
-        .unwrap();
-    assert_eq!(fake.refresh_count("acct-1"), 1);
+    let (pool, clock, id, _, new) = refreshed_for_a_401(&fake).await;
     // The new token is refused as well.
     let e = pool
         .auth()

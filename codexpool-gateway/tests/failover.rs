@@ -58,6 +58,21 @@ async fn with_fallback_and(
     (h0, h)
 }
 
+/// The Responses events of a stream that failed before its first event, checked to be a
+/// response that failed at once: `response.created`, `response.failed`, `error`, numbered 0-2.
+fn failed_at_once(text: &str) -> Vec<serde_json::Value> {
+    let frames = json_frames(text);
+    let types = common::event_types(&frames);
+    assert_eq!(
+        types,
+        ["response.created", "response.failed", "error"],
+        "{text}"
+    );
+    let numbers: Vec<_> = frames.iter().map(|f| &f["sequence_number"]).collect();
+    assert_eq!(numbers, [0, 1, 2], "{text}");
+    frames
+}
+
 /// The first account refuses with its usage limit; with `early`, after the keep-alive
 /// interval of [`with_fallback`] (100 ms), so the stream's headers went out first.
 fn refuse_with_usage_limit(h: &common::Harness, early: bool) {
@@ -589,18 +604,7 @@ async fn a_failure_after_early_headers_ends_a_responses_stream_with_an_error_eve
     // A response that failed at once, as clients that build the response from the stream
     // (openai-python's `responses.stream`) need it: created first, then failed, then the error,
     // numbered from 0.
-    let frames = json_frames(&text);
-    let types = common::event_types(&frames);
-    assert_eq!(
-        types,
-        ["response.created", "response.failed", "error"],
-        "{text}"
-    );
-    let numbers: Vec<u64> = frames
-        .iter()
-        .map(|f| f["sequence_number"].as_u64().unwrap())
-        .collect();
-    assert_eq!(numbers, [0, 1, 2]);
+    let frames = failed_at_once(&text);
     let (created, failed, error) = (&frames[0]["response"], &frames[1]["response"], &frames[2]);
     assert_eq!(created["status"], "in_progress");
     assert_eq!(created["id"], failed["id"]);
@@ -700,15 +704,8 @@ async fn an_empty_fallback_stream_is_a_failed_response() {
         let body = json!({"model": "gpt-5", "input": "hi", "stream": true});
         let (status, _, text) = h.call(h.post("/v1/responses", body)).await;
         assert_eq!(status, StatusCode::OK, "{text}");
-        let frames = json_frames(&text);
-        let types = common::event_types(&frames);
-        assert_eq!(
-            types,
-            ["response.created", "response.failed", "error"],
-            "{text}"
-        );
+        let frames = failed_at_once(&text);
         assert_eq!(frames[2]["code"], "upstream_cut", "{text}");
-        assert_eq!(frames[2]["sequence_number"], 2, "{text}");
         assert_eq!(h.total_inflight(), 0);
     }
     // A whole stream from a fallback that numbers nothing passes as it came.
@@ -804,17 +801,12 @@ async fn a_fallback_stream_that_fails_ends_with_whole_events_and_one_error() {
                     None => assert_eq!(last["choices"][0]["finish_reason"], "stop", "{text}"),
                 }
             } else {
-                let types = common::event_types(&frames);
-                let numbers: Vec<_> = frames.iter().map(|f| &f["sequence_number"]).collect();
                 if text.contains("ping") {
                     // Nothing but a comment went by: a response that failed at once.
-                    assert_eq!(
-                        types,
-                        ["response.created", "response.failed", "error"],
-                        "{text}"
-                    );
-                    assert_eq!(numbers, [0, 1, 2], "{text}");
+                    failed_at_once(&text);
                 } else {
+                    let types = common::event_types(&frames);
+                    let numbers: Vec<_> = frames.iter().map(|f| &f["sequence_number"]).collect();
                     assert_eq!(types, ["response.created", "error"], "{what}: {text}");
                     assert_eq!(numbers, [0, 1], "{text}");
                 }
