@@ -404,7 +404,7 @@ pub(crate) fn apply_body_rules_with(
                             // conversation goes on without it, as OpenAI's does without
                             // reasoning it cannot read (the Vercel AI SDK refers to its
                             // reasoning on every turn).
-                            None if id.starts_with("rs_") => {
+                            None if is_reasoning_id(&id) => {
                                 note(&mut dropped, "input[].item_reference");
                             }
                             None => return Err(RequestError::item_not_found(n, &id)),
@@ -415,7 +415,7 @@ pub(crate) fn apply_body_rules_with(
                     None => note(
                         &mut dropped,
                         match id {
-                            Some(id) if id.starts_with("rs_") => "input[].reasoning",
+                            Some(id) if is_reasoning_id(&id) => "input[].reasoning",
                             _ => "input[].item_reference",
                         },
                     ),
@@ -764,6 +764,12 @@ fn rewrite_top_level(
     }
     w.end();
     Bytes::from(out)
+}
+
+/// Whether an item id is a reasoning item's (`rs_…`): reasoning a conversation can go on
+/// without when it is no longer kept.
+fn is_reasoning_id(id: &str) -> bool {
+    id.starts_with("rs_")
 }
 
 /// The model asked for upstream: the key's, else the client's (a non-empty string).
