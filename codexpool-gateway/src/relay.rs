@@ -15,13 +15,11 @@
 //! the upstream connection is closed, and the record is written once with what happened. For
 //! Responses clients with `store` on it also keeps the answer, from the final event it writes.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use codexpool_core::{Lease, Outcome};
-use futures_util::StreamExt;
 
 use crate::adapt::event::ResponseRef;
 use crate::adapt::responses::event_response;
@@ -29,12 +27,12 @@ use crate::adapt::{
     AssembleError, ChatAssembler, ChatStream, EventKind, FailureKind, ResponseAssembler,
     ResponsesEvent, TokenUsage, UpstreamFailure, items_array, sub_bytes, with_field,
 };
-use crate::error::{ApiError, UPSTREAM_TIMEOUT};
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::record::Record;
-use crate::sse::{SseEvent, SseItem, SseParser, write_data, write_event};
+use crate::sse::{Cut, SseEvent, SseItem, read_chunk, write_data, write_event};
 use crate::stored::Pending;
-use crate::upstream::{ByteStream, Call, Committed};
+use crate::upstream::{BodyError, Call, Committed, Events};
 
 /// What the client gets.
 pub(crate) enum Mode {
@@ -98,12 +96,9 @@ const SEQUENCE_SCAN: usize = 96;
 /// A committed upstream stream on its way to a streaming client.
 pub(crate) struct Relay {
     lease: Option<Lease>,
-    body: ByteStream,
-    parser: SseParser,
-    pending: VecDeque<SseItem>,
+    events: Events,
     mode: Mode,
     record: Record,
-    idle: Duration,
     metrics: Arc<Metrics>,
     first_event: Instant,
     pre_send: Duration,
@@ -223,13 +218,7 @@ fn facts(event: &ResponsesEvent<'_>) -> (bool, Option<TokenUsage>, Option<Upstre
 }
 
 impl Relay {
-    pub fn new(
-        c: Committed,
-        mode: Mode,
-        idle: Duration,
-        metrics: Arc<Metrics>,
-        pre_send: Duration,
-    ) -> Self {
+    pub fn new(c: Committed, mode: Mode, metrics: Arc<Metrics>, pre_send: Duration) -> Self {
         let Committed {
             lease,
             stream,
@@ -239,12 +228,9 @@ impl Relay {
         record.entry.status = 200;
         Self {
             lease: Some(lease),
-            body: stream.body,
-            parser: stream.parser,
-            pending: stream.buffered,
+            events: stream.events,
             mode,
             record,
-            idle,
             metrics,
             first_event: stream.first_event,
             pre_send,
@@ -274,13 +260,6 @@ impl Relay {
     pub(crate) fn refill_output(mut self, on: bool) -> Self {
         self.refill = on.then(OutputRefill::default);
         self
-    }
-
-    fn next_item(&mut self) -> Result<Option<SseItem>, String> {
-        if let Some(item) = self.pending.pop_front() {
-            return Ok(Some(item));
-        }
-        self.parser.next_item().map_err(|e| e.to_string())
     }
 
     /// Writes one item for the client; `true` when it ended the response.
@@ -365,21 +344,6 @@ impl Relay {
         terminal
     }
 
-    /// Ends a stream the upstream broke off: the client learns it from the stream itself.
-    fn broken(&mut self, code: &str, message: String, out: &mut BytesMut) {
-        let f = UpstreamFailure {
-            kind: FailureKind::Server,
-            status: None,
-            code: Some(code.into()),
-            message,
-        };
-        match &mut self.mode {
-            Mode::Chat(chat) => chat.fail(&f, out),
-            Mode::Passthrough => error_event(out, self.next_sequence, code, &f.message),
-        }
-        self.error_class = Some(code.to_string());
-    }
-
     /// The next piece of the response, `None` at the end.
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.done {
@@ -387,10 +351,10 @@ impl Relay {
         }
         // What goes out is about what came in (events pass as they are, or shrink to chat
         // chunks): one allocation rather than a doubling every few events.
-        let mut out = BytesMut::with_capacity(self.parser.queued_bytes());
+        let mut out = BytesMut::with_capacity(self.events.queued_bytes());
         loop {
             loop {
-                match self.next_item() {
+                match self.events.ready() {
                     Ok(Some(item)) => {
                         if self.emit(item, &mut out).await {
                             self.complete().await;
@@ -398,53 +362,39 @@ impl Relay {
                         }
                     }
                     Ok(None) => break,
-                    Err(e) => {
-                        self.broken("malformed_stream", e, &mut out);
-                        self.complete().await;
-                        return self.hand_out(out);
-                    }
+                    Err(cut) => return self.cut_off(cut, out).await,
                 }
             }
             if !out.is_empty() {
                 return self.hand_out(out);
             }
-            match tokio::time::timeout(self.idle, self.body.next()).await {
-                Ok(Some(Ok(chunk))) => {
-                    out.reserve(chunk.len());
-                    self.parser.push(chunk);
-                }
-                Ok(Some(Err(e))) => {
-                    self.broken(
-                        "upstream_cut",
-                        format!("the upstream stream broke: {e}"),
-                        &mut out,
-                    );
-                    self.cut().await;
-                    return self.hand_out(out);
-                }
-                Ok(None) => {
-                    match &mut self.mode {
-                        Mode::Chat(chat) => {
-                            chat.finish(&mut out);
-                            self.error_class = Some("upstream_cut".into());
-                        }
-                        Mode::Passthrough => self.broken(
-                            "upstream_cut",
-                            "the upstream stream ended before the response completed".into(),
-                            &mut out,
-                        ),
-                    }
-                    self.cut().await;
-                    return self.hand_out(out);
-                }
-                Err(_) => {
-                    let msg = format!("the upstream sent nothing for {} s", self.idle.as_secs());
-                    self.broken(UPSTREAM_TIMEOUT, msg, &mut out);
-                    self.cut().await;
-                    return self.hand_out(out);
-                }
+            if let Err(cut) = self.events.fill().await {
+                return self.cut_off(cut, out).await;
             }
+            out.reserve(self.events.queued_bytes());
         }
+    }
+
+    /// Ends a stream the upstream cut off: the client learns it from the stream itself.
+    async fn cut_off(&mut self, cut: Cut<BodyError>, mut out: BytesMut) -> Option<Bytes> {
+        let f = UpstreamFailure {
+            kind: FailureKind::Server,
+            status: None,
+            code: Some(cut.code().into()),
+            message: cut.to_string(),
+        };
+        match &mut self.mode {
+            // An end without a final event, in the chat adapter's own words.
+            Mode::Chat(chat) if matches!(cut, Cut::Ended(_)) => chat.finish(&mut out),
+            Mode::Chat(chat) => chat.fail(&f, &mut out),
+            Mode::Passthrough => error_event(&mut out, self.next_sequence, cut.code(), &f.message),
+        }
+        self.error_class = Some(cut.code().into());
+        if let Some(lease) = &self.lease {
+            lease.report(Outcome::UpstreamError).await;
+        }
+        self.finish_record();
+        self.hand_out(out)
     }
 
     fn hand_out(&mut self, out: BytesMut) -> Option<Bytes> {
@@ -455,13 +405,6 @@ impl Relay {
                 .overhead(self.pre_send + self.first_event.elapsed());
         }
         Some(out.freeze())
-    }
-
-    async fn cut(&mut self) {
-        if let Some(lease) = &self.lease {
-            lease.report(Outcome::UpstreamError).await;
-        }
-        self.finish_record();
     }
 
     async fn complete(&mut self) {
@@ -520,84 +463,49 @@ impl Assemble for ResponseAssembler {
 }
 
 /// Reads a committed stream to its end into one JSON answer.
-pub(crate) async fn collect<A: Assemble>(
-    c: Committed,
-    mut asm: A,
-    idle: Duration,
-) -> Result<Bytes, Missed> {
+pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Bytes, Missed> {
     let Committed {
         lease,
         stream,
         mut call,
         ..
     } = c;
-    let (mut body, mut parser, mut pending) = (stream.body, stream.parser, stream.buffered);
+    let mut events = stream.events;
     // (the error, its class, what the account learns, whether another account may do better)
     let result: Result<(), (ApiError, String, Option<Outcome>, bool)> = async {
         loop {
-            let item = match pending.pop_front() {
-                Some(i) => Some(i),
-                None => parser.next_item().map_err(|e| {
-                    (
-                        ApiError::bad_gateway("malformed_stream", e.to_string()),
-                        "malformed_stream".into(),
-                        Some(Outcome::UpstreamError),
-                        true,
-                    )
-                })?,
-            };
-            if let Some(item) = item {
-                if let SseItem::Event(ev) = item {
-                    match asm.push(&ev) {
-                        Ok(true) => return Ok(()),
-                        Ok(false) => {}
-                        Err(AssembleError::Failed(f)) => {
-                            return Err((
-                                ApiError::from_upstream(&f),
-                                f.error_code().to_string(),
-                                late_outcome(&f, &lease),
-                                f.retry_elsewhere(),
-                            ));
-                        }
-                        Err(e) => {
-                            return Err((
-                                ApiError::bad_gateway("malformed_event", e.to_string()),
-                                "malformed_event".into(),
-                                Some(Outcome::UpstreamError),
-                                true,
-                            ));
-                        }
-                    }
-                }
-                continue;
-            }
-            match tokio::time::timeout(idle, body.next()).await {
-                Ok(Some(Ok(chunk))) => parser.push(chunk),
-                Ok(Some(Err(e))) => {
-                    let msg = format!("the upstream stream broke: {e}");
-                    return Err((
-                        ApiError::bad_gateway("upstream_cut", msg),
-                        "upstream_cut".into(),
-                        Some(Outcome::UpstreamError),
-                        true,
-                    ));
-                }
-                Ok(None) => {
-                    let msg = "the upstream stream ended before the response completed";
-                    return Err((
-                        ApiError::bad_gateway("upstream_cut", msg),
-                        "upstream_cut".into(),
-                        Some(Outcome::UpstreamError),
-                        true,
-                    ));
-                }
+            let event = match events.next().await {
+                Ok(SseItem::Event(event)) => event,
+                Ok(SseItem::Comment(_)) => continue,
                 // The client has waited the whole idle timeout already: not once more.
-                Err(_) => {
+                Err(Cut::Silent(idle)) => {
+                    let error = ApiError::timeout(idle);
+                    let class = error.code.clone();
+                    return Err((error, class, Some(Outcome::UpstreamError), false));
+                }
+                Err(cut) => {
+                    let error = ApiError::bad_gateway(cut.code(), cut.to_string());
+                    let class = error.code.clone();
+                    return Err((error, class, Some(Outcome::UpstreamError), true));
+                }
+            };
+            match asm.push(&event) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(AssembleError::Failed(f)) => {
                     return Err((
-                        ApiError::timeout(idle),
-                        UPSTREAM_TIMEOUT.into(),
+                        ApiError::from_upstream(&f),
+                        f.error_code().to_string(),
+                        late_outcome(&f, &lease),
+                        f.retry_elsewhere(),
+                    ));
+                }
+                Err(e) => {
+                    return Err((
+                        ApiError::bad_gateway("malformed_event", e.to_string()),
+                        "malformed_event".into(),
                         Some(Outcome::UpstreamError),
-                        false,
+                        true,
                     ));
                 }
             }
@@ -653,7 +561,7 @@ pub(crate) enum Missed {
 
 /// A committed JSON answer relayed byte for byte; the lease is held and the record written when
 /// the body ends (or the client leaves).
-pub(crate) fn raw_body(c: Committed, idle: Duration) -> axum::body::Body {
+pub(crate) fn raw_body(c: Committed) -> axum::body::Body {
     let Committed {
         lease,
         stream,
@@ -661,43 +569,27 @@ pub(crate) fn raw_body(c: Committed, idle: Duration) -> axum::body::Body {
         ..
     } = c;
     record.entry.status = 200;
-    let state = (stream.body, Some(lease), record);
+    let idle = stream.events.idle();
+    let state = (stream.events.into_body(), Some(lease), record);
     let s =
         futures_util::stream::unfold(state, move |(mut body, mut lease, mut record)| async move {
-            lease.as_ref()?;
-            match tokio::time::timeout(idle, body.next()).await {
-                Ok(Some(Ok(chunk))) => {
+            let l = lease.take()?;
+            let (outcome, cut) = match read_chunk(&mut body, idle).await {
+                Ok(Some(chunk)) => {
                     record.first_byte();
-                    Some((Ok::<Bytes, std::io::Error>(chunk), (body, lease, record)))
+                    return Some((Ok(chunk), (body, Some(l), record)));
                 }
-                Ok(None) => {
-                    if let Some(l) = lease.take() {
-                        l.report(Outcome::Success).await;
-                    }
-                    record.finish(200, None, None);
-                    None
-                }
-                Ok(Some(Err(e))) => {
-                    if let Some(l) = lease.take() {
-                        l.report(Outcome::UpstreamError).await;
-                    }
-                    record.finish(200, Some("upstream_cut"), None);
-                    Some((
-                        Err(std::io::Error::other(e.to_string())),
-                        (body, None, record),
-                    ))
-                }
-                Err(_) => {
-                    if let Some(l) = lease.take() {
-                        l.report(Outcome::UpstreamError).await;
-                    }
-                    record.finish(200, Some(UPSTREAM_TIMEOUT), None);
-                    Some((
-                        Err(std::io::Error::other("the upstream went silent")),
-                        (body, None, record),
-                    ))
-                }
-            }
+                Ok(None) => (Outcome::Success, None),
+                Err(cut) => (Outcome::UpstreamError, Some(cut)),
+            };
+            l.report(outcome).await;
+            record.finish(200, cut.as_ref().map(Cut::code), None);
+            // A clean end ends the body; a cut breaks it.
+            let cut = cut?;
+            Some((
+                Err(std::io::Error::other(cut.to_string())),
+                (body, None, record),
+            ))
         });
     axum::body::Body::from_stream(s)
 }

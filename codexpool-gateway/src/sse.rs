@@ -13,7 +13,8 @@
 //! input the spec discards an event that was never terminated by a blank line; [`SseParser::finish`]
 //! does too, but says so with [`SseError::Truncated`], because for a proxy a cut-off event means a
 //! cut-off answer. The writer half ([`write_data`], [`write_event`], [`SseEvent::encode`]) renders
-//! frames into a [`BytesMut`] without re-encoding the payload.
+//! frames into a [`BytesMut`] without re-encoding the payload. [`SseReader`] feeds a parser from
+//! a body with an idle timeout per read, and names every early stop of the body one way ([`Cut`]).
 //!
 //! ```
 //! use codexpool_gateway::sse::{SseItem, SseParser};
@@ -30,8 +31,10 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 
 /// Default cap on the size of one event (all its field lines), 16 MiB.
@@ -522,6 +525,132 @@ impl SseParser {
     }
 }
 
+/// Why an event stream stopped before its last event, as an [`SseReader`] found it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Cut<E> {
+    /// An event the parser could not take (larger than its limit).
+    Malformed(SseError),
+    /// The body broke off.
+    Broke(E),
+    /// The body ended; with the event it ended inside, if any.
+    Ended(Option<SseError>),
+    /// Nothing arrived within the idle timeout.
+    Silent(Duration),
+}
+
+impl<E> Cut<E> {
+    /// The error code a client and the request log are given for it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed_stream",
+            Self::Broke(_) | Self::Ended(_) => "upstream_cut",
+            Self::Silent(_) => crate::error::UPSTREAM_TIMEOUT,
+        }
+    }
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for Cut<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Malformed(e) | Self::Ended(Some(e)) => e.fmt(f),
+            Self::Broke(e) => write!(f, "the upstream stream broke off: {e}"),
+            Self::Ended(None) => f.write_str("the upstream stream ended before its last event"),
+            Self::Silent(idle) => write!(f, "the upstream sent nothing for {} s", idle.as_secs()),
+        }
+    }
+}
+
+/// The next chunk of `body`, `None` at its end, waiting at most `idle` for it.
+pub async fn read_chunk<S, E>(body: &mut S, idle: Duration) -> Result<Option<Bytes>, Cut<E>>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    match tokio::time::timeout(idle, body.next()).await {
+        Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+        Ok(Some(Err(e))) => Err(Cut::Broke(e)),
+        Ok(None) => Ok(None),
+        Err(_) => Err(Cut::Silent(idle)),
+    }
+}
+
+/// Pulls items out of a body as it arrives: an [`SseParser`] fed from the body, each read
+/// waiting at most the idle timeout, every way the body can stop early told as one [`Cut`].
+/// Items read ahead can be [handed back](Self::hand_back) to come out first.
+pub struct SseReader<S> {
+    body: S,
+    parser: SseParser,
+    held: VecDeque<SseItem>,
+    idle: Duration,
+}
+
+impl<S, E> SseReader<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    /// Reads `body`, waiting at most `idle` for each chunk.
+    pub fn new(body: S, idle: Duration) -> Self {
+        Self {
+            body,
+            parser: SseParser::new(),
+            held: VecDeque::new(),
+            idle,
+        }
+    }
+
+    /// The next item, waiting for the body as long as it takes (an idle timeout per chunk).
+    /// Cancel-safe: a chunk is taken only once it has arrived.
+    pub async fn next(&mut self) -> Result<SseItem, Cut<E>> {
+        loop {
+            if let Some(item) = self.ready()? {
+                return Ok(item);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The next item from what has arrived already, without waiting.
+    pub fn ready(&mut self) -> Result<Option<SseItem>, Cut<E>> {
+        if let Some(item) = self.held.pop_front() {
+            return Ok(Some(item));
+        }
+        self.parser.next_item().map_err(Cut::Malformed)
+    }
+
+    /// Waits for the next chunk of the body (see [`ready`](Self::ready)); the end of the body
+    /// is a [`Cut::Ended`]: a stream of events ends after its last event, not before.
+    pub async fn fill(&mut self) -> Result<(), Cut<E>> {
+        match read_chunk(&mut self.body, self.idle).await? {
+            Some(chunk) => {
+                self.parser.push(chunk);
+                Ok(())
+            }
+            None => Err(Cut::Ended(self.parser.finish().err())),
+        }
+    }
+
+    /// Puts `items` (read earlier) before everything not yet read.
+    pub fn hand_back(&mut self, mut items: VecDeque<SseItem>) {
+        items.append(&mut self.held);
+        self.held = items;
+    }
+
+    /// Bytes arrived and not yet parsed into items.
+    pub fn queued_bytes(&self) -> usize {
+        self.parser.queued_bytes()
+    }
+
+    /// How long each read waits.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// The body, for an answer that is no event stream (nothing must have been read yet).
+    pub fn into_body(self) -> S {
+        self.body
+    }
+}
+
 fn is_line_end(b: u8) -> bool {
     b == b'\n' || b == b'\r'
 }
@@ -602,6 +731,80 @@ fn write_field(out: &mut BytesMut, prefix: &[u8], value: &[u8]) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A body of `chunks`, then `end` (`Some`: it breaks with that error; `None`: it ends).
+    fn body(
+        chunks: &[&'static str],
+        end: Option<&'static str>,
+    ) -> impl Stream<Item = Result<Bytes, &'static str>> + Unpin {
+        let chunks = chunks.iter().map(|c| Ok(Bytes::from_static(c.as_bytes())));
+        futures_util::stream::iter(chunks.chain(end.map(Err)))
+    }
+
+    fn data(item: SseItem) -> Bytes {
+        match item {
+            SseItem::Event(e) => e.into_data(),
+            SseItem::Comment(c) => c,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_tells_every_early_stop_one_way() {
+        const IDLE: Duration = Duration::from_secs(5);
+        // Items handed back come first, then the body's, across chunk boundaries.
+        let mut reader = SseReader::new(body(&["data: b\n", "\n: c\n\n"], None), IDLE);
+        let first = reader.next().await.unwrap();
+        reader.hand_back(VecDeque::from([SseItem::Event(SseEvent::new("a")), first]));
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(data(reader.next().await.unwrap()));
+        }
+        assert_eq!(seen, ["a", "b", "c"]);
+        // A clean end is still an end before the last event: the reader cannot know which
+        // event is the last.
+        let cut = reader.next().await.unwrap_err();
+        assert!(matches!(cut, Cut::Ended(None)), "{cut:?}");
+        assert_eq!(
+            (cut.code(), cut.to_string().as_str()),
+            (
+                "upstream_cut",
+                "the upstream stream ended before its last event"
+            )
+        );
+
+        // An end inside an event says how much was cut.
+        let mut reader = SseReader::new(body(&["data: a\n\ndata: partial"], None), IDLE);
+        assert_eq!(data(reader.next().await.unwrap()), "a");
+        let cut = reader.next().await.unwrap_err();
+        assert!(
+            matches!(cut, Cut::Ended(Some(SseError::Truncated { .. }))),
+            "{cut:?}"
+        );
+
+        // A break keeps its reason; nothing waits past it.
+        let mut reader = SseReader::new(body(&["data: a\n"], Some("reset by peer")), IDLE);
+        let cut = reader.next().await.unwrap_err();
+        assert_eq!(cut.code(), "upstream_cut");
+        assert_eq!(
+            cut.to_string(),
+            "the upstream stream broke off: reset by peer"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_body_is_a_timeout_after_the_idle_time() {
+        let idle = Duration::from_secs(300);
+        let silent = futures_util::stream::pending::<Result<Bytes, &'static str>>();
+        let mut reader = SseReader::new(silent, idle);
+        let start = tokio::time::Instant::now();
+        let cut = reader.next().await.unwrap_err();
+        assert_eq!(start.elapsed(), idle);
+        assert!(matches!(cut, Cut::Silent(d) if d == idle), "{cut:?}");
+        assert_eq!(cut.code(), crate::error::UPSTREAM_TIMEOUT);
+        assert_eq!(cut.to_string(), "the upstream sent nothing for 300 s");
+        // Nothing was read: the body comes back as it was.
+        assert_eq!(reader.queued_bytes(), 0);
+    }
 
     /// Feeds `input` split at `cuts` and returns everything the parser produced, errors included.
     fn parse_chunks(

@@ -41,7 +41,7 @@ use crate::adapt::{
 use crate::error::{ApiError, UPSTREAM_TIMEOUT, UPSTREAM_UNREACHABLE};
 use crate::metrics::{Attempt, Metrics};
 use crate::record::Record;
-use crate::sse::{SseItem, SseParser};
+use crate::sse::{SseItem, SseReader, read_chunk};
 
 pub use codexpool_core::auth::CODEX_VERSION;
 /// Most bytes of a non-200 upstream body read to classify it.
@@ -573,12 +573,13 @@ pub(crate) struct Call {
     pub arrived: Instant,
 }
 
+/// The upstream's answer as events.
+pub(crate) type Events = SseReader<ByteStream>;
+
 /// An upstream answer read up to its first semantic event.
 pub(crate) struct Opened {
-    pub body: ByteStream,
-    pub parser: SseParser,
-    /// Everything read so far, the semantic event last.
-    pub buffered: VecDeque<SseItem>,
+    /// Its events, those read so far first (the semantic event last).
+    pub events: Events,
     /// When the first semantic event arrived (for the gateway-overhead metric).
     pub first_event: Instant,
 }
@@ -906,9 +907,7 @@ async fn attempt(
     };
     if !call.sse {
         let opened = Opened {
-            body: response.body,
-            parser: SseParser::new(),
-            buffered: VecDeque::new(),
+            events: Events::new(response.body, upstream.idle_timeout),
             first_event: Instant::now(),
         };
         return Step::Committed(opened, headers);
@@ -930,24 +929,11 @@ const NOTICE_READ: Duration = Duration::from_secs(2);
 /// A usage-limit notice that began with `text`, read on to the end of its text (briefly: the
 /// stream is refused either way) so that the wait it names is known; `None` if it is not a
 /// notice after all (too long).
-async fn read_notice(
-    upstream: &Upstream,
-    parser: &mut SseParser,
-    body: &mut ByteStream,
-    mut text: String,
-) -> Option<UpstreamFailure> {
-    let until = tokio::time::Instant::now() + NOTICE_READ.min(upstream.idle_timeout);
-    'events: while text.len() <= MAX_NOTICE_TEXT {
-        let item = loop {
-            match parser.next_item() {
-                Ok(Some(item)) => break item,
-                Ok(None) => {}
-                Err(_) => break 'events,
-            }
-            match tokio::time::timeout_at(until, body.next()).await {
-                Ok(Some(Ok(chunk))) => parser.push(chunk),
-                _ => break 'events,
-            }
+async fn read_notice(events: &mut Events, mut text: String) -> Option<UpstreamFailure> {
+    let until = tokio::time::Instant::now() + NOTICE_READ;
+    while text.len() <= MAX_NOTICE_TEXT {
+        let Ok(Ok(item)) = tokio::time::timeout_at(until, events.next()).await else {
+            break;
         };
         match message_text(&item) {
             Some((more, false)) => text.push_str(&more),
@@ -1022,93 +1008,50 @@ async fn read_failure(upstream: &Upstream, response: Answer) -> UpstreamFailure 
 }
 
 /// Reads until the first semantic event; `Err` is the step to take instead.
-async fn preflight(upstream: &Upstream, mut body: ByteStream) -> Result<Opened, Step> {
-    let mut parser = SseParser::new();
+async fn preflight(upstream: &Upstream, body: ByteStream) -> Result<Opened, Step> {
+    let mut events = Events::new(body, upstream.idle_timeout);
     let mut buffered = VecDeque::new();
     let mut held = 0;
     loop {
-        loop {
-            match parser.next_item() {
-                Ok(Some(item)) => {
-                    // Comments in a row say one thing (the upstream is alive): one is kept, so
-                    // a long wait for the first output does not pile them up.
-                    if matches!(item, SseItem::Comment(_))
-                        && matches!(buffered.back(), Some(SseItem::Comment(_)))
-                    {
-                        continue;
-                    }
-                    let mut verdict = preflight_item(&item);
-                    // Counted with what holding an item costs besides its data.
-                    held += 64
-                        + match &item {
-                            SseItem::Event(e) => e.data().len(),
-                            SseItem::Comment(c) => c.len(),
-                        };
-                    if held > PREFLIGHT_HOLD && matches!(verdict, Preflight::Pending) {
-                        verdict = Preflight::Semantic;
-                    }
-                    buffered.push_back(item);
-                    match verdict {
-                        Preflight::Pending => {}
-                        Preflight::Semantic => {
-                            return Ok(Opened {
-                                body,
-                                parser,
-                                buffered,
-                                first_event: Instant::now(),
-                            });
-                        }
-                        Preflight::Failure(f) => {
-                            let f = match buffered.back().and_then(message_text) {
-                                // A usage-limit notice in the text: the wait it names may come
-                                // in the deltas after the phrase.
-                                Some((start, false)) => {
-                                    read_notice(upstream, &mut parser, &mut body, start)
-                                        .await
-                                        .unwrap_or(f)
-                                }
-                                _ => f,
-                            };
-                            return Err(Step::after(f));
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(Step::Next(failure(
-                        FailureKind::Server,
-                        "malformed_stream",
-                        e.to_string(),
-                    )));
-                }
-            }
+        let item = events
+            .next()
+            .await
+            .map_err(|cut| Step::Next(failure(FailureKind::Server, cut.code(), cut.to_string())))?;
+        // Comments in a row say one thing (the upstream is alive): one is kept, so a long wait
+        // for the first output does not pile them up.
+        if matches!(item, SseItem::Comment(_))
+            && matches!(buffered.back(), Some(SseItem::Comment(_)))
+        {
+            continue;
         }
-        match tokio::time::timeout(upstream.idle_timeout, body.next()).await {
-            Ok(Some(Ok(chunk))) => parser.push(chunk),
-            Ok(Some(Err(e))) => {
-                return Err(Step::Next(failure(
-                    FailureKind::Server,
-                    "upstream_cut",
-                    format!("stream broke before any output: {e}"),
-                )));
+        let mut verdict = preflight_item(&item);
+        // Counted with what holding an item costs besides its data.
+        held += 64
+            + match &item {
+                SseItem::Event(e) => e.data().len(),
+                SseItem::Comment(c) => c.len(),
+            };
+        if held > PREFLIGHT_HOLD && matches!(verdict, Preflight::Pending) {
+            verdict = Preflight::Semantic;
+        }
+        buffered.push_back(item);
+        match verdict {
+            Preflight::Pending => {}
+            Preflight::Semantic => {
+                events.hand_back(buffered);
+                return Ok(Opened {
+                    events,
+                    first_event: Instant::now(),
+                });
             }
-            Ok(None) => {
-                let detail = match parser.finish() {
-                    Err(e) => e.to_string(),
-                    Ok(()) => "the stream ended before any output".into(),
+            Preflight::Failure(f) => {
+                let f = match buffered.back().and_then(message_text) {
+                    // A usage-limit notice in the text: the wait it names may come in the
+                    // deltas after the phrase.
+                    Some((start, false)) => read_notice(&mut events, start).await.unwrap_or(f),
+                    _ => f,
                 };
-                return Err(Step::Next(failure(
-                    FailureKind::Server,
-                    "upstream_cut",
-                    detail,
-                )));
-            }
-            Err(_) => {
-                return Err(Step::Next(failure(
-                    FailureKind::Server,
-                    UPSTREAM_TIMEOUT,
-                    format!("no output for {} s", upstream.idle_timeout.as_secs()),
-                )));
+                return Err(Step::after(f));
             }
         }
     }
@@ -1118,12 +1061,10 @@ async fn preflight(upstream: &Upstream, mut body: ByteStream) -> Result<Opened, 
 async fn read_limited(mut stream: ByteStream, limit: usize, idle: Duration) -> Vec<u8> {
     let mut out = Vec::new();
     while out.len() < limit {
-        match tokio::time::timeout(idle, stream.next()).await {
-            Ok(Some(Ok(chunk))) => {
-                out.extend_from_slice(&chunk[..chunk.len().min(limit - out.len())])
-            }
-            _ => break,
-        }
+        let Ok(Some(chunk)) = read_chunk(&mut stream, idle).await else {
+            break;
+        };
+        out.extend_from_slice(&chunk[..chunk.len().min(limit - out.len())]);
     }
     out
 }

@@ -12,8 +12,8 @@ use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::{Answering, FallbackRequest, bound, failure_as_first_event, reject};
 use crate::Shared;
@@ -22,7 +22,9 @@ use crate::adapt::responses::{Recall, event_response, for_fallback, response_id}
 use crate::error::ApiError;
 use crate::metrics::Protocol;
 use crate::record::Record;
-use crate::sse::{DEFAULT_MAX_EVENT_BYTES, DONE_FRAME, SseEvent, SseItem, SseParser};
+use crate::sse::{
+    Cut, DEFAULT_MAX_EVENT_BYTES, DONE_FRAME, SseEvent, SseItem, SseParser, read_chunk,
+};
 use crate::stored::Pending;
 use crate::upstream;
 
@@ -111,7 +113,10 @@ pub(super) async fn call(
         .filter(|_| status == StatusCode::OK && req.path == "/responses")
         .map(|pending| Keeper::new(pending, sse));
     let passed = Passed {
-        body: resp.bytes_stream().boxed(),
+        body: resp
+            .bytes_stream()
+            .map_err(|e| upstream::without_url(&e))
+            .boxed(),
         guard: Guard {
             record: Some(record),
             status: status.as_u16(),
@@ -143,7 +148,8 @@ fn is_event_stream(content_type: Option<&HeaderValue>) -> bool {
 
 /// The fallback's answer on its way to the client.
 struct Passed {
-    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    /// Its errors named without the fallback's URL.
+    body: BoxStream<'static, Result<Bytes, String>>,
     guard: Guard,
     keeper: Option<Keeper>,
     /// For [`Passing::Events`], when the answer is a 200.
@@ -161,23 +167,15 @@ impl Passed {
         }
         // What went wrong, and the whole events that came before it in the same chunk.
         let (error, before) = loop {
-            let chunk = match tokio::time::timeout(self.idle, self.body.next()).await {
-                Ok(Some(Ok(chunk))) => chunk,
-                Ok(Some(Err(e))) => {
-                    let message = format!(
-                        "the fallback upstream's stream broke off: {}",
-                        upstream::without_url(&e)
-                    );
-                    break (ApiError::bad_gateway("upstream_cut", message), Bytes::new());
-                }
-                Err(_) => break (ApiError::timeout(self.idle), Bytes::new()),
+            let chunk = match read_chunk(&mut self.body, self.idle).await {
+                Ok(Some(chunk)) => chunk,
                 Ok(None) => match &self.events {
                     Some(events) if !events.ended => {
-                        let message = "the fallback upstream's stream ended before its last event";
-                        break (ApiError::bad_gateway("upstream_cut", message), Bytes::new());
+                        break (cut_error(Cut::Ended(None)), Bytes::new());
                     }
                     _ => return self.end_well(),
                 },
+                Err(cut) => break (cut_error(cut), Bytes::new()),
             };
             self.keeper = self.keeper.take().and_then(|k| k.see(&chunk));
             let Some(events) = &mut self.events else {
@@ -214,6 +212,14 @@ impl Passed {
         }
         let events = self.events.as_ref()?;
         (events.chat && !events.done_sent).then(|| Ok(Bytes::from_static(DONE_FRAME)))
+    }
+}
+
+/// What the client is told of a cut in the fallback's answer.
+fn cut_error(cut: Cut<String>) -> ApiError {
+    match cut {
+        Cut::Silent(idle) => ApiError::timeout(idle),
+        cut => ApiError::bad_gateway(cut.code(), format!("fallback upstream: {cut}")),
     }
 }
 
@@ -262,10 +268,7 @@ impl EventWise {
                     crate::sse::write_comment(&mut out, &String::from_utf8_lossy(&text));
                 }
                 Ok(None) => return (out.freeze(), None),
-                Err(e) => {
-                    let error = ApiError::bad_gateway("malformed_stream", e.to_string());
-                    return (out.freeze(), Some(error));
-                }
+                Err(e) => return (out.freeze(), Some(cut_error(Cut::Malformed(e)))),
             }
         }
     }

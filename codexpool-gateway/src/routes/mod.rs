@@ -270,8 +270,7 @@ fn relay_body(state: BodyState) -> Body {
                             if let Some(p) = &mut pending {
                                 p.served_by(c.lease.account_id());
                             }
-                            let idle = shared.upstream.idle_timeout;
-                            let mut relay = Box::new(Relay::new(c, mode, idle, shared.metrics.clone(), pre_send).refill_output(refill).keep(pending));
+                            let mut relay = Box::new(Relay::new(c, mode, shared.metrics.clone(), pre_send).refill_output(refill).keep(pending));
                             let chunk = relay.next_chunk().await.unwrap_or_default();
                             Some((Ok(chunk), BodyState::Relaying(relay)))
                         }
@@ -465,7 +464,6 @@ pub(crate) async fn dispatch(
             return reject(failed.record, failed.error, protocol);
         }
     };
-    let idle = shared.upstream.idle_timeout;
     let res = match answer {
         Answer::ResponsesStream | Answer::ChatStream(_) => {
             let mut extra = extra;
@@ -476,7 +474,6 @@ pub(crate) async fn dispatch(
             let relay = Relay::new(
                 committed,
                 answer.mode(created),
-                idle,
                 shared.metrics.clone(),
                 pre_send,
             )
@@ -524,7 +521,6 @@ async fn assembled(
     mut extra: Vec<(&'static str, HeaderValue)>,
     mut pending: Option<Box<Pending>>,
 ) -> Response {
-    let idle = shared.upstream.idle_timeout;
     let ours = extra.len();
     loop {
         extra.truncate(ours);
@@ -534,9 +530,9 @@ async fn assembled(
         }
         let collected = match how.answer {
             Answer::ChatJson(opts) => {
-                collect(committed, ChatAssembler::new(opts, how.created), idle).await
+                collect(committed, ChatAssembler::new(opts, how.created)).await
             }
-            _ => collect(committed, ResponseAssembler::new(), idle).await,
+            _ => collect(committed, ResponseAssembler::new()).await,
         };
         let (call, error) = match collected {
             Ok(json) => {
@@ -721,7 +717,7 @@ impl Intake {
             Ok(c) => {
                 let mut extra = p.extra;
                 answer_headers(&mut extra, &c);
-                let body = crate::relay::raw_body(c, p.shared.upstream.idle_timeout);
+                let body = crate::relay::raw_body(c);
                 with_protocol(respond(body, "application/json", &extra), p.protocol)
             }
             Err(failed) => reject(failed.record, failed.error, p.protocol),
