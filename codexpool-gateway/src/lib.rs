@@ -2,7 +2,8 @@
 //! accounts.
 //!
 //! [`Gateway`] is a tower `Service` (an axum `Router` inside) serving `POST /v1/responses`
-//! (with `GET`/`DELETE /v1/responses/{id}` for the responses it keeps), `POST
+//! (with `GET`/`DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items` for the
+//! responses it keeps), `POST
 //! /v1/chat/completions`, `GET /v1/models`, `GET /health` and `GET /metrics`. Every model request
 //! is authenticated with a platform key, adapted to the Codex backend's dialect, and sent through
 //! the best account that still has quota; failures before the first byte of output fail over to
@@ -159,6 +160,10 @@ impl Gateway {
             .route(
                 "/v1/responses/{id}",
                 get(routes::responses::retrieve).delete(routes::responses::delete),
+            )
+            .route(
+                "/v1/responses/{id}/input_items",
+                get(routes::responses::input_items),
             )
             .route("/v1/chat/completions", post(routes::chat::handle))
             .route("/v1/models", get(routes::models::handle))

@@ -28,6 +28,7 @@
 //! each goes [`RESPONSES_TTL`] after its last use. Everything is in memory, per
 //! process: a restart forgets it all.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,7 +36,7 @@ use std::time::Duration;
 
 use codexpool_core::{Clock, Pool, Timestamp};
 
-use crate::adapt::responses::{Recall, stored_parts};
+use crate::adapt::responses::{Recall, listed_item, stored_parts};
 use crate::adapt::write_json;
 
 /// How long a response is kept after its last use (OpenAI keeps stored responses for 30 days; a
@@ -108,16 +109,61 @@ impl Item {
 
     /// The item as clients see it: its id back in front.
     fn write_for_client(&self, out: &mut Vec<u8>) {
-        let (Some(id), Some(rest)) = (&self.id, self.json.strip_prefix('{')) else {
-            out.extend_from_slice(self.json.as_bytes());
-            return;
-        };
-        out.extend_from_slice(b"{\"id\":");
-        write_json(out, &**id);
-        if !rest.trim_start().starts_with('}') {
-            out.push(b',');
+        with_id_first(out, &self.json, self.id.as_deref());
+    }
+}
+
+/// An item's `json` with `id` in front (as it is without one).
+fn with_id_first(out: &mut Vec<u8>, json: &str, id: Option<&str>) {
+    let (Some(id), Some(rest)) = (id, json.strip_prefix('{')) else {
+        out.extend_from_slice(json.as_bytes());
+        return;
+    };
+    out.extend_from_slice(b"{\"id\":");
+    write_json(out, id);
+    if !rest.trim_start().starts_with('}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest.trim_start().as_bytes());
+}
+
+/// Which input items of a kept response are listed (see [`ResponseStore::input_items`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ItemsPage<'a> {
+    /// At most this many (OpenAI's default: 20, at most 100).
+    pub limit: usize,
+    /// The last input item first (`order=desc`, OpenAI's default).
+    pub newest_first: bool,
+    /// Only items after this one, in the list's order.
+    pub after: Option<&'a str>,
+    /// Only items before this one.
+    pub before: Option<&'a str>,
+}
+
+impl ItemsPage<'_> {
+    /// The places in `ids` (the items in input order) to list, in the list's order, and
+    /// whether more lie beyond them; `Err` names the cursor that is none of `ids`.
+    fn of<S: AsRef<str>>(&self, ids: &[S]) -> Result<(Vec<usize>, bool), &'static str> {
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        if self.newest_first {
+            order.reverse();
         }
-        out.extend_from_slice(rest.trim_start().as_bytes());
+        let place = |param, cursor: Option<&str>| match cursor {
+            None => Ok(None),
+            Some(c) => match order.iter().position(|&i| ids[i].as_ref() == c) {
+                Some(at) => Ok(Some(at)),
+                None => Err(param),
+            },
+        };
+        let start = place("after", self.after)?.map_or(0, |at| at + 1);
+        let end = place("before", self.before)?.unwrap_or(order.len());
+        let window = order.get(start..end).unwrap_or_default();
+        // Only `before`: the items just before it; else those just after the start.
+        let shown = match (self.after, self.before) {
+            (None, Some(_)) => &window[window.len().saturating_sub(self.limit)..],
+            _ => &window[..window.len().min(self.limit)],
+        };
+        Ok((shown.to_vec(), shown.len() < window.len()))
     }
 }
 
@@ -541,6 +587,50 @@ impl ResponseStore {
         Some(out)
     }
 
+    /// A page of the input items of a kept response of `key`, as `GET
+    /// /v1/responses/{id}/input_items` answers it (OpenAI's list object); `None` when the
+    /// response is not kept, `Err` with the parameter (`after`, `before`) naming no item of it.
+    ///
+    /// The backend keeps no item ids, so an item the client sent without one is listed under one
+    /// made from the response id and its place (`resp_…_in3`), the same on every call; items an
+    /// earlier answer gave keep theirs.
+    pub(crate) fn input_items(
+        &self,
+        key: &str,
+        id: &str,
+        page: &ItemsPage<'_>,
+    ) -> Option<Result<Vec<u8>, &'static str>> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let entry = inner.open(key, id, now, self.limit)?;
+        let ids: Vec<Cow<'_, str>> = (entry.input.iter().enumerate())
+            .map(|(i, item)| match &item.id {
+                Some(own) => Cow::Borrowed(&**own),
+                None => Cow::Owned(format!("{id}_in{i}")),
+            })
+            .collect();
+        let (shown, more) = match page.of(&ids) {
+            Ok(shown) => shown,
+            Err(param) => return Some(Err(param)),
+        };
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
+        for (n, &i) in shown.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            with_id_first(&mut out, &listed_item(&entry.input[i].json), Some(&ids[i]));
+        }
+        out.extend_from_slice(b"],\"first_id\":");
+        let edge = |at: Option<&usize>| at.map(|&i| &*ids[i]);
+        write_json(&mut out, &edge(shown.first()));
+        out.extend_from_slice(b",\"last_id\":");
+        write_json(&mut out, &edge(shown.last()));
+        out.extend_from_slice(b",\"has_more\":");
+        out.extend_from_slice(if more { b"true}" } else { b"false}" });
+        Some(Ok(out))
+    }
+
     /// Forgets a response of `key`; `false` when it was not kept.
     pub(crate) fn delete(&self, key: &str, id: &str) -> bool {
         self.lock().remove(key, id)
@@ -713,6 +803,54 @@ mod tests {
     use crate::adapt::responses::response_id;
     use codexpool_core::ManualClock;
     use serde_json::{Value, json};
+
+    #[test]
+    fn an_items_page_is_cut_as_openai_cuts_a_list() {
+        let ids = ["a", "b", "c", "d", "e"];
+        let page = |limit, newest_first, after, before| ItemsPage {
+            limit,
+            newest_first,
+            after,
+            before,
+        };
+        assert_eq!(page(2, true, None, None).of(&ids), Ok((vec![4, 3], true)));
+        assert_eq!(
+            page(9, true, None, None).of(&ids),
+            Ok((vec![4, 3, 2, 1, 0], false))
+        );
+        assert_eq!(
+            page(2, false, Some("b"), None).of(&ids),
+            Ok((vec![2, 3], true))
+        );
+        assert_eq!(
+            page(2, true, Some("b"), None).of(&ids),
+            Ok((vec![0], false))
+        );
+        // Only `before`: the items next to it.
+        assert_eq!(
+            page(2, false, None, Some("d")).of(&ids),
+            Ok((vec![1, 2], true))
+        );
+        assert_eq!(
+            page(9, false, Some("a"), Some("d")).of(&ids),
+            Ok((vec![1, 2], false))
+        );
+        // Cursors the wrong way round leave nothing between them.
+        assert_eq!(
+            page(9, false, Some("d"), Some("b")).of(&ids),
+            Ok((vec![], false))
+        );
+        assert_eq!(
+            page(9, false, Some("e"), None).of(&ids),
+            Ok((vec![], false))
+        );
+        assert_eq!(page(9, false, Some("z"), None).of(&ids), Err("after"));
+        assert_eq!(page(9, false, None, Some("z")).of(&ids), Err("before"));
+        assert_eq!(
+            page(9, true, None, None).of::<&str>(&[]),
+            Ok((vec![], false))
+        );
+    }
 
     fn store(limit: usize) -> (Arc<ResponseStore>, ManualClock) {
         let clock = ManualClock::new(Timestamp::from_secs(1_700_000_000));

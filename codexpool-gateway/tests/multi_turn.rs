@@ -381,14 +381,19 @@ async fn a_key_never_sees_another_keys_responses() {
         (status, e["param"].as_str()),
         (StatusCode::BAD_REQUEST, Some("input[0]"))
     );
-    let get = |key: &str| {
-        Request::get(format!("/v1/responses/{}", r1["id"].as_str().unwrap()))
-            .header("authorization", format!("Bearer {key}"))
-            .body(Body::empty())
-            .unwrap()
+    let get = |key: &str, tail: &str| {
+        Request::get(format!(
+            "/v1/responses/{}{tail}",
+            r1["id"].as_str().unwrap()
+        ))
+        .header("authorization", format!("Bearer {key}"))
+        .body(Body::empty())
+        .unwrap()
     };
-    assert_eq!(h.call(get(&other)).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(h.call(get(&h.key)).await.0, StatusCode::OK);
+    for tail in ["", "/input_items"] {
+        assert_eq!(h.call(get(&other, tail)).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(h.call(get(&h.key, tail)).await.0, StatusCode::OK);
+    }
     assert_eq!(h.fake.count("/backend-api/codex/responses"), 1);
 }
 
@@ -560,6 +565,95 @@ async fn a_kept_response_can_be_read_and_deleted() {
     // Without a key: 401, as every model route.
     let anonymous = Request::get(&path).body(Body::empty()).unwrap();
     assert_eq!(h.call(anonymous).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_kept_responses_input_is_listed_a_page_at_a_time() {
+    let h = harness(1, &[]).await;
+    h.fake.push_reply("acct-0", Reply::text("A1"));
+    let r1 = turn(&h, json!({"model": "gpt-5", "input": [user("Q1")]})).await;
+    h.fake.push_reply("acct-0", Reply::text("A2"));
+    let body = json!({"model": "gpt-5", "previous_response_id": r1["id"],
+        "input": [user("Q2a"), {"role": "user", "content": "Q2b"}]});
+    let r2 = turn(&h, body).await;
+    let r2_id = r2["id"].as_str().unwrap();
+    let list = |query: &str| {
+        Request::get(format!("/v1/responses/{r2_id}/input_items{query}"))
+            .header("authorization", format!("Bearer {}", h.key))
+            .body(Body::empty())
+            .unwrap()
+    };
+    // Turn 2 was answered for turn 1's input and answer, then its own input. The items the
+    // client sent carry ids made from the response's; the answer's item keeps its own.
+    let (status, all) = h.json(list("?order=asc")).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    let data = all["data"].as_array().unwrap();
+    let ids: Vec<&str> = data.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let answer_id = r1["output"][0]["id"].as_str().unwrap();
+    let made = |n: usize| format!("{r2_id}_in{n}");
+    assert_eq!(
+        ids,
+        [made(0).as_str(), answer_id, &made(2), &made(3)],
+        "{all}"
+    );
+    assert_eq!(data[0]["content"][0]["text"], "Q1");
+    assert_eq!(data[1]["content"][0]["text"], "A1");
+    // A message sent the short way is listed as OpenAI lists it.
+    assert_eq!(
+        data[3],
+        json!({"id": made(3), "type": "message", "role": "user",
+               "content": [{"type": "input_text", "text": "Q2b"}]})
+    );
+    assert_eq!(
+        (&all["first_id"], &all["last_id"], &all["has_more"]),
+        (&json!(made(0)), &json!(made(3)), &json!(false))
+    );
+
+    // Newest first by default; `after` walks on from the last id of a page.
+    let (_, page) = h.json(list("?limit=3")).await;
+    let ids: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [made(3).as_str(), &made(2), answer_id]);
+    assert_eq!(page["has_more"], true);
+    let (_, rest) = h.json(list(&format!("?limit=3&after={answer_id}"))).await;
+    assert_eq!(rest["data"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (&rest["first_id"], &rest["has_more"]),
+        (&json!(made(0)), &json!(false))
+    );
+    // `before`: the items just before it.
+    let (_, before) = h
+        .json(list(&format!("?order=asc&limit=1&before={}", made(3))))
+        .await;
+    assert_eq!(before["data"][0]["id"], made(2), "{before}");
+    assert_eq!(before["has_more"], true);
+
+    // Bad parameters are a 400 naming the parameter; another response's id a 404.
+    for (query, param) in [
+        ("?limit=0", "limit"),
+        ("?limit=101", "limit"),
+        ("?limit=ten", "limit"),
+        ("?order=sideways", "order"),
+        ("?after=msg_nowhere", "after"),
+        ("?before=msg_nowhere", "before"),
+    ] {
+        let (status, e) = error_of(&h, list(query)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {e}");
+        assert_eq!(e["param"], param, "{query}: {e}");
+    }
+    let (status, e) = error_of(&h, list("?limit=1&limit=2")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    let unknown = Request::get("/v1/responses/resp_nowhere/input_items")
+        .header("authorization", format!("Bearer {}", h.key))
+        .body(Body::empty())
+        .unwrap();
+    let (status, e) = error_of(&h, unknown).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(e["code"], "response_not_found", "{e}");
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@ auth.json → a platform key → codexpool.serve → the official `openai` clien
 responses, streaming and not) → the ledger and request log; and errors as `openai` exceptions."""
 
 import time
+import warnings
 from collections.abc import Iterator
 
 import openai
@@ -177,3 +178,29 @@ def test_failover_to_the_next_account_is_invisible(
     entry = pool.request_log.list(1)[0]
     assert entry.accounts_tried == [first.id, second.id]
     assert entry.account_id == second.id
+
+
+def test_a_conversation_is_read_back_through_the_sdk(
+    fake: FakeOpenAi, served: tuple[codexpool.Server, str]
+) -> None:
+    srv, key = served
+    c = client(srv, key)
+    fake.push_reply("acct-1", Reply.text("first answer"))
+    questions = [{"role": "user", "content": f"q{n}"} for n in range(3)]
+    r1 = c.responses.create(model="gpt-5-codex", input=questions)  # type: ignore[arg-type]
+    fake.push_reply("acct-1", Reply.text("second answer"))
+    r2 = c.responses.create(model="gpt-5-codex", input="q3", previous_response_id=r1.id)
+    assert c.responses.retrieve(r2.id).output_text == "second answer"
+    # The SDK's own paging (two items a page, following `last_id`) walks the whole input
+    # turn 2 was answered for: turn 1's questions and answer, then its own question.
+    # Messages sent the short way are listed as OpenAI lists them (as the SDK's types say).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pages = c.responses.input_items.list(r2.id, limit=2, order="asc")
+        items = [item.model_dump() for item in pages]
+    assert [i["content"][0]["text"] for i in items] == ["q0", "q1", "q2", "first answer", "q3"]
+    assert len({i["id"] for i in items}) == 5
+    assert items[3]["id"] == r1.output[0].id
+    c.responses.delete(r2.id)
+    with pytest.raises(openai.NotFoundError):
+        c.responses.input_items.list(r2.id)

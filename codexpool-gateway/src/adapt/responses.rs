@@ -26,6 +26,7 @@ use bytes::Bytes;
 use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::{Value, json};
 
 use super::event::{
     EventError, EventKind, ResponseRef, ResponsesEvent, TokenUsage, UpstreamFailure,
@@ -1063,6 +1064,29 @@ fn content_mentions_json(content: &RawValue) -> bool {
 
 /// The text of a `system`/`developer` message item made only of text, else `None` (the item stays
 /// in `input`).
+/// An input item as OpenAI lists it (`GET /v1/responses/{id}/input_items`): a message given the
+/// short way (`{"role": …, "content": "text"}`) as a `message` with one text part (the
+/// assistant's `output_text`, everyone else's `input_text`); any other item as it is.
+pub(crate) fn listed_item(item: &str) -> Cow<'_, str> {
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str(item) else {
+        return Cow::Borrowed(item);
+    };
+    let (Some(Value::String(role)), Some(Value::String(text))) =
+        (fields.get("role"), fields.get("content"))
+    else {
+        return Cow::Borrowed(item);
+    };
+    let part = match role.as_str() {
+        "assistant" => json!({"type": "output_text", "text": text, "annotations": []}),
+        _ => json!({"type": "input_text", "text": text}),
+    };
+    fields.insert("content".into(), json!([part]));
+    fields
+        .entry("type")
+        .or_insert_with(|| Value::from("message"));
+    Cow::Owned(Value::Object(fields).to_string())
+}
+
 fn system_message_text(item: &str) -> Option<Cow<'_, str>> {
     let head: MessageHead<'_> = serde_json::from_str(item).ok()?;
     if head
@@ -1268,7 +1292,32 @@ mod tests {
     use super::*;
     use crate::adapt::FailureKind;
     use proptest::prelude::*;
-    use serde_json::{Value, json};
+
+    #[test]
+    fn short_messages_are_listed_as_openai_lists_them() {
+        let listed = |item: &str| serde_json::from_str::<Value>(&listed_item(item)).unwrap();
+        assert_eq!(
+            listed(r#"{"role":"assistant","content":"A"}"#),
+            json!({"type": "message", "role": "assistant",
+                   "content": [{"type": "output_text", "text": "A", "annotations": []}]})
+        );
+        assert_eq!(
+            listed(r#"{"type":"message","role":"developer","content":"D"}"#),
+            json!({"type": "message", "role": "developer",
+                   "content": [{"type": "input_text", "text": "D"}]})
+        );
+        // Anything else goes as it is, byte for byte.
+        for item in [
+            r#"{"role":"user","content":[{"type":"input_text","text":"q"}]}"#,
+            r#"{"type":"function_call_output","call_id":"c","output":"o"}"#,
+            "not json",
+        ] {
+            assert!(
+                matches!(listed_item(item), Cow::Borrowed(b) if b == item),
+                "{item}"
+            );
+        }
+    }
 
     const FIXTURE: &str = include_str!("testdata/codex-cli-0.171-request.json");
 

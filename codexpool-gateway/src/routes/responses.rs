@@ -3,13 +3,15 @@
 //! (`previous_response_id`, `item_reference`; see [`crate::stored`]), and their answers are kept
 //! unless they said `store: false`; the Codex CLI's are forwarded as sent, with its headers, and
 //! never kept. `stream: false` clients get the final `response` object. `GET` and `DELETE
-//! /v1/responses/{id}` read and forget a kept response. And `POST /v1/responses/compact`, the
+//! /v1/responses/{id}` read and forget a kept response, `GET /v1/responses/{id}/input_items`
+//! lists its input. And `POST /v1/responses/compact`, the
 //! Codex CLI's history compaction, whose JSON answer is relayed as is.
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use codexpool_core::PlatformKey;
@@ -20,7 +22,7 @@ use crate::adapt::responses::apply_body_rules_with;
 use crate::adapt::{RequestError, UpstreamRequest, codex_passthrough, is_codex_client};
 use crate::error::ApiError;
 use crate::metrics::Protocol;
-use crate::stored::Pending;
+use crate::stored::{ItemsPage, Pending};
 
 fn protocol_of(headers: &HeaderMap) -> Protocol {
     let codex = is_codex_client(
@@ -129,16 +131,100 @@ pub(crate) async fn retrieve(
     Path(id): Path<String>,
 ) -> Response {
     match shared.responses.as_ref().and_then(|s| s.get(&key.id, &id)) {
-        Some(json) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            json,
-        )
-            .into_response(),
+        Some(json) => json_response(json),
         None => response_not_found(&id),
     }
+}
+
+/// The query of `GET /v1/responses/{id}/input_items` (OpenAI's; `include` changes nothing
+/// here: the items are kept whole).
+#[derive(serde::Deserialize)]
+pub(crate) struct ItemsQuery {
+    limit: Option<String>,
+    order: Option<String>,
+    after: Option<String>,
+    before: Option<String>,
+}
+
+impl ItemsQuery {
+    fn page(&self) -> Result<ItemsPage<'_>, ApiError> {
+        let invalid = |param: &str, message: String| {
+            let mut error = ApiError::bad_request("invalid_value", message);
+            error.param = Some(param.into());
+            error
+        };
+        let limit = match self.limit.as_deref() {
+            None => 20,
+            Some(v) => match v.parse() {
+                Ok(n @ 1..=100) => n,
+                _ => {
+                    let message = format!("limit must be an integer from 1 to 100, got {v:?}");
+                    return Err(invalid("limit", message));
+                }
+            },
+        };
+        let newest_first = match self.order.as_deref() {
+            None | Some("desc") => true,
+            Some("asc") => false,
+            Some(v) => {
+                let message = format!("order must be \"asc\" or \"desc\", got {v:?}");
+                return Err(invalid("order", message));
+            }
+        };
+        Ok(ItemsPage {
+            limit,
+            newest_first,
+            after: self.after.as_deref(),
+            before: self.before.as_deref(),
+        })
+    }
+}
+
+/// `GET /v1/responses/{id}/input_items`: the input a kept response of this key was answered
+/// for, a page at a time (OpenAI's list object and cursors).
+pub(crate) async fn input_items(
+    State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Arc<PlatformKey>>,
+    Path(id): Path<String>,
+    query: Result<Query<ItemsQuery>, QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return ApiError::bad_request("invalid_value", e.body_text()).into_response(),
+    };
+    let page = match query.page() {
+        Ok(page) => page,
+        Err(e) => return e.into_response(),
+    };
+    match shared
+        .responses
+        .as_ref()
+        .and_then(|s| s.input_items(&key.id, &id, &page))
+    {
+        Some(Ok(json)) => json_response(json),
+        Some(Err(param)) => {
+            let cursor = if param == "after" {
+                page.after
+            } else {
+                page.before
+            };
+            let mut error = ApiError::bad_request(
+                "invalid_value",
+                format!(
+                    "{param}: no input item '{}' in response '{id}'",
+                    cursor.unwrap_or_default()
+                ),
+            );
+            error.param = Some(param.into());
+            error.into_response()
+        }
+        None => response_not_found(&id),
+    }
+}
+
+fn json_response(json: Vec<u8>) -> Response {
+    let content_type = HeaderValue::from_static("application/json");
+    ([(header::CONTENT_TYPE, content_type)], json).into_response()
 }
 
 /// `DELETE /v1/responses/{id}`: forgets a kept response of this key (OpenAI's answer shape).
