@@ -508,10 +508,7 @@ async fn lost_reasoning_is_left_out_and_openai_only_state_refused() {
         user("Hi"), {"type": "item_reference", "id": "rs_gone"}, user("Again")]});
     let (status, headers, text) = h.call(h.post("/v1/responses", body)).await;
     assert_eq!(status, StatusCode::OK, "{text}");
-    assert_eq!(
-        headers["x-codexpool-dropped-params"],
-        "input[].item_reference"
-    );
+    assert_eq!(headers["x-codexpool-dropped-params"], "input[].reasoning");
     assert_eq!(sent_texts(&h), ["Hi", "Again"]);
     for field in ["conversation", "prompt"] {
         let mut body = json!({"model": "gpt-5-codex", "input": "Hi"});

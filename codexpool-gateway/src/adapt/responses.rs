@@ -406,7 +406,7 @@ pub(crate) fn apply_body_rules_with(
                             // reasoning it cannot read (the Vercel AI SDK refers to its
                             // reasoning on every turn).
                             None if is_reasoning_id(&id) => {
-                                note(&mut dropped, "input[].item_reference");
+                                note(&mut dropped, "input[].reasoning");
                             }
                             None => return Err(RequestError::item_not_found(n, &id)),
                         }
