@@ -19,6 +19,7 @@ use std::time::Duration;
 use codexpool_core::config::ConfigError;
 use codexpool_core::{Config, Pool};
 
+use crate::Failure;
 use crate::args::{AccountCommand, Command, KeyCommand};
 use crate::output::Output;
 
@@ -50,7 +51,8 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
         Command::Serve(a) => serve::serve(&ctx, a).await,
         Command::Demo => demo::demo(&ctx).await,
         Command::Config => config::config(&ctx),
-        command => {
+        // `account login` and `logs --follow` end on a signal themselves.
+        command @ (Command::Account(AccountCommand::Login(_)) | Command::Logs(_)) => {
             let pool = ctx.open_pool().await?;
             let result = run_on_pool(command, &ctx, &pool).await;
             // Usage readings and last-used times are written in batches: write them before the
@@ -59,7 +61,40 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
             result?;
             Ok(flushed?)
         }
+        command => {
+            let pool = ctx.open_pool().await?;
+            stoppable(command, &ctx, &pool).await
+        }
     }
+}
+
+/// Runs a command until it ends or a signal stops it, then writes what is queued. A token
+/// refresh the command started goes on either way and is waited for: the issuer may have
+/// rotated the refresh token already, and only the one it answered with signs in again (a
+/// process killed at once would lose the sign-in). A second signal quits without waiting.
+async fn stoppable(command: Command, ctx: &Ctx, pool: &Pool) -> anyhow::Result<()> {
+    let mut signals = Signals::new()?;
+    let result = tokio::select! {
+        r = run_on_pool(command, ctx, pool) => r,
+        signal = signals.recv() => {
+            ctx.out.note(format!(
+                "{signal}: stopping once what is under way is saved (again to quit now)."
+            ));
+            Err(anyhow::anyhow!("stopped by {signal}"))
+        }
+    };
+    let flushed = tokio::select! {
+        f = pool.flush() => f,
+        signal = signals.recv() => {
+            return Err(Failure::new(
+                format!("stopped by {signal} before what was under way was saved"),
+                "if an account asks to sign in again, run `codexpool account login`",
+            )
+            .into());
+        }
+    };
+    result?;
+    Ok(flushed?)
 }
 
 async fn run_on_pool(command: Command, ctx: &Ctx, pool: &Pool) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use codexpool_testkit::{FakeUsage, FakeWindow};
 
-use crate::support::{Env, texts};
+use crate::support::{Env, finish, signal, texts};
 
 fn window(used: f64, weekly: bool, secs: u64) -> FakeWindow {
     let w = if weekly {
@@ -100,4 +100,34 @@ fn control_characters_in_a_label_never_reach_the_terminal() {
         assert!(!out.lines().any(|l| l.starts_with("fake-line")), "{out}");
         assert!(out.contains(r"evil\u{1b}]0;pwned"), "{out}");
     }
+}
+
+/// Ctrl-C while a poll waits for a token refresh stops the command, not the refresh: the issuer
+/// may have rotated the refresh token already, and the process exits once the new one is saved.
+#[test]
+fn a_signal_during_a_token_refresh_waits_for_the_new_token() {
+    let env = Env::new();
+    env.add_accounts(&["acct-1"]);
+    std::thread::sleep(Duration::from_millis(1100));
+    env.fake.expire_access_token("acct-1");
+    env.fake.refresh_delay(Duration::from_secs(2));
+    let child = env.spawn(&["usage", "--refresh"], &[]);
+    assert!(
+        env.fake
+            .wait_until(Duration::from_secs(20), |f| f.refreshes_held() == 1)
+    );
+    signal(&child, "INT");
+    let (status, stderr) = finish(child, 30);
+    assert_eq!(status.code(), Some(1), "{status:?}: {stderr}");
+    assert!(stderr.contains("SIGINT: stopping once"), "{stderr}");
+    assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
+    assert_eq!(env.fake.refresh_count("acct-1"), 1);
+    // The rotated refresh token was saved: the sign-in refreshes again (the old one would be
+    // refused as reused, and the account signed out).
+    env.fake.refresh_delay(Duration::ZERO);
+    env.fake.expire_access_token("acct-1");
+    env.ok(&["usage", "--refresh"]);
+    assert_eq!(env.fake.refresh_count("acct-1"), 2);
+    let list = env.json(&["account", "list"]);
+    assert_eq!(list[0]["status"], "active", "{list}");
 }
