@@ -764,12 +764,11 @@ impl Pending {
         self.session = Some(Arc::from(session));
     }
 
-    /// The account that answers. Reasoning another account encrypted did not go to it (the
+    /// The account that answers (the last one named: an assembled answer that failed part-way
+    /// is asked of another account). Reasoning another account encrypted did not go to it (the
     /// attempt loop left it out, or the backend refused it and it was left out on the resend),
     /// so it is not kept in this response's input either.
     pub(crate) fn served_by(&mut self, account: &str) {
-        self.input
-            .retain(|i| i.account.as_deref().is_none_or(|a| a == account));
         self.account = Some(Arc::from(account));
     }
 
@@ -789,10 +788,11 @@ impl Pending {
         let Self {
             store,
             key,
-            input,
+            mut input,
             account,
             session,
         } = self;
+        input.retain(|i| i.account.is_none() || i.account == account);
         store.insert(&key, id, input, json.into(), account, session);
     }
 }
@@ -1155,6 +1155,26 @@ mod tests {
             "acct-0's reasoning left out"
         );
         assert_eq!(all[1].account.as_deref(), Some("acct-1"));
+
+        // Asked of acct-0 first, answered by acct-1: the input kept is what acct-1 got, its
+        // own reasoning included.
+        let mut history = s.recall("k").response("resp_1").unwrap();
+        history.extend(all);
+        let mut p = Pending::new(s.clone(), "k", history);
+        p.served_by("acct-0");
+        p.served_by("acct-1");
+        p.finish("resp_3", &response("resp_3", "c"));
+        let kept = s.recall("k").response("resp_3").unwrap();
+        let reasoning: Vec<Option<&str>> = (kept.iter())
+            .filter(|i| i.json().contains("reasoning"))
+            .map(|i| i.account.as_deref())
+            .collect();
+        assert_eq!(
+            reasoning,
+            [Some("acct-1"), Some("acct-1")],
+            "{:?}",
+            values(&kept)
+        );
     }
 
     /// A request building its body from what it recalled holds up no other request.
