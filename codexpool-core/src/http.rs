@@ -1,6 +1,14 @@
 //! What an HTTP answer's shape says, shared by the usage poller and the gateway: both meet the
 //! same Cloudflare pages where JSON or an event stream belongs.
 
+/// Whether Cloudflare says it answered with a challenge (`cf-mitigated: challenge`), whatever
+/// the status and body.
+pub fn is_cloudflare_challenge(headers: &reqwest::header::HeaderMap) -> bool {
+    headers
+        .get("cf-mitigated")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"challenge"))
+}
+
 /// Whether an answer is an HTML page: its content type says so, or its body starts like one
 /// (a doctype, `<html>`, `<head>`, `<body>` or a comment, after any whitespace; an answer
 /// labelled JSON that is a page all the same).
@@ -27,6 +35,20 @@ pub fn is_html_page(content_type: Option<&str>, body: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_challenge_by_cloudflares_header() {
+        let with = |value: &'static str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(
+                "cf-mitigated",
+                reqwest::header::HeaderValue::from_static(value),
+            );
+            is_cloudflare_challenge(&h)
+        };
+        assert!(with("challenge") && with("Challenge"));
+        assert!(!with("managed") && !is_cloudflare_challenge(&Default::default()));
+    }
 
     #[test]
     fn pages_by_type_or_by_their_start() {

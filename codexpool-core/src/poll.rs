@@ -515,10 +515,7 @@ impl UsageTracker {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let challenge_header = resp
-            .headers()
-            .get("cf-mitigated")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"challenge"));
+        let challenge_header = crate::http::is_cloudflare_challenge(resp.headers());
         let body = resp.bytes().await.map_err(|e| PollError::Network {
             message: crate::auth::describe(&e),
         })?;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use bytes::Bytes;
+use codexpool_core::http::is_cloudflare_challenge;
 use codexpool_core::{
     Config, Demand, Lease, Outcome, PlatformKey, Pool, PoolError, Secret, Timestamp,
 };
@@ -971,13 +972,10 @@ impl Bodies<'_> {
 /// A Cloudflare page can come with a 200: `cf-mitigated: challenge` or an HTML body where an
 /// event stream (or JSON) belongs.
 fn is_a_challenge(headers: &HeaderMap) -> bool {
-    let header = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
-    header("cf-mitigated").is_some_and(|v| v.eq_ignore_ascii_case("challenge"))
-        || header(header::CONTENT_TYPE.as_str())
+    is_cloudflare_challenge(headers)
+        || headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.to_ascii_lowercase().contains("text/html"))
 }
 
@@ -992,10 +990,7 @@ async fn read_failure(upstream: &Upstream, response: Answer) -> UpstreamFailure 
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let cf = headers
-        .get("cf-mitigated")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("challenge"));
+    let cf = is_cloudflare_challenge(&headers);
     let mut f = classify_error_body(status.as_u16(), content_type, &body, cf);
     if let FailureKind::RateLimited { retry_after: None } = f.kind {
         let ra = headers
