@@ -19,6 +19,8 @@ fn run(env: &Env, args: &[&str]) -> (i32, String, String) {
 #[test]
 fn unknown_ids_name_what_was_asked_for() {
     let env = Env::new();
+    // A database that exists (a new one is announced before anything else).
+    env.ok(&["-q", "key", "list"]);
     let mut errors = Vec::new();
     for args in [
         &["account", "disable", "zzzz"][..],
@@ -74,6 +76,7 @@ async fn an_ambiguous_prefix_lists_the_candidates() {
 #[test]
 fn malformed_import_files_are_reported_and_fail() {
     let env = Env::new();
+    env.ok(&["-q", "key", "list"]);
     std::fs::write(env.path().join("bad.json"), "{not json").unwrap();
     std::fs::write(
         env.path().join("empty.json"),

@@ -229,10 +229,23 @@ async fn a_filter_that_matches_nothing_says_so() {
         err.trim_end(),
         format!("No request matches --key {unused}; `codexpool logs` shows them all.")
     );
-    // Without a filter, an empty log still says how to fill it.
+    // Without a filter, an empty log still says how to fill it. A database that was not there
+    // is announced, once: a mistyped --db is no silent empty pool.
     let empty = Env::new();
     let o = empty.cmd().arg("logs").output().unwrap();
+    let (_, err) = crate::support::texts(&o);
+    let created = format!("Created a new database at {}.", empty.db().display());
+    assert_eq!(err.lines().next(), Some(created.as_str()), "{err}");
+    assert!(
+        err.lines().nth(1).unwrap().starts_with("No requests yet."),
+        "{err}"
+    );
+    let o = empty.cmd().arg("logs").output().unwrap();
     assert!(crate::support::texts(&o).1.starts_with("No requests yet."));
+    // Not in JSON: stdout stays one document, stderr quiet.
+    let other = Env::new();
+    let o = other.cmd().args(["logs", "--json"]).output().unwrap();
+    assert_eq!(crate::support::texts(&o), ("[]\n".into(), String::new()));
 }
 
 /// A model name is whatever a key holder sent: its control characters are written out in the
