@@ -60,50 +60,75 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
         Command::Serve(a) => serve::serve(&ctx, a).await,
         Command::Demo => demo::demo(&ctx).await,
         Command::Config => config::config(&ctx),
-        // `account login` and `logs --follow` end on a signal themselves.
-        command @ (Command::Account(AccountCommand::Login(_)) | Command::Logs(_)) => {
+        command => {
             let pool = ctx.open_pool().await?;
-            let result = run_on_pool(command, &ctx, &pool).await;
-            // Usage readings and last-used times are written in batches: write them before the
-            // process ends.
+            // `account login` and `logs --follow` end on a signal themselves.
+            let own_signals = matches!(
+                command,
+                Command::Account(AccountCommand::Login(_)) | Command::Logs(_)
+            );
+            let mut stop = (!own_signals).then(|| Stop::watch(&ctx.out)).transpose()?;
+            let result = match &mut stop {
+                None => run_on_pool(command, &ctx, &pool).await,
+                Some(stop) => tokio::select! {
+                    r = run_on_pool(command, &ctx, &pool) => r,
+                    signal = stop.first() => Err(anyhow::anyhow!("stopped by {signal}")),
+                },
+            };
+            // Usage readings and last-used times are written in batches, and a token refresh
+            // the command started must be saved: all of it before the process ends.
             let flushed = pool.flush().await;
             result?;
             Ok(flushed?)
         }
-        command => {
-            let pool = ctx.open_pool().await?;
-            stoppable(command, &ctx, &pool).await
+    }
+}
+
+/// Ctrl-C and SIGTERM during a one-shot command, heard on a task of their own (so also while
+/// the command holds its thread, writing to a full pipe): the first stops the command but not a
+/// token refresh it started, which [`Pool::flush`] waits for (the issuer may have rotated the
+/// refresh token already, and only the one it answered with signs in again: a process killed at
+/// once would lose the sign-in); a second one ends the process at once.
+struct Stop {
+    first: tokio::sync::oneshot::Receiver<&'static str>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Stop {
+    fn watch(out: &Output) -> std::io::Result<Self> {
+        let mut signals = Signals::new()?;
+        let out = out.clone();
+        let (tx, first) = tokio::sync::oneshot::channel();
+        let watcher = tokio::spawn(async move {
+            let signal = signals.recv().await;
+            out.note(format!(
+                "{signal}: stopping once what is under way is saved (again to quit now)."
+            ));
+            let _ = tx.send(signal);
+            let signal = signals.recv().await;
+            let stopped = Failure::new(
+                format!("stopped by {signal} before what was under way was saved"),
+                "if an account asks to sign in again, run `codexpool account login`",
+            );
+            crate::report(&out, &stopped.into());
+            std::process::exit(1);
+        });
+        Ok(Self { first, watcher })
+    }
+
+    /// The first signal's name.
+    async fn first(&mut self) -> &'static str {
+        match (&mut self.first).await {
+            Ok(signal) => signal,
+            Err(_) => std::future::pending().await,
         }
     }
 }
 
-/// Runs a command until it ends or a signal stops it, then writes what is queued. A token
-/// refresh the command started goes on either way and is waited for: the issuer may have
-/// rotated the refresh token already, and only the one it answered with signs in again (a
-/// process killed at once would lose the sign-in). A second signal quits without waiting.
-async fn stoppable(command: Command, ctx: &Ctx, pool: &Pool) -> anyhow::Result<()> {
-    let mut signals = Signals::new()?;
-    let result = tokio::select! {
-        r = run_on_pool(command, ctx, pool) => r,
-        signal = signals.recv() => {
-            ctx.out.note(format!(
-                "{signal}: stopping once what is under way is saved (again to quit now)."
-            ));
-            Err(anyhow::anyhow!("stopped by {signal}"))
-        }
-    };
-    let flushed = tokio::select! {
-        f = pool.flush() => f,
-        signal = signals.recv() => {
-            return Err(Failure::new(
-                format!("stopped by {signal} before what was under way was saved"),
-                "if an account asks to sign in again, run `codexpool account login`",
-            )
-            .into());
-        }
-    };
-    result?;
-    Ok(flushed?)
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
 }
 
 async fn run_on_pool(command: Command, ctx: &Ctx, pool: &Pool) -> anyhow::Result<()> {

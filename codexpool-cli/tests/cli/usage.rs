@@ -130,4 +130,16 @@ fn a_signal_during_a_token_refresh_waits_for_the_new_token() {
     assert_eq!(env.fake.refresh_count("acct-1"), 2);
     let list = env.json(&["account", "list"]);
     assert_eq!(list[0]["status"], "active", "{list}");
+
+    // A second signal does not wait: the process ends at once, saying what may be lost.
+    env.fake.refresh_delay(Duration::from_secs(5));
+    env.fake.expire_access_token("acct-1");
+    let child = env.spawn(&["usage", "--refresh"], &[]);
+    assert!(env.fake.wait_until(Duration::from_secs(20), |f| f.refreshes_held() == 2));
+    signal(&child, "INT");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "INT");
+    let (status, stderr) = finish(child, 3);
+    assert_eq!(status.code(), Some(1), "{status:?}: {stderr}");
+    assert!(stderr.contains("before what was under way was saved"), "{stderr}");
 }
