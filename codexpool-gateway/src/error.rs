@@ -161,6 +161,15 @@ impl ApiError {
         )
     }
 
+    /// An upstream answer cut before its end, for a client that has seen none of it: a 504
+    /// after a silence, else a 502.
+    pub(crate) fn from_cut<E: std::fmt::Display>(cut: &crate::sse::Cut<E>) -> Self {
+        match cut {
+            crate::sse::Cut::Silent(idle) => Self::timeout(*idle),
+            cut => Self::bad_gateway(cut.code(), cut.to_string()),
+        }
+    }
+
     /// In the Codex backend's own words, for the Codex CLI: it recognises a spent quota by
     /// `error.type == "usage_limit_reached"` (with `resets_at`, `resets_in_seconds`) and then
     /// tells its user when to come back instead of retrying.

@@ -477,16 +477,12 @@ pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Byt
             let event = match events.next().await {
                 Ok(SseItem::Event(event)) => event,
                 Ok(SseItem::Comment(_)) => continue,
-                // The client has waited the whole idle timeout already: not once more.
-                Err(Cut::Silent(idle)) => {
-                    let error = ApiError::timeout(idle);
-                    let class = error.code.clone();
-                    return Err((error, class, Some(Outcome::UpstreamError), false));
-                }
                 Err(cut) => {
-                    let error = ApiError::bad_gateway(cut.code(), cut.to_string());
+                    let error = ApiError::from_cut(&cut);
                     let class = error.code.clone();
-                    return Err((error, class, Some(Outcome::UpstreamError), true));
+                    // The client has waited the whole idle timeout already: not once more.
+                    let elsewhere = !matches!(cut, Cut::Silent(_));
+                    return Err((error, class, Some(Outcome::UpstreamError), elsewhere));
                 }
             };
             match asm.push(&event) {

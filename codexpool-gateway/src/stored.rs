@@ -29,7 +29,7 @@
 //! process: a restart forgets it all.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -591,41 +591,50 @@ impl ResponseStore {
     /// /v1/responses/{id}/input_items` answers it (OpenAI's list object); `None` when the
     /// response is not kept, `Err` with the parameter (`after`, `before`) naming no item of it.
     ///
-    /// The backend keeps no item ids, so an item the client sent without one is listed under one
-    /// made from the response id and its place (`resp_…_in3`), the same on every call; items an
-    /// earlier answer gave keep theirs.
+    /// Items an earlier answer gave keep their ids. The backend takes no ids, so the others
+    /// (the client's, sent with an id or without) are listed under one made from the response
+    /// id and their place (`resp_…_in3`), the same on every call, as is a second item of an id
+    /// already listed (an `item_reference` to an item the `previous_response_id` brought too):
+    /// cursors must name one place.
     pub(crate) fn input_items(
         &self,
         key: &str,
         id: &str,
         page: &ItemsPage<'_>,
     ) -> Option<Result<Vec<u8>, &'static str>> {
-        let now = self.clock.now();
-        let mut inner = self.lock();
-        let entry = inner.open(key, id, now, self.limit)?;
-        let ids: Vec<Cow<'_, str>> = (entry.input.iter().enumerate())
-            .map(|(i, item)| match &item.id {
-                Some(own) => Cow::Borrowed(&**own),
-                None => Cow::Owned(format!("{id}_in{i}")),
-            })
-            .collect();
-        let (shown, more) = match page.of(&ids) {
-            Ok(shown) => shown,
-            Err(param) => return Some(Err(param)),
+        let (shown, more) = {
+            let now = self.clock.now();
+            let mut inner = self.lock();
+            let entry = inner.open(key, id, now, self.limit)?;
+            let mut seen = HashSet::new();
+            let ids: Vec<Cow<'_, str>> = (entry.input.iter().enumerate())
+                .map(|(i, item)| match item.id.as_deref() {
+                    Some(own) if seen.insert(own) => Cow::Borrowed(own),
+                    _ => Cow::Owned(format!("{id}_in{i}")),
+                })
+                .collect();
+            let (shown, more) = match page.of(&ids) {
+                Ok(shown) => shown,
+                Err(param) => return Some(Err(param)),
+            };
+            let shown: Vec<(Arc<Item>, String)> = (shown.into_iter())
+                .map(|i| (entry.input[i].clone(), ids[i].to_string()))
+                .collect();
+            (shown, more)
         };
+        // Written without the store's lock.
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
-        for (n, &i) in shown.iter().enumerate() {
+        for (n, (item, id)) in shown.iter().enumerate() {
             if n > 0 {
                 out.push(b',');
             }
-            with_id_first(&mut out, &listed_item(&entry.input[i].json), Some(&ids[i]));
+            with_id_first(&mut out, &listed_item(&item.json), Some(id));
         }
         out.extend_from_slice(b"],\"first_id\":");
-        let edge = |at: Option<&usize>| at.map(|&i| &*ids[i]);
-        write_json(&mut out, &edge(shown.first()));
+        write_json(&mut out, &shown.first().map(|(_, id)| id));
         out.extend_from_slice(b",\"last_id\":");
-        write_json(&mut out, &edge(shown.last()));
+        write_json(&mut out, &shown.last().map(|(_, id)| id));
         out.extend_from_slice(b",\"has_more\":");
         out.extend_from_slice(if more { b"true}" } else { b"false}" });
         Some(Ok(out))

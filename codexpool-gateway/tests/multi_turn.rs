@@ -629,6 +629,38 @@ async fn a_kept_responses_input_is_listed_a_page_at_a_time() {
     assert_eq!(before["data"][0]["id"], made(2), "{before}");
     assert_eq!(before["has_more"], true);
 
+    // An item listed twice (the chain brings it, a reference names it again) is listed under
+    // its id once: a cursor names one place.
+    h.fake.push_reply("acct-0", Reply::text("A3"));
+    let body = json!({"model": "gpt-5", "previous_response_id": r2_id,
+        "input": [{"type": "item_reference", "id": answer_id}, user("Q3")]});
+    let r3 = turn(&h, body).await;
+    let r3_id = r3["id"].as_str().unwrap();
+    let all = |query: String| {
+        Request::get(format!("/v1/responses/{r3_id}/input_items{query}"))
+            .header("authorization", format!("Bearer {}", h.key))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (_, listed) = h.json(all("?order=asc&limit=100".into())).await;
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    // Turn 1's question and answer, turn 2's questions and answer, the reference, turn 3's.
+    assert_eq!(ids.len(), 7, "{listed}");
+    assert_eq!(
+        ids.iter().filter(|i| **i == answer_id).count(),
+        1,
+        "{listed}"
+    );
+    assert_eq!(ids[5], format!("{r3_id}_in5"));
+    assert_eq!(listed["data"][5]["content"][0]["text"], "A1", "{listed}");
+    let (_, rest) = h.json(all(format!("?order=asc&after={}", ids[5]))).await;
+    assert_eq!(rest["data"][0]["content"][0]["text"], "Q3", "{rest}");
+
     // Bad parameters are a 400 naming the parameter; another response's id a 404.
     for (query, param) in [
         ("?limit=0", "limit"),

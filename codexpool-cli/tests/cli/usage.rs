@@ -135,11 +135,17 @@ fn a_signal_during_a_token_refresh_waits_for_the_new_token() {
     env.fake.refresh_delay(Duration::from_secs(5));
     env.fake.expire_access_token("acct-1");
     let child = env.spawn(&["usage", "--refresh"], &[]);
-    assert!(env.fake.wait_until(Duration::from_secs(20), |f| f.refreshes_held() == 2));
+    assert!(
+        env.fake
+            .wait_until(Duration::from_secs(20), |f| f.refreshes_held() == 2)
+    );
     signal(&child, "INT");
     std::thread::sleep(Duration::from_millis(300));
     signal(&child, "INT");
     let (status, stderr) = finish(child, 3);
     assert_eq!(status.code(), Some(1), "{status:?}: {stderr}");
-    assert!(stderr.contains("before what was under way was saved"), "{stderr}");
+    assert!(
+        stderr.contains("before what was under way was saved"),
+        "{stderr}"
+    );
 }

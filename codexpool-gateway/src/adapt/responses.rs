@@ -1062,31 +1062,35 @@ fn content_mentions_json(content: &RawValue) -> bool {
     })
 }
 
-/// The text of a `system`/`developer` message item made only of text, else `None` (the item stays
-/// in `input`).
-/// An input item as OpenAI lists it (`GET /v1/responses/{id}/input_items`): a message given the
-/// short way (`{"role": …, "content": "text"}`) as a `message` with one text part (the
-/// assistant's `output_text`, everyone else's `input_text`); any other item as it is.
+/// An input item as OpenAI lists it (`GET /v1/responses/{id}/input_items`): a message without
+/// its `type` gets it, and one given the short way (`"content": "text"`) one text part (the
+/// assistant's `output_text`, everyone else's `input_text`); any other item is as it is.
 pub(crate) fn listed_item(item: &str) -> Cow<'_, str> {
-    let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str(item) else {
+    let Ok(head) = serde_json::from_str::<MessageHead<'_>>(item) else {
         return Cow::Borrowed(item);
     };
-    let (Some(Value::String(role)), Some(Value::String(text))) =
-        (fields.get("role"), fields.get("content"))
-    else {
+    let short = head.content.and_then(raw_str);
+    if head.role.is_none() || (head.kind.is_some() && short.is_none()) {
+        return Cow::Borrowed(item);
+    }
+    let Ok(Value::Object(mut fields)) = serde_json::from_str(item) else {
         return Cow::Borrowed(item);
     };
-    let part = match role.as_str() {
-        "assistant" => json!({"type": "output_text", "text": text, "annotations": []}),
-        _ => json!({"type": "input_text", "text": text}),
-    };
-    fields.insert("content".into(), json!([part]));
+    if let (Some(Value::String(role)), Some(text)) = (fields.get("role"), short) {
+        let part = match role.as_str() {
+            "assistant" => json!({"type": "output_text", "text": text, "annotations": []}),
+            _ => json!({"type": "input_text", "text": text}),
+        };
+        fields.insert("content".into(), json!([part]));
+    }
     fields
         .entry("type")
         .or_insert_with(|| Value::from("message"));
     Cow::Owned(Value::Object(fields).to_string())
 }
 
+/// The text of a `system`/`developer` message item made only of text, else `None` (the item stays
+/// in `input`).
 fn system_message_text(item: &str) -> Option<Cow<'_, str>> {
     let head: MessageHead<'_> = serde_json::from_str(item).ok()?;
     if head
@@ -1306,9 +1310,14 @@ mod tests {
             json!({"type": "message", "role": "developer",
                    "content": [{"type": "input_text", "text": "D"}]})
         );
+        assert_eq!(
+            listed(r#"{"role":"user","content":[{"type":"input_text","text":"q"}]}"#),
+            json!({"type": "message", "role": "user",
+                   "content": [{"type": "input_text", "text": "q"}]})
+        );
         // Anything else goes as it is, byte for byte.
         for item in [
-            r#"{"role":"user","content":[{"type":"input_text","text":"q"}]}"#,
+            r#"{"type":"message","role":"user","content":[{"type":"input_text","text":"q"}]}"#,
             r#"{"type":"function_call_output","call_id":"c","output":"o"}"#,
             "not json",
         ] {

@@ -217,10 +217,11 @@ impl Passed {
 
 /// What the client is told of a cut in the fallback's answer.
 fn cut_error(cut: Cut<String>) -> ApiError {
-    match cut {
-        Cut::Silent(idle) => ApiError::timeout(idle),
-        cut => ApiError::bad_gateway(cut.code(), format!("fallback upstream: {cut}")),
+    let mut error = ApiError::from_cut(&cut);
+    if !matches!(cut, Cut::Silent(_)) {
+        error.message = format!("fallback upstream: {}", error.message);
     }
+    error
 }
 
 /// A streamed 200 passed on event by event, so that a failure never lands inside an event.
