@@ -24,8 +24,11 @@ In ONE run, against one `codexpool-fake --instant` upstream:
   * the gateway's RSS at idle (after start, before any load) and with `--streams` concurrent open
     streams held by the fake (`instant-hold-<SECS>` models), opened by an asyncio client.
 
-Writes a Markdown report (machine, commit, command, tables, targets with pass/miss) and the raw
-figures as JSON beside it (.cache/bench/last.json).
+Before measuring a target it checks one answer of it (a 200 holding a whole answer), and after
+each measurement that no process under test has exited. Writes a Markdown report (machine,
+commit, command, tables, targets with pass/miss; a figure taken while requests failed misses)
+to BENCHMARKS.md, or under .cache/bench/ for `--quick` and runs that measure less than the
+issue asks for, and the raw figures as .cache/bench/<report name>.json.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +68,7 @@ LITELLM_VERSION = "1.108.7"
 TARGET_ADDED_P50_MS = 0.2
 TARGET_ADDED_P99_MS = 1.0
 TARGET_RATIO_C32 = 0.30
+TARGET_CONCURRENCY = 32
 TARGET_IDLE_RSS_MB = 30.0
 TARGET_STREAM_KB = 64.0
 TARGET_VS_LITELLM = 100.0
@@ -380,6 +385,9 @@ class Oha:
                            else ["-j"])
         self.wait_flag = ("--wait-ongoing-requests-after-deadline"
                           if "--wait-ongoing-requests-after-deadline" in help_text else None)
+        # Latency of the 200s alone: a gateway answering errors fast must not pass.
+        self.success_flag = ("--stats-success-breakdown"
+                             if "--stats-success-breakdown" in help_text else None)
 
     def run(self, url: str, body: bytes | None, headers: list[str], conc: int, duration: float,
             timeout: float) -> dict:
@@ -392,13 +400,17 @@ class Oha:
             body_file.write(body)
             body_file.flush()
             cmd += ["-m", "POST", "-T", "application/json", "-D", body_file.name]
-        if self.wait_flag:
-            cmd.append(self.wait_flag)
+        cmd += [f for f in (self.wait_flag, self.success_flag) if f]
         for h in headers:
             cmd += ["-H", h]
         cmd.append(url)
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, err = p.communicate(timeout=duration + timeout + 60)
+        try:
+            out, err = p.communicate(timeout=duration + timeout + 60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            raise SystemExit(f"bench: oha did not finish ({' '.join(cmd[:-1])} {url})")
         if body_file is not None:
             body_file.close()
         if p.returncode != 0:
@@ -410,10 +422,12 @@ def summarize(raw: dict, wall: float) -> dict:
     """The figures we report from oha's JSON (times in ms)."""
     summary = raw.get("summary", {})
     codes = {str(k): int(v) for k, v in (raw.get("statusCodeDistribution") or {}).items()}
-    errors = {str(k): int(v) for k, v in (raw.get("errorDistribution") or {}).items()}
+    # An oha without -w aborts the requests open at the deadline: those are no failures.
+    errors = {str(k): int(v) for k, v in (raw.get("errorDistribution") or {}).items()
+              if "aborted due to deadline" not in str(k)}
     ok = codes.get("200", 0)
     secs = float(summary.get("total") or wall)
-    pct = raw.get("latencyPercentiles") or {}
+    pct = raw.get("latencyPercentilesSuccessful") or raw.get("latencyPercentiles") or {}
 
     def ms(k):
         v = pct.get(k)
@@ -578,6 +592,14 @@ class Stack:
         wait_http(self.peer_url + "/health/liveliness", 180, self.peer)
         log(f"litellm {self.args.litellm_version}: {self.peer_url} (pid {self.peer.pid})")
 
+    def check_alive(self) -> None:
+        """Ends the run when a process under test has exited (every later figure would be 0)."""
+        procs = [self.fake, self.gateway, self.peer, *(p for p, _url in self.relays.values())]
+        for p in procs:
+            if p is not None and p.popen.poll() is not None:
+                raise SystemExit(f"bench: {p.name} exited ({p.popen.returncode}) during the "
+                                 f"run; see {p.log}")
+
     def stop(self) -> None:
         Proc.stop_all()
 
@@ -599,11 +621,46 @@ def ensure_litellm(version: str) -> Path:
 
 # ----- measurements ----------------------------------------------------------------------------
 
+# What a whole answer of each workload ends with or holds (a 200 with an error in it, or a
+# stream cut short, is no answer).
+ANSWER_MARKS = {
+    "chat": b'"chat.completion"', "chat-stream": b"data: [DONE]",
+    "responses": b"response.completed", "chat-long": b'"chat.completion"',
+    "codex-long": b"response.completed", "models": b'"list"',
+}
+
+
 class Runner:
     def __init__(self, args, stack: Stack, oha: Oha):
         self.args = args
         self.stack = stack
         self.oha = oha
+        self.checked: set[tuple[str, str]] = set()
+
+    def check_answer(self, where: str, wl) -> None:
+        """One request before the first measurement of a target: a 200 holding a whole answer,
+        or the run ends (oha counts any 200 as served)."""
+        url, headers, _ = self.target(where, wl)
+        body = wl[4]
+        req = urllib.request.Request(url, data=body, method="POST" if body else "GET")
+        for h in headers:
+            name, _, value = h.partition(": ")
+            req.add_header(name, value)
+        if body:
+            req.add_header("Content-Type", "application/json")
+        # The bare relay passes the Codex events on whatever the client asked.
+        mark = b"response.completed" if where == "relay" else ANSWER_MARKS[wl[0]]
+        timeout = self.args.peer_timeout if where == "peer" else self.args.timeout
+        try:
+            with urllib.request.urlopen(req, timeout=timeout + 20) as resp:
+                status, answer = resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            status, answer = e.code, e.read()
+        except OSError as e:
+            raise SystemExit(f"bench: {where} {wl[0]}: no answer ({e})")
+        if status != 200 or mark not in answer:
+            raise SystemExit(f"bench: {where} {wl[0]}: HTTP {status} without {mark.decode()}: "
+                             f"{answer[:500]!r}")
 
     def target(self, where: str, wl) -> tuple[str, list[str], list[int]]:
         """URL, headers and the pids whose CPU counts for one target."""
@@ -633,6 +690,9 @@ class Runner:
         return out
 
     def measure(self, where: str, wl, conc: int) -> dict:
+        if (where, wl[0]) not in self.checked:
+            self.check_answer(where, wl)
+            self.checked.add((where, wl[0]))
         url, headers, _ = self.target(where, wl)
         body = wl[4]
         timeout = self.args.peer_timeout if where == "peer" else self.args.timeout
@@ -645,6 +705,7 @@ class Runner:
         t0 = time.monotonic()
         raw = self.oha.run(url, body, headers, conc, self.args.duration, timeout)
         wall = time.monotonic() - t0
+        self.stack.check_alive()
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         busy1, steal1 = system_busy_secs()
         cpu1 = {k: tree_cpu_secs(p) for k, p in pids.items()}
@@ -755,6 +816,11 @@ def memory(args, stack: Stack) -> dict:
             before = mem_kb(stack.gateway.pid)
             held = asyncio.run(hold_streams(host, int(port), path, body, stack.key, args.streams,
                                             pids, settle=1.0))
+            if held["open_secs"] + 1.0 >= args.hold:
+                # The first streams ended before memory was read: the figure would flatter.
+                raise SystemExit(f"bench: opening {args.streams} streams took "
+                                 f"{held['open_secs']:.0f} s, longer than the fake holds them "
+                                 f"(--hold {args.hold}); raise --hold")
             time.sleep(1.5)  # upstream cancellations, lease releases
             after = mem_kb(stack.gateway.pid)
             during = held["mem"]["gateway"]
@@ -830,8 +896,8 @@ def combine(results: list[dict]) -> dict:
             "p99": med([r["p99"] for r in rs]),
             "ok": sum(r["ok"] for r in rs),
             "failed": sum(r["errors"] + r["non_200"] for r in rs),
-            "error_kinds": {k: v for r in rs for k, v in r["error_kinds"].items()},
-            "status_codes": rs[0]["status_codes"],
+            "error_kinds": dict(sum((Counter(r["error_kinds"]) for r in rs), Counter())),
+            "status_codes": dict(sum((Counter(r["status_codes"]) for r in rs), Counter())),
             "cpu_per_10k": {k: med([r["cpu_per_10k"].get(k) for r in rs])
                             for k in rs[0]["cpu_per_10k"]},
             "other_cores": max(r["other_cores"] for r in rs),
@@ -881,7 +947,7 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
     w("Generated by `scripts/bench.sh` (issue 7); do not edit by hand. One run measures the same "
       "workloads sent directly to the fake upstream (`codexpool-fake --instant`: pre-rendered "
       "answers, a 1 040-byte text in 20 deltas) and through the gateway (`codexpool serve`, "
-      "release build), so the ratios compare figures taken minutes apart on the same machine. "
+      "release build), so the ratios compare figures taken back to back on the same machine. "
       "The load tool, the fake and the gateway share the machine's CPUs.")
     w("")
     w("## Setup")
@@ -911,6 +977,9 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
         w("| control | `codexpool-bare-relay`: forwards to the fake's Codex endpoint and does "
           "nothing else (see [the control](#the-control-a-bare-relay)); with a peer, a second "
           "one forwards to the fake's `/v1` |")
+    if mach.get("wrapper"):
+        w(f"| profiled | the gateway ran under `{mach['wrapper']}`: its CPU and memory figures "
+          "include the wrapper's (no memory verdicts) |")
     w(f"| total time | {total_secs / 60:.1f} min |")
     w("")
 
@@ -921,37 +990,51 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
     def relay_vs(base: str, name: str, k: int) -> dict:
         return c.get(("vs", base, "relay" if base == "direct" else "relay-openai", name, k)) or {}
 
+    def failed(name: str, k: int, *wheres: str) -> int:
+        return sum((c.get((where, name, k)) or {}).get("failed", 0) for where in wheres)
+
+    # Every target row is shown, measured or not; a figure taken while requests failed misses.
     for name, label, *_ in WORKLOADS:
         if name not in TARGETED:
             continue
-        pair = c.get(("vs", "direct", "gateway", name, 1))
-        if pair and None not in (pair["a50"], pair["a99"]):
-            a50, a99 = pair["a50"], pair["a99"]
-            r = relay_vs("direct", name, 1)
-            checks.append((f"added p50 at c=1, {label} (≤ {TARGET_ADDED_P50_MS} ms)",
-                           f"{a50:+.3f} ms", a50 <= TARGET_ADDED_P50_MS,
-                           f"{r['a50']:+.3f} ms" if r.get("a50") is not None else "–"))
-            checks.append((f"added p99 at c=1, {label} (≤ {TARGET_ADDED_P99_MS} ms)",
-                           f"{a99:+.3f} ms", a99 <= TARGET_ADDED_P99_MS,
-                           f"{r['a99']:+.3f} ms" if r.get("a99") is not None else "–"))
-    top = max(conc)
+        pair = c.get(("vs", "direct", "gateway", name, 1)) or {}
+        r = relay_vs("direct", name, 1)
+        bad = failed(name, 1, "direct", "gateway")
+        for pct, target in (("p50", TARGET_ADDED_P50_MS), ("p99", TARGET_ADDED_P99_MS)):
+            what = f"added {pct} at c=1, {label} (≤ {target} ms)"
+            added, ctl = pair.get("a" + pct[1:]), r.get("a" + pct[1:])
+            ctl = f"{ctl:+.3f} ms" if ctl is not None else "–"
+            if added is None:
+                checks.append((what, "not measured", None, ctl))
+            elif bad:
+                checks.append((what, f"{added:+.3f} ms ({bad:,} failed)", False, ctl))
+            else:
+                checks.append((what, f"{added:+.3f} ms", added <= target, ctl))
     for name, label, *_ in WORKLOADS:
         if name not in TARGETED:
             continue
-        pair = c.get(("vs", "direct", "gateway", name, top))
-        if pair and pair["ratio"] is not None:
-            ratio = pair["ratio"]
-            r = relay_vs("direct", name, top).get("ratio")
-            checks.append((f"throughput at c={top}, {label} (≥ {TARGET_RATIO_C32:.0%} of direct)",
-                           f"{ratio:.0%}", ratio >= TARGET_RATIO_C32,
-                           f"{r:.0%}" if r is not None else "–"))
+        k = TARGET_CONCURRENCY
+        what = f"throughput at c={k}, {label} (≥ {TARGET_RATIO_C32:.0%} of direct)"
+        ratio = (c.get(("vs", "direct", "gateway", name, k)) or {}).get("ratio")
+        r = relay_vs("direct", name, k).get("ratio")
+        ctl = f"{r:.0%}" if r is not None else "–"
+        bad = failed(name, k, "direct", "gateway")
+        if ratio is None:
+            checks.append((what, "not measured", None, ctl))
+        elif bad:
+            checks.append((what, f"{ratio:.0%} ({bad:,} failed)", False, ctl))
+        else:
+            checks.append((what, f"{ratio:.0%}", ratio >= TARGET_RATIO_C32, ctl))
+    # Under a wrapper (a profiler) the memory read is the wrapper's: no verdict.
+    wrapped = bool(mach.get("wrapper"))
     idle_mb = idle["VmHWM"] / 1024
     checks.append((f"idle RSS, peak (≤ {TARGET_IDLE_RSS_MB:.0f} MB)", f"{idle_mb:.1f} MB",
-                   idle_mb <= TARGET_IDLE_RSS_MB, "–"))
+                   None if wrapped else idle_mb <= TARGET_IDLE_RSS_MB, "–"))
     for name, m in mem.items():
         per = m["cold"]["per_stream_kb"]
+        ok = None if per is None or wrapped else per <= TARGET_STREAM_KB
         checks.append((f"memory per open stream, {name}, cold (≤ {TARGET_STREAM_KB:.0f} KB)",
-                       f"{f(per, 1)} KB", None if per is None else per <= TARGET_STREAM_KB, "–"))
+                       f"{f(per, 1)} KB", ok, "–"))
     if has_peer:
         for name, label, *_rest, peer_ok in WORKLOADS:
             if not peer_ok:
@@ -962,15 +1045,22 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
                     continue
                 r = relay_vs("peer", name, k).get("ratio")
                 r = f"{r:,.0f}×" if r is not None else "–"
+                what = f"vs LiteLLM, {label}, c={k} (≥ {TARGET_VS_LITELLM:.0f}×)"
+                bad = failed(name, k, "gateway")
                 if pair["ratio"] is not None:
                     x = pair["ratio"]
                     ceiling = direct_over_peer(c, name, k)
                     ceiling = f" (direct: {ceiling})" if ceiling else ""
-                    checks.append((f"vs LiteLLM, {label}, c={k} (≥ {TARGET_VS_LITELLM:.0f}×)",
-                                   f"{x:,.0f}×{ceiling}", x >= TARGET_VS_LITELLM, r))
+                    value = f"{x:,.0f}×{ceiling}" + (f" ({bad:,} failed)" if bad else "")
+                    checks.append((what, value, x >= TARGET_VS_LITELLM and not bad, r))
+                elif any((c.get(("peer", name, j)) or {}).get("ok") for j in conc):
+                    # It served at another concurrency: it collapsed under this one.
+                    checks.append((what, "LiteLLM served nothing", not bad, r))
                 else:
-                    checks.append((f"vs LiteLLM, {label}, c={k} (≥ {TARGET_VS_LITELLM:.0f}×)",
-                                   "LiteLLM served nothing", True, r))
+                    # It served nothing at all: a peer set up wrong proves nothing.
+                    codes = ", ".join(f"{n}× {s}" for s, n in p["status_codes"].items()) or "none"
+                    checks.append((what, f"LiteLLM served nothing at all (HTTP: {codes})",
+                                   None, r))
     w("## Targets")
     w("")
     head, rule = "| target | measured | |", "|---|---:|---|"
@@ -1022,6 +1112,7 @@ def report(args, mach: dict, oha_version: str, has_peer: bool, idle: dict, resul
              if args.rounds > 1 else
              "Rerun on a quiet machine, or with `--rounds 3` for medians of paired rounds."))
         w("")
+    top = max(conc)
     floor = c.get(("gateway", "models", top))
     if floor and floor["cpu_per_10k"].get("gateway") is not None:
         w(f"Where the gateway's CPU goes: `GET /v1/models` (key check, routing, one HTTP exchange "
@@ -1205,7 +1296,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="report path (default BENCHMARKS.md)")
     ap.add_argument("--from-json", metavar="PATH",
                     help="only re-render the report from an earlier run's raw figures "
-                         "(.cache/bench/last.json) into --out (default: that run's --out)")
+                         "(.cache/bench/<report name>.json, e.g. BENCHMARKS.json) into --out "
+                         "(default: that run's --out)")
     ap.add_argument("--no-control", action="store_true",
                     help="skip the bare-relay control measurements")
     ap.add_argument("--skip-memory", action="store_true", help="no open-streams measurement")
@@ -1234,10 +1326,15 @@ def main() -> None:
         args.warmup = 0.5 if args.quick else 2.0
     if args.streams is None:
         args.streams = 200 if args.quick else 1000
-    if args.out is None:
-        args.out = str(CACHE / "bench" / "BENCHMARKS.quick.md") if args.quick else str(
-            ROOT / "BENCHMARKS.md")
     args.concurrency = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    # A run that measures less than the issue asks for does not replace the report.
+    partial = (args.skip_memory or args.skip_throughput or args.no_control
+               or not {1, TARGET_CONCURRENCY} <= set(args.concurrency) or args.duration < 10
+               or bool(os.environ.get("BENCH_GATEWAY_WRAPPER")))
+    if args.out is None:
+        args.out = str(CACHE / "bench" / "BENCHMARKS.quick.md") if args.quick else (
+            str(CACHE / "bench" / "BENCHMARKS.partial.md") if partial else str(
+                ROOT / "BENCHMARKS.md"))
     if args.command is None:
         args.command = "scripts/bench.py " + " ".join(sys.argv[1:])
 
@@ -1251,6 +1348,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="run-", dir=CACHE / "bench"))
     oha = Oha(args.oha)
     mach = machine()
+    built = (Path(args.bin_dir).resolve() == (ROOT / "target" / "release").resolve()
+             and not os.environ.get("BENCH_NO_BUILD"))
+    if not built:
+        mach["commit"] += f" (binaries from `{args.bin_dir}`, not built by this run)"
+    if os.environ.get("BENCH_GATEWAY_WRAPPER"):
+        mach["wrapper"] = os.environ["BENCH_GATEWAY_WRAPPER"]
     log(f"{mach['cpus']} CPUs ({mach['cpu_model']}), load {' '.join(mach['loadavg'])}; "
         f"{oha.version}; work dir {work}")
     stack = Stack(args, work)
@@ -1260,6 +1363,8 @@ def main() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_signal)
+    # The children run in sessions of their own: a closed terminal reaches only us.
+    signal.signal(signal.SIGHUP, on_signal)
     ok = False
     try:
         stack.start_fake()
@@ -1283,8 +1388,9 @@ def main() -> None:
         raw = {"args": {k: v for k, v in vars(args).items()}, "machine": mach, "idle": idle,
                "results": results, "memory": mem, "oha_version": oha.version,
                "total_secs": total}
-        (CACHE / "bench" / "last.json").write_text(json.dumps(raw, indent=1, default=str))
-        log(f"wrote {out} (raw figures: {CACHE / 'bench' / 'last.json'})")
+        raw_path = CACHE / "bench" / f"{out.stem}.json"
+        raw_path.write_text(json.dumps(raw, indent=1, default=str))
+        log(f"wrote {out} (raw figures: {raw_path})")
         print(text)
         ok = True
     finally:

@@ -37,6 +37,7 @@ pub struct Ctx {
 impl Ctx {
     /// Opens the pool for a one-shot command. No change watcher: the command reads what it
     /// needs right away, and `serve` is the process that must follow others' changes.
+    ///
     /// A database that is not there yet is created, and the note says so (a mistyped `--db`
     /// would otherwise show an empty pool without a word).
     pub async fn open_pool(&self) -> anyhow::Result<Pool> {
