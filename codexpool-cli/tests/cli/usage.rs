@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use codexpool_testkit::{FakeUsage, FakeWindow};
 
-use crate::support::{Env, finish, signal, texts};
+use crate::support::{Env, Lines, finish, signal, texts};
 
 fn window(used: f64, weekly: bool, secs: u64) -> FakeWindow {
     let w = if weekly {
@@ -134,15 +134,17 @@ fn a_signal_during_a_token_refresh_waits_for_the_new_token() {
     // A second signal does not wait: the process ends at once, saying what may be lost.
     env.fake.refresh_delay(Duration::from_secs(5));
     env.fake.expire_access_token("acct-1");
-    let child = env.spawn(&["usage", "--refresh"], &[]);
+    let mut child = env.spawn(&["usage", "--refresh"], &[]);
+    let mut stderr = Lines::new(child.stderr.take().unwrap());
     assert!(
         env.fake
             .wait_until(Duration::from_secs(20), |f| f.refreshes_held() == 2)
     );
     signal(&child, "INT");
-    std::thread::sleep(Duration::from_millis(300));
+    stderr.find(|l| l.contains("SIGINT: stopping once").then_some(()));
     signal(&child, "INT");
-    let (status, stderr) = finish(child, 3);
+    let (status, _) = finish(child, 3);
+    let stderr = stderr.rest();
     assert_eq!(status.code(), Some(1), "{status:?}: {stderr}");
     assert!(
         stderr.contains("before what was under way was saved"),
