@@ -222,9 +222,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Everything here is on loopback: an HTTP(S)_PROXY from the environment must not get it.
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_get(url: str, timeout: float = 2.0) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with LOOPBACK.open(url, timeout=timeout) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -652,7 +656,7 @@ class Runner:
         mark = b"response.completed" if where == "relay" else ANSWER_MARKS[wl[0]]
         timeout = self.args.peer_timeout if where == "peer" else self.args.timeout
         try:
-            with urllib.request.urlopen(req, timeout=timeout + 20) as resp:
+            with LOOPBACK.open(req, timeout=timeout + 20) as resp:
                 status, answer = resp.status, resp.read()
         except urllib.error.HTTPError as e:
             status, answer = e.code, e.read()
