@@ -552,8 +552,8 @@ impl AccountPool {
     /// (its `imported` and `updated` results with `codex_cli`): one token refresh each rotates
     /// the single-use refresh token, so the CLI's copy is spent and that CLI must sign in again.
     /// An `unchanged` one is taken over when it was already up to date (its tokens are still
-    /// the file's); when the stored sign-in was newer, it was refreshed since: already taken
-    /// over.
+    /// the file's), and is `updated` then; when the stored sign-in was newer, it was refreshed
+    /// since: already taken over.
     ///
     /// Each result taken over gets `taken_over` and a warning saying so (replacing the
     /// "shared" one); returns how many accounts were refreshed. A refresh that fails does not
@@ -595,6 +595,10 @@ impl AccountPool {
                 refreshed.push(id.to_string());
             }
             r.taken_over = true;
+            // The refresh wrote new tokens: the stored ones are no longer the file's.
+            if matches!(r.outcome, ImportOutcome::Unchanged(_)) {
+                r.outcome = ImportOutcome::Updated;
+            }
             r.warning = Some(format!(
                 "took over {}: codexpool now holds the only live refresh token; that Codex CLI \
                  must sign in again (`codex login`)",

@@ -329,6 +329,12 @@ fn take_over_leaves_codexpool_the_only_live_refresh_token() {
     assert!(o.status.success(), "{stderr}");
     let v: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["results"][0]["codex_cli"], true);
+    // Imported before, the file's tokens were the stored ones; the take-over replaced them.
+    assert_eq!(
+        (&v["results"][0]["status"], &v["results"][0]["taken_over"]),
+        (&Value::from("updated"), &Value::from(true)),
+        "{v}"
+    );
     assert!(
         v["results"][0]["warning"]
             .as_str()
