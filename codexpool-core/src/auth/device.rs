@@ -71,6 +71,11 @@ fn parse_interval(v: Option<&Value>) -> Duration {
     }
 }
 
+/// Whole seconds, rounded up: a poll never comes sooner than the issuer asked (2.5 s is 3).
+fn secs_rounded_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 impl Auth {
     /// Starts a device-code sign-in: asks the issuer for a user code and stores a login session
     /// carrying the account fields of `opts` (`listen` and `open_browser` are ignored).
@@ -141,7 +146,7 @@ impl Auth {
         Ok(DeviceLogin {
             verification_url: format!("{}/codex/device", config.issuer),
             user_code: user_code.to_string(),
-            interval_secs: interval.as_secs().max(1),
+            interval_secs: secs_rounded_up(interval).max(1),
             state: session.state,
             expires_at: session.expires_at,
             device_auth_id: Secret::new(device_auth_id),
@@ -280,5 +285,9 @@ mod tests {
         assert_eq!(parse_interval(None), DEFAULT_INTERVAL);
         assert_eq!(parse_interval(Some(&json!(0))), Duration::from_secs(1));
         assert_eq!(parse_interval(Some(&json!(3600))), MAX_INTERVAL);
+        // A fraction is waited whole: never sooner than asked.
+        let fraction = parse_interval(Some(&json!("2.5")));
+        assert_eq!(secs_rounded_up(fraction), 3);
+        assert_eq!(secs_rounded_up(Duration::from_secs(2)), 2);
     }
 }
