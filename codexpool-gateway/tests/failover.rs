@@ -1019,6 +1019,46 @@ async fn an_in_stream_usage_limit_exhausts_the_account() {
     );
 }
 
+/// The backend refuses before 100 % on some plans (PROTOCOL.md §3): the refusal's own usage
+/// headers then say the window has room, and only the refusal says it has not. It alone benches
+/// the account, until the wait it names.
+#[tokio::test]
+async fn a_refusal_below_full_benches_the_account_by_itself() {
+    let refusals: [(fn() -> Reply, u64); 3] = [
+        (
+            || Reply::UsageLimit429 {
+                resets_in_secs: 3600,
+            },
+            3600,
+        ),
+        (|| Reply::UsageLimitText, 4 * 3600 + 59 * 60),
+        (
+            || Reply::failed("usage_limit_reached", "The usage limit has been reached"),
+            // No wait named: the 5-hour window's.
+            5 * 3600,
+        ),
+    ];
+    for (refusal, wait) in refusals {
+        let h = harness(2, &[]).await;
+        h.fake.set_limit_before_full(true);
+        h.fake.push_reply("acct-0", refusal());
+        served_by_second(&h).await;
+        let until = h.pool.usage().exhausted_until(&h.ids[0]).unwrap();
+        let expected = h.pool.now().plus(Duration::from_secs(wait));
+        let until = until.unwrap_or_else(|| panic!("not benched after a {wait} s refusal"));
+        assert!(
+            (until.as_secs() - expected.as_secs()).abs() <= 60,
+            "{wait}: {} vs {}",
+            until.as_secs(),
+            expected.as_secs()
+        );
+        // The next request goes straight to the second account.
+        let (status, _) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(h.fake.requests_to("/backend-api/codex/responses").len(), 3);
+    }
+}
+
 /// The answer's `x-codex-*` headers say the 5-hour window is used up until its reset in 30
 /// minutes; the `response.failed` names no reset. The account should be back then, not 5 hours
 /// from now: today the limit's reading without a reset (`Outcome::UsageLimit { resets_at: None }`

@@ -671,12 +671,14 @@ pub(crate) async fn responses(
     let (flat, cached, plan, usage_headers, event_lines) = {
         let mut inner = shared.inner();
         let flat = flatten(inner.next_codex_reply(idx, &facts));
+        let limit_before_full = inner.limit_before_full;
         let account_id = inner.accounts[idx].account.id.clone();
         let cached = inner.cached_tokens(&account_id, &facts);
         let state = &mut inner.accounts[idx];
         // Whatever way the answer says "usage limit reached", the usage endpoint and the
-        // `x-codex-*` headers of this very answer say the same.
-        if let Some(hit) = flat.usage_limit() {
+        // `x-codex-*` headers of this very answer say the same, unless the backend refuses
+        // before 100 % (see `set_limit_before_full`).
+        if let Some(hit) = flat.usage_limit().filter(|_| !limit_before_full) {
             state.usage.hit(hit);
         }
         let plan = state.usage.plan_or(&state.account.plan).to_owned();

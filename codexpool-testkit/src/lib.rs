@@ -435,6 +435,15 @@ impl FakeOpenAi {
         self.shared.inner().refresh_id_token = returns;
     }
 
+    /// Whether a usage-limit answer (a 429, a `response.failed`, the notice text) leaves the
+    /// account's figures where they were (default `false`: they go to 100 % until the reset).
+    /// PROTOCOL.md §3: the backend refuses before 100 % on some plans, and then only the
+    /// refusal says the limit is reached, not the answer's `x-codex-*` headers nor the usage
+    /// endpoint.
+    pub fn set_limit_before_full(&self, on: bool) {
+        self.shared.inner().limit_before_full = on;
+    }
+
     /// Whether the Codex backend's event-stream frames carry an `event:` line before `data:`
     /// (default `true`). PROTOCOL.md §4 makes the line optional: the type is the JSON's `type`.
     pub fn set_event_lines(&self, on: bool) {

@@ -150,6 +150,8 @@ pub(crate) struct Inner {
     pub(crate) refresh_id_token: bool,
     /// Whether the Codex backend's SSE frames carry `event:` lines.
     pub(crate) event_lines: bool,
+    /// Whether a usage-limit answer leaves the account's figures where they were.
+    pub(crate) limit_before_full: bool,
     pub(crate) any_replies: VecDeque<Reply>,
     pub(crate) global_default: Option<Reply>,
     pub(crate) openai_replies: VecDeque<Reply>,
@@ -180,6 +182,7 @@ impl Inner {
             refresh_rotates: true,
             refresh_id_token: true,
             event_lines: true,
+            limit_before_full: false,
             any_replies: VecDeque::new(),
             global_default: None,
             openai_replies: VecDeque::new(),
