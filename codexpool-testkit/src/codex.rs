@@ -693,11 +693,14 @@ pub(crate) async fn responses(
         event_lines,
     };
     let mut outcome = render(&flat, &dialect);
-    outcome.headers.extend(usage_headers);
-    // The turn's sticky-routing token the Codex CLI replays on the turn's next requests; it
-    // names the account that issued it.
-    if let Ok(v) = HeaderValue::from_str(&format!("turn-{account}")) {
-        outcome.headers.insert("x-codex-turn-state", v);
+    // A challenge page comes from Cloudflare's edge: no backend header on it.
+    if flat.core != Core::Challenge {
+        outcome.headers.extend(usage_headers);
+        // The turn's sticky-routing token the Codex CLI replays on the turn's next requests;
+        // it names the account that issued it.
+        if let Ok(v) = HeaderValue::from_str(&format!("turn-{account}")) {
+            outcome.headers.insert("x-codex-turn-state", v);
+        }
     }
     deliver(
         outcome,

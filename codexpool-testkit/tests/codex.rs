@@ -316,6 +316,14 @@ async fn status_replies() {
     let r = send().await;
     assert_eq!(r.status(), 403);
     assert_eq!(r.headers()["cf-mitigated"], "challenge");
+    // Cloudflare's page, not the backend's answer: no usage reading, no turn state.
+    assert!(
+        r.headers()
+            .keys()
+            .all(|k| !k.as_str().starts_with("x-codex-")),
+        "{:?}",
+        r.headers()
+    );
     assert!(
         r.headers()["content-type"]
             .to_str()
