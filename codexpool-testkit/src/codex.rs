@@ -305,8 +305,10 @@ const ACCEPTED_FIELDS: &[&str] = &[
     "client_metadata",
 ];
 
-/// The checks the real backend applies to a request body (PROTOCOL.md §4 body rules).
-fn check_body(body: &Value) -> Result<(), String> {
+/// The checks the real backend applies to a request body (PROTOCOL.md §4 body rules); `cli`:
+/// the Codex CLI's own request, which carries its system prompt in `input` instead of
+/// `instructions`.
+fn check_body(body: &Value, cli: bool) -> Result<(), String> {
     let Some(fields) = body.as_object() else {
         return Err("Request body must be a JSON object".to_owned());
     };
@@ -324,12 +326,13 @@ fn check_body(body: &Value) -> Result<(), String> {
         return Err("Instructions must be a string".to_owned());
     }
     // None at all is how the Codex CLI sends it (its system prompt is a developer message);
-    // an empty string is refused (PROTOCOL.md §4).
-    if body["instructions"]
-        .as_str()
-        .is_some_and(|i| i.trim().is_empty())
-    {
-        return Err("Instructions must not be empty".to_owned());
+    // from anyone else, and empty from anyone, it is refused (PROTOCOL.md §4).
+    match body["instructions"].as_str() {
+        None if !cli => return Err("Instructions are required".to_owned()),
+        Some(i) if i.trim().is_empty() => {
+            return Err("Instructions must not be empty".to_owned());
+        }
+        _ => {}
     }
     if !body.get("input").is_some_and(Value::is_array) {
         return Err("Input must be a list".to_owned());
@@ -647,7 +650,7 @@ pub(crate) async fn responses(
         }
     };
     if shared.config.strict
-        && let Err(why) = check_body(&value)
+        && let Err(why) = check_body(&value, codex_cli(&headers))
     {
         return detail(StatusCode::BAD_REQUEST, &why);
     }

@@ -10,8 +10,8 @@ use codexpool_testkit::{
     FakeAccount, FakeModel, FakeOpenAi, FakeTokenUsage, OutputItem, Reply, StreamStatus,
 };
 use common::{
-    Frame, client, codex_body, codex_frames, codex_post, codex_post_frames, parse_sse, text_of,
-    types,
+    Frame, client, codex_body, codex_frames, codex_post, codex_post_frames, codex_request,
+    parse_sse, text_of, types,
 };
 use serde_json::{Value, json};
 
@@ -428,10 +428,17 @@ async fn strict_body_checks() {
     let mut body = codex_body("hi");
     body.as_object_mut().unwrap().remove("model");
     assert_eq!(codex_post(&fake, "acct-1", &body).await.status(), 400);
-    // The Codex CLI sends no top-level instructions: fine.
+    // The Codex CLI sends no top-level instructions: fine from it (its `x-codex-*` headers),
+    // refused from anyone else.
     let mut body = codex_body("hi");
     body.as_object_mut().unwrap().remove("instructions");
-    assert_eq!(codex_post(&fake, "acct-1", &body).await.status(), 200);
+    let r = codex_post(&fake, "acct-1", &body).await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["detail"], "Instructions are required");
+    let token = fake.current_tokens("acct-1").access_token;
+    let cli = codex_request(&fake, "acct-1", &token).header("x-codex-window-id", "w:0");
+    assert_eq!(cli.json(&body).send().await.unwrap().status(), 200);
 
     let lax = FakeOpenAi::builder()
         .strict_requests(false)
@@ -455,7 +462,15 @@ async fn the_codex_cli_fixture_is_accepted() {
         return;
     };
     let fixture: Value = serde_json::from_str(&text).unwrap();
-    let r = codex_post(&fake, "acct-1", &fixture["body"]).await;
+    // With the CLI's own `x-codex-*` headers (the rest are the fake's Codex headers).
+    let token = fake.current_tokens("acct-1").access_token;
+    let mut req = codex_request(&fake, "acct-1", &token);
+    for (name, value) in fixture["headers"].as_object().unwrap() {
+        if name.starts_with("x-codex-") {
+            req = req.header(name, value.as_str().unwrap());
+        }
+    }
+    let r = req.json(&fixture["body"]).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let frames = parse_sse(&r.text().await.unwrap());
     assert_eq!(
