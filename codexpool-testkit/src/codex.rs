@@ -365,6 +365,88 @@ fn check_body(body: &Value, cli: bool) -> Result<(), String> {
                 .to_owned(),
         );
     }
+    check_shapes(body)
+}
+
+/// The shapes of what the Responses API takes (PROTOCOL.md §4, §5), where the Chat Completions
+/// shape of the same thing is refused: message parts by role, function calls and their outputs
+/// (an output answers a call in the same input: with `store: false` there is no other), tools
+/// and `tool_choice` with a top-level `name`, a JSON schema format with its `name` and `schema`
+/// at the top of `text.format`.
+fn check_shapes(body: &Value) -> Result<(), String> {
+    let is_str = |v: &Value, key: &str| v.get(key).is_some_and(Value::is_string);
+    let input = body["input"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let calls: Vec<&str> = input
+        .iter()
+        .filter(|i| i["type"] != "function_call_output")
+        .filter_map(|i| i["call_id"].as_str())
+        .collect();
+    for (n, item) in input.iter().enumerate() {
+        let kind = item["type"].as_str().unwrap_or("message");
+        match kind {
+            "message" => {
+                let role = item["role"].as_str().unwrap_or_default();
+                let allowed: &[&str] = match role {
+                    "assistant" => &["output_text", "refusal"],
+                    "user" | "developer" => &["input_text", "input_image", "input_file"],
+                    _ => return Err(format!("Invalid value for 'input[{n}].role': {role:?}")),
+                };
+                if let Some(parts) = item["content"].as_array()
+                    && let Some(bad) = parts
+                        .iter()
+                        .map(|p| p["type"].as_str().unwrap_or_default())
+                        .find(|t| !allowed.contains(t))
+                {
+                    return Err(format!(
+                        "Invalid value: '{bad}'. Supported values for a {role} message's \
+                         content are: {}.",
+                        allowed.join(", ")
+                    ));
+                }
+            }
+            "function_call"
+                if !["call_id", "name", "arguments"]
+                    .iter()
+                    .all(|k| is_str(item, k)) =>
+            {
+                return Err(format!(
+                    "input[{n}]: a function_call needs call_id, name and arguments"
+                ));
+            }
+            "function_call_output" => {
+                let Some(id) = item["call_id"].as_str() else {
+                    return Err(format!("Missing required parameter: 'input[{n}].call_id'."));
+                };
+                if item.get("output").is_none() {
+                    return Err(format!("Missing required parameter: 'input[{n}].output'."));
+                }
+                if !calls.contains(&id) {
+                    return Err(format!(
+                        "No tool call found for function call output with call_id {id}."
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (n, tool) in body["tools"].as_array().into_iter().flatten().enumerate() {
+        if tool["type"] == "function" && (!is_str(tool, "name") || tool.get("function").is_some()) {
+            return Err(format!("Missing required parameter: 'tools[{n}].name'."));
+        }
+    }
+    if body["tool_choice"]["type"] == "function" && !is_str(&body["tool_choice"], "name") {
+        return Err("Missing required parameter: 'tool_choice.name'.".to_owned());
+    }
+    let format = &body["text"]["format"];
+    if format["type"] == "json_schema" && !(is_str(format, "name") && format["schema"].is_object())
+    {
+        return Err(
+            "Missing required parameter: 'text.format.name' or 'text.format.schema'.".to_owned(),
+        );
+    }
     Ok(())
 }
 

@@ -428,6 +428,36 @@ async fn strict_body_checks() {
     let mut body = codex_body("hi");
     body.as_object_mut().unwrap().remove("model");
     assert_eq!(codex_post(&fake, "acct-1", &body).await.status(), 400);
+    // Chat Completions shapes where Responses ones belong are refused, as the backend does.
+    let chat_shapes = [
+        json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
+        json!({"tool_choice": {"type": "function", "function": {"name": "f"}}}),
+        json!({"text": {"format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {}}}}}),
+        json!({"input": [{"role": "assistant", "content": [{"type": "input_text", "text": "a"}]}]}),
+        json!({"input": [{"role": "user", "content": [{"type": "text", "text": "q"}]}]}),
+        json!({"input": [{"type": "function_call_output", "call_id": "c1", "output": "o"}]}),
+        json!({"input": [{"type": "function_call", "call_id": "c1", "arguments": "{}"}]}),
+    ];
+    for shape in chat_shapes {
+        let mut body = codex_body("hi");
+        for (k, v) in shape.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let r = codex_post(&fake, "acct-1", &body).await;
+        assert_eq!(r.status(), 400, "{shape}");
+    }
+    // The Responses shapes of the same go through.
+    let mut body = codex_body("hi");
+    body["tools"] = json!([{"type": "function", "name": "f", "parameters": {}}]);
+    body["tool_choice"] = json!({"type": "function", "name": "f"});
+    body["input"] = json!([
+        {"role": "user", "content": [{"type": "input_text", "text": "q"}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "o"},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "a"}]},
+    ]);
+    let r = codex_post(&fake, "acct-1", &body).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     // The Codex CLI sends no top-level instructions: fine from it (its `x-codex-*` headers),
     // refused from anyone else.
     let mut body = codex_body("hi");
