@@ -149,11 +149,17 @@ impl FakeOpenAiBuilder {
 
     /// Whether the Codex backend rejects requests the real one rejects, with 400
     /// `{"detail":…}`: bodies whose `stream` is not `true`, whose `store` is not `false` (a
-    /// missing `store` means `true`), without a string `model`, whose `input` is not a list or
-    /// `instructions` not a string or an empty one (the Codex CLI sends none at all), or with a top-level field outside PROTOCOL.md §4's list
-    /// (`Unsupported parameter: temperature`), with a `system` input message (the system prompt
-    /// is `instructions`), or asking for `json_object` output without the word "json" in an
-    /// input message (as OpenAI's Responses API); and requests without the headers of §4
+    /// missing `store` means `true`), without a string `model`, whose `input` is not a list,
+    /// without `instructions` (the Codex CLI's own requests may: they carry the prompt in
+    /// `input`) or with an empty or non-string one, with a top-level field outside PROTOCOL.md
+    /// §4's list (`Unsupported parameter: temperature`), with a `system` input message (the
+    /// system prompt is `instructions`), asking for `json_object` output without the word
+    /// "json" in an input message (as OpenAI's Responses API), or with a Chat Completions
+    /// shape where a Responses one belongs (input parts of another role's kind, a
+    /// `function_call` without `call_id`, `name` and `arguments`, a `function_call_output`
+    /// answering no call of the same input, a function tool or `tool_choice` without its
+    /// top-level `name`, a `json_schema` format without its `name` and `schema`); and requests
+    /// without the headers of §4
     /// (`Accept: text/event-stream`, `originator`, `ChatGPT-Account-ID`, `session_id` or
     /// `session-id`, and `User-Agent`, `version` and `OpenAI-Beta: responses=experimental`
     /// unless a `x-codex-*` header marks the Codex CLI's own request), e.g. `Missing required header: version`. The issuer likewise takes the code
