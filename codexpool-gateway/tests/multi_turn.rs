@@ -564,6 +564,20 @@ async fn a_kept_response_can_be_read_and_deleted() {
     assert_eq!(h.call(anonymous).await.0, StatusCode::UNAUTHORIZED);
 }
 
+/// `GET /v1/responses/{id}/input_items{query}` with the harness's key.
+fn input_items(h: &Harness, id: &str, query: &str) -> Request<Body> {
+    Request::get(format!("/v1/responses/{id}/input_items{query}"))
+        .header("authorization", format!("Bearer {}", h.key))
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// The ids of a list's items.
+fn ids_of(list: &Value) -> Vec<&str> {
+    let data = list["data"].as_array().unwrap();
+    data.iter().map(|i| i["id"].as_str().unwrap()).collect()
+}
+
 #[tokio::test]
 async fn a_kept_responses_input_is_listed_a_page_at_a_time() {
     let h = harness(1, &[]).await;
@@ -574,18 +588,13 @@ async fn a_kept_responses_input_is_listed_a_page_at_a_time() {
         "input": [user("Q2a"), {"role": "user", "content": "Q2b"}]});
     let r2 = turn(&h, body).await;
     let r2_id = r2["id"].as_str().unwrap();
-    let list = |query: &str| {
-        Request::get(format!("/v1/responses/{r2_id}/input_items{query}"))
-            .header("authorization", format!("Bearer {}", h.key))
-            .body(Body::empty())
-            .unwrap()
-    };
+    let list = |query: &str| input_items(&h, r2_id, query);
     // Turn 2 was answered for turn 1's input and answer, then its own input. The items the
     // client sent carry ids made from the response's; the answer's item keeps its own.
     let (status, all) = h.json(list("?order=asc")).await;
     assert_eq!(status, StatusCode::OK, "{all}");
     let data = all["data"].as_array().unwrap();
-    let ids: Vec<&str> = data.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let ids = ids_of(&all);
     let answer_id = r1["output"][0]["id"].as_str().unwrap();
     let made = |n: usize| format!("{r2_id}_in{n}");
     assert_eq!(
@@ -608,13 +617,7 @@ async fn a_kept_responses_input_is_listed_a_page_at_a_time() {
 
     // Newest first by default; `after` walks on from the last id of a page.
     let (_, page) = h.json(list("?limit=3")).await;
-    let ids: Vec<&str> = page["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, [made(3).as_str(), &made(2), answer_id]);
+    assert_eq!(ids_of(&page), [made(3).as_str(), &made(2), answer_id]);
     assert_eq!(page["has_more"], true);
     let (_, rest) = h.json(list(&format!("?limit=3&after={answer_id}"))).await;
     assert_eq!(rest["data"].as_array().unwrap().len(), 1);
@@ -636,19 +639,8 @@ async fn a_kept_responses_input_is_listed_a_page_at_a_time() {
         "input": [{"type": "item_reference", "id": answer_id}, user("Q3")]});
     let r3 = turn(&h, body).await;
     let r3_id = r3["id"].as_str().unwrap();
-    let all = |query: String| {
-        Request::get(format!("/v1/responses/{r3_id}/input_items{query}"))
-            .header("authorization", format!("Bearer {}", h.key))
-            .body(Body::empty())
-            .unwrap()
-    };
-    let (_, listed) = h.json(all("?order=asc&limit=100".into())).await;
-    let ids: Vec<&str> = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap())
-        .collect();
+    let (_, listed) = h.json(input_items(&h, r3_id, "?order=asc&limit=100")).await;
+    let ids = ids_of(&listed);
     // Turn 1's question and answer, turn 2's questions and answer, the reference, turn 3's.
     assert_eq!(ids.len(), 7, "{listed}");
     assert_eq!(
@@ -658,7 +650,8 @@ async fn a_kept_responses_input_is_listed_a_page_at_a_time() {
     );
     assert_eq!(ids[5], format!("{r3_id}_in5"));
     assert_eq!(listed["data"][5]["content"][0]["text"], "A1", "{listed}");
-    let (_, rest) = h.json(all(format!("?order=asc&after={}", ids[5]))).await;
+    let after = format!("?order=asc&after={}", ids[5]);
+    let (_, rest) = h.json(input_items(&h, r3_id, &after)).await;
     assert_eq!(rest["data"][0]["content"][0]["text"], "Q3", "{rest}");
 
     // Bad parameters are a 400 naming the parameter; another response's id a 404.
@@ -676,11 +669,7 @@ async fn a_kept_responses_input_is_listed_a_page_at_a_time() {
     }
     let (status, e) = error_of(&h, list("?limit=1&limit=2")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
-    let unknown = Request::get("/v1/responses/resp_nowhere/input_items")
-        .header("authorization", format!("Bearer {}", h.key))
-        .body(Body::empty())
-        .unwrap();
-    let (status, e) = error_of(&h, unknown).await;
+    let (status, e) = error_of(&h, input_items(&h, "resp_nowhere", "")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(e["code"], "response_not_found", "{e}");
 }
