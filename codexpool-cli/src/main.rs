@@ -236,6 +236,12 @@ fn hint(e: &anyhow::Error) -> Option<String> {
                     "use one of the ids instead; `codexpool {what} list` shows them"
                 )),
                 E::Store(s) => store_hint(s),
+                // Refused for the pair: said in the flags' words.
+                E::InvalidInput { field, .. } if field == "allowed_models" => Some(
+                    "a key's --model must be one of its --allow-model models (or allow any: \
+                     --clear-allowed-models on `key update`)"
+                        .into(),
+                ),
                 E::Io { .. } => Some("check the path and its permissions".into()),
                 _ => None,
             };
