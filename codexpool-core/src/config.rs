@@ -1005,22 +1005,37 @@ fn env_file_message(path: &Path, e: &dotenvy::Error) -> String {
     let dotenvy::Error::LineParse(text, _) = e else {
         return e.to_string();
     };
+    // dotenvy quotes the rest of the file from the line, or from the place in it, it stopped at.
     let first = text.lines().next().unwrap_or_default();
-    let line = std::fs::read_to_string(path).ok().and_then(|all| {
-        all.find(first)
-            .map(|at| all[..at].matches('\n').count() + 1)
-    });
-    let name = first
-        .split_once('=')
-        .map(|(k, _)| k.trim().trim_start_matches("export ").trim())
-        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
-    let at = match (line, name) {
+    let all = std::fs::read_to_string(path).unwrap_or_default();
+    let (number, whole) = match all.find(first) {
+        Some(at) => {
+            let n = all[..at].matches('\n').count();
+            (Some(n + 1), all.lines().nth(n).unwrap_or(first))
+        }
+        None => (None, first),
+    };
+    let (name, value) = match whole.split_once('=') {
+        Some((k, v)) => (
+            Some(k.trim().trim_start_matches("export ").trim()),
+            v.trim(),
+        ),
+        None => (None, ""),
+    };
+    let name =
+        name.filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let at = match (number, name) {
         (Some(n), Some(k)) => format!("line {n} ({k})"),
         (Some(n), None) => format!("line {n}"),
         (None, Some(k)) => format!("the line of {k}"),
         (None, None) => "a line".into(),
     };
-    format!("{at} cannot be parsed (an unclosed quote?); the value is not shown")
+    let why = if !value.starts_with(['"', '\'']) && value.contains(char::is_whitespace) {
+        "a value with spaces needs quotes"
+    } else {
+        "an unclosed quote?"
+    };
+    format!("{at} cannot be parsed ({why}); the value is not shown")
 }
 
 /// Settings read as far as they go: [`Config::load_env`] and [`Config::load`] apply every
@@ -1745,6 +1760,22 @@ mod tests {
             !shown.contains("tok-secret-1") && !shown.contains("ordered"),
             "{shown}"
         );
+        // A space outside quotes is said as such.
+        std::fs::write(
+            dir.path().join("codexpool.env"),
+            "CODEXPOOL_LOGIN_ADDR=127.0.0.1:1455\nCODEXPOOL_ROUTE_STRATEGY=round robin\n",
+        )
+        .unwrap();
+        let e = EnvFile::discover(&[dir.path().to_path_buf()]).unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.ends_with(
+                "line 2 (CODEXPOOL_ROUTE_STRATEGY) cannot be parsed (a value with spaces needs \
+                 quotes); the value is not shown"
+            ),
+            "{shown}"
+        );
+        assert!(!shown.contains("robin"), "{shown}");
     }
 
     #[test]
