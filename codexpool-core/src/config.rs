@@ -1741,13 +1741,15 @@ mod tests {
     #[test]
     fn malformed_env_file_is_an_error_that_shows_no_value() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("codexpool.env"),
+        // What reading an env file of `text` says.
+        let error_for = |text: &str| {
+            std::fs::write(dir.path().join("codexpool.env"), text).unwrap();
+            let e = EnvFile::discover(&[dir.path().to_path_buf()]).unwrap_err();
+            e.to_string()
+        };
+        let shown = error_for(
             "# settings\nCODEXPOOL_ROUTE_STRATEGY='ordered\nCODEXPOOL_RPC_TOKEN=tok-secret-1\n",
-        )
-        .unwrap();
-        let e = EnvFile::discover(&[dir.path().to_path_buf()]).unwrap_err();
-        let shown = e.to_string();
+        );
         assert_eq!(
             shown,
             format!(
@@ -1761,13 +1763,9 @@ mod tests {
             "{shown}"
         );
         // A space outside quotes is said as such.
-        std::fs::write(
-            dir.path().join("codexpool.env"),
+        let shown = error_for(
             "CODEXPOOL_LOGIN_ADDR=127.0.0.1:1455\nCODEXPOOL_ROUTE_STRATEGY=round robin\n",
-        )
-        .unwrap();
-        let e = EnvFile::discover(&[dir.path().to_path_buf()]).unwrap_err();
-        let shown = e.to_string();
+        );
         assert!(
             shown.ends_with(
                 "line 2 (CODEXPOOL_ROUTE_STRATEGY) cannot be parsed (a value with spaces needs \

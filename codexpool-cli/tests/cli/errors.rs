@@ -8,14 +8,6 @@ use serde_json::Value;
 
 use crate::support::{BIN, Env, texts};
 
-/// Runs and returns (exit code, stdout, stderr).
-fn run(env: &Env, args: &[&str]) -> (i32, String, String) {
-    let o = env.cmd().args(args).output().unwrap();
-    let (out, err) = texts(&o);
-    assert!(!err.contains("panicked"), "{err}");
-    (o.status.code().unwrap_or(-1), out, err)
-}
-
 #[test]
 fn unknown_ids_name_what_was_asked_for() {
     let env = Env::new();
@@ -28,7 +20,7 @@ fn unknown_ids_name_what_was_asked_for() {
         &["key", "delete", "abc123"],
         &["logs", "--key", "abc"],
     ] {
-        let (code, out, err) = run(&env, args);
+        let (code, out, err) = env.run(args);
         assert_eq!(code, 1, "{args:?}: {err}");
         assert_eq!(out, "");
         assert_eq!(err.lines().count(), 2, "one line and a hint: {err}");
@@ -55,7 +47,7 @@ async fn an_ambiguous_prefix_lists_the_candidates() {
         .map(|d| char::from_digit(d, 16).unwrap())
         .find(|c| ids.iter().filter(|id| id.starts_with(*c)).count() >= 2)
         .unwrap();
-    let (code, _, err) = run(&env, &["key", "disable", &shared.to_string()]);
+    let (code, _, err) = env.run(&["key", "disable", &shared.to_string()]);
     assert_eq!(code, 1);
     assert!(
         err.starts_with(&format!(
@@ -83,22 +75,22 @@ fn malformed_import_files_are_reported_and_fail() {
         r#"{"tokens": {"access_token": "x"}}"#,
     )
     .unwrap();
-    let (code, out, err) = run(&env, &["account", "import", "bad.json"]);
+    let (code, out, err) = env.run(&["account", "import", "bad.json"]);
     assert_eq!(code, 1);
     let shown = format!("{out}---\n{err}");
     env.settings()
         .bind(|| insta::assert_snapshot!("import_malformed", shown));
-    let (code, _, err) = run(&env, &["account", "import", "empty.json"]);
+    let (code, _, err) = env.run(&["account", "import", "empty.json"]);
     assert_eq!(code, 1);
     assert!(err.contains("nothing imported"), "{err}");
-    let (code, _, err) = run(&env, &["account", "import", "missing.json"]);
+    let (code, _, err) = env.run(&["account", "import", "missing.json"]);
     assert_eq!(code, 1);
     assert!(
         err.starts_with("error: missing.json: No such file"),
         "{err}"
     );
     std::fs::create_dir(env.path().join("nothing")).unwrap();
-    let (code, _, err) = run(&env, &["account", "import", "nothing"]);
+    let (code, _, err) = env.run(&["account", "import", "nothing"]);
     assert_eq!(code, 1);
     assert!(err.contains("holds no .json files"), "{err}");
 }
@@ -133,7 +125,7 @@ fn invalid_flag_values_are_usage_errors() {
     ];
     let mut shown = Vec::new();
     for (args, expect) in cases {
-        let (code, out, err) = run(&env, args);
+        let (code, out, err) = env.run(args);
         assert_eq!(code, 2, "{args:?}: {err}");
         assert_eq!(out, "");
         assert!(err.contains(expect), "{args:?}: {err}");
@@ -143,8 +135,8 @@ fn invalid_flag_values_are_usage_errors() {
     env.settings()
         .bind(|| insta::assert_snapshot!("usage_errors", shown));
     // Help and version are not errors.
-    assert_eq!(run(&env, &["--help"]).0, 0);
-    assert_eq!(run(&env, &["--version"]).0, 0);
+    assert_eq!(env.run(&["--help"]).0, 0);
+    assert_eq!(env.run(&["--version"]).0, 0);
     assert!(!env.db().exists(), "usage errors open nothing");
     // A name is counted in characters: 200 of two bytes each are fine.
     let long = "é".repeat(200);
@@ -324,7 +316,7 @@ fn blank_names_and_malformed_model_names_are_usage_errors() {
         ),
     ];
     for (args, expect) in cases {
-        let (code, out, err) = run(&env, args);
+        let (code, out, err) = env.run(args);
         assert_eq!(code, 2, "{args:?}: {err}");
         assert_eq!(out, "");
         assert!(err.contains(expect), "{args:?}: {err}");
@@ -379,7 +371,7 @@ fn keys_and_accounts_are_found_by_name_too() {
         .as_str()
         .unwrap()
         .to_string();
-    let (code, _, err) = run(&env, &["key", "delete", "viaflag"]);
+    let (code, _, err) = env.run(&["key", "delete", "viaflag"]);
     assert_eq!(code, 1, "{err}");
     let mut both = [key.clone(), other];
     both.sort();
@@ -392,7 +384,7 @@ fn keys_and_accounts_are_found_by_name_too() {
         )
     );
     env.ok(&["-q", "account", "update", &ids[1], "--label", "work"]);
-    let (code, _, err) = run(&env, &["account", "enable", "work"]);
+    let (code, _, err) = env.run(&["account", "enable", "work"]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.starts_with("error: account label or email \"work\" is ambiguous: it matches "),

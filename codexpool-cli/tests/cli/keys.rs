@@ -99,22 +99,18 @@ fn json_shapes_and_the_lifecycle() {
     assert!(!key.as_object().unwrap().contains_key("secret_hash"));
 
     // A bound model outside the allowed ones: said in the flags' words.
-    let o = env
-        .cmd()
-        .args([
-            "key",
-            "create",
-            "--name",
-            "x",
-            "--model",
-            "o3",
-            "--allow-model",
-            "gpt-5",
-        ])
-        .output()
-        .unwrap();
-    let (_, stderr) = texts(&o);
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let args = [
+        "key",
+        "create",
+        "--name",
+        "x",
+        "--model",
+        "o3",
+        "--allow-model",
+        "gpt-5",
+    ];
+    let (code, _, stderr) = env.run(&args);
+    assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("hint: a key's --model must be one of its --allow-model"),
         "{stderr}"

@@ -108,6 +108,14 @@ impl Env {
         (url, child)
     }
 
+    /// Runs a command; returns (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let o = self.cmd().args(args).output().unwrap();
+        let (out, err) = texts(&o);
+        assert!(!err.contains("panicked"), "{err}");
+        (o.status.code().unwrap_or(-1), out, err)
+    }
+
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cmd().args(args).output().unwrap();
