@@ -146,13 +146,15 @@ pub(crate) struct ItemsQuery {
     before: Option<String>,
 }
 
+/// A 400 for a query parameter.
+fn invalid(param: &str, message: String) -> ApiError {
+    let mut error = ApiError::bad_request("invalid_value", message);
+    error.param = Some(param.into());
+    error
+}
+
 impl ItemsQuery {
     fn page(&self) -> Result<ItemsPage<'_>, ApiError> {
-        let invalid = |param: &str, message: String| {
-            let mut error = ApiError::bad_request("invalid_value", message);
-            error.param = Some(param.into());
-            error
-        };
         let limit = match self.limit.as_deref() {
             None => 20,
             Some(v) => match v.parse() {
@@ -208,15 +210,12 @@ pub(crate) async fn input_items(
             } else {
                 page.before
             };
-            let mut error = ApiError::bad_request(
-                "invalid_value",
-                format!(
-                    "{param}: no input item '{}' in response '{id}'",
-                    cursor.unwrap_or_default()
-                ),
-            );
-            error.param = Some(param.into());
-            error.into_response()
+            let cursor = cursor.unwrap_or_default();
+            invalid(
+                param,
+                format!("{param}: no input item '{cursor}' in response '{id}'"),
+            )
+            .into_response()
         }
         None => response_not_found(&id),
     }
