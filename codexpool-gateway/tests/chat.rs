@@ -441,20 +441,21 @@ async fn a_failure_after_output_becomes_an_error_chunk() {
             .iter()
             .any(|f| f["choices"][0]["delta"]["content"] == "Half")
     );
-    assert!(
-        frames.iter().any(|f| f["error"]["code"].is_string()),
-        "{body}"
-    );
+    let errors: Vec<_> = frames.iter().filter(|f| f["error"].is_object()).collect();
+    assert_eq!(errors.len(), 1, "{body}");
+    assert_eq!(errors[0]["error"]["code"], "server_error", "{body}");
+    assert_eq!(errors[0]["error"]["message"], "upstream: boom", "{body}");
     assert!(body.ends_with("data: [DONE]\n\n"));
     assert_eq!(
         h.fake.count("/backend-api/codex/responses"),
         1,
         "never retried after output"
     );
-    assert_eq!(
-        h.log().await[0].error_class.as_deref(),
-        Some("server_error")
-    );
+    let row = &h.log().await[0];
+    assert_eq!(row.error_class.as_deref(), Some("server_error"));
+    assert_eq!(row.status, 200, "the answer had begun");
+    assert_eq!(row.accounts_tried, [h.ids[0].clone()]);
+    assert_eq!(h.total_inflight(), 0);
 }
 
 #[tokio::test]
@@ -464,13 +465,19 @@ async fn a_cut_mid_stream_is_reported_in_the_stream_and_the_log() {
         .push_reply("acct-0", Reply::CutMidStream { after_deltas: 2 });
     let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(true))).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        json_frames(&body).iter().any(|f| f["error"].is_object()),
-        "{body}"
-    );
+    let frames = json_frames(&body);
+    let text: String = frames
+        .iter()
+        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Part 0. Part 1. ", "what came before the cut: {body}");
+    let errors: Vec<_> = frames.iter().filter(|f| f["error"].is_object()).collect();
+    assert_eq!(errors.len(), 1, "{body}");
+    assert_eq!(errors[0]["error"]["code"], "upstream_cut", "{body}");
     assert!(body.ends_with("data: [DONE]\n\n"));
     let row = &h.log().await[0];
     assert_eq!(row.error_class.as_deref(), Some("upstream_cut"));
+    assert_eq!(row.status, 200, "the answer had begun");
     assert_eq!(h.total_inflight(), 0);
 }
 

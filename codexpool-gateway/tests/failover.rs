@@ -13,18 +13,30 @@ use codexpool_core::store::LeaseTake;
 use codexpool_core::usage::ReadingSource;
 use codexpool_core::{AccountStatus, Demand};
 use codexpool_testkit::{FakeUsage, Reply};
-use common::{chat, harness, harness_with, json_frames};
+use common::{ASKS, answer_text, chat, harness, harness_with, json_frames, question};
 use serde_json::json;
 
 async fn served_by_second(h: &common::Harness) -> serde_json::Value {
-    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
-    assert_eq!(status, StatusCode::OK, "{v}");
-    assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-1.");
+    let body = served_by_second_as(h, "/v1/chat/completions", false).await;
+    serde_json::from_str(&body).unwrap()
+}
+
+/// One request asked the way of [`common::ASKS`]`(route, stream)`: answered whole by the second
+/// account after the first failed, logged with both, nothing left in flight. Returns the body.
+async fn served_by_second_as(h: &common::Harness, route: &str, stream: bool) -> String {
+    let (status, _, body) = h.call(h.post(route, question(route, stream))).await;
+    assert_eq!(status, StatusCode::OK, "{route} {stream}: {body}");
+    assert_eq!(answer_text(route, stream, &body), "Hello from acct-1.");
     let row = &h.log().await[0];
     assert_eq!(row.accounts_tried, [h.ids[0].clone(), h.ids[1].clone()]);
     assert_eq!(row.account_id.as_deref(), Some(h.ids[1].as_str()));
+    assert_eq!(
+        (row.status, row.error_class.as_deref()),
+        (200, None),
+        "{row:?}"
+    );
     assert_eq!(h.total_inflight(), 0);
-    v
+    body
 }
 
 /// A second fake, whose plain OpenAI API is the fallback upstream of a gateway over `accounts`
@@ -91,20 +103,25 @@ fn refuse_with_usage_limit(h: &common::Harness, early: bool) {
 
 #[tokio::test]
 async fn usage_limit_429_exhausts_the_account_and_moves_on() {
-    let h = harness(2, &[]).await;
-    h.fake.push_reply(
-        "acct-0",
-        Reply::UsageLimit429 {
-            resets_in_secs: 3600,
-        },
-    );
-    served_by_second(&h).await;
-    let until = h.pool.usage().exhausted_until(&h.ids[0]).unwrap().unwrap();
-    assert!(until > h.pool.now().plus(Duration::from_secs(3500)));
-    // The next request goes straight to the second account.
-    let (status, _) = h.json(h.post("/v1/chat/completions", chat(false))).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(h.fake.requests_to("/backend-api/codex/responses").len(), 3);
+    for (route, stream) in ASKS {
+        let h = harness(2, &[]).await;
+        h.fake.push_reply(
+            "acct-0",
+            Reply::UsageLimit429 {
+                resets_in_secs: 3600,
+            },
+        );
+        served_by_second_as(&h, route, stream).await;
+        let until = h.pool.usage().exhausted_until(&h.ids[0]).unwrap().unwrap();
+        assert!(until > h.pool.now().plus(Duration::from_secs(3500)));
+        // The next request goes straight to the second account.
+        let (status, _, body) = h.call(h.post(route, question(route, stream))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(answer_text(route, stream, &body), "Hello from acct-1.");
+        assert_eq!(h.fake.requests_to("/backend-api/codex/responses").len(), 3);
+        assert_eq!(h.log().await[0].accounts_tried, [h.ids[1].clone()]);
+        assert_eq!(h.total_inflight(), 0);
+    }
 }
 
 #[tokio::test]
@@ -116,9 +133,11 @@ async fn failures_inside_a_200_stream_fail_over() {
         Reply::Garbage,
         Reply::CutMidStream { after_deltas: 0 },
     ] {
-        let h = harness(2, &[]).await;
-        h.fake.push_reply("acct-0", reply.clone());
-        served_by_second(&h).await;
+        for (route, stream) in ASKS {
+            let h = harness(2, &[]).await;
+            h.fake.push_reply("acct-0", reply.clone());
+            served_by_second_as(&h, route, stream).await;
+        }
     }
 }
 
@@ -274,9 +293,10 @@ async fn every_account_exhausted_is_a_429_with_retry_after() {
             resets_in_secs: 300,
         },
     );
-    // Streamed or not, and whether the accounts were just found exhausted or known to be.
-    for stream in [true, false] {
-        let (status, headers, body) = h.call(h.post("/v1/chat/completions", chat(stream))).await;
+    // In every protocol, streamed or not, and whether the accounts were just found exhausted or
+    // known to be.
+    for (route, stream) in ASKS {
+        let (status, headers, body) = h.call(h.post(route, question(route, stream))).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
         let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
         assert!(
@@ -292,7 +312,7 @@ async fn every_account_exhausted_is_a_429_with_retry_after() {
         "exhausted accounts are not asked again"
     );
     let rows = h.log().await;
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), ASKS.len());
     for row in &rows {
         assert_eq!(row.status, 429, "{row:?}");
         assert_eq!(
@@ -301,11 +321,9 @@ async fn every_account_exhausted_is_a_429_with_retry_after() {
             "{row:?}"
         );
     }
-    assert_eq!(
-        rows[1].accounts_tried.len(),
-        2,
-        "the first tried both: {rows:?}"
-    );
+    // Newest first: the first request tried both, the others none.
+    let tried: Vec<usize> = rows.iter().map(|r| r.accounts_tried.len()).collect();
+    assert_eq!(tried, [0, 0, 0, 2], "{rows:?}");
     assert_eq!(h.total_inflight(), 0);
 }
 
@@ -351,6 +369,19 @@ async fn an_expired_token_is_refreshed_once_and_the_request_succeeds() {
         .access_token;
     let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
     assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-0.");
+    let row = &h.log().await[0];
+    assert_eq!(
+        (row.status, row.error_class.as_deref()),
+        (200, None),
+        "{row:?}"
+    );
+    assert_eq!(
+        row.accounts_tried,
+        [h.ids[0].clone()],
+        "refreshed, not failed over"
+    );
+    assert_eq!(h.total_inflight(), 0);
     assert_eq!(h.fake.refresh_count("acct-0"), 1);
     assert_ne!(
         h.pool
@@ -409,22 +440,27 @@ async fn the_stream_idle_timeout_gives_504_and_moves_on() {
         Reply::text("late").slow_after_headers(Duration::from_secs(3)),
     );
     served_by_second(&h).await;
-    let h = harness(1, &[("UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "1")]).await;
-    h.fake.push_reply("acct-0", Reply::HangForever);
-    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
-    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{v}");
-    let row = &h.log().await[0];
-    assert_eq!(row.error_class.as_deref(), Some("upstream_timeout"));
-    assert_eq!(row.status, 504);
-    assert_eq!(h.total_inflight(), 0);
-    assert_eq!(
-        (
-            h.attempts("timeout").await,
-            h.attempts("server_error").await
-        ),
-        (1, 0),
-        "one attempt, counted once"
-    );
+    // Streamed or not: nothing went out before the silence (the keep-alive interval is longer),
+    // so the client gets the 504 itself.
+    for (route, stream) in ASKS {
+        let h = harness(1, &[("UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "1")]).await;
+        h.fake.push_reply("acct-0", Reply::HangForever);
+        let (status, v) = h.json(h.post(route, question(route, stream))).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{route} {stream}: {v}");
+        assert_eq!(v["error"]["code"], "upstream_timeout", "{v}");
+        let row = &h.log().await[0];
+        assert_eq!(row.error_class.as_deref(), Some("upstream_timeout"));
+        assert_eq!(row.status, 504);
+        assert_eq!(h.total_inflight(), 0);
+        assert_eq!(
+            (
+                h.attempts("timeout").await,
+                h.attempts("server_error").await
+            ),
+            (1, 0),
+            "one attempt, counted once"
+        );
+    }
 }
 
 /// A silent upstream moves the request on once; a second silence ends it with 504, whatever
@@ -461,6 +497,7 @@ async fn connection_refused_moves_to_the_next_account_and_ends_in_an_error() {
     let row = &h.log().await[0];
     assert_eq!(row.accounts_tried.len(), 2);
     assert_eq!(row.error_class.as_deref(), Some("upstream_unreachable"));
+    assert_eq!(row.status, 502);
     assert_eq!(
         (
             h.attempts("connect_error").await,
@@ -846,30 +883,63 @@ async fn a_fallback_json_answer_passes_and_an_unreachable_one_is_logged() {
 
 #[tokio::test]
 async fn a_disconnecting_client_cancels_upstream_and_frees_the_account() {
-    let h = harness(1, &[]).await;
-    h.fake
-        .push_reply("acct-0", Reply::StallMidStream { after_deltas: 2 });
-    let res = h.send(h.post("/v1/chat/completions", chat(true))).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    let mut body = res.into_body();
     use http_body_util::BodyExt;
-    let first = body.frame().await.unwrap().unwrap();
-    assert!(first.data_ref().is_some());
-    assert_eq!(h.pool.accounts().runtime(&h.ids[0]).unwrap().inflight, 1);
-    drop(body);
-    assert_eq!(
-        h.pool.accounts().runtime(&h.ids[0]).unwrap().inflight,
-        0,
-        "released at once"
-    );
-    assert!(
+    for route in ["/v1/chat/completions", "/v1/responses"] {
+        let h = harness(1, &[]).await;
         h.fake
-            .wait_until_async(Duration::from_secs(1), |f| f.cancelled_streams() == 1)
-            .await,
-        "upstream cancelled within 1 s"
-    );
-    let row = &h.log().await[0];
-    assert_eq!(row.error_class.as_deref(), Some("client_closed"));
+            .push_reply("acct-0", Reply::StallMidStream { after_deltas: 2 });
+        let res = h.send(h.post(route, question(route, true))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut body = res.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.data_ref().is_some());
+        assert_eq!(h.pool.accounts().runtime(&h.ids[0]).unwrap().inflight, 1);
+        drop(body);
+        assert_eq!(
+            h.pool.accounts().runtime(&h.ids[0]).unwrap().inflight,
+            0,
+            "{route}: released at once"
+        );
+        assert!(
+            h.fake
+                .wait_until_async(Duration::from_secs(1), |f| f.cancelled_streams() == 1)
+                .await,
+            "{route}: upstream cancelled within 1 s"
+        );
+        let row = &h.log().await[0];
+        assert_eq!(row.error_class.as_deref(), Some("client_closed"), "{row:?}");
+    }
+}
+
+/// A client that gives up on a non-streamed answer (the request's future dropped while the
+/// gateway still reads the upstream) frees the account and cancels the upstream as well.
+#[tokio::test]
+async fn a_client_giving_up_on_a_whole_answer_cancels_upstream() {
+    for route in ["/v1/chat/completions", "/v1/responses"] {
+        let h = harness(1, &[]).await;
+        h.fake
+            .push_reply("acct-0", Reply::StallMidStream { after_deltas: 2 });
+        let asked = h.send(h.post(route, question(route, false)));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), asked)
+                .await
+                .is_err(),
+            "{route}: a stalled answer is not whole"
+        );
+        assert_eq!(
+            h.pool.accounts().runtime(&h.ids[0]).unwrap().inflight,
+            0,
+            "{route}: released with the request"
+        );
+        assert!(
+            h.fake
+                .wait_until_async(Duration::from_secs(1), |f| f.cancelled_streams() == 1)
+                .await,
+            "{route}: upstream cancelled within 1 s"
+        );
+        let row = &h.log().await[0];
+        assert_eq!(row.error_class.as_deref(), Some("client_closed"), "{row:?}");
+    }
 }
 
 #[tokio::test]

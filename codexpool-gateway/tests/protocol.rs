@@ -179,9 +179,18 @@ async fn the_codex_cli_waits_for_a_slow_upstream_without_early_headers() {
     );
     let (status, headers, text) = h.call(codex()).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{text}");
-    assert!(headers.get("retry-after").is_some());
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((595..=600).contains(&retry), "the earliest reset: {retry}");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["error"]["type"], "usage_limit_reached", "{v}");
+    let row = &h.log().await[0];
+    assert_eq!(row.status, 429, "{row:?}");
+    assert_eq!(row.error_class.as_deref(), Some("usage_limit_reached"));
+    assert_eq!(
+        row.accounts_tried.len(),
+        1,
+        "acct-0 was known to be out: {row:?}"
+    );
     assert_eq!(h.total_inflight(), 0);
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use codexpool_testkit::Reply;
-use common::{chat, harness};
+use common::{ASKS, answer_text, harness, question};
 
 use http_body_util::BodyExt;
 use proptest::prelude::*;
@@ -21,12 +21,22 @@ use tower::ServiceExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_streams_over_three_capped_accounts() {
+    for route in ["/v1/chat/completions", "/v1/responses"] {
+        two_hundred_streams(route).await;
+    }
+}
+
+/// 200 streaming clients of `route` at once over 3 accounts capped at 4 each: no account above
+/// its cap, every client answered whole or refused with a 503 saying when to come back, one log
+/// row each, nothing left in flight. A request waits up to 200 ms for a free account: 12 streams
+/// of about 50 ms at a time cannot serve all 200 within it, so some are refused.
+async fn two_hundred_streams(route: &'static str) {
     let h = Arc::new(
         harness(
             3,
             &[
                 ("ACCOUNT_MAX_INFLIGHT", "4"),
-                ("REQUEST_GATE_WAIT_TIMEOUT_MS", "2000"),
+                ("REQUEST_GATE_WAIT_TIMEOUT_MS", "200"),
             ],
         )
         .await,
@@ -58,7 +68,7 @@ async fn two_hundred_streams_over_three_capped_accounts() {
     for _ in 0..200 {
         let h = h.clone();
         tasks.push(tokio::spawn(async move {
-            let res = h.send(h.post("/v1/chat/completions", chat(true))).await;
+            let res = h.send(h.post(route, question(route, true))).await;
             let status = res.status();
             let retry_after = res.headers().get("retry-after").cloned();
             let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -82,30 +92,36 @@ async fn two_hundred_streams_over_three_capped_accounts() {
         let (status, retry_after, body) = o.unwrap();
         match status {
             StatusCode::OK => {
-                assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+                // The whole answer: a cut or failed stream is no answer.
+                assert_eq!(answer_text(route, true, &body), "one two three four");
                 ok += 1;
             }
             StatusCode::SERVICE_UNAVAILABLE => {
                 // Said so, with when to come back.
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap();
                 assert_eq!(v["error"]["code"], "accounts_busy", "{body}");
-                assert!(retry_after.is_some(), "{body}");
+                assert_eq!(retry_after.unwrap(), "1", "{body}");
                 shed += 1;
             }
-            other => panic!("unexpected {other}: {body}"),
+            other => panic!("{route}: unexpected {other}: {body}"),
         }
     }
     assert_eq!(ok + shed, 200);
-    assert!(ok >= 12, "served {ok}");
+    assert!(ok >= 12, "{route}: served {ok}");
+    assert!(shed > 0, "{route}: the cap never refused anyone");
+    assert_eq!(max.len(), 3);
     for (id, m) in &max {
-        assert!(*m <= 4, "account {id} reached {m} in flight");
+        assert!(
+            (1..=4).contains(m),
+            "{route}: account {id} reached {m} in flight"
+        );
     }
     // And as the upstream saw it: never more than the cap open on one account.
     for name in ["acct-0", "acct-1", "acct-2"] {
         let peak = h.fake.peak_open_streams(name);
         assert!(
             (1..=4).contains(&peak),
-            "{name} had {peak} answers open at once"
+            "{route}: {name} had {peak} answers open at once"
         );
     }
     assert_eq!(h.total_inflight(), 0);
@@ -116,8 +132,16 @@ async fn two_hundred_streams_over_three_capped_accounts() {
         .await
         .unwrap();
     assert_eq!(log.len(), 200, "one row per request");
-    assert_eq!(log.iter().filter(|r| r.status == 200).count(), ok);
-    assert_eq!(log.iter().filter(|r| r.status == 503).count(), shed);
+    let served: Vec<_> = log.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(served.len(), ok);
+    assert!(served.iter().all(|r| r.error_class.is_none()), "{served:?}");
+    let refused = log.iter().filter(|r| r.status == 503);
+    assert_eq!(
+        refused
+            .filter(|r| r.error_class.as_deref() == Some("accounts_busy"))
+            .count(),
+        shed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,23 +151,35 @@ async fn every_token_expired_means_one_refresh_per_account() {
         h.fake.expire_access_token(name);
     }
     let mut tasks = Vec::new();
-    for i in 0..30 {
+    for i in 0..32 {
         let h = h.clone();
-        // Distinct conversations, so round-robin spreads them (one conversation sticks to one account).
-        let body = serde_json::json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": format!("question {i}")}]});
+        // Every protocol, in distinct conversations, so round-robin spreads them (one
+        // conversation sticks to one account).
+        let (route, stream) = ASKS[i % ASKS.len()];
+        let mut body = question(route, stream);
+        let content = format!("question {i}");
+        match route {
+            "/v1/responses" => body["input"] = content.into(),
+            _ => body["messages"][0]["content"] = content.into(),
+        }
         tasks.push(tokio::spawn(async move {
-            h.json(h.post("/v1/chat/completions", body)).await.0
+            let (status, _, text) = h.call(h.post(route, body)).await;
+            assert_eq!(status, StatusCode::OK, "{text}");
+            let answer = answer_text(route, stream, &text);
+            assert!(answer.starts_with("Hello from acct-"), "{answer}");
         }));
     }
     for t in tasks {
-        assert_eq!(t.await.unwrap(), StatusCode::OK);
+        t.await.unwrap();
     }
     for name in ["acct-0", "acct-1", "acct-2"] {
         assert_eq!(h.fake.refresh_count(name), 1, "{name}");
     }
+    // Each account said 401 at least once before its refresh.
+    assert!(h.fake.count("/backend-api/codex/responses") >= 32 + 3);
     // Each request served on the account it was given, after the refresh, without failing over.
     let rows = h.log().await;
-    assert_eq!(rows.len(), 30);
+    assert_eq!(rows.len(), 32);
     for row in &rows {
         assert_eq!(row.status, 200, "{row:?}");
         assert!(row.error_class.is_none(), "{row:?}");
@@ -239,6 +275,7 @@ proptest! {
             }
             let log = h.log().await;
             prop_assert_eq!(log.len(), 1);
+            prop_assert_eq!(log[0].status, status.as_u16());
             prop_assert_eq!(h.total_inflight(), 0);
             Ok(())
         })?;

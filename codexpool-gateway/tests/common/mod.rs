@@ -215,3 +215,61 @@ pub fn event_types(frames: &[Value]) -> Vec<&str> {
 pub fn chat(stream: bool) -> Value {
     serde_json::json!({"model": "gpt-5-codex", "stream": stream, "messages": [{"role": "user", "content": "Hi"}]})
 }
+
+/// The four ways a client asks for an answer: (route, streamed).
+pub const ASKS: [(&str, bool); 4] = [
+    ("/v1/chat/completions", false),
+    ("/v1/chat/completions", true),
+    ("/v1/responses", false),
+    ("/v1/responses", true),
+];
+
+/// A short question in the protocol of `route` (one of [`ASKS`]).
+pub fn question(route: &str, stream: bool) -> Value {
+    if route == "/v1/responses" {
+        serde_json::json!({"model": "gpt-5-codex", "stream": stream, "input": "Hi"})
+    } else {
+        chat(stream)
+    }
+}
+
+/// The text of a whole answer in any of the four forms of [`ASKS`]; panics on an error frame,
+/// so a stream that ended in an error is no answer.
+pub fn answer_text(route: &str, stream: bool, body: &str) -> String {
+    let pieces: Vec<Value> = if stream {
+        json_frames(body)
+    } else {
+        vec![serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))]
+    };
+    let mut text = String::new();
+    for v in &pieces {
+        assert!(
+            v["error"].is_null() && v["type"] != "error" && v["type"] != "response.failed",
+            "an error, not an answer: {body}"
+        );
+        match (route, stream) {
+            ("/v1/responses", true) => {
+                if v["type"] == "response.output_text.delta" {
+                    text.push_str(v["delta"].as_str().unwrap());
+                }
+            }
+            ("/v1/responses", false) => {
+                for item in v["output"].as_array().unwrap() {
+                    for part in item["content"].as_array().into_iter().flatten() {
+                        text.push_str(part["text"].as_str().unwrap_or_default());
+                    }
+                }
+            }
+            (_, true) => text.push_str(
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap_or_default(),
+            ),
+            (_, false) => text.push_str(v["choices"][0]["message"]["content"].as_str().unwrap()),
+        }
+    }
+    if stream && route != "/v1/responses" {
+        assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    }
+    text
+}
