@@ -9,11 +9,13 @@ use serde_json::json;
 
 use crate::support::{Env, finish, signal};
 
-/// What the load saw: answers read whole with 200, and every other answer (status, body).
+/// What the load saw: answers read whole with 200, every other answer (status, body), and
+/// requests that got no answer (the connection failed or broke).
 #[derive(Default)]
 struct Seen {
     ok: AtomicUsize,
     other: Mutex<Vec<(u16, String)>>,
+    unanswered: Mutex<Vec<String>>,
 }
 
 impl Seen {
@@ -21,6 +23,16 @@ impl Seen {
     fn all_ok(&self) {
         let other = self.other.lock().unwrap();
         assert!(other.is_empty(), "answers other than 200: {other:?}");
+    }
+
+    /// [`Seen::all_ok`], and every request got its answer (for a server that stays up).
+    fn all_answered(&self) {
+        self.all_ok();
+        let unanswered = self.unanswered.lock().unwrap();
+        assert!(
+            unanswered.is_empty(),
+            "requests without an answer: {unanswered:?}"
+        );
     }
 }
 
@@ -43,19 +55,23 @@ fn load(
                     let body = json!({"model": "gpt-5-codex", "stream": n % 2 == 0,
                         "messages": [{"role": "user", "content": format!("client {i} request {n}")}]});
                     match client.post(format!("{url}/v1/chat/completions")).bearer_auth(&key).json(&body).send().await {
-                        Ok(r) if r.status() == 200 => {
-                            // A body cut short: the server died under it (the SIGKILL test).
-                            if r.bytes().await.is_ok() {
+                        Ok(r) if r.status() == 200 => match r.bytes().await {
+                            Ok(_) => {
                                 seen.ok.fetch_add(1, Ordering::Relaxed);
                             }
-                        }
+                            // A body cut short: the server died under it (the SIGKILL test).
+                            Err(e) => seen.unanswered.lock().unwrap().push(e.to_string()),
+                        },
                         Ok(r) => {
                             let status = r.status().as_u16();
                             let body = r.text().await.unwrap_or_default();
                             seen.other.lock().unwrap().push((status, body));
                         }
                         // The server is gone (the SIGKILL test).
-                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        Err(e) => {
+                            seen.unanswered.lock().unwrap().push(e.to_string());
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
                     }
                 }
             })
@@ -106,7 +122,9 @@ async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
         created.push(v["key"]["id"].as_str().unwrap().to_string());
     }
     let added = env.add_accounts(&["acct-3"]);
-    // Long enough under load for the batched writer to have written a few batches.
+    // Answered requests whose rows the batched writer has had time to write (it writes what
+    // came in within 200 ms at once): they are acknowledged, and must survive the kill.
+    let acknowledged = seen.ok.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(600)).await;
     signal(&child, "KILL");
     let (status, _) = finish(child, 10);
@@ -131,7 +149,8 @@ async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
         assert!(pool.keys().get(id).is_ok(), "key {id} lost");
     }
     assert_eq!(pool.keys().list().len(), 6);
-    // The log rows that were written are whole; at most the last batch died with the process.
+    // The log rows of acknowledged answers are there and whole; at most the last batch died
+    // with the process (and a row per request cut by the kill may be there).
     let rows = pool
         .request_log()
         .list(&codexpool_core::request_log::RequestLogQuery::latest(
@@ -141,8 +160,8 @@ async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
         .unwrap();
     let answered = seen.ok.load(Ordering::Relaxed);
     assert!(
-        !rows.is_empty() && rows.len() <= answered + 8,
-        "{} rows for {answered} answers",
+        acknowledged >= 50 && (acknowledged..=answered + 8).contains(&rows.len()),
+        "{} rows for {acknowledged} acknowledged and {answered} answered requests",
         rows.len()
     );
     assert!(
@@ -150,8 +169,8 @@ async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
             .all(|r| r.status == 200 && r.account_id.is_some() && !r.accounts_tried.is_empty())
     );
     drop(pool);
-    // And the CLI keeps working on it, and a new server serves from it, with nothing left in
-    // flight from the killed one.
+    // And the CLI keeps working on it, and a new server serves from it (leases are counted in
+    // the serving process's memory: the killed one's die with it).
     cli(&env, &["account", "list"]);
     let (url, child) = env.serve(&[]);
     let res = reqwest::Client::new()
@@ -202,28 +221,35 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
     };
     assert_eq!(status_of(victim_secret.clone()).await, 200);
 
-    // A key disabled by the CLI is refused by the server (counted from when the CLI is done:
-    // the change is made then; the server's watcher looks every 500 ms).
+    // A key disabled by the CLI is refused by the server within a second (counted from when
+    // the CLI is done: the change is made then; the server's watcher looks every 500 ms).
     cli(&env, &["key", "disable", &victim_id]);
     let t = Instant::now();
-    while status_of(victim_secret.clone()).await != 403 {
+    loop {
+        match status_of(victim_secret.clone()).await {
+            403 => break,
+            200 => {}
+            other => panic!("the key's request got {other}"),
+        }
         assert!(t.elapsed() < Duration::from_secs(5), "never refused");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let took = t.elapsed();
     assert!(
-        took < Duration::from_millis(1500),
+        took < Duration::from_secs(1),
         "the disable took {took:?} to take effect"
     );
 
-    // An account added by the CLI serves requests: disable the first one, import a second.
+    // An account added by the CLI serves requests: import a second, disable the first; the
+    // new account answers within a second of the import, give or take the `disable` itself.
     let first = env.json(&["account", "list"])[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
     let added = env.add_accounts(&["acct-2"]);
+    let imported = Instant::now();
     cli(&env, &["account", "disable", &first]);
-    let t = Instant::now();
+    let disable_took = imported.elapsed();
     loop {
         let res = client
             .post(format!("{url}/v1/chat/completions"))
@@ -234,6 +260,7 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
             .send()
             .await
             .unwrap();
+        assert_eq!(res.status(), 200);
         if res
             .headers()
             .get("x-codexpool-account")
@@ -243,22 +270,22 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
             break;
         }
         assert!(
-            t.elapsed() < Duration::from_secs(5),
+            imported.elapsed() < Duration::from_secs(5),
             "the new account never served"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let took = t.elapsed();
+    let took = imported.elapsed();
     assert!(
-        took < Duration::from_millis(1500),
-        "the new account took {took:?} to serve"
+        took < Duration::from_secs(1) + disable_took,
+        "the new account took {took:?} to serve (the disable took {disable_took:?})"
     );
 
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
     }
-    seen.all_ok();
+    seen.all_answered();
     // The refused key's requests are in the log as such; nothing is left in flight.
     let log: serde_json::Value = serde_json::from_str(&cli(
         &env,
@@ -272,9 +299,20 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
         .map(|r| &r["status"])
         .collect();
     assert!(statuses.contains(&&json!(403)), "{log}");
+    let all: serde_json::Value =
+        serde_json::from_str(&cli(&env, &["--json", "logs", "--limit", "10000"])).unwrap();
+    let failed: Vec<_> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"].as_u64().unwrap() >= 500)
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    // As the server counts them (not an idle pool of the CLI's own).
     let accounts: serde_json::Value =
         serde_json::from_str(&cli(&env, &["--json", "account", "list"])).unwrap();
     for a in accounts.as_array().unwrap() {
+        assert_eq!(a["runtime"]["source"], "server", "{a}");
         assert_eq!(a["runtime"]["inflight"], 0, "{a}");
     }
     let stderr = crate::support::stop(child);
