@@ -237,7 +237,7 @@ impl KeyPatch {
         self.name = Some(v.into());
         self
     }
-    /// Binds (or unbinds) a model.
+    /// Binds (or unbinds, with `None` or a blank name) a model.
     pub fn model(mut self, v: Option<String>) -> Self {
         self.model = Some(v);
         self
@@ -252,7 +252,7 @@ impl KeyPatch {
         self.allowed_groups = Some(v);
         self
     }
-    /// Sets (or clears) the reasoning effort.
+    /// Sets (or clears, with `None` or a blank value) the reasoning effort.
     pub fn reasoning_effort(mut self, v: Option<String>) -> Self {
         self.reasoning_effort = Some(v);
         self
@@ -272,8 +272,13 @@ impl KeyPatch {
         if let Some(n) = &self.name {
             self.name = Some(clean_name(n)?);
         }
+        // A blank model or effort clears it, as a blank group or note of an account does.
         if let Some(Some(m)) = &self.model {
-            self.model = Some(Some(clean_model("model", m)?));
+            self.model = Some(if m.trim().is_empty() {
+                None
+            } else {
+                Some(clean_model("model", m)?)
+            });
         }
         if let Some(ms) = self.allowed_models.take() {
             self.allowed_models = Some(clean_list("allowed_models", ms, clean_model)?);
@@ -282,7 +287,11 @@ impl KeyPatch {
             self.allowed_groups = Some(clean_list("allowed_groups", gs, clean_group)?);
         }
         if let Some(Some(e)) = &self.reasoning_effort {
-            self.reasoning_effort = Some(Some(clean_effort(e)?));
+            self.reasoning_effort = Some(if e.trim().is_empty() {
+                None
+            } else {
+                Some(clean_effort(e)?)
+            });
         }
         Ok(self)
     }
@@ -600,7 +609,8 @@ impl KeyStore {
         k
     }
 
-    /// One key by id, unique id prefix, or else exact name.
+    /// One key by id, unique id prefix, or else exact name. A secret given where the id
+    /// belongs is refused without being echoed (errors end up in logs and tracebacks).
     pub fn get(&self, id: &str) -> Result<PlatformKey> {
         let t = crate::sync::read(&self.pool.shared.keys);
         let e = match t.by_id.get(id) {
@@ -608,6 +618,16 @@ impl KeyStore {
             None => {
                 // Ids sort, so the keys starting with a prefix are one range of the map.
                 let wanted = id.trim();
+                if wanted.starts_with(KEY_PREFIX) && !t.by_id.values().any(|e| e.key.name == wanted)
+                {
+                    return Err(Error::invalid(
+                        "id",
+                        format!(
+                            "{} is a key's secret, not its id (the key list shows ids)",
+                            hint_of(wanted)
+                        ),
+                    ));
+                }
                 let candidates = t
                     .by_id
                     .range(wanted.to_string()..)

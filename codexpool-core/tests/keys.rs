@@ -277,9 +277,66 @@ async fn update_list_and_prefixes() {
     );
     let names: Vec<_> = keys.list().into_iter().map(|k| k.name).collect();
     assert_eq!(names, ["renamed", "b"]);
+    // A blank model or effort clears it (as every front-end says "clear" with an empty value).
+    keys.update(
+        &b.key.id,
+        KeyPatch::default()
+            .model(Some("gpt-5".into()))
+            .reasoning_effort(Some("high".into())),
+    )
+    .await
+    .unwrap();
+    let cleared = keys
+        .update(
+            &b.key.id,
+            KeyPatch::default()
+                .model(Some(" ".into()))
+                .reasoning_effort(Some(String::new())),
+        )
+        .await
+        .unwrap();
+    assert_eq!((cleared.model, cleared.reasoning_effort), (None, None));
     let json = serde_json::to_string(&keys.list()).unwrap();
     assert!(!json.contains(a.secret.expose()) && !json.contains(b.secret.expose()));
     assert!(!json.contains("secret_hash"));
+}
+
+/// A secret where an id belongs (`key show sk-cp-…`, `keys.get(secret)` in Python) is refused
+/// by every call that looks a key up, and the error shows only the secret's hint.
+#[tokio::test]
+async fn a_secret_given_as_an_id_is_not_echoed() {
+    let (pool, _) = pool_with(&[]).await;
+    let keys = pool.keys();
+    let k = keys.create(NewKey::named("ci")).await.unwrap();
+    let secret = k.secret.expose().to_string();
+    let hint = &k.key.hint;
+    let errors = [
+        keys.get(&secret).unwrap_err(),
+        keys.update(&secret, KeyPatch::default().name("x"))
+            .await
+            .unwrap_err(),
+        keys.disable(&secret).await.unwrap_err(),
+        keys.delete(&secret).await.unwrap_err(),
+        pool.request_log()
+            .resolve(&codexpool_core::request_log::RequestLogQuery::latest(10).key(&secret))
+            .unwrap_err(),
+    ];
+    for e in errors {
+        let (text, debug) = (e.to_string(), format!("{e:?}"));
+        assert!(
+            !text.contains(&secret) && !debug.contains(&secret[7..]),
+            "{debug}"
+        );
+        assert!(matches!(e, Error::InvalidInput { .. }), "{debug}");
+        assert!(
+            text.contains(hint.as_str()) && text.contains("secret"),
+            "{text}"
+        );
+    }
+    // Nothing changed, and a key named like a secret is still found by its name.
+    assert_eq!(keys.get(&k.key.id).unwrap().name, "ci");
+    let odd = keys.create(NewKey::named("sk-cp-odd")).await.unwrap();
+    assert_eq!(keys.get("sk-cp-odd").unwrap().id, odd.key.id);
 }
 
 #[tokio::test]

@@ -153,7 +153,8 @@ impl KeyStore {
 
     /// Changes a key. Keywords: `name`, `model`, `allowed_models`, `allowed_groups`,
     /// `reasoning_effort`, `expires_at`, `enabled`; an omitted one is left as it is, `None`
-    /// clears `model`, `reasoning_effort`, `expires_at` and the lists.
+    /// clears `model`, `reasoning_effort`, `expires_at` and the lists (an empty `model` or
+    /// `reasoning_effort` clears it too).
     #[pyo3(
         signature = (id, **changes),
         text_signature = "($self, id, *, name=..., model=..., allowed_models=..., allowed_groups=..., reasoning_effort=..., expires_at=..., enabled=...)"
@@ -236,6 +237,7 @@ impl KeyStore {
     }
 
     /// The key a secret belongs to; raises `KeyRefused` when it is unknown, disabled or expired.
+    /// A key it accepts counts as used (`last_used_at`), as a request through the gateway does.
     fn verify(&self, py: Python<'_>, secret: &str) -> PyResult<Key> {
         self.home.ensure()?;
         self.inner

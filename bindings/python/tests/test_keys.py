@@ -86,6 +86,9 @@ def test_update_enable_disable_delete(pool: codexpool.Pool) -> None:
     assert u.expires_at == datetime.datetime(2099, 1, 1, tzinfo=datetime.timezone.utc)
     u = pool.keys.update(k.id, model=None, reasoning_effort=None, expires_at=None, allowed_groups=None)
     assert (u.model, u.reasoning_effort, u.expires_at, u.allowed_groups) == (None, None, None, [])
+    pool.keys.update(k.id, model="gpt-5", reasoning_effort="high")
+    u = pool.keys.update(k.id, model="", reasoning_effort=" ")
+    assert (u.model, u.reasoning_effort) == (None, None), "blank clears, as in every front-end"
     assert pool.keys.update(k.id, enabled=False).enabled is False
     assert pool.keys.enable(k.id).enabled is True
     assert pool.keys.disable(k.id).enabled is False
@@ -99,6 +102,16 @@ def test_update_enable_disable_delete(pool: codexpool.Pool) -> None:
         with pytest.raises(codexpool.NotFound) as e:
             call(k.id)
         assert e.value.what == "key"
+
+
+def test_a_secret_given_as_an_id_is_not_echoed(pool: codexpool.Pool) -> None:
+    created = pool.keys.create("ci")
+    for call in (pool.keys.get, pool.keys.delete, pool.keys.disable, lambda s: pool.request_log.list(key_id=s)):
+        with pytest.raises(codexpool.InvalidInput) as e:
+            call(created.secret)
+        assert created.secret not in str(e.value) and created.secret not in repr(e.value.args)
+        assert created.key.hint in str(e.value)
+    assert pool.keys.get(created.key.id).enabled
 
 
 def test_verify(pool: codexpool.Pool) -> None:

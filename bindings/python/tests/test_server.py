@@ -94,6 +94,18 @@ def test_addresses_as_for_the_cli(pool: codexpool.Pool) -> None:
         assert srv.host == "127.0.0.1"
 
 
+def _url_of_a_server_of(pool: codexpool.Pool) -> str:
+    # Returns from inside `with`: type-checks only if `__exit__` says it lets exceptions pass.
+    with pool, codexpool.serve(pool, background_tasks=False) as srv:
+        return srv.url
+
+
+def test_with_blocks_let_exceptions_through(pool: codexpool.Pool) -> None:
+    assert _url_of_a_server_of(pool).startswith("http://127.0.0.1:")
+    with pytest.raises(KeyError), pool, codexpool.serve(pool, background_tasks=False):
+        raise KeyError("passes")
+
+
 def test_bad_addresses(pool: codexpool.Pool) -> None:
     with pytest.raises(codexpool.InvalidInput, match="expected host:port") as e:
         codexpool.serve(pool, "localhost")

@@ -162,19 +162,14 @@ pub struct KeyPatch {
     pub expires_at: Option<i64>,
 }
 
-/// `Some("")` is how a foreign caller says "clear" (nested optionals do not cross the FFI).
-fn clearable(v: Option<String>) -> Option<Option<String>> {
-    v.map(|s| (!s.trim().is_empty()).then_some(s))
-}
-
 impl From<KeyPatch> for CorePatch {
     fn from(p: KeyPatch) -> Self {
         let mut out = CorePatch::default();
         out.name = p.name;
-        out.model = clearable(p.model);
+        out.model = p.model.map(Some);
         out.allowed_models = p.allowed_models;
         out.allowed_groups = p.allowed_groups;
-        out.reasoning_effort = clearable(p.reasoning_effort);
+        out.reasoning_effort = p.reasoning_effort.map(Some);
         out.enabled = p.enabled;
         out.expires_at = p
             .expires_at
@@ -257,7 +252,7 @@ impl KeyStore {
     }
 
     /// Checks a secret as the gateway does: the key, or `Auth` naming why it is refused
-    /// (missing, unknown, disabled, expired).
+    /// (missing, unknown, disabled, expired). A key it accepts counts as used (`last_used_at`).
     pub fn verify(&self, secret: String) -> Result<PlatformKey, CodexPoolError> {
         self.home.ensure()?;
         let key = self.inner.keys().verify(&secret)?;

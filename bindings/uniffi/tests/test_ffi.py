@@ -120,6 +120,8 @@ async def run(tmp, fake):
     assert sorted(k.name for k in keys.list()) == ["ci", "temp"]
     assert keys.get(tmp_key.id[:6]).id == tmp_key.id, "ids accept a unique prefix"
     assert keys.verify(tmp_secret).id == tmp_key.id
+    msg = expect_sync("InvalidInput", keys.get, tmp_secret)
+    assert tmp_secret not in msg and tmp_key.hint in msg, "a secret given as an id is not echoed"
     k = await keys.update(tmp_key.id, cp.KeyPatch(name="renamed", model=""))
     assert k.name == "renamed" and k.model is None, "an empty model clears it"
     await keys.disable(tmp_key.id)

@@ -224,8 +224,7 @@ pub async fn update(ctx: &Ctx, pool: &Pool, a: KeyUpdateArgs) -> anyhow::Result<
         p = p.name(n);
     }
     if let Some(m) = a.model {
-        let m = m.trim().to_string();
-        p = p.model((!m.is_empty()).then_some(m));
+        p = p.model(Some(m));
     }
     if !a.allow_models.is_empty() || a.clear_allowed_models {
         p = p.allowed_models(a.allow_models);
