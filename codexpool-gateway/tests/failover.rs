@@ -529,6 +529,54 @@ async fn the_fallback_upstream_serves_when_no_account_can() {
     assert!(row.fallback);
 }
 
+/// What the fallback says it used is logged and counted, as an account's answer is: it is the
+/// traffic a paid API key carries.
+#[tokio::test]
+async fn the_fallbacks_token_usage_is_logged_and_counted() {
+    use codexpool_core::usage::{LedgerGroup, LedgerQuery};
+    let (_h0, h) = with_fallback(0, None).await;
+    let mut sum = 0;
+    for (route, stream) in ASKS {
+        let mut body = question(route, stream);
+        if route == "/v1/chat/completions" && stream {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        let (status, _, text) = h.call(h.post(route, body)).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        // The usage as the client got it, in either protocol's names.
+        let said = if stream {
+            json_frames(&text)
+                .into_iter()
+                .find_map(|f| match &f["usage"] {
+                    serde_json::Value::Null => f["response"]["usage"].as_object().cloned(),
+                    u => u.as_object().cloned(),
+                })
+                .unwrap_or_else(|| panic!("no usage: {text}"))
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            v["usage"].as_object().cloned().unwrap()
+        };
+        let total = said["total_tokens"].as_u64().unwrap();
+        assert!(total > 0, "{said:?}");
+        let row = &h.log().await[0];
+        assert!(row.fallback, "{row:?}");
+        let tokens = row
+            .tokens
+            .unwrap_or_else(|| panic!("{route} {stream}: {row:?}"));
+        assert_eq!(tokens.input_tokens + tokens.output_tokens, total, "{row:?}");
+        sum += total;
+    }
+    let ledger = h
+        .pool
+        .usage()
+        .ledger(&LedgerQuery::by(LedgerGroup::Key))
+        .await
+        .unwrap();
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(ledger[0].total_tokens, sum, "{ledger:?}");
+    assert_eq!(ledger[0].requests, ASKS.len() as u64, "{ledger:?}");
+}
+
 #[tokio::test]
 async fn the_fallback_gets_the_model_and_effort_the_key_binds() {
     let (h0, h) = with_fallback(0, None).await;

@@ -781,15 +781,16 @@ pub struct TokenUsage {
     pub total_tokens: u64,
 }
 
+/// A `usage` object in the Responses names, or the Chat Completions ones (`prompt_tokens`, …).
 #[derive(Deserialize)]
 struct UsageFields<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, alias = "prompt_tokens")]
     input_tokens: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, alias = "prompt_tokens_details")]
     input_tokens_details: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, alias = "completion_tokens")]
     output_tokens: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, alias = "completion_tokens_details")]
     output_tokens_details: Option<&'a RawValue>,
     #[serde(borrow)]
     total_tokens: Option<&'a RawValue>,
@@ -804,12 +805,24 @@ struct UsageDetails<'a> {
 }
 
 impl TokenUsage {
-    /// Reads a `usage` object. `None` when it is not an object; counters that are missing, negative
-    /// or not numbers count as 0.
+    /// Reads a `usage` object, in the Responses names or the Chat Completions ones. `None` when
+    /// it is not an object; counters that are missing, negative or not numbers count as 0.
     pub fn from_json(usage: &[u8]) -> Option<Self> {
         serde_json::from_slice::<&RawValue>(usage)
             .ok()
             .and_then(Self::from_raw)
+    }
+
+    /// The `usage` of a whole answer (a Responses `response`, a `chat.completion` or a chat
+    /// chunk); `None` when it has none (or `null`).
+    pub fn of_answer(answer: &[u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Answer<'a> {
+            #[serde(borrow)]
+            usage: Option<&'a RawValue>,
+        }
+        let answer: Answer<'_> = serde_json::from_slice(answer).ok()?;
+        answer.usage.and_then(Self::from_raw)
     }
 
     fn from_raw(raw: &RawValue) -> Option<Self> {
@@ -1498,6 +1511,30 @@ mod tests {
                 .map(|u| u.total_tokens),
             Some(7)
         );
+    }
+
+    #[test]
+    fn usage_in_chat_names_and_of_whole_answers() {
+        let chat = br#"{"id":"c","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
+        assert_eq!(
+            TokenUsage::of_answer(chat),
+            Some(TokenUsage {
+                input_tokens: 10,
+                cached_tokens: 4,
+                output_tokens: 5,
+                reasoning_tokens: 2,
+                total_tokens: 15
+            })
+        );
+        let response =
+            br#"{"id":"resp_1","output":[],"usage":{"input_tokens":1,"output_tokens":2}}"#;
+        assert_eq!(
+            TokenUsage::of_answer(response).map(|u| u.total_tokens),
+            Some(3)
+        );
+        for none in [&br#"{"usage":null}"#[..], br#"{"choices":[]}"#, b"[]", b"{"] {
+            assert_eq!(TokenUsage::of_answer(none), None);
+        }
     }
 
     #[test]

@@ -17,8 +17,8 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::{Answering, FallbackRequest, bound, failure_as_first_event, reject};
 use crate::Shared;
-use crate::adapt::EventKind;
 use crate::adapt::responses::{Recall, event_response, for_fallback, response_id};
+use crate::adapt::{EventKind, TokenUsage};
 use crate::error::ApiError;
 use crate::metrics::Protocol;
 use crate::record::Record;
@@ -109,9 +109,10 @@ pub(super) async fn call(
         }
         _ => None,
     };
-    let keeper = keep
-        .filter(|_| status == StatusCode::OK && req.path == "/responses")
-        .map(|pending| Keeper::new(pending, sse));
+    let reader = (status == StatusCode::OK).then(|| {
+        let keep = keep.filter(|_| req.path == "/responses");
+        Reader::new(keep, sse, chat)
+    });
     let passed = Passed {
         body: resp
             .bytes_stream()
@@ -121,7 +122,7 @@ pub(super) async fn call(
             record: Some(record),
             status: status.as_u16(),
         },
-        keeper,
+        reader,
         events,
         idle,
         done: false,
@@ -151,7 +152,8 @@ struct Passed {
     /// Its errors named without the fallback's URL.
     body: BoxStream<'static, Result<Bytes, String>>,
     guard: Guard,
-    keeper: Option<Keeper>,
+    /// For a 200 answer.
+    reader: Option<Reader>,
     /// For [`Passing::Events`], when the answer is a 200.
     events: Option<Box<EventWise>>,
     idle: Duration,
@@ -177,7 +179,9 @@ impl Passed {
                 },
                 Err(cut) => break (cut_error(cut), Bytes::new()),
             };
-            self.keeper = self.keeper.take().and_then(|k| k.see(&chunk));
+            if let Some(reader) = &mut self.reader {
+                reader.see(&chunk);
+            }
             let Some(events) = &mut self.events else {
                 return Some(Ok(chunk));
             };
@@ -194,22 +198,21 @@ impl Passed {
             return (!rest.is_empty()).then(|| Ok(rest.into()));
         }
         self.done = true;
-        self.keeper = None;
-        self.guard.end(Some(error.code.as_str()));
+        // Not kept, but what it used is counted.
+        let usage = self.reader.take().and_then(|r| r.usage);
+        self.guard.end(Some(error.code.as_str()), usage);
         Some(match &self.events {
             Some(events) => Ok([before, events.failure(&error)].concat().into()),
             None => Err(std::io::Error::other(error.message)),
         })
     }
 
-    /// The answer ended well: its record says so, a whole JSON answer is kept, and a chat
-    /// stream without `[DONE]` gets one.
+    /// The answer ended well: its record says so (with the usage it reported), a whole JSON
+    /// answer is kept, and a chat stream without `[DONE]` gets one.
     fn end_well(&mut self) -> Option<Result<Bytes, std::io::Error>> {
         self.done = true;
-        self.guard.end(None);
-        if let Some(k) = self.keeper.take() {
-            k.end();
-        }
+        let usage = self.reader.take().and_then(Reader::end);
+        self.guard.end(None, usage);
         let events = self.events.as_ref()?;
         (events.chat && !events.done_sent).then(|| Ok(Bytes::from_static(DONE_FRAME)))
     }
@@ -327,78 +330,116 @@ struct Guard {
 
 impl Guard {
     /// `failure`: what went wrong with the fallback's answer, which the row says rather than
-    /// why no account served (what it says otherwise).
-    fn end(&mut self, failure: Option<&str>) {
+    /// why no account served (what it says otherwise); `usage`: what the answer said it used.
+    fn end(&mut self, failure: Option<&str>, usage: Option<TokenUsage>) {
         if let Some(mut r) = self.record.take() {
             if let Some(class) = failure {
                 r.entry.error_class = Some(class.to_string());
             }
-            r.finish(self.status, None, None);
+            r.finish(self.status, None, usage);
         }
     }
 }
 
-/// Keeps a Responses answer of the fallback as it goes by: the `response` of its
+/// Reads a 200 answer of the fallback as it goes by, whatever the client gets of it: the token
+/// usage it reports (a chat chunk's or answer's `usage`, a Responses answer's), for the log row
+/// and the ledger, and, when the answer is to be kept, the `response` of its
 /// `response.completed` (or `response.incomplete`) event, or the whole body when it is not a
 /// stream, as the accounts' answers are kept. Only an answer that arrives whole is kept (a
 /// stream cut before its final event, or an answer larger than an SSE event may be, is not).
-enum Keeper {
-    Stream(Box<SseParser>, Box<Pending>),
-    Json(Vec<u8>, Box<Pending>),
+struct Reader {
+    form: Form,
+    chat: bool,
+    keep: Option<Box<Pending>>,
+    usage: Option<TokenUsage>,
 }
 
-impl Keeper {
-    /// For an answer that is an event stream (`sse`) or not.
-    fn new(mut pending: Box<Pending>, sse: bool) -> Self {
-        pending.served_by_fallback();
-        match sse {
-            true => Self::Stream(Box::default(), pending),
-            false => Self::Json(Vec::new(), pending),
+enum Form {
+    Stream(Box<SseParser>),
+    Json(Vec<u8>),
+    /// Nothing more to read: the last event went by, or the answer is past reading.
+    Read,
+}
+
+impl Reader {
+    /// For an answer that is an event stream (`sse`) or not, of Chat Completions (`chat`) or
+    /// Responses, to keep or not.
+    fn new(mut keep: Option<Box<Pending>>, sse: bool, chat: bool) -> Self {
+        if let Some(pending) = &mut keep {
+            pending.served_by_fallback();
+        }
+        let form = match sse {
+            true => Form::Stream(Box::default()),
+            false => Form::Json(Vec::new()),
+        };
+        Self {
+            form,
+            chat,
+            keep,
+            usage: None,
         }
     }
 
-    /// Looks at the next chunk of the answer; `None` once there is nothing left to do (kept, or
-    /// not to be kept).
-    fn see(self, chunk: &Bytes) -> Option<Self> {
-        match self {
-            Self::Json(mut body, pending) => (body.len() + chunk.len() <= DEFAULT_MAX_EVENT_BYTES)
-                .then(|| {
-                    body.extend_from_slice(chunk);
-                    Self::Json(body, pending)
-                }),
-            Self::Stream(mut parser, pending) => {
+    /// Looks at the next chunk of the answer.
+    fn see(&mut self, chunk: &Bytes) {
+        match &mut self.form {
+            Form::Json(body) if body.len() + chunk.len() <= DEFAULT_MAX_EVENT_BYTES => {
+                body.extend_from_slice(chunk);
+            }
+            Form::Json(_) => self.form = Form::Read,
+            Form::Stream(parser) => {
                 parser.push(chunk.clone());
                 loop {
                     match parser.next_item() {
                         Ok(Some(SseItem::Event(event))) => {
+                            if self.chat {
+                                // Only the chunk that says so (`usage` is `null` in the others
+                                // when the client asked for it).
+                                if memchr::memmem::find(event.data(), b"\"usage\"").is_some() {
+                                    self.usage = TokenUsage::of_answer(event.data()).or(self.usage);
+                                }
+                                continue;
+                            }
                             if !matches!(
                                 EventKind::of(&event),
                                 EventKind::Completed | EventKind::Incomplete
                             ) {
                                 continue;
                             }
-                            if let Some(response) = event_response(event.data())
-                                && let Some(id) = response_id(response.as_bytes())
-                            {
-                                pending.finish(&id, response.as_bytes());
+                            if let Some(response) = event_response(event.data()) {
+                                self.answer(response.as_bytes());
                             }
-                            return None;
+                            self.form = Form::Read;
+                            return;
                         }
                         Ok(Some(SseItem::Comment(_))) => {}
-                        Ok(None) => return Some(Self::Stream(parser, pending)),
-                        Err(_) => return None,
+                        Ok(None) => return,
+                        Err(_) => {
+                            self.form = Form::Read;
+                            return;
+                        }
                     }
                 }
             }
+            Form::Read => {}
         }
     }
 
-    /// The answer ended: a JSON one is kept now.
-    fn end(self) {
-        if let Self::Json(body, pending) = self
-            && let Some(id) = response_id(&body)
+    /// The answer ended: a JSON one is read now. The usage it reported.
+    fn end(mut self) -> Option<TokenUsage> {
+        if let Form::Json(body) = std::mem::replace(&mut self.form, Form::Read) {
+            self.answer(&body);
+        }
+        self.usage
+    }
+
+    /// A whole answer (a Responses `response`, or a whole JSON body): its usage, and kept.
+    fn answer(&mut self, answer: &[u8]) {
+        self.usage = TokenUsage::of_answer(answer);
+        if let Some(pending) = self.keep.take()
+            && let Some(id) = response_id(answer)
         {
-            pending.finish(&id, &body);
+            pending.finish(&id, answer);
         }
     }
 }
@@ -417,17 +458,63 @@ mod tests {
         Arc::new(ResponseStore::new(1 << 20, RESPONSES_TTL, Arc::new(clock)))
     }
 
-    /// Feeds `chunks` to a keeper for an answer of `content_type`, then ends it.
-    fn feed(store: &Arc<ResponseStore>, content_type: &'static str, chunks: &[&str]) {
-        let pending = Pending::new(store.clone(), "k", Vec::new());
+    /// Feeds `chunks` to a reader for an answer of `content_type` (Responses when `keep` is
+    /// a store, else Chat Completions), then ends it; the usage it read.
+    fn read(
+        keep: Option<&Arc<ResponseStore>>,
+        content_type: &'static str,
+        chunks: &[&str],
+    ) -> Option<TokenUsage> {
+        let pending = keep.map(|store| Pending::new(store.clone(), "k", Vec::new()));
         let sse = is_event_stream(Some(&HeaderValue::from_static(content_type)));
-        let mut keeper = Some(Keeper::new(pending, sse));
+        let mut reader = Reader::new(pending, sse, keep.is_none());
         for chunk in chunks {
-            keeper = keeper.and_then(|k| k.see(&Bytes::copy_from_slice(chunk.as_bytes())));
+            reader.see(&Bytes::copy_from_slice(chunk.as_bytes()));
         }
-        if let Some(k) = keeper {
-            k.end();
-        }
+        reader.end()
+    }
+
+    fn feed(store: &Arc<ResponseStore>, content_type: &'static str, chunks: &[&str]) {
+        read(Some(store), content_type, chunks);
+    }
+
+    #[test]
+    fn reads_the_usage_an_answer_reports() {
+        let total = |u: Option<TokenUsage>| u.map(|u| (u.input_tokens, u.total_tokens));
+        let usage = r#""usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}"#;
+        // A chat stream: the chunk with `usage`, whatever came before or after.
+        let stream = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"hi\"}}}}],\"usage\":null}}\n\ndata: {{\"choices\":[],{usage}}}\n\ndata: [DONE]\n\n"
+        );
+        let (a, b) = stream.split_at(40);
+        assert_eq!(
+            total(read(None, "text/event-stream", &[a, b])),
+            Some((7, 10))
+        );
+        // A chat answer.
+        let answer = format!("{{\"object\":\"chat.completion\",\"choices\":[],{usage}}}");
+        assert_eq!(
+            total(read(None, "application/json", &[&answer])),
+            Some((7, 10))
+        );
+        // A Responses stream and answer, kept or not.
+        let response =
+            r#"{"id":"resp_9","output":[],"usage":{"input_tokens":4,"output_tokens":1}}"#;
+        let s = store();
+        let event =
+            format!("data: {{\"type\":\"response.completed\",\"response\":{response}}}\n\n");
+        assert_eq!(
+            total(read(Some(&s), "text/event-stream", &[&event])),
+            Some((4, 5))
+        );
+        assert!(s.get("k", "resp_9").is_some());
+        assert_eq!(
+            total(read(Some(&store()), "application/json", &[response])),
+            Some((4, 5))
+        );
+        // None said, or not readable.
+        assert_eq!(read(None, "text/event-stream", &["data: [DONE]\n\n"]), None);
+        assert_eq!(read(None, "application/json", &["{\"usage\":"]), None);
     }
 
     const ANSWER: &str = r#"{"id":"resp_1","object":"response","output":[]}"#;
