@@ -275,5 +275,17 @@ fn done(ctx: &Ctx, pool: &Pool, k: &PlatformKey, verb: &str) -> anyhow::Result<(
         }
         out.line(line)?;
     }
+    // Enabled (or changed) is not usable: say why a key stays refused.
+    if let Some(at) = k.expires_at
+        && k.enabled
+        && verb != "Deleted"
+        && at <= pool.now()
+    {
+        out.warn(format!(
+            "key {} expired at {at}: it is still refused; give it a new expiry with \
+             `codexpool key update {} --expires <WHEN>` (`never` for none)",
+            k.id, k.id
+        ));
+    }
     Ok(())
 }

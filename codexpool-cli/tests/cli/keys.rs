@@ -273,6 +273,31 @@ async fn json_says_whether_a_key_is_active_disabled_or_expired() {
     assert!(line("old").contains(" expired "), "{table}");
     assert!(line("live").contains(" active "), "{table}");
     assert!(line("off").contains(" disabled "), "{table}");
+
+    // Enabling an expired key does not make it usable: said so, with the way out.
+    let o = env.cmd().args(["key", "enable", "old"]).output().unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.starts_with("Enabled key "), "{stdout}");
+    assert!(
+        stderr.contains("warning:")
+            && stderr.contains("expired at")
+            && stderr.contains("still refused")
+            && stderr.contains("--expires"),
+        "{stderr}"
+    );
+    let o = env
+        .cmd()
+        .args(["key", "update", "old", "--expires", "never"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && texts(&o).1.is_empty(),
+        "{:?}",
+        texts(&o)
+    );
+    let o = env.cmd().args(["key", "enable", "live"]).output().unwrap();
+    assert!(texts(&o).1.is_empty(), "{:?}", texts(&o));
 }
 
 /// A secret nobody could read is a key nobody can use: with its output closed (`| true`),
