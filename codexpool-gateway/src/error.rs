@@ -279,6 +279,11 @@ impl ApiError {
             FailureKind::UsageLimit { .. } | FailureKind::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
+            // The account could not serve (its sign-in died, it is deactivated or not allowed
+            // to): no account was available, the upstream did not break.
+            FailureKind::Unauthorized | FailureKind::Deactivated | FailureKind::Forbidden => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ if f.code.as_deref() == Some(UPSTREAM_TIMEOUT) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::BAD_GATEWAY,
         };

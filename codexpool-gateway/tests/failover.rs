@@ -327,6 +327,36 @@ async fn every_account_exhausted_is_a_429_with_retry_after() {
     assert_eq!(h.total_inflight(), 0);
 }
 
+/// The last account failing for reasons of its own (its sign-in dead, deactivated) while the
+/// others cool down leaves no account to serve: a 503 naming why, with when to come back, not a
+/// 502 (the upstream did not break).
+#[tokio::test]
+async fn accounts_that_cannot_serve_any_more_are_a_503() {
+    for (dead, code) in [
+        (None, "token_refresh_failed"),
+        (Some(Reply::Deactivated), "account_deactivated"),
+    ] {
+        let h = harness(2, &[]).await;
+        h.fake.push_reply("acct-0", Reply::Overloaded);
+        match dead {
+            Some(reply) => h.fake.push_reply("acct-1", reply),
+            None => h.fake.revoke_sessions("acct-1"),
+        }
+        let (status, headers, body) = h.call(h.post("/v1/chat/completions", chat(false))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            headers.contains_key("retry-after"),
+            "acct-0 cools down: {headers:?}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], code, "{v}");
+        let row = &h.log().await[0];
+        assert_eq!((row.status, row.error_class.as_deref()), (503, Some(code)));
+        assert_eq!(row.accounts_tried, h.ids);
+        assert_eq!(h.total_inflight(), 0);
+    }
+}
+
 #[tokio::test]
 async fn an_empty_pool_is_a_503() {
     let h = harness(0, &[]).await;
