@@ -380,8 +380,14 @@ pub(crate) fn str_field<'a>(
 
 /// The field as a boolean: `Ok(None)` when absent/null, an error naming it when of another type.
 pub(crate) fn bool_field(obj: &Shallow<'_>, key: &str) -> Result<Option<bool>, RequestError> {
-    match obj.get(key).map(RawValue::get) {
-        None => Ok(None),
+    as_bool(key, obj.get(key))
+}
+
+/// A value of field `key` as a boolean: `Ok(None)` when absent/null, an error naming the field
+/// when of another type.
+pub(crate) fn as_bool(key: &str, value: Option<&RawValue>) -> Result<Option<bool>, RequestError> {
+    match value.map(RawValue::get) {
+        None | Some("null") => Ok(None),
         Some("true") => Ok(Some(true)),
         Some("false") => Ok(Some(false)),
         Some(_) => Err(RequestError::field(key, "must be a boolean")),

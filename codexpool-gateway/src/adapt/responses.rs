@@ -33,8 +33,9 @@ use super::event::{
 };
 use super::{
     AssembleError, DEFAULT_INSTRUCTIONS, JSON_DIRECTIVE, JStr, ObjectWriter, Overrides,
-    RequestError, Shallow, UpstreamRequest, bool_field, is_null, items_array, mentions_json,
-    parse_object, parse_object_with, raw_str, str_field, sub_bytes, with_field, write_json,
+    RequestError, Shallow, UpstreamRequest, as_bool, bool_field, is_null, items_array,
+    mentions_json, parse_object, parse_object_with, raw_str, str_field, sub_bytes, with_field,
+    write_json,
 };
 use crate::sse::SseEvent;
 use crate::stored::Item;
@@ -312,7 +313,7 @@ pub(crate) fn apply_body_rules_with(
             // The last occurrence wins, as with `serde_json::Value`; `null` means "not given".
             Some(slot) => *slot = Some(*value).filter(|v| !is_null(v)),
             // `store` is always forced upstream; the client's says whether the gateway keeps it.
-            None if key == "store" => store = value.get() != "false",
+            None if key == "store" => store = as_bool("store", Some(value))?.unwrap_or(true),
             None if key == "previous_response_id" && recall.is_some() => {
                 previous = Some(*value).filter(|v| !is_null(v));
             }
@@ -332,12 +333,7 @@ pub(crate) fn apply_body_rules_with(
     let keep = store && recall.is_some();
 
     let model = resolve_model(kept.model, overrides)?;
-    let stream = match kept.stream.map(RawValue::get) {
-        None => false,
-        Some("true") => true,
-        Some("false") => false,
-        Some(_) => return Err(RequestError::field("stream", "must be a boolean")),
-    };
+    let stream = as_bool("stream", kept.stream)?.unwrap_or(false);
 
     let mut instructions = match kept.instructions {
         None => String::new(),
@@ -1823,6 +1819,10 @@ mod tests {
         assert_eq!(
             rules_err(r#"{"model":"m","input":"x","stream":"yes"}"#),
             "stream: must be a boolean"
+        );
+        assert_eq!(
+            rules_err(r#"{"model":"m","input":"x","store":"yes"}"#),
+            "store: must be a boolean"
         );
         assert_eq!(
             rules_err(r#"{"model":"m","input":"x","reasoning":"high"}"#),
