@@ -241,11 +241,18 @@ async fn one(pool: &Pool, req: Value) -> Option<Value> {
     })
 }
 
-/// Typed params: `null`/absent reads as `{}`; serde's message names the offending field.
+/// Typed params: `null`/absent reads as `{}`; the message names the offending field (serde's
+/// own names it only when it is missing or unknown, not when its value is wrong).
 fn params<T: DeserializeOwned>(v: Value) -> Result<T, RpcError> {
     let v = if v.is_null() { json!({}) } else { v };
-    serde_json::from_value(v)
-        .map_err(|e| RpcError::new(codes::INVALID_PARAMS, format!("invalid params: {e}")))
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let message = match path.as_str() {
+            "." => format!("invalid params: {}", e.inner()),
+            _ => format!("invalid params: `{path}`: {}", e.inner()),
+        };
+        RpcError::new(codes::INVALID_PARAMS, message)
+    })
 }
 
 fn to_value<T: serde::Serialize>(v: T) -> Result<Value, RpcError> {

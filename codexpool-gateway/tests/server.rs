@@ -394,6 +394,26 @@ async fn sign_in_through_the_service_port() {
         let v = call(&srv, method, params).await;
         assert_eq!(v["error"]["code"], code, "{method}: {v}");
     }
+    // A value of the wrong type is named by its field.
+    for (method, params, field) in [
+        ("apikey/create", json!({"name": 5}), "`name`"),
+        (
+            "account/update",
+            json!({"id": "x", "sort": "high"}),
+            "`sort`",
+        ),
+        ("requestlog/list", json!({"limit": -1}), "`limit`"),
+        (
+            "apikey/create",
+            json!({"name": "k", "allowed_models": ["a", 1]}),
+            "`allowed_models[1]`",
+        ),
+    ] {
+        let v = call(&srv, method, params).await;
+        assert_eq!(v["error"]["code"], -32602, "{method}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{method}: {message}");
+    }
     srv.stop().await.unwrap();
 }
 
