@@ -290,10 +290,11 @@ pub enum StatusArg {
     Active,
     /// Turned off by a person.
     Disabled,
-    /// Needs a new sign-in.
-    #[value(name = "needs_login", alias = "needs-login")]
+    /// Needs a new sign-in (the tables say `needs sign-in`).
+    #[value(name = "needs_login", aliases = ["needs-login", "needs-sign-in"])]
     NeedsLogin,
-    /// Deactivated by OpenAI.
+    /// Deactivated by OpenAI (the tables say `deactivated`).
+    #[value(alias = "deactivated")]
     Banned,
 }
 

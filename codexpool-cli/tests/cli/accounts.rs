@@ -86,6 +86,9 @@ fn import_a_folder_then_list_and_organise() {
     assert_eq!(only(&["--tag", "fast"]), ["Work"]);
     assert_eq!(only(&["--status", "disabled"]), ["acct-a@example.com"]);
     assert_eq!(only(&["--status", "needs-login"]), Vec::<String>::new());
+    // The words the tables show are taken too.
+    assert_eq!(only(&["--status", "needs-sign-in"]), Vec::<String>::new());
+    assert_eq!(only(&["--status", "deactivated"]), Vec::<String>::new());
 
     // The JSON shape: the account, its usage and runtime; never a token.
     let v = env.json(&["account", "list", "--group", "team"]);
