@@ -481,13 +481,10 @@ async fn with_the_store_off_references_are_refused() {
         let (status, e) = error_of(&h, h.post("/v1/responses", body)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(e["param"], param, "{e}");
-        assert!(
-            e["message"]
-                .as_str()
-                .unwrap()
-                .contains("RESPONSES_STORE_MB=0"),
-            "{e}"
-        );
+        let message = e["message"].as_str().unwrap();
+        assert!(message.contains("RESPONSES_STORE_MB=0"), "{e}");
+        assert!(message.starts_with(&format!("{param}: ")), "{e}");
+        assert!(!message.contains(&format!("{param}: {param}")), "said once: {e}");
     }
     assert_eq!(h.fake.count("/backend-api/codex/responses"), 1);
     // Reasoning alone can be left out, as when the store no longer holds it.

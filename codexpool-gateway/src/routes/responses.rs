@@ -77,15 +77,15 @@ fn adapt(intake: &Intake) -> Result<Adapted, RequestError> {
     let Some(store) = &intake.shared.responses else {
         let (up, _) = apply_body_rules_with(&intake.bytes, &overrides, None)?;
         // Without the history they stand for, the answer would be to another question.
-        for (field, name) in [
-            ("previous_response_id", "previous_response_id"),
-            ("input", "input[].item_reference"),
+        for (field, name, what) in [
+            ("previous_response_id", "previous_response_id", "it"),
+            ("input", "input[].item_reference", "an item_reference"),
         ] {
             if up.dropped.iter().any(|d| d == name) {
                 return Err(RequestError::field(
                     field,
                     format!(
-                        "{name} needs the responses this gateway keeps, and it keeps none \
+                        "{what} needs the responses this gateway keeps, and it keeps none \
                          (CODEXPOOL_RESPONSES_STORE_MB=0): send the whole conversation as input"
                     ),
                 ));
