@@ -230,6 +230,14 @@ fn parse_candidate(
     let tok = match field(o, "tokens") {
         Some(Value::Object(t)) => t,
         Some(_) => return Err("tokens is not an object".into()),
+        // A Codex CLI that signed in with an API key: nothing of ChatGPT to pool.
+        None if from_codex_cli && text(o, "OPENAI_API_KEY").ok().flatten().is_some() => {
+            return Err(
+                "this Codex CLI sign-in is an OpenAI API key, not a ChatGPT account \
+                        (codexpool pools ChatGPT sign-ins: `codexpool account login`)"
+                    .into(),
+            );
+        }
         None => o,
     };
     let access = text(tok, "access_token")?.ok_or("access_token is missing")?;

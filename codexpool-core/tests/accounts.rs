@@ -154,6 +154,23 @@ async fn reimport_keeps_a_newer_access_token_under_the_same_refresh_token() {
     );
 }
 
+/// A Codex CLI signed in with an API key writes an auth.json without tokens: said as such (it
+/// was "access_token is missing").
+#[tokio::test]
+async fn a_codex_cli_api_key_sign_in_is_named() {
+    let (pool, _) = pool_with(&[]).await;
+    let doc = br#"{"OPENAI_API_KEY": "sk-proj-abc", "tokens": null, "last_refresh": null}"#;
+    let r = pool.accounts().import_bytes("auth.json", doc).await;
+    assert_eq!((r.imported(), r.skipped() + r.failed()), (0, 1), "{r:?}");
+    let reason = format!("{:?}", r.results[0].outcome);
+    assert!(
+        reason.contains("API key, not a ChatGPT account"),
+        "{reason}"
+    );
+    assert!(!reason.contains("sk-proj-abc"), "{reason}");
+    assert!(pool.accounts().list(&Default::default()).is_empty());
+}
+
 #[tokio::test]
 async fn reimport_of_the_same_tokens_is_unchanged() {
     let (pool, _) = pool_with(&[]).await;

@@ -484,7 +484,10 @@ async fn with_the_store_off_references_are_refused() {
         let message = e["message"].as_str().unwrap();
         assert!(message.contains("RESPONSES_STORE_MB=0"), "{e}");
         assert!(message.starts_with(&format!("{param}: ")), "{e}");
-        assert!(!message.contains(&format!("{param}: {param}")), "said once: {e}");
+        assert!(
+            !message.contains(&format!("{param}: {param}")),
+            "said once: {e}"
+        );
     }
     assert_eq!(h.fake.count("/backend-api/codex/responses"), 1);
     // Reasoning alone can be left out, as when the store no longer holds it.
