@@ -59,6 +59,7 @@ pub async fn create(ctx: &Ctx, pool: &Pool, a: KeyCreateArgs) -> anyhow::Result<
     let created = pool.keys().create(new).await?;
     let base_url = client_base_url(ctx).await;
     let Err(e) = show_created(ctx, pool, &created, &base_url) else {
+        warn_unusable(ctx, pool, &created.key);
         return Ok(());
     };
     // The secret was in this process only: a key nobody can ever use is taken back (and the
@@ -275,17 +276,34 @@ fn done(ctx: &Ctx, pool: &Pool, k: &PlatformKey, verb: &str) -> anyhow::Result<(
         }
         out.line(line)?;
     }
-    // Enabled (or changed) is not usable: say why a key stays refused.
+    if verb != "Deleted" {
+        warn_unusable(ctx, pool, k);
+    }
+    Ok(())
+}
+
+/// A key made, enabled or changed is not always usable: says why its requests will fail.
+fn warn_unusable(ctx: &Ctx, pool: &Pool, k: &PlatformKey) {
     if let Some(at) = k.expires_at
         && k.enabled
-        && verb != "Deleted"
         && at <= pool.now()
     {
-        out.warn(format!(
+        ctx.out.warn(format!(
             "key {} expired at {at}: it is still refused; give it a new expiry with \
              `codexpool key update {} --expires <WHEN>` (`never` for none)",
             k.id, k.id
         ));
     }
-    Ok(())
+    if k.allowed_groups.is_empty() {
+        return;
+    }
+    let accounts = pool.accounts().list(&Default::default());
+    let served = |g: &String| accounts.iter().any(|a| a.group.as_ref() == Some(g));
+    if !k.allowed_groups.iter().any(served) {
+        ctx.out.warn(format!(
+            "no account is in group {} yet: the key's requests get 503 until one is \
+             (`codexpool account update <ID> --group <GROUP>`)",
+            k.allowed_groups.join(" or ")
+        ));
+    }
 }

@@ -329,3 +329,41 @@ fn a_secret_that_cannot_be_written_leaves_no_key() {
     }
     assert_eq!(env.json(&["key", "list"]), serde_json::json!([]));
 }
+
+/// A key whose groups no account is in gets 503 for every request: said when it is made or
+/// changed, and not once an account is in one of them.
+#[test]
+fn a_key_for_groups_without_accounts_is_warned_of() {
+    let env = Env::new();
+    let ids = env.add_accounts(&["acct-1"]);
+    let o = env
+        .cmd()
+        .args(["key", "create", "--name", "k", "--allow-group", "team"])
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("no account is in group team"),
+        "{stderr}"
+    );
+    env.ok(&["account", "update", &ids[0], "--group", "team"]);
+    let o = env
+        .cmd()
+        .args([
+            "key",
+            "update",
+            "k",
+            "--allow-group",
+            "team",
+            "--allow-group",
+            "other",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && texts(&o).1.is_empty(),
+        "{:?}",
+        texts(&o)
+    );
+}
