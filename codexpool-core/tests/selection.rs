@@ -492,15 +492,45 @@ async fn a_success_does_not_lift_a_cooldown_set_while_it_ran() {
     );
 }
 
+/// One upstream error benches an account for seconds (a pool of three with a stream broken on
+/// each was unusable for 30 s); an upstream that keeps failing, longer; a success clears it;
+/// errors of requests in flight together count once.
 #[tokio::test]
-async fn short_cooldowns_for_5xx_and_challenges() {
+async fn upstream_errors_cool_briefly_then_longer_on_repeats() {
     let (pool, clock) = pool_with(&[]).await;
     let id = add_accounts(&pool, 1).await.remove(0);
-    for (outcome, secs) in [
-        (Outcome::UpstreamError, 30),
-        (Outcome::Challenge, 6),
-        (Outcome::Unauthorized, 30),
-    ] {
+    let cooldown = |pool: &Pool| pool.accounts().runtime(&id).unwrap().cooldown_until;
+    for secs in [5, 30, 120, 600, 600] {
+        // Two requests of one burst fail together: one strike.
+        let a = pool.accounts().acquire(&Demand::any()).await.unwrap();
+        let b = pool.accounts().acquire(&Demand::any()).await.unwrap();
+        a.report(Outcome::UpstreamError).await;
+        b.report(Outcome::UpstreamError).await;
+        drop((a, b));
+        let until = clock.now_ts().plus(Duration::from_secs(secs));
+        assert_eq!(cooldown(&pool), Some(until));
+        assert_eq!(
+            pool.accounts().acquire(&Demand::any()).await.unwrap_err(),
+            PoolError::CoolingDown { until }
+        );
+        clock.advance(Duration::from_secs(secs));
+    }
+    let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+    lease.report(Outcome::Success).await;
+    lease.report(Outcome::UpstreamError).await;
+    drop(lease);
+    assert_eq!(
+        cooldown(&pool),
+        Some(clock.now_ts().plus(Duration::from_secs(5))),
+        "a success cleared the strikes"
+    );
+}
+
+#[tokio::test]
+async fn short_cooldowns_for_challenges_and_401s() {
+    let (pool, clock) = pool_with(&[]).await;
+    let id = add_accounts(&pool, 1).await.remove(0);
+    for (outcome, secs) in [(Outcome::Challenge, 6), (Outcome::Unauthorized, 30)] {
         let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
         lease.report(outcome).await;
         drop(lease);

@@ -26,8 +26,15 @@ pub const RATE_LIMIT_COOLDOWNS: [Duration; 4] = [
 pub const MAX_RETRY_AFTER: Duration = RATE_LIMIT_COOLDOWNS[RATE_LIMIT_COOLDOWNS.len() - 1];
 /// How long a usage limit whose reset is already past by this clock holds the account.
 const PAST_RESET_WAIT: Duration = Duration::from_secs(60);
-/// Cooldown after a 5xx or a connection failure.
-pub const UPSTREAM_ERROR_COOLDOWN: Duration = Duration::from_secs(30);
+/// Cooldowns after repeated upstream errors (5xx, a broken or silent stream, a connection
+/// failure): one error benches the account briefly (the next request goes elsewhere), an
+/// upstream that keeps failing longer.
+pub const UPSTREAM_ERROR_COOLDOWNS: [Duration; 4] = [
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(2 * 60),
+    Duration::from_secs(10 * 60),
+];
 /// Cooldown after a Cloudflare challenge.
 pub const CHALLENGE_COOLDOWN: Duration = Duration::from_secs(6);
 /// Cooldown after a 401 that a token refresh did not cure.
@@ -157,43 +164,7 @@ impl Lease {
             }
             Outcome::RateLimited { retry_after } => {
                 let retry_after = retry_after.map(|r| r.min(MAX_RETRY_AFTER));
-                // Requests in flight together are refused together: while the cooldown of the
-                // first refusal runs, the others of the burst add no strike (a longer
-                // `Retry-After` still counts), or one burst would bench the account for hours.
-                // The first refusal claims its strike by setting the cooldown, so refusals of
-                // one burst reported on several threads at once are still one strike.
-                let ladder = |n: usize| RATE_LIMIT_COOLDOWNS[n.min(RATE_LIMIT_COOLDOWNS.len() - 1)];
-                let mut current = st.cooldown_until.load(Ordering::Acquire);
-                loop {
-                    if current > now.as_millis() {
-                        // Still as long as a first refusal holds the account: the running
-                        // cooldown may be another failure's shorter one (a challenge's 6 s).
-                        st.cool_until(now.plus(retry_after.unwrap_or(ladder(0))));
-                        return;
-                    }
-                    let n = st.strikes.load(Ordering::Acquire) as usize;
-                    // The upstream's `Retry-After` is believed the first time (a 1 s limit must
-                    // not bench the account for 45 s); repeats climb the ladder one step behind.
-                    let cooldown = match (retry_after, n) {
-                        (None, n) => ladder(n),
-                        (Some(r), 0) => r,
-                        (Some(r), n) => r.max(ladder(n - 1)),
-                    };
-                    // At least 1 ms, so that the claim is seen by the others of the burst.
-                    let until = now.plus(cooldown).as_millis().max(now.as_millis() + 1);
-                    match st.cooldown_until.compare_exchange(
-                        current,
-                        until,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => {
-                            st.strikes.fetch_add(1, Ordering::AcqRel);
-                            return;
-                        }
-                        Err(seen) => current = seen,
-                    }
-                }
+                st.strike(now, &RATE_LIMIT_COOLDOWNS, retry_after);
             }
             Outcome::UsageLimit { resets_at } => {
                 // A limit that names no reset, or one already past by this clock (the
@@ -221,7 +192,7 @@ impl Lease {
                     .record_readings(&self.slot.account.id, vec![reading], None);
             }
             Outcome::Unauthorized => st.cool_until(now.plus(UNAUTHORIZED_COOLDOWN)),
-            Outcome::UpstreamError => st.cool_until(now.plus(UPSTREAM_ERROR_COOLDOWN)),
+            Outcome::UpstreamError => st.strike(now, &UPSTREAM_ERROR_COOLDOWNS, None),
             Outcome::Challenge => st.cool_until(now.plus(CHALLENGE_COOLDOWN)),
             Outcome::NeedsLogin { reason } => {
                 self.set_status(AccountStatus::NeedsLogin, reason).await

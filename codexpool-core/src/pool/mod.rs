@@ -17,7 +17,7 @@ use std::time::Duration;
 
 pub use lease::{
     CHALLENGE_COOLDOWN, Lease, MAX_RETRY_AFTER, Outcome, RATE_LIMIT_COOLDOWNS,
-    UNAUTHORIZED_COOLDOWN, UPSTREAM_ERROR_COOLDOWN,
+    UNAUTHORIZED_COOLDOWN, UPSTREAM_ERROR_COOLDOWNS,
 };
 
 use crate::Pool;
@@ -228,6 +228,47 @@ impl SlotState {
     pub fn cool_until(&self, t: Timestamp) {
         self.cooldown_until
             .fetch_max(t.as_millis(), Ordering::Relaxed);
+    }
+
+    /// A failure that climbs `ladder` on repeats (a success clears the strikes); `first`, the
+    /// upstream's own wait, is believed the first time, and repeats climb the ladder one step
+    /// behind it.
+    ///
+    /// Requests in flight together fail together: while the cooldown of the first failure
+    /// runs, the others of the burst add no strike (a longer wait still counts), or one burst
+    /// would bench the account for hours. The first failure claims its strike by setting the
+    /// cooldown, so failures of one burst reported on several threads at once are one strike.
+    pub fn strike(&self, now: Timestamp, ladder: &[Duration], first: Option<Duration>) {
+        let step = |n: usize| ladder[n.min(ladder.len() - 1)];
+        let mut current = self.cooldown_until.load(Ordering::Acquire);
+        loop {
+            if current > now.as_millis() {
+                // Still as long as a first failure holds the account: the running cooldown may
+                // be another failure's shorter one (a challenge's 6 s).
+                self.cool_until(now.plus(first.unwrap_or(step(0))));
+                return;
+            }
+            let n = self.strikes.load(Ordering::Acquire) as usize;
+            let cooldown = match (first, n) {
+                (None, n) => step(n),
+                (Some(r), 0) => r,
+                (Some(r), n) => r.max(step(n - 1)),
+            };
+            // At least 1 ms, so that the claim is seen by the others of the burst.
+            let until = now.plus(cooldown).as_millis().max(now.as_millis() + 1);
+            match self.cooldown_until.compare_exchange(
+                current,
+                until,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.strikes.fetch_add(1, Ordering::AcqRel);
+                    return;
+                }
+                Err(seen) => current = seen,
+            }
+        }
     }
 
     pub fn exhausted_until(&self, now: i64) -> Option<i64> {
