@@ -106,14 +106,15 @@ pub(crate) struct ProofQuery {
 pub(crate) async fn proof(
     State(rpc): State<Arc<Rpc>>,
     headers: HeaderMap,
-    axum::extract::Query(q): axum::extract::Query<ProofQuery>,
+    query: Result<axum::extract::Query<ProofQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if proxied(&headers) {
         return crate::server::admin_is_local().await;
     }
+    let nonce = query.map(|q| q.0.nonce).unwrap_or_default();
     match &rpc.proof_secret {
-        Some(secret) if (1..=128).contains(&q.nonce.len()) => {
-            crate::admin::proof(secret, &q.nonce).into_response()
+        Some(secret) if (1..=128).contains(&nonce.len()) => {
+            crate::admin::proof(secret, &nonce).into_response()
         }
         Some(_) => http_error(StatusCode::BAD_REQUEST, "nonce: 1 to 128 characters"),
         None => http_error(StatusCode::NOT_FOUND, "this server has no server file"),

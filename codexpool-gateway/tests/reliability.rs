@@ -281,3 +281,86 @@ proptest! {
         })?;
     }
 }
+
+/// `bytes` as one path segment or query value, every byte not unreserved percent-encoded.
+fn percent_encoded(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Arbitrary ids and query parameters at the routes that take them from the URL: a clear
+    /// answer, never a panic or a 500, and what the gateway keeps is left as it was.
+    #[test]
+    fn arbitrary_ids_and_queries_never_break_the_gateway(
+        id in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..80),
+            "resp_[a-z0-9]{0,12}".prop_map(String::into_bytes),
+        ],
+        query in prop::collection::vec((
+            prop::sample::select(vec!["limit", "order", "after", "before", "include[]", "stream", "x"]),
+            prop::collection::vec(any::<u8>(), 0..24),
+        ), 0..4),
+        route in prop::sample::select(vec![
+            ("GET", "/v1/responses/{id}"),
+            ("DELETE", "/v1/responses/{id}"),
+            ("GET", "/v1/responses/{id}/input_items"),
+            ("GET", "/v1/models/{id}"),
+        ]),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let h = harness(1, &[]).await;
+            // A kept response that must survive whatever comes.
+            let (status, kept) = h
+                .json(h.post("/v1/responses", serde_json::json!({"model": "gpt-5-codex", "input": "Hi"})))
+                .await;
+            prop_assert_eq!(status, StatusCode::OK);
+            let kept_id = kept["id"].as_str().unwrap().to_string();
+            let (method, path) = route;
+            let mut uri = path.replace("{id}", &percent_encoded(&id));
+            let pairs: Vec<String> = query
+                .iter()
+                .map(|(k, v)| format!("{k}={}", percent_encoded(v)))
+                .collect();
+            if !pairs.is_empty() {
+                uri = format!("{uri}?{}", pairs.join("&"));
+            }
+            let req = Request::builder()
+                .method(method)
+                .uri(&uri)
+                .header("authorization", format!("Bearer {}", h.key))
+                .body(Body::empty())
+                .unwrap();
+            let res = h.gateway.router().oneshot(req).await.unwrap();
+            let status = res.status();
+            let text = res.into_body().collect().await.unwrap().to_bytes();
+            prop_assert!(status.as_u16() < 500, "{} {}: {} {}", method, uri, status, String::from_utf8_lossy(&text));
+            if status.is_client_error() {
+                let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+                    TestCaseError::fail(format!("{method} {uri}: {status} {e}: {}", String::from_utf8_lossy(&text)))
+                })?;
+                prop_assert!(v["error"]["message"].is_string(), "{}", v);
+            }
+            // Deleting another id leaves the kept one where it was.
+            if !(method == "DELETE" && id == kept_id.as_bytes()) {
+                let get = Request::get(format!("/v1/responses/{kept_id}"))
+                    .header("authorization", format!("Bearer {}", h.key))
+                    .body(Body::empty())
+                    .unwrap();
+                prop_assert_eq!(h.send(get).await.status(), StatusCode::OK);
+            }
+            prop_assert_eq!(h.total_inflight(), 0);
+            Ok(())
+        })?;
+    }
+}

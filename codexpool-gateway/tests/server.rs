@@ -1006,7 +1006,16 @@ async fn the_proof_endpoint_checks_its_nonce() {
             .status(),
         400
     );
-    assert_eq!(get("").await.unwrap().status(), 400);
+    // Every refusal says why, in JSON (a missing nonce was axum's plain text).
+    for q in ["", "?nonce="] {
+        let res = get(q).await.unwrap();
+        assert_eq!(res.status(), 400, "{q}");
+        let v: serde_json::Value = res.json().await.unwrap();
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("nonce"),
+            "{q}: {v}"
+        );
+    }
     srv.stop().await.unwrap();
 }
 

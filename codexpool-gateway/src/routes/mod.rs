@@ -33,6 +33,30 @@ use crate::upstream::{self, Call, Committed, Failed};
 /// While a streaming client waits on a slow upstream, it gets an SSE comment this often.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
+/// The `{id}` in a route's path. One that is not text (percent-encoded bytes that are not
+/// UTF-8) is a 400 in the OpenAI shape, not axum's plain-text rejection.
+pub(crate) struct PathId(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(id)) => Ok(Self(id)),
+            Err(e) => {
+                let mut error = ApiError::bad_request("invalid_value", e.body_text());
+                error.param = Some("id".into());
+                let mut res = error.into_response();
+                res.extensions_mut().insert(Protocol::None);
+                Err(res)
+            }
+        }
+    }
+}
+
 /// The request id the request-id layer set.
 pub(crate) fn request_id(headers: &HeaderMap) -> String {
     headers

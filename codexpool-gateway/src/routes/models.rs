@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use codexpool_core::{Demand, PlatformKey};
 use serde::Deserialize;
 
+use super::PathId;
 use crate::Shared;
 use crate::error::ApiError;
 use crate::metrics::Protocol;
@@ -165,7 +166,7 @@ pub(crate) async fn handle(
 pub(crate) async fn retrieve(
     State(shared): State<Arc<Shared>>,
     Extension(key): Extension<Arc<PlatformKey>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Response {
     if offered(&shared, &key).await.contains(&id) {
         return answer(model_object(&id));

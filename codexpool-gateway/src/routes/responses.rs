@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use codexpool_core::PlatformKey;
 
-use super::{Answer, Intake};
+use super::{Answer, Intake, PathId};
 use crate::Shared;
 use crate::adapt::responses::apply_body_rules_with;
 use crate::adapt::{RequestError, UpstreamRequest, codex_passthrough, is_codex_client};
@@ -128,7 +128,7 @@ fn response_not_found(id: &str) -> Response {
 pub(crate) async fn retrieve(
     State(shared): State<Arc<Shared>>,
     Extension(key): Extension<Arc<PlatformKey>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Response {
     match shared.responses.as_ref().and_then(|s| s.get(&key.id, &id)) {
         Some(json) => json_response(json),
@@ -187,7 +187,7 @@ impl ItemsQuery {
 pub(crate) async fn input_items(
     State(shared): State<Arc<Shared>>,
     Extension(key): Extension<Arc<PlatformKey>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     query: Result<Query<ItemsQuery>, QueryRejection>,
 ) -> Response {
     let query = match query {
@@ -230,7 +230,7 @@ fn json_response(json: Vec<u8>) -> Response {
 pub(crate) async fn delete(
     State(shared): State<Arc<Shared>>,
     Extension(key): Extension<Arc<PlatformKey>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Response {
     if shared
         .responses
