@@ -81,6 +81,70 @@ proptest! {
         })?;
     }
 
+    /// Files and folders as people point `account import` at them: documents of any shape
+    /// and bytes of any kind, some under a sub-folder's `auth.json`, some not `.json` at all.
+    /// Each file read gets its own result naming it (a clear reason when skipped), an account is
+    /// written whole or not at all, and a folder with nothing to import is an error naming it.
+    #[test]
+    fn imported_files_and_folders_never_write_half_an_account(
+        files in prop::collection::vec((arb_json(), prop::collection::vec(any::<u8>(), 0..64), any::<bool>(), 0..3u8), 0..4),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (pool, _) = common::pool_with(&[]).await;
+            let dir = tempfile::tempdir().unwrap();
+            let mut expected = Vec::new();
+            for (i, (doc, raw, use_raw, place)) in files.iter().enumerate() {
+                let bytes = if *use_raw { raw.clone() } else { serde_json::to_vec(doc).unwrap() };
+                let path = match place {
+                    0 => dir.path().join(format!("{i}.json")),
+                    1 => {
+                        std::fs::create_dir(dir.path().join(format!("home{i}"))).unwrap();
+                        dir.path().join(format!("home{i}")).join("auth.json")
+                    }
+                    // Not read: the import takes .json files and sub-folders' auth.json only.
+                    _ => dir.path().join(format!("{i}.txt")),
+                };
+                std::fs::write(&path, &bytes).unwrap();
+                if *place < 2 {
+                    expected.push(path.display().to_string());
+                }
+            }
+            let report = match pool.accounts().import_path(dir.path()).await {
+                Ok(report) => report,
+                Err(e) => {
+                    prop_assert!(expected.is_empty(), "{e}");
+                    prop_assert!(e.to_string().contains(&dir.path().display().to_string()), "{e}");
+                    prop_assert!(pool.accounts().list(&AccountFilter::default()).is_empty());
+                    return Ok(());
+                }
+            };
+            for path in &expected {
+                prop_assert!(
+                    report.results.iter().any(|r| r.source.starts_with(path.as_str())),
+                    "no result for {path}: {report:?}"
+                );
+            }
+            let mut written = 0;
+            for r in &report.results {
+                prop_assert!(expected.iter().any(|p| r.source.starts_with(p.as_str())), "{r:?}");
+                match &r.outcome {
+                    ImportOutcome::Skipped(reason) | ImportOutcome::Failed(reason) => {
+                        prop_assert!(!reason.is_empty());
+                    }
+                    _ => written += 1,
+                }
+            }
+            let accounts = pool.accounts().list(&AccountFilter::default());
+            prop_assert!(accounts.len() <= written);
+            for a in accounts {
+                prop_assert!(a.chatgpt_account_id.is_some());
+                prop_assert!(!a.tokens.access_token.is_empty() && !a.tokens.refresh_token.is_empty());
+            }
+            Ok(())
+        })?;
+    }
+
     /// A few settings at a time, each with a value shaped like what people set (numbers of
     /// every size and sign, booleans, URLs, addresses, durations) or anything at all (control
     /// characters included): every invalid one is an error naming its own variable, a secret's
