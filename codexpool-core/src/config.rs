@@ -200,6 +200,9 @@ pub struct Config {
     pub front_proxy_max_body_bytes: usize,
     /// `TRACE_BODY_PREVIEW_MAX_BYTES`: request-log body preview size (0 = none).
     pub trace_body_preview_max_bytes: usize,
+    /// `CORS_ALLOW_ORIGINS`: the web origins whose pages may call the API routes from a
+    /// browser (`*` for any; empty = none, no CORS headers at all).
+    pub cors_allow_origins: Vec<String>,
     /// `REQUEST_LOG_DAYS`: request-log rows older than this many days are deleted by a serving
     /// process, and the token ledger's days before them summed per day (0 = keep every row).
     pub request_log_days: u32,
@@ -269,6 +272,7 @@ impl Default for Config {
             account_max_inflight: 0,
             front_proxy_max_body_bytes: 16 * 1024 * 1024,
             trace_body_preview_max_bytes: 0,
+            cors_allow_origins: Vec::new(),
             request_log_days: 30,
             responses_store_mb: 64,
             gateway_keepalive_interval: Duration::from_secs(180),
@@ -440,6 +444,37 @@ fn parse_url(v: &str) -> Result<String, String> {
 fn opt(v: &str) -> Option<&str> {
     let v = v.trim();
     (!v.is_empty()).then_some(v)
+}
+
+/// `*`, or web origins (`scheme://host[:port]`, no path), comma-separated; blank is none.
+fn parse_origins(v: &str) -> Result<Vec<String>, String> {
+    let mut origins = Vec::new();
+    for o in v.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        if o == "*" {
+            origins.push(o.to_string());
+            continue;
+        }
+        let u = url::Url::parse(o).map_err(|e| format!("`{o}` is not an origin: {e}"))?;
+        let origin = u.origin();
+        if !origin.is_tuple() || !matches!(u.scheme(), "http" | "https") {
+            return Err(format!("`{o}` is not an http(s) origin"));
+        }
+        // An origin is scheme, host and port: nothing else (a browser sends nothing else).
+        let serialized = origin.ascii_serialization();
+        let more = u.path() != "/"
+            || u.query().is_some()
+            || u.fragment().is_some()
+            || !u.username().is_empty()
+            || u.password().is_some();
+        if more {
+            return Err(format!("`{o}` is not an origin: write `{serialized}`"));
+        }
+        origins.push(serialized);
+    }
+    if origins.len() > 1 && origins.iter().any(|o| o == "*") {
+        return Err("`*` allows every origin: give it alone".into());
+    }
+    Ok(origins)
 }
 
 /// `https://chatgpt.com` or `https://chat.openai.com` alone mean the Codex backend under them.
@@ -817,6 +852,18 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| c.trace_body_preview_max_bytes.to_string(),
+    },
+    Setting {
+        name: "CORS_ALLOW_ORIGINS",
+        default_value: None,
+        default_doc: "(none: browsers may not call the API)",
+        secret: false,
+        help: "web origins whose pages may call /v1 from a browser: `*` or a comma-separated list like `http://localhost:3000`",
+        apply: |c, v| {
+            c.cors_allow_origins = parse_origins(v)?;
+            Ok(())
+        },
+        show: |c| c.cors_allow_origins.join(","),
     },
     Setting {
         name: "REQUEST_LOG_DAYS",
@@ -1424,6 +1471,31 @@ mod tests {
                 let mut c = Config::default();
                 assert!((s.apply)(&mut c, d).is_ok(), "{}", s.name);
             }
+        }
+    }
+
+    #[test]
+    fn cors_origins_are_origins() {
+        let origins = |v: &str| {
+            let mut c = Config::default();
+            c.set("CORS_ALLOW_ORIGINS", v)
+                .map(|()| c.cors_allow_origins)
+        };
+        assert_eq!(origins("*").unwrap(), ["*"]);
+        assert_eq!(
+            origins(" http://localhost:3000 , https://Chat.Example.com/ ").unwrap(),
+            ["http://localhost:3000", "https://chat.example.com"]
+        );
+        assert!(origins("").unwrap().is_empty());
+        for bad in [
+            "localhost:3000",
+            "http://localhost:3000/app",
+            "file:///tmp/x.html",
+            "*, http://a.example",
+            "http://",
+        ] {
+            let e = origins(bad).unwrap_err().to_string();
+            assert!(e.contains("CORS_ALLOW_ORIGINS"), "{bad}: {e}");
         }
     }
 

@@ -169,6 +169,14 @@ impl Gateway {
             .route("/v1/models", get(routes::models::handle))
             .route("/v1/models/{id}", get(routes::models::retrieve))
             .route_layer(KeyAuthLayer::new(shared.pool.clone()));
+        // Outside the key check: a browser's preflight carries no key. The 405 goes inside it,
+        // so that a preflight reaches it (a method router's own fallback is not layered later).
+        let model_routes = match stack::cors(&shared.pool.config().cors_allow_origins) {
+            Some(cors) => model_routes
+                .method_not_allowed_fallback(routes::method_not_allowed)
+                .layer(cors),
+            None => model_routes,
+        };
         let open_routes = Router::new()
             .route("/health", get(routes::health))
             .route("/metrics", get(routes::metrics));

@@ -138,6 +138,41 @@ fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _: &tracing::
     }
 }
 
+/// The CORS layer of the API routes for `origins` (`CORS_ALLOW_ORIGINS`); `None` when no
+/// origin may call them (no CORS headers at all, a preflight is a 405). Credentials are never
+/// allowed: a page sends a platform key as any client does, no cookie is read.
+pub(crate) fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let allow = match origins {
+        [] => return None,
+        [any] if any == "*" => AllowOrigin::from(Any),
+        list => AllowOrigin::list(
+            list.iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        ),
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                axum::http::Method::GET,
+                axum::http::Method::POST,
+                axum::http::Method::DELETE,
+            ])
+            .allow_headers(Any)
+            // What a page may read of an answer besides the basic headers.
+            .expose_headers([
+                X_REQUEST_ID,
+                header::RETRY_AFTER,
+                HeaderName::from_static("x-codexpool-account"),
+                HeaderName::from_static("x-codexpool-dropped-params"),
+                HeaderName::from_static("x-codexpool-fallback"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
 /// Wraps the routes in the gateway's layers.
 pub(crate) fn stack(routes: Router, metrics: Arc<Metrics>) -> Router {
     routes.layer(

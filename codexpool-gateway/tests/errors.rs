@@ -419,3 +419,84 @@ async fn a_model_can_be_retrieved_by_id() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// A web page may call the API only from an origin `CORS_ALLOW_ORIGINS` names: its preflight
+/// is answered before the key check (it carries no key), its answers (errors included) say it
+/// may read them, and nothing changes for other origins, other routes, or by default.
+#[tokio::test]
+async fn browsers_may_call_the_api_from_allowed_origins_only() {
+    let preflight = |origin: &str| {
+        Request::options("/v1/chat/completions")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let from = |mut req: Request<Body>, origin: &str| {
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        req
+    };
+    let allowed = |res: &axum::http::Response<Body>| {
+        res.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+
+    // By default: no CORS at all.
+    let h = harness(1, &[]).await;
+    let res = h.send(preflight("http://localhost:3000")).await;
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(allowed(&res), None);
+    let res = h
+        .send(from(
+            h.post("/v1/chat/completions", chat(false)),
+            "http://localhost:3000",
+        ))
+        .await;
+    assert_eq!((res.status(), allowed(&res)), (StatusCode::OK, None));
+
+    let h = harness(1, &[("CORS_ALLOW_ORIGINS", "http://localhost:3000")]).await;
+    let res = h.send(preflight("http://localhost:3000")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(allowed(&res).as_deref(), Some("http://localhost:3000"));
+    let methods = res.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 0);
+    let res = h.send(preflight("https://evil.example")).await;
+    assert_eq!(allowed(&res), None);
+    // The answer, and a refusal, can be read by the page, with the gateway's own headers.
+    let res = h
+        .send(from(
+            h.post("/v1/chat/completions", chat(false)),
+            "http://localhost:3000",
+        ))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(allowed(&res).as_deref(), Some("http://localhost:3000"));
+    let exposed = res.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(exposed.contains("x-request-id"), "{exposed}");
+    let res = h
+        .send(from(
+            raw("/v1/chat/completions", None, Some("application/json"), "{}"),
+            "http://localhost:3000",
+        ))
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(allowed(&res).as_deref(), Some("http://localhost:3000"));
+    // Not the other routes.
+    let health = Request::get("/health").body(Body::empty()).unwrap();
+    let res = h.send(from(health, "http://localhost:3000")).await;
+    assert_eq!(allowed(&res), None);
+
+    let h = harness(1, &[("CORS_ALLOW_ORIGINS", "*")]).await;
+    let res = h.send(preflight("https://any.example")).await;
+    assert_eq!(allowed(&res).as_deref(), Some("*"));
+}
