@@ -165,6 +165,7 @@ impl Gateway {
                 "/v1/responses/{id}/input_items",
                 get(routes::responses::input_items),
             )
+            .route("/v1/responses/{id}/cancel", post(routes::responses::cancel))
             .route("/v1/chat/completions", post(routes::chat::handle))
             .route("/v1/models", get(routes::models::handle))
             .route("/v1/models/{id}", get(routes::models::retrieve))

@@ -538,6 +538,16 @@ async fn a_kept_response_can_be_read_and_deleted() {
     let (status, got) = h.json(req("GET")).await;
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(got, r1, "the object as the client got it");
+    // Nothing runs in the background to cancel: refused as OpenAI refuses, and still kept.
+    let cancel = |id: &str| h.post(&format!("/v1/responses/{id}/cancel"), json!({}));
+    let (status, e) = error_of(&h, cancel(r1["id"].as_str().unwrap())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(e["message"].as_str().unwrap().contains("background"), "{e}");
+    assert_eq!(
+        error_of(&h, cancel("resp_nope")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(h.json(req("GET")).await.0, StatusCode::OK);
     let (status, v) = h.json(req("DELETE")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(

@@ -244,6 +244,31 @@ pub(crate) async fn delete(
     }
 }
 
+/// `POST /v1/responses/{id}/cancel`: OpenAI cancels only responses made in the background; the
+/// gateway makes none (`background` is dropped), so a kept response is refused as OpenAI
+/// refuses a finished one.
+pub(crate) async fn cancel(
+    State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Arc<PlatformKey>>,
+    PathId(id): PathId,
+) -> Response {
+    if shared
+        .responses
+        .as_ref()
+        .and_then(|s| s.get(&key.id, &id))
+        .is_none()
+    {
+        return response_not_found(&id);
+    }
+    let mut error = ApiError::bad_request(
+        "invalid_request",
+        "Only responses created with background set to true can be cancelled; this gateway \
+         answers every request in the foreground",
+    );
+    error.param = Some("response_id".into());
+    error.into_response()
+}
+
 /// `POST /v1/responses/compact`: forwarded as sent to `{base}/responses/compact` on the
 /// conversation's account.
 pub(crate) async fn compact(
