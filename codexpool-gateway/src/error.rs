@@ -287,12 +287,14 @@ impl ApiError {
             _ if f.code.as_deref() == Some(UPSTREAM_TIMEOUT) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::BAD_GATEWAY,
         };
-        Self::new(
+        let mut error = Self::new(
             status,
             f.error_type(),
             f.error_code(),
             format!("upstream: {}", f.message),
-        )
+        );
+        error.param.clone_from(&f.param);
+        error
     }
 }
 

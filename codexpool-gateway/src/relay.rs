@@ -382,6 +382,7 @@ impl Relay {
             status: None,
             code: Some(cut.code().into()),
             message: cut.to_string(),
+            param: None,
         };
         match &mut self.mode {
             // An end without a final event, in the chat adapter's own words.

@@ -664,6 +664,7 @@ fn failure(kind: FailureKind, code: &str, message: String) -> UpstreamFailure {
         status: None,
         code: Some(code.into()),
         message,
+        param: None,
     }
 }
 

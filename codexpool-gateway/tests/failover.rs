@@ -237,7 +237,7 @@ async fn a_refused_request_is_not_retried() {
     let h = harness(2, &[]).await;
     h.fake.push_reply(
         "acct-0",
-        Reply::status_json(400, serde_json::json!({"error": {"message": "bad tool schema", "type": "invalid_request_error", "code": "invalid_value"}})),
+        Reply::status_json(400, serde_json::json!({"error": {"message": "bad tool schema", "type": "invalid_request_error", "code": "invalid_value", "param": "tools[0].parameters"}})),
     );
     let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -246,6 +246,10 @@ async fn a_refused_request_is_not_retried() {
             .as_str()
             .unwrap()
             .contains("bad tool schema")
+    );
+    assert_eq!(
+        v["error"]["param"], "tools[0].parameters",
+        "the upstream's, passed on"
     );
     assert_eq!(h.fake.count("/backend-api/codex/responses"), 1);
     assert!(

@@ -409,6 +409,8 @@ struct ErrorFields<'a> {
     resets_at: Option<&'a RawValue>,
     #[serde(borrow)]
     resets_in_seconds: Option<&'a RawValue>,
+    #[serde(borrow)]
+    param: Option<&'a RawValue>,
 }
 
 /// An item of the response `output` (message, reasoning, function call, …).
@@ -665,6 +667,8 @@ pub struct ErrorRef<'a> {
     pub resets_at: Option<i64>,
     /// `resets_in_seconds` (usage limits).
     pub resets_in_seconds: Option<u64>,
+    /// `param`: the request parameter at fault.
+    pub param: Option<Cow<'a, str>>,
 }
 
 impl<'a> ErrorRef<'a> {
@@ -695,6 +699,7 @@ impl<'a> ErrorRef<'a> {
                 .or_else(|| f.detail.and_then(lenient_str)),
             resets_at: f.resets_at.and_then(lenient_i64),
             resets_in_seconds: f.resets_in_seconds.and_then(lenient_u64),
+            param: f.param.and_then(lenient_str),
         }
     }
 
@@ -722,6 +727,7 @@ impl<'a> ErrorRef<'a> {
             e.message = e.message.or(outer.message);
             e.resets_at = e.resets_at.or(outer.resets_at);
             e.resets_in_seconds = e.resets_in_seconds.or(outer.resets_in_seconds);
+            e.param = e.param.or(outer.param);
             e
         } else {
             Self::from_fields(&f, true)
@@ -762,6 +768,7 @@ impl<'a> ErrorRef<'a> {
                 .or(self.kind.as_deref())
                 .map(str::to_owned),
             message,
+            param: self.param.as_deref().map(truncate),
         }
     }
 }
@@ -997,6 +1004,7 @@ pub fn usage_limit_notice(text: &str) -> Option<UpstreamFailure> {
         status: None,
         code: Some("usage_limit_reached".to_owned()),
         message: truncate(text.trim()),
+        param: None,
     })
 }
 
@@ -1097,6 +1105,8 @@ pub struct UpstreamFailure {
     pub code: Option<String>,
     /// A short human-readable description (at most ~500 bytes; never contains credentials).
     pub message: String,
+    /// The request parameter the upstream named as at fault, if it did.
+    pub param: Option<String>,
 }
 
 impl fmt::Display for UpstreamFailure {
@@ -1167,6 +1177,7 @@ impl UpstreamFailure {
             status: None,
             code: Some("malformed_event".to_owned()),
             message: truncate(&err.to_string()),
+            param: None,
         }
     }
 }
@@ -1186,6 +1197,7 @@ pub fn classify_error_body(
             status: Some(status),
             code: Some("cf_mitigated".to_owned()),
             message: "Cloudflare challenge (cf-mitigated)".to_owned(),
+            param: None,
         };
     }
     let html = codexpool_core::http::is_html_page(content_type, body);
@@ -1202,6 +1214,7 @@ pub fn classify_error_body(
             status: Some(status),
             code: Some(code.to_owned()),
             message: truncate(text.trim()),
+            param: None,
         };
     }
     if html {
@@ -1231,6 +1244,7 @@ pub fn classify_error_body(
             status: Some(status),
             code: None,
             message: format!("upstream answered HTTP {status} with an HTML page"),
+            param: None,
         };
     }
     ErrorRef {

@@ -518,6 +518,7 @@ pub(super) fn truncated_failure() -> UpstreamFailure {
         status: None,
         code: Some("stream_truncated".to_owned()),
         message: "upstream stream ended before the response completed".to_owned(),
+        param: None,
     }
 }
 
