@@ -929,3 +929,34 @@ async fn a_fallback_answer_is_kept_and_the_conversation_goes_on() {
     assert_eq!(log.iter().filter(|r| r.fallback).count(), 2);
     assert!(log.iter().all(|r| r.status == 200), "{log:?}");
 }
+
+/// The JSON-mode directive the gateway adds for the backend is that request's own: the next
+/// turn, which does not ask for JSON, does not get it again, and the kept input does not list it.
+#[tokio::test]
+async fn the_json_directive_stays_with_its_own_turn() {
+    let h = harness(1, &[]).await;
+    let r1 = turn(
+        &h,
+        json!({"model": "gpt-5-codex", "text": {"format": {"type": "json_object"}},
+            "input": [{"role": "system", "content": "Answer in JSON."}, user("Q1")]}),
+    )
+    .await;
+    let says_json = |v: &Value| v.to_string().contains("Respond in JSON.");
+    assert!(says_json(&h.last_sent()["input"]), "{}", h.last_sent());
+    turn(
+        &h,
+        json!({"model": "gpt-5-codex", "previous_response_id": r1["id"], "input": [user("Q2")]}),
+    )
+    .await;
+    let sent = h.last_sent();
+    assert!(!says_json(&sent["input"]), "{sent}");
+    assert!(
+        sent.to_string().contains("Q1"),
+        "the earlier turn came back: {sent}"
+    );
+    let (status, list) = h
+        .json(input_items(&h, r1["id"].as_str().unwrap(), ""))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!says_json(&list), "{list}");
+}

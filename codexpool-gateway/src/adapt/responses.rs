@@ -448,12 +448,14 @@ pub(crate) fn apply_body_rules_with(
     }
     // JSON mode asked for only in a system message that became `instructions`: said again in
     // the input, where the backend looks, second (see `chat_to_responses`).
+    let mut directive = None;
     if lifted_json
         && asks_json_object(kept.text)
         && !pieces[lifted..].iter().any(Piece::mentions_json)
     {
         let at = (lifted + 1).min(pieces.len());
         pieces.insert(at, Piece::Owned(json_directive()));
+        directive = Some(at);
     }
     // A system message left in the input (not leading, or not only text): the backend refuses
     // the role there ("System messages are not allowed"), so it goes as `developer`, as chat's.
@@ -548,7 +550,15 @@ pub(crate) fn apply_body_rules_with(
         prompt_cache_key: kept.prompt_cache_key.and_then(raw_str).map(Cow::into_owned),
         opening: Some([instructions_span, first_item]),
     };
-    let input = keep.then(|| pieces.into_iter().map(Piece::into_item).collect());
+    // The directive is this request's, not the conversation's: a later turn that does not ask
+    // for JSON must not get it again.
+    let input = keep.then(|| {
+        let mut pieces = pieces;
+        if let Some(at) = directive {
+            pieces.remove(at);
+        }
+        pieces.into_iter().map(Piece::into_item).collect()
+    });
     Ok((request, input))
 }
 
