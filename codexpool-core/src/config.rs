@@ -1348,6 +1348,28 @@ impl Config {
         self.apply(setting, value, Source::Explicit, setting.name.to_string())
     }
 
+    /// Sets the database file from a path a program was given as an argument (the bindings'
+    /// `db_path`): a leading `~` is the home directory, as for `DB_PATH`; the rest is taken as
+    /// given. Unlike [`Config::set`], quotes are part of the path (an argument is not a line of
+    /// an env file, where they would be taken off), as any other file API takes them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) naming `db_path` when the path is
+    /// empty or only spaces.
+    pub fn set_db_path(&mut self, path: impl Into<PathBuf>) -> crate::Result<()> {
+        let path = path.into();
+        if path.as_os_str().to_string_lossy().trim().is_empty() {
+            return Err(crate::Error::invalid(
+                "db_path",
+                "expected a file path, not an empty one",
+            ));
+        }
+        self.db_path = expand_home(path);
+        self.sources.insert("DB_PATH", Source::Explicit);
+        Ok(())
+    }
+
     /// Builder-style [`Config::set`].
     pub fn with(mut self, name: &str, value: &str) -> Result<Self, ConfigError> {
         self.set(name, value)?;
@@ -2014,5 +2036,30 @@ mod tests {
         c.set("CODEXPOOL_DB_PATH", "/tmp/x.db").unwrap();
         assert_eq!(c.source_of("DB_PATH"), Source::Explicit);
         assert!(c.set("NOPE", "1").is_err());
+    }
+
+    /// A path given as an argument: blank is refused by its name, quotes are part of it.
+    #[test]
+    fn set_db_path_takes_a_path_as_given() {
+        let mut c = Config::default();
+        for blank in ["", "  "] {
+            let e = c.set_db_path(blank).unwrap_err();
+            assert!(
+                matches!(&e, crate::Error::InvalidInput { field, .. } if field == "db_path"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            c.source_of("DB_PATH"),
+            Source::Default,
+            "a refused path sets nothing"
+        );
+        c.set_db_path("'/tmp/q.db'").unwrap();
+        assert_eq!(c.db_path, Path::new("'/tmp/q.db'"));
+        assert_eq!(c.source_of("DB_PATH"), Source::Explicit);
+        if let Some(home) = std::env::home_dir() {
+            c.set_db_path("~/x.db").unwrap();
+            assert_eq!(c.db_path, home.join("x.db"));
+        }
     }
 }

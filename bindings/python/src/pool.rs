@@ -70,7 +70,7 @@ fn config(
         c.set(&name, &value).or_raise(py)?;
     }
     if let Some(p) = db_path {
-        c.db_path = codexpool_core::config::expand_home(p);
+        c.set_db_path(p).or_raise(py)?;
     }
     Ok(c)
 }
@@ -87,11 +87,13 @@ fn opened(py: Python<'_>, inner: CorePool) -> PyResult<Pool> {
 #[pymethods]
 impl Pool {
     /// Opens (creating on first use) the SQLite pool at `db_path` (default: `DB_PATH`, else the
-    /// platform data dir; a leading `~` is the home directory). Settings come from the environment and env file, overridden by
-    /// `settings` given as keywords named like the variables (`route_strategy="headroom"`,
-    /// `usage_base_url=…`); a bad value raises `InvalidInput` naming the variable, and a
-    /// `db_path` argument wins over a `DB_PATH` keyword. Warnings about the settings (e.g. a
-    /// poll interval raised to its minimum) are issued as `CodexPoolWarning`s.
+    /// platform data dir; a leading `~` is the home directory, the rest is taken as given, quotes
+    /// included; an empty path raises `InvalidInput`). Settings come from the environment and
+    /// env file, overridden by `settings` given as keywords named like the variables
+    /// (`route_strategy="headroom"`, `usage_base_url=…`); a bad value raises `InvalidInput`
+    /// naming the variable, and a `db_path` argument wins over a `DB_PATH` keyword. Warnings
+    /// about the settings (e.g. a poll interval raised to its minimum) are issued as
+    /// `CodexPoolWarning`s.
     #[staticmethod]
     #[pyo3(signature = (db_path=None, **settings))]
     fn open(

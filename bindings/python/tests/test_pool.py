@@ -52,6 +52,23 @@ def test_the_db_path_argument_wins_over_a_db_path_keyword(tmp_path: Path) -> Non
     assert codexpool.Pool.open(db_path=None, DB_PATH=str(tmp_path / "c.db")).db_path == tmp_path / "c.db"
 
 
+def test_the_db_path_argument_is_a_path_taken_as_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # An empty one is refused by name, not opened as "".
+    for blank in ("", "  "):
+        with pytest.raises(codexpool.InvalidInput, match="db_path") as e:
+            codexpool.Pool.open(blank)
+        assert e.value.field == "db_path"
+    # Quotes are part of an argument (only an env file's reader takes them off), as in open().
+    pool = codexpool.Pool.open("'q.db'")
+    assert pool.db_path == Path("'q.db'") and (tmp_path / "'q.db'").is_file()
+    assert pool.settings()["DB_PATH"] == "'q.db'"
+    # A leading ~ is the home directory, as for the DB_PATH setting.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert codexpool.Pool.open("~/h.db").db_path == tmp_path / "home" / "h.db"
+
+
 def test_settings_warnings_are_issued_when_a_pool_opens(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

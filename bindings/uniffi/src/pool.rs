@@ -40,7 +40,8 @@ pub struct Pool {
 #[uniffi::export]
 impl Pool {
     /// Opens (creating if needed) the database at `db_path` (default: the `DB_PATH` setting; a
-    /// leading `~` is the home directory).
+    /// leading `~` is the home directory, the rest is taken as given, quotes included; an empty
+    /// path raises `InvalidInput`).
     ///
     /// Settings are read as `codexpool` reads them — the process environment
     /// (`CODEXPOOL_<NAME>`), then an env file in the current directory or beside the executable
@@ -63,10 +64,7 @@ impl Pool {
                 config.set(name, value)?;
             }
             if let Some(path) = db_path {
-                config.set(
-                    "DB_PATH",
-                    &codexpool_core::config::expand_home(path).to_string_lossy(),
-                )?;
+                config.set_db_path(path)?;
             }
             let inner = codexpool_core::Pool::open(config).await?;
             Ok(Arc::new(Self { inner, home }))

@@ -99,6 +99,20 @@ async def run(tmp, fake):
     msg = await expect("InvalidInput", cp.Pool.open(db, {"NO_SUCH_SETTING": "1"}))
     assert "unknown setting" in msg, msg
 
+    step("the db_path argument is a path as given: a blank one is refused, quotes are kept")
+    for blank in ("", "  "):
+        msg = await expect("InvalidInput", cp.Pool.open(blank, settings))
+        assert "db_path" in msg, msg
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        quoted = await cp.Pool.open("'q.db'", settings)
+        assert quoted.db_path() == "'q.db'" and os.path.isfile(os.path.join(tmp, "'q.db'"))
+        by_name = {s.name: s for s in quoted.settings()}
+        assert by_name["DB_PATH"].source == "flag", by_name["DB_PATH"]
+    finally:
+        os.chdir(cwd)
+
     keys, accounts, usage = pool.keys(), pool.accounts(), pool.usage()
 
     step("keys: create, list, get, verify, update, disable, enable, delete")
