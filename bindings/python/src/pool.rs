@@ -6,7 +6,7 @@
 //! leaving a `with` block) writes what is queued. Warnings about the settings are issued as
 //! `CodexPoolWarning`s when a pool opens.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use codexpool_core::store::MemoryStore;
@@ -107,7 +107,8 @@ impl Pool {
     }
 
     /// An empty pool kept in memory only (settings as for `open`; a server of it writes no
-    /// file: its RPC token is random, and the database at `DB_PATH`, if any, is not its).
+    /// file: its RPC token is random, and the database at `DB_PATH`, if any, is not its:
+    /// `db_path` is `None`).
     #[staticmethod]
     #[pyo3(signature = (**settings))]
     fn in_memory(py: Python<'_>, settings: Option<&Bound<'_, PyDict>>) -> PyResult<Pool> {
@@ -143,10 +144,10 @@ impl Pool {
         RequestLog::new(&self.inner, self.home)
     }
 
-    /// The database file.
+    /// The database file, or `None` for a pool in memory (which uses no `DB_PATH`).
     #[getter]
-    fn db_path(&self) -> PathBuf {
-        self.inner.config().db_path.clone()
+    fn db_path(&self) -> Option<PathBuf> {
+        self.inner.store().database_file().map(Path::to_path_buf)
     }
 
     /// Every setting's effective value (secrets shown as `*****`), by variable name.
@@ -189,7 +190,10 @@ impl Pool {
         self.home.repr("Pool", || {
             format!(
                 "db_path={}, accounts={}",
-                quote(&self.inner.config().db_path.to_string_lossy()),
+                self.inner
+                    .store()
+                    .database_file()
+                    .map_or_else(|| "None".into(), |p| quote(&p.to_string_lossy())),
                 self.inner.accounts().len()
             )
         })

@@ -37,6 +37,12 @@ def pool(fake: FakeOpenAi, tmp_path: Path) -> codexpool.Pool:
     return codexpool.Pool.open(tmp_path / "pool.db", **fake.settings())
 
 
+def db_file(pool: codexpool.Pool) -> Path:
+    """The database file of a pool opened on one (`Pool.in_memory()` has none)."""
+    assert pool.db_path is not None
+    return pool.db_path
+
+
 def add_account(
     pool: codexpool.Pool, fake: FakeOpenAi, fake_id: str = "acct-1", **fake_opts: str
 ) -> codexpool.Account:

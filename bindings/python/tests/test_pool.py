@@ -69,6 +69,16 @@ def test_the_db_path_argument_is_a_path_taken_as_given(
     assert codexpool.Pool.open("~/h.db").db_path == tmp_path / "home" / "h.db"
 
 
+def test_an_in_memory_pool_has_no_db_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CODEXPOOL_DB_PATH", str(tmp_path / "env.db"))
+    pool = codexpool.Pool.in_memory()
+    assert pool.db_path is None
+    assert repr(pool) == "Pool(db_path=None, accounts=0)"
+    assert not (tmp_path / "env.db").exists()
+    # The setting is still listed: it is what the environment says.
+    assert pool.settings()["DB_PATH"] == str(tmp_path / "env.db")
+
+
 def test_settings_warnings_are_issued_when_a_pool_opens(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

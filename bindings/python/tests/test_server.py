@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import child_exit_code, fork
+from conftest import child_exit_code, db_file, fork
 
 import codexpool
 
@@ -44,7 +44,7 @@ def test_serve_stop_and_context_manager(pool: codexpool.Pool) -> None:
     with urllib.request.urlopen(srv.url + "/health", timeout=10) as r:
         assert r.status == 200
     # The generated RPC token is written beside the database, and never shown in repr().
-    assert srv.rpc_token_file == Path(pool.db_path).parent / "rpc-token"
+    assert srv.rpc_token_file == db_file(pool).parent / "rpc-token"
     assert srv.rpc_token_file.read_text() == srv.rpc_token
     assert srv.rpc_token not in repr(srv)
     pool.keys.create("ci")
@@ -78,8 +78,8 @@ def test_a_pool_in_memory_is_no_server_of_the_database_at_db_path(
 ) -> None:
     # DB_PATH names a database that exists: an in-memory pool's server must not take its
     # token nor say in servers/ that it is that database's server.
-    monkeypatch.setenv("CODEXPOOL_DB_PATH", str(pool.db_path))
-    db_dir = Path(pool.db_path).parent
+    monkeypatch.setenv("CODEXPOOL_DB_PATH", str(db_file(pool)))
+    db_dir = db_file(pool).parent
     with codexpool.Pool.in_memory() as mem, codexpool.serve(mem, background_tasks=False) as srv:
         assert srv.rpc_token_file is None
         assert not (db_dir / "rpc-token").exists()
@@ -158,7 +158,7 @@ def test_no_socket_or_thread_is_left_after_stop(pool: codexpool.Pool, tmp_path: 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
 def test_a_forked_child_leaves_the_parents_server_alone(pool: codexpool.Pool) -> None:
     srv = codexpool.serve(pool, background_tasks=False)
-    files = list(Path(pool.db_path).parent.glob("servers/*.json"))
+    files = list(db_file(pool).parent.glob("servers/*.json"))
     assert len(files) == 1, files
     pid = fork()
     if pid == 0:  # the child: report through the exit code only

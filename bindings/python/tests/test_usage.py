@@ -11,7 +11,7 @@ import pytest
 import codexpool
 from codexpool.testing import FakeOpenAi, Reply
 
-from conftest import add_account
+from conftest import add_account, db_file
 
 
 def test_refresh_records_readings_and_reports_progress(pool: codexpool.Pool, fake: FakeOpenAi) -> None:
@@ -145,7 +145,7 @@ def test_reset_times_beyond_datetime_max_are_clamped(pool: codexpool.Pool, fake:
     assert now + datetime.timedelta(days=7) < until <= now + datetime.timedelta(days=8), until
 
     pool.flush()
-    with sqlite3.connect(pool.db_path) as db:
+    with sqlite3.connect(db_file(pool)) as db:
         db.execute("UPDATE usage_windows SET resets_at = ?", (9_999_999_999_999_000,))
     pool.reload()
     utc_max = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
