@@ -99,11 +99,15 @@ impl RequestLogEntry {
     }
 }
 
+/// The rows a [`RequestLogQuery`] reads unless told otherwise.
+pub const DEFAULT_LIMIT: usize = 100;
+
 /// Which rows to read.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct RequestLogQuery {
-    /// At most this many rows (the newest ones, or with `oldest_first` the oldest); 0 = 100.
+    /// At most this many rows (the newest ones, or with `oldest_first` the oldest): at least 1,
+    /// [`RequestLog::list`] refuses 0. Default [`DEFAULT_LIMIT`].
     pub limit: usize,
     /// Only this key.
     pub key_id: Option<String>,
@@ -116,6 +120,19 @@ pub struct RequestLogQuery {
     /// The oldest matching rows, oldest first (default: the newest, newest first).
     #[serde(default)]
     pub oldest_first: bool,
+}
+
+impl Default for RequestLogQuery {
+    /// The newest [`DEFAULT_LIMIT`] rows.
+    fn default() -> Self {
+        Self {
+            limit: DEFAULT_LIMIT,
+            key_id: None,
+            account_id: None,
+            after_id: None,
+            oldest_first: false,
+        }
+    }
 }
 
 impl RequestLogQuery {
@@ -147,10 +164,6 @@ impl RequestLogQuery {
         self.oldest_first = true;
         self
     }
-    /// The effective limit.
-    pub fn effective_limit(&self) -> usize {
-        if self.limit == 0 { 100 } else { self.limit }
-    }
     /// Whether a row passes the filters (shared by the stores).
     pub fn matches(&self, e: &RequestLogEntry) -> bool {
         self.key_id
@@ -179,8 +192,13 @@ impl RequestLog {
 
     /// Reads rows, newest first (oldest first with [`RequestLogQuery::oldest_first`]), after
     /// writing what is queued. The key and account filters take a unique prefix of an id too
-    /// (see [`resolve`](Self::resolve)).
+    /// (see [`resolve`](Self::resolve)). A `limit` of 0 is
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) naming `limit`: a caller asking for
+    /// no rows has a mistake to hear about.
     pub async fn list(&self, q: &RequestLogQuery) -> Result<Vec<RequestLogEntry>> {
+        if q.limit == 0 {
+            return Err(crate::Error::invalid("limit", "must be at least 1"));
+        }
         let q = self.resolve(q)?;
         self.pool.write_queued().await?;
         Ok(self.pool.shared.store.list_request_log(&q).await?)

@@ -270,6 +270,18 @@ async fn the_request_log_is_batched_and_filterable() {
         ids(log.list(&all.clone().key(keys[0].clone())).await.unwrap()),
         ["r2", "r0"]
     );
+    // A limit is a count of rows: 0 is refused by name, not read as some other number; a
+    // query left at its default reads the newest 100.
+    let err = log.list(&RequestLogQuery::latest(0)).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput { field, .. } if field == "limit"),
+        "{err}"
+    );
+    assert_eq!(RequestLogQuery::default().limit, 100);
+    assert_eq!(
+        log.list(&RequestLogQuery::default()).await.unwrap().len(),
+        3
+    );
 }
 
 /// The clock ran 8 h ahead and was set back (a dual-boot machine, NTP): a usage limit met

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use codexpool_core::auth::{AuthError, LoginOptions};
 use codexpool_core::keys::{KeyPatch, NewKey};
-use codexpool_core::request_log::RequestLogQuery;
+use codexpool_core::request_log::{DEFAULT_LIMIT, RequestLogQuery};
 use codexpool_core::usage::{LedgerGroup, LedgerQuery};
 use codexpool_core::{
     AccountFilter, AccountPatch, AccountStatus, Error, Pool, RefreshScope, Secret, Timestamp,
@@ -471,7 +471,7 @@ async fn call(pool: &Pool, method: &str, p: Value) -> Result<Value, RpcError> {
         "apikey/delete" => to_value(keys.delete(&params::<Id>(p)?.id).await?),
         "requestlog/list" => {
             let q: ListLog = params(p)?;
-            let mut query = RequestLogQuery::latest(q.limit.unwrap_or(100).min(10_000));
+            let mut query = RequestLogQuery::latest(q.limit.unwrap_or(DEFAULT_LIMIT).min(10_000));
             query.key_id = q.key_id;
             query.account_id = q.account_id;
             query.after_id = q.after_id;

@@ -403,6 +403,7 @@ async fn sign_in_through_the_service_port() {
             "`sort`",
         ),
         ("requestlog/list", json!({"limit": -1}), "`limit`"),
+        ("requestlog/list", json!({"limit": 0}), "limit"),
         (
             "apikey/create",
             json!({"name": "k", "allowed_models": ["a", 1]}),

@@ -4,7 +4,7 @@
 use codexpool_core::request_log::{RequestLogEntry as CoreEntry, RequestLogQuery};
 use pyo3::prelude::*;
 
-use crate::errors::OrRaise;
+use crate::errors::{OrRaise, invalid};
 use crate::record::record;
 use crate::runtime::{Home, HomeExt};
 use crate::time::Time;
@@ -77,17 +77,20 @@ impl RequestLog {
     /// account was tried, or only rows after an id. With `oldest_first`, the oldest `limit`
     /// rows, oldest first: to follow the log, pass the last id seen as `after_id` with
     /// `oldest_first=True` and repeat until fewer than `limit` rows come back (newest first,
-    /// more than `limit` new rows would leave a gap).
+    /// more than `limit` new rows would leave a gap). A `limit` below 1 raises `InvalidInput`.
     #[pyo3(signature = (limit=100, *, key_id=None, account_id=None, after_id=None, oldest_first=false))]
     fn list(
         &self,
         py: Python<'_>,
-        limit: usize,
+        limit: i64,
         key_id: Option<String>,
         account_id: Option<String>,
         after_id: Option<i64>,
         oldest_first: bool,
     ) -> PyResult<Vec<RequestLogEntry>> {
+        // A negative count is no `usize`; 0 is refused by core, with the same words.
+        let limit =
+            usize::try_from(limit).map_err(|_| invalid(py, "limit", "must be at least 1"))?;
         let mut q = RequestLogQuery::latest(limit);
         q.key_id = key_id;
         q.account_id = account_id;

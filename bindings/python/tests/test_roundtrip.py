@@ -123,6 +123,11 @@ def test_openai_client_round_trip_and_ledger(
     assert [e.id for e in pool.request_log.list()] == [log[0].id]
     with pytest.raises(codexpool.InvalidInput, match="before"):
         pool.request_log.prune("yesterday")
+    # A limit is a count of rows, at least 1: 0 and a negative one are refused by name.
+    for bad in (0, -1):
+        with pytest.raises(codexpool.InvalidInput, match="limit") as e:
+            pool.request_log.list(bad)
+        assert e.value.field == "limit"
     assert pool.keys.list()[0].last_used_at is not None
     assert c.models.list().data, "the model list is served too"
 

@@ -68,11 +68,11 @@ impl From<CoreEntry> for RequestLogEntry {
 }
 
 /// Which rows to read.
-#[derive(Debug, Clone, Default, uniffi::Record)]
+#[derive(Debug, Clone, uniffi::Record)]
 pub struct RequestLogQuery {
-    /// At most this many rows (0: 100): the newest, newest first, or with `oldest_first` the
-    /// oldest, oldest first.
-    #[uniffi(default = 0)]
+    /// At most this many rows, at least 1 (0 is `InvalidInput`): the newest, newest first, or
+    /// with `oldest_first` the oldest, oldest first.
+    #[uniffi(default = 100)]
     pub limit: u32,
     /// Only this key (a unique prefix of its id will do; an unknown one is `NotFound`).
     #[uniffi(default = None)]
@@ -88,6 +88,19 @@ pub struct RequestLogQuery {
     /// The oldest matching rows, oldest first.
     #[uniffi(default = false)]
     pub oldest_first: bool,
+}
+
+/// What `list(None)` reads: as `RequestLogQuery()` in the generated languages.
+impl Default for RequestLogQuery {
+    fn default() -> Self {
+        Self {
+            limit: 100,
+            key_id: None,
+            account_id: None,
+            after_id: None,
+            oldest_first: false,
+        }
+    }
 }
 
 impl From<RequestLogQuery> for CoreQuery {

@@ -311,6 +311,10 @@ async def run(tmp, fake):
     by_key = await pool.request_log().list(cp.RequestLogQuery(key_id=ci.id))
     assert by_key and (await pool.request_log().list(cp.RequestLogQuery(key_id=ci.id[:6]))) == by_key
     await expect("NotFound", pool.request_log().list(cp.RequestLogQuery(key_id="nope")))
+    # A limit is a count of rows: 0 is refused, and an unset one reads the newest 100.
+    msg = await expect("InvalidInput", pool.request_log().list(cp.RequestLogQuery(limit=0)))
+    assert "limit" in msg, msg
+    assert cp.RequestLogQuery().limit == 100
     assert await pool.request_log().prune(0) == 0
     assert await pool.request_log().prune(int(time.time() * 1000) + 60_000) == len(log) - 1
     assert [e.id for e in await pool.request_log().list()] == [log[0].id]

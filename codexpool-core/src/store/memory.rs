@@ -350,7 +350,7 @@ impl Store for MemoryStore {
         };
         Ok(rows
             .filter(|e| q.matches(e))
-            .take(q.effective_limit())
+            .take(q.limit)
             .cloned()
             .collect())
     }

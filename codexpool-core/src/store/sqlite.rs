@@ -1177,7 +1177,7 @@ impl Store for SqliteStore {
             };
             let mut st = c.prepare_cached(sql).map_err(db_err)?;
             st.query_map(
-                params![q.key_id, q.account_id, q.after_id.unwrap_or(0), to_i64(q.effective_limit() as u64)],
+                params![q.key_id, q.account_id, q.after_id.unwrap_or(0), to_i64(q.limit as u64)],
                 log_from_row,
             )
             .map_err(db_err)?

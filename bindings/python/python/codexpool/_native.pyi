@@ -634,7 +634,8 @@ class RequestLog:
         """The newest ``limit`` rows, newest first (with ``oldest_first``, the oldest, oldest
         first). To follow the log, pass the last id seen as ``after_id`` with
         ``oldest_first=True`` and repeat until fewer than ``limit`` rows come back: newest
-        first, more than ``limit`` new rows would leave a gap."""
+        first, more than ``limit`` new rows would leave a gap. A ``limit`` below 1 raises
+        ``InvalidInput``."""
     def prune(self, before: _TimeArg) -> int:
         """Deletes the rows of requests that arrived before ``before``, oldest first; how many
         went (the newest row always stays). A server does this by itself for rows older than
