@@ -50,10 +50,12 @@ fn config(
                 "false"
             }
             .to_string()
-        } else if v.is_instance_of::<PyString>()
-            || v.is_instance_of::<PyInt>()
-            || v.is_instance_of::<PyFloat>()
-        {
+        } else if v.is_instance_of::<PyFloat>() {
+            match whole_number(v.extract()?) {
+                Some(n) => n.to_string(),
+                None => v.str()?.to_string(),
+            }
+        } else if v.is_instance_of::<PyString>() || v.is_instance_of::<PyInt>() {
             v.str()?.to_string()
         } else if let Ok(p) = v.extract::<PathBuf>() {
             p.to_string_lossy().into_owned()
@@ -75,6 +77,15 @@ fn config(
     Ok(c)
 }
 
+/// A float that is a whole number, as an integer: `600.0` is `600` to Python, and every number
+/// setting is a whole number. Others are given to the setting as Python writes them, for it to
+/// refuse as not a whole number.
+fn whole_number(f: f64) -> Option<i64> {
+    // Within ±2^53 every whole float is exactly an i64.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    (f.fract() == 0.0 && f.abs() <= EXACT).then_some(f as i64)
+}
+
 /// The opened pool, after issuing its settings' warnings.
 fn opened(py: Python<'_>, inner: CorePool) -> PyResult<Pool> {
     warn_all(py, inner.config().warnings.iter().map(String::as_str))?;
@@ -90,10 +101,10 @@ impl Pool {
     /// platform data dir; a leading `~` is the home directory, the rest is taken as given, quotes
     /// included; an empty path raises `InvalidInput`). Settings come from the environment and
     /// env file, overridden by `settings` given as keywords named like the variables
-    /// (`route_strategy="headroom"`, `usage_base_url=…`); a bad value raises `InvalidInput`
-    /// naming the variable, and a `db_path` argument wins over a `DB_PATH` keyword. Warnings
-    /// about the settings (e.g. a poll interval raised to its minimum) are issued as
-    /// `CodexPoolWarning`s.
+    /// (`route_strategy="headroom"`, `usage_base_url=…`, a number as an int or a whole float);
+    /// a bad value raises `InvalidInput` naming the variable, and a `db_path` argument wins
+    /// over a `DB_PATH` keyword. Warnings about the settings (e.g. a poll interval raised to
+    /// its minimum) are issued as `CodexPoolWarning`s.
     #[staticmethod]
     #[pyo3(signature = (db_path=None, **settings))]
     fn open(

@@ -79,6 +79,16 @@ def test_an_in_memory_pool_has_no_db_path(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert pool.settings()["DB_PATH"] == str(tmp_path / "env.db")
 
 
+def test_a_whole_float_is_taken_for_a_number_setting(tmp_path: Path) -> None:
+    pool = codexpool.Pool.in_memory(usage_poll_interval_secs=600.0, account_max_inflight=3.0)
+    assert pool.settings()["USAGE_POLL_INTERVAL_SECS"] == "600"
+    assert pool.settings()["ACCOUNT_MAX_INFLIGHT"] == "3"
+    for bad in (600.5, float("nan"), float("inf")):
+        with pytest.raises(codexpool.InvalidInput, match="whole number") as e:
+            codexpool.Pool.in_memory(usage_poll_interval_secs=bad)
+        assert e.value.field == "USAGE_POLL_INTERVAL_SECS"
+
+
 def test_settings_warnings_are_issued_when_a_pool_opens(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

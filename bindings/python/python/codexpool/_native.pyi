@@ -53,6 +53,7 @@ __all__ = [
 
 _StrPath = str | os.PathLike[str]
 _TimeArg = datetime.datetime | str | float
+# A float is taken for a number setting when it is whole (600.0 is 600); 600.5 is InvalidInput.
 _SettingValue = str | int | float | bool | os.PathLike[str] | None
 
 # ----- errors -------------------------------------------------------------------------------
