@@ -1,6 +1,10 @@
 //! Dataclass-like return values: frozen classes with read-only attributes, a readable
-//! `__repr__`, `==`, and `to_dict()`. [`record!`] declares one from its fields; [`Field`] says how
-//! a field type shows in a repr and in a dict (records nest as dicts, times stay `datetime`s).
+//! `__repr__`, `==` with a `hash()` that agrees with it, and `to_dict()`. [`record!`] declares one
+//! from its fields; [`Field`] says how a field type shows in a repr and in a dict (records nest as
+//! dicts, times stay `datetime`s) and how it hashes.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 
 use pyo3::IntoPyObjectExt;
 use pyo3::prelude::*;
@@ -14,6 +18,9 @@ pub(crate) trait Field {
     fn repr(&self, py: Python<'_>) -> PyResult<String>;
     /// The value in a dict (plain Python data).
     fn plain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>>;
+    /// Feeds the value to `h`: values that are `==` feed the same (records are frozen, so a
+    /// record's hash never changes; a list field is a copy that cannot change it either).
+    fn hash_into(&self, h: &mut DefaultHasher);
 }
 
 macro_rules! plain_field {
@@ -25,11 +32,28 @@ macro_rules! plain_field {
             fn plain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
                 self.clone().into_bound_py_any(py)
             }
+            fn hash_into(&self, h: &mut DefaultHasher) {
+                self.hash(h);
+            }
         }
     )*};
 }
 
-plain_field!(String, bool, i64, u64, u32, u16, usize, f64);
+plain_field!(String, bool, i64, u64, u32, u16, usize);
+
+impl Field for f64 {
+    fn repr(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(self.plain(py)?.repr()?.to_string())
+    }
+    fn plain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.into_bound_py_any(py)
+    }
+    fn hash_into(&self, h: &mut DefaultHasher) {
+        // `0.0 == -0.0`, so both hash as one; NaN equals nothing, so any hash will do.
+        let v = if *self == 0.0 { 0.0 } else { *self };
+        v.to_bits().hash(h);
+    }
+}
 
 impl Field for Time {
     fn repr(&self, _py: Python<'_>) -> PyResult<String> {
@@ -37,6 +61,9 @@ impl Field for Time {
     }
     fn plain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         Ok(self.into_pyobject(py)?.into_any())
+    }
+    fn hash_into(&self, h: &mut DefaultHasher) {
+        self.0.hash(h);
     }
 }
 
@@ -51,6 +78,12 @@ impl<T: Field> Field for Option<T> {
         match self {
             Some(v) => v.plain(py),
             None => Ok(py.None().into_bound(py)),
+        }
+    }
+    fn hash_into(&self, h: &mut DefaultHasher) {
+        self.is_some().hash(h);
+        if let Some(v) = self {
+            v.hash_into(h);
         }
     }
 }
@@ -69,6 +102,12 @@ impl<T: Field> Field for Vec<T> {
             .map(|v| v.plain(py))
             .collect::<PyResult<Vec<_>>>()?;
         Ok(PyList::new(py, items)?.into_any())
+    }
+    fn hash_into(&self, h: &mut DefaultHasher) {
+        self.len().hash(h);
+        for v in self {
+            v.hash_into(h);
+        }
     }
 }
 
@@ -97,6 +136,10 @@ macro_rules! record {
             ) -> pyo3::PyResult<pyo3::Bound<'py, pyo3::PyAny>> {
                 $crate::record::Field::plain(self, py)
             }
+
+            fn __hash__(&self) -> u64 {
+                $crate::record::hash_of(self)
+            }
         }
 
         impl $crate::record::Field for $name {
@@ -123,11 +166,23 @@ macro_rules! record {
                 )?;)*
                 Ok(d.into_any())
             }
+
+            fn hash_into(&self, h: &mut std::collections::hash_map::DefaultHasher) {
+                $($crate::record::Field::hash_into(&self.$field, h);)*
+            }
         }
     };
 }
 
 pub(crate) use record;
+
+/// A record's `hash()`: of its fields, so records that are `==` (same class, same fields) hash
+/// alike. `DefaultHasher::new()` has fixed keys: the same in every process, as a tuple's hash.
+pub(crate) fn hash_of(record: &impl Field) -> u64 {
+    let mut h = DefaultHasher::new();
+    record.hash_into(&mut h);
+    h.finish()
+}
 
 /// A string as Python's `repr` shows it (single quotes).
 pub(crate) fn quote(s: &str) -> String {

@@ -36,6 +36,22 @@ def test_records_are_frozen_comparable_and_convert_to_dicts(
         codexpool.Account()
 
 
+def test_records_hash_as_they_compare(
+    pool: codexpool.Pool, fake: FakeOpenAi, account: codexpool.Account
+) -> None:
+    same = pool.accounts.get(account.id)
+    assert hash(account) == hash(same) and len({account, same}) == 1
+    changed = pool.accounts.update(account.id, tags=["a", "b"], note="changed")
+    assert {account: 1}.get(changed) is None and {changed: 1}[pool.accounts.get(account.id)] == 1
+    # Nested records, floats, lists and times hash too.
+    pool.usage.refresh()
+    usage = pool.usage.get(account.id)
+    assert hash(usage) == hash(pool.usage.get(account.id))
+    assert len(set(pool.usage.refresh())) == 1
+    key = pool.keys.create("k").key
+    assert {key, pool.keys.get(key.id)} == {key}
+
+
 def test_handles_show_what_they_are(pool: codexpool.Pool, account: codexpool.Account) -> None:
     assert repr(pool.accounts) == "AccountPool(len=1)"
     assert repr(pool.keys) == "KeyStore(len=0)"

@@ -113,7 +113,7 @@ class CodexPoolWarning(UserWarning):
     """Something to know that is not an error: an imported sign-in still shared with the Codex
     CLI, a setting that was adjusted."""
 
-# ----- records (frozen; attributes are read-only) ------------------------------------------
+# ----- records (frozen; attributes are read-only; == and hash() agree) ---------------------
 
 @final
 class Account:
