@@ -442,9 +442,10 @@ fn generate_secret() -> Result<String> {
     Ok(format!("{KEY_PREFIX}{random}"))
 }
 
+/// `sk-cp-…` and the last four characters (of anything: it also shows what a person typed).
 fn hint_of(secret: &str) -> String {
-    let tail = &secret[secret.len().saturating_sub(4)..];
-    format!("{KEY_PREFIX}…{tail}")
+    let start = secret.char_indices().rev().nth(3).map_or(0, |(i, _)| i);
+    format!("{KEY_PREFIX}…{}", &secret[start..])
 }
 
 /// A key in memory with its last-used stamp (shared across reloads).
@@ -736,6 +737,13 @@ impl KeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hint_is_the_last_four_characters() {
+        assert_eq!(hint_of("sk-cp-abcdefgh"), "sk-cp-…efgh");
+        assert_eq!(hint_of("sk-cp-€€"), "sk-cp-…p-€€");
+        assert_eq!(hint_of("ab"), "sk-cp-…ab");
+    }
 
     #[test]
     fn secrets_have_the_documented_shape() {

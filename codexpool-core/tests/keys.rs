@@ -333,6 +333,9 @@ async fn a_secret_given_as_an_id_is_not_echoed() {
             "{text}"
         );
     }
+    // Whatever was typed (not text a byte slice can cut anywhere).
+    let typed = keys.get("sk-cp-€€").unwrap_err().to_string();
+    assert!(typed.contains("sk-cp-…p-€€"), "{typed}");
     // Nothing changed, and a key named like a secret is still found by its name.
     assert_eq!(keys.get(&k.key.id).unwrap().name, "ci");
     let odd = keys.create(NewKey::named("sk-cp-odd")).await.unwrap();

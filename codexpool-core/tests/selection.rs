@@ -526,6 +526,32 @@ async fn upstream_errors_cool_briefly_then_longer_on_repeats() {
     );
 }
 
+/// Rate limits and upstream errors climb their own ladders: two errors in a row do not make
+/// the next rate limit a third strike (30 min), nor a rate limit the next error a second.
+#[tokio::test]
+async fn rate_limits_and_upstream_errors_count_apart() {
+    let (pool, clock) = pool_with(&[]).await;
+    let id = add_accounts(&pool, 1).await.remove(0);
+    let cooldown = |pool: &Pool| pool.accounts().runtime(&id).unwrap().cooldown_until;
+    for (outcome, secs) in [
+        (Outcome::UpstreamError, 5),
+        (Outcome::UpstreamError, 30),
+        (Outcome::RateLimited { retry_after: None }, 45),
+        (Outcome::UpstreamError, 120),
+        (Outcome::RateLimited { retry_after: None }, 300),
+    ] {
+        let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();
+        lease.report(outcome.clone()).await;
+        drop(lease);
+        assert_eq!(
+            cooldown(&pool),
+            Some(clock.now_ts().plus(Duration::from_secs(secs))),
+            "{outcome:?}"
+        );
+        clock.advance(Duration::from_secs(secs));
+    }
+}
+
 #[tokio::test]
 async fn short_cooldowns_for_challenges_and_401s() {
     let (pool, clock) = pool_with(&[]).await;

@@ -35,6 +35,24 @@ pub const UPSTREAM_ERROR_COOLDOWNS: [Duration; 4] = [
     Duration::from_secs(2 * 60),
     Duration::from_secs(10 * 60),
 ];
+/// The failures whose cooldowns grow on repeats, each counting its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ladder {
+    /// [`RATE_LIMIT_COOLDOWNS`]
+    RateLimit = 0,
+    /// [`UPSTREAM_ERROR_COOLDOWNS`]
+    UpstreamError = 1,
+}
+
+impl Ladder {
+    pub(crate) fn steps(self) -> &'static [Duration] {
+        match self {
+            Self::RateLimit => &RATE_LIMIT_COOLDOWNS,
+            Self::UpstreamError => &UPSTREAM_ERROR_COOLDOWNS,
+        }
+    }
+}
+
 /// Cooldown after a Cloudflare challenge.
 pub const CHALLENGE_COOLDOWN: Duration = Duration::from_secs(6);
 /// Cooldown after a 401 that a token refresh did not cure.
@@ -74,7 +92,8 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
-    /// 5xx or connection failure: ~30 s cooldown.
+    /// 5xx, a broken or silent stream, or a connection failure: a cooldown growing on repeats
+    /// (5 s → 30 s → 2 min → 10 min).
     UpstreamError,
     /// A Cloudflare challenge: ~6 s cooldown.
     Challenge,
@@ -158,13 +177,15 @@ impl Lease {
                 // running now was set by a request that failed after this one started: its verdict
                 // is newer than this success, and it keeps the cooldown and the strike count.
                 if st.cooldown_until.load(Ordering::Relaxed) <= now.as_millis() {
-                    st.strikes.store(0, Ordering::Relaxed);
+                    for strikes in &st.strikes {
+                        strikes.store(0, Ordering::Relaxed);
+                    }
                 }
                 st.used.touch(now);
             }
             Outcome::RateLimited { retry_after } => {
                 let retry_after = retry_after.map(|r| r.min(MAX_RETRY_AFTER));
-                st.strike(now, &RATE_LIMIT_COOLDOWNS, retry_after);
+                st.strike(now, Ladder::RateLimit, retry_after);
             }
             Outcome::UsageLimit { resets_at } => {
                 // A limit that names no reset, or one already past by this clock (the
@@ -192,7 +213,7 @@ impl Lease {
                     .record_readings(&self.slot.account.id, vec![reading], None);
             }
             Outcome::Unauthorized => st.cool_until(now.plus(UNAUTHORIZED_COOLDOWN)),
-            Outcome::UpstreamError => st.strike(now, &UPSTREAM_ERROR_COOLDOWNS, None),
+            Outcome::UpstreamError => st.strike(now, Ladder::UpstreamError, None),
             Outcome::Challenge => st.cool_until(now.plus(CHALLENGE_COOLDOWN)),
             Outcome::NeedsLogin { reason } => {
                 self.set_status(AccountStatus::NeedsLogin, reason).await

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use lease::Ladder;
 pub use lease::{
     CHALLENGE_COOLDOWN, Lease, MAX_RETRY_AFTER, Outcome, RATE_LIMIT_COOLDOWNS,
     UNAUTHORIZED_COOLDOWN, UPSTREAM_ERROR_COOLDOWNS,
@@ -184,7 +185,9 @@ impl WindowCell {
 pub(crate) struct SlotState {
     pub inflight: AtomicU32,
     pub cooldown_until: AtomicI64,
-    pub strikes: AtomicU32,
+    /// Failures in a row on each [`Ladder`], counted apart: two upstream errors do not make
+    /// the next rate limit a third strike.
+    pub strikes: [AtomicU32; 2],
     five_hour: WindowCell,
     weekly: WindowCell,
     /// Detailed readings (with provenance), for reports.
@@ -199,7 +202,7 @@ impl SlotState {
         Self {
             inflight: AtomicU32::new(0),
             cooldown_until: AtomicI64::new(0),
-            strikes: AtomicU32::new(0),
+            strikes: [AtomicU32::new(0), AtomicU32::new(0)],
             five_hour: WindowCell::new(),
             weekly: WindowCell::new(),
             usage: std::sync::Mutex::new(AccountUsage {
@@ -238,8 +241,10 @@ impl SlotState {
     /// runs, the others of the burst add no strike (a longer wait still counts), or one burst
     /// would bench the account for hours. The first failure claims its strike by setting the
     /// cooldown, so failures of one burst reported on several threads at once are one strike.
-    pub fn strike(&self, now: Timestamp, ladder: &[Duration], first: Option<Duration>) {
-        let step = |n: usize| ladder[n.min(ladder.len() - 1)];
+    pub fn strike(&self, now: Timestamp, ladder: Ladder, first: Option<Duration>) {
+        let steps = ladder.steps();
+        let step = |n: usize| steps[n.min(steps.len() - 1)];
+        let strikes = &self.strikes[ladder as usize];
         let mut current = self.cooldown_until.load(Ordering::Acquire);
         loop {
             if current > now.as_millis() {
@@ -248,7 +253,7 @@ impl SlotState {
                 self.cool_until(now.plus(first.unwrap_or(step(0))));
                 return;
             }
-            let n = self.strikes.load(Ordering::Acquire) as usize;
+            let n = strikes.load(Ordering::Acquire) as usize;
             let cooldown = match (first, n) {
                 (None, n) => step(n),
                 (Some(r), 0) => r,
@@ -263,7 +268,7 @@ impl SlotState {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    self.strikes.fetch_add(1, Ordering::AcqRel);
+                    strikes.fetch_add(1, Ordering::AcqRel);
                     return;
                 }
                 Err(seen) => current = seen,
