@@ -459,6 +459,11 @@ fn parse_origins(v: &str) -> Result<Vec<String>, String> {
         if !origin.is_tuple() || !matches!(u.scheme(), "http" | "https") {
             return Err(format!("`{o}` is not an http(s) origin"));
         }
+        if u.host_str().is_some_and(|h| h.contains('*')) {
+            return Err(format!(
+                "`{o}`: origins are matched whole, not by pattern (name each, or `*` for all)"
+            ));
+        }
         // An origin is scheme, host and port: nothing else (a browser sends nothing else).
         let serialized = origin.ascii_serialization();
         let more = u.path() != "/"
@@ -1515,6 +1520,7 @@ mod tests {
             "file:///tmp/x.html",
             "*, http://a.example",
             "http://",
+            "https://*.example.com",
         ] {
             let e = origins(bad).unwrap_err().to_string();
             assert!(e.contains("CORS_ALLOW_ORIGINS"), "{bad}: {e}");

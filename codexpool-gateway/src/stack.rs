@@ -142,7 +142,7 @@ fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _: &tracing::
 /// origin may call them (no CORS headers at all, a preflight is a 405). Credentials are never
 /// allowed: a page sends a platform key as any client does, no cookie is read.
 pub(crate) fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
-    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
     let allow = match origins {
         [] => return None,
         [any] if any == "*" => AllowOrigin::from(Any),
@@ -160,7 +160,9 @@ pub(crate) fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
                 axum::http::Method::POST,
                 axum::http::Method::DELETE,
             ])
-            .allow_headers(Any)
+            // The headers the page asks for: `*` would not cover `Authorization`, which is
+            // how a page sends its key.
+            .allow_headers(AllowHeaders::mirror_request())
             // What a page may read of an answer besides the basic headers.
             .expose_headers([
                 X_REQUEST_ID,
