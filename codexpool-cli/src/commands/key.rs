@@ -12,7 +12,7 @@
 //! `expired`, as the table's STATUS column: whether the gateway accepts the key now).
 
 use codexpool_core::keys::{CreatedKey, KeyPatch, NewKey, PlatformKey};
-use codexpool_core::{Pool, Timestamp};
+use codexpool_core::{AccountStatus, Pool, Timestamp};
 
 use super::Ctx;
 use super::runtime::client_base_url;
@@ -294,14 +294,19 @@ fn warn_unusable(ctx: &Ctx, pool: &Pool, k: &PlatformKey) {
             k.id, k.id
         ));
     }
-    if k.allowed_groups.is_empty() {
+    // A disabled key is refused (403) whatever its groups.
+    if k.allowed_groups.is_empty() || !k.enabled {
         return;
     }
     let accounts = pool.accounts().list(&Default::default());
-    let served = |g: &String| accounts.iter().any(|a| a.group.as_ref() == Some(g));
+    let served = |g: &String| {
+        accounts
+            .iter()
+            .any(|a| a.status == AccountStatus::Active && a.group.as_ref() == Some(g))
+    };
     if !k.allowed_groups.iter().any(served) {
         ctx.out.warn(format!(
-            "no account is in group {} yet: the key's requests get 503 until one is \
+            "no active account is in group {}: the key's requests get 503 until one is \
              (`codexpool account update <ID> --group <GROUP>`)",
             k.allowed_groups.join(" or ")
         ));

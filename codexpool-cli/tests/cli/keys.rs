@@ -344,16 +344,37 @@ fn a_key_for_groups_without_accounts_is_warned_of() {
     let (_, stderr) = texts(&o);
     assert!(o.status.success(), "{stderr}");
     assert!(
-        stderr.contains("warning:") && stderr.contains("no account is in group team"),
+        stderr.contains("warning:") && stderr.contains("no active account is in group team"),
         "{stderr}"
     );
+    // An account of the group that cannot serve does not count.
     env.ok(&["account", "update", &ids[0], "--group", "team"]);
+    env.ok(&["account", "disable", &ids[0]]);
+    let o = env
+        .cmd()
+        .args(["key", "update", "k", "--name", "k2"])
+        .output()
+        .unwrap();
+    assert!(
+        texts(&o).1.contains("no active account is in group team"),
+        "{:?}",
+        texts(&o)
+    );
+    // Nor is a disabled key warned of: it is refused anyway.
+    let o = env.cmd().args(["key", "disable", "k2"]).output().unwrap();
+    assert!(
+        o.status.success() && texts(&o).1.is_empty(),
+        "{:?}",
+        texts(&o)
+    );
+    env.ok(&["key", "enable", "k2"]);
+    env.ok(&["account", "enable", &ids[0]]);
     let o = env
         .cmd()
         .args([
             "key",
             "update",
-            "k",
+            "k2",
             "--allow-group",
             "team",
             "--allow-group",
