@@ -80,15 +80,6 @@ fn load(
     (tasks, seen)
 }
 
-/// Runs a CLI command that must succeed without meeting a locked database; its stdout.
-fn cli(env: &Env, args: &[&str]) -> String {
-    let out = env.cmd().args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "codexpool {args:?}: {stderr}");
-    assert!(!stderr.contains("locked"), "codexpool {args:?}: {stderr}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Waits until the load has `n` answers (a server that stopped answering fails the test).
 async fn until_answered(ok: &AtomicUsize, n: usize) {
     let t = Instant::now();
@@ -114,18 +105,16 @@ async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
     // Acknowledged admin writes made while the server is busy.
     let mut created = Vec::new();
     for i in 0..5 {
-        let v: serde_json::Value = serde_json::from_str(&cli(
-            &env,
-            &["--json", "key", "create", "--name", &format!("k{i}")],
-        ))
-        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&env.ok(&["--json", "key", "create", "--name", &format!("k{i}")]))
+                .unwrap();
         created.push(v["key"]["id"].as_str().unwrap().to_string());
     }
     let added = env.add_accounts(&["acct-3"]);
     // Answered requests whose rows the batched writer has had time to write (it writes what
     // came in within 200 ms at once): they are acknowledged, and must survive the kill.
     let acknowledged = seen.ok.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     signal(&child, "KILL");
     let (status, _) = finish(child, 10);
     assert!(!status.success(), "killed");
@@ -171,7 +160,7 @@ async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
     drop(pool);
     // And the CLI keeps working on it, and a new server serves from it (leases are counted in
     // the serving process's memory: the killed one's die with it).
-    cli(&env, &["account", "list"]);
+    env.ok(&["account", "list"]);
     let (url, child) = env.serve(&[]);
     let res = reqwest::Client::new()
         .post(format!("{url}/v1/chat/completions"))
@@ -182,7 +171,7 @@ async fn sigkill_in_the_middle_of_load_leaves_a_sound_database() {
         .unwrap();
     assert_eq!(res.status(), 200);
     let accounts: serde_json::Value =
-        serde_json::from_str(&cli(&env, &["--json", "account", "list"])).unwrap();
+        serde_json::from_str(&env.ok(&["--json", "account", "list"])).unwrap();
     for a in accounts.as_array().unwrap() {
         assert_eq!(a["runtime"]["inflight"], 0, "{a}");
         assert_eq!(a["runtime"]["source"], "server", "{a}");
@@ -223,7 +212,7 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
 
     // A key disabled by the CLI is refused by the server within a second (counted from when
     // the CLI is done: the change is made then; the server's watcher looks every 500 ms).
-    cli(&env, &["key", "disable", &victim_id]);
+    env.ok(&["key", "disable", &victim_id]);
     let t = Instant::now();
     loop {
         match status_of(victim_secret.clone()).await {
@@ -248,7 +237,7 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
         .to_string();
     let added = env.add_accounts(&["acct-2"]);
     let imported = Instant::now();
-    cli(&env, &["account", "disable", &first]);
+    env.ok(&["account", "disable", &first]);
     let disable_took = imported.elapsed();
     loop {
         let res = client
@@ -287,11 +276,9 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
     }
     seen.all_answered();
     // The refused key's requests are in the log as such; nothing is left in flight.
-    let log: serde_json::Value = serde_json::from_str(&cli(
-        &env,
-        &["--json", "logs", "--key", &victim_id, "--limit", "1000"],
-    ))
-    .unwrap();
+    let log: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "logs", "--key", &victim_id, "--limit", "1000"]))
+            .unwrap();
     let statuses: Vec<&serde_json::Value> = log
         .as_array()
         .unwrap()
@@ -300,7 +287,7 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
         .collect();
     assert!(statuses.contains(&&json!(403)), "{log}");
     let all: serde_json::Value =
-        serde_json::from_str(&cli(&env, &["--json", "logs", "--limit", "10000"])).unwrap();
+        serde_json::from_str(&env.ok(&["--json", "logs", "--limit", "10000"])).unwrap();
     let failed: Vec<_> = all
         .as_array()
         .unwrap()
@@ -310,7 +297,7 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
     assert!(failed.is_empty(), "{failed:?}");
     // As the server counts them (not an idle pool of the CLI's own).
     let accounts: serde_json::Value =
-        serde_json::from_str(&cli(&env, &["--json", "account", "list"])).unwrap();
+        serde_json::from_str(&env.ok(&["--json", "account", "list"])).unwrap();
     for a in accounts.as_array().unwrap() {
         assert_eq!(a["runtime"]["source"], "server", "{a}");
         assert_eq!(a["runtime"]["inflight"], 0, "{a}");

@@ -788,19 +788,28 @@ pub struct TokenUsage {
     pub total_tokens: u64,
 }
 
-/// A `usage` object in the Responses names, or the Chat Completions ones (`prompt_tokens`, …).
+/// A `usage` object in the Responses names, or the Chat Completions ones (`prompt_tokens`, …);
+/// some servers send both, so each is a field of its own (aliases would make that an error).
 #[derive(Deserialize)]
 struct UsageFields<'a> {
-    #[serde(borrow, alias = "prompt_tokens")]
+    #[serde(borrow)]
     input_tokens: Option<&'a RawValue>,
-    #[serde(borrow, alias = "prompt_tokens_details")]
+    #[serde(borrow)]
     input_tokens_details: Option<&'a RawValue>,
-    #[serde(borrow, alias = "completion_tokens")]
+    #[serde(borrow)]
     output_tokens: Option<&'a RawValue>,
-    #[serde(borrow, alias = "completion_tokens_details")]
+    #[serde(borrow)]
     output_tokens_details: Option<&'a RawValue>,
     #[serde(borrow)]
     total_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    prompt_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    prompt_tokens_details: Option<&'a RawValue>,
+    #[serde(borrow)]
+    completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    completion_tokens_details: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -838,10 +847,10 @@ impl TokenUsage {
         fn details(v: Option<&RawValue>) -> Option<UsageDetails<'_>> {
             v.and_then(|d| serde_json::from_str(d.get()).ok())
         }
-        let input_details = details(f.input_tokens_details);
-        let output_details = details(f.output_tokens_details);
-        let input_tokens = num(f.input_tokens);
-        let output_tokens = num(f.output_tokens);
+        let input_details = details(f.input_tokens_details.or(f.prompt_tokens_details));
+        let output_details = details(f.output_tokens_details.or(f.completion_tokens_details));
+        let input_tokens = num(f.input_tokens.or(f.prompt_tokens));
+        let output_tokens = num(f.output_tokens.or(f.completion_tokens));
         Some(Self {
             input_tokens,
             cached_tokens: num(input_details.and_then(|d| d.cached_tokens)),
@@ -1540,6 +1549,9 @@ mod tests {
                 total_tokens: 15
             })
         );
+        // Both names at once (some OpenAI-compatible servers): the Responses ones.
+        let both = br#"{"usage":{"input_tokens":3,"prompt_tokens":3,"output_tokens":1,"completion_tokens":1}}"#;
+        assert_eq!(TokenUsage::of_answer(both).map(|u| u.total_tokens), Some(4));
         let response =
             br#"{"id":"resp_1","output":[],"usage":{"input_tokens":1,"output_tokens":2}}"#;
         assert_eq!(

@@ -341,6 +341,15 @@ impl Guard {
     }
 }
 
+/// Whether a chat chunk has a `usage` object (not `null`), without parsing it.
+fn says_usage(data: &[u8]) -> bool {
+    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+        let rest = data[at + 7..].trim_ascii_start();
+        rest.strip_prefix(b":")
+            .is_some_and(|v| v.trim_ascii_start().starts_with(b"{"))
+    })
+}
+
 /// Reads a 200 answer of the fallback as it goes by, whatever the client gets of it: the token
 /// usage it reports (a chat chunk's or answer's `usage`, a Responses answer's), for the log row
 /// and the ledger, and, when the answer is to be kept, the `response` of its
@@ -395,7 +404,7 @@ impl Reader {
                             if self.chat {
                                 // Only the chunk that says so (`usage` is `null` in the others
                                 // when the client asked for it).
-                                if memchr::memmem::find(event.data(), b"\"usage\"").is_some() {
+                                if says_usage(event.data()) {
                                     self.usage = TokenUsage::of_answer(event.data()).or(self.usage);
                                 }
                                 continue;
@@ -512,6 +521,13 @@ mod tests {
             total(read(Some(&store()), "application/json", &[response])),
             Some((4, 5))
         );
+        // Spaced as a pretty printer spaces it.
+        let spaced = "data: {\"choices\": [], \"usage\" : {\"prompt_tokens\": 7, \"completion_tokens\": 3}}\n\n";
+        assert_eq!(
+            total(read(None, "text/event-stream", &[spaced])),
+            Some((7, 10))
+        );
+        assert!(!says_usage(br#"{"usage":null}"#) && !says_usage(br#"{"x":"usage"}"#));
         // None said, or not readable.
         assert_eq!(read(None, "text/event-stream", &["data: [DONE]\n\n"]), None);
         assert_eq!(read(None, "application/json", &["{\"usage\":"]), None);
