@@ -500,7 +500,7 @@ async fn upstream_errors_cool_briefly_then_longer_on_repeats() {
     let (pool, clock) = pool_with(&[]).await;
     let id = add_accounts(&pool, 1).await.remove(0);
     let cooldown = |pool: &Pool| pool.accounts().runtime(&id).unwrap().cooldown_until;
-    for secs in [5, 30, 120, 600, 600] {
+    for secs in [5, 15, 30, 60, 60] {
         // Two requests of one burst fail together: one strike.
         let a = pool.accounts().acquire(&Demand::any()).await.unwrap();
         let b = pool.accounts().acquire(&Demand::any()).await.unwrap();
@@ -535,9 +535,9 @@ async fn rate_limits_and_upstream_errors_count_apart() {
     let cooldown = |pool: &Pool| pool.accounts().runtime(&id).unwrap().cooldown_until;
     for (outcome, secs) in [
         (Outcome::UpstreamError, 5),
-        (Outcome::UpstreamError, 30),
+        (Outcome::UpstreamError, 15),
         (Outcome::RateLimited { retry_after: None }, 45),
-        (Outcome::UpstreamError, 120),
+        (Outcome::UpstreamError, 30),
         (Outcome::RateLimited { retry_after: None }, 300),
     ] {
         let lease = pool.accounts().acquire(&Demand::any()).await.unwrap();

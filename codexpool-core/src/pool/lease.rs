@@ -28,12 +28,14 @@ pub const MAX_RETRY_AFTER: Duration = RATE_LIMIT_COOLDOWNS[RATE_LIMIT_COOLDOWNS.
 const PAST_RESET_WAIT: Duration = Duration::from_secs(60);
 /// Cooldowns after repeated upstream errors (5xx, a broken or silent stream, a connection
 /// failure): one error benches the account briefly (the next request goes elsewhere), an
-/// upstream that keeps failing longer.
+/// upstream that keeps failing a little longer. Never long: such errors are mostly the
+/// upstream's, not the account's, and the first request after a cooldown is what finds the
+/// upstream back (an outage must not keep every account benched for long after it ended).
 pub const UPSTREAM_ERROR_COOLDOWNS: [Duration; 4] = [
     Duration::from_secs(5),
+    Duration::from_secs(15),
     Duration::from_secs(30),
-    Duration::from_secs(2 * 60),
-    Duration::from_secs(10 * 60),
+    Duration::from_secs(60),
 ];
 /// The failures whose cooldowns grow on repeats, each counting its own.
 #[derive(Debug, Clone, Copy)]
@@ -93,7 +95,7 @@ pub enum Outcome {
         reason: String,
     },
     /// 5xx, a broken or silent stream, or a connection failure: a cooldown growing on repeats
-    /// (5 s → 30 s → 2 min → 10 min).
+    /// (5 s → 15 s → 30 s → 1 min).
     UpstreamError,
     /// A Cloudflare challenge: ~6 s cooldown.
     Challenge,
