@@ -1084,6 +1084,26 @@ async fn a_slow_upstream_gets_keepalives_for_streaming_clients() {
     assert!(body.ends_with("data: [DONE]\n\n"));
 }
 
+/// Headers sent early come with a first comment at once: a client reading the body does not
+/// wait a whole interval more (it got its first byte at twice the interval).
+#[tokio::test]
+async fn early_headers_come_with_a_first_keepalive() {
+    use http_body_util::BodyExt;
+    let h = harness_with(1, &[], |b| b.keepalive_interval(Duration::from_millis(300))).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::text("Finally").slow_first_byte(Duration::from_secs(2)),
+    );
+    let res = h.send(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let headers_at = std::time::Instant::now();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b": keep-alive\n\n");
+    let waited = headers_at.elapsed();
+    assert!(waited < Duration::from_millis(150), "{waited:?}");
+}
+
 #[tokio::test]
 async fn the_codex_cli_gets_its_own_usage_limit_answer() {
     let h = harness(1, &[]).await;

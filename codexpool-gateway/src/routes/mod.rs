@@ -264,7 +264,14 @@ enum BodyState {
     Done,
 }
 
+/// A keep-alive comment for a streaming client waiting on a slow upstream.
+const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+
 fn relay_body(state: BodyState) -> Body {
+    // Headers sent early go out with a first comment: a client reading the body should not wait
+    // a whole interval more for its first byte.
+    let opening = matches!(state, BodyState::Waiting { .. })
+        .then(|| Ok::<Bytes, Infallible>(Bytes::from_static(KEEPALIVE_COMMENT)));
     let stream = futures_util::stream::unfold(state, |state| async move {
         match state {
             BodyState::Done => None,
@@ -308,13 +315,16 @@ fn relay_body(state: BodyState) -> Body {
                         }
                     },
                     () = tokio::time::sleep(shared.keepalive) => {
-                        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), BodyState::Waiting { run, mode, refill, shared, pre_send, fallback, pending }))
+                        Some((Ok(Bytes::from_static(KEEPALIVE_COMMENT)), BodyState::Waiting { run, mode, refill, shared, pre_send, fallback, pending }))
                     }
                 }
             }
         }
     });
-    Body::from_stream(stream)
+    Body::from_stream(futures_util::StreamExt::chain(
+        futures_util::stream::iter(opening),
+        stream,
+    ))
 }
 
 /// The attempt loop failed after the headers went out: the error as the last event, in the
