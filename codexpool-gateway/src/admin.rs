@@ -169,6 +169,16 @@ pub enum AdminError {
         /// The address.
         url: String,
     },
+    /// A server runs on this database, but this process has no RPC token for it (the server
+    /// took its token from `RPC_TOKEN`, which is not set here the same way, and wrote no file).
+    #[error(
+        "a server runs on this database at {url}, but its RPC token is not available here (set \
+         CODEXPOOL_RPC_TOKEN as the server has it)"
+    )]
+    NoToken {
+        /// The address.
+        url: String,
+    },
     /// The server answered, but not with a result.
     #[error("the server at {url} answered {method}: {message}")]
     Failed {
@@ -185,7 +195,9 @@ pub enum AdminError {
 #[derive(Clone)]
 pub struct AdminClient {
     url: String,
-    token: Secret,
+    /// `None` when this process has none: the server is still found and proved (its address is
+    /// known), but not asked.
+    token: Option<Secret>,
     http: reqwest::Client,
     /// The file it was found through.
     file: Option<ServerFile>,
@@ -201,24 +213,22 @@ impl std::fmt::Debug for AdminClient {
 
 impl AdminClient {
     /// The servers on `config`'s database, as their files name them (oldest first), with the
-    /// RPC token from `RPC_TOKEN` or the `rpc-token` file; none when no server runs (or the
-    /// token is missing).
+    /// RPC token from `RPC_TOKEN` or the `rpc-token` file; none when no server runs. Without a
+    /// token they are still found and can be [verified](Self::verify) (their address is known),
+    /// but a [call](Self::call) is [`AdminError::NoToken`].
     pub fn find_all(config: &Config) -> Vec<Self> {
         let files = ServerFile::list(config);
         if files.is_empty() {
             return Vec::new();
         }
-        let token = match &config.rpc_token {
-            Some(t) => t.clone(),
-            None => match crate::server::read_token(&config.db_dir().join("rpc-token")) {
-                Some(t) => t,
-                None => return Vec::new(),
-            },
-        };
+        let token = config
+            .rpc_token
+            .clone()
+            .or_else(|| crate::server::read_token(&config.db_dir().join("rpc-token")));
         files
             .into_iter()
             .map(|f| {
-                let mut c = Self::new(f.url.clone(), token.clone());
+                let mut c = Self::with_token(f.url.clone(), token.clone());
                 c.file = Some(f);
                 c
             })
@@ -234,6 +244,10 @@ impl AdminClient {
 
     /// A client for the server at `url` (`http://host:port`) with this token.
     pub fn new(url: impl Into<String>, token: Secret) -> Self {
+        Self::with_token(url, Some(token))
+    }
+
+    fn with_token(url: impl Into<String>, token: Option<Secret>) -> Self {
         let http = reqwest::Client::builder()
             // The server is on this machine: a proxy from the environment must not catch it.
             .no_proxy()
@@ -296,6 +310,11 @@ impl AdminClient {
     /// first that the server there is the one that wrote it.
     pub async fn call(&self, method: &str, params: Value) -> Result<Value, AdminError> {
         self.verify().await?;
+        let Some(token) = &self.token else {
+            return Err(AdminError::NoToken {
+                url: self.url.clone(),
+            });
+        };
         let failed = |message: String| AdminError::Failed {
             url: self.url.clone(),
             method: method.to_owned(),
@@ -304,7 +323,7 @@ impl AdminClient {
         let res = self
             .http
             .post(format!("{}/rpc", self.url))
-            .bearer_auth(self.token.expose())
+            .bearer_auth(token.expose())
             .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
             .send()
             .await

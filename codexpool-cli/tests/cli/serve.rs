@@ -408,6 +408,43 @@ async fn listings_show_the_running_servers_cooldowns_and_requests_in_flight() {
     assert!(files().is_empty());
 }
 
+/// A server given its RPC token by the environment writes no token file: a CLI without it
+/// still finds the server's address (`key create`'s `base_url`), and says why it shows its
+/// own view instead of the server's, rather than passing it off as the server's.
+#[test]
+fn a_cli_without_the_servers_token_says_so() {
+    let env = Env::new();
+    env.add_accounts(&["acct-1"]);
+    let token = "0123456789abcdef0123456789abcdef01234567";
+    let (url, child) = env.serve(&[("CODEXPOOL_RPC_TOKEN", token)]);
+    let created = env.json(&["key", "create", "--name", "k"]);
+    assert_eq!(created["base_url"], format!("{url}/v1"));
+    let out = env
+        .cmd()
+        .args(["--json", "account", "list"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stderr}");
+    let list: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(list[0]["runtime"]["source"], "local", "{stdout}");
+    assert!(
+        stderr.contains("RPC token is not available here") && stderr.contains(&url),
+        "{stderr}"
+    );
+    let out = env
+        .cmd()
+        .env("CODEXPOOL_RPC_TOKEN", token)
+        .args(["--json", "account", "list"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&out);
+    let list: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(list[0]["runtime"]["source"], "server", "{stdout}");
+    assert!(stderr.is_empty(), "{stderr}");
+    stop(child);
+}
+
 /// A server file whose port something else took after a crash (another user's program): the
 /// CLI asks it to prove it wrote the file, and never sends it the RPC token.
 #[test]
