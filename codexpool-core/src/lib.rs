@@ -50,7 +50,7 @@ mod time;
 pub mod usage;
 mod writer;
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     /// request served on a shorter-lived runtime (a server's HTTP thread) must not end with it.
     pub runtime: tokio::runtime::Handle,
     watcher: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The store's data version this pool last reloaded at (see [`Pool::catch_up`]).
+    seen_version: AtomicU64,
 }
 
 impl Drop for Shared {
@@ -169,13 +171,15 @@ impl PoolBuilder {
             auth: auth::AuthState::new(),
             runtime: tokio::runtime::Handle::current(),
             watcher: Mutex::new(None),
+            seen_version: AtomicU64::new(0),
         });
         let pool = Pool { shared };
         let version = pool.shared.store.data_version().await?;
         pool.reload().await?;
+        pool.shared.seen_version.store(version, Ordering::Relaxed);
         let interval = self.watch_interval.unwrap_or(DEFAULT_WATCH_INTERVAL);
         if !interval.is_zero() {
-            let task = tokio::spawn(watch(Arc::downgrade(&pool.shared), interval, version));
+            let task = tokio::spawn(watch(Arc::downgrade(&pool.shared), interval));
             *sync::lock(&pool.shared.watcher) = Some(task.abort_handle());
         }
         Ok(pool)
@@ -183,7 +187,7 @@ impl PoolBuilder {
 }
 
 /// Polls the store's data version; reloads on change; writes last-used times now and then.
-async fn watch(weak: Weak<Shared>, interval: Duration, mut version: u64) {
+async fn watch(weak: Weak<Shared>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u32 = 0;
@@ -192,17 +196,8 @@ async fn watch(weak: Weak<Shared>, interval: Duration, mut version: u64) {
         let Some(shared) = weak.upgrade() else { return };
         let pool = Pool { shared };
         n = n.wrapping_add(1);
-        match pool.shared.store.data_version().await {
-            // The version counts as seen only once the reload worked: a failed one is tried
-            // again on the next tick, not only after a further change.
-            Ok(v) if v != version => match pool.reload().await {
-                Ok(()) => version = v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not reload after another process changed the pool");
-                }
-            },
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not check the database for changes"),
+        if let Err(e) = pool.catch_up().await {
+            tracing::warn!(error = %e, "could not catch up with changes another process made");
         }
         if n.is_multiple_of(STAMP_FLUSH_TICKS) {
             if let Err(e) = pool.flush_stamps().await {
@@ -276,6 +271,23 @@ impl Pool {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
+    }
+
+    /// Reloads when another process changed the store since this pool last did; whether it
+    /// did. The change watcher calls this every half second; a process that just changed the
+    /// store can ask a server to call it at once (the admin RPC's `pool/catch_up`), so that the
+    /// change holds there as soon as it is made.
+    pub async fn catch_up(&self) -> Result<bool> {
+        let shared = &self.shared;
+        let version = shared.store.data_version().await?;
+        if version == shared.seen_version.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        // The version counts as seen only once the reload worked: a failed one is tried again
+        // on the next call, not only after a further change.
+        self.reload().await?;
+        shared.seen_version.store(version, Ordering::Release);
+        Ok(true)
     }
 
     /// Re-reads accounts, keys and usage from the store, keeping runtime state (inflight,

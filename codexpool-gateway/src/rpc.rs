@@ -478,6 +478,8 @@ async fn call(pool: &Pool, method: &str, p: Value) -> Result<Value, RpcError> {
             query.oldest_first = q.oldest_first;
             to_value(pool.request_log().list(&query).await?)
         }
+        // Another process changed the database: read it now, not at the next look.
+        "pool/catch_up" => Ok(json!({"reloaded": pool.catch_up().await?})),
         "stats/summary" => {
             let q: Summary = params(p)?;
             let mut query = LedgerQuery::by(q.group_by.unwrap_or(LedgerGroup::Account));

@@ -63,6 +63,7 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
         Command::Config => config::config(&ctx),
         command => {
             let pool = ctx.open_pool().await?;
+            let changes = changes_the_pool(&command);
             // `account login` and `logs --follow` end on a signal themselves.
             let own_signals = matches!(
                 command,
@@ -79,9 +80,25 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
             // Usage readings and last-used times are written in batches, and a token refresh
             // the command started must be saved: all of it before the process ends.
             let flushed = pool.flush().await;
+            if changes && result.is_ok() {
+                runtime::tell_servers(&ctx).await;
+            }
             result?;
             Ok(flushed?)
         }
+    }
+}
+
+/// Whether a command writes accounts or keys: the servers on the database are told at once
+/// (they would see it within half a second; a script that uses a key it just made would not
+/// wait).
+fn changes_the_pool(command: &Command) -> bool {
+    match command {
+        Command::Key(k) => !matches!(k, KeyCommand::List),
+        Command::Account(a) => {
+            !matches!(a, AccountCommand::List(_) | AccountCommand::Export { .. })
+        }
+        _ => false,
     }
 }
 

@@ -114,6 +114,20 @@ impl Runtimes {
     }
 }
 
+/// Tells every server on this database that it changed, and waits until each has read it (or
+/// could not be asked: it then sees the change by itself within half a second).
+pub(super) async fn tell_servers(ctx: &Ctx) {
+    let mut told = tokio::task::JoinSet::new();
+    for client in AdminClient::find_all(&ctx.config) {
+        told.spawn(async move { client.call("pool/catch_up", serde_json::json!({})).await });
+    }
+    while let Some(answer) = told.join_next().await {
+        if let Ok(Err(e)) = answer {
+            tracing::debug!(error = %e, "a server was not told of the change");
+        }
+    }
+}
+
 /// The `base_url` an OpenAI client on this machine should use: the oldest server running on
 /// this database that answers, else `SERVICE_ADDR`.
 pub(super) async fn client_base_url(ctx: &Ctx) -> String {

@@ -408,6 +408,40 @@ async fn listings_show_the_running_servers_cooldowns_and_requests_in_flight() {
     assert!(files().is_empty());
 }
 
+/// A change the CLI makes holds at a running server when the command returns: a script that
+/// makes a key and uses it at once is not refused (the server would see it within half a
+/// second by itself), nor is a key it disabled still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_changes_hold_at_the_server_when_the_command_returns() {
+    let env = Env::new();
+    env.add_accounts(&["acct-1"]);
+    let (url, child) = env.serve(&[]);
+    let client = reqwest::Client::new();
+    let status_with = |secret: String| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(secret)
+                .json(&json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "Hi"}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for i in 0..5 {
+        let name = format!("k{i}");
+        let made = env.json(&["key", "create", "--name", &name]);
+        let secret = made["secret"].as_str().unwrap().to_string();
+        assert_eq!(status_with(secret.clone()).await, 200, "a key just made");
+        env.ok(&["key", "disable", &name]);
+        assert_eq!(status_with(secret).await, 403, "a key just disabled");
+    }
+    stop(child);
+}
+
 /// A server given its RPC token by the environment writes no token file: a CLI without it
 /// still finds the server's address (`key create`'s `base_url`), and says why it shows its
 /// own view instead of the server's, rather than passing it off as the server's.
