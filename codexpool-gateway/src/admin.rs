@@ -269,6 +269,11 @@ impl AdminClient {
         &self.url
     }
 
+    /// The serving process, for a client found through a server file.
+    pub fn pid(&self) -> Option<u32> {
+        self.file.as_ref().map(|f| f.pid)
+    }
+
     /// Whether the server at the file's address is the one that wrote it (nothing to check
     /// for a client made with [`AdminClient::new`]). [`AdminClient::call`] checks first.
     pub async fn verify(&self) -> Result<(), AdminError> {

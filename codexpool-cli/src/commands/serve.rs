@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 use codexpool_core::config::Source;
 use codexpool_core::{AccountFilter, Config, Pool};
+use codexpool_gateway::admin::AdminClient;
 use codexpool_gateway::{DEFAULT_SHUTDOWN_GRACE, RunningServer, Server, ServerError};
 
 use super::Ctx;
@@ -35,6 +36,17 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
         std::net::TcpListener::bind(config.service_addr)
             .map_err(|e| bind_failure(config.service_addr, &e, &origin))?;
     }
+    // Servers already running on this database (each will have its own requests in flight,
+    // cooldowns and kept responses): said in the banner.
+    let mut others = Vec::new();
+    for client in AdminClient::find_all(&config) {
+        if client.verify().await.is_ok() {
+            others.push(match client.pid() {
+                Some(pid) => format!("{} (pid {pid})", client.url()),
+                None => client.url().to_string(),
+            });
+        }
+    }
     // The default watcher stays on: the server follows changes other processes make.
     let pool = Pool::open(config.clone()).await?;
     let running = match Server::new(pool.clone())
@@ -52,7 +64,7 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
     let mut signals = super::Signals::new()?;
     // The banner is for whoever watches; a closed stdout (a pager that quit, a supervisor that
     // drops output) must not stop the server.
-    if let Err(e) = banner(ctx, &pool, &running) {
+    if let Err(e) = banner(ctx, &pool, &running, &others) {
         tracing::debug!(error = %e, "the banner could not be printed");
     }
     let signal = signals.recv().await;
@@ -105,7 +117,12 @@ pub fn bind_hint(e: &std::io::Error) -> String {
     }
 }
 
-fn banner(ctx: &Ctx, pool: &Pool, running: &RunningServer) -> anyhow::Result<()> {
+fn banner(
+    ctx: &Ctx,
+    pool: &Pool,
+    running: &RunningServer,
+    others: &[String],
+) -> anyhow::Result<()> {
     let out = &ctx.out;
     let accounts = pool.accounts().list(&AccountFilter::default());
     let usable = accounts
@@ -128,6 +145,14 @@ fn banner(ctx: &Ctx, pool: &Pool, running: &RunningServer) -> anyhow::Result<()>
     }
     if keys == 0 {
         warnings.push("no API keys yet: create one with `codexpool key create --name NAME`".into());
+    }
+    if !others.is_empty() {
+        warnings.push(format!(
+            "another server already runs on this database: {}; each keeps its own requests in \
+             flight, cooldowns and kept responses (a conversation that moves between them loses \
+             its previous_response_id)",
+            others.join(", ")
+        ));
     }
     let bound = running.local_addr();
     if !bound.ip().is_loopback() {

@@ -376,7 +376,13 @@ async fn listings_show_the_running_servers_cooldowns_and_requests_in_flight() {
     assert_eq!(files().len(), 2);
     assert_eq!(runtime_of(&ids[1])["inflight"], 1);
     assert!(runtime_of(&ids[0])["cooldown_until"].is_string());
-    stop(second);
+    // Its banner said the first one runs there.
+    let said = stop(second);
+    assert!(
+        said.contains("another server already runs on this database")
+            && said.contains(&format!("{url} (pid {})", child.id())),
+        "{said}"
+    );
     assert_eq!(files().len(), 1);
     assert!(runtime_of(&ids[0])["cooldown_until"].is_string());
     assert_eq!(slow.await.unwrap().unwrap().status(), 200);
