@@ -963,6 +963,24 @@ async fn a_fallback_json_answer_passes_and_an_unreachable_one_is_logged() {
     assert_eq!(row.error_class.as_deref(), Some("fallback_unreachable"));
 }
 
+/// What a client that went away leaves behind: its account free at once, the upstream request
+/// cancelled within 1 s, a row that says the client closed.
+async fn left_nothing_behind(h: &common::Harness, route: &str) {
+    assert_eq!(
+        h.pool.accounts().runtime(&h.ids[0]).unwrap().inflight,
+        0,
+        "{route}: released at once"
+    );
+    assert!(
+        h.fake
+            .wait_until_async(Duration::from_secs(1), |f| f.cancelled_streams() == 1)
+            .await,
+        "{route}: upstream cancelled within 1 s"
+    );
+    let row = &h.log().await[0];
+    assert_eq!(row.error_class.as_deref(), Some("client_closed"), "{row:?}");
+}
+
 #[tokio::test]
 async fn a_disconnecting_client_cancels_upstream_and_frees_the_account() {
     use http_body_util::BodyExt;
@@ -977,19 +995,7 @@ async fn a_disconnecting_client_cancels_upstream_and_frees_the_account() {
         assert!(first.data_ref().is_some());
         assert_eq!(h.pool.accounts().runtime(&h.ids[0]).unwrap().inflight, 1);
         drop(body);
-        assert_eq!(
-            h.pool.accounts().runtime(&h.ids[0]).unwrap().inflight,
-            0,
-            "{route}: released at once"
-        );
-        assert!(
-            h.fake
-                .wait_until_async(Duration::from_secs(1), |f| f.cancelled_streams() == 1)
-                .await,
-            "{route}: upstream cancelled within 1 s"
-        );
-        let row = &h.log().await[0];
-        assert_eq!(row.error_class.as_deref(), Some("client_closed"), "{row:?}");
+        left_nothing_behind(&h, route).await;
     }
 }
 
@@ -1008,19 +1014,7 @@ async fn a_client_giving_up_on_a_whole_answer_cancels_upstream() {
                 .is_err(),
             "{route}: a stalled answer is not whole"
         );
-        assert_eq!(
-            h.pool.accounts().runtime(&h.ids[0]).unwrap().inflight,
-            0,
-            "{route}: released with the request"
-        );
-        assert!(
-            h.fake
-                .wait_until_async(Duration::from_secs(1), |f| f.cancelled_streams() == 1)
-                .await,
-            "{route}: upstream cancelled within 1 s"
-        );
-        let row = &h.log().await[0];
-        assert_eq!(row.error_class.as_deref(), Some("client_closed"), "{row:?}");
+        left_nothing_behind(&h, route).await;
     }
 }
 

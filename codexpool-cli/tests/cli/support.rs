@@ -132,6 +132,15 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs a command that must succeed without a word on stderr (no warning, no note).
+    pub fn ok_silently(&self, args: &[&str]) {
+        let (code, stdout, stderr) = self.run(args);
+        assert!(
+            code == 0 && stderr.is_empty(),
+            "codexpool {args:?}: {stdout}{stderr}"
+        );
+    }
+
     /// Runs a command with `--json` that must succeed; returns the parsed stdout.
     pub fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
