@@ -264,11 +264,15 @@ pub fn percent(used_percent: f64) -> String {
     format!("{:.0}%", used_percent.clamp(0.0, 100.0))
 }
 
-/// A duration for people, two units at most: `45s`, `12m`, `2h 13m`, `3d 4h`.
+/// A duration for people, two units at most: `<1s`, `45s`, `1m 59s`, `12m`, `2h 13m`, `3d 4h`.
 pub fn duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
-        0..60 => format!("{s}s"),
+        0 if d.is_zero() => "0s".into(),
+        0 => "<1s".into(),
+        1..60 => format!("{s}s"),
+        // "1m" for 1 min 59 s was off by half.
+        60..3600 if !s.is_multiple_of(60) => format!("{}m {}s", s / 60, s % 60),
         60..3600 => format!("{}m", s / 60),
         3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
@@ -329,6 +333,9 @@ mod tests {
             "3d 4h"
         );
         assert_eq!(duration(Duration::from_secs(59)), "59s");
+        assert_eq!(duration(Duration::from_secs(119)), "1m 59s");
+        assert_eq!(duration(Duration::from_secs(720)), "12m");
+        assert_eq!(duration(Duration::from_millis(300)), "<1s");
         assert_eq!(millis(340), "340 ms");
         assert_eq!(millis(1250), "1.2 s");
         let now = Timestamp::from_secs(10_000);

@@ -3,7 +3,7 @@
 //!
 //! With `--json`, the banner is one JSON line: `{"url", "base_url", "addr", "db_path",
 //! "rpc_token_file" (null when CODEXPOOL_RPC_TOKEN is set), "accounts": {"usable", "total"},
-//! "keys", "warnings": [..]}`.
+//! "keys", "usable_keys" (enabled and not expired), "warnings": [..]}`.
 
 use std::net::SocketAddr;
 
@@ -129,7 +129,14 @@ fn banner(
         .iter()
         .filter(|a| pool.accounts().runtime(&a.id).is_ok_and(|r| r.usable))
         .count();
-    let keys = pool.keys().len();
+    let all_keys = pool.keys().list();
+    let keys = all_keys.len();
+    // Enabled and not expired: the ones a client can use now.
+    let now = pool.now();
+    let usable_keys = all_keys
+        .iter()
+        .filter(|k| k.enabled && k.expires_at.is_none_or(|t| t > now))
+        .count();
     let url = running.url();
     let base_url = format!("{url}/v1");
     let db = pool.config().db_path.display().to_string();
@@ -145,6 +152,10 @@ fn banner(
     }
     if keys == 0 {
         warnings.push("no API keys yet: create one with `codexpool key create --name NAME`".into());
+    } else if usable_keys == 0 {
+        warnings.push(
+            "no API key can be used (each is disabled or expired): see `codexpool key list`".into(),
+        );
     }
     if !others.is_empty() {
         warnings.push(format!(
@@ -171,6 +182,7 @@ fn banner(
             "rpc_token_file": running.rpc_token_file(),
             "accounts": {"usable": usable, "total": accounts.len()},
             "keys": keys,
+            "usable_keys": usable_keys,
             "warnings": warnings,
         }))?;
         return Ok(());
@@ -192,7 +204,7 @@ fn banner(
     let rows = [
         ("database", db),
         ("accounts", format!("{usable} usable of {}", accounts.len())),
-        ("keys", keys.to_string()),
+        ("keys", format!("{usable_keys} usable of {keys}")),
         ("admin", rpc),
         (
             "base_url",

@@ -27,6 +27,7 @@ async fn serve_answers_rpc_and_chat_then_stops_gracefully_on_sigterm() {
     assert!(banner.contains(&format!("{url}/v1")), "{banner}");
     let seen = lines.seen.join("\n");
     assert!(seen.contains("accounts  1 usable of 1"), "{seen}");
+    assert!(seen.contains("keys      1 usable of 1"), "{seen}");
     assert!(seen.contains(&env.db().display().to_string()), "{seen}");
     let token_file = env.db().parent().unwrap().join("rpc-token");
     assert!(seen.contains(&token_file.display().to_string()), "{seen}");
@@ -585,6 +586,31 @@ fn serve_listens_beyond_loopback_only_when_allowed() {
             .as_str()
             .unwrap()
             .contains("other machines can reach the gateway")),
+        "{banner}"
+    );
+    stop(child);
+}
+
+/// Keys that exist but none of which can be used (disabled, expired) are said in the banner,
+/// as no keys at all are.
+#[test]
+fn the_banner_says_when_no_key_can_be_used() {
+    let env = Env::new();
+    env.add_accounts(&["acct-1"]);
+    env.key_secret("off");
+    env.ok(&["key", "disable", "off"]);
+    let mut child = env.spawn(&["--json", "serve", "--addr", "127.0.0.1:0"], &[]);
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    let banner: Value = lines.find(|l| serde_json::from_str(l).ok());
+    assert_eq!(
+        (&banner["keys"], &banner["usable_keys"]),
+        (&json!(1), &json!(0))
+    );
+    let warnings = banner["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("no API key can be used")),
         "{banner}"
     );
     stop(child);
