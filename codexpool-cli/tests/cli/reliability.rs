@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{Env, finish, signal};
+use crate::support::{Env, chat_status, finish, signal};
 
 /// What the load saw: answers read whole with 200, every other answer (status, body), and
 /// requests that got no answer (the connection failed or broke).
@@ -194,28 +194,14 @@ async fn cli_changes_reach_a_busy_server_within_a_second() {
     let (tasks, seen) = load(&url, &load_key, 6, stop.clone());
     until_answered(&seen.ok, 20).await;
     let client = reqwest::Client::new();
-    let status_of = |secret: String| {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            client
-                .post(format!("{url}/v1/chat/completions"))
-                .bearer_auth(secret)
-                .json(&json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "ping"}]}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(status_of(victim_secret.clone()).await, 200);
+    assert_eq!(chat_status(&url, &victim_secret).await, 200);
 
     // A key disabled by the CLI is refused by the server within a second (counted from when
     // the CLI is done: the change is made then; the server's watcher looks every 500 ms).
     env.ok(&["key", "disable", &victim_id]);
     let t = Instant::now();
     loop {
-        match status_of(victim_secret.clone()).await {
+        match chat_status(&url, &victim_secret).await {
             403 => break,
             200 => {}
             other => panic!("the key's request got {other}"),

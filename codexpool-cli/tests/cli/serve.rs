@@ -8,7 +8,7 @@ use codexpool_core::request_log::RequestLogQuery;
 use codexpool_testkit::Reply;
 use serde_json::{Value, json};
 
-use crate::support::{Env, Lines, finish, signal, stop, texts};
+use crate::support::{Env, Lines, chat_status, finish, signal, stop, texts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_rpc_and_chat_then_stops_gracefully_on_sigterm() {
@@ -423,28 +423,13 @@ async fn cli_changes_hold_at_the_server_when_the_command_returns() {
     let env = Env::new();
     env.add_accounts(&["acct-1"]);
     let (url, child) = env.serve(&[]);
-    let client = reqwest::Client::new();
-    let status_with = |secret: String| {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            client
-                .post(format!("{url}/v1/chat/completions"))
-                .bearer_auth(secret)
-                .json(&json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "Hi"}]}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
     for i in 0..5 {
         let name = format!("k{i}");
         let made = env.json(&["key", "create", "--name", &name]);
         let secret = made["secret"].as_str().unwrap().to_string();
-        assert_eq!(status_with(secret.clone()).await, 200, "a key just made");
+        assert_eq!(chat_status(&url, &secret).await, 200, "a key just made");
         env.ok(&["key", "disable", &name]);
-        assert_eq!(status_with(secret).await, 403, "a key just disabled");
+        assert_eq!(chat_status(&url, &secret).await, 403, "a key just disabled");
     }
     stop(child);
 }

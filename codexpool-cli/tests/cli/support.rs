@@ -229,6 +229,19 @@ fn regex_escape(s: &str) -> String {
     out
 }
 
+/// The status a short chat request with `secret` gets from the gateway at `url`.
+pub async fn chat_status(url: &str, secret: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(secret)
+        .json(&serde_json::json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// stdout and stderr of a finished command, as text.
 pub fn texts(o: &std::process::Output) -> (String, String) {
     (
