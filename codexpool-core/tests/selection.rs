@@ -747,8 +747,8 @@ async fn groups_restrict_and_name_themselves_in_errors() {
 
 #[tokio::test]
 async fn failover_excludes_tried_accounts() {
-    let (pool, _) = pool_with(&[]).await;
-    let ids = add_accounts(&pool, 2).await;
+    let (pool, clock) = pool_with(&[]).await;
+    let ids = add_accounts(&pool, 3).await;
     let tried = vec![ids[0].clone()];
     assert_eq!(
         pool.accounts()
@@ -758,14 +758,45 @@ async fn failover_excludes_tried_accounts() {
             .account_id(),
         ids[1]
     );
-    let both = ids.clone();
+    let all = ids.clone();
+    let err = pool
+        .accounts()
+        .acquire(&Demand::any().tried(&all))
+        .await
+        .unwrap_err();
     assert_eq!(
-        pool.accounts()
-            .acquire(&Demand::any().tried(&both))
-            .await
-            .unwrap_err(),
-        PoolError::AllTried { tried: 2 }
+        err,
+        PoolError::AllTried {
+            tried: 3,
+            back_at: None
+        }
     );
+    assert_eq!(err.retry_at(), None);
+    // One of them cooling down after a refusal: when it is back is when to try again.
+    let lease = pool
+        .accounts()
+        .acquire(&Demand::any().tried(&ids[..2]))
+        .await
+        .unwrap();
+    assert_eq!(lease.account_id(), ids[2]);
+    lease
+        .report(Outcome::RateLimited { retry_after: None })
+        .await;
+    let back = pool.accounts().runtime(&ids[2]).unwrap().cooldown_until;
+    assert!(back.is_some_and(|t| t > clock.now_ts()));
+    let err = pool
+        .accounts()
+        .acquire(&Demand::any().tried(&ids[..2]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        PoolError::AllTried {
+            tried: 2,
+            back_at: back
+        }
+    );
+    assert_eq!(err.retry_at(), back);
 }
 
 #[tokio::test]

@@ -253,12 +253,18 @@ impl ApiError {
                 e.to_string(),
             )
             .retry_after(1),
-            _ => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "no_account_available",
-                e.to_string(),
-            ),
+            _ => {
+                let err = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "no_account_available",
+                    e.to_string(),
+                );
+                match e.retry_at() {
+                    Some(at) => err.retry_after(secs_until(at)),
+                    None => err,
+                }
+            }
         }
     }
 
@@ -306,7 +312,14 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Some(secs) = self.retry_after {
+        // 429 and 503 always say when to come back. Without a known time, in a second: what
+        // waiting can mend (an account freed, a sign-in renewed or added with the CLI, which a
+        // running server sees within a second) is as likely then as later.
+        let busy = matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        );
+        if let Some(secs) = self.retry_after.or(busy.then_some(1)) {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
@@ -350,6 +363,54 @@ mod tests {
         let res = e.into_response();
         assert_eq!(res.headers()[header::RETRY_AFTER], "90");
         assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn every_pool_refusal_says_when_to_come_back() {
+        let now = Timestamp::from_secs(1000);
+        let back = Timestamp::from_secs(1012);
+        let cases = [
+            (PoolError::NoAccounts, "1"),
+            (PoolError::NoneInGroups { groups: vec![] }, "1"),
+            (
+                PoolError::NoneActive {
+                    disabled: 1,
+                    needs_login: 1,
+                    banned: 0,
+                },
+                "1",
+            ),
+            (PoolError::Exhausted { resets_at: back }, "12"),
+            (PoolError::CoolingDown { until: back }, "12"),
+            (
+                PoolError::Busy {
+                    cap: 1,
+                    waited: std::time::Duration::ZERO,
+                },
+                "1",
+            ),
+            (
+                PoolError::AllTried {
+                    tried: 2,
+                    back_at: None,
+                },
+                "1",
+            ),
+            (
+                PoolError::AllTried {
+                    tried: 2,
+                    back_at: Some(back),
+                },
+                "12",
+            ),
+        ];
+        for (e, secs) in cases {
+            let res = ApiError::from_pool(&e, now).into_response();
+            assert_eq!(res.headers()[header::RETRY_AFTER], secs, "{e}");
+        }
+        // Other statuses promise nothing.
+        let res = ApiError::bad_request("x", "y").into_response();
+        assert!(!res.headers().contains_key(header::RETRY_AFTER));
     }
 
     #[test]

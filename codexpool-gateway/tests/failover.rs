@@ -340,6 +340,17 @@ async fn accounts_that_cannot_serve_any_more_are_a_503() {
         (None, "token_refresh_failed"),
         (Some(Reply::Deactivated), "account_deactivated"),
     ] {
+        // Alone, nothing cools down: still a time to come back (a new sign-in may be there by
+        // then).
+        let h = harness(1, &[]).await;
+        match &dead {
+            Some(reply) => h.fake.push_reply("acct-0", reply.clone()),
+            None => h.fake.revoke_sessions("acct-0"),
+        }
+        let (status, headers, body) = h.call(h.post("/v1/chat/completions", chat(false))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(headers["retry-after"], "1", "{headers:?}");
+
         let h = harness(2, &[]).await;
         h.fake.push_reply("acct-0", Reply::Overloaded);
         match dead {
@@ -364,8 +375,10 @@ async fn accounts_that_cannot_serve_any_more_are_a_503() {
 #[tokio::test]
 async fn an_empty_pool_is_a_503() {
     let h = harness(0, &[]).await;
-    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    let (status, headers, body) = h.call(h.post("/v1/chat/completions", chat(false))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "1", "{headers:?}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "no_account_available");
     assert!(
         v["error"]["message"]

@@ -85,6 +85,8 @@ pub enum PoolError {
     AllTried {
         /// How many.
         tried: usize,
+        /// When the first account that is cooling down or exhausted is usable again, if any is.
+        back_at: Option<Timestamp>,
     },
 }
 
@@ -94,6 +96,7 @@ impl PoolError {
         match self {
             Self::Exhausted { resets_at } => Some(*resets_at),
             Self::CoolingDown { until } => Some(*until),
+            Self::AllTried { back_at, .. } => *back_at,
             _ => None,
         }
     }

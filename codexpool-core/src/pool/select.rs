@@ -198,7 +198,11 @@ fn classify(table: &Table, demand: &Demand<'_>, now: i64, cap: u32) -> Failure {
         return Failure::Busy;
     }
     if tried > 0 {
-        return Failure::Final(PoolError::AllTried { tried });
+        let back_at = exhausted.into_iter().chain(cooling).min();
+        return Failure::Final(PoolError::AllTried {
+            tried,
+            back_at: back_at.map(Timestamp::from_millis),
+        });
     }
     if cooling_or_exhausted == 0 {
         let [_, disabled, needs_login, banned] = by_status;
