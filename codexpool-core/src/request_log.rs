@@ -67,7 +67,7 @@ pub struct RequestLogEntry {
     pub ttfb_ms: Option<u64>,
     /// Token counts, when the upstream reported them.
     pub tokens: Option<TokenCounts>,
-    /// The class of failure (`usage_limit`, `upstream_cut`, `client_closed`, …).
+    /// The class of failure (`usage_limit`, `upstream_cut`, `client_closed`, `server_stopped`, …).
     pub error_class: Option<String>,
     /// Whether the fallback upstream served it.
     pub fallback: bool,

@@ -82,6 +82,9 @@ pub(crate) struct Shared {
     pub keepalive: std::time::Duration,
     /// The responses kept for `previous_response_id` and `item_reference` (`None`: keep none).
     pub responses: Option<Arc<stored::ResponseStore>>,
+    /// Set when a server ends the streams still open after its shutdown grace: their log rows
+    /// say `server_stopped`, not that the client left.
+    pub stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The OpenAI-compatible gateway over a [`Pool`]. Cheap to clone.
@@ -131,6 +134,7 @@ impl GatewayBuilder {
             preview_max: config.trace_body_preview_max_bytes,
             keepalive: self.keepalive,
             responses: stored::ResponseStore::for_pool(&self.pool),
+            stopped: Arc::default(),
             pool: self.pool,
         });
         let router = Gateway::routes(shared.clone());

@@ -1,7 +1,10 @@
 //! `Record`: the request-log row of one client request, filled in as the request goes and
 //! written exactly once — when the response ends, or when the client goes away (then with
-//! `client_closed`). Also writes the token-ledger entry when the upstream reported usage.
+//! `client_closed`, or `server_stopped` when the server ended it). Also writes the token-ledger
+//! entry when the upstream reported usage.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use codexpool_core::Pool;
@@ -15,6 +18,8 @@ pub(crate) struct Record {
     pub entry: RequestLogEntry,
     started: Instant,
     written: bool,
+    /// The gateway's flag for streams its server ended (see `Shared::stopped`).
+    stopped: Option<Arc<AtomicBool>>,
 }
 
 /// Converts the adapters' usage to the ledger's.
@@ -36,7 +41,14 @@ impl Record {
             entry,
             started: Instant::now(),
             written: false,
+            stopped: None,
         }
+    }
+
+    /// Dropped unfinished while this flag is set, the row says `server_stopped`.
+    pub fn ended_by(mut self, stopped: &Arc<AtomicBool>) -> Self {
+        self.stopped = Some(stopped.clone());
+        self
     }
 
     /// Milliseconds since the request arrived.
@@ -89,13 +101,22 @@ impl Drop for Record {
                 self.finish(500, Some("internal_error"), None);
                 return;
             }
-            // The response was dropped before it ended: the client went away.
-            let status = if self.entry.status == 0 {
-                499
+            // The response was dropped before it ended: the client went away, or the server
+            // stopping ended it.
+            let by_server = self
+                .stopped
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed));
+            let (unanswered, class) = if by_server {
+                (503, "server_stopped")
             } else {
-                self.entry.status
+                (499, "client_closed")
             };
-            self.finish(status, Some("client_closed"), None);
+            let status = match self.entry.status {
+                0 => unanswered,
+                s => s,
+            };
+            self.finish(status, Some(class), None);
         }
     }
 }

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -335,7 +335,10 @@ impl Server {
             Apps { local, remote },
             workers,
             stop_rx,
-            self.grace,
+            Ending {
+                grace: self.grace,
+                stopped: gateway.shared.stopped.clone(),
+            },
             config.gateway_keepalive_interval,
         ));
         Ok(RunningServer {
@@ -480,12 +483,20 @@ impl Workers {
     }
 }
 
+/// How a stopping server ends its connections.
+struct Ending {
+    /// How long open streams may go on.
+    grace: Duration,
+    /// Set before the streams left after the grace are ended (see `Shared::stopped`).
+    stopped: Arc<AtomicBool>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     apps: Apps,
     mut workers: Workers,
     mut stop: watch::Receiver<bool>,
-    grace: Duration,
+    ending: Ending,
     keepalive: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -535,16 +546,17 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    if tokio::time::timeout(ending.grace, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
-            grace_secs = grace.as_secs(),
+            grace_secs = ending.grace.as_secs(),
             open = connections.len(),
             "open streams outlived the shutdown grace; closing them"
         );
         // Dropping a connection drops its requests: leases go back, log rows are queued.
+        ending.stopped.store(true, Ordering::Relaxed);
         connections.shutdown().await;
     }
     workers.stop().await;

@@ -691,6 +691,7 @@ async fn a_stream_open_past_the_shutdown_grace_is_closed_and_logged() {
     let (e, key) = env_with_an_account(&[]).await;
     e.fake
         .push_reply("acct-0", Reply::StallMidStream { after_deltas: 2 });
+    e.fake.push_reply("acct-0", Reply::HangForever);
     let srv = Server::new(e.pool.clone())
         .addr("127.0.0.1:0".parse().unwrap())
         .background_tasks(false)
@@ -698,16 +699,25 @@ async fn a_stream_open_past_the_shutdown_grace_is_closed_and_logged() {
         .start()
         .await
         .unwrap();
-    let mut res = reqwest::Client::new()
-        .post(format!("{}/chat/completions", srv.base_url()))
-        .bearer_auth(key.secret.expose())
-        .json(&common::chat(true))
-        .send()
-        .await
-        .unwrap();
+    let ask = |stream: bool| {
+        reqwest::Client::new()
+            .post(format!("{}/chat/completions", srv.base_url()))
+            .bearer_auth(key.secret.expose())
+            .json(&common::chat(stream))
+            .send()
+    };
+    let mut res = ask(true).await.unwrap();
     assert_eq!(res.status().as_u16(), 200);
     assert!(res.chunk().await.unwrap().is_some(), "the stream started");
-    assert_eq!(e.pool.accounts().total_inflight(), 1);
+    // And one still waiting for its answer.
+    let waiting = tokio::spawn(ask(false));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while e.pool.accounts().total_inflight() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the second request reached the upstream");
 
     tokio::time::timeout(Duration::from_secs(10), srv.stop())
         .await
@@ -721,8 +731,22 @@ async fn a_stream_open_past_the_shutdown_grace_is_closed_and_logged() {
     assert!(rest.is_ok(), "the stream was closed");
     assert_eq!(e.pool.accounts().total_inflight(), 0, "the lease went back");
     let rows = log_rows(&e.pool).await;
-    assert_eq!(rows.len(), 1, "the row was written before the final flush");
-    assert!(rows[0].error_class.is_some(), "{:?}", rows[0]);
+    assert!(waiting.await.unwrap().is_err(), "its connection was closed");
+    // The rows were written before the final flush, and say the server ended them, not the
+    // client (the one that got no answer is a 503).
+    let mut seen: Vec<_> = rows
+        .iter()
+        .map(|r| (r.stream, r.status, r.error_class.as_deref()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (false, 503, Some("server_stopped")),
+            (true, 200, Some("server_stopped"))
+        ],
+        "{rows:?}"
+    );
 }
 
 /// Another process finds the servers on a database through their files in `servers/` and

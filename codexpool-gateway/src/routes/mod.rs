@@ -633,7 +633,8 @@ impl Intake {
             request_id(&headers),
             route,
             Some(key.id.clone()),
-        );
+        )
+        .ended_by(&shared.stopped);
         let arrived = Instant::now();
         let bytes = match read_body(&headers, body, shared.max_body).await {
             Ok(b) => b,
