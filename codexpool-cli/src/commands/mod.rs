@@ -14,9 +14,11 @@ pub mod serve;
 mod tokens;
 mod usage;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use codexpool_core::config::ConfigError;
+use codexpool_core::store::MemoryStore;
 use codexpool_core::{Config, Pool};
 
 use crate::Failure;
@@ -38,18 +40,24 @@ impl Ctx {
     /// Opens the pool for a one-shot command. No change watcher: the command reads what it
     /// needs right away, and `serve` is the process that must follow others' changes.
     ///
-    /// A database that is not there yet is created, and the note says so (a mistyped `--db`
-    /// would otherwise show an empty pool without a word).
-    pub async fn open_pool(&self) -> anyhow::Result<Pool> {
+    /// A database that is not there yet is created for a command that stores something; one
+    /// that only reads shows the empty pool it would find without making a file (a mistyped
+    /// `--db` leaves nothing behind). Either way the note says so: a mistyped `--db` would
+    /// otherwise show an empty pool without a word.
+    pub async fn open_pool(&self, reads_only: bool) -> anyhow::Result<Pool> {
         let path = &self.config.db_path;
         let new = !path.exists();
-        let pool = Pool::builder(self.config.clone())
-            .watch_interval(Duration::ZERO)
-            .open()
-            .await?;
+        let mut pool = Pool::builder(self.config.clone()).watch_interval(Duration::ZERO);
+        if new && reads_only {
+            pool = pool.store(Arc::new(MemoryStore::new()));
+        }
+        let pool = pool.open().await?;
         if new {
-            self.out
-                .note(format!("Created a new database at {}.", path.display()));
+            self.out.note(if reads_only {
+                format!("No database at {} yet: nothing is stored.", path.display())
+            } else {
+                format!("Created a new database at {}.", path.display())
+            });
         }
         Ok(pool)
     }
@@ -62,8 +70,10 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
         Command::Demo => demo::demo(&ctx).await,
         Command::Config => config::config(&ctx),
         command => {
-            let pool = ctx.open_pool().await?;
             let changes = changes_the_pool(&command);
+            // `logs --follow` waits for what a server will write there.
+            let reads_only = !changes && !matches!(&command, Command::Logs(l) if l.follow);
+            let pool = ctx.open_pool(reads_only).await?;
             // `account login` and `logs --follow` end on a signal themselves.
             let own_signals = matches!(
                 command,

@@ -452,7 +452,7 @@ fn a_failed_take_over_still_prints_the_report() {
 #[test]
 fn an_import_the_database_refuses_fails() {
     let env = Env::new();
-    env.ok(&["key", "list"]); // makes the database
+    env.make_db();
     let db = rusqlite::Connection::open(env.db()).unwrap();
     db.execute_batch(
         "CREATE TRIGGER full BEFORE INSERT ON accounts BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",

@@ -12,7 +12,7 @@ use crate::support::{BIN, Env, texts};
 fn unknown_ids_name_what_was_asked_for() {
     let env = Env::new();
     // A database that exists (a new one is announced before anything else).
-    env.ok(&["-q", "key", "list"]);
+    env.make_db();
     let mut errors = Vec::new();
     for args in [
         &["account", "disable", "zzzz"][..],
@@ -68,7 +68,7 @@ async fn an_ambiguous_prefix_lists_the_candidates() {
 #[test]
 fn malformed_import_files_are_reported_and_fail() {
     let env = Env::new();
-    env.ok(&["-q", "key", "list"]);
+    env.make_db();
     std::fs::write(env.path().join("bad.json"), "{not json").unwrap();
     std::fs::write(
         env.path().join("empty.json"),
@@ -190,7 +190,14 @@ fn a_database_directory_that_cannot_be_created() {
     let db = env.path().join("file").join("sub").join("codexpool.db");
     let o = env
         .cmd()
-        .args(["--db", db.to_str().unwrap(), "account", "list"])
+        .args([
+            "--db",
+            db.to_str().unwrap(),
+            "key",
+            "create",
+            "--name",
+            "laptop",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -213,7 +220,14 @@ fn a_database_directory_that_cannot_be_created() {
     if !privileged || std::path::Path::new("/sys/kernel").exists() {
         let o = env
             .cmd()
-            .args(["--db", denied.to_str().unwrap(), "key", "list"])
+            .args([
+                "--db",
+                denied.to_str().unwrap(),
+                "key",
+                "create",
+                "--name",
+                "laptop",
+            ])
             .output()
             .unwrap();
         assert_eq!(o.status.code(), Some(1));

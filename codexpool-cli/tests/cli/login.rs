@@ -3,7 +3,7 @@
 use codexpool_testkit::FakeAccount;
 use serde_json::Value;
 
-use crate::support::{Env, Lines, finish, signal, texts};
+use crate::support::{Env, Lines, Spawned, finish, signal, texts};
 
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
@@ -14,7 +14,7 @@ fn no_redirects() -> reqwest::Client {
 
 /// Starts `account login --no-browser` on a free callback port; returns the child, its
 /// output, the authorize URL and the callback address it printed.
-fn start_login(env: &Env, extra: &[&str]) -> (std::process::Child, Lines, String, String) {
+fn start_login(env: &Env, extra: &[&str]) -> (Spawned, Lines, String, String) {
     let mut args = vec!["account", "login", "--no-browser"];
     args.extend_from_slice(extra);
     let mut child = env.spawn(&args, &[("CODEXPOOL_LOGIN_ADDR", "127.0.0.1:0")]);

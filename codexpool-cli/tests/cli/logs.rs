@@ -229,17 +229,35 @@ async fn a_filter_that_matches_nothing_says_so() {
         err.trim_end(),
         format!("No request matches --key {unused}; `codexpool logs` shows them all.")
     );
-    // Without a filter, an empty log still says how to fill it. A database that was not there
-    // is announced, once: a mistyped --db is no silent empty pool.
+    // Without a filter, an empty log still says how to fill it. A database that is not there
+    // is said so, and not made by a command that only reads: a mistyped --db is no silent
+    // empty pool, and leaves no file behind.
     let empty = Env::new();
-    let o = empty.cmd().arg("logs").output().unwrap();
-    let (_, err) = crate::support::texts(&o);
-    let created = format!("Created a new database at {}.", empty.db().display());
-    assert_eq!(err.lines().next(), Some(created.as_str()), "{err}");
-    assert!(
-        err.lines().nth(1).unwrap().starts_with("No requests yet."),
-        "{err}"
+    let missing = format!(
+        "No database at {} yet: nothing is stored.",
+        empty.db().display()
     );
+    for _ in 0..2 {
+        let o = empty.cmd().arg("logs").output().unwrap();
+        assert!(o.status.success());
+        let (_, err) = crate::support::texts(&o);
+        assert_eq!(err.lines().next(), Some(missing.as_str()), "{err}");
+        assert!(
+            err.lines().nth(1).unwrap().starts_with("No requests yet."),
+            "{err}"
+        );
+        assert!(!empty.db().exists());
+    }
+    // The first command that stores something makes it, and says so once.
+    let created = format!("Created a new database at {}.", empty.db().display());
+    let o = empty
+        .cmd()
+        .args(["key", "create", "--name", "first"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(crate::support::texts(&o).1.contains(&created));
+    assert!(empty.db().exists());
     let o = empty.cmd().arg("logs").output().unwrap();
     assert!(crate::support::texts(&o).1.starts_with("No requests yet."));
     // Not in JSON: stdout stays one document, stderr quiet.

@@ -2,6 +2,7 @@
 //! the real `codexpool` binary run against both with a clean environment.
 
 use std::io::{BufRead, BufReader, Read};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
@@ -80,8 +81,8 @@ impl Env {
     }
 
     /// The same command line for a long-running child.
-    pub fn spawn(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Child {
-        std::process::Command::new(BIN)
+    pub fn spawn(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Spawned {
+        let child = std::process::Command::new(BIN)
             .env_clear()
             .envs(self.vars())
             .envs(extra_env.iter().copied())
@@ -93,12 +94,13 @@ impl Env {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        Spawned(child)
     }
 
     /// Starts `serve` on a free port, with these variables on top of the usual ones; its URL
     /// and the child.
-    pub fn serve(&self, extra_env: &[(&str, &str)]) -> (String, Child) {
+    pub fn serve(&self, extra_env: &[(&str, &str)]) -> (String, Spawned) {
         let mut child = self.spawn(&["serve", "--addr", "127.0.0.1:0"], extra_env);
         let mut lines = Lines::new(child.stdout.take().unwrap());
         let url = lines.find(|l| {
@@ -187,6 +189,16 @@ impl Env {
                     .to_string()
             })
             .collect()
+    }
+
+    /// Makes the (empty) database, as the first command that stores something would.
+    pub fn make_db(&self) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async { self.pool().await.flush().await.unwrap() });
+        assert!(self.db().exists());
     }
 
     /// The pool on the same database, opened in the test process (as another process would).
@@ -303,6 +315,32 @@ impl Lines {
     }
 }
 
+/// A child this test started: killed when dropped while still running, so a test that fails
+/// before it stops its `codexpool serve` leaves no process behind.
+pub struct Spawned(Child);
+
+impl Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Sends a signal with `kill(1)`: no unsafe code, no extra crate.
 pub fn signal(child: &Child, name: &str) {
     let status = std::process::Command::new("kill")
@@ -314,7 +352,7 @@ pub fn signal(child: &Child, name: &str) {
 }
 
 /// Stops a server child with SIGTERM and checks it exits cleanly; returns its stderr.
-pub fn stop(child: Child) -> String {
+pub fn stop(child: Spawned) -> String {
     signal(&child, "TERM");
     let (status, stderr) = finish(child, 40);
     assert!(status.success(), "{status:?}\n{stderr}");
@@ -322,7 +360,7 @@ pub fn stop(child: Child) -> String {
 }
 
 /// Waits for a child to exit (at most `secs`); returns its status and stderr.
-pub fn finish(mut child: Child, secs: u64) -> (std::process::ExitStatus, String) {
+pub fn finish(mut child: Spawned, secs: u64) -> (std::process::ExitStatus, String) {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
