@@ -1,7 +1,7 @@
 //! `codexpool serve`: runs the gateway with its admin API and background tasks until SIGINT or
 //! SIGTERM, then stops gracefully (open streams get up to 30 s, queued records are written).
 //!
-//! With `--json`, the banner is one JSON line: `{"url", "base_url", "addr", "db_path",
+//! With `--json`, the banner is one JSON line: `{"url", "base_url", "addr", "db_path" (absolute),
 //! "rpc_token_file" (null when CODEXPOOL_RPC_TOKEN is set), "accounts": {"usable", "total"},
 //! "keys", "usable_keys" (enabled and not expired), "warnings": [..]}`.
 
@@ -139,7 +139,12 @@ fn banner(
         .count();
     let url = running.url();
     let base_url = format!("{url}/v1");
-    let db = pool.config().db_path.display().to_string();
+    // Absolute: a script reads it from another directory.
+    let db_path = &pool.config().db_path;
+    let db = std::path::absolute(db_path)
+        .unwrap_or_else(|_| db_path.clone())
+        .display()
+        .to_string();
     let mut warnings = pool.config().warnings.clone();
     if accounts.is_empty() {
         warnings.push(

@@ -601,6 +601,29 @@ fn the_banner_says_when_no_key_can_be_used() {
     stop(child);
 }
 
+/// `--json` gives the database's path whole: a script reads it from another directory.
+#[test]
+fn the_json_banner_gives_an_absolute_database_path() {
+    let env = Env::new();
+    let mut child = env.spawn_on(
+        "here.db".as_ref(),
+        &["--json", "serve", "--addr", "127.0.0.1:0"],
+        &[],
+    );
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    let banner: Value = lines.find(|l| serde_json::from_str(l).ok());
+    let expected = env.path().canonicalize().unwrap().join("here.db");
+    assert_eq!(
+        std::path::Path::new(banner["db_path"].as_str().unwrap())
+            .canonicalize()
+            .unwrap(),
+        expected,
+        "{banner}"
+    );
+    assert!(banner["db_path"].as_str().unwrap().starts_with('/'));
+    stop(child);
+}
+
 /// Makes a file read-only for this process until dropped: `chattr +i` for root (which ignores
 /// permissions), mode 0444 otherwise. `None` when the file stays writable (no `chattr`, or a
 /// filesystem without the flag).

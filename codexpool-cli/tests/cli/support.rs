@@ -82,13 +82,23 @@ impl Env {
 
     /// The same command line for a long-running child.
     pub fn spawn(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Spawned {
+        self.spawn_on(self.db().as_os_str(), args, extra_env)
+    }
+
+    /// [`spawn`](Self::spawn) with `--db db` (relative to the temporary directory).
+    pub fn spawn_on(
+        &self,
+        db: &std::ffi::OsStr,
+        args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Spawned {
         let child = std::process::Command::new(BIN)
             .env_clear()
             .envs(self.vars())
             .envs(extra_env.iter().copied())
             .current_dir(self.path())
             .arg("--db")
-            .arg(self.db())
+            .arg(db)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
