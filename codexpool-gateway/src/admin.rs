@@ -3,7 +3,8 @@
 //! Requests in flight and cooldowns live in the serving process's memory, so a CLI (or any tool)
 //! opening the same database sees none of them. A [`Server`](crate::Server) on a database file
 //! says where it listens in `servers/<pid>-<port>.json` beside the database (written at start,
-//! removed at stop; one file per server, as several may share a database);
+//! removed at stop; one file per server, as several may share a database; the file names the
+//! database, as other databases may share the folder);
 //! [`AdminClient::find_all`] reads them and the RPC token (`RPC_TOKEN`, else the `rpc-token`
 //! file), and [`AdminClient::call`] asks a server's admin RPC. A server that crashed leaves its
 //! file behind: nobody answers there ([`AdminError::NotRunning`]); callers pass over it, and may
@@ -46,6 +47,9 @@ pub struct ServerFile {
     pub pid: u32,
     /// The port it listens on (with the process, the file's name).
     pub port: u16,
+    /// The file name of the database it serves (in the folder the file is in).
+    #[serde(default)]
+    pub db: String,
     /// The server's proof secret (random per start).
     secret: String,
 }
@@ -56,6 +60,7 @@ impl std::fmt::Debug for ServerFile {
             .field("url", &self.url)
             .field("pid", &self.pid)
             .field("port", &self.port)
+            .field("db", &self.db)
             .finish_non_exhaustive()
     }
 }
@@ -78,13 +83,23 @@ pub(crate) fn random_hex() -> String {
         .collect()
 }
 
+/// The name servers' files give `config`'s database by.
+fn db_name(config: &Config) -> String {
+    config
+        .db_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 impl ServerFile {
-    /// The file for a server of this process listening on `addr`.
-    pub(crate) fn new(addr: SocketAddr) -> Self {
+    /// The file for a server of this process listening on `addr`, serving `config`'s database.
+    pub(crate) fn new(addr: SocketAddr, config: &Config) -> Self {
         Self {
             url: local_url(addr),
             pid: std::process::id(),
             port: addr.port(),
+            db: db_name(config),
             secret: random_hex(),
         }
     }
@@ -104,11 +119,12 @@ impl ServerFile {
     }
 
     /// Every server file on this database that parses, oldest first (those a crash left behind
-    /// too).
+    /// too); the files of servers on other databases in the same folder are passed over.
     pub fn list(config: &Config) -> Vec<Self> {
         let Ok(entries) = std::fs::read_dir(Self::dir(config)) else {
             return Vec::new();
         };
+        let db = db_name(config);
         let mut files: Vec<(std::time::SystemTime, Self)> = entries
             .filter_map(|e| {
                 let e = e.ok()?;
@@ -116,8 +132,8 @@ impl ServerFile {
                     return None;
                 }
                 let modified = e.metadata().ok()?.modified().ok()?;
-                let file = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
-                Some((modified, file))
+                let file: Self = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+                (file.db == db).then_some((modified, file))
             })
             .collect();
         files.sort_by_key(|(t, _)| *t);
@@ -138,6 +154,7 @@ impl ServerFile {
             "url": self.url,
             "pid": self.pid,
             "port": self.port,
+            "db": self.db,
             "secret": self.secret,
         })
         .to_string();

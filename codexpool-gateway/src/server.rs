@@ -282,7 +282,7 @@ impl Server {
         };
         let gateway = Gateway::new(self.pool.clone())?;
         let workers = Workers::start(worker_threads(&config)).map_err(ServerError::Workers)?;
-        let server_file = on_db_file.then(|| ServerFile::new(addr));
+        let server_file = on_db_file.then(|| ServerFile::new(addr, &config));
         let rpc = Arc::new(Rpc {
             pool: self.pool.clone(),
             token: token.clone(),

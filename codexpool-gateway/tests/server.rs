@@ -771,6 +771,11 @@ async fn another_process_finds_the_servers_on_the_database() {
         "{files:?}"
     );
     assert!(files.iter().all(|f| f.pid == std::process::id()));
+    // Another database in the same folder has no server: these are not its.
+    let mut other = config.clone();
+    other.db_path = config.db_dir().join("other.db");
+    assert!(ServerFile::list(&other).is_empty(), "{files:?}");
+    assert!(AdminClient::find_all(&other).is_empty());
     first.stop().await.unwrap();
     let clients = AdminClient::find_all(&config);
     assert_eq!(clients.len(), 1, "the second server still runs");
