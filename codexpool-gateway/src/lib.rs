@@ -110,9 +110,10 @@ pub struct GatewayBuilder {
 
 impl GatewayBuilder {
     /// How often a streaming client waiting on a slow upstream gets an SSE comment
-    /// (default [`KEEPALIVE_INTERVAL`], 15 s).
+    /// (default [`KEEPALIVE_INTERVAL`], 15 s; at least 10 ms: a zero would send them in a
+    /// busy loop).
     pub fn keepalive_interval(mut self, d: std::time::Duration) -> Self {
-        self.keepalive = d;
+        self.keepalive = d.max(std::time::Duration::from_millis(10));
         self
     }
 

@@ -275,8 +275,9 @@ impl Relay {
             Mode::Passthrough => {
                 let data = event.data();
                 let head = &data[..data.len().min(SEQUENCE_SCAN)];
-                self.next_sequence =
-                    sequence_number(head).map_or(self.next_sequence + 1, |n| n + 1);
+                self.next_sequence = sequence_number(head)
+                    .unwrap_or(self.next_sequence)
+                    .saturating_add(1);
                 let kind = EventKind::of(&event);
                 // Only a final event is read (once, for the relay and the refill alike).
                 let parsed = kind.is_terminal().then(|| ResponsesEvent::from_sse(&event));

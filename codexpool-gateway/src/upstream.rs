@@ -389,10 +389,15 @@ impl Upstream {
                 }
             }
         }
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("text/event-stream"),
-        );
+        // A JSON answer (compaction) keeps the Codex CLI's own `Accept`.
+        if call.sse {
+            headers.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
+        } else if !headers.contains_key(header::ACCEPT) {
+            headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        }
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -928,19 +933,26 @@ const PREFLIGHT_HOLD: usize = 4 * 1024 * 1024;
 /// How long the rest of a usage-limit notice is waited for.
 const NOTICE_READ: Duration = Duration::from_secs(2);
 
-/// A usage-limit notice that began with `text`, read on to the end of its text (briefly: the
-/// stream is refused either way) so that the wait it names is known; `None` if it is not a
-/// notice after all (too long).
-async fn read_notice(events: &mut Events, mut text: String) -> Option<UpstreamFailure> {
+/// A usage-limit notice that began with `text`, read on to the end of its text (briefly) so
+/// that the wait it names is known; `None` if it is not a notice after all (too long), and then
+/// `read` holds every item read, to serve the answer whole.
+async fn read_notice(
+    events: &mut Events,
+    mut text: String,
+    read: &mut VecDeque<SseItem>,
+) -> Option<UpstreamFailure> {
     let until = tokio::time::Instant::now() + NOTICE_READ;
     while text.len() <= MAX_NOTICE_TEXT {
         let Ok(Ok(item)) = tokio::time::timeout_at(until, events.next()).await else {
             break;
         };
-        match message_text(&item) {
+        let piece = message_text(&item);
+        let terminal = matches!(&item, SseItem::Event(e) if EventKind::of(e).is_terminal());
+        read.push_back(item);
+        match piece {
             Some((more, false)) => text.push_str(&more),
             Some((whole, true)) => return usage_limit_notice(&whole),
-            None if matches!(&item, SseItem::Event(e) if EventKind::of(e).is_terminal()) => break,
+            None if terminal => break,
             None => {}
         }
     }
@@ -1044,7 +1056,19 @@ async fn preflight(upstream: &Upstream, body: ByteStream) -> Result<Opened, Step
                 let f = match buffered.back().and_then(message_text) {
                     // A usage-limit notice in the text: the wait it names may come in the
                     // deltas after the phrase.
-                    Some((start, false)) => read_notice(&mut events, start).await.unwrap_or(f),
+                    Some((start, false)) => {
+                        match read_notice(&mut events, start, &mut buffered).await {
+                            Some(notice) => notice,
+                            // An answer that begins like one: it is served.
+                            None => {
+                                events.hand_back(buffered);
+                                return Ok(Opened {
+                                    events,
+                                    first_event: Instant::now(),
+                                });
+                            }
+                        }
+                    }
                     _ => f,
                 };
                 return Err(Step::after(f));

@@ -155,6 +155,30 @@ async fn a_usage_limit_notice_in_the_text_is_read_to_the_wait_it_names() {
     );
 }
 
+/// An answer that only begins like the notice (a user asked about usage limits) is served whole
+/// by its account, which is not taken for exhausted.
+#[tokio::test]
+async fn an_answer_that_begins_like_the_notice_is_served() {
+    let h = harness(2, &[]).await;
+    let mut deltas = vec!["When you hit your usage limit, ".to_string()];
+    deltas.extend((0..60).map(|i| format!("the plan's window resets later (part {i}). ")));
+    let whole = deltas.concat();
+    assert!(whole.len() > 2048);
+    h.fake.push_reply("acct-0", Reply::Text { deltas });
+    for stream in [false, true] {
+        let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(stream))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if !stream {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["choices"][0]["message"]["content"], whole.as_str());
+        }
+    }
+    assert_eq!(h.pool.usage().exhausted_until(&h.ids[0]).unwrap(), None);
+    let rows = h.log().await;
+    assert_eq!(rows[1].account_id.as_deref(), Some(h.ids[0].as_str()));
+    assert_eq!(rows[1].error_class, None);
+}
+
 /// A slow first event does not send the Codex CLI's headers early: it gets its turn state from
 /// the account that answers, and a failure as the HTTP error it reads.
 #[tokio::test]

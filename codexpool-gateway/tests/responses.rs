@@ -78,6 +78,38 @@ async fn a_stream_cut_part_way_ends_with_an_error_event() {
     assert_eq!(h.total_inflight(), 0);
 }
 
+/// An upstream numbering its events up to the largest number there is: the error after them
+/// keeps that number (no overflow).
+#[tokio::test]
+async fn a_cut_after_the_largest_sequence_number_is_numbered_without_overflow() {
+    let h = harness(1, &[]).await;
+    let max = u64::MAX;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::RawSse {
+            body: format!(
+                "event: response.created\ndata: {{\"type\":\"response.created\",\"sequence_number\":{},\"response\":{{\"id\":\"r\"}}}}\n\n\
+                 event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"sequence_number\":{max},\"item_id\":\"m\",\"output_index\":0,\"content_index\":0,\"delta\":\"Hi\"}}\n\n",
+                max - 1
+            ),
+        },
+    );
+    let (status, _, body) = h
+        .call(h.post(
+            "/v1/responses",
+            json!({"model": "gpt-5-codex", "input": "Hi", "stream": true}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let frames = json_frames(&body);
+    assert_eq!(
+        common::event_types(&frames),
+        ["response.created", "response.output_text.delta", "error"]
+    );
+    assert_eq!(frames[2]["sequence_number"], max, "{body}");
+    assert_eq!(h.total_inflight(), 0);
+}
+
 #[tokio::test]
 async fn non_streaming_gets_the_final_object() {
     let h = harness(1, &[]).await;
@@ -182,6 +214,12 @@ async fn compaction_is_forwarded_on_the_conversations_account() {
         "Summary of 2 earlier items."
     );
     assert_eq!(h.fake.count("/backend-api/codex/responses/compact"), 1);
+    // Its answer is JSON, and asked for as such.
+    let sent = h
+        .fake
+        .last_request("/backend-api/codex/responses/compact")
+        .unwrap();
+    assert_eq!(sent.header("accept"), Some("application/json"));
     let row = &h.log().await[0];
     assert_eq!(
         (row.route.as_str(), row.status),

@@ -315,7 +315,9 @@ impl EventWise {
         if self.chat || self.events == 0 {
             return failure_as_first_event(&self.request, error, self.chat);
         }
-        let number = self.last_sequence.map_or(self.events, |n| n + 1);
+        let number = self
+            .last_sequence
+            .map_or(self.events, |n| n.saturating_add(1));
         let mut out = BytesMut::new();
         crate::relay::error_event(&mut out, number, &error.code, &error.message);
         out.freeze()
