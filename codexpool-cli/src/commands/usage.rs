@@ -28,7 +28,12 @@ use crate::output::{Output, Paint, ago, bar, duration, level, percent, visible};
 pub async fn usage(ctx: &Ctx, pool: &Pool, a: UsageArgs) -> anyhow::Result<()> {
     let out = &ctx.out;
     let refreshed = if a.refresh {
-        Some(refresh(out, pool).await?)
+        let results = refresh(out, pool).await?;
+        // The servers read the new figures before they are asked for their view (one that
+        // found an account exhausted would still say so).
+        pool.flush().await?;
+        super::runtime::tell_servers(ctx).await;
+        Some(results)
     } else {
         None
     };

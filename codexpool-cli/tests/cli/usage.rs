@@ -151,3 +151,33 @@ fn a_signal_during_a_token_refresh_waits_for_the_new_token() {
         "{stderr}"
     );
 }
+
+/// A running server that found an account exhausted reads a refresh's figures before it is asked
+/// for its view: the account is usable again in the same command's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_reaches_the_running_server_before_its_view_is_shown() {
+    let env = Env::new();
+    env.add_accounts(&["acct-1"]);
+    let secret = env.key_secret("laptop");
+    let (url, child) = env.serve(&[("CODEXPOOL_DISABLE_POLLING", "1")]);
+    env.fake.push_reply(
+        "acct-1",
+        codexpool_testkit::Reply::UsageLimit429 {
+            resets_in_secs: 3600,
+        },
+    );
+    assert_eq!(crate::support::chat_status(&url, &secret).await, 429);
+    let before = env.json(&["usage"]);
+    assert_eq!(before[0]["usable"], false, "{before}");
+    env.fake.set_usage("acct-1", FakeUsage::new(12.0, 30.0));
+    let after = env.json(&["usage", "--refresh"]);
+    let a = &after[0];
+    assert_eq!(a["runtime_source"], "server", "{after}");
+    assert_eq!(a["refresh"]["ok"], true, "{after}");
+    assert_eq!(
+        (&a["usable"], &a["exhausted_until"]),
+        (&serde_json::json!(true), &serde_json::Value::Null),
+        "{after}"
+    );
+    crate::support::stop(child);
+}
