@@ -572,16 +572,17 @@ impl AccountPool {
     pub async fn take_over(&self, report: &mut ImportReport) -> Result<usize> {
         let auth = self.pool.auth();
         let mut refreshed: Vec<String> = Vec::new();
-        // Per account: why its refresh failed, so a second copy of it is not tried again.
-        let mut failed: Vec<(String, String)> = Vec::new();
+        // Per account: why its refresh failed and whether the issuer declared the sign-in dead,
+        // so a second copy of it is not tried again.
+        let mut failed: Vec<(String, String, bool)> = Vec::new();
         let mut first_error: Option<Error> = None;
         for r in &mut report.results {
             let fresh = r.holds_input_tokens;
             let (Some(id), true, true) = (r.account_id.as_deref(), r.codex_cli, fresh) else {
                 continue;
             };
-            if let Some((_, why)) = failed.iter().find(|(done, _)| done == id) {
-                r.warning = Some(still_shared(&r.source));
+            if let Some((_, why, dead)) = failed.iter().find(|(done, ..)| done == id) {
+                r.warning = Some(take_over_failed(&r.source, *dead));
                 r.take_over_error = Some(why.clone());
                 continue;
             }
@@ -590,9 +591,10 @@ impl AccountPool {
                 if let Err(cause) = auth.refresh(id).await {
                     // Said by the error this returns, and by the result: no log line.
                     tracing::debug!(input = %r.source, account = %id, error = %cause, "could not take over a Codex CLI sign-in");
-                    r.warning = Some(still_shared(&r.source));
+                    let dead = matches!(cause, crate::auth::AuthError::RefreshDead { .. });
+                    r.warning = Some(take_over_failed(&r.source, dead));
                     r.take_over_error = Some(cause.to_string());
-                    failed.push((id.to_string(), cause.to_string()));
+                    failed.push((id.to_string(), cause.to_string(), dead));
                     first_error.get_or_insert(Error::TakeOver {
                         input: r.source.clone(),
                         account_id: id.to_string(),
@@ -847,8 +849,15 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// The warning of a sign-in whose take-over failed (not the advice to take it over, which is
-/// what failed).
-fn still_shared(source: &str) -> String {
+/// what failed). A sign-in the issuer declared `dead` is shared with nobody any more: trying
+/// again cannot help.
+fn take_over_failed(source: &str, dead: bool) -> String {
+    if dead {
+        return format!(
+            "the sign-in in {source} is no longer valid: sign in again with `codexpool account \
+             login` (and `codex login` for the Codex CLI)"
+        );
+    }
     format!(
         "{source} still shares its sign-in with the Codex CLI (its take-over failed): whichever \
          refreshes first signs the other out; take it over again later, or stop using it in the \

@@ -713,10 +713,13 @@ async fn take_over_refreshes_each_codex_cli_sign_in_an_import_wrote() {
     assert!(matches!(cause, AuthError::RefreshDead { .. }), "{cause:?}");
     assert!(!report.results[0].taken_over);
     assert!(report.results[0].take_over_error.is_some());
-    // Not the advice to import with take-over, which is what failed: that it still shares.
+    // Not the advice to import with take-over, which is what failed, nor to try again: the
+    // issuer declared it dead.
     let warning = report.results[0].warning.as_deref().unwrap();
     assert!(
-        warning.contains("still shares") && !warning.contains("--take-over"),
+        warning.contains("no longer valid")
+            && warning.contains("codexpool account login")
+            && !warning.contains("--take-over"),
         "{warning}"
     );
     assert!(
@@ -725,6 +728,22 @@ async fn take_over_refreshes_each_codex_cli_sign_in_an_import_wrote() {
         "{e}"
     );
     assert!(pool.accounts().get(account_id).is_ok());
+
+    // A refresh that failed for a while (the issuer's 503): the file still shares its sign-in,
+    // and a later take-over may work.
+    fake.add_account(FakeAccount::new("acct-4"));
+    fake.fail_next_refresh("acct-4", FakeRefreshFailure::ServerError(503));
+    let auth_json = serde_json::to_vec(&fake.auth_json("acct-4")).unwrap();
+    let mut report = pool
+        .accounts()
+        .import_bytes("fourth.json", &auth_json)
+        .await;
+    pool.accounts().take_over(&mut report).await.unwrap_err();
+    let warning = report.results[0].warning.as_deref().unwrap();
+    assert!(
+        warning.contains("still shares") && warning.contains("again later"),
+        "{warning}"
+    );
 }
 
 #[tokio::test]

@@ -341,8 +341,8 @@ def test_import_with_take_over(pool: codexpool.Pool, fake: FakeOpenAi, tmp_path:
     # A refresh that fails names the source; the account stays imported.
     fake.add_account("acct-4")
     fake.revoke_sessions("acct-4")
-    # Its warnings are issued all the same: this one still shares its sign-in.
-    with pytest.warns(codexpool.CodexPoolWarning, match="still shares its sign-in"):
+    # Its warnings are issued all the same: this one's sign-in is dead.
+    with pytest.warns(codexpool.CodexPoolWarning, match="no longer valid"):
         with pytest.raises(codexpool.AuthError, match="could not take over other/auth.json") as e:
             pool.accounts.import_text(json.dumps(fake.auth_json("acct-4")), "other/auth.json", take_over=True)
     assert [a.chatgpt_account_id for a in pool.accounts.list(text="acct-4")] == ["acct-4"]

@@ -30,7 +30,7 @@ use std::path::Path;
 
 use codexpool_core::auth::{LoginCompleted, LoginOptions};
 use codexpool_core::import::{ImportOutcome, ImportReport};
-use codexpool_core::{Account, AccountFilter, AccountPatch, Pool};
+use codexpool_core::{Account, AccountFilter, AccountPatch, AccountStatus, Pool};
 use serde::Serialize;
 
 use super::runtime::{Runtimes, Source};
@@ -250,7 +250,7 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str, take_over: bool) -> an
     };
     print_import(ctx, &report, take_over_error.as_ref())?;
     if let Some(e) = take_over_error {
-        return Err(take_over_failure(&report, e));
+        return Err(take_over_failure(pool, &report, e));
     }
     if let Some(why) = report.results.iter().find_map(|r| match &r.outcome {
         ImportOutcome::Failed(why) => Some(why),
@@ -278,8 +278,14 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str, take_over: bool) -> an
 /// The error of a failed `--take-over` (core's
 /// [`AccountPool::take_over`](codexpool_core::AccountPool::take_over) names the first refresh
 /// that failed; the report has every one), naming each failed sign-in, with a hint saying what
-/// stands: every account was written, and the other sign-ins were taken over.
-fn take_over_failure(report: &ImportReport, e: codexpool_core::Error) -> anyhow::Error {
+/// stands: every account was written, and the other sign-ins were taken over; and what to do
+/// about the failed ones: a sign-in the issuer declared dead (its account now needs a new
+/// login) cannot be taken over again.
+fn take_over_failure(
+    pool: &Pool,
+    report: &ImportReport,
+    e: codexpool_core::Error,
+) -> anyhow::Error {
     let codexpool_core::Error::TakeOver { .. } = &e else {
         return e.into();
     };
@@ -298,11 +304,37 @@ fn take_over_failure(report: &ImportReport, e: codexpool_core::Error) -> anyhow:
         e.to_string()
     };
     let taken = report.results.iter().filter(|r| r.taken_over).count();
+    let dead = report
+        .results
+        .iter()
+        .filter(|r| r.take_over_error.is_some())
+        .filter(|r| {
+            r.account_id.as_deref().is_some_and(|id| {
+                pool.accounts()
+                    .get(id)
+                    .is_ok_and(|a| a.status == AccountStatus::NeedsLogin)
+            })
+        })
+        .count();
+    let what_now = match (dead, failed.len().saturating_sub(dead)) {
+        (0, _) => {
+            "the failed ones still share their sign-in with the Codex CLI: run the import \
+                   with --take-over again later"
+        }
+        (_, 0) => {
+            "the failed ones' sign-ins are no longer valid: sign in again with `codexpool \
+                   account login`"
+        }
+        _ => {
+            "those whose sign-in is no longer valid need a new one (`codexpool account login`); \
+              the others still share theirs with the Codex CLI: run the import with --take-over \
+              again later"
+        }
+    };
     Failure::new(
         message,
         format!(
-            "the import itself stands, and {} taken over; the failed ones still share their \
-             sign-in with the Codex CLI: run the import with --take-over again later",
+            "the import itself stands, and {} taken over; {what_now}",
             plural(taken, "sign-in was", "sign-ins were"),
         ),
     )

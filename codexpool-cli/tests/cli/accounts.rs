@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use codexpool_testkit::{FakeAccount, FakeUsage};
+use codexpool_testkit::{FakeAccount, FakeRefreshFailure, FakeUsage};
 use serde_json::Value;
 
 use crate::support::{Env, texts};
@@ -355,7 +355,9 @@ fn take_over_leaves_codexpool_the_only_live_refresh_token() {
 
 /// A take-over whose refreshes fail still shows the whole report: every account was imported,
 /// the others were taken over (their warnings say so), also the ones after a failure; each
-/// failed result says why; then the command exits 1 naming every failed one.
+/// failed result says why; then the command exits 1 naming every failed one, with what to do:
+/// a sign-in the issuer declared dead needs a new one, a refresh that failed for a while may be
+/// tried again.
 #[test]
 fn a_failed_take_over_still_prints_the_report() {
     let env = Env::new();
@@ -370,7 +372,8 @@ fn a_failed_take_over_still_prints_the_report() {
         .unwrap();
     }
     env.fake.revoke_sessions("acct-b");
-    env.fake.revoke_sessions("acct-c");
+    env.fake
+        .fail_next_refresh("acct-c", FakeRefreshFailure::ServerError(503));
     let o = env
         .cmd()
         .args(["--json", "account", "import", "--take-over"])
@@ -407,6 +410,14 @@ fn a_failed_take_over_still_prints_the_report() {
     assert!(stderr.contains("acct-b.json: "), "{stderr}");
     assert!(stderr.contains("acct-c.json: "), "{stderr}");
     assert!(stderr.contains("2 sign-ins were taken over"), "{stderr}");
+    let warning = |i: usize| v["results"][i]["warning"].as_str().unwrap().to_string();
+    assert!(warning(1).contains("no longer valid"), "{v}");
+    assert!(warning(2).contains("still shares its sign-in"), "{v}");
+    assert!(
+        stderr.contains("those whose sign-in is no longer valid need a new one"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("again later"), "{stderr}");
     assert_eq!(env.fake.refresh_count("acct-a"), 1);
     assert_eq!(
         env.fake.refresh_count("acct-d"),
@@ -415,8 +426,8 @@ fn a_failed_take_over_still_prints_the_report() {
     );
     assert_eq!(env.json(&["account", "list"]).as_array().unwrap().len(), 4);
 
-    // The table says the same; the files of acct-a and acct-d are older than their stored
-    // sign-ins now (left alone), acct-b and acct-c fail again.
+    // Again: acct-c's refresh works now, acct-b's sign-in stays dead and is named alone, with
+    // nothing to try again.
     let o = env
         .cmd()
         .args(["account", "import", "--take-over"])
@@ -425,26 +436,18 @@ fn a_failed_take_over_still_prints_the_report() {
         .unwrap();
     let (stdout, stderr) = texts(&o);
     assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
-    assert!(stdout.contains("4 unchanged"), "{stdout}");
+    let error = stderr.lines().find(|l| l.starts_with("error: ")).unwrap();
+    assert!(error.contains("could not take over "), "{stderr}");
+    assert!(error.contains("acct-b.json: "), "{stderr}");
+    assert!(!error.contains("acct-c.json"), "{stderr}");
+    assert!(stderr.contains("took over ") && stderr.contains("acct-c.json"));
+    assert!(stderr.contains("1 sign-in was taken over"), "{stderr}");
     assert!(
-        stderr.contains("could not take over 2 sign-ins"),
+        stderr.contains("sign-ins are no longer valid: sign in again"),
         "{stderr}"
     );
-    assert!(stderr.contains("0 sign-ins were taken over"), "{stderr}");
-
-    // One failure alone is named as it is.
-    std::fs::remove_file(dir.join("acct-c.json")).unwrap();
-    let o = env
-        .cmd()
-        .args(["account", "import", "--take-over"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = texts(&o);
-    assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
-    assert!(stderr.contains("could not take over "), "{stderr}");
-    assert!(stderr.contains("acct-b.json: "), "{stderr}");
-    assert!(!stderr.contains("acct-c.json"), "{stderr}");
+    assert!(!stderr.contains("again later"), "{stderr}");
+    assert_eq!(env.fake.refresh_count("acct-c"), 2);
 }
 
 /// The database refusing the accounts (a full disk) is not "skipped" and not a success: each
