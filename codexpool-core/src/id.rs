@@ -62,6 +62,11 @@ pub fn or_by_name(
     named: impl FnOnce(&str) -> Vec<String>,
 ) -> Result<String> {
     let wanted = wanted.trim();
+    let prefix_or = if by == "name" {
+        "id prefix or name"
+    } else {
+        "id prefix, label or email"
+    };
     let (mut ids, by) = match found {
         Ok(id) if id == wanted => return Ok(id),
         Ok(id) => {
@@ -70,14 +75,20 @@ pub fn or_by_name(
                 return Ok(id);
             }
             ids.push(id);
-            let by = if by == "name" {
-                "id prefix or name"
-            } else {
-                "id prefix, label or email"
-            };
-            (ids, by)
+            (ids, prefix_or)
         }
         Err(Error::NotFound { .. }) => (named(wanted), by),
+        // Several ids start with it: the records named so are among the candidates too.
+        Err(Error::Ambiguous {
+            by: ambiguous_by,
+            candidates,
+            ..
+        }) => {
+            let mut ids = named(wanted);
+            let by = if ids.is_empty() { ambiguous_by } else { prefix_or };
+            ids.extend(candidates);
+            (ids, by)
+        }
         Err(e) => return Err(e),
     };
     ids.sort();
@@ -180,5 +191,14 @@ mod tests {
         assert_eq!(find("01d880").unwrap(), "01d880", "a full id still wins");
         assert_eq!(find("a").unwrap(), "01d880", "a name no id starts with");
         assert!(matches!(find(""), Err(Error::InvalidInput { .. })));
+        // A prefix of several ids that is also a name: the named one is a candidate too.
+        let names = [("61cb00", "a"), ("6b3400", "b"), ("badfff", "6")];
+        match find_key(&names, "6") {
+            Err(e @ Error::Ambiguous { .. }) => assert_eq!(
+                e.to_string(),
+                "key id prefix or name \"6\" is ambiguous: it matches 61cb00, 6b3400, badfff"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }
