@@ -270,8 +270,12 @@ fn done(ctx: &Ctx, pool: &Pool, k: &PlatformKey, verb: &str) -> anyhow::Result<(
         out.json(&KeyView::new(k, pool.now()))?;
     } else {
         let mut line = format!("{verb} key {} ({}, {})", k.id, visible(&k.name), k.hint);
-        let limits = limits(k);
-        if verb == "Updated" && !limits.is_empty() {
+        if verb == "Updated" {
+            // What the key is now, an expiry taken away too.
+            let mut limits = limits(k);
+            if k.expires_at.is_none() {
+                limits.push("no expiry".into());
+            }
             line.push_str(&format!(": {}", limits.join(" · ")));
         }
         out.line(line)?;

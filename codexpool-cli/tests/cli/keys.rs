@@ -286,6 +286,11 @@ async fn json_says_whether_a_key_is_active_disabled_or_expired() {
             && stderr.contains("--expires"),
         "{stderr}"
     );
+    // The confirmation says what the key is now, an expiry taken away too.
+    let out = env.ok(&["key", "update", "old", "--expires", "never"]);
+    assert!(out.trim_end().ends_with(": no expiry"), "{out}");
+    let out = env.ok(&["key", "update", "old", "--expires", "7d"]);
+    assert!(out.contains(": expires "), "{out}");
     env.ok_silently(&["key", "update", "old", "--expires", "never"]);
     env.ok_silently(&["key", "enable", "live"]);
 }
