@@ -85,7 +85,11 @@ pub fn or_by_name(
             ..
         }) => {
             let mut ids = named(wanted);
-            let by = if ids.is_empty() { ambiguous_by } else { prefix_or };
+            let by = if ids.is_empty() {
+                ambiguous_by
+            } else {
+                prefix_or
+            };
             ids.extend(candidates);
             (ids, by)
         }

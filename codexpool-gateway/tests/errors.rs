@@ -308,12 +308,28 @@ async fn secrets_never_reach_the_request_log() {
     let h = harness(1, &[("TRACE_BODY_PREVIEW_MAX_BYTES", "4096")]).await;
     let mut body = chat(false);
     body["metadata"] = json!({"api_key": "sk-live-123", "note": "visible"});
+    // Pasted into a message: a key (this gateway's own too) and an OAuth token, in a sentence.
+    let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEyMyJ9.c2lnbmF0dXJlLXBhcnQ";
+    let pasted = format!(
+        "Why is {} refused? Also sk-proj-AbCdEfGhIjKlMnOpQrStUv and Bearer {jwt}. Thanks",
+        h.key
+    );
+    body["messages"][0]["content"] = json!(pasted);
     let (s, _) = h.json(h.post("/v1/chat/completions", body)).await;
     assert_eq!(s, StatusCode::OK);
     let row = &h.log().await[0];
     let all = serde_json::to_string(row).unwrap();
-    assert!(!all.contains("sk-live-123") && !all.contains(&h.key));
-    assert!(row.body_preview.as_deref().unwrap().contains("visible"));
+    assert!(
+        !all.contains("sk-live-123") && !all.contains(&h.key),
+        "{all}"
+    );
+    assert!(!all.contains("sk-proj-") && !all.contains(jwt), "{all}");
+    let preview = row.body_preview.as_deref().unwrap();
+    assert!(preview.contains("visible"), "{preview}");
+    assert!(
+        preview.contains("Why is ***** refused? Also ***** and Bearer *****. Thanks"),
+        "{preview}"
+    );
     let token = h
         .pool
         .accounts()
