@@ -698,7 +698,8 @@ impl Step {
     }
 }
 
-/// Idle timeouts before commit after which a request tries no further account.
+/// How many idle timeouts a request may spend on attempts that failed before it tries no
+/// further account.
 const MAX_SILENCES: u32 = 2;
 
 /// Tries accounts until one commits. `record` travels with the call and comes back either way.
@@ -709,9 +710,11 @@ pub(crate) async fn run(
     mut call: Call,
 ) -> Result<Committed, Failed> {
     let mut last: Option<UpstreamFailure> = None;
-    // Upstreams that stayed silent for the whole idle timeout: the first moves the request on,
-    // the second ends it (a client kept waiting a timeout per account could wait for hours).
-    let mut silences = 0u32;
+    // Time spent on attempts that failed: past two idle timeouts the request tries no further
+    // account (a client kept waiting a timeout per account could wait for hours). Two silent
+    // upstreams end it so, and so do slow failures (a proxy's 524 after 100 s on each).
+    let mut failing = Duration::ZERO;
+    let budget = upstream.idle_timeout.saturating_mul(MAX_SILENCES);
     let portable = std::sync::OnceLock::new();
     let key = call.key.clone();
     let groups = (!key.allowed_groups.is_empty()).then_some(key.allowed_groups.as_slice());
@@ -761,6 +764,7 @@ pub(crate) async fn run(
             call: &call,
             portable: &portable,
         };
+        let started = Instant::now();
         match attempt(pool, upstream, metrics, bodies, &lease).await {
             Step::Committed(stream, headers) => {
                 metrics.attempt(Attempt::Ok);
@@ -779,17 +783,15 @@ pub(crate) async fn run(
                 if let Some(o) = outcome {
                     lease.report(o).await;
                 }
-                if kind == Attempt::Timeout {
-                    silences += 1;
-                    if silences == MAX_SILENCES {
-                        call.record.entry.error_class = Some(f.error_code().to_string());
-                        return Err(Failed {
-                            error: ApiError::from_upstream(&f),
-                            record: call.record,
-                            // As when no account is left: the fallback upstream may still answer.
-                            no_account: true,
-                        });
-                    }
+                failing += started.elapsed();
+                if failing >= budget {
+                    call.record.entry.error_class = Some(f.error_code().to_string());
+                    return Err(Failed {
+                        error: ApiError::from_upstream(&f),
+                        record: call.record,
+                        // As when no account is left: the fallback upstream may still answer.
+                        no_account: true,
+                    });
                 }
                 tracing::debug!(account = %lease.account_id(), failure = %f, "attempt failed; trying the next account");
                 last = Some(f);

@@ -529,6 +529,30 @@ async fn a_second_silent_upstream_ends_the_request() {
     assert_eq!(h.fake.requests_to("/backend-api/codex/responses").len(), 2);
 }
 
+/// Failures that each take a while (a proxy's 524 after 100 s) end the request once they have
+/// taken two idle timeouts together, as two silences do, whatever accounts are left.
+#[tokio::test]
+async fn slow_failures_end_the_request_after_two_idle_timeouts() {
+    let h = harness(5, &[("UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "2")]).await;
+    for id in 0..5 {
+        h.fake.push_reply(
+            &format!("acct-{id}"),
+            Reply::SlowFirstByte {
+                delay: Duration::from_millis(1500),
+                then: Box::new(Reply::Overloaded),
+            },
+        );
+    }
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert!(status.is_server_error(), "{status} {v}");
+    let row = &h.log().await[0];
+    // 1.5 s, 3 s (under the 4 s), 4.5 s: three accounts, not five.
+    assert_eq!(row.accounts_tried, h.ids[..3], "{row:?}");
+    assert_eq!(row.error_class.as_deref(), v["error"]["code"].as_str());
+    assert_eq!(h.fake.requests_to("/backend-api/codex/responses").len(), 3);
+    assert_eq!(h.total_inflight(), 0);
+}
+
 #[tokio::test]
 async fn connection_refused_moves_to_the_next_account_and_ends_in_an_error() {
     // A port nothing listens on: bound, then let go.
