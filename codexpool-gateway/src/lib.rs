@@ -52,8 +52,8 @@ pub use auth::{KeyAuth, KeyAuthLayer, presented_key};
 pub use error::ApiError;
 pub use limit::{Shed, ShedLayer};
 pub use metrics::{Attempt, Metrics, MetricsLayer, Protocol};
-pub use routes::KEEPALIVE_INTERVAL;
 pub use routes::models::BUILTIN_MODELS;
+pub use routes::{BODY_IDLE_TIMEOUT, KEEPALIVE_INTERVAL};
 pub use rpc::{RpcError, codes as rpc_codes};
 pub use server::{
     DEFAULT_SHUTDOWN_GRACE, RunningServer, Server, ServerError, SharedServer, max_in_flight,
@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     pub preview_max: usize,
     /// How often a streaming client waiting on a slow upstream gets an SSE comment.
     pub keepalive: std::time::Duration,
+    /// Longest pause between the frames of a request body.
+    pub body_idle: std::time::Duration,
     /// The responses kept for `previous_response_id` and `item_reference` (`None`: keep none).
     pub responses: Option<Arc<stored::ResponseStore>>,
     /// Set when a server ends the streams still open after its shutdown grace: their log rows
@@ -105,6 +107,7 @@ impl std::fmt::Debug for Gateway {
 pub struct GatewayBuilder {
     pool: Pool,
     keepalive: std::time::Duration,
+    body_idle: std::time::Duration,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -114,6 +117,15 @@ impl GatewayBuilder {
     /// busy loop).
     pub fn keepalive_interval(mut self, d: std::time::Duration) -> Self {
         self.keepalive = d.max(std::time::Duration::from_millis(10));
+        self
+    }
+
+    /// Longest pause between the parts of a request body before the request is answered 408
+    /// (default [`BODY_IDLE_TIMEOUT`], 30 s, as long as a request's headers may take): a client
+    /// that sent part of a body and then nothing would otherwise hold its place among the
+    /// requests in flight for as long as its connection lives.
+    pub fn body_idle_timeout(mut self, d: std::time::Duration) -> Self {
+        self.body_idle = d;
         self
     }
 
@@ -134,6 +146,7 @@ impl GatewayBuilder {
             max_body: config.front_proxy_max_body_bytes,
             preview_max: config.trace_body_preview_max_bytes,
             keepalive: self.keepalive,
+            body_idle: self.body_idle,
             responses: stored::ResponseStore::for_pool(&self.pool),
             stopped: Arc::default(),
             pool: self.pool,
@@ -154,6 +167,7 @@ impl Gateway {
         GatewayBuilder {
             pool,
             keepalive: KEEPALIVE_INTERVAL,
+            body_idle: BODY_IDLE_TIMEOUT,
             metrics: None,
         }
     }

@@ -516,3 +516,48 @@ async fn browsers_may_call_the_api_from_allowed_origins_only() {
     let res = h.send(preflight("https://any.example")).await;
     assert_eq!(allowed(&res).as_deref(), Some("*"));
 }
+
+/// A body that stops arriving part-way is a 408 once nothing more came for the idle time; a slow
+/// one whose parts keep coming is read whole.
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_a_408() {
+    use futures_util::StreamExt;
+    let idle = std::time::Duration::from_millis(300);
+    let h = common::harness_with(1, &[], |b| b.body_idle_timeout(idle)).await;
+    let whole = chat(false).to_string();
+    let request = |body: Body| {
+        Request::post("/v1/chat/completions")
+            .header("authorization", format!("Bearer {}", h.key))
+            .header("content-type", "application/json")
+            .body(body)
+            .unwrap()
+    };
+    let (first, _) = whole.split_at(10);
+    let stalled = futures_util::stream::iter([Ok::<_, std::io::Error>(first.to_string())])
+        .chain(futures_util::stream::pending());
+    let started = std::time::Instant::now();
+    let (status, _, body) = h.call(request(Body::from_stream(stalled))).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{body}");
+    assert!(started.elapsed() >= idle);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+    let row = &h.log().await[0];
+    assert_eq!(
+        (row.status, row.error_class.as_deref()),
+        (408, Some("request_timeout"))
+    );
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 0);
+
+    // Parts 100 ms apart, longer together than the idle time: read whole.
+    let parts: Vec<String> = whole
+        .as_bytes()
+        .chunks(whole.len() / 5 + 1)
+        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+        .collect();
+    let slow = futures_util::stream::iter(parts).then(|p| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        Ok::<_, std::io::Error>(p)
+    });
+    let (status, _, body) = h.call(request(Body::from_stream(slow))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -33,6 +33,10 @@ use crate::upstream::{self, Call, Committed, Failed};
 /// While a streaming client waits on a slow upstream, it gets an SSE comment this often.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
+/// Longest pause between the parts of a request body (as long as hyper gives a request's
+/// headers).
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The `{id}` in a route's path. One that is not text (percent-encoded bytes that are not
 /// UTF-8) is a 400 in the OpenAI shape, not axum's plain-text rejection.
 pub(crate) struct PathId(pub String);
@@ -66,12 +70,63 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
         .to_string()
 }
 
+/// The body stopped arriving (see [`crate::GatewayBuilder::body_idle_timeout`]).
+#[derive(Debug, thiserror::Error)]
+#[error("nothing more of the request body arrived for {} ms", .0.as_millis())]
+struct BodyStalled(Duration);
+
+/// A request body whose frames may be at most `idle` apart. The timer is made only when a frame
+/// is not there at once (a small body usually is).
+struct IdleBody {
+    inner: Body,
+    idle: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for IdleBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            if let Some(t) = &mut this.timer {
+                t.as_mut().reset(tokio::time::Instant::now() + this.idle);
+            }
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let idle = this.idle;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(idle))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Reads a JSON request body, refusing other content types and compressed bodies (415) and
-/// bodies over the limit (413) before they are buffered.
+/// bodies over the limit (413) before they are buffered, and one whose frames come more than
+/// `idle` apart (408).
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    idle: Duration,
 ) -> Result<Bytes, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let text = ct.to_str().unwrap_or("");
@@ -99,6 +154,11 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
+    let body = IdleBody {
+        inner: body,
+        idle,
+        timer: None,
+    };
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e)
@@ -107,6 +167,12 @@ pub(crate) async fn read_body(
         {
             Err(ApiError::too_large(limit))
         }
+        Err(e) if e.downcast_ref::<BodyStalled>().is_some() => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            e.to_string(),
+        )),
         Err(e) => Err(ApiError::bad_request(
             "unreadable_body",
             format!("could not read the request body: {e}"),
@@ -681,7 +747,7 @@ impl Intake {
         )
         .ended_by(&shared.stopped);
         let arrived = Instant::now();
-        let bytes = match read_body(&headers, body, shared.max_body).await {
+        let bytes = match read_body(&headers, body, shared.max_body, shared.body_idle).await {
             Ok(b) => b,
             Err(e) => return Err(reject(record, e, protocol)),
         };
