@@ -339,7 +339,10 @@ impl Server {
                 grace: self.grace,
                 stopped: gateway.shared.stopped.clone(),
             },
-            config.gateway_keepalive_interval,
+            ClientSockets {
+                keepalive: config.gateway_keepalive_interval,
+                unread: config.upstream_stream_idle_timeout,
+            },
         ));
         Ok(RunningServer {
             addr,
@@ -491,13 +494,36 @@ struct Ending {
     stopped: Arc<AtomicBool>,
 }
 
+/// What each client connection's socket gets.
+struct ClientSockets {
+    /// TCP keep-alive (zero: none): finds the dead peers under a long silent stream.
+    keepalive: Duration,
+    /// How long bytes sent may stay unread (`TCP_USER_TIMEOUT`, which counts a peer that
+    /// advertises no room too): a client that stopped reading (a suspended process) is given up
+    /// like an upstream silent for as long, and its account's slot comes back.
+    unread: Duration,
+}
+
+impl ClientSockets {
+    fn apply(&self, stream: &TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let socket = socket2::SockRef::from(stream);
+        if !self.keepalive.is_zero() {
+            let ka = socket2::TcpKeepalive::new().with_time(self.keepalive);
+            let _ = socket.set_tcp_keepalive(&ka);
+        }
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+        let _ = socket.set_tcp_user_timeout(Some(self.unread));
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     apps: Apps,
     mut workers: Workers,
     mut stop: watch::Receiver<bool>,
     ending: Ending,
-    keepalive: Duration,
+    sockets: ClientSockets,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -513,11 +539,7 @@ async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    if !keepalive.is_zero() {
-                        let ka = socket2::TcpKeepalive::new().with_time(keepalive);
-                        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka);
-                    }
+                    sockets.apply(&stream);
                     // Moved to its worker's reactor.
                     let Ok(stream) = stream.into_std() else { continue };
                     // This machine: loopback, or one of its own addresses (a server on a LAN

@@ -749,6 +749,61 @@ async fn a_stream_open_past_the_shutdown_grace_is_closed_and_logged() {
     );
 }
 
+/// A client that stops reading a stream (a suspended process) while its connection stays open
+/// is given up once what was sent stays unread for the stream idle timeout: the account's slot
+/// comes back and the row is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_given_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (e, key) = env_with_an_account(&[("UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "5")]).await;
+    // Far more than the sockets' buffers hold.
+    e.fake.push_reply(
+        "acct-0",
+        Reply::Text {
+            deltas: vec!["x".repeat(1000); 6_000],
+        },
+    );
+    let srv = start(&e).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(srv.local_addr()).await.unwrap();
+    let body = common::chat(true).to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        key.secret.expose(),
+        body.len()
+    );
+    conn.write_all(format!("{head}{body}").as_bytes())
+        .await
+        .unwrap();
+    let mut first = [0u8; 1024];
+    let n = conn.read(&mut first).await.unwrap();
+    let head = String::from_utf8_lossy(&first[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Reads nothing more, and keeps the connection open.
+    let released = tokio::time::timeout(Duration::from_secs(30), async {
+        while e.pool.accounts().total_inflight() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(released.is_ok(), "the slot is still held");
+    let rows = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let rows = log_rows(&e.pool).await;
+            if !rows.is_empty() {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(rows[0].error_class.as_deref(), Some("client_closed"));
+    drop(conn);
+    srv.stop().await.unwrap();
+}
+
 /// Another process finds the servers on a database through their files in `servers/` and
 /// asks them; each server removes its own file when it stops.
 #[tokio::test]
