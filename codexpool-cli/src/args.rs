@@ -42,8 +42,8 @@ pub struct Cli {
     pub json: bool,
 
     /// Print only errors and what a command exists to output (listings, --json documents, a
-    /// new key's secret alone, the URL or code of a sign-in): no confirmations, progress, notes
-    /// or warnings.
+    /// new key's secret alone, the URL or code of a sign-in, the base URL of `serve`): no
+    /// confirmations, progress, notes or warnings.
     #[arg(
         short,
         long,

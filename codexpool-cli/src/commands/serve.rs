@@ -192,6 +192,11 @@ fn banner(
         }))?;
         return Ok(());
     }
+    if out.quiet {
+        // What a script cannot find otherwise (a port the system picked): the base URL alone.
+        out.data(&base_url)?;
+        return Ok(());
+    }
     let rpc = match running.rpc_token_file() {
         Some(p) => format!("POST {url}/rpc, token in {}", p.display()),
         None => format!(

@@ -82,8 +82,8 @@ fn the_help_says_what_quiet_keeps() {
     assert!(
         help.contains(
             "Print only errors and what a command exists to output (listings, --json documents, \
-             a new key's secret alone, the URL or code of a sign-in): no confirmations, \
-             progress, notes or warnings"
+             a new key's secret alone, the URL or code of a sign-in, the base URL of `serve`): \
+             no confirmations, progress, notes or warnings"
         ),
         "{help}"
     );
@@ -131,4 +131,23 @@ async fn quiet_sign_ins_print_only_the_url_or_the_code() {
         format!("{}\n{code}\n", env.fake.device_verification_url())
     );
     assert_eq!(err, "");
+}
+
+/// `serve` under `-q` prints the one thing a script cannot find otherwise: the base URL (of a
+/// port the system picked), alone; it answers there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_serve_prints_its_base_url_alone() {
+    let env = Env::new();
+    let mut child = env.spawn(&["-q", "serve", "--addr", "127.0.0.1:0"], &[]);
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    let base = lines.find(|l| Some(l.to_string()));
+    assert!(
+        base.starts_with("http://127.0.0.1:") && base.ends_with("/v1"),
+        "{base}"
+    );
+    let health = reqwest::get(base.replace("/v1", "/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let err = crate::support::stop(child);
+    assert_eq!(err, "");
+    assert_eq!(lines.rest(), base, "nothing else");
 }
