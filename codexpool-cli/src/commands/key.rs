@@ -60,6 +60,7 @@ pub async fn create(ctx: &Ctx, pool: &Pool, a: KeyCreateArgs) -> anyhow::Result<
     let base_url = client_base_url(ctx).await;
     let Err(e) = show_created(ctx, pool, &created, &base_url) else {
         warn_unusable(ctx, pool, &created.key);
+        warn_shared_name(ctx, pool, &created.key);
         return Ok(());
     };
     // The secret was in this process only: a key nobody can ever use is taken back (and the
@@ -283,7 +284,33 @@ fn done(ctx: &Ctx, pool: &Pool, k: &PlatformKey, verb: &str) -> anyhow::Result<(
     if verb != "Deleted" {
         warn_unusable(ctx, pool, k);
     }
+    if verb == "Updated" {
+        warn_shared_name(ctx, pool, k);
+    }
     Ok(())
+}
+
+/// A name another key has too no longer names either: said when it happens, not when a later
+/// command finds it ambiguous.
+fn warn_shared_name(ctx: &Ctx, pool: &Pool, k: &PlatformKey) {
+    let others: Vec<String> = pool
+        .keys()
+        .list()
+        .into_iter()
+        .filter(|o| o.id != k.id && o.name == k.name)
+        .map(|o| o.id)
+        .collect();
+    if !others.is_empty() {
+        let who = match others.len() {
+            1 => "another key is".to_string(),
+            n => format!("{n} other keys are"),
+        };
+        ctx.out.warn(format!(
+            "{who} named {} too ({}): commands must name these keys by id",
+            visible(&k.name),
+            others.join(", ")
+        ));
+    }
 }
 
 /// A key made, enabled or changed is not always usable: says why its requests will fail.

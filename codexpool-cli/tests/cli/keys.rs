@@ -364,3 +364,32 @@ fn a_key_for_groups_without_accounts_is_warned_of() {
         "other",
     ]);
 }
+
+/// A name given twice is said to be shared when it happens, not first when a later command
+/// finds it ambiguous.
+#[test]
+fn a_name_another_key_has_is_warned_of() {
+    let env = Env::new();
+    env.ok_silently(&["-q", "key", "create", "--name", "laptop"]);
+    let first = env.json(&["key", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = env
+        .cmd()
+        .args(["key", "create", "--name", "laptop"])
+        .output()
+        .unwrap();
+    let (_, err) = texts(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("another key is named laptop too ({first})")),
+        "{err}"
+    );
+    // Renamed onto a taken name too; a name of its own says nothing.
+    let (_, _, err) = env.run(&["key", "create", "--name", "desk"]);
+    assert!(!err.contains("named"), "{err}");
+    let (code, _, err) = env.run(&["key", "update", "desk", "--name", "laptop"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("2 other keys are named laptop too"), "{err}");
+}
