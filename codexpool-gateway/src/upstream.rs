@@ -35,6 +35,7 @@ use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sha2::{Digest, Sha256};
 
+use crate::adapt::event::MAX_NOTICE_LEN;
 use crate::adapt::{
     EventKind, FailureKind, Preflight, UpstreamFailure, classify_error_body, message_text,
     preflight_item, usage_limit_notice,
@@ -936,17 +937,22 @@ const PREFLIGHT_HOLD: usize = 4 * 1024 * 1024;
 const NOTICE_READ: Duration = Duration::from_secs(2);
 
 /// A usage-limit notice that began with `text`, read on to the end of its text (briefly) so
-/// that the wait it names is known; `None` if it is not a notice after all (too long), and then
-/// `read` holds every item read, to serve the answer whole.
+/// that the wait it names is known; `None` if it is not a notice after all, and then `read`
+/// holds every item read, to serve the answer whole. Not a notice: text too long for one, or
+/// text still coming after [`NOTICE_READ`] (the backend writes its notice at once; a model
+/// writes at its own pace). Served wrongly, a notice is text a person reads; refused wrongly,
+/// an answer would bench a healthy account for hours.
 async fn read_notice(
     events: &mut Events,
     mut text: String,
     read: &mut VecDeque<SseItem>,
 ) -> Option<UpstreamFailure> {
     let until = tokio::time::Instant::now() + NOTICE_READ;
-    while text.len() <= MAX_NOTICE_TEXT {
-        let Ok(Ok(item)) = tokio::time::timeout_at(until, events.next()).await else {
-            break;
+    while text.len() <= MAX_NOTICE_LEN {
+        let item = match tokio::time::timeout_at(until, events.next()).await {
+            Err(_) => return None,
+            Ok(Err(_)) => break,
+            Ok(Ok(item)) => item,
         };
         let piece = message_text(&item);
         let terminal = matches!(&item, SseItem::Event(e) if EventKind::of(e).is_terminal());
@@ -960,9 +966,6 @@ async fn read_notice(
     }
     usage_limit_notice(&text)
 }
-
-/// Longer than any notice: past this the text is an answer (see [`usage_limit_notice`]).
-const MAX_NOTICE_TEXT: usize = 2048;
 
 /// The backend's code for encrypted reasoning it cannot read (another account made it).
 const FOREIGN_REASONING: &str = "invalid_encrypted_content";

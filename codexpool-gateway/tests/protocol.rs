@@ -156,27 +156,57 @@ async fn a_usage_limit_notice_in_the_text_is_read_to_the_wait_it_names() {
 }
 
 /// An answer that only begins like the notice (a user asked about usage limits) is served whole
-/// by its account, which is not taken for exhausted.
+/// by its account, which is not taken for exhausted: one too long for a notice, and one that
+/// is still being written after the notice's time (a model at its own pace).
 #[tokio::test]
 async fn an_answer_that_begins_like_the_notice_is_served() {
     let h = harness(2, &[]).await;
-    let mut deltas = vec!["When you hit your usage limit, ".to_string()];
-    deltas.extend((0..60).map(|i| format!("the plan's window resets later (part {i}). ")));
-    let whole = deltas.concat();
-    assert!(whole.len() > 2048);
-    h.fake.push_reply("acct-0", Reply::Text { deltas });
-    for stream in [false, true] {
+    let mut long = vec!["When you hit your usage limit, ".to_string()];
+    long.extend((0..60).map(|i| format!("the plan's window resets later (part {i}). ")));
+    assert!(long.concat().len() > 2048);
+    let slow = vec![
+        "When you hit your usage limit, ".to_string(),
+        "wait for the reset ".to_string(),
+        "or use another plan.".to_string(),
+    ];
+    // Every event of the slow one 0.9 s apart: the rest of its text is not there within 2 s.
+    let cases = [
+        (long.clone(), None, false),
+        (long, None, true),
+        (slow, Some(Duration::from_millis(900)), true),
+    ];
+    for (deltas, pace, stream) in cases {
+        let text = Reply::Text {
+            deltas: deltas.clone(),
+        };
+        let reply = match pace {
+            Some(interval) => Reply::Paced {
+                interval,
+                then: Box::new(text),
+            },
+            None => text,
+        };
+        h.fake.push_reply("acct-0", reply);
         let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(stream))).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        if !stream {
+        let got = if stream {
+            common::json_frames(&body)
+                .iter()
+                .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
+                .collect::<String>()
+        } else {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(v["choices"][0]["message"]["content"], whole.as_str());
-        }
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(got, deltas.concat(), "stream={stream} pace={pace:?}");
+        let row = &h.log().await[0];
+        assert_eq!(row.account_id.as_deref(), Some(h.ids[0].as_str()));
+        assert_eq!(row.error_class, None);
     }
     assert_eq!(h.pool.usage().exhausted_until(&h.ids[0]).unwrap(), None);
-    let rows = h.log().await;
-    assert_eq!(rows[1].account_id.as_deref(), Some(h.ids[0].as_str()));
-    assert_eq!(rows[1].error_class, None);
 }
 
 /// A slow first event does not send the Codex CLI's headers early: it gets its turn state from

@@ -991,7 +991,7 @@ const USAGE_LIMIT_PHRASES: &[&str] = &[
 ];
 
 /// The backend's notice is short; a long text that happens to contain the phrase is an answer.
-const MAX_NOTICE_LEN: usize = 2048;
+pub(crate) const MAX_NOTICE_LEN: usize = 2048;
 
 /// The usage-limit failure an early text announces, if it is the backend's notice.
 ///
