@@ -178,6 +178,7 @@ pub struct Server {
     rpc_token: Option<Secret>,
     background: bool,
     grace: Duration,
+    unread: Duration,
 }
 
 impl std::fmt::Debug for Server {
@@ -194,6 +195,10 @@ impl Server {
     pub fn new(pool: Pool) -> Self {
         let addr = pool.config().service_addr;
         let rpc_token = pool.config().rpc_token.clone();
+        let unread = pool
+            .config()
+            .upstream_stream_idle_timeout
+            .clamp(Duration::from_secs(60), Duration::from_secs(900));
         Self {
             pool,
             addr,
@@ -201,6 +206,7 @@ impl Server {
             rpc_token,
             background: true,
             grace: DEFAULT_SHUTDOWN_GRACE,
+            unread,
         }
     }
 
@@ -229,6 +235,17 @@ impl Server {
     /// How long open streams may run on after a stop (default 30 s).
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.grace = d;
+        self
+    }
+
+    /// How long what was sent to a client may stay unread before the client is given up, on
+    /// Linux (`TCP_USER_TIMEOUT`; a client that stopped reading, such as a suspended process,
+    /// would otherwise hold its account's slot and the upstream stream for as long as it stays
+    /// so). Default: `UPSTREAM_STREAM_IDLE_TIMEOUT_SECS`, within 1–15 min (a short stall of a
+    /// network must not end a connection; a dead peer must not be held longer than TCP
+    /// keep-alive would find it).
+    pub fn client_unread_timeout(mut self, d: Duration) -> Self {
+        self.unread = d.max(Duration::from_millis(1));
         self
     }
 
@@ -341,7 +358,7 @@ impl Server {
             },
             ClientSockets {
                 keepalive: config.gateway_keepalive_interval,
-                unread: config.upstream_stream_idle_timeout,
+                unread: self.unread,
             },
         ));
         Ok(RunningServer {
