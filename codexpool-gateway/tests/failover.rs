@@ -989,6 +989,32 @@ async fn a_fallback_json_answer_passes_and_an_unreachable_one_is_logged() {
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(text, json);
 
+    // Its refusals say when to come back: its own wait, else 1 s.
+    let refusal = |status: u16| Reply::Status {
+        status,
+        body: r#"{"error":{"message":"busy","type":"server_error","code":null}}"#.into(),
+        content_type: "application/json".into(),
+    };
+    h0.fake.push_openai_reply(Reply::RateLimit429);
+    h0.fake.push_openai_reply(refusal(503));
+    h0.fake.push_openai_reply(refusal(500));
+    for (code, wait) in [(429, Some("1")), (503, Some("1")), (500, None)] {
+        let (status, headers, _) = h.call(h.post("/v1/chat/completions", chat(false))).await;
+        assert_eq!(status.as_u16(), code);
+        assert_eq!(
+            headers.get("retry-after").map(|v| v.to_str().unwrap()),
+            wait,
+            "{code}"
+        );
+    }
+    h0.fake.push_openai_reply(Reply::WithHeader {
+        name: "retry-after".into(),
+        value: "17".into(),
+        then: Box::new(refusal(503)),
+    });
+    let (_, headers, _) = h.call(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(headers["retry-after"], "17", "its own wait");
+
     let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/v1", gone.local_addr().unwrap());
     drop(gone);
