@@ -701,7 +701,7 @@ impl Step {
 
 /// How many idle timeouts a request may spend on attempts that failed before it tries no
 /// further account.
-const MAX_SILENCES: u32 = 2;
+const FAILING_BUDGET_IDLES: u32 = 2;
 
 /// Tries accounts until one commits. `record` travels with the call and comes back either way.
 pub(crate) async fn run(
@@ -715,7 +715,7 @@ pub(crate) async fn run(
     // account (a client kept waiting a timeout per account could wait for hours). Two silent
     // upstreams end it so, and so do slow failures (a proxy's 524 after 100 s on each).
     let mut failing = Duration::ZERO;
-    let budget = upstream.idle_timeout.saturating_mul(MAX_SILENCES);
+    let budget = upstream.idle_timeout.saturating_mul(FAILING_BUDGET_IDLES);
     let portable = std::sync::OnceLock::new();
     let key = call.key.clone();
     let groups = (!key.allowed_groups.is_empty()).then_some(key.allowed_groups.as_slice());
@@ -785,7 +785,13 @@ pub(crate) async fn run(
                     lease.report(o).await;
                 }
                 failing += started.elapsed();
-                if failing >= budget {
+                // An account's own limit is no verdict on the upstream: the others may serve,
+                // and when none is left the refusal says when to come back.
+                let own_limit = matches!(
+                    f.kind,
+                    FailureKind::UsageLimit { .. } | FailureKind::RateLimited { .. }
+                );
+                if failing >= budget && !own_limit {
                     call.record.entry.error_class = Some(f.error_code().to_string());
                     return Err(Failed {
                         error: ApiError::from_upstream(&f),

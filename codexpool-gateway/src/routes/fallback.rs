@@ -99,13 +99,17 @@ pub(super) async fn call(
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
     // Its own wait passes on; a 429 or 503 without one says 1 s, as the gateway's own do.
-    let retry_after = resp.headers().get(header::RETRY_AFTER).cloned().or_else(|| {
-        matches!(
-            status,
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-        )
-        .then(|| HeaderValue::from_static("1"))
-    });
+    let retry_after = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .cloned()
+        .or_else(|| {
+            matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            )
+            .then(|| HeaderValue::from_static("1"))
+        });
     record.entry.status = status.as_u16();
     record.first_byte();
     let sse = is_event_stream(content_type.as_ref());
