@@ -78,6 +78,10 @@ pub struct ImportResult {
     /// stays imported, its refresh token still shared with that CLI.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub take_over_error: Option<String>,
+    /// That refresh failed because the issuer declared the sign-in dead (expired, revoked,
+    /// reused): trying the take-over again cannot help, the account needs a new sign-in.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sign_in_dead: bool,
     /// The account holds the input's tokens now (imported, updated, or already up to date);
     /// not when the stored sign-in is newer.
     #[serde(skip)]
@@ -380,6 +384,7 @@ fn skipped(source: String, reason: impl Into<String>) -> ImportResult {
         codex_cli: false,
         taken_over: false,
         take_over_error: None,
+        sign_in_dead: false,
         holds_input_tokens: false,
     }
 }
@@ -412,6 +417,7 @@ fn unchanged(
         codex_cli,
         taken_over: false,
         take_over_error: None,
+        sign_in_dead: false,
         holds_input_tokens: same,
     }
 }
@@ -541,6 +547,7 @@ impl AccountPool {
                             codex_cli,
                             taken_over: false,
                             take_over_error: None,
+                            sign_in_dead: false,
                             holds_input_tokens: true,
                         },
                         Err(e @ Error::Store(StoreError::Backend { .. })) => ImportResult {
@@ -584,6 +591,7 @@ impl AccountPool {
             if let Some((_, why, dead)) = failed.iter().find(|(done, ..)| done == id) {
                 r.warning = Some(take_over_failed(&r.source, *dead));
                 r.take_over_error = Some(why.clone());
+                r.sign_in_dead = *dead;
                 continue;
             }
             // The same sign-in twice (two copies of one auth.json): one refresh is enough.
@@ -594,6 +602,7 @@ impl AccountPool {
                     let dead = matches!(cause, crate::auth::AuthError::RefreshDead { .. });
                     r.warning = Some(take_over_failed(&r.source, dead));
                     r.take_over_error = Some(cause.to_string());
+                    r.sign_in_dead = dead;
                     failed.push((id.to_string(), cause.to_string(), dead));
                     first_error.get_or_insert(Error::TakeOver {
                         input: r.source.clone(),

@@ -13,7 +13,8 @@
 //!   [{"source", "status" (imported|updated|unchanged|skipped|failed: the database refused it,
 //!   exit 1), "reason" (when unchanged, skipped or failed),
 //!   "account_id", "label", "warning", "codex_cli", "taken_over"}]}`; with `--take-over`, each
-//!   result whose refresh failed has `"take_over_error": "why"` (the others are still taken
+//!   result whose refresh failed has `"take_over_error": "why"` (and `"sign_in_dead": true`
+//!   when the issuer declared the sign-in dead: it needs a new one; the others are still taken
 //!   over) and the first such failure adds `"take_over_error": {"source", "account_id",
 //!   "message"}` to the document (exit 1);
 //! - `account export`: the export document `{"version": 1, "exported_at", "accounts": […]}`
@@ -30,7 +31,7 @@ use std::path::Path;
 
 use codexpool_core::auth::{LoginCompleted, LoginOptions};
 use codexpool_core::import::{ImportOutcome, ImportReport};
-use codexpool_core::{Account, AccountFilter, AccountPatch, AccountStatus, Pool};
+use codexpool_core::{Account, AccountFilter, AccountPatch, Pool};
 use serde::Serialize;
 
 use super::runtime::{Runtimes, Source};
@@ -250,7 +251,7 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str, take_over: bool) -> an
     };
     print_import(ctx, &report, take_over_error.as_ref())?;
     if let Some(e) = take_over_error {
-        return Err(take_over_failure(pool, &report, e));
+        return Err(take_over_failure(&report, e));
     }
     if let Some(why) = report.results.iter().find_map(|r| match &r.outcome {
         ImportOutcome::Failed(why) => Some(why),
@@ -281,11 +282,7 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str, take_over: bool) -> an
 /// stands: every account was written, and the other sign-ins were taken over; and what to do
 /// about the failed ones: a sign-in the issuer declared dead (its account now needs a new
 /// login) cannot be taken over again.
-fn take_over_failure(
-    pool: &Pool,
-    report: &ImportReport,
-    e: codexpool_core::Error,
-) -> anyhow::Error {
+fn take_over_failure(report: &ImportReport, e: codexpool_core::Error) -> anyhow::Error {
     let codexpool_core::Error::TakeOver { .. } = &e else {
         return e.into();
     };
@@ -304,18 +301,7 @@ fn take_over_failure(
         e.to_string()
     };
     let taken = report.results.iter().filter(|r| r.taken_over).count();
-    let dead = report
-        .results
-        .iter()
-        .filter(|r| r.take_over_error.is_some())
-        .filter(|r| {
-            r.account_id.as_deref().is_some_and(|id| {
-                pool.accounts()
-                    .get(id)
-                    .is_ok_and(|a| a.status == AccountStatus::NeedsLogin)
-            })
-        })
-        .count();
+    let dead = report.results.iter().filter(|r| r.sign_in_dead).count();
     let what_now = match (dead, failed.len().saturating_sub(dead)) {
         (0, _) => {
             "the failed ones still share their sign-in with the Codex CLI: run the import \
