@@ -133,7 +133,8 @@ impl ServerFile {
                 }
                 let modified = e.metadata().ok()?.modified().ok()?;
                 let file: Self = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
-                (file.db == db).then_some((modified, file))
+                // A file without a database's name is an older version's: still found.
+                (file.db == db || file.db.is_empty()).then_some((modified, file))
             })
             .collect();
         files.sort_by_key(|(t, _)| *t);

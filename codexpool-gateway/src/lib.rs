@@ -125,7 +125,8 @@ impl GatewayBuilder {
     /// that sent part of a body and then nothing would otherwise hold its place among the
     /// requests in flight for as long as its connection lives.
     pub fn body_idle_timeout(mut self, d: std::time::Duration) -> Self {
-        self.body_idle = d;
+        // Zero would refuse every body not there at once.
+        self.body_idle = d.max(std::time::Duration::from_millis(10));
         self
     }
 

@@ -315,6 +315,12 @@ async fn secrets_never_reach_the_request_log() {
         h.key
     );
     body["messages"][0]["content"] = json!(pasted);
+    // And a whole auth.json pasted as a message: its refresh token is no JWT.
+    let auth = json!({"tokens": {"refresh_token": "rt_opaque_refresh_value", "account_id": "a"}});
+    body["messages"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "user", "content": auth.to_string()}));
     let (s, _) = h.json(h.post("/v1/chat/completions", body)).await;
     assert_eq!(s, StatusCode::OK);
     let row = &h.log().await[0];
@@ -324,6 +330,7 @@ async fn secrets_never_reach_the_request_log() {
         "{all}"
     );
     assert!(!all.contains("sk-proj-") && !all.contains(jwt), "{all}");
+    assert!(!all.contains("rt_opaque_refresh_value"), "{all}");
     let preview = row.body_preview.as_deref().unwrap();
     assert!(preview.contains("visible"), "{preview}");
     assert!(
@@ -522,7 +529,7 @@ async fn browsers_may_call_the_api_from_allowed_origins_only() {
 #[tokio::test]
 async fn a_body_that_stops_arriving_is_a_408() {
     use futures_util::StreamExt;
-    let idle = std::time::Duration::from_millis(300);
+    let idle = std::time::Duration::from_secs(1);
     let h = common::harness_with(1, &[], |b| b.body_idle_timeout(idle)).await;
     let whole = chat(false).to_string();
     let request = |body: Body| {
@@ -548,14 +555,14 @@ async fn a_body_that_stops_arriving_is_a_408() {
     );
     assert_eq!(h.fake.count("/backend-api/codex/responses"), 0);
 
-    // Parts 100 ms apart, longer together than the idle time: read whole.
+    // Parts 300 ms apart, longer together than the idle time: read whole.
     let parts: Vec<String> = whole
         .as_bytes()
         .chunks(whole.len() / 5 + 1)
         .map(|c| String::from_utf8(c.to_vec()).unwrap())
         .collect();
     let slow = futures_util::stream::iter(parts).then(|p| async move {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         Ok::<_, std::io::Error>(p)
     });
     let (status, _, body) = h.call(request(Body::from_stream(slow))).await;

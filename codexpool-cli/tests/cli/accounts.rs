@@ -414,7 +414,10 @@ fn a_failed_take_over_still_prints_the_report() {
     assert!(warning(1).contains("no longer valid"), "{v}");
     assert!(warning(2).contains("still shares its sign-in"), "{v}");
     let dead: Vec<&Value> = (0..4).map(|i| &v["results"][i]["sign_in_dead"]).collect();
-    assert_eq!(dead, [&Value::Null, &json!(true), &Value::Null, &Value::Null]);
+    assert_eq!(
+        dead,
+        [&Value::Null, &json!(true), &Value::Null, &Value::Null]
+    );
     assert!(
         stderr.contains("those whose sign-in is no longer valid need a new one"),
         "{stderr}"

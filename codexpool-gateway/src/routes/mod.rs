@@ -76,10 +76,12 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
 struct BodyStalled(Duration);
 
 /// A request body whose frames may be at most `idle` apart. The timer is made only when a frame
-/// is not there at once (a small body usually is).
+/// is not there at once (a small body usually is), and a frame only notes its time: the timer
+/// moves when it fires early, not on every frame.
 struct IdleBody {
     inner: Body,
     idle: Duration,
+    last: tokio::time::Instant,
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -95,19 +97,22 @@ impl http_body::Body for IdleBody {
         use std::task::Poll;
         let this = &mut *self;
         if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
-            if let Some(t) = &mut this.timer {
-                t.as_mut().reset(tokio::time::Instant::now() + this.idle);
-            }
+            this.last = tokio::time::Instant::now();
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let idle = this.idle;
+        let (idle, due) = (this.idle, this.last + this.idle);
         let timer = this
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(idle))))),
-            Poll::Pending => Poll::Pending,
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        while timer.as_mut().poll(cx).is_ready() {
+            // Frames came since it was set: the wait runs from the last one.
+            if timer.deadline() < due {
+                timer.as_mut().reset(due);
+                continue;
+            }
+            return Poll::Ready(Some(Err(Box::new(BodyStalled(idle)))));
         }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
@@ -157,6 +162,7 @@ pub(crate) async fn read_body(
     let body = IdleBody {
         inner: body,
         idle,
+        last: tokio::time::Instant::now(),
         timer: None,
     };
     match http_body_util::Limited::new(body, limit).collect().await {
@@ -253,6 +259,13 @@ pub(crate) fn preview(body: &[u8], max: usize) -> Option<String> {
             }
             serde_json::Value::Array(a) => a.iter_mut().for_each(redact),
             serde_json::Value::String(text) => {
+                // A JSON document pasted as text (an `auth.json`) is redacted as one.
+                if text.trim_start().starts_with('{')
+                    && let Ok(mut inner) = serde_json::from_str::<serde_json::Value>(text)
+                {
+                    redact(&mut inner);
+                    *text = inner.to_string();
+                }
                 if let Some(masked) = mask_secrets(text) {
                     *text = masked;
                 }
