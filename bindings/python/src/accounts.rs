@@ -84,7 +84,8 @@ record! {
     /// (the stored sign-in is the same or newer), `skipped` (not a usable sign-in) or `failed`
     /// (the database refused it), with `reason` for the last three; `taken_over` when an
     /// import with `take_over` refreshed this Codex CLI sign-in, `take_over_error` (why) when
-    /// that refresh failed.
+    /// that refresh failed, and `sign_in_dead` when it failed because the issuer declared the
+    /// sign-in dead (it needs a new one; trying again cannot help).
     ImportResult as "ImportResult" {
         source: String,
         status: String,
@@ -95,6 +96,7 @@ record! {
         codex_cli: bool,
         taken_over: bool,
         take_over_error: Option<String>,
+        sign_in_dead: bool,
     }
 }
 
@@ -139,6 +141,7 @@ impl From<CoreImportReport> for ImportReport {
                         codex_cli: x.codex_cli,
                         taken_over: x.taken_over,
                         take_over_error: x.take_over_error,
+                        sign_in_dead: x.sign_in_dead,
                     }
                 })
                 .collect(),

@@ -349,6 +349,7 @@ def test_import_with_take_over(pool: codexpool.Pool, fake: FakeOpenAi, tmp_path:
     assert e.value.report is not None and e.value.report.imported == 1
     assert not e.value.report.results[0].taken_over
     assert "sign in again" in (e.value.report.results[0].take_over_error or "")
+    assert e.value.report.results[0].sign_in_dead
     assert codexpool.AuthError.report is None, "other auth errors carry no report"
 
 

@@ -216,6 +216,9 @@ pub struct ImportResult {
     /// An import with `take_over` could not refresh this sign-in (why): it stays imported and
     /// shared with the Codex CLI. The other results were tried all the same.
     pub take_over_error: Option<String>,
+    /// That refresh failed because the issuer declared the sign-in dead (expired, revoked,
+    /// reused): trying again cannot help; the account needs a new sign-in.
+    pub sign_in_dead: bool,
 }
 
 impl From<CoreImportResult> for ImportResult {
@@ -237,6 +240,7 @@ impl From<CoreImportResult> for ImportResult {
             codex_cli: r.codex_cli,
             taken_over: r.taken_over,
             take_over_error: r.take_over_error,
+            sign_in_dead: r.sign_in_dead,
         }
     }
 }

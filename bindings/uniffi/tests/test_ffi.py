@@ -419,7 +419,8 @@ async def take_over(tmp, fake):
     assert [r.status for r in results] == [cp.ImportStatus.IMPORTED] * 3, results
     assert [r.taken_over for r in results] == [True, False, True], results
     assert results[0].warning.startswith("took over"), results
-    assert results[1].take_over_error, results
+    assert results[1].take_over_error and results[1].sign_in_dead, results
+    assert not results[0].sign_in_dead and not results[2].sign_in_dead, results
     assert results[0].take_over_error is None and results[2].take_over_error is None, results
     assert fake.refresh_count("acct-a") == 1 and fake.refresh_count("acct-c") == 1, "goes on past the failure"
     assert len(accounts.list()) == 4, "the import stands"

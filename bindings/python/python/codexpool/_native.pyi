@@ -200,6 +200,10 @@ class ImportResult:
     def take_over_error(self) -> str | None:
         """An import with ``take_over`` could not refresh this Codex CLI sign-in: why. It stays
         imported, its refresh token still shared with that CLI."""
+    @property
+    def sign_in_dead(self) -> bool:
+        """That refresh failed because the issuer declared the sign-in dead (expired, revoked,
+        reused): trying again cannot help; the account needs a new sign-in."""
     def to_dict(self) -> dict[str, Any]: ...
 
 @final
