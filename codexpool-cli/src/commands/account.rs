@@ -444,6 +444,14 @@ pub async fn export(
 ) -> anyhow::Result<()> {
     let out = &ctx.out;
     let filter = filter_of(filter);
+    // An export of nothing is still a valid document; said so, as `account list` says it.
+    if pool.accounts().list(&filter).is_empty() {
+        out.note(if pool.accounts().is_empty() {
+            "No accounts yet: the export holds none."
+        } else {
+            "No account matches these filters: the export holds none."
+        });
+    }
     // `-o -` is stdout, as `import -` is stdin.
     match output.filter(|p| *p != Path::new("-")) {
         Some(path) => {

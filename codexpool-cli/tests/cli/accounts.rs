@@ -223,6 +223,12 @@ fn export_to_stdout_and_to_a_private_file_round_trips() {
     let dash: Value = serde_json::from_str(&env.ok(&["account", "export", "-o", "-"])).unwrap();
     assert_eq!(dash["accounts"].as_array().unwrap().len(), 2);
     assert!(!env.path().join("-").exists());
+    // A filter nothing matches: an empty document, and a note that says so.
+    let (code, out, err) = env.run(&["account", "export", "--group", "nosuch"]);
+    assert_eq!(code, 0, "{err}");
+    let none: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(none["accounts"], serde_json::json!([]));
+    assert!(err.contains("No account matches these filters"), "{err}");
 
     // Over a file others may read, the export is still the owner's only from its first byte.
     let file = env.path().join("backup.json");
