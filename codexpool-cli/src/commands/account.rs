@@ -125,6 +125,16 @@ pub async fn login(ctx: &Ctx, pool: &Pool, a: LoginArgs) -> anyhow::Result<()> {
                         "Waiting for the sign-in callback on http://{addr}{} (Ctrl-C cancels).",
                         path_of(h.redirect_uri())
                     ))?;
+                    if let Some(port) = port_of(h.redirect_uri())
+                        && port != addr.port()
+                    {
+                        out.warn(format!(
+                            "the browser is sent back to port {port} (CODEXPOOL_REDIRECT_URI), \
+                             the callback listens on port {} (CODEXPOOL_LOGIN_ADDR): forward \
+                             one to the other, or finish with `codexpool account complete`",
+                            addr.port()
+                        ));
+                    }
                     out.note(format!(
                         "If the browser cannot reach this machine, copy the address it ends on \
                          ({}?code=…) and run: codexpool account complete '<URL>'",
@@ -173,6 +183,21 @@ async fn listener_stopped(addr: std::net::SocketAddr) {
 fn path_of(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest.find('/').map_or("/", |i| &rest[i..])
+}
+
+/// The port of an `http(s)://host[:port]/…` URL (the scheme's when none is written).
+fn port_of(url: &str) -> Option<u16> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    // After the last `:` outside an IPv6 literal's brackets.
+    match authority.rsplit_once(':') {
+        Some((_, port)) if !port.contains(']') => port.parse().ok(),
+        _ => match scheme {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        },
+    }
 }
 
 /// `account complete`.
@@ -657,5 +682,17 @@ mod tests {
             "/auth/callback"
         );
         assert_eq!(super::path_of("http://localhost:1455"), "/");
+    }
+
+    #[test]
+    fn port_of_a_redirect_uri() {
+        assert_eq!(
+            super::port_of("http://localhost:1455/auth/callback"),
+            Some(1455)
+        );
+        assert_eq!(super::port_of("http://[::1]:1456/cb"), Some(1456));
+        assert_eq!(super::port_of("http://[::1]/cb"), Some(80));
+        assert_eq!(super::port_of("https://example.com"), Some(443));
+        assert_eq!(super::port_of("localhost:1455"), None);
     }
 }

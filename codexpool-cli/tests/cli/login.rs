@@ -255,3 +255,34 @@ fn device_code_sign_in() {
     assert_eq!(docs[1]["created"], true);
     assert_eq!(docs[1]["account"]["chatgpt_account_id"], "acct-e");
 }
+
+/// A callback listener on another port than the one the browser is sent back to is said at
+/// once (the sign-in would otherwise wait for a callback that never comes); with port 0 the
+/// redirect follows the listener and nothing is said.
+#[test]
+fn a_listener_the_redirect_does_not_reach_is_warned_of() {
+    let env = Env::new();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let addr = format!("127.0.0.1:{port}");
+    for (login_addr, warned) in [(addr.as_str(), true), ("127.0.0.1:0", false)] {
+        let mut child = env.spawn(
+            &["account", "login", "--no-browser"],
+            &[
+                ("CODEXPOOL_LOGIN_ADDR", login_addr),
+                ("CODEXPOOL_REDIRECT_URI", "http://localhost:1455/auth/callback"),
+            ],
+        );
+        let mut lines = Lines::new(child.stdout.take().unwrap());
+        lines.find(|l| l.contains("Waiting for the sign-in callback").then_some(()));
+        signal(&child, "INT");
+        let (_, stderr) = finish(child, 20);
+        let expected = format!(
+            "the browser is sent back to port 1455 (CODEXPOOL_REDIRECT_URI), the callback \
+             listens on port {port}"
+        );
+        assert_eq!(stderr.contains(&expected), warned, "{login_addr}: {stderr}");
+        assert_eq!(stderr.contains("sent back to port"), warned, "{stderr}");
+    }
+}
