@@ -9,15 +9,18 @@ use codexpool_testkit::Reply;
 use common::{harness, json_frames};
 use serde_json::json;
 
+/// A streamed Responses request saying "Hi".
+fn ask_streamed(h: &common::Harness) -> Request<Body> {
+    h.post(
+        "/v1/responses",
+        json!({"model": "gpt-5-codex", "input": "Hi", "stream": true}),
+    )
+}
+
 #[tokio::test]
 async fn streaming_passes_events_through() {
     let h = harness(1, &[]).await;
-    let (status, headers, body) = h
-        .call(h.post(
-            "/v1/responses",
-            json!({"model": "gpt-5-codex", "input": "Hi", "stream": true}),
-        ))
-        .await;
+    let (status, headers, body) = h.call(ask_streamed(&h)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["content-type"], "text/event-stream");
     let types: Vec<String> = json_frames(&body)
@@ -46,12 +49,7 @@ async fn a_stream_cut_part_way_ends_with_an_error_event() {
     let h = harness(1, &[]).await;
     h.fake
         .push_reply("acct-0", Reply::CutMidStream { after_deltas: 2 });
-    let (status, _, body) = h
-        .call(h.post(
-            "/v1/responses",
-            json!({"model": "gpt-5-codex", "input": "Hi", "stream": true}),
-        ))
-        .await;
+    let (status, _, body) = h.call(ask_streamed(&h)).await;
     assert_eq!(status, StatusCode::OK);
     let frames = json_frames(&body);
     let types = common::event_types(&frames);
@@ -94,12 +92,7 @@ async fn a_cut_after_the_largest_sequence_number_is_numbered_without_overflow() 
             ),
         },
     );
-    let (status, _, body) = h
-        .call(h.post(
-            "/v1/responses",
-            json!({"model": "gpt-5-codex", "input": "Hi", "stream": true}),
-        ))
-        .await;
+    let (status, _, body) = h.call(ask_streamed(&h)).await;
     assert_eq!(status, StatusCode::OK);
     let frames = json_frames(&body);
     assert_eq!(

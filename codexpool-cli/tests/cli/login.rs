@@ -271,7 +271,10 @@ fn a_listener_the_redirect_does_not_reach_is_warned_of() {
             &["account", "login", "--no-browser"],
             &[
                 ("CODEXPOOL_LOGIN_ADDR", login_addr),
-                ("CODEXPOOL_REDIRECT_URI", "http://localhost:1455/auth/callback"),
+                (
+                    "CODEXPOOL_REDIRECT_URI",
+                    "http://localhost:1455/auth/callback",
+                ),
             ],
         );
         let mut lines = Lines::new(child.stdout.take().unwrap());
