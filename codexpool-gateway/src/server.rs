@@ -516,8 +516,8 @@ struct ClientSockets {
     /// TCP keep-alive (zero: none): finds the dead peers under a long silent stream.
     keepalive: Duration,
     /// How long bytes sent may stay unread (`TCP_USER_TIMEOUT`, which counts a peer that
-    /// advertises no room too): a client that stopped reading (a suspended process) is given up
-    /// like an upstream silent for as long, and its account's slot comes back.
+    /// advertises no room too; see [`Server::client_unread_timeout`]): a client that stopped
+    /// reading (a suspended process) is given up, and its account's slot comes back.
     unread: Duration,
 }
 
