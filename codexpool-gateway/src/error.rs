@@ -230,41 +230,33 @@ impl ApiError {
 
     /// From a pool that could not lease an account; `now` turns reset times into `Retry-After`.
     pub fn from_pool(e: &PoolError, now: Timestamp) -> Self {
-        let secs_until = |t: Timestamp| retry_after_secs(t, now);
-        match e {
-            PoolError::Exhausted { resets_at } => Self::new(
+        let (status, kind, code) = match e {
+            PoolError::Exhausted { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",
                 "usage_limit_reached",
-                e.to_string(),
-            )
-            .retry_after(secs_until(*resets_at)),
-            PoolError::CoolingDown { until } => Self::new(
+            ),
+            PoolError::CoolingDown { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
                 "accounts_cooling_down",
-                e.to_string(),
-            )
-            .retry_after(secs_until(*until)),
-            PoolError::Busy { .. } => Self::new(
+            ),
+            PoolError::Busy { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
                 "accounts_busy",
-                e.to_string(),
-            )
-            .retry_after(1),
-            _ => {
-                let err = Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server_error",
-                    "no_account_available",
-                    e.to_string(),
-                );
-                match e.retry_at() {
-                    Some(at) => err.retry_after(secs_until(at)),
-                    None => err,
-                }
-            }
+            ),
+            _ => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "no_account_available",
+            ),
+        };
+        // Without a time of its own, the rendering says 1 s (see `into_response`).
+        let err = Self::new(status, kind, code, e.to_string());
+        match e.retry_at() {
+            Some(at) => err.retry_after(retry_after_secs(at, now)),
+            None => err,
         }
     }
 
