@@ -12,6 +12,34 @@ pub fn new_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Longest text an error repeats of what was asked for; a longer one is cut (an id is 12
+/// characters, a name or email rarely more than this).
+const MAX_SHOWN: usize = 80;
+
+/// What was asked for, as an error repeats it: something that looks like a credential pasted
+/// where an id belongs (an API key `sk-…`, a JWT such as an OAuth token) shows only its kind
+/// and last four characters, and a long text is cut. Errors end up in logs and tracebacks.
+pub(crate) fn as_asked(wanted: &str) -> String {
+    let last4 = || {
+        let start = wanted.char_indices().rev().nth(3).map_or(0, |(i, _)| i);
+        &wanted[start..]
+    };
+    if wanted.starts_with("sk-") && wanted.len() > 12 {
+        return format!("sk-…{}", last4());
+    }
+    if wanted.starts_with("eyJ") && wanted.contains('.') {
+        return format!("a token (eyJ…{})", last4());
+    }
+    match wanted.char_indices().nth(MAX_SHOWN) {
+        Some((cut, _)) => format!(
+            "{}… ({} characters)",
+            &wanted[..cut],
+            wanted.chars().count()
+        ),
+        None => wanted.to_string(),
+    }
+}
+
 /// Resolves an id or unique id prefix against known ids. An exact match always wins.
 pub fn resolve_prefix<'a>(
     what: &'static str,
@@ -34,7 +62,7 @@ pub fn resolve_prefix<'a>(
     match matches.len() {
         0 => Err(Error::NotFound {
             what,
-            id: wanted.to_string(),
+            id: as_asked(wanted),
         }),
         1 => Ok(matches.remove(0)),
         _ => {
@@ -42,7 +70,7 @@ pub fn resolve_prefix<'a>(
             Err(Error::Ambiguous {
                 what,
                 by: "id",
-                prefix: wanted.to_string(),
+                prefix: as_asked(wanted),
                 candidates: matches,
             })
         }
@@ -100,13 +128,13 @@ pub fn or_by_name(
     match ids.len() {
         0 => Err(Error::NotFound {
             what,
-            id: wanted.to_string(),
+            id: as_asked(wanted),
         }),
         1 => Ok(ids.remove(0)),
         _ => Err(Error::Ambiguous {
             what,
             by,
-            prefix: wanted.to_string(),
+            prefix: as_asked(wanted),
             candidates: ids,
         }),
     }
@@ -145,6 +173,34 @@ mod tests {
             resolve_prefix("key", " ", &ids),
             Err(Error::InvalidInput { .. })
         ));
+    }
+
+    #[test]
+    fn errors_repeat_no_secret_and_no_long_text() {
+        let ids = vec!["abc123".to_string()];
+        let shown = |wanted: &str| match resolve_prefix("account", wanted, &ids) {
+            Err(Error::NotFound { id, .. }) => id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(shown("sk-cp-gkehgYA6ad1KpGGaNMjyls"), "sk-…jyls");
+        assert_eq!(shown("sk-proj-abcdefghijklmnop"), "sk-…mnop");
+        assert_eq!(
+            shown("eyJhbGciOi.eyJzdWIi.c2lnbmF0dXJl"),
+            "a token (eyJ…dXJl)"
+        );
+        let long = "é".repeat(10_000);
+        assert_eq!(
+            shown(&long),
+            format!("{}… (10000 characters)", "é".repeat(MAX_SHOWN))
+        );
+        assert_eq!(shown("laptop"), "laptop");
+        let secret = "sk-cp-0123456789abcdef";
+        let found = resolve_prefix("account", secret, &ids);
+        let e = or_by_name("account", found, "label or email", secret, |_| Vec::new());
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "no account matches \"sk-…cdef\""
+        );
     }
 
     /// A key among `(id, name)` pairs, by id, id prefix or name.

@@ -575,6 +575,17 @@ async fn list_filters_order_and_prefixes() {
             .is_err()
     );
     assert_eq!(acc.get(&ids[0]).unwrap().sort, 9, "all or nothing");
+    // One account twice (its id and a prefix of it): which should win? Neither.
+    let twice = acc
+        .set_sort_orders(&[(ids[0].clone(), 1), (ids[0][..6].to_string(), 2)])
+        .await;
+    match twice {
+        Err(Error::InvalidInput { message, .. }) => {
+            assert!(message.contains("more than once"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(acc.get(&ids[0]).unwrap().sort, 9);
 }
 
 #[tokio::test]

@@ -695,6 +695,14 @@ impl AccountPool {
             .iter()
             .map(|(id, s)| Ok((self.get(id)?.id, *s)))
             .collect::<Result<_>>()?;
+        // Two entries for one account (its id and a prefix of it): which should win?
+        let mut seen = std::collections::HashSet::new();
+        if let Some((id, _)) = resolved.iter().find(|(id, _)| !seen.insert(id)) {
+            return Err(Error::invalid(
+                "orders",
+                format!("account {id} is given more than once"),
+            ));
+        }
         self.pool
             .write_through(|pool| async move {
                 let shared = &pool.shared;
