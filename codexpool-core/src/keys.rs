@@ -503,7 +503,6 @@ impl KeyTable {
         }
     }
 
-    /// Stamps to persist: `(id, time)` for keys used since the last flush.
     /// Last-used times not yet in the store; [`KeyTable::mark_flushed`] once they are.
     pub fn dirty_stamps(&self) -> Vec<(String, Timestamp)> {
         self.by_id

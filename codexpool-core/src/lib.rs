@@ -100,10 +100,44 @@ pub(crate) struct Shared {
 }
 
 impl Drop for Shared {
+    /// The last handle is gone: the last-used times the watcher has not written yet are written
+    /// on the pool's runtime (as the writer writes what is queued when it ends), not lost with
+    /// the memory that held them. Dropped unwritten only when that runtime is gone too.
     fn drop(&mut self) {
         if let Some(h) = sync::lock(&self.watcher).take() {
             h.abort();
         }
+        let accounts = sync::read(&self.accounts).dirty_stamps();
+        let keys = sync::read(&self.keys).dirty_stamps();
+        if accounts.is_empty() && keys.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        self.runtime.spawn(async move {
+            let accounts = match accounts.is_empty() {
+                true => Ok(()),
+                false => store.touch_accounts(&accounts).await,
+            };
+            let keys = match keys.is_empty() {
+                true => Ok(()),
+                false => store.touch_keys(&keys).await,
+            };
+            if let Err(e) = accounts.and(keys) {
+                tracing::warn!(error = %e, "could not write last-used times");
+            }
+        });
+    }
+}
+
+/// A handle on a [`Pool`] that does not keep it open: [`WeakPool::upgrade`] gives the pool
+/// while any other handle (a [`Pool`] clone, a server) still holds it.
+#[derive(Clone)]
+pub struct WeakPool(Weak<Shared>);
+
+impl WeakPool {
+    /// The pool, if it is still open.
+    pub fn upgrade(&self) -> Option<Pool> {
+        self.0.upgrade().map(|shared| Pool { shared })
     }
 }
 
@@ -231,6 +265,12 @@ impl Pool {
             .store(Arc::new(MemoryStore::new()))
             .open()
             .await
+    }
+
+    /// A handle that does not keep the pool open (e.g. to flush the pools still open when a
+    /// process exits).
+    pub fn downgrade(&self) -> WeakPool {
+        WeakPool(Arc::downgrade(&self.shared))
     }
 
     /// The accounts.

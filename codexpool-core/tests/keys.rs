@@ -382,6 +382,51 @@ async fn last_used_is_recorded_without_a_write_per_request() {
     );
 }
 
+/// A pool dropped without a flush (a script that ends without one) still writes the last-used
+/// times it holds, and a [`codexpool_core::WeakPool`] no longer gives it.
+#[tokio::test]
+async fn a_pool_dropped_without_a_flush_writes_its_last_used_times() {
+    use codexpool_core::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let pool = Pool::open(
+        Config::default()
+            .with("DB_PATH", path.to_str().unwrap())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let k = pool.keys().create(NewKey::named("a")).await.unwrap();
+    let id = common::add_accounts(&pool, 1).await.remove(0);
+    pool.keys().verify(k.secret.expose()).unwrap();
+    let lease = pool
+        .accounts()
+        .acquire(&codexpool_core::Demand::any())
+        .await
+        .unwrap();
+    lease.report(codexpool_core::Outcome::Success).await;
+    drop(lease);
+    let weak = pool.downgrade();
+    assert!(weak.upgrade().is_some());
+    drop(pool);
+    assert!(weak.upgrade().is_none());
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let key = store.list_keys().await.unwrap()[0].last_used_at;
+        let account = store.get_account(&id).await.unwrap().unwrap().last_used_at;
+        if key.is_some() && account.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not written: key {key:?}, account {account:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_last_used_time_that_could_not_be_written_is_written_by_the_next_flush() {
     use codexpool_core::store::Store;

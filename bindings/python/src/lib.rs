@@ -54,5 +54,10 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(server::serve, m)?)?;
     m.add_class::<testing::FakeOpenAi>()?;
     m.add_class::<testing::Reply>()?;
+    // Pools still open when the interpreter exits write what they have queued.
+    let flush = wrap_pyfunction!(pool::flush_open_pools, m)?;
+    m.py()
+        .import("atexit")?
+        .call_method1("register", (flush,))?;
     Ok(())
 }

@@ -7,10 +7,11 @@
 //! `CodexPoolWarning`s when a pool opens.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use codexpool_core::store::MemoryStore;
-use codexpool_core::{Config, Pool as CorePool};
+use codexpool_core::{Config, Pool as CorePool, WeakPool};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
@@ -86,9 +87,54 @@ fn whole_number(f: f64) -> Option<i64> {
     (f.fract() == 0.0 && f.abs() <= EXACT).then_some(f as i64)
 }
 
+/// The pools opened in this process that may still be open, for [`flush_open_pools`].
+static OPENED: Mutex<Vec<(Home, WeakPool)>> = Mutex::new(Vec::new());
+
+fn opened_pools() -> std::sync::MutexGuard<'static, Vec<(Home, WeakPool)>> {
+    OPENED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Longest an exiting interpreter waits for one pool's flush.
+const EXIT_FLUSH: Duration = Duration::from_secs(10);
+
+/// Registered with `atexit` when the module loads: writes what the pools still open have
+/// queued (last-used times, usage readings, request-log rows), so a script that ends without
+/// `flush()` or a `with` block loses none of it. A pool waits at most 10 s; an error is
+/// issued as a warning.
+#[pyfunction]
+pub(crate) fn flush_open_pools(py: Python<'_>) -> PyResult<()> {
+    let open: Vec<CorePool> = opened_pools()
+        .drain(..)
+        .filter(|(home, _)| home.is_here())
+        .filter_map(|(_, weak)| weak.upgrade())
+        .collect();
+    for pool in open {
+        let flushed = Home::here().run(py, async move {
+            tokio::time::timeout(EXIT_FLUSH, pool.flush()).await
+        })?;
+        let problem = match flushed {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("still writing after {} s", EXIT_FLUSH.as_secs()),
+        };
+        warn_all(
+            py,
+            [format!("a pool was not flushed at exit: {problem}").as_str()],
+        )?;
+    }
+    Ok(())
+}
+
 /// The opened pool, after issuing its settings' warnings.
 fn opened(py: Python<'_>, inner: CorePool) -> PyResult<Pool> {
     warn_all(py, inner.config().warnings.iter().map(String::as_str))?;
+    {
+        let mut open = opened_pools();
+        open.retain(|(_, weak)| weak.upgrade().is_some());
+        open.push((Home::here(), inner.downgrade()));
+    }
     Ok(Pool {
         inner,
         home: Home::here(),

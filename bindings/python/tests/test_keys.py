@@ -112,6 +112,18 @@ def test_a_secret_given_as_an_id_is_not_echoed(pool: codexpool.Pool) -> None:
         assert created.secret not in str(e.value) and created.secret not in repr(e.value.args)
         assert created.key.hint in str(e.value)
     assert pool.keys.get(created.key.id).enabled
+    # Nor where an account's id belongs.
+    for account_call in (
+        pool.accounts.get,
+        pool.accounts.remove,
+        pool.usage.get,
+        lambda s: pool.request_log.list(account_id=s),
+        lambda s: pool.accounts.set_sort_orders({s: 1}),
+    ):
+        with pytest.raises(codexpool.NotFound) as nf:
+            account_call(created.secret)
+        assert created.secret not in str(nf.value) and created.secret not in repr(nf.value.args)
+        assert created.secret not in (nf.value.id or "")
 
 
 def test_verify(pool: codexpool.Pool) -> None:

@@ -1,7 +1,10 @@
 """Pool.open / in_memory, settings given as keywords, and the exceptions for bad settings."""
 
 import datetime
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,3 +173,32 @@ def test_times_are_aware_utc_datetimes(tmp_path: Path) -> None:
 def test_version_is_exposed() -> None:
     assert codexpool.__version__
     assert os.path.basename(codexpool._native.__file__).startswith("_native")
+
+
+def test_a_script_that_ends_without_flush_loses_nothing(fake: FakeOpenAi, tmp_path: Path) -> None:
+    """What a pool has queued (last-used times, usage readings) is written when the interpreter
+    exits, without `flush()` or a `with` block."""
+    fake.add_account("acct-1")
+    db = tmp_path / "pool.db"
+    script = (
+        "import codexpool, json, sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "settings, auth = json.loads(sys.argv[1]), sys.argv[2]\n"
+        f"pool = codexpool.Pool.open({str(db)!r}, **settings)\n"
+        "pool.accounts.import_text(auth, source='a')\n"
+        "key = pool.keys.create('k')\n"
+        "pool.keys.verify(key.secret)\n"
+        "assert all(r.ok for r in pool.usage.refresh())\n"
+        "print(key.key.id, flush=True)\n"
+    )
+    args = [json.dumps(fake.settings()), json.dumps(fake.auth_json("acct-1"))]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "not flushed" not in done.stderr, done.stderr
+    pool = codexpool.Pool.open(db, **fake.settings())
+    assert pool.keys.get(done.stdout.strip()).last_used_at is not None
+    (account,) = pool.accounts.list()
+    u = pool.usage.get(account.id)
+    assert u.five_hour is not None and u.weekly is not None
