@@ -140,6 +140,19 @@ macro_rules! record {
             fn __hash__(&self) -> u64 {
                 $crate::record::hash_of(self)
             }
+
+            /// Itself: a record never changes.
+            fn __copy__(slf: pyo3::Py<Self>) -> pyo3::Py<Self> {
+                slf
+            }
+
+            /// Itself: a record never changes (its fields are immutable too).
+            fn __deepcopy__(
+                slf: pyo3::Py<Self>,
+                _memo: &pyo3::Bound<'_, pyo3::PyAny>,
+            ) -> pyo3::Py<Self> {
+                slf
+            }
         }
 
         impl $crate::record::Field for $name {

@@ -81,8 +81,12 @@ pub(crate) fn opt(t: Option<Timestamp>) -> Option<Time> {
 pub(crate) fn from_arg(v: &Bound<'_, PyAny>, field: &str) -> PyResult<Timestamp> {
     let py = v.py();
     if v.is_instance_of::<PyDateTime>() {
-        // Within a day of `datetime`'s range (a time zone's offset): far from i64's ends.
-        let secs: f64 = v.call_method0("timestamp")?.extract()?;
+        // Within a day of `datetime`'s range (a time zone's offset): far from i64's ends. A
+        // naive time near either end (local time) can fall outside it: Python's ValueError.
+        let secs: f64 = match v.call_method0("timestamp") {
+            Ok(secs) => secs.extract()?,
+            Err(e) => return Err(invalid(py, field, format!("{v}: {}", e.value(py)))),
+        };
         return Ok(from_secs(secs));
     }
     if v.is_instance_of::<PyString>() {

@@ -52,6 +52,18 @@ def test_records_hash_as_they_compare(
     assert {key, pool.keys.get(key.id)} == {key}
 
 
+def test_records_copy_as_themselves(pool: codexpool.Pool, account: codexpool.Account) -> None:
+    import copy
+
+    pool.usage.refresh()
+    usage = pool.usage.get(account.id)
+    for record in (account, usage, pool.keys.create("k").key):
+        assert copy.copy(record) is record
+        assert copy.deepcopy(record) is record
+    # Inside a container copied deep too.
+    assert copy.deepcopy({"a": [account]})["a"][0] is account
+
+
 def test_handles_show_what_they_are(pool: codexpool.Pool, account: codexpool.Account) -> None:
     assert repr(pool.accounts) == "AccountPool(len=1)"
     assert repr(pool.keys) == "KeyStore(len=0)"

@@ -122,6 +122,16 @@ def test_times_outside_datetime_are_refused(pool: codexpool.Pool) -> None:
         with pytest.raises(codexpool.InvalidInput, match="years 1 to 9999") as e:
             pool.usage.fold_ledger(t)
         assert e.value.field == "before"
+    # A naive datetime at the very start is local time, which Python may not place (a
+    # ValueError from `timestamp()`, as at UTC): an InvalidInput naming the argument.
+    try:
+        datetime.datetime.min.timestamp()
+    except ValueError:
+        with pytest.raises(codexpool.InvalidInput, match="0001-01-01") as e:
+            pool.usage.ledger(since=datetime.datetime.min)
+        assert e.value.field == "since"
+    else:
+        assert pool.usage.ledger(since=datetime.datetime.min) == []
     # The ends themselves are times like any other.
     assert pool.usage.fold_ledger(-62_135_596_800) == 0
     assert pool.usage.fold_ledger(253_402_300_799) == 0
