@@ -852,7 +852,8 @@ async fn rescued(
 
 /// The files in the rescue folder beside the database at `path`.
 fn rescue_files(path: &std::path::Path) -> Vec<std::path::PathBuf> {
-    match std::fs::read_dir(path.parent().unwrap().join("rescued-tokens")) {
+    let folder = path.parent().unwrap().join("rescued-tokens");
+    match std::fs::read_dir(folder.join(path.file_name().unwrap())) {
         Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
         Err(_) => Vec::new(),
     }

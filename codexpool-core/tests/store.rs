@@ -339,7 +339,7 @@ async fn rescued_tokens_are_read_at_once_and_stored_at_the_next_opening_when_new
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pool.db");
-    let rescue_dir = dir.path().join("rescued-tokens");
+    let rescue_dir = dir.path().join("rescued-tokens").join("pool.db");
     let s = SqliteStore::open(&path).await.unwrap();
     let a1 = conformance::sample_account("a1", "c1");
     let a2 = conformance::sample_account("a2", "c2");
@@ -394,6 +394,110 @@ async fn rescued_tokens_are_read_at_once_and_stored_at_the_next_opening_when_new
     assert_eq!(stored("a1"), "rt-a1-new");
     assert_eq!(stored("a2"), a2.tokens.refresh_token.expose());
     assert_eq!(s.get_account("a1").await.unwrap().unwrap().tokens, newer);
+}
+
+/// Another database in the same folder (a backup copy has the same account ids) neither takes
+/// a database's rescued tokens nor removes them; a rescue in the folder earlier builds used is
+/// folded in by the database that has its account, and left alone by the others.
+#[tokio::test]
+async fn rescued_tokens_stay_with_their_database() {
+    use codexpool_core::AccountPatch;
+    use codexpool_core::account::Tokens;
+    use codexpool_core::{Secret, Timestamp};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (work, backup) = (dir.path().join("work.db"), dir.path().join("backup.db"));
+    let a1 = conformance::sample_account("a1", "c1");
+    let a2 = conformance::sample_account("a2", "c2");
+    for path in [&work, &backup] {
+        let s = SqliteStore::open(path).await.unwrap();
+        s.insert_account(&a1).await.unwrap();
+    }
+    let later = |rt: &str| Tokens {
+        id_token: Secret::from("id-rescued"),
+        access_token: Secret::from(format!("access-{rt}")),
+        refresh_token: Secret::from(rt),
+        expires_at: Some(Timestamp::now().plus(std::time::Duration::from_secs(7200))),
+        last_refresh: Some(Timestamp::now()),
+    };
+    let s = SqliteStore::open(&work).await.unwrap();
+    let r = RefreshedTokens::new(
+        a1.tokens.refresh_token.clone(),
+        later("rt-work"),
+        AccountPatch::default(),
+    );
+    assert!(s.rescue_refreshed_tokens("a1", &r).await.unwrap());
+    drop(s);
+    // A rescue an earlier build left in the shared folder, of an account only `work` has.
+    let s = SqliteStore::open(dir.path().join("scratch.db"))
+        .await
+        .unwrap();
+    s.insert_account(&a2).await.unwrap();
+    let r = RefreshedTokens::new(
+        a2.tokens.refresh_token.clone(),
+        later("rt-legacy"),
+        AccountPatch::default(),
+    );
+    assert!(s.rescue_refreshed_tokens("a2", &r).await.unwrap());
+    drop(s);
+    let shared = dir.path().join("rescued-tokens");
+    let scratch = shared.join("scratch.db");
+    let legacy = std::fs::read_dir(&scratch)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    std::fs::rename(legacy.path(), shared.join(legacy.file_name())).unwrap();
+    std::fs::remove_dir(&scratch).unwrap();
+    let count = |p: &std::path::Path| {
+        std::fs::read_dir(p)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file())
+            .count()
+    };
+
+    // The backup opens: it takes neither, and both files stay.
+    let b = SqliteStore::open(&backup).await.unwrap();
+    assert_eq!(
+        b.get_account("a1").await.unwrap().unwrap().tokens,
+        a1.tokens
+    );
+    assert!(b.get_account("a2").await.unwrap().is_none());
+    drop(b);
+    assert_eq!(count(&shared.join("work.db")), 1);
+    assert_eq!(count(&shared), 1, "the legacy rescue is left");
+
+    // Work takes its own; the legacy one, of an account it lacks, stays too.
+    let w = SqliteStore::open(&work).await.unwrap();
+    assert_eq!(
+        w.get_account("a1")
+            .await
+            .unwrap()
+            .unwrap()
+            .tokens
+            .refresh_token,
+        Secret::from("rt-work")
+    );
+    drop(w);
+    assert_eq!(count(&shared.join("work.db")), 0);
+    assert_eq!(count(&shared), 1);
+
+    // The database with that account folds the legacy rescue in and removes it.
+    let w2 = dir.path().join("has-a2.db");
+    let s = SqliteStore::open(&w2).await.unwrap();
+    s.insert_account(&a2).await.unwrap();
+    drop(s);
+    let s = SqliteStore::open(&w2).await.unwrap();
+    assert_eq!(
+        s.get_account("a2")
+            .await
+            .unwrap()
+            .unwrap()
+            .tokens
+            .refresh_token,
+        Secret::from("rt-legacy")
+    );
+    assert_eq!(count(&shared), 0);
 }
 
 #[tokio::test]

@@ -1,7 +1,11 @@
 //! Rescued tokens: what a refresh obtained when the database would not take it. The issuer has
 //! already spent the old refresh token, so the new tokens ARE the sign-in; rather than drop them,
 //! the refresh writes them to a private file beside the database
-//! (`<db dir>/rescued-tokens/<account id>.<nonce>.json`, mode 0600, no token in any log line).
+//! (`<db dir>/rescued-tokens/<db file name>/<account id>.<nonce>.json`, mode 0600, no token in any
+//! log line). Each database has a folder of its own: a copy of it (a backup) or another database
+//! in the same folder has the same account ids, and must neither take nor remove its rescues.
+//! Earlier builds wrote them to `rescued-tokens/` itself ([`legacy_dir_for`]): those are
+//! still folded in by the database that has their account, and left alone by the others.
 //! Until the database takes them, every read of that account sees them (so a reload cannot revert
 //! a process to the spent token), and the next write of the account, refresh lease on it or
 //! opening of the database folds them in — only if they are newer than what is stored, the way
@@ -20,8 +24,14 @@ use crate::account::{Account, AccountStatus, Tokens};
 use crate::secret::Secret;
 use crate::time::Timestamp;
 
-/// The folder beside the database that holds rescued tokens.
+/// The folder beside the database that holds its rescued tokens.
 pub(crate) fn dir_for(db_path: &Path) -> PathBuf {
+    let name = db_path.file_name().unwrap_or("codexpool.db".as_ref());
+    legacy_dir_for(db_path).join(name)
+}
+
+/// Where earlier versions put the rescued tokens of every database in the folder.
+pub(crate) fn legacy_dir_for(db_path: &Path) -> PathBuf {
     db_path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -99,10 +109,13 @@ pub(crate) fn write(
     });
     let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| backend(e.to_string()))?;
     crate::import::write_private(&path, &bytes).map_err(|e| backend(e.to_string()))?;
-    // The folder may be new this time: its own entry must be on disk too (rescues are rare).
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        crate::import::sync_dir(parent)
-            .map_err(|e| backend(format!("cannot sync {}: {e}", parent.display())))?;
+    // The folders may be new this time: their entries must be on disk too (rescues are rare).
+    for folder in dir.ancestors().skip(1).take(2) {
+        if folder.as_os_str().is_empty() {
+            break;
+        }
+        crate::import::sync_dir(folder)
+            .map_err(|e| backend(format!("cannot sync {}: {e}", folder.display())))?;
     }
     Ok(path)
 }
@@ -142,6 +155,8 @@ pub(crate) fn read(dir: &Path, only: Option<&str>) -> Vec<Rescue> {
     };
     let mut names: Vec<(String, PathBuf)> = entries
         .filter_map(|e| e.ok())
+        // Not the folders of the databases beside (in the legacy folder).
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
         // Temporary files of a write in progress start with a dot.
         .filter(|(name, _)| !name.starts_with('.') && name.ends_with(".json"))

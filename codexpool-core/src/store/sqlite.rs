@@ -158,20 +158,28 @@ fn write_before<R>(
 }
 
 /// Folds rescued tokens into the accounts they belong to (when newer than what is stored), in
-/// the transaction `tx`; the rescues the caller may remove once `tx` commits (all it was given:
-/// folded, out of date, or of an account that is gone).
-fn fold_rescues(tx: &Connection, rescues: &[Rescue], now: Timestamp) -> Result<(), StoreError> {
+/// the transaction `tx`; the ids of the accounts this database has, whose rescues the caller
+/// may remove once `tx` commits (folded or out of date).
+fn fold_rescues(
+    tx: &Connection,
+    rescues: &[Rescue],
+    now: Timestamp,
+) -> Result<Vec<String>, StoreError> {
     let mut ids: Vec<&str> = rescues.iter().map(|r| r.account_id.as_str()).collect();
+    ids.sort_unstable();
     ids.dedup();
+    let mut present = Vec::new();
     for id in ids {
-        if let Some(mut a) = get_account(tx, id)?
-            && rescue::apply_all(&mut a, rescues)
-        {
+        let Some(mut a) = get_account(tx, id)? else {
+            continue;
+        };
+        if rescue::apply_all(&mut a, rescues) {
             a.updated_at = now;
             write_account(tx, &a, false)?;
         }
+        present.push(id.to_string());
     }
-    Ok(())
+    Ok(present)
 }
 
 fn create_private_file(path: &Path) -> std::io::Result<()> {
@@ -336,20 +344,31 @@ impl SqliteStore {
         let (ready_tx, ready_rx) = oneshot::channel();
         let p = path.clone();
         let rescue_dir: Arc<Path> = rescue::dir_for(&path).into();
-        let dir = rescue_dir.clone();
+        let (dir, legacy_dir) = (rescue_dir.clone(), rescue::legacy_dir_for(&path));
         std::thread::Builder::new()
             .name("codexpool-sqlite".into())
             .spawn(move || {
                 let mut opened = match open_connection(&p) {
                     Ok(mut o) => {
                         // Tokens a refresh could not store last time: in now, if newer.
-                        let rescues = rescue::read(&dir, None);
+                        // This database's own are done with once read (an account removed
+                        // since has no use for them); a legacy one only when its account is
+                        // here (it may be another database's).
+                        let own = rescue::read(&dir, None);
+                        let legacy = rescue::read(&legacy_dir, None);
+                        let rescues = [own.as_slice(), legacy.as_slice()].concat();
                         if !rescues.is_empty() {
                             let deadline = std::time::Instant::now() + FOLD_AT_OPEN;
                             match write_before(&mut o.conn, deadline, |tx| {
                                 fold_rescues(tx, &rescues, Timestamp::now())
                             }) {
-                                Ok(()) => rescue::remove(&rescues),
+                                Ok(present) => {
+                                    rescue::remove(&own);
+                                    let here = |r: &&Rescue| present.contains(&r.account_id);
+                                    let legacy_here: Vec<Rescue> =
+                                        legacy.iter().filter(here).cloned().collect();
+                                    rescue::remove(&legacy_here);
+                                }
                                 Err(e) => {
                                     tracing::warn!(error = %e, "could not store rescued tokens yet; they stay beside the database");
                                 }
