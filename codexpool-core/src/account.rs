@@ -246,6 +246,11 @@ pub struct AccountPatch {
     /// in the store's transaction, so a decision the pool made on an old view of the account
     /// cannot overwrite what a person or another process set meanwhile). `None`: always.
     pub status_only_from: Option<Vec<AccountStatus>>,
+    /// Apply `status` and `status_reason` only while the stored refresh token is this one
+    /// (checked in the store's transaction): a verdict on one sign-in (the issuer declared it
+    /// dead) must not reach tokens written meanwhile by a new sign-in, an import or another
+    /// process's refresh. `None`: whatever the tokens.
+    pub status_only_with_refresh_token: Option<Secret>,
     /// New tokens.
     pub tokens: Option<Tokens>,
     /// Leave the account as it is when `tokens` are older than the stored ones (checked in the
@@ -303,6 +308,12 @@ impl AccountPatch {
     /// [`status_only_from`](Self::status_only_from).
     pub fn only_from(mut self, from: &[AccountStatus]) -> Self {
         self.status_only_from = Some(from.to_vec());
+        self
+    }
+    /// Makes the status change conditional on the stored refresh token: see
+    /// [`status_only_with_refresh_token`](Self::status_only_with_refresh_token).
+    pub fn only_with_refresh_token(mut self, refresh_token: Secret) -> Self {
+        self.status_only_with_refresh_token = Some(refresh_token);
         self
     }
     /// Replaces the tokens.
@@ -375,6 +386,8 @@ impl AccountPatch {
         }
         if p.status_only_from
             .is_none_or(|from| from.contains(&a.status))
+            && p.status_only_with_refresh_token
+                .is_none_or(|rt| rt == a.tokens.refresh_token)
         {
             if let Some(v) = p.status {
                 a.status = v;

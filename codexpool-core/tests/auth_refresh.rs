@@ -452,6 +452,40 @@ async fn a_disabled_account_stays_disabled_when_its_sign_in_dies() {
     }
 }
 
+/// Tokens written while the refresh that finds the sign-in dead is on the wire (a new sign-in,
+/// an import, another process's refresh) are a live sign-in: the verdict was on the old one.
+#[tokio::test]
+async fn a_sign_in_renewed_while_the_dead_one_is_refreshed_stays_active() {
+    use codexpool_core::AccountPatch;
+    let fake = fake();
+    let (pool, _) = memory_pool(&fake, &[]).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    let old = pool.accounts().get(&id).unwrap().tokens;
+    fake.fail_next_refresh("acct-1", FakeRefreshFailure::Invalidated);
+    fake.refresh_delay(Duration::from_millis(500));
+    let refreshing = refresh_on_the_wire(&fake, &pool, &id).await;
+    let mut renewed = old.clone();
+    renewed.refresh_token = codexpool_core::Secret::from("rt-signed-in-again");
+    renewed.expires_at = old.expires_at.map(|t| t.plus(Duration::from_secs(3600)));
+    pool.store()
+        .patch_account(
+            &id,
+            &AccountPatch::default().tokens(renewed.clone()),
+            pool.now(),
+        )
+        .await
+        .unwrap();
+    let e = refreshing.await.unwrap().unwrap_err();
+    assert!(matches!(e, AuthError::RefreshDead { .. }), "{e}");
+    let stored = pool.store().get_account(&id).await.unwrap().unwrap();
+    assert_eq!(stored.status, AccountStatus::Active, "{stored:?}");
+    assert_eq!(stored.tokens.refresh_token, renewed.refresh_token);
+    assert_eq!(
+        pool.accounts().get(&id).unwrap().status,
+        AccountStatus::Active
+    );
+}
+
 #[tokio::test]
 async fn transient_failures_leave_the_account_alone() {
     let fake = fake();

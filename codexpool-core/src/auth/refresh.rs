@@ -695,11 +695,13 @@ impl Auth {
                     earlier_refresh_lost = lease.left_behind,
                     "the sign-in is dead; the account needs a new login"
                 );
-                // Checked against the stored status, not `current`: a person may have
-                // disabled the account while the refresh was on the wire.
+                // Checked against the stored status and tokens, not `current`: a person may
+                // have disabled the account, or signed it in again, while the refresh was on
+                // the wire.
                 let patch = AccountPatch::default()
                     .status(AccountStatus::NeedsLogin, Some(reason))
-                    .only_from(&[AccountStatus::Active, AccountStatus::NeedsLogin]);
+                    .only_from(&[AccountStatus::Active, AccountStatus::NeedsLogin])
+                    .only_with_refresh_token(sent);
                 if let Err(e) = self.pool.accounts().apply_patch(id, patch).await {
                     tracing::warn!(account = %id, error = %e, "could not store the needs_login status");
                 }
