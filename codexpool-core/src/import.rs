@@ -714,11 +714,17 @@ impl AccountPool {
                 tags: c.tags.clone(),
                 sort: c.sort.unwrap_or(0),
                 note: c.note.clone(),
-                status: match c.status {
-                    Some(AccountStatus::Disabled) => AccountStatus::Disabled,
-                    _ => AccountStatus::Active,
+                // As exported: a dead sign-in or a banned account would only fail again.
+                status: c.status.unwrap_or_default(),
+                status_reason: match c.status {
+                    Some(AccountStatus::NeedsLogin) => {
+                        Some("the sign-in was dead when it was exported: sign in again".into())
+                    }
+                    Some(AccountStatus::Banned) => {
+                        Some("OpenAI had deactivated it when it was exported".into())
+                    }
+                    _ => None,
                 },
-                status_reason: None,
                 tokens: c.tokens.clone(),
                 created_at: now,
                 updated_at: now,

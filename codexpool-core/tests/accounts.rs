@@ -339,6 +339,30 @@ async fn imports_the_export_format_in_either_case() {
     assert_eq!(list[1].group.as_deref(), Some("g1"));
     assert_eq!(list[0].tags, ["t2", "t3"]);
     assert_eq!(list[0].plan_type.as_deref(), Some("team"));
+
+    // Dead and banned accounts come in as they went out: back in rotation they would only fail.
+    let (pool, _) = pool_with(&[]).await;
+    let t3 = jwt("acct-c", "u-c", "c@x.io", "plus", 2_000_000_000);
+    let doc = json!({"version": 1, "accounts": [
+        {"label": "dead", "status": "needs_login",
+         "tokens": {"id_token": t1, "access_token": t1, "refresh_token": "r1"}},
+        {"label": "banned", "status": "banned",
+         "tokens": {"id_token": t2, "access_token": t2, "refresh_token": "r2"}},
+        {"label": "fine", "status": "active",
+         "tokens": {"id_token": t3, "access_token": t3, "refresh_token": "r3"}},
+    ]});
+    let r = pool
+        .accounts()
+        .import_bytes("export.json", &serde_json::to_vec(&doc).unwrap())
+        .await;
+    assert_eq!(r.imported(), 3, "{r:?}");
+    let status = |label: &str| {
+        let a = pool.accounts().get(label).unwrap();
+        (a.status, a.status_reason.is_some())
+    };
+    assert_eq!(status("dead"), (AccountStatus::NeedsLogin, true));
+    assert_eq!(status("banned"), (AccountStatus::Banned, true));
+    assert_eq!(status("fine"), (AccountStatus::Active, false));
 }
 
 #[tokio::test]

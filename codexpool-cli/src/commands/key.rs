@@ -56,8 +56,10 @@ pub async fn create(ctx: &Ctx, pool: &Pool, a: KeyCreateArgs) -> anyhow::Result<
     new.allowed_groups = a.allow_groups;
     new.reasoning_effort = a.effort;
     new.expires_at = a.expires.and_then(|e| e.resolve(pool.now()));
-    let created = pool.keys().create(new).await?;
+    // Asked first (it may wait on a server for a few seconds): between the key's creation and
+    // its secret's output nothing waits, so a Ctrl-C cannot leave a key whose secret nobody saw.
     let base_url = client_base_url(ctx).await;
+    let created = pool.keys().create(new).await?;
     let Err(e) = show_created(ctx, pool, &created, &base_url) else {
         warn_unusable(ctx, pool, &created.key);
         warn_shared_name(ctx, pool, &created.key);
