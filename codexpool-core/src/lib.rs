@@ -417,7 +417,9 @@ impl Pool {
     /// Waits for the token refreshes this process is making (a refresh token the issuer
     /// rotated must be stored, or the sign-in is lost; one that waits for another holder's
     /// lease has sent nothing and is not waited for), then writes everything queued (usage
-    /// readings, ledger, request log, last-used times). Call it before shutting down.
+    /// readings, ledger, request log, last-used times), and has the store fold its log into its
+    /// main file ([`Store::checkpoint`]: a copy of `codexpool.db` alone then holds it all).
+    /// Call it before shutting down.
     pub async fn flush(&self) -> Result<()> {
         let flights: Vec<_> = sync::lock(&self.shared.auth.flights)
             .values()
@@ -429,7 +431,13 @@ impl Pool {
                 .wait_for(|f| f.result.is_some() || f.waiting_since.is_some())
                 .await;
         }
-        self.write_queued().await
+        let written = self.write_queued().await;
+        if let Err(e) = self.shared.store.checkpoint().await {
+            // Nothing is lost: the log beside the file holds it (a read-only database cannot
+            // checkpoint).
+            tracing::debug!(error = %e, "could not checkpoint the store");
+        }
+        written
     }
 
     /// Writes what is queued (usage readings, ledger, request log, last-used times), without

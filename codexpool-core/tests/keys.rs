@@ -427,6 +427,30 @@ async fn a_pool_dropped_without_a_flush_writes_its_last_used_times() {
     }
 }
 
+/// After a flush the database's main file holds everything (SQLite's WAL folded in): a copy
+/// of `codexpool.db` alone, without its `-wal`, has the keys.
+#[tokio::test]
+async fn after_a_flush_the_main_file_alone_holds_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let pool = Pool::open(
+        Config::default()
+            .with("DB_PATH", path.to_str().unwrap())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let k = pool.keys().create(NewKey::named("a")).await.unwrap();
+    pool.flush().await.unwrap();
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(&path, &copy).unwrap();
+    let copied = SqliteStore::open(&copy).await.unwrap();
+    use codexpool_core::store::Store;
+    let keys = copied.list_keys().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].id, k.key.id);
+}
+
 #[tokio::test]
 async fn a_last_used_time_that_could_not_be_written_is_written_by_the_next_flush() {
     use codexpool_core::store::Store;

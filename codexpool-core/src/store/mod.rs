@@ -252,6 +252,12 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store takes writes: `Err` when it is read-only (a database file or folder
     /// this process may not write). Writes nothing.
     async fn check_writable(&self) -> Result<(), StoreError>;
+    /// Moves what is written into the store's main file where it keeps a log beside it
+    /// (SQLite's WAL), as far as other connections allow without waiting for them: a copy of
+    /// the main file alone then holds it. [`crate::Pool::flush`] ends with it. Default: nothing.
+    async fn checkpoint(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Deletes up to `max_rows` of the request-log rows that arrived before `before`, the
     /// earliest first, whatever their ids; never the newest row, so ids keep growing. How many
     /// went.

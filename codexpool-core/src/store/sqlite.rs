@@ -1219,6 +1219,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn checkpoint(&self) -> Result<(), StoreError> {
+        // PASSIVE: whatever no other connection holds back, without waiting for it (a server's
+        // own checkpoints fold in the rest).
+        self.call(|c| {
+            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .map_err(db_err)
+        })
+        .await
+    }
+
     async fn prune_request_log(
         &self,
         before: Timestamp,
