@@ -500,6 +500,30 @@ async fn rescued_tokens_stay_with_their_database() {
     assert_eq!(count(&shared), 0);
 }
 
+/// A database others may read (a copy made under a umask of 022, an empty file made by hand)
+/// is made the owner's only when it is opened, its `-wal` and `-shm` too.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_database_others_may_read_is_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("copy.db");
+    let s = SqliteStore::open(&path).await.unwrap();
+    s.insert_account(&conformance::sample_account("a1", "c1"))
+        .await
+        .unwrap();
+    drop(s);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let wal = dir.path().join("copy.db-wal");
+    std::fs::write(&wal, b"").unwrap();
+    std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let s = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&wal), 0o600);
+    assert!(s.get_account("a1").await.unwrap().is_some());
+}
+
 #[tokio::test]
 async fn the_memory_store_has_nowhere_to_rescue_to() {
     use codexpool_core::AccountPatch;

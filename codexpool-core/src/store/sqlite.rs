@@ -193,6 +193,45 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
     opts.open(path).map(drop)
 }
 
+/// The database holds every sign-in in clear: a file of it (`-wal` and `-shm` included, which
+/// SQLite makes with the main file's mode) that others may read, such as a copy made under a
+/// umask of 022, is made the owner's only (0600), and said so; one this process may not change
+/// is warned of.
+#[cfg(unix)]
+fn keep_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(suffix);
+        files.push(name.into());
+    }
+    for file in files {
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if !meta.is_file() || mode & 0o077 == 0 {
+            continue;
+        }
+        let private = std::fs::Permissions::from_mode(mode & 0o700);
+        match std::fs::set_permissions(&file, private) {
+            Ok(()) => tracing::warn!(
+                file = %file.display(),
+                "the database could be read by other users (mode {mode:o}), and it holds every \
+                 sign-in: made it private (mode {:o})",
+                mode & 0o700
+            ),
+            Err(e) => tracing::warn!(
+                file = %file.display(),
+                error = %e,
+                "the database can be read by other users (mode {mode:o}), and it holds every \
+                 sign-in: its owner should make it private (chmod 600)"
+            ),
+        }
+    }
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let latest = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
     let current: i64 = conn
@@ -257,6 +296,8 @@ fn open_connection(path: &Path) -> Result<Opened, StoreError> {
     if !path.exists() {
         create_private_file(path).map_err(|e| open_err(e.to_string()))?;
     }
+    #[cfg(unix)]
+    keep_private(path);
     // Before SQLite opens it (its bookkeeping for the file starts there): a fork from now on
     // finds the file open.
     let file = OpenFile::register(path);
