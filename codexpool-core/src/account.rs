@@ -336,14 +336,17 @@ impl AccountPatch {
             if l.is_empty() {
                 return Err(Error::invalid("label", "must not be empty"));
             }
+            check_length("label", l, MAX_NAME)?;
             self.label = Some(l.to_string());
         }
         if let Some(Some(g)) = &self.group {
             let g = g.trim();
+            check_length("group", g, MAX_NAME)?;
             self.group = Some((!g.is_empty()).then(|| g.to_string()));
         }
         if let Some(Some(n)) = &self.note {
             let n = n.trim();
+            check_length("note", n, MAX_NOTE)?;
             self.note = Some((!n.is_empty()).then(|| n.to_string()));
         }
         if let Some(tags) = self.tags.take() {
@@ -409,8 +412,24 @@ impl AccountPatch {
     }
 }
 
-/// Trims tags, drops duplicates, refuses empty ones and commas (they separate tags on the
-/// command line).
+/// The longest label, group or tag, in characters (as a key's name).
+pub const MAX_NAME: usize = 200;
+/// The longest note, in characters.
+pub const MAX_NOTE: usize = 10_000;
+
+/// Refuses a text longer than `max` characters.
+pub(crate) fn check_length(field: &str, text: &str, max: usize) -> Result<(), Error> {
+    if text.chars().nth(max).is_some() {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Trims tags, drops duplicates, refuses empty ones, long ones and commas (they separate tags
+/// on the command line).
 pub fn normalize_tags(tags: Vec<String>) -> Result<Vec<String>, Error> {
     let mut out: Vec<String> = Vec::with_capacity(tags.len());
     for t in tags {
@@ -424,6 +443,7 @@ pub fn normalize_tags(tags: Vec<String>) -> Result<Vec<String>, Error> {
                 format!("tag {t:?} must not contain a comma"),
             ));
         }
+        check_length("tags", t, MAX_NAME)?;
         if !out.iter().any(|x| x == t) {
             out.push(t.to_string());
         }

@@ -12,7 +12,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::account::{Account, AccountPatch, AccountStatus, Tokens, normalize_tags};
+use crate::account::{
+    Account, AccountPatch, AccountStatus, MAX_NAME, MAX_NOTE, Tokens, check_length, normalize_tags,
+};
 use crate::auth::{Claims, decode_claims};
 use crate::error::{Error, Result};
 use crate::pool::AccountPool;
@@ -299,6 +301,16 @@ fn parse_candidate(
         claims.chatgpt_user_id = Some(uid);
     }
     let expires_at = access_claims.as_ref().and_then(|c| c.expires_at);
+    let (label, group, note) = (text(o, "label")?, text(o, "group")?, text(o, "note")?);
+    for (field, value, max) in [
+        ("label", &label, MAX_NAME),
+        ("group", &group, MAX_NAME),
+        ("note", &note, MAX_NOTE),
+    ] {
+        if let Some(v) = value {
+            check_length(field, v, max).map_err(|e| e.to_string())?;
+        }
+    }
     Ok(Candidate {
         tokens: Tokens {
             id_token: Secret::new(id_token.unwrap_or_default()),
@@ -308,10 +320,10 @@ fn parse_candidate(
             last_refresh,
         },
         chatgpt_account_id,
-        label: text(o, "label")?,
-        group: text(o, "group")?,
+        label,
+        group,
         tags,
-        note: text(o, "note")?,
+        note,
         sort,
         status,
         claims,
@@ -319,7 +331,6 @@ fn parse_candidate(
     })
 }
 
-/// Reads every account in a document: `(source suffix, candidate or reason)`.
 /// One account found in a document: the source suffix (`#N`) and the candidate or why not.
 type Found = (String, std::result::Result<Candidate, String>);
 

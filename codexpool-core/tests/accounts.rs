@@ -635,11 +635,43 @@ async fn bad_updates_are_refused_and_change_nothing() {
             .await,
         Err(Error::NotFound { .. })
     ));
+    // Names as long as a key's may be (200 characters), a note of 10,000.
+    let long = "é".repeat(201);
+    for patch in [
+        AccountPatch::default().label(long.clone()),
+        AccountPatch::default().group(Some(long.clone())),
+        AccountPatch::default().tags(vec![long.clone()]),
+        AccountPatch::default().note(Some("n".repeat(10_001))),
+    ] {
+        match pool.accounts().update(&id, patch).await {
+            Err(Error::InvalidInput { message, .. }) => {
+                assert!(message.contains("at most"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // An export whose label is too long is skipped with the reason.
+    let t = jwt("acct-long", "u-l", "l@x.io", "plus", 2_000_000_000);
+    let doc = json!({"version": 1, "accounts": [{"label": long,
+        "tokens": {"id_token": t, "access_token": t, "refresh_token": "r"}}]});
+    let r = pool
+        .accounts()
+        .import_bytes("export.json", &serde_json::to_vec(&doc).unwrap())
+        .await;
+    assert!(
+        matches!(&r.results[0].outcome, ImportOutcome::Skipped(reason) if reason.contains("at most 200")),
+        "{r:?}"
+    );
     let after = pool.accounts().get(&id).unwrap();
     assert_eq!(
         (before.label, before.tags, before.updated_at),
         (after.label, after.tags, after.updated_at)
     );
+    // At the limits: taken.
+    let fits = AccountPatch::default()
+        .label("é".repeat(200))
+        .note(Some("n".repeat(10_000)));
+    pool.accounts().update(&id, fits).await.unwrap();
 }
 
 #[tokio::test]
