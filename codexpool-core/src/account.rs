@@ -418,12 +418,31 @@ pub const MAX_NAME: usize = 200;
 pub const MAX_NOTE: usize = 10_000;
 
 /// Refuses a text longer than `max` characters.
-pub(crate) fn check_length(field: &str, text: &str, max: usize) -> Result<(), Error> {
+fn check_length(field: &str, text: &str, max: usize) -> Result<(), Error> {
     if text.chars().nth(max).is_some() {
         return Err(Error::invalid(
             field,
             format!("must be at most {max} characters"),
         ));
+    }
+    Ok(())
+}
+
+/// Refuses a label or group over [`MAX_NAME`] characters and a note over [`MAX_NOTE`] (of a
+/// sign-in or an imported account, which no [`AccountPatch`] checks).
+pub(crate) fn check_lengths(
+    label: Option<&str>,
+    group: Option<&str>,
+    note: Option<&str>,
+) -> Result<(), Error> {
+    for (field, value, max) in [
+        ("label", label, MAX_NAME),
+        ("group", group, MAX_NAME),
+        ("note", note, MAX_NOTE),
+    ] {
+        if let Some(v) = value {
+            check_length(field, v, max)?;
+        }
     }
     Ok(())
 }

@@ -12,9 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::account::{
-    Account, AccountPatch, AccountStatus, MAX_NAME, MAX_NOTE, Tokens, check_length, normalize_tags,
-};
+use crate::account::{Account, AccountPatch, AccountStatus, Tokens, check_lengths, normalize_tags};
 use crate::auth::{Claims, decode_claims};
 use crate::error::{Error, Result};
 use crate::pool::AccountPool;
@@ -302,15 +300,8 @@ fn parse_candidate(
     }
     let expires_at = access_claims.as_ref().and_then(|c| c.expires_at);
     let (label, group, note) = (text(o, "label")?, text(o, "group")?, text(o, "note")?);
-    for (field, value, max) in [
-        ("label", &label, MAX_NAME),
-        ("group", &group, MAX_NAME),
-        ("note", &note, MAX_NOTE),
-    ] {
-        if let Some(v) = value {
-            check_length(field, v, max).map_err(|e| e.to_string())?;
-        }
-    }
+    check_lengths(label.as_deref(), group.as_deref(), note.as_deref())
+        .map_err(|e| e.to_string())?;
     Ok(Candidate {
         tokens: Tokens {
             id_token: Secret::new(id_token.unwrap_or_default()),

@@ -91,6 +91,28 @@ async fn the_authorize_url_carries_every_parameter_in_order() {
     );
 }
 
+/// A label, group or note too long for an account is refused before anyone is sent to sign in.
+#[tokio::test]
+async fn a_sign_in_with_too_long_a_label_is_refused_at_once() {
+    let fake = fake();
+    let (pool, _) = memory_pool(&fake, &[]).await;
+    for opts in [
+        no_listen().label("x".repeat(201)),
+        no_listen().group("x".repeat(201)),
+    ] {
+        match pool.auth().login_start(opts.clone()).await {
+            Err(AuthError::Invalid { message, .. }) => {
+                assert!(message.contains("at most 200"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            pool.auth().device_start(opts).await,
+            Err(AuthError::Invalid { .. })
+        ));
+    }
+}
+
 #[tokio::test]
 async fn browser_sign_in_through_the_callback_listener() {
     let fake = fake();

@@ -17,7 +17,7 @@ use super::callback;
 use super::client::{describe, excerpt};
 use super::pkce::{Pkce, random_state};
 use super::{Auth, AuthError, Claims, decode_claims};
-use crate::account::{Account, Tokens, normalize_tags};
+use crate::account::{Account, Tokens, check_lengths, normalize_tags};
 use crate::import::Candidate;
 use crate::secret::Secret;
 use crate::store::{LoginKind, LoginSession, LoginStatus};
@@ -119,12 +119,19 @@ impl LoginOptions {
                 .map(str::to_string)
         };
         let tags = normalize_tags(self.tags.clone()).map_err(AuthError::from_crate)?;
-        Ok(Meta {
+        let meta = Meta {
             label: clean(&self.label),
             group: clean(&self.group),
             tags,
             note: clean(&self.note),
-        })
+        };
+        check_lengths(
+            meta.label.as_deref(),
+            meta.group.as_deref(),
+            meta.note.as_deref(),
+        )
+        .map_err(AuthError::from_crate)?;
+        Ok(meta)
     }
 }
 
