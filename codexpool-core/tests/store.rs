@@ -508,15 +508,15 @@ async fn a_database_others_may_read_is_made_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("copy.db");
-    let s = SqliteStore::open(&path).await.unwrap();
-    s.insert_account(&conformance::sample_account("a1", "c1"))
+    let first = SqliteStore::open(&path).await.unwrap();
+    first
+        .insert_account(&conformance::sample_account("a1", "c1"))
         .await
         .unwrap();
-    drop(s);
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let wal = dir.path().join("copy.db-wal");
-    std::fs::write(&wal, b"").unwrap();
+    assert_eq!((mode(&path), mode(&wal)), (0o600, 0o600), "created private");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o664)).unwrap();
     let s = SqliteStore::open(&path).await.unwrap();
     assert_eq!(mode(&path), 0o600);

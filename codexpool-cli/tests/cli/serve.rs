@@ -338,7 +338,16 @@ async fn listings_show_the_running_servers_cooldowns_and_requests_in_flight() {
 
     // The first account answers 429 (it cools down, the second serves); the second holds its
     // next answer back, so that request is in flight while the CLI looks.
-    env.fake.push_reply("acct-1", Reply::RateLimit429);
+    // A rate limit without `Retry-After`: 45 s of cooldown, which no slow machine outlasts
+    // (the fake's own 429 says 1 s).
+    env.fake.push_reply(
+        "acct-1",
+        Reply::status_json(
+            429,
+            json!({"error": {"type": "rate_limit_exceeded",
+            "code": "rate_limit_exceeded", "message": "Rate limit reached."}}),
+        ),
+    );
     env.fake.push_reply(
         "acct-2",
         Reply::text("Later.").slow_first_byte(Duration::from_secs(6)),
@@ -625,7 +634,8 @@ fn the_json_banner_gives_an_absolute_database_path() {
 }
 
 /// Makes a file read-only for this process until dropped: `chattr +i` for root (which ignores
-/// permissions), mode 0444 otherwise. `None` when the file stays writable (no `chattr`, or a
+/// permissions), mode 0400 otherwise (no one else's read: a database others may read is warned
+/// of). `None` when the file stays writable (no `chattr`, or a
 /// filesystem without the flag).
 struct ReadOnly(std::path::PathBuf);
 
@@ -633,7 +643,7 @@ impl ReadOnly {
     fn make(path: &std::path::Path) -> Option<Self> {
         use std::os::unix::fs::PermissionsExt;
         let ro = Self(path.to_path_buf());
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o400)).unwrap();
         let _ = std::process::Command::new("chattr")
             .arg("+i")
             .arg(path)
