@@ -14,7 +14,8 @@ bindings/python/README.md), from the repository root:
 
 For real use, drop the fake: open the pool without settings (`codexpool.Pool.open()` keeps it in
 your data dir), import `~/.codex/auth.json` or sign in with `pool.accounts.login_start(
-open_browser=True).wait()`, and keep `codexpool.serve(pool, "127.0.0.1:48760")` running.
+open_browser=True).wait()`, and keep `codexpool.serve(pool, "127.0.0.1:48760")` running
+(`with codexpool.serve(pool, "127.0.0.1:48760") as srv: srv.wait()` serves until Ctrl-C).
 """
 
 import json

@@ -34,6 +34,9 @@ pub struct Server {
     rpc_token_file: Option<PathBuf>,
 }
 
+/// How often `Server.wait` looks whether a stop was asked for.
+const STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn server_error(e: codexpool_gateway::ServerError) -> PyErr {
     ServerError::new_err(e.to_string())
 }
@@ -155,6 +158,30 @@ impl Server {
         self.home
             .run(py, stopped)?
             .map_err(|e| ServerError::new_err(e.to_string()))
+    }
+
+    /// Blocks, the GIL released, until the server is stopped (`stop()` from another thread) or
+    /// `timeout` seconds have passed; whether it was stopped. Ctrl-C raises `KeyboardInterrupt`
+    /// (leaving a `with serve(…)` block then stops the server): `srv.wait()` keeps a script
+    /// serving until then.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let limit = timeout
+            .map(|secs| seconds(py, "timeout", secs))
+            .transpose()?;
+        let server = &self.server;
+        let stopped = async move {
+            while server.is_running() {
+                tokio::time::sleep(STOP_CHECK).await;
+            }
+        };
+        self.home.run(py, async move {
+            match limit {
+                None => Ok(stopped.await),
+                Some(limit) => tokio::time::timeout(limit, stopped).await,
+            }
+            .is_ok()
+        })
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

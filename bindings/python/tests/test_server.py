@@ -73,6 +73,21 @@ def test_serve_stop_and_context_manager(pool: codexpool.Pool) -> None:
         codexpool.serve(pool, rpc_token="short", background_tasks=False).stop()
 
 
+def test_wait_blocks_until_another_thread_stops_the_server(pool: codexpool.Pool) -> None:
+    import threading
+
+    with codexpool.serve(pool, background_tasks=False) as srv:
+        started = time.monotonic()
+        assert srv.wait(timeout=0.3) is False, "still serving"
+        assert time.monotonic() - started >= 0.3
+        threading.Timer(0.3, srv.stop).start()
+        assert srv.wait() is True
+        assert not srv.running
+    assert srv.wait(timeout=0) is True, "a stopped server does not wait"
+    with pytest.raises(codexpool.InvalidInput):
+        srv.wait(timeout=-1)
+
+
 def test_a_pool_in_memory_is_no_server_of_the_database_at_db_path(
     pool: codexpool.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
