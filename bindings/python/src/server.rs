@@ -177,10 +177,12 @@ impl Server {
         };
         self.home.run(py, async move {
             match limit {
-                None => Ok(stopped.await),
-                Some(limit) => tokio::time::timeout(limit, stopped).await,
+                None => {
+                    stopped.await;
+                    true
+                }
+                Some(limit) => tokio::time::timeout(limit, stopped).await.is_ok(),
             }
-            .is_ok()
         })
     }
 
