@@ -94,6 +94,9 @@ pub(crate) struct Shared {
     /// The runtime the pool was opened on, where its own tasks run: a refresh started from a
     /// request served on a shorter-lived runtime (a server's HTTP thread) must not end with it.
     pub runtime: tokio::runtime::Handle,
+    /// The process it was opened in: a copy of it dropped in a forked child (where the runtime
+    /// has no threads and a lock a parent thread held stays held) touches nothing.
+    home: process::Home,
     watcher: Mutex<Option<tokio::task::AbortHandle>>,
     /// The store's data version this pool last reloaded at (see [`Pool::catch_up`]).
     seen_version: AtomicU64,
@@ -104,6 +107,9 @@ impl Drop for Shared {
     /// on the pool's runtime (as the writer writes what is queued when it ends), not lost with
     /// the memory that held them. Dropped unwritten only when that runtime is gone too.
     fn drop(&mut self) {
+        if !self.home.is_here() {
+            return;
+        }
         if let Some(h) = sync::lock(&self.watcher).take() {
             h.abort();
         }
@@ -204,6 +210,7 @@ impl PoolBuilder {
             affinity: Mutex::new(Affinity::default()),
             auth: auth::AuthState::new(),
             runtime: tokio::runtime::Handle::current(),
+            home: process::Home::here(),
             watcher: Mutex::new(None),
             seen_version: AtomicU64::new(0),
         });

@@ -27,9 +27,10 @@
 //! seconds, each of which is certain to have written nothing when it gives up. When the store
 //! still refuses them after five seconds (another process holding the database's write lock, a
 //! full disk) they are not dropped: the store rescues them (the SQLite store into a private file
-//! beside the database, in `rescued-tokens/<db file name>/`), every read of the account sees them from then on — a
-//! reload cannot revert a process to the spent token — and the next write of the account, refresh
-//! lease on it or opening of the database folds them in (when still newer than what is stored).
+//! beside the database, in `rescued-tokens/<db file name>/`), every read of the account sees them
+//! from then on — a reload cannot revert a process to the spent token — and the next write of the
+//! account, refresh lease on it or opening of the database folds them in (when still newer than
+//! what is stored).
 //! Only a store that can neither take nor rescue them for [`PERSIST_FOR`] loses them, and says so.
 //!
 //! Errors are classified: `refresh_token_expired|reused|invalidated`, `invalid_grant` and
