@@ -80,55 +80,13 @@ impl InstantBodies {
         let mut codex_headers = sse_headers();
         codex_headers.extend(FakeUsage::default().headers());
         InstantBodies {
-            codex_sse: Split::new(&backend_key_order(render_stream(&script, &ctx))),
+            codex_sse: Split::new(&render_stream(&script, &ctx)),
             codex_headers,
             chat_stream: Split::new(&chat_stream(&script, &chat, false)),
             chat_stream_usage: Split::new(&chat_stream(&script, &chat, true)),
             chat_json: Bytes::from(chat_completion(&script, &chat).to_string()),
         }
     }
-}
-
-/// Lays the events' keys out as the Codex backend does: `type` first, then `sequence_number`,
-/// then the rest (the scripted renderer's `json!` sorts keys, which puts `type` last). Gateways
-/// read the type from the front of the payload, so this matters for what a benchmark measures.
-fn backend_key_order(steps: Vec<Step>) -> Vec<Step> {
-    steps
-        .into_iter()
-        .map(|step| match step {
-            Step::Bytes(b) => Step::Bytes(type_first(&b).unwrap_or(b)),
-            other => other,
-        })
-        .collect()
-}
-
-/// One SSE frame with its `data:` object re-laid out; `None` leaves the frame as it was.
-fn type_first(frame: &[u8]) -> Option<Bytes> {
-    let text = std::str::from_utf8(frame).ok()?;
-    let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        let Some(data) = line.strip_prefix("data: ") else {
-            out.push_str(line);
-            continue;
-        };
-        let mut map: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(data.trim_end()).ok()?;
-        let kind = map.remove("type")?;
-        out.push_str("data: {\"type\":");
-        out.push_str(&kind.to_string());
-        if let Some(seq) = map.remove("sequence_number") {
-            out.push_str(",\"sequence_number\":");
-            out.push_str(&seq.to_string());
-        }
-        for (k, v) in &map {
-            out.push(',');
-            out.push_str(&serde_json::Value::String(k.clone()).to_string());
-            out.push(':');
-            out.push_str(&v.to_string());
-        }
-        out.push_str("}\n");
-    }
-    Some(Bytes::from(out))
 }
 
 /// The `i`-th delta: 52 bytes.

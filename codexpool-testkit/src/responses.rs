@@ -181,14 +181,23 @@ struct Writer {
 }
 
 impl Writer {
-    fn event(&mut self, ty: &str, mut data: Value) {
-        data["type"] = json!(ty);
-        data["sequence_number"] = json!(self.seq);
+    /// One event, its keys laid out as the backend writes them: `type` first, then
+    /// `sequence_number`, then the rest (gateways read both from the front of the payload).
+    fn event(&mut self, ty: &str, data: Value) {
+        let mut json = format!("{{\"type\":{},\"sequence_number\":{}", json!(ty), self.seq);
+        if let Value::Object(fields) = data {
+            for (k, v) in fields {
+                if k != "type" && k != "sequence_number" {
+                    json.push_str(&format!(",{}:{v}", Value::String(k)));
+                }
+            }
+        }
+        json.push('}');
         self.seq += 1;
         self.steps.push(Step::text(if self.event_lines {
-            format!("event: {ty}\ndata: {data}\n\n")
+            format!("event: {ty}\ndata: {json}\n\n")
         } else {
-            format!("data: {data}\n\n")
+            format!("data: {json}\n\n")
         }));
     }
 }
