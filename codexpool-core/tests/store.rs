@@ -482,10 +482,21 @@ async fn rescued_tokens_stay_with_their_database() {
     assert_eq!(count(&shared.join("work.db")), 0);
     assert_eq!(count(&shared), 1);
 
-    // The database with that account folds the legacy rescue in and removes it.
+    // A database with that account reads it at once (as earlier builds did), and folds it in
+    // and removes it when opened next.
     let w2 = dir.path().join("has-a2.db");
     let s = SqliteStore::open(&w2).await.unwrap();
     s.insert_account(&a2).await.unwrap();
+    assert_eq!(
+        s.get_account("a2")
+            .await
+            .unwrap()
+            .unwrap()
+            .tokens
+            .refresh_token,
+        Secret::from("rt-legacy")
+    );
+    assert_eq!(count(&shared), 1);
     drop(s);
     let s = SqliteStore::open(&w2).await.unwrap();
     assert_eq!(

@@ -4,8 +4,9 @@
 //! (`<db dir>/rescued-tokens/<db file name>/<account id>.<nonce>.json`, mode 0600, no token in any
 //! log line). Each database has a folder of its own: a copy of it (a backup) or another database
 //! in the same folder has the same account ids, and must neither take nor remove its rescues.
-//! Earlier builds wrote them to `rescued-tokens/` itself ([`legacy_dir_for`]): those are
-//! still folded in by the database that has their account, and left alone by the others.
+//! Earlier builds wrote them to `rescued-tokens/` itself ([`Folders::legacy`]): those are still
+//! read by every process, and folded in (and removed) as before by a database that has their
+//! account; opening a database leaves the others' alone.
 //! Until the database takes them, every read of that account sees them (so a reload cannot revert
 //! a process to the spent token), and the next write of the account, refresh lease on it or
 //! opening of the database folds them in — only if they are newer than what is stored, the way
@@ -24,19 +25,36 @@ use crate::account::{Account, AccountStatus, Tokens};
 use crate::secret::Secret;
 use crate::time::Timestamp;
 
-/// The folder beside the database that holds its rescued tokens.
-pub(crate) fn dir_for(db_path: &Path) -> PathBuf {
-    let name = db_path.file_name().unwrap_or("codexpool.db".as_ref());
-    legacy_dir_for(db_path).join(name)
+/// Where a database's rescued tokens are: its own folder, and the one earlier builds shared
+/// between the databases of a folder.
+#[derive(Debug)]
+pub(crate) struct Folders {
+    /// `<db dir>/rescued-tokens/<db file name>/`: where rescues are written.
+    pub own: PathBuf,
+    /// `<db dir>/rescued-tokens/`: only read.
+    pub legacy: PathBuf,
 }
 
-/// Where earlier versions put the rescued tokens of every database in the folder.
-pub(crate) fn legacy_dir_for(db_path: &Path) -> PathBuf {
-    db_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join("rescued-tokens")
+impl Folders {
+    pub fn for_db(db_path: &Path) -> Self {
+        let legacy = db_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join("rescued-tokens");
+        let name = db_path.file_name().unwrap_or("codexpool.db".as_ref());
+        Self {
+            own: legacy.join(name),
+            legacy,
+        }
+    }
+
+    /// The rescues in both folders ([`read`]), the legacy ones first (they are older).
+    pub fn read(&self, only: Option<&str>) -> Vec<Rescue> {
+        let mut all = read(&self.legacy, only);
+        all.extend(read(&self.own, only));
+        all
+    }
 }
 
 /// One rescue file's content.

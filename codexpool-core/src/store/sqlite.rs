@@ -2,7 +2,7 @@
 //! block the tokio workers), WAL so readers in other processes never wait, `BEGIN IMMEDIATE` for
 //! every write so two processes never deadlock on a lock upgrade, a busy timeout plus a retry so
 //! `database is locked` never reaches a user, and numbered migrations tracked by `user_version`.
-//! Refreshed tokens the database would not take wait beside it (`rescued-tokens/`, see
+//! Refreshed tokens the database would not take wait beside it (`rescued-tokens/<db file>/`, see
 //! [`rescue`](super::rescue)): reads see them, and the next write of their account or the next
 //! opening folds them in.
 
@@ -55,7 +55,7 @@ pub struct SqliteStore {
     /// `PRAGMA data_version` and the change counter when last read (see `data_version`).
     seen: Arc<std::sync::Mutex<(Option<i64>, u64)>>,
     /// Where refreshed tokens the database refused wait (see the module docs).
-    rescue_dir: Arc<Path>,
+    rescues: Arc<rescue::Folders>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -384,8 +384,8 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel();
         let p = path.clone();
-        let rescue_dir: Arc<Path> = rescue::dir_for(&path).into();
-        let (dir, legacy_dir) = (rescue_dir.clone(), rescue::legacy_dir_for(&path));
+        let rescues = Arc::new(rescue::Folders::for_db(&path));
+        let folders = rescues.clone();
         std::thread::Builder::new()
             .name("codexpool-sqlite".into())
             .spawn(move || {
@@ -395,9 +395,9 @@ impl SqliteStore {
                         // This database's own are done with once read (an account removed
                         // since has no use for them); a legacy one only when its account is
                         // here (it may be another database's).
-                        let own = rescue::read(&dir, None);
-                        let legacy = rescue::read(&legacy_dir, None);
-                        let rescues = [own.as_slice(), legacy.as_slice()].concat();
+                        let own = rescue::read(&folders.own, None);
+                        let legacy = rescue::read(&folders.legacy, None);
+                        let rescues = [legacy.as_slice(), own.as_slice()].concat();
                         if !rescues.is_empty() {
                             let deadline = std::time::Instant::now() + FOLD_AT_OPEN;
                             match write_before(&mut o.conn, deadline, |tx| {
@@ -436,7 +436,7 @@ impl SqliteStore {
             tx,
             path,
             seen: Arc::default(),
-            rescue_dir,
+            rescues,
         })
     }
 
@@ -824,13 +824,13 @@ impl Store for SqliteStore {
     }
 
     async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
-        let dir = self.rescue_dir.clone();
+        let dir = self.rescues.clone();
         self.call(move |c| {
             // Rescued tokens are the live ones until the database takes them. Read first: a
             // process that folds them in commits, then removes the file, so a file gone by now
             // is in the rows read next (read after, a fold in between would leave the rows'
             // spent tokens).
-            let rescues = rescue::read(&dir, None);
+            let rescues = dir.read(None);
             let mut st = c
                 .prepare_cached(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts"))
                 .map_err(db_err)?;
@@ -850,10 +850,10 @@ impl Store for SqliteStore {
     }
 
     async fn get_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
-        let (id, dir) = (id.to_string(), self.rescue_dir.clone());
+        let (id, dir) = (id.to_string(), self.rescues.clone());
         self.call(move |c| {
             // Rescued tokens before the row, as in `list_accounts`.
-            let rescues = rescue::read(&dir, Some(&id));
+            let rescues = dir.read(Some(&id));
             let mut a = get_account(c, &id)?;
             if let Some(a) = &mut a {
                 rescue::apply_all(a, &rescues);
@@ -875,9 +875,9 @@ impl Store for SqliteStore {
         patch: &AccountPatch,
         now: Timestamp,
     ) -> Result<Account, StoreError> {
-        let (id, patch, dir) = (id.to_string(), patch.clone(), self.rescue_dir.clone());
+        let (id, patch, dir) = (id.to_string(), patch.clone(), self.rescues.clone());
         self.call(move |c| {
-            let rescues = rescue::read(&dir, Some(&id));
+            let rescues = dir.read(Some(&id));
             let a = write(c, |tx| {
                 let mut a = get_account(tx, &id)?.ok_or_else(|| StoreError::NotFound {
                     what: "account",
@@ -897,9 +897,9 @@ impl Store for SqliteStore {
     }
 
     async fn delete_account(&self, id: &str) -> Result<bool, StoreError> {
-        let (id, dir) = (id.to_string(), self.rescue_dir.clone());
+        let (id, dir) = (id.to_string(), self.rescues.clone());
         self.call(move |c| {
-            let rescues = rescue::read(&dir, Some(&id));
+            let rescues = dir.read(Some(&id));
             let found = write(c, |tx| {
                 tx.execute("DELETE FROM refresh_leases WHERE account_id = ?1", [&id])
                     .map_err(db_err)?;
@@ -1420,13 +1420,13 @@ impl Store for SqliteStore {
         let (id, holder, dir) = (
             account_id.to_string(),
             holder.to_string(),
-            self.rescue_dir.clone(),
+            self.rescues.clone(),
         );
         let replace = replace.map(str::to_string);
         let until = now.plus(ttl).as_millis();
         self.call(move |c| {
             // A refresh is about to read the account: rescued tokens go in first.
-            let rescues = rescue::read(&dir, Some(&id));
+            let rescues = dir.read(Some(&id));
             let took = write(c, |tx| {
                 let current: Option<(String, i64)> = tx
                     .query_row(
@@ -1521,12 +1521,12 @@ impl Store for SqliteStore {
         let (id, refreshed, dir) = (
             account_id.to_string(),
             refreshed.clone(),
-            self.rescue_dir.clone(),
+            self.rescues.clone(),
         );
         // Counted from the call, not from when the connection gets to it.
         let deadline = std::time::Instant::now() + wait;
         self.call(move |c| {
-            let rescues = rescue::read(&dir, Some(&id));
+            let rescues = dir.read(Some(&id));
             let saved = write_before(c, deadline, |tx| {
                 let mut a = get_account(tx, &id)?.ok_or_else(|| StoreError::NotFound {
                     what: "account",
@@ -1559,10 +1559,10 @@ impl Store for SqliteStore {
         let (id, refreshed, dir) = (
             account_id.to_string(),
             refreshed.clone(),
-            self.rescue_dir.clone(),
+            self.rescues.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            rescue::write(&dir, &id, &refreshed.spent, &refreshed.tokens).map(|_| true)
+            rescue::write(&dir.own, &id, &refreshed.spent, &refreshed.tokens).map(|_| true)
         })
         .await
         .map_err(|e| StoreError::Backend {
