@@ -16,19 +16,22 @@ pub fn new_id() -> String {
 /// characters, a name or email rarely more than this).
 const MAX_SHOWN: usize = 80;
 
+/// Shortest run of token characters taken for a credential (an RPC token is 64, a refresh
+/// token longer; an id is 12, and a name with a space, `@` or other punctuation is never one).
+const TOKEN_LIKE: usize = 32;
+
 /// What was asked for, as an error repeats it: something that looks like a credential pasted
-/// where an id belongs (an API key `sk-…`, a JWT such as an OAuth token) shows only its kind
-/// and last four characters, and a long text is cut. Errors end up in logs and tracebacks.
+/// where an id belongs (an API key `sk-…`, a JWT such as an OAuth token, any other long run of
+/// token characters) shows only its last four characters, and a long text is cut. Errors end up
+/// in logs and tracebacks.
 pub(crate) fn as_asked(wanted: &str) -> String {
-    let last4 = || {
-        let start = wanted.char_indices().rev().nth(3).map_or(0, |(i, _)| i);
-        &wanted[start..]
-    };
+    let last4 = crate::secret::last4(wanted);
     if wanted.starts_with("sk-") && wanted.len() > 12 {
-        return format!("sk-…{}", last4());
+        return format!("sk-…{last4}");
     }
-    if wanted.starts_with("eyJ") && wanted.contains('.') {
-        return format!("a token (eyJ…{})", last4());
+    let token_char = |c: char| c.is_ascii_alphanumeric() || "-_.~+/=".contains(c);
+    if wanted.len() >= TOKEN_LIKE && wanted.chars().all(token_char) {
+        return format!("…{last4} (a token? {} characters)", wanted.len());
     }
     match wanted.char_indices().nth(MAX_SHOWN) {
         Some((cut, _)) => format!(
@@ -185,9 +188,18 @@ mod tests {
         assert_eq!(shown("sk-cp-gkehgYA6ad1KpGGaNMjyls"), "sk-…jyls");
         assert_eq!(shown("sk-proj-abcdefghijklmnop"), "sk-…mnop");
         assert_eq!(
-            shown("eyJhbGciOi.eyJzdWIi.c2lnbmF0dXJl"),
-            "a token (eyJ…dXJl)"
+            shown("eyJhbGciOiJI.eyJzdWIiOiIx.c2lnbmF0dXJlLXNpZw"),
+            "…NpZw (a token? 44 characters)"
         );
+        assert_eq!(shown(&"f".repeat(64)), "…ffff (a token? 64 characters)");
+        // Names and emails are shown as they are.
+        for name in [
+            "eyJohn.smith",
+            "john.smith.longname@company-example.com",
+            "work laptop",
+        ] {
+            assert_eq!(shown(name), name);
+        }
         let long = "é".repeat(10_000);
         assert_eq!(
             shown(&long),

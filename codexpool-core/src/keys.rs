@@ -357,8 +357,8 @@ fn check_expiry(at: Timestamp, now: Timestamp) -> Result<()> {
     Ok(())
 }
 
-/// The longest key name, in characters.
-pub const MAX_KEY_NAME: usize = 200;
+/// The longest key name, in characters (as an account's label).
+pub const MAX_KEY_NAME: usize = crate::account::MAX_NAME;
 
 fn clean_name(n: &str) -> Result<String> {
     let n = n.trim();
@@ -444,8 +444,7 @@ fn generate_secret() -> Result<String> {
 
 /// `sk-cp-…` and the last four characters (of anything: it also shows what a person typed).
 fn hint_of(secret: &str) -> String {
-    let start = secret.char_indices().rev().nth(3).map_or(0, |(i, _)| i);
-    format!("{KEY_PREFIX}…{}", &secret[start..])
+    format!("{KEY_PREFIX}…{}", crate::secret::last4(secret))
 }
 
 /// A key in memory with its last-used stamp (shared across reloads).

@@ -71,3 +71,9 @@ mod tests {
         assert_eq!(s.expose(), "sk-cp-verysecret");
     }
 }
+
+/// The last four characters of `s` (all of a shorter one): what a hint shows of a credential.
+pub(crate) fn last4(s: &str) -> &str {
+    let start = s.char_indices().rev().nth(3).map_or(0, |(i, _)| i);
+    &s[start..]
+}

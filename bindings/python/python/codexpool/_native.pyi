@@ -64,7 +64,9 @@ class CodexPoolError(Exception):
     """Base class of every codexpool error."""
 
 class NotFound(CodexPoolError):
-    """No account, key or sign-in matches the id (or id prefix)."""
+    """No account, key or sign-in matches the id (or id prefix). ``id`` is what was asked for
+    as errors repeat it: a credential pasted there shows only its last four characters, and a
+    text over 80 characters is cut."""
 
     what: str | None
     id: str | None
