@@ -58,6 +58,12 @@ impl<'de> serde::Deserialize<'de> for Secret {
     }
 }
 
+/// The last four characters of `s` (all of a shorter one): what a hint shows of a credential.
+pub(crate) fn last4(s: &str) -> &str {
+    let start = s.char_indices().rev().nth(3).map_or(0, |(i, _)| i);
+    &s[start..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,10 +76,4 @@ mod tests {
         assert_eq!(format!("{:?}", Some(s.clone())), "Some(*****)");
         assert_eq!(s.expose(), "sk-cp-verysecret");
     }
-}
-
-/// The last four characters of `s` (all of a shorter one): what a hint shows of a credential.
-pub(crate) fn last4(s: &str) -> &str {
-    let start = s.char_indices().rev().nth(3).map_or(0, |(i, _)| i);
-    &s[start..]
 }
