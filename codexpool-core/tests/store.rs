@@ -511,11 +511,11 @@ async fn rescued_tokens_stay_with_their_database() {
     assert_eq!(count(&shared), 0);
 }
 
-/// A database others may read (a copy made under a umask of 022, an empty file made by hand)
-/// is made the owner's only when it is opened, its `-wal` and `-shm` too.
+/// A database any user may read (a copy made under a umask of 022, an empty file made by hand)
+/// loses the other users' access when it is opened, its `-wal` and `-shm` too.
 #[cfg(unix)]
 #[tokio::test]
-async fn a_database_others_may_read_is_made_private() {
+async fn a_database_any_user_may_read_loses_their_access() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("copy.db");
@@ -530,8 +530,9 @@ async fn a_database_others_may_read_is_made_private() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o664)).unwrap();
     let s = SqliteStore::open(&path).await.unwrap();
-    assert_eq!(mode(&path), 0o600);
-    assert_eq!(mode(&wal), 0o600);
+    // The other users' bits go; a group's stay (a team may share the database through it).
+    assert_eq!(mode(&path), 0o640);
+    assert_eq!(mode(&wal), 0o660);
     assert!(s.get_account("a1").await.unwrap().is_some());
 }
 

@@ -105,8 +105,11 @@ pub(crate) fn write(
             "cannot name a rescue file after account id {account_id:?}"
         )));
     }
-    crate::import::create_private_dir(dir)
-        .map_err(|e| backend(format!("cannot create {}: {e}", dir.display())))?;
+    // The shared folder first: made on the way, it would get the umask's mode.
+    for folder in dir.parent().into_iter().chain([dir]) {
+        crate::import::create_private_dir(folder)
+            .map_err(|e| backend(format!("cannot create {}: {e}", folder.display())))?;
+    }
     let nonce = format!(
         "{}-{:016x}",
         Timestamp::now().as_millis(),

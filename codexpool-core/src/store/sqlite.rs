@@ -194,9 +194,9 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
 }
 
 /// The database holds every sign-in in clear: a file of it (`-wal` and `-shm` included, which
-/// SQLite makes with the main file's mode) that others may read, such as a copy made under a
-/// umask of 022, is made the owner's only (0600), and said so; one this process may not change
-/// is warned of.
+/// SQLite makes with the main file's mode) that any user may read, such as a copy made under a
+/// umask of 022, loses the other users' bits, and the log says so; one this process may not
+/// change is warned of. A group's bits stay: a team may share a database through its group.
 #[cfg(unix)]
 fn keep_private(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -211,22 +211,22 @@ fn keep_private(path: &Path) {
             continue;
         };
         let mode = meta.permissions().mode() & 0o777;
-        if !meta.is_file() || mode & 0o077 == 0 {
+        if !meta.is_file() || mode & 0o007 == 0 {
             continue;
         }
-        let private = std::fs::Permissions::from_mode(mode & 0o700);
+        let private = std::fs::Permissions::from_mode(mode & 0o770);
         match std::fs::set_permissions(&file, private) {
             Ok(()) => tracing::warn!(
                 file = %file.display(),
-                "the database could be read by other users (mode {mode:o}), and it holds every \
-                 sign-in: made it private (mode {:o})",
-                mode & 0o700
+                "any user could read the database (mode {mode:o}), and it holds every sign-in: \
+                 took the other users' access away (mode {:o})",
+                mode & 0o770
             ),
             Err(e) => tracing::warn!(
                 file = %file.display(),
                 error = %e,
-                "the database can be read by other users (mode {mode:o}), and it holds every \
-                 sign-in: its owner should make it private (chmod 600)"
+                "any user can read the database (mode {mode:o}), and it holds every sign-in: \
+                 its owner should take the other users' access away (chmod o-rwx)"
             ),
         }
     }
