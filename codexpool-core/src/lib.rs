@@ -108,6 +108,12 @@ impl Drop for Shared {
     /// the memory that held them. Dropped unwritten only when that runtime is gone too.
     fn drop(&mut self) {
         if !self.home.is_here() {
+            // A copy in a forked child: the writer's task, the store's thread and the runtime
+            // are the parent's, and a lock a parent thread held at the fork stays held here.
+            // Dropping the writer's sender or the store's would wake them through those locks:
+            // both are left as they are.
+            std::mem::forget(std::mem::replace(&mut self.writer, Writer::detached()));
+            std::mem::forget(self.store.clone());
             return;
         }
         if let Some(h) = sync::lock(&self.watcher).take() {

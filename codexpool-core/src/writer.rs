@@ -58,6 +58,14 @@ impl Writer {
         Self { tx, hurry }
     }
 
+    /// A writer with no task, whose sender wakes nothing when dropped (see `Drop for Shared`).
+    pub fn detached() -> Self {
+        Self {
+            tx: mpsc::unbounded_channel().0,
+            hurry: Arc::default(),
+        }
+    }
+
     fn send(&self, op: Op) {
         // Fails only after the task has stopped, i.e. when the runtime is shutting down.
         let _ = self.tx.send(op);
