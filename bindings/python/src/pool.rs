@@ -3,7 +3,8 @@
 //!
 //! A pool lives until the last Python reference (and every server started on it) is gone; its
 //! background writer and change watcher run on the module's runtime until then. `flush()` (or
-//! leaving a `with` block) writes what is queued. Warnings about the settings are issued as
+//! leaving a `with` block) writes what is queued, and so does the interpreter's exit for the
+//! pools still open ([`flush_open_pools`]). Warnings about the settings are issued as
 //! `CodexPoolWarning`s when a pool opens.
 
 use std::path::{Path, PathBuf};
@@ -101,30 +102,36 @@ const EXIT_FLUSH: Duration = Duration::from_secs(10);
 
 /// Registered with `atexit` when the module loads: writes what the pools still open have
 /// queued (last-used times, usage readings, request-log rows), so a script that ends without
-/// `flush()` or a `with` block loses none of it. A pool waits at most 10 s; an error is
-/// issued as a warning.
+/// `flush()` or a `with` block loses none of it. Every pool is flushed, each waited for at most
+/// 10 s (a Ctrl-C stops the waiting); what failed is issued as a warning.
 #[pyfunction]
-pub(crate) fn flush_open_pools(py: Python<'_>) -> PyResult<()> {
+pub(crate) fn flush_open_pools(py: Python<'_>) {
     let open: Vec<CorePool> = opened_pools()
         .drain(..)
         .filter(|(home, _)| home.is_here())
         .filter_map(|(_, weak)| weak.upgrade())
         .collect();
+    let mut problems = Vec::new();
     for pool in open {
+        let path = match pool.store().database_file() {
+            Some(file) => file.display().to_string(),
+            None => "in memory".to_owned(),
+        };
         let flushed = Home::here().run(py, async move {
             tokio::time::timeout(EXIT_FLUSH, pool.flush()).await
-        })?;
+        });
         let problem = match flushed {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("still writing after {} s", EXIT_FLUSH.as_secs()),
+            Ok(Ok(Ok(()))) => continue,
+            Ok(Ok(Err(e))) => e.to_string(),
+            Ok(Err(_)) => format!("still writing after {} s", EXIT_FLUSH.as_secs()),
+            Err(e) => e.to_string(),
         };
-        warn_all(
-            py,
-            [format!("a pool was not flushed at exit: {problem}").as_str()],
-        )?;
+        problems.push(format!(
+            "a pool ({path}) was not flushed at exit: {problem}"
+        ));
     }
-    Ok(())
+    // An error of the warning itself (warnings turned into errors) has nowhere to go now.
+    let _ = warn_all(py, problems.iter().map(String::as_str));
 }
 
 /// The opened pool, after issuing its settings' warnings.

@@ -160,10 +160,10 @@ impl Server {
             .map_err(|e| ServerError::new_err(e.to_string()))
     }
 
-    /// Blocks, the GIL released, until the server is stopped (`stop()` from another thread) or
-    /// `timeout` seconds have passed; whether it was stopped. Ctrl-C raises `KeyboardInterrupt`
-    /// (leaving a `with serve(…)` block then stops the server): `srv.wait()` keeps a script
-    /// serving until then.
+    /// Blocks, the GIL released, until a stop is asked for (`stop()` from another thread, which
+    /// then waits for the stop to end) or `timeout` seconds have passed; whether one was asked
+    /// for. Ctrl-C raises `KeyboardInterrupt` (leaving a `with serve(…)` block then stops the
+    /// server): `srv.wait()` keeps a script serving until then.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let limit = timeout

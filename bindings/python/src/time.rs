@@ -83,9 +83,17 @@ pub(crate) fn from_arg(v: &Bound<'_, PyAny>, field: &str) -> PyResult<Timestamp>
     if v.is_instance_of::<PyDateTime>() {
         // Within a day of `datetime`'s range (a time zone's offset): far from i64's ends. A
         // naive time near either end (local time) can fall outside it: Python's ValueError.
+        use pyo3::exceptions::{PyOSError, PyOverflowError, PyValueError};
         let secs: f64 = match v.call_method0("timestamp") {
             Ok(secs) => secs.extract()?,
-            Err(e) => return Err(invalid(py, field, format!("{v}: {}", e.value(py)))),
+            Err(e)
+                if e.is_instance_of::<PyValueError>(py)
+                    || e.is_instance_of::<PyOverflowError>(py)
+                    || e.is_instance_of::<PyOSError>(py) =>
+            {
+                return Err(invalid(py, field, format!("{v}: {}", e.value(py))));
+            }
+            Err(e) => return Err(e),
         };
         return Ok(from_secs(secs));
     }

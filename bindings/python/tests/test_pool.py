@@ -177,28 +177,31 @@ def test_version_is_exposed() -> None:
 
 def test_a_script_that_ends_without_flush_loses_nothing(fake: FakeOpenAi, tmp_path: Path) -> None:
     """What a pool has queued (last-used times, usage readings) is written when the interpreter
-    exits, without `flush()` or a `with` block."""
+    exits, without `flush()` or a `with` block: by the module's `atexit` hook, while the pool is
+    still alive (a checker registered before the module runs after that hook)."""
     fake.add_account("acct-1")
     db = tmp_path / "pool.db"
     script = (
-        "import codexpool, json, sys, warnings\n"
-        "warnings.simplefilter('ignore')\n"
-        "settings, auth = json.loads(sys.argv[1]), sys.argv[2]\n"
-        f"pool = codexpool.Pool.open({str(db)!r}, **settings)\n"
+        "import atexit, json, sqlite3, sys, warnings\n"
+        "settings, auth, db = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]\n"
+        "def check():\n"
+        "    c = sqlite3.connect(db)\n"
+        "    used = c.execute('SELECT count(*) FROM platform_keys WHERE last_used_at IS NOT NULL')\n"
+        "    windows = c.execute('SELECT count(*) FROM usage_windows')\n"
+        "    print('at exit', used.fetchone()[0], windows.fetchone()[0], flush=True)\n"
+        "atexit.register(check)\n"
+        "import codexpool\n"
+        "warnings.filterwarnings('ignore', message='.*Codex CLI')\n"
+        "pool = codexpool.Pool.open(db, **settings)\n"
         "pool.accounts.import_text(auth, source='a')\n"
         "key = pool.keys.create('k')\n"
         "pool.keys.verify(key.secret)\n"
         "assert all(r.ok for r in pool.usage.refresh())\n"
-        "print(key.key.id, flush=True)\n"
     )
-    args = [json.dumps(fake.settings()), json.dumps(fake.auth_json("acct-1"))]
+    args = [json.dumps(fake.settings()), json.dumps(fake.auth_json("acct-1")), str(db)]
     done = subprocess.run(
         [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     assert "not flushed" not in done.stderr, done.stderr
-    pool = codexpool.Pool.open(db, **fake.settings())
-    assert pool.keys.get(done.stdout.strip()).last_used_at is not None
-    (account,) = pool.accounts.list()
-    u = pool.usage.get(account.id)
-    assert u.five_hour is not None and u.weekly is not None
+    assert done.stdout.split() == ["at", "exit", "1", "2"], (done.stdout, done.stderr)
