@@ -70,6 +70,33 @@ async fn a_refresh_rotates_and_persists_every_token() {
     }
 }
 
+/// A refresh answer without a `refresh_token` (PROTOCOL.md §1: the issuer need not rotate it)
+/// keeps the one that was sent, stored, and it refreshes again.
+#[tokio::test]
+async fn a_refresh_that_does_not_rotate_keeps_the_refresh_token() {
+    let fake = fake();
+    fake.set_refresh_rotates(false);
+    let dir = tempfile::tempdir().unwrap();
+    let pool = file_pool(&fake, &dir.path().join("pool.db")).await;
+    let id = import(&pool, &fake, "acct-1").await;
+    let before = pool.accounts().get(&id).unwrap().tokens;
+    for n in 1..=2 {
+        let after = pool.auth().refresh(&id).await.unwrap().tokens;
+        assert_eq!(fake.refresh_count("acct-1"), n);
+        assert_ne!(after.access_token, before.access_token);
+        assert_eq!(after.refresh_token, before.refresh_token);
+        let stored = pool.store().get_account(&id).await.unwrap().unwrap();
+        assert_eq!(stored.tokens, after);
+        assert_eq!(stored.status, AccountStatus::Active);
+    }
+    let sent = fake
+        .last_request("/oauth/token")
+        .unwrap()
+        .body_json()
+        .unwrap();
+    assert_eq!(sent["refresh_token"], before.refresh_token.expose());
+}
+
 /// A refresh answer without an `id_token` (PROTOCOL.md §1: optional) keeps the stored one and
 /// takes the new access and refresh tokens.
 #[tokio::test]
