@@ -204,7 +204,7 @@ async fn compaction_is_forwarded_on_the_conversations_account() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
         v["output"][0]["content"][0]["text"],
-        "Summary of 2 earlier items."
+        "Summary of 2 earlier items by acct-0."
     );
     assert_eq!(h.fake.count("/backend-api/codex/responses/compact"), 1);
     // Its answer is JSON, and asked for as such.
@@ -219,16 +219,66 @@ async fn compaction_is_forwarded_on_the_conversations_account() {
         ("/v1/responses/compact", 200)
     );
     assert_eq!(h.total_inflight(), 0);
-    // A failing account is skipped here too.
+    // A failing account is skipped here too: the compaction is served by the next one.
     h.fake
-        .push_reply("acct-0", Reply::UsageLimit429 { resets_in_secs: 60 });
-    let (status, _) = h
+        .push_compact_reply("acct-0", Reply::UsageLimit429 { resets_in_secs: 60 });
+    let (status, v) = h
         .json(h.post(
-            "/v1/responses",
-            json!({"model": "m", "input": "x", "stream": false}),
+            "/v1/responses/compact",
+            json!({"model": "gpt-5-codex", "input": []}),
         ))
         .await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["output"][0]["content"][0]["text"],
+        "Summary of 0 earlier items by acct-1."
+    );
+    let sent = h.fake.requests_to("/backend-api/codex/responses/compact");
+    assert_eq!(sent.len(), 3);
+    assert_eq!(sent[1].header("chatgpt-account-id"), Some("acct-0"));
+    assert_eq!(h.total_inflight(), 0);
+}
+
+/// The Codex CLI's compaction of a session goes to the account of the session's turns, whose
+/// encrypted reasoning it carries, even when the next request would go elsewhere (round robin):
+/// another account would refuse that reasoning.
+#[tokio::test]
+async fn a_codex_sessions_compaction_stays_on_its_account() {
+    let h = harness(2, &[("ROUTE_STRATEGY", "round-robin")]).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::reasoning_then_text("Thinking it over", "First answer"),
+    );
+    let user = json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Plan a trip"}]});
+    let turn = json!({"model": "gpt-5-codex", "instructions": "You are Codex.", "input": [user],
+        "stream": true, "store": false, "include": ["reasoning.encrypted_content"]});
+    let (status, _, text) = h.call(h.codex_post(&turn, Some("s-1"))).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let last = json_frames(&text).pop().unwrap();
+    let mut input = vec![user];
+    input.extend(
+        last["response"]["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned(),
+    );
+    assert!(input.iter().any(|i| i["type"] == "reasoning"), "{input:?}");
+
+    let mut compact = h.codex_post(
+        &json!({"model": "gpt-5-codex", "input": input}),
+        Some("s-1"),
+    );
+    *compact.uri_mut() = "/v1/responses/compact".parse().unwrap();
+    let (status, _, text) = h.call(compact).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["output"][0]["content"][0]["text"],
+        "Summary of 3 earlier items by acct-0."
+    );
+    let sent = h.fake.requests_to("/backend-api/codex/responses/compact");
+    assert_eq!(sent.len(), 1, "no refused try first");
 }
 
 /// Turn 1 of a reasoning conversation on acct-0; returns the next turn's input (the history

@@ -307,6 +307,7 @@ impl Inner {
             usage_status: None,
             usage_status_once: Default::default(),
             replies: Default::default(),
+            compact_replies: Default::default(),
             default_reply: None,
             refresh_failures: Default::default(),
             refresh_count: 0,

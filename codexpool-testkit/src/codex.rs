@@ -223,6 +223,20 @@ impl Inner {
     }
 }
 
+/// 400 `invalid_encrypted_content`: reasoning another account encrypted.
+fn invalid_encrypted_content(item: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": {
+            "message": format!("The encrypted content for item {item} could not be verified."),
+            "type": "invalid_request_error",
+            "param": null,
+            "code": "invalid_encrypted_content",
+        }})),
+    )
+        .into_response()
+}
+
 /// `{"detail": …}`, how chatgpt.com rejects a malformed request.
 fn detail(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "detail": message }))).into_response()
@@ -741,16 +755,7 @@ pub(crate) async fn responses(
     }
     let account = shared.inner().accounts[idx].account.id.clone();
     if let Some(item) = foreign_reasoning(&value, &account) {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": {
-                "message": format!("The encrypted content for item {item} could not be verified."),
-                "type": "invalid_request_error",
-                "param": null,
-                "code": "invalid_encrypted_content",
-            }})),
-        )
-            .into_response();
+        return invalid_encrypted_content(&item);
     }
     let facts = RequestFacts::from_responses(&value, body.len(), &headers);
     let (flat, cached, plan, usage_headers, event_lines) = {
@@ -795,15 +800,24 @@ pub(crate) async fn responses(
     .await
 }
 
-/// `POST /backend-api/codex/responses/compact`: the history, compacted to one summary message.
+/// `POST /backend-api/codex/responses/compact`: the history, compacted to one summary message
+/// that names the account that made it. Bound to accounts as `/responses` is (another account's
+/// encrypted reasoning is a 400, a stored item a 404), with the account's `x-codex-*` headers;
+/// a reply queued with [`crate::FakeOpenAi::push_compact_reply`] (a 429, a status) answers
+/// instead. In instant mode any bearer is served, by no account.
 pub(crate) async fn compact(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(denied) = authenticate(&shared, &headers) {
-        return denied.into_response();
-    }
+    let checked = shared
+        .inner()
+        .check_access(bearer(&headers), header_str(&headers, "chatgpt-account-id"));
+    let idx = match checked {
+        Ok(idx) => Some(idx),
+        Err(_) if shared.config.instant => None,
+        Err(denied) => return denied.into_response(),
+    };
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(_) => {
@@ -813,18 +827,71 @@ pub(crate) async fn compact(
             );
         }
     };
+    if let Some(id) = stored_reference(&value) {
+        return item_not_found(&id);
+    }
     let items = value
         .get("input")
         .and_then(Value::as_array)
         .map_or(0, Vec::len);
-    (
-        StatusCode::OK,
-        axum::Json(json!({"output": [{
+    let summary = |by: &str| {
+        json!({"output": [{
             "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": format!("Summary of {items} earlier items.")}],
-        }]})),
-    )
-        .into_response()
+            "content": [{"type": "input_text", "text": format!("Summary of {items} earlier items{by}.")}],
+        }]})
+    };
+    let Some(idx) = idx else {
+        return (StatusCode::OK, axum::Json(summary(""))).into_response();
+    };
+    let account = shared.inner().accounts[idx].account.id.clone();
+    if let Some(item) = foreign_reasoning(&value, &account) {
+        return invalid_encrypted_content(&item);
+    }
+    let (queued, usage_headers, plan) = {
+        let mut inner = shared.inner();
+        let limit_before_full = inner.limit_before_full;
+        let state = &mut inner.accounts[idx];
+        let queued = state.compact_replies.pop_front().map(flatten);
+        if let Some(hit) = queued
+            .as_ref()
+            .and_then(Flat::usage_limit)
+            .filter(|_| !limit_before_full)
+        {
+            state.usage.hit(hit);
+        }
+        let plan = state.usage.plan_or(&state.account.plan).to_owned();
+        (queued, state.usage.headers(), plan)
+    };
+    let (mut outcome, head_delay, backend) = match queued {
+        Some(flat) => {
+            let facts = RequestFacts::from_responses(&value, body.len(), &headers);
+            let dialect = Codex {
+                facts: &facts,
+                cached: 0,
+                plan: &plan,
+                account: &account,
+                event_lines: false,
+            };
+            // A challenge page comes from Cloudflare's edge: no backend header on it.
+            (
+                render(&flat, &dialect),
+                flat.head_delay,
+                flat.core != Core::Challenge,
+            )
+        }
+        None => {
+            let summary = summary(&format!(" by {account}"));
+            (
+                json_outcome(StatusCode::OK, &summary),
+                Default::default(),
+                true,
+            )
+        }
+    };
+    if backend {
+        outcome.headers.extend(usage_headers);
+    }
+    deliver(outcome, head_delay, StreamGuard::new(&shared, None)).await
 }
 
 /// `GET /backend-api/codex/models?client_version=<ver>` (PROTOCOL.md §4: strict mode wants

@@ -38,7 +38,7 @@
 //! | `POST /api/accounts/deviceauth/usercode`, `…/token` | device-code sign-in |
 //! | `GET /backend-api/wham/usage` | usage windows |
 //! | `POST /backend-api/codex/responses` | the Codex backend (SSE); encrypted reasoning is bound to the account that made it (another account answers `400 invalid_encrypted_content`); nothing is stored (`store: false`), so an `item_reference` or a `reasoning` item with an `id` but no `encrypted_content` answers `404 Item with id '…' not found` |
-//! | `POST /backend-api/codex/responses/compact` | history compaction |
+//! | `POST /backend-api/codex/responses/compact` | history compaction, bound to accounts as `/responses` is; its summary names the account |
 //! | `GET /backend-api/codex/models` | the model list |
 //! | `POST /v1/chat/completions`, `POST /v1/responses`, `GET /v1/models` | a plain OpenAI API |
 //!
@@ -564,6 +564,17 @@ impl FakeOpenAi {
             .inner()
             .account_mut(account_id)
             .replies
+            .push_back(reply);
+    }
+
+    /// Queues a reply for the account's next `/responses/compact` request: one that is not a
+    /// stream (a 429, a status, a challenge, a 401); a compaction with nothing queued answers
+    /// its summary.
+    pub fn push_compact_reply(&self, account_id: &str, reply: Reply) {
+        self.shared
+            .inner()
+            .account_mut(account_id)
+            .compact_replies
             .push_back(reply);
     }
 

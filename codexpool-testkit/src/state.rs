@@ -79,6 +79,8 @@ pub(crate) struct AccountState {
     /// One-shot statuses for the next usage requests, taken before `usage_status`.
     pub(crate) usage_status_once: VecDeque<u16>,
     pub(crate) replies: VecDeque<Reply>,
+    /// Replies for the next `/responses/compact` requests (errors: see `codex::compact`).
+    pub(crate) compact_replies: VecDeque<Reply>,
     pub(crate) default_reply: Option<Reply>,
     pub(crate) refresh_failures: VecDeque<FakeRefreshFailure>,
     pub(crate) refresh_count: usize,
