@@ -219,6 +219,15 @@ async fn an_html_answer_is_a_challenge_not_data() {
     let u = pool.usage().get(&id).unwrap();
     assert!(u.five_hour.is_none() && u.weekly.is_none());
     assert_eq!(fake.refresh_count("acct-1"), 0);
+    // A 403 page from Cloudflare's edge (PROTOCOL.md §3) is a challenge too, not a token the
+    // issuer refused: no refresh is spent on it.
+    fake.usage_challenge_status("acct-1", Some(403));
+    assert_eq!(
+        pool.usage().poll_account(&id).await.unwrap_err(),
+        PollError::Challenge
+    );
+    assert_eq!(fake.refresh_count("acct-1"), 0);
+    assert_eq!(fake.count("/backend-api/wham/usage"), 2);
 }
 
 #[tokio::test]

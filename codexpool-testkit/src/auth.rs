@@ -303,7 +303,7 @@ impl Inner {
             account,
             sessions: Vec::new(),
             usage: FakeUsage::default(),
-            usage_challenge: false,
+            usage_challenge: None,
             usage_status: None,
             usage_status_once: Default::default(),
             replies: Default::default(),

@@ -534,7 +534,14 @@ impl FakeOpenAi {
     /// When `true`, the usage endpoint answers 200 with a Cloudflare HTML page for this account.
     #[track_caller]
     pub fn usage_challenge(&self, account_id: &str, on: bool) {
-        self.shared.inner().account_mut(account_id).usage_challenge = on;
+        self.shared.inner().account_mut(account_id).usage_challenge = on.then_some(200);
+    }
+
+    /// The usage endpoint answers `status` with a Cloudflare HTML page for this account (a 403
+    /// with `cf-mitigated: challenge`, as Cloudflare's edge sends it); `None` ends it.
+    #[track_caller]
+    pub fn usage_challenge_status(&self, account_id: &str, status: Option<u16>) {
+        self.shared.inner().account_mut(account_id).usage_challenge = status;
     }
 
     /// Forces the usage endpoint's status for this account (`None` = normal answers).

@@ -74,7 +74,8 @@ pub(crate) struct AccountState {
     pub(crate) account: FakeAccount,
     pub(crate) sessions: Vec<Session>,
     pub(crate) usage: FakeUsage,
-    pub(crate) usage_challenge: bool,
+    /// The status of the usage endpoint's Cloudflare challenge page (`None`: no challenge).
+    pub(crate) usage_challenge: Option<u16>,
     pub(crate) usage_status: Option<u16>,
     /// One-shot statuses for the next usage requests, taken before `usage_status`.
     pub(crate) usage_status_once: VecDeque<u16>,

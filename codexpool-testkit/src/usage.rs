@@ -384,13 +384,21 @@ pub(crate) async fn usage(State(shared): State<Arc<Shared>>, headers: HeaderMap)
             )
                 .into_response();
         }
-        if state.usage_challenge {
-            return (
-                StatusCode::OK,
+        if let Some(status) = state.usage_challenge {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let mut page = (
+                status,
                 [(header::CONTENT_TYPE, "text/html; charset=UTF-8")],
                 CHALLENGE_HTML,
             )
                 .into_response();
+            if status == StatusCode::FORBIDDEN {
+                page.headers_mut().insert(
+                    "cf-mitigated",
+                    header::HeaderValue::from_static("challenge"),
+                );
+            }
+            return page;
         }
         let body =
             state
