@@ -8,7 +8,7 @@ test run; uses `scripts/bench.py`'s stack and its oha.
     git worktree add /tmp/base <rev>
     (cd /tmp/base && CARGO_TARGET_DIR=/tmp/base-target cargo build --release -p codexpool-cli)
     cargo build --release -p codexpool-cli -p codexpool-testkit
-    python3 scripts/bench-ab.py /tmp/base-target/release/codexpool --rounds 3
+    python3 scripts/bench-ab.py /tmp/base-target/release/codexpool --rounds 4  # even: each build goes first as often
 
 Prints one line per measurement (workload, concurrency, build, req/s, p50 and p99 ms, gateway
 CPU µs per answered request, failed requests), then the medians per build.

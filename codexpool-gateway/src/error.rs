@@ -166,6 +166,12 @@ impl ApiError {
     pub(crate) fn from_cut<E: std::fmt::Display>(cut: &crate::sse::Cut<E>) -> Self {
         match cut {
             crate::sse::Cut::Silent(idle) => Self::timeout(*idle),
+            crate::sse::Cut::Stopped => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                cut.code(),
+                cut.to_string(),
+            ),
             cut => Self::bad_gateway(cut.code(), cut.to_string()),
         }
     }

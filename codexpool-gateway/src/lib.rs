@@ -84,9 +84,18 @@ pub(crate) struct Shared {
     pub body_idle: std::time::Duration,
     /// The responses kept for `previous_response_id` and `item_reference` (`None`: keep none).
     pub responses: Option<Arc<stored::ResponseStore>>,
-    /// Set when a server ends the streams still open after its shutdown grace: their log rows
-    /// say `server_stopped`, not that the client left.
-    pub stopped: Arc<std::sync::atomic::AtomicBool>,
+    /// A serving server's end, as the requests see it.
+    pub stopping: Arc<Stopping>,
+}
+
+/// How a server's end reaches the requests it serves (see [`Server::shutdown_grace`]).
+pub(crate) struct Stopping {
+    /// Flips to `true` when the grace is over: the answers still coming end with an error of
+    /// their own (the stream's last event, a 503), as an upstream cut would end them.
+    pub signal: tokio::sync::watch::Sender<bool>,
+    /// Set when the server then ends what is still open: the rows of requests dropped
+    /// unfinished say `server_stopped`, not that the client left.
+    pub ended: std::sync::atomic::AtomicBool,
 }
 
 /// The OpenAI-compatible gateway over a [`Pool`]. Cheap to clone.
@@ -140,8 +149,9 @@ impl GatewayBuilder {
     /// limit).
     pub fn build(self) -> Result<Gateway, GatewayError> {
         let config = self.pool.config();
+        let (signal, stop) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
-            upstream: upstream::Upstream::new(config).map_err(GatewayError::Client)?,
+            upstream: upstream::Upstream::new(config, stop).map_err(GatewayError::Client)?,
             metrics: self.metrics.unwrap_or_default(),
             models: routes::models::ModelsCache::default(),
             max_body: config.front_proxy_max_body_bytes,
@@ -149,7 +159,10 @@ impl GatewayBuilder {
             keepalive: self.keepalive,
             body_idle: self.body_idle,
             responses: stored::ResponseStore::for_pool(&self.pool),
-            stopped: Arc::default(),
+            stopping: Arc::new(Stopping {
+                signal,
+                ended: Default::default(),
+            }),
             pool: self.pool,
         });
         let router = Gateway::routes(shared.clone());

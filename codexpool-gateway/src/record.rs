@@ -4,7 +4,7 @@
 //! entry when the upstream reported usage.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use codexpool_core::Pool;
@@ -18,8 +18,8 @@ pub(crate) struct Record {
     pub entry: RequestLogEntry,
     started: Instant,
     written: bool,
-    /// The gateway's flag for streams its server ended (see `Shared::stopped`).
-    stopped: Option<Arc<AtomicBool>>,
+    /// How the gateway's server ends (see `Shared::stopping`).
+    stopped: Option<Arc<crate::Stopping>>,
 }
 
 /// Converts the adapters' usage to the ledger's.
@@ -46,7 +46,7 @@ impl Record {
     }
 
     /// Dropped unfinished while this flag is set, the row says `server_stopped`.
-    pub fn ended_by(mut self, stopped: &Arc<AtomicBool>) -> Self {
+    pub(crate) fn ended_by(mut self, stopped: &Arc<crate::Stopping>) -> Self {
         self.stopped = Some(stopped.clone());
         self
     }
@@ -106,7 +106,7 @@ impl Drop for Record {
             let by_server = self
                 .stopped
                 .as_ref()
-                .is_some_and(|s| s.load(Ordering::Relaxed));
+                .is_some_and(|s| s.ended.load(Ordering::Relaxed));
             let (unanswered, class) = if by_server {
                 (503, "server_stopped")
             } else {

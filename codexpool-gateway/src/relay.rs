@@ -396,7 +396,10 @@ impl Relay {
             Mode::Passthrough => error_event(&mut out, self.next_sequence, cut.code(), &f.message),
         }
         self.error_class = Some(cut.code().into());
-        if let Some(lease) = &self.lease {
+        // A stopping gateway is no fault of the account's.
+        if let Some(lease) = &self.lease
+            && !matches!(cut, Cut::Stopped)
+        {
             lease.report(Outcome::UpstreamError).await;
         }
         self.finish_record();
@@ -487,8 +490,13 @@ pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Byt
                     let error = ApiError::from_cut(&cut);
                     let class = error.code.clone();
                     // The client has waited the whole idle timeout already: not once more.
-                    let elsewhere = !matches!(cut, Cut::Silent(_));
-                    return Err((error, class, Some(Outcome::UpstreamError), elsewhere));
+                    // A stopping gateway tries no other account, and blames none.
+                    let (outcome, elsewhere) = match cut {
+                        Cut::Stopped => (None, false),
+                        Cut::Silent(_) => (Some(Outcome::UpstreamError), false),
+                        _ => (Some(Outcome::UpstreamError), true),
+                    };
+                    return Err((error, class, outcome, elsewhere));
                 }
             };
             match asm.push(&event) {

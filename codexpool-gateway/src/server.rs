@@ -17,7 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -232,7 +232,9 @@ impl Server {
         self
     }
 
-    /// How long open streams may run on after a stop (default 30 s).
+    /// How long open streams may run on after a stop (default 30 s). Answers still coming then
+    /// end with an error of their own (`server_stopped`: a stream's last chunk or event, an
+    /// assembled answer's 503), given a second to go out; what is left is closed.
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.grace = d;
         self
@@ -354,7 +356,7 @@ impl Server {
             stop_rx,
             Ending {
                 grace: self.grace,
-                stopped: gateway.shared.stopped.clone(),
+                stopping: gateway.shared.stopping.clone(),
             },
             ClientSockets {
                 keepalive: config.gateway_keepalive_interval,
@@ -507,9 +509,13 @@ impl Workers {
 struct Ending {
     /// How long open streams may go on.
     grace: Duration,
-    /// Set before the streams left after the grace are ended (see `Shared::stopped`).
-    stopped: Arc<AtomicBool>,
+    /// Told when the grace is over (see `Shared::stopping`).
+    stopping: Arc<crate::Stopping>,
 }
+
+/// How long answers ended at the grace's end get to send their last words (an error event, a
+/// 503) before their connections are closed.
+const FAREWELL: Duration = Duration::from_secs(1);
 
 /// What each client connection's socket gets.
 struct ClientSockets {
@@ -592,10 +598,19 @@ async fn accept_loop(
         tracing::warn!(
             grace_secs = ending.grace.as_secs(),
             open = connections.len(),
-            "open streams outlived the shutdown grace; closing them"
+            "open streams outlived the shutdown grace; ending them"
         );
-        // Dropping a connection drops its requests: leases go back, log rows are queued.
-        ending.stopped.store(true, Ordering::Relaxed);
+        // Answers under way end with an error of their own (a stream's last event says the
+        // gateway stopped, an assembled answer is a 503), as an upstream cut would end them;
+        // what is still left then (a request no account answered yet, a client that does not
+        // read) is closed. Dropping a connection drops its requests: leases go back, log rows
+        // are queued.
+        ending.stopping.signal.send_replace(true);
+        let _ = tokio::time::timeout(FAREWELL, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        ending.stopping.ended.store(true, Ordering::Relaxed);
         connections.shutdown().await;
     }
     workers.stop().await;

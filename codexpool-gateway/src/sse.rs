@@ -537,6 +537,8 @@ pub enum Cut<E> {
     Ended(Option<SseError>),
     /// Nothing arrived within the idle timeout.
     Silent(Duration),
+    /// The gateway's server is stopping and its grace is over (see [`SseReader::stop_on`]).
+    Stopped,
 }
 
 impl<E> Cut<E> {
@@ -546,6 +548,7 @@ impl<E> Cut<E> {
             Self::Malformed(_) => "malformed_stream",
             Self::Broke(_) | Self::Ended(_) => "upstream_cut",
             Self::Silent(_) => crate::error::UPSTREAM_TIMEOUT,
+            Self::Stopped => "server_stopped",
         }
     }
 }
@@ -557,6 +560,7 @@ impl<E: std::fmt::Display> std::fmt::Display for Cut<E> {
             Self::Broke(e) => write!(f, "the upstream stream broke off: {e}"),
             Self::Ended(None) => f.write_str("the upstream stream ended before its last event"),
             Self::Silent(idle) => write!(f, "the upstream sent nothing for {} s", idle.as_secs()),
+            Self::Stopped => f.write_str("the gateway is stopping; ask again"),
         }
     }
 }
@@ -582,6 +586,7 @@ pub struct SseReader<S> {
     parser: SseParser,
     held: VecDeque<SseItem>,
     idle: Duration,
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl<S, E> SseReader<S>
@@ -595,7 +600,14 @@ where
             parser: SseParser::new(),
             held: VecDeque::new(),
             idle,
+            stop: None,
         }
+    }
+
+    /// A wait for the body ends in [`Cut::Stopped`] once `stop` is `true` (a server's grace
+    /// is over): what was read before still comes out first.
+    pub fn stop_on(&mut self, stop: tokio::sync::watch::Receiver<bool>) {
+        self.stop = Some(stop);
     }
 
     /// The next item, waiting for the body as long as it takes (an idle timeout per chunk).
@@ -620,7 +632,17 @@ where
     /// Waits for the next chunk of the body (see [`ready`](Self::ready)); the end of the body
     /// is a [`Cut::Ended`]: a stream of events ends after its last event, not before.
     pub async fn fill(&mut self) -> Result<(), Cut<E>> {
-        match read_chunk(&mut self.body, self.idle).await? {
+        let read = read_chunk(&mut self.body, self.idle);
+        let chunk = match &mut self.stop {
+            None => read.await?,
+            Some(stop) => tokio::select! {
+                biased;
+                // A sender gone (the gateway dropped) is no stop: the branch is off then.
+                Ok(_) = stop.wait_for(|stopping| *stopping) => return Err(Cut::Stopped),
+                chunk = read => chunk?,
+            },
+        };
+        match chunk {
             Some(chunk) => {
                 self.parser.push(chunk);
                 Ok(())
@@ -802,6 +824,35 @@ mod tests {
         assert!(matches!(cut, Cut::Silent(d) if d == idle), "{cut:?}");
         assert_eq!(cut.code(), crate::error::UPSTREAM_TIMEOUT);
         assert_eq!(cut.to_string(), "the upstream sent nothing for 300 s");
+    }
+
+    /// A stop ends a wait for the body, but not before what arrived already; a stop signal whose
+    /// sender is gone stops nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_wait_after_what_arrived() {
+        let waiting = futures_util::stream::iter([Ok(Bytes::from_static(b"data: a\n\n"))])
+            .chain(futures_util::stream::pending::<Result<Bytes, &'static str>>());
+        let mut reader = SseReader::new(waiting, Duration::from_secs(300));
+        let (signal, stop) = tokio::sync::watch::channel(false);
+        reader.stop_on(stop);
+        assert_eq!(data(reader.next().await.unwrap()), "a");
+        let stopping = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            signal.send_replace(true);
+            signal
+        });
+        let start = tokio::time::Instant::now();
+        let cut = reader.next().await.unwrap_err();
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert!(matches!(cut, Cut::Stopped), "{cut:?}");
+        assert_eq!(cut.code(), "server_stopped");
+        drop(stopping.await.unwrap());
+
+        let silent = futures_util::stream::pending::<Result<Bytes, &'static str>>();
+        let mut reader = SseReader::new(silent, Duration::from_secs(300));
+        reader.stop_on(tokio::sync::watch::channel(false).1);
+        let cut = reader.next().await.unwrap_err();
+        assert!(matches!(cut, Cut::Silent(_)), "{cut:?}");
     }
 
     /// Feeds `input` split at `cuts` and returns everything the parser produced, errors included.

@@ -222,6 +222,9 @@ pub(crate) struct Upstream {
     user_agent: HeaderValue,
     cookie: Option<HeaderValue>,
     pub fallback: Option<Fallback>,
+    /// `true` once a stopping server's grace is over: committed answers are given to it
+    /// ([`crate::sse::SseReader::stop_on`]); one still being tried for is not.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The OpenAI-compatible upstream used when no account can serve.
@@ -254,7 +257,7 @@ fn header_value(v: &str) -> Option<HeaderValue> {
 }
 
 impl Upstream {
-    pub fn new(config: &Config) -> Result<Self, String> {
+    pub fn new(config: &Config, stop: tokio::sync::watch::Receiver<bool>) -> Result<Self, String> {
         let base = config.upstream_base_url.trim_end_matches('/').to_string();
         let client = reqwest_client(config, &base)?;
         let responses_uri = format!("{base}/responses").parse::<Uri>().ok();
@@ -300,6 +303,7 @@ impl Upstream {
                     })
                 })
                 .transpose()?,
+            stop,
         })
     }
 
@@ -767,9 +771,10 @@ pub(crate) async fn run(
         };
         let started = Instant::now();
         match attempt(pool, upstream, metrics, bodies, &lease).await {
-            Step::Committed(stream, headers) => {
+            Step::Committed(mut stream, headers) => {
                 metrics.attempt(Attempt::Ok);
                 lease.commit();
+                stream.events.stop_on(upstream.stop.clone());
                 call.record.entry.account_id = Some(lease.account_id().to_string());
                 return Ok(Committed {
                     lease,

@@ -686,12 +686,13 @@ async fn arbitrary_rpc_params_get_clear_answers() {
     srv.stop().await.unwrap();
 }
 
+/// Answers still coming when the shutdown grace is over end with an error of their own: a
+/// stream's last chunk says the gateway stopped and the stream ends cleanly, an assembled
+/// answer is a 503; a request no account has answered yet is closed. Every row says
+/// `server_stopped`, the account is blamed for nothing, and its slots come back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_open_past_the_shutdown_grace_is_closed_and_logged() {
+async fn answers_open_past_the_shutdown_grace_end_with_the_reason() {
     let (e, key) = env_with_an_account(&[]).await;
-    e.fake
-        .push_reply("acct-0", Reply::StallMidStream { after_deltas: 2 });
-    e.fake.push_reply("acct-0", Reply::HangForever);
     let srv = Server::new(e.pool.clone())
         .addr("127.0.0.1:0".parse().unwrap())
         .background_tasks(false)
@@ -706,34 +707,79 @@ async fn a_stream_open_past_the_shutdown_grace_is_closed_and_logged() {
             .json(&common::chat(stream))
             .send()
     };
-    let mut res = ask(true).await.unwrap();
-    assert_eq!(res.status().as_u16(), 200);
-    assert!(res.chunk().await.unwrap().is_some(), "the stream started");
-    // And one still waiting for its answer.
-    let waiting = tokio::spawn(ask(false));
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while e.pool.accounts().total_inflight() < 2 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let pool = e.pool.clone();
+    let inflight = |n: u32| {
+        let pool = pool.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while pool.accounts().total_inflight() < n {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .expect("the request reached the upstream");
         }
-    })
-    .await
-    .expect("the second request reached the upstream");
+    };
+    // A stream under way.
+    e.fake
+        .push_reply("acct-0", Reply::StallMidStream { after_deltas: 2 });
+    let mut streamed = ask(true).await.unwrap();
+    assert_eq!(streamed.status().as_u16(), 200);
+    assert!(
+        streamed.chunk().await.unwrap().is_some(),
+        "the stream started"
+    );
+    // An assembled answer under way (its first deltas came, the rest will not).
+    e.fake
+        .push_reply("acct-0", Reply::StallMidStream { after_deltas: 2 });
+    let assembling = tokio::spawn(ask(false));
+    inflight(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // And one no account has answered yet.
+    e.fake.push_reply("acct-0", Reply::HangForever);
+    let unanswered = tokio::spawn(ask(false));
+    inflight(3).await;
 
     tokio::time::timeout(Duration::from_secs(10), srv.stop())
         .await
         .expect("stop returns after the grace")
         .unwrap();
-    // The client's stream ends (it does not outlive the server).
     let rest = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Ok(Some(_)) = res.chunk().await {}
+        let mut rest = Vec::new();
+        loop {
+            match streamed.chunk().await {
+                Ok(Some(c)) => rest.extend_from_slice(&c),
+                Ok(None) => return Ok(rest),
+                Err(e) => return Err(e),
+            }
+        }
     })
-    .await;
-    assert!(rest.is_ok(), "the stream was closed");
-    assert_eq!(e.pool.accounts().total_inflight(), 0, "the lease went back");
+    .await
+    .expect("the stream ended");
+    let rest = String::from_utf8(rest.expect("the stream ended cleanly")).unwrap();
+    assert!(rest.contains("\"server_stopped\""), "{rest}");
+    let res = assembling.await.unwrap().unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "server_stopped", "{v}");
+    assert!(
+        unanswered.await.unwrap().is_err(),
+        "its connection was closed"
+    );
+    assert_eq!(
+        e.pool.accounts().total_inflight(),
+        0,
+        "the leases went back"
+    );
+    let id = &e.pool.accounts().list(&Default::default())[0].id;
+    let runtime = e.pool.accounts().runtime(id).unwrap();
+    assert_eq!(
+        runtime.cooldown_until, None,
+        "the account is blamed for nothing"
+    );
+    // The rows were written before the final flush, and say the server ended them.
     let rows = log_rows(&e.pool).await;
-    assert!(waiting.await.unwrap().is_err(), "its connection was closed");
-    // The rows were written before the final flush, and say the server ended them, not the
-    // client (the one that got no answer is a 503).
     let mut seen: Vec<_> = rows
         .iter()
         .map(|r| (r.stream, r.status, r.error_class.as_deref()))
@@ -742,6 +788,7 @@ async fn a_stream_open_past_the_shutdown_grace_is_closed_and_logged() {
     assert_eq!(
         seen,
         [
+            (false, 503, Some("server_stopped")),
             (false, 503, Some("server_stopped")),
             (true, 200, Some("server_stopped"))
         ],

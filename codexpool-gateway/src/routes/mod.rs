@@ -758,7 +758,7 @@ impl Intake {
             route,
             Some(key.id.clone()),
         )
-        .ended_by(&shared.stopped);
+        .ended_by(&shared.stopping);
         let arrived = Instant::now();
         let bytes = match read_body(&headers, body, shared.max_body, shared.body_idle).await {
             Ok(b) => b,
