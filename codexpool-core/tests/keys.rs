@@ -382,6 +382,12 @@ async fn last_used_is_recorded_without_a_write_per_request() {
     );
 }
 
+/// A pool on a database file at `path`, with default settings.
+async fn pool_at(path: &std::path::Path) -> Pool {
+    let config = Config::default().with("DB_PATH", path.to_str().unwrap());
+    Pool::open(config.unwrap()).await.unwrap()
+}
+
 /// A pool dropped without a flush (a script that ends without one) still writes the last-used
 /// times it holds, and a [`codexpool_core::WeakPool`] no longer gives it.
 #[tokio::test]
@@ -389,13 +395,7 @@ async fn a_pool_dropped_without_a_flush_writes_its_last_used_times() {
     use codexpool_core::store::Store;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.db");
-    let pool = Pool::open(
-        Config::default()
-            .with("DB_PATH", path.to_str().unwrap())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let pool = pool_at(&path).await;
     let k = pool.keys().create(NewKey::named("a")).await.unwrap();
     let id = common::add_accounts(&pool, 1).await.remove(0);
     pool.keys().verify(k.secret.expose()).unwrap();
@@ -433,13 +433,7 @@ async fn a_pool_dropped_without_a_flush_writes_its_last_used_times() {
 async fn after_a_flush_the_main_file_alone_holds_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.db");
-    let pool = Pool::open(
-        Config::default()
-            .with("DB_PATH", path.to_str().unwrap())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let pool = pool_at(&path).await;
     let k = pool.keys().create(NewKey::named("a")).await.unwrap();
     pool.flush().await.unwrap();
     let copy = dir.path().join("copy.db");

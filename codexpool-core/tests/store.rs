@@ -485,29 +485,16 @@ async fn rescued_tokens_stay_with_their_database() {
     // A database with that account reads it at once (as earlier builds did), and folds it in
     // and removes it when opened next.
     let w2 = dir.path().join("has-a2.db");
+    let a2_refresh_token = |s: SqliteStore| async move {
+        let a = s.get_account("a2").await.unwrap().unwrap();
+        a.tokens.refresh_token
+    };
     let s = SqliteStore::open(&w2).await.unwrap();
     s.insert_account(&a2).await.unwrap();
-    assert_eq!(
-        s.get_account("a2")
-            .await
-            .unwrap()
-            .unwrap()
-            .tokens
-            .refresh_token,
-        Secret::from("rt-legacy")
-    );
+    assert_eq!(a2_refresh_token(s).await, Secret::from("rt-legacy"));
     assert_eq!(count(&shared), 1);
-    drop(s);
     let s = SqliteStore::open(&w2).await.unwrap();
-    assert_eq!(
-        s.get_account("a2")
-            .await
-            .unwrap()
-            .unwrap()
-            .tokens
-            .refresh_token,
-        Secret::from("rt-legacy")
-    );
+    assert_eq!(a2_refresh_token(s).await, Secret::from("rt-legacy"));
     assert_eq!(count(&shared), 0);
 }
 
