@@ -388,6 +388,17 @@ async fn pool_at(path: &std::path::Path) -> Pool {
     Pool::open(config.unwrap()).await.unwrap()
 }
 
+/// Uses `key` and an account once, as a request does: their last-used times move.
+async fn use_key_and_account(pool: &Pool, key: &codexpool_core::keys::CreatedKey) {
+    pool.keys().verify(key.secret.expose()).unwrap();
+    let lease = pool
+        .accounts()
+        .acquire(&codexpool_core::Demand::any())
+        .await
+        .unwrap();
+    lease.report(codexpool_core::Outcome::Success).await;
+}
+
 /// A pool dropped without a flush (a script that ends without one) still writes the last-used
 /// times it holds, and a [`codexpool_core::WeakPool`] no longer gives it.
 #[tokio::test]
@@ -398,14 +409,7 @@ async fn a_pool_dropped_without_a_flush_writes_its_last_used_times() {
     let pool = pool_at(&path).await;
     let k = pool.keys().create(NewKey::named("a")).await.unwrap();
     let id = common::add_accounts(&pool, 1).await.remove(0);
-    pool.keys().verify(k.secret.expose()).unwrap();
-    let lease = pool
-        .accounts()
-        .acquire(&codexpool_core::Demand::any())
-        .await
-        .unwrap();
-    lease.report(codexpool_core::Outcome::Success).await;
-    drop(lease);
+    use_key_and_account(&pool, &k).await;
     let weak = pool.downgrade();
     assert!(weak.upgrade().is_some());
     drop(pool);
@@ -464,14 +468,7 @@ async fn a_last_used_time_that_could_not_be_written_is_written_by_the_next_flush
     let k = pool.keys().create(NewKey::named("a")).await.unwrap();
     let id = common::add_accounts(&pool, 1).await.remove(0);
     clock.advance(Duration::from_secs(5));
-    pool.keys().verify(k.secret.expose()).unwrap();
-    let lease = pool
-        .accounts()
-        .acquire(&codexpool_core::Demand::any())
-        .await
-        .unwrap();
-    lease.report(codexpool_core::Outcome::Success).await;
-    drop(lease);
+    use_key_and_account(&pool, &k).await;
 
     // Another connection makes the database refuse last-used writes for a while.
     let other = rusqlite::Connection::open(&path).unwrap();
