@@ -45,7 +45,7 @@ use std::task::{Context, Poll};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use codexpool_core::Pool;
 
 pub use auth::{KeyAuth, KeyAuthLayer, presented_key};
@@ -204,9 +204,11 @@ impl Gateway {
             .route("/v1/models/{id}", get(routes::models::retrieve))
             .route_layer(KeyAuthLayer::new(shared.pool.clone()));
         // Outside the key check: a browser's preflight carries no key. The 405 goes inside it,
-        // so that a preflight reaches it (a method router's own fallback is not layered later).
+        // so that a preflight reaches it (a method router's own fallback is not layered later),
+        // and so does the 404 of an unknown API path (a page can read why its call failed).
         let model_routes = match stack::cors(&shared.pool.config().cors_allow_origins) {
             Some(cors) => model_routes
+                .route("/v1/{*rest}", any(routes::not_found))
                 .method_not_allowed_fallback(routes::method_not_allowed)
                 .layer(cors),
             None => model_routes,

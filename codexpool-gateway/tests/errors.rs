@@ -514,6 +514,11 @@ async fn browsers_may_call_the_api_from_allowed_origins_only() {
         .await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(allowed(&res).as_deref(), Some("http://localhost:3000"));
+    // An unknown API path's 404 too (the page can read why its call failed).
+    let unknown = Request::get("/v1/nope").body(Body::empty()).unwrap();
+    let res = h.send(from(unknown, "http://localhost:3000")).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(allowed(&res).as_deref(), Some("http://localhost:3000"));
     // Not the other routes.
     let health = Request::get("/health").body(Body::empty()).unwrap();
     let res = h.send(from(health, "http://localhost:3000")).await;
