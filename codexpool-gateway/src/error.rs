@@ -161,17 +161,23 @@ impl ApiError {
         )
     }
 
+    /// 503 `server_stopped`: the server's shutdown grace ended the request.
+    pub(crate) fn server_stopped() -> Self {
+        let cut = crate::sse::Cut::<std::convert::Infallible>::Stopped;
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            cut.code(),
+            cut.to_string(),
+        )
+    }
+
     /// An upstream answer cut before its end, for a client that has seen none of it: a 504
-    /// after a silence, else a 502.
+    /// after a silence, a 503 when the server stopped it, else a 502.
     pub(crate) fn from_cut<E: std::fmt::Display>(cut: &crate::sse::Cut<E>) -> Self {
         match cut {
             crate::sse::Cut::Silent(idle) => Self::timeout(*idle),
-            crate::sse::Cut::Stopped => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                cut.code(),
-                cut.to_string(),
-            ),
+            crate::sse::Cut::Stopped => Self::server_stopped(),
             cut => Self::bad_gateway(cut.code(), cut.to_string()),
         }
     }

@@ -91,7 +91,8 @@ pub(crate) struct Shared {
 /// How a server's end reaches the requests it serves (see [`Server::shutdown_grace`]).
 pub(crate) struct Stopping {
     /// Flips to `true` when the grace is over: the answers still coming end with an error of
-    /// their own (the stream's last event, a 503), as an upstream cut would end them.
+    /// their own (the stream's last event, a 503), as an upstream cut would end them, and an
+    /// attempt under way ends with a 503.
     pub signal: tokio::sync::watch::Sender<bool>,
     /// Set when the server then ends what is still open: the rows of requests dropped
     /// unfinished say `server_stopped`, not that the client left.

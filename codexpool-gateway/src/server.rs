@@ -233,8 +233,9 @@ impl Server {
     }
 
     /// How long open streams may run on after a stop (default 30 s). Answers still coming then
-    /// end with an error of their own (`server_stopped`: a stream's last chunk or event, an
-    /// assembled answer's 503), given a second to go out; what is left is closed.
+    /// end with an error of their own (`server_stopped`: a stream's last chunk or event, a 503
+    /// for an answer not begun or assembled), given a second to go out; what is left (a client
+    /// that does not read) is closed.
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.grace = d;
         self
@@ -601,10 +602,9 @@ async fn accept_loop(
             "open streams outlived the shutdown grace; ending them"
         );
         // Answers under way end with an error of their own (a stream's last event says the
-        // gateway stopped, an assembled answer is a 503), as an upstream cut would end them;
-        // what is still left then (a request no account answered yet, a client that does not
-        // read) is closed. Dropping a connection drops its requests: leases go back, log rows
-        // are queued.
+        // gateway stopped, an answer not begun or assembled is a 503), as an upstream cut would
+        // end them; what is still left then (a client that does not read) is closed. Dropping
+        // a connection drops its requests: leases go back, log rows are queued.
         ending.stopping.signal.send_replace(true);
         let _ = tokio::time::timeout(FAREWELL, async {
             while connections.join_next().await.is_some() {}

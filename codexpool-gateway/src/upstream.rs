@@ -222,8 +222,8 @@ pub(crate) struct Upstream {
     user_agent: HeaderValue,
     cookie: Option<HeaderValue>,
     pub fallback: Option<Fallback>,
-    /// `true` once a stopping server's grace is over: committed answers are given to it
-    /// ([`crate::sse::SseReader::stop_on`]); one still being tried for is not.
+    /// `true` once a stopping server's grace is over: an attempt under way ends, and committed
+    /// answers are given it ([`crate::sse::SseReader::stop_on`]).
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -770,7 +770,23 @@ pub(crate) async fn run(
             portable: &portable,
         };
         let started = Instant::now();
-        match attempt(pool, upstream, metrics, bodies, &lease).await {
+        // A stopping server's grace may end first: no account is blamed, none more is tried.
+        let mut stop = upstream.stop.clone();
+        let step = tokio::select! {
+            biased;
+            step = attempt(pool, upstream, metrics, bodies, &lease) => Some(step),
+            Ok(_) = stop.wait_for(|stopping| *stopping) => None,
+        };
+        let Some(step) = step else {
+            let error = ApiError::server_stopped();
+            call.record.entry.error_class = Some(error.code.clone());
+            return Err(Failed {
+                error,
+                record: call.record,
+                no_account: false,
+            });
+        };
+        match step {
             Step::Committed(mut stream, headers) => {
                 metrics.attempt(Attempt::Ok);
                 lease.commit();
