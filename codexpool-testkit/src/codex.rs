@@ -194,6 +194,23 @@ impl Inner {
         previous.map_or(0, |p| p.min(facts.input_tokens))
     }
 
+    /// What answering with `flat` does to the account: whatever way it says "usage limit
+    /// reached", the usage endpoint and the `x-codex-*` headers of this very answer say the
+    /// same, unless the backend refuses before 100 % (see `set_limit_before_full`). The plan
+    /// and those headers.
+    fn answering(&mut self, idx: usize, flat: Option<&Flat>) -> (String, HeaderMap) {
+        let limit_before_full = self.limit_before_full;
+        let state = &mut self.accounts[idx];
+        if let Some(hit) = flat
+            .and_then(Flat::usage_limit)
+            .filter(|_| !limit_before_full)
+        {
+            state.usage.hit(hit);
+        }
+        let plan = state.usage.plan_or(&state.account.plan).to_owned();
+        (plan, state.usage.headers())
+    }
+
     /// The next Codex reply for an account.
     fn next_codex_reply(&mut self, idx: usize, facts: &RequestFacts) -> Reply {
         if let Some(r) = self.accounts[idx].replies.pop_front() {
@@ -761,18 +778,9 @@ pub(crate) async fn responses(
     let (flat, cached, plan, usage_headers, event_lines) = {
         let mut inner = shared.inner();
         let flat = flatten(inner.next_codex_reply(idx, &facts));
-        let limit_before_full = inner.limit_before_full;
         let account_id = inner.accounts[idx].account.id.clone();
         let cached = inner.cached_tokens(&account_id, &facts);
-        let state = &mut inner.accounts[idx];
-        // Whatever way the answer says "usage limit reached", the usage endpoint and the
-        // `x-codex-*` headers of this very answer say the same, unless the backend refuses
-        // before 100 % (see `set_limit_before_full`).
-        if let Some(hit) = flat.usage_limit().filter(|_| !limit_before_full) {
-            state.usage.hit(hit);
-        }
-        let plan = state.usage.plan_or(&state.account.plan).to_owned();
-        let usage_headers = state.usage.headers();
+        let (plan, usage_headers) = inner.answering(idx, Some(&flat));
         (flat, cached, plan, usage_headers, inner.event_lines)
     };
     let dialect = Codex {
@@ -849,18 +857,9 @@ pub(crate) async fn compact(
     }
     let (queued, usage_headers, plan) = {
         let mut inner = shared.inner();
-        let limit_before_full = inner.limit_before_full;
-        let state = &mut inner.accounts[idx];
-        let queued = state.compact_replies.pop_front().map(flatten);
-        if let Some(hit) = queued
-            .as_ref()
-            .and_then(Flat::usage_limit)
-            .filter(|_| !limit_before_full)
-        {
-            state.usage.hit(hit);
-        }
-        let plan = state.usage.plan_or(&state.account.plan).to_owned();
-        (queued, state.usage.headers(), plan)
+        let queued = inner.accounts[idx].compact_replies.pop_front().map(flatten);
+        let (plan, usage_headers) = inner.answering(idx, queued.as_ref());
+        (queued, usage_headers, plan)
     };
     let (mut outcome, head_delay, backend) = match queued {
         Some(flat) => {
