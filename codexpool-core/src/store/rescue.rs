@@ -93,9 +93,10 @@ fn backend(message: String) -> StoreError {
     }
 }
 
-/// Writes a rescue file for `account_id` in `dir` (created 0700 if missing); its path.
+/// Writes a rescue file for `account_id` in `folders.own` (both folders created 0700 if
+/// missing); its path.
 pub(crate) fn write(
-    dir: &Path,
+    folders: &Folders,
     account_id: &str,
     spent: &Secret,
     tokens: &Tokens,
@@ -106,7 +107,8 @@ pub(crate) fn write(
         )));
     }
     // The shared folder first: made on the way, it would get the umask's mode.
-    for folder in dir.parent().into_iter().chain([dir]) {
+    let dir = &folders.own;
+    for folder in [&folders.legacy, dir] {
         crate::import::create_private_dir(folder)
             .map_err(|e| backend(format!("cannot create {}: {e}", folder.display())))?;
     }
@@ -131,10 +133,12 @@ pub(crate) fn write(
     let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| backend(e.to_string()))?;
     crate::import::write_private(&path, &bytes).map_err(|e| backend(e.to_string()))?;
     // The folders may be new this time: their entries must be on disk too (rescues are rare).
-    for folder in dir.ancestors().skip(1).take(2) {
-        if folder.as_os_str().is_empty() {
-            break;
-        }
+    for folder in folders
+        .legacy
+        .parent()
+        .into_iter()
+        .chain([folders.legacy.as_path()])
+    {
         crate::import::sync_dir(folder)
             .map_err(|e| backend(format!("cannot sync {}: {e}", folder.display())))?;
     }
@@ -299,10 +303,11 @@ mod tests {
     #[test]
     fn rescue_files_round_trip_are_private_and_hold_no_spent_token() {
         let dir = tempfile::tempdir().unwrap();
-        let rescue_dir = dir.path().join("rescued-tokens");
+        let folders = Folders::for_db(&dir.path().join("pool.db"));
+        let rescue_dir = folders.own.clone();
         let t = tokens("rt-new", Some(100), Some(10));
-        let path = write(&rescue_dir, "abc123", &Secret::new("rt-old"), &t).unwrap();
-        assert!(write(&rescue_dir, "../x", &Secret::new("rt-old"), &t).is_err());
+        let path = write(&folders, "abc123", &Secret::new("rt-old"), &t).unwrap();
+        assert!(write(&folders, "../x", &Secret::new("rt-old"), &t).is_err());
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             !text.contains("rt-old"),

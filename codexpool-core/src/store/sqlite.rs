@@ -1562,7 +1562,7 @@ impl Store for SqliteStore {
             self.rescues.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            rescue::write(&dir.own, &id, &refreshed.spent, &refreshed.tokens).map(|_| true)
+            rescue::write(&dir, &id, &refreshed.spent, &refreshed.tokens).map(|_| true)
         })
         .await
         .map_err(|e| StoreError::Backend {
