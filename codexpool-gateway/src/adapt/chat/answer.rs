@@ -1,6 +1,8 @@
 //! Responses events as chat output: the [`Translator`] state machine and its two sinks,
 //! [`ChatStream`] and [`ChatAssembler`].
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
@@ -121,17 +123,27 @@ impl Translator {
     /// `response.in_progress` says again what `response.created` said: it is read only when no
     /// `response.created` came before it.
     fn parse<'e>(&self, event: &'e SseEvent) -> Result<Option<ResponsesEvent<'e>>, EventError> {
-        let Some(kind) = event.event_type() else {
-            return Ok(None);
-        };
-        match EventKind::from_type(&kind) {
+        match event.event_type() {
+            Some(kind) => self.parse_as(EventKind::from_type(&kind), kind, event),
+            None => Ok(None),
+        }
+    }
+
+    /// [`parse`](Self::parse) of an event whose type is read already.
+    fn parse_as<'e>(
+        &self,
+        kind: EventKind,
+        name: Cow<'e, str>,
+        event: &'e SseEvent,
+    ) -> Result<Option<ResponsesEvent<'e>>, EventError> {
+        match kind {
             EventKind::ContentPartAdded
             | EventKind::OutputTextDone
             | EventKind::RefusalDone
             | EventKind::FunctionCallArgumentsDone
             | EventKind::Other => Ok(None),
             EventKind::InProgress if self.adopted => Ok(None),
-            _ => ResponsesEvent::parse_as(kind, event.data()).map(Some),
+            _ => ResponsesEvent::parse_as(name, event.data()).map(Some),
         }
     }
 
@@ -782,6 +794,11 @@ impl From<TokenUsage> for ChatUsage {
 pub struct ChatAssembler {
     translator: Translator,
     acc: Accumulated,
+    /// Text deltas not read yet. A message's `response.output_item.done` repeats its whole
+    /// text, which is then taken instead (one parse instead of one per delta); they are read
+    /// in order when it does not carry the text, and before any other event, which may depend
+    /// on the text before it (a stop sequence in it drops a later tool call).
+    held: Vec<SseEvent>,
 }
 
 #[derive(Debug, Default)]
@@ -890,6 +907,7 @@ impl ChatAssembler {
         Self {
             translator: Translator::new(options, created),
             acc: Accumulated::default(),
+            held: Vec::new(),
         }
     }
 
@@ -897,14 +915,46 @@ impl ChatAssembler {
     /// `Err(AssembleError::Failed)` when the upstream reported a failure.
     pub fn push(&mut self, event: &SseEvent) -> Result<bool, AssembleError> {
         if !self.translator.done
-            && let Some(parsed) = self.translator.parse(event)?
+            && let Some(name) = event.event_type()
         {
-            self.translator.handle(&parsed, &mut self.acc);
+            let kind = EventKind::from_type(&name);
+            if kind == EventKind::OutputTextDelta {
+                // After a stop sequence no text is part of the answer.
+                if !self.translator.stopped() {
+                    self.held.push(event.clone());
+                }
+            } else if let Some(parsed) = self.translator.parse_as(kind, name, event)? {
+                let message_done = matches!(&parsed, ResponsesEvent::OutputItemDone { item, .. }
+                    if item.kind.as_deref() == Some("message"));
+                if !message_done {
+                    self.read_held()?;
+                }
+                let texted = self.translator.texted.len();
+                self.translator.handle(&parsed, &mut self.acc);
+                if message_done {
+                    if self.translator.texted.len() > texted {
+                        // The item's whole text was taken: the deltas said it in pieces.
+                        self.held.clear();
+                    } else {
+                        self.read_held()?;
+                    }
+                }
+            }
         }
         match &self.acc.failure {
             Some(failure) => Err(AssembleError::Failed(failure.clone())),
             None => Ok(self.translator.done),
         }
+    }
+
+    /// Reads the [`held`](Self::held) text deltas, in the order they came.
+    fn read_held(&mut self) -> Result<(), EventError> {
+        for event in std::mem::take(&mut self.held) {
+            if let Some(parsed) = self.translator.parse(&event)? {
+                self.translator.handle(&parsed, &mut self.acc);
+            }
+        }
+        Ok(())
     }
 
     /// The usage reported by the final event, once seen.

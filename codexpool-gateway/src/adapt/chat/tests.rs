@@ -582,6 +582,68 @@ fn assemble(events: &[Value]) -> Result<Value, AssembleError> {
         .map(|b| serde_json::from_slice(&b).unwrap())
 }
 
+/// An assembled answer takes a message's text from its `output_item.done`, which repeats it
+/// whole (its deltas are not read: a garbled one does no harm), and from the deltas when the
+/// item does not carry it or never comes; a stop sequence in deltas still drops a later call.
+#[test]
+fn assembled_text_comes_whole_from_the_done_item_or_else_from_the_deltas() {
+    let delta = |text: Value| {
+        json!({"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0,
+               "content_index": 0, "delta": text})
+    };
+    let done = |content: Value| {
+        json!({"type": "response.output_item.done", "output_index": 0,
+               "item": {"id": "msg_1", "type": "message", "role": "assistant", "content": content}})
+    };
+    let response = json!({"id": "resp_1", "model": "m", "output": []});
+    let completed = json!({"type": "response.completed", "response": response});
+    let incomplete = json!({"type": "response.incomplete", "response":
+        {"id": "resp_1", "model": "m", "output": [], "incomplete_details": {"reason": "max_output_tokens"}}});
+    let whole = json!([{"type": "output_text", "text": "Hello, world"}]);
+    let content = |out: &Value| out["choices"][0]["message"]["content"].clone();
+
+    let out = assemble(&[
+        delta(json!("Hel")),
+        delta(json!(5)),
+        done(whole),
+        completed.clone(),
+    ]);
+    assert_eq!(content(&out.unwrap()), json!("Hello, world"));
+
+    let deltas = [delta(json!("Hello")), delta(json!(", world"))];
+    let out = assemble(&[
+        deltas[0].clone(),
+        deltas[1].clone(),
+        done(json!([])),
+        completed.clone(),
+    ]);
+    assert_eq!(content(&out.unwrap()), json!("Hello, world"));
+    let out = assemble(&[deltas[0].clone(), deltas[1].clone(), incomplete]).unwrap();
+    assert_eq!(content(&out), json!("Hello, world"));
+    assert_eq!(out["choices"][0]["finish_reason"], json!("length"));
+    // A garbled delta the done item does not stand in for is an error, as before.
+    let out = assemble(&[delta(json!("Hel")), delta(json!(5)), completed.clone()]);
+    assert!(matches!(out, Err(AssembleError::Event(_))), "{out:?}");
+
+    let options = ChatOptions {
+        model: "m".into(),
+        stream: false,
+        include_usage: false,
+        stop: vec!["STOP".into()],
+        legacy_functions: false,
+    };
+    let call = json!({"type": "response.output_item.added", "output_index": 1,
+        "item": {"id": "fc_1", "type": "function_call", "call_id": "call_1", "name": "f", "arguments": ""}});
+    let out = assemble_with(&options, &[delta(json!("Hi STOP there")), call, completed]);
+    assert_eq!(content(&out), json!("Hi "));
+    assert_eq!(
+        out["choices"][0]["message"].get("tool_calls"),
+        None,
+        "{out}"
+    );
+    assert_eq!(out["choices"][0]["finish_reason"], json!("stop"));
+}
+
 /// `response.in_progress` repeats `response.created` and is skipped after it (even a
 /// garbled one), but names the response when no `response.created` came.
 #[test]
