@@ -443,6 +443,9 @@ impl Relay {
 /// The two non-streaming assemblers, driven the same way.
 pub(crate) trait Assemble {
     fn push(&mut self, event: &SseEvent) -> Result<bool, AssembleError>;
+    /// The stream broke off: whether the answer is whole anyway (a chat answer cut at a stop
+    /// sequence before).
+    fn end_at_stop(&mut self) -> bool;
     fn usage(&self) -> Option<TokenUsage>;
     fn finish(self) -> Result<Bytes, AssembleError>;
 }
@@ -450,6 +453,9 @@ pub(crate) trait Assemble {
 impl Assemble for ChatAssembler {
     fn push(&mut self, event: &SseEvent) -> Result<bool, AssembleError> {
         ChatAssembler::push(self, event)
+    }
+    fn end_at_stop(&mut self) -> bool {
+        ChatAssembler::end_at_stop(self)
     }
     fn usage(&self) -> Option<TokenUsage> {
         ChatAssembler::usage(self)
@@ -462,6 +468,9 @@ impl Assemble for ChatAssembler {
 impl Assemble for ResponseAssembler {
     fn push(&mut self, event: &SseEvent) -> Result<bool, AssembleError> {
         ResponseAssembler::push(self, event)
+    }
+    fn end_at_stop(&mut self) -> bool {
+        false
     }
     fn usage(&self) -> Option<TokenUsage> {
         ResponseAssembler::usage(self)
@@ -486,6 +495,7 @@ pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Byt
             let event = match events.next().await {
                 Ok(SseItem::Event(event)) => event,
                 Ok(SseItem::Comment(_)) => continue,
+                Err(_) if asm.end_at_stop() => return Ok(()),
                 Err(cut) => {
                     let error = ApiError::from_cut(&cut);
                     let class = error.code.clone();

@@ -651,6 +651,53 @@ async fn stop_cuts_a_streamed_answer() {
     assert_eq!(h.total_inflight(), 0);
 }
 
+/// An answer cut at a stop sequence is whole even when the upstream breaks off after the cut:
+/// answered once, not sent again to another account (which would bill it twice).
+#[tokio::test]
+async fn an_upstream_cut_after_the_stop_sequence_keeps_the_answer() {
+    let h = harness(2, &[]).await;
+    for stream in [false, true] {
+        // Either account may be first (the other's reply waits for the next round).
+        for acct in ["acct-0", "acct-1"] {
+            h.fake
+                .push_reply(acct, Reply::CutMidStream { after_deltas: 3 });
+        }
+        let before = h.fake.requests_to("/backend-api/codex/responses").len();
+        let mut req = chat(stream);
+        req["stop"] = json!("Part 2");
+        let (status, _, body) = h.call(h.post("/v1/chat/completions", req)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (text, finish) = if stream {
+            let frames = json_frames(&body);
+            let text: String = frames
+                .iter()
+                .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
+                .collect();
+            let finish = frames
+                .iter()
+                .rev()
+                .find_map(|f| f["choices"][0]["finish_reason"].as_str());
+            (text, finish.map(str::to_owned))
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let text = v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            (
+                text,
+                v["choices"][0]["finish_reason"].as_str().map(str::to_owned),
+            )
+        };
+        assert_eq!(text, "Part 0. Part 1. ", "{body}");
+        assert_eq!(finish.as_deref(), Some("stop"), "{body}");
+        assert!(!body.contains("error"), "{body}");
+        let sent = h.fake.requests_to("/backend-api/codex/responses").len() - before;
+        assert_eq!(sent, 1, "answered by the first account alone");
+    }
+    assert_eq!(h.total_inflight(), 0);
+}
+
 #[tokio::test]
 async fn a_bad_stop_is_refused() {
     let h = harness(1, &[]).await;

@@ -277,11 +277,27 @@ impl Translator {
     }
 
     fn fail(&mut self, failure: &UpstreamFailure, sink: &mut impl Sink) {
-        if !self.done {
-            self.settle(sink);
+        if !self.done && !self.end_at_stop(sink) {
             self.done = true;
             sink.op(&self.meta, Op::Fail(failure));
         }
+    }
+
+    /// The upstream failed or broke off before its final event: an answer already cut at a
+    /// stop sequence is whole all the same, and finishes (`true`; without usage, which only
+    /// the final event tells). Anything else is settled and left unfinished (`false`).
+    fn end_at_stop(&mut self, sink: &mut impl Sink) -> bool {
+        if self.done {
+            return false;
+        }
+        self.settle(sink);
+        if !self.stopped() {
+            return false;
+        }
+        self.start(sink);
+        self.done = true;
+        sink.op(&self.meta, Op::Finish { reason: "stop" });
+        true
     }
 
     fn handle(&mut self, event: &ResponsesEvent<'_>, sink: &mut impl Sink) {
@@ -355,7 +371,7 @@ impl Translator {
                                 return;
                             }
                             self.refused.push(*output_index);
-                            self.start(sink);
+                            self.start_with(Opening::Null, sink);
                             sink.op(&self.meta, Op::Refusal(&refusal));
                         }
                     }
@@ -737,7 +753,8 @@ impl Sink for ChunkSink<'_> {
                 if self.include_usage {
                     self.begin(meta);
                     self.out.extend_from_slice(br#","choices":[],"usage":"#);
-                    let usage = ChatUsage::from(self.usage.unwrap_or_default());
+                    // `null` when the upstream did not say (as an assembled answer leaves it out).
+                    let usage = self.usage.map(ChatUsage::from);
                     self.json(&usage);
                     self.out.extend_from_slice(b"}\n\n");
                 }
@@ -945,6 +962,12 @@ impl ChatAssembler {
             Some(failure) => Err(AssembleError::Failed(failure.clone())),
             None => Ok(self.translator.done),
         }
+    }
+
+    /// The upstream broke off before its final event: `true` when the answer was cut at a
+    /// stop sequence before that, and is whole (see [`Translator::end_at_stop`]).
+    pub fn end_at_stop(&mut self) -> bool {
+        self.read_held().is_ok() && self.translator.end_at_stop(&mut self.acc)
     }
 
     /// Reads the [`held`](Self::held) text deltas, in the order they came.

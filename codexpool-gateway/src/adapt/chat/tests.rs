@@ -644,6 +644,72 @@ fn assembled_text_comes_whole_from_the_done_item_or_else_from_the_deltas() {
     assert_eq!(out["choices"][0]["finish_reason"], json!("stop"));
 }
 
+/// An answer cut at a stop sequence is whole: what the upstream does after the cut (fail,
+/// break off) does not turn it into an error, streamed or assembled; it ends with `stop`, and
+/// without usage, which only the final event tells (`usage: null` in the usage chunk).
+#[test]
+fn after_a_stop_sequence_an_upstream_failure_does_not_spoil_the_answer() {
+    let options = ChatOptions {
+        model: "m".into(),
+        stream: true,
+        include_usage: true,
+        stop: vec!["\nObservation:".into()],
+        legacy_functions: false,
+    };
+    let delta = |text: &str| json!({"type": "response.output_text.delta", "output_index": 0, "delta": text});
+    let failed = json!({"type": "response.failed", "response": {"id": "resp_1",
+        "error": {"code": "server_is_overloaded", "message": "busy"}}});
+    let events = [
+        delta("Go\nObserv"),
+        delta("ation: x"),
+        delta(" and more"),
+        failed.clone(),
+    ];
+    for finish in [false, true] {
+        // Failed after the cut, or (without the failure) broken off after it.
+        let events = if finish { &events[..3] } else { &events[..] };
+        let frames = stream_frames(&options, events, finish);
+        let deltas: Vec<&Value> = frames.iter().map(|f| &f["choices"][0]["delta"]).collect();
+        assert_eq!(deltas[1], &json!({"content": "Go"}), "{frames:?}");
+        assert_eq!(
+            frames[2]["choices"][0]["finish_reason"], "stop",
+            "{frames:?}"
+        );
+        assert_eq!(frames[3]["usage"], Value::Null, "{frames:?}");
+        assert_eq!(frames[4], json!("[DONE]"));
+        assert_eq!(frames.len(), 5, "no error chunk: {frames:?}");
+    }
+    let assembled = ChatOptions {
+        stream: false,
+        include_usage: false,
+        ..options.clone()
+    };
+    let out = assemble_with(&assembled, &events);
+    assert_eq!(out["choices"][0]["message"]["content"], "Go");
+    assert_eq!(out["choices"][0]["finish_reason"], "stop");
+    // Broken off after the cut, assembled: the held deltas are read, and the answer is whole.
+    let mut assembler = ChatAssembler::new(&assembled, 42);
+    for event in &events[..3] {
+        assembler
+            .push(&SseEvent::new(serde_json::to_vec(event).unwrap()))
+            .unwrap();
+    }
+    assert!(assembler.end_at_stop());
+    let out: Value = serde_json::from_slice(&assembler.finish().unwrap()).unwrap();
+    assert_eq!(out["choices"][0]["message"]["content"], "Go");
+    // Without a stop sequence in the text, a failure is still one.
+    let mut assembler = ChatAssembler::new(&assembled, 42);
+    assembler
+        .push(&SseEvent::new(serde_json::to_vec(&delta("Go on")).unwrap()))
+        .unwrap();
+    assert!(!assembler.end_at_stop());
+    let failed = SseEvent::new(serde_json::to_vec(&failed).unwrap());
+    assert!(matches!(
+        assembler.push(&failed),
+        Err(AssembleError::Failed(_))
+    ));
+}
+
 /// `response.in_progress` repeats `response.created` and is skipped after it (even a
 /// garbled one), but names the response when no `response.created` came.
 #[test]
@@ -863,8 +929,13 @@ fn refusals_become_refusal_not_content() {
             "{events:?}"
         );
     }
-    // Only in output_item.done (no deltas): streamed whole, once.
+    // Only in output_item.done (no deltas): streamed whole, once, after a `content: null`
+    // opening as above.
     let frames = stream_frames(&options, &streamed[5..], true);
+    assert_eq!(
+        frames[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": null})
+    );
     assert_eq!(
         frames[1]["choices"][0]["delta"],
         json!({"refusal": "I can't help with that."})
