@@ -32,9 +32,24 @@ pub(crate) fn counts(u: TokenUsage) -> TokenCounts {
     }
 }
 
+/// The longest route a row keeps, in characters: a refused request's path is the client's to
+/// choose (a key check comes before any route is known).
+const MAX_ROUTE: usize = 200;
+
+/// `route`, or its first [`MAX_ROUTE`] characters and `…`.
+fn kept_route(route: &str) -> std::borrow::Cow<'_, str> {
+    if route.len() <= MAX_ROUTE {
+        return route.into();
+    }
+    match route.char_indices().nth(MAX_ROUTE) {
+        None => route.into(),
+        Some((end, _)) => format!("{}…", &route[..end]).into(),
+    }
+}
+
 impl Record {
     pub fn new(pool: Pool, request_id: String, route: &str, key_id: Option<String>) -> Self {
-        let mut entry = RequestLogEntry::new(request_id, pool.now(), route);
+        let mut entry = RequestLogEntry::new(request_id, pool.now(), kept_route(route));
         entry.key_id = key_id;
         Self {
             pool,
@@ -130,6 +145,14 @@ mod tests {
     use codexpool_core::{Config, Pool};
 
     use super::Record;
+
+    #[test]
+    fn a_long_route_is_cut_at_a_character() {
+        assert_eq!(super::kept_route("/v1/models"), "/v1/models");
+        let long = "é".repeat(300);
+        let kept = super::kept_route(&long);
+        assert_eq!(kept, format!("{}…", "é".repeat(200)));
+    }
 
     /// A request whose handler panicked is the gateway's 500 in the log, not a client that left.
     #[tokio::test]

@@ -105,6 +105,14 @@ async fn keys_are_checked_with_distinct_answers() {
             .all(|r| r.status >= 401 && r.route == "/v1/chat/completions")
     );
     assert!(!serde_json::to_string(&log).unwrap().contains("sk-cp-"));
+    // The path of a refused request is the client's to choose: its row keeps the first 200
+    // characters (an id 20,000 long is not stored 20,000 long for every refused try).
+    let long = format!("/v1/responses/{}/cancel", "r".repeat(20_000));
+    let (s, _) = h.json(raw(&long, None, None, Body::empty())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let row = h.log().await.remove(0);
+    assert_eq!(row.route.chars().count(), 201, "{}", row.route);
+    assert!(row.route.starts_with("/v1/responses/rrr") && row.route.ends_with('…'));
     // A known key is named in its refusal's row (who still uses a revoked key?).
     let keys: Vec<_> = log.iter().rev().map(|r| r.key_id.as_deref()).collect();
     assert_eq!(
