@@ -167,13 +167,10 @@ pub(crate) async fn handle(
             "requests from other origins are refused",
         );
     }
-    let bytes =
-        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_RPC_BODY))
-            .await
-        {
-            Ok(c) => c.to_bytes(),
-            Err(_) => return http_error(StatusCode::PAYLOAD_TOO_LARGE, "RPC body too large"),
-        };
+    let bytes = match read_body(body).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
     let answer = match serde_json::from_slice::<Value>(&bytes) {
         Err(e) => Some(error_reply(
             Value::Null,
@@ -197,6 +194,29 @@ pub(crate) async fn handle(
     match answer {
         Some(v) => ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+/// The whole request body. Only a body past [`MAX_RPC_BODY`] is too large (413); one that
+/// cannot be read whole (its client broke off, a malformed chunk) is a bad request (400).
+async fn read_body(body: Body) -> Result<bytes::Bytes, Response> {
+    let limited = http_body_util::Limited::new(body, MAX_RPC_BODY);
+    match http_body_util::BodyExt::collect(limited).await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(http_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "RPC body too large: at most {} MiB",
+                MAX_RPC_BODY / (1024 * 1024)
+            ),
+        )),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read an RPC request body");
+            Err(http_error(
+                StatusCode::BAD_REQUEST,
+                "the RPC body could not be read whole (cut short or malformed)",
+            ))
+        }
     }
 }
 
@@ -387,11 +407,16 @@ async fn call(pool: &Pool, method: &str, p: Value) -> Result<Value, RpcError> {
             f.tag = q.tag;
             f.status = q.status;
             f.text = q.text;
-            let list = accounts
-                .list(&f)
-                .iter()
-                .map(|a| account_view(pool, &a.id))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut list = Vec::new();
+            for a in accounts.list(&f) {
+                match account_view(pool, &a.id) {
+                    Ok(v) => list.push(v),
+                    // Removed since the listing (a delete or a reload meanwhile): no longer
+                    // there to show, as `/metrics` and `stats/summary` leave it out.
+                    Err(e) if e.code == codes::NOT_FOUND => {}
+                    Err(e) => return Err(e),
+                }
+            }
             Ok(Value::Array(list))
         }
         "account/get" => account_view(pool, &params::<Id>(p)?.id),

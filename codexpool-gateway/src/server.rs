@@ -284,18 +284,13 @@ impl Server {
             // writing a new one would lock the first one's clients out.
             None if on_db_file => {
                 let path = config.db_dir().join("rpc-token");
-                let t = match read_token(&path) {
-                    Some(t) => t,
-                    None => {
-                        let t = Secret::new(crate::admin::random_hex());
-                        codexpool_core::import::write_private(&path, t.expose().as_bytes())
-                            .map_err(|source| ServerError::TokenFile {
-                                path: path.clone(),
-                                source,
-                            })?;
-                        t
-                    }
-                };
+                let t = shared_token(&path).map_err(|source| ServerError::TokenFile {
+                    path: path.clone(),
+                    source: codexpool_core::Error::Io {
+                        path: path.clone(),
+                        source,
+                    },
+                })?;
                 (t, Some(path))
             }
             None => (Secret::new(crate::admin::random_hex()), None),
@@ -398,6 +393,101 @@ pub(crate) fn read_token(path: &Path) -> Option<Secret> {
     let token = text.trim();
     (token.len() >= 32 && token.bytes().all(|b| b.is_ascii_alphanumeric()))
         .then(|| Secret::new(token.to_owned()))
+}
+
+/// The token of every server on the database: the one in `path`, or a new one written there
+/// when there is none to trust. Servers starting at once agree on one: a new token is placed
+/// only where no file is (the first wins, the others read its token), and whole and private
+/// from the moment it has the name.
+fn shared_token(path: &Path) -> std::io::Result<Secret> {
+    // Each turn ends with a file some server placed, or with one set aside; a few suffice
+    // unless others keep replacing it.
+    for _ in 0..8 {
+        if let Some(t) = read_token(path) {
+            return Ok(t);
+        }
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let t = Secret::new(crate::admin::random_hex());
+                if create_token_file(path, &t)? {
+                    return Ok(t);
+                }
+                // Another server placed its token first: the next turn reads it.
+            }
+            // Readable by others (its token may be known), or not a token at all.
+            Ok(_) => set_aside_untrusted(path)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(
+        "the token file kept changing while this server started",
+    ))
+}
+
+/// Writes `token` to a private temporary file beside `path` and places it at `path` unless a
+/// file is there already (`Ok(false)`).
+fn create_token_file(path: &Path, token: &Secret) -> std::io::Result<bool> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".rpc-token.tmp-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let written = opts.open(&tmp).and_then(|mut f| {
+        f.write_all(token.expose().as_bytes())?;
+        f.sync_all()
+    });
+    let placed = written.and_then(|()| place_new(&tmp, path));
+    // The file lives on under `path` (a link), or not at all. The folder is not synced: a
+    // token lost to a power cut is only replaced by a new one at the next start.
+    let _ = std::fs::remove_file(&tmp);
+    placed
+}
+
+/// Moves an untrusted token file out of the way. Another server may have replaced it with
+/// its own since this one read it: a token file that is to be trusted is put back. (Without a
+/// lock, a third server placing its own in that moment would still win over the second's.)
+fn set_aside_untrusted(path: &Path) -> std::io::Result<()> {
+    let aside = path.with_file_name(format!(
+        ".rpc-token.untrusted-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => {}
+        // Another server moved it first.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let put_back = match read_token(&aside) {
+        Some(_) => place_new(&aside, path).map(|_| ()),
+        None => Ok(()),
+    };
+    let _ = std::fs::remove_file(&aside);
+    put_back
+}
+
+/// Puts `from` at `to` unless a file is there (`Ok(false)`): a hard link, which unlike a
+/// rename never replaces, so the first of several servers wins. A file system without hard
+/// links (FAT, some network ones) gets a rename.
+fn place_new(from: &Path, to: &Path) -> std::io::Result<bool> {
+    match std::fs::hard_link(from, to) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        // `from` was just made in `to`'s folder, so it is the link that is not to be had.
+        Err(_) => std::fs::rename(from, to).map(|()| true),
+    }
 }
 
 /// The service for connections from this machine, and the one for others.

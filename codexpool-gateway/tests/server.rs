@@ -330,6 +330,195 @@ async fn rpc_methods_and_bad_params() {
     srv.stop().await.unwrap();
 }
 
+/// `account/list` while other clients delete accounts: an account gone between the listing and
+/// its view is left out (as `/metrics` and `stats/summary` leave it out); the call does not
+/// fail with "no account" (-32001).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_list_leaves_out_accounts_deleted_while_it_lists() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let e = env(&[]).await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let name = format!("acct-{i}");
+        e.fake.add_account(FakeAccount::new(&name));
+        let doc = e.fake.auth_json(&name).to_string();
+        let r = e.pool.accounts().import_bytes(&name, doc.as_bytes()).await;
+        ids.push(r.results[0].account_id.clone().unwrap());
+    }
+    let srv = start(&e).await;
+    let v = call(&srv, "account/list", json!({})).await;
+    assert_eq!(v["result"].as_array().map(Vec::len), Some(30), "{v}");
+    let done = Arc::new(AtomicBool::new(false));
+    let listers: Vec<_> = (0..2)
+        .map(|_| {
+            let (done, url) = (done.clone(), format!("{}/rpc", srv.url()));
+            let token = srv.rpc_token().expose().to_string();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut lists = 0;
+                while !done.load(Ordering::Relaxed) {
+                    let v: Value = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "account/list"}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    assert!(v["result"].is_array(), "a listing failed: {v}");
+                    lists += 1;
+                }
+                lists
+            })
+        })
+        .collect();
+    for id in &ids[1..] {
+        let v = call(&srv, "account/delete", json!({"id": id})).await;
+        assert_eq!(v["result"]["id"], json!(id), "{v}");
+    }
+    done.store(true, Ordering::Relaxed);
+    for l in listers {
+        assert!(l.await.unwrap() > 0, "it listed while accounts went");
+    }
+    let v = call(&srv, "account/list", json!({})).await;
+    let left: Vec<_> = v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["id"])
+        .collect();
+    assert_eq!(left, [&json!(ids[0])], "{v}");
+    assert!(v["result"][0]["runtime"].is_object() && v["result"][0]["usage"].is_object());
+    srv.stop().await.unwrap();
+}
+
+/// A body past the limit is a 413; one that cannot be read whole (its client broke off, or it
+/// is malformed) is a 400 that says so. Each says why, in JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpc_body_too_large_is_413_and_one_cut_short_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = env(&[]).await;
+    let srv = start(&e).await;
+    let token = srv.rpc_token().expose().to_string();
+    let big = reqwest::Client::new()
+        .post(format!("{}/rpc", srv.url()))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 8 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status().as_u16(), 413);
+    let v: Value = big.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too large")),
+        "{v}"
+    );
+    let head = |framing: &str| {
+        format!(
+            "POST /rpc HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\n{framing}\r\n\r\n"
+        )
+    };
+    for (what, request) in [
+        // Fewer bytes than announced, then the client shuts its side.
+        (
+            "cut short",
+            head("content-length: 100") + r#"{"jsonrpc": "2.0""#,
+        ),
+        (
+            "a bad chunk",
+            head("transfer-encoding: chunked") + "5\r\n{\"jso\r\nzz\r\n",
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(srv.local_addr())
+            .await
+            .unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{what}: {answer}");
+        let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("could not be read")),
+            "{what}: {answer}"
+        );
+    }
+    srv.stop().await.unwrap();
+}
+
+/// Servers starting at once on one database agree on one RPC token, the one in the file: none
+/// keeps a token of its own that a later writer replaced (its CLI calls would get 401). Also
+/// when the file there is not to be trusted (readable by others) and each replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_starting_at_once_share_the_token_in_the_file() {
+    let planted = "p".repeat(64);
+    for round in 0..6 {
+        let e = env(&[]).await;
+        let untrusted = cfg!(unix) && round % 2 == 1;
+        #[cfg(unix)]
+        if untrusted {
+            use std::os::unix::fs::PermissionsExt;
+            let file = e.dir.path().join("rpc-token");
+            std::fs::write(&file, &planted).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        // Two at once when each sets an untrusted file aside: a third placing its token in
+        // the moment a second puts a moved one back is the case no lock guards.
+        let starts: Vec<_> = (0..if untrusted { 2 } else { 6 })
+            .map(|_| {
+                let pool = e.pool.clone();
+                tokio::spawn(async move { common::serve(&pool).await })
+            })
+            .collect();
+        let mut servers = Vec::new();
+        for s in starts {
+            servers.push(s.await.unwrap());
+        }
+        let file = servers[0].rpc_token_file().unwrap().to_path_buf();
+        let token = std::fs::read_to_string(&file).unwrap();
+        assert_ne!(token, planted);
+        for srv in &servers {
+            assert_eq!(srv.rpc_token().expose(), token, "{}", srv.url());
+            let (status, v) = rpc(
+                srv,
+                Some(&token),
+                json!({"jsonrpc": "2.0", "id": 1, "method": "apikey/list"}),
+            )
+            .await;
+            assert_eq!(status, 200, "{v}");
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Only the token file: no temporary file left beside it.
+        let mut names: Vec<_> = std::fs::read_dir(e.dir.path())
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("rpc-token"))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["rpc-token"]);
+        for srv in servers {
+            srv.stop().await.unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_through_the_service_port() {
     let e = env(&[]).await;
@@ -528,14 +717,58 @@ async fn load_beyond_the_limit_is_shed_with_503() {
     srv.stop().await.unwrap();
 }
 
+/// The accounts (their tokens too) and keys as the pool holds them, and their rows as the
+/// database holds them.
+fn records(pool: &Pool, db: &rusqlite::Connection) -> (Vec<String>, Vec<String>) {
+    let mut memory: Vec<String> = pool
+        .accounts()
+        .list(&Default::default())
+        .iter()
+        .map(|a| {
+            let t = &a.tokens;
+            let secrets = [&t.id_token, &t.access_token, &t.refresh_token].map(|s| s.expose());
+            format!("{} {secrets:?}", serde_json::to_string(a).unwrap())
+        })
+        .collect();
+    memory.extend(
+        pool.keys()
+            .list()
+            .iter()
+            .map(|k| serde_json::to_string(k).unwrap()),
+    );
+    let mut stored = Vec::new();
+    for table in ["accounts", "platform_keys"] {
+        let mut rows = db
+            .prepare(&format!("SELECT * FROM {table} ORDER BY id"))
+            .unwrap();
+        let width = rows.column_count();
+        let all = rows
+            .query_map([], |r| {
+                (0..width)
+                    .map(|i| r.get::<_, rusqlite::types::Value>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap();
+        stored.extend(all.map(|r| format!("{table} {:?}", r.unwrap())));
+    }
+    (memory, stored)
+}
+
 /// Arbitrary params for every RPC method: each call answers with a result or a JSON-RPC error,
-/// never an HTTP failure, and nothing half-written stays behind.
+/// never an HTTP failure, and one refused changes no account or key, not even half.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arbitrary_rpc_params_get_clear_answers() {
     use proptest::strategy::{Strategy, ValueTree};
     use proptest::test_runner::TestRunner;
     let (e, key) = env_with_an_account(&[]).await;
     let account = e.pool.accounts().list(&Default::default()).remove(0);
+    let db = rusqlite::Connection::open(e.dir.path().join("pool.db")).unwrap();
+    let (memory, stored) = records(&e.pool, &db);
+    assert_eq!(
+        (memory.len(), stored.len()),
+        (2, 2),
+        "the account and the key"
+    );
     let srv = start(&e).await;
     let methods = [
         "account/list",
@@ -602,9 +835,9 @@ async fn arbitrary_rpc_params_get_clear_answers() {
         let method = methods[i % methods.len()];
         let mut p = params.new_tree(&mut runner).unwrap().current();
         match method {
-            // Not a file on this machine (the RPC writes where it is told, and takes its
-            // parameters by name or by position).
-            "account/export" => {
+            // Not a file on this machine (the RPC reads and writes where it is told, and
+            // takes its parameters by name or by position).
+            "account/export" | "account/import" => {
                 let mut o = p.as_object().cloned().unwrap_or_default();
                 o.remove("path");
                 p = Value::Object(o);
@@ -617,6 +850,7 @@ async fn arbitrary_rpc_params_get_clear_answers() {
             }
             _ => {}
         }
+        let before = records(&e.pool, &db);
         let (status, v) = rpc(
             &srv,
             Some(srv.rpc_token().expose()),
@@ -630,6 +864,12 @@ async fn arbitrary_rpc_params_get_clear_answers() {
         );
         if let Some(err) = v.get("error") {
             assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+            // A refused call leaves the accounts and keys exactly as they were, in memory
+            // and in the database.
+            assert!(
+                records(&e.pool, &db) == before,
+                "{method} {p} was refused ({v}) yet changed the records"
+            );
         }
     }
     // The envelope itself: arbitrary bytes, or JSON that is no request, get a JSON-RPC error.
