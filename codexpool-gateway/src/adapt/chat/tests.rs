@@ -1745,19 +1745,57 @@ fn a_legacy_answer_keeps_the_first_of_several_calls() {
         ],
         "{frames:?}"
     );
-    // The modern form returns all three.
+    // The modern form returns all three, each with its own arguments (interleaved as they
+    // came), at its own index.
     let modern = ChatOptions {
         legacy_functions: false,
         ..legacy_options(false)
     };
     let out = assemble_with(&modern, &events);
+    let call = |id: &str, name: &str, args: &str| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}});
     assert_eq!(
-        out["choices"][0]["message"]["tool_calls"]
-            .as_array()
-            .map(Vec::len),
-        Some(3)
+        out["choices"][0]["message"]["tool_calls"],
+        json!([
+            call("call_0", "first", "{\"a\":1}"),
+            call("call_1", "second", "{\"b\":2}"),
+            call("call_2", "third", "{\"c\":3}")
+        ])
     );
     assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+    let frames = stream_frames(
+        &ChatOptions {
+            stream: true,
+            ..modern
+        },
+        &events,
+        false,
+    );
+    let mut streamed: Vec<(u64, String, String)> = Vec::new();
+    for f in &frames {
+        for c in f["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let index = c["index"].as_u64().unwrap();
+            let args = c["function"]["arguments"].as_str().unwrap_or("");
+            match c["function"]["name"].as_str() {
+                Some(name) => {
+                    assert_eq!(index as usize, streamed.len(), "{frames:?}");
+                    streamed.push((index, name.to_owned(), args.to_owned()));
+                }
+                None => streamed[index as usize].2.push_str(args),
+            }
+        }
+    }
+    assert_eq!(
+        streamed,
+        [
+            (0, "first".to_owned(), "{\"a\":1}".to_owned()),
+            (1, "second".to_owned(), "{\"b\":2}".to_owned()),
+            (2, "third".to_owned(), "{\"c\":3}".to_owned())
+        ]
+    );
 }
 
 #[test]
