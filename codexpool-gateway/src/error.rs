@@ -294,6 +294,8 @@ impl ApiError {
             FailureKind::Unauthorized | FailureKind::Deactivated | FailureKind::Forbidden => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            // As OpenAI answers it: a moment's wait mends it (clients retry a 503).
+            FailureKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             _ if f.code.as_deref() == Some(UPSTREAM_TIMEOUT) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::BAD_GATEWAY,
         };

@@ -141,6 +141,23 @@ async fn failures_inside_a_200_stream_fail_over() {
     }
 }
 
+/// Every account overloaded: a 503 that says so and when to come back, as OpenAI answers it
+/// (it was a 502, as if the upstream had broken).
+#[tokio::test]
+async fn an_overloaded_upstream_is_a_503() {
+    for stream in [false, true] {
+        let h = harness(1, &[]).await;
+        h.fake.push_reply("acct-0", Reply::Overloaded);
+        let (status, headers, body) = h.call(h.post("/v1/chat/completions", chat(stream))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(headers.contains_key("retry-after"), "{headers:?}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "server_is_overloaded", "{v}");
+        assert_eq!(h.log().await[0].status, 503);
+        assert_eq!(h.total_inflight(), 0);
+    }
+}
+
 /// What an upstream sends before its first output is held back (to fail over if it fails), but
 /// not without bound: past 4 MiB the attempt commits and the client gets it as it comes.
 #[tokio::test]
