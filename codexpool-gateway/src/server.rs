@@ -403,9 +403,8 @@ fn shared_token(path: &Path) -> std::io::Result<Secret> {
     // Each turn ends with a file some server placed, or with one set aside; a few suffice
     // unless others keep replacing it.
     for _ in 0..8 {
-        if let Some(t) = read_token(path) {
-            return Ok(t);
-        }
+        // Whether a file is there first, then what it holds: a file another server places
+        // meanwhile is read, never taken for a missing one and set aside.
         match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let t = Secret::new(crate::admin::random_hex());
@@ -414,8 +413,16 @@ fn shared_token(path: &Path) -> std::io::Result<Secret> {
                 }
                 // Another server placed its token first: the next turn reads it.
             }
-            // Readable by others (its token may be known), or not a token at all.
-            Ok(_) => set_aside_untrusted(path)?,
+            Ok(m) if m.is_dir() => {
+                return Err(std::io::Error::other(
+                    "a folder has the token file's name; remove it",
+                ));
+            }
+            Ok(_) => match read_token(path) {
+                Some(t) => return Ok(t),
+                // Readable by others (its token may be known), or not a token at all.
+                None => set_aside_untrusted(path)?,
+            },
             Err(e) => return Err(e),
         }
     }
@@ -485,8 +492,16 @@ fn place_new(from: &Path, to: &Path) -> std::io::Result<bool> {
     match std::fs::hard_link(from, to) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        // `from` was just made in `to`'s folder, so it is the link that is not to be had.
-        Err(_) => std::fs::rename(from, to).map(|()| true),
+        // A file system without hard links.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            std::fs::rename(from, to).map(|()| true)
+        }
+        Err(e) => Err(e),
     }
 }
 
