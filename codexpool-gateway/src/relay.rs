@@ -446,6 +446,8 @@ pub(crate) trait Assemble {
     /// The stream broke off: whether the answer is whole anyway (a chat answer cut at a stop
     /// sequence before).
     fn end_at_stop(&mut self) -> bool;
+    /// A failure reported after the answer was whole (see [`ChatAssembler::failed_after_stop`]).
+    fn failed_after_stop(&self) -> Option<&UpstreamFailure>;
     fn usage(&self) -> Option<TokenUsage>;
     fn finish(self) -> Result<Bytes, AssembleError>;
 }
@@ -456,6 +458,9 @@ impl Assemble for ChatAssembler {
     }
     fn end_at_stop(&mut self) -> bool {
         ChatAssembler::end_at_stop(self)
+    }
+    fn failed_after_stop(&self) -> Option<&UpstreamFailure> {
+        ChatAssembler::failed_after_stop(self)
     }
     fn usage(&self) -> Option<TokenUsage> {
         ChatAssembler::usage(self)
@@ -471,6 +476,9 @@ impl Assemble for ResponseAssembler {
     }
     fn end_at_stop(&mut self) -> bool {
         false
+    }
+    fn failed_after_stop(&self) -> Option<&UpstreamFailure> {
+        None
     }
     fn usage(&self) -> Option<TokenUsage> {
         ResponseAssembler::usage(self)
@@ -489,13 +497,15 @@ pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Byt
         ..
     } = c;
     let mut events = stream.events;
-    // (the error, its class, what the account learns, whether another account may do better)
-    let result: Result<(), (ApiError, String, Option<Outcome>, bool)> = async {
+    // Ok: the answer is whole, and what failed after it was (its class, what the account
+    // learns). Err: the error, its class, what the account learns, whether another account may
+    // do better.
+    type Late = Option<(String, Option<Outcome>)>;
+    let result: Result<Late, (ApiError, String, Option<Outcome>, bool)> = async {
         loop {
             let event = match events.next().await {
                 Ok(SseItem::Event(event)) => event,
                 Ok(SseItem::Comment(_)) => continue,
-                Err(_) if asm.end_at_stop() => return Ok(()),
                 Err(cut) => {
                     let error = ApiError::from_cut(&cut);
                     let class = error.code.clone();
@@ -506,11 +516,17 @@ pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Byt
                         Cut::Silent(_) => (Some(Outcome::UpstreamError), false),
                         _ => (Some(Outcome::UpstreamError), true),
                     };
+                    if asm.end_at_stop() {
+                        return Ok(Some((class, outcome)));
+                    }
                     return Err((error, class, outcome, elsewhere));
                 }
             };
             match asm.push(&event) {
-                Ok(true) => return Ok(()),
+                Ok(true) => {
+                    let late = asm.failed_after_stop();
+                    return Ok(late.map(|f| (f.error_code().to_string(), late_outcome(f, &lease))));
+                }
                 Ok(false) => {}
                 Err(AssembleError::Failed(f)) => {
                     return Err((
@@ -534,14 +550,20 @@ pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Byt
     .await;
     let record = &mut call.record;
     match result {
-        Ok(()) => {
-            lease.report(Outcome::Success).await;
+        Ok(late) => {
+            let (class, outcome) = match late {
+                Some((class, outcome)) => (Some(class), outcome),
+                None => (None, Some(Outcome::Success)),
+            };
+            if let Some(o) = outcome {
+                lease.report(o).await;
+            }
             drop(lease);
             let usage = asm.usage();
             match asm.finish() {
                 Ok(json) => {
                     record.first_byte();
-                    record.finish(200, None, usage);
+                    record.finish(200, class.as_deref(), usage);
                     Ok(json)
                 }
                 Err(e) => {

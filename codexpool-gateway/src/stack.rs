@@ -127,7 +127,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response:
 }
 
 /// A 5xx the gateway answers on purpose — 502 (the upstream failed), 503 (load shed, no account
-/// can serve), 504 (the upstream timed out) — is an ordinary outcome, in the request log with its
+/// can serve, the upstream overloaded), 504 (the upstream timed out) — is an ordinary outcome, in the request log with its
 /// error class: a debug line. Anything else (a 500: a caught panic) is an error.
 fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _: &tracing::Span) {
     match class {

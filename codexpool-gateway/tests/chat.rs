@@ -694,6 +694,10 @@ async fn an_upstream_cut_after_the_stop_sequence_keeps_the_answer() {
         assert!(!body.contains("error"), "{body}");
         let sent = h.fake.requests_to("/backend-api/codex/responses").len() - before;
         assert_eq!(sent, 1, "answered by the first account alone");
+        // The row says the answer went out whole, and what the upstream did after it.
+        let row = &h.log().await[0];
+        assert_eq!(row.status, 200, "{row:?}");
+        assert_eq!(row.error_class.as_deref(), Some("upstream_cut"), "{row:?}");
     }
     assert_eq!(h.total_inflight(), 0);
 }

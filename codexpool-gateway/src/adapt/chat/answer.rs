@@ -92,6 +92,9 @@ struct Translator {
     stop: Option<StopMatcher>,
     /// [`ChatOptions::legacy_functions`]: one function call, announced as `function_call`.
     legacy: bool,
+    /// The upstream failed after the answer was cut at a stop sequence (the answer is whole;
+    /// the account's failure is still one).
+    failed_after_stop: Option<UpstreamFailure>,
 }
 
 /// Used when the upstream never names its response (it always does in practice).
@@ -116,6 +119,7 @@ impl Translator {
             usage: None,
             stop: StopMatcher::new(&options.stop),
             legacy: options.legacy_functions,
+            failed_after_stop: None,
         }
     }
 
@@ -277,10 +281,15 @@ impl Translator {
     }
 
     fn fail(&mut self, failure: &UpstreamFailure, sink: &mut impl Sink) {
-        if !self.done && !self.end_at_stop(sink) {
-            self.done = true;
-            sink.op(&self.meta, Op::Fail(failure));
+        if self.done {
+            return;
         }
+        if self.end_at_stop(sink) {
+            self.failed_after_stop = Some(failure.clone());
+            return;
+        }
+        self.done = true;
+        sink.op(&self.meta, Op::Fail(failure));
     }
 
     /// The upstream failed or broke off before its final event: an answer already cut at a
@@ -814,9 +823,17 @@ pub struct ChatAssembler {
     /// Text deltas not read yet. A message's `response.output_item.done` repeats its whole
     /// text, which is then taken instead (one parse instead of one per delta); they are read
     /// in order when it does not carry the text, and before any other event, which may depend
-    /// on the text before it (a stop sequence in it drops a later tool call).
+    /// on the text before it (a stop sequence in it drops a later tool call), or once they
+    /// hold [`HELD_MAX`] bytes.
     held: Vec<SseEvent>,
+    /// The bytes of the events in `held`.
+    held_bytes: usize,
 }
+
+/// Most bytes of text delta events an assembler holds unread: a long answer's deltas (each ~200
+/// bytes of event for a few characters of text) are read as they come past this, instead of
+/// holding a hundred times the text until its message ends.
+const HELD_MAX: usize = 64 * 1024;
 
 #[derive(Debug, Default)]
 struct Accumulated {
@@ -925,6 +942,7 @@ impl ChatAssembler {
             translator: Translator::new(options, created),
             acc: Accumulated::default(),
             held: Vec::new(),
+            held_bytes: 0,
         }
     }
 
@@ -938,7 +956,11 @@ impl ChatAssembler {
             if kind == EventKind::OutputTextDelta {
                 // After a stop sequence no text is part of the answer.
                 if !self.translator.stopped() {
+                    self.held_bytes += event.data().len();
                     self.held.push(event.clone());
+                    if self.held_bytes > HELD_MAX {
+                        self.read_held()?;
+                    }
                 }
             } else if let Some(parsed) = self.translator.parse_as(kind, name, event)? {
                 let message_done = matches!(&parsed, ResponsesEvent::OutputItemDone { item, .. }
@@ -952,6 +974,7 @@ impl ChatAssembler {
                     if self.translator.texted.len() > texted {
                         // The item's whole text was taken: the deltas said it in pieces.
                         self.held.clear();
+                        self.held_bytes = 0;
                     } else {
                         self.read_held()?;
                     }
@@ -970,8 +993,15 @@ impl ChatAssembler {
         self.read_held().is_ok() && self.translator.end_at_stop(&mut self.acc)
     }
 
+    /// What the upstream reported failing after the answer was cut at a stop sequence (the
+    /// answer is whole all the same).
+    pub fn failed_after_stop(&self) -> Option<&UpstreamFailure> {
+        self.translator.failed_after_stop.as_ref()
+    }
+
     /// Reads the [`held`](Self::held) text deltas, in the order they came.
     fn read_held(&mut self) -> Result<(), EventError> {
+        self.held_bytes = 0;
         for event in std::mem::take(&mut self.held) {
             if let Some(parsed) = self.translator.parse(&event)? {
                 self.translator.handle(&parsed, &mut self.acc);

@@ -621,6 +621,14 @@ fn assembled_text_comes_whole_from_the_done_item_or_else_from_the_deltas() {
     let out = assemble(&[deltas[0].clone(), deltas[1].clone(), incomplete]).unwrap();
     assert_eq!(content(&out), json!("Hello, world"));
     assert_eq!(out["choices"][0]["finish_reason"], json!("length"));
+    // A long answer's deltas are read as they come once they hold 64 KB (not held to the
+    // end): the done item's text is not taken then (here it differs, to tell them apart).
+    let mut long: Vec<Value> = (0..1000).map(|_| delta(json!("x"))).collect();
+    long.push(done(json!([{"type": "output_text", "text": "the whole"}])));
+    long.push(completed.clone());
+    assert_eq!(content(&assemble(&long).unwrap()), json!("x".repeat(1000)));
+    long.drain(..900);
+    assert_eq!(content(&assemble(&long).unwrap()), json!("the whole"));
     // A garbled delta the done item does not stand in for is an error, as before.
     let out = assemble(&[delta(json!("Hel")), delta(json!(5)), completed.clone()]);
     assert!(matches!(out, Err(AssembleError::Event(_))), "{out:?}");
@@ -684,7 +692,17 @@ fn after_a_stop_sequence_an_upstream_failure_does_not_spoil_the_answer() {
         include_usage: false,
         ..options.clone()
     };
-    let out = assemble_with(&assembled, &events);
+    let mut assembler = ChatAssembler::new(&assembled, 42);
+    for event in &events {
+        let whole = assembler.push(&SseEvent::new(serde_json::to_vec(event).unwrap()));
+        assert!(whole.is_ok(), "{whole:?}");
+    }
+    // The answer is whole; the account's failure is still one.
+    let failure = assembler
+        .failed_after_stop()
+        .map(|f| f.error_code().to_string());
+    assert_eq!(failure.as_deref(), Some("server_is_overloaded"));
+    let out: Value = serde_json::from_slice(&assembler.finish().unwrap()).unwrap();
     assert_eq!(out["choices"][0]["message"]["content"], "Go");
     assert_eq!(out["choices"][0]["finish_reason"], "stop");
     // Broken off after the cut, assembled: the held deltas are read, and the answer is whole.
