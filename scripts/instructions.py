@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Instructions the gateway executes per request, counted by callgrind: a measure of a change's
 cost in the gateway's own work that the machine's load does not move (a shared 2-core machine
-moves req/s and CPU time by 10-20 % between runs; these counts repeat to within a few hundred
-instructions). It counts user-space instructions only: the kernel's share of a request (the
+moves req/s and CPU time by 10-20 % between runs; these counts repeat to within a fraction of a percent:
+what timers do meanwhile, the request log's writer among them, is counted too). It counts user-space instructions only: the kernel's share of a request (the
 socket calls, about half of its CPU time) and cache misses are not in it, so it ranks changes
 to the gateway's code, and `scripts/bench-ab.py` says what they are worth in time.
 
@@ -14,11 +14,14 @@ Not part of the test run; needs valgrind, oha (scripts/bench.sh installs it) and
 
 For each build and workload it starts the fake and the gateway under callgrind, sends WARM
 requests at concurrency 1 in one run and WARM + N in another, and prints (second - first) / N:
-start-up, warm-up and shutdown cancel out. The fake and oha come from target/release.
+start-up, warm-up and shutdown cancel out. Every answer must be a 200, or the count means
+nothing and the run stops. The fake comes from target/release; oha from $OHA, else
+.cache/tools/bin/oha (where scripts/bench.sh installs it), else PATH.
 """
 
 import argparse
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -62,11 +65,16 @@ def count(gateway: Path, workload: str, requests: int, oha: str) -> int:
             stack.start_gateway()
             path, body = WORKLOADS[workload]
             (work / "body.json").write_bytes(body())
-            subprocess.run([oha, "-n", str(requests), "-c", "1", "--no-tui", "-m", "POST",
-                            "-H", f"authorization: Bearer {stack.key}",
-                            "-H", "content-type: application/json",
-                            "-D", str(work / "body.json"), stack.gateway_url + path],
-                           check=True, capture_output=True)
+            run = subprocess.run([oha, "-n", str(requests), "-c", "1", "--no-tui",
+                                  "--output-format", "json", "-m", "POST",
+                                  "-H", f"authorization: Bearer {stack.key}",
+                                  "-H", "content-type: application/json",
+                                  "-D", str(work / "body.json"), stack.gateway_url + path],
+                                 check=True, capture_output=True, text=True)
+            codes = json.loads(run.stdout).get("statusCodeDistribution") or {}
+            if codes != {"200": requests}:
+                raise SystemExit(f"instructions: {gateway} answered {codes} to {requests} "
+                                 f"{workload} requests, not {requests} 200s")
             # callgrind writes its counts when the process ends.
             os.kill(stack.gateway.pid, signal.SIGTERM)
             stack.gateway.popen.wait(120)
@@ -85,7 +93,9 @@ def main() -> None:
     ap.add_argument("--workload", action="append", choices=list(WORKLOADS),
                     help="repeatable (default: all)")
     ap.add_argument("--requests", type=int, default=1000, help="N (default 1000)")
-    ap.add_argument("--oha", default=str(ROOT / ".cache" / "tools" / "bin" / "oha"))
+    cached = ROOT / ".cache" / "tools" / "bin" / "oha"
+    ap.add_argument("--oha", default=os.environ.get("OHA")
+                    or (str(cached) if cached.exists() else shutil.which("oha")) or str(cached))
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("instructions: valgrind is not installed (apt-get install valgrind)")
