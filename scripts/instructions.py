@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Instructions the gateway executes per request, counted by callgrind: a measure of a change's
 cost in the gateway's own work that the machine's load does not move (a shared 2-core machine
-moves req/s and CPU time by 10-20 % between runs; these counts repeat to within a fraction of a percent:
-what timers do meanwhile, the request log's writer among them, is counted too). It counts user-space instructions only: the kernel's share of a request (the
-socket calls, about half of its CPU time) and cache misses are not in it, so it ranks changes
-to the gateway's code, and `scripts/bench-ab.py` says what they are worth in time.
+moves req/s and CPU time by 10-20 % between runs; these counts repeat to within a fraction of
+a percent, what timers do meanwhile included, the request log's writer among them). It counts
+user-space instructions only: the kernel's share of a request (the socket calls, about half of
+its CPU time) and cache misses are not in it, so it ranks changes to the gateway's code, and
+`scripts/bench-ab.py` says what they are worth in time.
 
 Not part of the test run; needs valgrind, oha (scripts/bench.sh installs it) and release builds
 (cargo build --release -p codexpool-cli -p codexpool-testkit):
