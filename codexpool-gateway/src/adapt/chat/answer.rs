@@ -963,8 +963,10 @@ impl ChatAssembler {
                     }
                 }
             } else if let Some(parsed) = self.translator.parse_as(kind, name, event)? {
+                // A message's done item stands in for its deltas, unless it has a refusal too:
+                // then the text goes first, as it came (a stop sequence in it drops the refusal).
                 let message_done = matches!(&parsed, ResponsesEvent::OutputItemDone { item, .. }
-                    if item.kind.as_deref() == Some("message"));
+                    if item.kind.as_deref() == Some("message") && item.refusal().is_empty());
                 if !message_done {
                     self.read_held()?;
                 }

@@ -642,7 +642,10 @@ fn assembled_text_comes_whole_from_the_done_item_or_else_from_the_deltas() {
     };
     let call = json!({"type": "response.output_item.added", "output_index": 1,
         "item": {"id": "fc_1", "type": "function_call", "call_id": "call_1", "name": "f", "arguments": ""}});
-    let out = assemble_with(&options, &[delta(json!("Hi STOP there")), call, completed]);
+    let out = assemble_with(
+        &options,
+        &[delta(json!("Hi STOP there")), call, completed.clone()],
+    );
     assert_eq!(content(&out), json!("Hi "));
     assert_eq!(
         out["choices"][0]["message"].get("tool_calls"),
@@ -650,6 +653,14 @@ fn assembled_text_comes_whole_from_the_done_item_or_else_from_the_deltas() {
         "{out}"
     );
     assert_eq!(out["choices"][0]["finish_reason"], json!("stop"));
+    // Nor a refusal in the done item of the message whose deltas said it.
+    let refusal = done(json!([{"type": "refusal", "refusal": "No."}]));
+    let out = assemble_with(
+        &options,
+        &[delta(json!("Hi STOP there")), refusal, completed],
+    );
+    assert_eq!(content(&out), json!("Hi "));
+    assert_eq!(out["choices"][0]["message"].get("refusal"), None, "{out}");
 }
 
 /// An answer cut at a stop sequence is whole: what the upstream does after the cut (fail,
