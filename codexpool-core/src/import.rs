@@ -796,17 +796,67 @@ impl AccountPool {
 
 /// Writes a file readable by its owner only, via a temporary file and a rename.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
+    let tmp = private_temp(path, bytes)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    // The rename is durable only once the folder is: until then a power loss may bring back the
+    // old file, or none (a rescued refresh token would be gone).
+    let dir = parent_dir(path);
+    sync_dir(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Like [`write_private`], only where no file is yet: `Ok(false)` when one is there (nothing is
+/// written then). Of several processes writing at once the first wins, and every reader finds
+/// its file whole.
+pub fn write_private_new(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let tmp = private_temp(path, bytes)?;
+    let placed = link_new(&tmp, path);
+    // The file lives on under `path` (a link), or not at all.
+    let _ = std::fs::remove_file(&tmp);
+    let placed = placed.map_err(|e| Error::io(path, e))?;
+    let dir = parent_dir(path);
+    sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(placed)
+}
+
+/// Puts the file `from` at `to` too unless a file is there (`Ok(false)`): a hard link, which
+/// unlike a rename never replaces. A file system without hard links (FAT, some network ones)
+/// gets a rename.
+pub fn link_new(from: &Path, to: &Path) -> std::io::Result<bool> {
+    match std::fs::hard_link(from, to) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            std::fs::rename(from, to).map(|()| true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The folder `path` is in (`.` for a bare name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+        .unwrap_or(Path::new("."))
+}
+
+/// A new file beside `path`, readable by its owner only, holding `bytes` on disk; removed
+/// again when writing fails.
+fn private_temp(path: &Path, bytes: &[u8]) -> Result<std::path::PathBuf> {
+    use std::io::Write;
     let name = path
         .file_name()
         .ok_or_else(|| Error::invalid("path", format!("{} is not a file path", path.display())))?;
     // A fresh name, created only if it does not exist (never through a file or link someone
     // else put there): the mode is this file's from its first byte.
-    let tmp = dir.join(format!(
+    let tmp = parent_dir(path).join(format!(
         ".{}.tmp-{}-{:016x}",
         name.to_string_lossy(),
         std::process::id(),
@@ -820,18 +870,11 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         opts.mode(0o600);
     }
     let mut f = opts.open(&tmp).map_err(|e| Error::io(path, e))?;
-    let result = (|| {
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
+    if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e));
     }
-    // The rename is durable only once the folder is: until then a power loss may bring back the
-    // old file, or none (a rescued refresh token would be gone).
-    sync_dir(dir).map_err(|e| Error::io(dir, e))
+    Ok(tmp)
 }
 
 /// Flushes a folder's entries (new names, renames) to disk. Unix only: elsewhere a folder cannot

@@ -286,10 +286,7 @@ impl Server {
                 let path = config.db_dir().join("rpc-token");
                 let t = shared_token(&path).map_err(|source| ServerError::TokenFile {
                     path: path.clone(),
-                    source: codexpool_core::Error::Io {
-                        path: path.clone(),
-                        source,
-                    },
+                    source,
                 })?;
                 (t, Some(path))
             }
@@ -399,7 +396,12 @@ pub(crate) fn read_token(path: &Path) -> Option<Secret> {
 /// when there is none to trust. Servers starting at once agree on one: a new token is placed
 /// only where no file is (the first wins, the others read its token), and whole and private
 /// from the moment it has the name.
-fn shared_token(path: &Path) -> std::io::Result<Secret> {
+fn shared_token(path: &Path) -> codexpool_core::Result<Secret> {
+    use codexpool_core::import::write_private_new;
+    let io = |source| codexpool_core::Error::Io {
+        path: path.to_owned(),
+        source,
+    };
     // Each turn ends with a file some server placed, or with one set aside; a few suffice
     // unless others keep replacing it.
     for _ in 0..8 {
@@ -408,58 +410,27 @@ fn shared_token(path: &Path) -> std::io::Result<Secret> {
         match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let t = Secret::new(crate::admin::random_hex());
-                if create_token_file(path, &t)? {
+                if write_private_new(path, t.expose().as_bytes())? {
                     return Ok(t);
                 }
                 // Another server placed its token first: the next turn reads it.
             }
             Ok(m) if m.is_dir() => {
-                return Err(std::io::Error::other(
+                return Err(io(std::io::Error::other(
                     "a folder has the token file's name; remove it",
-                ));
+                )));
             }
             Ok(_) => match read_token(path) {
                 Some(t) => return Ok(t),
                 // Readable by others (its token may be known), or not a token at all.
-                None => set_aside_untrusted(path)?,
+                None => set_aside_untrusted(path).map_err(io)?,
             },
-            Err(e) => return Err(e),
+            Err(e) => return Err(io(e)),
         }
     }
-    Err(std::io::Error::other(
+    Err(io(std::io::Error::other(
         "the token file kept changing while this server started",
-    ))
-}
-
-/// Writes `token` to a private temporary file beside `path` and places it at `path` unless a
-/// file is there already (`Ok(false)`).
-fn create_token_file(path: &Path, token: &Secret) -> std::io::Result<bool> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".rpc-token.tmp-{}-{:016x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let written = opts.open(&tmp).and_then(|mut f| {
-        f.write_all(token.expose().as_bytes())?;
-        f.sync_all()
-    });
-    let placed = written.and_then(|()| place_new(&tmp, path));
-    // The file lives on under `path` (a link), or not at all. The folder is not synced: a
-    // token lost to a power cut is only replaced by a new one at the next start.
-    let _ = std::fs::remove_file(&tmp);
-    placed
+    )))
 }
 
 /// Moves an untrusted token file out of the way. Another server may have replaced it with
@@ -478,31 +449,11 @@ fn set_aside_untrusted(path: &Path) -> std::io::Result<()> {
         Err(e) => return Err(e),
     }
     let put_back = match read_token(&aside) {
-        Some(_) => place_new(&aside, path).map(|_| ()),
+        Some(_) => codexpool_core::import::link_new(&aside, path).map(|_| ()),
         None => Ok(()),
     };
     let _ = std::fs::remove_file(&aside);
     put_back
-}
-
-/// Puts `from` at `to` unless a file is there (`Ok(false)`): a hard link, which unlike a
-/// rename never replaces, so the first of several servers wins. A file system without hard
-/// links (FAT, some network ones) gets a rename.
-fn place_new(from: &Path, to: &Path) -> std::io::Result<bool> {
-    match std::fs::hard_link(from, to) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        // A file system without hard links.
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::Unsupported
-            ) =>
-        {
-            std::fs::rename(from, to).map(|()| true)
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// The service for connections from this machine, and the one for others.
