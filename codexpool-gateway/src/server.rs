@@ -456,6 +456,14 @@ fn set_aside_untrusted(path: &Path) -> std::io::Result<()> {
     put_back
 }
 
+/// Whether a connection from `peer` to `local` comes from this machine: from loopback, or from
+/// the address it reached (a server on a LAN address is reached from here with that address as
+/// the source). Only those get the admin API.
+fn from_this_machine(peer: SocketAddr, local: Option<SocketAddr>) -> bool {
+    let peer = peer.ip().to_canonical();
+    peer.is_loopback() || local.is_some_and(|l| l.ip().to_canonical() == peer)
+}
+
 /// The service for connections from this machine, and the one for others.
 struct Apps {
     local: Router,
@@ -622,12 +630,11 @@ async fn accept_loop(
                     sockets.apply(&stream);
                     // Moved to its worker's reactor.
                     let Ok(stream) = stream.into_std() else { continue };
-                    // This machine: loopback, or one of its own addresses (a server on a LAN
-                    // address is reached from here with that address as the source).
-                    let peer_ip = peer.ip().to_canonical();
-                    let here = peer_ip.is_loopback()
-                        || stream.local_addr().is_ok_and(|l| l.ip().to_canonical() == peer_ip);
-                    let app = if here { &apps.local } else { &apps.remote };
+                    let app = if from_this_machine(peer, stream.local_addr().ok()) {
+                        &apps.local
+                    } else {
+                        &apps.remote
+                    };
                     let service = TowerToHyperService::new(app.clone());
                     let (builder, watcher) = (builder.clone(), graceful.watcher());
                     let (runtime, open) = workers.take();
@@ -847,4 +854,37 @@ async fn callback(State(pool): State<Pool>, method: Method, uri: Uri) -> Respons
         Html(page.html),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::from_this_machine;
+
+    /// The admin API answers this machine only: what counts as this machine.
+    #[test]
+    fn only_loopback_and_the_servers_own_address_are_this_machine() {
+        let at = |s: &str| s.parse().unwrap();
+        let lan = Some(at("192.168.1.5:8080"));
+        for peer in [
+            "127.0.0.1:5000",
+            "127.9.9.9:5000",
+            "[::1]:5000",
+            "[::ffff:127.0.0.1]:5000",
+        ] {
+            assert!(from_this_machine(at(peer), None), "{peer}");
+            assert!(from_this_machine(at(peer), lan), "{peer}");
+        }
+        // Reached on its LAN address from the machine itself: the source is that address.
+        assert!(from_this_machine(at("192.168.1.5:5000"), lan));
+        assert!(from_this_machine(at("[::ffff:192.168.1.5]:5000"), lan));
+        for peer in ["192.168.1.9:5000", "10.0.0.1:5000", "[2001:db8::1]:5000"] {
+            assert!(!from_this_machine(at(peer), lan), "{peer}");
+            assert!(!from_this_machine(at(peer), None), "{peer}");
+        }
+        // A server listening on every address: its unspecified address is no one's.
+        assert!(!from_this_machine(
+            at("192.168.1.9:5000"),
+            Some(at("0.0.0.0:8080"))
+        ));
+    }
 }
