@@ -559,6 +559,27 @@ fn uuid_shaped(digest: &[u8]) -> String {
     id
 }
 
+/// `work`'s output, or `None` when the server's shutdown grace ends first.
+async fn until_stopped<F: Future>(upstream: &Upstream, work: F) -> Option<F::Output> {
+    let mut stop = upstream.stop.clone();
+    tokio::select! {
+        biased;
+        out = work => Some(out),
+        Ok(_) = stop.wait_for(|stopping| *stopping) => None,
+    }
+}
+
+/// The answer to a request the server's shutdown ended before an account answered it.
+fn stopped(mut record: Record) -> Failed {
+    let error = ApiError::server_stopped();
+    record.entry.error_class = Some(error.code.clone());
+    Failed {
+        error,
+        record,
+        no_account: false,
+    }
+}
+
 /// A request's conversation.
 pub(crate) struct Session {
     /// The `session_id` sent upstream: the client's own id as it sent it, else a derived one.
@@ -731,7 +752,12 @@ pub(crate) async fn run(
             affinity: Some(&call.session.pin),
             tried: &call.record.entry.accounts_tried,
         };
-        let lease = match pool.accounts().acquire(&demand).await {
+        // A stopping server's grace may end first, here (waiting for an account's slot) or
+        // during the attempt: no account is blamed, none more is tried.
+        let Some(acquired) = until_stopped(upstream, pool.accounts().acquire(&demand)).await else {
+            return Err(stopped(call.record));
+        };
+        let lease = match acquired {
             Ok(l) => l,
             Err(e) => {
                 let now = pool.now();
@@ -770,21 +796,10 @@ pub(crate) async fn run(
             portable: &portable,
         };
         let started = Instant::now();
-        // A stopping server's grace may end first: no account is blamed, none more is tried.
-        let mut stop = upstream.stop.clone();
-        let step = tokio::select! {
-            biased;
-            step = attempt(pool, upstream, metrics, bodies, &lease) => Some(step),
-            Ok(_) = stop.wait_for(|stopping| *stopping) => None,
-        };
-        let Some(step) = step else {
-            let error = ApiError::server_stopped();
-            call.record.entry.error_class = Some(error.code.clone());
-            return Err(Failed {
-                error,
-                record: call.record,
-                no_account: false,
-            });
+        let Some(step) =
+            until_stopped(upstream, attempt(pool, upstream, metrics, bodies, &lease)).await
+        else {
+            return Err(stopped(call.record));
         };
         match step {
             Step::Committed(mut stream, headers) => {

@@ -1037,6 +1037,61 @@ async fn answers_open_past_the_shutdown_grace_end_with_the_reason() {
     );
 }
 
+/// A request still waiting for an account's slot when the shutdown grace ends (the slot held
+/// by something the shutdown does not end: here a lease taken through the pool, as an app
+/// that embeds the gateway may) is answered too: a 503 `server_stopped`, not a connection
+/// closed on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_a_slot_past_the_grace_is_told_why() {
+    let (e, key) = env_with_an_account(&[
+        ("ACCOUNT_MAX_INFLIGHT", "1"),
+        ("REQUEST_GATE_WAIT_TIMEOUT_MS", "60000"),
+    ])
+    .await;
+    let held = e
+        .pool
+        .accounts()
+        .acquire(&codexpool_core::Demand::any())
+        .await
+        .unwrap();
+    let srv = Server::new(e.pool.clone())
+        .addr("127.0.0.1:0".parse().unwrap())
+        .background_tasks(false)
+        .shutdown_grace(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(
+        reqwest::Client::new()
+            .post(format!("{}/chat/completions", srv.base_url()))
+            .bearer_auth(key.secret.expose())
+            .json(&common::chat(false))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "it waits for the slot");
+    tokio::time::timeout(Duration::from_secs(10), srv.stop())
+        .await
+        .expect("stop returns after the grace")
+        .unwrap();
+    let res = waiting
+        .await
+        .unwrap()
+        .expect("an answer, not a closed connection");
+    assert_eq!(res.status().as_u16(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "server_stopped", "{v}");
+    assert_eq!(e.fake.count("/backend-api/codex/responses"), 0);
+    drop(held);
+    let rows = log_rows(&e.pool).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].status, rows[0].error_class.as_deref()),
+        (503, Some("server_stopped"))
+    );
+}
+
 /// A client that stops reading a stream (a suspended process) while its connection stays open
 /// is given up once what was sent stays unread for long: the account's slot comes back and the
 /// row is written.
