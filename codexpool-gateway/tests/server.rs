@@ -60,8 +60,13 @@ async fn start(e: &Env) -> RunningServer {
 }
 
 async fn rpc(srv: &RunningServer, token: Option<&str>, body: Value) -> (u16, Value) {
+    rpc_at(&srv.url(), token, body).await
+}
+
+/// [`rpc`] to the server at `url` (for a task that cannot borrow the server).
+async fn rpc_at(url: &str, token: Option<&str>, body: Value) -> (u16, Value) {
     let mut req = reqwest::Client::new()
-        .post(format!("{}/rpc", srv.url()))
+        .post(format!("{url}/rpc"))
         .json(&body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -352,23 +357,14 @@ async fn account_list_leaves_out_accounts_deleted_while_it_lists() {
     let done = Arc::new(AtomicBool::new(false));
     let listers: Vec<_> = (0..2)
         .map(|_| {
-            let (done, url) = (done.clone(), format!("{}/rpc", srv.url()));
+            let (done, url) = (done.clone(), srv.url());
             let token = srv.rpc_token().expose().to_string();
             tokio::spawn(async move {
-                let client = reqwest::Client::new();
                 let mut lists = 0;
                 // At least once, however late the task starts.
                 while lists == 0 || !done.load(Ordering::Relaxed) {
-                    let v: Value = client
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "account/list"}))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
+                    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "account/list"});
+                    let (_, v) = rpc_at(&url, Some(&token), list).await;
                     assert!(v["result"].is_array(), "a listing failed: {v}");
                     lists += 1;
                 }
@@ -927,6 +923,30 @@ async fn arbitrary_rpc_params_get_clear_answers() {
     srv.stop().await.unwrap();
 }
 
+/// A server whose shutdown grace is 200 ms, without background tasks.
+async fn start_with_a_short_grace(e: &Env) -> RunningServer {
+    Server::new(e.pool.clone())
+        .addr("127.0.0.1:0".parse().unwrap())
+        .background_tasks(false)
+        .shutdown_grace(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap()
+}
+
+/// A chat request to `srv` with `key`.
+fn ask_chat(
+    srv: &RunningServer,
+    key: &codexpool_core::keys::CreatedKey,
+    stream: bool,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+    reqwest::Client::new()
+        .post(format!("{}/chat/completions", srv.base_url()))
+        .bearer_auth(key.secret.expose())
+        .json(&common::chat(stream))
+        .send()
+}
+
 /// Answers still coming when the shutdown grace is over end with an error of their own: a
 /// stream's last chunk says the gateway stopped and the stream ends cleanly, an assembled
 /// answer is a 503, and so is a request no account has answered yet. Every row says
@@ -934,20 +954,8 @@ async fn arbitrary_rpc_params_get_clear_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_open_past_the_shutdown_grace_end_with_the_reason() {
     let (e, key) = env_with_an_account(&[]).await;
-    let srv = Server::new(e.pool.clone())
-        .addr("127.0.0.1:0".parse().unwrap())
-        .background_tasks(false)
-        .shutdown_grace(Duration::from_millis(200))
-        .start()
-        .await
-        .unwrap();
-    let ask = |stream: bool| {
-        reqwest::Client::new()
-            .post(format!("{}/chat/completions", srv.base_url()))
-            .bearer_auth(key.secret.expose())
-            .json(&common::chat(stream))
-            .send()
-    };
+    let srv = start_with_a_short_grace(&e).await;
+    let ask = |stream: bool| ask_chat(&srv, &key, stream);
     let pool = e.pool.clone();
     let inflight = |n: u32| {
         let pool = pool.clone();
@@ -1054,20 +1062,8 @@ async fn a_request_waiting_for_a_slot_past_the_grace_is_told_why() {
         .acquire(&codexpool_core::Demand::any())
         .await
         .unwrap();
-    let srv = Server::new(e.pool.clone())
-        .addr("127.0.0.1:0".parse().unwrap())
-        .background_tasks(false)
-        .shutdown_grace(Duration::from_millis(200))
-        .start()
-        .await
-        .unwrap();
-    let waiting = tokio::spawn(
-        reqwest::Client::new()
-            .post(format!("{}/chat/completions", srv.base_url()))
-            .bearer_auth(key.secret.expose())
-            .json(&common::chat(false))
-            .send(),
-    );
+    let srv = start_with_a_short_grace(&e).await;
+    let waiting = tokio::spawn(ask_chat(&srv, &key, false));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "it waits for the slot");
     tokio::time::timeout(Duration::from_secs(10), srv.stop())
