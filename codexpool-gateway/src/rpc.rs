@@ -123,8 +123,8 @@ pub(crate) async fn proof(
 
 /// Whether a request came through a proxy: a reverse proxy on this machine (nginx, Caddy, a
 /// tunnel) connects from loopback, yet its requests come from elsewhere. It says so in one of
-/// these headers; the admin API answers none of them.
-fn proxied(headers: &HeaderMap) -> bool {
+/// these headers; the admin API and the sign-in callback answer none of them.
+pub(crate) fn proxied(headers: &HeaderMap) -> bool {
     ["forwarded", "x-forwarded-for", "x-real-ip", "via"]
         .iter()
         .any(|name| headers.contains_key(*name))

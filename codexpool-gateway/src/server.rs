@@ -305,29 +305,7 @@ impl Server {
         let shed = ShedLayer::new(max)
             .except(UNSHED)
             .metrics(gateway.metrics().clone());
-        let service = |admin: Router| {
-            admin
-                .merge(
-                    Router::new()
-                        .route("/auth/callback", get(callback))
-                        .with_state(self.pool.clone()),
-                )
-                .merge(gateway.router())
-                .layer(shed.clone())
-        };
-        let local = service(
-            Router::new()
-                .route("/rpc", post(crate::rpc::handle))
-                .route("/rpc/proof", get(crate::rpc::proof))
-                .with_state(rpc),
-        );
-        // Connections from other machines (only with ALLOW_NON_LOOPBACK_SERVICE_ADDR) get the
-        // same service but for the admin API.
-        let remote = service(
-            Router::new()
-                .route("/rpc", any(admin_is_local))
-                .route("/rpc/proof", any(admin_is_local)),
-        );
+        let apps = Apps::new(&gateway, rpc, &self.pool, shed);
         // Said once the routes are ready: a client that reads the file finds a server.
         if let Some(f) = &server_file
             && let Err(e) = f.write(&config)
@@ -344,7 +322,7 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(
             listener,
-            Apps { local, remote },
+            apps,
             workers,
             stop_rx,
             Ending {
@@ -470,11 +448,52 @@ struct Apps {
     remote: Router,
 }
 
+impl Apps {
+    fn new(gateway: &Gateway, rpc: Arc<Rpc>, pool: &Pool, shed: ShedLayer) -> Self {
+        // The admin routes get the gateway's layers (request id, trace span, metrics, panic
+        // guard) and, with the gateway's routes, the load shedding (which lets them through).
+        let service = |admin: Router| {
+            crate::stack::stack(admin, gateway.metrics().clone())
+                .merge(gateway.router())
+                .layer(shed.clone())
+        };
+        let local = service(
+            Router::new()
+                .route("/rpc", post(crate::rpc::handle))
+                .route("/rpc/proof", get(crate::rpc::proof))
+                .with_state(rpc)
+                .merge(
+                    Router::new()
+                        .route("/auth/callback", get(callback))
+                        .with_state(pool.clone()),
+                ),
+        );
+        // Connections from other machines (only with ALLOW_NON_LOOPBACK_SERVICE_ADDR) get the
+        // same service but for the admin API and the sign-in callback: a browser's sign-in
+        // comes back to `localhost`, i.e. to this machine, and each call is a database lookup.
+        let remote = service(
+            Router::new()
+                .route("/rpc", any(admin_is_local))
+                .route("/rpc/proof", any(admin_is_local))
+                .route("/auth/callback", any(callback_is_local)),
+        );
+        Self { local, remote }
+    }
+}
+
 /// `/rpc` from another machine.
 pub(crate) async fn admin_is_local() -> Response {
     crate::rpc::http_error(
         StatusCode::FORBIDDEN,
         "the admin API answers this machine only",
+    )
+}
+
+/// `/auth/callback` from another machine.
+async fn callback_is_local() -> Response {
+    crate::rpc::http_error(
+        StatusCode::FORBIDDEN,
+        "a sign-in completes only in a browser on the machine that serves it",
     )
 }
 
@@ -841,9 +860,17 @@ impl Drop for RunningServer {
 /// `GET /auth/callback`: completes a browser sign-in started anywhere on this database, with the
 /// same page the CLI's own listener shows. Not `HEAD` (which axum routes here too): a link
 /// checker's or a prefetcher's HEAD would spend the code.
-async fn callback(State(pool): State<Pool>, method: Method, uri: Uri) -> Response {
+async fn callback(
+    State(pool): State<Pool>,
+    method: Method,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
     if method == Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET")]).into_response();
+    }
+    if crate::rpc::proxied(&headers) {
+        return callback_is_local().await;
     }
     let result = pool.auth().login_complete(&uri.to_string()).await;
     let page = codexpool_core::auth::render_callback_page(&result);
@@ -858,7 +885,87 @@ async fn callback(State(pool): State<Pool>, method: Method, uri: Uri) -> Respons
 
 #[cfg(test)]
 mod tests {
-    use super::from_this_machine;
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use codexpool_core::store::MemoryStore;
+    use codexpool_core::{Config, Pool, Secret};
+    use tower::ServiceExt;
+
+    use super::{Apps, from_this_machine};
+    use crate::limit::ShedLayer;
+    use crate::rpc::Rpc;
+
+    async fn apps() -> Apps {
+        let pool = Pool::builder(Config::default())
+            .store(Arc::new(MemoryStore::new()))
+            .open()
+            .await
+            .unwrap();
+        let gateway = crate::Gateway::new(pool.clone()).unwrap();
+        let rpc = Arc::new(Rpc {
+            pool: pool.clone(),
+            token: Secret::new("t0ken".to_string()),
+            proof_secret: None,
+        });
+        Apps::new(&gateway, rpc, &pool, ShedLayer::new(8))
+    }
+
+    async fn status_and_body(app: &axum::Router, req: Request<Body>) -> (StatusCode, String) {
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        assert!(res.headers().contains_key("x-request-id"), "{status}");
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn get(uri: &str) -> Request<Body> {
+        Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    /// The admin API and the sign-in callback answer this machine only, and have the gateway's
+    /// layers (a request id on every answer, counted in the metrics).
+    #[tokio::test]
+    async fn the_admin_routes_answer_this_machine_only_with_the_gateways_layers() {
+        let Apps { local, remote } = apps().await;
+        let rpc = || Request::post("/rpc").body(Body::from("{}")).unwrap();
+        let callback = "/auth/callback?code=c&state=unknown";
+        let (status, body) = status_and_body(&remote, rpc()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("this machine only"), "{body}");
+        let (status, _) = status_and_body(&remote, get("/rpc/proof?nonce=n")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, body) = status_and_body(&remote, get(callback)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("on the machine that serves it"), "{body}");
+        // The rest is the same service.
+        let (status, _) = status_and_body(&remote, get("/health")).await;
+        assert_eq!(status, StatusCode::OK);
+
+        let (status, _) = status_and_body(&local, rpc()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, body) = status_and_body(&local, get(callback)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        // A callback a proxy passes on comes from elsewhere.
+        let proxied = Request::get(callback)
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(Body::empty())
+            .unwrap();
+        let (status, _) = status_and_body(&local, proxied).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (_, metrics) = status_and_body(&local, get("/metrics")).await;
+        // Both services count in the gateway's metrics: the remote's three 403s and the local's
+        // 401, 400 and 403.
+        assert!(
+            metrics.contains(
+                r#"codexpool_requests_total{route="other",status="4xx",protocol="none"} 6"#
+            ),
+            "{metrics}"
+        );
+    }
 
     /// The admin API answers this machine only: what counts as this machine.
     #[test]

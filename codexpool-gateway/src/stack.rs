@@ -126,6 +126,18 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response:
     .into_response()
 }
 
+/// A request's span: its id, method and path. Not the query, which can hold a secret (a
+/// sign-in's `code` on `/auth/callback`), nor other headers (credentials).
+fn request_span<B>(req: &Request<B>) -> tracing::Span {
+    // Fields are read only when the span is enabled.
+    tracing::debug_span!(
+        "request",
+        id = req.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok()),
+        method = %req.method(),
+        path = req.uri().path(),
+    )
+}
+
 /// A 5xx the gateway answers on purpose — 502 (the upstream failed), 503 (load shed, no account
 /// can serve, the upstream overloaded), 504 (the upstream timed out) — is an ordinary outcome, in the request log with its
 /// error class: a debug line. Anything else (a 500: a caught panic) is an error.
@@ -189,7 +201,11 @@ pub(crate) fn stack(routes: Router, metrics: Arc<Metrics>) -> Router {
                 HeaderName::from_static("x-api-key"),
             ]))
             // 3. One span per request, inside the id so the span can show it.
-            .layer(TraceLayer::new_for_http().on_failure(log_failure))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_failure(log_failure),
+            )
             // 4. Metrics outside the panic guard, so a panic still counts as a 500.
             .layer(MetricsLayer::new(metrics))
             // 5. A panicking handler becomes an OpenAI-shaped 500, not a dropped connection.

@@ -220,6 +220,63 @@ async fn deliberate_503s_are_not_logged_as_errors() {
     );
 }
 
+/// Secrets stay out of the server's log at its most verbose (`RUST_LOG=trace`, every crate's
+/// lines too): a platform key, the RPC token, an account's tokens before and after the refresh a
+/// 401 brings, a sign-in's code on `/auth/callback`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_stay_out_of_the_most_verbose_log() {
+    let env = Env::new();
+    env.add_accounts(&["acct-1"]);
+    let first = env.fake.auth_json("acct-1");
+    env.fake.expire_access_token("acct-1");
+    let secret = env.key_secret("ci");
+    let (url, child) = env.serve(&[("RUST_LOG", "trace")]);
+    let client = reqwest::Client::new();
+    let res = client
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .json(&json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let token = std::fs::read_to_string(env.db().parent().unwrap().join("rpc-token")).unwrap();
+    let token = token.trim();
+    let res = client
+        .post(format!("{url}/rpc"))
+        .bearer_auth(token)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "account/list", "params": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let code = "code-7f3a9c1e5b2d4f60";
+    let res = client
+        .get(format!(
+            "{url}/auth/callback?code={code}&state=state-unknown"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let refreshed = env.fake.auth_json("acct-1");
+    let stderr = stop(child);
+    // The log is verbose indeed: the requests' spans are in it.
+    assert!(stderr.contains("/auth/callback"), "{stderr}");
+    let tokens = |auth: &Value| {
+        ["access_token", "refresh_token", "id_token"]
+            .map(|k| auth["tokens"][k].as_str().unwrap().to_string())
+    };
+    let (before, after) = (tokens(&first), tokens(&refreshed));
+    assert_ne!(before[0], after[0], "the 401 brought a refresh");
+    for s in [secret.as_str(), token, code]
+        .into_iter()
+        .chain(before.iter().chain(&after).map(String::as_str))
+    {
+        assert!(!stderr.contains(s), "{s} is in the log");
+    }
+}
+
 /// With `HTTP_PROXY` (or `HTTPS_PROXY`, `ALL_PROXY`) naming a proxy for the upstream, requests go
 /// through it. The fake serves proxy-style (absolute-form) requests as its own, so it plays the
 /// proxy here, in front of an upstream host name that does not resolve: only a request sent
