@@ -561,7 +561,8 @@ pub static SETTINGS: &[Setting] = &[
         default_value: None,
         default_doc: "<data dir>/codexpool/codexpool.db",
         secret: false,
-        help: "the SQLite database file (created on first use; a leading `~` is the home directory)",
+        help: "the SQLite database file (created on first use; a leading `~` is the home \
+               directory; a relative path in an env file is relative to the file's folder)",
         apply: |c, v| {
             c.db_path = expand_home(opt(v).ok_or("expected a file path")?);
             Ok(())
@@ -1419,6 +1420,16 @@ impl Config {
                 file,
             });
         }
+        // A relative database path in an env file is relative to the file, not to wherever
+        // the program was started: an env file beside the executable names the same database
+        // from every working directory (a service's is often `/`).
+        if let Source::EnvFile { path, .. } = &source
+            && s.name == "DB_PATH"
+            && self.db_path.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            self.db_path = dir.join(&self.db_path);
+        }
         self.sources.insert(s.name, source);
         Ok(())
     }
@@ -1759,6 +1770,25 @@ mod tests {
         let file = EnvFile::read(&path).unwrap();
         let c = Config::load(|_| None, Some(&file)).into_config().unwrap();
         assert_eq!(c.db_path, std::path::Path::new("/tmp/y.db"));
+    }
+
+    /// A relative `DB_PATH` is relative to the env file that says it (found beside the
+    /// executable, say), and to the working directory everywhere else.
+    #[test]
+    fn a_relative_db_path_in_an_env_file_is_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("codexpool.env");
+        std::fs::write(&path, "CODEXPOOL_DB_PATH=data/pool.db\n").unwrap();
+        let file = EnvFile::read(&path).unwrap();
+        let c = Config::load(|_| None, Some(&file)).into_config().unwrap();
+        assert_eq!(c.db_path, dir.path().join("data/pool.db"));
+        let c = from(&[("CODEXPOOL_DB_PATH", "data/pool.db")]).unwrap();
+        assert_eq!(c.db_path, std::path::Path::new("data/pool.db"));
+        // A leading `~` is still the home directory.
+        std::fs::write(&path, "CODEXPOOL_DB_PATH=~/pool.db\n").unwrap();
+        let file = EnvFile::read(&path).unwrap();
+        let c = Config::load(|_| None, Some(&file)).into_config().unwrap();
+        assert_eq!(c.db_path, expand_home("~/pool.db"));
     }
 
     #[test]
