@@ -262,6 +262,16 @@ impl Metrics {
 
     /// The Prometheus text exposition, with per-account figures read from the pool.
     pub fn render(&self, pool: &Pool) -> String {
+        self.render_without(pool, 0)
+    }
+
+    /// [`Metrics::render`] for `GET /metrics`, whose own request is in flight while it renders
+    /// and is not counted in `codexpool_active_requests` (an idle gateway shows 0, not 1).
+    pub(crate) fn render_scrape(&self, pool: &Pool) -> String {
+        self.render_without(pool, 1)
+    }
+
+    fn render_without(&self, pool: &Pool, scrapes: i64) -> String {
         let mut out = String::with_capacity(8192);
         out.push_str("# HELP codexpool_requests_total Client requests by route, status class and protocol.\n");
         out.push_str("# TYPE codexpool_requests_total counter\n");
@@ -284,7 +294,8 @@ impl Metrics {
             "# HELP codexpool_active_requests Client requests in flight (until their body ends).\n",
         );
         out.push_str("# TYPE codexpool_active_requests gauge\n");
-        let _ = writeln!(out, "codexpool_active_requests {}", self.active());
+        let active = (self.active() - scrapes).max(0);
+        let _ = writeln!(out, "codexpool_active_requests {active}");
         out.push_str("# HELP codexpool_upstream_attempts_total Upstream attempts by outcome.\n");
         out.push_str("# TYPE codexpool_upstream_attempts_total counter\n");
         for a in Attempt::ALL {

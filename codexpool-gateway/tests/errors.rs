@@ -309,6 +309,8 @@ async fn models_health_and_metrics() {
         h.ids[0]
     )));
     assert!(text.contains("codexpool_gateway_overhead_seconds_count 1"));
+    // Nothing else in flight: the scrape does not count itself.
+    assert!(text.contains("\ncodexpool_active_requests 0\n"), "{text}");
 }
 
 #[tokio::test]

@@ -927,7 +927,7 @@ pub(crate) async fn health(
 pub(crate) async fn metrics(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
 ) -> Response {
-    let text = shared.metrics.render(&shared.pool);
+    let text = shared.metrics.render_scrape(&shared.pool);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
