@@ -913,6 +913,10 @@ struct Completion<'a> {
 struct Choice<'a> {
     index: u32,
     message: AssembledMessage<'a>,
+    /// Always `null` (the backend gives none), but present: OpenAI's schema requires the key
+    /// in a completion's choice, and strict clients (openai-java's `validate()`) refuse an
+    /// answer without it.
+    logprobs: Option<()>,
     finish_reason: &'a str,
 }
 
@@ -1051,6 +1055,7 @@ impl ChatAssembler {
                     tool_calls: &acc.tool_calls,
                     function_call: acc.function_call.as_ref(),
                 },
+                logprobs: None,
                 finish_reason,
             }],
             usage: self.translator.usage.map(ChatUsage::from),

@@ -553,7 +553,7 @@ fn non_streaming_assembly_matches() {
         json!({
             "id": "chatcmpl-abc", "object": "chat.completion", "created": 1_700_000_000,
             "model": "gpt-5-codex",
-            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "choices": [{"index": 0, "logprobs": null, "finish_reason": "tool_calls", "message": {
                 "role": "assistant", "content": "Hello, world",
                 "reasoning_content": "Thinking about it",
                 "tool_calls": [{"id": "call_1", "type": "function",
@@ -953,7 +953,7 @@ fn refusals_become_refusal_not_content() {
         let out = assemble(events).unwrap();
         assert_eq!(
             out["choices"][0],
-            json!({"index": 0, "finish_reason": "stop", "message": {
+            json!({"index": 0, "logprobs": null, "finish_reason": "stop", "message": {
                     "role": "assistant", "content": null, "refusal": "I can't help with that."}}),
             "{events:?}"
         );
@@ -1321,7 +1321,7 @@ fn output_after_the_stop_is_not_returned() {
     let out = assembled_with_stop(&stop, &after);
     assert_eq!(
         out["choices"][0],
-        json!({"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+        json!({"index": 0, "logprobs": null, "finish_reason": "stop", "message": {"role": "assistant",
                 "content": "Answer: 4", "reasoning_content": "plan: say \nObservation: then stop"}})
     );
     assert_eq!(out["usage"]["total_tokens"], 17);
@@ -1688,7 +1688,7 @@ fn a_legacy_answer_has_one_function_call() {
     let out = assemble_with(&legacy_options(false), &codex_stream());
     assert_eq!(
         out["choices"],
-        json!([{"index": 0, "finish_reason": "function_call", "message": {
+        json!([{"index": 0, "logprobs": null, "finish_reason": "function_call", "message": {
                 "role": "assistant", "content": "Hello, world",
                 "reasoning_content": "Thinking about it",
                 "function_call": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}}])
@@ -1704,7 +1704,7 @@ fn a_legacy_answer_has_one_function_call() {
     let out = assemble_with(&legacy_options(false), &done_only);
     assert_eq!(
         out["choices"][0],
-        json!({"index": 0, "finish_reason": "function_call", "message": {
+        json!({"index": 0, "logprobs": null, "finish_reason": "function_call", "message": {
                 "role": "assistant", "content": null,
                 "function_call": {"name": "f", "arguments": "{}"}}})
     );
@@ -1753,7 +1753,7 @@ fn a_legacy_answer_keeps_the_first_of_several_calls() {
     let out = assemble_with(&legacy_options(false), &events);
     assert_eq!(
         out["choices"][0],
-        json!({"index": 0, "finish_reason": "function_call", "message": {
+        json!({"index": 0, "logprobs": null, "finish_reason": "function_call", "message": {
                 "role": "assistant", "content": null,
                 "function_call": {"name": "first", "arguments": "{\"a\":1}"}}})
     );
@@ -1882,14 +1882,14 @@ fn the_legacy_flag_keeps_stop_refusals_reasoning_and_usage() {
     let out = assemble_with(&legacy(false), &cut_first);
     assert_eq!(
         out["choices"][0],
-        json!({"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Go"}})
+        json!({"index": 0, "logprobs": null, "finish_reason": "stop", "message": {"role": "assistant", "content": "Go"}})
     );
     // A call before the cut text stays; the finish reason is the stop.
     let call_first = [call_done, text(2, "Done\nObservation: x"), completed()];
     let out = assemble_with(&legacy(false), &call_first);
     assert_eq!(
         out["choices"][0],
-        json!({"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+        json!({"index": 0, "logprobs": null, "finish_reason": "stop", "message": {"role": "assistant",
                 "content": "Done", "function_call": {"name": "f", "arguments": "{}"}}})
     );
     let frames = stream_frames(&legacy(true), &call_first, false);
