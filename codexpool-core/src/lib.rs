@@ -202,7 +202,7 @@ impl PoolBuilder {
             Some(s) => s,
             None => Arc::new(SqliteStore::open(&self.config.db_path).await?),
         };
-        let writer = Writer::spawn(store.clone());
+        let writer = Writer::spawn(store.clone(), self.clock.clone());
         let shared = Arc::new(Shared {
             store,
             clock: self.clock,

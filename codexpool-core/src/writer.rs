@@ -23,6 +23,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::request_log::RequestLogEntry;
 use crate::store::{RecordBatch, Store};
+use crate::time::Clock;
 use crate::usage::{Credits, LedgerEntry, WindowKind, WindowReading};
 
 /// How long a batch may gather before it is written.
@@ -51,10 +52,10 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(store: Arc<dyn Store>) -> Self {
+    pub fn spawn(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let hurry = Arc::new(Notify::new());
-        tokio::spawn(run(store, rx, hurry.clone()));
+        tokio::spawn(run(store, clock, rx, hurry.clone()));
         Self { tx, hurry }
     }
 
@@ -130,7 +131,7 @@ impl Batch {
     }
 
     /// The records to write (coalesced readings last-wins), and the flushes to answer after.
-    fn finish(self) -> (Arc<RecordBatch>, Vec<oneshot::Sender<()>>) {
+    fn finish(self, clock: &dyn Clock) -> (Arc<RecordBatch>, Vec<oneshot::Sender<()>>) {
         let records = RecordBatch {
             windows: self
                 .windows
@@ -140,12 +141,18 @@ impl Batch {
             credits: self.credits.into_iter().collect(),
             ledger: self.ledger,
             request_log: self.log,
+            now: Some(clock.now()),
         };
         (Arc::new(records), self.flushes)
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Op>, hurry: Arc<Notify>) {
+async fn run(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    hurry: Arc<Notify>,
+) {
     let mut ops = Vec::new();
     while rx.recv_many(&mut ops, BATCH_MAX).await > 0 {
         // Gather, unless a flush waits or a full batch is already there (under sustained load
@@ -165,7 +172,7 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Op>, hurry: 
                 Err(_) => break,
             }
         }
-        let (records, flushes) = batch.finish();
+        let (records, flushes) = batch.finish(clock.as_ref());
         // Only flushes (a reload's, say): nothing to write, no transaction to open.
         let empty = records.windows.is_empty()
             && records.credits.is_empty()
@@ -260,6 +267,7 @@ fn by_kind(r: &RecordBatch) -> Vec<Arc<RecordBatch>> {
     let parts = [
         RecordBatch {
             windows: r.windows.clone(),
+            now: r.now,
             ..RecordBatch::default()
         },
         RecordBatch {
@@ -296,6 +304,7 @@ fn halves(r: &RecordBatch) -> Option<(Arc<RecordBatch>, Arc<RecordBatch>)> {
         return None;
     }
     let (mut a, mut b) = (RecordBatch::default(), RecordBatch::default());
+    (a.now, b.now) = (r.now, r.now);
     (a.windows, b.windows) = split(&r.windows);
     (a.credits, b.credits) = split(&r.credits);
     (a.ledger, b.ledger) = split(&r.ledger);
@@ -340,7 +349,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn records_gather_for_one_window_and_a_flush_cuts_it_short() {
         let store = Arc::new(MemoryStore::new());
-        let writer = Writer::spawn(store.clone());
+        let writer = Writer::spawn(store.clone(), Arc::new(crate::time::SystemClock));
         writer.request_log(entry("a"));
         writer.request_log(entry("b"));
         tokio::time::sleep(BATCH_WINDOW / 2).await;
@@ -368,7 +377,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_backlog_is_written_in_full_batches_without_waiting_between_them() {
         let store = Arc::new(MemoryStore::new());
-        let writer = Writer::spawn(store.clone());
+        let writer = Writer::spawn(store.clone(), Arc::new(crate::time::SystemClock));
         let n = 2 * BATCH_MAX + 1;
         for i in 0..n {
             writer.request_log(entry(&format!("r{i:05}")));
@@ -407,7 +416,7 @@ mod tests {
                  BEGIN SELECT RAISE(ABORT, 'refused'); END;",
             )
             .unwrap();
-        let writer = Writer::spawn(store.clone());
+        let writer = Writer::spawn(store.clone(), Arc::new(crate::time::SystemClock));
         writer.ledger(ledger());
         // A bad record in each half of the kind: both halves fail, and are halved again.
         for id in ["a", "bad1", "b", "c", "bad2", "d", "e"] {
@@ -445,7 +454,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dropping_the_writer_writes_what_is_queued() {
         let store = Arc::new(MemoryStore::new());
-        let writer = Writer::spawn(store.clone());
+        let writer = Writer::spawn(store.clone(), Arc::new(crate::time::SystemClock));
         writer.request_log(entry("a"));
         drop(writer);
         tokio::time::sleep(BATCH_WINDOW * 2).await;

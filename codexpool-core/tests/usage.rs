@@ -285,21 +285,36 @@ async fn the_request_log_is_batched_and_filterable() {
 }
 
 /// The clock ran 8 h ahead and was set back (a dual-boot machine, NTP): a usage limit met
-/// after that is recorded, not refused as older than what the clock saw while it was ahead.
+/// after that is recorded, not refused as older than what the clock saw while it was ahead,
+/// in memory and in the database (another process, or a restart, sees it too).
 #[tokio::test]
 async fn a_clock_set_back_does_not_freeze_usage() {
-    let (pool, clock) = pool_with(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::default()
+        .with("DB_PATH", dir.path().join("p.db").to_str().unwrap())
+        .unwrap();
+    let clock = ManualClock::new(START);
+    let open = || {
+        Pool::builder(config.clone())
+            .clock(Arc::new(clock.clone()))
+            .open()
+    };
+    let pool = open().await.unwrap();
     let id = add_accounts(&pool, 1).await.remove(0);
     clock.advance(Duration::from_secs(8 * 3600));
     let body = br#"{"rate_limit":{"primary_window":{"used_percent":40,"limit_window_seconds":18000,"reset_after_seconds":9000}}}"#;
     pool.usage()
         .record(&id, &parse_usage_json(body, clock.now()).unwrap())
         .unwrap();
+    pool.flush().await.unwrap();
     clock.set(START);
     let limit = br#"{"error":{"type":"usage_limit_reached","resets_in_seconds":3600}}"#;
     assert!(pool.usage().record_usage_limit(&id, limit).is_some());
-    let until = pool.usage().exhausted_until(&id).unwrap();
-    assert_eq!(until, Some(START.plus(Duration::from_secs(3600))));
+    let until = Some(START.plus(Duration::from_secs(3600)));
+    assert_eq!(pool.usage().exhausted_until(&id).unwrap(), until);
+    pool.flush().await.unwrap();
+    let other = open().await.unwrap();
+    assert_eq!(other.usage().exhausted_until(&id).unwrap(), until);
 }
 
 #[tokio::test]

@@ -389,11 +389,14 @@ async fn usage(s: &dyn Store) -> Result<(), Failure> {
         .map_err(e)?;
     let five = reading(WindowKind::FiveHour, 25.0, 100);
     let week = reading(WindowKind::Weekly, 80.0, 100);
-    s.save_windows(&[
-        ("u1".into(), five.clone()),
-        ("u1".into(), week.clone()),
-        ("ghost".into(), five.clone()),
-    ])
+    s.save_windows(
+        &[
+            ("u1".into(), five.clone()),
+            ("u1".into(), week.clone()),
+            ("ghost".into(), five.clone()),
+        ],
+        Some(t(1000)),
+    )
     .await
     .map_err(e)?;
     let mut got = s.list_windows().await.map_err(e)?;
@@ -408,9 +411,12 @@ async fn usage(s: &dyn Store) -> Result<(), Failure> {
         "readings of unknown accounts are ignored"
     );
     // An older reading never replaces a newer one.
-    s.save_windows(&[("u1".into(), reading(WindowKind::FiveHour, 99.0, 50))])
-        .await
-        .map_err(e)?;
+    s.save_windows(
+        &[("u1".into(), reading(WindowKind::FiveHour, 99.0, 50))],
+        Some(t(1000)),
+    )
+    .await
+    .map_err(e)?;
     let got = s.list_windows().await.map_err(e)?;
     let f = got
         .iter()
@@ -425,13 +431,37 @@ async fn usage(s: &dyn Store) -> Result<(), Failure> {
         source: ReadingSource::Headers,
         ..reading(WindowKind::FiveHour, 30.0, 200)
     };
-    s.save_windows(&[("u1".into(), newer.clone())])
+    s.save_windows(&[("u1".into(), newer.clone())], Some(t(1000)))
         .await
         .map_err(e)?;
     let got = s.list_windows().await.map_err(e)?;
     ensure!(
         got.iter().any(|(a, r)| a == "u1" && *r == newer),
         "a newer reading replaces the old one"
+    );
+    // The clock was set back to t(150): the stored reading (observed at t(200)) was taken while
+    // it ran ahead, and gives way to what is seen now.
+    let after_the_step = reading(WindowKind::FiveHour, 40.0, 140);
+    s.save_windows(&[("u1".into(), after_the_step.clone())], Some(t(150)))
+        .await
+        .map_err(e)?;
+    let got = s.list_windows().await.map_err(e)?;
+    ensure!(
+        got.iter().any(|(a, r)| a == "u1" && *r == after_the_step),
+        "a reading stored while the clock ran ahead holds out against what is seen after it \
+         was set back: {got:?}"
+    );
+    // Without a clock, newer still wins.
+    s.save_windows(
+        &[("u1".into(), reading(WindowKind::FiveHour, 50.0, 130))],
+        None,
+    )
+    .await
+    .map_err(e)?;
+    let got = s.list_windows().await.map_err(e)?;
+    ensure!(
+        got.iter().any(|(a, r)| a == "u1" && *r == after_the_step),
+        "an older reading replaced a newer one without a clock: {got:?}"
     );
 
     let c = Credits {

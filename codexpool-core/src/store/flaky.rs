@@ -114,9 +114,13 @@ impl Store for FlakyStore {
         self.up()?;
         self.inner.list_windows().await
     }
-    async fn save_windows(&self, readings: &[(String, WindowReading)]) -> Result<(), StoreError> {
+    async fn save_windows(
+        &self,
+        readings: &[(String, WindowReading)],
+        now: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
         self.up()?;
-        self.inner.save_windows(readings).await
+        self.inner.save_windows(readings, now).await
     }
     async fn list_credits(&self) -> Result<Vec<(String, Credits)>, StoreError> {
         self.up()?;

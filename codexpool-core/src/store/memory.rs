@@ -219,17 +219,20 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn save_windows(&self, readings: &[(String, WindowReading)]) -> Result<(), StoreError> {
+    async fn save_windows(
+        &self,
+        readings: &[(String, WindowReading)],
+        now: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
         let mut s = lock(&self.state);
         for (id, r) in readings {
             if !s.accounts.contains_key(id) {
                 continue;
             }
             let k = (id.clone(), r.kind);
-            if s.windows
-                .get(&k)
-                .is_none_or(|old| old.observed_at <= r.observed_at)
-            {
+            if s.windows.get(&k).is_none_or(|old| {
+                old.observed_at <= r.observed_at || now.is_some_and(|n| old.observed_at > n)
+            }) {
                 s.windows.insert(k, r.clone());
             }
         }
@@ -332,7 +335,7 @@ impl Store for MemoryStore {
 
     async fn write_records(&self, batch: Arc<RecordBatch>) -> Result<(), StoreError> {
         // Nothing here can fail halfway.
-        self.save_windows(&batch.windows).await?;
+        self.save_windows(&batch.windows, batch.now).await?;
         self.save_credits(&batch.credits).await?;
         self.append_ledger(&batch.ledger).await?;
         self.append_request_log(&batch.request_log).await

@@ -166,6 +166,9 @@ pub struct RecordBatch {
     pub ledger: Vec<LedgerEntry>,
     /// Request-log rows.
     pub request_log: Vec<RequestLogEntry>,
+    /// When the batch was made, by the pool's clock: `windows` are saved with it (see
+    /// [`Store::save_windows`]).
+    pub now: Option<Timestamp>,
 }
 
 /// Persistence for a pool. Object-safe (`Arc<dyn Store>`); every method is one atomic step.
@@ -219,9 +222,15 @@ pub trait Store: Send + Sync + 'static {
     // ---- usage
     /// Every stored window reading with the account it belongs to.
     async fn list_windows(&self) -> Result<Vec<(String, WindowReading)>, StoreError>;
-    /// Upserts readings, keeping the newer one per (account, kind). Readings of unknown
+    /// Upserts readings, keeping the newer one per (account, kind). A stored reading observed
+    /// after `now` was taken while the clock ran ahead (it was set back since) and gives way to
+    /// any, or new readings would be refused until the clock caught up. Readings of unknown
     /// accounts are ignored.
-    async fn save_windows(&self, readings: &[(String, WindowReading)]) -> Result<(), StoreError>;
+    async fn save_windows(
+        &self,
+        readings: &[(String, WindowReading)],
+        now: Option<Timestamp>,
+    ) -> Result<(), StoreError>;
     /// Every account's stored credits.
     async fn list_credits(&self) -> Result<Vec<(String, Credits)>, StoreError>;
     /// Upserts credits.

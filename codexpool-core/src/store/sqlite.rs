@@ -690,6 +690,7 @@ const SESSION_COLUMNS: &str = "state, kind, code_verifier, redirect_uri, label, 
 fn insert_windows(
     tx: &rusqlite::Transaction<'_>,
     readings: &[(String, WindowReading)],
+    now: Option<Timestamp>,
 ) -> Result<(), StoreError> {
     let mut st = tx
             .prepare_cached(
@@ -698,7 +699,8 @@ fn insert_windows(
                  ON CONFLICT (account_id, kind) DO UPDATE SET used_percent = excluded.used_percent,
                    window_minutes = excluded.window_minutes, resets_at = excluded.resets_at,
                    source = excluded.source, observed_at = excluded.observed_at
-                 WHERE excluded.observed_at >= usage_windows.observed_at",
+                 WHERE excluded.observed_at >= usage_windows.observed_at
+                   OR usage_windows.observed_at > ?8",
             )
             .map_err(db_err)?;
     for (id, r) in readings {
@@ -709,7 +711,8 @@ fn insert_windows(
             r.window_minutes,
             r.resets_at.map(Timestamp::as_millis),
             r.source.as_str(),
-            r.observed_at.as_millis()
+            r.observed_at.as_millis(),
+            now.map_or(i64::MAX, Timestamp::as_millis)
         ])
         .map_err(db_err)?;
     }
@@ -1056,9 +1059,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn save_windows(&self, readings: &[(String, WindowReading)]) -> Result<(), StoreError> {
+    async fn save_windows(
+        &self,
+        readings: &[(String, WindowReading)],
+        now: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
         let readings = readings.to_vec();
-        self.call(move |c| write(c, |tx| insert_windows(tx, &readings)))
+        self.call(move |c| write(c, |tx| insert_windows(tx, &readings, now)))
             .await
     }
 
@@ -1199,7 +1206,7 @@ impl Store for SqliteStore {
     async fn write_records(&self, batch: Arc<RecordBatch>) -> Result<(), StoreError> {
         self.call(move |c| {
             write(c, |tx| {
-                insert_windows(tx, &batch.windows)?;
+                insert_windows(tx, &batch.windows, batch.now)?;
                 insert_credits(tx, &batch.credits)?;
                 insert_ledger(tx, batch.ledger.iter().map(|e| (e, 1)))?;
                 insert_request_log(tx, &batch.request_log)
