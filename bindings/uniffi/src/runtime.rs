@@ -9,6 +9,11 @@
 //! the fork, from that pool rather than wait forever, and can open a pool of its own.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker, ready};
+use std::time::{Duration, Instant};
 
 pub(crate) use codexpool_core::process::Home;
 use codexpool_core::process::ProcessRuntime;
@@ -51,9 +56,85 @@ impl HomeExt for Home {
         F: Future<Output = Result<T, CodexPoolError>> + Send + 'static,
     {
         self.ensure()?;
-        runtime()?
-            .spawn(fut)
+        Joined::new(runtime()?.spawn(fut))
             .await
             .map_err(|e| CodexPoolError::Internal(format!("the task failed: {e}")))?
+    }
+}
+
+/// A task's `JoinHandle`, awaited so that the wake-up the task's end sends the caller has
+/// returned before the await does.
+///
+/// The runtime's thread that ends the task wakes the caller's future, and through it the
+/// foreign executor: in Python, a callback that takes the GIL. Were the await to end first (the
+/// caller polls on seeing the wake-up's first effect, while that thread is still inside the
+/// callback), a script could end and Python finalise meanwhile: the callback, taking the GIL
+/// back, is then stopped with `pthread_exit`, whose unwinding tokio's `catch_unwind` turns into
+/// an abort ("FATAL: exception not rethrown", ~1 run in 15 of a script that opens a pool and
+/// ends, on a loaded machine). So the handle gets a waker that counts the wake-ups under way,
+/// and the poll that finds the task done waits (briefly, without the GIL: a foreign call
+/// releases it) until none is.
+struct Joined<T> {
+    handle: tokio::task::JoinHandle<T>,
+    /// The caller's waker, wrapped; replaced when the caller's changes.
+    relay: Option<Arc<Relay>>,
+    /// Wake-ups under way, through any relay of this await.
+    waking: Arc<AtomicUsize>,
+}
+
+impl<T> Joined<T> {
+    fn new(handle: tokio::task::JoinHandle<T>) -> Self {
+        Self {
+            handle,
+            relay: None,
+            waking: Arc::default(),
+        }
+    }
+}
+
+struct Relay {
+    waker: Waker,
+    waking: Arc<AtomicUsize>,
+}
+
+impl Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.waking.fetch_add(1, Ordering::SeqCst);
+        self.waker.wake_by_ref();
+        self.waking.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Longest wait for a wake-up under way: a foreign callback that takes this long is stuck, and
+/// the caller may as well go on.
+const WAKE_WAIT: Duration = Duration::from_secs(1);
+
+impl<T> Future for Joined<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let relay = match &this.relay {
+            Some(r) if r.waker.will_wake(cx.waker()) => r.clone(),
+            _ => {
+                let r = Arc::new(Relay {
+                    waker: cx.waker().clone(),
+                    waking: this.waking.clone(),
+                });
+                this.relay = Some(r.clone());
+                r
+            }
+        };
+        let waker = Waker::from(relay);
+        let out = ready!(Pin::new(&mut this.handle).poll(&mut Context::from_waker(&waker)));
+        let since = Instant::now();
+        while this.waking.load(Ordering::SeqCst) > 0 && since.elapsed() < WAKE_WAIT {
+            std::thread::yield_now();
+        }
+        Poll::Ready(out)
     }
 }
