@@ -14,6 +14,7 @@ pub mod serve;
 mod tokens;
 mod usage;
 
+use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +47,11 @@ impl Ctx {
     /// otherwise show an empty pool without a word.
     pub async fn open_pool(&self, reads_only: bool) -> anyhow::Result<Pool> {
         let path = &self.config.db_path;
-        let new = !path.exists();
+        // Only a database that is surely not there is new: one in a folder this user may not
+        // enter is an error (reading on would show it empty), not a pool with nothing stored.
+        let new = !path
+            .try_exists()
+            .with_context(|| format!("cannot look for the database at {}", path.display()))?;
         let mut pool = Pool::builder(self.config.clone()).watch_interval(Duration::ZERO);
         if new && reads_only {
             pool = pool.store(Arc::new(MemoryStore::new()));
@@ -90,7 +95,9 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
             // Usage readings and last-used times are written in batches, and a token refresh
             // the command started must be saved: all of it before the process ends.
             let flushed = pool.flush().await;
-            if changes && result.is_ok() {
+            // Also after a failure: what the command wrote before it (the other sign-ins of
+            // an import) holds as well.
+            if changes {
                 runtime::tell_servers(&ctx).await;
             }
             result?;

@@ -239,6 +239,48 @@ fn a_database_directory_that_cannot_be_created() {
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
 
+/// A database path that cannot be looked at (through a file, or a folder this user may not
+/// enter) is an error, not an empty pool: a read-only command would show nothing stored.
+#[test]
+fn a_database_that_cannot_be_looked_for_is_an_error_not_an_empty_pool() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let file = env.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let closed = env.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o000)).unwrap();
+    // Root enters any folder: only the path through a file is refused there.
+    let privileged = std::fs::metadata(closed.join("x"))
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+    let mut paths = vec![file.join("codexpool.db")];
+    if !privileged {
+        paths.push(closed.join("codexpool.db"));
+    }
+    for db in paths {
+        for args in [&["key", "list"][..], &["--json", "account", "list"]] {
+            let o = env
+                .cmd_without_db()
+                .arg("--db")
+                .arg(&db)
+                .args(args)
+                .output()
+                .unwrap();
+            let (out, err) = texts(&o);
+            assert_eq!(o.status.code(), Some(1), "{args:?} {db:?}: {out}{err}");
+            assert!(
+                err.starts_with(&format!(
+                    "error: cannot look for the database at {}",
+                    db.display()
+                )),
+                "{err}"
+            );
+            assert!(out.is_empty(), "{out}");
+        }
+    }
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
 #[test]
 fn a_closed_stdout_is_not_an_error() {
     let env = Env::new();
