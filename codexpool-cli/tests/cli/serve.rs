@@ -500,6 +500,41 @@ async fn cli_changes_hold_at_the_server_when_the_command_returns() {
     stop(child);
 }
 
+/// An import that fails part-way (a sign-in whose take-over the issuer refuses, exit 1) still
+/// holds at the server for the accounts it stored when it returns: they serve at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partly_failed_import_holds_at_the_server_when_it_returns() {
+    let env = Env::new();
+    let secret = env.key_secret("ci");
+    let (url, child) = env.serve(&[]);
+    for round in 0..3 {
+        let dir = env.path().join(format!("homes-{round}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (live, dead) = (format!("live-{round}"), format!("dead-{round}"));
+        for n in [&live, &dead] {
+            env.fake
+                .add_account(codexpool_testkit::FakeAccount::new(n.as_str()));
+            let auth = env.fake.auth_json(n);
+            std::fs::write(dir.join(format!("{n}.json")), auth.to_string()).unwrap();
+        }
+        env.fake.revoke_sessions(&dead);
+        let o = env
+            .cmd()
+            .args(["account", "import", "--take-over"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{:?}", texts(&o));
+        assert_eq!(chat_status(&url, &secret).await, 200, "round {round}");
+        // The next round starts with no account again.
+        for a in env.json(&["account", "list"]).as_array().unwrap() {
+            env.ok(&["account", "remove", a["id"].as_str().unwrap()]);
+        }
+        assert_eq!(chat_status(&url, &secret).await, 503, "round {round}");
+    }
+    stop(child);
+}
+
 /// A server given its RPC token by the environment writes no token file: a CLI without it
 /// still finds the server's address (`key create`'s `base_url`), and says why it shows its
 /// own view instead of the server's, rather than passing it off as the server's.
