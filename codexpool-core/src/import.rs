@@ -789,9 +789,44 @@ impl AccountPool {
         let doc = self.export(filter);
         let bytes =
             serde_json::to_vec_pretty(&doc).map_err(|e| Error::invalid("export", e.to_string()))?;
-        write_private(path.as_ref(), &bytes)?;
+        let path = path.as_ref();
+        // A file of its own (new, or a plain file it replaces) is written privately and whole;
+        // a link or a special file (`/dev/stdout`, a pipe such as `>(gpg -e …)`) is where the
+        // export goes, not a name to replace.
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.file_type().is_file() => write_through(path, &bytes)?,
+            Ok(_) => write_private(path, &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_private(path, &bytes)?,
+            Err(e) => return Err(Error::io(path, e)),
+        }
         Ok(doc.accounts.len())
     }
+}
+
+/// Writes `bytes` where `path` leads (through links; nothing is created): into a pipe or a
+/// device as it is, into a regular file made readable by its owner only before its first byte.
+fn write_through(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |e| Error::io(path, e);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    let regular = f.metadata().map_err(io)?.is_file();
+    if regular {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
+        }
+        f.set_len(0).map_err(io)?;
+    }
+    f.write_all(bytes).map_err(io)?;
+    if regular {
+        f.sync_all().map_err(io)?;
+    }
+    Ok(())
 }
 
 /// Writes a file readable by its owner only, via a temporary file and a rename.

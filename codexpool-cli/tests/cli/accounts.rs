@@ -1,5 +1,6 @@
 //! `account import|export|list|update|enable|disable|remove`.
 
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::PermissionsExt;
 
 use codexpool_testkit::{FakeAccount, FakeRefreshFailure, FakeUsage};
@@ -240,6 +241,46 @@ fn export_to_stdout_and_to_a_private_file_round_trips() {
     assert_eq!(mode, 0o600);
     let v = env.json(&["account", "export", "-o", file.to_str().unwrap()]);
     assert_eq!(v["accounts"], 2);
+    // Through a link: into the file it leads to (owner-only too), the link left a link.
+    let link = env.path().join("backup-link.json");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    std::fs::write(&file, "old").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    env.ok(&["account", "export", "-o", link.to_str().unwrap()]);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let through: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(through["accounts"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Into a pipe (`-o >(gpg -e …)`, `-o /dev/stdout`): what reads it gets the export.
+    let fifo = env.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    env.ok(&["account", "export", "-o", fifo.to_str().unwrap()]);
+    let piped: Value = serde_json::from_slice(&reader.join().unwrap()).unwrap();
+    assert_eq!(piped["accounts"].as_array().unwrap().len(), 2);
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
 
     // Into a fresh database: both come back with what a person set.
     let other = env.path().join("other.db");
