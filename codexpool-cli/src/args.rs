@@ -253,16 +253,16 @@ pub struct LoginArgs {
     #[arg(long, conflicts_with = "device")]
     pub no_listen: bool,
     /// Label of the account [default: its email].
-    #[arg(long, value_name = "LABEL", value_parser = not_blank)]
+    #[arg(long, value_name = "LABEL", value_parser = label)]
     pub label: Option<String>,
     /// Put the account in this group.
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, value_name = "GROUP", value_parser = group)]
     pub group: Option<String>,
     /// Give the account this tag (repeatable).
     #[arg(long = "tag", value_name = "TAG", value_parser = tag)]
     pub tags: Vec<String>,
     /// A note on the account.
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", value_parser = note)]
     pub note: Option<String>,
     /// Pin the sign-in to this ChatGPT workspace id.
     #[arg(long, value_name = "ID", value_parser = not_blank)]
@@ -316,10 +316,10 @@ pub struct AccountUpdateArgs {
     #[arg(value_name = "ID", value_parser = not_blank)]
     pub id: String,
     /// New label.
-    #[arg(long, value_name = "LABEL", value_parser = not_blank)]
+    #[arg(long, value_name = "LABEL", value_parser = label)]
     pub label: Option<String>,
     /// New group (`""` removes it from its group).
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, value_name = "GROUP", value_parser = group)]
     pub group: Option<String>,
     /// New tags, replacing the old ones (repeatable).
     #[arg(long = "tag", value_name = "TAG", value_parser = tag, conflicts_with = "clear_tags")]
@@ -328,7 +328,7 @@ pub struct AccountUpdateArgs {
     #[arg(long)]
     pub clear_tags: bool,
     /// New note (`""` removes it).
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", value_parser = note)]
     pub note: Option<String>,
     /// New sort priority (lower serves first under the `ordered` strategy).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
@@ -507,19 +507,40 @@ fn path(s: &str) -> Result<PathBuf, String> {
 
 /// A key's name: not blank, at most 200 characters (the key store's limits).
 fn key_name(s: &str) -> Result<String, String> {
-    let t = not_blank(s)?;
-    let max = codexpool_core::keys::MAX_KEY_NAME;
-    if t.chars().count() > max {
-        return Err(format!("must be at most {max} characters"));
+    at_most(not_blank(s)?, codexpool_core::keys::MAX_KEY_NAME)
+}
+
+/// A tag: not blank, no comma (commas separate tags in listings), at most
+/// [`MAX_NAME`](codexpool_core::account::MAX_NAME) characters.
+fn tag(s: &str) -> Result<String, String> {
+    let t = at_most(not_blank(s)?, codexpool_core::account::MAX_NAME)?;
+    if t.contains(',') {
+        return Err("must not contain a comma".into());
     }
     Ok(t)
 }
 
-/// A tag: not blank, no comma (commas separate tags in listings).
-fn tag(s: &str) -> Result<String, String> {
-    let t = not_blank(s)?;
-    if t.contains(',') {
-        return Err("must not contain a comma".into());
+/// An account's label: not blank, at most [`MAX_NAME`](codexpool_core::account::MAX_NAME)
+/// characters.
+fn label(s: &str) -> Result<String, String> {
+    at_most(not_blank(s)?, codexpool_core::account::MAX_NAME)
+}
+
+/// An account's group (`""`: none), at most [`MAX_NAME`](codexpool_core::account::MAX_NAME)
+/// characters.
+fn group(s: &str) -> Result<String, String> {
+    at_most(s.to_string(), codexpool_core::account::MAX_NAME)
+}
+
+/// An account's note (`""`: none), at most [`MAX_NOTE`](codexpool_core::account::MAX_NOTE)
+/// characters.
+fn note(s: &str) -> Result<String, String> {
+    at_most(s.to_string(), codexpool_core::account::MAX_NOTE)
+}
+
+fn at_most(t: String, max: usize) -> Result<String, String> {
+    if t.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
     }
     Ok(t)
 }

@@ -14,7 +14,6 @@ pub mod serve;
 mod tokens;
 mod usage;
 
-use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,9 +48,18 @@ impl Ctx {
         let path = &self.config.db_path;
         // Only a database that is surely not there is new: one in a folder this user may not
         // enter is an error (reading on would show it empty), not a pool with nothing stored.
-        let new = !path
-            .try_exists()
-            .with_context(|| format!("cannot look for the database at {}", path.display()))?;
+        // A command that stores something says why it cannot as it opens the database.
+        let new = match path.try_exists() {
+            Ok(there) => !there,
+            Err(_) if !reads_only => true,
+            Err(e) => {
+                return Err(Failure::new(
+                    format!("cannot look for the database at {}: {e}", path.display()),
+                    "pass --db PATH or set CODEXPOOL_DB_PATH to a database you can read",
+                )
+                .into());
+            }
+        };
         let mut pool = Pool::builder(self.config.clone()).watch_interval(Duration::ZERO);
         if new && reads_only {
             pool = pool.store(Arc::new(MemoryStore::new()));

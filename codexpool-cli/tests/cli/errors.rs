@@ -303,7 +303,7 @@ fn a_closed_stdout_is_not_an_error() {
 #[test]
 fn blank_names_and_malformed_model_names_are_usage_errors() {
     let env = Env::new();
-    let cases: [(&[&str], &str); 17] = [
+    let cases: [(&[&str], &str); 21] = [
         (
             &["key", "create", "--name", "x", "--allow-model", ""],
             "invalid value '' for '--allow-model <MODEL>': must not be empty",
@@ -369,6 +369,23 @@ fn blank_names_and_malformed_model_names_are_usage_errors() {
         (
             &["key", "create", "--name", &"é".repeat(201)],
             "for '--name <NAME>': must be at most 200 characters",
+        ),
+        // An account's label, group and tags are held to 200 characters, its note to 10,000.
+        (
+            &["account", "update", "a", "--label", &"x".repeat(201)],
+            "for '--label <LABEL>': must be at most 200 characters",
+        ),
+        (
+            &["account", "update", "a", "--group", &"x".repeat(201)],
+            "for '--group <GROUP>': must be at most 200 characters",
+        ),
+        (
+            &["account", "login", "--tag", &"x".repeat(201)],
+            "for '--tag <TAG>': must be at most 200 characters",
+        ),
+        (
+            &["account", "update", "a", "--note", &"x".repeat(10_001)],
+            "for '--note <TEXT>': must be at most 10000 characters",
         ),
     ];
     for (args, expect) in cases {
