@@ -261,6 +261,11 @@ pub fn config_fix(c: &codexpool_core::config::ConfigError) -> String {
 fn store_hint(s: &codexpool_core::store::StoreError) -> Option<String> {
     use codexpool_core::store::StoreError;
     match s {
+        StoreError::Open { message, .. } if message.contains("not a database") => Some(
+            "that file is no codexpool database: pass --db PATH or set CODEXPOOL_DB_PATH to the \
+             database (or to a new file)"
+                .into(),
+        ),
         StoreError::Open { .. } => Some(
             "pass --db PATH or set CODEXPOOL_DB_PATH to a file in a directory you can write".into(),
         ),

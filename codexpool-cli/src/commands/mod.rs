@@ -50,7 +50,8 @@ impl Ctx {
         // enter is an error (reading on would show it empty), not a pool with nothing stored.
         // A command that stores something says why it cannot as it opens the database.
         let new = match path.try_exists() {
-            Ok(there) => !there,
+            // An empty file is no database yet either (SQLite would make one of it).
+            Ok(there) => !there || std::fs::metadata(path).is_ok_and(|m| m.len() == 0),
             Err(_) if !reads_only => true,
             Err(e) => {
                 return Err(Failure::new(

@@ -281,6 +281,49 @@ fn a_database_that_cannot_be_looked_for_is_an_error_not_an_empty_pool() {
     std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
 
+/// A read-only command given another file for the database leaves it as it was: a file that is
+/// no database keeps its mode (the error says what it is), an empty one stays empty (no
+/// database yet).
+#[test]
+fn a_read_only_command_leaves_a_file_that_is_no_database_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let notes = env.path().join("notes.json");
+    std::fs::write(&notes, "{\"not\": \"a database\"}").unwrap();
+    std::fs::set_permissions(&notes, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = env
+        .cmd_without_db()
+        .arg("--db")
+        .arg(&notes)
+        .args(["key", "list"])
+        .output()
+        .unwrap();
+    let (_, err) = texts(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("not a database"), "{err}");
+    assert!(
+        err.contains("hint: that file is no codexpool database"),
+        "{err}"
+    );
+    let mode = std::fs::metadata(&notes).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    assert_eq!(std::fs::read(&notes).unwrap(), b"{\"not\": \"a database\"}");
+
+    let empty = env.path().join("empty.db");
+    std::fs::write(&empty, "").unwrap();
+    let o = env
+        .cmd_without_db()
+        .arg("--db")
+        .arg(&empty)
+        .args(["key", "list"])
+        .output()
+        .unwrap();
+    let (_, err) = texts(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("No database at"), "{err}");
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+}
+
 #[test]
 fn a_closed_stdout_is_not_an_error() {
     let env = Env::new();

@@ -296,8 +296,6 @@ fn open_connection(path: &Path) -> Result<Opened, StoreError> {
     if !path.exists() {
         create_private_file(path).map_err(|e| open_err(e.to_string()))?;
     }
-    #[cfg(unix)]
-    keep_private(path);
     // Before SQLite opens it (its bookkeeping for the file starts there): a fork from now on
     // finds the file open.
     let file = OpenFile::register(path);
@@ -311,6 +309,10 @@ fn open_connection(path: &Path) -> Result<Opened, StoreError> {
             "could not switch to WAL (journal mode is {mode})"
         )));
     }
+    // Once SQLite took the file for a database (a mistyped path to some other file is left as
+    // it was), and with its `-wal` and `-shm`, made with the file's mode.
+    #[cfg(unix)]
+    keep_private(path);
     // FULL, not WAL's usual NORMAL: NORMAL may lose the last commits on power loss, and a
     // rotated refresh token must survive once stored (the issuer has spent the old one). It costs
     // one fsync of the WAL per transaction, and transactions are few: one per admin change, per
