@@ -231,15 +231,8 @@ async fn secrets_stay_out_of_the_most_verbose_log() {
     env.fake.expire_access_token("acct-1");
     let secret = env.key_secret("ci");
     let (url, child) = env.serve(&[("RUST_LOG", "trace")]);
+    assert_eq!(chat_status(&url, &secret).await, 200);
     let client = reqwest::Client::new();
-    let res = client
-        .post(format!("{url}/v1/chat/completions"))
-        .bearer_auth(&secret)
-        .json(&json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "Hi"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
     let token = std::fs::read_to_string(env.db().parent().unwrap().join("rpc-token")).unwrap();
     let token = token.trim();
     let res = client
