@@ -493,6 +493,7 @@ pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Byt
     let Committed {
         lease,
         stream,
+        started,
         mut call,
         ..
     } = c;
@@ -555,6 +556,11 @@ pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Byt
                 Some((class, outcome)) => (Some(class), outcome),
                 None => (None, Some(Outcome::Success)),
             };
+            // The whole answer is this account's: so is the conversation now (a success's
+            // report says so too).
+            if !matches!(outcome, Some(Outcome::Success)) {
+                lease.commit();
+            }
             if let Some(o) = outcome {
                 lease.report(o).await;
             }
@@ -580,10 +586,9 @@ pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Byt
             drop(lease);
             if elsewhere {
                 tracing::debug!(failure = %class, "an assembled answer failed part-way; trying the next account");
-                return Err(Missed::Retry {
-                    call: Box::new(call),
-                    error,
-                });
+                call.failing += started.elapsed();
+                call.failed = Some(error);
+                return Err(Missed::Retry(Box::new(call)));
             }
             record.finish(error.status.as_u16(), Some(&class), asm.usage());
             Err(Missed::Final(error))
@@ -596,9 +601,9 @@ pub(crate) enum Missed {
     /// The answer: an error (the record is written).
     Final(ApiError),
     /// The upstream failed part-way in a way another account may not: nothing reached the
-    /// client, so the call (its record still open, the account in its tried list) can go to the
-    /// attempt loop again; `error` is what the client hears if no account is left.
-    Retry { call: Box<Call>, error: ApiError },
+    /// client, so the call (its record still open, the account in its tried list, the failure
+    /// and the time it took counted in it) can go to the attempt loop again.
+    Retry(Box<Call>),
 }
 
 /// A committed JSON answer relayed byte for byte; the lease is held and the record written when

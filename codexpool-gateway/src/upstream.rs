@@ -603,6 +603,16 @@ pub(crate) struct Call {
     pub session: Session,
     pub record: Record,
     pub arrived: Instant,
+    /// The answer is assembled before the client sees any of it: the conversation moves to an
+    /// account only with a whole answer (see `relay::collect`), not at its first event.
+    pub assembled: bool,
+    /// What the last account tried failed with: what the client hears when no account is left.
+    pub failed: Option<ApiError>,
+    /// Time spent on attempts that failed: past two idle timeouts the request tries no further
+    /// account (a client kept waiting a timeout per account could wait for hours). Two silent
+    /// upstreams end it so, and so do slow failures (a proxy's 524 after 100 s on each), also
+    /// those of assembled answers that failed part-way.
+    pub failing: Duration,
 }
 
 /// The upstream's answer as events.
@@ -620,6 +630,8 @@ pub(crate) struct Opened {
 pub(crate) struct Committed {
     pub lease: Lease,
     pub stream: Opened,
+    /// When the attempt began (its request was sent).
+    pub started: Instant,
     /// The call, its record included: an assembled answer that fails part-way goes to the
     /// attempt loop again (see `routes::assembled`).
     pub call: Call,
@@ -735,12 +747,19 @@ pub(crate) async fn run(
     metrics: &Metrics,
     mut call: Call,
 ) -> Result<Committed, Failed> {
-    let mut last: Option<UpstreamFailure> = None;
-    // Time spent on attempts that failed: past two idle timeouts the request tries no further
-    // account (a client kept waiting a timeout per account could wait for hours). Two silent
-    // upstreams end it so, and so do slow failures (a proxy's 524 after 100 s on each).
-    let mut failing = Duration::ZERO;
     let budget = upstream.idle_timeout.saturating_mul(FAILING_BUDGET_IDLES);
+    // An assembled answer that failed part-way comes back here; past the budget its failure
+    // is the answer.
+    if call.failing >= budget
+        && let Some(error) = call.failed.take()
+    {
+        call.record.entry.error_class = Some(error.code.clone());
+        return Err(Failed {
+            error,
+            record: call.record,
+            no_account: true,
+        });
+    }
     let portable = std::sync::OnceLock::new();
     let key = call.key.clone();
     let groups = (!key.allowed_groups.is_empty()).then_some(key.allowed_groups.as_slice());
@@ -761,11 +780,11 @@ pub(crate) async fn run(
             Ok(l) => l,
             Err(e) => {
                 let now = pool.now();
-                let error = match (&e, &last) {
+                let error = match (&e, &call.failed) {
                     // The accounts tried here failed (and now cool down because of it): the last
                     // failure says why; exhaustion stays a 429 with its reset time.
                     (PoolError::AllTried { .. } | PoolError::CoolingDown { .. }, Some(f)) => {
-                        let mut err = ApiError::from_upstream(f);
+                        let mut err = f.clone();
                         if let Some(at) = e.retry_at() {
                             err = err.retry_after(crate::error::retry_after_secs(at, now));
                         }
@@ -773,8 +792,8 @@ pub(crate) async fn run(
                     }
                     _ => ApiError::from_pool(&e, now),
                 };
-                call.record.entry.error_class = Some(match &last {
-                    Some(f) => f.error_code().to_string(),
+                call.record.entry.error_class = Some(match &call.failed {
+                    Some(f) => f.code.clone(),
                     None => error.code.clone(),
                 });
                 return Err(Failed {
@@ -804,12 +823,15 @@ pub(crate) async fn run(
         match step {
             Step::Committed(mut stream, headers) => {
                 metrics.attempt(Attempt::Ok);
-                lease.commit();
+                if !call.assembled {
+                    lease.commit();
+                }
                 stream.events.stop_on(upstream.stop.clone());
                 call.record.entry.account_id = Some(lease.account_id().to_string());
                 return Ok(Committed {
                     lease,
                     stream,
+                    started,
                     call,
                     headers,
                 });
@@ -820,14 +842,14 @@ pub(crate) async fn run(
                 if let Some(o) = outcome {
                     lease.report(o).await;
                 }
-                failing += started.elapsed();
+                call.failing += started.elapsed();
                 // An account's own limit is no verdict on the upstream: the others may serve,
                 // and when none is left the refusal says when to come back.
                 let own_limit = matches!(
                     f.kind,
                     FailureKind::UsageLimit { .. } | FailureKind::RateLimited { .. }
                 );
-                if failing >= budget && !own_limit {
+                if call.failing >= budget && !own_limit {
                     call.record.entry.error_class = Some(f.error_code().to_string());
                     return Err(Failed {
                         error: ApiError::from_upstream(&f),
@@ -837,7 +859,7 @@ pub(crate) async fn run(
                     });
                 }
                 tracing::debug!(account = %lease.account_id(), failure = %f, "attempt failed; trying the next account");
-                last = Some(f);
+                call.failed = Some(ApiError::from_upstream(&f));
             }
             Step::Stop(f) => {
                 metrics.attempt(Attempt::BadRequest);

@@ -1441,6 +1441,122 @@ async fn an_assembled_answer_failing_on_every_account_says_why() {
     assert_eq!(h.total_inflight(), 0);
 }
 
+/// An assembled answer that failed part-way on one account and was then refused by the next
+/// (the last one): the client and the log hear the last account's refusal, not the first
+/// account's cut.
+#[tokio::test]
+async fn an_assembled_answer_refused_after_a_part_way_failure_says_the_last_accounts_why() {
+    let h = harness(2, &[]).await;
+    h.fake
+        .push_reply("acct-0", Reply::CutMidStream { after_deltas: 2 });
+    h.fake.push_reply(
+        "acct-1",
+        Reply::UsageLimit429 {
+            resets_in_secs: 3600,
+        },
+    );
+    let (status, headers, body) = h
+        .call(h.post(
+            "/v1/responses",
+            json!({"model": "gpt-5-codex", "input": "Hi", "stream": false}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "usage_limit_reached", "{v}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 2);
+    let row = &h.log().await[0];
+    assert_eq!(
+        (row.status, row.error_class.as_deref()),
+        (429, Some("usage_limit_reached"))
+    );
+    assert_eq!(row.accounts_tried, h.ids);
+    assert_eq!(h.total_inflight(), 0);
+}
+
+/// Assembled answers that fail part-way count against the two idle timeouts failed attempts may
+/// take together, as failures before the first event do: a proxy that cuts every stream after a
+/// while does not get the request sent (and billed) on every account in turn.
+#[tokio::test]
+async fn assembled_answers_failing_part_way_end_after_two_idle_timeouts() {
+    let h = harness(4, &[("UPSTREAM_STREAM_IDLE_TIMEOUT_SECS", "1")]).await;
+    for i in 0..4 {
+        h.fake.push_reply(
+            &format!("acct-{i}"),
+            // Each attempt takes well over the 2 s budget before it is cut.
+            Reply::Paced {
+                interval: Duration::from_millis(400),
+                then: Box::new(Reply::CutMidStream { after_deltas: 4 }),
+            },
+        );
+    }
+    let (status, v) = h
+        .json(h.post(
+            "/v1/responses",
+            json!({"model": "gpt-5-codex", "input": "Hi", "stream": false}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_cut", "{v}");
+    let row = &h.log().await[0];
+    assert_eq!(row.accounts_tried.len(), 1, "{row:?}");
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 1);
+    assert_eq!(row.error_class.as_deref(), Some("upstream_cut"));
+    assert_eq!(h.total_inflight(), 0);
+}
+
+/// A conversation moves only with a whole answer: an assembled answer begun on another account
+/// (its own was busy) whose client gave up leaves the conversation where it was.
+#[tokio::test]
+async fn an_assembled_answer_given_up_leaves_the_conversation_where_it_was() {
+    let h = harness(
+        2,
+        &[
+            ("ROUTE_STRATEGY", "ordered"),
+            ("ACCOUNT_MAX_INFLIGHT", "1"),
+            ("REQUEST_GATE_WAIT_TIMEOUT_MS", "0"),
+        ],
+    )
+    .await;
+    let turn = |stream: bool| {
+        let mut req = h.post(
+            "/v1/responses",
+            json!({"model": "gpt-5-codex", "input": "Hi", "stream": stream}),
+        );
+        req.headers_mut()
+            .insert("session_id", "conv-1".parse().unwrap());
+        req
+    };
+    let served = |headers: &axum::http::HeaderMap| {
+        headers["x-codexpool-account"].to_str().unwrap().to_string()
+    };
+    let (status, headers, _) = h.call(turn(false)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(served(&headers), h.ids[0], "the first turn pins acct-0");
+    // acct-0 is busy; the next turn begins on acct-1, and its client gives up.
+    let busy = h.pool.accounts().acquire(&Demand::any()).await.unwrap();
+    assert_eq!(busy.account_id(), h.ids[0]);
+    h.fake
+        .push_reply("acct-1", Reply::StallMidStream { after_deltas: 2 });
+    let asked = h.send(turn(false));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), asked)
+            .await
+            .is_err()
+    );
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 2);
+    drop(busy);
+    let (status, headers, _) = h.call(turn(false)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        served(&headers),
+        h.ids[0],
+        "the conversation stayed on acct-0"
+    );
+    assert_eq!(h.total_inflight(), 0);
+}
+
 /// The point of no return is the first reasoning, text or tool-call delta, whatever comes
 /// before it (an item announced, a part opened): a failure before it (`response.failed` or the
 /// backend's `error` event) moves the request to the next account; after it, the request is

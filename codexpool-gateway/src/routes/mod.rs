@@ -570,6 +570,8 @@ pub(crate) async fn dispatch(
     mut pending: Option<Box<Pending>>,
 ) -> Response {
     let pre_send = call.arrived.elapsed();
+    let mut call = call;
+    call.assembled = !answer.streams();
     let s = shared.clone();
     let mut run: Run =
         Box::pin(async move { upstream::run(&s.pool, &s.upstream, &s.metrics, call).await });
@@ -692,7 +694,7 @@ async fn assembled(
             }
             _ => collect(committed, ResponseAssembler::new()).await,
         };
-        let (call, error) = match collected {
+        let call = match collected {
             Ok(json) => {
                 if let Some(p) = pending
                     && let Some(id) = response_id(&json)
@@ -702,24 +704,18 @@ async fn assembled(
                 return respond(Body::from(json), "application/json", &extra);
             }
             Err(Missed::Final(e)) => return e.into_response(),
-            Err(Missed::Retry { call, error }) => (call, error),
+            Err(Missed::Retry(call)) => call,
         };
         committed =
             match upstream::run(&shared.pool, &shared.upstream, &shared.metrics, *call).await {
                 Ok(c) => c,
                 // No account left: the fallback upstream when there is one, else the client (and
-                // the log) hear what went wrong on the last account, and when an account is back
-                // (the pool's `Retry-After`).
+                // the log) hear what went wrong on the last account tried, and when an account is
+                // back (the pool's `Retry-After`).
                 Err(failed) if failed.no_account && shared.upstream.fallback.is_some() => {
                     let (record, req) = (failed.record, how.fallback);
                     let passing = fallback::Passing::Whole;
                     return fallback::call(shared, record, req, passing, pending).await;
-                }
-                Err(mut failed) if failed.no_account => {
-                    failed.record.entry.error_class = Some(error.code.clone());
-                    let mut error = error;
-                    error.retry_after = failed.error.retry_after.or(error.retry_after);
-                    return reject(failed.record, error, how.protocol);
                 }
                 Err(failed) => return reject(failed.record, failed.error, how.protocol),
             };
@@ -825,6 +821,9 @@ impl Intake {
             session,
             record: self.record,
             arrived: self.arrived,
+            assembled: false,
+            failed: None,
+            failing: Duration::ZERO,
         };
         Ok((
             call,
