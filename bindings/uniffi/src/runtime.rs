@@ -70,7 +70,7 @@ impl HomeExt for Home {
 /// caller polls on seeing the wake-up's first effect, while that thread is still inside the
 /// callback), a script could end and Python finalise meanwhile: the callback, taking the GIL
 /// back, is then stopped with `pthread_exit`, whose unwinding tokio's `catch_unwind` turns into
-/// an abort ("FATAL: exception not rethrown", ~1 run in 15 of a script that opens a pool and
+/// an abort ("FATAL: exception not rethrown": 16 runs in 100 of a script that opens a pool and
 /// ends, on a loaded machine). So the handle gets a waker that counts the wake-ups under way,
 /// and the poll that finds the task done waits (briefly, without the GIL: a foreign call
 /// releases it) until none is.
