@@ -840,6 +840,36 @@ async fn the_fallback_also_serves_after_early_headers() {
     assert_eq!(row.status, 200);
 }
 
+/// A fallback that answers a streamed request with a 200 that is no event stream after early
+/// headers: the client's stream ends with an error event, the JSON is not put inside it (before
+/// early headers it goes as it came: see
+/// `a_fallback_json_answer_passes_and_an_unreachable_one_is_logged`).
+#[tokio::test]
+async fn a_fallback_200_that_is_no_event_stream_after_early_headers_is_an_error_event() {
+    let (h0, h) = with_fallback(1, Some(Duration::from_millis(100))).await;
+    refuse_with_usage_limit(&h, true);
+    h0.fake.push_openai_reply(Reply::Status {
+        status: 200,
+        body: r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[]}"#.into(),
+        content_type: "application/json".into(),
+    });
+    let (status, _, text) = h.call(h.post("/v1/chat/completions", chat(true))).await;
+    assert_eq!(status, StatusCode::OK);
+    let frames = json_frames(&text);
+    let last = frames.last().unwrap();
+    assert_eq!(last["error"]["code"], "fallback_failed", "{text}");
+    assert!(text.contains("no event stream"), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(!text.contains("chatcmpl-1"), "{text}");
+    let row = &h.log().await[0];
+    assert!(row.fallback, "{row:?}");
+    assert_eq!(
+        (row.status, row.error_class.as_deref()),
+        (502, Some("fallback_failed"))
+    );
+    assert_eq!(h.total_inflight(), 0);
+}
+
 #[tokio::test]
 async fn a_fallback_stream_cut_ends_with_an_error_with_or_without_early_headers() {
     for early in [true, false] {

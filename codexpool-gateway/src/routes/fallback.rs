@@ -37,8 +37,10 @@ pub(super) enum Passing {
     Raw,
     /// A stream of whole events in the client's protocol (`chat`: Chat Completions chunks, else
     /// Responses events). A break in it, or an end before its last event, ends it with an error
-    /// event (and `[DONE]` for chat).
-    Events { chat: bool },
+    /// event (and `[DONE]` for chat). `late`: the client has its headers already (an event
+    /// stream), so a 200 that is no event stream cannot go as it came: it is a
+    /// `fallback_failed`.
+    Events { chat: bool, late: bool },
 }
 
 /// Sends the request to the fallback upstream and answers with its answer (status, type, body,
@@ -114,9 +116,24 @@ pub(super) async fn call(
     record.first_byte();
     let sse = is_event_stream(content_type.as_ref());
     // A 200 in another type than an event stream (a fallback that streams nothing) goes as it
-    // came.
+    // came, unless the client's event stream has begun: it would find the JSON inside it.
+    if matches!(passing, Passing::Events { late: true, .. }) && status == StatusCode::OK && !sse {
+        let error = ApiError::bad_gateway(
+            "fallback_failed",
+            format!(
+                "the fallback upstream answered a streamed request with a 200 that is no event \
+                 stream (content type {})",
+                content_type
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+            ),
+        );
+        record.entry.error_class = Some(error.code.clone());
+        return reject(record, error, Protocol::None);
+    }
     let events = match passing {
-        Passing::Events { chat } if status == StatusCode::OK && sse => {
+        Passing::Events { chat, .. } if status == StatusCode::OK && sse => {
             Some(Box::new(EventWise::new(chat, Answering::of(&record))))
         }
         _ => None,

@@ -515,6 +515,7 @@ async fn late_fallback(
     let request = Answering::of(&record);
     let passing = fallback::Passing::Events {
         chat: is_chat(mode),
+        late: true,
     };
     let res = fallback::call(shared, record, req, passing, keep).await;
     let status = res.status();
@@ -616,6 +617,7 @@ pub(crate) async fn dispatch(
                     (true, Protocol::Codex) => fallback::Passing::Raw,
                     (true, _) => fallback::Passing::Events {
                         chat: matches!(answer, Answer::ChatStream(_)),
+                        late: false,
                     },
                 };
                 let res = fallback::call(&shared, failed.record, fallback, passing, pending).await;
