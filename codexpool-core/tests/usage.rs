@@ -317,6 +317,44 @@ async fn a_clock_set_back_does_not_freeze_usage() {
     assert_eq!(other.usage().exhausted_until(&id).unwrap(), until);
 }
 
+/// A usage limit that names no reset (a `response.failed` in a 200 stream) on an account whose
+/// 5-hour window is known at 97 % (the backend refuses before 100 % on some plans): the account
+/// rests until that window resets, not for a whole 5-hour window from now.
+#[tokio::test]
+async fn a_usage_limit_without_a_reset_takes_the_fullest_windows() {
+    let (pool, clock) = pool_with(&[]).await;
+    let id = add_accounts(&pool, 1).await.remove(0);
+    let headers: Vec<(&str, &[u8])> = vec![
+        ("x-codex-primary-used-percent", b"97"),
+        ("x-codex-primary-window-minutes", b"300"),
+        ("x-codex-primary-reset-after-seconds", b"1800"),
+        ("x-codex-secondary-used-percent", b"20"),
+        ("x-codex-secondary-window-minutes", b"10080"),
+        ("x-codex-secondary-reset-after-seconds", b"259200"),
+    ];
+    assert!(pool.usage().record_headers(&id, headers));
+    let lease = pool
+        .accounts()
+        .acquire(&codexpool_core::Demand::any())
+        .await
+        .unwrap();
+    lease
+        .report(codexpool_core::Outcome::UsageLimit { resets_at: None })
+        .await;
+    drop(lease);
+    assert_eq!(
+        pool.usage().exhausted_until(&id).unwrap(),
+        Some(clock.now().plus(Duration::from_secs(1800)))
+    );
+    // A poll of the same window that finds it at 97 % does not undo the refusal.
+    let body = br#"{"rate_limit":{"allowed":true,"limit_reached":false,"primary_window":{"used_percent":97,"limit_window_seconds":18000,"reset_after_seconds":1790}}}"#;
+    clock.advance(Duration::from_secs(10));
+    pool.usage()
+        .record(&id, &parse_usage_json(body, clock.now()).unwrap())
+        .unwrap();
+    assert!(pool.usage().exhausted_until(&id).unwrap().is_some());
+}
+
 #[tokio::test]
 async fn a_poll_that_says_limit_reached_exhausts_the_account_before_100_percent() {
     let (pool, clock) = pool_with(&[]).await;

@@ -1351,11 +1351,10 @@ async fn a_refusal_below_full_benches_the_account_by_itself() {
 }
 
 /// The answer's `x-codex-*` headers say the 5-hour window is used up until its reset in 30
-/// minutes; the `response.failed` names no reset. The account should be back then, not 5 hours
-/// from now: today the limit's reading without a reset (`Outcome::UsageLimit { resets_at: None }`
-/// from `outcome_of` in codexpool-gateway/src/upstream.rs, turned into a 5-hour reading by
-/// `UsageLimit::to_reading` in `Lease` (codexpool-core/src/pool/lease.rs)) is recorded after the
-/// header reading and replaces it, so the account is benched until now + 5 h.
+/// minutes; the `response.failed` names no reset: the account is back then, not 5 hours from
+/// now (a limit without a reset keeps the exhaustion the headers named; one near full but not
+/// at 100 % is taken as that window's too, see `a_usage_limit_without_a_reset_takes_the_fullest_windows`
+/// in codexpool-core).
 #[tokio::test]
 async fn an_in_stream_usage_limit_keeps_the_reset_the_headers_name() {
     let h = harness(2, &[]).await;

@@ -154,6 +154,25 @@ impl Lease {
         }
     }
 
+    /// The known window nearest to full among those within their guard (5 % / 10 % left) whose
+    /// reset is ahead, as refused (at 100 %) until then. A window further from full is no
+    /// likely cause: guessing the weekly one would bench the account for days.
+    fn fullest_window(&self, now: Timestamp) -> Option<crate::usage::WindowReading> {
+        let usage = crate::sync::lock(&self.slot.state.usage);
+        [&usage.five_hour, &usage.weekly]
+            .into_iter()
+            .flatten()
+            .filter(|w| w.resets_at.is_some_and(|r| r > now) && w.is_guarded(now))
+            .filter_map(|w| Some((w.percent_left(now)?, w)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, w)| crate::usage::WindowReading {
+                used_percent: 100.0,
+                source: crate::usage::ReadingSource::RateLimit,
+                observed_at: now,
+                ..w.clone()
+            })
+    }
+
     /// The pool's clock now: what a reset given as "in N seconds" is counted from.
     pub fn now(&self) -> Timestamp {
         self.pool.shared.clock.now()
@@ -205,11 +224,24 @@ impl Lease {
                 } else {
                     resets_at
                 };
-                let reading = UsageLimit {
-                    resets_at,
-                    plan_type: None,
-                }
-                .to_reading(now);
+                let reading = match resets_at {
+                    Some(_) => UsageLimit {
+                        resets_at,
+                        plan_type: None,
+                    }
+                    .to_reading(now),
+                    // No reset named (a `response.failed` in a 200 stream): the limit is most
+                    // likely that of a known window near full (the backend refuses before
+                    // 100 % on some plans), until its reset, rather than a whole 5-hour window
+                    // from now.
+                    None => self.fullest_window(now).unwrap_or_else(|| {
+                        UsageLimit {
+                            resets_at: None,
+                            plan_type: None,
+                        }
+                        .to_reading(now)
+                    }),
+                };
                 self.pool
                     .usage()
                     .record_readings(&self.slot.account.id, vec![reading], None);

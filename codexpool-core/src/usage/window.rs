@@ -223,7 +223,9 @@ impl AccountUsage {
     /// A usage limit met in a window (a 429, or a poll that said so) holds against the headers of
     /// answers that arrive later but were counted before it (a request sent before the limit):
     /// only a poll, or headers about a later window (their reset half a window or more further
-    /// out), replace it.
+    /// out), replace it. A poll of the same window that finds it within its guard does not undo
+    /// a refusal either: the backend refuses before 100 % on some plans, and its poll then
+    /// says the limit is not reached (the account would be tried, and refused, at every poll).
     pub fn merge(&mut self, r: WindowReading, now: Timestamp) -> bool {
         if r.observed_at > now {
             return false;
@@ -239,6 +241,15 @@ impl AccountUsage {
                     && r.used_percent < 100.0
                     && old.source != ReadingSource::Headers
                     && old.is_exhausted(now)
+                    && !r.is_of_a_later_window_than(old) =>
+            {
+                false
+            }
+            Some(old)
+                if r.source == ReadingSource::Poll
+                    && old.source == ReadingSource::RateLimit
+                    && old.is_exhausted(now)
+                    && r.is_guarded(now)
                     && !r.is_of_a_later_window_than(old) =>
             {
                 false
@@ -380,7 +391,23 @@ mod tests {
         let mut polled = AccountUsage::default();
         assert!(polled.merge(reading(WindowKind::FiveHour, 100.0, Some(3600), now), now));
         assert!(!polled.merge(headers(97.0, 3650), later));
-        // A poll says what is true now.
+        // A poll of the same window within its guard does not undo a refusal (the backend
+        // refuses before 100 % on some plans, and its poll then says the limit is not reached),
+        // nor does one of a window no longer known.
+        assert!(!u.merge(
+            reading(WindowKind::FiveHour, 97.0, Some(3600), later),
+            later
+        ));
+        let mut unknown = reading(WindowKind::FiveHour, 97.0, None, later);
+        unknown.resets_at = None;
+        assert!(!u.clone().merge(unknown, later));
+        assert!(u.exhausted_until(later).is_some());
+        // The next window's poll does.
+        assert!(u.clone().merge(
+            reading(WindowKind::FiveHour, 97.0, Some(3600 + 5 * 3600), later),
+            later
+        ));
+        // A poll far from the limit says what is true now.
         let poll = reading(WindowKind::FiveHour, 40.0, Some(3600), later);
         assert!(u.merge(poll, later));
         assert!(u.exhausted_until(later).is_none());
