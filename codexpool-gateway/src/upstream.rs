@@ -1078,10 +1078,20 @@ async fn read_failure(upstream: &Upstream, response: Answer) -> UpstreamFailure 
         let ra = headers
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
+            .and_then(|v| retry_after_secs(v, std::time::SystemTime::now()));
         f.kind = FailureKind::RateLimited { retry_after: ra };
     }
     f
+}
+
+/// A `Retry-After` value in seconds: a number of seconds, or an HTTP date (RFC 9110 allows
+/// both; a date already past is 0).
+fn retry_after_secs(value: &str, now: std::time::SystemTime) -> Option<u64> {
+    let value = value.trim();
+    value.parse().ok().or_else(|| {
+        let at = httpdate::parse_http_date(value).ok()?;
+        Some(at.duration_since(now).map_or(0, |d| d.as_secs()))
+    })
 }
 
 /// Reads until the first semantic event; `Err` is the step to take instead.

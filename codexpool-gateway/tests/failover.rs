@@ -234,6 +234,33 @@ async fn http_failures_fail_over_with_the_right_cooldown() {
     }
 }
 
+/// A rate limit's `Retry-After` is believed in either of its forms: seconds, or an HTTP date.
+#[tokio::test]
+async fn a_rate_limits_retry_after_may_be_an_http_date() {
+    let in_ten_minutes = std::time::SystemTime::now() + Duration::from_secs(600);
+    for retry_after in ["600".to_string(), httpdate::fmt_http_date(in_ten_minutes)] {
+        let h = harness(2, &[]).await;
+        h.fake.push_reply(
+            "acct-0",
+            Reply::status_json(
+                429,
+                json!({"error": {"type": "rate_limit_exceeded", "message": "slow down"}}),
+            )
+            .with_header("retry-after", retry_after.as_str()),
+        );
+        served_by_second(&h).await;
+        let until = h
+            .pool
+            .accounts()
+            .runtime(&h.ids[0])
+            .unwrap()
+            .cooldown_until
+            .unwrap();
+        let wait = until.as_secs() - h.pool.now().as_secs();
+        assert!((590..=600).contains(&wait), "{retry_after}: {wait}");
+    }
+}
+
 #[tokio::test]
 async fn a_deactivated_account_is_banned() {
     for (reply, code) in [
