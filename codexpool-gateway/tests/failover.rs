@@ -1477,18 +1477,21 @@ async fn an_assembled_answer_failing_on_the_last_account_goes_to_the_fallback() 
     assert_eq!(h.total_inflight(), 0);
 }
 
+/// A `/v1/responses` request for a whole (not streamed) answer.
+fn whole_response(h: &common::Harness) -> Request<Body> {
+    h.post(
+        "/v1/responses",
+        json!({"model": "gpt-5-codex", "input": "Hi", "stream": false}),
+    )
+}
+
 /// With no account left, the client hears what went wrong on the last one (not "no account").
 #[tokio::test]
 async fn an_assembled_answer_failing_on_every_account_says_why() {
     let h = harness(1, &[]).await;
     h.fake
         .push_reply("acct-0", Reply::CutMidStream { after_deltas: 2 });
-    let (status, v) = h
-        .json(h.post(
-            "/v1/responses",
-            json!({"model": "gpt-5-codex", "input": "Hi", "stream": false}),
-        ))
-        .await;
+    let (status, v) = h.json(whole_response(&h)).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
     assert_eq!(v["error"]["code"], "upstream_cut", "{v}");
     let row = &h.log().await[0];
@@ -1511,12 +1514,7 @@ async fn an_assembled_answer_refused_after_a_part_way_failure_says_the_last_acco
             resets_in_secs: 3600,
         },
     );
-    let (status, headers, body) = h
-        .call(h.post(
-            "/v1/responses",
-            json!({"model": "gpt-5-codex", "input": "Hi", "stream": false}),
-        ))
-        .await;
+    let (status, headers, body) = h.call(whole_response(&h)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "usage_limit_reached", "{v}");
@@ -1547,12 +1545,7 @@ async fn assembled_answers_failing_part_way_end_after_two_idle_timeouts() {
             },
         );
     }
-    let (status, v) = h
-        .json(h.post(
-            "/v1/responses",
-            json!({"model": "gpt-5-codex", "input": "Hi", "stream": false}),
-        ))
-        .await;
+    let (status, v) = h.json(whole_response(&h)).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
     assert_eq!(v["error"]["code"], "upstream_cut", "{v}");
     let row = &h.log().await[0];
