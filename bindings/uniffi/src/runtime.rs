@@ -104,14 +104,26 @@ impl Wake for Relay {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.waking.fetch_add(1, Ordering::SeqCst);
+        let outer = IN_WAKE.replace(true);
         self.waker.wake_by_ref();
+        IN_WAKE.set(outer);
         self.waking.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
+thread_local! {
+    /// This thread is inside a [`Relay`]'s wake-up: an executor that polls at once, in the
+    /// wake-up's callback (Kotlin's `Dispatchers.Unconfined`), must not wait for it to return.
+    static IN_WAKE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Longest wait for a wake-up under way: a foreign callback that takes this long is stuck, and
-/// the caller may as well go on.
-const WAKE_WAIT: Duration = Duration::from_secs(1);
+/// the caller may as well go on. (Long in tests, so that a wait where none is due shows.)
+const WAKE_WAIT: Duration = if cfg!(test) {
+    Duration::from_secs(60)
+} else {
+    Duration::from_secs(1)
+};
 
 impl<T> Future for Joined<T> {
     type Output = Result<T, tokio::task::JoinError>;
@@ -132,9 +144,82 @@ impl<T> Future for Joined<T> {
         let waker = Waker::from(relay);
         let out = ready!(Pin::new(&mut this.handle).poll(&mut Context::from_waker(&waker)));
         let since = Instant::now();
-        while this.waking.load(Ordering::SeqCst) > 0 && since.elapsed() < WAKE_WAIT {
+        while !IN_WAKE.get()
+            && this.waking.load(Ordering::SeqCst) > 0
+            && since.elapsed() < WAKE_WAIT
+        {
             std::thread::yield_now();
         }
         Poll::Ready(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::time::Duration;
+
+    use super::Joined;
+
+    type Shared = Arc<Mutex<Option<std::pin::Pin<Box<Joined<u32>>>>>>;
+
+    /// An executor that polls again at once, inside the wake-up (Kotlin's
+    /// `Dispatchers.Unconfined` does): that poll finds the task done and returns without
+    /// waiting for the wake-up it is part of to return.
+    struct PollsInWake {
+        fut: Shared,
+        out: Mutex<Option<u32>>,
+    }
+
+    impl Wake for PollsInWake {
+        fn wake(self: Arc<Self>) {
+            let waker = Waker::from(self.clone());
+            let mut slot = self.fut.lock().unwrap();
+            if let Some(fut) = slot.as_mut()
+                && let Poll::Ready(out) = fut.as_mut().poll(&mut Context::from_waker(&waker))
+            {
+                *self.out.lock().unwrap() = Some(out.unwrap());
+                *slot = None;
+            }
+        }
+    }
+
+    #[test]
+    fn a_poll_inside_the_wake_up_does_not_wait_for_it() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let handle = rt.spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+            7
+        });
+        let fut: Shared = Arc::new(Mutex::new(Some(Box::pin(Joined::new(handle)))));
+        let exec = Arc::new(PollsInWake {
+            fut: fut.clone(),
+            out: Mutex::new(None),
+        });
+        let waker = Waker::from(exec.clone());
+        let first = fut
+            .lock()
+            .unwrap()
+            .as_mut()
+            .unwrap()
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker));
+        assert!(first.is_pending());
+        let started = std::time::Instant::now();
+        tx.send(()).unwrap();
+        while exec.out.lock().unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the poll inside the wake-up waited for it"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(*exec.out.lock().unwrap(), Some(7));
     }
 }
