@@ -49,9 +49,10 @@ impl Ctx {
         // Only a database that is surely not there is new: one in a folder this user may not
         // enter is an error (reading on would show it empty), not a pool with nothing stored.
         // A command that stores something says why it cannot as it opens the database.
-        let new = match path.try_exists() {
+        let new = match std::fs::metadata(path) {
             // An empty file is no database yet either (SQLite would make one of it).
-            Ok(there) => !there || std::fs::metadata(path).is_ok_and(|m| m.len() == 0),
+            Ok(m) => m.len() == 0,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
             Err(_) if !reads_only => true,
             Err(e) => {
                 return Err(Failure::new(

@@ -224,24 +224,17 @@ impl Lease {
                 } else {
                     resets_at
                 };
-                let reading = match resets_at {
-                    Some(_) => UsageLimit {
+                // No reset named (a `response.failed` in a 200 stream): the limit is most likely
+                // that of a known window near full (the backend refuses before 100 % on some
+                // plans), until its reset, rather than a whole 5-hour window from now.
+                let guessed = resets_at.is_none().then(|| self.fullest_window(now));
+                let reading = guessed.flatten().unwrap_or_else(|| {
+                    UsageLimit {
                         resets_at,
                         plan_type: None,
                     }
-                    .to_reading(now),
-                    // No reset named (a `response.failed` in a 200 stream): the limit is most
-                    // likely that of a known window near full (the backend refuses before
-                    // 100 % on some plans), until its reset, rather than a whole 5-hour window
-                    // from now.
-                    None => self.fullest_window(now).unwrap_or_else(|| {
-                        UsageLimit {
-                            resets_at: None,
-                            plan_type: None,
-                        }
-                        .to_reading(now)
-                    }),
-                };
+                    .to_reading(now)
+                });
                 self.pool
                     .usage()
                     .record_readings(&self.slot.account.id, vec![reading], None);
