@@ -203,6 +203,9 @@ pub struct Config {
     /// `CORS_ALLOW_ORIGINS`: the web origins whose pages may call the API routes from a
     /// browser (`*` for any; empty = none, no CORS headers at all).
     pub cors_allow_origins: Vec<String>,
+    /// `ALLOWED_HOSTS`: host names, besides `localhost` and IP addresses, that `/health` and
+    /// `/metrics` answer to (`*` for any), lower case.
+    pub allowed_hosts: Vec<String>,
     /// `REQUEST_LOG_DAYS`: request-log rows older than this many days are deleted by a serving
     /// process, and the token ledger's days before them summed per day (0 = keep every row).
     pub request_log_days: u32,
@@ -273,6 +276,7 @@ impl Default for Config {
             front_proxy_max_body_bytes: 16 * 1024 * 1024,
             trace_body_preview_max_bytes: 0,
             cors_allow_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             request_log_days: 30,
             responses_store_mb: 64,
             gateway_keepalive_interval: Duration::from_secs(180),
@@ -480,6 +484,33 @@ fn parse_origins(v: &str) -> Result<Vec<String>, String> {
         return Err("`*` allows every origin: give it alone".into());
     }
     Ok(origins)
+}
+
+fn parse_hosts(v: &str) -> Result<Vec<String>, String> {
+    let mut hosts = Vec::new();
+    for h in v.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        if h == "*" {
+            hosts.push(h.to_string());
+            continue;
+        }
+        let name = h.trim_end_matches('.').to_ascii_lowercase();
+        let plain = !name.is_empty()
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !plain {
+            return Err(format!(
+                "`{h}` is not a host name: give the name alone, as in `gateway.lan` (no scheme, port or pattern)"
+            ));
+        }
+        hosts.push(name);
+    }
+    if hosts.len() > 1 && hosts.iter().any(|h| h == "*") {
+        return Err("`*` allows every host: give it alone".into());
+    }
+    Ok(hosts)
 }
 
 /// `https://chatgpt.com` or `https://chat.openai.com` alone mean the Codex backend under them.
@@ -870,6 +901,18 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         },
         show: |c| c.cors_allow_origins.join(","),
+    },
+    Setting {
+        name: "ALLOWED_HOSTS",
+        default_value: None,
+        default_doc: "(none: localhost, IP addresses and this machine's name)",
+        secret: false,
+        help: "host names `/health` and `/metrics` also answer to (they refuse others: a web page could pose as one by DNS rebinding): `*` or a comma-separated list like `gateway.lan`",
+        apply: |c, v| {
+            c.allowed_hosts = parse_hosts(v)?;
+            Ok(())
+        },
+        show: |c| c.allowed_hosts.join(","),
     },
     Setting {
         name: "REQUEST_LOG_DAYS",
@@ -1535,6 +1578,31 @@ mod tests {
         ] {
             let e = origins(bad).unwrap_err().to_string();
             assert!(e.contains("CORS_ALLOW_ORIGINS"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn allowed_hosts_are_names() {
+        let hosts = |v: &str| {
+            let mut c = Config::default();
+            c.set("ALLOWED_HOSTS", v).map(|()| c.allowed_hosts)
+        };
+        assert_eq!(hosts("*").unwrap(), ["*"]);
+        assert_eq!(
+            hosts(" Gateway.LAN. , my_box ").unwrap(),
+            ["gateway.lan", "my_box"]
+        );
+        assert!(hosts("").unwrap().is_empty());
+        for bad in [
+            "http://gateway.lan",
+            "gateway.lan:48760",
+            "*.example.com",
+            "a..b",
+            "*, gateway.lan",
+            "gate way",
+        ] {
+            let e = hosts(bad).unwrap_err().to_string();
+            assert!(e.contains("ALLOWED_HOSTS"), "{bad}: {e}");
         }
     }
 

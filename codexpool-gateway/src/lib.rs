@@ -26,6 +26,7 @@ pub mod admin;
 mod auth;
 mod body;
 mod error;
+mod hosts;
 mod limit;
 mod metrics;
 mod record;
@@ -214,9 +215,11 @@ impl Gateway {
                 .layer(cors),
             None => model_routes,
         };
+        let hosts = Arc::new(hosts::OpenHosts::new(&shared.pool.config().allowed_hosts));
         let open_routes = Router::new()
             .route("/health", get(routes::health))
-            .route("/metrics", get(routes::metrics));
+            .route("/metrics", get(routes::metrics))
+            .route_layer(axum::middleware::from_fn_with_state(hosts, hosts::guard));
         let routes = model_routes
             .merge(open_routes)
             .fallback(routes::not_found)

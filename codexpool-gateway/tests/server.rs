@@ -1421,6 +1421,62 @@ async fn the_admin_api_refuses_what_came_through_a_proxy() {
     srv.stop().await.unwrap();
 }
 
+/// A page that made its own name resolve to 127.0.0.1 (DNS rebinding) reaches the server with
+/// that name in `Host`: the routes that ask for no key refuse it; `localhost`, addresses and
+/// `ALLOWED_HOSTS` pass; the model routes, which a page without a key cannot use, do not look.
+#[tokio::test]
+async fn the_open_routes_refuse_a_host_a_page_could_pose_as() {
+    let get = |srv: &RunningServer, path: &str, host: &str, key: Option<&str>| {
+        let mut req = reqwest::Client::new()
+            .get(format!("{}{path}", srv.url()))
+            .header("host", host);
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.text().await.unwrap())
+        }
+    };
+    let (e, key) = env_with_an_account(&[]).await;
+    let srv = start(&e).await;
+    let port = srv.local_addr().port();
+    for path in ["/health", "/metrics"] {
+        let (status, body) = get(&srv, path, &format!("rebind.example:{port}"), None).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        let error: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(error["error"]["code"], "host_not_allowed", "{body}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("rebind.example") && message.contains("CODEXPOOL_ALLOWED_HOSTS"),
+            "{message}"
+        );
+        for host in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ] {
+            assert_eq!(get(&srv, path, &host, None).await.0, 200, "{path} {host}");
+        }
+    }
+    let (status, _) = get(
+        &srv,
+        "/v1/models",
+        "rebind.example",
+        Some(key.secret.expose()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    srv.stop().await.unwrap();
+
+    let (e, _) = env_with_an_account(&[("ALLOWED_HOSTS", "gateway.lan")]).await;
+    let srv = start(&e).await;
+    assert_eq!(get(&srv, "/metrics", "Gateway.LAN:1", None).await.0, 200);
+    assert_eq!(get(&srv, "/metrics", "rebind.example", None).await.0, 403);
+    srv.stop().await.unwrap();
+}
+
 /// `GET /rpc/proof` answers only a sane nonce, and only a server with a file.
 #[tokio::test]
 async fn the_proof_endpoint_checks_its_nonce() {
