@@ -100,6 +100,8 @@ pub(crate) struct Shared {
     watcher: Mutex<Option<tokio::task::AbortHandle>>,
     /// The store's data version this pool last reloaded at (see [`Pool::catch_up`]).
     seen_version: AtomicU64,
+    /// Records the writer dropped that a flush has already reported.
+    lost_reported: AtomicU64,
 }
 
 impl Drop for Shared {
@@ -219,6 +221,7 @@ impl PoolBuilder {
             home: process::Home::here(),
             watcher: Mutex::new(None),
             seen_version: AtomicU64::new(0),
+            lost_reported: AtomicU64::new(0),
         });
         let pool = Pool { shared };
         let version = pool.shared.store.data_version().await?;
@@ -351,7 +354,8 @@ impl Pool {
     /// stored credits are the last any process stored, and they replace what memory has.
     pub async fn reload(&self) -> Result<()> {
         let shared = &self.shared;
-        shared.writer.flush().await;
+        // What it dropped is for `flush` to report.
+        let _ = shared.writer.flush().await;
         let _guard = shared.admin.lock().await;
         let accounts = shared.store.list_accounts().await?;
         let keys = shared.store.list_keys().await?;
@@ -433,6 +437,10 @@ impl Pool {
     /// readings, ledger, request log, last-used times), and has the store fold its log into its
     /// main file ([`Store::checkpoint`]: a copy of `codexpool.db` alone then holds it all).
     /// Call it before shutting down.
+    ///
+    /// A [`StoreError::Backend`] that says how many when records queued since the last flush
+    /// could not be written (the store refused them, or was down, through every retry): they
+    /// are dropped, each drop also logged.
     pub async fn flush(&self) -> Result<()> {
         let flights: Vec<_> = sync::lock(&self.shared.auth.flights)
             .values()
@@ -450,14 +458,21 @@ impl Pool {
             // checkpoint).
             tracing::debug!(error = %e, "could not checkpoint the store");
         }
-        written
+        let lost = written?;
+        let reported = self
+            .shared
+            .lost_reported
+            .fetch_max(lost.records, Ordering::AcqRel);
+        Ok(lost.since(reported)?)
     }
 
     /// Writes what is queued (usage readings, ledger, request log, last-used times), without
-    /// waiting for refreshes: before a read that should see this process's own rows.
-    pub(crate) async fn write_queued(&self) -> Result<()> {
-        self.shared.writer.flush().await;
-        self.flush_stamps().await
+    /// waiting for refreshes: before a read that should see this process's own rows. What the
+    /// writer dropped is left for [`flush`](Self::flush) to report.
+    pub(crate) async fn write_queued(&self) -> Result<writer::Lost> {
+        let lost = self.shared.writer.flush().await;
+        self.flush_stamps().await?;
+        Ok(lost)
     }
 }
 
@@ -465,6 +480,39 @@ impl Pool {
 mod tests {
     use super::*;
     use crate::store::flaky::FlakyStore;
+
+    /// Records the writer had to drop (the store down through every retry) make the next
+    /// flush an error that says how many; the flush after it, with nothing more lost, is fine.
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_says_when_queued_records_were_dropped() {
+        use crate::request_log::{RequestLogEntry, RequestLogQuery};
+        let store = FlakyStore::new();
+        let pool = Pool::builder(Config::default())
+            .store(store.clone())
+            .watch_interval(Duration::ZERO)
+            .open()
+            .await
+            .unwrap();
+        let at = crate::time::Timestamp::from_secs(1_700_000_000);
+        let log = pool.request_log();
+        store.set_down(true);
+        log.record(RequestLogEntry::new("lost-1", at, "chat_completions"));
+        log.record(RequestLogEntry::new("lost-2", at, "chat_completions"));
+        // A read writes what is queued first (here: gives it up); the loss is still the
+        // flush's to report.
+        assert!(log.list(&RequestLogQuery::latest(10)).await.is_err());
+        store.set_down(false);
+        let err = pool.flush().await.unwrap_err().to_string();
+        assert!(
+            err.contains("2 records") && err.contains("dropped") && err.contains("store down"),
+            "{err}"
+        );
+        log.record(RequestLogEntry::new("kept", at, "chat_completions"));
+        pool.flush().await.unwrap();
+        let rows = log.list(&RequestLogQuery::latest(10)).await.unwrap();
+        let ids: Vec<_> = rows.iter().map(|r| r.request_id.as_str()).collect();
+        assert_eq!(ids, ["kept"]);
+    }
 
     /// A change another process made is picked up even when the first reload after it fails:
     /// the watcher tries again on its next tick, not only after a further change.

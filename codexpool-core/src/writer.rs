@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::request_log::RequestLogEntry;
-use crate::store::{RecordBatch, Store};
+use crate::store::{RecordBatch, Store, StoreError};
 use crate::time::Clock;
 use crate::usage::{Credits, LedgerEntry, WindowKind, WindowReading};
 
@@ -41,7 +41,7 @@ enum Op {
     Credits(String, Credits),
     Ledger(LedgerEntry),
     RequestLog(RequestLogEntry),
-    Flush(oneshot::Sender<()>),
+    Flush(oneshot::Sender<Lost>),
 }
 
 /// The sending half; the task ends when every `Writer` is dropped, after writing what is left.
@@ -88,12 +88,14 @@ impl Writer {
         self.send(Op::RequestLog(e));
     }
 
-    /// Resolves once everything queued before the call is written.
-    pub async fn flush(&self) {
+    /// Resolves once everything queued before the call is written or given up, with what
+    /// this writer has dropped so far.
+    pub async fn flush(&self) -> Lost {
         let (tx, rx) = oneshot::channel();
         self.send(Op::Flush(tx));
         self.hurry.notify_one();
-        let _ = rx.await;
+        // Err: the task is gone (the runtime shuts down); nothing more can be written.
+        rx.await.unwrap_or_default()
     }
 }
 
@@ -103,7 +105,7 @@ struct Batch {
     credits: HashMap<String, Credits>,
     ledger: Vec<LedgerEntry>,
     log: Vec<RequestLogEntry>,
-    flushes: Vec<oneshot::Sender<()>>,
+    flushes: Vec<oneshot::Sender<Lost>>,
     len: usize,
 }
 
@@ -131,7 +133,7 @@ impl Batch {
     }
 
     /// The records to write (coalesced readings last-wins), and the flushes to answer after.
-    fn finish(self, clock: &dyn Clock) -> (Arc<RecordBatch>, Vec<oneshot::Sender<()>>) {
+    fn finish(self, clock: &dyn Clock) -> (Arc<RecordBatch>, Vec<oneshot::Sender<Lost>>) {
         let records = RecordBatch {
             windows: self
                 .windows
@@ -154,6 +156,7 @@ async fn run(
     hurry: Arc<Notify>,
 ) {
     let mut ops = Vec::new();
+    let mut lost = Lost::default();
     while rx.recv_many(&mut ops, BATCH_MAX).await > 0 {
         // Gather, unless a flush waits or a full batch is already there (under sustained load
         // batches then go back to back, as fast as the store takes them). Records queued
@@ -179,16 +182,55 @@ async fn run(
             && records.ledger.is_empty()
             && records.request_log.is_empty();
         if !empty {
-            write_with_retries(store.as_ref(), records).await;
+            write_with_retries(store.as_ref(), records, &mut lost).await;
         }
         for f in flushes {
-            let _ = f.send(());
+            let _ = f.send(lost.clone());
+        }
+    }
+}
+
+/// The records a writer has dropped, and the last cause.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Lost {
+    pub records: u64,
+    cause: Option<String>,
+}
+
+impl Lost {
+    fn add(&mut self, piece: &RecordBatch, e: &StoreError) {
+        tracing::error!(
+            error = %e,
+            windows = piece.windows.len(),
+            credits = piece.credits.len(),
+            ledger = piece.ledger.len(),
+            request_log = piece.request_log.len(),
+            "background write failed; records dropped"
+        );
+        self.records += len(piece) as u64;
+        self.cause = Some(e.to_string());
+    }
+
+    /// An error when more than `reported` records have been dropped.
+    pub fn since(&self, reported: u64) -> Result<(), StoreError> {
+        let n = self.records.saturating_sub(reported);
+        match &self.cause {
+            Some(cause) if n > 0 => Err(StoreError::Backend {
+                message: format!(
+                    "{n} record{} (usage readings, request log, token ledger) could not be \
+                     written and {} dropped; the last cause: {cause}",
+                    if n == 1 { "" } else { "s" },
+                    if n == 1 { "was" } else { "were" },
+                ),
+                source: None,
+            }),
+            _ => Ok(()),
         }
     }
 }
 
 /// Writes a batch, trying [`ATTEMPTS`] times before writing it in pieces.
-async fn write_with_retries(store: &dyn Store, records: Arc<RecordBatch>) {
+async fn write_with_retries(store: &dyn Store, records: Arc<RecordBatch>, lost: &mut Lost) {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -204,12 +246,12 @@ async fn write_with_retries(store: &dyn Store, records: Arc<RecordBatch>) {
             }
         }
     }
-    write_in_pieces(store, &records).await;
+    write_in_pieces(store, &records, lost).await;
 }
 
 /// After the whole batch failed: each kind of record on its own, then halves of what fails
 /// (see the module docs); drops, with an error in the log, only what fails in the end.
-async fn write_in_pieces(store: &dyn Store, records: &RecordBatch) {
+async fn write_in_pieces(store: &dyn Store, records: &RecordBatch, lost: &mut Lost) {
     let kinds = by_kind(records);
     let several = kinds.len() > 1;
     let mut failed = Vec::new();
@@ -223,7 +265,7 @@ async fn write_in_pieces(store: &dyn Store, records: &RecordBatch) {
     if several && !wrote_any {
         // Not one kind went in: the store is down, smaller pieces would fail as well.
         for (piece, e) in failed {
-            dropped(&piece, &e);
+            lost.add(&piece, &e);
         }
         return;
     }
@@ -238,7 +280,7 @@ async fn write_in_pieces(store: &dyn Store, records: &RecordBatch) {
             halves(&piece)
         };
         let Some((a, b)) = halves else {
-            dropped(&piece, &e);
+            lost.add(&piece, &e);
             continue;
         };
         writes += 2;
@@ -310,17 +352,6 @@ fn halves(r: &RecordBatch) -> Option<(Arc<RecordBatch>, Arc<RecordBatch>)> {
     (a.ledger, b.ledger) = split(&r.ledger);
     (a.request_log, b.request_log) = split(&r.request_log);
     Some((Arc::new(a), Arc::new(b)))
-}
-
-fn dropped(r: &RecordBatch, e: &crate::store::StoreError) {
-    tracing::error!(
-        error = %e,
-        windows = r.windows.len(),
-        credits = r.credits.len(),
-        ledger = r.ledger.len(),
-        request_log = r.request_log.len(),
-        "background write failed; records dropped"
-    );
 }
 
 #[cfg(test)]

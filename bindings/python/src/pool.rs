@@ -232,7 +232,9 @@ impl Pool {
             .or_raise(py)
     }
 
-    /// Writes everything queued (usage readings, ledger, request log, last-used times).
+    /// Writes everything queued (usage readings, ledger, request log, last-used times); raises
+    /// `StoreError` saying how many when records queued since the last flush could not be
+    /// written and were dropped (the database refused them through every retry).
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         let inner = self.inner.clone();
         self.home
