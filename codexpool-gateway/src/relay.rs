@@ -584,8 +584,9 @@ pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Byt
                 lease.report(o).await;
             }
             drop(lease);
-            if elsewhere {
+            if elsewhere && !call.retried_part_way {
                 tracing::debug!(failure = %class, "an assembled answer failed part-way; trying the next account");
+                call.retried_part_way = true;
                 call.failing += started.elapsed();
                 call.failed = Some(error);
                 return Err(Missed::Retry(Box::new(call)));

@@ -613,6 +613,11 @@ pub(crate) struct Call {
     /// upstreams end it so, and so do slow failures (a proxy's 524 after 100 s on each), also
     /// those of assembled answers that failed part-way.
     pub failing: Duration,
+    /// An assembled answer already failed part-way once and went to another account: a second
+    /// such failure is the answer (each try was generated, and billed, in full up to its
+    /// failure; a request the backend keeps failing would otherwise cost, and cool down, every
+    /// account).
+    pub retried_part_way: bool,
 }
 
 /// The upstream's answer as events.

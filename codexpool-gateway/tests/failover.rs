@@ -1435,6 +1435,39 @@ async fn an_assembled_answer_that_fails_part_way_moves_to_the_next_account() {
     }
 }
 
+/// An assembled answer goes to another account once after failing part-way, not to every
+/// account: each try was generated (and billed) up to its failure, and a request the backend
+/// keeps failing would otherwise cost every account and cool them all down, refusing the
+/// requests of other clients meanwhile.
+#[tokio::test]
+async fn an_assembled_answer_is_tried_again_once_after_failing_part_way() {
+    let h = harness(3, &[]).await;
+    for acct in ["acct-0", "acct-1"] {
+        h.fake.push_reply(
+            acct,
+            Reply::FailedAfterText {
+                deltas: vec!["Half".into()],
+                code: "server_error".into(),
+                message: "boom".into(),
+            },
+        );
+    }
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    assert_eq!(v["error"]["code"], "server_error", "{v}");
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 2);
+    let row = &h.log().await[0];
+    assert_eq!(row.accounts_tried, h.ids[..2], "{row:?}");
+    assert_eq!(row.error_class.as_deref(), Some("server_error"));
+    assert_eq!(h.total_inflight(), 0);
+    let third = h.pool.accounts().runtime(&h.ids[2]).unwrap();
+    assert!(third.usable && third.cooldown_until.is_none(), "{third:?}");
+    // Another client's request is served meanwhile.
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-2.");
+}
+
 /// A usage limit part-way through an assembled answer on the last account: a 429 with the
 /// `Retry-After` the limit names (its "try again in", counted from when it came).
 #[tokio::test]

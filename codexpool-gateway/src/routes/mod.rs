@@ -826,6 +826,7 @@ impl Intake {
             assembled: false,
             failed: None,
             failing: Duration::ZERO,
+            retried_part_way: false,
         };
         Ok((
             call,
