@@ -86,8 +86,16 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
         Command::Config => config::config(&ctx),
         command => {
             let changes = changes_the_pool(&command);
-            // `logs --follow` waits for what a server will write there.
-            let reads_only = !changes && !matches!(&command, Command::Logs(l) if l.follow);
+            // `logs --follow` waits for what a server will write there. A command that changes
+            // a stored record finds none in a database that is not there, as a read would,
+            // without making one; an import whose source is missing fails before it makes one.
+            let reads_only = (!changes || changes_a_stored_record(&command))
+                && !matches!(&command, Command::Logs(l) if l.follow);
+            if let Command::Account(AccountCommand::Import { source, .. }) = &command
+                && source != "-"
+            {
+                std::fs::metadata(source).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+            }
             let pool = ctx.open_pool(reads_only).await?;
             // `account login` and `logs --follow` end on a signal themselves.
             let own_signals = matches!(
@@ -113,6 +121,22 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
             result?;
             Ok(flushed?)
         }
+    }
+}
+
+/// Whether a command changes an account, key or sign-in that must already be stored.
+fn changes_a_stored_record(command: &Command) -> bool {
+    match command {
+        Command::Key(k) => !matches!(k, KeyCommand::Create(_) | KeyCommand::List),
+        Command::Account(a) => matches!(
+            a,
+            AccountCommand::Complete { .. }
+                | AccountCommand::Update(_)
+                | AccountCommand::Enable(_)
+                | AccountCommand::Disable(_)
+                | AccountCommand::Remove(_)
+        ),
+        _ => false,
     }
 }
 

@@ -248,6 +248,28 @@ async fn a_filter_that_matches_nothing_says_so() {
         );
         assert!(!empty.db().exists());
     }
+    // Nor by one that changes a record it does not find there, or imports what is not there.
+    let changes: [&[&str]; 8] = [
+        &["key", "delete", "abc"],
+        &["key", "disable", "abc"],
+        &["key", "update", "abc", "--name", "x"],
+        &["account", "remove", "abc"],
+        &["account", "enable", "abc"],
+        &["account", "update", "abc", "--note", "x"],
+        &[
+            "account",
+            "complete",
+            "http://localhost:1455/auth/callback?code=c&state=s",
+        ],
+        &["account", "import", "no-such-file.json"],
+    ];
+    for args in changes {
+        let o = empty.cmd().args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let (_, err) = crate::support::texts(&o);
+        assert!(!err.contains("Created"), "{args:?}: {err}");
+        assert!(!empty.db().exists(), "{args:?}: {err}");
+    }
     // The first command that stores something makes it, and says so once.
     let created = format!("Created a new database at {}.", empty.db().display());
     let o = empty
