@@ -175,7 +175,8 @@ pub enum AccountCommand {
     },
     /// Import Codex CLI auth.json files or a codexpool export (a file, a folder, or - for stdin).
     Import {
-        /// A file, a folder of *.json files, or `-` to read stdin.
+        /// A file, a folder of *.json files (or of Codex CLI homes, `<dir>/*/auth.json`), or
+        /// `-` to read stdin.
         #[arg(value_name = "FILE|DIR|-", value_parser = not_blank_as_given)]
         source: String,
         /// For Codex CLI sign-ins: refresh the tokens now, so codexpool alone holds the live
@@ -447,9 +448,9 @@ pub struct TokensArgs {
 /// `logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// How many of the newest requests to show (with --follow, 0 shows only new ones).
-    #[arg(short = 'n', long, value_name = "N", default_value_t = 20,
-          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    /// How many of the newest requests to show, at most 10000 (with --follow, 0 shows only
+    /// new ones).
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 20, value_parser = log_limit)]
     pub limit: u64,
     /// Only requests made with this key (id, unique prefix or name).
     #[arg(long, value_name = "ID", value_parser = not_blank)]
@@ -497,6 +498,15 @@ fn not_blank(s: &str) -> Result<String, String> {
 fn not_blank_as_given(s: &str) -> Result<String, String> {
     not_blank(s)?;
     Ok(s.to_string())
+}
+
+/// `logs -n`: 0 to 10000.
+fn log_limit(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n <= 10_000)
+        .ok_or_else(|| "expected a whole number from 0 to 10000".into())
 }
 
 /// A path that is not blank (kept as given: spaces may belong to a file name).

@@ -81,7 +81,17 @@ fn run(cli: Cli, out: Output) -> anyhow::Result<()> {
         mut config,
         mut invalid,
         ..
-    } = Config::load_env()?;
+    } = match Config::load_env() {
+        Ok(loaded) => loaded,
+        // `config` lists the settings all the same, as the environment alone gives them, with
+        // the file's error (and exits 1).
+        Err(e) if matches!(cli.command, Command::Config) => {
+            let mut loaded = Config::load(|k| std::env::var(k).ok(), None);
+            loaded.invalid.insert(0, e);
+            loaded
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Some(db) = &cli.db {
         config.set("DB_PATH", &db.to_string_lossy())?;
         invalid.retain(|e| e.setting != Some("DB_PATH"));
@@ -202,7 +212,7 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         }
         if let Some(c) = cause.downcast_ref::<codexpool_core::config::ConfigError>() {
             return Some(if c.var == codexpool_core::config::ENV_FILE {
-                "fix the syntax of that env file (NAME=value lines) or remove it".into()
+                config_fix(c)
             } else {
                 format!(
                     "{}; `codexpool config` lists every setting with its default",
@@ -252,6 +262,9 @@ fn hint(e: &anyhow::Error) -> Option<String> {
 
 /// What to do about an invalid setting: where to fix it.
 pub fn config_fix(c: &codexpool_core::config::ConfigError) -> String {
+    if c.var == codexpool_core::config::ENV_FILE {
+        return "fix the syntax of that env file (NAME=value lines) or remove it".into();
+    }
     match &c.file {
         Some(path) => format!("fix or remove {} in {}", c.var, path.display()),
         None => format!("fix or unset {}", c.var),

@@ -369,9 +369,7 @@ where
 }
 
 fn parse_u32(v: &str) -> Result<u32, String> {
-    v.trim()
-        .parse::<u32>()
-        .map_err(|_| "expected a whole non-negative number".into())
+    parse_in(v, 0..=u32::MAX)
 }
 
 /// A path with a leading `~` replaced by the home directory, as a shell does: the paths people
@@ -724,7 +722,13 @@ pub static SETTINGS: &[Setting] = &[
         secret: false,
         help: "background usage poll interval in seconds (30–86400; less is raised to 30)",
         apply: |c, v| {
-            let n = parse_in(v, 0..=MAX_POLL_INTERVAL.as_secs())?;
+            let n = parse_in(v, 0..=MAX_POLL_INTERVAL.as_secs()).map_err(|_| {
+                format!(
+                    "expected a whole number from {} to {} (less is raised to {0})",
+                    MIN_POLL_INTERVAL.as_secs(),
+                    MAX_POLL_INTERVAL.as_secs()
+                )
+            })?;
             let d = Duration::from_secs(n);
             if d < MIN_POLL_INTERVAL {
                 c.warnings.push(format!(
@@ -1637,6 +1641,9 @@ mod tests {
         );
         let e = from(&[("GPTTOOLS_ROUTE_STRATEGY", "random")]).unwrap_err();
         assert!(e.to_string().contains("GPTTOOLS_ROUTE_STRATEGY"), "{e}");
+        // Too large is said so, with the bounds, not "not a number".
+        let e = from(&[("CODEXPOOL_ACCOUNT_MAX_INFLIGHT", "99999999999")]).unwrap_err();
+        assert!(e.to_string().contains("from 0 to 4294967295"), "{e}");
         for (k, v) in [
             ("CODEXPOOL_SERVICE_ADDR", "nowhere"),
             ("CODEXPOOL_ISSUER", "ftp://x"),
@@ -1878,7 +1885,8 @@ mod tests {
         let c = from(&[("CODEXPOOL_USAGE_POLL_INTERVAL_SECS", "86400")]).unwrap();
         assert_eq!(c.usage_poll_interval, MAX_POLL_INTERVAL);
         let e = from(&[("CODEXPOOL_USAGE_POLL_INTERVAL_SECS", "86401")]).unwrap_err();
-        assert!(e.to_string().contains("from 0 to 86400"), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("from 30 to 86400 (less is raised to 30)"), "{e}");
     }
 
     #[test]

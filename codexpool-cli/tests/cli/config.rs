@@ -176,6 +176,32 @@ fn an_invalid_setting_is_listed_marked_and_exits_1() {
         "{err}"
     );
     assert!(!env.db().exists(), "nothing was opened");
+
+    // An env file that cannot be parsed stops other commands; `config` still lists every
+    // setting (as the environment gives them) and exits 1 naming the file and its line.
+    std::fs::write(
+        env.path().join("codexpool.env"),
+        "CODEXPOOL_ROUTE_STRATEGY=headroom\nthis is not valid\n",
+    )
+    .unwrap();
+    let o = env.cmd().args(["key", "list"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        texts(&o).1.contains("line 2 cannot be parsed"),
+        "{}",
+        texts(&o).1
+    );
+    let o = env.cmd().args(["--json", "config"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let (out, err) = texts(&o);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), codexpool_core::config::SETTINGS.len());
+    let strategy = rows.iter().find(|r| r["name"] == "ROUTE_STRATEGY").unwrap();
+    assert_eq!(strategy["source"], "default", "{strategy}");
+    assert!(
+        err.contains(&file.display().to_string()) && err.contains("line 2 cannot be parsed"),
+        "{err}"
+    );
 }
 
 /// A value that is not UTF-8 is an error naming its variable: read as absent, a `DB_PATH`

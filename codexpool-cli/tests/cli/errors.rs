@@ -165,7 +165,7 @@ fn invalid_settings_name_the_variable() {
         "CODEXPOOL_X='unterminated\n",
     )
     .unwrap();
-    let o = env.cmd().args(["config"]).output().unwrap();
+    let o = env.cmd().args(["key", "list"]).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = texts(&o).1;
     let file = env.path().join("codexpool.env");
