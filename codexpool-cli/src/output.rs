@@ -13,7 +13,9 @@ use std::fmt::Display;
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
-use comfy_table::{Attribute, Cell, Color, ContentArrangement, Table, presets};
+use comfy_table::{
+    Attribute, Cell, Color, ColumnConstraint, ContentArrangement, Table, Width, presets,
+};
 use serde::Serialize;
 
 use codexpool_core::Timestamp;
@@ -163,36 +165,116 @@ impl Output {
 
     /// A table with these column headers, styled for this output.
     pub fn table(&self, headers: &[&str]) -> Table {
-        let mut t = Table::new();
-        t.load_preset(presets::NOTHING).set_header(
-            headers
-                .iter()
-                .map(|h| Cell::new(h).add_attribute(Attribute::Bold)),
-        );
-        if self.color {
-            t.enforce_styling();
-        } else {
-            t.force_no_tty();
-        }
-        // Wrap cells to fit a terminal whose width is known; never squeeze into a terminal that
-        // reports no width (a pseudo-terminal without a size reports 0).
-        if t.width().is_some_and(|w| w >= 40) {
-            t.set_content_arrangement(ContentArrangement::Dynamic);
-        }
-        // Columns sit two spaces apart, flush left, like `gh` and `cargo` listings.
-        for col in t.column_iter_mut() {
-            col.set_padding((0, 2));
-        }
-        t
+        new_table(headers, self.color, None)
     }
 
     /// Prints a table on stdout (without trailing spaces; data: printed even with `-q`).
     pub fn print_table(&self, table: &Table) -> io::Result<()> {
+        let mut table = table.clone();
+        if !matches!(table.content_arrangement(), ContentArrangement::Disabled) {
+            fit_words(&mut table);
+        }
         let mut out = io::stdout().lock();
         for line in table.lines() {
             writeln!(out, "{}", line.trim_end())?;
         }
         Ok(())
+    }
+}
+
+/// The columns of free text, which may wrap between words to fit the terminal.
+const WRAPPABLE: &[&str] = &[
+    "NAME",
+    "MODELS",
+    "GROUPS",
+    "GROUP",
+    "TAGS",
+    "DETAIL",
+    "ERROR",
+    "VALUE",
+    "SOURCE",
+    "LAST USED",
+    "EXPIRES",
+];
+
+/// A table with these column headers, `color`ed or not, as wide as `width` or the terminal.
+fn new_table(headers: &[&str], color: bool, width: Option<u16>) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING).set_header(
+        headers
+            .iter()
+            .map(|h| Cell::new(h).add_attribute(Attribute::Bold)),
+    );
+    if color {
+        t.enforce_styling();
+    } else {
+        t.force_no_tty();
+    }
+    if let Some(w) = width {
+        t.set_width(w);
+    }
+    // Wrap cells to fit a terminal whose width is known; never squeeze into a terminal that
+    // reports no width (a pseudo-terminal without a size reports 0).
+    let fit = t.width().is_some_and(|w| w >= 40);
+    if fit {
+        t.set_content_arrangement(ContentArrangement::Dynamic);
+    }
+    // Columns sit two spaces apart, flush left, like `gh` and `cargo` listings.
+    for (col, header) in t.column_iter_mut().zip(headers) {
+        col.set_padding((0, 2));
+        // Only free text wraps: an id, a key's hint, a setting's name or a number broken
+        // across lines is copied wrong.
+        if fit && !WRAPPABLE.contains(header) {
+            col.set_constraint(ColumnConstraint::ContentWidth);
+        }
+    }
+    t
+}
+
+/// Fits a table to the terminal without breaking a word: a column of free text is at least as
+/// wide as its longest word (up to 40 characters; the others are as wide as their content).
+/// When even that is too wide, nothing wraps and the terminal breaks the long lines: a value
+/// split across lines is copied wrong, one that runs on is not.
+fn fit_words(table: &mut Table) {
+    let Some(room) = table.width() else {
+        return;
+    };
+    let mut needed = 0usize;
+    for i in 0..table.column_count() {
+        let header = table.header().and_then(|h| h.cell_iter().nth(i));
+        let cells = || {
+            header
+                .into_iter()
+                .chain(table.column_cells_iter(i).flatten())
+        };
+        let free = table.column(i).is_some_and(|c| c.constraint().is_none());
+        let width = if free {
+            cells()
+                .flat_map(|c| {
+                    c.content()
+                        .split_whitespace()
+                        .map(|w| w.chars().count())
+                        .max()
+                })
+                .max()
+                .unwrap_or(0)
+                .min(40)
+        } else {
+            cells()
+                .flat_map(|c| c.content().lines().map(|l| l.chars().count()).max())
+                .max()
+                .unwrap_or(0)
+        };
+        // Two spaces of padding after each column.
+        needed += width + 2;
+        if free && let Some(col) = table.column_mut(i) {
+            // The bound counts the padding.
+            let width = u16::try_from(width + 2).unwrap_or(42);
+            col.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(width)));
+        }
+    }
+    if needed > usize::from(room) {
+        table.set_content_arrangement(ContentArrangement::Disabled);
     }
 }
 
@@ -315,6 +397,50 @@ pub const NONE: &str = "—";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lines a table prints at `width` columns.
+    fn render(width: u16, rows: &[[&str; 3]]) -> Vec<String> {
+        let mut t = new_table(&["ID", "NAME", "STATUS"], false, Some(width));
+        for row in rows {
+            t.add_row(row.to_vec());
+        }
+        fit_words(&mut t);
+        t.lines().map(|l| l.trim_end().to_owned()).collect()
+    }
+
+    /// A table narrower than its content wraps free text between words and leaves ids,
+    /// statuses and words whole; one that cannot fit even so is not wrapped at all.
+    #[test]
+    fn tables_wrap_between_words_and_never_inside_a_value() {
+        let rows = [["0c06a15645e6", "laptop of the night shift team", "disabled"]];
+        let lines = render(40, &rows);
+        assert!(lines.len() > 2, "{lines:?}");
+        assert!(lines.iter().all(|l| l.chars().count() <= 40), "{lines:?}");
+        let text = lines.join("\n");
+        for whole in [
+            "0c06a15645e6",
+            "disabled",
+            "laptop",
+            "night",
+            "shift",
+            "team",
+            "STATUS",
+        ] {
+            assert!(text.contains(whole), "{whole}: {lines:?}");
+        }
+        // Wider than the terminal at its narrowest: one line per row, nothing broken.
+        let rows = [[
+            "0c06a15645e6",
+            "gpt-5-codex-with-a-long-name",
+            "needs_login_now",
+        ]];
+        let lines = render(40, &rows);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[1].contains("gpt-5-codex-with-a-long-name"),
+            "{lines:?}"
+        );
+    }
 
     #[test]
     fn bars_and_figures() {
