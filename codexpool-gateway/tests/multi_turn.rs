@@ -538,6 +538,20 @@ async fn a_kept_response_can_be_read_and_deleted() {
     let (status, got) = h.json(req("GET")).await;
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(got, r1, "the object as the client got it");
+    // Not as a stream (OpenAI's, for background responses): only the finished answer is kept,
+    // and an SDK that asked for events would read none from a JSON answer.
+    let streamed = Request::get(format!("{path}?stream=true"))
+        .header("authorization", format!("Bearer {}", h.key))
+        .body(Body::empty())
+        .unwrap();
+    let (status, e) = error_of(&h, streamed).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(e["param"], "stream", "{e}");
+    let whole = Request::get(format!("{path}?stream=false"))
+        .header("authorization", format!("Bearer {}", h.key))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(h.json(whole).await, (StatusCode::OK, r1.clone()));
     // Nothing runs in the background to cancel: refused as OpenAI refuses, and still kept.
     let cancel = |id: &str| h.post(&format!("/v1/responses/{id}/cancel"), json!({}));
     let (status, e) = error_of(&h, cancel(r1["id"].as_str().unwrap())).await;

@@ -124,12 +124,33 @@ fn response_not_found(id: &str) -> Response {
     error.into_response()
 }
 
-/// `GET /v1/responses/{id}`: a kept response of this key, with its output.
+/// The query of `GET /v1/responses/{id}`.
+#[derive(serde::Deserialize)]
+pub(crate) struct RetrieveQuery {
+    stream: Option<String>,
+}
+
+/// `GET /v1/responses/{id}`: a kept response of this key, with its output. Not as a stream:
+/// only finished answers are kept, and a stream an SDK asked for would show it nothing.
 pub(crate) async fn retrieve(
     State(shared): State<Arc<Shared>>,
     Extension(key): Extension<Arc<PlatformKey>>,
     PathId(id): PathId,
+    query: Result<Query<RetrieveQuery>, QueryRejection>,
 ) -> Response {
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return ApiError::bad_request("invalid_value", e.body_text()).into_response(),
+    };
+    if query
+        .stream
+        .as_deref()
+        .is_some_and(|v| !v.eq_ignore_ascii_case("false"))
+    {
+        let message = "a kept response is retrieved whole: the gateway keeps finished answers, \
+                       not their events (retrieve it without `stream`)";
+        return invalid("stream", message.into()).into_response();
+    }
     match shared.responses.as_ref().and_then(|s| s.get(&key.id, &id)) {
         Some(json) => json_response(json),
         None => response_not_found(&id),
