@@ -803,15 +803,17 @@ impl AccountPool {
     }
 }
 
-/// Writes `bytes` where `path` leads (through links; nothing is created): into a pipe or a
-/// device as it is, into a regular file made readable by its owner only before its first byte.
+/// Writes `bytes` where `path` leads (through links): into a pipe or a device as it is, into a
+/// regular file made readable by its owner only before its first byte (a link to no file yet
+/// makes one, owner-only from the start).
 fn write_through(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let io = |e| Error::io(path, e);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io)?;
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    let mut f = open.open(path).map_err(io)?;
     let regular = f.metadata().map_err(io)?.is_file();
     if regular {
         #[cfg(unix)]

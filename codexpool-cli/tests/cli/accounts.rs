@@ -259,6 +259,17 @@ fn export_to_stdout_and_to_a_private_file_round_trips() {
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    // Through a link to no file yet: the file is made, owner-only.
+    let target = env.path().join("new-target.json");
+    let dangling = env.path().join("dangling-link.json");
+    std::os::unix::fs::symlink(&target, &dangling).unwrap();
+    env.ok(&["account", "export", "-o", dangling.to_str().unwrap()]);
+    let made: Value = serde_json::from_slice(&std::fs::read(&target).unwrap()).unwrap();
+    assert_eq!(made["accounts"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     // Into a pipe (`-o >(gpg -e …)`, `-o /dev/stdout`): what reads it gets the export.
     let fifo = env.path().join("fifo");
     assert!(
