@@ -248,6 +248,33 @@ async fn tool_calls_both_ways() {
     );
 }
 
+/// `tool_choice: allowed_tools` (OpenAI's for GPT-5: some tools offered, fewer allowed) goes
+/// upstream in the Responses API's form, and the call comes back as any other.
+#[tokio::test]
+async fn allowed_tools_limit_the_calls_upstream() {
+    let h = harness(1, &[]).await;
+    h.fake
+        .push_reply("acct-0", Reply::tool_call("call_1", "g", "{}"));
+    let mut req = chat(false);
+    req["tools"] = json!([
+        {"type": "function", "function": {"name": "f"}},
+        {"type": "function", "function": {"name": "g"}},
+    ]);
+    req["tool_choice"] = json!({"type": "allowed_tools", "allowed_tools": {"mode": "required",
+        "tools": [{"type": "function", "function": {"name": "g"}}]}});
+    let (status, v) = h.json(h.post("/v1/chat/completions", req)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "g"
+    );
+    assert_eq!(
+        h.last_sent()["tool_choice"],
+        json!({"type": "allowed_tools", "mode": "required",
+               "tools": [{"type": "function", "name": "g"}]})
+    );
+}
+
 /// A client of the 2023 API (LangChain's `create_openai_functions_agent`, older AutoGen):
 /// `functions` / `function_call` in, `message.function_call` and `finish_reason:
 /// "function_call"` out, and its history of `function_call` / `function` messages back in.

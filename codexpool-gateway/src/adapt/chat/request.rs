@@ -493,6 +493,13 @@ enum ToolChoice<'a> {
         kind: &'static str,
         name: Cow<'a, str>,
     },
+    /// `allowed_tools`: the model may call only these (`mode` `auto` or `required`).
+    Allowed {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        mode: Cow<'a, str>,
+        tools: Vec<ToolChoice<'a>>,
+    },
 }
 
 /// Fields of a chat message, read leniently and checked one by one for precise errors.
@@ -546,6 +553,9 @@ struct ToolCallFields<'a> {
     kind: Option<&'a RawValue>,
     #[serde(borrow)]
     function: Option<&'a RawValue>,
+    /// `tool_choice.allowed_tools`.
+    #[serde(borrow)]
+    allowed_tools: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -947,6 +957,11 @@ fn convert_tool_choice(raw: &RawValue) -> Result<ToolChoice<'_>, RequestError> {
     }
     let c: ToolCallFields<'_> = fields(raw, &|| "tool_choice".to_owned())?;
     let kind = required_str(c.kind, &|| "tool_choice.type".to_owned())?;
+    if kind == "allowed_tools" {
+        let allowed = not_null(c.allowed_tools)
+            .ok_or_else(|| RequestError::field("tool_choice.allowed_tools", "required"))?;
+        return allowed_tools(allowed);
+    }
     if kind != "function" {
         return Err(RequestError::field(
             "tool_choice.type",
@@ -959,6 +974,60 @@ fn convert_tool_choice(raw: &RawValue) -> Result<ToolChoice<'_>, RequestError> {
     Ok(ToolChoice::Function {
         kind: "function",
         name: required_str(f.name, &|| "tool_choice.function.name".to_owned())?,
+    })
+}
+
+/// `tool_choice.allowed_tools` (`{mode, tools: [{type: "function", function: {name}}]}`) as
+/// the Responses API says it (`{type: "allowed_tools", mode, tools: [{type, name}]}`).
+fn allowed_tools(raw: &RawValue) -> Result<ToolChoice<'_>, RequestError> {
+    #[derive(Deserialize)]
+    struct AllowedFields<'a> {
+        #[serde(borrow)]
+        mode: Option<&'a RawValue>,
+        #[serde(borrow)]
+        tools: Option<&'a RawValue>,
+    }
+    let path = "tool_choice.allowed_tools";
+    let a: AllowedFields<'_> = fields(raw, &|| path.to_owned())?;
+    let mode = required_str(a.mode, &|| format!("{path}.mode"))?;
+    if !matches!(mode.as_ref(), "auto" | "required") {
+        return Err(RequestError::field(
+            format!("{path}.mode"),
+            format!(r#"must be "auto" or "required", not {}"#, quoted(&mode)),
+        ));
+    }
+    let list = not_null(a.tools)
+        .ok_or_else(|| RequestError::field(format!("{path}.tools"), "required"))?;
+    let list = array(list, &|| format!("{path}.tools"))?;
+    if list.is_empty() {
+        return Err(RequestError::field(
+            format!("{path}.tools"),
+            "must not be empty",
+        ));
+    }
+    let mut tools = Vec::with_capacity(list.len());
+    for (i, tool) in list.into_iter().enumerate() {
+        let at = |field: &str| format!("{path}.tools[{i}]{field}");
+        let t: ToolCallFields<'_> = fields(tool, &|| at(""))?;
+        let kind = required_str(t.kind, &|| at(".type"))?;
+        if kind != "function" {
+            return Err(RequestError::field(
+                at(".type"),
+                format!("unsupported tool type {}", quoted(&kind)),
+            ));
+        }
+        let function =
+            not_null(t.function).ok_or_else(|| RequestError::field(at(".function"), "required"))?;
+        let f: FunctionFields<'_> = fields(function, &|| at(".function"))?;
+        tools.push(ToolChoice::Function {
+            kind: "function",
+            name: required_str(f.name, &|| at(".function.name"))?,
+        });
+    }
+    Ok(ToolChoice::Allowed {
+        kind: "allowed_tools",
+        mode,
+        tools,
     })
 }
 

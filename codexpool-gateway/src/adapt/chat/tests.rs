@@ -382,6 +382,53 @@ fn request_errors_name_the_field() {
     }
 }
 
+/// `tool_choice: allowed_tools` limits the model to some of the tools, in the Responses
+/// API's own form; a malformed one is refused naming its field.
+#[test]
+fn allowed_tools_go_upstream_in_the_responses_form() {
+    let user = json!({"role": "user", "content": "Hi"});
+    let tools = json!([
+        {"type": "function", "function": {"name": "f"}},
+        {"type": "function", "function": {"name": "g"}},
+    ]);
+    let choice = |allowed: Value| json!({"type": "allowed_tools", "allowed_tools": allowed});
+    let (body, ..) = convert(json!({"model": "m", "messages": [user], "tools": tools,
+        "tool_choice": choice(json!({"mode": "required",
+            "tools": [{"type": "function", "function": {"name": "g"}}]}))}));
+    assert_eq!(
+        body["tool_choice"],
+        json!({"type": "allowed_tools", "mode": "required",
+            "tools": [{"type": "function", "name": "g"}]})
+    );
+    for (allowed, expected) in [
+        (Value::Null, "tool_choice.allowed_tools: required"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "g"}}]}),
+            "tool_choice.allowed_tools.mode: required",
+        ),
+        (
+            json!({"mode": "none", "tools": []}),
+            "tool_choice.allowed_tools.mode: must be \"auto\" or \"required\", not \"none\"",
+        ),
+        (
+            json!({"mode": "auto", "tools": []}),
+            "tool_choice.allowed_tools.tools: must not be empty",
+        ),
+        (
+            json!({"mode": "auto", "tools": [{"type": "custom", "custom": {"name": "p"}}]}),
+            "tool_choice.allowed_tools.tools[0].type: unsupported tool type \"custom\"",
+        ),
+        (
+            json!({"mode": "auto", "tools": [{"type": "function", "function": {}}]}),
+            "tool_choice.allowed_tools.tools[0].function.name: required",
+        ),
+    ] {
+        let body = json!({"model": "m", "messages": [user], "tools": tools,
+            "tool_choice": choice(allowed.clone())});
+        assert_eq!(convert_err(body), expected, "{allowed}");
+    }
+}
+
 /// Runs events through a [`ChatStream`] and returns the frames' payloads as JSON
 /// (`"[DONE]"` as a string).
 fn stream_frames(options: &ChatOptions, events: &[Value], finish: bool) -> Vec<Value> {
