@@ -204,6 +204,23 @@ fn a_database_directory_that_cannot_be_created() {
     let err = texts(&o).1;
     env.settings()
         .bind(|| insta::assert_snapshot!("db_dir_not_creatable", err));
+    // The file itself where the folder should be, and a folder given as the database.
+    for (db, says) in [
+        (env.path().join("file").join("codexpool.db"), "is a file"),
+        (
+            env.path().to_path_buf(),
+            "that is a folder, not a database file",
+        ),
+    ] {
+        let o = env
+            .cmd()
+            .args(["--db", db.to_str().unwrap(), "key", "create", "--name", "x"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        let err = texts(&o).1;
+        assert!(err.contains(says), "{err}");
+    }
 
     // A directory without write permission (root ignores permissions, so check that first).
     use std::os::unix::fs::PermissionsExt;

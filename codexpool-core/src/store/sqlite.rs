@@ -288,10 +288,23 @@ fn open_connection(path: &Path) -> Result<Opened, StoreError> {
         path: path.display().to_string(),
         message,
     };
+    if path.is_dir() {
+        return Err(open_err("that is a folder, not a database file".into()));
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // The owner's only: beside the database go the RPC token and the servers' files.
-        crate::import::create_private_dir(dir)
-            .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+        crate::import::create_private_dir(dir).map_err(|e| {
+            // A file where a folder of the path should be.
+            let blocked = dir.ancestors().find(|a| a.is_file());
+            open_err(match blocked {
+                Some(file) => format!(
+                    "cannot create the folder {}: {} is a file",
+                    dir.display(),
+                    file.display()
+                ),
+                None => format!("cannot create {}: {e}", dir.display()),
+            })
+        })?;
     }
     if !path.exists() {
         create_private_file(path).map_err(|e| open_err(e.to_string()))?;
