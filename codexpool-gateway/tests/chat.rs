@@ -298,7 +298,7 @@ async fn legacy_functions_both_ways() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         v["choices"][0]["message"],
-        json!({"role": "assistant", "content": null,
+        json!({"role": "assistant", "content": null, "refusal": null,
                "function_call": {"name": "get_weather", "arguments": r#"{"city":"Paris"}"#}})
     );
     assert_eq!(v["choices"][0]["finish_reason"], "function_call");
@@ -324,7 +324,7 @@ async fn legacy_functions_both_ways() {
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(
         v["choices"][0]["message"],
-        json!({"role": "assistant", "content": "The tool returned: sunny"})
+        json!({"role": "assistant", "content": "The tool returned: sunny", "refusal": null})
     );
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     let sent = h.last_sent();

@@ -924,7 +924,7 @@ struct Choice<'a> {
 struct AssembledMessage<'a> {
     role: &'static str,
     content: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Always there, `null` without one: OpenAI's schema requires it (as `content`).
     refusal: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reasoning_content: Option<&'a str>,

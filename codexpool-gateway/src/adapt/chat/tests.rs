@@ -601,7 +601,7 @@ fn non_streaming_assembly_matches() {
             "id": "chatcmpl-abc", "object": "chat.completion", "created": 1_700_000_000,
             "model": "gpt-5-codex",
             "choices": [{"index": 0, "logprobs": null, "finish_reason": "tool_calls", "message": {
-                "role": "assistant", "content": "Hello, world",
+                "role": "assistant", "refusal": null, "content": "Hello, world",
                 "reasoning_content": "Thinking about it",
                 "tool_calls": [{"id": "call_1", "type": "function",
                                 "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]}}],
@@ -707,7 +707,11 @@ fn assembled_text_comes_whole_from_the_done_item_or_else_from_the_deltas() {
         &[delta(json!("Hi STOP there")), refusal, completed],
     );
     assert_eq!(content(&out), json!("Hi "));
-    assert_eq!(out["choices"][0]["message"].get("refusal"), None, "{out}");
+    assert_eq!(
+        out["choices"][0]["message"].get("refusal"),
+        Some(&Value::Null),
+        "{out}"
+    );
 }
 
 /// An answer cut at a stop sequence is whole: what the upstream does after the cut (fail,
@@ -1001,7 +1005,7 @@ fn refusals_become_refusal_not_content() {
         assert_eq!(
             out["choices"][0],
             json!({"index": 0, "logprobs": null, "finish_reason": "stop", "message": {
-                    "role": "assistant", "content": null, "refusal": "I can't help with that."}}),
+                    "role": "assistant", "refusal": null, "content": null, "refusal": "I can't help with that."}}),
             "{events:?}"
         );
     }
@@ -1369,7 +1373,7 @@ fn output_after_the_stop_is_not_returned() {
     assert_eq!(
         out["choices"][0],
         json!({"index": 0, "logprobs": null, "finish_reason": "stop", "message": {"role": "assistant",
-                "content": "Answer: 4", "reasoning_content": "plan: say \nObservation: then stop"}})
+                "refusal": null, "content": "Answer: 4", "reasoning_content": "plan: say \nObservation: then stop"}})
     );
     assert_eq!(out["usage"]["total_tokens"], 17);
 
@@ -1736,7 +1740,7 @@ fn a_legacy_answer_has_one_function_call() {
     assert_eq!(
         out["choices"],
         json!([{"index": 0, "logprobs": null, "finish_reason": "function_call", "message": {
-                "role": "assistant", "content": "Hello, world",
+                "role": "assistant", "refusal": null, "content": "Hello, world",
                 "reasoning_content": "Thinking about it",
                 "function_call": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}}])
     );
@@ -1752,7 +1756,7 @@ fn a_legacy_answer_has_one_function_call() {
     assert_eq!(
         out["choices"][0],
         json!({"index": 0, "logprobs": null, "finish_reason": "function_call", "message": {
-                "role": "assistant", "content": null,
+                "role": "assistant", "refusal": null, "content": null,
                 "function_call": {"name": "f", "arguments": "{}"}}})
     );
     let frames = stream_frames(&legacy_options(true), &done_only, false);
@@ -1801,7 +1805,7 @@ fn a_legacy_answer_keeps_the_first_of_several_calls() {
     assert_eq!(
         out["choices"][0],
         json!({"index": 0, "logprobs": null, "finish_reason": "function_call", "message": {
-                "role": "assistant", "content": null,
+                "role": "assistant", "refusal": null, "content": null,
                 "function_call": {"name": "first", "arguments": "{\"a\":1}"}}})
     );
     let frames = stream_frames(&legacy_options(true), &events, false);
@@ -1929,7 +1933,7 @@ fn the_legacy_flag_keeps_stop_refusals_reasoning_and_usage() {
     let out = assemble_with(&legacy(false), &cut_first);
     assert_eq!(
         out["choices"][0],
-        json!({"index": 0, "logprobs": null, "finish_reason": "stop", "message": {"role": "assistant", "content": "Go"}})
+        json!({"index": 0, "logprobs": null, "finish_reason": "stop", "message": {"role": "assistant", "refusal": null, "content": "Go"}})
     );
     // A call before the cut text stays; the finish reason is the stop.
     let call_first = [call_done, text(2, "Done\nObservation: x"), completed()];
@@ -1937,7 +1941,7 @@ fn the_legacy_flag_keeps_stop_refusals_reasoning_and_usage() {
     assert_eq!(
         out["choices"][0],
         json!({"index": 0, "logprobs": null, "finish_reason": "stop", "message": {"role": "assistant",
-                "content": "Done", "function_call": {"name": "f", "arguments": "{}"}}})
+                "refusal": null, "content": "Done", "function_call": {"name": "f", "arguments": "{}"}}})
     );
     let frames = stream_frames(&legacy(true), &call_first, false);
     let deltas: Vec<&Value> = frames[1..4]
