@@ -580,13 +580,18 @@ pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Byt
             }
         }
         Err((error, class, outcome, elsewhere)) => {
+            // An account's own limit says nothing of the request (see `Call::part_way`).
+            let own_limit = matches!(
+                outcome,
+                Some(Outcome::UsageLimit { .. } | Outcome::RateLimited { .. })
+            );
             if let Some(o) = outcome {
                 lease.report(o).await;
             }
             drop(lease);
-            if elsewhere && !call.retried_part_way {
+            if elsewhere {
                 tracing::debug!(failure = %class, "an assembled answer failed part-way; trying the next account");
-                call.retried_part_way = true;
+                call.part_way += u8::from(!own_limit);
                 call.failing += started.elapsed();
                 call.failed = Some(error);
                 return Err(Missed::Retry(Box::new(call)));

@@ -613,11 +613,12 @@ pub(crate) struct Call {
     /// upstreams end it so, and so do slow failures (a proxy's 524 after 100 s on each), also
     /// those of assembled answers that failed part-way.
     pub failing: Duration,
-    /// An assembled answer already failed part-way once and went to another account: a second
-    /// such failure is the answer (each try was generated, and billed, in full up to its
-    /// failure; a request the backend keeps failing would otherwise cost, and cool down, every
-    /// account).
-    pub retried_part_way: bool,
+    /// Part-way failures of an assembled answer (not counting an account's own usage or rate
+    /// limit, which says nothing of the request): at [`PART_WAY_TRIES`] no further account is
+    /// tried (each try was generated, and billed, up to its failure; a request the backend
+    /// keeps failing would otherwise cost, and cool down, every account), and the fallback
+    /// upstream, if any, gets it as when no account is left.
+    pub part_way: u8,
 }
 
 /// The upstream's answer as events.
@@ -745,6 +746,9 @@ impl Step {
 /// further account.
 const FAILING_BUDGET_IDLES: u32 = 2;
 
+/// Accounts an assembled answer may fail part-way on (see [`Call::part_way`]).
+const PART_WAY_TRIES: u8 = 2;
+
 /// Tries accounts until one commits. `record` travels with the call and comes back either way.
 pub(crate) async fn run(
     pool: &Pool,
@@ -753,9 +757,9 @@ pub(crate) async fn run(
     mut call: Call,
 ) -> Result<Committed, Failed> {
     let budget = upstream.idle_timeout.saturating_mul(FAILING_BUDGET_IDLES);
-    // An assembled answer that failed part-way comes back here; past the budget its failure
-    // is the answer.
-    if call.failing >= budget
+    // An assembled answer that failed part-way comes back here; past the budget, or the
+    // part-way failures it may have, its failure is the answer (or the fallback's).
+    if (call.failing >= budget || call.part_way >= PART_WAY_TRIES)
         && let Some(error) = call.failed.take()
     {
         call.record.entry.error_class = Some(error.code.clone());

@@ -1468,6 +1468,40 @@ async fn an_assembled_answer_is_tried_again_once_after_failing_part_way() {
     assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-2.");
 }
 
+/// Past its part-way failures an assembled answer goes to the fallback upstream, as when no
+/// account is left; an account's own usage limit met part-way is no failure of the request and
+/// does not count.
+#[tokio::test]
+async fn part_way_failures_end_at_the_fallback_and_usage_limits_do_not_count() {
+    let (h0, h) = with_fallback(3, None).await;
+    for acct in ["acct-0", "acct-1"] {
+        h.fake
+            .push_reply(acct, Reply::CutMidStream { after_deltas: 2 });
+    }
+    let (status, headers, body) = h.call(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["x-codexpool-fallback"], "1");
+    assert_eq!(h0.fake.count("/v1/chat/completions"), 1);
+    assert_eq!(h.fake.count("/backend-api/codex/responses"), 2);
+    assert_eq!(h.total_inflight(), 0);
+
+    let h = harness(3, &[]).await;
+    for acct in ["acct-0", "acct-1"] {
+        h.fake.push_reply(
+            acct,
+            Reply::FailedAfterText {
+                deltas: vec!["Half".into()],
+                code: "usage_limit_reached".into(),
+                message: "You've hit your usage limit. Try again in 2 hours.".into(),
+            },
+        );
+    }
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-2.");
+    assert_eq!(h.log().await[0].accounts_tried, h.ids);
+}
+
 /// A usage limit part-way through an assembled answer on the last account: a 429 with the
 /// `Retry-After` the limit names (its "try again in", counted from when it came).
 #[tokio::test]

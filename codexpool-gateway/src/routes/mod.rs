@@ -826,7 +826,7 @@ impl Intake {
             assembled: false,
             failed: None,
             failing: Duration::ZERO,
-            retried_part_way: false,
+            part_way: 0,
         };
         Ok((
             call,
