@@ -794,6 +794,10 @@ impl AccountPool {
         // a link or a special file (`/dev/stdout`, a pipe such as `>(gpg -e …)`) is where the
         // export goes, not a name to replace.
         match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                followable(path, &m)?;
+                write_through(path, &bytes)?;
+            }
             Ok(m) if !m.file_type().is_file() => write_through(path, &bytes)?,
             Ok(_) => write_private(path, &bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_private(path, &bytes)?,
@@ -801,6 +805,33 @@ impl AccountPool {
         }
         Ok(doc.accounts.len())
     }
+}
+
+/// Whether the link at `path` may be followed with tokens: only one of this user's own, or of
+/// the owner of the folder it is in (as the kernel's `protected_symlinks` has it for sticky
+/// folders): another user's link in a folder both may write to (a shared export folder) would
+/// lead the export, as root too, into a file of that user's choosing.
+fn followable(path: &Path, link: &std::fs::Metadata) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let me = rustix::process::geteuid().as_raw();
+        let folder = std::fs::metadata(parent_dir(path)).map_err(|e| Error::io(path, e))?;
+        if link.uid() != me && link.uid() != folder.uid() {
+            return Err(Error::invalid(
+                "output",
+                format!(
+                    "{} is a link another user made (uid {}): not followed with the tokens; \
+                     give the file it leads to, or a path of your own",
+                    path.display(),
+                    link.uid()
+                ),
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, link);
+    Ok(())
 }
 
 /// Writes `bytes` where `path` leads (through links): into a pipe or a device as it is, into a

@@ -270,6 +270,17 @@ fn export_to_stdout_and_to_a_private_file_round_trips() {
         std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    // Not through another user's link in a folder that is not theirs (a shared folder): it
+    // could lead the tokens anywhere. (Making a link another user's takes root.)
+    let planted = env.path().join("planted-link.json");
+    let lure = env.path().join("lure.json");
+    std::os::unix::fs::symlink(&lure, &planted).unwrap();
+    if std::os::unix::fs::lchown(&planted, Some(54321), None).is_ok() {
+        let (code, _, err) = env.run(&["account", "export", "-o", planted.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("a link another user made"), "{err}");
+        assert!(!lure.exists());
+    }
     // Into a pipe (`-o >(gpg -e …)`, `-o /dev/stdout`): what reads it gets the export.
     let fifo = env.path().join("fifo");
     assert!(
