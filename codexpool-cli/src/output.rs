@@ -232,10 +232,11 @@ fn new_table(headers: &[&str], color: bool, width: Option<u16>) -> Table {
 }
 
 /// Fits a table to the terminal without breaking a word: a column of free text is at least as
-/// wide as its longest word (up to 40 characters; the others are as wide as their content).
-/// When even that is too wide, nothing wraps and the terminal breaks the long lines: a value
-/// split across lines is copied wrong, one that runs on is not.
+/// wide as its longest word (the others are as wide as their content). When even that is too
+/// wide, nothing wraps and the terminal breaks the long lines: a value split across lines is
+/// copied wrong, one that runs on is not.
 fn fit_words(table: &mut Table) {
+    use unicode_width::UnicodeWidthStr;
     let Some(room) = table.width() else {
         return;
     };
@@ -248,28 +249,21 @@ fn fit_words(table: &mut Table) {
                 .chain(table.column_cells_iter(i).flatten())
         };
         let free = table.column(i).is_some_and(|c| c.constraint().is_none());
-        let width = if free {
+        let widest = |split: fn(&str) -> Vec<&str>| {
             cells()
-                .flat_map(|c| {
-                    c.content()
-                        .split_whitespace()
-                        .map(|w| w.chars().count())
-                        .max()
-                })
-                .max()
-                .unwrap_or(0)
-                .min(40)
-        } else {
-            cells()
-                .flat_map(|c| c.content().lines().map(|l| l.chars().count()).max())
+                .flat_map(|c| split(&c.content()).iter().map(|w| w.width()).max())
                 .max()
                 .unwrap_or(0)
         };
-        // Two spaces of padding after each column.
+        let width = if free {
+            widest(|text| text.split_whitespace().collect())
+        } else {
+            widest(|text| text.lines().collect())
+        };
+        // Two spaces of padding after each column, which the bound counts too.
         needed += width + 2;
         if free && let Some(col) = table.column_mut(i) {
-            // The bound counts the padding.
-            let width = u16::try_from(width + 2).unwrap_or(42);
+            let width = u16::try_from(width + 2).unwrap_or(u16::MAX);
             col.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(width)));
         }
     }
@@ -427,6 +421,16 @@ mod tests {
             "STATUS",
         ] {
             assert!(text.contains(whole), "{whole}: {lines:?}");
+        }
+        // A word longer than 40 characters, and words two columns wide each, stay whole too.
+        let path = "/home/alice/.local/share/codexpool/codexpool.db";
+        for width in [65, 80] {
+            let row = ["0c06a15645e6", &format!("{path} 東京の鍵 x"), "active"];
+            let text = render(width, &[row]).join("\n");
+            assert!(
+                text.contains(path) && text.contains("東京の鍵"),
+                "{width}: {text}"
+            );
         }
         // Wider than the terminal at its narrowest: one line per row, nothing broken.
         let rows = [[
