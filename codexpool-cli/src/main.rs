@@ -81,16 +81,10 @@ fn run(cli: Cli, out: Output) -> anyhow::Result<()> {
         mut config,
         mut invalid,
         ..
-    } = match Config::load_env() {
-        Ok(loaded) => loaded,
-        // `config` lists the settings all the same, as the environment alone gives them, with
-        // the file's error (and exits 1).
-        Err(e) if matches!(cli.command, Command::Config) => {
-            let mut loaded = Config::load(|k| std::env::var(k).ok(), None);
-            loaded.invalid.insert(0, e);
-            loaded
-        }
-        Err(e) => return Err(e.into()),
+    } = match cli.command {
+        // `config` lists the settings even past an env file it cannot parse (and exits 1).
+        Command::Config => Config::load_env_listing(),
+        _ => Config::load_env()?,
     };
     if let Some(db) = &cli.db {
         config.set("DB_PATH", &db.to_string_lossy())?;

@@ -511,6 +511,21 @@ fn parse_hosts(v: &str) -> Result<Vec<String>, String> {
     Ok(hosts)
 }
 
+/// Where env files are looked for: the working directory, then the executable's.
+fn env_file_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        dirs.push(cwd);
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        dirs.push(dir);
+    }
+    dirs
+}
+
 /// `https://chatgpt.com` or `https://chat.openai.com` alone mean the Codex backend under them.
 fn normalize_upstream(v: &str) -> Result<String, String> {
     let v = parse_url(v)?;
@@ -1290,18 +1305,27 @@ impl Config {
     /// when an env file cannot be parsed. Variables with our prefix that name no setting (and
     /// bare setting names in our own env files) become [`Config::warnings`].
     pub fn load_env() -> Result<Loaded, ConfigError> {
-        let mut dirs = Vec::new();
-        if let Ok(cwd) = std::env::current_dir() {
-            dirs.push(cwd);
+        Ok(Self::load_env_with(
+            EnvFile::discover(&env_file_dirs())?.as_ref(),
+        ))
+    }
+
+    /// [`Config::load_env`] that goes on past an env file that cannot be parsed too: the
+    /// settings are then the environment's alone, and the file's error is the first of
+    /// [`Loaded::invalid`] (for a listing of every setting, as `codexpool config` shows).
+    pub fn load_env_listing() -> Loaded {
+        match EnvFile::discover(&env_file_dirs()) {
+            Ok(file) => Self::load_env_with(file.as_ref()),
+            Err(e) => {
+                let mut loaded = Self::load_env_with(None);
+                loaded.invalid.insert(0, e);
+                loaded
+            }
         }
-        if let Some(dir) = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-        {
-            dirs.push(dir);
-        }
-        let file = EnvFile::discover(&dirs)?;
-        let mut loaded = Self::load(|k| std::env::var(k).ok(), file.as_ref());
+    }
+
+    fn load_env_with(file: Option<&EnvFile>) -> Loaded {
+        let mut loaded = Self::load(|k| std::env::var(k).ok(), file);
         // A value that is not Unicode cannot be read: an error naming its variable, not the
         // default in its place (a `DB_PATH` read so would be another database).
         for s in SETTINGS {
@@ -1322,7 +1346,7 @@ impl Config {
         }
         let names = std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned());
         loaded.config.warnings.extend(unknown_in_environment(names));
-        Ok(loaded)
+        loaded
     }
 
     /// Settings from a variable lookup (the process environment in production, a map in tests)

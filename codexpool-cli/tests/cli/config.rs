@@ -225,6 +225,18 @@ fn a_value_that_is_not_utf8_is_an_error() {
         "{stderr}"
     );
     assert!(!path.exists());
+    // `config` marks it also when the env file cannot be parsed (its own error comes first).
+    std::fs::write(env.path().join("codexpool.env"), "not valid\n").unwrap();
+    let o = env
+        .cmd_without_db()
+        .env("CODEXPOOL_DB_PATH", &path)
+        .args(["--json", "config"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let db = rows.iter().find(|r| r["name"] == "DB_PATH").unwrap();
+    assert!(db["error"].as_str().unwrap().contains("UTF-8"), "{db}");
 }
 
 #[test]
