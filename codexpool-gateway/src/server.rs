@@ -97,8 +97,9 @@ pub enum ServerError {
         #[source]
         source: codexpool_core::Error,
     },
-    /// Writing queued records at shutdown failed.
-    #[error("could not write queued records at shutdown: {0}")]
+    /// The stop's flush failed: what was queued could not be written, or records were dropped
+    /// since the last flush (see `Pool::flush`).
+    #[error("the stop's flush: {0}")]
     Flush(#[source] codexpool_core::Error),
     /// A stop did not finish: its task ended without an answer (its runtime shut down, or it
     /// panicked).
