@@ -345,9 +345,7 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 }
 
 fn parse_u64(v: &str) -> Result<u64, String> {
-    v.trim()
-        .parse::<u64>()
-        .map_err(|_| "expected a whole non-negative number".into())
+    parse_in(v, 0..=u64::MAX)
 }
 
 /// A whole number in `range`; the error says which.

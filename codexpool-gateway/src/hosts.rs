@@ -46,7 +46,8 @@ impl OpenHosts {
         if authority.as_str().contains('@') {
             return false;
         }
-        let name = authority.host();
+        // A trailing dot names the same host (`localhost.`, `127.0.0.1.`).
+        let name = authority.host().trim_end_matches('.');
         // `[::1]` in a URL is the address `::1`.
         let bare = name
             .strip_prefix('[')
@@ -55,7 +56,7 @@ impl OpenHosts {
         if bare.parse::<std::net::IpAddr>().is_ok() {
             return true;
         }
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let name = name.to_ascii_lowercase();
         name == "localhost" || name.ends_with(".localhost") || self.names.contains(&name)
     }
 }
@@ -119,6 +120,7 @@ mod tests {
             "LOCALHOST.:1",
             "app.localhost:3000",
             "127.0.0.1:48760",
+            "127.0.0.1.:48760",
             "10.0.0.5",
             "[::1]:48760",
             "[fe80::1]",

@@ -962,18 +962,29 @@ fn convert_tool_choice(raw: &RawValue) -> Result<ToolChoice<'_>, RequestError> {
             .ok_or_else(|| RequestError::field("tool_choice.allowed_tools", "required"))?;
         return allowed_tools(allowed);
     }
+    named_function(&kind, c.function, "tool_choice", "tool choice")
+}
+
+/// A choice of one function (`{type: "function", function: {name}}`, read as `kind` and
+/// `function`) at `path`; another `type` is an unsupported `what`.
+fn named_function<'a>(
+    kind: &str,
+    function: Option<&'a RawValue>,
+    path: &str,
+    what: &str,
+) -> Result<ToolChoice<'a>, RequestError> {
     if kind != "function" {
         return Err(RequestError::field(
-            "tool_choice.type",
-            format!("unsupported tool choice {}", quoted(&kind)),
+            format!("{path}.type"),
+            format!("unsupported {what} {}", quoted(kind)),
         ));
     }
-    let function = not_null(c.function)
-        .ok_or_else(|| RequestError::field("tool_choice.function", "required"))?;
-    let f: FunctionFields<'_> = fields(function, &|| "tool_choice.function".to_owned())?;
+    let function = not_null(function)
+        .ok_or_else(|| RequestError::field(format!("{path}.function"), "required"))?;
+    let f: FunctionFields<'a> = fields(function, &|| format!("{path}.function"))?;
     Ok(ToolChoice::Function {
         kind: "function",
-        name: required_str(f.name, &|| "tool_choice.function.name".to_owned())?,
+        name: required_str(f.name, &|| format!("{path}.function.name"))?,
     })
 }
 
@@ -1010,19 +1021,7 @@ fn allowed_tools(raw: &RawValue) -> Result<ToolChoice<'_>, RequestError> {
         let at = |field: &str| format!("{path}.tools[{i}]{field}");
         let t: ToolCallFields<'_> = fields(tool, &|| at(""))?;
         let kind = required_str(t.kind, &|| at(".type"))?;
-        if kind != "function" {
-            return Err(RequestError::field(
-                at(".type"),
-                format!("unsupported tool type {}", quoted(&kind)),
-            ));
-        }
-        let function =
-            not_null(t.function).ok_or_else(|| RequestError::field(at(".function"), "required"))?;
-        let f: FunctionFields<'_> = fields(function, &|| at(".function"))?;
-        tools.push(ToolChoice::Function {
-            kind: "function",
-            name: required_str(f.name, &|| at(".function.name"))?,
-        });
+        tools.push(named_function(&kind, t.function, &at(""), "tool type")?);
     }
     Ok(ToolChoice::Allowed {
         kind: "allowed_tools",
