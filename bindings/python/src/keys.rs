@@ -237,7 +237,8 @@ impl KeyStore {
     }
 
     /// The key a secret belongs to; raises `KeyRefused` when it is unknown, disabled or expired.
-    /// A key it accepts counts as used (`last_used_at`), as a request through the gateway does.
+    /// A key it accepts counts as used, as a request through the gateway does: the returned
+    /// key's `last_used_at` is from before this use (`get` shows this one).
     fn verify(&self, py: Python<'_>, secret: &str) -> PyResult<Key> {
         self.home.ensure()?;
         self.inner

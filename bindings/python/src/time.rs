@@ -6,6 +6,7 @@
 //! seconds beyond it are refused (`InvalidInput`).
 
 use codexpool_core::Timestamp;
+use pyo3::exceptions::PyOverflowError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDateTime, PyDelta, PyFloat, PyInt, PyString, PyTzInfo};
@@ -83,7 +84,7 @@ pub(crate) fn from_arg(v: &Bound<'_, PyAny>, field: &str) -> PyResult<Timestamp>
     if v.is_instance_of::<PyDateTime>() {
         // Within a day of `datetime`'s range (a time zone's offset): far from i64's ends. A
         // naive time near either end (local time) can fall outside it: Python's ValueError.
-        use pyo3::exceptions::{PyOSError, PyOverflowError, PyValueError};
+        use pyo3::exceptions::{PyOSError, PyValueError};
         let secs: f64 = match v.call_method0("timestamp") {
             Ok(secs) => secs.extract()?,
             Err(e)
@@ -105,7 +106,19 @@ pub(crate) fn from_arg(v: &Bound<'_, PyAny>, field: &str) -> PyResult<Timestamp>
     if !v.is_instance_of::<PyBool>()
         && (v.is_instance_of::<PyInt>() || v.is_instance_of::<PyFloat>())
     {
-        let secs: f64 = v.extract()?;
+        let secs: f64 = match v.extract() {
+            Ok(secs) => secs,
+            // An int too large for a float.
+            Err(e) if e.is_instance_of::<PyOverflowError>(py) => {
+                return Err(invalid(
+                    py,
+                    field,
+                    "that many seconds since the epoch is outside the years 1 to 9999 (what \
+                     datetime holds)",
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         if secs.is_finite() {
             // Refused rather than clamped: a clamped time would reach core as one of i64's
             // ends, where day arithmetic (a ledger cutoff's day) has no room.

@@ -52,6 +52,11 @@ def test_create_rejects_bad_input(pool: codexpool.Pool) -> None:
         pool.keys.create("k", expires_at="tomorrow")
     with pytest.raises(codexpool.InvalidInput, match="expires_at"):
         pool.keys.create("k", expires_at=[1])  # type: ignore[arg-type]
+    # An int no float holds: the same error as any time outside the years, not OverflowError.
+    with pytest.raises(codexpool.InvalidInput, match="outside the years"):
+        pool.keys.create("k", expires_at=10**400)
+    with pytest.raises(codexpool.InvalidInput, match="since"):
+        pool.usage.ledger(since=10**400)
     assert pool.keys.list() == []
 
 

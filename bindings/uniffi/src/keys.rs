@@ -252,7 +252,8 @@ impl KeyStore {
     }
 
     /// Checks a secret as the gateway does: the key, or `Auth` naming why it is refused
-    /// (missing, unknown, disabled, expired). A key it accepts counts as used (`last_used_at`).
+    /// (missing, unknown, disabled, expired). A key it accepts counts as used: the returned
+    /// key's `last_used_at` is from before this use (`get` shows this one).
     pub fn verify(&self, secret: String) -> Result<PlatformKey, CodexPoolError> {
         self.home.ensure()?;
         let key = self.inner.keys().verify(&secret)?;

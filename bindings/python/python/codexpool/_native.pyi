@@ -630,8 +630,8 @@ class KeyStore:
     def delete(self, id: str) -> Key: ...
     def verify(self, secret: str) -> Key:
         """The key a secret belongs to; raises ``KeyRefused`` when it is unknown, disabled or
-        expired. A key it accepts counts as used (``last_used_at``), as a request through the
-        gateway does."""
+        expired. A key it accepts counts as used, as a request through the gateway does: the
+        returned key's ``last_used_at`` is from before this use (``get`` shows this one)."""
     def __len__(self) -> int: ...
 
 @final
