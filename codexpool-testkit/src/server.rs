@@ -75,6 +75,8 @@ async fn not_found(method: Method, uri: Uri) -> impl IntoResponse {
 pub(crate) struct Running {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// The process whose thread serves (a forked child has a copy of this, not the thread).
+    pid: u32,
 }
 
 impl Running {
@@ -130,6 +132,7 @@ impl Running {
         let running = Running {
             stop: Some(stop_tx),
             thread: Some(thread),
+            pid: std::process::id(),
         };
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(running),
@@ -140,8 +143,14 @@ impl Running {
         }
     }
 
-    /// Stops the server and joins its thread (idempotent).
+    /// Stops the server and joins its thread (idempotent). In a forked child, which has no such
+    /// thread (joining it panicked), it only forgets them: the parent's server goes on.
     pub(crate) fn stop(&mut self) {
+        if std::process::id() != self.pid {
+            std::mem::forget(self.stop.take());
+            std::mem::forget(self.thread.take());
+            return;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -1,12 +1,16 @@
 """codexpool.testing.FakeOpenAi and Reply: what Python users script their tests with."""
 
+import gc
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import urllib.error
 import urllib.request
 
 import pytest
+from conftest import child_exit_code, fork
 
 import codexpool
 from codexpool.testing import FakeOpenAi, Reply
@@ -171,3 +175,27 @@ def test_stop_while_another_thread_waits_for_streams_to_close() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "stopped: [CodexPoolError('the fake is stopped')]" in done.stdout, done.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_a_forked_child_drops_its_copy_of_the_fake_quietly() -> None:
+    """A test suite that forks: the child's copy of a running fake goes without a panic (its
+    server thread is the parent's), and the parent's fake serves on."""
+    fake = FakeOpenAi.start()
+    pid = fork()
+    if pid == 0:  # the child: report through the exit code only
+        code = 3
+        try:
+            raised: list[object] = []
+            sys.unraisablehook = raised.append
+            del fake
+            gc.collect()
+            code = 1 if raised else 0
+        finally:
+            os._exit(code)
+    assert child_exit_code(pid) == 0, "dropping the fake in the child raised"
+    assert fake.running
+    with pytest.raises(urllib.error.HTTPError) as e:  # no key: the fake's 401, so it serves
+        urllib.request.urlopen(fake.url + "/v1/models", timeout=10)
+    assert e.value.code == 401
+    fake.stop()
