@@ -238,7 +238,8 @@ impl PoolBuilder {
 
 /// Polls the store's data version; reloads on change; writes last-used times now and then.
 async fn watch(weak: Weak<Shared>, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
+    // The first tick after one interval: the pool has just read the store.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u32 = 0;
     loop {
