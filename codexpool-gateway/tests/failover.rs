@@ -1435,6 +1435,20 @@ async fn an_assembled_answer_that_fails_part_way_moves_to_the_next_account() {
     }
 }
 
+/// Each of `accounts` answers its next request with some text, then a `response.failed`.
+fn fail_after_text(h: &common::Harness, accounts: &[&str], code: &str, message: &str) {
+    for acct in accounts {
+        h.fake.push_reply(
+            acct,
+            Reply::FailedAfterText {
+                deltas: vec!["Half".into()],
+                code: code.into(),
+                message: message.into(),
+            },
+        );
+    }
+}
+
 /// An assembled answer goes to another account once after failing part-way, not to every
 /// account: each try was generated (and billed) up to its failure, and a request the backend
 /// keeps failing would otherwise cost every account and cool them all down, refusing the
@@ -1442,16 +1456,7 @@ async fn an_assembled_answer_that_fails_part_way_moves_to_the_next_account() {
 #[tokio::test]
 async fn an_assembled_answer_is_tried_again_once_after_failing_part_way() {
     let h = harness(3, &[]).await;
-    for acct in ["acct-0", "acct-1"] {
-        h.fake.push_reply(
-            acct,
-            Reply::FailedAfterText {
-                deltas: vec!["Half".into()],
-                code: "server_error".into(),
-                message: "boom".into(),
-            },
-        );
-    }
+    fail_after_text(&h, &["acct-0", "acct-1"], "server_error", "boom");
     let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
     assert_eq!(v["error"]["code"], "server_error", "{v}");
@@ -1486,16 +1491,8 @@ async fn part_way_failures_end_at_the_fallback_and_usage_limits_do_not_count() {
     assert_eq!(h.total_inflight(), 0);
 
     let h = harness(3, &[]).await;
-    for acct in ["acct-0", "acct-1"] {
-        h.fake.push_reply(
-            acct,
-            Reply::FailedAfterText {
-                deltas: vec!["Half".into()],
-                code: "usage_limit_reached".into(),
-                message: "You've hit your usage limit. Try again in 2 hours.".into(),
-            },
-        );
-    }
+    let limit = "You've hit your usage limit. Try again in 2 hours.";
+    fail_after_text(&h, &["acct-0", "acct-1"], "usage_limit_reached", limit);
     let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["choices"][0]["message"]["content"], "Hello from acct-2.");
