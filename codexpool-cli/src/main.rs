@@ -87,6 +87,13 @@ fn run(cli: Cli, out: Output) -> anyhow::Result<()> {
         _ => Config::load_env()?,
     };
     if let Some(db) = &cli.db {
+        if matches!(cli.command, Command::Demo) {
+            out.warn(format!(
+                "--db {} is not used: the demo runs on a database of its own, removed when it \
+                 ends",
+                db.display()
+            ));
+        }
         config.set("DB_PATH", &db.to_string_lossy())?;
         invalid.retain(|e| e.setting != Some("DB_PATH"));
     }

@@ -37,6 +37,11 @@ fn demo_runs_to_completion_without_touching_the_users_database() {
         !env.db().exists(),
         "the demo never opens the configured database"
     );
+    // And says so when one is named.
+    assert!(
+        stderr.contains("is not used: the demo runs on a database of its own"),
+        "{stderr}"
+    );
 
     let o = env.cmd().args(["demo", "--json"]).output().unwrap();
     assert!(o.status.success());
