@@ -57,8 +57,8 @@ pub use routes::models::BUILTIN_MODELS;
 pub use routes::{BODY_IDLE_TIMEOUT, KEEPALIVE_INTERVAL};
 pub use rpc::{RpcError, codes as rpc_codes};
 pub use server::{
-    DEFAULT_SHUTDOWN_GRACE, RunningServer, Server, ServerError, SharedServer, max_in_flight,
-    worker_threads,
+    DEFAULT_SHUTDOWN_GRACE, RunningServer, Server, ServerError, SharedServer, WeakServer,
+    max_in_flight, worker_threads,
 };
 pub use upstream::CODEX_VERSION;
 

@@ -320,7 +320,7 @@ impl Server {
             background.push(codexpool_core::auth::spawn_refresher(&self.pool));
             background.push(codexpool_core::spawn_pruner(&self.pool));
         }
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(None);
         let task = tokio::spawn(accept_loop(
             listener,
             apps,
@@ -629,7 +629,7 @@ async fn accept_loop(
     listener: TcpListener,
     apps: Apps,
     mut workers: Workers,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Option<Duration>>,
     ending: Ending,
     sockets: ClientSockets,
 ) {
@@ -675,12 +675,14 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    if tokio::time::timeout(ending.grace, graceful.shutdown())
+    // A stop may ask for less time than the configured grace (an exiting interpreter's).
+    let grace = stop.borrow().map_or(ending.grace, |g| g.min(ending.grace));
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
-            grace_secs = ending.grace.as_secs(),
+            grace_secs = grace.as_secs(),
             open = connections.len(),
             "open streams outlived the shutdown grace; ending them"
         );
@@ -708,7 +710,8 @@ pub struct RunningServer {
     gateway: Gateway,
     /// Where this server said it listens (a database on disk only), removed when it stops.
     server_file: Option<ServerFile>,
-    stop_tx: watch::Sender<bool>,
+    /// `Some(longest grace)` stops the server.
+    stop_tx: watch::Sender<Option<Duration>>,
     task: Option<JoinHandle<()>>,
     background: Vec<codexpool_core::BackgroundTask>,
 }
@@ -753,8 +756,14 @@ impl RunningServer {
     }
 
     /// Stops accepting, lets open streams finish (within the grace), writes what is queued.
-    pub async fn stop(mut self) -> Result<(), ServerError> {
-        let _ = self.stop_tx.send(true);
+    pub async fn stop(self) -> Result<(), ServerError> {
+        self.stop_within(Duration::MAX).await
+    }
+
+    /// [`stop`](Self::stop) that gives open streams at most `grace`, if that is less than the
+    /// server's own shutdown grace (an exiting process that cannot wait long).
+    pub async fn stop_within(mut self, grace: Duration) -> Result<(), ServerError> {
+        let _ = self.stop_tx.send(Some(grace));
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
@@ -806,6 +815,16 @@ impl SharedServer {
         &self,
         runtime: &tokio::runtime::Handle,
     ) -> impl Future<Output = Result<(), Arc<ServerError>>> + Send + 'static {
+        self.stop_within(runtime, Duration::MAX)
+    }
+
+    /// [`stop`](Self::stop) with at most `grace` for open streams (see
+    /// [`RunningServer::stop_within`]); a stop already under way goes on as it was asked.
+    pub fn stop_within(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), Arc<ServerError>>> + Send + 'static {
         let stopped = {
             let mut state = self.lock();
             match std::mem::replace(&mut *state, Stop::Done) {
@@ -817,7 +836,8 @@ impl SharedServer {
                 Stop::Running(running) => {
                     let (tx, rx) = watch::channel(None);
                     runtime.spawn(async move {
-                        tx.send_replace(Some(running.stop().await.map_err(Arc::new)));
+                        let stopped = running.stop_within(grace).await;
+                        tx.send_replace(Some(stopped.map_err(Arc::new)));
                     });
                     *state = Stop::Stopping(rx.clone());
                     Some(rx)
@@ -840,6 +860,11 @@ impl SharedServer {
         }
     }
 
+    /// A handle that does not keep the server (see [`WeakServer`]).
+    pub fn downgrade(&self) -> WeakServer {
+        WeakServer(Arc::downgrade(&self.state))
+    }
+
     /// Leaves the server alone, never stopped nor dropped: in a process forked from the one
     /// that serves, it is the parent's (stopping or dropping it here would remove the parent's
     /// server file, and the CLI could no longer find it). Takes no lock: one a parent thread
@@ -849,9 +874,20 @@ impl SharedServer {
     }
 }
 
+/// A [`SharedServer`] that is not kept alive by this handle (a registry of the servers still
+/// running, to stop at a process's exit).
+pub struct WeakServer(std::sync::Weak<std::sync::Mutex<Stop>>);
+
+impl WeakServer {
+    /// The server, unless every [`SharedServer`] of it is gone.
+    pub fn upgrade(&self) -> Option<SharedServer> {
+        self.0.upgrade().map(|state| SharedServer { state })
+    }
+}
+
 impl Drop for RunningServer {
     fn drop(&mut self) {
-        let _ = self.stop_tx.send(true);
+        let _ = self.stop_tx.send(Some(Duration::MAX));
         if let Some(f) = &self.server_file {
             f.remove(self.pool.config());
         }

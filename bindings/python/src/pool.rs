@@ -100,18 +100,19 @@ fn opened_pools() -> std::sync::MutexGuard<'static, Vec<(Home, WeakPool)>> {
 /// Longest an exiting interpreter waits for one pool's flush.
 const EXIT_FLUSH: Duration = Duration::from_secs(10);
 
-/// Registered with `atexit` when the module loads: writes what the pools still open have
-/// queued (last-used times, usage readings, request-log rows), so a script that ends without
+/// Registered with `atexit` when the module loads: stops the servers still running (see
+/// [`crate::server::stop_running_servers`]), then writes what the pools still open have queued
+/// (last-used times, usage readings, request-log rows), so a script that ends without `stop()`,
 /// `flush()` or a `with` block loses none of it. Every pool is flushed, each waited for at most
 /// 10 s (a Ctrl-C stops the waiting); what failed is issued as a warning.
 #[pyfunction]
 pub(crate) fn flush_open_pools(py: Python<'_>) {
+    let mut problems = crate::server::stop_running_servers(py);
     let open: Vec<CorePool> = opened_pools()
         .drain(..)
         .filter(|(home, _)| home.is_here())
         .filter_map(|(_, weak)| weak.upgrade())
         .collect();
-    let mut problems = Vec::new();
     for pool in open {
         let path = match pool.store().database_file() {
             Some(file) => file.display().to_string(),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use codexpool_core::Secret;
 use codexpool_core::config::MIN_RPC_TOKEN_CHARS;
-use codexpool_gateway::{Server as CoreServer, SharedServer};
+use codexpool_gateway::{Server as CoreServer, SharedServer, WeakServer};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -65,16 +65,67 @@ pub(crate) fn serve(
     }
     let running = pool.home.run(py, server.start())?.map_err(server_error)?;
     let local = running.local_addr();
+    let (url, base_url) = (running.url(), running.base_url());
+    let rpc_token = running.rpc_token().clone();
+    let rpc_token_file = running.rpc_token_file().map(PathBuf::from);
+    let server = SharedServer::new(running);
+    {
+        let mut serving = serving();
+        serving.retain(|(_, weak)| weak.upgrade().is_some_and(|s| s.is_running()));
+        serving.push((pool.home, server.downgrade()));
+    }
     Ok(Server {
-        url: running.url(),
-        base_url: running.base_url(),
+        url,
+        base_url,
         host: local.ip().to_string(),
         port: local.port(),
-        rpc_token: running.rpc_token().clone(),
-        rpc_token_file: running.rpc_token_file().map(PathBuf::from),
-        server: SharedServer::new(running),
+        rpc_token,
+        rpc_token_file,
+        server,
         home: pool.home,
     })
+}
+
+/// The servers started in this process that may still run, for [`stop_running_servers`].
+static SERVING: std::sync::Mutex<Vec<(Home, WeakServer)>> = std::sync::Mutex::new(Vec::new());
+
+fn serving() -> std::sync::MutexGuard<'static, Vec<(Home, WeakServer)>> {
+    SERVING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How long an exiting interpreter lets a server's open streams go on (then they end with
+/// `server_stopped`), and how long it waits for the whole stop.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+const EXIT_STOP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// At the interpreter's exit (before the pools are flushed): stops the servers a script left
+/// running, open streams given [`EXIT_GRACE`], so that the requests under way get their
+/// request-log rows and the servers' files are removed. Returns what failed.
+pub(crate) fn stop_running_servers(py: Python<'_>) -> Vec<String> {
+    let running: Vec<SharedServer> = serving()
+        .drain(..)
+        .filter(|(home, _)| home.is_here())
+        .filter_map(|(_, weak)| weak.upgrade())
+        .filter(SharedServer::is_running)
+        .collect();
+    let Ok(runtime) = crate::runtime::runtime() else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    for server in running {
+        let stopped = server.stop_within(runtime.handle(), EXIT_GRACE);
+        let waited = async move { tokio::time::timeout(EXIT_STOP, stopped).await };
+        let problem = match Home::here().run(py, waited) {
+            Ok(Ok(Ok(()))) => continue,
+            Ok(Ok(Err(e))) => e.to_string(),
+            Ok(Err(_)) => format!("still stopping after {} s", EXIT_STOP.as_secs()),
+            Err(e) => e.to_string(),
+        };
+        problems.push(format!("a server was not stopped at exit: {problem}"));
+    }
+    problems
 }
 
 /// `rpc_token=` as the `RPC_TOKEN` setting takes it: trimmed (clients' tokens are), not empty

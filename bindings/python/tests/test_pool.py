@@ -4,13 +4,14 @@ import datetime
 import json
 import os
 import subprocess
+import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
 
 import codexpool
-from codexpool.testing import FakeOpenAi
+from codexpool.testing import FakeOpenAi, Reply
 
 
 def test_open_creates_the_database_and_applies_settings(fake: FakeOpenAi, tmp_path: Path) -> None:
@@ -205,3 +206,48 @@ def test_a_script_that_ends_without_flush_loses_nothing(fake: FakeOpenAi, tmp_pa
     assert done.returncode == 0, done.stderr
     assert "not flushed" not in done.stderr, done.stderr
     assert done.stdout.split() == ["at", "exit", "1", "2"], (done.stdout, done.stderr)
+
+
+def test_a_script_that_ends_while_serving_stops_the_server(
+    fake: FakeOpenAi, tmp_path: Path
+) -> None:
+    """A script that ends while its server answers a request, without `stop()`: the exit hook
+    stops the server (open streams get a second, then end with `server_stopped`), so that
+    request has its log row and the server's file is gone."""
+    fake.add_account("acct-1")
+    fake.push_reply("acct-1", Reply.deltas(["tick "] * 100).paced(0.1))
+    db = tmp_path / "pool.db"
+    script = (
+        "import json, sys, threading, urllib.request, warnings\n"
+        "settings, auth, db = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]\n"
+        "import codexpool\n"
+        "warnings.filterwarnings('ignore', message='.*Codex CLI')\n"
+        "pool = codexpool.Pool.open(db, disable_polling=True, **settings)\n"
+        "pool.accounts.import_text(auth, source='a')\n"
+        "key = pool.keys.create('k')\n"
+        "srv = codexpool.serve(pool)\n"
+        "started = threading.Event()\n"
+        "def ask():\n"
+        "    body = json.dumps({'model': 'gpt-5-codex', 'stream': True,\n"
+        "                       'messages': [{'role': 'user', 'content': 'hi'}]}).encode()\n"
+        "    req = urllib.request.Request(srv.base_url + '/chat/completions', data=body,\n"
+        "        headers={'Authorization': 'Bearer ' + key.secret,\n"
+        "                 'Content-Type': 'application/json'})\n"
+        "    with urllib.request.urlopen(req) as r:\n"
+        "        r.readline()\n"
+        "        started.set()\n"
+        "        r.read()\n"
+        "threading.Thread(target=ask, daemon=True).start()\n"
+        "assert started.wait(30)\n"
+        "print('in flight', flush=True)\n"
+    )
+    args = [json.dumps(fake.settings()), json.dumps(fake.auth_json("acct-1")), str(db)]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "in flight", (done.stdout, done.stderr)
+    assert "not stopped" not in done.stderr, done.stderr
+    assert list((tmp_path / "servers").glob("*.json")) == []
+    rows = sqlite3.connect(db).execute("SELECT error_class FROM request_log").fetchall()
+    assert rows == [("server_stopped",)], rows
