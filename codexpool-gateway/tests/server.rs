@@ -947,6 +947,43 @@ fn ask_chat(
         .send()
 }
 
+/// A stop that cannot wait the configured grace (an exiting interpreter's) gives open streams
+/// the shorter time it names, through the shared handle and a weak one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_within_a_shorter_grace_ends_open_streams_sooner() {
+    let (e, key) = env_with_an_account(&[]).await;
+    let srv = Server::new(e.pool.clone())
+        .addr("127.0.0.1:0".parse().unwrap())
+        .background_tasks(false)
+        .shutdown_grace(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    e.fake
+        .push_reply("acct-0", Reply::StallMidStream { after_deltas: 2 });
+    let mut streamed = ask_chat(&srv, &key, true).await.unwrap();
+    assert!(
+        streamed.chunk().await.unwrap().is_some(),
+        "the stream started"
+    );
+    let shared = SharedServer::new(srv);
+    let weak = shared.downgrade();
+    let runtime = tokio::runtime::Handle::current();
+    let stopped = weak
+        .upgrade()
+        .unwrap()
+        .stop_within(&runtime, Duration::from_millis(200));
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("the stop took the shorter grace, not the server's 60 s")
+        .unwrap();
+    assert!(!shared.is_running());
+    drop(shared);
+    assert!(weak.upgrade().is_none());
+    let rows = log_rows(&e.pool).await;
+    assert_eq!(rows[0].error_class.as_deref(), Some("server_stopped"));
+}
+
 /// Answers still coming when the shutdown grace is over end with an error of their own: a
 /// stream's last chunk says the gateway stopped and the stream ends cleanly, an assembled
 /// answer is a 503, and so is a request no account has answered yet. Every row says
