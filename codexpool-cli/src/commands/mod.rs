@@ -49,10 +49,10 @@ impl Ctx {
         // Only a database that is surely not there is new: one in a folder this user may not
         // enter is an error (reading on would show it empty), not a pool with nothing stored.
         // A command that stores something says why it cannot as it opens the database.
-        let new = match std::fs::metadata(path) {
-            // An empty file is no database yet either (SQLite would make one of it).
-            Ok(m) => m.len() == 0,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        let meta = std::fs::metadata(path);
+        let new = match &meta {
+            _ if not_there(&meta) => true,
+            Ok(_) => false,
             Err(_) if !reads_only => true,
             Err(e) => {
                 return Err(Failure::new(
@@ -76,6 +76,31 @@ impl Ctx {
         }
         Ok(pool)
     }
+
+    /// Whether an import of `source` into a database that is not there yet would store
+    /// nothing (no account file in it, or none with an account): tried in memory first, so
+    /// that such an import makes no database. A source that cannot be read is its error.
+    async fn import_stores_nothing(&self, source: &str) -> anyhow::Result<bool> {
+        if source == "-" || !not_there(&std::fs::metadata(&self.config.db_path)) {
+            return Ok(false);
+        }
+        let probe = Pool::builder(self.config.clone())
+            .store(Arc::new(MemoryStore::new()))
+            .watch_interval(Duration::ZERO)
+            .open()
+            .await?;
+        let report = probe.accounts().import_path(source).await?;
+        Ok(report.imported() + report.updated() == 0)
+    }
+}
+
+/// Whether a database file's metadata says it is surely not there yet: no file, or an empty
+/// one (SQLite would make one of it).
+fn not_there(meta: &std::io::Result<std::fs::Metadata>) -> bool {
+    match meta {
+        Ok(m) => m.len() == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
 }
 
 /// Runs a command.
@@ -88,14 +113,15 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
             let changes = changes_the_pool(&command);
             // `logs --follow` waits for what a server will write there. A command that changes
             // a stored record finds none in a database that is not there, as a read would,
-            // without making one; an import whose source is missing fails before it makes one.
-            let reads_only = (!changes || changes_a_stored_record(&command))
+            // without making one; so does an import that would store nothing.
+            let stores_nothing = match &command {
+                Command::Account(AccountCommand::Import { source, .. }) => {
+                    ctx.import_stores_nothing(source).await?
+                }
+                _ => false,
+            };
+            let reads_only = (!changes || changes_a_stored_record(&command) || stores_nothing)
                 && !matches!(&command, Command::Logs(l) if l.follow);
-            if let Command::Account(AccountCommand::Import { source, .. }) = &command
-                && source != "-"
-            {
-                std::fs::metadata(source).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
-            }
             let pool = ctx.open_pool(reads_only).await?;
             // `account login` and `logs --follow` end on a signal themselves.
             let own_signals = matches!(

@@ -248,8 +248,13 @@ async fn a_filter_that_matches_nothing_says_so() {
         );
         assert!(!empty.db().exists());
     }
-    // Nor by one that changes a record it does not find there, or imports what is not there.
-    let changes: [&[&str]; 8] = [
+    // Nor by one that changes a record it does not find there, or imports what is not there
+    // or holds no account.
+    let no_account = empty.path().join("no-account.json");
+    std::fs::write(&no_account, r#"{"hello": 1}"#).unwrap();
+    let no_files = empty.path().join("no-files");
+    std::fs::create_dir(&no_files).unwrap();
+    let changes: [&[&str]; 10] = [
         &["key", "delete", "abc"],
         &["key", "disable", "abc"],
         &["key", "update", "abc", "--name", "x"],
@@ -262,6 +267,8 @@ async fn a_filter_that_matches_nothing_says_so() {
             "http://localhost:1455/auth/callback?code=c&state=s",
         ],
         &["account", "import", "no-such-file.json"],
+        &["account", "import", no_account.to_str().unwrap()],
+        &["account", "import", no_files.to_str().unwrap()],
     ];
     for args in changes {
         let o = empty.cmd().args(args).output().unwrap();
