@@ -8,7 +8,7 @@
 //! `CodexPoolWarning`s when a pool opens.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use codexpool_core::store::MemoryStore;
@@ -21,7 +21,7 @@ use crate::errors::{OrRaise, invalid, warn_all};
 use crate::keys::KeyStore;
 use crate::record::quote;
 use crate::request_log::RequestLog;
-use crate::runtime::{Home, HomeExt};
+use crate::runtime::{AtExit, Home, HomeExt};
 use crate::usage::UsageTracker;
 
 /// A pool of ChatGPT (Codex) sign-ins, platform keys and usage over one database.
@@ -89,13 +89,7 @@ fn whole_number(f: f64) -> Option<i64> {
 }
 
 /// The pools opened in this process that may still be open, for [`flush_open_pools`].
-static OPENED: Mutex<Vec<(Home, WeakPool)>> = Mutex::new(Vec::new());
-
-fn opened_pools() -> std::sync::MutexGuard<'static, Vec<(Home, WeakPool)>> {
-    OPENED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+static OPENED: AtExit<WeakPool> = AtExit::new();
 
 /// Longest an exiting interpreter waits for one pool's flush.
 const EXIT_FLUSH: Duration = Duration::from_secs(10);
@@ -108,10 +102,10 @@ const EXIT_FLUSH: Duration = Duration::from_secs(10);
 #[pyfunction]
 pub(crate) fn flush_open_pools(py: Python<'_>) {
     let mut problems = crate::server::stop_running_servers(py);
-    let open: Vec<CorePool> = opened_pools()
-        .drain(..)
-        .filter(|(home, _)| home.is_here())
-        .filter_map(|(_, weak)| weak.upgrade())
+    let open: Vec<CorePool> = OPENED
+        .take_here()
+        .iter()
+        .filter_map(WeakPool::upgrade)
         .collect();
     for pool in open {
         let path = match pool.store().database_file() {
@@ -138,11 +132,7 @@ pub(crate) fn flush_open_pools(py: Python<'_>) {
 /// The opened pool, after issuing its settings' warnings.
 fn opened(py: Python<'_>, inner: CorePool) -> PyResult<Pool> {
     warn_all(py, inner.config().warnings.iter().map(String::as_str))?;
-    {
-        let mut open = opened_pools();
-        open.retain(|(_, weak)| weak.upgrade().is_some());
-        open.push((Home::here(), inner.downgrade()));
-    }
+    OPENED.add(inner.downgrade(), |weak| weak.upgrade().is_some());
     Ok(Pool {
         inner,
         home: Home::here(),

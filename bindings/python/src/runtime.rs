@@ -31,6 +31,39 @@ pub(crate) fn runtime() -> PyResult<&'static Runtime> {
         .map_err(|e| CodexPoolError::new_err(format!("cannot start the tokio runtime: {e}")))
 }
 
+/// Objects of this module held weakly for the interpreter's exit hook (the pools to flush, the
+/// servers to stop): those of this process still alive then (a forked child's entries are the
+/// parent's objects).
+pub(crate) struct AtExit<W>(std::sync::Mutex<Vec<(Home, W)>>);
+
+impl<W> AtExit<W> {
+    pub(crate) const fn new() -> Self {
+        Self(std::sync::Mutex::new(Vec::new()))
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, Vec<(Home, W)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds `weak`, an object of this process, leaving out the entries `alive` says are gone.
+    pub(crate) fn add(&self, weak: W, alive: impl Fn(&W) -> bool) {
+        let mut entries = self.entries();
+        entries.retain(|(_, w)| alive(w));
+        entries.push((Home::here(), weak));
+    }
+
+    /// Empties the list, giving the entries of this process.
+    pub(crate) fn take_here(&self) -> Vec<W> {
+        self.entries()
+            .drain(..)
+            .filter(|(home, _)| home.is_here())
+            .map(|(_, w)| w)
+            .collect()
+    }
+}
+
 /// What the objects that lead to a pool do with their [`Home`].
 pub(crate) trait HomeExt {
     /// `CodexPoolError` in any other process than home.

@@ -14,7 +14,7 @@ use crate::args::{listen_addr, seconds};
 use crate::errors::ServerError;
 use crate::pool::Pool;
 use crate::record::{py_bool, quote};
-use crate::runtime::{Home, HomeExt};
+use crate::runtime::{AtExit, Home, HomeExt};
 
 /// A running server. `stop()` (or leaving a `with` block) stops accepting, lets open streams
 /// finish within the shutdown grace, writes what is queued and frees the port; stopping twice
@@ -69,11 +69,9 @@ pub(crate) fn serve(
     let rpc_token = running.rpc_token().clone();
     let rpc_token_file = running.rpc_token_file().map(PathBuf::from);
     let server = SharedServer::new(running);
-    {
-        let mut serving = serving();
-        serving.retain(|(_, weak)| weak.upgrade().is_some_and(|s| s.is_running()));
-        serving.push((pool.home, server.downgrade()));
-    }
+    SERVING.add(server.downgrade(), |weak| {
+        weak.upgrade().is_some_and(|s| s.is_running())
+    });
     Ok(Server {
         url,
         base_url,
@@ -87,13 +85,7 @@ pub(crate) fn serve(
 }
 
 /// The servers started in this process that may still run, for [`stop_running_servers`].
-static SERVING: std::sync::Mutex<Vec<(Home, WeakServer)>> = std::sync::Mutex::new(Vec::new());
-
-fn serving() -> std::sync::MutexGuard<'static, Vec<(Home, WeakServer)>> {
-    SERVING
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+static SERVING: AtExit<WeakServer> = AtExit::new();
 
 /// How long an exiting interpreter lets a server's open streams go on (then they end with
 /// `server_stopped`), and how long it waits for the whole stop.
@@ -104,10 +96,10 @@ const EXIT_STOP: std::time::Duration = std::time::Duration::from_secs(10);
 /// running, open streams given [`EXIT_GRACE`], so that the requests under way get their
 /// request-log rows and the servers' files are removed. Returns what failed.
 pub(crate) fn stop_running_servers(py: Python<'_>) -> Vec<String> {
-    let running: Vec<SharedServer> = serving()
-        .drain(..)
-        .filter(|(home, _)| home.is_here())
-        .filter_map(|(_, weak)| weak.upgrade())
+    let running: Vec<SharedServer> = SERVING
+        .take_here()
+        .iter()
+        .filter_map(WeakServer::upgrade)
         .filter(SharedServer::is_running)
         .collect();
     let Ok(runtime) = crate::runtime::runtime() else {
