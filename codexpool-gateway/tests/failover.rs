@@ -221,16 +221,7 @@ async fn http_failures_fail_over_with_the_right_cooldown() {
         let h = harness(2, &[]).await;
         h.fake.push_reply("acct-0", reply.clone());
         served_by_second(&h).await;
-        assert_eq!(
-            h.pool
-                .accounts()
-                .runtime(&h.ids[0])
-                .unwrap()
-                .cooldown_until
-                .is_some(),
-            cooling,
-            "{reply:?}"
-        );
+        assert_eq!(h.cooldown_until(0).is_some(), cooling, "{reply:?}");
     }
 }
 
@@ -249,13 +240,7 @@ async fn a_rate_limits_retry_after_may_be_an_http_date() {
             .with_header("retry-after", retry_after.as_str()),
         );
         served_by_second(&h).await;
-        let until = h
-            .pool
-            .accounts()
-            .runtime(&h.ids[0])
-            .unwrap()
-            .cooldown_until
-            .unwrap();
+        let until = h.cooldown_until(0).unwrap();
         let wait = until.as_secs() - h.pool.now().as_secs();
         assert!((590..=600).contains(&wait), "{retry_after}: {wait}");
     }
@@ -635,14 +620,7 @@ async fn connection_refused_moves_to_the_next_account_and_ends_in_an_error() {
         ),
         (2, 0)
     );
-    assert!(
-        h.pool
-            .accounts()
-            .runtime(&h.ids[0])
-            .unwrap()
-            .cooldown_until
-            .is_some()
-    );
+    assert!(h.cooldown_until(0).is_some());
     assert_eq!(h.total_inflight(), 0);
 }
 
@@ -1424,12 +1402,7 @@ async fn an_assembled_answer_that_fails_part_way_moves_to_the_next_account() {
         assert!(row.error_class.is_none(), "{class}: {row:?}");
         assert_eq!(h.total_inflight(), 0);
         assert!(
-            h.pool
-                .accounts()
-                .runtime(&h.ids[0])
-                .unwrap()
-                .cooldown_until
-                .is_some(),
+            h.cooldown_until(0).is_some(),
             "{class}: the account that failed rests"
         );
     }

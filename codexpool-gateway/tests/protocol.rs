@@ -56,13 +56,7 @@ async fn a_challenge_page_with_status_200_is_a_challenge() {
     assert_eq!(row.accounts_tried, [h.ids[0].clone(), h.ids[1].clone()]);
     // A challenge cools the account for its own 6 s, not as a broken stream would (5 s, then
     // longer on repeats). The request took less than a second.
-    let until = h
-        .pool
-        .accounts()
-        .runtime(&h.ids[0])
-        .unwrap()
-        .cooldown_until
-        .unwrap();
+    let until = h.cooldown_until(0).unwrap();
     let left = until.since(h.pool.now());
     assert!(
         left > Duration::from_secs(5) && left <= CHALLENGE_COOLDOWN,

@@ -183,6 +183,15 @@ impl Harness {
     pub fn total_inflight(&self) -> u32 {
         self.pool.accounts().total_inflight()
     }
+
+    /// Until when account `i` rests, if it does.
+    pub fn cooldown_until(&self, i: usize) -> Option<codexpool_core::Timestamp> {
+        self.pool
+            .accounts()
+            .runtime(&self.ids[i])
+            .unwrap()
+            .cooldown_until
+    }
 }
 
 /// `data:` payloads of an SSE body (comments and `event:` lines skipped).
