@@ -108,6 +108,13 @@ pub fn chat_to_responses(
                 .unwrap_or(false)
         }
     };
+    // As OpenAI does: options for a stream that is not asked for are a mistake, not a no-op.
+    if !stream && obj.get("stream_options").is_some() {
+        return Err(RequestError::field(
+            "stream_options",
+            "only allowed when stream is true",
+        ));
+    }
 
     let stop = match obj.get("stop") {
         None => Vec::new(),

@@ -373,6 +373,14 @@ fn request_errors_name_the_field() {
             "stream_options.include_usage: must be a boolean",
         ),
         (
+            json!({"model": "m", "messages": [user], "stream_options": {"include_usage": true}}),
+            "stream_options: only allowed when stream is true",
+        ),
+        (
+            json!({"model": "m", "messages": [user], "stream": false, "stream_options": {}}),
+            "stream_options: only allowed when stream is true",
+        ),
+        (
             json!({"model": "m", "messages": [user], "reasoning_effort": 3}),
             "reasoning_effort: must be a string",
         ),
