@@ -388,6 +388,12 @@ pub fn datetime(t: Timestamp) -> String {
 /// `—` for absent values in tables.
 pub const NONE: &str = "—";
 
+/// A key's or account's id that no longer names one (rows of the request log and the ledger
+/// outlive what they count): `… (deleted)`, so it is not taken for a name.
+pub fn deleted(id: &str) -> String {
+    format!("{id} (deleted)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

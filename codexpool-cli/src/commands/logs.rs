@@ -16,7 +16,7 @@ use comfy_table::Cell;
 
 use super::Ctx;
 use crate::args::LogsArgs;
-use crate::output::{NONE, Output, Paint, cell, datetime, millis, visible};
+use crate::output::{NONE, Output, Paint, cell, datetime, deleted, millis, visible};
 
 /// How often `--follow` looks for new rows.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
@@ -165,7 +165,7 @@ impl Names {
 
     fn key(&self, r: &RequestLogEntry) -> String {
         match &r.key_id {
-            Some(id) => self.keys.get(id).cloned().unwrap_or_else(|| id.clone()),
+            Some(id) => self.keys.get(id).cloned().unwrap_or_else(|| deleted(id)),
             None => NONE.into(),
         }
     }
@@ -181,7 +181,12 @@ impl Names {
         let mut v: Vec<String> = r
             .accounts_tried
             .iter()
-            .map(|id| self.accounts.get(id).cloned().unwrap_or_else(|| id.clone()))
+            .map(|id| {
+                self.accounts
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| deleted(id))
+            })
             .collect();
         if r.fallback {
             v.push("fallback".into());

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::Ctx;
 use crate::args::TokensArgs;
-use crate::output::{NONE, Output, Paint, cell, datetime};
+use crate::output::{NONE, Output, Paint, cell, datetime, deleted};
 
 /// One row of `--json`: the ledger row (`group` and the sums) and a name.
 #[derive(Serialize)]
@@ -131,6 +131,7 @@ fn print_table(
         let label = match (names.get(&r.group), r.group.as_str()) {
             (Some(n), id) => format!("{n} ({id})"),
             (None, "-") => NONE.to_owned(),
+            (None, id) if matches!(group, LedgerGroup::Key | LedgerGroup::Account) => deleted(id),
             (None, g) => g.to_owned(),
         };
         let n = counts(r);

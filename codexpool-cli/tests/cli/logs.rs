@@ -87,6 +87,9 @@ async fn the_log_table_filters_and_json() {
     // A deleted key's rows can still be found by its full id.
     env.ok(&["key", "delete", &k2]);
     assert_eq!(only(&["--key", &k2]), ["req-2"]);
+    // … and the table says it is gone rather than showing its id as if it were a name.
+    let out = env.ok(&["logs", "--key", &k2]);
+    assert!(out.contains(&format!("{k2} (deleted)")), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

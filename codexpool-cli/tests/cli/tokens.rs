@@ -112,6 +112,13 @@ async fn tokens_per_key_account_model_and_day_with_totals() {
             ("0123456789ab", None, 1),
         ]
     );
+    // An id that names nothing any more (the ledger outlives it) is marked, in the table only.
+    let out = env.ok(&["tokens", "--by", "account"]);
+    assert!(out.contains("0123456789ab (deleted)"), "{out}");
+    assert!(
+        out.contains(&format!("acct-1@example.com ({})", ids[0])),
+        "{out}"
+    );
     assert_eq!(
         by_account[0],
         json!({"group": ids[0], "name": "acct-1@example.com", "requests": 2, "input_tokens": 1_004_000,
@@ -134,6 +141,11 @@ async fn tokens_per_key_account_model_and_day_with_totals() {
     let recent = env.json(&["tokens", "--by", "day", "--since", "2d"]);
     assert_eq!(recent.as_array().unwrap().len(), 1);
     assert_eq!(recent[0]["requests"], 3);
+    let out = env.ok(&["tokens", "--by", "model"]);
+    assert!(
+        !out.contains("deleted"),
+        "models and days are not ids: {out}"
+    );
     let out = env.ok(&["tokens", "--since", "2d"]);
     assert!(!out.contains("ci ("), "{out}");
     assert!(!out.contains("total"), "one row needs no total: {out}");
