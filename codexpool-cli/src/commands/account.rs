@@ -248,9 +248,22 @@ fn who(a: &Account) -> String {
     visible(&who).into_owned()
 }
 
-/// `account import`.
-pub async fn import(ctx: &Ctx, pool: &Pool, source: &str, take_over: bool) -> anyhow::Result<()> {
-    let mut report = if source == "-" {
+/// What `account import` reads: a file or folder, or stdin's document, read whole before the
+/// database is opened (stdin cannot be read twice, and an import that would store nothing
+/// makes no database: see [`Ctx::import_stores_nothing`](super::Ctx)).
+pub enum ImportSource {
+    /// A path: a file, or a folder of them (Codex CLI homes).
+    Path(String),
+    /// `-`: the document stdin held.
+    Stdin(Vec<u8>),
+}
+
+impl ImportSource {
+    /// `-` reads stdin now; anything else is a path, read by the import.
+    pub async fn read(ctx: &Ctx, source: &str) -> anyhow::Result<Self> {
+        if source != "-" {
+            return Ok(Self::Path(source.to_owned()));
+        }
         if std::io::stdin().is_terminal() {
             ctx.out
                 .note("Reading an account file from stdin (paste it, then Ctrl-D)…");
@@ -263,10 +276,26 @@ pub async fn import(ctx: &Ctx, pool: &Pool, source: &str, take_over: bool) -> an
                 codexpool_core::import::MAX_IMPORT_BYTES >> 20
             );
         };
-        pool.accounts().import_bytes("stdin", &bytes).await
-    } else {
-        pool.accounts().import_path(source).await?
-    };
+        Ok(Self::Stdin(bytes))
+    }
+
+    /// Imports it into `pool`.
+    pub async fn import_into(&self, pool: &Pool) -> codexpool_core::Result<ImportReport> {
+        match self {
+            Self::Path(path) => pool.accounts().import_path(path).await,
+            Self::Stdin(bytes) => Ok(pool.accounts().import_bytes("stdin", bytes).await),
+        }
+    }
+}
+
+/// `account import`.
+pub async fn import(
+    ctx: &Ctx,
+    pool: &Pool,
+    source: &ImportSource,
+    take_over: bool,
+) -> anyhow::Result<()> {
+    let mut report = source.import_into(pool).await?;
     // A take-over that fails leaves the import written and the other sign-ins taken over: the
     // report says which, so it is printed before the error.
     let take_over_error = if take_over {

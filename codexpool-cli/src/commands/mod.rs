@@ -80,8 +80,8 @@ impl Ctx {
     /// Whether an import of `source` into a database that is not there yet would store
     /// nothing (no account file in it, or none with an account): tried in memory first, so
     /// that such an import makes no database. A source that cannot be read is its error.
-    async fn import_stores_nothing(&self, source: &str) -> anyhow::Result<bool> {
-        if source == "-" || !not_there(&std::fs::metadata(&self.config.db_path)) {
+    async fn import_stores_nothing(&self, source: &account::ImportSource) -> anyhow::Result<bool> {
+        if !not_there(&std::fs::metadata(&self.config.db_path)) {
             return Ok(false);
         }
         let probe = Pool::builder(self.config.clone())
@@ -89,7 +89,7 @@ impl Ctx {
             .watch_interval(Duration::ZERO)
             .open()
             .await?;
-        let report = probe.accounts().import_path(source).await?;
+        let report = source.import_into(&probe).await?;
         Ok(report.imported() + report.updated() == 0)
     }
 }
@@ -114,11 +114,15 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
             // `logs --follow` waits for what a server will write there. A command that changes
             // a stored record finds none in a database that is not there, as a read would,
             // without making one; so does an import that would store nothing.
-            let stores_nothing = match &command {
+            let import = match &command {
                 Command::Account(AccountCommand::Import { source, .. }) => {
-                    ctx.import_stores_nothing(source).await?
+                    Some(account::ImportSource::read(&ctx, source).await?)
                 }
-                _ => false,
+                _ => None,
+            };
+            let stores_nothing = match &import {
+                Some(source) => ctx.import_stores_nothing(source).await?,
+                None => false,
             };
             let reads_only = (!changes || changes_a_stored_record(&command) || stores_nothing)
                 && !matches!(&command, Command::Logs(l) if l.follow);
@@ -130,9 +134,9 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
             );
             let mut stop = (!own_signals).then(|| Stop::watch(&ctx.out)).transpose()?;
             let result = match &mut stop {
-                None => run_on_pool(command, &ctx, &pool).await,
+                None => run_on_pool(command, &ctx, &pool, import).await,
                 Some(stop) => tokio::select! {
-                    r = run_on_pool(command, &ctx, &pool) => r,
+                    r = run_on_pool(command, &ctx, &pool, import) => r,
                     signal = stop.first() => Err(anyhow::anyhow!("stopped by {signal}")),
                 },
             };
@@ -226,7 +230,13 @@ impl Drop for Stop {
     }
 }
 
-async fn run_on_pool(command: Command, ctx: &Ctx, pool: &Pool) -> anyhow::Result<()> {
+/// Runs a command on its pool; an import's source is read already (`import`).
+async fn run_on_pool(
+    command: Command,
+    ctx: &Ctx,
+    pool: &Pool,
+    import: Option<account::ImportSource>,
+) -> anyhow::Result<()> {
     match command {
         Command::Account(a) => match a {
             AccountCommand::Login(a) => account::login(ctx, pool, a).await,
@@ -234,6 +244,10 @@ async fn run_on_pool(command: Command, ctx: &Ctx, pool: &Pool) -> anyhow::Result
                 account::complete(ctx, pool, &redirect_url.0).await
             }
             AccountCommand::Import { source, take_over } => {
+                let source = match import {
+                    Some(read) => read,
+                    None => account::ImportSource::read(ctx, &source).await?,
+                };
                 account::import(ctx, pool, &source, take_over).await
             }
             AccountCommand::Export { output, filter } => {

@@ -280,6 +280,15 @@ async fn a_filter_that_matches_nothing_says_so() {
         assert!(!err.contains("Created"), "{args:?}: {err}");
         assert!(!empty.db().exists(), "{args:?}: {err}");
     }
+    // From stdin too (read before the database is looked at: it cannot be read twice).
+    let o = empty
+        .cmd()
+        .args(["account", "import", "-"])
+        .write_stdin(r#"{"hello": 1}"#)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!empty.db().exists(), "{:?}", crate::support::texts(&o));
     // The first command that stores something makes it, and says so once.
     let created = format!("Created a new database at {}.", empty.db().display());
     let o = empty
