@@ -10,7 +10,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A point in time, in milliseconds since the Unix epoch (UTC).
 ///
-/// Serialized as an RFC 3339 string; deserialized from an RFC 3339 string or a number of
+/// Serialized as an RFC 3339 string with milliseconds ([`to_rfc3339_millis`](Self::to_rfc3339_millis));
+/// shown (`Display`) without them when they are zero; deserialized from an RFC 3339 string or a number of
 /// seconds since the epoch (the shape of many upstream fields).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(i64);
@@ -76,6 +77,25 @@ impl Timestamp {
         }
     }
 
+    /// RFC 3339 text in UTC with milliseconds always, e.g. `2026-11-26T12:30:00.000Z`: every
+    /// time the same width, so that the texts sort as the times do. What JSON carries.
+    pub fn to_rfc3339_millis(self) -> String {
+        let nanos = i128::from(self.0) * 1_000_000;
+        match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+            Ok(t) if (0..=9999).contains(&t.year()) => format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.millisecond()
+            ),
+            _ => self.0.to_string(),
+        }
+    }
+
     /// Parses RFC 3339 text (any offset).
     pub fn parse_rfc3339(text: &str) -> Option<Self> {
         let t = time::OffsetDateTime::parse(
@@ -103,7 +123,7 @@ impl fmt::Display for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_rfc3339())
+        s.serialize_str(&self.to_rfc3339_millis())
     }
 }
 
@@ -185,6 +205,45 @@ mod tests {
             "offsets are honoured"
         );
         assert_eq!(Timestamp::parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn json_times_have_one_width_and_sort_as_text() {
+        let times = [
+            Timestamp::from_millis(1_730_947_200_000),
+            Timestamp::from_millis(1_730_947_200_005),
+            Timestamp::from_millis(1_730_947_200_500),
+            Timestamp::from_millis(1_730_947_201_000),
+            Timestamp::from_millis(0),
+        ];
+        let texts: Vec<String> = times
+            .iter()
+            .map(|t| {
+                serde_json::to_value(t)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(texts[0], "2024-11-07T02:40:00.000Z");
+        assert_eq!(texts[1], "2024-11-07T02:40:00.005Z");
+        assert_eq!(texts[2], "2024-11-07T02:40:00.500Z");
+        assert_eq!(texts[4], "1970-01-01T00:00:00.000Z");
+        assert!(texts[..4].windows(2).all(|w| w[0] < w[1]), "{texts:?}");
+        for (t, text) in times.iter().zip(&texts) {
+            assert_eq!(
+                serde_json::from_value::<Timestamp>(text.as_str().into()).unwrap(),
+                *t
+            );
+        }
+        // People read them without the zero milliseconds.
+        assert_eq!(times[0].to_string(), "2024-11-07T02:40:00Z");
+        // Beyond RFC 3339's years: the milliseconds, as before.
+        assert_eq!(
+            Timestamp::from_millis(i64::MAX).to_rfc3339_millis(),
+            i64::MAX.to_string()
+        );
     }
 
     #[test]
