@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use codexpool_core::usage::{LedgerGroup, LedgerQuery};
 use codexpool_testkit::{FakeOpenAi, OutputItem, Reply};
 use common::{chat, harness, json_frames};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Every response carries an `x-request-id`, the client's own when it sent one, and the request
 /// log row has the same; refusals carry one too.
@@ -163,13 +163,18 @@ async fn streaming_text_with_usage() {
         .filter_map(|f| f["choices"][0]["finish_reason"].as_str())
         .collect();
     assert_eq!(finish, ["stop"]);
-    let usage = frames.last().unwrap();
+    let (usage, chunks) = frames.split_last().unwrap();
     assert_eq!(usage["choices"], json!([]));
     assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
     assert!(
         frames
             .iter()
             .all(|f| f["object"] == "chat.completion.chunk")
+    );
+    // The others say `usage: null`, as OpenAI's do when the client asks for usage.
+    assert!(
+        chunks.iter().all(|f| f.get("usage") == Some(&Value::Null)),
+        "{body}"
     );
     let row = &h.log().await[0];
     assert!(row.stream && row.ttfb_ms.is_some() && row.tokens.is_some());

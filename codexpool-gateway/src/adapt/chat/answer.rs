@@ -700,7 +700,13 @@ impl ChunkSink<'_> {
             Some(reason) => self.json(reason),
             None => self.out.extend_from_slice(b"null"),
         }
-        self.out.extend_from_slice(b"}]}\n\n");
+        // With `include_usage` every chunk but the usage chunk says `usage: null`, as OpenAI's.
+        self.out.extend_from_slice(if self.include_usage {
+            br#"}],"usage":null}"#.as_slice()
+        } else {
+            b"}]}"
+        });
+        self.out.extend_from_slice(b"\n\n");
     }
 }
 

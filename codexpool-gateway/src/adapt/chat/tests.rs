@@ -533,10 +533,12 @@ fn codex_stream() -> Vec<Value> {
     ]
 }
 
+/// A chunk of a stream that asked for usage: `usage` is null but in the usage chunk.
 fn chunk(delta: Value, finish: Value) -> Value {
     json!({"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1_700_000_000,
                "model": "gpt-5-codex",
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+               "usage": null})
 }
 
 #[test]
@@ -582,6 +584,10 @@ fn full_codex_stream_becomes_the_exact_chunk_sequence() {
     let frames = stream_frames(&options, &codex_stream(), true);
     assert_eq!(frames.len(), expected.len() - 1);
     assert_eq!(frames.last(), Some(&json!("[DONE]")));
+    assert!(
+        frames.iter().all(|f| f.get("usage").is_none()),
+        "{frames:?}"
+    );
 }
 
 #[test]
@@ -1143,7 +1149,8 @@ fn a_stop_split_across_deltas_is_caught() {
     let frames = stream_frames(&stop_options(true, &stop), &events, true);
     let chunk = |delta: Value, finish: Value| {
         json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 42,
-                   "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                   "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                   "usage": null})
     };
     assert_eq!(
         frames,
