@@ -275,9 +275,17 @@ pub fn config_fix(c: &codexpool_core::config::ConfigError) -> String {
 fn store_hint(s: &codexpool_core::store::StoreError) -> Option<String> {
     use codexpool_core::store::StoreError;
     match s {
-        StoreError::Open { message, .. } if message.contains("not a database") => Some(
+        StoreError::Open { message, .. } if message.contains("is not a database") => Some(
             "that file is no codexpool database: pass --db PATH or set CODEXPOOL_DB_PATH to the \
              database (or to a new file)"
+                .into(),
+        ),
+        StoreError::Open { message, .. } if message.contains("is a folder") => Some(
+            "pass --db PATH or set CODEXPOOL_DB_PATH to the database file (or to a new file)"
+                .into(),
+        ),
+        StoreError::Foreign { .. } => Some(
+            "pass --db PATH or set CODEXPOOL_DB_PATH to the codexpool database (or to a new file)"
                 .into(),
         ),
         StoreError::Open { .. } => Some(

@@ -84,6 +84,46 @@ async fn sqlite_refuses_a_newer_schema_and_leaves_it_alone() {
     assert_eq!(tables, 0, "migrations ran on a newer database");
 }
 
+/// A mistyped path to another program's database: refused before anything writes to it (no
+/// WAL, no schema, no mode change); an empty SQLite database is codexpool's to fill.
+#[tokio::test]
+async fn sqlite_refuses_another_programs_database_and_leaves_it_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE notes (x); CREATE TABLE accounts (y); INSERT INTO notes VALUES (1);",
+        )
+        .unwrap();
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let err = SqliteStore::open(&path).await.unwrap_err();
+    assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("another program's SQLite database (its tables: accounts, notes)"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file was altered"
+    );
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    assert!(!dir.path().join("other.db-wal").exists());
+
+    let empty = dir.path().join("empty.db");
+    rusqlite::Connection::open(&empty)
+        .unwrap()
+        .execute_batch("PRAGMA page_size = 4096; VACUUM;")
+        .unwrap();
+    SqliteStore::open(&empty).await.unwrap();
+}
+
 #[tokio::test]
 async fn sqlite_open_errors_are_clear() {
     let dir = tempfile::tempdir().unwrap();

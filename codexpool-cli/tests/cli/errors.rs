@@ -339,6 +339,34 @@ fn a_read_only_command_leaves_a_file_that_is_no_database_alone() {
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(err.contains("No database at"), "{err}");
     assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+
+    // Another program's SQLite database: refused, its file as it was (no WAL, no tables).
+    let other = env.path().join("other.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (x); INSERT INTO notes VALUES (1);")
+        .unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let before = std::fs::read(&other).unwrap();
+    for args in [&["account", "list"][..], &["key", "create", "--name", "k"]] {
+        let o = env
+            .cmd_without_db()
+            .arg("--db")
+            .arg(&other)
+            .args(args)
+            .output()
+            .unwrap();
+        let (_, err) = texts(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("another program's SQLite database (its tables: notes)"),
+            "{err}"
+        );
+        assert!(err.contains("hint: pass --db PATH"), "{err}");
+        assert_eq!(std::fs::read(&other).unwrap(), before, "{args:?}");
+        let mode = std::fs::metadata(&other).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+    }
 }
 
 #[test]

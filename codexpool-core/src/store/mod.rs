@@ -65,6 +65,18 @@ pub enum StoreError {
         /// The newest this build knows.
         supported: i64,
     },
+    /// The file is another program's SQLite database (it has tables and no codexpool schema
+    /// version); it is left untouched.
+    #[error(
+        "{path} is another program's SQLite database (its tables: {tables}), not a codexpool one; \
+         it was left as it is"
+    )]
+    Foreign {
+        /// The file.
+        path: String,
+        /// Some of its tables, comma-separated.
+        tables: String,
+    },
     /// A unique value (an identity, a key hash) already exists.
     #[error("{what} already exists")]
     Conflict {

@@ -276,6 +276,48 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     })
 }
 
+/// A database without codexpool's schema version that holds tables is another program's.
+fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if version != 0 {
+        return Ok(());
+    }
+    let mut names = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') \
+             AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name LIMIT 4",
+        )
+        .map_err(db_err)?;
+    let names: Vec<String> = names
+        .query_map([], |r| r.get(0))
+        .map_err(db_err)?
+        .collect::<Result<_, _>>()
+        .map_err(db_err)?;
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut tables = names
+        .iter()
+        .take(3)
+        // Names from another program: no control characters reach a terminal.
+        .map(|n| {
+            n.chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > 3 {
+        tables.push_str(", …");
+    }
+    Err(StoreError::Foreign {
+        path: path.display().to_string(),
+        tables,
+    })
+}
+
 /// An open connection and its entry in [`OPEN_FILES`], dropped in that order (the file counts
 /// as open until the connection is closed, on a panic too).
 struct Opened {
@@ -314,6 +356,12 @@ fn open_connection(path: &Path) -> Result<Opened, StoreError> {
     let file = OpenFile::register(path);
     let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+    // Before anything writes to it (WAL, mode, schema): a mistyped path to another program's
+    // database must not become a codexpool one.
+    refuse_foreign(&conn, path).map_err(|e| match e {
+        StoreError::Backend { message, .. } => open_err(message),
+        e => e,
+    })?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(|e| open_err(e.to_string()))?;
