@@ -498,16 +498,30 @@ pub async fn export(
 ) -> anyhow::Result<()> {
     let out = &ctx.out;
     let filter = filter_of(filter);
-    // An export of nothing is still a valid document; said so, as `account list` says it.
-    if pool.accounts().list(&filter).is_empty() {
-        out.note(if pool.accounts().is_empty() {
-            "No accounts yet: the export holds none."
-        } else {
-            "No account matches these filters: the export holds none."
-        });
-    }
     // `-o -` is stdout, as `import -` is stdin.
-    match output.filter(|p| *p != Path::new("-")) {
+    let output = output.filter(|p| *p != Path::new("-"));
+    // An export of nothing is still a valid document; said so, as `account list` says it. But
+    // it does not replace a file (a backup, most likely: a mistyped --db or filter would
+    // empty it).
+    if pool.accounts().list(&filter).is_empty() {
+        let why = if pool.accounts().is_empty() {
+            "No accounts yet"
+        } else {
+            "No account matches these filters"
+        };
+        if let Some(path) = output.filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0)) {
+            return Err(Failure::new(
+                format!(
+                    "{why}: nothing to export, and {} is not replaced by an empty export",
+                    path.display()
+                ),
+                "check --db and the filters; to write an empty export, remove the file first",
+            )
+            .into());
+        }
+        out.note(format!("{why}: the export holds none."));
+    }
+    match output {
         Some(path) => {
             let n = pool.accounts().export_to_file(path, &filter).await?;
             if out.json {

@@ -241,6 +241,32 @@ fn export_to_stdout_and_to_a_private_file_round_trips() {
     assert_eq!(mode, 0o600);
     let v = env.json(&["account", "export", "-o", file.to_str().unwrap()]);
     assert_eq!(v["accounts"], 2);
+    // An export of nothing does not replace it (a mistyped --db or filter would empty a
+    // backup); into a new file it is written, as to stdout.
+    let backup = std::fs::read(&file).unwrap();
+    let (code, _, err) = env.run(&[
+        "account",
+        "export",
+        "--group",
+        "nosuch",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not replaced by an empty export"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), backup);
+    let fresh = env.path().join("fresh.json");
+    let (code, _, err) = env.run(&[
+        "account",
+        "export",
+        "--group",
+        "nosuch",
+        "-o",
+        fresh.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let none: Value = serde_json::from_slice(&std::fs::read(&fresh).unwrap()).unwrap();
+    assert_eq!(none["accounts"], serde_json::json!([]));
     // Through a link: into the file it leads to (owner-only too), the link left a link.
     let link = env.path().join("backup-link.json");
     std::os::unix::fs::symlink(&file, &link).unwrap();
