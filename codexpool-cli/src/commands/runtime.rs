@@ -115,15 +115,28 @@ impl Runtimes {
 }
 
 /// Tells every server on this database that it changed, and waits until each has read it (or
-/// could not be asked: it then sees the change by itself within half a second).
+/// could not be asked: it then sees the change by itself within half a second, and a server
+/// that is there but refused says so in a warning: a script that uses the change at once would
+/// meet the old state there).
 pub(super) async fn tell_servers(ctx: &Ctx) {
     let mut told = tokio::task::JoinSet::new();
     for client in AdminClient::find_all(&ctx.config) {
-        told.spawn(async move { client.call("pool/catch_up", serde_json::json!({})).await });
+        told.spawn(async move {
+            let answer = client.call("pool/catch_up", serde_json::json!({})).await;
+            (client, answer)
+        });
     }
-    while let Some(answer) = told.join_next().await {
-        if let Ok(Err(e)) = answer {
-            tracing::debug!(error = %e, "a server was not told of the change");
+    while let Some(Ok((client, answer))) = told.join_next().await {
+        match answer {
+            Ok(_) => {}
+            Err(AdminError::NotRunning { .. }) => client.forget(&ctx.config),
+            Err(e @ AdminError::NotOurs { .. }) => {
+                client.forget(&ctx.config);
+                ctx.out.warn(format!("{e}; its file was removed"));
+            }
+            Err(e) => ctx.out.warn(format!(
+                "{e}; that server takes the change within a second, not at once"
+            )),
         }
     }
 }

@@ -537,8 +537,21 @@ fn a_cli_without_the_servers_token_says_so() {
     env.add_accounts(&["acct-1"]);
     let token = "0123456789abcdef0123456789abcdef01234567";
     let (url, child) = env.serve(&[("CODEXPOOL_RPC_TOKEN", token)]);
-    let created = env.json(&["key", "create", "--name", "k"]);
+    let out = env
+        .cmd()
+        .args(["--json", "key", "create", "--name", "k"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stderr}");
+    let created: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(created["base_url"], format!("{url}/v1"));
+    // The server was not told at once: a script that used the key now could meet a 401 there.
+    assert!(
+        stderr.contains("RPC token is not available here")
+            && stderr.contains("takes the change within a second, not at once"),
+        "{stderr}"
+    );
     let out = env
         .cmd()
         .args(["--json", "account", "list"])
