@@ -68,23 +68,37 @@ pub async fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
         tracing::debug!(error = %e, "the banner could not be printed");
     }
     let signal = signals.recv().await;
+    let first = std::time::Instant::now();
     out.note(format!(
         "{signal}: stopping; open requests have up to {} s to finish (Ctrl-C again to quit now).",
         DEFAULT_SHUTDOWN_GRACE.as_secs()
     ));
-    tokio::select! {
-        r = running.stop() => r?,
-        _ = signals.recv() => {
-            return Err(Failure::new(
-                "stopped before open requests finished",
-                "queued request-log rows may be lost; let the graceful stop finish next time",
-            )
-            .into());
+    let stop = running.stop();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            r = &mut stop => break r?,
+            _ = signals.recv() => {
+                // The same stop asked twice at once (`timeout` signals the server and then its
+                // process group; so do some supervisors): not a person's second Ctrl-C.
+                if first.elapsed() < SAME_STOP {
+                    continue;
+                }
+                return Err(Failure::new(
+                    "stopped before the graceful stop finished",
+                    "requests still open were cut and queued request-log rows may be lost; let \
+                     the graceful stop finish next time",
+                )
+                .into());
+            }
         }
     }
     out.note("Stopped.");
     Ok(())
 }
+
+/// A second signal this soon after the first asks for the same stop.
+const SAME_STOP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where the listen address came from: the flag, the variable (and env file) that set it, or
 /// the default.

@@ -346,6 +346,58 @@ async fn serve_keeps_serving_when_its_stdout_is_closed() {
     assert!(stderr.contains("Stopped."), "{stderr}");
 }
 
+/// A stop asked twice at once (`timeout` signals the server and then its process group, as do
+/// some supervisors) is one graceful stop; a second signal a moment later quits at once, and
+/// says what that cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_signal_is_one_stop_and_a_later_one_quits_at_once() {
+    let env = Env::new();
+    env.add_accounts(&["acct-1"]);
+    let secret = env.key_secret("ci");
+    // An answer that keeps the graceful stop waiting.
+    env.fake.push_reply(
+        "acct-1",
+        Reply::text("Later.").slow_first_byte(Duration::from_secs(30)),
+    );
+    let (url, mut child) = env.serve(&[]);
+    let open = tokio::spawn(
+        reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .json(&json!({"model": "gpt-5-codex", "messages": [{"role": "user", "content": "Hi"}]}))
+            .send(),
+    );
+    for _ in 0..100 {
+        if env.fake.requests_to("/backend-api/codex/responses").len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        env.fake.requests_to("/backend-api/codex/responses").len(),
+        1,
+        "the request never went upstream"
+    );
+    let mut stderr = Lines::new(child.stderr.take().unwrap());
+    signal(&child, "TERM");
+    stderr.find(|l| l.contains("TERM: stopping").then_some(()));
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the repeated signal was taken for a second Ctrl-C: {:?}",
+        stderr.seen
+    );
+    signal(&child, "INT");
+    let (status, _) = finish(child, 20);
+    assert_eq!(status.code(), Some(1));
+    stderr.find(|l| {
+        l.contains("stopped before the graceful stop finished")
+            .then_some(())
+    });
+    open.abort();
+}
+
 /// Requests in flight and cooldowns live in the servers' memory: `account list` and `usage`
 /// ask the servers running on the database for them (several add up), and fall back to their
 /// own view (nothing in flight, nothing cooling down) once they stopped — or crashed and left
