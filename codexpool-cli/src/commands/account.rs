@@ -31,7 +31,7 @@ use std::path::Path;
 
 use codexpool_core::auth::{LoginCompleted, LoginOptions};
 use codexpool_core::import::{ImportOutcome, ImportReport};
-use codexpool_core::{Account, AccountFilter, AccountPatch, Pool};
+use codexpool_core::{Account, AccountFilter, AccountPatch, AccountStatus, Pool};
 use serde::Serialize;
 
 use super::runtime::{Runtimes, Source};
@@ -677,8 +677,23 @@ pub async fn update(ctx: &Ctx, pool: &Pool, a: AccountUpdateArgs) -> anyhow::Res
 
 /// `account enable`.
 pub async fn enable(ctx: &Ctx, pool: &Pool, id: &str) -> anyhow::Result<()> {
+    let before = pool.accounts().get(id).ok();
     let a = pool.accounts().enable(id).await?;
-    done(ctx, &a, "Enabled")
+    done(ctx, &a, "Enabled")?;
+    // A person may know better than the last failure, but a dead sign-in stays dead: say that
+    // it is only tried again.
+    if let Some(b) =
+        before.filter(|b| matches!(b.status, AccountStatus::NeedsLogin | AccountStatus::Banned))
+    {
+        let why = b.status_reason.as_deref().unwrap_or(b.status.as_str());
+        ctx.out.warn(format!(
+            "it was {} ({}): requests try it again, and the next failure marks it so again; \
+             `codexpool account login` signs it in anew",
+            b.status.as_str(),
+            visible(why)
+        ));
+    }
+    Ok(())
 }
 
 /// `account disable`.

@@ -611,3 +611,31 @@ fn an_import_the_database_refuses_fails() {
     let v: Value = serde_json::from_slice(&v.stdout).unwrap();
     assert_eq!(v["imported"], 1, "{v}");
 }
+
+/// Enabling an account whose sign-in died turns it on (a person may know better than the last
+/// failure) and says that it is only tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabling_a_dead_sign_in_says_it_is_only_tried_again() {
+    use codexpool_core::{AccountPatch, AccountStatus};
+    let env = Env::new();
+    let ids = env.add_accounts(&["acct-d"]);
+    let pool = env.pool().await;
+    let dead = AccountPatch::default().status(
+        AccountStatus::NeedsLogin,
+        Some("the refresh token was already used".into()),
+    );
+    pool.accounts().update(&ids[0], dead).await.unwrap();
+    drop(pool);
+    let (code, out, err) = env.run(&["account", "enable", &ids[0]]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("Enabled account"), "{out}");
+    assert!(
+        err.contains(
+            "it was needs_login (the refresh token was already used): requests try it again"
+        ),
+        "{err}"
+    );
+    // An account that was not dead: nothing to warn of.
+    let (code, _, err) = env.run(&["account", "enable", &ids[0]]);
+    assert_eq!((code, err.as_str()), (0, ""));
+}
