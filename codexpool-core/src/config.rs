@@ -344,10 +344,6 @@ fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_u64(v: &str) -> Result<u64, String> {
-    parse_in(v, 0..=u64::MAX)
-}
-
 /// A whole number in `range`; the error says which.
 fn parse_in<T>(v: &str, range: std::ops::RangeInclusive<T>) -> Result<T, String>
 where
@@ -885,11 +881,7 @@ pub static SETTINGS: &[Setting] = &[
         secret: false,
         help: "largest accepted request body",
         apply: |c, v| {
-            let n = parse_u64(v)?;
-            if n == 0 {
-                return Err("must be at least 1".into());
-            }
-            c.front_proxy_max_body_bytes = usize::try_from(n).map_err(|_| "too large")?;
+            c.front_proxy_max_body_bytes = parse_in(v, 1..=usize::MAX)?;
             Ok(())
         },
         show: |c| c.front_proxy_max_body_bytes.to_string(),
@@ -901,8 +893,7 @@ pub static SETTINGS: &[Setting] = &[
         secret: false,
         help: "request-log body preview size (redacted)",
         apply: |c, v| {
-            c.trace_body_preview_max_bytes =
-                usize::try_from(parse_u64(v)?).map_err(|_| "too large")?;
+            c.trace_body_preview_max_bytes = parse_in(v, 0..=usize::MAX)?;
             Ok(())
         },
         show: |c| c.trace_body_preview_max_bytes.to_string(),
@@ -1666,6 +1657,11 @@ mod tests {
         // Too large is said so, with the bounds, not "not a number".
         let e = from(&[("CODEXPOOL_ACCOUNT_MAX_INFLIGHT", "99999999999")]).unwrap_err();
         assert!(e.to_string().contains("from 0 to 4294967295"), "{e}");
+        // A setting that starts at 1 says so, also when the value is too large.
+        for v in ["0", "99999999999999999999"] {
+            let e = from(&[("CODEXPOOL_FRONT_PROXY_MAX_BODY_BYTES", v)]).unwrap_err();
+            assert!(e.to_string().contains("from 1 to "), "{e}");
+        }
         for (k, v) in [
             ("CODEXPOOL_SERVICE_ADDR", "nowhere"),
             ("CODEXPOOL_ISSUER", "ftp://x"),
