@@ -922,6 +922,8 @@ fn private_temp(path: &Path, bytes: &[u8]) -> Result<std::path::PathBuf> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::invalid("path", format!("{} is not a file path", path.display())))?;
+    #[cfg(unix)]
+    sweep_stale_temps(parent_dir(path), &name.to_string_lossy());
     // A fresh name, created only if it does not exist (never through a file or link someone
     // else put there): the mode is this file's from its first byte.
     let tmp = parent_dir(path).join(format!(
@@ -943,6 +945,56 @@ fn private_temp(path: &Path, bytes: &[u8]) -> Result<std::path::PathBuf> {
         return Err(Error::io(path, e));
     }
     Ok(tmp)
+}
+
+/// How old a temporary file of a process that is gone must be to be removed: a process in
+/// another PID namespace may look gone while it writes.
+#[cfg(unix)]
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes what earlier writes of `dir/name` left behind when their process died between
+/// making the temporary file and renaming it (a SIGKILL, a power cut): it holds what was being
+/// written, every account's tokens for an export. Only this user's files, of processes that are
+/// gone, untouched for a minute.
+#[cfg(unix)]
+fn sweep_stale_temps(dir: &Path, name: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let me = rustix::process::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        // Any answer but "no such process" (this process, another user's) leaves it.
+        if rustix::process::test_kill_process(pid) != Err(rustix::io::Errno::SRCH) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = path.symlink_metadata() else {
+            continue;
+        };
+        let idle = meta.modified().ok().and_then(|m| m.elapsed().ok());
+        if meta.is_file() && meta.uid() == me && idle.is_some_and(|d| d >= STALE_TEMP) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "removed what a killed write left behind")
+                }
+                Err(e) => {
+                    tracing::debug!(file = %path.display(), error = %e, "could not remove what a killed write left behind")
+                }
+            }
+        }
+    }
 }
 
 /// Flushes a folder's entries (new names, renames) to disk. Unix only: elsewhere a folder cannot

@@ -715,3 +715,36 @@ async fn tokens_never_appear_in_debug_or_json() {
         a.tokens.refresh_token.expose()
     );
 }
+
+/// A write killed between its temporary file and the rename (SIGKILL, power cut) leaves that
+/// file, with every exported token in it: the next write of the same file removes it once its
+/// process is gone and it has sat for a minute, and leaves live writers' files alone.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_killed_exports_temporary_file_is_removed_by_the_next_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backup.json");
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let temp = |pid: u32, age_secs: u64| {
+        let p = dir
+            .path()
+            .join(format!(".backup.json.tmp-{pid}-{age_secs:016x}"));
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs))
+            .unwrap();
+        p
+    };
+    let stale = temp(dead, 120);
+    let fresh = temp(dead, 0);
+    let live = temp(std::process::id(), 120);
+    let other = dir
+        .path()
+        .join(format!(".other.json.tmp-{dead}-00000000000000ab"));
+    std::fs::copy(&stale, &other).unwrap();
+    codexpool_core::import::write_private(&path, b"{}").unwrap();
+    assert!(!stale.exists(), "the dead process's old file stays");
+    assert!(fresh.exists() && live.exists() && other.exists());
+    assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+}
