@@ -197,14 +197,19 @@ const SECRET_WORDS: [&str; 6] = [
 ];
 
 /// Text that looks like a credential wherever it stands (a key pasted into a message): an API
-/// key (`sk-…`, the platform keys' `sk-cp-…` too) or a JWT (`eyJ…` in three parts, as OAuth
-/// tokens are) becomes `*****`.
+/// key (`sk-…`, the platform keys' `sk-cp-…` too), a JWT (`eyJ…` in three parts, as access
+/// and id tokens are), a refresh token (`rt_…`) or whatever follows `Bearer` (a pasted
+/// `Authorization` header) becomes `*****`.
 fn mask_secrets(text: &str) -> Option<String> {
     let is_word = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    let secret = |w: &str| {
+    let mut after_bearer = false;
+    let mut secret = |w: &str| {
         let w = w.trim_end_matches('.');
+        let bearer = std::mem::replace(&mut after_bearer, w.eq_ignore_ascii_case("bearer"));
         (w.starts_with("sk-") && w.len() >= 20)
             || (w.starts_with("eyJ") && w.len() >= 30 && w.matches('.').count() == 2)
+            || (w.starts_with("rt_") && w.len() >= 20)
+            || (bearer && w.len() >= 16)
     };
     let mut out: Option<String> = None;
     let mut done = 0;
@@ -944,8 +949,15 @@ mod tests {
             ("«sk-0123456789abcdefghij», ok.", Some("«*****», ok.")),
             ("sk-0123456789abcdefghij.", Some("*****.")),
             ("eyJa.eyJbbbbbbbbbbbbbbbbbbbbbbbbb.sig", Some("*****")),
+            ("rt_0123456789abcdefghij", Some("*****")),
+            (
+                "Authorization: Bearer opaque0123456789xyz\nnext",
+                Some("Authorization: Bearer *****\nnext"),
+            ),
+            ("bearer: abcdefghijklmnopqrstu", Some("bearer: *****")),
             // Short words, other words, a JWT-like word in the wrong shape: left alone.
             ("use sk-learn and eyJust-text", None),
+            ("rt_short, the Bearer of good news", None),
             ("eyJaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", None),
             ("é sk- ü", None),
             ("", None),
