@@ -58,7 +58,8 @@ impl std::error::Error for Failure {}
 fn main() -> ExitCode {
     let cli = match Cli::try_parse().and_then(|c| c.check().map(|()| c)) {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(mut e) => {
+            shorten_echoed_value(&mut e);
             // --help and --version exit 0, usage errors 2; clap prints either.
             let _ = e.print();
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
@@ -74,6 +75,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A refused value is echoed in clap's error; a long one (a 10,000-character note) is cut to
+/// its start, so the error stays one readable line.
+fn shorten_echoed_value(e: &mut clap::Error) {
+    use clap::error::{ContextKind, ContextValue};
+    const SHOWN: usize = 40;
+    let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidValue) else {
+        return;
+    };
+    let chars = value.chars().count();
+    if chars <= SHOWN + 20 {
+        return;
+    }
+    let start: String = value.chars().take(SHOWN).collect();
+    let short = format!("{start}… ({chars} characters)");
+    e.insert(ContextKind::InvalidValue, ContextValue::String(short));
 }
 
 fn run(cli: Cli, out: Output) -> anyhow::Result<()> {

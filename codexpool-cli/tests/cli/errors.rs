@@ -482,7 +482,20 @@ fn blank_names_and_malformed_model_names_are_usage_errors() {
         assert_eq!(out, "");
         assert!(err.contains(expect), "{args:?}: {err}");
         assert!(err.contains("try '--help'"), "{args:?}: {err}");
+        // A long value is echoed by its start only: the error stays one readable line.
+        assert!(
+            err.lines().all(|l| l.chars().count() < 160),
+            "{args:?}: {err}"
+        );
     }
+    let (_, _, err) = env.run(&["account", "update", "a", "--note", &"x".repeat(10_001)]);
+    assert!(
+        err.contains(&format!(
+            "invalid value '{}… (10001 characters)'",
+            "x".repeat(40)
+        )),
+        "{err}"
+    );
     assert!(!env.db().exists(), "usage errors open nothing");
     // A name is counted in characters: 200 of two bytes each are fine.
     let long = "é".repeat(200);
