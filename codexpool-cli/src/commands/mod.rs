@@ -68,7 +68,10 @@ impl Ctx {
         }
         let pool = pool.open().await?;
         if new {
-            self.out.note(if reads_only {
+            let empty_file = meta.is_ok();
+            self.out.note(if reads_only && empty_file {
+                format!("{} is an empty file: nothing is stored yet.", path.display())
+            } else if reads_only {
                 format!("No database at {} yet: nothing is stored.", path.display())
             } else {
                 format!("Created a new database at {}.", path.display())
