@@ -402,6 +402,10 @@ pub fn is_loopback_url(url: &str) -> bool {
 pub fn parse_listen_addr(v: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     let v = v.trim();
+    // `--addr '"127.0.0.1:0"'`: said for what it is, not as a bad port.
+    if quoted(v) {
+        return Err(IN_QUOTES.into());
+    }
     if let Ok(addr) = v.parse() {
         return Ok(addr);
     }
@@ -426,6 +430,16 @@ pub fn parse_listen_addr(v: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("{host:?} resolves to no address"))
+}
+
+/// Why a value in quotes is refused where nothing takes them off (the environment, a flag).
+const IN_QUOTES: &str = "the value is in quotes, which would be part of it here: remove them";
+
+/// Whether a value is wrapped in a pair of quotes.
+fn quoted(v: &str) -> bool {
+    let v = v.trim();
+    v.len() >= 2
+        && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
 }
 
 fn parse_url(v: &str) -> Result<String, String> {
@@ -1452,16 +1466,10 @@ impl Config {
         // Only an env file's reader takes quotes off; elsewhere (a shell's `export`, docker's
         // --env-file, a manifest) they would be part of the value: a DB_PATH of `"/srv/x.db"`
         // is a relative path and a new, empty pool.
-        let quoted = |v: &str| {
-            let v = v.trim();
-            v.len() >= 2
-                && ((v.starts_with('"') && v.ends_with('"'))
-                    || (v.starts_with('\'') && v.ends_with('\'')))
-        };
         let checked = if matches!(source, Source::EnvFile { .. }) || !quoted(value) {
             (s.apply)(self, value)
         } else {
-            Err("the value is in quotes, which would be part of it here: remove them".to_owned())
+            Err(IN_QUOTES.to_owned())
         };
         if let Err(message) = checked {
             let file = match source {
@@ -1718,6 +1726,10 @@ mod tests {
             "the port must be a number from 0 to 65535"
         );
         assert!(addr("no-such-host.invalid:80").is_err());
+        // Quotes a shell or unit file kept (`--addr '"…"'`) are named, not a bad port.
+        for quoted in ["\"127.0.0.1:0\"", "'localhost:80'"] {
+            assert_eq!(addr(quoted).unwrap_err(), IN_QUOTES);
+        }
         let c = Config::default()
             .with("SERVICE_ADDR", "localhost:7000")
             .unwrap();

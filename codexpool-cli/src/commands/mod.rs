@@ -70,7 +70,10 @@ impl Ctx {
         if new {
             let empty_file = meta.is_ok();
             self.out.note(if reads_only && empty_file {
-                format!("{} is an empty file: nothing is stored yet.", path.display())
+                format!(
+                    "{} is an empty file: nothing is stored yet.",
+                    path.display()
+                )
             } else if reads_only {
                 format!("No database at {} yet: nothing is stored.", path.display())
             } else {

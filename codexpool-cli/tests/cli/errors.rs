@@ -337,7 +337,10 @@ fn a_read_only_command_leaves_a_file_that_is_no_database_alone() {
         .unwrap();
     let (_, err) = texts(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
-    assert!(err.contains("empty.db is an empty file: nothing is stored yet."), "{err}");
+    assert!(
+        err.contains("empty.db is an empty file: nothing is stored yet."),
+        "{err}"
+    );
     assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
 
     // Another program's SQLite database: refused, its file as it was (no WAL, no tables).
