@@ -175,8 +175,8 @@ pub enum AccountCommand {
     },
     /// Import Codex CLI auth.json files or a codexpool export (a file, a folder, or - for stdin).
     Import {
-        /// A file, a folder of *.json files (or of Codex CLI homes, `<dir>/*/auth.json`), or
-        /// `-` to read stdin.
+        /// A file, a Codex CLI home (its auth.json), a folder of *.json files (or of Codex CLI
+        /// homes, `<dir>/*/auth.json`), or `-` to read stdin.
         #[arg(value_name = "FILE|DIR|-", value_parser = not_blank_as_given)]
         source: String,
         /// For Codex CLI sign-ins: refresh the tokens now, so codexpool alone holds the live

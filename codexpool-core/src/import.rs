@@ -434,13 +434,19 @@ impl Kept {
 }
 
 impl AccountPool {
-    /// Imports a file, or a folder: every `*.json` file in it and every `<sub>/auth.json` (a
-    /// folder of `CODEX_HOME` directories), sorted by path.
+    /// Imports a file, or a folder: a `CODEX_HOME` (a folder with an `auth.json`: only that
+    /// file, its other files are the Codex CLI's own), else every `*.json` file in it and every
+    /// `<sub>/auth.json` (a folder of `CODEX_HOME` directories), sorted by path.
     pub async fn import_path(&self, path: impl AsRef<Path>) -> Result<ImportReport> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let mut report = ImportReport::default();
-        if meta.is_dir() {
+        let codex_home = path.join("auth.json");
+        if meta.is_dir() && codex_home.is_file() {
+            report
+                .results
+                .extend(self.import_one_file(&codex_home).await);
+        } else if meta.is_dir() {
             let is_json = |p: &Path| {
                 p.is_file()
                     && p.extension()

@@ -474,6 +474,18 @@ async fn imports_a_folder_file_by_file() {
         "CODEX_HOME folders count too"
     );
     assert!(r.results[1].source.ends_with("b.json"));
+    // A CODEX_HOME itself: its auth.json only (its other files are the Codex CLI's own).
+    let home = dir.path().join("home-d");
+    std::fs::write(
+        home.join("version.json"),
+        br#"{"latest_version": "0.63.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(home.join("config.toml"), b"model = 'gpt-5-codex'").unwrap();
+    let r = pool.accounts().import_path(&home).await.unwrap();
+    assert_eq!(r.results.len(), 1, "{r:?}");
+    assert!(r.results[0].source.ends_with("home-d/auth.json"), "{r:?}");
+    assert_eq!(r.skipped(), 0, "{r:?}");
     let empty = tempfile::tempdir().unwrap();
     assert!(matches!(
         pool.accounts().import_path(empty.path()).await,
