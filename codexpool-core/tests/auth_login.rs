@@ -497,6 +497,24 @@ async fn a_login_started_in_one_pool_completes_in_another_once() {
     assert!(a.accounts().get(&done.account.id).is_ok());
     b.reload().await.unwrap();
     assert!(b.accounts().get(&done.account.id).is_ok());
+
+    // Again for the account A holds now, with another label, completed by B: A's waiter
+    // tells what B stored, not A's copy from before.
+    let again = a
+        .auth()
+        .login_start(no_listen().label("second"))
+        .await
+        .unwrap();
+    let location = authorize(again.url()).await;
+    let redone = b.auth().login_complete(&location).await.unwrap();
+    assert_eq!(redone.account.label, "second");
+    let waited = tokio::time::timeout(Duration::from_secs(5), again.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(waited.account.id, done.account.id);
+    assert_eq!(waited.account.label, "second");
+    assert!(!waited.created);
 }
 
 #[tokio::test]

@@ -824,12 +824,17 @@ impl Auth {
             let now = self.now();
             match s.status {
                 LoginStatus::Completed { account_id } => {
+                    let here = crate::sync::lock(&self.pool.shared.auth.created)
+                        .get(state)
+                        .copied();
+                    // Completed by another process: what it wrote (an account this process
+                    // holds already has the sign-in's label, group, … only in the store).
+                    if here.is_none() {
+                        self.pool.reload().await.map_err(AuthError::from_crate)?;
+                    }
                     let account = self.account_from_store(&account_id).await?;
                     // Known when completed here; else: an account younger than the login.
-                    let created = crate::sync::lock(&self.pool.shared.auth.created)
-                        .get(state)
-                        .copied()
-                        .unwrap_or(account.created_at >= s.created_at);
+                    let created = here.unwrap_or(account.created_at >= s.created_at);
                     return Ok(LoginCompleted { account, created });
                 }
                 LoginStatus::Failed { error } => {
