@@ -290,6 +290,15 @@ pub fn config_fix(c: &codexpool_core::config::ConfigError) -> String {
     }
 }
 
+/// Whether the file is there but this user may not open it for reading and writing.
+fn refused_access(path: &std::path::Path) -> bool {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path);
+    matches!(opened, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
 fn store_hint(s: &codexpool_core::store::StoreError) -> Option<String> {
     use codexpool_core::store::StoreError;
     match s {
@@ -306,10 +315,25 @@ fn store_hint(s: &codexpool_core::store::StoreError) -> Option<String> {
             "pass --db PATH or set CODEXPOOL_DB_PATH to the codexpool database (or to a new file)"
                 .into(),
         ),
+        _ if s.to_string().contains("malformed") => Some(
+            "the database file is damaged: restore it from a copy, or point --db at another \
+             file and import the accounts again (`account import` of an export or auth.json)"
+                .into(),
+        ),
+        StoreError::Open { path, .. } if refused_access(std::path::Path::new(path)) => Some(
+            "this user may not read and write that file: run as its owner, or pass --db PATH \
+             or set CODEXPOOL_DB_PATH to a database of this user's"
+                .into(),
+        ),
         StoreError::Open { .. } => Some(
             "pass --db PATH or set CODEXPOOL_DB_PATH to a file in a directory you can write".into(),
         ),
         StoreError::NewerSchema { .. } => None,
+        _ if s.to_string().contains("database is locked") => Some(
+            "another process held the database's write lock for longer than the wait (an open \
+             sqlite3 shell or a backup tool in a transaction): end it and run again"
+                .into(),
+        ),
         _ if s.to_string().contains("readonly database") => Some(
             "run as the user who owns the database and its folder, or give this user write \
              access to both (SQLite writes files beside the database too)"

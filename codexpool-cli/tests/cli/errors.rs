@@ -641,3 +641,63 @@ fn messages_and_help_name_settings_with_their_prefix() {
         assert_eq!(bare_settings(text), Vec::<&str>::new(), "{text}");
     }
 }
+
+/// A damaged database file is named as such, with what can be done about it.
+#[test]
+fn a_damaged_database_says_so() {
+    let env = Env::new();
+    env.ok(&["key", "create", "--name", "k"]);
+    // Zeroes over the pages after the first (the schema's): the file still opens, its tables
+    // do not read.
+    let mut bytes = std::fs::read(env.db()).unwrap();
+    assert!(bytes.len() > 8192);
+    bytes[4096..].fill(0);
+    std::fs::write(env.db(), bytes).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", env.db().display()));
+    }
+    let (code, _, err) = env.run(&["key", "list"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("malformed"), "{err}");
+    assert!(err.contains("hint: the database file is damaged"), "{err}");
+}
+
+/// A database this user may not open (another user's, mode 0600) is said to be that, not a
+/// folder to make writable. Run as another user through `setpriv` when the tests run as root
+/// (root opens any file), else on a file made unreadable.
+#[test]
+fn a_database_this_user_may_not_open_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let dir = tempfile::Builder::new()
+        .prefix("codexpool-perm-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = dir.path().join("codexpool.db");
+    env.ok(&["--db", db.to_str().unwrap(), "key", "create", "--name", "k"]);
+    // What this process makes is its user's: root's, or another's.
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dir.path()).unwrap()) == 0;
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+        c
+    } else {
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o000)).unwrap();
+        std::process::Command::new(BIN)
+    };
+    cmd.env_clear()
+        .env("HOME", dir.path())
+        .current_dir("/")
+        .args(["--db", db.to_str().unwrap(), "key", "list"]);
+    let Ok(o) = cmd.output() else {
+        eprintln!("skipped: no setpriv here");
+        return;
+    };
+    let (_, err) = texts(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("hint: this user may not read and write that file: run as its owner"),
+        "{err}"
+    );
+}
