@@ -93,6 +93,9 @@ pub(crate) fn failed_before_any_event(
     error_event(out, 2, code, message);
 }
 
+/// The error code of an answer past [`MAX_ANSWER_BYTES`].
+const ANSWER_TOO_LARGE: &str = "upstream_answer_too_large";
+
 /// How far into an event its `sequence_number` is looked for (the backend writes it second,
 /// after `type`).
 const SEQUENCE_SCAN: usize = 96;
@@ -128,6 +131,9 @@ pub(crate) struct Relay {
 #[derive(Debug, Default)]
 pub(crate) struct OutputRefill {
     items: Vec<Bytes>,
+    /// Bytes in `items`: past [`MAX_ANSWER_BYTES`] nothing more is kept, and the final event
+    /// goes out as the upstream sent it (the client has had every item already).
+    kept: usize,
     ended: bool,
 }
 
@@ -154,7 +160,18 @@ impl OutputRefill {
         }
         match kind {
             EventKind::OutputItemDone => {
-                self.items.push(event.data().clone());
+                self.kept = self.kept.saturating_add(event.data().len());
+                if self.kept > MAX_ANSWER_BYTES {
+                    if !self.items.is_empty() {
+                        tracing::warn!(
+                            "the answer's items passed {} MiB: its final event goes out without them",
+                            MAX_ANSWER_BYTES >> 20
+                        );
+                    }
+                    self.items = Vec::new();
+                } else {
+                    self.items.push(event.data().clone());
+                }
                 None
             }
             EventKind::Completed | EventKind::Incomplete => {
@@ -488,6 +505,13 @@ impl Assemble for ResponseAssembler {
     }
 }
 
+/// The most event bytes an answer assembled for a non-streaming client may take, and the most
+/// a Responses stream's items kept for its final event ([`OutputRefill`]) may: an upstream that
+/// never ends its answer would otherwise fill the memory. The longest real answer (128k
+/// tokens, each piece of text in a delta, again in its item and in the final event) is a few
+/// MiB of events.
+pub(crate) const MAX_ANSWER_BYTES: usize = 64 << 20;
+
 /// Reads a committed stream to its end into one JSON answer.
 pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Bytes, Missed> {
     let Committed {
@@ -503,6 +527,7 @@ pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Byt
     // do better.
     type Late = Option<(String, Option<Outcome>)>;
     let result: Result<Late, (ApiError, String, Option<Outcome>, bool)> = async {
+        let mut read = 0usize;
         loop {
             let event = match events.next().await {
                 Ok(SseItem::Event(event)) => event,
@@ -523,6 +548,19 @@ pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Byt
                     return Err((error, class, outcome, elsewhere));
                 }
             };
+            read = read.saturating_add(event.data().len());
+            if read > MAX_ANSWER_BYTES {
+                // The upstream's doing, not the account's: no strike, and no other account
+                // (the same request would run on there too).
+                let error = ApiError::bad_gateway(
+                    ANSWER_TOO_LARGE,
+                    format!(
+                        "upstream: the answer went on past {} MiB without ending",
+                        MAX_ANSWER_BYTES >> 20
+                    ),
+                );
+                return Err((error, ANSWER_TOO_LARGE.into(), None, false));
+            }
             match asm.push(&event) {
                 Ok(true) => {
                     let late = asm.failed_after_stop();
@@ -750,5 +788,37 @@ mod tests {
             None
         );
         assert!(refill.items.is_empty());
+    }
+
+    /// Items past [`MAX_ANSWER_BYTES`] are not kept (an upstream that never ends would fill the
+    /// memory): the final event then goes out as it came.
+    #[test]
+    fn refill_keeps_no_more_than_the_cap() {
+        let pad = "x".repeat(MAX_ANSWER_BYTES / 4);
+        let big = ev(&format!(
+            r#"{{"type":"response.output_item.done","output_index":0,"item":{{"id":"a","pad":"{pad}"}}}}"#
+        ));
+        let done = ev(r#"{"type":"response.completed","response":{"output":[]}}"#);
+        let mut refill = OutputRefill::default();
+        for _ in 0..3 {
+            assert_eq!(see(&mut refill, &big), None);
+        }
+        assert_eq!(
+            refill.items.len(),
+            3,
+            "under the cap: kept (shared, not copied)"
+        );
+        assert!(see(&mut refill, &done).is_some());
+        let mut refill = OutputRefill::default();
+        for _ in 0..5 {
+            see(&mut refill, &big);
+        }
+        assert!(refill.items.is_empty(), "past the cap: dropped");
+        see(
+            &mut refill,
+            &ev(r#"{"type":"response.output_item.done","output_index":1,"item":{"id":"b"}}"#),
+        );
+        assert!(refill.items.is_empty(), "and nothing after it");
+        assert_eq!(see(&mut refill, &done), None);
     }
 }

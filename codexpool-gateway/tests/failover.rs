@@ -185,6 +185,59 @@ async fn a_long_preamble_commits_the_attempt() {
     assert_eq!(h.total_inflight(), 0);
 }
 
+/// An answer that never ends is not gathered without bound for a non-streaming client: past
+/// 64 MiB of events the request ends with a 502 saying so, and the account is not blamed.
+#[tokio::test]
+async fn an_endless_answer_is_not_gathered_without_bound() {
+    let h = harness(2, &[]).await;
+    let piece = "x".repeat(8 << 20);
+    let mut raw = String::from(
+        "data: {\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"output\":[]}}\n\n",
+    );
+    for _ in 0..9 {
+        raw += &format!(
+            "data: {{\"type\":\"response.output_text.delta\",\"output_index\":0,\"delta\":\"{piece}\"}}\n\n"
+        );
+    }
+    for (n, route) in ["/v1/chat/completions", "/v1/responses"]
+        .into_iter()
+        .enumerate()
+    {
+        h.fake
+            .push_reply("acct-0", Reply::RawSse { body: raw.clone() });
+        let (status, _, text) = h.call(h.post(route, question(route, false))).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{route}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["error"]["code"], "upstream_answer_too_large",
+            "{route}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("past 64 MiB"),
+            "{route}: {v}"
+        );
+        let row = &h.log().await[n];
+        assert_eq!(
+            row.error_class.as_deref(),
+            Some("upstream_answer_too_large")
+        );
+        assert_eq!(
+            row.accounts_tried,
+            [h.ids[0].clone()],
+            "no other account tried"
+        );
+        assert_eq!(
+            h.cooldown_until(0),
+            None,
+            "{route}: the account is not blamed"
+        );
+        assert_eq!(h.total_inflight(), 0);
+    }
+}
+
 #[tokio::test]
 async fn http_failures_fail_over_with_the_right_cooldown() {
     for (reply, cooling) in [
