@@ -33,6 +33,7 @@ mod record;
 mod relay;
 mod routes;
 mod rpc;
+mod secrets;
 mod server;
 pub mod sse;
 mod stack;

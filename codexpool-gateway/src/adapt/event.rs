@@ -757,18 +757,19 @@ impl<'a> ErrorRef<'a> {
                 None => "upstream reported a failure".to_owned(),
             }
         } else {
-            truncate(message)
+            upstream_text(message)
         };
         UpstreamFailure {
             kind,
             status,
+            // A code is a short word; what is longer is cut (it goes into every log row).
             code: self
                 .code
                 .as_deref()
                 .or(self.kind.as_deref())
-                .map(str::to_owned),
+                .map(|c| truncate(c, MAX_CODE)),
             message,
-            param: self.param.as_deref().map(truncate),
+            param: self.param.as_deref().map(|p| truncate(p, MAX_MESSAGE)),
         }
     }
 }
@@ -1012,7 +1013,7 @@ pub fn usage_limit_notice(text: &str) -> Option<UpstreamFailure> {
         },
         status: None,
         code: Some("usage_limit_reached".to_owned()),
-        message: truncate(text.trim()),
+        message: upstream_text(text.trim()),
         param: None,
     })
 }
@@ -1185,7 +1186,7 @@ impl UpstreamFailure {
             kind: FailureKind::Other,
             status: None,
             code: Some("malformed_event".to_owned()),
-            message: truncate(&err.to_string()),
+            message: truncate(&err.to_string(), MAX_MESSAGE),
             param: None,
         }
     }
@@ -1222,7 +1223,7 @@ pub fn classify_error_body(
             kind: FailureKind::Deactivated,
             status: Some(status),
             code: Some(code.to_owned()),
-            message: truncate(text.trim()),
+            message: upstream_text(text.trim()),
             param: None,
         };
     }
@@ -1312,12 +1313,25 @@ fn classify_code(code: Option<&str>, kind: Option<&str>, status: Option<u16>) ->
 }
 
 /// Keeps messages short enough for a log line or a client error.
-fn truncate(text: &str) -> String {
-    const MAX: usize = 500;
-    if text.len() <= MAX {
+/// The longest upstream error message (and `param`) passed on, in bytes.
+const MAX_MESSAGE: usize = 500;
+
+/// The longest upstream error code passed on and logged, in bytes.
+const MAX_CODE: usize = 64;
+
+/// Text an upstream wrote, as it is passed on and logged: credentials masked (a proxy or a
+/// misconfigured backend may echo the request's `Authorization` header, the account's token),
+/// cut to [`MAX_MESSAGE`].
+fn upstream_text(text: &str) -> String {
+    let masked = crate::secrets::mask_secrets(text);
+    truncate(masked.as_deref().unwrap_or(text), MAX_MESSAGE)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
         return text.to_owned();
     }
-    let mut end = MAX;
+    let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
@@ -1701,6 +1715,43 @@ mod tests {
             failure_kind(preflight_sse(&done)),
             FailureKind::UsageLimit { .. }
         ));
+    }
+
+    #[test]
+    fn upstream_error_text_is_bounded_and_masked() {
+        // A code is cut to a short word (it goes into every log row), a message to 500 bytes.
+        let long = "c".repeat(10_000);
+        let body = format!(r#"{{"error":{{"code":"{long}","message":"{long}"}}}}"#);
+        let f = classify_error_body(500, Some("application/json"), body.as_bytes(), false);
+        assert_eq!(
+            f.code.as_deref().map(str::len),
+            Some(MAX_CODE + '…'.len_utf8())
+        );
+        assert!(f.message.len() <= MAX_MESSAGE + '…'.len_utf8());
+        // An upstream that echoes the request's Authorization header: the token stays here.
+        let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEiLCJlbWFpbCI6ImFAYi5jIn0.c2lnbmF0dXJl";
+        for (content_type, body) in [
+            (
+                "application/json",
+                format!(
+                    r#"{{"error":{{"message":"bad request: Authorization: Bearer {token}"}}}}"#
+                ),
+            ),
+            ("text/plain", format!("echo: authorization: Bearer {token}")),
+            (
+                "text/plain",
+                format!("account_deactivated (Bearer {token})"),
+            ),
+        ] {
+            let f = classify_error_body(400, Some(content_type), body.as_bytes(), false);
+            assert!(!f.message.contains("eyJ"), "{}", f.message);
+            assert!(f.message.contains("Bearer *****"), "{}", f.message);
+        }
+        let notice = usage_limit_notice(&format!(
+            "You've hit your usage limit (Bearer {token}). Try again in 5 minutes."
+        ))
+        .unwrap();
+        assert!(!notice.message.contains("eyJ"), "{}", notice.message);
     }
 
     #[test]
