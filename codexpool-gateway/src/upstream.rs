@@ -66,7 +66,46 @@ impl std::fmt::Display for BodyError {
 struct SendError {
     /// No connection could be made.
     connect: bool,
+    /// The connection closed or was reset before any answer: most likely a pooled connection
+    /// the upstream had closed as idle (without saying so), which a new one mends.
+    closed: bool,
     message: String,
+}
+
+impl SendError {
+    fn of(e: &(dyn std::error::Error + 'static), connect: bool, message: String) -> Self {
+        Self {
+            connect,
+            closed: !connect && closed_before_answer(e),
+            message,
+        }
+    }
+}
+
+/// Whether a send failed because its connection closed or was reset before the answer's head.
+fn closed_before_answer(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind;
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(h) = c.downcast_ref::<hyper::Error>()
+            && h.is_incomplete_message()
+        {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// An upstream answer: its head, and its body as it comes.
@@ -321,6 +360,7 @@ impl Upstream {
             Some(u) if suffix == "/responses" => Ok(u.clone()),
             _ => self.url(suffix).parse().map_err(|e| SendError {
                 connect: false,
+                closed: false,
                 message: format!("invalid upstream URL: {e}"),
             }),
         }
@@ -414,10 +454,10 @@ impl Upstream {
                 *req.method_mut() = Method::POST;
                 *req.uri_mut() = self.request_uri(call.path)?;
                 *req.headers_mut() = headers;
-                let res = client.request(req).await.map_err(|e| SendError {
-                    connect: e.is_connect(),
-                    message: describe(&e),
-                })?;
+                let res = client
+                    .request(req)
+                    .await
+                    .map_err(|e| SendError::of(&e, e.is_connect(), describe(&e)))?;
                 let (head, body) = res.into_parts();
                 Ok(Answer {
                     status: head.status,
@@ -436,10 +476,7 @@ impl Upstream {
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| SendError {
-                        connect: e.is_connect(),
-                        message: without_url(&e),
-                    })?;
+                    .map_err(|e| SendError::of(&e, e.is_connect(), without_url(&e)))?;
                 Ok(Answer {
                     status: res.status(),
                     headers: res.headers().clone(),
@@ -884,8 +921,13 @@ pub(crate) async fn run(
     }
 }
 
-/// One account: send (and once more after a 401 refresh), then read until the first semantic
-/// event.
+/// How many times an attempt is sent again, on the same account, after its connection closed
+/// before answering: an upstream (a proxy) that closes idle connections without saying so may
+/// have closed several of the pooled ones.
+const CLOSED_RESENDS: u32 = 2;
+
+/// One account: send (and once more after a 401 refresh, or after a connection that closed
+/// before answering), then read until the first semantic event.
 async fn attempt(
     pool: &Pool,
     upstream: &Upstream,
@@ -903,6 +945,8 @@ async fn attempt(
         None => call.body.clone(),
     };
     let mut made_portable = lease.moved();
+    // Sends again after a connection that closed before answering (see `SendError::closed`).
+    let mut resent_closed = 0;
     let response = loop {
         let sent = tokio::time::timeout(
             upstream.idle_timeout,
@@ -916,6 +960,12 @@ async fn attempt(
                     UPSTREAM_TIMEOUT,
                     "no response headers before the idle timeout".into(),
                 ));
+            }
+            Ok(Err(e)) if e.closed && resent_closed < CLOSED_RESENDS => {
+                // The account is not at fault: on a new connection, without a strike.
+                resent_closed += 1;
+                tracing::debug!(account = %lease.account_id(), error = %e.message, "the upstream connection closed before answering: sending again");
+                continue;
             }
             Ok(Err(e)) => {
                 let what = if e.connect {

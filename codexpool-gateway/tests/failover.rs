@@ -238,6 +238,101 @@ async fn an_endless_answer_is_not_gathered_without_bound() {
     }
 }
 
+/// An upstream (a proxy) that closes idle connections without saying so: a request sent on a
+/// pooled connection it has closed goes again on a new one, on the same account, which is not
+/// blamed (it was cooled down, and with every account so, clients got 503s).
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_not_the_accounts_fault() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let item = r#"{"id":"msg_1","type":"message","role":"assistant","status":"completed","content":[{"type":"output_text","text":"Hi there.","annotations":[]}]}"#;
+    let events = format!(
+        "data: {{\"type\":\"response.created\",\"sequence_number\":0,\"response\":{{\"id\":\"resp_1\",\"status\":\"in_progress\",\"output\":[]}}}}\n\n\
+         data: {{\"type\":\"response.output_item.done\",\"sequence_number\":1,\"output_index\":0,\"item\":{item}}}\n\n\
+         data: {{\"type\":\"response.completed\",\"sequence_number\":2,\"response\":{{\"id\":\"resp_1\",\"status\":\"completed\",\"output\":[{item}],\"usage\":{{\"input_tokens\":5,\"output_tokens\":3,\"total_tokens\":8}}}}}}\n\n"
+    );
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{events}",
+        events.len()
+    );
+    // Answers the first request of each connection; reads the second and closes.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let server = {
+        let (closed, served) = (closed.clone(), served.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = upstream.accept().await {
+                let (closed, served, answer) = (closed.clone(), served.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for n in 0.. {
+                        // One request: its head, then its body (content-length).
+                        let (head_end, length) = loop {
+                            let text = String::from_utf8_lossy(&buf).to_string();
+                            if let Some(end) = text.find("\r\n\r\n") {
+                                let length = text[..end]
+                                    .lines()
+                                    .find_map(|l| {
+                                        let (k, v) = l.split_once(':')?;
+                                        k.eq_ignore_ascii_case("content-length")
+                                            .then(|| v.trim().parse::<usize>().ok())?
+                                    })
+                                    .unwrap_or(0);
+                                break (end + 4, length);
+                            }
+                            let mut chunk = [0u8; 8192];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        };
+                        while buf.len() < head_end + length {
+                            let mut chunk = [0u8; 8192];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        }
+                        buf.drain(..head_end + length);
+                        if n == 1 {
+                            closed.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        served.fetch_add(1, Ordering::SeqCst);
+                        if socket.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        })
+    };
+    let base = format!("http://{addr}/backend-api/codex");
+    let h = harness(2, &[("UPSTREAM_BASE_URL", &base)]).await;
+    for n in 0..2 {
+        let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+        assert_eq!(status, StatusCode::OK, "request {n}: {v}");
+        assert_eq!(v["choices"][0]["message"]["content"], "Hi there.");
+        // Time for the connection to go back to the pool.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        1,
+        "the second request went on the pooled connection"
+    );
+    assert_eq!(served.load(Ordering::SeqCst), 2);
+    for row in h.log().await {
+        assert_eq!(row.accounts_tried, [h.ids[0].clone()]);
+        assert_eq!(row.status, 200);
+    }
+    assert_eq!(h.cooldown_until(0), None, "the account is not blamed");
+    server.abort();
+}
+
 #[tokio::test]
 async fn http_failures_fail_over_with_the_right_cooldown() {
     for (reply, cooling) in [
