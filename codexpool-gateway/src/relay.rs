@@ -294,14 +294,33 @@ impl Relay {
         };
         let (terminal, usage, failure) = match &mut self.mode {
             Mode::Passthrough => {
+                // A frame without a type is no event a client can use (OpenAI's SDKs fail on
+                // it, the Codex CLI skips it): not passed on.
+                let Some(name) = event.event_type() else {
+                    tracing::debug!("an upstream event without a type was not passed on");
+                    return false;
+                };
+                let kind = EventKind::from_type(&name);
                 let data = event.data();
                 let head = &data[..data.len().min(SEQUENCE_SCAN)];
                 self.next_sequence = sequence_number(head)
                     .unwrap_or(self.next_sequence)
                     .saturating_add(1);
-                let kind = EventKind::of(&event);
                 // Only a final event is read (once, for the relay and the refill alike).
                 let parsed = kind.is_terminal().then(|| ResponsesEvent::from_sse(&event));
+                // A final event that does not read is not passed on as it came (a client would
+                // fail on it, or take it for the answer): the stream ends with an error event.
+                if let Some(Err(e)) = &parsed {
+                    let f = UpstreamFailure::malformed(e);
+                    error_event(out, self.next_sequence, f.error_code(), &f.message);
+                    self.error_class = Some(f.error_code().to_string());
+                    if let Some(lease) = &self.lease
+                        && let Some(o) = late_outcome(&f, lease)
+                    {
+                        lease.report(o).await;
+                    }
+                    return true;
+                }
                 let response = match &parsed {
                     Some(Ok(ResponsesEvent::Completed(r) | ResponsesEvent::Incomplete(r))) => {
                         Some(r)
@@ -331,12 +350,11 @@ impl Relay {
                     }
                 }
                 match parsed {
-                    None => (false, None, None),
                     Some(Ok(parsed)) => {
                         let (_, usage, failure) = facts(&parsed);
                         (true, usage, failure)
                     }
-                    Some(Err(e)) => (true, None, Some(UpstreamFailure::malformed(&e))),
+                    _ => (false, None, None),
                 }
             }
             // One parse serves the translator and the relay's own bookkeeping.

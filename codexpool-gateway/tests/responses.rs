@@ -76,6 +76,40 @@ async fn a_stream_cut_part_way_ends_with_an_error_event() {
     assert_eq!(h.total_inflight(), 0);
 }
 
+/// What the gateway cannot read as an event is not passed on as if it were one (OpenAI's SDKs
+/// fail on it mid-stream): a frame without a type is left out, and a final event that does not
+/// read ends the stream with an `error` event instead.
+#[tokio::test]
+async fn unreadable_upstream_frames_are_not_relayed() {
+    let h = harness(1, &[]).await;
+    let raw = "data: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"r\",\"output\":[]}}\n\n\
+               data: {not json\n\n\
+               data: {\"sequence_number\":1,\"delta\":\"no type\"}\n\n\
+               data: {\"type\":\"response.output_text.delta\",\"sequence_number\":2,\"output_index\":0,\"delta\":\"Hi\"}\n\n\
+               data: {\"type\":\"response.completed\",\"sequence_number\":3}\n\n";
+    h.fake.push_reply(
+        "acct-0",
+        Reply::RawSse {
+            body: raw.to_string(),
+        },
+    );
+    let (status, _, body) = h.call(ask_streamed(&h)).await;
+    assert_eq!(status, StatusCode::OK);
+    // Every frame that goes out reads as an event with a type.
+    let frames = json_frames(&body);
+    assert_eq!(
+        common::event_types(&frames),
+        ["response.created", "response.output_text.delta", "error"],
+        "{body}"
+    );
+    let last = frames.last().unwrap();
+    assert_eq!(last["code"], "malformed_event", "{body}");
+    assert_eq!(last["sequence_number"], 4, "{body}");
+    let row = &h.log().await[0];
+    assert_eq!(row.error_class.as_deref(), Some("malformed_event"));
+    assert_eq!(h.total_inflight(), 0);
+}
+
 /// An upstream numbering its events up to the largest number there is: the error after them
 /// keeps that number (no overflow).
 #[tokio::test]
