@@ -821,9 +821,13 @@ struct UsageDetails<'a> {
     reasoning_tokens: Option<&'a RawValue>,
 }
 
+/// More tokens than any one answer counts (the largest context windows are a few million).
+const MAX_TOKENS: u64 = 1 << 32;
+
 impl TokenUsage {
     /// Reads a `usage` object, in the Responses names or the Chat Completions ones. `None` when
-    /// it is not an object; counters that are missing, negative or not numbers count as 0.
+    /// it is not an object, or a count is beyond any answer's (over 2^32); counters that are
+    /// missing, negative or not numbers count as 0.
     pub fn from_json(usage: &[u8]) -> Option<Self> {
         serde_json::from_slice::<&RawValue>(usage)
             .ok()
@@ -852,7 +856,7 @@ impl TokenUsage {
         let output_details = details(f.output_tokens_details.or(f.completion_tokens_details));
         let input_tokens = num(f.input_tokens.or(f.prompt_tokens));
         let output_tokens = num(f.output_tokens.or(f.completion_tokens));
-        Some(Self {
+        let usage = Self {
             input_tokens,
             cached_tokens: num(input_details.and_then(|d| d.cached_tokens)),
             output_tokens,
@@ -861,7 +865,24 @@ impl TokenUsage {
                 .total_tokens
                 .and_then(lenient_u64)
                 .unwrap_or_else(|| input_tokens.saturating_add(output_tokens)),
-        })
+        };
+        // No answer counts billions of tokens: such a count is garbage, and summed into the
+        // ledger it would stay there for good (sums saturate).
+        let counts = [
+            usage.input_tokens,
+            usage.cached_tokens,
+            usage.output_tokens,
+            usage.reasoning_tokens,
+            usage.total_tokens,
+        ];
+        if counts.iter().any(|n| *n > MAX_TOKENS) {
+            tracing::warn!(
+                ?counts,
+                "the upstream reported impossible token counts: not counted"
+            );
+            return None;
+        }
+        Some(usage)
     }
 }
 
@@ -1547,6 +1568,17 @@ mod tests {
             TokenUsage::from_json(br#"{"input_tokens":3,"output_tokens":4}"#)
                 .map(|u| u.total_tokens),
             Some(7)
+        );
+        // Counts no answer has are garbage: not counted at all (summed, they would stay).
+        for usage in [
+            r#"{"input_tokens":1180591620717411303424,"output_tokens":4}"#,
+            r#"{"input_tokens":3,"output_tokens":4,"total_tokens":9223372036854775807}"#,
+            r#"{"input_tokens":3,"input_tokens_details":{"cached_tokens":4294967297}}"#,
+        ] {
+            assert_eq!(TokenUsage::from_json(usage.as_bytes()), None, "{usage}");
+        }
+        assert!(
+            TokenUsage::from_json(br#"{"input_tokens":2000000,"output_tokens":128000}"#).is_some()
         );
     }
 
