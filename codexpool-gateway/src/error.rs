@@ -282,9 +282,11 @@ impl ApiError {
     /// From the last upstream failure, when no other account can help.
     pub fn from_upstream(f: &UpstreamFailure) -> Self {
         let status = match f.kind {
+            // The upstream's own 4xx; a request refused in a 200 (a proxy's JSON) is a 400.
             FailureKind::BadRequest => f
                 .status
                 .and_then(|s| StatusCode::from_u16(s).ok())
+                .filter(StatusCode::is_client_error)
                 .unwrap_or(StatusCode::BAD_REQUEST),
             FailureKind::UsageLimit { .. } | FailureKind::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -299,12 +301,13 @@ impl ApiError {
             _ if f.code.as_deref() == Some(UPSTREAM_TIMEOUT) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::BAD_GATEWAY,
         };
-        let mut error = Self::new(
-            status,
-            f.error_type(),
-            f.error_code(),
-            format!("upstream: {}", f.message),
-        );
+        // Said once: the gateway's own words about the upstream already name it.
+        let message = if f.message.starts_with("upstream") {
+            f.message.clone()
+        } else {
+            format!("upstream: {}", f.message)
+        };
+        let mut error = Self::new(status, f.error_type(), f.error_code(), message);
         error.param.clone_from(&f.param);
         error
     }

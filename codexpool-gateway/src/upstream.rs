@@ -1014,7 +1014,20 @@ async fn attempt(
                 }
             }
         }
-        if response.status != StatusCode::OK || is_a_challenge(&response.headers) {
+        // Bytes no one asked for (a proxy's compression): no parser reads them.
+        if let Some(encoding) = unasked_encoding(&response.headers) {
+            return Step::after(failure(
+                FailureKind::Server,
+                "upstream_bad_encoding",
+                format!(
+                    "upstream answered with content-encoding {encoding}, which was not asked for"
+                ),
+            ));
+        }
+        // A 200 that is no event stream where one was asked for (a JSON error, a proxy's page)
+        // is read as a refusal: what it says, not a stream that "ended inside an event".
+        let no_stream = call.sse && !is_event_stream(&response.headers);
+        if response.status != StatusCode::OK || no_stream || is_a_challenge(&response.headers) {
             let f = read_failure(upstream, response).await;
             // Reasoning another account encrypted (the conversation's pin was lost, e.g. by a
             // restart): once more without it, on the same account.
@@ -1120,7 +1133,29 @@ fn is_a_challenge(headers: &HeaderMap) -> bool {
             .is_some_and(|ct| ct.to_ascii_lowercase().contains("text/html"))
 }
 
-/// What a refused answer (non-200, or a challenge page) says.
+/// Whether an answer says it is an event stream, or says nothing (some proxies drop the
+/// header; the events then speak for themselves).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
+/// A `content-encoding` other than `identity` (none is asked for).
+fn unasked_encoding(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_ENCODING)?;
+    let text = String::from_utf8_lossy(value.as_bytes())
+        .trim()
+        .to_ascii_lowercase();
+    (!text.is_empty() && text != "identity").then(|| text.chars().take(40).collect())
+}
+
+/// What a refused answer (non-200, a challenge page, a 200 that is no event stream) says.
 async fn read_failure(upstream: &Upstream, response: Answer) -> UpstreamFailure {
     let Answer {
         status,

@@ -333,6 +333,42 @@ async fn a_pooled_connection_the_upstream_closed_is_not_the_accounts_fault() {
     server.abort();
 }
 
+/// A 200 that is no event stream (a JSON error from a proxy) is read as the refusal it is, and
+/// compressed bytes no one asked for are named: neither is "a stream that ended inside an
+/// event".
+#[tokio::test]
+async fn a_200_that_is_no_event_stream_says_what_it_is() {
+    let h = harness(1, &[]).await;
+    // What the body says decides: here the request's fault, the client's 400.
+    h.fake.push_reply(
+        "acct-0",
+        Reply::Status {
+            status: 200,
+            body: r#"{"error":{"code":"context_length_exceeded","message":"Your input is too long."}}"#.into(),
+            content_type: "application/json".into(),
+        },
+    );
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(
+        v["error"]["message"], "upstream: Your input is too long.",
+        "{v}"
+    );
+    h.fake.push_reply(
+        "acct-0",
+        Reply::text("Hello").with_header("content-encoding", "gzip"),
+    );
+    let (status, v) = h.json(h.post("/v1/chat/completions", chat(false))).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_bad_encoding", "{v}");
+    assert_eq!(
+        v["error"]["message"],
+        "upstream answered with content-encoding gzip, which was not asked for",
+        "said once: {v}"
+    );
+    assert_eq!(h.total_inflight(), 0);
+}
+
 #[tokio::test]
 async fn http_failures_fail_over_with_the_right_cooldown() {
     for (reply, cooling) in [
