@@ -1136,14 +1136,11 @@ fn is_a_challenge(headers: &HeaderMap) -> bool {
 /// Whether an answer says it is an event stream, or says nothing (some proxies drop the
 /// header; the events then speak for themselves).
 fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        })
+    const SSE: &[u8] = b"text/event-stream";
+    headers.get(header::CONTENT_TYPE).is_none_or(|ct| {
+        let ct = ct.as_bytes().trim_ascii_start();
+        ct.len() >= SSE.len() && ct[..SSE.len()].eq_ignore_ascii_case(SSE)
+    })
 }
 
 /// A `content-encoding` other than `identity` (none is asked for).
