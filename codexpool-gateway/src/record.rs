@@ -78,6 +78,24 @@ impl Record {
         }
     }
 
+    /// Moves the unwritten row out, to whatever ends the request later; this one is left as
+    /// written (its drop writes nothing).
+    pub(crate) fn hand_over(&mut self) -> Record {
+        let at = self.entry.at;
+        let rest = Record {
+            pool: self.pool.clone(),
+            entry: std::mem::replace(
+                &mut self.entry,
+                RequestLogEntry::new(String::new(), at, String::new()),
+            ),
+            started: self.started,
+            written: self.written,
+            stopped: self.stopped.clone(),
+        };
+        self.written = true;
+        rest
+    }
+
     /// Writes the row (and the ledger entry) now.
     pub fn finish(&mut self, status: u16, error_class: Option<&str>, usage: Option<TokenUsage>) {
         if self.written {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use codexpool_core::{Lease, Outcome};
+use futures_util::StreamExt;
 
 use crate::adapt::event::ResponseRef;
 use crate::adapt::responses::event_response;
@@ -120,6 +121,9 @@ pub(crate) struct Relay {
     /// The answer to keep for `previous_response_id` (Responses clients with `store` on), kept
     /// from the final event as it goes out.
     keep: Option<Box<Pending>>,
+    /// The client's answer ended before the upstream's (a chat stop sequence): the rest of
+    /// the upstream stream is read off the client's path ([`Drain`]).
+    drain: bool,
 }
 
 /// Puts the streamed items back into a final event whose `output` is empty.
@@ -262,6 +266,7 @@ impl Relay {
             error_class: None,
             refill: None,
             keep: None,
+            drain: false,
         }
     }
 
@@ -360,6 +365,11 @@ impl Relay {
             // One parse serves the translator and the relay's own bookkeeping.
             Mode::Chat(chat) => {
                 match chat.push_with(&event, out, |p| p.map_or((false, None, None), facts)) {
+                    // The answer ended at a stop sequence: the client has all of it now.
+                    Ok((false, ..)) if chat.end_at_stop_now(out) => {
+                        self.drain = true;
+                        return true;
+                    }
                     Ok(facts) => facts,
                     Err(e) => {
                         let f = UpstreamFailure::malformed(&e);
@@ -452,6 +462,23 @@ impl Relay {
     }
 
     async fn complete(&mut self) {
+        if self.drain {
+            // The row and the lease go with the rest of the upstream stream: its usage and its
+            // end are still to come.
+            self.record.first_byte();
+            self.done = true;
+            let idle = self.events.idle();
+            let drain = Drain {
+                events: std::mem::replace(
+                    &mut self.events,
+                    Events::new(futures_util::stream::empty().boxed(), idle),
+                ),
+                lease: self.lease.take(),
+                record: self.record.hand_over(),
+            };
+            tokio::spawn(drain.run());
+            return;
+        }
         if let Some(lease) = &self.lease
             && self.error_class.is_none()
         {
@@ -472,6 +499,57 @@ impl Relay {
         self.lease = None;
         self.record
             .finish(200, self.error_class.as_deref(), self.usage);
+    }
+}
+
+/// The rest of an upstream stream whose client has its whole answer already (a chat stop
+/// sequence matched): read to its end for the request's usage and outcome, which the log row
+/// and the account's report take, while the account stays leased (the backend generates on;
+/// dropping the stream would also lose the usage).
+struct Drain {
+    events: Events,
+    lease: Option<Lease>,
+    record: Record,
+}
+
+impl Drain {
+    async fn run(mut self) {
+        let (usage, failure) = loop {
+            match self.events.next().await {
+                Ok(SseItem::Event(event)) if EventKind::of(&event).is_terminal() => {
+                    break match ResponsesEvent::from_sse(&event) {
+                        Ok(parsed) => {
+                            let (_, usage, failure) = facts(&parsed);
+                            (usage, failure)
+                        }
+                        Err(e) => (None, Some(UpstreamFailure::malformed(&e))),
+                    };
+                }
+                Ok(_) => {}
+                Err(cut) => {
+                    let f = UpstreamFailure {
+                        kind: FailureKind::Server,
+                        status: None,
+                        code: Some(cut.code().into()),
+                        message: cut.to_string(),
+                        param: None,
+                    };
+                    break (None, (!matches!(cut, Cut::Stopped)).then_some(f));
+                }
+            }
+        };
+        if let Some(lease) = &self.lease {
+            let outcome = match &failure {
+                None => Some(Outcome::Success),
+                Some(f) => late_outcome(f, lease),
+            };
+            if let Some(o) = outcome {
+                lease.report(o).await;
+            }
+        }
+        drop(self.lease);
+        let class = failure.as_ref().map(|f| f.error_code().to_string());
+        self.record.finish(200, class.as_deref(), usage);
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use axum::http::StatusCode;
 use codexpool_core::usage::{LedgerGroup, LedgerQuery};
 use codexpool_testkit::{FakeOpenAi, OutputItem, Reply};
@@ -652,6 +654,58 @@ async fn stop_cuts_a_non_streamed_answer() {
     assert_eq!(h.total_inflight(), 0);
 }
 
+/// A streamed answer cut at a stop sequence ends for the client at once: the finish chunk and
+/// `[DONE]` come with the stop, not when the upstream's generation (which runs on) ends. The
+/// rest is read off the client's path for the row's usage, the account held meanwhile.
+#[tokio::test]
+async fn a_streamed_answer_ends_at_its_stop_sequence_at_once() {
+    let h = harness(1, &[]).await;
+    h.fake.push_reply(
+        "acct-0",
+        Reply::deltas([
+            "Thought: look it up",
+            "\nObservation:",
+            " 42",
+            "\nThought: done",
+            " and",
+            " more",
+            " to",
+            " come",
+        ])
+        .paced(Duration::from_millis(400)),
+    );
+    let mut req = chat(true);
+    req["stop"] = json!("\nObservation:");
+    let (status, _, body) = h.call(h.post("/v1/chat/completions", req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    // The upstream still generates (six more deltas, 400 ms apart), on the account it holds.
+    assert_eq!(
+        h.total_inflight(),
+        1,
+        "the answer ended only when the upstream's did"
+    );
+    let frames = json_frames(&body);
+    let text: String = frames
+        .iter()
+        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Thought: look it up", "{body}");
+    assert_eq!(
+        frames.last().unwrap()["choices"][0]["finish_reason"],
+        "stop",
+        "{body}"
+    );
+    h.settled().await;
+    let row = &h.log().await[0];
+    assert_eq!(
+        (row.status, row.error_class.as_deref()),
+        (200, None),
+        "{row:?}"
+    );
+    assert!(row.tokens.is_some_and(|t| t.output_tokens > 0), "{row:?}");
+}
+
 #[tokio::test]
 async fn stop_cuts_a_streamed_answer() {
     let h = harness(1, &[]).await;
@@ -724,6 +778,7 @@ async fn an_upstream_cut_after_the_stop_sequence_keeps_the_answer() {
         assert_eq!(text, "Part 0. Part 1. ", "{body}");
         assert_eq!(finish.as_deref(), Some("stop"), "{body}");
         assert!(!body.contains("error"), "{body}");
+        h.settled().await;
         let sent = h.fake.requests_to("/backend-api/codex/responses").len() - before;
         assert_eq!(sent, 1, "answered by the first account alone");
         // The row says the answer went out whole, and what the upstream did after it.

@@ -184,6 +184,18 @@ impl Harness {
         self.pool.accounts().total_inflight()
     }
 
+    /// Waits (10 s at most) until no request holds an account: what goes on after the client
+    /// has its answer (the rest of a stream cut at a stop sequence) has ended, its row written.
+    pub async fn settled(&self) {
+        for _ in 0..1000 {
+            if self.total_inflight() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("a request still holds an account after 10 s");
+    }
+
     /// Until when account `i` rests, if it does.
     pub fn cooldown_until(&self, i: usize) -> Option<codexpool_core::Timestamp> {
         self.pool

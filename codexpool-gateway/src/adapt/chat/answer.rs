@@ -650,6 +650,22 @@ impl ChatStream {
         self.fail(&truncated_failure(), out);
     }
 
+    /// A stop sequence matched: ends the stream now (the finish chunk, `[DONE]`), unless the
+    /// client asked for usage, which only the upstream's final event tells. `true` when it
+    /// ended it: what the upstream still generates is no part of the answer.
+    pub fn end_at_stop_now(&mut self, out: &mut BytesMut) -> bool {
+        if self.include_usage || self.translator.done || !self.translator.stopped() {
+            return false;
+        }
+        let mut sink = ChunkSink {
+            head: &mut self.head,
+            out,
+            include_usage: false,
+            usage: None,
+        };
+        self.translator.end_at_stop(&mut sink)
+    }
+
     /// Whether the chat stream has ended (`[DONE]` written).
     pub fn is_done(&self) -> bool {
         self.translator.done
