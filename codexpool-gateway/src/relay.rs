@@ -427,13 +427,7 @@ impl Relay {
 
     /// Ends a stream the upstream cut off: the client learns it from the stream itself.
     async fn cut_off(&mut self, cut: Cut<BodyError>, mut out: BytesMut) -> Option<Bytes> {
-        let f = UpstreamFailure {
-            kind: FailureKind::Server,
-            status: None,
-            code: Some(cut.code().into()),
-            message: cut.to_string(),
-            param: None,
-        };
+        let f = cut_failure(&cut);
         match &mut self.mode {
             // An end without a final event, in the chat adapter's own words.
             Mode::Chat(chat) if matches!(cut, Cut::Ended(_)) => chat.finish(&mut out),
@@ -502,6 +496,17 @@ impl Relay {
     }
 }
 
+/// A stream the upstream cut off, as a failure.
+fn cut_failure(cut: &Cut<BodyError>) -> UpstreamFailure {
+    UpstreamFailure {
+        kind: FailureKind::Server,
+        status: None,
+        code: Some(cut.code().into()),
+        message: cut.to_string(),
+        param: None,
+    }
+}
+
 /// The rest of an upstream stream whose client has its whole answer already (a chat stop
 /// sequence matched): read to its end for the request's usage and outcome, which the log row
 /// and the account's report take, while the account stays leased (the backend generates on;
@@ -527,14 +532,10 @@ impl Drain {
                 }
                 Ok(_) => {}
                 Err(cut) => {
-                    let f = UpstreamFailure {
-                        kind: FailureKind::Server,
-                        status: None,
-                        code: Some(cut.code().into()),
-                        message: cut.to_string(),
-                        param: None,
-                    };
-                    break (None, (!matches!(cut, Cut::Stopped)).then_some(f));
+                    break (
+                        None,
+                        (!matches!(cut, Cut::Stopped)).then(|| cut_failure(&cut)),
+                    );
                 }
             }
         };
