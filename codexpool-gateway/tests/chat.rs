@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use codexpool_core::usage::{LedgerGroup, LedgerQuery};
 use codexpool_testkit::{FakeOpenAi, OutputItem, Reply};
-use common::{chat, harness, json_frames};
+use common::{chat, harness, json_frames, streamed_content};
 use serde_json::{Value, json};
 
 /// Every response carries an `x-request-id`, the client's own when it sent one, and the request
@@ -150,10 +150,7 @@ async fn streaming_text_with_usage() {
     assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
     let frames = json_frames(&body);
     assert_eq!(frames[0]["choices"][0]["delta"]["role"], "assistant");
-    let text: String = frames
-        .iter()
-        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let text = streamed_content(&frames);
     assert_eq!(text, "Hello there friend");
     let reasoning: String = frames
         .iter()
@@ -385,10 +382,7 @@ async fn legacy_functions_streamed() {
         .filter_map(|c| c["arguments"].as_str())
         .collect();
     assert_eq!(args, r#"{"city":"Paris"}"#);
-    let text: String = frames
-        .iter()
-        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let text = streamed_content(&frames);
     assert_eq!(text, "Let me check.");
     let finish: Vec<_> = frames
         .iter()
@@ -500,10 +494,7 @@ async fn a_cut_mid_stream_is_reported_in_the_stream_and_the_log() {
     let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(true))).await;
     assert_eq!(status, StatusCode::OK);
     let frames = json_frames(&body);
-    let text: String = frames
-        .iter()
-        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let text = streamed_content(&frames);
     assert_eq!(text, "Part 0. Part 1. ", "what came before the cut: {body}");
     let errors: Vec<_> = frames.iter().filter(|f| f["error"].is_object()).collect();
     assert_eq!(errors.len(), 1, "{body}");
@@ -525,10 +516,7 @@ async fn a_stream_that_falls_silent_ends_with_an_error_chunk() {
     let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(true))).await;
     assert_eq!(status, StatusCode::OK);
     let frames = json_frames(&body);
-    let text: String = frames
-        .iter()
-        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let text = streamed_content(&frames);
     assert!(!text.is_empty(), "the deltas before the silence: {body}");
     let error = frames.iter().find(|f| f["error"].is_object());
     assert_eq!(
@@ -686,10 +674,7 @@ async fn a_streamed_answer_ends_at_its_stop_sequence_at_once() {
         "the answer ended only when the upstream's did"
     );
     let frames = json_frames(&body);
-    let text: String = frames
-        .iter()
-        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let text = streamed_content(&frames);
     assert_eq!(text, "Thought: look it up", "{body}");
     assert_eq!(
         frames.last().unwrap()["choices"][0]["finish_reason"],
@@ -718,10 +703,7 @@ async fn stop_cuts_a_streamed_answer() {
     assert!(!headers.contains_key("x-codexpool-dropped-params"));
     assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
     let frames = json_frames(&body);
-    let text: String = frames
-        .iter()
-        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let text = streamed_content(&frames);
     assert_eq!(text, "Thought: look it up", "{body}");
     let finish: Vec<_> = frames
         .iter()
@@ -755,10 +737,7 @@ async fn an_upstream_cut_after_the_stop_sequence_keeps_the_answer() {
         assert_eq!(status, StatusCode::OK, "{body}");
         let (text, finish) = if stream {
             let frames = json_frames(&body);
-            let text: String = frames
-                .iter()
-                .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
-                .collect();
+            let text = streamed_content(&frames);
             let finish = frames
                 .iter()
                 .rev()

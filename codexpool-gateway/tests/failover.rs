@@ -13,7 +13,9 @@ use codexpool_core::store::LeaseTake;
 use codexpool_core::usage::ReadingSource;
 use codexpool_core::{AccountStatus, Demand};
 use codexpool_testkit::{FakeUsage, Reply};
-use common::{ASKS, answer_text, chat, harness, harness_with, json_frames, question};
+use common::{
+    ASKS, answer_text, chat, harness, harness_with, json_frames, question, streamed_content,
+};
 use serde_json::json;
 
 async fn served_by_second(h: &common::Harness) -> serde_json::Value {
@@ -1384,10 +1386,7 @@ async fn a_slow_upstream_gets_keepalives_for_streaming_clients() {
     let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(true))).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.starts_with(": keep-alive\n\n"), "{body}");
-    let text: String = json_frames(&body)
-        .iter()
-        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let text = streamed_content(&json_frames(&body));
     assert_eq!(text, "Finally");
     assert!(body.ends_with("data: [DONE]\n\n"));
 }

@@ -184,10 +184,7 @@ async fn an_answer_that_begins_like_the_notice_is_served() {
         let (status, _, body) = h.call(h.post("/v1/chat/completions", chat(stream))).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let got = if stream {
-            common::json_frames(&body)
-                .iter()
-                .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
-                .collect::<String>()
+            common::streamed_content(&common::json_frames(&body))
         } else {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             v["choices"][0]["message"]["content"]

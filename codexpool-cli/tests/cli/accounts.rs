@@ -244,26 +244,22 @@ fn export_to_stdout_and_to_a_private_file_round_trips() {
     // An export of nothing does not replace it (a mistyped --db or filter would empty a
     // backup); into a new file it is written, as to stdout.
     let backup = std::fs::read(&file).unwrap();
-    let (code, _, err) = env.run(&[
-        "account",
-        "export",
-        "--group",
-        "nosuch",
-        "-o",
-        file.to_str().unwrap(),
-    ]);
+    let export_none_to = |path: &std::path::Path| {
+        env.run(&[
+            "account",
+            "export",
+            "--group",
+            "nosuch",
+            "-o",
+            path.to_str().unwrap(),
+        ])
+    };
+    let (code, _, err) = export_none_to(&file);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("is not replaced by an empty export"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), backup);
     let fresh = env.path().join("fresh.json");
-    let (code, _, err) = env.run(&[
-        "account",
-        "export",
-        "--group",
-        "nosuch",
-        "-o",
-        fresh.to_str().unwrap(),
-    ]);
+    let (code, _, err) = export_none_to(&fresh);
     assert_eq!(code, 0, "{err}");
     let none: Value = serde_json::from_slice(&std::fs::read(&fresh).unwrap()).unwrap();
     assert_eq!(none["accounts"], serde_json::json!([]));

@@ -228,6 +228,14 @@ pub fn json_frames(body: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The answer text of a chat stream's chunks, joined.
+pub fn streamed_content(frames: &[Value]) -> String {
+    frames
+        .iter()
+        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
 /// The `type` of each Responses event frame, in order.
 pub fn event_types(frames: &[Value]) -> Vec<&str> {
     frames.iter().filter_map(|f| f["type"].as_str()).collect()
