@@ -747,39 +747,57 @@ pub(crate) enum Missed {
     Retry(Box<Call>),
 }
 
-/// A committed JSON answer relayed byte for byte; the lease is held and the record written when
-/// the body ends (or the client leaves).
-pub(crate) fn raw_body(c: Committed) -> axum::body::Body {
+/// A committed JSON answer (a compaction), read whole before it goes out: it is small, and an
+/// upstream that breaks off part-way is then a clear error the client can retry, not a 200
+/// with half a document. The record is written and the account's outcome reported here.
+pub(crate) async fn whole_body(c: Committed) -> Result<Bytes, ApiError> {
     let Committed {
         lease,
         stream,
         call: Call { mut record, .. },
         ..
     } = c;
-    record.entry.status = 200;
     let idle = stream.events.idle();
-    let state = (stream.events.into_body(), Some(lease), record);
-    let s =
-        futures_util::stream::unfold(state, move |(mut body, mut lease, mut record)| async move {
-            let l = lease.take()?;
-            let (outcome, cut) = match read_chunk(&mut body, idle).await {
-                Ok(Some(chunk)) => {
-                    record.first_byte();
-                    return Some((Ok(chunk), (body, Some(l), record)));
-                }
-                Ok(None) => (Outcome::Success, None),
-                Err(cut) => (Outcome::UpstreamError, Some(cut)),
-            };
-            l.report(outcome).await;
-            record.finish(200, cut.as_ref().map(Cut::code), None);
-            // A clean end ends the body; a cut breaks it.
-            let cut = cut?;
-            Some((
-                Err(std::io::Error::other(cut.to_string())),
-                (body, None, record),
-            ))
-        });
-    axum::body::Body::from_stream(s)
+    let mut body = stream.events.into_body();
+    let mut whole = BytesMut::new();
+    let failed = loop {
+        match read_chunk(&mut body, idle).await {
+            Ok(Some(chunk)) if whole.len() + chunk.len() > MAX_ANSWER_BYTES => {
+                let error = ApiError::bad_gateway(
+                    ANSWER_TOO_LARGE,
+                    format!(
+                        "upstream: the answer went on past {} MiB",
+                        MAX_ANSWER_BYTES >> 20
+                    ),
+                );
+                break Some((error, None));
+            }
+            Ok(Some(chunk)) => whole.extend_from_slice(&chunk),
+            Ok(None) => break None,
+            // A stopping gateway blames no account.
+            Err(cut) => {
+                let outcome = (!matches!(cut, Cut::Stopped)).then_some(Outcome::UpstreamError);
+                break Some((ApiError::from_cut(&cut), outcome));
+            }
+        }
+    };
+    match failed {
+        None => {
+            lease.report(Outcome::Success).await;
+            drop(lease);
+            record.first_byte();
+            record.finish(200, None, None);
+            Ok(whole.freeze())
+        }
+        Some((error, outcome)) => {
+            if let Some(o) = outcome {
+                lease.report(o).await;
+            }
+            drop(lease);
+            record.finish(error.status.as_u16(), Some(&error.code), None);
+            Err(error)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -273,6 +273,33 @@ async fn compaction_is_forwarded_on_the_conversations_account() {
     assert_eq!(h.total_inflight(), 0);
 }
 
+/// A compaction the upstream breaks off part-way is a 502 saying so (it was a 200 with half a
+/// document): the answer is read whole before it goes out.
+#[tokio::test]
+async fn a_compaction_cut_part_way_is_an_error_not_half_a_document() {
+    let h = harness(1, &[]).await;
+    h.fake
+        .push_compact_reply("acct-0", Reply::CutMidStream { after_deltas: 2 });
+    let (status, v) = h
+        .json(h.post(
+            "/v1/responses/compact",
+            json!({"model": "gpt-5-codex", "input": []}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_cut", "{v}");
+    let row = &h.log().await[0];
+    assert_eq!(
+        (row.status, row.error_class.as_deref()),
+        (502, Some("upstream_cut"))
+    );
+    assert_eq!(h.total_inflight(), 0);
+    assert!(
+        h.cooldown_until(0).is_some(),
+        "a broken answer counts against the account"
+    );
+}
+
 /// The Codex CLI's compaction of a session goes to the account of the session's turns, whose
 /// encrypted reasoning it carries, even when the next request would go elsewhere (round robin):
 /// another account would refuse that reasoning.

@@ -839,8 +839,11 @@ impl Intake {
             Ok(c) => {
                 let mut extra = p.extra;
                 answer_headers(&mut extra, &c);
-                let body = crate::relay::raw_body(c);
-                with_protocol(respond(body, "application/json", &extra), p.protocol)
+                let res = match crate::relay::whole_body(c).await {
+                    Ok(json) => respond(json.into(), "application/json", &extra),
+                    Err(error) => error.into_response(),
+                };
+                with_protocol(res, p.protocol)
             }
             Err(failed) => reject(failed.record, failed.error, p.protocol),
         }
