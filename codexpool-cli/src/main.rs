@@ -218,7 +218,9 @@ fn one_line(e: &anyhow::Error) -> String {
         }
         text.push_str(&part);
     }
-    text.replace(['\n', '\r'], " ")
+    // Errors quote what others wrote (paths, labels, another program's table names): no
+    // control character reaches the terminal.
+    output::visible(&text.replace(['\n', '\r'], " ")).into_owned()
 }
 
 /// What to do about an error, when we know.

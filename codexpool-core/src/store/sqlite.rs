@@ -298,17 +298,7 @@ fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     if names.is_empty() {
         return Ok(());
     }
-    let mut tables = names
-        .iter()
-        .take(3)
-        // Names from another program: no control characters reach a terminal.
-        .map(|n| {
-            n.chars()
-                .map(|c| if c.is_control() { '?' } else { c })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut tables = names[..names.len().min(3)].join(", ");
     if names.len() > 3 {
         tables.push_str(", …");
     }
