@@ -97,6 +97,17 @@ pub(crate) fn failed_before_any_event(
 /// The error code of an answer past [`MAX_ANSWER_BYTES`].
 const ANSWER_TOO_LARGE: &str = "upstream_answer_too_large";
 
+/// The 502 of an answer past [`MAX_ANSWER_BYTES`].
+fn answer_too_large() -> ApiError {
+    ApiError::bad_gateway(
+        ANSWER_TOO_LARGE,
+        format!(
+            "upstream: the answer went on past {} MiB without ending",
+            MAX_ANSWER_BYTES >> 20
+        ),
+    )
+}
+
 /// How far into an event its `sequence_number` is looked for (the backend writes it second,
 /// after `type`).
 const SEQUENCE_SCAN: usize = 96;
@@ -649,14 +660,7 @@ pub(crate) async fn collect<A: Assemble>(c: Committed, mut asm: A) -> Result<Byt
             if read > MAX_ANSWER_BYTES {
                 // The upstream's doing, not the account's: no strike, and no other account
                 // (the same request would run on there too).
-                let error = ApiError::bad_gateway(
-                    ANSWER_TOO_LARGE,
-                    format!(
-                        "upstream: the answer went on past {} MiB without ending",
-                        MAX_ANSWER_BYTES >> 20
-                    ),
-                );
-                return Err((error, ANSWER_TOO_LARGE.into(), None, false));
+                return Err((answer_too_large(), ANSWER_TOO_LARGE.into(), None, false));
             }
             match asm.push(&event) {
                 Ok(true) => {
@@ -763,14 +767,7 @@ pub(crate) async fn whole_body(c: Committed) -> Result<Bytes, ApiError> {
     let failed = loop {
         match read_chunk(&mut body, idle).await {
             Ok(Some(chunk)) if whole.len() + chunk.len() > MAX_ANSWER_BYTES => {
-                let error = ApiError::bad_gateway(
-                    ANSWER_TOO_LARGE,
-                    format!(
-                        "upstream: the answer went on past {} MiB",
-                        MAX_ANSWER_BYTES >> 20
-                    ),
-                );
-                break Some((error, None));
+                break Some((answer_too_large(), None));
             }
             Ok(Some(chunk)) => whole.extend_from_slice(&chunk),
             Ok(None) => break None,
