@@ -141,9 +141,14 @@ async fn serve_speaks_http2_over_tls_to_an_upstream_whose_ca_the_environment_tru
     let secret = env.key_secret("ci");
     let (upstream, handshakes, _) = upstream_over_tls(&env).await;
     let ca = tls_file("ca.pem").display().to_string();
+    // One HTTP thread, so one upstream pool: on a loaded machine the client may open a second
+    // connection to the gateway (its first not back in its pool yet), which could land on
+    // another thread, with a pool and an upstream connection of its own.
     let (url, child) = env.serve(&[
         ("CODEXPOOL_UPSTREAM_BASE_URL", upstream.as_str()),
         ("SSL_CERT_FILE", ca.as_str()),
+        ("CODEXPOOL_HTTP_WORKER_FACTOR", "0"),
+        ("CODEXPOOL_HTTP_WORKER_MIN", "1"),
     ]);
 
     let client = reqwest::Client::new();
